@@ -1,0 +1,88 @@
+# embstore — plain Makefile.
+#
+#   make            library + CLI (build/embstore, build/libembstore.a)
+#   make test       quick test tier (build/test_runner)
+#   make test-full  quick + slow tiers
+#   make demo       train the default model on the bundled Criteo sample
+#   make bench      speed/accuracy figures against peers (see docs/)
+#   make fuzz       build libFuzzer targets (clang) and run each briefly
+#   make deps       install the Debian packages the build and tests need
+#
+# Options: SAN=1 (ASan+UBSan, own build dir), NATIVE=1 (-march=native),
+#          NO_OMP=1 (no OpenMP), DEBUG=1 (-O0).
+
+CC      ?= cc
+BUILD   ?= build
+CSTD    := -std=c11 -D_GNU_SOURCE
+WARN    := -Wall -Wextra -Wshadow -Wno-unused-parameter -Wstrict-prototypes -Wvla
+OPT     := -O2 -g
+ifeq ($(DEBUG),1)
+OPT     := -O0 -g
+endif
+ifeq ($(NATIVE),1)
+OPT     += -march=native
+endif
+OMP     := -fopenmp
+ifeq ($(NO_OMP),1)
+OMP     :=
+endif
+ifeq ($(SAN),1)
+BUILD   := build/san
+OPT     := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+SANLD   := -fsanitize=address,undefined
+endif
+
+CPPFLAGS := -Iinclude -Isrc -I/usr/include/x86_64-linux-gnu $(EXTRA_CPPFLAGS)
+CFLAGS   := $(CSTD) $(WARN) $(OPT) $(OMP) -pthread $(EXTRA_CFLAGS)
+LDLIBS   := -lopenblas -llapacke -lxxhash -lz -lmicrohttpd -lm -lpthread
+LDFLAGS  := $(OMP) $(SANLD) -pthread $(EXTRA_LDFLAGS)
+
+LIB_SRC  := $(sort $(wildcard src/*/*.c))
+TOOL_SRC := $(sort $(wildcard tools/*.c))
+TEST_SRC := $(sort $(wildcard tests/*.c))
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+TOOL_OBJ := $(TOOL_SRC:%.c=$(BUILD)/%.o)
+TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
+DEPS     := $(LIB_OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TEST_OBJ:.o=.d)
+
+.PHONY: all test test-full demo bench fuzz deps clean check-san
+all: $(BUILD)/embstore $(BUILD)/libembstore.a
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/libembstore.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/embstore: $(TOOL_OBJ) $(BUILD)/libembstore.a
+	$(CC) $(LDFLAGS) -o $@ $(TOOL_OBJ) $(BUILD)/libembstore.a $(LDLIBS)
+
+$(BUILD)/test_runner: $(TEST_OBJ) $(BUILD)/libembstore.a $(BUILD)/embstore
+	$(CC) $(LDFLAGS) -o $@ $(TEST_OBJ) $(BUILD)/libembstore.a $(LDLIBS)
+
+# Tests run the CLI as $ES_BIN (the binary of this build flavour).
+test: $(BUILD)/test_runner
+	ES_BIN=$(BUILD)/embstore $(BUILD)/test_runner $(T)
+
+test-full: $(BUILD)/test_runner
+	ES_BIN=$(BUILD)/embstore $(BUILD)/test_runner --full $(T)
+
+demo: $(BUILD)/embstore
+	$(BUILD)/embstore train data/criteo_kaggle_train_first10k.tsv --valid-frac 0.2 \
+	    --model dlrm --storage unified --budget 0.1 --epochs 3 --seed 1
+
+bench: all
+	bash bench/run.sh
+
+fuzz:
+	bash fuzz/run.sh
+
+deps:
+	bash .ci/deps.sh
+
+clean:
+	rm -rf build
+
+-include $(DEPS)

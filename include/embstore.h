@@ -1,0 +1,177 @@
+/*
+ * embstore.h — the one public header of embstore, a C library for learnable
+ * vector storage: embedding tables for click-through-rate models (train,
+ * compress, store, serve) and vector search.
+ *
+ * Conventions (see docs/api.md):
+ *   - every name starts with es_ / ES_;
+ *   - handles are opaque: es_x_create(&out, ...) -> use -> es_x_free(x);
+ *     es_x_free(NULL) is a no-op;
+ *   - fallible functions return int: 0 (ES_OK) or a negative ES_E* code;
+ *     the details (file, line, column, reason) are kept in the handle and
+ *     read with es_x_errmsg(x), or, for functions that create a handle, in
+ *     a caller-provided es_err;
+ *   - the library never prints and never exits.
+ */
+#ifndef EMBSTORE_H
+#define EMBSTORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define ES_VERSION_MAJOR 0
+#define ES_VERSION_MINOR 1
+#define ES_VERSION_PATCH 0
+
+/* ---------------------------------------------------------------------------
+ * Status codes. One X-macro table generates the enum and es_strerror().
+ * Persisted nowhere, but kept append-only all the same.
+ * ------------------------------------------------------------------------- */
+#define ES_ERRNO_MAP(X)                                              \
+    X(OK, 0, "success")                                              \
+    X(EINVAL, -1, "invalid argument")                                \
+    X(ENOMEM, -2, "out of memory")                                   \
+    X(EIO, -3, "input/output error")                                 \
+    X(EPARSE, -4, "malformed input")                                 \
+    X(EFORMAT, -5, "not a valid embstore file")                      \
+    X(ECHECKSUM, -6, "checksum mismatch")                            \
+    X(EVERSION, -7, "unsupported file version")                      \
+    X(EBUDGET, -8, "memory budget too small for this method")        \
+    X(ENOTFOUND, -9, "not found")                                    \
+    X(EUNSUPPORTED, -10, "operation not supported by this component") \
+    X(ERANGE, -11, "value out of range")                             \
+    X(EEOF, -12, "end of input")
+
+typedef enum {
+#define ES__ERR_ENUM(name, code, msg) ES_##name = code,
+    ES_ERRNO_MAP(ES__ERR_ENUM)
+#undef ES__ERR_ENUM
+} es_status;
+
+/* Short static description of a status code; never NULL. */
+const char *es_strerror(int code);
+
+/* Error detail for functions that create a handle (the handle does not exist
+ * yet when they fail).  `msg` holds "file:line:column: reason" style text. */
+typedef struct es_err {
+    int code;
+    char msg[512];
+} es_err;
+
+/* ---------------------------------------------------------------------------
+ * Batches: the fixed arrays that flow from readers into storage and models.
+ * Owned by the caller (es_batch_alloc / es_batch_free).
+ * ------------------------------------------------------------------------- */
+
+/* Key of a missing categorical value (an empty field).  It is an ordinary key:
+ * every method gives it a row, so "missing" can carry signal. */
+#define ES_KEY_MISSING UINT64_C(0x9e3779b97f4a7c15)
+
+typedef struct es_batch {
+    int cap;        /* rows allocated */
+    int n;          /* rows filled */
+    int n_dense;    /* numeric features per row */
+    int n_fields;   /* categorical fields per row */
+    float *label;   /* [cap] 0 or 1 */
+    float *dense;   /* [cap * n_dense], already transformed (log1p rule) */
+    /* Categorical values in CSR form over (row, field): the values of row r,
+     * field f are val[off[r*F+f] .. off[r*F+f+1]).  A single-valued field has
+     * exactly one value (ES_KEY_MISSING when empty).  A multi-valued field
+     * may have zero values, which pools to a zero vector. */
+    uint32_t *off;  /* [cap * n_fields + 1] */
+    uint64_t *val;  /* [val_cap] value keys: XXH3-64 of the token bytes */
+    float *wt;      /* [val_cap] pooling weight (1, 1/count for mean, or the
+                       value of a libsvm/libffm term) */
+    size_t val_cap;
+} es_batch;
+
+int es_batch_alloc(es_batch *b, int cap, int n_dense, int n_fields, size_t val_cap);
+void es_batch_free(es_batch *b);
+/* Make sure at least `need` value slots exist (grows val/wt). */
+int es_batch_reserve_vals(es_batch *b, size_t need);
+
+/* ---------------------------------------------------------------------------
+ * Data readers: Criteo TSV, delimited text (CSV/TSV with header or column
+ * spec), libsvm, libffm; plain or gzip.  Streaming, bounded memory.
+ * ------------------------------------------------------------------------- */
+typedef enum {
+    ES_FMT_AUTO = 0,   /* from the file name: .tsv -> criteo, .csv -> csv, .libsvm/.svm -> libsvm, .libffm/.ffm -> libffm */
+    ES_FMT_CRITEO = 1, /* label \t I1..I13 \t C1..C26, no header */
+    ES_FMT_CSV = 2,    /* delimited text with a header or a column spec */
+    ES_FMT_LIBSVM = 3, /* label idx:val ... */
+    ES_FMT_LIBFFM = 4  /* label field:idx:val ... */
+} es_format;
+
+typedef enum { ES_POOL_SUM = 0, ES_POOL_MEAN = 1 } es_pool;
+
+typedef struct es_reader_params {
+    es_format format;
+    /* Delimited-text (ES_FMT_CSV) options. */
+    char delim;            /* ',' by default; '\t' for .tsv given as csv */
+    int header;            /* 1: first line names the columns (default 1) */
+    /* Column spec, comma separated "name:role" (or "index:role" with a
+     * 0-based column index) where role is one of
+     *   label            the label column (0/1, or see label_threshold)
+     *   num              numeric feature (log1p rule)
+     *   cat              categorical feature
+     *   multi            multi-valued categorical, values split by multi_sep
+     *   ignore           skipped
+     * Columns not named are ignored when a header is present.  NULL with a
+     * header: first column is the label, the rest categorical. */
+    const char *columns;
+    char multi_sep;        /* '|' by default */
+    es_pool pool;          /* pooling of multi-valued fields */
+    /* When > -inf: label = (value >= label_threshold), e.g. rating >= 4. */
+    double label_threshold;
+    int has_label;         /* 0 for unlabeled files (label is set to 0) */
+    /* libsvm / libffm: number of fields (libffm: max field index + 1). */
+    int n_fields_hint;
+    /* Bad lines: 0 = stop with an error naming file:line:column, 1 = skip
+     * them, count them and keep the first few messages. */
+    int skip_bad;
+    size_t max_line;       /* longest accepted line in bytes (default 1 MiB) */
+} es_reader_params;
+
+es_reader_params es_reader_params_default(void);
+
+typedef struct es_reader es_reader;
+
+/* Open `path` (gzip is detected by its magic bytes).  On failure *out is NULL
+ * and err (if not NULL) says why. */
+int es_reader_open(es_reader **out, const char *path, const es_reader_params *p, es_err *err);
+void es_reader_free(es_reader *r);
+/* Schema, known after open. */
+int es_reader_n_dense(const es_reader *r);
+int es_reader_n_fields(const es_reader *r);
+const char *es_reader_field_name(const es_reader *r, int field); /* categorical field names */
+const char *es_reader_dense_name(const es_reader *r, int i);
+/* Fill up to b->cap rows into b (b->n is set).  Returns the number of rows
+ * read (0 at end of input) or a negative code (message in es_reader_errmsg). */
+int es_reader_next(es_reader *r, es_batch *b);
+/* Go back to the first data row. */
+int es_reader_rewind(es_reader *r);
+const char *es_reader_errmsg(const es_reader *r);
+/* Line-level statistics: lines read, lines skipped as bad, and the first
+ * few bad-line messages joined by newlines (empty when none). */
+uint64_t es_reader_lines(const es_reader *r);
+uint64_t es_reader_bad_lines(const es_reader *r);
+const char *es_reader_bad_report(const es_reader *r);
+/* Seek support for checkpoints: opaque position = data rows consumed. */
+uint64_t es_reader_rows(const es_reader *r);
+
+/* The numeric transform applied to every numeric feature:
+ * log1p(x) for x >= 0, -log1p(-x) for x < 0 (sign-symmetric), 0 for missing. */
+float es_transform_num(double x);
+
+/* Key of a categorical token (XXH3-64 of its bytes; an empty token gives
+ * ES_KEY_MISSING). */
+uint64_t es_key(const char *s, size_t len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* EMBSTORE_H */

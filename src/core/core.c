@@ -1,0 +1,282 @@
+/*
+ * core.c — implementation of the internal helpers declared in core.h.
+ */
+#include "core.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <time.h>
+#include <unistd.h>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* ---- status codes -------------------------------------------------------- */
+const char *es_strerror(int code) {
+    switch (code) {
+#define ES__ERR_STR(name, c, msg) \
+    case c: return msg;
+        ES_ERRNO_MAP(ES__ERR_STR)
+#undef ES__ERR_STR
+    default: return "unknown error";
+    }
+}
+
+void es__assert_fail(const char *file, int line, const char *cond) {
+    fprintf(stderr, "embstore: internal error at %s:%d: assertion failed: %s\n", file, line, cond);
+    abort();
+}
+
+int es__verr(es_err *err, int code, const char *fmt, va_list ap) {
+    if (err) {
+        err->code = code;
+        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+    }
+    return code;
+}
+
+int es__err(es_err *err, int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    es__verr(err, code, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+/* ---- allocation with failure injection ---------------------------------- */
+static _Thread_local uint64_t alloc_count;
+static _Thread_local uint64_t alloc_fail_at;
+
+uint64_t es__alloc_fail_at(uint64_t n) {
+    uint64_t done = alloc_count;
+    alloc_count = 0;
+    alloc_fail_at = n;
+    return done;
+}
+
+static bool alloc_should_fail(void) {
+    alloc_count++;
+    return alloc_fail_at && alloc_count >= alloc_fail_at;
+}
+
+void *es__malloc(size_t n) {
+    if (alloc_should_fail()) return NULL;
+    return malloc(n ? n : 1);
+}
+void *es__calloc(size_t count, size_t size) {
+    if (alloc_should_fail()) return NULL;
+    return calloc(count ? count : 1, size ? size : 1);
+}
+void *es__realloc(void *p, size_t n) {
+    if (alloc_should_fail()) return NULL;
+    return realloc(p, n ? n : 1);
+}
+void es__free(void *p) { free(p); }
+
+void *es__alloc_aligned(size_t n) {
+    if (alloc_should_fail()) return NULL;
+    size_t rounded;
+    if (!es__add_size(n, ES_ALIGN - 1, &rounded)) return NULL;
+    rounded &= ~(size_t)(ES_ALIGN - 1);
+    if (rounded == 0) rounded = ES_ALIGN;
+    void *p = aligned_alloc(ES_ALIGN, rounded);
+    if (p) memset(p, 0, rounded);
+    return p;
+}
+void es__free_aligned(void *p) { free(p); }
+
+char *es__strdup(const char *s) {
+    if (!s) return NULL;
+    size_t n = strlen(s) + 1;
+    char *d = es__malloc(n);
+    if (d) memcpy(d, s, n);
+    return d;
+}
+
+/* ---- hashing -------------------------------------------------------------- */
+uint64_t es__hash(const void *data, size_t len, uint64_t seed) {
+    return XXH3_64bits_withSeed(data, len, seed);
+}
+uint64_t es__hash_u64(uint64_t key, uint64_t seed) {
+    return XXH3_64bits_withSeed(&key, sizeof key, seed);
+}
+
+uint64_t es_key(const char *s, size_t len) {
+    if (len == 0) return ES_KEY_MISSING;
+    return XXH3_64bits(s, len);
+}
+
+/* ---- rng ------------------------------------------------------------------ */
+static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+void es__rng_seed(es_rng *r, uint64_t seed) {
+    uint64_t x = seed;
+    for (int i = 0; i < 4; i++) {
+        x += UINT64_C(0x9e3779b97f4a7c15);
+        uint64_t z = x;
+        z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
+        z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
+        r->s[i] = z ^ (z >> 31);
+    }
+}
+
+uint64_t es__rng_u64(es_rng *r) {
+    uint64_t *s = r->s;
+    uint64_t result = rotl(s[1] * 5, 7) * 9;
+    uint64_t t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return result;
+}
+
+double es__rng_uniform(es_rng *r) { return (double)(es__rng_u64(r) >> 11) * 0x1.0p-53; }
+
+float es__rng_normal(es_rng *r) {
+    /* Box-Muller; one value per call keeps the stream simple to reproduce. */
+    double u1 = es__rng_uniform(r), u2 = es__rng_uniform(r);
+    if (u1 < 1e-300) u1 = 1e-300;
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
+
+void es__rng_fill_uniform(es_rng *r, float *x, size_t n, float a) {
+    for (size_t i = 0; i < n; i++) x[i] = (float)((2.0 * es__rng_uniform(r) - 1.0) * a);
+}
+
+/* ---- time and threads ------------------------------------------------------ */
+double es__now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+extern void openblas_set_num_threads(int) __attribute__((weak));
+
+static int n_threads = 1;
+
+int es__threads_set(int n) {
+    if (n <= 0) {
+        long c = sysconf(_SC_NPROCESSORS_ONLN);
+        n = c > 0 ? (int)c : 1;
+    }
+    n_threads = n;
+#ifdef _OPENMP
+    omp_set_num_threads(n);
+#endif
+    if (openblas_set_num_threads) openblas_set_num_threads(n);
+    return n;
+}
+int es__threads_get(void) { return n_threads; }
+
+/* ---- atomic files ----------------------------------------------------------- */
+int es__afile_open(es_afile *a, const char *path, es_err *err) {
+    memset(a, 0, sizeof *a);
+    size_t n = strlen(path) + 64;
+    a->path = es__strdup(path);
+    a->tmp = es__malloc(n);
+    if (!a->path || !a->tmp) {
+        es__free(a->path);
+        es__free(a->tmp);
+        memset(a, 0, sizeof *a);
+        return es__err(err, ES_ENOMEM, "%s: out of memory", path);
+    }
+    snprintf(a->tmp, n, "%s.tmp.%ld", path, (long)getpid());
+    a->fp = fopen(a->tmp, "wb");
+    if (!a->fp) {
+        int e = errno;
+        es__free(a->path);
+        es__free(a->tmp);
+        memset(a, 0, sizeof *a);
+        return es__err(err, ES_EIO, "%s: cannot create output: %s", path, strerror(e));
+    }
+    return ES_OK;
+}
+
+int es__afile_commit(es_afile *a, es_err *err) {
+    int rc = ES_OK;
+    if (!a->fp) return es__err(err, ES_EINVAL, "output file not open");
+    if (fflush(a->fp) != 0 || ferror(a->fp)) {
+        rc = es__err(err, ES_EIO, "%s: write failed: %s", a->path, strerror(errno));
+    } else if (fsync(fileno(a->fp)) != 0 && errno != EINVAL && errno != EROFS) {
+        rc = es__err(err, ES_EIO, "%s: fsync failed: %s", a->path, strerror(errno));
+    }
+    if (fclose(a->fp) != 0 && rc == ES_OK) rc = es__err(err, ES_EIO, "%s: close failed: %s", a->path, strerror(errno));
+    a->fp = NULL;
+    if (rc == ES_OK && rename(a->tmp, a->path) != 0) {
+        rc = es__err(err, ES_EIO, "%s: rename from temporary file failed: %s", a->path, strerror(errno));
+    }
+    if (rc != ES_OK) remove(a->tmp);
+    es__free(a->path);
+    es__free(a->tmp);
+    a->path = a->tmp = NULL;
+    return rc;
+}
+
+void es__afile_abort(es_afile *a) {
+    if (a->fp) fclose(a->fp);
+    if (a->tmp) remove(a->tmp);
+    es__free(a->path);
+    es__free(a->tmp);
+    memset(a, 0, sizeof *a);
+}
+
+/* ---- strings ------------------------------------------------------------------- */
+char *es__opt_get(const char *opts, const char *key) {
+    if (!opts || !key) return NULL;
+    size_t klen = strlen(key);
+    const char *p = opts;
+    while (*p) {
+        const char *end = strchr(p, ',');
+        if (!end) end = p + strlen(p);
+        const char *eq = memchr(p, '=', (size_t)(end - p));
+        if (eq && (size_t)(eq - p) == klen && memcmp(p, key, klen) == 0) {
+            size_t vlen = (size_t)(end - eq - 1);
+            char *v = es__malloc(vlen + 1);
+            if (!v) return NULL;
+            memcpy(v, eq + 1, vlen);
+            v[vlen] = 0;
+            return v;
+        }
+        p = *end ? end + 1 : end;
+    }
+    return NULL;
+}
+
+bool es__parse_double(const char *s, size_t len, double *out) {
+    char buf[64];
+    if (len == 0 || len >= sizeof buf) return false;
+    memcpy(buf, s, len);
+    buf[len] = 0;
+    char *end;
+    errno = 0;
+    double v = strtod(buf, &end);
+    if (end != buf + len || errno == ERANGE) return false;
+    *out = v;
+    return true;
+}
+
+bool es__parse_long(const char *s, size_t len, long long *out) {
+    char buf[32];
+    if (len == 0 || len >= sizeof buf) return false;
+    memcpy(buf, s, len);
+    buf[len] = 0;
+    char *end;
+    errno = 0;
+    long long v = strtoll(buf, &end, 10);
+    if (end != buf + len || errno == ERANGE) return false;
+    *out = v;
+    return true;
+}
+
+float es_transform_num(double x) {
+    if (x != x) return 0.0f;
+    return x >= 0 ? (float)log1p(x) : (float)-log1p(-x);
+}

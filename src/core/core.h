@@ -1,0 +1,127 @@
+/*
+ * core.h — internal helpers shared by every layer: errors, checked
+ * allocation (with failure injection for tests), overflow-checked sizes,
+ * hashing, random numbers, timing, threads, atomic file writes.
+ *
+ * Nothing here prints or exits, except ES_ASSERT, which guards invariants
+ * that can only break through a bug in embstore itself.
+ */
+#ifndef ES_CORE_H
+#define ES_CORE_H
+
+#include "embstore.h"
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ES_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+#define ES_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define ES_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define ES_ALIGN 64
+
+#if defined(__GNUC__)
+#define ES_LIKELY(x) __builtin_expect(!!(x), 1)
+#define ES_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define ES_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define ES_LIKELY(x) (x)
+#define ES_UNLIKELY(x) (x)
+#define ES_PRINTF(a, b)
+#endif
+
+/* Always-on invariant check: a failure is a bug in embstore, not bad input. */
+#define ES_ASSERT(cond)                                                        \
+    do {                                                                       \
+        if (ES_UNLIKELY(!(cond))) es__assert_fail(__FILE__, __LINE__, #cond); \
+    } while (0)
+void es__assert_fail(const char *file, int line, const char *cond) __attribute__((noreturn));
+
+/* ---- errors ------------------------------------------------------------ */
+/* Set err (may be NULL) and return code.  Message is printf-formatted. */
+int es__err(es_err *err, int code, const char *fmt, ...) ES_PRINTF(3, 4);
+int es__verr(es_err *err, int code, const char *fmt, va_list ap);
+
+/* ---- allocation ---------------------------------------------------------
+ * All library allocations go through these so that tests can make the Nth
+ * allocation fail (es__alloc_fail_at) and check for a clean error. */
+void *es__malloc(size_t n);
+void *es__calloc(size_t count, size_t size);
+void *es__realloc(void *p, size_t n);
+void es__free(void *p);
+/* 64-byte aligned, zeroed; free with es__free_aligned. */
+void *es__alloc_aligned(size_t n);
+void es__free_aligned(void *p);
+char *es__strdup(const char *s);
+/* Test hook: the n-th allocation from now (1-based) and all after it fail;
+ * n = 0 disables.  Returns the number of allocations done since the last call. */
+uint64_t es__alloc_fail_at(uint64_t n);
+
+/* a*b and a+b with overflow detection: return false on overflow. */
+static inline bool es__mul_size(size_t a, size_t b, size_t *out) {
+    return !__builtin_mul_overflow(a, b, out);
+}
+static inline bool es__add_size(size_t a, size_t b, size_t *out) {
+    return !__builtin_add_overflow(a, b, out);
+}
+
+/* ---- hashing (xxHash) ---------------------------------------------------- */
+uint64_t es__hash(const void *data, size_t len, uint64_t seed);
+/* Hash of a 64-bit key under a seed (one XXH3 call on 8 bytes). */
+uint64_t es__hash_u64(uint64_t key, uint64_t seed);
+/* Cheap invertible 64-bit mixer (splitmix64 finaliser), for seeds. */
+static inline uint64_t es__mix64(uint64_t x) {
+    x += UINT64_C(0x9e3779b97f4a7c15);
+    x = (x ^ (x >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
+    x = (x ^ (x >> 27)) * UINT64_C(0x94d049bb133111eb);
+    return x ^ (x >> 31);
+}
+/* Map a 64-bit hash to [0, n) without modulo bias worth noticing
+ * (Lemire's multiply-shift). */
+static inline uint64_t es__range(uint64_t h, uint64_t n) {
+    return (uint64_t)(((unsigned __int128)h * n) >> 64);
+}
+
+/* ---- random numbers (xoshiro256**) ----------------------------------------
+ * Deterministic for a given seed on every platform. */
+typedef struct es_rng {
+    uint64_t s[4];
+} es_rng;
+void es__rng_seed(es_rng *r, uint64_t seed);
+uint64_t es__rng_u64(es_rng *r);
+double es__rng_uniform(es_rng *r);           /* [0, 1) */
+float es__rng_normal(es_rng *r);             /* N(0, 1) */
+/* Fill x[n] with U(-a, a). */
+void es__rng_fill_uniform(es_rng *r, float *x, size_t n, float a);
+
+/* ---- time and threads -------------------------------------------------- */
+double es__now(void); /* monotonic seconds */
+/* Set the threads used by OpenMP regions and OpenBLAS; returns the number
+ * in effect.  n <= 0 means all cores. */
+int es__threads_set(int n);
+int es__threads_get(void);
+
+/* ---- files ----------------------------------------------------------------
+ * Atomic output: write to "<path>.tmp.<pid>", fsync, rename over path.
+ * Nothing is left at `path` unless commit succeeds. */
+typedef struct es_afile {
+    FILE *fp;
+    char *path;
+    char *tmp;
+} es_afile;
+int es__afile_open(es_afile *a, const char *path, es_err *err);
+int es__afile_commit(es_afile *a, es_err *err); /* closes; on failure removes tmp */
+void es__afile_abort(es_afile *a);               /* closes and removes tmp */
+
+/* ---- small string helpers ------------------------------------------------ */
+/* Parse "k=v,k=v" option strings: returns the value of key as a newly
+ * allocated string or NULL. */
+char *es__opt_get(const char *opts, const char *key);
+/* Parse a double/long strictly (whole string); false on junk or overflow. */
+bool es__parse_double(const char *s, size_t len, double *out);
+bool es__parse_long(const char *s, size_t len, long long *out);
+
+#endif /* ES_CORE_H */

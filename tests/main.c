@@ -1,0 +1,145 @@
+/*
+ * main.c — the test runner (see test.h).
+ */
+#include "test.h"
+
+#include <stdarg.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef struct {
+    const char *name;
+    es_test_fn fn;
+    int slow;
+    const char *file;
+} test_case;
+
+static test_case cases[1024];
+static int n_cases;
+static int cur_failed, cur_skipped, full_tier;
+static char tmp_dir[512] = "build/tmp";
+
+void es_test_register(const char *name, es_test_fn fn, int slow, const char *file) {
+    if (n_cases >= (int)(sizeof cases / sizeof cases[0])) {
+        fprintf(stderr, "too many tests\n");
+        exit(2);
+    }
+    cases[n_cases++] = (test_case){name, fn, slow, file};
+}
+
+void es_test_fail(const char *file, int line, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stdout, "    FAIL %s:%d: ", file, line);
+    vfprintf(stdout, fmt, ap);
+    fprintf(stdout, "\n");
+    va_end(ap);
+    cur_failed = 1;
+}
+
+void es_test_skip(const char *why) {
+    fprintf(stdout, "    skip: %s\n", why);
+    cur_skipped = 1;
+}
+
+int es_test_full(void) { return full_tier; }
+
+const char *es_test_path(const char *name) {
+    static char bufs[8][1024];
+    static int slot;
+    char *b = bufs[slot++ % 8];
+    snprintf(b, 1024, "%s/%s", tmp_dir, name);
+    return b;
+}
+
+int es_test_sh(const char *out, const char *fmt, ...) {
+    char cmd[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof cmd - 64) return -1;
+    char full[8400];
+    snprintf(full, sizeof full, "%s > %s 2>&1", cmd, out ? out : "/dev/null");
+    int st = system(full);
+    if (st == -1) return -1;
+    if (WIFEXITED(st)) return WEXITSTATUS(st);
+    return 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+}
+
+char *es_test_slurp(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    if (n < 0) {
+        fclose(f);
+        return NULL;
+    }
+    char *s = malloc((size_t)n + 1);
+    if (!s) {
+        fclose(f);
+        return NULL;
+    }
+    size_t got = fread(s, 1, (size_t)n, f);
+    s[got] = 0;
+    fclose(f);
+    return s;
+}
+
+static int cmp_case(const void *a, const void *b) {
+    const test_case *x = a, *y = b;
+    int c = strcmp(x->file, y->file);
+    return c ? c : strcmp(x->name, y->name);
+}
+
+int main(int argc, char **argv) {
+    const char *filter = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--full") == 0) full_tier = 1;
+        else filter = argv[i];
+    }
+    if (getenv("ES_TEST_FULL")) full_tier = 1;
+    /* Run from the repository root so data/ paths work. */
+    if (access("data", F_OK) != 0 && access("../data", F_OK) == 0) {
+        if (chdir("..") != 0) return 2;
+    }
+    const char *t = getenv("ES_TEST_TMP");
+    if (t) snprintf(tmp_dir, sizeof tmp_dir, "%s", t);
+    mkdir("build", 0755);
+    mkdir(tmp_dir, 0755);
+    qsort(cases, (size_t)n_cases, sizeof cases[0], cmp_case);
+    int passed = 0, failed = 0, skipped = 0;
+    for (int i = 0; i < n_cases; i++) {
+        test_case *c = &cases[i];
+        if (filter && !strstr(c->name, filter) && !strstr(c->file, filter)) continue;
+        if (c->slow && !full_tier) {
+            skipped++;
+            continue;
+        }
+        cur_failed = cur_skipped = 0;
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        printf("[ RUN  ] %s\n", c->name);
+        fflush(stdout);
+        c->fn();
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        double ms = (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6;
+        if (cur_failed) {
+            failed++;
+            printf("[ FAIL ] %s (%.0f ms)\n", c->name, ms);
+        } else if (cur_skipped) {
+            skipped++;
+            printf("[ SKIP ] %s\n", c->name);
+        } else {
+            passed++;
+            printf("[  OK  ] %s (%.0f ms)\n", c->name, ms);
+        }
+        fflush(stdout);
+    }
+    printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);
+    return failed ? 1 : 0;
+}
