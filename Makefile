@@ -3,6 +3,7 @@
 #   make            library + CLI (build/embstore, build/libembstore.a)
 #   make test       quick test tier (build/test_runner)
 #   make test-full  quick + slow tiers
+#   make check      everything CI runs: all tiers, SAN=1 tier, fuzzers
 #   make demo       train the default model on the bundled Criteo sample
 #   make bench      speed/accuracy figures against peers (see docs/)
 #   make fuzz       build libFuzzer targets (clang) and run each briefly
@@ -45,7 +46,7 @@ TOOL_OBJ := $(TOOL_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 DEPS     := $(LIB_OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TEST_OBJ:.o=.d)
 
-.PHONY: all test test-full demo bench fuzz deps clean check-san
+.PHONY: all test test-full check demo bench fuzz deps clean
 all: $(BUILD)/embstore $(BUILD)/libembstore.a
 
 $(BUILD)/%.o: %.c
@@ -69,9 +70,12 @@ test: $(BUILD)/test_runner
 test-full: $(BUILD)/test_runner
 	ES_BIN=$(BUILD)/embstore $(BUILD)/test_runner --full $(T)
 
+check:
+	bash tests/check.sh
+
 demo: $(BUILD)/embstore
 	$(BUILD)/embstore train data/criteo_kaggle_train_first10k.tsv --valid-frac 0.2 \
-	    --model dlrm --storage unified --budget 0.1 --epochs 3 --seed 1
+	    --model dlrm --storage unified --budget 0.1 --epochs 1 --seed 1
 
 bench: all
 	bash bench/run.sh

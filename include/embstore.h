@@ -171,6 +171,140 @@ float es_transform_num(double x);
  * ES_KEY_MISSING). */
 uint64_t es_key(const char *s, size_t len);
 
+/* ==== Models and training ==== */
+
+/* Evaluation metrics over a labeled set. */
+typedef struct es_metrics {
+    double auc;          /* exact ROC AUC, tied scores counted half */
+    double logloss;      /* mean binary cross-entropy (natural log) */
+    double calibration;  /* mean prediction / base rate (1 = calibrated) */
+    double base_rate;    /* fraction of positive labels */
+    double mean_pred;    /* mean predicted probability */
+    uint64_t rows;
+} es_metrics;
+
+/* Exact AUC of scores p[n] against labels y[n] (0/1); ties count half.
+ * Returns NaN when only one class is present.  Allocates O(n) scratch;
+ * returns NaN if that fails. */
+double es_auc(const float *p, const float *y, size_t n);
+/* Metrics of probabilities p[n] against labels y[n]. */
+void es_metrics_compute(const float *p, const float *y, size_t n, es_metrics *out);
+
+/* Progress report passed to es_train_params.progress (about 4 times a second). */
+typedef struct es_progress {
+    int epoch, epochs;
+    uint64_t rows;           /* rows trained in this epoch so far */
+    uint64_t rows_total;     /* rows per epoch (0 if unknown) */
+    double rows_per_s;       /* recent training throughput */
+    double loss;             /* running mean training loss of this epoch */
+    const char *phase;       /* "count", "vocab", "train", "eval" */
+} es_progress;
+
+typedef struct es_train_params {
+    const char *train_path;
+    const char *valid_path;   /* NULL: hold out the last valid_frac of train_path */
+    double valid_frac;        /* in [0, 1); rows are split in file order */
+    es_reader_params reader;  /* how to read both files */
+    /* model */
+    const char *model;        /* "lr", "fm", "dlrm", "dcn" */
+    int dim;                  /* embedding dim (FM factor size) */
+    int bottom[8], n_bottom;  /* DLRM bottom MLP (0 layers: default) */
+    int top[8], n_top;        /* DLRM top / DCN deep MLP (0 layers: default) */
+    int n_cross;              /* DCN cross layers (0: default) */
+    /* storage */
+    const char *storage;      /* "full", "hash", "unified", ... */
+    double budget;            /* bytes (> 1), fraction of full (<= 1) or 0 */
+    int min_count, chunks, subtables, share;
+    const char *storage_opts; /* method-specific "k=v,..." */
+    /* optimisation */
+    int epochs, batch;
+    float lr;                 /* dense optimizer learning rate */
+    float emb_lr;             /* table optimizer learning rate */
+    const char *optim;        /* dense: "adam" (default), "adagrad", "sgd" */
+    const char *emb_optim;    /* tables: "rowwise" (default), "adagrad", "sgd" */
+    float weight_decay;
+    int threads;              /* 0: all cores */
+    uint64_t seed;
+    uint64_t max_rows;        /* 0: all rows of the train file */
+    /* output */
+    const char *out_path;     /* model file to write (NULL: none) */
+    const char *command_line; /* stored in the model metadata */
+    int checkpoint_every;     /* batches between checkpoints (0: never) */
+    const char *checkpoint_path; /* default: out_path + ".ckpt" */
+    int resume;               /* continue from checkpoint_path if present */
+    void (*progress)(const es_progress *p, void *ctx);
+    void *progress_ctx;
+} es_train_params;
+
+es_train_params es_train_params_default(void);
+
+typedef struct es_train_result {
+    es_metrics valid;         /* on the validation rows (rows = 0 if none) */
+    double train_loss;        /* mean loss of the last epoch */
+    uint64_t train_rows;      /* rows per epoch */
+    size_t emb_bytes;         /* embedding serving bytes (params + maps), as allocated */
+    size_t emb_param_bytes;   /* of which learnable parameters */
+    size_t emb_state_bytes;   /* table optimizer state */
+    size_t full_bytes;        /* what the full table would need for this vocabulary */
+    size_t net_bytes;         /* dense parameters */
+    size_t param_bytes;       /* emb_bytes + net_bytes */
+    double train_rows_per_s;  /* training throughput (all epochs, parsing included) */
+    double eval_rows_per_s;   /* inference throughput on the validation rows */
+    double seconds;
+    int threads;
+    int resumed;              /* 1 if training continued from a checkpoint */
+} es_train_result;
+
+/* Train a model end to end: read, build the vocabulary, train, evaluate,
+ * save.  On failure err says why (file:line:column for data errors). */
+int es_train(const es_train_params *p, es_train_result *res, es_err *err);
+
+/* Threads used by training, prediction and search (OpenMP and OpenBLAS);
+ * n <= 0 means all cores.  Returns the number in effect. */
+int es_set_threads(int n);
+
+typedef struct es_model es_model;
+
+#define ES_LOAD_NO_VERIFY 1u  /* skip tensor checksums when loading */
+
+int es_model_load(es_model **out, const char *path, unsigned flags, es_err *err);
+void es_model_free(es_model *m);
+const char *es_model_errmsg(const es_model *m);
+/* Metadata value stored with the model (NULL if absent). */
+const char *es_model_meta(const es_model *m, const char *key);
+/* Reader parameters the model was trained with (columns, format, ...). */
+es_reader_params es_model_reader_params(const es_model *m);
+int es_model_n_fields(const es_model *m);
+int es_model_n_dense(const es_model *m);
+/* Click probabilities for the rows of b: prob[b->n]. */
+int es_model_predict(es_model *m, const es_batch *b, float *prob);
+/* Evaluate on a labeled file (read with the model's reader parameters). */
+int es_model_eval_file(es_model *m, const char *path, es_metrics *out);
+/* Write one probability per line of `in` to out_path (atomically; "-" or
+ * NULL for stdout).  has_label = 0 reads an unlabeled file (no label
+ * column, e.g. the 39-column Criteo test file). */
+int es_model_predict_file(es_model *m, const char *in, int has_label, const char *out_path, uint64_t *rows_out);
+/* Embedding of a value: out[dim] for (field, key). */
+int es_model_embedding(es_model *m, int field, uint64_t key, float *out);
+int es_model_emb_dim(const es_model *m);
+
+/* ==== Container files (models, indexes, checkpoints): inspection ==== */
+
+/* Open any embstore container file read-only (mmap) to look at it.  flags:
+ * ES_LOAD_NO_VERIFY skips tensor checksums.  See docs/format.md. */
+typedef struct es_file es_file;
+int es_container_open(es_file **out, const char *path, unsigned flags, es_err *err);
+void es_container_close(es_file *f);
+uint32_t es_container_version(const es_file *f);
+uint64_t es_container_size(const es_file *f);
+int es_container_n_meta(const es_file *f);
+void es_container_meta_at(const es_file *f, int i, const char **key, const char **value);
+const char *es_container_meta(const es_file *f, const char *key);
+int es_container_n_tensors(const es_file *f);
+/* Description of tensor i: name, dtype name ("f32", ...), dims, bytes. */
+int es_container_tensor_info(const es_file *f, int i, const char **name, const char **dtype, int *ndim, uint64_t shape[4],
+                             uint64_t *nbytes);
+
 #ifdef __cplusplus
 }
 #endif

@@ -16,6 +16,7 @@ static const command commands[] = {
     {"train", cmd_train, "train a CTR model on a click log and report metrics"},
     {"eval", cmd_eval, "evaluate a saved model on a labeled file"},
     {"predict", cmd_predict, "write one click probability per input line"},
+    {"inspect", cmd_inspect, "show the metadata, tensors, bytes and field statistics of a file"},
 };
 
 static void usage(FILE *f) {

@@ -7,7 +7,8 @@
  *   metadata key/value pairs (UTF-8 strings)
  *   tensors  table of (name, dtype, ndim, shape, offset, nbytes, checksum)
  *   data     each tensor 64-byte aligned
- * Full layout in docs/format.md.  Persisted enums (es_dtype) are append-only.
+ * Full layout in docs/format.md.  Persisted enums (es_dtype) are append-only:
+ * a value, once released, keeps its number and meaning forever.
  *
  * Writing: es_fwriter collects metadata and tensor descriptors (the data
  * pointers must stay valid until commit), then commit writes a temporary
@@ -32,7 +33,10 @@ typedef enum {
     ES_DT_COUNT_
 } es_dtype;
 
-size_t es_dtype_bytes(es_dtype dt, uint64_t count); /* bytes for `count` elements */
+/* Bytes for `count` elements (I4: (count + 1) / 2).  SIZE_MAX for an unknown
+ * dtype or when the size does not fit in size_t. */
+size_t es_dtype_bytes(es_dtype dt, uint64_t count);
+/* "f32", "f16", "i8", "u8", "i32", "u32", "i64", "u64", "i4"; "unknown" otherwise. */
 const char *es_dtype_name(es_dtype dt);
 
 #define ES_TENSOR_NAME_MAX 64
@@ -48,29 +52,65 @@ typedef struct es_tensor_ref {
     size_t nbytes;
 } es_tensor_ref;
 
-/* Fill a ref; nbytes computed from dtype and shape. */
-void es_tensor_ref_set(es_tensor_ref *t, const char *name, es_dtype dt, void *data, int ndim, ...);
+/* Fill a ref: `ndim` (0..4) uint64_t shape arguments follow; nbytes is
+ * computed from dtype and shape.  Returns 0, or ES_EINVAL when the name is
+ * empty or longer than ES_TENSOR_NAME_MAX - 1 bytes, the dtype is unknown,
+ * ndim is outside 0..4 or the size overflows; in that case the ref is still
+ * filled (name truncated, ndim set to -1) in a way es_fwriter_tensor
+ * refuses, so a caller that ignores the return value still gets an error at
+ * write time instead of a silently renamed tensor. */
+int es_tensor_ref_set(es_tensor_ref *t, const char *name, es_dtype dt, void *data, int ndim, ...);
 
 /* ---- writer ---------------------------------------------------------------- */
+/* Current format version written by this embstore, and the newest it reads. */
+#define ES_FILE_VERSION 1u
+/* Hard limits checked on both sides (a reader refuses larger counts before
+ * allocating anything). */
+#define ES_FILE_MAX_META (1u << 20)          /* metadata entries */
+#define ES_FILE_MAX_TENSORS (1u << 20)       /* tensors */
+#define ES_FILE_MAX_META_BYTES (1u << 30)    /* metadata block */
+
+/* Errors are sticky: after a failed es_fwriter_meta/tensor call every later
+ * call returns the same code and commit fails (removing the temporary file),
+ * so a caller may check only the result of commit. */
 typedef struct es_fwriter es_fwriter;
+/* Creates the temporary file "<path>.tmp.<pid>" at once, so an unwritable
+ * destination is reported here (ES_EIO, message names the path). */
 int es_fwriter_open(es_fwriter **out, const char *path, es_err *err);
+/* Keys are non-empty, unique UTF-8; values are UTF-8 (may be empty).
+ * Both are copied.  A repeated key is an error (ES_EINVAL). */
 int es_fwriter_meta(es_fwriter *w, const char *key, const char *value);
 int es_fwriter_metaf(es_fwriter *w, const char *key, const char *fmt, ...) ES_PRINTF(3, 4);
 /* Adds the tensor (data not copied: must stay valid until commit).
- * Names must be unique. */
+ * Names must be unique; the descriptor is checked (name, dtype, ndim, and
+ * nbytes against shape and dtype). */
 int es_fwriter_tensor(es_fwriter *w, const es_tensor_ref *t);
-/* Write everything, fsync, rename.  Frees w in every case. */
+/* Write everything, fsync, rename.  Frees w in every case.  On failure no
+ * file is left at the destination (an existing file there is untouched). */
 int es_fwriter_commit(es_fwriter *w, es_err *err);
-/* Drop the file (no output left behind).  Frees w. */
+/* Drop the file (no output left behind).  Frees w.  NULL is a no-op. */
 void es_fwriter_abort(es_fwriter *w);
+/* Message of the last failure ("" when none). */
 const char *es_fwriter_errmsg(const es_fwriter *w);
 
 /* ---- reader ---------------------------------------------------------------- */
 #define ES_FILE_NO_VERIFY 1u   /* skip tensor checksums (header is always checked) */
 
 typedef struct es_file es_file;
+/* Map `path` read-only and validate the header, metadata, tensor table and
+ * padding (and, unless ES_FILE_NO_VERIFY, every tensor checksum).  Codes:
+ * ES_EIO (cannot open/map), ES_EFORMAT (not an embstore file, truncated,
+ * wrong endianness, inconsistent field), ES_EVERSION (newer format),
+ * ES_ECHECKSUM (corruption), ES_ENOMEM.  Messages start with the path.
+ * Tensor data is a view into the mapping: read-only, valid until close.
+ * Open time is independent of the data size except for checksum
+ * verification. */
 int es_file_open(es_file **out, const char *path, unsigned flags, es_err *err);
-void es_file_close(es_file *f);
+/* The same from a memory buffer (not copied: it must stay valid and
+ * unchanged until es_file_close).  `data` must be 64-byte aligned (so that
+ * tensor views are aligned as in a mapped file); messages name "(memory)". */
+int es_file_open_mem(es_file **out, const void *data, size_t len, unsigned flags, es_err *err);
+void es_file_close(es_file *f); /* NULL is a no-op */
 uint32_t es_file_version(const es_file *f);
 int es_file_n_meta(const es_file *f);
 /* i-th key/value (pointers into the mapping; NUL-terminated). */
@@ -79,8 +119,15 @@ const char *es_file_meta(const es_file *f, const char *key); /* NULL if absent *
 int es_file_n_tensors(const es_file *f);
 const es_tensor_ref *es_file_tensor_at(const es_file *f, int i);
 const es_tensor_ref *es_file_tensor(const es_file *f, const char *name); /* NULL if absent */
-/* Verify one tensor's checksum now (for lazily verified files). */
+/* Verify one tensor's checksum now (for lazily verified files).
+ * ES_ECHECKSUM (message names the file and tensor) or ES_EINVAL for a bad i. */
 int es_file_verify_tensor(const es_file *f, int i, es_err *err);
 size_t es_file_size(const es_file *f);
+
+/* Internal, for tests and the fuzzer: recompute the header checksum of a
+ * file image in place (bytes 8..15), so that deliberately malformed tables
+ * reach the field checks behind the checksum.  ES_EFORMAT if the image is
+ * too short or its data offset lies outside it. */
+int es__file_fix_checksum(void *data, size_t len);
 
 #endif /* ES_FORMAT_FILE_H */

@@ -47,10 +47,17 @@ typedef struct es_optim_params {
     float init_acc;    /* adagrad initial accumulator (default 0) */
 } es_optim_params;
 
-/* ---- vocabulary: per-field value counts from a pass over training data ---- */
+/* ---- vocabulary: per-field value counts from a pass over training data ----
+ * One open-addressing hash map per field from value key to count (vocab.c);
+ * memory is proportional to the distinct values seen (about 32 bytes each).
+ * A failed add (out of memory) leaves the vocab failed: later adds return
+ * the same code, and es_vocab_errmsg says why. */
 typedef struct es_vocab es_vocab;
 int es_vocab_create(es_vocab **out, int n_fields);
 void es_vocab_free(es_vocab *v);
+/* Count every value of every (row, field) of b.  ES_EINVAL when b's field
+ * count differs or its CSR offsets are inconsistent (nothing counted);
+ * ES_ENOMEM when a map cannot grow (the batch may be partly counted). */
 int es_vocab_add_batch(es_vocab *v, const es_batch *b);
 uint64_t es_vocab_count(const es_vocab *v, int field, uint64_t key);
 /* distinct keys seen in field f (all counts), and those with count >= min */
@@ -59,29 +66,44 @@ uint64_t es_vocab_distinct_min(const es_vocab *v, int field, uint64_t min_count)
 /* Iterate field f's keys: calls fn(key, count, ctx) for each; any order. */
 void es_vocab_each(const es_vocab *v, int field, void (*fn)(uint64_t key, uint64_t count, void *ctx), void *ctx);
 int es_vocab_n_fields(const es_vocab *v);
+/* Total value occurrences counted in field f. */
+uint64_t es_vocab_total(const es_vocab *v, int field);
+/* Bytes held by the maps. */
+size_t es_vocab_bytes(const es_vocab *v);
+const char *es_vocab_errmsg(const es_vocab *v);
 
 /* ---- storage parameters ----------------------------------------------------- */
 typedef struct es_storage_params {
     const char *method;   /* registry name: "full", "hash", "unified", ... */
     int n_fields;
     int dim;              /* output dimension per field */
-    int max_batch;        /* largest batch passed to lookup/backward */
+    int max_batch;        /* largest batch passed to lookup/backward (sizes scratch) */
     /* Budget for serving bytes (parameters + lookup maps):
      *   > 1      : bytes;
      *   (0, 1]   : fraction of the `full` table's parameter bytes for this
      *              vocabulary (needs a vocab);
-     *   0        : method default (full: exact vocabulary size). */
+     *   0        : method default (full: exact vocabulary size; hash and
+     *              unified need a budget, or rows=... in opts). */
     double budget;
-    uint64_t seed;
+    uint64_t seed;        /* initial values and (hash/unified) the hash salts */
     float init_scale;     /* rows ~ U(-s, s); default 0.05; 0 gives zeros (LR) */
-    es_optim_params opt;
+    es_optim_params opt;  /* SGD, ADAGRAD or ROWWISE_ADAGRAD for tables */
     int min_count;        /* full/adapt: values seen fewer times go to the field's OOV row (default 1) */
     int chunks;           /* unified: k chunks per field (default 1); feature dim = k * chunk dim */
     int subtables;        /* unified: T sub-tables the chunks are spread over (default 1) */
     int share;            /* 1: one parameter space for all fields (multiplexing); 0: per field */
-    const char *opts;     /* method-specific "key=value,..." */
+    /* Method-specific "key=value,..."; the first occurrence of a key wins.
+     * The keys a method writes into es_storage.meta are accepted here and
+     * take precedence over budget solving and the fields above, so a saved
+     * storage is re-created with the same shapes by passing its meta as
+     * opts (budget 0 or the saved byte budget, vocab NULL).  Unknown keys
+     * are ignored (opts may carry keys meant for other methods). */
+    const char *opts;
 } es_storage_params;
 
+/* Defaults: row-wise Adagrad (lr 0.05, eps 1e-8, init_acc 0), init_scale
+ * 0.05, min_count 1, chunks 1, subtables 1, share 0, max_batch 256, seed 1,
+ * budget 0, method "hash". */
 es_storage_params es_storage_params_default(void);
 
 /* Statistics for `embstore inspect`: per-field rows used and collisions. */
@@ -91,6 +113,9 @@ typedef struct es_field_stats {
     uint64_t rows_used;   /* rows with at least one value mapped to them */
     uint64_t collisions;  /* values sharing a row with another value */
 } es_field_stats;
+/* field_stats sets rows_used and collisions to ES_STATS_UNKNOWN when there
+ * is no vocab or its scratch memory cannot be allocated. */
+#define ES_STATS_UNKNOWN UINT64_MAX
 
 typedef struct es_storage es_storage;
 
@@ -98,11 +123,14 @@ typedef struct es_storage_ops {
     const char *name;
     const char *summary;  /* one line for --help */
     /* Size from p (budget, vocab may be NULL unless the method needs it),
-     * allocate, initialise with p->seed.  s->impl is the method's state. */
+     * allocate, initialise with p->seed.  s->impl is the method's state.
+     * On failure the method frees what it allocated (destroy is not called)
+     * and sets err. */
     int (*create)(es_storage *s, const es_vocab *vocab, es_err *err);
     /* out[(r - r0), f, :] for rows r in [r0, r1). */
     void (*lookup)(es_storage *s, const es_batch *b, int r0, int r1, float *out);
-    /* dout[n, F, dim] for the whole batch b; sparse update of touched params. */
+    /* dout[n, F, dim] for the whole batch b; sparse update of touched params.
+     * Errors (ES_ENOMEM when scratch cannot grow) leave a message in s->err. */
     int (*backward)(es_storage *s, const es_batch *b, const float *dout);
     /* List persistent tensors; returns count written (<= max) or, when refs is
      * NULL, the count needed. */
@@ -115,6 +143,8 @@ typedef struct es_storage_ops {
     void (*destroy)(es_storage *s);
 } es_storage_ops;
 
+#define ES_STORAGE_META_MAX 4096
+
 struct es_storage {
     const es_storage_ops *ops;
     es_storage_params p;     /* copy; strings owned (method, opts) */
@@ -122,7 +152,10 @@ struct es_storage {
     size_t param_bytes;      /* learnable parameters, as allocated */
     size_t aux_bytes;        /* lookup structures needed to serve (maps) */
     size_t state_bytes;      /* optimizer state */
-    char meta[256];          /* method's resolved hyper-parameters, "k=v,k=v" (saved with the model) */
+    /* Method's resolved hyper-parameters, "k=v,k=v" (saved with the model;
+     * fed back as opts on load).  Large enough for a per-field row list of
+     * a few hundred fields; a method returns ES_ERANGE if it does not fit. */
+    char meta[ES_STORAGE_META_MAX];
     void *impl;
     es_err err;
 };
@@ -133,12 +166,35 @@ int es_storage_n_methods(void);
 const es_storage_ops *es_storage_method_at(int i);
 
 /* Create a storage by method name.  vocab may be NULL when the method and
- * budget do not need one. */
+ * budget do not need one.  Checks the parameters (ES_EINVAL with a message
+ * naming the bad one), resolves the budget into s->budget_bytes, calls the
+ * method's create and checks its byte accounting against the budget. */
 int es_storage_create(es_storage **out, const es_storage_params *p, const es_vocab *vocab, es_err *err);
 void es_storage_free(es_storage *s);
 /* Bytes of the uncompressed `full` table for a vocabulary (parameters only,
- * rows with count >= min_count plus one OOV row per field). */
+ * rows with count >= min_count plus one OOV row per field).  SIZE_MAX if the
+ * figure overflows. */
 size_t es_storage_full_bytes(const es_vocab *vocab, int dim, int min_count);
+/* Thin wrappers over s->ops (same contracts); backward also checks the
+ * batch shape (ES_EINVAL).  errmsg is the last error's message. */
+void es_storage_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *out);
+int es_storage_backward(es_storage *s, const es_batch *b, const float *dout);
+int es_storage_tensors(es_storage *s, es_tensor_ref *refs, int max);
+int es_storage_after_load(es_storage *s);
+const char *es_storage_errmsg(const es_storage *s);
+
+/* ---- helpers for method implementations (storage.c) ------------------------
+ * es__storage_opt: value of key in s->p.opts (first occurrence), not copied
+ * (*len bytes at the returned pointer), or NULL when absent.  Does not
+ * allocate, so a failed allocation can never look like a missing option.
+ * es__storage_opt_u64: parse it as an unsigned integer in [lo, hi];
+ * returns 0 and sets *found (0/1), or ES_EINVAL with a message. */
+const char *es__storage_opt(const es_storage *s, const char *key, size_t *len);
+int es__storage_opt_u64(const es_storage *s, const char *key, uint64_t lo, uint64_t hi, uint64_t *val, int *found,
+                        es_err *err);
+/* Salt of (field, chunk) for hashed methods: one function so that `hash`
+ * with share=1 and `unified` with k=1, T=1 are the same model. */
+uint64_t es__storage_salt(uint64_t seed, int field, int chunk);
 
 /* ---- helpers shared by row-table methods (rows.c) -------------------------
  * A dense row table [n_rows, dim] with its sparse optimizer state, and a
@@ -152,27 +208,97 @@ typedef struct es_rows {
     es_optim_params opt;
 } es_rows;
 
+/* Allocate w (exactly n_rows*dim floats) and the optimizer state, fill w
+ * with U(-init_scale, init_scale) drawn row-major from rng (zeros, and no
+ * draws, when init_scale is 0) and the accumulators with opt->init_acc.
+ * ES_EINVAL for ADAM or a bad shape, ES_ENOMEM; t is zeroed on failure. */
 int es_rows_init(es_rows *t, uint64_t n_rows, int dim, const es_optim_params *opt, es_rng *rng, float init_scale);
 void es_rows_free(es_rows *t);
 size_t es_rows_param_bytes(const es_rows *t);
 size_t es_rows_state_bytes(const es_rows *t);
+/* One optimizer update of row r with gradient g[dim]. */
+void es_rows_update(es_rows *t, uint64_t r, const float *g);
+/* Tensor refs for w ("weight", f32 [n_rows, dim]) and, when there is
+ * optimizer state, "opt.acc" (f32 [n_rows, dim] or [n_rows]).  Returns the
+ * number of refs (written only when refs != NULL and they fit in max). */
+int es__rows_tensors(es_rows *t, es_tensor_ref *refs, int max);
+/* Fill a tensor ref directly (name, dtype, shape, nbytes). */
+void es__tensor_ref_fill(es_tensor_ref *t, const char *name, es_dtype dt, void *data, int ndim, const uint64_t *shape);
 
 typedef struct es_gradacc {
     uint64_t *keys;    /* open-addressing map: row id -> slot */
-    int32_t *slot;
-    size_t map_cap;    /* power of two */
+    int32_t *slot;     /* -1 = empty */
+    size_t map_cap;    /* power of two, >= 2 * cap */
     float *g;          /* [cap, dim] summed gradients */
     uint64_t *rows;    /* [cap] row id of each slot, insertion order */
     size_t cap, n;
     int dim;
 } es_gradacc;
 
+/* cap: distinct rows expected per batch (grown, amortised, when exceeded). */
 int es_gradacc_init(es_gradacc *a, size_t cap, int dim);
 void es_gradacc_free(es_gradacc *a);
 void es_gradacc_clear(es_gradacc *a);
-/* g_row += scale * g[0..len) at column offset col; returns the slot's gradient row. */
+/* The summed-gradient row [dim] of table row `row`, zeroed when the row is
+ * new in this batch (slots keep insertion order).  NULL when the
+ * accumulator had to grow and could not (nothing else changes). */
 float *es_gradacc_row(es_gradacc *a, uint64_t row);
-/* Apply one optimizer update per accumulated row to table t, then clear. */
+/* Apply one optimizer update per accumulated row to table t (in insertion
+ * order, so a 1-thread run is deterministic), then clear. */
 void es_gradacc_apply(es_gradacc *a, es_rows *t);
+/* Bytes held by the accumulator (training scratch; not in any budget). */
+size_t es_gradacc_bytes(const es_gradacc *a);
+
+/* ---- the shared lookup / backward kernels -----------------------------------
+ * A method maps the keys of a (row, field) pair to table rows with a
+ * resolve function: ids[i*k + j] = row of value keys[i], chunk j.  Each
+ * value contributes k chunk rows of t->dim floats, concatenated into the
+ * field's k * t->dim output.  The kernels resolve a block of upcoming
+ * pairs, prefetch the rows, then pool them (copy or scale for the first
+ * value, axpy for the rest), so the common single-value case costs one
+ * row copy. */
+typedef void (*es__resolve_fn)(const void *ctx, int field, const uint64_t *keys, size_t n, uint64_t *ids);
+#define ES_RESOLVE_BLOCK 128   /* row ids resolved ahead of use; k must be <= this / 2 */
+void es__rows_lookup(const es_rows *t, int k, es__resolve_fn fn, const void *ctx, const es_batch *b, int r0, int r1,
+                     float *out);
+/* Accumulate dout into ga per distinct row and apply the optimizer.
+ * ES_ENOMEM (nothing applied) if ga cannot grow. */
+int es__rows_backward(es_rows *t, es_gradacc *ga, int k, es__resolve_fn fn, const void *ctx, const es_batch *b,
+                      const float *dout);
+/* Field statistics from the vocab's keys of `field` resolved with fn.
+ * For k > 1, rows_used counts distinct (chunk, row) pairs and collisions
+ * counts values whose whole k-row tuple equals another value's. */
+void es__rows_field_stats(int k, es__resolve_fn fn, const void *ctx, const es_vocab *vocab, int field,
+                          uint64_t rows, es_field_stats *out);
+
+/* ---- hashed-row engine (hash.c), shared by `hash` and `unified` ------------
+ * One row table of chunk-dim rows; field f's chunk j reads rows
+ * [base[c], base[c] + nrows[c]) with c = f*k + j, at
+ *   base[c] + es__range(es__hash_u64(key, salt[c]), nrows[c]).
+ * A method sizes the table, calls es__hashed_alloc, fills base/nrows/salt
+ * and writes s->meta; lookup, backward, tensors, field_stats and destroy
+ * are common. */
+typedef struct es__hashed {
+    es_rows t;         /* [total rows, cd] */
+    int F, k, cd;
+    uint64_t *base;    /* [F*k] */
+    uint64_t *nrows;   /* [F*k] */
+    uint64_t *salt;    /* [F*k] */
+    es_gradacc ga;
+} es__hashed;
+/* Bytes of base/nrows/salt for F fields of k chunks (counted as aux). */
+size_t es__hashed_aux_bytes(int F, int k);
+/* Allocate and initialise (weights from s->p.seed) and set s->impl and the
+ * byte counts; ES_ENOMEM with a message. */
+int es__hashed_alloc(es_storage *s, uint64_t n_rows, int k, int cd, es_err *err);
+void es__hashed_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *out);
+int es__hashed_backward(es_storage *s, const es_batch *b, const float *dout);
+int es__hashed_tensors(es_storage *s, es_tensor_ref *refs, int max);
+void es__hashed_field_stats(es_storage *s, const es_vocab *vocab, int field, es_field_stats *out);
+void es__hashed_destroy(es_storage *s);
+/* Rows from budget: floor((budget - aux) / row_bytes), or ES_EBUDGET /
+ * ES_EINVAL (no budget) with a message naming the method. */
+int es__hashed_rows_from_budget(const es_storage *s, size_t aux, int row_floats, uint64_t min_rows, uint64_t *rows,
+                                es_err *err);
 
 #endif /* ES_STORAGE_H */

@@ -1,0 +1,391 @@
+/*
+ * csv.c — delimited text (CSV, TSV, any one-byte delimiter) with a header
+ * line or a column spec.
+ *
+ * Quoting follows RFC 4180 within a line: a field that starts with '"' runs
+ * to the matching '"', and "" inside it is one quote (MovieLens titles such
+ * as "American President, The (1995)" need this).  Quoted line breaks are
+ * not supported: each record is one line.  Fields are unquoted in place in
+ * the line buffer, so nothing is copied or allocated per field.
+ *
+ * Column roles come from params.columns ("name:role" or "index:role"; see
+ * embstore.h).  Dense features and categorical fields are numbered in the
+ * order their columns appear in the file.
+ */
+#include "data/reader_impl.h"
+
+/* Cut the next field at *pp.  With `unquote`, a quoted field is rewritten
+ * in place and [*fs, *fe) is its content; without, the line is left as is
+ * (used to count columns of a line that is read again later).  *pp ends at
+ * the delimiter or at end.  Returns 0, 1 (unterminated quote) or 2 (junk
+ * after the closing quote). */
+static int next_field(char **pp, char *end, char d, bool unquote, char **fs, char **fe) {
+    char *p = *pp;
+    if (p < end && *p == '"') {
+        char *w = p, *q = p + 1;
+        for (;;) {
+            char *qq = memchr(q, '"', (size_t)(end - q));
+            if (!qq) return 1;
+            if (unquote) {
+                size_t k = (size_t)(qq - q);
+                memmove(w, q, k); /* w <= q: the text only moves left */
+                w += k;
+            }
+            if (qq + 1 < end && qq[1] == '"') {
+                if (unquote) *w++ = '"';
+                q = qq + 2;
+                continue;
+            }
+            p = qq + 1;
+            break;
+        }
+        if (p < end && *p != d) return 2;
+        *fs = *pp;
+        *fe = unquote ? w : p;
+        *pp = p;
+        return 0;
+    }
+    char *q = memchr(p, d, (size_t)(end - p));
+    if (!q) q = end;
+    *fs = p;
+    *fe = q;
+    *pp = q;
+    return 0;
+}
+
+/* Number of fields in [p, end) (p at the start of a field); -1 on a quote
+ * error. */
+static int count_fields(char *p, char *end, char d) {
+    int c = 0;
+    for (;;) {
+        char *fs, *fe;
+        if (next_field(&p, end, d, false, &fs, &fe)) return -1;
+        c++;
+        if (p == end) return c;
+        p++;
+    }
+}
+
+static const char *quote_problem(int q) {
+    return q == 1 ? "unterminated quoted field (quoted line breaks are not supported)"
+                  : "unexpected character after a closing quote";
+}
+
+/* ---- setup ----------------------------------------------------------------------- */
+static int role_of(const char *s, size_t n) {
+    static const struct {
+        const char *name;
+        int role;
+    } roles[] = {{"label", ES__COL_LABEL}, {"num", ES__COL_NUM},     {"cat", ES__COL_CAT},
+                 {"multi", ES__COL_MULTI}, {"ignore", ES__COL_IGNORE}};
+    for (size_t i = 0; i < ES_ARRAY_LEN(roles); i++)
+        if (strlen(roles[i].name) == n && memcmp(roles[i].name, s, n) == 0) return roles[i].role;
+    return -1;
+}
+
+static void trim(const char **s, size_t *n) {
+    while (*n && (**s == ' ' || **s == '\t')) (*s)++, (*n)--;
+    while (*n && ((*s)[*n - 1] == ' ' || (*s)[*n - 1] == '\t')) (*n)--;
+}
+
+/* First non-blank line of the file (the header, or the first data line for
+ * a header-less file). */
+static int first_line(es_reader *r, char **s, size_t *n, es_err *err) {
+    const char *name = es__lineio_name(r->io);
+    for (;;) {
+        int rc = es__lineio_next(r->io, s, n, &r->err);
+        if (rc == 1 && *n == 0) continue;
+        if (rc == 1) break;
+        if (rc == 0) return es__err(err, ES_EPARSE, "%s: no data rows", name);
+        if (err) *err = r->err;
+        return rc;
+    }
+    if (*n >= 3 && es__lineio_lineno(r->io) == 1 && memcmp(*s, "\xef\xbb\xbf", 3) == 0) {
+        *s += 3;
+        *n -= 3;
+    }
+    const char *why;
+    size_t bad = es__text_check(*s, *n, &why);
+    if (bad < *n)
+        return es__err(err, ES_EPARSE, "%s:%llu:column %zu: %s", name, (unsigned long long)es__lineio_lineno(r->io), bad + 1,
+                       why);
+    return ES_OK;
+}
+
+static int read_header(es_reader *r, es_err *err) {
+    const char *name = es__lineio_name(r->io);
+    char *s;
+    size_t n;
+    int rc = first_line(r, &s, &n, err);
+    if (rc) return rc;
+    unsigned long long ln = (unsigned long long)es__lineio_lineno(r->io);
+    int nc = count_fields(s, s + n, r->delim);
+    if (nc < 0) return es__err(err, ES_EPARSE, "%s:%llu: header: %s", name, ln, quote_problem(1));
+    if (nc > ES__MAX_FIELDS)
+        return es__err(err, ES_EPARSE, "%s:%llu: header has %d columns (at most %d are supported)", name, ln, nc, ES__MAX_FIELDS);
+    r->col_names = es__calloc((size_t)nc, sizeof(char *));
+    if (!r->col_names) return es__err(err, ES_ENOMEM, "%s: out of memory", name);
+    r->n_cols = nc;
+    char *p = s, *end = s + n;
+    for (int c = 0; c < nc; c++) {
+        char *fs, *fe;
+        int q = next_field(&p, end, r->delim, true, &fs, &fe);
+        if (q) return es__err(err, ES_EPARSE, "%s:%llu: header column %d: %s", name, ln, c + 1, quote_problem(q));
+        size_t len = (size_t)(fe - fs);
+        char buf[32];
+        if (len == 0) {
+            snprintf(buf, sizeof buf, "c%d", c);
+            fs = buf;
+            len = strlen(buf);
+        }
+        r->col_names[c] = es__malloc(len + 1);
+        if (!r->col_names[c]) return es__err(err, ES_ENOMEM, "%s: out of memory", name);
+        memcpy(r->col_names[c], fs, len);
+        r->col_names[c][len] = 0;
+        if (p < end) p++;
+    }
+    r->header_lines = 1;
+    return ES_OK;
+}
+
+/* Header-less file: the column count comes from the first data line, which
+ * is put back for next(). */
+static int peek_columns(es_reader *r, es_err *err) {
+    const char *name = es__lineio_name(r->io);
+    char *s;
+    size_t n;
+    int rc = first_line(r, &s, &n, err);
+    if (rc) return rc;
+    int nc = count_fields(s, s + n, r->delim);
+    unsigned long long ln = (unsigned long long)es__lineio_lineno(r->io);
+    if (nc < 0) return es__err(err, ES_EPARSE, "%s:%llu: cannot count the columns: %s", name, ln, quote_problem(1));
+    if (nc > ES__MAX_FIELDS)
+        return es__err(err, ES_EPARSE, "%s:%llu: %d columns (at most %d are supported)", name, ln, nc, ES__MAX_FIELDS);
+    es__lineio_unget(r->io);
+    rc = es__make_names(&r->col_names, nc, "c", 0);
+    if (rc) return es__err(err, rc, "%s: out of memory", name);
+    r->n_cols = nc;
+    return ES_OK;
+}
+
+static int apply_spec(es_reader *r, const char *spec, int *roles, es_err *err) {
+    const char *name = es__lineio_name(r->io);
+    const int have_header = r->header_lines > 0;
+    const char *p = spec;
+    for (;;) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma ? (size_t)(comma - p) : strlen(p);
+        const char *item = p;
+        trim(&item, &n);
+        if (n == 0) {
+            if (!comma) break; /* a trailing comma is harmless */
+            return es__err(err, ES_EINVAL, "columns: empty entry in '%s'", spec);
+        }
+        const char *colon = NULL;
+        for (size_t i = 0; i < n; i++)
+            if (item[i] == ':') colon = item + i; /* the last one: names may contain ':' */
+        if (!colon)
+            return es__err(err, ES_EINVAL, "columns: '%.*s' has no role (expected name:role, role one of label, num, cat, multi, ignore)",
+                           (int)n, item);
+        const char *cn = item, *rn = colon + 1;
+        size_t cl = (size_t)(colon - item), rl = n - cl - 1;
+        trim(&cn, &cl);
+        trim(&rn, &rl);
+        int role = role_of(rn, rl);
+        if (role < 0)
+            return es__err(err, ES_EINVAL, "columns: unknown role '%.*s' for '%.*s' (expected label, num, cat, multi or ignore)",
+                           (int)rl, rn, (int)cl, cn);
+        int idx = -1;
+        if (have_header) {
+            for (int c = 0; c < r->n_cols; c++) {
+                if (strlen(r->col_names[c]) == cl && memcmp(r->col_names[c], cn, cl) == 0) {
+                    if (idx >= 0)
+                        return es__err(err, ES_EINVAL, "columns: '%.*s' appears twice in the header of %s; use its 0-based index",
+                                       (int)cl, cn, name);
+                    idx = c;
+                }
+            }
+        }
+        if (idx < 0 && cl > 0 && cl <= 9 && strspn(cn, "0123456789") >= cl) {
+            long v = 0;
+            for (size_t i = 0; i < cl; i++) v = v * 10 + (cn[i] - '0');
+            if (v >= r->n_cols)
+                return es__err(err, ES_EINVAL, "columns: index %ld is out of range (%s has %d columns)", v, name, r->n_cols);
+            idx = (int)v;
+        }
+        if (idx < 0) {
+            if (have_header)
+                return es__err(err, ES_EINVAL, "columns: '%.*s' is not a column of %s (the header has %d columns, first '%s')",
+                               (int)cl, cn, name, r->n_cols, r->n_cols ? r->col_names[0] : "");
+            return es__err(err, ES_EINVAL, "columns: '%.*s': %s has no header, so name columns by 0-based index", (int)cl, cn,
+                           name);
+        }
+        if (roles[idx] >= 0)
+            return es__err(err, ES_EINVAL, "columns: column '%s' is given twice", r->col_names[idx]);
+        roles[idx] = role;
+        if (!comma) break;
+        p = comma + 1;
+    }
+    return ES_OK;
+}
+
+int es__csv_setup(es_reader *r, const char *columns, es_err *err) {
+    const char *name = es__lineio_name(r->io);
+    int rc = r->p.header ? read_header(r, err) : peek_columns(r, err);
+    if (rc) return rc;
+    const int nc = r->n_cols;
+    int *roles = es__malloc((size_t)nc * sizeof(int));
+    r->cols = es__calloc((size_t)nc, sizeof(es__col));
+    if (!roles || !r->cols) {
+        es__free(roles);
+        return es__err(err, ES_ENOMEM, "%s: out of memory", name);
+    }
+    for (int c = 0; c < nc; c++) roles[c] = -1;
+    if (columns) {
+        rc = apply_spec(r, columns, roles, err);
+    } else {
+        /* No spec: the first column is the label, the rest categorical. */
+        for (int c = 0; c < nc; c++) roles[c] = (c == 0 && r->p.has_label) ? ES__COL_LABEL : ES__COL_CAT;
+    }
+    int n_label = 0, n_dense = 0, n_fields = 0, first_label = -1;
+    for (int c = 0; rc == ES_OK && c < nc; c++) {
+        if (roles[c] < 0) roles[c] = ES__COL_IGNORE;
+        if (roles[c] == ES__COL_LABEL && !r->p.has_label) roles[c] = ES__COL_IGNORE;
+        switch (roles[c]) {
+        case ES__COL_LABEL:
+            if (n_label++)
+                rc = es__err(err, ES_EINVAL, "columns: more than one label column ('%s' and '%s')", r->col_names[first_label],
+                             r->col_names[c]);
+            first_label = c;
+            break;
+        case ES__COL_NUM: r->cols[c].slot = n_dense++; break;
+        case ES__COL_CAT:
+        case ES__COL_MULTI: r->cols[c].slot = n_fields++; break;
+        default: break;
+        }
+        r->cols[c].role = roles[c];
+    }
+    es__free(roles);
+    if (rc) return rc;
+    if (r->p.has_label && n_label == 0)
+        return es__err(err, ES_EINVAL, "columns: no label column in %s (mark one as name:label, or set has_label = 0)", name);
+    r->dense_names = es__calloc((size_t)(n_dense ? n_dense : 1), sizeof(char *));
+    r->field_names = es__calloc((size_t)(n_fields ? n_fields : 1), sizeof(char *));
+    if (!r->dense_names || !r->field_names) return es__err(err, ES_ENOMEM, "%s: out of memory", name);
+    for (int c = 0; c < nc; c++) {
+        const es__col *col = &r->cols[c];
+        char **slot = col->role == ES__COL_NUM                                     ? &r->dense_names[col->slot]
+                      : (col->role == ES__COL_CAT || col->role == ES__COL_MULTI) ? &r->field_names[col->slot]
+                                                                                   : NULL;
+        if (!slot) continue;
+        *slot = es__strdup(r->col_names[c]);
+        if (!*slot) {
+            /* names allocated so far are freed with counts set below */
+            r->n_dense = n_dense;
+            r->n_fields = n_fields;
+            return es__err(err, ES_ENOMEM, "%s: out of memory", name);
+        }
+    }
+    r->n_dense = n_dense;
+    r->n_fields = n_fields;
+    r->row = es__csv_row;
+    return ES_OK;
+}
+
+int es__csv_skip_header(es_reader *r) {
+    char *s;
+    size_t n;
+    for (;;) {
+        int rc = es__lineio_next(r->io, &s, &n, &r->err);
+        if (rc == 1 && n == 0) continue;
+        if (rc == 1) return ES_OK;
+        if (rc == 0) return es__err(&r->err, ES_EPARSE, "%s: the header line is gone (file changed?)", es__lineio_name(r->io));
+        return rc;
+    }
+}
+
+/* ---- rows ---------------------------------------------------------------------------- */
+/* Column-level error; when the line also has the wrong number of columns,
+ * that is the message (a shifted line makes later columns look wrong).
+ * `rest` is where the current field ended (at a delimiter or end). */
+static int csv_col_err(es_reader *r, int c, char *rest, char *end, const char *what, const char *tok, size_t tlen) {
+    if (rest) {
+        int more = rest < end ? count_fields(rest + 1, end, r->delim) : 0;
+        if (more >= 0 && c + 1 + more != r->n_cols)
+            return es__row_err(r, "expected %d columns, got %d", r->n_cols, c + 1 + more);
+    }
+    const char *cname = c < r->n_cols ? r->col_names[c] : "extra";
+    if (!tok) return es__row_err(r, "column %d (%s): %s", c + 1, cname, what);
+    char tb[200];
+    return es__row_err(r, "column %d (%s): %s, got '%s'", c + 1, cname, what, es__tok(tb, sizeof tb, tok, tlen));
+}
+
+static int push_multi(es_reader *r, const char *s, size_t n, es_batch *b, size_t *nv) {
+    const char sep = r->msep;
+    const char *end = s + n;
+    size_t count = 0;
+    for (const char *p = s; p < end;) {
+        const char *q = memchr(p, sep, (size_t)(end - p));
+        if (!q) q = end;
+        count += q > p;
+        p = q + 1;
+    }
+    if (count == 0) return ES_OK; /* an empty list pools to zero */
+    float w = r->p.pool == ES_POOL_MEAN ? 1.0f / (float)count : 1.0f;
+    for (const char *p = s; p < end;) {
+        const char *q = memchr(p, sep, (size_t)(end - p));
+        if (!q) q = end;
+        if (q > p) {
+            int rc = es__push_val(b, nv, es_key(p, (size_t)(q - p)), w);
+            if (rc) return rc;
+        }
+        p = q + 1;
+    }
+    return ES_OK;
+}
+
+int es__csv_row(es_reader *r, char *s, size_t n, es_batch *b, int row, size_t *nv) {
+    const size_t F = (size_t)r->n_fields;
+    uint32_t *off = b->off + (size_t)row * F;
+    float *dense = b->dense + (size_t)row * (size_t)r->n_dense;
+    const char d = r->delim;
+    float label = 0.0f;
+    char *p = s, *end = s + n;
+    int c = 0;
+    for (;; c++) {
+        char *fs, *fe;
+        int q = next_field(&p, end, d, true, &fs, &fe);
+        if (q) return csv_col_err(r, c, NULL, end, quote_problem(q), NULL, 0);
+        if (c < r->n_cols) {
+            const es__col *col = &r->cols[c];
+            size_t len = (size_t)(fe - fs);
+            int rc = ES_OK;
+            switch (col->role) {
+            case ES__COL_LABEL: {
+                const char *why;
+                if (!es__parse_label(r, fs, len, 0, &label, &why)) return csv_col_err(r, c, p, end, why, fs, len);
+                break;
+            }
+            case ES__COL_NUM:
+                if (!es__num_feature(r, fs, len, &dense[col->slot]))
+                    return csv_col_err(r, c, p, end, "expected a number", fs, len);
+                break;
+            case ES__COL_CAT:
+                rc = es__push_val(b, nv, es_key(fs, len), 1.0f);
+                off[col->slot + 1] = (uint32_t)*nv;
+                break;
+            case ES__COL_MULTI:
+                rc = push_multi(r, fs, len, b, nv);
+                off[col->slot + 1] = (uint32_t)*nv;
+                break;
+            default: break;
+            }
+            if (rc) return rc;
+        }
+        if (p == end) break;
+        p++;
+    }
+    if (c + 1 != r->n_cols) return es__row_err(r, "expected %d columns, got %d", r->n_cols, c + 1);
+    b->label[row] = label;
+    return ES_OK;
+}

@@ -1,0 +1,244 @@
+/*
+ * libsvm.c — the sparse text formats
+ *   libsvm:  label idx:val idx:val ...          one multi-valued field
+ *   libffm:  label field:idx:val ...            fields 0..n_fields-1
+ * Terms are separated by spaces or tabs; a token starting with '#' ends the
+ * line (svmlight comments).  The key of a term is es_key of its index text
+ * and its pooling weight is its value (times 1/count with mean pooling), so
+ * sum pooling gives sum_i val_i * E[idx_i], the usual sparse dot product.
+ *
+ * libffm terms may come in any field order (xLearn's files put field 17
+ * before 16), so a line's terms are collected in a scratch list and placed
+ * by field with a counting sort; the scratch grows amortised, like the
+ * batch.  In messages "column N" is the 1-based byte position of the term.
+ */
+#include "data/reader_impl.h"
+
+#include <math.h>
+
+static inline const char *skip_sp(const char *p, const char *end) {
+    while (p < end && (*p == ' ' || *p == '\t')) p++;
+    return p;
+}
+static inline const char *tok_end(const char *p, const char *end) {
+    while (p < end && *p != ' ' && *p != '\t') p++;
+    return p;
+}
+
+/* The label token at the start of a line; p is moved past it. */
+static int parse_line_label(es_reader *r, const char *s, const char **pp, const char *end, float *label) {
+    const char *p = skip_sp(*pp, end);
+    const char *t = p;
+    p = tok_end(p, end);
+    const char *why;
+    if (!es__parse_label(r, t, (size_t)(p - t), 1, label, &why)) {
+        char tb[200];
+        return es__row_err(r, "column %zu: %s, got '%s'", (size_t)(t - s) + 1, why, es__tok(tb, sizeof tb, t, (size_t)(p - t)));
+    }
+    *pp = p;
+    return ES_OK;
+}
+
+static int parse_value(es_reader *r, const char *s, const char *t, size_t tlen, const char *v, size_t vlen, float *out) {
+    double d;
+    if (!es__parse_num(v, vlen, &d) || !isfinite((float)d)) {
+        char tb[200];
+        return es__row_err(r, "column %zu: the value of term '%s' is not a finite number", (size_t)(t - s) + 1,
+                           es__tok(tb, sizeof tb, t, tlen));
+    }
+    *out = (float)d;
+    return ES_OK;
+}
+
+/* ---- libsvm ------------------------------------------------------------------------ */
+int es__libsvm_setup(es_reader *r, es_err *err) {
+    r->field_names = es__calloc(1, sizeof(char *));
+    if (r->field_names) r->field_names[0] = es__strdup("features");
+    r->n_fields = 1;
+    if (!r->field_names || !r->field_names[0]) return es__err(err, ES_ENOMEM, "%s: out of memory", es__lineio_name(r->io));
+    r->n_dense = 0;
+    r->row = es__libsvm_row;
+    return ES_OK;
+}
+
+int es__libsvm_row(es_reader *r, char *s, size_t n, es_batch *b, int row, size_t *nv) {
+    const char *p = s, *end = s + n;
+    float label;
+    int rc = parse_line_label(r, s, &p, end, &label);
+    if (rc) return rc;
+    size_t start = *nv, k = 0;
+    for (;;) {
+        p = skip_sp(p, end);
+        if (p == end || *p == '#') break;
+        const char *t = p;
+        p = tok_end(p, end);
+        size_t tlen = (size_t)(p - t);
+        const char *colon = memchr(t, ':', tlen);
+        char tb[200];
+        if (!colon || colon == t)
+            return es__row_err(r, "column %zu: expected index:value, got '%s'", (size_t)(t - s) + 1, es__tok(tb, sizeof tb, t, tlen));
+        const char *v = colon + 1;
+        if (memchr(v, ':', (size_t)(p - v)))
+            return es__row_err(r, "column %zu: term '%s' has three parts (a libffm file? set the format to libffm)",
+                               (size_t)(t - s) + 1, es__tok(tb, sizeof tb, t, tlen));
+        float w = 0.0f;
+        rc = parse_value(r, s, t, tlen, v, (size_t)(p - v), &w);
+        if (rc) return rc;
+        rc = es__push_val(b, nv, es_key(t, (size_t)(colon - t)), w);
+        if (rc) return rc;
+        k++;
+    }
+    if (r->p.pool == ES_POOL_MEAN && k > 1)
+        for (size_t i = start; i < *nv; i++) b->wt[i] /= (float)k;
+    b->off[(size_t)row + 1] = (uint32_t)*nv;
+    b->label[row] = label;
+    return ES_OK;
+}
+
+/* ---- libffm ------------------------------------------------------------------------ */
+/* Field number of a term: 1 to 9 digits. */
+static bool parse_field(const char *s, size_t n, uint32_t *out) {
+    if (n == 0 || n > 9) return false;
+    uint32_t v = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned d = (unsigned)(s[i] - '0');
+        if (d > 9) return false;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return true;
+}
+
+int es__libffm_setup(es_reader *r, es_err *err) {
+    const char *name = es__lineio_name(r->io);
+    int nf = r->p.n_fields_hint;
+    if (nf <= 0) {
+        /* First pass: n_fields = largest field number + 1.  Malformed terms
+         * are passed over here; the real pass reports them. */
+        long maxf = -1;
+        for (;;) {
+            char *s;
+            size_t n;
+            int rc = es__lineio_next(r->io, &s, &n, &r->err);
+            if (rc == 0) break;
+            if (rc == ES_ERANGE) continue;
+            if (rc < 0) {
+                if (err) *err = r->err;
+                return rc;
+            }
+            const char *p = s, *end = s + n;
+            p = tok_end(skip_sp(p, end), end); /* the label */
+            for (;;) {
+                p = skip_sp(p, end);
+                if (p == end || *p == '#') break;
+                const char *t = p;
+                p = tok_end(p, end);
+                const char *c1 = memchr(t, ':', (size_t)(p - t));
+                uint32_t f;
+                if (c1 && memchr(c1 + 1, ':', (size_t)(p - c1 - 1)) && parse_field(t, (size_t)(c1 - t), &f) &&
+                    f < ES__MAX_FIELDS && (long)f > maxf)
+                    maxf = f;
+            }
+        }
+        int rc = es__lineio_rewind(r->io, &r->err);
+        if (rc)
+            return es__err(err, rc, "%s: cannot go back after counting the libffm fields (%s); set n_fields_hint", name,
+                           r->err.msg);
+        nf = maxf >= 0 ? (int)maxf + 1 : 1;
+    }
+    r->f_count = es__calloc((size_t)nf + 1, sizeof(uint32_t));
+    if (!r->f_count || es__make_names(&r->field_names, nf, "f", 0) != ES_OK)
+        return es__err(err, ES_ENOMEM, "%s: out of memory", name);
+    r->n_fields = nf;
+    r->n_dense = 0;
+    r->row = es__libffm_row;
+    return ES_OK;
+}
+
+static int grow_terms(es_reader *r, size_t need) {
+    if (need <= r->t_cap) return ES_OK;
+    size_t cap = r->t_cap ? r->t_cap : 64;
+    while (cap < need) cap *= 2;
+    uint32_t *f = es__realloc(r->t_field, cap * sizeof *f);
+    if (!f) return ES_ENOMEM;
+    r->t_field = f;
+    uint64_t *k = es__realloc(r->t_key, cap * sizeof *k);
+    if (!k) return ES_ENOMEM;
+    r->t_key = k;
+    float *w = es__realloc(r->t_wt, cap * sizeof *w);
+    if (!w) return ES_ENOMEM;
+    r->t_wt = w;
+    r->t_cap = cap;
+    return ES_OK;
+}
+
+int es__libffm_row(es_reader *r, char *s, size_t n, es_batch *b, int row, size_t *nv) {
+    const char *p = s, *end = s + n;
+    const uint32_t F = (uint32_t)r->n_fields;
+    float label;
+    int rc = parse_line_label(r, s, &p, end, &label);
+    if (rc) return rc;
+    size_t k = 0;
+    for (;;) {
+        p = skip_sp(p, end);
+        if (p == end || *p == '#') break;
+        const char *t = p;
+        p = tok_end(p, end);
+        size_t tlen = (size_t)(p - t);
+        char tb[200];
+        const char *c1 = memchr(t, ':', tlen);
+        const char *c2 = c1 ? memchr(c1 + 1, ':', (size_t)(p - c1 - 1)) : NULL;
+        if (!c2)
+            return es__row_err(r, "column %zu: expected field:index:value, got '%s'", (size_t)(t - s) + 1,
+                               es__tok(tb, sizeof tb, t, tlen));
+        if (memchr(c2 + 1, ':', (size_t)(p - c2 - 1)))
+            return es__row_err(r, "column %zu: term '%s' has more than three parts", (size_t)(t - s) + 1,
+                               es__tok(tb, sizeof tb, t, tlen));
+        uint32_t f;
+        if (!parse_field(t, (size_t)(c1 - t), &f))
+            return es__row_err(r, "column %zu: the field of term '%s' is not a non-negative integer", (size_t)(t - s) + 1,
+                               es__tok(tb, sizeof tb, t, tlen));
+        if (f >= F)
+            return es__row_err(r, "column %zu: field %u of term '%s' is out of range (n_fields = %u)", (size_t)(t - s) + 1,
+                               f, es__tok(tb, sizeof tb, t, tlen), F);
+        if (c2 == c1 + 1)
+            return es__row_err(r, "column %zu: term '%s' has an empty index", (size_t)(t - s) + 1,
+                               es__tok(tb, sizeof tb, t, tlen));
+        float w = 0.0f;
+        rc = parse_value(r, s, t, tlen, c2 + 1, (size_t)(p - c2 - 1), &w);
+        if (rc) return rc;
+        rc = grow_terms(r, k + 1);
+        if (rc) return rc;
+        r->t_field[k] = f;
+        r->t_key[k] = es_key(c1 + 1, (size_t)(c2 - c1 - 1));
+        r->t_wt[k] = w;
+        k++;
+    }
+    /* Place the terms by field (stable within a field). */
+    size_t base = *nv;
+    rc = es_batch_reserve_vals(b, base + k);
+    if (rc) return rc;
+    uint32_t *cnt = r->f_count;
+    memset(cnt, 0, ((size_t)F + 1) * sizeof *cnt);
+    for (size_t i = 0; i < k; i++) cnt[r->t_field[i] + 1]++;
+    uint32_t *off = b->off + (size_t)row * F;
+    for (uint32_t f = 0; f < F; f++) {
+        cnt[f + 1] += cnt[f];
+        off[f + 1] = (uint32_t)(base + cnt[f + 1]);
+    }
+    for (size_t i = 0; i < k; i++) {
+        size_t at = base + cnt[r->t_field[i]]++;
+        b->val[at] = r->t_key[i];
+        b->wt[at] = r->t_wt[i];
+    }
+    if (r->p.pool == ES_POOL_MEAN) {
+        for (uint32_t f = 0; f < F; f++) {
+            uint32_t c = off[f + 1] - off[f];
+            if (c > 1)
+                for (uint32_t j = off[f]; j < off[f + 1]; j++) b->wt[j] /= (float)c;
+        }
+    }
+    *nv = base + k;
+    b->label[row] = label;
+    return ES_OK;
+}

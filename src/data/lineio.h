@@ -1,0 +1,62 @@
+/*
+ * lineio.h — streaming line source for the text readers: a file (plain or
+ * gzip, detected by its magic bytes) or a memory buffer, cut into lines in
+ * one large buffer with memchr, in bounded memory.
+ *
+ * Contract:
+ *   - lines end at LF; a CR just before the LF (CRLF files) is dropped, and a
+ *     last line without a newline is still a line;
+ *   - a line longer than max_line bytes is reported (ES_ERANGE) and then
+ *     discarded in chunks, so a 10 MB line costs no more memory than a short
+ *     one; the next call resumes at the following line;
+ *   - memory is max_line + a fixed read chunk (+ the gzip input buffer),
+ *     allocated at open; next() never allocates;
+ *   - a gzip stream that ends early (truncated file) or is corrupt is a
+ *     fatal error, never silently shorter data.
+ */
+#ifndef ES_DATA_LINEIO_H
+#define ES_DATA_LINEIO_H
+
+#include "core/core.h"
+
+/* Largest accepted max_line: keeps the buffer size sane for bad params. */
+#define ES__LINEIO_MAX_LINE_LIMIT ((size_t)1 << 30)
+
+typedef struct es__lineio es__lineio;
+
+/* Open a file.  Messages are "path: cannot open: <strerror>" and similar. */
+int es__lineio_open(es__lineio **out, const char *path, size_t max_line, es_err *err);
+/* Read from memory (not copied: data must outlive the handle).  `name`
+ * stands for the path in messages. */
+int es__lineio_open_mem(es__lineio **out, const void *data, size_t n, const char *name,
+                        size_t max_line, es_err *err);
+void es__lineio_free(es__lineio *l);
+
+/* Next line.  Returns
+ *   1          *line and *len hold the line without its "\n" or "\r\n"; the
+ *              bytes stay valid (and may be modified in place by the
+ *              caller) until the next call of next/rewind;
+ *   0          end of input;
+ *   ES_ERANGE  the line was longer than max_line (message in err); it is
+ *              discarded, the caller may go on;
+ *   other < 0  fatal I/O or gzip error (message in err); stays failed until
+ *              rewind.
+ * Line numbers count every line returned or discarded (see lineno). */
+int es__lineio_next(es__lineio *l, char **line, size_t *len, es_err *err);
+/* Make the next call return the line just returned again (one level; only
+ * valid right after next() returned 1 and before the caller modified it). */
+void es__lineio_unget(es__lineio *l);
+/* Back to the first byte (gzip: restart the inflater).  Fails with ES_EIO
+ * on an input that cannot seek (a pipe). */
+int es__lineio_rewind(es__lineio *l, es_err *err);
+/* 1-based number of the line last returned (0 before the first). */
+uint64_t es__lineio_lineno(const es__lineio *l);
+int es__lineio_is_gzip(const es__lineio *l);
+const char *es__lineio_name(const es__lineio *l);
+
+/* Text validity of a line: returns the offset of the first NUL byte or
+ * invalid UTF-8 sequence, or n when the text is clean; *why (if not NULL)
+ * names the problem.  ASCII lines take a word-at-a-time fast path. */
+size_t es__text_check(const char *s, size_t n, const char **why);
+
+#endif /* ES_DATA_LINEIO_H */

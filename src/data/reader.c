@@ -1,0 +1,444 @@
+/*
+ * reader.c — es_reader: opening a data file, resolving the format, the
+ * batch-filling loop shared by every format, bad-line handling, and the
+ * number/label parsing the format parsers share.
+ *
+ * The loop: take a line from lineio, skip blank lines, reject NUL bytes and
+ * invalid UTF-8, hand the line to the format's row parser, and either keep
+ * the row or (skip_bad) drop it, count it and keep its message.  Only the
+ * batch's value arrays may grow (amortised); nothing else allocates after
+ * open.
+ */
+#include "data/reader_impl.h"
+
+#include <math.h>
+
+es_reader_params es_reader_params_default(void) {
+    es_reader_params p;
+    memset(&p, 0, sizeof p);
+    p.format = ES_FMT_AUTO;
+    p.delim = 0; /* from the file name: '\t' for .tsv/.tab, else ',' */
+    p.header = 1;
+    p.columns = NULL;
+    p.multi_sep = '|';
+    p.pool = ES_POOL_SUM;
+    p.label_threshold = -INFINITY;
+    p.has_label = 1;
+    p.n_fields_hint = 0;
+    p.skip_bad = 0;
+    p.max_line = (size_t)1 << 20;
+    return p;
+}
+
+/* ---- helpers shared by the format parsers ------------------------------------ */
+int es__row_err(es_reader *r, const char *fmt, ...) {
+    char tail[sizeof r->err.msg];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(tail, sizeof tail, fmt, ap);
+    va_end(ap);
+    /* "path:line:column N ...: reason" when a column is named (editors jump
+     * to it), "path:line: reason" for whole-line problems. */
+    bool col = strncmp(tail, "column ", 7) == 0;
+    return es__err(&r->err, ES_EPARSE, "%s:%llu:%s%s", es__lineio_name(r->io),
+                   (unsigned long long)es__lineio_lineno(r->io), col ? "" : " ", tail);
+}
+
+const char *es__tok(char *dst, size_t cap, const char *s, size_t n) {
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0, show = ES_MIN(n, (size_t)40);
+    ES_ASSERT(cap >= 8);
+    for (size_t i = 0; i < show && o + 5 < cap; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c < 0x7f && c != '\'') {
+            dst[o++] = (char)c;
+        } else {
+            dst[o++] = '\\';
+            dst[o++] = 'x';
+            dst[o++] = hex[c >> 4];
+            dst[o++] = hex[c & 15];
+        }
+    }
+    if (show < n && o + 4 < cap) {
+        memcpy(dst + o, "...", 3);
+        o += 3;
+    }
+    dst[o] = 0;
+    return dst;
+}
+
+static const double pow10_exact[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
+                                       1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+bool es__parse_num(const char *s, size_t n, double *out) {
+    while (n && *s == ' ') s++, n--;
+    while (n && s[n - 1] == ' ') n--;
+    if (n == 0) return false;
+    const char *p = s, *e = s + n;
+    bool neg = false;
+    if (*p == '-' || *p == '+') neg = *p++ == '-';
+    /* Fast path (Clinger): at most 19 digits, no exponent.  A mantissa
+     * below 2^53 and a power of ten up to 1e22 are both exact doubles, so
+     * one IEEE division gives the correctly rounded value, as strtod. */
+    uint64_t m = 0;
+    int nd = 0, frac = 0;
+    bool fast = true;
+    for (; p < e && (unsigned)(*p - '0') < 10; p++, nd++) {
+        if (nd < 19) m = m * 10 + (unsigned)(*p - '0');
+        else fast = false;
+    }
+    if (p < e && *p == '.') {
+        for (p++; p < e && (unsigned)(*p - '0') < 10; p++, nd++, frac++) {
+            if (nd < 19) m = m * 10 + (unsigned)(*p - '0');
+            else fast = false;
+        }
+    }
+    if (nd == 0) return false; /* "", "-", ".", "e5" */
+    if (fast && p == e && m <= (UINT64_C(1) << 53) && frac <= 22) {
+        double v = (double)m;
+        if (frac) v /= pow10_exact[frac];
+        *out = neg ? -v : v;
+        return true;
+    }
+    /* Slow path: only the characters of a decimal number may reach strtod
+     * (it would also take "inf", "nan", hex and leading spaces). */
+    for (const char *q = s; q < e; q++) {
+        char c = *q;
+        if (!((unsigned)(c - '0') < 10 || c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-')) return false;
+    }
+    double v;
+    if (!es__parse_double(s, n, &v) || !isfinite(v)) return false;
+    *out = v;
+    return true;
+}
+
+bool es__num_feature(const es_reader *r, const char *s, size_t n, float *out) {
+    if (n == 0) {
+        *out = 0.0f; /* missing */
+        return true;
+    }
+    /* Criteo-style small integers: a table lookup instead of log1p. */
+    const char *p = s, *e = s + n;
+    bool neg = *p == '-';
+    p += neg;
+    if (p < e && e - p <= 9) {
+        uint32_t v = 0;
+        const char *q = p;
+        while (q < e && (unsigned)(*q - '0') < 10) v = v * 10 + (uint32_t)(*q++ - '0');
+        if (q == e) {
+            float f = v < ES__TLOG_N ? r->tlog[v] : es_transform_num((double)v);
+            *out = neg ? -f : f;
+            return true;
+        }
+    }
+    double d;
+    if (!es__parse_num(s, n, &d)) return false;
+    *out = es_transform_num(d);
+    return true;
+}
+
+bool es__parse_label(const es_reader *r, const char *s, size_t n, int pm1, float *out, const char **why) {
+    if (n == 1 && (s[0] == '0' || s[0] == '1') && !(r->p.label_threshold > -INFINITY)) {
+        *out = (float)(s[0] - '0');
+        return true;
+    }
+    double v;
+    if (n == 0 || !es__parse_num(s, n, &v)) {
+        *why = n == 0 ? "missing label" : "label is not a number";
+        return false;
+    }
+    if (r->p.label_threshold > -INFINITY) {
+        *out = v >= r->p.label_threshold ? 1.0f : 0.0f;
+        return true;
+    }
+    if (v == 0 || v == 1) {
+        *out = (float)v;
+        return true;
+    }
+    if (pm1 && v == -1) {
+        *out = 0.0f;
+        return true;
+    }
+    *why = pm1 ? "label must be 0/1 or -1/+1 (or set label_threshold)" : "label must be 0 or 1 (or set label_threshold)";
+    return false;
+}
+
+int es__make_names(char ***out, int n, const char *prefix, int first) {
+    *out = NULL;
+    char **v = es__calloc((size_t)(n > 0 ? n : 1), sizeof *v);
+    if (!v) return ES_ENOMEM;
+    for (int i = 0; i < n; i++) {
+        char buf[64];
+        snprintf(buf, sizeof buf, "%s%d", prefix, i + first);
+        v[i] = es__strdup(buf);
+        if (!v[i]) {
+            es__free_names(v, i);
+            return ES_ENOMEM;
+        }
+    }
+    *out = v;
+    return ES_OK;
+}
+
+void es__free_names(char **names, int n) {
+    if (!names) return;
+    for (int i = 0; i < n; i++) es__free(names[i]);
+    es__free(names);
+}
+
+/* ---- open / free --------------------------------------------------------------- */
+static bool ends_with_ci(const char *s, size_t n, const char *suf) {
+    size_t k = strlen(suf);
+    if (n < k) return false;
+    for (size_t i = 0; i < k; i++) {
+        char a = s[n - k + i], b = suf[i];
+        if (a >= 'A' && a <= 'Z') a = (char)(a - 'A' + 'a');
+        if (a != b) return false;
+    }
+    return true;
+}
+
+/* Format from the name (".gz" is looked through); ES_FMT_AUTO if unknown. */
+static es_format format_from_name(const char *name, bool *tsv) {
+    size_t n = strlen(name);
+    if (ends_with_ci(name, n, ".gz")) n -= 3;
+    *tsv = ends_with_ci(name, n, ".tsv") || ends_with_ci(name, n, ".tab");
+    if (ends_with_ci(name, n, ".tsv")) return ES_FMT_CRITEO;
+    if (ends_with_ci(name, n, ".csv")) return ES_FMT_CSV;
+    if (ends_with_ci(name, n, ".libsvm") || ends_with_ci(name, n, ".svm")) return ES_FMT_LIBSVM;
+    if (ends_with_ci(name, n, ".libffm") || ends_with_ci(name, n, ".ffm")) return ES_FMT_LIBFFM;
+    return ES_FMT_AUTO;
+}
+
+static int check_params(const es_reader_params *p, const char *name, es_err *err) {
+    if ((int)p->format < ES_FMT_AUTO || (int)p->format > ES_FMT_LIBFFM)
+        return es__err(err, ES_EINVAL, "%s: unknown format %d", name, (int)p->format);
+    if (p->delim == '"' || p->delim == '\n' || p->delim == '\r')
+        return es__err(err, ES_EINVAL, "%s: the delimiter cannot be a quote or a line break", name);
+    if (p->multi_sep == '"' || p->multi_sep == '\n' || p->multi_sep == '\r' || (p->delim && p->multi_sep == p->delim))
+        return es__err(err, ES_EINVAL, "%s: multi_sep must differ from the delimiter, quotes and line breaks", name);
+    if (p->pool != ES_POOL_SUM && p->pool != ES_POOL_MEAN)
+        return es__err(err, ES_EINVAL, "%s: unknown pooling %d", name, (int)p->pool);
+    if (p->n_fields_hint < 0 || p->n_fields_hint > ES__MAX_FIELDS)
+        return es__err(err, ES_EINVAL, "%s: n_fields_hint must be in [0, %d], got %d", name, ES__MAX_FIELDS, p->n_fields_hint);
+    if (isnan(p->label_threshold)) return es__err(err, ES_EINVAL, "%s: label_threshold is NaN", name);
+    if (p->max_line > ES__LINEIO_MAX_LINE_LIMIT)
+        return es__err(err, ES_EINVAL, "%s: max_line must be at most %zu, got %zu", name, ES__LINEIO_MAX_LINE_LIMIT, p->max_line);
+    return ES_OK;
+}
+
+void es_reader_free(es_reader *r) {
+    if (!r) return;
+    es__lineio_free(r->io);
+    es__free_names(r->dense_names, r->n_dense);
+    es__free_names(r->field_names, r->n_fields);
+    es__free_names(r->col_names, r->n_cols);
+    es__free(r->cols);
+    es__free(r->t_field);
+    es__free(r->t_key);
+    es__free(r->t_wt);
+    es__free(r->f_count);
+    es__free(r);
+}
+
+/* Everything after the line source exists: format setup, then a peek for a
+ * first data line so that an empty file fails here. */
+static int open_common(es_reader *r, const char *columns, es_err *err) {
+    for (int i = 0; i < ES__TLOG_N; i++) r->tlog[i] = es_transform_num((double)i);
+    int rc;
+    switch (r->fmt) {
+    case ES_FMT_CRITEO: rc = es__criteo_setup(r, err); break;
+    case ES_FMT_CSV: rc = es__csv_setup(r, columns, err); break;
+    case ES_FMT_LIBSVM: rc = es__libsvm_setup(r, err); break;
+    case ES_FMT_LIBFFM: rc = es__libffm_setup(r, err); break;
+    default: rc = es__err(err, ES_EINVAL, "%s: no format", es__lineio_name(r->io));
+    }
+    if (rc) return rc;
+    for (;;) {
+        char *s;
+        size_t n;
+        rc = es__lineio_next(r->io, &s, &n, &r->err);
+        if (rc == 1 && n == 0) continue;
+        if (rc == 1) {
+            es__lineio_unget(r->io);
+            break;
+        }
+        if (rc == 0) return es__err(err, ES_EPARSE, "%s: no data rows", es__lineio_name(r->io));
+        if (rc == ES_ERANGE) {
+            r->pending = rc; /* a bad line: next() decides (skip or stop) */
+            break;
+        }
+        if (err) *err = r->err;
+        return rc;
+    }
+    return ES_OK;
+}
+
+static int open_any(es_reader **out, const char *name, const void *mem, size_t mem_n, bool is_mem,
+                    const es_reader_params *pp, es_err *err) {
+    if (!out) return es__err(err, ES_EINVAL, "es_reader_open: out is NULL");
+    *out = NULL;
+    if (!name) return es__err(err, ES_EINVAL, "es_reader_open: path is NULL");
+    es_reader_params p = pp ? *pp : es_reader_params_default();
+    int rc = check_params(&p, name, err);
+    if (rc) return rc;
+    if (p.max_line == 0) p.max_line = (size_t)1 << 20;
+    if (p.multi_sep == 0) p.multi_sep = '|';
+    bool tsv;
+    es_format guess = format_from_name(name, &tsv);
+    if (p.format == ES_FMT_AUTO) {
+        if (guess == ES_FMT_AUTO)
+            return es__err(err, ES_EINVAL,
+                           "%s: cannot tell the format from the file name (expected .tsv, .csv, .libsvm/.svm or "
+                           ".libffm/.ffm, optionally .gz); set the format explicitly",
+                           name);
+        p.format = guess;
+    }
+    es_reader *r = es__calloc(1, sizeof *r);
+    if (!r) return es__err(err, ES_ENOMEM, "%s: out of memory", name);
+    const char *columns = p.columns;
+    r->p = p;
+    r->p.columns = NULL;
+    r->fmt = p.format;
+    r->delim = p.delim ? p.delim : (tsv ? '\t' : ',');
+    r->msep = p.multi_sep;
+    rc = is_mem ? es__lineio_open_mem(&r->io, mem, mem_n, name, p.max_line, err)
+                : es__lineio_open(&r->io, name, p.max_line, err);
+    if (!rc) rc = open_common(r, columns, err);
+    if (rc) {
+        es_reader_free(r);
+        return rc;
+    }
+    r->err.code = 0;
+    r->err.msg[0] = 0;
+    *out = r;
+    return ES_OK;
+}
+
+int es_reader_open(es_reader **out, const char *path, const es_reader_params *p, es_err *err) {
+    return open_any(out, path, NULL, 0, false, p, err);
+}
+
+int es__reader_open_mem(es_reader **out, const void *data, size_t n, const char *name, const es_reader_params *p,
+                        es_err *err) {
+    return open_any(out, name ? name : "<memory>", data, n, true, p, err);
+}
+
+/* ---- schema and statistics -------------------------------------------------------- */
+int es_reader_n_dense(const es_reader *r) { return r ? r->n_dense : 0; }
+int es_reader_n_fields(const es_reader *r) { return r ? r->n_fields : 0; }
+const char *es_reader_field_name(const es_reader *r, int field) {
+    return r && field >= 0 && field < r->n_fields ? r->field_names[field] : NULL;
+}
+const char *es_reader_dense_name(const es_reader *r, int i) {
+    return r && i >= 0 && i < r->n_dense ? r->dense_names[i] : NULL;
+}
+const char *es_reader_errmsg(const es_reader *r) { return r ? r->err.msg : "no reader"; }
+uint64_t es_reader_lines(const es_reader *r) { return r ? es__lineio_lineno(r->io) : 0; }
+uint64_t es_reader_bad_lines(const es_reader *r) { return r ? r->bad : 0; }
+const char *es_reader_bad_report(const es_reader *r) { return r ? r->report : ""; }
+uint64_t es_reader_rows(const es_reader *r) { return r ? r->rows : 0; }
+
+/* ---- the batch loop ------------------------------------------------------------------ */
+static void note_bad(es_reader *r) {
+    r->bad++;
+    if (r->n_report >= ES__REPORT_MAX) return;
+    size_t room = sizeof r->report - r->report_len;
+    int k = snprintf(r->report + r->report_len, room, "%s%s", r->n_report ? "\n" : "", r->err.msg);
+    if (k > 0) r->report_len += ES_MIN((size_t)k, room - 1);
+    r->n_report++;
+}
+
+int es_reader_next(es_reader *r, es_batch *b) {
+    if (!r) return ES_EINVAL;
+    if (!b || b->cap <= 0 || !b->off || !b->label || (r->n_dense && !b->dense)) {
+        return es__err(&r->err, ES_EINVAL, "%s: es_reader_next: batch not allocated", es__lineio_name(r->io));
+    }
+    if (b->n_dense != r->n_dense || b->n_fields != r->n_fields) {
+        return es__err(&r->err, ES_EINVAL,
+                       "%s: batch shape (%d dense, %d fields) does not match the reader (%d dense, %d fields)",
+                       es__lineio_name(r->io), b->n_dense, b->n_fields, r->n_dense, r->n_fields);
+    }
+    if (r->failed) return r->failed;
+    const size_t F = (size_t)r->n_fields;
+    int row = 0;
+    size_t nv = 0;
+    b->off[0] = 0;
+    b->n = 0;
+    while (row < b->cap) {
+        int rc;
+        if (r->pending) {
+            rc = r->pending;
+            r->pending = 0;
+        } else {
+            char *s;
+            size_t n;
+            rc = es__lineio_next(r->io, &s, &n, &r->err);
+            if (rc == 0) break;
+            if (rc == 1) {
+                if (n == 0) continue; /* blank lines carry nothing */
+                if (n >= 3 && es__lineio_lineno(r->io) == 1 && memcmp(s, "\xef\xbb\xbf", 3) == 0) {
+                    s += 3; /* UTF-8 byte-order mark */
+                    n -= 3;
+                }
+                const char *why = NULL;
+                size_t badat = es__text_check(s, n, &why);
+                if (badat < n) {
+                    rc = es__row_err(r, "column %zu: %s", badat + 1, why);
+                } else {
+                    rc = r->row(r, s, n, b, row, &nv);
+                    if (rc == ES_OK) {
+                        row++;
+                        continue;
+                    }
+                    if (rc == ES_ENOMEM)
+                        es__err(&r->err, rc, "%s:%llu: out of memory growing the batch", es__lineio_name(r->io),
+                                (unsigned long long)es__lineio_lineno(r->io));
+                }
+                nv = b->off[(size_t)row * F]; /* drop the partial row */
+            }
+        }
+        if ((rc == ES_EPARSE || rc == ES_ERANGE) && r->p.skip_bad) {
+            note_bad(r);
+            continue;
+        }
+        b->n = row;
+        r->rows += (uint64_t)row;
+        r->failed = rc;
+        return rc;
+    }
+    b->n = row;
+    r->rows += (uint64_t)row;
+    if (row == 0 && r->rows == 0) {
+        if (r->bad)
+            es__err(&r->err, ES_EPARSE, "%s: no data rows (%llu bad lines skipped; first: %.300s)", es__lineio_name(r->io),
+                    (unsigned long long)r->bad, r->report);
+        else
+            es__err(&r->err, ES_EPARSE, "%s: no data rows", es__lineio_name(r->io));
+        r->failed = ES_EPARSE;
+        return ES_EPARSE;
+    }
+    return row;
+}
+
+int es_reader_rewind(es_reader *r) {
+    if (!r) return ES_EINVAL;
+    int rc = es__lineio_rewind(r->io, &r->err);
+    if (rc) return rc;
+    r->rows = r->bad = 0;
+    r->n_report = 0;
+    r->report_len = 0;
+    r->report[0] = 0;
+    r->failed = 0;
+    r->pending = 0;
+    r->err.code = 0;
+    r->err.msg[0] = 0;
+    if (r->fmt == ES_FMT_CSV && r->header_lines) {
+        rc = es__csv_skip_header(r);
+        if (rc) {
+            r->failed = rc;
+            return rc;
+        }
+    }
+    return ES_OK;
+}

@@ -1,0 +1,116 @@
+/*
+ * reader_impl.h — private to src/data: the reader handle and the per-format
+ * row parsers (criteo.c, csv.c, libsvm.c) that reader.c drives.
+ *
+ * A row parser turns one line (already checked for NUL bytes and invalid
+ * UTF-8) into row `row` of the batch: label, dense[n_dense], and the values
+ * of every field appended at b->val[*nv...] with off[row*F + f + 1] set for
+ * each field f.  off[row*F] (the end of the previous row) is read, never
+ * written.  On a bad line it returns ES_EPARSE with the message in r->err
+ * ("path:line:..." via es__row_err) and the caller drops the partial row;
+ * ES_ENOMEM (growing the batch) is fatal.
+ */
+#ifndef ES_DATA_READER_IMPL_H
+#define ES_DATA_READER_IMPL_H
+
+#include "core/core.h"
+#include "data/lineio.h"
+
+#define ES__REPORT_MAX 5          /* bad-line messages kept for es_reader_bad_report */
+#define ES__MAX_FIELDS 65536      /* categorical fields (libffm) and CSV columns */
+#define ES__TLOG_N 4096           /* small integers with a precomputed transform */
+
+enum { ES__COL_IGNORE = 0, ES__COL_LABEL, ES__COL_NUM, ES__COL_CAT, ES__COL_MULTI };
+
+typedef struct es__col {
+    int role;  /* ES__COL_* */
+    int slot;  /* dense index (num) or field index (cat, multi) */
+} es__col;
+
+typedef int (*es__row_fn)(es_reader *r, char *s, size_t n, es_batch *b, int row, size_t *nv);
+
+struct es_reader {
+    es_reader_params p;   /* resolved params; p.columns is not kept */
+    es_format fmt;
+    char delim, msep;
+    es__lineio *io;
+    es__row_fn row;
+    int n_dense, n_fields;
+    char **dense_names, **field_names;
+    /* CSV: one entry per column of the file */
+    int n_cols;
+    es__col *cols;
+    char **col_names;
+    int header_lines;     /* lines to skip after a rewind (0 or 1) */
+    /* libsvm/libffm scratch for one line's terms, grown amortised */
+    uint32_t *t_field;
+    uint64_t *t_key;
+    float *t_wt;
+    size_t t_cap;
+    uint32_t *f_count;    /* [n_fields + 1] */
+    /* statistics since open/rewind */
+    uint64_t rows, bad;
+    int n_report;
+    size_t report_len;
+    char report[ES__REPORT_MAX * sizeof(((es_err *)0)->msg)];
+    /* errors: a fatal one is sticky until rewind; `pending` is a bad line
+     * met while peeking at open, handed to the first next(). */
+    es_err err;
+    int failed;
+    int pending;
+    float tlog[ES__TLOG_N]; /* es_transform_num(i) for 0 <= i < ES__TLOG_N */
+};
+
+/* Set r->err to "path:line: <fmt>" and return ES_EPARSE. */
+int es__row_err(es_reader *r, const char *fmt, ...) ES_PRINTF(2, 3);
+/* Render a token for a message: at most 40 bytes, non-printable bytes as
+ * \xNN, "..." when cut.  Returns dst. */
+const char *es__tok(char *dst, size_t cap, const char *s, size_t n);
+/* Strict number: optional sign, digits, '.', exponent; spaces around are
+ * allowed; inf/nan/hex are not.  Exact (correctly rounded) like strtod. */
+bool es__parse_num(const char *s, size_t n, double *out);
+/* Numeric feature: empty -> 0 (missing), else es_transform_num(value).
+ * Returns false when the text is not a number. */
+bool es__num_feature(const es_reader *r, const char *s, size_t n, float *out);
+/* Label text -> 0/1 (label_threshold when set, else the value must be 0 or
+ * 1; libsvm's -1/+1 are accepted when pm1 is true).  On failure returns
+ * false and *why names the problem. */
+bool es__parse_label(const es_reader *r, const char *s, size_t n, int pm1, float *out, const char **why);
+
+/* Append one value (key, weight) to the batch, growing it when full. */
+static inline int es__push_val(es_batch *b, size_t *nv, uint64_t key, float w) {
+    size_t i = *nv;
+    if (ES_UNLIKELY(i >= b->val_cap)) {
+        int rc = es_batch_reserve_vals(b, i + 1);
+        if (rc) return rc;
+    }
+    b->val[i] = key;
+    b->wt[i] = w;
+    *nv = i + 1;
+    return ES_OK;
+}
+
+/* Format setup at open (names, columns, n_fields); err gets the message. */
+int es__criteo_setup(es_reader *r, es_err *err);
+int es__csv_setup(es_reader *r, const char *columns, es_err *err);
+int es__libsvm_setup(es_reader *r, es_err *err);
+int es__libffm_setup(es_reader *r, es_err *err);
+/* Skip the header line(s) again after a rewind. */
+int es__csv_skip_header(es_reader *r);
+
+int es__criteo_row(es_reader *r, char *s, size_t n, es_batch *b, int row, size_t *nv);
+int es__csv_row(es_reader *r, char *s, size_t n, es_batch *b, int row, size_t *nv);
+int es__libsvm_row(es_reader *r, char *s, size_t n, es_batch *b, int row, size_t *nv);
+int es__libffm_row(es_reader *r, char *s, size_t n, es_batch *b, int row, size_t *nv);
+
+/* Allocate `n` names "<prefix><i + first>" into *out. */
+int es__make_names(char ***out, int n, const char *prefix, int first);
+void es__free_names(char **names, int n);
+
+/* Open over a memory buffer (fuzz targets and tests; data is not copied and
+ * must outlive the reader).  `name` stands for the path in messages and
+ * for ES_FMT_AUTO. */
+int es__reader_open_mem(es_reader **out, const void *data, size_t n, const char *name, const es_reader_params *p,
+                        es_err *err);
+
+#endif /* ES_DATA_READER_IMPL_H */

@@ -1,0 +1,397 @@
+/*
+ * distance.c — index distance kernels with run-time dispatch (see
+ * distance.h).  AVX versions are compiled with per-function target
+ * attributes, so the library builds for any x86-64 and uses the wider
+ * instructions only when __builtin_cpu_supports says the CPU has them.
+ */
+#include "distance.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- reference kernels ------------------------------------------------------ */
+float es__sq8_l2_ref(const float *qb, const float *scale, const uint8_t *code, size_t d) {
+    float s = 0.0f;
+    for (size_t j = 0; j < d; j++) {
+        float t = qb[j] - scale[j] * (float)code[j];
+        s += t * t;
+    }
+    return s;
+}
+
+float es__sq8_ip_ref(const float *qs, const uint8_t *code, size_t d) {
+    float s = 0.0f;
+    for (size_t j = 0; j < d; j++) s += qs[j] * (float)code[j];
+    return s;
+}
+
+/* Portable population count (no popcnt instruction assumed). */
+static inline uint32_t popcount64_ref(uint64_t x) {
+    x = x - ((x >> 1) & UINT64_C(0x5555555555555555));
+    x = (x & UINT64_C(0x3333333333333333)) + ((x >> 2) & UINT64_C(0x3333333333333333));
+    x = (x + (x >> 4)) & UINT64_C(0x0f0f0f0f0f0f0f0f);
+    return (uint32_t)((x * UINT64_C(0x0101010101010101)) >> 56);
+}
+
+uint32_t es__hamming_ref(const uint64_t *a, const uint64_t *b, size_t nw) {
+    uint32_t s = 0;
+    for (size_t i = 0; i < nw; i++) s += popcount64_ref(a[i] ^ b[i]);
+    return s;
+}
+
+void es__pq_scan_ref(const float *lut, const uint8_t *codes, size_t n, int M, int ksub, float bias, float *out) {
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *c = codes + i * (size_t)M;
+        float s = bias;
+        for (int m = 0; m < M; m++) s += lut[(size_t)m * (size_t)ksub + c[m]];
+        out[i] = s;
+    }
+}
+
+void es__l2sq_x4_ref(const float *q, const float *x0, const float *x1, const float *x2, const float *x3, size_t d,
+                     float out[4]) {
+    const float *x[4] = {x0, x1, x2, x3};
+    for (int r = 0; r < 4; r++) {
+        float s = 0.0f;
+        for (size_t j = 0; j < d; j++) {
+            float t = q[j] - x[r][j];
+            s += t * t;
+        }
+        out[r] = s;
+    }
+}
+
+void es__dot_x4_ref(const float *q, const float *x0, const float *x1, const float *x2, const float *x3, size_t d,
+                    float out[4]) {
+    const float *x[4] = {x0, x1, x2, x3};
+    for (int r = 0; r < 4; r++) {
+        float s = 0.0f;
+        for (size_t j = 0; j < d; j++) s += q[j] * x[r][j];
+        out[r] = s;
+    }
+}
+
+/* The PQ scan is table lookups, which SIMD gathers do not speed up on
+ * current x86; the fast version reads eight codes per 64-bit load and keeps
+ * two vectors in flight so the adds of one hide the loads of the other. */
+static void pq_scan_fast(const float *lut, const uint8_t *codes, size_t n, int M, int ksub, float bias, float *out) {
+    if (M % 8 != 0) {
+        es__pq_scan_ref(lut, codes, n, M, ksub, bias, out);
+        return;
+    }
+    size_t i = 0;
+    for (; i + 2 <= n; i += 2) {
+        const uint8_t *c0 = codes + i * (size_t)M, *c1 = c0 + M;
+        float a0 = bias, b0 = 0.0f, a1 = bias, b1 = 0.0f;
+        const float *t = lut;
+        for (int m = 0; m < M; m += 8, t += 8 * (size_t)ksub) {
+            uint64_t w0, w1;
+            memcpy(&w0, c0 + m, 8);
+            memcpy(&w1, c1 + m, 8);
+            a0 += t[0 * ksub + (w0 & 255)] + t[1 * ksub + ((w0 >> 8) & 255)];
+            b0 += t[2 * ksub + ((w0 >> 16) & 255)] + t[3 * ksub + ((w0 >> 24) & 255)];
+            a1 += t[0 * ksub + (w1 & 255)] + t[1 * ksub + ((w1 >> 8) & 255)];
+            b1 += t[2 * ksub + ((w1 >> 16) & 255)] + t[3 * ksub + ((w1 >> 24) & 255)];
+            a0 += t[4 * ksub + ((w0 >> 32) & 255)] + t[5 * ksub + ((w0 >> 40) & 255)];
+            b0 += t[6 * ksub + ((w0 >> 48) & 255)] + t[7 * ksub + (w0 >> 56)];
+            a1 += t[4 * ksub + ((w1 >> 32) & 255)] + t[5 * ksub + ((w1 >> 40) & 255)];
+            b1 += t[6 * ksub + ((w1 >> 48) & 255)] + t[7 * ksub + (w1 >> 56)];
+        }
+        out[i] = a0 + b0;
+        out[i + 1] = a1 + b1;
+    }
+    if (i < n) es__pq_scan_ref(lut, codes + i * (size_t)M, n - i, M, ksub, bias, out + i);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define ES_HAVE_X86 1
+
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
+#define AVX2 __attribute__((target("avx2,fma")))
+
+AVX2 static float hsum8(__m256 v) {
+    __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+    lo = _mm_add_ps(lo, hi);
+    lo = _mm_hadd_ps(lo, lo);
+    lo = _mm_hadd_ps(lo, lo);
+    return _mm_cvtss_f32(lo);
+}
+
+AVX2 static float sq8_l2_avx2(const float *qb, const float *scale, const uint8_t *code, size_t d) {
+    __m256 acc = _mm256_setzero_ps();
+    size_t j = 0;
+    for (; j + 8 <= d; j += 8) {
+        __m128i c8 = _mm_loadl_epi64((const __m128i *)(code + j));
+        __m256 c = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c8));
+        __m256 t = _mm256_fnmadd_ps(_mm256_loadu_ps(scale + j), c, _mm256_loadu_ps(qb + j));
+        acc = _mm256_fmadd_ps(t, t, acc);
+    }
+    float s = hsum8(acc);
+    for (; j < d; j++) {
+        float t = qb[j] - scale[j] * (float)code[j];
+        s += t * t;
+    }
+    return s;
+}
+
+AVX2 static float sq8_ip_avx2(const float *qs, const uint8_t *code, size_t d) {
+    __m256 acc = _mm256_setzero_ps();
+    size_t j = 0;
+    for (; j + 8 <= d; j += 8) {
+        __m128i c8 = _mm_loadl_epi64((const __m128i *)(code + j));
+        __m256 c = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c8));
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(qs + j), c, acc);
+    }
+    float s = hsum8(acc);
+    for (; j < d; j++) s += qs[j] * (float)code[j];
+    return s;
+}
+
+AVX512 static float sq8_l2_avx512(const float *qb, const float *scale, const uint8_t *code, size_t d) {
+    __m512 acc = _mm512_setzero_ps();
+    size_t j = 0;
+    for (; j + 16 <= d; j += 16) {
+        __m512 c = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(code + j))));
+        __m512 t = _mm512_fnmadd_ps(_mm512_loadu_ps(scale + j), c, _mm512_loadu_ps(qb + j));
+        acc = _mm512_fmadd_ps(t, t, acc);
+    }
+    if (j < d) {
+        __mmask16 m = (__mmask16)((1u << (d - j)) - 1u);
+        __m512 c = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, code + j)));
+        __m512 t = _mm512_fnmadd_ps(_mm512_maskz_loadu_ps(m, scale + j), c, _mm512_maskz_loadu_ps(m, qb + j));
+        acc = _mm512_fmadd_ps(t, t, acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+AVX512 static float sq8_ip_avx512(const float *qs, const uint8_t *code, size_t d) {
+    __m512 acc = _mm512_setzero_ps();
+    size_t j = 0;
+    for (; j + 16 <= d; j += 16) {
+        __m512 c = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(code + j))));
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(qs + j), c, acc);
+    }
+    if (j < d) {
+        __mmask16 m = (__mmask16)((1u << (d - j)) - 1u);
+        __m512 c = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, code + j)));
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, qs + j), c, acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+__attribute__((target("popcnt"))) static uint32_t hamming_popcnt(const uint64_t *a, const uint64_t *b, size_t nw) {
+    uint64_t s0 = 0, s1 = 0;
+    size_t i = 0;
+    for (; i + 2 <= nw; i += 2) {
+        s0 += (uint64_t)__builtin_popcountll(a[i] ^ b[i]);
+        s1 += (uint64_t)__builtin_popcountll(a[i + 1] ^ b[i + 1]);
+    }
+    if (i < nw) s0 += (uint64_t)__builtin_popcountll(a[i] ^ b[i]);
+    return (uint32_t)(s0 + s1);
+}
+
+__attribute__((target("avx512f,avx512vpopcntdq,popcnt"))) static uint32_t hamming_avx512(const uint64_t *a,
+                                                                                       const uint64_t *b,
+                                                                                       size_t nw) {
+    if (nw < 8) return hamming_popcnt(a, b, nw);
+    __m512i acc = _mm512_setzero_si512();
+    size_t i = 0;
+    for (; i + 8 <= nw; i += 8) {
+        __m512i x = _mm512_xor_si512(_mm512_loadu_si512(a + i), _mm512_loadu_si512(b + i));
+        acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(x));
+    }
+    uint64_t s = (uint64_t)_mm512_reduce_add_epi64(acc);
+    for (; i < nw; i++) s += (uint64_t)__builtin_popcountll(a[i] ^ b[i]);
+    return (uint32_t)s;
+}
+
+AVX2 static void l2sq_x4_avx2(const float *q, const float *x0, const float *x1, const float *x2, const float *x3,
+                              size_t d, float out[4]) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    size_t j = 0;
+    for (; j + 8 <= d; j += 8) {
+        __m256 vq = _mm256_loadu_ps(q + j);
+        __m256 t0 = _mm256_sub_ps(vq, _mm256_loadu_ps(x0 + j));
+        __m256 t1 = _mm256_sub_ps(vq, _mm256_loadu_ps(x1 + j));
+        __m256 t2 = _mm256_sub_ps(vq, _mm256_loadu_ps(x2 + j));
+        __m256 t3 = _mm256_sub_ps(vq, _mm256_loadu_ps(x3 + j));
+        a0 = _mm256_fmadd_ps(t0, t0, a0);
+        a1 = _mm256_fmadd_ps(t1, t1, a1);
+        a2 = _mm256_fmadd_ps(t2, t2, a2);
+        a3 = _mm256_fmadd_ps(t3, t3, a3);
+    }
+    float s[4] = {hsum8(a0), hsum8(a1), hsum8(a2), hsum8(a3)};
+    const float *x[4] = {x0, x1, x2, x3};
+    for (; j < d; j++)
+        for (int r = 0; r < 4; r++) {
+            float t = q[j] - x[r][j];
+            s[r] += t * t;
+        }
+    memcpy(out, s, sizeof s);
+}
+
+AVX2 static void dot_x4_avx2(const float *q, const float *x0, const float *x1, const float *x2, const float *x3,
+                             size_t d, float out[4]) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    size_t j = 0;
+    for (; j + 8 <= d; j += 8) {
+        __m256 vq = _mm256_loadu_ps(q + j);
+        a0 = _mm256_fmadd_ps(vq, _mm256_loadu_ps(x0 + j), a0);
+        a1 = _mm256_fmadd_ps(vq, _mm256_loadu_ps(x1 + j), a1);
+        a2 = _mm256_fmadd_ps(vq, _mm256_loadu_ps(x2 + j), a2);
+        a3 = _mm256_fmadd_ps(vq, _mm256_loadu_ps(x3 + j), a3);
+    }
+    float s[4] = {hsum8(a0), hsum8(a1), hsum8(a2), hsum8(a3)};
+    const float *x[4] = {x0, x1, x2, x3};
+    for (; j < d; j++)
+        for (int r = 0; r < 4; r++) s[r] += q[j] * x[r][j];
+    memcpy(out, s, sizeof s);
+}
+
+AVX512 static void l2sq_x4_avx512(const float *q, const float *x0, const float *x1, const float *x2, const float *x3,
+                                  size_t d, float out[4]) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    size_t j = 0;
+    for (; j + 16 <= d; j += 16) {
+        __m512 vq = _mm512_loadu_ps(q + j);
+        __m512 t0 = _mm512_sub_ps(vq, _mm512_loadu_ps(x0 + j));
+        __m512 t1 = _mm512_sub_ps(vq, _mm512_loadu_ps(x1 + j));
+        __m512 t2 = _mm512_sub_ps(vq, _mm512_loadu_ps(x2 + j));
+        __m512 t3 = _mm512_sub_ps(vq, _mm512_loadu_ps(x3 + j));
+        a0 = _mm512_fmadd_ps(t0, t0, a0);
+        a1 = _mm512_fmadd_ps(t1, t1, a1);
+        a2 = _mm512_fmadd_ps(t2, t2, a2);
+        a3 = _mm512_fmadd_ps(t3, t3, a3);
+    }
+    if (j < d) {
+        __mmask16 m = (__mmask16)((1u << (d - j)) - 1u);
+        __m512 vq = _mm512_maskz_loadu_ps(m, q + j);
+        __m512 t0 = _mm512_sub_ps(vq, _mm512_maskz_loadu_ps(m, x0 + j));
+        __m512 t1 = _mm512_sub_ps(vq, _mm512_maskz_loadu_ps(m, x1 + j));
+        __m512 t2 = _mm512_sub_ps(vq, _mm512_maskz_loadu_ps(m, x2 + j));
+        __m512 t3 = _mm512_sub_ps(vq, _mm512_maskz_loadu_ps(m, x3 + j));
+        a0 = _mm512_fmadd_ps(t0, t0, a0);
+        a1 = _mm512_fmadd_ps(t1, t1, a1);
+        a2 = _mm512_fmadd_ps(t2, t2, a2);
+        a3 = _mm512_fmadd_ps(t3, t3, a3);
+    }
+    out[0] = _mm512_reduce_add_ps(a0);
+    out[1] = _mm512_reduce_add_ps(a1);
+    out[2] = _mm512_reduce_add_ps(a2);
+    out[3] = _mm512_reduce_add_ps(a3);
+}
+
+AVX512 static void dot_x4_avx512(const float *q, const float *x0, const float *x1, const float *x2, const float *x3,
+                                 size_t d, float out[4]) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    size_t j = 0;
+    for (; j + 16 <= d; j += 16) {
+        __m512 vq = _mm512_loadu_ps(q + j);
+        a0 = _mm512_fmadd_ps(vq, _mm512_loadu_ps(x0 + j), a0);
+        a1 = _mm512_fmadd_ps(vq, _mm512_loadu_ps(x1 + j), a1);
+        a2 = _mm512_fmadd_ps(vq, _mm512_loadu_ps(x2 + j), a2);
+        a3 = _mm512_fmadd_ps(vq, _mm512_loadu_ps(x3 + j), a3);
+    }
+    if (j < d) {
+        __mmask16 m = (__mmask16)((1u << (d - j)) - 1u);
+        __m512 vq = _mm512_maskz_loadu_ps(m, q + j);
+        a0 = _mm512_fmadd_ps(vq, _mm512_maskz_loadu_ps(m, x0 + j), a0);
+        a1 = _mm512_fmadd_ps(vq, _mm512_maskz_loadu_ps(m, x1 + j), a1);
+        a2 = _mm512_fmadd_ps(vq, _mm512_maskz_loadu_ps(m, x2 + j), a2);
+        a3 = _mm512_fmadd_ps(vq, _mm512_maskz_loadu_ps(m, x3 + j), a3);
+    }
+    out[0] = _mm512_reduce_add_ps(a0);
+    out[1] = _mm512_reduce_add_ps(a1);
+    out[2] = _mm512_reduce_add_ps(a2);
+    out[3] = _mm512_reduce_add_ps(a3);
+}
+#endif
+
+/* ---- dispatch ------------------------------------------------------------------ */
+typedef float (*sq8_l2_fn)(const float *, const float *, const uint8_t *, size_t);
+typedef float (*sq8_ip_fn)(const float *, const uint8_t *, size_t);
+typedef uint32_t (*ham_fn)(const uint64_t *, const uint64_t *, size_t);
+typedef void (*pq_fn)(const float *, const uint8_t *, size_t, int, int, float, float *);
+typedef void (*x4_fn)(const float *, const float *, const float *, const float *, const float *, size_t, float *);
+
+static struct {
+    int ready;
+    const char *level;
+    sq8_l2_fn sq8_l2;
+    sq8_ip_fn sq8_ip;
+    ham_fn hamming;
+    pq_fn pq_scan;
+    x4_fn l2sq_x4, dot_x4;
+} K;
+
+static void kernels_init(void) {
+    const char *force = getenv("ES_SIMD");
+    int ref = force && strcmp(force, "ref") == 0;
+    K.level = "ref";
+    K.sq8_l2 = es__sq8_l2_ref;
+    K.sq8_ip = es__sq8_ip_ref;
+    K.hamming = es__hamming_ref;
+    K.pq_scan = ref ? es__pq_scan_ref : pq_scan_fast;
+    K.l2sq_x4 = es__l2sq_x4_ref;
+    K.dot_x4 = es__dot_x4_ref;
+#ifdef ES_HAVE_X86
+    if (!ref) {
+        __builtin_cpu_init();
+        int want512 = !(force && strcmp(force, "avx2") == 0);
+        if (__builtin_cpu_supports("popcnt")) K.hamming = hamming_popcnt;
+        if (want512 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+            __builtin_cpu_supports("avx512vl")) {
+            K.level = "avx512";
+            K.sq8_l2 = sq8_l2_avx512;
+            K.sq8_ip = sq8_ip_avx512;
+            K.l2sq_x4 = l2sq_x4_avx512;
+            K.dot_x4 = dot_x4_avx512;
+            if (__builtin_cpu_supports("avx512vpopcntdq") && __builtin_cpu_supports("popcnt"))
+                K.hamming = hamming_avx512;
+        } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+            K.level = "avx2";
+            K.sq8_l2 = sq8_l2_avx2;
+            K.sq8_ip = sq8_ip_avx2;
+            K.l2sq_x4 = l2sq_x4_avx2;
+            K.dot_x4 = dot_x4_avx2;
+        }
+    }
+#endif
+    __atomic_store_n(&K.ready, 1, __ATOMIC_RELEASE);
+}
+
+static inline void ensure(void) {
+    if (!__atomic_load_n(&K.ready, __ATOMIC_ACQUIRE)) kernels_init();
+}
+
+float es__sq8_l2(const float *qb, const float *scale, const uint8_t *code, size_t d) {
+    ensure();
+    return K.sq8_l2(qb, scale, code, d);
+}
+float es__sq8_ip(const float *qs, const uint8_t *code, size_t d) {
+    ensure();
+    return K.sq8_ip(qs, code, d);
+}
+uint32_t es__hamming(const uint64_t *a, const uint64_t *b, size_t nw) {
+    ensure();
+    return K.hamming(a, b, nw);
+}
+void es__pq_scan(const float *lut, const uint8_t *codes, size_t n, int M, int ksub, float bias, float *out) {
+    ensure();
+    K.pq_scan(lut, codes, n, M, ksub, bias, out);
+}
+void es__l2sq_x4(const float *q, const float *x0, const float *x1, const float *x2, const float *x3, size_t d,
+                 float out[4]) {
+    ensure();
+    K.l2sq_x4(q, x0, x1, x2, x3, d, out);
+}
+void es__dot_x4(const float *q, const float *x0, const float *x1, const float *x2, const float *x3, size_t d,
+                float out[4]) {
+    ensure();
+    K.dot_x4(q, x0, x1, x2, x3, d, out);
+}
+const char *es__index_simd_level(void) {
+    ensure();
+    return K.level;
+}

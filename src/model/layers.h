@@ -1,0 +1,136 @@
+/*
+ * layers.h — the dense layers the CTR models are built from, as plain
+ * functions with their shapes in the signature (llm.c style): a layer owns
+ * nothing; the caller passes parameters, inputs, outputs and any scratch.
+ *
+ * Conventions shared by every function here:
+ *   - all arrays are float32, row-major, the batch n is the leading
+ *     dimension: an activation of width d is x[n, d] with x[r*d + j];
+ *   - linear weights are stored as W[out, in] (PyTorch nn.Linear layout)
+ *     and biases as b[out];
+ *   - forward functions overwrite their outputs; backward functions
+ *     OVERWRITE input gradients (din, dx, demb: they are fresh values) and
+ *     ACCUMULATE parameter gradients (dW, db, dV: they sum over batches
+ *     until the optimizer step zeroes them);
+ *   - nothing allocates; every buffer is sized by the caller;
+ *   - with one thread every result is bit-for-bit repeatable.  Loops that
+ *     reduce over the batch (bias and weight gradients) run in a fixed
+ *     order; only loops writing disjoint rows are spread over threads.
+ * Dense products go through cblas_sgemm with the batch as the M dimension.
+ */
+#ifndef ES_MODEL_LAYERS_H
+#define ES_MODEL_LAYERS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- linear ----------------------------------------------------------------
+ * out[n, nout] = in[n, nin] W[nout, nin]^T + b[nout], then ReLU when
+ * relu != 0 (bias add and ReLU fused into one pass over out).  b may be NULL
+ * (no bias).  nin may be 0 (out = b, or 0). */
+void es__linear_forward(float *out, const float *in, const float *W, const float *b, int n, int nin, int nout, int relu);
+/* Given dout[n, nout] (gradient w.r.t. the linear output, before any ReLU):
+ * din[n, nin] = dout W (overwritten; skipped when din is NULL),
+ * dW[nout, nin] += dout^T in, db[nout] += column sums of dout (skipped if
+ * NULL). */
+void es__linear_backward(float *din, float *dW, float *db, const float *dout, const float *in, const float *W, int n,
+                         int nin, int nout);
+
+/* ---- ReLU -------------------------------------------------------------------
+ * x[len] = max(x, 0) in place. */
+void es__relu_forward(float *x, size_t len);
+/* dx[len] *= (y > 0) in place, y being the ReLU output (y > 0 exactly where
+ * the input was > 0, so the output is all backward needs). */
+void es__relu_backward(float *dx, const float *y, size_t len);
+
+/* ---- MLP stack ----------------------------------------------------------------
+ * n_layers linear layers dims[0] -> dims[1] -> ... -> dims[n_layers], ReLU
+ * after layer l when relu[l] != 0.  The struct only points into the net's
+ * parameter and gradient blocks. */
+#define ES__MLP_MAX 9
+typedef struct es__mlp {
+    int n_layers;
+    int dims[ES__MLP_MAX + 1];
+    int relu[ES__MLP_MAX];
+    float *W[ES__MLP_MAX], *b[ES__MLP_MAX];   /* W[l] is [dims[l+1], dims[l]] */
+    float *dW[ES__MLP_MAX], *db[ES__MLP_MAX];
+} es__mlp;
+
+/* Widest of dims[1..n_layers] (the size of the ping-pong scratch rows). */
+int es__mlp_max_width(const es__mlp *m);
+/* acts[l][n, dims[l+1]] = output of layer l (post-ReLU when relu[l]);
+ * acts[n_layers-1] is the stack's output. */
+void es__mlp_forward(const es__mlp *m, int n, const float *in, float *const *acts);
+/* dout[n, dims[L]]: gradient w.r.t. the stack's output; it is used as
+ * scratch (modified).  din[n, dims[0]] is overwritten (NULL: not wanted).
+ * buf0, buf1: [n, es__mlp_max_width(m)] scratch each.  Parameter gradients
+ * accumulate into m->dW, m->db.  acts must be those of the forward on in. */
+void es__mlp_backward(const es__mlp *m, int n, const float *in, float *const *acts, float *dout, float *din,
+                      float *buf0, float *buf1);
+
+/* ---- DLRM pairwise dot interaction ----------------------------------------------
+ * Per row, T vectors of width k: X_0 = z0[r] when z0 != NULL, then the F
+ * field embeddings emb[r, f, :].  Output row (width es__interact_width):
+ *   [z0[r] (k values, only when z0 != NULL),
+ *    <X_i, X_j> for i < j in row-major order (0,1),(0,2),...,(0,T-1),(1,2),...]
+ * i.e. the strict upper triangle of the T x T Gram matrix, P = T(T-1)/2. */
+int es__interact_width(int has_z0, int F, int k);
+void es__interact_forward(float *out, const float *z0, const float *emb, int n, int F, int k);
+void es__interact_forward_ref(float *out, const float *z0, const float *emb, int n, int F, int k);
+/* dout[n, width]: dz0[n, k] (when z0 != NULL) and demb[n, F, k] are
+ * overwritten with the gradients w.r.t. z0 and emb (dz0 includes the
+ * pass-through of the first k output columns). */
+void es__interact_backward(float *dz0, float *demb, const float *dout, const float *z0, const float *emb, int n, int F,
+                           int k);
+void es__interact_backward_ref(float *dz0, float *demb, const float *dout, const float *z0, const float *emb, int n,
+                               int F, int k);
+
+/* ---- DCN-v2 cross layer (full rank) -------------------------------------------
+ * xo[n, d] = x0 * (xl W[d, d]^T + b[d]) + xl  (elementwise *), and the
+ * cache u[n, d] = xl W^T + b that backward needs.  xo must not alias xl. */
+void es__cross_forward(float *xo, float *u, const float *x0, const float *xl, const float *W, const float *b, int n,
+                       int d);
+/* dx[n, d]: on entry dL/dxo, on return dL/dxl (in place).  dx0[n, d] +=
+ * the gradient through x0; dW, db accumulate; h[n, d] is scratch. */
+void es__cross_backward(float *dx, float *dx0, float *dW, float *db, const float *x0, const float *xl, const float *u,
+                        const float *W, float *h, int n, int d);
+
+/* ---- FM second-order term --------------------------------------------------------
+ * Per row the vectors are the F field vectors emb[r, f, off .. off+k) (field
+ * stride E floats) followed by the D numeric vectors dense[r, d] * V[d, :].
+ * out[r] = sum_{i<j} <v_i, v_j> = 0.5 * (|s|^2 - sum_i |v_i|^2), s = sum_i v_i
+ * (the O((F+D)k) identity, not the O((F+D)^2 k) pair loop).
+ * sum[n, k] receives s (backward needs it).  dense/V may be NULL when D = 0. */
+void es__fm_forward(float *out, float *sum, const float *emb, int F, int E, int off, const float *dense,
+                    const float *V, int D, int k, int n);
+/* Given dout[n]: demb[r, f, off .. off+k) = dout[r] * (s - v_f) (only
+ * those columns are written), dV[d, :] += dout[r] * x_d * (s - x_d V_d). */
+void es__fm_backward(float *demb, float *dV, const float *dout, const float *sum, const float *emb, int F, int E,
+                     int off, const float *dense, const float *V, int D, int k, int n);
+
+/* ---- loss ---------------------------------------------------------------------------
+ * Binary cross-entropy on logits, computed stably:
+ *   l_r = max(z, 0) - z y + log(1 + exp(-|z|)).
+ * Returns the mean over the n rows (accumulated in double); when dlogit is
+ * not NULL writes dlogit[r] = (sigmoid(z_r) - y_r) / n, the gradient of the
+ * mean.  Labels are 0 or 1 (any value in [0, 1] works). */
+double es__bce_logits(const float *logit, const float *label, int n, float *dlogit);
+/* 1 / (1 + exp(-z)) without overflow for large |z|. */
+float es__sigmoid(float z);
+
+/* ---- dense optimizers (optim.c) ------------------------------------------------------
+ * One update of count parameters w from their gradients g (g is read, not
+ * cleared).  wd > 0 adds L2 weight decay to the gradient first
+ * (g' = g + wd * w, the PyTorch `weight_decay` convention); callers pass 0
+ * for biases.  Elementwise, so any split over threads gives the same bits. */
+/* w -= lr * g' */
+void es__sgd_update(float *w, const float *g, size_t count, float lr, float wd);
+/* acc += g'^2;  w -= lr * g' / (sqrt(acc) + eps)   (torch.optim.Adagrad) */
+void es__adagrad_update(float *w, const float *g, float *acc, size_t count, float lr, float eps, float wd);
+/* Step t >= 1 (already incremented for this update), torch.optim.Adam:
+ *   m = b1 m + (1 - b1) g';  v = b2 v + (1 - b2) g'^2;
+ *   w -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps). */
+void es__adam_update(float *w, const float *g, float *m, float *v, size_t count, float lr, float beta1, float beta2,
+                     float eps, float wd, int64_t t);
+
+#endif /* ES_MODEL_LAYERS_H */

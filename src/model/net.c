@@ -1,0 +1,632 @@
+/*
+ * net.c — the four CTR models (LR, FM, DLRM, DCN-v2) on top of layers.c:
+ * parameter layout, deterministic initialisation, forward, backward,
+ * named tensors.  The optimizers live in optim.c.
+ *
+ * Memory: parameters are one aligned block, their gradients a second block
+ * with the same layout, optimizer state a third (optim.c), activations and
+ * backward scratch a fourth sized for max_batch.  Every weight and bias is
+ * a "segment" of the parameter block: a name, a shape and an offset.  The
+ * segment list fixes, in one place, the layout, the order in which the
+ * initialiser draws from the rng, the tensors that es_net_tensors lists and
+ * which arrays get weight decay.  docs/models.md documents all of it for
+ * the PyTorch reference.
+ */
+#include "model/net.h"
+
+#include "model/layers.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <strings.h>
+
+/* One named parameter array inside the parameter block. */
+#define ES__NET_SEG_NAME 48
+typedef struct es__net_seg {
+    char name[ES__NET_SEG_NAME];  /* tensor name, e.g. "net.top.0.w" */
+    int ndim;
+    uint64_t shape[2];
+    size_t off, count;            /* in floats, within params / grads / each state array */
+    int is_weight;                /* weight decay applies (weights, not biases) */
+    float init_a;                 /* > 0: U(-a, a) at init; 0: zeros */
+    float **p, **g;               /* where the pointers into params / grads go */
+} es__net_seg;
+
+/* LR/FM: 3 segments; DLRM: 2 * (8 + 9); DCN: 2 * (8 + 9). */
+#define ES__NET_MAX_SEGS (2 * (2 * ES_NET_MAX_LAYERS + 1) + 4)
+
+struct es_net {
+    es_net_params p;
+    int E;                 /* embedding width per field */
+    int inter_w;           /* DLRM: interaction output width (top MLP input) */
+    int d0;                /* DCN: D + F*k */
+
+    es__net_seg segs[ES__NET_MAX_SEGS];
+    int n_segs;
+    size_t n_params;
+    float *params, *grads; /* [n_params] each, same layout */
+
+    /* optimizer state: one block holding the step count (first 64 bytes)
+     * then m, v (Adam) or acc (Adagrad), each [n_params]; NULL for SGD. */
+    void *state;
+    int64_t *step;
+    float *m, *v, *acc;
+    size_t state_bytes;
+
+    /* LR / FM */
+    float *lin_w, *lin_b, *fm_V;
+    float *dlin_w, *dlin_b, *dfm_V;
+    /* DLRM bottom and top; DCN deep stack in `top` */
+    es__mlp bottom, top;
+    /* DCN cross layers */
+    float *cW[ES_NET_MAX_LAYERS], *cb[ES_NET_MAX_LAYERS];
+    float *dcW[ES_NET_MAX_LAYERS], *dcb[ES_NET_MAX_LAYERS];
+
+    /* activations and backward scratch: one block sized for max_batch */
+    float *acts;
+    float *fm_sum, *fm_pair;                      /* FM: [B, k], [B] */
+    float *bot_acts[ES__MLP_MAX], *top_acts[ES__MLP_MAX];
+    float *inter;                                 /* DLRM: [B, inter_w] */
+    float *x[ES_NET_MAX_LAYERS + 1], *u[ES_NET_MAX_LAYERS]; /* DCN: x[0] = x0 */
+    float *buf0, *buf1, *g_out;
+    float *d_inter, *dz0;                         /* DLRM */
+    float *dx, *dx0, *h;                          /* DCN: [B, d0] each */
+};
+
+/* ---- params --------------------------------------------------------------------- */
+
+es_net_params es_net_params_default(es_net_kind kind, int n_dense, int n_fields, int dim) {
+    es_net_params p;
+    memset(&p, 0, sizeof p);
+    p.kind = kind;
+    p.n_dense = n_dense;
+    p.n_fields = n_fields;
+    p.dim = dim;
+    p.bottom[0] = 64;
+    p.bottom[1] = dim;
+    p.n_bottom = 2;
+    p.top[0] = 64;
+    p.top[1] = 32;
+    p.n_top = 2;
+    p.n_cross = 2;
+    p.max_batch = 256;
+    p.opt.kind = ES_OPT_ADAM;
+    p.opt.lr = 1e-3f;
+    p.opt.eps = 1e-8f;
+    p.opt.beta1 = 0.9f;
+    p.opt.beta2 = 0.999f;
+    p.opt.init_acc = 0.0f;
+    p.weight_decay = 0.0f;
+    p.seed = 1;
+    return p;
+}
+
+const char *es_net_kind_name(es_net_kind k) {
+    switch (k) {
+    case ES_NET_LR: return "lr";
+    case ES_NET_FM: return "fm";
+    case ES_NET_DLRM: return "dlrm";
+    case ES_NET_DCN: return "dcn";
+    }
+    return "unknown";
+}
+
+int es_net_kind_parse(const char *s, es_net_kind *out) {
+    static const struct {
+        const char *name;
+        es_net_kind kind;
+    } names[] = {{"lr", ES_NET_LR},     {"fm", ES_NET_FM},       {"dlrm", ES_NET_DLRM},
+                 {"dcn", ES_NET_DCN},   {"dcnv2", ES_NET_DCN},   {"dcn-v2", ES_NET_DCN}};
+    if (!s || !out) return ES_EINVAL;
+    for (size_t i = 0; i < ES_ARRAY_LEN(names); i++)
+        if (strcasecmp(s, names[i].name) == 0) {
+            *out = names[i].kind;
+            return ES_OK;
+        }
+    return ES_EINVAL;
+}
+
+int es_net_emb_dim(es_net_kind kind, int dim) {
+    switch (kind) {
+    case ES_NET_LR: return 1;
+    case ES_NET_FM: return 1 + dim;
+    case ES_NET_DLRM:
+    case ES_NET_DCN: return dim;
+    }
+    return dim;
+}
+
+/* ---- validation ------------------------------------------------------------------- */
+
+/* Generous sanity bounds: they keep every product of two sizes far from
+ * overflowing an int (BLAS dimensions) and reject typos early. */
+#define ES__NET_MAX_WIDTH (1 << 16)
+#define ES__NET_MAX_BATCH (1 << 20)
+
+static int check_widths(const int *w, int n, int max_n, const char *what, es_err *err) {
+    if (n < 0 || n > max_n) return es__err(err, ES_EINVAL, "net: %s has %d layers (allowed 0..%d)", what, n, max_n);
+    for (int i = 0; i < n; i++)
+        if (w[i] < 1 || w[i] > ES__NET_MAX_WIDTH)
+            return es__err(err, ES_EINVAL, "net: %s layer %d has width %d (allowed 1..%d)", what, i, w[i],
+                           ES__NET_MAX_WIDTH);
+    return ES_OK;
+}
+
+static int validate(const es_net_params *p, es_err *err) {
+    if (p->kind < ES_NET_LR || p->kind > ES_NET_DCN) return es__err(err, ES_EINVAL, "net: unknown model kind %d", (int)p->kind);
+    const char *kn = es_net_kind_name(p->kind);
+    if (p->n_fields < 1 || p->n_fields > ES__NET_MAX_WIDTH)
+        return es__err(err, ES_EINVAL, "net %s: n_fields = %d (need 1..%d)", kn, p->n_fields, ES__NET_MAX_WIDTH);
+    if (p->n_dense < 0 || p->n_dense > ES__NET_MAX_WIDTH)
+        return es__err(err, ES_EINVAL, "net %s: n_dense = %d (need 0..%d)", kn, p->n_dense, ES__NET_MAX_WIDTH);
+    if (p->kind != ES_NET_LR && (p->dim < 1 || p->dim > 4096))
+        return es__err(err, ES_EINVAL, "net %s: dim = %d (need 1..4096)", kn, p->dim);
+    if (p->max_batch < 1 || p->max_batch > ES__NET_MAX_BATCH)
+        return es__err(err, ES_EINVAL, "net %s: max_batch = %d (need 1..%d)", kn, p->max_batch, ES__NET_MAX_BATCH);
+    int rc;
+    if (p->kind == ES_NET_DLRM) {
+        if (p->n_dense > 0) {
+            if ((rc = check_widths(p->bottom, p->n_bottom, ES_NET_MAX_LAYERS, "bottom MLP", err))) return rc;
+            if (p->n_bottom < 1 || p->bottom[p->n_bottom - 1] != p->dim)
+                return es__err(err, ES_EINVAL, "net dlrm: the bottom MLP must end in dim = %d (it ends in %d)", p->dim,
+                               p->n_bottom ? p->bottom[p->n_bottom - 1] : p->n_dense);
+        } else if (p->n_fields < 2) {
+            return es__err(err, ES_EINVAL, "net dlrm: no numeric features and one field leave no interaction");
+        }
+        if ((rc = check_widths(p->top, p->n_top, ES_NET_MAX_LAYERS, "top MLP", err))) return rc;
+        if (es__interact_width(p->n_dense > 0, p->n_fields, p->dim) > ES__NET_MAX_WIDTH * 16)
+            return es__err(err, ES_EINVAL, "net dlrm: %d fields give too wide an interaction", p->n_fields);
+    }
+    if (p->kind == ES_NET_DCN) {
+        if ((rc = check_widths(p->top, p->n_top, ES_NET_MAX_LAYERS, "deep MLP", err))) return rc;
+        if (p->n_cross < 0 || p->n_cross > ES_NET_MAX_LAYERS)
+            return es__err(err, ES_EINVAL, "net dcn: n_cross = %d (allowed 0..%d)", p->n_cross, ES_NET_MAX_LAYERS);
+        long long d0 = (long long)p->n_dense + (long long)p->n_fields * p->dim;
+        if (d0 > ES__NET_MAX_WIDTH)
+            return es__err(err, ES_EINVAL, "net dcn: input width %lld exceeds %d", d0, ES__NET_MAX_WIDTH);
+    }
+    const es_optim_params *o = &p->opt;
+    if (o->kind != ES_OPT_SGD && o->kind != ES_OPT_ADAGRAD && o->kind != ES_OPT_ADAM)
+        return es__err(err, ES_EINVAL, "net %s: dense optimizer must be sgd, adagrad or adam (got %d)", kn, (int)o->kind);
+    if (!(o->lr >= 0.0f) || !isfinite(o->lr)) return es__err(err, ES_EINVAL, "net %s: learning rate %g", kn, (double)o->lr);
+    if (!(o->eps >= 0.0f) || !isfinite(o->eps)) return es__err(err, ES_EINVAL, "net %s: eps %g", kn, (double)o->eps);
+    if (o->kind == ES_OPT_ADAM && !(o->beta1 >= 0.0f && o->beta1 < 1.0f && o->beta2 >= 0.0f && o->beta2 < 1.0f))
+        return es__err(err, ES_EINVAL, "net %s: adam betas %g, %g (need [0, 1))", kn, (double)o->beta1, (double)o->beta2);
+    if (o->kind == ES_OPT_ADAGRAD && (!(o->init_acc >= 0.0f) || !isfinite(o->init_acc)))
+        return es__err(err, ES_EINVAL, "net %s: adagrad init_acc %g", kn, (double)o->init_acc);
+    if (!(p->weight_decay >= 0.0f) || !isfinite(p->weight_decay))
+        return es__err(err, ES_EINVAL, "net %s: weight_decay %g", kn, (double)p->weight_decay);
+    return ES_OK;
+}
+
+/* ---- layout ------------------------------------------------------------------------ */
+
+/* Append a segment of rows x cols floats (1-D when rows == 0).  init_a > 0:
+ * U(-init_a, init_a); 0: zeros.  p/g receive the pointers into the
+ * parameter and gradient blocks once they exist. */
+static void add_seg(es_net *net, float **p, float **g, int is_weight, float init_a, size_t rows, size_t cols,
+                    const char *fmt, ...) ES_PRINTF(8, 9);
+static void add_seg(es_net *net, float **p, float **g, int is_weight, float init_a, size_t rows, size_t cols,
+                    const char *fmt, ...) {
+    ES_ASSERT(net->n_segs < ES__NET_MAX_SEGS);
+    es__net_seg *s = &net->segs[net->n_segs++];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->name, sizeof s->name, fmt, ap);
+    va_end(ap);
+    s->ndim = rows ? 2 : 1;
+    s->shape[0] = rows ? rows : cols;
+    s->shape[1] = rows ? cols : 0;
+    s->count = (rows ? rows : 1) * cols;
+    s->off = net->n_params;
+    s->is_weight = is_weight;
+    s->init_a = init_a;
+    s->p = p;
+    s->g = g;
+    net->n_params += s->count;
+}
+
+/* Linear layer I -> O of an MLP: W[O, I] then b[O], both U(+-1/sqrt(I)). */
+static void add_linear(es_net *net, es__mlp *m, int l, const char *stack) {
+    int I = m->dims[l], O = m->dims[l + 1];
+    float a = 1.0f / sqrtf((float)I);
+    add_seg(net, &m->W[l], &m->dW[l], 1, a, (size_t)O, (size_t)I, "net.%s.%d.w", stack, l);
+    add_seg(net, &m->b[l], &m->db[l], 0, a, 0, (size_t)O, "net.%s.%d.b", stack, l);
+}
+
+/* An MLP in -> widths[0..n) -> (1 when final) with ReLU after every hidden
+ * layer; relu_all also puts ReLU after the last layer (DLRM bottom). */
+static void layout_mlp(es_net *net, es__mlp *m, int in, const int *widths, int n, int final_one, int relu_all,
+                       const char *stack) {
+    m->n_layers = n + (final_one ? 1 : 0);
+    m->dims[0] = in;
+    for (int l = 0; l < n; l++) m->dims[l + 1] = widths[l];
+    if (final_one) m->dims[n + 1] = 1;
+    for (int l = 0; l < m->n_layers; l++) m->relu[l] = relu_all || l < m->n_layers - 1;
+    for (int l = 0; l < m->n_layers; l++) add_linear(net, m, l, stack);
+}
+
+static void layout(es_net *net) {
+    const es_net_params *p = &net->p;
+    int D = p->n_dense, F = p->n_fields, k = p->dim;
+    switch (p->kind) {
+    case ES_NET_LR:
+    case ES_NET_FM:
+        if (D > 0) add_seg(net, &net->lin_w, &net->dlin_w, 1, 0.0f, 1, (size_t)D, "net.linear.w");
+        add_seg(net, &net->lin_b, &net->dlin_b, 0, 0.0f, 0, 1, "net.linear.b");
+        if (p->kind == ES_NET_FM && D > 0)
+            add_seg(net, &net->fm_V, &net->dfm_V, 1, 0.05f, (size_t)D, (size_t)k, "net.fm.v");
+        break;
+    case ES_NET_DLRM:
+        if (D > 0) layout_mlp(net, &net->bottom, D, p->bottom, p->n_bottom, 0, 1, "bottom");
+        net->inter_w = es__interact_width(D > 0, F, k);
+        layout_mlp(net, &net->top, net->inter_w, p->top, p->n_top, 1, 0, "top");
+        break;
+    case ES_NET_DCN: {
+        net->d0 = D + F * k;
+        float a = 1.0f / sqrtf((float)net->d0);
+        for (int l = 0; l < p->n_cross; l++) {
+            add_seg(net, &net->cW[l], &net->dcW[l], 1, a, (size_t)net->d0, (size_t)net->d0, "net.cross.%d.w", l);
+            add_seg(net, &net->cb[l], &net->dcb[l], 0, a, 0, (size_t)net->d0, "net.cross.%d.b", l);
+        }
+        layout_mlp(net, &net->top, net->d0, p->top, p->n_top, 1, 0, "deep");
+        break;
+    }
+    }
+}
+
+/* Activation and scratch buffers, each rounded to 16 floats (64 bytes). */
+typedef struct {
+    float *base;
+    size_t used;
+} carver;
+
+static size_t round16(size_t x) { return (x + 15) & ~(size_t)15; }
+
+static float *carve(carver *c, size_t count) {
+    float *p = c->base ? c->base + c->used : NULL;
+    c->used += round16(count);
+    return p;
+}
+
+/* Called twice: once with c->base == NULL to size the block, once to carve
+ * it.  Keeping one function makes the two passes agree by construction. */
+static void carve_acts(es_net *net, carver *c) {
+    const es_net_params *p = &net->p;
+    size_t B = (size_t)p->max_batch;
+    int k = p->dim;
+    switch (p->kind) {
+    case ES_NET_LR: break;
+    case ES_NET_FM:
+        net->fm_sum = carve(c, B * k);
+        net->fm_pair = carve(c, B);
+        break;
+    case ES_NET_DLRM: {
+        for (int l = 0; l < net->bottom.n_layers; l++) net->bot_acts[l] = carve(c, B * net->bottom.dims[l + 1]);
+        net->inter = carve(c, B * net->inter_w);
+        for (int l = 0; l < net->top.n_layers; l++) net->top_acts[l] = carve(c, B * net->top.dims[l + 1]);
+        int w = ES_MAX(es__mlp_max_width(&net->top), net->bottom.n_layers ? es__mlp_max_width(&net->bottom) : 0);
+        net->buf0 = carve(c, B * w);
+        net->buf1 = carve(c, B * w);
+        net->g_out = carve(c, B);
+        net->d_inter = carve(c, B * net->inter_w);
+        if (net->bottom.n_layers) net->dz0 = carve(c, B * k);
+        break;
+    }
+    case ES_NET_DCN: {
+        size_t d0 = (size_t)net->d0;
+        for (int l = 0; l <= p->n_cross; l++) net->x[l] = carve(c, B * d0);
+        for (int l = 0; l < p->n_cross; l++) net->u[l] = carve(c, B * d0);
+        for (int l = 0; l < net->top.n_layers; l++) net->top_acts[l] = carve(c, B * net->top.dims[l + 1]);
+        int w = es__mlp_max_width(&net->top);
+        net->buf0 = carve(c, B * w);
+        net->buf1 = carve(c, B * w);
+        net->g_out = carve(c, B);
+        net->dx = carve(c, B * d0);
+        net->dx0 = carve(c, B * d0);
+        net->h = carve(c, B * d0);
+        break;
+    }
+    }
+}
+
+static void init_params(es_net *net) {
+    es_rng rng;
+    es__rng_seed(&rng, net->p.seed);
+    for (int i = 0; i < net->n_segs; i++) {
+        const es__net_seg *s = &net->segs[i];
+        float *w = net->params + s->off;
+        if (s->init_a > 0.0f)
+            es__rng_fill_uniform(&rng, w, s->count, s->init_a);
+        else
+            memset(w, 0, s->count * sizeof(float));
+    }
+}
+
+/* ---- optimizer state ------------------------------------------------------------------ */
+
+/* The state block: 64 bytes holding the Adam step count (int64), then the
+ * per-parameter arrays, each starting on a 64-byte boundary. */
+static int optim_init(es_net *net, es_err *err) {
+    const es_optim_params *o = &net->p.opt;
+    int arrays = o->kind == ES_OPT_ADAM ? 2 : o->kind == ES_OPT_ADAGRAD ? 1 : 0;
+    if (arrays == 0) return ES_OK;
+    size_t per = round16(net->n_params), floats, bytes;
+    if (!es__mul_size(per, (size_t)arrays, &floats) || !es__mul_size(floats, sizeof(float), &bytes) ||
+        !es__add_size(bytes, ES_ALIGN, &bytes))
+        return es__err(err, ES_EINVAL, "net: optimizer state size overflows");
+    net->state = es__alloc_aligned(bytes); /* zeroed: m = v = 0, step = 0 */
+    if (!net->state) return es__err(err, ES_ENOMEM, "net: cannot allocate %zu bytes of optimizer state", bytes);
+    net->step = (int64_t *)net->state;
+    float *arr = (float *)((char *)net->state + ES_ALIGN);
+    if (o->kind == ES_OPT_ADAM) {
+        net->m = arr;
+        net->v = arr + per;
+        net->state_bytes = 2 * net->n_params * sizeof(float) + sizeof(int64_t);
+    } else {
+        net->acc = arr;
+        for (size_t i = 0; i < net->n_params; i++) net->acc[i] = o->init_acc;
+        net->state_bytes = net->n_params * sizeof(float);
+    }
+    return ES_OK;
+}
+
+/* ---- lifecycle --------------------------------------------------------------------------- */
+
+int es_net_create(es_net **out, const es_net_params *p, es_err *err) {
+    if (!out || !p) return es__err(err, ES_EINVAL, "net: NULL argument");
+    *out = NULL;
+    int rc = validate(p, err);
+    if (rc) return rc;
+    es_net *net = es__calloc(1, sizeof *net);
+    if (!net) return es__err(err, ES_ENOMEM, "net: out of memory");
+    net->p = *p;
+    net->E = es_net_emb_dim(p->kind, p->dim);
+    layout(net);
+
+    size_t pbytes, abytes;
+    carver c = {NULL, 0};
+    carve_acts(net, &c);
+    if (!es__mul_size(net->n_params, sizeof(float), &pbytes) || !es__mul_size(c.used, sizeof(float), &abytes)) {
+        es_net_free(net);
+        return es__err(err, ES_EINVAL, "net: sizes overflow");
+    }
+    net->params = es__alloc_aligned(pbytes);
+    net->grads = es__alloc_aligned(pbytes);
+    net->acts = c.used ? es__alloc_aligned(abytes) : NULL;
+    if (!net->params || !net->grads || (c.used && !net->acts)) {
+        es_net_free(net);
+        return es__err(err, ES_ENOMEM, "net: cannot allocate %zu parameter bytes and %zu activation bytes", pbytes,
+                       abytes);
+    }
+    for (int i = 0; i < net->n_segs; i++) {
+        *net->segs[i].p = net->params + net->segs[i].off;
+        *net->segs[i].g = net->grads + net->segs[i].off;
+    }
+    c.base = net->acts;
+    c.used = 0;
+    carve_acts(net, &c);
+    init_params(net);
+    if ((rc = optim_init(net, err))) {
+        es_net_free(net);
+        return rc;
+    }
+    *out = net;
+    return ES_OK;
+}
+
+void es_net_free(es_net *net) {
+    if (!net) return;
+    es__free_aligned(net->params);
+    es__free_aligned(net->grads);
+    es__free_aligned(net->acts);
+    es__free_aligned(net->state);
+    es__free(net);
+}
+
+const es_net_params *es_net_get_params(const es_net *net) { return &net->p; }
+
+/* ---- forward / backward -------------------------------------------------------------------- */
+
+/* logit[r] += sum_f emb[r, f, 0]: the first-order terms of LR and FM. */
+static void add_first_order(float *logit, const float *emb, int n, int F, int E) {
+    for (int r = 0; r < n; r++) {
+        const float *e = emb + (size_t)r * F * E;
+        float s = 0.0f;
+        for (int f = 0; f < F; f++) s += e[(size_t)f * E];
+        logit[r] += s;
+    }
+}
+
+void es_net_forward(es_net *net, int n, const float *emb, const float *dense, float *logit) {
+    ES_ASSERT(n >= 0 && n <= net->p.max_batch);
+    if (n == 0) return;
+    const es_net_params *p = &net->p;
+    int D = p->n_dense, F = p->n_fields, k = p->dim;
+    switch (p->kind) {
+    case ES_NET_LR:
+    case ES_NET_FM:
+        /* logit = dense w^T + b, then + first-order terms, then + FM pairs */
+        es__linear_forward(logit, dense, net->lin_w, net->lin_b, n, D, 1, 0);
+        add_first_order(logit, emb, n, F, net->E);
+        if (p->kind == ES_NET_FM) {
+            es__fm_forward(net->fm_pair, net->fm_sum, emb, F, net->E, 1, dense, net->fm_V, D, k, n);
+            for (int r = 0; r < n; r++) logit[r] += net->fm_pair[r];
+        }
+        break;
+    case ES_NET_DLRM: {
+        const float *z0 = NULL;
+        if (D > 0) {
+            es__mlp_forward(&net->bottom, n, dense, net->bot_acts);
+            z0 = net->bot_acts[net->bottom.n_layers - 1];
+        }
+        es__interact_forward(net->inter, z0, emb, n, F, k);
+        es__mlp_forward(&net->top, n, net->inter, net->top_acts);
+        memcpy(logit, net->top_acts[net->top.n_layers - 1], (size_t)n * sizeof(float));
+        break;
+    }
+    case ES_NET_DCN: {
+        int d0 = net->d0;
+        size_t ek = (size_t)F * k;
+        float *x0 = net->x[0];
+        for (int r = 0; r < n; r++) {
+            float *row = x0 + (size_t)r * d0;
+            if (D > 0) memcpy(row, dense + (size_t)r * D, (size_t)D * sizeof(float));
+            memcpy(row + D, emb + (size_t)r * ek, ek * sizeof(float));
+        }
+        for (int l = 0; l < p->n_cross; l++)
+            es__cross_forward(net->x[l + 1], net->u[l], x0, net->x[l], net->cW[l], net->cb[l], n, d0);
+        es__mlp_forward(&net->top, n, net->x[p->n_cross], net->top_acts);
+        memcpy(logit, net->top_acts[net->top.n_layers - 1], (size_t)n * sizeof(float));
+        break;
+    }
+    }
+}
+
+void es_net_backward(es_net *net, int n, const float *emb, const float *dense, const float *dlogit, float *demb) {
+    ES_ASSERT(n >= 0 && n <= net->p.max_batch);
+    if (n == 0) return;
+    const es_net_params *p = &net->p;
+    int D = p->n_dense, F = p->n_fields, k = p->dim, E = net->E;
+    switch (p->kind) {
+    case ES_NET_LR:
+    case ES_NET_FM:
+        es__linear_backward(NULL, net->dlin_w, net->dlin_b, dlogit, dense, net->lin_w, n, D, 1);
+        for (int r = 0; r < n; r++)
+            for (int f = 0; f < F; f++) demb[((size_t)r * F + f) * E] = dlogit[r];
+        if (p->kind == ES_NET_FM)
+            es__fm_backward(demb, net->dfm_V, dlogit, net->fm_sum, emb, F, E, 1, dense, net->fm_V, D, k, n);
+        break;
+    case ES_NET_DLRM: {
+        /* the MLP backward uses its dout as scratch, so copy dlogit first */
+        memcpy(net->g_out, dlogit, (size_t)n * sizeof(float));
+        es__mlp_backward(&net->top, n, net->inter, net->top_acts, net->g_out, net->d_inter, net->buf0, net->buf1);
+        const float *z0 = D > 0 ? net->bot_acts[net->bottom.n_layers - 1] : NULL;
+        es__interact_backward(D > 0 ? net->dz0 : NULL, demb, net->d_inter, z0, emb, n, F, k);
+        if (D > 0) es__mlp_backward(&net->bottom, n, dense, net->bot_acts, net->dz0, NULL, net->buf0, net->buf1);
+        break;
+    }
+    case ES_NET_DCN: {
+        int d0 = net->d0, L = p->n_cross;
+        size_t len = (size_t)n * d0, ek = (size_t)F * k;
+        memcpy(net->g_out, dlogit, (size_t)n * sizeof(float));
+        es__mlp_backward(&net->top, n, net->x[L], net->top_acts, net->g_out, net->dx, net->buf0, net->buf1);
+        /* dx walks down the residual path (dL/dx_l); dx0 gathers every
+         * layer's gradient through its x0 factor. */
+        memset(net->dx0, 0, len * sizeof(float));
+        for (int l = L - 1; l >= 0; l--)
+            es__cross_backward(net->dx, net->dx0, net->dcW[l], net->dcb[l], net->x[0], net->x[l], net->u[l], net->cW[l],
+                               net->h, n, d0);
+        /* x_0 is x0 itself: both paths add; the emb part goes back to the storage */
+        for (int r = 0; r < n; r++) {
+            const float *a = net->dx0 + (size_t)r * d0 + D, *b = net->dx + (size_t)r * d0 + D;
+            float *o = demb + (size_t)r * ek;
+            for (size_t j = 0; j < ek; j++) o[j] = a[j] + b[j];
+        }
+        break;
+    }
+    }
+}
+
+void es_net_step(es_net *net) {
+    const es_optim_params *o = &net->p.opt;
+    if (o->kind == ES_OPT_ADAM) ++*net->step;
+    for (int i = 0; i < net->n_segs; i++) {
+        const es__net_seg *s = &net->segs[i];
+        float wd = s->is_weight ? net->p.weight_decay : 0.0f;
+        float *w = net->params + s->off;
+        const float *g = net->grads + s->off;
+        switch (o->kind) {
+        case ES_OPT_SGD: es__sgd_update(w, g, s->count, o->lr, wd); break;
+        case ES_OPT_ADAGRAD: es__adagrad_update(w, g, net->acc + s->off, s->count, o->lr, o->eps, wd); break;
+        case ES_OPT_ADAM:
+            es__adam_update(w, g, net->m + s->off, net->v + s->off, s->count, o->lr, o->beta1, o->beta2, o->eps, wd,
+                            *net->step);
+            break;
+        default: ES_ASSERT(!"dense optimizer validated at create");
+        }
+    }
+    es_net_zero_grad(net);
+}
+
+void es_net_zero_grad(es_net *net) { memset(net->grads, 0, net->n_params * sizeof(float)); }
+
+/* ---- flat views and tensors ------------------------------------------------------------------ */
+
+size_t es_net_n_params(const es_net *net) { return net->n_params; }
+float *es_net_params_ptr(es_net *net) { return net->params; }
+float *es_net_grads_ptr(es_net *net) { return net->grads; }
+size_t es_net_param_bytes(const es_net *net) { return net->n_params * sizeof(float); }
+size_t es_net_state_bytes(const es_net *net) { return net->state_bytes; }
+
+/* Fill a ref by hand (name = prefix + seg name + suffix) so that the net
+ * does not depend on the file layer being linked. */
+static void set_ref(es_tensor_ref *t, const char *prefix, const char *name, const char *suffix,
+                    es_dtype dt, void *data, int ndim, const uint64_t *shape) {
+    memset(t, 0, sizeof *t);
+    snprintf(t->name, sizeof t->name, "%s%s%s", prefix, name, suffix);
+    t->dtype = dt;
+    t->ndim = ndim;
+    uint64_t count = 1;
+    for (int i = 0; i < ndim; i++) {
+        t->shape[i] = shape[i];
+        count *= shape[i];
+    }
+    t->data = data;
+    t->nbytes = (size_t)count * (dt == ES_DT_I64 ? sizeof(int64_t) : sizeof(float));
+}
+
+int es_net_tensors(es_net *net, es_tensor_ref *refs, int max) {
+    es_optim kind = net->p.opt.kind;
+    int per_seg = 1 + (kind == ES_OPT_ADAM ? 2 : kind == ES_OPT_ADAGRAD ? 1 : 0);
+    int need = net->n_segs * per_seg + (kind == ES_OPT_ADAM ? 1 : 0);
+    if (!refs) return need;
+    int c = 0;
+    for (int i = 0; i < net->n_segs && c < max; i++) {
+        const es__net_seg *s = &net->segs[i];
+        set_ref(&refs[c++], "", s->name, "", ES_DT_F32, net->params + s->off, s->ndim, s->shape);
+    }
+    for (int i = 0; i < net->n_segs && per_seg > 1; i++) {
+        const es__net_seg *s = &net->segs[i];
+        if (kind == ES_OPT_ADAM) {
+            if (c < max) set_ref(&refs[c++], "opt.", s->name, ".m", ES_DT_F32, net->m + s->off, s->ndim, s->shape);
+            if (c < max) set_ref(&refs[c++], "opt.", s->name, ".v", ES_DT_F32, net->v + s->off, s->ndim, s->shape);
+        } else {
+            if (c < max) set_ref(&refs[c++], "opt.", s->name, ".acc", ES_DT_F32, net->acc + s->off, s->ndim, s->shape);
+        }
+    }
+    if (kind == ES_OPT_ADAM && c < max) {
+        const uint64_t one = 1;
+        set_ref(&refs[c++], "opt.net.", "step", "", ES_DT_I64, net->step, 1, &one);
+    }
+    return c;
+}
+
+double es_net_flops_per_row(const es_net *net) {
+    const es_net_params *p = &net->p;
+    double D = p->n_dense, F = p->n_fields, k = p->dim, f = 0.0;
+    switch (p->kind) {
+    case ES_NET_LR: f = D + F; break;
+    case ES_NET_FM:
+        /* linear D, first order F, numeric vectors D*k, sum and sum of
+         * squares 2(F+D)k, |s|^2 k */
+        f = D + F + D * k + 2.0 * (F + D) * k + k;
+        break;
+    case ES_NET_DLRM:
+    case ES_NET_DCN: {
+        for (int s = 0; s < 2; s++) {
+            const es__mlp *m = s ? &net->top : &net->bottom;
+            for (int l = 0; l < m->n_layers; l++) f += (double)m->dims[l] * m->dims[l + 1];
+        }
+        if (p->kind == ES_NET_DLRM) {
+            double T = F + (p->n_dense > 0 ? 1 : 0);
+            f += T * (T - 1) / 2 * k;
+        } else {
+            /* each cross layer: d0 x d0 product plus the x0 * u product */
+            f += p->n_cross * ((double)net->d0 * net->d0 + net->d0);
+        }
+        break;
+    }
+    }
+    return f;
+}

@@ -1,0 +1,264 @@
+/*
+ * full.c — the `full` storage method: a collision-free embedding table.
+ *
+ * Every value with count >= min_count in the vocabulary gets a private
+ * row; each field also has one out-of-vocabulary (OOV) row shared by the
+ * values that were rare or never seen.  This is the uncompressed baseline
+ * the other methods are measured against.
+ *
+ * Layout (deterministic, so 1-thread runs repeat bit for bit):
+ *   keys[N]        the kept keys, field by field, sorted ascending within
+ *                  each field;
+ *   field_off[F+1] field f's keys are keys[field_off[f] .. field_off[f+1]);
+ *   rows           field f owns rows [field_off[f] + f, field_off[f+1] + f]:
+ *                  first its OOV row, then one row per key in key order, so
+ *                  key index i of field f has row i + f + 1;
+ *   index[icap]    open-addressing hash index over (field, key) holding key
+ *                  index + 1 (0 = empty); derived from keys/field_off, so
+ *                  it is rebuilt after a load instead of being saved.
+ * keys, field_off and index are the serving map: they count as aux_bytes.
+ *
+ * Re-creating from saved metadata needs no vocabulary: opts "keys=N" gives
+ * the shapes, the loader fills keys/field_off/weights, and after_load
+ * checks the map and rebuilds the index.
+ */
+#include "storage/storage.h"
+
+typedef struct full_impl {
+    es_rows t;
+    int F;
+    uint64_t n_keys;
+    uint64_t *keys;      /* [n_keys] */
+    uint64_t *field_off; /* [F + 1] */
+    uint32_t *index;     /* [icap] */
+    size_t icap;
+    uint64_t min_count;
+    es_gradacc ga;
+} full_impl;
+
+static inline size_t full_home(uint64_t key, int f, size_t mask) {
+    return (size_t)es__mix64(key ^ ((uint64_t)(uint32_t)f * UINT64_C(0x9e3779b97f4a7c15))) & mask;
+}
+
+/* Rows of keys[0..n) of field f: the key's own row, or the field's OOV row. */
+static void full_resolve(const void *ctx, int f, const uint64_t *keys, size_t n, uint64_t *ids) {
+    const full_impl *m = ctx;
+    const uint64_t lo = m->field_off[f], hi = m->field_off[f + 1];
+    const uint64_t oov = lo + (uint64_t)f;
+    const size_t mask = m->icap - 1;
+    for (size_t i = 0; i < n; i++) {
+        const uint64_t key = keys[i];
+        uint64_t row = oov;
+        size_t h = full_home(key, f, mask);
+        uint32_t s;
+        while ((s = m->index[h]) != 0) {
+            uint64_t idx = s - 1;
+            if (m->keys[idx] == key && idx >= lo && idx < hi) {
+                row = idx + (uint64_t)f + 1;
+                break;
+            }
+            h = (h + 1) & mask;
+        }
+        ids[i] = row;
+    }
+}
+
+static void build_index(full_impl *m) {
+    const size_t mask = m->icap - 1;
+    memset(m->index, 0, m->icap * sizeof *m->index);
+    for (int f = 0; f < m->F; f++)
+        for (uint64_t i = m->field_off[f]; i < m->field_off[f + 1]; i++) {
+            size_t h = full_home(m->keys[i], f, mask);
+            while (m->index[h]) h = (h + 1) & mask;
+            m->index[h] = (uint32_t)(i + 1);
+        }
+}
+
+static void full_free(full_impl *m) {
+    if (!m) return;
+    es_rows_free(&m->t);
+    es__free(m->keys);
+    es__free(m->field_off);
+    es__free(m->index);
+    es_gradacc_free(&m->ga);
+    es__free(m);
+}
+
+static void full_destroy(es_storage *s) {
+    full_free(s->impl);
+    s->impl = NULL;
+}
+
+typedef struct {
+    uint64_t *dst;
+    size_t n, cap;
+    uint64_t min_count;
+} collect_ctx;
+
+static void collect(uint64_t key, uint64_t count, void *ctx) {
+    collect_ctx *c = ctx;
+    if (count >= c->min_count && c->n < c->cap) c->dst[c->n++] = key;
+}
+
+static int cmp_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static int full_create(es_storage *s, const es_vocab *vocab, es_err *err) {
+    const int F = s->p.n_fields, dim = s->p.dim;
+    uint64_t n_keys = 0, mc = (uint64_t)s->p.min_count, v;
+    int from_meta = 0, found;
+    int rc = es__storage_opt_u64(s, "min_count", 1, UINT32_MAX, &v, &found, err);
+    if (rc) return rc;
+    if (found) mc = v;
+    if ((rc = es__storage_opt_u64(s, "keys", 0, (uint64_t)UINT32_MAX - 2, &v, &found, err)) != 0) return rc;
+    if (found) {
+        n_keys = v;
+        from_meta = 1;
+    } else if (!vocab) {
+        return es__err(err, ES_EINVAL,
+                       "full: needs a vocabulary (count the training data first) or keys=N from a saved model");
+    } else {
+        for (int f = 0; f < F; f++) n_keys += es_vocab_distinct_min(vocab, f, mc);
+        if (n_keys > (uint64_t)UINT32_MAX - 2)
+            return es__err(err, ES_ERANGE, "full: %llu distinct values is more than this method indexes (2^32 - 2)",
+                           (unsigned long long)n_keys);
+    }
+    const uint64_t n_rows = n_keys + (uint64_t)F;
+    size_t icap = 2;
+    while (icap < 2 * (size_t)n_keys) icap <<= 1;
+
+    /* Bytes, checked for overflow before anything is allocated. */
+    size_t pbytes, abytes = 0, tmp;
+    if (!es__mul_size((size_t)n_rows, (size_t)dim * sizeof(float), &pbytes) ||
+        !es__mul_size((size_t)n_keys, sizeof(uint64_t), &abytes) ||
+        !es__add_size(abytes, ((size_t)F + 1) * sizeof(uint64_t), &abytes) ||
+        !es__mul_size(icap, sizeof(uint32_t), &tmp) || !es__add_size(abytes, tmp, &abytes) ||
+        !es__add_size(abytes, pbytes, &tmp))
+        return es__err(err, ES_ERANGE, "full: table size overflows");
+    if (s->budget_bytes > 0 && (double)tmp > s->budget_bytes)
+        return es__err(err, ES_EBUDGET,
+                       "full: the vocabulary needs %zu parameter bytes (%llu rows x %d floats) + %zu map bytes = %zu, "
+                       "over the budget of %.0f bytes; use budget 0 for the exact size, or a compressed method",
+                       pbytes, (unsigned long long)n_rows, dim, abytes, tmp, s->budget_bytes);
+
+    full_impl *m = es__calloc(1, sizeof *m);
+    if (!m) return es__err(err, ES_ENOMEM, "full: out of memory");
+    m->F = F;
+    m->n_keys = n_keys;
+    m->icap = icap;
+    m->min_count = mc;
+    m->keys = es__malloc((size_t)n_keys * sizeof *m->keys);
+    m->field_off = es__calloc((size_t)F + 1, sizeof *m->field_off);
+    m->index = es__malloc(icap * sizeof *m->index);
+    if (!m->keys || !m->field_off || !m->index) {
+        full_free(m);
+        return es__err(err, ES_ENOMEM, "full: out of memory for the map of %llu keys", (unsigned long long)n_keys);
+    }
+    es_rng rng;
+    es__rng_seed(&rng, s->p.seed);
+    if (es_rows_init(&m->t, n_rows, dim, &s->p.opt, &rng, s->p.init_scale) != ES_OK) {
+        full_free(m);
+        return es__err(err, ES_ENOMEM, "full: out of memory for %llu rows of %d floats", (unsigned long long)n_rows, dim);
+    }
+    size_t ga_cap = (size_t)s->p.max_batch * (size_t)F;
+    if (ga_cap > n_rows) ga_cap = (size_t)n_rows;
+    if (es_gradacc_init(&m->ga, ga_cap, dim) != ES_OK) {
+        full_free(m);
+        return es__err(err, ES_ENOMEM, "full: out of memory for gradient scratch");
+    }
+    if (!from_meta) {
+        uint64_t o = 0;
+        for (int f = 0; f < F; f++) {
+            uint64_t nf = es_vocab_distinct_min(vocab, f, mc);
+            collect_ctx c = {m->keys + o, 0, (size_t)nf, mc};
+            es_vocab_each(vocab, f, collect, &c);
+            ES_ASSERT(c.n == nf);
+            qsort(m->keys + o, c.n, sizeof *m->keys, cmp_u64);
+            m->field_off[f] = o;
+            o += nf;
+        }
+        m->field_off[F] = o;
+    }
+    /* From meta the map is empty until loaded: every key resolves to its
+     * field's OOV row, which exists, so lookups stay in bounds. */
+    build_index(m);
+
+    int w = snprintf(s->meta, sizeof s->meta, "keys=%llu,min_count=%llu", (unsigned long long)n_keys,
+                     (unsigned long long)mc);
+    if (w < 0 || (size_t)w >= sizeof s->meta) {
+        full_free(m);
+        return es__err(err, ES_ERANGE, "full: metadata does not fit");
+    }
+    s->impl = m;
+    s->param_bytes = es_rows_param_bytes(&m->t);
+    s->state_bytes = es_rows_state_bytes(&m->t);
+    s->aux_bytes = abytes;
+    return ES_OK;
+}
+
+static void full_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *out) {
+    full_impl *m = s->impl;
+    es__rows_lookup(&m->t, 1, full_resolve, m, b, r0, r1, out);
+}
+
+static int full_backward(es_storage *s, const es_batch *b, const float *dout) {
+    full_impl *m = s->impl;
+    int rc = es__rows_backward(&m->t, &m->ga, 1, full_resolve, m, b, dout);
+    if (rc) es__err(&s->err, rc, "full: out of memory growing the gradient scratch past %zu rows", m->ga.cap);
+    return rc;
+}
+
+static int full_tensors(es_storage *s, es_tensor_ref *refs, int max) {
+    full_impl *m = s->impl;
+    int n = es__rows_tensors(&m->t, NULL, 0) + 2;
+    if (!refs) return n;
+    if (max < n) return ES_ERANGE;
+    int i = es__rows_tensors(&m->t, refs, max);
+    uint64_t shape = m->n_keys;
+    es__tensor_ref_fill(&refs[i++], "map.keys", ES_DT_U64, m->keys, 1, &shape);
+    shape = (uint64_t)m->F + 1;
+    es__tensor_ref_fill(&refs[i++], "map.field_off", ES_DT_U64, m->field_off, 1, &shape);
+    return i;
+}
+
+static int full_after_load(es_storage *s, es_err *err) {
+    full_impl *m = s->impl;
+    const uint64_t *fo = m->field_off;
+    if (fo[0] != 0 || fo[m->F] != m->n_keys)
+        return es__err(err, ES_EFORMAT, "full: map field offsets span [%llu, %llu], expected [0, %llu]",
+                       (unsigned long long)fo[0], (unsigned long long)fo[m->F], (unsigned long long)m->n_keys);
+    for (int f = 0; f < m->F; f++) {
+        if (fo[f + 1] < fo[f] || fo[f + 1] > m->n_keys)
+            return es__err(err, ES_EFORMAT, "full: map field offsets are not increasing at field %d", f);
+        for (uint64_t i = fo[f] + 1; i < fo[f + 1]; i++)
+            if (m->keys[i] <= m->keys[i - 1])
+                return es__err(err, ES_EFORMAT, "full: map keys of field %d are not strictly increasing at %llu", f,
+                               (unsigned long long)i);
+    }
+    build_index(m);
+    return ES_OK;
+}
+
+static void full_field_stats(es_storage *s, const es_vocab *vocab, int field, es_field_stats *out) {
+    full_impl *m = s->impl;
+    if (field < 0 || field >= m->F) {
+        memset(out, 0, sizeof *out);
+        return;
+    }
+    uint64_t rows = m->field_off[field + 1] - m->field_off[field] + 1;
+    es__rows_field_stats(1, full_resolve, m, vocab, field, rows, out);
+}
+
+const es_storage_ops es__storage_full = {
+    .name = "full",
+    .summary = "collision-free table: one row per value seen >= min_count times, one OOV row per field",
+    .create = full_create,
+    .lookup = full_lookup,
+    .backward = full_backward,
+    .tensors = full_tensors,
+    .after_load = full_after_load,
+    .field_stats = full_field_stats,
+    .destroy = full_destroy,
+};

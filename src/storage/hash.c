@@ -1,0 +1,282 @@
+/*
+ * hash.c — the `hash` storage method (the hashing trick, one table per
+ * field) and the hashed-row engine it shares with `unified`.
+ *
+ * hash, share=0: field f owns rows_f rows of dim floats; value key of field
+ *   f reads row  es__range(es__hash_u64(key, salt_f), rows_f)  of its table.
+ *   The tables are stacked in one allocation in field order.
+ * hash, share=1: one table of R rows for all fields, each field hashing
+ *   with its own salt.  That is exactly `unified` with chunks=1 and
+ *   subtables=1 (same salts, same rows, same initial values).
+ *
+ * Sizing from the budget B (bytes): R = floor((B - aux) / (dim * 4)) rows,
+ * aux being the small per-field base/rows/salt arrays.  With share=0 the
+ * rows are split over the fields:
+ *   - without a vocabulary: equally (the first R mod F fields get one more);
+ *   - with one: every field gets 1 row, then the rest in proportion to the
+ *     fields' distinct-value counts d_f, never giving a field more than
+ *     d_f + 1 rows (more could not reduce its collisions below a
+ *     collision-free table); what a capped field cannot take is
+ *     redistributed the same way over the others, and the last few rows
+ *     that proportional rounding leaves go one each to unsaturated fields
+ *     in field order.  If every field is capped the table stays below the
+ *     budget; otherwise it is within dim * 4 bytes of it.
+ * The resolved sizes go into s->meta as "share=S,seed=N,rows=r0:r1:..."
+ * (share=1: "rows=R"), which create() reads back from opts on load.
+ */
+#include "storage/storage.h"
+
+#include <math.h>
+
+/* ---- the engine ------------------------------------------------------------ */
+
+size_t es__hashed_aux_bytes(int F, int k) { return 3 * (size_t)F * (size_t)k * sizeof(uint64_t); }
+
+static void hashed_free(es__hashed *h) {
+    if (!h) return;
+    es_rows_free(&h->t);
+    es__free(h->base); /* nrows and salt live in the same allocation */
+    es_gradacc_free(&h->ga);
+    es__free(h);
+}
+
+void es__hashed_destroy(es_storage *s) {
+    hashed_free(s->impl);
+    s->impl = NULL;
+}
+
+int es__hashed_alloc(es_storage *s, uint64_t n_rows, int k, int cd, es_err *err) {
+    const int F = s->p.n_fields;
+    const size_t fk = (size_t)F * (size_t)k;
+    size_t pbytes;
+    if (n_rows == 0 || !es__mul_size((size_t)n_rows, (size_t)cd * sizeof(float), &pbytes))
+        return es__err(err, ES_ERANGE, "%s: %llu rows of %d floats is not a valid table size", s->p.method,
+                       (unsigned long long)n_rows, cd);
+    es__hashed *h = es__calloc(1, sizeof *h);
+    if (!h) return es__err(err, ES_ENOMEM, "%s: out of memory", s->p.method);
+    h->F = F;
+    h->k = k;
+    h->cd = cd;
+    h->base = es__malloc(es__hashed_aux_bytes(F, k));
+    if (!h->base) {
+        hashed_free(h);
+        return es__err(err, ES_ENOMEM, "%s: out of memory", s->p.method);
+    }
+    h->nrows = h->base + fk;
+    h->salt = h->nrows + fk;
+    es_rng rng;
+    es__rng_seed(&rng, s->p.seed);
+    if (es_rows_init(&h->t, n_rows, cd, &s->p.opt, &rng, s->p.init_scale) != ES_OK) {
+        hashed_free(h);
+        return es__err(err, ES_ENOMEM, "%s: out of memory for %llu rows of %d floats (%zu bytes)", s->p.method,
+                       (unsigned long long)n_rows, cd, pbytes);
+    }
+    size_t ga_cap = (size_t)s->p.max_batch * fk;
+    if (ga_cap > n_rows) ga_cap = (size_t)n_rows;
+    if (es_gradacc_init(&h->ga, ga_cap, cd) != ES_OK) {
+        hashed_free(h);
+        return es__err(err, ES_ENOMEM, "%s: out of memory for gradient scratch", s->p.method);
+    }
+    s->impl = h;
+    s->param_bytes = es_rows_param_bytes(&h->t);
+    s->state_bytes = es_rows_state_bytes(&h->t);
+    s->aux_bytes = es__hashed_aux_bytes(F, k);
+    return ES_OK;
+}
+
+static void hashed_resolve(const void *ctx, int f, const uint64_t *keys, size_t n, uint64_t *ids) {
+    const es__hashed *h = ctx;
+    const int k = h->k;
+    const uint64_t *base = h->base + (size_t)f * k, *nrows = h->nrows + (size_t)f * k, *salt = h->salt + (size_t)f * k;
+    if (k == 1) {
+        const uint64_t b = base[0], r = nrows[0], sl = salt[0];
+        for (size_t i = 0; i < n; i++) ids[i] = b + es__range(es__hash_u64(keys[i], sl), r);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        for (int j = 0; j < k; j++) ids[i * (size_t)k + j] = base[j] + es__range(es__hash_u64(keys[i], salt[j]), nrows[j]);
+}
+
+void es__hashed_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *out) {
+    es__hashed *h = s->impl;
+    es__rows_lookup(&h->t, h->k, hashed_resolve, h, b, r0, r1, out);
+}
+
+int es__hashed_backward(es_storage *s, const es_batch *b, const float *dout) {
+    es__hashed *h = s->impl;
+    int rc = es__rows_backward(&h->t, &h->ga, h->k, hashed_resolve, h, b, dout);
+    if (rc) es__err(&s->err, rc, "%s: out of memory growing the gradient scratch past %zu rows", s->p.method, h->ga.cap);
+    return rc;
+}
+
+int es__hashed_tensors(es_storage *s, es_tensor_ref *refs, int max) {
+    es__hashed *h = s->impl;
+    return es__rows_tensors(&h->t, refs, max);
+}
+
+void es__hashed_field_stats(es_storage *s, const es_vocab *vocab, int field, es_field_stats *out) {
+    es__hashed *h = s->impl;
+    if (field < 0 || field >= h->F) {
+        memset(out, 0, sizeof *out);
+        return;
+    }
+    uint64_t rows = 0;
+    for (int j = 0; j < h->k; j++) rows += h->nrows[(size_t)field * h->k + j];
+    es__rows_field_stats(h->k, hashed_resolve, h, vocab, field, rows, out);
+}
+
+/* Largest table a budget may ask for: 2^48 rows is far beyond any memory,
+ * and keeps every product below in range. */
+#define HASHED_MAX_ROWS (UINT64_C(1) << 48)
+
+int es__hashed_rows_from_budget(const es_storage *s, size_t aux, int row_floats, uint64_t min_rows, uint64_t *rows,
+                                es_err *err) {
+    if (!(s->budget_bytes > 0))
+        return es__err(err, ES_EINVAL,
+                       "%s: needs a budget: bytes (> 1), or a fraction (0, 1] of the full table with a vocabulary",
+                       s->p.method);
+    double row_bytes = (double)row_floats * sizeof(float);
+    double avail = s->budget_bytes - (double)aux;
+    double r = avail > 0 ? floor(avail / row_bytes) : 0;
+    if (r < (double)min_rows)
+        return es__err(err, ES_EBUDGET,
+                       "%s: a budget of %.0f bytes holds %.0f rows of %d floats after %zu bytes of lookup arrays; "
+                       "at least %llu rows (%.0f bytes) are needed",
+                       s->p.method, s->budget_bytes, r, row_floats, aux, (unsigned long long)min_rows,
+                       (double)aux + (double)min_rows * row_bytes);
+    if (r > (double)HASHED_MAX_ROWS)
+        return es__err(err, ES_ERANGE, "%s: a budget of %.0f bytes is larger than any table this build can allocate",
+                       s->p.method, s->budget_bytes);
+    *rows = (uint64_t)r;
+    return ES_OK;
+}
+
+/* ---- the hash method ---------------------------------------------------------- */
+
+/* Split R >= F rows over F fields (rule in the file comment). */
+static void split_rows(uint64_t R, int F, const es_vocab *vocab, uint64_t *rows) {
+    if (!vocab) {
+        for (int f = 0; f < F; f++) rows[f] = R / (uint64_t)F + ((uint64_t)f < R % (uint64_t)F);
+        return;
+    }
+    uint64_t rem = R - (uint64_t)F;
+    for (int f = 0; f < F; f++) rows[f] = 1;
+    while (rem > 0) {
+        unsigned __int128 S = 0;
+        for (int f = 0; f < F; f++)
+            if (rows[f] < es_vocab_distinct(vocab, f) + 1) S += es_vocab_distinct(vocab, f);
+        if (S == 0) break; /* every field has all the rows it can use */
+        uint64_t given = 0;
+        for (int f = 0; f < F; f++) {
+            uint64_t d = es_vocab_distinct(vocab, f), cap = d + 1;
+            if (rows[f] >= cap) continue;
+            uint64_t add = (uint64_t)((unsigned __int128)rem * d / S);
+            if (add > cap - rows[f]) add = cap - rows[f];
+            rows[f] += add;
+            given += add;
+        }
+        if (given == 0) {
+            for (int f = 0; f < F && rem > 0; f++)
+                if (rows[f] < es_vocab_distinct(vocab, f) + 1) {
+                    rows[f]++;
+                    rem--;
+                }
+        } else {
+            rem -= given;
+        }
+    }
+}
+
+/* "a:b:c" with exactly F entries, each in [1, HASHED_MAX_ROWS]. */
+static int parse_row_list(const es_storage *s, const char *v, size_t len, int F, uint64_t *rows, es_err *err) {
+    const char *p = v, *end = v + len;
+    int n = 0;
+    while (p <= end) {
+        const char *q = memchr(p, ':', (size_t)(end - p));
+        if (!q) q = end;
+        long long x;
+        if (n >= F || !es__parse_long(p, (size_t)(q - p), &x) || x < 1 || (uint64_t)x > HASHED_MAX_ROWS)
+            return es__err(err, ES_EINVAL, "%s: option rows=%.*s must list %d row counts in [1, 2^48] separated by ':'",
+                           s->p.method, (int)ES_MIN(len, 200), v, F);
+        rows[n++] = (uint64_t)x;
+        p = q + 1;
+    }
+    if (n != F)
+        return es__err(err, ES_EINVAL, "%s: option rows= lists %d row counts, the storage has %d fields", s->p.method, n, F);
+    return ES_OK;
+}
+
+static int hash_create(es_storage *s, const es_vocab *vocab, es_err *err) {
+    const int F = s->p.n_fields, dim = s->p.dim;
+    uint64_t v;
+    int found, rc;
+    int share = s->p.share;
+    if ((rc = es__storage_opt_u64(s, "share", 0, 1, &v, &found, err)) != 0) return rc;
+    if (found) share = (int)v;
+    if ((rc = es__storage_opt_u64(s, "seed", 0, UINT64_MAX, &v, &found, err)) != 0) return rc;
+    if (found) s->p.seed = v;
+    const size_t aux = es__hashed_aux_bytes(F, 1);
+
+    uint64_t *rows = es__malloc((size_t)F * sizeof *rows);
+    if (!rows) return es__err(err, ES_ENOMEM, "hash: out of memory");
+    uint64_t total = 0;
+    size_t len;
+    const char *rv = es__storage_opt(s, "rows", &len);
+    if (rv && share) {
+        long long x;
+        if (!es__parse_long(rv, len, &x) || x < 1 || (uint64_t)x > HASHED_MAX_ROWS)
+            rc = es__err(err, ES_EINVAL, "hash: option rows=%.*s must be a row count in [1, 2^48]", (int)ES_MIN(len, 200), rv);
+        else
+            total = (uint64_t)x;
+    } else if (rv) {
+        rc = parse_row_list(s, rv, len, F, rows, err);
+        for (int f = 0; rc == ES_OK && f < F; f++) total += rows[f]; /* each <= 2^48, F <= 2^20: no overflow */
+    } else {
+        rc = es__hashed_rows_from_budget(s, aux, dim, share ? 1 : (uint64_t)F, &total, err);
+        if (rc == ES_OK && !share) {
+            split_rows(total, F, vocab, rows);
+            total = 0;
+            for (int f = 0; f < F; f++) total += rows[f];
+        }
+    }
+    if (rc == ES_OK) rc = es__hashed_alloc(s, total, 1, dim, err);
+    if (rc != ES_OK) {
+        es__free(rows);
+        return rc;
+    }
+    es__hashed *h = s->impl;
+    uint64_t base = 0;
+    for (int f = 0; f < F; f++) {
+        h->salt[f] = es__storage_salt(s->p.seed, f, 0);
+        h->base[f] = share ? 0 : base;
+        h->nrows[f] = share ? total : rows[f];
+        base += h->nrows[f];
+    }
+    /* Resolved sizes, read back from opts when a saved model is loaded. */
+    size_t o = (size_t)snprintf(s->meta, sizeof s->meta, "share=%d,seed=%llu,rows=", share, (unsigned long long)s->p.seed);
+    if (share) {
+        o += (size_t)snprintf(s->meta + o, sizeof s->meta - o, "%llu", (unsigned long long)total);
+    } else {
+        for (int f = 0; f < F && o < sizeof s->meta; f++)
+            o += (size_t)snprintf(s->meta + o, sizeof s->meta - o, "%s%llu", f ? ":" : "", (unsigned long long)rows[f]);
+    }
+    es__free(rows);
+    if (o >= sizeof s->meta) {
+        es__hashed_destroy(s);
+        return es__err(err, ES_ERANGE, "hash: the per-field row list of %d fields does not fit the %zu-byte metadata; "
+                       "use share=1", F, sizeof s->meta);
+    }
+    return ES_OK;
+}
+
+const es_storage_ops es__storage_hash = {
+    .name = "hash",
+    .summary = "hashing trick: one hashed table per field, rows split by distinct counts (share=1: one shared table)",
+    .create = hash_create,
+    .lookup = es__hashed_lookup,
+    .backward = es__hashed_backward,
+    .tensors = es__hashed_tensors,
+    .after_load = NULL,
+    .field_stats = es__hashed_field_stats,
+    .destroy = es__hashed_destroy,
+};

@@ -1,0 +1,29 @@
+/*
+ * registry.c — the table of storage methods, one line per method.  A new
+ * method adds its ops here (and its own file and tests); nothing else in
+ * the library needs to know about it.
+ */
+#include "storage/storage.h"
+
+extern const es_storage_ops es__storage_full;
+extern const es_storage_ops es__storage_hash;
+extern const es_storage_ops es__storage_unified;
+
+static const es_storage_ops *const methods[] = {
+    &es__storage_full,
+    &es__storage_hash,
+    &es__storage_unified,
+};
+
+const es_storage_ops *es_storage_find(const char *name) {
+    if (!name) return NULL;
+    for (size_t i = 0; i < ES_ARRAY_LEN(methods); i++)
+        if (strcmp(methods[i]->name, name) == 0) return methods[i];
+    return NULL;
+}
+
+int es_storage_n_methods(void) { return (int)ES_ARRAY_LEN(methods); }
+
+const es_storage_ops *es_storage_method_at(int i) {
+    return i >= 0 && i < (int)ES_ARRAY_LEN(methods) ? methods[i] : NULL;
+}

@@ -1,0 +1,451 @@
+/*
+ * rows.c — the pieces every row-table storage method shares: a dense row
+ * table with its sparse optimizer (SGD, Adagrad, row-wise Adagrad), the
+ * gradient accumulator that merges duplicate rows of a batch, and the
+ * lookup / backward kernels that pool rows into the [n, F, dim] output.
+ *
+ * Methods differ only in how a (field, key) becomes table rows; they pass
+ * that as an es__resolve_fn, called once per (row, field) pair (or per
+ * slice of a long multi-valued pair), so the indirect call is amortised
+ * over the pair's values and the hot inner loops stay here, in one place.
+ */
+#include "storage/storage.h"
+
+#include "core/simd.h"
+
+#include <math.h>
+
+/* ---- row tables ------------------------------------------------------------ */
+
+int es_rows_init(es_rows *t, uint64_t n_rows, int dim, const es_optim_params *opt, es_rng *rng, float init_scale) {
+    memset(t, 0, sizeof *t);
+    if (dim <= 0 || n_rows == 0 || !opt) return ES_EINVAL;
+    if (opt->kind != ES_OPT_SGD && opt->kind != ES_OPT_ADAGRAD && opt->kind != ES_OPT_ROWWISE_ADAGRAD)
+        return ES_EINVAL;
+    size_t elems, wbytes;
+    if (n_rows > SIZE_MAX || !es__mul_size((size_t)n_rows, (size_t)dim, &elems) ||
+        !es__mul_size(elems, sizeof(float), &wbytes))
+        return ES_ENOMEM;
+    t->w = es__alloc_aligned(wbytes);
+    if (!t->w) return ES_ENOMEM;
+    size_t acc_elems = opt->kind == ES_OPT_ADAGRAD ? elems : opt->kind == ES_OPT_ROWWISE_ADAGRAD ? (size_t)n_rows : 0;
+    if (acc_elems) {
+        t->acc = es__alloc_aligned(acc_elems * sizeof(float));
+        if (!t->acc) {
+            es__free_aligned(t->w);
+            t->w = NULL;
+            return ES_ENOMEM;
+        }
+        if (opt->init_acc != 0.0f)
+            for (size_t i = 0; i < acc_elems; i++) t->acc[i] = opt->init_acc;
+    }
+    t->n_rows = n_rows;
+    t->dim = dim;
+    t->opt = *opt;
+    /* Row-major draws in row order: row r's values are draws r*dim ..
+     * r*dim + dim - 1 of the stream, so tables are repeatable per seed. */
+    if (init_scale != 0.0f && rng) es__rng_fill_uniform(rng, t->w, elems, init_scale);
+    return ES_OK;
+}
+
+void es_rows_free(es_rows *t) {
+    if (!t) return;
+    es__free_aligned(t->w);
+    es__free_aligned(t->acc);
+    memset(t, 0, sizeof *t);
+}
+
+size_t es_rows_param_bytes(const es_rows *t) { return (size_t)t->n_rows * (size_t)t->dim * sizeof(float); }
+
+size_t es_rows_state_bytes(const es_rows *t) {
+    switch (t->opt.kind) {
+    case ES_OPT_ADAGRAD: return (size_t)t->n_rows * (size_t)t->dim * sizeof(float);
+    case ES_OPT_ROWWISE_ADAGRAD: return (size_t)t->n_rows * sizeof(float);
+    default: return 0;
+    }
+}
+
+void es_rows_update(es_rows *t, uint64_t r, const float *g) {
+    const int dim = t->dim;
+    float *restrict w = t->w + (size_t)r * (size_t)dim;
+    const float lr = t->opt.lr, eps = t->opt.eps;
+    switch (t->opt.kind) {
+    case ES_OPT_SGD:
+        es__axpy(w, -lr, g, (size_t)dim);
+        break;
+    case ES_OPT_ADAGRAD: {
+        float *restrict a = t->acc + (size_t)r * (size_t)dim;
+        for (int d = 0; d < dim; d++) {
+            a[d] += g[d] * g[d];
+            w[d] -= lr * g[d] / (sqrtf(a[d]) + eps);
+        }
+        break;
+    }
+    case ES_OPT_ROWWISE_ADAGRAD: {
+        /* FBGEMM / TorchRec convention: the row's accumulator grows by the
+         * mean squared gradient of the row, and the whole row takes one step
+         * size.  One float of state per row instead of dim. */
+        float ms = es__dot(g, g, (size_t)dim) / (float)dim;
+        t->acc[r] += ms;
+        es__axpy(w, -lr / (sqrtf(t->acc[r]) + eps), g, (size_t)dim);
+        break;
+    }
+    default:
+        ES_ASSERT(!"optimizer kind checked at init");
+    }
+}
+
+void es__tensor_ref_fill(es_tensor_ref *t, const char *name, es_dtype dt, void *data, int ndim, const uint64_t *shape) {
+    memset(t, 0, sizeof *t);
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->dtype = dt;
+    t->ndim = ndim;
+    uint64_t count = 1;
+    for (int i = 0; i < ndim; i++) {
+        t->shape[i] = shape[i];
+        count *= shape[i];
+    }
+    size_t esz = (dt == ES_DT_U64 || dt == ES_DT_I64) ? 8 : (dt == ES_DT_F16) ? 2 : (dt == ES_DT_I8 || dt == ES_DT_U8) ? 1 : 4;
+    t->data = data;
+    t->nbytes = (size_t)count * esz;
+}
+
+int es__rows_tensors(es_rows *t, es_tensor_ref *refs, int max) {
+    int n = t->acc ? 2 : 1;
+    if (!refs) return n;
+    if (max < n) return ES_ERANGE;
+    uint64_t shape[2] = {t->n_rows, (uint64_t)t->dim};
+    es__tensor_ref_fill(&refs[0], "weight", ES_DT_F32, t->w, 2, shape);
+    if (t->acc) es__tensor_ref_fill(&refs[1], "opt.acc", ES_DT_F32, t->acc, t->opt.kind == ES_OPT_ADAGRAD ? 2 : 1, shape);
+    return n;
+}
+
+/* ---- gradient accumulator ---------------------------------------------------- */
+
+static size_t pow2_at_least(size_t n) {
+    size_t c = 16;
+    while (c < n) c <<= 1;
+    return c;
+}
+
+int es_gradacc_init(es_gradacc *a, size_t cap, int dim) {
+    memset(a, 0, sizeof *a);
+    if (dim <= 0) return ES_EINVAL;
+    if (cap < 16) cap = 16;
+    if (cap > (size_t)INT32_MAX / 4) return ES_ENOMEM;
+    size_t gbytes;
+    if (!es__mul_size(cap, (size_t)dim * sizeof(float), &gbytes)) return ES_ENOMEM;
+    a->map_cap = pow2_at_least(2 * cap);
+    a->keys = es__malloc(a->map_cap * sizeof *a->keys);
+    a->slot = es__malloc(a->map_cap * sizeof *a->slot);
+    a->g = es__malloc(gbytes);
+    a->rows = es__malloc(cap * sizeof *a->rows);
+    if (!a->keys || !a->slot || !a->g || !a->rows) {
+        es_gradacc_free(a);
+        return ES_ENOMEM;
+    }
+    memset(a->slot, 0xff, a->map_cap * sizeof *a->slot);
+    a->cap = cap;
+    a->dim = dim;
+    return ES_OK;
+}
+
+void es_gradacc_free(es_gradacc *a) {
+    if (!a) return;
+    es__free(a->keys);
+    es__free(a->slot);
+    es__free(a->g);
+    es__free(a->rows);
+    memset(a, 0, sizeof *a);
+}
+
+size_t es_gradacc_bytes(const es_gradacc *a) {
+    return a->map_cap * (sizeof *a->keys + sizeof *a->slot) + a->cap * ((size_t)a->dim * sizeof(float) + sizeof *a->rows);
+}
+
+static inline size_t ga_home(const es_gradacc *a, uint64_t row) { return (size_t)es__mix64(row) & (a->map_cap - 1); }
+
+void es_gradacc_clear(es_gradacc *a) {
+    /* Empty only the positions in use, newest first: every entry's probe
+     * path is made of entries inserted before it, so in reverse insertion
+     * order each entry is still reachable when it is removed. */
+    const size_t mask = a->map_cap - 1;
+    for (size_t i = a->n; i-- > 0;) {
+        size_t h = ga_home(a, a->rows[i]);
+        while (a->slot[h] != (int32_t)i) h = (h + 1) & mask;
+        a->slot[h] = -1;
+    }
+    a->n = 0;
+}
+
+/* Double the capacity (amortised; the only allocation backward may do).
+ * On failure everything stays as it was. */
+static int ga_grow(es_gradacc *a) {
+    size_t cap = a->cap * 2, gbytes;
+    if (cap > (size_t)INT32_MAX / 4 || !es__mul_size(cap, (size_t)a->dim * sizeof(float), &gbytes)) return ES_ENOMEM;
+    size_t map_cap = a->map_cap * 2;
+    uint64_t *keys = es__malloc(map_cap * sizeof *keys);
+    int32_t *slot = es__malloc(map_cap * sizeof *slot);
+    float *g = es__malloc(gbytes);
+    uint64_t *rows = es__malloc(cap * sizeof *rows);
+    if (!keys || !slot || !g || !rows) {
+        es__free(keys);
+        es__free(slot);
+        es__free(g);
+        es__free(rows);
+        return ES_ENOMEM;
+    }
+    memcpy(g, a->g, a->n * (size_t)a->dim * sizeof(float));
+    memcpy(rows, a->rows, a->n * sizeof *rows);
+    memset(slot, 0xff, map_cap * sizeof *slot);
+    es__free(a->keys);
+    es__free(a->slot);
+    es__free(a->g);
+    es__free(a->rows);
+    a->keys = keys;
+    a->slot = slot;
+    a->g = g;
+    a->rows = rows;
+    a->cap = cap;
+    a->map_cap = map_cap;
+    const size_t mask = map_cap - 1;
+    for (size_t i = 0; i < a->n; i++) {
+        size_t h = ga_home(a, rows[i]);
+        while (slot[h] >= 0) h = (h + 1) & mask;
+        keys[h] = rows[i];
+        slot[h] = (int32_t)i;
+    }
+    return ES_OK;
+}
+
+float *es_gradacc_row(es_gradacc *a, uint64_t row) {
+    const size_t mask = a->map_cap - 1;
+    size_t h = ga_home(a, row);
+    while (a->slot[h] >= 0) {
+        if (a->keys[h] == row) return a->g + (size_t)a->slot[h] * (size_t)a->dim;
+        h = (h + 1) & mask;
+    }
+    if (a->n == a->cap) {
+        if (ga_grow(a) != ES_OK) return NULL;
+        return es_gradacc_row(a, row); /* positions changed; probe again */
+    }
+    size_t i = a->n++;
+    a->keys[h] = row;
+    a->slot[h] = (int32_t)i;
+    a->rows[i] = row;
+    float *g = a->g + i * (size_t)a->dim;
+    memset(g, 0, (size_t)a->dim * sizeof(float));
+    return g;
+}
+
+void es_gradacc_apply(es_gradacc *a, es_rows *t) {
+    ES_ASSERT(a->dim == t->dim);
+    for (size_t i = 0; i < a->n; i++) es_rows_update(t, a->rows[i], a->g + i * (size_t)a->dim);
+    es_gradacc_clear(a);
+}
+
+/* ---- lookup ---------------------------------------------------------------------- */
+
+static inline void prefetch_row(const float *p, int dim) {
+    /* Up to 8 cache lines: enough for rows of 128 floats; wider rows are
+     * streamed by the hardware prefetcher once the first lines arrive. */
+    const char *c = (const char *)p;
+    size_t bytes = (size_t)dim * sizeof(float);
+    if (bytes > 512) bytes = 512;
+    for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 1);
+}
+
+/* Pool values [0, m) of one pair into o[k * cd].  init: the first value
+ * writes (copy or scale) instead of accumulating. */
+static inline void pool_values(const es_rows *t, int k, const float *wt, size_t m, const uint64_t *ids, float *restrict o,
+                               int init) {
+    const int cd = t->dim;
+    const size_t row_bytes = (size_t)cd * sizeof(float);
+    size_t i = 0;
+    if (init) {
+        const float w0 = wt[0];
+        for (int j = 0; j < k; j++) {
+            const float *row = t->w + ids[j] * (uint64_t)cd;
+            float *oj = o + (size_t)j * cd;
+            if (w0 == 1.0f) {
+                memcpy(oj, row, row_bytes);
+            } else {
+                for (int d = 0; d < cd; d++) oj[d] = w0 * row[d];
+            }
+        }
+        i = 1;
+    }
+    for (; i < m; i++)
+        for (int j = 0; j < k; j++)
+            es__axpy(o + (size_t)j * cd, wt[i], t->w + ids[i * (size_t)k + j] * (uint64_t)cd, (size_t)cd);
+}
+
+/* A pair with more values than one block holds: resolve and pool it in
+ * slices. */
+static void pool_long_pair(const es_rows *t, int k, es__resolve_fn fn, const void *ctx, int field, const uint64_t *keys,
+                           const float *wt, size_t m, uint64_t *ids, float *o) {
+    const size_t slice = ES_RESOLVE_BLOCK / (size_t)k;
+    for (size_t s = 0; s < m; s += slice) {
+        size_t c = ES_MIN(slice, m - s);
+        fn(ctx, field, keys + s, c, ids);
+        for (size_t i = 0; i < c * (size_t)k; i++) prefetch_row(t->w + ids[i] * (uint64_t)t->dim, t->dim);
+        pool_values(t, k, wt + s, c, ids, o, s == 0);
+    }
+}
+
+void es__rows_lookup(const es_rows *t, int k, es__resolve_fn fn, const void *ctx, const es_batch *b, int r0, int r1,
+                     float *out) {
+    const int F = b->n_fields;
+    const int cd = t->dim;
+    const size_t dim = (size_t)k * (size_t)cd;
+    const size_t P0 = (size_t)r0 * (size_t)F, P1 = (size_t)r1 * (size_t)F;
+    const uint32_t *off = b->off;
+    uint64_t ids[ES_RESOLVE_BLOCK];
+    size_t P = P0, f = 0;
+    while (P < P1) {
+        /* Phase 1: resolve the pairs [P, Q) whose rows fit in one block and
+         * prefetch those rows, so their loads overlap the hashing of the
+         * next pairs and the pooling below finds them in cache. */
+        size_t n = 0, Q = P, fq = f;
+        while (Q < P1) {
+            size_t m = off[Q + 1] - off[Q], cnt = m * (size_t)k;
+            if (n + cnt > ES_RESOLVE_BLOCK) break;
+            if (m) {
+                fn(ctx, (int)fq, b->val + off[Q], m, ids + n);
+                for (size_t i = n; i < n + cnt; i++) prefetch_row(t->w + ids[i] * (uint64_t)cd, cd);
+            }
+            n += cnt;
+            Q++;
+            if (++fq == (size_t)F) fq = 0;
+        }
+        if (Q == P) {
+            /* One pair longer than a block. */
+            size_t a = off[P], m = off[P + 1] - a;
+            pool_long_pair(t, k, fn, ctx, (int)f, b->val + a, b->wt + a, m, ids, out + (P - P0) * dim);
+            P++;
+            if (++f == (size_t)F) f = 0;
+            continue;
+        }
+        /* Phase 2: pool. */
+        const uint64_t *id = ids;
+        for (; P < Q; P++) {
+            float *o = out + (P - P0) * dim;
+            size_t a = off[P], m = off[P + 1] - a;
+            if (m == 0) {
+                memset(o, 0, dim * sizeof(float));
+            } else {
+                pool_values(t, k, b->wt + a, m, id, o, 1);
+                id += m * (size_t)k;
+            }
+        }
+        f = fq;
+    }
+}
+
+int es__rows_backward(es_rows *t, es_gradacc *ga, int k, es__resolve_fn fn, const void *ctx, const es_batch *b,
+                      const float *dout) {
+    const int F = b->n_fields;
+    const int cd = t->dim;
+    const size_t dim = (size_t)k * (size_t)cd;
+    const size_t slice = ES_RESOLVE_BLOCK / (size_t)k;
+    const size_t PN = (size_t)b->n * (size_t)F;
+    uint64_t ids[ES_RESOLVE_BLOCK];
+    es_gradacc_clear(ga);
+    int f = 0;
+    for (size_t P = 0; P < PN; P++) {
+        const float *go = dout + P * dim;
+        size_t a = b->off[P], e = b->off[P + 1];
+        for (size_t s = a; s < e; s += slice) {
+            size_t c = ES_MIN(slice, e - s);
+            fn(ctx, f, b->val + s, c, ids);
+            for (size_t i = 0; i < c; i++) {
+                const float wt = b->wt[s + i];
+                for (int j = 0; j < k; j++) {
+                    float *g = es_gradacc_row(ga, ids[i * (size_t)k + j]);
+                    if (!g) {
+                        es_gradacc_clear(ga);
+                        return ES_ENOMEM;
+                    }
+                    es__axpy(g, wt, go + (size_t)j * cd, (size_t)cd);
+                }
+            }
+        }
+        if (++f == F) f = 0;
+    }
+    es_gradacc_apply(ga, t);
+    return ES_OK;
+}
+
+/* ---- field statistics ------------------------------------------------------------- */
+
+typedef struct {
+    uint64_t *keys;
+    size_t n, cap;
+} key_list;
+
+static void collect_key(uint64_t key, uint64_t count, void *ctx) {
+    key_list *l = ctx;
+    (void)count;
+    if (l->n < l->cap) l->keys[l->n++] = key;
+}
+
+static int cmp_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static int cmp_tuple(const void *a, const void *b, void *kp) {
+    const uint64_t *x = a, *y = b;
+    int k = *(const int *)kp;
+    for (int j = 0; j < k; j++)
+        if (x[j] != y[j]) return (x[j] > y[j]) - (x[j] < y[j]);
+    return 0;
+}
+
+void es__rows_field_stats(int k, es__resolve_fn fn, const void *ctx, const es_vocab *vocab, int field, uint64_t rows,
+                          es_field_stats *out) {
+    memset(out, 0, sizeof *out);
+    out->rows = rows;
+    out->rows_used = out->collisions = ES_STATS_UNKNOWN;
+    if (!vocab || field < 0 || field >= es_vocab_n_fields(vocab)) return;
+    uint64_t n = es_vocab_distinct(vocab, field);
+    out->distinct = n;
+    if (n == 0) {
+        out->rows_used = out->collisions = 0;
+        return;
+    }
+    size_t tb, cb;
+    if (n > SIZE_MAX / 8 || !es__mul_size((size_t)n, (size_t)k * sizeof(uint64_t), &tb) ||
+        !es__mul_size((size_t)n, sizeof(uint64_t), &cb))
+        return;
+    key_list l = {es__malloc(cb), 0, (size_t)n};
+    uint64_t *tup = es__malloc(tb);
+    uint64_t *col = es__malloc(cb);
+    if (!l.keys || !tup || !col) goto done;
+    es_vocab_each(vocab, field, collect_key, &l);
+    /* Resolve in slices so fn never writes more than a block per call. */
+    const size_t slice = ES_RESOLVE_BLOCK / (size_t)k;
+    for (size_t s = 0; s < l.n; s += slice) fn(ctx, field, l.keys + s, ES_MIN(slice, l.n - s), tup + s * (size_t)k);
+    /* rows used: distinct rows per chunk position, summed. */
+    uint64_t used = 0;
+    for (int j = 0; j < k; j++) {
+        for (size_t i = 0; i < l.n; i++) col[i] = tup[i * (size_t)k + (size_t)j];
+        qsort(col, l.n, sizeof *col, cmp_u64);
+        for (size_t i = 0; i < l.n; i++) used += (i == 0 || col[i] != col[i - 1]);
+    }
+    /* collisions: values whose whole row tuple is shared. */
+    qsort_r(tup, l.n, (size_t)k * sizeof(uint64_t), cmp_tuple, &k);
+    uint64_t coll = 0;
+    for (size_t i = 0; i < l.n;) {
+        size_t e = i + 1;
+        while (e < l.n && cmp_tuple(tup + e * (size_t)k, tup + i * (size_t)k, &k) == 0) e++;
+        if (e - i >= 2) coll += e - i;
+        i = e;
+    }
+    out->rows_used = used;
+    out->collisions = coll;
+done:
+    es__free(l.keys);
+    es__free(tup);
+    es__free(col);
+}

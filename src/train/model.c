@@ -1,0 +1,509 @@
+/*
+ * model.c — es_model: storage + net + schema.  Forward/backward for one
+ * batch, prediction, embedding lookup, and the model file (save/load) on
+ * top of the embstore container format (src/format/file.h).
+ *
+ * Model file contents (docs/format.md has the container layout):
+ *   metadata  embstore.type=model, model.*, storage.*, reader.*, schema.*,
+ *             train.* (command line, metrics)
+ *   tensors   "storage.<name>" for every tensor the storage lists,
+ *             "net.<...>" for every dense parameter; with optimizer state
+ *             (checkpoints) also the "opt.*" tensors of both.
+ * Loading re-creates the storage and the net from the metadata and copies
+ * the tensors into them after checking dtype and size.
+ */
+#include "model.h"
+
+#include <math.h>
+#include <stdio.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* ---- creation ------------------------------------------------------------ */
+
+static int model_alloc_buffers(es_model *m, es_err *err) {
+    size_t per = (size_t)m->max_batch * (size_t)m->n_fields * (size_t)m->E;
+    size_t total;
+    if (!es__mul_size(per, 2, &total) || !es__add_size(total, 2 * (size_t)m->max_batch, &total) ||
+        !es__mul_size(total, sizeof(float), &total))
+        return es__err(err, ES_EINVAL, "model buffers too large");
+    m->buf = es__alloc_aligned(total);
+    if (!m->buf) return es__err(err, ES_ENOMEM, "out of memory for model buffers (%zu bytes)", total);
+    m->emb = m->buf;
+    m->demb = m->emb + per;
+    m->logit = m->demb + per;
+    m->dlogit = m->logit + m->max_batch;
+    if (es_batch_alloc(&m->one, 1, m->n_dense, m->n_fields, (size_t)m->n_fields + 1) != 0)
+        return es__err(err, ES_ENOMEM, "out of memory");
+    return ES_OK;
+}
+
+static int copy_reader_params(es_model *m, const es_reader_params *rp) {
+    m->rp = *rp;
+    m->rp_columns = NULL;
+    if (rp->columns) {
+        m->rp_columns = es__strdup(rp->columns);
+        if (!m->rp_columns) return ES_ENOMEM;
+    }
+    m->rp.columns = m->rp_columns;
+    return ES_OK;
+}
+
+int es__model_create(es_model **out, const es_net_params *np, const es_storage_params *sp, const es_vocab *vocab,
+                     const es_reader_params *rp, es_err *err) {
+    *out = NULL;
+    es_model *m = es__calloc(1, sizeof *m);
+    if (!m) return es__err(err, ES_ENOMEM, "out of memory");
+    m->np = *np;
+    m->n_dense = np->n_dense;
+    m->n_fields = np->n_fields;
+    m->E = es_net_emb_dim(np->kind, np->dim);
+    m->max_batch = np->max_batch;
+    int rc;
+    if (sp->dim != m->E || sp->n_fields != np->n_fields || sp->max_batch != np->max_batch) {
+        rc = es__err(err, ES_EINVAL, "storage shape (fields %d, dim %d) does not match the model (fields %d, dim %d)",
+                     sp->n_fields, sp->dim, np->n_fields, m->E);
+        goto fail;
+    }
+    if ((rc = copy_reader_params(m, rp)) != 0) {
+        es__err(err, rc, "out of memory");
+        goto fail;
+    }
+    if ((rc = es_storage_create(&m->st, sp, vocab, err)) != 0) goto fail;
+    if ((rc = es_net_create(&m->net, np, err)) != 0) goto fail;
+    if ((rc = model_alloc_buffers(m, err)) != 0) goto fail;
+    *out = m;
+    return ES_OK;
+fail:
+    es_model_free(m);
+    return rc;
+}
+
+void es_model_free(es_model *m) {
+    if (!m) return;
+    es_storage_free(m->st);
+    es_net_free(m->net);
+    es__free_aligned(m->buf);
+    es__free(m->rp_columns);
+    for (int i = 0; i < m->n_meta; i++) {
+        es__free(m->meta_key[i]);
+        es__free(m->meta_val[i]);
+    }
+    es_batch_free(&m->one);
+    es__free(m);
+}
+
+const char *es_model_errmsg(const es_model *m) { return m ? m->err.msg : "no model"; }
+int es_model_n_fields(const es_model *m) { return m->n_fields; }
+int es_model_n_dense(const es_model *m) { return m->n_dense; }
+int es_model_emb_dim(const es_model *m) { return m->E; }
+es_reader_params es_model_reader_params(const es_model *m) { return m->rp; }
+
+int es__model_set_meta(es_model *m, const char *key, const char *value) {
+    for (int i = 0; i < m->n_meta; i++) {
+        if (strcmp(m->meta_key[i], key) == 0) {
+            char *v = es__strdup(value);
+            if (!v) return ES_ENOMEM;
+            es__free(m->meta_val[i]);
+            m->meta_val[i] = v;
+            return ES_OK;
+        }
+    }
+    if (m->n_meta >= ES_MODEL_MAX_META) return ES_ERANGE;
+    char *k = es__strdup(key), *v = es__strdup(value);
+    if (!k || !v) {
+        es__free(k);
+        es__free(v);
+        return ES_ENOMEM;
+    }
+    m->meta_key[m->n_meta] = k;
+    m->meta_val[m->n_meta] = v;
+    m->n_meta++;
+    return ES_OK;
+}
+
+const char *es_model_meta(const es_model *m, const char *key) {
+    for (int i = 0; i < m->n_meta; i++)
+        if (strcmp(m->meta_key[i], key) == 0) return m->meta_val[i];
+    return NULL;
+}
+
+/* ---- forward / backward ------------------------------------------------------ */
+
+/* emb[0..n) <- lookup of rows [r0, r0+n) of b, split over threads. */
+static void lookup_rows(es_model *m, const es_batch *b, int r0, int n) {
+    size_t row_floats = (size_t)m->n_fields * (size_t)m->E;
+    int nt = es__threads_get();
+    if (nt <= 1 || n < 32) {
+        m->st->ops->lookup(m->st, b, r0, r0 + n, m->emb);
+        return;
+    }
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int t = 0; t < nt; t++) {
+        int a = r0 + (int)((int64_t)n * t / nt), z = r0 + (int)((int64_t)n * (t + 1) / nt);
+        if (z > a) m->st->ops->lookup(m->st, b, a, z, m->emb + (size_t)(a - r0) * row_floats);
+    }
+}
+
+static inline float sigmoidf_(float z) { return z >= 0 ? 1.0f / (1.0f + expf(-z)) : expf(z) / (1.0f + expf(z)); }
+
+/* Numerically stable BCE with logits. */
+static inline double bce_logit(float z, float y) {
+    double zd = z;
+    return (zd > 0 ? zd : 0) - zd * y + log1p(exp(-fabs(zd)));
+}
+
+int es__model_train_batch(es_model *m, const es_batch *b, double *loss_sum) {
+    int n = b->n;
+    if (n <= 0) return ES_OK;
+    if (n > m->max_batch) return es__err(&m->err, ES_EINVAL, "batch of %d rows exceeds max_batch %d", n, m->max_batch);
+    lookup_rows(m, b, 0, n);
+    es_net_forward(m->net, n, m->emb, b->dense, m->logit);
+    double loss = 0;
+    float inv = 1.0f / (float)n;
+    for (int i = 0; i < n; i++) {
+        float z = m->logit[i], y = b->label[i];
+        loss += bce_logit(z, y);
+        m->dlogit[i] = (sigmoidf_(z) - y) * inv;
+    }
+    *loss_sum += loss;
+    es_net_backward(m->net, n, m->emb, b->dense, m->dlogit, m->demb);
+    es_net_step(m->net);
+    int rc = m->st->ops->backward(m->st, b, m->demb);
+    if (rc != 0) return es__err(&m->err, rc, "embedding update failed: %s", m->st->err.msg);
+    return ES_OK;
+}
+
+int es_model_predict(es_model *m, const es_batch *b, float *prob) {
+    if (b->n_fields != m->n_fields || b->n_dense != m->n_dense)
+        return es__err(&m->err, ES_EINVAL, "batch has %d numeric and %d categorical features, the model expects %d and %d",
+                       b->n_dense, b->n_fields, m->n_dense, m->n_fields);
+    for (int r0 = 0; r0 < b->n; r0 += m->max_batch) {
+        int n = ES_MIN(m->max_batch, b->n - r0);
+        lookup_rows(m, b, r0, n);
+        es_net_forward(m->net, n, m->emb, b->dense + (size_t)r0 * (size_t)m->n_dense, m->logit);
+        for (int i = 0; i < n; i++) prob[r0 + i] = sigmoidf_(m->logit[i]);
+    }
+    return ES_OK;
+}
+
+int es_model_embedding(es_model *m, int field, uint64_t key, float *out) {
+    if (field < 0 || field >= m->n_fields) return es__err(&m->err, ES_ERANGE, "field %d out of range [0, %d)", field, m->n_fields);
+    es_batch *b = &m->one;
+    b->n = 1;
+    /* only `field` has a value: offsets 0..0 before it, 0..1 at it, 1..1 after */
+    for (int f = 0; f <= m->n_fields; f++) b->off[f] = f <= field ? 0u : 1u;
+    b->val[0] = key;
+    b->wt[0] = 1.0f;
+    float *tmp = m->emb; /* [1, F, E] scratch */
+    m->st->ops->lookup(m->st, b, 0, 1, tmp);
+    memcpy(out, tmp + (size_t)field * (size_t)m->E, (size_t)m->E * sizeof(float));
+    return ES_OK;
+}
+
+/* ---- save ---------------------------------------------------------------------- */
+
+static const char *format_name(es_format f) {
+    switch (f) {
+    case ES_FMT_CRITEO: return "criteo";
+    case ES_FMT_CSV: return "csv";
+    case ES_FMT_LIBSVM: return "libsvm";
+    case ES_FMT_LIBFFM: return "libffm";
+    default: return "auto";
+    }
+}
+
+static es_format format_parse(const char *s) {
+    if (!s) return ES_FMT_AUTO;
+    if (!strcmp(s, "criteo")) return ES_FMT_CRITEO;
+    if (!strcmp(s, "csv")) return ES_FMT_CSV;
+    if (!strcmp(s, "libsvm")) return ES_FMT_LIBSVM;
+    if (!strcmp(s, "libffm")) return ES_FMT_LIBFFM;
+    return ES_FMT_AUTO;
+}
+
+static void join_ints(char *buf, size_t cap, const int *v, int n) {
+    size_t o = 0;
+    buf[0] = 0;
+    for (int i = 0; i < n && o < cap; i++) o += (size_t)snprintf(buf + o, cap - o, i ? ",%d" : "%d", v[i]);
+}
+
+static int parse_ints(const char *s, int *v, int max) {
+    int n = 0;
+    if (!s || !*s) return 0;
+    while (*s && n < max) {
+        char *end;
+        long x = strtol(s, &end, 10);
+        if (end == s) return -1;
+        v[n++] = (int)x;
+        s = *end == ',' ? end + 1 : end;
+        if (*end && *end != ',') return -1;
+    }
+    return n;
+}
+
+static int is_opt_tensor(const char *name) { return strncmp(name, "opt.", 4) == 0; }
+
+/* Storage and net tensors, each with its file name. */
+typedef struct {
+    es_tensor_ref *refs;
+    char (*names)[ES_TENSOR_NAME_MAX + 16];
+    int n;
+} tensor_list;
+
+static int list_tensors(es_model *m, tensor_list *tl, es_err *err) {
+    int ns = m->st->ops->tensors(m->st, NULL, 0);
+    int nn = es_net_tensors(m->net, NULL, 0);
+    if (ns < 0 || nn < 0) return es__err(err, ES_EINVAL, "cannot list model tensors");
+    tl->refs = es__calloc((size_t)(ns + nn) + 1, sizeof *tl->refs);
+    tl->names = es__calloc((size_t)(ns + nn) + 1, sizeof *tl->names);
+    if (!tl->refs || !tl->names) return es__err(err, ES_ENOMEM, "out of memory");
+    m->st->ops->tensors(m->st, tl->refs, ns);
+    es_net_tensors(m->net, tl->refs + ns, nn);
+    for (int i = 0; i < ns + nn; i++) {
+        if (i < ns) {
+            /* storage tensors get a "storage." prefix; their optimizer state
+             * keeps "opt." first so one rule finds all optimizer state. */
+            if (is_opt_tensor(tl->refs[i].name))
+                snprintf(tl->names[i], sizeof tl->names[i], "opt.storage.%s", tl->refs[i].name + 4);
+            else
+                snprintf(tl->names[i], sizeof tl->names[i], "storage.%s", tl->refs[i].name);
+        } else {
+            snprintf(tl->names[i], sizeof tl->names[i], "%s", tl->refs[i].name);
+        }
+        if (strlen(tl->names[i]) >= ES_TENSOR_NAME_MAX)
+            return es__err(err, ES_EINVAL, "tensor name too long: %s", tl->names[i]);
+    }
+    tl->n = ns + nn;
+    return ES_OK;
+}
+
+static void free_tensors(tensor_list *tl) {
+    es__free(tl->refs);
+    es__free(tl->names);
+}
+
+/* Write all structural metadata (what load needs to rebuild the model). */
+static int write_meta(es_model *m, es_fwriter *w, int with_state) {
+    char buf[256];
+    const es_net_params *np = &m->np;
+    const es_storage_params *sp = &m->st->p;
+    int rc = 0;
+    rc |= es_fwriter_meta(w, "embstore.type", "model");
+    rc |= es_fwriter_metaf(w, "embstore.version", "%d.%d.%d", ES_VERSION_MAJOR, ES_VERSION_MINOR, ES_VERSION_PATCH);
+    rc |= es_fwriter_meta(w, "model.kind", es_net_kind_name(np->kind));
+    rc |= es_fwriter_metaf(w, "model.dim", "%d", np->dim);
+    rc |= es_fwriter_metaf(w, "model.n_dense", "%d", np->n_dense);
+    rc |= es_fwriter_metaf(w, "model.n_fields", "%d", np->n_fields);
+    join_ints(buf, sizeof buf, np->bottom, np->n_bottom);
+    rc |= es_fwriter_meta(w, "model.bottom", buf);
+    join_ints(buf, sizeof buf, np->top, np->n_top);
+    rc |= es_fwriter_meta(w, "model.top", buf);
+    rc |= es_fwriter_metaf(w, "model.n_cross", "%d", np->n_cross);
+    rc |= es_fwriter_metaf(w, "model.max_batch", "%d", np->max_batch);
+    rc |= es_fwriter_metaf(w, "model.opt", "%d,%.9g,%.9g,%.9g,%.9g", (int)np->opt.kind, np->opt.lr, np->opt.eps, np->opt.beta1,
+                           np->opt.beta2);
+    rc |= es_fwriter_metaf(w, "model.weight_decay", "%.9g", np->weight_decay);
+    rc |= es_fwriter_metaf(w, "model.seed", "%llu", (unsigned long long)np->seed);
+    rc |= es_fwriter_meta(w, "storage.method", sp->method);
+    rc |= es_fwriter_metaf(w, "storage.dim", "%d", sp->dim);
+    rc |= es_fwriter_metaf(w, "storage.budget_bytes", "%.0f", m->st->budget_bytes);
+    rc |= es_fwriter_metaf(w, "storage.min_count", "%d", sp->min_count);
+    rc |= es_fwriter_metaf(w, "storage.chunks", "%d", sp->chunks);
+    rc |= es_fwriter_metaf(w, "storage.subtables", "%d", sp->subtables);
+    rc |= es_fwriter_metaf(w, "storage.share", "%d", sp->share);
+    rc |= es_fwriter_metaf(w, "storage.seed", "%llu", (unsigned long long)sp->seed);
+    rc |= es_fwriter_metaf(w, "storage.init_scale", "%.9g", sp->init_scale);
+    rc |= es_fwriter_metaf(w, "storage.opt", "%d,%.9g,%.9g,%.9g,%.9g,%.9g", (int)sp->opt.kind, sp->opt.lr, sp->opt.eps,
+                           sp->opt.beta1, sp->opt.beta2, sp->opt.init_acc);
+    rc |= es_fwriter_meta(w, "storage.opts", sp->opts ? sp->opts : "");
+    rc |= es_fwriter_meta(w, "storage.resolved", m->st->meta);
+    rc |= es_fwriter_metaf(w, "storage.param_bytes", "%zu", m->st->param_bytes);
+    rc |= es_fwriter_metaf(w, "storage.aux_bytes", "%zu", m->st->aux_bytes);
+    rc |= es_fwriter_meta(w, "reader.format", format_name(m->rp.format));
+    rc |= es_fwriter_metaf(w, "reader.delim", "%d", (int)(unsigned char)m->rp.delim);
+    rc |= es_fwriter_metaf(w, "reader.header", "%d", m->rp.header);
+    rc |= es_fwriter_meta(w, "reader.columns", m->rp.columns ? m->rp.columns : "");
+    rc |= es_fwriter_metaf(w, "reader.multi_sep", "%d", (int)(unsigned char)m->rp.multi_sep);
+    rc |= es_fwriter_metaf(w, "reader.pool", "%d", (int)m->rp.pool);
+    rc |= es_fwriter_metaf(w, "reader.label_threshold", "%.17g", m->rp.label_threshold);
+    rc |= es_fwriter_metaf(w, "reader.n_fields_hint", "%d", m->rp.n_fields_hint);
+    for (int i = 0; i < m->n_meta; i++) {
+        if (strncmp(m->meta_key[i], "train.", 6) == 0 || strncmp(m->meta_key[i], "schema.", 7) == 0 ||
+            strncmp(m->meta_key[i], "user.", 5) == 0 || strncmp(m->meta_key[i], "stats.", 6) == 0 ||
+            (with_state && strncmp(m->meta_key[i], "ckpt.", 5) == 0))
+            rc |= es_fwriter_meta(w, m->meta_key[i], m->meta_val[i]);
+    }
+    return rc ? ES_ENOMEM : ES_OK;
+}
+
+int es__model_save(es_model *m, const char *path, int with_state, es_err *err) {
+    es_fwriter *w = NULL;
+    tensor_list tl = {0};
+    int rc = es_fwriter_open(&w, path, err);
+    if (rc != 0) return rc;
+    if ((rc = write_meta(m, w, with_state)) != 0) {
+        es__err(err, rc, "%s: cannot add metadata", path);
+        goto fail;
+    }
+    if ((rc = list_tensors(m, &tl, err)) != 0) goto fail;
+    for (int i = 0; i < tl.n; i++) {
+        if (!with_state && is_opt_tensor(tl.names[i])) continue;
+        es_tensor_ref t = tl.refs[i];
+        snprintf(t.name, sizeof t.name, "%s", tl.names[i]);
+        if ((rc = es_fwriter_tensor(w, &t)) != 0) {
+            es__err(err, rc, "%s: cannot add tensor %s: %s", path, t.name, es_fwriter_errmsg(w));
+            goto fail;
+        }
+    }
+    free_tensors(&tl);
+    return es_fwriter_commit(w, err);
+fail:
+    free_tensors(&tl);
+    es_fwriter_abort(w);
+    return rc;
+}
+
+/* ---- load ------------------------------------------------------------------------ */
+
+static const char *need(const es_file *f, const char *key, const char *path, es_err *err, int *rc) {
+    const char *v = es_file_meta(f, key);
+    if (!v && *rc == 0) *rc = es__err(err, ES_EFORMAT, "%s: model metadata lacks '%s'", path, key);
+    return v;
+}
+
+static int meta_int(const es_file *f, const char *key, const char *path, es_err *err, int *rc) {
+    const char *v = need(f, key, path, err, rc);
+    return v ? atoi(v) : 0;
+}
+
+int es__model_load(es_model **out, const char *path, unsigned flags, int with_state, es_err *err) {
+    *out = NULL;
+    es_file *f = NULL;
+    es_model *m = NULL;
+    tensor_list tl = {0};
+    int rc = es_file_open(&f, path, (flags & ES_LOAD_NO_VERIFY) ? ES_FILE_NO_VERIFY : 0, err);
+    if (rc != 0) return rc;
+    const char *type = es_file_meta(f, "embstore.type");
+    if (!type || strcmp(type, "model") != 0) {
+        rc = es__err(err, ES_EFORMAT, "%s: not a model file (type '%s')", path, type ? type : "none");
+        goto done;
+    }
+    es_net_kind kind;
+    const char *ks = need(f, "model.kind", path, err, &rc);
+    if (rc) goto done;
+    if (es_net_kind_parse(ks, &kind) != 0) {
+        rc = es__err(err, ES_EFORMAT, "%s: unknown model kind '%s'", path, ks);
+        goto done;
+    }
+    int dim = meta_int(f, "model.dim", path, err, &rc);
+    int n_dense = meta_int(f, "model.n_dense", path, err, &rc);
+    int n_fields = meta_int(f, "model.n_fields", path, err, &rc);
+    if (rc) goto done;
+    if (dim <= 0 || dim > 65536 || n_dense < 0 || n_dense > 100000 || n_fields < 0 || n_fields > 100000) {
+        rc = es__err(err, ES_EFORMAT, "%s: model shape out of range (dim %d, dense %d, fields %d)", path, dim, n_dense, n_fields);
+        goto done;
+    }
+    es_net_params np = es_net_params_default(kind, n_dense, n_fields, dim);
+    int nb = parse_ints(es_file_meta(f, "model.bottom"), np.bottom, ES_NET_MAX_LAYERS);
+    int nt = parse_ints(es_file_meta(f, "model.top"), np.top, ES_NET_MAX_LAYERS);
+    if (nb < 0 || nt < 0) {
+        rc = es__err(err, ES_EFORMAT, "%s: bad layer list in metadata", path);
+        goto done;
+    }
+    np.n_bottom = nb;
+    np.n_top = nt;
+    np.n_cross = meta_int(f, "model.n_cross", path, err, &rc);
+    np.max_batch = meta_int(f, "model.max_batch", path, err, &rc);
+    if (rc) goto done;
+    if (np.max_batch <= 0 || np.max_batch > (1 << 20)) {
+        rc = es__err(err, ES_EFORMAT, "%s: max_batch %d out of range", path, np.max_batch);
+        goto done;
+    }
+    const char *s;
+    if ((s = es_file_meta(f, "model.opt"))) {
+        int k = 0;
+        sscanf(s, "%d,%f,%f,%f,%f", &k, &np.opt.lr, &np.opt.eps, &np.opt.beta1, &np.opt.beta2);
+        np.opt.kind = (es_optim)k;
+    }
+    if ((s = es_file_meta(f, "model.weight_decay"))) np.weight_decay = strtof(s, NULL);
+    if ((s = es_file_meta(f, "model.seed"))) np.seed = strtoull(s, NULL, 10);
+
+    es_storage_params sp = es_storage_params_default();
+    sp.method = need(f, "storage.method", path, err, &rc);
+    sp.dim = meta_int(f, "storage.dim", path, err, &rc);
+    if (rc) goto done;
+    sp.n_fields = n_fields;
+    sp.max_batch = np.max_batch;
+    if ((s = es_file_meta(f, "storage.budget_bytes"))) sp.budget = strtod(s, NULL);
+    if ((s = es_file_meta(f, "storage.min_count"))) sp.min_count = atoi(s);
+    if ((s = es_file_meta(f, "storage.chunks"))) sp.chunks = atoi(s);
+    if ((s = es_file_meta(f, "storage.subtables"))) sp.subtables = atoi(s);
+    if ((s = es_file_meta(f, "storage.share"))) sp.share = atoi(s);
+    if ((s = es_file_meta(f, "storage.seed"))) sp.seed = strtoull(s, NULL, 10);
+    if ((s = es_file_meta(f, "storage.init_scale"))) sp.init_scale = strtof(s, NULL);
+    if ((s = es_file_meta(f, "storage.opt"))) {
+        int k = 0;
+        sscanf(s, "%d,%f,%f,%f,%f,%f", &k, &sp.opt.lr, &sp.opt.eps, &sp.opt.beta1, &sp.opt.beta2, &sp.opt.init_acc);
+        sp.opt.kind = (es_optim)k;
+    }
+    /* The resolved hyper-parameters (rows per table, ...) take precedence
+     * over budget solving, so the shapes match the saved tensors. */
+    char opts[1024];
+    const char *user_opts = es_file_meta(f, "storage.opts");
+    const char *resolved = es_file_meta(f, "storage.resolved");
+    snprintf(opts, sizeof opts, "%s%s%s", resolved ? resolved : "", (resolved && *resolved && user_opts && *user_opts) ? "," : "",
+             user_opts ? user_opts : "");
+    sp.opts = opts;
+
+    es_reader_params rp = es_reader_params_default();
+    rp.format = format_parse(es_file_meta(f, "reader.format"));
+    if ((s = es_file_meta(f, "reader.delim"))) rp.delim = (char)atoi(s);
+    if ((s = es_file_meta(f, "reader.header"))) rp.header = atoi(s);
+    if ((s = es_file_meta(f, "reader.columns")) && *s) rp.columns = s;
+    if ((s = es_file_meta(f, "reader.multi_sep"))) rp.multi_sep = (char)atoi(s);
+    if ((s = es_file_meta(f, "reader.pool"))) rp.pool = (es_pool)atoi(s);
+    if ((s = es_file_meta(f, "reader.label_threshold"))) rp.label_threshold = strtod(s, NULL);
+    if ((s = es_file_meta(f, "reader.n_fields_hint"))) rp.n_fields_hint = atoi(s);
+
+    if ((rc = es__model_create(&m, &np, &sp, NULL, &rp, err)) != 0) goto done;
+    for (int i = 0; i < es_file_n_meta(f); i++) {
+        const char *k, *v;
+        es_file_meta_at(f, i, &k, &v);
+        if ((rc = es__model_set_meta(m, k, v)) != 0) {
+            es__err(err, rc, "%s: too much metadata", path);
+            goto done;
+        }
+    }
+    if ((rc = list_tensors(m, &tl, err)) != 0) goto done;
+    for (int i = 0; i < tl.n; i++) {
+        int opt = is_opt_tensor(tl.names[i]);
+        const es_tensor_ref *t = es_file_tensor(f, tl.names[i]);
+        if (!t) {
+            if (opt && !with_state) continue;
+            rc = es__err(err, ES_EFORMAT, "%s: tensor '%s' is missing", path, tl.names[i]);
+            goto done;
+        }
+        if (opt && !with_state) continue;
+        if (t->dtype != tl.refs[i].dtype || t->nbytes != tl.refs[i].nbytes) {
+            rc = es__err(err, ES_EFORMAT, "%s: tensor '%s' has %s x %zu bytes, the model expects %s x %zu bytes", path, tl.names[i],
+                         es_dtype_name(t->dtype), t->nbytes, es_dtype_name(tl.refs[i].dtype), tl.refs[i].nbytes);
+            goto done;
+        }
+        memcpy(tl.refs[i].data, t->data, t->nbytes);
+    }
+    if (m->st->ops->after_load && (rc = m->st->ops->after_load(m->st, err)) != 0) goto done;
+    *out = m;
+    m = NULL;
+done:
+    free_tensors(&tl);
+    es_model_free(m);
+    es_file_close(f);
+    return rc;
+}
+
+int es_model_load(es_model **out, const char *path, unsigned flags, es_err *err) {
+    return es__model_load(out, path, flags, 0, err);
+}

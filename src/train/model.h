@@ -1,0 +1,53 @@
+/*
+ * model.h — internal view of es_model: a storage (embedding table) plus a
+ * net (dense part) plus the schema they were trained on, with the batch
+ * buffers that connect them.  Shared by model.c (forward/backward, save,
+ * load) and train.c (the training loop).
+ */
+#ifndef ES_TRAIN_MODEL_H
+#define ES_TRAIN_MODEL_H
+
+#include "core/core.h"
+#include "format/file.h"
+#include "model/net.h"
+#include "storage/storage.h"
+
+#define ES_MODEL_MAX_META 64
+
+struct es_model {
+    es_net_params np;
+    es_storage *st;
+    es_net *net;
+    int n_dense, n_fields, E, max_batch;
+    /* activations for one batch of max_batch rows (one allocation) */
+    float *buf;
+    float *emb;     /* [max_batch, F, E] */
+    float *demb;    /* [max_batch, F, E] */
+    float *logit;   /* [max_batch] */
+    float *dlogit;  /* [max_batch] */
+    /* reader parameters the model was trained with; strings owned */
+    es_reader_params rp;
+    char *rp_columns;
+    /* metadata (owned copies) */
+    int n_meta;
+    char *meta_key[ES_MODEL_MAX_META];
+    char *meta_val[ES_MODEL_MAX_META];
+    es_batch one;   /* 1-row batch for es_model_embedding */
+    es_err err;
+};
+
+/* Create a model for training.  vocab may be NULL if the storage does not
+ * need one. */
+int es__model_create(es_model **out, const es_net_params *np, const es_storage_params *sp, const es_vocab *vocab,
+                     const es_reader_params *rp, es_err *err);
+/* One optimisation step on all rows of b (b->n <= max_batch).  Adds the
+ * summed loss of the rows to *loss_sum. */
+int es__model_train_batch(es_model *m, const es_batch *b, double *loss_sum);
+/* Set a metadata entry (copied; replaces an existing key). */
+int es__model_set_meta(es_model *m, const char *key, const char *value);
+/* Write the model (with optimizer state when with_state) atomically. */
+int es__model_save(es_model *m, const char *path, int with_state, es_err *err);
+/* Load a model file; with_state also restores optimizer state. */
+int es__model_load(es_model **out, const char *path, unsigned flags, int with_state, es_err *err);
+
+#endif

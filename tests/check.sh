@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# tests/check.sh — the full check `make check` runs (and CI, via .ci/run):
+#   1. the test suite in the normal build (quick + slow tiers);
+#   2. the quick tier again under ASan + UBSan (SAN=1);
+#   3. every fuzz target for a bounded time (FUZZ_SECONDS, default 10).
+# Ends with one line "N passed, N failed" summing all parts (a fuzz target
+# counts as one test).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+JOBS=${JOBS:-2}
+passed=0; failed=0; skipped=0
+tally() { # $1 = log file of a runner
+    local line
+    line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$1" | tail -n 1)
+    if [ -z "$line" ]; then failed=$((failed+1)); echo "!! no summary line in $1"; return; fi
+    local p f s
+    p=$(echo "$line" | sed -E 's/^([0-9]+) passed.*/\1/')
+    f=$(echo "$line" | sed -E 's/^[0-9]+ passed, ([0-9]+) failed.*/\1/')
+    s=$(echo "$line" | sed -nE 's/.*, ([0-9]+) skipped.*/\1/p')
+    passed=$((passed+p)); failed=$((failed+f)); skipped=$((skipped+${s:-0}))
+}
+mkdir -p build
+echo "== build"
+if ! make -j"$JOBS" all build/test_runner >build/check-build.log 2>&1; then
+    cat build/check-build.log; echo "0 passed, 1 failed"; exit 1
+fi
+echo "== tests (normal build, all tiers)"
+ES_BIN=build/embstore build/test_runner --full 2>&1 | tee build/check-test.log
+tally build/check-test.log
+echo "== tests under ASan+UBSan (SAN=1)"
+if make -j"$JOBS" SAN=1 all build/san/test_runner >build/check-san-build.log 2>&1; then
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+        ES_BIN=build/san/embstore ES_TEST_TMP=build/san/tmp build/san/test_runner 2>&1 | tee build/check-san.log
+    tally build/check-san.log
+else
+    cat build/check-san-build.log; failed=$((failed+1))
+fi
+if [ -f fuzz/run.sh ] && [ "${NO_FUZZ:-0}" != 1 ]; then
+    echo "== fuzz targets (${FUZZ_SECONDS:-10} s each)"
+    if FUZZ_SECONDS=${FUZZ_SECONDS:-10} bash fuzz/run.sh 2>&1 | tee build/check-fuzz.log; then
+        n=$(ls fuzz/fuzz_*.c 2>/dev/null | wc -l); passed=$((passed+n))
+    else
+        failed=$((failed+1))
+    fi
+fi
+echo "$passed passed, $failed failed, $skipped skipped"
+[ "$failed" -eq 0 ]

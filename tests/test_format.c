@@ -1,0 +1,743 @@
+/*
+ * test_format.c — the container file format (src/format/file.c): round trips
+ * of every dtype with metadata, detection of a flipped byte at every
+ * position and of truncation at every length, version and endianness
+ * refusal, lazy verification, crafted malformed tables, atomic writes, and
+ * the committed version-1 fixture.
+ *
+ * Byte offsets used to craft bad files are the ones documented in
+ * docs/format.md, written here independently of file.c on purpose: a change
+ * to the layout that forgets the documentation fails these tests.
+ */
+#include "test.h"
+
+#include "format/file.h"
+
+#include "fixtures/fixture_v1.h"
+
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* docs/format.md, "Header" and "Tensor table". */
+enum {
+    OFF_CHECKSUM = 8,
+    OFF_VERSION = 16,
+    OFF_ENDIAN = 20,
+    OFF_N_META = 32,
+    OFF_N_TENSORS = 36,
+    OFF_TABLE_OFF = 56,
+    OFF_DATA_OFF = 72,
+    OFF_FILE_SIZE = 88,
+    OFF_RESERVED = 96,
+    HEADER = 128,
+    ENTRY = 128,
+    ENT_DTYPE = 64,
+    ENT_NDIM = 68,
+    ENT_SHAPE = 72,
+    ENT_OFFSET = 104,
+    ENT_NBYTES = 112,
+};
+
+static uint32_t get32(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+static uint64_t get64(const uint8_t *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+static void put32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
+static void put64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
+
+static int host_little_endian(void) {
+    const uint16_t one = 1;
+    return *(const uint8_t *)&one == 1;
+}
+
+/* Read a whole file into a 64-byte aligned buffer (es_file_open_mem needs
+ * that).  Returns NULL on failure. */
+static uint8_t *load_aligned(const char *path, size_t *len) {
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return NULL;
+    fseek(fp, 0, SEEK_END);
+    long n = ftell(fp);
+    fseek(fp, 0, SEEK_SET);
+    uint8_t *b = n >= 0 ? aligned_alloc(64, ((size_t)n + 64) & ~(size_t)63) : NULL;
+    if (b && fread(b, 1, (size_t)n, fp) != (size_t)n) {
+        free(b);
+        b = NULL;
+    }
+    fclose(fp);
+    *len = (size_t)n;
+    return b;
+}
+
+static int write_bytes(const char *path, const void *p, size_t n) {
+    FILE *fp = fopen(path, "wb");
+    if (!fp) return -1;
+    size_t w = fwrite(p, 1, n, fp);
+    return (fclose(fp) == 0 && w == n) ? 0 : -1;
+}
+
+/* Number of directory entries of dir whose name starts with prefix. */
+static int count_prefixed(const char *dir, const char *prefix) {
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (strncmp(e->d_name, prefix, strlen(prefix)) == 0) n++;
+    closedir(d);
+    return n;
+}
+
+/* The fixture content written anew with today's writer. */
+static int write_fixture_copy(const char *path, es_err *err) {
+    static _Alignas(64) uint8_t bufs[FIX_V1_N_TENSORS][64];
+    es_fwriter *w;
+    int rc = es_fwriter_open(&w, path, err);
+    if (rc) return rc;
+    for (int i = 0; i < FIX_V1_N_META; i++) es_fwriter_meta(w, fix_v1_meta[i][0], fix_v1_meta[i][1]);
+    for (int k = 0; k < FIX_V1_N_TENSORS; k++) {
+        const fix_v1_tensor *d = &fix_v1_tensors[k];
+        es_tensor_ref t;
+        fix_v1_fill(k, bufs[k]);
+        es_tensor_ref_set(&t, d->name, (es_dtype)d->dtype, bufs[k], d->ndim, d->shape[0], d->shape[1], d->shape[2], d->shape[3]);
+        es_fwriter_tensor(w, &t);
+    }
+    return es_fwriter_commit(w, err);
+}
+
+/* ---- small units ------------------------------------------------------------- */
+
+TEST(format_dtype_numbers_are_frozen) {
+    /* Persisted: these numbers are in every file ever written. */
+    CHECK_EQ_INT(ES_DT_F32, 0);
+    CHECK_EQ_INT(ES_DT_F16, 1);
+    CHECK_EQ_INT(ES_DT_I8, 2);
+    CHECK_EQ_INT(ES_DT_U8, 3);
+    CHECK_EQ_INT(ES_DT_I32, 4);
+    CHECK_EQ_INT(ES_DT_U32, 5);
+    CHECK_EQ_INT(ES_DT_I64, 6);
+    CHECK_EQ_INT(ES_DT_U64, 7);
+    CHECK_EQ_INT(ES_DT_I4, 8);
+}
+
+TEST(format_dtype_bytes_and_names) {
+    CHECK_EQ_INT(es_dtype_bytes(ES_DT_F32, 3), 12);
+    CHECK_EQ_INT(es_dtype_bytes(ES_DT_F16, 3), 6);
+    CHECK_EQ_INT(es_dtype_bytes(ES_DT_I8, 3), 3);
+    CHECK_EQ_INT(es_dtype_bytes(ES_DT_U64, 3), 24);
+    CHECK_EQ_INT(es_dtype_bytes(ES_DT_I4, 0), 0);
+    CHECK_EQ_INT(es_dtype_bytes(ES_DT_I4, 1), 1);
+    CHECK_EQ_INT(es_dtype_bytes(ES_DT_I4, 7), 4);
+    CHECK_EQ_INT(es_dtype_bytes(ES_DT_I4, 8), 4);
+    CHECK(es_dtype_bytes(ES_DT_I4, UINT64_MAX) == (size_t)(UINT64_MAX / 2 + 1));
+    CHECK(es_dtype_bytes(ES_DT_F32, UINT64_MAX / 2) == SIZE_MAX); /* overflow */
+    CHECK(es_dtype_bytes((es_dtype)ES_DT_COUNT_, 1) == SIZE_MAX);
+    CHECK(strcmp(es_dtype_name(ES_DT_F32), "f32") == 0);
+    CHECK(strcmp(es_dtype_name(ES_DT_I4), "i4") == 0);
+    CHECK(strcmp(es_dtype_name((es_dtype)99), "unknown") == 0);
+}
+
+TEST(format_tensor_ref_set_checks_its_input) {
+    float x[6];
+    es_tensor_ref t;
+    CHECK_EQ_INT(es_tensor_ref_set(&t, "w", ES_DT_F32, x, 2, (uint64_t)2, (uint64_t)3), ES_OK);
+    CHECK(strcmp(t.name, "w") == 0 && t.ndim == 2 && t.shape[0] == 2 && t.shape[1] == 3 && t.shape[2] == 0 && t.nbytes == 24 && t.data == x);
+    CHECK_EQ_INT(es_tensor_ref_set(&t, "s", ES_DT_F32, x, 0), ES_OK);
+    CHECK_EQ_INT(t.nbytes, 4); /* a scalar is one element */
+    char longname[100];
+    memset(longname, 'a', 99);
+    longname[99] = 0;
+    CHECK_EQ_INT(es_tensor_ref_set(&t, longname, ES_DT_F32, x, 1, (uint64_t)6), ES_EINVAL);
+    CHECK_EQ_INT(t.ndim, -1);
+    CHECK_EQ_INT(strlen(t.name), ES_TENSOR_NAME_MAX - 1);
+    CHECK_EQ_INT(es_tensor_ref_set(&t, "", ES_DT_F32, x, 1, (uint64_t)6), ES_EINVAL);
+    CHECK_EQ_INT(es_tensor_ref_set(&t, "w", ES_DT_F32, x, 5), ES_EINVAL);
+    CHECK_EQ_INT(es_tensor_ref_set(&t, "w", ES_DT_F32, x, 2, UINT64_MAX, (uint64_t)3), ES_EINVAL);
+    CHECK_EQ_INT(es_tensor_ref_set(&t, "w", (es_dtype)42, x, 1, (uint64_t)1), ES_EINVAL);
+
+    /* A writer refuses the invalid ref even if the caller ignored the code,
+     * and the error sticks through commit. */
+    const char *path = es_test_path("fmt_badref.es");
+    remove(path);
+    es_err err = {0};
+    es_fwriter *w;
+    CHECK_EQ_INT(es_fwriter_open(&w, path, &err), ES_OK);
+    es_tensor_ref_set(&t, longname, ES_DT_F32, x, 1, (uint64_t)6);
+    CHECK(es_fwriter_tensor(w, &t) < 0);
+    CHECK_STR_HAS(es_fwriter_errmsg(w), "invalid descriptor");
+    CHECK(es_fwriter_meta(w, "k", "v") < 0); /* sticky */
+    CHECK(es_fwriter_commit(w, &err) < 0);
+    CHECK_STR_HAS(err.msg, path);
+    CHECK(access(path, F_OK) != 0);
+}
+
+TEST(format_writer_validates_descriptors) {
+    const char *path = es_test_path("fmt_validate.es");
+    float x[4] = {0};
+    es_tensor_ref t;
+    es_err err = {0};
+    es_fwriter *w;
+    struct {
+        const char *what, *expect;
+    } cases[] = {{"dup tensor", "given twice"}, {"dup meta", "given twice"}, {"empty key", "key is empty"},
+                 {"bad utf8 key", "not valid UTF-8"}, {"nbytes", "does not match"}, {"null data", "data is NULL"},
+                 {"bad utf8 value", "not valid UTF-8"}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        CHECK_EQ_INT(es_fwriter_open(&w, path, &err), ES_OK);
+        int rc = 0;
+        es_tensor_ref_set(&t, "w", ES_DT_F32, x, 1, (uint64_t)4);
+        switch (c) {
+        case 0: es_fwriter_tensor(w, &t); rc = es_fwriter_tensor(w, &t); break;
+        case 1: es_fwriter_meta(w, "k", "1"); rc = es_fwriter_meta(w, "k", "2"); break;
+        case 2: rc = es_fwriter_meta(w, "", "v"); break;
+        case 3: rc = es_fwriter_meta(w, "\xff\xfe", "v"); break;
+        case 4: t.nbytes = 12; rc = es_fwriter_tensor(w, &t); break;
+        case 5: t.data = NULL; rc = es_fwriter_tensor(w, &t); break;
+        case 6: rc = es_fwriter_meta(w, "k", "\xed\xa0\x80"); break; /* UTF-16 surrogate */
+        }
+        CHECK_MSG(rc < 0, "%s accepted", cases[c].what);
+        CHECK_STR_HAS(es_fwriter_errmsg(w), cases[c].expect);
+        es_fwriter_abort(w);
+        CHECK_MSG(access(path, F_OK) != 0, "%s: output left behind", cases[c].what);
+    }
+    /* Many tensors and metadata entries: growth of the arrays and index. */
+    CHECK_EQ_INT(es_fwriter_open(&w, path, &err), ES_OK);
+    char name[32];
+    for (int i = 0; i < 100; i++) {
+        snprintf(name, sizeof name, "t%d", i);
+        es_tensor_ref_set(&t, name, ES_DT_F32, x, 1, (uint64_t)(i % 5));
+        CHECK_EQ_INT(es_fwriter_tensor(w, &t), ES_OK);
+        CHECK_EQ_INT(es_fwriter_metaf(w, name, "%d", i * 3), ES_OK);
+    }
+    snprintf(name, sizeof name, "t%d", 57);
+    es_tensor_ref_set(&t, name, ES_DT_F32, x, 1, (uint64_t)1);
+    CHECK(es_fwriter_tensor(w, &t) < 0);
+    es_fwriter_abort(w);
+}
+
+/* ---- round trip ----------------------------------------------------------------- */
+
+TEST(format_round_trip_all_dtypes) {
+    const char *path = es_test_path("fmt_roundtrip.es");
+    enum { N = 1000 };
+    static float f32[N];
+    static uint16_t f16[N];
+    static int8_t i8[N];
+    static uint8_t u8[N], q4[(N + 1) / 2];
+    static int32_t i32[N];
+    static uint32_t u32[N];
+    static int64_t i64[N];
+    static uint64_t u64[N];
+    for (int i = 0; i < N; i++) {
+        f32[i] = (float)i * 0.5f - 3.f;
+        f16[i] = (uint16_t)(i * 7);
+        i8[i] = (int8_t)(i - 128);
+        u8[i] = (uint8_t)(i * 3);
+        q4[i / 2] = (uint8_t)(i * 13);
+        i32[i] = -i * 1000;
+        u32[i] = (uint32_t)i * 2654435761u;
+        i64[i] = (int64_t)i << 33;
+        u64[i] = ~(uint64_t)i;
+    }
+    struct {
+        const char *name;
+        es_dtype dt;
+        void *data;
+        int ndim;
+        uint64_t s[4];
+    } spec[] = {
+        {"f32.matrix", ES_DT_F32, f32, 2, {25, 40}}, {"f16.vec", ES_DT_F16, f16, 1, {999}}, {"i8.cube", ES_DT_I8, i8, 3, {10, 10, 10}},
+        {"u8.odd", ES_DT_U8, u8, 1, {13}},         {"i32.4d", ES_DT_I32, i32, 4, {2, 5, 10, 10}}, {"u32", ES_DT_U32, u32, 1, {1}},
+        {"i64", ES_DT_I64, i64, 2, {1, 1000}},     {"u64", ES_DT_U64, u64, 1, {777}},           {"i4.odd", ES_DT_I4, q4, 1, {999}},
+        {"zero", ES_DT_F32, f32, 2, {0, 7}},       {"scalar", ES_DT_I64, i64 + 5, 0, {0}},
+    };
+    int nt = (int)(sizeof spec / sizeof spec[0]);
+    es_err err = {0};
+    es_fwriter *w;
+    CHECK_EQ_INT(es_fwriter_open(&w, path, &err), ES_OK);
+    CHECK_EQ_INT(es_fwriter_meta(w, "model", "dlrm"), ES_OK);
+    CHECK_EQ_INT(es_fwriter_meta(w, "unicode", "caf\xc3\xa9 \xf0\x9f\x98\x80"), ES_OK);
+    CHECK_EQ_INT(es_fwriter_meta(w, "blank", ""), ES_OK);
+    CHECK_EQ_INT(es_fwriter_metaf(w, "lr", "%.3f", 0.125), ES_OK);
+    for (int k = 0; k < nt; k++) {
+        es_tensor_ref t;
+        CHECK_EQ_INT(es_tensor_ref_set(&t, spec[k].name, spec[k].dt, spec[k].data, spec[k].ndim, spec[k].s[0], spec[k].s[1], spec[k].s[2], spec[k].s[3]), ES_OK);
+        CHECK_EQ_INT(es_fwriter_tensor(w, &t), ES_OK);
+    }
+    CHECK_EQ_INT(es_fwriter_commit(w, &err), ES_OK);
+
+    es_file *f;
+    int rc = es_file_open(&f, path, 0, &err);
+    CHECK_MSG(rc == ES_OK, "open: %s", err.msg);
+    CHECK_EQ_INT(es_file_version(f), 1);
+    CHECK_EQ_INT(es_file_size(f) % 64, 0);
+    CHECK_EQ_INT(es_file_n_meta(f), 4);
+    const char *k, *v;
+    es_file_meta_at(f, 1, &k, &v);
+    CHECK(strcmp(k, "unicode") == 0 && strcmp(v, "caf\xc3\xa9 \xf0\x9f\x98\x80") == 0);
+    es_file_meta_at(f, 4, &k, &v);
+    CHECK(k == NULL && v == NULL);
+    CHECK(strcmp(es_file_meta(f, "model"), "dlrm") == 0);
+    CHECK(strcmp(es_file_meta(f, "lr"), "0.125") == 0);
+    CHECK(strcmp(es_file_meta(f, "blank"), "") == 0);
+    CHECK(es_file_meta(f, "absent") == NULL);
+    CHECK_EQ_INT(es_file_n_tensors(f), nt);
+    CHECK(es_file_tensor_at(f, nt) == NULL && es_file_tensor_at(f, -1) == NULL);
+    CHECK(es_file_tensor(f, "nope") == NULL);
+    for (int i = 0; i < nt; i++) {
+        const es_tensor_ref *t = es_file_tensor_at(f, i);
+        CHECK(t && es_file_tensor(f, spec[i].name) == t);
+        CHECK(strcmp(t->name, spec[i].name) == 0);
+        CHECK_EQ_INT(t->dtype, spec[i].dt);
+        CHECK_EQ_INT(t->ndim, spec[i].ndim);
+        uint64_t count = 1;
+        for (int d = 0; d < 4; d++) {
+            CHECK_EQ_INT(t->shape[d], d < spec[i].ndim ? spec[i].s[d] : 0);
+            if (d < spec[i].ndim) count *= spec[i].s[d];
+        }
+        CHECK_EQ_INT(t->nbytes, es_dtype_bytes(spec[i].dt, count));
+        CHECK_MSG((uintptr_t)t->data % 64 == 0, "tensor %s not 64-byte aligned", t->name);
+        CHECK_MSG(memcmp(t->data, spec[i].data, t->nbytes) == 0, "tensor %s data differs", t->name);
+        CHECK_EQ_INT(es_file_verify_tensor(f, i, &err), ES_OK);
+    }
+    CHECK_EQ_INT(es_file_verify_tensor(f, nt, &err), ES_EINVAL);
+    /* Spot-check a typed element through the view. */
+    const float *m = es_file_tensor(f, "f32.matrix")->data;
+    CHECK_NEAR(m[999], 999 * 0.5 - 3, 0);
+    es_file_close(f);
+    es_file_close(NULL);
+}
+
+TEST(format_empty_file_round_trip) {
+    const char *path = es_test_path("fmt_empty.es");
+    es_err err = {0};
+    es_fwriter *w;
+    CHECK_EQ_INT(es_fwriter_open(&w, path, &err), ES_OK);
+    CHECK_EQ_INT(es_fwriter_commit(w, &err), ES_OK);
+    es_file *f;
+    CHECK_EQ_INT(es_file_open(&f, path, 0, &err), ES_OK);
+    CHECK_EQ_INT(es_file_n_meta(f), 0);
+    CHECK_EQ_INT(es_file_n_tensors(f), 0);
+    CHECK_EQ_INT(es_file_size(f), 128);
+    CHECK(es_file_meta(f, "x") == NULL && es_file_tensor(f, "x") == NULL);
+    es_file_close(f);
+}
+
+/* ---- corruption ------------------------------------------------------------------ */
+
+TEST(format_every_flipped_byte_is_detected) {
+    /* The fixture has metadata padding, table padding, a zero-size tensor
+     * and tensor tails of 60, 54, 58, ... zero bytes: every kind of byte. */
+    const char *path = es_test_path("fmt_flip.es");
+    es_err err = {0};
+    CHECK_EQ_INT(write_fixture_copy(path, &err), ES_OK);
+    size_t len;
+    uint8_t *b = load_aligned(path, &len);
+    CHECK(b);
+    es_file *f;
+    CHECK_EQ_INT(es_file_open_mem(&f, b, len, 0, &err), ES_OK);
+    es_file_close(f);
+    static const uint8_t masks[] = {0x01, 0x80, 0xff};
+    int by_code[16] = {0};
+    for (size_t pos = 0; pos < len; pos++) {
+        for (size_t m = 0; m < sizeof masks; m++) {
+            b[pos] ^= masks[m];
+            err.msg[0] = 0;
+            int rc = es_file_open_mem(&f, b, len, 0, &err);
+            b[pos] ^= masks[m];
+            if (rc == ES_OK) es_file_close(f);
+            CHECK_MSG(rc < 0, "flip 0x%02x at byte %zu of %zu not detected", masks[m], pos, len);
+            CHECK_MSG(strstr(err.msg, "(memory)") == err.msg, "byte %zu: message does not name the input: %s", pos, err.msg);
+            by_code[-rc]++;
+        }
+    }
+    printf("    %zu bytes x 3 flips: format %d, checksum %d, version %d\n", len, by_code[-ES_EFORMAT], by_code[-ES_ECHECKSUM], by_code[-ES_EVERSION]);
+    /* The same through the file API for a flip in the data area. */
+    b[len - 64] ^= 0x10;
+    CHECK_EQ_INT(write_bytes(path, b, len), 0);
+    CHECK_EQ_INT(es_file_open(&f, path, 0, &err), ES_ECHECKSUM);
+    CHECK_STR_HAS(err.msg, path);
+    CHECK_STR_HAS(err.msg, "'scalar'");
+    free(b);
+}
+
+TEST(format_truncation_is_refused) {
+    const char *path = es_test_path("fmt_trunc.es");
+    es_err err = {0};
+    CHECK_EQ_INT(write_fixture_copy(path, &err), ES_OK);
+    size_t len;
+    uint8_t *b = load_aligned(path, &len);
+    CHECK(b);
+    es_file *f;
+    for (size_t n = 0; n < len; n++) {
+        int rc = es_file_open_mem(&f, b, n, 0, &err);
+        if (rc == ES_OK) es_file_close(f);
+        CHECK_MSG(rc == ES_EFORMAT, "length %zu: rc %d (%s)", n, rc, err.msg);
+        CHECK_MSG(strstr(err.msg, n ? "truncated" : "empty"), "length %zu: %s", n, err.msg);
+    }
+    /* A real file cut inside the data area: the message gives both sizes. */
+    CHECK_EQ_INT(truncate(path, (off_t)len - 100), 0);
+    CHECK_EQ_INT(es_file_open(&f, path, 0, &err), ES_EFORMAT);
+    char want[128];
+    snprintf(want, sizeof want, "truncated: header says %zu bytes, file has %zu", len, len - 100);
+    CHECK_STR_HAS(err.msg, want);
+    CHECK_STR_HAS(err.msg, path);
+    /* Extra bytes after the end are refused too. */
+    uint8_t *big = aligned_alloc(64, len + 64);
+    CHECK(big);
+    memcpy(big, b, len);
+    memset(big + len, 0, 64);
+    CHECK_EQ_INT(es_file_open_mem(&f, big, len + 1, 0, &err), ES_EFORMAT);
+    CHECK_STR_HAS(err.msg, "trailing bytes");
+    free(big);
+    free(b);
+}
+
+TEST(format_newer_version_is_refused) {
+    const char *path = es_test_path("fmt_version.es");
+    es_err err = {0};
+    CHECK_EQ_INT(write_fixture_copy(path, &err), ES_OK);
+    size_t len;
+    uint8_t *b = load_aligned(path, &len);
+    CHECK(b);
+    put32(b + OFF_VERSION, 2);
+    es__file_fix_checksum(b, len); /* a well-formed file of a newer version */
+    CHECK_EQ_INT(write_bytes(path, b, len), 0);
+    es_file *f;
+    CHECK_EQ_INT(es_file_open(&f, path, 0, &err), ES_EVERSION);
+    CHECK_STR_HAS(err.msg, path);
+    CHECK_STR_HAS(err.msg, "format version 2 is newer than this embstore (max 1)");
+    put32(b + OFF_VERSION, 0);
+    es__file_fix_checksum(b, len);
+    CHECK_EQ_INT(es_file_open_mem(&f, b, len, 0, &err), ES_EFORMAT);
+    CHECK_STR_HAS(err.msg, "version 0");
+    free(b);
+}
+
+TEST(format_wrong_endianness_is_refused) {
+    const char *path = es_test_path("fmt_endian.es");
+    es_err err = {0};
+    CHECK_EQ_INT(write_fixture_copy(path, &err), ES_OK);
+    size_t len;
+    uint8_t *b = load_aligned(path, &len);
+    CHECK(b);
+    /* What a machine of the other byte order writes: every integer field
+     * reversed.  The reader must stop at the mark, before trusting any. */
+    for (size_t off = OFF_VERSION; off < OFF_N_META; off += 4) put32(b + off, __builtin_bswap32(get32(b + off)));
+    for (size_t off = OFF_N_META; off < OFF_TABLE_OFF - 16; off += 4) put32(b + off, __builtin_bswap32(get32(b + off)));
+    for (size_t off = 40; off < OFF_RESERVED; off += 8) put64(b + off, __builtin_bswap64(get64(b + off)));
+    CHECK_EQ_INT(write_bytes(path, b, len), 0);
+    es_file *f;
+    CHECK_EQ_INT(es_file_open(&f, path, 0, &err), ES_EFORMAT);
+    CHECK_STR_HAS(err.msg, path);
+    CHECK_STR_HAS(err.msg, "wrong endianness");
+    /* Not the swapped mark, just garbage. */
+    put32(b + OFF_ENDIAN, 0x01020305);
+    CHECK_EQ_INT(es_file_open_mem(&f, b, len, 0, &err), ES_EFORMAT);
+    CHECK_STR_HAS(err.msg, "bad endianness mark");
+    free(b);
+}
+
+TEST(format_no_verify_defers_tensor_checksums) {
+    const char *path = es_test_path("fmt_lazy.es");
+    es_err err = {0};
+    CHECK_EQ_INT(write_fixture_copy(path, &err), ES_OK);
+    size_t len;
+    uint8_t *b = load_aligned(path, &len);
+    CHECK(b);
+    es_file *f;
+    CHECK_EQ_INT(es_file_open_mem(&f, b, len, 0, &err), ES_OK);
+    const es_tensor_ref *t = es_file_tensor(f, "i32");
+    size_t at = (size_t)((const uint8_t *)t->data - b) + 5;
+    es_file_close(f);
+    b[at] ^= 0x04;
+    CHECK_EQ_INT(write_bytes(path, b, len), 0);
+    CHECK_EQ_INT(es_file_open(&f, path, 0, &err), ES_ECHECKSUM);
+    CHECK_STR_HAS(err.msg, "tensor 'i32' checksum mismatch");
+    CHECK_STR_HAS(err.msg, path);
+    CHECK_EQ_INT(es_file_open(&f, path, ES_FILE_NO_VERIFY, &err), ES_OK);
+    int bad = -1;
+    for (int i = 0; i < es_file_n_tensors(f); i++) {
+        int rc = es_file_verify_tensor(f, i, &err);
+        if (rc) {
+            CHECK_EQ_INT(rc, ES_ECHECKSUM);
+            CHECK_MSG(bad < 0, "two tensors fail verification");
+            bad = i;
+            CHECK_STR_HAS(err.msg, "tensor 'i32'");
+            CHECK_STR_HAS(err.msg, path);
+        }
+    }
+    CHECK_EQ_INT(bad, 4);
+    es_file_close(f);
+    /* Padding is still checked under NO_VERIFY (it is cheap). */
+    b[at] ^= 0x04;
+    b[len - 1] = 1;
+    CHECK_EQ_INT(es_file_open_mem(&f, b, len, ES_FILE_NO_VERIFY, &err), ES_ECHECKSUM);
+    CHECK_STR_HAS(err.msg, "padding after tensor 'scalar'");
+    free(b);
+}
+
+/* Apply `edit` to a fresh copy of the fixture image, fix the header
+ * checksum, and expect a refusal with `want` in the message. */
+typedef void (*edit_fn)(uint8_t *b, size_t len);
+
+static int expect_refusal(const uint8_t *orig, size_t len, edit_fn edit, int code, const char *want, char *msg, size_t msgsz) {
+    uint8_t *b = aligned_alloc(64, (len + 63) & ~(size_t)63);
+    if (!b) return 0;
+    memcpy(b, orig, len);
+    edit(b, len);
+    es__file_fix_checksum(b, len);
+    es_err err = {0};
+    es_file *f;
+    int rc = es_file_open_mem(&f, b, len, 0, &err);
+    if (rc == ES_OK) es_file_close(f);
+    free(b);
+    snprintf(msg, msgsz, "rc %d, message: %s", rc, err.msg);
+    return rc == code && strstr(err.msg, want) && strstr(err.msg, "(memory)") == err.msg;
+}
+
+static uint8_t *entry(uint8_t *b, int i) { return b + get64(b + OFF_TABLE_OFF) + (size_t)i * ENTRY; }
+static void ed_dtype(uint8_t *b, size_t n) { put32(entry(b, 0) + ENT_DTYPE, 77); }
+static void ed_ndim(uint8_t *b, size_t n) { put32(entry(b, 0) + ENT_NDIM, 5); }
+static void ed_unused_dim(uint8_t *b, size_t n) { put64(entry(b, 0) + ENT_SHAPE + 24, 1); }
+static void ed_shape(uint8_t *b, size_t n) { put64(entry(b, 0) + ENT_SHAPE, 4); }
+static void ed_shape_overflow(uint8_t *b, size_t n) {
+    put64(entry(b, 0) + ENT_SHAPE, UINT64_MAX / 2);
+    put64(entry(b, 0) + ENT_SHAPE + 8, 3);
+}
+static void ed_overlap(uint8_t *b, size_t n) { put64(entry(b, 1) + ENT_OFFSET, get64(entry(b, 0) + ENT_OFFSET)); }
+static void ed_gap(uint8_t *b, size_t n) { put64(entry(b, 1) + ENT_OFFSET, get64(entry(b, 1) + ENT_OFFSET) + 64); }
+static void ed_unaligned(uint8_t *b, size_t n) { put64(entry(b, 1) + ENT_OFFSET, get64(entry(b, 1) + ENT_OFFSET) + 8); }
+static void ed_out_of_range(uint8_t *b, size_t n) { put64(entry(b, 10) + ENT_OFFSET, UINT64_MAX - 63); }
+static void ed_before_data(uint8_t *b, size_t n) { put64(entry(b, 0) + ENT_OFFSET, 0); }
+static void ed_nbytes(uint8_t *b, size_t n) { put64(entry(b, 0) + ENT_NBYTES, 44); }
+static void ed_dup_name(uint8_t *b, size_t n) { memcpy(entry(b, 3), "i8", 3); } /* "u8" -> "i8" */
+static void ed_name_unterminated(uint8_t *b, size_t n) { memset(entry(b, 2), 'x', 64); }
+static void ed_name_empty(uint8_t *b, size_t n) { memset(entry(b, 2), 0, 64); }
+static void ed_name_junk(uint8_t *b, size_t n) { entry(b, 2)[40] = 'j'; }
+static void ed_name_utf8(uint8_t *b, size_t n) { entry(b, 2)[0] = 0xC0; }
+/* Metadata: first entry "embstore.kind" (klen 13) at 128, its value at
+ * 128 + 4 + 14; second key "note" at 128 + 4 + 14 + 4 + 8. */
+static void ed_meta_unterminated(uint8_t *b, size_t n) { b[HEADER + 4 + 13] = 'x'; }
+static void ed_meta_nul_inside(uint8_t *b, size_t n) { b[HEADER + 4 + 3] = 0; }
+static void ed_meta_len(uint8_t *b, size_t n) { put32(b + HEADER, 0x7fffffff); }
+static void ed_meta_dup(uint8_t *b, size_t n) { memcpy(b + HEADER + 30 + 4, "n\0\0\0", 4); } /* key "note" -> "n" */
+static void ed_meta_utf8(uint8_t *b, size_t n) { b[HEADER + 4] = 0xff; }
+static void ed_meta_empty_key(uint8_t *b, size_t n) { put32(b + HEADER, 0); }
+static void ed_n_meta_big(uint8_t *b, size_t n) { put32(b + OFF_N_META, 5); }
+static void ed_n_meta_small(uint8_t *b, size_t n) { put32(b + OFF_N_META, 3); }
+static void ed_n_meta_huge(uint8_t *b, size_t n) { put32(b + OFF_N_META, 0xffffffff); }
+static void ed_n_tensors(uint8_t *b, size_t n) { put32(b + OFF_N_TENSORS, 10); }
+static void ed_reserved(uint8_t *b, size_t n) { b[OFF_RESERVED + 5] = 1; }
+static void ed_table_off(uint8_t *b, size_t n) { put64(b + OFF_TABLE_OFF, get64(b + OFF_TABLE_OFF) + 8); }
+static void ed_data_off_inside_header(uint8_t *b, size_t n) { put64(b + OFF_DATA_OFF, 64); }
+static void ed_file_size(uint8_t *b, size_t n) { put64(b + OFF_FILE_SIZE, n - 64); }
+
+TEST(format_malformed_tables_are_refused) {
+    const char *path = es_test_path("fmt_malformed.es");
+    es_err err = {0};
+    CHECK_EQ_INT(write_fixture_copy(path, &err), ES_OK);
+    size_t len;
+    uint8_t *b = load_aligned(path, &len);
+    CHECK(b);
+    struct {
+        const char *what;
+        edit_fn edit;
+        int code;
+        const char *want;
+    } cases[] = {
+        {"unknown dtype", ed_dtype, ES_EFORMAT, "tensor 'emb.weight': unknown dtype 77"},
+        {"ndim 5", ed_ndim, ES_EFORMAT, "5 dimensions"},
+        {"unused dim", ed_unused_dim, ES_EFORMAT, "unused dimension 3"},
+        {"shape vs nbytes", ed_shape, ES_EFORMAT, "need 64 bytes, table says 48"},
+        {"shape overflow", ed_shape_overflow, ES_EFORMAT, "overflows"},
+        {"nbytes", ed_nbytes, ES_EFORMAT, "table says 44"},
+        {"overlap", ed_overlap, ES_EFORMAT, "tensor 'half' overlaps tensor 'emb.weight'"},
+        {"gap", ed_gap, ES_EFORMAT, "unexpected gap"},
+        {"unaligned", ed_unaligned, ES_EFORMAT, "not 64-byte aligned"},
+        {"out of range", ed_out_of_range, ES_EFORMAT, "outside the file"},
+        {"before data", ed_before_data, ES_EFORMAT, "before the data area"},
+        {"duplicate tensor", ed_dup_name, ES_EFORMAT, "duplicate tensor name 'i8'"},
+        {"unterminated name", ed_name_unterminated, ES_EFORMAT, "tensor 2: name is not NUL-terminated"},
+        {"empty name", ed_name_empty, ES_EFORMAT, "name is empty"},
+        {"junk after name", ed_name_junk, ES_EFORMAT, "bytes after the name"},
+        {"name utf8", ed_name_utf8, ES_EFORMAT, "not valid UTF-8"},
+        {"meta unterminated", ed_meta_unterminated, ES_EFORMAT, "metadata entry 0: key is not NUL-terminated"},
+        {"meta inner nul", ed_meta_nul_inside, ES_EFORMAT, "contains a NUL"},
+        {"meta length", ed_meta_len, ES_EFORMAT, "runs past the metadata block"},
+        {"meta dup", ed_meta_dup, ES_EFORMAT, "duplicate metadata key 'n'"},
+        {"meta utf8", ed_meta_utf8, ES_EFORMAT, "not valid UTF-8"},
+        {"meta empty key", ed_meta_empty_key, ES_EFORMAT, "key is empty"},
+        {"n_meta too big", ed_n_meta_big, ES_EFORMAT, "metadata entry 4"},
+        {"n_meta too small", ed_n_meta_small, ES_EFORMAT, "after its last entry"},
+        {"n_meta huge", ed_n_meta_huge, ES_EFORMAT, "exceed the limit"},
+        {"n_tensors", ed_n_tensors, ES_EFORMAT, "tensor table"},
+        {"reserved", ed_reserved, ES_EFORMAT, "reserved header bytes"},
+        {"table offset", ed_table_off, ES_EFORMAT, "tensor table offset"},
+        {"data offset", ed_data_off_inside_header, ES_EFORMAT, "inside the header"},
+        {"file size", ed_file_size, ES_EFORMAT, "trailing bytes"},
+    };
+    char msg[600];
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
+        CHECK_MSG(expect_refusal(b, len, cases[c].edit, cases[c].code, cases[c].want, msg, sizeof msg), "%s: want \"%s\", got %s", cases[c].what,
+                  cases[c].want, msg);
+    free(b);
+}
+
+TEST(format_open_errors_name_the_input) {
+    es_err err = {0};
+    es_file *f = (es_file *)1;
+    const char *missing = es_test_path("fmt_does_not_exist.es");
+    CHECK_EQ_INT(es_file_open(&f, missing, 0, &err), ES_EIO);
+    CHECK(f == NULL);
+    CHECK_STR_HAS(err.msg, missing);
+    CHECK_STR_HAS(err.msg, "cannot open");
+    const char *dir = es_test_path("");
+    CHECK(es_file_open(&f, dir, 0, &err) < 0);
+    const char *empty = es_test_path("fmt_zero.es");
+    CHECK_EQ_INT(write_bytes(empty, "", 0), 0);
+    CHECK_EQ_INT(es_file_open(&f, empty, 0, &err), ES_EFORMAT);
+    CHECK_STR_HAS(err.msg, "not an embstore file (empty)");
+    const char *text = es_test_path("fmt_text.es");
+    const char *junk = "label,a,b\n1,2,3\n this is a csv file, not an embstore file at all .......................\n";
+    CHECK_EQ_INT(write_bytes(text, junk, strlen(junk)), 0);
+    CHECK_EQ_INT(es_file_open(&f, text, 0, &err), ES_EFORMAT);
+    CHECK_STR_HAS(err.msg, text);
+    CHECK_STR_HAS(err.msg, "not an embstore file");
+    static _Alignas(64) uint8_t buf[256];
+    CHECK_EQ_INT(es_file_open_mem(&f, buf + 8, 128, 0, &err), ES_EINVAL);
+    CHECK_STR_HAS(err.msg, "aligned");
+    CHECK_EQ_INT(es_file_open_mem(&f, NULL, 0, 0, &err), ES_EFORMAT);
+}
+
+/* ---- atomic writes ------------------------------------------------------------- */
+
+TEST(format_unwritable_path_leaves_nothing) {
+    const char *path = es_test_path("fmt_no_such_dir/out.es");
+    es_err err = {0};
+    es_fwriter *w = (es_fwriter *)1;
+    CHECK_EQ_INT(es_fwriter_open(&w, path, &err), ES_EIO);
+    CHECK(w == NULL);
+    CHECK_STR_HAS(err.msg, path);
+    CHECK(access(path, F_OK) != 0);
+
+    /* The rename fails (destination is a directory): no temporary is left
+     * and the directory is untouched. */
+    const char *dirdest = es_test_path("fmt_dir_dest");
+    mkdir(dirdest, 0755);
+    CHECK_EQ_INT(es_fwriter_open(&w, dirdest, &err), ES_OK);
+    CHECK_EQ_INT(es_fwriter_meta(w, "k", "v"), ES_OK);
+    CHECK(es_fwriter_commit(w, &err) < 0);
+    CHECK_STR_HAS(err.msg, dirdest);
+    struct stat st;
+    CHECK(stat(dirdest, &st) == 0 && S_ISDIR(st.st_mode));
+    const char *tmpdir = es_test_path("");
+    CHECK_EQ_INT(count_prefixed(tmpdir, "fmt_dir_dest.tmp."), 0);
+
+    /* A failed commit over an existing file leaves that file intact. */
+    const char *keep = es_test_path("fmt_keep.es");
+    CHECK_EQ_INT(write_fixture_copy(keep, &err), ES_OK);
+    char *before = es_test_slurp(keep);
+    CHECK(before);
+    CHECK_EQ_INT(es_fwriter_open(&w, keep, &err), ES_OK);
+    CHECK(es_fwriter_meta(w, "", "empty key") < 0);
+    CHECK(es_fwriter_commit(w, &err) < 0);
+    CHECK_STR_HAS(err.msg, "key is empty");
+    size_t n;
+    uint8_t *after = load_aligned(keep, &n);
+    CHECK(after && n == 2304 && memcmp(before, after, n) == 0);
+    free(before);
+    free(after);
+    CHECK_EQ_INT(count_prefixed(tmpdir, "fmt_keep.es.tmp."), 0);
+
+    /* Abort leaves nothing either. */
+    const char *ab = es_test_path("fmt_aborted.es");
+    remove(ab);
+    CHECK_EQ_INT(es_fwriter_open(&w, ab, &err), ES_OK);
+    es_fwriter_abort(w);
+    es_fwriter_abort(NULL);
+    CHECK(access(ab, F_OK) != 0);
+    CHECK_EQ_INT(count_prefixed(tmpdir, "fmt_aborted.es.tmp."), 0);
+}
+
+/* ---- the committed fixture ------------------------------------------------------- */
+
+TEST(format_fixture_v1_loads) {
+    es_err err = {0};
+    es_file *f;
+    int rc = es_file_open(&f, FIX_V1_PATH, 0, &err);
+    if (!host_little_endian()) {
+        /* The fixture was written on a little-endian machine. */
+        CHECK_EQ_INT(rc, ES_EFORMAT);
+        CHECK_STR_HAS(err.msg, "wrong endianness");
+        return;
+    }
+    CHECK_MSG(rc == ES_OK, "%s", err.msg);
+    CHECK_EQ_INT(es_file_version(f), 1);
+    CHECK_EQ_INT(es_file_size(f), 2304);
+    CHECK_EQ_INT(es_file_n_meta(f), FIX_V1_N_META);
+    for (int i = 0; i < FIX_V1_N_META; i++) {
+        const char *k, *v;
+        es_file_meta_at(f, i, &k, &v);
+        CHECK(strcmp(k, fix_v1_meta[i][0]) == 0 && strcmp(v, fix_v1_meta[i][1]) == 0);
+    }
+    CHECK(strcmp(es_file_meta(f, "note"), "h\xc3\xa9llo w\xc3\xb6rld \xe2\x9c\x93") == 0);
+    CHECK_EQ_INT(es_file_n_tensors(f), FIX_V1_N_TENSORS);
+    static const es_dtype want_dt[FIX_V1_N_TENSORS] = {ES_DT_F32, ES_DT_F16, ES_DT_I8, ES_DT_U8, ES_DT_I32, ES_DT_U32,
+                                                       ES_DT_I64, ES_DT_U64, ES_DT_I4, ES_DT_F32, ES_DT_F32};
+    for (int k = 0; k < FIX_V1_N_TENSORS; k++) {
+        const es_tensor_ref *t = es_file_tensor_at(f, k);
+        const fix_v1_tensor *d = &fix_v1_tensors[k];
+        CHECK(strcmp(t->name, d->name) == 0);
+        CHECK_EQ_INT(t->dtype, want_dt[k]);
+        CHECK_EQ_INT(t->ndim, d->ndim);
+        for (int j = 0; j < 4; j++) CHECK_EQ_INT(t->shape[j], d->shape[j]);
+    }
+    const es_tensor_ref *t;
+    t = es_file_tensor(f, "emb.weight");
+    CHECK_EQ_INT(t->nbytes, 48);
+    for (int i = 0; i < 12; i++) CHECK_NEAR(((const float *)t->data)[i], fix_v1_f32(i), 0);
+    t = es_file_tensor(f, "half");
+    for (int i = 0; i < 5; i++) CHECK_EQ_INT(((const uint16_t *)t->data)[i], fix_v1_f16(i));
+    t = es_file_tensor(f, "i8");
+    for (int i = 0; i < 6; i++) CHECK_EQ_INT(((const int8_t *)t->data)[i], fix_v1_i8(i));
+    t = es_file_tensor(f, "u8");
+    for (int i = 0; i < 7; i++) CHECK_EQ_INT(((const uint8_t *)t->data)[i], fix_v1_u8(i));
+    t = es_file_tensor(f, "i32");
+    for (int i = 0; i < 8; i++) CHECK_EQ_INT(((const int32_t *)t->data)[i], fix_v1_i32(i));
+    t = es_file_tensor(f, "u32");
+    for (int i = 0; i < 3; i++) CHECK_EQ_INT(((const uint32_t *)t->data)[i], fix_v1_u32(i));
+    t = es_file_tensor(f, "i64");
+    for (int i = 0; i < 2; i++) CHECK_EQ_INT(((const int64_t *)t->data)[i], fix_v1_i64(i));
+    t = es_file_tensor(f, "u64");
+    for (int i = 0; i < 2; i++) CHECK(((const uint64_t *)t->data)[i] == fix_v1_u64(i));
+    t = es_file_tensor(f, "q4");
+    CHECK_EQ_INT(t->nbytes, 4);
+    for (int i = 0; i < 7; i++) CHECK_EQ_INT((((const uint8_t *)t->data)[i / 2] >> (4 * (i & 1))) & 15, i); /* low nibble first */
+    t = es_file_tensor(f, "empty");
+    CHECK_EQ_INT(t->nbytes, 0);
+    t = es_file_tensor(f, "scalar");
+    CHECK_EQ_INT(t->nbytes, 4);
+    CHECK_NEAR(*(const float *)t->data, FIX_V1_SCALAR, 0);
+    es_file_close(f);
+
+    /* Today's writer still produces exactly these bytes: version 1 has not
+     * drifted (a layout change needs a version bump and a new fixture). */
+    const char *path = es_test_path("fmt_fixture_again.es");
+    CHECK_EQ_INT(write_fixture_copy(path, &err), ES_OK);
+    size_t n1, n2;
+    uint8_t *a = load_aligned(FIX_V1_PATH, &n1), *b = load_aligned(path, &n2);
+    CHECK(a && b);
+    CHECK_EQ_INT(n1, n2);
+    size_t diff = 0;
+    while (diff < n1 && a[diff] == b[diff]) diff++;
+    CHECK_MSG(diff == n1, "writer output differs from the fixture at byte %zu", diff);
+    free(a);
+    free(b);
+}

@@ -1,0 +1,137 @@
+/*
+ * cmd_inspect.c — `embstore inspect FILE`: metadata, tensor table, bytes
+ * per part and per-field table statistics of a model (or any container).
+ */
+#include "cli.h"
+
+#include <string.h>
+
+static const char inspect_help[] =
+    "usage: embstore inspect FILE [--no-verify] [--json]\n"
+    "\n"
+    "Print what an embstore file holds: its metadata (model, storage method and\n"
+    "resolved hyper-parameters, input schema, training command and metrics), the\n"
+    "tensor table (name, dtype, shape, bytes), bytes per part, and the per-field\n"
+    "statistics of the embedding table recorded at training time (distinct values,\n"
+    "rows addressable, rows used, values colliding with another value).\n"
+    "Checksums are verified unless --no-verify.\n";
+
+static const char *part_of(const char *name) {
+    if (!strncmp(name, "opt.", 4)) return "optimizer state";
+    if (!strncmp(name, "storage.", 8)) return "embedding storage";
+    if (!strncmp(name, "net.", 4)) return "dense network";
+    return "other";
+}
+
+static void json_str(const char *s) {
+    putchar('"');
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') printf("\\%c", c);
+        else if (c < 0x20) printf("\\u%04x", c);
+        else putchar(c);
+    }
+    putchar('"');
+}
+
+int cmd_inspect(int argc, char **argv) {
+    const char *cmd = "inspect", *path = NULL;
+    unsigned flags = 0;
+    int json = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            fputs(inspect_help, stdout);
+            return 0;
+        } else if (!strcmp(argv[i], "--no-verify")) flags |= ES_LOAD_NO_VERIFY;
+        else if (!strcmp(argv[i], "--json")) json = 1;
+        else if (argv[i][0] == '-' && argv[i][1]) return cli_usage(cmd, "unknown option '%s'", argv[i]);
+        else if (!path) path = argv[i];
+        else return cli_usage(cmd, "unexpected argument '%s'", argv[i]);
+    }
+    if (!path) return cli_usage(cmd, "no file given");
+    es_file *f = NULL;
+    es_err err = {0};
+    if (es_container_open(&f, path, flags, &err) != 0) return cli_fail(cmd, "%s", err.msg);
+    int nm = es_container_n_meta(f), nt = es_container_n_tensors(f);
+    const char *parts[] = {"embedding storage", "dense network", "optimizer state", "other"};
+    uint64_t part_bytes[4] = {0};
+    for (int i = 0; i < nt; i++) {
+        const char *name, *dt;
+        int nd;
+        uint64_t sh[4], nb;
+        es_container_tensor_info(f, i, &name, &dt, &nd, sh, &nb);
+        for (int k = 0; k < 4; k++)
+            if (!strcmp(part_of(name), parts[k])) part_bytes[k] += nb;
+    }
+    if (json) {
+        printf("{\"file\":");
+        json_str(path);
+        printf(",\"version\":%u,\"bytes\":%llu,\"meta\":{", es_container_version(f), (unsigned long long)es_container_size(f));
+        for (int i = 0; i < nm; i++) {
+            const char *k, *v;
+            es_container_meta_at(f, i, &k, &v);
+            if (i) putchar(',');
+            json_str(k);
+            putchar(':');
+            json_str(v);
+        }
+        printf("},\"tensors\":[");
+        for (int i = 0; i < nt; i++) {
+            const char *name, *dt;
+            int nd;
+            uint64_t sh[4], nb;
+            es_container_tensor_info(f, i, &name, &dt, &nd, sh, &nb);
+            printf("%s{\"name\":", i ? "," : "");
+            json_str(name);
+            printf(",\"dtype\":\"%s\",\"shape\":[", dt);
+            for (int d = 0; d < nd; d++) printf("%s%llu", d ? "," : "", (unsigned long long)sh[d]);
+            printf("],\"bytes\":%llu}", (unsigned long long)nb);
+        }
+        printf("],\"parts\":{");
+        for (int k = 0; k < 4; k++) printf("%s\"%s\":%llu", k ? "," : "", parts[k], (unsigned long long)part_bytes[k]);
+        printf("}}\n");
+        es_container_close(f);
+        return 0;
+    }
+    printf("%s: embstore file, format version %u, %llu bytes, %d metadata entries, %d tensors\n", path, es_container_version(f),
+           (unsigned long long)es_container_size(f), nm, nt);
+    printf("\nmetadata:\n");
+    for (int i = 0; i < nm; i++) {
+        const char *k, *v;
+        es_container_meta_at(f, i, &k, &v);
+        if (strncmp(k, "stats.field.", 12) == 0) continue; /* shown as a table below */
+        printf("  %-24s %s\n", k, v);
+    }
+    printf("\ntensors:\n  %-40s %-5s %-24s %12s\n", "name", "dtype", "shape", "bytes");
+    for (int i = 0; i < nt; i++) {
+        const char *name, *dt;
+        int nd;
+        uint64_t sh[4], nb;
+        es_container_tensor_info(f, i, &name, &dt, &nd, sh, &nb);
+        char shape[64] = "[";
+        size_t o = 1;
+        for (int d = 0; d < nd && o < sizeof shape; d++)
+            o += (size_t)snprintf(shape + o, sizeof shape - o, d ? ", %llu" : "%llu", (unsigned long long)sh[d]);
+        snprintf(shape + o, sizeof shape - o, "]");
+        printf("  %-40s %-5s %-24s %12llu\n", name, dt, shape, (unsigned long long)nb);
+    }
+    printf("\nbytes per part:\n");
+    for (int k = 0; k < 4; k++)
+        if (part_bytes[k]) printf("  %-20s %12llu\n", parts[k], (unsigned long long)part_bytes[k]);
+    const char *aux = es_container_meta(f, "storage.aux_bytes");
+    if (aux) printf("  %-20s %12s  (lookup maps, part of embedding storage)\n", "of which maps", aux);
+    int header = 0;
+    for (int i = 0; i < nm; i++) {
+        const char *k, *v;
+        es_container_meta_at(f, i, &k, &v);
+        if (strncmp(k, "stats.field.", 12) != 0) continue;
+        if (!header) {
+            printf("\nper-field embedding statistics (from the training data):\n  %-10s %s\n", "field",
+                   "distinct values, rows addressable, rows used, colliding values");
+            header = 1;
+        }
+        printf("  %-10s %s\n", k + 12, v);
+    }
+    es_container_close(f);
+    return 0;
+}

@@ -1,0 +1,443 @@
+/*
+ * cmd_train.c — `embstore train`, `embstore eval`, `embstore predict`.
+ */
+#include "cli.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- shared reader options ---------------------------------------------------- */
+
+/* Parse one reader option at argv[*i]; returns 1 if consumed, 0 if not a
+ * reader option, -1 on a usage error. */
+static int reader_opt(const char *cmd, int argc, char **argv, int *i, es_reader_params *rp) {
+    const char *a = argv[*i], *v;
+    double d;
+    if (!strcmp(a, "--format")) {
+        if (!(v = cli_next(cmd, argc, argv, i))) return -1;
+        if (!strcmp(v, "criteo") || !strcmp(v, "tsv")) rp->format = ES_FMT_CRITEO;
+        else if (!strcmp(v, "csv")) rp->format = ES_FMT_CSV;
+        else if (!strcmp(v, "libsvm")) rp->format = ES_FMT_LIBSVM;
+        else if (!strcmp(v, "libffm")) rp->format = ES_FMT_LIBFFM;
+        else if (!strcmp(v, "auto")) rp->format = ES_FMT_AUTO;
+        else {
+            cli_usage(cmd, "--format expects criteo, csv, libsvm, libffm or auto, got '%s'", v);
+            return -1;
+        }
+        return 1;
+    }
+    if (!strcmp(a, "--columns")) {
+        if (!(v = cli_next(cmd, argc, argv, i))) return -1;
+        rp->columns = v;
+        if (rp->format == ES_FMT_AUTO) rp->format = ES_FMT_CSV;
+        return 1;
+    }
+    if (!strcmp(a, "--delim")) {
+        if (!(v = cli_next(cmd, argc, argv, i))) return -1;
+        if (!strcmp(v, "\\t") || !strcmp(v, "tab")) rp->delim = '\t';
+        else if (strlen(v) == 1) rp->delim = v[0];
+        else {
+            cli_usage(cmd, "--delim expects one character (or 'tab'), got '%s'", v);
+            return -1;
+        }
+        return 1;
+    }
+    if (!strcmp(a, "--multi-sep")) {
+        if (!(v = cli_next(cmd, argc, argv, i))) return -1;
+        if (strlen(v) != 1) {
+            cli_usage(cmd, "--multi-sep expects one character, got '%s'", v);
+            return -1;
+        }
+        rp->multi_sep = v[0];
+        return 1;
+    }
+    if (!strcmp(a, "--no-header")) {
+        rp->header = 0;
+        return 1;
+    }
+    if (!strcmp(a, "--skip-bad")) {
+        rp->skip_bad = 1;
+        return 1;
+    }
+    if (!strcmp(a, "--pool")) {
+        if (!(v = cli_next(cmd, argc, argv, i))) return -1;
+        if (!strcmp(v, "sum")) rp->pool = ES_POOL_SUM;
+        else if (!strcmp(v, "mean")) rp->pool = ES_POOL_MEAN;
+        else {
+            cli_usage(cmd, "--pool expects sum or mean, got '%s'", v);
+            return -1;
+        }
+        return 1;
+    }
+    if (!strcmp(a, "--label-threshold")) {
+        if (!(v = cli_next(cmd, argc, argv, i)) || cli_double(cmd, a, v, -1e300, 1e300, &d)) return -1;
+        rp->label_threshold = d;
+        return 1;
+    }
+    return 0;
+}
+
+#define READER_HELP                                                                                \
+    "input options:\n"                                                                             \
+    "  --format F            criteo | csv | libsvm | libffm | auto (default: from the file name;\n" \
+    "                        .tsv = Criteo TSV, .csv = CSV, .libsvm/.svm, .libffm/.ffm; .gz ok)\n" \
+    "  --columns SPEC        CSV column roles, e.g. 'rating:label,userId:cat,genres:multi'\n"      \
+    "                        (roles: label num cat multi ignore; names or 0-based indexes)\n"     \
+    "  --delim C             CSV delimiter (default ','; 'tab' for tabs)\n"                        \
+    "  --no-header           CSV file has no header line\n"                                        \
+    "  --multi-sep C         separator inside multi-valued fields (default '|')\n"                 \
+    "  --pool sum|mean       pooling of multi-valued fields (default sum)\n"                       \
+    "  --label-threshold X   label = (label column >= X), e.g. 4 for ratings\n"                     \
+    "  --skip-bad            skip malformed lines (count and report them) instead of stopping\n"
+
+/* ---- train ------------------------------------------------------------------------ */
+
+static const char train_help[] =
+    "usage: embstore train FILE [options]\n"
+    "\n"
+    "Train a click-through-rate model on a labeled click log, evaluate it on held-out\n"
+    "rows and print one JSON line with the metrics, bytes and speed.\n"
+    "\n"
+    "data:\n"
+    "  --valid FILE          validation file (default: hold out --valid-frac of FILE)\n"
+    "  --valid-frac F        hold out the LAST fraction F of FILE's rows (default 0.2; 0 = none)\n"
+    "  --max-rows N          read at most N rows of FILE\n" READER_HELP
+    "model:\n"
+    "  --model M             lr | fm | dlrm | dcn (default dlrm)\n"
+    "  --dim K               embedding dimension (default 16)\n"
+    "  --bottom A,B,..       DLRM bottom MLP widths (last = K; default 64,K)\n"
+    "  --top A,B,..          DLRM top / DCN deep MLP widths (default 64,32; a final 1 is added)\n"
+    "  --cross N             DCN-v2 cross layers (default 2)\n"
+    "embedding storage:\n"
+    "  --storage S           full | hash | unified | ... (default unified)\n"
+    "  --budget B            serving bytes of the table: bytes (e.g. 2000000, 4M, 1G) or a\n"
+    "                        fraction of the full table (e.g. 0.1 or 1/100); full: 0 = exact\n"
+    "  --min-count N         values seen fewer times share the field's OOV row (full; default 1)\n"
+    "  --chunks K            unified: lookups per field, concatenated (default 1)\n"
+    "  --subtables T         unified: sub-tables the chunks are spread over (default 1)\n"
+    "  --share fields|none   one parameter space for all fields, or one per field\n"
+    "  --storage-opts S      method-specific options 'k=v,k=v'\n"
+    "optimisation:\n"
+    "  --epochs E            passes over the training rows (default 1)\n"
+    "  --batch N             rows per step (default 256)\n"
+    "  --lr X                dense optimizer learning rate (default 0.001)\n"
+    "  --optim O             adam | adagrad | sgd for dense layers (default adam)\n"
+    "  --emb-lr X            table learning rate (default 0.05)\n"
+    "  --emb-optim O         rowwise | adagrad | sgd for tables (default rowwise)\n"
+    "  --weight-decay X      L2 on dense weights (default 0)\n"
+    "  --threads T           threads (default 1; 0 = all cores)\n"
+    "  --seed S              random seed (default 1); --threads 1 runs are repeatable\n"
+    "output:\n"
+    "  --out MODEL           write the trained model file\n"
+    "  --checkpoint-every N  every N batches write a checkpoint (model + optimizer state +\n"
+    "                        data position) to MODEL.ckpt (or --checkpoint PATH)\n"
+    "  --resume              continue from the checkpoint if it exists; the result equals an\n"
+    "                        uninterrupted run (bit for bit with --threads 1)\n"
+    "  --quiet               no progress line\n"
+    "\n"
+    "The last line on stdout is JSON: auc, logloss, calibration, rows, emb_bytes,\n"
+    "param_bytes, train_rows_per_s, ...\n"
+    "\n"
+    "example:\n"
+    "  embstore train data/criteo_kaggle_train_first10k.tsv --valid-frac 0.2 \\\n"
+    "      --model dlrm --storage unified --budget 0.1 --epochs 3\n";
+
+static int parse_layers(const char *cmd, const char *opt, const char *s, int *v, int *n) {
+    int k = 0;
+    const char *p = s;
+    while (*p) {
+        char *end;
+        long x = strtol(p, &end, 10);
+        if (end == p || x <= 0 || x > 65536 || (*end && *end != ',') || k >= 8) {
+            cli_usage(cmd, "%s expects up to 8 positive comma-separated widths, got '%s'", opt, s);
+            return -1;
+        }
+        v[k++] = (int)x;
+        p = *end ? end + 1 : end;
+    }
+    if (k == 0) {
+        cli_usage(cmd, "%s expects at least one width", opt);
+        return -1;
+    }
+    *n = k;
+    return 0;
+}
+
+/* "0.1", "1/100", "2000000", "4M", "1.5G" */
+static int parse_budget(const char *cmd, const char *s, double *out) {
+    char *end;
+    double a = strtod(s, &end);
+    if (end == s || !(a >= 0)) goto bad;
+    if (*end == '/') {
+        double b = strtod(end + 1, &end);
+        if (*end || !(b > 0)) goto bad;
+        a /= b;
+    } else if (*end) {
+        double mult = 0;
+        if (!strcmp(end, "K") || !strcmp(end, "k") || !strcmp(end, "KB")) mult = 1e3;
+        else if (!strcmp(end, "M") || !strcmp(end, "MB")) mult = 1e6;
+        else if (!strcmp(end, "G") || !strcmp(end, "GB")) mult = 1e9;
+        else if (!strcmp(end, "KiB")) mult = 1024;
+        else if (!strcmp(end, "MiB")) mult = 1048576;
+        else if (!strcmp(end, "GiB")) mult = 1073741824;
+        else goto bad;
+        a *= mult;
+    }
+    *out = a;
+    return 0;
+bad:
+    cli_usage(cmd, "--budget expects bytes (e.g. 4M) or a fraction of the full table (0.1, 1/100), got '%s'", s);
+    return -1;
+}
+
+static void progress_cb(const es_progress *p, void *ctx) {
+    (void)ctx;
+    if (!strcmp(p->phase, "train")) {
+        double pct = p->rows_total ? 100.0 * (double)p->rows / (double)p->rows_total : 0;
+        fprintf(stderr, "\r  epoch %d/%d  %5.1f%%  %10llu rows  %9.0f rows/s  loss %.5f   ", p->epoch, p->epochs, pct,
+                (unsigned long long)p->rows, p->rows_per_s, p->loss);
+        if (p->rows_total && p->rows >= p->rows_total) fputc('\n', stderr);
+    } else {
+        fprintf(stderr, "\r  %s: %llu rows   ", p->phase, (unsigned long long)p->rows);
+        if (!strcmp(p->phase, "eval")) fputc('\n', stderr);
+    }
+    fflush(stderr);
+}
+
+static char *join_argv(int argc, char **argv) {
+    size_t n = 16;
+    for (int i = 0; i < argc; i++) n += strlen(argv[i]) + 1;
+    char *s = malloc(n);
+    if (!s) return NULL;
+    strcpy(s, "embstore");
+    for (int i = 0; i < argc; i++) {
+        strcat(s, " ");
+        strcat(s, argv[i]);
+    }
+    return s;
+}
+
+static void json_num(FILE *f, const char *key, double v, int last) {
+    if (isfinite(v)) fprintf(f, "\"%s\":%.6g%s", key, v, last ? "" : ",");
+    else fprintf(f, "\"%s\":null%s", key, last ? "" : ",");
+}
+
+int cmd_train(int argc, char **argv) {
+    const char *cmd = "train";
+    es_train_params p = es_train_params_default();
+    p.valid_frac = 0.2;
+    const char *file = NULL;
+    int quiet = 0;
+    long long ll;
+    double d;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        int r = reader_opt(cmd, argc, argv, &i, &p.reader);
+        if (r < 0) return ES_EXIT_USAGE;
+        if (r > 0) continue;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(train_help, stdout);
+            return 0;
+        } else if (!strcmp(a, "--valid")) {
+            if (!(p.valid_path = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
+        } else if (!strcmp(a, "--valid-frac")) {
+            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_double(cmd, a, v, 0, 0.99, &d)) return ES_EXIT_USAGE;
+            p.valid_frac = d;
+        } else if (!strcmp(a, "--max-rows")) {
+            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, INT64_MAX, &ll)) return ES_EXIT_USAGE;
+            p.max_rows = (uint64_t)ll;
+        } else if (!strcmp(a, "--model")) {
+            if (!(p.model = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
+        } else if (!strcmp(a, "--dim")) {
+            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 4096, &ll)) return ES_EXIT_USAGE;
+            p.dim = (int)ll;
+        } else if (!strcmp(a, "--bottom")) {
+            if (!(v = cli_next(cmd, argc, argv, &i)) || parse_layers(cmd, a, v, p.bottom, &p.n_bottom)) return ES_EXIT_USAGE;
+        } else if (!strcmp(a, "--top")) {
+            if (!(v = cli_next(cmd, argc, argv, &i)) || parse_layers(cmd, a, v, p.top, &p.n_top)) return ES_EXIT_USAGE;
+        } else if (!strcmp(a, "--cross")) {
+            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 16, &ll)) return ES_EXIT_USAGE;
+            p.n_cross = (int)ll;
+        } else if (!strcmp(a, "--storage")) {
+            if (!(p.storage = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
+        } else if (!strcmp(a, "--budget")) {
+            if (!(v = cli_next(cmd, argc, argv, &i)) || parse_budget(cmd, v, &p.budget)) return ES_EXIT_USAGE;
+        } else if (!strcmp(a, "--min-count")) {
+            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 1000000000, &ll)) return ES_EXIT_USAGE;
+            p.min_count = (int)ll;
+        } else if (!strcmp(a, "--chunks")) {
+            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 64, &ll)) return ES_EXIT_USAGE;
+            p.chunks = (int)ll;
+        } else if (!strcmp(a, "--subtables")) {
+            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 4096, &ll)) return ES_EXIT_USAGE;
+            p.subtables = (int)ll;
+        } else if (!strcmp(a, "--share")) {
+            if (!(v = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
+            if (!strcmp(v, "fields")) p.share = 1;
+            else if (!strcmp(v, "none")) p.share = 0;
+            else return cli_usage(cmd, "--share expects fields or none, got '%s'", v);
+        } else if (!strcmp(a, "--storage-opts")) {
+            if (!(p.storage_opts = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
+        } else if (!strcmp(a, "--epochs")) {
+            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 100000, &ll)) return ES_EXIT_USAGE;
+            p.epochs = (int)ll;
+        } else if (!strcmp(a, "--batch")) {
+            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 1 << 20, &ll)) return ES_EXIT_USAGE;
+            p.batch = (int)ll;
+        } else if (!strcmp(a, "--lr")) {
+            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_double(cmd, a, v, 0, 1e3, &d)) return ES_EXIT_USAGE;
+            p.lr = (float)d;
+        } else if (!strcmp(a, "--emb-lr")) {
+            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_double(cmd, a, v, 0, 1e3, &d)) return ES_EXIT_USAGE;
+            p.emb_lr = (float)d;
+        } else if (!strcmp(a, "--optim")) {
+            if (!(p.optim = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
+        } else if (!strcmp(a, "--emb-optim")) {
+            if (!(p.emb_optim = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
+        } else if (!strcmp(a, "--weight-decay")) {
+            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_double(cmd, a, v, 0, 1e3, &d)) return ES_EXIT_USAGE;
+            p.weight_decay = (float)d;
+        } else if (!strcmp(a, "--threads")) {
+            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 0, 1024, &ll)) return ES_EXIT_USAGE;
+            p.threads = (int)ll;
+        } else if (!strcmp(a, "--seed")) {
+            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 0, INT64_MAX, &ll)) return ES_EXIT_USAGE;
+            p.seed = (uint64_t)ll;
+        } else if (!strcmp(a, "--out") || !strcmp(a, "-o")) {
+            if (!(p.out_path = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
+        } else if (!strcmp(a, "--checkpoint-every")) {
+            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, INT32_MAX, &ll)) return ES_EXIT_USAGE;
+            p.checkpoint_every = (int)ll;
+        } else if (!strcmp(a, "--checkpoint")) {
+            if (!(p.checkpoint_path = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
+        } else if (!strcmp(a, "--resume")) {
+            p.resume = 1;
+        } else if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) {
+            quiet = 1;
+        } else if (!strcmp(a, "--json")) {
+            /* JSON is always the last line; accepted for scripts that ask for it */
+        } else if (a[0] == '-' && a[1]) {
+            return cli_usage(cmd, "unknown option '%s'", a);
+        } else if (!file) {
+            file = a;
+        } else {
+            return cli_usage(cmd, "unexpected argument '%s' (one training file)", a);
+        }
+    }
+    if (!file) return cli_usage(cmd, "no training file given");
+    if (p.valid_path) p.valid_frac = 0;
+    p.train_path = file;
+    char *cl = join_argv(argc, argv);
+    p.command_line = cl;
+    if (!quiet && cli_tty()) p.progress = progress_cb;
+    es_train_result res;
+    es_err err = {0};
+    int rc = es_train(&p, &res, &err);
+    free(cl);
+    if (rc != 0) return cli_fail(cmd, "%s", err.msg[0] ? err.msg : es_strerror(rc));
+    if (!quiet) {
+        fprintf(stderr, "trained %s + %s on %llu rows x %d epochs (%.1f s, %d threads); embedding %zu bytes (%.4g of full)\n",
+                p.model, p.storage, (unsigned long long)res.train_rows, p.epochs, res.seconds, res.threads, res.emb_bytes,
+                res.full_bytes ? (double)res.emb_bytes / (double)res.full_bytes : NAN);
+        if (res.valid.rows)
+            fprintf(stderr, "validation: AUC %.4f  logloss %.4f  calibration %.3f  (%llu rows)\n", res.valid.auc, res.valid.logloss,
+                    res.valid.calibration, (unsigned long long)res.valid.rows);
+        if (p.out_path) fprintf(stderr, "model written to %s\n", p.out_path);
+    }
+    printf("{\"model\":\"%s\",\"storage\":\"%s\",", p.model, p.storage);
+    json_num(stdout, "auc", res.valid.auc, 0);
+    json_num(stdout, "logloss", res.valid.logloss, 0);
+    json_num(stdout, "calibration", res.valid.calibration, 0);
+    printf("\"valid_rows\":%llu,\"rows\":%llu,\"epochs\":%d,", (unsigned long long)res.valid.rows, (unsigned long long)res.train_rows,
+           p.epochs);
+    printf("\"emb_bytes\":%zu,\"emb_param_bytes\":%zu,\"emb_state_bytes\":%zu,\"full_bytes\":%zu,\"net_bytes\":%zu,\"param_bytes\":%zu,",
+           res.emb_bytes, res.emb_param_bytes, res.emb_state_bytes, res.full_bytes, res.net_bytes, res.param_bytes);
+    json_num(stdout, "train_loss", res.train_loss, 0);
+    json_num(stdout, "train_rows_per_s", res.train_rows_per_s, 0);
+    json_num(stdout, "eval_rows_per_s", res.eval_rows_per_s, 0);
+    printf("\"threads\":%d,\"seed\":%llu}\n", res.threads, (unsigned long long)p.seed);
+    return 0;
+}
+
+/* ---- eval ---------------------------------------------------------------------------- */
+
+static const char eval_help[] =
+    "usage: embstore eval MODEL FILE [--no-verify] [--threads T]\n"
+    "\n"
+    "Evaluate a saved model on a labeled file (read with the model's own input\n"
+    "settings) and print one JSON line: auc, logloss, calibration, rows.\n"
+    "  --no-verify    skip tensor checksums when loading (faster for large models)\n"
+    "  --threads T    threads (default 1; 0 = all cores)\n";
+
+static const char predict_help[] =
+    "usage: embstore predict MODEL FILE [--out PATH] [--unlabeled] [--no-verify] [--threads T]\n"
+    "\n"
+    "Write one click probability per input row (6 decimals), in input order.\n"
+    "The output is written to a temporary file and renamed, so a failed run\n"
+    "leaves nothing behind.\n"
+    "  --out PATH     output file (default: stdout)\n"
+    "  --unlabeled    FILE has no label column (e.g. the 39-column Criteo test file)\n"
+    "  --no-verify    skip tensor checksums when loading\n"
+    "  --threads T    threads (default 1; 0 = all cores)\n";
+
+static int model_cmd(int argc, char **argv, int predict) {
+    const char *cmd = predict ? "predict" : "eval";
+    const char *model = NULL, *file = NULL, *out = NULL;
+    unsigned flags = 0;
+    long long ll;
+    int threads = 1, has_label = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(predict ? predict_help : eval_help, stdout);
+            return 0;
+        } else if (!strcmp(a, "--no-verify")) {
+            flags |= ES_LOAD_NO_VERIFY;
+        } else if (!strcmp(a, "--threads")) {
+            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 0, 1024, &ll)) return ES_EXIT_USAGE;
+            threads = (int)ll;
+        } else if (predict && (!strcmp(a, "--out") || !strcmp(a, "-o"))) {
+            if (!(out = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
+        } else if (predict && !strcmp(a, "--unlabeled")) {
+            has_label = 0;
+        } else if (!strcmp(a, "--json")) {
+        } else if (a[0] == '-' && a[1]) {
+            return cli_usage(cmd, "unknown option '%s'", a);
+        } else if (!model) {
+            model = a;
+        } else if (!file) {
+            file = a;
+        } else {
+            return cli_usage(cmd, "unexpected argument '%s'", a);
+        }
+    }
+    if (!model || !file) return cli_usage(cmd, "expected MODEL and FILE");
+    es_set_threads(threads);
+    es_model *m = NULL;
+    es_err err = {0};
+    int rc = es_model_load(&m, model, flags, &err);
+    if (rc != 0) return cli_fail(cmd, "%s", err.msg);
+    if (predict) {
+        uint64_t rows = 0;
+        rc = es_model_predict_file(m, file, has_label, out, &rows);
+        if (rc != 0) rc = cli_fail(cmd, "%s", es_model_errmsg(m));
+        else if (out) fprintf(stderr, "wrote %llu predictions to %s\n", (unsigned long long)rows, out);
+    } else {
+        es_metrics mt;
+        rc = es_model_eval_file(m, file, &mt);
+        if (rc != 0) rc = cli_fail(cmd, "%s", es_model_errmsg(m));
+        else {
+            printf("{");
+            json_num(stdout, "auc", mt.auc, 0);
+            json_num(stdout, "logloss", mt.logloss, 0);
+            json_num(stdout, "calibration", mt.calibration, 0);
+            printf("\"rows\":%llu}\n", (unsigned long long)mt.rows);
+        }
+    }
+    es_model_free(m);
+    return rc;
+}
+
+int cmd_eval(int argc, char **argv) { return model_cmd(argc, argv, 0); }
+int cmd_predict(int argc, char **argv) { return model_cmd(argc, argv, 1); }
