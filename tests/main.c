@@ -62,7 +62,7 @@ int es_test_sh(const char *out, const char *fmt, ...) {
     va_end(ap);
     if (n < 0 || (size_t)n >= sizeof cmd - 64) return -1;
     char full[8400];
-    snprintf(full, sizeof full, "%s > %s 2>&1", cmd, out ? out : "/dev/null");
+    snprintf(full, sizeof full, "( %s ) > %s 2>&1", cmd, out ? out : "/dev/null");
     int st = system(full);
     if (st == -1) return -1;
     if (WIFEXITED(st)) return WEXITSTATUS(st);

@@ -26,6 +26,7 @@ enum {
     OFF_ENDIAN = 20,
     OFF_N_META = 32,
     OFF_N_TENSORS = 36,
+    OFF_META_OFF = 40,
     OFF_TABLE_OFF = 56,
     OFF_DATA_OFF = 72,
     OFF_FILE_SIZE = 88,
@@ -429,9 +430,9 @@ TEST(format_wrong_endianness_is_refused) {
     CHECK(b);
     /* What a machine of the other byte order writes: every integer field
      * reversed.  The reader must stop at the mark, before trusting any. */
-    for (size_t off = OFF_VERSION; off < OFF_N_META; off += 4) put32(b + off, __builtin_bswap32(get32(b + off)));
-    for (size_t off = OFF_N_META; off < OFF_TABLE_OFF - 16; off += 4) put32(b + off, __builtin_bswap32(get32(b + off)));
-    for (size_t off = 40; off < OFF_RESERVED; off += 8) put64(b + off, __builtin_bswap64(get64(b + off)));
+    put64(b + OFF_CHECKSUM, __builtin_bswap64(get64(b + OFF_CHECKSUM)));
+    for (size_t off = OFF_VERSION; off < OFF_META_OFF; off += 4) put32(b + off, __builtin_bswap32(get32(b + off)));
+    for (size_t off = OFF_META_OFF; off < OFF_RESERVED; off += 8) put64(b + off, __builtin_bswap64(get64(b + off)));
     CHECK_EQ_INT(write_bytes(path, b, len), 0);
     es_file *f;
     CHECK_EQ_INT(es_file_open(&f, path, 0, &err), ES_EFORMAT);
@@ -527,9 +528,11 @@ static void ed_name_utf8(uint8_t *b, size_t n) { entry(b, 2)[0] = 0xC0; }
 static void ed_meta_unterminated(uint8_t *b, size_t n) { b[HEADER + 4 + 13] = 'x'; }
 static void ed_meta_nul_inside(uint8_t *b, size_t n) { b[HEADER + 4 + 3] = 0; }
 static void ed_meta_len(uint8_t *b, size_t n) { put32(b + HEADER, 0x7fffffff); }
-static void ed_meta_dup(uint8_t *b, size_t n) { memcpy(b + HEADER + 30 + 4, "n\0\0\0", 4); } /* key "note" -> "n" */
 static void ed_meta_utf8(uint8_t *b, size_t n) { b[HEADER + 4] = 0xff; }
-static void ed_meta_empty_key(uint8_t *b, size_t n) { put32(b + HEADER, 0); }
+static void ed_meta_empty_key(uint8_t *b, size_t n) {
+    put32(b + HEADER, 0);
+    b[HEADER + 4] = 0;
+}
 static void ed_n_meta_big(uint8_t *b, size_t n) { put32(b + OFF_N_META, 5); }
 static void ed_n_meta_small(uint8_t *b, size_t n) { put32(b + OFF_N_META, 3); }
 static void ed_n_meta_huge(uint8_t *b, size_t n) { put32(b + OFF_N_META, 0xffffffff); }
@@ -571,7 +574,6 @@ TEST(format_malformed_tables_are_refused) {
         {"meta unterminated", ed_meta_unterminated, ES_EFORMAT, "metadata entry 0: key is not NUL-terminated"},
         {"meta inner nul", ed_meta_nul_inside, ES_EFORMAT, "contains a NUL"},
         {"meta length", ed_meta_len, ES_EFORMAT, "runs past the metadata block"},
-        {"meta dup", ed_meta_dup, ES_EFORMAT, "duplicate metadata key 'n'"},
         {"meta utf8", ed_meta_utf8, ES_EFORMAT, "not valid UTF-8"},
         {"meta empty key", ed_meta_empty_key, ES_EFORMAT, "key is empty"},
         {"n_meta too big", ed_n_meta_big, ES_EFORMAT, "metadata entry 4"},
@@ -587,6 +589,22 @@ TEST(format_malformed_tables_are_refused) {
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
         CHECK_MSG(expect_refusal(b, len, cases[c].edit, cases[c].code, cases[c].want, msg, sizeof msg), "%s: want \"%s\", got %s", cases[c].what,
                   cases[c].want, msg);
+    free(b);
+
+    /* Duplicate metadata keys: write "ab" and "cd", then rename "cd". */
+    es_fwriter *w;
+    CHECK_EQ_INT(es_fwriter_open(&w, path, &err), ES_OK);
+    es_fwriter_meta(w, "ab", "1");
+    es_fwriter_meta(w, "cd", "2");
+    CHECK_EQ_INT(es_fwriter_commit(w, &err), ES_OK);
+    b = load_aligned(path, &len);
+    CHECK(b);
+    CHECK(memcmp(b + HEADER + 4 + 3 + 4 + 2 + 4, "cd", 2) == 0); /* entry 0 takes 4+3+4+2 bytes */
+    memcpy(b + HEADER + 4 + 3 + 4 + 2 + 4, "ab", 2);
+    es__file_fix_checksum(b, len);
+    es_file *f;
+    CHECK_EQ_INT(es_file_open_mem(&f, b, len, 0, &err), ES_EFORMAT);
+    CHECK_STR_HAS(err.msg, "duplicate metadata key 'ab'");
     free(b);
 }
 

@@ -356,7 +356,7 @@ int cmd_train(int argc, char **argv) {
     json_num(stdout, "train_loss", res.train_loss, 0);
     json_num(stdout, "train_rows_per_s", res.train_rows_per_s, 0);
     json_num(stdout, "eval_rows_per_s", res.eval_rows_per_s, 0);
-    printf("\"threads\":%d,\"seed\":%llu}\n", res.threads, (unsigned long long)p.seed);
+    printf("\"threads\":%d,\"seed\":%llu,\"resumed\":%s}\n", res.threads, (unsigned long long)p.seed, res.resumed ? "true" : "false");
     return 0;
 }
 

@@ -241,6 +241,50 @@ int es__pq_new(es__ix **out, int dim, int ip, const es_index_params *p, es_err *
 int es__hnsw_new(es__ix **out, int dim, int ip, const es_index_params *p, es_err *err);
 int es__ivf_new(es__ix **out, int dim, int ip, const es_index_params *p, es_err *err);
 
+/* ---- codecs shared by the standalone kinds and IVF ----------------------------------
+ * 8-bit scalar quantizer (sq8.c): x_j ~ bias_j + scale_j * code_j, with
+ * bias = vmin + scale / 2 and scale = (vmax - vmin) / 256 per dimension
+ * (the middle of each of 256 equal bins between the training min and max). */
+typedef struct es__sq8 {
+    int d;
+    float *scale; /* [d] */
+    float *bias;  /* [d] */
+} es__sq8;
+int es__sq8_train(es__sq8 *c, const float *x, size_t n, int d, es_err *err);
+void es__sq8_encode(const es__sq8 *c, const float *x, uint8_t *code);
+void es__sq8_decode(const es__sq8 *c, const uint8_t *code, float *x);
+/* Query preparation into qp[d]: L2 -> q - bias; IP -> q * scale and
+ * *cst = <q, bias>.  Then score = sq8_l2(qp, scale, code) or
+ * -(cst + sq8_ip(qp, code)). */
+void es__sq8_prep(const es__sq8 *c, const float *q, int ip, float *qp, float *cst);
+void es__sq8_free(es__sq8 *c);
+int es__sq8_save(const es__sq8 *c, es_fwriter *w, const char *pfx, es_err *err);
+int es__sq8_load(es__sq8 *c, int d, const es_file *f, const char *pfx, es_err *err);
+
+/* Product quantizer (pq.c): M sub-vectors of dsub = d / M components, each
+ * coded by the nearest of ksub = 2^nbits centroids; an optional orthogonal
+ * rotation R (OPQ) is applied to vectors before coding (x -> R x). */
+typedef struct es__pq {
+    int d, M, nbits, ksub, dsub;
+    float *cb; /* [M][ksub][dsub] */
+    float *R;  /* [d][d] or NULL */
+} es__pq;
+/* Resolve M from p (0 = default), check it divides d and nbits in 1..8. */
+int es__pq_init(es__pq *pq, int d, int M, int nbits, es_err *err);
+int es__pq_train(es__pq *pq, const float *x, size_t n, int iters, int opq_iters, uint64_t seed, es_err *err);
+/* Rotate (when R) and encode n vectors into codes[n][M]. */
+int es__pq_encode_n(const es__pq *pq, const float *x, size_t n, uint8_t *codes, es_err *err);
+/* Decode one code (in the rotated space). */
+void es__pq_decode(const es__pq *pq, const uint8_t *code, float *x);
+/* Rotate one vector into out[d] (copy when no rotation). */
+void es__pq_rotate1(const es__pq *pq, const float *x, float *out);
+/* Distance table of a rotated query: lut[m][j] = ||q_m - c_mj||^2 (L2) or
+ * -<q_m, c_mj> (IP). */
+void es__pq_lut(const es__pq *pq, const float *qr, int ip, float *lut);
+void es__pq_free(es__pq *pq);
+int es__pq_save(const es__pq *pq, es_fwriter *w, const char *pfx, es_err *err);
+int es__pq_load(es__pq *pq, int d, const es_file *f, const char *pfx, es_err *err);
+
 /* ---- exact search kernel (flat.c) -------------------------------------------------
  * k nearest rows of x[nx][d] for each of q[nq][d]; xnorm[nx] = ||x_i||^2
  * (needed for L2, may be NULL for IP).  Blocked over queries and rows with

@@ -91,6 +91,8 @@ void es_model_free(es_model *m) {
         es__free(m->meta_key[i]);
         es__free(m->meta_val[i]);
     }
+    es__free(m->meta_key);
+    es__free(m->meta_val);
     es_batch_free(&m->one);
     es__free(m);
 }
@@ -111,7 +113,16 @@ int es__model_set_meta(es_model *m, const char *key, const char *value) {
             return ES_OK;
         }
     }
-    if (m->n_meta >= ES_MODEL_MAX_META) return ES_ERANGE;
+    if (m->n_meta == m->cap_meta) {
+        int cap = m->cap_meta ? 2 * m->cap_meta : 64;
+        char **k2 = es__realloc(m->meta_key, (size_t)cap * sizeof *k2);
+        if (!k2) return ES_ENOMEM;
+        m->meta_key = k2;
+        char **v2 = es__realloc(m->meta_val, (size_t)cap * sizeof *v2);
+        if (!v2) return ES_ENOMEM;
+        m->meta_val = v2;
+        m->cap_meta = cap;
+    }
     char *k = es__strdup(key), *v = es__strdup(value);
     if (!k || !v) {
         es__free(k);
@@ -473,7 +484,7 @@ int es__model_load(es_model **out, const char *path, unsigned flags, int with_st
         const char *k, *v;
         es_file_meta_at(f, i, &k, &v);
         if ((rc = es__model_set_meta(m, k, v)) != 0) {
-            es__err(err, rc, "%s: too much metadata", path);
+            es__err(err, rc, "%s: out of memory for metadata", path);
             goto done;
         }
     }

@@ -12,8 +12,6 @@
 #include "model/net.h"
 #include "storage/storage.h"
 
-#define ES_MODEL_MAX_META 64
-
 struct es_model {
     es_net_params np;
     es_storage *st;
@@ -29,9 +27,9 @@ struct es_model {
     es_reader_params rp;
     char *rp_columns;
     /* metadata (owned copies) */
-    int n_meta;
-    char *meta_key[ES_MODEL_MAX_META];
-    char *meta_val[ES_MODEL_MAX_META];
+    int n_meta, cap_meta;
+    char **meta_key;
+    char **meta_val;
     es_batch one;   /* 1-row batch for es_model_embedding */
     es_err err;
 };
