@@ -7,7 +7,10 @@
 # accuracy  models lr fm dlrm dcn, storage full, seeds 1 2 3, on
 #           data/criteo_kaggle_train_first10k.tsv with --valid-frac 0.2
 #           (train on the first 8000 rows, test on the last 2000), the same
-#           flags for both sides; writes docs/accuracy.md.
+#           flags for both sides; torch twice: with its own random initial
+#           values, and with --es-init (embstore's exact initial values, so
+#           the two trajectories should agree to float rounding); writes
+#           docs/accuracy.md.
 # unified   storage hash vs unified at budgets 1/10 and 1/100 of the full
 #           table, seeds 1 2 3, on the Criteo sample and on
 #           data/ml-latest-small.csv; embstore, with torch_ref.py as a
@@ -57,11 +60,11 @@ run_side() { # side tag file args...
     local side=$1 tag=$2 file=$3
     shift 3
     local line
-    if [ "$side" = embstore ]; then
-        line=$(nice "$ES" train "$file" "$@" --quiet 2>"$OUT/last.err" | tail -n 1)
-    else
-        line=$(nice "$PY" "$REF" "$file" "$@" 2>"$OUT/last.err" | tail -n 1)
-    fi
+    case $side in
+    embstore) line=$(nice "$ES" train "$file" "$@" --quiet 2>"$OUT/last.err" | tail -n 1) ;;
+    torch) line=$(nice "$PY" "$REF" "$file" "$@" 2>"$OUT/last.err" | tail -n 1) ;;
+    torch-esinit) line=$(nice "$PY" "$REF" "$file" "$@" --es-init 2>"$OUT/last.err" | tail -n 1) ;;
+    esac
     if [ "${line:0:1}" != "{" ]; then
         echo "parity.sh: $side failed for $tag: $(tail -n 3 "$OUT/last.err")" >&2
         line='{"error": true}'
@@ -79,6 +82,7 @@ if [[ " ${sections[*]} " == *" accuracy "* ]]; then
             args=($(model_flags $m) --storage full --valid-frac 0.2 "${HP[@]}" --seed "$s")
             run_side embstore "$m/$s" "$CRITEO" "${args[@]}"
             run_side torch "$m/$s" "$CRITEO" "${args[@]}"
+            run_side torch-esinit "$m/$s" "$CRITEO" "${args[@]}"
         done
     done
     "$PY" bench/parity_report.py accuracy "$OUT/$JSONL" docs/accuracy.md \

@@ -363,9 +363,9 @@ class FullStorage:
             self.maps.append((kept, base + 1))
             base += len(kept) + 1
         self.n_rows = base
-        # Serving bytes: parameters plus the key -> row map.  The map's
-        # size is embstore's business; torch reports parameters only.
         self.param_bytes = self.n_rows * dim * BYTES_PER_FLOAT
+        # The key -> row map as held here: sorted uint64 key arrays.
+        self.aux_bytes = sum(len(k) for k, _ in self.maps) * 8
 
     def rows(self, f, keys):
         kept, base = self.maps[f]
@@ -405,6 +405,7 @@ class HashStorage:
         self.n_rows = int(self.field_rows.sum())
         self.seeds = [mix64((seed ^ (0x68617368 + f)) & MASK64) for f in range(F)]
         self.param_bytes = self.n_rows * dim * BYTES_PER_FLOAT
+        self.aux_bytes = 0
 
     def rows(self, f, keys):
         h = self.hasher.hash_keys(keys, self.seeds[f])
@@ -455,6 +456,7 @@ class UnifiedStorage:
         self.seeds = [[mix64((seed ^ (0x756E6966 + 1000 * f + j)) & MASK64) for j in range(chunks)]
                       for f in range(n_fields)]
         self.param_bytes = self.n_rows * self.chunk_dim * BYTES_PER_FLOAT
+        self.aux_bytes = 0
 
     def rows(self, f, keys):
         out = np.empty((len(keys), self.k), dtype=np.int64)
@@ -948,7 +950,8 @@ def main(argv=None):
                train_rows_per_s=n * args.epochs / t_train if t_train > 0 else None,
                train_rows_per_s_e2e=n * args.epochs / (t_read + t_prep + t_train) if t_train > 0 else None,
                read_s=t_read, prepare_s=t_prep, train_s=t_train,
-               emb_bytes=int(st.param_bytes), emb_rows=int(st.n_rows), full_bytes=int(full_bytes),
+               emb_bytes=int(st.param_bytes + st.aux_bytes), emb_param_bytes=int(st.param_bytes),
+               emb_rows=int(st.n_rows), full_bytes=int(full_bytes),
                budget_bytes=int(budget_bytes),
                net_bytes=int(sum(p.numel() for p in dense_params) * 4),
                epochs=args.epochs, batch=B, dim=args.dim, threads=torch.get_num_threads(), seed=args.seed,

@@ -288,6 +288,17 @@ int es_model_predict_file(es_model *m, const char *in, int has_label, const char
 int es_model_embedding(es_model *m, int field, uint64_t key, float *out);
 int es_model_emb_dim(const es_model *m);
 
+/* Names of the registered storage methods (at most max); returns the count.
+ * `summaries` (may be NULL) receives one line describing each. */
+int es_storage_methods(const char **names, const char **summaries, int max);
+
+/* Lookup speed of a storage method: build the vocabulary of p->train_path
+ * (first p->max_rows rows, or all), create p->storage at p->budget, then
+ * time `repeat` passes of batched lookups over those rows (batches of
+ * p->batch, p->threads threads; parsing is done before timing).  Reports
+ * (row, field) lookups per second and the method's serving bytes. */
+int es_bench_lookup(const es_train_params *p, int repeat, double *lookups_per_s, size_t *bytes, es_err *err);
+
 /* ==== Container files (models, indexes, checkpoints): inspection ==== */
 
 /* Open any embstore container file read-only (mmap) to look at it.  flags:

@@ -29,6 +29,7 @@ enum {
     OFF_META_OFF = 40,
     OFF_TABLE_OFF = 56,
     OFF_DATA_OFF = 72,
+    OFF_DATA_BYTES = 80,
     OFF_FILE_SIZE = 88,
     OFF_RESERVED = 96,
     HEADER = 128,
@@ -605,6 +606,20 @@ TEST(format_malformed_tables_are_refused) {
     es_file *f;
     CHECK_EQ_INT(es_file_open_mem(&f, b, len, 0, &err), ES_EFORMAT);
     CHECK_STR_HAS(err.msg, "duplicate metadata key 'ab'");
+
+    /* A data area longer than its tensors: 64 zero bytes appended and the
+     * sizes in the header raised to match. */
+    memcpy(b + HEADER + 4 + 3 + 4 + 2 + 4, "cd", 2);
+    uint8_t *big = aligned_alloc(64, len + 64);
+    CHECK(big);
+    memcpy(big, b, len);
+    memset(big + len, 0, 64);
+    put64(big + OFF_FILE_SIZE, len + 64);
+    put64(big + OFF_DATA_BYTES, get64(big + OFF_DATA_BYTES) + 64);
+    es__file_fix_checksum(big, len + 64);
+    CHECK_EQ_INT(es_file_open_mem(&f, big, len + 64, 0, &err), ES_EFORMAT);
+    CHECK_STR_HAS(err.msg, "64 bytes at the end of the data area belong to no tensor");
+    free(big);
     free(b);
 }
 

@@ -557,7 +557,13 @@ TEST(storage_budget_fractions_on_criteo_vocab) {
             es_storage_free(s);
             CHECK(ok);
             CHECK_MSG(split_ok, "hash row split is not monotone in distinct counts / capped");
-            CHECK(st.rows_used <= st.rows && st.rows_used <= st.distinct && st.collisions <= st.distinct);
+            /* k > 1: rows_used counts (chunk, row) pairs, up to k per value */
+            CHECK_MSG(st.rows_used <= st.rows && st.rows_used <= st.distinct * (uint64_t)p.chunks &&
+                          st.collisions <= st.distinct && st.distinct == es_vocab_distinct(v, 2),
+                      "%s field 2: distinct %llu rows %llu used %llu collisions %llu", what,
+                      (unsigned long long)st.distinct, (unsigned long long)st.rows, (unsigned long long)st.rows_used,
+                      (unsigned long long)st.collisions);
+            if (i == 1 && m == 0) CHECK(st.collisions > 0); /* 1/100 of full must collide */
         }
     }
     /* full on the real vocabulary: one row per value, no collisions */
@@ -770,8 +776,6 @@ TEST(storage_full_oov_rows_and_min_count) {
     q.n = 5;
     float out[5 * 2 * 4];
     es_storage_lookup(s, &q, 0, 5, out);
-    const float *w = ((full_impl_peek *)0, NULL);
-    (void)w;
     es_tensor_ref refs[8];
     int nt;
     es_tensor_ref *wt = find_tensor(s, refs, &nt, "weight");
@@ -799,4 +803,413 @@ TEST(storage_full_oov_rows_and_min_count) {
     es_vocab_free(v);
     tb_free(&b);
     tb_free(&q);
+}
+
+/* ---- optimizers --------------------------------------------------------------------- */
+
+/* Two backward steps on one row (a value that appears twice in the batch,
+ * so its gradient is summed first) against the formulas by hand. */
+static void opt_by_hand(es_optim kind) {
+    es_batch b;
+    CHECK(tb_alloc(&b, 2, 1, 2));
+    b.off[0] = 0;
+    b.off[1] = 1;
+    b.off[2] = 2;
+    b.val[0] = b.val[1] = 77;
+    b.wt[0] = 1.0f;
+    b.wt[1] = 0.5f;
+    b.n = 2;
+    es_vocab *v = vocab_of(&b);
+    CHECK(v);
+    es_storage_params p = sp_make("full", 1, 3, 0);
+    p.opt.kind = kind;
+    p.opt.lr = 0.1f;
+    p.opt.eps = 1e-8f;
+    p.opt.init_acc = 0.01f;
+    es_storage *s;
+    es_err err;
+    CHECK_MSG(es_storage_create(&s, &p, v, &err) == 0, "%s", err.msg);
+    es_tensor_ref refs[8];
+    int nt;
+    float *W = find_tensor(s, refs, &nt, "weight")->data;
+    float *w = W + 3; /* key 77 is row 1 (row 0 is the OOV row) */
+    double x[3], acc[3] = {0.01, 0.01, 0.01}, racc = 0.01;
+    for (int d = 0; d < 3; d++) x[d] = w[d];
+    const float dout[2][2][3] = {{{0.3f, -0.2f, 0.5f}, {1.0f, 0.4f, -0.6f}}, {{-0.1f, 0.7f, 0.2f}, {0.3f, 0.3f, 0.9f}}};
+    for (int step = 0; step < 2; step++) {
+        CHECK_EQ_INT(es_storage_backward(s, &b, &dout[step][0][0]), 0);
+        double g[3], ms = 0;
+        for (int d = 0; d < 3; d++) {
+            g[d] = 1.0 * dout[step][0][d] + 0.5 * dout[step][1][d];
+            ms += g[d] * g[d] / 3;
+        }
+        racc += ms;
+        for (int d = 0; d < 3; d++) {
+            if (kind == ES_OPT_SGD) {
+                x[d] -= 0.1 * g[d];
+            } else if (kind == ES_OPT_ADAGRAD) {
+                acc[d] += g[d] * g[d];
+                x[d] -= 0.1 * g[d] / (sqrt(acc[d]) + 1e-8);
+            } else {
+                x[d] -= 0.1 * g[d] / (sqrt(racc) + 1e-8);
+            }
+        }
+        for (int d = 0; d < 3; d++) CHECK_NEAR(w[d], x[d], 2e-6);
+    }
+    es_tensor_ref *a = NULL;
+    for (int i = 0; i < nt; i++)
+        if (strcmp(refs[i].name, "opt.acc") == 0) a = &refs[i];
+    if (kind == ES_OPT_SGD) {
+        CHECK(a == NULL);
+    } else if (kind == ES_OPT_ADAGRAD) {
+        CHECK(a && a->ndim == 2);
+        for (int d = 0; d < 3; d++) CHECK_NEAR(((float *)a->data)[3 + d], acc[d], 1e-6);
+        CHECK_NEAR(((float *)a->data)[0], 0.01, 1e-9); /* untouched OOV row keeps init_acc */
+    } else {
+        CHECK(a && a->ndim == 1);
+        CHECK_NEAR(((float *)a->data)[1], racc, 1e-6);
+        CHECK_NEAR(((float *)a->data)[0], 0.01, 1e-9);
+    }
+    es_storage_free(s);
+    es_vocab_free(v);
+    tb_free(&b);
+}
+
+TEST(storage_sgd_update_by_hand) { opt_by_hand(ES_OPT_SGD); }
+TEST(storage_adagrad_update_by_hand) { opt_by_hand(ES_OPT_ADAGRAD); }
+TEST(storage_rowwise_adagrad_update_by_hand) { opt_by_hand(ES_OPT_ROWWISE_ADAGRAD); }
+
+TEST(storage_gradacc_sums_duplicates_and_grows) {
+    es_gradacc a;
+    CHECK_EQ_INT(es_gradacc_init(&a, 4, 2), 0);
+    CHECK_EQ_INT(a.cap, 16);
+    /* 1000 distinct rows, each touched 3 times: forces several doublings */
+    for (int rep = 0; rep < 3; rep++)
+        for (uint64_t r = 0; r < 1000; r++) {
+            float *g = es_gradacc_row(&a, r * 7919);
+            CHECK(g);
+            g[0] += 1.0f;
+            g[1] += (float)r;
+        }
+    CHECK_EQ_INT(a.n, 1000);
+    CHECK(a.cap >= 1000);
+    for (size_t i = 0; i < a.n; i++) {
+        CHECK_EQ_INT(a.rows[i], i * 7919); /* insertion order */
+        CHECK_NEAR(a.g[i * 2], 3.0, 0);
+        CHECK_NEAR(a.g[i * 2 + 1], 3.0 * i, 0);
+    }
+    es_gradacc_clear(&a);
+    CHECK_EQ_INT(a.n, 0);
+    for (size_t i = 0; i < a.map_cap; i++) CHECK(a.slot[i] == -1);
+    float *g = es_gradacc_row(&a, 5);
+    CHECK(g && g[0] == 0.0f && g[1] == 0.0f);
+    /* growth failure: NULL, and the accumulator is unchanged */
+    es_gradacc_clear(&a);
+    size_t cap = a.cap;
+    for (size_t r = 0; r < cap; r++) CHECK(es_gradacc_row(&a, r));
+    es__alloc_fail_at(1);
+    float *fail = es_gradacc_row(&a, cap + 1);
+    es__alloc_fail_at(0);
+    CHECK(fail == NULL);
+    CHECK_EQ_INT(a.n, cap);
+    CHECK(es_gradacc_row(&a, 3) == a.g + 3 * 2);
+    es_gradacc_free(&a);
+}
+
+TEST(storage_backward_out_of_memory_is_clean) {
+    es_rng r;
+    es__rng_seed(&r, 21);
+    es_batch b;
+    CHECK(tb_random(&b, 40, 4, 0, 1, 100000, &r)); /* ~160 distinct rows > scratch of 16 */
+    es_storage_params p = sp_make("hash", 4, 4, 1e6);
+    p.max_batch = 1;
+    es_storage *s;
+    es_err err;
+    CHECK_EQ_INT(es_storage_create(&s, &p, NULL, &err), 0);
+    es_tensor_ref refs[8];
+    int nt;
+    es_tensor_ref *w = find_tensor(s, refs, &nt, "weight");
+    float *before = malloc(w->nbytes);
+    memcpy(before, w->data, w->nbytes);
+    float *G = malloc((size_t)40 * 4 * 4 * sizeof *G);
+    for (int i = 0; i < 40 * 16; i++) G[i] = 1.0f;
+    es__alloc_fail_at(1);
+    int rc = es_storage_backward(s, &b, G);
+    es__alloc_fail_at(0);
+    CHECK_EQ_INT(rc, ES_ENOMEM);
+    CHECK_STR_HAS(es_storage_errmsg(s), "out of memory");
+    CHECK(memcmp(before, w->data, w->nbytes) == 0); /* nothing applied */
+    CHECK_EQ_INT(es_storage_backward(s, &b, G), 0);
+    CHECK(memcmp(before, w->data, w->nbytes) != 0);
+    /* a batch of the wrong shape is refused */
+    b.n_fields = 3;
+    CHECK_EQ_INT(es_storage_backward(s, &b, G), ES_EINVAL);
+    CHECK_EQ_INT(es_storage_lookup(s, &b, 0, 1, G), ES_EINVAL);
+    b.n_fields = 4;
+    CHECK_EQ_INT(es_storage_lookup(s, &b, 5, 41, G), ES_EINVAL);
+    CHECK_STR_HAS(es_storage_errmsg(s), "lookup of rows [5, 41)");
+    free(before);
+    free(G);
+    es_storage_free(s);
+    tb_free(&b);
+}
+
+/* ---- save / load through tensors() -------------------------------------------------------- */
+
+/* Train a, re-create b from a's meta (no vocab, another seed), copy every
+ * tensor, call after_load: lookups and further training must match a's
+ * bit for bit. */
+static void round_trip(es_storage_params p, const es_vocab *v, const es_batch *b, const char *what) {
+    es_storage *a, *c;
+    es_err err;
+    CHECK_MSG(es_storage_create(&a, &p, v, &err) == 0, "%s: %s", what, err.msg);
+    size_t nout = (size_t)b->n * b->n_fields * p.dim;
+    float *G = malloc(nout * sizeof *G), *oa = malloc(nout * sizeof *oa), *oc = malloc(nout * sizeof *oc);
+    es_rng r;
+    es__rng_seed(&r, 31);
+    for (size_t i = 0; i < nout; i++) G[i] = es__rng_normal(&r);
+    CHECK_EQ_INT(es_storage_backward(a, b, G), 0);
+
+    es_storage_params q = p;
+    q.opts = a->meta;
+    q.budget = 0;
+    q.seed = p.seed + 1000; /* the meta's seed must win for the hash salts */
+    q.min_count = 1;
+    int rc = es_storage_create(&c, &q, NULL, &err);
+    CHECK_MSG(rc == 0, "%s: re-create from meta '%s': %s", what, a->meta, err.msg);
+    CHECK_MSG(strcmp(a->meta, c->meta) == 0, "%s: meta '%s' vs '%s'", what, a->meta, c->meta);
+    CHECK_EQ_INT(a->param_bytes, c->param_bytes);
+    CHECK_EQ_INT(a->aux_bytes, c->aux_bytes);
+    CHECK_EQ_INT(a->state_bytes, c->state_bytes);
+    es_tensor_ref ta[8], tc[8];
+    int na = es_storage_tensors(a, ta, 8), nc = es_storage_tensors(c, tc, 8);
+    CHECK_EQ_INT(na, nc);
+    CHECK_EQ_INT(na, es_storage_tensors(a, NULL, 0));
+    for (int i = 0; i < na; i++) {
+        CHECK(strcmp(ta[i].name, tc[i].name) == 0);
+        CHECK_EQ_INT(ta[i].dtype, tc[i].dtype);
+        CHECK_EQ_INT(ta[i].nbytes, tc[i].nbytes);
+        for (int d = 0; d < ta[i].ndim; d++) CHECK_EQ_INT(ta[i].shape[d], tc[i].shape[d]);
+        if (ta[i].nbytes) memcpy(tc[i].data, ta[i].data, ta[i].nbytes);
+    }
+    CHECK_MSG(es_storage_after_load(c) == 0, "%s: after_load: %s", what, es_storage_errmsg(c));
+    es_storage_lookup(a, b, 0, b->n, oa);
+    es_storage_lookup(c, b, 0, b->n, oc);
+    CHECK_MSG(memcmp(oa, oc, nout * sizeof *oa) == 0, "%s: lookups differ after the round trip", what);
+    /* optimizer state came along: one more step stays identical */
+    CHECK_EQ_INT(es_storage_backward(a, b, G), 0);
+    CHECK_EQ_INT(es_storage_backward(c, b, G), 0);
+    es_storage_lookup(a, b, 0, b->n, oa);
+    es_storage_lookup(c, b, 0, b->n, oc);
+    CHECK_MSG(memcmp(oa, oc, nout * sizeof *oa) == 0, "%s: training diverges after the round trip", what);
+    printf("    %s: meta \"%.60s%s\"\n", what, a->meta, strlen(a->meta) > 60 ? "..." : "");
+    free(G);
+    free(oa);
+    free(oc);
+    es_storage_free(a);
+    es_storage_free(c);
+}
+
+TEST(storage_round_trip_through_tensors) {
+    es_rng r;
+    es__rng_seed(&r, 12);
+    es_batch b;
+    CHECK(tb_random(&b, 25, 5, 2, 3, 300, &r));
+    es_vocab *v = vocab_of(&b);
+    CHECK(v);
+    es_storage_params p = sp_make("full", 5, 8, 0);
+    p.min_count = 2;
+    round_trip(p, v, &b, "full min_count=2");
+    p = sp_make("hash", 5, 8, 0.2);
+    round_trip(p, v, &b, "hash (vocab split)");
+    p.share = 1;
+    p.opt.kind = ES_OPT_ADAGRAD;
+    round_trip(p, v, &b, "hash share=1");
+    p = sp_make("unified", 5, 8, 5000);
+    p.chunks = 4;
+    p.subtables = 3;
+    p.seed = UINT64_MAX - 5;
+    round_trip(p, NULL, &b, "unified k=4 T=3");
+    es_vocab_free(v);
+    tb_free(&b);
+}
+
+TEST(storage_full_after_load_rejects_a_bad_map) {
+    es_rng r;
+    es__rng_seed(&r, 13);
+    es_batch b;
+    CHECK(tb_random(&b, 10, 2, 0, 1, 20, &r));
+    es_vocab *v = vocab_of(&b);
+    es_storage_params p = sp_make("full", 2, 4, 0);
+    es_storage *s;
+    es_err err;
+    CHECK_EQ_INT(es_storage_create(&s, &p, v, &err), 0);
+    es_tensor_ref refs[8];
+    int nt;
+    es_tensor_ref *keys = find_tensor(s, refs, &nt, "map.keys");
+    es_tensor_ref *fo = find_tensor(s, refs, &nt, "map.field_off");
+    CHECK(keys && fo && keys->shape[0] >= 2);
+    uint64_t *K = keys->data, *FO = fo->data;
+    uint64_t save = K[1];
+    K[1] = K[0]; /* duplicate key in field 0 (if field 0 has >= 2 keys) */
+    if (FO[1] >= 2) {
+        CHECK_EQ_INT(es_storage_after_load(s), ES_EFORMAT);
+        CHECK_STR_HAS(es_storage_errmsg(s), "increasing");
+    }
+    K[1] = save;
+    FO[2] += 1; /* offsets past the key count */
+    CHECK_EQ_INT(es_storage_after_load(s), ES_EFORMAT);
+    CHECK_STR_HAS(es_storage_errmsg(s), "offsets");
+    FO[2] -= 1;
+    CHECK_EQ_INT(es_storage_after_load(s), 0);
+    es_storage_free(s);
+    es_vocab_free(v);
+    tb_free(&b);
+}
+
+/* ---- bad parameters and allocation failures ------------------------------------------------ */
+
+TEST(storage_bad_parameters_get_clear_errors) {
+    es_storage *s = (es_storage *)1;
+    es_err err;
+    es_storage_params p = sp_make("nosuch", 3, 8, 1000);
+    CHECK_EQ_INT(es_storage_create(&s, &p, NULL, &err), ES_EINVAL);
+    CHECK(s == NULL);
+    CHECK_STR_HAS(err.msg, "unknown method 'nosuch'");
+    CHECK_STR_HAS(err.msg, "unified");
+    p = sp_make("hash", 3, 8, 0);
+    CHECK_EQ_INT(es_storage_create(&s, &p, NULL, &err), ES_EINVAL);
+    CHECK_STR_HAS(err.msg, "needs a budget");
+    p.budget = 0.5;
+    CHECK_EQ_INT(es_storage_create(&s, &p, NULL, &err), ES_EINVAL);
+    CHECK_STR_HAS(err.msg, "vocabulary");
+    p.budget = 100; /* fewer bytes than one row per field */
+    CHECK_EQ_INT(es_storage_create(&s, &p, NULL, &err), ES_EBUDGET);
+    CHECK_STR_HAS(err.msg, "at least 3 rows");
+    p.budget = -1;
+    CHECK_EQ_INT(es_storage_create(&s, &p, NULL, &err), ES_EINVAL);
+    p.budget = 1e30; /* absurd: refused, no overflow */
+    CHECK(es_storage_create(&s, &p, NULL, &err) != 0);
+    p.budget = 10000;
+    p.dim = 0;
+    CHECK_EQ_INT(es_storage_create(&s, &p, NULL, &err), ES_EINVAL);
+    CHECK_STR_HAS(err.msg, "dim");
+    p.dim = 8;
+    p.opt.kind = ES_OPT_ADAM;
+    CHECK_EQ_INT(es_storage_create(&s, &p, NULL, &err), ES_EINVAL);
+    CHECK_STR_HAS(err.msg, "adagrad");
+    p.opt.kind = ES_OPT_ADAGRAD;
+    p.opt.eps = 0;
+    CHECK_EQ_INT(es_storage_create(&s, &p, NULL, &err), ES_EINVAL);
+    p.opt.eps = 1e-8f;
+    const char *bad_opts[] = {"rows=abc", "rows=1:2", "rows=1:2:0", "share=2", "rows=5:5:5:5", "seed=-1", "rows="};
+    for (size_t i = 0; i < ES_ARRAY_LEN(bad_opts); i++) {
+        p.opts = bad_opts[i];
+        CHECK_MSG(es_storage_create(&s, &p, NULL, &err) == ES_EINVAL, "opts '%s' accepted", bad_opts[i]);
+        CHECK_STR_HAS(err.msg, "hash: option");
+    }
+    p.opts = "rows=3:4:5";
+    CHECK_EQ_INT(es_storage_create(&s, &p, NULL, &err), 0);
+    CHECK_EQ_INT(s->param_bytes, 12 * 8 * 4);
+    es_storage_free(s);
+    p = sp_make("unified", 3, 8, 10000);
+    p.opts = "chunks=0";
+    CHECK_EQ_INT(es_storage_create(&s, &p, NULL, &err), ES_EINVAL);
+    p.opts = "chunks=2,subtables=4,rows=3";
+    CHECK_EQ_INT(es_storage_create(&s, &p, NULL, &err), ES_EINVAL);
+    CHECK_STR_HAS(err.msg, "sub-tables");
+    p = sp_make("full", 3, 8, 0);
+    p.opts = "keys=x";
+    CHECK_EQ_INT(es_storage_create(&s, &p, NULL, &err), ES_EINVAL);
+    /* a vocabulary with the wrong field count */
+    es_vocab *v;
+    CHECK_EQ_INT(es_vocab_create(&v, 2), 0);
+    p.opts = NULL;
+    CHECK_EQ_INT(es_storage_create(&s, &p, v, &err), ES_EINVAL);
+    CHECK_STR_HAS(err.msg, "fields");
+    es_vocab_free(v);
+    es_storage_free(NULL);
+}
+
+TEST(storage_every_allocation_failure_is_clean) {
+    es_rng r;
+    es__rng_seed(&r, 41);
+    es_batch b;
+    CHECK(tb_random(&b, 20, 3, 1, 3, 200, &r));
+    es_vocab *v = vocab_of(&b);
+    CHECK(v);
+    struct {
+        const char *m;
+        double budget;
+        int k;
+    } cfg[] = {{"full", 0, 1}, {"hash", 0.3, 1}, {"unified", 20000, 2}};
+    for (size_t c = 0; c < ES_ARRAY_LEN(cfg); c++) {
+        es_storage_params p = sp_make(cfg[c].m, 3, 8, cfg[c].budget);
+        p.chunks = cfg[c].k;
+        int done = 0;
+        for (uint64_t n = 1; n < 100 && !done; n++) {
+            es_storage *s = NULL;
+            es_err err = {0, ""};
+            es__alloc_fail_at(n);
+            int rc = es_storage_create(&s, &p, v, &err);
+            es__alloc_fail_at(0);
+            if (rc == 0) {
+                done = 1;
+                es_storage_free(s);
+            } else {
+                CHECK_MSG(rc == ES_ENOMEM, "%s: allocation %llu failing gave %d (%s)", cfg[c].m, (unsigned long long)n, rc,
+                          err.msg);
+                CHECK(s == NULL);
+                CHECK_STR_HAS(err.msg, "memory");
+            }
+        }
+        CHECK_MSG(done, "%s never succeeded", cfg[c].m);
+    }
+    /* the vocabulary too: creation and growth */
+    for (uint64_t n = 1; n < 10; n++) {
+        es_vocab *w = NULL;
+        es__alloc_fail_at(n);
+        int rc = es_vocab_create(&w, 3);
+        es__alloc_fail_at(0);
+        if (rc == 0) {
+            es_vocab_free(w);
+            break;
+        }
+        CHECK_EQ_INT(rc, ES_ENOMEM);
+        CHECK(w == NULL);
+    }
+    es_vocab *w;
+    CHECK_EQ_INT(es_vocab_create(&w, 1), 0);
+    es_batch big;
+    CHECK(tb_alloc(&big, 100, 1, 100));
+    for (int i = 0; i < 100; i++) {
+        big.off[i] = (uint32_t)i;
+        big.val[i] = (uint64_t)i;
+    }
+    big.off[100] = 100;
+    big.n = 100;
+    es__alloc_fail_at(1);
+    int rc = es_vocab_add_batch(w, &big);
+    es__alloc_fail_at(0);
+    CHECK_EQ_INT(rc, ES_ENOMEM);
+    CHECK_STR_HAS(es_vocab_errmsg(w), "out of memory");
+    CHECK_EQ_INT(es_vocab_add_batch(w, &big), ES_ENOMEM); /* sticky */
+    es_vocab_free(w);
+    tb_free(&big);
+    es_vocab_free(v);
+    tb_free(&b);
+}
+
+TEST(storage_registry_lists_methods) {
+    CHECK(es_storage_n_methods() >= 3);
+    const char *want[] = {"full", "hash", "unified"};
+    for (int i = 0; i < 3; i++) {
+        const es_storage_ops *o = es_storage_find(want[i]);
+        CHECK(o && strcmp(o->name, want[i]) == 0 && o->summary && o->create && o->lookup && o->backward && o->tensors &&
+              o->destroy);
+    }
+    for (int i = 0; i < es_storage_n_methods(); i++) CHECK(es_storage_method_at(i) != NULL);
+    CHECK(es_storage_method_at(-1) == NULL);
+    CHECK(es_storage_find("nosuch") == NULL);
+    CHECK(es_storage_find(NULL) == NULL);
 }

@@ -28,10 +28,32 @@ const char *cli_next(const char *cmd, int argc, char **argv, int *i);
 /* 1 if stderr is a terminal (progress lines are shown only then). */
 int cli_tty(void);
 
+/* Reader options shared by the commands that read click logs: parses the
+ * option at argv[*i] (advancing *i past its value); returns 1 if consumed,
+ * 0 if it is not a reader option, -1 after a usage error. */
+int cli_reader_opt(const char *cmd, int argc, char **argv, int *i, es_reader_params *rp);
+#define CLI_READER_HELP                                                                                \
+    "input options:\n"                                                                             \
+    "  --format F            criteo | csv | libsvm | libffm | auto (default: from the file name;\n" \
+    "                        .tsv = Criteo TSV, .csv = CSV, .libsvm/.svm, .libffm/.ffm; .gz ok)\n" \
+    "  --columns SPEC        CSV column roles, e.g. 'rating:label,userId:cat,genres:multi'\n"      \
+    "                        (roles: label num cat multi ignore; names or 0-based indexes)\n"     \
+    "  --delim C             CSV delimiter (default ','; 'tab' for tabs)\n"                        \
+    "  --no-header           CSV file has no header line\n"                                        \
+    "  --multi-sep C         separator inside multi-valued fields (default '|')\n"                 \
+    "  --pool sum|mean       pooling of multi-valued fields (default sum)\n"                       \
+    "  --label-threshold X   label = (label column >= X), e.g. 4 for ratings\n"                     \
+    "  --skip-bad            skip malformed lines (count and report them) instead of stopping\n"
+
+/* --budget values: "0.1", "1/100" (fractions of the full table), "2000000",
+ * "4M", "1.5G", "64KiB" (bytes). */
+int cli_budget(const char *cmd, const char *s, double *out);
+
 /* Subcommands. argv[0] is the subcommand name. */
 int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_predict(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
+int cmd_bench_storage(int argc, char **argv);
 
 #endif

@@ -7,90 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- shared reader options ---------------------------------------------------- */
-
-/* Parse one reader option at argv[*i]; returns 1 if consumed, 0 if not a
- * reader option, -1 on a usage error. */
-static int reader_opt(const char *cmd, int argc, char **argv, int *i, es_reader_params *rp) {
-    const char *a = argv[*i], *v;
-    double d;
-    if (!strcmp(a, "--format")) {
-        if (!(v = cli_next(cmd, argc, argv, i))) return -1;
-        if (!strcmp(v, "criteo") || !strcmp(v, "tsv")) rp->format = ES_FMT_CRITEO;
-        else if (!strcmp(v, "csv")) rp->format = ES_FMT_CSV;
-        else if (!strcmp(v, "libsvm")) rp->format = ES_FMT_LIBSVM;
-        else if (!strcmp(v, "libffm")) rp->format = ES_FMT_LIBFFM;
-        else if (!strcmp(v, "auto")) rp->format = ES_FMT_AUTO;
-        else {
-            cli_usage(cmd, "--format expects criteo, csv, libsvm, libffm or auto, got '%s'", v);
-            return -1;
-        }
-        return 1;
-    }
-    if (!strcmp(a, "--columns")) {
-        if (!(v = cli_next(cmd, argc, argv, i))) return -1;
-        rp->columns = v;
-        if (rp->format == ES_FMT_AUTO) rp->format = ES_FMT_CSV;
-        return 1;
-    }
-    if (!strcmp(a, "--delim")) {
-        if (!(v = cli_next(cmd, argc, argv, i))) return -1;
-        if (!strcmp(v, "\\t") || !strcmp(v, "tab")) rp->delim = '\t';
-        else if (strlen(v) == 1) rp->delim = v[0];
-        else {
-            cli_usage(cmd, "--delim expects one character (or 'tab'), got '%s'", v);
-            return -1;
-        }
-        return 1;
-    }
-    if (!strcmp(a, "--multi-sep")) {
-        if (!(v = cli_next(cmd, argc, argv, i))) return -1;
-        if (strlen(v) != 1) {
-            cli_usage(cmd, "--multi-sep expects one character, got '%s'", v);
-            return -1;
-        }
-        rp->multi_sep = v[0];
-        return 1;
-    }
-    if (!strcmp(a, "--no-header")) {
-        rp->header = 0;
-        return 1;
-    }
-    if (!strcmp(a, "--skip-bad")) {
-        rp->skip_bad = 1;
-        return 1;
-    }
-    if (!strcmp(a, "--pool")) {
-        if (!(v = cli_next(cmd, argc, argv, i))) return -1;
-        if (!strcmp(v, "sum")) rp->pool = ES_POOL_SUM;
-        else if (!strcmp(v, "mean")) rp->pool = ES_POOL_MEAN;
-        else {
-            cli_usage(cmd, "--pool expects sum or mean, got '%s'", v);
-            return -1;
-        }
-        return 1;
-    }
-    if (!strcmp(a, "--label-threshold")) {
-        if (!(v = cli_next(cmd, argc, argv, i)) || cli_double(cmd, a, v, -1e300, 1e300, &d)) return -1;
-        rp->label_threshold = d;
-        return 1;
-    }
-    return 0;
-}
-
-#define READER_HELP                                                                                \
-    "input options:\n"                                                                             \
-    "  --format F            criteo | csv | libsvm | libffm | auto (default: from the file name;\n" \
-    "                        .tsv = Criteo TSV, .csv = CSV, .libsvm/.svm, .libffm/.ffm; .gz ok)\n" \
-    "  --columns SPEC        CSV column roles, e.g. 'rating:label,userId:cat,genres:multi'\n"      \
-    "                        (roles: label num cat multi ignore; names or 0-based indexes)\n"     \
-    "  --delim C             CSV delimiter (default ','; 'tab' for tabs)\n"                        \
-    "  --no-header           CSV file has no header line\n"                                        \
-    "  --multi-sep C         separator inside multi-valued fields (default '|')\n"                 \
-    "  --pool sum|mean       pooling of multi-valued fields (default sum)\n"                       \
-    "  --label-threshold X   label = (label column >= X), e.g. 4 for ratings\n"                     \
-    "  --skip-bad            skip malformed lines (count and report them) instead of stopping\n"
-
 /* ---- train ------------------------------------------------------------------------ */
 
 static const char train_help[] =
@@ -102,7 +18,7 @@ static const char train_help[] =
     "data:\n"
     "  --valid FILE          validation file (default: hold out --valid-frac of FILE)\n"
     "  --valid-frac F        hold out the LAST fraction F of FILE's rows (default 0.2; 0 = none)\n"
-    "  --max-rows N          read at most N rows of FILE\n" READER_HELP
+    "  --max-rows N          read at most N rows of FILE\n" CLI_READER_HELP
     "model:\n"
     "  --model M             lr | fm | dlrm | dcn (default dlrm)\n"
     "  --dim K               embedding dimension (default 16)\n"
@@ -164,33 +80,6 @@ static int parse_layers(const char *cmd, const char *opt, const char *s, int *v,
     return 0;
 }
 
-/* "0.1", "1/100", "2000000", "4M", "1.5G" */
-static int parse_budget(const char *cmd, const char *s, double *out) {
-    char *end;
-    double a = strtod(s, &end);
-    if (end == s || !(a >= 0)) goto bad;
-    if (*end == '/') {
-        double b = strtod(end + 1, &end);
-        if (*end || !(b > 0)) goto bad;
-        a /= b;
-    } else if (*end) {
-        double mult = 0;
-        if (!strcmp(end, "K") || !strcmp(end, "k") || !strcmp(end, "KB")) mult = 1e3;
-        else if (!strcmp(end, "M") || !strcmp(end, "MB")) mult = 1e6;
-        else if (!strcmp(end, "G") || !strcmp(end, "GB")) mult = 1e9;
-        else if (!strcmp(end, "KiB")) mult = 1024;
-        else if (!strcmp(end, "MiB")) mult = 1048576;
-        else if (!strcmp(end, "GiB")) mult = 1073741824;
-        else goto bad;
-        a *= mult;
-    }
-    *out = a;
-    return 0;
-bad:
-    cli_usage(cmd, "--budget expects bytes (e.g. 4M) or a fraction of the full table (0.1, 1/100), got '%s'", s);
-    return -1;
-}
-
 static void progress_cb(const es_progress *p, void *ctx) {
     (void)ctx;
     if (!strcmp(p->phase, "train")) {
@@ -233,7 +122,7 @@ int cmd_train(int argc, char **argv) {
     double d;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
-        int r = reader_opt(cmd, argc, argv, &i, &p.reader);
+        int r = cli_reader_opt(cmd, argc, argv, &i, &p.reader);
         if (r < 0) return ES_EXIT_USAGE;
         if (r > 0) continue;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -262,7 +151,7 @@ int cmd_train(int argc, char **argv) {
         } else if (!strcmp(a, "--storage")) {
             if (!(p.storage = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
         } else if (!strcmp(a, "--budget")) {
-            if (!(v = cli_next(cmd, argc, argv, &i)) || parse_budget(cmd, v, &p.budget)) return ES_EXIT_USAGE;
+            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_budget(cmd, v, &p.budget)) return ES_EXIT_USAGE;
         } else if (!strcmp(a, "--min-count")) {
             if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 1000000000, &ll)) return ES_EXIT_USAGE;
             p.min_count = (int)ll;

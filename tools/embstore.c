@@ -16,6 +16,7 @@ static const command commands[] = {
     {"train", cmd_train, "train a CTR model on a click log and report metrics"},
     {"eval", cmd_eval, "evaluate a saved model on a labeled file"},
     {"predict", cmd_predict, "write one click probability per input line"},
+    {"bench-storage", cmd_bench_storage, "sweep storage methods x budgets x seeds: results, Pareto plot, advice"},
     {"inspect", cmd_inspect, "show the metadata, tensors, bytes and field statistics of a file"},
 };
 

@@ -317,7 +317,8 @@ static int csv_col_err(es_reader *r, int c, char *rest, char *end, const char *w
     const char *cname = c < r->n_cols ? r->col_names[c] : "extra";
     if (!tok) return es__row_err(r, "column %d (%s): %s", c + 1, cname, what);
     char tb[200];
-    return es__row_err(r, "column %d (%s): %s, got '%s'", c + 1, cname, what, es__tok(tb, sizeof tb, tok, tlen));
+    return es__row_err(r, "column %d (%s): %s, got '%s'%s", c + 1, cname, what, es__tok(tb, sizeof tb, tok, tlen),
+                       es__label_hint(what));
 }
 
 static int push_multi(es_reader *r, const char *s, size_t n, es_batch *b, size_t *nv) {

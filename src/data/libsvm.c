@@ -33,7 +33,8 @@ static int parse_line_label(es_reader *r, const char *s, const char **pp, const 
     const char *why;
     if (!es__parse_label(r, t, (size_t)(p - t), 1, label, &why)) {
         char tb[200];
-        return es__row_err(r, "column %zu: %s, got '%s'", (size_t)(t - s) + 1, why, es__tok(tb, sizeof tb, t, (size_t)(p - t)));
+        return es__row_err(r, "column %zu: %s, got '%s'%s", (size_t)(t - s) + 1, why,
+                           es__tok(tb, sizeof tb, t, (size_t)(p - t)), es__label_hint(why));
     }
     *pp = p;
     return ES_OK;

@@ -179,8 +179,8 @@ static int probe(es__lineio *l, es_err *err) {
         l->zs.zalloc = z_alloc;
         l->zs.zfree = z_free;
         int zr = inflateInit2(&l->zs, 15 + 16); /* gzip wrapper only */
-        if (zr != Z_OK)
-            return lio_fail(l, err, zr == Z_MEM_ERROR ? ES_ENOMEM : ES_EIO, "%s: cannot start the gzip decoder", l->name);
+        if (zr == Z_MEM_ERROR) return lio_fail(l, err, ES_ENOMEM, "%s: out of memory starting the gzip decoder", l->name);
+        if (zr != Z_OK) return lio_fail(l, err, ES_EIO, "%s: cannot start the gzip decoder (zlib error %d)", l->name, zr);
         l->zs_ready = 1;
         l->in_member = 1;
         l->zs.next_in = l->zin;

@@ -112,31 +112,6 @@ bool es__parse_num(const char *s, size_t n, double *out) {
     return true;
 }
 
-bool es__num_feature(const es_reader *r, const char *s, size_t n, float *out) {
-    if (n == 0) {
-        *out = 0.0f; /* missing */
-        return true;
-    }
-    /* Criteo-style small integers: a table lookup instead of log1p. */
-    const char *p = s, *e = s + n;
-    bool neg = *p == '-';
-    p += neg;
-    if (p < e && e - p <= 9) {
-        uint32_t v = 0;
-        const char *q = p;
-        while (q < e && (unsigned)(*q - '0') < 10) v = v * 10 + (uint32_t)(*q++ - '0');
-        if (q == e) {
-            float f = v < ES__TLOG_N ? r->tlog[v] : es_transform_num((double)v);
-            *out = neg ? -f : f;
-            return true;
-        }
-    }
-    double d;
-    if (!es__parse_num(s, n, &d)) return false;
-    *out = es_transform_num(d);
-    return true;
-}
-
 bool es__parse_label(const es_reader *r, const char *s, size_t n, int pm1, float *out, const char **why) {
     if (n == 1 && (s[0] == '0' || s[0] == '1') && !(r->p.label_threshold > -INFINITY)) {
         *out = (float)(s[0] - '0');
@@ -159,8 +134,12 @@ bool es__parse_label(const es_reader *r, const char *s, size_t n, int pm1, float
         *out = 0.0f;
         return true;
     }
-    *why = pm1 ? "label must be 0/1 or -1/+1 (or set label_threshold)" : "label must be 0 or 1 (or set label_threshold)";
+    *why = pm1 ? "label must be 0/1 or -1/+1" : "label must be 0 or 1";
     return false;
+}
+
+const char *es__label_hint(const char *why) {
+    return strncmp(why, "label must", 10) == 0 ? " (set label_threshold to binarise other values)" : "";
 }
 
 int es__make_names(char ***out, int n, const char *prefix, int first) {
@@ -254,6 +233,8 @@ static int open_common(es_reader *r, const char *columns, es_err *err) {
     default: rc = es__err(err, ES_EINVAL, "%s: no format", es__lineio_name(r->io));
     }
     if (rc) return rc;
+    r->err.code = 0;
+    r->err.msg[0] = 0;
     for (;;) {
         char *s;
         size_t n;
@@ -309,8 +290,6 @@ static int open_any(es_reader **out, const char *name, const void *mem, size_t m
         es_reader_free(r);
         return rc;
     }
-    r->err.code = 0;
-    r->err.msg[0] = 0;
     *out = r;
     return ES_OK;
 }
@@ -398,7 +377,8 @@ int es_reader_next(es_reader *r, es_batch *b) {
                 nv = b->off[(size_t)row * F]; /* drop the partial row */
             }
         }
-        if ((rc == ES_EPARSE || rc == ES_ERANGE) && r->p.skip_bad) {
+        if (rc == ES_ERANGE) rc = ES_EPARSE; /* an over-long line is a bad line like any other */
+        if (rc == ES_EPARSE && r->p.skip_bad) {
             note_bad(r);
             continue;
         }

@@ -70,12 +70,41 @@ const char *es__tok(char *dst, size_t cap, const char *s, size_t n);
  * allowed; inf/nan/hex are not.  Exact (correctly rounded) like strtod. */
 bool es__parse_num(const char *s, size_t n, double *out);
 /* Numeric feature: empty -> 0 (missing), else es_transform_num(value).
- * Returns false when the text is not a number. */
-bool es__num_feature(const es_reader *r, const char *s, size_t n, float *out);
+ * Returns false when the text is not a number.  Inline because Criteo
+ * calls it 13 times a row: short integers take a table lookup, everything
+ * else goes through es__parse_num. */
+static inline bool es__num_feature(const es_reader *r, const char *s, size_t n, float *out);
 /* Label text -> 0/1 (label_threshold when set, else the value must be 0 or
  * 1; libsvm's -1/+1 are accepted when pm1 is true).  On failure returns
  * false and *why names the problem. */
 bool es__parse_label(const es_reader *r, const char *s, size_t n, int pm1, float *out, const char **why);
+/* " (set label_threshold ...)" after a "label must be ..." reason, else "". */
+const char *es__label_hint(const char *why);
+
+static inline bool es__num_feature(const es_reader *r, const char *s, size_t n, float *out) {
+    if (n == 0) {
+        *out = 0.0f; /* missing */
+        return true;
+    }
+    const char *p = s, *e = s + n;
+    bool neg = *p == '-';
+    p += neg;
+    if (p < e && e - p <= 9) {
+        uint32_t v = 0;
+        const char *q = p;
+        while (q < e && (unsigned)(*q - '0') < 10) v = v * 10 + (uint32_t)(*q++ - '0');
+        if (q == e) {
+            /* transform(-x) == -transform(x) exactly, so one table serves both signs */
+            float f = v < ES__TLOG_N ? r->tlog[v] : es_transform_num((double)v);
+            *out = neg ? -f : f;
+            return true;
+        }
+    }
+    double d;
+    if (!es__parse_num(s, n, &d)) return false;
+    *out = es_transform_num(d);
+    return true;
+}
 
 /* Append one value (key, weight) to the batch, growing it when full. */
 static inline int es__push_val(es_batch *b, size_t *nv, uint64_t key, float w) {

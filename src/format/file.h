@@ -52,7 +52,8 @@ typedef struct es_tensor_ref {
     size_t nbytes;
 } es_tensor_ref;
 
-/* Fill a ref: `ndim` (0..4) uint64_t shape arguments follow; nbytes is
+/* Fill a ref: `ndim` (0..4) shape arguments follow, each of type uint64_t
+ * (cast literals and ints: (uint64_t)3, since varargs are not converted); nbytes is
  * computed from dtype and shape.  Returns 0, or ES_EINVAL when the name is
  * empty or longer than ES_TENSOR_NAME_MAX - 1 bytes, the dtype is unknown,
  * ndim is outside 0..4 or the size overflows; in that case the ref is still
@@ -104,7 +105,9 @@ typedef struct es_file es_file;
  * ES_ECHECKSUM (corruption), ES_ENOMEM.  Messages start with the path.
  * Tensor data is a view into the mapping: read-only, valid until close.
  * Open time is independent of the data size except for checksum
- * verification. */
+ * verification.  As with any mapped reader, a file truncated in place by
+ * another process while open makes accesses fault; replace files with
+ * es_fwriter (write, fsync, rename), which never changes an open file. */
 int es_file_open(es_file **out, const char *path, unsigned flags, es_err *err);
 /* The same from a memory buffer (not copied: it must stay valid and
  * unchanged until es_file_close).  `data` must be 64-byte aligned (so that

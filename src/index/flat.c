@@ -204,7 +204,7 @@ static const es__ix_vt flat_vt = {
     .destroy = flat_destroy,
 };
 
-int es__flat_new(es__ix **out, int dim, int ip, const es_index_params *p, es_err *err) {
+int es__flat_new(es__ix **out, int dim, int ip, es_index_params *p, es_err *err) {
     flat_ix *f = es__calloc(1, sizeof *f);
     if (!f) return es__err(err, ES_ENOMEM, "flat: out of memory");
     f->h = (es__ix){.vt = &flat_vt, .dim = dim, .ip = ip, .trained = true, .p = p};

@@ -230,16 +230,17 @@ struct es__ix {
     size_t n;      /* vectors added */
     bool trained;
     int threads;   /* for training work inside the kind */
-    const es_index_params *p; /* the handle's parameters (live: ef_search, nprobe) */
+    es_index_params *p; /* the handle's parameters: live (ef_search, nprobe), and kinds
+                           write back defaults they resolve at train time (nlist) */
 };
 
 /* Constructors: validate the kind options in p, allocate, fill the head. */
-int es__flat_new(es__ix **out, int dim, int ip, const es_index_params *p, es_err *err);
-int es__sq8_new(es__ix **out, int dim, int ip, const es_index_params *p, es_err *err);
-int es__binary_new(es__ix **out, int dim, int ip, const es_index_params *p, es_err *err);
-int es__pq_new(es__ix **out, int dim, int ip, const es_index_params *p, es_err *err);
-int es__hnsw_new(es__ix **out, int dim, int ip, const es_index_params *p, es_err *err);
-int es__ivf_new(es__ix **out, int dim, int ip, const es_index_params *p, es_err *err);
+int es__flat_new(es__ix **out, int dim, int ip, es_index_params *p, es_err *err);
+int es__sq8_new(es__ix **out, int dim, int ip, es_index_params *p, es_err *err);
+int es__binary_new(es__ix **out, int dim, int ip, es_index_params *p, es_err *err);
+int es__pq_new(es__ix **out, int dim, int ip, es_index_params *p, es_err *err);
+int es__hnsw_new(es__ix **out, int dim, int ip, es_index_params *p, es_err *err);
+int es__ivf_new(es__ix **out, int dim, int ip, es_index_params *p, es_err *err);
 
 /* ---- codecs shared by the standalone kinds and IVF ----------------------------------
  * 8-bit scalar quantizer (sq8.c): x_j ~ bias_j + scale_j * code_j, with

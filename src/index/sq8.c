@@ -193,7 +193,7 @@ static const es__ix_vt sq8_vt = {
     .destroy = sq8_destroy,
 };
 
-int es__sq8_new(es__ix **out, int dim, int ip, const es_index_params *p, es_err *err) {
+int es__sq8_new(es__ix **out, int dim, int ip, es_index_params *p, es_err *err) {
     sq8_ix *s = es__calloc(1, sizeof *s);
     if (!s) return es__err(err, ES_ENOMEM, "sq8: out of memory");
     s->h = (es__ix){.vt = &sq8_vt, .dim = dim, .ip = ip, .p = p};

@@ -14,7 +14,6 @@
 #include "model/layers.h"
 
 #include "core/core.h"
-#include "core/simd.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -129,6 +128,73 @@ static inline float *ivec_mut(float *z0, float *erow, int i, int k) {
     return erow + (size_t)i * k;
 }
 
+/* Index of pair (i, j), i < j, in the row-major strict upper triangle of a
+ * T x T matrix: rows 0..i-1 hold (T-1) + (T-2) + ... + (T-i) pairs. */
+static inline int pair_index(int i, int j, int T) { return i * T - i * (i + 1) / 2 + (j - i - 1); }
+
+/* The row kernels below run the same arithmetic as the _ref twins (each dot
+ * summed over d in order, each gradient summed over j in order), arranged so
+ * that the innermost loop is a fixed-width vector operation.  They are
+ * compiled for AVX-512, AVX2 and baseline x86-64 and picked at load time
+ * (GCC target_clones), so a default build still gets wide vectors. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define ES__CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define ES__CLONES
+#endif
+#define ES__JB 16 /* j-block: vectors whose dots are formed together */
+#define ES__DB 64 /* d-chunk: columns handled per pass (bounds the stack buffer) */
+
+/* Forward of one row: o[P] = <x_i, x_j> for i < j.  A block of up to 16
+ * vectors x_j is transposed into xt[d][jj], so that for each x_i the dots
+ * with the whole block accumulate as acc[jj] += x_i[d] * xt[d][jj]: a
+ * 16-wide multiply-add per column d instead of a horizontal reduction per
+ * pair.  Four x_i go together so that four independent accumulator chains
+ * hide the add latency. */
+ES__CLONES static void gram_row(float *restrict o, const float *z, const float *e, int T, int k) {
+    float xt[ES__DB * ES__JB];
+    float acc[4][ES__JB];
+    for (int jb = 1; jb < T; jb += ES__JB) {
+        int nb = ES_MIN(ES__JB, T - jb), imax = jb + nb - 1; /* pairs need i < j <= jb+nb-1 */
+        for (int d0 = 0; d0 < k; d0 += ES__DB) {
+            int dk = ES_MIN(ES__DB, k - d0);
+            for (int jj = 0; jj < ES__JB; jj++) {
+                const float *xj = jj < nb ? ivec(z, e, jb + jj, k) + d0 : NULL;
+                for (int d = 0; d < dk; d++) xt[d * ES__JB + jj] = xj ? xj[d] : 0.0f;
+            }
+            for (int i = 0; i < imax; i += 4) {
+                int ni = ES_MIN(4, imax - i);
+                const float *x[4];
+                for (int q = 0; q < 4; q++) x[q] = ivec(z, e, i + (q < ni ? q : 0), k) + d0;
+                for (int q = 0; q < 4; q++)
+                    for (int jj = 0; jj < ES__JB; jj++) acc[q][jj] = 0.0f;
+                for (int q = 0; q < ni && d0 > 0; q++) { /* resume the partial sums of earlier columns */
+                    int j0 = ES_MAX(jb, i + q + 1), off = j0 - jb;
+                    const float *src = o + pair_index(i + q, j0, T);
+                    for (int jj = 0; jj < jb + nb - j0; jj++) acc[q][off + jj] = src[jj];
+                }
+                for (int d = 0; d < dk; d++) {
+                    float v0 = x[0][d], v1 = x[1][d], v2 = x[2][d], v3 = x[3][d];
+                    const float *row = xt + d * ES__JB;
+#pragma omp simd
+                    for (int jj = 0; jj < ES__JB; jj++) {
+                        float t = row[jj];
+                        acc[0][jj] += v0 * t;
+                        acc[1][jj] += v1 * t;
+                        acc[2][jj] += v2 * t;
+                        acc[3][jj] += v3 * t;
+                    }
+                }
+                for (int q = 0; q < ni; q++) { /* only lanes j > i are pairs; they are contiguous in o */
+                    int j0 = ES_MAX(jb, i + q + 1), off = j0 - jb;
+                    float *dst = o + pair_index(i + q, j0, T);
+                    for (int jj = 0; jj < jb + nb - j0; jj++) dst[jj] = acc[q][off + jj];
+                }
+            }
+        }
+    }
+}
+
 void es__interact_forward(float *out, const float *z0, const float *emb, int n, int F, int k) {
     int has = z0 != NULL, T = F + has, W = es__interact_width(has, F, k);
 #pragma omp parallel for schedule(static) if (n >= ES__PAR_ROWS)
@@ -137,11 +203,7 @@ void es__interact_forward(float *out, const float *z0, const float *emb, int n, 
         const float *e = emb + (size_t)r * F * k;
         const float *z = has ? z0 + (size_t)r * k : NULL;
         if (has) memcpy(o, z, (size_t)k * sizeof(float));
-        float *p = o + (has ? k : 0);
-        for (int i = 0; i < T; i++) {
-            const float *xi = ivec(z, e, i, k);
-            for (int j = i + 1; j < T; j++) *p++ = es__dot(xi, ivec(z, e, j, k), (size_t)k);
-        }
+        gram_row(o + (has ? k : 0), z, e, T, k);
     }
 }
 
@@ -163,6 +225,58 @@ void es__interact_forward_ref(float *out, const float *z0, const float *emb, int
     }
 }
 
+/* Backward of one row: dx_i = [gz when i is z0] + sum_{j != i} g_ij x_j,
+ * summed over j in order.  Four dx_i accumulate together (four independent
+ * chains sharing each load of x_j), 16 columns at a time; the j == i term
+ * enters as 0 * x_i, which leaves a finite sum unchanged. */
+#define ES__DBB 16
+ES__CLONES static void gram_row_backward(float *dz, float *de, const float *gz, const float *g, const float *z,
+                                         const float *e, int T, int k) {
+    float acc[4][ES__DBB];
+    for (int i = 0; i < T; i += 4) {
+        int ni = ES_MIN(4, T - i);
+        for (int d0 = 0; d0 < k; d0 += ES__DBB) {
+            int dk = ES_MIN(ES__DBB, k - d0);
+            for (int q = 0; q < 4; q++)
+                for (int d = 0; d < ES__DBB; d++) acc[q][d] = (gz && i + q == 0 && d < dk) ? gz[d0 + d] : 0.0f;
+            for (int j = 0; j < T; j++) {
+                /* s[q] = g_{i+q, j}: for j below the block the four values are
+                 * adjacent in row j of the triangle; above it they sit in
+                 * rows i..i+3; inside the block the diagonal gives 0. */
+                float s[4];
+                if (j < i) {
+                    const float *gj = g + pair_index(j, i, T);
+                    for (int q = 0; q < 4; q++) s[q] = q < ni ? gj[q] : 0.0f;
+                } else if (j >= i + ni) {
+                    for (int q = 0; q < 4; q++) s[q] = q < ni ? g[pair_index(i + q, j, T)] : 0.0f;
+                } else {
+                    for (int q = 0; q < 4; q++) {
+                        int a = i + q;
+                        s[q] = (q >= ni || a == j) ? 0.0f : g[j < a ? pair_index(j, a, T) : pair_index(a, j, T)];
+                    }
+                }
+                const float *xj = ivec(z, e, j, k) + d0;
+                if (dk == ES__DBB) {
+#pragma omp simd
+                    for (int d = 0; d < ES__DBB; d++) {
+                        float t = xj[d];
+                        acc[0][d] += s[0] * t;
+                        acc[1][d] += s[1] * t;
+                        acc[2][d] += s[2] * t;
+                        acc[3][d] += s[3] * t;
+                    }
+                } else {
+                    for (int d = 0; d < dk; d++) {
+                        float t = xj[d];
+                        for (int q = 0; q < 4; q++) acc[q][d] += s[q] * t;
+                    }
+                }
+            }
+            for (int q = 0; q < ni; q++) memcpy(ivec_mut(dz, de, i + q, k) + d0, acc[q], (size_t)dk * sizeof(float));
+        }
+    }
+}
+
 void es__interact_backward(float *dz0, float *demb, const float *dout, const float *z0, const float *emb, int n, int F,
                            int k) {
     int has = z0 != NULL, T = F + has, W = es__interact_width(has, F, k);
@@ -173,21 +287,8 @@ void es__interact_backward(float *dz0, float *demb, const float *dout, const flo
         const float *z = has ? z0 + (size_t)r * k : NULL;
         float *de = demb + (size_t)r * F * k;
         float *dz = has ? dz0 + (size_t)r * k : NULL;
-        memset(de, 0, (size_t)F * k * sizeof(float));
-        if (has) {
-            memcpy(dz, g, (size_t)k * sizeof(float)); /* z0 passes straight through */
-            g += k;
-        }
-        /* d<x_i, x_j> = x_j dx_i + x_i dx_j for every pair. */
-        for (int i = 0; i < T; i++) {
-            const float *xi = ivec(z, e, i, k);
-            float *dxi = ivec_mut(dz, de, i, k);
-            for (int j = i + 1; j < T; j++) {
-                float gij = *g++;
-                es__axpy(dxi, gij, ivec(z, e, j, k), (size_t)k);
-                es__axpy(ivec_mut(dz, de, j, k), gij, xi, (size_t)k);
-            }
-        }
+        /* z0 passes straight through the first k columns */
+        gram_row_backward(dz, de, has ? g : NULL, g + (has ? k : 0), z, e, T, k);
     }
 }
 
@@ -207,9 +308,7 @@ void es__interact_backward_ref(float *dz0, float *demb, const float *dout, const
             for (int t = 0; t < k; t++) dxi[t] = (has && i == 0) ? g[t] : 0.0f;
             for (int j = 0; j < T; j++) {
                 if (j == i) continue;
-                int a = i < j ? i : j, b = i < j ? j : i;
-                /* index of pair (a, b) in row-major strict upper triangle */
-                int p = a * T - a * (a + 1) / 2 + (b - a - 1);
+                int p = i < j ? pair_index(i, j, T) : pair_index(j, i, T);
                 const float *xj = ivec(z, e, j, k);
                 for (int t = 0; t < k; t++) dxi[t] += g[P0 + p] * xj[t];
             }

@@ -216,10 +216,8 @@ static int full_tensors(es_storage *s, es_tensor_ref *refs, int max) {
     if (!refs) return n;
     if (max < n) return ES_ERANGE;
     int i = es__rows_tensors(&m->t, refs, max);
-    uint64_t shape = m->n_keys;
-    es__tensor_ref_fill(&refs[i++], "map.keys", ES_DT_U64, m->keys, 1, &shape);
-    shape = (uint64_t)m->F + 1;
-    es__tensor_ref_fill(&refs[i++], "map.field_off", ES_DT_U64, m->field_off, 1, &shape);
+    es_tensor_ref_set(&refs[i++], "map.keys", ES_DT_U64, m->keys, 1, m->n_keys);
+    es_tensor_ref_set(&refs[i++], "map.field_off", ES_DT_U64, m->field_off, 1, (uint64_t)m->F + 1);
     return i;
 }
 

@@ -153,8 +153,22 @@ int es__hashed_rows_from_budget(const es_storage *s, size_t aux, int row_floats,
 
 /* ---- the hash method ---------------------------------------------------------- */
 
-/* Split R >= F rows over F fields (rule in the file comment). */
-static void split_rows(uint64_t R, int F, const es_vocab *vocab, uint64_t *rows) {
+typedef enum { SPLIT_PROP = 0, SPLIT_SQRT = 1, SPLIT_EQUAL = 2 } split_rule;
+
+/* Weight of field f under a split rule: an integer, so the split is exact
+ * and the same on every platform (sqrt is correctly rounded in IEEE). */
+static uint64_t split_weight(split_rule rule, uint64_t d) {
+    if (d == 0) return 0;
+    switch (rule) {
+    case SPLIT_SQRT: return (uint64_t)floor(sqrt((double)d) * 1024.0) + 1;
+    case SPLIT_EQUAL: return 1;
+    default: return d;
+    }
+}
+
+/* Split R >= F rows over F fields (rule in the file comment): water-filling
+ * by weight, each field capped at d_f + 1 rows. */
+static void split_rows(uint64_t R, int F, const es_vocab *vocab, split_rule rule, uint64_t *rows) {
     if (!vocab) {
         for (int f = 0; f < F; f++) rows[f] = R / (uint64_t)F + ((uint64_t)f < R % (uint64_t)F);
         return;
@@ -164,13 +178,13 @@ static void split_rows(uint64_t R, int F, const es_vocab *vocab, uint64_t *rows)
     while (rem > 0) {
         unsigned __int128 S = 0;
         for (int f = 0; f < F; f++)
-            if (rows[f] < es_vocab_distinct(vocab, f) + 1) S += es_vocab_distinct(vocab, f);
+            if (rows[f] < es_vocab_distinct(vocab, f) + 1) S += split_weight(rule, es_vocab_distinct(vocab, f));
         if (S == 0) break; /* every field has all the rows it can use */
         uint64_t given = 0;
         for (int f = 0; f < F; f++) {
             uint64_t d = es_vocab_distinct(vocab, f), cap = d + 1;
             if (rows[f] >= cap) continue;
-            uint64_t add = (uint64_t)((unsigned __int128)rem * d / S);
+            uint64_t add = (uint64_t)((unsigned __int128)rem * split_weight(rule, d) / S);
             if (add > cap - rows[f]) add = cap - rows[f];
             rows[f] += add;
             given += add;
@@ -232,9 +246,17 @@ static int hash_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         rc = parse_row_list(s, rv, len, F, rows, err);
         for (int f = 0; rc == ES_OK && f < F; f++) total += rows[f]; /* each <= 2^48, F <= 2^20: no overflow */
     } else {
-        rc = es__hashed_rows_from_budget(s, aux, dim, share ? 1 : (uint64_t)F, &total, err);
+        split_rule rule = SPLIT_PROP;
+        const char *sv = es__storage_opt(s, "split", &len);
+        if (sv) {
+            if (len == 4 && memcmp(sv, "prop", 4) == 0) rule = SPLIT_PROP;
+            else if (len == 4 && memcmp(sv, "sqrt", 4) == 0) rule = SPLIT_SQRT;
+            else if (len == 5 && memcmp(sv, "equal", 5) == 0) rule = SPLIT_EQUAL;
+            else rc = es__err(err, ES_EINVAL, "hash: option split=%.*s must be prop, sqrt or equal", (int)ES_MIN(len, 200), sv);
+        }
+        if (rc == ES_OK) rc = es__hashed_rows_from_budget(s, aux, dim, share ? 1 : (uint64_t)F, &total, err);
         if (rc == ES_OK && !share) {
-            split_rows(total, F, vocab, rows);
+            split_rows(total, F, vocab, rule, rows);
             total = 0;
             for (int f = 0; f < F; f++) total += rows[f];
         }

@@ -95,28 +95,15 @@ void es_rows_update(es_rows *t, uint64_t r, const float *g) {
     }
 }
 
-void es__tensor_ref_fill(es_tensor_ref *t, const char *name, es_dtype dt, void *data, int ndim, const uint64_t *shape) {
-    memset(t, 0, sizeof *t);
-    snprintf(t->name, sizeof t->name, "%s", name);
-    t->dtype = dt;
-    t->ndim = ndim;
-    uint64_t count = 1;
-    for (int i = 0; i < ndim; i++) {
-        t->shape[i] = shape[i];
-        count *= shape[i];
-    }
-    size_t esz = (dt == ES_DT_U64 || dt == ES_DT_I64) ? 8 : (dt == ES_DT_F16) ? 2 : (dt == ES_DT_I8 || dt == ES_DT_U8) ? 1 : 4;
-    t->data = data;
-    t->nbytes = (size_t)count * esz;
-}
-
 int es__rows_tensors(es_rows *t, es_tensor_ref *refs, int max) {
     int n = t->acc ? 2 : 1;
     if (!refs) return n;
     if (max < n) return ES_ERANGE;
-    uint64_t shape[2] = {t->n_rows, (uint64_t)t->dim};
-    es__tensor_ref_fill(&refs[0], "weight", ES_DT_F32, t->w, 2, shape);
-    if (t->acc) es__tensor_ref_fill(&refs[1], "opt.acc", ES_DT_F32, t->acc, t->opt.kind == ES_OPT_ADAGRAD ? 2 : 1, shape);
+    es_tensor_ref_set(&refs[0], "weight", ES_DT_F32, t->w, 2, t->n_rows, (uint64_t)t->dim);
+    if (t->opt.kind == ES_OPT_ADAGRAD)
+        es_tensor_ref_set(&refs[1], "opt.acc", ES_DT_F32, t->acc, 2, t->n_rows, (uint64_t)t->dim);
+    else if (t->acc)
+        es_tensor_ref_set(&refs[1], "opt.acc", ES_DT_F32, t->acc, 1, t->n_rows);
     return n;
 }
 
@@ -240,7 +227,20 @@ float *es_gradacc_row(es_gradacc *a, uint64_t row) {
 
 void es_gradacc_apply(es_gradacc *a, es_rows *t) {
     ES_ASSERT(a->dim == t->dim);
-    for (size_t i = 0; i < a->n; i++) es_rows_update(t, a->rows[i], a->g + i * (size_t)a->dim);
+    /* Rows are scattered over the table: fetch a few updates ahead (for
+     * writing) so the read-modify-writes do not wait on memory one by one. */
+    enum { AHEAD = 8 };
+    const size_t dim = (size_t)a->dim;
+    for (size_t i = 0; i < a->n; i++) {
+        if (i + AHEAD < a->n) {
+            uint64_t r = a->rows[i + AHEAD];
+            const char *w = (const char *)(t->w + r * dim);
+            for (size_t o = 0; o < ES_MIN(dim * sizeof(float), (size_t)512); o += 64) __builtin_prefetch(w + o, 1, 1);
+            if (t->opt.kind == ES_OPT_ROWWISE_ADAGRAD) __builtin_prefetch(t->acc + r, 1, 1);
+            else if (t->opt.kind == ES_OPT_ADAGRAD) __builtin_prefetch(t->acc + r * dim, 1, 1);
+        }
+        es_rows_update(t, a->rows[i], a->g + i * dim);
+    }
     es_gradacc_clear(a);
 }
 

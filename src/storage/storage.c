@@ -202,9 +202,12 @@ void es_storage_free(es_storage *s) {
     es__free(s);
 }
 
-void es_storage_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *out) {
-    ES_ASSERT(b->n_fields == s->p.n_fields && r0 >= 0 && r0 <= r1 && r1 <= b->n);
+int es_storage_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *out) {
+    if (b->n_fields != s->p.n_fields || r0 < 0 || r0 > r1 || r1 > b->n)
+        return es__err(&s->err, ES_EINVAL, "storage %s: lookup of rows [%d, %d) of a %d-row batch with %d fields (storage has %d)",
+                       s->ops->name, r0, r1, b->n, b->n_fields, s->p.n_fields);
     s->ops->lookup(s, b, r0, r1, out);
+    return ES_OK;
 }
 
 int es_storage_backward(es_storage *s, const es_batch *b, const float *dout) {

@@ -175,9 +175,10 @@ void es_storage_free(es_storage *s);
  * rows with count >= min_count plus one OOV row per field).  SIZE_MAX if the
  * figure overflows. */
 size_t es_storage_full_bytes(const es_vocab *vocab, int dim, int min_count);
-/* Thin wrappers over s->ops (same contracts); backward also checks the
- * batch shape (ES_EINVAL).  errmsg is the last error's message. */
-void es_storage_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *out);
+/* Thin wrappers over s->ops (same contracts); lookup and backward also
+ * check the batch shape and row range (ES_EINVAL, nothing written).
+ * errmsg is the last error's message. */
+int es_storage_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *out);
 int es_storage_backward(es_storage *s, const es_batch *b, const float *dout);
 int es_storage_tensors(es_storage *s, es_tensor_ref *refs, int max);
 int es_storage_after_load(es_storage *s);
@@ -222,8 +223,6 @@ void es_rows_update(es_rows *t, uint64_t r, const float *g);
  * optimizer state, "opt.acc" (f32 [n_rows, dim] or [n_rows]).  Returns the
  * number of refs (written only when refs != NULL and they fit in max). */
 int es__rows_tensors(es_rows *t, es_tensor_ref *refs, int max);
-/* Fill a tensor ref directly (name, dtype, shape, nbytes). */
-void es__tensor_ref_fill(es_tensor_ref *t, const char *name, es_dtype dt, void *data, int ndim, const uint64_t *shape);
 
 typedef struct es_gradacc {
     uint64_t *keys;    /* open-addressing map: row id -> slot */

@@ -1,0 +1,729 @@
+/*
+ * storage_harness.c — the generic storage-method checks declared in
+ * storage_harness.h: finite-difference gradients, byte budgets, save/load
+ * round trips through tensors() and meta, determinism, thread safety of
+ * lookups and allocation-failure sweeps, for any method in the registry.
+ *
+ * Everything is driven through the public storage interface
+ * (es_storage_create / lookup / backward / tensors / after_load), never a
+ * method's internals, so a pass means the method keeps the contracts of
+ * storage.h as every caller sees them.
+ */
+#include "storage_harness.h"
+
+#include "alloc_sweep.h"
+#include "test.h"
+
+#include <pthread.h>
+
+/* ---- synthetic data ------------------------------------------------------------ */
+
+uint64_t es_sh_distinct(int f) {
+    static const uint64_t d[] = {37, 5000, 5, 800, 20000, 120};
+    return d[(size_t)f % ES_ARRAY_LEN(d)];
+}
+
+uint64_t es_sh_key(int f, uint64_t i) { return es__mix64(((uint64_t)(uint32_t)f << 40) + i + 1); }
+
+es_vocab *es_sh_vocab(int F) {
+    uint64_t rows = 0;
+    for (int f = 0; f < F; f++) rows = ES_MAX(rows, es_sh_distinct(f));
+    es_batch b;
+    if (es_batch_alloc(&b, (int)rows, 0, F, (size_t)rows * (size_t)F) != 0) return NULL;
+    uint32_t o = 0;
+    for (uint64_t r = 0; r < rows; r++)
+        for (int f = 0; f < F; f++) {
+            b.off[r * (uint64_t)F + (uint64_t)f] = o;
+            b.val[o] = es_sh_key(f, r % es_sh_distinct(f));
+            b.wt[o] = 1.0f;
+            o++;
+        }
+    b.off[rows * (uint64_t)F] = o;
+    b.n = (int)rows;
+    es_vocab *v = NULL;
+    if (es_vocab_create(&v, F) == 0 && es_vocab_add_batch(v, &b) != 0) {
+        es_vocab_free(v);
+        v = NULL;
+    }
+    es_batch_free(&b);
+    return v;
+}
+
+int es_sh_batch(es_batch *b, int n, int F, uint64_t seed) {
+    int rc = es_batch_alloc(b, n, 0, F, (size_t)n * (size_t)F * 6);
+    if (rc) return rc;
+    es_rng r;
+    es__rng_seed(&r, seed);
+    uint32_t o = 0;
+    for (int row = 0; row < n; row++)
+        for (int f = 0; f < F; f++) {
+            b->off[row * F + f] = o;
+            const int kind = f % 3; /* 0: single, weight 1; 1: multi, weighted; 2: single, weighted */
+            const int m = kind == 1 ? (int)(es__rng_u64(&r) % 6) : 1;
+            const uint64_t popular = ES_MIN(es_sh_distinct(f), kind == 1 ? 20u : 8u);
+            for (int i = 0; i < m; i++) {
+                uint64_t u = es__rng_u64(&r) % 12;
+                uint64_t key;
+                if (u == 0)
+                    key = es_sh_key(f, es_sh_distinct(f) + es__rng_u64(&r) % 1000); /* never seen */
+                else if (u == 1)
+                    key = es_sh_key(0, 0); /* the same raw key in every field */
+                else
+                    key = es_sh_key(f, es__rng_u64(&r) % popular);
+                if (kind == 1 && i > 0 && es__rng_u64(&r) % 3 == 0) key = b->val[o - 1];
+                b->val[o] = key;
+                b->wt[o] = kind == 0 ? 1.0f : (float)(0.25 + 1.25 * es__rng_uniform(&r));
+                o++;
+            }
+        }
+    b->off[n * F] = o;
+    b->n = n;
+    return 0;
+}
+
+/* ---- configuration ---------------------------------------------------------------- */
+
+es_sh_cfg es_sh_cfg_make(const char *method, int share) {
+    es_sh_cfg c;
+    memset(&c, 0, sizeof c);
+    c.method = method;
+    c.share = share;
+    c.n_fields = 4;
+    c.dim = 8;
+    c.budget = 4096;
+    c.seed = 7;
+    c.use_vocab = 1;
+    c.chunks = 1;
+    c.max_batch = 64;
+    c.init_scale = 0.05f;
+    return c;
+}
+
+es_storage_params es_sh_params(const es_sh_cfg *c) {
+    es_storage_params p = es_storage_params_default();
+    p.method = c->method;
+    p.n_fields = c->n_fields;
+    p.dim = c->dim;
+    p.budget = c->budget;
+    p.seed = c->seed;
+    p.share = c->share;
+    p.opts = c->opts;
+    p.max_batch = c->max_batch;
+    p.chunks = c->chunks;
+    p.init_scale = c->init_scale;
+    return p;
+}
+
+int es_sh_create(es_storage **s, const es_sh_cfg *c, const es_vocab *v, es_optim opt, float lr, es_err *err) {
+    es_storage_params p = es_sh_params(c);
+    p.opt.kind = opt;
+    p.opt.lr = lr;
+    return es_storage_create(s, &p, c->use_vocab ? v : NULL, err);
+}
+
+static const char *cfg_name(const es_sh_cfg *c) {
+    static char buf[4][192];
+    static int slot;
+    char *b = buf[slot++ % 4];
+    snprintf(b, sizeof buf[0], "%s share=%d%s%s", c->method, c->share, c->opts ? " " : "", c->opts ? c->opts : "");
+    return b;
+}
+
+/* ---- tensor helpers ------------------------------------------------------------------ */
+
+typedef struct {
+    es_tensor_ref *refs;
+    int n;
+} tlist;
+
+static int tlist_get(es_storage *s, tlist *t) {
+    t->refs = NULL;
+    t->n = es_storage_tensors(s, NULL, 0);
+    if (t->n < 0) return 0;
+    t->refs = calloc((size_t)t->n + 1, sizeof *t->refs);
+    if (!t->refs) return 0;
+    return es_storage_tensors(s, t->refs, t->n) == t->n;
+}
+
+static int is_param(const es_tensor_ref *r) { return r->dtype == ES_DT_F32 && strncmp(r->name, "opt.", 4) != 0; }
+
+int es_sh_tensor_bytes(es_storage *s, size_t *param, size_t *state) {
+    tlist t;
+    *param = *state = 0;
+    if (!tlist_get(s, &t)) {
+        free(t.refs);
+        return 0;
+    }
+    for (int i = 0; i < t.n; i++) {
+        if (is_param(&t.refs[i])) *param += t.refs[i].nbytes;
+        if (strncmp(t.refs[i].name, "opt.", 4) == 0) *state += t.refs[i].nbytes;
+    }
+    free(t.refs);
+    return 1;
+}
+
+static double loss_of(const float *out, const float *G, size_t n) {
+    double L = 0;
+    for (size_t i = 0; i < n; i++) L += (double)out[i] * G[i];
+    return L;
+}
+
+static void fill_normal(float *x, size_t n, uint64_t seed) {
+    es_rng r;
+    es__rng_seed(&r, seed);
+    for (size_t i = 0; i < n; i++) x[i] = es__rng_normal(&r);
+}
+
+/* ---- gradient check ---------------------------------------------------------------- */
+
+#define SH_FD_MAX 3000
+
+static int gradcheck_one(const es_sh_cfg *c, const es_vocab *v, uint64_t bseed) {
+    const char *name = cfg_name(c);
+    es_storage *s = NULL;
+    es_err err;
+    es_batch b;
+    memset(&b, 0, sizeof b);
+    tlist t = {0};
+    float *G = NULL, *out = NULL, *old = NULL, *grad = NULL;
+    size_t *pick = NULL, *off = NULL;
+    int ok = 0;
+    if (es_sh_create(&s, c, v, ES_OPT_SGD, 1.0f, &err) != 0) {
+        es_test_fail(__FILE__, __LINE__, "%s: create: %s", name, err.msg);
+        return 0;
+    }
+    if (es_sh_batch(&b, 8, c->n_fields, bseed) != 0 || !tlist_get(s, &t)) {
+        es_test_fail(__FILE__, __LINE__, "%s: out of memory in the test", name);
+        goto done;
+    }
+    const size_t nout = (size_t)b.n * (size_t)c->n_fields * (size_t)c->dim;
+    /* parameters: the F32 non-"opt." tensors, concatenated */
+    size_t total = 0;
+    off = calloc((size_t)t.n + 1, sizeof *off);
+    if (!off) goto done;
+    for (int i = 0; i < t.n; i++) {
+        off[i] = total;
+        if (is_param(&t.refs[i])) total += t.refs[i].nbytes / sizeof(float);
+    }
+    off[t.n] = total;
+    if (total == 0) {
+        es_test_fail(__FILE__, __LINE__, "%s: no parameter tensors", name);
+        goto done;
+    }
+    G = malloc(nout * sizeof *G);
+    out = malloc(nout * sizeof *out);
+    old = malloc(total * sizeof *old);
+    grad = malloc(total * sizeof *grad);
+    pick = malloc(total * sizeof *pick);
+    if (!G || !out || !old || !grad || !pick) goto done;
+    fill_normal(G, nout, bseed ^ 0x5555);
+    for (int i = 0; i < t.n; i++)
+        if (is_param(&t.refs[i])) memcpy(old + off[i], t.refs[i].data, t.refs[i].nbytes);
+    if (es_storage_backward(s, &b, G) != 0) {
+        es_test_fail(__FILE__, __LINE__, "%s: backward: %s", name, es_storage_errmsg(s));
+        goto done;
+    }
+    size_t touched = 0;
+    for (int i = 0; i < t.n; i++) {
+        if (!is_param(&t.refs[i])) continue;
+        const float *w = t.refs[i].data;
+        size_t m = t.refs[i].nbytes / sizeof(float), nz = 0;
+        for (size_t e = 0; e < m; e++) {
+            grad[off[i] + e] = old[off[i] + e] - w[e];
+            nz += grad[off[i] + e] != 0;
+        }
+        if (nz == 0) {
+            es_test_fail(__FILE__, __LINE__, "%s: tensor %s (%zu floats) received no gradient", name, t.refs[i].name, m);
+            goto done;
+        }
+        touched += nz;
+        memcpy(t.refs[i].data, old + off[i], t.refs[i].nbytes); /* back to the point of the check */
+    }
+    /* Elements to check: all, or SH_FD_MAX of them, half drawn from the
+     * touched ones (where mistakes show) and half from all. */
+    size_t npick = 0;
+    if (total <= SH_FD_MAX) {
+        for (size_t e = 0; e < total; e++) pick[npick++] = e;
+    } else {
+        es_rng r;
+        es__rng_seed(&r, bseed);
+        size_t ntouched = 0;
+        for (size_t e = 0; e < total; e++)
+            if (grad[e] != 0) pick[ntouched++] = e;
+        for (size_t i = 0; i < ntouched && i < SH_FD_MAX / 2; i++) { /* partial Fisher-Yates */
+            size_t j = i + (size_t)(es__rng_u64(&r) % (ntouched - i));
+            size_t tmp = pick[i];
+            pick[i] = pick[j];
+            pick[j] = tmp;
+        }
+        npick = ES_MIN(ntouched, (size_t)SH_FD_MAX / 2);
+        while (npick < SH_FD_MAX) pick[npick++] = (size_t)(es__rng_u64(&r) % total);
+    }
+    const float h = 1e-2f;
+    double worst = 0;
+    for (size_t q = 0; q < npick; q++) {
+        size_t e = pick[q];
+        int ti = 0;
+        while (off[ti + 1] <= e || !is_param(&t.refs[ti])) ti++;
+        float *w = (float *)t.refs[ti].data + (e - off[ti]);
+        const float w0 = *w;
+        *w = w0 + h;
+        es_storage_lookup(s, &b, 0, b.n, out);
+        double lp = loss_of(out, G, nout);
+        *w = w0 - h;
+        es_storage_lookup(s, &b, 0, b.n, out);
+        double lm = loss_of(out, G, nout);
+        *w = w0;
+        double fd = (lp - lm) / ((double)(w0 + h) - (double)(w0 - h));
+        double d = fabs(fd - grad[e]) / (1e-3 + fabs(fd));
+        if (d > worst) worst = d;
+        if (!es_test_close(fd, grad[e], 2e-4, 1e-3)) {
+            es_test_fail(__FILE__, __LINE__, "%s: %s[%zu]: backward %.7g vs finite difference %.7g", name, t.refs[ti].name,
+                         e - off[ti], grad[e], fd);
+            goto done;
+        }
+    }
+    printf("    grad %-34s %7zu params, %6zu with gradient, %4zu checked, worst rel err %.1e\n", name, total, touched, npick,
+           worst);
+    ok = 1;
+done:
+    if (!ok && !G) es_test_fail(__FILE__, __LINE__, "%s: out of memory in the test", name);
+    free(G);
+    free(out);
+    free(old);
+    free(grad);
+    free(pick);
+    free(off);
+    free(t.refs);
+    es_batch_free(&b);
+    es_storage_free(s);
+    return ok;
+}
+
+int es_sh_gradcheck(const es_sh_cfg *c) {
+    es_vocab *v = c->use_vocab ? es_sh_vocab(c->n_fields) : NULL;
+    if (c->use_vocab && !v) {
+        es_test_fail(__FILE__, __LINE__, "out of memory building the vocabulary");
+        return 0;
+    }
+    int ok = 1;
+    for (uint64_t k = 0; k < 3 && ok; k++) ok = gradcheck_one(c, v, c->seed * 31 + k);
+    es_vocab_free(v);
+    return ok;
+}
+
+/* ---- budgets ------------------------------------------------------------------------ */
+
+static int budget_one(const es_sh_cfg *c, const es_vocab *v, double budget, es_optim opt) {
+    es_sh_cfg cc = *c;
+    cc.budget = budget;
+    cc.use_vocab = 1;
+    es_storage *s;
+    es_err err;
+    if (es_sh_create(&s, &cc, v, opt, 0.05f, &err) != 0) {
+        es_test_fail(__FILE__, __LINE__, "%s budget %g: create: %s", cfg_name(c), budget, err.msg);
+        return 0;
+    }
+    size_t tp, ts;
+    int ok = es_sh_tensor_bytes(s, &tp, &ts);
+    const double B = s->budget_bytes;
+    const double used = (double)s->param_bytes + (double)s->aux_bytes;
+    if (opt == ES_OPT_ROWWISE_ADAGRAD)
+        printf("    budget %-32s %10.0f B: params %9zu + aux %6zu = %5.1f%%, state %8zu\n", cfg_name(c), B, s->param_bytes,
+               s->aux_bytes, 100.0 * used / B, s->state_bytes);
+    if (!ok) {
+        es_test_fail(__FILE__, __LINE__, "%s: cannot list tensors", cfg_name(c));
+    } else if (tp != s->param_bytes) {
+        es_test_fail(__FILE__, __LINE__, "%s budget %g: parameter tensors hold %zu bytes, param_bytes says %zu", cfg_name(c),
+                     B, tp, s->param_bytes);
+        ok = 0;
+    } else if (ts != s->state_bytes) {
+        es_test_fail(__FILE__, __LINE__, "%s budget %g opt %d: optimizer tensors hold %zu bytes, state_bytes says %zu",
+                     cfg_name(c), B, (int)opt, ts, s->state_bytes);
+        ok = 0;
+    } else if (used > B) {
+        es_test_fail(__FILE__, __LINE__, "%s: %.0f bytes over the %.0f-byte budget", cfg_name(c), used, B);
+        ok = 0;
+    } else if (used < 0.95 * B) {
+        es_test_fail(__FILE__, __LINE__, "%s: %.0f bytes is more than 5%% below the %.0f-byte budget", cfg_name(c), used, B);
+        ok = 0;
+    }
+    es_storage_free(s);
+    return ok;
+}
+
+int es_sh_budget(const es_sh_cfg *c, const double *fracs, int n) {
+    es_vocab *v = es_sh_vocab(c->n_fields);
+    if (!v) {
+        es_test_fail(__FILE__, __LINE__, "out of memory building the vocabulary");
+        return 0;
+    }
+    const es_optim opts[] = {ES_OPT_ROWWISE_ADAGRAD, ES_OPT_ADAGRAD, ES_OPT_SGD};
+    const double bytes[] = {20011, 300007};
+    int ok = 1;
+    for (int i = 0; i < n + (int)ES_ARRAY_LEN(bytes) && ok; i++)
+        for (size_t o = 0; o < ES_ARRAY_LEN(opts) && ok; o++)
+            ok = budget_one(c, v, i < n ? fracs[i] : bytes[i - n], opts[o]);
+    if (ok) {
+        es_sh_cfg cc = *c;
+        cc.budget = 8;
+        es_storage *s = NULL;
+        es_err err;
+        int rc = es_sh_create(&s, &cc, v, ES_OPT_ROWWISE_ADAGRAD, 0.05f, &err);
+        if (rc != ES_EBUDGET || s) {
+            es_test_fail(__FILE__, __LINE__, "%s: an 8-byte budget gave %d (%s), expected ES_EBUDGET", cfg_name(c), rc,
+                         rc ? err.msg : "created");
+            ok = 0;
+        }
+        es_storage_free(s);
+    }
+    es_vocab_free(v);
+    return ok;
+}
+
+/* ---- save / load round trip ----------------------------------------------------------- */
+
+static int train_steps(es_storage *s, const es_sh_cfg *c, int steps, uint64_t seed) {
+    int ok = 1;
+    for (int k = 0; k < steps && ok; k++) {
+        es_batch b;
+        if (es_sh_batch(&b, 16, c->n_fields, seed + (uint64_t)k) != 0) return 0;
+        size_t nout = (size_t)b.n * (size_t)c->n_fields * (size_t)c->dim;
+        float *G = malloc(nout * sizeof *G);
+        if (!G) ok = 0;
+        if (ok) {
+            fill_normal(G, nout, seed * 7 + (uint64_t)k);
+            if (es_storage_backward(s, &b, G) != 0) {
+                es_test_fail(__FILE__, __LINE__, "%s: backward: %s", cfg_name(c), es_storage_errmsg(s));
+                ok = 0;
+            }
+        }
+        free(G);
+        es_batch_free(&b);
+    }
+    return ok;
+}
+
+/* Lookups of a fixed batch by two storages are identical (out buffers
+ * start with different garbage, so an unwritten slot also shows). */
+static int same_lookups(es_storage *a, es_storage *b, const es_sh_cfg *c, uint64_t seed, const char *what) {
+    es_batch bt;
+    if (es_sh_batch(&bt, 24, c->n_fields, seed) != 0) return 0;
+    size_t nout = (size_t)bt.n * (size_t)c->n_fields * (size_t)c->dim;
+    float *oa = malloc(nout * sizeof *oa), *ob = malloc(nout * sizeof *ob);
+    int ok = 0;
+    if (oa && ob) {
+        memset(oa, 0x7f, nout * sizeof *oa);
+        memset(ob, 0x3c, nout * sizeof *ob);
+        es_storage_lookup(a, &bt, 0, bt.n, oa);
+        es_storage_lookup(b, &bt, 0, bt.n, ob);
+        ok = memcmp(oa, ob, nout * sizeof *oa) == 0;
+        if (!ok) {
+            size_t i = 0;
+            while (i < nout && memcmp(&oa[i], &ob[i], sizeof *oa) == 0) i++;
+            es_test_fail(__FILE__, __LINE__, "%s: %s: lookups differ at output %zu: %.9g vs %.9g", cfg_name(c), what, i,
+                         (double)oa[i], (double)ob[i]);
+        }
+    }
+    free(oa);
+    free(ob);
+    es_batch_free(&bt);
+    return ok;
+}
+
+/* All tensors of a and b have the same names, shapes and bytes. */
+static int same_tensors(es_storage *a, es_storage *b, const es_sh_cfg *c, const char *what) {
+    tlist ta, tb;
+    int ok = tlist_get(a, &ta) & tlist_get(b, &tb);
+    if (ok && ta.n != tb.n) {
+        es_test_fail(__FILE__, __LINE__, "%s: %s: %d vs %d tensors", cfg_name(c), what, ta.n, tb.n);
+        ok = 0;
+    }
+    for (int i = 0; ok && i < ta.n; i++) {
+        const es_tensor_ref *x = &ta.refs[i], *y = &tb.refs[i];
+        if (strcmp(x->name, y->name) != 0 || x->nbytes != y->nbytes || x->dtype != y->dtype) {
+            es_test_fail(__FILE__, __LINE__, "%s: %s: tensor %d is %s (%zu bytes) vs %s (%zu bytes)", cfg_name(c), what, i,
+                         x->name, x->nbytes, y->name, y->nbytes);
+            ok = 0;
+        } else if (memcmp(x->data, y->data, x->nbytes) != 0) {
+            es_test_fail(__FILE__, __LINE__, "%s: %s: tensor %s differs", cfg_name(c), what, x->name);
+            ok = 0;
+        }
+    }
+    free(ta.refs);
+    free(tb.refs);
+    return ok;
+}
+
+static int roundtrip_one(const es_sh_cfg *c, es_storage *s1, const es_vocab *v, double budget, const char *what) {
+    (void)v;
+    char opts[ES_STORAGE_META_MAX + 512];
+    snprintf(opts, sizeof opts, "%s%s%s", s1->meta, c->opts && *c->opts ? "," : "", c->opts ? c->opts : "");
+    es_sh_cfg c2 = *c;
+    c2.opts = opts;
+    c2.budget = budget;
+    c2.seed = c->seed + 1000; /* initial values and salts must come from the saved state */
+    c2.use_vocab = 0;
+    es_storage *s2 = NULL;
+    es_err err;
+    if (es_sh_create(&s2, &c2, NULL, ES_OPT_ROWWISE_ADAGRAD, 0.05f, &err) != 0) {
+        es_test_fail(__FILE__, __LINE__, "%s: %s: re-create from meta \"%s\": %s", cfg_name(c), what, s1->meta, err.msg);
+        return 0;
+    }
+    int ok = 1;
+    if (strcmp(s1->meta, s2->meta) != 0 || s1->param_bytes != s2->param_bytes || s1->aux_bytes != s2->aux_bytes ||
+        s1->state_bytes != s2->state_bytes) {
+        es_test_fail(__FILE__, __LINE__, "%s: %s: re-created storage differs: meta \"%s\" vs \"%s\", bytes %zu/%zu/%zu vs %zu/%zu/%zu",
+                     cfg_name(c), what, s1->meta, s2->meta, s1->param_bytes, s1->aux_bytes, s1->state_bytes, s2->param_bytes,
+                     s2->aux_bytes, s2->state_bytes);
+        ok = 0;
+    }
+    tlist t1 = {0}, t2 = {0};
+    if (ok && !(tlist_get(s1, &t1) & tlist_get(s2, &t2))) ok = 0;
+    if (ok && t1.n != t2.n) {
+        es_test_fail(__FILE__, __LINE__, "%s: %s: %d tensors saved, %d after re-create", cfg_name(c), what, t1.n, t2.n);
+        ok = 0;
+    }
+    /* copy by name, as the model loader does */
+    for (int i = 0; ok && i < t2.n; i++) {
+        const es_tensor_ref *src = NULL;
+        for (int j = 0; j < t1.n; j++)
+            if (strcmp(t1.refs[j].name, t2.refs[i].name) == 0) src = &t1.refs[j];
+        if (!src || src->dtype != t2.refs[i].dtype || src->nbytes != t2.refs[i].nbytes || src->ndim != t2.refs[i].ndim) {
+            es_test_fail(__FILE__, __LINE__, "%s: %s: tensor %s has no saved twin of the same type and size", cfg_name(c), what,
+                         t2.refs[i].name);
+            ok = 0;
+            break;
+        }
+        memcpy(t2.refs[i].data, src->data, src->nbytes);
+    }
+    free(t1.refs);
+    free(t2.refs);
+    if (ok && es_storage_after_load(s2) != 0) {
+        es_test_fail(__FILE__, __LINE__, "%s: %s: after_load: %s", cfg_name(c), what, es_storage_errmsg(s2));
+        ok = 0;
+    }
+    ok = ok && same_lookups(s1, s2, c, c->seed + 77, what);
+    /* training continues identically (optimizer state was carried over);
+     * s1 is trained too, so each round trip starts from a new state */
+    ok = ok && train_steps(s1, c, 1, c->seed + 500) && train_steps(s2, c, 1, c->seed + 500);
+    ok = ok && same_tensors(s1, s2, c, what) && same_lookups(s1, s2, c, c->seed + 78, what);
+    es_storage_free(s2);
+    return ok;
+}
+
+int es_sh_roundtrip(const es_sh_cfg *c) {
+    es_vocab *v = c->use_vocab ? es_sh_vocab(c->n_fields) : NULL;
+    es_storage *s1 = NULL;
+    es_err err;
+    int ok = 0;
+    if (c->use_vocab && !v) {
+        es_test_fail(__FILE__, __LINE__, "out of memory building the vocabulary");
+        return 0;
+    }
+    if (es_sh_create(&s1, c, v, ES_OPT_ROWWISE_ADAGRAD, 0.05f, &err) != 0) {
+        es_test_fail(__FILE__, __LINE__, "%s: create: %s", cfg_name(c), err.msg);
+        goto done;
+    }
+    if (!train_steps(s1, c, 2, c->seed + 300)) goto done;
+    ok = roundtrip_one(c, s1, v, s1->budget_bytes, "reload with the saved budget") &&
+         roundtrip_one(c, s1, v, 0, "reload with budget 0");
+    if (ok) printf("    roundtrip %-31s meta \"%.120s\"\n", cfg_name(c), s1->meta);
+done:
+    es_storage_free(s1);
+    es_vocab_free(v);
+    return ok;
+}
+
+/* ---- determinism ---------------------------------------------------------------------- */
+
+int es_sh_determinism(const es_sh_cfg *c) {
+    es_vocab *v = c->use_vocab ? es_sh_vocab(c->n_fields) : NULL;
+    es_storage *a = NULL, *b = NULL, *d = NULL;
+    es_err err;
+    int ok = 0;
+    es_batch bt;
+    memset(&bt, 0, sizeof bt);
+    float *whole = NULL, *part = NULL;
+    if (c->use_vocab && !v) goto done;
+    if (es_sh_create(&a, c, v, ES_OPT_ROWWISE_ADAGRAD, 0.05f, &err) != 0 ||
+        es_sh_create(&b, c, v, ES_OPT_ROWWISE_ADAGRAD, 0.05f, &err) != 0) {
+        es_test_fail(__FILE__, __LINE__, "%s: create: %s", cfg_name(c), err.msg);
+        goto done;
+    }
+    if (!same_tensors(a, b, c, "same seed, fresh") || !same_lookups(a, b, c, 11, "same seed, fresh")) goto done;
+    if (!train_steps(a, c, 3, 40) || !train_steps(b, c, 3, 40)) goto done;
+    if (!same_tensors(a, b, c, "same seed, trained") || !same_lookups(a, b, c, 12, "same seed, trained")) goto done;
+    /* another seed: other parameters */
+    es_sh_cfg c2 = *c;
+    c2.seed = c->seed + 1;
+    if (es_sh_create(&d, &c2, v, ES_OPT_ROWWISE_ADAGRAD, 0.05f, &err) != 0) {
+        es_test_fail(__FILE__, __LINE__, "%s: create: %s", cfg_name(c), err.msg);
+        goto done;
+    }
+    {
+        es_storage *a0 = NULL;
+        if (es_sh_create(&a0, c, v, ES_OPT_ROWWISE_ADAGRAD, 0.05f, &err) != 0) goto done;
+        tlist t1, t2;
+        int differ = 0, okl = tlist_get(a0, &t1) & tlist_get(d, &t2);
+        for (int i = 0; okl && i < t1.n && i < t2.n; i++)
+            if (is_param(&t1.refs[i]) && t1.refs[i].nbytes == t2.refs[i].nbytes &&
+                memcmp(t1.refs[i].data, t2.refs[i].data, t1.refs[i].nbytes) != 0)
+                differ = 1;
+        free(t1.refs);
+        free(t2.refs);
+        es_storage_free(a0);
+        if (c->init_scale > 0 && !differ) {
+            es_test_fail(__FILE__, __LINE__, "%s: seeds %llu and %llu give identical parameters", cfg_name(c),
+                         (unsigned long long)c->seed, (unsigned long long)c2.seed);
+            goto done;
+        }
+    }
+    /* sub-range lookups equal the slices of the whole-batch lookup */
+    if (es_sh_batch(&bt, 20, c->n_fields, 13) != 0) goto done;
+    const size_t per_row = (size_t)c->n_fields * (size_t)c->dim, nout = (size_t)bt.n * per_row;
+    whole = malloc(nout * sizeof *whole);
+    part = malloc(nout * sizeof *part);
+    if (!whole || !part) goto done;
+    es_storage_lookup(a, &bt, 0, bt.n, whole);
+    const int cuts[][2] = {{0, 1}, {3, 7}, {7, 8}, {19, 20}, {5, 5}, {0, 20}};
+    for (size_t k = 0; k < ES_ARRAY_LEN(cuts); k++) {
+        memset(part, 0x55, nout * sizeof *part);
+        es_storage_lookup(a, &bt, cuts[k][0], cuts[k][1], part);
+        size_t n = (size_t)(cuts[k][1] - cuts[k][0]) * per_row;
+        if (n && memcmp(part, whole + (size_t)cuts[k][0] * per_row, n * sizeof *part) != 0) {
+            es_test_fail(__FILE__, __LINE__, "%s: lookup of rows [%d, %d) differs from the whole-batch lookup", cfg_name(c),
+                         cuts[k][0], cuts[k][1]);
+            goto done;
+        }
+    }
+    printf("    determinism %-29s ok\n", cfg_name(c));
+    ok = 1;
+done:
+    if (!ok && !a) es_test_fail(__FILE__, __LINE__, "%s: setup failed", cfg_name(c));
+    free(whole);
+    free(part);
+    es_batch_free(&bt);
+    es_storage_free(a);
+    es_storage_free(b);
+    es_storage_free(d);
+    es_vocab_free(v);
+    return ok;
+}
+
+/* ---- threads -------------------------------------------------------------------------- */
+
+typedef struct {
+    es_storage *s;
+    const es_batch *b;
+    int r0, r1;
+    float *out;
+} lookup_job;
+
+static void *lookup_thread(void *arg) {
+    lookup_job *j = arg;
+    for (int rep = 0; rep < 20; rep++) es_storage_lookup(j->s, j->b, j->r0, j->r1, j->out);
+    return NULL;
+}
+
+int es_sh_threads(const es_sh_cfg *c) {
+    es_vocab *v = c->use_vocab ? es_sh_vocab(c->n_fields) : NULL;
+    es_storage *s = NULL;
+    es_err err;
+    es_batch b;
+    memset(&b, 0, sizeof b);
+    float *one = NULL, *many = NULL;
+    int ok = 0;
+    if (c->use_vocab && !v) goto done;
+    if (es_sh_create(&s, c, v, ES_OPT_ROWWISE_ADAGRAD, 0.05f, &err) != 0) {
+        es_test_fail(__FILE__, __LINE__, "%s: create: %s", cfg_name(c), err.msg);
+        goto done;
+    }
+    if (es_sh_batch(&b, 64, c->n_fields, 99) != 0) goto done;
+    const size_t per_row = (size_t)c->n_fields * (size_t)c->dim, nout = (size_t)b.n * per_row;
+    one = malloc(nout * sizeof *one);
+    many = malloc(nout * sizeof *many);
+    if (!one || !many) goto done;
+    es_storage_lookup(s, &b, 0, b.n, one);
+    memset(many, 0x7f, nout * sizeof *many);
+    pthread_t th[4];
+    lookup_job jobs[4];
+    for (int k = 0; k < 4; k++) {
+        jobs[k] = (lookup_job){s, &b, k * 16, k * 16 + 16, many + (size_t)k * 16 * per_row};
+        if (pthread_create(&th[k], NULL, lookup_thread, &jobs[k]) != 0) {
+            for (int j = 0; j < k; j++) pthread_join(th[j], NULL);
+            goto done;
+        }
+    }
+    for (int k = 0; k < 4; k++) pthread_join(th[k], NULL);
+    if (memcmp(one, many, nout * sizeof *one) != 0) {
+        es_test_fail(__FILE__, __LINE__, "%s: lookups on 4 threads differ from a 1-thread lookup", cfg_name(c));
+        goto done;
+    }
+    ok = 1;
+done:
+    if (!ok && !s) es_test_fail(__FILE__, __LINE__, "%s: setup failed", cfg_name(c));
+    free(one);
+    free(many);
+    es_batch_free(&b);
+    es_storage_free(s);
+    es_vocab_free(v);
+    return ok;
+}
+
+/* ---- allocation failures ------------------------------------------------------------------ */
+
+typedef struct {
+    const es_sh_cfg *c;
+    const es_vocab *v;
+    const es_batch *b;
+    const float *G;
+    float *out;
+} sweep_ctx;
+
+static int sweep_fn(void *arg) {
+    sweep_ctx *x = arg;
+    es_storage *s = NULL;
+    es_err err;
+    int rc = es_sh_create(&s, x->c, x->v, ES_OPT_ROWWISE_ADAGRAD, 0.05f, &err);
+    if (rc) return rc;
+    es_storage_lookup(s, x->b, 0, x->b->n, x->out);
+    rc = es_storage_backward(s, x->b, x->G);
+    if (rc == 0) rc = es_storage_backward(s, x->b, x->G); /* a second step: no hidden first-use allocation */
+    if (rc == 0 && es_storage_tensors(s, NULL, 0) < 1) rc = ES_EINVAL;
+    es_storage_free(s);
+    return rc;
+}
+
+int es_sh_alloc_failures(const es_sh_cfg *c) {
+    es_vocab *v = c->use_vocab ? es_sh_vocab(c->n_fields) : NULL;
+    es_batch b;
+    memset(&b, 0, sizeof b);
+    float *G = NULL, *out = NULL;
+    int ok = 0;
+    if ((c->use_vocab && !v) || es_sh_batch(&b, 32, c->n_fields, 5) != 0) goto done;
+    size_t nout = (size_t)b.n * (size_t)c->n_fields * (size_t)c->dim;
+    G = malloc(nout * sizeof *G);
+    out = malloc(nout * sizeof *out);
+    if (!G || !out) goto done;
+    fill_normal(G, nout, 3);
+    sweep_ctx x = {c, v, &b, G, out};
+    int points = es_test_alloc_sweep(sweep_fn, &x, 5000);
+    if (points < 0) {
+        es_test_fail(__FILE__, __LINE__, "%s: allocation-failure sweep failed (see above)", cfg_name(c));
+        goto done;
+    }
+    printf("    alloc sweep %-29s %d failure points, all clean\n", cfg_name(c), points);
+    ok = 1;
+done:
+    if (!ok && !G) es_test_fail(__FILE__, __LINE__, "%s: setup failed", cfg_name(c));
+    free(G);
+    free(out);
+    es_batch_free(&b);
+    es_vocab_free(v);
+    return ok;
+}
+
+int es_sh_all(const es_sh_cfg *c) {
+    return es_sh_gradcheck(c) && es_sh_roundtrip(c) && es_sh_determinism(c) && es_sh_threads(c) && es_sh_alloc_failures(c);
+}

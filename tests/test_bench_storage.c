@@ -1,0 +1,139 @@
+/*
+ * test_bench_storage.c — `embstore bench-storage`: the Pareto set marked in
+ * the plot and in results.json is recomputed here from cells.csv; the sweep
+ * resumes without recomputing finished cells.
+ */
+#include "test.h"
+
+#include <unistd.h>
+
+static const char *es_bin(void) {
+    const char *b = getenv("ES_BIN");
+    return b ? b : "build/embstore";
+}
+
+typedef struct {
+    char method[32], share[16], budget[24];
+    double bytes, auc;
+    int n;
+} point;
+
+/* Aggregate cells.csv by (method, share, budget): mean bytes and AUC. */
+static int read_points(const char *csv, point *pt, int max) {
+    FILE *f = fopen(csv, "r");
+    if (!f) return -1;
+    char line[1024];
+    int n = 0;
+    if (!fgets(line, sizeof line, f)) {
+        fclose(f);
+        return -1;
+    }
+    while (fgets(line, sizeof line, f)) {
+        char ds[128], model[32], method[32], share[16], budget[24], status[160];
+        double frac, bytes, full, auc, ll, tr, pr;
+        int ep, seed;
+        if (sscanf(line, "%127[^,],%31[^,],%31[^,],%15[^,],%23[^,],%lf,%lf,%lf,%lf,%lf,%lf,%lf,%d,%d,%159[^\n]", ds, model, method,
+                   share, budget, &frac, &bytes, &full, &auc, &ll, &tr, &pr, &ep, &seed, status) != 15)
+            continue;
+        if (strcmp(status, "ok") != 0) continue;
+        int k;
+        for (k = 0; k < n; k++)
+            if (!strcmp(pt[k].method, method) && !strcmp(pt[k].share, share) && !strcmp(pt[k].budget, budget)) break;
+        if (k == n) {
+            if (n == max) break;
+            memset(&pt[n], 0, sizeof pt[n]);
+            snprintf(pt[n].method, sizeof pt[n].method, "%s", method);
+            snprintf(pt[n].share, sizeof pt[n].share, "%s", share);
+            snprintf(pt[n].budget, sizeof pt[n].budget, "%s", budget);
+            n++;
+        }
+        pt[k].bytes += bytes;
+        pt[k].auc += auc;
+        pt[k].n++;
+    }
+    fclose(f);
+    for (int k = 0; k < n; k++) {
+        pt[k].bytes /= pt[k].n;
+        pt[k].auc /= pt[k].n;
+    }
+    return n;
+}
+
+static int dominated(const point *pt, int n, int k) {
+    for (int j = 0; j < n; j++) {
+        if (j == k) continue;
+        /* 1e-6 slack: the CSV stores AUC with 6 decimals */
+        if (pt[j].bytes <= pt[k].bytes && pt[j].auc >= pt[k].auc - 1e-9 &&
+            (pt[j].bytes < pt[k].bytes || pt[j].auc > pt[k].auc + 1e-9))
+            return 1;
+    }
+    return 0;
+}
+
+TEST(bench_storage_pareto_matches_csv_and_resumes) {
+    es_test_sh(NULL, "rm -rf build/tmp/bs");
+    const char *log = es_test_path("bs.log");
+    const char *args = "data/criteo_kaggle_train_first10k.tsv --max-rows 3000 --methods full,hash,unified --budgets 1/4,1/64 "
+                       "--seeds 1,2 --share both --dim 8 --out build/tmp/bs --quiet";
+    int st = es_test_sh(log, "%s bench-storage %s", es_bin(), args);
+    char *s = es_test_slurp(log);
+    CHECK_MSG(st == 0, "exit %d: %s", st, s ? s : "");
+    free(s);
+    point pt[64];
+    int n = read_points("build/tmp/bs/cells.csv", pt, 64);
+    printf("    %d aggregated points\n", n);
+    CHECK_EQ_INT(n, 1 + 2 * 2 * 2); /* full once; hash and unified x 2 budgets x 2 share modes */
+    char *svg = es_test_slurp("build/tmp/bs/pareto.svg");
+    char *json = es_test_slurp("build/tmp/bs/results.json");
+    CHECK(svg && json);
+    int n_front = 0;
+    for (int k = 0; k < n; k++) {
+        int front = !dominated(pt, n, k);
+        n_front += front;
+        /* the plot marks the point with class "point pareto" iff it is on the front */
+        char needle[256];
+        snprintf(needle, sizeof needle, "class=\"point pareto\" data-method=\"%s\" data-share=\"%s\" data-budget=\"%s\"", pt[k].method,
+                 pt[k].share, pt[k].budget);
+        int marked = strstr(svg, needle) != NULL;
+        printf("    %-8s %-6s %-5s bytes %8.0f auc %.4f front %d marked %d\n", pt[k].method, pt[k].share, pt[k].budget, pt[k].bytes,
+               pt[k].auc, front, marked);
+        CHECK_MSG(front == marked, "%s/%s@%s: Pareto %d but plot says %d", pt[k].method, pt[k].share, pt[k].budget, front, marked);
+        snprintf(needle, sizeof needle, "\"method\":\"%s\",\"share\":\"%s\",\"budget\":\"%s\"", pt[k].method, pt[k].share, pt[k].budget);
+        char *aggs = strstr(json, "\"aggregates\"");
+        CHECK(aggs);
+        char *a = strstr(aggs, needle);
+        CHECK(a);
+        char *pf = strstr(a, "\"pareto\":");
+        CHECK(pf);
+        CHECK_MSG((strncmp(pf + 9, "true", 4) == 0) == front, "results.json disagrees for %s", needle);
+    }
+    CHECK(n_front >= 1);
+    free(svg);
+    free(json);
+    /* budgets hold: every cell's bytes <= its budget share of the full table */
+    FILE *f = fopen("build/tmp/bs/cells.csv", "r");
+    CHECK(f);
+    char line[1024];
+    int cells = 0;
+    CHECK(fgets(line, sizeof line, f) != NULL);
+    while (fgets(line, sizeof line, f)) {
+        double frac, bytes, full;
+        char b[64];
+        if (sscanf(line, "%*[^,],%*[^,],%*[^,],%*[^,],%63[^,],%lf,%lf,%lf", b, &frac, &bytes, &full) != 4) continue;
+        cells++;
+        if (strcmp(b, "full") != 0) CHECK_MSG(bytes <= frac * full + 1, "cell %s: %.0f bytes > %.0f", b, bytes, frac * full);
+    }
+    fclose(f);
+    CHECK_EQ_INT(cells, 2 + 2 * 2 * 2 * 2);
+    /* resume: nothing recomputed; then drop one cell and only it is redone */
+    CHECK(es_test_sh(log, "%s bench-storage %s", es_bin(), args) == 0);
+    s = es_test_slurp(log);
+    CHECK_STR_HAS(s, "18 cells (18 from an earlier run, 0 failed)");
+    free(s);
+    CHECK(es_test_sh(NULL, "grep -v ',unified,fields,1/64,' build/tmp/bs/cells.csv > build/tmp/bs/c2 && mv build/tmp/bs/c2 build/tmp/bs/cells.csv") == 0);
+    CHECK(es_test_sh(log, "%s bench-storage %s", es_bin(), args) == 0);
+    s = es_test_slurp(log);
+    CHECK_STR_HAS(s, "18 cells (16 from an earlier run, 0 failed)");
+    free(s);
+    CHECK(access("build/tmp/bs/summary.md", F_OK) == 0);
+}

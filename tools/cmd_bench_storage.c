@@ -1,0 +1,730 @@
+/*
+ * cmd_bench_storage.c — `embstore bench-storage`: sweep storage methods x
+ * budgets x share modes x seeds on one dataset and model, and answer
+ * "which method should I use at this budget?".
+ *
+ * Every cell is one es_train run (same data, split, model and
+ * hyper-parameters; only the storage changes).  Results go to OUTDIR:
+ *   cells.csv     one line per finished cell (rewritten atomically after
+ *                 each cell, so an interrupted sweep resumes where it
+ *                 stopped: finished cells are never recomputed, failed
+ *                 ones are tried again)
+ *   lookup.csv    lookup speed of each method (lookups/s, ratio to full)
+ *   results.json  cells + aggregates (mean/std over seeds) + Pareto flags
+ *   pareto.svg    AUC against bytes (log scale), Pareto front marked;
+ *                 pareto.png too when rsvg-convert or ImageMagick is present
+ *   summary.md    aggregate table, best method per budget (saying when the
+ *                 lead is within seed noise), Pareto set, lookup speeds
+ */
+#include "cli.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_METHODS 64
+#define MAX_BUDGETS 32
+#define MAX_SEEDS 32
+
+typedef struct {
+    char method[32];
+    int share;
+    char budget[24];     /* as given: "1/16", "0.25", or "full" */
+    double frac;         /* budget as a fraction of the full table */
+    int seed;
+    double bytes, full_bytes, auc, logloss, train_rps, predict_rps;
+    int epochs;
+    char status[160];    /* "ok" or the error */
+} cell;
+
+typedef struct {
+    char method[32];
+    int share;
+    char budget[24];
+    double frac, bytes, auc_mean, auc_std, auc_min, auc_max, logloss_mean, train_rps;
+    int n;
+    int pareto;
+} agg;
+
+typedef struct {
+    cell *c;
+    int n, cap;
+} cell_list;
+
+static const char help[] =
+    "usage: embstore bench-storage FILE [options]\n"
+    "\n"
+    "Sweep embedding storage methods x budgets x share modes x seeds on one dataset\n"
+    "and model (each cell is a full train + evaluation), then write the results, a\n"
+    "Pareto plot of AUC against bytes and a recommendation table to OUTDIR.\n"
+    "A finished cell is never recomputed: rerun the same command to resume.\n"
+    "\n"
+    "sweep:\n"
+    "  --methods a,b,..      methods to compare (default: every registered method)\n"
+    "  --budgets a,b,..      budgets as fractions of the full table\n"
+    "                        (default 1/4,1/16,1/64,1/256,1/1024); `full` runs once at its own size\n"
+    "  --seeds a,b,..        seeds (default 1,2,3)\n"
+    "  --share none|fields|both  parameter sharing across fields (default none)\n"
+    "  --out DIR             output directory (default bench-storage-out)\n"
+    "  --name LABEL          dataset label for tables and plots (default: file name)\n"
+    "  --no-lookup-speed     skip the lookup-speed measurement\n"
+    "model and training (same meaning as in `embstore train`):\n"
+    "  --model M --dim K --epochs E --batch N --lr X --emb-lr X --threads T\n"
+    "  --valid FILE | --valid-frac F (default 0.2)   --max-rows N\n" CLI_READER_HELP
+    "  --quiet               no progress bar\n"
+    "\n"
+    "example (the sweep in docs/benchmarks.md):\n"
+    "  embstore bench-storage data/criteo_kaggle_train_first10k.tsv --out bench/out/criteo\n";
+
+/* ---- small helpers ------------------------------------------------------------- */
+
+static int split_list(const char *s, char out[][32], int max) {
+    int n = 0;
+    while (*s && n < max) {
+        const char *e = strchr(s, ',');
+        size_t len = e ? (size_t)(e - s) : strlen(s);
+        if (len == 0 || len >= 32) return -1;
+        memcpy(out[n], s, len);
+        out[n][len] = 0;
+        n++;
+        s = e ? e + 1 : s + len;
+    }
+    return n;
+}
+
+static void sanitize(char *s) {
+    for (; *s; s++)
+        if (*s == ',' || *s == '\n' || *s == '\r' || *s == '"') *s = ';';
+}
+
+static FILE *open_tmp(const char *path, char *tmp, size_t cap) {
+    snprintf(tmp, cap, "%s.tmp.%ld", path, (long)getpid());
+    return fopen(tmp, "w");
+}
+
+static int commit_tmp(FILE *f, const char *tmp, const char *path) {
+    int bad = ferror(f);
+    if (fflush(f) != 0) bad = 1;
+    if (fsync(fileno(f)) != 0 && errno != EINVAL) bad = 1;
+    if (fclose(f) != 0) bad = 1;
+    if (bad || rename(tmp, path) != 0) {
+        remove(tmp);
+        return -1;
+    }
+    return 0;
+}
+
+static const char *share_name(int s) { return s ? "fields" : "none"; }
+
+/* ---- results file (resume) ------------------------------------------------------ */
+
+static const char csv_header[] =
+    "dataset,model,method,share,budget,budget_frac,bytes,full_bytes,auc,logloss,train_rows_per_s,predict_rows_per_s,epochs,seed,status";
+
+static int find_cell(const cell_list *l, const char *method, int share, const char *budget, int seed) {
+    for (int i = 0; i < l->n; i++)
+        if (!strcmp(l->c[i].method, method) && l->c[i].share == share && !strcmp(l->c[i].budget, budget) && l->c[i].seed == seed)
+            return i;
+    return -1;
+}
+
+static int push_cell(cell_list *l, const cell *c) {
+    if (l->n == l->cap) {
+        int cap = l->cap ? 2 * l->cap : 64;
+        cell *nc = realloc(l->c, (size_t)cap * sizeof *nc);
+        if (!nc) return -1;
+        l->c = nc;
+        l->cap = cap;
+    }
+    l->c[l->n++] = *c;
+    return 0;
+}
+
+static void load_cells(const char *path, cell_list *l) {
+    FILE *f = fopen(path, "r");
+    if (!f) return;
+    char line[1024];
+    if (!fgets(line, sizeof line, f)) {
+        fclose(f);
+        return;
+    }
+    while (fgets(line, sizeof line, f)) {
+        cell c;
+        memset(&c, 0, sizeof c);
+        char ds[128], model[32], share[16];
+        int k = sscanf(line, "%127[^,],%31[^,],%31[^,],%15[^,],%23[^,],%lf,%lf,%lf,%lf,%lf,%lf,%lf,%d,%d,%159[^\n]", ds, model,
+                       c.method, share, c.budget, &c.frac, &c.bytes, &c.full_bytes, &c.auc, &c.logloss, &c.train_rps,
+                       &c.predict_rps, &c.epochs, &c.seed, c.status);
+        if (k != 15) continue;
+        c.share = !strcmp(share, "fields");
+        if (strcmp(c.status, "ok") != 0) continue; /* failed cells are retried */
+        push_cell(l, &c);
+    }
+    fclose(f);
+}
+
+static int save_cells(const char *path, const cell_list *l, const char *ds, const char *model) {
+    char tmp[4200];
+    FILE *f = open_tmp(path, tmp, sizeof tmp);
+    if (!f) return -1;
+    fprintf(f, "%s\n", csv_header);
+    for (int i = 0; i < l->n; i++) {
+        const cell *c = &l->c[i];
+        fprintf(f, "%s,%s,%s,%s,%s,%.9g,%.0f,%.0f,%.6f,%.6f,%.1f,%.1f,%d,%d,%s\n", ds, model, c->method, share_name(c->share),
+                c->budget, c->frac, c->bytes, c->full_bytes, c->auc, c->logloss, c->train_rps, c->predict_rps, c->epochs, c->seed,
+                c->status);
+    }
+    return commit_tmp(f, tmp, path);
+}
+
+/* ---- aggregation, Pareto, recommendation --------------------------------------------- */
+
+static int aggregate(const cell_list *l, agg *out, int max) {
+    int n = 0;
+    for (int i = 0; i < l->n; i++) {
+        const cell *c = &l->c[i];
+        if (strcmp(c->status, "ok") != 0 || !isfinite(c->auc)) continue;
+        int k;
+        for (k = 0; k < n; k++)
+            if (!strcmp(out[k].method, c->method) && out[k].share == c->share && !strcmp(out[k].budget, c->budget)) break;
+        if (k == n) {
+            if (n == max) continue;
+            memset(&out[n], 0, sizeof out[n]);
+            snprintf(out[n].method, sizeof out[n].method, "%s", c->method);
+            out[n].share = c->share;
+            snprintf(out[n].budget, sizeof out[n].budget, "%s", c->budget);
+            out[n].frac = c->frac;
+            out[n].auc_min = INFINITY;
+            out[n].auc_max = -INFINITY;
+            n++;
+        }
+        agg *a = &out[k];
+        a->n++;
+        a->bytes += c->bytes;
+        a->auc_mean += c->auc;
+        a->auc_std += c->auc * c->auc;
+        a->logloss_mean += c->logloss;
+        a->train_rps += c->train_rps;
+        if (c->auc < a->auc_min) a->auc_min = c->auc;
+        if (c->auc > a->auc_max) a->auc_max = c->auc;
+    }
+    for (int k = 0; k < n; k++) {
+        agg *a = &out[k];
+        a->bytes /= a->n;
+        a->auc_mean /= a->n;
+        a->logloss_mean /= a->n;
+        a->train_rps /= a->n;
+        double var = a->n > 1 ? (a->auc_std - a->n * a->auc_mean * a->auc_mean) / (a->n - 1) : 0;
+        a->auc_std = var > 0 ? sqrt(var) : 0;
+    }
+    /* Pareto front: no other point has fewer-or-equal bytes and higher-or-
+     * equal mean AUC with one of them strict. */
+    for (int k = 0; k < n; k++) {
+        out[k].pareto = 1;
+        for (int j = 0; j < n && out[k].pareto; j++) {
+            if (j == k) continue;
+            if (out[j].bytes <= out[k].bytes && out[j].auc_mean >= out[k].auc_mean &&
+                (out[j].bytes < out[k].bytes || out[j].auc_mean > out[k].auc_mean))
+                out[k].pareto = 0;
+        }
+    }
+    return n;
+}
+
+static int cmp_frac_desc(const void *a, const void *b) {
+    double x = ((const agg *)a)->frac, y = ((const agg *)b)->frac;
+    return (x < y) - (x > y);
+}
+
+/* ---- SVG plot -------------------------------------------------------------------------- */
+
+static const char *palette[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
+                                "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#000000", "#aec7e8"};
+
+static int write_svg(const char *path, const agg *a, int n, const char *title) {
+    char tmp[4200];
+    FILE *f = open_tmp(path, tmp, sizeof tmp);
+    if (!f) return -1;
+    const double W = 900, H = 560, L = 80, R = 220, T = 50, B = 60;
+    double xmin = INFINITY, xmax = -INFINITY, ymin = INFINITY, ymax = -INFINITY;
+    for (int i = 0; i < n; i++) {
+        double x = log10(a[i].bytes > 1 ? a[i].bytes : 1);
+        if (x < xmin) xmin = x;
+        if (x > xmax) xmax = x;
+        if (a[i].auc_min < ymin) ymin = a[i].auc_min;
+        if (a[i].auc_max > ymax) ymax = a[i].auc_max;
+    }
+    if (n == 0) xmin = 0, xmax = 1, ymin = 0.5, ymax = 1;
+    xmin = floor(xmin);
+    xmax = ceil(xmax);
+    if (xmax <= xmin) xmax = xmin + 1;
+    double pad = (ymax - ymin) * 0.05 + 1e-3;
+    ymin -= pad;
+    ymax += pad;
+#define PX(v) (L + ((v) - xmin) / (xmax - xmin) * (W - L - R))
+#define PY(v) (H - B - ((v) - ymin) / (ymax - ymin) * (H - T - B))
+    fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" font-family=\"sans-serif\" font-size=\"12\">\n",
+            W, H);
+    fprintf(f, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n");
+    fprintf(f, "<text x=\"%.0f\" y=\"24\" font-size=\"15\" text-anchor=\"middle\">%s</text>\n", (W - R + L) / 2, title);
+    /* axes and grid */
+    fprintf(f, "<g stroke=\"#ccc\">\n");
+    for (double x = xmin; x <= xmax + 1e-9; x += 1)
+        fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/>\n", PX(x), (double)T, PX(x), H - B);
+    double ystep = (ymax - ymin) > 0.2 ? 0.05 : (ymax - ymin) > 0.05 ? 0.01 : 0.005;
+    for (double y = ceil(ymin / ystep) * ystep; y <= ymax; y += ystep)
+        fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/>\n", L, PY(y), W - R, PY(y));
+    fprintf(f, "</g>\n");
+    for (double x = xmin; x <= xmax + 1e-9; x += 1)
+        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">1e%.0f</text>\n", PX(x), H - B + 18, x);
+    for (double y = ceil(ymin / ystep) * ystep; y <= ymax; y += ystep)
+        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%.3f</text>\n", L - 6, PY(y) + 4, y);
+    fprintf(f, "<text x=\"%.0f\" y=\"%.0f\" text-anchor=\"middle\">embedding bytes (log scale)</text>\n", (W - R + L) / 2, H - 18);
+    fprintf(f, "<text transform=\"translate(18,%.0f) rotate(-90)\" text-anchor=\"middle\">test AUC (mean over seeds; bars: min-max)</text>\n",
+            (H - B + T) / 2);
+    fprintf(f, "<rect x=\"%.0f\" y=\"%.0f\" width=\"%.0f\" height=\"%.0f\" fill=\"none\" stroke=\"#333\"/>\n", L, T, W - L - R, H - T - B);
+    /* one series per (method, share): sorted by bytes, joined by a line */
+    int legend = 0;
+    int done[1024] = {0};
+    for (int i = 0; i < n && i < 1024; i++) {
+        if (done[i]) continue;
+        const char *color = palette[legend % (int)(sizeof palette / sizeof palette[0])];
+        int idx[64], m = 0;
+        for (int j = i; j < n && m < 64; j++)
+            if (!done[j] && !strcmp(a[j].method, a[i].method) && a[j].share == a[i].share) {
+                idx[m++] = j;
+                done[j] = 1;
+            }
+        for (int x = 1; x < m; x++)
+            for (int y = x; y > 0 && a[idx[y]].bytes < a[idx[y - 1]].bytes; y--) {
+                int t = idx[y];
+                idx[y] = idx[y - 1];
+                idx[y - 1] = t;
+            }
+        fprintf(f, "<g class=\"series\" data-method=\"%s\" data-share=\"%s\">\n", a[i].method, share_name(a[i].share));
+        if (m > 1) {
+            fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\"%s points=\"", color,
+                    a[i].share ? " stroke-dasharray=\"5,3\"" : "");
+            for (int k = 0; k < m; k++) fprintf(f, "%.1f,%.1f ", PX(log10(a[idx[k]].bytes)), PY(a[idx[k]].auc_mean));
+            fprintf(f, "\"/>\n");
+        }
+        for (int k = 0; k < m; k++) {
+            const agg *p = &a[idx[k]];
+            double px = PX(log10(p->bytes));
+            fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\"/>\n", px, PY(p->auc_min), px, PY(p->auc_max),
+                    color);
+            fprintf(f,
+                    "<circle class=\"point%s\" data-method=\"%s\" data-share=\"%s\" data-budget=\"%s\" data-bytes=\"%.0f\" "
+                    "data-auc=\"%.6f\" cx=\"%.1f\" cy=\"%.1f\" r=\"%s\" fill=\"%s\"%s/>\n",
+                    p->pareto ? " pareto" : "", p->method, share_name(p->share), p->budget, p->bytes, p->auc_mean, px, PY(p->auc_mean),
+                    p->pareto ? "6" : "4", color, p->pareto ? " stroke=\"black\" stroke-width=\"2\"" : "");
+        }
+        fprintf(f, "</g>\n");
+        double ly = T + 10 + 18 * legend;
+        fprintf(f, "<line x1=\"%.0f\" y1=\"%.1f\" x2=\"%.0f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"2\"%s/>\n", W - R + 15, ly,
+                W - R + 40, ly, color, a[i].share ? " stroke-dasharray=\"5,3\"" : "");
+        fprintf(f, "<text x=\"%.0f\" y=\"%.1f\">%s%s</text>\n", W - R + 46, ly + 4, a[i].method, a[i].share ? " (shared)" : "");
+        legend++;
+    }
+    double ly = T + 10 + 18 * legend + 8;
+    fprintf(f, "<circle cx=\"%.0f\" cy=\"%.1f\" r=\"6\" fill=\"white\" stroke=\"black\" stroke-width=\"2\"/>\n", W - R + 27, ly);
+    fprintf(f, "<text x=\"%.0f\" y=\"%.1f\">Pareto front</text>\n", W - R + 46, ly + 4);
+    fprintf(f, "</svg>\n");
+#undef PX
+#undef PY
+    return commit_tmp(f, tmp, path);
+}
+
+/* ---- summary ------------------------------------------------------------------------------- */
+
+typedef struct {
+    char method[32];
+    int share;
+    double lps, bytes;
+    char status[120];
+} speed;
+
+static void write_summary(FILE *f, const char *ds, const char *model, const agg *a, int n, const speed *sp, int nsp, int n_seeds,
+                          int epochs, const cell_list *cl) {
+    agg *s = malloc(sizeof(agg) * (size_t)(n ? n : 1));
+    if (!s) return;
+    memcpy(s, a, sizeof(agg) * (size_t)n);
+    qsort(s, (size_t)n, sizeof *s, cmp_frac_desc);
+    fprintf(f, "### %s, model %s, %d epoch(s), %d seed(s)\n\n", ds, model, epochs, n_seeds);
+    fprintf(f, "| method | share | budget | bytes | AUC mean | AUC std | AUC min..max | logloss | train rows/s | Pareto |\n");
+    fprintf(f, "|---|---|---|---:|---:|---:|---|---:|---:|:-:|\n");
+    for (int i = 0; i < n; i++)
+        fprintf(f, "| %s | %s | %s | %.0f | %.4f | %.4f | %.4f..%.4f | %.4f | %.0f | %s |\n", s[i].method, share_name(s[i].share),
+                s[i].budget, s[i].bytes, s[i].auc_mean, s[i].auc_std, s[i].auc_min, s[i].auc_max, s[i].logloss_mean, s[i].train_rps,
+                s[i].pareto ? "yes" : "");
+    fprintf(f, "\n**Best method per budget** (highest mean AUC; \"within noise\" when the runner-up's mean is closer than "
+               "twice the standard error of the difference):\n\n");
+    fprintf(f, "| budget | best | AUC | runner-up | AUC | verdict |\n|---|---|---:|---|---:|---|\n");
+    for (int i = 0; i < n;) {
+        int j = i;
+        while (j < n && !strcmp(s[j].budget, s[i].budget)) j++;
+        int best = -1, second = -1;
+        for (int k = i; k < j; k++) {
+            if (best < 0 || s[k].auc_mean > s[best].auc_mean) {
+                second = best;
+                best = k;
+            } else if (second < 0 || s[k].auc_mean > s[second].auc_mean) {
+                second = k;
+            }
+        }
+        if (best >= 0) {
+            if (second < 0) {
+                fprintf(f, "| %s | %s (%s) | %.4f | - | - | only method |\n", s[best].budget, s[best].method, share_name(s[best].share),
+                        s[best].auc_mean);
+            } else {
+                double se = sqrt(s[best].auc_std * s[best].auc_std / s[best].n + s[second].auc_std * s[second].auc_std / s[second].n);
+                double d = s[best].auc_mean - s[second].auc_mean;
+                const char *verdict = (s[best].n < 2 || s[second].n < 2) ? "one seed: noise unknown"
+                                      : d < 2 * se                      ? "within seed noise"
+                                                                         : "ahead beyond seed noise";
+                fprintf(f, "| %s | %s (%s) | %.4f | %s (%s) | %.4f | %s (diff %.4f, 2se %.4f) |\n", s[best].budget, s[best].method,
+                        share_name(s[best].share), s[best].auc_mean, s[second].method, share_name(s[second].share), s[second].auc_mean,
+                        verdict, d, 2 * se);
+            }
+        }
+        i = j;
+    }
+    fprintf(f, "\n**Pareto set** (no other point has fewer bytes and higher mean AUC): ");
+    int first = 1;
+    for (int i = 0; i < n; i++)
+        if (s[i].pareto) {
+            fprintf(f, "%s%s/%s@%s", first ? "" : ", ", s[i].method, share_name(s[i].share), s[i].budget);
+            first = 0;
+        }
+    fprintf(f, "\n");
+    if (nsp > 0) {
+        double full = 0;
+        for (int i = 0; i < nsp; i++)
+            if (!strcmp(sp[i].method, "full") && sp[i].lps > 0) full = sp[i].lps;
+        fprintf(f, "\n**Lookup speed** (batched (row, field) lookups per second over the data, no training):\n\n");
+        fprintf(f, "| method | share | bytes | lookups/s | relative to full |\n|---|---|---:|---:|---:|\n");
+        for (int i = 0; i < nsp; i++) {
+            if (strcmp(sp[i].status, "ok") != 0) {
+                fprintf(f, "| %s | %s | - | - | %s |\n", sp[i].method, share_name(sp[i].share), sp[i].status);
+                continue;
+            }
+            fprintf(f, "| %s | %s | %.0f | %.3g | %s%.2f |\n", sp[i].method, share_name(sp[i].share), sp[i].bytes, sp[i].lps,
+                    full > 0 ? "" : "n/a ", full > 0 ? sp[i].lps / full : 0.0);
+        }
+    }
+    int nfail = 0;
+    for (int i = 0; i < cl->n; i++) nfail += strcmp(cl->c[i].status, "ok") != 0;
+    if (nfail) {
+        fprintf(f, "\n**Cells that did not run** (%d):\n\n", nfail);
+        for (int i = 0; i < cl->n; i++)
+            if (strcmp(cl->c[i].status, "ok") != 0)
+                fprintf(f, "- %s/%s@%s seed %d: %s\n", cl->c[i].method, share_name(cl->c[i].share), cl->c[i].budget, cl->c[i].seed,
+                        cl->c[i].status);
+    }
+    free(s);
+}
+
+static void progress(int done, int total, const char *what, double t0, double now) {
+    int w = 30, k = total ? w * done / total : w;
+    double eta = done ? (now - t0) / done * (total - done) : 0;
+    fprintf(stderr, "\r[");
+    for (int i = 0; i < w; i++) fputc(i < k ? '#' : '-', stderr);
+    fprintf(stderr, "] %d/%d  %-44.44s  ETA %4.0fs ", done, total, what, eta);
+    if (done == total) fputc('\n', stderr);
+    fflush(stderr);
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int cmd_bench_storage(int argc, char **argv) {
+    const char *cmd = "bench-storage";
+    es_train_params p = es_train_params_default();
+    p.valid_frac = 0.2;
+    const char *file = NULL, *outdir = "bench-storage-out", *name = NULL;
+    char methods[MAX_METHODS][32], budgets[MAX_BUDGETS][32], seeds_s[MAX_SEEDS][32];
+    int n_methods = 0, n_budgets = 0, n_seeds = 0, share_lo = 0, share_hi = 0, quiet = 0, lookup_speed = 1;
+    long long ll;
+    double d;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        int r = cli_reader_opt(cmd, argc, argv, &i, &p.reader);
+        if (r < 0) return ES_EXIT_USAGE;
+        if (r > 0) continue;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(help, stdout);
+            return 0;
+        } else if (!strcmp(a, "--methods")) {
+            if (!(v = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
+            if ((n_methods = split_list(v, methods, MAX_METHODS)) <= 0) return cli_usage(cmd, "bad --methods list '%s'", v);
+        } else if (!strcmp(a, "--budgets")) {
+            if (!(v = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
+            if ((n_budgets = split_list(v, budgets, MAX_BUDGETS)) <= 0) return cli_usage(cmd, "bad --budgets list '%s'", v);
+        } else if (!strcmp(a, "--seeds")) {
+            if (!(v = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
+            if ((n_seeds = split_list(v, seeds_s, MAX_SEEDS)) <= 0) return cli_usage(cmd, "bad --seeds list '%s'", v);
+        } else if (!strcmp(a, "--share")) {
+            if (!(v = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
+            if (!strcmp(v, "none")) share_lo = share_hi = 0;
+            else if (!strcmp(v, "fields")) share_lo = share_hi = 1;
+            else if (!strcmp(v, "both")) share_lo = 0, share_hi = 1;
+            else return cli_usage(cmd, "--share expects none, fields or both, got '%s'", v);
+        } else if (!strcmp(a, "--out")) {
+            if (!(outdir = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
+        } else if (!strcmp(a, "--name")) {
+            if (!(name = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
+        } else if (!strcmp(a, "--no-lookup-speed")) {
+            lookup_speed = 0;
+        } else if (!strcmp(a, "--model")) {
+            if (!(p.model = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
+        } else if (!strcmp(a, "--dim")) {
+            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 4096, &ll)) return ES_EXIT_USAGE;
+            p.dim = (int)ll;
+        } else if (!strcmp(a, "--epochs")) {
+            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 1000, &ll)) return ES_EXIT_USAGE;
+            p.epochs = (int)ll;
+        } else if (!strcmp(a, "--batch")) {
+            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 1 << 20, &ll)) return ES_EXIT_USAGE;
+            p.batch = (int)ll;
+        } else if (!strcmp(a, "--lr")) {
+            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_double(cmd, a, v, 0, 1e3, &d)) return ES_EXIT_USAGE;
+            p.lr = (float)d;
+        } else if (!strcmp(a, "--emb-lr")) {
+            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_double(cmd, a, v, 0, 1e3, &d)) return ES_EXIT_USAGE;
+            p.emb_lr = (float)d;
+        } else if (!strcmp(a, "--threads")) {
+            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 0, 1024, &ll)) return ES_EXIT_USAGE;
+            p.threads = (int)ll;
+        } else if (!strcmp(a, "--valid")) {
+            if (!(p.valid_path = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
+        } else if (!strcmp(a, "--valid-frac")) {
+            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_double(cmd, a, v, 0.01, 0.99, &d)) return ES_EXIT_USAGE;
+            p.valid_frac = d;
+        } else if (!strcmp(a, "--max-rows")) {
+            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, INT64_MAX, &ll)) return ES_EXIT_USAGE;
+            p.max_rows = (uint64_t)ll;
+        } else if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) {
+            quiet = 1;
+        } else if (a[0] == '-' && a[1]) {
+            return cli_usage(cmd, "unknown option '%s'", a);
+        } else if (!file) {
+            file = a;
+        } else {
+            return cli_usage(cmd, "unexpected argument '%s'", a);
+        }
+    }
+    if (!file) return cli_usage(cmd, "no data file given");
+    if (p.valid_path) p.valid_frac = 0;
+    p.train_path = file;
+    if (n_methods == 0) {
+        const char *names[MAX_METHODS];
+        n_methods = es_storage_methods(names, NULL, MAX_METHODS);
+        if (n_methods > MAX_METHODS) n_methods = MAX_METHODS;
+        for (int i = 0; i < n_methods; i++) snprintf(methods[i], 32, "%s", names[i]);
+    } else {
+        const char *names[MAX_METHODS];
+        int nm = es_storage_methods(names, NULL, MAX_METHODS);
+        for (int i = 0; i < n_methods; i++) {
+            int ok = 0;
+            for (int k = 0; k < nm && k < MAX_METHODS; k++) ok |= !strcmp(names[k], methods[i]);
+            if (!ok) return cli_usage(cmd, "unknown storage method '%s'", methods[i]);
+        }
+    }
+    if (n_budgets == 0) {
+        const char *def[] = {"1/4", "1/16", "1/64", "1/256", "1/1024"};
+        for (int i = 0; i < 5; i++) snprintf(budgets[i], 32, "%s", def[i]);
+        n_budgets = 5;
+    }
+    double fracs[MAX_BUDGETS];
+    for (int i = 0; i < n_budgets; i++) {
+        if (cli_budget(cmd, budgets[i], &fracs[i]) != 0) return ES_EXIT_USAGE;
+        if (!(fracs[i] > 0 && fracs[i] <= 1)) return cli_usage(cmd, "sweep budgets are fractions of the full table in (0, 1], got '%s'", budgets[i]);
+    }
+    int seeds[MAX_SEEDS];
+    if (n_seeds == 0) {
+        seeds[0] = 1, seeds[1] = 2, seeds[2] = 3;
+        n_seeds = 3;
+    } else {
+        for (int i = 0; i < n_seeds; i++)
+            if (cli_int(cmd, "--seeds", seeds_s[i], 0, INT32_MAX, &ll)) return ES_EXIT_USAGE;
+            else seeds[i] = (int)ll;
+    }
+    if (!name) {
+        const char *b = strrchr(file, '/');
+        name = b ? b + 1 : file;
+    }
+    if (mkdir(outdir, 0755) != 0 && errno != EEXIST) return cli_fail(cmd, "%s: cannot create directory: %s", outdir, strerror(errno));
+    char path_cells[4096], path_json[4096], path_svg[4096], path_md[4096], path_png[4096], path_lookup[4096];
+    snprintf(path_cells, sizeof path_cells, "%s/cells.csv", outdir);
+    snprintf(path_json, sizeof path_json, "%s/results.json", outdir);
+    snprintf(path_svg, sizeof path_svg, "%s/pareto.svg", outdir);
+    snprintf(path_png, sizeof path_png, "%s/pareto.png", outdir);
+    snprintf(path_md, sizeof path_md, "%s/summary.md", outdir);
+    snprintf(path_lookup, sizeof path_lookup, "%s/lookup.csv", outdir);
+
+    cell_list cl = {0};
+    load_cells(path_cells, &cl);
+    int resumed = cl.n;
+    /* the plan: `full` runs once per seed at its own size */
+    int total = 0;
+    for (int m = 0; m < n_methods; m++)
+        total += !strcmp(methods[m], "full") ? n_seeds : n_budgets * (share_hi - share_lo + 1) * n_seeds;
+    int done = 0, failed = 0;
+    double t0 = now_s();
+    int show = !quiet && cli_tty();
+    for (int m = 0; m < n_methods; m++) {
+        int is_full = !strcmp(methods[m], "full");
+        for (int sh = share_lo; sh <= (is_full ? share_lo : share_hi); sh++)
+            for (int b = 0; b < (is_full ? 1 : n_budgets); b++)
+                for (int s = 0; s < n_seeds; s++) {
+                    const char *bud = is_full ? "full" : budgets[b];
+                    char what[128];
+                    snprintf(what, sizeof what, "%s share=%s budget=%s seed=%d", methods[m], share_name(sh), bud, seeds[s]);
+                    if (find_cell(&cl, methods[m], sh, bud, seeds[s]) >= 0) {
+                        done++;
+                        continue;
+                    }
+                    if (show) progress(done, total, what, t0, now_s());
+                    es_train_params q = p;
+                    q.storage = methods[m];
+                    q.budget = is_full ? 0 : fracs[b];
+                    q.share = sh;
+                    q.seed = (uint64_t)seeds[s];
+                    es_train_result res;
+                    es_err err = {0};
+                    int rc = es_train(&q, &res, &err);
+                    cell c;
+                    memset(&c, 0, sizeof c);
+                    snprintf(c.method, sizeof c.method, "%s", methods[m]);
+                    c.share = sh;
+                    snprintf(c.budget, sizeof c.budget, "%s", bud);
+                    c.frac = is_full ? 1.0 : fracs[b];
+                    c.seed = seeds[s];
+                    c.epochs = p.epochs;
+                    if (rc == 0) {
+                        c.bytes = (double)res.emb_bytes;
+                        c.full_bytes = (double)res.full_bytes;
+                        c.auc = res.valid.auc;
+                        c.logloss = res.valid.logloss;
+                        c.train_rps = res.train_rows_per_s;
+                        c.predict_rps = res.eval_rows_per_s;
+                        snprintf(c.status, sizeof c.status, "ok");
+                    } else {
+                        c.auc = c.logloss = NAN;
+                        snprintf(c.status, sizeof c.status, "error: %.150s", err.msg);
+                        sanitize(c.status);
+                        failed++;
+                        if (!quiet) fprintf(stderr, "%s%s: %s\n", show ? "\n" : "", what, err.msg);
+                    }
+                    if (push_cell(&cl, &c) != 0 || save_cells(path_cells, &cl, name, p.model) != 0) {
+                        free(cl.c);
+                        return cli_fail(cmd, "%s: cannot write results: %s", path_cells, strerror(errno));
+                    }
+                    done++;
+                }
+    }
+    if (show) progress(total, total, "done", t0, now_s());
+
+    /* lookup speed per (method, share) at the middle budget */
+    speed sp[2 * MAX_METHODS];
+    int nsp = 0;
+    if (lookup_speed) {
+        const char *mid = budgets[n_budgets / 2];
+        double midf = fracs[n_budgets / 2];
+        char tmp[4200];
+        FILE *lf = open_tmp(path_lookup, tmp, sizeof tmp);
+        if (lf) fprintf(lf, "method,share,budget,bytes,lookups_per_s,threads\n");
+        for (int m = 0; m < n_methods; m++) {
+            int is_full = !strcmp(methods[m], "full");
+            for (int sh = share_lo; sh <= (is_full ? share_lo : share_hi); sh++) {
+                es_train_params q = p;
+                q.storage = methods[m];
+                q.budget = is_full ? 0 : midf;
+                q.share = sh;
+                speed *x = &sp[nsp++];
+                memset(x, 0, sizeof *x);
+                snprintf(x->method, sizeof x->method, "%s", methods[m]);
+                x->share = sh;
+                size_t bytes = 0;
+                es_err err = {0};
+                if (es_bench_lookup(&q, 3, &x->lps, &bytes, &err) == 0) {
+                    x->bytes = (double)bytes;
+                    snprintf(x->status, sizeof x->status, "ok");
+                } else {
+                    snprintf(x->status, sizeof x->status, "error: %.110s", err.msg);
+                    sanitize(x->status);
+                }
+                if (lf)
+                    fprintf(lf, "%s,%s,%s,%.0f,%.1f,%d\n", x->method, share_name(sh), is_full ? "full" : mid, x->bytes, x->lps,
+                            p.threads);
+            }
+        }
+        if (lf) commit_tmp(lf, tmp, path_lookup);
+    }
+
+    agg *ag = calloc((size_t)cl.n + 1, sizeof *ag);
+    if (!ag) {
+        free(cl.c);
+        return cli_fail(cmd, "out of memory");
+    }
+    int na = aggregate(&cl, ag, cl.n);
+    char title[512];
+    snprintf(title, sizeof title, "%s: %s, AUC vs embedding bytes", name, p.model);
+    int werr = write_svg(path_svg, ag, na, title);
+    /* PNG where a converter exists */
+    char conv[20000];
+    snprintf(conv, sizeof conv,
+             "command -v rsvg-convert >/dev/null 2>&1 && rsvg-convert -o '%s' '%s' || "
+             "{ command -v convert >/dev/null 2>&1 && convert '%s' '%s'; } >/dev/null 2>&1",
+             path_png, path_svg, path_svg, path_png);
+    int png_rc = system(conv);
+    (void)png_rc;
+    char tmp[4200];
+    FILE *jf = open_tmp(path_json, tmp, sizeof tmp);
+    if (jf) {
+        fprintf(jf, "{\"dataset\":\"%s\",\"model\":\"%s\",\"epochs\":%d,\"threads\":%d,\"cells\":[", name, p.model, p.epochs, p.threads);
+        for (int i = 0; i < cl.n; i++) {
+            const cell *c = &cl.c[i];
+            fprintf(jf, "%s{\"method\":\"%s\",\"share\":\"%s\",\"budget\":\"%s\",\"budget_frac\":%.9g,\"bytes\":%.0f,\"seed\":%d,",
+                    i ? "," : "", c->method, share_name(c->share), c->budget, c->frac, c->bytes, c->seed);
+            if (isfinite(c->auc)) fprintf(jf, "\"auc\":%.6f,\"logloss\":%.6f,", c->auc, c->logloss);
+            fprintf(jf, "\"train_rows_per_s\":%.1f,\"predict_rows_per_s\":%.1f,\"epochs\":%d,\"status\":\"%s\"}", c->train_rps,
+                    c->predict_rps, c->epochs, c->status);
+        }
+        fprintf(jf, "],\"aggregates\":[");
+        for (int i = 0; i < na; i++)
+            fprintf(jf,
+                    "%s{\"method\":\"%s\",\"share\":\"%s\",\"budget\":\"%s\",\"bytes\":%.0f,\"auc_mean\":%.6f,\"auc_std\":%.6f,"
+                    "\"seeds\":%d,\"pareto\":%s}",
+                    i ? "," : "", ag[i].method, share_name(ag[i].share), ag[i].budget, ag[i].bytes, ag[i].auc_mean, ag[i].auc_std,
+                    ag[i].n, ag[i].pareto ? "true" : "false");
+        fprintf(jf, "],\"lookup_speed\":[");
+        for (int i = 0; i < nsp; i++)
+            fprintf(jf, "%s{\"method\":\"%s\",\"share\":\"%s\",\"bytes\":%.0f,\"lookups_per_s\":%.1f,\"status\":\"%s\"}", i ? "," : "",
+                    sp[i].method, share_name(sp[i].share), sp[i].bytes, sp[i].lps, sp[i].status);
+        fprintf(jf, "]}\n");
+        if (commit_tmp(jf, tmp, path_json) != 0) werr = -1;
+    } else {
+        werr = -1;
+    }
+    FILE *mf = open_tmp(path_md, tmp, sizeof tmp);
+    if (mf) {
+        write_summary(mf, name, p.model, ag, na, sp, nsp, n_seeds, p.epochs, &cl);
+        if (commit_tmp(mf, tmp, path_md) != 0) werr = -1;
+    } else {
+        werr = -1;
+    }
+    if (!quiet) write_summary(stdout, name, p.model, ag, na, sp, nsp, n_seeds, p.epochs, &cl);
+    fprintf(stderr, "%d cells (%d from an earlier run, %d failed); results in %s/\n", total, resumed, failed, outdir);
+    free(ag);
+    free(cl.c);
+    if (werr) return cli_fail(cmd, "%s: cannot write result files: %s", outdir, strerror(errno));
+    return 0;
+}
