@@ -63,6 +63,9 @@ $(BUILD)/embstore: $(TOOL_OBJ) $(BUILD)/libembstore.a
 $(BUILD)/test_runner: $(TEST_OBJ) $(BUILD)/libembstore.a $(BUILD)/embstore
 	$(CC) $(LDFLAGS) -o $@ $(TEST_OBJ) $(BUILD)/libembstore.a $(LDLIBS)
 
+$(BUILD)/bench_system: bench/system.c $(BUILD)/libembstore.a
+	$(CC) $(CPPFLAGS) $(CFLAGS) -o $@ $< $(BUILD)/libembstore.a $(LDFLAGS) $(LDLIBS)
+
 # Tests run the CLI as $ES_BIN (the binary of this build flavour).
 test: $(BUILD)/test_runner
 	ES_BIN=$(BUILD)/embstore $(BUILD)/test_runner $(T)
@@ -77,7 +80,7 @@ demo: $(BUILD)/embstore
 	$(BUILD)/embstore train data/criteo_kaggle_train_first10k.tsv --valid-frac 0.2 \
 	    --model dlrm --storage unified --budget 0.1 --epochs 1 --seed 1
 
-bench: all
+bench: all $(BUILD)/bench_system
 	bash bench/run.sh
 
 fuzz:

@@ -6,13 +6,15 @@
 #
 # accuracy  models lr fm dlrm dcn, storage full, seeds 1 2 3, on
 #           data/criteo_kaggle_train_first10k.tsv with --valid-frac 0.2
-#           (train on the first 8000 rows, test on the last 2000), the same
+#           (train on the first 8000 rows, test on the last 2000) and on
+#           data/ml-latest-small.csv (CSV reader, multi-valued genres), the same
 #           flags for both sides; torch twice: with its own random initial
 #           values, and with --es-init (embstore's exact initial values, so
 #           the two trajectories should agree to float rounding); writes
 #           docs/accuracy.md.
-# unified   storage hash vs unified at budgets 1/10 and 1/100 of the full
-#           table, seeds 1 2 3, on the Criteo sample and on
+# unified   storage hash vs unified (k = 1 chunk, and k = 4 chunks) at
+#           budgets 1/10 and 1/100 of the full table, DLRM, seeds 1 2 3,
+#           on the Criteo sample and on
 #           data/ml-latest-small.csv; embstore, with torch_ref.py as a
 #           cross-check; writes docs/unified-vs-hash.md.
 #
@@ -77,16 +79,23 @@ if [[ " ${sections[*]} " == *" accuracy "* ]]; then
     JSONL=accuracy.jsonl
     : >"$OUT/$JSONL"
     echo "== accuracy: embstore vs torch, storage full, seeds $SEEDS" >&2
-    for m in lr fm dlrm dcn; do
-        for s in $SEEDS; do
-            args=($(model_flags $m) --storage full --valid-frac 0.2 "${HP[@]}" --seed "$s")
-            run_side embstore "$m/$s" "$CRITEO" "${args[@]}"
-            run_side torch "$m/$s" "$CRITEO" "${args[@]}"
-            run_side torch-esinit "$m/$s" "$CRITEO" "${args[@]}"
+    for data in criteo ml; do
+        if [ $data = criteo ]; then file=$CRITEO; read_args=(); else file=$ML; read_args=("${ML_READ[@]}"); fi
+        if [ ! -f "$file" ]; then
+            echo "parity.sh: $file missing, skipping" >&2
+            continue
+        fi
+        for m in lr fm dlrm dcn; do
+            for s in $SEEDS; do
+                args=("${read_args[@]}" $(model_flags $m) --storage full --valid-frac 0.2 "${HP[@]}" --seed "$s")
+                run_side embstore "$data/$m/$s" "$file" "${args[@]}"
+                run_side torch "$data/$m/$s" "$file" "${args[@]}"
+                run_side torch-esinit "$data/$m/$s" "$file" "${args[@]}"
+            done
         done
     done
     "$PY" bench/parity_report.py accuracy "$OUT/$JSONL" docs/accuracy.md \
-        "$CRITEO" "${HP[*]}" "$SEEDS" || exit 1
+        "$CRITEO $ML" "${HP[*]}" "$SEEDS" || exit 1
 fi
 
 if [[ " ${sections[*]} " == *" unified "* ]]; then
@@ -100,9 +109,13 @@ if [[ " ${sections[*]} " == *" unified "* ]]; then
             continue
         fi
         for budget in 1/10 1/100; do
-            for method in hash unified; do
+            for method in hash unified unified-k4; do
                 for s in $SEEDS; do
-                    args=("${read_args[@]}" $(model_flags dlrm) --storage $method --budget $budget --valid-frac 0.2
+                    case $method in
+                    unified-k4) storage=(--storage unified --chunks 4) ;;
+                    *) storage=(--storage $method) ;;
+                    esac
+                    args=("${read_args[@]}" $(model_flags dlrm) "${storage[@]}" --budget $budget --valid-frac 0.2
                           "${HP[@]}" --seed "$s")
                     run_side embstore "$data/$budget/$method/$s" "$file" "${args[@]}"
                     [ "${PARITY_TORCH:-1}" = 1 ] && run_side torch "$data/$budget/$method/$s" "$file" "${args[@]}"

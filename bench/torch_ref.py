@@ -386,83 +386,120 @@ def full_table_bytes(train, dim, min_count):
     return rows * dim * BYTES_PER_FLOAT
 
 
+def storage_salt(seed, field, chunk):
+    """es__storage_salt: the hash seed of (field, chunk)."""
+    fc = ((field & 0xFFFFFFFF) << 32) | (chunk & 0xFFFFFFFF)
+    return mix64(mix64(seed & MASK64) ^ mix64((fc + 0x5BD1E9955BD1E995) & MASK64))
+
+
+def hashed_rows_from_budget(budget_bytes, aux, row_floats, min_rows, method):
+    """R = floor((budget - aux) / (row_floats * 4)), at least min_rows."""
+    avail = budget_bytes - aux
+    r = int(math.floor(avail / (row_floats * BYTES_PER_FLOAT))) if avail > 0 else 0
+    if r < min_rows:
+        raise SystemExit(f"{method}: a budget of {budget_bytes:.0f} bytes holds {r} rows of {row_floats} floats "
+                         f"after {aux} bytes of lookup arrays; at least {min_rows} rows are needed")
+    return r
+
+
+def split_rows(R, distinct, rule="equal"):
+    """src/storage/hash.c split_rows: every field 1 row, then the rest by
+    integer weight (equal: 1, prop: d_f, sqrt: floor(sqrt(d_f)*1024)+1),
+    each field capped at d_f + 1 rows, water-filling what capped fields
+    cannot take; rows rounding leaves go one each to uncapped fields in
+    field order."""
+    def weight(d):
+        if d == 0:
+            return 0
+        if rule == "sqrt":
+            return int(math.floor(math.sqrt(d) * 1024.0)) + 1
+        return 1 if rule == "equal" else d
+
+    F = len(distinct)
+    rows = [1] * F
+    rem = R - F
+    while rem > 0:
+        S = sum(weight(distinct[f]) for f in range(F) if rows[f] < distinct[f] + 1)
+        if S == 0:
+            break
+        given = 0
+        for f in range(F):
+            cap = distinct[f] + 1
+            if rows[f] >= cap:
+                continue
+            add = min(rem * weight(distinct[f]) // S, cap - rows[f])
+            rows[f] += add
+            given += add
+        if given == 0:
+            for f in range(F):
+                if rem <= 0:
+                    break
+                if rows[f] < distinct[f] + 1:
+                    rows[f] += 1
+                    rem -= 1
+        else:
+            rem -= given
+    return rows
+
+
 class HashStorage:
-    """Hashing trick with one table per field: value -> row
-    range(hash(key, seed_f), rows_f).  The budget is split over fields by
-    the rule in docs/methods.md (here: proportional to each field's
-    distinct-value count in the training part, at least 1 row, never more
-    rows than the field needs)."""
+    """The hashing trick, one table per field (src/storage/hash.c,
+    docs/methods.md): value key of field f reads row
+    base_f + range(XXH3(key, salt_f), rows_f); R = floor((budget - 24F) /
+    (dim * 4)) rows split over the fields by split_rows (default rule
+    "equal", as hash.c)."""
     name = "hash"
 
-    def __init__(self, train, dim, budget_bytes, seed, hasher):
+    def __init__(self, train, dim, budget_bytes, seed, hasher, rule="equal"):
         self.k, self.chunk_dim = 1, dim
         self.hasher = hasher
         F = len(train.keys)
-        total_rows = max(F, int(budget_bytes // (dim * BYTES_PER_FLOAT)))
-        distinct = np.array([len(np.unique(train.keys[f])) + 1 for f in range(F)], dtype=np.float64)
-        self.field_rows = split_rows(total_rows, distinct)
+        aux = 24 * F
+        R = hashed_rows_from_budget(budget_bytes, aux, dim, F, "hash")
+        distinct = [len(np.unique(train.keys[f])) for f in range(F)]
+        self.field_rows = split_rows(R, distinct, rule)
         self.bases = np.concatenate([[0], np.cumsum(self.field_rows)[:-1]]).astype(np.int64)
-        self.n_rows = int(self.field_rows.sum())
-        self.seeds = [mix64((seed ^ (0x68617368 + f)) & MASK64) for f in range(F)]
+        self.n_rows = int(sum(self.field_rows))
+        self.salts = [storage_salt(seed, f, 0) for f in range(F)]
         self.param_bytes = self.n_rows * dim * BYTES_PER_FLOAT
-        self.aux_bytes = 0
+        self.aux_bytes = aux
 
     def rows(self, f, keys):
-        h = self.hasher.hash_keys(keys, self.seeds[f])
+        h = self.hasher.hash_keys(keys, self.salts[f])
         return (self.bases[f] + hash_range(h, int(self.field_rows[f])))[:, None]
 
 
-def split_rows(total, need):
-    """Split `total` rows over fields in proportion to `need` (distinct
-    values + 1), at least 1 each, capped at need; leftover rows from capped
-    fields go to the others (water filling)."""
-    F = len(need)
-    rows = np.zeros(F, dtype=np.int64)
-    free = np.ones(F, bool)
-    remaining = total
-    while True:
-        w = need * free
-        if remaining <= 0 or w.sum() == 0:
-            break
-        share = np.floor(remaining * w / w.sum()).astype(np.int64)
-        capped = free & (rows + share >= need)
-        if not capped.any():
-            rows += share * free
-            break
-        for f in np.nonzero(capped)[0]:
-            remaining -= int(need[f]) - rows[f]
-            rows[f] = int(need[f])
-            free[f] = False
-    return np.maximum(rows, 1)
-
-
 class UnifiedStorage:
-    """Unified Embedding (feature multiplexing): one shared parameter space
-    of R rows of width dim/k split into T sub-tables; field f's vector is
-    the concatenation of k chunks, chunk j looked up in sub-table
-    (f*k + j) mod T at range(hash(key, seed_fj), rows_t)."""
+    """Unified Embedding (src/storage/unified.c, docs/methods.md): one
+    shared space of R rows of cd = dim / k floats in T sub-tables (R / T
+    rows each, the first R mod T one more); chunk j of field f reads
+    sub-table t = (f*k + j) mod T at row range(XXH3(key, salt(f, j)),
+    rows_t); the k chunks are concatenated.  R = floor((budget - 24Fk) /
+    (cd * 4))."""
     name = "unified"
 
     def __init__(self, n_fields, dim, budget_bytes, seed, chunks, subtables, hasher):
-        if dim % chunks:
-            raise SystemExit(f"--chunks {chunks} must divide the embedding width {dim}")
+        if chunks < 1 or dim % chunks:
+            raise SystemExit(f"unified: --chunks {chunks} must divide the embedding width {dim}")
+        if not 1 <= subtables <= n_fields * chunks:
+            raise SystemExit(f"unified: --subtables must be in [1, fields x chunks = {n_fields * chunks}]")
         self.k, self.chunk_dim, self.T = chunks, dim // chunks, subtables
         self.hasher = hasher
-        total_rows = max(subtables, int(budget_bytes // (self.chunk_dim * BYTES_PER_FLOAT)))
-        base_rows = total_rows // subtables
-        self.sub_rows = [base_rows + (1 if t < total_rows % subtables else 0) for t in range(subtables)]
+        aux = 24 * n_fields * chunks
+        R = hashed_rows_from_budget(budget_bytes, aux, self.chunk_dim, subtables, "unified")
+        per, extra = R // subtables, R % subtables
+        self.sub_rows = [per + (1 if t < extra else 0) for t in range(subtables)]
         self.sub_base = np.concatenate([[0], np.cumsum(self.sub_rows)[:-1]]).astype(np.int64)
-        self.n_rows = int(sum(self.sub_rows))
-        self.seeds = [[mix64((seed ^ (0x756E6966 + 1000 * f + j)) & MASK64) for j in range(chunks)]
-                      for f in range(n_fields)]
+        self.n_rows = R
+        self.salts = [[storage_salt(seed, f, j) for j in range(chunks)] for f in range(n_fields)]
         self.param_bytes = self.n_rows * self.chunk_dim * BYTES_PER_FLOAT
-        self.aux_bytes = 0
+        self.aux_bytes = aux
 
     def rows(self, f, keys):
         out = np.empty((len(keys), self.k), dtype=np.int64)
         for j in range(self.k):
             t = (f * self.k + j) % self.T
-            h = self.hasher.hash_keys(keys, self.seeds[f][j])
+            h = self.hasher.hash_keys(keys, self.salts[f][j])
             out[:, j] = self.sub_base[t] + hash_range(h, self.sub_rows[t])
         return out
 
@@ -474,7 +511,7 @@ def make_storage(args, train, emb_dim, hasher):
     if args.storage == "full":
         st = FullStorage(train, emb_dim, args.min_count)
     elif args.storage == "hash":
-        st = HashStorage(train, emb_dim, budget_bytes, args.seed, hasher)
+        st = HashStorage(train, emb_dim, budget_bytes, args.seed, hasher, args.hash_split)
     elif args.storage == "unified":
         st = UnifiedStorage(len(train.keys), emb_dim, budget_bytes, args.seed, args.chunks, args.subtables, hasher)
     else:
@@ -828,6 +865,8 @@ def parse_args(argv):
     ap.add_argument("--init-scale", type=float, default=0.05, help="table rows ~ U(-s, s) (LR tables: zeros)")
     ap.add_argument("--weight-decay", type=float, default=0.0)
     ap.add_argument("--min-count", type=int, default=1)
+    ap.add_argument("--hash-split", default="equal", choices=["equal", "prop", "sqrt"],
+                    help="hash: how rows are split over fields (embstore --storage-opts split=...)")
     ap.add_argument("--chunks", type=int, default=1)
     ap.add_argument("--subtables", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)

@@ -1011,6 +1011,33 @@ TEST(reader_text_check) {
     CHECK_EQ_INT(es__text_check("ab\xf4\x90\x80\x80", 6, &why), 2); /* > U+10FFFF */
 }
 
+TEST(reader_tab_index_matches_ref) {
+    /* awkward lengths so the 16-byte loop and its tail both run */
+    static const size_t sizes[] = {0, 1, 3, 7, 15, 16, 17, 31, 33, 64, 100, 255, 257};
+    es_rng rng;
+    es__rng_seed(&rng, 11);
+    char s[300];
+    int checked = 0;
+    for (size_t z = 0; z < ES_ARRAY_LEN(sizes); z++) {
+        for (int rep = 0; rep < 50; rep++) {
+            size_t n = sizes[z];
+            for (size_t i = 0; i < n; i++) {
+                uint64_t u = es__rng_u64(&rng) % 100;
+                s[i] = u < 20 ? '\t' : u == 20 && rep % 5 == 0 ? (char)0xc3 : u == 21 && rep % 7 == 0 ? 0 : (char)('a' + u % 26);
+            }
+            for (int max = 0; max <= 45; max += 9) {
+                uint32_t p1[64], p2[64];
+                int s1, s2;
+                int k1 = es__tab_index(s, n, p1, max, &s1), k2 = es__tab_index_ref(s, n, p2, max, &s2);
+                CHECK_MSG(k1 == k2 && s1 == s2, "n=%zu max=%d: %d/%d tabs, suspect %d/%d", n, max, k1, k2, s1, s2);
+                for (int j = 0; j < ES_MIN(k1, max); j++) CHECK_MSG(p1[j] == p2[j], "n=%zu tab %d: %u vs %u", n, j, p1[j], p2[j]);
+                checked++;
+            }
+        }
+    }
+    printf("    %d cases equal to the reference\n", checked);
+}
+
 TEST(batch_alloc_reserve) {
     es_batch b;
     CHECK(es_batch_alloc(&b, 0, 1, 1, 0) == ES_EINVAL);

@@ -391,15 +391,18 @@ TEST(storage_lookup_matches_reference_with_long_and_empty_pairs) {
     /* max 300 values per multi-valued pair: longer than a resolve block */
     es_batch b;
     CHECK(tb_random(&b, 9, 3, 1, 300, 5000, &r));
-    const int chunk_cfg[][3] = {{1, 1, 0}, {4, 3, 0}, {2, 1, 0}, {1, 1, 1}};
+    es_vocab *v = vocab_of(&b);
+    CHECK(v);
+    /* {chunks, subtables, method: 0 unified, 1 hash share=1, 2 hash share=0 with the vocab split} */
+    const int chunk_cfg[][3] = {{1, 1, 0}, {4, 3, 0}, {2, 1, 0}, {1, 1, 1}, {1, 1, 2}};
     for (size_t c = 0; c < ES_ARRAY_LEN(chunk_cfg); c++) {
-        es_storage_params p = sp_make(chunk_cfg[c][2] ? "hash" : "unified", 3, 12, 200000);
+        es_storage_params p = sp_make(chunk_cfg[c][2] ? "hash" : "unified", 3, 12, 20000);
         p.chunks = chunk_cfg[c][0];
         p.subtables = chunk_cfg[c][1];
-        p.share = chunk_cfg[c][2];
+        p.share = chunk_cfg[c][2] == 1;
         es_storage *s;
         es_err err;
-        CHECK_MSG(es_storage_create(&s, &p, NULL, &err) == 0, "%s", err.msg);
+        CHECK_MSG(es_storage_create(&s, &p, chunk_cfg[c][2] == 2 ? v : NULL, &err) == 0, "%s", err.msg);
         size_t nout = (size_t)b.n * 3 * 12;
         float *out = malloc(nout * sizeof *out), *part = malloc(nout * sizeof *part);
         double *ref = malloc(nout * sizeof *ref);
@@ -421,6 +424,7 @@ TEST(storage_lookup_matches_reference_with_long_and_empty_pairs) {
         CHECK_MSG(bad < 0, "lookup differs from the reference (config %zu)", c);
         CHECK_MSG(sub_ok, "sub-range lookup differs (config %zu)", c);
     }
+    es_vocab_free(v);
     tb_free(&b);
 }
 
@@ -581,6 +585,72 @@ TEST(storage_budget_fractions_on_criteo_vocab) {
     }
     es_storage_free(s);
     es_vocab_free(v);
+}
+
+TEST(storage_hash_row_split_rules) {
+    /* distinct counts 1, 3, 100, 1000; 200 rows to split */
+    es_batch b;
+    CHECK(tb_alloc(&b, 1000, 4, 4000));
+    for (int i = 0; i < 1000; i++) {
+        const uint64_t key[4] = {0, (uint64_t)(i % 3), (uint64_t)(i % 100), (uint64_t)i};
+        for (int f = 0; f < 4; f++) {
+            b.off[i * 4 + f] = (uint32_t)(i * 4 + f);
+            b.val[i * 4 + f] = key[f];
+            b.wt[i * 4 + f] = 1;
+        }
+    }
+    b.off[4000] = 4000;
+    b.n = 1000;
+    es_vocab *v = vocab_of(&b);
+    CHECK(v);
+    struct {
+        const char *opts;
+        uint64_t rows[4];
+    } cases[] = {
+        /* equal: 49 each, the two small fields capped at d + 1, the rest
+         * shared by the large ones */
+        {NULL, {2, 4, 97, 97}},
+        {"split=equal", {2, 4, 97, 97}},
+        /* prop: 196 spare rows by 1:3:100:1000 -> 0, 0, 17, 177; the 2
+         * left: 2 by 1:3:100:1000 -> one to field 3; the last goes to the
+         * first uncapped field */
+        {"split=prop", {2, 1, 18, 179}},
+    };
+    for (size_t c = 0; c < ES_ARRAY_LEN(cases); c++) {
+        es_storage_params p = sp_make("hash", 4, 4, 4 * 24 + 200 * 4 * 4);
+        p.opts = cases[c].opts;
+        es_storage *s;
+        es_err err;
+        CHECK_MSG(es_storage_create(&s, &p, v, &err) == 0, "%s", err.msg);
+        es__hashed *h = s->impl;
+        for (int f = 0; f < 4; f++)
+            CHECK_MSG(h->nrows[f] == cases[c].rows[f], "%s: field %d has %llu rows, expected %llu",
+                      cases[c].opts ? cases[c].opts : "default", f, (unsigned long long)h->nrows[f],
+                      (unsigned long long)cases[c].rows[f]);
+        CHECK_EQ_INT(h->base[3], cases[c].rows[0] + cases[c].rows[1] + cases[c].rows[2]);
+        es_storage_free(s);
+    }
+    es_storage_params p = sp_make("hash", 4, 4, 4 * 24 + 200 * 4 * 4);
+    p.opts = "split=sqrt";
+    es_storage *s;
+    es_err err;
+    CHECK_EQ_INT(es_storage_create(&s, &p, v, &err), 0);
+    es__hashed *h = s->impl;
+    CHECK(h->nrows[0] == 2 && h->nrows[1] == 4 && h->nrows[2] < h->nrows[3]);
+    CHECK_EQ_INT(h->t.n_rows, 200);
+    es_storage_free(s);
+    /* a budget above what every field can use: all capped, below budget */
+    p.opts = NULL;
+    p.budget = 1e6;
+    CHECK_EQ_INT(es_storage_create(&s, &p, v, &err), 0);
+    h = s->impl;
+    CHECK(h->nrows[0] == 2 && h->nrows[1] == 4 && h->nrows[2] == 101 && h->nrows[3] == 1001);
+    es_storage_free(s);
+    p.opts = "split=bogus";
+    CHECK_EQ_INT(es_storage_create(&s, &p, v, &err), ES_EINVAL);
+    CHECK_STR_HAS(err.msg, "split=bogus");
+    es_vocab_free(v);
+    tb_free(&b);
 }
 
 /* ---- determinism -------------------------------------------------------------------- */

@@ -159,7 +159,7 @@ TEST(every_model_and_method_trains) {
         for (int k = 0; k < 4; k++) {
             if (i <= 1 && k == 3) continue; /* LR rows are 1 wide, FM rows 1 + k: chunking needs an even width */
             char args[256];
-            snprintf(args, sizeof args, "--valid-frac 0.2 --max-rows 3000 --model %s --storage %s --dim 8 --epochs 1", models[i],
+            snprintf(args, sizeof args, "--valid-frac 0.2 --model %s --storage %s --dim 8 --epochs 1", models[i],
                      methods[k]);
             const char *log = es_test_path("each.log");
             int st = train_cli(log, args);
@@ -168,7 +168,7 @@ TEST(every_model_and_method_trains) {
             double auc = json_get(j, "auc");
             printf("    %-4s %-46s auc %.4f\n", models[i], methods[k], auc);
             CHECK_MSG(st == 0, "exit %d: %s", st, s ? s : "");
-            CHECK_MSG(auc > 0.55, "auc %.4f for %s", auc, args);
+            CHECK_MSG(auc > 0.62, "auc %.4f for %s", auc, args);
             free(s);
         }
 }

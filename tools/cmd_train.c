@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 /* ---- train ------------------------------------------------------------------------ */
 
@@ -235,9 +236,10 @@ int cmd_train(int argc, char **argv) {
         if (p.out_path) fprintf(stderr, "model written to %s\n", p.out_path);
     }
     printf("{\"model\":\"%s\",\"storage\":\"%s\",", p.model, p.storage);
-    json_num(stdout, "auc", res.valid.auc, 0);
-    json_num(stdout, "logloss", res.valid.logloss, 0);
-    json_num(stdout, "calibration", res.valid.calibration, 0);
+    double nan = NAN;
+    json_num(stdout, "auc", res.valid.rows ? res.valid.auc : nan, 0);
+    json_num(stdout, "logloss", res.valid.rows ? res.valid.logloss : nan, 0);
+    json_num(stdout, "calibration", res.valid.rows ? res.valid.calibration : nan, 0);
     printf("\"valid_rows\":%llu,\"rows\":%llu,\"epochs\":%d,", (unsigned long long)res.valid.rows, (unsigned long long)res.train_rows,
            p.epochs);
     printf("\"emb_bytes\":%zu,\"emb_param_bytes\":%zu,\"emb_state_bytes\":%zu,\"full_bytes\":%zu,\"net_bytes\":%zu,\"param_bytes\":%zu,",
@@ -245,7 +247,10 @@ int cmd_train(int argc, char **argv) {
     json_num(stdout, "train_loss", res.train_loss, 0);
     json_num(stdout, "train_rows_per_s", res.train_rows_per_s, 0);
     json_num(stdout, "eval_rows_per_s", res.eval_rows_per_s, 0);
-    printf("\"threads\":%d,\"seed\":%llu,\"resumed\":%s}\n", res.threads, (unsigned long long)p.seed, res.resumed ? "true" : "false");
+    struct rusage ru;
+    long long rss = getrusage(RUSAGE_SELF, &ru) == 0 ? (long long)ru.ru_maxrss * 1024 : -1;
+    printf("\"peak_rss_bytes\":%lld,\"threads\":%d,\"seed\":%llu,\"resumed\":%s}\n", rss, res.threads, (unsigned long long)p.seed,
+           res.resumed ? "true" : "false");
     return 0;
 }
 

@@ -3,7 +3,7 @@
  * row parsers (criteo.c, csv.c, libsvm.c) that reader.c drives.
  *
  * A row parser turns one line (already checked for NUL bytes and invalid
- * UTF-8) into row `row` of the batch: label, dense[n_dense], and the values
+ * UTF-8, unless row_checks_text says the parser does that itself) into row `row` of the batch: label, dense[n_dense], and the values
  * of every field appended at b->val[*nv...] with off[row*F + f + 1] set for
  * each field f.  off[row*F] (the end of the previous row) is read, never
  * written.  On a bad line it returns ES_EPARSE with the message in r->err
@@ -35,6 +35,7 @@ struct es_reader {
     char delim, msep;
     es__lineio *io;
     es__row_fn row;
+    int row_checks_text;  /* the row parser does the NUL/UTF-8 check itself */
     int n_dense, n_fields;
     char **dense_names, **field_names;
     /* CSV: one entry per column of the file */
@@ -126,6 +127,12 @@ int es__libsvm_setup(es_reader *r, es_err *err);
 int es__libffm_setup(es_reader *r, es_err *err);
 /* Skip the header line(s) again after a rewind. */
 int es__csv_skip_header(es_reader *r);
+
+/* Offsets of the first `max` tabs of s[0, n) into pos[]; returns the total
+ * number of tabs; *suspect = 1 when s has a NUL or non-ASCII byte.  SSE2
+ * version and its portable _ref twin (criteo.c). */
+int es__tab_index(const char *s, size_t n, uint32_t *pos, int max, int *suspect);
+int es__tab_index_ref(const char *s, size_t n, uint32_t *pos, int max, int *suspect);
 
 int es__criteo_row(es_reader *r, char *s, size_t n, es_batch *b, int row, size_t *nv);
 int es__csv_row(es_reader *r, char *s, size_t n, es_batch *b, int row, size_t *nv);

@@ -134,61 +134,68 @@ static inline int pair_index(int i, int j, int T) { return i * T - i * (i + 1) /
 
 /* The row kernels below run the same arithmetic as the _ref twins (each dot
  * summed over d in order, each gradient summed over j in order), arranged so
- * that the innermost loop is a fixed-width vector operation.  They are
- * compiled for AVX-512, AVX2 and baseline x86-64 and picked at load time
- * (GCC target_clones), so a default build still gets wide vectors. */
+ * that the innermost operation is a 16-lane vector multiply-add held in
+ * registers (GCC/Clang vector extensions; the compiler splits a 16-lane
+ * vector into whatever the target has).  They are compiled for AVX-512,
+ * AVX2 and baseline x86-64 and picked at load time (GCC target_clones), so
+ * a default build still gets wide vectors. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define ES__CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define ES__CLONES
 #endif
-#define ES__JB 16 /* j-block: vectors whose dots are formed together */
-#define ES__DB 64 /* d-chunk: columns handled per pass (bounds the stack buffer) */
+#define ES__JB 16 /* lanes: vectors j whose dots with x_i are formed together */
+#define ES__DB 64 /* d-chunk of the forward (bounds the transposed block on the stack) */
+typedef float es__v16 __attribute__((vector_size(64)));
 
 /* Forward of one row: o[P] = <x_i, x_j> for i < j.  A block of up to 16
- * vectors x_j is transposed into xt[d][jj], so that for each x_i the dots
- * with the whole block accumulate as acc[jj] += x_i[d] * xt[d][jj]: a
- * 16-wide multiply-add per column d instead of a horizontal reduction per
- * pair.  Four x_i go together so that four independent accumulator chains
- * hide the add latency. */
+ * vectors x_j is transposed into xt[d] (lane jj = x_{jb+jj}[d]), so that for
+ * each x_i the dots with the whole block accumulate as acc += x_i[d] * xt[d]:
+ * one 16-lane multiply-add per column instead of a horizontal reduction
+ * per pair.  Four x_i go together: four independent accumulator chains
+ * hide the add latency and share each load of xt[d]. */
 ES__CLONES static void gram_row(float *restrict o, const float *z, const float *e, int T, int k) {
-    float xt[ES__DB * ES__JB];
-    float acc[4][ES__JB];
+    es__v16 xt[ES__DB];
     for (int jb = 1; jb < T; jb += ES__JB) {
         int nb = ES_MIN(ES__JB, T - jb), imax = jb + nb - 1; /* pairs need i < j <= jb+nb-1 */
         for (int d0 = 0; d0 < k; d0 += ES__DB) {
             int dk = ES_MIN(ES__DB, k - d0);
             for (int jj = 0; jj < ES__JB; jj++) {
                 const float *xj = jj < nb ? ivec(z, e, jb + jj, k) + d0 : NULL;
-                for (int d = 0; d < dk; d++) xt[d * ES__JB + jj] = xj ? xj[d] : 0.0f;
+                for (int d = 0; d < dk; d++) xt[d][jj] = xj ? xj[d] : 0.0f;
             }
             for (int i = 0; i < imax; i += 4) {
                 int ni = ES_MIN(4, imax - i);
+                float part[4][ES__JB];
                 const float *x[4];
-                for (int q = 0; q < 4; q++) x[q] = ivec(z, e, i + (q < ni ? q : 0), k) + d0;
-                for (int q = 0; q < 4; q++)
-                    for (int jj = 0; jj < ES__JB; jj++) acc[q][jj] = 0.0f;
-                for (int q = 0; q < ni && d0 > 0; q++) { /* resume the partial sums of earlier columns */
+                for (int q = 0; q < 4; q++) {
+                    x[q] = ivec(z, e, i + (q < ni ? q : 0), k) + d0;
+                    for (int jj = 0; jj < ES__JB; jj++) part[q][jj] = 0.0f;
+                }
+                for (int q = 0; q < ni && d0 > 0; q++) { /* resume the sums of earlier columns */
                     int j0 = ES_MAX(jb, i + q + 1), off = j0 - jb;
                     const float *src = o + pair_index(i + q, j0, T);
-                    for (int jj = 0; jj < jb + nb - j0; jj++) acc[q][off + jj] = src[jj];
+                    for (int jj = 0; jj < jb + nb - j0; jj++) part[q][off + jj] = src[jj];
                 }
+                es__v16 a0, a1, a2, a3;
+                memcpy(&a0, part[0], sizeof a0);
+                memcpy(&a1, part[1], sizeof a1);
+                memcpy(&a2, part[2], sizeof a2);
+                memcpy(&a3, part[3], sizeof a3);
                 for (int d = 0; d < dk; d++) {
-                    float v0 = x[0][d], v1 = x[1][d], v2 = x[2][d], v3 = x[3][d];
-                    const float *row = xt + d * ES__JB;
-#pragma omp simd
-                    for (int jj = 0; jj < ES__JB; jj++) {
-                        float t = row[jj];
-                        acc[0][jj] += v0 * t;
-                        acc[1][jj] += v1 * t;
-                        acc[2][jj] += v2 * t;
-                        acc[3][jj] += v3 * t;
-                    }
+                    es__v16 t = xt[d];
+                    a0 += x[0][d] * t;
+                    a1 += x[1][d] * t;
+                    a2 += x[2][d] * t;
+                    a3 += x[3][d] * t;
                 }
+                memcpy(part[0], &a0, sizeof a0);
+                memcpy(part[1], &a1, sizeof a1);
+                memcpy(part[2], &a2, sizeof a2);
+                memcpy(part[3], &a3, sizeof a3);
                 for (int q = 0; q < ni; q++) { /* only lanes j > i are pairs; they are contiguous in o */
                     int j0 = ES_MAX(jb, i + q + 1), off = j0 - jb;
-                    float *dst = o + pair_index(i + q, j0, T);
-                    for (int jj = 0; jj < jb + nb - j0; jj++) dst[jj] = acc[q][off + jj];
+                    memcpy(o + pair_index(i + q, j0, T), part[q] + off, (size_t)(jb + nb - j0) * sizeof(float));
                 }
             }
         }
@@ -226,53 +233,53 @@ void es__interact_forward_ref(float *out, const float *z0, const float *emb, int
 }
 
 /* Backward of one row: dx_i = [gz when i is z0] + sum_{j != i} g_ij x_j,
- * summed over j in order.  Four dx_i accumulate together (four independent
- * chains sharing each load of x_j), 16 columns at a time; the j == i term
- * enters as 0 * x_i, which leaves a finite sum unchanged. */
-#define ES__DBB 16
+ * summed over j in order, i.e. dX = S X with S the symmetric T x T matrix
+ * of pair gradients (zero diagonal).  S is expanded once per row into sm
+ * (row stride ldS, a multiple of 4 with zero padding), so that the four
+ * coefficients g_{i..i+3, j} are four adjacent floats of row j.  Four dx_i
+ * accumulate together (four independent chains sharing each load of x_j),
+ * 16 columns at a time; the j == i term enters as 0 * x_i, which leaves a
+ * finite sum unchanged. */
 ES__CLONES static void gram_row_backward(float *dz, float *de, const float *gz, const float *g, const float *z,
-                                         const float *e, int T, int k) {
-    float acc[4][ES__DBB];
+                                         const float *e, int T, int k, float *restrict sm, int ldS) {
+    for (int i = 0; i < T; i++) {
+        float *si = sm + (size_t)i * ldS;
+        si[i] = 0.0f;
+        for (int j = i + 1; j < T; j++) si[j] = sm[(size_t)j * ldS + i] = *g++;
+        for (int j = T; j < ldS; j++) si[j] = 0.0f;
+    }
     for (int i = 0; i < T; i += 4) {
         int ni = ES_MIN(4, T - i);
-        for (int d0 = 0; d0 < k; d0 += ES__DBB) {
-            int dk = ES_MIN(ES__DBB, k - d0);
+        for (int d0 = 0; d0 < k; d0 += ES__JB) {
+            int dk = ES_MIN(ES__JB, k - d0);
+            float part[4][ES__JB];
             for (int q = 0; q < 4; q++)
-                for (int d = 0; d < ES__DBB; d++) acc[q][d] = (gz && i + q == 0 && d < dk) ? gz[d0 + d] : 0.0f;
+                for (int d = 0; d < ES__JB; d++) part[q][d] = (gz && i + q == 0 && d < dk) ? gz[d0 + d] : 0.0f;
+            es__v16 a0, a1, a2, a3, t;
+            memcpy(&a0, part[0], sizeof a0);
+            memcpy(&a1, part[1], sizeof a1);
+            memcpy(&a2, part[2], sizeof a2);
+            memcpy(&a3, part[3], sizeof a3);
             for (int j = 0; j < T; j++) {
-                /* s[q] = g_{i+q, j}: for j below the block the four values are
-                 * adjacent in row j of the triangle; above it they sit in
-                 * rows i..i+3; inside the block the diagonal gives 0. */
-                float s[4];
-                if (j < i) {
-                    const float *gj = g + pair_index(j, i, T);
-                    for (int q = 0; q < 4; q++) s[q] = q < ni ? gj[q] : 0.0f;
-                } else if (j >= i + ni) {
-                    for (int q = 0; q < 4; q++) s[q] = q < ni ? g[pair_index(i + q, j, T)] : 0.0f;
-                } else {
-                    for (int q = 0; q < 4; q++) {
-                        int a = i + q;
-                        s[q] = (q >= ni || a == j) ? 0.0f : g[j < a ? pair_index(j, a, T) : pair_index(a, j, T)];
-                    }
-                }
+                const float *s = sm + (size_t)j * ldS + i; /* g_{i+q, j} = S[j][i+q] */
                 const float *xj = ivec(z, e, j, k) + d0;
-                if (dk == ES__DBB) {
-#pragma omp simd
-                    for (int d = 0; d < ES__DBB; d++) {
-                        float t = xj[d];
-                        acc[0][d] += s[0] * t;
-                        acc[1][d] += s[1] * t;
-                        acc[2][d] += s[2] * t;
-                        acc[3][d] += s[3] * t;
-                    }
+                if (dk == ES__JB) {
+                    memcpy(&t, xj, sizeof t);
                 } else {
-                    for (int d = 0; d < dk; d++) {
-                        float t = xj[d];
-                        for (int q = 0; q < 4; q++) acc[q][d] += s[q] * t;
-                    }
+                    float pad[ES__JB] = {0};
+                    memcpy(pad, xj, (size_t)dk * sizeof(float));
+                    memcpy(&t, pad, sizeof t);
                 }
+                a0 += s[0] * t;
+                a1 += s[1] * t;
+                a2 += s[2] * t;
+                a3 += s[3] * t;
             }
-            for (int q = 0; q < ni; q++) memcpy(ivec_mut(dz, de, i + q, k) + d0, acc[q], (size_t)dk * sizeof(float));
+            memcpy(part[0], &a0, sizeof a0);
+            memcpy(part[1], &a1, sizeof a1);
+            memcpy(part[2], &a2, sizeof a2);
+            memcpy(part[3], &a3, sizeof a3);
+            for (int q = 0; q < ni; q++) memcpy(ivec_mut(dz, de, i + q, k) + d0, part[q], (size_t)dk * sizeof(float));
         }
     }
 }

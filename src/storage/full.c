@@ -259,4 +259,5 @@ const es_storage_ops es__storage_full = {
     .after_load = full_after_load,
     .field_stats = full_field_stats,
     .destroy = full_destroy,
+    .needs_vocab = 1,
 };

@@ -141,6 +141,11 @@ typedef struct es_storage_ops {
     /* Optional: per-field statistics (may be NULL). */
     void (*field_stats)(es_storage *s, const es_vocab *vocab, int field, es_field_stats *out);
     void (*destroy)(es_storage *s);
+    /* 1 if create() needs a vocabulary even when the budget is given in
+     * bytes (e.g. `full`, frequency-based methods); the trainer then builds
+     * one.  Methods that work from hashes alone leave it 0, so training
+     * with a byte budget streams the data without keeping per-value state. */
+    int needs_vocab;
 } es_storage_ops;
 
 #define ES_STORAGE_META_MAX 4096

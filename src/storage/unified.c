@@ -51,6 +51,8 @@ static int unified_create(es_storage *s, const es_vocab *vocab, es_err *err) {
                        "no chunk uses)",
                        (unsigned long long)F * (unsigned long long)k, T);
     const int cd = dim / k;
+    s->p.chunks = k; /* s->p reports the resolved values */
+    s->p.subtables = T;
     const size_t aux = es__hashed_aux_bytes(F, k);
     uint64_t total;
     if ((rc = es__storage_opt_u64(s, "rows", 1, UINT64_C(1) << 48, &v, &found, err)) != 0) return rc;

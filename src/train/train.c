@@ -284,8 +284,17 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
         goto done;
     }
 
-    /* pass 1 (+2): count rows, build the vocabulary of the training rows */
-    if ((rc = es_vocab_create(&vocab, n_fields)) != 0) {
+    /* pass 1 (+2): count rows, build the vocabulary of the training rows.
+     * The vocabulary is skipped when the method works from hashes alone
+     * and the budget is in bytes: then training keeps no per-value state
+     * and its memory is the model plus the batch buffers. */
+    const es_storage_ops *ops = es_storage_find(p->storage);
+    if (!ops) {
+        rc = es__err(err, ES_EINVAL, "unknown storage method '%s'", p->storage ? p->storage : "");
+        goto done;
+    }
+    int need_vocab = !(p->budget > 1) || ops->needs_vocab;
+    if (need_vocab && (rc = es_vocab_create(&vocab, n_fields)) != 0) {
         es__err(err, rc, "out of memory");
         goto done;
     }
@@ -317,7 +326,7 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
     }
     ps.pr.phase = "vocab";
     uint64_t seen = 0;
-    for (;;) {
+    for (; vocab;) {
         int n = read_limited(r, &b, n_train - seen);
         if (n < 0) {
             rc = reader_err(err, r, n);
@@ -332,8 +341,9 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
         ps.pr.rows = seen;
         report(&ps, 0);
     }
-    n_train = seen;
-    if (n_train == 0) {
+    if (vocab) n_train = seen;
+    else if (n_total) seen = n_train; /* counted in pass 1 */
+    if (n_train == 0 || (vocab && seen == 0)) {
         rc = es__err(err, ES_EPARSE, "%s: no training rows", p->train_path);
         goto done;
     }
@@ -420,7 +430,7 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
     uint64_t trained_here = 0;
     long batches = 0;
     ps.pr.epochs = p->epochs;
-    ps.pr.rows_total = n_train;
+    ps.pr.rows_total = n_train == UINT64_MAX ? 0 : n_train;
     ps.pr.phase = "train";
     for (int ep = start_epoch; ep < p->epochs; ep++) {
         if ((rc = es_reader_rewind(r)) != 0) {
@@ -485,6 +495,11 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
             goto done;
         }
         res->train_loss = done_rows ? loss_sum / (double)done_rows : NAN;
+        if (n_train == UINT64_MAX) { /* row count learnt from the first full pass */
+            n_train = done_rows;
+            res->train_rows = n_train;
+            ps.pr.rows_total = n_train;
+        }
         report(&ps, 1);
     }
     trained += trained_here;
@@ -538,7 +553,7 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
         for (int d = 0; d < n_dense && o < sizeof names; d++)
             o += (size_t)snprintf(names + o, sizeof names - o, d ? ",%s" : "%s", es_reader_dense_name(r, d));
         es__model_set_meta(m, "schema.dense", names);
-        if (m->st->ops->field_stats) {
+        if (m->st->ops->field_stats && vocab) {
             /* per-field table statistics for `embstore inspect` */
             for (int f = 0; f < n_fields; f++) {
                 es_field_stats fs = {0};
