@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <math.h>
 #include <time.h>
 #include <unistd.h>
@@ -78,17 +79,75 @@ void *es__realloc(void *p, size_t n) {
 }
 void es__free(void *p) { free(p); }
 
+/* Aligned blocks carry a 64-byte header just before the data: small blocks
+ * come from aligned_alloc, large ones (>= ES_MAP_MIN) from an anonymous
+ * mmap, which is zero-filled lazily (allocation time does not grow with the
+ * size) and page-aligned, so a model loader can later map file pages over
+ * it copy-on-write (es__alloc_remap). */
+#define ES_MAP_MIN ((size_t)256 << 10)
+#define ES_PAGE ((size_t)4096)
+typedef struct {
+    uint64_t magic;
+    size_t size;   /* usable bytes (rounded) */
+    int mapped;    /* 1: mmap'd; base is the mapping start */
+    void *base;
+} alloc_hdr;
+#define ES_ALLOC_MAGIC UINT64_C(0x45534d454d424c4b)
+
 void *es__alloc_aligned(size_t n) {
     if (alloc_should_fail()) return NULL;
     size_t rounded;
     if (!es__add_size(n, ES_ALIGN - 1, &rounded)) return NULL;
     rounded &= ~(size_t)(ES_ALIGN - 1);
     if (rounded == 0) rounded = ES_ALIGN;
-    void *p = aligned_alloc(ES_ALIGN, rounded);
-    if (p) memset(p, 0, rounded);
-    return p;
+    if (rounded >= ES_MAP_MIN) {
+        size_t len;
+        if (!es__add_size(rounded, ES_PAGE - 1, &len)) return NULL;
+        len &= ~(ES_PAGE - 1);
+        if (!es__add_size(len, ES_PAGE, &len)) return NULL;
+        void *base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (base == MAP_FAILED) return NULL;
+        char *data = (char *)base + ES_PAGE;
+        alloc_hdr *h = (alloc_hdr *)(data - ES_ALIGN);
+        h->magic = ES_ALLOC_MAGIC;
+        h->size = len - ES_PAGE;
+        h->mapped = 1;
+        h->base = base;
+        return data;
+    }
+    char *p = aligned_alloc(ES_ALIGN, rounded + ES_ALIGN);
+    if (!p) return NULL;
+    memset(p + ES_ALIGN, 0, rounded);
+    alloc_hdr *h = (alloc_hdr *)p;
+    h->magic = ES_ALLOC_MAGIC;
+    h->size = rounded;
+    h->mapped = 0;
+    h->base = p;
+    return p + ES_ALIGN;
 }
-void es__free_aligned(void *p) { free(p); }
+
+void es__free_aligned(void *p) {
+    if (!p) return;
+    alloc_hdr *h = (alloc_hdr *)((char *)p - ES_ALIGN);
+    ES_ASSERT(h->magic == ES_ALLOC_MAGIC);
+    h->magic = 0;
+    if (h->mapped) munmap(h->base, h->size + ES_PAGE);
+    else free(h->base);
+}
+
+int es__alloc_remap(void *p, size_t nbytes, int fd, uint64_t offset) {
+    if (!p || fd < 0 || (offset & (ES_PAGE - 1)) != 0) return ES_EINVAL;
+    alloc_hdr *h = (alloc_hdr *)((char *)p - ES_ALIGN);
+    if (h->magic != ES_ALLOC_MAGIC || !h->mapped || nbytes > h->size || ((uintptr_t)p & (ES_PAGE - 1)) != 0) return ES_EINVAL;
+    size_t len = (nbytes + ES_PAGE - 1) & ~(ES_PAGE - 1);
+    if (len == 0) return ES_OK;
+    void *q = mmap(p, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd, (off_t)offset);
+    if (q == MAP_FAILED) {
+        /* MAP_FIXED failed: the old anonymous pages are still in place */
+        return ES_EIO;
+    }
+    return ES_OK;
+}
 
 char *es__strdup(const char *s) {
     if (!s) return NULL;

@@ -52,9 +52,15 @@ void *es__malloc(size_t n);
 void *es__calloc(size_t count, size_t size);
 void *es__realloc(void *p, size_t n);
 void es__free(void *p);
-/* 64-byte aligned, zeroed; free with es__free_aligned. */
+/* 64-byte aligned, zeroed; free with es__free_aligned.  Blocks of 256 KiB
+ * or more are page-aligned anonymous mappings (zeroed lazily by the OS). */
 void *es__alloc_aligned(size_t n);
 void es__free_aligned(void *p);
+/* Replace the first nbytes of a large aligned block with a private
+ * (copy-on-write) mapping of file fd at offset (page-aligned): reads use
+ * the page cache in place, writes copy the touched pages.  ES_EINVAL when
+ * the block or offset does not qualify (the caller then copies). */
+int es__alloc_remap(void *p, size_t nbytes, int fd, uint64_t offset);
 char *es__strdup(const char *s);
 /* Test hook: the n-th allocation from now (1-based) and all after it fail;
  * n = 0 disables.  Returns the number of allocations done since the last call. */

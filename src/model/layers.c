@@ -284,9 +284,28 @@ ES__CLONES static void gram_row_backward(float *dz, float *de, const float *gz, 
     }
 }
 
+/* Reference backward of one row (also the path for very many fields). */
+static void interact_row_backward_ref(float *dz, float *de, const float *g, const float *z, const float *e, int T,
+                                      int k) {
+    int P0 = z ? k : 0;
+    for (int i = 0; i < T; i++) {
+        float *dxi = ivec_mut(dz, de, i, k);
+        for (int t = 0; t < k; t++) dxi[t] = (z && i == 0) ? g[t] : 0.0f;
+        for (int j = 0; j < T; j++) {
+            if (j == i) continue;
+            float gij = g[P0 + (i < j ? pair_index(i, j, T) : pair_index(j, i, T))];
+            const float *xj = ivec(z, e, j, k);
+            for (int t = 0; t < k; t++) dxi[t] += gij * xj[t];
+        }
+    }
+}
+
+/* Largest T whose S matrix the fast backward keeps on the stack (36 KiB). */
+#define ES__SMAX 96
+
 void es__interact_backward(float *dz0, float *demb, const float *dout, const float *z0, const float *emb, int n, int F,
                            int k) {
-    int has = z0 != NULL, T = F + has, W = es__interact_width(has, F, k);
+    int has = z0 != NULL, T = F + has, W = es__interact_width(has, F, k), ldS = (T + 3) & ~3;
 #pragma omp parallel for schedule(static) if (n >= ES__PAR_ROWS)
     for (int r = 0; r < n; r++) {
         const float *g = dout + (size_t)r * W;
@@ -294,33 +313,22 @@ void es__interact_backward(float *dz0, float *demb, const float *dout, const flo
         const float *z = has ? z0 + (size_t)r * k : NULL;
         float *de = demb + (size_t)r * F * k;
         float *dz = has ? dz0 + (size_t)r * k : NULL;
-        /* z0 passes straight through the first k columns */
-        gram_row_backward(dz, de, has ? g : NULL, g + (has ? k : 0), z, e, T, k);
+        if (T <= ES__SMAX) {
+            float sm[ES__SMAX * ES__SMAX];
+            /* z0 passes straight through the first k columns */
+            gram_row_backward(dz, de, has ? g : NULL, g + (has ? k : 0), z, e, T, k, sm, ldS);
+        } else {
+            interact_row_backward_ref(dz, de, g, z, e, T, k);
+        }
     }
 }
 
 void es__interact_backward_ref(float *dz0, float *demb, const float *dout, const float *z0, const float *emb, int n,
                                int F, int k) {
     int has = z0 != NULL, T = F + has, W = es__interact_width(has, F, k);
-    for (int r = 0; r < n; r++) {
-        const float *g = dout + (size_t)r * W;
-        const float *e = emb + (size_t)r * F * k;
-        const float *z = has ? z0 + (size_t)r * k : NULL;
-        float *de = demb + (size_t)r * F * k;
-        float *dz = has ? dz0 + (size_t)r * k : NULL;
-        /* dx_i = sum_{j != i} g_ij x_j, computed vector by vector. */
-        int P0 = has ? k : 0;
-        for (int i = 0; i < T; i++) {
-            float *dxi = ivec_mut(dz, de, i, k);
-            for (int t = 0; t < k; t++) dxi[t] = (has && i == 0) ? g[t] : 0.0f;
-            for (int j = 0; j < T; j++) {
-                if (j == i) continue;
-                int p = i < j ? pair_index(i, j, T) : pair_index(j, i, T);
-                const float *xj = ivec(z, e, j, k);
-                for (int t = 0; t < k; t++) dxi[t] += g[P0 + p] * xj[t];
-            }
-        }
-    }
+    for (int r = 0; r < n; r++)
+        interact_row_backward_ref(has ? dz0 + (size_t)r * k : NULL, demb + (size_t)r * F * k, dout + (size_t)r * W,
+                                  has ? z0 + (size_t)r * k : NULL, emb + (size_t)r * F * k, T, k);
 }
 
 /* ---- DCN-v2 cross layer ------------------------------------------------------------------ */

@@ -1,0 +1,462 @@
+/*
+ * qr.c — the `qr` storage method: quotient-remainder compositional
+ * embeddings (Shi, Mudigere, Naumov, Yang, "Compositional Embeddings Using
+ * Complementary Partitions for Memory-Efficient Recommendation Systems",
+ * KDD 2020).
+ *
+ * What is stored: p >= 2 tables (partitions), table j with m_j rows of
+ * pd_j floats (share=1: one set of tables for every field; share=0: one
+ * set per field, the fields' rows stacked inside each table).
+ *
+ * Lookup: a value is first given a virtual index in [0, N), N = prod m_j,
+ * by hashing (there is no vocabulary map to store):
+ *   h = es__hash_u64(key, salt_f),  salt_f = es__storage_salt(seed, f, 0),
+ *   i = floor(h * N / 2^64)
+ * and i is split into mixed-radix digits, most significant first:
+ *   x_0 = h;  d_j = floor(x_j * m_j / 2^64);  x_{j+1} = x_j * m_j mod 2^64
+ * which for p = 2 is exactly the quotient d_0 = i / m_1 and the remainder
+ * d_1 = i mod m_1 of the paper (the partitions are complementary: two
+ * values share every row only if they share the virtual index).  Row d_j
+ * of table j gives e_j, and the value's vector combines them:
+ *   op=mult (default)  e_0 * e_1 * ... (element-wise; pd_j = dim)
+ *   op=add             e_0 + e_1 + ...                (pd_j = dim)
+ *   op=cat             [e_0 | e_1 | ...]  (pd_j = dim / p, the first
+ *                      dim mod p tables one float wider)
+ * and a pair pools sum(wt * vector) over its values.
+ *
+ * Training: the gradient of each table row follows the combination (for
+ * mult, dout times the product of the other rows, taken before any
+ * update); gradients are summed per distinct row over the batch and each
+ * table's touched rows get one update from the configured sparse
+ * optimizer (a "row" is a table row).
+ *
+ * Budget: with A = (B - aux) / 4 floats and S = sum_j pd_j the cost of one
+ * row in every table, each table gets floor(A / S) rows and the leftover
+ * floats buy one more row in tables 0, 1, ... while they last, so the
+ * tables are as equal as the budget allows (equal sizes maximise N, the
+ * distinct virtual indices, for a given number of rows).  share=0 first
+ * splits A over the fields (S each, the rest in proportion to the fields'
+ * full-table rows, distinct + 1, from the vocabulary, or equally), fills
+ * them in order and carries each field's leftover to the next, so
+ * parameters + aux end within min pd_j floats of B.
+ *
+ * Options: op=mult|add|cat, partitions=p (2..4), m=... explicit sizes.
+ * Initial values: mult draws every table from U(-a, a) with a =
+ * init_scale^(1/p), so products stay within init_scale (init_scale 0:
+ * table 0 zeros, the others ones, so training can start); add uses
+ * a = init_scale / p; cat a = init_scale.  Resolved hyper-parameters go to
+ * s->meta as "share=S,seed=N,op=O,partitions=p,m=m0/m1[:m0/m1...]" (one
+ * group of p sizes per field when share=0) and are read back on load.
+ */
+#include "storage/storage.h"
+
+#include "core/simd.h"
+
+#include <math.h>
+
+#define QR_MAX_P 4
+#define QR_MAX_ROWS (UINT64_C(1) << 44)
+
+enum { QR_MULT = 0, QR_ADD = 1, QR_CAT = 2 };
+static const char *const qr_op_names[] = {"mult", "add", "cat"};
+
+typedef struct qr_impl {
+    int F, G, p, op, dim;
+    int pd[QR_MAX_P];    /* floats per row of table j */
+    int pofs[QR_MAX_P];  /* cat: output offset of table j */
+    es_rows t[QR_MAX_P];
+    es_gradacc ga[QR_MAX_P];
+    uint64_t *base;      /* [G * p]: first row of group g in table j at base[g*p + j] */
+    uint64_t *m;         /* [G * p]: rows of group g in table j (the radix) */
+    uint64_t *salt;      /* [F] */
+} qr_impl;
+
+/* ---- option helpers (the same in every zoo method) ------------------------------- */
+
+/* Split `total` units over F fields: min_each to each, the rest in
+ * proportion to the fields' full-table rows (distinct + 1) from the
+ * vocabulary, or equally without one; the few units rounding leaves go one
+ * each to fields in order.  Needs total >= F * min_each. */
+static void zoo_split(uint64_t total, int F, const es_vocab *v, uint64_t min_each, uint64_t *out) {
+    const uint64_t rem = total - (uint64_t)F * min_each;
+    unsigned __int128 W = 0;
+    for (int f = 0; f < F; f++) W += v ? es_vocab_distinct(v, f) + 1 : 1;
+    uint64_t given = 0;
+    for (int f = 0; f < F; f++) {
+        uint64_t w = v ? es_vocab_distinct(v, f) + 1 : 1;
+        uint64_t add = (uint64_t)((unsigned __int128)rem * w / W);
+        out[f] = min_each + add;
+        given += add;
+    }
+    for (int f = 0; given < rem; f = (f + 1) % F, given++) out[f]++;
+}
+
+/* Option `key` as n groups of g integers in [lo, hi], groups separated by
+ * ':' and the members of a group by '/' ("3/4:5/6").  *found = 0 when the
+ * option is absent. */
+static int zoo_opt_list(const es_storage *s, const char *key, int n, int g, uint64_t lo, uint64_t hi, uint64_t *out,
+                        int *found, es_err *err) {
+    size_t len;
+    const char *v = es__storage_opt(s, key, &len);
+    *found = 0;
+    if (!v) return ES_OK;
+    const char *p = v, *end = v + len;
+    const long total = (long)n * g;
+    long i = 0;
+    for (;;) {
+        const char *q = p;
+        while (q < end && *q != ':' && *q != '/') q++;
+        long long x;
+        if (i >= total || !es__parse_long(p, (size_t)(q - p), &x) || x < 0 || (uint64_t)x < lo || (uint64_t)x > hi) break;
+        const char want = (i % g == g - 1) ? ':' : '/';
+        out[i++] = (uint64_t)x;
+        if (q == end) {
+            if (i == total) {
+                *found = 1;
+                return ES_OK;
+            }
+            break;
+        }
+        if (*q != want) break;
+        p = q + 1;
+    }
+    return es__err(err, ES_EINVAL,
+                   "%s: option %s=%.*s must be %d group(s) of %d integer(s) in [%llu, %llu] (groups separated by ':', "
+                   "members by '/')",
+                   s->p.method, key, (int)ES_MIN(len, 200), v, n, g, (unsigned long long)lo, (unsigned long long)hi);
+}
+
+/* Append ",key=a/b:c/d" (n groups of g) to s->meta at *o. */
+static void zoo_meta_list(es_storage *s, size_t *o, const char *key, const uint64_t *v, int n, int g) {
+    const size_t cap = sizeof s->meta;
+    if (*o < cap) *o += (size_t)snprintf(s->meta + *o, cap - *o, ",%s=", key);
+    for (long i = 0; i < (long)n * g && *o < cap; i++)
+        *o += (size_t)snprintf(s->meta + *o, cap - *o, "%s%llu", i == 0 ? "" : (i % g == 0) ? ":" : "/",
+                               (unsigned long long)v[i]);
+}
+
+/* ---- index -------------------------------------------------------------------------- */
+
+/* Mixed-radix digits of the hash h read as the fraction h / 2^64, most
+ * significant first (see the file comment). */
+static inline void qr_digits(uint64_t h, const uint64_t *m, int p, uint64_t *d) {
+    uint64_t x = h;
+    for (int j = 0; j < p; j++) {
+        unsigned __int128 y = (unsigned __int128)x * m[j];
+        d[j] = (uint64_t)(y >> 64);
+        x = (uint64_t)y;
+    }
+}
+
+/* Table rows (absolute) of value `key` in field f. */
+static inline void qr_rows(const qr_impl *q, int f, uint64_t key, uint64_t *row) {
+    const int g = q->G == 1 ? 0 : f;
+    const uint64_t *m = q->m + (size_t)g * q->p, *base = q->base + (size_t)g * q->p;
+    qr_digits(es__hash_u64(key, q->salt[f]), m, q->p, row);
+    for (int j = 0; j < q->p; j++) row[j] += base[j];
+}
+
+static void qr_resolve(const void *ctx, int f, const uint64_t *keys, size_t n, uint64_t *ids) {
+    const qr_impl *q = ctx;
+    for (size_t i = 0; i < n; i++) qr_rows(q, f, keys[i], ids + i * (size_t)q->p);
+}
+
+/* ---- lookup and backward ------------------------------------------------------------- */
+
+static void qr_free(qr_impl *q) {
+    if (!q) return;
+    for (int j = 0; j < QR_MAX_P; j++) {
+        es_rows_free(&q->t[j]);
+        es_gradacc_free(&q->ga[j]);
+    }
+    es__free(q->base); /* m and salt share the allocation */
+    es__free(q);
+}
+
+static void qr_destroy(es_storage *s) {
+    qr_free(s->impl);
+    s->impl = NULL;
+}
+
+static void qr_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *out) {
+    const qr_impl *q = s->impl;
+    const int F = q->F, p = q->p, dim = q->dim;
+    uint64_t row[QR_MAX_P];
+    const float *e[QR_MAX_P];
+    for (size_t P = (size_t)r0 * F, P1 = (size_t)r1 * F; P < P1; P++) {
+        const int f = (int)(P % (size_t)F);
+        float *restrict o = out + (P - (size_t)r0 * F) * (size_t)dim;
+        memset(o, 0, (size_t)dim * sizeof *o);
+        for (uint32_t i = b->off[P]; i < b->off[P + 1]; i++) {
+            const float wt = b->wt[i];
+            qr_rows(q, f, b->val[i], row);
+            for (int j = 0; j < p; j++) e[j] = q->t[j].w + row[j] * (uint64_t)q->pd[j];
+            if (q->op == QR_MULT) {
+                if (p == 2) {
+                    const float *restrict a = e[0], *restrict c = e[1];
+                    for (int d = 0; d < dim; d++) o[d] += wt * a[d] * c[d];
+                } else {
+                    for (int d = 0; d < dim; d++) {
+                        float x = wt;
+                        for (int j = 0; j < p; j++) x *= e[j][d];
+                        o[d] += x;
+                    }
+                }
+            } else {
+                for (int j = 0; j < p; j++) es__axpy(o + q->pofs[j], wt, e[j], (size_t)q->pd[j]);
+            }
+        }
+    }
+}
+
+static int qr_backward(es_storage *s, const es_batch *b, const float *dout) {
+    qr_impl *q = s->impl;
+    const int F = q->F, p = q->p, dim = q->dim;
+    uint64_t row[QR_MAX_P];
+    const float *e[QR_MAX_P];
+    float *g[QR_MAX_P];
+    for (int j = 0; j < p; j++) es_gradacc_clear(&q->ga[j]);
+    for (size_t P = 0, PN = (size_t)b->n * F; P < PN; P++) {
+        const int f = (int)(P % (size_t)F);
+        const float *restrict go = dout + P * (size_t)dim;
+        for (uint32_t i = b->off[P]; i < b->off[P + 1]; i++) {
+            const float wt = b->wt[i];
+            qr_rows(q, f, b->val[i], row);
+            for (int j = 0; j < p; j++) {
+                e[j] = q->t[j].w + row[j] * (uint64_t)q->pd[j];
+                /* one row per table per value: a later call on the same
+                 * accumulator (which may move its rows) comes only with
+                 * the next value */
+                if (!(g[j] = es_gradacc_row(&q->ga[j], row[j]))) {
+                    for (int l = 0; l < p; l++) es_gradacc_clear(&q->ga[l]);
+                    return es__err(&s->err, ES_ENOMEM, "qr: out of memory growing the gradient scratch of table %d", j);
+                }
+            }
+            if (q->op == QR_MULT) {
+                if (p == 2) {
+                    float *restrict g0 = g[0], *restrict g1 = g[1];
+                    const float *restrict a = e[0], *restrict c = e[1];
+                    for (int d = 0; d < dim; d++) {
+                        const float w = wt * go[d];
+                        g0[d] += w * c[d];
+                        g1[d] += w * a[d];
+                    }
+                } else {
+                    for (int j = 0; j < p; j++)
+                        for (int d = 0; d < dim; d++) {
+                            float x = wt * go[d];
+                            for (int l = 0; l < p; l++)
+                                if (l != j) x *= e[l][d];
+                            g[j][d] += x;
+                        }
+                }
+            } else {
+                for (int j = 0; j < p; j++) es__axpy(g[j], wt, go + q->pofs[j], (size_t)q->pd[j]);
+            }
+        }
+    }
+    /* every gradient was taken from the old rows; now update */
+    for (int j = 0; j < p; j++) es_gradacc_apply(&q->ga[j], &q->t[j]);
+    return ES_OK;
+}
+
+static int qr_tensors(es_storage *s, es_tensor_ref *refs, int max) {
+    qr_impl *q = s->impl;
+    int n = 0;
+    for (int j = 0; j < q->p; j++) n += es__rows_tensors(&q->t[j], NULL, 0);
+    if (!refs) return n;
+    if (max < n) return ES_ERANGE;
+    int at = 0;
+    for (int j = 0; j < q->p; j++) {
+        int k = es__rows_tensors(&q->t[j], refs + at, max - at);
+        snprintf(refs[at].name, sizeof refs[at].name, "table%d", j);
+        if (k == 2) snprintf(refs[at + 1].name, sizeof refs[at + 1].name, "opt.table%d.acc", j);
+        at += k;
+    }
+    return at;
+}
+
+static void qr_field_stats(es_storage *s, const es_vocab *vocab, int field, es_field_stats *out) {
+    qr_impl *q = s->impl;
+    if (field < 0 || field >= q->F) {
+        memset(out, 0, sizeof *out);
+        return;
+    }
+    /* rows: the field's rows over all tables; rows_used counts distinct
+     * (table, row) pairs, collisions the values whose whole row tuple
+     * (virtual index) is shared */
+    const int g = q->G == 1 ? 0 : field;
+    uint64_t rows = 0;
+    for (int j = 0; j < q->p; j++) rows += q->m[(size_t)g * q->p + j];
+    es__rows_field_stats(q->p, qr_resolve, q, vocab, field, rows, out);
+}
+
+/* ---- create ------------------------------------------------------------------------------ */
+
+/* Rows of each table for A floats (file comment); returns the floats left. */
+static uint64_t qr_fill(uint64_t A, const int *pd, int p, uint64_t *m) {
+    uint64_t S = 0;
+    for (int j = 0; j < p; j++) S += (uint64_t)pd[j];
+    uint64_t each = A / S, left = A - each * S;
+    for (int j = 0; j < p; j++) {
+        m[j] = each;
+        if ((uint64_t)pd[j] <= left) {
+            m[j]++;
+            left -= (uint64_t)pd[j];
+        }
+    }
+    return left;
+}
+
+static int qr_create(es_storage *s, const es_vocab *vocab, es_err *err) {
+    const int F = s->p.n_fields, dim = s->p.dim;
+    uint64_t v;
+    int found, rc;
+    int share = s->p.share, p = 2, op = QR_MULT;
+    if ((rc = es__storage_opt_u64(s, "share", 0, 1, &v, &found, err)) != 0) return rc;
+    if (found) share = (int)v;
+    if ((rc = es__storage_opt_u64(s, "seed", 0, UINT64_MAX, &v, &found, err)) != 0) return rc;
+    if (found) s->p.seed = v;
+    if ((rc = es__storage_opt_u64(s, "partitions", 2, QR_MAX_P, &v, &found, err)) != 0) return rc;
+    if (found) p = (int)v;
+    size_t len;
+    const char *ov = es__storage_opt(s, "op", &len);
+    if (ov) {
+        op = -1;
+        for (int k = 0; k < (int)ES_ARRAY_LEN(qr_op_names); k++)
+            if (len == strlen(qr_op_names[k]) && memcmp(ov, qr_op_names[k], len) == 0) op = k;
+        if (op < 0) return es__err(err, ES_EINVAL, "qr: option op=%.*s must be mult, add or cat", (int)ES_MIN(len, 64), ov);
+    }
+    if (op == QR_CAT && dim < p)
+        return es__err(err, ES_EINVAL, "qr: op=cat splits dim %d over %d partitions; it needs dim >= partitions", dim, p);
+    int pd[QR_MAX_P], pofs[QR_MAX_P];
+    for (int j = 0, at = 0; j < p; j++) {
+        pd[j] = op == QR_CAT ? dim / p + (j < dim % p) : dim;
+        pofs[j] = op == QR_CAT ? at : 0;
+        at += pd[j];
+    }
+    const int G = share ? 1 : F;
+    const size_t aux = ((size_t)2 * G * p + (size_t)F) * sizeof(uint64_t);
+
+    uint64_t *m = es__malloc((size_t)G * p * sizeof *m), *Af = es__malloc((size_t)G * sizeof *Af);
+    if (!m || !Af) {
+        rc = es__err(err, ES_ENOMEM, "qr: out of memory");
+        goto fail;
+    }
+    if ((rc = zoo_opt_list(s, "m", G, p, 1, QR_MAX_ROWS, m, &found, err)) != 0) goto fail;
+    if (!found) {
+        if (!(s->budget_bytes > 0)) {
+            rc = es__err(err, ES_EINVAL, "qr: needs a budget: bytes (> 1), or a fraction (0, 1] of the full table with a "
+                                         "vocabulary");
+            goto fail;
+        }
+        uint64_t S = 0;
+        for (int j = 0; j < p; j++) S += (uint64_t)pd[j];
+        double avail = s->budget_bytes - (double)aux;
+        double A = avail > 0 ? floor(avail / sizeof(float)) : 0;
+        if (A < (double)G * (double)S) {
+            rc = es__err(err, ES_EBUDGET,
+                         "qr: a budget of %.0f bytes leaves %.0f floats after %zu bytes of lookup arrays; %d partition(s) "
+                         "of one row each need %llu floats%s (%.0f bytes in all)",
+                         s->budget_bytes, A, aux, p, (unsigned long long)S, share ? "" : " per field",
+                         (double)aux + (double)G * (double)S * sizeof(float));
+            goto fail;
+        }
+        if (A / (double)S > (double)QR_MAX_ROWS) {
+            rc = es__err(err, ES_ERANGE, "qr: a budget of %.0f bytes is larger than this build allocates", s->budget_bytes);
+            goto fail;
+        }
+        zoo_split((uint64_t)A, G, share ? NULL : vocab, S, Af);
+        uint64_t carry = 0;
+        for (int g = 0; g < G; g++) carry = qr_fill(Af[g] + carry, pd, p, m + (size_t)g * p);
+    }
+    uint64_t rows[QR_MAX_P] = {0};
+    for (int g = 0; g < G; g++)
+        for (int j = 0; j < p; j++) rows[j] += m[(size_t)g * p + j]; /* each <= 2^44, G <= 2^20 */
+    for (int j = 0; j < p; j++)
+        if (rows[j] > QR_MAX_ROWS) {
+            rc = es__err(err, ES_ERANGE, "qr: table %d of %llu rows is more than this build allocates", j,
+                         (unsigned long long)rows[j]);
+            goto fail;
+        }
+
+    qr_impl *q = es__calloc(1, sizeof *q);
+    if (!q) {
+        rc = es__err(err, ES_ENOMEM, "qr: out of memory");
+        goto fail;
+    }
+    q->F = F;
+    q->G = G;
+    q->p = p;
+    q->op = op;
+    q->dim = dim;
+    memcpy(q->pd, pd, sizeof pd);
+    memcpy(q->pofs, pofs, sizeof pofs);
+    q->base = es__malloc(aux);
+    if (!q->base) {
+        qr_free(q);
+        rc = es__err(err, ES_ENOMEM, "qr: out of memory");
+        goto fail;
+    }
+    q->m = q->base + (size_t)G * p;
+    q->salt = q->m + (size_t)G * p;
+    es_rng rng;
+    es__rng_seed(&rng, s->p.seed);
+    const float sc = s->p.init_scale;
+    for (int j = 0; j < p; j++) {
+        float a = op == QR_MULT ? (sc > 0 ? powf(sc, 1.0f / (float)p) : 0) : op == QR_ADD ? sc / (float)p : sc;
+        size_t ga_cap = ES_MIN((size_t)s->p.max_batch * (size_t)F, (size_t)rows[j]);
+        if (es_rows_init(&q->t[j], rows[j], pd[j], &s->p.opt, &rng, a) != ES_OK ||
+            es_gradacc_init(&q->ga[j], ga_cap, pd[j]) != ES_OK) {
+            qr_free(q);
+            rc = es__err(err, ES_ENOMEM, "qr: out of memory for table %d (%llu rows of %d floats)", j,
+                         (unsigned long long)rows[j], pd[j]);
+            goto fail;
+        }
+        if (op == QR_MULT && sc == 0 && j > 0)
+            for (size_t e = 0, n = (size_t)rows[j] * (size_t)pd[j]; e < n; e++) q->t[j].w[e] = 1.0f;
+    }
+    uint64_t at[QR_MAX_P] = {0};
+    for (int g = 0; g < G; g++)
+        for (int j = 0; j < p; j++) {
+            q->m[(size_t)g * p + j] = m[(size_t)g * p + j];
+            q->base[(size_t)g * p + j] = at[j];
+            at[j] += m[(size_t)g * p + j];
+        }
+    for (int f = 0; f < F; f++) q->salt[f] = es__storage_salt(s->p.seed, f, 0);
+
+    size_t o = (size_t)snprintf(s->meta, sizeof s->meta, "share=%d,seed=%llu,op=%s,partitions=%d", share,
+                                (unsigned long long)s->p.seed, qr_op_names[op], p);
+    zoo_meta_list(s, &o, "m", m, G, p);
+    if (o >= sizeof s->meta) {
+        qr_free(q);
+        rc = es__err(err, ES_ERANGE, "qr: the per-field sizes of %d fields do not fit the metadata; use share=1", F);
+        goto fail;
+    }
+    s->impl = q;
+    s->param_bytes = s->state_bytes = 0;
+    for (int j = 0; j < p; j++) {
+        s->param_bytes += es_rows_param_bytes(&q->t[j]);
+        s->state_bytes += es_rows_state_bytes(&q->t[j]);
+    }
+    s->aux_bytes = aux;
+    es__free(m);
+    es__free(Af);
+    return ES_OK;
+fail:
+    es__free(m);
+    es__free(Af);
+    return rc;
+}
+
+const es_storage_ops es__storage_qr = {
+    .name = "qr",
+    .summary = "quotient-remainder: a hashed virtual index split over p tables combined by mult, add or cat",
+    .create = qr_create,
+    .lookup = qr_lookup,
+    .backward = qr_backward,
+    .tensors = qr_tensors,
+    .after_load = NULL,
+    .field_stats = qr_field_stats,
+    .destroy = qr_destroy,
+};
