@@ -1002,7 +1002,7 @@ def main(argv=None):
         pp = Prepared(pd, st)
         probs = predict_probs(net, W, pp, args.eval_batch or B)
         with open(args.pred_out, "w") as fh:
-            fh.write("".join(f"{p:.6g}\n" for p in probs))
+            fh.write("".join(f"{p:.6f}\n" for p in probs))  # 6 decimals, as embstore predict
         t_pred = time.perf_counter() - ts
         res.update(predict_rows=int(pd.n), predict_rows_per_s=pd.n / t_pred if t_pred > 0 else None)
     print(json.dumps(res))

@@ -89,9 +89,18 @@ typedef struct es_batch {
     size_t val_cap;
 } es_batch;
 
+/* Allocate a batch of `cap` rows (label and dense are 64-byte aligned).
+ * val_cap = 0 means cap * n_fields value slots (one per (row, field)); the
+ * value arrays grow on demand anyway.  Returns 0, ES_EINVAL (cap <= 0 or a
+ * negative count), ES_ERANGE (sizes overflow, val_cap > UINT32_MAX) or
+ * ES_ENOMEM; on failure *b is zeroed. */
 int es_batch_alloc(es_batch *b, int cap, int n_dense, int n_fields, size_t val_cap);
+/* Free the arrays and zero *b (so freeing twice, or a zeroed batch, is a
+ * no-op). */
 void es_batch_free(es_batch *b);
-/* Make sure at least `need` value slots exist (grows val/wt). */
+/* Make sure at least `need` value slots exist (grows val/wt, at least
+ * doubling, contents kept).  ES_ERANGE beyond UINT32_MAX slots (off[] is
+ * 32-bit), ES_ENOMEM with the batch unchanged. */
 int es_batch_reserve_vals(es_batch *b, size_t need);
 
 /* ---------------------------------------------------------------------------
@@ -111,7 +120,8 @@ typedef enum { ES_POOL_SUM = 0, ES_POOL_MEAN = 1 } es_pool;
 typedef struct es_reader_params {
     es_format format;
     /* Delimited-text (ES_FMT_CSV) options. */
-    char delim;            /* ',' by default; '\t' for .tsv given as csv */
+    char delim;            /* 0 (default): from the name, '\t' for .tsv/.tab
+                              (also under .gz), else ',' */
     int header;            /* 1: first line names the columns (default 1) */
     /* Column spec, comma separated "name:role" (or "index:role" with a
      * 0-based column index) where role is one of
@@ -120,28 +130,42 @@ typedef struct es_reader_params {
      *   cat              categorical feature
      *   multi            multi-valued categorical, values split by multi_sep
      *   ignore           skipped
-     * Columns not named are ignored when a header is present.  NULL with a
-     * header: first column is the label, the rest categorical. */
+     * Columns not named are ignored.  NULL: first column is the label
+     * (when has_label), the rest categorical.  Dense features and fields
+     * are numbered in the order of their columns in the file, and named
+     * after the header (or "c<index>" without one). */
     const char *columns;
-    char multi_sep;        /* '|' by default */
-    es_pool pool;          /* pooling of multi-valued fields */
-    /* When > -inf: label = (value >= label_threshold), e.g. rating >= 4. */
+    char multi_sep;        /* '|' by default; empty pieces are skipped */
+    es_pool pool;          /* pooling of multi-valued fields (CSV multi,
+                              libsvm, libffm): SUM keeps the weights, MEAN
+                              divides them by the field's value count */
+    /* When > -inf: label = (value >= label_threshold), e.g. rating >= 4;
+     * else the label must be 0 or 1 (libsvm also takes -1 as 0).  Default
+     * -INFINITY. */
     double label_threshold;
     int has_label;         /* 0 for unlabeled files (label is set to 0) */
-    /* libsvm / libffm: number of fields (libffm: max field index + 1). */
+    /* libffm: number of fields; 0 (default) = a first pass over the file
+     * finds the largest field index (+1).  A term with a field >= the hint
+     * is a bad line.  libsvm always has one field. */
     int n_fields_hint;
     /* Bad lines: 0 = stop with an error naming file:line:column, 1 = skip
      * them, count them and keep the first few messages. */
     int skip_bad;
-    size_t max_line;       /* longest accepted line in bytes (default 1 MiB) */
+    size_t max_line;       /* longest accepted line in bytes (default 1 MiB,
+                              0 = default, at most 1 GiB); a longer line is
+                              a bad line and is never held in memory */
 } es_reader_params;
 
 es_reader_params es_reader_params_default(void);
 
 typedef struct es_reader es_reader;
 
-/* Open `path` (gzip is detected by its magic bytes).  On failure *out is NULL
- * and err (if not NULL) says why. */
+/* Open `path` (gzip is detected by its magic bytes; p NULL = defaults).
+ * Reads the header (CSV), counts libffm fields when needed, and fails with
+ * "path: no data rows" (ES_EPARSE) when the file has no data line.  Other
+ * failures: "path: cannot open: <reason>" (ES_ENOTFOUND / ES_EIO), bad
+ * params or column spec (ES_EINVAL).  On failure *out is NULL and err (if
+ * not NULL) says why. */
 int es_reader_open(es_reader **out, const char *path, const es_reader_params *p, es_err *err);
 void es_reader_free(es_reader *r);
 /* Schema, known after open. */
@@ -149,18 +173,29 @@ int es_reader_n_dense(const es_reader *r);
 int es_reader_n_fields(const es_reader *r);
 const char *es_reader_field_name(const es_reader *r, int field); /* categorical field names */
 const char *es_reader_dense_name(const es_reader *r, int i);
-/* Fill up to b->cap rows into b (b->n is set).  Returns the number of rows
- * read (0 at end of input) or a negative code (message in es_reader_errmsg). */
+/* Fill up to b->cap rows into b (b->n is set); b must have the reader's
+ * n_dense and n_fields.  The only allocation is growing b's value arrays.
+ * Returns the number of rows read (0 at end of input) or a negative code,
+ * message in es_reader_errmsg: a bad line "path:line:column N (name):
+ * reason" or "path:line: reason" (ES_EPARSE), a truncated or corrupt gzip
+ * stream (ES_EIO / ES_EPARSE), ES_ENOMEM.  On an error b->n still holds the
+ * valid rows read before it, and the error is sticky until rewind.  With
+ * skip_bad, bad lines are counted and skipped instead; reaching the end
+ * without a single good row is "path: no data rows (N bad lines skipped...)".
+ * Blank lines are skipped silently. */
 int es_reader_next(es_reader *r, es_batch *b);
-/* Go back to the first data row. */
+/* Go back to the first data row (gzip: restart decoding) and reset the
+ * statistics below.  ES_EIO for an input that cannot seek. */
 int es_reader_rewind(es_reader *r);
 const char *es_reader_errmsg(const es_reader *r);
-/* Line-level statistics: lines read, lines skipped as bad, and the first
- * few bad-line messages joined by newlines (empty when none). */
+/* Line-level statistics since open/rewind: physical lines read (header and
+ * blank lines included), lines skipped as bad, and the first 5 bad-line
+ * messages joined by newlines (empty when none). */
 uint64_t es_reader_lines(const es_reader *r);
 uint64_t es_reader_bad_lines(const es_reader *r);
 const char *es_reader_bad_report(const es_reader *r);
-/* Seek support for checkpoints: opaque position = data rows consumed. */
+/* Data rows handed out since open/rewind (for checkpoints: the position in
+ * rows). */
 uint64_t es_reader_rows(const es_reader *r);
 
 /* The numeric transform applied to every numeric feature:

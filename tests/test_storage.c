@@ -11,6 +11,7 @@
 
 #include "core/core.h"
 #include "storage/storage.h"
+#include "storage_harness.h"
 
 /* ---- helpers ----------------------------------------------------------------- */
 
@@ -639,12 +640,18 @@ TEST(storage_hash_row_split_rules) {
     CHECK(h->nrows[0] == 2 && h->nrows[1] == 4 && h->nrows[2] < h->nrows[3]);
     CHECK_EQ_INT(h->t.n_rows, 200);
     es_storage_free(s);
-    /* a budget above what every field can use: all capped, below budget */
+    /* exactly the caps: 2 + 4 + 101 + 1001 = 1108 rows */
     p.opts = NULL;
-    p.budget = 1e6;
+    p.budget = 4 * 24 + 1108 * 4 * 4;
     CHECK_EQ_INT(es_storage_create(&s, &p, v, &err), 0);
     h = s->impl;
     CHECK(h->nrows[0] == 2 && h->nrows[1] == 4 && h->nrows[2] == 101 && h->nrows[3] == 1001);
+    es_storage_free(s);
+    /* 12 rows more than the caps: equal weights lift the caps, 3 each */
+    p.budget = 4 * 24 + 1120 * 4 * 4;
+    CHECK_EQ_INT(es_storage_create(&s, &p, v, &err), 0);
+    h = s->impl;
+    CHECK(h->nrows[0] == 5 && h->nrows[1] == 7 && h->nrows[2] == 104 && h->nrows[3] == 1004);
     es_storage_free(s);
     p.opts = "split=bogus";
     CHECK_EQ_INT(es_storage_create(&s, &p, v, &err), ES_EINVAL);
@@ -1282,4 +1289,36 @@ TEST(storage_registry_lists_methods) {
     CHECK(es_storage_method_at(-1) == NULL);
     CHECK(es_storage_find("nosuch") == NULL);
     CHECK(es_storage_find(NULL) == NULL);
+}
+
+/* ---- the generic storage harness (storage_harness.h) on these methods ---------- */
+
+TEST(storage_harness_full) {
+    es_sh_cfg c = es_sh_cfg_make("full", 0);
+    c.budget = 0; /* full sizes itself from the vocabulary */
+    CHECK(es_sh_all(&c));
+}
+
+TEST(storage_harness_hash) {
+    static const double fracs[] = {0.5, 0.1, 0.01};
+    for (int share = 0; share <= 1; share++) {
+        es_sh_cfg c = es_sh_cfg_make("hash", share);
+        CHECK(es_sh_all(&c));
+        CHECK(es_sh_budget(&c, fracs, 3));
+    }
+    es_sh_cfg c = es_sh_cfg_make("hash", 0);
+    c.use_vocab = 0; /* equal split */
+    CHECK(es_sh_roundtrip(&c));
+    CHECK(es_sh_budget(&c, NULL, 0));
+}
+
+TEST(storage_harness_unified) {
+    static const double fracs[] = {0.5, 0.1, 0.01};
+    es_sh_cfg c = es_sh_cfg_make("unified", 1);
+    CHECK(es_sh_all(&c));
+    CHECK(es_sh_budget(&c, fracs, 3));
+    c.chunks = 4;
+    c.opts = "subtables=3";
+    CHECK(es_sh_all(&c));
+    CHECK(es_sh_budget(&c, fracs, 3));
 }

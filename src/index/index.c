@@ -19,6 +19,7 @@
 
 #include "core/simd.h"
 
+#include <limits.h>
 #include <pthread.h>
 
 #define IX_TYPE "embstore.index"
@@ -303,7 +304,7 @@ static int create(es_index **out, const es_index_params *pin, size_t n_full_hint
         return rc;
     }
     ix->ix->threads = p.threads;
-    ix->trained = ix->identity && ix->ix->trained;
+    ix->trained = !p.pca && ix->ix->trained;
     *out = ix;
     return ES_OK;
 }

@@ -286,6 +286,10 @@ void es__pq_free(es__pq *pq);
 int es__pq_save(const es__pq *pq, es_fwriter *w, const char *pfx, es_err *err);
 int es__pq_load(es__pq *pq, int d, const es_file *f, const char *pfx, es_err *err);
 
+/* ---- handle persistence under a prefix (index.c; used by muvera.c) ------------------ */
+int es__index_write(const es_index *ix, es_fwriter *w, const char *pfx, es_err *e);
+int es__index_read(es_index **out, const es_file *f, const char *pfx, es_err *e);
+
 /* ---- exact search kernel (flat.c) -------------------------------------------------
  * k nearest rows of x[nx][d] for each of q[nq][d]; xnorm[nx] = ||x_i||^2
  * (needed for L2, may be NULL for IP).  Blocked over queries and rows with

@@ -363,55 +363,85 @@ void es__cross_backward(float *dx, float *dx0, float *dW, float *db, const float
 
 /* ---- FM second-order term ----------------------------------------------------------------- */
 
+/* One row of the FM term: s[k] = sum of the row's vectors, returns the pair
+ * sum.  Columns go 64 at a time through local accumulators so that the
+ * inner loops are contiguous vector operations; the sums of squares are
+ * kept in double, because |s|^2 - sum |v|^2 cancels when the pair term is
+ * small next to the squares. */
+ES__CLONES static double fm_row(float *restrict s, const float *er, int F, int E, int off, const float *x,
+                                const float *V, int D, int k) {
+    double pair = 0.0;
+    for (int c0 = 0; c0 < k; c0 += ES__DB) {
+        int ck = ES_MIN(ES__DB, k - c0);
+        float sv[ES__DB];
+        double qv[ES__DB];
+        for (int c = 0; c < ck; c++) {
+            sv[c] = 0.0f;
+            qv[c] = 0.0;
+        }
+        for (int f = 0; f < F; f++) {
+            const float *v = er + (size_t)f * E + off + c0;
+#pragma omp simd
+            for (int c = 0; c < ck; c++) {
+                sv[c] += v[c];
+                qv[c] += (double)v[c] * v[c];
+            }
+        }
+        for (int d = 0; d < D; d++) {
+            float xd = x[d];
+            const float *vd = V + (size_t)d * k + c0;
+#pragma omp simd
+            for (int c = 0; c < ck; c++) {
+                float t = xd * vd[c];
+                sv[c] += t;
+                qv[c] += (double)t * t;
+            }
+        }
+        memcpy(s + c0, sv, (size_t)ck * sizeof(float));
+        for (int c = 0; c < ck; c++) pair += (double)sv[c] * sv[c] - qv[c];
+    }
+    return 0.5 * pair;
+}
+
 void es__fm_forward(float *out, float *sum, const float *emb, int F, int E, int off, const float *dense,
                     const float *V, int D, int k, int n) {
 #pragma omp parallel for schedule(static) if (n >= ES__PAR_ROWS)
-    for (int r = 0; r < n; r++) {
-        float *s = sum + (size_t)r * k;
-        double sq = 0.0; /* sum_i |v_i|^2; double keeps |s|^2 - sq from cancelling badly */
-        memset(s, 0, (size_t)k * sizeof(float));
-        for (int f = 0; f < F; f++) {
-            const float *v = emb + ((size_t)r * F + f) * E + off;
-            for (int c = 0; c < k; c++) {
-                s[c] += v[c];
-                sq += (double)v[c] * v[c];
-            }
-        }
-        for (int dd = 0; dd < D; dd++) {
-            float x = dense[(size_t)r * D + dd];
-            const float *vd = V + (size_t)dd * k;
-            for (int c = 0; c < k; c++) {
-                float t = x * vd[c];
-                s[c] += t;
-                sq += (double)t * t;
-            }
-        }
-        double ss = 0.0;
-        for (int c = 0; c < k; c++) ss += (double)s[c] * s[c];
-        out[r] = (float)(0.5 * (ss - sq));
+    for (int r = 0; r < n; r++)
+        out[r] = (float)fm_row(sum + (size_t)r * k, emb + (size_t)r * F * E, F, E, off,
+                               D ? dense + (size_t)r * D : NULL, V, D, k);
+}
+
+/* demb of one row: dv_f = g (s - v_f) for the F field vectors. */
+ES__CLONES static void fm_row_demb(float *restrict der, float g, const float *s, const float *er, int F, int E, int off,
+                                   int k) {
+    for (int f = 0; f < F; f++) {
+        const float *v = er + (size_t)f * E + off;
+        float *dv = der + (size_t)f * E + off;
+#pragma omp simd
+        for (int c = 0; c < k; c++) dv[c] = g * (s[c] - v[c]);
+    }
+}
+
+/* dV += g x_d (s - x_d V_d) for one row. */
+ES__CLONES static void fm_row_dV(float *restrict dV, float g, const float *s, const float *x, const float *V, int D,
+                                 int k) {
+    for (int d = 0; d < D; d++) {
+        float xd = x[d], gx = g * xd;
+        const float *vd = V + (size_t)d * k;
+        float *gd = dV + (size_t)d * k;
+#pragma omp simd
+        for (int c = 0; c < k; c++) gd[c] += gx * (s[c] - xd * vd[c]);
     }
 }
 
 void es__fm_backward(float *demb, float *dV, const float *dout, const float *sum, const float *emb, int F, int E,
                      int off, const float *dense, const float *V, int D, int k, int n) {
-    /* Serial: dV reduces over the batch, and the whole term is nout(n (F+D) k). */
-    for (int r = 0; r < n; r++) {
-        float g = dout[r];
-        const float *s = sum + (size_t)r * k;
-        for (int f = 0; f < F; f++) {
-            size_t at = ((size_t)r * F + f) * E + off;
-            const float *v = emb + at;
-            float *dv = demb + at;
-            for (int c = 0; c < k; c++) dv[c] = g * (s[c] - v[c]);
-        }
-        for (int dd = 0; dd < D; dd++) {
-            float x = dense[(size_t)r * D + dd];
-            const float *vd = V + (size_t)dd * k;
-            float *gd = dV + (size_t)dd * k;
-            float gx = g * x;
-            for (int c = 0; c < k; c++) gd[c] += gx * (s[c] - x * vd[c]);
-        }
-    }
+    /* demb rows are independent; dV sums over the batch and stays serial
+     * (a fixed order, whatever the thread count). */
+#pragma omp parallel for schedule(static) if (n >= ES__PAR_ROWS)
+    for (int r = 0; r < n; r++)
+        fm_row_demb(demb + (size_t)r * F * E, dout[r], sum + (size_t)r * k, emb + (size_t)r * F * E, F, E, off, k);
+    for (int r = 0; D > 0 && r < n; r++) fm_row_dV(dV, dout[r], sum + (size_t)r * k, dense + (size_t)r * D, V, D, k);
 }
 
 /* ---- loss ---------------------------------------------------------------------------------- */

@@ -549,17 +549,15 @@ static int dhe_tensors(es_storage *s, es_tensor_ref *refs, int max) {
         const char *p = q == 0 ? "" : q == 2 ? "opt.v." : m->dopt == DOPT_ADAGRAD ? "opt.acc." : "opt.m.";
         for (int l = 0; l <= m->L; l++) {
             char name[ES_TENSOR_NAME_MAX];
-            uint64_t shw[3] = {(uint64_t)m->M, (uint64_t)m->out[l], (uint64_t)m->in[l]};
-            uint64_t shb[2] = {(uint64_t)m->M, (uint64_t)m->out[l]};
             snprintf(name, sizeof name, "%smlp.w%d", p, l);
-            es__tensor_ref_fill(&refs[i++], name, ES_DT_F32, base + m->woff[l], 3, shw);
+            es_tensor_ref_set(&refs[i++], name, ES_DT_F32, base + m->woff[l], 3, (uint64_t)m->M, (uint64_t)m->out[l],
+                              (uint64_t)m->in[l]);
             snprintf(name, sizeof name, "%smlp.b%d", p, l);
-            es__tensor_ref_fill(&refs[i++], name, ES_DT_F32, base + m->boff[l], 2, shb);
+            es_tensor_ref_set(&refs[i++], name, ES_DT_F32, base + m->boff[l], 2, (uint64_t)m->M, (uint64_t)m->out[l]);
         }
     }
     if (m->dopt == DOPT_ADAM) {
-        uint64_t sh = (uint64_t)m->M;
-        es__tensor_ref_fill(&refs[i++], "opt.step", ES_DT_U64, m->step, 1, &sh);
+        es_tensor_ref_set(&refs[i++], "opt.step", ES_DT_U64, m->step, 1, (uint64_t)m->M);
     }
     return i;
 }
@@ -574,4 +572,5 @@ const es_storage_ops es__storage_dhe = {
     .after_load = NULL,
     .field_stats = NULL,
     .destroy = dhe_destroy,
+    .needs_vocab = 0,
 };

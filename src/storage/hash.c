@@ -19,8 +19,10 @@
  *     further than a private table would); what a capped field cannot take
  *     is redistributed the same way over the others (water-filling), and
  *     the last few rows that rounding leaves go one each to uncapped fields
- *     in field order.  If every field is capped the table stays below the
- *     budget; otherwise it is within dim * 4 bytes of it.
+ *     in field order.  Only when every field has its d_f + 1 rows and
+ *     budget is left do the caps lift: the rest goes out by the same
+ *     weights (hashed values still collide in a table of d + 1 rows), so
+ *     the table is always within dim * 4 bytes of the budget.
  *     The weight is opts "split=": equal (default: weight 1, so small
  *     fields get collision-free tables and the large fields share the rest
  *     equally), prop (d_f: the same load factor in every field) or sqrt
@@ -204,6 +206,26 @@ static void split_rows(uint64_t R, int F, const es_vocab *vocab, split_rule rule
                 }
         } else {
             rem -= given;
+        }
+    }
+    if (rem > 0) {
+        /* Every field has d_f + 1 rows and budget is left: hashed values
+         * still collide at that size (in a table of d + 1 rows only about
+         * 37% of d values get a row to themselves), so the rest goes out
+         * by the same weights without caps, keeping the table within a
+         * row of the budget. */
+        unsigned __int128 S = 0;
+        for (int f = 0; f < F; f++) S += split_weight(rule, es_vocab_distinct(vocab, f));
+        uint64_t given = 0;
+        for (int f = 0; f < F && S > 0; f++) {
+            uint64_t add = (uint64_t)((unsigned __int128)rem * split_weight(rule, es_vocab_distinct(vocab, f)) / S);
+            rows[f] += add;
+            given += add;
+        }
+        rem -= given;
+        for (int f = 0; rem > 0; f = (f + 1) % F) {
+            rows[f]++;
+            rem--;
         }
     }
 }

@@ -8,11 +8,19 @@
 extern const es_storage_ops es__storage_full;
 extern const es_storage_ops es__storage_hash;
 extern const es_storage_ops es__storage_unified;
+extern const es_storage_ops es__storage_qr;
+extern const es_storage_ops es__storage_robe;
+extern const es_storage_ops es__storage_dhe;
+extern const es_storage_ops es__storage_multihash;
 
 static const es_storage_ops *const methods[] = {
     &es__storage_full,
     &es__storage_hash,
     &es__storage_unified,
+    &es__storage_qr,
+    &es__storage_robe,
+    &es__storage_dhe,
+    &es__storage_multihash,
 };
 
 const es_storage_ops *es_storage_find(const char *name) {

@@ -395,6 +395,7 @@ int es__model_load(es_model **out, const char *path, unsigned flags, int with_st
     es_file *f = NULL;
     es_model *m = NULL;
     tensor_list tl = {0};
+    char *opts = NULL;
     int rc = es_file_open(&f, path, (flags & ES_LOAD_NO_VERIFY) ? ES_FILE_NO_VERIFY : 0, err);
     if (rc != 0) return rc;
     const char *type = es_file_meta(f, "embstore.type");
@@ -462,10 +463,15 @@ int es__model_load(es_model **out, const char *path, unsigned flags, int with_st
     }
     /* The resolved hyper-parameters (rows per table, ...) take precedence
      * over budget solving, so the shapes match the saved tensors. */
-    char opts[1024];
     const char *user_opts = es_file_meta(f, "storage.opts");
     const char *resolved = es_file_meta(f, "storage.resolved");
-    snprintf(opts, sizeof opts, "%s%s%s", resolved ? resolved : "", (resolved && *resolved && user_opts && *user_opts) ? "," : "",
+    size_t opts_len = (resolved ? strlen(resolved) : 0) + (user_opts ? strlen(user_opts) : 0) + 2;
+    opts = es__malloc(opts_len);
+    if (!opts) {
+        rc = es__err(err, ES_ENOMEM, "out of memory");
+        goto done;
+    }
+    snprintf(opts, opts_len, "%s%s%s", resolved ? resolved : "", (resolved && *resolved && user_opts && *user_opts) ? "," : "",
              user_opts ? user_opts : "");
     sp.opts = opts;
 
@@ -509,6 +515,7 @@ int es__model_load(es_model **out, const char *path, unsigned flags, int with_st
     *out = m;
     m = NULL;
 done:
+    es__free(opts);
     free_tensors(&tl);
     es_model_free(m);
     es_file_close(f);

@@ -1,0 +1,546 @@
+/*
+ * adapt.c — the `adapt` storage method: frequent values get private rows,
+ * the rest share hashed rows (the frequency-adaptive family of the VLDB
+ * 2024 compression study; AdaEmbed, Lai et al. 2023, reallocates rows by
+ * importance in the same spirit).
+ *
+ * Storage.  One row table of dim-float rows:
+ *   rows [0, P)        private rows; private row r belongs to the value
+ *                      whose tagged key is keys[r] (r < n_used);
+ *   rows [P, P + H)    hashed rows, split into S spaces: share=0 gives
+ *                      every field its own space (hash trick per field),
+ *                      share=1 one space for all fields (per-field salts,
+ *                      as Unified Embedding does).
+ * A value (f, key) reads its private row when tagged key key ^ tag(f) is
+ * in the map, else row  P + base[s] + es__range(es__hash_u64(key, salt_f),
+ * rows[s]).  The tag makes equal raw keys of different fields different
+ * map entries; two (field, key) pairs with equal tagged keys would share a
+ * private row, which happens with probability ~2^-64 per pair (and is
+ * detected and skipped when the map is built).  The map is the key array
+ * in row order plus an open-addressing index over it (load <= 2/3),
+ * rebuilt after a load.
+ *
+ * Which values are private:
+ *   mode=vocab (default when create() gets a vocabulary): a first pass over
+ *     the training data counted every value; the P most frequent (field,
+ *     key) pairs with count >= min_count get private rows, most frequent
+ *     first (ties: field, then key, ascending), across all fields.
+ *   mode=online (no vocabulary, or "mode=online"): a count-min sketch of
+ *     depth d and width w (conservative update: only the counters at the
+ *     minimum grow) counts the values of every training batch that are not
+ *     private yet; once a value's estimate reaches `promote` (default 8)
+ *     and a private row is free, the value is promoted: its private row
+ *     starts as a copy of its hashed row (and of that row's optimizer
+ *     state), so its vector does not jump.  Rows are never evicted; the
+ *     sketch only over-estimates, so with a long stream every value whose
+ *     counters fill up may be promoted — values that are frequent early
+ *     win.  The sketch is training state ("opt.sketch"), not served.
+ *
+ * Budget B (bytes).  A private value costs dim*4 bytes of row, 8 of key
+ * and 6 of index; a hashed row dim*4 bytes.  P = the eligible values, at
+ * most private*B / (dim*4 + 14) of them (private = 0.5 by default, option
+ * "private_frac="), then H = floor(rest / (dim*4)) hashed rows, at least
+ * one per space (P shrinks until that holds), so param + aux bytes are
+ * within one row of B.  share=0 splits the H rows over the fields: one
+ * each, the rest in proportion to each field's distinct values that did
+ * not get a private row (largest remainder; equal split without a
+ * vocabulary).
+ *
+ * Rows train with the storage optimizer (es_rows: row-wise Adagrad by
+ * default), one update per distinct row per batch.
+ *
+ * s->meta: "share=,mode=,private=P,hashed=H,seed=" (+ "depth=,width=,
+ * promote=" online).  Tensors: weight, opt.acc, map.keys [P] (tagged keys,
+ * row order), map.n [1] (private rows in use), map.hashed [S] (hashed rows
+ * per space), opt.sketch [d, w] (online).
+ */
+#include "storage/storage.h"
+
+#include <math.h>
+
+typedef struct adapt_impl {
+    es_rows t;           /* [P + H, dim] */
+    es_gradacc ga;
+    int F, S, share, online;
+    uint64_t seed;
+    uint64_t n_cap;      /* P */
+    uint64_t n_hashed;   /* H */
+    uint64_t *keys;      /* [max(P, 1)] tagged keys, row order */
+    uint64_t *n_used;    /* [1] */
+    uint32_t *index;     /* [icap]: key index + 1, 0 = empty */
+    size_t icap;
+    uint64_t *hrows;     /* [S] hashed rows per space (a tensor) */
+    uint64_t *hbase;     /* [S] first hashed row of each space, from hrows */
+    uint64_t *salt;      /* [F] */
+    /* online */
+    uint32_t *sketch;    /* [depth * width] */
+    int depth;
+    uint64_t width, promote;
+} adapt_impl;
+
+#define ADAPT_KEY_AUX 14 /* bytes per private value beyond its row: key 8 + index ~6 */
+
+static inline uint64_t field_tag(int f) { return es__mix64(UINT64_C(0xada9e3779b97f4a7) + (uint64_t)(uint32_t)f); }
+
+static inline size_t index_cap(uint64_t n) { return (size_t)(n + n / 2 + 1); }
+
+/* Bytes of the serving map and small arrays for P private values. */
+static size_t adapt_aux(uint64_t P, int S, int F) {
+    return (size_t)ES_MAX(P, 1) * 8 + index_cap(P) * 4 + 8 + 16 * (size_t)S + 8 * (size_t)F;
+}
+
+static inline size_t home(uint64_t tkey, size_t cap) { return (size_t)es__range(es__mix64(tkey), cap); }
+
+/* Key index of tagged key t, or UINT64_MAX. */
+static inline uint64_t map_find(const adapt_impl *m, uint64_t t) {
+    size_t h = home(t, m->icap);
+    uint32_t v;
+    while ((v = m->index[h]) != 0) {
+        if (m->keys[v - 1] == t) return v - 1;
+        if (++h == m->icap) h = 0;
+    }
+    return UINT64_MAX;
+}
+
+/* Insert key index i (keys[i] set); 0, or 1 if the tagged key was there. */
+static int map_insert(adapt_impl *m, uint64_t i) {
+    const uint64_t t = m->keys[i];
+    size_t h = home(t, m->icap);
+    uint32_t v;
+    while ((v = m->index[h]) != 0) {
+        if (m->keys[v - 1] == t) return 1;
+        if (++h == m->icap) h = 0;
+    }
+    m->index[h] = (uint32_t)(i + 1);
+    return 0;
+}
+
+static inline uint64_t hashed_row(const adapt_impl *m, int f, uint64_t key) {
+    const int s = m->share ? 0 : f;
+    return m->n_cap + m->hbase[s] + es__range(es__hash_u64(key, m->salt[f]), m->hrows[s]);
+}
+
+static void adapt_resolve(const void *ctx, int f, const uint64_t *keys, size_t n, uint64_t *ids) {
+    const adapt_impl *m = ctx;
+    const uint64_t tag = field_tag(f);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t r = map_find(m, keys[i] ^ tag);
+        ids[i] = r != UINT64_MAX ? r : hashed_row(m, f, keys[i]);
+    }
+}
+
+/* ---- count-min sketch ------------------------------------------------------------ */
+
+static inline uint64_t sketch_col(const adapt_impl *m, int i, uint64_t t) {
+    return es__range(es__hash_u64(t, es__mix64(UINT64_C(0xc0c0a11e5) + (uint64_t)i)), m->width);
+}
+
+/* Count one occurrence of tagged key t (conservative update); returns the
+ * new estimate. */
+static uint64_t sketch_add(adapt_impl *m, uint64_t t) {
+    uint32_t lo = UINT32_MAX;
+    for (int i = 0; i < m->depth; i++) {
+        uint32_t c = m->sketch[(size_t)i * m->width + sketch_col(m, i, t)];
+        if (c < lo) lo = c;
+    }
+    const uint32_t nv = lo == UINT32_MAX ? lo : lo + 1;
+    for (int i = 0; i < m->depth; i++) {
+        uint32_t *c = &m->sketch[(size_t)i * m->width + sketch_col(m, i, t)];
+        if (*c < nv) *c = nv;
+    }
+    return nv;
+}
+
+/* ---- lifecycle ----------------------------------------------------------------------- */
+
+static void adapt_free(adapt_impl *m) {
+    if (!m) return;
+    es_rows_free(&m->t);
+    es_gradacc_free(&m->ga);
+    es__free(m->keys);
+    es__free(m->n_used);
+    es__free(m->index);
+    es__free(m->hrows);
+    es__free(m->salt);
+    es__free(m->sketch);
+    es__free(m);
+}
+
+static void adapt_destroy(es_storage *s) {
+    adapt_free(s->impl);
+    s->impl = NULL;
+}
+
+static void set_bases(adapt_impl *m) {
+    uint64_t o = 0;
+    for (int s = 0; s < m->S; s++) {
+        m->hbase[s] = o;
+        o += m->hrows[s];
+    }
+}
+
+typedef struct {
+    uint64_t count, key;
+    int f;
+} cand;
+
+typedef struct {
+    cand *c;
+    size_t n, cap;
+    uint64_t min_count;
+    int f;
+} cand_ctx;
+
+static void collect(uint64_t key, uint64_t count, void *ctx) {
+    cand_ctx *x = ctx;
+    if (count >= x->min_count && x->n < x->cap) x->c[x->n++] = (cand){count, key, x->f};
+}
+
+static int cmp_cand(const void *a, const void *b) {
+    const cand *x = a, *y = b;
+    if (x->count != y->count) return x->count > y->count ? -1 : 1;
+    if (x->f != y->f) return x->f < y->f ? -1 : 1;
+    return (x->key > y->key) - (x->key < y->key);
+}
+
+typedef struct {
+    const adapt_impl *m;
+    int f;
+    uint64_t n;
+} count_ctx;
+
+static void count_hashed(uint64_t key, uint64_t count, void *ctx) {
+    count_ctx *x = ctx;
+    (void)count;
+    x->n += map_find(x->m, key ^ field_tag(x->f)) == UINT64_MAX;
+}
+
+/* Split H hashed rows over the spaces: one each, the rest in proportion
+ * to w[s] (largest remainder, ties to the lower space); equal when all
+ * weights are 0. */
+static void split_rows(uint64_t H, int S, const uint64_t *w, uint64_t *rows) {
+    uint64_t tw = 0, rest = H - (uint64_t)S, given = 0;
+    for (int s = 0; s < S; s++) tw += w ? w[s] : 0;
+    for (int s = 0; s < S; s++) {
+        long double share = tw ? (long double)rest * (long double)w[s] / (long double)tw : (long double)rest / S;
+        rows[s] = 1 + (uint64_t)share;
+        given += (uint64_t)share;
+    }
+    while (given < rest) { /* hand out the remainder by largest fractional part */
+        int best = 0;
+        long double bf = -1;
+        for (int s = 0; s < S; s++) {
+            long double share = tw ? (long double)rest * (long double)w[s] / (long double)tw : (long double)rest / S;
+            long double fr = share - (long double)(rows[s] - 1);
+            if (fr > bf) {
+                bf = fr;
+                best = s;
+            }
+        }
+        rows[best]++;
+        given++;
+    }
+}
+
+static int parse_frac(const es_storage *s, const char *key, double *val, es_err *err) {
+    size_t len;
+    const char *v = es__storage_opt(s, key, &len);
+    if (!v) return ES_OK;
+    double x;
+    if (!es__parse_double(v, len, &x) || !(x > 0 && x <= 1))
+        return es__err(err, ES_EINVAL, "adapt: option %s=%.*s is not a number in (0, 1]", key, (int)len, v);
+    *val = x;
+    return ES_OK;
+}
+
+static int adapt_create(es_storage *s, const es_vocab *vocab, es_err *err) {
+    const int F = s->p.n_fields, dim = s->p.dim;
+    const size_t rowb = (size_t)dim * sizeof(float);
+    uint64_t v;
+    int found, rc;
+    int share = s->p.share, online = vocab == NULL;
+    uint64_t seed = s->p.seed, P = 0, H = 0, depth = 4, width = 0, promote = 8, mc = (uint64_t)s->p.min_count;
+    int have_P = 0, have_H = 0;
+    double frac = 0.5;
+    if ((rc = es__storage_opt_u64(s, "share", 0, 1, &v, &found, err)) != 0) return rc;
+    if (found) share = (int)v;
+    {
+        size_t len;
+        const char *mv = es__storage_opt(s, "mode", &len);
+        if (mv) {
+            if (len == 5 && memcmp(mv, "vocab", 5) == 0) online = 0;
+            else if (len == 6 && memcmp(mv, "online", 6) == 0) online = 1;
+            else return es__err(err, ES_EINVAL, "adapt: option mode=%.*s is not vocab or online", (int)len, mv);
+        }
+    }
+    if ((rc = es__storage_opt_u64(s, "private", 0, (uint64_t)UINT32_MAX - 1, &P, &have_P, err)) != 0) return rc;
+    if ((rc = es__storage_opt_u64(s, "hashed", 1, UINT64_MAX / 2, &H, &have_H, err)) != 0) return rc;
+    if ((rc = es__storage_opt_u64(s, "seed", 0, UINT64_MAX, &v, &found, err)) != 0) return rc;
+    if (found) seed = v;
+    if ((rc = es__storage_opt_u64(s, "depth", 1, 16, &depth, &found, err)) != 0) return rc;
+    if ((rc = es__storage_opt_u64(s, "width", 1, UINT64_C(1) << 32, &width, &found, err)) != 0) return rc;
+    if ((rc = es__storage_opt_u64(s, "promote", 1, UINT32_MAX, &promote, &found, err)) != 0) return rc;
+    if ((rc = es__storage_opt_u64(s, "min_count", 1, UINT32_MAX, &mc, &found, err)) != 0) return rc;
+    if ((rc = parse_frac(s, "private_frac", &frac, err)) != 0) return rc;
+    const int S = share ? 1 : F;
+    if (!online && !vocab && !have_P)
+        return es__err(err, ES_EINVAL, "adapt: mode=vocab needs a vocabulary (count the training data first)");
+
+    /* Candidates for private rows, most frequent first. */
+    cand *cands = NULL;
+    size_t n_cand = 0;
+    if (!online && vocab) {
+        size_t total = 0;
+        for (int f = 0; f < F; f++) total += (size_t)es_vocab_distinct_min(vocab, f, mc);
+        cands = es__malloc(ES_MAX(total, (size_t)1) * sizeof *cands);
+        if (!cands) return es__err(err, ES_ENOMEM, "adapt: out of memory ranking %zu values", total);
+        for (int f = 0; f < F; f++) {
+            cand_ctx x = {cands + n_cand, 0, (size_t)es_vocab_distinct_min(vocab, f, mc), mc, f};
+            es_vocab_each(vocab, f, collect, &x);
+            n_cand += x.n;
+        }
+        qsort(cands, n_cand, sizeof *cands, cmp_cand);
+    }
+
+    if (!have_P || !have_H) {
+        const double B = s->budget_bytes;
+        if (B <= 0) {
+            es__free(cands);
+            return es__err(err, ES_EINVAL, "adapt: needs a budget (bytes or a fraction of the full table)");
+        }
+        /* bytes left for hashed rows with p private values */
+        double fixed = (double)adapt_aux(0, S, F) - 4.0 * (double)index_cap(0);
+        if (!have_P) {
+            double cap = floor(frac * (B - fixed) / (double)(rowb + ADAPT_KEY_AUX));
+            if (cap < 0) cap = 0;
+            P = online ? (uint64_t)cap : (uint64_t)ES_MIN(cap, (double)n_cand);
+            if (P > (uint64_t)UINT32_MAX - 1) P = (uint64_t)UINT32_MAX - 1;
+            /* shrink until at least one hashed row per space fits */
+            while (P > 0 && B - (double)adapt_aux(P, S, F) - (double)P * (double)rowb < (double)S * (double)rowb) {
+                uint64_t step = ES_MAX(P / 64, (uint64_t)1);
+                P -= ES_MIN(step, P);
+            }
+        }
+        if (!have_H) {
+            double rest = B - (double)adapt_aux(P, S, F) - (double)P * (double)rowb;
+            double h = floor(rest / (double)rowb);
+            if (h < S) {
+                es__free(cands);
+                return es__err(err, ES_EBUDGET,
+                               "adapt: a budget of %.0f bytes cannot hold one hashed row per %s (%d x %zu bytes) and "
+                               "its maps",
+                               B, share ? "table" : "field", S, rowb);
+            }
+            H = (uint64_t)h;
+        }
+    }
+    if (H < (uint64_t)S) {
+        es__free(cands);
+        return es__err(err, ES_EINVAL, "adapt: hashed=%llu is fewer than one row per space (%d)", (unsigned long long)H, S);
+    }
+    if (online && !width) width = ES_MAX((uint64_t)64, 2 * P);
+
+    size_t wbytes;
+    const uint64_t n_rows = P + H;
+    if (n_rows < H || !es__mul_size((size_t)n_rows, rowb, &wbytes) ||
+        (online && (width > SIZE_MAX / 4 / depth))) {
+        es__free(cands);
+        return es__err(err, ES_ERANGE, "adapt: %llu rows of %d floats is too large", (unsigned long long)n_rows, dim);
+    }
+
+    adapt_impl *m = es__calloc(1, sizeof *m);
+    if (!m) {
+        es__free(cands);
+        return es__err(err, ES_ENOMEM, "adapt: out of memory");
+    }
+    m->F = F;
+    m->S = S;
+    m->share = share;
+    m->online = online;
+    m->seed = seed;
+    m->n_cap = P;
+    m->n_hashed = H;
+    m->icap = index_cap(P);
+    m->depth = (int)depth;
+    m->width = online ? width : 0;
+    m->promote = promote;
+    m->keys = es__calloc((size_t)ES_MAX(P, 1), sizeof *m->keys);
+    m->n_used = es__calloc(1, sizeof *m->n_used);
+    m->index = es__calloc(m->icap, sizeof *m->index);
+    m->hrows = es__malloc(2 * (size_t)S * sizeof *m->hrows);
+    m->salt = es__malloc((size_t)F * sizeof *m->salt);
+    int ok = m->keys && m->n_used && m->index && m->hrows && m->salt;
+    if (ok && online) ok = (m->sketch = es__calloc((size_t)depth * (size_t)width, sizeof *m->sketch)) != NULL;
+    es_rng rng;
+    es__rng_seed(&rng, s->p.seed);
+    if (ok) ok = es_rows_init(&m->t, n_rows, dim, &s->p.opt, &rng, s->p.init_scale) == ES_OK;
+    if (ok) {
+        size_t ga_cap = ES_MIN((size_t)s->p.max_batch * (size_t)F, (size_t)n_rows);
+        ok = es_gradacc_init(&m->ga, ga_cap, dim) == ES_OK;
+    }
+    if (!ok) {
+        adapt_free(m);
+        es__free(cands);
+        return es__err(err, ES_ENOMEM, "adapt: out of memory for %llu rows of %d floats", (unsigned long long)n_rows, dim);
+    }
+    m->hbase = m->hrows + S;
+    for (int f = 0; f < F; f++) m->salt[f] = es__storage_salt(seed, f, 0);
+
+    /* The private values (vocab mode with a vocabulary). */
+    uint64_t used = 0;
+    if (!online && vocab) {
+        for (size_t i = 0; i < n_cand && used < P; i++) {
+            m->keys[used] = cands[i].key ^ field_tag(cands[i].f);
+            if (map_insert(m, used) == 0) used++;
+        }
+    }
+    *m->n_used = used;
+    es__free(cands);
+
+    /* Hashed rows per space. */
+    if (S == 1) {
+        m->hrows[0] = H;
+    } else {
+        uint64_t *w = NULL;
+        if (vocab) {
+            w = es__malloc((size_t)S * sizeof *w);
+            if (!w) {
+                adapt_free(m);
+                return es__err(err, ES_ENOMEM, "adapt: out of memory");
+            }
+            for (int f = 0; f < F; f++) {
+                count_ctx x = {m, f, 0};
+                es_vocab_each(vocab, f, count_hashed, &x);
+                w[f] = x.n;
+            }
+        }
+        split_rows(H, S, w, m->hrows);
+        es__free(w);
+    }
+    set_bases(m);
+
+    int wn = online ? snprintf(s->meta, sizeof s->meta,
+                               "share=%d,mode=online,private=%llu,hashed=%llu,seed=%llu,depth=%d,width=%llu,promote=%llu",
+                               share, (unsigned long long)P, (unsigned long long)H, (unsigned long long)seed, m->depth,
+                               (unsigned long long)m->width, (unsigned long long)promote)
+                    : snprintf(s->meta, sizeof s->meta, "share=%d,mode=vocab,private=%llu,hashed=%llu,seed=%llu", share,
+                               (unsigned long long)P, (unsigned long long)H, (unsigned long long)seed);
+    if (wn < 0 || (size_t)wn >= sizeof s->meta) {
+        adapt_free(m);
+        return es__err(err, ES_ERANGE, "adapt: metadata does not fit");
+    }
+    s->impl = m;
+    s->param_bytes = es_rows_param_bytes(&m->t);
+    s->aux_bytes = adapt_aux(P, S, F);
+    s->state_bytes = es_rows_state_bytes(&m->t) + (online ? (size_t)depth * (size_t)width * sizeof(uint32_t) : 0);
+    return ES_OK;
+}
+
+/* ---- lookup / backward ------------------------------------------------------------------ */
+
+static void adapt_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *out) {
+    adapt_impl *m = s->impl;
+    es__rows_lookup(&m->t, 1, adapt_resolve, m, b, r0, r1, out);
+}
+
+/* Give (f, key) private row n_used: a copy of its hashed row and state. */
+static void promote_value(adapt_impl *m, int f, uint64_t key, uint64_t t) {
+    const uint64_t r = *m->n_used, src = hashed_row(m, f, key);
+    const size_t dim = (size_t)m->t.dim;
+    memcpy(m->t.w + r * dim, m->t.w + src * dim, dim * sizeof(float));
+    if (m->t.opt.kind == ES_OPT_ADAGRAD) memcpy(m->t.acc + r * dim, m->t.acc + src * dim, dim * sizeof(float));
+    else if (m->t.opt.kind == ES_OPT_ROWWISE_ADAGRAD) m->t.acc[r] = m->t.acc[src];
+    m->keys[r] = t;
+    map_insert(m, r);
+    *m->n_used = r + 1;
+}
+
+static int adapt_backward(es_storage *s, const es_batch *b, const float *dout) {
+    adapt_impl *m = s->impl;
+    int rc = es__rows_backward(&m->t, &m->ga, 1, adapt_resolve, m, b, dout);
+    if (rc) return es__err(&s->err, rc, "adapt: out of memory growing the gradient scratch past %zu rows", m->ga.cap);
+    if (!m->online) return ES_OK;
+    /* Count this batch's values that are not private yet; promote those
+     * whose estimate reaches the threshold while private rows are free.
+     * After the update, so the batch's gradient went to the rows its
+     * forward used. */
+    const int F = m->F;
+    const size_t PN = (size_t)b->n * (size_t)F;
+    for (size_t P = 0; P < PN; P++) {
+        const int f = (int)(P % (size_t)F);
+        const uint64_t tag = field_tag(f);
+        for (uint32_t i = b->off[P]; i < b->off[P + 1]; i++) {
+            const uint64_t t = b->val[i] ^ tag;
+            if (map_find(m, t) != UINT64_MAX) continue;
+            uint64_t est = sketch_add(m, t);
+            if (est >= m->promote && *m->n_used < m->n_cap) promote_value(m, f, b->val[i], t);
+        }
+    }
+    return ES_OK;
+}
+
+/* ---- tensors / load ------------------------------------------------------------------------ */
+
+static int adapt_tensors(es_storage *s, es_tensor_ref *refs, int max) {
+    adapt_impl *m = s->impl;
+    const int nr = es__rows_tensors(&m->t, NULL, 0);
+    const int n = nr + 2 + (m->n_cap > 0) + (m->online ? 1 : 0);
+    if (!refs) return n;
+    if (max < n) return ES_ERANGE;
+    int i = es__rows_tensors(&m->t, refs, max);
+    if (m->n_cap > 0) es_tensor_ref_set(&refs[i++], "map.keys", ES_DT_U64, m->keys, 1, m->n_cap);
+    es_tensor_ref_set(&refs[i++], "map.n", ES_DT_U64, m->n_used, 1, (uint64_t)1);
+    es_tensor_ref_set(&refs[i++], "map.hashed", ES_DT_U64, m->hrows, 1, (uint64_t)m->S);
+    if (m->online) es_tensor_ref_set(&refs[i++], "opt.sketch", ES_DT_U32, m->sketch, 2, (uint64_t)m->depth, m->width);
+    return i;
+}
+
+static int adapt_after_load(es_storage *s, es_err *err) {
+    adapt_impl *m = s->impl;
+    if (*m->n_used > m->n_cap)
+        return es__err(err, ES_EFORMAT, "adapt: map uses %llu private rows of %llu", (unsigned long long)*m->n_used,
+                       (unsigned long long)m->n_cap);
+    uint64_t sum = 0;
+    for (int i = 0; i < m->S; i++) {
+        if (m->hrows[i] == 0 || m->hrows[i] > m->n_hashed)
+            return es__err(err, ES_EFORMAT, "adapt: space %d has %llu hashed rows (1..%llu expected)", i,
+                           (unsigned long long)m->hrows[i], (unsigned long long)m->n_hashed);
+        sum += m->hrows[i];
+    }
+    if (sum != m->n_hashed)
+        return es__err(err, ES_EFORMAT, "adapt: hashed rows per space sum to %llu, expected %llu", (unsigned long long)sum,
+                       (unsigned long long)m->n_hashed);
+    set_bases(m);
+    memset(m->index, 0, m->icap * sizeof *m->index);
+    for (uint64_t i = 0; i < *m->n_used; i++)
+        if (map_insert(m, i))
+            return es__err(err, ES_EFORMAT, "adapt: private key %llu appears twice in the map", (unsigned long long)i);
+    return ES_OK;
+}
+
+static void adapt_field_stats(es_storage *s, const es_vocab *vocab, int field, es_field_stats *out) {
+    adapt_impl *m = s->impl;
+    memset(out, 0, sizeof *out);
+    if (field < 0 || field >= m->F) return;
+    /* addressable: the field's values with private rows, and its space's hashed rows */
+    uint64_t priv = 0;
+    if (vocab && field < es_vocab_n_fields(vocab)) {
+        count_ctx x = {m, field, 0};
+        es_vocab_each(vocab, field, count_hashed, &x);
+        priv = es_vocab_distinct(vocab, field) - x.n;
+    }
+    es__rows_field_stats(1, adapt_resolve, m, vocab, field, priv + m->hrows[m->share ? 0 : field], out);
+}
+
+const es_storage_ops es__storage_adapt = {
+    .name = "adapt",
+    .summary = "frequent values get private rows, the rest share hashed rows (vocab counts or an online count-min sketch)",
+    .create = adapt_create,
+    .lookup = adapt_lookup,
+    .backward = adapt_backward,
+    .tensors = adapt_tensors,
+    .after_load = adapt_after_load,
+    .field_stats = adapt_field_stats,
+    .destroy = adapt_destroy,
+    .needs_vocab = 1,
+};

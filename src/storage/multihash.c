@@ -1,0 +1,416 @@
+/*
+ * multihash.c — the `multihash` storage method: k hash functions into a
+ * shared pool of rows, summed, optionally with learned per-value
+ * importance weights — the hash embeddings of Svenstrup, Hansen, Winther,
+ * "Hash Embeddings for Efficient Word Representations", NeurIPS 2017.
+ *
+ * What is stored: a pool of P rows of dim floats and, with weights=1 (the
+ * default), an importance table of K rows of k floats (share=1: one pool
+ * and one importance table for every field; share=0: one of each per
+ * field, stacked).
+ *
+ * Lookup: for value `key` of field f,
+ *   h    = es__hash_u64(key, salt_f),    salt_f = es__storage_salt(seed, f, 0)
+ *   r_j  = es__range(es__mix64(h + j * 0x9e3779b97f4a7c15), P_f)   j < k
+ *   w    = es__range(h, K_f)                                 importance row
+ *   vec  = sum_j p_w[j] * pool[r_j]      (weights=0: sum_j pool[r_j])
+ * and a pair pools sum(wt * vec) over its values.  A value collides
+ * completely with another only if all k rows and its importance row
+ * coincide; the learned weights let colliding values tell their shared
+ * rows apart.
+ *
+ * Training: d pool[r_j] = wt * p_w[j] * dout and d p_w[j] = wt * dout .
+ * pool[r_j], both taken before any update; summed per distinct row over
+ * the batch; one update per touched row of each table from the configured
+ * sparse optimizer (a "row" is a pool row of dim floats, or the k
+ * importance weights of one importance row).
+ *
+ * Budget: with A = (B - aux) / 4 floats, weights=1 gives the importance
+ * table K = floor(wfrac * A / k) rows (wfrac option, default 0.25: k
+ * floats per row are cheap, so K can exceed P several times over), the
+ * pool P = floor((A - K k) / dim) rows, and the few floats left more
+ * importance rows; weights=0 gives the pool everything.  share=0 splits A
+ * over the fields (dim + k floats each, the rest in proportion to the
+ * fields' full-table rows, distinct + 1, from the vocabulary, or equally),
+ * fills them in order and carries each field's leftover to the next, so
+ * parameters + aux end within k floats (weights=0: dim floats) of B.
+ *
+ * Initial values: pool rows from U(-a, a) with a = init_scale / sqrt(k)
+ * (so a sum of k rows has the spread of one init_scale row), importance
+ * weights 1 (so weights=1 starts as weights=0 and learns from there).
+ * Options k (1..16, default 2), weights=0|1, wfrac, pool=..., imp=...;
+ * resolved into s->meta as "share=S,seed=N,k=K,weights=W,pool=P[:P...],
+ * imp=K[:K...]" (per field when share=0) and read back on load.
+ */
+#include "storage/storage.h"
+
+#include "core/simd.h"
+
+#include <math.h>
+
+#define MH_MAX_K 16
+#define MH_MAX_ROWS (UINT64_C(1) << 44)
+#define MH_GOLDEN UINT64_C(0x9e3779b97f4a7c15)
+
+typedef struct mh_impl {
+    int F, G, k, dim, weighted;
+    es_rows pool;            /* [P, dim] */
+    es_rows imp;             /* [K, k]; unused (zeroed) when !weighted */
+    es_gradacc ga_pool, ga_imp;
+    uint64_t *pbase, *prows; /* [G] pool rows of each group */
+    uint64_t *wbase, *wrows; /* [G] importance rows of each group */
+    uint64_t *salt;          /* [F] */
+} mh_impl;
+
+/* ---- option helpers (the same in every zoo method) ------------------------------- */
+
+/* Split `total` units over F fields: min_each to each, the rest in
+ * proportion to the fields' full-table rows (distinct + 1) from the
+ * vocabulary, or equally without one; the few units rounding leaves go one
+ * each to fields in order.  Needs total >= F * min_each. */
+static void zoo_split(uint64_t total, int F, const es_vocab *v, uint64_t min_each, uint64_t *out) {
+    const uint64_t rem = total - (uint64_t)F * min_each;
+    unsigned __int128 W = 0;
+    for (int f = 0; f < F; f++) W += v ? es_vocab_distinct(v, f) + 1 : 1;
+    uint64_t given = 0;
+    for (int f = 0; f < F; f++) {
+        uint64_t w = v ? es_vocab_distinct(v, f) + 1 : 1;
+        uint64_t add = (uint64_t)((unsigned __int128)rem * w / W);
+        out[f] = min_each + add;
+        given += add;
+    }
+    for (int f = 0; given < rem; f = (f + 1) % F, given++) out[f]++;
+}
+
+/* Option `key` as n groups of g integers in [lo, hi], groups separated by
+ * ':' and the members of a group by '/' ("3/4:5/6").  *found = 0 when the
+ * option is absent. */
+static int zoo_opt_list(const es_storage *s, const char *key, int n, int g, uint64_t lo, uint64_t hi, uint64_t *out,
+                        int *found, es_err *err) {
+    size_t len;
+    const char *v = es__storage_opt(s, key, &len);
+    *found = 0;
+    if (!v) return ES_OK;
+    const char *p = v, *end = v + len;
+    const long total = (long)n * g;
+    long i = 0;
+    for (;;) {
+        const char *q = p;
+        while (q < end && *q != ':' && *q != '/') q++;
+        long long x;
+        if (i >= total || !es__parse_long(p, (size_t)(q - p), &x) || x < 0 || (uint64_t)x < lo || (uint64_t)x > hi) break;
+        const char want = (i % g == g - 1) ? ':' : '/';
+        out[i++] = (uint64_t)x;
+        if (q == end) {
+            if (i == total) {
+                *found = 1;
+                return ES_OK;
+            }
+            break;
+        }
+        if (*q != want) break;
+        p = q + 1;
+    }
+    return es__err(err, ES_EINVAL,
+                   "%s: option %s=%.*s must be %d group(s) of %d integer(s) in [%llu, %llu] (groups separated by ':', "
+                   "members by '/')",
+                   s->p.method, key, (int)ES_MIN(len, 200), v, n, g, (unsigned long long)lo, (unsigned long long)hi);
+}
+
+/* Append ",key=a/b:c/d" (n groups of g) to s->meta at *o. */
+static void zoo_meta_list(es_storage *s, size_t *o, const char *key, const uint64_t *v, int n, int g) {
+    const size_t cap = sizeof s->meta;
+    if (*o < cap) *o += (size_t)snprintf(s->meta + *o, cap - *o, ",%s=", key);
+    for (long i = 0; i < (long)n * g && *o < cap; i++)
+        *o += (size_t)snprintf(s->meta + *o, cap - *o, "%s%llu", i == 0 ? "" : (i % g == 0) ? ":" : "/",
+                               (unsigned long long)v[i]);
+}
+
+/* ---- index ---------------------------------------------------------------------------- */
+
+static inline uint64_t mh_pool_row(const mh_impl *m, int g, uint64_t h, int j) {
+    return m->pbase[g] + es__range(es__mix64(h + (uint64_t)j * MH_GOLDEN), m->prows[g]);
+}
+
+static inline uint64_t mh_imp_row(const mh_impl *m, int g, uint64_t h) { return m->wbase[g] + es__range(h, m->wrows[g]); }
+
+static void mh_resolve(const void *ctx, int f, const uint64_t *keys, size_t n, uint64_t *ids) {
+    const mh_impl *m = ctx;
+    const int g = m->G == 1 ? 0 : f;
+    for (size_t i = 0; i < n; i++) {
+        const uint64_t h = es__hash_u64(keys[i], m->salt[f]);
+        for (int j = 0; j < m->k; j++) ids[i * (size_t)m->k + j] = mh_pool_row(m, g, h, j);
+    }
+}
+
+/* ---- lookup and backward ---------------------------------------------------------------- */
+
+static void mh_free(mh_impl *m) {
+    if (!m) return;
+    es_rows_free(&m->pool);
+    es_rows_free(&m->imp);
+    es_gradacc_free(&m->ga_pool);
+    es_gradacc_free(&m->ga_imp);
+    es__free(m->pbase); /* the other index arrays share the allocation */
+    es__free(m);
+}
+
+static void mh_destroy(es_storage *s) {
+    mh_free(s->impl);
+    s->impl = NULL;
+}
+
+static void mh_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *out) {
+    const mh_impl *m = s->impl;
+    const int F = m->F, k = m->k, dim = m->dim;
+    for (size_t P = (size_t)r0 * F, P1 = (size_t)r1 * F; P < P1; P++) {
+        const int f = (int)(P % (size_t)F), g = m->G == 1 ? 0 : f;
+        const uint64_t salt = m->salt[f];
+        float *o = out + (P - (size_t)r0 * F) * (size_t)dim;
+        memset(o, 0, (size_t)dim * sizeof *o);
+        for (uint32_t i = b->off[P]; i < b->off[P + 1]; i++) {
+            const uint64_t h = es__hash_u64(b->val[i], salt);
+            const float wt = b->wt[i];
+            const float *pw = m->weighted ? m->imp.w + mh_imp_row(m, g, h) * (uint64_t)k : NULL;
+            for (int j = 0; j < k; j++)
+                es__axpy(o, pw ? wt * pw[j] : wt, m->pool.w + mh_pool_row(m, g, h, j) * (uint64_t)dim, (size_t)dim);
+        }
+    }
+}
+
+static int mh_backward(es_storage *s, const es_batch *b, const float *dout) {
+    mh_impl *m = s->impl;
+    const int F = m->F, k = m->k, dim = m->dim;
+    es_gradacc_clear(&m->ga_pool);
+    if (m->weighted) es_gradacc_clear(&m->ga_imp);
+    for (size_t P = 0, PN = (size_t)b->n * F; P < PN; P++) {
+        const int f = (int)(P % (size_t)F), g = m->G == 1 ? 0 : f;
+        const uint64_t salt = m->salt[f];
+        const float *go = dout + P * (size_t)dim;
+        for (uint32_t i = b->off[P]; i < b->off[P + 1]; i++) {
+            const uint64_t h = es__hash_u64(b->val[i], salt);
+            const float wt = b->wt[i];
+            const float *pw = NULL;
+            float *gw = NULL;
+            if (m->weighted) {
+                const uint64_t wr = mh_imp_row(m, g, h);
+                pw = m->imp.w + wr * (uint64_t)k;
+                if (!(gw = es_gradacc_row(&m->ga_imp, wr))) goto nomem;
+            }
+            for (int j = 0; j < k; j++) {
+                const uint64_t r = mh_pool_row(m, g, h, j);
+                float *gp = es_gradacc_row(&m->ga_pool, r);
+                if (!gp) goto nomem;
+                es__axpy(gp, pw ? wt * pw[j] : wt, go, (size_t)dim);
+                if (gw) gw[j] += wt * es__dot(go, m->pool.w + r * (uint64_t)dim, (size_t)dim);
+            }
+        }
+    }
+    /* all gradients used the old values; now update both tables */
+    es_gradacc_apply(&m->ga_pool, &m->pool);
+    if (m->weighted) es_gradacc_apply(&m->ga_imp, &m->imp);
+    return ES_OK;
+nomem:
+    es_gradacc_clear(&m->ga_pool);
+    if (m->weighted) es_gradacc_clear(&m->ga_imp);
+    return es__err(&s->err, ES_ENOMEM, "multihash: out of memory growing the gradient scratch");
+}
+
+static int mh_tensors(es_storage *s, es_tensor_ref *refs, int max) {
+    mh_impl *m = s->impl;
+    int np = es__rows_tensors(&m->pool, NULL, 0), nw = m->weighted ? es__rows_tensors(&m->imp, NULL, 0) : 0;
+    if (!refs) return np + nw;
+    if (max < np + nw) return ES_ERANGE;
+    es__rows_tensors(&m->pool, refs, max);
+    snprintf(refs[0].name, sizeof refs[0].name, "pool");
+    if (np == 2) snprintf(refs[1].name, sizeof refs[1].name, "opt.pool.acc");
+    if (nw) {
+        es__rows_tensors(&m->imp, refs + np, max - np);
+        snprintf(refs[np].name, sizeof refs[np].name, "importance");
+        if (nw == 2) snprintf(refs[np + 1].name, sizeof refs[np + 1].name, "opt.importance.acc");
+    }
+    return np + nw;
+}
+
+static void mh_field_stats(es_storage *s, const es_vocab *vocab, int field, es_field_stats *out) {
+    mh_impl *m = s->impl;
+    if (field < 0 || field >= m->F) {
+        memset(out, 0, sizeof *out);
+        return;
+    }
+    /* over the pool rows: rows_used counts distinct (j, row) pairs,
+     * collisions the values whose whole k-row tuple is shared */
+    es__rows_field_stats(m->k, mh_resolve, m, vocab, field, m->prows[m->G == 1 ? 0 : field], out);
+}
+
+/* ---- create -------------------------------------------------------------------------------- */
+
+/* Pool and importance rows for A >= dim + k (weighted) or dim floats;
+ * returns the floats left. */
+static uint64_t mh_fill(uint64_t A, int dim, int k, int weighted, double wfrac, uint64_t *P, uint64_t *K) {
+    if (!weighted) {
+        *K = 0;
+        *P = A / (uint64_t)dim;
+        return A - *P * (uint64_t)dim;
+    }
+    uint64_t kk = (uint64_t)k, d = (uint64_t)dim;
+    uint64_t K0 = (uint64_t)(wfrac * (double)A) / kk;
+    if (K0 < 1) K0 = 1;
+    if (K0 * kk + d > A) K0 = (A - d) / kk; /* the pool keeps at least one row */
+    uint64_t P0 = (A - K0 * kk) / d;
+    uint64_t left = A - K0 * kk - P0 * d;
+    K0 += left / kk; /* what cannot buy a pool row buys importance rows */
+    *P = P0;
+    *K = K0;
+    return left % kk;
+}
+
+static int mh_create(es_storage *s, const es_vocab *vocab, es_err *err) {
+    const int F = s->p.n_fields, dim = s->p.dim;
+    uint64_t v;
+    int found, rc;
+    int share = s->p.share, k = 2, weighted = 1;
+    double wfrac = 0.25;
+    if ((rc = es__storage_opt_u64(s, "share", 0, 1, &v, &found, err)) != 0) return rc;
+    if (found) share = (int)v;
+    if ((rc = es__storage_opt_u64(s, "seed", 0, UINT64_MAX, &v, &found, err)) != 0) return rc;
+    if (found) s->p.seed = v;
+    if ((rc = es__storage_opt_u64(s, "k", 1, MH_MAX_K, &v, &found, err)) != 0) return rc;
+    if (found) k = (int)v;
+    if ((rc = es__storage_opt_u64(s, "weights", 0, 1, &v, &found, err)) != 0) return rc;
+    if (found) weighted = (int)v;
+    size_t len;
+    const char *wv = es__storage_opt(s, "wfrac", &len);
+    if (wv && (!es__parse_double(wv, len, &wfrac) || !(wfrac > 0 && wfrac < 1)))
+        return es__err(err, ES_EINVAL, "multihash: option wfrac=%.*s must be a number in (0, 1)", (int)ES_MIN(len, 64), wv);
+    const int G = share ? 1 : F;
+    const size_t aux = ((size_t)4 * G + (size_t)F) * sizeof(uint64_t);
+
+    uint64_t *P = es__malloc((size_t)G * sizeof *P), *K = es__malloc((size_t)G * sizeof *K),
+             *Af = es__malloc((size_t)G * sizeof *Af);
+    if (!P || !K || !Af) {
+        rc = es__err(err, ES_ENOMEM, "multihash: out of memory");
+        goto fail;
+    }
+    int fp, fk = 0;
+    if ((rc = zoo_opt_list(s, "pool", G, 1, 1, MH_MAX_ROWS, P, &fp, err)) != 0) goto fail;
+    if (weighted && (rc = zoo_opt_list(s, "imp", G, 1, 1, MH_MAX_ROWS, K, &fk, err)) != 0) goto fail;
+    if (fp != (weighted ? fk : fp)) {
+        rc = es__err(err, ES_EINVAL, "multihash: options pool= and imp= go together");
+        goto fail;
+    }
+    if (!fp) {
+        if (!(s->budget_bytes > 0)) {
+            rc = es__err(err, ES_EINVAL,
+                         "multihash: needs a budget: bytes (> 1), or a fraction (0, 1] of the full table with a vocabulary");
+            goto fail;
+        }
+        const uint64_t unit = (uint64_t)dim + (weighted ? (uint64_t)k : 0);
+        double avail = s->budget_bytes - (double)aux;
+        double A = avail > 0 ? floor(avail / sizeof(float)) : 0;
+        if (A < (double)G * (double)unit) {
+            rc = es__err(err, ES_EBUDGET,
+                         "multihash: a budget of %.0f bytes leaves %.0f floats after %zu bytes of lookup arrays; one pool "
+                         "row%s needs %llu floats%s (%.0f bytes in all)",
+                         s->budget_bytes, A, aux, weighted ? " and one importance row" : "", (unsigned long long)unit,
+                         share ? "" : " per field", (double)aux + (double)G * (double)unit * sizeof(float));
+            goto fail;
+        }
+        if (A / (double)dim > (double)MH_MAX_ROWS) {
+            rc = es__err(err, ES_ERANGE, "multihash: a budget of %.0f bytes is larger than this build allocates",
+                         s->budget_bytes);
+            goto fail;
+        }
+        zoo_split((uint64_t)A, G, share ? NULL : vocab, unit, Af);
+        uint64_t carry = 0;
+        for (int g = 0; g < G; g++) carry = mh_fill(Af[g] + carry, dim, k, weighted, wfrac, &P[g], &K[g]);
+    }
+    if (!weighted)
+        for (int g = 0; g < G; g++) K[g] = 0;
+    uint64_t tp = 0, tk = 0;
+    for (int g = 0; g < G; g++) {
+        tp += P[g]; /* each <= 2^44, G <= 2^20 */
+        tk += K[g];
+    }
+    if (tp > MH_MAX_ROWS || tk > MH_MAX_ROWS) {
+        rc = es__err(err, ES_ERANGE, "multihash: %llu pool rows is more than this build allocates", (unsigned long long)tp);
+        goto fail;
+    }
+
+    mh_impl *m = es__calloc(1, sizeof *m);
+    if (!m) {
+        rc = es__err(err, ES_ENOMEM, "multihash: out of memory");
+        goto fail;
+    }
+    m->F = F;
+    m->G = G;
+    m->k = k;
+    m->dim = dim;
+    m->weighted = weighted;
+    m->pbase = es__malloc(aux);
+    es_rng rng;
+    es__rng_seed(&rng, s->p.seed);
+    const size_t pairs = (size_t)s->p.max_batch * (size_t)F;
+    int ok = m->pbase && es_rows_init(&m->pool, tp, dim, &s->p.opt, &rng, s->p.init_scale / sqrtf((float)k)) == ES_OK &&
+             es_gradacc_init(&m->ga_pool, ES_MIN(pairs * (size_t)k, (size_t)tp), dim) == ES_OK;
+    if (ok && weighted) {
+        ok = es_rows_init(&m->imp, tk, k, &s->p.opt, NULL, 0) == ES_OK &&
+             es_gradacc_init(&m->ga_imp, ES_MIN(pairs, (size_t)tk), k) == ES_OK;
+        if (ok)
+            for (size_t e = 0, n = (size_t)tk * (size_t)k; e < n; e++) m->imp.w[e] = 1.0f;
+    }
+    if (!ok) {
+        mh_free(m);
+        rc = es__err(err, ES_ENOMEM, "multihash: out of memory for %llu pool rows of %d floats", (unsigned long long)tp, dim);
+        goto fail;
+    }
+    m->prows = m->pbase + G;
+    m->wbase = m->prows + G;
+    m->wrows = m->wbase + G;
+    m->salt = m->wrows + G;
+    uint64_t ap = 0, ak = 0;
+    for (int g = 0; g < G; g++) {
+        m->pbase[g] = ap;
+        m->prows[g] = P[g];
+        m->wbase[g] = ak;
+        m->wrows[g] = K[g];
+        ap += P[g];
+        ak += K[g];
+    }
+    for (int f = 0; f < F; f++) m->salt[f] = es__storage_salt(s->p.seed, f, 0);
+
+    size_t o = (size_t)snprintf(s->meta, sizeof s->meta, "share=%d,seed=%llu,k=%d,weights=%d", share,
+                                (unsigned long long)s->p.seed, k, weighted);
+    zoo_meta_list(s, &o, "pool", P, G, 1);
+    if (weighted) zoo_meta_list(s, &o, "imp", K, G, 1);
+    if (o >= sizeof s->meta) {
+        mh_free(m);
+        rc = es__err(err, ES_ERANGE, "multihash: the per-field sizes of %d fields do not fit the metadata; use share=1", F);
+        goto fail;
+    }
+    s->impl = m;
+    s->param_bytes = es_rows_param_bytes(&m->pool) + (weighted ? es_rows_param_bytes(&m->imp) : 0);
+    s->state_bytes = es_rows_state_bytes(&m->pool) + (weighted ? es_rows_state_bytes(&m->imp) : 0);
+    s->aux_bytes = aux;
+    es__free(P);
+    es__free(K);
+    es__free(Af);
+    return ES_OK;
+fail:
+    es__free(P);
+    es__free(K);
+    es__free(Af);
+    return rc;
+}
+
+const es_storage_ops es__storage_multihash = {
+    .name = "multihash",
+    .summary = "hash embeddings: k hashed rows of a shared pool, summed with learned per-value importance weights",
+    .create = mh_create,
+    .lookup = mh_lookup,
+    .backward = mh_backward,
+    .tensors = mh_tensors,
+    .after_load = NULL,
+    .field_stats = mh_field_stats,
+    .destroy = mh_destroy,
+};
