@@ -21,7 +21,7 @@ and prints a Markdown table with the conditions (rows, bytes, threads, CPU).
 Nothing is tuned per side: both get the same flags.
 
 Usage: bench/bench_train.py [--es build/embstore] [--rows 200000] [--test-rows 50000]
-                            [--threads 2] [--configs lr,fm,dlrm-small,dlrm-ref]
+                            [--threads 2[,1]] [--configs lr,fm,dlrm-small,dlrm-ref]
 """
 import argparse
 import json
@@ -117,6 +117,46 @@ def fmt_ratio(a, b):
     return f"{a / b:.2f}x"
 
 
+def run_config(args, name, threads, train, test, es_ok):
+    """Both sides on one configuration; returns (result dict, failures)."""
+    desc, flags = CONFIGS[name]
+    common = ["--storage", args.storage, "--epochs", str(args.epochs), "--batch", str(args.batch),
+              "--threads", str(threads), "--seed", str(args.seed)]
+    log(f"[{name}, {threads} threads] {desc}")
+    r, fails = {"config": name, "desc": desc, "threads": threads}, 0
+    if es_ok:
+        model = os.path.join(args.out, f"es_{name}_t{threads}.es")
+        out, wall, err = run([args.es, "train", train, "--valid", test, *flags, *common, "--out", model,
+                              "--quiet"], args.timeout)
+        j = last_json(out) if out else None
+        if j is None:
+            r["es_error"] = err or "no JSON line on stdout"
+            fails += 1
+        else:
+            r.update(es_train=j.get("train_rows_per_s"), es_eval=j.get("eval_rows_per_s"),
+                     es_auc=j.get("auc"), es_train_wall=wall)
+            preds = os.path.join(args.out, f"es_{name}_t{threads}.preds")
+            out, wall, err = run([args.es, "predict", model, test, "--out", preds, "--threads", str(threads)],
+                                 args.timeout)
+            if err:
+                r["es_error"] = "predict: " + err
+                fails += 1
+            else:
+                r["es_predict"] = args.test_rows / wall
+    out, wall, err = run([PY, os.path.join(HERE, "torch_ref.py"), train, "--valid", test, *flags, *common,
+                          "--predict", test, "--pred-out", os.path.join(args.out, f"torch_{name}_t{threads}.preds")],
+                         args.timeout)
+    j = last_json(out) if out else None
+    if j is None:
+        r["torch_error"] = err or "no JSON line on stdout"
+        fails += 1
+    else:
+        r.update(t_train=j.get("train_rows_per_s"), t_train_e2e=j.get("train_rows_per_s_e2e"),
+                 t_infer=j.get("infer_rows_per_s"), t_predict=j.get("predict_rows_per_s"),
+                 t_auc=j.get("auc"), t_wall=wall, torch_version=j.get("torch"))
+    return r, fails
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--es", default=os.environ.get("ES_BIN", os.path.join(ROOT, "build", "embstore")))
@@ -124,7 +164,7 @@ def main():
     ap.add_argument("--rows", type=int, default=200000, help="training rows")
     ap.add_argument("--test-rows", type=int, default=50000, help="test rows (validation / prediction)")
     ap.add_argument("--data-seed", type=int, default=7)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", default="2", help="thread count, or a comma list (one table each)")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--storage", default="full")
@@ -141,76 +181,51 @@ def main():
     if not es_ok:
         log(f"bench_train: {args.es} not found or not executable; embstore columns will be n/a")
 
-    common = ["--storage", args.storage, "--epochs", str(args.epochs), "--batch", str(args.batch),
-              "--threads", str(args.threads), "--seed", str(args.seed)]
-    results = []
-    failures = 0
-    for name in args.configs.split(","):
-        if name not in CONFIGS:
-            log(f"bench_train: unknown config {name}")
-            failures += 1
-            continue
-        desc, flags = CONFIGS[name]
-        log(f"[{name}] {desc}")
-        r = {"config": name, "desc": desc}
-        if es_ok:
-            model = os.path.join(args.out, f"es_{name}.es")
-            out, wall, err = run([args.es, "train", train, "--valid", test, *flags, *common, "--out", model,
-                                  "--quiet"], args.timeout)
-            j = last_json(out) if out else None
-            if j is None:
-                r["es_error"] = err or "no JSON line on stdout"
+    load_before = os.getloadavg()
+    results, failures = [], 0
+    thread_list = [int(t) for t in str(args.threads).split(",") if t.strip()]
+    for threads in thread_list:
+        for name in args.configs.split(","):
+            if name not in CONFIGS:
+                log(f"bench_train: unknown config {name}")
                 failures += 1
-            else:
-                r.update(es_train=j.get("train_rows_per_s"), es_eval=j.get("eval_rows_per_s"),
-                         es_auc=j.get("auc"), es_train_wall=wall)
-                preds = os.path.join(args.out, f"es_{name}.preds")
-                out, wall, err = run([args.es, "predict", model, test, "--out", preds, "--threads",
-                                      str(args.threads)], args.timeout)
-                if err:
-                    # older CLIs may not take --threads for predict
-                    out, wall, err = run([args.es, "predict", model, test, "--out", preds], args.timeout)
-                if err:
-                    r["es_error"] = "predict: " + err
-                    failures += 1
-                else:
-                    r["es_predict"] = args.test_rows / wall
-        out, wall, err = run([PY, os.path.join(HERE, "torch_ref.py"), train, "--valid", test, *flags, *common,
-                              "--predict", test, "--pred-out", os.path.join(args.out, f"torch_{name}.preds")],
-                             args.timeout)
-        j = last_json(out) if out else None
-        if j is None:
-            r["torch_error"] = err or "no JSON line on stdout"
-            failures += 1
-        else:
-            r.update(t_train=j.get("train_rows_per_s"), t_train_e2e=j.get("train_rows_per_s_e2e"),
-                     t_infer=j.get("infer_rows_per_s"), t_predict=j.get("predict_rows_per_s"),
-                     t_auc=j.get("auc"), t_wall=wall, torch_version=j.get("torch"))
-        results.append(r)
-        log("  " + json.dumps(r))
+                continue
+            r, nfail = run_config(args, name, threads, train, test, es_ok)
+            results.append(r)
+            failures += nfail
+            log("  " + json.dumps(r))
+    load_after = os.getloadavg()
 
+    tv = next((r.get("torch_version") for r in results if r.get("torch_version")), "?")
     cond = (f"Conditions: synthetic Criteo-shaped data from bench/gen_criteo.c (seed {args.data_seed}): "
             f"{args.rows:,} training rows ({sizes[0] / 1e6:.1f} MB), {args.test_rows:,} test rows "
             f"({sizes[1] / 1e6:.1f} MB); storage `{args.storage}`, {args.epochs} epoch(s), batch {args.batch}, "
-            f"Adam (dense) + row-wise Adagrad (tables); {args.threads} threads for both "
-            f"(embstore --threads {args.threads}; torch.set_num_threads({args.threads})); CPU: {cpu_model()}, "
-            f"{os.cpu_count()} logical CPUs visible; torch "
-            f"{next((r.get('torch_version') for r in results if r.get('torch_version')), '?')}.")
-    lines = [
-        "| config | embstore train rows/s | torch train rows/s (loop) | torch train rows/s (incl. parse) "
-        "| train ratio (es / torch loop) | embstore predict rows/s | torch predict rows/s | predict ratio "
-        "| torch forward-only rows/s | test AUC es / torch |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in results:
-        auc = "/".join(f"{r[k]:.4f}" if isinstance(r.get(k), float) else "n/a" for k in ("es_auc", "t_auc"))
-        lines.append(
-            f"| {r['desc']} | {fmt_rate(r.get('es_train'))} | {fmt_rate(r.get('t_train'))} | "
-            f"{fmt_rate(r.get('t_train_e2e'))} | {fmt_ratio(r.get('es_train'), r.get('t_train'))} | "
-            f"{fmt_rate(r.get('es_predict'))} | {fmt_rate(r.get('t_predict'))} | "
-            f"{fmt_ratio(r.get('es_predict'), r.get('t_predict'))} | {fmt_rate(r.get('t_infer'))} | {auc} |")
+            f"seed {args.seed}, Adam (dense) + row-wise Adagrad (tables); the same thread count for both sides "
+            f"(embstore --threads T; torch.set_num_threads(T), 1 inter-op thread); "
+            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}; CPU: {cpu_model()}, "
+            f"{os.cpu_count()} logical CPUs visible; 1-min load average before/after "
+            f"{load_before[0]:.2f}/{load_after[0]:.2f} (other processes may share this machine); torch {tv}; "
+            f"embstore {args.es}.")
+    lines = []
+    for threads in thread_list:
+        lines += [
+            f"**{threads} thread{'s' if threads > 1 else ''}**", "",
+            "| config | embstore train rows/s | torch train rows/s (loop) | torch train rows/s (incl. parse) "
+            "| train ratio (es / torch loop) | embstore predict rows/s | torch predict rows/s | predict ratio "
+            "| torch forward-only rows/s | test AUC es / torch |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for r in results:
+            if r["threads"] != threads:
+                continue
+            auc = "/".join(f"{r[k]:.4f}" if isinstance(r.get(k), float) else "n/a" for k in ("es_auc", "t_auc"))
+            lines.append(
+                f"| {r['desc']} | {fmt_rate(r.get('es_train'))} | {fmt_rate(r.get('t_train'))} | "
+                f"{fmt_rate(r.get('t_train_e2e'))} | {fmt_ratio(r.get('es_train'), r.get('t_train'))} | "
+                f"{fmt_rate(r.get('es_predict'))} | {fmt_rate(r.get('t_predict'))} | "
+                f"{fmt_ratio(r.get('es_predict'), r.get('t_predict'))} | {fmt_rate(r.get('t_infer'))} | {auc} |")
+        lines.append("")
     notes = [
-        "",
         "embstore train rows/s: the CLI's `train_rows_per_s` (all epochs, parsing the TSV included; the "
         "row-count and vocabulary passes excluded). torch (loop): training loop only, batches sliced from "
         "tensors built in advance; torch (incl. parse): the same rows over parse + index mapping + loop. "
@@ -221,7 +236,7 @@ def main():
     for r in results:
         for side in ("es_error", "torch_error"):
             if side in r:
-                notes.append(f"- {r['config']}: {side.split('_')[0]} failed: {r[side]}")
+                notes.append(f"- {r['config']} ({r['threads']} threads): {side.split('_')[0]} failed: {r[side]}")
     report = "\n".join([cond, "", *lines, *notes])
     print(report)
     if args.md:

@@ -178,7 +178,8 @@ def unified(rows, out, data, hp, seeds):
     by = defaultdict(list)
     errors = []
     for r in rows:
-        dset, budget, method, _seed = r["tag"].split("/")
+        parts = r["tag"].split("/")          # data/budget/method/seed; budget is "1/10"
+        dset, method, budget = parts[0], parts[-2], "/".join(parts[1:-2])
         if r["result"].get("error"):
             errors.append(f"{r['side']} {r['tag']}")
             continue
@@ -186,16 +187,20 @@ def unified(rows, out, data, hp, seeds):
     lines = header("Unified Embedding against the hashing trick at equal memory", data, hp, seeds)
     lines += [
         "Model: DLRM (dim 16, bottom 64-16, top 64-32-1; on MovieLens, which has no numeric column, there "
-        "is no bottom MLP). `hash`: one hashed table per field, rows split over fields as docs/methods.md "
-        "says. `unified`: one table shared by all fields, each field hashed with its own salt "
+        "is no bottom MLP). `hash`: one hashed table per field (docs/methods.md; the split of rows over "
+        "fields is described below). `unified`: one table shared by all fields, each field hashed with its own salt "
         "(docs/methods.md); `unified, 4 chunks`: the same shared table with 4 lookups of 4 floats per value, "
         "concatenated (`--chunks 4`). Both variants of unified were chosen before any result was seen. "
         "Budgets are fractions of the parameter bytes of the `full` table for the "
         "training rows' vocabulary; the table columns give the bytes each method actually used. "
-        "Validation: the last 20 % of the rows in file order.", "",
+        "Validation: the last 20 % of the rows in file order. The `hash` method uses embstore's default row "
+        "split over fields (`split=equal` in src/storage/hash.c: every field gets rows equally, capped at its "
+        "distinct count + 1), which hash.c's author picked as the best of three rules on this same Criteo "
+        "sample; if anything that favours `hash` here. torch_ref.py implements the same split, salts and "
+        "hash (XXH3 via libxxhash), so its rows are the same as embstore's.", "",
         "| data | budget | method | embstore AUC (mean ± sd) | spread | embstore logloss | emb bytes "
-        "| torch AUC (mean ± sd) | torch spread |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| torch AUC (mean ± sd) | torch spread | seeds (es / torch) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     names = {"criteo": "Criteo sample (10k rows)", "ml": "MovieLens latest-small"}
     for dset in ("criteo", "ml"):
@@ -211,7 +216,7 @@ def unified(rows, out, data, hp, seeds):
                 ebs = ", ".join(f"{b:,}" for b in eb) if eb else "n/a"
                 mname = {"unified-k4": "unified, 4 chunks"}.get(method, method)
                 lines.append(f"| {names[dset]} | {budget} | {mname} | {pm(sa)} | {spread(sa)} | {pm(sl)} | {ebs} "
-                             f"| {pm(ta)} | {spread(ta)} |")
+                             f"| {pm(ta)} | {spread(ta)} | {sa['n'] if sa else 0} / {ta['n'] if ta else 0} |")
     lines += ["", "Difference unified − hash (embstore, mean AUC over seeds):", ""]
     for dset in ("criteo", "ml"):
         for budget in ("1/10", "1/100"):
@@ -219,8 +224,11 @@ def unified(rows, out, data, hp, seeds):
             for um, label in (("unified", "unified"), ("unified-k4", "unified, 4 chunks")):
                 u = stats([x.get("auc") for x in by.get((dset, budget, um, "embstore"), [])])
                 if h and u:
+                    se = math.sqrt(h["sd"] ** 2 / h["n"] + u["sd"] ** 2 / u["n"])
+                    t = (u["mean"] - h["mean"]) / se if se > 0 else float("nan")
                     lines.append(f"- {names[dset]}, budget {budget}, {label} − hash: {u['mean'] - h['mean']:+.4f} "
-                                 f"(seed sd: hash {h['sd']:.4f}, {label} {u['sd']:.4f})")
+                                 f"(seed sd: hash {h['sd']:.4f}, {label} {u['sd']:.4f}; Welch t = {t:.1f}, "
+                                 f"n = {h['n']} / {u['n']})")
     lines += ["", "Command (one run; parity.sh loops over data, budgets, methods and seeds):", "", "```",
               f"build/embstore train data/criteo_kaggle_train_first10k.tsv --model dlrm --bottom 64,16 --top 64,32 "
               f"--storage unified --budget 1/10 --valid-frac 0.2 {hp} --seed 1",

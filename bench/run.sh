@@ -13,7 +13,15 @@
 #
 # Environment:
 #   ES_BIN        embstore binary (default build/embstore)
-#   BENCH_THREADS threads for every side (default 2)
+#   BENCH_THREADS threads for every side; a comma list gives one table each
+#                 (default "2,1": the 2-core figure, and 1 thread, which is
+#                 less sensitive to other load on a shared machine)
+#   OMP_WAIT_POLICY default "passive" for both sides: with active spinning
+#                 (the libgomp default) an OpenMP team on a machine whose
+#                 cores are busy with other work loses most of its time
+#                 (measured: 2-thread runs 10-27x slower than 1-thread ones,
+#                 for embstore and for torch alike).  Set it to "active"
+#                 on an idle machine if you prefer.
 #   BENCH_ROWS    training rows for the speed runs (default 200000)
 #   BENCH_TEST_ROWS test rows (default 50000)
 #   BENCH_CONFIGS train configs (default lr,fm,dlrm-small,dlrm-ref; also dcn)
@@ -22,7 +30,8 @@ set -u
 cd "$(dirname "$0")/.."
 
 export ES_BIN=${ES_BIN:-build/embstore}
-export BENCH_THREADS=${BENCH_THREADS:-2}
+export BENCH_THREADS=${BENCH_THREADS:-2,1}
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 export BENCH_ROWS=${BENCH_ROWS:-200000}
 export BENCH_TEST_ROWS=${BENCH_TEST_ROWS:-50000}
 export BENCH_OUT=bench/out
@@ -30,7 +39,7 @@ PY=/usr/bin/python3
 mkdir -p "$BENCH_OUT"
 
 echo "== embstore bench: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-echo "   machine: $(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -1), $(nproc) CPUs visible, threads used: $BENCH_THREADS"
+echo "   machine: $(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -1), $(nproc) CPUs visible, threads used: $BENCH_THREADS, OMP_WAIT_POLICY=$OMP_WAIT_POLICY, load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "   embstore: $ES_BIN ($("$ES_BIN" --version 2>/dev/null || echo 'not built')), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 echo
 
@@ -42,13 +51,15 @@ section() { # name command...
     local name=$1; shift
     want "$name" || return 0
     echo "== section: $name"
-    local t0=$SECONDS
-    if "$@"; then
+    local t0=$SECONDS rc
+    "$@"
+    rc=$?
+    if [ $rc -eq 0 ]; then
         passed+=("$name")
         echo "== section $name: ok ($((SECONDS - t0)) s)"
     else
         failed+=("$name")
-        echo "== section $name: FAILED (exit $?, $((SECONDS - t0)) s)"
+        echo "== section $name: FAILED (exit $rc, $((SECONDS - t0)) s)"
     fi
     echo
 }

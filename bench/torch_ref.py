@@ -40,7 +40,6 @@ import io
 import json
 import math
 import os
-import platform
 import sys
 import time
 
@@ -262,6 +261,7 @@ def read_csv(path, hasher, columns, label_threshold, delim=",", multi_sep="|", p
         if columns:
             for item in columns.split(","):
                 name, _, role = item.rpartition(":")
+                name, role = name.strip(), role.strip()
                 if role not in ("label", "num", "cat", "multi", "ignore"):
                     raise SystemExit(f"--columns: unknown role '{role}' in '{item}'")
                 if name.isdigit() and name not in header:

@@ -455,8 +455,7 @@ static int same_tensors(es_storage *a, es_storage *b, const es_sh_cfg *c, const 
     return ok;
 }
 
-static int roundtrip_one(const es_sh_cfg *c, es_storage *s1, const es_vocab *v, double budget, const char *what) {
-    (void)v;
+static int roundtrip_one(const es_sh_cfg *c, es_storage *s1, double budget, const char *what) {
     char opts[ES_STORAGE_META_MAX + 512];
     snprintf(opts, sizeof opts, "%s%s%s", s1->meta, c->opts && *c->opts ? "," : "", c->opts ? c->opts : "");
     es_sh_cfg c2 = *c;
@@ -526,8 +525,8 @@ int es_sh_roundtrip(const es_sh_cfg *c) {
         goto done;
     }
     if (!train_steps(s1, c, 2, c->seed + 300)) goto done;
-    ok = roundtrip_one(c, s1, v, s1->budget_bytes, "reload with the saved budget") &&
-         roundtrip_one(c, s1, v, 0, "reload with budget 0");
+    ok = roundtrip_one(c, s1, s1->budget_bytes, "reload with the saved budget") &&
+         roundtrip_one(c, s1, 0, "reload with budget 0");
     if (ok) printf("    roundtrip %-31s meta \"%.120s\"\n", cfg_name(c), s1->meta);
 done:
     es_storage_free(s1);

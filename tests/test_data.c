@@ -88,7 +88,7 @@ static int read_all(es_reader *r, int cap, table_t *t) {
     t->off = calloc(1, sizeof(uint32_t));
     for (;;) {
         rc = es_reader_next(r, &b);
-        if (rc <= 0) break;
+        if (rc <= 0 && b.n == 0) break; /* on an error, b.n rows before it are valid */
         if ((size_t)(t->n + b.n) > rcap) {
             rcap = (rcap + (size_t)b.n) * 2;
             t->label = realloc(t->label, rcap * sizeof(float));
@@ -111,6 +111,7 @@ static int read_all(es_reader *r, int cap, table_t *t) {
         }
         t->nv += bv;
         t->n += b.n;
+        if (rc < 0) break;
     }
     es_batch_free(&b);
     return rc < 0 ? rc : 0;
@@ -521,6 +522,64 @@ TEST(reader_criteo_unlabeled) {
     CHECK(read_expect_fail(CRITEO, &rp, msg, sizeof msg) == ES_EPARSE);
     CHECK_STR_HAS(msg, ":1: expected 39 tab-separated columns, got 40");
     es_reader_free(full);
+}
+
+/* The parallel Criteo path must give exactly what the serial one gives:
+ * rows, values, bad-line counts, reports and the error where it stops. */
+TEST(reader_criteo_threads_identical) {
+    /* the real file with bad lines sprinkled in (every 997th line) */
+    FILE *in = fopen(CRITEO, "rb");
+    CHECK(in != NULL);
+    const char *p = es_test_path("threads.tsv");
+    FILE *out = fopen(p, "wb");
+    CHECK(out != NULL);
+    char line[8192];
+    int i = 0;
+    while (fgets(line, sizeof line, in)) {
+        if (++i % 997 == 0) fputs(i % 2 ? "1\tnot\tenough\n" : "\n\n", out);
+        if (i % 1999 == 0) line[0] = '5';
+        fputs(line, out);
+    }
+    fclose(in);
+    fclose(out);
+    for (int skip = 0; skip <= 1; skip++) {
+        table_t t[2];
+        uint64_t bad[2], lines[2];
+        char msg[2][600];
+        int rc[2];
+        for (int th = 0; th < 2; th++) {
+            es_reader_params rp = es_reader_params_default();
+            rp.skip_bad = skip;
+            rp.threads = th ? 2 : 1;
+            es_reader *r = open_ok(p, &rp);
+            CHECK(r != NULL);
+            rc[th] = read_all(r, 700, &t[th]);
+            bad[th] = es_reader_bad_lines(r);
+            lines[th] = es_reader_lines(r);
+            snprintf(msg[th], sizeof msg[th], "%s", skip ? es_reader_bad_report(r) : es_reader_errmsg(r));
+            es_reader_free(r);
+        }
+        printf("    skip_bad=%d: 1 thread rc %d rows %d bad %llu lines %llu; 2 threads rc %d rows %d bad %llu lines %llu\n", skip,
+               rc[0], t[0].n, (unsigned long long)bad[0], (unsigned long long)lines[0], rc[1], t[1].n,
+               (unsigned long long)bad[1], (unsigned long long)lines[1]);
+        printf("    first message: %.120s\n", msg[0]);
+        CHECK_EQ_INT(rc[0], rc[1]);
+        CHECK(table_diff(&t[0], &t[1]) == 0);
+        CHECK_EQ_INT(bad[0], bad[1]);
+        CHECK_EQ_INT(lines[0], lines[1]);
+        CHECK(strcmp(msg[0], msg[1]) == 0);
+        if (skip) {
+            /* 5 short lines (odd multiples of 997) + 5 labels of 5 */
+            CHECK_EQ_INT(t[0].n, 10000 - 5);
+            CHECK_EQ_INT(bad[0], 10);
+        } else {
+            CHECK_EQ_INT(rc[0], ES_EPARSE);
+            CHECK_EQ_INT(t[0].n, 996);
+            CHECK_STR_HAS(msg[0], "threads.tsv:997: expected 40 tab-separated columns, got 3");
+        }
+        table_free(&t[0]);
+        table_free(&t[1]);
+    }
 }
 
 TEST(reader_csv_quotes) {

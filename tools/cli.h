@@ -55,5 +55,6 @@ int cmd_eval(int argc, char **argv);
 int cmd_predict(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_bench_storage(int argc, char **argv);
+int cmd_index(int argc, char **argv);
 
 #endif

@@ -17,6 +17,7 @@ static const command commands[] = {
     {"eval", cmd_eval, "evaluate a saved model on a labeled file"},
     {"predict", cmd_predict, "write one click probability per input line"},
     {"bench-storage", cmd_bench_storage, "sweep storage methods x budgets x seeds: results, Pareto plot, advice"},
+    {"index", cmd_index, "build, search and evaluate vector indexes"},
     {"inspect", cmd_inspect, "show the metadata, tensors, bytes and field statistics of a file"},
 };
 

@@ -33,6 +33,7 @@ int es__criteo_setup(es_reader *r, es_err *err) {
     r->n_fields = CRITEO_CAT;
     r->row = es__criteo_row;
     r->row_checks_text = 1;
+    r->fixed_vals = CRITEO_CAT;
     return ES_OK;
 }
 
@@ -89,15 +90,15 @@ int es__tab_index(const char *s, size_t n, uint32_t *pos, int max, int *suspect)
 }
 
 /* A column-level error (the column count is already known to be right). */
-static int col_err(es_reader *r, int col, const char *name, const char *what, const char *tok, size_t tlen) {
+static int col_err(es_reader *r, const es__line *ln, int col, const char *name, const char *what, const char *tok, size_t tlen) {
     char tb[200];
     const char *hint = es__label_hint(what);
-    if (col == 1 && es__lineio_lineno(r->io) == 1 && !es__parse_num(tok, tlen, &(double){0}))
+    if (col == 1 && ln->no == 1 && !es__parse_num(tok, tlen, &(double){0}))
         hint = " (a header line? Criteo TSV files have none)";
-    return es__row_err(r, "column %d (%s): %s, got '%s'%s", col, name, what, es__tok(tb, sizeof tb, tok, tlen), hint);
+    return es__row_err(r, ln, "column %d (%s): %s, got '%s'%s", col, name, what, es__tok(tb, sizeof tb, tok, tlen), hint);
 }
 
-int es__criteo_row(es_reader *r, char *s, size_t n, es_batch *b, int row, size_t *nv) {
+int es__criteo_row(es_reader *r, const es__line *ln, char *s, size_t n, es_batch *b, int row, size_t *nv) {
     const int has_label = r->p.has_label ? 1 : 0;
     const int ncol = CRITEO_DENSE + CRITEO_CAT + has_label;
     /* bound[c] = offset where column c starts, bound[c+1] - 1 where it ends */
@@ -107,9 +108,9 @@ int es__criteo_row(es_reader *r, char *s, size_t n, es_batch *b, int row, size_t
     if (suspect) {
         const char *why;
         size_t bad = es__text_check(s, n, &why);
-        if (bad < n) return es__row_err(r, "column %zu: %s", bad + 1, why);
+        if (bad < n) return es__row_err(r, ln, "column %zu: %s", bad + 1, why);
     }
-    if (tabs != ncol - 1) return es__row_err(r, "expected %d tab-separated columns, got %d", ncol, tabs + 1);
+    if (tabs != ncol - 1) return es__row_err(r, ln, "expected %d tab-separated columns, got %d", ncol, tabs + 1);
     bound[0] = 0;
     for (int c = 1; c < ncol; c++) bound[c] += 1; /* tab offset -> next column start */
     bound[ncol] = (uint32_t)n + 1;
@@ -119,13 +120,13 @@ int es__criteo_row(es_reader *r, char *s, size_t n, es_batch *b, int row, size_t
     if (has_label) {
         const char *why;
         if (!es__parse_label(r, COL_PTR(0), COL_LEN(0), 0, &label, &why))
-            return col_err(r, 1, "label", why, COL_PTR(0), COL_LEN(0));
+            return col_err(r, ln, 1, "label", why, COL_PTR(0), COL_LEN(0));
     }
     float *dense = b->dense + (size_t)row * CRITEO_DENSE;
     for (int k = 0; k < CRITEO_DENSE; k++) {
         int c = k + has_label;
         if (!es__num_feature(r, COL_PTR(c), COL_LEN(c), &dense[k]))
-            return col_err(r, c + 1, r->dense_names[k], "expected a number", COL_PTR(c), COL_LEN(c));
+            return col_err(r, ln, c + 1, r->dense_names[k], "expected a number", COL_PTR(c), COL_LEN(c));
     }
     size_t v = *nv;
     if (v + CRITEO_CAT > b->val_cap) {

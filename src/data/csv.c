@@ -308,16 +308,16 @@ int es__csv_skip_header(es_reader *r) {
 /* Column-level error; when the line also has the wrong number of columns,
  * that is the message (a shifted line makes later columns look wrong).
  * `rest` is where the current field ended (at a delimiter or end). */
-static int csv_col_err(es_reader *r, int c, char *rest, char *end, const char *what, const char *tok, size_t tlen) {
+static int csv_col_err(es_reader *r, const es__line *ln, int c, char *rest, char *end, const char *what, const char *tok, size_t tlen) {
     if (rest) {
         int more = rest < end ? count_fields(rest + 1, end, r->delim) : 0;
         if (more >= 0 && c + 1 + more != r->n_cols)
-            return es__row_err(r, "expected %d columns, got %d", r->n_cols, c + 1 + more);
+            return es__row_err(r, ln, "expected %d columns, got %d", r->n_cols, c + 1 + more);
     }
     const char *cname = c < r->n_cols ? r->col_names[c] : "extra";
-    if (!tok) return es__row_err(r, "column %d (%s): %s", c + 1, cname, what);
+    if (!tok) return es__row_err(r, ln, "column %d (%s): %s", c + 1, cname, what);
     char tb[200];
-    return es__row_err(r, "column %d (%s): %s, got '%s'%s", c + 1, cname, what, es__tok(tb, sizeof tb, tok, tlen),
+    return es__row_err(r, ln, "column %d (%s): %s, got '%s'%s", c + 1, cname, what, es__tok(tb, sizeof tb, tok, tlen),
                        es__label_hint(what));
 }
 
@@ -345,7 +345,7 @@ static int push_multi(es_reader *r, const char *s, size_t n, es_batch *b, size_t
     return ES_OK;
 }
 
-int es__csv_row(es_reader *r, char *s, size_t n, es_batch *b, int row, size_t *nv) {
+int es__csv_row(es_reader *r, const es__line *ln, char *s, size_t n, es_batch *b, int row, size_t *nv) {
     const size_t F = (size_t)r->n_fields;
     uint32_t *off = b->off + (size_t)row * F;
     float *dense = b->dense + (size_t)row * (size_t)r->n_dense;
@@ -356,7 +356,7 @@ int es__csv_row(es_reader *r, char *s, size_t n, es_batch *b, int row, size_t *n
     for (;; c++) {
         char *fs, *fe;
         int q = next_field(&p, end, d, true, &fs, &fe);
-        if (q) return csv_col_err(r, c, NULL, end, quote_problem(q), NULL, 0);
+        if (q) return csv_col_err(r, ln, c, NULL, end, quote_problem(q), NULL, 0);
         if (c < r->n_cols) {
             const es__col *col = &r->cols[c];
             size_t len = (size_t)(fe - fs);
@@ -364,12 +364,12 @@ int es__csv_row(es_reader *r, char *s, size_t n, es_batch *b, int row, size_t *n
             switch (col->role) {
             case ES__COL_LABEL: {
                 const char *why;
-                if (!es__parse_label(r, fs, len, 0, &label, &why)) return csv_col_err(r, c, p, end, why, fs, len);
+                if (!es__parse_label(r, fs, len, 0, &label, &why)) return csv_col_err(r, ln, c, p, end, why, fs, len);
                 break;
             }
             case ES__COL_NUM:
                 if (!es__num_feature(r, fs, len, &dense[col->slot]))
-                    return csv_col_err(r, c, p, end, "expected a number", fs, len);
+                    return csv_col_err(r, ln, c, p, end, "expected a number", fs, len);
                 break;
             case ES__COL_CAT:
                 rc = es__push_val(b, nv, es_key(fs, len), 1.0f);
@@ -386,7 +386,7 @@ int es__csv_row(es_reader *r, char *s, size_t n, es_batch *b, int row, size_t *n
         if (p == end) break;
         p++;
     }
-    if (c + 1 != r->n_cols) return es__row_err(r, "expected %d columns, got %d", r->n_cols, c + 1);
+    if (c + 1 != r->n_cols) return es__row_err(r, ln, "expected %d columns, got %d", r->n_cols, c + 1);
     b->label[row] = label;
     return ES_OK;
 }

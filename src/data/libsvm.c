@@ -26,25 +26,25 @@ static inline const char *tok_end(const char *p, const char *end) {
 }
 
 /* The label token at the start of a line; p is moved past it. */
-static int parse_line_label(es_reader *r, const char *s, const char **pp, const char *end, float *label) {
+static int parse_line_label(es_reader *r, const es__line *ln, const char *s, const char **pp, const char *end, float *label) {
     const char *p = skip_sp(*pp, end);
     const char *t = p;
     p = tok_end(p, end);
     const char *why;
     if (!es__parse_label(r, t, (size_t)(p - t), 1, label, &why)) {
         char tb[200];
-        return es__row_err(r, "column %zu: %s, got '%s'%s", (size_t)(t - s) + 1, why,
+        return es__row_err(r, ln, "column %zu: %s, got '%s'%s", (size_t)(t - s) + 1, why,
                            es__tok(tb, sizeof tb, t, (size_t)(p - t)), es__label_hint(why));
     }
     *pp = p;
     return ES_OK;
 }
 
-static int parse_value(es_reader *r, const char *s, const char *t, size_t tlen, const char *v, size_t vlen, float *out) {
+static int parse_value(es_reader *r, const es__line *ln, const char *s, const char *t, size_t tlen, const char *v, size_t vlen, float *out) {
     double d;
     if (!es__parse_num(v, vlen, &d) || !isfinite((float)d)) {
         char tb[200];
-        return es__row_err(r, "column %zu: the value of term '%s' is not a finite number", (size_t)(t - s) + 1,
+        return es__row_err(r, ln, "column %zu: the value of term '%s' is not a finite number", (size_t)(t - s) + 1,
                            es__tok(tb, sizeof tb, t, tlen));
     }
     *out = (float)d;
@@ -62,10 +62,10 @@ int es__libsvm_setup(es_reader *r, es_err *err) {
     return ES_OK;
 }
 
-int es__libsvm_row(es_reader *r, char *s, size_t n, es_batch *b, int row, size_t *nv) {
+int es__libsvm_row(es_reader *r, const es__line *ln, char *s, size_t n, es_batch *b, int row, size_t *nv) {
     const char *p = s, *end = s + n;
     float label;
-    int rc = parse_line_label(r, s, &p, end, &label);
+    int rc = parse_line_label(r, ln, s, &p, end, &label);
     if (rc) return rc;
     size_t start = *nv, k = 0;
     for (;;) {
@@ -77,13 +77,13 @@ int es__libsvm_row(es_reader *r, char *s, size_t n, es_batch *b, int row, size_t
         const char *colon = memchr(t, ':', tlen);
         char tb[200];
         if (!colon || colon == t)
-            return es__row_err(r, "column %zu: expected index:value, got '%s'", (size_t)(t - s) + 1, es__tok(tb, sizeof tb, t, tlen));
+            return es__row_err(r, ln, "column %zu: expected index:value, got '%s'", (size_t)(t - s) + 1, es__tok(tb, sizeof tb, t, tlen));
         const char *v = colon + 1;
         if (memchr(v, ':', (size_t)(p - v)))
-            return es__row_err(r, "column %zu: term '%s' has three parts (a libffm file? set the format to libffm)",
+            return es__row_err(r, ln, "column %zu: term '%s' has three parts (a libffm file? set the format to libffm)",
                                (size_t)(t - s) + 1, es__tok(tb, sizeof tb, t, tlen));
         float w = 0.0f;
-        rc = parse_value(r, s, t, tlen, v, (size_t)(p - v), &w);
+        rc = parse_value(r, ln, s, t, tlen, v, (size_t)(p - v), &w);
         if (rc) return rc;
         rc = es__push_val(b, nv, es_key(t, (size_t)(colon - t)), w);
         if (rc) return rc;
@@ -173,11 +173,11 @@ static int grow_terms(es_reader *r, size_t need) {
     return ES_OK;
 }
 
-int es__libffm_row(es_reader *r, char *s, size_t n, es_batch *b, int row, size_t *nv) {
+int es__libffm_row(es_reader *r, const es__line *ln, char *s, size_t n, es_batch *b, int row, size_t *nv) {
     const char *p = s, *end = s + n;
     const uint32_t F = (uint32_t)r->n_fields;
     float label;
-    int rc = parse_line_label(r, s, &p, end, &label);
+    int rc = parse_line_label(r, ln, s, &p, end, &label);
     if (rc) return rc;
     size_t k = 0;
     for (;;) {
@@ -190,23 +190,23 @@ int es__libffm_row(es_reader *r, char *s, size_t n, es_batch *b, int row, size_t
         const char *c1 = memchr(t, ':', tlen);
         const char *c2 = c1 ? memchr(c1 + 1, ':', (size_t)(p - c1 - 1)) : NULL;
         if (!c2)
-            return es__row_err(r, "column %zu: expected field:index:value, got '%s'", (size_t)(t - s) + 1,
+            return es__row_err(r, ln, "column %zu: expected field:index:value, got '%s'", (size_t)(t - s) + 1,
                                es__tok(tb, sizeof tb, t, tlen));
         if (memchr(c2 + 1, ':', (size_t)(p - c2 - 1)))
-            return es__row_err(r, "column %zu: term '%s' has more than three parts", (size_t)(t - s) + 1,
+            return es__row_err(r, ln, "column %zu: term '%s' has more than three parts", (size_t)(t - s) + 1,
                                es__tok(tb, sizeof tb, t, tlen));
         uint32_t f;
         if (!parse_field(t, (size_t)(c1 - t), &f))
-            return es__row_err(r, "column %zu: the field of term '%s' is not a non-negative integer", (size_t)(t - s) + 1,
+            return es__row_err(r, ln, "column %zu: the field of term '%s' is not a non-negative integer", (size_t)(t - s) + 1,
                                es__tok(tb, sizeof tb, t, tlen));
         if (f >= F)
-            return es__row_err(r, "column %zu: field %u of term '%s' is out of range (n_fields = %u)", (size_t)(t - s) + 1,
+            return es__row_err(r, ln, "column %zu: field %u of term '%s' is out of range (n_fields = %u)", (size_t)(t - s) + 1,
                                f, es__tok(tb, sizeof tb, t, tlen), F);
         if (c2 == c1 + 1)
-            return es__row_err(r, "column %zu: term '%s' has an empty index", (size_t)(t - s) + 1,
+            return es__row_err(r, ln, "column %zu: term '%s' has an empty index", (size_t)(t - s) + 1,
                                es__tok(tb, sizeof tb, t, tlen));
         float w = 0.0f;
-        rc = parse_value(r, s, t, tlen, c2 + 1, (size_t)(p - c2 - 1), &w);
+        rc = parse_value(r, ln, s, t, tlen, c2 + 1, (size_t)(p - c2 - 1), &w);
         if (rc) return rc;
         rc = grow_terms(r, k + 1);
         if (rc) return rc;

@@ -42,6 +42,7 @@ struct es__lineio {
     int ungot;
     char *last;
     size_t last_len;
+    size_t block;  /* start of the block last handed out by next_block */
     uint64_t lineno;
     int failed;   /* sticky fatal error code, message in fail_err */
     es_err fail_err;
@@ -355,6 +356,80 @@ int es__lineio_next(es__lineio *l, char **line, size_t *len, es_err *err) {
 void es__lineio_unget(es__lineio *l) {
     ES_ASSERT(l->last != NULL);
     l->ungot = 1;
+}
+
+/* Last '\n' in s[0, n) or NULL.  A plain backward loop (memrchr is a GNU
+ * extension): the last newline is normally within one line of the end. */
+static char *last_newline(char *s, size_t n) {
+    while (n > 0)
+        if (s[--n] == '\n') return s + n;
+    return NULL;
+}
+
+int es__lineio_next_block(es__lineio *l, char **blk, size_t *len, es_err *err) {
+    if (l->failed) {
+        if (err) *err = l->fail_err;
+        return l->failed;
+    }
+    if (l->ungot) {
+        /* The put-back line is still in the buffer just before pos (next()
+         * never moves text it has handed out until the following call). */
+        l->ungot = 0;
+        l->pos = l->scan = (size_t)(l->last - l->buf);
+        l->lineno--;
+    }
+    l->last = NULL;
+    for (;;) {
+        if (l->discard) {
+            char *nl = l->pos < l->end ? memchr(l->buf + l->pos, '\n', l->end - l->pos) : NULL;
+            if (nl) {
+                l->pos = l->scan = (size_t)(nl - l->buf) + 1;
+                l->discard = 0;
+            } else {
+                l->pos = l->end = l->scan = 0;
+                if (l->eof) {
+                    l->discard = 0;
+                    return 0;
+                }
+                int rc = fill(l, err);
+                if (rc) return rc;
+                continue;
+            }
+        }
+        if (l->pos < l->end) {
+            char *nl = last_newline(l->buf + l->pos, l->end - l->pos);
+            if (nl || l->eof) {
+                size_t stop = nl ? (size_t)(nl - l->buf) + 1 : l->end;
+                *blk = l->buf + l->pos;
+                *len = stop - l->pos;
+                l->block = l->pos;
+                l->pos = l->scan = stop;
+                return 1;
+            }
+            if (l->end - l->pos > l->max_line + 1) {
+                l->lineno++;
+                l->discard = 1;
+                return es__err(err, ES_ERANGE, "%s:%llu: line longer than %zu bytes", l->name,
+                               (unsigned long long)l->lineno, l->max_line);
+            }
+        } else if (l->eof) {
+            return 0;
+        }
+        if (l->cap - l->end < READ_CHUNK && l->pos > 0) {
+            memmove(l->buf, l->buf + l->pos, l->end - l->pos);
+            l->end -= l->pos;
+            l->pos = 0;
+        }
+        l->scan = l->pos;
+        int rc = fill(l, err);
+        if (rc) return rc;
+    }
+}
+
+void es__lineio_consumed(es__lineio *l, size_t bytes, uint64_t lines) {
+    ES_ASSERT(l->block + bytes <= l->pos);
+    l->pos = l->scan = l->block + bytes;
+    l->lineno += lines;
 }
 
 int es__lineio_rewind(es__lineio *l, es_err *err) {

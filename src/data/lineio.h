@@ -46,6 +46,18 @@ int es__lineio_next(es__lineio *l, char **line, size_t *len, es_err *err);
 /* Make the next call return the line just returned again (one level; only
  * valid right after next() returned 1 and before the caller modified it). */
 void es__lineio_unget(es__lineio *l);
+/* Block interface, for parsing many lines at once (possibly in parallel):
+ * [*blk, *blk + *len) holds one or more whole lines, each ending with '\n'
+ * except perhaps the last line of the input; CRs are left in place.  The
+ * bytes stay valid (and may be modified in place) until the next call of
+ * any lineio function other than consumed().  Lines inside a block are not
+ * length-checked (the caller compares them with max_line) and not counted:
+ * the caller must then call es__lineio_consumed with the bytes and lines it
+ * used; the rest of the block is handed out again by the next call.
+ * Returns 1, 0 at end of input, ES_ERANGE (an over-long line that did not
+ * fit the buffer was discarded and counted), or a fatal error as next(). */
+int es__lineio_next_block(es__lineio *l, char **blk, size_t *len, es_err *err);
+void es__lineio_consumed(es__lineio *l, size_t bytes, uint64_t lines);
 /* Back to the first byte (gzip: restart the inflater).  Fails with ES_EIO
  * on an input that cannot seek (a pipe). */
 int es__lineio_rewind(es__lineio *l, es_err *err);

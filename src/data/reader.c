@@ -3,11 +3,13 @@
  * batch-filling loop shared by every format, bad-line handling, and the
  * number/label parsing the format parsers share.
  *
- * The loop: take a line from lineio, skip blank lines, reject NUL bytes and
- * invalid UTF-8, hand the line to the format's row parser, and either keep
- * the row or (skip_bad) drop it, count it and keep its message.  Only the
- * batch's value arrays may grow (amortised); nothing else allocates after
- * open.
+ * The loop: take a block of whole lines from lineio, cut it into lines,
+ * skip blank ones, reject NUL bytes and invalid UTF-8, hand each line to the
+ * format's row parser, and either keep the row or (skip_bad) drop it, count
+ * it and keep its message.  Criteo rows (a fixed 26 values each) may be
+ * parsed in parallel over a block, with results identical to the serial
+ * loop.  Only the batch's value arrays and the per-block line table grow
+ * (amortised); nothing else allocates after open.
  */
 #include "data/reader_impl.h"
 
@@ -27,12 +29,14 @@ es_reader_params es_reader_params_default(void) {
     p.n_fields_hint = 0;
     p.skip_bad = 0;
     p.max_line = (size_t)1 << 20;
+    p.threads = 1; /* see embstore.h: the trainer overlaps parsing already */
     return p;
 }
 
 /* ---- helpers shared by the format parsers ------------------------------------ */
-int es__row_err(es_reader *r, const char *fmt, ...) {
-    char tail[sizeof r->err.msg];
+int es__row_err(const es_reader *r, const es__line *ln, const char *fmt, ...) {
+    if (!ln->err) return ES_EPARSE; /* parallel stage: the message comes later */
+    char tail[sizeof ln->err->msg];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(tail, sizeof tail, fmt, ap);
@@ -40,8 +44,8 @@ int es__row_err(es_reader *r, const char *fmt, ...) {
     /* "path:line:column N ...: reason" when a column is named (editors jump
      * to it), "path:line: reason" for whole-line problems. */
     bool col = strncmp(tail, "column ", 7) == 0;
-    return es__err(&r->err, ES_EPARSE, "%s:%llu:%s%s", es__lineio_name(r->io),
-                   (unsigned long long)es__lineio_lineno(r->io), col ? "" : " ", tail);
+    return es__err(ln->err, ES_EPARSE, "%s:%llu:%s%s", es__lineio_name(r->io), (unsigned long long)ln->no, col ? "" : " ",
+                   tail);
 }
 
 const char *es__tok(char *dst, size_t cap, const char *s, size_t n) {
@@ -201,6 +205,8 @@ static int check_params(const es_reader_params *p, const char *name, es_err *err
     if (p->n_fields_hint < 0 || p->n_fields_hint > ES__MAX_FIELDS)
         return es__err(err, ES_EINVAL, "%s: n_fields_hint must be in [0, %d], got %d", name, ES__MAX_FIELDS, p->n_fields_hint);
     if (isnan(p->label_threshold)) return es__err(err, ES_EINVAL, "%s: label_threshold is NaN", name);
+    if (p->threads < 0 || p->threads > 1024)
+        return es__err(err, ES_EINVAL, "%s: threads must be in [0, 1024], got %d", name, p->threads);
     if (p->max_line > ES__LINEIO_MAX_LINE_LIMIT)
         return es__err(err, ES_EINVAL, "%s: max_line must be at most %zu, got %zu", name, ES__LINEIO_MAX_LINE_LIMIT, p->max_line);
     return ES_OK;
@@ -217,6 +223,7 @@ void es_reader_free(es_reader *r) {
     es__free(r->t_key);
     es__free(r->t_wt);
     es__free(r->f_count);
+    es__free(r->pl);
     es__free(r);
 }
 
@@ -233,6 +240,7 @@ static int open_common(es_reader *r, const char *columns, es_err *err) {
     default: rc = es__err(err, ES_EINVAL, "%s: no format", es__lineio_name(r->io));
     }
     if (rc) return rc;
+    ES_ASSERT(r->fixed_vals == 0 || r->fixed_vals == r->n_fields); /* block_parallel relies on it */
     r->err.code = 0;
     r->err.msg[0] = 0;
     for (;;) {
@@ -283,6 +291,10 @@ static int open_any(es_reader **out, const char *name, const void *mem, size_t m
     r->fmt = p.format;
     r->delim = p.delim ? p.delim : (tsv ? '\t' : ',');
     r->msep = p.multi_sep;
+    if (r->fmt == ES_FMT_CSV && r->msep == r->delim) {
+        es_reader_free(r);
+        return es__err(err, ES_EINVAL, "%s: multi_sep and the delimiter are both '%c'", name, p.multi_sep);
+    }
     rc = is_mem ? es__lineio_open_mem(&r->io, mem, mem_n, name, p.max_line, err)
                 : es__lineio_open(&r->io, name, p.max_line, err);
     if (!rc) rc = open_common(r, columns, err);
@@ -328,6 +340,154 @@ static void note_bad(es_reader *r) {
     r->n_report++;
 }
 
+/* One non-blank line (CR already dropped) into row `row`: the checks every
+ * format shares, then the format's row parser. */
+static int parse_line(es_reader *r, const es__line *ln, char *s, size_t n, es_batch *b, int row, size_t *nv) {
+    if (n > r->p.max_line) return es__row_err(r, ln, "line longer than %zu bytes", r->p.max_line);
+    if (ln->no == 1 && n >= 3 && memcmp(s, "\xef\xbb\xbf", 3) == 0) {
+        s += 3; /* UTF-8 byte-order mark */
+        n -= 3;
+    }
+    if (!r->row_checks_text) {
+        const char *why = NULL;
+        size_t bad = es__text_check(s, n, &why);
+        if (bad < n) return es__row_err(r, ln, "column %zu: %s", bad + 1, why);
+    }
+    int rc = r->row(r, ln, s, n, b, row, nv);
+    if (rc == ES_ENOMEM && ln->err)
+        es__err(ln->err, rc, "%s:%llu: out of memory growing the batch", es__lineio_name(r->io), (unsigned long long)ln->no);
+    return rc;
+}
+
+/* Cut the next line off [*p, end): its text (without "\n" or "\r\n") goes
+ * to *s / *n and *p moves past it. */
+static inline void cut_line(char **p, char *end, char **s, size_t *n) {
+    char *nl = memchr(*p, '\n', (size_t)(end - *p));
+    char *le = nl ? nl : end;
+    *s = *p;
+    *n = (size_t)(le - *p);
+    if (*n && le[-1] == '\r') (*n)--;
+    *p = nl ? nl + 1 : end;
+}
+
+/* Parse the lines of one block in order, until the batch is full. */
+static int block_serial(es_reader *r, es_batch *b, char *blk, size_t len, int *prow, size_t *pnv) {
+    const size_t F = (size_t)r->n_fields;
+    const uint64_t base = es__lineio_lineno(r->io);
+    char *p = blk, *end = blk + len;
+    uint64_t seen = 0;
+    int row = *prow, rc = ES_OK;
+    size_t nv = *pnv;
+    while (p < end && row < b->cap) {
+        char *s;
+        size_t n;
+        cut_line(&p, end, &s, &n);
+        seen++;
+        if (n == 0) continue; /* blank lines carry nothing */
+        es__line ln = {base + seen, &r->err};
+        rc = parse_line(r, &ln, s, n, b, row, &nv);
+        if (rc == ES_OK) {
+            row++;
+            continue;
+        }
+        nv = b->off[(size_t)row * F]; /* drop the partial row */
+        if (rc == ES_EPARSE && r->p.skip_bad) {
+            note_bad(r);
+            rc = ES_OK;
+            continue;
+        }
+        break;
+    }
+    es__lineio_consumed(r->io, (size_t)(p - blk), seen);
+    *prow = row;
+    *pnv = nv;
+    return rc;
+}
+
+/* Criteo with several threads: every row has exactly fixed_vals values (one
+ * per field), so row i of the block can be parsed into its final slots
+ * independently.  Lines are parsed in parallel without messages; then, in
+ * line order, good rows are kept (moved down over dropped ones) and each bad
+ * line is parsed once more, serially, to produce its message.  The result
+ * is identical to block_serial for any thread count. */
+static int block_parallel(es_reader *r, es_batch *b, char *blk, size_t len, int nt, int *prow, size_t *pnv) {
+    const size_t V = (size_t)r->fixed_vals, D = (size_t)r->n_dense;
+    const int row = *prow;
+    const size_t nv = *pnv;
+    const int want = b->cap - row;
+    if ((size_t)want > r->pl_cap) {
+        es__pline *pl = es__realloc(r->pl, (size_t)want * sizeof *pl);
+        if (!pl) {
+            es__lineio_consumed(r->io, 0, 0);
+            return es__err(&r->err, ES_ENOMEM, "%s: out of memory for %d line slots", es__lineio_name(r->io), want);
+        }
+        r->pl = pl;
+        r->pl_cap = (size_t)want;
+    }
+    es__pline *pl = r->pl;
+    const uint64_t base = es__lineio_lineno(r->io);
+    char *p = blk, *end = blk + len;
+    uint64_t seen = 0;
+    int k = 0;
+    while (p < end && k < want) {
+        char *s;
+        size_t n;
+        cut_line(&p, end, &s, &n);
+        seen++;
+        if (n == 0) continue;
+        pl[k] = (es__pline){s, n, base + seen, (size_t)(p - blk), seen, 0};
+        k++;
+    }
+    size_t used = (size_t)(p - blk);
+    uint64_t used_lines = seen;
+    if (k > 0 && es_batch_reserve_vals(b, nv + (size_t)k * V) != ES_OK) {
+        es__lineio_consumed(r->io, 0, 0);
+        return es__err(&r->err, ES_ENOMEM, "%s:%llu: out of memory growing the batch", es__lineio_name(r->io),
+                       (unsigned long long)pl[0].no);
+    }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 32) num_threads(nt) if (nt > 1 && k >= 64)
+#endif
+    for (int i = 0; i < k; i++) {
+        es__line ln = {pl[i].no, NULL};
+        size_t v = nv + (size_t)i * V;
+        pl[i].status = parse_line(r, &ln, pl[i].s, pl[i].n, b, row + i, &v);
+    }
+    int kept = 0, rc = ES_OK;
+    for (int i = 0; i < k; i++) {
+        if (pl[i].status == ES_OK) {
+            if (kept != i) {
+                int dst = row + kept, src = row + i;
+                b->label[dst] = b->label[src];
+                memcpy(b->dense + (size_t)dst * D, b->dense + (size_t)src * D, D * sizeof(float));
+                memcpy(b->val + nv + (size_t)kept * V, b->val + nv + (size_t)i * V, V * sizeof(uint64_t));
+                memcpy(b->wt + nv + (size_t)kept * V, b->wt + nv + (size_t)i * V, V * sizeof(float));
+            }
+            kept++;
+            continue;
+        }
+        es__line ln = {pl[i].no, &r->err};
+        size_t v = nv + (size_t)i * V;
+        int again = parse_line(r, &ln, pl[i].s, pl[i].n, b, row + i, &v);
+        ES_ASSERT(again == pl[i].status); /* parsing is deterministic */
+        if (again == ES_EPARSE && r->p.skip_bad) {
+            note_bad(r);
+            continue;
+        }
+        rc = again;
+        used = pl[i].after;
+        used_lines = pl[i].seen;
+        break;
+    }
+    /* one value per field: the offsets of kept row j are consecutive */
+    uint32_t *off = b->off + (size_t)row * V;
+    for (size_t j = 1; j <= (size_t)kept * V; j++) off[j] = (uint32_t)(nv + j);
+    es__lineio_consumed(r->io, used, used_lines);
+    *prow = row + kept;
+    *pnv = nv + (size_t)kept * V;
+    return rc;
+}
+
 int es_reader_next(es_reader *r, es_batch *b) {
     if (!r) return ES_EINVAL;
     if (!b || b->cap <= 0 || !b->off || !b->label || (r->n_dense && !b->dense)) {
@@ -339,42 +499,24 @@ int es_reader_next(es_reader *r, es_batch *b) {
                        es__lineio_name(r->io), b->n_dense, b->n_fields, r->n_dense, r->n_fields);
     }
     if (r->failed) return r->failed;
-    const size_t F = (size_t)r->n_fields;
-    int row = 0;
+    const int nt = r->p.threads > 0 ? r->p.threads : es__threads_get();
+    const bool parallel = r->fixed_vals > 0 && nt > 1;
+    int row = 0, rc = ES_OK;
     size_t nv = 0;
     b->off[0] = 0;
     b->n = 0;
     while (row < b->cap) {
-        int rc;
         if (r->pending) {
-            rc = r->pending;
+            rc = r->pending; /* an over-long line met at open; message in r->err */
             r->pending = 0;
         } else {
-            char *s;
-            size_t n;
-            rc = es__lineio_next(r->io, &s, &n, &r->err);
+            char *blk;
+            size_t len;
+            rc = es__lineio_next_block(r->io, &blk, &len, &r->err);
             if (rc == 0) break;
             if (rc == 1) {
-                if (n == 0) continue; /* blank lines carry nothing */
-                if (n >= 3 && es__lineio_lineno(r->io) == 1 && memcmp(s, "\xef\xbb\xbf", 3) == 0) {
-                    s += 3; /* UTF-8 byte-order mark */
-                    n -= 3;
-                }
-                const char *why = NULL;
-                size_t badat = r->row_checks_text ? n : es__text_check(s, n, &why);
-                if (badat < n) {
-                    rc = es__row_err(r, "column %zu: %s", badat + 1, why);
-                } else {
-                    rc = r->row(r, s, n, b, row, &nv);
-                    if (rc == ES_OK) {
-                        row++;
-                        continue;
-                    }
-                    if (rc == ES_ENOMEM)
-                        es__err(&r->err, rc, "%s:%llu: out of memory growing the batch", es__lineio_name(r->io),
-                                (unsigned long long)es__lineio_lineno(r->io));
-                }
-                nv = b->off[(size_t)row * F]; /* drop the partial row */
+                rc = parallel ? block_parallel(r, b, blk, len, nt, &row, &nv) : block_serial(r, b, blk, len, &row, &nv);
+                if (rc == ES_OK) continue;
             }
         }
         if (rc == ES_ERANGE) rc = ES_EPARSE; /* an over-long line is a bad line like any other */

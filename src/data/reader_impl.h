@@ -27,7 +27,25 @@ typedef struct es__col {
     int slot;  /* dense index (num) or field index (cat, multi) */
 } es__col;
 
-typedef int (*es__row_fn)(es_reader *r, char *s, size_t n, es_batch *b, int row, size_t *nv);
+/* The line being parsed: its number, and where a bad-line message goes
+ * (NULL: nowhere; the parallel Criteo stage parses without messages and
+ * re-parses a bad line afterwards to produce its message in order). */
+typedef struct es__line {
+    uint64_t no;
+    es_err *err;
+} es__line;
+
+typedef int (*es__row_fn)(es_reader *r, const es__line *ln, char *s, size_t n, es_batch *b, int row, size_t *nv);
+
+/* One line of a block, for the parallel path. */
+typedef struct es__pline {
+    char *s;
+    size_t n;
+    uint64_t no;     /* line number */
+    size_t after;    /* block bytes up to and including this line */
+    uint64_t seen;   /* block lines up to and including this line (blank ones too) */
+    int status;
+} es__pline;
 
 struct es_reader {
     es_reader_params p;   /* resolved params; p.columns is not kept */
@@ -36,6 +54,11 @@ struct es_reader {
     es__lineio *io;
     es__row_fn row;
     int row_checks_text;  /* the row parser does the NUL/UTF-8 check itself */
+    int fixed_vals;       /* > 0: every row has exactly this many values and
+                             the row parser is thread safe (Criteo), so
+                             blocks of lines may be parsed in parallel */
+    es__pline *pl;        /* [pl_cap] lines of the current block */
+    size_t pl_cap;
     int n_dense, n_fields;
     char **dense_names, **field_names;
     /* CSV: one entry per column of the file */
@@ -62,8 +85,8 @@ struct es_reader {
     float tlog[ES__TLOG_N]; /* es_transform_num(i) for 0 <= i < ES__TLOG_N */
 };
 
-/* Set r->err to "path:line: <fmt>" and return ES_EPARSE. */
-int es__row_err(es_reader *r, const char *fmt, ...) ES_PRINTF(2, 3);
+/* Set *ln->err (if not NULL) to "path:line: <fmt>" and return ES_EPARSE. */
+int es__row_err(const es_reader *r, const es__line *ln, const char *fmt, ...) ES_PRINTF(3, 4);
 /* Render a token for a message: at most 40 bytes, non-printable bytes as
  * \xNN, "..." when cut.  Returns dst. */
 const char *es__tok(char *dst, size_t cap, const char *s, size_t n);
@@ -134,10 +157,10 @@ int es__csv_skip_header(es_reader *r);
 int es__tab_index(const char *s, size_t n, uint32_t *pos, int max, int *suspect);
 int es__tab_index_ref(const char *s, size_t n, uint32_t *pos, int max, int *suspect);
 
-int es__criteo_row(es_reader *r, char *s, size_t n, es_batch *b, int row, size_t *nv);
-int es__csv_row(es_reader *r, char *s, size_t n, es_batch *b, int row, size_t *nv);
-int es__libsvm_row(es_reader *r, char *s, size_t n, es_batch *b, int row, size_t *nv);
-int es__libffm_row(es_reader *r, char *s, size_t n, es_batch *b, int row, size_t *nv);
+int es__criteo_row(es_reader *r, const es__line *ln, char *s, size_t n, es_batch *b, int row, size_t *nv);
+int es__csv_row(es_reader *r, const es__line *ln, char *s, size_t n, es_batch *b, int row, size_t *nv);
+int es__libsvm_row(es_reader *r, const es__line *ln, char *s, size_t n, es_batch *b, int row, size_t *nv);
+int es__libffm_row(es_reader *r, const es__line *ln, char *s, size_t n, es_batch *b, int row, size_t *nv);
 
 /* Allocate `n` names "<prefix><i + first>" into *out. */
 int es__make_names(char ***out, int n, const char *prefix, int first);

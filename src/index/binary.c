@@ -15,6 +15,7 @@
  */
 #include "index.h"
 
+#include "core/simd.h"
 #include "distance.h"
 
 #include <cblas.h>
@@ -164,7 +165,7 @@ static void bin_search1(const es__ix *ix, const float *q, int k, const es__filte
     size_t d = (size_t)ix->dim, nw = (size_t)b->nw;
     for (size_t j = 0; j < d; j++) buf[j] = q[j] - b->mean[j];
     if (b->A)
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, b->nbits, ix->dim, 1.0f, b->A, ix->dim, buf, 1, 0.0f, z, 1);
+        for (int r = 0; r < b->nbits; r++) z[r] = es__dot(b->A + (size_t)r * d, buf, d); /* no BLAS per query */
     else
         memcpy(z, buf, (size_t)b->nbits * sizeof(float));
     bin_pack(z, b->nbits, b->nw, qc);

@@ -67,22 +67,34 @@ int es__knn_exact(const float *q, size_t nq, const float *x, const float *xnorm,
             knn_direct1(q + qi * (size_t)d, x, nx, d, ip, k, f, dist + qi * (size_t)k, ids + qi * (size_t)k);
         return ES_OK;
     }
-    size_t bq = ES_MIN(nq, (size_t)BLOCK_Q), bx = ES_MIN(nx, (size_t)BLOCK_X);
-    float *ipbuf = es__alloc_aligned(bq * bx * sizeof *ipbuf);
-    int *sizes = es__malloc(bq * sizeof *sizes);
-    if (!ipbuf || !sizes) {
-        es__free_aligned(ipbuf);
-        es__free(sizes);
-        return es__err(err, ES_ENOMEM, "exact search: out of memory for a %zu x %zu block", bq, bx);
+    /* One OpenMP region over query blocks, each thread running its own
+     * single-threaded sgemm: one synchronisation per call instead of one per
+     * block, and no second thread pool (OpenBLAS's) competing for the cores. */
+    size_t bq = ES_MIN((size_t)BLOCK_Q, (nq + (size_t)nt - 1) / (size_t)nt), bx = ES_MIN(nx, (size_t)BLOCK_X);
+    size_t nblk = (nq + bq - 1) / bq;
+    if ((size_t)nt > nblk) nt = (int)nblk;
+    float *ws = es__alloc_aligned((size_t)nt * bq * bx * sizeof *ws);
+    int *sz = es__malloc((size_t)nt * bq * sizeof *sz);
+    if (!ws || !sz) {
+        es__free_aligned(ws);
+        es__free(sz);
+        return es__err(err, ES_ENOMEM, "exact search: out of memory for %d blocks of %zu x %zu", nt, bq, bx);
     }
-    for (size_t q0 = 0; q0 < nq; q0 += bq) {
-        size_t mq = ES_MIN(bq, nq - q0);
+    int prev = es__blas_single_begin();
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+    for (size_t blk = 0; blk < nblk; blk++) {
+        int t = 0;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+#endif
+        float *ipbuf = ws + (size_t)t * bq * bx;
+        int *sizes = sz + (size_t)t * bq;
+        size_t q0 = blk * bq, mq = ES_MIN(bq, nq - q0);
         memset(sizes, 0, mq * sizeof *sizes);
         for (size_t x0 = 0; x0 < nx; x0 += bx) {
             size_t mx = ES_MIN(bx, nx - x0);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)mq, (int)mx, d, 1.0f, q + q0 * (size_t)d, d,
                         x + x0 * (size_t)d, d, 0.0f, ipbuf, (int)mx);
-#pragma omp parallel for schedule(static) num_threads(nt)
             for (size_t qi = 0; qi < mq; qi++) {
                 const float *row = ipbuf + qi * mx;
                 float *hd = dist + (q0 + qi) * (size_t)k;
@@ -100,22 +112,37 @@ int es__knn_exact(const float *q, size_t nq, const float *x, const float *xnorm,
             }
         }
         /* Exact re-scoring of the winners, then sort. */
-#pragma omp parallel for schedule(static) num_threads(nt)
         for (size_t qi = 0; qi < mq; qi++) {
             const float *qq = q + (q0 + qi) * (size_t)d;
             float *hd = dist + (q0 + qi) * (size_t)k;
             int64_t *hi = ids + (q0 + qi) * (size_t)k;
             int size = sizes[qi], m = 0;
-            for (int t = 0; t < size; t++) {
-                int64_t id = hi[t];
+            for (int u = 0; u < size; u++) {
+                int64_t id = hi[u];
                 es__heap_push(hd, hi, &m, size, score1(qq, x + (size_t)id * (size_t)d, d, ip), id);
             }
             es__heap_finish(hd, hi, m, k);
         }
     }
-    es__free_aligned(ipbuf);
-    es__free(sizes);
+    es__blas_single_end(prev);
+    es__free_aligned(ws);
+    es__free(sz);
     return ES_OK;
+}
+
+/* OpenBLAS exports these; weak so other BLAS builds still link. */
+extern int openblas_get_num_threads(void) __attribute__((weak));
+extern void openblas_set_num_threads(int) __attribute__((weak));
+
+int es__blas_single_begin(void) {
+    if (!openblas_get_num_threads || !openblas_set_num_threads) return 0;
+    int prev = openblas_get_num_threads();
+    if (prev != 1) openblas_set_num_threads(1);
+    return prev;
+}
+
+void es__blas_single_end(int prev) {
+    if (prev > 1 && openblas_set_num_threads) openblas_set_num_threads(prev);
 }
 
 /* ---- the flat kind ------------------------------------------------------------- */

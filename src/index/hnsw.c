@@ -486,7 +486,7 @@ static int hnsw_load(es__ix *ix, const es_file *f, const char *pfx, es_err *err)
     hnsw_ix *g = (hnsw_ix *)ix;
     size_t n = ix->n, d = (size_t)ix->dim;
     const void *px, *pl0, *plev, *puo, *pup;
-    uint64_t sx[2] = {n, d}, sl0[2] = {n, (uint64_t)g->M0 + 1}, s1[1] = {n}, sup[1] = {UINT64_MAX};
+    uint64_t sx[2] = {n, d}, sl0[2] = {n, (uint64_t)g->M0 + 1}, s1[1] = {n}, sup[1] = {ES_IX_ANY};
     int rc = es__ix_tensor(f, pfx, "x", ES_DT_F32, 2, sx, &px, err);
     if (!rc) rc = es__ix_tensor(f, pfx, "hnsw.links0", ES_DT_I32, 2, sl0, &pl0, err);
     if (!rc) rc = es__ix_tensor(f, pfx, "hnsw.level", ES_DT_U8, 1, s1, &plev, err);

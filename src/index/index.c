@@ -22,9 +22,8 @@
 #include <limits.h>
 #include <pthread.h>
 
-#define IX_TYPE "embstore.index"
+#define IX_TYPE "index" /* value of the "embstore.type" key, as models use "model" */
 #define IX_FORMAT_VERSION 1
-#define ES_IX_ANY UINT64_MAX
 #define TRANSFORM_CHUNK 16384
 
 struct es_index {
@@ -340,6 +339,7 @@ size_t es_index_size(const es_index *ix) { return ix ? ix->ix->n : 0; }
 int es_index_dim(const es_index *ix) { return ix ? ix->dim : 0; }
 const es_index_params *es_index_params_of(const es_index *ix) { return ix ? &ix->p : NULL; }
 int es_index_n_attrs(const es_index *ix) { return ix ? ix->n_attr : 0; }
+double es_index_build_seconds(const es_index *ix) { return ix ? ix->train_s + ix->add_s : 0.0; }
 
 size_t es_index_bytes(const es_index *ix) {
     if (!ix) return 0;
@@ -858,7 +858,7 @@ int es_index_save(es_index *ix, const char *path) {
     es_fwriter *w = NULL;
     int rc = es_fwriter_open(&w, path, &e);
     if (rc) return fail(ix, &e);
-    rc = es_fwriter_meta(w, "type", IX_TYPE);
+    rc = es_fwriter_meta(w, "embstore.type", IX_TYPE);
     if (rc) es__err(&e, rc, "%s: %s", path, es_fwriter_errmsg(w));
     if (!rc) rc = es__index_write(ix, w, "index.", &e);
     if (rc) {
@@ -955,8 +955,10 @@ int es__index_read(es_index **out, const es_file *f, const char *pfx, es_err *e)
     int n_attr = (int)v[19];
     es_index *ix;
     if ((rc = create(&ix, &p, n, e))) {
-        es__err(e, ES_EFORMAT, "index parameters in the file are invalid: %s", e->msg);
-        return ES_EFORMAT;
+        if (rc == ES_ENOMEM) return rc;
+        char why[sizeof e->msg];
+        snprintf(why, sizeof why, "%s", e->msg);
+        return es__err(e, ES_EFORMAT, "index parameters in the file are invalid: %.400s", why);
     }
     if ((bool)v[20] != ix->keep_full) {
         es_index_free(ix);
@@ -1023,10 +1025,12 @@ int es_index_load(es_index **out, const char *path, es_err *err) {
     es_err e = {0};
     int rc = es_file_open(&f, path, 0, &e);
     if (rc) return es__err(err, rc, "%s", e.msg);
-    const char *type = es_file_meta(f, "type");
+    const char *type = es_file_meta(f, "embstore.type");
     if (!type || strcmp(type, IX_TYPE) != 0) {
+        /* Format before closing: type points into the mapping. */
+        es__err(err, ES_EFORMAT, "%s: not an embstore index (embstore.type is '%.40s')", path, type ? type : "missing");
         es_file_close(f);
-        return es__err(err, ES_EFORMAT, "%s: not an embstore index (type is '%s')", path, type ? type : "missing");
+        return ES_EFORMAT;
     }
     es_index *ix;
     if ((rc = es__index_read(&ix, f, "index.", &e))) {

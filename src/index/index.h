@@ -48,6 +48,7 @@ static inline int es__nthreads(int t) {
 #define ES_IX_MAX_N ((size_t)INT32_MAX) /* vectors per index */
 #define ES_IX_MAX_K (1 << 20)        /* results per query */
 #define ES_IX_MAX_ATTR 64            /* attributes per vector */
+#define ES_IX_ANY UINT64_MAX         /* es__ix_tensor: any extent */
 
 /* ---- owned-or-mapped arrays ----------------------------------------------- */
 typedef struct es__arr {
@@ -298,6 +299,11 @@ int es__index_read(es_index **out, const es_file *f, const char *pfx, es_err *e)
  * Allocates a workspace for the BLAS path (once per call). */
 int es__knn_exact(const float *q, size_t nq, const float *x, const float *xnorm, size_t nx, int d, int ip, int k,
                   const es__filter *f, float *dist, int64_t *ids, int threads, es_err *err);
+/* Make OpenBLAS single-threaded around a region whose own OpenMP threads
+ * each call BLAS (two thread pools on the same cores fight); returns what
+ * to pass to es__blas_single_end, which restores the previous setting. */
+int es__blas_single_begin(void);
+void es__blas_single_end(int prev);
 /* ||x_i||^2 for n rows. */
 void es__row_norms(const float *x, size_t n, int d, float *out);
 

@@ -16,8 +16,9 @@
  * probed list costs one table addition instead of a new distance table.
  *
  * With a filter, probing continues past nprobe lists (in order of centroid
- * distance) until k matching vectors were seen, so a selective filter still
- * gets k results.
+ * distance) until as many matching vectors were scored as an unfiltered
+ * search scores vectors, so a selective filter still gets k results and
+ * about the recall of an unfiltered search.
  */
 #include "index.h"
 
@@ -220,24 +221,26 @@ static size_t ivf_scratch(const es__ix *ix, int k) {
            es__carved(ES_MAX(lutn, d) * sizeof(float));
 }
 
-/* Scan list l into the heap. */
-static void scan_list(const ivf_ix *v, size_t l, float coarse, const float *q, const float *qr, const float *qlut,
+/* Scan list l into the heap; returns how many of its vectors pass the filter. */
+static size_t scan_list(const ivf_ix *v, size_t l, float coarse, const float *q, const float *qr, const float *qlut,
                       float *lbuf, float *qb, float *tmp, const es__filter *f, int k, float *dist, int64_t *ids,
                       int *size) {
     const int64_t *off = v->off.p;
     size_t b = (size_t)off[l], e = (size_t)off[l + 1], d = (size_t)v->h.dim, cs = v->code_size;
-    if (b == e) return;
+    if (b == e) return 0;
+    size_t seen = 0;
     const int32_t *lid = (const int32_t *)v->ids.p;
     const uint8_t *codes = (const uint8_t *)v->codes.p;
     int ip = v->h.ip;
     if (v->codes_kind == ES_INDEX_FLAT) {
         for (size_t i = b; i < e; i++) {
             if (f && !es__filter_ok(f, (size_t)lid[i])) continue;
+            seen++;
             const float *xv = (const float *)(codes + i * cs);
             float s = ip ? -es__dot(q, xv, d) : es__l2sq(q, xv, d);
             es__heap_push(dist, ids, size, k, s, lid[i]);
         }
-        return;
+        return seen;
     }
     if (v->codes_kind == ES_INDEX_SQ8) {
         const float *c = v->cent + l * d;
@@ -246,17 +249,19 @@ static void scan_list(const ivf_ix *v, size_t l, float coarse, const float *q, c
             float qc = -coarse;
             for (size_t i = b; i < e; i++) {
                 if (f && !es__filter_ok(f, (size_t)lid[i])) continue;
+                seen++;
                 float s = -(qc + qr[0] + es__sq8_ip(qb, codes + i * cs, d));
                 es__heap_push(dist, ids, size, k, s, lid[i]);
             }
-            return;
+            return seen;
         }
         for (size_t j = 0; j < d; j++) lbuf[j] = q[j] - c[j] - v->sq.bias[j];
         for (size_t i = b; i < e; i++) {
             if (f && !es__filter_ok(f, (size_t)lid[i])) continue;
+            seen++;
             es__heap_push(dist, ids, size, k, es__sq8_l2(lbuf, v->sq.scale, codes + i * cs, d), lid[i]);
         }
-        return;
+        return seen;
     }
     /* PQ on residuals. */
     size_t M = (size_t)v->pq.M, ks = (size_t)v->pq.ksub;
@@ -281,11 +286,13 @@ static void scan_list(const ivf_ix *v, size_t l, float coarse, const float *q, c
         size_t c = ES_MIN((size_t)SCAN_CHUNK, e - i0);
         es__pq_scan(lut, codes + i0 * cs, c, (int)M, (int)ks, bias, tmp);
         for (size_t i = 0; i < c; i++) {
-            if (*size == k && tmp[i] > dist[0]) continue;
             if (f && !es__filter_ok(f, (size_t)lid[i0 + i])) continue;
+            seen++;
+            if (*size == k && tmp[i] > dist[0]) continue;
             es__heap_push(dist, ids, size, k, tmp[i], lid[i0 + i]);
         }
     }
+    return seen;
 }
 
 static void ivf_search1(const es__ix *ix, const float *q, int k, const es__filter *f, es__scratch *sc, float *dist,
@@ -327,9 +334,16 @@ static void ivf_search1(const es__ix *ix, const float *q, int k, const es__filte
         es__sq8_prep(&v->sq, q, 1, qb, &cst);
         qr[0] = cst;
     }
+    /* With a filter, keep probing until as many matching vectors were scored
+     * as an unfiltered search scores vectors (nprobe average lists), or all
+     * matches were seen: the k nearest matches lie about 1/selectivity times
+     * deeper than the k nearest vectors, and filter checks cost far less
+     * than distances. */
+    size_t target = 0, seen = 0;
+    if (f) target = ES_MIN(f->n_match, (size_t)((double)nprobe * (double)ix->n / (double)v->nlist + 0.5));
     for (int t = 0; t < want; t++) {
-        if (t >= nprobe && (!f || size >= k)) break;
-        scan_list(v, (size_t)ci[t], cd[t], q, qr, qlut, lbuf, qb, tmp, f, k, dist, ids, &size);
+        if (t >= nprobe && (!f || (seen >= target && size >= k) || seen >= f->n_match)) break;
+        seen += scan_list(v, (size_t)ci[t], cd[t], q, qr, qlut, lbuf, qb, tmp, f, k, dist, ids, &size);
     }
     es__heap_finish(dist, ids, size, k);
 }

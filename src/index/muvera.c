@@ -20,7 +20,10 @@
  * A single-vector es_index (inner product) over the document FDEs returns
  * `candidates` documents, re-ranked here by exact Chamfer similarity.
  *
- * Token vectors are kept (normalised when `normalize` is set) for the
+ * With `center`, the mean document vector (of the first add) is subtracted
+ * from every vector first: SimHash hyperplanes pass through the origin, so
+ * data confined to one orthant (SIFT) would otherwise fall into few buckets.
+ * Token vectors are kept (centred / normalised as configured) for the
  * re-ranking; the file stores them with the random matrices and the inner
  * index under the prefix "mv.".
  */
@@ -30,7 +33,7 @@
 
 #include <limits.h>
 
-#define MV_TYPE "embstore.multi"
+#define MV_TYPE "multi" /* value of "embstore.type" */
 #define MV_MAX_FDE (1 << 24)
 
 struct es_multi {
@@ -41,7 +44,8 @@ struct es_multi {
     int32_t *cs_idx;   /* [fde_dim] or NULL */
     float *cs_sign;    /* [fde_dim] */
     es_index *inner;
-    es__arr docs;      /* float [total][dim] */
+    float *mean;       /* [dim] when center: subtracted from every vector */
+    es__arr docs;      /* float [total][dim], centred and normalised as configured */
     es__arr doff;      /* int64 [n_docs + 1] */
     size_t n_docs;
     es_file *file;
@@ -156,6 +160,7 @@ void es_multi_free(es_multi *m) {
     es__free(m->proj);
     es__free(m->cs_idx);
     es__free(m->cs_sign);
+    es__free(m->mean);
     es_index_free(m->inner);
     es__arr_free(&m->docs);
     es__arr_free(&m->doff);
@@ -171,7 +176,27 @@ size_t es_multi_bytes(const es_multi *m) {
     b += (size_t)m->p.reps * m->p.k_sim * m->dim * sizeof(float);
     if (m->proj) b += (size_t)m->p.reps * m->dproj * m->dim * sizeof(float);
     if (m->cs_idx) b += (size_t)m->fde_dim * (sizeof(int32_t) + sizeof(float));
+    if (m->mean) b += (size_t)m->dim * sizeof(float);
     return b;
+}
+
+/* The vectors as compared: centred (center) and scaled to unit length
+ * (normalize).  out may not alias x. */
+static void prep_rows(const es_multi *m, const float *x, size_t n, float *out) {
+    size_t d = (size_t)m->dim;
+    memcpy(out, x, n * d * sizeof(float));
+    for (size_t i = 0; i < n; i++) {
+        float *r = out + i * d;
+        if (m->mean)
+            for (size_t j = 0; j < d; j++) r[j] -= m->mean[j];
+        if (m->p.normalize) {
+            float s = es__dot(r, r, d);
+            if (s > 0) {
+                float inv = 1.0f / sqrtf(s);
+                for (size_t j = 0; j < d; j++) r[j] *= inv;
+            }
+        }
+    }
 }
 
 /* Work memory to encode a set of up to nmax vectors. */
@@ -210,16 +235,7 @@ static int enc_work_alloc(const es_multi *m, size_t nmax, enc_work *w) {
 /* FDE of n vectors x[n][dim] into out[out_dim]. */
 static void encode(const es_multi *m, int is_query, size_t n, const float *x, enc_work *w, float *out) {
     size_t d = (size_t)m->dim, dp = (size_t)m->dproj, nb = (size_t)m->nb;
-    for (size_t i = 0; i < n; i++) {
-        memcpy(w->xn + i * d, x + i * d, d * sizeof(float));
-        if (m->p.normalize) {
-            float s = es__dot(w->xn + i * d, w->xn + i * d, d);
-            if (s > 0) {
-                float inv = 1.0f / sqrtf(s);
-                for (size_t j = 0; j < d; j++) w->xn[i * d + j] *= inv;
-            }
-        }
-    }
+    prep_rows(m, x, n, w->xn);
     float *fde = m->p.d_final ? w->fde : out;
     memset(fde, 0, (size_t)m->fde_dim * sizeof(float));
     for (int r = 0; r < m->p.reps; r++) {
@@ -305,6 +321,21 @@ int es_multi_add(es_multi *m, size_t n_sets, const size_t *off, const float *x) 
     if (!fdes || !w) rc = mfail(m, ES_ENOMEM, "multi: out of memory encoding %zu documents", n_sets);
     for (int t = 0; t < nt && !rc; t++)
         if (enc_work_alloc(m, nmax, &w[t])) rc = mfail(m, ES_ENOMEM, "multi: out of memory");
+    if (!rc && m->p.center && !m->mean) {
+        /* The mean of the first documents added, fixed from then on. */
+        double *mu = es__calloc(d, sizeof *mu);
+        m->mean = es__malloc(d * sizeof(float));
+        if (!mu || !m->mean) {
+            es__free(m->mean);
+            m->mean = NULL;
+            rc = mfail(m, ES_ENOMEM, "multi: out of memory");
+        } else {
+            for (size_t i = 0; i < tot; i++)
+                for (size_t j = 0; j < d; j++) mu[j] += x[i * d + j];
+            for (size_t j = 0; j < d; j++) m->mean[j] = (float)(mu[j] / (double)tot);
+        }
+        es__free(mu);
+    }
     if (!rc && (es__arr_reserve(&m->docs, (old + tot) * d * sizeof(float)) ||
                 es__arr_reserve(&m->doff, (m->n_docs + n_sets + 1) * sizeof(int64_t))))
         rc = mfail(m, ES_ENOMEM, "multi: out of memory keeping %zu vectors", tot);
@@ -321,20 +352,16 @@ int es_multi_add(es_multi *m, size_t n_sets, const size_t *off, const float *x) 
         if (rc) mfail(m, rc, "multi: FDE index: %s", es_index_errmsg(m->inner));
     }
     if (!rc) {
-        float *dv = (float *)m->docs.p + old * d;
-        for (size_t i = 0; i < tot; i++) {
-            memcpy(dv + i * d, x + i * d, d * sizeof(float));
-            if (m->p.normalize) {
-                float s2 = es__dot(dv + i * d, dv + i * d, d);
-                if (s2 > 0)
-                    for (size_t j = 0; j < d; j++) dv[i * d + j] /= sqrtf(s2);
-            }
-        }
+        prep_rows(m, x, tot, (float *)m->docs.p + old * d);
         int64_t *doff = m->doff.p;
         for (size_t s = 0; s < n_sets; s++) doff[m->n_docs + s + 1] = (int64_t)(old + off[s + 1]);
         m->n_docs += n_sets;
         m->docs.bytes = (old + tot) * d * sizeof(float);
         m->doff.bytes = (m->n_docs + 1) * sizeof(int64_t);
+    }
+    if (rc && m->n_docs == 0) {
+        es__free(m->mean); /* a failed first add learns nothing */
+        m->mean = NULL;
     }
     for (int t = 0; w && t < nt; t++) enc_work_free(&w[t]);
     es__free(w);
@@ -359,17 +386,6 @@ static float chamfer(const es_multi *m, const float *q, size_t nq, size_t doc) {
     return total;
 }
 
-static void normalize_rows(const es_multi *m, const float *x, size_t n, float *out) {
-    size_t d = (size_t)m->dim;
-    memcpy(out, x, n * d * sizeof(float));
-    if (!m->p.normalize) return;
-    for (size_t i = 0; i < n; i++) {
-        float s = es__dot(out + i * d, out + i * d, d);
-        if (s > 0)
-            for (size_t j = 0; j < d; j++) out[i * d + j] /= sqrtf(s);
-    }
-}
-
 static int search_common(es_multi *m, size_t nq, const size_t *qoff, const float *q, int k, int64_t *ids,
                          float *score, size_t *n_scored, bool exact) {
     if (!m) return ES_EINVAL;
@@ -392,7 +408,7 @@ static int search_common(es_multi *m, size_t nq, const size_t *qoff, const float
     if (!qn || (!exact && (!qf || !cd || !ci || !w))) rc = mfail(m, ES_ENOMEM, "multi: out of memory searching");
     for (int t = 0; !exact && t < nt && !rc; t++)
         if (enc_work_alloc(m, nmax, &w[t])) rc = mfail(m, ES_ENOMEM, "multi: out of memory");
-    if (!rc) normalize_rows(m, q, qoff[nq], qn);
+    if (!rc) prep_rows(m, q, qoff[nq], qn);
     if (!rc && !exact) {
 #pragma omp parallel for schedule(dynamic, 4) num_threads(nt)
         for (size_t s = 0; s < nq; s++) {
@@ -466,7 +482,7 @@ int es_multi_save(es_multi *m, const char *path) {
     es_fwriter *w = NULL;
     int rc = es_fwriter_open(&w, path, &e);
     if (rc) return mfail(m, rc, "%s", e.msg);
-    rc = es_fwriter_meta(w, "type", MV_TYPE);
+    rc = es_fwriter_meta(w, "embstore.type", MV_TYPE);
     if (rc) es__err(&e, rc, "%s", es_fwriter_errmsg(w));
     const char *pfx = "mv.";
     struct {
@@ -480,6 +496,7 @@ int es_multi_save(es_multi *m, const char *path) {
                 {"fill_empty", m->p.fill_empty},
                 {"candidates", m->p.candidates},
                 {"normalize", m->p.normalize},
+                {"center", m->mean != NULL},
                 {"seed", (long long)(m->p.seed & INT64_MAX)},
                 {"n_docs", (long long)m->n_docs}};
     for (size_t i = 0; i < ES_ARRAY_LEN(nums) && !rc; i++) rc = es__ix_meta_put(w, pfx, nums[i].k, nums[i].v, &e);
@@ -490,6 +507,7 @@ int es_multi_save(es_multi *m, const char *path) {
         rc = es__ix_put(w, pfx, "proj", ES_DT_F32, m->proj, 2, (uint64_t)m->p.reps * m->dproj, (uint64_t)m->dim, &e);
     if (!rc && m->cs_idx) rc = es__ix_put(w, pfx, "cs_idx", ES_DT_I32, m->cs_idx, 1, (uint64_t)m->fde_dim, 0, &e);
     if (!rc && m->cs_idx) rc = es__ix_put(w, pfx, "cs_sign", ES_DT_F32, m->cs_sign, 1, (uint64_t)m->fde_dim, 0, &e);
+    if (!rc && m->mean) rc = es__ix_put(w, pfx, "mean", ES_DT_F32, m->mean, 1, (uint64_t)m->dim, 0, &e);
     if (!rc) rc = es__ix_put(w, pfx, "docs", ES_DT_F32, m->docs.p, 2, total, (uint64_t)m->dim, &e);
     if (!rc) rc = es__ix_put(w, pfx, "doff", ES_DT_I64, m->doff.p, 1, m->n_docs + 1, 0, &e);
     if (!rc) rc = es__index_write(m->inner, w, "mv.index.", &e);
@@ -503,14 +521,14 @@ int es_multi_save(es_multi *m, const char *path) {
 
 static int mv_read(es_multi **out, const es_file *f, es_err *e) {
     const char *pfx = "mv.";
-    long long v[10];
+    long long v[11];
     static const struct {
         const char *k;
         long long lo, hi;
     } spec[] = {{"dim", 1, ES_IX_MAX_DIM}, {"k_sim", 0, 10},          {"reps", 1, 1000},
                 {"d_proj", 1, ES_IX_MAX_DIM}, {"d_final", 0, MV_MAX_FDE}, {"fill_empty", 0, 1},
                 {"candidates", 1, INT32_MAX}, {"normalize", 0, 1},     {"seed", 0, LLONG_MAX},
-                {"n_docs", 0, (long long)ES_IX_MAX_N}};
+                {"n_docs", 0, (long long)ES_IX_MAX_N}, {"center", 0, 1}};
     int rc;
     for (size_t i = 0; i < ES_ARRAY_LEN(spec); i++)
         if ((rc = es__ix_meta_long(f, pfx, spec[i].k, spec[i].lo, spec[i].hi, &v[i], e))) return rc;
@@ -525,8 +543,14 @@ static int mv_read(es_multi **out, const es_file *f, es_err *e) {
     p.normalize = (int)v[7];
     p.seed = (uint64_t)v[8];
     size_t n_docs = (size_t)v[9];
+    p.center = (int)v[10];
     es_multi *m;
-    if ((rc = alloc_multi(&m, &p, e))) return rc == ES_ENOMEM ? rc : es__err(e, ES_EFORMAT, "multi: %s", e->msg);
+    if ((rc = alloc_multi(&m, &p, e))) {
+        if (rc == ES_ENOMEM) return rc;
+        char why[sizeof e->msg];
+        snprintf(why, sizeof why, "%s", e->msg);
+        return es__err(e, ES_EFORMAT, "multi: %.400s", why);
+    }
     size_t d = (size_t)m->dim;
     const void *pp;
     uint64_t sg[2] = {(uint64_t)p.reps * p.k_sim, d};
@@ -551,6 +575,21 @@ static int mv_read(es_multi **out, const es_file *f, es_err *e) {
         if ((rc = es__ix_tensor(f, pfx, "cs_sign", ES_DT_F32, 1, s1, &pp, e))) goto bad;
         if ((rc = es__check_finite(pp, 1, m->fde_dim, "sketch signs", e))) goto bad;
         memcpy(m->cs_sign, pp, (size_t)m->fde_dim * sizeof(float));
+    }
+    if (p.center) {
+        uint64_t s1[1] = {d};
+        if ((rc = es__ix_tensor(f, pfx, "mean", ES_DT_F32, 1, s1, &pp, e))) goto bad;
+        if (!pp) {
+            rc = es__err(e, ES_EFORMAT, "multi: the centring mean is missing");
+            goto bad;
+        }
+        if ((rc = es__check_finite(pp, 1, m->dim, "centring mean", e))) goto bad;
+        m->mean = es__malloc(d * sizeof(float));
+        if (!m->mean) {
+            rc = es__err(e, ES_ENOMEM, "multi: out of memory");
+            goto bad;
+        }
+        memcpy(m->mean, pp, d * sizeof(float));
     }
     uint64_t so[1] = {n_docs + 1};
     const void *po;
@@ -592,13 +631,14 @@ int es_multi_load(es_multi **out, const char *path, es_err *err) {
     es_err e = {0};
     int rc = es_file_open(&f, path, 0, &e);
     if (rc) return es__err(err, rc, "%s", e.msg);
-    const char *type = es_file_meta(f, "type");
+    const char *type = es_file_meta(f, "embstore.type");
     if (!type || strcmp(type, MV_TYPE) != 0) {
+        es__err(err, ES_EFORMAT, "%s: not an embstore multi-vector index (embstore.type is '%.40s')", path,
+                type ? type : "missing");
         es_file_close(f);
-        return es__err(err, ES_EFORMAT, "%s: not an embstore multi-vector index (type is '%s')", path,
-                       type ? type : "missing");
+        return ES_EFORMAT;
     }
-    es_multi *m;
+    es_multi *m = NULL;
     if ((rc = mv_read(&m, f, &e))) {
         es_file_close(f);
         return es__err(err, rc, "%s: %s", path, e.msg);

@@ -18,6 +18,7 @@
  */
 #include "index.h"
 
+#include "core/simd.h"
 #include "distance.h"
 
 #include <cblas.h>
@@ -54,7 +55,8 @@ void es__pq_rotate1(const es__pq *pq, const float *x, float *out) {
         memcpy(out, x, (size_t)pq->d * sizeof *out);
         return;
     }
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, pq->d, pq->d, 1.0f, pq->R, pq->d, x, 1, 0.0f, out, 1);
+    /* Plain dot products: BLAS calls per query would wake its thread pool. */
+    for (int r = 0; r < pq->d; r++) out[r] = es__dot(pq->R + (size_t)r * pq->d, x, (size_t)pq->d);
 }
 
 /* Train the sub-space codebooks on already rotated vectors y[n][d]. */

@@ -248,8 +248,6 @@ static int parse_text(es_vecs *out, const unsigned char *buf, size_t len, const 
     }
     if (!out->x) return es__err(err, ES_ENOMEM, "%s: out of memory for %zu x %zu values", name, ub, dim);
     size_t n = 0;
-    /* Label offsets are kept until the blob is complete (it is not moved, but
-     * pointers are set at the end for clarity). */
     for (;;) {
         if (!blank_or_comment(&l)) {
             if (n == ub) break;
@@ -259,7 +257,7 @@ static int parse_text(es_vecs *out, const unsigned char *buf, size_t len, const 
                 nt = next_tok(&pp, l.e, &t);
                 memcpy(blob + blob_n, t, nt);
                 blob[blob_n + nt] = 0;
-                out->labels[n] = (char *)(uintptr_t)blob_n; /* offset, fixed below */
+                out->labels[n] = blob + blob_n; /* the blob never moves */
                 blob_n += nt + 1;
             }
             float *xr = out->x + n * dim;
@@ -284,8 +282,6 @@ static int parse_text(es_vecs *out, const unsigned char *buf, size_t len, const 
         if (!next_line(&cur, end, &l)) break;
         lineno++;
     }
-    if (labelled)
-        for (size_t i = 0; i < n; i++) out->labels[i] = blob + (uintptr_t)out->labels[i];
     out->n = n;
     out->dim = (int)dim;
     return ES_OK;

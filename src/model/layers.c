@@ -6,10 +6,14 @@
  * sees one large product per layer instead of n small ones.  The passes
  * around them (bias + ReLU, cross-layer products, ReLU masks) are single
  * contiguous loops marked `omp simd` so that they vectorise at -O2 without
- * -ffast-math; none of them reorders a reduction.  Per-row loops that write
- * disjoint rows (interaction, FM) are spread over OpenMP threads; loops
- * that reduce over the batch stay serial so results never depend on the
- * thread count.
+ * -ffast-math; none of them reorders a reduction.  The per-row kernels of
+ * the DLRM interaction and the FM term are laid out for 16-lane vector
+ * arithmetic and compiled for several instruction sets (see ES__CLONES);
+ * the interaction kernels have scalar `_ref` twins computing the same sums
+ * in the same order, and the FM term is tested against the naive pair sum.
+ * Per-row loops that write disjoint rows are spread over OpenMP threads;
+ * loops that reduce over the batch stay serial, so results never depend on
+ * the thread count.
  */
 #include "model/layers.h"
 
@@ -18,6 +22,13 @@
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
+
+/* The vector kernels and their references must round identically: no
+ * fused multiply-add contraction (GCC already keeps it off in ISO C mode;
+ * Clang contracts by default). */
+#ifdef __clang__
+#pragma STDC FP_CONTRACT OFF
+#endif
 
 /* Spread per-row loops over threads only when there is enough work to pay
  * for waking the team (about a few microseconds of work per thread). */
@@ -36,7 +47,7 @@ void es__linear_forward(float *out, const float *in, const float *W, const float
     if (b && relu) {
         for (int r = 0; r < n; r++) {
             float *o = out + (size_t)r * nout;
-#pragma omp simd
+ES__OMP(omp simd)
             for (int j = 0; j < nout; j++) {
                 float v = o[j] + b[j];
                 o[j] = v > 0.0f ? v : 0.0f;
@@ -45,7 +56,7 @@ void es__linear_forward(float *out, const float *in, const float *W, const float
     } else if (b) {
         for (int r = 0; r < n; r++) {
             float *o = out + (size_t)r * nout;
-#pragma omp simd
+ES__OMP(omp simd)
             for (int j = 0; j < nout; j++) o[j] += b[j];
         }
     } else if (relu) {
@@ -64,7 +75,7 @@ void es__linear_backward(float *din, float *dW, float *db, const float *dout, co
         /* Column sums in row order: a fixed summation order for every run. */
         for (int r = 0; r < n; r++) {
             const float *g = dout + (size_t)r * nout;
-#pragma omp simd
+ES__OMP(omp simd)
             for (int j = 0; j < nout; j++) db[j] += g[j];
         }
     }
@@ -73,12 +84,12 @@ void es__linear_backward(float *din, float *dW, float *db, const float *dout, co
 /* ---- ReLU ----------------------------------------------------------------------- */
 
 void es__relu_forward(float *x, size_t len) {
-#pragma omp simd
+ES__OMP(omp simd)
     for (size_t i = 0; i < len; i++) x[i] = x[i] > 0.0f ? x[i] : 0.0f;
 }
 
 void es__relu_backward(float *dx, const float *y, size_t len) {
-#pragma omp simd
+ES__OMP(omp simd)
     for (size_t i = 0; i < len; i++) dx[i] = y[i] > 0.0f ? dx[i] : 0.0f;
 }
 
@@ -148,6 +159,28 @@ static inline int pair_index(int i, int j, int T) { return i * T - i * (i + 1) /
 #define ES__DB 64 /* d-chunk of the forward (bounds the transposed block on the stack) */
 typedef float es__v16 __attribute__((vector_size(64)));
 
+/* Load / store the first dk <= 16 lanes of a vector; the other lanes load
+ * as 0.  The full-width case is a fixed-size copy (one vector move); only
+ * column tails take the variable-length path. */
+static inline void v16_load(es__v16 *v, const float *src, int dk) {
+    if (dk == ES__JB) {
+        memcpy(v, src, sizeof *v);
+    } else {
+        float pad[ES__JB] = {0};
+        for (int d = 0; d < dk; d++) pad[d] = src[d];
+        memcpy(v, pad, sizeof *v);
+    }
+}
+static inline void v16_store(float *dst, const es__v16 *v, int dk) {
+    if (dk == ES__JB) {
+        memcpy(dst, v, sizeof *v);
+    } else {
+        float part[ES__JB];
+        memcpy(part, v, sizeof part);
+        for (int d = 0; d < dk; d++) dst[d] = part[d];
+    }
+}
+
 /* Forward of one row: o[P] = <x_i, x_j> for i < j.  A block of up to 16
  * vectors x_j is transposed into xt[d] (lane jj = x_{jb+jj}[d]), so that for
  * each x_i the dots with the whole block accumulate as acc += x_i[d] * xt[d]:
@@ -155,27 +188,33 @@ typedef float es__v16 __attribute__((vector_size(64)));
  * per pair.  Four x_i go together: four independent accumulator chains
  * hide the add latency and share each load of xt[d]. */
 ES__CLONES static void gram_row(float *restrict o, const float *z, const float *e, int T, int k) {
+    static const float zeros[ES__DB]; /* stands in for missing vectors of the last block */
     es__v16 xt[ES__DB];
     for (int jb = 1; jb < T; jb += ES__JB) {
         int nb = ES_MIN(ES__JB, T - jb), imax = jb + nb - 1; /* pairs need i < j <= jb+nb-1 */
         for (int d0 = 0; d0 < k; d0 += ES__DB) {
             int dk = ES_MIN(ES__DB, k - d0);
-            for (int jj = 0; jj < ES__JB; jj++) {
-                const float *xj = jj < nb ? ivec(z, e, jb + jj, k) + d0 : NULL;
-                for (int d = 0; d < dk; d++) xt[d][jj] = xj ? xj[d] : 0.0f;
-            }
+            /* Row by row of xt (d outer): each xt[d] is written by 16
+             * consecutive stores long before the loop below loads it as one
+             * vector, so the load does not stall on store forwarding. */
+            const float *xs[ES__JB];
+            for (int jj = 0; jj < ES__JB; jj++) xs[jj] = jj < nb ? ivec(z, e, jb + jj, k) + d0 : zeros;
+            for (int d = 0; d < dk; d++)
+                for (int jj = 0; jj < ES__JB; jj++) xt[d][jj] = xs[jj][d];
             for (int i = 0; i < imax; i += 4) {
                 int ni = ES_MIN(4, imax - i);
-                float part[4][ES__JB];
                 const float *x[4];
-                for (int q = 0; q < 4; q++) {
-                    x[q] = ivec(z, e, i + (q < ni ? q : 0), k) + d0;
-                    for (int jj = 0; jj < ES__JB; jj++) part[q][jj] = 0.0f;
-                }
-                for (int q = 0; q < ni && d0 > 0; q++) { /* resume the sums of earlier columns */
-                    int j0 = ES_MAX(jb, i + q + 1), off = j0 - jb;
-                    const float *src = o + pair_index(i + q, j0, T);
-                    for (int jj = 0; jj < jb + nb - j0; jj++) part[q][off + jj] = src[jj];
+                for (int q = 0; q < 4; q++) x[q] = ivec(z, e, i + (q < ni ? q : 0), k) + d0;
+                float part[4][ES__JB];
+                if (d0 > 0) { /* resume the sums of earlier columns */
+                    for (int q = 0; q < 4; q++) {
+                        int j0 = ES_MAX(jb, i + q + 1), off = j0 - jb;
+                        const float *src = o + (q < ni ? pair_index(i + q, j0, T) : 0);
+                        for (int jj = 0; jj < ES__JB; jj++)
+                            part[q][jj] = (q < ni && jj >= off && jj < nb) ? src[jj - off] : 0.0f;
+                    }
+                } else {
+                    memset(part, 0, sizeof part);
                 }
                 es__v16 a0, a1, a2, a3;
                 memcpy(&a0, part[0], sizeof a0);
@@ -195,7 +234,8 @@ ES__CLONES static void gram_row(float *restrict o, const float *z, const float *
                 memcpy(part[3], &a3, sizeof a3);
                 for (int q = 0; q < ni; q++) { /* only lanes j > i are pairs; they are contiguous in o */
                     int j0 = ES_MAX(jb, i + q + 1), off = j0 - jb;
-                    memcpy(o + pair_index(i + q, j0, T), part[q] + off, (size_t)(jb + nb - j0) * sizeof(float));
+                    float *dst = o + pair_index(i + q, j0, T);
+                    for (int jj = 0; jj < nb - off; jj++) dst[jj] = part[q][off + jj];
                 }
             }
         }
@@ -204,7 +244,7 @@ ES__CLONES static void gram_row(float *restrict o, const float *z, const float *
 
 void es__interact_forward(float *out, const float *z0, const float *emb, int n, int F, int k) {
     int has = z0 != NULL, T = F + has, W = es__interact_width(has, F, k);
-#pragma omp parallel for schedule(static) if (n >= ES__PAR_ROWS)
+ES__OMP(omp parallel for schedule(static) if (n >= ES__PAR_ROWS))
     for (int r = 0; r < n; r++) {
         float *o = out + (size_t)r * W;
         const float *e = emb + (size_t)r * F * k;
@@ -252,34 +292,20 @@ ES__CLONES static void gram_row_backward(float *dz, float *de, const float *gz, 
         int ni = ES_MIN(4, T - i);
         for (int d0 = 0; d0 < k; d0 += ES__JB) {
             int dk = ES_MIN(ES__JB, k - d0);
-            float part[4][ES__JB];
-            for (int q = 0; q < 4; q++)
-                for (int d = 0; d < ES__JB; d++) part[q][d] = (gz && i + q == 0 && d < dk) ? gz[d0 + d] : 0.0f;
-            es__v16 a0, a1, a2, a3, t;
-            memcpy(&a0, part[0], sizeof a0);
-            memcpy(&a1, part[1], sizeof a1);
-            memcpy(&a2, part[2], sizeof a2);
-            memcpy(&a3, part[3], sizeof a3);
+            es__v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, t;
+            if (gz && i == 0) v16_load(&a0, gz + d0, dk);
             for (int j = 0; j < T; j++) {
                 const float *s = sm + (size_t)j * ldS + i; /* g_{i+q, j} = S[j][i+q] */
-                const float *xj = ivec(z, e, j, k) + d0;
-                if (dk == ES__JB) {
-                    memcpy(&t, xj, sizeof t);
-                } else {
-                    float pad[ES__JB] = {0};
-                    memcpy(pad, xj, (size_t)dk * sizeof(float));
-                    memcpy(&t, pad, sizeof t);
-                }
+                v16_load(&t, ivec(z, e, j, k) + d0, dk);
                 a0 += s[0] * t;
                 a1 += s[1] * t;
                 a2 += s[2] * t;
                 a3 += s[3] * t;
             }
-            memcpy(part[0], &a0, sizeof a0);
-            memcpy(part[1], &a1, sizeof a1);
-            memcpy(part[2], &a2, sizeof a2);
-            memcpy(part[3], &a3, sizeof a3);
-            for (int q = 0; q < ni; q++) memcpy(ivec_mut(dz, de, i + q, k) + d0, part[q], (size_t)dk * sizeof(float));
+            v16_store(ivec_mut(dz, de, i, k) + d0, &a0, dk);
+            if (ni > 1) v16_store(ivec_mut(dz, de, i + 1, k) + d0, &a1, dk);
+            if (ni > 2) v16_store(ivec_mut(dz, de, i + 2, k) + d0, &a2, dk);
+            if (ni > 3) v16_store(ivec_mut(dz, de, i + 3, k) + d0, &a3, dk);
         }
     }
 }
@@ -306,7 +332,7 @@ static void interact_row_backward_ref(float *dz, float *de, const float *g, cons
 void es__interact_backward(float *dz0, float *demb, const float *dout, const float *z0, const float *emb, int n, int F,
                            int k) {
     int has = z0 != NULL, T = F + has, W = es__interact_width(has, F, k), ldS = (T + 3) & ~3;
-#pragma omp parallel for schedule(static) if (n >= ES__PAR_ROWS)
+ES__OMP(omp parallel for schedule(static) if (n >= ES__PAR_ROWS))
     for (int r = 0; r < n; r++) {
         const float *g = dout + (size_t)r * W;
         const float *e = emb + (size_t)r * F * k;
@@ -337,7 +363,7 @@ void es__cross_forward(float *xo, float *u, const float *x0, const float *xl, co
                        int d) {
     es__linear_forward(u, xl, W, b, n, d, d, 0);
     size_t len = (size_t)n * (size_t)d;
-#pragma omp simd
+ES__OMP(omp simd)
     for (size_t i = 0; i < len; i++) xo[i] = x0[i] * u[i] + xl[i];
 }
 
@@ -346,7 +372,7 @@ void es__cross_backward(float *dx, float *dx0, float *dW, float *db, const float
     if (n <= 0) return;
     size_t len = (size_t)n * (size_t)d;
     /* With g = dL/dxo: dL/dx0 = g*u, dL/du = g*x0 = h. */
-#pragma omp simd
+ES__OMP(omp simd)
     for (size_t i = 0; i < len; i++) {
         dx0[i] += dx[i] * u[i];
         h[i] = dx[i] * x0[i];
@@ -355,7 +381,7 @@ void es__cross_backward(float *dx, float *dx0, float *dW, float *db, const float
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, d, n, 1.0f, h, d, xl, d, 1.0f, dW, d);
     for (int r = 0; r < n; r++) {
         const float *hr = h + (size_t)r * d;
-#pragma omp simd
+ES__OMP(omp simd)
         for (int j = 0; j < d; j++) db[j] += hr[j];
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d, d, 1.0f, h, d, W, d, 1.0f, dx, d);
@@ -381,7 +407,7 @@ ES__CLONES static double fm_row(float *restrict s, const float *er, int F, int E
         }
         for (int f = 0; f < F; f++) {
             const float *v = er + (size_t)f * E + off + c0;
-#pragma omp simd
+ES__OMP(omp simd)
             for (int c = 0; c < ck; c++) {
                 sv[c] += v[c];
                 qv[c] += (double)v[c] * v[c];
@@ -390,7 +416,7 @@ ES__CLONES static double fm_row(float *restrict s, const float *er, int F, int E
         for (int d = 0; d < D; d++) {
             float xd = x[d];
             const float *vd = V + (size_t)d * k + c0;
-#pragma omp simd
+ES__OMP(omp simd)
             for (int c = 0; c < ck; c++) {
                 float t = xd * vd[c];
                 sv[c] += t;
@@ -405,7 +431,7 @@ ES__CLONES static double fm_row(float *restrict s, const float *er, int F, int E
 
 void es__fm_forward(float *out, float *sum, const float *emb, int F, int E, int off, const float *dense,
                     const float *V, int D, int k, int n) {
-#pragma omp parallel for schedule(static) if (n >= ES__PAR_ROWS)
+ES__OMP(omp parallel for schedule(static) if (n >= ES__PAR_ROWS))
     for (int r = 0; r < n; r++)
         out[r] = (float)fm_row(sum + (size_t)r * k, emb + (size_t)r * F * E, F, E, off,
                                D ? dense + (size_t)r * D : NULL, V, D, k);
@@ -417,7 +443,7 @@ ES__CLONES static void fm_row_demb(float *restrict der, float g, const float *s,
     for (int f = 0; f < F; f++) {
         const float *v = er + (size_t)f * E + off;
         float *dv = der + (size_t)f * E + off;
-#pragma omp simd
+ES__OMP(omp simd)
         for (int c = 0; c < k; c++) dv[c] = g * (s[c] - v[c]);
     }
 }
@@ -429,7 +455,7 @@ ES__CLONES static void fm_row_dV(float *restrict dV, float g, const float *s, co
         float xd = x[d], gx = g * xd;
         const float *vd = V + (size_t)d * k;
         float *gd = dV + (size_t)d * k;
-#pragma omp simd
+ES__OMP(omp simd)
         for (int c = 0; c < k; c++) gd[c] += gx * (s[c] - xd * vd[c]);
     }
 }
@@ -438,7 +464,7 @@ void es__fm_backward(float *demb, float *dV, const float *dout, const float *sum
                      int off, const float *dense, const float *V, int D, int k, int n) {
     /* demb rows are independent; dV sums over the batch and stays serial
      * (a fixed order, whatever the thread count). */
-#pragma omp parallel for schedule(static) if (n >= ES__PAR_ROWS)
+ES__OMP(omp parallel for schedule(static) if (n >= ES__PAR_ROWS))
     for (int r = 0; r < n; r++)
         fm_row_demb(demb + (size_t)r * F * E, dout[r], sum + (size_t)r * k, emb + (size_t)r * F * E, F, E, off, k);
     for (int r = 0; D > 0 && r < n; r++) fm_row_dV(dV, dout[r], sum + (size_t)r * k, dense + (size_t)r * D, V, D, k);

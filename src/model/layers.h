@@ -24,6 +24,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* OpenMP pragmas that vanish (without a warning) in NO_OMP=1 builds. */
+#ifdef _OPENMP
+#define ES__OMP(x) _Pragma(#x)
+#else
+#define ES__OMP(x)
+#endif
+
 /* ---- linear ----------------------------------------------------------------
  * out[n, nout] = in[n, nin] W[nout, nin]^T + b[nout], then ReLU when
  * relu != 0 (bias add and ReLU fused into one pass over out).  b may be NULL

@@ -4,8 +4,8 @@
  * named tensors.  The optimizers live in optim.c.
  *
  * Memory: parameters are one aligned block, their gradients a second block
- * with the same layout, optimizer state a third (optim.c), activations and
- * backward scratch a fourth sized for max_batch.  Every weight and bias is
+ * with the same layout, optimizer state a third (the update loops are in
+ * optim.c), activations and backward scratch a fourth sized for max_batch.  Every weight and bias is
  * a "segment" of the parameter block: a name, a shape and an offset.  The
  * segment list fixes, in one place, the layout, the order in which the
  * initialiser draws from the rng, the tensors that es_net_tensors lists and
@@ -32,7 +32,10 @@ typedef struct es__net_seg {
     float **p, **g;               /* where the pointers into params / grads go */
 } es__net_seg;
 
-/* LR/FM: 3 segments; DLRM: 2 * (8 + 9); DCN: 2 * (8 + 9). */
+_Static_assert(ES__MLP_MAX >= ES_NET_MAX_LAYERS + 1, "an MLP holds up to ES_NET_MAX_LAYERS hidden layers + the output");
+
+/* LR/FM: 3 segments; DLRM: 2 * (8 bottom + 9 top) = 34; DCN: 2 * (8 cross
+ * + 9 deep) = 34. */
 #define ES__NET_MAX_SEGS (2 * (2 * ES_NET_MAX_LAYERS + 1) + 4)
 
 struct es_net {
@@ -174,8 +177,10 @@ static int validate(const es_net_params *p, es_err *err) {
             return es__err(err, ES_EINVAL, "net dlrm: no numeric features and one field leave no interaction");
         }
         if ((rc = check_widths(p->top, p->n_top, ES_NET_MAX_LAYERS, "top MLP", err))) return rc;
-        if (es__interact_width(p->n_dense > 0, p->n_fields, p->dim) > ES__NET_MAX_WIDTH * 16)
-            return es__err(err, ES_EINVAL, "net dlrm: %d fields give too wide an interaction", p->n_fields);
+        long long T = (long long)p->n_fields + (p->n_dense > 0), w = T * (T - 1) / 2 + p->dim;
+        if (w > ES__NET_MAX_WIDTH * 16LL)
+            return es__err(err, ES_EINVAL, "net dlrm: %d fields give an interaction %lld wide (at most %d)",
+                           p->n_fields, w, ES__NET_MAX_WIDTH * 16);
     }
     if (p->kind == ES_NET_DCN) {
         if ((rc = check_widths(p->top, p->n_top, ES_NET_MAX_LAYERS, "deep MLP", err))) return rc;

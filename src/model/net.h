@@ -20,7 +20,13 @@
  *
  * All parameters live in one allocation (params), gradients in another
  * (grads), optimizer state in a third; activations are sized for max_batch
- * at create time.  No allocation after create.
+ * at create time.  No allocation after create.  docs/models.md gives the
+ * equations, shapes, initialisation (a fixed draw order from `seed`),
+ * tensor names and optimizer formulas precisely.
+ *
+ * Forward and backward keep their activations in the net: one call at a
+ * time per net (use one net per thread to serve in parallel).  With one
+ * thread every result is bit-for-bit repeatable.
  */
 #ifndef ES_MODEL_NET_H
 #define ES_MODEL_NET_H
@@ -47,6 +53,11 @@ typedef struct es_net_params {
     uint64_t seed;
 } es_net_params;
 
+/* Defaults: DLRM bottom {64, dim}, top {64, 32}; DCN 2 cross layers, deep
+ * {64, 32}; max_batch 256; Adam lr 1e-3, betas 0.9/0.999, eps 1e-8,
+ * init_acc 0; weight_decay 0; seed 1.  create() rejects bad combinations
+ * (ES_EINVAL with a message): e.g. a DLRM bottom that does not end in dim,
+ * DLRM with no numeric features and one field, a row-wise Adagrad. */
 es_net_params es_net_params_default(es_net_kind kind, int n_dense, int n_fields, int dim);
 const char *es_net_kind_name(es_net_kind k);
 int es_net_kind_parse(const char *s, es_net_kind *out); /* "lr","fm","dlrm","dcn" (also "dcnv2","dcn-v2") */
@@ -59,27 +70,38 @@ int es_net_create(es_net **out, const es_net_params *p, es_err *err);
 void es_net_free(es_net *n);
 const es_net_params *es_net_get_params(const es_net *n);
 
-/* logit[n] from emb[n, F, E] and dense[n, D]; caches what backward needs.
- * n <= max_batch. */
+/* logit[n] from emb[n, F, E] and dense[n, D] (dense may be NULL when
+ * D = 0); caches what backward needs.  0 <= n <= max_batch. */
 void es_net_forward(es_net *net, int n, const float *emb, const float *dense, float *logit);
 /* Given dlogit[n] (dLoss/dlogit, already divided by the batch size if the
- * loss is a mean), write demb[n, F, E] and ACCUMULATE parameter gradients.
- * Must follow es_net_forward on the same inputs. */
+ * loss is a mean), write demb[n, F, E] (every element is overwritten) and
+ * ACCUMULATE parameter gradients.  Must follow es_net_forward on the same
+ * inputs. */
 void es_net_backward(es_net *net, int n, const float *emb, const float *dense, const float *dlogit, float *demb);
-/* Optimizer step on accumulated gradients, then zero them. */
+/* Optimizer step on accumulated gradients (weight decay on weights only,
+ * not biases), then zero them.  Adam counts its steps in the state. */
 void es_net_step(es_net *net);
 void es_net_zero_grad(es_net *net);
 
-/* Flat views for gradient checks and save/load. */
+/* Flat views for gradient checks and save/load: n_params floats in the
+ * order of es_net_tensors; param_bytes = 4 * n_params; state_bytes is the
+ * sum of the "opt." tensors' bytes (0 for SGD). */
 size_t es_net_n_params(const es_net *net);
 float *es_net_params_ptr(es_net *net);
 float *es_net_grads_ptr(es_net *net);
 size_t es_net_param_bytes(const es_net *net);
 size_t es_net_state_bytes(const es_net *net);
-/* Named tensors (each layer's weights/biases, and optimizer state with a
- * "opt." prefix).  Same calling convention as es_storage_ops.tensors. */
+/* Named tensors: each weight and bias ("net.top.0.w" [out, in],
+ * "net.top.0.b" [out], ...), then optimizer state named after them with an
+ * "opt." prefix (".m"/".v" for Adam, ".acc" for Adagrad) and, for Adam,
+ * "opt.net.step" (I64 [1]).  Same calling convention as
+ * es_storage_ops.tensors: returns the count written (<= max), or with
+ * refs == NULL the count needed. */
 int es_net_tensors(es_net *net, es_tensor_ref *refs, int max);
-/* Multiply-adds per row of forward (for GFLOP/s figures). */
+/* Multiply-adds per row of forward (for GFLOP/s figures): every linear
+ * layer in*out, DLRM k per pair dot, DCN d0*d0 + d0 per cross layer, LR
+ * D + F, FM D + F + D*k + 2(F+D)k + k.  Bias adds and activations are not
+ * counted. */
 double es_net_flops_per_row(const es_net *net);
 
 #endif /* ES_MODEL_NET_H */

@@ -24,6 +24,13 @@
 
 #include <math.h>
 
+/* The vector kernels and their references must round identically: no
+ * fused multiply-add contraction (GCC already keeps it off in ISO C mode;
+ * Clang contracts by default). */
+#ifdef __clang__
+#pragma STDC FP_CONTRACT OFF
+#endif
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #define ES__OPT_X86 1
 #include <immintrin.h>
@@ -45,7 +52,7 @@ typedef struct {
 
 void es__sgd_update(float *w, const float *g, size_t count, float lr, float wd) {
     long long n = (long long)count;
-#pragma omp parallel for simd schedule(static) if (n >= ES__PAR_ELEMS)
+ES__OMP(omp parallel for simd schedule(static) if (n >= ES__PAR_ELEMS))
     for (long long i = 0; i < n; i++) {
         float gi = g[i] + wd * w[i];
         w[i] -= lr * gi;
@@ -195,7 +202,7 @@ void es__adagrad_update(float *w, const float *g, float *acc, size_t count, floa
     ensure();
     opt_k k = {.lr = lr, .eps = eps, .wd = wd};
     long long nb = (long long)((count + ES__OPT_BLOCK - 1) / ES__OPT_BLOCK);
-#pragma omp parallel for schedule(static) if (count >= ES__PAR_ELEMS)
+ES__OMP(omp parallel for schedule(static) if (count >= ES__PAR_ELEMS))
     for (long long b = 0; b < nb; b++) {
         size_t off = (size_t)b * ES__OPT_BLOCK, len = ES_MIN((size_t)ES__OPT_BLOCK, count - off);
         K.adagrad(w + off, g + off, acc + off, len, &k);
@@ -230,7 +237,7 @@ void es__adam_update(float *w, const float *g, float *m, float *v, size_t count,
     ensure();
     opt_k k = adam_consts(lr, beta1, beta2, eps, wd, t);
     long long nb = (long long)((count + ES__OPT_BLOCK - 1) / ES__OPT_BLOCK);
-#pragma omp parallel for schedule(static) if (count >= ES__PAR_ELEMS)
+ES__OMP(omp parallel for schedule(static) if (count >= ES__PAR_ELEMS))
     for (long long b = 0; b < nb; b++) {
         size_t off = (size_t)b * ES__OPT_BLOCK, len = ES_MIN((size_t)ES__OPT_BLOCK, count - off);
         K.adam(w + off, g + off, m + off, v + off, len, &k);

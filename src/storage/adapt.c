@@ -37,11 +37,13 @@
  *     win.  The sketch is training state ("opt.sketch"), not served.
  *
  * Budget B (bytes).  A private value costs dim*4 bytes of row, 8 of key
- * and 6 of index; a hashed row dim*4 bytes.  P = the eligible values, at
- * most private*B / (dim*4 + 14) of them (private = 0.5 by default, option
- * "private_frac="), then H = floor(rest / (dim*4)) hashed rows, at least
- * one per space (P shrinks until that holds), so param + aux bytes are
- * within one row of B.  share=0 splits the H rows over the fields: one
+ * and 6 of index; a hashed row dim*4 bytes.  When B holds every eligible
+ * value privately plus one hashed row per space, every eligible value gets
+ * a private row; otherwise the most frequent ones do, as many as
+ * private_frac * B / (dim*4 + 14) (private_frac = 0.5 by default, option
+ * "private_frac=").  The rest of B becomes H = floor(rest / (dim*4))
+ * hashed rows, at least one per space (P shrinks until that holds), so
+ * param + aux bytes are within one row of B.  share=0 splits the H rows over the fields: one
  * each, the rest in proportion to each field's distinct values that did
  * not get a private row (largest remainder; equal split without a
  * vocabulary).
@@ -71,7 +73,6 @@ typedef struct adapt_impl {
     size_t icap;
     uint64_t *hrows;     /* [S] hashed rows per space (a tensor) */
     uint64_t *hbase;     /* [S] first hashed row of each space, from hrows */
-    uint64_t *salt;      /* [F] */
     /* online */
     uint32_t *sketch;    /* [depth * width] */
     int depth;
@@ -85,8 +86,8 @@ static inline uint64_t field_tag(int f) { return es__mix64(UINT64_C(0xada9e3779b
 static inline size_t index_cap(uint64_t n) { return (size_t)(n + n / 2 + 1); }
 
 /* Bytes of the serving map and small arrays for P private values. */
-static size_t adapt_aux(uint64_t P, int S, int F) {
-    return (size_t)ES_MAX(P, 1) * 8 + index_cap(P) * 4 + 8 + 16 * (size_t)S + 8 * (size_t)F;
+static size_t adapt_aux(uint64_t P, int S) {
+    return (size_t)ES_MAX(P, 1) * 8 + index_cap(P) * 4 + 8 + 16 * (size_t)S;
 }
 
 static inline size_t home(uint64_t tkey, size_t cap) { return (size_t)es__range(es__mix64(tkey), cap); }
@@ -115,17 +116,19 @@ static int map_insert(adapt_impl *m, uint64_t i) {
     return 0;
 }
 
-static inline uint64_t hashed_row(const adapt_impl *m, int f, uint64_t key) {
+/* salt = es__storage_salt(m->seed, f, 0), computed once per (row, field) by
+ * the caller (not stored: it costs three mixer rounds). */
+static inline uint64_t hashed_row(const adapt_impl *m, int f, uint64_t salt, uint64_t key) {
     const int s = m->share ? 0 : f;
-    return m->n_cap + m->hbase[s] + es__range(es__hash_u64(key, m->salt[f]), m->hrows[s]);
+    return m->n_cap + m->hbase[s] + es__range(es__hash_u64(key, salt), m->hrows[s]);
 }
 
 static void adapt_resolve(const void *ctx, int f, const uint64_t *keys, size_t n, uint64_t *ids) {
     const adapt_impl *m = ctx;
-    const uint64_t tag = field_tag(f);
+    const uint64_t tag = field_tag(f), salt = es__storage_salt(m->seed, f, 0);
     for (size_t i = 0; i < n; i++) {
         uint64_t r = map_find(m, keys[i] ^ tag);
-        ids[i] = r != UINT64_MAX ? r : hashed_row(m, f, keys[i]);
+        ids[i] = r != UINT64_MAX ? r : hashed_row(m, f, salt, keys[i]);
     }
 }
 
@@ -161,7 +164,6 @@ static void adapt_free(adapt_impl *m) {
     es__free(m->n_used);
     es__free(m->index);
     es__free(m->hrows);
-    es__free(m->salt);
     es__free(m->sketch);
     es__free(m);
 }
@@ -309,20 +311,25 @@ static int adapt_create(es_storage *s, const es_vocab *vocab, es_err *err) {
             return es__err(err, ES_EINVAL, "adapt: needs a budget (bytes or a fraction of the full table)");
         }
         /* bytes left for hashed rows with p private values */
-        double fixed = (double)adapt_aux(0, S, F) - 4.0 * (double)index_cap(0);
+        double fixed = (double)adapt_aux(0, S) - 4.0 * (double)index_cap(0);
+        if (!have_P && !online && n_cand && n_cand <= (size_t)UINT32_MAX - 1 &&
+            B - (double)adapt_aux(n_cand, S) - (double)n_cand * (double)rowb >= (double)S * (double)rowb) {
+            P = n_cand; /* every eligible value fits privately: no reason to hash any */
+            have_P = 1;
+        }
         if (!have_P) {
             double cap = floor(frac * (B - fixed) / (double)(rowb + ADAPT_KEY_AUX));
             if (cap < 0) cap = 0;
             P = online ? (uint64_t)cap : (uint64_t)ES_MIN(cap, (double)n_cand);
             if (P > (uint64_t)UINT32_MAX - 1) P = (uint64_t)UINT32_MAX - 1;
             /* shrink until at least one hashed row per space fits */
-            while (P > 0 && B - (double)adapt_aux(P, S, F) - (double)P * (double)rowb < (double)S * (double)rowb) {
+            while (P > 0 && B - (double)adapt_aux(P, S) - (double)P * (double)rowb < (double)S * (double)rowb) {
                 uint64_t step = ES_MAX(P / 64, (uint64_t)1);
                 P -= ES_MIN(step, P);
             }
         }
         if (!have_H) {
-            double rest = B - (double)adapt_aux(P, S, F) - (double)P * (double)rowb;
+            double rest = B - (double)adapt_aux(P, S) - (double)P * (double)rowb;
             double h = floor(rest / (double)rowb);
             if (h < S) {
                 es__free(cands);
@@ -368,8 +375,7 @@ static int adapt_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     m->n_used = es__calloc(1, sizeof *m->n_used);
     m->index = es__calloc(m->icap, sizeof *m->index);
     m->hrows = es__malloc(2 * (size_t)S * sizeof *m->hrows);
-    m->salt = es__malloc((size_t)F * sizeof *m->salt);
-    int ok = m->keys && m->n_used && m->index && m->hrows && m->salt;
+    int ok = m->keys && m->n_used && m->index && m->hrows;
     if (ok && online) ok = (m->sketch = es__calloc((size_t)depth * (size_t)width, sizeof *m->sketch)) != NULL;
     es_rng rng;
     es__rng_seed(&rng, s->p.seed);
@@ -384,7 +390,6 @@ static int adapt_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         return es__err(err, ES_ENOMEM, "adapt: out of memory for %llu rows of %d floats", (unsigned long long)n_rows, dim);
     }
     m->hbase = m->hrows + S;
-    for (int f = 0; f < F; f++) m->salt[f] = es__storage_salt(seed, f, 0);
 
     /* The private values (vocab mode with a vocabulary). */
     uint64_t used = 0;
@@ -431,7 +436,7 @@ static int adapt_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     }
     s->impl = m;
     s->param_bytes = es_rows_param_bytes(&m->t);
-    s->aux_bytes = adapt_aux(P, S, F);
+    s->aux_bytes = adapt_aux(P, S);
     s->state_bytes = es_rows_state_bytes(&m->t) + (online ? (size_t)depth * (size_t)width * sizeof(uint32_t) : 0);
     return ES_OK;
 }
@@ -445,7 +450,7 @@ static void adapt_lookup(es_storage *s, const es_batch *b, int r0, int r1, float
 
 /* Give (f, key) private row n_used: a copy of its hashed row and state. */
 static void promote_value(adapt_impl *m, int f, uint64_t key, uint64_t t) {
-    const uint64_t r = *m->n_used, src = hashed_row(m, f, key);
+    const uint64_t r = *m->n_used, src = hashed_row(m, f, es__storage_salt(m->seed, f, 0), key);
     const size_t dim = (size_t)m->t.dim;
     memcpy(m->t.w + r * dim, m->t.w + src * dim, dim * sizeof(float));
     if (m->t.opt.kind == ES_OPT_ADAGRAD) memcpy(m->t.acc + r * dim, m->t.acc + src * dim, dim * sizeof(float));

@@ -33,7 +33,10 @@
  * over the fields (dim + k floats each, the rest in proportion to the
  * fields' full-table rows, distinct + 1, from the vocabulary, or equally),
  * fills them in order and carries each field's leftover to the next, so
- * parameters + aux end within k floats (weights=0: dim floats) of B.
+ * parameters + aux end within k floats (weights=0: dim floats) of B.  aux
+ * is the base and size arrays of the pool and importance table of each
+ * field, or of the shared ones; the salts are recomputed from the seed for
+ * each pair rather than stored.
  *
  * Initial values: pool rows from U(-a, a) with a = init_scale / sqrt(k)
  * (so a sum of k rows has the spread of one init_scale row), importance
@@ -59,7 +62,7 @@ typedef struct mh_impl {
     es_gradacc ga_pool, ga_imp;
     uint64_t *pbase, *prows; /* [G] pool rows of each group */
     uint64_t *wbase, *wrows; /* [G] importance rows of each group */
-    uint64_t *salt;          /* [F] */
+    uint64_t seed;           /* field f hashes with es__storage_salt(seed, f, 0), computed per pair */
 } mh_impl;
 
 /* ---- option helpers (the same in every zoo method) ------------------------------- */
@@ -137,8 +140,9 @@ static inline uint64_t mh_imp_row(const mh_impl *m, int g, uint64_t h) { return 
 static void mh_resolve(const void *ctx, int f, const uint64_t *keys, size_t n, uint64_t *ids) {
     const mh_impl *m = ctx;
     const int g = m->G == 1 ? 0 : f;
+    const uint64_t salt = es__storage_salt(m->seed, f, 0);
     for (size_t i = 0; i < n; i++) {
-        const uint64_t h = es__hash_u64(keys[i], m->salt[f]);
+        const uint64_t h = es__hash_u64(keys[i], salt);
         for (int j = 0; j < m->k; j++) ids[i * (size_t)m->k + j] = mh_pool_row(m, g, h, j);
     }
 }
@@ -163,9 +167,9 @@ static void mh_destroy(es_storage *s) {
 static void mh_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *out) {
     const mh_impl *m = s->impl;
     const int F = m->F, k = m->k, dim = m->dim;
-    for (size_t P = (size_t)r0 * F, P1 = (size_t)r1 * F; P < P1; P++) {
-        const int f = (int)(P % (size_t)F), g = m->G == 1 ? 0 : f;
-        const uint64_t salt = m->salt[f];
+    for (size_t P = (size_t)r0 * F, P1 = (size_t)r1 * F, fi = 0; P < P1; P++, fi = fi + 1 == (size_t)F ? 0 : fi + 1) {
+        const int f = (int)fi, g = m->G == 1 ? 0 : f;
+        const uint64_t salt = es__storage_salt(m->seed, f, 0);
         float *o = out + (P - (size_t)r0 * F) * (size_t)dim;
         memset(o, 0, (size_t)dim * sizeof *o);
         for (uint32_t i = b->off[P]; i < b->off[P + 1]; i++) {
@@ -183,9 +187,9 @@ static int mh_backward(es_storage *s, const es_batch *b, const float *dout) {
     const int F = m->F, k = m->k, dim = m->dim;
     es_gradacc_clear(&m->ga_pool);
     if (m->weighted) es_gradacc_clear(&m->ga_imp);
-    for (size_t P = 0, PN = (size_t)b->n * F; P < PN; P++) {
-        const int f = (int)(P % (size_t)F), g = m->G == 1 ? 0 : f;
-        const uint64_t salt = m->salt[f];
+    for (size_t P = 0, PN = (size_t)b->n * F, fi = 0; P < PN; P++, fi = fi + 1 == (size_t)F ? 0 : fi + 1) {
+        const int f = (int)fi, g = m->G == 1 ? 0 : f;
+        const uint64_t salt = es__storage_salt(m->seed, f, 0);
         const float *go = dout + P * (size_t)dim;
         for (uint32_t i = b->off[P]; i < b->off[P + 1]; i++) {
             const uint64_t h = es__hash_u64(b->val[i], salt);
@@ -238,9 +242,10 @@ static void mh_field_stats(es_storage *s, const es_vocab *vocab, int field, es_f
         memset(out, 0, sizeof *out);
         return;
     }
-    /* over the pool rows: rows_used counts distinct (j, row) pairs,
-     * collisions the values whose whole k-row tuple is shared */
-    es__rows_field_stats(m->k, mh_resolve, m, vocab, field, m->prows[m->G == 1 ? 0 : field], out);
+    /* over the pool: rows counts the k * P (probe j, row) pairs a value
+     * can address, rows_used the distinct pairs used, collisions the
+     * values whose whole k-row tuple is shared */
+    es__rows_field_stats(m->k, mh_resolve, m, vocab, field, (uint64_t)m->k * m->prows[m->G == 1 ? 0 : field], out);
 }
 
 /* ---- create -------------------------------------------------------------------------------- */
@@ -284,7 +289,7 @@ static int mh_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     if (wv && (!es__parse_double(wv, len, &wfrac) || !(wfrac > 0 && wfrac < 1)))
         return es__err(err, ES_EINVAL, "multihash: option wfrac=%.*s must be a number in (0, 1)", (int)ES_MIN(len, 64), wv);
     const int G = share ? 1 : F;
-    const size_t aux = ((size_t)4 * G + (size_t)F) * sizeof(uint64_t);
+    const size_t aux = (size_t)(weighted ? 4 : 2) * G * sizeof(uint64_t);
 
     uint64_t *P = es__malloc((size_t)G * sizeof *P), *K = es__malloc((size_t)G * sizeof *K),
              *Af = es__malloc((size_t)G * sizeof *Af);
@@ -311,9 +316,10 @@ static int mh_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         if (A < (double)G * (double)unit) {
             rc = es__err(err, ES_EBUDGET,
                          "multihash: a budget of %.0f bytes leaves %.0f floats after %zu bytes of lookup arrays; one pool "
-                         "row%s needs %llu floats%s (%.0f bytes in all)",
+                         "row%s needs %llu floats%s (%.0f bytes in all)%s",
                          s->budget_bytes, A, aux, weighted ? " and one importance row" : "", (unsigned long long)unit,
-                         share ? "" : " per field", (double)aux + (double)G * (double)unit * sizeof(float));
+                         share ? "" : " per field", (double)aux + (double)G * (double)unit * sizeof(float),
+                         share ? "" : "; share=1 pays for one set, not one per field");
             goto fail;
         }
         if (A / (double)dim > (double)MH_MAX_ROWS) {
@@ -365,19 +371,22 @@ static int mh_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         goto fail;
     }
     m->prows = m->pbase + G;
-    m->wbase = m->prows + G;
-    m->wrows = m->wbase + G;
-    m->salt = m->wrows + G;
+    if (weighted) {
+        m->wbase = m->prows + G;
+        m->wrows = m->wbase + G;
+    }
     uint64_t ap = 0, ak = 0;
     for (int g = 0; g < G; g++) {
         m->pbase[g] = ap;
         m->prows[g] = P[g];
-        m->wbase[g] = ak;
-        m->wrows[g] = K[g];
+        if (weighted) {
+            m->wbase[g] = ak;
+            m->wrows[g] = K[g];
+        }
         ap += P[g];
         ak += K[g];
     }
-    for (int f = 0; f < F; f++) m->salt[f] = es__storage_salt(s->p.seed, f, 0);
+    m->seed = s->p.seed;
 
     size_t o = (size_t)snprintf(s->meta, sizeof s->meta, "share=%d,seed=%llu,k=%d,weights=%d", share,
                                 (unsigned long long)s->p.seed, k, weighted);

@@ -38,7 +38,9 @@
  * splits A over the fields (S each, the rest in proportion to the fields'
  * full-table rows, distinct + 1, from the vocabulary, or equally), fills
  * them in order and carries each field's leftover to the next, so
- * parameters + aux end within min pd_j floats of B.
+ * parameters + aux end within min pd_j floats of B.  aux is the base and
+ * size arrays of each (field, table), or of each table when shared; the
+ * salts are recomputed from the seed for each pair rather than stored.
  *
  * Options: op=mult|add|cat, partitions=p (2..4), m=... explicit sizes.
  * Initial values: mult draws every table from U(-a, a) with a =
@@ -68,7 +70,7 @@ typedef struct qr_impl {
     es_gradacc ga[QR_MAX_P];
     uint64_t *base;      /* [G * p]: first row of group g in table j at base[g*p + j] */
     uint64_t *m;         /* [G * p]: rows of group g in table j (the radix) */
-    uint64_t *salt;      /* [F] */
+    uint64_t seed;       /* field f hashes with es__storage_salt(seed, f, 0), computed per pair */
 } qr_impl;
 
 /* ---- option helpers (the same in every zoo method) ------------------------------- */
@@ -149,16 +151,17 @@ static inline void qr_digits(uint64_t h, const uint64_t *m, int p, uint64_t *d) 
 }
 
 /* Table rows (absolute) of value `key` in field f. */
-static inline void qr_rows(const qr_impl *q, int f, uint64_t key, uint64_t *row) {
+static inline void qr_rows(const qr_impl *q, int f, uint64_t salt, uint64_t key, uint64_t *row) {
     const int g = q->G == 1 ? 0 : f;
     const uint64_t *m = q->m + (size_t)g * q->p, *base = q->base + (size_t)g * q->p;
-    qr_digits(es__hash_u64(key, q->salt[f]), m, q->p, row);
+    qr_digits(es__hash_u64(key, salt), m, q->p, row);
     for (int j = 0; j < q->p; j++) row[j] += base[j];
 }
 
 static void qr_resolve(const void *ctx, int f, const uint64_t *keys, size_t n, uint64_t *ids) {
     const qr_impl *q = ctx;
-    for (size_t i = 0; i < n; i++) qr_rows(q, f, keys[i], ids + i * (size_t)q->p);
+    const uint64_t salt = es__storage_salt(q->seed, f, 0);
+    for (size_t i = 0; i < n; i++) qr_rows(q, f, salt, keys[i], ids + i * (size_t)q->p);
 }
 
 /* ---- lookup and backward ------------------------------------------------------------- */
@@ -169,7 +172,7 @@ static void qr_free(qr_impl *q) {
         es_rows_free(&q->t[j]);
         es_gradacc_free(&q->ga[j]);
     }
-    es__free(q->base); /* m and salt share the allocation */
+    es__free(q->base); /* m shares the allocation */
     es__free(q);
 }
 
@@ -183,13 +186,14 @@ static void qr_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *o
     const int F = q->F, p = q->p, dim = q->dim;
     uint64_t row[QR_MAX_P];
     const float *e[QR_MAX_P];
-    for (size_t P = (size_t)r0 * F, P1 = (size_t)r1 * F; P < P1; P++) {
-        const int f = (int)(P % (size_t)F);
+    for (size_t P = (size_t)r0 * F, P1 = (size_t)r1 * F, fi = 0; P < P1; P++, fi = fi + 1 == (size_t)F ? 0 : fi + 1) {
+        const int f = (int)fi;
+        const uint64_t salt = es__storage_salt(q->seed, f, 0);
         float *restrict o = out + (P - (size_t)r0 * F) * (size_t)dim;
         memset(o, 0, (size_t)dim * sizeof *o);
         for (uint32_t i = b->off[P]; i < b->off[P + 1]; i++) {
             const float wt = b->wt[i];
-            qr_rows(q, f, b->val[i], row);
+            qr_rows(q, f, salt, b->val[i], row);
             for (int j = 0; j < p; j++) e[j] = q->t[j].w + row[j] * (uint64_t)q->pd[j];
             if (q->op == QR_MULT) {
                 if (p == 2) {
@@ -216,12 +220,13 @@ static int qr_backward(es_storage *s, const es_batch *b, const float *dout) {
     const float *e[QR_MAX_P];
     float *g[QR_MAX_P];
     for (int j = 0; j < p; j++) es_gradacc_clear(&q->ga[j]);
-    for (size_t P = 0, PN = (size_t)b->n * F; P < PN; P++) {
-        const int f = (int)(P % (size_t)F);
+    for (size_t P = 0, PN = (size_t)b->n * F, fi = 0; P < PN; P++, fi = fi + 1 == (size_t)F ? 0 : fi + 1) {
+        const int f = (int)fi;
+        const uint64_t salt = es__storage_salt(q->seed, f, 0);
         const float *restrict go = dout + P * (size_t)dim;
         for (uint32_t i = b->off[P]; i < b->off[P + 1]; i++) {
             const float wt = b->wt[i];
-            qr_rows(q, f, b->val[i], row);
+            qr_rows(q, f, salt, b->val[i], row);
             for (int j = 0; j < p; j++) {
                 e[j] = q->t[j].w + row[j] * (uint64_t)q->pd[j];
                 /* one row per table per value: a later call on the same
@@ -336,7 +341,7 @@ static int qr_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         at += pd[j];
     }
     const int G = share ? 1 : F;
-    const size_t aux = ((size_t)2 * G * p + (size_t)F) * sizeof(uint64_t);
+    const size_t aux = (size_t)2 * G * p * sizeof(uint64_t);
 
     uint64_t *m = es__malloc((size_t)G * p * sizeof *m), *Af = es__malloc((size_t)G * sizeof *Af);
     if (!m || !Af) {
@@ -357,9 +362,10 @@ static int qr_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         if (A < (double)G * (double)S) {
             rc = es__err(err, ES_EBUDGET,
                          "qr: a budget of %.0f bytes leaves %.0f floats after %zu bytes of lookup arrays; %d partition(s) "
-                         "of one row each need %llu floats%s (%.0f bytes in all)",
+                         "of one row each need %llu floats%s (%.0f bytes in all)%s",
                          s->budget_bytes, A, aux, p, (unsigned long long)S, share ? "" : " per field",
-                         (double)aux + (double)G * (double)S * sizeof(float));
+                         (double)aux + (double)G * (double)S * sizeof(float),
+                         share ? "" : "; share=1 pays for one set, not one per field");
             goto fail;
         }
         if (A / (double)S > (double)QR_MAX_ROWS) {
@@ -399,7 +405,6 @@ static int qr_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         goto fail;
     }
     q->m = q->base + (size_t)G * p;
-    q->salt = q->m + (size_t)G * p;
     es_rng rng;
     es__rng_seed(&rng, s->p.seed);
     const float sc = s->p.init_scale;
@@ -423,7 +428,7 @@ static int qr_create(es_storage *s, const es_vocab *vocab, es_err *err) {
             q->base[(size_t)g * p + j] = at[j];
             at[j] += m[(size_t)g * p + j];
         }
-    for (int f = 0; f < F; f++) q->salt[f] = es__storage_salt(s->p.seed, f, 0);
+    q->seed = s->p.seed;
 
     size_t o = (size_t)snprintf(s->meta, sizeof s->meta, "share=%d,seed=%llu,op=%s,partitions=%d", share,
                                 (unsigned long long)s->p.seed, qr_op_names[op], p);

@@ -11,7 +11,10 @@ extern const es_storage_ops es__storage_unified;
 extern const es_storage_ops es__storage_qr;
 extern const es_storage_ops es__storage_robe;
 extern const es_storage_ops es__storage_dhe;
+extern const es_storage_ops es__storage_mde;
+extern const es_storage_ops es__storage_adapt;
 extern const es_storage_ops es__storage_multihash;
+extern const es_storage_ops es__storage_tt;
 
 static const es_storage_ops *const methods[] = {
     &es__storage_full,
@@ -20,7 +23,10 @@ static const es_storage_ops *const methods[] = {
     &es__storage_qr,
     &es__storage_robe,
     &es__storage_dhe,
+    &es__storage_mde,
+    &es__storage_adapt,
     &es__storage_multihash,
+    &es__storage_tt,
 };
 
 const es_storage_ops *es_storage_find(const char *name) {

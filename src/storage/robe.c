@@ -27,9 +27,10 @@
  * from the configured sparse optimizer: for row-wise Adagrad a "row" is
  * this aligned run of Z floats.
  *
- * Budget: m = Z * floor((B - aux) / (4 Z)) floats, aux being the per-field
- * salt (and, share=0, region base and size) arrays; so parameters + aux
- * are within 4 Z bytes of B.  share=0 splits the m / Z aligned rows over
+ * Budget: m = Z * floor((B - aux) / (4 Z)) floats, aux being the region
+ * base and size arrays (one pair per field, or one pair when shared; the
+ * salts are recomputed from the seed for each pair rather than stored), so
+ * parameters + aux are within 4 Z bytes of B.  share=0 splits the m / Z aligned rows over
  * the fields: one each, the rest in proportion to the fields' full-table
  * rows (distinct values + 1) from the vocabulary, or equally without one.
  *
@@ -54,7 +55,7 @@ typedef struct robe_impl {
     int F, G, Z, nb, dim;
     uint64_t *base;   /* [G] first element of each region (G = 1 when shared) */
     uint64_t *size;   /* [G] elements in each region (a multiple of Z) */
-    uint64_t *salt;   /* [F] */
+    uint64_t seed;        /* field f hashes with es__storage_salt(seed, f, 0), computed per pair */
     es_gradacc ga;    /* per aligned row of Z floats */
 } robe_impl;
 
@@ -127,7 +128,7 @@ static void zoo_meta_list(es_storage *s, size_t *o, const char *key, const uint6
 static void robe_free(robe_impl *m) {
     if (!m) return;
     es_rows_free(&m->t);
-    es__free(m->base); /* size and salt share the allocation */
+    es__free(m->base); /* size shares the allocation */
     es_gradacc_free(&m->ga);
     es__free(m);
 }
@@ -148,9 +149,9 @@ static void robe_lookup(es_storage *s, const es_batch *b, int r0, int r1, float 
     const robe_impl *m = s->impl;
     const int F = m->F, Z = m->Z, dim = m->dim;
     const float *M = m->t.w;
-    for (size_t P = (size_t)r0 * F, P1 = (size_t)r1 * F; P < P1; P++) {
-        const int f = (int)(P % (size_t)F), g = m->G == 1 ? 0 : f;
-        const uint64_t base = m->base[g], size = m->size[g], salt = m->salt[f];
+    for (size_t P = (size_t)r0 * F, P1 = (size_t)r1 * F, fi = 0; P < P1; P++, fi = fi + 1 == (size_t)F ? 0 : fi + 1) {
+        const int f = (int)fi, g = m->G == 1 ? 0 : f;
+        const uint64_t base = m->base[g], size = m->size[g], salt = es__storage_salt(m->seed, f, 0);
         float *o = out + (P - (size_t)r0 * F) * (size_t)dim;
         memset(o, 0, (size_t)dim * sizeof *o);
         for (uint32_t i = b->off[P]; i < b->off[P + 1]; i++) {
@@ -173,9 +174,9 @@ static int robe_backward(es_storage *s, const es_batch *b, const float *dout) {
     robe_impl *m = s->impl;
     const int F = m->F, Z = m->Z, dim = m->dim;
     es_gradacc_clear(&m->ga);
-    for (size_t P = 0, PN = (size_t)b->n * F; P < PN; P++) {
-        const int f = (int)(P % (size_t)F), g = m->G == 1 ? 0 : f;
-        const uint64_t base = m->base[g], size = m->size[g], salt = m->salt[f];
+    for (size_t P = 0, PN = (size_t)b->n * F, fi = 0; P < PN; P++, fi = fi + 1 == (size_t)F ? 0 : fi + 1) {
+        const int f = (int)fi, g = m->G == 1 ? 0 : f;
+        const uint64_t base = m->base[g], size = m->size[g], salt = es__storage_salt(m->seed, f, 0);
         const float *go = dout + P * (size_t)dim;
         for (uint32_t i = b->off[P]; i < b->off[P + 1]; i++) {
             const uint64_t h = es__hash_u64(b->val[i], salt);
@@ -245,7 +246,7 @@ static int robe_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     if (found) Z = (int)v;
     if (Z > dim) return es__err(err, ES_EINVAL, "robe: block size z=%d is larger than dim %d", Z, dim);
     const int G = share ? 1 : F;
-    const size_t aux = ((size_t)2 * G + (size_t)F) * sizeof(uint64_t);
+    const size_t aux = (size_t)2 * G * sizeof(uint64_t);
 
     uint64_t *rows = es__malloc((size_t)G * sizeof *rows);
     if (!rows) return es__err(err, ES_ENOMEM, "robe: out of memory");
@@ -298,7 +299,6 @@ static int robe_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         goto fail;
     }
     m->size = m->base + G;
-    m->salt = m->size + G;
     /* Each value touches up to 2 * nb aligned rows. */
     size_t ga_cap = (size_t)s->p.max_batch * (size_t)F * (size_t)m->nb * 2;
     if (ga_cap > total) ga_cap = (size_t)total;
@@ -313,7 +313,7 @@ static int robe_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         m->size[g] = rows[g] * (uint64_t)Z;
         at += rows[g];
     }
-    for (int f = 0; f < F; f++) m->salt[f] = es__storage_salt(s->p.seed, f, 0);
+    m->seed = s->p.seed;
 
     size_t o = (size_t)snprintf(s->meta, sizeof s->meta, "share=%d,seed=%llu,z=%d", share, (unsigned long long)s->p.seed, Z);
     zoo_meta_list(s, &o, "rows", rows, G, 1);

@@ -20,9 +20,11 @@
  * and the value's vector is the tensor-train product, flattened row-major
  * over (a, b, c):
  *   E[a, b, c] = sum_{r, t} G0[i0][a, r] * G1[i1][r, b, t] * G2[i2][t, c]
- * computed as T[t] = sum_r G0[a, r] G1[r, b, t] for each (a, b), then
- * E[a, b, :] = T . G2 (R floats of scratch on the stack, so lookups are
- * allocation-free and thread safe).  A pair pools sum(wt * E).
+ * computed left to right: T_a[b, t] = sum_r G0[a, r] G1[r, b, t] for each
+ * a (d1 R floats of scratch on the stack, so lookups are allocation-free
+ * and thread safe; d1 R <= 4096 is checked at create), then
+ * E[a, b, :] = T_a[b, :] . G2.  That costs d0 d1 R (R + d2) multiply-adds
+ * per value.  A pair pools sum(wt * E).
  *
  * Training: with dE = wt * dout (per value) and T, dT[t] = dE[a, b, :] .
  * G2[t, :] for each (a, b):
@@ -43,10 +45,14 @@
  * spent while any fits, so parameters + aux end within min(u) floats of
  * B.  share=0 first splits A over the fields (u0+u1+u2 each, the rest in
  * proportion to their full-table rows, or equally), fills them in order
- * and carries each field's leftover to the next.
+ * and carries each field's leftover to the next.  aux is the base and size
+ * arrays of each (field, core), or of each core when shared; the salts are
+ * recomputed from the seed for each pair rather than stored.
  *
  * The factorisation of dim minimises the largest factor (then the sum);
- * the smallest factor goes in the middle, where it is multiplied by R^2.
+ * the smallest factor goes in the middle, where it is multiplied by R^2 in
+ * the parameter count, and the largest last, out of the d0 d1 R^2 term of
+ * the lookup cost (16 = 2 x 2 x 4).
  * Initial values: every core from U(-a, a) with a = sqrt(3) sigma,
  * sigma = (s^2 / (3 R^2))^(1/6), so that E has the variance of U(-s, s),
  * s = init_scale; init_scale 0 makes core2 zero (E = 0, and training can
@@ -57,9 +63,12 @@
  */
 #include "storage/storage.h"
 
+#include "core/simd.h"
+
 #include <math.h>
 
 #define TT_MAX_RANK 128
+#define TT_SCRATCH 4096 /* d1 * R floats of stack scratch per lookup */
 #define TT_MAX_ROWS (UINT64_C(1) << 40)
 
 typedef struct tt_impl {
@@ -70,7 +79,7 @@ typedef struct tt_impl {
     es_gradacc ga[3];
     uint64_t *base;       /* [G * 3]: first slice of group g in core k at base[g*3 + k] */
     uint64_t *n;          /* [G * 3]: slices of group g in core k */
-    uint64_t *salt;       /* [F] */
+    uint64_t seed;        /* field f hashes with es__storage_salt(seed, f, 0), computed per pair */
 } tt_impl;
 
 /* ---- option helpers (the same in every zoo method) ------------------------------- */
@@ -139,10 +148,10 @@ static void zoo_meta_list(es_storage *s, size_t *o, const char *key, const uint6
 
 /* ---- index --------------------------------------------------------------------------- */
 
-static inline void tt_slices(const tt_impl *t, int f, uint64_t key, uint64_t *row) {
+static inline void tt_slices(const tt_impl *t, int f, uint64_t salt, uint64_t key, uint64_t *row) {
     const int g = t->G == 1 ? 0 : f;
     const uint64_t *n = t->n + (size_t)g * 3, *base = t->base + (size_t)g * 3;
-    uint64_t x = es__hash_u64(key, t->salt[f]);
+    uint64_t x = es__hash_u64(key, salt);
     for (int k = 0; k < 3; k++) {
         unsigned __int128 y = (unsigned __int128)x * n[k];
         row[k] = base[k] + (uint64_t)(y >> 64);
@@ -152,7 +161,8 @@ static inline void tt_slices(const tt_impl *t, int f, uint64_t key, uint64_t *ro
 
 static void tt_resolve(const void *ctx, int f, const uint64_t *keys, size_t n, uint64_t *ids) {
     const tt_impl *t = ctx;
-    for (size_t i = 0; i < n; i++) tt_slices(t, f, keys[i], ids + i * 3);
+    const uint64_t salt = es__storage_salt(t->seed, f, 0);
+    for (size_t i = 0; i < n; i++) tt_slices(t, f, salt, keys[i], ids + i * 3);
 }
 
 /* ---- lookup and backward ------------------------------------------------------------------ */
@@ -163,7 +173,7 @@ static void tt_free(tt_impl *t) {
         es_rows_free(&t->c[k]);
         es_gradacc_free(&t->ga[k]);
     }
-    es__free(t->base); /* n and salt share the allocation */
+    es__free(t->base); /* n shares the allocation */
     es__free(t);
 }
 
@@ -172,38 +182,41 @@ static void tt_destroy(es_storage *s) {
     s->impl = NULL;
 }
 
-/* o[dim] += wt * E for the slices A [d0, R], B [R, d1, R], C [R, d2]. */
+/* o[dim] += wt * E for the slices A [d0, R], B [R, d1, R], C [R, d2]:
+ * for each a, T_a[b, x] = sum_r A[a, r] B[r, b, x] (R axpys of d1 R
+ * floats, the bulk of the work, through the SIMD kernels), then
+ * E[a, b, :] = T_a[b, :] . C. */
 static void tt_vec_acc(const tt_impl *t, const float *restrict A, const float *restrict B, const float *restrict C, float wt,
                        float *restrict o) {
     const int R = t->R, d0 = t->d[0], d1 = t->d[1], d2 = t->d[2];
-    float T[TT_MAX_RANK];
-    for (int a = 0; a < d0; a++)
+    const size_t W = (size_t)d1 * (size_t)R;
+    float T[TT_SCRATCH];
+    for (int a = 0; a < d0; a++) {
+        memset(T, 0, W * sizeof *T);
+        for (int r = 0; r < R; r++) es__axpy(T, A[a * R + r], B + (size_t)r * W, W);
         for (int b = 0; b < d1; b++) {
-            for (int x = 0; x < R; x++) T[x] = 0;
-            for (int r = 0; r < R; r++) {
-                const float ar = A[a * R + r];
-                const float *restrict Br = B + ((size_t)r * d1 + b) * R;
-                for (int x = 0; x < R; x++) T[x] += ar * Br[x];
-            }
             float *restrict oo = o + ((size_t)a * d1 + b) * d2;
+            const float *restrict Tb = T + (size_t)b * R;
             for (int x = 0; x < R; x++) {
-                const float w = wt * T[x];
+                const float w = wt * Tb[x];
                 const float *restrict Cx = C + (size_t)x * d2;
                 for (int c = 0; c < d2; c++) oo[c] += w * Cx[c];
             }
         }
+    }
 }
 
 static void tt_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *out) {
     const tt_impl *t = s->impl;
     const int F = t->F, dim = t->dim;
     uint64_t row[3];
-    for (size_t P = (size_t)r0 * F, P1 = (size_t)r1 * F; P < P1; P++) {
-        const int f = (int)(P % (size_t)F);
+    for (size_t P = (size_t)r0 * F, P1 = (size_t)r1 * F, fi = 0; P < P1; P++, fi = fi + 1 == (size_t)F ? 0 : fi + 1) {
+        const int f = (int)fi;
+        const uint64_t salt = es__storage_salt(t->seed, f, 0);
         float *o = out + (P - (size_t)r0 * F) * (size_t)dim;
         memset(o, 0, (size_t)dim * sizeof *o);
         for (uint32_t i = b->off[P]; i < b->off[P + 1]; i++) {
-            tt_slices(t, f, b->val[i], row);
+            tt_slices(t, f, salt, b->val[i], row);
             tt_vec_acc(t, t->c[0].w + row[0] * (uint64_t)t->rl[0], t->c[1].w + row[1] * (uint64_t)t->rl[1],
                        t->c[2].w + row[2] * (uint64_t)t->rl[2], b->wt[i], o);
         }
@@ -213,15 +226,17 @@ static void tt_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *o
 static int tt_backward(es_storage *s, const es_batch *b, const float *dout) {
     tt_impl *t = s->impl;
     const int F = t->F, dim = t->dim, R = t->R, d0 = t->d[0], d1 = t->d[1], d2 = t->d[2];
+    const size_t W = (size_t)d1 * (size_t)R;
     uint64_t row[3];
-    float T[TT_MAX_RANK], dT[TT_MAX_RANK];
+    float T[TT_SCRATCH], dT[TT_SCRATCH];
     for (int k = 0; k < 3; k++) es_gradacc_clear(&t->ga[k]);
-    for (size_t P = 0, PN = (size_t)b->n * F; P < PN; P++) {
-        const int f = (int)(P % (size_t)F);
+    for (size_t P = 0, PN = (size_t)b->n * F, fi = 0; P < PN; P++, fi = fi + 1 == (size_t)F ? 0 : fi + 1) {
+        const int f = (int)fi;
+        const uint64_t salt = es__storage_salt(t->seed, f, 0);
         const float *go = dout + P * (size_t)dim;
         for (uint32_t i = b->off[P]; i < b->off[P + 1]; i++) {
             const float wt = b->wt[i];
-            tt_slices(t, f, b->val[i], row);
+            tt_slices(t, f, salt, b->val[i], row);
             const float *restrict A = t->c[0].w + row[0] * (uint64_t)t->rl[0];
             const float *restrict B = t->c[1].w + row[1] * (uint64_t)t->rl[1];
             const float *restrict C = t->c[2].w + row[2] * (uint64_t)t->rl[2];
@@ -232,38 +247,30 @@ static int tt_backward(es_storage *s, const es_batch *b, const float *dout) {
                     return es__err(&s->err, ES_ENOMEM, "tt: out of memory growing the gradient scratch of core %d", k);
                 }
             float *restrict gA = g[0], *restrict gB = g[1], *restrict gC = g[2];
-            for (int a = 0; a < d0; a++)
+            for (int a = 0; a < d0; a++) {
+                memset(T, 0, W * sizeof *T);
+                for (int r = 0; r < R; r++) es__axpy(T, A[a * R + r], B + (size_t)r * W, W);
                 for (int bb = 0; bb < d1; bb++) {
                     const float *restrict ge = go + ((size_t)a * d1 + bb) * d2;
-                    for (int x = 0; x < R; x++) T[x] = 0;
-                    for (int r = 0; r < R; r++) {
-                        const float ar = A[a * R + r];
-                        const float *restrict Br = B + ((size_t)r * d1 + bb) * R;
-                        for (int x = 0; x < R; x++) T[x] += ar * Br[x];
-                    }
+                    const float *restrict Tb = T + (size_t)bb * R;
+                    float *restrict dTb = dT + (size_t)bb * R;
                     for (int x = 0; x < R; x++) {
                         const float *restrict Cx = C + (size_t)x * d2;
                         float *restrict gCx = gC + (size_t)x * d2;
+                        const float w = wt * Tb[x];
                         float acc = 0;
-                        const float w = wt * T[x];
                         for (int c = 0; c < d2; c++) {
                             acc += ge[c] * Cx[c];
                             gCx[c] += w * ge[c];
                         }
-                        dT[x] = wt * acc;
-                    }
-                    for (int r = 0; r < R; r++) {
-                        const float *restrict Br = B + ((size_t)r * d1 + bb) * R;
-                        float *restrict gBr = gB + ((size_t)r * d1 + bb) * R;
-                        const float ar = A[a * R + r];
-                        float acc = 0;
-                        for (int x = 0; x < R; x++) {
-                            acc += Br[x] * dT[x];
-                            gBr[x] += ar * dT[x];
-                        }
-                        gA[a * R + r] += acc;
+                        dTb[x] = wt * acc;
                     }
                 }
+                for (int r = 0; r < R; r++) {
+                    gA[a * R + r] += es__dot(B + (size_t)r * W, dT, W);
+                    es__axpy(gB + (size_t)r * W, A[a * R + r], dT, W);
+                }
+            }
         }
     }
     for (int k = 0; k < 3; k++) es_gradacc_apply(&t->ga[k], &t->c[k]);
@@ -299,10 +306,12 @@ static void tt_field_stats(es_storage *s, const es_vocab *vocab, int field, es_f
 
 /* ---- create --------------------------------------------------------------------------------- */
 
-/* dim = d0 d1 d2 with the smallest largest factor (then smallest sum); the
- * smallest factor in the middle. */
+/* dim = d0 d1 d2 with the smallest largest factor (then smallest sum):
+ * the smallest in the middle, the largest last (file comment). */
 static void tt_factor(int dim, int *d) {
     int best_max = INT32_MAX, best_sum = INT32_MAX;
+    d[0] = d[1] = 1;
+    d[2] = dim;
     for (int a = 1; a <= dim; a++) {
         if (dim % a) continue;
         for (int b = a; b <= dim / a; b++) {
@@ -313,9 +322,9 @@ static void tt_factor(int dim, int *d) {
             if (c < best_max || (c == best_max && a + b + c < best_sum)) {
                 best_max = c;
                 best_sum = a + b + c;
-                d[0] = c;
+                d[0] = b;
                 d[1] = a;
-                d[2] = b;
+                d[2] = c;
             }
         }
     }
@@ -379,8 +388,16 @@ static int tt_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     } else {
         tt_factor(dim, d);
     }
+    /* the lookup's stack scratch holds d1 R floats */
+    max_rank = ES_MIN(max_rank, TT_SCRATCH / d[1]);
+    if (R > 0 && (size_t)d[1] * (size_t)R > TT_SCRATCH)
+        return es__err(err, ES_EINVAL, "tt: rank %d with a middle factor d1 = %d exceeds the %d-float lookup scratch (d1 x rank)",
+                       R, d[1], TT_SCRATCH);
+    if (max_rank < 1)
+        return es__err(err, ES_EINVAL, "tt: a middle factor d1 = %d exceeds the %d-float lookup scratch; choose d= with a smaller "
+                       "middle factor", d[1], TT_SCRATCH);
     const int G = share ? 1 : F;
-    const size_t aux = ((size_t)6 * G + (size_t)F) * sizeof(uint64_t);
+    const size_t aux = (size_t)6 * G * sizeof(uint64_t);
 
     uint64_t *n = es__malloc((size_t)G * 3 * sizeof *n), *Af = es__malloc((size_t)G * sizeof *Af);
     if (!n || !Af) {
@@ -429,9 +446,10 @@ static int tt_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         if (A < (double)G * (double)umin) {
             rc = es__err(err, ES_EBUDGET,
                          "tt: a budget of %.0f bytes leaves %.0f floats after %zu bytes of lookup arrays; one slice per "
-                         "core at rank %d needs %llu floats%s (%.0f bytes in all)",
+                         "core at rank %d needs %llu floats%s (%.0f bytes in all)%s",
                          s->budget_bytes, A, aux, R, (unsigned long long)umin, share ? "" : " per field",
-                         (double)aux + (double)G * (double)umin * sizeof(float));
+                         (double)aux + (double)G * (double)umin * sizeof(float),
+                         share ? "" : "; share=1 pays for one set, not one per field");
             goto fail;
         }
         zoo_split((uint64_t)A, G, share ? NULL : vocab, umin, Af);
@@ -467,7 +485,6 @@ static int tt_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         goto fail;
     }
     t->n = t->base + (size_t)G * 3;
-    t->salt = t->n + (size_t)G * 3;
     es_rng rng;
     es__rng_seed(&rng, s->p.seed);
     const float sc = s->p.init_scale > 0 ? s->p.init_scale : 0.05f;
@@ -478,8 +495,8 @@ static int tt_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         if (es_rows_init(&t->c[k], rows[k], t->rl[k], &s->p.opt, &rng, ak) != ES_OK ||
             es_gradacc_init(&t->ga[k], ga_cap, t->rl[k]) != ES_OK) {
             tt_free(t);
-            rc = es__err(err, ES_ENOMEM, "tt: out of memory for core %d (%llu slices of %d floats)", k,
-                         (unsigned long long)rows[k], t->rl[k]);
+            rc = es__err(err, ES_ENOMEM, "tt: out of memory for core %d (%llu slices of %llu floats)", k,
+                         (unsigned long long)rows[k], (unsigned long long)u[k]);
             goto fail;
         }
     }
@@ -490,7 +507,7 @@ static int tt_create(es_storage *s, const es_vocab *vocab, es_err *err) {
             t->base[(size_t)g * 3 + k] = at[k];
             at[k] += n[(size_t)g * 3 + k];
         }
-    for (int f = 0; f < F; f++) t->salt[f] = es__storage_salt(s->p.seed, f, 0);
+    t->seed = s->p.seed;
 
     size_t o = (size_t)snprintf(s->meta, sizeof s->meta, "share=%d,seed=%llu,rank=%d,d=%d/%d/%d", share,
                                 (unsigned long long)s->p.seed, R, d[0], d[1], d[2]);

@@ -363,6 +363,7 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
     np.max_batch = p->batch;
     np.opt.kind = dense_opt;
     np.opt.lr = p->lr;
+    if (dense_opt == ES_OPT_ADAGRAD) np.opt.eps = 1e-10f; /* torch.optim.Adagrad's default */
     np.weight_decay = p->weight_decay;
     np.seed = es__mix64(p->seed ^ 0x6e6574ULL);
     es_storage_params sp = es_storage_params_default();

@@ -1,0 +1,861 @@
+/*
+ * mde.c — the `mde` storage method: mixed-dimension embeddings (Ginart et
+ * al., ISIT 2021, "Mixed Dimension Embeddings with Application to
+ * Memory-Efficient Recommendation Systems").
+ *
+ * Popular values get wide vectors, rare ones narrow vectors, and every
+ * vector is projected to the common output dimension.  Following the
+ * paper's power rule, a value of popularity (count) c in a space whose
+ * most popular value has count c_top gets
+ *     d(c) = round(dim * (c / c_top)^alpha),  clamped to [0, dim],
+ * so the dimension falls with the value's rarity (alpha = 0: every value
+ * gets dim; larger alpha: faster decay).  The paper applies the rule to
+ * blocks of equal popularity (with per-feature blocks of n items, p = 1/n
+ * and d ~ n^-alpha); here the blocks are the runs of values, in
+ * popularity order, whose rounded dimension is equal ("tiers").  A value
+ * whose dimension rounds to 0 has no vector of its own: like every value
+ * not in the table (unseen, or below min_count), it shares hashed
+ * full-dimension rows, which also serve as the out-of-vocabulary rows.
+ *
+ * Storage, per space (share=0: one space per field; share=1: one space
+ * for all fields, one popularity scale, shared tiers and hashed rows with
+ * per-field salts):
+ *   tier t        count_t rows of d_t floats, and when d_t < dim a
+ *                 projection P_t [d_t, dim]; value vector = row P_t;
+ *   hashed rows   rows[s] rows of dim floats; value (f, key) reads row
+ *                 base[s] + es__range(es__hash_u64(key, salt_f), rows[s]).
+ * The table's values are found through a map of tagged keys (key ^ a
+ * per-field tag, so equal raw keys of two fields are two entries) in row
+ * order — space by space, most popular first — with an open-addressing
+ * index rebuilt on load; map.tiers lists (space, count, dim) per tier, so
+ * a loaded model needs no vocabulary.
+ *
+ * Budget B (bytes), from the vocabulary:
+ *   bytes(alpha) = 4 sum_i d_i  + 4 sum_t d_t dim [d_t < dim]      (rows, projections)
+ *                + 8 keys + 4 index slots + 24 per tier             (map)
+ *                + 4 dim per space (one hashed row each) + 16 per space;
+ * alpha is solved by bisection on [0, 64] as the smallest value with
+ * bytes(alpha) <= B.  When even alpha = 64 does not fit (or alpha has no
+ * effect, e.g. all counts equal), alpha stops where it stops mattering
+ * and the least popular values (by count over all fields; ties by field,
+ * then key) leave the table until it fits.  What is left of B becomes
+ * more hashed rows, so param + aux bytes are within one row of B.  With
+ * share=0 they are split over the fields: one each, the rest in
+ * proportion to each field's distinct values that are not in the table.
+ *
+ * Training.  Backward sums the output-space gradient of each distinct
+ * value (and hashed row) over the batch, then per value: the row gets
+ * P_t g (its own gradient through the projection) and P_t gets row (x) g,
+ * both from the values before this step; rows take the storage optimizer
+ * (row-wise Adagrad by default, one state per row) and hashed rows too;
+ * the projections are dense and take per-element Adagrad (SGD when the
+ * storage optimizer is SGD; "dense_opt=sgd|adagrad|adam", "dense_lr=").
+ *
+ * s->meta: "share=,alpha=,keys=N,tiers=T,rowf=R,projf=Q,hashed=H,seed=,
+ * dense_opt=" — create() honours it (shapes), the tensors carry the rest.
+ */
+#include "storage/storage.h"
+
+#include "core/simd.h"
+#include "model/layers.h"
+
+#include <math.h>
+
+#define MDE_ALPHA_MAX 64.0
+
+typedef enum { DOPT_SGD = 0, DOPT_ADAGRAD = 1, DOPT_ADAM = 2 } mde_dopt;
+static const char *const dopt_names[] = {"sgd", "adagrad", "adam"};
+
+typedef struct mde_impl {
+    int F, S, dim, share;
+    uint64_t seed;
+    double alpha;
+    char alpha_str[32];
+    uint64_t N, T, R, Q, H;  /* keys, tiers, row floats, projection floats, hashed rows */
+    /* persistent */
+    uint64_t *keys;          /* [max(N,1)] tagged keys, row order */
+    uint64_t *tiers;         /* [max(T,1) * 3]: space, count, dim */
+    uint64_t *hrows;         /* [S] hashed rows per space; hbase [S] follows */
+    uint64_t *hbase;
+    float *rows;             /* [max(R,1)] */
+    float *racc;             /* row optimizer state: rowwise [N], adagrad [R] */
+    float *proj;             /* [max(Q,1)] */
+    float *pacc, *pv;        /* dense state: adagrad acc / adam m, adam v */
+    uint64_t *pstep;         /* adam: [1] */
+    es_rows tail;            /* [H, dim] */
+    /* derived */
+    uint64_t *vstart;        /* [T + 1] first value index of each tier */
+    uint64_t *poff;          /* [T] projection offset, UINT64_MAX when d == dim */
+    es_rows *views;          /* [T] row-table views of the tiers (w, acc point into rows/racc) */
+    uint32_t *index;         /* [icap] */
+    size_t icap;
+    /* training */
+    es_gradacc ga;           /* output-space gradient per value id (value i, or N + hashed row) */
+    float *pgrad;            /* [max(Q,1)] */
+    unsigned char *ptouched; /* [max(T,1)] */
+    float *gr;               /* [dim] */
+    mde_dopt dopt;
+    float lr;
+    es_optim_params opt;
+} mde_impl;
+
+static inline uint64_t field_tag(int f) { return es__mix64(UINT64_C(0x3de9e3779b97f4a7) + (uint64_t)(uint32_t)f); }
+static inline size_t index_cap(uint64_t n) { return (size_t)(n + n / 2 + 1); }
+static inline size_t home(uint64_t t, size_t cap) { return (size_t)es__range(es__mix64(t), cap); }
+
+static inline uint64_t map_find(const mde_impl *m, uint64_t t) {
+    size_t h = home(t, m->icap);
+    uint32_t v;
+    while ((v = m->index[h]) != 0) {
+        if (m->keys[v - 1] == t) return v - 1;
+        if (++h == m->icap) h = 0;
+    }
+    return UINT64_MAX;
+}
+
+static int map_insert(mde_impl *m, uint64_t i) {
+    const uint64_t t = m->keys[i];
+    size_t h = home(t, m->icap);
+    uint32_t v;
+    while ((v = m->index[h]) != 0) {
+        if (m->keys[v - 1] == t) return 1;
+        if (++h == m->icap) h = 0;
+    }
+    m->index[h] = (uint32_t)(i + 1);
+    return 0;
+}
+
+/* Tier of value i (binary search over vstart). */
+static inline uint64_t tier_of(const mde_impl *m, uint64_t i) {
+    uint64_t lo = 0, hi = m->T - 1;
+    while (lo < hi) {
+        uint64_t mid = (lo + hi + 1) / 2;
+        if (m->vstart[mid] <= i) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
+/* salt = es__storage_salt(m->seed, f, 0), computed once per (row, field) by
+ * the caller (not stored: it costs three mixer rounds). */
+static inline uint64_t hashed_row(const mde_impl *m, int f, uint64_t salt, uint64_t key) {
+    const int s = m->share ? 0 : f;
+    return m->hbase[s] + es__range(es__hash_u64(key, salt), m->hrows[s]);
+}
+
+/* Bytes of the map and small arrays (aux) for N keys and T tiers. */
+static size_t mde_aux(uint64_t N, uint64_t T, int S) {
+    return 8 * (size_t)ES_MAX(N, 1) + 4 * index_cap(N) + 24 * (size_t)ES_MAX(T, 1) + 16 * (size_t)S;
+}
+
+/* ---- lifecycle ------------------------------------------------------------------------ */
+
+static void mde_free(mde_impl *m) {
+    if (!m) return;
+    es__free(m->keys);
+    es__free(m->tiers);
+    es__free(m->hrows);
+    es__free_aligned(m->rows);
+    es__free_aligned(m->racc);
+    es__free_aligned(m->proj);
+    es__free_aligned(m->pacc);
+    es__free_aligned(m->pv);
+    es__free(m->pstep);
+    es_rows_free(&m->tail);
+    es__free(m->vstart);
+    es__free(m->poff);
+    es__free(m->views);
+    es__free(m->index);
+    es_gradacc_free(&m->ga);
+    es__free_aligned(m->pgrad);
+    es__free(m->ptouched);
+    es__free(m->gr);
+    es__free(m);
+}
+
+static void mde_destroy(es_storage *s) {
+    mde_free(s->impl);
+    s->impl = NULL;
+}
+
+/* Check the tier table and hashed-row split against the shapes, then
+ * derive vstart/poff/views, the hashed bases and the index. */
+static int mde_derive(mde_impl *m, es_err *err) {
+    uint64_t v = 0, rf = 0, pf = 0, prev_s = 0, prev_d = 0;
+    for (uint64_t t = 0; t < m->T; t++) {
+        const uint64_t sp = m->tiers[3 * t], cnt = m->tiers[3 * t + 1], d = m->tiers[3 * t + 2];
+        if (sp >= (uint64_t)m->S || cnt == 0 || cnt > m->N || d == 0 || d > (uint64_t)m->dim || (t && sp < prev_s) ||
+            (t && sp == prev_s && d >= prev_d))
+            return es__err(err, ES_EFORMAT,
+                           "mde: tier %llu (space %llu, %llu values, dim %llu) is invalid: spaces must not decrease, "
+                           "dims must fall within a space and lie in [1, %d]",
+                           (unsigned long long)t, (unsigned long long)sp, (unsigned long long)cnt, (unsigned long long)d,
+                           m->dim);
+        m->vstart[t] = v;
+        m->views[t] = (es_rows){0};
+        m->views[t].w = m->rows + rf;
+        m->views[t].acc = m->opt.kind == ES_OPT_ROWWISE_ADAGRAD ? m->racc + v
+                          : m->opt.kind == ES_OPT_ADAGRAD      ? m->racc + rf
+                                                               : NULL;
+        m->views[t].n_rows = cnt;
+        m->views[t].dim = (int)d;
+        m->views[t].opt = m->opt;
+        m->poff[t] = d < (uint64_t)m->dim ? pf : UINT64_MAX;
+        if (d < (uint64_t)m->dim) pf += d * (uint64_t)m->dim;
+        v += cnt;
+        rf += cnt * d;
+        prev_s = sp;
+        prev_d = d;
+    }
+    m->vstart[m->T] = v;
+    if (v != m->N || rf != m->R || pf != m->Q)
+        return es__err(err, ES_EFORMAT,
+                       "mde: tiers hold %llu values, %llu row floats and %llu projection floats; the shapes say %llu, "
+                       "%llu and %llu",
+                       (unsigned long long)v, (unsigned long long)rf, (unsigned long long)pf, (unsigned long long)m->N,
+                       (unsigned long long)m->R, (unsigned long long)m->Q);
+    uint64_t sum = 0;
+    for (int s = 0; s < m->S; s++) {
+        if (m->hrows[s] == 0 || m->hrows[s] > m->H)
+            return es__err(err, ES_EFORMAT, "mde: space %d has %llu hashed rows (1..%llu expected)", s,
+                           (unsigned long long)m->hrows[s], (unsigned long long)m->H);
+        m->hbase[s] = sum;
+        sum += m->hrows[s];
+    }
+    if (sum != m->H)
+        return es__err(err, ES_EFORMAT, "mde: hashed rows per space sum to %llu, expected %llu", (unsigned long long)sum,
+                       (unsigned long long)m->H);
+    memset(m->index, 0, m->icap * sizeof *m->index);
+    for (uint64_t i = 0; i < m->N; i++)
+        if (map_insert(m, i))
+            return es__err(err, ES_EFORMAT, "mde: key %llu appears twice in the map", (unsigned long long)i);
+    return ES_OK;
+}
+
+/* ---- budget solving -------------------------------------------------------------------- */
+
+typedef struct {
+    uint64_t count, key;
+    int f;
+} cand;
+
+typedef struct {
+    cand *c;
+    size_t n, cap;
+    uint64_t min_count;
+    int f;
+} cand_ctx;
+
+static void collect(uint64_t key, uint64_t count, void *ctx) {
+    cand_ctx *x = ctx;
+    if (count >= x->min_count && x->n < x->cap) x->c[x->n++] = (cand){count, key, x->f};
+}
+
+/* popularity order: count desc, then field, then key */
+static int cmp_pop(const void *a, const void *b) {
+    const cand *x = a, *y = b;
+    if (x->count != y->count) return x->count > y->count ? -1 : 1;
+    if (x->f != y->f) return x->f < y->f ? -1 : 1;
+    return (x->key > y->key) - (x->key < y->key);
+}
+
+/* space order for share=0: field, then popularity */
+static int cmp_field_pop(const void *a, const void *b) {
+    const cand *x = a, *y = b;
+    if (x->f != y->f) return x->f < y->f ? -1 : 1;
+    return cmp_pop(a, b);
+}
+
+typedef struct {
+    const cand *c;    /* [n] in space order */
+    size_t n;
+    int S, dim, share;
+    const size_t *sb; /* [S + 1] space ranges in c */
+    uint16_t *d;      /* [n] dims */
+    uint8_t *inc;     /* [n] 1 = in the table (when d > 0) */
+} solver;
+
+static void dims_at(solver *v, double alpha) {
+    for (int s = 0; s < v->S; s++) {
+        if (v->sb[s] == v->sb[s + 1]) continue;
+        const double top = (double)v->c[v->sb[s]].count;
+        uint64_t last = 0;
+        uint16_t d = 0;
+        /* counts fall along the space, so pow runs once per distinct count */
+        for (size_t i = v->sb[s]; i < v->sb[s + 1]; i++) {
+            if (i == v->sb[s] || v->c[i].count != last) {
+                last = v->c[i].count;
+                double r = floor((double)v->dim * pow((double)last / top, alpha) + 0.5);
+                d = (uint16_t)(r < 0 ? 0 : r > v->dim ? v->dim : r);
+            }
+            v->d[i] = d;
+        }
+    }
+}
+
+/* Table shape of the current dims and inclusion; returns param + aux bytes
+ * with one hashed row per space. */
+static double shape_bytes(const solver *v, uint64_t *N, uint64_t *T, uint64_t *R, uint64_t *Q) {
+    uint64_t n = 0, t = 0, r = 0, q = 0;
+    for (int s = 0; s < v->S; s++) {
+        int prev = -1;
+        for (size_t i = v->sb[s]; i < v->sb[s + 1]; i++) {
+            if (!v->inc[i] || v->d[i] == 0) continue;
+            n++;
+            r += v->d[i];
+            if (v->d[i] != prev) {
+                t++;
+                if (v->d[i] < v->dim) q += (uint64_t)v->d[i] * (uint64_t)v->dim;
+                prev = v->d[i];
+            }
+        }
+    }
+    if (N) *N = n, *T = t, *R = r, *Q = q;
+    return 4.0 * (double)(r + q) + (double)mde_aux(n, t, v->S) + 4.0 * v->dim * v->S;
+}
+
+static int cmp_idx_pop(const void *a, const void *b, void *ctx) {
+    const cand *c = ctx;
+    return cmp_pop(&c[*(const size_t *)a], &c[*(const size_t *)b]);
+}
+
+/* Solve alpha and the table's values for budget B (0: no budget, alpha 0,
+ * every candidate in).  Leaves the result in v->d / v->inc.  ES_EBUDGET
+ * when not even the hashed rows fit, ES_ENOMEM. */
+static int solve(solver *v, double B, double *alpha_out) {
+    memset(v->inc, 1, v->n);
+    double alpha = 0;
+    dims_at(v, 0);
+    if (B > 0 && shape_bytes(v, NULL, NULL, NULL, NULL) > B) {
+        dims_at(v, MDE_ALPHA_MAX);
+        const double floor_bytes = shape_bytes(v, NULL, NULL, NULL, NULL);
+        /* the smallest alpha reaching B, or reaching what alpha can reach
+         * at all when that is still over B (values then leave below) */
+        const double target = floor_bytes > B ? floor_bytes : B;
+        double lo = 0, hi = MDE_ALPHA_MAX;
+        for (int it = 0; it < 60; it++) {
+            double mid = 0.5 * (lo + hi);
+            dims_at(v, mid);
+            if (shape_bytes(v, NULL, NULL, NULL, NULL) <= target) hi = mid;
+            else lo = mid;
+        }
+        alpha = hi;
+        dims_at(v, alpha);
+    }
+    *alpha_out = alpha;
+    if (B <= 0 || shape_bytes(v, NULL, NULL, NULL, NULL) <= B) return ES_OK;
+    /* Keep the K most popular values (over all spaces; a prefix of every
+     * space's order), K as large as fits. */
+    size_t *ord = es__malloc(ES_MAX(v->n, (size_t)1) * sizeof *ord);
+    if (!ord) return ES_ENOMEM;
+    for (size_t i = 0; i < v->n; i++) ord[i] = i;
+    if (!v->share) qsort_r(ord, v->n, sizeof *ord, cmp_idx_pop, (void *)v->c);
+    size_t lo = 0, hi = v->n; /* invariant: K = lo fits (checked below for 0), K = hi + 1 does not */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo + 1) / 2;
+        for (size_t j = 0; j < v->n; j++) v->inc[ord[j]] = j < mid;
+        if (shape_bytes(v, NULL, NULL, NULL, NULL) <= B) lo = mid;
+        else hi = mid - 1;
+    }
+    for (size_t j = 0; j < v->n; j++) v->inc[ord[j]] = j < lo;
+    es__free(ord);
+    return shape_bytes(v, NULL, NULL, NULL, NULL) <= B ? ES_OK : ES_EBUDGET;
+}
+
+/* Split H hashed rows over the spaces: one each, the rest in proportion
+ * to w[s] (largest remainder, ties to the lower space); equal when w is
+ * NULL or all 0. */
+static void split_rows(uint64_t H, int S, const uint64_t *w, uint64_t *rows) {
+    uint64_t tw = 0, rest = H - (uint64_t)S, given = 0;
+    for (int s = 0; s < S; s++) tw += w ? w[s] : 0;
+    for (int s = 0; s < S; s++) {
+        long double share = tw ? (long double)rest * (long double)w[s] / (long double)tw : (long double)rest / S;
+        rows[s] = 1 + (uint64_t)share;
+        given += (uint64_t)share;
+    }
+    while (given < rest) {
+        int best = 0;
+        long double bf = -1;
+        for (int s = 0; s < S; s++) {
+            long double share = tw ? (long double)rest * (long double)w[s] / (long double)tw : (long double)rest / S;
+            long double fr = share - (long double)(rows[s] - 1);
+            if (fr > bf) {
+                bf = fr;
+                best = s;
+            }
+        }
+        rows[best]++;
+        given++;
+    }
+}
+
+/* ---- create ------------------------------------------------------------------------------ */
+
+static int opt_choice(const es_storage *s, const char *key, int *val, es_err *err) {
+    size_t len;
+    const char *v = es__storage_opt(s, key, &len);
+    if (!v) return ES_OK;
+    for (int i = 0; i < 3; i++)
+        if (strlen(dopt_names[i]) == len && memcmp(v, dopt_names[i], len) == 0) {
+            *val = i;
+            return ES_OK;
+        }
+    return es__err(err, ES_EINVAL, "mde: option %s=%.*s is not one of sgd, adagrad, adam", key, (int)len, v);
+}
+
+/* The resolved table from the vocabulary: keys/tiers filled into m (which
+ * has the shapes of sv), and the hashed-row weights per space. */
+static void fill_table(mde_impl *m, const solver *sv, uint64_t *hw) {
+    uint64_t n = 0, t = 0;
+    for (int s = 0; s < sv->S; s++) {
+        int prev = -1;
+        for (size_t i = sv->sb[s]; i < sv->sb[s + 1]; i++) {
+            if (!sv->inc[i] || sv->d[i] == 0) {
+                if (hw) hw[s]++;
+                continue;
+            }
+            if (sv->d[i] != prev) {
+                m->tiers[3 * t] = (uint64_t)s;
+                m->tiers[3 * t + 1] = 0;
+                m->tiers[3 * t + 2] = sv->d[i];
+                t++;
+                prev = sv->d[i];
+            }
+            m->tiers[3 * (t - 1) + 1]++;
+            m->keys[n++] = sv->c[i].key ^ field_tag(sv->c[i].f);
+        }
+    }
+}
+
+static int mde_create(es_storage *s, const es_vocab *vocab, es_err *err) {
+    const int F = s->p.n_fields, dim = s->p.dim;
+    uint64_t v, mc = (uint64_t)s->p.min_count;
+    int found, rc;
+    int share = s->p.share;
+    uint64_t seed = s->p.seed, N = 0, T = 0, R = 0, Q = 0, H = 0;
+    int from_meta = 0;
+    double alpha = 0;
+    char alpha_str[32] = "0";
+    if ((rc = es__storage_opt_u64(s, "share", 0, 1, &v, &found, err)) != 0) return rc;
+    if (found) share = (int)v;
+    if ((rc = es__storage_opt_u64(s, "seed", 0, UINT64_MAX, &v, &found, err)) != 0) return rc;
+    if (found) seed = v;
+    if ((rc = es__storage_opt_u64(s, "min_count", 1, UINT32_MAX, &mc, &found, err)) != 0) return rc;
+    int dopt = s->p.opt.kind == ES_OPT_SGD ? DOPT_SGD : DOPT_ADAGRAD;
+    if ((rc = opt_choice(s, "dense_opt", &dopt, err)) != 0) return rc;
+    float lr = s->p.opt.lr;
+    {
+        size_t len;
+        const char *lv = es__storage_opt(s, "dense_lr", &len);
+        double x;
+        if (lv) {
+            if (!es__parse_double(lv, len, &x) || !(x >= 0) || !isfinite(x))
+                return es__err(err, ES_EINVAL, "mde: option dense_lr=%.*s is not a number >= 0", (int)len, lv);
+            lr = (float)x;
+        }
+    }
+    const int S = share ? 1 : F;
+    {
+        /* shapes from a saved model: all or nothing */
+        const char *keys[] = {"keys", "tiers", "rowf", "projf", "hashed"};
+        uint64_t *dst[] = {&N, &T, &R, &Q, &H};
+        int nf = 0;
+        for (int i = 0; i < 5; i++) {
+            if ((rc = es__storage_opt_u64(s, keys[i], 0, UINT64_MAX / 64, dst[i], &found, err)) != 0) return rc;
+            nf += found;
+        }
+        if (nf != 0 && nf != 5)
+            return es__err(err, ES_EINVAL, "mde: options keys, tiers, rowf, projf and hashed go together (from a saved model)");
+        from_meta = nf == 5;
+        if (from_meta) {
+            size_t len;
+            const char *av = es__storage_opt(s, "alpha", &len);
+            if (av && (!es__parse_double(av, len, &alpha) || !(alpha >= 0) || len >= sizeof alpha_str))
+                return es__err(err, ES_EINVAL, "mde: option alpha=%.*s is not a number >= 0", (int)len, av);
+            if (av) {
+                memcpy(alpha_str, av, len);
+                alpha_str[len] = 0;
+            }
+            if (N > (uint64_t)UINT32_MAX - 1 || H < (uint64_t)S || (N == 0) != (T == 0) || T > N ||
+                T > (uint64_t)S * (uint64_t)dim)
+                return es__err(err, ES_EINVAL, "mde: saved shapes keys=%llu tiers=%llu hashed=%llu do not fit %d space(s)",
+                               (unsigned long long)N, (unsigned long long)T, (unsigned long long)H, S);
+        }
+    }
+
+    /* Solve from the vocabulary. */
+    solver sv = {0};
+    cand *cands = NULL;
+    size_t *sb = NULL;
+    if (!from_meta) {
+        if (!vocab)
+            return es__err(err, ES_EINVAL,
+                           "mde: needs a vocabulary (count the training data first) or the shapes of a saved model");
+        size_t total = 0;
+        for (int f = 0; f < F; f++) total += (size_t)es_vocab_distinct_min(vocab, f, mc);
+        cands = es__malloc(ES_MAX(total, (size_t)1) * sizeof *cands);
+        sb = es__calloc((size_t)S + 1, sizeof *sb);
+        sv.d = es__malloc(ES_MAX(total, (size_t)1) * sizeof *sv.d);
+        sv.inc = es__malloc(ES_MAX(total, (size_t)1));
+        if (!cands || !sb || !sv.d || !sv.inc) {
+            rc = es__err(err, ES_ENOMEM, "mde: out of memory ranking %zu values", total);
+            goto fail_solve;
+        }
+        size_t n = 0;
+        for (int f = 0; f < F; f++) {
+            cand_ctx x = {cands + n, 0, (size_t)es_vocab_distinct_min(vocab, f, mc), mc, f};
+            es_vocab_each(vocab, f, collect, &x);
+            n += x.n;
+        }
+        qsort(cands, n, sizeof *cands, share ? cmp_pop : cmp_field_pop);
+        if (share) {
+            sb[1] = n;
+        } else {
+            for (size_t i = 0; i < n; i++) sb[cands[i].f + 1]++;
+            for (int f = 0; f < F; f++) sb[f + 1] += sb[f];
+        }
+        sv.c = cands;
+        sv.n = n;
+        sv.S = S;
+        sv.dim = dim;
+        sv.share = share;
+        sv.sb = sb;
+        rc = solve(&sv, s->budget_bytes, &alpha);
+        if (rc == ES_ENOMEM) {
+            rc = es__err(err, rc, "mde: out of memory solving the budget");
+            goto fail_solve;
+        }
+        if (rc != ES_OK) {
+            rc = es__err(err, ES_EBUDGET,
+                         "mde: a budget of %.0f bytes cannot hold one hashed row of %d floats per %s and the maps",
+                         s->budget_bytes, dim, share ? "table" : "field");
+            goto fail_solve;
+        }
+        double used = shape_bytes(&sv, &N, &T, &R, &Q);
+        if (N > (uint64_t)UINT32_MAX - 1) {
+            rc = es__err(err, ES_ERANGE, "mde: %llu values in the table is more than this method indexes (2^32 - 2)",
+                         (unsigned long long)N);
+            goto fail_solve;
+        }
+        H = (uint64_t)S;
+        if (s->budget_bytes > 0) H += (uint64_t)floor((s->budget_bytes - used) / (4.0 * dim));
+        snprintf(alpha_str, sizeof alpha_str, "%.6g", alpha);
+    }
+
+    mde_impl *m = es__calloc(1, sizeof *m);
+    if (!m) {
+        rc = es__err(err, ES_ENOMEM, "mde: out of memory");
+        goto fail_solve;
+    }
+    m->F = F;
+    m->S = S;
+    m->dim = dim;
+    m->share = share;
+    m->seed = seed;
+    m->alpha = alpha;
+    memcpy(m->alpha_str, alpha_str, sizeof alpha_str);
+    m->N = N;
+    m->T = T;
+    m->R = R;
+    m->Q = Q;
+    m->H = H;
+    m->icap = index_cap(N);
+    m->dopt = (mde_dopt)dopt;
+    m->lr = lr;
+    m->opt = s->p.opt;
+    size_t rbytes, qbytes, accn;
+    if (!es__mul_size((size_t)ES_MAX(R, 1), sizeof(float), &rbytes) || !es__mul_size((size_t)ES_MAX(Q, 1), sizeof(float), &qbytes)) {
+        mde_free(m);
+        rc = es__err(err, ES_ERANGE, "mde: table size overflows");
+        goto fail_solve;
+    }
+    accn = m->opt.kind == ES_OPT_ROWWISE_ADAGRAD ? (size_t)ES_MAX(N, 1) : m->opt.kind == ES_OPT_ADAGRAD ? (size_t)ES_MAX(R, 1) : 0;
+    m->keys = es__calloc((size_t)ES_MAX(N, 1), sizeof *m->keys);
+    m->tiers = es__calloc(3 * (size_t)ES_MAX(T, 1), sizeof *m->tiers);
+    m->hrows = es__calloc(2 * (size_t)S, sizeof *m->hrows);
+    m->rows = es__alloc_aligned(rbytes);
+    m->proj = es__alloc_aligned(qbytes);
+    m->vstart = es__calloc((size_t)T + 1, sizeof *m->vstart);
+    m->poff = es__calloc((size_t)ES_MAX(T, 1), sizeof *m->poff);
+    m->views = es__calloc((size_t)ES_MAX(T, 1), sizeof *m->views);
+    m->index = es__calloc(m->icap, sizeof *m->index);
+    m->pgrad = es__alloc_aligned(qbytes);
+    m->ptouched = es__calloc((size_t)ES_MAX(T, 1), 1);
+    m->gr = es__malloc((size_t)dim * sizeof *m->gr);
+    int ok = m->keys && m->tiers && m->hrows && m->rows && m->proj && m->vstart && m->poff && m->views && m->index &&
+             m->pgrad && m->ptouched && m->gr;
+    if (ok && accn) ok = (m->racc = es__alloc_aligned(accn * sizeof(float))) != NULL;
+    if (ok && dopt != DOPT_SGD) ok = (m->pacc = es__alloc_aligned(qbytes)) != NULL;
+    if (ok && dopt == DOPT_ADAM) ok = (m->pv = es__alloc_aligned(qbytes)) && (m->pstep = es__calloc(1, sizeof *m->pstep));
+    es_rng rng;
+    es__rng_seed(&rng, s->p.seed);
+    if (ok) {
+        /* rows U(-init_scale, init_scale); projections U(+-sqrt(3/d)) so a
+         * projected vector keeps its row's spread; then the hashed rows */
+        if (s->p.init_scale > 0 && R) es__rng_fill_uniform(&rng, m->rows, (size_t)R, s->p.init_scale);
+        if (m->opt.kind != ES_OPT_SGD && m->opt.init_acc != 0.0f)
+            for (size_t i = 0; i < accn; i++) m->racc[i] = m->opt.init_acc;
+        if (dopt == DOPT_ADAGRAD && m->opt.init_acc != 0.0f)
+            for (uint64_t i = 0; i < Q; i++) m->pacc[i] = m->opt.init_acc;
+        ok = es_rows_init(&m->tail, H, dim, &s->p.opt, NULL, 0.0f) == ES_OK;
+    }
+    if (ok) {
+        size_t ga_cap = ES_MIN((size_t)s->p.max_batch * (size_t)F, (size_t)(N + H));
+        ok = es_gradacc_init(&m->ga, ga_cap, dim) == ES_OK;
+    }
+    if (!ok) {
+        mde_free(m);
+        rc = es__err(err, ES_ENOMEM, "mde: out of memory for %llu values, %llu hashed rows", (unsigned long long)N,
+                     (unsigned long long)H);
+        goto fail_solve;
+    }
+    m->hbase = m->hrows + S;
+
+    uint64_t *hw = NULL;
+    if (!from_meta) {
+        if (!share && !(hw = es__calloc((size_t)S, sizeof *hw))) {
+            mde_free(m);
+            rc = es__err(err, ES_ENOMEM, "mde: out of memory");
+            goto fail_solve;
+        }
+        fill_table(m, &sv, hw);
+    }
+    split_rows(H, S, hw, m->hrows);
+    es__free(hw);
+    /* Projection weights, tier by tier (need the tiers: from the solve, or
+     * drawn per tier size after a load replaces them anyway). */
+    if (!from_meta) {
+        uint64_t pf = 0;
+        for (uint64_t t = 0; t < T; t++) {
+            const uint64_t d = m->tiers[3 * t + 2];
+            if (d < (uint64_t)dim) {
+                es__rng_fill_uniform(&rng, m->proj + pf, (size_t)(d * (uint64_t)dim), sqrtf(3.0f / (float)d));
+                pf += d * (uint64_t)dim;
+            }
+        }
+        if ((rc = mde_derive(m, err)) != ES_OK) {
+            mde_free(m);
+            goto fail_solve;
+        }
+    } else {
+        /* no tier is reachable before the load (the index is empty); the
+         * hashed rows are, split equally until the saved split arrives */
+        uint64_t o = 0;
+        for (int sp = 0; sp < S; sp++) {
+            m->hbase[sp] = o;
+            o += m->hrows[sp];
+        }
+    }
+    if (s->p.init_scale > 0) es__rng_fill_uniform(&rng, m->tail.w, (size_t)H * (size_t)dim, s->p.init_scale);
+
+    int wn = snprintf(s->meta, sizeof s->meta,
+                      "share=%d,alpha=%s,keys=%llu,tiers=%llu,rowf=%llu,projf=%llu,hashed=%llu,seed=%llu,dense_opt=%s",
+                      share, m->alpha_str, (unsigned long long)N, (unsigned long long)T, (unsigned long long)R,
+                      (unsigned long long)Q, (unsigned long long)H, (unsigned long long)seed, dopt_names[dopt]);
+    if (wn < 0 || (size_t)wn >= sizeof s->meta) {
+        mde_free(m);
+        rc = es__err(err, ES_ERANGE, "mde: metadata does not fit");
+        goto fail_solve;
+    }
+    es__free(cands);
+    es__free(sb);
+    es__free(sv.d);
+    es__free(sv.inc);
+    s->impl = m;
+    s->param_bytes = 4 * (size_t)(R + Q) + es_rows_param_bytes(&m->tail);
+    s->aux_bytes = mde_aux(N, T, S);
+    s->state_bytes = es_rows_state_bytes(&m->tail) + (N > 0 ? accn * sizeof(float) : 0) +
+                     (Q > 0 && dopt == DOPT_ADAGRAD ? (size_t)Q * sizeof(float) : 0) +
+                     (Q > 0 && dopt == DOPT_ADAM ? 2 * (size_t)Q * sizeof(float) + sizeof(uint64_t) : 0);
+    return ES_OK;
+fail_solve:
+    es__free(cands);
+    es__free(sb);
+    es__free(sv.d);
+    es__free(sv.inc);
+    return rc;
+}
+
+/* ---- lookup / backward --------------------------------------------------------------------- */
+
+static void mde_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *out) {
+    const mde_impl *m = s->impl;
+    const int F = m->F;
+    const size_t dim = (size_t)m->dim;
+    for (int r = r0; r < r1; r++)
+        for (int f = 0; f < F; f++) {
+            const size_t P = (size_t)r * F + f;
+            float *o = out + (P - (size_t)r0 * F) * dim;
+            memset(o, 0, dim * sizeof(float));
+            const uint64_t tag = field_tag(f), salt = es__storage_salt(m->seed, f, 0);
+            for (uint32_t i = b->off[P]; i < b->off[P + 1]; i++) {
+                const float wt = b->wt[i];
+                const uint64_t v = map_find(m, b->val[i] ^ tag);
+                if (v == UINT64_MAX) {
+                    es__axpy(o, wt, m->tail.w + hashed_row(m, f, salt, b->val[i]) * dim, dim);
+                    continue;
+                }
+                const uint64_t t = tier_of(m, v);
+                const es_rows *tv = &m->views[t];
+                const float *row = tv->w + (v - m->vstart[t]) * (uint64_t)tv->dim;
+                if (m->poff[t] == UINT64_MAX) {
+                    es__axpy(o, wt, row, dim);
+                } else {
+                    const float *pm = m->proj + m->poff[t];
+                    for (int j = 0; j < tv->dim; j++) es__axpy(o, wt * row[j], pm + (size_t)j * dim, dim);
+                }
+            }
+        }
+}
+
+static int mde_backward(es_storage *s, const es_batch *b, const float *dout) {
+    mde_impl *m = s->impl;
+    const int F = m->F;
+    const size_t dim = (size_t)m->dim;
+    es_gradacc_clear(&m->ga);
+    /* 1. output-space gradient per distinct value (id v) or hashed row (id N + h) */
+    const size_t PN = (size_t)b->n * (size_t)F;
+    for (size_t P = 0; P < PN; P++) {
+        const int f = (int)(P % (size_t)F);
+        const uint64_t tag = field_tag(f), salt = es__storage_salt(m->seed, f, 0);
+        const float *go = dout + P * dim;
+        for (uint32_t i = b->off[P]; i < b->off[P + 1]; i++) {
+            uint64_t v = map_find(m, b->val[i] ^ tag);
+            if (v == UINT64_MAX) v = m->N + hashed_row(m, f, salt, b->val[i]);
+            float *g = es_gradacc_row(&m->ga, v);
+            if (!g) {
+                es_gradacc_clear(&m->ga);
+                return es__err(&s->err, ES_ENOMEM, "mde: out of memory growing the gradient scratch past %zu values",
+                               m->ga.cap);
+            }
+            es__axpy(g, b->wt[i], go, dim);
+        }
+    }
+    /* 2. rows (through their projections) and projection gradients */
+    if (m->Q) {
+        memset(m->pgrad, 0, (size_t)m->Q * sizeof(float));
+        memset(m->ptouched, 0, (size_t)m->T);
+    }
+    int any_proj = 0;
+    for (size_t e = 0; e < m->ga.n; e++) {
+        const uint64_t id = m->ga.rows[e];
+        const float *g = m->ga.g + e * dim;
+        if (id >= m->N) {
+            es_rows_update(&m->tail, id - m->N, g);
+            continue;
+        }
+        const uint64_t t = tier_of(m, id), r = id - m->vstart[t];
+        es_rows *tv = &m->views[t];
+        if (m->poff[t] == UINT64_MAX) {
+            es_rows_update(tv, r, g);
+            continue;
+        }
+        const float *row = tv->w + r * (uint64_t)tv->dim;
+        const float *pm = m->proj + m->poff[t];
+        float *pg = m->pgrad + m->poff[t];
+        for (int j = 0; j < tv->dim; j++) {
+            m->gr[j] = es__dot(pm + (size_t)j * dim, g, dim);
+            es__axpy(pg + (size_t)j * dim, row[j], g, dim);
+        }
+        m->ptouched[t] = 1;
+        any_proj = 1;
+        es_rows_update(tv, r, m->gr);
+    }
+    es_gradacc_clear(&m->ga);
+    /* 3. one dense step per touched projection */
+    if (any_proj && m->dopt == DOPT_ADAM) (*m->pstep)++;
+    for (uint64_t t = 0; any_proj && t < m->T; t++) {
+        if (!m->ptouched[t]) continue;
+        const size_t at = (size_t)m->poff[t], cnt = (size_t)m->views[t].dim * dim;
+        switch (m->dopt) {
+        case DOPT_SGD: es__sgd_update(m->proj + at, m->pgrad + at, cnt, m->lr, 0.0f); break;
+        case DOPT_ADAGRAD: es__adagrad_update(m->proj + at, m->pgrad + at, m->pacc + at, cnt, m->lr, m->opt.eps, 0.0f); break;
+        case DOPT_ADAM:
+            es__adam_update(m->proj + at, m->pgrad + at, m->pacc + at, m->pv + at, cnt, m->lr, m->opt.beta1, m->opt.beta2,
+                            m->opt.eps, 0.0f, (int64_t)*m->pstep);
+            break;
+        }
+    }
+    return ES_OK;
+}
+
+/* ---- tensors / load / stats ------------------------------------------------------------------ */
+
+static int mde_tensors(es_storage *s, es_tensor_ref *refs, int max) {
+    mde_impl *m = s->impl;
+    es_tensor_ref tmp[16];
+    int n = 0;
+    const size_t dim = (size_t)m->dim;
+    if (m->R) es_tensor_ref_set(&tmp[n++], "rows.weight", ES_DT_F32, m->rows, 1, m->R);
+    if (m->Q) es_tensor_ref_set(&tmp[n++], "proj.weight", ES_DT_F32, m->proj, 1, m->Q);
+    es_tensor_ref_set(&tmp[n++], "tail.weight", ES_DT_F32, m->tail.w, 2, m->H, (uint64_t)dim);
+    if (m->N && m->racc)
+        es_tensor_ref_set(&tmp[n++], "opt.rows.acc", ES_DT_F32, m->racc, 1,
+                          m->opt.kind == ES_OPT_ROWWISE_ADAGRAD ? m->N : m->R);
+    if (m->tail.acc) {
+        if (m->opt.kind == ES_OPT_ADAGRAD) es_tensor_ref_set(&tmp[n++], "opt.tail.acc", ES_DT_F32, m->tail.acc, 2, m->H, (uint64_t)dim);
+        else es_tensor_ref_set(&tmp[n++], "opt.tail.acc", ES_DT_F32, m->tail.acc, 1, m->H);
+    }
+    if (m->Q && m->dopt == DOPT_ADAGRAD) es_tensor_ref_set(&tmp[n++], "opt.proj.acc", ES_DT_F32, m->pacc, 1, m->Q);
+    if (m->Q && m->dopt == DOPT_ADAM) {
+        es_tensor_ref_set(&tmp[n++], "opt.proj.m", ES_DT_F32, m->pacc, 1, m->Q);
+        es_tensor_ref_set(&tmp[n++], "opt.proj.v", ES_DT_F32, m->pv, 1, m->Q);
+        es_tensor_ref_set(&tmp[n++], "opt.proj.step", ES_DT_U64, m->pstep, 1, (uint64_t)1);
+    }
+    if (m->N) es_tensor_ref_set(&tmp[n++], "map.keys", ES_DT_U64, m->keys, 1, m->N);
+    if (m->T) es_tensor_ref_set(&tmp[n++], "map.tiers", ES_DT_U64, m->tiers, 2, m->T, (uint64_t)3);
+    es_tensor_ref_set(&tmp[n++], "map.hashed", ES_DT_U64, m->hrows, 1, (uint64_t)m->S);
+    if (!refs) return n;
+    if (max < n) return ES_ERANGE;
+    memcpy(refs, tmp, (size_t)n * sizeof *refs);
+    return n;
+}
+
+static int mde_after_load(es_storage *s, es_err *err) { return mde_derive(s->impl, err); }
+
+static void mde_resolve(const void *ctx, int f, const uint64_t *keys, size_t n, uint64_t *ids) {
+    const mde_impl *m = ctx;
+    const uint64_t tag = field_tag(f), salt = es__storage_salt(m->seed, f, 0);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t v = map_find(m, keys[i] ^ tag);
+        ids[i] = v != UINT64_MAX ? v : m->N + hashed_row(m, f, salt, keys[i]);
+    }
+}
+
+typedef struct {
+    const mde_impl *m;
+    int f;
+    uint64_t n;
+} count_ctx;
+
+static void count_in_table(uint64_t key, uint64_t count, void *ctx) {
+    count_ctx *x = ctx;
+    (void)count;
+    x->n += map_find(x->m, key ^ field_tag(x->f)) != UINT64_MAX;
+}
+
+static void mde_field_stats(es_storage *s, const es_vocab *vocab, int field, es_field_stats *out) {
+    mde_impl *m = s->impl;
+    memset(out, 0, sizeof *out);
+    if (field < 0 || field >= m->F) return;
+    uint64_t own = 0;
+    if (vocab && field < es_vocab_n_fields(vocab)) {
+        count_ctx x = {m, field, 0};
+        es_vocab_each(vocab, field, count_in_table, &x);
+        own = x.n;
+    }
+    es__rows_field_stats(1, mde_resolve, m, vocab, field, own + m->hrows[m->share ? 0 : field], out);
+}
+
+const es_storage_ops es__storage_mde = {
+    .name = "mde",
+    .summary = "mixed dimensions: dim ~ popularity^alpha (alpha from the budget), projected to dim; rare values hashed",
+    .create = mde_create,
+    .lookup = mde_lookup,
+    .backward = mde_backward,
+    .tensors = mde_tensors,
+    .after_load = mde_after_load,
+    .field_stats = mde_field_stats,
+    .destroy = mde_destroy,
+    .needs_vocab = 1,
+};
