@@ -81,7 +81,7 @@ demo: $(BUILD)/embstore
 	    --model dlrm --storage unified --budget 0.1 --epochs 1 --seed 1
 
 bench: all $(BUILD)/bench_system
-	bash bench/run.sh
+	ES_BIN=$(BUILD)/embstore bash bench/run.sh
 
 fuzz:
 	bash fuzz/run.sh

@@ -10,8 +10,9 @@
  *
  * Whatever opens must keep the reader's promises; a broken one aborts:
  * every string NUL-terminated, every tensor view inside the input and its
- * size consistent with its dtype and shape, name lookups finding their
- * entries.  Built and run by fuzz/run.sh; seeds in fuzz/corpus/file/.
+ * size consistent with its dtype and shape, its reported offset matching
+ * the view (page-aligned for a large tensor of a version-2 file), name
+ * lookups finding their entries.  Built and run by fuzz/run.sh; seeds in fuzz/corpus/file/.
  */
 #include "format/file.h"
 
@@ -61,6 +62,9 @@ static void exercise(const uint8_t *buf, size_t size, unsigned flags) {
         const uint8_t *p = t->data;
         REQUIRE((uintptr_t)p % ES_ALIGN == 0);
         REQUIRE(p >= buf && t->nbytes <= size && (size_t)(p - buf) <= size - t->nbytes);
+        REQUIRE(es_file_tensor_offset(f, i) == (uint64_t)(p - buf));
+        /* version 2: large tensors page-aligned in the file */
+        if (es_file_version(f) >= 2 && t->nbytes >= ES_FILE_PAGE_TENSOR_MIN) REQUIRE((p - buf) % ES_FILE_PAGE_ALIGN == 0);
         uint8_t x = 0;
         for (size_t j = 0; j < t->nbytes; j++) x ^= p[j];
         sink = x;
@@ -68,6 +72,8 @@ static void exercise(const uint8_t *buf, size_t size, unsigned flags) {
         REQUIRE(rc == ES_OK || (rc == ES_ECHECKSUM && (flags & ES_FILE_NO_VERIFY)));
     }
     REQUIRE(es_file_tensor_at(f, nt) == NULL);
+    REQUIRE(es_file_tensor_offset(f, nt) == UINT64_MAX);
+    REQUIRE(es_file_fd(f) == -1); /* a memory image has no descriptor */
     es_file_close(f);
 }
 

@@ -2,8 +2,10 @@
  * test_format.c — the container file format (src/format/file.c): round trips
  * of every dtype with metadata, detection of a flipped byte at every
  * position and of truncation at every length, version and endianness
- * refusal, lazy verification, crafted malformed tables, atomic writes, and
- * the committed version-1 fixture.
+ * refusal, lazy verification, crafted malformed tables, atomic writes, the
+ * version-2 page rule for large tensors, and the committed fixtures of both
+ * versions (v1_small.es must keep loading; today's writer must reproduce
+ * v2_small.es byte for byte).
  *
  * Byte offsets used to craft bad files are the ones documented in
  * docs/format.md, written here independently of file.c on purpose: a change
@@ -14,6 +16,7 @@
 #include "format/file.h"
 
 #include "fixtures/fixture_v1.h"
+#include "fixtures/fixture_v2.h"
 
 #include <dirent.h>
 #include <sys/stat.h>
@@ -39,6 +42,9 @@ enum {
     ENT_SHAPE = 72,
     ENT_OFFSET = 104,
     ENT_NBYTES = 112,
+    /* Version 2: tensors of PAGE_MIN bytes or more start at a multiple of PAGE. */
+    PAGE = 4096,
+    PAGE_MIN = 65536,
 };
 
 static uint32_t get32(const uint8_t *p) {
@@ -108,6 +114,25 @@ static int write_fixture_copy(const char *path, es_err *err) {
         es_tensor_ref t;
         fix_v1_fill(k, bufs[k]);
         es_tensor_ref_set(&t, d->name, (es_dtype)d->dtype, bufs[k], d->ndim, d->shape[0], d->shape[1], d->shape[2], d->shape[3]);
+        es_fwriter_tensor(w, &t);
+    }
+    return es_fwriter_commit(w, err);
+}
+
+/* The v2 fixture content written anew with today's writer. */
+static int write_fixture_v2_copy(const char *path, es_err *err) {
+    static _Alignas(64) uint8_t small[FIX_V2_N_TENSORS][64];
+    static _Alignas(64) uint8_t big[FIX_V2_BIG_BYTES];
+    es_fwriter *w;
+    int rc = es_fwriter_open(&w, path, err);
+    if (rc) return rc;
+    for (int i = 0; i < FIX_V2_N_META; i++) es_fwriter_meta(w, fix_v1_meta[i][0], fix_v1_meta[i][1]);
+    for (int k = 0; k < FIX_V2_N_TENSORS; k++) {
+        const fix_v1_tensor *d = fix_v2_tensor(k);
+        void *buf = k == FIX_V2_BIG ? (void *)big : (void *)small[k];
+        es_tensor_ref t;
+        fix_v2_fill(k, buf);
+        es_tensor_ref_set(&t, d->name, (es_dtype)d->dtype, buf, d->ndim, d->shape[0], d->shape[1], d->shape[2], d->shape[3]);
         es_fwriter_tensor(w, &t);
     }
     return es_fwriter_commit(w, err);
@@ -277,7 +302,8 @@ TEST(format_round_trip_all_dtypes) {
     es_file *f;
     int rc = es_file_open(&f, path, 0, &err);
     CHECK_MSG(rc == ES_OK, "open: %s", err.msg);
-    CHECK_EQ_INT(es_file_version(f), 1);
+    CHECK_EQ_INT(es_file_version(f), 2);
+    CHECK_EQ_INT(ES_FILE_VERSION, 2);
     CHECK_EQ_INT(es_file_size(f) % 64, 0);
     CHECK_EQ_INT(es_file_n_meta(f), 4);
     const char *k, *v;
@@ -333,6 +359,41 @@ TEST(format_empty_file_round_trip) {
 
 /* ---- corruption ------------------------------------------------------------------ */
 
+/* Flip every byte of b[0, len) with three masks (bytes inside [skip_lo,
+ * skip_hi) only every `stride`-th, and the first and last of that range)
+ * and require each flip to be refused with a message naming the input.
+ * Returns 0 when all were refused; the counts by code are printed. */
+static int flip_every_byte(uint8_t *b, size_t len, size_t skip_lo, size_t skip_hi, size_t stride, const char *what) {
+    static const uint8_t masks[] = {0x01, 0x80, 0xff};
+    int by_code[16] = {0};
+    size_t tried = 0;
+    es_err err = {0};
+    es_file *f;
+    for (size_t pos = 0; pos < len; pos++) {
+        if (pos > skip_lo && pos + 1 < skip_hi && (pos - skip_lo) % stride) continue;
+        tried++;
+        for (size_t m = 0; m < sizeof masks; m++) {
+            b[pos] ^= masks[m];
+            err.msg[0] = 0;
+            int rc = es_file_open_mem(&f, b, len, 0, &err);
+            b[pos] ^= masks[m];
+            if (rc == ES_OK) es_file_close(f);
+            if (rc >= 0) {
+                es_test_fail(__FILE__, __LINE__, "%s: flip 0x%02x at byte %zu of %zu not detected", what, masks[m], pos, len);
+                return -1;
+            }
+            if (strstr(err.msg, "(memory)") != err.msg) {
+                es_test_fail(__FILE__, __LINE__, "%s: byte %zu: message does not name the input: %s", what, pos, err.msg);
+                return -1;
+            }
+            by_code[-rc < 16 ? -rc : 0]++;
+        }
+    }
+    printf("    %s: %zu of %zu bytes x 3 flips: format %d, checksum %d, version %d\n", what, tried, len, by_code[-ES_EFORMAT],
+           by_code[-ES_ECHECKSUM], by_code[-ES_EVERSION]);
+    return 0;
+}
+
 TEST(format_every_flipped_byte_is_detected) {
     /* The fixture has metadata padding, table padding, a zero-size tensor
      * and tensor tails of 60, 54, 58, ... zero bytes: every kind of byte. */
@@ -345,27 +406,44 @@ TEST(format_every_flipped_byte_is_detected) {
     es_file *f;
     CHECK_EQ_INT(es_file_open_mem(&f, b, len, 0, &err), ES_OK);
     es_file_close(f);
-    static const uint8_t masks[] = {0x01, 0x80, 0xff};
-    int by_code[16] = {0};
-    for (size_t pos = 0; pos < len; pos++) {
-        for (size_t m = 0; m < sizeof masks; m++) {
-            b[pos] ^= masks[m];
-            err.msg[0] = 0;
-            int rc = es_file_open_mem(&f, b, len, 0, &err);
-            b[pos] ^= masks[m];
-            if (rc == ES_OK) es_file_close(f);
-            CHECK_MSG(rc < 0, "flip 0x%02x at byte %zu of %zu not detected", masks[m], pos, len);
-            CHECK_MSG(strstr(err.msg, "(memory)") == err.msg, "byte %zu: message does not name the input: %s", pos, err.msg);
-            by_code[-rc]++;
-        }
-    }
-    printf("    %zu bytes x 3 flips: format %d, checksum %d, version %d\n", len, by_code[-ES_EFORMAT], by_code[-ES_ECHECKSUM], by_code[-ES_EVERSION]);
+    CHECK(flip_every_byte(b, len, 0, 0, 1, "today's writer") == 0);
     /* The same through the file API for a flip in the data area. */
     b[len - 64] ^= 0x10;
     CHECK_EQ_INT(write_bytes(path, b, len), 0);
     CHECK_EQ_INT(es_file_open(&f, path, 0, &err), ES_ECHECKSUM);
     CHECK_STR_HAS(err.msg, path);
     CHECK_STR_HAS(err.msg, "'scalar'");
+    free(b);
+
+    /* The committed version-1 file, read by the version-1 rule. */
+    if (host_little_endian()) {
+        b = load_aligned(FIX_V1_PATH, &len);
+        CHECK(b);
+        CHECK(flip_every_byte(b, len, 0, 0, 1, "v1_small.es") == 0);
+        free(b);
+    }
+}
+
+TEST(format_every_flipped_byte_is_detected_v2) {
+    /* The version-2 fixture: every byte of the header, metadata, table, the
+     * 2112 zero bytes before the page-aligned tensor and everything after
+     * it; inside that 64 KiB tensor every 61st byte (and its first and
+     * last), which its checksum covers like any other. */
+    if (!host_little_endian()) {
+        es_test_skip("the fixture was written on a little-endian machine");
+        return;
+    }
+    size_t len;
+    uint8_t *b = load_aligned(FIX_V2_PATH, &len);
+    CHECK(b);
+    es_err err = {0};
+    es_file *f;
+    CHECK_MSG(es_file_open_mem(&f, b, len, 0, &err) == ES_OK, "%s", err.msg);
+    size_t lo = (size_t)es_file_tensor_offset(f, FIX_V2_BIG);
+    size_t hi = lo + es_file_tensor_at(f, FIX_V2_BIG)->nbytes;
+    es_file_close(f);
+    CHECK_EQ_INT(lo, 4096);
+    CHECK(flip_every_byte(b, len, lo, hi, 61, "v2_small.es") == 0);
     free(b);
 }
 
@@ -408,13 +486,22 @@ TEST(format_newer_version_is_refused) {
     size_t len;
     uint8_t *b = load_aligned(path, &len);
     CHECK(b);
-    put32(b + OFF_VERSION, 2);
+    put32(b + OFF_VERSION, 3);
     es__file_fix_checksum(b, len); /* a well-formed file of a newer version */
     CHECK_EQ_INT(write_bytes(path, b, len), 0);
     es_file *f;
     CHECK_EQ_INT(es_file_open(&f, path, 0, &err), ES_EVERSION);
     CHECK_STR_HAS(err.msg, path);
-    CHECK_STR_HAS(err.msg, "format version 2 is newer than this embstore (max 1)");
+    CHECK_STR_HAS(err.msg, "format version 3 is newer than this embstore (max 2)");
+    /* Without tensors of 64 KiB or more both versions lay a file out alike,
+     * so the same image is a valid file of either. */
+    for (uint32_t v = 1; v <= 2; v++) {
+        put32(b + OFF_VERSION, v);
+        es__file_fix_checksum(b, len);
+        CHECK_EQ_INT(es_file_open_mem(&f, b, len, 0, &err), ES_OK);
+        CHECK_EQ_INT(es_file_version(f), v);
+        es_file_close(f);
+    }
     put32(b + OFF_VERSION, 0);
     es__file_fix_checksum(b, len);
     CHECK_EQ_INT(es_file_open_mem(&f, b, len, 0, &err), ES_EFORMAT);
@@ -760,17 +847,202 @@ TEST(format_fixture_v1_loads) {
     CHECK_NEAR(*(const float *)t->data, FIX_V1_SCALAR, 0);
     es_file_close(f);
 
-    /* Today's writer still produces exactly these bytes: version 1 has not
-     * drifted (a layout change needs a version bump and a new fixture). */
+    /* Its content has no tensor of 64 KiB, so today's (version-2) writer
+     * lays it out identically: the bytes differ only in the version field
+     * and the header checksum over it. */
     const char *path = es_test_path("fmt_fixture_again.es");
     CHECK_EQ_INT(write_fixture_copy(path, &err), ES_OK);
     size_t n1, n2;
     uint8_t *a = load_aligned(FIX_V1_PATH, &n1), *b = load_aligned(path, &n2);
     CHECK(a && b);
     CHECK_EQ_INT(n1, n2);
+    CHECK_EQ_INT(get32(a + OFF_VERSION), 1);
+    CHECK_EQ_INT(get32(b + OFF_VERSION), 2);
+    for (size_t i = 0; i < n1; i++)
+        CHECK_MSG(a[i] == b[i] || (i >= OFF_CHECKSUM && i < OFF_VERSION + 4), "v1 content written today differs from v1_small.es at byte %zu", i);
+    free(a);
+    free(b);
+}
+
+TEST(format_fixture_v2_loads) {
+    es_err err = {0};
+    es_file *f;
+    int rc = es_file_open(&f, FIX_V2_PATH, 0, &err);
+    if (!host_little_endian()) {
+        CHECK_EQ_INT(rc, ES_EFORMAT);
+        CHECK_STR_HAS(err.msg, "wrong endianness");
+        return;
+    }
+    CHECK_MSG(rc == ES_OK, "%s", err.msg);
+    CHECK_EQ_INT(es_file_version(f), 2);
+    CHECK_EQ_INT(es_file_size(f), 70080);
+    CHECK(es_file_fd(f) >= 0);
+    CHECK_EQ_INT(es_file_n_meta(f), FIX_V2_N_META);
+    for (int i = 0; i < FIX_V2_N_META; i++) {
+        const char *k, *v;
+        es_file_meta_at(f, i, &k, &v);
+        CHECK(strcmp(k, fix_v1_meta[i][0]) == 0 && strcmp(v, fix_v1_meta[i][1]) == 0);
+    }
+    CHECK_EQ_INT(es_file_n_tensors(f), FIX_V2_N_TENSORS);
+    /* Every tensor's bytes against a fresh fill, and the layout rule: the
+     * 64 KiB tensor at the next multiple of 4096 after i8's padding (the
+     * gap zero), every other one right after its predecessor's padding. */
+    static _Alignas(64) uint8_t want[FIX_V2_BIG_BYTES];
+    /* The mapping starts at file offset 0, so tensor 0's view minus its
+     * offset is the header (this also checks offsets against views). */
+    const uint8_t *base = (const uint8_t *)es_file_tensor_at(f, 0)->data - es_file_tensor_offset(f, 0);
+    CHECK(memcmp(base, "EMBSTOR", 8) == 0);
+    uint64_t end = get64(base + OFF_DATA_OFF);
+    for (int k = 0; k < FIX_V2_N_TENSORS; k++) {
+        const es_tensor_ref *t = es_file_tensor_at(f, k);
+        const fix_v1_tensor *d = fix_v2_tensor(k);
+        CHECK(strcmp(t->name, d->name) == 0);
+        CHECK_EQ_INT(t->dtype, d->dtype);
+        CHECK_EQ_INT(t->ndim, d->ndim);
+        for (int j = 0; j < 4; j++) CHECK_EQ_INT(t->shape[j], d->shape[j]);
+        size_t n = fix_v2_fill(k, want);
+        CHECK_EQ_INT(t->nbytes, n);
+        CHECK_MSG(memcmp(t->data, want, n) == 0, "tensor %s differs", t->name);
+        CHECK(!n || (const uint8_t *)t->data == base + es_file_tensor_offset(f, k));
+        uint64_t off = es_file_tensor_offset(f, k), expect = (end + 63) & ~(uint64_t)63;
+        if (t->nbytes >= PAGE_MIN) expect = (expect + PAGE - 1) & ~(uint64_t)(PAGE - 1);
+        CHECK_MSG(off == expect, "tensor %s at %llu, expected %llu", t->name, (unsigned long long)off, (unsigned long long)expect);
+        end = off + ((t->nbytes + 63) & ~(size_t)63);
+    }
+    CHECK_EQ_INT(end, es_file_size(f));
+    CHECK_EQ_INT(es_file_tensor_offset(f, FIX_V2_BIG), 4096);
+    const float *big = es_file_tensor(f, "big")->data;
+    CHECK_NEAR(big[FIX_V2_BIG_ROWS * FIX_V2_BIG_COLS - 1], fix_v2_big(FIX_V2_BIG_ROWS * FIX_V2_BIG_COLS - 1), 0);
+    CHECK_EQ_INT((uintptr_t)big % PAGE, 0); /* a page-aligned offset in a mapping is page-aligned in memory */
+    CHECK(es_file_tensor_offset(f, -1) == UINT64_MAX && es_file_tensor_offset(f, FIX_V2_N_TENSORS) == UINT64_MAX);
+    es_file_close(f);
+
+    /* Today's writer produces exactly these bytes: version 2 has not
+     * drifted (a layout change needs a version bump and a new fixture). */
+    const char *path = es_test_path("fmt_fixture_v2_again.es");
+    CHECK_EQ_INT(write_fixture_v2_copy(path, &err), ES_OK);
+    size_t n1, n2;
+    uint8_t *a = load_aligned(FIX_V2_PATH, &n1), *b = load_aligned(path, &n2);
+    CHECK(a && b);
+    CHECK_EQ_INT(n1, n2);
     size_t diff = 0;
     while (diff < n1 && a[diff] == b[diff]) diff++;
-    CHECK_MSG(diff == n1, "writer output differs from the fixture at byte %zu", diff);
+    CHECK_MSG(diff == n1, "writer output differs from v2_small.es at byte %zu", diff);
     free(a);
+    free(b);
+}
+
+/* ---- version 2: page-aligned large tensors ------------------------------------- */
+
+TEST(format_v2_page_rule_round_trip) {
+    /* Sizes around the threshold, in an order that needs padding before
+     * each large tensor, a zero-size tensor between two large ones, and a
+     * large tensor last (the file ends at its 64-byte padding). */
+    const char *path = es_test_path("fmt_pages.es");
+    static _Alignas(64) uint8_t data[3 * 65536 + 64];
+    for (size_t i = 0; i < sizeof data; i++) data[i] = (uint8_t)(i * 131 + (i >> 9));
+    static const uint64_t sizes[] = {100, 65535, 1, 65536, 0, 65537, 7, 3 * 65536 + 1, 64, 131072};
+    enum { NT = sizeof sizes / sizeof sizes[0] };
+    es_err err = {0};
+    es_fwriter *w;
+    CHECK_EQ_INT(es_fwriter_open(&w, path, &err), ES_OK);
+    char name[32];
+    for (int k = 0; k < NT; k++) {
+        es_tensor_ref t;
+        snprintf(name, sizeof name, "t%d", k);
+        /* i8 data, offset by k so neighbouring tensors differ */
+        CHECK_EQ_INT(es_tensor_ref_set(&t, name, ES_DT_I8, data + k, 1, sizes[k]), ES_OK);
+        CHECK_EQ_INT(es_fwriter_tensor(w, &t), ES_OK);
+    }
+    CHECK_EQ_INT(es_fwriter_commit(w, &err), ES_OK);
+    es_file *f;
+    CHECK_MSG(es_file_open(&f, path, 0, &err) == ES_OK, "%s", err.msg);
+    CHECK(es_file_fd(f) >= 0);
+    const uint8_t *base = (const uint8_t *)es_file_tensor_at(f, 0)->data - es_file_tensor_offset(f, 0); /* file offset 0 */
+    uint64_t end = get64(base + OFF_DATA_OFF);
+    int paged = 0;
+    for (int k = 0; k < NT; k++) {
+        const es_tensor_ref *t = es_file_tensor_at(f, k);
+        uint64_t off = es_file_tensor_offset(f, k), expect = (end + 63) & ~(uint64_t)63;
+        if (sizes[k] >= PAGE_MIN) {
+            expect = (expect + PAGE - 1) & ~(uint64_t)(PAGE - 1);
+            paged++;
+        }
+        CHECK_MSG(off == expect, "t%d (%llu bytes) at %llu, expected %llu", k, (unsigned long long)sizes[k], (unsigned long long)off,
+                  (unsigned long long)expect);
+        CHECK_EQ_INT(t->nbytes, sizes[k]);
+        CHECK_MSG(memcmp(t->data, data + k, t->nbytes) == 0, "t%d data differs", k);
+        end = off + ((sizes[k] + 63) & ~(uint64_t)63);
+    }
+    CHECK_EQ_INT(paged, 4);
+    CHECK_EQ_INT(end, es_file_size(f));
+    /* The descriptor reads the same bytes at the reported offsets. */
+    const es_tensor_ref *t3 = es_file_tensor_at(f, 3);
+    uint8_t head[64];
+    CHECK_EQ_INT(pread(es_file_fd(f), head, sizeof head, (off_t)es_file_tensor_offset(f, 3)), 64);
+    CHECK(memcmp(head, t3->data, 64) == 0);
+    es_file_close(f);
+
+    /* A memory image has no descriptor. */
+    size_t len;
+    uint8_t *b = load_aligned(path, &len);
+    CHECK(b);
+    CHECK_EQ_INT(es_file_open_mem(&f, b, len, 0, &err), ES_OK);
+    CHECK_EQ_INT(es_file_fd(f), -1);
+    CHECK_EQ_INT(es_file_tensor_offset(f, 3), (const uint8_t *)es_file_tensor_at(f, 3)->data - b);
+    es_file_close(f);
+    free(b);
+}
+
+static void ed2_big_at_v1_place(uint8_t *b, size_t n) { put64(entry(b, FIX_V2_BIG) + ENT_OFFSET, 1984); }
+static void ed2_big_late(uint8_t *b, size_t n) { put64(entry(b, FIX_V2_BIG) + ENT_OFFSET, 4096 + 64); }
+static void ed2_as_version1(uint8_t *b, size_t n) { put32(b + OFF_VERSION, 1); }
+
+TEST(format_v2_malformed_layout_is_refused) {
+    if (!host_little_endian()) {
+        es_test_skip("the fixture was written on a little-endian machine");
+        return;
+    }
+    size_t len;
+    uint8_t *b = load_aligned(FIX_V2_PATH, &len);
+    CHECK(b);
+    CHECK_EQ_INT(get64(entry(b, FIX_V2_BIG) + ENT_OFFSET), 4096);
+    struct {
+        const char *what;
+        edit_fn edit;
+        int code;
+        const char *want;
+    } cases[] = {
+        /* the 64 KiB tensor right after i8 (where version 1 puts it) */
+        {"big not page-aligned", ed2_big_at_v1_place, ES_EFORMAT,
+         "tensor 'big': offset 1984, expected 4096 (format version 2 starts tensors of 65536 bytes or more at a multiple of 4096)"},
+        {"big 64 bytes late", ed2_big_late, ES_EFORMAT, "tensor 'big': unexpected gap of 64 bytes"},
+        /* the same bytes read by the version-1 rule: the padding is a gap */
+        {"relabelled version 1", ed2_as_version1, ES_EFORMAT, "tensor 'big': unexpected gap of 2112 bytes"},
+    };
+    char msg[600];
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
+        CHECK_MSG(expect_refusal(b, len, cases[c].edit, cases[c].code, cases[c].want, msg, sizeof msg), "%s: want \"%s\", got %s", cases[c].what,
+                  cases[c].want, msg);
+    /* A non-zero byte in the padding before the page-aligned tensor: no
+     * checksum covers it, the zero rule catches it, with or without
+     * tensor verification. */
+    es_err err = {0};
+    es_file *f;
+    for (unsigned flags = 0; flags <= ES_FILE_NO_VERIFY; flags += ES_FILE_NO_VERIFY) {
+        for (size_t at = 1984; at < 4096; at += 1000) {
+            b[at] = 0x20;
+            int rc = es_file_open_mem(&f, b, len, flags, &err);
+            b[at] = 0;
+            CHECK_MSG(rc == ES_ECHECKSUM, "byte %zu: rc %d (%s)", at, rc, err.msg);
+            CHECK_STR_HAS(err.msg, "padding before tensor 'big' is not zero");
+        }
+    }
+    /* Truncation anywhere, including inside the padding and the big tensor. */
+    for (size_t n = 0; n < len; n += n < 4200 ? 1 : 97) {
+        int rc = es_file_open_mem(&f, b, n, 0, &err);
+        if (rc == ES_OK) es_file_close(f);
+        CHECK_MSG(rc == ES_EFORMAT && strstr(err.msg, n ? "truncated" : "empty"), "length %zu: rc %d (%s)", n, rc, err.msg);
+    }
     free(b);
 }

@@ -663,8 +663,8 @@ static int cmd_search(int argc, char **argv) {
     memset(&q, 0, sizeof q);
     const char *qp[1] = {qpath};
     if (read_vecs(cmd, qp, 1, &c, multi, &q)) rc = ES_EXIT_FAIL;
-    int dim = multi ? 0 : es_index_dim(ix);
-    if (!rc && !multi && q.dim != dim) rc = cli_fail(cmd, "%s: queries have dimension %d, the index %d", qpath, q.dim, dim);
+    int dim = multi ? es_multi_dim(m) : es_index_dim(ix);
+    if (!rc && q.dim != dim) rc = cli_fail(cmd, "%s: queries have dimension %d, the index %d", qpath, q.dim, dim);
     if (!rc && multi && have_filter) rc = cli_usage(cmd, "--filter is not supported for multi-vector indexes");
     struct {
         const char *n;

@@ -259,6 +259,38 @@ int es__afile_open(es_afile *a, const char *path, es_err *err) {
     return ES_OK;
 }
 
+/* A rename is an update of the directory, not of the file: until the
+ * directory itself reaches the disk, a power loss may bring back the old
+ * name (or none).  So after the rename, fsync the parent directory.  A
+ * directory that cannot be opened for reading (no read permission) or a
+ * file system that cannot sync directories (EINVAL, EROFS) is not an error:
+ * the file is in place and readable, only its durability is unconfirmed.
+ * `path` is cut at its last '/' in place and restored (no allocation, so
+ * nothing can fail for lack of memory after the rename). */
+static int sync_parent_dir(char *path, es_err *err) {
+    char *slash = strrchr(path, '/');
+    const char *dir = ".";
+    char saved = 0, *cut = NULL;
+    if (slash) {
+        cut = slash == path ? slash + 1 : slash; /* "/x" -> "/" */
+        saved = *cut;
+        *cut = 0;
+        dir = path;
+    }
+    int rc = ES_OK;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        if (fsync(fd) != 0 && errno != EINVAL && errno != EROFS) {
+            int e = errno;
+            if (cut) *cut = saved;
+            rc = es__err(err, ES_EIO, "%s: written and renamed, but syncing its directory failed: %s", path, strerror(e));
+        }
+        close(fd);
+    }
+    if (cut) *cut = saved;
+    return rc;
+}
+
 int es__afile_commit(es_afile *a, es_err *err) {
     int rc = ES_OK;
     if (!a->fp) return es__err(err, ES_EINVAL, "output file not open");
@@ -273,6 +305,7 @@ int es__afile_commit(es_afile *a, es_err *err) {
         rc = es__err(err, ES_EIO, "%s: rename from temporary file failed: %s", a->path, strerror(errno));
     }
     if (rc != ES_OK) remove(a->tmp);
+    if (rc == ES_OK) rc = sync_parent_dir(a->path, err);
     es__free(a->path);
     es__free(a->tmp);
     a->path = a->tmp = NULL;

@@ -4,14 +4,19 @@
  * The byte layout is specified in docs/format.md; the constants below are
  * that specification in code, and the two must change together.
  *
- * Version 1 layout, all integers in the writer's native byte order (the
- * endianness mark lets a reader refuse a foreign file):
+ * Layout (versions 1 and 2), all integers in the writer's native byte order
+ * (the endianness mark lets a reader refuse a foreign file):
  *
  *   [0, 128)                header
  *   [128, table_offset)     metadata entries, then zero padding to 8
  *   [table_offset, +128*n)  tensor table, then zero padding to 64
  *   [data_offset, size)     tensor data, each tensor 64-byte aligned and
  *                           followed by zero padding to the next multiple of 64
+ *
+ * Version 2 differs in one rule only: a tensor of PAGE_TENSOR_MIN bytes or
+ * more starts at a multiple of PAGE_ALIGN, preceded by the zero bytes that
+ * takes.  Such a tensor's pages can then be mapped straight into memory
+ * (es__alloc_remap), which is how a model loads without copying.
  *
  * The layout is canonical: every offset follows from the sizes, the reader
  * demands exactly that, and so every byte of a file is either covered by a
@@ -35,6 +40,9 @@ static const uint8_t MAGIC[8] = {'E', 'M', 'B', 'S', 'T', 'O', 'R', 0};
 #define ENTRY_BYTES 128u
 /* The header checksum covers [CHECKSUM_FROM, data_offset). */
 #define CHECKSUM_FROM 16u
+/* Version 2: tensors of at least PAGE_TENSOR_MIN bytes start page-aligned. */
+#define PAGE_ALIGN ((uint64_t)ES_FILE_PAGE_ALIGN)
+#define PAGE_TENSOR_MIN ((uint64_t)ES_FILE_PAGE_TENSOR_MIN)
 
 enum {
     H_MAGIC = 0,
@@ -88,6 +96,15 @@ static bool align_up(uint64_t x, uint64_t a, uint64_t *out) {
     uint64_t t;
     if (__builtin_add_overflow(x, a - 1, &t)) return false;
     *out = t & ~(a - 1);
+    return true;
+}
+
+/* Where a tensor of nbytes starts when the previous one (with its padding)
+ * ended at `end`, in a file of format `version`; false on overflow.  The
+ * one place the data layout rule lives, shared by writer and reader. */
+static bool tensor_start(uint32_t version, uint64_t end, uint64_t nbytes, uint64_t *off) {
+    if (!align_up(end, ES_ALIGN, off)) return false;
+    if (version >= 2 && nbytes >= PAGE_TENSOR_MIN) return align_up(*off, PAGE_ALIGN, off);
     return true;
 }
 
@@ -243,6 +260,7 @@ struct es_fwriter {
     char **keys, **vals;
     uint32_t n_tensors, cap_tensors;
     es_tensor_ref *tensors;
+    uint64_t *offsets; /* file offset of each tensor, set by commit */
     int32_t *tindex; /* name index over tensors */
     uint32_t tindex_cap;
 };
@@ -280,6 +298,7 @@ static void fwriter_free(es_fwriter *w) {
     es__free(w->keys);
     es__free(w->vals);
     es__free(w->tensors);
+    es__free(w->offsets);
     es__free(w->tindex);
     es__free(w);
 }
@@ -428,15 +447,19 @@ static int plan_layout(es_fwriter *w, layout *L) {
     align_up(HDR_BYTES + mb, 8, &L->table_off);
     L->table_bytes = (uint64_t)w->n_tensors * ENTRY_BYTES;
     align_up(L->table_off + L->table_bytes, ES_ALIGN, &L->data_off);
-    uint64_t d = 0;
+    /* Tensor offsets by the rule of the version written; the end of the
+     * last tensor's padding is the file size. */
+    uint64_t end = L->data_off;
     for (uint32_t i = 0; i < w->n_tensors; i++) {
-        uint64_t a;
-        if (!align_up(w->tensors[i].nbytes, ES_ALIGN, &a) || __builtin_add_overflow(d, a, &d))
+        uint64_t off, a;
+        if (!tensor_start(ES_FILE_VERSION, end, w->tensors[i].nbytes, &off) || !align_up(w->tensors[i].nbytes, ES_ALIGN, &a) ||
+            __builtin_add_overflow(off, a, &end))
             return wfail(w, ES_ERANGE, "%s: total size overflows", w->af.path);
+        w->offsets[i] = off;
     }
-    L->data_bytes = d;
-    if (__builtin_add_overflow(L->data_off, d, &L->size) || L->data_off > SIZE_MAX)
-        return wfail(w, ES_ERANGE, "%s: total size overflows", w->af.path);
+    L->data_bytes = end - L->data_off;
+    L->size = end;
+    if (L->data_off > SIZE_MAX) return wfail(w, ES_ERANGE, "%s: total size overflows", w->af.path);
     return ES_OK;
 }
 
@@ -471,7 +494,6 @@ static int build_head(es_fwriter *w, const layout *L, uint8_t **out) {
         p = put_str(p, w->keys[i]);
         p = put_str(p, w->vals[i]);
     }
-    uint64_t off = L->data_off;
     for (uint32_t i = 0; i < w->n_tensors; i++) {
         const es_tensor_ref *t = &w->tensors[i];
         uint8_t *e = h + L->table_off + (uint64_t)i * ENTRY_BYTES;
@@ -479,12 +501,9 @@ static int build_head(es_fwriter *w, const layout *L, uint8_t **out) {
         st32(e + E_DTYPE, (uint32_t)t->dtype);
         st32(e + E_NDIM, (uint32_t)t->ndim);
         for (int d = 0; d < t->ndim; d++) st64(e + E_SHAPE + 8 * d, t->shape[d]);
-        st64(e + E_OFFSET, off);
+        st64(e + E_OFFSET, w->offsets[i]);
         st64(e + E_NBYTES, t->nbytes);
         st64(e + E_CHECKSUM, es__hash(t->nbytes ? t->data : "", t->nbytes, 0));
-        uint64_t a = 0;
-        align_up(t->nbytes, ES_ALIGN, &a); /* cannot overflow: plan_layout checked */
-        off += a;
     }
     st64(h + H_CHECKSUM, es__hash(h + CHECKSUM_FROM, (size_t)L->data_off - CHECKSUM_FROM, 0));
     *out = h;
@@ -493,19 +512,34 @@ static int build_head(es_fwriter *w, const layout *L, uint8_t **out) {
 
 static bool write_all(FILE *fp, const void *p, size_t n) { return n == 0 || fwrite(p, 1, n, fp) == n; }
 
+/* n zero bytes (n < PAGE_ALIGN + ES_ALIGN: padding before or after a tensor). */
+static bool write_zeros(FILE *fp, uint64_t n) {
+    static const uint8_t zeros[4096];
+    while (n > 0) {
+        size_t k = n < sizeof zeros ? (size_t)n : sizeof zeros;
+        if (!write_all(fp, zeros, k)) return false;
+        n -= k;
+    }
+    return true;
+}
+
 int es_fwriter_commit(es_fwriter *w, es_err *err) {
-    static const uint8_t zeros[ES_ALIGN];
     layout L = {0};
     uint8_t *head = NULL;
     int rc = w->status;
+    if (!rc && w->n_tensors && !(w->offsets = es__malloc(w->n_tensors * sizeof *w->offsets)))
+        rc = wfail(w, ES_ENOMEM, "%s: out of memory", w->af.path);
     if (!rc) rc = plan_layout(w, &L);
     if (!rc) rc = build_head(w, &L, &head);
     if (!rc) {
         FILE *fp = w->af.fp;
         bool ok = write_all(fp, head, (size_t)L.data_off);
+        uint64_t pos = L.data_off; /* bytes written so far */
         for (uint32_t i = 0; ok && i < w->n_tensors; i++) {
             const es_tensor_ref *t = &w->tensors[i];
-            ok = write_all(fp, t->data, t->nbytes) && write_all(fp, zeros, (ES_ALIGN - t->nbytes % ES_ALIGN) % ES_ALIGN);
+            uint64_t pad = (ES_ALIGN - t->nbytes % ES_ALIGN) % ES_ALIGN;
+            ok = write_zeros(fp, w->offsets[i] - pos) && write_all(fp, t->data, t->nbytes) && write_zeros(fp, pad);
+            pos = w->offsets[i] + t->nbytes + pad;
         }
         if (!ok) rc = wfail(w, ES_EIO, "%s: write failed: %s", w->af.path, strerror(errno));
     }
@@ -525,6 +559,7 @@ struct es_file {
     const uint8_t *base;
     size_t size;
     bool mapped;       /* munmap on close (a zero-size view is not mapped) */
+    int fd;            /* the mapped file, open until close; -1 for memory */
     uint32_t version;
     const char *name;  /* path, or "(memory)"; carved from this allocation */
     int n_meta;
@@ -667,7 +702,7 @@ static int parse_meta(es_file *f, const header *H, es_err *err) {
 static int parse_table(es_file *f, const header *H, es_err *err) {
     const char *nm = f->name;
     const uint8_t *b = f->base;
-    uint64_t expect = H->data_off; /* where the next tensor must start */
+    uint64_t prev = H->data_off; /* where the previous tensor's padding ended */
     for (int i = 0; i < f->n_tensors; i++) {
         const uint8_t *e = b + H->table_off + (uint64_t)i * ENTRY_BYTES;
         es_tensor_ref *t = &f->tensors[i];
@@ -687,13 +722,20 @@ static int parse_table(es_file *f, const header *H, es_err *err) {
         for (int d = 0; d < ES_TENSOR_MAX_DIMS; d++) t->shape[d] = ld64(e + E_SHAPE + 8 * d);
         for (int d = (int)ndim; d < ES_TENSOR_MAX_DIMS; d++)
             if (t->shape[d]) return es__err(err, ES_EFORMAT, "%s: tensor '%s': unused dimension %d is not zero", nm, t->name, d);
-        uint64_t count, bytes, off = ld64(e + E_OFFSET), nbytes = ld64(e + E_NBYTES), padded, tend;
+        uint64_t count, bytes, off = ld64(e + E_OFFSET), nbytes = ld64(e + E_NBYTES), padded, tend, expect;
         if (!shape_count(t->ndim, t->shape, &count) || !dtype_size(dt, count, &bytes))
             return es__err(err, ES_EFORMAT, "%s: tensor '%s': size of its shape overflows", nm, t->name);
         if (bytes != nbytes)
             return es__err(err, ES_EFORMAT, "%s: tensor '%s': shape and dtype %s need %llu bytes, table says %llu", nm, t->name,
                            DTYPE_NAMES[dt], (unsigned long long)bytes, (unsigned long long)nbytes);
         if (off % ES_ALIGN) return es__err(err, ES_EFORMAT, "%s: tensor '%s': offset %llu is not 64-byte aligned", nm, t->name, (unsigned long long)off);
+        /* prev <= size here, so this cannot overflow, but an overflow
+         * would only mean "outside the file" anyway. */
+        if (!tensor_start(f->version, prev, nbytes, &expect)) expect = UINT64_MAX;
+        if (off < expect && off >= prev) /* only the version-2 page rule leaves room here */
+            return es__err(err, ES_EFORMAT, "%s: tensor '%s': offset %llu, expected %llu (format version %u starts tensors of %llu bytes or more at a multiple of %llu)",
+                           nm, t->name, (unsigned long long)off, (unsigned long long)expect, f->version, (unsigned long long)PAGE_TENSOR_MIN,
+                           (unsigned long long)PAGE_ALIGN);
         if (off < expect) {
             if (i == 0) return es__err(err, ES_EFORMAT, "%s: tensor '%s': offset %llu lies before the data area", nm, t->name, (unsigned long long)off);
             return es__err(err, ES_EFORMAT, "%s: tensor '%s' overlaps tensor '%s' (or is out of order)", nm, t->name, f->tensors[i - 1].name);
@@ -703,6 +745,10 @@ static int parse_table(es_file *f, const header *H, es_err *err) {
                            (unsigned long long)off, (unsigned long long)nbytes, (unsigned long long)H->size);
         if (off != expect)
             return es__err(err, ES_EFORMAT, "%s: tensor '%s': unexpected gap of %llu bytes before it", nm, t->name, (unsigned long long)(off - expect));
+        /* Version 2 pads before a page-aligned tensor; that padding (at most
+         * a page) lies inside the file because the tensor does. */
+        if (!all_zero(b + prev, (size_t)(off - prev)))
+            return es__err(err, ES_ECHECKSUM, "%s: padding before tensor '%s' is not zero: file corrupted", nm, t->name);
         if (!all_zero(b + off + nbytes, (size_t)(padded - nbytes)))
             return es__err(err, ES_ECHECKSUM, "%s: padding after tensor '%s' is not zero: file corrupted", nm, t->name);
         t->data = (void *)(uintptr_t)(b + off); /* read-only view */
@@ -710,10 +756,10 @@ static int parse_table(es_file *f, const header *H, es_err *err) {
         f->sums[i] = ld64(e + E_CHECKSUM);
         int32_t dup = index_insert(f->tindex, f->tindex_cap, rtensor_name, f, i);
         if (dup >= 0) return es__err(err, ES_EFORMAT, "%s: duplicate tensor name '%s' (entries %d and %d)", nm, t->name, (int)dup, i);
-        expect = tend;
+        prev = tend;
     }
-    if (expect != H->size)
-        return es__err(err, ES_EFORMAT, "%s: %llu bytes at the end of the data area belong to no tensor", nm, (unsigned long long)(H->size - expect));
+    if (prev != H->size)
+        return es__err(err, ES_EFORMAT, "%s: %llu bytes at the end of the data area belong to no tensor", nm, (unsigned long long)(H->size - prev));
     return ES_OK;
 }
 
@@ -774,6 +820,7 @@ static int open_image(es_file **out, const char *nm, const uint8_t *b, size_t si
     f->base = b;
     f->size = size;
     f->version = version;
+    f->fd = -1;
     rc = parse_meta(f, &H, err);
     if (!rc) rc = parse_table(f, &H, err);
     for (int i = 0; !rc && !(flags & ES_FILE_NO_VERIFY) && i < f->n_tensors; i++) rc = verify_one(f, i, err);
@@ -822,20 +869,31 @@ int es_file_open(es_file **out, const char *path, unsigned flags, es_err *err) {
         }
         b = m;
     }
-    close(fd); /* the mapping keeps the file alive */
     int rc = open_image(out, path, b, size, flags, err);
     if (rc) {
         if (size) munmap((void *)(uintptr_t)b, size);
+        close(fd);
         return rc;
     }
+    /* The descriptor stays open (es_file_fd): a loader maps tensor pages
+     * from it into its own arrays. */
     (*out)->mapped = size > 0;
+    (*out)->fd = fd;
     return ES_OK;
 }
 
 void es_file_close(es_file *f) {
     if (!f) return;
     if (f->mapped) munmap((void *)(uintptr_t)f->base, f->size);
+    if (f->fd >= 0) close(f->fd);
     es__free(f);
+}
+
+int es_file_fd(const es_file *f) { return f->fd; }
+
+uint64_t es_file_tensor_offset(const es_file *f, int i) {
+    if (i < 0 || i >= f->n_tensors) return UINT64_MAX;
+    return (uint64_t)((const uint8_t *)f->tensors[i].data - f->base);
 }
 
 uint32_t es_file_version(const es_file *f) { return f->version; }

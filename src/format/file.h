@@ -6,14 +6,18 @@
  *            offsets, header checksum
  *   metadata key/value pairs (UTF-8 strings)
  *   tensors  table of (name, dtype, ndim, shape, offset, nbytes, checksum)
- *   data     each tensor 64-byte aligned
+ *   data     each tensor 64-byte aligned; from version 2 on, tensors of
+ *            ES_FILE_PAGE_TENSOR_MIN bytes or more start at a multiple of
+ *            ES_FILE_PAGE_ALIGN, so their pages can be mapped in place
  * Full layout in docs/format.md.  Persisted enums (es_dtype) are append-only:
  * a value, once released, keeps its number and meaning forever.
  *
  * Writing: es_fwriter collects metadata and tensor descriptors (the data
  * pointers must stay valid until commit), then commit writes a temporary
  * file, fsyncs it and renames it over the destination.
- * Reading: es_file maps the file read-only; tensor data is used in place.
+ * Reading: es_file maps the file read-only; tensor data is used in place,
+ * and a loader that wants writable arrays can map a page-aligned tensor
+ * copy-on-write from es_file_fd at es_file_tensor_offset (es__alloc_remap).
  */
 #ifndef ES_FORMAT_FILE_H
 #define ES_FORMAT_FILE_H
@@ -63,8 +67,15 @@ typedef struct es_tensor_ref {
 int es_tensor_ref_set(es_tensor_ref *t, const char *name, es_dtype dt, void *data, int ndim, ...);
 
 /* ---- writer ---------------------------------------------------------------- */
-/* Current format version written by this embstore, and the newest it reads. */
-#define ES_FILE_VERSION 1u
+/* Current format version written by this embstore, and the newest it reads
+ * (it reads every version from 1 up).  Version 2 added the page rule below. */
+#define ES_FILE_VERSION 2u
+/* Version 2 layout rule: a tensor of at least ES_FILE_PAGE_TENSOR_MIN bytes
+ * starts at a file offset that is a multiple of ES_FILE_PAGE_ALIGN (zero
+ * bytes before it); smaller tensors stay 64-byte aligned.  Persisted: part
+ * of the format, not a tuning knob. */
+#define ES_FILE_PAGE_ALIGN 4096u
+#define ES_FILE_PAGE_TENSOR_MIN 65536u
 /* Hard limits checked on both sides (a reader refuses larger counts before
  * allocating anything). */
 #define ES_FILE_MAX_META (1u << 20)          /* metadata entries */
@@ -104,6 +115,7 @@ typedef struct es_file es_file;
  * wrong endianness, inconsistent field), ES_EVERSION (newer format),
  * ES_ECHECKSUM (corruption), ES_ENOMEM.  Messages start with the path.
  * Tensor data is a view into the mapping: read-only, valid until close.
+ * The file descriptor stays open until close too (es_file_fd).
  * Open time is independent of the data size except for checksum
  * verification.  As with any mapped reader, a file truncated in place by
  * another process while open makes accesses fault; replace files with
@@ -126,6 +138,13 @@ const es_tensor_ref *es_file_tensor(const es_file *f, const char *name); /* NULL
  * ES_ECHECKSUM (message names the file and tensor) or ES_EINVAL for a bad i. */
 int es_file_verify_tensor(const es_file *f, int i, es_err *err);
 size_t es_file_size(const es_file *f);
+/* The read-only descriptor of a file opened with es_file_open (open until
+ * es_file_close; do not close it), or -1 for es_file_open_mem.  A mapping
+ * made from it stays valid after es_file_close. */
+int es_file_fd(const es_file *f);
+/* File offset of tensor i's data (a multiple of 64; of ES_FILE_PAGE_ALIGN
+ * for a large tensor in a version >= 2 file), UINT64_MAX for a bad i. */
+uint64_t es_file_tensor_offset(const es_file *f, int i);
 
 /* Internal, for tests and the fuzzer: recompute the header checksum of a
  * file image in place (bytes 8..15), so that deliberately malformed tables

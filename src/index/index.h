@@ -290,6 +290,9 @@ int es__pq_load(es__pq *pq, int d, const es_file *f, const char *pfx, es_err *er
 /* ---- handle persistence under a prefix (index.c; used by muvera.c) ------------------ */
 int es__index_write(const es_index *ix, es_fwriter *w, const char *pfx, es_err *e);
 int es__index_read(es_index **out, const es_file *f, const char *pfx, es_err *e);
+/* A multi-vector index from an open container (muvera.c; the fuzz target
+ * uses it on in-memory files).  The result points into f: keep f open. */
+int es__multi_read(es_multi **out, const es_file *f, es_err *e);
 
 /* ---- exact search kernel (flat.c) -------------------------------------------------
  * k nearest rows of x[nx][d] for each of q[nq][d]; xnorm[nx] = ||x_i||^2

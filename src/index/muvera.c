@@ -169,6 +169,7 @@ void es_multi_free(es_multi *m) {
 }
 
 size_t es_multi_size(const es_multi *m) { return m ? m->n_docs : 0; }
+int es_multi_dim(const es_multi *m) { return m ? m->dim : 0; }
 int es_multi_fde_dim(const es_multi *m) { return m ? m->out_dim : 0; }
 size_t es_multi_bytes(const es_multi *m) {
     if (!m) return 0;
@@ -519,7 +520,7 @@ int es_multi_save(es_multi *m, const char *path) {
     return rc ? mfail(m, rc, "%s", e.msg) : ES_OK;
 }
 
-static int mv_read(es_multi **out, const es_file *f, es_err *e) {
+int es__multi_read(es_multi **out, const es_file *f, es_err *e) {
     const char *pfx = "mv.";
     long long v[11];
     static const struct {
@@ -639,7 +640,7 @@ int es_multi_load(es_multi **out, const char *path, es_err *err) {
         return ES_EFORMAT;
     }
     es_multi *m = NULL;
-    if ((rc = mv_read(&m, f, &e))) {
+    if ((rc = es__multi_read(&m, f, &e))) {
         es_file_close(f);
         return es__err(err, rc, "%s: %s", path, e.msg);
     }

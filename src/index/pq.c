@@ -127,11 +127,15 @@ int es__pq_train(es__pq *pq, const float *x, size_t n, int iters, int opq_iters,
             rc = es__err(err, ES_ENOMEM, "opq: out of memory for %zu training vectors", n);
             goto out;
         }
-        if ((rc = es__random_rotation(pq->d, seed ^ UINT64_C(0x6f7071), R, err))) goto out;
+        /* Start from the identity (plain PQ), so each round can only lower
+         * the quantization error that plain PQ starts with; a random start
+         * throws away structure aligned with the axes (SIFT's cells). */
+        memset(R, 0, d * d * sizeof *R);
+        for (size_t a = 0; a < d; a++) R[a * d + a] = 1.0f;
         for (int it = 0; it < opq_iters; it++) {
             es__project(x, n, pq->d, R, pq->d, y);
             /* Few k-means steps per round: the rotation moves anyway. */
-            if ((rc = pq_train_codebooks(pq, cb, y, n, it == 0 ? 4 : 2, seed + (uint64_t)it, err))) goto out;
+            if ((rc = pq_train_codebooks(pq, cb, y, n, it == 0 ? 8 : 4, seed + (uint64_t)it, err))) goto out;
             if ((rc = pq_encode_rotated(pq, cb, y, n, codes, err))) goto out;
             for (size_t i = 0; i < n; i++) pq_decode_with(pq, cb, codes + i * (size_t)pq->M, yh + i * d);
             /* Mx = X^T Yhat; Q = argmin ||X Q - Yhat||; R = Q^T. */

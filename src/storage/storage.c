@@ -225,3 +225,67 @@ int es_storage_after_load(es_storage *s) {
 }
 
 const char *es_storage_errmsg(const es_storage *s) { return s ? s->err.msg : "no storage"; }
+
+/* ---- helpers shared by the zoo methods (qr, multihash, robe, tt) ---------------- */
+
+/* Split `total` units over F fields: min_each to each, the rest in
+ * proportion to the fields' full-table rows (distinct + 1) from the
+ * vocabulary, or equally without one; the few units rounding leaves go one
+ * each to fields in order.  Needs total >= F * min_each. */
+void es__storage_split(uint64_t total, int F, const es_vocab *v, uint64_t min_each, uint64_t *out) {
+    const uint64_t rem = total - (uint64_t)F * min_each;
+    unsigned __int128 W = 0;
+    for (int f = 0; f < F; f++) W += v ? es_vocab_distinct(v, f) + 1 : 1;
+    uint64_t given = 0;
+    for (int f = 0; f < F; f++) {
+        uint64_t w = v ? es_vocab_distinct(v, f) + 1 : 1;
+        uint64_t add = (uint64_t)((unsigned __int128)rem * w / W);
+        out[f] = min_each + add;
+        given += add;
+    }
+    for (int f = 0; given < rem; f = (f + 1) % F, given++) out[f]++;
+}
+
+/* Option `key` as n groups of g integers in [lo, hi], groups separated by
+ * ':' and the members of a group by '/' ("3/4:5/6").  *found = 0 when the
+ * option is absent. */
+int es__storage_opt_list(const es_storage *s, const char *key, int n, int g, uint64_t lo, uint64_t hi, uint64_t *out,
+                        int *found, es_err *err) {
+    size_t len;
+    const char *v = es__storage_opt(s, key, &len);
+    *found = 0;
+    if (!v) return ES_OK;
+    const char *p = v, *end = v + len;
+    const long total = (long)n * g;
+    long i = 0;
+    for (;;) {
+        const char *q = p;
+        while (q < end && *q != ':' && *q != '/') q++;
+        long long x;
+        if (i >= total || !es__parse_long(p, (size_t)(q - p), &x) || x < 0 || (uint64_t)x < lo || (uint64_t)x > hi) break;
+        const char want = (i % g == g - 1) ? ':' : '/';
+        out[i++] = (uint64_t)x;
+        if (q == end) {
+            if (i == total) {
+                *found = 1;
+                return ES_OK;
+            }
+            break;
+        }
+        if (*q != want) break;
+        p = q + 1;
+    }
+    return es__err(err, ES_EINVAL,
+                   "%s: option %s=%.*s must be %d group(s) of %d integer(s) in [%llu, %llu] (groups separated by ':', "
+                   "members by '/')",
+                   s->p.method, key, (int)ES_MIN(len, 200), v, n, g, (unsigned long long)lo, (unsigned long long)hi);
+}
+
+/* Append ",key=a/b:c/d" (n groups of g) to s->meta at *o. */
+void es__storage_meta_list(es_storage *s, size_t *o, const char *key, const uint64_t *v, int n, int g) {
+    const size_t cap = sizeof s->meta;
+    if (*o < cap) *o += (size_t)snprintf(s->meta + *o, cap - *o, ",%s=", key);
+    for (long i = 0; i < (long)n * g && *o < cap; i++)
+        *o += (size_t)snprintf(s->meta + *o, cap - *o, "%s%llu", i == 0 ? "" : (i % g == 0) ? ":" : "/",
+                               (unsigned long long)v[i]);
+}

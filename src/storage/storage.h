@@ -305,4 +305,16 @@ void es__hashed_destroy(es_storage *s);
 int es__hashed_rows_from_budget(const es_storage *s, size_t aux, int row_floats, uint64_t min_rows, uint64_t *rows,
                                 es_err *err);
 
+/* Helpers shared by the zoo methods (storage.c).
+ * es__storage_split: split `total` units over F fields, min_each to each and
+ *   the rest in proportion to distinct + 1 from the vocabulary (equally
+ *   without one).  Needs total >= F * min_each.
+ * es__storage_opt_list: option `key` as n groups of g integers in [lo, hi]
+ *   ("a/b:c/d"); *found = 0 when absent; ES_EINVAL with a message if malformed.
+ * es__storage_meta_list: append ",key=a/b:c/d" to s->meta at *o. */
+void es__storage_split(uint64_t total, int F, const es_vocab *v, uint64_t min_each, uint64_t *out);
+int es__storage_opt_list(const es_storage *s, const char *key, int n, int g, uint64_t lo, uint64_t hi, uint64_t *out, int *found,
+                         es_err *err);
+void es__storage_meta_list(es_storage *s, size_t *o, const char *key, const uint64_t *v, int n, int g);
+
 #endif /* ES_STORAGE_H */

@@ -82,69 +82,6 @@ typedef struct tt_impl {
     uint64_t seed;        /* field f hashes with es__storage_salt(seed, f, 0), computed per pair */
 } tt_impl;
 
-/* ---- option helpers (the same in every zoo method) ------------------------------- */
-
-/* Split `total` units over F fields: min_each to each, the rest in
- * proportion to the fields' full-table rows (distinct + 1) from the
- * vocabulary, or equally without one; the few units rounding leaves go one
- * each to fields in order.  Needs total >= F * min_each. */
-static void zoo_split(uint64_t total, int F, const es_vocab *v, uint64_t min_each, uint64_t *out) {
-    const uint64_t rem = total - (uint64_t)F * min_each;
-    unsigned __int128 W = 0;
-    for (int f = 0; f < F; f++) W += v ? es_vocab_distinct(v, f) + 1 : 1;
-    uint64_t given = 0;
-    for (int f = 0; f < F; f++) {
-        uint64_t w = v ? es_vocab_distinct(v, f) + 1 : 1;
-        uint64_t add = (uint64_t)((unsigned __int128)rem * w / W);
-        out[f] = min_each + add;
-        given += add;
-    }
-    for (int f = 0; given < rem; f = (f + 1) % F, given++) out[f]++;
-}
-
-/* Option `key` as n groups of g integers in [lo, hi], groups separated by
- * ':' and the members of a group by '/' ("3/4:5/6").  *found = 0 when the
- * option is absent. */
-static int zoo_opt_list(const es_storage *s, const char *key, int n, int g, uint64_t lo, uint64_t hi, uint64_t *out,
-                        int *found, es_err *err) {
-    size_t len;
-    const char *v = es__storage_opt(s, key, &len);
-    *found = 0;
-    if (!v) return ES_OK;
-    const char *p = v, *end = v + len;
-    const long total = (long)n * g;
-    long i = 0;
-    for (;;) {
-        const char *q = p;
-        while (q < end && *q != ':' && *q != '/') q++;
-        long long x;
-        if (i >= total || !es__parse_long(p, (size_t)(q - p), &x) || x < 0 || (uint64_t)x < lo || (uint64_t)x > hi) break;
-        const char want = (i % g == g - 1) ? ':' : '/';
-        out[i++] = (uint64_t)x;
-        if (q == end) {
-            if (i == total) {
-                *found = 1;
-                return ES_OK;
-            }
-            break;
-        }
-        if (*q != want) break;
-        p = q + 1;
-    }
-    return es__err(err, ES_EINVAL,
-                   "%s: option %s=%.*s must be %d group(s) of %d integer(s) in [%llu, %llu] (groups separated by ':', "
-                   "members by '/')",
-                   s->p.method, key, (int)ES_MIN(len, 200), v, n, g, (unsigned long long)lo, (unsigned long long)hi);
-}
-
-/* Append ",key=a/b:c/d" (n groups of g) to s->meta at *o. */
-static void zoo_meta_list(es_storage *s, size_t *o, const char *key, const uint64_t *v, int n, int g) {
-    const size_t cap = sizeof s->meta;
-    if (*o < cap) *o += (size_t)snprintf(s->meta + *o, cap - *o, ",%s=", key);
-    for (long i = 0; i < (long)n * g && *o < cap; i++)
-        *o += (size_t)snprintf(s->meta + *o, cap - *o, "%s%llu", i == 0 ? "" : (i % g == 0) ? ":" : "/",
-                               (unsigned long long)v[i]);
-}
 
 /* ---- index --------------------------------------------------------------------------- */
 
@@ -379,7 +316,7 @@ static int tt_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     if (found) R = (int)v;
     int d[3];
     uint64_t dv[3];
-    if ((rc = zoo_opt_list(s, "d", 1, 3, 1, (uint64_t)dim, dv, &found, err)) != 0) return rc;
+    if ((rc = es__storage_opt_list(s, "d", 1, 3, 1, (uint64_t)dim, dv, &found, err)) != 0) return rc;
     if (found) {
         if (dv[0] * dv[1] * dv[2] != (uint64_t)dim)
             return es__err(err, ES_EINVAL, "tt: d=%llu/%llu/%llu does not multiply to dim %d", (unsigned long long)dv[0],
@@ -404,7 +341,7 @@ static int tt_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         rc = es__err(err, ES_ENOMEM, "tt: out of memory");
         goto fail;
     }
-    if ((rc = zoo_opt_list(s, "n", G, 3, 1, TT_MAX_ROWS, n, &found, err)) != 0) goto fail;
+    if ((rc = es__storage_opt_list(s, "n", G, 3, 1, TT_MAX_ROWS, n, &found, err)) != 0) goto fail;
     if (found && R == 0) {
         rc = es__err(err, ES_EINVAL, "tt: option n= needs rank=");
         goto fail;
@@ -452,7 +389,7 @@ static int tt_create(es_storage *s, const es_vocab *vocab, es_err *err) {
                          share ? "" : "; share=1 pays for one set, not one per field");
             goto fail;
         }
-        zoo_split((uint64_t)A, G, share ? NULL : vocab, umin, Af);
+        es__storage_split((uint64_t)A, G, share ? NULL : vocab, umin, Af);
         uint64_t carry = 0;
         for (int g = 0; g < G; g++) carry = tt_fill(Af[g] + carry, u, n + (size_t)g * 3);
     }
@@ -511,7 +448,7 @@ static int tt_create(es_storage *s, const es_vocab *vocab, es_err *err) {
 
     size_t o = (size_t)snprintf(s->meta, sizeof s->meta, "share=%d,seed=%llu,rank=%d,d=%d/%d/%d", share,
                                 (unsigned long long)s->p.seed, R, d[0], d[1], d[2]);
-    zoo_meta_list(s, &o, "n", n, G, 3);
+    es__storage_meta_list(s, &o, "n", n, G, 3);
     if (o >= sizeof s->meta) {
         tt_free(t);
         rc = es__err(err, ES_ERANGE, "tt: the per-field sizes of %d fields do not fit the metadata; use share=1", F);

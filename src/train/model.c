@@ -9,13 +9,16 @@
  *   tensors   "storage.<name>" for every tensor the storage lists,
  *             "net.<...>" for every dense parameter; with optimizer state
  *             (checkpoints) also the "opt.*" tensors of both.
- * Loading re-creates the storage and the net from the metadata and copies
- * the tensors into them after checking dtype and size.
+ * Loading re-creates the storage and the net from the metadata and puts
+ * the tensors into them after checking dtype and size: in place where it
+ * can (see es__model_load), by copying otherwise.
  */
 #include "model.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
+#include <unistd.h>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -390,6 +393,46 @@ static int meta_int(const es_file *f, const char *key, const char *path, es_err 
     return v ? atoi(v) : 0;
 }
 
+/* Put file tensor `t` (tensor index ti of f) into the model array `dst`
+ * (t->nbytes bytes).  When remapping is allowed, the file offset and dst
+ * are page-aligned and dst is a large block from es__alloc_aligned, the
+ * tensor's whole pages are mapped copy-on-write from the file
+ * (es__alloc_remap) and only the last partial page is copied; the rest of
+ * the block past nbytes stays the allocator's zeros.  Otherwise (small
+ * tensors, net parameters carved from one allocation, memory buffers,
+ * version-1 offsets, ES_NO_REMAP) the bytes are copied.  Adds the mapped
+ * bytes to m->mapped_bytes. */
+static int place_tensor(es_model *m, es_file *f, int ti, const es_tensor_ref *t, void *dst, int remap, const char *path, es_err *err) {
+    size_t whole = t->nbytes & ~(size_t)(ES_FILE_PAGE_ALIGN - 1);
+    uint64_t off = es_file_tensor_offset(f, ti);
+    if (remap && whole > 0 && off % ES_FILE_PAGE_ALIGN == 0 && (uintptr_t)dst % ES_FILE_PAGE_ALIGN == 0) {
+        int rc = es__alloc_remap(dst, whole, es_file_fd(f), off);
+        if (rc == ES_OK) {
+            memcpy((char *)dst + whole, (const char *)t->data + whole, t->nbytes - whole);
+            m->mapped_bytes += whole;
+            return ES_OK;
+        }
+        /* ES_EINVAL: the block does not qualify, copy below.  Anything else
+         * is a failed mmap over the block: refuse rather than guess. */
+        if (rc != ES_EINVAL) return es__err(err, rc, "%s: cannot map tensor '%s' from the file: %s", path, t->name, strerror(errno));
+    }
+    memcpy(dst, t->data, t->nbytes);
+    return ES_OK;
+}
+
+size_t es__model_mapped_bytes(const es_model *m) { return m->mapped_bytes; }
+
+/* Loading maps instead of copying where it can: the container is mapped
+ * (es_file_open), and each large tensor whose file offset is page-aligned
+ * (every tensor of 64 KiB or more in a version-2 file) replaces the pages
+ * of its freshly allocated array with a private, copy-on-write mapping of
+ * the file (place_tensor).  Reads then come from the page cache, so load
+ * time does not grow with the model except for checksum verification
+ * (skipped by ES_LOAD_NO_VERIFY); training after a load or resume writes
+ * privately copied pages and never the file, and replacing the file (by
+ * rename, as every embstore writer does) does not disturb a loaded model.
+ * The environment variable ES_NO_REMAP=1 turns mapping off (every tensor
+ * is copied), to compare the two paths or rule mapping out when debugging. */
 int es__model_load(es_model **out, const char *path, unsigned flags, int with_state, es_err *err) {
     *out = NULL;
     es_file *f = NULL;
@@ -495,6 +538,8 @@ int es__model_load(es_model **out, const char *path, unsigned flags, int with_st
         }
     }
     if ((rc = list_tensors(m, &tl, err)) != 0) goto done;
+    const char *no_remap = getenv("ES_NO_REMAP");
+    int remap = es_file_fd(f) >= 0 && sysconf(_SC_PAGESIZE) == ES_FILE_PAGE_ALIGN && !(no_remap && *no_remap && strcmp(no_remap, "0") != 0);
     for (int i = 0; i < tl.n; i++) {
         int opt = is_opt_tensor(tl.names[i]);
         const es_tensor_ref *t = es_file_tensor(f, tl.names[i]);
@@ -509,7 +554,9 @@ int es__model_load(es_model **out, const char *path, unsigned flags, int with_st
                          es_dtype_name(t->dtype), t->nbytes, es_dtype_name(tl.refs[i].dtype), tl.refs[i].nbytes);
             goto done;
         }
-        memcpy(tl.refs[i].data, t->data, t->nbytes);
+        int ti = (int)(t - es_file_tensor_at(f, 0)); /* es_file_tensor points into the table es_file_tensor_at indexes */
+        ES_ASSERT(es_file_tensor_at(f, ti) == t);
+        if ((rc = place_tensor(m, f, ti, t, tl.refs[i].data, remap, path, err)) != 0) goto done;
     }
     if (m->st->ops->after_load && (rc = m->st->ops->after_load(m->st, err)) != 0) goto done;
     *out = m;

@@ -32,6 +32,7 @@ struct es_model {
     char **meta_val;
     es_batch one;   /* 1-row batch for es_model_embedding */
     es_err err;
+    size_t mapped_bytes; /* bytes of tensors es__model_load mapped from the file instead of copying */
 };
 
 /* Create a model for training.  vocab may be NULL if the storage does not
@@ -45,7 +46,12 @@ int es__model_train_batch(es_model *m, const es_batch *b, double *loss_sum);
 int es__model_set_meta(es_model *m, const char *key, const char *value);
 /* Write the model (with optimizer state when with_state) atomically. */
 int es__model_save(es_model *m, const char *path, int with_state, es_err *err);
-/* Load a model file; with_state also restores optimizer state. */
+/* Load a model file; with_state also restores optimizer state.  Large
+ * tensors are mapped copy-on-write from the file rather than copied where
+ * possible (ES_NO_REMAP=1 in the environment copies everything). */
 int es__model_load(es_model **out, const char *path, unsigned flags, int with_state, es_err *err);
+/* Bytes of tensors the load mapped in place (0 for a created model, with
+ * ES_NO_REMAP=1, or when nothing qualified). */
+size_t es__model_mapped_bytes(const es_model *m);
 
 #endif
