@@ -359,6 +359,247 @@ int es_container_n_tensors(const es_file *f);
 int es_container_tensor_info(const es_file *f, int i, const char **name, const char **dtype, int *ndim, uint64_t shape[4],
                              uint64_t *nbytes);
 
+/* ==== Vector search (index) ==== */
+/* Search stored vectors: exact, quantized, binary and graph indexes,
+ * prefix (Matryoshka / PCA) search with full-dimension re-ranking, filtered
+ * search over integer attributes, and multi-vector retrieval (MUVERA).
+ * docs/retrieval.md describes the kinds, options and file formats.
+ *
+ * Results are written to caller-owned arrays ids[nq*k] and dist[nq*k],
+ * best first.  dist is the squared L2 distance for ES_METRIC_L2 (smaller is
+ * better) and the inner product / cosine similarity otherwise (larger is
+ * better).  Slots without a result (fewer than k vectors pass a filter, or
+ * an approximate index found fewer) hold id -1 and distance +inf (L2) or
+ * -inf (IP, cosine). */
+
+/* Persisted in index files: append-only. */
+typedef enum { ES_METRIC_L2 = 0, ES_METRIC_IP = 1, ES_METRIC_COSINE = 2 } es_metric;
+
+/* Persisted in index files: append-only. */
+typedef enum {
+    ES_INDEX_FLAT = 0,   /* exact search over float32 vectors */
+    ES_INDEX_SQ8 = 1,    /* per-dimension 8-bit scalar quantization */
+    ES_INDEX_BINARY = 2, /* sign bits (optionally after PCA + ITQ rotation), Hamming distance */
+    ES_INDEX_PQ = 3,     /* product quantization (optional OPQ rotation), ADC tables */
+    ES_INDEX_HNSW = 4,   /* hierarchical navigable small-world graph over float32 vectors */
+    ES_INDEX_IVF = 5     /* coarse k-means lists over flat, sq8 or pq codes */
+} es_index_kind;
+
+/* HNSW insertion order (order changes recall).  Persisted: append-only. */
+typedef enum {
+    ES_ORDER_INPUT = 0,    /* ids in increasing order */
+    ES_ORDER_RANDOM = 1,   /* a seeded shuffle */
+    ES_ORDER_LID_DESC = 2, /* decreasing local intrinsic dimension (hardest first) */
+    ES_ORDER_LID_ASC = 3   /* increasing local intrinsic dimension */
+} es_insert_order;
+
+typedef struct es_index_params {
+    es_index_kind kind;     /* ES_INDEX_FLAT */
+    es_metric metric;       /* ES_METRIC_L2 */
+    int dim;                /* vector dimension (required, >= 1) */
+    /* Prefix search: the kind indexes only the first search_dim components
+     * (after the PCA rotation when pca = 1); 0 = all.  With rerank > 0 the
+     * shortlist is re-scored at full dimension. */
+    int search_dim;         /* 0 */
+    int pca;                /* 0; 1: fit a PCA rotation at train time */
+    /* Re-ranking: the kind returns rerank * k candidates, re-scored exactly
+     * with the full float32 vectors (kept by the index).  0 = off. */
+    int rerank;             /* 0 */
+    /* binary */
+    int binary_bits;        /* 0 = dim (or search_dim); bits per code */
+    int itq_iters;          /* 0 = plain sign bits of centred data; > 0: PCA + ITQ rotation */
+    /* pq (also the codes of ivf with ivf_codes = ES_INDEX_PQ) */
+    int pq_m;               /* 0 = dim / 4 rounded to a divisor of dim; sub-quantizers */
+    int pq_bits;            /* 8; bits per sub-quantizer code (1..8) */
+    int opq_iters;          /* 0; > 0 learns an OPQ rotation */
+    /* hnsw */
+    int hnsw_m;             /* 16; links per node (2M on the base layer) */
+    int ef_construction;    /* 200 */
+    int ef_search;          /* 64; search-time, see es_index_set */
+    es_insert_order order;  /* ES_ORDER_INPUT */
+    /* ivf */
+    int nlist;              /* 0 = about 4 * sqrt(n) at train time */
+    int nprobe;             /* 8; search-time */
+    es_index_kind ivf_codes;/* ES_INDEX_FLAT, ES_INDEX_SQ8 or ES_INDEX_PQ */
+    /* training */
+    int kmeans_iters;       /* 20 */
+    size_t train_max;       /* 65536; vectors sampled for training */
+    uint64_t seed;          /* 1 */
+    int threads;            /* 0 = all cores (OpenMP default) */
+} es_index_params;
+
+es_index_params es_index_params_default(void);
+
+typedef struct es_index es_index;
+
+/* Create an empty index.  Fails (ES_EINVAL, message in err) on invalid
+ * parameters, e.g. pq_m not dividing the dimension. */
+int es_index_create(es_index **out, const es_index_params *p, es_err *err);
+/* Learn what the kind needs (PCA, codebooks, coarse centroids, ITQ/OPQ
+ * rotations) from n vectors x[n][dim].  Must come before the first add;
+ * es_index_add trains on its own input when this was not called. */
+int es_index_train(es_index *ix, size_t n, const float *x);
+/* Append n vectors x[n][dim]; they get ids size() .. size() + n - 1.
+ * Non-finite values are rejected (ES_EINVAL, nothing added). */
+int es_index_add(es_index *ix, size_t n, const float *x);
+/* Attach n_attr integer attributes to every vector: attrs[size()][n_attr],
+ * copied.  Replaces earlier attributes. */
+int es_index_set_attrs(es_index *ix, size_t n, int n_attr, const int32_t *attrs);
+int es_index_n_attrs(const es_index *ix);
+
+/* A query filter: attribute `attr` must equal one of values[0..n_values). */
+typedef struct es_filter {
+    int attr;
+    int n_values;
+    const int32_t *values;
+} es_filter;
+
+/* k nearest neighbours of each query q[nq][dim] into ids[nq*k], dist[nq*k]
+ * (see above).  filter may be NULL; with a filter every result satisfies
+ * it.  Errors: k < 1 or larger than the index, dimension mismatch (caller's
+ * contract), non-finite query values, filter on an unknown attribute.
+ * Thread safe: several threads may search one index at once (not while it
+ * is modified). */
+int es_index_search(es_index *ix, size_t nq, const float *q, int k, const es_filter *filter, int64_t *ids,
+                    float *dist);
+/* Change a search-time parameter: "ef_search", "nprobe", "rerank",
+ * "threads".  ES_EINVAL for an unknown name or an out-of-range value. */
+int es_index_set(es_index *ix, const char *name, double value);
+
+size_t es_index_size(const es_index *ix);    /* vectors added */
+int es_index_dim(const es_index *ix);
+/* The parameters in effect (after defaults were resolved at train time). */
+const es_index_params *es_index_params_of(const es_index *ix);
+/* Bytes held for search: codes, graph, codebooks, rotations, full vectors
+ * kept for re-ranking, attributes. */
+size_t es_index_bytes(const es_index *ix);
+/* Seconds spent training and adding (kept in the file across save/load). */
+double es_index_build_seconds(const es_index *ix);
+
+/* Save to `path` (embstore container: versioned, checksummed; written to a
+ * temporary file and renamed).  Load maps the file and uses the arrays in
+ * place; a loaded index can be searched, and added to (arrays are copied on
+ * the first change).  Every count, id and offset in the file is checked. */
+int es_index_save(es_index *ix, const char *path);
+int es_index_load(es_index **out, const char *path, es_err *err);
+void es_index_free(es_index *ix);
+const char *es_index_errmsg(const es_index *ix);
+
+const char *es_index_kind_name(es_index_kind k);
+const char *es_metric_name(es_metric m);
+/* Parse "flat", "sq8", ... / "l2", "ip", "cosine"; ES_EINVAL if unknown. */
+int es_index_kind_parse(const char *s, es_index_kind *out);
+int es_metric_parse(const char *s, es_metric *out);
+
+/* ---- vector files -------------------------------------------------------------
+ * texmex .fvecs/.bvecs/.ivecs (int32 d, then d values per record), raw
+ * float32 with a given dimension, whitespace text ("label v1 .. vd" per line,
+ * GloVe / word2vec style; a label is optional, a word2vec "n d" header line
+ * is skipped, '#' lines are comments), or one f32 2-D tensor of an embstore
+ * container file (e.g. "storage.<...>.w" rows of a trained model). */
+typedef enum {
+    ES_VEC_AUTO = 0,  /* from the extension: .fvecs .bvecs .ivecs .txt/.vec/.text,
+                         .f32/.raw/.bin (raw, needs dim), .es/.embstore (needs tensor) */
+    ES_VEC_FVECS = 1,
+    ES_VEC_BVECS = 2,
+    ES_VEC_IVECS = 3,
+    ES_VEC_RAW_F32 = 4,
+    ES_VEC_TEXT = 5,
+    ES_VEC_TENSOR = 6
+} es_vec_format;
+
+typedef struct es_vec_read_params {
+    es_vec_format format;  /* ES_VEC_AUTO */
+    int dim;               /* raw: required; others: 0, or the dimension expected */
+    const char *tensor;    /* ES_VEC_TENSOR: tensor name */
+    size_t max_rows;       /* 0 = all; else read only the first max_rows */
+    /* Vector sets (multi-vector documents): 1 groups consecutive text rows
+     * that share a label into one set; set_size > 0 groups every set_size
+     * consecutive rows of any format (the last set may be shorter). */
+    int sets_by_label;     /* 0 */
+    int set_size;          /* 0 */
+} es_vec_read_params;
+
+es_vec_read_params es_vec_read_params_default(void);
+
+typedef struct es_vecs {
+    size_t n;          /* rows */
+    int dim;
+    float *x;          /* [n*dim] rows (NULL for .ivecs) */
+    int32_t *i;        /* [n*dim] for .ivecs (NULL otherwise) */
+    char **labels;     /* [n] row labels of a labelled text file, else NULL */
+    size_t n_sets;     /* sets when requested, else 0 */
+    size_t *set_off;   /* [n_sets + 1]: set s is rows set_off[s] .. set_off[s+1]-1 */
+    void *priv_;       /* internal */
+} es_vecs;
+
+/* Read one file.  Rejects: records of differing dimension, truncated
+ * records, NaN/Inf values, empty files, dimensions above 2^20; the message
+ * names the file and the record or line. */
+int es_vecs_read(es_vecs *out, const char *path, const es_vec_read_params *p, es_err *err);
+/* Read several files of one format as one set (e.g. a base split in
+ * parts); dimensions must agree. */
+int es_vecs_read_many(es_vecs *out, const char *const *paths, int n_paths, const es_vec_read_params *p,
+                      es_err *err);
+void es_vecs_free(es_vecs *v);
+/* Write texmex files atomically (temporary file, then rename). */
+int es_fvecs_write(const char *path, size_t n, int dim, const float *x, es_err *err);
+int es_ivecs_write(const char *path, size_t n, int dim, const int32_t *x, es_err *err);
+
+/* ---- multi-vector retrieval (MUVERA) ------------------------------------------
+ * Documents and queries are sets of vectors.  Each set is mapped to one
+ * Fixed Dimensional Encoding (FDE): `reps` repetitions of a SimHash
+ * partition into 2^k_sim buckets, each bucket holding the (projected)
+ * vectors that fall in it (documents: their mean, queries: their sum),
+ * optionally compressed by a final Count-Sketch projection.  The inner
+ * product of FDEs approximates the Chamfer similarity
+ *   sum over query vectors q of max over document vectors p of <q, p>.
+ * A single-vector index over the document FDEs retrieves `candidates`
+ * documents, which are re-ranked by exact Chamfer similarity. */
+typedef struct es_multi_params {
+    int dim;                /* token vector dimension (required) */
+    int k_sim;              /* 4; SimHash bits per repetition (buckets = 2^k_sim) */
+    int reps;               /* 10; repetitions */
+    int d_proj;             /* 0 = dim; random +-1 projection of each vector per repetition */
+    int d_final;            /* 0 = off; Count-Sketch output dimension */
+    int fill_empty;         /* 1; a document's empty bucket takes its nearest vector (Hamming) */
+    int candidates;         /* 100; documents re-ranked per query */
+    int normalize;          /* 1; scale every token vector to unit length */
+    int center;             /* 0; 1: subtract the mean document vector (learned at the first add)
+                               before normalising, for data confined to one orthant (e.g. SIFT),
+                               where SimHash cuts would otherwise be unbalanced */
+    uint64_t seed;          /* 1 */
+    es_index_params inner;  /* index over the FDEs (metric forced to IP, dim set) */
+} es_multi_params;
+
+es_multi_params es_multi_params_default(void);
+
+typedef struct es_multi es_multi;
+int es_multi_create(es_multi **out, const es_multi_params *p, es_err *err);
+/* Add n_sets documents; set s has rows off[s] .. off[s+1]-1 of x[off[n_sets]][dim]
+ * (off[0] must be 0; empty sets are rejected).  Ids are consecutive. */
+int es_multi_add(es_multi *m, size_t n_sets, const size_t *off, const float *x);
+/* Top k documents of each query set by Chamfer similarity among the
+ * FDE candidates: ids[nq*k], score[nq*k] (larger is better; -inf, -1 pad).
+ * n_scored (may be NULL) receives the total documents scored exactly. */
+int es_multi_search(es_multi *m, size_t nq, const size_t *qoff, const float *q, int k, int64_t *ids, float *score,
+                    size_t *n_scored);
+/* Exact Chamfer top-k over all documents (ground truth). */
+int es_multi_search_exact(es_multi *m, size_t nq, const size_t *qoff, const float *q, int k, int64_t *ids,
+                          float *score);
+int es_multi_set(es_multi *m, const char *name, double value); /* "candidates", then es_index_set names */
+size_t es_multi_size(const es_multi *m);
+int es_multi_dim(const es_multi *m);     /* token vector dimension */
+int es_multi_fde_dim(const es_multi *m);
+size_t es_multi_bytes(const es_multi *m);
+int es_multi_save(es_multi *m, const char *path);
+int es_multi_load(es_multi **out, const char *path, es_err *err);
+void es_multi_free(es_multi *m);
+const char *es_multi_errmsg(const es_multi *m);
+/* The FDE of one set (document or query side) into out[fde_dim]. */
+int es_multi_encode(es_multi *m, int is_query, size_t n, const float *x, float *out);
+/* ==== end index ==== */
+
 #ifdef __cplusplus
 }
 #endif

@@ -136,7 +136,7 @@ void es__free_aligned(void *p) {
 }
 
 int es__alloc_remap(void *p, size_t nbytes, int fd, uint64_t offset) {
-    if (!p || fd < 0 || (offset & (ES_PAGE - 1)) != 0) return ES_EINVAL;
+    if (!p || fd < 0 || (offset & (ES_PAGE - 1)) != 0 || ((uintptr_t)p & (ES_PAGE - 1)) != 0) return ES_EINVAL;
     alloc_hdr *h = (alloc_hdr *)((char *)p - ES_ALIGN);
     if (h->magic != ES_ALLOC_MAGIC || !h->mapped || nbytes > h->size || ((uintptr_t)p & (ES_PAGE - 1)) != 0) return ES_EINVAL;
     size_t len = (nbytes + ES_PAGE - 1) & ~(ES_PAGE - 1);
@@ -206,7 +206,12 @@ float es__rng_normal(es_rng *r) {
     return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
 }
 
+static _Thread_local int fill_skipped;
+
+void es__rng_fill_skip(int on) { fill_skipped = on; }
+
 void es__rng_fill_uniform(es_rng *r, float *x, size_t n, float a) {
+    if (fill_skipped) return; /* a loader replaces these values right after */
     for (size_t i = 0; i < n; i++) x[i] = (float)((2.0 * es__rng_uniform(r) - 1.0) * a);
 }
 

@@ -102,6 +102,10 @@ double es__rng_uniform(es_rng *r);           /* [0, 1) */
 float es__rng_normal(es_rng *r);             /* N(0, 1) */
 /* Fill x[n] with U(-a, a). */
 void es__rng_fill_uniform(es_rng *r, float *x, size_t n, float a);
+/* While on (this thread only), es__rng_fill_uniform does nothing: a loader
+ * that creates a model only to replace every value with the file's turns
+ * it on, so load time does not grow with the table size. */
+void es__rng_fill_skip(int on);
 
 /* ---- time and threads -------------------------------------------------- */
 double es__now(void); /* monotonic seconds */

@@ -528,7 +528,12 @@ int es__model_load(es_model **out, const char *path, unsigned flags, int with_st
     if ((s = es_file_meta(f, "reader.label_threshold"))) rp.label_threshold = strtod(s, NULL);
     if ((s = es_file_meta(f, "reader.n_fields_hint"))) rp.n_fields_hint = atoi(s);
 
-    if ((rc = es__model_create(&m, &np, &sp, NULL, &rp, err)) != 0) goto done;
+    /* Every parameter is replaced by the file's values below, so skip the
+     * random initial fill: load time then does not grow with the size. */
+    es__rng_fill_skip(1);
+    rc = es__model_create(&m, &np, &sp, NULL, &rp, err);
+    es__rng_fill_skip(0);
+    if (rc != 0) goto done;
     for (int i = 0; i < es_file_n_meta(f); i++) {
         const char *k, *v;
         es_file_meta_at(f, i, &k, &v);
