@@ -196,6 +196,10 @@ int es_reader_next(es_reader *r, es_batch *b);
  * statistics below.  ES_EIO for an input that cannot seek. */
 int es_reader_rewind(es_reader *r);
 const char *es_reader_errmsg(const es_reader *r);
+/* The parameters in effect after open: the format and delimiter chosen
+ * from the file name when they were left to be detected (columns is NULL:
+ * pass on the spec you gave). */
+es_reader_params es_reader_resolved_params(const es_reader *r);
 /* Line-level statistics since open/rewind: physical lines read (header and
  * blank lines included), lines skipped as bad, and the first 5 bad-line
  * messages joined by newlines (empty when none). */

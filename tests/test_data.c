@@ -395,6 +395,15 @@ TEST(reader_truncated_gz) {
     rc = read_expect_fail(bad, NULL, msg, sizeof msg);
     CHECK(rc == ES_EPARSE);
     CHECK_STR_HAS(msg, "unexpected data after the end of the gzip stream");
+    /* a broken stream is never a bad line to skip (this once looped forever) */
+    es_reader_params rp = es_reader_params_default();
+    rp.skip_bad = 1;
+    rc = read_expect_fail(bad, &rp, msg, sizeof msg);
+    CHECK(rc == ES_EPARSE);
+    CHECK_STR_HAS(msg, "unexpected data after the end of the gzip stream");
+    rc = read_expect_fail(cut, &rp, msg, sizeof msg);
+    CHECK(rc == ES_EIO);
+    CHECK_STR_HAS(msg, "unexpected end of gzip stream");
 }
 
 /* ---- real files -------------------------------------------------------------------- */

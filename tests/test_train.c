@@ -124,6 +124,10 @@ TEST(saved_model_predicts_identically_in_new_process) {
     CHECK_MSG(strcmp(a, b) == 0, "predictions differ between runs");
     free(a);
     free(b);
+    /* the model keeps the detected format: a file of any name reads the same */
+    CHECK(es_test_sh(NULL, "cp build/tmp/rt_valid.tsv build/tmp/rt_valid.data") == 0);
+    CHECK(es_test_sh(NULL, "%s predict build/tmp/rt.es build/tmp/rt_valid.data --out build/tmp/rt_p4.txt", es_bin()) == 0);
+    CHECK(es_test_sh(NULL, "cmp build/tmp/rt_p1.txt build/tmp/rt_p4.txt") == 0);
     /* the unlabeled Criteo layout (39 columns) */
     CHECK(es_test_sh(NULL, "cut -f2- build/tmp/rt_valid.tsv > build/tmp/rt_unlab.tsv") == 0);
     CHECK(es_test_sh(NULL, "%s predict build/tmp/rt.es build/tmp/rt_unlab.tsv --unlabeled --out build/tmp/rt_p3.txt", es_bin()) == 0);

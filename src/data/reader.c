@@ -317,6 +317,14 @@ int es__reader_open_mem(es_reader **out, const void *data, size_t n, const char 
 
 /* ---- schema and statistics -------------------------------------------------------- */
 int es_reader_n_dense(const es_reader *r) { return r ? r->n_dense : 0; }
+es_reader_params es_reader_resolved_params(const es_reader *r) {
+    es_reader_params p = r->p;
+    p.format = r->fmt;
+    p.delim = r->delim;
+    p.multi_sep = r->msep;
+    p.columns = NULL; /* not kept: the caller knows what it passed */
+    return p;
+}
 int es_reader_n_fields(const es_reader *r) { return r ? r->n_fields : 0; }
 const char *es_reader_field_name(const es_reader *r, int field) {
     return r && field >= 0 && field < r->n_fields ? r->field_names[field] : NULL;
@@ -519,10 +527,15 @@ int es_reader_next(es_reader *r, es_batch *b) {
                 if (rc == ES_OK) continue;
             }
         }
-        if (rc == ES_ERANGE) rc = ES_EPARSE; /* an over-long line is a bad line like any other */
-        if (rc == ES_EPARSE && r->p.skip_bad) {
-            note_bad(r);
-            continue;
+        /* Only an over-long line from lineio is a bad line to skip: the
+         * blocks skip their own bad lines, so any other status here (a gzip
+         * or I/O error, even one reported as ES_EPARSE) is fatal. */
+        if (rc == ES_ERANGE) {
+            rc = ES_EPARSE;
+            if (r->p.skip_bad) {
+                note_bad(r);
+                continue;
+            }
         }
         b->n = row;
         r->rows += (uint64_t)row;

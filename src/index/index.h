@@ -268,8 +268,10 @@ int es__sq8_load(es__sq8 *c, int d, const es_file *f, const char *pfx, es_err *e
  * rotation R (OPQ) is applied to vectors before coding (x -> R x). */
 typedef struct es__pq {
     int d, M, nbits, ksub, dsub;
-    float *cb; /* [M][ksub][dsub] */
-    float *R;  /* [d][d] or NULL */
+    float *cb;    /* [M][ksub][dsub] */
+    float *R;     /* [d][d] or NULL */
+    float *cbt;   /* search cache: [M][dsub][ksub] transposed codebooks */
+    float *cnorm; /* search cache: [M][ksub] squared centroid norms */
 } es__pq;
 /* Resolve M from p (0 = default), check it divides d and nbits in 1..8. */
 int es__pq_init(es__pq *pq, int d, int M, int nbits, es_err *err);
@@ -281,9 +283,12 @@ void es__pq_decode(const es__pq *pq, const uint8_t *code, float *x);
 /* Rotate one vector into out[d] (copy when no rotation). */
 void es__pq_rotate1(const es__pq *pq, const float *x, float *out);
 /* Distance table of a rotated query: lut[m][j] = ||q_m - c_mj||^2 (L2) or
- * -<q_m, c_mj> (IP). */
+ * -<q_m, c_mj> (IP).  Uses the transposed cache, so that the inner loop
+ * runs over centroids (contiguous, vectorised) instead of 4-8 components. */
 void es__pq_lut(const es__pq *pq, const float *qr, int ip, float *lut);
 void es__pq_free(es__pq *pq);
+/* Bytes the codec holds in memory (codebooks, rotation, search caches). */
+size_t es__pq_bytes(const es__pq *pq);
 int es__pq_save(const es__pq *pq, es_fwriter *w, const char *pfx, es_err *err);
 int es__pq_load(es__pq *pq, int d, const es_file *f, const char *pfx, es_err *err);
 

@@ -354,8 +354,7 @@ static size_t ivf_bytes(const es__ix *ix) {
     b += (size_t)v->nlist * (d + 1) * sizeof(float);
     if (v->codes_kind == ES_INDEX_SQ8) b += 2 * d * sizeof(float);
     if (v->codes_kind == ES_INDEX_PQ) {
-        b += (size_t)v->pq.M * v->pq.ksub * v->pq.dsub * sizeof(float) + (size_t)v->nlist * d * sizeof(float);
-        if (v->pq.R) b += d * d * sizeof(float);
+        b += es__pq_bytes(&v->pq) + (size_t)v->nlist * d * sizeof(float);
         if (v->pqterm) b += (size_t)v->nlist * v->pq.M * v->pq.ksub * sizeof(float);
     }
     return b;

@@ -47,7 +47,43 @@ int es__pq_init(es__pq *pq, int d, int M, int nbits, es_err *err) {
 void es__pq_free(es__pq *pq) {
     es__free_aligned(pq->cb);
     es__free_aligned(pq->R);
-    pq->cb = pq->R = NULL;
+    es__free_aligned(pq->cbt);
+    es__free_aligned(pq->cnorm);
+    pq->cb = pq->R = pq->cbt = pq->cnorm = NULL;
+}
+
+size_t es__pq_bytes(const es__pq *pq) {
+    size_t cbn = (size_t)pq->M * pq->ksub * pq->dsub, b = 0;
+    if (pq->cb) b += cbn * sizeof(float);
+    if (pq->cbt) b += cbn * sizeof(float) + (size_t)pq->M * pq->ksub * sizeof(float);
+    if (pq->R) b += (size_t)pq->d * pq->d * sizeof(float);
+    return b;
+}
+
+/* Build the search caches from the codebooks (after training or loading). */
+static int pq_prepare(es__pq *pq, es_err *err) {
+    size_t M = (size_t)pq->M, ks = (size_t)pq->ksub, ds = (size_t)pq->dsub;
+    float *cbt = es__alloc_aligned(M * ks * ds * sizeof *cbt), *cn = es__alloc_aligned(M * ks * sizeof *cn);
+    if (!cbt || !cn) {
+        es__free_aligned(cbt);
+        es__free_aligned(cn);
+        return es__err(err, ES_ENOMEM, "pq: out of memory");
+    }
+    for (size_t m = 0; m < M; m++)
+        for (size_t j = 0; j < ks; j++) {
+            const float *c = pq->cb + (m * ks + j) * ds;
+            float s = 0;
+            for (size_t u = 0; u < ds; u++) {
+                cbt[(m * ds + u) * ks + j] = c[u];
+                s += c[u] * c[u];
+            }
+            cn[m * ks + j] = s;
+        }
+    es__free_aligned(pq->cbt);
+    es__free_aligned(pq->cnorm);
+    pq->cbt = cbt;
+    pq->cnorm = cn;
+    return ES_OK;
 }
 
 void es__pq_rotate1(const es__pq *pq, const float *x, float *out) {
@@ -164,7 +200,7 @@ out:
     es__pq_free(pq);
     pq->cb = cb;
     pq->R = R;
-    return ES_OK;
+    return pq_prepare(pq, err);
 }
 
 int es__pq_encode_n(const es__pq *pq, const float *x, size_t n, uint8_t *codes, es_err *err) {
@@ -183,24 +219,24 @@ int es__pq_encode_n(const es__pq *pq, const float *x, size_t n, uint8_t *codes, 
 }
 
 void es__pq_lut(const es__pq *pq, const float *qr, int ip, float *lut) {
-    int dsub = pq->dsub, ksub = pq->ksub;
+    size_t ds = (size_t)pq->dsub, ks = (size_t)pq->ksub;
     for (int m = 0; m < pq->M; m++) {
-        const float *qm = qr + (size_t)m * dsub;
-        const float *c = pq->cb + (size_t)m * ksub * dsub;
-        float *t = lut + (size_t)m * ksub;
-        for (int j = 0; j < ksub; j++, c += dsub) {
-            float s = 0.0f;
-            if (ip) {
-                for (int u = 0; u < dsub; u++) s += qm[u] * c[u];
-                t[j] = -s;
-            } else {
-                for (int u = 0; u < dsub; u++) {
-                    float e = qm[u] - c[u];
-                    s += e * e;
-                }
-                t[j] = s;
-            }
+        const float *qm = qr + (size_t)m * ds;
+        const float *ct = pq->cbt + (size_t)m * ds * ks;
+        float *restrict t = lut + (size_t)m * ks;
+        /* L2: ||q||^2 + ||c||^2 - 2<q, c>;  IP: -<q, c>. */
+        float qq = 0.0f;
+        for (size_t u = 0; u < ds; u++) qq += qm[u] * qm[u];
+        if (ip) {
+            for (size_t j = 0; j < ks; j++) t[j] = 0.0f;
+        } else {
+            const float *cn = pq->cnorm + (size_t)m * ks;
+            for (size_t j = 0; j < ks; j++) t[j] = cn[j] + qq;
         }
+        float f = ip ? -1.0f : -2.0f;
+        for (size_t u = 0; u < ds; u++) es__axpy(t, f * qm[u], ct + u * ks, ks); /* SIMD over centroids */
+        if (!ip)
+            for (size_t j = 0; j < ks; j++) t[j] = t[j] > 0.0f ? t[j] : 0.0f;
     }
 }
 
@@ -222,6 +258,7 @@ int es__pq_load(es__pq *pq, int d, const es_file *f, const char *pfx, es_err *er
     pq->cb = es__alloc_aligned(cbn * sizeof(float));
     if (!pq->cb) return es__err(err, ES_ENOMEM, "pq: out of memory");
     memcpy(pq->cb, p, cbn * sizeof(float));
+    if ((rc = pq_prepare(pq, err))) return rc;
     char name[ES_TENSOR_NAME_MAX];
     snprintf(name, sizeof name, "%spq.rotation", pfx);
     if (es_file_tensor(f, name)) {
@@ -285,7 +322,22 @@ static void pq_search1(const es__ix *ix, const float *q, int k, const es__filter
     for (size_t i0 = 0; i0 < ix->n; i0 += SCAN_CHUNK) {
         size_t c = ES_MIN((size_t)SCAN_CHUNK, ix->n - i0);
         es__pq_scan(lut, codes + i0 * M, c, s->pq.M, s->pq.ksub, 0.0f, tmp);
-        for (size_t i = 0; i < c; i++) {
+        size_t i = 0;
+        if (size == k) {
+            /* Heap full: skip runs of 8 that cannot enter (branch-free test). */
+            for (; i + 8 <= c; i += 8) {
+                float thr = dist[0];
+                int any = 0;
+                for (int u = 0; u < 8; u++) any |= tmp[i + (size_t)u] <= thr;
+                if (!any) continue;
+                for (int u = 0; u < 8; u++) {
+                    size_t id = i0 + i + (size_t)u;
+                    if (tmp[i + (size_t)u] > dist[0] || (f && !es__filter_ok(f, id))) continue;
+                    es__heap_push(dist, ids, &size, k, tmp[i + (size_t)u], (int64_t)id);
+                }
+            }
+        }
+        for (; i < c; i++) {
             if (size == k && tmp[i] > dist[0]) continue;
             if (f && !es__filter_ok(f, i0 + i)) continue;
             es__heap_push(dist, ids, &size, k, tmp[i], (int64_t)(i0 + i));
@@ -296,9 +348,7 @@ static void pq_search1(const es__ix *ix, const float *q, int k, const es__filter
 
 static size_t pq_bytes(const es__ix *ix) {
     const pq_ix *s = (const pq_ix *)ix;
-    size_t b = s->codes.bytes + (size_t)s->pq.M * s->pq.ksub * s->pq.dsub * sizeof(float);
-    if (s->pq.R) b += (size_t)ix->dim * ix->dim * sizeof(float);
-    return b;
+    return s->codes.bytes + es__pq_bytes(&s->pq);
 }
 
 static int pq_save(const es__ix *ix, es_fwriter *w, const char *pfx, es_err *err) {

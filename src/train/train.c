@@ -537,6 +537,12 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
     }
 
     if (p->out_path) {
+        /* keep the detected format and delimiter, so the model reads files
+         * of any name the same way */
+        es_reader_params rp = es_reader_resolved_params(r);
+        m->rp.format = rp.format;
+        m->rp.delim = rp.delim;
+        m->rp.multi_sep = rp.multi_sep;
         char buf[512];
         if (p->command_line) es__model_set_meta(m, "train.command", p->command_line);
         metrics_json(buf, sizeof buf, &res->valid);
