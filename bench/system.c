@@ -187,11 +187,12 @@ static double bench_linecount(const char *path, double *mb) {
     return lines ? *mb / dt : 0;
 }
 
-static double bench_parse(const char *path, double mb, uint64_t *rows) {
+static double bench_parse(const char *path, double mb, uint64_t *rows, int threads) {
     es_reader *r = NULL;
     es_err err = {0};
     es_reader_params p = es_reader_params_default();
     p.format = ES_FMT_CRITEO;
+    p.threads = threads;
     if (es_reader_open(&r, path, &p, &err) != 0) {
         fprintf(stderr, "parse: %s\n", err.msg);
         return 0;
@@ -224,12 +225,13 @@ int main(int argc, char **argv) {
     double mlp_rows = 0, mlp = bench_mlp(4096, 5, &mlp_rows);
     double rr = bench_random_read(bytes, 50000000);
     double gather = bench_gather(bytes, 200, 4096);
-    double lc_mb = 0, lc = 0, parse = 0;
+    double lc_mb = 0, lc = 0, parse = 0, parse_t = 0;
     uint64_t rows = 0;
     if (tsv) {
         lc = bench_linecount(tsv, &lc_mb);     /* warms the page cache too */
         lc = best_of(lc, bench_linecount(tsv, &lc_mb));
-        parse = bench_parse(tsv, lc_mb, &rows);
+        parse = bench_parse(tsv, lc_mb, &rows, 1);
+        parse_t = bench_parse(tsv, lc_mb, &rows, threads);
     }
     printf("threads %d, simd %s\n", threads, es__simd_level());
     printf("%-44s %12.1f GFLOP/s\n", "sgemm peak (1536^3, OpenBLAS)", peak);
@@ -240,12 +242,14 @@ int main(int argc, char **argv) {
            100 * gather / rr);
     if (tsv) {
         printf("%-44s %12.1f MB/s\n", "line-count pass (fread + memchr)", lc);
-        printf("%-44s %12.1f MB/s  (%.0f%% of the line-count pass, %llu rows, %.0f MB)\n", "Criteo TSV parse (es_reader)", parse,
+        printf("%-44s %12.1f MB/s  (%.0f%% of the line-count pass, %llu rows, %.0f MB)\n", "Criteo TSV parse, 1 thread", parse,
                100 * parse / lc, (unsigned long long)rows, lc_mb);
+        printf("%-44s %12.1f MB/s  (%.0f%% of the line-count pass)\n", "Criteo TSV parse, reader threads = threads", parse_t,
+               100 * parse_t / lc);
     }
     printf("{\"threads\":%d,\"sgemm_gflops\":%.2f,\"mlp_gflops\":%.2f,\"mlp_frac_of_peak\":%.3f,\"mlp_rows_per_s\":%.0f,"
            "\"random_reads_per_s\":%.4g,\"gathers_per_s\":%.4g,\"gather_frac_of_limit\":%.3f,\"table_bytes\":%zu,"
-           "\"linecount_mb_s\":%.1f,\"parse_mb_s\":%.1f,\"parse_frac_of_linecount\":%.3f}\n",
-           threads, peak, mlp, mlp / peak, mlp_rows, rr, gather, gather / rr, bytes, lc, parse, lc > 0 ? parse / lc : 0);
+           "\"linecount_mb_s\":%.1f,\"parse_mb_s\":%.1f,\"parse_frac_of_linecount\":%.3f,\"parse_threads_mb_s\":%.1f}\n",
+           threads, peak, mlp, mlp / peak, mlp_rows, rr, gather, gather / rr, bytes, lc, parse, lc > 0 ? parse / lc : 0, parse_t);
     return 0;
 }

@@ -161,3 +161,152 @@ bad:
     return -1;
 }
 
+/* ---- options shared by the commands that train -------------------------------------- */
+
+int cli_layers(const char *cmd, const char *opt, const char *s, int *v, int *n) {
+    int k = 0;
+    const char *p = s;
+    while (*p) {
+        char *end;
+        long x = strtol(p, &end, 10);
+        if (end == p || x <= 0 || x > 65536 || (*end && *end != ',') || k >= 8) {
+            cli_usage(cmd, "%s expects up to 8 positive comma-separated widths, got '%s'", opt, s);
+            return -1;
+        }
+        v[k++] = (int)x;
+        p = *end ? end + 1 : end;
+    }
+    if (k == 0) {
+        cli_usage(cmd, "%s expects at least one width", opt);
+        return -1;
+    }
+    *n = k;
+    return 0;
+}
+
+int cli_train_opt(const char *cmd, int argc, char **argv, int *ip, es_train_params *p) {
+    int i = *ip;
+    const char *a = argv[i], *v;
+    long long ll;
+    double d;
+    if (!strcmp(a, "--valid")) {
+        if (!(p->valid_path = cli_next(cmd, argc, argv, &i))) return -1;
+        *ip = i;
+        return 1;
+    }
+    if (!strcmp(a, "--valid-frac")) {
+        if (!(v = cli_next(cmd, argc, argv, &i)) || cli_double(cmd, a, v, 0, 0.99, &d)) return -1;
+        p->valid_frac = d;
+        *ip = i;
+        return 1;
+    }
+    if (!strcmp(a, "--max-rows")) {
+        if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, INT64_MAX, &ll)) return -1;
+        p->max_rows = (uint64_t)ll;
+        *ip = i;
+        return 1;
+    }
+    if (!strcmp(a, "--model")) {
+        if (!(p->model = cli_next(cmd, argc, argv, &i))) return -1;
+        *ip = i;
+        return 1;
+    }
+    if (!strcmp(a, "--dim")) {
+        if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 4096, &ll)) return -1;
+        p->dim = (int)ll;
+        *ip = i;
+        return 1;
+    }
+    if (!strcmp(a, "--bottom")) {
+        if (!(v = cli_next(cmd, argc, argv, &i)) || cli_layers(cmd, a, v, p->bottom, &p->n_bottom)) return -1;
+        *ip = i;
+        return 1;
+    }
+    if (!strcmp(a, "--top")) {
+        if (!(v = cli_next(cmd, argc, argv, &i)) || cli_layers(cmd, a, v, p->top, &p->n_top)) return -1;
+        *ip = i;
+        return 1;
+    }
+    if (!strcmp(a, "--cross")) {
+        if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 16, &ll)) return -1;
+        p->n_cross = (int)ll;
+        *ip = i;
+        return 1;
+    }
+    if (!strcmp(a, "--min-count")) {
+        if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 1000000000, &ll)) return -1;
+        p->min_count = (int)ll;
+        *ip = i;
+        return 1;
+    }
+    if (!strcmp(a, "--chunks")) {
+        if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 64, &ll)) return -1;
+        p->chunks = (int)ll;
+        *ip = i;
+        return 1;
+    }
+    if (!strcmp(a, "--subtables")) {
+        if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 4096, &ll)) return -1;
+        p->subtables = (int)ll;
+        *ip = i;
+        return 1;
+    }
+    if (!strcmp(a, "--storage-opts")) {
+        if (!(p->storage_opts = cli_next(cmd, argc, argv, &i))) return -1;
+        *ip = i;
+        return 1;
+    }
+    if (!strcmp(a, "--epochs")) {
+        if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 100000, &ll)) return -1;
+        p->epochs = (int)ll;
+        *ip = i;
+        return 1;
+    }
+    if (!strcmp(a, "--batch")) {
+        if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 1 << 20, &ll)) return -1;
+        p->batch = (int)ll;
+        *ip = i;
+        return 1;
+    }
+    if (!strcmp(a, "--lr")) {
+        if (!(v = cli_next(cmd, argc, argv, &i)) || cli_double(cmd, a, v, 0, 1e3, &d)) return -1;
+        p->lr = (float)d;
+        *ip = i;
+        return 1;
+    }
+    if (!strcmp(a, "--emb-lr")) {
+        if (!(v = cli_next(cmd, argc, argv, &i)) || cli_double(cmd, a, v, 0, 1e3, &d)) return -1;
+        p->emb_lr = (float)d;
+        *ip = i;
+        return 1;
+    }
+    if (!strcmp(a, "--optim")) {
+        if (!(p->optim = cli_next(cmd, argc, argv, &i))) return -1;
+        *ip = i;
+        return 1;
+    }
+    if (!strcmp(a, "--emb-optim")) {
+        if (!(p->emb_optim = cli_next(cmd, argc, argv, &i))) return -1;
+        *ip = i;
+        return 1;
+    }
+    if (!strcmp(a, "--weight-decay")) {
+        if (!(v = cli_next(cmd, argc, argv, &i)) || cli_double(cmd, a, v, 0, 1e3, &d)) return -1;
+        p->weight_decay = (float)d;
+        *ip = i;
+        return 1;
+    }
+    if (!strcmp(a, "--threads")) {
+        if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 0, 1024, &ll)) return -1;
+        p->threads = (int)ll;
+        *ip = i;
+        return 1;
+    }
+    if (!strcmp(a, "--seed")) {
+        if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 0, INT64_MAX, &ll)) return -1;
+        p->seed = (uint64_t)ll;
+        *ip = i;
+        return 1;
+    }
+    return 0;
+}

@@ -49,6 +49,13 @@ int cli_reader_opt(const char *cmd, int argc, char **argv, int *i, es_reader_par
  * "4M", "1.5G", "64KiB" (bytes). */
 int cli_budget(const char *cmd, const char *s, double *out);
 
+/* Options shared by the commands that train (train, bench-storage): data
+ * split, model shape, optimisation, threads, seed, method knobs.  Same
+ * convention as cli_reader_opt. */
+int cli_train_opt(const char *cmd, int argc, char **argv, int *i, es_train_params *p);
+/* "64,32,16": up to 8 positive widths. */
+int cli_layers(const char *cmd, const char *opt, const char *s, int *v, int *n);
+
 /* Subcommands. argv[0] is the subcommand name. */
 int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);

@@ -73,8 +73,9 @@ static const char help[] =
     "  --name LABEL          dataset label for tables and plots (default: file name)\n"
     "  --no-lookup-speed     skip the lookup-speed measurement\n"
     "model and training (same meaning as in `embstore train`):\n"
-    "  --model M --dim K --epochs E --batch N --lr X --emb-lr X --threads T\n"
-    "  --valid FILE | --valid-frac F (default 0.2)   --max-rows N\n" CLI_READER_HELP
+    "  --model M --dim K --bottom L --top L --cross N --epochs E --batch N --lr X\n"
+    "  --emb-lr X --optim O --emb-optim O --chunks K --subtables T --min-count N\n"
+    "  --storage-opts S --threads T --valid FILE | --valid-frac F (default 0.2) --max-rows N\n" CLI_READER_HELP
     "  --quiet               no progress bar\n"
     "\n"
     "example (the sweep in docs/benchmarks.md):\n"
@@ -452,10 +453,10 @@ int cmd_bench_storage(int argc, char **argv) {
     char methods[MAX_METHODS][32], budgets[MAX_BUDGETS][32], seeds_s[MAX_SEEDS][32];
     int n_methods = 0, n_budgets = 0, n_seeds = 0, share_lo = 0, share_hi = 0, quiet = 0, lookup_speed = 1;
     long long ll;
-    double d;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         int r = cli_reader_opt(cmd, argc, argv, &i, &p.reader);
+        if (r == 0) r = cli_train_opt(cmd, argc, argv, &i, &p);
         if (r < 0) return ES_EXIT_USAGE;
         if (r > 0) continue;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -482,34 +483,6 @@ int cmd_bench_storage(int argc, char **argv) {
             if (!(name = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
         } else if (!strcmp(a, "--no-lookup-speed")) {
             lookup_speed = 0;
-        } else if (!strcmp(a, "--model")) {
-            if (!(p.model = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
-        } else if (!strcmp(a, "--dim")) {
-            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 4096, &ll)) return ES_EXIT_USAGE;
-            p.dim = (int)ll;
-        } else if (!strcmp(a, "--epochs")) {
-            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 1000, &ll)) return ES_EXIT_USAGE;
-            p.epochs = (int)ll;
-        } else if (!strcmp(a, "--batch")) {
-            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 1 << 20, &ll)) return ES_EXIT_USAGE;
-            p.batch = (int)ll;
-        } else if (!strcmp(a, "--lr")) {
-            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_double(cmd, a, v, 0, 1e3, &d)) return ES_EXIT_USAGE;
-            p.lr = (float)d;
-        } else if (!strcmp(a, "--emb-lr")) {
-            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_double(cmd, a, v, 0, 1e3, &d)) return ES_EXIT_USAGE;
-            p.emb_lr = (float)d;
-        } else if (!strcmp(a, "--threads")) {
-            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 0, 1024, &ll)) return ES_EXIT_USAGE;
-            p.threads = (int)ll;
-        } else if (!strcmp(a, "--valid")) {
-            if (!(p.valid_path = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
-        } else if (!strcmp(a, "--valid-frac")) {
-            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_double(cmd, a, v, 0.01, 0.99, &d)) return ES_EXIT_USAGE;
-            p.valid_frac = d;
-        } else if (!strcmp(a, "--max-rows")) {
-            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, INT64_MAX, &ll)) return ES_EXIT_USAGE;
-            p.max_rows = (uint64_t)ll;
         } else if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) {
             quiet = 1;
         } else if (a[0] == '-' && a[1]) {

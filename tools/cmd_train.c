@@ -60,26 +60,6 @@ static const char train_help[] =
     "  embstore train data/criteo_kaggle_train_first10k.tsv --valid-frac 0.2 \\\n"
     "      --model dlrm --storage unified --budget 0.1 --epochs 3\n";
 
-static int parse_layers(const char *cmd, const char *opt, const char *s, int *v, int *n) {
-    int k = 0;
-    const char *p = s;
-    while (*p) {
-        char *end;
-        long x = strtol(p, &end, 10);
-        if (end == p || x <= 0 || x > 65536 || (*end && *end != ',') || k >= 8) {
-            cli_usage(cmd, "%s expects up to 8 positive comma-separated widths, got '%s'", opt, s);
-            return -1;
-        }
-        v[k++] = (int)x;
-        p = *end ? end + 1 : end;
-    }
-    if (k == 0) {
-        cli_usage(cmd, "%s expects at least one width", opt);
-        return -1;
-    }
-    *n = k;
-    return 0;
-}
 
 static void progress_cb(const es_progress *p, void *ctx) {
     (void)ctx;
@@ -120,80 +100,24 @@ int cmd_train(int argc, char **argv) {
     const char *file = NULL;
     int quiet = 0;
     long long ll;
-    double d;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         int r = cli_reader_opt(cmd, argc, argv, &i, &p.reader);
+        if (r == 0) r = cli_train_opt(cmd, argc, argv, &i, &p);
         if (r < 0) return ES_EXIT_USAGE;
         if (r > 0) continue;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             fputs(train_help, stdout);
             return 0;
-        } else if (!strcmp(a, "--valid")) {
-            if (!(p.valid_path = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
-        } else if (!strcmp(a, "--valid-frac")) {
-            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_double(cmd, a, v, 0, 0.99, &d)) return ES_EXIT_USAGE;
-            p.valid_frac = d;
-        } else if (!strcmp(a, "--max-rows")) {
-            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, INT64_MAX, &ll)) return ES_EXIT_USAGE;
-            p.max_rows = (uint64_t)ll;
-        } else if (!strcmp(a, "--model")) {
-            if (!(p.model = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
-        } else if (!strcmp(a, "--dim")) {
-            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 4096, &ll)) return ES_EXIT_USAGE;
-            p.dim = (int)ll;
-        } else if (!strcmp(a, "--bottom")) {
-            if (!(v = cli_next(cmd, argc, argv, &i)) || parse_layers(cmd, a, v, p.bottom, &p.n_bottom)) return ES_EXIT_USAGE;
-        } else if (!strcmp(a, "--top")) {
-            if (!(v = cli_next(cmd, argc, argv, &i)) || parse_layers(cmd, a, v, p.top, &p.n_top)) return ES_EXIT_USAGE;
-        } else if (!strcmp(a, "--cross")) {
-            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 16, &ll)) return ES_EXIT_USAGE;
-            p.n_cross = (int)ll;
         } else if (!strcmp(a, "--storage")) {
             if (!(p.storage = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
         } else if (!strcmp(a, "--budget")) {
             if (!(v = cli_next(cmd, argc, argv, &i)) || cli_budget(cmd, v, &p.budget)) return ES_EXIT_USAGE;
-        } else if (!strcmp(a, "--min-count")) {
-            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 1000000000, &ll)) return ES_EXIT_USAGE;
-            p.min_count = (int)ll;
-        } else if (!strcmp(a, "--chunks")) {
-            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 64, &ll)) return ES_EXIT_USAGE;
-            p.chunks = (int)ll;
-        } else if (!strcmp(a, "--subtables")) {
-            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 4096, &ll)) return ES_EXIT_USAGE;
-            p.subtables = (int)ll;
         } else if (!strcmp(a, "--share")) {
             if (!(v = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
             if (!strcmp(v, "fields")) p.share = 1;
             else if (!strcmp(v, "none")) p.share = 0;
             else return cli_usage(cmd, "--share expects fields or none, got '%s'", v);
-        } else if (!strcmp(a, "--storage-opts")) {
-            if (!(p.storage_opts = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
-        } else if (!strcmp(a, "--epochs")) {
-            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 100000, &ll)) return ES_EXIT_USAGE;
-            p.epochs = (int)ll;
-        } else if (!strcmp(a, "--batch")) {
-            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 1 << 20, &ll)) return ES_EXIT_USAGE;
-            p.batch = (int)ll;
-        } else if (!strcmp(a, "--lr")) {
-            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_double(cmd, a, v, 0, 1e3, &d)) return ES_EXIT_USAGE;
-            p.lr = (float)d;
-        } else if (!strcmp(a, "--emb-lr")) {
-            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_double(cmd, a, v, 0, 1e3, &d)) return ES_EXIT_USAGE;
-            p.emb_lr = (float)d;
-        } else if (!strcmp(a, "--optim")) {
-            if (!(p.optim = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
-        } else if (!strcmp(a, "--emb-optim")) {
-            if (!(p.emb_optim = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
-        } else if (!strcmp(a, "--weight-decay")) {
-            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_double(cmd, a, v, 0, 1e3, &d)) return ES_EXIT_USAGE;
-            p.weight_decay = (float)d;
-        } else if (!strcmp(a, "--threads")) {
-            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 0, 1024, &ll)) return ES_EXIT_USAGE;
-            p.threads = (int)ll;
-        } else if (!strcmp(a, "--seed")) {
-            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 0, INT64_MAX, &ll)) return ES_EXIT_USAGE;
-            p.seed = (uint64_t)ll;
         } else if (!strcmp(a, "--out") || !strcmp(a, "-o")) {
             if (!(p.out_path = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
         } else if (!strcmp(a, "--checkpoint-every")) {

@@ -54,18 +54,7 @@ int es_bench_lookup(const es_train_params *p, int repeat, double *lookups_per_s,
         rows += (uint64_t)n;
         if (p->max_rows && rows >= p->max_rows) break;
     }
-    es_storage_params sp = es_storage_params_default();
-    sp.method = p->storage;
-    sp.n_fields = n_fields;
-    sp.dim = es_net_emb_dim(kind, p->dim);
-    sp.max_batch = p->batch;
-    sp.budget = p->budget;
-    sp.seed = p->seed;
-    sp.min_count = p->min_count > 0 ? p->min_count : 1;
-    sp.chunks = p->chunks > 0 ? p->chunks : 1;
-    sp.subtables = p->subtables > 0 ? p->subtables : 1;
-    sp.share = p->share;
-    sp.opts = p->storage_opts;
+    es_storage_params sp = es__train_storage_params(p, kind, n_fields);
     if ((rc = es_storage_create(&st, &sp, vocab, err)) != 0) goto done;
     *bytes = st->param_bytes + st->aux_bytes;
     size_t per = (size_t)p->batch * (size_t)n_fields * (size_t)sp.dim;

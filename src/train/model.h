@@ -54,4 +54,8 @@ int es__model_load(es_model **out, const char *path, unsigned flags, int with_st
  * ES_NO_REMAP=1, or when nothing qualified). */
 size_t es__model_mapped_bytes(const es_model *m);
 
+/* Storage parameters of a training run (method, shape, budget, seed,
+ * table learning rate; LR tables start at zero). */
+es_storage_params es__train_storage_params(const es_train_params *p, es_net_kind kind, int n_fields);
+
 #endif

@@ -40,6 +40,24 @@ es_train_params es_train_params_default(void) {
     return p;
 }
 
+es_storage_params es__train_storage_params(const es_train_params *p, es_net_kind kind, int n_fields) {
+    es_storage_params sp = es_storage_params_default();
+    sp.method = p->storage;
+    sp.n_fields = n_fields;
+    sp.dim = es_net_emb_dim(kind, p->dim);
+    sp.max_batch = p->batch;
+    sp.budget = p->budget;
+    sp.seed = p->seed;
+    sp.min_count = p->min_count > 0 ? p->min_count : 1;
+    sp.chunks = p->chunks > 0 ? p->chunks : 1;
+    sp.subtables = p->subtables > 0 ? p->subtables : 1;
+    sp.share = p->share;
+    sp.opts = p->storage_opts;
+    sp.opt.lr = p->emb_lr;
+    if (kind == ES_NET_LR) sp.init_scale = 0.0f; /* LR weights start at zero */
+    return sp;
+}
+
 /* Read at most `limit` rows into b (b->cap is the batch size). */
 static int read_limited(es_reader *r, es_batch *b, uint64_t limit) {
     if (limit == 0) {
@@ -366,21 +384,8 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
     if (dense_opt == ES_OPT_ADAGRAD) np.opt.eps = 1e-10f; /* torch.optim.Adagrad's default */
     np.weight_decay = p->weight_decay;
     np.seed = es__mix64(p->seed ^ 0x6e6574ULL);
-    es_storage_params sp = es_storage_params_default();
-    sp.method = p->storage;
-    sp.n_fields = n_fields;
-    sp.dim = es_net_emb_dim(kind, p->dim);
-    sp.max_batch = p->batch;
-    sp.budget = p->budget;
-    sp.seed = p->seed;
-    sp.min_count = p->min_count > 0 ? p->min_count : 1;
-    sp.chunks = p->chunks > 0 ? p->chunks : 1;
-    sp.subtables = p->subtables > 0 ? p->subtables : 1;
-    sp.share = p->share;
-    sp.opts = p->storage_opts;
+    es_storage_params sp = es__train_storage_params(p, kind, n_fields);
     sp.opt.kind = emb_opt;
-    sp.opt.lr = p->emb_lr;
-    if (kind == ES_NET_LR) sp.init_scale = 0.0f; /* LR weights start at zero */
     /* checkpoint: model with optimizer state + data position */
     ckpt = p->checkpoint_path;
     if (!ckpt && (p->checkpoint_every > 0 || p->resume)) {
