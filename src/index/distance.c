@@ -71,6 +71,19 @@ void es__dot_x4_ref(const float *q, const float *x0, const float *x1, const floa
     }
 }
 
+size_t es__select_le_ref(const float *base, const float *v, float mul, size_t m, float thr, uint32_t *j_out,
+                         float *s_out) {
+    size_t c = 0;
+    for (size_t j = 0; j < m; j++) {
+        float sc = base ? base[j] + mul * v[j] : mul * v[j];
+        if (sc <= thr) {
+            j_out[c] = (uint32_t)j;
+            s_out[c++] = sc;
+        }
+    }
+    return c;
+}
+
 /* The PQ scan is table lookups, which SIMD gathers do not speed up on
  * current x86 (measured: a 16-wide gather version was 1.6x slower).  The
  * fast version walks four codes at once, one accumulator each, so four
@@ -171,6 +184,60 @@ AVX512 static float sq8_ip_avx512(const float *qs, const uint8_t *code, size_t d
         acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, qs + j), c, acc);
     }
     return _mm512_reduce_add_ps(acc);
+}
+
+AVX2 static size_t select_le_avx2(const float *base, const float *v, float mul, size_t m, float thr, uint32_t *j_out,
+                                  float *s_out) {
+    __m256 vm = _mm256_set1_ps(mul), vt = _mm256_set1_ps(thr);
+    size_t c = 0, j = 0;
+    for (; j + 8 <= m; j += 8) {
+        __m256 sc = base ? _mm256_fmadd_ps(vm, _mm256_loadu_ps(v + j), _mm256_loadu_ps(base + j))
+                         : _mm256_mul_ps(vm, _mm256_loadu_ps(v + j));
+        unsigned bits = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(sc, vt, _CMP_LE_OQ));
+        if (!bits) continue;
+        float tmp[8];
+        _mm256_storeu_ps(tmp, sc);
+        while (bits) {
+            int b = __builtin_ctz(bits);
+            bits &= bits - 1;
+            j_out[c] = (uint32_t)(j + (size_t)b);
+            s_out[c++] = tmp[b];
+        }
+    }
+    for (; j < m; j++) {
+        float sc = base ? base[j] + mul * v[j] : mul * v[j];
+        if (sc <= thr) {
+            j_out[c] = (uint32_t)j;
+            s_out[c++] = sc;
+        }
+    }
+    return c;
+}
+
+AVX512 static size_t select_le_avx512(const float *base, const float *v, float mul, size_t m, float thr,
+                                      uint32_t *j_out, float *s_out) {
+    __m512 vm = _mm512_set1_ps(mul), vt = _mm512_set1_ps(thr);
+    __m512i idx = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), step = _mm512_set1_epi32(16);
+    size_t c = 0, j = 0;
+    for (; j + 16 <= m; j += 16, idx = _mm512_add_epi32(idx, step)) {
+        __m512 sc = base ? _mm512_fmadd_ps(vm, _mm512_loadu_ps(v + j), _mm512_loadu_ps(base + j))
+                         : _mm512_mul_ps(vm, _mm512_loadu_ps(v + j));
+        __mmask16 k = _mm512_cmp_ps_mask(sc, vt, _CMP_LE_OQ);
+        if (!k) continue;
+        _mm512_mask_compressstoreu_ps(s_out + c, k, sc);
+        _mm512_mask_compressstoreu_epi32(j_out + c, k, idx);
+        c += (size_t)__builtin_popcount((unsigned)k);
+    }
+    if (j < m) {
+        __mmask16 t = (__mmask16)((1u << (m - j)) - 1u);
+        __m512 sc = base ? _mm512_fmadd_ps(vm, _mm512_maskz_loadu_ps(t, v + j), _mm512_maskz_loadu_ps(t, base + j))
+                         : _mm512_mul_ps(vm, _mm512_maskz_loadu_ps(t, v + j));
+        __mmask16 k = _mm512_mask_cmp_ps_mask(t, sc, vt, _CMP_LE_OQ);
+        _mm512_mask_compressstoreu_ps(s_out + c, k, sc);
+        _mm512_mask_compressstoreu_epi32(j_out + c, k, idx);
+        c += (size_t)__builtin_popcount((unsigned)k);
+    }
+    return c;
 }
 
 __attribute__((target("popcnt"))) static uint32_t hamming_popcnt(const uint64_t *a, const uint64_t *b, size_t nw) {
@@ -307,6 +374,7 @@ typedef float (*sq8_ip_fn)(const float *, const uint8_t *, size_t);
 typedef uint32_t (*ham_fn)(const uint64_t *, const uint64_t *, size_t);
 typedef void (*pq_fn)(const float *, const uint8_t *, size_t, int, int, float, float *);
 typedef void (*x4_fn)(const float *, const float *, const float *, const float *, const float *, size_t, float *);
+typedef size_t (*sel_fn)(const float *, const float *, float, size_t, float, uint32_t *, float *);
 
 static struct {
     int ready;
@@ -316,6 +384,7 @@ static struct {
     ham_fn hamming;
     pq_fn pq_scan;
     x4_fn l2sq_x4, dot_x4;
+    sel_fn select_le;
 } K;
 
 static void kernels_init(void) {
@@ -328,6 +397,7 @@ static void kernels_init(void) {
     K.pq_scan = ref ? es__pq_scan_ref : pq_scan_fast;
     K.l2sq_x4 = es__l2sq_x4_ref;
     K.dot_x4 = es__dot_x4_ref;
+    K.select_le = es__select_le_ref;
 #ifdef ES_HAVE_X86
     if (!ref) {
         __builtin_cpu_init();
@@ -340,6 +410,7 @@ static void kernels_init(void) {
             K.sq8_ip = sq8_ip_avx512;
             K.l2sq_x4 = l2sq_x4_avx512;
             K.dot_x4 = dot_x4_avx512;
+            K.select_le = select_le_avx512;
             if (__builtin_cpu_supports("avx512vpopcntdq") && __builtin_cpu_supports("popcnt"))
                 K.hamming = hamming_avx512;
         } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
@@ -348,6 +419,7 @@ static void kernels_init(void) {
             K.sq8_ip = sq8_ip_avx2;
             K.l2sq_x4 = l2sq_x4_avx2;
             K.dot_x4 = dot_x4_avx2;
+            K.select_le = select_le_avx2;
         }
     }
 #endif
@@ -383,6 +455,10 @@ void es__dot_x4(const float *q, const float *x0, const float *x1, const float *x
                 float out[4]) {
     ensure();
     K.dot_x4(q, x0, x1, x2, x3, d, out);
+}
+size_t es__select_le(const float *base, const float *v, float mul, size_t m, float thr, uint32_t *j_out, float *s_out) {
+    ensure();
+    return K.select_le(base, v, mul, m, thr, j_out, s_out);
 }
 const char *es__index_simd_level(void) {
     ensure();

@@ -42,6 +42,15 @@ void es__dot_x4(const float *q, const float *x0, const float *x1, const float *x
 void es__dot_x4_ref(const float *q, const float *x0, const float *x1, const float *x2, const float *x3, size_t d,
                     float out[4]);
 
+/* Candidate selection for top-k scans: with s_j = (base ? base[j] : 0) +
+ * mul * v[j] for j < m, write the j with s_j <= thr and their scores, in
+ * increasing j, to j_out / s_out; returns how many.  Lets a scan test 16
+ * scores per instruction against the heap's current worst and touch the
+ * heap only for the few that can enter. */
+size_t es__select_le(const float *base, const float *v, float mul, size_t m, float thr, uint32_t *j_out, float *s_out);
+size_t es__select_le_ref(const float *base, const float *v, float mul, size_t m, float thr, uint32_t *j_out,
+                         float *s_out);
+
 /* "avx512", "avx2" or "ref": what the dispatcher picked for these kernels. */
 const char *es__index_simd_level(void);
 

@@ -73,10 +73,12 @@ int es__knn_exact(const float *q, size_t nq, const float *x, const float *xnorm,
     size_t bq = ES_MIN((size_t)BLOCK_Q, (nq + (size_t)nt - 1) / (size_t)nt), bx = ES_MIN(nx, (size_t)BLOCK_X);
     size_t nblk = (nq + bq - 1) / bq;
     if ((size_t)nt > nblk) nt = (int)nblk;
-    float *ws = es__alloc_aligned((size_t)nt * bq * bx * sizeof *ws);
+    float *ws = es__alloc_aligned((size_t)nt * (bq + 1) * bx * sizeof *ws);
+    uint32_t *jw = es__malloc((size_t)nt * bx * sizeof *jw);
     int *sz = es__malloc((size_t)nt * bq * sizeof *sz);
-    if (!ws || !sz) {
+    if (!ws || !jw || !sz) {
         es__free_aligned(ws);
+        es__free(jw);
         es__free(sz);
         return es__err(err, ES_ENOMEM, "exact search: out of memory for %d blocks of %zu x %zu", nt, bq, bx);
     }
@@ -87,7 +89,8 @@ int es__knn_exact(const float *q, size_t nq, const float *x, const float *xnorm,
 #ifdef _OPENMP
         t = omp_get_thread_num();
 #endif
-        float *ipbuf = ws + (size_t)t * bq * bx;
+        float *ipbuf = ws + (size_t)t * (bq + 1) * bx, *sel_s = ipbuf + bq * bx;
+        uint32_t *sel_j = jw + (size_t)t * bx;
         int *sizes = sz + (size_t)t * bq;
         size_t q0 = blk * bq, mq = ES_MIN(bq, nq - q0);
         memset(sizes, 0, mq * sizeof *sizes);
@@ -100,13 +103,15 @@ int es__knn_exact(const float *q, size_t nq, const float *x, const float *xnorm,
                 float *hd = dist + (q0 + qi) * (size_t)k;
                 int64_t *hi = ids + (q0 + qi) * (size_t)k;
                 int size = sizes[qi];
-                for (size_t j = 0; j < mx; j++) {
-                    size_t id = x0 + j;
-                    float s = ip ? -row[j] : xnorm[id] - 2.0f * row[j];
-                    /* Cheap reject before the filter lookup and the heap. */
-                    if (size == k && s > hd[0]) continue;
+                /* Scores below the heap's current worst, 16 per instruction;
+                 * only those reach the filter and the heap. */
+                size_t nc = es__select_le(ip ? NULL : xnorm + x0, row, ip ? -1.0f : -2.0f, mx,
+                                          size == k ? hd[0] : INFINITY, sel_j, sel_s);
+                for (size_t c = 0; c < nc; c++) {
+                    size_t id = x0 + sel_j[c];
+                    if (size == k && sel_s[c] > hd[0]) continue;
                     if (f && !es__filter_ok(f, id)) continue;
-                    es__heap_push(hd, hi, &size, k, s, (int64_t)id);
+                    es__heap_push(hd, hi, &size, k, sel_s[c], (int64_t)id);
                 }
                 sizes[qi] = size;
             }
@@ -126,6 +131,7 @@ int es__knn_exact(const float *q, size_t nq, const float *x, const float *xnorm,
     }
     es__blas_single_end(prev);
     es__free_aligned(ws);
+    es__free(jw);
     es__free(sz);
     return ES_OK;
 }
