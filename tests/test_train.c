@@ -84,7 +84,9 @@ static int train_cli(const char *out, const char *args) {
 TEST(train_dlrm_unified_end_to_end) {
     const char *log = es_test_path("train_e2e.log"), *model = es_test_path("e2e.es");
     remove(model);
-    int st = train_cli(log, "--valid-frac 0.2 --model dlrm --storage unified --budget 0.1 --epochs 2 --seed 1 --out build/tmp/e2e.es");
+    char args[512];
+    snprintf(args, sizeof args, "--valid-frac 0.2 --model dlrm --storage unified --budget 0.1 --epochs 2 --seed 1 --out %s", model);
+    int st = train_cli(log, args);
     char *s = es_test_slurp(log);
     CHECK_MSG(st == 0, "exit %d: %s", st, s ? s : "");
     const char *j = last_line(s);
