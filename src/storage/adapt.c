@@ -83,38 +83,18 @@ typedef struct adapt_impl {
 
 static inline uint64_t field_tag(int f) { return es__mix64(UINT64_C(0xada9e3779b97f4a7) + (uint64_t)(uint32_t)f); }
 
-static inline size_t index_cap(uint64_t n) { return (size_t)(n + n / 2 + 1); }
 
 /* Bytes of the serving map and small arrays for P private values. */
 static size_t adapt_aux(uint64_t P, int S) {
-    return (size_t)ES_MAX(P, 1) * 8 + index_cap(P) * 4 + 8 + 16 * (size_t)S;
+    return (size_t)ES_MAX(P, 1) * 8 + es__keyidx_cap(P) * 4 + 8 + 16 * (size_t)S;
 }
 
-static inline size_t home(uint64_t tkey, size_t cap) { return (size_t)es__range(es__mix64(tkey), cap); }
 
 /* Key index of tagged key t, or UINT64_MAX. */
-static inline uint64_t map_find(const adapt_impl *m, uint64_t t) {
-    size_t h = home(t, m->icap);
-    uint32_t v;
-    while ((v = m->index[h]) != 0) {
-        if (m->keys[v - 1] == t) return v - 1;
-        if (++h == m->icap) h = 0;
-    }
-    return UINT64_MAX;
-}
+static inline uint64_t map_find(const adapt_impl *m, uint64_t t) { return es__keyidx_find(m->keys, m->index, m->icap, t); }
 
 /* Insert key index i (keys[i] set); 0, or 1 if the tagged key was there. */
-static int map_insert(adapt_impl *m, uint64_t i) {
-    const uint64_t t = m->keys[i];
-    size_t h = home(t, m->icap);
-    uint32_t v;
-    while ((v = m->index[h]) != 0) {
-        if (m->keys[v - 1] == t) return 1;
-        if (++h == m->icap) h = 0;
-    }
-    m->index[h] = (uint32_t)(i + 1);
-    return 0;
-}
+static int map_insert(adapt_impl *m, uint64_t i) { return es__keyidx_insert(m->keys, m->index, m->icap, i); }
 
 /* salt = es__storage_salt(m->seed, f, 0), computed once per (row, field) by
  * the caller (not stored: it costs three mixer rounds). */
@@ -311,7 +291,7 @@ static int adapt_create(es_storage *s, const es_vocab *vocab, es_err *err) {
             return es__err(err, ES_EINVAL, "adapt: needs a budget (bytes or a fraction of the full table)");
         }
         /* bytes left for hashed rows with p private values */
-        double fixed = (double)adapt_aux(0, S) - 4.0 * (double)index_cap(0);
+        double fixed = (double)adapt_aux(0, S) - 4.0 * (double)es__keyidx_cap(0);
         if (!have_P && !online && n_cand && n_cand <= (size_t)UINT32_MAX - 1 &&
             B - (double)adapt_aux(n_cand, S) - (double)n_cand * (double)rowb >= (double)S * (double)rowb) {
             P = n_cand; /* every eligible value fits privately: no reason to hash any */
@@ -367,7 +347,7 @@ static int adapt_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     m->seed = seed;
     m->n_cap = P;
     m->n_hashed = H;
-    m->icap = index_cap(P);
+    m->icap = es__keyidx_cap(P);
     m->depth = (int)depth;
     m->width = online ? width : 0;
     m->promote = promote;

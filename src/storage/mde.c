@@ -100,30 +100,10 @@ typedef struct mde_impl {
 } mde_impl;
 
 static inline uint64_t field_tag(int f) { return es__mix64(UINT64_C(0x3de9e3779b97f4a7) + (uint64_t)(uint32_t)f); }
-static inline size_t index_cap(uint64_t n) { return (size_t)(n + n / 2 + 1); }
-static inline size_t home(uint64_t t, size_t cap) { return (size_t)es__range(es__mix64(t), cap); }
 
-static inline uint64_t map_find(const mde_impl *m, uint64_t t) {
-    size_t h = home(t, m->icap);
-    uint32_t v;
-    while ((v = m->index[h]) != 0) {
-        if (m->keys[v - 1] == t) return v - 1;
-        if (++h == m->icap) h = 0;
-    }
-    return UINT64_MAX;
-}
+static inline uint64_t map_find(const mde_impl *m, uint64_t t) { return es__keyidx_find(m->keys, m->index, m->icap, t); }
 
-static int map_insert(mde_impl *m, uint64_t i) {
-    const uint64_t t = m->keys[i];
-    size_t h = home(t, m->icap);
-    uint32_t v;
-    while ((v = m->index[h]) != 0) {
-        if (m->keys[v - 1] == t) return 1;
-        if (++h == m->icap) h = 0;
-    }
-    m->index[h] = (uint32_t)(i + 1);
-    return 0;
-}
+static int map_insert(mde_impl *m, uint64_t i) { return es__keyidx_insert(m->keys, m->index, m->icap, i); }
 
 /* Tier of value i (binary search over vstart). */
 static inline uint64_t tier_of(const mde_impl *m, uint64_t i) {
@@ -145,7 +125,7 @@ static inline uint64_t hashed_row(const mde_impl *m, int f, uint64_t salt, uint6
 
 /* Bytes of the map and small arrays (aux) for N keys and T tiers. */
 static size_t mde_aux(uint64_t N, uint64_t T, int S) {
-    return 8 * (size_t)ES_MAX(N, 1) + 4 * index_cap(N) + 24 * (size_t)ES_MAX(T, 1) + 16 * (size_t)S;
+    return 8 * (size_t)ES_MAX(N, 1) + 4 * es__keyidx_cap(N) + 24 * (size_t)ES_MAX(T, 1) + 16 * (size_t)S;
 }
 
 /* ---- lifecycle ------------------------------------------------------------------------ */
@@ -559,7 +539,7 @@ static int mde_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     m->R = R;
     m->Q = Q;
     m->H = H;
-    m->icap = index_cap(N);
+    m->icap = es__keyidx_cap(N);
     m->dopt = (mde_dopt)dopt;
     m->lr = lr;
     m->opt = s->p.opt;

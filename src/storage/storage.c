@@ -289,3 +289,29 @@ void es__storage_meta_list(es_storage *s, size_t *o, const char *key, const uint
         *o += (size_t)snprintf(s->meta + *o, cap - *o, "%s%llu", i == 0 ? "" : (i % g == 0) ? ":" : "/",
                                (unsigned long long)v[i]);
 }
+
+/* ---- key index shared by the frequency-based methods ---------------------------- */
+
+static inline size_t keyidx_home(uint64_t key, size_t cap) { return (size_t)es__range(es__mix64(key), cap); }
+
+uint64_t es__keyidx_find(const uint64_t *keys, const uint32_t *index, size_t cap, uint64_t key) {
+    size_t h = keyidx_home(key, cap);
+    uint32_t v;
+    while ((v = index[h]) != 0) {
+        if (keys[v - 1] == key) return v - 1;
+        if (++h == cap) h = 0;
+    }
+    return UINT64_MAX;
+}
+
+int es__keyidx_insert(const uint64_t *keys, uint32_t *index, size_t cap, uint64_t i) {
+    const uint64_t key = keys[i];
+    size_t h = keyidx_home(key, cap);
+    uint32_t v;
+    while ((v = index[h]) != 0) {
+        if (keys[v - 1] == key) return 1;
+        if (++h == cap) h = 0;
+    }
+    index[h] = (uint32_t)(i + 1);
+    return 0;
+}

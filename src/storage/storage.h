@@ -317,4 +317,13 @@ int es__storage_opt_list(const es_storage *s, const char *key, int n, int g, uin
                          es_err *err);
 void es__storage_meta_list(es_storage *s, size_t *o, const char *key, const uint64_t *v, int n, int g);
 
+/* An index over an array of 64-bit keys (frequency-based methods: mde,
+ * adapt): open addressing over uint32 slots holding position + 1 (0 =
+ * empty), capacity es__keyidx_cap(n) for n keys.  find returns the key's
+ * position or UINT64_MAX; insert adds position i (keys[i] already set) and
+ * returns 1 if that key was present. */
+static inline size_t es__keyidx_cap(uint64_t n) { return (size_t)(n + n / 2 + 1); }
+uint64_t es__keyidx_find(const uint64_t *keys, const uint32_t *index, size_t cap, uint64_t key);
+int es__keyidx_insert(const uint64_t *keys, uint32_t *index, size_t cap, uint64_t i);
+
 #endif /* ES_STORAGE_H */
