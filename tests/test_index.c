@@ -12,6 +12,7 @@
 #include "index/distance.h"
 #include "index/index.h"
 
+#include <pthread.h>
 #include <unistd.h>
 
 #define SIFT_DIR "data/siftsmall/"
@@ -508,7 +509,9 @@ TEST(index_quantized_kinds_siftsmall) {
         double min_r10, max_bpv;
     } cases[] = {
         {"sq8", ES_INDEX_SQ8, 0, 0, 0, 0, 0.95, 140},
-        {"pq16", ES_INDEX_PQ, 0, 0, 0, 0, 0.60, 40},
+        /* 16 code bytes + 256 x 128 floats of codebooks (and their
+         * transposed search copy) spread over 10,000 vectors */
+        {"pq16", ES_INDEX_PQ, 0, 0, 0, 0, 0.60, 50},
         {"pq16+opq", ES_INDEX_PQ, 0, 0, 0, 3, 0.60, 120},
         {"binary", ES_INDEX_BINARY, 0, 0, 0, 0, 0.10, 40},
         {"binary+itq+rerank", ES_INDEX_BINARY, 0, 20, 20, 0, 0.95, 700},
@@ -946,6 +949,63 @@ TEST(index_allocation_failures_are_clean) {
                       (unsigned long long)nth, (unsigned long long)total, rc);
         }
         printf("    %-18s %llu allocations, %d failure points checked\n", name, (unsigned long long)total, tried);
+    }
+}
+
+/* ---- determinism and concurrency --------------------------------------------------------------- */
+TEST(index_hnsw_one_thread_is_deterministic) {
+    CHECK(sift_load());
+    es_index_params p = sift_params(ES_INDEX_HNSW);
+    p.threads = 1;
+    p.ef_construction = 40;
+    p.order = ES_ORDER_LID_DESC;
+    es_index *a = build(p, S.base.x, 2000), *b = build(p, S.base.x, 2000);
+    CHECK(a && b);
+    int64_t ia[50 * 10], ib[50 * 10];
+    float da[50 * 10], db[50 * 10];
+    CHECK(es_index_search(a, 50, S.query.x, 10, NULL, ia, da) == 0);
+    CHECK(es_index_search(b, 50, S.query.x, 10, NULL, ib, db) == 0);
+    for (int i = 0; i < 500; i++) CHECK(ia[i] == ib[i] && da[i] == db[i]);
+    es_index_free(a);
+    es_index_free(b);
+}
+
+typedef struct {
+    es_index *ix;
+    int64_t ids[100 * 10];
+    float d[100 * 10];
+    int rc;
+} search_job;
+
+static void *search_thread(void *arg) {
+    search_job *j = arg;
+    for (int r = 0; r < 5 && !j->rc; r++) j->rc = es_index_search(j->ix, 100, S.query.x, 10, NULL, j->ids, j->d);
+    return NULL;
+}
+
+TEST(index_concurrent_searches_agree) {
+    CHECK(sift_load());
+    es_index_kind kinds[3] = {ES_INDEX_FLAT, ES_INDEX_HNSW, ES_INDEX_IVF};
+    for (int c = 0; c < 3; c++) {
+        es_index_params p = sift_params(kinds[c]);
+        p.nlist = 32;
+        p.kmeans_iters = 5;
+        p.ef_construction = 40;
+        es_index *ix = build(p, S.base.x, 3000);
+        CHECK(ix);
+        static search_job jobs[3];
+        pthread_t th[3];
+        for (int t = 0; t < 3; t++) {
+            jobs[t].ix = ix;
+            jobs[t].rc = 0;
+            CHECK(pthread_create(&th[t], NULL, search_thread, &jobs[t]) == 0);
+        }
+        for (int t = 0; t < 3; t++) pthread_join(th[t], NULL);
+        for (int t = 0; t < 3; t++) {
+            CHECK_EQ_INT(jobs[t].rc, 0);
+            for (int i = 0; i < 1000; i++) CHECK(jobs[t].ids[i] == jobs[0].ids[i] && jobs[t].d[i] == jobs[0].d[i]);
+        }
+        es_index_free(ix);
     }
 }
 

@@ -22,6 +22,7 @@
 #include <time.h>
 
 #define MAX_SPECS 32
+#define ES_MAX_W(a, b) ((a) > (b) ? (a) : (b))
 #define MAX_SWEEP 16
 
 static double now_s(void) {
@@ -845,12 +846,13 @@ typedef struct {
     const int32_t *attrs; /* [n][n_attr] for violation counts */
     int n_attr;
     int rows;
+    int name_w;           /* width of the index column */
 } eval_ctx;
 
 static void print_header(const eval_ctx *ec) {
     if (ec->json) return;
-    printf("%-38s %-15s %7s %7s %7s %10s %10s %8s%s\n", "index", "search", "R@1", "R@10", "R@100", "QPS", "bytes/vec",
-           "build_s", ec->filter ? "  violations" : "");
+    printf("%-*s %-20s %7s %7s %7s %10s %10s %8s%s\n", ec->name_w, "index", "search", "R@1", "R@10", "R@100", "QPS",
+           "bytes/vec", "build_s", ec->filter ? "  violations" : "");
 }
 
 static void fmt_recall(double r, char *buf) {
@@ -911,7 +913,7 @@ static int eval_one(eval_ctx *ec, es_index *ix, const char *name, const char *se
         fmt_recall(r1, a);
         fmt_recall(r10, b);
         fmt_recall(r100, c);
-        printf("%-38s %-15s %7s %7s %7s %10.0f %10.1f %8.2f", name, setting, a, b, c, qps, bpv, build_s);
+        printf("%-*s %-20s %7s %7s %7s %10.0f %10.1f %8.2f", ec->name_w, name, setting, a, b, c, qps, bpv, build_s);
         if (ec->filter) printf("  %lld", viol);
         printf("\n");
     }
@@ -966,7 +968,7 @@ static int eval_multi(const char *cmd, common_opts *c, const char *const *base, 
     float *sc = malloc(nq * (size_t)k * sizeof *sc + 1);
     if (!ids || !tids || !sc) rc = cli_fail(cmd, "out of memory");
     if (!rc && !c->json)
-        printf("%-38s %7s %7s %10s %12s %10s %8s\n", "inner index (FDE)", "R@1", "R@10", "QPS", "scored_frac",
+        printf("%-24s %7s %7s %10s %12s %10s %8s\n", "inner index (FDE)", "R@1", "R@10", "QPS", "scored_frac",
                "bytes/doc", "build_s");
     for (int s = 0; s < n_specs && !rc; s++) {
         es_multi_params mp = c->mp;
@@ -1025,7 +1027,7 @@ static int eval_multi(const char *cmd, common_opts *c, const char *const *base, 
                    "\"bytes_per_document\":%.1f,\"build_seconds\":%.4f}\n",
                    specs[s].text, es_multi_fde_dim(m), k, nq, b.n_sets, r1, r10 < 0 ? 0 : r10, qps, frac, bpd, build);
         else
-            printf("%-38s %7.4f %7.4f %10.0f %12.4f %10.1f %8.2f\n", specs[s].text, r1, r10, qps, frac, bpd, build);
+            printf("%-24s %7.4f %7.4f %10.0f %12.4f %10.1f %8.2f\n", specs[s].text, r1, r10, qps, frac, bpd, build);
         free(gt);
         es_multi_free(m);
     }
@@ -1193,6 +1195,9 @@ static int cmd_eval_index(int argc, char **argv) {
                    .filter = have_filter ? &fo.f : NULL,
                    .attrs = attrs,
                    .n_attr = n_attr};
+    ec.name_w = 20;
+    if (loaded) ec.name_w = ES_MAX_W(ec.name_w, (int)strlen(index_path));
+    for (int s = 0; !loaded && s < n_specs; s++) ec.name_w = ES_MAX_W(ec.name_w, (int)strlen(specs[s].text));
     if (!rc) print_header(&ec);
     if (!rc && loaded) {
         if (c.threads > 0) es_index_set(loaded, "threads", c.threads);

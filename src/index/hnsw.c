@@ -404,7 +404,7 @@ static int hnsw_add(es__ix *ix, const float *x, size_t n, es_err *err) {
         g->max_level = lev[order[0]];
         first = 1;
     }
-#pragma omp parallel for schedule(dynamic, 8) num_threads(nt)
+ES_IX_OMP(omp parallel for schedule(dynamic, 8) num_threads(nt))
     for (size_t i = first; i < n; i++) {
         int t = 0;
 #ifdef _OPENMP
@@ -608,7 +608,7 @@ int es__lid_estimate(const float *x, size_t n, int d, int k, size_t sample, uint
     es__row_norms(sx, m, d, sn);
     for (size_t i0 = 0; i0 < n && !rc; i0 += chunk) {
         size_t c = ES_MIN(chunk, n - i0);
-        rc = es__knn_exact(x + i0 * (size_t)d, c, sx, sn, m, d, 0, kk, NULL, bd, bi, 0, err);
+        rc = es__knn_exact(x + i0 * (size_t)d, c, sx, sn, m, d, 0, kk, NULL, bd, bi, 0, NULL, err);
         for (size_t i = 0; i < c && !rc; i++) {
             /* Distances (not squared), skipping the point itself. */
             double r[64 + 1];

@@ -260,7 +260,7 @@ static bool exact_kind(const es_index_params *p) {
            (p->kind == ES_INDEX_IVF && p->ivf_codes == ES_INDEX_FLAT);
 }
 
-static int create(es_index **out, const es_index_params *pin, size_t n_full_hint, es_err *err) {
+static int create(es_index **out, const es_index_params *pin, es_err *err) {
     *out = NULL;
     es_index_params p = *pin;
     if (p.dim < 1 || p.dim > ES_IX_MAX_DIM)
@@ -277,7 +277,6 @@ static int create(es_index **out, const es_index_params *pin, size_t n_full_hint
         return es__err(err, ES_EINVAL, "index: itq_iters / opq_iters out of range");
     if (p.train_max < 1) p.train_max = 65536;
     if (p.pca != 0 && p.pca != 1) return es__err(err, ES_EINVAL, "index: pca must be 0 or 1");
-    (void)n_full_hint;
     es_index *ix = es__calloc(1, sizeof *ix);
     if (!ix) return es__err(err, ES_ENOMEM, "index: out of memory");
     ix->p = p;
@@ -310,7 +309,7 @@ static int create(es_index **out, const es_index_params *pin, size_t n_full_hint
 
 int es_index_create(es_index **out, const es_index_params *p, es_err *err) {
     if (!out || !p) return es__err(err, ES_EINVAL, "index: NULL argument");
-    return create(out, p, 0, err);
+    return create(out, p, err);
 }
 
 void es_index_free(es_index *ix) {
@@ -653,11 +652,10 @@ static int resolve_filter(es_index *ix, const es_filter *in, filter_buf *fb) {
     return ES_OK;
 }
 
-/* Re-score candidates (cd, ci)[kk] exactly with the full vectors; best k
+/* Re-score the candidate ids ci[kk] exactly with the full vectors; best k
  * into (dist, ids). */
-static void rerank(const es_index *ix, const float *qfull, const float *cd, const int64_t *ci, int kk, int k,
-                   float *dist, int64_t *ids) {
-    (void)cd;
+static void rerank(const es_index *ix, const float *qfull, const int64_t *ci, int kk, int k, float *dist,
+                   int64_t *ids) {
     int size = 0;
     size_t d = (size_t)ix->dim;
     const float *full = ix->full.p;
@@ -699,7 +697,7 @@ static void search_one(const es_index *ix, const float *q, int k, int kk, const 
     }
     ix->ix->vt->search1(ix->ix, qs, kk, f, s, cd, ci);
     to_full(ix, q, qfull);
-    rerank(ix, qfull, cd, ci, kk, k, dist, ids);
+    rerank(ix, qfull, ci, kk, k, dist, ids);
 }
 
 int es_index_search(es_index *ix, size_t nq, const float *q, int k, const es_filter *filter, int64_t *ids,
@@ -734,8 +732,14 @@ int es_index_search(es_index *ix, size_t nq, const float *q, int k, const es_fil
     int nt = es__nthreads(ix->p.threads);
     if ((size_t)nt > nq) nt = (int)nq;
     if (ix->identity && kk == k && ix->ix->vt->search_batch && nq >= 20) {
-        rc = ix->ix->vt->search_batch(ix->ix, nq, q, k, f, dist, ids, ix->p.threads, &e);
-        if (rc) rc = fail(ix, &e);
+        es__scratch *s = pool_get(ix);
+        if (!s) {
+            rc = failf(ix, ES_ENOMEM, "index: out of memory for search scratch");
+        } else {
+            rc = ix->ix->vt->search_batch(ix->ix, nq, q, k, f, dist, ids, ix->p.threads, s, &e);
+            if (rc) rc = fail(ix, &e);
+            pool_put(ix, s);
+        }
         goto convert;
     }
     {
@@ -752,7 +756,7 @@ int es_index_search(es_index *ix, size_t nq, const float *q, int k, const es_fil
             }
         }
         if (!rc) {
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1)
+ES_IX_OMP(omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1))
             for (size_t i = 0; i < nq; i++) {
                 int t = 0;
 #ifdef _OPENMP
@@ -954,7 +958,7 @@ int es__index_read(es_index **out, const es_file *f, const char *pfx, es_err *e)
     size_t n = (size_t)v[18];
     int n_attr = (int)v[19];
     es_index *ix;
-    if ((rc = create(&ix, &p, n, e))) {
+    if ((rc = create(&ix, &p, e))) {
         if (rc == ES_ENOMEM) return rc;
         char why[sizeof e->msg];
         snprintf(why, sizeof why, "%s", e->msg);

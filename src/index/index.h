@@ -33,6 +33,14 @@
 #include <omp.h>
 #endif
 
+/* OpenMP pragmas that vanish (without unknown-pragma warnings) in NO_OMP=1
+ * builds: ES_IX_OMP(omp parallel for num_threads(n)). */
+#ifdef _OPENMP
+#define ES_IX_OMP(x) _Pragma(#x)
+#else
+#define ES_IX_OMP(x)
+#endif
+
 /* Threads for an OpenMP region: t > 0 as given, else the OpenMP default. */
 static inline int es__nthreads(int t) {
 #ifdef _OPENMP
@@ -211,9 +219,9 @@ typedef struct es__ix_vt {
     void (*search1)(const es__ix *ix, const float *q, int k, const es__filter *f, es__scratch *s, float *dist,
                     int64_t *ids);
     /* Optional: a batch of queries at once (flat uses BLAS).  NULL = loop
-     * over search1.  May allocate a workspace for the batch; returns a status. */
+     * over search1.  Its workspace comes from ws->mem; returns a status. */
     int (*search_batch)(const es__ix *ix, size_t nq, const float *q, int k, const es__filter *f, float *dist,
-                        int64_t *ids, int threads, es_err *err);
+                        int64_t *ids, int threads, es__scratch *ws, es_err *err);
     /* Bytes of everything the kind keeps. */
     size_t (*bytes)(const es__ix *ix);
     /* Persist / restore under a tensor-name prefix (metadata is written by the
@@ -304,12 +312,15 @@ int es__multi_read(es_multi **out, const es_file *f, es_err *e);
  * (needed for L2, may be NULL for IP).  Blocked over queries and rows with
  * cblas_sgemm when nq is large enough, direct SIMD kernels otherwise.
  * Distances are exact squared L2 (recomputed for the k winners) or -<q,x>.
- * Allocates a workspace for the BLAS path (once per call). */
+ * The BLAS path's workspace comes from ws->mem (grown when needed, so a
+ * repeated search allocates nothing) or, with ws NULL, is allocated for the
+ * call. */
 int es__knn_exact(const float *q, size_t nq, const float *x, const float *xnorm, size_t nx, int d, int ip, int k,
-                  const es__filter *f, float *dist, int64_t *ids, int threads, es_err *err);
+                  const es__filter *f, float *dist, int64_t *ids, int threads, es__scratch *ws, es_err *err);
 /* Make OpenBLAS single-threaded around a region whose own OpenMP threads
- * each call BLAS (two thread pools on the same cores fight); returns what
- * to pass to es__blas_single_end, which restores the previous setting. */
+ * each call BLAS (two thread pools on the same cores fight); returns a token
+ * for es__blas_single_end.  Reference counted, so concurrent searches
+ * restore the previous setting only when the last one ends. */
 int es__blas_single_begin(void);
 void es__blas_single_end(int prev);
 /* ||x_i||^2 for n rows. */

@@ -48,7 +48,7 @@ int es__kmeans_assign(const float *x, size_t n, int d, const float *c, int k, in
         goto out;
     }
     es__row_norms(c, (size_t)k, d, cn);
-    rc = es__knn_exact(x, n, c, cn, (size_t)k, d, 0, 1, NULL, bd, bi, 0, err);
+    rc = es__knn_exact(x, n, c, cn, (size_t)k, d, 0, 1, NULL, bd, bi, 0, NULL, err);
     if (rc) goto out;
     for (size_t i = 0; i < n; i++) {
         assign[i] = (int32_t)(bi[i] < 0 ? 0 : bi[i]);

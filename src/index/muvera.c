@@ -341,7 +341,7 @@ int es_multi_add(es_multi *m, size_t n_sets, const size_t *off, const float *x) 
                 es__arr_reserve(&m->doff, (m->n_docs + n_sets + 1) * sizeof(int64_t))))
         rc = mfail(m, ES_ENOMEM, "multi: out of memory keeping %zu vectors", tot);
     if (!rc) {
-#pragma omp parallel for schedule(dynamic, 16) num_threads(nt)
+ES_IX_OMP(omp parallel for schedule(dynamic, 16) num_threads(nt))
         for (size_t s = 0; s < n_sets; s++) {
             int t = 0;
 #ifdef _OPENMP
@@ -411,7 +411,7 @@ static int search_common(es_multi *m, size_t nq, const size_t *qoff, const float
         if (enc_work_alloc(m, nmax, &w[t])) rc = mfail(m, ES_ENOMEM, "multi: out of memory");
     if (!rc) prep_rows(m, q, qoff[nq], qn);
     if (!rc && !exact) {
-#pragma omp parallel for schedule(dynamic, 4) num_threads(nt)
+ES_IX_OMP(omp parallel for schedule(dynamic, 4) num_threads(nt))
         for (size_t s = 0; s < nq; s++) {
             int t = 0;
 #ifdef _OPENMP
@@ -424,7 +424,7 @@ static int search_common(es_multi *m, size_t nq, const size_t *qoff, const float
     }
     size_t scored = 0;
     if (!rc) {
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) reduction(+ : scored)
+ES_IX_OMP(omp parallel for schedule(dynamic, 1) num_threads(nt) reduction(+ : scored))
         for (size_t s = 0; s < nq; s++) {
             const float *qs = qn + qoff[s] * d;
             size_t nv = qoff[s + 1] - qoff[s];

@@ -83,12 +83,10 @@ typedef struct adapt_impl {
 
 static inline uint64_t field_tag(int f) { return es__mix64(UINT64_C(0xada9e3779b97f4a7) + (uint64_t)(uint32_t)f); }
 
-
 /* Bytes of the serving map and small arrays for P private values. */
 static size_t adapt_aux(uint64_t P, int S) {
     return (size_t)ES_MAX(P, 1) * 8 + es__keyidx_cap(P) * 4 + 8 + 16 * (size_t)S;
 }
-
 
 /* Key index of tagged key t, or UINT64_MAX. */
 static inline uint64_t map_find(const adapt_impl *m, uint64_t t) { return es__keyidx_find(m->keys, m->index, m->icap, t); }
