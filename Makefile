@@ -78,7 +78,7 @@ check:
 
 demo: $(BUILD)/embstore
 	$(BUILD)/embstore train data/criteo_kaggle_train_first10k.tsv --valid-frac 0.2 \
-	    --model dlrm --storage unified --budget 0.1 --epochs 1 --seed 1
+	    --model dlrm --storage unified --budget 1/10 --chunks 4 --epochs 1 --seed 1
 
 bench: all $(BUILD)/bench_system
 	ES_BIN=$(BUILD)/embstore bash bench/run.sh

@@ -176,7 +176,7 @@ TEST(index_vecio_roundtrip) {
     float x[3 * 5];
     for (int i = 0; i < 15; i++) x[i] = (float)i * 0.5f - 3.0f;
     es_err e = {0};
-    const char *pf = es_test_path("rt.fvecs");
+    const char *pf = es_test_path("ix_rt.fvecs");
     CHECK(es_fvecs_write(pf, 3, 5, x, &e) == 0);
     es_vecs v;
     es_vec_read_params rp = es_vec_read_params_default();
@@ -194,7 +194,7 @@ TEST(index_vecio_roundtrip) {
     es_vecs_free(&v);
     /* ivecs */
     int32_t ii[6] = {1, -2, 3, 4, 5, 6};
-    const char *pi = es_test_path("rt.ivecs");
+    const char *pi = es_test_path("ix_rt.ivecs");
     CHECK(es_ivecs_write(pi, 2, 3, ii, &e) == 0);
     rp = es_vec_read_params_default();
     CHECK(es_vecs_read(&v, pi, &rp, &e) == 0);
@@ -202,13 +202,13 @@ TEST(index_vecio_roundtrip) {
     es_vecs_free(&v);
     /* bvecs by hand: two records of dimension 3 */
     unsigned char bv[2 * 7] = {3, 0, 0, 0, 1, 2, 255, 3, 0, 0, 0, 9, 8, 7};
-    const char *pb = es_test_path("rt.bvecs");
+    const char *pb = es_test_path("ix_rt.bvecs");
     write_bytes(pb, bv, sizeof bv);
     CHECK(es_vecs_read(&v, pb, &rp, &e) == 0);
     CHECK(v.n == 2 && v.dim == 3 && v.x[2] == 255.0f && v.x[5] == 7.0f);
     es_vecs_free(&v);
     /* raw float32 with a dimension */
-    const char *pr = es_test_path("rt.f32");
+    const char *pr = es_test_path("ix_rt.f32");
     write_bytes(pr, x, sizeof x);
     rp.dim = 5;
     CHECK_MSG(es_vecs_read(&v, pr, &rp, &e) == 0, "%s", e.msg);
@@ -225,7 +225,7 @@ TEST(index_vecio_roundtrip) {
 }
 
 TEST(index_vecio_text_formats) {
-    const char *p1 = es_test_path("glove.txt");
+    const char *p1 = es_test_path("ix_glove.txt");
     FILE *f = fopen(p1, "w");
     CHECK(f);
     /* GloVe style: word then values; a numeric word later stays a label. */
@@ -241,7 +241,7 @@ TEST(index_vecio_text_formats) {
     CHECK_NEAR(v.x[8], 6, 0);
     es_vecs_free(&v);
     /* word2vec text header "rows dim" is skipped */
-    const char *p2 = es_test_path("w2v.vec");
+    const char *p2 = es_test_path("ix_w2v.vec");
     f = fopen(p2, "w");
     fprintf(f, "2 2\na 1 2\nb 3 4\n");
     fclose(f);
@@ -249,7 +249,7 @@ TEST(index_vecio_text_formats) {
     CHECK(v.n == 2 && v.dim == 2 && !strcmp(v.labels[1], "b") && v.x[3] == 4);
     es_vecs_free(&v);
     /* unlabelled numbers */
-    const char *p3 = es_test_path("plain.txt");
+    const char *p3 = es_test_path("ix_plain.txt");
     f = fopen(p3, "w");
     fprintf(f, "1 2 3 4\n5 6 7 8\n");
     fclose(f);
@@ -257,7 +257,7 @@ TEST(index_vecio_text_formats) {
     CHECK(v.n == 2 && v.dim == 4 && !v.labels && v.x[7] == 8);
     es_vecs_free(&v);
     /* vector sets by label */
-    const char *p4 = es_test_path("sets.txt");
+    const char *p4 = es_test_path("ix_sets.txt");
     f = fopen(p4, "w");
     fprintf(f, "doc1 1 0\ndoc1 0 1\ndoc2 1 1\ndoc3 2 2\ndoc3 3 3\ndoc3 4 4\n");
     fclose(f);
@@ -277,7 +277,7 @@ TEST(index_vecio_text_formats) {
 
 TEST(index_vecio_bad_inputs) {
     char msg[512];
-    const char *p = es_test_path("bad.fvecs");
+    const char *p = es_test_path("ix_bad.fvecs");
     /* empty */
     write_bytes(p, "", 0);
     CHECK(read_err(p, ES_VEC_AUTO, 0, msg, sizeof msg) != 0);
@@ -322,14 +322,14 @@ TEST(index_vecio_bad_inputs) {
     CHECK(read_err(p, ES_VEC_AUTO, 0, msg, sizeof msg) != 0);
     CHECK_STR_HAS(msg, "dimension");
     /* raw without a dimension, and with a size that does not fit */
-    const char *pr = es_test_path("bad.f32");
+    const char *pr = es_test_path("ix_bad.f32");
     write_bytes(pr, vals, 8);
     CHECK(read_err(pr, ES_VEC_AUTO, 0, msg, sizeof msg) != 0);
     CHECK_STR_HAS(msg, "dimension");
     CHECK(read_err(pr, ES_VEC_AUTO, 3, msg, sizeof msg) != 0);
     CHECK_STR_HAS(msg, "truncated");
     /* text: wrong column count names the line; junk value named */
-    const char *pt = es_test_path("bad.txt");
+    const char *pt = es_test_path("ix_bad.txt");
     FILE *f = fopen(pt, "w");
     fprintf(f, "a 1 2 3\nb 1 2\n");
     fclose(f);
@@ -346,14 +346,14 @@ TEST(index_vecio_bad_inputs) {
     fclose(f);
     CHECK(read_err(pt, ES_VEC_AUTO, 0, msg, sizeof msg) != 0);
     /* unknown extension, missing file */
-    CHECK(read_err(es_test_path("x.unknown"), ES_VEC_AUTO, 0, msg, sizeof msg) != 0);
+    CHECK(read_err(es_test_path("ix_x.unknown"), ES_VEC_AUTO, 0, msg, sizeof msg) != 0);
     CHECK_STR_HAS(msg, "extension");
-    CHECK(read_err(es_test_path("missing.fvecs"), ES_VEC_AUTO, 0, msg, sizeof msg) != 0);
+    CHECK(read_err(es_test_path("ix_missing.fvecs"), ES_VEC_AUTO, 0, msg, sizeof msg) != 0);
     CHECK_STR_HAS(msg, "missing.fvecs");
     /* several files of different dimensions */
     float a3[3] = {1, 2, 3};
     es_err e = {0};
-    const char *pa = es_test_path("d3.fvecs"), *pb2 = es_test_path("d2.fvecs");
+    const char *pa = es_test_path("ix_d3.fvecs"), *pb2 = es_test_path("ix_d2.fvecs");
     CHECK(es_fvecs_write(pa, 1, 3, a3, &e) == 0);
     CHECK(es_fvecs_write(pb2, 1, 2, a3, &e) == 0);
     const char *both[2] = {pa, pb2};
@@ -365,7 +365,7 @@ TEST(index_vecio_bad_inputs) {
 
 TEST(index_vecio_model_tensor) {
     /* A container holding an f32 2-D tensor, as a trained model stores rows. */
-    const char *p = es_test_path("rows.es");
+    const char *p = es_test_path("ix_rows.es");
     float rows[4 * 3];
     for (int i = 0; i < 12; i++) rows[i] = (float)i;
     int32_t other[2] = {1, 2};
@@ -774,7 +774,7 @@ TEST(index_save_load_every_kind) {
         for (size_t i = 0; i < n; i++) attrs[i] = (int32_t)(i % 3);
         CHECK(es_index_set_attrs(ix, n, 1, attrs) == 0);
         CHECK(es_index_search(ix, nq, S.query.x, k, NULL, a, da) == 0);
-        const char *path = es_test_path("kind.esi");
+        const char *path = es_test_path("ix_kind.esi");
         CHECK_MSG(es_index_save(ix, path) == 0, "%s: %s", name, es_index_errmsg(ix));
         es_index *ld = NULL;
         es_err e = {0};
@@ -811,7 +811,7 @@ TEST(index_load_rejects_bad_files) {
     CHECK(sift_load());
     es_index *ix = build(sift_params(ES_INDEX_HNSW), S.base.x, 500);
     CHECK(ix);
-    const char *path = es_test_path("good.esi");
+    const char *path = es_test_path("ix_good.esi");
     CHECK(es_index_save(ix, path) == 0);
     es_index_free(ix);
     char *img = NULL;
@@ -829,7 +829,7 @@ TEST(index_load_rejects_bad_files) {
     es_err e = {0};
     es_index *ld = NULL;
     /* a flipped byte near the end (tensor data) fails the checksum */
-    const char *bad = es_test_path("bad.esi");
+    const char *bad = es_test_path("ix_bad.esi");
     img[len - 100] ^= 0x40;
     write_bytes(bad, img, len);
     CHECK(es_index_load(&ld, bad, &e) != 0 && !ld);
@@ -842,7 +842,7 @@ TEST(index_load_rejects_bad_files) {
     printf("    truncated: %s\n", e.msg);
     /* not an index: a vector file, and a container of another type */
     CHECK(es_index_load(&ld, SIFT_DIR "siftsmall_query.fvecs", &e) != 0);
-    const char *other = es_test_path("other.es");
+    const char *other = es_test_path("ix_other.es");
     es_fwriter *w = NULL;
     CHECK(es_fwriter_open(&w, other, &e) == 0);
     CHECK(es_fwriter_meta(w, "embstore.type", "model") == 0);
@@ -863,7 +863,7 @@ TEST(index_load_validates_graph_and_lists) {
         p.kmeans_iters = 3;
         es_index *ix = build(p, S.base.x, 400);
         CHECK(ix);
-        const char *path = es_test_path("v.esi"), *bad = es_test_path("v_bad.esi");
+        const char *path = es_test_path("ix_v.esi"), *bad = es_test_path("ix_v_bad.esi");
         CHECK(es_index_save(ix, path) == 0);
         es_index_free(ix);
         es_file *f = NULL;
@@ -907,7 +907,7 @@ static int life_cycle(const es_index_params *p, size_t n) {
     es_err e = {0};
     int64_t ids[20];
     float d[20];
-    const char *path = es_test_path("af.esi");
+    const char *path = es_test_path("ix_af.esi");
     int rc = es_index_create(&ix, p, &e);
     if (!rc) rc = es_index_add(ix, n, S.base.x);
     if (!rc) rc = es_index_search(ix, 2, S.query.x, 10, NULL, ids, d);
@@ -1073,7 +1073,7 @@ TEST(index_multivector_muvera) {
                 if (ids[q * (size_t)k + (size_t)a] == truth[q * (size_t)k + (size_t)b])
                     CHECK_NEAR(sc[q * (size_t)k + (size_t)a], tsc[q * (size_t)k + (size_t)b], 1e-5);
     /* save / load round trip */
-    const char *path = es_test_path("mv.esm");
+    const char *path = es_test_path("ix_mv.esm");
     CHECK_MSG(es_multi_save(m, path) == 0, "%s", es_multi_errmsg(m));
     es_multi *ld = NULL;
     CHECK_MSG(es_multi_load(&ld, path, &e) == 0, "%s", e.msg);
@@ -1111,7 +1111,7 @@ static const char *bin(void) {
 
 TEST(index_cli_build_search_eval) {
     const char *B = bin();
-    const char *out = es_test_path("cli_out.txt"), *ix = es_test_path("cli.esi");
+    const char *out = es_test_path("ix_cli_out.txt"), *ix = es_test_path("ix_cli.esi");
     CHECK(es_test_sh(out, "%s index --help", B) == 0);
     CHECK(es_test_sh(out, "%s index build --help", B) == 0);
     CHECK(es_test_sh(out, "%s index search --help", B) == 0);
@@ -1125,7 +1125,7 @@ TEST(index_cli_build_search_eval) {
     s = es_test_slurp(out);
     CHECK_STR_HAS(s, "\"vectors\":10000");
     free(s);
-    const char *ids = es_test_path("cli_ids.ivecs");
+    const char *ids = es_test_path("ix_cli_ids.ivecs");
     CHECK(es_test_sh(out, "%s index search %s " SIFT_DIR "siftsmall_query.fvecs -k 5 --ef-search 40 --out %s", B, ix, ids) == 0);
     es_vecs v;
     es_vec_read_params rp = es_vec_read_params_default();
@@ -1159,7 +1159,7 @@ TEST(index_cli_build_search_eval) {
     CHECK_STR_HAS(s, "R@10");
     free(s);
     /* filtered eval reports zero violations */
-    const char *attrs = es_test_path("cli_attrs.txt");
+    const char *attrs = es_test_path("ix_cli_attrs.txt");
     FILE *f = fopen(attrs, "w");
     for (int i = 0; i < 5000; i++) fprintf(f, "%d %d\n", i % 4, i % 13);
     fclose(f);
@@ -1170,14 +1170,14 @@ TEST(index_cli_build_search_eval) {
     CHECK_STR_HAS(s, "\"filter_violations\":0");
     free(s);
     /* bad inputs: clear message naming the file, non-zero exit */
-    const char *bad = es_test_path("cli_bad.fvecs");
+    const char *bad = es_test_path("ix_cli_bad.fvecs");
     write_bytes(bad, "\x02\x00\x00\x00\x00\x00", 6);
-    CHECK(es_test_sh(out, "%s index build %s -o %s", B, bad, es_test_path("never.esi")) == 1);
+    CHECK(es_test_sh(out, "%s index build %s -o %s", B, bad, es_test_path("ix_never.esi")) == 1);
     s = es_test_slurp(out);
     CHECK_STR_HAS(s, "cli_bad.fvecs");
     CHECK_STR_HAS(s, "truncated");
     free(s);
-    CHECK(access(es_test_path("never.esi"), F_OK) != 0);
+    CHECK(access(es_test_path("ix_never.esi"), F_OK) != 0);
     CHECK(es_test_sh(out, "%s index search %s %s", B, ix, SIFT_DIR "siftsmall_groundtruth.ivecs") == 1);
     CHECK(es_test_sh(out, "%s index search %s " SIFT_DIR "siftsmall_query.fvecs -k 20000", B, ix) == 1);
     s = es_test_slurp(out);
@@ -1190,7 +1190,7 @@ TEST(index_cli_build_search_eval) {
 
 TEST(index_cli_multivector) {
     const char *B = bin();
-    const char *docs = es_test_path("docs.txt"), *qs = es_test_path("qs.txt"), *out = es_test_path("mv_out.txt");
+    const char *docs = es_test_path("ix_docs.txt"), *qs = es_test_path("ix_qs.txt"), *out = es_test_path("ix_mv_out.txt");
     /* A documented text format: one vector per line, the first token names
      * the set; consecutive lines with the same name form one set. */
     FILE *f = fopen(docs, "w");
@@ -1211,7 +1211,7 @@ TEST(index_cli_multivector) {
             fprintf(f, "\n");
         }
     fclose(f);
-    const char *ix = es_test_path("cli.esm");
+    const char *ix = es_test_path("ix_cli.esm");
     CHECK(es_test_sh(out, "%s index build %s --multi --reps 8 --k-sim 3 -o %s", B, docs, ix) == 0);
     char *s = es_test_slurp(out);
     CHECK_STR_HAS(s, "60 documents");
