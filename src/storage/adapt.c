@@ -159,29 +159,7 @@ static void set_bases(adapt_impl *m) {
     }
 }
 
-typedef struct {
-    uint64_t count, key;
-    int f;
-} cand;
-
-typedef struct {
-    cand *c;
-    size_t n, cap;
-    uint64_t min_count;
-    int f;
-} cand_ctx;
-
-static void collect(uint64_t key, uint64_t count, void *ctx) {
-    cand_ctx *x = ctx;
-    if (count >= x->min_count && x->n < x->cap) x->c[x->n++] = (cand){count, key, x->f};
-}
-
-static int cmp_cand(const void *a, const void *b) {
-    const cand *x = a, *y = b;
-    if (x->count != y->count) return x->count > y->count ? -1 : 1;
-    if (x->f != y->f) return x->f < y->f ? -1 : 1;
-    return (x->key > y->key) - (x->key < y->key);
-}
+typedef es_vocab_entry cand;
 
 typedef struct {
     const adapt_impl *m;
@@ -274,12 +252,7 @@ static int adapt_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         for (int f = 0; f < F; f++) total += (size_t)es_vocab_distinct_min(vocab, f, mc);
         cands = es__malloc(ES_MAX(total, (size_t)1) * sizeof *cands);
         if (!cands) return es__err(err, ES_ENOMEM, "adapt: out of memory ranking %zu values", total);
-        for (int f = 0; f < F; f++) {
-            cand_ctx x = {cands + n_cand, 0, (size_t)es_vocab_distinct_min(vocab, f, mc), mc, f};
-            es_vocab_each(vocab, f, collect, &x);
-            n_cand += x.n;
-        }
-        qsort(cands, n_cand, sizeof *cands, cmp_cand);
+        n_cand = es_vocab_ranked(vocab, mc, 0, cands);
     }
 
     if (!have_P || !have_H) {

@@ -214,37 +214,7 @@ static int mde_derive(mde_impl *m, es_err *err) {
 
 /* ---- budget solving -------------------------------------------------------------------- */
 
-typedef struct {
-    uint64_t count, key;
-    int f;
-} cand;
-
-typedef struct {
-    cand *c;
-    size_t n, cap;
-    uint64_t min_count;
-    int f;
-} cand_ctx;
-
-static void collect(uint64_t key, uint64_t count, void *ctx) {
-    cand_ctx *x = ctx;
-    if (count >= x->min_count && x->n < x->cap) x->c[x->n++] = (cand){count, key, x->f};
-}
-
-/* popularity order: count desc, then field, then key */
-static int cmp_pop(const void *a, const void *b) {
-    const cand *x = a, *y = b;
-    if (x->count != y->count) return x->count > y->count ? -1 : 1;
-    if (x->f != y->f) return x->f < y->f ? -1 : 1;
-    return (x->key > y->key) - (x->key < y->key);
-}
-
-/* space order for share=0: field, then popularity */
-static int cmp_field_pop(const void *a, const void *b) {
-    const cand *x = a, *y = b;
-    if (x->f != y->f) return x->f < y->f ? -1 : 1;
-    return cmp_pop(a, b);
-}
+typedef es_vocab_entry cand;
 
 typedef struct {
     const cand *c;    /* [n] in space order */
@@ -296,7 +266,7 @@ static double shape_bytes(const solver *v, uint64_t *N, uint64_t *T, uint64_t *R
 
 static int cmp_idx_pop(const void *a, const void *b, void *ctx) {
     const cand *c = ctx;
-    return cmp_pop(&c[*(const size_t *)a], &c[*(const size_t *)b]);
+    return es_vocab_entry_cmp(&c[*(const size_t *)a], &c[*(const size_t *)b]);
 }
 
 /* Solve alpha and the table's values for budget B (0: no budget, alpha 0,
@@ -481,13 +451,7 @@ static int mde_create(es_storage *s, const es_vocab *vocab, es_err *err) {
             rc = es__err(err, ES_ENOMEM, "mde: out of memory ranking %zu values", total);
             goto fail_solve;
         }
-        size_t n = 0;
-        for (int f = 0; f < F; f++) {
-            cand_ctx x = {cands + n, 0, (size_t)es_vocab_distinct_min(vocab, f, mc), mc, f};
-            es_vocab_each(vocab, f, collect, &x);
-            n += x.n;
-        }
-        qsort(cands, n, sizeof *cands, share ? cmp_pop : cmp_field_pop);
+        size_t n = es_vocab_ranked(vocab, mc, !share, cands);
         if (share) {
             sb[1] = n;
         } else {

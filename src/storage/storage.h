@@ -66,6 +66,17 @@ uint64_t es_vocab_distinct_min(const es_vocab *v, int field, uint64_t min_count)
 /* Iterate field f's keys: calls fn(key, count, ctx) for each; any order. */
 void es_vocab_each(const es_vocab *v, int field, void (*fn)(uint64_t key, uint64_t count, void *ctx), void *ctx);
 int es_vocab_n_fields(const es_vocab *v);
+/* One (field, key, count) of a vocabulary. */
+typedef struct es_vocab_entry {
+    uint64_t count, key;
+    int f;
+} es_vocab_entry;
+/* Popularity order: count descending, then field, then key. */
+int es_vocab_entry_cmp(const void *a, const void *b);
+/* Write every entry with count >= min_count to out (room for the sum over
+ * fields of es_vocab_distinct_min), in popularity order, or grouped by
+ * field first when by_field; returns the number written.  Deterministic. */
+size_t es_vocab_ranked(const es_vocab *v, uint64_t min_count, int by_field, es_vocab_entry *out);
 /* Total value occurrences counted in field f. */
 uint64_t es_vocab_total(const es_vocab *v, int field);
 /* Bytes held by the maps. */

@@ -200,3 +200,41 @@ size_t es_vocab_bytes(const es_vocab *v) {
 }
 
 const char *es_vocab_errmsg(const es_vocab *v) { return v ? v->msg : "no vocabulary"; }
+
+/* ---- ranking (frequency-based methods) ---------------------------------------- */
+
+int es_vocab_entry_cmp(const void *a, const void *b) {
+    const es_vocab_entry *x = a, *y = b;
+    if (x->count != y->count) return x->count > y->count ? -1 : 1;
+    if (x->f != y->f) return x->f < y->f ? -1 : 1;
+    return (x->key > y->key) - (x->key < y->key);
+}
+
+static int entry_cmp_by_field(const void *a, const void *b) {
+    const es_vocab_entry *x = a, *y = b;
+    if (x->f != y->f) return x->f < y->f ? -1 : 1;
+    return es_vocab_entry_cmp(a, b);
+}
+
+typedef struct {
+    es_vocab_entry *out;
+    size_t n, cap;
+    uint64_t min_count;
+    int f;
+} rank_ctx;
+
+static void rank_collect(uint64_t key, uint64_t count, void *ctx) {
+    rank_ctx *x = ctx;
+    if (count >= x->min_count && x->n < x->cap) x->out[x->n++] = (es_vocab_entry){count, key, x->f};
+}
+
+size_t es_vocab_ranked(const es_vocab *v, uint64_t min_count, int by_field, es_vocab_entry *out) {
+    size_t n = 0;
+    for (int f = 0; f < es_vocab_n_fields(v); f++) {
+        rank_ctx x = {out + n, 0, (size_t)es_vocab_distinct_min(v, f, min_count), min_count, f};
+        es_vocab_each(v, f, rank_collect, &x);
+        n += x.n;
+    }
+    qsort(out, n, sizeof *out, by_field ? entry_cmp_by_field : es_vocab_entry_cmp);
+    return n;
+}
