@@ -13,6 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${BENCH_OUT:-bench/out}
 THREADS=${BENCH_THREADS:-2}
+THREADS=${THREADS%%,*}   # a list (2,1) means several runs elsewhere; here the first
 ES_BIN=${ES_BIN:-build/embstore}
 BIN_DIR=$(dirname "$ES_BIN")
 mkdir -p "$OUT"
