@@ -8,6 +8,7 @@
 #   make bench      speed/accuracy figures against peers (see docs/)
 #   make fuzz       build libFuzzer targets (clang) and run each briefly
 #   make deps       install the Debian packages the build and tests need
+#                   (make bench installs its peers, PyTorch and faiss, itself)
 #
 # Options: SAN=1 (ASan+UBSan, own build dir), NATIVE=1 (-march=native),
 #          NO_OMP=1 (no OpenMP), DEBUG=1 (-O0).
@@ -81,6 +82,7 @@ demo: $(BUILD)/embstore
 	    --model dlrm --storage unified --budget 1/10 --chunks 4 --epochs 1 --seed 1
 
 bench: all $(BUILD)/bench_system
+	bash .ci/deps.sh bench
 	ES_BIN=$(BUILD)/embstore bash bench/run.sh
 
 fuzz:

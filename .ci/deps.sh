@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# Install the Debian packages embstore builds, tests and benchmarks with.
-# Idempotent: does nothing when everything is present.
+# Install the Debian packages embstore needs.  Idempotent: does nothing
+# when everything is present.
+#   .ci/deps.sh          build and test: compilers, libraries, fuzzing runtime,
+#                        an SVG-to-PNG converter for bench-storage plots
+#   .ci/deps.sh bench    also the peers `make bench` measures against
+#                        (PyTorch, faiss, hnswlib, numpy)
 set -euo pipefail
 PKGS="build-essential clang libclang-rt-14-dev libxxhash-dev libopenblas-dev liblapacke-dev zlib1g-dev
-      libmicrohttpd-dev python3-numpy python3-torch libfaiss-dev python3-faiss libhnswlib-dev librsvg2-bin"
+      libmicrohttpd-dev librsvg2-bin"
+if [ "${1:-}" = bench ]; then
+    PKGS="$PKGS python3-numpy python3-torch libfaiss-dev python3-faiss libhnswlib-dev"
+fi
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
