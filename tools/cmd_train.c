@@ -69,8 +69,8 @@ static void progress_cb(const es_progress *p, void *ctx) {
                 (unsigned long long)p->rows, p->rows_per_s, p->loss);
         if (p->rows_total && p->rows >= p->rows_total) fputc('\n', stderr);
     } else {
-        fprintf(stderr, "\r  %s: %llu rows   ", p->phase, (unsigned long long)p->rows);
-        if (!strcmp(p->phase, "eval")) fputc('\n', stderr);
+        if (!strcmp(p->phase, "eval")) fprintf(stderr, "\r  evaluating ...%40s\n", "");
+        else fprintf(stderr, "\r  %s: %llu rows   ", p->phase, (unsigned long long)p->rows);
     }
     fflush(stderr);
 }
@@ -151,9 +151,10 @@ int cmd_train(int argc, char **argv) {
     free(cl);
     if (rc != 0) return cli_fail(cmd, "%s", err.msg[0] ? err.msg : es_strerror(rc));
     if (!quiet) {
-        fprintf(stderr, "trained %s + %s on %llu rows x %d epochs (%.1f s, %d threads); embedding %zu bytes (%.4g of full)\n",
-                p.model, p.storage, (unsigned long long)res.train_rows, p.epochs, res.seconds, res.threads, res.emb_bytes,
-                res.full_bytes ? (double)res.emb_bytes / (double)res.full_bytes : NAN);
+        char frac[64] = "";
+        if (res.full_bytes) snprintf(frac, sizeof frac, " (%.4g of full)", (double)res.emb_bytes / (double)res.full_bytes);
+        fprintf(stderr, "trained %s + %s on %llu rows x %d epochs (%.1f s, %d threads); embedding %zu bytes%s\n", p.model, p.storage,
+                (unsigned long long)res.train_rows, p.epochs, res.seconds, res.threads, res.emb_bytes, frac);
         if (res.valid.rows)
             fprintf(stderr, "validation: AUC %.4f  logloss %.4f  calibration %.3f  (%llu rows)\n", res.valid.auc, res.valid.logloss,
                     res.valid.calibration, (unsigned long long)res.valid.rows);
