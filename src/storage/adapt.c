@@ -173,33 +173,6 @@ static void count_hashed(uint64_t key, uint64_t count, void *ctx) {
     x->n += map_find(x->m, key ^ field_tag(x->f)) == UINT64_MAX;
 }
 
-/* Split H hashed rows over the spaces: one each, the rest in proportion
- * to w[s] (largest remainder, ties to the lower space); equal when all
- * weights are 0. */
-static void split_rows(uint64_t H, int S, const uint64_t *w, uint64_t *rows) {
-    uint64_t tw = 0, rest = H - (uint64_t)S, given = 0;
-    for (int s = 0; s < S; s++) tw += w ? w[s] : 0;
-    for (int s = 0; s < S; s++) {
-        long double share = tw ? (long double)rest * (long double)w[s] / (long double)tw : (long double)rest / S;
-        rows[s] = 1 + (uint64_t)share;
-        given += (uint64_t)share;
-    }
-    while (given < rest) { /* hand out the remainder by largest fractional part */
-        int best = 0;
-        long double bf = -1;
-        for (int s = 0; s < S; s++) {
-            long double share = tw ? (long double)rest * (long double)w[s] / (long double)tw : (long double)rest / S;
-            long double fr = share - (long double)(rows[s] - 1);
-            if (fr > bf) {
-                bf = fr;
-                best = s;
-            }
-        }
-        rows[best]++;
-        given++;
-    }
-}
-
 static int parse_frac(const es_storage *s, const char *key, double *val, es_err *err) {
     size_t len;
     const char *v = es__storage_opt(s, key, &len);
@@ -370,7 +343,7 @@ static int adapt_create(es_storage *s, const es_vocab *vocab, es_err *err) {
                 w[f] = x.n;
             }
         }
-        split_rows(H, S, w, m->hrows);
+        es__storage_split_rows(H, S, w, m->hrows);
         es__free(w);
     }
     set_bases(m);

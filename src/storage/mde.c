@@ -312,33 +312,6 @@ static int solve(solver *v, double B, double *alpha_out) {
     return shape_bytes(v, NULL, NULL, NULL, NULL) <= B ? ES_OK : ES_EBUDGET;
 }
 
-/* Split H hashed rows over the spaces: one each, the rest in proportion
- * to w[s] (largest remainder, ties to the lower space); equal when w is
- * NULL or all 0. */
-static void split_rows(uint64_t H, int S, const uint64_t *w, uint64_t *rows) {
-    uint64_t tw = 0, rest = H - (uint64_t)S, given = 0;
-    for (int s = 0; s < S; s++) tw += w ? w[s] : 0;
-    for (int s = 0; s < S; s++) {
-        long double share = tw ? (long double)rest * (long double)w[s] / (long double)tw : (long double)rest / S;
-        rows[s] = 1 + (uint64_t)share;
-        given += (uint64_t)share;
-    }
-    while (given < rest) {
-        int best = 0;
-        long double bf = -1;
-        for (int s = 0; s < S; s++) {
-            long double share = tw ? (long double)rest * (long double)w[s] / (long double)tw : (long double)rest / S;
-            long double fr = share - (long double)(rows[s] - 1);
-            if (fr > bf) {
-                bf = fr;
-                best = s;
-            }
-        }
-        rows[best]++;
-        given++;
-    }
-}
-
 /* ---- create ------------------------------------------------------------------------------ */
 
 static int opt_choice(const es_storage *s, const char *key, int *val, es_err *err) {
@@ -564,7 +537,7 @@ static int mde_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         }
         fill_table(m, &sv, hw);
     }
-    split_rows(H, S, hw, m->hrows);
+    es__storage_split_rows(H, S, hw, m->hrows);
     es__free(hw);
     /* Projection weights, tier by tier (need the tiers: from the solve, or
      * drawn per tier size after a load replaces them anyway). */

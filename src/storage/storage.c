@@ -315,3 +315,30 @@ int es__keyidx_insert(const uint64_t *keys, uint32_t *index, size_t cap, uint64_
     index[h] = (uint32_t)(i + 1);
     return 0;
 }
+
+/* Split H hashed rows over the spaces: one each, the rest in proportion
+ * to w[s] (largest remainder, ties to the lower space); equal when all
+ * weights are 0. */
+void es__storage_split_rows(uint64_t H, int S, const uint64_t *w, uint64_t *rows) {
+    uint64_t tw = 0, rest = H - (uint64_t)S, given = 0;
+    for (int s = 0; s < S; s++) tw += w ? w[s] : 0;
+    for (int s = 0; s < S; s++) {
+        long double share = tw ? (long double)rest * (long double)w[s] / (long double)tw : (long double)rest / S;
+        rows[s] = 1 + (uint64_t)share;
+        given += (uint64_t)share;
+    }
+    while (given < rest) { /* hand out the remainder by largest fractional part */
+        int best = 0;
+        long double bf = -1;
+        for (int s = 0; s < S; s++) {
+            long double share = tw ? (long double)rest * (long double)w[s] / (long double)tw : (long double)rest / S;
+            long double fr = share - (long double)(rows[s] - 1);
+            if (fr > bf) {
+                bf = fr;
+                best = s;
+            }
+        }
+        rows[best]++;
+        given++;
+    }
+}

@@ -327,6 +327,10 @@ void es__storage_split(uint64_t total, int F, const es_vocab *v, uint64_t min_ea
 int es__storage_opt_list(const es_storage *s, const char *key, int n, int g, uint64_t lo, uint64_t hi, uint64_t *out, int *found,
                          es_err *err);
 void es__storage_meta_list(es_storage *s, size_t *o, const char *key, const uint64_t *v, int n, int g);
+/* Split H >= S hashed rows over S spaces: one each, the rest in proportion
+ * to w[s] (largest remainder, ties to the lower space); equal when w is
+ * NULL or all 0.  Used by the frequency-based methods (mde, adapt). */
+void es__storage_split_rows(uint64_t H, int S, const uint64_t *w, uint64_t *rows);
 
 /* An index over an array of 64-bit keys (frequency-based methods: mde,
  * adapt): open addressing over uint32 slots holding position + 1 (0 =
