@@ -289,6 +289,26 @@ static int deliver(es__lineio *l, char *s, size_t n, char **line, size_t *len, e
     return 1;
 }
 
+/* One step of skipping the rest of an over-long line: 2 = the line ended
+ * (reading resumes after it), 1 = more input was read and skipping goes on,
+ * 0 = the input ended, < 0 = a read error. */
+static int discard_step(es__lineio *l, es_err *err) {
+    char *nl = l->pos < l->end ? memchr(l->buf + l->pos, '\n', l->end - l->pos) : NULL;
+    if (nl) {
+        l->pos = l->scan = (size_t)(nl - l->buf) + 1;
+        l->discard = 0;
+        return 2;
+    }
+    l->pos = l->end = l->scan = 0;
+    if (l->eof) {
+        l->discard = 0;
+        return 0;
+    }
+    int rc = fill(l, err);
+    return rc ? rc : 1;
+}
+
+
 int es__lineio_next(es__lineio *l, char **line, size_t *len, es_err *err) {
     if (l->failed) {
         if (err) *err = l->fail_err;
@@ -302,20 +322,9 @@ int es__lineio_next(es__lineio *l, char **line, size_t *len, es_err *err) {
     }
     for (;;) {
         if (l->discard) {
-            char *nl = l->pos < l->end ? memchr(l->buf + l->pos, '\n', l->end - l->pos) : NULL;
-            if (nl) {
-                l->pos = l->scan = (size_t)(nl - l->buf) + 1;
-                l->discard = 0;
-            } else {
-                l->pos = l->end = l->scan = 0;
-                if (l->eof) {
-                    l->discard = 0;
-                    return 0;
-                }
-                int rc = fill(l, err);
-                if (rc) return rc;
-                continue;
-            }
+            int rc = discard_step(l, err);
+            if (rc <= 0) return rc; /* end of input (0) or an error */
+            if (rc == 1) continue;  /* read more, still discarding */
         }
         char *nl = l->scan < l->end ? memchr(l->buf + l->scan, '\n', l->end - l->scan) : NULL;
         if (nl) {
@@ -381,20 +390,9 @@ int es__lineio_next_block(es__lineio *l, char **blk, size_t *len, es_err *err) {
     l->last = NULL;
     for (;;) {
         if (l->discard) {
-            char *nl = l->pos < l->end ? memchr(l->buf + l->pos, '\n', l->end - l->pos) : NULL;
-            if (nl) {
-                l->pos = l->scan = (size_t)(nl - l->buf) + 1;
-                l->discard = 0;
-            } else {
-                l->pos = l->end = l->scan = 0;
-                if (l->eof) {
-                    l->discard = 0;
-                    return 0;
-                }
-                int rc = fill(l, err);
-                if (rc) return rc;
-                continue;
-            }
+            int rc = discard_step(l, err);
+            if (rc <= 0) return rc; /* end of input (0) or an error */
+            if (rc == 1) continue;  /* read more, still discarding */
         }
         if (l->pos < l->end) {
             char *nl = last_newline(l->buf + l->pos, l->end - l->pos);
