@@ -162,7 +162,7 @@ typedef struct {
 
 static double lin_loss(void *p) {
     lin_ctx *t = p;
-    es__linear_forward(t->out, t->in, t->W, t->b, t->n, t->I, t->O, t->relu);
+    es__linear_forward(t->out, t->in, t->W, NULL, t->b, t->n, t->I, t->O, t->relu);
     return dotd(t->c, t->out, (size_t)t->n * t->O);
 }
 
@@ -378,7 +378,7 @@ typedef struct {
 } cross_ctx;
 static double cross_loss(void *p) {
     cross_ctx *t = p;
-    es__cross_forward(t->xo, t->u, t->x0, t->xl, t->W, t->b, t->n, t->d);
+    es__cross_forward(t->xo, t->u, t->x0, t->xl, t->W, NULL, t->b, t->n, t->d);
     return dotd(t->c, t->xo, (size_t)t->n * t->d);
 }
 

@@ -8,6 +8,8 @@
  */
 #include "simd.h"
 
+#include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -114,6 +116,151 @@ __attribute__((target("avx512f"))) static float l2sq_avx512(const float *a, cons
 }
 #endif
 
+/* ---- fixed-order matrix product (see simd.h) ------------------------------------
+ * Rows of C are computed in blocks of 4 (a 1-row loop takes the rest) and
+ * columns in blocks of 16 lanes (masked at the right edge); each lane keeps
+ * its own fused multiply-add chain over k, so the blocking decides only
+ * which elements are computed together, never how one is summed. */
+
+/* Rows [i0, i1) of C. */
+typedef void (*gemm_rows_fn)(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int i0, int i1, int K,
+                             int N);
+
+static void gemm_rows_ref(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int i0, int i1, int K,
+                          int N) {
+    for (int i = i0; i < i1; i++) {
+        const float *a = A + (size_t)i * lda;
+        for (int j0 = 0; j0 < N; j0 += 16) {
+            int w = N - j0 < 16 ? N - j0 : 16;
+            float acc[16] = {0};
+            for (int k = 0; k < K; k++) {
+                const float *b = B + (size_t)k * ldb + j0;
+                for (int t = 0; t < w; t++) acc[t] = fmaf(a[k], b[t], acc[t]);
+            }
+            memcpy(C + (size_t)i * ldc + j0, acc, (size_t)w * sizeof(float));
+        }
+    }
+}
+
+void es__gemm_fixed_ref(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int M, int K, int N) {
+    gemm_rows_ref(C, ldc, A, lda, B, ldb, 0, M, K, N);
+}
+
+#ifdef ES_HAVE_X86
+__attribute__((target("avx2,fma"))) static void gemm_rows_avx2(float *C, int ldc, const float *A, int lda,
+                                                               const float *B, int ldb, int i0, int i1, int K, int N) {
+    for (int j0 = 0; j0 < N; j0 += 16) {
+        int w = N - j0 < 16 ? N - j0 : 16;
+        /* lane masks for the two 8-wide halves of the 16-column block */
+        __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(w), idx);
+        __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(w - 8), idx);
+        const int full = w == 16;
+        int i = i0;
+        for (; i + 4 <= i1; i += 4) {
+            const float *a0 = A + (size_t)i * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
+            __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+            const float *b = B + j0;
+            for (int k = 0; k < K; k++, b += ldb) {
+                __m256 w0, w1;
+                if (full) {
+                    w0 = _mm256_loadu_ps(b);
+                    w1 = _mm256_loadu_ps(b + 8);
+                } else {
+                    w0 = _mm256_maskload_ps(b, m0);
+                    w1 = _mm256_maskload_ps(b + 8, m1);
+                }
+                __m256 x = _mm256_broadcast_ss(a0 + k);
+                c00 = _mm256_fmadd_ps(x, w0, c00);
+                c01 = _mm256_fmadd_ps(x, w1, c01);
+                x = _mm256_broadcast_ss(a1 + k);
+                c10 = _mm256_fmadd_ps(x, w0, c10);
+                c11 = _mm256_fmadd_ps(x, w1, c11);
+                x = _mm256_broadcast_ss(a2 + k);
+                c20 = _mm256_fmadd_ps(x, w0, c20);
+                c21 = _mm256_fmadd_ps(x, w1, c21);
+                x = _mm256_broadcast_ss(a3 + k);
+                c30 = _mm256_fmadd_ps(x, w0, c30);
+                c31 = _mm256_fmadd_ps(x, w1, c31);
+            }
+            float *c = C + (size_t)i * ldc + j0;
+            if (full) {
+                _mm256_storeu_ps(c, c00), _mm256_storeu_ps(c + 8, c01), c += ldc;
+                _mm256_storeu_ps(c, c10), _mm256_storeu_ps(c + 8, c11), c += ldc;
+                _mm256_storeu_ps(c, c20), _mm256_storeu_ps(c + 8, c21), c += ldc;
+                _mm256_storeu_ps(c, c30), _mm256_storeu_ps(c + 8, c31);
+            } else {
+                _mm256_maskstore_ps(c, m0, c00), _mm256_maskstore_ps(c + 8, m1, c01), c += ldc;
+                _mm256_maskstore_ps(c, m0, c10), _mm256_maskstore_ps(c + 8, m1, c11), c += ldc;
+                _mm256_maskstore_ps(c, m0, c20), _mm256_maskstore_ps(c + 8, m1, c21), c += ldc;
+                _mm256_maskstore_ps(c, m0, c30), _mm256_maskstore_ps(c + 8, m1, c31);
+            }
+        }
+        for (; i < i1; i++) {
+            const float *a0 = A + (size_t)i * lda;
+            __m256 c00 = _mm256_setzero_ps(), c01 = c00;
+            const float *b = B + j0;
+            for (int k = 0; k < K; k++, b += ldb) {
+                __m256 x = _mm256_broadcast_ss(a0 + k);
+                c00 = _mm256_fmadd_ps(x, _mm256_maskload_ps(b, m0), c00);
+                c01 = _mm256_fmadd_ps(x, _mm256_maskload_ps(b + 8, m1), c01);
+            }
+            float *c = C + (size_t)i * ldc + j0;
+            _mm256_maskstore_ps(c, m0, c00);
+            _mm256_maskstore_ps(c + 8, m1, c01);
+        }
+    }
+}
+
+__attribute__((target("avx512f"))) static void gemm_rows_avx512(float *C, int ldc, const float *A, int lda,
+                                                                const float *B, int ldb, int i0, int i1, int K, int N) {
+    for (int j0 = 0; j0 < N; j0 += 32) {
+        int w = N - j0 < 32 ? N - j0 : 32;
+        __mmask16 m0 = (__mmask16)(w >= 16 ? 0xffffu : ((1u << w) - 1u));
+        __mmask16 m1 = (__mmask16)(w >= 32 ? 0xffffu : (w > 16 ? ((1u << (w - 16)) - 1u) : 0u));
+        int i = i0;
+        for (; i + 4 <= i1; i += 4) {
+            const float *a0 = A + (size_t)i * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
+            __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+            const float *b = B + j0;
+            for (int k = 0; k < K; k++, b += ldb) {
+                __m512 w0 = _mm512_maskz_loadu_ps(m0, b), w1 = _mm512_maskz_loadu_ps(m1, b + 16);
+                __m512 x = _mm512_set1_ps(a0[k]);
+                c00 = _mm512_fmadd_ps(x, w0, c00);
+                c01 = _mm512_fmadd_ps(x, w1, c01);
+                x = _mm512_set1_ps(a1[k]);
+                c10 = _mm512_fmadd_ps(x, w0, c10);
+                c11 = _mm512_fmadd_ps(x, w1, c11);
+                x = _mm512_set1_ps(a2[k]);
+                c20 = _mm512_fmadd_ps(x, w0, c20);
+                c21 = _mm512_fmadd_ps(x, w1, c21);
+                x = _mm512_set1_ps(a3[k]);
+                c30 = _mm512_fmadd_ps(x, w0, c30);
+                c31 = _mm512_fmadd_ps(x, w1, c31);
+            }
+            float *c = C + (size_t)i * ldc + j0;
+            _mm512_mask_storeu_ps(c, m0, c00), _mm512_mask_storeu_ps(c + 16, m1, c01), c += ldc;
+            _mm512_mask_storeu_ps(c, m0, c10), _mm512_mask_storeu_ps(c + 16, m1, c11), c += ldc;
+            _mm512_mask_storeu_ps(c, m0, c20), _mm512_mask_storeu_ps(c + 16, m1, c21), c += ldc;
+            _mm512_mask_storeu_ps(c, m0, c30), _mm512_mask_storeu_ps(c + 16, m1, c31);
+        }
+        for (; i < i1; i++) {
+            const float *a0 = A + (size_t)i * lda;
+            __m512 c00 = _mm512_setzero_ps(), c01 = c00;
+            const float *b = B + j0;
+            for (int k = 0; k < K; k++, b += ldb) {
+                __m512 x = _mm512_set1_ps(a0[k]);
+                c00 = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(m0, b), c00);
+                c01 = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(m1, b + 16), c01);
+            }
+            float *c = C + (size_t)i * ldc + j0;
+            _mm512_mask_storeu_ps(c, m0, c00);
+            _mm512_mask_storeu_ps(c + 16, m1, c01);
+        }
+    }
+}
+#endif
+
 typedef float (*dot_fn)(const float *, const float *, size_t);
 typedef void (*axpy_fn)(float *restrict, float, const float *restrict, size_t);
 
@@ -123,6 +270,7 @@ static struct {
     dot_fn dot;
     axpy_fn axpy;
     dot_fn l2sq;
+    gemm_rows_fn gemm;
 } K;
 
 static void simd_init(void) {
@@ -131,6 +279,7 @@ static void simd_init(void) {
     K.dot = es__dot_ref;
     K.axpy = es__axpy_ref;
     K.l2sq = es__l2sq_ref;
+    K.gemm = gemm_rows_ref;
 #ifdef ES_HAVE_X86
     if (!(force && strcmp(force, "ref") == 0)) {
         __builtin_cpu_init();
@@ -140,11 +289,13 @@ static void simd_init(void) {
             K.dot = dot_avx512;
             K.axpy = axpy_avx512;
             K.l2sq = l2sq_avx512;
+            K.gemm = gemm_rows_avx512;
         } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
             K.level = "avx2";
             K.dot = dot_avx2;
             K.axpy = axpy_avx2;
             K.l2sq = l2sq_avx2;
+            K.gemm = gemm_rows_avx2;
         }
     }
 #else
@@ -169,6 +320,34 @@ float es__l2sq(const float *a, const float *b, size_t n) {
     ensure();
     return K.l2sq(a, b, n);
 }
+/* Spread rows over threads only past this many multiply-adds (a few tens
+ * of microseconds of work), in blocks of 4 rows so that every thread but
+ * the last runs whole 4-row blocks. */
+#define ES__GEMM_PAR_MACS (1 << 18)
+
+void es__gemm_fixed(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int M, int Kd, int N, int threads) {
+    if (M <= 0 || N <= 0) return;
+    ensure();
+    if (Kd <= 0) {
+        for (int i = 0; i < M; i++) memset(C + (size_t)i * ldc, 0, (size_t)N * sizeof(float));
+        return;
+    }
+    int nb = (M + 3) / 4;
+    if (threads > nb) threads = nb;
+    if (threads <= 1 || (double)M * Kd * N < ES__GEMM_PAR_MACS) {
+        K.gemm(C, ldc, A, lda, B, ldb, 0, M, Kd, N);
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads)
+#endif
+    for (int t = 0; t < threads; t++) {
+        int b0 = (int)((int64_t)nb * t / threads), b1 = (int)((int64_t)nb * (t + 1) / threads);
+        int i0 = b0 * 4, i1 = b1 * 4 < M ? b1 * 4 : M;
+        if (i1 > i0) K.gemm(C, ldc, A, lda, B, ldb, i0, i1, Kd, N);
+    }
+}
+
 const char *es__simd_level(void) {
     ensure();
     return K.level;

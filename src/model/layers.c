@@ -2,8 +2,10 @@
  * layers.c — dense layers of the CTR models (see layers.h for the shapes
  * and the overwrite/accumulate conventions).
  *
- * Matrix products are cblas_sgemm calls with the batch as M, so OpenBLAS
- * sees one large product per layer instead of n small ones.  The passes
+ * Forward products are es__gemm_fixed calls (one multiply-add chain per
+ * output, so a row never depends on its batch); backward products are
+ * cblas_sgemm calls with the batch as M, so OpenBLAS sees one large
+ * product per layer instead of n small ones.  The passes
  * around them (bias + ReLU, cross-layer products, ReLU masks) are single
  * contiguous loops marked `omp simd` so that they vectorise at -O2 without
  * -ffast-math; none of them reorders a reduction.  The per-row kernels of
@@ -18,6 +20,7 @@
 #include "model/layers.h"
 
 #include "core/core.h"
+#include "core/simd.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -36,11 +39,46 @@
 
 /* ---- linear ------------------------------------------------------------------ */
 
-void es__linear_forward(float *out, const float *in, const float *W, const float *b, int n, int nin, int nout, int relu) {
+void es__linear_pack(float *WT, const float *W, int nin, int nout) {
+    for (int j = 0; j < nout; j++)
+        for (int k = 0; k < nin; k++) WT[(size_t)k * nout + j] = W[(size_t)j * nin + k];
+}
+
+/* out = in W^T without a packed copy: the chains es__gemm_fixed computes,
+ * four outputs at a time for some instruction-level parallelism. */
+static void linear_direct(float *out, const float *in, const float *W, int n, int nin, int nout) {
+    for (int r = 0; r < n; r++) {
+        const float *x = in + (size_t)r * nin;
+        float *o = out + (size_t)r * nout;
+        int j = 0;
+        for (; j + 4 <= nout; j += 4) {
+            const float *w0 = W + (size_t)j * nin, *w1 = w0 + nin, *w2 = w1 + nin, *w3 = w2 + nin;
+            float c0 = 0.0f, c1 = 0.0f, c2 = 0.0f, c3 = 0.0f;
+            for (int k = 0; k < nin; k++) {
+                c0 = fmaf(x[k], w0[k], c0);
+                c1 = fmaf(x[k], w1[k], c1);
+                c2 = fmaf(x[k], w2[k], c2);
+                c3 = fmaf(x[k], w3[k], c3);
+            }
+            o[j] = c0, o[j + 1] = c1, o[j + 2] = c2, o[j + 3] = c3;
+        }
+        for (; j < nout; j++) {
+            const float *w0 = W + (size_t)j * nin;
+            float c0 = 0.0f;
+            for (int k = 0; k < nin; k++) c0 = fmaf(x[k], w0[k], c0);
+            o[j] = c0;
+        }
+    }
+}
+
+void es__linear_forward(float *out, const float *in, const float *W, const float *WT, const float *b, int n, int nin,
+                        int nout, int relu) {
     if (n <= 0 || nout <= 0) return;
     size_t len = (size_t)n * (size_t)nout;
-    if (nin > 0)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, nout, nin, 1.0f, in, nin, W, nin, 0.0f, out, nout);
+    if (nin > 0 && WT)
+        es__gemm_fixed(out, nout, in, nin, WT, nout, n, nin, nout, es__threads_get());
+    else if (nin > 0)
+        linear_direct(out, in, W, n, nin, nout);
     else
         memset(out, 0, len * sizeof(float));
     /* One fused pass: bias, then ReLU. */
@@ -104,7 +142,7 @@ int es__mlp_max_width(const es__mlp *m) {
 void es__mlp_forward(const es__mlp *m, int n, const float *in, float *const *acts) {
     for (int l = 0; l < m->n_layers; l++) {
         const float *x = l ? acts[l - 1] : in;
-        es__linear_forward(acts[l], x, m->W[l], m->b[l], n, m->dims[l], m->dims[l + 1], m->relu[l]);
+        es__linear_forward(acts[l], x, m->W[l], m->WT[l], m->b[l], n, m->dims[l], m->dims[l + 1], m->relu[l]);
     }
 }
 
@@ -359,9 +397,9 @@ void es__interact_backward_ref(float *dz0, float *demb, const float *dout, const
 
 /* ---- DCN-v2 cross layer ------------------------------------------------------------------ */
 
-void es__cross_forward(float *xo, float *u, const float *x0, const float *xl, const float *W, const float *b, int n,
-                       int d) {
-    es__linear_forward(u, xl, W, b, n, d, d, 0);
+void es__cross_forward(float *xo, float *u, const float *x0, const float *xl, const float *W, const float *WT,
+                       const float *b, int n, int d) {
+    es__linear_forward(u, xl, W, WT, b, n, d, d, 0);
     size_t len = (size_t)n * (size_t)d;
 ES__OMP(omp simd)
     for (size_t i = 0; i < len; i++) xo[i] = x0[i] * u[i] + xl[i];

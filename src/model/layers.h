@@ -16,7 +16,12 @@
  *   - with one thread every result is bit-for-bit repeatable.  Loops that
  *     reduce over the batch (bias and weight gradients) run in a fixed
  *     order; only loops writing disjoint rows are spread over threads.
- * Dense products go through cblas_sgemm with the batch as the M dimension.
+ * Forward products go through es__gemm_fixed (core/simd.h): every output
+ * is one fused multiply-add chain in input order, so a row's result does
+ * not depend on the other rows of its batch, the batch size, the thread
+ * count or the SIMD level (docs/determinism.md).  Backward products, which
+ * reduce over the batch, go through cblas_sgemm with the batch as the M
+ * dimension.
  */
 #ifndef ES_MODEL_LAYERS_H
 #define ES_MODEL_LAYERS_H
@@ -34,8 +39,14 @@
 /* ---- linear ----------------------------------------------------------------
  * out[n, nout] = in[n, nin] W[nout, nin]^T + b[nout], then ReLU when
  * relu != 0 (bias add and ReLU fused into one pass over out).  b may be NULL
- * (no bias).  nin may be 0 (out = b, or 0). */
-void es__linear_forward(float *out, const float *in, const float *W, const float *b, int n, int nin, int nout, int relu);
+ * (no bias).  nin may be 0 (out = b, or 0).
+ * WT, when not NULL, is W transposed ([nin, nout], es__linear_pack) and
+ * takes the vector kernel; with WT == NULL the same chains are computed
+ * straight from W by a scalar loop.  Both give the same bits. */
+void es__linear_forward(float *out, const float *in, const float *W, const float *WT, const float *b, int n, int nin,
+                        int nout, int relu);
+/* WT[nin, nout] = W[nout, nin]^T. */
+void es__linear_pack(float *WT, const float *W, int nin, int nout);
 /* Given dout[n, nout] (gradient w.r.t. the linear output, before any ReLU):
  * din[n, nin] = dout W (overwritten; skipped when din is NULL),
  * dW[nout, nin] += dout^T in, db[nout] += column sums of dout (skipped if
@@ -60,6 +71,7 @@ typedef struct es__mlp {
     int dims[ES__MLP_MAX + 1];
     int relu[ES__MLP_MAX];
     float *W[ES__MLP_MAX], *b[ES__MLP_MAX];   /* W[l] is [dims[l+1], dims[l]] */
+    float *WT[ES__MLP_MAX];                   /* W[l] packed by es__linear_pack, or NULL */
     float *dW[ES__MLP_MAX], *db[ES__MLP_MAX];
 } es__mlp;
 
@@ -94,9 +106,10 @@ void es__interact_backward_ref(float *dz0, float *demb, const float *dout, const
 
 /* ---- DCN-v2 cross layer (full rank) -------------------------------------------
  * xo[n, d] = x0 * (xl W[d, d]^T + b[d]) + xl  (elementwise *), and the
- * cache u[n, d] = xl W^T + b that backward needs.  xo must not alias xl. */
-void es__cross_forward(float *xo, float *u, const float *x0, const float *xl, const float *W, const float *b, int n,
-                       int d);
+ * cache u[n, d] = xl W^T + b that backward needs.  xo must not alias xl.
+ * WT: W packed, or NULL (as in es__linear_forward). */
+void es__cross_forward(float *xo, float *u, const float *x0, const float *xl, const float *W, const float *WT,
+                       const float *b, int n, int d);
 /* dx[n, d]: on entry dL/dxo, on return dL/dxl (in place).  dx0[n, d] +=
  * the gradient through x0; dW, db accumulate; h[n, d] is scratch. */
 void es__cross_backward(float *dx, float *dx0, float *dW, float *db, const float *x0, const float *xl, const float *u,

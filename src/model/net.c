@@ -63,7 +63,15 @@ struct es_net {
     es__mlp bottom, top;
     /* DCN cross layers */
     float *cW[ES_NET_MAX_LAYERS], *cb[ES_NET_MAX_LAYERS];
+    float *cWT[ES_NET_MAX_LAYERS];
     float *dcW[ES_NET_MAX_LAYERS], *dcb[ES_NET_MAX_LAYERS];
+
+    /* Linear weights transposed for the forward kernel (es__linear_pack),
+     * at the same offsets as params; other segments are unused.  Packed at
+     * every forward unless wt_frozen, which es_net_freeze sets and any
+     * call that may change the weights clears. */
+    float *wt;
+    int wt_frozen;
 
     /* activations and backward scratch: one block sized for max_batch */
     float *acts;
@@ -398,8 +406,9 @@ int es_net_create(es_net **out, const es_net_params *p, es_err *err) {
     }
     net->params = es__alloc_aligned(pbytes);
     net->grads = es__alloc_aligned(pbytes);
+    net->wt = es__alloc_aligned(pbytes);
     net->acts = c.used ? es__alloc_aligned(abytes) : NULL;
-    if (!net->params || !net->grads || (c.used && !net->acts)) {
+    if (!net->params || !net->grads || !net->wt || (c.used && !net->acts)) {
         es_net_free(net);
         return es__err(err, ES_ENOMEM, "net: cannot allocate %zu parameter bytes and %zu activation bytes", pbytes,
                        abytes);
@@ -411,6 +420,9 @@ int es_net_create(es_net **out, const es_net_params *p, es_err *err) {
     c.base = net->acts;
     c.used = 0;
     carve_acts(net, &c);
+    for (int l = 0; l < net->bottom.n_layers; l++) net->bottom.WT[l] = net->wt + (net->bottom.W[l] - net->params);
+    for (int l = 0; l < net->top.n_layers; l++) net->top.WT[l] = net->wt + (net->top.W[l] - net->params);
+    for (int l = 0; l < p->n_cross && p->kind == ES_NET_DCN; l++) net->cWT[l] = net->wt + (net->cW[l] - net->params);
     init_params(net);
     if ((rc = optim_init(net, err))) {
         es_net_free(net);
@@ -424,6 +436,7 @@ void es_net_free(es_net *net) {
     if (!net) return;
     es__free_aligned(net->params);
     es__free_aligned(net->grads);
+    es__free_aligned(net->wt);
     es__free_aligned(net->acts);
     es__free_aligned(net->state);
     es__free(net);
@@ -443,16 +456,37 @@ static void add_first_order(float *logit, const float *emb, int n, int F, int E)
     }
 }
 
+static void pack_mlp(es__mlp *m) {
+    for (int l = 0; l < m->n_layers; l++) es__linear_pack(m->WT[l], m->W[l], m->dims[l], m->dims[l + 1]);
+}
+
+/* Transpose every linear weight into net->wt (a copy: the bits of the
+ * forward do not depend on whether it is fresh, only the speed). */
+static void pack_weights(es_net *net) {
+    pack_mlp(&net->bottom);
+    pack_mlp(&net->top);
+    if (net->p.kind == ES_NET_DCN)
+        for (int l = 0; l < net->p.n_cross; l++) es__linear_pack(net->cWT[l], net->cW[l], net->d0, net->d0);
+}
+
+void es_net_freeze(es_net *net) {
+    if (net->wt_frozen) return;
+    pack_weights(net);
+    net->wt_frozen = 1;
+}
+
 void es_net_forward(es_net *net, int n, const float *emb, const float *dense, float *logit) {
     ES_ASSERT(n >= 0 && n <= net->p.max_batch);
     if (n == 0) return;
+    if (!net->wt_frozen) pack_weights(net);
     const es_net_params *p = &net->p;
     int D = p->n_dense, F = p->n_fields, k = p->dim;
     switch (p->kind) {
     case ES_NET_LR:
     case ES_NET_FM:
         /* logit = dense w^T + b, then + first-order terms, then + FM pairs */
-        es__linear_forward(logit, dense, net->lin_w, net->lin_b, n, D, 1, 0);
+        /* W[1, D] transposed is the same D floats */
+        es__linear_forward(logit, dense, net->lin_w, net->lin_w, net->lin_b, n, D, 1, 0);
         add_first_order(logit, emb, n, F, net->E);
         if (p->kind == ES_NET_FM) {
             es__fm_forward(net->fm_pair, net->fm_sum, emb, F, net->E, 1, dense, net->fm_V, D, k, n);
@@ -480,7 +514,7 @@ void es_net_forward(es_net *net, int n, const float *emb, const float *dense, fl
             memcpy(row + D, emb + (size_t)r * ek, ek * sizeof(float));
         }
         for (int l = 0; l < p->n_cross; l++)
-            es__cross_forward(net->x[l + 1], net->u[l], x0, net->x[l], net->cW[l], net->cb[l], n, d0);
+            es__cross_forward(net->x[l + 1], net->u[l], x0, net->x[l], net->cW[l], net->cWT[l], net->cb[l], n, d0);
         es__mlp_forward(&net->top, n, net->x[p->n_cross], net->top_acts);
         memcpy(logit, net->top_acts[net->top.n_layers - 1], (size_t)n * sizeof(float));
         break;
@@ -535,6 +569,7 @@ void es_net_backward(es_net *net, int n, const float *emb, const float *dense, c
 
 void es_net_step(es_net *net) {
     const es_optim_params *o = &net->p.opt;
+    net->wt_frozen = 0;
     if (o->kind == ES_OPT_ADAM) ++*net->step;
     for (int i = 0; i < net->n_segs; i++) {
         const es__net_seg *s = &net->segs[i];
@@ -559,7 +594,10 @@ void es_net_zero_grad(es_net *net) { memset(net->grads, 0, net->n_params * sizeo
 /* ---- flat views and tensors ------------------------------------------------------------------ */
 
 size_t es_net_n_params(const es_net *net) { return net->n_params; }
-float *es_net_params_ptr(es_net *net) { return net->params; }
+float *es_net_params_ptr(es_net *net) {
+    net->wt_frozen = 0; /* the caller may write through it */
+    return net->params;
+}
 float *es_net_grads_ptr(es_net *net) { return net->grads; }
 size_t es_net_param_bytes(const es_net *net) { return net->n_params * sizeof(float); }
 size_t es_net_state_bytes(const es_net *net) { return net->state_bytes; }
@@ -586,6 +624,7 @@ int es_net_tensors(es_net *net, es_tensor_ref *refs, int max) {
     int per_seg = 1 + (kind == ES_OPT_ADAM ? 2 : kind == ES_OPT_ADAGRAD ? 1 : 0);
     int need = net->n_segs * per_seg + (kind == ES_OPT_ADAM ? 1 : 0);
     if (!refs) return need;
+    net->wt_frozen = 0; /* the caller may write through the refs (a load does) */
     int c = 0;
     for (int i = 0; i < net->n_segs && c < max; i++) {
         const es__net_seg *s = &net->segs[i];

@@ -57,18 +57,20 @@
  * a few scratch slots (one per thread in effect, at least 2); a lookup
  * claims a free slot with an atomic compare-exchange and releases it at
  * the end, so any threads (OpenMP or not) may look up at once; when all
- * slots are busy the caller yields until one frees up.  Every matrix
- * product of a lookup has the same number of rows lb (short blocks are
- * padded with zero codes), so a value's vector is bit-for-bit the same
- * whatever rows and threads the lookup was split into: BLAS may pick
- * another kernel, with another summation order, for another row count.
- * lb is fixed at create from max_batch: half the values one network sees
- * in a largest batch (a batch split over two threads fills whole blocks),
- * a power of two in [8, 128] (sgemm runs about twice as fast with 128
- * rows as with 32; serving single rows wants few).
- */
+ * slots are busy the caller yields until one frees up.
+ *
+ * Batch invariance.  Forward products run on activations held transposed,
+ * one column per value: Z^T[out, n] = W[out, in] X^T[in, n] through
+ * es__gemm_fixed, which computes every element as one multiply-add chain
+ * in input order.  So a value's vector is the same bits whatever values,
+ * rows, block sizes or threads it is computed with (docs/determinism.md);
+ * backward recomputes the forward the same way, so training sees exactly
+ * the vectors a lookup returns.  Values go through in blocks of lb (at
+ * most DHE_LOOKUP_BLOCK) columns, lb fixed at create from max_batch.
+  */
 #include "storage/storage.h"
 
+#include "core/simd.h"
 #include "model/layers.h"
 
 #include <cblas.h>
@@ -113,6 +115,7 @@ typedef struct dhe_impl {
     /* backward scratch (single-threaded) */
     int bb;                  /* values per backward block */
     float *bx, *bz, *ba, *bg, *bd1, *bd2; /* [bb,k], [L,bb,h] x2, [bb,dim], [bb,h] x2 */
+    float *bt;               /* [max(k,h), bb]: a layer's input, transposed */
     size_t *bpos;            /* [bb] pair index of each value */
     float *bwt;              /* [bb] */
 } dhe_impl;
@@ -158,30 +161,34 @@ static size_t net_params(int k, int h, int L, int dim) {
     return (size_t)k * h + (size_t)h + (size_t)(L - 1) * ((size_t)h * h + h) + (size_t)h * dim + (size_t)dim;
 }
 
-/* out[n, out_l] = in[n, in_l] W^T + b for layer l of network mi. */
-static void layer_forward(const dhe_impl *m, int mi, int l, int n, const float *x, float *y) {
+/* ZT[out_l, n] = W_l XT[in_l, n] + b (pre-activation) for layer l of network
+ * mi; activations are transposed, one column per value, leading dimension
+ * ld (see "Batch invariance" above). */
+static void layer_forward_t(const dhe_impl *m, int mi, int l, int n, const float *XT, float *ZT, int ld) {
     const int ni = m->in[l], no = m->out[l];
     const float *W = m->w + m->woff[l] + (size_t)mi * no * ni;
     const float *b = m->w + m->boff[l] + (size_t)mi * no;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, no, ni, 1.0f, x, ni, W, ni, 0.0f, y, no);
-    for (int r = 0; r < n; r++) {
-        float *o = y + (size_t)r * no;
-        for (int j = 0; j < no; j++) o[j] += b[j];
+    es__gemm_fixed(ZT, ld, W, ni, XT, ld, no, ni, n, 1);
+    for (int j = 0; j < no; j++) {
+        float *z = ZT + (size_t)j * ld;
+        for (int i = 0; i < n; i++) z[i] += b[j];
     }
 }
 
-/* Lookup forward of n (= lb) codes x through network mi,
- * ping-ponging between ha and hb, into y[n, dim]. */
-static void net_forward(const dhe_impl *m, int mi, int n, const float *x, float *ha, float *hb, float *y) {
-    const float *cur = x;
+/* Lookup forward of n <= lb codes XT[k, lb] through network mi,
+ * ping-ponging between ha and hb ([h, lb] each), into YT[dim, lb]. */
+static void net_forward_t(const dhe_impl *m, int mi, int n, const float *XT, float *ha, float *hb, float *YT) {
+    const float *cur = XT;
     for (int l = 0; l < m->L; l++) {
         float *nxt = (l & 1) ? hb : ha;
-        layer_forward(m, mi, l, n, cur, nxt);
-        const size_t len = (size_t)n * m->h;
-        for (size_t i = 0; i < len; i++) nxt[i] = mish(nxt[i]);
+        layer_forward_t(m, mi, l, n, cur, nxt, m->lb);
+        for (int j = 0; j < m->h; j++) {
+            float *z = nxt + (size_t)j * m->lb;
+            for (int i = 0; i < n; i++) z[i] = mish(z[i]);
+        }
         cur = nxt;
     }
-    layer_forward(m, mi, m->L, n, cur, y);
+    layer_forward_t(m, mi, m->L, n, cur, YT, m->lb);
 }
 
 /* ---- scratch slots ------------------------------------------------------------- */
@@ -336,12 +343,13 @@ static int dhe_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     const size_t pbytes = o * sizeof(float);
     int lb = 8;
     while (lb < DHE_LOOKUP_BLOCK && (int64_t)lb * 2 < (int64_t)s->p.max_batch * (share ? F : 1)) lb *= 2;
-    const size_t slot_floats = (size_t)lb * ((size_t)k + 2 * (size_t)h + (size_t)dim);
+    /* XT[k, lb], ha and hb [h, lb], YT[dim, lb], one code [k] */
+    const size_t slot_floats = (size_t)lb * ((size_t)k + 2 * (size_t)h + (size_t)dim) + (size_t)k;
     int n_slots = ES_MAX(2, es__threads_get());
     if (n_slots > DHE_MAX_SLOTS) n_slots = DHE_MAX_SLOTS;
     /* backward block: DHE_BWD_BLOCK values, fewer when a value's
      * activations are wide (about 16 MB of scratch at most) */
-    const size_t per_val = (size_t)k + 2 * (size_t)L * h + (size_t)dim + 2 * (size_t)h;
+    const size_t per_val = (size_t)k + 2 * (size_t)L * h + (size_t)dim + 2 * (size_t)h + (size_t)ES_MAX(k, h);
     size_t bb = (size_t)(4u << 20) / per_val;
     bb = ES_MAX((size_t)8, ES_MIN(bb, (size_t)DHE_BWD_BLOCK));
     m->bb = (int)bb;
@@ -372,6 +380,7 @@ static int dhe_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     m->bg = m->ba + (size_t)L * bb * h;
     m->bd1 = m->bg + bb * (size_t)dim;
     m->bd2 = m->bd1 + bb * (size_t)h;
+    m->bt = m->bd2 + bb * (size_t)h;
     if (dopt == DOPT_ADAGRAD && s->p.opt.init_acc != 0.0f)
         for (size_t i = 0; i < o; i++) m->s1[i] = s->p.opt.init_acc;
     for (int f = 0; f < F; f++) m->salt[f] = es__storage_salt(seed, f, 0);
@@ -407,18 +416,16 @@ static int dhe_create(es_storage *s, const es_vocab *vocab, es_err *err) {
 
 /* ---- lookup --------------------------------------------------------------------- */
 
-/* Run the block [0, n) of codes through network mi (padding to the fixed
- * block size with zero codes) and pool the vectors into out. */
+/* Run the block [0, n) of codes (XT, one column each) through network mi
+ * and pool the vectors into out. */
 static void lookup_flush(const dhe_impl *m, int mi, int n, float *buf, const size_t *pos, const float *wts, float *out) {
     const size_t B = (size_t)m->lb;
     float *x = buf, *ha = x + B * m->k, *hb = ha + B * m->h, *y = hb + B * m->h;
-    if ((size_t)n < B) memset(x + (size_t)n * m->k, 0, (B - (size_t)n) * m->k * sizeof(float));
-    net_forward(m, mi, (int)B, x, ha, hb, y);
+    net_forward_t(m, mi, n, x, ha, hb, y);
     for (int i = 0; i < n; i++) {
         float *o = out + pos[i] * (size_t)m->dim;
-        const float *e = y + (size_t)i * m->dim;
         const float wt = wts[i];
-        for (int d = 0; d < m->dim; d++) o[d] += wt * e[d];
+        for (int d = 0; d < m->dim; d++) o[d] += wt * y[(size_t)d * B + i];
     }
 }
 
@@ -429,6 +436,8 @@ static void dhe_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *
     if (r1 <= r0) return;
     const int slot = claim_slot(m);
     float *buf = m->slot_buf + (size_t)slot * m->slot_floats;
+    float *code = buf + m->slot_floats - (size_t)k;
+    const size_t B = (size_t)m->lb;
     size_t pos[DHE_LOOKUP_BLOCK];
     float wts[DHE_LOOKUP_BLOCK];
     for (int mi = 0; mi < m->M; mi++) {
@@ -438,7 +447,8 @@ static void dhe_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *
             for (int f = f0; f < f1; f++) {
                 const size_t P = (size_t)r * F + f;
                 for (uint32_t i = b->off[P]; i < b->off[P + 1]; i++) {
-                    es__dhe_encode(b->val[i], m->salt[f], k, buf + (size_t)n * k);
+                    es__dhe_encode(b->val[i], m->salt[f], k, code);
+                    for (int j = 0; j < k; j++) buf[(size_t)j * B + (size_t)n] = code[j];
                     pos[n] = P - (size_t)r0 * F;
                     wts[n] = b->wt[i];
                     if (++n == m->lb) {
@@ -460,12 +470,22 @@ static void backward_block(dhe_impl *m, int mi, int n, const float *dout) {
     const int L = m->L, h = m->h, k = m->k, dim = m->dim;
     const size_t bb = (size_t)m->bb;
     float *x = m->bx;
-    /* forward: z_l = a_{l-1} W_l^T + b_l, a_l = mish(z_l); a_{-1} = x */
+    /* forward: z_l = a_{l-1} W_l^T + b_l, a_l = mish(z_l); a_{-1} = x,
+     * computed transposed as in a lookup (bt holds the layer input, bd1 the
+     * pre-activation), then kept row-major for the backward products */
+    float *t = m->bt, *zt = m->bd1;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < k; j++) t[(size_t)j * bb + i] = x[(size_t)i * k + j];
     for (int l = 0; l < L; l++) {
         float *z = m->bz + (size_t)l * bb * h, *a = m->ba + (size_t)l * bb * h;
-        layer_forward(m, mi, l, n, l == 0 ? x : m->ba + (size_t)(l - 1) * bb * h, z);
-        const size_t len = (size_t)n * h;
-        for (size_t i = 0; i < len; i++) a[i] = mish(z[i]);
+        layer_forward_t(m, mi, l, n, t, zt, (int)bb);
+        for (int j = 0; j < h; j++)
+            for (int i = 0; i < n; i++) {
+                const float v = zt[(size_t)j * bb + i], av = mish(v);
+                z[(size_t)i * h + j] = v;
+                a[(size_t)i * h + j] = av;
+                t[(size_t)j * bb + i] = av;
+            }
     }
     /* gradient w.r.t. each value's vector: its pooling weight times the
      * gradient of its (row, field) output */
