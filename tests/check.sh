@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # tests/check.sh — the full check `make check` runs (and CI, via .ci/run):
 #   1. the test suite in the normal build (quick + slow tiers);
-#   2. the quick tier again under ASan + UBSan (SAN=1);
-#   3. every fuzz target for a bounded time (FUZZ_SECONDS, default 10).
+#   2. the quick tier again with the SIMD dispatch forced down to each lower
+#      level this CPU has (ES_SIMD=avx2, ES_SIMD=ref), so that a machine with
+#      AVX-512 also checks the kernels every other machine runs;
+#   3. the quick tier again under ASan + UBSan (SAN=1);
+#   4. every fuzz target for a bounded time (FUZZ_SECONDS, default 10).
 # Ends with one line "N passed, N failed" summing all parts (a fuzz target
 # counts as one test).
 set -uo pipefail
@@ -27,6 +30,14 @@ fi
 echo "== tests (normal build, all tiers)"
 ES_BIN=build/embstore build/test_runner --full 2>&1 | tee build/check-test.log
 tally build/check-test.log
+for level in avx2 ref; do
+    if [ "$level" = avx2 ] && ! grep -qw avx2 /proc/cpuinfo 2>/dev/null; then
+        echo "== quick tier with ES_SIMD=avx2: skipped (this CPU has no AVX2)"; continue
+    fi
+    echo "== tests (quick tier) with ES_SIMD=$level"
+    ES_SIMD=$level ES_BIN=build/embstore ES_TEST_TMP=build/tmp-simd-$level build/test_runner 2>&1 | tee build/check-simd-$level.log
+    tally build/check-simd-$level.log
+done
 echo "== tests under ASan+UBSan (SAN=1)"
 if make -j"$JOBS" SAN=1 all build/san/test_runner >build/check-san-build.log 2>&1; then
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \

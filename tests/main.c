@@ -109,8 +109,16 @@ int main(int argc, char **argv) {
     }
     const char *t = getenv("ES_TEST_TMP");
     if (t) snprintf(tmp_dir, sizeof tmp_dir, "%s", t);
-    mkdir("build", 0755);
+    /* mkdir -p tmp_dir */
+    for (char *q = tmp_dir + 1; *q; q++)
+        if (*q == '/') {
+            *q = 0;
+            mkdir(tmp_dir, 0755);
+            *q = '/';
+        }
     mkdir(tmp_dir, 0755);
+    /* Shell commands of the tests name scratch files as $ES_T/name. */
+    setenv("ES_T", tmp_dir, 1);
     qsort(cases, (size_t)n_cases, sizeof cases[0], cmp_case);
     int passed = 0, failed = 0, skipped = 0;
     for (int i = 0; i < n_cases; i++) {
@@ -141,5 +149,8 @@ int main(int argc, char **argv) {
         fflush(stdout);
     }
     printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);
+    /* Flush before exit handlers run: LeakSanitizer ends the process with
+     * _exit when it reports, which would drop a buffered summary line. */
+    fflush(stdout);
     return failed ? 1 : 0;
 }

@@ -42,6 +42,16 @@ static int leaks_now(void) {
 /* Result bits of one run (the exit status of the child). */
 enum { RUN_HIT = 1, RUN_NEG = 2, RUN_LEAK = 4 };
 
+/* Zero the stack below the caller's frame.  LeakSanitizer scans a stopped
+ * thread's stack from its current stack pointer, which lies deep inside
+ * the leak check, so the dead frames of fn (still holding the pointer it
+ * dropped) would count as live references and hide the leak. */
+__attribute__((noinline)) static void wipe_dead_stack(void) {
+    volatile char pad[64 * 1024];
+    memset((char *)pad, 0, sizeof pad);
+    __asm__ volatile("" : : "r"(pad) : "memory");
+}
+
 static int run_once(int (*fn)(void *), void *ctx, int n, int check_leaks) {
     es__alloc_fail_at((uint64_t)n);
     int rc = fn(ctx);
@@ -49,7 +59,10 @@ static int run_once(int (*fn)(void *), void *ctx, int n, int check_leaks) {
     int res = 0;
     if (done >= (uint64_t)n) res |= RUN_HIT;
     if (rc < 0) res |= RUN_NEG;
-    if (check_leaks && leaks_now()) res |= RUN_LEAK;
+    if (check_leaks) {
+        wipe_dead_stack();
+        if (leaks_now()) res |= RUN_LEAK;
+    }
     return res;
 }
 
@@ -177,16 +190,26 @@ static int sweep_crashes(void *ctx) {
 #ifdef ES_SWEEP_LSAN
 static void *volatile leak_sink;
 
+/* Drops 16 blocks when its 17th allocation fails.  LeakSanitizer scans
+ * registers and stacks conservatively, so a single dropped pointer can
+ * survive in a register and hide; sixteen cannot all. */
 static int sweep_leaks(void *ctx) {
-    char *a = es__malloc(32);
-    if (!a) return ES_ENOMEM;
-    memset(a, 1, 32);
+    (void)ctx;
+    char *blk[16];
+    for (int i = 0; i < 16; i++) {
+        if (!(blk[i] = es__malloc(32))) {
+            while (i--) es__free(blk[i]);
+            return ES_ENOMEM;
+        }
+        memset(blk[i], 1, 32);
+    }
     char *b = es__malloc(32);
     if (!b) {
-        leak_sink = NULL; /* a is dropped: the leak under test */
+        memset(blk, 0, sizeof blk); /* all dropped: the leak under test */
+        leak_sink = blk;
         return ES_ENOMEM;
     }
-    es__free(a);
+    for (int i = 0; i < 16; i++) es__free(blk[i]);
     es__free(b);
     return 0;
 }

@@ -71,20 +71,24 @@ static int dominated(const point *pt, int n, int k) {
 }
 
 TEST(bench_storage_pareto_matches_csv_and_resumes) {
-    es_test_sh(NULL, "rm -rf build/tmp/bs");
+    char dir[1024], args[2048];
+    snprintf(dir, sizeof dir, "%s", es_test_path("bs"));
+    es_test_sh(NULL, "rm -rf %s", dir);
     const char *log = es_test_path("bs.log");
-    const char *args = "data/criteo_kaggle_train_first10k.tsv --max-rows 3000 --methods full,hash,unified --budgets 1/4,1/64 "
-                       "--seeds 1,2 --share both --dim 8 --out build/tmp/bs --quiet";
+    snprintf(args, sizeof args,
+             "data/criteo_kaggle_train_first10k.tsv --max-rows 3000 --methods full,hash,unified --budgets 1/4,1/64 "
+             "--seeds 1,2 --share both --dim 8 --out %s --quiet",
+             dir);
     int st = es_test_sh(log, "%s bench-storage %s", es_bin(), args);
     char *s = es_test_slurp(log);
     CHECK_MSG(st == 0, "exit %d: %s", st, s ? s : "");
     free(s);
     point pt[64];
-    int n = read_points("build/tmp/bs/cells.csv", pt, 64);
+    int n = read_points(es_test_path("bs/cells.csv"), pt, 64);
     printf("    %d aggregated points\n", n);
     CHECK_EQ_INT(n, 1 + 2 * 2 * 2); /* full once; hash and unified x 2 budgets x 2 share modes */
-    char *svg = es_test_slurp("build/tmp/bs/pareto.svg");
-    char *json = es_test_slurp("build/tmp/bs/results.json");
+    char *svg = es_test_slurp(es_test_path("bs/pareto.svg"));
+    char *json = es_test_slurp(es_test_path("bs/results.json"));
     CHECK(svg && json);
     int n_front = 0;
     for (int k = 0; k < n; k++) {
@@ -92,13 +96,13 @@ TEST(bench_storage_pareto_matches_csv_and_resumes) {
         n_front += front;
         /* the plot marks the point with class "point pareto" iff it is on the front */
         char needle[256];
-        snprintf(needle, sizeof needle, "class=\"point pareto\" data-method=\"%s\" data-share=\"%s\" data-budget=\"%s\"", pt[k].method,
+        snprintf(needle, sizeof needle, "class=\"point pareto\" data-method=\"%.32s\" data-share=\"%.16s\" data-budget=\"%.32s\"", pt[k].method,
                  pt[k].share, pt[k].budget);
         int marked = strstr(svg, needle) != NULL;
         printf("    %-8s %-6s %-5s bytes %8.0f auc %.4f front %d marked %d\n", pt[k].method, pt[k].share, pt[k].budget, pt[k].bytes,
                pt[k].auc, front, marked);
         CHECK_MSG(front == marked, "%s/%s@%s: Pareto %d but plot says %d", pt[k].method, pt[k].share, pt[k].budget, front, marked);
-        snprintf(needle, sizeof needle, "\"method\":\"%s\",\"share\":\"%s\",\"budget\":\"%s\"", pt[k].method, pt[k].share, pt[k].budget);
+        snprintf(needle, sizeof needle, "\"method\":\"%.32s\",\"share\":\"%.16s\",\"budget\":\"%.32s\"", pt[k].method, pt[k].share, pt[k].budget);
         char *aggs = strstr(json, "\"aggregates\"");
         CHECK(aggs);
         char *a = strstr(aggs, needle);
@@ -111,7 +115,7 @@ TEST(bench_storage_pareto_matches_csv_and_resumes) {
     free(svg);
     free(json);
     /* budgets hold: every cell's bytes <= its budget share of the full table */
-    FILE *f = fopen("build/tmp/bs/cells.csv", "r");
+    FILE *f = fopen(es_test_path("bs/cells.csv"), "r");
     CHECK(f);
     char line[1024];
     int cells = 0;
@@ -130,10 +134,10 @@ TEST(bench_storage_pareto_matches_csv_and_resumes) {
     s = es_test_slurp(log);
     CHECK_STR_HAS(s, "18 cells (18 from an earlier run, 0 failed)");
     free(s);
-    CHECK(es_test_sh(NULL, "grep -v ',unified,fields,1/64,' build/tmp/bs/cells.csv > build/tmp/bs/c2 && mv build/tmp/bs/c2 build/tmp/bs/cells.csv") == 0);
+    CHECK(es_test_sh(NULL, "grep -v ',unified,fields,1/64,' %s/cells.csv > %s/c2 && mv %s/c2 %s/cells.csv", dir, dir, dir, dir) == 0);
     CHECK(es_test_sh(log, "%s bench-storage %s", es_bin(), args) == 0);
     s = es_test_slurp(log);
     CHECK_STR_HAS(s, "18 cells (16 from an earlier run, 0 failed)");
     free(s);
-    CHECK(access("build/tmp/bs/summary.md", F_OK) == 0);
+    CHECK(access(es_test_path("bs/summary.md"), F_OK) == 0);
 }

@@ -21,8 +21,10 @@
 #include <unistd.h>
 
 #define CRITEO "data/criteo_kaggle_train_first10k.tsv"
-#define BIG "build/tmp/big.es"
-#define LAST_ROWS "build/tmp/big_last.tsv"
+/* Scratch paths under $ES_TEST_TMP, set by big_ready(). */
+static char big_path[1024], last_rows_path[1024];
+#define BIG big_path
+#define LAST_ROWS last_rows_path
 
 static const char *es_bin(void) {
     const char *b = getenv("ES_BIN");
@@ -34,6 +36,8 @@ static const char *es_bin(void) {
 static int big_ready(void) {
     static int done = 0;
     if (done) return 1;
+    snprintf(big_path, sizeof big_path, "%s", es_test_path("big.es"));
+    snprintf(last_rows_path, sizeof last_rows_path, "%s", es_test_path("big_last.tsv"));
     const char *log = es_test_path("big_train.log");
     int st = es_test_sh(log, "%s train %s --valid-frac 0.2 --model dlrm --storage hash --budget 8M --threads 1 --seed 11 --quiet --out %s",
                         es_bin(), CRITEO, BIG);

@@ -103,22 +103,22 @@ TEST(train_dlrm_unified_end_to_end) {
 
 TEST(saved_model_predicts_identically_in_new_process) {
     const char *log = es_test_path("rt.log");
-    int st = train_cli(log, "--valid-frac 0.2 --model fm --storage full --epochs 1 --seed 3 --out build/tmp/rt.es");
+    int st = train_cli(log, "--valid-frac 0.2 --model fm --storage full --epochs 1 --seed 3 --out $ES_T/rt.es");
     char *s = es_test_slurp(log);
     CHECK_MSG(st == 0, "train exit %d: %s", st, s ? s : "");
     double auc_train = json_get(last_line(s), "auc");
     free(s);
     /* the held-out rows as their own file */
-    CHECK(es_test_sh(NULL, "tail -n 2000 %s > build/tmp/rt_valid.tsv", CRITEO) == 0);
-    CHECK(es_test_sh(log, "%s eval build/tmp/rt.es build/tmp/rt_valid.tsv", es_bin()) == 0);
+    CHECK(es_test_sh(NULL, "tail -n 2000 %s > $ES_T/rt_valid.tsv", CRITEO) == 0);
+    CHECK(es_test_sh(log, "%s eval $ES_T/rt.es $ES_T/rt_valid.tsv", es_bin()) == 0);
     s = es_test_slurp(log);
     double auc_eval = json_get(last_line(s), "auc");
     printf("    train-time auc %.6f, eval in a new process %.6f\n", auc_train, auc_eval);
     CHECK_NEAR(auc_eval, auc_train, 1e-6);
     free(s);
-    CHECK(es_test_sh(NULL, "%s predict build/tmp/rt.es build/tmp/rt_valid.tsv --out build/tmp/rt_p1.txt", es_bin()) == 0);
-    CHECK(es_test_sh(NULL, "%s predict build/tmp/rt.es build/tmp/rt_valid.tsv --threads 2 --out build/tmp/rt_p2.txt", es_bin()) == 0);
-    char *a = es_test_slurp("build/tmp/rt_p1.txt"), *b = es_test_slurp("build/tmp/rt_p2.txt");
+    CHECK(es_test_sh(NULL, "%s predict $ES_T/rt.es $ES_T/rt_valid.tsv --out $ES_T/rt_p1.txt", es_bin()) == 0);
+    CHECK(es_test_sh(NULL, "%s predict $ES_T/rt.es $ES_T/rt_valid.tsv --threads 2 --out $ES_T/rt_p2.txt", es_bin()) == 0);
+    char *a = es_test_slurp(es_test_path("rt_p1.txt")), *b = es_test_slurp(es_test_path("rt_p2.txt"));
     CHECK(a && b);
     int lines = 0;
     for (char *q = a; *q; q++) lines += *q == '\n';
@@ -127,14 +127,14 @@ TEST(saved_model_predicts_identically_in_new_process) {
     free(a);
     free(b);
     /* the model keeps the detected format: a file of any name reads the same */
-    CHECK(es_test_sh(NULL, "cp build/tmp/rt_valid.tsv build/tmp/rt_valid.data") == 0);
-    CHECK(es_test_sh(NULL, "%s predict build/tmp/rt.es build/tmp/rt_valid.data --out build/tmp/rt_p4.txt", es_bin()) == 0);
-    CHECK(es_test_sh(NULL, "cmp build/tmp/rt_p1.txt build/tmp/rt_p4.txt") == 0);
+    CHECK(es_test_sh(NULL, "cp $ES_T/rt_valid.tsv $ES_T/rt_valid.data") == 0);
+    CHECK(es_test_sh(NULL, "%s predict $ES_T/rt.es $ES_T/rt_valid.data --out $ES_T/rt_p4.txt", es_bin()) == 0);
+    CHECK(es_test_sh(NULL, "cmp $ES_T/rt_p1.txt $ES_T/rt_p4.txt") == 0);
     /* the unlabeled Criteo layout (39 columns) */
-    CHECK(es_test_sh(NULL, "cut -f2- build/tmp/rt_valid.tsv > build/tmp/rt_unlab.tsv") == 0);
-    CHECK(es_test_sh(NULL, "%s predict build/tmp/rt.es build/tmp/rt_unlab.tsv --unlabeled --out build/tmp/rt_p3.txt", es_bin()) == 0);
-    a = es_test_slurp("build/tmp/rt_p1.txt");
-    b = es_test_slurp("build/tmp/rt_p3.txt");
+    CHECK(es_test_sh(NULL, "cut -f2- $ES_T/rt_valid.tsv > $ES_T/rt_unlab.tsv") == 0);
+    CHECK(es_test_sh(NULL, "%s predict $ES_T/rt.es $ES_T/rt_unlab.tsv --unlabeled --out $ES_T/rt_p3.txt", es_bin()) == 0);
+    a = es_test_slurp(es_test_path("rt_p1.txt"));
+    b = es_test_slurp(es_test_path("rt_p3.txt"));
     CHECK(a && b && strcmp(a, b) == 0);
     free(a);
     free(b);
@@ -143,18 +143,18 @@ TEST(saved_model_predicts_identically_in_new_process) {
 TEST(one_thread_runs_are_bit_for_bit_repeatable) {
     const char *args = "--valid-frac 0.2 --model dcn --storage hash --budget 0.05 --epochs 1 --seed 7 --threads 1 --max-rows 4000";
     char a1[256], a2[256];
-    snprintf(a1, sizeof a1, "%s --out build/tmp/rep1.es", args);
-    snprintf(a2, sizeof a2, "%s --out build/tmp/rep2.es", args);
+    snprintf(a1, sizeof a1, "%s --out $ES_T/rep1.es", args);
+    snprintf(a2, sizeof a2, "%s --out $ES_T/rep2.es", args);
     CHECK(train_cli(NULL, a1) == 0);
     CHECK(train_cli(NULL, a2) == 0);
     /* the files differ only in the stored command line (the --out path) */
-    CHECK(es_test_sh(NULL, "%s predict build/tmp/rep1.es %s --out build/tmp/rep1.txt", es_bin(), CRITEO) == 0);
-    CHECK(es_test_sh(NULL, "%s predict build/tmp/rep2.es %s --out build/tmp/rep2.txt", es_bin(), CRITEO) == 0);
-    CHECK(es_test_sh(NULL, "cmp build/tmp/rep1.txt build/tmp/rep2.txt") == 0);
+    CHECK(es_test_sh(NULL, "%s predict $ES_T/rep1.es %s --out $ES_T/rep1.txt", es_bin(), CRITEO) == 0);
+    CHECK(es_test_sh(NULL, "%s predict $ES_T/rep2.es %s --out $ES_T/rep2.txt", es_bin(), CRITEO) == 0);
+    CHECK(es_test_sh(NULL, "cmp $ES_T/rep1.txt $ES_T/rep2.txt") == 0);
     /* and a different seed gives a different model */
-    CHECK(train_cli(NULL, "--valid-frac 0.2 --model dcn --storage hash --budget 0.05 --epochs 1 --seed 8 --max-rows 4000 --out build/tmp/rep3.es") == 0);
-    CHECK(es_test_sh(NULL, "%s predict build/tmp/rep3.es %s --out build/tmp/rep3.txt", es_bin(), CRITEO) == 0);
-    CHECK(es_test_sh(NULL, "cmp -s build/tmp/rep1.txt build/tmp/rep3.txt") != 0);
+    CHECK(train_cli(NULL, "--valid-frac 0.2 --model dcn --storage hash --budget 0.05 --epochs 1 --seed 8 --max-rows 4000 --out $ES_T/rep3.es") == 0);
+    CHECK(es_test_sh(NULL, "%s predict $ES_T/rep3.es %s --out $ES_T/rep3.txt", es_bin(), CRITEO) == 0);
+    CHECK(es_test_sh(NULL, "cmp -s $ES_T/rep1.txt $ES_T/rep3.txt") != 0);
 }
 
 TEST(every_model_and_method_trains) {
@@ -206,7 +206,7 @@ static int bad_train(const char *input, const char *needle, const char *extra) {
     return ok;
 }
 
-TEST(cli_bad_missing_file) { CHECK(bad_train("build/tmp/does_not_exist.tsv", "does_not_exist.tsv", NULL)); }
+TEST(cli_bad_missing_file) { CHECK(bad_train("$ES_T/does_not_exist.tsv", "does_not_exist.tsv", NULL)); }
 
 TEST(cli_bad_empty_file) {
     write_file(es_test_path("empty.tsv"), "", 0);
@@ -214,14 +214,14 @@ TEST(cli_bad_empty_file) {
 }
 
 TEST(cli_bad_wrong_column_count) {
-    CHECK(es_test_sh(NULL, "head -n 50 %s > build/tmp/cols.tsv && printf '1\\t2\\t3\\n' >> build/tmp/cols.tsv", CRITEO) == 0);
-    CHECK(bad_train("build/tmp/cols.tsv", "cols.tsv:51", NULL));
+    CHECK(es_test_sh(NULL, "head -n 50 %s > $ES_T/cols.tsv && printf '1\\t2\\t3\\n' >> $ES_T/cols.tsv", CRITEO) == 0);
+    CHECK(bad_train("$ES_T/cols.tsv", "cols.tsv:51", NULL));
 }
 
 TEST(cli_bad_text_in_numeric_column) {
-    CHECK(es_test_sh(NULL, "head -n 20 %s > build/tmp/num.tsv && head -n 1 %s | sed 's/^0\\t1\\t1\\t5/0\\t1\\tabc\\t5/' >> build/tmp/num.tsv",
+    CHECK(es_test_sh(NULL, "head -n 20 %s > $ES_T/num.tsv && head -n 1 %s | sed 's/^0\\t1\\t1\\t5/0\\t1\\tabc\\t5/' >> $ES_T/num.tsv",
                      CRITEO, CRITEO) == 0);
-    CHECK(bad_train("build/tmp/num.tsv", "num.tsv:21", NULL));
+    CHECK(bad_train("$ES_T/num.tsv", "num.tsv:21", NULL));
 }
 
 TEST(cli_bad_10mb_line) {
@@ -268,8 +268,8 @@ TEST(cli_bad_unwritable_output) {
     CHECK_STR_HAS(s, "/nonexistent-dir/m.es");
     free(s);
     /* predict to an unwritable path leaves nothing either */
-    CHECK(train_cli(NULL, "--max-rows 500 --storage full --out build/tmp/small.es") == 0);
-    st = es_test_sh(log, "%s predict build/tmp/small.es %s --out /nonexistent-dir/p.txt", es_bin(), CRITEO);
+    CHECK(train_cli(NULL, "--max-rows 500 --storage full --out $ES_T/small.es") == 0);
+    st = es_test_sh(log, "%s predict $ES_T/small.es %s --out /nonexistent-dir/p.txt", es_bin(), CRITEO);
     CHECK(st != 0 && st < 128);
 }
 
@@ -296,26 +296,26 @@ TEST_SLOW(kill_and_resume_matches_uninterrupted_run) {
     const char *args = "--valid-frac 0.2 --model dcn --storage unified --budget 0.2 --epochs 3 --batch 32 --threads 1 --seed 5 "
                        "--checkpoint-every 7";
     const char *log = es_test_path("resume.log");
-    CHECK(es_test_sh(log, "%s train %s %s --quiet --out build/tmp/ref.es", es_bin(), CRITEO, args) == 0);
-    CHECK(es_test_sh(NULL, "%s predict build/tmp/ref.es %s --out build/tmp/ref.txt", es_bin(), CRITEO) == 0);
+    CHECK(es_test_sh(log, "%s train %s %s --quiet --out $ES_T/ref.es", es_bin(), CRITEO, args) == 0);
+    CHECK(es_test_sh(NULL, "%s predict $ES_T/ref.es %s --out $ES_T/ref.txt", es_bin(), CRITEO) == 0);
     /* kill at several points: the resumed run must end with the same model */
     const char *delays[] = {"0.15", "0.35", "0.6"};
     int resumed_from_ckpt = 0;
     for (int i = 0; i < 3; i++) {
-        es_test_sh(NULL, "rm -f build/tmp/kr.es build/tmp/kr.es.ckpt");
-        es_test_sh(NULL, "%s train %s %s --quiet --out build/tmp/kr.es & pid=$!; sleep %s; kill -9 $pid; wait $pid", es_bin(), CRITEO,
+        es_test_sh(NULL, "rm -f $ES_T/kr.es $ES_T/kr.es.ckpt");
+        es_test_sh(NULL, "%s train %s %s --quiet --out $ES_T/kr.es & pid=$!; sleep %s; kill -9 $pid; wait $pid", es_bin(), CRITEO,
                    args, delays[i]);
-        int had_ckpt = es_test_sh(NULL, "test -f build/tmp/kr.es.ckpt") == 0;
-        CHECK(es_test_sh(log, "%s train %s %s --quiet --resume --out build/tmp/kr.es", es_bin(), CRITEO, args) == 0);
+        int had_ckpt = es_test_sh(NULL, "test -f $ES_T/kr.es.ckpt") == 0;
+        CHECK(es_test_sh(log, "%s train %s %s --quiet --resume --out $ES_T/kr.es", es_bin(), CRITEO, args) == 0);
         char *s = es_test_slurp(log);
         int resumed = s && strstr(s, "\"resumed\":true") != NULL;
         printf("    killed after %ss: checkpoint %s, resumed %s\n", delays[i], had_ckpt ? "present" : "absent", resumed ? "yes" : "no");
         free(s);
         CHECK(resumed == had_ckpt);
         resumed_from_ckpt += resumed;
-        CHECK(es_test_sh(NULL, "%s predict build/tmp/kr.es %s --out build/tmp/kr.txt", es_bin(), CRITEO) == 0);
-        CHECK_MSG(es_test_sh(NULL, "cmp build/tmp/ref.txt build/tmp/kr.txt") == 0, "resumed model differs (kill after %ss)", delays[i]);
-        CHECK(es_test_sh(NULL, "test ! -f build/tmp/kr.es.ckpt") == 0); /* removed once finished */
+        CHECK(es_test_sh(NULL, "%s predict $ES_T/kr.es %s --out $ES_T/kr.txt", es_bin(), CRITEO) == 0);
+        CHECK_MSG(es_test_sh(NULL, "cmp $ES_T/ref.txt $ES_T/kr.txt") == 0, "resumed model differs (kill after %ss)", delays[i]);
+        CHECK(es_test_sh(NULL, "test ! -f $ES_T/kr.es.ckpt") == 0); /* removed once finished */
     }
     CHECK_MSG(resumed_from_ckpt > 0, "no run was killed mid-training; the test did not exercise resume");
 }
