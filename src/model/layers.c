@@ -24,6 +24,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* The vector kernels and their references must round identically: no
@@ -71,11 +72,28 @@ static void linear_direct(float *out, const float *in, const float *W, int n, in
     }
 }
 
+/* ES_FORWARD=sgemm (read once) puts the forward products back on
+ * cblas_sgemm, whose summation order depends on the batch size.  It exists
+ * only so that `make bench` can measure what batch invariance costs in one
+ * run; it voids the contract of docs/determinism.md. */
+static int forward_sgemm(void) {
+    static int v = -1;
+    int x = __atomic_load_n(&v, __ATOMIC_RELAXED);
+    if (x < 0) {
+        const char *e = getenv("ES_FORWARD");
+        x = e && strcmp(e, "sgemm") == 0;
+        __atomic_store_n(&v, x, __ATOMIC_RELAXED);
+    }
+    return x;
+}
+
 void es__linear_forward(float *out, const float *in, const float *W, const float *WT, const float *b, int n, int nin,
                         int nout, int relu) {
     if (n <= 0 || nout <= 0) return;
     size_t len = (size_t)n * (size_t)nout;
-    if (nin > 0 && WT)
+    if (nin > 0 && forward_sgemm())
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, nout, nin, 1.0f, in, nin, W, nin, 0.0f, out, nout);
+    else if (nin > 0 && WT)
         es__gemm_fixed(out, nout, in, nin, WT, nout, n, nin, nout, es__threads_get());
     else if (nin > 0)
         linear_direct(out, in, W, n, nin, nout);

@@ -194,6 +194,7 @@ int es_model_predict(es_model *m, const es_batch *b, float *prob) {
     if (b->n_fields != m->n_fields || b->n_dense != m->n_dense)
         return es__err(&m->err, ES_EINVAL, "batch has %d numeric and %d categorical features, the model expects %d and %d",
                        b->n_dense, b->n_fields, m->n_dense, m->n_fields);
+    es_net_freeze(m->net); /* weights packed once for every batch until the next training step */
     for (int r0 = 0; r0 < b->n; r0 += m->max_batch) {
         int n = ES_MIN(m->max_batch, b->n - r0);
         lookup_rows(m, b, r0, n);
