@@ -489,8 +489,13 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
             rc = es__err(err, ES_EFORMAT, "%s: not a training checkpoint (no ckpt.epoch)", ckpt);
             goto done;
         }
-        /* the run it came from must be this one (data file included) */
+        /* the run it came from must be this one (data file included); what
+         * may differ (epochs) is then recorded as this command says */
         if ((rc = es__train_cfg_check_resume(m, ckpt, cfg, err)) != 0) goto done;
+        if ((rc = es__train_cfg_record(m, cfg)) != 0) {
+            es__err(err, rc, "out of memory");
+            goto done;
+        }
         /* strict: a checkpoint is a file like any other input */
         long long ep_v, rows_v, trained_v;
         if ((rc = ckpt_int(m, ckpt, "ckpt.epoch", 0, 100000000, &ep_v, err)) != 0 ||
