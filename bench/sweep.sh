@@ -48,7 +48,8 @@ build/embstore $ML_ARGS
 \`\`\`
 
 (\`bash bench/sweep.sh\` runs both and rewrites this page.) Each output directory holds
-\`cells.csv\` (one line per run), \`results.json\`, \`pareto.svg\`/\`.png\`, \`lookup.csv\` and
+\`cells.csv\` (one line per run), \`config.txt\` (the settings and data file the cells were run with:
+a rerun reuses cells only when it matches, \`--fresh\` starts over), \`results.json\`, \`pareto.svg\`/\`.png\`, \`lookup.csv\` and
 \`summary.md\`. In the plots, solid lines are per-field parameters, dashed lines shared ones, bars
 span the seeds, and circled points are on the Pareto front.
 

@@ -300,11 +300,43 @@ typedef struct es_train_result {
     double seconds;
     int threads;
     int resumed;              /* 1 if training continued from a checkpoint */
+    /* Lines skipped as bad (reader.skip_bad): of the training file, counted
+     * once (a line skipped in every epoch counts once), plus those of the
+     * validation file; bad_report holds the first few messages
+     * ("file:line: reason", newline separated; empty when none). */
+    uint64_t bad_lines;
+    char bad_report[1024];
 } es_train_result;
 
 /* Train a model end to end: read, build the vocabulary, train, evaluate,
- * save.  On failure err says why (file:line:column for data errors). */
+ * save.  On failure err says why (file:line:column for data errors).
+ *
+ * Integrity: the run fails rather than report results of data it did not
+ * read.  It refuses a model it cannot fit in memory before allocating it
+ * (ES_ENOMEM: bytes needed against physical memory, RLIMIT_AS and
+ * RLIMIT_DATA); it fails when the training or validation file changes while
+ * it is read (size, inode or modification time differ from the start, or a
+ * pass yields another number of rows than the first) (ES_EIO); and with
+ * p->resume it continues a checkpoint only if the checkpoint was made by
+ * the same run: every setting in es_train_describe except those in
+ * "epochs" and the validation file must match, or it fails (ES_EINVAL)
+ * listing each difference. */
 int es_train(const es_train_params *p, es_train_result *res, es_err *err);
+
+/* Describe the settings of a training run that change its result, and the
+ * identity of its data files, as "key=value" lines in a fixed order: keys
+ * are option names without "--" ("model", "dim", "budget", "columns", ...),
+ * "data.size"/"data.head" (size and XXH3-64 of the first MiB of
+ * train_path) and "valid.size"/"valid.head" when valid_path is set.  Not
+ * included: threads, output and checkpoint paths, progress.  Returns 0,
+ * ES_ERANGE if cap is too small (4096 is enough), or the error of reading a
+ * data file. */
+int es_train_describe(const es_train_params *p, char *buf, size_t cap, es_err *err);
+/* Compare two descriptions: for every key whose value differs, or that one
+ * of them lacks, append "<option> <value in a> vs <value in b>" to out
+ * (separated by "; ", truncated to cap), skipping the comma-separated keys
+ * in `ignore` (may be NULL).  Returns the number of differences. */
+int es_train_describe_diff(const char *a, const char *b, const char *ignore, char *out, size_t cap);
 
 /* Threads used by training, prediction and search (OpenMP and OpenBLAS);
  * n <= 0 means all cores.  Returns the number in effect. */

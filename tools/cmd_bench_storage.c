@@ -9,6 +9,11 @@
  *                 each cell, so an interrupted sweep resumes where it
  *                 stopped: finished cells are never recomputed, failed
  *                 ones are tried again)
+ *   config.txt    what the cells were run with: every setting that changes
+ *                 a result and the data files' identity (es_train_describe
+ *                 without the sweep axes).  A cell is keyed on it plus
+ *                 (method, share, budget, seed): a rerun whose config
+ *                 differs refuses to mix its cells with the old ones.
  *   lookup.csv    lookup speed of each method (lookups/s, ratio to full)
  *   results.json  cells + aggregates (mean/std over seeds) + Pareto flags
  *   pareto.svg    AUC against bytes (log scale), Pareto front marked;
@@ -61,7 +66,11 @@ static const char help[] =
     "Sweep embedding storage methods x budgets x share modes x seeds on one dataset\n"
     "and model (each cell is a full train + evaluation), then write the results, a\n"
     "Pareto plot of AUC against bytes and a recommendation table to OUTDIR.\n"
-    "A finished cell is never recomputed: rerun the same command to resume.\n"
+    "A finished cell is never recomputed: rerun the same command to resume.  Cells are\n"
+    "reused only when the model, training and input settings and the data file (size,\n"
+    "checksum of its first MiB) match the run that made them (OUTDIR/config.txt; the\n"
+    "sweep lists, --name and --threads may change); otherwise the command stops and\n"
+    "lists the differences: pick another --out, or add --fresh.\n"
     "\n"
     "sweep:\n"
     "  --methods a,b,..      methods to compare (default: every registered method)\n"
@@ -72,6 +81,7 @@ static const char help[] =
     "  --out DIR             output directory (default bench-storage-out)\n"
     "  --name LABEL          dataset label for tables and plots (default: file name)\n"
     "  --no-lookup-speed     skip the lookup-speed measurement\n"
+    "  --fresh               discard the cells of an earlier run in OUTDIR and start over\n"
     "model and training (same meaning as in `embstore train`):\n"
     "  --model M --dim K --bottom L --top L --cross N --epochs E --batch N --lr X\n"
     "  --emb-lr X --optim O --emb-optim O --chunks K --subtables T --min-count N\n"
@@ -180,6 +190,52 @@ static int save_cells(const char *path, const cell_list *l, const char *ds, cons
                 c->status);
     }
     return commit_tmp(f, tmp, path);
+}
+
+/* ---- the run's key ------------------------------------------------------------------ */
+
+/* Description of the run without the sweep axes (storage, budget, share,
+ * seed vary per cell and are in each cell's own key). */
+static int run_config(const es_train_params *p, char *buf, size_t cap, es_err *err) {
+    es_train_params q = *p;
+    q.storage = "";
+    q.budget = 0;
+    q.share = 0;
+    q.seed = 0;
+    int rc = es_train_describe(&q, buf, cap, err);
+    if (rc != 0) return rc;
+    static const char *axes[] = {"storage=", "budget=", "share=", "seed="};
+    char *w = buf;
+    for (const char *r = buf; *r;) {
+        const char *nl = strchr(r, '\n');
+        size_t len = nl ? (size_t)(nl - r) + 1 : strlen(r);
+        int skip = 0;
+        for (size_t i = 0; i < sizeof axes / sizeof axes[0]; i++) skip |= !strncmp(r, axes[i], strlen(axes[i]));
+        if (!skip) {
+            memmove(w, r, len);
+            w += len;
+        }
+        r += len;
+    }
+    *w = 0;
+    return 0;
+}
+
+/* config.txt without its comment lines ("" when absent). */
+static void load_config(const char *path, char *buf, size_t cap) {
+    buf[0] = 0;
+    FILE *f = fopen(path, "r");
+    if (!f) return;
+    size_t o = 0;
+    char line[2048];
+    while (fgets(line, sizeof line, f)) {
+        if (line[0] == '#') continue;
+        size_t n = strlen(line);
+        if (o + n + 1 > cap) break;
+        memcpy(buf + o, line, n + 1);
+        o += n;
+    }
+    fclose(f);
 }
 
 /* ---- aggregation, Pareto, recommendation --------------------------------------------- */
@@ -451,7 +507,7 @@ int cmd_bench_storage(int argc, char **argv) {
     p.valid_frac = 0.2;
     const char *file = NULL, *outdir = "bench-storage-out", *name = NULL;
     char methods[MAX_METHODS][32], budgets[MAX_BUDGETS][32], seeds_s[MAX_SEEDS][32];
-    int n_methods = 0, n_budgets = 0, n_seeds = 0, share_lo = 0, share_hi = 0, quiet = 0, lookup_speed = 1;
+    int n_methods = 0, n_budgets = 0, n_seeds = 0, share_lo = 0, share_hi = 0, quiet = 0, lookup_speed = 1, fresh = 0;
     long long ll;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
@@ -483,6 +539,8 @@ int cmd_bench_storage(int argc, char **argv) {
             if (!(name = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
         } else if (!strcmp(a, "--no-lookup-speed")) {
             lookup_speed = 0;
+        } else if (!strcmp(a, "--fresh")) {
+            fresh = 1;
         } else if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) {
             quiet = 1;
         } else if (a[0] == '-' && a[1]) {
@@ -541,9 +599,52 @@ int cmd_bench_storage(int argc, char **argv) {
     snprintf(path_png, sizeof path_png, "%s/pareto.png", outdir);
     snprintf(path_md, sizeof path_md, "%s/summary.md", outdir);
     snprintf(path_lookup, sizeof path_lookup, "%s/lookup.csv", outdir);
+    char path_config[4096];
+    snprintf(path_config, sizeof path_config, "%s/config.txt", outdir);
 
+    /* the key every cell shares: refuse to reuse cells of another run */
+    static char config[16384], old_config[16384];
+    es_err cerr = {0};
+    if (run_config(&p, config, sizeof config, &cerr) != 0) return cli_fail(cmd, "%s", cerr.msg);
+    load_config(path_config, old_config, sizeof old_config);
     cell_list cl = {0};
     load_cells(path_cells, &cl);
+    if (cl.n > 0 && fresh) {
+        cl.n = 0;
+    } else if (cl.n > 0) {
+        char diff[1024];
+        if (!old_config[0]) {
+            free(cl.c);
+            return cli_fail(cmd,
+                            "%s holds %d cells but no config.txt saying what they were run with (an older embstore?); "
+                            "pick another --out, or add --fresh to discard them",
+                            outdir, cl.n);
+        }
+        if (es_train_describe_diff(old_config, config, NULL, diff, sizeof diff) > 0) {
+            free(cl.c);
+            return cli_fail(cmd,
+                            "%s holds %d cells of another run (that run vs this command: %s); its numbers would be "
+                            "reported under this run's labels: pick another --out, or add --fresh to discard them",
+                            outdir, cl.n, diff);
+        }
+    }
+    if (cl.n == 0 || strcmp(old_config, config) != 0) {
+        char tmpc[4200];
+        FILE *cf = open_tmp(path_config, tmpc, sizeof tmpc);
+        if (!cf) return cli_fail(cmd, "%s: cannot write: %s", path_config, strerror(errno));
+        fprintf(cf, "# embstore bench-storage: what the cells in cells.csv were run with (settings that change a\n"
+                    "# result, and the data files: size and XXH3-64 of the first MiB); a rerun reuses cells only\n"
+                    "# when this matches.\n%s",
+                config);
+        if (commit_tmp(cf, tmpc, path_config) != 0) {
+            free(cl.c);
+            return cli_fail(cmd, "%s: cannot write: %s", path_config, strerror(errno));
+        }
+    }
+    if (fresh && access(path_cells, F_OK) == 0 && save_cells(path_cells, &cl, name, p.model) != 0) {
+        free(cl.c);
+        return cli_fail(cmd, "%s: cannot write results: %s", path_cells, strerror(errno));
+    }
     int resumed = cl.n;
     /* the plan: `full` runs once per seed at its own size */
     int total = 0;

@@ -50,11 +50,19 @@ static const char train_help[] =
     "  --checkpoint-every N  every N batches write a checkpoint (model + optimizer state +\n"
     "                        data position) to MODEL.ckpt (or --checkpoint PATH)\n"
     "  --resume              continue from the checkpoint if it exists; the result equals an\n"
-    "                        uninterrupted run (bit for bit with --threads 1)\n"
+    "                        uninterrupted run (bit for bit with --threads 1).  The checkpoint\n"
+    "                        records every setting that changes the result and the data file\n"
+    "                        (size, checksum of its first MiB); a command that differs is\n"
+    "                        refused with the list of differences.  Free to change on resume:\n"
+    "                        --epochs (to train longer), --valid FILE, --threads, --out,\n"
+    "                        --checkpoint-every, --quiet\n"
     "  --quiet               no progress line\n"
     "\n"
     "The last line on stdout is JSON: auc, logloss, calibration, rows, emb_bytes,\n"
-    "param_bytes, train_rows_per_s, ...\n"
+    "param_bytes, train_rows_per_s, bad_lines (skipped by --skip-bad), ...\n"
+    "The run fails, rather than report rows it never read, when FILE or --valid changes\n"
+    "while it is read; a model that cannot fit in memory (physical, ulimit -v/-d) is\n"
+    "refused before anything is allocated.\n"
     "\n"
     "example:\n"
     "  embstore train data/criteo_kaggle_train_first10k.tsv --valid-frac 0.2 \\\n"
@@ -150,6 +158,9 @@ int cmd_train(int argc, char **argv) {
     int rc = es_train(&p, &res, &err);
     free(cl);
     if (rc != 0) return cli_fail(cmd, "%s", err.msg[0] ? err.msg : es_strerror(rc));
+    if (res.bad_lines) /* a warning about the data, shown even with --quiet */
+        fprintf(stderr, "skipped %llu bad line%s (--skip-bad); the first:\n%s\n", (unsigned long long)res.bad_lines,
+                res.bad_lines == 1 ? "" : "s", res.bad_report);
     if (!quiet) {
         char frac[64] = "";
         if (res.full_bytes) snprintf(frac, sizeof frac, " (%.4g of full)", (double)res.emb_bytes / (double)res.full_bytes);
@@ -174,8 +185,8 @@ int cmd_train(int argc, char **argv) {
     json_num(stdout, "eval_rows_per_s", res.eval_rows_per_s, 0);
     struct rusage ru;
     long long rss = getrusage(RUSAGE_SELF, &ru) == 0 ? (long long)ru.ru_maxrss * 1024 : -1;
-    printf("\"peak_rss_bytes\":%lld,\"threads\":%d,\"seed\":%llu,\"resumed\":%s}\n", rss, res.threads, (unsigned long long)p.seed,
-           res.resumed ? "true" : "false");
+    printf("\"peak_rss_bytes\":%lld,\"threads\":%d,\"seed\":%llu,\"bad_lines\":%llu,\"resumed\":%s}\n", rss, res.threads,
+           (unsigned long long)p.seed, (unsigned long long)res.bad_lines, res.resumed ? "true" : "false");
     return 0;
 }
 

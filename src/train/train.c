@@ -13,6 +13,9 @@
  */
 #include "model.h"
 
+#include "core/fileid.h"
+#include "train/integrity.h"
+
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -263,6 +266,48 @@ static void metrics_json(char *buf, size_t cap, const es_metrics *mt) {
              (unsigned long long)mt->rows);
 }
 
+/* ---- integrity of a run ----------------------------------------------------------
+ * A pass over a file that changed under the trainer would train or
+ * evaluate on rows the run then reports as if it had read them.  Every pass
+ * re-checks the file (stat: device, inode, size, modification time) and its
+ * row count against the first pass; a failure names the file and what
+ * changed. */
+
+/* A reader error during a pass: when the file changed, say that (a
+ * truncated last line is a symptom, not the cause). */
+static int pass_err(es_err *err, es_reader *r, int rc, const char *path, const es__file_id *id) {
+    if (es__file_id_recheck(path, id, "after a read error", err) != ES_OK) return ES_EIO;
+    return reader_err(err, r, rc);
+}
+
+static int rows_changed(es_err *err, const char *path, const char *pass, uint64_t got, uint64_t want) {
+    return es__err(err, ES_EIO,
+                   "%s: %s read %llu rows where the first pass read %llu: the file changed while it was being read; "
+                   "the run stops rather than report results of rows it never read (train on a copy that nothing "
+                   "writes to)",
+                   path, pass, (unsigned long long)got, (unsigned long long)want);
+}
+
+/* Bad lines (skip_bad) of one pass: every pass starts at the top of the
+ * file, so the pass that read furthest saw every bad line the run met. */
+static void note_bad_lines(const es_reader *r, uint64_t *count, char *report, size_t cap) {
+    uint64_t n = es_reader_bad_lines(r);
+    if (n <= *count) return;
+    *count = n;
+    snprintf(report, cap, "%s", es_reader_bad_report(r));
+}
+
+/* A checkpoint's number: the whole string an integer in [lo, hi]. */
+static int ckpt_int(const es_model *m, const char *ckpt, const char *key, long long lo, long long hi, long long *out, es_err *err) {
+    const char *v = es_model_meta(m, key);
+    long long x;
+    if (!v) return es__err(err, ES_EFORMAT, "%s: not a complete training checkpoint (no %s)", ckpt, key);
+    if (!es__parse_long(v, strlen(v), &x) || x < lo || x > hi)
+        return es__err(err, ES_EFORMAT, "%s: checkpoint value %s = '%s' is not an integer in [%lld, %lld]", ckpt, key, v, lo, hi);
+    *out = x;
+    return ES_OK;
+}
+
 int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
     memset(res, 0, sizeof *res);
     double t_start = es__now();
@@ -276,6 +321,10 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
     memset(&pl, 0, sizeof pl);
     char ckpt_buf[4096];
     const char *ckpt = NULL;
+    char *cfg = NULL;
+    es__file_id tid, vid;
+    uint64_t bad_train = 0;
+    char bad_rep[sizeof res->bad_report] = "";
     int pl_ready = 0;
     int rc;
     progress_state ps = {.p = p};
@@ -296,10 +345,23 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
     res->threads = es__threads_set(p->threads);
 
     if ((rc = es_reader_open(&r, p->train_path, &p->reader, err)) != 0) return rc;
+    /* the identity the file must keep while it is read */
+    if ((rc = es__file_id_get(p->train_path, 0, &tid, err)) != 0) goto done;
     int n_dense = es_reader_n_dense(r), n_fields = es_reader_n_fields(r);
     if ((rc = es_batch_alloc(&b, p->batch, n_dense, n_fields, (size_t)p->batch * (size_t)(n_fields + 1))) != 0) {
         es__err(err, rc, "out of memory for a batch of %d rows", p->batch);
         goto done;
+    }
+    /* what decides the result: recorded in checkpoints, compared on resume */
+    {
+        es_reader_params rrp = es_reader_resolved_params(r);
+        rrp.columns = p->reader.columns;
+        size_t cap = 8192;
+        if (!(cfg = es__malloc(cap))) {
+            rc = es__err(err, ES_ENOMEM, "out of memory");
+            goto done;
+        }
+        if ((rc = es__train_describe(p, &rrp, cfg, cap, err)) != 0) goto done;
     }
 
     /* pass 1 (+2): count rows, build the vocabulary of the training rows.
@@ -322,7 +384,7 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
         for (;;) {
             int n = es_reader_next(r, &b);
             if (n < 0) {
-                rc = reader_err(err, r, n);
+                rc = pass_err(err, r, n, p->train_path, &tid);
                 goto done;
             }
             if (n == 0) break;
@@ -335,6 +397,8 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
             report(&ps, 0);
         }
         n_train = n_total - (uint64_t)llround((double)n_total * p->valid_frac);
+        note_bad_lines(r, &bad_train, bad_rep, sizeof bad_rep);
+        if ((rc = es__file_id_recheck(p->train_path, &tid, "after counting rows", err)) != 0) goto done;
         if ((rc = es_reader_rewind(r)) != 0) {
             reader_err(err, r, rc);
             goto done;
@@ -342,12 +406,15 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
     } else {
         n_train = p->max_rows ? p->max_rows : UINT64_MAX;
     }
+    /* n_train is a count of rows read (exact) or only a limit (max_rows, or
+     * none) until the first full pass */
+    int n_exact = n_total > 0;
     ps.pr.phase = "vocab";
     uint64_t seen = 0;
     for (; vocab;) {
         int n = read_limited(r, &b, n_train - seen);
         if (n < 0) {
-            rc = reader_err(err, r, n);
+            rc = pass_err(err, r, n, p->train_path, &tid);
             goto done;
         }
         if (n == 0) break;
@@ -359,8 +426,18 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
         ps.pr.rows = seen;
         report(&ps, 0);
     }
-    if (vocab) n_train = seen;
-    else if (n_total) seen = n_train; /* counted in pass 1 */
+    if (vocab) {
+        note_bad_lines(r, &bad_train, bad_rep, sizeof bad_rep);
+        if ((rc = es__file_id_recheck(p->train_path, &tid, "after building the vocabulary", err)) != 0) goto done;
+        if (n_exact && seen != n_train) {
+            rc = rows_changed(err, p->train_path, "the vocabulary pass", seen, n_train);
+            goto done;
+        }
+        n_train = seen;
+        n_exact = 1;
+    } else if (n_total) {
+        seen = n_train; /* counted in pass 1 */
+    }
     if (n_train == 0 || (vocab && seen == 0)) {
         rc = es__err(err, ES_EPARSE, "%s: no training rows", p->train_path);
         goto done;
@@ -386,6 +463,13 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
     np.seed = es__mix64(p->seed ^ 0x6e6574ULL);
     es_storage_params sp = es__train_storage_params(p, kind, n_fields);
     sp.opt.kind = emb_opt;
+    {
+        /* the table's serving bytes: a budget in bytes, a fraction of the
+         * full table, or the full table itself */
+        double full = vocab ? (double)es_storage_full_bytes(vocab, sp.dim, sp.min_count) : 0;
+        double tb = p->budget > 1 ? p->budget : p->budget > 0 ? p->budget * full : full;
+        if ((rc = es__train_check_memory(&np, &sp, tb, err)) != 0) goto done;
+    }
     /* checkpoint: model with optimizer state + data position */
     ckpt = p->checkpoint_path;
     if (!ckpt && (p->checkpoint_every > 0 || p->resume)) {
@@ -401,22 +485,46 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
     double start_loss = 0;
     if (p->resume && ckpt && access(ckpt, F_OK) == 0) {
         if ((rc = es__model_load(&m, ckpt, 0, 1, err)) != 0) goto done;
-        const char *v;
-        if (!(v = es_model_meta(m, "ckpt.epoch"))) {
+        if (!es_model_meta(m, "ckpt.epoch")) {
             rc = es__err(err, ES_EFORMAT, "%s: not a training checkpoint (no ckpt.epoch)", ckpt);
             goto done;
         }
-        start_epoch = atoi(v);
-        if ((v = es_model_meta(m, "ckpt.rows"))) start_rows = strtoull(v, NULL, 10);
-        if ((v = es_model_meta(m, "ckpt.loss_sum"))) start_loss = strtod(v, NULL);
-        if ((v = es_model_meta(m, "ckpt.trained"))) trained = strtoull(v, NULL, 10);
-        if (m->n_dense != n_dense || m->n_fields != n_fields || start_epoch >= p->epochs || start_rows > n_train) {
+        /* the run it came from must be this one (data file included); what
+         * may differ (epochs) is then recorded as this command says */
+        if ((rc = es__train_cfg_check_resume(m, ckpt, cfg, err)) != 0) goto done;
+        if ((rc = es__train_cfg_record(m, cfg)) != 0) {
+            es__err(err, rc, "out of memory");
+            goto done;
+        }
+        /* strict: a checkpoint is a file like any other input */
+        long long ep_v, rows_v, trained_v;
+        if ((rc = ckpt_int(m, ckpt, "ckpt.epoch", 0, 100000000, &ep_v, err)) != 0 ||
+            (rc = ckpt_int(m, ckpt, "ckpt.rows", 0, INT64_MAX, &rows_v, err)) != 0 ||
+            (rc = ckpt_int(m, ckpt, "ckpt.trained", 0, INT64_MAX, &trained_v, err)) != 0)
+            goto done;
+        const char *v = es_model_meta(m, "ckpt.loss_sum");
+        if (!v || !es__parse_double(v, strlen(v), &start_loss) || !isfinite(start_loss) || start_loss < 0) {
+            rc = es__err(err, ES_EFORMAT, "%s: checkpoint value ckpt.loss_sum = '%s' is not a finite number >= 0", ckpt, v ? v : "(none)");
+            goto done;
+        }
+        start_epoch = (int)ep_v;
+        start_rows = (uint64_t)rows_v;
+        trained = (uint64_t)trained_v;
+        if (start_epoch >= p->epochs) {
+            rc = es__err(err, ES_EINVAL, "%s: the checkpoint is in epoch %d, this command asks for %d epoch%s in all", ckpt,
+                         start_epoch + 1, p->epochs, p->epochs == 1 ? "" : "s");
+            goto done;
+        }
+        if (m->n_dense != n_dense || m->n_fields != n_fields || start_rows > n_train) {
             rc = es__err(err, ES_EINVAL, "%s: checkpoint does not match this run (epoch %d of %d, row %llu of %llu)", ckpt,
                          start_epoch + 1, p->epochs, (unsigned long long)start_rows, (unsigned long long)n_train);
             goto done;
         }
         res->resumed = 1;
     } else if ((rc = es__model_create(&m, &np, &sp, vocab, &p->reader, err)) != 0) {
+        goto done;
+    } else if ((rc = es__train_cfg_record(m, cfg)) != 0) {
+        es__err(err, rc, "out of memory");
         goto done;
     }
     res->emb_param_bytes = m->st->param_bytes;
@@ -436,9 +544,12 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
     uint64_t trained_here = 0;
     long batches = 0;
     ps.pr.epochs = p->epochs;
-    ps.pr.rows_total = n_train == UINT64_MAX ? 0 : n_train;
+    ps.pr.rows_total = n_exact ? n_train : 0;
     ps.pr.phase = "train";
     for (int ep = start_epoch; ep < p->epochs; ep++) {
+        char when[64];
+        snprintf(when, sizeof when, "at the start of epoch %d", ep + 1);
+        if ((rc = es__file_id_recheck(p->train_path, &tid, when, err)) != 0) goto done;
         if ((rc = es_reader_rewind(r)) != 0) {
             reader_err(err, r, rc);
             goto done;
@@ -450,7 +561,8 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
             while (done_rows < start_rows) {
                 int n = read_limited(r, &b, start_rows - done_rows);
                 if (n <= 0) {
-                    rc = n < 0 ? reader_err(err, r, n) : es__err(err, ES_EINVAL, "%s: fewer rows than the checkpoint", p->train_path);
+                    rc = n < 0 ? pass_err(err, r, n, p->train_path, &tid)
+                               : es__err(err, ES_EINVAL, "%s: fewer rows than the checkpoint", p->train_path);
                     goto done;
                 }
                 done_rows += (uint64_t)n;
@@ -497,14 +609,26 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
         }
         pipeline_stop(&pl);
         if (pl.rc < 0) {
-            rc = reader_err(err, r, pl.rc);
+            rc = pass_err(err, r, pl.rc, p->train_path, &tid);
             goto done;
         }
+        note_bad_lines(r, &bad_train, bad_rep, sizeof bad_rep);
+        snprintf(when, sizeof when, "at the end of epoch %d", ep + 1);
+        if ((rc = es__file_id_recheck(p->train_path, &tid, when, err)) != 0) goto done;
         res->train_loss = done_rows ? loss_sum / (double)done_rows : NAN;
-        if (n_train == UINT64_MAX) { /* row count learnt from the first full pass */
+        if (!n_exact) { /* row count learnt from the first full pass */
+            if (done_rows == 0) {
+                rc = es__err(err, ES_EPARSE, "%s: no training rows", p->train_path);
+                goto done;
+            }
             n_train = done_rows;
+            n_exact = 1;
             res->train_rows = n_train;
             ps.pr.rows_total = n_train;
+        } else if (done_rows != n_train) {
+            snprintf(when, sizeof when, "epoch %d", ep + 1);
+            rc = rows_changed(err, p->train_path, when, done_rows, n_train);
+            goto done;
         }
         report(&ps, 1);
     }
@@ -522,19 +646,34 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
     }
     double t_eval = es__now();
     if (p->valid_path) {
+        if ((rc = es__file_id_get(p->valid_path, 0, &vid, err)) != 0) goto done;
         if ((rc = es_reader_open(&rv, p->valid_path, &p->reader, err)) != 0) goto done;
         if (es_reader_n_dense(rv) != n_dense || es_reader_n_fields(rv) != n_fields) {
             rc = es__err(err, ES_EINVAL, "%s: %d numeric and %d categorical columns, the training file has %d and %d", p->valid_path,
                          es_reader_n_dense(rv), es_reader_n_fields(rv), n_dense, n_fields);
             goto done;
         }
-        if ((rc = predict_stream(m, rv, &b, prob, 0, 0, &ps_valid, err)) != 0) goto done;
+        if ((rc = predict_stream(m, rv, &b, prob, 0, 0, &ps_valid, err)) != 0) {
+            if (es__file_id_recheck(p->valid_path, &vid, "after a read error", err) != ES_OK) rc = ES_EIO;
+            goto done;
+        }
+        if ((rc = es__file_id_recheck(p->valid_path, &vid, "while evaluating", err)) != 0) goto done;
     } else if (p->valid_frac > 0) {
+        if ((rc = es__file_id_recheck(p->train_path, &tid, "before evaluating", err)) != 0) goto done;
         if ((rc = es_reader_rewind(r)) != 0) {
             reader_err(err, r, rc);
             goto done;
         }
-        if ((rc = predict_stream(m, r, &b, prob, n_train, n_total - n_train, &ps_valid, err)) != 0) goto done;
+        if ((rc = predict_stream(m, r, &b, prob, n_train, n_total - n_train, &ps_valid, err)) != 0) {
+            if (es__file_id_recheck(p->train_path, &tid, "after a read error", err) != ES_OK) rc = ES_EIO;
+            goto done;
+        }
+        note_bad_lines(r, &bad_train, bad_rep, sizeof bad_rep);
+        if ((rc = es__file_id_recheck(p->train_path, &tid, "while evaluating", err)) != 0) goto done;
+        if (ps_valid.n != n_total - n_train) {
+            rc = rows_changed(err, p->train_path, "the evaluation", (uint64_t)ps_valid.n, n_total - n_train);
+            goto done;
+        }
     }
     if (ps_valid.n > 0) {
         res->eval_rows_per_s = (double)ps_valid.n / (es__now() - t_eval + 1e-9);
@@ -584,11 +723,29 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
     rc = ES_OK;
 done:
     res->seconds = es__now() - t_start;
+    res->bad_lines = bad_train + (rv ? es_reader_bad_lines(rv) : 0);
+    {
+        /* the first few bad lines of both files, at most 5 in all */
+        const char *vrep = rv ? es_reader_bad_report(rv) : "";
+        int lines = 0;
+        size_t o = 0;
+        for (const char *part = bad_rep; part; part = part == bad_rep ? vrep : NULL)
+            for (const char *q = part; *q && lines < 5;) {
+                const char *nl = strchr(q, '\n');
+                size_t len = nl ? (size_t)(nl - q) : strlen(q);
+                int k = snprintf(res->bad_report + o, sizeof res->bad_report - o, "%s%.*s", o ? "\n" : "", (int)len, q);
+                if (k < 0 || (size_t)k >= sizeof res->bad_report - o) break;
+                o += (size_t)k;
+                lines++;
+                q = nl ? nl + 1 : q + len;
+            }
+    }
     if (pl_ready) pipeline_free(&pl);
     if (rc == ES_OK && ckpt && p->checkpoint_every > 0) remove(ckpt); /* finished: the model file supersedes it */
     es__free(ps_valid.p);
     es__free(ps_valid.y);
     es__free(prob);
+    es__free(cfg);
     es_model_free(m);
     es_vocab_free(vocab);
     es_batch_free(&b);

@@ -1,0 +1,43 @@
+/*
+ * fileid.h — the identity of an input file, for the checks that keep a run
+ * from reporting results of data it did not read:
+ *   - a checkpoint records the identity of its training file, and --resume
+ *     refuses a file that differs (src/train/runcfg.c);
+ *   - bench-storage keys its cached cells on it (through es_train_describe);
+ *   - the trainer re-checks it at every pass so that a file that shrinks or
+ *     is replaced while training fails the run (src/train/train.c).
+ *
+ * "Same content" is judged cheaply: the size and an XXH3-64 of the first
+ * ES__FILE_HEAD_BYTES bytes (reading a multi-GB log whole at every resume
+ * would cost more than the resume saves).  "Unchanged while open" is judged
+ * by what stat(2) says: device, inode, size and modification time.
+ */
+#ifndef ES_CORE_FILEID_H
+#define ES_CORE_FILEID_H
+
+#include "core/core.h"
+
+#define ES__FILE_HEAD_BYTES ((size_t)1 << 20)
+
+typedef struct es__file_id {
+    uint64_t size;      /* bytes (st_size) */
+    uint64_t head_hash; /* XXH3-64 of the first min(size, ES__FILE_HEAD_BYTES) bytes (0 unless asked for) */
+    uint64_t dev, ino;
+    int64_t mtime_ns;
+} es__file_id;
+
+/* stat(2) `path` into *out; with_head also reads and hashes its head.
+ * ES_ENOTFOUND / ES_EIO with "path: cannot ...: reason" in err. */
+int es__file_id_get(const char *path, int with_head, es__file_id *out, es_err *err);
+
+/* Compare the stat part of two identities (not head_hash).  Returns 0 when
+ * equal, else writes what changed ("size 123 -> 45 bytes", "replaced by
+ * another file (inode ...)", "modified (mtime ...)") to why and returns 1. */
+int es__file_id_changed(const es__file_id *was, const es__file_id *now, char *why, size_t cap);
+
+/* Re-stat `path` and compare with *was.  ES_OK when unchanged; else
+ * ES_EIO with "path: the file changed while it was being read (<what>)
+ * during <when>; ..." in err. */
+int es__file_id_recheck(const char *path, const es__file_id *was, const char *when, es_err *err);
+
+#endif
