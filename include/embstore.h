@@ -341,6 +341,14 @@ int es_set_threads(int n);
 typedef struct es_model es_model;
 
 #define ES_LOAD_NO_VERIFY 1u  /* skip tensor checksums when loading */
+/* Map the large tensors from the file instead of reading them: opening
+ * then takes no time that grows with the model (with ES_LOAD_NO_VERIFY),
+ * but the file must not be modified in place while the model is in use —
+ * replace it by rename (as embstore's writers do), never by `cp` over it or
+ * truncation, which make the process die of SIGBUS.  Without this flag the
+ * model is read into private memory once and never depends on the file
+ * again.  See docs/format.md, "Loading: read or map". */
+#define ES_LOAD_MAP 2u
 
 int es_model_load(es_model **out, const char *path, unsigned flags, es_err *err);
 void es_model_free(es_model *m);

@@ -179,10 +179,14 @@ TEST(safety_stdout_write_errors_fail_the_command) {
 /* Start `train ... --out DIR/m.es` with a 64 MB table in the background;
  * as soon as a temporary file shows up in DIR, send `sig` (again every
  * 10 ms while the process lives; bounded).  Prints "signalled" if the
- * signal was sent at least once.  Then DIR must hold no *.tmp.* file. */
+ * signal was sent at least once.  Then DIR must hold no *.tmp.* file.
+ * A shell starts background commands with SIGINT ignored (and embstore
+ * leaves an ignored signal ignored), so the command runs under
+ * `env --default-signal` where that exists. */
 static int save_and_signal(const char *dir, const char *sig, const char *log) {
     return es_test_sh(log,
-                      "%s train %s --max-rows 400 --valid-frac 0 --storage hash --budget 64M --quiet --out %s/m.es > /dev/null 2>&1 & "
+                      "pre=; env --default-signal=INT true 2>/dev/null && pre='env --default-signal=INT'; "
+                      "$pre %s train %s --max-rows 400 --valid-frac 0 --storage hash --budget 64M --quiet --out %s/m.es > /dev/null 2>&1 & "
                       "pid=$!; sent=0; i=0; "
                       "while [ $i -lt 3000 ] && kill -0 $pid 2>/dev/null; do "
                       "  if ls %s | grep -q '[.]tmp[.]'; then kill -%s $pid 2>/dev/null; sent=1; fi; "

@@ -206,15 +206,18 @@ int cmd_train(int argc, char **argv) {
 /* ---- eval ---------------------------------------------------------------------------- */
 
 static const char eval_help[] =
-    "usage: embstore eval MODEL FILE [--no-verify] [--threads T]\n"
+    "usage: embstore eval MODEL FILE [--no-verify] [--map] [--threads T]\n"
     "\n"
     "Evaluate a saved model on a labeled file (read with the model's own input\n"
     "settings) and print one JSON line: auc, logloss, calibration, rows.\n"
     "  --no-verify    skip tensor checksums when loading (faster for large models)\n"
+    "  --map          map the model file instead of reading it (opens a large model\n"
+    "                 at once with --no-verify); the file must then only be replaced\n"
+    "                 by rename: a cp over it while in use kills the process (SIGBUS)\n"
     "  --threads T    threads (default 1; 0 = all cores)\n";
 
 static const char predict_help[] =
-    "usage: embstore predict MODEL FILE [--out PATH] [--unlabeled] [--no-verify] [--threads T]\n"
+    "usage: embstore predict MODEL FILE [--out PATH] [--unlabeled] [--no-verify] [--map] [--threads T]\n"
     "\n"
     "Write one click probability per input row (6 decimals), in input order.\n"
     "The output is written to a temporary file and renamed, so a failed run\n"
@@ -222,6 +225,7 @@ static const char predict_help[] =
     "  --out PATH     output file (default: stdout)\n"
     "  --unlabeled    FILE has no label column (e.g. the 39-column Criteo test file)\n"
     "  --no-verify    skip tensor checksums when loading\n"
+    "  --map          map the model file instead of reading it (see 'eval --help')\n"
     "  --threads T    threads (default 1; 0 = all cores)\n";
 
 static int model_cmd(int argc, char **argv, int predict) {
@@ -237,6 +241,8 @@ static int model_cmd(int argc, char **argv, int predict) {
             return 0;
         } else if (!strcmp(a, "--no-verify")) {
             flags |= ES_LOAD_NO_VERIFY;
+        } else if (!strcmp(a, "--map")) {
+            flags |= ES_LOAD_MAP;
         } else if (!strcmp(a, "--threads")) {
             if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 0, 1024, &ll)) return ES_EXIT_USAGE;
             threads = (int)ll;

@@ -154,7 +154,8 @@ int es__alloc_remap(void *p, size_t nbytes, int fd, uint64_t offset) {
 
 void *es__map_anon(size_t n) {
     if (alloc_should_fail()) return NULL;
-    void *p = mmap(NULL, n ? n : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    /* populated at once: every caller fills the whole block right away */
+    void *p = mmap(NULL, n ? n : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
     return p == MAP_FAILED ? NULL : p;
 }
 

@@ -61,8 +61,9 @@ void es__free_aligned(void *p);
  * the page cache in place, writes copy the touched pages.  ES_EINVAL when
  * the block or offset does not qualify (the caller then copies). */
 int es__alloc_remap(void *p, size_t nbytes, int fd, uint64_t offset);
-/* A private, zeroed, page-aligned anonymous mapping of n bytes (counted by
- * the failure injection like every allocation); NULL on failure.  Release
+/* A private, zeroed, page-aligned anonymous mapping of n bytes, populated
+ * at once (for a block about to be filled, e.g. by reading a file), counted
+ * by the failure injection like every allocation; NULL on failure.  Release
  * with es__unmap_anon(p, n). */
 void *es__map_anon(size_t n);
 void es__unmap_anon(void *p, size_t n);
