@@ -14,6 +14,9 @@
  */
 #include "test.h"
 
+#include "embstore.h"
+#include "train/model.h"
+
 #include <unistd.h>
 
 #define CRITEO "data/criteo_kaggle_train_first10k.tsv"
@@ -273,4 +276,46 @@ TEST(safety_model_rewritten_in_place_never_kills_predict) {
     CHECK_MSG(st == 0, "predict died by a signal: %s\npredict errors: %.2000s", s ? s : "", e ? e : "");
     free(s);
     free(e);
+}
+
+/* In process: a model loaded the default way owns its memory (its table
+ * was moved from a private copy of the file, not mapped), so truncating
+ * the file afterwards changes nothing; ES_LOAD_MAP (CLI --map) still maps
+ * the table and predicts the same. */
+TEST(safety_loaded_model_does_not_depend_on_its_file) {
+    char d[1024], log[1200], rows[1200], model[1200], p1[1200], p2[1200], p3[1200];
+    CHECK(scratch(d, sizeof d, "safety_owned") == 0);
+    snprintf(log, sizeof log, "%s/log", d);
+    snprintf(rows, sizeof rows, "%s/rows.tsv", d);
+    snprintf(model, sizeof model, "%s/m.es", d);
+    snprintf(p1, sizeof p1, "%s/p1.txt", d);
+    snprintf(p2, sizeof p2, "%s/p2.txt", d);
+    snprintf(p3, sizeof p3, "%s/p3.txt", d);
+    CHECK(es_test_sh(log, "%s train %s --max-rows 2000 --valid-frac 0 --storage hash --budget 8M --quiet --out %s && tail -n 500 %s > %s",
+                     es_bin(), CRITEO, model, CRITEO, rows) == 0);
+    es_err err = {0};
+    es_model *m = NULL;
+    CHECK_MSG(es_model_load(&m, model, 0, &err) == 0, "%s", err.msg);
+    size_t moved = es__model_mapped_bytes(m);
+    printf("    default load: %zu bytes moved into place\n", moved);
+    CHECK(moved >= 4u << 20);
+    uint64_t n = 0;
+    CHECK_MSG(es_model_predict_file(m, rows, 1, p1, &n) == 0, "%s", es_model_errmsg(m));
+    CHECK_EQ_INT(n, 500);
+    CHECK(es_test_sh(NULL, "cp %s %s.bak && : > %s", model, model, model) == 0); /* truncated under the live model */
+    CHECK_MSG(es_model_predict_file(m, rows, 1, p2, &n) == 0, "%s", es_model_errmsg(m));
+    es_model_free(m);
+    CHECK(same_bytes(p1, p2));
+    CHECK(es_test_sh(NULL, "cp %s.bak %s", model, model) == 0);
+    m = NULL;
+    CHECK_MSG(es_model_load(&m, model, ES_LOAD_MAP | ES_LOAD_NO_VERIFY, &err) == 0, "%s", err.msg);
+    printf("    ES_LOAD_MAP: %zu bytes mapped\n", es__model_mapped_bytes(m));
+    CHECK(es__model_mapped_bytes(m) == moved);
+    CHECK_MSG(es_model_predict_file(m, rows, 1, p3, &n) == 0, "%s", es_model_errmsg(m));
+    es_model_free(m);
+    CHECK(same_bytes(p1, p3));
+    /* the CLI's --map gives the same bytes as its default (CLI against
+     * in-process equality is test_load_inplace.c's business) */
+    CHECK(es_test_sh(log, "%s predict %s %s --out %s/p4.txt && %s predict %s %s --map --no-verify --out %s/p5.txt && cmp %s/p4.txt %s/p5.txt",
+                     es_bin(), model, rows, d, es_bin(), model, rows, d, d, d) == 0);
 }
