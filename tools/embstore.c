@@ -63,7 +63,7 @@ static void install_signal_cleanup(void) {
 
 /* Results on standard output count only once they are written: flush and
  * close stdout and turn a failure (a full disk, a closed file) into an
- * error exit, whatever the command returned. */
+ * error exit when the command itself succeeded. */
 static int finish_stdout(const char *cmd, int rc) {
     errno = 0;
     int bad = ferror(stdout);
@@ -73,9 +73,9 @@ static int finish_stdout(const char *cmd, int rc) {
         bad = 1;
         e = errno;
     }
-    if (!bad) return rc;
+    if (!bad || rc != 0) return rc; /* a failed command has said why already */
     fprintf(stderr, "embstore %s: cannot write to standard output%s%s\n", cmd, e ? ": " : "", e ? strerror(e) : "");
-    return rc ? rc : ES_EXIT_FAIL;
+    return ES_EXIT_FAIL;
 }
 
 int main(int argc, char **argv) {
