@@ -63,6 +63,34 @@ typedef struct es_err {
 } es_err;
 
 /* ---------------------------------------------------------------------------
+ * Temporary files.  Every file embstore writes (models, checkpoints, indexes,
+ * predictions, vector files) is written to "<path>.tmp.<pid>", synced and
+ * renamed over <path>; it is removed on every failure.  For signals, the
+ * library keeps a table of the temporary files being written right now.
+ * ------------------------------------------------------------------------- */
+
+/* Remove (unlink) every temporary file this process is writing at the
+ * moment.  Async-signal-safe: meant for an application's SIGINT / SIGTERM
+ * handler, which then re-raises the signal with the default action (the
+ * embstore CLI does exactly this).  Writers still running afterwards fail
+ * at their rename. */
+void es_temp_files_remove(void);
+/* Track an application's own temporary file in the same table (the CLI's
+ * bench-storage tables and plots): returns a slot to untrack with, or -1
+ * when it could not be tracked (table full, path over 4095 bytes). */
+int es_temp_file_track(const char *path);
+void es_temp_file_untrack(int slot); /* -1 is a no-op */
+/* Remove the temporary files "<path>.tmp.<pid>" that a process killed
+ * without a chance to clean up (kill -9, power loss) left next to `path`:
+ * only those whose pid names no running process (kill(pid, 0) fails with
+ * ESRCH); a live process's file is never touched.  `removed` (may be NULL)
+ * is called with each removed file's path and pid.  Returns the number
+ * removed, or ES_EIO when the directory cannot be read (a missing directory
+ * is 0).  Note: pids are per machine (and per pid namespace); a directory
+ * shared with writers on other machines must not be cleaned this way. */
+int es_temp_files_remove_stale(const char *path, void (*removed)(const char *tmp_path, long pid, void *ctx), void *ctx);
+
+/* ---------------------------------------------------------------------------
  * Batches: the fixed arrays that flow from readers into storage and models.
  * Owned by the caller (es_batch_alloc / es_batch_free).
  * ------------------------------------------------------------------------- */
@@ -345,6 +373,14 @@ int es_set_threads(int n);
 typedef struct es_model es_model;
 
 #define ES_LOAD_NO_VERIFY 1u  /* skip tensor checksums when loading */
+/* Map the large tensors from the file instead of reading them: opening
+ * then takes no time that grows with the model (with ES_LOAD_NO_VERIFY),
+ * but the file must not be modified in place while the model is in use —
+ * replace it by rename (as embstore's writers do), never by `cp` over it or
+ * truncation, which make the process die of SIGBUS.  Without this flag the
+ * model is read into private memory once and never depends on the file
+ * again.  See docs/format.md, "Loading: read or map". */
+#define ES_LOAD_MAP 2u
 
 int es_model_load(es_model **out, const char *path, unsigned flags, es_err *err);
 void es_model_free(es_model *m);

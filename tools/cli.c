@@ -4,9 +4,11 @@
 #include "cli.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 int cli_fail(const char *cmd, const char *fmt, ...) {
@@ -62,6 +64,73 @@ const char *cli_next(const char *cmd, int argc, char **argv, int *i) {
 }
 
 int cli_tty(void) { return isatty(2); }
+
+/* ---- outputs against inputs ----------------------------------------------------- */
+
+/* What a path names: an existing file's (device, inode), or for a path that
+ * does not exist yet the canonical directory + "/" + name. */
+typedef struct {
+    int exists;
+    dev_t dev;
+    ino_t ino;
+    char name[PATH_MAX + NAME_MAX + 2];
+} path_id;
+
+static void path_identify(const char *path, path_id *id) {
+    struct stat st;
+    memset(id, 0, sizeof *id);
+    if (stat(path, &st) == 0) {
+        id->exists = 1;
+        id->dev = st.st_dev;
+        id->ino = st.st_ino;
+        return;
+    }
+    /* Not there (or a dangling link): name it by its resolved directory. */
+    const char *slash = strrchr(path, '/');
+    const char *base = slash ? slash + 1 : path;
+    char dir[PATH_MAX], real[PATH_MAX];
+    if (slash) {
+        size_t n = (size_t)(slash - path);
+        if (n >= sizeof dir) n = sizeof dir - 1;
+        memcpy(dir, path, n ? n : 1);
+        dir[n ? n : 1] = 0;
+    } else {
+        strcpy(dir, ".");
+    }
+    if (realpath(dir, real)) snprintf(id->name, sizeof id->name, "%s/%s", real, base);
+    else snprintf(id->name, sizeof id->name, "%s", path); /* the write will fail anyway */
+}
+
+static int path_id_same(const path_id *a, const path_id *b) {
+    if (a->exists != b->exists) return 0;
+    if (a->exists) return a->dev == b->dev && a->ino == b->ino;
+    return strcmp(a->name, b->name) == 0;
+}
+
+static int skip_path(const char *p) { return !p || !*p || !strcmp(p, "-"); }
+
+int cli_check_outputs(const char *cmd, const cli_path *in, int n_in, const cli_path *out, int n_out) {
+    for (int o = 0; o < n_out; o++) {
+        if (skip_path(out[o].path)) continue;
+        path_id oid, x;
+        path_identify(out[o].path, &oid);
+        for (int i = 0; i < n_in && oid.exists; i++) {
+            if (skip_path(in[i].path)) continue;
+            path_identify(in[i].path, &x);
+            if (path_id_same(&oid, &x))
+                return cli_usage(cmd, "%s '%s' is %s '%s'; choose another output path", out[o].opt, out[o].path, in[i].what,
+                                 in[i].path);
+        }
+        for (int p = 0; p < o; p++) {
+            if (skip_path(out[p].path)) continue;
+            path_identify(out[p].path, &x);
+            if (path_id_same(&oid, &x))
+                return cli_usage(cmd, "%s '%s' and %s '%s' name the same file; choose different output paths", out[p].opt, out[p].path,
+                                 out[o].opt, out[o].path);
+        }
+    }
+    return 0;
+}
 
 /* ---- shared reader options ---------------------------------------------------- */
 

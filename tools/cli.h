@@ -28,6 +28,23 @@ const char *cli_next(const char *cmd, int argc, char **argv, int *i);
 /* 1 if stderr is a terminal (progress lines are shown only then). */
 int cli_tty(void);
 
+/* Outputs must not overwrite inputs, nor each other.  An input is
+ * {option or role, path, what it is}, e.g. {"FILE", path, "the input file"};
+ * an output is {option, path, NULL}.  NULL paths (an option not given) and
+ * "-" (stdout) are skipped.  Paths are compared by what they name, not by
+ * spelling: an existing file by device and inode after following symlinks
+ * (so a symlink or a hard link to an input is caught); an output that does
+ * not exist yet by the resolved path of its directory plus its name (it
+ * cannot be an input, but two such outputs can be one file).  Prints e.g.
+ *   embstore predict: --out 'x.tsv' is the input file 'x.tsv'; choose another output path
+ * and returns ES_EXIT_USAGE on a clash, 0 otherwise. */
+typedef struct {
+    const char *opt;
+    const char *path;
+    const char *what;
+} cli_path;
+int cli_check_outputs(const char *cmd, const cli_path *in, int n_in, const cli_path *out, int n_out);
+
 /* Reader options shared by the commands that read click logs: parses the
  * option at argv[*i] (advancing *i past its value); returns 1 if consumed,
  * 0 if it is not a reader option, -1 after a usage error. */

@@ -112,20 +112,32 @@ static void sanitize(char *s) {
         if (*s == ',' || *s == '\n' || *s == '\r' || *s == '"') *s = ';';
 }
 
-static FILE *open_tmp(const char *path, char *tmp, size_t cap) {
+/* Every result file is written to "<path>.tmp.<pid>" and renamed into
+ * place, so a failed or interrupted run never leaves a truncated table or
+ * plot; the temporary file is tracked (es_temp_file_track) so that the
+ * CLI's signal handler removes it on SIGINT / SIGTERM. */
+static FILE *open_tmp(const char *path, char *tmp, size_t cap, int *slot) {
     snprintf(tmp, cap, "%s.tmp.%ld", path, (long)getpid());
-    return fopen(tmp, "w");
+    *slot = es_temp_file_track(tmp);
+    FILE *f = fopen(tmp, "w");
+    if (!f) {
+        es_temp_file_untrack(*slot);
+        *slot = -1;
+    }
+    return f;
 }
 
-static int commit_tmp(FILE *f, const char *tmp, const char *path) {
+static int commit_tmp(FILE *f, const char *tmp, const char *path, int slot) {
     int bad = ferror(f);
     if (fflush(f) != 0) bad = 1;
     if (fsync(fileno(f)) != 0 && errno != EINVAL) bad = 1;
     if (fclose(f) != 0) bad = 1;
     if (bad || rename(tmp, path) != 0) {
         remove(tmp);
+        es_temp_file_untrack(slot);
         return -1;
     }
+    es_temp_file_untrack(slot);
     return 0;
 }
 
@@ -180,7 +192,8 @@ static void load_cells(const char *path, cell_list *l) {
 
 static int save_cells(const char *path, const cell_list *l, const char *ds, const char *model) {
     char tmp[4200];
-    FILE *f = open_tmp(path, tmp, sizeof tmp);
+    int slot;
+    FILE *f = open_tmp(path, tmp, sizeof tmp, &slot);
     if (!f) return -1;
     fprintf(f, "%s\n", csv_header);
     for (int i = 0; i < l->n; i++) {
@@ -189,7 +202,7 @@ static int save_cells(const char *path, const cell_list *l, const char *ds, cons
                 c->budget, c->frac, c->bytes, c->full_bytes, c->auc, c->logloss, c->train_rps, c->predict_rps, c->epochs, c->seed,
                 c->status);
     }
-    return commit_tmp(f, tmp, path);
+    return commit_tmp(f, tmp, path, slot);
 }
 
 /* ---- the run's key ------------------------------------------------------------------ */
@@ -304,7 +317,8 @@ static const char *palette[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#94
 
 static int write_svg(const char *path, const agg *a, int n, const char *title) {
     char tmp[4200];
-    FILE *f = open_tmp(path, tmp, sizeof tmp);
+    int slot;
+    FILE *f = open_tmp(path, tmp, sizeof tmp, &slot);
     if (!f) return -1;
     const double W = 900, H = 560, L = 80, R = 220, T = 50, B = 60;
     double xmin = INFINITY, xmax = -INFINITY, ymin = INFINITY, ymax = -INFINITY;
@@ -393,7 +407,7 @@ static int write_svg(const char *path, const agg *a, int n, const char *title) {
     fprintf(f, "</svg>\n");
 #undef PX
 #undef PY
-    return commit_tmp(f, tmp, path);
+    return commit_tmp(f, tmp, path, slot);
 }
 
 /* ---- summary ------------------------------------------------------------------------------- */
@@ -591,7 +605,6 @@ int cmd_bench_storage(int argc, char **argv) {
         const char *b = strrchr(file, '/');
         name = b ? b + 1 : file;
     }
-    if (mkdir(outdir, 0755) != 0 && errno != EEXIST) return cli_fail(cmd, "%s: cannot create directory: %s", outdir, strerror(errno));
     char path_cells[4096], path_json[4096], path_svg[4096], path_md[4096], path_png[4096], path_lookup[4096];
     snprintf(path_cells, sizeof path_cells, "%s/cells.csv", outdir);
     snprintf(path_json, sizeof path_json, "%s/results.json", outdir);
@@ -601,6 +614,13 @@ int cmd_bench_storage(int argc, char **argv) {
     snprintf(path_lookup, sizeof path_lookup, "%s/lookup.csv", outdir);
     char path_config[4096];
     snprintf(path_config, sizeof path_config, "%s/config.txt", outdir);
+    /* the directory, and every file written into it, against the inputs */
+    const cli_path ins[] = {{"FILE", file, "the data file"}, {"--valid", p.valid_path, "the validation file"}};
+    const cli_path outs[] = {{"--out", outdir, NULL},    {"--out", path_cells, NULL}, {"--out", path_json, NULL},
+                             {"--out", path_svg, NULL},  {"--out", path_png, NULL},   {"--out", path_md, NULL},
+                             {"--out", path_lookup, NULL}, {"--out", path_config, NULL}};
+    if (cli_check_outputs(cmd, ins, 2, outs, 8) != 0) return ES_EXIT_USAGE;
+    if (mkdir(outdir, 0755) != 0 && errno != EEXIST) return cli_fail(cmd, "%s: cannot create directory: %s", outdir, strerror(errno));
 
     /* the key every cell shares: refuse to reuse cells of another run */
     static char config[16384], old_config[16384];
@@ -630,13 +650,14 @@ int cmd_bench_storage(int argc, char **argv) {
     }
     if (cl.n == 0 || strcmp(old_config, config) != 0) {
         char tmpc[4200];
-        FILE *cf = open_tmp(path_config, tmpc, sizeof tmpc);
+        int cslot;
+        FILE *cf = open_tmp(path_config, tmpc, sizeof tmpc, &cslot);
         if (!cf) return cli_fail(cmd, "%s: cannot write: %s", path_config, strerror(errno));
         fprintf(cf, "# embstore bench-storage: what the cells in cells.csv were run with (settings that change a\n"
                     "# result, and the data files: size and XXH3-64 of the first MiB); a rerun reuses cells only\n"
                     "# when this matches.\n%s",
                 config);
-        if (commit_tmp(cf, tmpc, path_config) != 0) {
+        if (commit_tmp(cf, tmpc, path_config, cslot) != 0) {
             free(cl.c);
             return cli_fail(cmd, "%s: cannot write: %s", path_config, strerror(errno));
         }
@@ -713,7 +734,8 @@ int cmd_bench_storage(int argc, char **argv) {
         const char *mid = budgets[n_budgets / 2];
         double midf = fracs[n_budgets / 2];
         char tmp[4200];
-        FILE *lf = open_tmp(path_lookup, tmp, sizeof tmp);
+        int lslot;
+        FILE *lf = open_tmp(path_lookup, tmp, sizeof tmp, &lslot);
         if (lf) fprintf(lf, "method,share,budget,bytes,lookups_per_s,threads\n");
         for (int m = 0; m < n_methods; m++) {
             int is_full = !strcmp(methods[m], "full");
@@ -740,7 +762,7 @@ int cmd_bench_storage(int argc, char **argv) {
                             p.threads);
             }
         }
-        if (lf) commit_tmp(lf, tmp, path_lookup);
+        if (lf) commit_tmp(lf, tmp, path_lookup, lslot);
     }
 
     agg *ag = calloc((size_t)cl.n + 1, sizeof *ag);
@@ -752,16 +774,20 @@ int cmd_bench_storage(int argc, char **argv) {
     char title[512];
     snprintf(title, sizeof title, "%s: %s, AUC vs embedding bytes", name, p.model);
     int werr = write_svg(path_svg, ag, na, title);
-    /* PNG where a converter exists */
-    char conv[20000];
+    /* PNG where a converter exists, through a temporary file too: a
+     * converter that fails half way must not leave a truncated plot. */
+    char conv[20000], tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path_png, (long)getpid());
+    int pslot = es_temp_file_track(tmp);
     snprintf(conv, sizeof conv,
              "command -v rsvg-convert >/dev/null 2>&1 && rsvg-convert -o '%s' '%s' || "
-             "{ command -v convert >/dev/null 2>&1 && convert '%s' '%s'; } >/dev/null 2>&1",
-             path_png, path_svg, path_svg, path_png);
-    int png_rc = system(conv);
-    (void)png_rc;
-    char tmp[4200];
-    FILE *jf = open_tmp(path_json, tmp, sizeof tmp);
+             "{ command -v convert >/dev/null 2>&1 && convert '%s' 'png:%s'; } >/dev/null 2>&1",
+             tmp, path_svg, path_svg, tmp);
+    struct stat pst;
+    if (werr || system(conv) != 0 || stat(tmp, &pst) != 0 || pst.st_size == 0 || rename(tmp, path_png) != 0) remove(tmp);
+    es_temp_file_untrack(pslot);
+    int slot;
+    FILE *jf = open_tmp(path_json, tmp, sizeof tmp, &slot);
     if (jf) {
         fprintf(jf, "{\"dataset\":\"%s\",\"model\":\"%s\",\"epochs\":%d,\"threads\":%d,\"cells\":[", name, p.model, p.epochs, p.threads);
         for (int i = 0; i < cl.n; i++) {
@@ -784,14 +810,14 @@ int cmd_bench_storage(int argc, char **argv) {
             fprintf(jf, "%s{\"method\":\"%s\",\"share\":\"%s\",\"bytes\":%.0f,\"lookups_per_s\":%.1f,\"status\":\"%s\"}", i ? "," : "",
                     sp[i].method, share_name(sp[i].share), sp[i].bytes, sp[i].lps, sp[i].status);
         fprintf(jf, "]}\n");
-        if (commit_tmp(jf, tmp, path_json) != 0) werr = -1;
+        if (commit_tmp(jf, tmp, path_json, slot) != 0) werr = -1;
     } else {
         werr = -1;
     }
-    FILE *mf = open_tmp(path_md, tmp, sizeof tmp);
+    FILE *mf = open_tmp(path_md, tmp, sizeof tmp, &slot);
     if (mf) {
         write_summary(mf, name, p.model, ag, na, sp, nsp, n_seeds, p.epochs, &cl);
-        if (commit_tmp(mf, tmp, path_md) != 0) werr = -1;
+        if (commit_tmp(mf, tmp, path_md, slot) != 0) werr = -1;
     } else {
         werr = -1;
     }

@@ -523,6 +523,13 @@ static int cmd_build(int argc, char **argv) {
     }
     if (!n_in) return cli_usage(cmd, "no base vectors given");
     if (!out) return cli_usage(cmd, "no output file given (-o FILE)");
+    {
+        cli_path ins[257];
+        for (int k = 0; k < n_in; k++) ins[k] = (cli_path){"BASE", inputs[k], "the input file"};
+        ins[n_in] = (cli_path){"--attrs", attrs, "the attributes file"};
+        const cli_path outs[] = {{"--out", out, NULL}};
+        if (cli_check_outputs(cmd, ins, n_in + 1, outs, 1) != 0) return ES_EXIT_USAGE;
+    }
     apply_threads(&c, &p);
     es_vecs v;
     if (read_vecs(cmd, inputs, n_in, &c, c.multi, &v)) return ES_EXIT_FAIL;
@@ -652,6 +659,9 @@ static int cmd_search(int argc, char **argv) {
         }
     }
     if (!index_path || !qpath) return cli_usage(cmd, "need an index file and a query file");
+    const cli_path ins[] = {{"INDEX", index_path, "the index file"}, {"QUERIES", qpath, "the query file"}};
+    const cli_path outs[] = {{"--out", out, NULL}, {"--dist-out", dout, NULL}};
+    if (cli_check_outputs(cmd, ins, 2, outs, 2) != 0) return ES_EXIT_USAGE;
     if (c.threads > 0) es_set_threads(c.threads);
     int multi = !strcmp(container_type(index_path), "multi");
     es_err e = {0};

@@ -101,6 +101,29 @@ static void json_num(FILE *f, const char *key, double v, int last) {
     else fprintf(f, "\"%s\":null%s", key, last ? "" : ",");
 }
 
+static void report_stale(const char *tmp, long pid, void *ctx) {
+    fprintf(stderr, "embstore %s: removed stale temporary file '%s' (left by process %ld, which no longer runs)\n", (const char *)ctx,
+            tmp, pid);
+}
+
+/* The outputs (model, checkpoint) must not be the data files or each other;
+ * and a temporary file that a killed run (kill -9) left next to them is
+ * removed before this run writes there. */
+static int check_train_paths(const char *cmd, const es_train_params *p) {
+    char ckpt_buf[4096];
+    const char *ckpt = p->checkpoint_path;
+    if (!ckpt && p->out_path && (p->checkpoint_every > 0 || p->resume)) {
+        snprintf(ckpt_buf, sizeof ckpt_buf, "%s.ckpt", p->out_path);
+        ckpt = ckpt_buf;
+    }
+    const cli_path in[] = {{"FILE", p->train_path, "the input file"}, {"--valid", p->valid_path, "the validation file"}};
+    const cli_path out[] = {{"--out", p->out_path, NULL}, {"--checkpoint", ckpt, NULL}};
+    if (cli_check_outputs(cmd, in, 2, out, ckpt ? 2 : 1) != 0) return -1;
+    if (ckpt) es_temp_files_remove_stale(ckpt, report_stale, (void *)cmd);
+    if (p->out_path) es_temp_files_remove_stale(p->out_path, report_stale, (void *)cmd);
+    return 0;
+}
+
 int cmd_train(int argc, char **argv) {
     const char *cmd = "train";
     es_train_params p = es_train_params_default();
@@ -150,6 +173,7 @@ int cmd_train(int argc, char **argv) {
     if (!file) return cli_usage(cmd, "no training file given");
     if (p.valid_path) p.valid_frac = 0;
     p.train_path = file;
+    if (check_train_paths(cmd, &p) != 0) return ES_EXIT_USAGE;
     char *cl = join_argv(argc, argv);
     p.command_line = cl;
     if (!quiet && cli_tty()) p.progress = progress_cb;
@@ -193,15 +217,18 @@ int cmd_train(int argc, char **argv) {
 /* ---- eval ---------------------------------------------------------------------------- */
 
 static const char eval_help[] =
-    "usage: embstore eval MODEL FILE [--no-verify] [--threads T]\n"
+    "usage: embstore eval MODEL FILE [--no-verify] [--map] [--threads T]\n"
     "\n"
     "Evaluate a saved model on a labeled file (read with the model's own input\n"
     "settings) and print one JSON line: auc, logloss, calibration, rows.\n"
     "  --no-verify    skip tensor checksums when loading (faster for large models)\n"
+    "  --map          map the model file instead of reading it (opens a large model\n"
+    "                 at once with --no-verify); the file must then only be replaced\n"
+    "                 by rename: a cp over it while in use kills the process (SIGBUS)\n"
     "  --threads T    threads (default 1; 0 = all cores)\n";
 
 static const char predict_help[] =
-    "usage: embstore predict MODEL FILE [--out PATH] [--unlabeled] [--no-verify] [--threads T]\n"
+    "usage: embstore predict MODEL FILE [--out PATH] [--unlabeled] [--no-verify] [--map] [--threads T]\n"
     "\n"
     "Write one click probability per input row (6 decimals), in input order.\n"
     "The output is written to a temporary file and renamed, so a failed run\n"
@@ -209,6 +236,7 @@ static const char predict_help[] =
     "  --out PATH     output file (default: stdout)\n"
     "  --unlabeled    FILE has no label column (e.g. the 39-column Criteo test file)\n"
     "  --no-verify    skip tensor checksums when loading\n"
+    "  --map          map the model file instead of reading it (see 'eval --help')\n"
     "  --threads T    threads (default 1; 0 = all cores)\n";
 
 static int model_cmd(int argc, char **argv, int predict) {
@@ -224,6 +252,8 @@ static int model_cmd(int argc, char **argv, int predict) {
             return 0;
         } else if (!strcmp(a, "--no-verify")) {
             flags |= ES_LOAD_NO_VERIFY;
+        } else if (!strcmp(a, "--map")) {
+            flags |= ES_LOAD_MAP;
         } else if (!strcmp(a, "--threads")) {
             if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 0, 1024, &ll)) return ES_EXIT_USAGE;
             threads = (int)ll;
@@ -243,6 +273,9 @@ static int model_cmd(int argc, char **argv, int predict) {
         }
     }
     if (!model || !file) return cli_usage(cmd, "expected MODEL and FILE");
+    const cli_path ins[] = {{"MODEL", model, "the model file"}, {"FILE", file, "the input file"}};
+    const cli_path outs[] = {{"--out", out, NULL}};
+    if (cli_check_outputs(cmd, ins, 2, outs, 1) != 0) return ES_EXIT_USAGE;
     es_set_threads(threads);
     es_model *m = NULL;
     es_err err = {0};

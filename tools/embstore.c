@@ -4,6 +4,8 @@
  */
 #include "cli.h"
 
+#include <errno.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -31,6 +33,51 @@ static void usage(FILE *f) {
     fprintf(f, "\n'embstore COMMAND --help' describes each command.\n");
 }
 
+/* SIGINT, SIGTERM, SIGHUP: remove the temporary files being written (a
+ * model save, a --out file, a bench table), then die of the same signal
+ * with the default action, so the parent sees the real cause.  The action
+ * was reset to the default on entry (SA_RESETHAND) and the signal is
+ * blocked inside the handler, so raise() takes effect when it returns. */
+static void on_fatal_signal(int sig) {
+    int saved = errno;
+    es_temp_files_remove();
+    raise(sig);
+    errno = saved;
+}
+
+static void install_signal_cleanup(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_fatal_signal;
+    sa.sa_flags = SA_RESETHAND;
+    sigemptyset(&sa.sa_mask);
+    const int sigs[] = {SIGINT, SIGTERM, SIGHUP};
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) {
+        struct sigaction old;
+        /* a signal ignored by the caller (nohup, `cmd &` in a script)
+         * stays ignored */
+        if (sigaction(sigs[i], NULL, &old) == 0 && old.sa_handler == SIG_IGN) continue;
+        sigaction(sigs[i], &sa, NULL);
+    }
+}
+
+/* Results on standard output count only once they are written: flush and
+ * close stdout and turn a failure (a full disk, a closed file) into an
+ * error exit when the command itself succeeded. */
+static int finish_stdout(const char *cmd, int rc) {
+    errno = 0;
+    int bad = ferror(stdout);
+    if (fflush(stdout) != 0) bad = 1;
+    int e = errno;
+    if (fclose(stdout) != 0 && !bad) {
+        bad = 1;
+        e = errno;
+    }
+    if (!bad || rc != 0) return rc; /* a failed command has said why already */
+    fprintf(stderr, "embstore %s: cannot write to standard output%s%s\n", cmd, e ? ": " : "", e ? strerror(e) : "");
+    return ES_EXIT_FAIL;
+}
+
 int main(int argc, char **argv) {
     /* OpenMP workers spin between parallel regions by default.  Training
      * runs a reader thread next to the compute threads, and on a machine
@@ -43,20 +90,21 @@ int main(int argc, char **argv) {
         execv("/proc/self/exe", argv);
         /* exec failed (no /proc): carry on with the default policy */
     }
+    install_signal_cleanup();
     if (argc < 2) {
         usage(stderr);
         return ES_EXIT_USAGE;
     }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(stdout);
-        return 0;
+        return finish_stdout("help", 0);
     }
     if (!strcmp(argv[1], "--version")) {
         printf("embstore %d.%d.%d\n", ES_VERSION_MAJOR, ES_VERSION_MINOR, ES_VERSION_PATCH);
-        return 0;
+        return finish_stdout("--version", 0);
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
+        if (!strcmp(argv[1], commands[i].name)) return finish_stdout(commands[i].name, commands[i].fn(argc - 1, argv + 1));
     fprintf(stderr, "embstore: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
     return ES_EXIT_USAGE;

@@ -3,8 +3,11 @@
  */
 #include "core.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <sys/mman.h>
 #include <math.h>
 #include <time.h>
@@ -149,6 +152,35 @@ int es__alloc_remap(void *p, size_t nbytes, int fd, uint64_t offset) {
     return ES_OK;
 }
 
+void *es__map_anon(size_t n) {
+    if (alloc_should_fail()) return NULL;
+    /* populated at once: every caller fills the whole block right away */
+    void *p = mmap(NULL, n ? n : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+void es__unmap_anon(void *p, size_t n) {
+    if (p) munmap(p, n ? n : 1);
+}
+
+/* mremap moves the page table entries: no byte is copied, and the pages
+ * stay private anonymous memory (a later write does not copy again). */
+int es__alloc_move(void *p, void *src, size_t nbytes) {
+    if (!p || !src || ((uintptr_t)p & (ES_PAGE - 1)) != 0 || ((uintptr_t)src & (ES_PAGE - 1)) != 0) return ES_EINVAL;
+    alloc_hdr *h = (alloc_hdr *)((char *)p - ES_ALIGN);
+    if (h->magic != ES_ALLOC_MAGIC || !h->mapped || nbytes > h->size) return ES_EINVAL;
+    size_t len = nbytes & ~(ES_PAGE - 1);
+    if (len == 0) return ES_OK;
+    void *q = mremap(src, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, p);
+    if (q == MAP_FAILED) {
+        /* The kernel may have unmapped the destination before failing:
+         * put fresh zero pages back so the block stays whole. */
+        mmap(p, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+        return ES_EIO;
+    }
+    return ES_OK;
+}
+
 char *es__strdup(const char *s) {
     if (!s) return NULL;
     size_t n = strlen(s) + 1;
@@ -240,6 +272,86 @@ int es__threads_set(int n) {
 }
 int es__threads_get(void) { return n_threads; }
 
+/* ---- temporary-file registry ------------------------------------------------- */
+/* Each slot: state 0 free, 1 being filled or emptied, 2 live (path valid).
+ * A signal handler reads only live slots and calls only unlink(), so it is
+ * async-signal-safe; the paths live in the table itself (no allocation, no
+ * pointer that could be freed under the handler). */
+#define ES_TMP_SLOTS 32
+#define ES_TMP_PATH_MAX 4096
+static struct {
+    atomic_int state;
+    char path[ES_TMP_PATH_MAX];
+} tmp_slots[ES_TMP_SLOTS];
+
+int es__tmp_track(const char *path) {
+    size_t n = strlen(path);
+    if (n >= ES_TMP_PATH_MAX) return -1;
+    for (int i = 0; i < ES_TMP_SLOTS; i++) {
+        int free_ = 0;
+        if (atomic_compare_exchange_strong(&tmp_slots[i].state, &free_, 1)) {
+            memcpy(tmp_slots[i].path, path, n + 1);
+            atomic_store(&tmp_slots[i].state, 2);
+            return i;
+        }
+    }
+    return -1;
+}
+
+void es__tmp_untrack(int slot) {
+    if (slot < 0 || slot >= ES_TMP_SLOTS) return;
+    atomic_store(&tmp_slots[slot].state, 0);
+}
+
+void es_temp_files_remove(void) {
+    for (int i = 0; i < ES_TMP_SLOTS; i++)
+        if (atomic_load(&tmp_slots[i].state) == 2) unlink(tmp_slots[i].path);
+}
+
+int es_temp_file_track(const char *path) { return path ? es__tmp_track(path) : -1; }
+void es_temp_file_untrack(int slot) { es__tmp_untrack(slot); }
+
+/* "<base>.tmp.<digits>" -> the pid, or -1 for any other name. */
+static long stale_pid(const char *name, const char *base, size_t blen) {
+    if (strncmp(name, base, blen) != 0 || strncmp(name + blen, ".tmp.", 5) != 0) return -1;
+    const char *d = name + blen + 5;
+    size_t nd = strspn(d, "0123456789");
+    if (nd == 0 || nd > 9 || d[nd] != 0) return -1;
+    return strtol(d, NULL, 10);
+}
+
+int es_temp_files_remove_stale(const char *path, void (*removed)(const char *tmp_path, long pid, void *ctx), void *ctx) {
+    if (!path || !*path) return ES_EINVAL;
+    const char *slash = strrchr(path, '/');
+    const char *base = slash ? slash + 1 : path;
+    size_t dlen = slash ? (size_t)(slash - path) : 0, blen = strlen(base);
+    if (blen == 0) return ES_EINVAL;
+    char dir[ES_TMP_PATH_MAX], full[ES_TMP_PATH_MAX];
+    if (dlen + 1 >= sizeof dir) return ES_EINVAL;
+    if (slash) {
+        memcpy(dir, path, dlen ? dlen : 1); /* "/x": the root */
+        dir[dlen ? dlen : 1] = 0;
+    } else {
+        snprintf(dir, sizeof dir, ".");
+    }
+    DIR *dp = opendir(dir);
+    if (!dp) return errno == ENOENT || errno == ENOTDIR ? 0 : ES_EIO;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(dp)) != NULL) {
+        long pid = stale_pid(e->d_name, base, blen);
+        if (pid <= 0 || pid == (long)getpid()) continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue; /* alive, or not ours to judge (EPERM) */
+        if ((size_t)snprintf(full, sizeof full, "%s/%s", dir, e->d_name) >= sizeof full) continue;
+        if (unlink(full) == 0) {
+            n++;
+            if (removed) removed(full, pid, ctx);
+        }
+    }
+    closedir(dp);
+    return n;
+}
+
 /* ---- atomic files ----------------------------------------------------------- */
 int es__afile_open(es_afile *a, const char *path, es_err *err) {
     memset(a, 0, sizeof *a);
@@ -253,9 +365,12 @@ int es__afile_open(es_afile *a, const char *path, es_err *err) {
         return es__err(err, ES_ENOMEM, "%s: out of memory", path);
     }
     snprintf(a->tmp, n, "%s.tmp.%ld", path, (long)getpid());
+    /* tracked before it exists, so a signal at any later point removes it */
+    a->slot = es__tmp_track(a->tmp) + 1;
     a->fp = fopen(a->tmp, "wb");
     if (!a->fp) {
         int e = errno;
+        es__tmp_untrack(a->slot - 1);
         es__free(a->path);
         es__free(a->tmp);
         memset(a, 0, sizeof *a);
@@ -310,6 +425,8 @@ int es__afile_commit(es_afile *a, es_err *err) {
         rc = es__err(err, ES_EIO, "%s: rename from temporary file failed: %s", a->path, strerror(errno));
     }
     if (rc != ES_OK) remove(a->tmp);
+    es__tmp_untrack(a->slot - 1);
+    a->slot = 0;
     if (rc == ES_OK) rc = sync_parent_dir(a->path, err);
     es__free(a->path);
     es__free(a->tmp);
@@ -320,6 +437,7 @@ int es__afile_commit(es_afile *a, es_err *err) {
 void es__afile_abort(es_afile *a) {
     if (a->fp) fclose(a->fp);
     if (a->tmp) remove(a->tmp);
+    if (a->tmp) es__tmp_untrack(a->slot - 1);
     es__free(a->path);
     es__free(a->tmp);
     memset(a, 0, sizeof *a);

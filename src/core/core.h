@@ -61,6 +61,20 @@ void es__free_aligned(void *p);
  * the page cache in place, writes copy the touched pages.  ES_EINVAL when
  * the block or offset does not qualify (the caller then copies). */
 int es__alloc_remap(void *p, size_t nbytes, int fd, uint64_t offset);
+/* A private, zeroed, page-aligned anonymous mapping of n bytes, populated
+ * at once (for a block about to be filled, e.g. by reading a file), counted
+ * by the failure injection like every allocation; NULL on failure.  Release
+ * with es__unmap_anon(p, n). */
+void *es__map_anon(size_t n);
+void es__unmap_anon(void *p, size_t n);
+/* Move the whole pages of [src, src + nbytes) (page-aligned, inside a
+ * private anonymous mapping such as es__map_anon's) to the start of the
+ * large aligned block p, without copying: afterwards p holds those bytes
+ * and the source range is unmapped (reading it faults).  Only whole pages
+ * move; nbytes is rounded down to a page and the caller copies the rest.
+ * ES_EINVAL when the blocks do not qualify (nothing changed: the caller
+ * copies); ES_EIO when the move failed (p's pages are zero again). */
+int es__alloc_move(void *p, void *src, size_t nbytes);
 char *es__strdup(const char *s);
 /* Test hook: the n-th allocation from now (1-based) and all after it fail;
  * n = 0 disables.  Returns the number of allocations done since the last call. */
@@ -121,10 +135,20 @@ typedef struct es_afile {
     FILE *fp;
     char *path;
     char *tmp;
+    int slot; /* temp-file registry slot + 1 (0: none), see es__tmp_track */
 } es_afile;
 int es__afile_open(es_afile *a, const char *path, es_err *err);
 int es__afile_commit(es_afile *a, es_err *err); /* closes; on failure removes tmp */
 void es__afile_abort(es_afile *a);               /* closes and removes tmp */
+
+/* The registry of live temporary files: a writer tracks its temporary path
+ * before creating it and untracks it once renamed or removed, so that
+ * es_temp_files_remove() (embstore.h; async-signal-safe) can delete every
+ * temporary file of the process from a SIGINT/SIGTERM handler.  A fixed
+ * table, no allocation: track returns a slot >= 0, or -1 when the table is
+ * full or the path too long (the file is then simply not tracked). */
+int es__tmp_track(const char *path);
+void es__tmp_untrack(int slot); /* -1 is a no-op */
 
 /* ---- small string helpers ------------------------------------------------ */
 /* Parse "k=v,k=v" option strings: returns the value of key as a newly

@@ -15,8 +15,14 @@
  *
  * Version 2 differs in one rule only: a tensor of PAGE_TENSOR_MIN bytes or
  * more starts at a multiple of PAGE_ALIGN, preceded by the zero bytes that
- * takes.  Such a tensor's pages can then be mapped straight into memory
- * (es__alloc_remap), which is how a model loads without copying.
+ * takes.  Such a tensor's pages can then be moved (es__alloc_move) or
+ * mapped (es__alloc_remap) straight into a model's arrays, which is how a
+ * model loads without copying.
+ *
+ * The reader reads the file into private memory by default, so that the
+ * open file never depends on the file staying as it was (a file truncated
+ * in place under a mapping kills the reader with SIGBUS); ES_FILE_MAP maps
+ * it instead, for callers that accept that contract (docs/format.md).
  *
  * The layout is canonical: every offset follows from the sizes, the reader
  * demands exactly that, and so every byte of a file is either covered by a
@@ -559,7 +565,9 @@ struct es_file {
     const uint8_t *base;
     size_t size;
     bool mapped;       /* munmap on close (a zero-size view is not mapped) */
-    int fd;            /* the mapped file, open until close; -1 for memory */
+    bool file_mapped;  /* base maps the file itself (ES_FILE_MAP); otherwise
+                          a mapped base is a private anonymous copy */
+    int fd;            /* the file, open until close; -1 for memory */
     uint32_t version;
     const char *name;  /* path, or "(memory)"; carved from this allocation */
     int n_meta;
@@ -839,6 +847,37 @@ int es_file_open_mem(es_file **out, const void *data, size_t len, unsigned flags
     return open_image(out, "(memory)", data ? data : (const void *)"", len, flags, err);
 }
 
+/* Read the whole file into a private anonymous mapping.  The file must not
+ * change while it is read: a short read, or a size, inode or modification
+ * time that differs after the read from before it, means it is being
+ * rewritten (a `cp` over it), and the open fails with a message saying so
+ * rather than validating a mix of two files. */
+static int read_private(const char *path, int fd, const struct stat *st0, uint8_t **out, es_err *err) {
+    size_t size = (size_t)st0->st_size;
+    uint8_t *b = es__map_anon(size);
+    if (!b) return es__err(err, ES_ENOMEM, "%s: out of memory reading %zu bytes", path, size);
+    size_t got = 0;
+    while (got < size) {
+        ssize_t r = pread(fd, b + got, size - got, (off_t)got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) {
+            int e = errno;
+            es__unmap_anon(b, size);
+            return es__err(err, ES_EIO, "%s: read failed: %s", path, strerror(e));
+        }
+        if (r == 0) break;
+        got += (size_t)r;
+    }
+    struct stat st1;
+    if (got < size || fstat(fd, &st1) != 0 || st1.st_size != st0->st_size || st1.st_ino != st0->st_ino ||
+        st1.st_mtim.tv_sec != st0->st_mtim.tv_sec || st1.st_mtim.tv_nsec != st0->st_mtim.tv_nsec) {
+        es__unmap_anon(b, size);
+        return es__err(err, ES_EIO, "%s: the file changed on disk while it was being read (rewritten in place?); retry once the writer is done", path);
+    }
+    *out = b;
+    return ES_OK;
+}
+
 int es_file_open(es_file **out, const char *path, unsigned flags, es_err *err) {
     *out = NULL;
     if (!path || !*path) return es__err(err, ES_EINVAL, "input path is empty");
@@ -860,7 +899,8 @@ int es_file_open(es_file **out, const char *path, unsigned flags, es_err *err) {
     }
     size_t size = (size_t)st.st_size;
     const uint8_t *b = (const uint8_t *)"";
-    if (size) {
+    int map = (flags & ES_FILE_MAP) != 0;
+    if (size && map) {
         void *m = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
         if (m == MAP_FAILED) {
             int e = errno;
@@ -868,6 +908,14 @@ int es_file_open(es_file **out, const char *path, unsigned flags, es_err *err) {
             return es__err(err, ES_EIO, "%s: cannot map: %s", path, strerror(e));
         }
         b = m;
+    } else if (size) {
+        uint8_t *copy = NULL;
+        int rc = read_private(path, fd, &st, &copy, err);
+        if (rc) {
+            close(fd);
+            return rc;
+        }
+        b = copy;
     }
     int rc = open_image(out, path, b, size, flags, err);
     if (rc) {
@@ -878,6 +926,7 @@ int es_file_open(es_file **out, const char *path, unsigned flags, es_err *err) {
     /* The descriptor stays open (es_file_fd): a loader maps tensor pages
      * from it into its own arrays. */
     (*out)->mapped = size > 0;
+    (*out)->file_mapped = map && size > 0;
     (*out)->fd = fd;
     return ES_OK;
 }
@@ -890,6 +939,12 @@ void es_file_close(es_file *f) {
 }
 
 int es_file_fd(const es_file *f) { return f->fd; }
+int es_file_is_mapped(const es_file *f) { return f->file_mapped; }
+
+int es_file_move_pages(es_file *f, int i, void *dst, size_t nbytes) {
+    if (i < 0 || i >= f->n_tensors || f->file_mapped || !f->mapped || nbytes > f->tensors[i].nbytes) return ES_EINVAL;
+    return es__alloc_move(dst, f->tensors[i].data, nbytes);
+}
 
 uint64_t es_file_tensor_offset(const es_file *f, int i) {
     if (i < 0 || i >= f->n_tensors) return UINT64_MAX;

@@ -107,19 +107,26 @@ const char *es_fwriter_errmsg(const es_fwriter *w);
 
 /* ---- reader ---------------------------------------------------------------- */
 #define ES_FILE_NO_VERIFY 1u   /* skip tensor checksums (header is always checked) */
+#define ES_FILE_MAP 2u         /* map the file instead of reading it (see es_file_open) */
 
 typedef struct es_file es_file;
-/* Map `path` read-only and validate the header, metadata, tensor table and
- * padding (and, unless ES_FILE_NO_VERIFY, every tensor checksum).  Codes:
- * ES_EIO (cannot open/map), ES_EFORMAT (not an embstore file, truncated,
- * wrong endianness, inconsistent field), ES_EVERSION (newer format),
+/* Read `path` into private memory and validate the header, metadata,
+ * tensor table and padding (and, unless ES_FILE_NO_VERIFY, every tensor
+ * checksum).  Codes: ES_EIO (cannot open/read/map, or the file changed
+ * while being read), ES_EFORMAT (not an embstore file, truncated, wrong
+ * endianness, inconsistent field), ES_EVERSION (newer format),
  * ES_ECHECKSUM (corruption), ES_ENOMEM.  Messages start with the path.
- * Tensor data is a view into the mapping: read-only, valid until close.
+ * Tensor data is a view into that memory: read-only, valid until close.
  * The file descriptor stays open until close too (es_file_fd).
- * Open time is independent of the data size except for checksum
- * verification.  As with any mapped reader, a file truncated in place by
- * another process while open makes accesses fault; replace files with
- * es_fwriter (write, fsync, rename), which never changes an open file. */
+ *
+ * By default the bytes are read (one pass over the file): the handle then
+ * owns its copy, and nothing another process does to the file later (a
+ * `cp` over it truncates and rewrites it in place) can affect it.  With
+ * ES_FILE_MAP the file is mapped instead: open time is then independent of
+ * the size except for checksum verification, but, as with any mapped
+ * reader, a file truncated in place while open makes later accesses fault
+ * (SIGBUS) and a file rewritten in place changes under the reader; only
+ * replace such a file with es_fwriter (write, fsync, rename). */
 int es_file_open(es_file **out, const char *path, unsigned flags, es_err *err);
 /* The same from a memory buffer (not copied: it must stay valid and
  * unchanged until es_file_close).  `data` must be 64-byte aligned (so that
@@ -142,6 +149,17 @@ size_t es_file_size(const es_file *f);
  * es_file_close; do not close it), or -1 for es_file_open_mem.  A mapping
  * made from it stays valid after es_file_close. */
 int es_file_fd(const es_file *f);
+/* 1 if the handle maps the file itself (ES_FILE_MAP), 0 if it owns a copy
+ * (or is a memory image). */
+int es_file_is_mapped(const es_file *f);
+/* Move the first nbytes (a multiple of the page size) of tensor i's bytes
+ * into the large aligned block dst without copying (es__alloc_move): only
+ * for a handle that owns its copy (es_file_open without ES_FILE_MAP) and a
+ * page-aligned tensor.  Afterwards those bytes of the tensor's view are
+ * gone (unmapped): the caller must not read them through the handle again
+ * (nor verify that tensor); the rest of the view stays.  ES_EINVAL when it
+ * does not qualify (nothing changed: copy instead), ES_EIO on failure. */
+int es_file_move_pages(es_file *f, int i, void *dst, size_t nbytes);
 /* File offset of tensor i's data (a multiple of 64; of ES_FILE_PAGE_ALIGN
  * for a large tensor in a version >= 2 file), UINT64_MAX for a bad i. */
 uint64_t es_file_tensor_offset(const es_file *f, int i);

@@ -395,27 +395,30 @@ static int meta_int(const es_file *f, const char *key, const char *path, es_err 
 }
 
 /* Put file tensor `t` (tensor index ti of f) into the model array `dst`
- * (t->nbytes bytes).  When remapping is allowed, the file offset and dst
- * are page-aligned and dst is a large block from es__alloc_aligned, the
- * tensor's whole pages are mapped copy-on-write from the file
- * (es__alloc_remap) and only the last partial page is copied; the rest of
- * the block past nbytes stays the allocator's zeros.  Otherwise (small
- * tensors, net parameters carved from one allocation, memory buffers,
- * version-1 offsets, ES_NO_REMAP) the bytes are copied.  Adds the mapped
- * bytes to m->mapped_bytes. */
-static int place_tensor(es_model *m, es_file *f, int ti, const es_tensor_ref *t, void *dst, int remap, const char *path, es_err *err) {
+ * (t->nbytes bytes).  When in-place placement is allowed, the file offset
+ * and dst are page-aligned and dst is a large block from es__alloc_aligned,
+ * the tensor's whole pages are placed without copying: moved from the
+ * handle's private copy of the file (es_file_move_pages; the default), or,
+ * for a mapped file (ES_LOAD_MAP), mapped copy-on-write from the file
+ * (es__alloc_remap).  Only the last partial page is copied; the rest of the
+ * block past nbytes stays the allocator's zeros.  Otherwise (small tensors,
+ * net parameters carved from one allocation, memory buffers, version-1
+ * offsets, ES_NO_REMAP) the bytes are copied.  Adds the bytes placed
+ * without copying to m->mapped_bytes. */
+static int place_tensor(es_model *m, es_file *f, int ti, const es_tensor_ref *t, void *dst, int inplace, const char *path, es_err *err) {
     size_t whole = t->nbytes & ~(size_t)(ES_FILE_PAGE_ALIGN - 1);
     uint64_t off = es_file_tensor_offset(f, ti);
-    if (remap && whole > 0 && off % ES_FILE_PAGE_ALIGN == 0 && (uintptr_t)dst % ES_FILE_PAGE_ALIGN == 0) {
-        int rc = es__alloc_remap(dst, whole, es_file_fd(f), off);
+    if (inplace && whole > 0 && off % ES_FILE_PAGE_ALIGN == 0 && (uintptr_t)dst % ES_FILE_PAGE_ALIGN == 0) {
+        const char *src = t->data; /* the tail stays readable after a move */
+        int rc = es_file_is_mapped(f) ? es__alloc_remap(dst, whole, es_file_fd(f), off) : es_file_move_pages(f, ti, dst, whole);
         if (rc == ES_OK) {
-            memcpy((char *)dst + whole, (const char *)t->data + whole, t->nbytes - whole);
+            memcpy((char *)dst + whole, src + whole, t->nbytes - whole);
             m->mapped_bytes += whole;
             return ES_OK;
         }
         /* ES_EINVAL: the block does not qualify, copy below.  Anything else
-         * is a failed mmap over the block: refuse rather than guess. */
-        if (rc != ES_EINVAL) return es__err(err, rc, "%s: cannot map tensor '%s' from the file: %s", path, t->name, strerror(errno));
+         * is a failed mmap/mremap over the block: refuse rather than guess. */
+        if (rc != ES_EINVAL) return es__err(err, rc, "%s: cannot place tensor '%s' from the file: %s", path, t->name, strerror(errno));
     }
     memcpy(dst, t->data, t->nbytes);
     return ES_OK;
@@ -423,24 +426,32 @@ static int place_tensor(es_model *m, es_file *f, int ti, const es_tensor_ref *t,
 
 size_t es__model_mapped_bytes(const es_model *m) { return m->mapped_bytes; }
 
-/* Loading maps instead of copying where it can: the container is mapped
- * (es_file_open), and each large tensor whose file offset is page-aligned
- * (every tensor of 64 KiB or more in a version-2 file) replaces the pages
- * of its freshly allocated array with a private, copy-on-write mapping of
- * the file (place_tensor).  Reads then come from the page cache, so load
- * time does not grow with the model except for checksum verification
- * (skipped by ES_LOAD_NO_VERIFY); training after a load or resume writes
- * privately copied pages and never the file, and replacing the file (by
- * rename, as every embstore writer does) does not disturb a loaded model.
- * The environment variable ES_NO_REMAP=1 turns mapping off (every tensor
- * is copied), to compare the two paths or rule mapping out when debugging. */
+/* Loading copies each byte at most once.  By default the container is
+ * read into private memory (es_file_open), and each large tensor whose
+ * file offset is page-aligned (every tensor of 64 KiB or more in a
+ * version-2 file) has its pages moved, not copied, into its freshly
+ * allocated array (place_tensor).  The loaded model then owns all its
+ * memory: a `cp` over the model file, or a truncation, while it is in use
+ * cannot touch it (with a mapping it would die of SIGBUS).  Load time is
+ * one read of the file plus checksum verification.
+ *
+ * With ES_LOAD_MAP the container is mapped instead, and each such tensor
+ * replaces the pages of its array with a private, copy-on-write mapping of
+ * the file: reads come from the page cache, so load time does not grow
+ * with the model except for verification (skipped by ES_LOAD_NO_VERIFY);
+ * the price is that the file must only ever be replaced by rename, as every
+ * embstore writer does.  In both modes training after a load or resume
+ * writes private pages and never the file.  The environment variable
+ * ES_NO_REMAP=1 turns in-place placement off (every tensor is copied), to
+ * compare the paths or rule them out when debugging. */
 int es__model_load(es_model **out, const char *path, unsigned flags, int with_state, es_err *err) {
     *out = NULL;
     es_file *f = NULL;
     es_model *m = NULL;
     tensor_list tl = {0};
     char *opts = NULL;
-    int rc = es_file_open(&f, path, (flags & ES_LOAD_NO_VERIFY) ? ES_FILE_NO_VERIFY : 0, err);
+    unsigned fflags = ((flags & ES_LOAD_NO_VERIFY) ? ES_FILE_NO_VERIFY : 0) | ((flags & ES_LOAD_MAP) ? ES_FILE_MAP : 0);
+    int rc = es_file_open(&f, path, fflags, err);
     if (rc != 0) return rc;
     const char *type = es_file_meta(f, "embstore.type");
     if (!type || strcmp(type, "model") != 0) {

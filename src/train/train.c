@@ -16,6 +16,7 @@
 #include "core/fileid.h"
 #include "train/integrity.h"
 
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -835,9 +836,10 @@ int es_model_predict_file(es_model *m, const char *in, int has_label, const char
         if ((rc = es_model_predict(m, &b, prob)) != 0) goto done;
         for (int i = 0; i < n; i++) fprintf(fp, "%.6f\n", prob[i]);
         rows += (uint64_t)n;
+        if (ferror(fp)) break; /* a full disk or closed output: stop reading */
     }
-    if (ferror(fp)) {
-        rc = es__err(&m->err, ES_EIO, "%s: write failed", to_stdout ? "stdout" : out_path);
+    if (fflush(fp) != 0 || ferror(fp)) {
+        rc = es__err(&m->err, ES_EIO, "%s: write failed: %s", to_stdout ? "standard output" : out_path, strerror(errno));
         goto done;
     }
     if (!to_stdout) {
