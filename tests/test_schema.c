@@ -310,3 +310,34 @@ TEST(schema_layout_mismatch_errors_give_a_hint) {
     CHECK_STR_HAS(log, "--format csv --columns");
     free(log);
 }
+
+TEST(schema_api_reader_params_and_note) {
+    path_t csv, model;
+    CHECK(movielens_model(&csv, &model) == 0);
+    path_t re = tmp("schema_api_re.csv"), renamed = tmp("schema_api_renamed.csv");
+    CHECK(es_test_sh(NULL, "awk -F, 'BEGIN{OFS=\",\"} {print $4,$2,\"z\",$1,$3}' %s > %s", csv.s, re.s) == 0);
+    CHECK(es_test_sh(NULL, "(echo 'r,u,m,g'; tail -n +2 %s) > %s", csv.s, renamed.s) == 0);
+    es_model *m = NULL;
+    es_err err = {0};
+    CHECK_MSG(es_model_load(&m, model.s, 0, &err) == 0, "%s", err.msg);
+    es_metrics a, b, c;
+    CHECK(es_model_eval_file(m, csv.s, &a) == 0);
+    CHECK_EQ_INT(es_model_input_note(m)[0], 0);
+    CHECK_MSG(es_model_eval_file(m, re.s, &b) == 0, "%s", es_model_errmsg(m));
+    CHECK_STR_HAS(es_model_input_note(m), "1 column not read by the model is ignored: z");
+    printf("    auc %.9f vs reordered %.9f\n", a.auc, b.auc);
+    CHECK(a.auc == b.auc && a.logloss == b.logloss && a.rows == b.rows);
+    /* other names: the model's spec fails, an override by position works */
+    CHECK(es_model_eval_file(m, renamed.s, &c) == ES_EINVAL);
+    CHECK_STR_HAS(es_model_errmsg(m), "are not columns of");
+    es_reader_params rp = es_model_reader_params(m);
+    rp.columns = "r:label,u:cat,m:cat,g:multi";
+    CHECK(es_model_set_reader_params(m, &rp) == 0);
+    CHECK_STR_HAS(es_model_reader_params(m).columns, "rating:label"); /* the trained settings are kept */
+    CHECK_MSG(es_model_eval_file(m, renamed.s, &c) == 0, "%s", es_model_errmsg(m));
+    CHECK(a.auc == c.auc && a.logloss == c.logloss);
+    /* back to the model's own */
+    CHECK(es_model_set_reader_params(m, NULL) == 0);
+    CHECK(es_model_eval_file(m, renamed.s, &c) == ES_EINVAL);
+    es_model_free(m);
+}

@@ -217,8 +217,10 @@ static const char predict_help[] =
 /* Reader options of eval/predict: those that say how a file is laid out.
  * --skip-bad would drop rows (predictions would no longer line up with the
  * input) and --pool changes what the model computes, so they are refused. */
-static int model_reader_opt(const char *cmd, int predict, int argc, char **argv, int *i, es_reader_params *rp, int *changed) {
+static int model_reader_opt(const char *cmd, int predict, int argc, char **argv, int *i, es_reader_params *rp, int *changed,
+                            int *format_given) {
     const char *a = argv[*i];
+    if (!strcmp(a, "--format")) *format_given = 1;
     if (!strcmp(a, "--skip-bad") || !strcmp(a, "--pool") || (predict && !strcmp(a, "--label-threshold"))) {
         cli_usage(cmd, "%s is not an option of %s (%s)", a, cmd,
                   !strcmp(a, "--skip-bad") ? "skipped lines would leave rows without a prediction"
@@ -241,13 +243,13 @@ static int model_cmd(int argc, char **argv, int predict) {
      * settings once it is loaded */
     es_reader_params ov;
     memset(&ov, 0, sizeof ov);
-    ov.format = (es_format)-1;
+    ov.format = ES_FMT_AUTO;
     ov.header = -1;
     ov.label_threshold = NAN;
-    int changed = 0;
+    int changed = 0, format_given = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
-        int r = model_reader_opt(cmd, predict, argc, argv, &i, &ov, &changed);
+        int r = model_reader_opt(cmd, predict, argc, argv, &i, &ov, &changed, &format_given);
         if (r < 0) return ES_EXIT_USAGE;
         if (r > 0) continue;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -281,18 +283,15 @@ static int model_cmd(int argc, char **argv, int predict) {
     if (rc != 0) return cli_fail(cmd, "%s", err.msg);
     if (changed) {
         es_reader_params rp = es_model_reader_params(m);
-        if ((int)ov.format != -1) {
+        /* --format, or --columns alone (a spec is for CSV) */
+        es_format fmt = format_given ? ov.format : ov.columns ? ES_FMT_CSV : rp.format;
+        if (fmt != rp.format) {
             /* another format: the model's CSV settings no longer apply */
-            if (ov.format != rp.format) {
-                rp.columns = NULL;
-                rp.delim = 0; /* from the file name, unless --delim */
-            }
-            rp.format = ov.format;
+            rp.columns = NULL;
+            rp.delim = 0; /* from the file name, unless --delim */
+            rp.format = fmt;
         }
-        if (ov.columns) {
-            rp.columns = ov.columns;
-            if ((int)ov.format == -1 && rp.format != ES_FMT_CSV) rp.format = ES_FMT_CSV; /* a spec is for CSV */
-        }
+        if (ov.columns) rp.columns = ov.columns;
         if (ov.delim) rp.delim = ov.delim;
         if (ov.header == 0) rp.header = 0;
         if (ov.multi_sep) rp.multi_sep = ov.multi_sep;
