@@ -288,7 +288,10 @@ typedef struct es_train_params {
     int n_cross;              /* DCN cross layers (0: default) */
     /* storage */
     const char *storage;      /* "full", "hash", "unified", ... */
-    double budget;            /* bytes (> 1), fraction of full (<= 1) or 0 */
+    double budget;            /* bytes (> 1), fraction of full (<= 1) or 0: the
+                                 default, ES_DEFAULT_BUDGET for the methods
+                                 sized by a budget (not full or mde, and no
+                                 storage_opts), none otherwise */
     int min_count, chunks, subtables, share;
     const char *storage_opts; /* method-specific "k=v,..." */
     /* optimisation */
@@ -312,6 +315,10 @@ typedef struct es_train_params {
 } es_train_params;
 
 es_train_params es_train_params_default(void);
+
+/* Budget of a training run that gives none (see es_train_params.budget):
+ * a tenth of the full table. */
+#define ES_DEFAULT_BUDGET 0.1
 
 typedef struct es_train_result {
     es_metrics valid;         /* on the validation rows (rows = 0 if none) */
@@ -393,12 +400,39 @@ int es_model_n_fields(const es_model *m);
 int es_model_n_dense(const es_model *m);
 /* Click probabilities for the rows of b: prob[b->n]. */
 int es_model_predict(es_model *m, const es_batch *b, float *prob);
-/* Evaluate on a labeled file (read with the model's reader parameters). */
+/* Evaluate on a labeled file (read with the model's reader parameters).
+ *
+ * How eval and predict read a file (docs/data-formats.md): with the
+ * model's reader parameters (es_model_reader_params), or those set with
+ * es_model_set_reader_params.  A CSV file with a header is matched to the
+ * model by column name: columns may come in any order, columns the model
+ * does not read are ignored (es_model_input_note names them), and a missing
+ * column is an error that names it.  Header-less files and column specs by
+ * index are read by position.  libffm files are read with the model's
+ * field count (a file may lack the highest field).  Errors (es_model_errmsg)
+ * keep the file:line:column prefix and, for a file of the wrong layout,
+ * say what the model expects and which option fits. */
 int es_model_eval_file(es_model *m, const char *path, es_metrics *out);
 /* Write one probability per line of `in` to out_path (atomically; "-" or
  * NULL for stdout).  has_label = 0 reads an unlabeled file (no label
- * column, e.g. the 39-column Criteo test file). */
+ * column, e.g. the 39-column Criteo test file; a CSV file may lack the
+ * label column, or have it, ignored). */
 int es_model_predict_file(es_model *m, const char *in, int has_label, const char *out_path, uint64_t *rows_out);
+/* Reader parameters for the following es_model_eval_file and
+ * es_model_predict_file calls (copied, the column spec too); NULL goes back
+ * to the model's own.  Start from es_model_reader_params(m) and change what
+ * differs (delimiter, header, format, columns).  A column spec other than
+ * the model's is checked when a file is opened: it must give as many
+ * categorical (cat/multi) and numeric (num) columns as the model has fields
+ * and numeric features; they are matched to the model's by name when the
+ * names are the model's (schema.fields, schema.dense), else in the order of
+ * the spec's entries.  has_label is set by each call.  The model file is
+ * unchanged (es_model_reader_params still returns the trained ones).
+ * Returns 0 or ES_ENOMEM. */
+int es_model_set_reader_params(es_model *m, const es_reader_params *rp);
+/* A note about the last file eval or predict opened that is not an error
+ * ("FILE: 2 columns not read by the model are ignored: a, b"), or "". */
+const char *es_model_input_note(const es_model *m);
 /* Embedding of a value: out[dim] for (field, key). */
 int es_model_embedding(es_model *m, int field, uint64_t key, float *out);
 int es_model_emb_dim(const es_model *m);

@@ -29,7 +29,8 @@ static const char train_help[] =
     "embedding storage:\n"
     "  --storage S           full | hash | unified | ... (default unified)\n"
     "  --budget B            serving bytes of the table: bytes (e.g. 2000000, 4M, 1G) or a\n"
-    "                        fraction of the full table (e.g. 0.1 or 1/100); full: 0 = exact\n"
+    "                        fraction of the full table (e.g. 0.1 or 1/100); default 0.1 of\n"
+    "                        the full table (full: exact size; mde, --storage-opts: none)\n"
     "  --min-count N         values seen fewer times share the field's OOV row (full; default 1)\n"
     "  --chunks K            unified: lookups per field, concatenated (default 1)\n"
     "  --subtables T         unified: sub-tables the chunks are spread over (default 1)\n"
@@ -216,8 +217,19 @@ int cmd_train(int argc, char **argv) {
 
 /* ---- eval ---------------------------------------------------------------------------- */
 
+#define MODEL_INPUT_HELP                                                                              \
+    "input (default: as the model was trained; a CSV file with a header is matched by column\n"     \
+    "name, so columns may come in any order and extra ones are ignored):\n"                          \
+    "  --columns SPEC   read the columns this way instead, e.g. 'r:label,u:cat,m:cat' (as many\n"     \
+    "                   cat/multi and num entries as the model has fields and numeric features;\n"  \
+    "                   matched by name when the names are the model's, else in SPEC's order)\n"   \
+    "  --format F       criteo | csv | libsvm | libffm | auto\n"                                     \
+    "  --delim C        CSV delimiter (one character, or 'tab')\n"                                   \
+    "  --no-header      the CSV file has no header line (columns by position)\n"                    \
+    "  --multi-sep C    separator inside multi-valued fields\n"
+
 static const char eval_help[] =
-    "usage: embstore eval MODEL FILE [--no-verify] [--map] [--threads T]\n"
+    "usage: embstore eval MODEL FILE [options]\n"
     "\n"
     "Evaluate a saved model on a labeled file (read with the model's own input\n"
     "settings) and print one JSON line: auc, logloss, calibration, rows.\n"
@@ -225,19 +237,40 @@ static const char eval_help[] =
     "  --map          map the model file instead of reading it (opens a large model\n"
     "                 at once with --no-verify); the file must then only be replaced\n"
     "                 by rename: a cp over it while in use kills the process (SIGBUS)\n"
-    "  --threads T    threads (default 1; 0 = all cores)\n";
+    "  --threads T    threads (default 1; 0 = all cores)\n"
+    "  --label-threshold X  label = (label column >= X) instead of the model's setting\n" MODEL_INPUT_HELP;
 
 static const char predict_help[] =
-    "usage: embstore predict MODEL FILE [--out PATH] [--unlabeled] [--no-verify] [--map] [--threads T]\n"
+    "usage: embstore predict MODEL FILE [--out PATH] [--unlabeled] [options]\n"
     "\n"
     "Write one click probability per input row (6 decimals), in input order.\n"
     "The output is written to a temporary file and renamed, so a failed run\n"
     "leaves nothing behind.\n"
     "  --out PATH     output file (default: stdout)\n"
-    "  --unlabeled    FILE has no label column (e.g. the 39-column Criteo test file)\n"
+    "  --unlabeled    FILE has no label column (e.g. the 39-column Criteo test file, or a\n"
+    "                 CSV file without the label column; a label column present is ignored)\n"
     "  --no-verify    skip tensor checksums when loading\n"
     "  --map          map the model file instead of reading it (see 'eval --help')\n"
-    "  --threads T    threads (default 1; 0 = all cores)\n";
+    "  --threads T    threads (default 1; 0 = all cores)\n" MODEL_INPUT_HELP;
+
+/* Reader options of eval/predict: those that say how a file is laid out.
+ * --skip-bad would drop rows (predictions would no longer line up with the
+ * input) and --pool changes what the model computes, so they are refused. */
+static int model_reader_opt(const char *cmd, int predict, int argc, char **argv, int *i, es_reader_params *rp, int *changed,
+                            int *format_given) {
+    const char *a = argv[*i];
+    if (!strcmp(a, "--format")) *format_given = 1;
+    if (!strcmp(a, "--skip-bad") || !strcmp(a, "--pool") || (predict && !strcmp(a, "--label-threshold"))) {
+        cli_usage(cmd, "%s is not an option of %s (%s)", a, cmd,
+                  !strcmp(a, "--skip-bad") ? "skipped lines would leave rows without a prediction"
+                  : !strcmp(a, "--pool")   ? "the pooling is part of the model"
+                                           : "predict does not read labels");
+        return -1;
+    }
+    int r = cli_reader_opt(cmd, argc, argv, i, rp);
+    if (r > 0) *changed = 1;
+    return r;
+}
 
 static int model_cmd(int argc, char **argv, int predict) {
     const char *cmd = predict ? "predict" : "eval";
@@ -245,8 +278,19 @@ static int model_cmd(int argc, char **argv, int predict) {
     unsigned flags = 0;
     long long ll;
     int threads = 1, has_label = 1;
+    /* reader options are collected here and applied over the model's own
+     * settings once it is loaded */
+    es_reader_params ov;
+    memset(&ov, 0, sizeof ov);
+    ov.format = ES_FMT_AUTO;
+    ov.header = -1;
+    ov.label_threshold = NAN;
+    int changed = 0, format_given = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
+        int r = model_reader_opt(cmd, predict, argc, argv, &i, &ov, &changed, &format_given);
+        if (r < 0) return ES_EXIT_USAGE;
+        if (r > 0) continue;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             fputs(predict ? predict_help : eval_help, stdout);
             return 0;
@@ -281,6 +325,26 @@ static int model_cmd(int argc, char **argv, int predict) {
     es_err err = {0};
     int rc = es_model_load(&m, model, flags, &err);
     if (rc != 0) return cli_fail(cmd, "%s", err.msg);
+    if (changed) {
+        es_reader_params rp = es_model_reader_params(m);
+        /* --format, or --columns alone (a spec is for CSV) */
+        es_format fmt = format_given ? ov.format : ov.columns ? ES_FMT_CSV : rp.format;
+        if (fmt != rp.format) {
+            /* another format: the model's CSV settings no longer apply */
+            rp.columns = NULL;
+            rp.delim = 0; /* from the file name, unless --delim */
+            rp.format = fmt;
+        }
+        if (ov.columns) rp.columns = ov.columns;
+        if (ov.delim) rp.delim = ov.delim;
+        if (ov.header == 0) rp.header = 0;
+        if (ov.multi_sep) rp.multi_sep = ov.multi_sep;
+        if (!isnan(ov.label_threshold)) rp.label_threshold = ov.label_threshold;
+        if (es_model_set_reader_params(m, &rp) != 0) {
+            es_model_free(m);
+            return cli_fail(cmd, "out of memory");
+        }
+    }
     if (predict) {
         uint64_t rows = 0;
         rc = es_model_predict_file(m, file, has_label, out, &rows);
@@ -298,6 +362,8 @@ static int model_cmd(int argc, char **argv, int predict) {
             printf("\"rows\":%llu}\n", (unsigned long long)mt.rows);
         }
     }
+    /* once, whether or not the run succeeded: which columns were not read */
+    if (es_model_input_note(m)[0]) fprintf(stderr, "embstore %s: note: %s\n", cmd, es_model_input_note(m));
     es_model_free(m);
     return rc;
 }

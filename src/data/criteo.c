@@ -110,7 +110,14 @@ int es__criteo_row(es_reader *r, const es__line *ln, char *s, size_t n, es_batch
         size_t bad = es__text_check(s, n, &why);
         if (bad < n) return es__row_err(r, ln, "column %zu: %s", bad + 1, why);
     }
-    if (tabs != ncol - 1) return es__row_err(r, ln, "expected %d tab-separated columns, got %d", ncol, tabs + 1);
+    if (tabs != ncol - 1) {
+        if (ln->err) { /* serial (re-)parse: note the shape for the model layer's hints */
+            r->shape_got = tabs + 1;
+            r->shape_want = ncol;
+            r->shape_alt = es__count_byte(s, n, ',');
+        }
+        return es__row_err(r, ln, "expected %d tab-separated columns, got %d", ncol, tabs + 1);
+    }
     bound[0] = 0;
     for (int c = 1; c < ncol; c++) bound[c] += 1; /* tab offset -> next column start */
     bound[ncol] = (uint32_t)n + 1;

@@ -13,6 +13,7 @@
  * order their columns appear in the file.
  */
 #include "data/reader_impl.h"
+#include "data/schema.h"
 
 /* Cut the next field at *pp.  With `unquote`, a quoted field is rewritten
  * in place and [*fs, *fe) is its content; without, the line is left as is
@@ -168,11 +169,34 @@ static int peek_columns(es_reader *r, es_err *err) {
     return ES_OK;
 }
 
-static int apply_spec(es_reader *r, const char *spec, int *roles, es_err *err) {
+/* Header names joined by ", " into buf (cut with "..."), for messages. */
+static const char *header_list(const es_reader *r, char *buf, size_t cap) {
+    size_t o = 0;
+    buf[0] = 0;
+    for (int c = 0; c < r->n_cols; c++) {
+        size_t need = strlen(r->col_names[c]) + 2;
+        if (o + need + 4 >= cap) {
+            snprintf(buf + o, cap - o, "%s...", c ? ", " : "");
+            break;
+        }
+        o += (size_t)snprintf(buf + o, cap - o, "%s%s", c ? ", " : "", r->col_names[c]);
+    }
+    return buf;
+}
+
+/* Roles from the spec into roles[column], and the position of each entry
+ * into spec_pos[column].  Every name the header lacks is collected, so that
+ * one message lists them all; a missing label column is no error for an
+ * unlabeled read (has_label = 0), where the label is not read anyway. */
+static int apply_spec(es_reader *r, const char *spec, int *roles, int *spec_pos, es_err *err) {
     const char *name = es__lineio_name(r->io);
     const int have_header = r->header_lines > 0;
     const char *p = spec;
-    for (;;) {
+    char missing[320];
+    size_t mo = 0;
+    int n_missing = 0, entry = 0;
+    missing[0] = 0;
+    for (;; entry++) {
         const char *comma = strchr(p, ',');
         size_t n = comma ? (size_t)(comma - p) : strlen(p);
         const char *item = p;
@@ -214,17 +238,38 @@ static int apply_spec(es_reader *r, const char *spec, int *roles, es_err *err) {
             idx = (int)v;
         }
         if (idx < 0) {
-            if (have_header)
-                return es__err(err, ES_EINVAL, "columns: '%.*s' is not a column of %s (the header has %d columns, first '%s')",
-                               (int)cl, cn, name, r->n_cols, r->n_cols ? r->col_names[0] : "");
-            return es__err(err, ES_EINVAL, "columns: '%.*s': %s has no header, so name columns by 0-based index", (int)cl, cn,
-                           name);
+            if (!have_header)
+                return es__err(err, ES_EINVAL, "columns: '%.*s': %s has no header, so name columns by 0-based index", (int)cl,
+                               cn, name);
+            if (!(role == ES__COL_LABEL && !r->p.has_label) && role != ES__COL_IGNORE) {
+                if (n_missing < 8 && mo + cl + 8 < sizeof missing)
+                    mo += (size_t)snprintf(missing + mo, sizeof missing - mo, "%s'%.*s'", n_missing ? ", " : "", (int)cl, cn);
+                else if (mo + 6 < sizeof missing && (mo < 3 || strcmp(missing + mo - 3, "...") != 0))
+                    mo += (size_t)snprintf(missing + mo, sizeof missing - mo, ", ...");
+                n_missing++;
+            }
+        } else {
+            if (roles[idx] >= 0)
+                return es__err(err, ES_EINVAL, "columns: column '%s' is given twice", r->col_names[idx]);
+            roles[idx] = role;
+            spec_pos[idx] = entry;
         }
-        if (roles[idx] >= 0)
-            return es__err(err, ES_EINVAL, "columns: column '%s' is given twice", r->col_names[idx]);
-        roles[idx] = role;
         if (!comma) break;
         p = comma + 1;
+    }
+    if (n_missing) {
+        char hl[240], count[32] = "", delim[96] = "";
+        if (n_missing > 8) snprintf(count, sizeof count, " (%d in all)", n_missing);
+        /* one column holding the other common delimiter: the wrong one */
+        const char *other = r->delim == ',' ? "\t;|" : ",\t;";
+        for (const char *o = other; r->n_cols == 1 && *o && !delim[0]; o++)
+            if (strchr(r->col_names[0], *o))
+                snprintf(delim, sizeof delim, "; it looks %s-separated, not '%s' (set the delimiter: --delim %s)",
+                         *o == '\t' ? "tab" : (char[]){'\'', *o, '\'', 0}, r->delim == '\t' ? "\\t" : (char[]){r->delim, 0},
+                         *o == '\t' ? "tab" : (char[]){*o, 0});
+        return es__err(err, ES_EINVAL, "columns: %s%s %s of %s (the header has %d column%s: %s)%s", missing, count,
+                       n_missing == 1 ? "is not a column" : "are not columns", name, r->n_cols, r->n_cols == 1 ? "" : "s",
+                       header_list(r, hl, sizeof hl), delim);
     }
     return ES_OK;
 }
@@ -234,15 +279,16 @@ int es__csv_setup(es_reader *r, const char *columns, es_err *err) {
     int rc = r->p.header ? read_header(r, err) : peek_columns(r, err);
     if (rc) return rc;
     const int nc = r->n_cols;
-    int *roles = es__malloc((size_t)nc * sizeof(int));
+    int *roles = es__malloc(2 * (size_t)nc * sizeof(int));
+    int *spec_pos = roles ? roles + nc : NULL;
     r->cols = es__calloc((size_t)nc, sizeof(es__col));
     if (!roles || !r->cols) {
         es__free(roles);
         return es__err(err, ES_ENOMEM, "%s: out of memory", name);
     }
-    for (int c = 0; c < nc; c++) roles[c] = -1;
+    for (int c = 0; c < nc; c++) roles[c] = spec_pos[c] = -1;
     if (columns) {
-        rc = apply_spec(r, columns, roles, err);
+        rc = apply_spec(r, columns, roles, spec_pos, err);
     } else {
         /* No spec: the first column is the label, the rest categorical. */
         for (int c = 0; c < nc; c++) roles[c] = (c == 0 && r->p.has_label) ? ES__COL_LABEL : ES__COL_CAT;
@@ -264,6 +310,7 @@ int es__csv_setup(es_reader *r, const char *columns, es_err *err) {
         default: break;
         }
         r->cols[c].role = roles[c];
+        r->cols[c].spec = spec_pos[c];
     }
     es__free(roles);
     if (rc) return rc;
@@ -305,14 +352,33 @@ int es__csv_skip_header(es_reader *r) {
 }
 
 /* ---- rows ---------------------------------------------------------------------------- */
+int es__count_byte(const char *s, size_t n, char d) {
+    int k = 1;
+    for (const char *p = s, *e = s + n; (p = memchr(p, d, (size_t)(e - p))) != NULL; p++) k++;
+    return k;
+}
+
+/* "expected N columns, got M", remembering the shape for the hints of the
+ * model layer (es__reader_shape).  line/n: the whole line, for the count at
+ * the other delimiter when the line is one column (e.g. a TSV file read as
+ * CSV); it may be partly unquoted already, which does not matter there. */
+static int shape_err(es_reader *r, const es__line *ln, int got, const char *line, size_t n) {
+    if (ln->err) {
+        r->shape_got = got;
+        r->shape_want = r->n_cols;
+        r->shape_alt = got == 1 ? es__count_byte(line, n, r->delim == ',' ? '\t' : ',') : 0;
+    }
+    return es__row_err(r, ln, "expected %d columns, got %d", r->n_cols, got);
+}
+
 /* Column-level error; when the line also has the wrong number of columns,
  * that is the message (a shifted line makes later columns look wrong).
  * `rest` is where the current field ended (at a delimiter or end). */
-static int csv_col_err(es_reader *r, const es__line *ln, int c, char *rest, char *end, const char *what, const char *tok, size_t tlen) {
+static int csv_col_err(es_reader *r, const es__line *ln, const char *line, int c, char *rest, char *end, const char *what,
+                       const char *tok, size_t tlen) {
     if (rest) {
         int more = rest < end ? count_fields(rest + 1, end, r->delim) : 0;
-        if (more >= 0 && c + 1 + more != r->n_cols)
-            return es__row_err(r, ln, "expected %d columns, got %d", r->n_cols, c + 1 + more);
+        if (more >= 0 && c + 1 + more != r->n_cols) return shape_err(r, ln, c + 1 + more, line, (size_t)(end - line));
     }
     const char *cname = c < r->n_cols ? r->col_names[c] : "extra";
     if (!tok) return es__row_err(r, ln, "column %d (%s): %s", c + 1, cname, what);
@@ -345,18 +411,27 @@ static int push_multi(es_reader *r, const char *s, size_t n, es_batch *b, size_t
     return ES_OK;
 }
 
+static inline int push_field(es_reader *r, int role, const char *fs, size_t len, es_batch *b, size_t *nv) {
+    return role == ES__COL_CAT ? es__push_val(b, nv, es_key(fs, len), 1.0f) : push_multi(r, fs, len, b, nv);
+}
+
+/* Values are appended field by field (CSR).  When the fields are in column
+ * order they are pushed as their columns go by; when they were renumbered
+ * (r->field_col), the columns' text is noted first and pushed in field
+ * order after the line is cut. */
 int es__csv_row(es_reader *r, const es__line *ln, char *s, size_t n, es_batch *b, int row, size_t *nv) {
     const size_t F = (size_t)r->n_fields;
     uint32_t *off = b->off + (size_t)row * F;
     float *dense = b->dense + (size_t)row * (size_t)r->n_dense;
     const char d = r->delim;
+    const bool mapped = r->field_col != NULL;
     float label = 0.0f;
     char *p = s, *end = s + n;
     int c = 0;
     for (;; c++) {
         char *fs, *fe;
         int q = next_field(&p, end, d, true, &fs, &fe);
-        if (q) return csv_col_err(r, ln, c, NULL, end, quote_problem(q), NULL, 0);
+        if (q) return csv_col_err(r, ln, s, c, NULL, end, quote_problem(q), NULL, 0);
         if (c < r->n_cols) {
             const es__col *col = &r->cols[c];
             size_t len = (size_t)(fe - fs);
@@ -364,19 +439,21 @@ int es__csv_row(es_reader *r, const es__line *ln, char *s, size_t n, es_batch *b
             switch (col->role) {
             case ES__COL_LABEL: {
                 const char *why;
-                if (!es__parse_label(r, fs, len, 0, &label, &why)) return csv_col_err(r, ln, c, p, end, why, fs, len);
+                if (!es__parse_label(r, fs, len, 0, &label, &why)) return csv_col_err(r, ln, s, c, p, end, why, fs, len);
                 break;
             }
             case ES__COL_NUM:
                 if (!es__num_feature(r, fs, len, &dense[col->slot]))
-                    return csv_col_err(r, ln, c, p, end, "expected a number", fs, len);
+                    return csv_col_err(r, ln, s, c, p, end, "expected a number", fs, len);
                 break;
             case ES__COL_CAT:
-                rc = es__push_val(b, nv, es_key(fs, len), 1.0f);
-                off[col->slot + 1] = (uint32_t)*nv;
-                break;
             case ES__COL_MULTI:
-                rc = push_multi(r, fs, len, b, nv);
+                if (mapped) {
+                    r->span[2 * col->slot] = fs;
+                    r->span[2 * col->slot + 1] = fe;
+                    break;
+                }
+                rc = push_field(r, col->role, fs, len, b, nv);
                 off[col->slot + 1] = (uint32_t)*nv;
                 break;
             default: break;
@@ -386,7 +463,158 @@ int es__csv_row(es_reader *r, const es__line *ln, char *s, size_t n, es_batch *b
         if (p == end) break;
         p++;
     }
-    if (c + 1 != r->n_cols) return es__row_err(r, ln, "expected %d columns, got %d", r->n_cols, c + 1);
+    if (c + 1 != r->n_cols) return shape_err(r, ln, c + 1, s, n);
+    if (mapped) {
+        for (size_t f = 0; f < F; f++) {
+            const char *fs = r->span[2 * f], *fe = r->span[2 * f + 1];
+            int rc = push_field(r, r->cols[r->field_col[f]].role, fs, (size_t)(fe - fs), b, nv);
+            if (rc) return rc;
+            off[f + 1] = (uint32_t)*nv;
+        }
+    }
     b->label[row] = label;
     return ES_OK;
+}
+
+/* ---- renumbering (schema.h) ---------------------------------------------------------- */
+/* Give field slot i the new number fnew[i] and numeric slot j dnew[j] (both
+ * permutations; NULL = unchanged).  Names move with their slots. */
+static int csv_renumber(es_reader *r, const int *fnew, const int *dnew) {
+    const int F = r->n_fields, D = r->n_dense;
+    char **fn = es__calloc((size_t)(F ? F : 1), sizeof *fn), **dn = es__calloc((size_t)(D ? D : 1), sizeof *dn);
+    int *fcol = es__malloc((size_t)(F ? F : 1) * sizeof *fcol);
+    char **span = es__calloc(2 * (size_t)(F ? F : 1), sizeof *span);
+    if (!fn || !dn || !fcol || !span) {
+        es__free(fn);
+        es__free(dn);
+        es__free(fcol);
+        es__free(span);
+        return ES_ENOMEM;
+    }
+    for (int i = 0; i < F; i++) fn[fnew ? fnew[i] : i] = r->field_names[i];
+    for (int j = 0; j < D; j++) dn[dnew ? dnew[j] : j] = r->dense_names[j];
+    es__free(r->field_names);
+    es__free(r->dense_names);
+    r->field_names = fn;
+    r->dense_names = dn;
+    bool in_order = true;
+    int last = -1;
+    for (int c = 0; c < r->n_cols; c++) {
+        es__col *col = &r->cols[c];
+        if (col->role == ES__COL_NUM && dnew) col->slot = dnew[col->slot];
+        if (col->role == ES__COL_CAT || col->role == ES__COL_MULTI) {
+            if (fnew) col->slot = fnew[col->slot];
+            fcol[col->slot] = c;
+            in_order = in_order && col->slot == last + 1;
+            last = col->slot;
+        }
+    }
+    es__free(r->field_col);
+    es__free(r->span);
+    r->field_col = NULL;
+    r->span = NULL;
+    if (in_order) {
+        es__free(fcol);
+        es__free(span);
+    } else {
+        r->field_col = fcol;
+        r->span = span;
+    }
+    return ES_OK;
+}
+
+/* new[i] = the index j of names[j] equal to have[i], each j used once;
+ * false when `have` is not a permutation of `names`. */
+static bool match_perm(char *const *have, const char *const *names, int n, int *out, char *used) {
+    memset(used, 0, (size_t)(n ? n : 1));
+    for (int i = 0; i < n; i++) {
+        int j = 0;
+        while (j < n && (used[j] || !names[j] || strcmp(have[i], names[j]) != 0)) j++;
+        if (j == n) return false;
+        used[j] = 1;
+        out[i] = j;
+    }
+    return true;
+}
+
+int es__reader_match_names(es_reader *r, const char *const *fields, int nf, const char *const *dense, int nd) {
+    if (r->fmt != ES_FMT_CSV || !r->cols || nf != r->n_fields || nd != r->n_dense) return 0;
+    const int F = r->n_fields, D = r->n_dense, M = F > D ? F : D;
+    int *fnew = es__malloc((size_t)(F + D + 1) * sizeof(int));
+    char *used = es__malloc((size_t)M + 1);
+    if (!fnew || !used) {
+        es__free(fnew);
+        es__free(used);
+        return ES_ENOMEM;
+    }
+    int *dnew = fnew + F;
+    int rc = 0;
+    if (match_perm(r->field_names, fields, F, fnew, used) && match_perm(r->dense_names, dense, D, dnew, used))
+        rc = csv_renumber(r, fnew, dnew) == ES_OK ? 1 : ES_ENOMEM;
+    es__free(fnew);
+    es__free(used);
+    return rc;
+}
+
+/* (spec entry, column) pairs sorted by entry: columns without an entry
+ * (spec = -1) keep their place before the named ones, in column order. */
+typedef struct {
+    int spec, col;
+} spec_col;
+static int cmp_spec_col(const void *a, const void *b) {
+    const spec_col *x = a, *y = b;
+    if (x->spec != y->spec) return x->spec < y->spec ? -1 : 1;
+    return (x->col > y->col) - (x->col < y->col);
+}
+
+int es__reader_spec_order(es_reader *r) {
+    if (r->fmt != ES_FMT_CSV || !r->cols) return ES_OK;
+    const int F = r->n_fields, D = r->n_dense;
+    spec_col *fs = es__malloc((size_t)(F + D + 1) * sizeof *fs);
+    int *fnew = es__malloc((size_t)(F + D + 1) * sizeof(int));
+    if (!fs || !fnew) {
+        es__free(fs);
+        es__free(fnew);
+        return ES_ENOMEM;
+    }
+    spec_col *ds = fs + F;
+    int *dnew = fnew + F;
+    int nf = 0, nd = 0;
+    for (int c = 0; c < r->n_cols; c++) {
+        const es__col *col = &r->cols[c];
+        if (col->role == ES__COL_CAT || col->role == ES__COL_MULTI) fs[nf++] = (spec_col){col->spec, c};
+        else if (col->role == ES__COL_NUM) ds[nd++] = (spec_col){col->spec, c};
+    }
+    ES_ASSERT(nf == F && nd == D);
+    qsort(fs, (size_t)F, sizeof *fs, cmp_spec_col);
+    qsort(ds, (size_t)D, sizeof *ds, cmp_spec_col);
+    for (int i = 0; i < F; i++) fnew[r->cols[fs[i].col].slot] = i;
+    for (int i = 0; i < D; i++) dnew[r->cols[ds[i].col].slot] = i;
+    int rc = csv_renumber(r, fnew, dnew);
+    es__free(fs);
+    es__free(fnew);
+    return rc;
+}
+
+int es__reader_unused_columns(const es_reader *r, char *buf, size_t cap) {
+    if (cap) buf[0] = 0;
+    if (r->fmt != ES_FMT_CSV || !r->cols || !r->header_lines) return 0;
+    int k = 0;
+    size_t o = 0;
+    for (int c = 0; c < r->n_cols; c++) {
+        if (r->cols[c].role != ES__COL_IGNORE) continue;
+        size_t need = strlen(r->col_names[c]) + 2;
+        if (cap && o + need + 5 < cap) o += (size_t)snprintf(buf + o, cap - o, "%s%s", k ? ", " : "", r->col_names[c]);
+        else if (cap && o + 5 < cap && (o < 3 || strcmp(buf + o - 3, "...") != 0))
+            o += (size_t)snprintf(buf + o, cap - o, "%s...", k ? ", " : "");
+        k++;
+    }
+    return k;
+}
+
+const char *es__reader_label_name(const es_reader *r) {
+    if (r->fmt != ES_FMT_CSV || !r->cols || !r->header_lines) return NULL;
+    for (int c = 0; c < r->n_cols; c++)
+        if (r->cols[c].role == ES__COL_LABEL) return r->col_names[c];
+    return NULL;
 }

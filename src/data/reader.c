@@ -12,6 +12,7 @@
  * (amortised); nothing else allocates after open.
  */
 #include "data/reader_impl.h"
+#include "data/schema.h"
 
 #include <math.h>
 
@@ -219,6 +220,8 @@ void es_reader_free(es_reader *r) {
     es__free_names(r->field_names, r->n_fields);
     es__free_names(r->col_names, r->n_cols);
     es__free(r->cols);
+    es__free(r->field_col);
+    es__free(r->span);
     es__free(r->t_field);
     es__free(r->t_key);
     es__free(r->t_wt);
@@ -337,6 +340,11 @@ uint64_t es_reader_lines(const es_reader *r) { return r ? es__lineio_lineno(r->i
 uint64_t es_reader_bad_lines(const es_reader *r) { return r ? r->bad : 0; }
 const char *es_reader_bad_report(const es_reader *r) { return r ? r->report : ""; }
 uint64_t es_reader_rows(const es_reader *r) { return r ? r->rows : 0; }
+void es__reader_shape(const es_reader *r, int *got, int *want, int *alt) {
+    *got = r ? r->shape_got : 0;
+    *want = r ? r->shape_want : 0;
+    *alt = r ? r->shape_alt : 0;
+}
 
 /* ---- the batch loop ------------------------------------------------------------------ */
 static void note_bad(es_reader *r) {

@@ -25,6 +25,7 @@ enum { ES__COL_IGNORE = 0, ES__COL_LABEL, ES__COL_NUM, ES__COL_CAT, ES__COL_MULT
 typedef struct es__col {
     int role;  /* ES__COL_* */
     int slot;  /* dense index (num) or field index (cat, multi) */
+    int spec;  /* position of its entry in the column spec, -1 if none */
 } es__col;
 
 /* The line being parsed: its number, and where a bad-line message goes
@@ -66,6 +67,16 @@ struct es_reader {
     es__col *cols;
     char **col_names;
     int header_lines;     /* lines to skip after a rewind (0 or 1) */
+    /* CSV fields renumbered out of column order (es__reader_match_names,
+     * es__reader_spec_order): field_col[f] is the column of field f and
+     * span[2f], span[2f+1] its text on the current line; NULL when the
+     * fields are in column order (the common case, parsed in one pass). */
+    int *field_col;
+    char **span;
+    /* The last line with the wrong number of columns (messages only): the
+     * columns it had, the columns expected, and how many it would have
+     * with the other common delimiter (',' for TSV, '\t' for CSV). */
+    int shape_got, shape_want, shape_alt;
     /* libsvm/libffm scratch for one line's terms, grown amortised */
     uint32_t *t_field;
     uint64_t *t_key;
@@ -148,6 +159,8 @@ int es__criteo_setup(es_reader *r, es_err *err);
 int es__csv_setup(es_reader *r, const char *columns, es_err *err);
 int es__libsvm_setup(es_reader *r, es_err *err);
 int es__libffm_setup(es_reader *r, es_err *err);
+/* Column count of a line split at byte d (for the shape hints above). */
+int es__count_byte(const char *s, size_t n, char d);
 /* Skip the header line(s) again after a rewind. */
 int es__csv_skip_header(es_reader *r);
 

@@ -237,7 +237,12 @@ static int parse_text(es_vecs *out, const unsigned char *buf, size_t len, const 
     if (p->max_rows && ub > p->max_rows) ub = p->max_rows;
     size_t cnt;
     if (!es__mul_size(ub, dim, &cnt) || cnt > SIZE_MAX / 4) return es__err(err, ES_ERANGE, "%s: too large", name);
-    out->x = es__alloc_aligned(cnt * sizeof(float));
+    /* Rows are checked as they are read, so the array grows in steps
+     * (doubling from about 16 MiB) instead of being sized up front as lines
+     * x the first row's length: a ragged file whose first row is long must
+     * fail on the row that differs, not on an allocation it never needed. */
+    size_t cap = ES_MIN(ub, ES_MAX((size_t)1, ((size_t)16 << 20) / (dim * sizeof(float))));
+    out->x = es__alloc_aligned(cap * dim * sizeof(float));
     char *blob = NULL;
     size_t blob_n = 0;
     if (labelled) {
@@ -246,11 +251,20 @@ static int parse_text(es_vecs *out, const unsigned char *buf, size_t len, const 
         out->priv_ = blob;
         if (!blob || !out->labels) return es__err(err, ES_ENOMEM, "%s: out of memory for labels", name);
     }
-    if (!out->x) return es__err(err, ES_ENOMEM, "%s: out of memory for %zu x %zu values", name, ub, dim);
+    if (!out->x) return es__err(err, ES_ENOMEM, "%s: out of memory for %zu x %zu values", name, cap, dim);
     size_t n = 0;
     for (;;) {
         if (!blank_or_comment(&l)) {
             if (n == ub) break;
+            if (n == cap) {
+                size_t nc = ES_MIN(ub, 2 * cap);
+                float *nx = es__alloc_aligned(nc * dim * sizeof(float));
+                if (!nx) return es__err(err, ES_ENOMEM, "%s:%zu: out of memory for %zu x %zu values", name, lineno, nc, dim);
+                memcpy(nx, out->x, n * dim * sizeof(float));
+                es__free_aligned(out->x);
+                out->x = nx;
+                cap = nc;
+            }
             const unsigned char *pp = l.s, *t;
             size_t nt;
             if (labelled) {

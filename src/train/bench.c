@@ -29,6 +29,7 @@ int es_bench_lookup(const es_train_params *p, int repeat, double *lookups_per_s,
     if (es_net_kind_parse(p->model, &kind) != 0) return es__err(err, ES_EINVAL, "unknown model '%s'", p->model);
     if ((rc = es_reader_open(&r, p->train_path, &p->reader, err)) != 0) return rc;
     int n_dense = es_reader_n_dense(r), n_fields = es_reader_n_fields(r);
+    if ((rc = es__reader_require_fields(r, p->train_path, err)) != 0) goto done;
     if ((rc = es_vocab_create(&vocab, n_fields)) != 0) goto oom;
     /* read the rows once into memory so that timing covers lookups only */
     uint64_t rows = 0;

@@ -90,6 +90,7 @@ void es_model_free(es_model *m) {
     es_net_free(m->net);
     es__free_aligned(m->buf);
     es__free(m->rp_columns);
+    es__free(m->in_columns);
     for (int i = 0; i < m->n_meta; i++) {
         es__free(m->meta_key[i]);
         es__free(m->meta_val[i]);

@@ -26,6 +26,12 @@ struct es_model {
     /* reader parameters the model was trained with; strings owned */
     es_reader_params rp;
     char *rp_columns;
+    /* reader parameters for eval/predict (es_model_set_reader_params;
+     * in_set = 0: rp), in_columns owned; note: es_model_input_note */
+    es_reader_params in_rp;
+    char *in_columns;
+    int in_set;
+    char note[512];
     /* metadata (owned copies) */
     int n_meta, cap_meta;
     char **meta_key;
@@ -53,6 +59,21 @@ int es__model_load(es_model **out, const char *path, unsigned flags, int with_st
 /* Bytes of tensors the load mapped in place (0 for a created model, with
  * ES_NO_REMAP=1, or when nothing qualified). */
 size_t es__model_mapped_bytes(const es_model *m);
+
+/* Open `path` for eval/predict the way m was trained (input.c): the reader
+ * parameters of the model (or es_model_set_reader_params), CSV columns
+ * matched to the model's fields by name, libffm read with the model's
+ * field count; checks the shape against the model and allocates b (batch
+ * of max_batch rows).  Sets m->note (unused columns).  Errors go to m->err
+ * with a hint of the option that fits. */
+int es__model_open_input(es_model *m, const char *path, int has_label, es_reader **r, es_batch *b);
+/* After a reader error while reading for eval/predict (the message already
+ * in m->err): append what the model expects and which option fits, when
+ * the error was a line with the wrong number of columns. */
+void es__model_input_hint(es_model *m, const es_reader *r, int has_label);
+/* A model needs at least one categorical field: a clear ES_EINVAL naming
+ * the file when the reader has none. */
+int es__reader_require_fields(const es_reader *r, const char *path, es_err *err);
 
 /* Storage parameters of a training run (method, shape, budget, seed,
  * table learning rate; LR tables start at zero). */

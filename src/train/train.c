@@ -14,6 +14,7 @@
 #include "model.h"
 
 #include "core/fileid.h"
+#include "data/schema.h"
 #include "train/integrity.h"
 
 #include <errno.h>
@@ -311,6 +312,18 @@ static int ckpt_int(const es_model *m, const char *ckpt, const char *key, long l
 
 int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
     memset(res, 0, sizeof *res);
+    /* No budget: the methods that size their table from one get
+     * ES_DEFAULT_BUDGET (a fraction of the full table), so that `train FILE`
+     * works with the default method.  full sizes itself exactly and mde
+     * solves without one; method options (k=, rows=, ...) may size a table
+     * on their own, so they are left to the method. */
+    es_train_params with_budget;
+    if (p && p->budget == 0 && p->storage && strcmp(p->storage, "full") != 0 && strcmp(p->storage, "mde") != 0 &&
+        !(p->storage_opts && *p->storage_opts)) {
+        with_budget = *p;
+        with_budget.budget = ES_DEFAULT_BUDGET;
+        p = &with_budget;
+    }
     double t_start = es__now();
     es_reader *r = NULL, *rv = NULL;
     es_vocab *vocab = NULL;
@@ -349,6 +362,7 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
     /* the identity the file must keep while it is read */
     if ((rc = es__file_id_get(p->train_path, 0, &tid, err)) != 0) goto done;
     int n_dense = es_reader_n_dense(r), n_fields = es_reader_n_fields(r);
+    if ((rc = es__reader_require_fields(r, p->train_path, err)) != 0) goto done;
     if ((rc = es_batch_alloc(&b, p->batch, n_dense, n_fields, (size_t)p->batch * (size_t)(n_fields + 1))) != 0) {
         es__err(err, rc, "out of memory for a batch of %d rows", p->batch);
         goto done;
@@ -705,6 +719,8 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
         for (int d = 0; d < n_dense && o < sizeof names; d++)
             o += (size_t)snprintf(names + o, sizeof names - o, d ? ",%s" : "%s", es_reader_dense_name(r, d));
         es__model_set_meta(m, "schema.dense", names);
+        /* the label column's name: eval/predict find a CSV's columns by name */
+        if (es__reader_label_name(r)) es__model_set_meta(m, "schema.label", es__reader_label_name(r));
         if (m->st->ops->field_stats && vocab) {
             /* per-field table statistics for `embstore inspect` */
             for (int f = 0; f < n_fields; f++) {
@@ -760,24 +776,7 @@ done:
 int es_set_threads(int n) { return es__threads_set(n); }
 
 static int open_for_model(es_model *m, const char *path, int has_label, es_reader **r, es_batch *b) {
-    es_reader_params rp = m->rp;
-    rp.has_label = has_label;
-    es_err e = {0};
-    int rc = es_reader_open(r, path, &rp, &e);
-    if (rc != 0) return es__err(&m->err, rc, "%s", e.msg);
-    if (es_reader_n_dense(*r) != m->n_dense || es_reader_n_fields(*r) != m->n_fields) {
-        rc = es__err(&m->err, ES_EINVAL, "%s: %d numeric and %d categorical columns, the model expects %d and %d", path,
-                     es_reader_n_dense(*r), es_reader_n_fields(*r), m->n_dense, m->n_fields);
-        es_reader_free(*r);
-        *r = NULL;
-        return rc;
-    }
-    if ((rc = es_batch_alloc(b, m->max_batch, m->n_dense, m->n_fields, (size_t)m->max_batch * (size_t)(m->n_fields + 1))) != 0) {
-        es_reader_free(*r);
-        *r = NULL;
-        return es__err(&m->err, rc, "out of memory");
-    }
-    return ES_OK;
+    return es__model_open_input(m, path, has_label, r, b); /* input.c: columns by name, hints */
 }
 
 int es_model_eval_file(es_model *m, const char *path, es_metrics *out) {
@@ -792,7 +791,10 @@ int es_model_eval_file(es_model *m, const char *path, es_metrics *out) {
         rc = es__err(&m->err, ES_ENOMEM, "out of memory");
         goto done;
     }
-    if ((rc = predict_stream(m, r, &b, prob, 0, 0, &ps, &m->err)) != 0) goto done;
+    if ((rc = predict_stream(m, r, &b, prob, 0, 0, &ps, &m->err)) != 0) {
+        es__model_input_hint(m, r, 1);
+        goto done;
+    }
     if (ps.n == 0) {
         rc = es__err(&m->err, ES_EPARSE, "%s: no rows to evaluate", path);
         goto done;
@@ -830,6 +832,7 @@ int es_model_predict_file(es_model *m, const char *in, int has_label, const char
         int n = es_reader_next(r, &b);
         if (n < 0) {
             rc = es__err(&m->err, n, "%s", es_reader_errmsg(r));
+            es__model_input_hint(m, r, has_label);
             goto done;
         }
         if (n == 0) break;
