@@ -92,4 +92,21 @@ int es_test_sh(const char *out, const char *fmt, ...) __attribute__((format(prin
 /* Read a whole small file into a malloc'd NUL-terminated string. */
 char *es_test_slurp(const char *path);
 
+/* Value of "key": in a JSON line (numbers only); NAN if absent or s is NULL. */
+static inline double es_test_json_num(const char *s, const char *key) {
+    char pat[128];
+    snprintf(pat, sizeof pat, "\"%s\":", key);
+    const char *p = s ? strstr(s, pat) : NULL;
+    if (!p) return NAN;
+    return strtod(p + strlen(pat), NULL);
+}
+
+/* Last line of a text (a command's JSON result); trailing newlines are cut. */
+static inline const char *es_test_last_line(char *s) {
+    size_t n = strlen(s);
+    while (n && s[n - 1] == '\n') s[--n] = 0;
+    char *p = strrchr(s, '\n');
+    return p ? p + 1 : s;
+}
+
 #endif

@@ -51,21 +51,6 @@ static const char *tp(char *buf, size_t cap, const char *name) {
     char var##_buf[1024]; \
     const char *var = tp(var##_buf, sizeof var##_buf, name)
 
-static double json_get(const char *s, const char *key) {
-    char pat[128];
-    snprintf(pat, sizeof pat, "\"%s\":", key);
-    const char *p = s ? strstr(s, pat) : NULL;
-    if (!p) return NAN;
-    return strtod(p + strlen(pat), NULL);
-}
-
-static const char *last_line(char *s) {
-    size_t n = strlen(s);
-    while (n && s[n - 1] == '\n') s[--n] = 0;
-    char *p = strrchr(s, '\n');
-    return p ? p + 1 : s;
-}
-
 /* ---- 1. --resume checks the checkpoint against the command -------------------------- */
 
 /* A checkpoint left by a run that stopped part way, deterministically: the
@@ -403,10 +388,10 @@ TEST(integrity_skip_bad_reports_count_and_lines) {
     char *s = es_test_slurp(log), *e = es_test_slurp(errlog);
     printf("    stderr: %s", e ? e : "");
     CHECK_MSG(st == 0, "exit %d: %s %s", st, s ? s : "", e ? e : "");
-    const char *j = last_line(s);
+    const char *j = es_test_last_line(s);
     printf("    %s\n", j);
-    CHECK_EQ_INT(json_get(j, "bad_lines"), 3);
-    CHECK_EQ_INT(json_get(j, "rows"), 8000);
+    CHECK_EQ_INT(es_test_json_num(j, "bad_lines"), 3);
+    CHECK_EQ_INT(es_test_json_num(j, "rows"), 8000);
     CHECK_STR_HAS(e, "skipped 3 bad lines");
     CHECK_STR_HAS(e, "isb.tsv:101:");
     CHECK_STR_HAS(e, "isb.tsv:2002:");
@@ -418,7 +403,7 @@ TEST(integrity_skip_bad_reports_count_and_lines) {
                     es_bin(), data);
     s = es_test_slurp(log);
     CHECK_MSG(st == 0, "exit %d: %s", st, s ? s : "");
-    CHECK_EQ_INT(json_get(last_line(s), "bad_lines"), 0);
+    CHECK_EQ_INT(es_test_json_num(es_test_last_line(s), "bad_lines"), 0);
     CHECK(strstr(s, "skipped") == NULL);
     free(s);
 }
@@ -432,10 +417,10 @@ TEST(integrity_skip_bad_counts_the_validation_file) {
     int st = es_test_sh(log, "%s train %s --valid %s --skip-bad --model lr --storage hash --budget 50000", es_bin(), train, valid);
     char *s = es_test_slurp(log);
     CHECK_MSG(st == 0, "exit %d: %s", st, s ? s : "");
-    const char *j = last_line(s);
+    const char *j = es_test_last_line(s);
     printf("    %s\n", j);
-    CHECK_EQ_INT(json_get(j, "bad_lines"), 2);
-    CHECK_EQ_INT(json_get(j, "valid_rows"), 500);
+    CHECK_EQ_INT(es_test_json_num(j, "bad_lines"), 2);
+    CHECK_EQ_INT(es_test_json_num(j, "valid_rows"), 500);
     CHECK_STR_HAS(s, "isv_valid.tsv:501:");
     free(s);
 }

@@ -18,23 +18,6 @@ static const char *es_bin(void) {
     return b ? b : "build/embstore";
 }
 
-/* Value of "key": in a JSON line (numbers only); NAN if absent. */
-static double json_get(const char *s, const char *key) {
-    char pat[128];
-    snprintf(pat, sizeof pat, "\"%s\":", key);
-    const char *p = s ? strstr(s, pat) : NULL;
-    if (!p) return NAN;
-    return strtod(p + strlen(pat), NULL);
-}
-
-/* Last line of a text (the JSON result). */
-static const char *last_line(char *s) {
-    size_t n = strlen(s);
-    while (n && (s[n - 1] == '\n')) s[--n] = 0;
-    char *p = strrchr(s, '\n');
-    return p ? p + 1 : s;
-}
-
 TEST(auc_exact_with_ties) {
     float p1[] = {0.1f, 0.4f, 0.35f, 0.8f}, y1[] = {0, 0, 1, 1};
     double a = es_auc(p1, y1, 4);
@@ -89,9 +72,9 @@ TEST(train_dlrm_unified_end_to_end) {
     int st = train_cli(log, args);
     char *s = es_test_slurp(log);
     CHECK_MSG(st == 0, "exit %d: %s", st, s ? s : "");
-    const char *j = last_line(s);
-    double auc = json_get(j, "auc"), emb = json_get(j, "emb_bytes"), full = json_get(j, "full_bytes");
-    double rows = json_get(j, "rows"), vrows = json_get(j, "valid_rows");
+    const char *j = es_test_last_line(s);
+    double auc = es_test_json_num(j, "auc"), emb = es_test_json_num(j, "emb_bytes"), full = es_test_json_num(j, "full_bytes");
+    double rows = es_test_json_num(j, "rows"), vrows = es_test_json_num(j, "valid_rows");
     printf("    %s\n", j);
     CHECK_EQ_INT(rows, 8000);
     CHECK_EQ_INT(vrows, 2000);
@@ -106,13 +89,13 @@ TEST(saved_model_predicts_identically_in_new_process) {
     int st = train_cli(log, "--valid-frac 0.2 --model fm --storage full --epochs 1 --seed 3 --out $ES_T/rt.es");
     char *s = es_test_slurp(log);
     CHECK_MSG(st == 0, "train exit %d: %s", st, s ? s : "");
-    double auc_train = json_get(last_line(s), "auc");
+    double auc_train = es_test_json_num(es_test_last_line(s), "auc");
     free(s);
     /* the held-out rows as their own file */
     CHECK(es_test_sh(NULL, "tail -n 2000 %s > $ES_T/rt_valid.tsv", CRITEO) == 0);
     CHECK(es_test_sh(log, "%s eval $ES_T/rt.es $ES_T/rt_valid.tsv", es_bin()) == 0);
     s = es_test_slurp(log);
-    double auc_eval = json_get(last_line(s), "auc");
+    double auc_eval = es_test_json_num(es_test_last_line(s), "auc");
     printf("    train-time auc %.6f, eval in a new process %.6f\n", auc_train, auc_eval);
     CHECK_NEAR(auc_eval, auc_train, 1e-6);
     free(s);
@@ -170,8 +153,8 @@ TEST(every_model_and_method_trains) {
             const char *log = es_test_path("each.log");
             int st = train_cli(log, args);
             char *s = es_test_slurp(log);
-            const char *j = s ? last_line(s) : "";
-            double auc = json_get(j, "auc");
+            const char *j = s ? es_test_last_line(s) : "";
+            double auc = es_test_json_num(j, "auc");
             printf("    %-4s %-46s auc %.4f\n", models[i], methods[k], auc);
             CHECK_MSG(st == 0, "exit %d: %s", st, s ? s : "");
             CHECK_MSG(auc > 0.62, "auc %.4f for %s", auc, args);

@@ -585,3 +585,13 @@ int es_reader_rewind(es_reader *r) {
     }
     return ES_OK;
 }
+
+const char *es__format_name(es_format f) {
+    switch (f) {
+    case ES_FMT_CRITEO: return "criteo";
+    case ES_FMT_CSV: return "csv";
+    case ES_FMT_LIBSVM: return "libsvm";
+    case ES_FMT_LIBFFM: return "libffm";
+    default: return "auto";
+    }
+}

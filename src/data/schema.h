@@ -16,6 +16,10 @@
 
 #include <stddef.h>
 
+/* The name a model file and a run description use for a format:
+ * "criteo", "csv", "libsvm", "libffm", or "auto". */
+const char *es__format_name(es_format f);
+
 /* CSV: renumber the fields and numeric features so that field i is the
  * column named fields[i] and numeric feature j the column named dense[j]
  * (the names a model recorded).  Only when the reader's names are exactly

@@ -15,6 +15,8 @@
  */
 #include "model.h"
 
+#include "data/schema.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -221,16 +223,6 @@ int es_model_embedding(es_model *m, int field, uint64_t key, float *out) {
 
 /* ---- save ---------------------------------------------------------------------- */
 
-static const char *format_name(es_format f) {
-    switch (f) {
-    case ES_FMT_CRITEO: return "criteo";
-    case ES_FMT_CSV: return "csv";
-    case ES_FMT_LIBSVM: return "libsvm";
-    case ES_FMT_LIBFFM: return "libffm";
-    default: return "auto";
-    }
-}
-
 static es_format format_parse(const char *s) {
     if (!s) return ES_FMT_AUTO;
     if (!strcmp(s, "criteo")) return ES_FMT_CRITEO;
@@ -338,7 +330,7 @@ static int write_meta(es_model *m, es_fwriter *w, int with_state) {
     rc |= es_fwriter_meta(w, "storage.resolved", m->st->meta);
     rc |= es_fwriter_metaf(w, "storage.param_bytes", "%zu", m->st->param_bytes);
     rc |= es_fwriter_metaf(w, "storage.aux_bytes", "%zu", m->st->aux_bytes);
-    rc |= es_fwriter_meta(w, "reader.format", format_name(m->rp.format));
+    rc |= es_fwriter_meta(w, "reader.format", es__format_name(m->rp.format));
     rc |= es_fwriter_metaf(w, "reader.delim", "%d", (int)(unsigned char)m->rp.delim);
     rc |= es_fwriter_metaf(w, "reader.header", "%d", m->rp.header);
     rc |= es_fwriter_meta(w, "reader.columns", m->rp.columns ? m->rp.columns : "");

@@ -20,19 +20,10 @@
  * progress, the command line.
  */
 #include "core/fileid.h"
+#include "data/schema.h"
 #include "train/integrity.h"
 
 #include <math.h>
-
-static const char *fmt_name(es_format f) {
-    switch (f) {
-    case ES_FMT_CRITEO: return "criteo";
-    case ES_FMT_CSV: return "csv";
-    case ES_FMT_LIBSVM: return "libsvm";
-    case ES_FMT_LIBFFM: return "libffm";
-    default: return "auto";
-    }
-}
 
 static void char_name(char *dst, size_t cap, char c) {
     if (c == 0) snprintf(dst, cap, "auto");
@@ -125,7 +116,7 @@ int es__train_describe(const es_train_params *p, const es_reader_params *rp, cha
     put(&b, "max-rows", "%llu", (unsigned long long)p->max_rows);
     put(&b, "valid-frac", "%.17g", p->valid_path ? 0.0 : p->valid_frac);
     char c[16];
-    put(&b, "format", "%s", fmt_name(rp->format));
+    put(&b, "format", "%s", es__format_name(rp->format));
     char_name(c, sizeof c, rp->delim);
     put(&b, "delim", "%s", c);
     put(&b, "header", "%s", rp->header ? "yes" : "no");
