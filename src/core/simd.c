@@ -151,56 +151,76 @@ void es__gemm_fixed_ref(float *C, int ldc, const float *A, int lda, const float 
  * every 16-column strip of B, which stays in L1, passes over it). */
 #define GEMM_CHUNK 48
 
-/* R rows (R <= 6) x one 16-column strip starting at j0, full or masked. */
-__attribute__((target("avx2,fma"), always_inline)) static inline void gemm_avx2_block(float *C, int ldc, const float *A,
-                                                                                    int lda, const float *B, int ldb,
-                                                                                    int K, int R, int full, __m256i m0,
-                                                                                    __m256i m1) {
-    __m256 c[6][2];
-    for (int r = 0; r < 6; r++) c[r][0] = c[r][1] = _mm256_setzero_ps();
-    for (int k = 0; k < K; k++, B += ldb) {
-        __m256 w0, w1;
-        if (full) {
-            w0 = _mm256_loadu_ps(B);
-            w1 = _mm256_loadu_ps(B + 8);
-        } else {
-            w0 = _mm256_maskload_ps(B, m0);
-            w1 = _mm256_maskload_ps(B + 8, m1);
+__attribute__((target("avx2,fma"))) static void gemm_chunk_avx2(float *C, int ldc, const float *A, int lda,
+                                                               const float *B, int ldb, int i0, int i1, int K, int N) {
+    for (int j0 = 0; j0 < N; j0 += 16) {
+        int w = N - j0 < 16 ? N - j0 : 16;
+        /* lane masks for the two 8-wide halves of the 16-column block */
+        __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(w), idx);
+        __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(w - 8), idx);
+        const int full = w == 16;
+        int i = i0;
+        for (; i + 4 <= i1; i += 4) {
+            const float *a0 = A + (size_t)i * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
+            __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+            const float *b = B + j0;
+            for (int k = 0; k < K; k++, b += ldb) {
+                __m256 w0, w1;
+                if (full) {
+                    w0 = _mm256_loadu_ps(b);
+                    w1 = _mm256_loadu_ps(b + 8);
+                } else {
+                    w0 = _mm256_maskload_ps(b, m0);
+                    w1 = _mm256_maskload_ps(b + 8, m1);
+                }
+                __m256 x = _mm256_broadcast_ss(a0 + k);
+                c00 = _mm256_fmadd_ps(x, w0, c00);
+                c01 = _mm256_fmadd_ps(x, w1, c01);
+                x = _mm256_broadcast_ss(a1 + k);
+                c10 = _mm256_fmadd_ps(x, w0, c10);
+                c11 = _mm256_fmadd_ps(x, w1, c11);
+                x = _mm256_broadcast_ss(a2 + k);
+                c20 = _mm256_fmadd_ps(x, w0, c20);
+                c21 = _mm256_fmadd_ps(x, w1, c21);
+                x = _mm256_broadcast_ss(a3 + k);
+                c30 = _mm256_fmadd_ps(x, w0, c30);
+                c31 = _mm256_fmadd_ps(x, w1, c31);
+            }
+            float *c = C + (size_t)i * ldc + j0;
+            if (full) {
+                _mm256_storeu_ps(c, c00), _mm256_storeu_ps(c + 8, c01), c += ldc;
+                _mm256_storeu_ps(c, c10), _mm256_storeu_ps(c + 8, c11), c += ldc;
+                _mm256_storeu_ps(c, c20), _mm256_storeu_ps(c + 8, c21), c += ldc;
+                _mm256_storeu_ps(c, c30), _mm256_storeu_ps(c + 8, c31);
+            } else {
+                _mm256_maskstore_ps(c, m0, c00), _mm256_maskstore_ps(c + 8, m1, c01), c += ldc;
+                _mm256_maskstore_ps(c, m0, c10), _mm256_maskstore_ps(c + 8, m1, c11), c += ldc;
+                _mm256_maskstore_ps(c, m0, c20), _mm256_maskstore_ps(c + 8, m1, c21), c += ldc;
+                _mm256_maskstore_ps(c, m0, c30), _mm256_maskstore_ps(c + 8, m1, c31);
+            }
         }
-        for (int r = 0; r < R; r++) {
-            __m256 x = _mm256_broadcast_ss(A + (size_t)r * lda + k);
-            c[r][0] = _mm256_fmadd_ps(x, w0, c[r][0]);
-            c[r][1] = _mm256_fmadd_ps(x, w1, c[r][1]);
-        }
-    }
-    for (int r = 0; r < R; r++, C += ldc) {
-        if (full) {
-            _mm256_storeu_ps(C, c[r][0]);
-            _mm256_storeu_ps(C + 8, c[r][1]);
-        } else {
-            _mm256_maskstore_ps(C, m0, c[r][0]);
-            _mm256_maskstore_ps(C + 8, m1, c[r][1]);
+        for (; i < i1; i++) {
+            const float *a0 = A + (size_t)i * lda;
+            __m256 c00 = _mm256_setzero_ps(), c01 = c00;
+            const float *b = B + j0;
+            for (int k = 0; k < K; k++, b += ldb) {
+                __m256 x = _mm256_broadcast_ss(a0 + k);
+                c00 = _mm256_fmadd_ps(x, _mm256_maskload_ps(b, m0), c00);
+                c01 = _mm256_fmadd_ps(x, _mm256_maskload_ps(b + 8, m1), c01);
+            }
+            float *c = C + (size_t)i * ldc + j0;
+            _mm256_maskstore_ps(c, m0, c00);
+            _mm256_maskstore_ps(c + 8, m1, c01);
         }
     }
 }
 
 __attribute__((target("avx2,fma"))) static void gemm_rows_avx2(float *C, int ldc, const float *A, int lda,
                                                                const float *B, int ldb, int i0, int i1, int K, int N) {
-    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    for (int c0 = i0; c0 < i1; c0 += GEMM_CHUNK) {
-        const int c1 = c0 + GEMM_CHUNK < i1 ? c0 + GEMM_CHUNK : i1;
-        for (int j0 = 0; j0 < N; j0 += 16) {
-            const int w = N - j0 < 16 ? N - j0 : 16, full = w == 16;
-            /* lane masks for the two 8-wide halves of the strip */
-            const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(w), idx);
-            const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(w - 8), idx);
-            int i = c0;
-            for (; i + 6 <= c1; i += 6)
-                gemm_avx2_block(C + (size_t)i * ldc + j0, ldc, A + (size_t)i * lda, lda, B + j0, ldb, K, 6, full, m0, m1);
-            for (; i + 2 <= c1; i += 2)
-                gemm_avx2_block(C + (size_t)i * ldc + j0, ldc, A + (size_t)i * lda, lda, B + j0, ldb, K, 2, full, m0, m1);
-            if (i < c1) gemm_avx2_block(C + (size_t)i * ldc + j0, ldc, A + (size_t)i * lda, lda, B + j0, ldb, K, 1, full, m0, m1);
-        }
+    for (int ch = i0; ch < i1; ch += GEMM_CHUNK) {
+        const int ch1 = ch + GEMM_CHUNK < i1 ? ch + GEMM_CHUNK : i1;
+        gemm_chunk_avx2(C, ldc, A, lda, B, ldb, ch, ch1, K, N);
     }
 }
 
