@@ -9,7 +9,7 @@ set -euo pipefail
 PKGS="build-essential clang libclang-rt-14-dev libxxhash-dev libopenblas-dev liblapacke-dev zlib1g-dev
       libmicrohttpd-dev librsvg2-bin"
 if [ "${1:-}" = bench ]; then
-    PKGS="$PKGS python3-numpy python3-torch libfaiss-dev python3-faiss libhnswlib-dev"
+    PKGS="$PKGS python3-numpy python3-torch libfaiss-dev python3-faiss libhnswlib-dev bc"
 fi
 missing=""
 for p in $PKGS; do
