@@ -386,6 +386,43 @@ static int optim_init(es_net *net, es_err *err) {
 
 /* ---- lifecycle --------------------------------------------------------------------------- */
 
+/* What layout() and carve_acts() need to index their arrays safely; the
+ * width caps of validate() are left out so that an oversized net can still
+ * be sized (and refused for its size). */
+static int sizable(const es_net_params *p) {
+    if (p->kind < ES_NET_LR || p->kind > ES_NET_DCN) return 0;
+    if (p->n_fields < 1 || p->n_fields > ES__NET_MAX_WIDTH || p->n_dense < 0 || p->n_dense > ES__NET_MAX_WIDTH) return 0;
+    if (p->dim < 1 || p->dim > 4096 || p->max_batch < 1 || p->max_batch > ES__NET_MAX_BATCH) return 0;
+    if (p->n_bottom < 0 || p->n_bottom > ES_NET_MAX_LAYERS || p->n_top < 0 || p->n_top > ES_NET_MAX_LAYERS) return 0;
+    if (p->n_cross < 0 || p->n_cross > ES_NET_MAX_LAYERS) return 0;
+    for (int i = 0; i < p->n_bottom; i++)
+        if (p->bottom[i] < 1) return 0;
+    for (int i = 0; i < p->n_top; i++)
+        if (p->top[i] < 1) return 0;
+    long long T = (long long)p->n_fields + 1; /* the interaction width must fit an int */
+    return T * (T - 1) / 2 + p->dim <= INT32_MAX;
+}
+
+int es_net_footprint(const es_net_params *p, size_t *bytes) {
+    if (!sizable(p)) return ES_EINVAL;
+    es_net *net = es__calloc(1, sizeof *net);
+    if (!net) return ES_ENOMEM;
+    net->p = *p;
+    net->E = es_net_emb_dim(p->kind, p->dim);
+    layout(net);
+    carver c = {NULL, 0};
+    carve_acts(net, &c);
+    const es_optim kind = p->opt.kind;
+    size_t arrays = kind == ES_OPT_ADAM ? 2 : kind == ES_OPT_ADAGRAD ? 1 : 0, floats, state, total;
+    /* params, grads and the packed copy; optimizer arrays; activations */
+    int ok = es__mul_size(net->n_params, 3, &floats) && es__add_size(floats, c.used, &floats) &&
+             es__mul_size(round16(net->n_params), arrays, &state) && es__add_size(floats, state, &floats) &&
+             es__mul_size(floats, sizeof(float), &total) && es__add_size(total, arrays ? ES_ALIGN : 0, &total);
+    es__free(net);
+    *bytes = ok ? total : SIZE_MAX;
+    return ES_OK;
+}
+
 int es_net_create(es_net **out, const es_net_params *p, es_err *err) {
     if (!out || !p) return es__err(err, ES_EINVAL, "net: NULL argument");
     *out = NULL;

@@ -70,6 +70,12 @@ typedef struct es_net es_net;
 
 int es_net_create(es_net **out, const es_net_params *p, es_err *err);
 void es_net_free(es_net *n);
+/* Bytes es_net_create would allocate for p (parameters, gradients, the
+ * packed forward weights, optimizer state and activations), without
+ * allocating them; SIZE_MAX when the count overflows.  Widths past
+ * create()'s caps are still sized; ES_EINVAL for parameters that describe
+ * no net at all (unknown kind, layer counts out of range), ES_ENOMEM. */
+int es_net_footprint(const es_net_params *p, size_t *bytes);
 const es_net_params *es_net_get_params(const es_net *n);
 
 /* logit[n] from emb[n, F, E] and dense[n, D] (dense may be NULL when
