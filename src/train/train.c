@@ -775,16 +775,12 @@ done:
 
 int es_set_threads(int n) { return es__threads_set(n); }
 
-static int open_for_model(es_model *m, const char *path, int has_label, es_reader **r, es_batch *b) {
-    return es__model_open_input(m, path, has_label, r, b); /* input.c: columns by name, hints */
-}
-
 int es_model_eval_file(es_model *m, const char *path, es_metrics *out) {
     es_reader *r = NULL;
     es_batch b = {0};
     pred_set ps = {0};
     float *prob = NULL;
-    int rc = open_for_model(m, path, 1, &r, &b);
+    int rc = es__model_open_input(m, path, 1, &r, &b);
     if (rc != 0) return rc;
     prob = es__malloc((size_t)m->max_batch * sizeof(float));
     if (!prob) {
@@ -817,7 +813,7 @@ int es_model_predict_file(es_model *m, const char *in, int has_label, const char
     FILE *fp = stdout;
     uint64_t rows = 0;
     int to_stdout = !out_path || strcmp(out_path, "-") == 0;
-    int rc = open_for_model(m, in, has_label, &r, &b);
+    int rc = es__model_open_input(m, in, has_label, &r, &b);
     if (rc != 0) return rc;
     prob = es__malloc((size_t)m->max_batch * sizeof(float));
     if (!prob) {
