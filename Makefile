@@ -1,6 +1,9 @@
 # embstore — plain Makefile.
 #
-#   make            library + CLI (build/embstore, build/libembstore.a)
+#   make            library + CLI (build/embstore, build/libembstore.a,
+#                   build/libembstore.so: exports only what embstore.h declares)
+#   make install    header, both libraries and embstore.pc under PREFIX
+#                   (default /usr/local; DESTDIR is honoured)
 #   make test       quick test tier (build/test_runner)
 #   make test-full  quick + slow tiers
 #   make check      everything CI runs: all tiers, SAN=1 tier, fuzzers
@@ -35,7 +38,10 @@ SANLD   := -fsanitize=address,undefined
 endif
 
 CPPFLAGS := -Iinclude -Isrc -I/usr/include/x86_64-linux-gnu $(EXTRA_CPPFLAGS)
-CFLAGS   := $(CSTD) $(WARN) $(OPT) $(OMP) -pthread $(EXTRA_CFLAGS)
+# -fPIC: the same objects make the static and the shared library.
+# -fvisibility=hidden: only functions marked ES_API (the ones embstore.h
+# declares) are exported from libembstore.so.
+CFLAGS   := $(CSTD) $(WARN) $(OPT) $(OMP) -pthread -fPIC -fvisibility=hidden $(EXTRA_CFLAGS)
 LDLIBS   := -lopenblas -llapacke -lxxhash -lz -lmicrohttpd -lm -lpthread
 LDFLAGS  := $(OMP) $(SANLD) -pthread $(EXTRA_LDFLAGS)
 
@@ -47,8 +53,14 @@ TOOL_OBJ := $(TOOL_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 DEPS     := $(LIB_OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TEST_OBJ:.o=.d)
 
-.PHONY: all test test-full check demo bench fuzz deps clean
-all: $(BUILD)/embstore $(BUILD)/libembstore.a
+SO_MAJOR := 0
+SO_VER   := 0.1.0
+SONAME   := libembstore.so.$(SO_MAJOR)
+PREFIX   ?= /usr/local
+LIBDIR   ?= $(PREFIX)/lib
+
+.PHONY: all test test-full check demo bench fuzz deps clean install examples
+all: $(BUILD)/embstore $(BUILD)/libembstore.a $(BUILD)/libembstore.so
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -57,6 +69,14 @@ $(BUILD)/%.o: %.c
 $(BUILD)/libembstore.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
+
+# The shared library: soname libembstore.so.0, file libembstore.so.0.1.0,
+# and the two links a build and a loader look for.
+$(BUILD)/libembstore.so.$(SO_VER): $(LIB_OBJ)
+	$(CC) -shared -Wl,-soname,$(SONAME) -Wl,--no-undefined $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(BUILD)/libembstore.so: $(BUILD)/libembstore.so.$(SO_VER)
+	ln -sf libembstore.so.$(SO_VER) $(BUILD)/$(SONAME)
+	ln -sf libembstore.so.$(SO_VER) $@
 
 $(BUILD)/embstore: $(TOOL_OBJ) $(BUILD)/libembstore.a
 	$(CC) $(LDFLAGS) -o $@ $(TOOL_OBJ) $(BUILD)/libembstore.a $(LDLIBS)
@@ -90,6 +110,16 @@ fuzz:
 
 deps:
 	bash .ci/deps.sh
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(LIBDIR)/pkgconfig
+	install -m 644 include/embstore.h $(DESTDIR)$(PREFIX)/include/
+	install -m 644 $(BUILD)/libembstore.a $(DESTDIR)$(LIBDIR)/
+	install -m 755 $(BUILD)/libembstore.so.$(SO_VER) $(DESTDIR)$(LIBDIR)/
+	ln -sf libembstore.so.$(SO_VER) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf libembstore.so.$(SO_VER) $(DESTDIR)$(LIBDIR)/libembstore.so
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@VERSION@|$(SO_VER)|' \
+	    embstore.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/embstore.pc
 
 clean:
 	rm -rf build

@@ -50,7 +50,7 @@ static double bench_sgemm(int n, int reps) {
 }
 
 static double bench_mlp(int batch, int reps, double *rows_per_s) {
-    es_net_params p = es_net_params_default(ES_NET_DLRM, 13, 26, 16);
+    es_net_params p = es__net_params_default(ES_NET_DLRM, 13, 26, 16);
     int bottom[] = {512, 256, 64, 16}, top[] = {512, 256};
     memcpy(p.bottom, bottom, sizeof bottom);
     p.n_bottom = 4;
@@ -59,7 +59,7 @@ static double bench_mlp(int batch, int reps, double *rows_per_s) {
     p.max_batch = batch;
     es_net *net = NULL;
     es_err err = {0};
-    if (es_net_create(&net, &p, &err) != 0) {
+    if (es__net_create(&net, &p, &err) != 0) {
         fprintf(stderr, "net: %s\n", err.msg);
         return 0;
     }
@@ -74,16 +74,16 @@ static double bench_mlp(int batch, int reps, double *rows_per_s) {
     double best = 0;
     for (int i = 0; i < reps + 1; i++) {
         double t = es__now();
-        es_net_forward(net, batch, emb, dense, logit);
-        es_net_backward(net, batch, emb, dense, dl, demb);
-        es_net_step(net);
+        es__net_forward(net, batch, emb, dense, logit);
+        es__net_backward(net, batch, emb, dense, dl, demb);
+        es__net_step(net);
         double dt = es__now() - t;
         if (i > 0) best = best_of(best, batch / dt);
     }
     *rows_per_s = best;
     /* forward multiply-adds per row; backward does about twice the forward work */
-    double flops = 2.0 * es_net_flops_per_row(net) * 3.0 * best / 1e9;
-    es_net_free(net);
+    double flops = 2.0 * es__net_flops_per_row(net) * 3.0 * best / 1e9;
+    es__net_free(net);
     es__free_aligned(emb);
     es__free_aligned(demb);
     es__free_aligned(dense);
@@ -125,7 +125,7 @@ static double bench_random_read(size_t bytes, uint64_t n_reads) {
 /* Embedding lookups per second of a `hash` table of `bytes`, dim 16. */
 static double bench_gather(size_t bytes, int batches, int batch) {
     const int F = 26, D = 16;
-    es_storage_params sp = es_storage_params_default();
+    es_storage_params sp = es__storage_params_default();
     sp.method = "hash";
     sp.n_fields = F;
     sp.dim = D;
@@ -133,7 +133,7 @@ static double bench_gather(size_t bytes, int batches, int batch) {
     sp.budget = (double)bytes;
     es_storage *st = NULL;
     es_err err = {0};
-    if (es_storage_create(&st, &sp, NULL, &err) != 0) {
+    if (es__storage_create(&st, &sp, NULL, &err) != 0) {
         fprintf(stderr, "storage: %s\n", err.msg);
         return 0;
     }
@@ -163,7 +163,7 @@ static double bench_gather(size_t bytes, int batches, int batch) {
     }
     es_batch_free(&b);
     es__free_aligned(out);
-    es_storage_free(st);
+    es__storage_free(st);
     return (double)lookups / t_total;
 }
 

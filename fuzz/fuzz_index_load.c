@@ -52,8 +52,8 @@ static void search_index(es_index *ix) {
 static void exercise(const uint8_t *buf, size_t size, unsigned flags) {
     es_file *f = NULL;
     es_err err = {0};
-    if (es_file_open_mem(&f, buf, size, flags, &err) != ES_OK) return;
-    const char *type = es_file_meta(f, "embstore.type");
+    if (es__file_open_mem(&f, buf, size, flags, &err) != ES_OK) return;
+    const char *type = es__file_meta(f, "embstore.type");
     if (type && !strcmp(type, "multi")) {
         es_multi *m = NULL;
         if (es__multi_read(&m, f, &err) == ES_OK) {
@@ -85,7 +85,7 @@ static void exercise(const uint8_t *buf, size_t size, unsigned flags) {
             REQUIRE(ix == NULL && memchr(err.msg, 0, sizeof err.msg));
         }
     }
-    es_file_close(f);
+    es__file_close(f);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

@@ -23,6 +23,15 @@
 extern "C" {
 #endif
 
+/* ES_API marks the exported functions: the shared library is built with
+ * -fvisibility=hidden, so exactly the functions declared here (and nothing
+ * internal) are visible in libembstore.so. */
+#if defined(__GNUC__) || defined(__clang__)
+#define ES_API __attribute__((visibility("default")))
+#else
+#define ES_API
+#endif
+
 #define ES_VERSION_MAJOR 0
 #define ES_VERSION_MINOR 1
 #define ES_VERSION_PATCH 0
@@ -53,7 +62,7 @@ typedef enum {
 } es_status;
 
 /* Short static description of a status code; never NULL. */
-const char *es_strerror(int code);
+ES_API const char *es_strerror(int code);
 
 /* Error detail for functions that create a handle (the handle does not exist
  * yet when they fail).  `msg` holds "file:line:column: reason" style text. */
@@ -74,12 +83,12 @@ typedef struct es_err {
  * handler, which then re-raises the signal with the default action (the
  * embstore CLI does exactly this).  Writers still running afterwards fail
  * at their rename. */
-void es_temp_files_remove(void);
+ES_API void es_temp_files_remove(void);
 /* Track an application's own temporary file in the same table (the CLI's
  * bench-storage tables and plots): returns a slot to untrack with, or -1
  * when it could not be tracked (table full, path over 4095 bytes). */
-int es_temp_file_track(const char *path);
-void es_temp_file_untrack(int slot); /* -1 is a no-op */
+ES_API int es_temp_file_track(const char *path);
+ES_API void es_temp_file_untrack(int slot); /* -1 is a no-op */
 /* Remove the temporary files "<path>.tmp.<pid>" that a process killed
  * without a chance to clean up (kill -9, power loss) left next to `path`:
  * only those whose pid names no running process (kill(pid, 0) fails with
@@ -88,7 +97,7 @@ void es_temp_file_untrack(int slot); /* -1 is a no-op */
  * removed, or ES_EIO when the directory cannot be read (a missing directory
  * is 0).  Note: pids are per machine (and per pid namespace); a directory
  * shared with writers on other machines must not be cleaned this way. */
-int es_temp_files_remove_stale(const char *path, void (*removed)(const char *tmp_path, long pid, void *ctx), void *ctx);
+ES_API int es_temp_files_remove_stale(const char *path, void (*removed)(const char *tmp_path, long pid, void *ctx), void *ctx);
 
 /* ---------------------------------------------------------------------------
  * Batches: the fixed arrays that flow from readers into storage and models.
@@ -122,14 +131,14 @@ typedef struct es_batch {
  * value arrays grow on demand anyway.  Returns 0, ES_EINVAL (cap <= 0 or a
  * negative count), ES_ERANGE (sizes overflow, val_cap > UINT32_MAX) or
  * ES_ENOMEM; on failure *b is zeroed. */
-int es_batch_alloc(es_batch *b, int cap, int n_dense, int n_fields, size_t val_cap);
+ES_API int es_batch_alloc(es_batch *b, int cap, int n_dense, int n_fields, size_t val_cap);
 /* Free the arrays and zero *b (so freeing twice, or a zeroed batch, is a
  * no-op). */
-void es_batch_free(es_batch *b);
+ES_API void es_batch_free(es_batch *b);
 /* Make sure at least `need` value slots exist (grows val/wt, at least
  * doubling, contents kept).  ES_ERANGE beyond UINT32_MAX slots (off[] is
  * 32-bit), ES_ENOMEM with the batch unchanged. */
-int es_batch_reserve_vals(es_batch *b, size_t need);
+ES_API int es_batch_reserve_vals(es_batch *b, size_t need);
 
 /* ---------------------------------------------------------------------------
  * Data readers: Criteo TSV, delimited text (CSV/TSV with header or column
@@ -192,7 +201,7 @@ typedef struct es_reader_params {
     int threads;
 } es_reader_params;
 
-es_reader_params es_reader_params_default(void);
+ES_API es_reader_params es_reader_params_default(void);
 
 typedef struct es_reader es_reader;
 
@@ -202,13 +211,13 @@ typedef struct es_reader es_reader;
  * failures: "path: cannot open: <reason>" (ES_ENOTFOUND / ES_EIO), bad
  * params or column spec (ES_EINVAL).  On failure *out is NULL and err (if
  * not NULL) says why. */
-int es_reader_open(es_reader **out, const char *path, const es_reader_params *p, es_err *err);
-void es_reader_free(es_reader *r);
+ES_API int es_reader_open(es_reader **out, const char *path, const es_reader_params *p, es_err *err);
+ES_API void es_reader_free(es_reader *r);
 /* Schema, known after open. */
-int es_reader_n_dense(const es_reader *r);
-int es_reader_n_fields(const es_reader *r);
-const char *es_reader_field_name(const es_reader *r, int field); /* categorical field names */
-const char *es_reader_dense_name(const es_reader *r, int i);
+ES_API int es_reader_n_dense(const es_reader *r);
+ES_API int es_reader_n_fields(const es_reader *r);
+ES_API const char *es_reader_field_name(const es_reader *r, int field); /* categorical field names */
+ES_API const char *es_reader_dense_name(const es_reader *r, int i);
 /* Fill up to b->cap rows into b (b->n is set); b must have the reader's
  * n_dense and n_fields.  The only allocation is growing b's value arrays.
  * Returns the number of rows read (0 at end of input) or a negative code,
@@ -219,32 +228,32 @@ const char *es_reader_dense_name(const es_reader *r, int i);
  * skip_bad, bad lines are counted and skipped instead; reaching the end
  * without a single good row is "path: no data rows (N bad lines skipped...)".
  * Blank lines are skipped silently. */
-int es_reader_next(es_reader *r, es_batch *b);
+ES_API int es_reader_next(es_reader *r, es_batch *b);
 /* Go back to the first data row (gzip: restart decoding) and reset the
  * statistics below.  ES_EIO for an input that cannot seek. */
-int es_reader_rewind(es_reader *r);
-const char *es_reader_errmsg(const es_reader *r);
+ES_API int es_reader_rewind(es_reader *r);
+ES_API const char *es_reader_errmsg(const es_reader *r);
 /* The parameters in effect after open: the format and delimiter chosen
  * from the file name when they were left to be detected (columns is NULL:
  * pass on the spec you gave). */
-es_reader_params es_reader_resolved_params(const es_reader *r);
+ES_API es_reader_params es_reader_resolved_params(const es_reader *r);
 /* Line-level statistics since open/rewind: physical lines read (header and
  * blank lines included), lines skipped as bad, and the first 5 bad-line
  * messages joined by newlines (empty when none). */
-uint64_t es_reader_lines(const es_reader *r);
-uint64_t es_reader_bad_lines(const es_reader *r);
-const char *es_reader_bad_report(const es_reader *r);
+ES_API uint64_t es_reader_lines(const es_reader *r);
+ES_API uint64_t es_reader_bad_lines(const es_reader *r);
+ES_API const char *es_reader_bad_report(const es_reader *r);
 /* Data rows handed out since open/rewind (for checkpoints: the position in
  * rows). */
-uint64_t es_reader_rows(const es_reader *r);
+ES_API uint64_t es_reader_rows(const es_reader *r);
 
 /* The numeric transform applied to every numeric feature:
  * log1p(x) for x >= 0, -log1p(-x) for x < 0 (sign-symmetric), 0 for missing. */
-float es_transform_num(double x);
+ES_API float es_transform_num(double x);
 
 /* Key of a categorical token (XXH3-64 of its bytes; an empty token gives
  * ES_KEY_MISSING). */
-uint64_t es_key(const char *s, size_t len);
+ES_API uint64_t es_key(const char *s, size_t len);
 
 /* ==== Models and training ==== */
 
@@ -261,9 +270,9 @@ typedef struct es_metrics {
 /* Exact AUC of scores p[n] against labels y[n] (0/1); ties count half.
  * Returns NaN when only one class is present.  Allocates O(n) scratch;
  * returns NaN if that fails. */
-double es_auc(const float *p, const float *y, size_t n);
+ES_API double es_auc(const float *p, const float *y, size_t n);
 /* Metrics of probabilities p[n] against labels y[n]. */
-void es_metrics_compute(const float *p, const float *y, size_t n, es_metrics *out);
+ES_API void es_metrics_compute(const float *p, const float *y, size_t n, es_metrics *out);
 
 /* Progress report passed to es_train_params.progress (about 4 times a second). */
 typedef struct es_progress {
@@ -314,7 +323,7 @@ typedef struct es_train_params {
     void *progress_ctx;
 } es_train_params;
 
-es_train_params es_train_params_default(void);
+ES_API es_train_params es_train_params_default(void);
 
 /* Budget of a training run that gives none (see es_train_params.budget):
  * a tenth of the full table. */
@@ -356,7 +365,7 @@ typedef struct es_train_result {
  * the same run: every setting in es_train_describe except those in
  * "epochs" and the validation file must match, or it fails (ES_EINVAL)
  * listing each difference. */
-int es_train(const es_train_params *p, es_train_result *res, es_err *err);
+ES_API int es_train(const es_train_params *p, es_train_result *res, es_err *err);
 
 /* Describe the settings of a training run that change its result, and the
  * identity of its data files, as "key=value" lines in a fixed order: keys
@@ -366,16 +375,16 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err);
  * included: threads, output and checkpoint paths, progress.  Returns 0,
  * ES_ERANGE if cap is too small (4096 is enough), or the error of reading a
  * data file. */
-int es_train_describe(const es_train_params *p, char *buf, size_t cap, es_err *err);
+ES_API int es_train_describe(const es_train_params *p, char *buf, size_t cap, es_err *err);
 /* Compare two descriptions: for every key whose value differs, or that one
  * of them lacks, append "<option> <value in a> vs <value in b>" to out
  * (separated by "; ", truncated to cap), skipping the comma-separated keys
  * in `ignore` (may be NULL).  Returns the number of differences. */
-int es_train_describe_diff(const char *a, const char *b, const char *ignore, char *out, size_t cap);
+ES_API int es_train_describe_diff(const char *a, const char *b, const char *ignore, char *out, size_t cap);
 
 /* Threads used by training, prediction and search (OpenMP and OpenBLAS);
  * n <= 0 means all cores.  Returns the number in effect. */
-int es_set_threads(int n);
+ES_API int es_set_threads(int n);
 
 typedef struct es_model es_model;
 
@@ -389,17 +398,17 @@ typedef struct es_model es_model;
  * again.  See docs/format.md, "Loading: read or map". */
 #define ES_LOAD_MAP 2u
 
-int es_model_load(es_model **out, const char *path, unsigned flags, es_err *err);
-void es_model_free(es_model *m);
-const char *es_model_errmsg(const es_model *m);
+ES_API int es_model_load(es_model **out, const char *path, unsigned flags, es_err *err);
+ES_API void es_model_free(es_model *m);
+ES_API const char *es_model_errmsg(const es_model *m);
 /* Metadata value stored with the model (NULL if absent). */
-const char *es_model_meta(const es_model *m, const char *key);
+ES_API const char *es_model_meta(const es_model *m, const char *key);
 /* Reader parameters the model was trained with (columns, format, ...). */
-es_reader_params es_model_reader_params(const es_model *m);
-int es_model_n_fields(const es_model *m);
-int es_model_n_dense(const es_model *m);
+ES_API es_reader_params es_model_reader_params(const es_model *m);
+ES_API int es_model_n_fields(const es_model *m);
+ES_API int es_model_n_dense(const es_model *m);
 /* Click probabilities for the rows of b: prob[b->n]. */
-int es_model_predict(es_model *m, const es_batch *b, float *prob);
+ES_API int es_model_predict(es_model *m, const es_batch *b, float *prob);
 /* Evaluate on a labeled file (read with the model's reader parameters).
  *
  * How eval and predict read a file (docs/data-formats.md): with the
@@ -412,12 +421,12 @@ int es_model_predict(es_model *m, const es_batch *b, float *prob);
  * field count (a file may lack the highest field).  Errors (es_model_errmsg)
  * keep the file:line:column prefix and, for a file of the wrong layout,
  * say what the model expects and which option fits. */
-int es_model_eval_file(es_model *m, const char *path, es_metrics *out);
+ES_API int es_model_eval_file(es_model *m, const char *path, es_metrics *out);
 /* Write one probability per line of `in` to out_path (atomically; "-" or
  * NULL for stdout).  has_label = 0 reads an unlabeled file (no label
  * column, e.g. the 39-column Criteo test file; a CSV file may lack the
  * label column, or have it, ignored). */
-int es_model_predict_file(es_model *m, const char *in, int has_label, const char *out_path, uint64_t *rows_out);
+ES_API int es_model_predict_file(es_model *m, const char *in, int has_label, const char *out_path, uint64_t *rows_out);
 /* Reader parameters for the following es_model_eval_file and
  * es_model_predict_file calls (copied, the column spec too); NULL goes back
  * to the model's own.  Start from es_model_reader_params(m) and change what
@@ -429,40 +438,40 @@ int es_model_predict_file(es_model *m, const char *in, int has_label, const char
  * the spec's entries.  has_label is set by each call.  The model file is
  * unchanged (es_model_reader_params still returns the trained ones).
  * Returns 0 or ES_ENOMEM. */
-int es_model_set_reader_params(es_model *m, const es_reader_params *rp);
+ES_API int es_model_set_reader_params(es_model *m, const es_reader_params *rp);
 /* A note about the last file eval or predict opened that is not an error
  * ("FILE: 2 columns not read by the model are ignored: a, b"), or "". */
-const char *es_model_input_note(const es_model *m);
+ES_API const char *es_model_input_note(const es_model *m);
 /* Embedding of a value: out[dim] for (field, key). */
-int es_model_embedding(es_model *m, int field, uint64_t key, float *out);
-int es_model_emb_dim(const es_model *m);
+ES_API int es_model_embedding(es_model *m, int field, uint64_t key, float *out);
+ES_API int es_model_emb_dim(const es_model *m);
 
 /* Names of the registered storage methods (at most max); returns the count.
  * `summaries` (may be NULL) receives one line describing each. */
-int es_storage_methods(const char **names, const char **summaries, int max);
+ES_API int es_storage_methods(const char **names, const char **summaries, int max);
 
 /* Lookup speed of a storage method: build the vocabulary of p->train_path
  * (first p->max_rows rows, or all), create p->storage at p->budget, then
  * time `repeat` passes of batched lookups over those rows (batches of
  * p->batch, p->threads threads; parsing is done before timing).  Reports
  * (row, field) lookups per second and the method's serving bytes. */
-int es_bench_lookup(const es_train_params *p, int repeat, double *lookups_per_s, size_t *bytes, es_err *err);
+ES_API int es_bench_lookup(const es_train_params *p, int repeat, double *lookups_per_s, size_t *bytes, es_err *err);
 
 /* ==== Container files (models, indexes, checkpoints): inspection ==== */
 
 /* Open any embstore container file read-only (mmap) to look at it.  flags:
  * ES_LOAD_NO_VERIFY skips tensor checksums.  See docs/format.md. */
 typedef struct es_file es_file;
-int es_container_open(es_file **out, const char *path, unsigned flags, es_err *err);
-void es_container_close(es_file *f);
-uint32_t es_container_version(const es_file *f);
-uint64_t es_container_size(const es_file *f);
-int es_container_n_meta(const es_file *f);
-void es_container_meta_at(const es_file *f, int i, const char **key, const char **value);
-const char *es_container_meta(const es_file *f, const char *key);
-int es_container_n_tensors(const es_file *f);
+ES_API int es_file_open(es_file **out, const char *path, unsigned flags, es_err *err);
+ES_API void es_file_close(es_file *f);
+ES_API uint32_t es_file_version(const es_file *f);
+ES_API uint64_t es_file_size(const es_file *f);
+ES_API int es_file_n_meta(const es_file *f);
+ES_API void es_file_meta_at(const es_file *f, int i, const char **key, const char **value);
+ES_API const char *es_file_meta(const es_file *f, const char *key);
+ES_API int es_file_n_tensors(const es_file *f);
 /* Description of tensor i: name, dtype name ("f32", ...), dims, bytes. */
-int es_container_tensor_info(const es_file *f, int i, const char **name, const char **dtype, int *ndim, uint64_t shape[4],
+ES_API int es_file_tensor_info(const es_file *f, int i, const char **name, const char **dtype, int *ndim, uint64_t shape[4],
                              uint64_t *nbytes);
 
 /* ==== Vector search (index) ==== */
@@ -534,24 +543,24 @@ typedef struct es_index_params {
     int threads;            /* 0 = all cores (OpenMP default) */
 } es_index_params;
 
-es_index_params es_index_params_default(void);
+ES_API es_index_params es_index_params_default(void);
 
 typedef struct es_index es_index;
 
 /* Create an empty index.  Fails (ES_EINVAL, message in err) on invalid
  * parameters, e.g. pq_m not dividing the dimension. */
-int es_index_create(es_index **out, const es_index_params *p, es_err *err);
+ES_API int es_index_create(es_index **out, const es_index_params *p, es_err *err);
 /* Learn what the kind needs (PCA, codebooks, coarse centroids, ITQ/OPQ
  * rotations) from n vectors x[n][dim].  Must come before the first add;
  * es_index_add trains on its own input when this was not called. */
-int es_index_train(es_index *ix, size_t n, const float *x);
+ES_API int es_index_train(es_index *ix, size_t n, const float *x);
 /* Append n vectors x[n][dim]; they get ids size() .. size() + n - 1.
  * Non-finite values are rejected (ES_EINVAL, nothing added). */
-int es_index_add(es_index *ix, size_t n, const float *x);
+ES_API int es_index_add(es_index *ix, size_t n, const float *x);
 /* Attach n_attr integer attributes to every vector: attrs[size()][n_attr],
  * copied.  Replaces earlier attributes. */
-int es_index_set_attrs(es_index *ix, size_t n, int n_attr, const int32_t *attrs);
-int es_index_n_attrs(const es_index *ix);
+ES_API int es_index_set_attrs(es_index *ix, size_t n, int n_attr, const int32_t *attrs);
+ES_API int es_index_n_attrs(const es_index *ix);
 
 /* A query filter: attribute `attr` must equal one of values[0..n_values). */
 typedef struct es_filter {
@@ -566,36 +575,36 @@ typedef struct es_filter {
  * contract), non-finite query values, filter on an unknown attribute.
  * Thread safe: several threads may search one index at once (not while it
  * is modified). */
-int es_index_search(es_index *ix, size_t nq, const float *q, int k, const es_filter *filter, int64_t *ids,
+ES_API int es_index_search(es_index *ix, size_t nq, const float *q, int k, const es_filter *filter, int64_t *ids,
                     float *dist);
 /* Change a search-time parameter: "ef_search", "nprobe", "rerank",
  * "threads".  ES_EINVAL for an unknown name or an out-of-range value. */
-int es_index_set(es_index *ix, const char *name, double value);
+ES_API int es_index_set(es_index *ix, const char *name, double value);
 
-size_t es_index_size(const es_index *ix);    /* vectors added */
-int es_index_dim(const es_index *ix);
+ES_API size_t es_index_size(const es_index *ix);    /* vectors added */
+ES_API int es_index_dim(const es_index *ix);
 /* The parameters in effect (after defaults were resolved at train time). */
-const es_index_params *es_index_params_of(const es_index *ix);
+ES_API const es_index_params *es_index_params_of(const es_index *ix);
 /* Bytes held for search: codes, graph, codebooks, rotations, full vectors
  * kept for re-ranking, attributes. */
-size_t es_index_bytes(const es_index *ix);
+ES_API size_t es_index_bytes(const es_index *ix);
 /* Seconds spent training and adding (kept in the file across save/load). */
-double es_index_build_seconds(const es_index *ix);
+ES_API double es_index_build_seconds(const es_index *ix);
 
 /* Save to `path` (embstore container: versioned, checksummed; written to a
  * temporary file and renamed).  Load maps the file and uses the arrays in
  * place; a loaded index can be searched, and added to (arrays are copied on
  * the first change).  Every count, id and offset in the file is checked. */
-int es_index_save(es_index *ix, const char *path);
-int es_index_load(es_index **out, const char *path, es_err *err);
-void es_index_free(es_index *ix);
-const char *es_index_errmsg(const es_index *ix);
+ES_API int es_index_save(es_index *ix, const char *path);
+ES_API int es_index_load(es_index **out, const char *path, es_err *err);
+ES_API void es_index_free(es_index *ix);
+ES_API const char *es_index_errmsg(const es_index *ix);
 
-const char *es_index_kind_name(es_index_kind k);
-const char *es_metric_name(es_metric m);
+ES_API const char *es_index_kind_name(es_index_kind k);
+ES_API const char *es_metric_name(es_metric m);
 /* Parse "flat", "sq8", ... / "l2", "ip", "cosine"; ES_EINVAL if unknown. */
-int es_index_kind_parse(const char *s, es_index_kind *out);
-int es_metric_parse(const char *s, es_metric *out);
+ES_API int es_index_kind_parse(const char *s, es_index_kind *out);
+ES_API int es_metric_parse(const char *s, es_metric *out);
 
 /* ---- vector files -------------------------------------------------------------
  * texmex .fvecs/.bvecs/.ivecs (int32 d, then d values per record), raw
@@ -626,7 +635,7 @@ typedef struct es_vec_read_params {
     int set_size;          /* 0 */
 } es_vec_read_params;
 
-es_vec_read_params es_vec_read_params_default(void);
+ES_API es_vec_read_params es_vec_read_params_default(void);
 
 typedef struct es_vecs {
     size_t n;          /* rows */
@@ -642,15 +651,15 @@ typedef struct es_vecs {
 /* Read one file.  Rejects: records of differing dimension, truncated
  * records, NaN/Inf values, empty files, dimensions above 2^20; the message
  * names the file and the record or line. */
-int es_vecs_read(es_vecs *out, const char *path, const es_vec_read_params *p, es_err *err);
+ES_API int es_vecs_read(es_vecs *out, const char *path, const es_vec_read_params *p, es_err *err);
 /* Read several files of one format as one set (e.g. a base split in
  * parts); dimensions must agree. */
-int es_vecs_read_many(es_vecs *out, const char *const *paths, int n_paths, const es_vec_read_params *p,
+ES_API int es_vecs_read_many(es_vecs *out, const char *const *paths, int n_paths, const es_vec_read_params *p,
                       es_err *err);
-void es_vecs_free(es_vecs *v);
+ES_API void es_vecs_free(es_vecs *v);
 /* Write texmex files atomically (temporary file, then rename). */
-int es_fvecs_write(const char *path, size_t n, int dim, const float *x, es_err *err);
-int es_ivecs_write(const char *path, size_t n, int dim, const int32_t *x, es_err *err);
+ES_API int es_fvecs_write(const char *path, size_t n, int dim, const float *x, es_err *err);
+ES_API int es_ivecs_write(const char *path, size_t n, int dim, const int32_t *x, es_err *err);
 
 /* ---- multi-vector retrieval (MUVERA) ------------------------------------------
  * Documents and queries are sets of vectors.  Each set is mapped to one
@@ -678,32 +687,32 @@ typedef struct es_multi_params {
     es_index_params inner;  /* index over the FDEs (metric forced to IP, dim set) */
 } es_multi_params;
 
-es_multi_params es_multi_params_default(void);
+ES_API es_multi_params es_multi_params_default(void);
 
 typedef struct es_multi es_multi;
-int es_multi_create(es_multi **out, const es_multi_params *p, es_err *err);
+ES_API int es_multi_create(es_multi **out, const es_multi_params *p, es_err *err);
 /* Add n_sets documents; set s has rows off[s] .. off[s+1]-1 of x[off[n_sets]][dim]
  * (off[0] must be 0; empty sets are rejected).  Ids are consecutive. */
-int es_multi_add(es_multi *m, size_t n_sets, const size_t *off, const float *x);
+ES_API int es_multi_add(es_multi *m, size_t n_sets, const size_t *off, const float *x);
 /* Top k documents of each query set by Chamfer similarity among the
  * FDE candidates: ids[nq*k], score[nq*k] (larger is better; -inf, -1 pad).
  * n_scored (may be NULL) receives the total documents scored exactly. */
-int es_multi_search(es_multi *m, size_t nq, const size_t *qoff, const float *q, int k, int64_t *ids, float *score,
+ES_API int es_multi_search(es_multi *m, size_t nq, const size_t *qoff, const float *q, int k, int64_t *ids, float *score,
                     size_t *n_scored);
 /* Exact Chamfer top-k over all documents (ground truth). */
-int es_multi_search_exact(es_multi *m, size_t nq, const size_t *qoff, const float *q, int k, int64_t *ids,
+ES_API int es_multi_search_exact(es_multi *m, size_t nq, const size_t *qoff, const float *q, int k, int64_t *ids,
                           float *score);
-int es_multi_set(es_multi *m, const char *name, double value); /* "candidates", then es_index_set names */
-size_t es_multi_size(const es_multi *m);
-int es_multi_dim(const es_multi *m);     /* token vector dimension */
-int es_multi_fde_dim(const es_multi *m);
-size_t es_multi_bytes(const es_multi *m);
-int es_multi_save(es_multi *m, const char *path);
-int es_multi_load(es_multi **out, const char *path, es_err *err);
-void es_multi_free(es_multi *m);
-const char *es_multi_errmsg(const es_multi *m);
+ES_API int es_multi_set(es_multi *m, const char *name, double value); /* "candidates", then es_index_set names */
+ES_API size_t es_multi_size(const es_multi *m);
+ES_API int es_multi_dim(const es_multi *m);     /* token vector dimension */
+ES_API int es_multi_fde_dim(const es_multi *m);
+ES_API size_t es_multi_bytes(const es_multi *m);
+ES_API int es_multi_save(es_multi *m, const char *path);
+ES_API int es_multi_load(es_multi **out, const char *path, es_err *err);
+ES_API void es_multi_free(es_multi *m);
+ES_API const char *es_multi_errmsg(const es_multi *m);
 /* The FDE of one set (document or query side) into out[fde_dim]. */
-int es_multi_encode(es_multi *m, int is_query, size_t n, const float *x, float *out);
+ES_API int es_multi_encode(es_multi *m, int is_query, size_t n, const float *x, float *out);
 /* ==== end index ==== */
 
 #ifdef __cplusplus

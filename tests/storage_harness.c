@@ -5,7 +5,7 @@
  * lookups and allocation-failure sweeps, for any method in the registry.
  *
  * Everything is driven through the public storage interface
- * (es_storage_create / lookup / backward / tensors / after_load), never a
+ * (es__storage_create / lookup / backward / tensors / after_load), never a
  * method's internals, so a pass means the method keeps the contracts of
  * storage.h as every caller sees them.
  */
@@ -100,7 +100,7 @@ es_sh_cfg es_sh_cfg_make(const char *method, int share) {
 }
 
 es_storage_params es_sh_params(const es_sh_cfg *c) {
-    es_storage_params p = es_storage_params_default();
+    es_storage_params p = es__storage_params_default();
     p.method = c->method;
     p.n_fields = c->n_fields;
     p.dim = c->dim;
@@ -118,7 +118,7 @@ int es_sh_create(es_storage **s, const es_sh_cfg *c, const es_vocab *v, es_optim
     es_storage_params p = es_sh_params(c);
     p.opt.kind = opt;
     p.opt.lr = lr;
-    return es_storage_create(s, &p, c->use_vocab ? v : NULL, err);
+    return es__storage_create(s, &p, c->use_vocab ? v : NULL, err);
 }
 
 static const char *cfg_name(const es_sh_cfg *c) {
@@ -138,11 +138,11 @@ typedef struct {
 
 static int tlist_get(es_storage *s, tlist *t) {
     t->refs = NULL;
-    t->n = es_storage_tensors(s, NULL, 0);
+    t->n = es__storage_tensors(s, NULL, 0);
     if (t->n < 0) return 0;
     t->refs = calloc((size_t)t->n + 1, sizeof *t->refs);
     if (!t->refs) return 0;
-    return es_storage_tensors(s, t->refs, t->n) == t->n;
+    return es__storage_tensors(s, t->refs, t->n) == t->n;
 }
 
 static int is_param(const es_tensor_ref *r) { return r->dtype == ES_DT_F32 && strncmp(r->name, "opt.", 4) != 0; }
@@ -219,8 +219,8 @@ static int gradcheck_one(const es_sh_cfg *c, const es_vocab *v, uint64_t bseed) 
     fill_normal(G, nout, bseed ^ 0x5555);
     for (int i = 0; i < t.n; i++)
         if (is_param(&t.refs[i])) memcpy(old + off[i], t.refs[i].data, t.refs[i].nbytes);
-    if (es_storage_backward(s, &b, G) != 0) {
-        es_test_fail(__FILE__, __LINE__, "%s: backward: %s", name, es_storage_errmsg(s));
+    if (es__storage_backward(s, &b, G) != 0) {
+        es_test_fail(__FILE__, __LINE__, "%s: backward: %s", name, es__storage_errmsg(s));
         goto done;
     }
     size_t touched = 0;
@@ -268,10 +268,10 @@ static int gradcheck_one(const es_sh_cfg *c, const es_vocab *v, uint64_t bseed) 
         float *w = (float *)t.refs[ti].data + (e - off[ti]);
         const float w0 = *w;
         *w = w0 + h;
-        es_storage_lookup(s, &b, 0, b.n, out);
+        es__storage_lookup(s, &b, 0, b.n, out);
         double lp = loss_of(out, G, nout);
         *w = w0 - h;
-        es_storage_lookup(s, &b, 0, b.n, out);
+        es__storage_lookup(s, &b, 0, b.n, out);
         double lm = loss_of(out, G, nout);
         *w = w0;
         double fd = (lp - lm) / ((double)(w0 + h) - (double)(w0 - h));
@@ -296,7 +296,7 @@ done:
     free(off);
     free(t.refs);
     es_batch_free(&b);
-    es_storage_free(s);
+    es__storage_free(s);
     return ok;
 }
 
@@ -348,7 +348,7 @@ static int budget_one(const es_sh_cfg *c, const es_vocab *v, double budget, es_o
         es_test_fail(__FILE__, __LINE__, "%s: %.0f bytes is more than 5%% below the %.0f-byte budget", cfg_name(c), used, B);
         ok = 0;
     }
-    es_storage_free(s);
+    es__storage_free(s);
     return ok;
 }
 
@@ -375,7 +375,7 @@ int es_sh_budget(const es_sh_cfg *c, const double *fracs, int n) {
                          rc ? err.msg : "created");
             ok = 0;
         }
-        es_storage_free(s);
+        es__storage_free(s);
     }
     es_vocab_free(v);
     return ok;
@@ -393,8 +393,8 @@ static int train_steps(es_storage *s, const es_sh_cfg *c, int steps, uint64_t se
         if (!G) ok = 0;
         if (ok) {
             fill_normal(G, nout, seed * 7 + (uint64_t)k);
-            if (es_storage_backward(s, &b, G) != 0) {
-                es_test_fail(__FILE__, __LINE__, "%s: backward: %s", cfg_name(c), es_storage_errmsg(s));
+            if (es__storage_backward(s, &b, G) != 0) {
+                es_test_fail(__FILE__, __LINE__, "%s: backward: %s", cfg_name(c), es__storage_errmsg(s));
                 ok = 0;
             }
         }
@@ -415,8 +415,8 @@ static int same_lookups(es_storage *a, es_storage *b, const es_sh_cfg *c, uint64
     if (oa && ob) {
         memset(oa, 0x7f, nout * sizeof *oa);
         memset(ob, 0x3c, nout * sizeof *ob);
-        es_storage_lookup(a, &bt, 0, bt.n, oa);
-        es_storage_lookup(b, &bt, 0, bt.n, ob);
+        es__storage_lookup(a, &bt, 0, bt.n, oa);
+        es__storage_lookup(b, &bt, 0, bt.n, ob);
         ok = memcmp(oa, ob, nout * sizeof *oa) == 0;
         if (!ok) {
             size_t i = 0;
@@ -498,8 +498,8 @@ static int roundtrip_one(const es_sh_cfg *c, es_storage *s1, double budget, cons
     }
     free(t1.refs);
     free(t2.refs);
-    if (ok && es_storage_after_load(s2) != 0) {
-        es_test_fail(__FILE__, __LINE__, "%s: %s: after_load: %s", cfg_name(c), what, es_storage_errmsg(s2));
+    if (ok && es__storage_after_load(s2) != 0) {
+        es_test_fail(__FILE__, __LINE__, "%s: %s: after_load: %s", cfg_name(c), what, es__storage_errmsg(s2));
         ok = 0;
     }
     ok = ok && same_lookups(s1, s2, c, c->seed + 77, what);
@@ -507,7 +507,7 @@ static int roundtrip_one(const es_sh_cfg *c, es_storage *s1, double budget, cons
      * s1 is trained too, so each round trip starts from a new state */
     ok = ok && train_steps(s1, c, 1, c->seed + 500) && train_steps(s2, c, 1, c->seed + 500);
     ok = ok && same_tensors(s1, s2, c, what) && same_lookups(s1, s2, c, c->seed + 78, what);
-    es_storage_free(s2);
+    es__storage_free(s2);
     return ok;
 }
 
@@ -529,7 +529,7 @@ int es_sh_roundtrip(const es_sh_cfg *c) {
          roundtrip_one(c, s1, 0, "reload with budget 0");
     if (ok) printf("    roundtrip %-31s meta \"%.120s\"\n", cfg_name(c), s1->meta);
 done:
-    es_storage_free(s1);
+    es__storage_free(s1);
     es_vocab_free(v);
     return ok;
 }
@@ -571,7 +571,7 @@ int es_sh_determinism(const es_sh_cfg *c) {
                 differ = 1;
         free(t1.refs);
         free(t2.refs);
-        es_storage_free(a0);
+        es__storage_free(a0);
         if (c->init_scale > 0 && !differ) {
             es_test_fail(__FILE__, __LINE__, "%s: seeds %llu and %llu give identical parameters", cfg_name(c),
                          (unsigned long long)c->seed, (unsigned long long)c2.seed);
@@ -584,11 +584,11 @@ int es_sh_determinism(const es_sh_cfg *c) {
     whole = malloc(nout * sizeof *whole);
     part = malloc(nout * sizeof *part);
     if (!whole || !part) goto done;
-    es_storage_lookup(a, &bt, 0, bt.n, whole);
+    es__storage_lookup(a, &bt, 0, bt.n, whole);
     const int cuts[][2] = {{0, 1}, {3, 7}, {7, 8}, {19, 20}, {5, 5}, {0, 20}};
     for (size_t k = 0; k < ES_ARRAY_LEN(cuts); k++) {
         memset(part, 0x55, nout * sizeof *part);
-        es_storage_lookup(a, &bt, cuts[k][0], cuts[k][1], part);
+        es__storage_lookup(a, &bt, cuts[k][0], cuts[k][1], part);
         size_t n = (size_t)(cuts[k][1] - cuts[k][0]) * per_row;
         if (n && memcmp(part, whole + (size_t)cuts[k][0] * per_row, n * sizeof *part) != 0) {
             es_test_fail(__FILE__, __LINE__, "%s: lookup of rows [%d, %d) differs from the whole-batch lookup", cfg_name(c),
@@ -603,9 +603,9 @@ done:
     free(whole);
     free(part);
     es_batch_free(&bt);
-    es_storage_free(a);
-    es_storage_free(b);
-    es_storage_free(d);
+    es__storage_free(a);
+    es__storage_free(b);
+    es__storage_free(d);
     es_vocab_free(v);
     return ok;
 }
@@ -621,7 +621,7 @@ typedef struct {
 
 static void *lookup_thread(void *arg) {
     lookup_job *j = arg;
-    for (int rep = 0; rep < 20; rep++) es_storage_lookup(j->s, j->b, j->r0, j->r1, j->out);
+    for (int rep = 0; rep < 20; rep++) es__storage_lookup(j->s, j->b, j->r0, j->r1, j->out);
     return NULL;
 }
 
@@ -643,7 +643,7 @@ int es_sh_threads(const es_sh_cfg *c) {
     one = malloc(nout * sizeof *one);
     many = malloc(nout * sizeof *many);
     if (!one || !many) goto done;
-    es_storage_lookup(s, &b, 0, b.n, one);
+    es__storage_lookup(s, &b, 0, b.n, one);
     memset(many, 0x7f, nout * sizeof *many);
     pthread_t th[4];
     lookup_job jobs[4];
@@ -665,7 +665,7 @@ done:
     free(one);
     free(many);
     es_batch_free(&b);
-    es_storage_free(s);
+    es__storage_free(s);
     es_vocab_free(v);
     return ok;
 }
@@ -686,11 +686,11 @@ static int sweep_fn(void *arg) {
     es_err err;
     int rc = es_sh_create(&s, x->c, x->v, ES_OPT_ROWWISE_ADAGRAD, 0.05f, &err);
     if (rc) return rc;
-    es_storage_lookup(s, x->b, 0, x->b->n, x->out);
-    rc = es_storage_backward(s, x->b, x->G);
-    if (rc == 0) rc = es_storage_backward(s, x->b, x->G); /* a second step: no hidden first-use allocation */
-    if (rc == 0 && es_storage_tensors(s, NULL, 0) < 1) rc = ES_EINVAL;
-    es_storage_free(s);
+    es__storage_lookup(s, x->b, 0, x->b->n, x->out);
+    rc = es__storage_backward(s, x->b, x->G);
+    if (rc == 0) rc = es__storage_backward(s, x->b, x->G); /* a second step: no hidden first-use allocation */
+    if (rc == 0 && es__storage_tensors(s, NULL, 0) < 1) rc = ES_EINVAL;
+    es__storage_free(s);
     return rc;
 }
 

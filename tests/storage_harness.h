@@ -62,7 +62,7 @@ int es_sh_batch(es_batch *b, int n, int F, uint64_t seed);
 
 /* Storage parameters of a configuration (opt: row-wise Adagrad, lr 0.05). */
 es_storage_params es_sh_params(const es_sh_cfg *c);
-/* es_storage_create with the configuration and, when c->use_vocab, the
+/* es__storage_create with the configuration and, when c->use_vocab, the
  * vocabulary v (created by the caller with es_sh_vocab(c->n_fields)). */
 int es_sh_create(es_storage **s, const es_sh_cfg *c, const es_vocab *v, es_optim opt, float lr, es_err *err);
 

@@ -267,33 +267,33 @@ static int format_round_trip(void *ctx) {
     const char *path = ctx;
     es_err err = {0};
     es_fwriter *w;
-    int rc = es_fwriter_open(&w, path, &err);
+    int rc = es__fwriter_open(&w, path, &err);
     if (rc) return rc;
     char name[32];
     for (int i = 0; i < RT_META; i++) {
         snprintf(name, sizeof name, "key%d", i);
-        es_fwriter_metaf(w, name, "value %d", i); /* errors are sticky: commit reports them */
+        es__fwriter_metaf(w, name, "value %d", i); /* errors are sticky: commit reports them */
     }
     for (int i = 0; i < RT_TENSORS; i++) {
         es_tensor_ref t;
         snprintf(name, sizeof name, "layer%d.weight", i);
-        es_tensor_ref_set(&t, name, ES_DT_F32, rt_data[i], 2, (uint64_t)RT_ROWS, (uint64_t)RT_DIM);
-        es_fwriter_tensor(w, &t);
+        es__tensor_ref_set(&t, name, ES_DT_F32, rt_data[i], 2, (uint64_t)RT_ROWS, (uint64_t)RT_DIM);
+        es__fwriter_tensor(w, &t);
     }
-    rc = es_fwriter_commit(w, &err);
+    rc = es__fwriter_commit(w, &err);
     if (rc) return rc;
     es_file *f;
-    rc = es_file_open(&f, path, 0, &err);
+    rc = es__file_open(&f, path, 0, &err);
     if (rc) return rc;
-    if (es_file_n_meta(f) != RT_META || es_file_n_tensors(f) != RT_TENSORS) rc = ES_EFORMAT;
-    const char *v = es_file_meta(f, "key7");
+    if (es__file_n_meta(f) != RT_META || es__file_n_tensors(f) != RT_TENSORS) rc = ES_EFORMAT;
+    const char *v = es__file_meta(f, "key7");
     if (!v || strcmp(v, "value 7") != 0) rc = ES_EFORMAT;
     for (int i = 0; i < RT_TENSORS && !rc; i++) {
         snprintf(name, sizeof name, "layer%d.weight", i);
-        const es_tensor_ref *t = es_file_tensor(f, name);
+        const es_tensor_ref *t = es__file_tensor(f, name);
         if (!t || t->nbytes != sizeof rt_data[i] || memcmp(t->data, rt_data[i], t->nbytes) != 0) rc = ES_EFORMAT;
     }
-    es_file_close(f);
+    es__file_close(f);
     return rc;
 }
 

@@ -65,7 +65,7 @@ static int host_little_endian(void) {
     return *(const uint8_t *)&one == 1;
 }
 
-/* Read a whole file into a 64-byte aligned buffer (es_file_open_mem needs
+/* Read a whole file into a 64-byte aligned buffer (es__file_open_mem needs
  * that).  Returns NULL on failure. */
 static uint8_t *load_aligned(const char *path, size_t *len) {
     FILE *fp = fopen(path, "rb");
@@ -106,17 +106,17 @@ static int count_prefixed(const char *dir, const char *prefix) {
 static int write_fixture_copy(const char *path, es_err *err) {
     static _Alignas(64) uint8_t bufs[FIX_V1_N_TENSORS][64];
     es_fwriter *w;
-    int rc = es_fwriter_open(&w, path, err);
+    int rc = es__fwriter_open(&w, path, err);
     if (rc) return rc;
-    for (int i = 0; i < FIX_V1_N_META; i++) es_fwriter_meta(w, fix_v1_meta[i][0], fix_v1_meta[i][1]);
+    for (int i = 0; i < FIX_V1_N_META; i++) es__fwriter_meta(w, fix_v1_meta[i][0], fix_v1_meta[i][1]);
     for (int k = 0; k < FIX_V1_N_TENSORS; k++) {
         const fix_v1_tensor *d = &fix_v1_tensors[k];
         es_tensor_ref t;
         fix_v1_fill(k, bufs[k]);
-        es_tensor_ref_set(&t, d->name, (es_dtype)d->dtype, bufs[k], d->ndim, d->shape[0], d->shape[1], d->shape[2], d->shape[3]);
-        es_fwriter_tensor(w, &t);
+        es__tensor_ref_set(&t, d->name, (es_dtype)d->dtype, bufs[k], d->ndim, d->shape[0], d->shape[1], d->shape[2], d->shape[3]);
+        es__fwriter_tensor(w, &t);
     }
-    return es_fwriter_commit(w, err);
+    return es__fwriter_commit(w, err);
 }
 
 /* The v2 fixture content written anew with today's writer. */
@@ -124,18 +124,18 @@ static int write_fixture_v2_copy(const char *path, es_err *err) {
     static _Alignas(64) uint8_t small[FIX_V2_N_TENSORS][64];
     static _Alignas(64) uint8_t big[FIX_V2_BIG_BYTES];
     es_fwriter *w;
-    int rc = es_fwriter_open(&w, path, err);
+    int rc = es__fwriter_open(&w, path, err);
     if (rc) return rc;
-    for (int i = 0; i < FIX_V2_N_META; i++) es_fwriter_meta(w, fix_v1_meta[i][0], fix_v1_meta[i][1]);
+    for (int i = 0; i < FIX_V2_N_META; i++) es__fwriter_meta(w, fix_v1_meta[i][0], fix_v1_meta[i][1]);
     for (int k = 0; k < FIX_V2_N_TENSORS; k++) {
         const fix_v1_tensor *d = fix_v2_tensor(k);
         void *buf = k == FIX_V2_BIG ? (void *)big : (void *)small[k];
         es_tensor_ref t;
         fix_v2_fill(k, buf);
-        es_tensor_ref_set(&t, d->name, (es_dtype)d->dtype, buf, d->ndim, d->shape[0], d->shape[1], d->shape[2], d->shape[3]);
-        es_fwriter_tensor(w, &t);
+        es__tensor_ref_set(&t, d->name, (es_dtype)d->dtype, buf, d->ndim, d->shape[0], d->shape[1], d->shape[2], d->shape[3]);
+        es__fwriter_tensor(w, &t);
     }
-    return es_fwriter_commit(w, err);
+    return es__fwriter_commit(w, err);
 }
 
 /* ---- small units ------------------------------------------------------------- */
@@ -154,39 +154,39 @@ TEST(format_dtype_numbers_are_frozen) {
 }
 
 TEST(format_dtype_bytes_and_names) {
-    CHECK_EQ_INT(es_dtype_bytes(ES_DT_F32, 3), 12);
-    CHECK_EQ_INT(es_dtype_bytes(ES_DT_F16, 3), 6);
-    CHECK_EQ_INT(es_dtype_bytes(ES_DT_I8, 3), 3);
-    CHECK_EQ_INT(es_dtype_bytes(ES_DT_U64, 3), 24);
-    CHECK_EQ_INT(es_dtype_bytes(ES_DT_I4, 0), 0);
-    CHECK_EQ_INT(es_dtype_bytes(ES_DT_I4, 1), 1);
-    CHECK_EQ_INT(es_dtype_bytes(ES_DT_I4, 7), 4);
-    CHECK_EQ_INT(es_dtype_bytes(ES_DT_I4, 8), 4);
-    CHECK(es_dtype_bytes(ES_DT_I4, UINT64_MAX) == (size_t)(UINT64_MAX / 2 + 1));
-    CHECK(es_dtype_bytes(ES_DT_F32, UINT64_MAX / 2) == SIZE_MAX); /* overflow */
-    CHECK(es_dtype_bytes((es_dtype)ES_DT_COUNT_, 1) == SIZE_MAX);
-    CHECK(strcmp(es_dtype_name(ES_DT_F32), "f32") == 0);
-    CHECK(strcmp(es_dtype_name(ES_DT_I4), "i4") == 0);
-    CHECK(strcmp(es_dtype_name((es_dtype)99), "unknown") == 0);
+    CHECK_EQ_INT(es__dtype_bytes(ES_DT_F32, 3), 12);
+    CHECK_EQ_INT(es__dtype_bytes(ES_DT_F16, 3), 6);
+    CHECK_EQ_INT(es__dtype_bytes(ES_DT_I8, 3), 3);
+    CHECK_EQ_INT(es__dtype_bytes(ES_DT_U64, 3), 24);
+    CHECK_EQ_INT(es__dtype_bytes(ES_DT_I4, 0), 0);
+    CHECK_EQ_INT(es__dtype_bytes(ES_DT_I4, 1), 1);
+    CHECK_EQ_INT(es__dtype_bytes(ES_DT_I4, 7), 4);
+    CHECK_EQ_INT(es__dtype_bytes(ES_DT_I4, 8), 4);
+    CHECK(es__dtype_bytes(ES_DT_I4, UINT64_MAX) == (size_t)(UINT64_MAX / 2 + 1));
+    CHECK(es__dtype_bytes(ES_DT_F32, UINT64_MAX / 2) == SIZE_MAX); /* overflow */
+    CHECK(es__dtype_bytes((es_dtype)ES_DT_COUNT_, 1) == SIZE_MAX);
+    CHECK(strcmp(es__dtype_name(ES_DT_F32), "f32") == 0);
+    CHECK(strcmp(es__dtype_name(ES_DT_I4), "i4") == 0);
+    CHECK(strcmp(es__dtype_name((es_dtype)99), "unknown") == 0);
 }
 
 TEST(format_tensor_ref_set_checks_its_input) {
     float x[6];
     es_tensor_ref t;
-    CHECK_EQ_INT(es_tensor_ref_set(&t, "w", ES_DT_F32, x, 2, (uint64_t)2, (uint64_t)3), ES_OK);
+    CHECK_EQ_INT(es__tensor_ref_set(&t, "w", ES_DT_F32, x, 2, (uint64_t)2, (uint64_t)3), ES_OK);
     CHECK(strcmp(t.name, "w") == 0 && t.ndim == 2 && t.shape[0] == 2 && t.shape[1] == 3 && t.shape[2] == 0 && t.nbytes == 24 && t.data == x);
-    CHECK_EQ_INT(es_tensor_ref_set(&t, "s", ES_DT_F32, x, 0), ES_OK);
+    CHECK_EQ_INT(es__tensor_ref_set(&t, "s", ES_DT_F32, x, 0), ES_OK);
     CHECK_EQ_INT(t.nbytes, 4); /* a scalar is one element */
     char longname[100];
     memset(longname, 'a', 99);
     longname[99] = 0;
-    CHECK_EQ_INT(es_tensor_ref_set(&t, longname, ES_DT_F32, x, 1, (uint64_t)6), ES_EINVAL);
+    CHECK_EQ_INT(es__tensor_ref_set(&t, longname, ES_DT_F32, x, 1, (uint64_t)6), ES_EINVAL);
     CHECK_EQ_INT(t.ndim, -1);
     CHECK_EQ_INT(strlen(t.name), ES_TENSOR_NAME_MAX - 1);
-    CHECK_EQ_INT(es_tensor_ref_set(&t, "", ES_DT_F32, x, 1, (uint64_t)6), ES_EINVAL);
-    CHECK_EQ_INT(es_tensor_ref_set(&t, "w", ES_DT_F32, x, 5), ES_EINVAL);
-    CHECK_EQ_INT(es_tensor_ref_set(&t, "w", ES_DT_F32, x, 2, UINT64_MAX, (uint64_t)3), ES_EINVAL);
-    CHECK_EQ_INT(es_tensor_ref_set(&t, "w", (es_dtype)42, x, 1, (uint64_t)1), ES_EINVAL);
+    CHECK_EQ_INT(es__tensor_ref_set(&t, "", ES_DT_F32, x, 1, (uint64_t)6), ES_EINVAL);
+    CHECK_EQ_INT(es__tensor_ref_set(&t, "w", ES_DT_F32, x, 5), ES_EINVAL);
+    CHECK_EQ_INT(es__tensor_ref_set(&t, "w", ES_DT_F32, x, 2, UINT64_MAX, (uint64_t)3), ES_EINVAL);
+    CHECK_EQ_INT(es__tensor_ref_set(&t, "w", (es_dtype)42, x, 1, (uint64_t)1), ES_EINVAL);
 
     /* A writer refuses the invalid ref even if the caller ignored the code,
      * and the error sticks through commit. */
@@ -194,12 +194,12 @@ TEST(format_tensor_ref_set_checks_its_input) {
     remove(path);
     es_err err = {0};
     es_fwriter *w;
-    CHECK_EQ_INT(es_fwriter_open(&w, path, &err), ES_OK);
-    es_tensor_ref_set(&t, longname, ES_DT_F32, x, 1, (uint64_t)6);
-    CHECK(es_fwriter_tensor(w, &t) < 0);
-    CHECK_STR_HAS(es_fwriter_errmsg(w), "invalid descriptor");
-    CHECK(es_fwriter_meta(w, "k", "v") < 0); /* sticky */
-    CHECK(es_fwriter_commit(w, &err) < 0);
+    CHECK_EQ_INT(es__fwriter_open(&w, path, &err), ES_OK);
+    es__tensor_ref_set(&t, longname, ES_DT_F32, x, 1, (uint64_t)6);
+    CHECK(es__fwriter_tensor(w, &t) < 0);
+    CHECK_STR_HAS(es__fwriter_errmsg(w), "invalid descriptor");
+    CHECK(es__fwriter_meta(w, "k", "v") < 0); /* sticky */
+    CHECK(es__fwriter_commit(w, &err) < 0);
     CHECK_STR_HAS(err.msg, path);
     CHECK(access(path, F_OK) != 0);
 }
@@ -216,36 +216,36 @@ TEST(format_writer_validates_descriptors) {
                  {"bad utf8 key", "not valid UTF-8"}, {"nbytes", "does not match"}, {"null data", "data is NULL"},
                  {"bad utf8 value", "not valid UTF-8"}};
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
-        CHECK_EQ_INT(es_fwriter_open(&w, path, &err), ES_OK);
+        CHECK_EQ_INT(es__fwriter_open(&w, path, &err), ES_OK);
         int rc = 0;
-        es_tensor_ref_set(&t, "w", ES_DT_F32, x, 1, (uint64_t)4);
+        es__tensor_ref_set(&t, "w", ES_DT_F32, x, 1, (uint64_t)4);
         switch (c) {
-        case 0: es_fwriter_tensor(w, &t); rc = es_fwriter_tensor(w, &t); break;
-        case 1: es_fwriter_meta(w, "k", "1"); rc = es_fwriter_meta(w, "k", "2"); break;
-        case 2: rc = es_fwriter_meta(w, "", "v"); break;
-        case 3: rc = es_fwriter_meta(w, "\xff\xfe", "v"); break;
-        case 4: t.nbytes = 12; rc = es_fwriter_tensor(w, &t); break;
-        case 5: t.data = NULL; rc = es_fwriter_tensor(w, &t); break;
-        case 6: rc = es_fwriter_meta(w, "k", "\xed\xa0\x80"); break; /* UTF-16 surrogate */
+        case 0: es__fwriter_tensor(w, &t); rc = es__fwriter_tensor(w, &t); break;
+        case 1: es__fwriter_meta(w, "k", "1"); rc = es__fwriter_meta(w, "k", "2"); break;
+        case 2: rc = es__fwriter_meta(w, "", "v"); break;
+        case 3: rc = es__fwriter_meta(w, "\xff\xfe", "v"); break;
+        case 4: t.nbytes = 12; rc = es__fwriter_tensor(w, &t); break;
+        case 5: t.data = NULL; rc = es__fwriter_tensor(w, &t); break;
+        case 6: rc = es__fwriter_meta(w, "k", "\xed\xa0\x80"); break; /* UTF-16 surrogate */
         }
         CHECK_MSG(rc < 0, "%s accepted", cases[c].what);
-        CHECK_STR_HAS(es_fwriter_errmsg(w), cases[c].expect);
-        es_fwriter_abort(w);
+        CHECK_STR_HAS(es__fwriter_errmsg(w), cases[c].expect);
+        es__fwriter_abort(w);
         CHECK_MSG(access(path, F_OK) != 0, "%s: output left behind", cases[c].what);
     }
     /* Many tensors and metadata entries: growth of the arrays and index. */
-    CHECK_EQ_INT(es_fwriter_open(&w, path, &err), ES_OK);
+    CHECK_EQ_INT(es__fwriter_open(&w, path, &err), ES_OK);
     char name[32];
     for (int i = 0; i < 100; i++) {
         snprintf(name, sizeof name, "t%d", i);
-        es_tensor_ref_set(&t, name, ES_DT_F32, x, 1, (uint64_t)(i % 5));
-        CHECK_EQ_INT(es_fwriter_tensor(w, &t), ES_OK);
-        CHECK_EQ_INT(es_fwriter_metaf(w, name, "%d", i * 3), ES_OK);
+        es__tensor_ref_set(&t, name, ES_DT_F32, x, 1, (uint64_t)(i % 5));
+        CHECK_EQ_INT(es__fwriter_tensor(w, &t), ES_OK);
+        CHECK_EQ_INT(es__fwriter_metaf(w, name, "%d", i * 3), ES_OK);
     }
     snprintf(name, sizeof name, "t%d", 57);
-    es_tensor_ref_set(&t, name, ES_DT_F32, x, 1, (uint64_t)1);
-    CHECK(es_fwriter_tensor(w, &t) < 0);
-    es_fwriter_abort(w);
+    es__tensor_ref_set(&t, name, ES_DT_F32, x, 1, (uint64_t)1);
+    CHECK(es__fwriter_tensor(w, &t) < 0);
+    es__fwriter_abort(w);
 }
 
 /* ---- round trip ----------------------------------------------------------------- */
@@ -287,40 +287,40 @@ TEST(format_round_trip_all_dtypes) {
     int nt = (int)(sizeof spec / sizeof spec[0]);
     es_err err = {0};
     es_fwriter *w;
-    CHECK_EQ_INT(es_fwriter_open(&w, path, &err), ES_OK);
-    CHECK_EQ_INT(es_fwriter_meta(w, "model", "dlrm"), ES_OK);
-    CHECK_EQ_INT(es_fwriter_meta(w, "unicode", "caf\xc3\xa9 \xf0\x9f\x98\x80"), ES_OK);
-    CHECK_EQ_INT(es_fwriter_meta(w, "blank", ""), ES_OK);
-    CHECK_EQ_INT(es_fwriter_metaf(w, "lr", "%.3f", 0.125), ES_OK);
+    CHECK_EQ_INT(es__fwriter_open(&w, path, &err), ES_OK);
+    CHECK_EQ_INT(es__fwriter_meta(w, "model", "dlrm"), ES_OK);
+    CHECK_EQ_INT(es__fwriter_meta(w, "unicode", "caf\xc3\xa9 \xf0\x9f\x98\x80"), ES_OK);
+    CHECK_EQ_INT(es__fwriter_meta(w, "blank", ""), ES_OK);
+    CHECK_EQ_INT(es__fwriter_metaf(w, "lr", "%.3f", 0.125), ES_OK);
     for (int k = 0; k < nt; k++) {
         es_tensor_ref t;
-        CHECK_EQ_INT(es_tensor_ref_set(&t, spec[k].name, spec[k].dt, spec[k].data, spec[k].ndim, spec[k].s[0], spec[k].s[1], spec[k].s[2], spec[k].s[3]), ES_OK);
-        CHECK_EQ_INT(es_fwriter_tensor(w, &t), ES_OK);
+        CHECK_EQ_INT(es__tensor_ref_set(&t, spec[k].name, spec[k].dt, spec[k].data, spec[k].ndim, spec[k].s[0], spec[k].s[1], spec[k].s[2], spec[k].s[3]), ES_OK);
+        CHECK_EQ_INT(es__fwriter_tensor(w, &t), ES_OK);
     }
-    CHECK_EQ_INT(es_fwriter_commit(w, &err), ES_OK);
+    CHECK_EQ_INT(es__fwriter_commit(w, &err), ES_OK);
 
     es_file *f;
-    int rc = es_file_open(&f, path, 0, &err);
+    int rc = es__file_open(&f, path, 0, &err);
     CHECK_MSG(rc == ES_OK, "open: %s", err.msg);
-    CHECK_EQ_INT(es_file_version(f), 2);
+    CHECK_EQ_INT(es__file_version(f), 2);
     CHECK_EQ_INT(ES_FILE_VERSION, 2);
-    CHECK_EQ_INT(es_file_size(f) % 64, 0);
-    CHECK_EQ_INT(es_file_n_meta(f), 4);
+    CHECK_EQ_INT(es__file_size(f) % 64, 0);
+    CHECK_EQ_INT(es__file_n_meta(f), 4);
     const char *k, *v;
-    es_file_meta_at(f, 1, &k, &v);
+    es__file_meta_at(f, 1, &k, &v);
     CHECK(strcmp(k, "unicode") == 0 && strcmp(v, "caf\xc3\xa9 \xf0\x9f\x98\x80") == 0);
-    es_file_meta_at(f, 4, &k, &v);
+    es__file_meta_at(f, 4, &k, &v);
     CHECK(k == NULL && v == NULL);
-    CHECK(strcmp(es_file_meta(f, "model"), "dlrm") == 0);
-    CHECK(strcmp(es_file_meta(f, "lr"), "0.125") == 0);
-    CHECK(strcmp(es_file_meta(f, "blank"), "") == 0);
-    CHECK(es_file_meta(f, "absent") == NULL);
-    CHECK_EQ_INT(es_file_n_tensors(f), nt);
-    CHECK(es_file_tensor_at(f, nt) == NULL && es_file_tensor_at(f, -1) == NULL);
-    CHECK(es_file_tensor(f, "nope") == NULL);
+    CHECK(strcmp(es__file_meta(f, "model"), "dlrm") == 0);
+    CHECK(strcmp(es__file_meta(f, "lr"), "0.125") == 0);
+    CHECK(strcmp(es__file_meta(f, "blank"), "") == 0);
+    CHECK(es__file_meta(f, "absent") == NULL);
+    CHECK_EQ_INT(es__file_n_tensors(f), nt);
+    CHECK(es__file_tensor_at(f, nt) == NULL && es__file_tensor_at(f, -1) == NULL);
+    CHECK(es__file_tensor(f, "nope") == NULL);
     for (int i = 0; i < nt; i++) {
-        const es_tensor_ref *t = es_file_tensor_at(f, i);
-        CHECK(t && es_file_tensor(f, spec[i].name) == t);
+        const es_tensor_ref *t = es__file_tensor_at(f, i);
+        CHECK(t && es__file_tensor(f, spec[i].name) == t);
         CHECK(strcmp(t->name, spec[i].name) == 0);
         CHECK_EQ_INT(t->dtype, spec[i].dt);
         CHECK_EQ_INT(t->ndim, spec[i].ndim);
@@ -329,32 +329,32 @@ TEST(format_round_trip_all_dtypes) {
             CHECK_EQ_INT(t->shape[d], d < spec[i].ndim ? spec[i].s[d] : 0);
             if (d < spec[i].ndim) count *= spec[i].s[d];
         }
-        CHECK_EQ_INT(t->nbytes, es_dtype_bytes(spec[i].dt, count));
+        CHECK_EQ_INT(t->nbytes, es__dtype_bytes(spec[i].dt, count));
         CHECK_MSG((uintptr_t)t->data % 64 == 0, "tensor %s not 64-byte aligned", t->name);
         CHECK_MSG(memcmp(t->data, spec[i].data, t->nbytes) == 0, "tensor %s data differs", t->name);
-        CHECK_EQ_INT(es_file_verify_tensor(f, i, &err), ES_OK);
+        CHECK_EQ_INT(es__file_verify_tensor(f, i, &err), ES_OK);
     }
-    CHECK_EQ_INT(es_file_verify_tensor(f, nt, &err), ES_EINVAL);
+    CHECK_EQ_INT(es__file_verify_tensor(f, nt, &err), ES_EINVAL);
     /* Spot-check a typed element through the view. */
-    const float *m = es_file_tensor(f, "f32.matrix")->data;
+    const float *m = es__file_tensor(f, "f32.matrix")->data;
     CHECK_NEAR(m[999], 999 * 0.5 - 3, 0);
-    es_file_close(f);
-    es_file_close(NULL);
+    es__file_close(f);
+    es__file_close(NULL);
 }
 
 TEST(format_empty_file_round_trip) {
     const char *path = es_test_path("fmt_empty.es");
     es_err err = {0};
     es_fwriter *w;
-    CHECK_EQ_INT(es_fwriter_open(&w, path, &err), ES_OK);
-    CHECK_EQ_INT(es_fwriter_commit(w, &err), ES_OK);
+    CHECK_EQ_INT(es__fwriter_open(&w, path, &err), ES_OK);
+    CHECK_EQ_INT(es__fwriter_commit(w, &err), ES_OK);
     es_file *f;
-    CHECK_EQ_INT(es_file_open(&f, path, 0, &err), ES_OK);
-    CHECK_EQ_INT(es_file_n_meta(f), 0);
-    CHECK_EQ_INT(es_file_n_tensors(f), 0);
-    CHECK_EQ_INT(es_file_size(f), 128);
-    CHECK(es_file_meta(f, "x") == NULL && es_file_tensor(f, "x") == NULL);
-    es_file_close(f);
+    CHECK_EQ_INT(es__file_open(&f, path, 0, &err), ES_OK);
+    CHECK_EQ_INT(es__file_n_meta(f), 0);
+    CHECK_EQ_INT(es__file_n_tensors(f), 0);
+    CHECK_EQ_INT(es__file_size(f), 128);
+    CHECK(es__file_meta(f, "x") == NULL && es__file_tensor(f, "x") == NULL);
+    es__file_close(f);
 }
 
 /* ---- corruption ------------------------------------------------------------------ */
@@ -375,9 +375,9 @@ static int flip_every_byte(uint8_t *b, size_t len, size_t skip_lo, size_t skip_h
         for (size_t m = 0; m < sizeof masks; m++) {
             b[pos] ^= masks[m];
             err.msg[0] = 0;
-            int rc = es_file_open_mem(&f, b, len, 0, &err);
+            int rc = es__file_open_mem(&f, b, len, 0, &err);
             b[pos] ^= masks[m];
-            if (rc == ES_OK) es_file_close(f);
+            if (rc == ES_OK) es__file_close(f);
             if (rc >= 0) {
                 es_test_fail(__FILE__, __LINE__, "%s: flip 0x%02x at byte %zu of %zu not detected", what, masks[m], pos, len);
                 return -1;
@@ -404,13 +404,13 @@ TEST(format_every_flipped_byte_is_detected) {
     uint8_t *b = load_aligned(path, &len);
     CHECK(b);
     es_file *f;
-    CHECK_EQ_INT(es_file_open_mem(&f, b, len, 0, &err), ES_OK);
-    es_file_close(f);
+    CHECK_EQ_INT(es__file_open_mem(&f, b, len, 0, &err), ES_OK);
+    es__file_close(f);
     CHECK(flip_every_byte(b, len, 0, 0, 1, "today's writer") == 0);
     /* The same through the file API for a flip in the data area. */
     b[len - 64] ^= 0x10;
     CHECK_EQ_INT(write_bytes(path, b, len), 0);
-    CHECK_EQ_INT(es_file_open(&f, path, 0, &err), ES_ECHECKSUM);
+    CHECK_EQ_INT(es__file_open(&f, path, 0, &err), ES_ECHECKSUM);
     CHECK_STR_HAS(err.msg, path);
     CHECK_STR_HAS(err.msg, "'scalar'");
     free(b);
@@ -438,10 +438,10 @@ TEST(format_every_flipped_byte_is_detected_v2) {
     CHECK(b);
     es_err err = {0};
     es_file *f;
-    CHECK_MSG(es_file_open_mem(&f, b, len, 0, &err) == ES_OK, "%s", err.msg);
-    size_t lo = (size_t)es_file_tensor_offset(f, FIX_V2_BIG);
-    size_t hi = lo + es_file_tensor_at(f, FIX_V2_BIG)->nbytes;
-    es_file_close(f);
+    CHECK_MSG(es__file_open_mem(&f, b, len, 0, &err) == ES_OK, "%s", err.msg);
+    size_t lo = (size_t)es__file_tensor_offset(f, FIX_V2_BIG);
+    size_t hi = lo + es__file_tensor_at(f, FIX_V2_BIG)->nbytes;
+    es__file_close(f);
     CHECK_EQ_INT(lo, 4096);
     CHECK(flip_every_byte(b, len, lo, hi, 61, "v2_small.es") == 0);
     free(b);
@@ -456,14 +456,14 @@ TEST(format_truncation_is_refused) {
     CHECK(b);
     es_file *f;
     for (size_t n = 0; n < len; n++) {
-        int rc = es_file_open_mem(&f, b, n, 0, &err);
-        if (rc == ES_OK) es_file_close(f);
+        int rc = es__file_open_mem(&f, b, n, 0, &err);
+        if (rc == ES_OK) es__file_close(f);
         CHECK_MSG(rc == ES_EFORMAT, "length %zu: rc %d (%s)", n, rc, err.msg);
         CHECK_MSG(strstr(err.msg, n ? "truncated" : "empty"), "length %zu: %s", n, err.msg);
     }
     /* A real file cut inside the data area: the message gives both sizes. */
     CHECK_EQ_INT(truncate(path, (off_t)len - 100), 0);
-    CHECK_EQ_INT(es_file_open(&f, path, 0, &err), ES_EFORMAT);
+    CHECK_EQ_INT(es__file_open(&f, path, 0, &err), ES_EFORMAT);
     char want[128];
     snprintf(want, sizeof want, "truncated: header says %zu bytes, file has %zu", len, len - 100);
     CHECK_STR_HAS(err.msg, want);
@@ -473,7 +473,7 @@ TEST(format_truncation_is_refused) {
     CHECK(big);
     memcpy(big, b, len);
     memset(big + len, 0, 64);
-    CHECK_EQ_INT(es_file_open_mem(&f, big, len + 1, 0, &err), ES_EFORMAT);
+    CHECK_EQ_INT(es__file_open_mem(&f, big, len + 1, 0, &err), ES_EFORMAT);
     CHECK_STR_HAS(err.msg, "trailing bytes");
     free(big);
     free(b);
@@ -490,7 +490,7 @@ TEST(format_newer_version_is_refused) {
     es__file_fix_checksum(b, len); /* a well-formed file of a newer version */
     CHECK_EQ_INT(write_bytes(path, b, len), 0);
     es_file *f;
-    CHECK_EQ_INT(es_file_open(&f, path, 0, &err), ES_EVERSION);
+    CHECK_EQ_INT(es__file_open(&f, path, 0, &err), ES_EVERSION);
     CHECK_STR_HAS(err.msg, path);
     CHECK_STR_HAS(err.msg, "format version 3 is newer than this embstore (max 2)");
     /* Without tensors of 64 KiB or more both versions lay a file out alike,
@@ -498,13 +498,13 @@ TEST(format_newer_version_is_refused) {
     for (uint32_t v = 1; v <= 2; v++) {
         put32(b + OFF_VERSION, v);
         es__file_fix_checksum(b, len);
-        CHECK_EQ_INT(es_file_open_mem(&f, b, len, 0, &err), ES_OK);
-        CHECK_EQ_INT(es_file_version(f), v);
-        es_file_close(f);
+        CHECK_EQ_INT(es__file_open_mem(&f, b, len, 0, &err), ES_OK);
+        CHECK_EQ_INT(es__file_version(f), v);
+        es__file_close(f);
     }
     put32(b + OFF_VERSION, 0);
     es__file_fix_checksum(b, len);
-    CHECK_EQ_INT(es_file_open_mem(&f, b, len, 0, &err), ES_EFORMAT);
+    CHECK_EQ_INT(es__file_open_mem(&f, b, len, 0, &err), ES_EFORMAT);
     CHECK_STR_HAS(err.msg, "version 0");
     free(b);
 }
@@ -523,12 +523,12 @@ TEST(format_wrong_endianness_is_refused) {
     for (size_t off = OFF_META_OFF; off < OFF_RESERVED; off += 8) put64(b + off, __builtin_bswap64(get64(b + off)));
     CHECK_EQ_INT(write_bytes(path, b, len), 0);
     es_file *f;
-    CHECK_EQ_INT(es_file_open(&f, path, 0, &err), ES_EFORMAT);
+    CHECK_EQ_INT(es__file_open(&f, path, 0, &err), ES_EFORMAT);
     CHECK_STR_HAS(err.msg, path);
     CHECK_STR_HAS(err.msg, "wrong endianness");
     /* Not the swapped mark, just garbage. */
     put32(b + OFF_ENDIAN, 0x01020305);
-    CHECK_EQ_INT(es_file_open_mem(&f, b, len, 0, &err), ES_EFORMAT);
+    CHECK_EQ_INT(es__file_open_mem(&f, b, len, 0, &err), ES_EFORMAT);
     CHECK_STR_HAS(err.msg, "bad endianness mark");
     free(b);
 }
@@ -541,19 +541,19 @@ TEST(format_no_verify_defers_tensor_checksums) {
     uint8_t *b = load_aligned(path, &len);
     CHECK(b);
     es_file *f;
-    CHECK_EQ_INT(es_file_open_mem(&f, b, len, 0, &err), ES_OK);
-    const es_tensor_ref *t = es_file_tensor(f, "i32");
+    CHECK_EQ_INT(es__file_open_mem(&f, b, len, 0, &err), ES_OK);
+    const es_tensor_ref *t = es__file_tensor(f, "i32");
     size_t at = (size_t)((const uint8_t *)t->data - b) + 5;
-    es_file_close(f);
+    es__file_close(f);
     b[at] ^= 0x04;
     CHECK_EQ_INT(write_bytes(path, b, len), 0);
-    CHECK_EQ_INT(es_file_open(&f, path, 0, &err), ES_ECHECKSUM);
+    CHECK_EQ_INT(es__file_open(&f, path, 0, &err), ES_ECHECKSUM);
     CHECK_STR_HAS(err.msg, "tensor 'i32' checksum mismatch");
     CHECK_STR_HAS(err.msg, path);
-    CHECK_EQ_INT(es_file_open(&f, path, ES_FILE_NO_VERIFY, &err), ES_OK);
+    CHECK_EQ_INT(es__file_open(&f, path, ES_FILE_NO_VERIFY, &err), ES_OK);
     int bad = -1;
-    for (int i = 0; i < es_file_n_tensors(f); i++) {
-        int rc = es_file_verify_tensor(f, i, &err);
+    for (int i = 0; i < es__file_n_tensors(f); i++) {
+        int rc = es__file_verify_tensor(f, i, &err);
         if (rc) {
             CHECK_EQ_INT(rc, ES_ECHECKSUM);
             CHECK_MSG(bad < 0, "two tensors fail verification");
@@ -563,11 +563,11 @@ TEST(format_no_verify_defers_tensor_checksums) {
         }
     }
     CHECK_EQ_INT(bad, 4);
-    es_file_close(f);
+    es__file_close(f);
     /* Padding is still checked under NO_VERIFY (it is cheap). */
     b[at] ^= 0x04;
     b[len - 1] = 1;
-    CHECK_EQ_INT(es_file_open_mem(&f, b, len, ES_FILE_NO_VERIFY, &err), ES_ECHECKSUM);
+    CHECK_EQ_INT(es__file_open_mem(&f, b, len, ES_FILE_NO_VERIFY, &err), ES_ECHECKSUM);
     CHECK_STR_HAS(err.msg, "padding after tensor 'scalar'");
     free(b);
 }
@@ -584,8 +584,8 @@ static int expect_refusal(const uint8_t *orig, size_t len, edit_fn edit, int cod
     es__file_fix_checksum(b, len);
     es_err err = {0};
     es_file *f;
-    int rc = es_file_open_mem(&f, b, len, 0, &err);
-    if (rc == ES_OK) es_file_close(f);
+    int rc = es__file_open_mem(&f, b, len, 0, &err);
+    if (rc == ES_OK) es__file_close(f);
     free(b);
     snprintf(msg, msgsz, "rc %d, message: %s", rc, err.msg);
     return rc == code && strstr(err.msg, want) && strstr(err.msg, "(memory)") == err.msg;
@@ -681,17 +681,17 @@ TEST(format_malformed_tables_are_refused) {
 
     /* Duplicate metadata keys: write "ab" and "cd", then rename "cd". */
     es_fwriter *w;
-    CHECK_EQ_INT(es_fwriter_open(&w, path, &err), ES_OK);
-    es_fwriter_meta(w, "ab", "1");
-    es_fwriter_meta(w, "cd", "2");
-    CHECK_EQ_INT(es_fwriter_commit(w, &err), ES_OK);
+    CHECK_EQ_INT(es__fwriter_open(&w, path, &err), ES_OK);
+    es__fwriter_meta(w, "ab", "1");
+    es__fwriter_meta(w, "cd", "2");
+    CHECK_EQ_INT(es__fwriter_commit(w, &err), ES_OK);
     b = load_aligned(path, &len);
     CHECK(b);
     CHECK(memcmp(b + HEADER + 4 + 3 + 4 + 2 + 4, "cd", 2) == 0); /* entry 0 takes 4+3+4+2 bytes */
     memcpy(b + HEADER + 4 + 3 + 4 + 2 + 4, "ab", 2);
     es__file_fix_checksum(b, len);
     es_file *f;
-    CHECK_EQ_INT(es_file_open_mem(&f, b, len, 0, &err), ES_EFORMAT);
+    CHECK_EQ_INT(es__file_open_mem(&f, b, len, 0, &err), ES_EFORMAT);
     CHECK_STR_HAS(err.msg, "duplicate metadata key 'ab'");
 
     /* A data area longer than its tensors: 64 zero bytes appended and the
@@ -704,7 +704,7 @@ TEST(format_malformed_tables_are_refused) {
     put64(big + OFF_FILE_SIZE, len + 64);
     put64(big + OFF_DATA_BYTES, get64(big + OFF_DATA_BYTES) + 64);
     es__file_fix_checksum(big, len + 64);
-    CHECK_EQ_INT(es_file_open_mem(&f, big, len + 64, 0, &err), ES_EFORMAT);
+    CHECK_EQ_INT(es__file_open_mem(&f, big, len + 64, 0, &err), ES_EFORMAT);
     CHECK_STR_HAS(err.msg, "64 bytes at the end of the data area belong to no tensor");
     free(big);
     free(b);
@@ -714,26 +714,26 @@ TEST(format_open_errors_name_the_input) {
     es_err err = {0};
     es_file *f = (es_file *)1;
     const char *missing = es_test_path("fmt_does_not_exist.es");
-    CHECK_EQ_INT(es_file_open(&f, missing, 0, &err), ES_EIO);
+    CHECK_EQ_INT(es__file_open(&f, missing, 0, &err), ES_EIO);
     CHECK(f == NULL);
     CHECK_STR_HAS(err.msg, missing);
     CHECK_STR_HAS(err.msg, "cannot open");
     const char *dir = es_test_path("");
-    CHECK(es_file_open(&f, dir, 0, &err) < 0);
+    CHECK(es__file_open(&f, dir, 0, &err) < 0);
     const char *empty = es_test_path("fmt_zero.es");
     CHECK_EQ_INT(write_bytes(empty, "", 0), 0);
-    CHECK_EQ_INT(es_file_open(&f, empty, 0, &err), ES_EFORMAT);
+    CHECK_EQ_INT(es__file_open(&f, empty, 0, &err), ES_EFORMAT);
     CHECK_STR_HAS(err.msg, "not an embstore file (empty)");
     const char *text = es_test_path("fmt_text.es");
     const char *junk = "label,a,b\n1,2,3\n this is a csv file, not an embstore file at all .......................\n";
     CHECK_EQ_INT(write_bytes(text, junk, strlen(junk)), 0);
-    CHECK_EQ_INT(es_file_open(&f, text, 0, &err), ES_EFORMAT);
+    CHECK_EQ_INT(es__file_open(&f, text, 0, &err), ES_EFORMAT);
     CHECK_STR_HAS(err.msg, text);
     CHECK_STR_HAS(err.msg, "not an embstore file");
     static _Alignas(64) uint8_t buf[256];
-    CHECK_EQ_INT(es_file_open_mem(&f, buf + 8, 128, 0, &err), ES_EINVAL);
+    CHECK_EQ_INT(es__file_open_mem(&f, buf + 8, 128, 0, &err), ES_EINVAL);
     CHECK_STR_HAS(err.msg, "aligned");
-    CHECK_EQ_INT(es_file_open_mem(&f, NULL, 0, 0, &err), ES_EFORMAT);
+    CHECK_EQ_INT(es__file_open_mem(&f, NULL, 0, 0, &err), ES_EFORMAT);
 }
 
 /* ---- atomic writes ------------------------------------------------------------- */
@@ -742,7 +742,7 @@ TEST(format_unwritable_path_leaves_nothing) {
     const char *path = es_test_path("fmt_no_such_dir/out.es");
     es_err err = {0};
     es_fwriter *w = (es_fwriter *)1;
-    CHECK_EQ_INT(es_fwriter_open(&w, path, &err), ES_EIO);
+    CHECK_EQ_INT(es__fwriter_open(&w, path, &err), ES_EIO);
     CHECK(w == NULL);
     CHECK_STR_HAS(err.msg, path);
     CHECK(access(path, F_OK) != 0);
@@ -751,9 +751,9 @@ TEST(format_unwritable_path_leaves_nothing) {
      * and the directory is untouched. */
     const char *dirdest = es_test_path("fmt_dir_dest");
     mkdir(dirdest, 0755);
-    CHECK_EQ_INT(es_fwriter_open(&w, dirdest, &err), ES_OK);
-    CHECK_EQ_INT(es_fwriter_meta(w, "k", "v"), ES_OK);
-    CHECK(es_fwriter_commit(w, &err) < 0);
+    CHECK_EQ_INT(es__fwriter_open(&w, dirdest, &err), ES_OK);
+    CHECK_EQ_INT(es__fwriter_meta(w, "k", "v"), ES_OK);
+    CHECK(es__fwriter_commit(w, &err) < 0);
     CHECK_STR_HAS(err.msg, dirdest);
     struct stat st;
     CHECK(stat(dirdest, &st) == 0 && S_ISDIR(st.st_mode));
@@ -765,9 +765,9 @@ TEST(format_unwritable_path_leaves_nothing) {
     CHECK_EQ_INT(write_fixture_copy(keep, &err), ES_OK);
     char *before = es_test_slurp(keep);
     CHECK(before);
-    CHECK_EQ_INT(es_fwriter_open(&w, keep, &err), ES_OK);
-    CHECK(es_fwriter_meta(w, "", "empty key") < 0);
-    CHECK(es_fwriter_commit(w, &err) < 0);
+    CHECK_EQ_INT(es__fwriter_open(&w, keep, &err), ES_OK);
+    CHECK(es__fwriter_meta(w, "", "empty key") < 0);
+    CHECK(es__fwriter_commit(w, &err) < 0);
     CHECK_STR_HAS(err.msg, "key is empty");
     size_t n;
     uint8_t *after = load_aligned(keep, &n);
@@ -779,9 +779,9 @@ TEST(format_unwritable_path_leaves_nothing) {
     /* Abort leaves nothing either. */
     const char *ab = es_test_path("fmt_aborted.es");
     remove(ab);
-    CHECK_EQ_INT(es_fwriter_open(&w, ab, &err), ES_OK);
-    es_fwriter_abort(w);
-    es_fwriter_abort(NULL);
+    CHECK_EQ_INT(es__fwriter_open(&w, ab, &err), ES_OK);
+    es__fwriter_abort(w);
+    es__fwriter_abort(NULL);
     CHECK(access(ab, F_OK) != 0);
     CHECK_EQ_INT(count_prefixed(tmpdir, "fmt_aborted.es.tmp."), 0);
 }
@@ -791,7 +791,7 @@ TEST(format_unwritable_path_leaves_nothing) {
 TEST(format_fixture_v1_loads) {
     es_err err = {0};
     es_file *f;
-    int rc = es_file_open(&f, FIX_V1_PATH, 0, &err);
+    int rc = es__file_open(&f, FIX_V1_PATH, 0, &err);
     if (!host_little_endian()) {
         /* The fixture was written on a little-endian machine. */
         CHECK_EQ_INT(rc, ES_EFORMAT);
@@ -799,20 +799,20 @@ TEST(format_fixture_v1_loads) {
         return;
     }
     CHECK_MSG(rc == ES_OK, "%s", err.msg);
-    CHECK_EQ_INT(es_file_version(f), 1);
-    CHECK_EQ_INT(es_file_size(f), 2304);
-    CHECK_EQ_INT(es_file_n_meta(f), FIX_V1_N_META);
+    CHECK_EQ_INT(es__file_version(f), 1);
+    CHECK_EQ_INT(es__file_size(f), 2304);
+    CHECK_EQ_INT(es__file_n_meta(f), FIX_V1_N_META);
     for (int i = 0; i < FIX_V1_N_META; i++) {
         const char *k, *v;
-        es_file_meta_at(f, i, &k, &v);
+        es__file_meta_at(f, i, &k, &v);
         CHECK(strcmp(k, fix_v1_meta[i][0]) == 0 && strcmp(v, fix_v1_meta[i][1]) == 0);
     }
-    CHECK(strcmp(es_file_meta(f, "note"), "h\xc3\xa9llo w\xc3\xb6rld \xe2\x9c\x93") == 0);
-    CHECK_EQ_INT(es_file_n_tensors(f), FIX_V1_N_TENSORS);
+    CHECK(strcmp(es__file_meta(f, "note"), "h\xc3\xa9llo w\xc3\xb6rld \xe2\x9c\x93") == 0);
+    CHECK_EQ_INT(es__file_n_tensors(f), FIX_V1_N_TENSORS);
     static const es_dtype want_dt[FIX_V1_N_TENSORS] = {ES_DT_F32, ES_DT_F16, ES_DT_I8, ES_DT_U8, ES_DT_I32, ES_DT_U32,
                                                        ES_DT_I64, ES_DT_U64, ES_DT_I4, ES_DT_F32, ES_DT_F32};
     for (int k = 0; k < FIX_V1_N_TENSORS; k++) {
-        const es_tensor_ref *t = es_file_tensor_at(f, k);
+        const es_tensor_ref *t = es__file_tensor_at(f, k);
         const fix_v1_tensor *d = &fix_v1_tensors[k];
         CHECK(strcmp(t->name, d->name) == 0);
         CHECK_EQ_INT(t->dtype, want_dt[k]);
@@ -820,32 +820,32 @@ TEST(format_fixture_v1_loads) {
         for (int j = 0; j < 4; j++) CHECK_EQ_INT(t->shape[j], d->shape[j]);
     }
     const es_tensor_ref *t;
-    t = es_file_tensor(f, "emb.weight");
+    t = es__file_tensor(f, "emb.weight");
     CHECK_EQ_INT(t->nbytes, 48);
     for (int i = 0; i < 12; i++) CHECK_NEAR(((const float *)t->data)[i], fix_v1_f32(i), 0);
-    t = es_file_tensor(f, "half");
+    t = es__file_tensor(f, "half");
     for (int i = 0; i < 5; i++) CHECK_EQ_INT(((const uint16_t *)t->data)[i], fix_v1_f16(i));
-    t = es_file_tensor(f, "i8");
+    t = es__file_tensor(f, "i8");
     for (int i = 0; i < 6; i++) CHECK_EQ_INT(((const int8_t *)t->data)[i], fix_v1_i8(i));
-    t = es_file_tensor(f, "u8");
+    t = es__file_tensor(f, "u8");
     for (int i = 0; i < 7; i++) CHECK_EQ_INT(((const uint8_t *)t->data)[i], fix_v1_u8(i));
-    t = es_file_tensor(f, "i32");
+    t = es__file_tensor(f, "i32");
     for (int i = 0; i < 8; i++) CHECK_EQ_INT(((const int32_t *)t->data)[i], fix_v1_i32(i));
-    t = es_file_tensor(f, "u32");
+    t = es__file_tensor(f, "u32");
     for (int i = 0; i < 3; i++) CHECK_EQ_INT(((const uint32_t *)t->data)[i], fix_v1_u32(i));
-    t = es_file_tensor(f, "i64");
+    t = es__file_tensor(f, "i64");
     for (int i = 0; i < 2; i++) CHECK_EQ_INT(((const int64_t *)t->data)[i], fix_v1_i64(i));
-    t = es_file_tensor(f, "u64");
+    t = es__file_tensor(f, "u64");
     for (int i = 0; i < 2; i++) CHECK(((const uint64_t *)t->data)[i] == fix_v1_u64(i));
-    t = es_file_tensor(f, "q4");
+    t = es__file_tensor(f, "q4");
     CHECK_EQ_INT(t->nbytes, 4);
     for (int i = 0; i < 7; i++) CHECK_EQ_INT((((const uint8_t *)t->data)[i / 2] >> (4 * (i & 1))) & 15, i); /* low nibble first */
-    t = es_file_tensor(f, "empty");
+    t = es__file_tensor(f, "empty");
     CHECK_EQ_INT(t->nbytes, 0);
-    t = es_file_tensor(f, "scalar");
+    t = es__file_tensor(f, "scalar");
     CHECK_EQ_INT(t->nbytes, 4);
     CHECK_NEAR(*(const float *)t->data, FIX_V1_SCALAR, 0);
-    es_file_close(f);
+    es__file_close(f);
 
     /* Its content has no tensor of 64 KiB, so today's (version-2) writer
      * lays it out identically: the bytes differ only in the version field
@@ -867,34 +867,34 @@ TEST(format_fixture_v1_loads) {
 TEST(format_fixture_v2_loads) {
     es_err err = {0};
     es_file *f;
-    int rc = es_file_open(&f, FIX_V2_PATH, 0, &err);
+    int rc = es__file_open(&f, FIX_V2_PATH, 0, &err);
     if (!host_little_endian()) {
         CHECK_EQ_INT(rc, ES_EFORMAT);
         CHECK_STR_HAS(err.msg, "wrong endianness");
         return;
     }
     CHECK_MSG(rc == ES_OK, "%s", err.msg);
-    CHECK_EQ_INT(es_file_version(f), 2);
-    CHECK_EQ_INT(es_file_size(f), 70080);
-    CHECK(es_file_fd(f) >= 0);
-    CHECK_EQ_INT(es_file_n_meta(f), FIX_V2_N_META);
+    CHECK_EQ_INT(es__file_version(f), 2);
+    CHECK_EQ_INT(es__file_size(f), 70080);
+    CHECK(es__file_fd(f) >= 0);
+    CHECK_EQ_INT(es__file_n_meta(f), FIX_V2_N_META);
     for (int i = 0; i < FIX_V2_N_META; i++) {
         const char *k, *v;
-        es_file_meta_at(f, i, &k, &v);
+        es__file_meta_at(f, i, &k, &v);
         CHECK(strcmp(k, fix_v1_meta[i][0]) == 0 && strcmp(v, fix_v1_meta[i][1]) == 0);
     }
-    CHECK_EQ_INT(es_file_n_tensors(f), FIX_V2_N_TENSORS);
+    CHECK_EQ_INT(es__file_n_tensors(f), FIX_V2_N_TENSORS);
     /* Every tensor's bytes against a fresh fill, and the layout rule: the
      * 64 KiB tensor at the next multiple of 4096 after i8's padding (the
      * gap zero), every other one right after its predecessor's padding. */
     static _Alignas(64) uint8_t want[FIX_V2_BIG_BYTES];
     /* The mapping starts at file offset 0, so tensor 0's view minus its
      * offset is the header (this also checks offsets against views). */
-    const uint8_t *base = (const uint8_t *)es_file_tensor_at(f, 0)->data - es_file_tensor_offset(f, 0);
+    const uint8_t *base = (const uint8_t *)es__file_tensor_at(f, 0)->data - es__file_tensor_offset(f, 0);
     CHECK(memcmp(base, "EMBSTOR", 8) == 0);
     uint64_t end = get64(base + OFF_DATA_OFF);
     for (int k = 0; k < FIX_V2_N_TENSORS; k++) {
-        const es_tensor_ref *t = es_file_tensor_at(f, k);
+        const es_tensor_ref *t = es__file_tensor_at(f, k);
         const fix_v1_tensor *d = fix_v2_tensor(k);
         CHECK(strcmp(t->name, d->name) == 0);
         CHECK_EQ_INT(t->dtype, d->dtype);
@@ -903,19 +903,19 @@ TEST(format_fixture_v2_loads) {
         size_t n = fix_v2_fill(k, want);
         CHECK_EQ_INT(t->nbytes, n);
         CHECK_MSG(memcmp(t->data, want, n) == 0, "tensor %s differs", t->name);
-        CHECK(!n || (const uint8_t *)t->data == base + es_file_tensor_offset(f, k));
-        uint64_t off = es_file_tensor_offset(f, k), expect = (end + 63) & ~(uint64_t)63;
+        CHECK(!n || (const uint8_t *)t->data == base + es__file_tensor_offset(f, k));
+        uint64_t off = es__file_tensor_offset(f, k), expect = (end + 63) & ~(uint64_t)63;
         if (t->nbytes >= PAGE_MIN) expect = (expect + PAGE - 1) & ~(uint64_t)(PAGE - 1);
         CHECK_MSG(off == expect, "tensor %s at %llu, expected %llu", t->name, (unsigned long long)off, (unsigned long long)expect);
         end = off + ((t->nbytes + 63) & ~(size_t)63);
     }
-    CHECK_EQ_INT(end, es_file_size(f));
-    CHECK_EQ_INT(es_file_tensor_offset(f, FIX_V2_BIG), 4096);
-    const float *big = es_file_tensor(f, "big")->data;
+    CHECK_EQ_INT(end, es__file_size(f));
+    CHECK_EQ_INT(es__file_tensor_offset(f, FIX_V2_BIG), 4096);
+    const float *big = es__file_tensor(f, "big")->data;
     CHECK_NEAR(big[FIX_V2_BIG_ROWS * FIX_V2_BIG_COLS - 1], fix_v2_big(FIX_V2_BIG_ROWS * FIX_V2_BIG_COLS - 1), 0);
     CHECK_EQ_INT((uintptr_t)big % PAGE, 0); /* a page-aligned offset in a mapping is page-aligned in memory */
-    CHECK(es_file_tensor_offset(f, -1) == UINT64_MAX && es_file_tensor_offset(f, FIX_V2_N_TENSORS) == UINT64_MAX);
-    es_file_close(f);
+    CHECK(es__file_tensor_offset(f, -1) == UINT64_MAX && es__file_tensor_offset(f, FIX_V2_N_TENSORS) == UINT64_MAX);
+    es__file_close(f);
 
     /* Today's writer produces exactly these bytes: version 2 has not
      * drifted (a layout change needs a version bump and a new fixture). */
@@ -945,25 +945,25 @@ TEST(format_v2_page_rule_round_trip) {
     enum { NT = sizeof sizes / sizeof sizes[0] };
     es_err err = {0};
     es_fwriter *w;
-    CHECK_EQ_INT(es_fwriter_open(&w, path, &err), ES_OK);
+    CHECK_EQ_INT(es__fwriter_open(&w, path, &err), ES_OK);
     char name[32];
     for (int k = 0; k < NT; k++) {
         es_tensor_ref t;
         snprintf(name, sizeof name, "t%d", k);
         /* i8 data, offset by k so neighbouring tensors differ */
-        CHECK_EQ_INT(es_tensor_ref_set(&t, name, ES_DT_I8, data + k, 1, sizes[k]), ES_OK);
-        CHECK_EQ_INT(es_fwriter_tensor(w, &t), ES_OK);
+        CHECK_EQ_INT(es__tensor_ref_set(&t, name, ES_DT_I8, data + k, 1, sizes[k]), ES_OK);
+        CHECK_EQ_INT(es__fwriter_tensor(w, &t), ES_OK);
     }
-    CHECK_EQ_INT(es_fwriter_commit(w, &err), ES_OK);
+    CHECK_EQ_INT(es__fwriter_commit(w, &err), ES_OK);
     es_file *f;
-    CHECK_MSG(es_file_open(&f, path, 0, &err) == ES_OK, "%s", err.msg);
-    CHECK(es_file_fd(f) >= 0);
-    const uint8_t *base = (const uint8_t *)es_file_tensor_at(f, 0)->data - es_file_tensor_offset(f, 0); /* file offset 0 */
+    CHECK_MSG(es__file_open(&f, path, 0, &err) == ES_OK, "%s", err.msg);
+    CHECK(es__file_fd(f) >= 0);
+    const uint8_t *base = (const uint8_t *)es__file_tensor_at(f, 0)->data - es__file_tensor_offset(f, 0); /* file offset 0 */
     uint64_t end = get64(base + OFF_DATA_OFF);
     int paged = 0;
     for (int k = 0; k < NT; k++) {
-        const es_tensor_ref *t = es_file_tensor_at(f, k);
-        uint64_t off = es_file_tensor_offset(f, k), expect = (end + 63) & ~(uint64_t)63;
+        const es_tensor_ref *t = es__file_tensor_at(f, k);
+        uint64_t off = es__file_tensor_offset(f, k), expect = (end + 63) & ~(uint64_t)63;
         if (sizes[k] >= PAGE_MIN) {
             expect = (expect + PAGE - 1) & ~(uint64_t)(PAGE - 1);
             paged++;
@@ -975,22 +975,22 @@ TEST(format_v2_page_rule_round_trip) {
         end = off + ((sizes[k] + 63) & ~(uint64_t)63);
     }
     CHECK_EQ_INT(paged, 4);
-    CHECK_EQ_INT(end, es_file_size(f));
+    CHECK_EQ_INT(end, es__file_size(f));
     /* The descriptor reads the same bytes at the reported offsets. */
-    const es_tensor_ref *t3 = es_file_tensor_at(f, 3);
+    const es_tensor_ref *t3 = es__file_tensor_at(f, 3);
     uint8_t head[64];
-    CHECK_EQ_INT(pread(es_file_fd(f), head, sizeof head, (off_t)es_file_tensor_offset(f, 3)), 64);
+    CHECK_EQ_INT(pread(es__file_fd(f), head, sizeof head, (off_t)es__file_tensor_offset(f, 3)), 64);
     CHECK(memcmp(head, t3->data, 64) == 0);
-    es_file_close(f);
+    es__file_close(f);
 
     /* A memory image has no descriptor. */
     size_t len;
     uint8_t *b = load_aligned(path, &len);
     CHECK(b);
-    CHECK_EQ_INT(es_file_open_mem(&f, b, len, 0, &err), ES_OK);
-    CHECK_EQ_INT(es_file_fd(f), -1);
-    CHECK_EQ_INT(es_file_tensor_offset(f, 3), (const uint8_t *)es_file_tensor_at(f, 3)->data - b);
-    es_file_close(f);
+    CHECK_EQ_INT(es__file_open_mem(&f, b, len, 0, &err), ES_OK);
+    CHECK_EQ_INT(es__file_fd(f), -1);
+    CHECK_EQ_INT(es__file_tensor_offset(f, 3), (const uint8_t *)es__file_tensor_at(f, 3)->data - b);
+    es__file_close(f);
     free(b);
 }
 
@@ -1032,7 +1032,7 @@ TEST(format_v2_malformed_layout_is_refused) {
     for (unsigned flags = 0; flags <= ES_FILE_NO_VERIFY; flags += ES_FILE_NO_VERIFY) {
         for (size_t at = 1984; at < 4096; at += 1000) {
             b[at] = 0x20;
-            int rc = es_file_open_mem(&f, b, len, flags, &err);
+            int rc = es__file_open_mem(&f, b, len, flags, &err);
             b[at] = 0;
             CHECK_MSG(rc == ES_ECHECKSUM, "byte %zu: rc %d (%s)", at, rc, err.msg);
             CHECK_STR_HAS(err.msg, "padding before tensor 'big' is not zero");
@@ -1040,8 +1040,8 @@ TEST(format_v2_malformed_layout_is_refused) {
     }
     /* Truncation anywhere, including inside the padding and the big tensor. */
     for (size_t n = 0; n < len; n += n < 4200 ? 1 : 97) {
-        int rc = es_file_open_mem(&f, b, n, 0, &err);
-        if (rc == ES_OK) es_file_close(f);
+        int rc = es__file_open_mem(&f, b, n, 0, &err);
+        if (rc == ES_OK) es__file_close(f);
         CHECK_MSG(rc == ES_EFORMAT && strstr(err.msg, n ? "truncated" : "empty"), "length %zu: rc %d (%s)", n, rc, err.msg);
     }
     free(b);

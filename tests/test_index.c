@@ -371,12 +371,12 @@ TEST(index_vecio_model_tensor) {
     int32_t other[2] = {1, 2};
     es_fwriter *w = NULL;
     es_err e = {0};
-    CHECK(es_fwriter_open(&w, p, &e) == 0);
+    CHECK(es__fwriter_open(&w, p, &e) == 0);
     es_tensor_ref t, t2;
-    CHECK(es_tensor_ref_set(&t, "storage.table.w", ES_DT_F32, rows, 2, (uint64_t)4, (uint64_t)3) == 0);
-    CHECK(es_tensor_ref_set(&t2, "storage.ids", ES_DT_I32, other, 1, (uint64_t)2) == 0);
-    CHECK(es_fwriter_tensor(w, &t) == 0 && es_fwriter_tensor(w, &t2) == 0);
-    CHECK_MSG(es_fwriter_commit(w, &e) == 0, "%s", e.msg);
+    CHECK(es__tensor_ref_set(&t, "storage.table.w", ES_DT_F32, rows, 2, (uint64_t)4, (uint64_t)3) == 0);
+    CHECK(es__tensor_ref_set(&t2, "storage.ids", ES_DT_I32, other, 1, (uint64_t)2) == 0);
+    CHECK(es__fwriter_tensor(w, &t) == 0 && es__fwriter_tensor(w, &t2) == 0);
+    CHECK_MSG(es__fwriter_commit(w, &e) == 0, "%s", e.msg);
     es_vecs v;
     es_vec_read_params rp = es_vec_read_params_default();
     rp.tensor = "storage.table.w";
@@ -844,9 +844,9 @@ TEST(index_load_rejects_bad_files) {
     CHECK(es_index_load(&ld, SIFT_DIR "siftsmall_query.fvecs", &e) != 0);
     const char *other = es_test_path("ix_other.es");
     es_fwriter *w = NULL;
-    CHECK(es_fwriter_open(&w, other, &e) == 0);
-    CHECK(es_fwriter_meta(w, "embstore.type", "model") == 0);
-    CHECK(es_fwriter_commit(w, &e) == 0);
+    CHECK(es__fwriter_open(&w, other, &e) == 0);
+    CHECK(es__fwriter_meta(w, "embstore.type", "model") == 0);
+    CHECK(es__fwriter_commit(w, &e) == 0);
     CHECK(es_index_load(&ld, other, &e) != 0);
     CHECK_STR_HAS(e.msg, "not an embstore index");
     free(img);
@@ -868,17 +868,17 @@ TEST(index_load_validates_graph_and_lists) {
         es_index_free(ix);
         es_file *f = NULL;
         es_err e = {0};
-        CHECK(es_file_open(&f, path, 0, &e) == 0);
+        CHECK(es__file_open(&f, path, 0, &e) == 0);
         es_fwriter *w = NULL;
-        CHECK(es_fwriter_open(&w, bad, &e) == 0);
-        for (int i = 0; i < es_file_n_meta(f); i++) {
+        CHECK(es__fwriter_open(&w, bad, &e) == 0);
+        for (int i = 0; i < es__file_n_meta(f); i++) {
             const char *k, *v;
-            es_file_meta_at(f, i, &k, &v);
-            CHECK(es_fwriter_meta(w, k, v) == 0);
+            es__file_meta_at(f, i, &k, &v);
+            CHECK(es__fwriter_meta(w, k, v) == 0);
         }
         void *copy = NULL;
-        for (int i = 0; i < es_file_n_tensors(f); i++) {
-            es_tensor_ref t = *es_file_tensor_at(f, i);
+        for (int i = 0; i < es__file_n_tensors(f); i++) {
+            es_tensor_ref t = *es__file_tensor_at(f, i);
             const char *target = which ? "index.ivf.ids" : "index.hnsw.links0";
             if (!strcmp(t.name, target)) {
                 copy = malloc(t.nbytes);
@@ -888,11 +888,11 @@ TEST(index_load_validates_graph_and_lists) {
                 else v[1] = 100000;    /* first neighbour of node 0 */
                 t.data = copy;
             }
-            CHECK(es_fwriter_tensor(w, &t) == 0);
+            CHECK(es__fwriter_tensor(w, &t) == 0);
         }
-        CHECK(es_fwriter_commit(w, &e) == 0);
+        CHECK(es__fwriter_commit(w, &e) == 0);
         free(copy);
-        es_file_close(f);
+        es__file_close(f);
         es_index *ld = NULL;
         CHECK(es_index_load(&ld, bad, &e) == ES_EFORMAT);
         printf("    %s: %s\n", which ? "ivf" : "hnsw", e.msg);

@@ -107,18 +107,18 @@ fail:
 static int largest_tensor(const char *path, int *idx, size_t *bytes, uint64_t *offset) {
     es_file *f;
     es_err err = {0};
-    if (es_file_open(&f, path, ES_FILE_NO_VERIFY, &err) != 0) return -1;
+    if (es__file_open(&f, path, ES_FILE_NO_VERIFY, &err) != 0) return -1;
     *idx = -1;
     *bytes = 0;
-    for (int i = 0; i < es_file_n_tensors(f); i++) {
-        const es_tensor_ref *t = es_file_tensor_at(f, i);
+    for (int i = 0; i < es__file_n_tensors(f); i++) {
+        const es_tensor_ref *t = es__file_tensor_at(f, i);
         if (t->nbytes > *bytes) {
             *idx = i;
             *bytes = t->nbytes;
-            *offset = es_file_tensor_offset(f, i);
+            *offset = es__file_tensor_offset(f, i);
         }
     }
-    es_file_close(f);
+    es__file_close(f);
     return *idx >= 0 ? 0 : -1;
 }
 
@@ -252,8 +252,8 @@ TEST(load_inplace_training_after_load_writes_private_pages) {
      * verifies, and a fresh load predicts as the untrained model did. */
     CHECK_MSG(es_test_sh(NULL, "cmp %s %s", ckpt, pristine) == 0, "training after an in-place load changed the file");
     es_file *f;
-    CHECK_MSG(es_file_open(&f, ckpt, 0, &err) == ES_OK, "%s", err.msg);
-    const es_tensor_ref *t = es_file_tensor_at(f, ti);
+    CHECK_MSG(es__file_open(&f, ckpt, 0, &err) == ES_OK, "%s", err.msg);
+    const es_tensor_ref *t = es__file_tensor_at(f, ti);
     es_model *fresh = NULL;
     CHECK_MSG(load_model(&fresh, ckpt, 0, 1, 1, &err) == ES_OK, "%s", err.msg);
     /* Compare the trained table against the file: some rows moved. */
@@ -268,7 +268,7 @@ TEST(load_inplace_training_after_load_writes_private_pages) {
     CHECK_MSG(memcmp(refs[found].data, t->data, t->nbytes) != 0, "training did not change the table (the test would prove nothing)");
     fresh->st->ops->tensors(fresh->st, refs, ns);
     CHECK_MSG(memcmp(refs[found].data, t->data, t->nbytes) == 0, "a fresh load does not see the file's table");
-    es_file_close(f);
+    es__file_close(f);
     es_model_free(fresh);
 
     /* Saving the trained model over the very file it was mapped from
@@ -317,7 +317,7 @@ TEST(load_inplace_verified_load_catches_a_corrupt_table) {
     CHECK(es__model_mapped_bytes(m) > 0);
     es_model_free(m);
     es_file *f;
-    CHECK_EQ_INT(es_file_open(&f, bad, ES_FILE_NO_VERIFY, &err), ES_OK);
-    CHECK_EQ_INT(es_file_verify_tensor(f, ti, &err), ES_ECHECKSUM);
-    es_file_close(f);
+    CHECK_EQ_INT(es__file_open(&f, bad, ES_FILE_NO_VERIFY, &err), ES_OK);
+    CHECK_EQ_INT(es__file_verify_tensor(f, ti, &err), ES_ECHECKSUM);
+    es__file_close(f);
 }

@@ -31,7 +31,7 @@ static size_t nets_n, nets_cap;
 
 static void arena_release(void) {
     for (size_t i = 0; i < arena_n; i++) free(arena[i]);
-    for (size_t i = 0; i < nets_n; i++) es_net_free(nets[i]);
+    for (size_t i = 0; i < nets_n; i++) es__net_free(nets[i]);
     free(arena);
     free(nets);
     arena = NULL;
@@ -72,9 +72,9 @@ static float *tf_rand(es_rng *r, size_t count, float a) {
 static es_net *tnet(const es_net_params *p) {
     es_net *n = NULL;
     es_err err = {0};
-    int rc = es_net_create(&n, p, &err);
+    int rc = es__net_create(&n, p, &err);
     if (rc) {
-        printf("    es_net_create: %s (%s)\n", err.msg, es_strerror(rc));
+        printf("    es__net_create: %s (%s)\n", err.msg, es_strerror(rc));
         return NULL;
     }
     track((void ***)&nets, &nets_n, &nets_cap, n);
@@ -548,10 +548,10 @@ static double naive_mlp_to_logit(es_tensor_ref *refs, int nr, const char *stack,
 
 /* The equations of docs/models.md, evaluated per row in double. */
 static double naive_logit(es_net *net, const float *emb, const float *dense) {
-    const es_net_params *p = es_net_get_params(net);
-    int D = p->n_dense, F = p->n_fields, k = p->dim, E = es_net_emb_dim(p->kind, k);
+    const es_net_params *p = es__net_get_params(net);
+    int D = p->n_dense, F = p->n_fields, k = p->dim, E = es__net_emb_dim(p->kind, k);
     es_tensor_ref refs[128];
-    int nr = es_net_tensors(net, refs, 128);
+    int nr = es__net_tensors(net, refs, 128);
     double a[4096], b[4096], z = 0;
     switch (p->kind) {
     case ES_NET_LR:
@@ -630,7 +630,7 @@ typedef struct {
 } net_ctx;
 static double net_loss(void *p) {
     net_ctx *t = p;
-    es_net_forward(t->net, t->n, t->emb, t->dense, t->logit);
+    es__net_forward(t->net, t->n, t->emb, t->dense, t->logit);
     return dotd(t->c, t->logit, t->n);
 }
 
@@ -641,14 +641,14 @@ static int check_model(const es_net_params *p, int n, uint64_t seed) {
     if (!net) return 1;
     es_rng r;
     es__rng_seed(&r, seed);
-    int E = es_net_emb_dim(p->kind, p->dim), D = p->n_dense, F = p->n_fields;
+    int E = es__net_emb_dim(p->kind, p->dim), D = p->n_dense, F = p->n_fields;
     /* Randomise every parameter (LR/FM start at zero, which would hide terms). */
-    float *w = es_net_params_ptr(net);
-    es__rng_fill_uniform(&r, w, es_net_n_params(net), 0.6f);
+    float *w = es__net_params_ptr(net);
+    es__rng_fill_uniform(&r, w, es__net_n_params(net), 0.6f);
     net_ctx t = {net, n, tf_rand(&r, (size_t)n * F * E, 1), D ? tf_rand(&r, (size_t)n * D, 1) : NULL, tf(n),
                  tf_rand(&r, n, 1)};
     char what[96];
-    snprintf(what, sizeof what, "%s D=%d F=%d k=%d n=%d", es_net_kind_name(p->kind), D, F, p->dim, n);
+    snprintf(what, sizeof what, "%s D=%d F=%d k=%d n=%d", es__net_kind_name(p->kind), D, F, p->dim, n);
     net_loss(&t);
     for (int i = 0; i < n; i++) {
         double want = naive_logit(net, t.emb + (size_t)i * F * E, D ? t.dense + (size_t)i * D : NULL);
@@ -659,9 +659,9 @@ static int check_model(const es_net_params *p, int n, uint64_t seed) {
     }
     float *demb = tf((size_t)n * F * E);
     for (size_t i = 0; i < (size_t)n * F * E; i++) demb[i] = 1e30f;
-    es_net_zero_grad(net);
-    es_net_backward(net, n, t.emb, t.dense, t.c, demb);
-    int bad = fd_check(what, es_net_params_ptr(net), es_net_grads_ptr(net), es_net_n_params(net), net_loss, &t);
+    es__net_zero_grad(net);
+    es__net_backward(net, n, t.emb, t.dense, t.c, demb);
+    int bad = fd_check(what, es__net_params_ptr(net), es__net_grads_ptr(net), es__net_n_params(net), net_loss, &t);
     bad += fd_check(what, t.emb, demb, (size_t)n * F * E, net_loss, &t);
     return bad;
 }
@@ -674,10 +674,10 @@ TEST(model_lr_fm_forward_and_gradients) {
                 for (size_t c = 0; c < 3; c++)
                     for (size_t e = 0; e < 2; e++) {
                         if (kind == ES_NET_LR && c > 0) continue; /* k does not matter to LR */
-                        es_net_params p = es_net_params_default((es_net_kind)kind, Ds[a], Fs[b], ks[c]);
+                        es_net_params p = es__net_params_default((es_net_kind)kind, Ds[a], Fs[b], ks[c]);
                         p.max_batch = ns[e] + 2;
                         CHECK_MSG(check_model(&p, ns[e], 100 + a * 7 + b * 5 + c * 3 + e) == 0, "%s D=%d F=%d k=%d n=%d",
-                                  es_net_kind_name(p.kind), Ds[a], Fs[b], ks[c], ns[e]);
+                                  es__net_kind_name(p.kind), Ds[a], Fs[b], ks[c], ns[e]);
                     }
 }
 
@@ -689,7 +689,7 @@ TEST(model_dlrm_forward_and_gradients) {
                 for (size_t e = 0; e < 2; e++) {
                     int D = Ds[a], F = Fs[b], k = ks[c];
                     if (D == 0 && F == 1) F = 2; /* needs two vectors to interact */
-                    es_net_params p = es_net_params_default(ES_NET_DLRM, D, F, k);
+                    es_net_params p = es__net_params_default(ES_NET_DLRM, D, F, k);
                     p.bottom[0] = 5;
                     p.bottom[1] = k;
                     p.n_bottom = 2;
@@ -710,7 +710,7 @@ TEST(model_dcn_forward_and_gradients) {
             for (size_t c = 0; c < 3; c++)
                 for (size_t e = 0; e < 2; e++)
                     for (int nc = 0; nc <= 2; nc++) {
-                        es_net_params p = es_net_params_default(ES_NET_DCN, Ds[a], Fs[b], ks[c]);
+                        es_net_params p = es__net_params_default(ES_NET_DCN, Ds[a], Fs[b], ks[c]);
                         p.n_cross = nc;
                         p.n_top = 1 + (int)e;
                         p.top[0] = 5;
@@ -726,17 +726,17 @@ TEST(model_rows_are_independent) {
     es_rng r;
     es__rng_seed(&r, 21);
     for (int kind = 0; kind < 4; kind++) {
-        es_net_params p = es_net_params_default((es_net_kind)kind, 4, 3, 5);
+        es_net_params p = es__net_params_default((es_net_kind)kind, 4, 3, 5);
         p.max_batch = 9;
         es_net *net = tnet(&p);
         CHECK(net);
-        int E = es_net_emb_dim(p.kind, 5), n = 9;
+        int E = es__net_emb_dim(p.kind, 5), n = 9;
         float *emb = tf_rand(&r, (size_t)n * 3 * E, 1), *dense = tf_rand(&r, (size_t)n * 4, 1), *lg = tf(n), one;
-        es__rng_fill_uniform(&r, es_net_params_ptr(net), es_net_n_params(net), 0.3f);
-        es_net_forward(net, n, emb, dense, lg);
+        es__rng_fill_uniform(&r, es__net_params_ptr(net), es__net_n_params(net), 0.3f);
+        es__net_forward(net, n, emb, dense, lg);
         for (int i = 0; i < n; i++) {
-            es_net_forward(net, 1, emb + (size_t)i * 3 * E, dense + i * 4, &one);
-            CHECK_MSG(es_test_close(one, lg[i], 1e-5, 1e-5), "%s row %d: alone %g, in batch %g", es_net_kind_name(p.kind),
+            es__net_forward(net, 1, emb + (size_t)i * 3 * E, dense + i * 4, &one);
+            CHECK_MSG(es_test_close(one, lg[i], 1e-5, 1e-5), "%s row %d: alone %g, in batch %g", es__net_kind_name(p.kind),
                       i, one, lg[i]);
         }
     }
@@ -746,7 +746,7 @@ TEST(model_rows_are_independent) {
 
 /* LR with D = 2: params are w[0], w[1] (weights, decayed) then b (bias). */
 static es_net *lr_net(es_optim kind, float lr, float wd) {
-    es_net_params p = es_net_params_default(ES_NET_LR, 2, 1, 1);
+    es_net_params p = es__net_params_default(ES_NET_LR, 2, 1, 1);
     p.opt.kind = kind;
     p.opt.lr = lr;
     p.opt.init_acc = 0.1f;
@@ -759,14 +759,14 @@ TEST(model_adam_step_matches_hand_computation) {
     const float lr = 0.01f, wd = 0.1f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f;
     es_net *net = lr_net(ES_OPT_ADAM, lr, wd);
     CHECK(net);
-    CHECK_EQ_INT(es_net_n_params(net), 3);
-    float *w = es_net_params_ptr(net), *g = es_net_grads_ptr(net);
+    CHECK_EQ_INT(es__net_n_params(net), 3);
+    float *w = es__net_params_ptr(net), *g = es__net_grads_ptr(net);
     double hw[3] = {0.5, -0.25, 0.125}, m[3] = {0}, v[3] = {0};
     for (int i = 0; i < 3; i++) w[i] = (float)hw[i];
     static const double grads[3][3] = {{0.3, -0.2, 0.05}, {-0.1, 0.4, 0.0}, {1.5, -0.01, -0.3}};
     for (int t = 1; t <= 3; t++) {
         for (int i = 0; i < 3; i++) g[i] = (float)grads[t - 1][i];
-        es_net_step(net);
+        es__net_step(net);
         for (int i = 0; i < 3; i++) {
             double gi = grads[t - 1][i] + (i < 2 ? wd * hw[i] : 0.0); /* no decay on the bias */
             m[i] = b1 * m[i] + (1 - b1) * gi;
@@ -778,7 +778,7 @@ TEST(model_adam_step_matches_hand_computation) {
         }
     }
     es_tensor_ref refs[16];
-    int nr = es_net_tensors(net, refs, 16);
+    int nr = es__net_tensors(net, refs, 16);
     const int64_t *step = (const int64_t *)tensor(refs, nr, "opt.net.step");
     CHECK(step && *step == 3);
     const float *mw = tensor(refs, nr, "opt.net.linear.w.m"), *vb = tensor(refs, nr, "opt.net.linear.b.v");
@@ -792,14 +792,14 @@ TEST(model_sgd_and_adagrad_steps_match_hand_computation) {
     for (int which = 0; which < 2; which++) {
         es_net *net = lr_net(which ? ES_OPT_ADAGRAD : ES_OPT_SGD, lr, wd);
         CHECK(net);
-        CHECK_EQ_INT(es_net_state_bytes(net), which ? 3 * sizeof(float) : 0);
-        float *w = es_net_params_ptr(net), *g = es_net_grads_ptr(net);
+        CHECK_EQ_INT(es__net_state_bytes(net), which ? 3 * sizeof(float) : 0);
+        float *w = es__net_params_ptr(net), *g = es__net_grads_ptr(net);
         double hw[3] = {0.5, -0.25, 0.125}, acc[3] = {0.1, 0.1, 0.1};
         for (int i = 0; i < 3; i++) w[i] = (float)hw[i];
         for (int t = 0; t < 3; t++) {
             double gr[3] = {0.3 - t, -0.2 * t, 0.05 + t};
             for (int i = 0; i < 3; i++) g[i] = (float)gr[i];
-            es_net_step(net);
+            es__net_step(net);
             for (int i = 0; i < 3; i++) {
                 double gi = gr[i] + (i < 2 ? wd * hw[i] : 0.0);
                 if (which) {
@@ -818,16 +818,16 @@ TEST(model_sgd_and_adagrad_steps_match_hand_computation) {
 /* ---- initialisation, determinism, tensors ----------------------------------------------------- */
 
 /* Rebuild the parameters from the seed following docs/models.md: tensors in
- * es_net_tensors order; linear and cross W and b ~ U(+-1/sqrt(fan_in)) with
+ * es__net_tensors order; linear and cross W and b ~ U(+-1/sqrt(fan_in)) with
  * fan_in the W's column count; FM V ~ U(+-0.05); LR/FM w, b zeros. */
 TEST(model_init_follows_documented_draw_order) {
     for (int kind = 0; kind < 4; kind++) {
-        es_net_params p = es_net_params_default((es_net_kind)kind, 3, 4, 5);
+        es_net_params p = es__net_params_default((es_net_kind)kind, 3, 4, 5);
         p.seed = 77 + (uint64_t)kind;
         es_net *net = tnet(&p);
         CHECK(net);
         es_tensor_ref refs[128];
-        int nr = es_net_tensors(net, refs, 128);
+        int nr = es__net_tensors(net, refs, 128);
         es_rng r;
         es__rng_seed(&r, p.seed);
         double fan_in = 0;
@@ -850,7 +850,7 @@ TEST(model_init_follows_documented_draw_order) {
             const float *got = t->data;
             for (size_t j = 0; j < cnt; j++) {
                 float want = a > 0 ? (float)((2.0 * es__rng_uniform(&r) - 1.0) * a) : 0.0f;
-                CHECK_MSG(got[j] == want, "%s %s[%zu]: %.9g, documented draw gives %.9g", es_net_kind_name(p.kind),
+                CHECK_MSG(got[j] == want, "%s %s[%zu]: %.9g, documented draw gives %.9g", es__net_kind_name(p.kind),
                           t->name, j, got[j], want);
                 CHECK(fabsf(got[j]) <= a);
             }
@@ -864,16 +864,16 @@ TEST(model_init_follows_documented_draw_order) {
 static int twin_run(es_net *a, es_net *b, int n, const float *emb, const float *dense, const float *d, float *la,
                     float *lb, float *ga, float *gb, size_t ne) {
     for (int step = 0; step < 4; step++) {
-        es_net_forward(a, n, emb, dense, la);
-        es_net_forward(b, n, emb, dense, lb);
+        es__net_forward(a, n, emb, dense, la);
+        es__net_forward(b, n, emb, dense, lb);
         if (memcmp(la, lb, (size_t)n * sizeof(float)) != 0) return 1;
-        es_net_backward(a, n, emb, dense, d, ga);
-        es_net_backward(b, n, emb, dense, d, gb);
+        es__net_backward(a, n, emb, dense, d, ga);
+        es__net_backward(b, n, emb, dense, d, gb);
         if (memcmp(ga, gb, ne * sizeof(float)) != 0) return 2;
-        es_net_step(a);
-        es_net_step(b);
+        es__net_step(a);
+        es__net_step(b);
     }
-    return memcmp(es_net_params_ptr(a), es_net_params_ptr(b), es_net_n_params(a) * sizeof(float)) != 0 ? 3 : 0;
+    return memcmp(es__net_params_ptr(a), es__net_params_ptr(b), es__net_n_params(a) * sizeof(float)) != 0 ? 3 : 0;
 }
 
 TEST(model_same_seed_same_net_bit_for_bit) {
@@ -885,18 +885,18 @@ TEST(model_same_seed_same_net_bit_for_bit) {
     es_rng r;
     es__rng_seed(&r, 31);
     for (int kind = 0; kind < 4; kind++) {
-        es_net_params p = es_net_params_default((es_net_kind)kind, 5, 4, 6);
+        es_net_params p = es__net_params_default((es_net_kind)kind, 5, 4, 6);
         p.max_batch = 80; /* above the threading threshold of the row loops */
         p.seed = 5;
         es_net *a = tnet(&p), *b = tnet(&p), *a2 = tnet(&p);
         p.seed = 6;
         es_net *c = tnet(&p);
         CHECK(a && b && c && a2);
-        size_t np = es_net_n_params(a);
-        CHECK(memcmp(es_net_params_ptr(a), es_net_params_ptr(b), np * sizeof(float)) == 0);
+        size_t np = es__net_n_params(a);
+        CHECK(memcmp(es__net_params_ptr(a), es__net_params_ptr(b), np * sizeof(float)) == 0);
         if (kind >= ES_NET_FM) /* LR starts at zero whatever the seed */
-            CHECK(memcmp(es_net_params_ptr(a), es_net_params_ptr(c), np * sizeof(float)) != 0);
-        int E = es_net_emb_dim(p.kind, 6), n = 80;
+            CHECK(memcmp(es__net_params_ptr(a), es__net_params_ptr(c), np * sizeof(float)) != 0);
+        int E = es__net_emb_dim(p.kind, 6), n = 80;
         size_t ne = (size_t)n * 4 * E;
         float *emb = tf_rand(&r, ne, 1), *dense = tf_rand(&r, (size_t)n * 5, 1);
         float *la = tf(n), *lb = tf(n), *d = tf_rand(&r, n, 0.1f), *ga = tf(ne), *gb = tf(ne);
@@ -904,14 +904,14 @@ TEST(model_same_seed_same_net_bit_for_bit) {
          * default threads agree up to the order of sums inside BLAS */
         float *l1 = tf(n), *lt = tf(n);
         es__threads_set(1);
-        es_net_forward(a2, n, emb, dense, l1);
+        es__net_forward(a2, n, emb, dense, l1);
         int rc = twin_run(a, b, n, emb, dense, d, la, lb, ga, gb, ne);
         es__threads_set(threads);
-        CHECK_MSG(rc == 0, "%s, 1 thread: twin nets differ (stage %d)", es_net_kind_name(p.kind), rc);
-        es_net_forward(a2, n, emb, dense, lt);
+        CHECK_MSG(rc == 0, "%s, 1 thread: twin nets differ (stage %d)", es__net_kind_name(p.kind), rc);
+        es__net_forward(a2, n, emb, dense, lt);
         for (int i = 0; i < n; i++)
             CHECK_MSG(es_test_close(l1[i], lt[i], 1e-5, 1e-5), "%s row %d: 1 thread %g, %d threads %g",
-                      es_net_kind_name(p.kind), i, l1[i], threads, lt[i]);
+                      es__net_kind_name(p.kind), i, l1[i], threads, lt[i]);
     }
 }
 
@@ -919,21 +919,21 @@ TEST(model_tensors_cover_every_byte_once) {
     static const es_optim opts[] = {ES_OPT_SGD, ES_OPT_ADAGRAD, ES_OPT_ADAM};
     for (int kind = 0; kind < 4; kind++)
         for (size_t o = 0; o < 3; o++) {
-            es_net_params p = es_net_params_default((es_net_kind)kind, 13, 26, 16);
+            es_net_params p = es__net_params_default((es_net_kind)kind, 13, 26, 16);
             p.opt.kind = opts[o];
             es_net *net = tnet(&p);
             CHECK(net);
-            int need = es_net_tensors(net, NULL, 0);
+            int need = es__net_tensors(net, NULL, 0);
             CHECK(need > 0 && need <= 256);
             es_tensor_ref refs[256];
-            CHECK_EQ_INT(es_net_tensors(net, refs, 256), need);
-            CHECK_EQ_INT(es_net_tensors(net, refs, 2), 2); /* never more than max */
-            es_net_tensors(net, refs, 256);
-            size_t np = es_net_n_params(net), pbytes = 0, sbytes = 0;
+            CHECK_EQ_INT(es__net_tensors(net, refs, 256), need);
+            CHECK_EQ_INT(es__net_tensors(net, refs, 2), 2); /* never more than max */
+            es__net_tensors(net, refs, 256);
+            size_t np = es__net_n_params(net), pbytes = 0, sbytes = 0;
             unsigned char *seen = calloc(np, 1);
             CHECK(seen);
             track(&arena, &arena_n, &arena_cap, seen);
-            const char *base = (const char *)es_net_params_ptr(net);
+            const char *base = (const char *)es__net_params_ptr(net);
             for (int i = 0; i < need; i++) {
                 for (int j = 0; j < i; j++) CHECK_MSG(strcmp(refs[i].name, refs[j].name) != 0, "duplicate %s", refs[i].name);
                 uint64_t cnt = 1;
@@ -952,17 +952,17 @@ TEST(model_tensors_cover_every_byte_once) {
                     seen[j] = 1;
                 }
             }
-            CHECK_EQ_INT(pbytes, es_net_param_bytes(net));
+            CHECK_EQ_INT(pbytes, es__net_param_bytes(net));
             CHECK_EQ_INT(pbytes, np * sizeof(float));
-            CHECK_EQ_INT(sbytes, es_net_state_bytes(net));
+            CHECK_EQ_INT(sbytes, es__net_state_bytes(net));
             for (size_t j = 0; j < np; j++) CHECK(seen[j]);
         }
     /* names and shapes of the defaults, as documented */
-    es_net_params p = es_net_params_default(ES_NET_DLRM, 13, 26, 16);
+    es_net_params p = es__net_params_default(ES_NET_DLRM, 13, 26, 16);
     es_net *net = tnet(&p);
     CHECK(net);
     es_tensor_ref refs[64];
-    int nr = es_net_tensors(net, refs, 64);
+    int nr = es__net_tensors(net, refs, 64);
     CHECK_EQ_INT(nr, 3 * 10 + 1); /* 5 layers x (w, b), each with m and v, plus the step */
     CHECK(strcmp(refs[0].name, "net.bottom.0.w") == 0 && refs[0].shape[0] == 64 && refs[0].shape[1] == 13);
     CHECK(strcmp(refs[3].name, "net.bottom.1.b") == 0 && refs[3].ndim == 1 && refs[3].shape[0] == 16);
@@ -974,40 +974,40 @@ TEST(model_tensors_cover_every_byte_once) {
 }
 
 TEST(model_flops_per_row) {
-    es_net_params p = es_net_params_default(ES_NET_DLRM, 13, 26, 16);
+    es_net_params p = es__net_params_default(ES_NET_DLRM, 13, 26, 16);
     es_net *net = tnet(&p);
     CHECK(net);
     double want = 13 * 64 + 64 * 16 + 367.0 * 64 + 64 * 32 + 32 * 1 + 351.0 * 16;
-    CHECK_NEAR(es_net_flops_per_row(net), want, 0);
-    es_net_params q = es_net_params_default(ES_NET_DCN, 2, 3, 4);
+    CHECK_NEAR(es__net_flops_per_row(net), want, 0);
+    es_net_params q = es__net_params_default(ES_NET_DCN, 2, 3, 4);
     es_net *dcn = tnet(&q);
     CHECK(dcn);
-    CHECK_NEAR(es_net_flops_per_row(dcn), 2 * (14.0 * 14 + 14) + 14 * 64 + 64 * 32 + 32, 0);
-    es_net_params l = es_net_params_default(ES_NET_LR, 13, 26, 16);
+    CHECK_NEAR(es__net_flops_per_row(dcn), 2 * (14.0 * 14 + 14) + 14 * 64 + 64 * 32 + 32, 0);
+    es_net_params l = es__net_params_default(ES_NET_LR, 13, 26, 16);
     es_net *lr = tnet(&l);
     CHECK(lr);
-    CHECK_NEAR(es_net_flops_per_row(lr), 13 + 26, 0);
+    CHECK_NEAR(es__net_flops_per_row(lr), 13 + 26, 0);
 }
 
 /* ---- parameters and failures --------------------------------------------------------------------- */
 
 TEST(model_kinds_defaults_and_validation) {
     es_net_kind k;
-    CHECK(es_net_kind_parse("dlrm", &k) == 0 && k == ES_NET_DLRM);
-    CHECK(es_net_kind_parse("DCN-v2", &k) == 0 && k == ES_NET_DCN);
-    CHECK(es_net_kind_parse("dcnv2", &k) == 0 && k == ES_NET_DCN);
-    CHECK(es_net_kind_parse("fm", &k) == 0 && k == ES_NET_FM);
-    CHECK(es_net_kind_parse("lr", &k) == 0 && k == ES_NET_LR);
-    CHECK(es_net_kind_parse("xgboost", &k) == ES_EINVAL);
+    CHECK(es__net_kind_parse("dlrm", &k) == 0 && k == ES_NET_DLRM);
+    CHECK(es__net_kind_parse("DCN-v2", &k) == 0 && k == ES_NET_DCN);
+    CHECK(es__net_kind_parse("dcnv2", &k) == 0 && k == ES_NET_DCN);
+    CHECK(es__net_kind_parse("fm", &k) == 0 && k == ES_NET_FM);
+    CHECK(es__net_kind_parse("lr", &k) == 0 && k == ES_NET_LR);
+    CHECK(es__net_kind_parse("xgboost", &k) == ES_EINVAL);
     for (int i = 0; i < 4; i++) {
-        CHECK(es_net_kind_parse(es_net_kind_name((es_net_kind)i), &k) == 0 && (int)k == i);
+        CHECK(es__net_kind_parse(es__net_kind_name((es_net_kind)i), &k) == 0 && (int)k == i);
     }
-    CHECK_EQ_INT(es_net_emb_dim(ES_NET_LR, 16), 1);
-    CHECK_EQ_INT(es_net_emb_dim(ES_NET_FM, 16), 17);
-    CHECK_EQ_INT(es_net_emb_dim(ES_NET_DLRM, 16), 16);
-    CHECK_EQ_INT(es_net_emb_dim(ES_NET_DCN, 16), 16);
+    CHECK_EQ_INT(es__net_emb_dim(ES_NET_LR, 16), 1);
+    CHECK_EQ_INT(es__net_emb_dim(ES_NET_FM, 16), 17);
+    CHECK_EQ_INT(es__net_emb_dim(ES_NET_DLRM, 16), 16);
+    CHECK_EQ_INT(es__net_emb_dim(ES_NET_DCN, 16), 16);
 
-    es_net_params p = es_net_params_default(ES_NET_DLRM, 13, 26, 16);
+    es_net_params p = es__net_params_default(ES_NET_DLRM, 13, 26, 16);
     CHECK(p.n_bottom == 2 && p.bottom[0] == 64 && p.bottom[1] == 16);
     CHECK(p.n_top == 2 && p.top[0] == 64 && p.top[1] == 32 && p.n_cross == 2 && p.max_batch == 256);
     CHECK(p.opt.kind == ES_OPT_ADAM && p.opt.lr == 1e-3f && p.opt.beta1 == 0.9f && p.opt.beta2 == 0.999f &&
@@ -1017,51 +1017,51 @@ TEST(model_kinds_defaults_and_validation) {
     es_net *net = (es_net *)&err; /* must be set to NULL on failure */
     es_net_params q = p;
     q.bottom[1] = 8; /* bottom must end in k */
-    CHECK(es_net_create(&net, &q, &err) == ES_EINVAL && net == NULL);
+    CHECK(es__net_create(&net, &q, &err) == ES_EINVAL && net == NULL);
     CHECK_STR_HAS(err.msg, "bottom");
-    q = es_net_params_default(ES_NET_DLRM, 0, 1, 4); /* nothing to interact */
-    CHECK(es_net_create(&net, &q, &err) == ES_EINVAL);
+    q = es__net_params_default(ES_NET_DLRM, 0, 1, 4); /* nothing to interact */
+    CHECK(es__net_create(&net, &q, &err) == ES_EINVAL);
     q = p;
     q.n_top = ES_NET_MAX_LAYERS + 1;
-    CHECK(es_net_create(&net, &q, &err) == ES_EINVAL);
+    CHECK(es__net_create(&net, &q, &err) == ES_EINVAL);
     CHECK_STR_HAS(err.msg, "top");
     q = p;
     q.max_batch = 0;
-    CHECK(es_net_create(&net, &q, &err) == ES_EINVAL);
+    CHECK(es__net_create(&net, &q, &err) == ES_EINVAL);
     q = p;
     q.opt.kind = ES_OPT_ROWWISE_ADAGRAD;
-    CHECK(es_net_create(&net, &q, &err) == ES_EINVAL);
+    CHECK(es__net_create(&net, &q, &err) == ES_EINVAL);
     CHECK_STR_HAS(err.msg, "optimizer");
     q = p;
     q.opt.beta2 = 1.0f;
-    CHECK(es_net_create(&net, &q, &err) == ES_EINVAL);
+    CHECK(es__net_create(&net, &q, &err) == ES_EINVAL);
     q = p;
     q.weight_decay = -1.0f;
-    CHECK(es_net_create(&net, &q, &err) == ES_EINVAL);
-    q = es_net_params_default(ES_NET_DCN, 3, 2, 4);
+    CHECK(es__net_create(&net, &q, &err) == ES_EINVAL);
+    q = es__net_params_default(ES_NET_DCN, 3, 2, 4);
     q.n_cross = -1;
-    CHECK(es_net_create(&net, &q, &err) == ES_EINVAL);
-    q = es_net_params_default(ES_NET_FM, 3, 0, 4);
-    CHECK(es_net_create(&net, &q, &err) == ES_EINVAL);
-    CHECK(es_net_create(NULL, &p, &err) == ES_EINVAL);
-    es_net_free(NULL);
+    CHECK(es__net_create(&net, &q, &err) == ES_EINVAL);
+    q = es__net_params_default(ES_NET_FM, 3, 0, 4);
+    CHECK(es__net_create(&net, &q, &err) == ES_EINVAL);
+    CHECK(es__net_create(NULL, &p, &err) == ES_EINVAL);
+    es__net_free(NULL);
 }
 
 TEST(model_create_survives_every_allocation_failure) {
     for (int kind = 0; kind < 4; kind++) {
-        es_net_params p = es_net_params_default((es_net_kind)kind, 3, 4, 5);
+        es_net_params p = es__net_params_default((es_net_kind)kind, 3, 4, 5);
         int ok = 0;
         for (uint64_t at = 1; at < 50 && !ok; at++) {
             es_net *net = NULL;
             es_err err;
             es__alloc_fail_at(at);
-            int rc = es_net_create(&net, &p, &err);
+            int rc = es__net_create(&net, &p, &err);
             es__alloc_fail_at(0);
             if (rc == 0) {
                 ok = 1;
-                es_net_free(net);
+                es__net_free(net);
             } else {
-                CHECK_MSG(rc == ES_ENOMEM && net == NULL, "%s: fail at %llu gave %d", es_net_kind_name(p.kind),
+                CHECK_MSG(rc == ES_ENOMEM && net == NULL, "%s: fail at %llu gave %d", es__net_kind_name(p.kind),
                           (unsigned long long)at, rc);
             }
         }
@@ -1081,12 +1081,12 @@ TEST(model_learns_a_separable_problem) {
     es_rng r;
     es__rng_seed(&r, 41);
     for (int kind = 0; kind < 4; kind++) {
-        es_net_params p = es_net_params_default((es_net_kind)kind, D, F, k);
+        es_net_params p = es__net_params_default((es_net_kind)kind, D, F, k);
         p.max_batch = B;
         p.opt.lr = 0.01f;
         es_net *net = tnet(&p);
         CHECK(net);
-        int E = es_net_emb_dim(p.kind, k);
+        int E = es__net_emb_dim(p.kind, k);
         /* LR/FM see first-order terms emb[f][0] that they cannot reweight: keep them small */
         float *emb = tf_rand(&r, (size_t)N * F * E, kind <= ES_NET_FM ? 0.05f : 1.0f);
         float *dense = tf_rand(&r, (size_t)N * D, 1), *y = tf(N), *lg = tf(B), *dl = tf(B), *demb = tf((size_t)B * F * E);
@@ -1100,16 +1100,16 @@ TEST(model_learns_a_separable_problem) {
         for (int ep = 0; ep < epochs; ep++) {
             double tot = 0;
             for (int b0 = 0; b0 < N; b0 += B) {
-                es_net_forward(net, B, emb + (size_t)b0 * F * E, dense + b0 * D, lg);
+                es__net_forward(net, B, emb + (size_t)b0 * F * E, dense + b0 * D, lg);
                 tot += es__bce_logits(lg, y + b0, B, dl) * B;
-                es_net_backward(net, B, emb + (size_t)b0 * F * E, dense + b0 * D, dl, demb);
-                es_net_step(net);
+                es__net_backward(net, B, emb + (size_t)b0 * F * E, dense + b0 * D, dl, demb);
+                es__net_step(net);
             }
             if (ep == 0) first = tot / N;
             last = tot / N;
         }
-        printf("    %s: loss %.4f -> %.4f after %d steps\n", es_net_kind_name(p.kind), first, last, epochs * N / B);
-        CHECK_MSG(last < 0.5 * first && last < 0.35, "%s did not learn: %.4f -> %.4f", es_net_kind_name(p.kind), first,
+        printf("    %s: loss %.4f -> %.4f after %d steps\n", es__net_kind_name(p.kind), first, last, epochs * N / B);
+        CHECK_MSG(last < 0.5 * first && last < 0.35, "%s did not learn: %.4f -> %.4f", es__net_kind_name(p.kind), first,
                   last);
     }
 }

@@ -62,7 +62,7 @@ static int tb_random(es_batch *b, int n, int F, int n_multi, int max_vals, uint6
 }
 
 static es_storage_params sp_make(const char *method, int F, int dim, double budget) {
-    es_storage_params p = es_storage_params_default();
+    es_storage_params p = es__storage_params_default();
     p.method = method;
     p.n_fields = F;
     p.dim = dim;
@@ -72,7 +72,7 @@ static es_storage_params sp_make(const char *method, int F, int dim, double budg
 }
 
 static es_tensor_ref *find_tensor(es_storage *s, es_tensor_ref *refs, int *n, const char *name) {
-    *n = es_storage_tensors(s, refs, 8);
+    *n = es__storage_tensors(s, refs, 8);
     for (int i = 0; i < *n; i++)
         if (strcmp(refs[i].name, name) == 0) return &refs[i];
     return NULL;
@@ -106,8 +106,8 @@ static int grad_check(es_storage *s, const es_batch *b, uint64_t seed, const cha
     es__rng_seed(&r, seed);
     for (size_t i = 0; i < nout; i++) G[i] = es__rng_normal(&r);
     memcpy(w0, wp, nw * sizeof *w0);
-    if (es_storage_backward(s, b, G) != 0) {
-        es_test_fail(__FILE__, __LINE__, "%s: backward failed: %s", what, es_storage_errmsg(s));
+    if (es__storage_backward(s, b, G) != 0) {
+        es_test_fail(__FILE__, __LINE__, "%s: backward failed: %s", what, es__storage_errmsg(s));
         goto done;
     }
     for (size_t i = 0; i < nw; i++) grad[i] = w0[i] - wp[i];
@@ -117,10 +117,10 @@ static int grad_check(es_storage *s, const es_batch *b, uint64_t seed, const cha
     double worst = 0;
     for (size_t i = 0; i < nw; i++) {
         wp[i] = w0[i] + h;
-        es_storage_lookup(s, b, 0, b->n, out);
+        es__storage_lookup(s, b, 0, b->n, out);
         double lp = loss_of(out, G, nout);
         wp[i] = w0[i] - h;
-        es_storage_lookup(s, b, 0, b->n, out);
+        es__storage_lookup(s, b, 0, b->n, out);
         double lm = loss_of(out, G, nout);
         wp[i] = w0[i];
         double fd = (lp - lm) / (2.0 * (double)h);
@@ -170,16 +170,16 @@ TEST(storage_vocab_counts_by_hand) {
     es_vocab *v;
     CHECK_EQ_INT(es_vocab_create(&v, 2), 0);
     CHECK_EQ_INT(es_vocab_add_batch(v, &b), 0);
-    CHECK_EQ_INT(es_vocab_count(v, 0, 7), 2);
-    CHECK_EQ_INT(es_vocab_count(v, 0, 8), 1);
-    CHECK_EQ_INT(es_vocab_count(v, 0, 5), 0);
-    CHECK_EQ_INT(es_vocab_count(v, 1, 5), 2);
-    CHECK_EQ_INT(es_vocab_count(v, 1, 9), 2);
+    CHECK_EQ_INT(es__vocab_count(v, 0, 7), 2);
+    CHECK_EQ_INT(es__vocab_count(v, 0, 8), 1);
+    CHECK_EQ_INT(es__vocab_count(v, 0, 5), 0);
+    CHECK_EQ_INT(es__vocab_count(v, 1, 5), 2);
+    CHECK_EQ_INT(es__vocab_count(v, 1, 9), 2);
     CHECK_EQ_INT(es_vocab_distinct(v, 0), 2);
     CHECK_EQ_INT(es_vocab_distinct(v, 1), 2);
-    CHECK_EQ_INT(es_vocab_distinct_min(v, 0, 2), 1);
-    CHECK_EQ_INT(es_vocab_total(v, 1), 4);
-    CHECK_EQ_INT(es_vocab_count(v, 5, 7), 0); /* out-of-range field */
+    CHECK_EQ_INT(es__vocab_distinct_min(v, 0, 2), 1);
+    CHECK_EQ_INT(es__vocab_total(v, 1), 4);
+    CHECK_EQ_INT(es__vocab_count(v, 5, 7), 0); /* out-of-range field */
     /* a batch with the wrong field count is refused, nothing counted */
     b.n_fields = 3;
     CHECK_EQ_INT(es_vocab_add_batch(v, &b), ES_EINVAL);
@@ -188,7 +188,7 @@ TEST(storage_vocab_counts_by_hand) {
     /* decreasing offsets are refused */
     b.off[2] = 0;
     CHECK_EQ_INT(es_vocab_add_batch(v, &b), ES_EINVAL);
-    CHECK_EQ_INT(es_vocab_count(v, 0, 7), 2);
+    CHECK_EQ_INT(es__vocab_count(v, 0, 7), 2);
     es_vocab_free(v);
     es_vocab_free(NULL);
     tb_free(&b);
@@ -218,10 +218,10 @@ TEST(storage_vocab_grows_and_iterates) {
             CHECK_EQ_INT(es_vocab_add_batch(v, &b), 0);
         }
     CHECK_EQ_INT(es_vocab_distinct(v, 0), 20000);
-    CHECK_EQ_INT(es_vocab_total(v, 0), expect_total);
-    CHECK_EQ_INT(es_vocab_distinct_min(v, 0, 2), 20000 - 6667);
-    CHECK_EQ_INT(es_vocab_distinct_min(v, 0, 3), 6666);
-    CHECK_EQ_INT(es_vocab_count(v, 0, (uint64_t)4 * UINT64_C(0x100000001b3)), 2);
+    CHECK_EQ_INT(es__vocab_total(v, 0), expect_total);
+    CHECK_EQ_INT(es__vocab_distinct_min(v, 0, 2), 20000 - 6667);
+    CHECK_EQ_INT(es__vocab_distinct_min(v, 0, 3), 6666);
+    CHECK_EQ_INT(es__vocab_count(v, 0, (uint64_t)4 * UINT64_C(0x100000001b3)), 2);
     /* memory stays proportional to the distinct count: <= 64 bytes each */
     CHECK_MSG(es_vocab_bytes(v) <= 20000 * 64 + 1024, "vocab bytes %zu", es_vocab_bytes(v));
     tb_free(&b);
@@ -310,14 +310,14 @@ TEST(storage_vocab_criteo_sample) {
         CHECK_MSG(es_vocab_distinct(v, f) == d, "field %d: vocab %llu distinct, by hand %llu", f,
                   (unsigned long long)es_vocab_distinct(v, f), (unsigned long long)d);
         uint64_t acc[2] = {0, 0};
-        es_vocab_each(v, f, sum_counts, acc);
+        es__vocab_each(v, f, sum_counts, acc);
         CHECK_EQ_INT(acc[0], 10000); /* single-valued: one value per row */
         CHECK_EQ_INT(acc[1], d);
-        CHECK_EQ_INT(es_vocab_count(v, f, keys[0]) > 0, 1);
+        CHECK_EQ_INT(es__vocab_count(v, f, keys[0]) > 0, 1);
         sum_distinct += d;
     }
     printf("    26 fields, %llu distinct values in 10000 rows\n", (unsigned long long)sum_distinct);
-    size_t full = es_storage_full_bytes(v, 16, 1);
+    size_t full = es__storage_full_bytes(v, 16, 1);
     CHECK_EQ_INT(full, (sum_distinct + 26) * 16 * 4);
     free(keys);
     free(text);
@@ -344,12 +344,12 @@ static void fd_method(const char *method, int dim, int chunks, int subtables, in
     if (strcmp(method, "full") != 0) p.budget = 60.0 * dim * 4; /* ~60 rows: many collisions */
     es_storage *s;
     es_err err;
-    int rc = es_storage_create(&s, &p, v, &err);
+    int rc = es__storage_create(&s, &p, v, &err);
     CHECK_MSG(rc == 0, "%s create: %s", method, err.msg);
     char what[128];
     snprintf(what, sizeof what, "%s dim=%d k=%d T=%d share=%d", method, dim, chunks, subtables, share);
     int ok = grad_check(s, &b, seed + 1, what);
-    es_storage_free(s);
+    es__storage_free(s);
     es_vocab_free(v);
     tb_free(&b);
     CHECK(ok);
@@ -403,25 +403,25 @@ TEST(storage_lookup_matches_reference_with_long_and_empty_pairs) {
         p.share = chunk_cfg[c][2] == 1;
         es_storage *s;
         es_err err;
-        CHECK_MSG(es_storage_create(&s, &p, chunk_cfg[c][2] == 2 ? v : NULL, &err) == 0, "%s", err.msg);
+        CHECK_MSG(es__storage_create(&s, &p, chunk_cfg[c][2] == 2 ? v : NULL, &err) == 0, "%s", err.msg);
         size_t nout = (size_t)b.n * 3 * 12;
         float *out = malloc(nout * sizeof *out), *part = malloc(nout * sizeof *part);
         double *ref = malloc(nout * sizeof *ref);
         CHECK(out && part && ref);
         memset(out, 0x7f, nout * sizeof *out); /* garbage: lookup must overwrite every slot */
-        es_storage_lookup(s, &b, 0, b.n, out);
+        es__storage_lookup(s, &b, 0, b.n, out);
         hashed_lookup_ref(s, &b, ref);
         int bad = -1;
         for (size_t i = 0; i < nout && bad < 0; i++)
             if (!es_test_close(out[i], ref[i], 1e-5, 1e-5)) bad = (int)i;
         /* sub-ranges give the same rows, bit for bit */
-        es_storage_lookup(s, &b, 3, 7, part);
+        es__storage_lookup(s, &b, 3, 7, part);
         int sub_ok = memcmp(part, out + (size_t)3 * 3 * 12, (size_t)4 * 3 * 12 * sizeof *out) == 0;
         if (bad >= 0) printf("    config %zu: out[%d] = %g, reference %g\n", c, bad, out[bad], ref[bad]);
         free(out);
         free(part);
         free(ref);
-        es_storage_free(s);
+        es__storage_free(s);
         CHECK_MSG(bad < 0, "lookup differs from the reference (config %zu)", c);
         CHECK_MSG(sub_ok, "sub-range lookup differs (config %zu)", c);
     }
@@ -479,13 +479,13 @@ TEST(storage_bytes_match_allocation_and_budget) {
             p.opt.kind = cfg[c].o;
             es_storage *s;
             es_err err;
-            CHECK_MSG(es_storage_create(&s, &p, NULL, &err) == 0, "%s: %s", cfg[c].m, err.msg);
+            CHECK_MSG(es__storage_create(&s, &p, NULL, &err) == 0, "%s: %s", cfg[c].m, err.msg);
             char what[64];
             snprintf(what, sizeof what, "%s k=%d T=%d share=%d", cfg[c].m, cfg[c].k, cfg[c].T, cfg[c].share);
             int ok = check_bytes(s, budgets[i], 1, what);
             /* aux is exactly the per-(field, chunk) arrays */
             int aux_ok = s->aux_bytes == (size_t)10 * cfg[c].k * 3 * 8;
-            es_storage_free(s);
+            es__storage_free(s);
             CHECK(ok);
             CHECK(aux_ok);
         }
@@ -500,23 +500,23 @@ TEST(storage_bytes_match_allocation_and_budget) {
     es_storage_params p = sp_make("full", 3, 8, 0);
     es_storage *s;
     es_err err;
-    CHECK_MSG(es_storage_create(&s, &p, v, &err) == 0, "%s", err.msg);
+    CHECK_MSG(es__storage_create(&s, &p, v, &err) == 0, "%s", err.msg);
     uint64_t distinct = es_vocab_distinct(v, 0) + es_vocab_distinct(v, 1) + es_vocab_distinct(v, 2);
     CHECK_EQ_INT(s->param_bytes, (distinct + 3) * 8 * 4);
-    CHECK_EQ_INT(s->param_bytes, es_storage_full_bytes(v, 8, 1));
+    CHECK_EQ_INT(s->param_bytes, es__storage_full_bytes(v, 8, 1));
     CHECK_EQ_INT(s->state_bytes, (distinct + 3) * 4); /* row-wise adagrad: one float per row */
     size_t icap = 2;
     while (icap < 2 * distinct) icap <<= 1;
     CHECK_EQ_INT(s->aux_bytes, distinct * 8 + 4 * 8 + icap * 4);
     CHECK(check_bytes(s, 0, 0, "full (budget 0)"));
     double need = (double)(s->param_bytes + s->aux_bytes);
-    es_storage_free(s);
+    es__storage_free(s);
     /* a budget that fits exactly works; one byte less is refused */
     p.budget = need;
-    CHECK_MSG(es_storage_create(&s, &p, v, &err) == 0, "%s", err.msg);
-    es_storage_free(s);
+    CHECK_MSG(es__storage_create(&s, &p, v, &err) == 0, "%s", err.msg);
+    es__storage_free(s);
     p.budget = need - 1;
-    CHECK_EQ_INT(es_storage_create(&s, &p, v, &err), ES_EBUDGET);
+    CHECK_EQ_INT(es__storage_create(&s, &p, v, &err), ES_EBUDGET);
     CHECK_STR_HAS(err.msg, "budget");
     CHECK(s == NULL);
     es_vocab_free(v);
@@ -527,7 +527,7 @@ TEST(storage_budget_fractions_on_criteo_vocab) {
     int rows;
     es_vocab *v = criteo_vocab(&rows);
     CHECK(v);
-    const size_t full = es_storage_full_bytes(v, 16, 1);
+    const size_t full = es__storage_full_bytes(v, 16, 1);
     const double fr[] = {0.1, 0.01};
     for (size_t i = 0; i < 2; i++) {
         const char *methods[] = {"hash", "unified", "unified"};
@@ -539,7 +539,7 @@ TEST(storage_budget_fractions_on_criteo_vocab) {
             }
             es_storage *s;
             es_err err;
-            CHECK_MSG(es_storage_create(&s, &p, v, &err) == 0, "%s: %s", methods[m], err.msg);
+            CHECK_MSG(es__storage_create(&s, &p, v, &err) == 0, "%s: %s", methods[m], err.msg);
             CHECK_NEAR(s->budget_bytes, floor(fr[i] * (double)full), 0.5);
             char what[64];
             snprintf(what, sizeof what, "%s 1/%.0f of full %s", methods[m], 1 / fr[i], m == 2 ? "k=4,T=2" : "");
@@ -559,7 +559,7 @@ TEST(storage_budget_fractions_on_criteo_vocab) {
             }
             es_field_stats st;
             s->ops->field_stats(s, v, 2, &st);
-            es_storage_free(s);
+            es__storage_free(s);
             CHECK(ok);
             CHECK_MSG(split_ok, "hash row split is not monotone in distinct counts / capped");
             /* k > 1: rows_used counts (chunk, row) pairs, up to k per value */
@@ -575,7 +575,7 @@ TEST(storage_budget_fractions_on_criteo_vocab) {
     es_storage_params p = sp_make("full", 26, 16, 0);
     es_storage *s;
     es_err err;
-    CHECK_MSG(es_storage_create(&s, &p, v, &err) == 0, "%s", err.msg);
+    CHECK_MSG(es__storage_create(&s, &p, v, &err) == 0, "%s", err.msg);
     CHECK_EQ_INT(s->param_bytes, full);
     for (int f = 0; f < 26; f++) {
         es_field_stats st;
@@ -584,7 +584,7 @@ TEST(storage_budget_fractions_on_criteo_vocab) {
         CHECK_EQ_INT(st.rows_used, st.distinct);
         CHECK_EQ_INT(st.rows, st.distinct + 1);
     }
-    es_storage_free(s);
+    es__storage_free(s);
     es_vocab_free(v);
 }
 
@@ -622,39 +622,39 @@ TEST(storage_hash_row_split_rules) {
         p.opts = cases[c].opts;
         es_storage *s;
         es_err err;
-        CHECK_MSG(es_storage_create(&s, &p, v, &err) == 0, "%s", err.msg);
+        CHECK_MSG(es__storage_create(&s, &p, v, &err) == 0, "%s", err.msg);
         es__hashed *h = s->impl;
         for (int f = 0; f < 4; f++)
             CHECK_MSG(h->nrows[f] == cases[c].rows[f], "%s: field %d has %llu rows, expected %llu",
                       cases[c].opts ? cases[c].opts : "default", f, (unsigned long long)h->nrows[f],
                       (unsigned long long)cases[c].rows[f]);
         CHECK_EQ_INT(h->base[3], cases[c].rows[0] + cases[c].rows[1] + cases[c].rows[2]);
-        es_storage_free(s);
+        es__storage_free(s);
     }
     es_storage_params p = sp_make("hash", 4, 4, 4 * 24 + 200 * 4 * 4);
     p.opts = "split=sqrt";
     es_storage *s;
     es_err err;
-    CHECK_EQ_INT(es_storage_create(&s, &p, v, &err), 0);
+    CHECK_EQ_INT(es__storage_create(&s, &p, v, &err), 0);
     es__hashed *h = s->impl;
     CHECK(h->nrows[0] == 2 && h->nrows[1] == 4 && h->nrows[2] < h->nrows[3]);
     CHECK_EQ_INT(h->t.n_rows, 200);
-    es_storage_free(s);
+    es__storage_free(s);
     /* exactly the caps: 2 + 4 + 101 + 1001 = 1108 rows */
     p.opts = NULL;
     p.budget = 4 * 24 + 1108 * 4 * 4;
-    CHECK_EQ_INT(es_storage_create(&s, &p, v, &err), 0);
+    CHECK_EQ_INT(es__storage_create(&s, &p, v, &err), 0);
     h = s->impl;
     CHECK(h->nrows[0] == 2 && h->nrows[1] == 4 && h->nrows[2] == 101 && h->nrows[3] == 1001);
-    es_storage_free(s);
+    es__storage_free(s);
     /* 12 rows more than the caps: equal weights lift the caps, 3 each */
     p.budget = 4 * 24 + 1120 * 4 * 4;
-    CHECK_EQ_INT(es_storage_create(&s, &p, v, &err), 0);
+    CHECK_EQ_INT(es__storage_create(&s, &p, v, &err), 0);
     h = s->impl;
     CHECK(h->nrows[0] == 5 && h->nrows[1] == 7 && h->nrows[2] == 104 && h->nrows[3] == 1004);
-    es_storage_free(s);
+    es__storage_free(s);
     p.opts = "split=bogus";
-    CHECK_EQ_INT(es_storage_create(&s, &p, v, &err), ES_EINVAL);
+    CHECK_EQ_INT(es__storage_create(&s, &p, v, &err), ES_EINVAL);
     CHECK_STR_HAS(err.msg, "split=bogus");
     es_vocab_free(v);
     tb_free(&b);
@@ -665,21 +665,21 @@ TEST(storage_hash_row_split_rules) {
 static int train_and_hash(const es_storage_params *p, const es_vocab *v, const es_batch *b, uint64_t *digest) {
     es_storage *s;
     es_err err;
-    if (es_storage_create(&s, p, v, &err) != 0) return 0;
+    if (es__storage_create(&s, p, v, &err) != 0) return 0;
     size_t nout = (size_t)b->n * b->n_fields * p->dim;
     float *G = malloc(nout * sizeof *G);
     es_rng r;
     es__rng_seed(&r, 99);
     for (int step = 0; step < 3; step++) {
         for (size_t i = 0; i < nout; i++) G[i] = es__rng_normal(&r);
-        es_storage_backward(s, b, G);
+        es__storage_backward(s, b, G);
     }
     free(G);
     es_tensor_ref refs[8];
-    int nt = es_storage_tensors(s, refs, 8);
+    int nt = es__storage_tensors(s, refs, 8);
     *digest = 0;
     for (int i = 0; i < nt; i++) *digest ^= es__hash(refs[i].data, refs[i].nbytes, (uint64_t)i);
-    es_storage_free(s);
+    es__storage_free(s);
     return 1;
 }
 
@@ -707,17 +707,17 @@ TEST(storage_same_seed_gives_identical_tables) {
     p.init_scale = 0;
     es_storage *s;
     es_err err;
-    CHECK_EQ_INT(es_storage_create(&s, &p, NULL, &err), 0);
+    CHECK_EQ_INT(es__storage_create(&s, &p, NULL, &err), 0);
     es_tensor_ref refs[8];
     int nt;
     es_tensor_ref *w = find_tensor(s, refs, &nt, "weight");
     int zeros = 1;
     for (size_t i = 0; i < w->nbytes / 4; i++) zeros &= ((float *)w->data)[i] == 0.0f;
     /* and U(-s, s) otherwise */
-    es_storage_free(s);
+    es__storage_free(s);
     CHECK(zeros);
     p.init_scale = 0.05f;
-    CHECK_EQ_INT(es_storage_create(&s, &p, NULL, &err), 0);
+    CHECK_EQ_INT(es__storage_create(&s, &p, NULL, &err), 0);
     w = find_tensor(s, refs, &nt, "weight");
     float lo = 1, hi = -1;
     for (size_t i = 0; i < w->nbytes / 4; i++) {
@@ -725,7 +725,7 @@ TEST(storage_same_seed_gives_identical_tables) {
         lo = x < lo ? x : lo;
         hi = x > hi ? x : hi;
     }
-    es_storage_free(s);
+    es__storage_free(s);
     CHECK(lo >= -0.05f && hi <= 0.05f && lo < -0.04f && hi > 0.04f);
     es_vocab_free(v);
     tb_free(&b);
@@ -742,7 +742,7 @@ TEST(storage_unified_salts_and_chunk_layout) {
     p.subtables = T;
     es_storage *s;
     es_err err;
-    CHECK_MSG(es_storage_create(&s, &p, NULL, &err) == 0, "%s", err.msg);
+    CHECK_MSG(es__storage_create(&s, &p, NULL, &err) == 0, "%s", err.msg);
     es__hashed *h = s->impl;
     uint64_t R = h->t.n_rows;
     CHECK_EQ_INT(h->cd, cd);
@@ -757,7 +757,7 @@ TEST(storage_unified_salts_and_chunk_layout) {
     b.off[F] = F;
     b.n = 1;
     float out[3 * 12];
-    es_storage_lookup(s, &b, 0, 1, out);
+    es__storage_lookup(s, &b, 0, 1, out);
     uint64_t rows_seen[9];
     for (int f = 0; f < F; f++)
         for (int j = 0; j < k; j++) {
@@ -772,15 +772,15 @@ TEST(storage_unified_salts_and_chunk_layout) {
     for (int a = 0; a < 9; a++)
         for (int c = a + 1; c < 9; c++) CHECK_MSG(rows_seen[a] != rows_seen[c], "chunks %d and %d share row", a, c);
     CHECK(memcmp(out, out + dim, dim * sizeof(float)) != 0);
-    es_storage_free(s);
+    es__storage_free(s);
     /* dim not divisible by chunks */
     p.dim = 10;
-    CHECK_EQ_INT(es_storage_create(&s, &p, NULL, &err), ES_EINVAL);
+    CHECK_EQ_INT(es__storage_create(&s, &p, NULL, &err), ES_EINVAL);
     CHECK_STR_HAS(err.msg, "divisible");
     /* too many sub-tables */
     p.dim = 12;
     p.subtables = 10;
-    CHECK_EQ_INT(es_storage_create(&s, &p, NULL, &err), ES_EINVAL);
+    CHECK_EQ_INT(es__storage_create(&s, &p, NULL, &err), ES_EINVAL);
     CHECK_STR_HAS(err.msg, "subtables");
     tb_free(&b);
 }
@@ -794,18 +794,18 @@ TEST(storage_hash_share_equals_unified_k1) {
     ph.share = 1;
     es_storage *sh, *su;
     es_err err;
-    CHECK_EQ_INT(es_storage_create(&sh, &ph, NULL, &err), 0);
-    CHECK_EQ_INT(es_storage_create(&su, &pu, NULL, &err), 0);
+    CHECK_EQ_INT(es__storage_create(&sh, &ph, NULL, &err), 0);
+    CHECK_EQ_INT(es__storage_create(&su, &pu, NULL, &err), 0);
     size_t n = (size_t)20 * 6 * 8;
     float *a = malloc(n * 4), *c = malloc(n * 4);
-    es_storage_lookup(sh, &b, 0, 20, a);
-    es_storage_lookup(su, &b, 0, 20, c);
+    es__storage_lookup(sh, &b, 0, 20, a);
+    es__storage_lookup(su, &b, 0, 20, c);
     int same = memcmp(a, c, n * 4) == 0;
     int bytes_same = sh->param_bytes == su->param_bytes && sh->aux_bytes == su->aux_bytes;
     free(a);
     free(c);
-    es_storage_free(sh);
-    es_storage_free(su);
+    es__storage_free(sh);
+    es__storage_free(su);
     tb_free(&b);
     CHECK(same);
     CHECK(bytes_same);
@@ -835,7 +835,7 @@ TEST(storage_full_oov_rows_and_min_count) {
     p.min_count = 2;
     es_storage *s;
     es_err err;
-    CHECK_MSG(es_storage_create(&s, &p, v, &err) == 0, "%s", err.msg);
+    CHECK_MSG(es__storage_create(&s, &p, v, &err) == 0, "%s", err.msg);
     /* kept: field 0 {5, 10} (sorted), field 1 {} -> rows: f0 OOV=0, 5->1,
      * 10->2; f1 OOV=3 */
     CHECK_EQ_INT(s->param_bytes, 4 * 4 * 4);
@@ -852,7 +852,7 @@ TEST(storage_full_oov_rows_and_min_count) {
     q.off[10] = 10;
     q.n = 5;
     float out[5 * 2 * 4];
-    es_storage_lookup(s, &q, 0, 5, out);
+    es__storage_lookup(s, &q, 0, 5, out);
     es_tensor_ref refs[8];
     int nt;
     es_tensor_ref *wt = find_tensor(s, refs, &nt, "weight");
@@ -873,9 +873,9 @@ TEST(storage_full_oov_rows_and_min_count) {
     s->ops->field_stats(s, v, 1, &st);
     CHECK_EQ_INT(st.rows, 1);
     CHECK_EQ_INT(st.rows_used, 1);
-    es_storage_free(s);
+    es__storage_free(s);
     /* without a vocabulary, full refuses with a hint */
-    CHECK_EQ_INT(es_storage_create(&s, &p, NULL, &err), ES_EINVAL);
+    CHECK_EQ_INT(es__storage_create(&s, &p, NULL, &err), ES_EINVAL);
     CHECK_STR_HAS(err.msg, "vocabulary");
     es_vocab_free(v);
     tb_free(&b);
@@ -905,7 +905,7 @@ static void opt_by_hand(es_optim kind) {
     p.opt.init_acc = 0.01f;
     es_storage *s;
     es_err err;
-    CHECK_MSG(es_storage_create(&s, &p, v, &err) == 0, "%s", err.msg);
+    CHECK_MSG(es__storage_create(&s, &p, v, &err) == 0, "%s", err.msg);
     es_tensor_ref refs[8];
     int nt;
     float *W = find_tensor(s, refs, &nt, "weight")->data;
@@ -914,7 +914,7 @@ static void opt_by_hand(es_optim kind) {
     for (int d = 0; d < 3; d++) x[d] = w[d];
     const float dout[2][2][3] = {{{0.3f, -0.2f, 0.5f}, {1.0f, 0.4f, -0.6f}}, {{-0.1f, 0.7f, 0.2f}, {0.3f, 0.3f, 0.9f}}};
     for (int step = 0; step < 2; step++) {
-        CHECK_EQ_INT(es_storage_backward(s, &b, &dout[step][0][0]), 0);
+        CHECK_EQ_INT(es__storage_backward(s, &b, &dout[step][0][0]), 0);
         double g[3], ms = 0;
         for (int d = 0; d < 3; d++) {
             g[d] = 1.0 * dout[step][0][d] + 0.5 * dout[step][1][d];
@@ -947,7 +947,7 @@ static void opt_by_hand(es_optim kind) {
         CHECK_NEAR(((float *)a->data)[1], racc, 1e-6);
         CHECK_NEAR(((float *)a->data)[0], 0.01, 1e-9);
     }
-    es_storage_free(s);
+    es__storage_free(s);
     es_vocab_free(v);
     tb_free(&b);
 }
@@ -958,12 +958,12 @@ TEST(storage_rowwise_adagrad_update_by_hand) { opt_by_hand(ES_OPT_ROWWISE_ADAGRA
 
 TEST(storage_gradacc_sums_duplicates_and_grows) {
     es_gradacc a;
-    CHECK_EQ_INT(es_gradacc_init(&a, 4, 2), 0);
+    CHECK_EQ_INT(es__gradacc_init(&a, 4, 2), 0);
     CHECK_EQ_INT(a.cap, 16);
     /* 1000 distinct rows, each touched 3 times: forces several doublings */
     for (int rep = 0; rep < 3; rep++)
         for (uint64_t r = 0; r < 1000; r++) {
-            float *g = es_gradacc_row(&a, r * 7919);
+            float *g = es__gradacc_row(&a, r * 7919);
             CHECK(g);
             g[0] += 1.0f;
             g[1] += (float)r;
@@ -975,22 +975,22 @@ TEST(storage_gradacc_sums_duplicates_and_grows) {
         CHECK_NEAR(a.g[i * 2], 3.0, 0);
         CHECK_NEAR(a.g[i * 2 + 1], 3.0 * i, 0);
     }
-    es_gradacc_clear(&a);
+    es__gradacc_clear(&a);
     CHECK_EQ_INT(a.n, 0);
     for (size_t i = 0; i < a.map_cap; i++) CHECK(a.slot[i] == -1);
-    float *g = es_gradacc_row(&a, 5);
+    float *g = es__gradacc_row(&a, 5);
     CHECK(g && g[0] == 0.0f && g[1] == 0.0f);
     /* growth failure: NULL, and the accumulator is unchanged */
-    es_gradacc_clear(&a);
+    es__gradacc_clear(&a);
     size_t cap = a.cap;
-    for (size_t r = 0; r < cap; r++) CHECK(es_gradacc_row(&a, r));
+    for (size_t r = 0; r < cap; r++) CHECK(es__gradacc_row(&a, r));
     es__alloc_fail_at(1);
-    float *fail = es_gradacc_row(&a, cap + 1);
+    float *fail = es__gradacc_row(&a, cap + 1);
     es__alloc_fail_at(0);
     CHECK(fail == NULL);
     CHECK_EQ_INT(a.n, cap);
-    CHECK(es_gradacc_row(&a, 3) == a.g + 3 * 2);
-    es_gradacc_free(&a);
+    CHECK(es__gradacc_row(&a, 3) == a.g + 3 * 2);
+    es__gradacc_free(&a);
 }
 
 TEST(storage_backward_out_of_memory_is_clean) {
@@ -1002,7 +1002,7 @@ TEST(storage_backward_out_of_memory_is_clean) {
     p.max_batch = 1;
     es_storage *s;
     es_err err;
-    CHECK_EQ_INT(es_storage_create(&s, &p, NULL, &err), 0);
+    CHECK_EQ_INT(es__storage_create(&s, &p, NULL, &err), 0);
     es_tensor_ref refs[8];
     int nt;
     es_tensor_ref *w = find_tensor(s, refs, &nt, "weight");
@@ -1011,23 +1011,23 @@ TEST(storage_backward_out_of_memory_is_clean) {
     float *G = malloc((size_t)40 * 4 * 4 * sizeof *G);
     for (int i = 0; i < 40 * 16; i++) G[i] = 1.0f;
     es__alloc_fail_at(1);
-    int rc = es_storage_backward(s, &b, G);
+    int rc = es__storage_backward(s, &b, G);
     es__alloc_fail_at(0);
     CHECK_EQ_INT(rc, ES_ENOMEM);
-    CHECK_STR_HAS(es_storage_errmsg(s), "out of memory");
+    CHECK_STR_HAS(es__storage_errmsg(s), "out of memory");
     CHECK(memcmp(before, w->data, w->nbytes) == 0); /* nothing applied */
-    CHECK_EQ_INT(es_storage_backward(s, &b, G), 0);
+    CHECK_EQ_INT(es__storage_backward(s, &b, G), 0);
     CHECK(memcmp(before, w->data, w->nbytes) != 0);
     /* a batch of the wrong shape is refused */
     b.n_fields = 3;
-    CHECK_EQ_INT(es_storage_backward(s, &b, G), ES_EINVAL);
-    CHECK_EQ_INT(es_storage_lookup(s, &b, 0, 1, G), ES_EINVAL);
+    CHECK_EQ_INT(es__storage_backward(s, &b, G), ES_EINVAL);
+    CHECK_EQ_INT(es__storage_lookup(s, &b, 0, 1, G), ES_EINVAL);
     b.n_fields = 4;
-    CHECK_EQ_INT(es_storage_lookup(s, &b, 5, 41, G), ES_EINVAL);
-    CHECK_STR_HAS(es_storage_errmsg(s), "lookup of rows [5, 41)");
+    CHECK_EQ_INT(es__storage_lookup(s, &b, 5, 41, G), ES_EINVAL);
+    CHECK_STR_HAS(es__storage_errmsg(s), "lookup of rows [5, 41)");
     free(before);
     free(G);
-    es_storage_free(s);
+    es__storage_free(s);
     tb_free(&b);
 }
 
@@ -1039,29 +1039,29 @@ TEST(storage_backward_out_of_memory_is_clean) {
 static void round_trip(es_storage_params p, const es_vocab *v, const es_batch *b, const char *what) {
     es_storage *a, *c;
     es_err err;
-    CHECK_MSG(es_storage_create(&a, &p, v, &err) == 0, "%s: %s", what, err.msg);
+    CHECK_MSG(es__storage_create(&a, &p, v, &err) == 0, "%s: %s", what, err.msg);
     size_t nout = (size_t)b->n * b->n_fields * p.dim;
     float *G = malloc(nout * sizeof *G), *oa = malloc(nout * sizeof *oa), *oc = malloc(nout * sizeof *oc);
     es_rng r;
     es__rng_seed(&r, 31);
     for (size_t i = 0; i < nout; i++) G[i] = es__rng_normal(&r);
-    CHECK_EQ_INT(es_storage_backward(a, b, G), 0);
+    CHECK_EQ_INT(es__storage_backward(a, b, G), 0);
 
     es_storage_params q = p;
     q.opts = a->meta;
     q.budget = 0;
     q.seed = p.seed + 1000; /* the meta's seed must win for the hash salts */
     q.min_count = 1;
-    int rc = es_storage_create(&c, &q, NULL, &err);
+    int rc = es__storage_create(&c, &q, NULL, &err);
     CHECK_MSG(rc == 0, "%s: re-create from meta '%s': %s", what, a->meta, err.msg);
     CHECK_MSG(strcmp(a->meta, c->meta) == 0, "%s: meta '%s' vs '%s'", what, a->meta, c->meta);
     CHECK_EQ_INT(a->param_bytes, c->param_bytes);
     CHECK_EQ_INT(a->aux_bytes, c->aux_bytes);
     CHECK_EQ_INT(a->state_bytes, c->state_bytes);
     es_tensor_ref ta[8], tc[8];
-    int na = es_storage_tensors(a, ta, 8), nc = es_storage_tensors(c, tc, 8);
+    int na = es__storage_tensors(a, ta, 8), nc = es__storage_tensors(c, tc, 8);
     CHECK_EQ_INT(na, nc);
-    CHECK_EQ_INT(na, es_storage_tensors(a, NULL, 0));
+    CHECK_EQ_INT(na, es__storage_tensors(a, NULL, 0));
     for (int i = 0; i < na; i++) {
         CHECK(strcmp(ta[i].name, tc[i].name) == 0);
         CHECK_EQ_INT(ta[i].dtype, tc[i].dtype);
@@ -1069,22 +1069,22 @@ static void round_trip(es_storage_params p, const es_vocab *v, const es_batch *b
         for (int d = 0; d < ta[i].ndim; d++) CHECK_EQ_INT(ta[i].shape[d], tc[i].shape[d]);
         if (ta[i].nbytes) memcpy(tc[i].data, ta[i].data, ta[i].nbytes);
     }
-    CHECK_MSG(es_storage_after_load(c) == 0, "%s: after_load: %s", what, es_storage_errmsg(c));
-    es_storage_lookup(a, b, 0, b->n, oa);
-    es_storage_lookup(c, b, 0, b->n, oc);
+    CHECK_MSG(es__storage_after_load(c) == 0, "%s: after_load: %s", what, es__storage_errmsg(c));
+    es__storage_lookup(a, b, 0, b->n, oa);
+    es__storage_lookup(c, b, 0, b->n, oc);
     CHECK_MSG(memcmp(oa, oc, nout * sizeof *oa) == 0, "%s: lookups differ after the round trip", what);
     /* optimizer state came along: one more step stays identical */
-    CHECK_EQ_INT(es_storage_backward(a, b, G), 0);
-    CHECK_EQ_INT(es_storage_backward(c, b, G), 0);
-    es_storage_lookup(a, b, 0, b->n, oa);
-    es_storage_lookup(c, b, 0, b->n, oc);
+    CHECK_EQ_INT(es__storage_backward(a, b, G), 0);
+    CHECK_EQ_INT(es__storage_backward(c, b, G), 0);
+    es__storage_lookup(a, b, 0, b->n, oa);
+    es__storage_lookup(c, b, 0, b->n, oc);
     CHECK_MSG(memcmp(oa, oc, nout * sizeof *oa) == 0, "%s: training diverges after the round trip", what);
     printf("    %s: meta \"%.60s%s\"\n", what, a->meta, strlen(a->meta) > 60 ? "..." : "");
     free(G);
     free(oa);
     free(oc);
-    es_storage_free(a);
-    es_storage_free(c);
+    es__storage_free(a);
+    es__storage_free(c);
 }
 
 TEST(storage_round_trip_through_tensors) {
@@ -1120,7 +1120,7 @@ TEST(storage_full_after_load_rejects_a_bad_map) {
     es_storage_params p = sp_make("full", 2, 4, 0);
     es_storage *s;
     es_err err;
-    CHECK_EQ_INT(es_storage_create(&s, &p, v, &err), 0);
+    CHECK_EQ_INT(es__storage_create(&s, &p, v, &err), 0);
     es_tensor_ref refs[8];
     int nt;
     es_tensor_ref *keys = find_tensor(s, refs, &nt, "map.keys");
@@ -1130,16 +1130,16 @@ TEST(storage_full_after_load_rejects_a_bad_map) {
     uint64_t save = K[1];
     K[1] = K[0]; /* duplicate key in field 0 (if field 0 has >= 2 keys) */
     if (FO[1] >= 2) {
-        CHECK_EQ_INT(es_storage_after_load(s), ES_EFORMAT);
-        CHECK_STR_HAS(es_storage_errmsg(s), "increasing");
+        CHECK_EQ_INT(es__storage_after_load(s), ES_EFORMAT);
+        CHECK_STR_HAS(es__storage_errmsg(s), "increasing");
     }
     K[1] = save;
     FO[2] += 1; /* offsets past the key count */
-    CHECK_EQ_INT(es_storage_after_load(s), ES_EFORMAT);
-    CHECK_STR_HAS(es_storage_errmsg(s), "offsets");
+    CHECK_EQ_INT(es__storage_after_load(s), ES_EFORMAT);
+    CHECK_STR_HAS(es__storage_errmsg(s), "offsets");
     FO[2] -= 1;
-    CHECK_EQ_INT(es_storage_after_load(s), 0);
-    es_storage_free(s);
+    CHECK_EQ_INT(es__storage_after_load(s), 0);
+    es__storage_free(s);
     es_vocab_free(v);
     tb_free(&b);
 }
@@ -1150,62 +1150,62 @@ TEST(storage_bad_parameters_get_clear_errors) {
     es_storage *s = (es_storage *)1;
     es_err err;
     es_storage_params p = sp_make("nosuch", 3, 8, 1000);
-    CHECK_EQ_INT(es_storage_create(&s, &p, NULL, &err), ES_EINVAL);
+    CHECK_EQ_INT(es__storage_create(&s, &p, NULL, &err), ES_EINVAL);
     CHECK(s == NULL);
     CHECK_STR_HAS(err.msg, "unknown method 'nosuch'");
     CHECK_STR_HAS(err.msg, "unified");
     p = sp_make("hash", 3, 8, 0);
-    CHECK_EQ_INT(es_storage_create(&s, &p, NULL, &err), ES_EINVAL);
+    CHECK_EQ_INT(es__storage_create(&s, &p, NULL, &err), ES_EINVAL);
     CHECK_STR_HAS(err.msg, "needs a budget");
     p.budget = 0.5;
-    CHECK_EQ_INT(es_storage_create(&s, &p, NULL, &err), ES_EINVAL);
+    CHECK_EQ_INT(es__storage_create(&s, &p, NULL, &err), ES_EINVAL);
     CHECK_STR_HAS(err.msg, "vocabulary");
     p.budget = 100; /* fewer bytes than one row per field */
-    CHECK_EQ_INT(es_storage_create(&s, &p, NULL, &err), ES_EBUDGET);
+    CHECK_EQ_INT(es__storage_create(&s, &p, NULL, &err), ES_EBUDGET);
     CHECK_STR_HAS(err.msg, "at least 3 rows");
     p.budget = -1;
-    CHECK_EQ_INT(es_storage_create(&s, &p, NULL, &err), ES_EINVAL);
+    CHECK_EQ_INT(es__storage_create(&s, &p, NULL, &err), ES_EINVAL);
     p.budget = 1e30; /* absurd: refused, no overflow */
-    CHECK(es_storage_create(&s, &p, NULL, &err) != 0);
+    CHECK(es__storage_create(&s, &p, NULL, &err) != 0);
     p.budget = 10000;
     p.dim = 0;
-    CHECK_EQ_INT(es_storage_create(&s, &p, NULL, &err), ES_EINVAL);
+    CHECK_EQ_INT(es__storage_create(&s, &p, NULL, &err), ES_EINVAL);
     CHECK_STR_HAS(err.msg, "dim");
     p.dim = 8;
     p.opt.kind = ES_OPT_ADAM;
-    CHECK_EQ_INT(es_storage_create(&s, &p, NULL, &err), ES_EINVAL);
+    CHECK_EQ_INT(es__storage_create(&s, &p, NULL, &err), ES_EINVAL);
     CHECK_STR_HAS(err.msg, "adagrad");
     p.opt.kind = ES_OPT_ADAGRAD;
     p.opt.eps = 0;
-    CHECK_EQ_INT(es_storage_create(&s, &p, NULL, &err), ES_EINVAL);
+    CHECK_EQ_INT(es__storage_create(&s, &p, NULL, &err), ES_EINVAL);
     p.opt.eps = 1e-8f;
     const char *bad_opts[] = {"rows=abc", "rows=1:2", "rows=1:2:0", "share=2", "rows=5:5:5:5", "seed=-1", "rows="};
     for (size_t i = 0; i < ES_ARRAY_LEN(bad_opts); i++) {
         p.opts = bad_opts[i];
-        CHECK_MSG(es_storage_create(&s, &p, NULL, &err) == ES_EINVAL, "opts '%s' accepted", bad_opts[i]);
+        CHECK_MSG(es__storage_create(&s, &p, NULL, &err) == ES_EINVAL, "opts '%s' accepted", bad_opts[i]);
         CHECK_STR_HAS(err.msg, "hash: option");
     }
     p.opts = "rows=3:4:5";
-    CHECK_EQ_INT(es_storage_create(&s, &p, NULL, &err), 0);
+    CHECK_EQ_INT(es__storage_create(&s, &p, NULL, &err), 0);
     CHECK_EQ_INT(s->param_bytes, 12 * 8 * 4);
-    es_storage_free(s);
+    es__storage_free(s);
     p = sp_make("unified", 3, 8, 10000);
     p.opts = "chunks=0";
-    CHECK_EQ_INT(es_storage_create(&s, &p, NULL, &err), ES_EINVAL);
+    CHECK_EQ_INT(es__storage_create(&s, &p, NULL, &err), ES_EINVAL);
     p.opts = "chunks=2,subtables=4,rows=3";
-    CHECK_EQ_INT(es_storage_create(&s, &p, NULL, &err), ES_EINVAL);
+    CHECK_EQ_INT(es__storage_create(&s, &p, NULL, &err), ES_EINVAL);
     CHECK_STR_HAS(err.msg, "sub-tables");
     p = sp_make("full", 3, 8, 0);
     p.opts = "keys=x";
-    CHECK_EQ_INT(es_storage_create(&s, &p, NULL, &err), ES_EINVAL);
+    CHECK_EQ_INT(es__storage_create(&s, &p, NULL, &err), ES_EINVAL);
     /* a vocabulary with the wrong field count */
     es_vocab *v;
     CHECK_EQ_INT(es_vocab_create(&v, 2), 0);
     p.opts = NULL;
-    CHECK_EQ_INT(es_storage_create(&s, &p, v, &err), ES_EINVAL);
+    CHECK_EQ_INT(es__storage_create(&s, &p, v, &err), ES_EINVAL);
     CHECK_STR_HAS(err.msg, "fields");
     es_vocab_free(v);
-    es_storage_free(NULL);
+    es__storage_free(NULL);
 }
 
 TEST(storage_every_allocation_failure_is_clean) {
@@ -1228,11 +1228,11 @@ TEST(storage_every_allocation_failure_is_clean) {
             es_storage *s = NULL;
             es_err err = {0, ""};
             es__alloc_fail_at(n);
-            int rc = es_storage_create(&s, &p, v, &err);
+            int rc = es__storage_create(&s, &p, v, &err);
             es__alloc_fail_at(0);
             if (rc == 0) {
                 done = 1;
-                es_storage_free(s);
+                es__storage_free(s);
             } else {
                 CHECK_MSG(rc == ES_ENOMEM, "%s: allocation %llu failing gave %d (%s)", cfg[c].m, (unsigned long long)n, rc,
                           err.msg);
@@ -1278,17 +1278,17 @@ TEST(storage_every_allocation_failure_is_clean) {
 }
 
 TEST(storage_registry_lists_methods) {
-    CHECK(es_storage_n_methods() >= 3);
+    CHECK(es__storage_n_methods() >= 3);
     const char *want[] = {"full", "hash", "unified"};
     for (int i = 0; i < 3; i++) {
-        const es_storage_ops *o = es_storage_find(want[i]);
+        const es_storage_ops *o = es__storage_find(want[i]);
         CHECK(o && strcmp(o->name, want[i]) == 0 && o->summary && o->create && o->lookup && o->backward && o->tensors &&
               o->destroy);
     }
-    for (int i = 0; i < es_storage_n_methods(); i++) CHECK(es_storage_method_at(i) != NULL);
-    CHECK(es_storage_method_at(-1) == NULL);
-    CHECK(es_storage_find("nosuch") == NULL);
-    CHECK(es_storage_find(NULL) == NULL);
+    for (int i = 0; i < es__storage_n_methods(); i++) CHECK(es__storage_method_at(i) != NULL);
+    CHECK(es__storage_method_at(-1) == NULL);
+    CHECK(es__storage_find("nosuch") == NULL);
+    CHECK(es__storage_find(NULL) == NULL);
 }
 
 /* ---- the generic storage harness (storage_harness.h) on these methods ---------- */

@@ -53,7 +53,7 @@ static int meta_ints(const es_storage *s, const char *key, long long *out, int m
 }
 
 static es_tensor_ref *tensor(es_storage *s, es_tensor_ref *refs, const char *name) {
-    int n = es_storage_tensors(s, refs, 16);
+    int n = es__storage_tensors(s, refs, 16);
     for (int i = 0; i < n; i++)
         if (strcmp(refs[i].name, name) == 0) return &refs[i];
     return NULL;
@@ -74,7 +74,7 @@ static int batch_of_keys(es_batch *b, int n, int F, const uint64_t *keys) {
 
 static es_storage *make(const char *method, int share, int F, int dim, double budget, const char *opts, es_optim opt,
                         float lr) {
-    es_storage_params p = es_storage_params_default();
+    es_storage_params p = es__storage_params_default();
     p.method = method;
     p.share = share;
     p.n_fields = F;
@@ -86,7 +86,7 @@ static es_storage *make(const char *method, int share, int F, int dim, double bu
     p.seed = 21;
     es_storage *s = NULL;
     es_err err;
-    if (es_storage_create(&s, &p, NULL, &err) != 0) printf("    create %s: %s\n", method, err.msg);
+    if (es__storage_create(&s, &p, NULL, &err) != 0) printf("    create %s: %s\n", method, err.msg);
     return s;
 }
 
@@ -99,7 +99,7 @@ static double fit_ratio(es_storage *s, const es_batch *b, const float *target, i
     float *out = malloc(n * sizeof *out), *g = malloc(n * sizeof *g);
     double first = 0, last = NAN;
     for (int t = 0; out && g && t <= steps; t++) {
-        es_storage_lookup(s, b, 0, b->n, out);
+        es__storage_lookup(s, b, 0, b->n, out);
         double L = 0;
         for (size_t i = 0; i < n; i++) {
             g[i] = out[i] - target[i];
@@ -107,7 +107,7 @@ static double fit_ratio(es_storage *s, const es_batch *b, const float *target, i
         }
         if (t == 0) first = L;
         last = L;
-        if (t < steps && es_storage_backward(s, b, g) != 0) {
+        if (t < steps && es__storage_backward(s, b, g) != 0) {
             last = NAN;
             break;
         }
@@ -189,7 +189,7 @@ TEST(zoo_a_zero_init_trains) {
         size_t n = (size_t)b.n * c.n_fields * c.dim;
         float *out = calloc(n, sizeof *out), *target = malloc(n * sizeof *target);
         CHECK(out && target);
-        es_storage_lookup(s, &b, 0, b.n, out);
+        es__storage_lookup(s, &b, 0, b.n, out);
         double mx = 0;
         for (size_t e = 0; e < n; e++) mx = fmax(mx, fabs(out[e]));
         es_rng r;
@@ -202,7 +202,7 @@ TEST(zoo_a_zero_init_trains) {
         free(out);
         free(target);
         es_batch_free(&b);
-        es_storage_free(s);
+        es__storage_free(s);
         es_vocab_free(v);
         CHECK_MSG(mx == 0, "%s: init_scale 0 gives a non-zero lookup %g", methods[i], mx);
         CHECK_MSG(ratio < 0.9, "%s: training from zero init does not reduce the loss (%.3f)", methods[i], ratio);
@@ -237,7 +237,7 @@ TEST(zoo_a_methods_fit_targets) {
                    share, ratio);
             free(target);
             es_batch_free(&b);
-            es_storage_free(s);
+            es__storage_free(s);
             es_vocab_free(v);
             CHECK_MSG(ratio < 0.5, "%s share=%d: loss ratio %.3f", cfg[i][0], share, ratio);
         }
@@ -276,7 +276,7 @@ TEST(zoo_a_field_stats) {
             es_field_stats st;
             s->ops->field_stats(s, v, 9, &st); /* out of range: zeros */
             CHECK_EQ_INT(st.rows, 0);
-            es_storage_free(s);
+            es__storage_free(s);
         }
     es_vocab_free(v);
 }
@@ -290,7 +290,7 @@ TEST(zoo_a_bad_options) {
         {"multihash", "k=17", "k="},          {"multihash", "wfrac=1.5", "wfrac"},  {"multihash", "weights=2", "weights"},
     };
     for (size_t i = 0; i < ES_ARRAY_LEN(cases); i++) {
-        es_storage_params p = es_storage_params_default();
+        es_storage_params p = es__storage_params_default();
         p.method = cases[i][0];
         p.n_fields = 3;
         p.dim = 3;
@@ -299,7 +299,7 @@ TEST(zoo_a_bad_options) {
         p.opts = cases[i][1];
         es_storage *s = NULL;
         es_err err = {0, ""};
-        int rc = es_storage_create(&s, &p, NULL, &err);
+        int rc = es__storage_create(&s, &p, NULL, &err);
         printf("    %s %-22s -> %s\n", cases[i][0], cases[i][1], err.msg);
         CHECK_MSG(rc == ES_EINVAL && !s, "%s %s gave %d", cases[i][0], cases[i][1], rc);
         CHECK_STR_HAS(err.msg, cases[i][2]);
@@ -307,13 +307,13 @@ TEST(zoo_a_bad_options) {
     /* no budget and no sizes: a clear error, not a default size */
     const char *m[] = {"qr", "multihash", "robe", "tt"};
     for (size_t i = 0; i < ES_ARRAY_LEN(m); i++) {
-        es_storage_params p = es_storage_params_default();
+        es_storage_params p = es__storage_params_default();
         p.method = m[i];
         p.n_fields = 2;
         p.dim = 4;
         es_storage *s = NULL;
         es_err err = {0, ""};
-        CHECK_EQ_INT(es_storage_create(&s, &p, NULL, &err), ES_EINVAL);
+        CHECK_EQ_INT(es__storage_create(&s, &p, NULL, &err), ES_EINVAL);
         CHECK_STR_HAS(err.msg, "budget");
     }
 }
@@ -350,7 +350,7 @@ static int qr_probe_rows(es_storage *s, int p, const es_batch *b, uint64_t *rows
             for (uint64_t r = 0; r < t->shape[0]; r++)
                 for (uint64_t d = 0; d < t->shape[1]; d++) w[r * t->shape[1] + d] = l == j ? (float)(r + 1) : 1.0f;
         }
-        es_storage_lookup(s, b, 0, b->n, out);
+        es__storage_lookup(s, b, 0, b->n, out);
         for (size_t q = 0; q < pairs; q++) rows[q * p + j] = (uint64_t)out[q * dim] - 1;
     }
     free(out);
@@ -399,7 +399,7 @@ TEST(zoo_a_qr_rows_follow_the_quotient_remainder_rule) {
         free(keys);
         free(rows);
         es_batch_free(&b);
-        es_storage_free(s);
+        es__storage_free(s);
         CHECK_MSG(!bad, "config %zu: rows differ from the documented rule (%d)", c, bad);
     }
 }
@@ -435,7 +435,7 @@ TEST(zoo_a_qr_same_quotient_shares_the_q_row) {
     es_batch b;
     CHECK(batch_of_keys(&b, 3, 1, k3));
     float before[12], after[12], g[12];
-    es_storage_lookup(s, &b, 0, 3, before);
+    es__storage_lookup(s, &b, 0, 3, before);
     /* op=cat: [Q row | R row]; A and B show the same Q half, different R halves */
     const int hq = (dim + 1) / 2;
     CHECK(memcmp(before, before + dim, (size_t)hq * sizeof(float)) == 0);
@@ -443,8 +443,8 @@ TEST(zoo_a_qr_same_quotient_shares_the_q_row) {
     /* a gradient on A alone moves B's Q half (the shared row), not C */
     memset(g, 0, sizeof g);
     for (int d = 0; d < dim; d++) g[d] = 1.0f;
-    CHECK_EQ_INT(es_storage_backward(s, &b, g), 0);
-    es_storage_lookup(s, &b, 0, 3, after);
+    CHECK_EQ_INT(es__storage_backward(s, &b, g), 0);
+    es__storage_lookup(s, &b, 0, 3, after);
     for (int d = 0; d < hq; d++) CHECK_NEAR(after[dim + d], before[dim + d] - 1.0f, 1e-6);
     for (int d = hq; d < dim; d++) CHECK(after[dim + d] == before[dim + d]);
     CHECK(memcmp(after + 2 * dim, before + 2 * dim, (size_t)dim * sizeof(float)) == 0);
@@ -452,7 +452,7 @@ TEST(zoo_a_qr_same_quotient_shares_the_q_row) {
            B, (unsigned long long)dA[0], m[0], m[1]);
     es_batch_free(&b);
     free(keys);
-    es_storage_free(s);
+    es__storage_free(s);
 }
 
 TEST(zoo_a_qr_combiners_match_the_tables) {
@@ -470,7 +470,7 @@ TEST(zoo_a_qr_combiners_match_the_tables) {
         es_batch b;
         CHECK(batch_of_keys(&b, n, 1, keys));
         float out[50 * 5];
-        es_storage_lookup(s, &b, 0, n, out);
+        es__storage_lookup(s, &b, 0, n, out);
         double worst = 0;
         for (int i = 0; i < n; i++) {
             uint64_t d[2];
@@ -486,7 +486,7 @@ TEST(zoo_a_qr_combiners_match_the_tables) {
                (unsigned long long)t0.shape[0], (unsigned long long)t0.shape[1], (unsigned long long)t1.shape[0],
                (unsigned long long)t1.shape[1], worst);
         es_batch_free(&b);
-        es_storage_free(s);
+        es__storage_free(s);
         CHECK(worst < 1e-7);
     }
 }
@@ -519,7 +519,7 @@ TEST(zoo_a_robe_reads_signed_contiguous_blocks) {
         for (int i = 0; i < n * F; i++) keys[i] = es__mix64((uint64_t)i + 777);
         es_batch b;
         CHECK(batch_of_keys(&b, n, F, keys));
-        es_storage_lookup(s, &b, 0, n, out);
+        es__storage_lookup(s, &b, 0, n, out);
         int bad = 0, wraps = 0, neg = 0, blocks = 0;
         for (int i = 0; i < n * F && !bad; i++) {
             const int f = i % F;
@@ -555,7 +555,7 @@ TEST(zoo_a_robe_reads_signed_contiguous_blocks) {
         free(keys);
         free(out);
         es_batch_free(&b);
-        es_storage_free(s);
+        es__storage_free(s);
         CHECK_MSG(!bad, "config %zu: block structure broken (%d)", c, bad);
         CHECK(wraps > 0);
         CHECK(neg > blocks / 4 && neg < 3 * blocks / 4);
@@ -578,9 +578,9 @@ TEST(zoo_a_robe_update_touches_only_the_read_blocks) {
     es_batch b;
     CHECK(batch_of_keys(&b, 1, 1, &key));
     float out[8], g[8];
-    es_storage_lookup(s, &b, 0, 1, out);
+    es__storage_lookup(s, &b, 0, 1, out);
     for (int d = 0; d < dim; d++) g[d] = (float)(d + 1) * 0.5f;
-    CHECK_EQ_INT(es_storage_backward(s, &b, g), 0);
+    CHECK_EQ_INT(es__storage_backward(s, &b, g), 0);
     /* element read into out[d] moved by -sign * g[d]; nothing else moved */
     size_t moved = 0;
     for (size_t e = 0; e < m; e++) moved += M[e] != M0[e];
@@ -592,7 +592,7 @@ TEST(zoo_a_robe_update_touches_only_the_read_blocks) {
     CHECK_EQ_INT(moved, (size_t)dim);
     free(M0);
     es_batch_free(&b);
-    es_storage_free(s);
+    es__storage_free(s);
 }
 
 /* ---- tt -------------------------------------------------------------------------------------- */
@@ -621,7 +621,7 @@ TEST(zoo_a_tt_row_is_the_product_of_the_cores) {
         for (int i = 0; i < n * F; i++) keys[i] = es__mix64((uint64_t)i + 5);
         es_batch b;
         CHECK(batch_of_keys(&b, n, F, keys));
-        es_storage_lookup(s, &b, 0, n, out);
+        es__storage_lookup(s, &b, 0, n, out);
         double worst = 0, scale = 0;
         for (int i = 0; i < n * F; i++) {
             const int f = i % F;
@@ -650,7 +650,7 @@ TEST(zoo_a_tt_row_is_the_product_of_the_cores) {
         printf("    tt share=%d dim=%d: %.70s: worst |lookup - core product| %.2g (values up to %.2g)\n", cfg[c].share,
                dim, s->meta, worst, scale);
         es_batch_free(&b);
-        es_storage_free(s);
+        es__storage_free(s);
         CHECK(scale > 0);
         CHECK(worst <= 1e-5 * scale + 1e-9);
     }
@@ -667,7 +667,7 @@ TEST(zoo_a_tt_rank_follows_the_budget) {
     long long prev = 0;
     const double budgets[] = {0.01, 0.03, 0.1, 0.3, 1.0};
     for (size_t i = 0; i < ES_ARRAY_LEN(budgets); i++) {
-        es_storage_params p = es_storage_params_default();
+        es_storage_params p = es__storage_params_default();
         p.method = "tt";
         p.n_fields = 4;
         p.dim = 16;
@@ -675,7 +675,7 @@ TEST(zoo_a_tt_rank_follows_the_budget) {
         p.budget = budgets[i];
         es_storage *s;
         es_err err;
-        CHECK_MSG(es_storage_create(&s, &p, v, &err) == 0, "%s", err.msg);
+        CHECK_MSG(es__storage_create(&s, &p, v, &err) == 0, "%s", err.msg);
         long long R, d[3];
         CHECK_EQ_INT(meta_ints(s, "rank", &R, 1), 1);
         CHECK_EQ_INT(meta_ints(s, "d", d, 3), 3);
@@ -685,7 +685,7 @@ TEST(zoo_a_tt_rank_follows_the_budget) {
         double cost = side * (double)(d[0] * R + R * R * d[1] + R * d[2]);
         double cost1 = side * (double)(d[0] * (R + 1) + (R + 1) * (R + 1) * d[1] + (R + 1) * d[2]);
         printf("    tt budget %.2f of full (%.0f B): rank %lld, %.60s\n", budgets[i], s->budget_bytes, R, s->meta);
-        es_storage_free(s);
+        es__storage_free(s);
         CHECK(R >= prev);
         CHECK(R <= 32);
         CHECK(R == 1 || cost <= A);
@@ -727,7 +727,7 @@ TEST(zoo_a_multihash_sums_k_rows_with_importance_weights) {
         for (int i = 0; i < n * F; i++) keys[i] = es__mix64((uint64_t)i + 31);
         es_batch b;
         CHECK(batch_of_keys(&b, n, F, keys));
-        es_storage_lookup(s, &b, 0, n, out);
+        es__storage_lookup(s, &b, 0, n, out);
         double worst = 0;
         for (int i = 0; i < n * F; i++) {
             const int f = i % F, g = cfg[c].share ? 0 : f;
@@ -746,7 +746,7 @@ TEST(zoo_a_multihash_sums_k_rows_with_importance_weights) {
         printf("    multihash share=%d k=%d weights=%d (%.50s): worst |lookup - rule| %.2g\n", cfg[c].share, cfg[c].k,
                cfg[c].weighted, s->meta, worst);
         es_batch_free(&b);
-        es_storage_free(s);
+        es__storage_free(s);
         CHECK(worst < 1e-5);
     }
 }
@@ -767,7 +767,7 @@ TEST(zoo_a_multihash_learns_the_importance_weights) {
     es_batch b;
     CHECK(batch_of_keys(&b, 1, 1, &key));
     float g[4] = {1, -2, 0.5f, 3};
-    CHECK_EQ_INT(es_storage_backward(s, &b, g), 0);
+    CHECK_EQ_INT(es__storage_backward(s, &b, g), 0);
     const uint64_t h = es__hash_u64(key, salt0(s, 0));
     const uint64_t w = es__range(h, imp.shape[0]);
     size_t moved = 0;
@@ -782,7 +782,7 @@ TEST(zoo_a_multihash_learns_the_importance_weights) {
     free(i0);
     free(p0);
     es_batch_free(&b);
-    es_storage_free(s);
+    es__storage_free(s);
 }
 
 /* ---- the acceptance budgets on the real Criteo sample ---------------------------------------------- */
@@ -821,7 +821,7 @@ TEST(zoo_a_criteo_acceptance_budgets) {
     for (size_t m = 0; m < ES_ARRAY_LEN(methods); m++)
         for (int share = 1; share >= 0; share--)
             for (size_t i = 0; i < ES_ARRAY_LEN(budgets); i++) {
-                es_storage_params p = es_storage_params_default();
+                es_storage_params p = es__storage_params_default();
                 p.method = methods[m];
                 p.n_fields = 26;
                 p.dim = 16;
@@ -829,7 +829,7 @@ TEST(zoo_a_criteo_acceptance_budgets) {
                 p.budget = budgets[i];
                 es_storage *s = NULL;
                 es_err err = {0, ""};
-                int rc = es_storage_create(&s, &p, v, &err);
+                int rc = es__storage_create(&s, &p, v, &err);
                 if (rc == ES_EBUDGET && share == 0 && i == ES_ARRAY_LEN(budgets) - 1) {
                     /* 1/1024 of this sample is 2.7 kB: 26 per-field parameter
                      * sets may not fit; the refusal must say so */
@@ -843,7 +843,7 @@ TEST(zoo_a_criteo_acceptance_budgets) {
                 printf("    %-9s share=%d 1/%-4.0f %8.0f B: %8.0f used (%5.1f%%)  %.60s\n", methods[m], share,
                        1 / budgets[i], s->budget_bytes, used, 100 * used / s->budget_bytes, s->meta);
                 CHECK(used <= s->budget_bytes && used >= 0.95 * s->budget_bytes);
-                es_storage_free(s);
+                es__storage_free(s);
             }
     printf("    %d of 40 configurations refused (share=0 at 1/1024 only)\n", refused);
     es_vocab_free(v);

@@ -61,7 +61,7 @@ static double fit_ratio(es_storage *s, const es_batch *b, const float *target, i
         return NAN;
     }
     for (int t = 0; t <= steps; t++) {
-        es_storage_lookup(s, b, 0, b->n, out);
+        es__storage_lookup(s, b, 0, b->n, out);
         double L = 0;
         for (size_t i = 0; i < n; i++) {
             g[i] = out[i] - target[i];
@@ -69,7 +69,7 @@ static double fit_ratio(es_storage *s, const es_batch *b, const float *target, i
         }
         if (t == 0) first = L;
         last = L;
-        if (t < steps && es_storage_backward(s, b, g) != 0) {
+        if (t < steps && es__storage_backward(s, b, g) != 0) {
             last = NAN;
             break;
         }
@@ -155,7 +155,7 @@ TEST(zoo_b_dhe_no_table) {
     /* The parameters are the networks alone: the same bytes whatever the
      * vocabulary, no maps, and no tensor with a row per value. */
     for (int share = 0; share <= 1; share++) {
-        es_storage_params p = es_storage_params_default();
+        es_storage_params p = es__storage_params_default();
         p.method = "dhe";
         p.n_fields = 3;
         p.dim = 16;
@@ -163,7 +163,7 @@ TEST(zoo_b_dhe_no_table) {
         p.budget = 100000;
         es_storage *s = NULL;
         es_err err;
-        CHECK_MSG(es_storage_create(&s, &p, NULL, &err) == 0, "%s", err.msg);
+        CHECK_MSG(es__storage_create(&s, &p, NULL, &err) == 0, "%s", err.msg);
         long long k = meta_int(s, "k"), h = meta_int(s, "h"), L = meta_int(s, "layers");
         const long long M = share ? 1 : 3;
         long long per = k * h + h + (L - 1) * (h * h + h) + h * 16 + 16;
@@ -172,10 +172,10 @@ TEST(zoo_b_dhe_no_table) {
         CHECK_EQ_INT(s->aux_bytes, 0);
         CHECK(s->param_bytes <= 100000 && (long long)s->param_bytes > 100000 - 4 * M * h);
         CHECK(k >= 2 * h);
-        int nt = es_storage_tensors(s, NULL, 0);
+        int nt = es__storage_tensors(s, NULL, 0);
         es_tensor_ref refs[64];
         CHECK(nt > 0 && nt <= 64);
-        CHECK_EQ_INT(es_storage_tensors(s, refs, nt), nt);
+        CHECK_EQ_INT(es__storage_tensors(s, refs, nt), nt);
         for (int i = 0; i < nt; i++) {
             CHECK_MSG(strstr(refs[i].name, "mlp.") != NULL || strcmp(refs[i].name, "opt.step") == 0, "tensor %s",
                       refs[i].name);
@@ -185,16 +185,16 @@ TEST(zoo_b_dhe_no_table) {
         es_vocab *v = es_sh_vocab(3);
         es_storage *s2 = NULL;
         CHECK(v);
-        CHECK_MSG(es_storage_create(&s2, &p, v, &err) == 0, "%s", err.msg);
+        CHECK_MSG(es__storage_create(&s2, &p, v, &err) == 0, "%s", err.msg);
         CHECK(strcmp(s->meta, s2->meta) == 0 && s->param_bytes == s2->param_bytes);
-        es_storage_free(s2);
+        es__storage_free(s2);
         es_vocab_free(v);
-        es_storage_free(s);
+        es__storage_free(s);
     }
 }
 
 TEST(zoo_b_dhe_same_key_same_vector) {
-    es_storage_params p = es_storage_params_default();
+    es_storage_params p = es__storage_params_default();
     p.method = "dhe";
     p.n_fields = 2;
     p.dim = 8;
@@ -202,13 +202,13 @@ TEST(zoo_b_dhe_same_key_same_vector) {
     p.budget = 20000;
     es_storage *s = NULL;
     es_err err;
-    CHECK_MSG(es_storage_create(&s, &p, NULL, &err) == 0, "%s", err.msg);
+    CHECK_MSG(es__storage_create(&s, &p, NULL, &err) == 0, "%s", err.msg);
     /* rows: (7, 9), (9, 7), (7, 7): key 7 in field 0 at rows 0 and 2 */
     const uint64_t keys[] = {7, 9, 9, 7, 7, 7};
     es_batch b;
     CHECK(batch_of_keys(&b, 3, 2, keys) == 0);
     float out[3 * 2 * 8];
-    es_storage_lookup(s, &b, 0, 3, out);
+    es__storage_lookup(s, &b, 0, 3, out);
     /* outputs (r, f) start at (2r + f) * 8 */
     CHECK(memcmp(out + 0, out + 32, 8 * sizeof(float)) == 0);  /* key 7, field 0, rows 0 and 2 */
     CHECK(memcmp(out + 24, out + 40, 8 * sizeof(float)) == 0); /* key 7, field 1, rows 1 and 2 */
@@ -219,7 +219,7 @@ TEST(zoo_b_dhe_same_key_same_vector) {
     for (int d = 0; d < 8; d++) nrm += out[d] * out[d];
     CHECK(nrm > 0);
     es_batch_free(&b);
-    es_storage_free(s);
+    es__storage_free(s);
 }
 
 TEST(zoo_b_dhe_learns) {
@@ -227,7 +227,7 @@ TEST(zoo_b_dhe_learns) {
      * their own target vectors: the squared error falls by 10x. */
     const char *opts[] = {NULL, "dense_opt=adagrad", "dense_opt=adam,dense_lr=0.01"};
     for (int i = 0; i < 3; i++) {
-        es_storage_params p = es_storage_params_default();
+        es_storage_params p = es__storage_params_default();
         p.method = "dhe";
         p.n_fields = 2;
         p.dim = 4;
@@ -237,7 +237,7 @@ TEST(zoo_b_dhe_learns) {
         p.opt.lr = 0.05f;
         es_storage *s = NULL;
         es_err err;
-        CHECK_MSG(es_storage_create(&s, &p, NULL, &err) == 0, "%s", err.msg);
+        CHECK_MSG(es__storage_create(&s, &p, NULL, &err) == 0, "%s", err.msg);
         uint64_t keys[24];
         for (int r = 0; r < 24; r++) keys[r] = es__mix64((uint64_t)r);
         es_batch b;
@@ -250,7 +250,7 @@ TEST(zoo_b_dhe_learns) {
         printf("    %s: loss ratio after 300 steps %.2e\n", opts[i] ? opts[i] : "default (adam)", ratio);
         CHECK(ratio < 0.1);
         es_batch_free(&b);
-        es_storage_free(s);
+        es__storage_free(s);
     }
 }
 
@@ -355,7 +355,7 @@ static int one_value_rows(es_batch *b, int F, uint64_t n) {
 
 /* The tensor named `name` of s (NULL if none). */
 static const es_tensor_ref *find_tensor(es_storage *s, const char *name, es_tensor_ref *refs, int max) {
-    int n = es_storage_tensors(s, refs, max);
+    int n = es__storage_tensors(s, refs, max);
     for (int i = 0; i < n; i++)
         if (strcmp(refs[i].name, name) == 0) return &refs[i];
     return NULL;
@@ -366,7 +366,7 @@ static const es_tensor_ref *find_tensor(es_storage *s, const char *name, es_tens
 static int others_moved(es_storage *s, const es_batch *all, int F, int f, uint64_t i, float *before, float *after) {
     const int dim = s->p.dim;
     const size_t per_row = (size_t)F * (size_t)dim;
-    es_storage_lookup(s, all, 0, all->n, before);
+    es__storage_lookup(s, all, 0, all->n, before);
     es_batch one;
     if (es_batch_alloc(&one, 1, 0, F, 1) != 0) return -2;
     for (int g = 0; g <= F; g++) one.off[g] = g <= f ? 0u : 1u;
@@ -375,10 +375,10 @@ static int others_moved(es_storage *s, const es_batch *all, int F, int f, uint64
     one.n = 1;
     float G[64];
     for (size_t k = 0; k < per_row && k < 64; k++) G[k] = 1.0f;
-    int rc = es_storage_backward(s, &one, G);
+    int rc = es__storage_backward(s, &one, G);
     es_batch_free(&one);
     if (rc) return -2;
-    es_storage_lookup(s, all, 0, all->n, after);
+    es__storage_lookup(s, all, 0, all->n, after);
     int moved = 0, own = 0;
     const size_t self_row = (size_t)f * ZIPF_N + i;
     for (size_t r = 0; r < (size_t)all->n; r++) {
@@ -397,7 +397,7 @@ TEST(zoo_b_adapt_frequent_private) {
     es_vocab *v = zipf_vocab(2);
     CHECK(v);
     for (int share = 0; share <= 1; share++) {
-        es_storage_params p = es_storage_params_default();
+        es_storage_params p = es__storage_params_default();
         p.method = "adapt";
         p.n_fields = 2;
         p.dim = 4;
@@ -407,7 +407,7 @@ TEST(zoo_b_adapt_frequent_private) {
         p.opt.lr = 1.0f;
         es_storage *s = NULL;
         es_err err;
-        CHECK_MSG(es_storage_create(&s, &p, v, &err) == 0, "%s", err.msg);
+        CHECK_MSG(es__storage_create(&s, &p, v, &err) == 0, "%s", err.msg);
         long long P = meta_int(s, "private"), H = meta_int(s, "hashed");
         printf("    share=%d: %s\n", share, s->meta);
         CHECK(P >= 40 && P < 2 * ZIPF_N && H > 0);
@@ -444,19 +444,19 @@ TEST(zoo_b_adapt_frequent_private) {
         free(before);
         free(after);
         es_batch_free(&all);
-        es_storage_free(s);
+        es__storage_free(s);
     }
     /* a budget above the full table gives every value a private row */
-    es_storage_params p = es_storage_params_default();
+    es_storage_params p = es__storage_params_default();
     p.method = "adapt";
     p.n_fields = 2;
     p.dim = 4;
-    p.budget = (double)es_storage_full_bytes(v, 4, 1) * 3;
+    p.budget = (double)es__storage_full_bytes(v, 4, 1) * 3;
     es_storage *s = NULL;
     es_err err;
-    CHECK_MSG(es_storage_create(&s, &p, v, &err) == 0, "%s", err.msg);
+    CHECK_MSG(es__storage_create(&s, &p, v, &err) == 0, "%s", err.msg);
     CHECK_EQ_INT(meta_int(s, "private"), 2 * ZIPF_N);
-    es_storage_free(s);
+    es__storage_free(s);
     es_vocab_free(v);
 }
 
@@ -464,7 +464,7 @@ TEST(zoo_b_adapt_online_sketch) {
     /* No vocabulary: a count-min sketch finds the 5 values that recur and
      * promotes them; 400 values seen once stay hashed.  With lr = 0 no
      * vector may change, so a promotion must copy the hashed row exactly. */
-    es_storage_params p = es_storage_params_default();
+    es_storage_params p = es__storage_params_default();
     p.method = "adapt";
     p.n_fields = 2;
     p.dim = 4;
@@ -474,7 +474,7 @@ TEST(zoo_b_adapt_online_sketch) {
     p.opts = "promote=5,width=4096";
     es_storage *s = NULL;
     es_err err;
-    CHECK_MSG(es_storage_create(&s, &p, NULL, &err) == 0, "%s", err.msg);
+    CHECK_MSG(es__storage_create(&s, &p, NULL, &err) == 0, "%s", err.msg);
     CHECK_STR_HAS(s->meta, "mode=online");
     es_batch b;
     CHECK(es_batch_alloc(&b, 20, 0, 2, 40) == 0);
@@ -492,9 +492,9 @@ TEST(zoo_b_adapt_online_sketch) {
         }
         b.off[40] = 40;
         b.n = 20;
-        es_storage_lookup(s, &b, 0, 20, out0);
-        CHECK(es_storage_backward(s, &b, G) == 0);
-        es_storage_lookup(s, &b, 0, 20, out1);
+        es__storage_lookup(s, &b, 0, 20, out0);
+        CHECK(es__storage_backward(s, &b, G) == 0);
+        es__storage_lookup(s, &b, 0, 20, out1);
         CHECK(memcmp(out0, out1, sizeof out0) == 0);
         const es_tensor_ref *tn = find_tensor(s, "map.n", refs, 16);
         CHECK(tn);
@@ -507,7 +507,7 @@ TEST(zoo_b_adapt_online_sketch) {
     CHECK_EQ_INT(*(const uint64_t *)tn->data, 5);
     CHECK_EQ_INT(promoted_at, 2); /* 4 occurrences per step: the 5th comes in step 2 */
     es_batch_free(&b);
-    es_storage_free(s);
+    es__storage_free(s);
 }
 
 /* ---- mde: dimensions and alpha ----------------------------------------------------------- */
@@ -535,12 +535,12 @@ static int cmp_fi_field_pop(const void *a, const void *b) {
 TEST(zoo_b_mde_dims_follow_popularity) {
     es_vocab *v = zipf_vocab(2);
     CHECK(v);
-    const double full = (double)es_storage_full_bytes(v, 16, 1);
+    const double full = (double)es__storage_full_bytes(v, 16, 1);
     for (int share = 0; share <= 1; share++) {
         double prev_alpha = -1;
         const double fracs[] = {2.0, 0.5, 0.25, 0.1, 0.05};
         for (size_t q = 0; q < ES_ARRAY_LEN(fracs); q++) {
-            es_storage_params p = es_storage_params_default();
+            es_storage_params p = es__storage_params_default();
             p.method = "mde";
             p.n_fields = 2;
             p.dim = 16;
@@ -548,7 +548,7 @@ TEST(zoo_b_mde_dims_follow_popularity) {
             p.budget = fracs[q] * full;
             es_storage *s = NULL;
             es_err err;
-            CHECK_MSG(es_storage_create(&s, &p, v, &err) == 0, "%s", err.msg);
+            CHECK_MSG(es__storage_create(&s, &p, v, &err) == 0, "%s", err.msg);
             const double alpha = meta_double(s, "alpha");
             const double used = (double)s->param_bytes + (double)s->aux_bytes;
             printf("    share=%d budget %.3g of full: %s (%.1f%%)\n", share, fracs[q], s->meta, 100 * used / s->budget_bytes);
@@ -601,7 +601,7 @@ TEST(zoo_b_mde_dims_follow_popularity) {
                     }
                 }
             }
-            es_storage_free(s);
+            es__storage_free(s);
         }
     }
     es_vocab_free(v);

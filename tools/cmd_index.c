@@ -464,10 +464,10 @@ static const char *container_type(const char *path) {
     es_file *f = NULL;
     es_err e = {0};
     type[0] = 0;
-    if (es_container_open(&f, path, ES_LOAD_NO_VERIFY, &e) == 0) {
-        const char *t = es_container_meta(f, "embstore.type");
+    if (es_file_open(&f, path, ES_LOAD_NO_VERIFY, &e) == 0) {
+        const char *t = es_file_meta(f, "embstore.type");
         snprintf(type, sizeof type, "%s", t ? t : "");
-        es_container_close(f);
+        es_file_close(f);
     }
     return type;
 }

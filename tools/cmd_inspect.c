@@ -51,25 +51,25 @@ int cmd_inspect(int argc, char **argv) {
     if (!path) return cli_usage(cmd, "no file given");
     es_file *f = NULL;
     es_err err = {0};
-    if (es_container_open(&f, path, flags, &err) != 0) return cli_fail(cmd, "%s", err.msg);
-    int nm = es_container_n_meta(f), nt = es_container_n_tensors(f);
+    if (es_file_open(&f, path, flags, &err) != 0) return cli_fail(cmd, "%s", err.msg);
+    int nm = es_file_n_meta(f), nt = es_file_n_tensors(f);
     const char *parts[] = {"embedding storage", "dense network", "optimizer state", "other"};
     uint64_t part_bytes[4] = {0};
     for (int i = 0; i < nt; i++) {
         const char *name, *dt;
         int nd;
         uint64_t sh[4], nb;
-        es_container_tensor_info(f, i, &name, &dt, &nd, sh, &nb);
+        es_file_tensor_info(f, i, &name, &dt, &nd, sh, &nb);
         for (int k = 0; k < 4; k++)
             if (!strcmp(part_of(name), parts[k])) part_bytes[k] += nb;
     }
     if (json) {
         printf("{\"file\":");
         json_str(path);
-        printf(",\"version\":%u,\"bytes\":%llu,\"meta\":{", es_container_version(f), (unsigned long long)es_container_size(f));
+        printf(",\"version\":%u,\"bytes\":%llu,\"meta\":{", es_file_version(f), (unsigned long long)es_file_size(f));
         for (int i = 0; i < nm; i++) {
             const char *k, *v;
-            es_container_meta_at(f, i, &k, &v);
+            es_file_meta_at(f, i, &k, &v);
             if (i) putchar(',');
             json_str(k);
             putchar(':');
@@ -80,7 +80,7 @@ int cmd_inspect(int argc, char **argv) {
             const char *name, *dt;
             int nd;
             uint64_t sh[4], nb;
-            es_container_tensor_info(f, i, &name, &dt, &nd, sh, &nb);
+            es_file_tensor_info(f, i, &name, &dt, &nd, sh, &nb);
             printf("%s{\"name\":", i ? "," : "");
             json_str(name);
             printf(",\"dtype\":\"%s\",\"shape\":[", dt);
@@ -90,15 +90,15 @@ int cmd_inspect(int argc, char **argv) {
         printf("],\"parts\":{");
         for (int k = 0; k < 4; k++) printf("%s\"%s\":%llu", k ? "," : "", parts[k], (unsigned long long)part_bytes[k]);
         printf("}}\n");
-        es_container_close(f);
+        es_file_close(f);
         return 0;
     }
-    printf("%s: embstore file, format version %u, %llu bytes, %d metadata entries, %d tensors\n", path, es_container_version(f),
-           (unsigned long long)es_container_size(f), nm, nt);
+    printf("%s: embstore file, format version %u, %llu bytes, %d metadata entries, %d tensors\n", path, es_file_version(f),
+           (unsigned long long)es_file_size(f), nm, nt);
     printf("\nmetadata:\n");
     for (int i = 0; i < nm; i++) {
         const char *k, *v;
-        es_container_meta_at(f, i, &k, &v);
+        es_file_meta_at(f, i, &k, &v);
         if (strncmp(k, "stats.field.", 12) == 0) continue; /* shown as a table below */
         printf("  %-24s %s\n", k, v);
     }
@@ -107,7 +107,7 @@ int cmd_inspect(int argc, char **argv) {
         const char *name, *dt;
         int nd;
         uint64_t sh[4], nb;
-        es_container_tensor_info(f, i, &name, &dt, &nd, sh, &nb);
+        es_file_tensor_info(f, i, &name, &dt, &nd, sh, &nb);
         char shape[64] = "[";
         size_t o = 1;
         for (int d = 0; d < nd && o < sizeof shape; d++)
@@ -118,12 +118,12 @@ int cmd_inspect(int argc, char **argv) {
     printf("\nbytes per part:\n");
     for (int k = 0; k < 4; k++)
         if (part_bytes[k]) printf("  %-20s %12llu\n", parts[k], (unsigned long long)part_bytes[k]);
-    const char *aux = es_container_meta(f, "storage.aux_bytes");
+    const char *aux = es_file_meta(f, "storage.aux_bytes");
     if (aux) printf("  %-20s %12s  (lookup maps, part of embedding storage)\n", "of which maps", aux);
     int header = 0;
     for (int i = 0; i < nm; i++) {
         const char *k, *v;
-        es_container_meta_at(f, i, &k, &v);
+        es_file_meta_at(f, i, &k, &v);
         if (strncmp(k, "stats.field.", 12) != 0) continue;
         if (!header) {
             printf("\nper-field embedding statistics (from the training data):\n  %-10s %s\n", "field",
@@ -132,6 +132,6 @@ int cmd_inspect(int argc, char **argv) {
         }
         printf("  %-10s %s\n", k + 12, v);
     }
-    es_container_close(f);
+    es_file_close(f);
     return 0;
 }

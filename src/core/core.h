@@ -18,6 +18,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* OpenMP pragmas that vanish (without unknown-pragma warnings) in NO_OMP=1
+ * builds: ES__OMP(omp parallel for num_threads(n)).  The one way the
+ * library writes an OpenMP pragma. */
+#ifdef _OPENMP
+#define ES__OMP(x) _Pragma(#x)
+#else
+#define ES__OMP(x)
+#endif
 #define ES_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #define ES_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define ES_MAX(a, b) ((a) > (b) ? (a) : (b))

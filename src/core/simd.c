@@ -7,6 +7,7 @@
  * architectures get the reference kernels.
  */
 #include "simd.h"
+#include "core.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -360,9 +361,7 @@ void es__gemm_fixed(float *C, int ldc, const float *A, int lda, const float *B, 
         K.gemm(C, ldc, A, lda, B, ldb, 0, M, Kd, N);
         return;
     }
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(threads)
-#endif
+ES__OMP(omp parallel for schedule(static) num_threads(threads))
     for (int t = 0; t < threads; t++) {
         int b0 = (int)((int64_t)nb * t / threads), b1 = (int)((int64_t)nb * (t + 1) / threads);
         int i0 = b0 * 4, i1 = b1 * 4 < M ? b1 * 4 : M;

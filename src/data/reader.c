@@ -461,9 +461,7 @@ static int block_parallel(es_reader *r, es_batch *b, char *blk, size_t len, int 
         return es__err(&r->err, ES_ENOMEM, "%s:%llu: out of memory growing the batch", es__lineio_name(r->io),
                        (unsigned long long)pl[0].no);
     }
-#ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, 32) num_threads(nt) if (nt > 1 && k >= 64)
-#endif
+ES__OMP(omp parallel for schedule(dynamic, 32) num_threads(nt) if (nt > 1 && k >= 64))
     for (int i = 0; i < k; i++) {
         es__line ln = {pl[i].no, NULL};
         size_t v = nv + (size_t)i * V;

@@ -173,13 +173,13 @@ static bool dtype_size(uint32_t dt, uint64_t count, uint64_t *out) {
     return !__builtin_mul_overflow(count, per, out);
 }
 
-size_t es_dtype_bytes(es_dtype dt, uint64_t count) {
+size_t es__dtype_bytes(es_dtype dt, uint64_t count) {
     uint64_t n;
     if ((unsigned)dt >= ES_DT_COUNT_ || !dtype_size((uint32_t)dt, count, &n) || n > SIZE_MAX) return SIZE_MAX;
     return (size_t)n;
 }
 
-const char *es_dtype_name(es_dtype dt) {
+const char *es__dtype_name(es_dtype dt) {
     return (unsigned)dt < ES_DT_COUNT_ ? DTYPE_NAMES[dt] : "unknown";
 }
 
@@ -192,7 +192,7 @@ static bool shape_count(int ndim, const uint64_t *shape, uint64_t *out) {
     return true;
 }
 
-int es_tensor_ref_set(es_tensor_ref *t, const char *name, es_dtype dt, void *data, int ndim, ...) {
+int es__tensor_ref_set(es_tensor_ref *t, const char *name, es_dtype dt, void *data, int ndim, ...) {
     memset(t, 0, sizeof *t);
     int rc = ES_OK;
     size_t len = name ? strlen(name) : 0;
@@ -216,9 +216,9 @@ int es_tensor_ref_set(es_tensor_ref *t, const char *name, es_dtype dt, void *dat
     va_end(ap);
     t->ndim = ndim;
     uint64_t count;
-    t->nbytes = shape_count(ndim, t->shape, &count) ? es_dtype_bytes(dt, count) : SIZE_MAX;
+    t->nbytes = shape_count(ndim, t->shape, &count) ? es__dtype_bytes(dt, count) : SIZE_MAX;
     if (t->nbytes == SIZE_MAX) rc = ES_EINVAL;
-    if (rc != ES_OK) t->ndim = -1; /* make es_fwriter_tensor refuse it */
+    if (rc != ES_OK) t->ndim = -1; /* make es__fwriter_tensor refuse it */
     return rc;
 }
 
@@ -282,7 +282,7 @@ static int wfail(es_fwriter *w, int code, const char *fmt, ...) {
     return code;
 }
 
-int es_fwriter_open(es_fwriter **out, const char *path, es_err *err) {
+int es__fwriter_open(es_fwriter **out, const char *path, es_err *err) {
     *out = NULL;
     if (!path || !*path) return es__err(err, ES_EINVAL, "output path is empty");
     es_fwriter *w = es__calloc(1, sizeof *w);
@@ -309,15 +309,15 @@ static void fwriter_free(es_fwriter *w) {
     es__free(w);
 }
 
-void es_fwriter_abort(es_fwriter *w) {
+void es__fwriter_abort(es_fwriter *w) {
     if (!w) return;
     es__afile_abort(&w->af);
     fwriter_free(w);
 }
 
-const char *es_fwriter_errmsg(const es_fwriter *w) { return w && w->status ? w->err.msg : ""; }
+const char *es__fwriter_errmsg(const es_fwriter *w) { return w && w->status ? w->err.msg : ""; }
 
-int es_fwriter_meta(es_fwriter *w, const char *key, const char *value) {
+int es__fwriter_meta(es_fwriter *w, const char *key, const char *value) {
     if (w->status) return w->status;
     if (!key || !*key) return wfail(w, ES_EINVAL, "%s: metadata key is empty", w->af.path);
     if (!value) value = "";
@@ -357,7 +357,7 @@ int es_fwriter_meta(es_fwriter *w, const char *key, const char *value) {
     return ES_OK;
 }
 
-int es_fwriter_metaf(es_fwriter *w, const char *key, const char *fmt, ...) {
+int es__fwriter_metaf(es_fwriter *w, const char *key, const char *fmt, ...) {
     if (w->status) return w->status;
     va_list ap, ap2;
     va_start(ap, fmt);
@@ -375,7 +375,7 @@ int es_fwriter_metaf(es_fwriter *w, const char *key, const char *fmt, ...) {
     }
     vsnprintf(s, (size_t)n + 1, fmt, ap2);
     va_end(ap2);
-    int rc = es_fwriter_meta(w, key, s);
+    int rc = es__fwriter_meta(w, key, s);
     es__free(s);
     return rc;
 }
@@ -401,12 +401,12 @@ static int check_ref(es_fwriter *w, const es_tensor_ref *t) {
         return wfail(w, ES_ERANGE, "%s: tensor '%s': size overflows", path, t->name);
     if (bytes != (uint64_t)t->nbytes)
         return wfail(w, ES_EINVAL, "%s: tensor '%s': nbytes %zu does not match its shape and dtype %s (%llu bytes)", path, t->name, t->nbytes,
-                     es_dtype_name(t->dtype), (unsigned long long)bytes);
+                     es__dtype_name(t->dtype), (unsigned long long)bytes);
     if (bytes && !t->data) return wfail(w, ES_EINVAL, "%s: tensor '%s': data is NULL", path, t->name);
     return ES_OK;
 }
 
-int es_fwriter_tensor(es_fwriter *w, const es_tensor_ref *t) {
+int es__fwriter_tensor(es_fwriter *w, const es_tensor_ref *t) {
     if (w->status) return w->status;
     int rc = check_ref(w, t);
     if (rc) return rc;
@@ -529,7 +529,7 @@ static bool write_zeros(FILE *fp, uint64_t n) {
     return true;
 }
 
-int es_fwriter_commit(es_fwriter *w, es_err *err) {
+int es__fwriter_commit(es_fwriter *w, es_err *err) {
     layout L = {0};
     uint8_t *head = NULL;
     int rc = w->status;
@@ -552,7 +552,7 @@ int es_fwriter_commit(es_fwriter *w, es_err *err) {
     es__free(head);
     if (rc) {
         if (err) *err = w->err;
-        es_fwriter_abort(w);
+        es__fwriter_abort(w);
         return rc;
     }
     rc = es__afile_commit(&w->af, err); /* removes the temporary on failure */
@@ -840,7 +840,7 @@ static int open_image(es_file **out, const char *nm, const uint8_t *b, size_t si
     return ES_OK;
 }
 
-int es_file_open_mem(es_file **out, const void *data, size_t len, unsigned flags, es_err *err) {
+int es__file_open_mem(es_file **out, const void *data, size_t len, unsigned flags, es_err *err) {
     *out = NULL;
     if (!data && len) return es__err(err, ES_EINVAL, "(memory): buffer is NULL");
     if ((uintptr_t)data % ES_ALIGN) return es__err(err, ES_EINVAL, "(memory): buffer must be %d-byte aligned", ES_ALIGN);
@@ -878,7 +878,7 @@ static int read_private(const char *path, int fd, const struct stat *st0, uint8_
     return ES_OK;
 }
 
-int es_file_open(es_file **out, const char *path, unsigned flags, es_err *err) {
+int es__file_open(es_file **out, const char *path, unsigned flags, es_err *err) {
     *out = NULL;
     if (!path || !*path) return es__err(err, ES_EINVAL, "input path is empty");
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -923,7 +923,7 @@ int es_file_open(es_file **out, const char *path, unsigned flags, es_err *err) {
         close(fd);
         return rc;
     }
-    /* The descriptor stays open (es_file_fd): a loader maps tensor pages
+    /* The descriptor stays open (es__file_fd): a loader maps tensor pages
      * from it into its own arrays. */
     (*out)->mapped = size > 0;
     (*out)->file_mapped = map && size > 0;
@@ -931,57 +931,57 @@ int es_file_open(es_file **out, const char *path, unsigned flags, es_err *err) {
     return ES_OK;
 }
 
-void es_file_close(es_file *f) {
+void es__file_close(es_file *f) {
     if (!f) return;
     if (f->mapped) munmap((void *)(uintptr_t)f->base, f->size);
     if (f->fd >= 0) close(f->fd);
     es__free(f);
 }
 
-int es_file_fd(const es_file *f) { return f->fd; }
-int es_file_is_mapped(const es_file *f) { return f->file_mapped; }
+int es__file_fd(const es_file *f) { return f->fd; }
+int es__file_is_mapped(const es_file *f) { return f->file_mapped; }
 
-int es_file_move_pages(es_file *f, int i, void *dst, size_t nbytes) {
+int es__file_move_pages(es_file *f, int i, void *dst, size_t nbytes) {
     if (i < 0 || i >= f->n_tensors || f->file_mapped || !f->mapped || nbytes > f->tensors[i].nbytes) return ES_EINVAL;
     return es__alloc_move(dst, f->tensors[i].data, nbytes);
 }
 
-uint64_t es_file_tensor_offset(const es_file *f, int i) {
+uint64_t es__file_tensor_offset(const es_file *f, int i) {
     if (i < 0 || i >= f->n_tensors) return UINT64_MAX;
     return (uint64_t)((const uint8_t *)f->tensors[i].data - f->base);
 }
 
-uint32_t es_file_version(const es_file *f) { return f->version; }
-int es_file_n_meta(const es_file *f) { return f->n_meta; }
+uint32_t es__file_version(const es_file *f) { return f->version; }
+int es__file_n_meta(const es_file *f) { return f->n_meta; }
 
-void es_file_meta_at(const es_file *f, int i, const char **key, const char **value) {
+void es__file_meta_at(const es_file *f, int i, const char **key, const char **value) {
     bool ok = i >= 0 && i < f->n_meta;
     if (key) *key = ok ? f->keys[i] : NULL;
     if (value) *value = ok ? f->vals[i] : NULL;
 }
 
-const char *es_file_meta(const es_file *f, const char *key) {
+const char *es__file_meta(const es_file *f, const char *key) {
     int32_t i = index_find(f->mindex, f->mindex_cap, rkey_name, f, key);
     return i >= 0 ? f->vals[i] : NULL;
 }
 
-int es_file_n_tensors(const es_file *f) { return f->n_tensors; }
+int es__file_n_tensors(const es_file *f) { return f->n_tensors; }
 
-const es_tensor_ref *es_file_tensor_at(const es_file *f, int i) {
+const es_tensor_ref *es__file_tensor_at(const es_file *f, int i) {
     return i >= 0 && i < f->n_tensors ? &f->tensors[i] : NULL;
 }
 
-const es_tensor_ref *es_file_tensor(const es_file *f, const char *name) {
+const es_tensor_ref *es__file_tensor(const es_file *f, const char *name) {
     int32_t i = index_find(f->tindex, f->tindex_cap, rtensor_name, f, name);
     return i >= 0 ? &f->tensors[i] : NULL;
 }
 
-int es_file_verify_tensor(const es_file *f, int i, es_err *err) {
+int es__file_verify_tensor(const es_file *f, int i, es_err *err) {
     if (i < 0 || i >= f->n_tensors) return es__err(err, ES_EINVAL, "%s: no tensor %d (file has %d)", f->name, i, f->n_tensors);
     return verify_one(f, i, err);
 }
 
-size_t es_file_size(const es_file *f) { return f->size; }
+size_t es__file_size(const es_file *f) { return f->size; }
 
 int es__file_fix_checksum(void *data, size_t len) {
     uint8_t *b = data;

@@ -17,7 +17,7 @@
  * file, fsyncs it and renames it over the destination.
  * Reading: es_file maps the file read-only; tensor data is used in place,
  * and a loader that wants writable arrays can map a page-aligned tensor
- * copy-on-write from es_file_fd at es_file_tensor_offset (es__alloc_remap).
+ * copy-on-write from es__file_fd at es__file_tensor_offset (es__alloc_remap).
  */
 #ifndef ES_FORMAT_FILE_H
 #define ES_FORMAT_FILE_H
@@ -39,9 +39,9 @@ typedef enum {
 
 /* Bytes for `count` elements (I4: (count + 1) / 2).  SIZE_MAX for an unknown
  * dtype or when the size does not fit in size_t. */
-size_t es_dtype_bytes(es_dtype dt, uint64_t count);
+size_t es__dtype_bytes(es_dtype dt, uint64_t count);
 /* "f32", "f16", "i8", "u8", "i32", "u32", "i64", "u64", "i4"; "unknown" otherwise. */
-const char *es_dtype_name(es_dtype dt);
+const char *es__dtype_name(es_dtype dt);
 
 #define ES_TENSOR_NAME_MAX 64
 #define ES_TENSOR_MAX_DIMS 4
@@ -61,10 +61,10 @@ typedef struct es_tensor_ref {
  * computed from dtype and shape.  Returns 0, or ES_EINVAL when the name is
  * empty or longer than ES_TENSOR_NAME_MAX - 1 bytes, the dtype is unknown,
  * ndim is outside 0..4 or the size overflows; in that case the ref is still
- * filled (name truncated, ndim set to -1) in a way es_fwriter_tensor
+ * filled (name truncated, ndim set to -1) in a way es__fwriter_tensor
  * refuses, so a caller that ignores the return value still gets an error at
  * write time instead of a silently renamed tensor. */
-int es_tensor_ref_set(es_tensor_ref *t, const char *name, es_dtype dt, void *data, int ndim, ...);
+int es__tensor_ref_set(es_tensor_ref *t, const char *name, es_dtype dt, void *data, int ndim, ...);
 
 /* ---- writer ---------------------------------------------------------------- */
 /* Current format version written by this embstore, and the newest it reads
@@ -82,32 +82,32 @@ int es_tensor_ref_set(es_tensor_ref *t, const char *name, es_dtype dt, void *dat
 #define ES_FILE_MAX_TENSORS (1u << 20)       /* tensors */
 #define ES_FILE_MAX_META_BYTES (1u << 30)    /* metadata block */
 
-/* Errors are sticky: after a failed es_fwriter_meta/tensor call every later
+/* Errors are sticky: after a failed es__fwriter_meta/tensor call every later
  * call returns the same code and commit fails (removing the temporary file),
  * so a caller may check only the result of commit. */
 typedef struct es_fwriter es_fwriter;
 /* Creates the temporary file "<path>.tmp.<pid>" at once, so an unwritable
  * destination is reported here (ES_EIO, message names the path). */
-int es_fwriter_open(es_fwriter **out, const char *path, es_err *err);
+int es__fwriter_open(es_fwriter **out, const char *path, es_err *err);
 /* Keys are non-empty, unique UTF-8; values are UTF-8 (may be empty).
  * Both are copied.  A repeated key is an error (ES_EINVAL). */
-int es_fwriter_meta(es_fwriter *w, const char *key, const char *value);
-int es_fwriter_metaf(es_fwriter *w, const char *key, const char *fmt, ...) ES_PRINTF(3, 4);
+int es__fwriter_meta(es_fwriter *w, const char *key, const char *value);
+int es__fwriter_metaf(es_fwriter *w, const char *key, const char *fmt, ...) ES_PRINTF(3, 4);
 /* Adds the tensor (data not copied: must stay valid until commit).
  * Names must be unique; the descriptor is checked (name, dtype, ndim, and
  * nbytes against shape and dtype). */
-int es_fwriter_tensor(es_fwriter *w, const es_tensor_ref *t);
+int es__fwriter_tensor(es_fwriter *w, const es_tensor_ref *t);
 /* Write everything, fsync, rename.  Frees w in every case.  On failure no
  * file is left at the destination (an existing file there is untouched). */
-int es_fwriter_commit(es_fwriter *w, es_err *err);
+int es__fwriter_commit(es_fwriter *w, es_err *err);
 /* Drop the file (no output left behind).  Frees w.  NULL is a no-op. */
-void es_fwriter_abort(es_fwriter *w);
+void es__fwriter_abort(es_fwriter *w);
 /* Message of the last failure ("" when none). */
-const char *es_fwriter_errmsg(const es_fwriter *w);
+const char *es__fwriter_errmsg(const es_fwriter *w);
 
 /* ---- reader ---------------------------------------------------------------- */
 #define ES_FILE_NO_VERIFY 1u   /* skip tensor checksums (header is always checked) */
-#define ES_FILE_MAP 2u         /* map the file instead of reading it (see es_file_open) */
+#define ES_FILE_MAP 2u         /* map the file instead of reading it (see es__file_open) */
 
 typedef struct es_file es_file;
 /* Read `path` into private memory and validate the header, metadata,
@@ -117,7 +117,7 @@ typedef struct es_file es_file;
  * endianness, inconsistent field), ES_EVERSION (newer format),
  * ES_ECHECKSUM (corruption), ES_ENOMEM.  Messages start with the path.
  * Tensor data is a view into that memory: read-only, valid until close.
- * The file descriptor stays open until close too (es_file_fd).
+ * The file descriptor stays open until close too (es__file_fd).
  *
  * By default the bytes are read (one pass over the file): the handle then
  * owns its copy, and nothing another process does to the file later (a
@@ -127,42 +127,42 @@ typedef struct es_file es_file;
  * reader, a file truncated in place while open makes later accesses fault
  * (SIGBUS) and a file rewritten in place changes under the reader; only
  * replace such a file with es_fwriter (write, fsync, rename). */
-int es_file_open(es_file **out, const char *path, unsigned flags, es_err *err);
+int es__file_open(es_file **out, const char *path, unsigned flags, es_err *err);
 /* The same from a memory buffer (not copied: it must stay valid and
- * unchanged until es_file_close).  `data` must be 64-byte aligned (so that
+ * unchanged until es__file_close).  `data` must be 64-byte aligned (so that
  * tensor views are aligned as in a mapped file); messages name "(memory)". */
-int es_file_open_mem(es_file **out, const void *data, size_t len, unsigned flags, es_err *err);
-void es_file_close(es_file *f); /* NULL is a no-op */
-uint32_t es_file_version(const es_file *f);
-int es_file_n_meta(const es_file *f);
+int es__file_open_mem(es_file **out, const void *data, size_t len, unsigned flags, es_err *err);
+void es__file_close(es_file *f); /* NULL is a no-op */
+uint32_t es__file_version(const es_file *f);
+int es__file_n_meta(const es_file *f);
 /* i-th key/value (pointers into the mapping; NUL-terminated). */
-void es_file_meta_at(const es_file *f, int i, const char **key, const char **value);
-const char *es_file_meta(const es_file *f, const char *key); /* NULL if absent */
-int es_file_n_tensors(const es_file *f);
-const es_tensor_ref *es_file_tensor_at(const es_file *f, int i);
-const es_tensor_ref *es_file_tensor(const es_file *f, const char *name); /* NULL if absent */
+void es__file_meta_at(const es_file *f, int i, const char **key, const char **value);
+const char *es__file_meta(const es_file *f, const char *key); /* NULL if absent */
+int es__file_n_tensors(const es_file *f);
+const es_tensor_ref *es__file_tensor_at(const es_file *f, int i);
+const es_tensor_ref *es__file_tensor(const es_file *f, const char *name); /* NULL if absent */
 /* Verify one tensor's checksum now (for lazily verified files).
  * ES_ECHECKSUM (message names the file and tensor) or ES_EINVAL for a bad i. */
-int es_file_verify_tensor(const es_file *f, int i, es_err *err);
-size_t es_file_size(const es_file *f);
-/* The read-only descriptor of a file opened with es_file_open (open until
- * es_file_close; do not close it), or -1 for es_file_open_mem.  A mapping
- * made from it stays valid after es_file_close. */
-int es_file_fd(const es_file *f);
+int es__file_verify_tensor(const es_file *f, int i, es_err *err);
+size_t es__file_size(const es_file *f);
+/* The read-only descriptor of a file opened with es__file_open (open until
+ * es__file_close; do not close it), or -1 for es__file_open_mem.  A mapping
+ * made from it stays valid after es__file_close. */
+int es__file_fd(const es_file *f);
 /* 1 if the handle maps the file itself (ES_FILE_MAP), 0 if it owns a copy
  * (or is a memory image). */
-int es_file_is_mapped(const es_file *f);
+int es__file_is_mapped(const es_file *f);
 /* Move the first nbytes (a multiple of the page size) of tensor i's bytes
  * into the large aligned block dst without copying (es__alloc_move): only
- * for a handle that owns its copy (es_file_open without ES_FILE_MAP) and a
+ * for a handle that owns its copy (es__file_open without ES_FILE_MAP) and a
  * page-aligned tensor.  Afterwards those bytes of the tensor's view are
  * gone (unmapped): the caller must not read them through the handle again
  * (nor verify that tensor); the rest of the view stays.  ES_EINVAL when it
  * does not qualify (nothing changed: copy instead), ES_EIO on failure. */
-int es_file_move_pages(es_file *f, int i, void *dst, size_t nbytes);
+int es__file_move_pages(es_file *f, int i, void *dst, size_t nbytes);
 /* File offset of tensor i's data (a multiple of 64; of ES_FILE_PAGE_ALIGN
  * for a large tensor in a version >= 2 file), UINT64_MAX for a bad i. */
-uint64_t es_file_tensor_offset(const es_file *f, int i);
+uint64_t es__file_tensor_offset(const es_file *f, int i);
 
 /* Internal, for tests and the fuzzer: recompute the header checksum of a
  * file image in place (bytes 8..15), so that deliberately malformed tables

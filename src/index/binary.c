@@ -208,7 +208,7 @@ static int bin_load(es__ix *ix, const es_file *f, const char *pfx, es_err *err) 
     memcpy(b->mean, p, d * sizeof(float));
     char name[ES_TENSOR_NAME_MAX];
     snprintf(name, sizeof name, "%sbin.projection", pfx);
-    if (es_file_tensor(f, name)) {
+    if (es__file_tensor(f, name)) {
         uint64_t s2[2] = {(uint64_t)b->nbits, d};
         if ((rc = es__ix_tensor(f, pfx, "bin.projection", ES_DT_F32, 2, s2, &p, err))) return rc;
         if ((rc = es__check_finite(p, (size_t)b->nbits, ix->dim, "binary projection", err))) return rc;

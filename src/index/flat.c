@@ -106,7 +106,7 @@ int es__knn_exact(const float *q, size_t nq, const float *x, const float *xnorm,
     if (nq == 0) return ES_OK;
     int nt = es__nthreads(threads);
     if (nq < BLAS_MIN_QUERIES || nx == 0 || (!ip && !xnorm)) {
-ES_IX_OMP(omp parallel for schedule(dynamic, 1) num_threads(nt) if (nq > 1))
+ES__OMP(omp parallel for schedule(dynamic, 1) num_threads(nt) if (nq > 1))
         for (size_t qi = 0; qi < nq; qi++)
             knn_direct1(q + qi * (size_t)d, x, nx, d, ip, k, f, dist + qi * (size_t)k, ids + qi * (size_t)k);
         return ES_OK;
@@ -143,7 +143,7 @@ ES_IX_OMP(omp parallel for schedule(dynamic, 1) num_threads(nt) if (nq > 1))
     float *thd = es__carve(&cur, b_hd);
     int64_t *thi = es__carve(&cur, b_hi);
     int prev = es__blas_single_begin();
-ES_IX_OMP(omp parallel for schedule(dynamic, 1) num_threads(nt))
+ES__OMP(omp parallel for schedule(dynamic, 1) num_threads(nt))
     for (size_t blk = 0; blk < nblk; blk++) {
         int t = 0;
 #ifdef _OPENMP
@@ -175,7 +175,7 @@ ES_IX_OMP(omp parallel for schedule(dynamic, 1) num_threads(nt))
     es__blas_single_end(prev);
     if (split_rows) {
         /* Merge the blocks' heaps per query, then re-score exactly. */
-ES_IX_OMP(omp parallel for schedule(static) num_threads(nt))
+ES__OMP(omp parallel for schedule(static) num_threads(nt))
         for (size_t qi = 0; qi < nq; qi++) {
             float *hd = dist + qi * (size_t)k;
             int64_t *hi = ids + qi * (size_t)k;

@@ -404,7 +404,7 @@ static int hnsw_add(es__ix *ix, const float *x, size_t n, es_err *err) {
         g->max_level = lev[order[0]];
         first = 1;
     }
-ES_IX_OMP(omp parallel for schedule(dynamic, 8) num_threads(nt))
+ES__OMP(omp parallel for schedule(dynamic, 8) num_threads(nt))
     for (size_t i = first; i < n; i++) {
         int t = 0;
 #ifdef _OPENMP

@@ -114,7 +114,7 @@ int es__ix_tensor(const es_file *f, const char *pfx, const char *name, es_dtype 
     int rc = tname(full, pfx, name, err);
     if (rc) return rc;
     *data = NULL;
-    const es_tensor_ref *t = es_file_tensor(f, full);
+    const es_tensor_ref *t = es__file_tensor(f, full);
     if (!t) {
         /* Empty arrays are not written; a tensor of known zero size (or of
          * open size, which the caller then checks) may be absent. */
@@ -131,8 +131,8 @@ int es__ix_tensor(const es_file *f, const char *pfx, const char *name, es_dtype 
         return es__err(err, ES_EFORMAT, "tensor %s is missing", full);
     }
     if (t->dtype != dt || t->ndim != ndim)
-        return es__err(err, ES_EFORMAT, "tensor %s: expected %d-D %s, found %d-D %s", full, ndim, es_dtype_name(dt),
-                       t->ndim, es_dtype_name(t->dtype));
+        return es__err(err, ES_EFORMAT, "tensor %s: expected %d-D %s, found %d-D %s", full, ndim, es__dtype_name(dt),
+                       t->ndim, es__dtype_name(t->dtype));
     uint64_t count = 1;
     for (int i = 0; i < ndim; i++) {
         if (shape[i] != ES_IX_ANY && t->shape[i] != shape[i])
@@ -142,7 +142,7 @@ int es__ix_tensor(const es_file *f, const char *pfx, const char *name, es_dtype 
         if (__builtin_mul_overflow(count, t->shape[i], &count))
             return es__err(err, ES_EFORMAT, "tensor %s: shape overflows", full);
     }
-    size_t eb = es_dtype_bytes(dt, 1), want;
+    size_t eb = es__dtype_bytes(dt, 1), want;
     if (!es__mul_size((size_t)count, eb, &want) || count > SIZE_MAX || t->nbytes != want)
         return es__err(err, ES_EFORMAT, "tensor %s: %zu bytes for %llu elements", full, t->nbytes,
                        (unsigned long long)count);
@@ -165,9 +165,9 @@ int es__ix_put(es_fwriter *w, const char *pfx, const char *name, es_dtype dt, co
     t.shape[0] = d0;
     if (ndim > 1) t.shape[1] = d1;
     t.data = (void *)data;
-    t.nbytes = es_dtype_bytes(dt, count);
-    rc = es_fwriter_tensor(w, &t);
-    if (rc) return es__err(err, rc, "%s", es_fwriter_errmsg(w));
+    t.nbytes = es__dtype_bytes(dt, count);
+    rc = es__fwriter_tensor(w, &t);
+    if (rc) return es__err(err, rc, "%s", es__fwriter_errmsg(w));
     return ES_OK;
 }
 
@@ -175,7 +175,7 @@ int es__ix_meta_long(const es_file *f, const char *pfx, const char *key, long lo
                      es_err *err) {
     char k[128];
     snprintf(k, sizeof k, "%s%s", pfx, key);
-    const char *v = es_file_meta(f, k);
+    const char *v = es__file_meta(f, k);
     if (!v) return es__err(err, ES_EFORMAT, "metadata %s is missing", k);
     long long x;
     if (!es__parse_long(v, strlen(v), &x) || x < lo || x > hi)
@@ -187,8 +187,8 @@ int es__ix_meta_long(const es_file *f, const char *pfx, const char *key, long lo
 int es__ix_meta_put(es_fwriter *w, const char *pfx, const char *key, long long v, es_err *err) {
     char k[128];
     snprintf(k, sizeof k, "%s%s", pfx, key);
-    int rc = es_fwriter_metaf(w, k, "%lld", v);
-    if (rc) return es__err(err, rc, "%s", es_fwriter_errmsg(w));
+    int rc = es__fwriter_metaf(w, k, "%lld", v);
+    if (rc) return es__err(err, rc, "%s", es__fwriter_errmsg(w));
     return ES_OK;
 }
 
@@ -330,7 +330,7 @@ void es_index_free(es_index *ix) {
     }
     es__free(ix->pool);
     pthread_mutex_destroy(&ix->mu);
-    es_file_close(ix->file);
+    es__file_close(ix->file);
     es__free(ix);
 }
 
@@ -756,7 +756,7 @@ int es_index_search(es_index *ix, size_t nq, const float *q, int k, const es_fil
             }
         }
         if (!rc) {
-ES_IX_OMP(omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1))
+ES__OMP(omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1))
             for (size_t i = 0; i < nq; i++) {
                 int t = 0;
 #ifdef _OPENMP
@@ -804,8 +804,8 @@ int es_index_set(es_index *ix, const char *name, double v) {
 static int put_meta_s(es_fwriter *w, const char *pfx, const char *key, const char *v, es_err *e) {
     char k[128];
     snprintf(k, sizeof k, "%s%s", pfx, key);
-    int rc = es_fwriter_meta(w, k, v);
-    return rc ? es__err(e, rc, "%s", es_fwriter_errmsg(w)) : ES_OK;
+    int rc = es__fwriter_meta(w, k, v);
+    return rc ? es__err(e, rc, "%s", es__fwriter_errmsg(w)) : ES_OK;
 }
 
 int es__index_write(const es_index *ix, es_fwriter *w, const char *pfx, es_err *e) {
@@ -860,16 +860,16 @@ int es_index_save(es_index *ix, const char *path) {
     if (!ix || !path) return ES_EINVAL;
     es_err e = {0};
     es_fwriter *w = NULL;
-    int rc = es_fwriter_open(&w, path, &e);
+    int rc = es__fwriter_open(&w, path, &e);
     if (rc) return fail(ix, &e);
-    rc = es_fwriter_meta(w, "embstore.type", IX_TYPE);
-    if (rc) es__err(&e, rc, "%s: %s", path, es_fwriter_errmsg(w));
+    rc = es__fwriter_meta(w, "embstore.type", IX_TYPE);
+    if (rc) es__err(&e, rc, "%s: %s", path, es__fwriter_errmsg(w));
     if (!rc) rc = es__index_write(ix, w, "index.", &e);
     if (rc) {
-        es_fwriter_abort(w);
+        es__fwriter_abort(w);
         return failf(ix, rc, "%s: %s", path, e.msg);
     }
-    rc = es_fwriter_commit(w, &e);
+    rc = es__fwriter_commit(w, &e);
     return rc ? fail(ix, &e) : ES_OK;
 }
 
@@ -877,7 +877,7 @@ static int meta_name(const es_file *f, const char *pfx, const char *key, const c
                      es_err *e) {
     char k[128];
     snprintf(k, sizeof k, "%s%s", pfx, key);
-    const char *v = es_file_meta(f, k);
+    const char *v = es__file_meta(f, k);
     if (!v) return es__err(e, ES_EFORMAT, "metadata %s is missing", k);
     int i = parse_name(v, names, nn);
     if (i < 0) return es__err(e, ES_EFORMAT, "metadata %s = '%.40s' is not known", k, v);
@@ -888,7 +888,7 @@ static int meta_name(const es_file *f, const char *pfx, const char *key, const c
 static double meta_double(const es_file *f, const char *pfx, const char *key) {
     char k[128];
     snprintf(k, sizeof k, "%s%s", pfx, key);
-    const char *v = es_file_meta(f, k);
+    const char *v = es__file_meta(f, k);
     double x = 0;
     if (!v || !es__parse_double(v, strlen(v), &x) || !(x >= 0 && x < 1e12)) return 0;
     return x;
@@ -1027,18 +1027,18 @@ int es_index_load(es_index **out, const char *path, es_err *err) {
     *out = NULL;
     es_file *f = NULL;
     es_err e = {0};
-    int rc = es_file_open(&f, path, 0, &e);
+    int rc = es__file_open(&f, path, 0, &e);
     if (rc) return es__err(err, rc, "%s", e.msg);
-    const char *type = es_file_meta(f, "embstore.type");
+    const char *type = es__file_meta(f, "embstore.type");
     if (!type || strcmp(type, IX_TYPE) != 0) {
         /* Format before closing: type points into the mapping. */
         es__err(err, ES_EFORMAT, "%s: not an embstore index (embstore.type is '%.40s')", path, type ? type : "missing");
-        es_file_close(f);
+        es__file_close(f);
         return ES_EFORMAT;
     }
     es_index *ix;
     if ((rc = es__index_read(&ix, f, "index.", &e))) {
-        es_file_close(f);
+        es__file_close(f);
         return es__err(err, rc, "%s: %s", path, e.msg);
     }
     ix->file = f;

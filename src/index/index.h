@@ -33,13 +33,6 @@
 #include <omp.h>
 #endif
 
-/* OpenMP pragmas that vanish (without unknown-pragma warnings) in NO_OMP=1
- * builds: ES_IX_OMP(omp parallel for num_threads(n)). */
-#ifdef _OPENMP
-#define ES_IX_OMP(x) _Pragma(#x)
-#else
-#define ES_IX_OMP(x)
-#endif
 
 /* Threads for an OpenMP region: t > 0 as given, else the OpenMP default. */
 static inline int es__nthreads(int t) {

@@ -164,7 +164,7 @@ void es_multi_free(es_multi *m) {
     es_index_free(m->inner);
     es__arr_free(&m->docs);
     es__arr_free(&m->doff);
-    es_file_close(m->file);
+    es__file_close(m->file);
     es__free(m);
 }
 
@@ -341,7 +341,7 @@ int es_multi_add(es_multi *m, size_t n_sets, const size_t *off, const float *x) 
                 es__arr_reserve(&m->doff, (m->n_docs + n_sets + 1) * sizeof(int64_t))))
         rc = mfail(m, ES_ENOMEM, "multi: out of memory keeping %zu vectors", tot);
     if (!rc) {
-ES_IX_OMP(omp parallel for schedule(dynamic, 16) num_threads(nt))
+ES__OMP(omp parallel for schedule(dynamic, 16) num_threads(nt))
         for (size_t s = 0; s < n_sets; s++) {
             int t = 0;
 #ifdef _OPENMP
@@ -411,7 +411,7 @@ static int search_common(es_multi *m, size_t nq, const size_t *qoff, const float
         if (enc_work_alloc(m, nmax, &w[t])) rc = mfail(m, ES_ENOMEM, "multi: out of memory");
     if (!rc) prep_rows(m, q, qoff[nq], qn);
     if (!rc && !exact) {
-ES_IX_OMP(omp parallel for schedule(dynamic, 4) num_threads(nt))
+ES__OMP(omp parallel for schedule(dynamic, 4) num_threads(nt))
         for (size_t s = 0; s < nq; s++) {
             int t = 0;
 #ifdef _OPENMP
@@ -424,7 +424,7 @@ ES_IX_OMP(omp parallel for schedule(dynamic, 4) num_threads(nt))
     }
     size_t scored = 0;
     if (!rc) {
-ES_IX_OMP(omp parallel for schedule(dynamic, 1) num_threads(nt) reduction(+ : scored))
+ES__OMP(omp parallel for schedule(dynamic, 1) num_threads(nt) reduction(+ : scored))
         for (size_t s = 0; s < nq; s++) {
             const float *qs = qn + qoff[s] * d;
             size_t nv = qoff[s + 1] - qoff[s];
@@ -481,10 +481,10 @@ int es_multi_save(es_multi *m, const char *path) {
     if (!m || !path) return ES_EINVAL;
     es_err e = {0};
     es_fwriter *w = NULL;
-    int rc = es_fwriter_open(&w, path, &e);
+    int rc = es__fwriter_open(&w, path, &e);
     if (rc) return mfail(m, rc, "%s", e.msg);
-    rc = es_fwriter_meta(w, "embstore.type", MV_TYPE);
-    if (rc) es__err(&e, rc, "%s", es_fwriter_errmsg(w));
+    rc = es__fwriter_meta(w, "embstore.type", MV_TYPE);
+    if (rc) es__err(&e, rc, "%s", es__fwriter_errmsg(w));
     const char *pfx = "mv.";
     struct {
         const char *k;
@@ -513,10 +513,10 @@ int es_multi_save(es_multi *m, const char *path) {
     if (!rc) rc = es__ix_put(w, pfx, "doff", ES_DT_I64, m->doff.p, 1, m->n_docs + 1, 0, &e);
     if (!rc) rc = es__index_write(m->inner, w, "mv.index.", &e);
     if (rc) {
-        es_fwriter_abort(w);
+        es__fwriter_abort(w);
         return mfail(m, rc, "%s: %s", path, e.msg);
     }
-    rc = es_fwriter_commit(w, &e);
+    rc = es__fwriter_commit(w, &e);
     return rc ? mfail(m, rc, "%s", e.msg) : ES_OK;
 }
 
@@ -630,18 +630,18 @@ int es_multi_load(es_multi **out, const char *path, es_err *err) {
     *out = NULL;
     es_file *f = NULL;
     es_err e = {0};
-    int rc = es_file_open(&f, path, 0, &e);
+    int rc = es__file_open(&f, path, 0, &e);
     if (rc) return es__err(err, rc, "%s", e.msg);
-    const char *type = es_file_meta(f, "embstore.type");
+    const char *type = es__file_meta(f, "embstore.type");
     if (!type || strcmp(type, MV_TYPE) != 0) {
         es__err(err, ES_EFORMAT, "%s: not an embstore multi-vector index (embstore.type is '%.40s')", path,
                 type ? type : "missing");
-        es_file_close(f);
+        es__file_close(f);
         return ES_EFORMAT;
     }
     es_multi *m = NULL;
     if ((rc = es__multi_read(&m, f, &e))) {
-        es_file_close(f);
+        es__file_close(f);
         return es__err(err, rc, "%s: %s", path, e.msg);
     }
     m->file = f;

@@ -261,7 +261,7 @@ int es__pq_load(es__pq *pq, int d, const es_file *f, const char *pfx, es_err *er
     if ((rc = pq_prepare(pq, err))) return rc;
     char name[ES_TENSOR_NAME_MAX];
     snprintf(name, sizeof name, "%spq.rotation", pfx);
-    if (es_file_tensor(f, name)) {
+    if (es__file_tensor(f, name)) {
         uint64_t s2[2] = {(uint64_t)d, (uint64_t)d};
         if ((rc = es__ix_tensor(f, pfx, "pq.rotation", ES_DT_F32, 2, s2, &p, err))) return rc;
         if ((rc = es__check_finite(p, (size_t)d, d, "opq rotation", err))) return rc;

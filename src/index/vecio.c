@@ -398,42 +398,42 @@ static es_vec_format guess_format(const char *path) {
 static int read_tensor(es_vecs *out, const char *path, const es_vec_read_params *p, es_err *err) {
     es_file *f = NULL;
     es_err e = {0};
-    int rc = es_file_open(&f, path, 0, &e);
+    int rc = es__file_open(&f, path, 0, &e);
     if (rc) return es__err(err, rc, "%s", e.msg);
-    const es_tensor_ref *t = p->tensor ? es_file_tensor(f, p->tensor) : NULL;
+    const es_tensor_ref *t = p->tensor ? es__file_tensor(f, p->tensor) : NULL;
     if (!t || t->dtype != ES_DT_F32 || t->ndim != 2) {
         char list[256] = "";
         size_t used = 0;
-        for (int i = 0; i < es_file_n_tensors(f) && used + 70 < sizeof list; i++) {
-            const es_tensor_ref *c = es_file_tensor_at(f, i);
+        for (int i = 0; i < es__file_n_tensors(f) && used + 70 < sizeof list; i++) {
+            const es_tensor_ref *c = es__file_tensor_at(f, i);
             if (c->dtype == ES_DT_F32 && c->ndim == 2)
                 used += (size_t)snprintf(list + used, sizeof list - used, "%s%s", used ? ", " : "", c->name);
         }
         rc = es__err(err, ES_ENOTFOUND, "%s: %s%s%s; f32 2-D tensors here: %s", path, p->tensor ? "tensor '" : "no tensor named",
                      p->tensor ? p->tensor : " (--model-tensor)", p->tensor ? (t ? "' is not f32 2-D" : "' not found") : "",
                      used ? list : "none");
-        es_file_close(f);
+        es__file_close(f);
         return rc;
     }
     uint64_t n = t->shape[0], d = t->shape[1];
     if (d < 1 || d > ES_IX_MAX_DIM || n > ES_IX_MAX_N || t->nbytes != (size_t)(n * d * 4)) {
-        es_file_close(f);
+        es__file_close(f);
         return es__err(err, ES_EFORMAT, "%s: tensor '%s' has shape %llu x %llu", path, p->tensor, (unsigned long long)n,
                        (unsigned long long)d);
     }
     if (p->max_rows && n > p->max_rows) n = p->max_rows;
     if (p->dim > 0 && d != (uint64_t)p->dim) {
-        es_file_close(f);
+        es__file_close(f);
         return es__err(err, ES_EINVAL, "%s: tensor '%s' has dimension %llu, expected %d", path, p->tensor,
                        (unsigned long long)d, p->dim);
     }
     out->x = es__alloc_aligned((size_t)(n * d) * sizeof(float));
     if (!out->x) {
-        es_file_close(f);
+        es__file_close(f);
         return es__err(err, ES_ENOMEM, "%s: out of memory", path);
     }
     if (n) memcpy(out->x, t->data, (size_t)(n * d) * sizeof(float));
-    es_file_close(f);
+    es__file_close(f);
     out->n = (size_t)n;
     out->dim = (int)d;
     es_err fe = {0};

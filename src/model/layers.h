@@ -29,12 +29,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* OpenMP pragmas that vanish (without a warning) in NO_OMP=1 builds. */
-#ifdef _OPENMP
-#define ES__OMP(x) _Pragma(#x)
-#else
-#define ES__OMP(x)
-#endif
+#include "optim/optim.h"
+
 
 /* ---- linear ----------------------------------------------------------------
  * out[n, nout] = in[n, nin] W[nout, nin]^T + b[nout], then ReLU when
@@ -137,25 +133,5 @@ void es__fm_backward(float *demb, float *dV, const float *dout, const float *sum
 double es__bce_logits(const float *logit, const float *label, int n, float *dlogit);
 /* 1 / (1 + exp(-z)) without overflow for large |z|. */
 float es__sigmoid(float z);
-
-/* ---- dense optimizers (optim.c) ------------------------------------------------------
- * One update of count parameters w from their gradients g (g is read, not
- * cleared).  wd > 0 adds L2 weight decay to the gradient first
- * (g' = g + wd * w, the PyTorch `weight_decay` convention); callers pass 0
- * for biases.  Elementwise, so any split over threads gives the same bits.
- * The `_ref` twins are the portable scalar loops; the plain names dispatch
- * to AVX-512/AVX2 versions that produce identical results. */
-/* w -= lr * g' */
-void es__sgd_update(float *w, const float *g, size_t count, float lr, float wd);
-/* acc += g'^2;  w -= lr * g' / (sqrt(acc) + eps)   (torch.optim.Adagrad) */
-void es__adagrad_update(float *w, const float *g, float *acc, size_t count, float lr, float eps, float wd);
-void es__adagrad_update_ref(float *w, const float *g, float *acc, size_t count, float lr, float eps, float wd);
-/* Step t >= 1 (already incremented for this update), torch.optim.Adam:
- *   m = b1 m + (1 - b1) g';  v = b2 v + (1 - b2) g'^2;
- *   w -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps). */
-void es__adam_update(float *w, const float *g, float *m, float *v, size_t count, float lr, float beta1, float beta2,
-                     float eps, float wd, int64_t t);
-void es__adam_update_ref(float *w, const float *g, float *m, float *v, size_t count, float lr, float beta1,
-                         float beta2, float eps, float wd, int64_t t);
 
 #endif /* ES_MODEL_LAYERS_H */

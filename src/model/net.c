@@ -8,7 +8,7 @@
  * optim.c), activations and backward scratch a fourth sized for max_batch.  Every weight and bias is
  * a "segment" of the parameter block: a name, a shape and an offset.  The
  * segment list fixes, in one place, the layout, the order in which the
- * initialiser draws from the rng, the tensors that es_net_tensors lists and
+ * initialiser draws from the rng, the tensors that es__net_tensors lists and
  * which arrays get weight decay.  docs/models.md documents all of it for
  * the PyTorch reference.
  */
@@ -68,7 +68,7 @@ struct es_net {
 
     /* Linear weights transposed for the forward kernel (es__linear_pack),
      * at the same offsets as params; other segments are unused.  Packed at
-     * every forward unless wt_frozen, which es_net_freeze sets and any
+     * every forward unless wt_frozen, which es__net_freeze sets and any
      * call that may change the weights clears. */
     float *wt;
     int wt_frozen;
@@ -86,7 +86,7 @@ struct es_net {
 
 /* ---- params --------------------------------------------------------------------- */
 
-es_net_params es_net_params_default(es_net_kind kind, int n_dense, int n_fields, int dim) {
+es_net_params es__net_params_default(es_net_kind kind, int n_dense, int n_fields, int dim) {
     es_net_params p;
     memset(&p, 0, sizeof p);
     p.kind = kind;
@@ -112,7 +112,7 @@ es_net_params es_net_params_default(es_net_kind kind, int n_dense, int n_fields,
     return p;
 }
 
-const char *es_net_kind_name(es_net_kind k) {
+const char *es__net_kind_name(es_net_kind k) {
     switch (k) {
     case ES_NET_LR: return "lr";
     case ES_NET_FM: return "fm";
@@ -122,7 +122,7 @@ const char *es_net_kind_name(es_net_kind k) {
     return "unknown";
 }
 
-int es_net_kind_parse(const char *s, es_net_kind *out) {
+int es__net_kind_parse(const char *s, es_net_kind *out) {
     static const struct {
         const char *name;
         es_net_kind kind;
@@ -137,7 +137,7 @@ int es_net_kind_parse(const char *s, es_net_kind *out) {
     return ES_EINVAL;
 }
 
-int es_net_emb_dim(es_net_kind kind, int dim) {
+int es__net_emb_dim(es_net_kind kind, int dim) {
     switch (kind) {
     case ES_NET_LR: return 1;
     case ES_NET_FM: return 1 + dim;
@@ -165,7 +165,7 @@ static int check_widths(const int *w, int n, int max_n, const char *what, es_err
 
 static int validate(const es_net_params *p, es_err *err) {
     if (p->kind < ES_NET_LR || p->kind > ES_NET_DCN) return es__err(err, ES_EINVAL, "net: unknown model kind %d", (int)p->kind);
-    const char *kn = es_net_kind_name(p->kind);
+    const char *kn = es__net_kind_name(p->kind);
     if (p->n_fields < 1 || p->n_fields > ES__NET_MAX_WIDTH)
         return es__err(err, ES_EINVAL, "net %s: n_fields = %d (need 1..%d)", kn, p->n_fields, ES__NET_MAX_WIDTH);
     if (p->n_dense < 0 || p->n_dense > ES__NET_MAX_WIDTH)
@@ -403,12 +403,12 @@ static int sizable(const es_net_params *p) {
     return T * (T - 1) / 2 + p->dim <= INT32_MAX;
 }
 
-int es_net_footprint(const es_net_params *p, size_t *bytes) {
+int es__net_footprint(const es_net_params *p, size_t *bytes) {
     if (!sizable(p)) return ES_EINVAL;
     es_net *net = es__calloc(1, sizeof *net);
     if (!net) return ES_ENOMEM;
     net->p = *p;
-    net->E = es_net_emb_dim(p->kind, p->dim);
+    net->E = es__net_emb_dim(p->kind, p->dim);
     layout(net);
     carver c = {NULL, 0};
     carve_acts(net, &c);
@@ -423,7 +423,7 @@ int es_net_footprint(const es_net_params *p, size_t *bytes) {
     return ES_OK;
 }
 
-int es_net_create(es_net **out, const es_net_params *p, es_err *err) {
+int es__net_create(es_net **out, const es_net_params *p, es_err *err) {
     if (!out || !p) return es__err(err, ES_EINVAL, "net: NULL argument");
     *out = NULL;
     int rc = validate(p, err);
@@ -431,14 +431,14 @@ int es_net_create(es_net **out, const es_net_params *p, es_err *err) {
     es_net *net = es__calloc(1, sizeof *net);
     if (!net) return es__err(err, ES_ENOMEM, "net: out of memory");
     net->p = *p;
-    net->E = es_net_emb_dim(p->kind, p->dim);
+    net->E = es__net_emb_dim(p->kind, p->dim);
     layout(net);
 
     size_t pbytes, abytes;
     carver c = {NULL, 0};
     carve_acts(net, &c);
     if (!es__mul_size(net->n_params, sizeof(float), &pbytes) || !es__mul_size(c.used, sizeof(float), &abytes)) {
-        es_net_free(net);
+        es__net_free(net);
         return es__err(err, ES_EINVAL, "net: sizes overflow");
     }
     net->params = es__alloc_aligned(pbytes);
@@ -446,7 +446,7 @@ int es_net_create(es_net **out, const es_net_params *p, es_err *err) {
     net->wt = es__alloc_aligned(pbytes);
     net->acts = c.used ? es__alloc_aligned(abytes) : NULL;
     if (!net->params || !net->grads || !net->wt || (c.used && !net->acts)) {
-        es_net_free(net);
+        es__net_free(net);
         return es__err(err, ES_ENOMEM, "net: cannot allocate %zu parameter bytes and %zu activation bytes", pbytes,
                        abytes);
     }
@@ -462,14 +462,14 @@ int es_net_create(es_net **out, const es_net_params *p, es_err *err) {
     for (int l = 0; l < p->n_cross && p->kind == ES_NET_DCN; l++) net->cWT[l] = net->wt + (net->cW[l] - net->params);
     init_params(net);
     if ((rc = optim_init(net, err))) {
-        es_net_free(net);
+        es__net_free(net);
         return rc;
     }
     *out = net;
     return ES_OK;
 }
 
-void es_net_free(es_net *net) {
+void es__net_free(es_net *net) {
     if (!net) return;
     es__free_aligned(net->params);
     es__free_aligned(net->grads);
@@ -479,7 +479,7 @@ void es_net_free(es_net *net) {
     es__free(net);
 }
 
-const es_net_params *es_net_get_params(const es_net *net) { return &net->p; }
+const es_net_params *es__net_get_params(const es_net *net) { return &net->p; }
 
 /* ---- forward / backward -------------------------------------------------------------------- */
 
@@ -506,13 +506,13 @@ static void pack_weights(es_net *net) {
         for (int l = 0; l < net->p.n_cross; l++) es__linear_pack(net->cWT[l], net->cW[l], net->d0, net->d0);
 }
 
-void es_net_freeze(es_net *net) {
+void es__net_freeze(es_net *net) {
     if (net->wt_frozen) return;
     pack_weights(net);
     net->wt_frozen = 1;
 }
 
-void es_net_forward(es_net *net, int n, const float *emb, const float *dense, float *logit) {
+void es__net_forward(es_net *net, int n, const float *emb, const float *dense, float *logit) {
     ES_ASSERT(n >= 0 && n <= net->p.max_batch);
     if (n == 0) return;
     if (!net->wt_frozen) pack_weights(net);
@@ -559,7 +559,7 @@ void es_net_forward(es_net *net, int n, const float *emb, const float *dense, fl
     }
 }
 
-void es_net_backward(es_net *net, int n, const float *emb, const float *dense, const float *dlogit, float *demb) {
+void es__net_backward(es_net *net, int n, const float *emb, const float *dense, const float *dlogit, float *demb) {
     ES_ASSERT(n >= 0 && n <= net->p.max_batch);
     if (n == 0) return;
     const es_net_params *p = &net->p;
@@ -604,7 +604,7 @@ void es_net_backward(es_net *net, int n, const float *emb, const float *dense, c
     }
 }
 
-void es_net_step(es_net *net) {
+void es__net_step(es_net *net) {
     const es_optim_params *o = &net->p.opt;
     net->wt_frozen = 0;
     if (o->kind == ES_OPT_ADAM) ++*net->step;
@@ -623,21 +623,21 @@ void es_net_step(es_net *net) {
         default: ES_ASSERT(!"dense optimizer validated at create");
         }
     }
-    es_net_zero_grad(net);
+    es__net_zero_grad(net);
 }
 
-void es_net_zero_grad(es_net *net) { memset(net->grads, 0, net->n_params * sizeof(float)); }
+void es__net_zero_grad(es_net *net) { memset(net->grads, 0, net->n_params * sizeof(float)); }
 
 /* ---- flat views and tensors ------------------------------------------------------------------ */
 
-size_t es_net_n_params(const es_net *net) { return net->n_params; }
-float *es_net_params_ptr(es_net *net) {
+size_t es__net_n_params(const es_net *net) { return net->n_params; }
+float *es__net_params_ptr(es_net *net) {
     net->wt_frozen = 0; /* the caller may write through it */
     return net->params;
 }
-float *es_net_grads_ptr(es_net *net) { return net->grads; }
-size_t es_net_param_bytes(const es_net *net) { return net->n_params * sizeof(float); }
-size_t es_net_state_bytes(const es_net *net) { return net->state_bytes; }
+float *es__net_grads_ptr(es_net *net) { return net->grads; }
+size_t es__net_param_bytes(const es_net *net) { return net->n_params * sizeof(float); }
+size_t es__net_state_bytes(const es_net *net) { return net->state_bytes; }
 
 /* Fill a ref by hand (name = prefix + seg name + suffix) so that the net
  * does not depend on the file layer being linked. */
@@ -656,7 +656,7 @@ static void set_ref(es_tensor_ref *t, const char *prefix, const char *name, cons
     t->nbytes = (size_t)count * (dt == ES_DT_I64 ? sizeof(int64_t) : sizeof(float));
 }
 
-int es_net_tensors(es_net *net, es_tensor_ref *refs, int max) {
+int es__net_tensors(es_net *net, es_tensor_ref *refs, int max) {
     es_optim kind = net->p.opt.kind;
     int per_seg = 1 + (kind == ES_OPT_ADAM ? 2 : kind == ES_OPT_ADAGRAD ? 1 : 0);
     int need = net->n_segs * per_seg + (kind == ES_OPT_ADAM ? 1 : 0);
@@ -683,7 +683,7 @@ int es_net_tensors(es_net *net, es_tensor_ref *refs, int max) {
     return c;
 }
 
-double es_net_flops_per_row(const es_net *net) {
+double es__net_flops_per_row(const es_net *net) {
     const es_net_params *p = &net->p;
     double D = p->n_dense, F = p->n_fields, k = p->dim, f = 0.0;
     switch (p->kind) {

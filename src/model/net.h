@@ -3,7 +3,7 @@
  * lookup.  A net takes the pooled embeddings emb[n, F, E] and the numeric
  * features dense[n, D] and produces one logit per row; its backward returns
  * the gradient w.r.t. the embeddings (for the storage's sparse update) and
- * accumulates gradients of its own parameters, which es_net_step applies.
+ * accumulates gradients of its own parameters, which es__net_step applies.
  *
  * Models:
  *   LR    logit = b + w . dense + sum_f emb[f][0]                (E = 1)
@@ -35,7 +35,7 @@
 
 #include "core/core.h"
 #include "format/file.h"
-#include "storage/storage.h"
+#include "optim/optim.h"
 
 typedef enum { ES_NET_LR = 0, ES_NET_FM = 1, ES_NET_DLRM = 2, ES_NET_DCN = 3 } es_net_kind;
 
@@ -45,7 +45,7 @@ typedef struct es_net_params {
     es_net_kind kind;
     int n_dense;            /* D */
     int n_fields;           /* F */
-    int dim;                /* k: embedding dim (FM factor size); E = es_net_emb_dim() */
+    int dim;                /* k: embedding dim (FM factor size); E = es__net_emb_dim() */
     int bottom[ES_NET_MAX_LAYERS], n_bottom; /* DLRM bottom MLP widths (last must be k) */
     int top[ES_NET_MAX_LAYERS], n_top;       /* DLRM top / DCN deep widths, final 1 implied */
     int n_cross;            /* DCN cross layers */
@@ -60,62 +60,62 @@ typedef struct es_net_params {
  * init_acc 0; weight_decay 0; seed 1.  create() rejects bad combinations
  * (ES_EINVAL with a message): e.g. a DLRM bottom that does not end in dim,
  * DLRM with no numeric features and one field, a row-wise Adagrad. */
-es_net_params es_net_params_default(es_net_kind kind, int n_dense, int n_fields, int dim);
-const char *es_net_kind_name(es_net_kind k);
-int es_net_kind_parse(const char *s, es_net_kind *out); /* "lr","fm","dlrm","dcn" (also "dcnv2","dcn-v2") */
+es_net_params es__net_params_default(es_net_kind kind, int n_dense, int n_fields, int dim);
+const char *es__net_kind_name(es_net_kind k);
+int es__net_kind_parse(const char *s, es_net_kind *out); /* "lr","fm","dlrm","dcn" (also "dcnv2","dcn-v2") */
 /* Embedding width per field the net expects from the storage (E). */
-int es_net_emb_dim(es_net_kind kind, int dim);
+int es__net_emb_dim(es_net_kind kind, int dim);
 
 typedef struct es_net es_net;
 
-int es_net_create(es_net **out, const es_net_params *p, es_err *err);
-void es_net_free(es_net *n);
-/* Bytes es_net_create would allocate for p (parameters, gradients, the
+int es__net_create(es_net **out, const es_net_params *p, es_err *err);
+void es__net_free(es_net *n);
+/* Bytes es__net_create would allocate for p (parameters, gradients, the
  * packed forward weights, optimizer state and activations), without
  * allocating them; SIZE_MAX when the count overflows.  Widths past
  * create()'s caps are still sized; ES_EINVAL for parameters that describe
  * no net at all (unknown kind, layer counts out of range), ES_ENOMEM. */
-int es_net_footprint(const es_net_params *p, size_t *bytes);
-const es_net_params *es_net_get_params(const es_net *n);
+int es__net_footprint(const es_net_params *p, size_t *bytes);
+const es_net_params *es__net_get_params(const es_net *n);
 
 /* logit[n] from emb[n, F, E] and dense[n, D] (dense may be NULL when
  * D = 0); caches what backward needs.  0 <= n <= max_batch. */
-void es_net_forward(es_net *net, int n, const float *emb, const float *dense, float *logit);
+void es__net_forward(es_net *net, int n, const float *emb, const float *dense, float *logit);
 /* Prepare for inference: pack the weights for the forward kernel once and
- * keep them until es_net_step, es_net_params_ptr or es_net_tensors (any
+ * keep them until es__net_step, es__net_params_ptr or es__net_tensors (any
  * call through which the weights may change).  Optional: an unfrozen net
  * packs at every forward (0.5% of a 256-row DLRM forward, most of a
  * 1-row one).  Results are the same bits either way. */
-void es_net_freeze(es_net *net);
+void es__net_freeze(es_net *net);
 /* Given dlogit[n] (dLoss/dlogit, already divided by the batch size if the
  * loss is a mean), write demb[n, F, E] (every element is overwritten) and
- * ACCUMULATE parameter gradients.  Must follow es_net_forward on the same
+ * ACCUMULATE parameter gradients.  Must follow es__net_forward on the same
  * inputs. */
-void es_net_backward(es_net *net, int n, const float *emb, const float *dense, const float *dlogit, float *demb);
+void es__net_backward(es_net *net, int n, const float *emb, const float *dense, const float *dlogit, float *demb);
 /* Optimizer step on accumulated gradients (weight decay on weights only,
  * not biases), then zero them.  Adam counts its steps in the state. */
-void es_net_step(es_net *net);
-void es_net_zero_grad(es_net *net);
+void es__net_step(es_net *net);
+void es__net_zero_grad(es_net *net);
 
 /* Flat views for gradient checks and save/load: n_params floats in the
- * order of es_net_tensors; param_bytes = 4 * n_params; state_bytes is the
+ * order of es__net_tensors; param_bytes = 4 * n_params; state_bytes is the
  * sum of the "opt." tensors' bytes (0 for SGD). */
-size_t es_net_n_params(const es_net *net);
-float *es_net_params_ptr(es_net *net);
-float *es_net_grads_ptr(es_net *net);
-size_t es_net_param_bytes(const es_net *net);
-size_t es_net_state_bytes(const es_net *net);
+size_t es__net_n_params(const es_net *net);
+float *es__net_params_ptr(es_net *net);
+float *es__net_grads_ptr(es_net *net);
+size_t es__net_param_bytes(const es_net *net);
+size_t es__net_state_bytes(const es_net *net);
 /* Named tensors: each weight and bias ("net.top.0.w" [out, in],
  * "net.top.0.b" [out], ...), then optimizer state named after them with an
  * "opt." prefix (".m"/".v" for Adam, ".acc" for Adagrad) and, for Adam,
  * "opt.net.step" (I64 [1]).  Same calling convention as
  * es_storage_ops.tensors: returns the count written (<= max), or with
  * refs == NULL the count needed. */
-int es_net_tensors(es_net *net, es_tensor_ref *refs, int max);
+int es__net_tensors(es_net *net, es_tensor_ref *refs, int max);
 /* Multiply-adds per row of forward (for GFLOP/s figures): every linear
  * layer in*out, DLRM k per pair dot, DCN d0*d0 + d0 per cross layer, LR
  * D + F, FM D + F + D*k + 2(F+D)k + k.  Bias adds and activations are not
  * counted. */
-double es_net_flops_per_row(const es_net *net);
+double es__net_flops_per_row(const es_net *net);
 
 #endif /* ES_MODEL_NET_H */

@@ -136,8 +136,8 @@ static uint64_t sketch_add(adapt_impl *m, uint64_t t) {
 
 static void adapt_free(adapt_impl *m) {
     if (!m) return;
-    es_rows_free(&m->t);
-    es_gradacc_free(&m->ga);
+    es__rows_free(&m->t);
+    es__gradacc_free(&m->ga);
     es__free(m->keys);
     es__free(m->n_used);
     es__free(m->index);
@@ -222,10 +222,10 @@ static int adapt_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     size_t n_cand = 0;
     if (!online && vocab) {
         size_t total = 0;
-        for (int f = 0; f < F; f++) total += (size_t)es_vocab_distinct_min(vocab, f, mc);
+        for (int f = 0; f < F; f++) total += (size_t)es__vocab_distinct_min(vocab, f, mc);
         cands = es__malloc(ES_MAX(total, (size_t)1) * sizeof *cands);
         if (!cands) return es__err(err, ES_ENOMEM, "adapt: out of memory ranking %zu values", total);
-        n_cand = es_vocab_ranked(vocab, mc, 0, cands);
+        n_cand = es__vocab_ranked(vocab, mc, 0, cands);
     }
 
     if (!have_P || !have_H) {
@@ -303,10 +303,10 @@ static int adapt_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     if (ok && online) ok = (m->sketch = es__calloc((size_t)depth * (size_t)width, sizeof *m->sketch)) != NULL;
     es_rng rng;
     es__rng_seed(&rng, s->p.seed);
-    if (ok) ok = es_rows_init(&m->t, n_rows, dim, &s->p.opt, &rng, s->p.init_scale) == ES_OK;
+    if (ok) ok = es__rows_init(&m->t, n_rows, dim, &s->p.opt, &rng, s->p.init_scale) == ES_OK;
     if (ok) {
         size_t ga_cap = ES_MIN((size_t)s->p.max_batch * (size_t)F, (size_t)n_rows);
-        ok = es_gradacc_init(&m->ga, ga_cap, dim) == ES_OK;
+        ok = es__gradacc_init(&m->ga, ga_cap, dim) == ES_OK;
     }
     if (!ok) {
         adapt_free(m);
@@ -339,7 +339,7 @@ static int adapt_create(es_storage *s, const es_vocab *vocab, es_err *err) {
             }
             for (int f = 0; f < F; f++) {
                 count_ctx x = {m, f, 0};
-                es_vocab_each(vocab, f, count_hashed, &x);
+                es__vocab_each(vocab, f, count_hashed, &x);
                 w[f] = x.n;
             }
         }
@@ -359,9 +359,9 @@ static int adapt_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         return es__err(err, ES_ERANGE, "adapt: metadata does not fit");
     }
     s->impl = m;
-    s->param_bytes = es_rows_param_bytes(&m->t);
+    s->param_bytes = es__rows_param_bytes(&m->t);
     s->aux_bytes = adapt_aux(P, S);
-    s->state_bytes = es_rows_state_bytes(&m->t) + (online ? (size_t)depth * (size_t)width * sizeof(uint32_t) : 0);
+    s->state_bytes = es__rows_state_bytes(&m->t) + (online ? (size_t)depth * (size_t)width * sizeof(uint32_t) : 0);
     return ES_OK;
 }
 
@@ -417,10 +417,10 @@ static int adapt_tensors(es_storage *s, es_tensor_ref *refs, int max) {
     if (!refs) return n;
     if (max < n) return ES_ERANGE;
     int i = es__rows_tensors(&m->t, refs, max);
-    if (m->n_cap > 0) es_tensor_ref_set(&refs[i++], "map.keys", ES_DT_U64, m->keys, 1, m->n_cap);
-    es_tensor_ref_set(&refs[i++], "map.n", ES_DT_U64, m->n_used, 1, (uint64_t)1);
-    es_tensor_ref_set(&refs[i++], "map.hashed", ES_DT_U64, m->hrows, 1, (uint64_t)m->S);
-    if (m->online) es_tensor_ref_set(&refs[i++], "opt.sketch", ES_DT_U32, m->sketch, 2, (uint64_t)m->depth, m->width);
+    if (m->n_cap > 0) es__tensor_ref_set(&refs[i++], "map.keys", ES_DT_U64, m->keys, 1, m->n_cap);
+    es__tensor_ref_set(&refs[i++], "map.n", ES_DT_U64, m->n_used, 1, (uint64_t)1);
+    es__tensor_ref_set(&refs[i++], "map.hashed", ES_DT_U64, m->hrows, 1, (uint64_t)m->S);
+    if (m->online) es__tensor_ref_set(&refs[i++], "opt.sketch", ES_DT_U32, m->sketch, 2, (uint64_t)m->depth, m->width);
     return i;
 }
 
@@ -455,7 +455,7 @@ static void adapt_field_stats(es_storage *s, const es_vocab *vocab, int field, e
     uint64_t priv = 0;
     if (vocab && field < es_vocab_n_fields(vocab)) {
         count_ctx x = {m, field, 0};
-        es_vocab_each(vocab, field, count_hashed, &x);
+        es__vocab_each(vocab, field, count_hashed, &x);
         priv = es_vocab_distinct(vocab, field) - x.n;
     }
     es__rows_field_stats(1, adapt_resolve, m, vocab, field, priv + m->hrows[m->share ? 0 : field], out);

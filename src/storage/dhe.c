@@ -71,7 +71,7 @@
 #include "storage/storage.h"
 
 #include "core/simd.h"
-#include "model/layers.h"
+#include "optim/optim.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -584,14 +584,14 @@ static int dhe_tensors(es_storage *s, es_tensor_ref *refs, int max) {
         for (int l = 0; l <= m->L; l++) {
             char name[ES_TENSOR_NAME_MAX];
             snprintf(name, sizeof name, "%smlp.w%d", p, l);
-            es_tensor_ref_set(&refs[i++], name, ES_DT_F32, base + m->woff[l], 3, (uint64_t)m->M, (uint64_t)m->out[l],
+            es__tensor_ref_set(&refs[i++], name, ES_DT_F32, base + m->woff[l], 3, (uint64_t)m->M, (uint64_t)m->out[l],
                               (uint64_t)m->in[l]);
             snprintf(name, sizeof name, "%smlp.b%d", p, l);
-            es_tensor_ref_set(&refs[i++], name, ES_DT_F32, base + m->boff[l], 2, (uint64_t)m->M, (uint64_t)m->out[l]);
+            es__tensor_ref_set(&refs[i++], name, ES_DT_F32, base + m->boff[l], 2, (uint64_t)m->M, (uint64_t)m->out[l]);
         }
     }
     if (m->dopt == DOPT_ADAM) {
-        es_tensor_ref_set(&refs[i++], "opt.step", ES_DT_U64, m->step, 1, (uint64_t)m->M);
+        es__tensor_ref_set(&refs[i++], "opt.step", ES_DT_U64, m->step, 1, (uint64_t)m->M);
     }
     return i;
 }

@@ -76,11 +76,11 @@ static void build_index(full_impl *m) {
 
 static void full_free(full_impl *m) {
     if (!m) return;
-    es_rows_free(&m->t);
+    es__rows_free(&m->t);
     es__free(m->keys);
     es__free(m->field_off);
     es__free(m->index);
-    es_gradacc_free(&m->ga);
+    es__gradacc_free(&m->ga);
     es__free(m);
 }
 
@@ -120,7 +120,7 @@ static int full_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         return es__err(err, ES_EINVAL,
                        "full: needs a vocabulary (count the training data first) or keys=N from a saved model");
     } else {
-        for (int f = 0; f < F; f++) n_keys += es_vocab_distinct_min(vocab, f, mc);
+        for (int f = 0; f < F; f++) n_keys += es__vocab_distinct_min(vocab, f, mc);
         if (n_keys > (uint64_t)UINT32_MAX - 2)
             return es__err(err, ES_ERANGE, "full: %llu distinct values is more than this method indexes (2^32 - 2)",
                            (unsigned long long)n_keys);
@@ -158,22 +158,22 @@ static int full_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     }
     es_rng rng;
     es__rng_seed(&rng, s->p.seed);
-    if (es_rows_init(&m->t, n_rows, dim, &s->p.opt, &rng, s->p.init_scale) != ES_OK) {
+    if (es__rows_init(&m->t, n_rows, dim, &s->p.opt, &rng, s->p.init_scale) != ES_OK) {
         full_free(m);
         return es__err(err, ES_ENOMEM, "full: out of memory for %llu rows of %d floats", (unsigned long long)n_rows, dim);
     }
     size_t ga_cap = (size_t)s->p.max_batch * (size_t)F;
     if (ga_cap > n_rows) ga_cap = (size_t)n_rows;
-    if (es_gradacc_init(&m->ga, ga_cap, dim) != ES_OK) {
+    if (es__gradacc_init(&m->ga, ga_cap, dim) != ES_OK) {
         full_free(m);
         return es__err(err, ES_ENOMEM, "full: out of memory for gradient scratch");
     }
     if (!from_meta) {
         uint64_t o = 0;
         for (int f = 0; f < F; f++) {
-            uint64_t nf = es_vocab_distinct_min(vocab, f, mc);
+            uint64_t nf = es__vocab_distinct_min(vocab, f, mc);
             collect_ctx c = {m->keys + o, 0, (size_t)nf, mc};
-            es_vocab_each(vocab, f, collect, &c);
+            es__vocab_each(vocab, f, collect, &c);
             ES_ASSERT(c.n == nf);
             qsort(m->keys + o, c.n, sizeof *m->keys, cmp_u64);
             m->field_off[f] = o;
@@ -192,8 +192,8 @@ static int full_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         return es__err(err, ES_ERANGE, "full: metadata does not fit");
     }
     s->impl = m;
-    s->param_bytes = es_rows_param_bytes(&m->t);
-    s->state_bytes = es_rows_state_bytes(&m->t);
+    s->param_bytes = es__rows_param_bytes(&m->t);
+    s->state_bytes = es__rows_state_bytes(&m->t);
     s->aux_bytes = abytes;
     return ES_OK;
 }
@@ -216,8 +216,8 @@ static int full_tensors(es_storage *s, es_tensor_ref *refs, int max) {
     if (!refs) return n;
     if (max < n) return ES_ERANGE;
     int i = es__rows_tensors(&m->t, refs, max);
-    es_tensor_ref_set(&refs[i++], "map.keys", ES_DT_U64, m->keys, 1, m->n_keys);
-    es_tensor_ref_set(&refs[i++], "map.field_off", ES_DT_U64, m->field_off, 1, (uint64_t)m->F + 1);
+    es__tensor_ref_set(&refs[i++], "map.keys", ES_DT_U64, m->keys, 1, m->n_keys);
+    es__tensor_ref_set(&refs[i++], "map.field_off", ES_DT_U64, m->field_off, 1, (uint64_t)m->F + 1);
     return i;
 }
 

@@ -43,9 +43,9 @@ size_t es__hashed_aux_bytes(int F, int k) { return 3 * (size_t)F * (size_t)k * s
 
 static void hashed_free(es__hashed *h) {
     if (!h) return;
-    es_rows_free(&h->t);
+    es__rows_free(&h->t);
     es__free(h->base); /* nrows and salt live in the same allocation */
-    es_gradacc_free(&h->ga);
+    es__gradacc_free(&h->ga);
     es__free(h);
 }
 
@@ -75,20 +75,20 @@ int es__hashed_alloc(es_storage *s, uint64_t n_rows, int k, int cd, es_err *err)
     h->salt = h->nrows + fk;
     es_rng rng;
     es__rng_seed(&rng, s->p.seed);
-    if (es_rows_init(&h->t, n_rows, cd, &s->p.opt, &rng, s->p.init_scale) != ES_OK) {
+    if (es__rows_init(&h->t, n_rows, cd, &s->p.opt, &rng, s->p.init_scale) != ES_OK) {
         hashed_free(h);
         return es__err(err, ES_ENOMEM, "%s: out of memory for %llu rows of %d floats (%zu bytes)", s->p.method,
                        (unsigned long long)n_rows, cd, pbytes);
     }
     size_t ga_cap = (size_t)s->p.max_batch * fk;
     if (ga_cap > n_rows) ga_cap = (size_t)n_rows;
-    if (es_gradacc_init(&h->ga, ga_cap, cd) != ES_OK) {
+    if (es__gradacc_init(&h->ga, ga_cap, cd) != ES_OK) {
         hashed_free(h);
         return es__err(err, ES_ENOMEM, "%s: out of memory for gradient scratch", s->p.method);
     }
     s->impl = h;
-    s->param_bytes = es_rows_param_bytes(&h->t);
-    s->state_bytes = es_rows_state_bytes(&h->t);
+    s->param_bytes = es__rows_param_bytes(&h->t);
+    s->state_bytes = es__rows_state_bytes(&h->t);
     s->aux_bytes = es__hashed_aux_bytes(F, k);
     return ES_OK;
 }

@@ -57,7 +57,7 @@
 #include "storage/storage.h"
 
 #include "core/simd.h"
-#include "model/layers.h"
+#include "optim/optim.h"
 
 #include <math.h>
 
@@ -141,12 +141,12 @@ static void mde_free(mde_impl *m) {
     es__free_aligned(m->pacc);
     es__free_aligned(m->pv);
     es__free(m->pstep);
-    es_rows_free(&m->tail);
+    es__rows_free(&m->tail);
     es__free(m->vstart);
     es__free(m->poff);
     es__free(m->views);
     es__free(m->index);
-    es_gradacc_free(&m->ga);
+    es__gradacc_free(&m->ga);
     es__free_aligned(m->pgrad);
     es__free(m->ptouched);
     es__free(m->gr);
@@ -266,7 +266,7 @@ static double shape_bytes(const solver *v, uint64_t *N, uint64_t *T, uint64_t *R
 
 static int cmp_idx_pop(const void *a, const void *b, void *ctx) {
     const cand *c = ctx;
-    return es_vocab_entry_cmp(&c[*(const size_t *)a], &c[*(const size_t *)b]);
+    return es__vocab_entry_cmp(&c[*(const size_t *)a], &c[*(const size_t *)b]);
 }
 
 /* Solve alpha and the table's values for budget B (0: no budget, alpha 0,
@@ -415,7 +415,7 @@ static int mde_create(es_storage *s, const es_vocab *vocab, es_err *err) {
             return es__err(err, ES_EINVAL,
                            "mde: needs a vocabulary (count the training data first) or the shapes of a saved model");
         size_t total = 0;
-        for (int f = 0; f < F; f++) total += (size_t)es_vocab_distinct_min(vocab, f, mc);
+        for (int f = 0; f < F; f++) total += (size_t)es__vocab_distinct_min(vocab, f, mc);
         cands = es__malloc(ES_MAX(total, (size_t)1) * sizeof *cands);
         sb = es__calloc((size_t)S + 1, sizeof *sb);
         sv.d = es__malloc(ES_MAX(total, (size_t)1) * sizeof *sv.d);
@@ -424,7 +424,7 @@ static int mde_create(es_storage *s, const es_vocab *vocab, es_err *err) {
             rc = es__err(err, ES_ENOMEM, "mde: out of memory ranking %zu values", total);
             goto fail_solve;
         }
-        size_t n = es_vocab_ranked(vocab, mc, !share, cands);
+        size_t n = es__vocab_ranked(vocab, mc, !share, cands);
         if (share) {
             sb[1] = n;
         } else {
@@ -514,11 +514,11 @@ static int mde_create(es_storage *s, const es_vocab *vocab, es_err *err) {
             for (size_t i = 0; i < accn; i++) m->racc[i] = m->opt.init_acc;
         if (dopt == DOPT_ADAGRAD && m->opt.init_acc != 0.0f)
             for (uint64_t i = 0; i < Q; i++) m->pacc[i] = m->opt.init_acc;
-        ok = es_rows_init(&m->tail, H, dim, &s->p.opt, NULL, 0.0f) == ES_OK;
+        ok = es__rows_init(&m->tail, H, dim, &s->p.opt, NULL, 0.0f) == ES_OK;
     }
     if (ok) {
         size_t ga_cap = ES_MIN((size_t)s->p.max_batch * (size_t)F, (size_t)(N + H));
-        ok = es_gradacc_init(&m->ga, ga_cap, dim) == ES_OK;
+        ok = es__gradacc_init(&m->ga, ga_cap, dim) == ES_OK;
     }
     if (!ok) {
         mde_free(m);
@@ -579,9 +579,9 @@ static int mde_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     es__free(sv.d);
     es__free(sv.inc);
     s->impl = m;
-    s->param_bytes = 4 * (size_t)(R + Q) + es_rows_param_bytes(&m->tail);
+    s->param_bytes = 4 * (size_t)(R + Q) + es__rows_param_bytes(&m->tail);
     s->aux_bytes = mde_aux(N, T, S);
-    s->state_bytes = es_rows_state_bytes(&m->tail) + (N > 0 ? accn * sizeof(float) : 0) +
+    s->state_bytes = es__rows_state_bytes(&m->tail) + (N > 0 ? accn * sizeof(float) : 0) +
                      (Q > 0 && dopt == DOPT_ADAGRAD ? (size_t)Q * sizeof(float) : 0) +
                      (Q > 0 && dopt == DOPT_ADAM ? 2 * (size_t)Q * sizeof(float) + sizeof(uint64_t) : 0);
     return ES_OK;
@@ -629,7 +629,7 @@ static int mde_backward(es_storage *s, const es_batch *b, const float *dout) {
     mde_impl *m = s->impl;
     const int F = m->F;
     const size_t dim = (size_t)m->dim;
-    es_gradacc_clear(&m->ga);
+    es__gradacc_clear(&m->ga);
     /* 1. output-space gradient per distinct value (id v) or hashed row (id N + h) */
     const size_t PN = (size_t)b->n * (size_t)F;
     for (size_t P = 0; P < PN; P++) {
@@ -639,9 +639,9 @@ static int mde_backward(es_storage *s, const es_batch *b, const float *dout) {
         for (uint32_t i = b->off[P]; i < b->off[P + 1]; i++) {
             uint64_t v = map_find(m, b->val[i] ^ tag);
             if (v == UINT64_MAX) v = m->N + hashed_row(m, f, salt, b->val[i]);
-            float *g = es_gradacc_row(&m->ga, v);
+            float *g = es__gradacc_row(&m->ga, v);
             if (!g) {
-                es_gradacc_clear(&m->ga);
+                es__gradacc_clear(&m->ga);
                 return es__err(&s->err, ES_ENOMEM, "mde: out of memory growing the gradient scratch past %zu values",
                                m->ga.cap);
             }
@@ -658,13 +658,13 @@ static int mde_backward(es_storage *s, const es_batch *b, const float *dout) {
         const uint64_t id = m->ga.rows[e];
         const float *g = m->ga.g + e * dim;
         if (id >= m->N) {
-            es_rows_update(&m->tail, id - m->N, g);
+            es__rows_update(&m->tail, id - m->N, g);
             continue;
         }
         const uint64_t t = tier_of(m, id), r = id - m->vstart[t];
         es_rows *tv = &m->views[t];
         if (m->poff[t] == UINT64_MAX) {
-            es_rows_update(tv, r, g);
+            es__rows_update(tv, r, g);
             continue;
         }
         const float *row = tv->w + r * (uint64_t)tv->dim;
@@ -676,9 +676,9 @@ static int mde_backward(es_storage *s, const es_batch *b, const float *dout) {
         }
         m->ptouched[t] = 1;
         any_proj = 1;
-        es_rows_update(tv, r, m->gr);
+        es__rows_update(tv, r, m->gr);
     }
-    es_gradacc_clear(&m->ga);
+    es__gradacc_clear(&m->ga);
     /* 3. one dense step per touched projection */
     if (any_proj && m->dopt == DOPT_ADAM) (*m->pstep)++;
     for (uint64_t t = 0; any_proj && t < m->T; t++) {
@@ -703,25 +703,25 @@ static int mde_tensors(es_storage *s, es_tensor_ref *refs, int max) {
     es_tensor_ref tmp[16];
     int n = 0;
     const size_t dim = (size_t)m->dim;
-    if (m->R) es_tensor_ref_set(&tmp[n++], "rows.weight", ES_DT_F32, m->rows, 1, m->R);
-    if (m->Q) es_tensor_ref_set(&tmp[n++], "proj.weight", ES_DT_F32, m->proj, 1, m->Q);
-    es_tensor_ref_set(&tmp[n++], "tail.weight", ES_DT_F32, m->tail.w, 2, m->H, (uint64_t)dim);
+    if (m->R) es__tensor_ref_set(&tmp[n++], "rows.weight", ES_DT_F32, m->rows, 1, m->R);
+    if (m->Q) es__tensor_ref_set(&tmp[n++], "proj.weight", ES_DT_F32, m->proj, 1, m->Q);
+    es__tensor_ref_set(&tmp[n++], "tail.weight", ES_DT_F32, m->tail.w, 2, m->H, (uint64_t)dim);
     if (m->N && m->racc)
-        es_tensor_ref_set(&tmp[n++], "opt.rows.acc", ES_DT_F32, m->racc, 1,
+        es__tensor_ref_set(&tmp[n++], "opt.rows.acc", ES_DT_F32, m->racc, 1,
                           m->opt.kind == ES_OPT_ROWWISE_ADAGRAD ? m->N : m->R);
     if (m->tail.acc) {
-        if (m->opt.kind == ES_OPT_ADAGRAD) es_tensor_ref_set(&tmp[n++], "opt.tail.acc", ES_DT_F32, m->tail.acc, 2, m->H, (uint64_t)dim);
-        else es_tensor_ref_set(&tmp[n++], "opt.tail.acc", ES_DT_F32, m->tail.acc, 1, m->H);
+        if (m->opt.kind == ES_OPT_ADAGRAD) es__tensor_ref_set(&tmp[n++], "opt.tail.acc", ES_DT_F32, m->tail.acc, 2, m->H, (uint64_t)dim);
+        else es__tensor_ref_set(&tmp[n++], "opt.tail.acc", ES_DT_F32, m->tail.acc, 1, m->H);
     }
-    if (m->Q && m->dopt == DOPT_ADAGRAD) es_tensor_ref_set(&tmp[n++], "opt.proj.acc", ES_DT_F32, m->pacc, 1, m->Q);
+    if (m->Q && m->dopt == DOPT_ADAGRAD) es__tensor_ref_set(&tmp[n++], "opt.proj.acc", ES_DT_F32, m->pacc, 1, m->Q);
     if (m->Q && m->dopt == DOPT_ADAM) {
-        es_tensor_ref_set(&tmp[n++], "opt.proj.m", ES_DT_F32, m->pacc, 1, m->Q);
-        es_tensor_ref_set(&tmp[n++], "opt.proj.v", ES_DT_F32, m->pv, 1, m->Q);
-        es_tensor_ref_set(&tmp[n++], "opt.proj.step", ES_DT_U64, m->pstep, 1, (uint64_t)1);
+        es__tensor_ref_set(&tmp[n++], "opt.proj.m", ES_DT_F32, m->pacc, 1, m->Q);
+        es__tensor_ref_set(&tmp[n++], "opt.proj.v", ES_DT_F32, m->pv, 1, m->Q);
+        es__tensor_ref_set(&tmp[n++], "opt.proj.step", ES_DT_U64, m->pstep, 1, (uint64_t)1);
     }
-    if (m->N) es_tensor_ref_set(&tmp[n++], "map.keys", ES_DT_U64, m->keys, 1, m->N);
-    if (m->T) es_tensor_ref_set(&tmp[n++], "map.tiers", ES_DT_U64, m->tiers, 2, m->T, (uint64_t)3);
-    es_tensor_ref_set(&tmp[n++], "map.hashed", ES_DT_U64, m->hrows, 1, (uint64_t)m->S);
+    if (m->N) es__tensor_ref_set(&tmp[n++], "map.keys", ES_DT_U64, m->keys, 1, m->N);
+    if (m->T) es__tensor_ref_set(&tmp[n++], "map.tiers", ES_DT_U64, m->tiers, 2, m->T, (uint64_t)3);
+    es__tensor_ref_set(&tmp[n++], "map.hashed", ES_DT_U64, m->hrows, 1, (uint64_t)m->S);
     if (!refs) return n;
     if (max < n) return ES_ERANGE;
     memcpy(refs, tmp, (size_t)n * sizeof *refs);
@@ -758,7 +758,7 @@ static void mde_field_stats(es_storage *s, const es_vocab *vocab, int field, es_
     uint64_t own = 0;
     if (vocab && field < es_vocab_n_fields(vocab)) {
         count_ctx x = {m, field, 0};
-        es_vocab_each(vocab, field, count_in_table, &x);
+        es__vocab_each(vocab, field, count_in_table, &x);
         own = x.n;
     }
     es__rows_field_stats(1, mde_resolve, m, vocab, field, own + m->hrows[m->share ? 0 : field], out);

@@ -88,10 +88,10 @@ static void mh_resolve(const void *ctx, int f, const uint64_t *keys, size_t n, u
 
 static void mh_free(mh_impl *m) {
     if (!m) return;
-    es_rows_free(&m->pool);
-    es_rows_free(&m->imp);
-    es_gradacc_free(&m->ga_pool);
-    es_gradacc_free(&m->ga_imp);
+    es__rows_free(&m->pool);
+    es__rows_free(&m->imp);
+    es__gradacc_free(&m->ga_pool);
+    es__gradacc_free(&m->ga_imp);
     es__free(m->pbase); /* the other index arrays share the allocation */
     es__free(m);
 }
@@ -122,8 +122,8 @@ static void mh_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *o
 static int mh_backward(es_storage *s, const es_batch *b, const float *dout) {
     mh_impl *m = s->impl;
     const int F = m->F, k = m->k, dim = m->dim;
-    es_gradacc_clear(&m->ga_pool);
-    if (m->weighted) es_gradacc_clear(&m->ga_imp);
+    es__gradacc_clear(&m->ga_pool);
+    if (m->weighted) es__gradacc_clear(&m->ga_imp);
     for (size_t P = 0, PN = (size_t)b->n * F, fi = 0; P < PN; P++, fi = fi + 1 == (size_t)F ? 0 : fi + 1) {
         const int f = (int)fi, g = m->G == 1 ? 0 : f;
         const uint64_t salt = es__storage_salt(m->seed, f, 0);
@@ -136,11 +136,11 @@ static int mh_backward(es_storage *s, const es_batch *b, const float *dout) {
             if (m->weighted) {
                 const uint64_t wr = mh_imp_row(m, g, h);
                 pw = m->imp.w + wr * (uint64_t)k;
-                if (!(gw = es_gradacc_row(&m->ga_imp, wr))) goto nomem;
+                if (!(gw = es__gradacc_row(&m->ga_imp, wr))) goto nomem;
             }
             for (int j = 0; j < k; j++) {
                 const uint64_t r = mh_pool_row(m, g, h, j);
-                float *gp = es_gradacc_row(&m->ga_pool, r);
+                float *gp = es__gradacc_row(&m->ga_pool, r);
                 if (!gp) goto nomem;
                 es__axpy(gp, pw ? wt * pw[j] : wt, go, (size_t)dim);
                 if (gw) gw[j] += wt * es__dot(go, m->pool.w + r * (uint64_t)dim, (size_t)dim);
@@ -148,12 +148,12 @@ static int mh_backward(es_storage *s, const es_batch *b, const float *dout) {
         }
     }
     /* all gradients used the old values; now update both tables */
-    es_gradacc_apply(&m->ga_pool, &m->pool);
-    if (m->weighted) es_gradacc_apply(&m->ga_imp, &m->imp);
+    es__gradacc_apply(&m->ga_pool, &m->pool);
+    if (m->weighted) es__gradacc_apply(&m->ga_imp, &m->imp);
     return ES_OK;
 nomem:
-    es_gradacc_clear(&m->ga_pool);
-    if (m->weighted) es_gradacc_clear(&m->ga_imp);
+    es__gradacc_clear(&m->ga_pool);
+    if (m->weighted) es__gradacc_clear(&m->ga_imp);
     return es__err(&s->err, ES_ENOMEM, "multihash: out of memory growing the gradient scratch");
 }
 
@@ -294,11 +294,11 @@ static int mh_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     es_rng rng;
     es__rng_seed(&rng, s->p.seed);
     const size_t pairs = (size_t)s->p.max_batch * (size_t)F;
-    int ok = m->pbase && es_rows_init(&m->pool, tp, dim, &s->p.opt, &rng, s->p.init_scale / sqrtf((float)k)) == ES_OK &&
-             es_gradacc_init(&m->ga_pool, ES_MIN(pairs * (size_t)k, (size_t)tp), dim) == ES_OK;
+    int ok = m->pbase && es__rows_init(&m->pool, tp, dim, &s->p.opt, &rng, s->p.init_scale / sqrtf((float)k)) == ES_OK &&
+             es__gradacc_init(&m->ga_pool, ES_MIN(pairs * (size_t)k, (size_t)tp), dim) == ES_OK;
     if (ok && weighted) {
-        ok = es_rows_init(&m->imp, tk, k, &s->p.opt, NULL, 0) == ES_OK &&
-             es_gradacc_init(&m->ga_imp, ES_MIN(pairs, (size_t)tk), k) == ES_OK;
+        ok = es__rows_init(&m->imp, tk, k, &s->p.opt, NULL, 0) == ES_OK &&
+             es__gradacc_init(&m->ga_imp, ES_MIN(pairs, (size_t)tk), k) == ES_OK;
         if (ok)
             for (size_t e = 0, n = (size_t)tk * (size_t)k; e < n; e++) m->imp.w[e] = 1.0f;
     }
@@ -335,8 +335,8 @@ static int mh_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         goto fail;
     }
     s->impl = m;
-    s->param_bytes = es_rows_param_bytes(&m->pool) + (weighted ? es_rows_param_bytes(&m->imp) : 0);
-    s->state_bytes = es_rows_state_bytes(&m->pool) + (weighted ? es_rows_state_bytes(&m->imp) : 0);
+    s->param_bytes = es__rows_param_bytes(&m->pool) + (weighted ? es__rows_param_bytes(&m->imp) : 0);
+    s->state_bytes = es__rows_state_bytes(&m->pool) + (weighted ? es__rows_state_bytes(&m->imp) : 0);
     s->aux_bytes = aux;
     es__free(P);
     es__free(K);

@@ -106,8 +106,8 @@ static void qr_resolve(const void *ctx, int f, const uint64_t *keys, size_t n, u
 static void qr_free(qr_impl *q) {
     if (!q) return;
     for (int j = 0; j < QR_MAX_P; j++) {
-        es_rows_free(&q->t[j]);
-        es_gradacc_free(&q->ga[j]);
+        es__rows_free(&q->t[j]);
+        es__gradacc_free(&q->ga[j]);
     }
     es__free(q->base); /* m shares the allocation */
     es__free(q);
@@ -156,7 +156,7 @@ static int qr_backward(es_storage *s, const es_batch *b, const float *dout) {
     uint64_t row[QR_MAX_P];
     const float *e[QR_MAX_P];
     float *g[QR_MAX_P];
-    for (int j = 0; j < p; j++) es_gradacc_clear(&q->ga[j]);
+    for (int j = 0; j < p; j++) es__gradacc_clear(&q->ga[j]);
     for (size_t P = 0, PN = (size_t)b->n * F, fi = 0; P < PN; P++, fi = fi + 1 == (size_t)F ? 0 : fi + 1) {
         const int f = (int)fi;
         const uint64_t salt = es__storage_salt(q->seed, f, 0);
@@ -169,8 +169,8 @@ static int qr_backward(es_storage *s, const es_batch *b, const float *dout) {
                 /* one row per table per value: a later call on the same
                  * accumulator (which may move its rows) comes only with
                  * the next value */
-                if (!(g[j] = es_gradacc_row(&q->ga[j], row[j]))) {
-                    for (int l = 0; l < p; l++) es_gradacc_clear(&q->ga[l]);
+                if (!(g[j] = es__gradacc_row(&q->ga[j], row[j]))) {
+                    for (int l = 0; l < p; l++) es__gradacc_clear(&q->ga[l]);
                     return es__err(&s->err, ES_ENOMEM, "qr: out of memory growing the gradient scratch of table %d", j);
                 }
             }
@@ -198,7 +198,7 @@ static int qr_backward(es_storage *s, const es_batch *b, const float *dout) {
         }
     }
     /* every gradient was taken from the old rows; now update */
-    for (int j = 0; j < p; j++) es_gradacc_apply(&q->ga[j], &q->t[j]);
+    for (int j = 0; j < p; j++) es__gradacc_apply(&q->ga[j], &q->t[j]);
     return ES_OK;
 }
 
@@ -348,8 +348,8 @@ static int qr_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     for (int j = 0; j < p; j++) {
         float a = op == QR_MULT ? (sc > 0 ? powf(sc, 1.0f / (float)p) : 0) : op == QR_ADD ? sc / (float)p : sc;
         size_t ga_cap = ES_MIN((size_t)s->p.max_batch * (size_t)F, (size_t)rows[j]);
-        if (es_rows_init(&q->t[j], rows[j], pd[j], &s->p.opt, &rng, a) != ES_OK ||
-            es_gradacc_init(&q->ga[j], ga_cap, pd[j]) != ES_OK) {
+        if (es__rows_init(&q->t[j], rows[j], pd[j], &s->p.opt, &rng, a) != ES_OK ||
+            es__gradacc_init(&q->ga[j], ga_cap, pd[j]) != ES_OK) {
             qr_free(q);
             rc = es__err(err, ES_ENOMEM, "qr: out of memory for table %d (%llu rows of %d floats)", j,
                          (unsigned long long)rows[j], pd[j]);
@@ -378,8 +378,8 @@ static int qr_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     s->impl = q;
     s->param_bytes = s->state_bytes = 0;
     for (int j = 0; j < p; j++) {
-        s->param_bytes += es_rows_param_bytes(&q->t[j]);
-        s->state_bytes += es_rows_state_bytes(&q->t[j]);
+        s->param_bytes += es__rows_param_bytes(&q->t[j]);
+        s->state_bytes += es__rows_state_bytes(&q->t[j]);
     }
     s->aux_bytes = aux;
     es__free(m);

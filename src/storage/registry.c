@@ -29,15 +29,15 @@ static const es_storage_ops *const methods[] = {
     &es__storage_tt,
 };
 
-const es_storage_ops *es_storage_find(const char *name) {
+const es_storage_ops *es__storage_find(const char *name) {
     if (!name) return NULL;
     for (size_t i = 0; i < ES_ARRAY_LEN(methods); i++)
         if (strcmp(methods[i]->name, name) == 0) return methods[i];
     return NULL;
 }
 
-int es_storage_n_methods(void) { return (int)ES_ARRAY_LEN(methods); }
+int es__storage_n_methods(void) { return (int)ES_ARRAY_LEN(methods); }
 
-const es_storage_ops *es_storage_method_at(int i) {
+const es_storage_ops *es__storage_method_at(int i) {
     return i >= 0 && i < (int)ES_ARRAY_LEN(methods) ? methods[i] : NULL;
 }

@@ -64,9 +64,9 @@ typedef struct robe_impl {
 
 static void robe_free(robe_impl *m) {
     if (!m) return;
-    es_rows_free(&m->t);
+    es__rows_free(&m->t);
     es__free(m->base); /* size shares the allocation */
-    es_gradacc_free(&m->ga);
+    es__gradacc_free(&m->ga);
     es__free(m);
 }
 
@@ -110,7 +110,7 @@ static void robe_lookup(es_storage *s, const es_batch *b, int r0, int r1, float 
 static int robe_backward(es_storage *s, const es_batch *b, const float *dout) {
     robe_impl *m = s->impl;
     const int F = m->F, Z = m->Z, dim = m->dim;
-    es_gradacc_clear(&m->ga);
+    es__gradacc_clear(&m->ga);
     for (size_t P = 0, PN = (size_t)b->n * F, fi = 0; P < PN; P++, fi = fi + 1 == (size_t)F ? 0 : fi + 1) {
         const int f = (int)fi, g = m->G == 1 ? 0 : f;
         const uint64_t base = m->base[g], size = m->size[g], salt = es__storage_salt(m->seed, f, 0);
@@ -128,9 +128,9 @@ static int robe_backward(es_storage *s, const es_batch *b, const float *dout) {
                     const uint64_t abs = base + e, row = abs / (uint64_t)Z, col = abs % (uint64_t)Z;
                     int run = (int)ES_MIN((uint64_t)(L - k), (uint64_t)Z - col);
                     run = (int)ES_MIN((uint64_t)run, size - e);
-                    float *gr = es_gradacc_row(&m->ga, row);
+                    float *gr = es__gradacc_row(&m->ga, row);
                     if (!gr) {
-                        es_gradacc_clear(&m->ga);
+                        es__gradacc_clear(&m->ga);
                         return es__err(&s->err, ES_ENOMEM, "robe: out of memory growing the gradient scratch past %zu rows",
                                        m->ga.cap);
                     }
@@ -142,7 +142,7 @@ static int robe_backward(es_storage *s, const es_batch *b, const float *dout) {
             }
         }
     }
-    es_gradacc_apply(&m->ga, &m->t);
+    es__gradacc_apply(&m->ga, &m->t);
     return ES_OK;
 }
 
@@ -230,7 +230,7 @@ static int robe_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     m->base = es__malloc(aux);
     es_rng rng;
     es__rng_seed(&rng, s->p.seed);
-    if (!m->base || es_rows_init(&m->t, total, Z, &s->p.opt, &rng, s->p.init_scale) != ES_OK) {
+    if (!m->base || es__rows_init(&m->t, total, Z, &s->p.opt, &rng, s->p.init_scale) != ES_OK) {
         robe_free(m);
         rc = es__err(err, ES_ENOMEM, "robe: out of memory for an array of %llu floats", (unsigned long long)(total * Z));
         goto fail;
@@ -239,7 +239,7 @@ static int robe_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     /* Each value touches up to 2 * nb aligned rows. */
     size_t ga_cap = (size_t)s->p.max_batch * (size_t)F * (size_t)m->nb * 2;
     if (ga_cap > total) ga_cap = (size_t)total;
-    if (es_gradacc_init(&m->ga, ga_cap, Z) != ES_OK) {
+    if (es__gradacc_init(&m->ga, ga_cap, Z) != ES_OK) {
         robe_free(m);
         rc = es__err(err, ES_ENOMEM, "robe: out of memory for gradient scratch");
         goto fail;
@@ -260,8 +260,8 @@ static int robe_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         return es__err(err, ES_ERANGE, "robe: the per-field sizes of %d fields do not fit the metadata; use share=1", F);
     }
     s->impl = m;
-    s->param_bytes = es_rows_param_bytes(&m->t);
-    s->state_bytes = es_rows_state_bytes(&m->t);
+    s->param_bytes = es__rows_param_bytes(&m->t);
+    s->state_bytes = es__rows_state_bytes(&m->t);
     s->aux_bytes = aux;
     return ES_OK;
 fail:

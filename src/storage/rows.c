@@ -17,7 +17,7 @@
 
 /* ---- row tables ------------------------------------------------------------ */
 
-int es_rows_init(es_rows *t, uint64_t n_rows, int dim, const es_optim_params *opt, es_rng *rng, float init_scale) {
+int es__rows_init(es_rows *t, uint64_t n_rows, int dim, const es_optim_params *opt, es_rng *rng, float init_scale) {
     memset(t, 0, sizeof *t);
     if (dim <= 0 || n_rows == 0 || !opt) return ES_EINVAL;
     if (opt->kind != ES_OPT_SGD && opt->kind != ES_OPT_ADAGRAD && opt->kind != ES_OPT_ROWWISE_ADAGRAD)
@@ -48,16 +48,16 @@ int es_rows_init(es_rows *t, uint64_t n_rows, int dim, const es_optim_params *op
     return ES_OK;
 }
 
-void es_rows_free(es_rows *t) {
+void es__rows_free(es_rows *t) {
     if (!t) return;
     es__free_aligned(t->w);
     es__free_aligned(t->acc);
     memset(t, 0, sizeof *t);
 }
 
-size_t es_rows_param_bytes(const es_rows *t) { return (size_t)t->n_rows * (size_t)t->dim * sizeof(float); }
+size_t es__rows_param_bytes(const es_rows *t) { return (size_t)t->n_rows * (size_t)t->dim * sizeof(float); }
 
-size_t es_rows_state_bytes(const es_rows *t) {
+size_t es__rows_state_bytes(const es_rows *t) {
     switch (t->opt.kind) {
     case ES_OPT_ADAGRAD: return (size_t)t->n_rows * (size_t)t->dim * sizeof(float);
     case ES_OPT_ROWWISE_ADAGRAD: return (size_t)t->n_rows * sizeof(float);
@@ -65,7 +65,7 @@ size_t es_rows_state_bytes(const es_rows *t) {
     }
 }
 
-void es_rows_update(es_rows *t, uint64_t r, const float *g) {
+void es__rows_update(es_rows *t, uint64_t r, const float *g) {
     const int dim = t->dim;
     float *restrict w = t->w + (size_t)r * (size_t)dim;
     const float lr = t->opt.lr, eps = t->opt.eps;
@@ -99,11 +99,11 @@ int es__rows_tensors(es_rows *t, es_tensor_ref *refs, int max) {
     int n = t->acc ? 2 : 1;
     if (!refs) return n;
     if (max < n) return ES_ERANGE;
-    es_tensor_ref_set(&refs[0], "weight", ES_DT_F32, t->w, 2, t->n_rows, (uint64_t)t->dim);
+    es__tensor_ref_set(&refs[0], "weight", ES_DT_F32, t->w, 2, t->n_rows, (uint64_t)t->dim);
     if (t->opt.kind == ES_OPT_ADAGRAD)
-        es_tensor_ref_set(&refs[1], "opt.acc", ES_DT_F32, t->acc, 2, t->n_rows, (uint64_t)t->dim);
+        es__tensor_ref_set(&refs[1], "opt.acc", ES_DT_F32, t->acc, 2, t->n_rows, (uint64_t)t->dim);
     else if (t->acc)
-        es_tensor_ref_set(&refs[1], "opt.acc", ES_DT_F32, t->acc, 1, t->n_rows);
+        es__tensor_ref_set(&refs[1], "opt.acc", ES_DT_F32, t->acc, 1, t->n_rows);
     return n;
 }
 
@@ -115,7 +115,7 @@ static size_t pow2_at_least(size_t n) {
     return c;
 }
 
-int es_gradacc_init(es_gradacc *a, size_t cap, int dim) {
+int es__gradacc_init(es_gradacc *a, size_t cap, int dim) {
     memset(a, 0, sizeof *a);
     if (dim <= 0) return ES_EINVAL;
     if (cap < 16) cap = 16;
@@ -128,7 +128,7 @@ int es_gradacc_init(es_gradacc *a, size_t cap, int dim) {
     a->g = es__malloc(gbytes);
     a->rows = es__malloc(cap * sizeof *a->rows);
     if (!a->keys || !a->slot || !a->g || !a->rows) {
-        es_gradacc_free(a);
+        es__gradacc_free(a);
         return ES_ENOMEM;
     }
     memset(a->slot, 0xff, a->map_cap * sizeof *a->slot);
@@ -137,7 +137,7 @@ int es_gradacc_init(es_gradacc *a, size_t cap, int dim) {
     return ES_OK;
 }
 
-void es_gradacc_free(es_gradacc *a) {
+void es__gradacc_free(es_gradacc *a) {
     if (!a) return;
     es__free(a->keys);
     es__free(a->slot);
@@ -146,13 +146,13 @@ void es_gradacc_free(es_gradacc *a) {
     memset(a, 0, sizeof *a);
 }
 
-size_t es_gradacc_bytes(const es_gradacc *a) {
+size_t es__gradacc_bytes(const es_gradacc *a) {
     return a->map_cap * (sizeof *a->keys + sizeof *a->slot) + a->cap * ((size_t)a->dim * sizeof(float) + sizeof *a->rows);
 }
 
 static inline size_t ga_home(const es_gradacc *a, uint64_t row) { return (size_t)es__mix64(row) & (a->map_cap - 1); }
 
-void es_gradacc_clear(es_gradacc *a) {
+void es__gradacc_clear(es_gradacc *a) {
     /* Empty only the positions in use, newest first: every entry's probe
      * path is made of entries inserted before it, so in reverse insertion
      * order each entry is still reachable when it is removed. */
@@ -205,7 +205,7 @@ static int ga_grow(es_gradacc *a) {
     return ES_OK;
 }
 
-float *es_gradacc_row(es_gradacc *a, uint64_t row) {
+float *es__gradacc_row(es_gradacc *a, uint64_t row) {
     const size_t mask = a->map_cap - 1;
     size_t h = ga_home(a, row);
     while (a->slot[h] >= 0) {
@@ -214,7 +214,7 @@ float *es_gradacc_row(es_gradacc *a, uint64_t row) {
     }
     if (a->n == a->cap) {
         if (ga_grow(a) != ES_OK) return NULL;
-        return es_gradacc_row(a, row); /* positions changed; probe again */
+        return es__gradacc_row(a, row); /* positions changed; probe again */
     }
     size_t i = a->n++;
     a->keys[h] = row;
@@ -225,7 +225,7 @@ float *es_gradacc_row(es_gradacc *a, uint64_t row) {
     return g;
 }
 
-void es_gradacc_apply(es_gradacc *a, es_rows *t) {
+void es__gradacc_apply(es_gradacc *a, es_rows *t) {
     ES_ASSERT(a->dim == t->dim);
     /* Rows are scattered over the table: fetch a few updates ahead (for
      * writing) so the read-modify-writes do not wait on memory one by one. */
@@ -239,9 +239,9 @@ void es_gradacc_apply(es_gradacc *a, es_rows *t) {
             if (t->opt.kind == ES_OPT_ROWWISE_ADAGRAD) __builtin_prefetch(t->acc + r, 1, 1);
             else if (t->opt.kind == ES_OPT_ADAGRAD) __builtin_prefetch(t->acc + r * dim, 1, 1);
         }
-        es_rows_update(t, a->rows[i], a->g + i * dim);
+        es__rows_update(t, a->rows[i], a->g + i * dim);
     }
-    es_gradacc_clear(a);
+    es__gradacc_clear(a);
 }
 
 /* ---- lookup ---------------------------------------------------------------------- */
@@ -350,7 +350,7 @@ int es__rows_backward(es_rows *t, es_gradacc *ga, int k, es__resolve_fn fn, cons
     const size_t slice = ES_RESOLVE_BLOCK / (size_t)k;
     const size_t PN = (size_t)b->n * (size_t)F;
     uint64_t ids[ES_RESOLVE_BLOCK];
-    es_gradacc_clear(ga);
+    es__gradacc_clear(ga);
     int f = 0;
     for (size_t P = 0; P < PN; P++) {
         const float *go = dout + P * dim;
@@ -361,9 +361,9 @@ int es__rows_backward(es_rows *t, es_gradacc *ga, int k, es__resolve_fn fn, cons
             for (size_t i = 0; i < c; i++) {
                 const float wt = b->wt[s + i];
                 for (int j = 0; j < k; j++) {
-                    float *g = es_gradacc_row(ga, ids[i * (size_t)k + j]);
+                    float *g = es__gradacc_row(ga, ids[i * (size_t)k + j]);
                     if (!g) {
-                        es_gradacc_clear(ga);
+                        es__gradacc_clear(ga);
                         return ES_ENOMEM;
                     }
                     es__axpy(g, wt, go + (size_t)j * cd, (size_t)cd);
@@ -372,7 +372,7 @@ int es__rows_backward(es_rows *t, es_gradacc *ga, int k, es__resolve_fn fn, cons
         }
         if (++f == F) f = 0;
     }
-    es_gradacc_apply(ga, t);
+    es__gradacc_apply(ga, t);
     return ES_OK;
 }
 
@@ -422,7 +422,7 @@ void es__rows_field_stats(int k, es__resolve_fn fn, const void *ctx, const es_vo
     uint64_t *tup = es__malloc(tb);
     uint64_t *col = es__malloc(cb);
     if (!l.keys || !tup || !col) goto done;
-    es_vocab_each(vocab, field, collect_key, &l);
+    es__vocab_each(vocab, field, collect_key, &l);
     /* Resolve in slices so fn never writes more than a block per call. */
     const size_t slice = ES_RESOLVE_BLOCK / (size_t)k;
     for (size_t s = 0; s < l.n; s += slice) fn(ctx, field, l.keys + s, ES_MIN(slice, l.n - s), tup + s * (size_t)k);

@@ -8,7 +8,7 @@
 
 #include <math.h>
 
-es_storage_params es_storage_params_default(void) {
+es_storage_params es__storage_params_default(void) {
     es_storage_params p;
     memset(&p, 0, sizeof p);
     p.method = "hash";
@@ -32,12 +32,12 @@ es_storage_params es_storage_params_default(void) {
     return p;
 }
 
-size_t es_storage_full_bytes(const es_vocab *vocab, int dim, int min_count) {
+size_t es__storage_full_bytes(const es_vocab *vocab, int dim, int min_count) {
     if (!vocab || dim <= 0) return 0;
     if (min_count < 1) min_count = 1;
     size_t rows = 0, bytes;
     for (int f = 0; f < es_vocab_n_fields(vocab); f++) {
-        uint64_t n = es_vocab_distinct_min(vocab, f, (uint64_t)min_count);
+        uint64_t n = es__vocab_distinct_min(vocab, f, (uint64_t)min_count);
         if (n >= SIZE_MAX || !es__add_size(rows, (size_t)n + 1, &rows)) return SIZE_MAX;
     }
     if (!es__mul_size(rows, (size_t)dim * sizeof(float), &bytes)) return SIZE_MAX;
@@ -133,7 +133,7 @@ static int resolve_budget(const es_storage_params *p, const es_vocab *vocab, dou
                            "storage %s: budget %g is a fraction of the full table, which needs a vocabulary "
                            "(count the training data first, or give the budget in bytes)",
                            p->method, p->budget);
-        size_t full = es_storage_full_bytes(vocab, p->dim, p->min_count);
+        size_t full = es__storage_full_bytes(vocab, p->dim, p->min_count);
         if (full == SIZE_MAX) return es__err(err, ES_ERANGE, "storage %s: full table size overflows", p->method);
         *bytes = floor(p->budget * (double)full);
         if (*bytes < 1)
@@ -143,18 +143,18 @@ static int resolve_budget(const es_storage_params *p, const es_vocab *vocab, dou
     return ES_OK;
 }
 
-int es_storage_create(es_storage **out, const es_storage_params *p, const es_vocab *vocab, es_err *err) {
+int es__storage_create(es_storage **out, const es_storage_params *p, const es_vocab *vocab, es_err *err) {
     *out = NULL;
     if (!p) return es__err(err, ES_EINVAL, "storage: no parameters");
     int rc = check_params(p, vocab, err);
     if (rc) return rc;
-    const es_storage_ops *ops = es_storage_find(p->method);
+    const es_storage_ops *ops = es__storage_find(p->method);
     if (!ops) {
         char names[512];
         size_t o = 0;
         names[0] = 0;
-        for (int i = 0; i < es_storage_n_methods() && o < sizeof names; i++)
-            o += (size_t)snprintf(names + o, sizeof names - o, "%s%s", i ? ", " : "", es_storage_method_at(i)->name);
+        for (int i = 0; i < es__storage_n_methods() && o < sizeof names; i++)
+            o += (size_t)snprintf(names + o, sizeof names - o, "%s%s", i ? ", " : "", es__storage_method_at(i)->name);
         return es__err(err, ES_EINVAL, "storage: unknown method '%s' (known: %s)", p->method, names);
     }
     double budget_bytes;
@@ -194,7 +194,7 @@ int es_storage_create(es_storage **out, const es_storage_params *p, const es_voc
     return ES_OK;
 }
 
-void es_storage_free(es_storage *s) {
+void es__storage_free(es_storage *s) {
     if (!s) return;
     if (s->impl && s->ops->destroy) s->ops->destroy(s);
     es__free((char *)s->p.method);
@@ -202,7 +202,7 @@ void es_storage_free(es_storage *s) {
     es__free(s);
 }
 
-int es_storage_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *out) {
+int es__storage_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *out) {
     if (b->n_fields != s->p.n_fields || r0 < 0 || r0 > r1 || r1 > b->n)
         return es__err(&s->err, ES_EINVAL, "storage %s: lookup of rows [%d, %d) of a %d-row batch with %d fields (storage has %d)",
                        s->ops->name, r0, r1, b->n, b->n_fields, s->p.n_fields);
@@ -210,21 +210,21 @@ int es_storage_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *o
     return ES_OK;
 }
 
-int es_storage_backward(es_storage *s, const es_batch *b, const float *dout) {
+int es__storage_backward(es_storage *s, const es_batch *b, const float *dout) {
     if (b->n_fields != s->p.n_fields || b->n < 0)
         return es__err(&s->err, ES_EINVAL, "storage %s: batch has %d fields, storage has %d", s->ops->name, b->n_fields,
                        s->p.n_fields);
     return s->ops->backward(s, b, dout);
 }
 
-int es_storage_tensors(es_storage *s, es_tensor_ref *refs, int max) { return s->ops->tensors(s, refs, max); }
+int es__storage_tensors(es_storage *s, es_tensor_ref *refs, int max) { return s->ops->tensors(s, refs, max); }
 
-int es_storage_after_load(es_storage *s) {
+int es__storage_after_load(es_storage *s) {
     if (!s->ops->after_load) return ES_OK;
     return s->ops->after_load(s, &s->err);
 }
 
-const char *es_storage_errmsg(const es_storage *s) { return s ? s->err.msg : "no storage"; }
+const char *es__storage_errmsg(const es_storage *s) { return s ? s->err.msg : "no storage"; }
 
 /* ---- helpers shared by the zoo methods (qr, multihash, robe, tt) ---------------- */
 

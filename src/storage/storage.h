@@ -30,22 +30,7 @@
 
 #include "core/core.h"
 #include "format/file.h"
-
-/* ---- sparse optimizers for table parameters ------------------------------ */
-typedef enum {
-    ES_OPT_SGD = 0,
-    ES_OPT_ADAGRAD = 1,          /* per-element accumulator */
-    ES_OPT_ROWWISE_ADAGRAD = 2,  /* one accumulator per row: mean of g^2 over the row */
-    ES_OPT_ADAM = 3              /* dense parameters only (models, DHE MLPs) */
-} es_optim;
-
-typedef struct es_optim_params {
-    es_optim kind;
-    float lr;
-    float eps;         /* adagrad/adam epsilon (default 1e-8 adam, 1e-10 adagrad) */
-    float beta1, beta2;/* adam */
-    float init_acc;    /* adagrad initial accumulator (default 0) */
-} es_optim_params;
+#include "optim/optim.h"
 
 /* ---- vocabulary: per-field value counts from a pass over training data ----
  * One open-addressing hash map per field from value key to count (vocab.c);
@@ -59,12 +44,12 @@ void es_vocab_free(es_vocab *v);
  * count differs or its CSR offsets are inconsistent (nothing counted);
  * ES_ENOMEM when a map cannot grow (the batch may be partly counted). */
 int es_vocab_add_batch(es_vocab *v, const es_batch *b);
-uint64_t es_vocab_count(const es_vocab *v, int field, uint64_t key);
+uint64_t es__vocab_count(const es_vocab *v, int field, uint64_t key);
 /* distinct keys seen in field f (all counts), and those with count >= min */
 uint64_t es_vocab_distinct(const es_vocab *v, int field);
-uint64_t es_vocab_distinct_min(const es_vocab *v, int field, uint64_t min_count);
+uint64_t es__vocab_distinct_min(const es_vocab *v, int field, uint64_t min_count);
 /* Iterate field f's keys: calls fn(key, count, ctx) for each; any order. */
-void es_vocab_each(const es_vocab *v, int field, void (*fn)(uint64_t key, uint64_t count, void *ctx), void *ctx);
+void es__vocab_each(const es_vocab *v, int field, void (*fn)(uint64_t key, uint64_t count, void *ctx), void *ctx);
 int es_vocab_n_fields(const es_vocab *v);
 /* One (field, key, count) of a vocabulary. */
 typedef struct es_vocab_entry {
@@ -72,13 +57,13 @@ typedef struct es_vocab_entry {
     int f;
 } es_vocab_entry;
 /* Popularity order: count descending, then field, then key. */
-int es_vocab_entry_cmp(const void *a, const void *b);
+int es__vocab_entry_cmp(const void *a, const void *b);
 /* Write every entry with count >= min_count to out (room for the sum over
- * fields of es_vocab_distinct_min), in popularity order, or grouped by
+ * fields of es__vocab_distinct_min), in popularity order, or grouped by
  * field first when by_field; returns the number written.  Deterministic. */
-size_t es_vocab_ranked(const es_vocab *v, uint64_t min_count, int by_field, es_vocab_entry *out);
+size_t es__vocab_ranked(const es_vocab *v, uint64_t min_count, int by_field, es_vocab_entry *out);
 /* Total value occurrences counted in field f. */
-uint64_t es_vocab_total(const es_vocab *v, int field);
+uint64_t es__vocab_total(const es_vocab *v, int field);
 /* Bytes held by the maps. */
 size_t es_vocab_bytes(const es_vocab *v);
 const char *es_vocab_errmsg(const es_vocab *v);
@@ -115,7 +100,7 @@ typedef struct es_storage_params {
 /* Defaults: row-wise Adagrad (lr 0.05, eps 1e-8, init_acc 0), init_scale
  * 0.05, min_count 1, chunks 1, subtables 1, share 0, max_batch 256, seed 1,
  * budget 0, method "hash". */
-es_storage_params es_storage_params_default(void);
+es_storage_params es__storage_params_default(void);
 
 /* Statistics for `embstore inspect`: per-field rows used and collisions. */
 typedef struct es_field_stats {
@@ -177,28 +162,28 @@ struct es_storage {
 };
 
 /* Registry (registry.c): one line per method. */
-const es_storage_ops *es_storage_find(const char *name);
-int es_storage_n_methods(void);
-const es_storage_ops *es_storage_method_at(int i);
+const es_storage_ops *es__storage_find(const char *name);
+int es__storage_n_methods(void);
+const es_storage_ops *es__storage_method_at(int i);
 
 /* Create a storage by method name.  vocab may be NULL when the method and
  * budget do not need one.  Checks the parameters (ES_EINVAL with a message
  * naming the bad one), resolves the budget into s->budget_bytes, calls the
  * method's create and checks its byte accounting against the budget. */
-int es_storage_create(es_storage **out, const es_storage_params *p, const es_vocab *vocab, es_err *err);
-void es_storage_free(es_storage *s);
+int es__storage_create(es_storage **out, const es_storage_params *p, const es_vocab *vocab, es_err *err);
+void es__storage_free(es_storage *s);
 /* Bytes of the uncompressed `full` table for a vocabulary (parameters only,
  * rows with count >= min_count plus one OOV row per field).  SIZE_MAX if the
  * figure overflows. */
-size_t es_storage_full_bytes(const es_vocab *vocab, int dim, int min_count);
+size_t es__storage_full_bytes(const es_vocab *vocab, int dim, int min_count);
 /* Thin wrappers over s->ops (same contracts); lookup and backward also
  * check the batch shape and row range (ES_EINVAL, nothing written).
  * errmsg is the last error's message. */
-int es_storage_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *out);
-int es_storage_backward(es_storage *s, const es_batch *b, const float *dout);
-int es_storage_tensors(es_storage *s, es_tensor_ref *refs, int max);
-int es_storage_after_load(es_storage *s);
-const char *es_storage_errmsg(const es_storage *s);
+int es__storage_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *out);
+int es__storage_backward(es_storage *s, const es_batch *b, const float *dout);
+int es__storage_tensors(es_storage *s, es_tensor_ref *refs, int max);
+int es__storage_after_load(es_storage *s);
+const char *es__storage_errmsg(const es_storage *s);
 
 /* ---- helpers for method implementations (storage.c) ------------------------
  * es__storage_opt: value of key in s->p.opts (first occurrence), not copied
@@ -229,12 +214,12 @@ typedef struct es_rows {
  * with U(-init_scale, init_scale) drawn row-major from rng (zeros, and no
  * draws, when init_scale is 0) and the accumulators with opt->init_acc.
  * ES_EINVAL for ADAM or a bad shape, ES_ENOMEM; t is zeroed on failure. */
-int es_rows_init(es_rows *t, uint64_t n_rows, int dim, const es_optim_params *opt, es_rng *rng, float init_scale);
-void es_rows_free(es_rows *t);
-size_t es_rows_param_bytes(const es_rows *t);
-size_t es_rows_state_bytes(const es_rows *t);
+int es__rows_init(es_rows *t, uint64_t n_rows, int dim, const es_optim_params *opt, es_rng *rng, float init_scale);
+void es__rows_free(es_rows *t);
+size_t es__rows_param_bytes(const es_rows *t);
+size_t es__rows_state_bytes(const es_rows *t);
 /* One optimizer update of row r with gradient g[dim]. */
-void es_rows_update(es_rows *t, uint64_t r, const float *g);
+void es__rows_update(es_rows *t, uint64_t r, const float *g);
 /* Tensor refs for w ("weight", f32 [n_rows, dim]) and, when there is
  * optimizer state, "opt.acc" (f32 [n_rows, dim] or [n_rows]).  Returns the
  * number of refs (written only when refs != NULL and they fit in max). */
@@ -251,18 +236,18 @@ typedef struct es_gradacc {
 } es_gradacc;
 
 /* cap: distinct rows expected per batch (grown, amortised, when exceeded). */
-int es_gradacc_init(es_gradacc *a, size_t cap, int dim);
-void es_gradacc_free(es_gradacc *a);
-void es_gradacc_clear(es_gradacc *a);
+int es__gradacc_init(es_gradacc *a, size_t cap, int dim);
+void es__gradacc_free(es_gradacc *a);
+void es__gradacc_clear(es_gradacc *a);
 /* The summed-gradient row [dim] of table row `row`, zeroed when the row is
  * new in this batch (slots keep insertion order).  NULL when the
  * accumulator had to grow and could not (nothing else changes). */
-float *es_gradacc_row(es_gradacc *a, uint64_t row);
+float *es__gradacc_row(es_gradacc *a, uint64_t row);
 /* Apply one optimizer update per accumulated row to table t (in insertion
  * order, so a 1-thread run is deterministic), then clear. */
-void es_gradacc_apply(es_gradacc *a, es_rows *t);
+void es__gradacc_apply(es_gradacc *a, es_rows *t);
 /* Bytes held by the accumulator (training scratch; not in any budget). */
-size_t es_gradacc_bytes(const es_gradacc *a);
+size_t es__gradacc_bytes(const es_gradacc *a);
 
 /* ---- the shared lookup / backward kernels -----------------------------------
  * A method maps the keys of a (row, field) pair to table rows with a

@@ -107,8 +107,8 @@ static void tt_resolve(const void *ctx, int f, const uint64_t *keys, size_t n, u
 static void tt_free(tt_impl *t) {
     if (!t) return;
     for (int k = 0; k < 3; k++) {
-        es_rows_free(&t->c[k]);
-        es_gradacc_free(&t->ga[k]);
+        es__rows_free(&t->c[k]);
+        es__gradacc_free(&t->ga[k]);
     }
     es__free(t->base); /* n shares the allocation */
     es__free(t);
@@ -166,7 +166,7 @@ static int tt_backward(es_storage *s, const es_batch *b, const float *dout) {
     const size_t W = (size_t)d1 * (size_t)R;
     uint64_t row[3];
     float T[TT_SCRATCH], dT[TT_SCRATCH];
-    for (int k = 0; k < 3; k++) es_gradacc_clear(&t->ga[k]);
+    for (int k = 0; k < 3; k++) es__gradacc_clear(&t->ga[k]);
     for (size_t P = 0, PN = (size_t)b->n * F, fi = 0; P < PN; P++, fi = fi + 1 == (size_t)F ? 0 : fi + 1) {
         const int f = (int)fi;
         const uint64_t salt = es__storage_salt(t->seed, f, 0);
@@ -179,8 +179,8 @@ static int tt_backward(es_storage *s, const es_batch *b, const float *dout) {
             const float *restrict C = t->c[2].w + row[2] * (uint64_t)t->rl[2];
             float *g[3];
             for (int k = 0; k < 3; k++)
-                if (!(g[k] = es_gradacc_row(&t->ga[k], row[k]))) {
-                    for (int l = 0; l < 3; l++) es_gradacc_clear(&t->ga[l]);
+                if (!(g[k] = es__gradacc_row(&t->ga[k], row[k]))) {
+                    for (int l = 0; l < 3; l++) es__gradacc_clear(&t->ga[l]);
                     return es__err(&s->err, ES_ENOMEM, "tt: out of memory growing the gradient scratch of core %d", k);
                 }
             float *restrict gA = g[0], *restrict gB = g[1], *restrict gC = g[2];
@@ -210,7 +210,7 @@ static int tt_backward(es_storage *s, const es_batch *b, const float *dout) {
             }
         }
     }
-    for (int k = 0; k < 3; k++) es_gradacc_apply(&t->ga[k], &t->c[k]);
+    for (int k = 0; k < 3; k++) es__gradacc_apply(&t->ga[k], &t->c[k]);
     return ES_OK;
 }
 
@@ -429,8 +429,8 @@ static int tt_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     for (int k = 0; k < 3; k++) {
         const float ak = (k == 2 && s->p.init_scale == 0) ? 0.0f : a;
         size_t ga_cap = ES_MIN((size_t)s->p.max_batch * (size_t)F, (size_t)rows[k]);
-        if (es_rows_init(&t->c[k], rows[k], t->rl[k], &s->p.opt, &rng, ak) != ES_OK ||
-            es_gradacc_init(&t->ga[k], ga_cap, t->rl[k]) != ES_OK) {
+        if (es__rows_init(&t->c[k], rows[k], t->rl[k], &s->p.opt, &rng, ak) != ES_OK ||
+            es__gradacc_init(&t->ga[k], ga_cap, t->rl[k]) != ES_OK) {
             tt_free(t);
             rc = es__err(err, ES_ENOMEM, "tt: out of memory for core %d (%llu slices of %llu floats)", k,
                          (unsigned long long)rows[k], (unsigned long long)u[k]);
@@ -457,8 +457,8 @@ static int tt_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     s->impl = t;
     s->param_bytes = s->state_bytes = 0;
     for (int k = 0; k < 3; k++) {
-        s->param_bytes += es_rows_param_bytes(&t->c[k]);
-        s->state_bytes += es_rows_state_bytes(&t->c[k]);
+        s->param_bytes += es__rows_param_bytes(&t->c[k]);
+        s->state_bytes += es__rows_state_bytes(&t->c[k]);
     }
     s->aux_bytes = aux;
     es__free(n);

@@ -153,7 +153,7 @@ int es_vocab_add_batch(es_vocab *v, const es_batch *b) {
     return ES_OK;
 }
 
-uint64_t es_vocab_count(const es_vocab *v, int field, uint64_t key) {
+uint64_t es__vocab_count(const es_vocab *v, int field, uint64_t key) {
     if (!v || field < 0 || field >= v->n_fields) return 0;
     const vfield *f = &v->f[field];
     size_t h = home(key, f->cap);
@@ -169,7 +169,7 @@ uint64_t es_vocab_distinct(const es_vocab *v, int field) {
     return v->f[field].n;
 }
 
-uint64_t es_vocab_distinct_min(const es_vocab *v, int field, uint64_t min_count) {
+uint64_t es__vocab_distinct_min(const es_vocab *v, int field, uint64_t min_count) {
     if (!v || field < 0 || field >= v->n_fields) return 0;
     const vfield *f = &v->f[field];
     if (min_count <= 1) return f->n;
@@ -178,7 +178,7 @@ uint64_t es_vocab_distinct_min(const es_vocab *v, int field, uint64_t min_count)
     return n;
 }
 
-void es_vocab_each(const es_vocab *v, int field, void (*fn)(uint64_t key, uint64_t count, void *ctx), void *ctx) {
+void es__vocab_each(const es_vocab *v, int field, void (*fn)(uint64_t key, uint64_t count, void *ctx), void *ctx) {
     if (!v || field < 0 || field >= v->n_fields) return;
     const vfield *f = &v->f[field];
     for (size_t i = 0; i < f->cap; i++)
@@ -187,7 +187,7 @@ void es_vocab_each(const es_vocab *v, int field, void (*fn)(uint64_t key, uint64
 
 int es_vocab_n_fields(const es_vocab *v) { return v ? v->n_fields : 0; }
 
-uint64_t es_vocab_total(const es_vocab *v, int field) {
+uint64_t es__vocab_total(const es_vocab *v, int field) {
     if (!v || field < 0 || field >= v->n_fields) return 0;
     return v->f[field].total;
 }
@@ -203,7 +203,7 @@ const char *es_vocab_errmsg(const es_vocab *v) { return v ? v->msg : "no vocabul
 
 /* ---- ranking (frequency-based methods) ---------------------------------------- */
 
-int es_vocab_entry_cmp(const void *a, const void *b) {
+int es__vocab_entry_cmp(const void *a, const void *b) {
     const es_vocab_entry *x = a, *y = b;
     if (x->count != y->count) return x->count > y->count ? -1 : 1;
     if (x->f != y->f) return x->f < y->f ? -1 : 1;
@@ -213,7 +213,7 @@ int es_vocab_entry_cmp(const void *a, const void *b) {
 static int entry_cmp_by_field(const void *a, const void *b) {
     const es_vocab_entry *x = a, *y = b;
     if (x->f != y->f) return x->f < y->f ? -1 : 1;
-    return es_vocab_entry_cmp(a, b);
+    return es__vocab_entry_cmp(a, b);
 }
 
 typedef struct {
@@ -228,13 +228,13 @@ static void rank_collect(uint64_t key, uint64_t count, void *ctx) {
     if (count >= x->min_count && x->n < x->cap) x->out[x->n++] = (es_vocab_entry){count, key, x->f};
 }
 
-size_t es_vocab_ranked(const es_vocab *v, uint64_t min_count, int by_field, es_vocab_entry *out) {
+size_t es__vocab_ranked(const es_vocab *v, uint64_t min_count, int by_field, es_vocab_entry *out) {
     size_t n = 0;
     for (int f = 0; f < es_vocab_n_fields(v); f++) {
-        rank_ctx x = {out + n, 0, (size_t)es_vocab_distinct_min(v, f, min_count), min_count, f};
-        es_vocab_each(v, f, rank_collect, &x);
+        rank_ctx x = {out + n, 0, (size_t)es__vocab_distinct_min(v, f, min_count), min_count, f};
+        es__vocab_each(v, f, rank_collect, &x);
         n += x.n;
     }
-    qsort(out, n, sizeof *out, by_field ? entry_cmp_by_field : es_vocab_entry_cmp);
+    qsort(out, n, sizeof *out, by_field ? entry_cmp_by_field : es__vocab_entry_cmp);
     return n;
 }

@@ -5,9 +5,9 @@
 #include "model.h"
 
 int es_storage_methods(const char **names, const char **summaries, int max) {
-    int n = es_storage_n_methods();
+    int n = es__storage_n_methods();
     for (int i = 0; i < n && i < max; i++) {
-        const es_storage_ops *ops = es_storage_method_at(i);
+        const es_storage_ops *ops = es__storage_method_at(i);
         if (names) names[i] = ops->name;
         if (summaries) summaries[i] = ops->summary ? ops->summary : "";
     }
@@ -26,7 +26,7 @@ int es_bench_lookup(const es_train_params *p, int repeat, double *lookups_per_s,
     if (repeat <= 0) repeat = 1;
     es__threads_set(p->threads);
     es_net_kind kind;
-    if (es_net_kind_parse(p->model, &kind) != 0) return es__err(err, ES_EINVAL, "unknown model '%s'", p->model);
+    if (es__net_kind_parse(p->model, &kind) != 0) return es__err(err, ES_EINVAL, "unknown model '%s'", p->model);
     if ((rc = es_reader_open(&r, p->train_path, &p->reader, err)) != 0) return rc;
     int n_dense = es_reader_n_dense(r), n_fields = es_reader_n_fields(r);
     if ((rc = es__reader_require_fields(r, p->train_path, err)) != 0) goto done;
@@ -56,7 +56,7 @@ int es_bench_lookup(const es_train_params *p, int repeat, double *lookups_per_s,
         if (p->max_rows && rows >= p->max_rows) break;
     }
     es_storage_params sp = es__train_storage_params(p, kind, n_fields);
-    if ((rc = es_storage_create(&st, &sp, vocab, err)) != 0) goto done;
+    if ((rc = es__storage_create(&st, &sp, vocab, err)) != 0) goto done;
     *bytes = st->param_bytes + st->aux_bytes;
     size_t per = (size_t)p->batch * (size_t)n_fields * (size_t)sp.dim;
     int nt = es__threads_get();
@@ -71,7 +71,7 @@ int es_bench_lookup(const es_train_params *p, int repeat, double *lookups_per_s,
             if (nt <= 1) {
                 st->ops->lookup(st, b, 0, b->n, out);
             } else {
-#pragma omp parallel for schedule(static) num_threads(nt)
+ES__OMP(omp parallel for schedule(static) num_threads(nt))
                 for (int t = 0; t < nt; t++) {
                     int a = (int)((int64_t)b->n * t / nt), z = (int)((int64_t)b->n * (t + 1) / nt);
                     if (z > a) st->ops->lookup(st, b, a, z, out + (size_t)a * (size_t)n_fields * (size_t)sp.dim);
@@ -88,7 +88,7 @@ oom:
     rc = es__err(err, ES_ENOMEM, "out of memory");
 done:
     es__free_aligned(out);
-    es_storage_free(st);
+    es__storage_free(st);
     for (int k = 0; k < nb; k++) es_batch_free(&batches[k]);
     es__free(batches);
     es_vocab_free(vocab);

@@ -5,7 +5,7 @@
  * gradients, and writes the initial values into them: under a memory limit
  * (a container's cgroup) that ends in SIGKILL with nothing said, and even
  * where the allocation fails cleanly it first pushes the machine into swap.
- * The dense part is sized by the net itself (es_net_footprint, the same
+ * The dense part is sized by the net itself (es__net_footprint, the same
  * layout create() allocates); the table and batches are estimates, which
  * only have to be close, because what this catches is sizes off by orders
  * of magnitude.  Every product and sum saturates at SIZE_MAX rather than
@@ -49,7 +49,7 @@ int es__train_check_memory(const es_net_params *np, const es_storage_params *sp,
     size_t net;
     /* parameters, gradients, packed weights, optimizer state, activations;
      * parameters create() refuses are left for it to report */
-    if (es_net_footprint(np, &net) != ES_OK) return ES_OK;
+    if (es__net_footprint(np, &net) != ES_OK) return ES_OK;
     size_t act = 0;
     /* the model's emb/demb buffers [B, F, E] and three batches (one read
      * inline, two in the parse pipeline): label, dense, offsets, keys, weights */

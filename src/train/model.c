@@ -64,7 +64,7 @@ int es__model_create(es_model **out, const es_net_params *np, const es_storage_p
     m->np = *np;
     m->n_dense = np->n_dense;
     m->n_fields = np->n_fields;
-    m->E = es_net_emb_dim(np->kind, np->dim);
+    m->E = es__net_emb_dim(np->kind, np->dim);
     m->max_batch = np->max_batch;
     int rc;
     if (sp->dim != m->E || sp->n_fields != np->n_fields || sp->max_batch != np->max_batch) {
@@ -76,8 +76,8 @@ int es__model_create(es_model **out, const es_net_params *np, const es_storage_p
         es__err(err, rc, "out of memory");
         goto fail;
     }
-    if ((rc = es_storage_create(&m->st, sp, vocab, err)) != 0) goto fail;
-    if ((rc = es_net_create(&m->net, np, err)) != 0) goto fail;
+    if ((rc = es__storage_create(&m->st, sp, vocab, err)) != 0) goto fail;
+    if ((rc = es__net_create(&m->net, np, err)) != 0) goto fail;
     if ((rc = model_alloc_buffers(m, err)) != 0) goto fail;
     *out = m;
     return ES_OK;
@@ -88,8 +88,8 @@ fail:
 
 void es_model_free(es_model *m) {
     if (!m) return;
-    es_storage_free(m->st);
-    es_net_free(m->net);
+    es__storage_free(m->st);
+    es__net_free(m->net);
     es__free_aligned(m->buf);
     es__free(m->rp_columns);
     es__free(m->in_columns);
@@ -157,7 +157,7 @@ static void lookup_rows(es_model *m, const es_batch *b, int r0, int n) {
         m->st->ops->lookup(m->st, b, r0, r0 + n, m->emb);
         return;
     }
-#pragma omp parallel for schedule(static) num_threads(nt)
+ES__OMP(omp parallel for schedule(static) num_threads(nt))
     for (int t = 0; t < nt; t++) {
         int a = r0 + (int)((int64_t)n * t / nt), z = r0 + (int)((int64_t)n * (t + 1) / nt);
         if (z > a) m->st->ops->lookup(m->st, b, a, z, m->emb + (size_t)(a - r0) * row_floats);
@@ -177,7 +177,7 @@ int es__model_train_batch(es_model *m, const es_batch *b, double *loss_sum) {
     if (n <= 0) return ES_OK;
     if (n > m->max_batch) return es__err(&m->err, ES_EINVAL, "batch of %d rows exceeds max_batch %d", n, m->max_batch);
     lookup_rows(m, b, 0, n);
-    es_net_forward(m->net, n, m->emb, b->dense, m->logit);
+    es__net_forward(m->net, n, m->emb, b->dense, m->logit);
     double loss = 0;
     float inv = 1.0f / (float)n;
     for (int i = 0; i < n; i++) {
@@ -186,8 +186,8 @@ int es__model_train_batch(es_model *m, const es_batch *b, double *loss_sum) {
         m->dlogit[i] = (sigmoidf_(z) - y) * inv;
     }
     *loss_sum += loss;
-    es_net_backward(m->net, n, m->emb, b->dense, m->dlogit, m->demb);
-    es_net_step(m->net);
+    es__net_backward(m->net, n, m->emb, b->dense, m->dlogit, m->demb);
+    es__net_step(m->net);
     int rc = m->st->ops->backward(m->st, b, m->demb);
     if (rc != 0) return es__err(&m->err, rc, "embedding update failed: %s", m->st->err.msg);
     return ES_OK;
@@ -197,11 +197,11 @@ int es_model_predict(es_model *m, const es_batch *b, float *prob) {
     if (b->n_fields != m->n_fields || b->n_dense != m->n_dense)
         return es__err(&m->err, ES_EINVAL, "batch has %d numeric and %d categorical features, the model expects %d and %d",
                        b->n_dense, b->n_fields, m->n_dense, m->n_fields);
-    es_net_freeze(m->net); /* weights packed once for every batch until the next training step */
+    es__net_freeze(m->net); /* weights packed once for every batch until the next training step */
     for (int r0 = 0; r0 < b->n; r0 += m->max_batch) {
         int n = ES_MIN(m->max_batch, b->n - r0);
         lookup_rows(m, b, r0, n);
-        es_net_forward(m->net, n, m->emb, b->dense + (size_t)r0 * (size_t)m->n_dense, m->logit);
+        es__net_forward(m->net, n, m->emb, b->dense + (size_t)r0 * (size_t)m->n_dense, m->logit);
         for (int i = 0; i < n; i++) prob[r0 + i] = sigmoidf_(m->logit[i]);
     }
     return ES_OK;
@@ -263,13 +263,13 @@ typedef struct {
 
 static int list_tensors(es_model *m, tensor_list *tl, es_err *err) {
     int ns = m->st->ops->tensors(m->st, NULL, 0);
-    int nn = es_net_tensors(m->net, NULL, 0);
+    int nn = es__net_tensors(m->net, NULL, 0);
     if (ns < 0 || nn < 0) return es__err(err, ES_EINVAL, "cannot list model tensors");
     tl->refs = es__calloc((size_t)(ns + nn) + 1, sizeof *tl->refs);
     tl->names = es__calloc((size_t)(ns + nn) + 1, sizeof *tl->names);
     if (!tl->refs || !tl->names) return es__err(err, ES_ENOMEM, "out of memory");
     m->st->ops->tensors(m->st, tl->refs, ns);
-    es_net_tensors(m->net, tl->refs + ns, nn);
+    es__net_tensors(m->net, tl->refs + ns, nn);
     for (int i = 0; i < ns + nn; i++) {
         if (i < ns) {
             /* storage tensors get a "storage." prefix; their optimizer state
@@ -299,50 +299,50 @@ static int write_meta(es_model *m, es_fwriter *w, int with_state) {
     const es_net_params *np = &m->np;
     const es_storage_params *sp = &m->st->p;
     int rc = 0;
-    rc |= es_fwriter_meta(w, "embstore.type", "model");
-    rc |= es_fwriter_metaf(w, "embstore.version", "%d.%d.%d", ES_VERSION_MAJOR, ES_VERSION_MINOR, ES_VERSION_PATCH);
-    rc |= es_fwriter_meta(w, "model.kind", es_net_kind_name(np->kind));
-    rc |= es_fwriter_metaf(w, "model.dim", "%d", np->dim);
-    rc |= es_fwriter_metaf(w, "model.n_dense", "%d", np->n_dense);
-    rc |= es_fwriter_metaf(w, "model.n_fields", "%d", np->n_fields);
+    rc |= es__fwriter_meta(w, "embstore.type", "model");
+    rc |= es__fwriter_metaf(w, "embstore.version", "%d.%d.%d", ES_VERSION_MAJOR, ES_VERSION_MINOR, ES_VERSION_PATCH);
+    rc |= es__fwriter_meta(w, "model.kind", es__net_kind_name(np->kind));
+    rc |= es__fwriter_metaf(w, "model.dim", "%d", np->dim);
+    rc |= es__fwriter_metaf(w, "model.n_dense", "%d", np->n_dense);
+    rc |= es__fwriter_metaf(w, "model.n_fields", "%d", np->n_fields);
     join_ints(buf, sizeof buf, np->bottom, np->n_bottom);
-    rc |= es_fwriter_meta(w, "model.bottom", buf);
+    rc |= es__fwriter_meta(w, "model.bottom", buf);
     join_ints(buf, sizeof buf, np->top, np->n_top);
-    rc |= es_fwriter_meta(w, "model.top", buf);
-    rc |= es_fwriter_metaf(w, "model.n_cross", "%d", np->n_cross);
-    rc |= es_fwriter_metaf(w, "model.max_batch", "%d", np->max_batch);
-    rc |= es_fwriter_metaf(w, "model.opt", "%d,%.9g,%.9g,%.9g,%.9g", (int)np->opt.kind, np->opt.lr, np->opt.eps, np->opt.beta1,
+    rc |= es__fwriter_meta(w, "model.top", buf);
+    rc |= es__fwriter_metaf(w, "model.n_cross", "%d", np->n_cross);
+    rc |= es__fwriter_metaf(w, "model.max_batch", "%d", np->max_batch);
+    rc |= es__fwriter_metaf(w, "model.opt", "%d,%.9g,%.9g,%.9g,%.9g", (int)np->opt.kind, np->opt.lr, np->opt.eps, np->opt.beta1,
                            np->opt.beta2);
-    rc |= es_fwriter_metaf(w, "model.weight_decay", "%.9g", np->weight_decay);
-    rc |= es_fwriter_metaf(w, "model.seed", "%llu", (unsigned long long)np->seed);
-    rc |= es_fwriter_meta(w, "storage.method", sp->method);
-    rc |= es_fwriter_metaf(w, "storage.dim", "%d", sp->dim);
-    rc |= es_fwriter_metaf(w, "storage.budget_bytes", "%.0f", m->st->budget_bytes);
-    rc |= es_fwriter_metaf(w, "storage.min_count", "%d", sp->min_count);
-    rc |= es_fwriter_metaf(w, "storage.chunks", "%d", sp->chunks);
-    rc |= es_fwriter_metaf(w, "storage.subtables", "%d", sp->subtables);
-    rc |= es_fwriter_metaf(w, "storage.share", "%d", sp->share);
-    rc |= es_fwriter_metaf(w, "storage.seed", "%llu", (unsigned long long)sp->seed);
-    rc |= es_fwriter_metaf(w, "storage.init_scale", "%.9g", sp->init_scale);
-    rc |= es_fwriter_metaf(w, "storage.opt", "%d,%.9g,%.9g,%.9g,%.9g,%.9g", (int)sp->opt.kind, sp->opt.lr, sp->opt.eps,
+    rc |= es__fwriter_metaf(w, "model.weight_decay", "%.9g", np->weight_decay);
+    rc |= es__fwriter_metaf(w, "model.seed", "%llu", (unsigned long long)np->seed);
+    rc |= es__fwriter_meta(w, "storage.method", sp->method);
+    rc |= es__fwriter_metaf(w, "storage.dim", "%d", sp->dim);
+    rc |= es__fwriter_metaf(w, "storage.budget_bytes", "%.0f", m->st->budget_bytes);
+    rc |= es__fwriter_metaf(w, "storage.min_count", "%d", sp->min_count);
+    rc |= es__fwriter_metaf(w, "storage.chunks", "%d", sp->chunks);
+    rc |= es__fwriter_metaf(w, "storage.subtables", "%d", sp->subtables);
+    rc |= es__fwriter_metaf(w, "storage.share", "%d", sp->share);
+    rc |= es__fwriter_metaf(w, "storage.seed", "%llu", (unsigned long long)sp->seed);
+    rc |= es__fwriter_metaf(w, "storage.init_scale", "%.9g", sp->init_scale);
+    rc |= es__fwriter_metaf(w, "storage.opt", "%d,%.9g,%.9g,%.9g,%.9g,%.9g", (int)sp->opt.kind, sp->opt.lr, sp->opt.eps,
                            sp->opt.beta1, sp->opt.beta2, sp->opt.init_acc);
-    rc |= es_fwriter_meta(w, "storage.opts", sp->opts ? sp->opts : "");
-    rc |= es_fwriter_meta(w, "storage.resolved", m->st->meta);
-    rc |= es_fwriter_metaf(w, "storage.param_bytes", "%zu", m->st->param_bytes);
-    rc |= es_fwriter_metaf(w, "storage.aux_bytes", "%zu", m->st->aux_bytes);
-    rc |= es_fwriter_meta(w, "reader.format", es__format_name(m->rp.format));
-    rc |= es_fwriter_metaf(w, "reader.delim", "%d", (int)(unsigned char)m->rp.delim);
-    rc |= es_fwriter_metaf(w, "reader.header", "%d", m->rp.header);
-    rc |= es_fwriter_meta(w, "reader.columns", m->rp.columns ? m->rp.columns : "");
-    rc |= es_fwriter_metaf(w, "reader.multi_sep", "%d", (int)(unsigned char)m->rp.multi_sep);
-    rc |= es_fwriter_metaf(w, "reader.pool", "%d", (int)m->rp.pool);
-    rc |= es_fwriter_metaf(w, "reader.label_threshold", "%.17g", m->rp.label_threshold);
-    rc |= es_fwriter_metaf(w, "reader.n_fields_hint", "%d", m->rp.n_fields_hint);
+    rc |= es__fwriter_meta(w, "storage.opts", sp->opts ? sp->opts : "");
+    rc |= es__fwriter_meta(w, "storage.resolved", m->st->meta);
+    rc |= es__fwriter_metaf(w, "storage.param_bytes", "%zu", m->st->param_bytes);
+    rc |= es__fwriter_metaf(w, "storage.aux_bytes", "%zu", m->st->aux_bytes);
+    rc |= es__fwriter_meta(w, "reader.format", es__format_name(m->rp.format));
+    rc |= es__fwriter_metaf(w, "reader.delim", "%d", (int)(unsigned char)m->rp.delim);
+    rc |= es__fwriter_metaf(w, "reader.header", "%d", m->rp.header);
+    rc |= es__fwriter_meta(w, "reader.columns", m->rp.columns ? m->rp.columns : "");
+    rc |= es__fwriter_metaf(w, "reader.multi_sep", "%d", (int)(unsigned char)m->rp.multi_sep);
+    rc |= es__fwriter_metaf(w, "reader.pool", "%d", (int)m->rp.pool);
+    rc |= es__fwriter_metaf(w, "reader.label_threshold", "%.17g", m->rp.label_threshold);
+    rc |= es__fwriter_metaf(w, "reader.n_fields_hint", "%d", m->rp.n_fields_hint);
     for (int i = 0; i < m->n_meta; i++) {
         if (strncmp(m->meta_key[i], "train.", 6) == 0 || strncmp(m->meta_key[i], "schema.", 7) == 0 ||
             strncmp(m->meta_key[i], "user.", 5) == 0 || strncmp(m->meta_key[i], "stats.", 6) == 0 ||
             (with_state && strncmp(m->meta_key[i], "ckpt.", 5) == 0))
-            rc |= es_fwriter_meta(w, m->meta_key[i], m->meta_val[i]);
+            rc |= es__fwriter_meta(w, m->meta_key[i], m->meta_val[i]);
     }
     return rc ? ES_ENOMEM : ES_OK;
 }
@@ -350,7 +350,7 @@ static int write_meta(es_model *m, es_fwriter *w, int with_state) {
 int es__model_save(es_model *m, const char *path, int with_state, es_err *err) {
     es_fwriter *w = NULL;
     tensor_list tl = {0};
-    int rc = es_fwriter_open(&w, path, err);
+    int rc = es__fwriter_open(&w, path, err);
     if (rc != 0) return rc;
     if ((rc = write_meta(m, w, with_state)) != 0) {
         es__err(err, rc, "%s: cannot add metadata", path);
@@ -361,23 +361,23 @@ int es__model_save(es_model *m, const char *path, int with_state, es_err *err) {
         if (!with_state && is_opt_tensor(tl.names[i])) continue;
         es_tensor_ref t = tl.refs[i];
         snprintf(t.name, sizeof t.name, "%s", tl.names[i]);
-        if ((rc = es_fwriter_tensor(w, &t)) != 0) {
-            es__err(err, rc, "%s: cannot add tensor %s: %s", path, t.name, es_fwriter_errmsg(w));
+        if ((rc = es__fwriter_tensor(w, &t)) != 0) {
+            es__err(err, rc, "%s: cannot add tensor %s: %s", path, t.name, es__fwriter_errmsg(w));
             goto fail;
         }
     }
     free_tensors(&tl);
-    return es_fwriter_commit(w, err);
+    return es__fwriter_commit(w, err);
 fail:
     free_tensors(&tl);
-    es_fwriter_abort(w);
+    es__fwriter_abort(w);
     return rc;
 }
 
 /* ---- load ------------------------------------------------------------------------ */
 
 static const char *need(const es_file *f, const char *key, const char *path, es_err *err, int *rc) {
-    const char *v = es_file_meta(f, key);
+    const char *v = es__file_meta(f, key);
     if (!v && *rc == 0) *rc = es__err(err, ES_EFORMAT, "%s: model metadata lacks '%s'", path, key);
     return v;
 }
@@ -391,7 +391,7 @@ static int meta_int(const es_file *f, const char *key, const char *path, es_err 
  * (t->nbytes bytes).  When in-place placement is allowed, the file offset
  * and dst are page-aligned and dst is a large block from es__alloc_aligned,
  * the tensor's whole pages are placed without copying: moved from the
- * handle's private copy of the file (es_file_move_pages; the default), or,
+ * handle's private copy of the file (es__file_move_pages; the default), or,
  * for a mapped file (ES_LOAD_MAP), mapped copy-on-write from the file
  * (es__alloc_remap).  Only the last partial page is copied; the rest of the
  * block past nbytes stays the allocator's zeros.  Otherwise (small tensors,
@@ -400,10 +400,10 @@ static int meta_int(const es_file *f, const char *key, const char *path, es_err 
  * without copying to m->mapped_bytes. */
 static int place_tensor(es_model *m, es_file *f, int ti, const es_tensor_ref *t, void *dst, int inplace, const char *path, es_err *err) {
     size_t whole = t->nbytes & ~(size_t)(ES_FILE_PAGE_ALIGN - 1);
-    uint64_t off = es_file_tensor_offset(f, ti);
+    uint64_t off = es__file_tensor_offset(f, ti);
     if (inplace && whole > 0 && off % ES_FILE_PAGE_ALIGN == 0 && (uintptr_t)dst % ES_FILE_PAGE_ALIGN == 0) {
         const char *src = t->data; /* the tail stays readable after a move */
-        int rc = es_file_is_mapped(f) ? es__alloc_remap(dst, whole, es_file_fd(f), off) : es_file_move_pages(f, ti, dst, whole);
+        int rc = es__file_is_mapped(f) ? es__alloc_remap(dst, whole, es__file_fd(f), off) : es__file_move_pages(f, ti, dst, whole);
         if (rc == ES_OK) {
             memcpy((char *)dst + whole, src + whole, t->nbytes - whole);
             m->mapped_bytes += whole;
@@ -420,7 +420,7 @@ static int place_tensor(es_model *m, es_file *f, int ti, const es_tensor_ref *t,
 size_t es__model_mapped_bytes(const es_model *m) { return m->mapped_bytes; }
 
 /* Loading copies each byte at most once.  By default the container is
- * read into private memory (es_file_open), and each large tensor whose
+ * read into private memory (es__file_open), and each large tensor whose
  * file offset is page-aligned (every tensor of 64 KiB or more in a
  * version-2 file) has its pages moved, not copied, into its freshly
  * allocated array (place_tensor).  The loaded model then owns all its
@@ -444,9 +444,9 @@ int es__model_load(es_model **out, const char *path, unsigned flags, int with_st
     tensor_list tl = {0};
     char *opts = NULL;
     unsigned fflags = ((flags & ES_LOAD_NO_VERIFY) ? ES_FILE_NO_VERIFY : 0) | ((flags & ES_LOAD_MAP) ? ES_FILE_MAP : 0);
-    int rc = es_file_open(&f, path, fflags, err);
+    int rc = es__file_open(&f, path, fflags, err);
     if (rc != 0) return rc;
-    const char *type = es_file_meta(f, "embstore.type");
+    const char *type = es__file_meta(f, "embstore.type");
     if (!type || strcmp(type, "model") != 0) {
         rc = es__err(err, ES_EFORMAT, "%s: not a model file (type '%s')", path, type ? type : "none");
         goto done;
@@ -454,7 +454,7 @@ int es__model_load(es_model **out, const char *path, unsigned flags, int with_st
     es_net_kind kind;
     const char *ks = need(f, "model.kind", path, err, &rc);
     if (rc) goto done;
-    if (es_net_kind_parse(ks, &kind) != 0) {
+    if (es__net_kind_parse(ks, &kind) != 0) {
         rc = es__err(err, ES_EFORMAT, "%s: unknown model kind '%s'", path, ks);
         goto done;
     }
@@ -466,9 +466,9 @@ int es__model_load(es_model **out, const char *path, unsigned flags, int with_st
         rc = es__err(err, ES_EFORMAT, "%s: model shape out of range (dim %d, dense %d, fields %d)", path, dim, n_dense, n_fields);
         goto done;
     }
-    es_net_params np = es_net_params_default(kind, n_dense, n_fields, dim);
-    int nb = parse_ints(es_file_meta(f, "model.bottom"), np.bottom, ES_NET_MAX_LAYERS);
-    int nt = parse_ints(es_file_meta(f, "model.top"), np.top, ES_NET_MAX_LAYERS);
+    es_net_params np = es__net_params_default(kind, n_dense, n_fields, dim);
+    int nb = parse_ints(es__file_meta(f, "model.bottom"), np.bottom, ES_NET_MAX_LAYERS);
+    int nt = parse_ints(es__file_meta(f, "model.top"), np.top, ES_NET_MAX_LAYERS);
     if (nb < 0 || nt < 0) {
         rc = es__err(err, ES_EFORMAT, "%s: bad layer list in metadata", path);
         goto done;
@@ -483,36 +483,36 @@ int es__model_load(es_model **out, const char *path, unsigned flags, int with_st
         goto done;
     }
     const char *s;
-    if ((s = es_file_meta(f, "model.opt"))) {
+    if ((s = es__file_meta(f, "model.opt"))) {
         int k = 0;
         sscanf(s, "%d,%f,%f,%f,%f", &k, &np.opt.lr, &np.opt.eps, &np.opt.beta1, &np.opt.beta2);
         np.opt.kind = (es_optim)k;
     }
-    if ((s = es_file_meta(f, "model.weight_decay"))) np.weight_decay = strtof(s, NULL);
-    if ((s = es_file_meta(f, "model.seed"))) np.seed = strtoull(s, NULL, 10);
+    if ((s = es__file_meta(f, "model.weight_decay"))) np.weight_decay = strtof(s, NULL);
+    if ((s = es__file_meta(f, "model.seed"))) np.seed = strtoull(s, NULL, 10);
 
-    es_storage_params sp = es_storage_params_default();
+    es_storage_params sp = es__storage_params_default();
     sp.method = need(f, "storage.method", path, err, &rc);
     sp.dim = meta_int(f, "storage.dim", path, err, &rc);
     if (rc) goto done;
     sp.n_fields = n_fields;
     sp.max_batch = np.max_batch;
-    if ((s = es_file_meta(f, "storage.budget_bytes"))) sp.budget = strtod(s, NULL);
-    if ((s = es_file_meta(f, "storage.min_count"))) sp.min_count = atoi(s);
-    if ((s = es_file_meta(f, "storage.chunks"))) sp.chunks = atoi(s);
-    if ((s = es_file_meta(f, "storage.subtables"))) sp.subtables = atoi(s);
-    if ((s = es_file_meta(f, "storage.share"))) sp.share = atoi(s);
-    if ((s = es_file_meta(f, "storage.seed"))) sp.seed = strtoull(s, NULL, 10);
-    if ((s = es_file_meta(f, "storage.init_scale"))) sp.init_scale = strtof(s, NULL);
-    if ((s = es_file_meta(f, "storage.opt"))) {
+    if ((s = es__file_meta(f, "storage.budget_bytes"))) sp.budget = strtod(s, NULL);
+    if ((s = es__file_meta(f, "storage.min_count"))) sp.min_count = atoi(s);
+    if ((s = es__file_meta(f, "storage.chunks"))) sp.chunks = atoi(s);
+    if ((s = es__file_meta(f, "storage.subtables"))) sp.subtables = atoi(s);
+    if ((s = es__file_meta(f, "storage.share"))) sp.share = atoi(s);
+    if ((s = es__file_meta(f, "storage.seed"))) sp.seed = strtoull(s, NULL, 10);
+    if ((s = es__file_meta(f, "storage.init_scale"))) sp.init_scale = strtof(s, NULL);
+    if ((s = es__file_meta(f, "storage.opt"))) {
         int k = 0;
         sscanf(s, "%d,%f,%f,%f,%f,%f", &k, &sp.opt.lr, &sp.opt.eps, &sp.opt.beta1, &sp.opt.beta2, &sp.opt.init_acc);
         sp.opt.kind = (es_optim)k;
     }
     /* The resolved hyper-parameters (rows per table, ...) take precedence
      * over budget solving, so the shapes match the saved tensors. */
-    const char *user_opts = es_file_meta(f, "storage.opts");
-    const char *resolved = es_file_meta(f, "storage.resolved");
+    const char *user_opts = es__file_meta(f, "storage.opts");
+    const char *resolved = es__file_meta(f, "storage.resolved");
     size_t opts_len = (resolved ? strlen(resolved) : 0) + (user_opts ? strlen(user_opts) : 0) + 2;
     opts = es__malloc(opts_len);
     if (!opts) {
@@ -524,14 +524,14 @@ int es__model_load(es_model **out, const char *path, unsigned flags, int with_st
     sp.opts = opts;
 
     es_reader_params rp = es_reader_params_default();
-    rp.format = format_parse(es_file_meta(f, "reader.format"));
-    if ((s = es_file_meta(f, "reader.delim"))) rp.delim = (char)atoi(s);
-    if ((s = es_file_meta(f, "reader.header"))) rp.header = atoi(s);
-    if ((s = es_file_meta(f, "reader.columns")) && *s) rp.columns = s;
-    if ((s = es_file_meta(f, "reader.multi_sep"))) rp.multi_sep = (char)atoi(s);
-    if ((s = es_file_meta(f, "reader.pool"))) rp.pool = (es_pool)atoi(s);
-    if ((s = es_file_meta(f, "reader.label_threshold"))) rp.label_threshold = strtod(s, NULL);
-    if ((s = es_file_meta(f, "reader.n_fields_hint"))) rp.n_fields_hint = atoi(s);
+    rp.format = format_parse(es__file_meta(f, "reader.format"));
+    if ((s = es__file_meta(f, "reader.delim"))) rp.delim = (char)atoi(s);
+    if ((s = es__file_meta(f, "reader.header"))) rp.header = atoi(s);
+    if ((s = es__file_meta(f, "reader.columns")) && *s) rp.columns = s;
+    if ((s = es__file_meta(f, "reader.multi_sep"))) rp.multi_sep = (char)atoi(s);
+    if ((s = es__file_meta(f, "reader.pool"))) rp.pool = (es_pool)atoi(s);
+    if ((s = es__file_meta(f, "reader.label_threshold"))) rp.label_threshold = strtod(s, NULL);
+    if ((s = es__file_meta(f, "reader.n_fields_hint"))) rp.n_fields_hint = atoi(s);
 
     /* Every parameter is replaced by the file's values below, so skip the
      * random initial fill: load time then does not grow with the size. */
@@ -539,9 +539,9 @@ int es__model_load(es_model **out, const char *path, unsigned flags, int with_st
     rc = es__model_create(&m, &np, &sp, NULL, &rp, err);
     es__rng_fill_skip(0);
     if (rc != 0) goto done;
-    for (int i = 0; i < es_file_n_meta(f); i++) {
+    for (int i = 0; i < es__file_n_meta(f); i++) {
         const char *k, *v;
-        es_file_meta_at(f, i, &k, &v);
+        es__file_meta_at(f, i, &k, &v);
         if ((rc = es__model_set_meta(m, k, v)) != 0) {
             es__err(err, rc, "%s: out of memory for metadata", path);
             goto done;
@@ -549,10 +549,10 @@ int es__model_load(es_model **out, const char *path, unsigned flags, int with_st
     }
     if ((rc = list_tensors(m, &tl, err)) != 0) goto done;
     const char *no_remap = getenv("ES_NO_REMAP");
-    int remap = es_file_fd(f) >= 0 && sysconf(_SC_PAGESIZE) == ES_FILE_PAGE_ALIGN && !(no_remap && *no_remap && strcmp(no_remap, "0") != 0);
+    int remap = es__file_fd(f) >= 0 && sysconf(_SC_PAGESIZE) == ES_FILE_PAGE_ALIGN && !(no_remap && *no_remap && strcmp(no_remap, "0") != 0);
     for (int i = 0; i < tl.n; i++) {
         int opt = is_opt_tensor(tl.names[i]);
-        const es_tensor_ref *t = es_file_tensor(f, tl.names[i]);
+        const es_tensor_ref *t = es__file_tensor(f, tl.names[i]);
         if (!t) {
             if (opt && !with_state) continue;
             rc = es__err(err, ES_EFORMAT, "%s: tensor '%s' is missing", path, tl.names[i]);
@@ -561,11 +561,11 @@ int es__model_load(es_model **out, const char *path, unsigned flags, int with_st
         if (opt && !with_state) continue;
         if (t->dtype != tl.refs[i].dtype || t->nbytes != tl.refs[i].nbytes) {
             rc = es__err(err, ES_EFORMAT, "%s: tensor '%s' has %s x %zu bytes, the model expects %s x %zu bytes", path, tl.names[i],
-                         es_dtype_name(t->dtype), t->nbytes, es_dtype_name(tl.refs[i].dtype), tl.refs[i].nbytes);
+                         es__dtype_name(t->dtype), t->nbytes, es__dtype_name(tl.refs[i].dtype), tl.refs[i].nbytes);
             goto done;
         }
-        int ti = (int)(t - es_file_tensor_at(f, 0)); /* es_file_tensor points into the table es_file_tensor_at indexes */
-        ES_ASSERT(es_file_tensor_at(f, ti) == t);
+        int ti = (int)(t - es__file_tensor_at(f, 0)); /* es__file_tensor points into the table es__file_tensor_at indexes */
+        ES_ASSERT(es__file_tensor_at(f, ti) == t);
         if ((rc = place_tensor(m, f, ti, t, tl.refs[i].data, remap, path, err)) != 0) goto done;
     }
     if (m->st->ops->after_load && (rc = m->st->ops->after_load(m->st, err)) != 0) goto done;
@@ -575,7 +575,7 @@ done:
     es__free(opts);
     free_tensors(&tl);
     es_model_free(m);
-    es_file_close(f);
+    es__file_close(f);
     return rc;
 }
 

@@ -92,7 +92,7 @@ int es__train_describe(const es_train_params *p, const es_reader_params *rp, cha
     if ((rc = put_file(&b, "data", p->train_path, err)) != ES_OK) return rc;
     if (p->valid_path && (rc = put_file(&b, "valid", p->valid_path, err)) != ES_OK) return rc;
     es_net_kind kind;
-    put(&b, "model", "%s", p->model && es_net_kind_parse(p->model, &kind) == 0 ? es_net_kind_name(kind) : p->model ? p->model : "");
+    put(&b, "model", "%s", p->model && es__net_kind_parse(p->model, &kind) == 0 ? es__net_kind_name(kind) : p->model ? p->model : "");
     put(&b, "dim", "%d", p->dim);
     put_layers(&b, "bottom", p->bottom, p->n_bottom);
     put_layers(&b, "top", p->top, p->n_top);

@@ -46,10 +46,10 @@ es_train_params es_train_params_default(void) {
 }
 
 es_storage_params es__train_storage_params(const es_train_params *p, es_net_kind kind, int n_fields) {
-    es_storage_params sp = es_storage_params_default();
+    es_storage_params sp = es__storage_params_default();
     sp.method = p->storage;
     sp.n_fields = n_fields;
-    sp.dim = es_net_emb_dim(kind, p->dim);
+    sp.dim = es__net_emb_dim(kind, p->dim);
     sp.max_batch = p->batch;
     sp.budget = p->budget;
     sp.seed = p->seed;
@@ -349,7 +349,7 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
     if (p->epochs <= 0) return es__err(err, ES_EINVAL, "epochs must be positive");
     if (p->dim <= 0 || p->dim > 4096) return es__err(err, ES_EINVAL, "dim %d out of range [1, 4096]", p->dim);
     es_net_kind kind;
-    if (es_net_kind_parse(p->model, &kind) != 0)
+    if (es__net_kind_parse(p->model, &kind) != 0)
         return es__err(err, ES_EINVAL, "unknown model '%s' (expected lr, fm, dlrm or dcn)", p->model ? p->model : "");
     es_optim dense_opt, emb_opt;
     if (parse_optim(p->optim, &dense_opt) != 0 || dense_opt == ES_OPT_ROWWISE_ADAGRAD)
@@ -383,7 +383,7 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
      * The vocabulary is skipped when the method works from hashes alone
      * and the budget is in bytes: then training keeps no per-value state
      * and its memory is the model plus the batch buffers. */
-    const es_storage_ops *ops = es_storage_find(p->storage);
+    const es_storage_ops *ops = es__storage_find(p->storage);
     if (!ops) {
         rc = es__err(err, ES_EINVAL, "unknown storage method '%s'", p->storage ? p->storage : "");
         goto done;
@@ -460,7 +460,7 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
     res->train_rows = n_train;
 
     /* model */
-    es_net_params np = es_net_params_default(kind, n_dense, n_fields, p->dim);
+    es_net_params np = es__net_params_default(kind, n_dense, n_fields, p->dim);
     if (p->n_bottom > 0) {
         np.n_bottom = p->n_bottom;
         memcpy(np.bottom, p->bottom, sizeof(int) * (size_t)p->n_bottom);
@@ -481,7 +481,7 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
     {
         /* the table's serving bytes: a budget in bytes, a fraction of the
          * full table, or the full table itself */
-        double full = vocab ? (double)es_storage_full_bytes(vocab, sp.dim, sp.min_count) : 0;
+        double full = vocab ? (double)es__storage_full_bytes(vocab, sp.dim, sp.min_count) : 0;
         double tb = p->budget > 1 ? p->budget : p->budget > 0 ? p->budget * full : full;
         if ((rc = es__train_check_memory(&np, &sp, tb, err)) != 0) goto done;
     }
@@ -545,9 +545,9 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
     res->emb_param_bytes = m->st->param_bytes;
     res->emb_bytes = m->st->param_bytes + m->st->aux_bytes;
     res->emb_state_bytes = m->st->state_bytes;
-    res->net_bytes = es_net_param_bytes(m->net);
+    res->net_bytes = es__net_param_bytes(m->net);
     res->param_bytes = res->emb_bytes + res->net_bytes;
-    res->full_bytes = es_storage_full_bytes(vocab, sp.dim, sp.min_count);
+    res->full_bytes = es__storage_full_bytes(vocab, sp.dim, sp.min_count);
 
     /* train */
     if ((rc = pipeline_init(&pl, p->batch, n_dense, n_fields)) != 0) {

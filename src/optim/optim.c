@@ -18,7 +18,7 @@
  * Every update is elementwise, so long arrays are split over threads in
  * fixed blocks without changing any result.
  */
-#include "model/layers.h"
+#include "optim/optim.h"
 
 #include "core/core.h"
 
