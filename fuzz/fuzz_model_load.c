@@ -51,7 +51,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             }
             for (int i = 0; i < nd; i++) b.dense[i] = 0.5f;
             float p = 0;
-            if (es_model_predict(m, &b, &p) == 0 && !(p >= 0 && p <= 1) && p == p) abort();
+            if (es_model_predict_batch(m, &b, &p) == 0 && !(p >= 0 && p <= 1) && p == p) abort();
             es_batch_free(&b);
         }
         es_model_free(m);

@@ -234,8 +234,9 @@ ES_API int es_reader_next(es_reader *r, es_batch *b);
 ES_API int es_reader_rewind(es_reader *r);
 ES_API const char *es_reader_errmsg(const es_reader *r);
 /* The parameters in effect after open: the format and delimiter chosen
- * from the file name when they were left to be detected (columns is NULL:
- * pass on the spec you gave). */
+ * from the file name when they were left to be detected.  columns is the
+ * spec given at open (a copy owned by the reader, valid until
+ * es_reader_free), or NULL. */
 ES_API es_reader_params es_reader_resolved_params(const es_reader *r);
 /* Line-level statistics since open/rewind: physical lines read (header and
  * blank lines included), lines skipped as bad, and the first 5 bad-line
@@ -386,7 +387,141 @@ ES_API int es_train_describe_diff(const char *a, const char *b, const char *igno
  * n <= 0 means all cores.  Returns the number in effect. */
 ES_API int es_set_threads(int n);
 
+/* ---- The step-level model API ------------------------------------------------
+ * A model is an embedding table (storage) plus a dense net plus the schema
+ * they were trained on.  The caller owns the loop (docs/api.md):
+ *
+ *     es_model_params mp = es_model_params_default();
+ *     mp.n_dense = es_reader_n_dense(r); mp.n_fields = es_reader_n_fields(r);
+ *     es_model_create(&m, &mp, vocab_or_NULL, &err);
+ *     es_model_set_reader(m, r);            // how files are read, saved with it
+ *     while (es_reader_next(r, &b) > 0) es_model_train_batch(m, &b, &loss);
+ *     es_model_save(m, "model.es", 0);
+ *     ... es_model_load(&m2, "model.es", 0, &err); es_model_predict_batch(m2, &b, prob);
+ *
+ * es_train (above) is such a loop, with counting, the vocabulary pass,
+ * checkpoints, evaluation and metadata around it; with the same settings
+ * and one thread, a loop over these calls gives the same bits.
+ *
+ * Thread rule: one call at a time per model (a model keeps the activations
+ * of its batch).  Each call parallelises inside itself over es_set_threads
+ * threads.  To serve from several threads, load one model per thread.
+ * Errors: the functions taking a model return 0 or a negative ES_E* code
+ * and keep the message in the model (es_model_errmsg). */
 typedef struct es_model es_model;
+typedef struct es_vocab es_vocab;
+
+typedef struct es_model_params {
+    const char *model;        /* "lr", "fm", "dlrm" (default), "dcn" */
+    int dim;                  /* 16; embedding dim (FM factor size) */
+    int bottom[8], n_bottom;  /* DLRM bottom MLP (0 layers: {64, dim}) */
+    int top[8], n_top;        /* DLRM top / DCN deep MLP (0 layers: {64, 32}) */
+    int n_cross;              /* DCN cross layers (0: 2) */
+    int n_dense;              /* numeric features per row (required, >= 0) */
+    int n_fields;             /* categorical fields per row (required, >= 1) */
+    const char *storage;      /* "unified" (default); es_storage_methods() lists them */
+    /* Serving bytes of the table: bytes (> 1), a fraction of the full table
+     * (<= 1; needs a vocabulary), or 0: the method's default (a tenth of the
+     * full table, ES_DEFAULT_BUDGET, for methods sized by a budget; the
+     * exact size for `full`; none for methods that solve their own size or
+     * get it from storage_opts). */
+    double budget;
+    const char *storage_opts; /* method options "k=v,..." (see --help-storage) */
+    int min_count, chunks, subtables, share; /* to move into storage_opts (issue 9) */
+    int batch;                /* 256; most rows per train/eval call */
+    float lr;                 /* 1e-3; dense optimizer learning rate */
+    float emb_lr;             /* 0.05; table optimizer learning rate */
+    const char *optim;        /* dense: "adam" (default), "adagrad", "sgd" */
+    const char *emb_optim;    /* table: "rowwise" (default), "adagrad", "sgd" */
+    float weight_decay;       /* 0; L2 on dense weights (not biases) */
+    uint64_t seed;            /* 1; every initial value follows from it */
+} es_model_params;
+
+/* The defaults above (those of es_train_params_default and the CLI). */
+ES_API es_model_params es_model_params_default(void);
+/* The model part of a training run's parameters, for a file of n_dense
+ * numeric and n_fields categorical columns (es_train uses exactly this). */
+ES_API es_model_params es_model_params_from_train(const es_train_params *p, int n_dense, int n_fields);
+
+/* Create a model for training.  vocab (may be NULL) holds the value counts
+ * of the training rows: needed by methods that size themselves from it
+ * (`full`, mde, adapt) and by budgets given as a fraction; a method that
+ * needs one and gets NULL fails with ES_EINVAL saying so.  The vocabulary
+ * is only read during the call.  Before allocating, the bytes the model
+ * needs are compared with physical memory and the process limits (ES_ENOMEM
+ * with the figures).  Errors: ES_EINVAL (a parameter out of range, unknown
+ * model, method or optimizer, or an invalid method option: the message
+ * names it), ES_EBUDGET (budget too small for the method), ES_ENOMEM.  On
+ * failure *out is NULL and err says why. */
+ES_API int es_model_create(es_model **out, const es_model_params *p, const es_vocab *vocab, es_err *err);
+/* Record how this model reads files: the reader's resolved parameters
+ * (format, delimiter, column spec, ...) and its column names (the
+ * categorical fields, the numeric features, the label).  They are saved
+ * with the model, so that es_model_eval_file / es_model_predict_file read
+ * other files the same way and match CSV columns by name.  The reader must
+ * have the model's n_dense and n_fields (ES_EINVAL otherwise).  Optional:
+ * without it a model reads files with the default reader parameters.
+ * Returns 0, ES_EINVAL or ES_ENOMEM. */
+ES_API int es_model_set_reader(es_model *m, const es_reader *r);
+/* One optimisation step on the rows of b (1 <= b->n <= params.batch):
+ * lookup, forward, log loss, backward, dense optimizer step, sparse table
+ * update.  loss_sum (may be NULL) receives the SUM over the rows of the
+ * log loss before the step (divide by b->n for the batch mean; es_train
+ * reports the mean over an epoch).  Errors: ES_EINVAL (b->n out of range
+ * or b's shape differs from the model's; nothing changes), ES_ENOMEM (the
+ * table's update scratch could not grow: the dense step was applied, the
+ * table update was not). */
+ES_API int es_model_train_batch(es_model *m, const es_batch *b, double *loss_sum);
+/* Probabilities of the rows of b into prob[b->n] (any b->n >= 0: rows are
+ * processed params.batch at a time) and, when loss_sum is not NULL, the
+ * summed log loss against b->label.  Nothing is updated.  A row's
+ * probability does not depend on the other rows of b, on how a file is cut
+ * into batches, on the thread count or on the SIMD level (bit for bit on
+ * one machine: docs/determinism.md).  ES_EINVAL when b's shape differs. */
+ES_API int es_model_eval_batch(es_model *m, const es_batch *b, float *prob, double *loss_sum);
+/* es_model_eval_batch without the loss. */
+ES_API int es_model_predict_batch(es_model *m, const es_batch *b, float *prob);
+
+/* Save flags. */
+#define ES_SAVE_STATE 1u /* also the optimizer state (to continue training) */
+/* Write the model to `path` atomically (temporary file, fsync, rename; the
+ * temporary file is removed on failure, and `path` is untouched).  With
+ * ES_SAVE_STATE the file also holds the optimizer state, and a model loaded
+ * from it with es_model_load_state continues training exactly where this
+ * one is.  Errors: ES_EIO (cannot write; message names the path), ES_ENOMEM. */
+ES_API int es_model_save(es_model *m, const char *path, unsigned flags);
+
+/* Where a training loop is: saved with a checkpoint so a resumed run skips
+ * what it has done.  epoch counts from 0; rows are the rows of that epoch
+ * already trained on; trained the rows of all epochs; loss_sum the summed
+ * loss of the rows of this epoch so far. */
+typedef struct es_checkpoint {
+    int epoch;
+    uint64_t rows;
+    uint64_t trained;
+    double loss_sum;
+} es_checkpoint;
+/* Save a checkpoint: the model with its optimizer state and `pos`
+ * (atomically, like es_model_save).  Errors as es_model_save, ES_EINVAL for
+ * a negative or non-finite position. */
+ES_API int es_model_checkpoint_save(es_model *m, const char *path, const es_checkpoint *pos);
+/* Load a checkpoint written by es_model_checkpoint_save into a model that
+ * can continue training, and its position.  Every number is checked:
+ * ES_EFORMAT (with the key and value) for a file that is not a complete
+ * checkpoint or holds a position out of range (a negative epoch, ...),
+ * and the errors of es_model_load. */
+ES_API int es_model_checkpoint_load(es_model **out, const char *path, es_checkpoint *pos, es_err *err);
+
+/* Set a metadata entry saved with the model (copied; replaces the value of
+ * an existing key).  Applications may set keys under "user." only (the
+ * other prefixes are the library's): ES_EINVAL otherwise, ES_ENOMEM. */
+ES_API int es_model_set_meta(es_model *m, const char *key, const char *value);
+
+/* Model sizes: serving bytes of the embedding table (parameters + lookup
+ * maps), of its optimizer state, and of the dense parameters. */
+ES_API size_t es_model_table_bytes(const es_model *m);
+ES_API size_t es_model_table_state_bytes(const es_model *m);
+ES_API size_t es_model_net_bytes(const es_model *m);
 
 #define ES_LOAD_NO_VERIFY 1u  /* skip tensor checksums when loading */
 /* Map the large tensors from the file instead of reading them: opening
@@ -398,8 +533,16 @@ typedef struct es_model es_model;
  * again.  See docs/format.md, "Loading: read or map". */
 #define ES_LOAD_MAP 2u
 
+/* Load a model file for prediction (the optimizer state, if any, is not
+ * read; es_model_checkpoint_load continues training).  Every count, shape
+ * and number in the file is checked: ES_EFORMAT / ES_ECHECKSUM /
+ * ES_EVERSION with the path and the key, ES_ENOTFOUND / ES_EIO, ES_ENOMEM.
+ * Files written by earlier versions of embstore load and predict the same
+ * bits. */
 ES_API int es_model_load(es_model **out, const char *path, unsigned flags, es_err *err);
+/* Free a model (NULL is a no-op). */
 ES_API void es_model_free(es_model *m);
+/* The message of the last failed call on m ("" when none). */
 ES_API const char *es_model_errmsg(const es_model *m);
 /* Metadata value stored with the model (NULL if absent). */
 ES_API const char *es_model_meta(const es_model *m, const char *key);
@@ -407,8 +550,6 @@ ES_API const char *es_model_meta(const es_model *m, const char *key);
 ES_API es_reader_params es_model_reader_params(const es_model *m);
 ES_API int es_model_n_fields(const es_model *m);
 ES_API int es_model_n_dense(const es_model *m);
-/* Click probabilities for the rows of b: prob[b->n]. */
-ES_API int es_model_predict(es_model *m, const es_batch *b, float *prob);
 /* Evaluate on a labeled file (read with the model's reader parameters).
  *
  * How eval and predict read a file (docs/data-formats.md): with the

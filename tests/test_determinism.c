@@ -121,14 +121,14 @@ static int slice_batch(es_batch *dst, const es_batch *src, int r0, int n) {
 /* Predict all rows of `all` in batches of `bs`, on `threads` threads. */
 static int predict_in_batches(es_model *m, const es_batch *all, int bs, int threads, float *out) {
     es_set_threads(threads);
-    if (bs >= all->n) return es_model_predict(m, all, out);
+    if (bs >= all->n) return es_model_predict_batch(m, all, out);
     es_batch b;
     if (es_batch_alloc(&b, bs, all->n_dense, all->n_fields, 0)) return -1;
     int rc = 0;
     for (int r0 = 0; r0 < all->n && !rc; r0 += bs) {
         int n = ES_MIN(bs, all->n - r0);
         rc = slice_batch(&b, all, r0, n);
-        if (!rc) rc = es_model_predict(m, &b, out + r0);
+        if (!rc) rc = es_model_predict_batch(m, &b, out + r0);
     }
     es_batch_free(&b);
     return rc;

@@ -90,7 +90,7 @@ static float *predict_all(es_model *m, const char *path, size_t *n) {
             if (!q) goto fail;
             p = q;
         }
-        if (es_model_predict(m, &b, p + *n) != 0) goto fail;
+        if (es_model_predict_batch(m, &b, p + *n) != 0) goto fail;
         *n += (size_t)got;
     }
     es_batch_free(&b);
@@ -206,7 +206,7 @@ static int train_some(es_model *m, int batches, double *loss) {
             rc = -1;
             break;
         }
-        rc = es__model_train_batch(m, &b, loss);
+        rc = es_model_train_batch(m, &b, loss);
     }
     es_batch_free(&b);
     es_reader_free(r);

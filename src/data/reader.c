@@ -227,6 +227,7 @@ void es_reader_free(es_reader *r) {
     es__free(r->t_wt);
     es__free(r->f_count);
     es__free(r->pl);
+    es__free(r->columns_copy);
     es__free(r);
 }
 
@@ -291,6 +292,10 @@ static int open_any(es_reader **out, const char *name, const void *mem, size_t m
     const char *columns = p.columns;
     r->p = p;
     r->p.columns = NULL;
+    if (columns && !(r->p.columns = r->columns_copy = es__strdup(columns))) {
+        es__free(r);
+        return es__err(err, ES_ENOMEM, "%s: out of memory", name);
+    }
     r->fmt = p.format;
     r->delim = p.delim ? p.delim : (tsv ? '\t' : ',');
     r->msep = p.multi_sep;
@@ -325,7 +330,6 @@ es_reader_params es_reader_resolved_params(const es_reader *r) {
     p.format = r->fmt;
     p.delim = r->delim;
     p.multi_sep = r->msep;
-    p.columns = NULL; /* not kept: the caller knows what it passed */
     return p;
 }
 int es_reader_n_fields(const es_reader *r) { return r ? r->n_fields : 0; }

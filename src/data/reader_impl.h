@@ -49,7 +49,8 @@ typedef struct es__pline {
 } es__pline;
 
 struct es_reader {
-    es_reader_params p;   /* resolved params; p.columns is not kept */
+    es_reader_params p;   /* resolved params; p.columns is columns_copy */
+    char *columns_copy;   /* the column spec given at open (owned), or NULL */
     es_format fmt;
     char delim, msep;
     es__lineio *io;

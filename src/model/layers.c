@@ -534,13 +534,17 @@ float es__sigmoid(float z) {
     return e / (1.0f + e);
 }
 
-double es__bce_logits(const float *logit, const float *label, int n, float *dlogit) {
-    if (n <= 0) return 0.0;
+double es__bce_logits_sum(const float *logit, const float *label, int n, float scale, float *dlogit) {
     double total = 0.0;
     for (int r = 0; r < n; r++) {
         double z = logit[r], y = label[r];
         total += (z > 0 ? z : 0.0) - z * y + log1p(exp(-fabs(z)));
-        if (dlogit) dlogit[r] = (es__sigmoid(logit[r]) - label[r]) / (float)n;
+        if (dlogit) dlogit[r] = (es__sigmoid(logit[r]) - label[r]) * scale;
     }
-    return total / n;
+    return total;
+}
+
+double es__bce_logits(const float *logit, const float *label, int n, float *dlogit) {
+    if (n <= 0) return 0.0;
+    return es__bce_logits_sum(logit, label, n, 1.0f / (float)n, dlogit) / n;
 }

@@ -128,9 +128,13 @@ void es__fm_backward(float *demb, float *dV, const float *dout, const float *sum
  * Binary cross-entropy on logits, computed stably:
  *   l_r = max(z, 0) - z y + log(1 + exp(-|z|)).
  * Returns the mean over the n rows (accumulated in double); when dlogit is
- * not NULL writes dlogit[r] = (sigmoid(z_r) - y_r) / n, the gradient of the
+ * not NULL writes dlogit[r] = (sigmoid(z_r) - y_r) * (1/n), the gradient of the
  * mean.  Labels are 0 or 1 (any value in [0, 1] works). */
 double es__bce_logits(const float *logit, const float *label, int n, float *dlogit);
+/* The sum of l_r over the n rows (double, in row order) and, when dlogit is
+ * not NULL, dlogit[r] = (sigmoid(z_r) - y_r) * scale (scale = 1/n: the
+ * gradient of the mean, as es__bce_logits gives it).  The trainer's loss. */
+double es__bce_logits_sum(const float *logit, const float *label, int n, float scale, float *dlogit);
 /* 1 / (1 + exp(-z)) without overflow for large |z|. */
 float es__sigmoid(float z);
 

@@ -55,7 +55,10 @@ int es_bench_lookup(const es_train_params *p, int repeat, double *lookups_per_s,
         rows += (uint64_t)n;
         if (p->max_rows && rows >= p->max_rows) break;
     }
-    es_storage_params sp = es__train_storage_params(p, kind, n_fields);
+    es_model_params mp = es_model_params_from_train(p, n_dense, n_fields);
+    es_net_params np;
+    es_storage_params sp;
+    if ((rc = es__model_params_resolve(&mp, &np, &sp, err)) != 0) goto done;
     if ((rc = es__storage_create(&st, &sp, vocab, err)) != 0) goto done;
     *bytes = st->param_bytes + st->aux_bytes;
     size_t per = (size_t)p->batch * (size_t)n_fields * (size_t)sp.dim;

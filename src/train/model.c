@@ -15,6 +15,8 @@
  */
 #include "model.h"
 
+#include "model/layers.h"
+
 #include "data/schema.h"
 
 #include <errno.h>
@@ -164,48 +166,47 @@ ES__OMP(omp parallel for schedule(static) num_threads(nt))
     }
 }
 
-static inline float sigmoidf_(float z) { return z >= 0 ? 1.0f / (1.0f + expf(-z)) : expf(z) / (1.0f + expf(z)); }
-
-/* Numerically stable BCE with logits. */
-static inline double bce_logit(float z, float y) {
-    double zd = z;
-    return (zd > 0 ? zd : 0) - zd * y + log1p(exp(-fabs(zd)));
+/* Shape of a batch against the model (ES_EINVAL with a message). */
+static int check_batch(es_model *m, const es_batch *b) {
+    if (b->n_fields != m->n_fields || b->n_dense != m->n_dense)
+        return es__err(&m->err, ES_EINVAL, "batch has %d numeric and %d categorical features, the model expects %d and %d",
+                       b->n_dense, b->n_fields, m->n_dense, m->n_fields);
+    if (b->n < 0 || b->n > b->cap) return es__err(&m->err, ES_EINVAL, "batch row count %d out of range [0, %d]", b->n, b->cap);
+    return ES_OK;
 }
 
-int es__model_train_batch(es_model *m, const es_batch *b, double *loss_sum) {
-    int n = b->n;
-    if (n <= 0) return ES_OK;
-    if (n > m->max_batch) return es__err(&m->err, ES_EINVAL, "batch of %d rows exceeds max_batch %d", n, m->max_batch);
+int es_model_train_batch(es_model *m, const es_batch *b, double *loss_sum) {
+    int n = b->n, rc = check_batch(m, b);
+    if (rc != ES_OK) return rc;
+    if (n < 1 || n > m->max_batch)
+        return es__err(&m->err, ES_EINVAL, "a training batch needs 1 to %d rows (the model's batch size), got %d", m->max_batch, n);
     lookup_rows(m, b, 0, n);
     es__net_forward(m->net, n, m->emb, b->dense, m->logit);
-    double loss = 0;
-    float inv = 1.0f / (float)n;
-    for (int i = 0; i < n; i++) {
-        float z = m->logit[i], y = b->label[i];
-        loss += bce_logit(z, y);
-        m->dlogit[i] = (sigmoidf_(z) - y) * inv;
-    }
-    *loss_sum += loss;
+    /* the tested layer loss: summed over the rows, dlogit of the batch mean */
+    double loss = es__bce_logits_sum(m->logit, b->label, n, 1.0f / (float)n, m->dlogit);
+    if (loss_sum) *loss_sum += loss;
     es__net_backward(m->net, n, m->emb, b->dense, m->dlogit, m->demb);
     es__net_step(m->net);
-    int rc = m->st->ops->backward(m->st, b, m->demb);
+    rc = m->st->ops->backward(m->st, b, m->demb);
     if (rc != 0) return es__err(&m->err, rc, "embedding update failed: %s", m->st->err.msg);
     return ES_OK;
 }
 
-int es_model_predict(es_model *m, const es_batch *b, float *prob) {
-    if (b->n_fields != m->n_fields || b->n_dense != m->n_dense)
-        return es__err(&m->err, ES_EINVAL, "batch has %d numeric and %d categorical features, the model expects %d and %d",
-                       b->n_dense, b->n_fields, m->n_dense, m->n_fields);
+int es_model_eval_batch(es_model *m, const es_batch *b, float *prob, double *loss_sum) {
+    int rc = check_batch(m, b);
+    if (rc != ES_OK) return rc;
     es__net_freeze(m->net); /* weights packed once for every batch until the next training step */
     for (int r0 = 0; r0 < b->n; r0 += m->max_batch) {
         int n = ES_MIN(m->max_batch, b->n - r0);
         lookup_rows(m, b, r0, n);
         es__net_forward(m->net, n, m->emb, b->dense + (size_t)r0 * (size_t)m->n_dense, m->logit);
-        for (int i = 0; i < n; i++) prob[r0 + i] = sigmoidf_(m->logit[i]);
+        for (int i = 0; i < n; i++) prob[r0 + i] = es__sigmoid(m->logit[i]);
+        if (loss_sum) *loss_sum += es__bce_logits_sum(m->logit, b->label + r0, n, 0.0f, NULL);
     }
     return ES_OK;
 }
+
+int es_model_predict_batch(es_model *m, const es_batch *b, float *prob) { return es_model_eval_batch(m, b, prob, NULL); }
 
 int es_model_embedding(es_model *m, int field, uint64_t key, float *out) {
     if (field < 0 || field >= m->n_fields) return es__err(&m->err, ES_ERANGE, "field %d out of range [0, %d)", field, m->n_fields);

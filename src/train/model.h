@@ -45,9 +45,6 @@ struct es_model {
  * need one. */
 int es__model_create(es_model **out, const es_net_params *np, const es_storage_params *sp, const es_vocab *vocab,
                      const es_reader_params *rp, es_err *err);
-/* One optimisation step on all rows of b (b->n <= max_batch).  Adds the
- * summed loss of the rows to *loss_sum. */
-int es__model_train_batch(es_model *m, const es_batch *b, double *loss_sum);
 /* Set a metadata entry (copied; replaces an existing key). */
 int es__model_set_meta(es_model *m, const char *key, const char *value);
 /* Write the model (with optimizer state when with_state) atomically. */
@@ -75,8 +72,16 @@ void es__model_input_hint(es_model *m, const es_reader *r, int has_label);
  * the file when the reader has none. */
 int es__reader_require_fields(const es_reader *r, const char *path, es_err *err);
 
-/* Storage parameters of a training run (method, shape, budget, seed,
- * table learning rate; LR tables start at zero). */
-es_storage_params es__train_storage_params(const es_train_params *p, es_net_kind kind, int n_fields);
+/* The net and storage parameters of model parameters p (step.c): checks
+ * every field (ES_EINVAL naming it) and resolves defaults.  np == NULL:
+ * only check.  The budget is es__model_budget(p). */
+int es__model_params_resolve(const es_model_params *p, es_net_params *np, es_storage_params *sp, es_err *err);
+/* The table budget a model of p gets: p->budget, or the method's default
+ * when p gives none. */
+double es__model_budget(const es_model_params *p);
+/* ES_ENOMEM (with the figures) when the model of np and sp cannot fit in
+ * memory; the table's serving bytes are the budget in bytes, a fraction of
+ * the full table of vocab, or the full table itself. */
+int es__model_check_memory(const es_net_params *np, const es_storage_params *sp, const es_vocab *vocab, es_err *err);
 
 #endif

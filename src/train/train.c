@@ -45,24 +45,6 @@ es_train_params es_train_params_default(void) {
     return p;
 }
 
-es_storage_params es__train_storage_params(const es_train_params *p, es_net_kind kind, int n_fields) {
-    es_storage_params sp = es__storage_params_default();
-    sp.method = p->storage;
-    sp.n_fields = n_fields;
-    sp.dim = es__net_emb_dim(kind, p->dim);
-    sp.max_batch = p->batch;
-    sp.budget = p->budget;
-    sp.seed = p->seed;
-    sp.min_count = p->min_count > 0 ? p->min_count : 1;
-    sp.chunks = p->chunks > 0 ? p->chunks : 1;
-    sp.subtables = p->subtables > 0 ? p->subtables : 1;
-    sp.share = p->share;
-    sp.opts = p->storage_opts;
-    sp.opt.lr = p->emb_lr;
-    if (kind == ES_NET_LR) sp.init_scale = 0.0f; /* LR weights start at zero */
-    return sp;
-}
-
 /* Read at most `limit` rows into b (b->cap is the batch size). */
 static int read_limited(es_reader *r, es_batch *b, uint64_t limit) {
     if (limit == 0) {
@@ -188,15 +170,6 @@ static void pipeline_free(pipeline *pl) {
     pthread_cond_destroy(&pl->cv);
 }
 
-static int parse_optim(const char *s, es_optim *out) {
-    if (!s || !strcmp(s, "adam")) *out = ES_OPT_ADAM;
-    else if (!strcmp(s, "sgd")) *out = ES_OPT_SGD;
-    else if (!strcmp(s, "adagrad")) *out = ES_OPT_ADAGRAD;
-    else if (!strcmp(s, "rowwise") || !strcmp(s, "rowwise-adagrad")) *out = ES_OPT_ROWWISE_ADAGRAD;
-    else return ES_EINVAL;
-    return ES_OK;
-}
-
 typedef struct {
     const es_train_params *p;
     double last_report;
@@ -254,7 +227,7 @@ static int predict_stream(es_model *m, es_reader *r, es_batch *b, float *prob, u
         int n = read_limited(r, b, limit ? limit - done : (uint64_t)b->cap);
         if (n < 0) return reader_err(err, r, n);
         if (n == 0) break;
-        int rc = es_model_predict(m, b, prob);
+        int rc = es_model_predict_batch(m, b, prob);
         if (rc != 0) return es__err(err, rc, "%s", es_model_errmsg(m));
         if ((rc = pred_push(out, prob, b->label, n)) != 0) return es__err(err, rc, "out of memory for predictions");
         done += (uint64_t)n;
@@ -299,475 +272,383 @@ static void note_bad_lines(const es_reader *r, uint64_t *count, char *report, si
     snprintf(report, cap, "%s", es_reader_bad_report(r));
 }
 
-/* A checkpoint's number: the whole string an integer in [lo, hi]. */
-static int ckpt_int(const es_model *m, const char *ckpt, const char *key, long long lo, long long hi, long long *out, es_err *err) {
-    const char *v = es_model_meta(m, key);
-    long long x;
-    if (!v) return es__err(err, ES_EFORMAT, "%s: not a complete training checkpoint (no %s)", ckpt, key);
-    if (!es__parse_long(v, strlen(v), &x) || x < lo || x > hi)
-        return es__err(err, ES_EFORMAT, "%s: checkpoint value %s = '%s' is not an integer in [%lld, %lld]", ckpt, key, v, lo, hi);
-    *out = x;
+/* ---- es_train: a driver over the step API ----------------------------------------
+ * The state of one run, and one function per phase.  Each phase returns 0 or
+ * an error code with the message in x->err; es_train runs them in order and
+ * run_finish releases everything whatever happened. */
+typedef struct {
+    const es_train_params *p;
+    es_train_result *res;
+    es_err *err;
+    es_model_params mp;       /* the model part of p */
+    es_reader *r, *rv;        /* training and validation files */
+    es__file_id tid, vid;     /* their identity, re-checked at every pass */
+    es_vocab *vocab;
+    es_model *m;
+    es_batch b;
+    float *prob;
+    pred_set valid;
+    pipeline pl;
+    int pl_ready;
+    char *cfg;                /* es__train_describe of the run */
+    char ckpt_buf[4096];
+    const char *ckpt;         /* checkpoint path, or NULL */
+    es_checkpoint start;      /* where training starts (a resumed checkpoint) */
+    uint64_t n_total;         /* rows counted in the first pass (0: not counted) */
+    uint64_t n_train;         /* training rows: exact when n_exact, else a limit */
+    int n_exact;
+    uint64_t trained_here;    /* rows trained by this run */
+    uint64_t bad_train;
+    char bad_rep[sizeof ((es_train_result *)0)->bad_report];
+    progress_state ps;
+} run;
+
+/* Check the parameters, open the training file and describe the run. */
+static int run_open(run *x) {
+    const es_train_params *p = x->p;
+    es_err *err = x->err;
+    int rc;
+    if (!p->train_path) return es__err(err, ES_EINVAL, "no training file given");
+    if (!(p->valid_frac >= 0 && p->valid_frac < 1)) return es__err(err, ES_EINVAL, "valid fraction %g not in [0, 1)", p->valid_frac);
+    if (p->epochs <= 0) return es__err(err, ES_EINVAL, "epochs must be positive");
+    x->mp = es_model_params_from_train(p, 0, 1);
+    if ((rc = es__model_params_resolve(&x->mp, NULL, NULL, err)) != 0) return rc;
+    x->res->threads = es__threads_set(p->threads);
+    if ((rc = es_reader_open(&x->r, p->train_path, &p->reader, err)) != 0) return rc;
+    /* the identity the file must keep while it is read */
+    if ((rc = es__file_id_get(p->train_path, 0, &x->tid, err)) != 0) return rc;
+    if ((rc = es__reader_require_fields(x->r, p->train_path, err)) != 0) return rc;
+    int n_dense = es_reader_n_dense(x->r), n_fields = es_reader_n_fields(x->r);
+    x->mp = es_model_params_from_train(p, n_dense, n_fields);
+    if ((rc = es_batch_alloc(&x->b, p->batch, n_dense, n_fields, (size_t)p->batch * (size_t)(n_fields + 1))) != 0)
+        return es__err(err, rc, "out of memory for a batch of %d rows", p->batch);
+    /* what decides the result: recorded in checkpoints, compared on resume */
+    es_reader_params rrp = es_reader_resolved_params(x->r);
+    size_t cap = 8192;
+    if (!(x->cfg = es__malloc(cap))) return es__err(err, ES_ENOMEM, "out of memory");
+    return es__train_describe(p, &rrp, x->cfg, cap, err);
+}
+
+/* Pass 1, only when a validation fraction must be held out (the split is
+ * by position): count the rows. */
+static int run_count(run *x) {
+    const es_train_params *p = x->p;
+    if (!(p->valid_frac > 0 && !p->valid_path)) {
+        x->n_train = p->max_rows ? p->max_rows : UINT64_MAX;
+        return ES_OK;
+    }
+    x->ps.pr.phase = "count";
+    for (;;) {
+        int n = es_reader_next(x->r, &x->b);
+        if (n < 0) return pass_err(x->err, x->r, n, p->train_path, &x->tid);
+        if (n == 0) break;
+        x->n_total += (uint64_t)n;
+        if (p->max_rows && x->n_total >= p->max_rows) {
+            x->n_total = p->max_rows;
+            break;
+        }
+        x->ps.pr.rows = x->n_total;
+        report(&x->ps, 0);
+    }
+    x->n_train = x->n_total - (uint64_t)llround((double)x->n_total * p->valid_frac);
+    x->n_exact = 1;
+    note_bad_lines(x->r, &x->bad_train, x->bad_rep, sizeof x->bad_rep);
+    int rc = es__file_id_recheck(p->train_path, &x->tid, "after counting rows", x->err);
+    if (rc == ES_OK && (rc = es_reader_rewind(x->r)) != 0) reader_err(x->err, x->r, rc);
+    return rc;
+}
+
+/* Pass 2: the value counts of the training rows.  Skipped when the method
+ * works from hashes alone and the budget is in bytes: then training keeps
+ * no per-value state and its memory is the model plus the batch buffers. */
+static int run_vocab(run *x) {
+    const es_train_params *p = x->p;
+    int rc;
+    if (!(es__model_budget(&x->mp) > 1) || es__storage_find(p->storage)->needs_vocab) {
+        if ((rc = es_vocab_create(&x->vocab, x->mp.n_fields)) != 0) return es__err(x->err, rc, "out of memory");
+        x->ps.pr.phase = "vocab";
+        uint64_t seen = 0;
+        for (;;) {
+            int n = read_limited(x->r, &x->b, x->n_train - seen);
+            if (n < 0) return pass_err(x->err, x->r, n, p->train_path, &x->tid);
+            if (n == 0) break;
+            if ((rc = es_vocab_add_batch(x->vocab, &x->b)) != 0) return es__err(x->err, rc, "out of memory building the vocabulary");
+            seen += (uint64_t)n;
+            x->ps.pr.rows = seen;
+            report(&x->ps, 0);
+        }
+        note_bad_lines(x->r, &x->bad_train, x->bad_rep, sizeof x->bad_rep);
+        if ((rc = es__file_id_recheck(p->train_path, &x->tid, "after building the vocabulary", x->err)) != 0) return rc;
+        if (x->n_exact && seen != x->n_train) return rows_changed(x->err, p->train_path, "the vocabulary pass", seen, x->n_train);
+        x->n_train = seen;
+        x->n_exact = 1;
+    }
+    /* n_train is now a count of rows read (exact) or only a limit
+     * (max_rows, or none) until the first full pass */
+    if (x->n_train == 0) return es__err(x->err, ES_EPARSE, "%s: no training rows", p->train_path);
+    x->res->train_rows = x->n_train;
     return ES_OK;
+}
+
+/* Continue from the checkpoint: it must come from this run (the data file
+ * included), and what may differ (epochs) is then recorded as this command
+ * says. */
+static int run_resume(run *x) {
+    const es_train_params *p = x->p;
+    es_err *err = x->err;
+    int rc;
+    if ((rc = es_model_checkpoint_load(&x->m, x->ckpt, &x->start, err)) != 0) return rc;
+    if ((rc = es__train_cfg_check_resume(x->m, x->ckpt, x->cfg, err)) != 0) return rc;
+    if ((rc = es__train_cfg_record(x->m, x->cfg)) != 0) return es__err(err, rc, "out of memory");
+    if (x->start.epoch >= p->epochs)
+        return es__err(err, ES_EINVAL, "%s: the checkpoint is in epoch %d, this command asks for %d epoch%s in all", x->ckpt,
+                       x->start.epoch + 1, p->epochs, p->epochs == 1 ? "" : "s");
+    if (x->m->n_dense != x->mp.n_dense || x->m->n_fields != x->mp.n_fields || x->start.rows > x->n_train)
+        return es__err(err, ES_EINVAL, "%s: checkpoint does not match this run (epoch %d of %d, row %llu of %llu)", x->ckpt,
+                       x->start.epoch + 1, p->epochs, (unsigned long long)x->start.rows, (unsigned long long)x->n_train);
+    x->res->resumed = 1;
+    return ES_OK;
+}
+
+/* Create the model, or resume it from the checkpoint. */
+static int run_model(run *x) {
+    const es_train_params *p = x->p;
+    es_err *err = x->err;
+    int rc;
+    x->ckpt = p->checkpoint_path;
+    if (!x->ckpt && (p->checkpoint_every > 0 || p->resume)) {
+        if (!p->out_path) return es__err(err, ES_EINVAL, "checkpoints need --out or --checkpoint PATH");
+        snprintf(x->ckpt_buf, sizeof x->ckpt_buf, "%s.ckpt", p->out_path);
+        x->ckpt = x->ckpt_buf;
+    }
+    if (p->resume && x->ckpt && access(x->ckpt, F_OK) == 0) {
+        es_net_params np;
+        es_storage_params sp;
+        if ((rc = es__model_params_resolve(&x->mp, &np, &sp, err)) != 0 ||
+            (rc = es__model_check_memory(&np, &sp, x->vocab, err)) != 0 || (rc = run_resume(x)) != 0)
+            return rc;
+    } else if ((rc = es_model_create(&x->m, &x->mp, x->vocab, err)) != 0) {
+        return rc;
+    } else if ((rc = es__train_cfg_record(x->m, x->cfg)) != 0) {
+        return es__err(err, rc, "out of memory");
+    }
+    if ((rc = es_model_set_reader(x->m, x->r)) != 0) return es__err(err, rc, "%s", es_model_errmsg(x->m));
+    es_train_result *res = x->res;
+    res->emb_bytes = es_model_table_bytes(x->m);
+    res->emb_param_bytes = x->m->st->param_bytes;
+    res->emb_state_bytes = es_model_table_state_bytes(x->m);
+    res->net_bytes = es_model_net_bytes(x->m);
+    res->param_bytes = res->emb_bytes + res->net_bytes;
+    res->full_bytes = es__storage_full_bytes(x->vocab, x->m->st->p.dim, x->m->st->p.min_count);
+    return ES_OK;
+}
+
+/* Skip the rows of this epoch a resumed checkpoint already trained on. */
+static int run_skip(run *x, uint64_t rows) {
+    for (uint64_t done = 0; done < rows;) {
+        int n = read_limited(x->r, &x->b, rows - done);
+        if (n < 0) return pass_err(x->err, x->r, n, x->p->train_path, &x->tid);
+        if (n == 0) return es__err(x->err, ES_EINVAL, "%s: fewer rows than the checkpoint", x->p->train_path);
+        done += (uint64_t)n;
+    }
+    return ES_OK;
+}
+
+/* The batches of epoch ep, read by the pipeline thread, from row `done`
+ * on: one es_model_train_batch each, and a checkpoint every
+ * checkpoint_every batches. */
+static int run_batches(run *x, int ep, uint64_t *done, double *loss_sum, long *batches) {
+    const es_train_params *p = x->p;
+    int rc;
+    es_batch *cb;
+    double t_ep = es__now();
+    if ((rc = pipeline_start(&x->pl, x->r, x->n_train - *done)) != 0) return es__err(x->err, rc, "cannot start the reader thread");
+    while ((cb = pipeline_next(&x->pl))) {
+        int n = cb->n;
+        rc = es_model_train_batch(x->m, cb, loss_sum);
+        pipeline_release(&x->pl);
+        if (rc != 0) break;
+        *done += (uint64_t)n;
+        x->trained_here += (uint64_t)n;
+        ++*batches;
+        x->ps.pr.rows = *done;
+        x->ps.pr.loss = *loss_sum / (double)*done;
+        x->ps.pr.rows_per_s = (double)*done / (es__now() - t_ep + 1e-9);
+        report(&x->ps, 0);
+        if (p->checkpoint_every > 0 && *batches % p->checkpoint_every == 0 && *done < x->n_train) {
+            es_checkpoint pos = {ep, *done, x->start.trained + x->trained_here, *loss_sum};
+            if ((rc = es_model_checkpoint_save(x->m, x->ckpt, &pos)) != 0) break;
+        }
+    }
+    pipeline_stop(&x->pl);
+    if (rc != 0) return es__err(x->err, rc, "%s", es_model_errmsg(x->m));
+    if (x->pl.rc < 0) return pass_err(x->err, x->r, x->pl.rc, p->train_path, &x->tid);
+    return ES_OK;
+}
+
+/* One pass over the training rows (from a checkpoint's row in its epoch). */
+static int run_epoch(run *x, int ep, long *batches) {
+    const es_train_params *p = x->p;
+    char when[64];
+    snprintf(when, sizeof when, "at the start of epoch %d", ep + 1);
+    int rc = es__file_id_recheck(p->train_path, &x->tid, when, x->err);
+    if (rc != 0) return rc;
+    if ((rc = es_reader_rewind(x->r)) != 0) return reader_err(x->err, x->r, rc);
+    double loss_sum = 0;
+    uint64_t done = 0;
+    if (ep == x->start.epoch && x->start.rows > 0) {
+        if ((rc = run_skip(x, x->start.rows)) != 0) return rc;
+        done = x->start.rows;
+        loss_sum = x->start.loss_sum;
+    }
+    x->ps.pr.epoch = ep + 1;
+    if ((rc = run_batches(x, ep, &done, &loss_sum, batches)) != 0) return rc;
+    note_bad_lines(x->r, &x->bad_train, x->bad_rep, sizeof x->bad_rep);
+    snprintf(when, sizeof when, "at the end of epoch %d", ep + 1);
+    if ((rc = es__file_id_recheck(p->train_path, &x->tid, when, x->err)) != 0) return rc;
+    x->res->train_loss = done ? loss_sum / (double)done : NAN;
+    if (!x->n_exact) { /* row count learnt from the first full pass */
+        if (done == 0) return es__err(x->err, ES_EPARSE, "%s: no training rows", p->train_path);
+        x->n_train = x->res->train_rows = x->ps.pr.rows_total = done;
+        x->n_exact = 1;
+    } else if (done != x->n_train) {
+        snprintf(when, sizeof when, "epoch %d", ep + 1);
+        return rows_changed(x->err, p->train_path, when, done, x->n_train);
+    }
+    report(&x->ps, 1);
+    return ES_OK;
+}
+
+static int run_train(run *x) {
+    int rc = pipeline_init(&x->pl, x->p->batch, x->mp.n_dense, x->mp.n_fields);
+    if (rc != 0) return es__err(x->err, rc, "out of memory for batches");
+    x->pl_ready = 1;
+    double t_train = es__now();
+    long batches = 0;
+    x->ps.pr.epochs = x->p->epochs;
+    x->ps.pr.rows_total = x->n_exact ? x->n_train : 0;
+    x->ps.pr.phase = "train";
+    for (int ep = x->start.epoch; ep < x->p->epochs; ep++)
+        if ((rc = run_epoch(x, ep, &batches)) != 0) return rc;
+    x->res->train_rows_per_s = (double)x->trained_here / (es__now() - t_train + 1e-9);
+    return ES_OK;
+}
+
+/* Predictions on the validation file, or on the held-out last rows. */
+static int run_evaluate(run *x) {
+    const es_train_params *p = x->p;
+    es_err *err = x->err;
+    int rc = ES_OK;
+    x->ps.pr.phase = "eval";
+    report(&x->ps, 1);
+    if (!(x->prob = es__malloc((size_t)p->batch * sizeof(float)))) return es__err(err, ES_ENOMEM, "out of memory");
+    double t_eval = es__now();
+    if (p->valid_path) {
+        if ((rc = es__file_id_get(p->valid_path, 0, &x->vid, err)) != 0) return rc;
+        if ((rc = es_reader_open(&x->rv, p->valid_path, &p->reader, err)) != 0) return rc;
+        if (es_reader_n_dense(x->rv) != x->mp.n_dense || es_reader_n_fields(x->rv) != x->mp.n_fields)
+            return es__err(err, ES_EINVAL, "%s: %d numeric and %d categorical columns, the training file has %d and %d", p->valid_path,
+                           es_reader_n_dense(x->rv), es_reader_n_fields(x->rv), x->mp.n_dense, x->mp.n_fields);
+        if ((rc = predict_stream(x->m, x->rv, &x->b, x->prob, 0, 0, &x->valid, err)) != 0)
+            return es__file_id_recheck(p->valid_path, &x->vid, "after a read error", err) != ES_OK ? ES_EIO : rc;
+        if ((rc = es__file_id_recheck(p->valid_path, &x->vid, "while evaluating", err)) != 0) return rc;
+    } else if (p->valid_frac > 0) {
+        uint64_t n_valid = x->n_total - x->n_train;
+        if ((rc = es__file_id_recheck(p->train_path, &x->tid, "before evaluating", err)) != 0) return rc;
+        if ((rc = es_reader_rewind(x->r)) != 0) return reader_err(err, x->r, rc);
+        if ((rc = predict_stream(x->m, x->r, &x->b, x->prob, x->n_train, n_valid, &x->valid, err)) != 0)
+            return es__file_id_recheck(p->train_path, &x->tid, "after a read error", err) != ES_OK ? ES_EIO : rc;
+        note_bad_lines(x->r, &x->bad_train, x->bad_rep, sizeof x->bad_rep);
+        if ((rc = es__file_id_recheck(p->train_path, &x->tid, "while evaluating", err)) != 0) return rc;
+        if (x->valid.n != n_valid) return rows_changed(err, p->train_path, "the evaluation", (uint64_t)x->valid.n, n_valid);
+    }
+    if (x->valid.n > 0) {
+        x->res->eval_rows_per_s = (double)x->valid.n / (es__now() - t_eval + 1e-9);
+        es_metrics_compute(x->valid.p, x->valid.y, x->valid.n, &x->res->valid);
+    }
+    return ES_OK;
+}
+
+/* What the run was and what it measured, in the model's metadata, then
+ * the model file. */
+static int run_save(run *x) {
+    const es_train_params *p = x->p;
+    es_model *m = x->m;
+    char buf[512];
+    int rc = ES_OK;
+    if (!p->out_path) return ES_OK;
+    if (p->command_line) rc |= es__model_set_meta(m, "train.command", p->command_line);
+    metrics_json(buf, sizeof buf, &x->res->valid);
+    rc |= es__model_set_meta(m, "train.metrics", buf);
+    snprintf(buf, sizeof buf, "%llu", (unsigned long long)x->n_train);
+    rc |= es__model_set_meta(m, "train.rows", buf);
+    for (int f = 0; x->vocab && m->st->ops->field_stats && f < m->n_fields; f++) {
+        /* per-field table statistics for `embstore inspect` */
+        es_field_stats fs = {0};
+        m->st->ops->field_stats(m->st, x->vocab, f, &fs);
+        char key[128], val[256];
+        snprintf(key, sizeof key, "stats.field.%s", es_reader_field_name(x->r, f));
+        snprintf(val, sizeof val, "distinct=%llu,rows=%llu,rows_used=%llu,collisions=%llu", (unsigned long long)fs.distinct,
+                 (unsigned long long)fs.rows, (unsigned long long)fs.rows_used, (unsigned long long)fs.collisions);
+        rc |= es__model_set_meta(m, key, val);
+    }
+    snprintf(buf, sizeof buf, "%zu", x->res->full_bytes);
+    rc |= es__model_set_meta(m, "stats.full_bytes", buf);
+    if (rc) return es__err(x->err, ES_ENOMEM, "out of memory");
+    if ((rc = es_model_save(m, p->out_path, 0)) != 0) return es__err(x->err, rc, "%s", es_model_errmsg(m));
+    return ES_OK;
+}
+
+/* The first few bad lines of both files, at most 5 in all, then free
+ * everything the run holds. */
+static void run_finish(run *x, int rc) {
+    es_train_result *res = x->res;
+    const char *vrep = x->rv ? es_reader_bad_report(x->rv) : "";
+    int lines = 0;
+    size_t o = 0;
+    res->bad_lines = x->bad_train + (x->rv ? es_reader_bad_lines(x->rv) : 0);
+    for (const char *part = x->bad_rep; part; part = part == x->bad_rep ? vrep : NULL)
+        for (const char *q = part; *q && lines < 5;) {
+            const char *nl = strchr(q, '\n');
+            size_t len = nl ? (size_t)(nl - q) : strlen(q);
+            int k = snprintf(res->bad_report + o, sizeof res->bad_report - o, "%s%.*s", o ? "\n" : "", (int)len, q);
+            if (k < 0 || (size_t)k >= sizeof res->bad_report - o) break;
+            o += (size_t)k;
+            lines++;
+            q = nl ? nl + 1 : q + len;
+        }
+    if (x->pl_ready) pipeline_free(&x->pl);
+    if (rc == ES_OK && x->ckpt && x->p->checkpoint_every > 0) remove(x->ckpt); /* the model file supersedes it */
+    es__free(x->valid.p);
+    es__free(x->valid.y);
+    es__free(x->prob);
+    es__free(x->cfg);
+    es_model_free(x->m);
+    es_vocab_free(x->vocab);
+    es_batch_free(&x->b);
+    es_reader_free(x->r);
+    es_reader_free(x->rv);
 }
 
 int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
     memset(res, 0, sizeof *res);
-    /* No budget: the methods that size their table from one get
-     * ES_DEFAULT_BUDGET (a fraction of the full table), so that `train FILE`
-     * works with the default method.  full sizes itself exactly and mde
-     * solves without one; method options (k=, rows=, ...) may size a table
-     * on their own, so they are left to the method. */
-    es_train_params with_budget;
-    if (p && p->budget == 0 && p->storage && strcmp(p->storage, "full") != 0 && strcmp(p->storage, "mde") != 0 &&
-        !(p->storage_opts && *p->storage_opts)) {
-        with_budget = *p;
-        with_budget.budget = ES_DEFAULT_BUDGET;
-        p = &with_budget;
-    }
     double t_start = es__now();
-    es_reader *r = NULL, *rv = NULL;
-    es_vocab *vocab = NULL;
-    es_model *m = NULL;
-    es_batch b = {0};
-    float *prob = NULL;
-    pred_set ps_valid = {0};
-    pipeline pl;
-    memset(&pl, 0, sizeof pl);
-    char ckpt_buf[4096];
-    const char *ckpt = NULL;
-    char *cfg = NULL;
-    es__file_id tid, vid;
-    uint64_t bad_train = 0;
-    char bad_rep[sizeof res->bad_report] = "";
-    int pl_ready = 0;
-    int rc;
-    progress_state ps = {.p = p};
-
-    if (!p->train_path) return es__err(err, ES_EINVAL, "no training file given");
-    if (!(p->valid_frac >= 0 && p->valid_frac < 1)) return es__err(err, ES_EINVAL, "valid fraction %g not in [0, 1)", p->valid_frac);
-    if (p->batch <= 0 || p->batch > (1 << 20)) return es__err(err, ES_EINVAL, "batch size %d out of range", p->batch);
-    if (p->epochs <= 0) return es__err(err, ES_EINVAL, "epochs must be positive");
-    if (p->dim <= 0 || p->dim > 4096) return es__err(err, ES_EINVAL, "dim %d out of range [1, 4096]", p->dim);
-    es_net_kind kind;
-    if (es__net_kind_parse(p->model, &kind) != 0)
-        return es__err(err, ES_EINVAL, "unknown model '%s' (expected lr, fm, dlrm or dcn)", p->model ? p->model : "");
-    es_optim dense_opt, emb_opt;
-    if (parse_optim(p->optim, &dense_opt) != 0 || dense_opt == ES_OPT_ROWWISE_ADAGRAD)
-        return es__err(err, ES_EINVAL, "unknown dense optimizer '%s' (expected adam, adagrad or sgd)", p->optim);
-    if (parse_optim(p->emb_optim ? p->emb_optim : "rowwise", &emb_opt) != 0 || emb_opt == ES_OPT_ADAM)
-        return es__err(err, ES_EINVAL, "unknown table optimizer '%s' (expected rowwise, adagrad or sgd)", p->emb_optim);
-    res->threads = es__threads_set(p->threads);
-
-    if ((rc = es_reader_open(&r, p->train_path, &p->reader, err)) != 0) return rc;
-    /* the identity the file must keep while it is read */
-    if ((rc = es__file_id_get(p->train_path, 0, &tid, err)) != 0) goto done;
-    int n_dense = es_reader_n_dense(r), n_fields = es_reader_n_fields(r);
-    if ((rc = es__reader_require_fields(r, p->train_path, err)) != 0) goto done;
-    if ((rc = es_batch_alloc(&b, p->batch, n_dense, n_fields, (size_t)p->batch * (size_t)(n_fields + 1))) != 0) {
-        es__err(err, rc, "out of memory for a batch of %d rows", p->batch);
-        goto done;
-    }
-    /* what decides the result: recorded in checkpoints, compared on resume */
-    {
-        es_reader_params rrp = es_reader_resolved_params(r);
-        rrp.columns = p->reader.columns;
-        size_t cap = 8192;
-        if (!(cfg = es__malloc(cap))) {
-            rc = es__err(err, ES_ENOMEM, "out of memory");
-            goto done;
-        }
-        if ((rc = es__train_describe(p, &rrp, cfg, cap, err)) != 0) goto done;
-    }
-
-    /* pass 1 (+2): count rows, build the vocabulary of the training rows.
-     * The vocabulary is skipped when the method works from hashes alone
-     * and the budget is in bytes: then training keeps no per-value state
-     * and its memory is the model plus the batch buffers. */
-    const es_storage_ops *ops = es__storage_find(p->storage);
-    if (!ops) {
-        rc = es__err(err, ES_EINVAL, "unknown storage method '%s'", p->storage ? p->storage : "");
-        goto done;
-    }
-    int need_vocab = !(p->budget > 1) || ops->needs_vocab;
-    if (need_vocab && (rc = es_vocab_create(&vocab, n_fields)) != 0) {
-        es__err(err, rc, "out of memory");
-        goto done;
-    }
-    uint64_t n_total = 0, n_train;
-    if (p->valid_frac > 0 && !p->valid_path) {
-        ps.pr.phase = "count";
-        for (;;) {
-            int n = es_reader_next(r, &b);
-            if (n < 0) {
-                rc = pass_err(err, r, n, p->train_path, &tid);
-                goto done;
-            }
-            if (n == 0) break;
-            n_total += (uint64_t)n;
-            if (p->max_rows && n_total >= p->max_rows) {
-                n_total = p->max_rows;
-                break;
-            }
-            ps.pr.rows = n_total;
-            report(&ps, 0);
-        }
-        n_train = n_total - (uint64_t)llround((double)n_total * p->valid_frac);
-        note_bad_lines(r, &bad_train, bad_rep, sizeof bad_rep);
-        if ((rc = es__file_id_recheck(p->train_path, &tid, "after counting rows", err)) != 0) goto done;
-        if ((rc = es_reader_rewind(r)) != 0) {
-            reader_err(err, r, rc);
-            goto done;
-        }
-    } else {
-        n_train = p->max_rows ? p->max_rows : UINT64_MAX;
-    }
-    /* n_train is a count of rows read (exact) or only a limit (max_rows, or
-     * none) until the first full pass */
-    int n_exact = n_total > 0;
-    ps.pr.phase = "vocab";
-    uint64_t seen = 0;
-    for (; vocab;) {
-        int n = read_limited(r, &b, n_train - seen);
-        if (n < 0) {
-            rc = pass_err(err, r, n, p->train_path, &tid);
-            goto done;
-        }
-        if (n == 0) break;
-        if ((rc = es_vocab_add_batch(vocab, &b)) != 0) {
-            es__err(err, rc, "out of memory building the vocabulary");
-            goto done;
-        }
-        seen += (uint64_t)n;
-        ps.pr.rows = seen;
-        report(&ps, 0);
-    }
-    if (vocab) {
-        note_bad_lines(r, &bad_train, bad_rep, sizeof bad_rep);
-        if ((rc = es__file_id_recheck(p->train_path, &tid, "after building the vocabulary", err)) != 0) goto done;
-        if (n_exact && seen != n_train) {
-            rc = rows_changed(err, p->train_path, "the vocabulary pass", seen, n_train);
-            goto done;
-        }
-        n_train = seen;
-        n_exact = 1;
-    } else if (n_total) {
-        seen = n_train; /* counted in pass 1 */
-    }
-    if (n_train == 0 || (vocab && seen == 0)) {
-        rc = es__err(err, ES_EPARSE, "%s: no training rows", p->train_path);
-        goto done;
-    }
-    res->train_rows = n_train;
-
-    /* model */
-    es_net_params np = es__net_params_default(kind, n_dense, n_fields, p->dim);
-    if (p->n_bottom > 0) {
-        np.n_bottom = p->n_bottom;
-        memcpy(np.bottom, p->bottom, sizeof(int) * (size_t)p->n_bottom);
-    }
-    if (p->n_top > 0) {
-        np.n_top = p->n_top;
-        memcpy(np.top, p->top, sizeof(int) * (size_t)p->n_top);
-    }
-    if (p->n_cross > 0) np.n_cross = p->n_cross;
-    np.max_batch = p->batch;
-    np.opt.kind = dense_opt;
-    np.opt.lr = p->lr;
-    if (dense_opt == ES_OPT_ADAGRAD) np.opt.eps = 1e-10f; /* torch.optim.Adagrad's default */
-    np.weight_decay = p->weight_decay;
-    np.seed = es__mix64(p->seed ^ 0x6e6574ULL);
-    es_storage_params sp = es__train_storage_params(p, kind, n_fields);
-    sp.opt.kind = emb_opt;
-    {
-        /* the table's serving bytes: a budget in bytes, a fraction of the
-         * full table, or the full table itself */
-        double full = vocab ? (double)es__storage_full_bytes(vocab, sp.dim, sp.min_count) : 0;
-        double tb = p->budget > 1 ? p->budget : p->budget > 0 ? p->budget * full : full;
-        if ((rc = es__train_check_memory(&np, &sp, tb, err)) != 0) goto done;
-    }
-    /* checkpoint: model with optimizer state + data position */
-    ckpt = p->checkpoint_path;
-    if (!ckpt && (p->checkpoint_every > 0 || p->resume)) {
-        if (!p->out_path) {
-            rc = es__err(err, ES_EINVAL, "checkpoints need --out or --checkpoint PATH");
-            goto done;
-        }
-        snprintf(ckpt_buf, sizeof ckpt_buf, "%s.ckpt", p->out_path);
-        ckpt = ckpt_buf;
-    }
-    int start_epoch = 0;
-    uint64_t start_rows = 0, trained = 0;
-    double start_loss = 0;
-    if (p->resume && ckpt && access(ckpt, F_OK) == 0) {
-        if ((rc = es__model_load(&m, ckpt, 0, 1, err)) != 0) goto done;
-        if (!es_model_meta(m, "ckpt.epoch")) {
-            rc = es__err(err, ES_EFORMAT, "%s: not a training checkpoint (no ckpt.epoch)", ckpt);
-            goto done;
-        }
-        /* the run it came from must be this one (data file included); what
-         * may differ (epochs) is then recorded as this command says */
-        if ((rc = es__train_cfg_check_resume(m, ckpt, cfg, err)) != 0) goto done;
-        if ((rc = es__train_cfg_record(m, cfg)) != 0) {
-            es__err(err, rc, "out of memory");
-            goto done;
-        }
-        /* strict: a checkpoint is a file like any other input */
-        long long ep_v, rows_v, trained_v;
-        if ((rc = ckpt_int(m, ckpt, "ckpt.epoch", 0, 100000000, &ep_v, err)) != 0 ||
-            (rc = ckpt_int(m, ckpt, "ckpt.rows", 0, INT64_MAX, &rows_v, err)) != 0 ||
-            (rc = ckpt_int(m, ckpt, "ckpt.trained", 0, INT64_MAX, &trained_v, err)) != 0)
-            goto done;
-        const char *v = es_model_meta(m, "ckpt.loss_sum");
-        if (!v || !es__parse_double(v, strlen(v), &start_loss) || !isfinite(start_loss) || start_loss < 0) {
-            rc = es__err(err, ES_EFORMAT, "%s: checkpoint value ckpt.loss_sum = '%s' is not a finite number >= 0", ckpt, v ? v : "(none)");
-            goto done;
-        }
-        start_epoch = (int)ep_v;
-        start_rows = (uint64_t)rows_v;
-        trained = (uint64_t)trained_v;
-        if (start_epoch >= p->epochs) {
-            rc = es__err(err, ES_EINVAL, "%s: the checkpoint is in epoch %d, this command asks for %d epoch%s in all", ckpt,
-                         start_epoch + 1, p->epochs, p->epochs == 1 ? "" : "s");
-            goto done;
-        }
-        if (m->n_dense != n_dense || m->n_fields != n_fields || start_rows > n_train) {
-            rc = es__err(err, ES_EINVAL, "%s: checkpoint does not match this run (epoch %d of %d, row %llu of %llu)", ckpt,
-                         start_epoch + 1, p->epochs, (unsigned long long)start_rows, (unsigned long long)n_train);
-            goto done;
-        }
-        res->resumed = 1;
-    } else if ((rc = es__model_create(&m, &np, &sp, vocab, &p->reader, err)) != 0) {
-        goto done;
-    } else if ((rc = es__train_cfg_record(m, cfg)) != 0) {
-        es__err(err, rc, "out of memory");
-        goto done;
-    }
-    res->emb_param_bytes = m->st->param_bytes;
-    res->emb_bytes = m->st->param_bytes + m->st->aux_bytes;
-    res->emb_state_bytes = m->st->state_bytes;
-    res->net_bytes = es__net_param_bytes(m->net);
-    res->param_bytes = res->emb_bytes + res->net_bytes;
-    res->full_bytes = es__storage_full_bytes(vocab, sp.dim, sp.min_count);
-
-    /* train */
-    if ((rc = pipeline_init(&pl, p->batch, n_dense, n_fields)) != 0) {
-        es__err(err, rc, "out of memory for batches");
-        goto done;
-    }
-    pl_ready = 1;
-    double t_train = es__now();
-    uint64_t trained_here = 0;
-    long batches = 0;
-    ps.pr.epochs = p->epochs;
-    ps.pr.rows_total = n_exact ? n_train : 0;
-    ps.pr.phase = "train";
-    for (int ep = start_epoch; ep < p->epochs; ep++) {
-        char when[64];
-        snprintf(when, sizeof when, "at the start of epoch %d", ep + 1);
-        if ((rc = es__file_id_recheck(p->train_path, &tid, when, err)) != 0) goto done;
-        if ((rc = es_reader_rewind(r)) != 0) {
-            reader_err(err, r, rc);
-            goto done;
-        }
-        double loss_sum = 0, t_ep = es__now();
-        uint64_t done_rows = 0;
-        if (ep == start_epoch && start_rows > 0) {
-            /* resume: skip the rows this epoch already trained on */
-            while (done_rows < start_rows) {
-                int n = read_limited(r, &b, start_rows - done_rows);
-                if (n <= 0) {
-                    rc = n < 0 ? pass_err(err, r, n, p->train_path, &tid)
-                               : es__err(err, ES_EINVAL, "%s: fewer rows than the checkpoint", p->train_path);
-                    goto done;
-                }
-                done_rows += (uint64_t)n;
-            }
-            loss_sum = start_loss;
-        }
-        ps.pr.epoch = ep + 1;
-        if ((rc = pipeline_start(&pl, r, n_train - done_rows)) != 0) {
-            es__err(err, rc, "cannot start the reader thread");
-            goto done;
-        }
-        es_batch *cb;
-        while ((cb = pipeline_next(&pl))) {
-            int n = cb->n;
-            rc = es__model_train_batch(m, cb, &loss_sum);
-            pipeline_release(&pl);
-            if (rc != 0) {
-                pipeline_stop(&pl);
-                es__err(err, rc, "%s", es_model_errmsg(m));
-                goto done;
-            }
-            done_rows += (uint64_t)n;
-            trained_here += (uint64_t)n;
-            batches++;
-            ps.pr.rows = done_rows;
-            ps.pr.loss = loss_sum / (double)done_rows;
-            ps.pr.rows_per_s = (double)done_rows / (es__now() - t_ep + 1e-9);
-            report(&ps, 0);
-            if (p->checkpoint_every > 0 && batches % p->checkpoint_every == 0 && done_rows < n_train) {
-                char v[64];
-                snprintf(v, sizeof v, "%d", ep);
-                es__model_set_meta(m, "ckpt.epoch", v);
-                snprintf(v, sizeof v, "%llu", (unsigned long long)done_rows);
-                es__model_set_meta(m, "ckpt.rows", v);
-                snprintf(v, sizeof v, "%.17g", loss_sum);
-                es__model_set_meta(m, "ckpt.loss_sum", v);
-                snprintf(v, sizeof v, "%llu", (unsigned long long)(trained + trained_here));
-                es__model_set_meta(m, "ckpt.trained", v);
-                if ((rc = es__model_save(m, ckpt, 1, err)) != 0) {
-                    pipeline_stop(&pl);
-                    goto done;
-                }
-            }
-        }
-        pipeline_stop(&pl);
-        if (pl.rc < 0) {
-            rc = pass_err(err, r, pl.rc, p->train_path, &tid);
-            goto done;
-        }
-        note_bad_lines(r, &bad_train, bad_rep, sizeof bad_rep);
-        snprintf(when, sizeof when, "at the end of epoch %d", ep + 1);
-        if ((rc = es__file_id_recheck(p->train_path, &tid, when, err)) != 0) goto done;
-        res->train_loss = done_rows ? loss_sum / (double)done_rows : NAN;
-        if (!n_exact) { /* row count learnt from the first full pass */
-            if (done_rows == 0) {
-                rc = es__err(err, ES_EPARSE, "%s: no training rows", p->train_path);
-                goto done;
-            }
-            n_train = done_rows;
-            n_exact = 1;
-            res->train_rows = n_train;
-            ps.pr.rows_total = n_train;
-        } else if (done_rows != n_train) {
-            snprintf(when, sizeof when, "epoch %d", ep + 1);
-            rc = rows_changed(err, p->train_path, when, done_rows, n_train);
-            goto done;
-        }
-        report(&ps, 1);
-    }
-    trained += trained_here;
-    (void)trained;
-    res->train_rows_per_s = (double)trained_here / (es__now() - t_train + 1e-9);
-
-    /* evaluate */
-    ps.pr.phase = "eval";
-    report(&ps, 1);
-    prob = es__malloc((size_t)p->batch * sizeof(float));
-    if (!prob) {
-        rc = es__err(err, ES_ENOMEM, "out of memory");
-        goto done;
-    }
-    double t_eval = es__now();
-    if (p->valid_path) {
-        if ((rc = es__file_id_get(p->valid_path, 0, &vid, err)) != 0) goto done;
-        if ((rc = es_reader_open(&rv, p->valid_path, &p->reader, err)) != 0) goto done;
-        if (es_reader_n_dense(rv) != n_dense || es_reader_n_fields(rv) != n_fields) {
-            rc = es__err(err, ES_EINVAL, "%s: %d numeric and %d categorical columns, the training file has %d and %d", p->valid_path,
-                         es_reader_n_dense(rv), es_reader_n_fields(rv), n_dense, n_fields);
-            goto done;
-        }
-        if ((rc = predict_stream(m, rv, &b, prob, 0, 0, &ps_valid, err)) != 0) {
-            if (es__file_id_recheck(p->valid_path, &vid, "after a read error", err) != ES_OK) rc = ES_EIO;
-            goto done;
-        }
-        if ((rc = es__file_id_recheck(p->valid_path, &vid, "while evaluating", err)) != 0) goto done;
-    } else if (p->valid_frac > 0) {
-        if ((rc = es__file_id_recheck(p->train_path, &tid, "before evaluating", err)) != 0) goto done;
-        if ((rc = es_reader_rewind(r)) != 0) {
-            reader_err(err, r, rc);
-            goto done;
-        }
-        if ((rc = predict_stream(m, r, &b, prob, n_train, n_total - n_train, &ps_valid, err)) != 0) {
-            if (es__file_id_recheck(p->train_path, &tid, "after a read error", err) != ES_OK) rc = ES_EIO;
-            goto done;
-        }
-        note_bad_lines(r, &bad_train, bad_rep, sizeof bad_rep);
-        if ((rc = es__file_id_recheck(p->train_path, &tid, "while evaluating", err)) != 0) goto done;
-        if (ps_valid.n != n_total - n_train) {
-            rc = rows_changed(err, p->train_path, "the evaluation", (uint64_t)ps_valid.n, n_total - n_train);
-            goto done;
-        }
-    }
-    if (ps_valid.n > 0) {
-        res->eval_rows_per_s = (double)ps_valid.n / (es__now() - t_eval + 1e-9);
-        es_metrics_compute(ps_valid.p, ps_valid.y, ps_valid.n, &res->valid);
-    }
-
-    if (p->out_path) {
-        /* keep the detected format and delimiter, so the model reads files
-         * of any name the same way */
-        es_reader_params rp = es_reader_resolved_params(r);
-        m->rp.format = rp.format;
-        m->rp.delim = rp.delim;
-        m->rp.multi_sep = rp.multi_sep;
-        char buf[512];
-        if (p->command_line) es__model_set_meta(m, "train.command", p->command_line);
-        metrics_json(buf, sizeof buf, &res->valid);
-        es__model_set_meta(m, "train.metrics", buf);
-        snprintf(buf, sizeof buf, "%llu", (unsigned long long)n_train);
-        es__model_set_meta(m, "train.rows", buf);
-        char names[4096];
-        size_t o = 0;
-        names[0] = 0;
-        for (int f = 0; f < n_fields && o < sizeof names; f++)
-            o += (size_t)snprintf(names + o, sizeof names - o, f ? ",%s" : "%s", es_reader_field_name(r, f));
-        es__model_set_meta(m, "schema.fields", names);
-        o = 0;
-        names[0] = 0;
-        for (int d = 0; d < n_dense && o < sizeof names; d++)
-            o += (size_t)snprintf(names + o, sizeof names - o, d ? ",%s" : "%s", es_reader_dense_name(r, d));
-        es__model_set_meta(m, "schema.dense", names);
-        /* the label column's name: eval/predict find a CSV's columns by name */
-        if (es__reader_label_name(r)) es__model_set_meta(m, "schema.label", es__reader_label_name(r));
-        if (m->st->ops->field_stats && vocab) {
-            /* per-field table statistics for `embstore inspect` */
-            for (int f = 0; f < n_fields; f++) {
-                es_field_stats fs = {0};
-                m->st->ops->field_stats(m->st, vocab, f, &fs);
-                char key[128], val[256];
-                snprintf(key, sizeof key, "stats.field.%s", es_reader_field_name(r, f));
-                snprintf(val, sizeof val, "distinct=%llu,rows=%llu,rows_used=%llu,collisions=%llu", (unsigned long long)fs.distinct,
-                         (unsigned long long)fs.rows, (unsigned long long)fs.rows_used, (unsigned long long)fs.collisions);
-                es__model_set_meta(m, key, val);
-            }
-        }
-        snprintf(buf, sizeof buf, "%zu", res->full_bytes);
-        es__model_set_meta(m, "stats.full_bytes", buf);
-        if ((rc = es__model_save(m, p->out_path, 0, err)) != 0) goto done;
-    }
-    rc = ES_OK;
-done:
+    run *x = es__calloc(1, sizeof *x);
+    if (!x) return es__err(err, ES_ENOMEM, "out of memory");
+    x->p = p;
+    x->res = res;
+    x->err = err;
+    x->ps.p = p;
+    int rc = run_open(x);
+    if (rc == ES_OK) rc = run_count(x);
+    if (rc == ES_OK) rc = run_vocab(x);
+    if (rc == ES_OK) rc = run_model(x);
+    if (rc == ES_OK) rc = run_train(x);
+    if (rc == ES_OK) rc = run_evaluate(x);
+    if (rc == ES_OK) rc = run_save(x);
+    run_finish(x, rc);
+    es__free(x);
     res->seconds = es__now() - t_start;
-    res->bad_lines = bad_train + (rv ? es_reader_bad_lines(rv) : 0);
-    {
-        /* the first few bad lines of both files, at most 5 in all */
-        const char *vrep = rv ? es_reader_bad_report(rv) : "";
-        int lines = 0;
-        size_t o = 0;
-        for (const char *part = bad_rep; part; part = part == bad_rep ? vrep : NULL)
-            for (const char *q = part; *q && lines < 5;) {
-                const char *nl = strchr(q, '\n');
-                size_t len = nl ? (size_t)(nl - q) : strlen(q);
-                int k = snprintf(res->bad_report + o, sizeof res->bad_report - o, "%s%.*s", o ? "\n" : "", (int)len, q);
-                if (k < 0 || (size_t)k >= sizeof res->bad_report - o) break;
-                o += (size_t)k;
-                lines++;
-                q = nl ? nl + 1 : q + len;
-            }
-    }
-    if (pl_ready) pipeline_free(&pl);
-    if (rc == ES_OK && ckpt && p->checkpoint_every > 0) remove(ckpt); /* finished: the model file supersedes it */
-    es__free(ps_valid.p);
-    es__free(ps_valid.y);
-    es__free(prob);
-    es__free(cfg);
-    es_model_free(m);
-    es_vocab_free(vocab);
-    es_batch_free(&b);
-    es_reader_free(r);
-    es_reader_free(rv);
     return rc;
 }
 
@@ -832,7 +713,7 @@ int es_model_predict_file(es_model *m, const char *in, int has_label, const char
             goto done;
         }
         if (n == 0) break;
-        if ((rc = es_model_predict(m, &b, prob)) != 0) goto done;
+        if ((rc = es_model_predict_batch(m, &b, prob)) != 0) goto done;
         for (int i = 0; i < n; i++) fprintf(fp, "%.6f\n", prob[i]);
         rows += (uint64_t)n;
         if (ferror(fp)) break; /* a full disk or closed output: stop reading */

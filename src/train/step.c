@@ -1,0 +1,257 @@
+/*
+ * step.c — the step-level model API (embstore.h, "The step-level model
+ * API"): model parameters, create, set_reader, save, checkpoints, public
+ * metadata and sizes.  The per-batch steps (train, eval, predict) live in
+ * model.c next to the buffers they use.  es_train (train.c) is a driver
+ * over exactly these calls, so a program that loops over them with the
+ * same settings gets the same bits.
+ */
+#include "model.h"
+
+#include "data/schema.h"
+#include "train/integrity.h"
+
+#include <math.h>
+
+es_model_params es_model_params_default(void) {
+    es_model_params p;
+    memset(&p, 0, sizeof p);
+    p.model = "dlrm";
+    p.dim = 16;
+    p.storage = "unified";
+    p.min_count = 1;
+    p.chunks = 1;
+    p.subtables = 1;
+    p.batch = 256;
+    p.lr = 1e-3f;
+    p.emb_lr = 0.05f;
+    p.optim = "adam";
+    p.emb_optim = "rowwise";
+    p.seed = 1;
+    return p;
+}
+
+es_model_params es_model_params_from_train(const es_train_params *t, int n_dense, int n_fields) {
+    es_model_params p = es_model_params_default();
+    p.model = t->model;
+    p.dim = t->dim;
+    p.n_bottom = t->n_bottom;
+    p.n_top = t->n_top;
+    p.n_cross = t->n_cross;
+    if (t->n_bottom > 0 && t->n_bottom <= 8) memcpy(p.bottom, t->bottom, sizeof p.bottom);
+    if (t->n_top > 0 && t->n_top <= 8) memcpy(p.top, t->top, sizeof p.top);
+    p.n_dense = n_dense;
+    p.n_fields = n_fields;
+    p.storage = t->storage;
+    p.budget = t->budget;
+    p.storage_opts = t->storage_opts;
+    p.min_count = t->min_count;
+    p.chunks = t->chunks;
+    p.subtables = t->subtables;
+    p.share = t->share;
+    p.batch = t->batch;
+    p.lr = t->lr;
+    p.emb_lr = t->emb_lr;
+    p.optim = t->optim;
+    p.emb_optim = t->emb_optim;
+    p.weight_decay = t->weight_decay;
+    p.seed = t->seed;
+    return p;
+}
+
+static int parse_optim(const char *s, es_optim *out) {
+    if (!strcmp(s, "adam")) *out = ES_OPT_ADAM;
+    else if (!strcmp(s, "sgd")) *out = ES_OPT_SGD;
+    else if (!strcmp(s, "adagrad")) *out = ES_OPT_ADAGRAD;
+    else if (!strcmp(s, "rowwise") || !strcmp(s, "rowwise-adagrad")) *out = ES_OPT_ROWWISE_ADAGRAD;
+    else return ES_EINVAL;
+    return ES_OK;
+}
+
+double es__model_budget(const es_model_params *p) {
+    /* No budget: the methods that size their table from one get
+     * ES_DEFAULT_BUDGET (a fraction of the full table), so that `train FILE`
+     * works with the default method.  full sizes itself exactly and mde
+     * solves without one; method options (k=, rows=, ...) may size a table
+     * on their own, so they are left to the method. */
+    if (p->budget == 0 && p->storage && strcmp(p->storage, "full") != 0 && strcmp(p->storage, "mde") != 0 &&
+        !(p->storage_opts && *p->storage_opts))
+        return ES_DEFAULT_BUDGET;
+    return p->budget;
+}
+
+int es__model_params_resolve(const es_model_params *p, es_net_params *np, es_storage_params *sp, es_err *err) {
+    if (p->batch <= 0 || p->batch > (1 << 20)) return es__err(err, ES_EINVAL, "batch size %d out of range [1, 2^20]", p->batch);
+    if (p->dim <= 0 || p->dim > 4096) return es__err(err, ES_EINVAL, "dim %d out of range [1, 4096]", p->dim);
+    if (p->n_dense < 0 || p->n_fields < 1)
+        return es__err(err, ES_EINVAL, "a model needs n_fields >= 1 and n_dense >= 0, got %d and %d", p->n_fields, p->n_dense);
+    if (p->n_bottom < 0 || p->n_bottom > 8 || p->n_top < 0 || p->n_top > 8 || p->n_cross < 0)
+        return es__err(err, ES_EINVAL, "layer counts out of range (bottom %d, top %d: at most 8; cross %d)", p->n_bottom, p->n_top,
+                       p->n_cross);
+    es_net_kind kind;
+    if (es__net_kind_parse(p->model, &kind) != 0)
+        return es__err(err, ES_EINVAL, "unknown model '%s' (expected lr, fm, dlrm or dcn)", p->model ? p->model : "");
+    es_optim dense_opt, emb_opt;
+    if (parse_optim(p->optim ? p->optim : "adam", &dense_opt) != 0 || dense_opt == ES_OPT_ROWWISE_ADAGRAD)
+        return es__err(err, ES_EINVAL, "unknown dense optimizer '%s' (expected adam, adagrad or sgd)", p->optim);
+    if (parse_optim(p->emb_optim ? p->emb_optim : "rowwise", &emb_opt) != 0 || emb_opt == ES_OPT_ADAM)
+        return es__err(err, ES_EINVAL, "unknown table optimizer '%s' (expected rowwise, adagrad or sgd)", p->emb_optim);
+    if (!p->storage || !es__storage_find(p->storage))
+        return es__err(err, ES_EINVAL, "unknown storage method '%s'", p->storage ? p->storage : "");
+    if (!np) return ES_OK;
+
+    *np = es__net_params_default(kind, p->n_dense, p->n_fields, p->dim);
+    if (p->n_bottom > 0) {
+        np->n_bottom = p->n_bottom;
+        memcpy(np->bottom, p->bottom, sizeof(int) * (size_t)p->n_bottom);
+    }
+    if (p->n_top > 0) {
+        np->n_top = p->n_top;
+        memcpy(np->top, p->top, sizeof(int) * (size_t)p->n_top);
+    }
+    if (p->n_cross > 0) np->n_cross = p->n_cross;
+    np->max_batch = p->batch;
+    np->opt.kind = dense_opt;
+    np->opt.lr = p->lr;
+    if (dense_opt == ES_OPT_ADAGRAD) np->opt.eps = 1e-10f; /* torch.optim.Adagrad's default */
+    np->weight_decay = p->weight_decay;
+    np->seed = es__mix64(p->seed ^ 0x6e6574ULL);
+
+    *sp = es__storage_params_default();
+    sp->method = p->storage;
+    sp->n_fields = p->n_fields;
+    sp->dim = es__net_emb_dim(kind, p->dim);
+    sp->max_batch = p->batch;
+    sp->budget = es__model_budget(p);
+    sp->seed = p->seed;
+    sp->min_count = p->min_count > 0 ? p->min_count : 1;
+    sp->chunks = p->chunks > 0 ? p->chunks : 1;
+    sp->subtables = p->subtables > 0 ? p->subtables : 1;
+    sp->share = p->share;
+    sp->opts = p->storage_opts;
+    sp->opt.lr = p->emb_lr;
+    sp->opt.kind = emb_opt;
+    if (kind == ES_NET_LR) sp->init_scale = 0.0f; /* LR weights start at zero */
+    return ES_OK;
+}
+
+int es__model_check_memory(const es_net_params *np, const es_storage_params *sp, const es_vocab *vocab, es_err *err) {
+    double full = vocab ? (double)es__storage_full_bytes(vocab, sp->dim, sp->min_count) : 0;
+    double tb = sp->budget > 1 ? sp->budget : sp->budget > 0 ? sp->budget * full : full;
+    return es__train_check_memory(np, sp, tb, err);
+}
+
+int es_model_create(es_model **out, const es_model_params *p, const es_vocab *vocab, es_err *err) {
+    *out = NULL;
+    es_net_params np;
+    es_storage_params sp;
+    int rc = es__model_params_resolve(p, &np, &sp, err);
+    if (rc != ES_OK) return rc;
+    /* refused before anything is allocated when the machine cannot hold it */
+    if ((rc = es__model_check_memory(&np, &sp, vocab, err)) != ES_OK) return rc;
+    es_reader_params rp = es_reader_params_default();
+    return es__model_create(out, &np, &sp, vocab, &rp, err);
+}
+
+/* "a,b,c" of n names from get(r, i). */
+static int set_names(es_model *m, const char *key, const es_reader *r, int n, const char *(*get)(const es_reader *, int)) {
+    size_t cap = 1, o = 0;
+    for (int i = 0; i < n; i++) cap += strlen(get(r, i)) + 1;
+    char *s = es__malloc(cap);
+    if (!s) return ES_ENOMEM;
+    s[0] = 0;
+    for (int i = 0; i < n; i++) o += (size_t)snprintf(s + o, cap - o, i ? ",%s" : "%s", get(r, i));
+    int rc = es__model_set_meta(m, key, s);
+    es__free(s);
+    return rc;
+}
+
+int es_model_set_reader(es_model *m, const es_reader *r) {
+    if (es_reader_n_dense(r) != m->n_dense || es_reader_n_fields(r) != m->n_fields)
+        return es__err(&m->err, ES_EINVAL, "the reader has %d numeric and %d categorical columns, the model %d and %d",
+                       es_reader_n_dense(r), es_reader_n_fields(r), m->n_dense, m->n_fields);
+    /* the detected format and delimiter are kept, so the model reads files
+     * of any name the same way */
+    es_reader_params rp = es_reader_resolved_params(r);
+    char *cols = rp.columns ? es__strdup(rp.columns) : NULL;
+    if (rp.columns && !cols) return es__err(&m->err, ES_ENOMEM, "out of memory");
+    es__free(m->rp_columns);
+    m->rp = rp;
+    m->rp.columns = m->rp_columns = cols;
+    int rc = set_names(m, "schema.fields", r, m->n_fields, es_reader_field_name);
+    if (rc == ES_OK) rc = set_names(m, "schema.dense", r, m->n_dense, es_reader_dense_name);
+    /* the label column's name: eval/predict find a CSV's columns by name */
+    if (rc == ES_OK && es__reader_label_name(r)) rc = es__model_set_meta(m, "schema.label", es__reader_label_name(r));
+    return rc == ES_OK ? ES_OK : es__err(&m->err, rc, "out of memory");
+}
+
+int es_model_save(es_model *m, const char *path, unsigned flags) {
+    if (!path) return es__err(&m->err, ES_EINVAL, "no output path");
+    return es__model_save(m, path, (flags & ES_SAVE_STATE) != 0, &m->err);
+}
+
+int es_model_checkpoint_save(es_model *m, const char *path, const es_checkpoint *pos) {
+    if (pos->epoch < 0 || !isfinite(pos->loss_sum) || pos->loss_sum < 0)
+        return es__err(&m->err, ES_EINVAL, "checkpoint position out of range (epoch %d, loss sum %g)", pos->epoch, pos->loss_sum);
+    char v[64];
+    int rc = ES_OK;
+    snprintf(v, sizeof v, "%d", pos->epoch);
+    rc |= es__model_set_meta(m, "ckpt.epoch", v);
+    snprintf(v, sizeof v, "%llu", (unsigned long long)pos->rows);
+    rc |= es__model_set_meta(m, "ckpt.rows", v);
+    snprintf(v, sizeof v, "%.17g", pos->loss_sum);
+    rc |= es__model_set_meta(m, "ckpt.loss_sum", v);
+    snprintf(v, sizeof v, "%llu", (unsigned long long)pos->trained);
+    rc |= es__model_set_meta(m, "ckpt.trained", v);
+    if (rc) return es__err(&m->err, ES_ENOMEM, "out of memory");
+    return es__model_save(m, path, 1, &m->err);
+}
+
+/* A checkpoint's number: the whole string an integer in [lo, hi]. */
+static int ckpt_int(const es_model *m, const char *ckpt, const char *key, long long lo, long long hi, long long *out, es_err *err) {
+    const char *v = es_model_meta(m, key);
+    long long x;
+    if (!v) return es__err(err, ES_EFORMAT, "%s: not a complete training checkpoint (no %s)", ckpt, key);
+    if (!es__parse_long(v, strlen(v), &x) || x < lo || x > hi)
+        return es__err(err, ES_EFORMAT, "%s: checkpoint value %s = '%s' is not an integer in [%lld, %lld]", ckpt, key, v, lo, hi);
+    *out = x;
+    return ES_OK;
+}
+
+int es_model_checkpoint_load(es_model **out, const char *path, es_checkpoint *pos, es_err *err) {
+    es_model *m = NULL;
+    *out = NULL;
+    int rc = es__model_load(&m, path, 0, 1, err);
+    if (rc != ES_OK) return rc;
+    long long ep, rows, trained;
+    const char *v = es_model_meta(m, "ckpt.loss_sum");
+    if (!es_model_meta(m, "ckpt.epoch")) {
+        rc = es__err(err, ES_EFORMAT, "%s: not a training checkpoint (no ckpt.epoch)", path);
+    } else if ((rc = ckpt_int(m, path, "ckpt.epoch", 0, 100000000, &ep, err)) != ES_OK ||
+               (rc = ckpt_int(m, path, "ckpt.rows", 0, INT64_MAX, &rows, err)) != ES_OK ||
+               (rc = ckpt_int(m, path, "ckpt.trained", 0, INT64_MAX, &trained, err)) != ES_OK) {
+        /* message set */
+    } else if (!v || !es__parse_double(v, strlen(v), &pos->loss_sum) || !isfinite(pos->loss_sum) || pos->loss_sum < 0) {
+        rc = es__err(err, ES_EFORMAT, "%s: checkpoint value ckpt.loss_sum = '%s' is not a finite number >= 0", path, v ? v : "(none)");
+    }
+    if (rc != ES_OK) {
+        es_model_free(m);
+        return rc;
+    }
+    pos->epoch = (int)ep;
+    pos->rows = (uint64_t)rows;
+    pos->trained = (uint64_t)trained;
+    *out = m;
+    return ES_OK;
+}
+
+int es_model_set_meta(es_model *m, const char *key, const char *value) {
+    if (!key || !value || strncmp(key, "user.", 5) != 0 || !key[5])
+        return es__err(&m->err, ES_EINVAL, "metadata key '%s': applications set keys under \"user.\" only", key ? key : "(null)");
+    if (es__model_set_meta(m, key, value) != ES_OK) return es__err(&m->err, ES_ENOMEM, "out of memory");
+    return ES_OK;
+}
+
+size_t es_model_table_bytes(const es_model *m) { return m->st->param_bytes + m->st->aux_bytes; }
+size_t es_model_table_state_bytes(const es_model *m) { return m->st->state_bytes; }
+size_t es_model_net_bytes(const es_model *m) { return es__net_param_bytes(m->net); }
