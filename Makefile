@@ -81,7 +81,15 @@ $(BUILD)/libembstore.so: $(BUILD)/libembstore.so.$(SO_VER)
 $(BUILD)/embstore: $(TOOL_OBJ) $(BUILD)/libembstore.a
 	$(CC) $(LDFLAGS) -o $@ $(TOOL_OBJ) $(BUILD)/libembstore.a $(LDLIBS)
 
-$(BUILD)/test_runner: $(TEST_OBJ) $(BUILD)/libembstore.a $(BUILD)/embstore
+# Example programs: clients of the public header, linked to the shared
+# library (found next to them through the rpath); the tests run them.
+EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
+examples: $(EXAMPLES)
+$(BUILD)/examples/%: examples/%.c include/embstore.h $(BUILD)/libembstore.so
+	@mkdir -p $(dir $@)
+	$(CC) -Iinclude $(CSTD) $(WARN) $(OPT) -o $@ $< -L$(BUILD) -lembstore -Wl,-rpath,'$$ORIGIN/..' $(SANLD)
+
+$(BUILD)/test_runner: $(TEST_OBJ) $(BUILD)/libembstore.a $(BUILD)/embstore $(EXAMPLES)
 	$(CC) $(LDFLAGS) -o $@ $(TEST_OBJ) $(BUILD)/libembstore.a $(LDLIBS)
 
 $(BUILD)/bench_system: bench/system.c $(BUILD)/libembstore.a

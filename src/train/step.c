@@ -222,6 +222,15 @@ int es_model_checkpoint_load(es_model **out, const char *path, es_checkpoint *po
     es_model *m = NULL;
     *out = NULL;
     int rc = es__model_load(&m, path, 0, 1, err);
+    if (rc == ES_EFORMAT) {
+        /* a model file saved without optimizer state: say that, rather
+         * than which tensor it lacks */
+        es_err e2 = {0};
+        if (es__model_load(&m, path, ES_LOAD_NO_VERIFY, 0, &e2) == ES_OK && !es_model_meta(m, "ckpt.epoch"))
+            es__err(err, rc, "%s: not a training checkpoint (a model file without optimizer state)", path);
+        es_model_free(m);
+        return rc;
+    }
     if (rc != ES_OK) return rc;
     long long ep, rows, trained;
     const char *v = es_model_meta(m, "ckpt.loss_sum");
