@@ -6,6 +6,7 @@
  * caller can meet.
  */
 #include "embstore.h"
+#include "alloc_sweep.h"
 #include "test.h"
 
 #define CRITEO "data/criteo_kaggle_train_first10k.tsv"
@@ -342,4 +343,53 @@ TEST(table_load_rejects_other_files) {
     CHECK_MSG(rc == ES_ENOTFOUND || rc == ES_EIO, "missing file: %d %s", rc, err.msg);
     CHECK_EQ_INT(es_table_load(&t, junk, 64u, &err), ES_EINVAL);
     CHECK(t == NULL);
+}
+
+/* ---- every failed allocation is clean ------------------------------------ */
+typedef struct {
+    const char *method;
+    const es_vocab *v;
+    const es_batch *b;
+} sweep_ctx;
+
+/* The whole life of a table: create, lookup, backward, save, load. */
+static int table_life(void *arg) {
+    const sweep_ctx *c = arg;
+    es_table_params p = es_table_params_default();
+    p.method = c->method;
+    p.n_fields = c->b->n_fields;
+    p.dim = 4;
+    p.max_batch = c->b->n;
+    p.budget = strcmp(c->method, "full") ? 16384 : 0;
+    es_table *t = NULL, *u = NULL;
+    es_err err = {0};
+    size_t cnt = (size_t)c->b->n * (size_t)c->b->n_fields * 4;
+    float *out = malloc(cnt * sizeof(float));
+    const char *path = es_test_path("table_sweep.es");
+    int rc = out ? 0 : ES_ENOMEM;
+    if (!rc) rc = es_table_create(&t, &p, c->v, &err);
+    if (!rc) rc = es_table_lookup(t, c->b, 0, c->b->n, out);
+    if (!rc) rc = es_table_backward(t, c->b, out);
+    if (!rc) rc = es_table_save(t, path, ES_TABLE_SAVE_STATE);
+    if (!rc) rc = es_table_load(&u, path, 0, &err);
+    if (!rc) rc = es_table_lookup(u, c->b, 0, c->b->n, out);
+    es_table_free(t);
+    es_table_free(u);
+    free(out);
+    return rc;
+}
+
+TEST(table_allocation_failures_are_clean) {
+    es_batch b;
+    es_vocab *v = NULL;
+    CHECK(read_rows(&b, 16, &v, 200) == 0);
+    const char *methods[] = {"full", "hash", "unified"};
+    for (int i = 0; i < 3; i++) {
+        sweep_ctx c = {methods[i], v, &b};
+        int n = es_test_alloc_sweep(table_life, &c, 2000);
+        printf("    %-8s %d failure points\n", methods[i], n);
+        if (n < 0) es_test_fail(__FILE__, __LINE__, "%s: a failed allocation was not handled cleanly", methods[i]);
+    }
+    es_batch_free(&b);
+    es_vocab_free(v);
 }
