@@ -256,6 +256,201 @@ ES_API float es_transform_num(double x);
  * ES_KEY_MISSING). */
 ES_API uint64_t es_key(const char *s, size_t len);
 
+/* ==== Embedding tables (storage methods without a model) ====
+ *
+ * A compressed embedding table on its own: every storage method a model
+ * can use (full table, hashing trick, Unified Embedding, Q-R, ROBE, TT-Rec,
+ * DHE, ...), created from a byte budget, looked up into caller-owned
+ * arrays, trained by a sparse optimizer update from the caller's
+ * gradients, and saved to / loaded from its own file.  The caller owns the
+ * loop (its own model, loss and batches).  docs/table-api.md has an
+ * example; docs/methods.md describes the methods and their options.
+ * ------------------------------------------------------------------------- */
+
+/* ---- vocabulary: per-field value counts ---------------------------------
+ * Some methods and budgets need to know the values of each field: `full`
+ * gives every value seen a row, the frequency-based methods (mde, adapt)
+ * rank values by count, and a budget given as a fraction of the full
+ * table (<= 1) is resolved against the vocabulary's size.  Build one with a
+ * pass over the training data: es_vocab_add_batch for every batch a reader
+ * yields.  One open-addressing map per field from value key to count;
+ * memory grows with the distinct values seen (about 32 to 64 bytes each).
+ * Thread rule: adds need exclusive access; the read functions may run
+ * concurrently with each other (and with es_table_create using it). */
+typedef struct es_vocab es_vocab;
+
+/* Create an empty vocabulary of n_fields fields.  Returns 0, ES_EINVAL
+ * (n_fields outside [1, 2^20]) or ES_ENOMEM; on failure *out is NULL (no
+ * message: the code says it all). */
+ES_API int es_vocab_create(es_vocab **out, int n_fields);
+/* Free v and its maps.  NULL is a no-op. */
+ES_API void es_vocab_free(es_vocab *v);
+/* Count every value of every (row, field) of b (b is only read).  Returns
+ * 0; ES_EINVAL when v or b is NULL, when b's field count differs from the vocabulary's or its
+ * CSR offsets are inconsistent (nothing counted); ES_ENOMEM when a map
+ * cannot grow (the batch may be partly counted).  A failure is sticky:
+ * every later add returns the same code, and es_vocab_errmsg says why. */
+ES_API int es_vocab_add_batch(es_vocab *v, const es_batch *b);
+/* Fields of v (0 for NULL). */
+ES_API int es_vocab_n_fields(const es_vocab *v);
+/* Distinct value keys counted in field f (0 for NULL or a field outside
+ * [0, n_fields)). */
+ES_API uint64_t es_vocab_distinct(const es_vocab *v, int field);
+/* Bytes held by the maps (0 for NULL). */
+ES_API size_t es_vocab_bytes(const es_vocab *v);
+/* Message of the failed add ("" when none).  Never NULL. */
+ES_API const char *es_vocab_errmsg(const es_vocab *v);
+
+/* ---- tables ---------------------------------------------------------------- */
+typedef struct es_table_params {
+    /* Storage method by name: one of es_storage_methods() ("full", "hash",
+     * "unified", "qr", "robe", "dhe", "mde", "adapt", "multihash", "tt").
+     * Default "hash". */
+    const char *method;
+    int n_fields;         /* categorical fields per row (required, >= 1; default 0) */
+    int dim;              /* output floats per field (1..65536; default 16) */
+    /* Largest batch (rows) passed to es_table_backward (sizes the
+     * optimizer scratch at create time; 1..2^24; default 256). */
+    int max_batch;
+    /* Serving bytes (parameters + lookup maps) the table may use:
+     *   > 1     bytes;
+     *   (0, 1]  a fraction of the `full` table's parameter bytes for the
+     *           vocabulary (needs a vocabulary);
+     *   0       the method's default: `full` takes its exact size from the
+     *           vocabulary; the budget-sized methods (hash, unified, ...)
+     *           then need a size in opts (e.g. "rows=N"), else create fails.
+     * Default 0. */
+    double budget;
+    uint64_t seed;        /* initial values and hash salts (default 1) */
+    float init_scale;     /* initial rows ~ U(-s, s); 0 gives zeros (default 0.05) */
+    /* Table optimizer, applied by es_table_backward to the parameters a
+     * batch touches: "rowwise" (row-wise Adagrad: one accumulator per row,
+     * the default; NULL means it too), "adagrad" (one accumulator per
+     * float) or "sgd" (no state). */
+    const char *optim;
+    float lr;             /* learning rate (>= 0; default 0.05) */
+    float eps;            /* Adagrad epsilon (> 0; default 1e-8; ignored by sgd) */
+    /* Method options "key=value,...", e.g. "chunks=4" (unified),
+     * "share=1" (one parameter space for all fields), "min_count=2"
+     * (full), "op=mult" (qr).  The first occurrence of a key wins; keys a
+     * method does not know are ignored; malformed values are ES_EINVAL.
+     * docs/methods.md lists each method's keys.  Default NULL. */
+    const char *opts;
+} es_table_params;
+
+/* The defaults above (n_fields 0: must be set). */
+ES_API es_table_params es_table_params_default(void);
+
+typedef struct es_table es_table;
+
+/* Create a table: check p, resolve the budget, size the method from it,
+ * allocate everything lookup and backward will ever need, and draw the
+ * initial values from p->seed (the same parameters and vocabulary give the
+ * same bits).  vocab may be NULL unless the method (full, mde, adapt) or a
+ * fractional budget needs it; it is only read during the call (not kept).
+ * The strings in p are copied.
+ * Returns 0, or (*out NULL, err says why, naming the bad parameter):
+ *   ES_EINVAL     bad parameters (NULL p, n_fields / dim / max_batch out of
+ *                 range, negative or non-finite budget, lr, eps or
+ *                 init_scale), an unknown method or optimizer (the message
+ *                 lists the known ones), a malformed method option, a
+ *                 vocabulary of another field count, or a method that
+ *                 needs a vocabulary or a budget and got none;
+ *   ES_EBUDGET    the budget is too small for the method's smallest shape;
+ *   ES_ERANGE     sizes overflow, or the resolved options do not fit the
+ *                 table's metadata;
+ *   ES_ENOMEM     out of memory. */
+ES_API int es_table_create(es_table **out, const es_table_params *p, const es_vocab *vocab, es_err *err);
+/* Free the table (NULL is a no-op). */
+ES_API void es_table_free(es_table *t);
+/* Message of the last failed call on t ("" when none); never NULL. */
+ES_API const char *es_table_errmsg(const es_table *t);
+
+/* Embeddings of rows [r0, r1) of b into out[(r1 - r0) * n_fields * dim]
+ * (caller-owned; row-major [row][field][dim]).  Each (row, field) pools its
+ * values: the sum of the value vectors times their weights b->wt (a field
+ * without values gives zeros).  Any key may be looked up: `full` maps a
+ * value it never counted to its field's out-of-vocabulary row, the hashed
+ * methods hash every key.  No allocation.
+ * Returns 0, or ES_EINVAL (nothing written; message in es_table_errmsg):
+ * NULL b or out, b->n_fields differs from the table's, or not
+ * 0 <= r0 <= r1 <= b->n.
+ * Thread rule: any number of threads may look up concurrently (the same
+ * rows or not, each into its own out), but not while es_table_backward,
+ * es_table_free or a load into t runs.  (Concurrent failing lookups may
+ * overwrite each other's message.)  Deterministic: a row's output has the
+ * same bits whatever range, batch or thread looks it up (docs/determinism.md). */
+ES_API int es_table_lookup(es_table *t, const es_batch *b, int r0, int r1, float *out);
+/* Train: given dout[b->n * n_fields * dim], the gradient of the caller's
+ * loss with respect to es_table_lookup(t, b, 0, b->n, ...)'s output, apply
+ * one sparse optimizer step to the parameters the batch touches (a
+ * parameter touched by several (row, field) pairs gets one update with the
+ * summed gradient).  dout is only read.  No allocation while
+ * b->n <= max_batch.
+ * Returns 0; ES_EINVAL (nothing changed): NULL b or dout, b->n_fields
+ * differs, b->n < 0 or b->n > max_batch; ES_ENOMEM: a scratch structure
+ * had to grow and could not (nothing applied).
+ * Thread rule: one thread at a time, with no lookup running on t. */
+ES_API int es_table_backward(es_table *t, const es_batch *b, const float *dout);
+
+/* Sizes, as allocated.  es_table_bytes: what serving needs, parameters +
+ * lookup maps (<= the budget in bytes whenever one was given);
+ * es_table_param_bytes: the learnable parameters alone; es_table_state_bytes:
+ * the optimizer state (training only; 0 for sgd). */
+ES_API size_t es_table_bytes(const es_table *t);
+ES_API size_t es_table_param_bytes(const es_table *t);
+ES_API size_t es_table_state_bytes(const es_table *t);
+/* Size in rows: param_bytes / (4 * dim), the number of dim-float rows the
+ * parameters would fill.  For `full` and `hash` this is the number of rows
+ * the method addresses (values plus one out-of-vocabulary row per field);
+ * for the other methods it is the row equivalent of their parameters, to
+ * compare with a vocabulary's distinct count (the compression ratio). */
+ES_API uint64_t es_table_rows(const es_table *t);
+ES_API int es_table_dim(const es_table *t);
+ES_API int es_table_n_fields(const es_table *t);
+ES_API int es_table_max_batch(const es_table *t);
+/* Method name ("hash", ...); valid while t lives. */
+ES_API const char *es_table_method(const es_table *t);
+/* The method's resolved options "key=value,..." (rows per field, chunks,
+ * seed, ...): passed as opts with budget 0 they re-create the same shapes
+ * without a vocabulary.  Valid while t lives. */
+ES_API const char *es_table_meta(const es_table *t);
+
+/* es_table_save flag: also write the optimizer state (to continue training
+ * after a load exactly where it stopped).  Without it the file holds what
+ * serving needs, and a loaded table trains on from a fresh optimizer
+ * state (as after create). */
+#define ES_TABLE_SAVE_STATE 1u
+
+/* Write t to `path`: an embstore container file (docs/format.md) with
+ * embstore.type=table, the parameters (storage.*) and one tensor per array
+ * ("storage.<name>"; optimizer state as "opt.storage.<name>").  Written to
+ * "<path>.tmp.<pid>", fsynced and renamed over path: on failure path is
+ * untouched and the temporary file removed.  Saving over the file the table
+ * was loaded from is safe (the rename replaces it; a mapped table keeps the
+ * old file's pages).  t is only read (the thread rule of a lookup).
+ * Returns 0; ES_EINVAL (NULL path, unknown flag bits); ES_EIO (cannot
+ * write, sync or rename; the message names the path); ES_ENOMEM.  The
+ * message is in es_table_errmsg. */
+ES_API int es_table_save(es_table *t, const char *path, unsigned flags);
+/* Load a table saved by es_table_save.  flags: ES_LOAD_NO_VERIFY (skip the
+ * tensor checksums) and ES_LOAD_MAP (map large arrays copy-on-write from
+ * the file instead of reading them; the file must then only be replaced
+ * by rename while the table lives), as for es_model_load.  The optimizer
+ * state is restored when the file has it (ES_TABLE_SAVE_STATE).  The
+ * loaded table looks up exactly the bits the saved one did.
+ * Returns 0, or (*out NULL, err names the path and says why):
+ *   ES_ENOTFOUND / ES_EIO   cannot open or read;
+ *   ES_EFORMAT              not an embstore file, not a table (e.g. a model
+ *                           file: embstore.type is not "table"), missing or
+ *                           malformed metadata, a tensor missing or of the
+ *                           wrong type or size;
+ *   ES_EVERSION             a newer container version;
+ *   ES_ECHECKSUM            corrupt data;
+ *   ES_EINVAL               unknown flag bits;
+ *   ES_ENOMEM. */
+ES_API int es_table_load(es_table **out, const char *path, unsigned flags, es_err *err);
+
 /* ==== Models and training ==== */
 
 /* Evaluation metrics over a labeled set. */

@@ -37,20 +37,14 @@
  * memory is proportional to the distinct values seen (about 32 bytes each).
  * A failed add (out of memory) leaves the vocab failed: later adds return
  * the same code, and es_vocab_errmsg says why. */
-typedef struct es_vocab es_vocab;
-int es_vocab_create(es_vocab **out, int n_fields);
-void es_vocab_free(es_vocab *v);
-/* Count every value of every (row, field) of b.  ES_EINVAL when b's field
- * count differs or its CSR offsets are inconsistent (nothing counted);
- * ES_ENOMEM when a map cannot grow (the batch may be partly counted). */
-int es_vocab_add_batch(es_vocab *v, const es_batch *b);
+/* es_vocab and its public functions (es_vocab_create, _free, _add_batch,
+ * _n_fields, _distinct, _bytes, _errmsg) are declared in embstore.h; the
+ * internal ones follow. */
 uint64_t es__vocab_count(const es_vocab *v, int field, uint64_t key);
-/* distinct keys seen in field f (all counts), and those with count >= min */
-uint64_t es_vocab_distinct(const es_vocab *v, int field);
+/* distinct keys with count >= min in field f */
 uint64_t es__vocab_distinct_min(const es_vocab *v, int field, uint64_t min_count);
 /* Iterate field f's keys: calls fn(key, count, ctx) for each; any order. */
 void es__vocab_each(const es_vocab *v, int field, void (*fn)(uint64_t key, uint64_t count, void *ctx), void *ctx);
-int es_vocab_n_fields(const es_vocab *v);
 /* One (field, key, count) of a vocabulary. */
 typedef struct es_vocab_entry {
     uint64_t count, key;
@@ -64,9 +58,6 @@ int es__vocab_entry_cmp(const void *a, const void *b);
 size_t es__vocab_ranked(const es_vocab *v, uint64_t min_count, int by_field, es_vocab_entry *out);
 /* Total value occurrences counted in field f. */
 uint64_t es__vocab_total(const es_vocab *v, int field);
-/* Bytes held by the maps. */
-size_t es_vocab_bytes(const es_vocab *v);
-const char *es_vocab_errmsg(const es_vocab *v);
 
 /* ---- storage parameters ----------------------------------------------------- */
 typedef struct es_storage_params {
@@ -184,6 +175,32 @@ int es__storage_backward(es_storage *s, const es_batch *b, const float *dout);
 int es__storage_tensors(es_storage *s, es_tensor_ref *refs, int max);
 int es__storage_after_load(es_storage *s);
 const char *es__storage_errmsg(const es_storage *s);
+
+/* ---- a storage inside a container file (storage_io.c) ---------------------
+ * The layout of a storage in a file (the storage part of a model file, and
+ * a table file): metadata "storage.*" and tensors "storage.<name>", the
+ * optimizer state "opt.<x>" as "opt.storage.<x>".
+ * es__storage_file_name: the file name of a tensor the method lists as
+ *   ref_name; ES_EINVAL when it does not fit ES_TENSOR_NAME_MAX.
+ * es__storage_write: add s's metadata and tensors (optimizer state only
+ *   with with_state) to w; the arrays must stay unchanged until commit.
+ * es__storage_params_read: the parameters to re-create a saved storage
+ *   from a file's metadata (vocab NULL): method, dim, n_fields and
+ *   max_batch (0 when the file lacks them), budget in bytes, seed,
+ *   init_scale, optimizer, and opts = the resolved options then the
+ *   caller's (allocated into *opts, which sp->opts points to; free it after
+ *   the create).  Strings point into f.  ES_EFORMAT names a missing or
+ *   malformed key.
+ * es__storage_read_tensors: put the file's tensors into the arrays of s
+ *   (created from those parameters), checking dtype and size, in place
+ *   where possible (pages moved or mapped; *mapped, may be NULL, grows by
+ *   the bytes so placed), then call after_load.  Optimizer state is read
+ *   only with with_state (and must then be present).  ES_EFORMAT for a
+ *   missing or mismatched tensor. */
+int es__storage_file_name(const char *ref_name, char *out, size_t cap);
+int es__storage_write(es_fwriter *w, es_storage *s, int with_state, es_err *err);
+int es__storage_params_read(const es_file *f, const char *path, es_storage_params *sp, char **opts, es_err *err);
+int es__storage_read_tensors(es_storage *s, es_file *f, int with_state, const char *path, size_t *mapped, es_err *err);
 
 /* ---- helpers for method implementations (storage.c) ------------------------
  * es__storage_opt: value of key in s->p.opts (first occurrence), not copied
