@@ -604,13 +604,6 @@ ES_API int es_set_threads(int n);
  * Errors: the functions taking a model return 0 or a negative ES_E* code
  * and keep the message in the model (es_model_errmsg). */
 typedef struct es_model es_model;
-typedef struct es_vocab es_vocab;
-/* Value counts per field (to size `full` tables and fraction budgets):
- * create for n_fields, add every training batch, pass to es_model_create,
- * free.  add_batch: ES_EINVAL for a batch of another shape, ES_ENOMEM. */
-ES_API int es_vocab_create(es_vocab **out, int n_fields);
-ES_API int es_vocab_add_batch(es_vocab *v, const es_batch *b);
-ES_API void es_vocab_free(es_vocab *v);
 
 typedef struct es_model_params {
     const char *model;        /* "lr", "fm", "dlrm" (default), "dcn" */
