@@ -31,9 +31,6 @@ es_train_params es_train_params_default(void) {
     p.dim = 16;
     p.storage = "unified";
     p.budget = 0;
-    p.min_count = 1;
-    p.chunks = 1;
-    p.subtables = 1;
     p.epochs = 1;
     p.batch = 256;
     p.lr = 1e-3f;
@@ -53,10 +50,6 @@ es_storage_params es__train_storage_params(const es_train_params *p, es_net_kind
     sp.max_batch = p->batch;
     sp.budget = p->budget;
     sp.seed = p->seed;
-    sp.min_count = p->min_count > 0 ? p->min_count : 1;
-    sp.chunks = p->chunks > 0 ? p->chunks : 1;
-    sp.subtables = p->subtables > 0 ? p->subtables : 1;
-    sp.share = p->share;
     sp.opts = p->storage_opts;
     sp.opt.lr = p->emb_lr;
     if (kind == ES_NET_LR) sp.init_scale = 0.0f; /* LR weights start at zero */
@@ -312,16 +305,19 @@ static int ckpt_int(const es_model *m, const char *ckpt, const char *key, long l
 
 int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
     memset(res, 0, sizeof *res);
-    /* No budget: the methods that size their table from one get
-     * ES_DEFAULT_BUDGET (a fraction of the full table), so that `train FILE`
-     * works with the default method.  full sizes itself exactly and mde
-     * solves without one; method options (k=, rows=, ...) may size a table
-     * on their own, so they are left to the method. */
+    /* No budget: the method's default (es__storage_default_budget:
+     * ES_DEFAULT_BUDGET for the methods sized by one, unless an option such
+     * as rows= sizes the table), so that `train FILE` works with the
+     * default method. */
     es_train_params with_budget;
-    if (p && p->budget == 0 && p->storage && strcmp(p->storage, "full") != 0 && strcmp(p->storage, "mde") != 0 &&
-        !(p->storage_opts && *p->storage_opts)) {
+    double def_budget = 0;
+    if (p && p->budget == 0 && p->storage) {
+        int brc = es__storage_default_budget(p->storage, p->storage_opts, &def_budget, err);
+        if (brc) return brc;
+    }
+    if (def_budget > 0) {
         with_budget = *p;
-        with_budget.budget = ES_DEFAULT_BUDGET;
+        with_budget.budget = def_budget;
         p = &with_budget;
     }
     double t_start = es__now();
@@ -481,7 +477,7 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
     {
         /* the table's serving bytes: a budget in bytes, a fraction of the
          * full table, or the full table itself */
-        double full = vocab ? (double)es__storage_full_bytes(vocab, sp.dim, sp.min_count) : 0;
+        double full = vocab ? (double)es__storage_full_bytes(vocab, sp.dim, es__storage_min_count(&sp)) : 0;
         double tb = p->budget > 1 ? p->budget : p->budget > 0 ? p->budget * full : full;
         if ((rc = es__train_check_memory(&np, &sp, tb, err)) != 0) goto done;
     }
@@ -547,7 +543,7 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
     res->emb_state_bytes = m->st->state_bytes;
     res->net_bytes = es__net_param_bytes(m->net);
     res->param_bytes = res->emb_bytes + res->net_bytes;
-    res->full_bytes = es__storage_full_bytes(vocab, sp.dim, sp.min_count);
+    res->full_bytes = es__storage_full_bytes(vocab, sp.dim, es__storage_min_count(&sp));
 
     /* train */
     if ((rc = pipeline_init(&pl, p->batch, n_dense, n_fields)) != 0) {
