@@ -107,7 +107,7 @@ static int cmp_u64(const void *a, const void *b) {
 
 static const es__opt_spec full_opts[] = {
     ES_OPT_U("keys", 0, (uint64_t)UINT32_MAX - 2, NULL, ES_OPT_SIZES, "distinct values with a row (default: from the vocabulary)",
-             "5", ""),
+             "0", ""),
     ES_OPT_MIN_COUNT,
 };
 
