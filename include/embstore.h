@@ -494,11 +494,12 @@ typedef struct es_train_params {
     /* storage */
     const char *storage;      /* "full", "hash", "unified", ... */
     double budget;            /* bytes (> 1), fraction of full (<= 1) or 0: the
-                                 default, ES_DEFAULT_BUDGET for the methods
-                                 sized by a budget (not full or mde, and no
-                                 storage_opts), none otherwise */
-    int min_count, chunks, subtables, share;
-    const char *storage_opts; /* method-specific "k=v,..." */
+                                 method's default (ES_DEFAULT_BUDGET for the
+                                 methods sized by a budget unless storage_opts
+                                 size the table; none for full and mde) */
+    const char *storage_opts; /* method-specific "k=v,..." (min_count=,
+                                 chunks=, share=, ...; es_storage_help lists
+                                 each method's); an unknown key is an error */
     /* optimisation */
     int epochs, batch;
     float lr;                 /* dense optimizer learning rate */
@@ -620,8 +621,7 @@ typedef struct es_model_params {
      * exact size for `full`; none for methods that solve their own size or
      * get it from storage_opts). */
     double budget;
-    const char *storage_opts; /* method options "k=v,..." (see --help-storage) */
-    int min_count, chunks, subtables, share; /* to move into storage_opts (issue 9) */
+    const char *storage_opts; /* method options "k=v,..." (es_storage_help, --help-storage) */
     int batch;                /* 256; most rows per train/eval call */
     float lr;                 /* 1e-3; dense optimizer learning rate */
     float emb_lr;             /* 0.05; table optimizer learning rate */
@@ -784,6 +784,14 @@ ES_API int es_model_emb_dim(const es_model *m);
 /* Names of the registered storage methods (at most max); returns the count.
  * `summaries` (may be NULL) receives one line describing each. */
 ES_API int es_storage_methods(const char **names, const char **summaries, int max);
+/* Help text of a storage method (or of every method when method is NULL):
+ * its summary and its options (name, type, default, help, range), into
+ * buf; returns the length the whole text needs (as snprintf), or ES_EINVAL
+ * for an unknown method (message in err). */
+ES_API int es_storage_help(const char *method, char *buf, size_t cap, es_err *err);
+/* 1 if the method takes option key in storage_opts, 0 if not, ES_EINVAL for
+ * an unknown method. */
+ES_API int es_storage_has_option(const char *method, const char *key);
 
 /* Lookup speed of a storage method: build the vocabulary of p->train_path
  * (first p->max_rows rows, or all), create p->storage at p->budget, then

@@ -99,17 +99,45 @@ es_sh_cfg es_sh_cfg_make(const char *method, int share) {
     return c;
 }
 
+/* Does "k=v,..." give key? */
+static int opts_has(const char *opts, const char *key) {
+    size_t n = strlen(key);
+    for (const char *p = opts; p && *p;) {
+        if (!strncmp(p, key, n) && p[n] == '=') return 1;
+        p = strchr(p, ',');
+        if (p) p++;
+    }
+    return 0;
+}
+
+void es_sh_opt(es_storage_params *p, const char *key, long long v) {
+    static char bufs[16][512];
+    static int slot;
+    if (es_storage_has_option(p->method, key) != 1) return;
+    char *o = bufs[slot++ % 16];
+    snprintf(o, sizeof bufs[0], "%s%s%s=%lld", p->opts ? p->opts : "", p->opts && *p->opts ? "," : "", key, v);
+    p->opts = o;
+}
+
 es_storage_params es_sh_params(const es_sh_cfg *c) {
+    /* share and chunks become options of the methods that take them; the
+     * string lives in a rotating static buffer (tests run on one thread) */
+    static char bufs[8][2048];
+    static int slot;
+    char *o = bufs[slot++ % 8];
+    size_t n = (size_t)snprintf(o, sizeof bufs[0], "%s", c->opts ? c->opts : "");
+    if (es_storage_has_option(c->method, "share") == 1 && !opts_has(c->opts, "share"))
+        n += (size_t)snprintf(o + n, sizeof bufs[0] - n, "%sshare=%d", n ? "," : "", c->share);
+    if (es_storage_has_option(c->method, "chunks") == 1 && !opts_has(c->opts, "chunks") && c->chunks > 1)
+        snprintf(o + n, sizeof bufs[0] - n, "%schunks=%d", n ? "," : "", c->chunks);
     es_storage_params p = es__storage_params_default();
     p.method = c->method;
     p.n_fields = c->n_fields;
     p.dim = c->dim;
     p.budget = c->budget;
     p.seed = c->seed;
-    p.share = c->share;
-    p.opts = c->opts;
+    p.opts = o;
     p.max_batch = c->max_batch;
-    p.chunks = c->chunks;
     p.init_scale = c->init_scale;
     return p;
 }

@@ -31,7 +31,7 @@
 
 typedef struct es_sh_cfg {
     const char *method;
-    int share;            /* es_storage_params.share */
+    int share;            /* option share= (methods that take it) */
     const char *opts;     /* method options "k=v,..." (NULL: none) */
     int n_fields;         /* default 4 */
     int dim;              /* default 8 */
@@ -42,11 +42,15 @@ typedef struct es_sh_cfg {
     double budget;
     uint64_t seed;        /* default 7 */
     int use_vocab;        /* 1 (default): give create() the synthetic vocabulary */
-    int chunks;           /* es_storage_params.chunks (default 1) */
+    int chunks;           /* option chunks= (methods that take it; default 1) */
     int max_batch;        /* default 64 */
     float init_scale;     /* default 0.05 */
 } es_sh_cfg;
 
+/* Append option key=v to p->opts when p's method takes it (the knobs that
+ * were es_storage_params fields: share, chunks, subtables, min_count); the
+ * string lives in a rotating static buffer (tests run on one thread). */
+void es_sh_opt(es_storage_params *p, const char *key, long long v);
 es_sh_cfg es_sh_cfg_make(const char *method, int share);
 
 /* Distinct values of field f in the synthetic vocabulary (37, 5000, 5,

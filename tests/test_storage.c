@@ -336,11 +336,11 @@ static void fd_method(const char *method, int dim, int chunks, int subtables, in
     es_storage_params p = sp_make(method, 4, dim, 0);
     p.opt.kind = ES_OPT_SGD;
     p.opt.lr = 1.0f;
-    p.chunks = chunks;
-    p.subtables = subtables;
-    p.share = share;
+    es_sh_opt(&p, "chunks", chunks);
+    es_sh_opt(&p, "subtables", subtables);
+    es_sh_opt(&p, "share", share);
     p.seed = seed;
-    p.min_count = 2; /* full: rare values exercise the OOV rows */
+    es_sh_opt(&p, "min_count", 2); /* full: rare values exercise the OOV rows */
     if (strcmp(method, "full") != 0) p.budget = 60.0 * dim * 4; /* ~60 rows: many collisions */
     es_storage *s;
     es_err err;
@@ -398,9 +398,9 @@ TEST(storage_lookup_matches_reference_with_long_and_empty_pairs) {
     const int chunk_cfg[][3] = {{1, 1, 0}, {4, 3, 0}, {2, 1, 0}, {1, 1, 1}, {1, 1, 2}};
     for (size_t c = 0; c < ES_ARRAY_LEN(chunk_cfg); c++) {
         es_storage_params p = sp_make(chunk_cfg[c][2] ? "hash" : "unified", 3, 12, 20000);
-        p.chunks = chunk_cfg[c][0];
-        p.subtables = chunk_cfg[c][1];
-        p.share = chunk_cfg[c][2] == 1;
+        es_sh_opt(&p, "chunks", chunk_cfg[c][0]);
+        es_sh_opt(&p, "subtables", chunk_cfg[c][1]);
+        es_sh_opt(&p, "share", chunk_cfg[c][2] == 1);
         es_storage *s;
         es_err err;
         CHECK_MSG(es__storage_create(&s, &p, chunk_cfg[c][2] == 2 ? v : NULL, &err) == 0, "%s", err.msg);
@@ -473,9 +473,9 @@ TEST(storage_bytes_match_allocation_and_budget) {
                    {"unified", 2, 5, 0, ES_OPT_ADAGRAD}};
         for (size_t c = 0; c < ES_ARRAY_LEN(cfg); c++) {
             es_storage_params p = sp_make(cfg[c].m, 10, 16, budgets[i]);
-            p.chunks = cfg[c].k;
-            p.subtables = cfg[c].T;
-            p.share = cfg[c].share;
+            es_sh_opt(&p, "chunks", cfg[c].k);
+            es_sh_opt(&p, "subtables", cfg[c].T);
+            es_sh_opt(&p, "share", cfg[c].share);
             p.opt.kind = cfg[c].o;
             es_storage *s;
             es_err err;
@@ -534,8 +534,8 @@ TEST(storage_budget_fractions_on_criteo_vocab) {
         for (int m = 0; m < 3; m++) {
             es_storage_params p = sp_make(methods[m], 26, 16, fr[i]);
             if (m == 2) {
-                p.chunks = 4;
-                p.subtables = 2;
+                es_sh_opt(&p, "chunks", 4);
+                es_sh_opt(&p, "subtables", 2);
             }
             es_storage *s;
             es_err err;
@@ -563,7 +563,7 @@ TEST(storage_budget_fractions_on_criteo_vocab) {
             CHECK(ok);
             CHECK_MSG(split_ok, "hash row split is not monotone in distinct counts / capped");
             /* k > 1: rows_used counts (chunk, row) pairs, up to k per value */
-            CHECK_MSG(st.rows_used <= st.rows && st.rows_used <= st.distinct * (uint64_t)p.chunks &&
+            CHECK_MSG(st.rows_used <= st.rows && st.rows_used <= st.distinct * (uint64_t)(m == 2 ? 4 : 1) &&
                           st.collisions <= st.distinct && st.distinct == es_vocab_distinct(v, 2),
                       "%s field 2: distinct %llu rows %llu used %llu collisions %llu", what,
                       (unsigned long long)st.distinct, (unsigned long long)st.rows, (unsigned long long)st.rows_used,
@@ -693,7 +693,7 @@ TEST(storage_same_seed_gives_identical_tables) {
     const char *methods[] = {"full", "hash", "unified"};
     for (int m = 0; m < 3; m++) {
         es_storage_params p = sp_make(methods[m], 5, 8, m == 0 ? 0 : 0.3);
-        p.chunks = m == 2 ? 2 : 1;
+        es_sh_opt(&p, "chunks", m == 2 ? 2 : 1);
         uint64_t d1, d2, d3;
         CHECK(train_and_hash(&p, v, &b, &d1));
         CHECK(train_and_hash(&p, v, &b, &d2));
@@ -738,8 +738,8 @@ TEST(storage_unified_salts_and_chunk_layout) {
      * the rows the documented rule gives, which differ across fields. */
     const int F = 3, dim = 12, k = 3, T = 2, cd = 4;
     es_storage_params p = sp_make("unified", F, dim, 100000);
-    p.chunks = k;
-    p.subtables = T;
+    es_sh_opt(&p, "chunks", k);
+    es_sh_opt(&p, "subtables", T);
     es_storage *s;
     es_err err;
     CHECK_MSG(es__storage_create(&s, &p, NULL, &err) == 0, "%s", err.msg);
@@ -779,7 +779,7 @@ TEST(storage_unified_salts_and_chunk_layout) {
     CHECK_STR_HAS(err.msg, "divisible");
     /* too many sub-tables */
     p.dim = 12;
-    p.subtables = 10;
+    p.opts = "chunks=3,subtables=10";
     CHECK_EQ_INT(es__storage_create(&s, &p, NULL, &err), ES_EINVAL);
     CHECK_STR_HAS(err.msg, "subtables");
     tb_free(&b);
@@ -791,7 +791,7 @@ TEST(storage_hash_share_equals_unified_k1) {
     es_batch b;
     CHECK(tb_random(&b, 20, 6, 2, 3, 1000, &r));
     es_storage_params ph = sp_make("hash", 6, 8, 30000), pu = sp_make("unified", 6, 8, 30000);
-    ph.share = 1;
+    es_sh_opt(&ph, "share", 1);
     es_storage *sh, *su;
     es_err err;
     CHECK_EQ_INT(es__storage_create(&sh, &ph, NULL, &err), 0);
@@ -832,7 +832,7 @@ TEST(storage_full_oov_rows_and_min_count) {
     es_vocab *v = vocab_of(&b);
     CHECK(v);
     es_storage_params p = sp_make("full", 2, 4, 0);
-    p.min_count = 2;
+    es_sh_opt(&p, "min_count", 2);
     es_storage *s;
     es_err err;
     CHECK_MSG(es__storage_create(&s, &p, v, &err) == 0, "%s", err.msg);
@@ -1051,7 +1051,6 @@ static void round_trip(es_storage_params p, const es_vocab *v, const es_batch *b
     q.opts = a->meta;
     q.budget = 0;
     q.seed = p.seed + 1000; /* the meta's seed must win for the hash salts */
-    q.min_count = 1;
     int rc = es__storage_create(&c, &q, NULL, &err);
     CHECK_MSG(rc == 0, "%s: re-create from meta '%s': %s", what, a->meta, err.msg);
     CHECK_MSG(strcmp(a->meta, c->meta) == 0, "%s: meta '%s' vs '%s'", what, a->meta, c->meta);
@@ -1095,16 +1094,16 @@ TEST(storage_round_trip_through_tensors) {
     es_vocab *v = vocab_of(&b);
     CHECK(v);
     es_storage_params p = sp_make("full", 5, 8, 0);
-    p.min_count = 2;
+    es_sh_opt(&p, "min_count", 2);
     round_trip(p, v, &b, "full min_count=2");
     p = sp_make("hash", 5, 8, 0.2);
     round_trip(p, v, &b, "hash (vocab split)");
-    p.share = 1;
+    es_sh_opt(&p, "share", 1);
     p.opt.kind = ES_OPT_ADAGRAD;
     round_trip(p, v, &b, "hash share=1");
     p = sp_make("unified", 5, 8, 5000);
-    p.chunks = 4;
-    p.subtables = 3;
+    es_sh_opt(&p, "chunks", 4);
+    es_sh_opt(&p, "subtables", 3);
     p.seed = UINT64_MAX - 5;
     round_trip(p, NULL, &b, "unified k=4 T=3");
     es_vocab_free(v);
@@ -1222,7 +1221,7 @@ TEST(storage_every_allocation_failure_is_clean) {
     } cfg[] = {{"full", 0, 1}, {"hash", 0.3, 1}, {"unified", 20000, 2}};
     for (size_t c = 0; c < ES_ARRAY_LEN(cfg); c++) {
         es_storage_params p = sp_make(cfg[c].m, 3, 8, cfg[c].budget);
-        p.chunks = cfg[c].k;
+        es_sh_opt(&p, "chunks", cfg[c].k);
         int done = 0;
         for (uint64_t n = 1; n < 100 && !done; n++) {
             es_storage *s = NULL;

@@ -76,11 +76,11 @@ static es_storage *make(const char *method, int share, int F, int dim, double bu
                         float lr) {
     es_storage_params p = es__storage_params_default();
     p.method = method;
-    p.share = share;
     p.n_fields = F;
     p.dim = dim;
     p.budget = budget;
     p.opts = opts;
+    es_sh_opt(&p, "share", share);
     p.opt.kind = opt;
     p.opt.lr = lr;
     p.seed = 21;
@@ -295,8 +295,8 @@ TEST(zoo_a_bad_options) {
         p.n_fields = 3;
         p.dim = 3;
         p.budget = 10000;
-        p.share = 1;
         p.opts = cases[i][1];
+        es_sh_opt(&p, "share", 1);
         es_storage *s = NULL;
         es_err err = {0, ""};
         int rc = es__storage_create(&s, &p, NULL, &err);
@@ -671,7 +671,7 @@ TEST(zoo_a_tt_rank_follows_the_budget) {
         p.method = "tt";
         p.n_fields = 4;
         p.dim = 16;
-        p.share = 1;
+        es_sh_opt(&p, "share", 1);
         p.budget = budgets[i];
         es_storage *s;
         es_err err;
@@ -825,7 +825,7 @@ TEST(zoo_a_criteo_acceptance_budgets) {
                 p.method = methods[m];
                 p.n_fields = 26;
                 p.dim = 16;
-                p.share = share;
+                es_sh_opt(&p, "share", share);
                 p.budget = budgets[i];
                 es_storage *s = NULL;
                 es_err err = {0, ""};

@@ -159,7 +159,7 @@ TEST(zoo_b_dhe_no_table) {
         p.method = "dhe";
         p.n_fields = 3;
         p.dim = 16;
-        p.share = share;
+        es_sh_opt(&p, "share", share);
         p.budget = 100000;
         es_storage *s = NULL;
         es_err err;
@@ -198,7 +198,7 @@ TEST(zoo_b_dhe_same_key_same_vector) {
     p.method = "dhe";
     p.n_fields = 2;
     p.dim = 8;
-    p.share = 1;
+    es_sh_opt(&p, "share", 1);
     p.budget = 20000;
     es_storage *s = NULL;
     es_err err;
@@ -231,9 +231,9 @@ TEST(zoo_b_dhe_learns) {
         p.method = "dhe";
         p.n_fields = 2;
         p.dim = 4;
-        p.share = 1;
         p.budget = 40000;
         p.opts = opts[i];
+        es_sh_opt(&p, "share", 1);
         p.opt.lr = 0.05f;
         es_storage *s = NULL;
         es_err err;
@@ -401,7 +401,7 @@ TEST(zoo_b_adapt_frequent_private) {
         p.method = "adapt";
         p.n_fields = 2;
         p.dim = 4;
-        p.share = share;
+        es_sh_opt(&p, "share", share);
         p.budget = 8000;
         p.opt.kind = ES_OPT_SGD;
         p.opt.lr = 1.0f;
@@ -468,10 +468,10 @@ TEST(zoo_b_adapt_online_sketch) {
     p.method = "adapt";
     p.n_fields = 2;
     p.dim = 4;
-    p.share = 1;
     p.budget = 6000;
     p.opt.lr = 0.0f;
     p.opts = "promote=5,width=4096";
+    es_sh_opt(&p, "share", 1);
     es_storage *s = NULL;
     es_err err;
     CHECK_MSG(es__storage_create(&s, &p, NULL, &err) == 0, "%s", err.msg);
@@ -544,7 +544,7 @@ TEST(zoo_b_mde_dims_follow_popularity) {
             p.method = "mde";
             p.n_fields = 2;
             p.dim = 16;
-            p.share = share;
+            es_sh_opt(&p, "share", share);
             p.budget = fracs[q] * full;
             es_storage *s = NULL;
             es_err err;

@@ -253,6 +253,18 @@ int cli_layers(const char *cmd, const char *opt, const char *s, int *v, int *n) 
     return 0;
 }
 
+int cli_storage_opts_add(const char *cmd, es_train_params *p, const char *kv) {
+    /* one buffer for the process: storage_opts points into it */
+    static char buf[8192];
+    const char *old = p->storage_opts ? p->storage_opts : "";
+    char tmp[sizeof buf];
+    int n = snprintf(tmp, sizeof tmp, "%s%s%s", old, *old && *kv ? "," : "", kv);
+    if (n < 0 || (size_t)n >= sizeof tmp) return cli_usage(cmd, "storage options longer than %zu bytes", sizeof buf - 1);
+    memcpy(buf, tmp, (size_t)n + 1);
+    p->storage_opts = buf;
+    return 0;
+}
+
 int cli_train_opt(const char *cmd, int argc, char **argv, int *ip, es_train_params *p) {
     int i = *ip;
     const char *a = argv[i], *v;
@@ -302,26 +314,32 @@ int cli_train_opt(const char *cmd, int argc, char **argv, int *ip, es_train_para
         *ip = i;
         return 1;
     }
-    if (!strcmp(a, "--min-count")) {
+    if (!strcmp(a, "--min-count")) { /* sugar for --storage-opts min_count=N */
+        char kv[48];
         if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 1000000000, &ll)) return -1;
-        p->min_count = (int)ll;
+        snprintf(kv, sizeof kv, "min_count=%lld", ll);
+        if (cli_storage_opts_add(cmd, p, kv)) return -1;
         *ip = i;
         return 1;
     }
-    if (!strcmp(a, "--chunks")) {
+    if (!strcmp(a, "--chunks")) { /* sugar for --storage-opts chunks=N */
+        char kv[48];
         if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 64, &ll)) return -1;
-        p->chunks = (int)ll;
+        snprintf(kv, sizeof kv, "chunks=%lld", ll);
+        if (cli_storage_opts_add(cmd, p, kv)) return -1;
         *ip = i;
         return 1;
     }
-    if (!strcmp(a, "--subtables")) {
+    if (!strcmp(a, "--subtables")) { /* sugar for --storage-opts subtables=N */
+        char kv[48];
         if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 4096, &ll)) return -1;
-        p->subtables = (int)ll;
+        snprintf(kv, sizeof kv, "subtables=%lld", ll);
+        if (cli_storage_opts_add(cmd, p, kv)) return -1;
         *ip = i;
         return 1;
     }
     if (!strcmp(a, "--storage-opts")) {
-        if (!(p->storage_opts = cli_next(cmd, argc, argv, &i))) return -1;
+        if (!(v = cli_next(cmd, argc, argv, &i)) || cli_storage_opts_add(cmd, p, v)) return -1;
         *ip = i;
         return 1;
     }

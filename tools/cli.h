@@ -70,6 +70,10 @@ int cli_budget(const char *cmd, const char *s, double *out);
  * split, model shape, optimisation, threads, seed, method knobs.  Same
  * convention as cli_reader_opt. */
 int cli_train_opt(const char *cmd, int argc, char **argv, int *i, es_train_params *p);
+/* Append "k=v[,k=v]" to p->storage_opts (the flags --min-count, --chunks,
+ * --subtables, --share are sugar for their options); 0, or a usage error.
+ * The result lives in one static buffer. */
+int cli_storage_opts_add(const char *cmd, es_train_params *p, const char *kv);
 /* "64,32,16": up to 8 positive widths. */
 int cli_layers(const char *cmd, const char *opt, const char *s, int *v, int *n);
 

@@ -85,6 +85,7 @@ static const char help[] =
     "model and training (same meaning as in `embstore train`):\n"
     "  --model M --dim K --bottom L --top L --cross N --epochs E --batch N --lr X\n"
     "  --emb-lr X --optim O --emb-optim O --chunks K --subtables T --min-count N\n"
+    "                        (--chunks, --subtables, --min-count go to the methods that take them)\n"
     "  --storage-opts S --threads T --valid FILE | --valid-frac F (default 0.2) --max-rows N\n" CLI_READER_HELP
     "  --quiet               no progress bar\n"
     "\n"
@@ -207,13 +208,41 @@ static int save_cells(const char *path, const cell_list *l, const char *ds, cons
 
 /* ---- the run's key ------------------------------------------------------------------ */
 
+/* The storage options of one cell: the run's, less the method knobs
+ * (min_count, chunks, subtables: the CLI flags) this method does not take,
+ * plus share=0|1 for the methods with a share option. */
+static void cell_opts(const char *method, const char *opts, int share, char *buf, size_t cap) {
+    static const char *const knobs[] = {"min_count", "chunks", "subtables", "share"};
+    size_t o = 0;
+    buf[0] = 0;
+    for (const char *p = opts ? opts : ""; *p;) {
+        const char *end = strchr(p, ',');
+        if (!end) end = p + strlen(p);
+        const char *eq = memchr(p, '=', (size_t)(end - p));
+        size_t klen = eq ? (size_t)(eq - p) : (size_t)(end - p);
+        int keep = 1;
+        for (size_t k = 0; k < sizeof knobs / sizeof knobs[0]; k++)
+            if (strlen(knobs[k]) == klen && !strncmp(p, knobs[k], klen)) {
+                char key[16];
+                snprintf(key, sizeof key, "%s", knobs[k]);
+                keep = k < 3 && es_storage_has_option(method, key) == 1; /* share comes from the sweep */
+            }
+        if (keep && end > p && o < cap) o += (size_t)snprintf(buf + o, cap - o, "%s%.*s", o ? "," : "", (int)(end - p), p);
+        p = *end ? end + 1 : end;
+    }
+    if (es_storage_has_option(method, "share") == 1 && o < cap) snprintf(buf + o, cap - o, "%sshare=%d", o ? "," : "", share);
+}
+
+/* A method with one layout (full; methods without a share option, e.g.
+ * unified, which always shares) runs in the first share mode swept only. */
+static int one_layout(const char *method) { return !strcmp(method, "full") || es_storage_has_option(method, "share") != 1; }
+
 /* Description of the run without the sweep axes (storage, budget, share,
  * seed vary per cell and are in each cell's own key). */
 static int run_config(const es_train_params *p, char *buf, size_t cap, es_err *err) {
     es_train_params q = *p;
     q.storage = "";
     q.budget = 0;
-    q.share = 0;
     q.seed = 0;
     int rc = es_train_describe(&q, buf, cap, err);
     if (rc != 0) return rc;
@@ -667,30 +696,34 @@ int cmd_bench_storage(int argc, char **argv) {
         return cli_fail(cmd, "%s: cannot write results: %s", path_cells, strerror(errno));
     }
     int resumed = cl.n;
-    /* the plan: `full` runs once per seed at its own size */
+    /* the plan: `full` runs once per seed at its own size; methods with one
+     * layout (no share option) in the first share mode only */
     int total = 0;
     for (int m = 0; m < n_methods; m++)
-        total += !strcmp(methods[m], "full") ? n_seeds : n_budgets * (share_hi - share_lo + 1) * n_seeds;
+        total += !strcmp(methods[m], "full") ? n_seeds : n_budgets * (one_layout(methods[m]) ? 1 : share_hi - share_lo + 1) * n_seeds;
     int done = 0, failed = 0;
     double t0 = now_s();
     int show = !quiet && cli_tty();
     for (int m = 0; m < n_methods; m++) {
         int is_full = !strcmp(methods[m], "full");
-        for (int sh = share_lo; sh <= (is_full ? share_lo : share_hi); sh++)
+        if (one_layout(methods[m]) && !is_full && share_hi > share_lo && !quiet)
+            fprintf(stderr, "%s: no share option (one layout): swept with share=%s only\n", methods[m], share_name(share_lo));
+        for (int sh = share_lo; sh <= (one_layout(methods[m]) ? share_lo : share_hi); sh++)
             for (int b = 0; b < (is_full ? 1 : n_budgets); b++)
                 for (int s = 0; s < n_seeds; s++) {
                     const char *bud = is_full ? "full" : budgets[b];
-                    char what[128];
+                    char what[128], copts[4096];
                     snprintf(what, sizeof what, "%s share=%s budget=%s seed=%d", methods[m], share_name(sh), bud, seeds[s]);
                     if (find_cell(&cl, methods[m], sh, bud, seeds[s]) >= 0) {
                         done++;
                         continue;
                     }
+                    cell_opts(methods[m], p.storage_opts, sh, copts, sizeof copts);
                     if (show) progress(done, total, what, t0, now_s());
                     es_train_params q = p;
                     q.storage = methods[m];
                     q.budget = is_full ? 0 : fracs[b];
-                    q.share = sh;
+                    q.storage_opts = copts;
                     q.seed = (uint64_t)seeds[s];
                     es_train_result res;
                     es_err err = {0};
@@ -739,11 +772,13 @@ int cmd_bench_storage(int argc, char **argv) {
         if (lf) fprintf(lf, "method,share,budget,bytes,lookups_per_s,threads\n");
         for (int m = 0; m < n_methods; m++) {
             int is_full = !strcmp(methods[m], "full");
-            for (int sh = share_lo; sh <= (is_full ? share_lo : share_hi); sh++) {
+            for (int sh = share_lo; sh <= (one_layout(methods[m]) ? share_lo : share_hi); sh++) {
                 es_train_params q = p;
                 q.storage = methods[m];
                 q.budget = is_full ? 0 : midf;
-                q.share = sh;
+                char copts[4096];
+                cell_opts(methods[m], p.storage_opts, sh, copts, sizeof copts);
+                q.storage_opts = copts;
                 speed *x = &sp[nsp++];
                 memset(x, 0, sizeof *x);
                 snprintf(x->method, sizeof x->method, "%s", methods[m]);

@@ -30,12 +30,15 @@ static const char train_help[] =
     "  --storage S           full | hash | unified | ... (default unified)\n"
     "  --budget B            serving bytes of the table: bytes (e.g. 2000000, 4M, 1G) or a\n"
     "                        fraction of the full table (e.g. 0.1 or 1/100); default 0.1 of\n"
-    "                        the full table (full: exact size; mde, --storage-opts: none)\n"
-    "  --min-count N         values seen fewer times share the field's OOV row (full; default 1)\n"
-    "  --chunks K            unified: lookups per field, concatenated (default 1)\n"
-    "  --subtables T         unified: sub-tables the chunks are spread over (default 1)\n"
-    "  --share fields|none   one parameter space for all fields, or one per field\n"
-    "  --storage-opts S      method-specific options 'k=v,k=v'\n"
+    "                        the full table (full, mde, or an option that sizes the table\n"
+    "                        such as rows=: none)\n"
+    "  --storage-opts S      method-specific options 'k=v,k=v'; an unknown key is an error\n"
+    "  --help-storage        list the methods and their options (with --storage S: S only)\n"
+    "  --min-count N         same as --storage-opts min_count=N (full, mde, adapt)\n"
+    "  --chunks K            same as --storage-opts chunks=K (unified: lookups per field)\n"
+    "  --subtables T         same as --storage-opts subtables=T (unified)\n"
+    "  --share fields|none   same as --storage-opts share=1|0: one parameter space for all\n"
+    "                        fields, or one per field (the methods with a share option)\n"
     "optimisation:\n"
     "  --epochs E            passes over the training rows (default 1)\n"
     "  --batch N             rows per step (default 256)\n"
@@ -125,12 +128,25 @@ static int check_train_paths(const char *cmd, const es_train_params *p) {
     return 0;
 }
 
+/* --help-storage: the option tables of one method or of all. */
+static int help_storage_print(const char *cmd, const char *method) {
+    es_err err = {0};
+    int n = es_storage_help(method, NULL, 0, &err);
+    if (n < 0) return cli_usage(cmd, "%s", err.msg);
+    char *buf = malloc((size_t)n + 1);
+    if (!buf) return cli_fail(cmd, "out of memory");
+    es_storage_help(method, buf, (size_t)n + 1, &err);
+    fputs(buf, stdout);
+    free(buf);
+    return 0;
+}
+
 int cmd_train(int argc, char **argv) {
     const char *cmd = "train";
     es_train_params p = es_train_params_default();
     p.valid_frac = 0.2;
     const char *file = NULL;
-    int quiet = 0;
+    int quiet = 0, help_storage = 0, storage_given = 0;
     long long ll;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
@@ -141,15 +157,18 @@ int cmd_train(int argc, char **argv) {
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             fputs(train_help, stdout);
             return 0;
+        } else if (!strcmp(a, "--help-storage")) {
+            help_storage = 1;
         } else if (!strcmp(a, "--storage")) {
             if (!(p.storage = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
+            storage_given = 1;
         } else if (!strcmp(a, "--budget")) {
             if (!(v = cli_next(cmd, argc, argv, &i)) || cli_budget(cmd, v, &p.budget)) return ES_EXIT_USAGE;
         } else if (!strcmp(a, "--share")) {
             if (!(v = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
-            if (!strcmp(v, "fields")) p.share = 1;
-            else if (!strcmp(v, "none")) p.share = 0;
-            else return cli_usage(cmd, "--share expects fields or none, got '%s'", v);
+            if (strcmp(v, "fields") != 0 && strcmp(v, "none") != 0)
+                return cli_usage(cmd, "--share expects fields or none, got '%s'", v);
+            if (cli_storage_opts_add(cmd, &p, !strcmp(v, "fields") ? "share=1" : "share=0")) return ES_EXIT_USAGE;
         } else if (!strcmp(a, "--out") || !strcmp(a, "-o")) {
             if (!(p.out_path = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
         } else if (!strcmp(a, "--checkpoint-every")) {
@@ -171,6 +190,7 @@ int cmd_train(int argc, char **argv) {
             return cli_usage(cmd, "unexpected argument '%s' (one training file)", a);
         }
     }
+    if (help_storage) return help_storage_print(cmd, storage_given ? p.storage : NULL);
     if (!file) return cli_usage(cmd, "no training file given");
     if (p.valid_path) p.valid_frac = 0;
     p.train_path = file;

@@ -173,46 +173,34 @@ static void count_hashed(uint64_t key, uint64_t count, void *ctx) {
     x->n += map_find(x->m, key ^ field_tag(x->f)) == UINT64_MAX;
 }
 
-static int parse_frac(const es_storage *s, const char *key, double *val, es_err *err) {
-    size_t len;
-    const char *v = es__storage_opt(s, key, &len);
-    if (!v) return ES_OK;
-    double x;
-    if (!es__parse_double(v, len, &x) || !(x > 0 && x <= 1))
-        return es__err(err, ES_EINVAL, "adapt: option %s=%.*s is not a number in (0, 1]", key, (int)len, v);
-    *val = x;
-    return ES_OK;
-}
+static const es__opt_spec adapt_opts[] = {
+    ES_OPT_SHARE,
+    ES_OPT_E("mode", "vocab|online", NULL, 0, "private rows from vocab counts or an online sketch (default: vocab with a vocabulary)",
+             "online", ""),
+    ES_OPT_U("private", 0, (uint64_t)UINT32_MAX - 1, NULL, ES_OPT_SIZES, "private rows (with hashed=; default: from the budget)", "3",
+             ""),
+    ES_OPT_U("hashed", 1, UINT64_MAX / 2, NULL, ES_OPT_SIZES, "hashed rows (with private=; default: from the budget)", "9", ""),
+    ES_OPT_SEED,
+    ES_OPT_U("depth", 1, 16, "4", 0, "online: count-min sketch depth", "3", "mode=online"),
+    ES_OPT_U("width", 1, UINT64_C(1) << 32, NULL, 0, "online: sketch width (default: max(64, 2 x private))", "100", "mode=online"),
+    ES_OPT_U("promote", 1, UINT32_MAX, "8", 0, "online: count at which a value gets a private row", "3", "mode=online"),
+    ES_OPT_MIN_COUNT,
+    ES_OPT_F("private_frac", 0, 1, "0.5", ES_OPT_LO_OPEN, "share of the budget for private rows", "0.25", ""),
+};
 
 static int adapt_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     const int F = s->p.n_fields, dim = s->p.dim;
     const size_t rowb = (size_t)dim * sizeof(float);
-    uint64_t v;
-    int found, rc;
-    int share = s->p.share, online = vocab == NULL;
-    uint64_t seed = s->p.seed, P = 0, H = 0, depth = 4, width = 0, promote = 8, mc = (uint64_t)s->p.min_count;
-    int have_P = 0, have_H = 0;
-    double frac = 0.5;
-    if ((rc = es__storage_opt_u64(s, "share", 0, 1, &v, &found, err)) != 0) return rc;
-    if (found) share = (int)v;
-    {
-        size_t len;
-        const char *mv = es__storage_opt(s, "mode", &len);
-        if (mv) {
-            if (len == 5 && memcmp(mv, "vocab", 5) == 0) online = 0;
-            else if (len == 6 && memcmp(mv, "online", 6) == 0) online = 1;
-            else return es__err(err, ES_EINVAL, "adapt: option mode=%.*s is not vocab or online", (int)len, mv);
-        }
-    }
-    if ((rc = es__storage_opt_u64(s, "private", 0, (uint64_t)UINT32_MAX - 1, &P, &have_P, err)) != 0) return rc;
-    if ((rc = es__storage_opt_u64(s, "hashed", 1, UINT64_MAX / 2, &H, &have_H, err)) != 0) return rc;
-    if ((rc = es__storage_opt_u64(s, "seed", 0, UINT64_MAX, &v, &found, err)) != 0) return rc;
-    if (found) seed = v;
-    if ((rc = es__storage_opt_u64(s, "depth", 1, 16, &depth, &found, err)) != 0) return rc;
-    if ((rc = es__storage_opt_u64(s, "width", 1, UINT64_C(1) << 32, &width, &found, err)) != 0) return rc;
-    if ((rc = es__storage_opt_u64(s, "promote", 1, UINT32_MAX, &promote, &found, err)) != 0) return rc;
-    if ((rc = es__storage_opt_u64(s, "min_count", 1, UINT32_MAX, &mc, &found, err)) != 0) return rc;
-    if ((rc = parse_frac(s, "private_frac", &frac, err)) != 0) return rc;
+    int rc;
+    const int share = es__storage_opt_int(s, "share");
+    const int online = es__storage_opt_given(s, "mode") ? es__storage_opt_enum(s, "mode") == 1 : vocab == NULL;
+    uint64_t P = es__storage_opt_u64(s, "private"), H = es__storage_opt_u64(s, "hashed");
+    int have_P = es__storage_opt_given(s, "private"), have_H = es__storage_opt_given(s, "hashed");
+    const uint64_t seed = es__storage_opt_given(s, "seed") ? es__storage_opt_u64(s, "seed") : s->p.seed;
+    const uint64_t depth = es__storage_opt_u64(s, "depth"), promote = es__storage_opt_u64(s, "promote"),
+                   mc = es__storage_opt_u64(s, "min_count");
+    uint64_t width = es__storage_opt_u64(s, "width"); /* 0 when not given: sized below */
+    const double frac = es__storage_opt_f64(s, "private_frac");
     const int S = share ? 1 : F;
     if (!online && !vocab && !have_P)
         return es__err(err, ES_EINVAL, "adapt: mode=vocab needs a vocabulary (count the training data first)");
@@ -348,15 +336,15 @@ static int adapt_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     }
     set_bases(m);
 
-    int wn = online ? snprintf(s->meta, sizeof s->meta,
-                               "share=%d,mode=online,private=%llu,hashed=%llu,seed=%llu,depth=%d,width=%llu,promote=%llu",
-                               share, (unsigned long long)P, (unsigned long long)H, (unsigned long long)seed, m->depth,
-                               (unsigned long long)m->width, (unsigned long long)promote)
-                    : snprintf(s->meta, sizeof s->meta, "share=%d,mode=vocab,private=%llu,hashed=%llu,seed=%llu", share,
-                               (unsigned long long)P, (unsigned long long)H, (unsigned long long)seed);
-    if (wn < 0 || (size_t)wn >= sizeof s->meta) {
+    if ((rc = es__storage_opt_set_u64(s, "share", (uint64_t)share, err)) != 0 ||
+        (rc = es__storage_opt_set(s, "mode", err, "%s", online ? "online" : "vocab")) != 0 ||
+        (rc = es__storage_opt_set_u64(s, "private", P, err)) != 0 || (rc = es__storage_opt_set_u64(s, "hashed", H, err)) != 0 ||
+        (rc = es__storage_opt_set_u64(s, "seed", seed, err)) != 0 ||
+        (online && ((rc = es__storage_opt_set_u64(s, "depth", depth, err)) != 0 ||
+                    (rc = es__storage_opt_set_u64(s, "width", m->width, err)) != 0 ||
+                    (rc = es__storage_opt_set_u64(s, "promote", promote, err)) != 0))) {
         adapt_free(m);
-        return es__err(err, ES_ERANGE, "adapt: metadata does not fit");
+        return rc;
     }
     s->impl = m;
     s->param_bytes = es__rows_param_bytes(&m->t);
@@ -471,5 +459,7 @@ const es_storage_ops es__storage_adapt = {
     .after_load = adapt_after_load,
     .field_stats = adapt_field_stats,
     .destroy = adapt_destroy,
+    ES_STORAGE_OPTS(adapt_opts),
+    .default_budget = ES_DEFAULT_BUDGET,
     .needs_vocab = 1,
 };

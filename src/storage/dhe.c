@@ -232,19 +232,6 @@ static void dhe_destroy(es_storage *s) {
     s->impl = NULL;
 }
 
-/* Parse an optional string option among names[0..n); *val unchanged when absent. */
-static int opt_choice(const es_storage *s, const char *key, const char *const *names, int n, int *val, es_err *err) {
-    size_t len;
-    const char *v = es__storage_opt(s, key, &len);
-    if (!v) return ES_OK;
-    for (int i = 0; i < n; i++)
-        if (strlen(names[i]) == len && memcmp(v, names[i], len) == 0) {
-            *val = i;
-            return ES_OK;
-        }
-    return es__err(err, ES_EINVAL, "dhe: option %s=%.*s is not one of sgd, adagrad, adam", key, (int)len, v);
-}
-
 /* Solve (k, h) for a network of at most P floats with L hidden layers. */
 static int solve_shape(double P, int L, int dim, int *k_out, int *h_out) {
     if ((double)net_params(1, 1, L, dim) > P) return ES_EBUDGET;
@@ -264,36 +251,30 @@ static int solve_shape(double P, int L, int dim, int *k_out, int *h_out) {
     return ES_OK;
 }
 
+static const es__opt_spec dhe_opts[] = {
+    ES_OPT_SHARE,
+    ES_OPT_U("layers", 1, DHE_MAX_LAYERS, "2", 0, "hidden layers of the decoder MLP", "1", ""),
+    ES_OPT_U("h", 1, DHE_MAX_H, NULL, ES_OPT_SIZES, "hidden width (with k=: no budget needed; default: from the budget)", "4", ""),
+    ES_OPT_U("k", 1, DHE_MAX_K, NULL, ES_OPT_SIZES, "hash code length (with h=: no budget needed; default: from the budget)", "16",
+             ""),
+    ES_OPT_SEED,
+    ES_OPT_E("dense_opt", "sgd|adagrad|adam", NULL, 0, "the MLP's optimizer (default: adam; sgd when the tables use sgd)",
+             "adagrad", ""),
+    ES_OPT_F("dense_lr", 0, 1e30, NULL, 0, "the MLP's learning rate (default: the table lr, / 16 for adam)", "0.01", ""),
+};
+
 static int dhe_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     (void)vocab;
     const int F = s->p.n_fields, dim = s->p.dim;
-    uint64_t v;
-    int found, rc;
-    int share = s->p.share, L = 2, k = 0, h = 0;
-    uint64_t seed = s->p.seed;
-    if ((rc = es__storage_opt_u64(s, "share", 0, 1, &v, &found, err)) != 0) return rc;
-    if (found) share = (int)v;
-    if ((rc = es__storage_opt_u64(s, "layers", 1, DHE_MAX_LAYERS, &v, &found, err)) != 0) return rc;
-    if (found) L = (int)v;
-    if ((rc = es__storage_opt_u64(s, "h", 1, DHE_MAX_H, &v, &found, err)) != 0) return rc;
-    if (found) h = (int)v;
-    if ((rc = es__storage_opt_u64(s, "k", 1, DHE_MAX_K, &v, &found, err)) != 0) return rc;
-    if (found) k = (int)v;
-    if ((rc = es__storage_opt_u64(s, "seed", 0, UINT64_MAX, &v, &found, err)) != 0) return rc;
-    if (found) seed = v;
+    int rc;
+    const int share = es__storage_opt_int(s, "share"), L = es__storage_opt_int(s, "layers");
+    int k = es__storage_opt_given(s, "k") ? es__storage_opt_int(s, "k") : 0;
+    int h = es__storage_opt_given(s, "h") ? es__storage_opt_int(s, "h") : 0;
+    const uint64_t seed = es__storage_opt_given(s, "seed") ? es__storage_opt_u64(s, "seed") : s->p.seed;
     int dopt = s->p.opt.kind == ES_OPT_SGD ? DOPT_SGD : DOPT_ADAM;
-    if ((rc = opt_choice(s, "dense_opt", dopt_names, 3, &dopt, err)) != 0) return rc;
+    if (es__storage_opt_given(s, "dense_opt")) dopt = es__storage_opt_enum(s, "dense_opt");
     float lr = dopt == DOPT_ADAM ? s->p.opt.lr / 16 : s->p.opt.lr;
-    {
-        size_t len;
-        const char *lv = es__storage_opt(s, "dense_lr", &len);
-        double x;
-        if (lv) {
-            if (!es__parse_double(lv, len, &x) || !(x >= 0) || !isfinite(x))
-                return es__err(err, ES_EINVAL, "dhe: option dense_lr=%.*s is not a number >= 0", (int)len, lv);
-            lr = (float)x;
-        }
-    }
+    if (es__storage_opt_given(s, "dense_lr")) lr = (float)es__storage_opt_f64(s, "dense_lr");
     const int M = share ? 1 : F;
 
     if (!k || !h) {
@@ -401,11 +382,12 @@ static int dhe_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         if (a > 0) es__rng_fill_uniform(&rng, m->w + m->woff[l], n, a);
     }
 
-    int wn = snprintf(s->meta, sizeof s->meta, "share=%d,layers=%d,h=%d,k=%d,seed=%llu,dense_opt=%s", share, L, h, k,
-                      (unsigned long long)seed, dopt_names[dopt]);
-    if (wn < 0 || (size_t)wn >= sizeof s->meta) {
+    if ((rc = es__storage_opt_set_u64(s, "share", (uint64_t)share, err)) != 0 ||
+        (rc = es__storage_opt_set_u64(s, "layers", (uint64_t)L, err)) != 0 || (rc = es__storage_opt_set_u64(s, "h", (uint64_t)h, err)) != 0 ||
+        (rc = es__storage_opt_set_u64(s, "k", (uint64_t)k, err)) != 0 || (rc = es__storage_opt_set_u64(s, "seed", seed, err)) != 0 ||
+        (rc = es__storage_opt_set(s, "dense_opt", err, "%s", dopt_names[dopt])) != 0) {
         dhe_free(m);
-        return es__err(err, ES_ERANGE, "dhe: metadata does not fit");
+        return rc;
     }
     s->impl = m;
     s->param_bytes = pbytes;
@@ -606,5 +588,7 @@ const es_storage_ops es__storage_dhe = {
     .after_load = NULL,
     .field_stats = NULL,
     .destroy = dhe_destroy,
+    ES_STORAGE_OPTS(dhe_opts),
+    .default_budget = ES_DEFAULT_BUDGET,
     .needs_vocab = 0,
 };

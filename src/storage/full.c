@@ -105,16 +105,19 @@ static int cmp_u64(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+static const es__opt_spec full_opts[] = {
+    ES_OPT_U("keys", 0, (uint64_t)UINT32_MAX - 2, NULL, ES_OPT_SIZES, "distinct values with a row (default: from the vocabulary)",
+             "0", ""),
+    ES_OPT_MIN_COUNT,
+};
+
 static int full_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     const int F = s->p.n_fields, dim = s->p.dim;
-    uint64_t n_keys = 0, mc = (uint64_t)s->p.min_count, v;
-    int from_meta = 0, found;
-    int rc = es__storage_opt_u64(s, "min_count", 1, UINT32_MAX, &v, &found, err);
-    if (rc) return rc;
-    if (found) mc = v;
-    if ((rc = es__storage_opt_u64(s, "keys", 0, (uint64_t)UINT32_MAX - 2, &v, &found, err)) != 0) return rc;
-    if (found) {
-        n_keys = v;
+    uint64_t n_keys = 0;
+    const uint64_t mc = es__storage_opt_u64(s, "min_count");
+    int from_meta = 0, rc;
+    if (es__storage_opt_given(s, "keys")) {
+        n_keys = es__storage_opt_u64(s, "keys");
         from_meta = 1;
     } else if (!vocab) {
         return es__err(err, ES_EINVAL,
@@ -185,11 +188,9 @@ static int full_create(es_storage *s, const es_vocab *vocab, es_err *err) {
      * field's OOV row, which exists, so lookups stay in bounds. */
     build_index(m);
 
-    int w = snprintf(s->meta, sizeof s->meta, "keys=%llu,min_count=%llu", (unsigned long long)n_keys,
-                     (unsigned long long)mc);
-    if (w < 0 || (size_t)w >= sizeof s->meta) {
+    if ((rc = es__storage_opt_set_u64(s, "keys", n_keys, err)) != 0 || (rc = es__storage_opt_set_u64(s, "min_count", mc, err)) != 0) {
         full_free(m);
-        return es__err(err, ES_ERANGE, "full: metadata does not fit");
+        return rc;
     }
     s->impl = m;
     s->param_bytes = es__rows_param_bytes(&m->t);
@@ -260,4 +261,6 @@ const es_storage_ops es__storage_full = {
     .field_stats = full_field_stats,
     .destroy = full_destroy,
     .needs_vocab = 1,
+    ES_STORAGE_OPTS(full_opts),
+    .default_budget = 0, /* exactly the vocabulary */
 };

@@ -23,15 +23,16 @@
  *     budget is left do the caps lift: the rest goes out by the same
  *     weights (hashed values still collide in a table of d + 1 rows), so
  *     the table is always within dim * 4 bytes of the budget.
- *     The weight is opts "split=": equal (default: weight 1, so small
+ *     The weight is option "split=": equal (default: weight 1, so small
  *     fields get collision-free tables and the large fields share the rest
  *     equally), prop (d_f: the same load factor in every field) or sqrt
  *     (sqrt d_f).  On the Criteo sample (LR and DCN-v2, budgets 0.1 and
  *     0.5 of full) equal gave the best validation AUC of the three: with
  *     prop, the few frequent values of a small field collide with each
  *     other at the same rate as the rare values of a large one.
- * The resolved sizes go into s->meta as "share=S,seed=N,rows=r0:r1:..."
- * (share=1: "rows=R"), which create() reads back from opts on load.
+ * The options are in hash_opts; the resolved share, seed and rows
+ * ("r0:r1:..."; share=1: "R") are recorded into s->meta and read back from
+ * opts on load.
  */
 #include "storage/storage.h"
 
@@ -230,61 +231,31 @@ static void split_rows(uint64_t R, int F, const es_vocab *vocab, split_rule rule
     }
 }
 
-/* "a:b:c" with exactly F entries, each in [1, HASHED_MAX_ROWS]. */
-static int parse_row_list(const es_storage *s, const char *v, size_t len, int F, uint64_t *rows, es_err *err) {
-    const char *p = v, *end = v + len;
-    int n = 0;
-    while (p <= end) {
-        const char *q = memchr(p, ':', (size_t)(end - p));
-        if (!q) q = end;
-        long long x;
-        if (n >= F || !es__parse_long(p, (size_t)(q - p), &x) || x < 1 || (uint64_t)x > HASHED_MAX_ROWS)
-            return es__err(err, ES_EINVAL, "%s: option rows=%.*s must list %d row counts in [1, 2^48] separated by ':'",
-                           s->p.method, (int)ES_MIN(len, 200), v, F);
-        rows[n++] = (uint64_t)x;
-        p = q + 1;
-    }
-    if (n != F)
-        return es__err(err, ES_EINVAL, "%s: option rows= lists %d row counts, the storage has %d fields", s->p.method, n, F);
-    return ES_OK;
-}
+static const es__opt_spec hash_opts[] = {
+    ES_OPT_SHARE,
+    ES_OPT_SEED,
+    ES_OPT_L("rows", 1, HASHED_MAX_ROWS, NULL, ES_OPT_SIZES,
+             "rows per field r0:r1:... (share=1: one count; default: from the budget)", "50:70", ""),
+    ES_OPT_E("split", "prop|sqrt|equal", "equal", 0, "rule splitting the budget's rows over fields (share=0, with a vocabulary)",
+             "prop", ""),
+};
 
 static int hash_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     const int F = s->p.n_fields, dim = s->p.dim;
-    uint64_t v;
     int found, rc;
-    int share = s->p.share;
-    if ((rc = es__storage_opt_u64(s, "share", 0, 1, &v, &found, err)) != 0) return rc;
-    if (found) share = (int)v;
-    s->p.share = share; /* s->p reports the resolved values */
-    if ((rc = es__storage_opt_u64(s, "seed", 0, UINT64_MAX, &v, &found, err)) != 0) return rc;
-    if (found) s->p.seed = v;
+    const int share = es__storage_opt_int(s, "share");
+    if (es__storage_opt_given(s, "seed")) s->p.seed = es__storage_opt_u64(s, "seed");
     const size_t aux = es__hashed_aux_bytes(F, 1);
 
     uint64_t *rows = es__malloc((size_t)F * sizeof *rows);
     if (!rows) return es__err(err, ES_ENOMEM, "hash: out of memory");
     uint64_t total = 0;
-    size_t len;
-    const char *rv = es__storage_opt(s, "rows", &len);
-    if (rv && share) {
-        long long x;
-        if (!es__parse_long(rv, len, &x) || x < 1 || (uint64_t)x > HASHED_MAX_ROWS)
-            rc = es__err(err, ES_EINVAL, "hash: option rows=%.*s must be a row count in [1, 2^48]", (int)ES_MIN(len, 200), rv);
-        else
-            total = (uint64_t)x;
-    } else if (rv) {
-        rc = parse_row_list(s, rv, len, F, rows, err);
-        for (int f = 0; rc == ES_OK && f < F; f++) total += rows[f]; /* each <= 2^48, F <= 2^20: no overflow */
-    } else {
-        split_rule rule = SPLIT_EQUAL;
-        const char *sv = es__storage_opt(s, "split", &len);
-        if (sv) {
-            if (len == 4 && memcmp(sv, "prop", 4) == 0) rule = SPLIT_PROP;
-            else if (len == 4 && memcmp(sv, "sqrt", 4) == 0) rule = SPLIT_SQRT;
-            else if (len == 5 && memcmp(sv, "equal", 5) == 0) rule = SPLIT_EQUAL;
-            else rc = es__err(err, ES_EINVAL, "hash: option split=%.*s must be prop, sqrt or equal", (int)ES_MIN(len, 200), sv);
-        }
-        if (rc == ES_OK) rc = es__hashed_rows_from_budget(s, aux, dim, share ? 1 : (uint64_t)F, &total, err);
+    rc = es__storage_opt_list(s, "rows", share ? 1 : F, 1, rows, &found, err);
+    if (rc == ES_OK && found) {
+        for (int f = 0; f < (share ? 1 : F); f++) total += rows[f]; /* each <= 2^48, F <= 2^20: no overflow */
+    } else if (rc == ES_OK) {
+        const split_rule rule = (split_rule)es__storage_opt_enum(s, "split");
+        rc = es__hashed_rows_from_budget(s, aux, dim, share ? 1 : (uint64_t)F, &total, err);
         if (rc == ES_OK && !share) {
             split_rows(total, F, vocab, rule, rows);
             total = 0;
@@ -305,20 +276,13 @@ static int hash_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         base += h->nrows[f];
     }
     /* Resolved sizes, read back from opts when a saved model is loaded. */
-    size_t o = (size_t)snprintf(s->meta, sizeof s->meta, "share=%d,seed=%llu,rows=", share, (unsigned long long)s->p.seed);
-    if (share) {
-        o += (size_t)snprintf(s->meta + o, sizeof s->meta - o, "%llu", (unsigned long long)total);
-    } else {
-        for (int f = 0; f < F && o < sizeof s->meta; f++)
-            o += (size_t)snprintf(s->meta + o, sizeof s->meta - o, "%s%llu", f ? ":" : "", (unsigned long long)rows[f]);
-    }
-    es__free(rows);
-    if (o >= sizeof s->meta) {
+    if (share) rows[0] = total;
+    if ((rc = es__storage_opt_set_u64(s, "share", (uint64_t)share, err)) != 0 ||
+        (rc = es__storage_opt_set_u64(s, "seed", s->p.seed, err)) != 0 ||
+        (rc = es__storage_opt_set_list(s, "rows", rows, share ? 1 : F, 1, err)) != 0)
         es__hashed_destroy(s);
-        return es__err(err, ES_ERANGE, "hash: the per-field row list of %d fields does not fit the %zu-byte metadata; "
-                       "use share=1", F, sizeof s->meta);
-    }
-    return ES_OK;
+    es__free(rows);
+    return rc;
 }
 
 const es_storage_ops es__storage_hash = {
@@ -331,4 +295,6 @@ const es_storage_ops es__storage_hash = {
     .after_load = NULL,
     .field_stats = es__hashed_field_stats,
     .destroy = es__hashed_destroy,
+    ES_STORAGE_OPTS(hash_opts),
+    .default_budget = ES_DEFAULT_BUDGET,
 };

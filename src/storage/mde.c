@@ -314,18 +314,6 @@ static int solve(solver *v, double B, double *alpha_out) {
 
 /* ---- create ------------------------------------------------------------------------------ */
 
-static int opt_choice(const es_storage *s, const char *key, int *val, es_err *err) {
-    size_t len;
-    const char *v = es__storage_opt(s, key, &len);
-    if (!v) return ES_OK;
-    for (int i = 0; i < 3; i++)
-        if (strlen(dopt_names[i]) == len && memcmp(v, dopt_names[i], len) == 0) {
-            *val = i;
-            return ES_OK;
-        }
-    return es__err(err, ES_EINVAL, "mde: option %s=%.*s is not one of sgd, adagrad, adam", key, (int)len, v);
-}
-
 /* The resolved table from the vocabulary: keys/tiers filled into m (which
  * has the shapes of sv), and the hashed-row weights per space. */
 static void fill_table(mde_impl *m, const solver *sv, uint64_t *hw) {
@@ -350,33 +338,37 @@ static void fill_table(mde_impl *m, const solver *sv, uint64_t *hw) {
     }
 }
 
+#define MDE_SHAPE(key, help, ex)                                                                                      \
+    ES_OPT_U(key, 0, UINT64_MAX / 64, NULL, ES_OPT_SIZES, help " (saved shape: keys, tiers, rowf, projf, hashed go together)", \
+             ex, "keys=0,tiers=0,rowf=0,projf=0,hashed=5")
+static const es__opt_spec mde_opts[] = {
+    ES_OPT_SHARE,
+    ES_OPT_F("alpha", 0, 1e30, NULL, 0, "dimension decay exponent (saved; the solver picks it from the budget)", "0.5", ""),
+    MDE_SHAPE("keys", "values with their own row", "0"),
+    MDE_SHAPE("tiers", "runs of values of one dimension", "0"),
+    MDE_SHAPE("rowf", "floats in the values' rows", "0"),
+    MDE_SHAPE("projf", "floats in the tiers' projections", "0"),
+    MDE_SHAPE("hashed", "hashed rows for the other values", "5"),
+    ES_OPT_SEED,
+    ES_OPT_E("dense_opt", "sgd|adagrad|adam", NULL, 0, "the projections' optimizer (default: adagrad; sgd when the tables use sgd)",
+             "adam", ""),
+    ES_OPT_MIN_COUNT,
+    ES_OPT_F("dense_lr", 0, 1e30, NULL, 0, "the projections' learning rate (default: the table lr)", "0.01", ""),
+};
+
 static int mde_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     const int F = s->p.n_fields, dim = s->p.dim;
-    uint64_t v, mc = (uint64_t)s->p.min_count;
-    int found, rc;
-    int share = s->p.share;
-    uint64_t seed = s->p.seed, N = 0, T = 0, R = 0, Q = 0, H = 0;
+    const uint64_t mc = es__storage_opt_u64(s, "min_count");
+    int rc;
+    const int share = es__storage_opt_int(s, "share");
+    uint64_t seed = es__storage_opt_given(s, "seed") ? es__storage_opt_u64(s, "seed") : s->p.seed, N = 0, T = 0, R = 0, Q = 0, H = 0;
     int from_meta = 0;
     double alpha = 0;
     char alpha_str[32] = "0";
-    if ((rc = es__storage_opt_u64(s, "share", 0, 1, &v, &found, err)) != 0) return rc;
-    if (found) share = (int)v;
-    if ((rc = es__storage_opt_u64(s, "seed", 0, UINT64_MAX, &v, &found, err)) != 0) return rc;
-    if (found) seed = v;
-    if ((rc = es__storage_opt_u64(s, "min_count", 1, UINT32_MAX, &mc, &found, err)) != 0) return rc;
     int dopt = s->p.opt.kind == ES_OPT_SGD ? DOPT_SGD : DOPT_ADAGRAD;
-    if ((rc = opt_choice(s, "dense_opt", &dopt, err)) != 0) return rc;
+    if (es__storage_opt_given(s, "dense_opt")) dopt = es__storage_opt_enum(s, "dense_opt");
     float lr = s->p.opt.lr;
-    {
-        size_t len;
-        const char *lv = es__storage_opt(s, "dense_lr", &len);
-        double x;
-        if (lv) {
-            if (!es__parse_double(lv, len, &x) || !(x >= 0) || !isfinite(x))
-                return es__err(err, ES_EINVAL, "mde: option dense_lr=%.*s is not a number >= 0", (int)len, lv);
-            lr = (float)x;
-        }
-    }
+    if (es__storage_opt_given(s, "dense_lr")) lr = (float)es__storage_opt_f64(s, "dense_lr");
     const int S = share ? 1 : F;
     {
         /* shapes from a saved model: all or nothing */
@@ -384,18 +376,20 @@ static int mde_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         uint64_t *dst[] = {&N, &T, &R, &Q, &H};
         int nf = 0;
         for (int i = 0; i < 5; i++) {
-            if ((rc = es__storage_opt_u64(s, keys[i], 0, UINT64_MAX / 64, dst[i], &found, err)) != 0) return rc;
-            nf += found;
+            *dst[i] = es__storage_opt_u64(s, keys[i]);
+            nf += es__storage_opt_given(s, keys[i]);
         }
         if (nf != 0 && nf != 5)
             return es__err(err, ES_EINVAL, "mde: options keys, tiers, rowf, projf and hashed go together (from a saved model)");
         from_meta = nf == 5;
         if (from_meta) {
             size_t len;
-            const char *av = es__storage_opt(s, "alpha", &len);
-            if (av && (!es__parse_double(av, len, &alpha) || !(alpha >= 0) || len >= sizeof alpha_str))
-                return es__err(err, ES_EINVAL, "mde: option alpha=%.*s is not a number >= 0", (int)len, av);
+            const char *av = es__storage_opt_text(s, "alpha", &len);
+            if (av && len >= sizeof alpha_str)
+                return es__err(err, ES_EINVAL, "mde: option alpha=%.*s is longer than %zu characters", (int)len, av,
+                               sizeof alpha_str - 1);
             if (av) {
+                alpha = es__storage_opt_f64(s, "alpha");
                 memcpy(alpha_str, av, len);
                 alpha_str[len] = 0;
             }
@@ -565,13 +559,13 @@ static int mde_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     }
     if (s->p.init_scale > 0) es__rng_fill_uniform(&rng, m->tail.w, (size_t)H * (size_t)dim, s->p.init_scale);
 
-    int wn = snprintf(s->meta, sizeof s->meta,
-                      "share=%d,alpha=%s,keys=%llu,tiers=%llu,rowf=%llu,projf=%llu,hashed=%llu,seed=%llu,dense_opt=%s",
-                      share, m->alpha_str, (unsigned long long)N, (unsigned long long)T, (unsigned long long)R,
-                      (unsigned long long)Q, (unsigned long long)H, (unsigned long long)seed, dopt_names[dopt]);
-    if (wn < 0 || (size_t)wn >= sizeof s->meta) {
+    if ((rc = es__storage_opt_set_u64(s, "share", (uint64_t)share, err)) != 0 ||
+        (rc = es__storage_opt_set(s, "alpha", err, "%s", m->alpha_str)) != 0 || (rc = es__storage_opt_set_u64(s, "keys", N, err)) != 0 ||
+        (rc = es__storage_opt_set_u64(s, "tiers", T, err)) != 0 || (rc = es__storage_opt_set_u64(s, "rowf", R, err)) != 0 ||
+        (rc = es__storage_opt_set_u64(s, "projf", Q, err)) != 0 || (rc = es__storage_opt_set_u64(s, "hashed", H, err)) != 0 ||
+        (rc = es__storage_opt_set_u64(s, "seed", seed, err)) != 0 ||
+        (rc = es__storage_opt_set(s, "dense_opt", err, "%s", dopt_names[dopt])) != 0) {
         mde_free(m);
-        rc = es__err(err, ES_ERANGE, "mde: metadata does not fit");
         goto fail_solve;
     }
     es__free(cands);
@@ -774,5 +768,7 @@ const es_storage_ops es__storage_mde = {
     .after_load = mde_after_load,
     .field_stats = mde_field_stats,
     .destroy = mde_destroy,
+    ES_STORAGE_OPTS(mde_opts),
+    .default_budget = 0 /* solves without one */,
     .needs_vocab = 1,
 };

@@ -207,24 +207,23 @@ static uint64_t mh_fill(uint64_t A, int dim, int k, int weighted, double wfrac, 
     return left % kk;
 }
 
+static const es__opt_spec mh_opts[] = {
+    ES_OPT_SHARE,
+    ES_OPT_SEED,
+    ES_OPT_U("k", 1, MH_MAX_K, "2", 0, "hashed pool rows summed per value", "3", ""),
+    ES_OPT_U("weights", 0, 1, "1", 0, "1: learned per-value importance weights; 0: plain sum", "0", ""),
+    ES_OPT_L("pool", 1, MH_MAX_ROWS, NULL, ES_OPT_SIZES, "pool rows per field P[:P...] (with imp= when weights=1; default: from "
+             "the budget)", "40:50", "imp=6:7"),
+    ES_OPT_L("imp", 1, MH_MAX_ROWS, NULL, ES_OPT_SIZES, "importance rows per field K[:K...] (with pool=)", "8:9", "pool=30:20"),
+    ES_OPT_F("wfrac", 0, 1, "0.25", ES_OPT_LO_OPEN | ES_OPT_HI_OPEN, "share of the budget for importance rows", "0.5", ""),
+};
+
 static int mh_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     const int F = s->p.n_fields, dim = s->p.dim;
-    uint64_t v;
-    int found, rc;
-    int share = s->p.share, k = 2, weighted = 1;
-    double wfrac = 0.25;
-    if ((rc = es__storage_opt_u64(s, "share", 0, 1, &v, &found, err)) != 0) return rc;
-    if (found) share = (int)v;
-    if ((rc = es__storage_opt_u64(s, "seed", 0, UINT64_MAX, &v, &found, err)) != 0) return rc;
-    if (found) s->p.seed = v;
-    if ((rc = es__storage_opt_u64(s, "k", 1, MH_MAX_K, &v, &found, err)) != 0) return rc;
-    if (found) k = (int)v;
-    if ((rc = es__storage_opt_u64(s, "weights", 0, 1, &v, &found, err)) != 0) return rc;
-    if (found) weighted = (int)v;
-    size_t len;
-    const char *wv = es__storage_opt(s, "wfrac", &len);
-    if (wv && (!es__parse_double(wv, len, &wfrac) || !(wfrac > 0 && wfrac < 1)))
-        return es__err(err, ES_EINVAL, "multihash: option wfrac=%.*s must be a number in (0, 1)", (int)ES_MIN(len, 64), wv);
+    int rc;
+    const int share = es__storage_opt_int(s, "share"), k = es__storage_opt_int(s, "k"), weighted = es__storage_opt_int(s, "weights");
+    const double wfrac = es__storage_opt_f64(s, "wfrac");
+    if (es__storage_opt_given(s, "seed")) s->p.seed = es__storage_opt_u64(s, "seed");
     const int G = share ? 1 : F;
     const size_t aux = (size_t)(weighted ? 4 : 2) * G * sizeof(uint64_t);
 
@@ -235,8 +234,8 @@ static int mh_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         goto fail;
     }
     int fp, fk = 0;
-    if ((rc = es__storage_opt_list(s, "pool", G, 1, 1, MH_MAX_ROWS, P, &fp, err)) != 0) goto fail;
-    if (weighted && (rc = es__storage_opt_list(s, "imp", G, 1, 1, MH_MAX_ROWS, K, &fk, err)) != 0) goto fail;
+    if ((rc = es__storage_opt_list(s, "pool", G, 1, P, &fp, err)) != 0) goto fail;
+    if (weighted && (rc = es__storage_opt_list(s, "imp", G, 1, K, &fk, err)) != 0) goto fail;
     if (fp != (weighted ? fk : fp)) {
         rc = es__err(err, ES_EINVAL, "multihash: options pool= and imp= go together");
         goto fail;
@@ -325,13 +324,12 @@ static int mh_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     }
     m->seed = s->p.seed;
 
-    size_t o = (size_t)snprintf(s->meta, sizeof s->meta, "share=%d,seed=%llu,k=%d,weights=%d", share,
-                                (unsigned long long)s->p.seed, k, weighted);
-    es__storage_meta_list(s, &o, "pool", P, G, 1);
-    if (weighted) es__storage_meta_list(s, &o, "imp", K, G, 1);
-    if (o >= sizeof s->meta) {
+    if ((rc = es__storage_opt_set_u64(s, "share", (uint64_t)share, err)) != 0 ||
+        (rc = es__storage_opt_set_u64(s, "seed", s->p.seed, err)) != 0 || (rc = es__storage_opt_set_u64(s, "k", (uint64_t)k, err)) != 0 ||
+        (rc = es__storage_opt_set_u64(s, "weights", (uint64_t)weighted, err)) != 0 ||
+        (rc = es__storage_opt_set_list(s, "pool", P, G, 1, err)) != 0 ||
+        (weighted && (rc = es__storage_opt_set_list(s, "imp", K, G, 1, err)) != 0)) {
         mh_free(m);
-        rc = es__err(err, ES_ERANGE, "multihash: the per-field sizes of %d fields do not fit the metadata; use share=1", F);
         goto fail;
     }
     s->impl = m;
@@ -359,4 +357,6 @@ const es_storage_ops es__storage_multihash = {
     .after_load = NULL,
     .field_stats = mh_field_stats,
     .destroy = mh_destroy,
+    ES_STORAGE_OPTS(mh_opts),
+    .default_budget = ES_DEFAULT_BUDGET,
 };

@@ -250,25 +250,20 @@ static uint64_t qr_fill(uint64_t A, const int *pd, int p, uint64_t *m) {
     return left;
 }
 
+static const es__opt_spec qr_opts[] = {
+    ES_OPT_SHARE,
+    ES_OPT_SEED,
+    ES_OPT_E("op", "mult|add|cat", "mult", 0, "how the partitions' rows combine", "add", ""),
+    ES_OPT_U("partitions", 2, QR_MAX_P, "2", 0, "p complementary partitions (tables) per field", "3", ""),
+    ES_OPT_L("m", 1, QR_MAX_ROWS, NULL, ES_OPT_SIZES, "rows of each table m0/m1[:m0/m1...] per field (default: from the budget)",
+             "4/5:6/7", ""),
+};
+
 static int qr_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     const int F = s->p.n_fields, dim = s->p.dim;
-    uint64_t v;
     int found, rc;
-    int share = s->p.share, p = 2, op = QR_MULT;
-    if ((rc = es__storage_opt_u64(s, "share", 0, 1, &v, &found, err)) != 0) return rc;
-    if (found) share = (int)v;
-    if ((rc = es__storage_opt_u64(s, "seed", 0, UINT64_MAX, &v, &found, err)) != 0) return rc;
-    if (found) s->p.seed = v;
-    if ((rc = es__storage_opt_u64(s, "partitions", 2, QR_MAX_P, &v, &found, err)) != 0) return rc;
-    if (found) p = (int)v;
-    size_t len;
-    const char *ov = es__storage_opt(s, "op", &len);
-    if (ov) {
-        op = -1;
-        for (int k = 0; k < (int)ES_ARRAY_LEN(qr_op_names); k++)
-            if (len == strlen(qr_op_names[k]) && memcmp(ov, qr_op_names[k], len) == 0) op = k;
-        if (op < 0) return es__err(err, ES_EINVAL, "qr: option op=%.*s must be mult, add or cat", (int)ES_MIN(len, 64), ov);
-    }
+    const int share = es__storage_opt_int(s, "share"), p = es__storage_opt_int(s, "partitions"), op = es__storage_opt_enum(s, "op");
+    if (es__storage_opt_given(s, "seed")) s->p.seed = es__storage_opt_u64(s, "seed");
     if (op == QR_CAT && dim < p)
         return es__err(err, ES_EINVAL, "qr: op=cat splits dim %d over %d partitions; it needs dim >= partitions", dim, p);
     int pd[QR_MAX_P], pofs[QR_MAX_P];
@@ -285,7 +280,7 @@ static int qr_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         rc = es__err(err, ES_ENOMEM, "qr: out of memory");
         goto fail;
     }
-    if ((rc = es__storage_opt_list(s, "m", G, p, 1, QR_MAX_ROWS, m, &found, err)) != 0) goto fail;
+    if ((rc = es__storage_opt_list(s, "m", G, p, m, &found, err)) != 0) goto fail;
     if (!found) {
         if (!(s->budget_bytes > 0)) {
             rc = es__err(err, ES_EINVAL, "qr: needs a budget: bytes (> 1), or a fraction (0, 1] of the full table with a "
@@ -367,12 +362,12 @@ static int qr_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         }
     q->seed = s->p.seed;
 
-    size_t o = (size_t)snprintf(s->meta, sizeof s->meta, "share=%d,seed=%llu,op=%s,partitions=%d", share,
-                                (unsigned long long)s->p.seed, qr_op_names[op], p);
-    es__storage_meta_list(s, &o, "m", m, G, p);
-    if (o >= sizeof s->meta) {
+    if ((rc = es__storage_opt_set_u64(s, "share", (uint64_t)share, err)) != 0 ||
+        (rc = es__storage_opt_set_u64(s, "seed", s->p.seed, err)) != 0 ||
+        (rc = es__storage_opt_set(s, "op", err, "%s", qr_op_names[op])) != 0 ||
+        (rc = es__storage_opt_set_u64(s, "partitions", (uint64_t)p, err)) != 0 ||
+        (rc = es__storage_opt_set_list(s, "m", m, G, p, err)) != 0) {
         qr_free(q);
-        rc = es__err(err, ES_ERANGE, "qr: the per-field sizes of %d fields do not fit the metadata; use share=1", F);
         goto fail;
     }
     s->impl = q;
@@ -401,4 +396,6 @@ const es_storage_ops es__storage_qr = {
     .after_load = NULL,
     .field_stats = qr_field_stats,
     .destroy = qr_destroy,
+    ES_STORAGE_OPTS(qr_opts),
+    .default_budget = ES_DEFAULT_BUDGET,
 };

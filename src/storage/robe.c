@@ -170,24 +170,27 @@ static void robe_field_stats(es_storage *s, const es_vocab *vocab, int field, es
 
 /* ---- create ---------------------------------------------------------------------------- */
 
+static const es__opt_spec robe_opts[] = {
+    ES_OPT_SHARE,
+    ES_OPT_SEED,
+    ES_OPT_U("z", 1, ROBE_MAX_Z, NULL, 0, "block size Z in floats (default: min(dim, 32); 1 = HashedNet)", "4", ""),
+    ES_OPT_L("rows", 1, ROBE_MAX_ROWS, NULL, ES_OPT_SIZES, "aligned blocks per field r0[:r1...] (default: from the budget)",
+             "30:40", ""),
+};
+
 static int robe_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     const int F = s->p.n_fields, dim = s->p.dim;
-    uint64_t v;
     int found, rc;
-    int share = s->p.share, Z = ES_MIN(dim, 32);
-    if ((rc = es__storage_opt_u64(s, "share", 0, 1, &v, &found, err)) != 0) return rc;
-    if (found) share = (int)v;
-    if ((rc = es__storage_opt_u64(s, "seed", 0, UINT64_MAX, &v, &found, err)) != 0) return rc;
-    if (found) s->p.seed = v;
-    if ((rc = es__storage_opt_u64(s, "z", 1, ROBE_MAX_Z, &v, &found, err)) != 0) return rc;
-    if (found) Z = (int)v;
+    const int share = es__storage_opt_int(s, "share");
+    const int Z = es__storage_opt_given(s, "z") ? es__storage_opt_int(s, "z") : ES_MIN(dim, 32);
+    if (es__storage_opt_given(s, "seed")) s->p.seed = es__storage_opt_u64(s, "seed");
     if (Z > dim) return es__err(err, ES_EINVAL, "robe: block size z=%d is larger than dim %d", Z, dim);
     const int G = share ? 1 : F;
     const size_t aux = (size_t)2 * G * sizeof(uint64_t);
 
     uint64_t *rows = es__malloc((size_t)G * sizeof *rows);
     if (!rows) return es__err(err, ES_ENOMEM, "robe: out of memory");
-    if ((rc = es__storage_opt_list(s, "rows", G, 1, 1, ROBE_MAX_ROWS, rows, &found, err)) != 0) goto fail;
+    if ((rc = es__storage_opt_list(s, "rows", G, 1, rows, &found, err)) != 0) goto fail;
     if (!found) {
         if (!(s->budget_bytes > 0)) {
             rc = es__err(err, ES_EINVAL, "robe: needs a budget: bytes (> 1), or a fraction (0, 1] of the full table with "
@@ -252,13 +255,13 @@ static int robe_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     }
     m->seed = s->p.seed;
 
-    size_t o = (size_t)snprintf(s->meta, sizeof s->meta, "share=%d,seed=%llu,z=%d", share, (unsigned long long)s->p.seed, Z);
-    es__storage_meta_list(s, &o, "rows", rows, G, 1);
-    es__free(rows);
-    if (o >= sizeof s->meta) {
+    if ((rc = es__storage_opt_set_u64(s, "share", (uint64_t)share, err)) != 0 ||
+        (rc = es__storage_opt_set_u64(s, "seed", s->p.seed, err)) != 0 || (rc = es__storage_opt_set_u64(s, "z", (uint64_t)Z, err)) != 0 ||
+        (rc = es__storage_opt_set_list(s, "rows", rows, G, 1, err)) != 0) {
         robe_free(m);
-        return es__err(err, ES_ERANGE, "robe: the per-field sizes of %d fields do not fit the metadata; use share=1", F);
+        goto fail;
     }
+    es__free(rows);
     s->impl = m;
     s->param_bytes = es__rows_param_bytes(&m->t);
     s->state_bytes = es__rows_state_bytes(&m->t);
@@ -279,4 +282,6 @@ const es_storage_ops es__storage_robe = {
     .after_load = NULL,
     .field_stats = robe_field_stats,
     .destroy = robe_destroy,
+    ES_STORAGE_OPTS(robe_opts),
+    .default_budget = ES_DEFAULT_BUDGET,
 };

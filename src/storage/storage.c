@@ -7,6 +7,7 @@
 #include "storage/storage.h"
 
 #include <math.h>
+#include <stdarg.h>
 
 es_storage_params es__storage_params_default(void) {
     es_storage_params p;
@@ -24,10 +25,6 @@ es_storage_params es__storage_params_default(void) {
     p.opt.beta1 = 0.9f;
     p.opt.beta2 = 0.999f;
     p.opt.init_acc = 0.0f;
-    p.min_count = 1;
-    p.chunks = 1;
-    p.subtables = 1;
-    p.share = 0;
     p.opts = NULL;
     return p;
 }
@@ -51,43 +48,413 @@ uint64_t es__storage_salt(uint64_t seed, int field, int chunk) {
     return es__mix64(es__mix64(seed) ^ es__mix64(fc + UINT64_C(0x5bd1e9955bd1e995)));
 }
 
-const char *es__storage_opt(const es_storage *s, const char *key, size_t *len) {
-    const char *p = s->p.opts;
-    if (!p || !key) return NULL;
-    size_t klen = strlen(key);
-    while (*p) {
+/* ---- method options ---------------------------------------------------------------
+ * opts "k=v,k=v" are parsed once against the method's table (es__opt_spec);
+ * methods read the typed values and record what they resolve, and
+ * meta_write joins the recorded values in table order, in the syntax
+ * opts_parse reads, so a saved meta always loads back. */
+
+static int unknown_method(const char *method, es_err *err) {
+    char names[512];
+    size_t o = 0;
+    names[0] = 0;
+    for (int i = 0; i < es__storage_n_methods() && o < sizeof names; i++)
+        o += (size_t)snprintf(names + o, sizeof names - o, "%s%s", i ? ", " : "", es__storage_method_at(i)->name);
+    return es__err(err, ES_EINVAL, "storage: unknown method '%s' (known: %s)", method, names);
+}
+
+static void free_optv(es__opt_val *v, int n) {
+    for (int i = 0; v && i < n; i++) es__free(v[i].rec);
+    es__free(v);
+}
+
+/* Free a storage whose method state is already gone. */
+static void free_shell(es_storage *s) {
+    free_optv(s->optv, s->ops->n_opts);
+    es__free((char *)s->p.method);
+    es__free((char *)s->p.opts);
+    es__free(s);
+}
+
+static int spec_find(const es_storage_ops *ops, const char *key, size_t klen) {
+    for (int i = 0; i < ops->n_opts; i++)
+        if (strlen(ops->opts[i].name) == klen && memcmp(ops->opts[i].name, key, klen) == 0) return i;
+    return -1;
+}
+
+/* "(expected ...)" text of an option. */
+static void spec_expected(const es__opt_spec *o, char *buf, size_t cap) {
+    switch (o->type) {
+    case ES_OPT_UINT:
+        snprintf(buf, cap, "an integer in [%llu, %llu]", (unsigned long long)o->lo, (unsigned long long)o->hi);
+        break;
+    case ES_OPT_FLOAT:
+        snprintf(buf, cap, "a number in %c%g, %g%c", o->flags & ES_OPT_LO_OPEN ? '(' : '[', o->flo, o->fhi,
+                 o->flags & ES_OPT_HI_OPEN ? ')' : ']');
+        break;
+    case ES_OPT_ENUM: {
+        size_t n = (size_t)snprintf(buf, cap, "one of ");
+        for (const char *c = o->choices; *c && n < cap; c++) n += (size_t)snprintf(buf + n, cap - n, *c == '|' ? ", " : "%c", *c);
+        break;
+    }
+    case ES_OPT_LIST:
+        snprintf(buf, cap, "integers in [%llu, %llu], groups separated by ':', members by '/'", (unsigned long long)o->lo,
+                 (unsigned long long)o->hi);
+        break;
+    }
+}
+
+/* Digits only (no sign, no spaces), overflow-checked over the full uint64
+ * range, so a seed written into meta always reads back. */
+static int parse_u64(const char *v, size_t len, uint64_t *out) {
+    uint64_t x = 0;
+    if (len == 0 || len > 20) return 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned d = (unsigned)(v[i] - '0');
+        if (d > 9 || __builtin_mul_overflow(x, 10, &x) || __builtin_add_overflow(x, d, &x)) return 0;
+    }
+    *out = x;
+    return 1;
+}
+
+/* Parse one value of option o; NULL, or the reason it is invalid. */
+static const char *value_parse(const es__opt_spec *o, const char *v, size_t len, uint64_t *u, double *f) {
+    switch (o->type) {
+    case ES_OPT_UINT:
+        if (!parse_u64(v, len, u)) return "not an unsigned integer";
+        return *u < o->lo || *u > o->hi ? "out of range" : NULL;
+    case ES_OPT_FLOAT:
+        if (!es__parse_double(v, len, f) || !isfinite(*f)) return "not a number";
+        if (*f < o->flo || *f > o->fhi || ((o->flags & ES_OPT_LO_OPEN) && *f == o->flo) ||
+            ((o->flags & ES_OPT_HI_OPEN) && *f == o->fhi))
+            return "out of range";
+        return NULL;
+    case ES_OPT_ENUM: {
+        uint64_t k = 0;
+        for (const char *c = o->choices;; k++) {
+            const char *e = strchr(c, '|');
+            size_t n = e ? (size_t)(e - c) : strlen(c);
+            if (n == len && memcmp(c, v, len) == 0) {
+                *u = k;
+                return NULL;
+            }
+            if (!e) return "not one of the choices";
+            c = e + 1;
+        }
+    }
+    case ES_OPT_LIST: {
+        const char *p = v, *end = v + len;
+        for (;;) {
+            const char *q = p;
+            while (q < end && *q != ':' && *q != '/') q++;
+            uint64_t x;
+            if (!parse_u64(p, (size_t)(q - p), &x)) return "not a list of unsigned integers";
+            if (x < o->lo || x > o->hi) return "a member is out of range";
+            if (q == end) return NULL;
+            p = q + 1;
+        }
+    }
+    }
+    return "unknown option type";
+}
+
+static int opt_error(const char *method, const es__opt_spec *o, const char *key, size_t klen, const char *v, size_t len,
+                     const char *reason, es_err *err) {
+    char exp[256];
+    spec_expected(o, exp, sizeof exp);
+    return es__err(err, ES_EINVAL, "%s: option %.*s=%.*s: %s (expected %s)", method, (int)ES_MIN(klen, 64), key,
+                   (int)ES_MIN(len, 200), v, reason, exp);
+}
+
+/* Parse opts against ops' table into *out ([n_opts], texts pointing into opts). */
+static int opts_parse(const es_storage_ops *ops, const char *opts, es__opt_val **out, es_err *err) {
+    es__opt_val *v = es__calloc((size_t)ES_MAX(ops->n_opts, 1), sizeof *v);
+    *out = NULL;
+    if (!v) return es__err(err, ES_ENOMEM, "%s: out of memory for options", ops->name);
+    for (const char *p = opts; p && *p;) {
+        const char *end = strchr(p, ',');
+        if (!end) end = p + strlen(p);
+        const char *next = *end ? end + 1 : end;
+        if (end == p) { /* empty item: ",," or a trailing comma */
+            p = next;
+            continue;
+        }
+        const char *eq = memchr(p, '=', (size_t)(end - p));
+        const size_t klen = eq ? (size_t)(eq - p) : (size_t)(end - p);
+        const char *val = eq ? eq + 1 : end;
+        const size_t len = (size_t)(end - val);
+        const int i = spec_find(ops, p, klen);
+        char known[512];
+        size_t o = 0;
+        known[0] = 0;
+        for (int k = 0; k < ops->n_opts && o < sizeof known; k++)
+            o += (size_t)snprintf(known + o, sizeof known - o, "%s%s", k ? ", " : "", ops->opts[k].name);
+        int rc = ES_OK;
+        if (i < 0)
+            rc = es__err(err, ES_EINVAL, "%s: option %.*s=%.*s: unknown option (expected one of: %s)", ops->name,
+                         (int)ES_MIN(klen, 64), p, (int)ES_MIN(len, 200), val, ops->n_opts ? known : "no options");
+        else if (!eq)
+            rc = opt_error(ops->name, &ops->opts[i], p, klen, val, len, "no value", err);
+        uint64_t u = 0;
+        double f = 0;
+        const char *why = rc ? NULL : value_parse(&ops->opts[i], val, len, &u, &f);
+        if (why) rc = opt_error(ops->name, &ops->opts[i], p, klen, val, len, why, err);
+        if (rc == ES_OK && v[i].text) {
+            /* given twice: fine when both say the same */
+            int same = ops->opts[i].type == ES_OPT_FLOAT ? v[i].f == f
+                       : ops->opts[i].type == ES_OPT_LIST ? v[i].len == len && memcmp(v[i].text, val, len) == 0
+                                                           : v[i].u == u;
+            if (!same)
+                rc = opt_error(ops->name, &ops->opts[i], p, klen, val, len, "given twice with different values", err);
+        }
+        if (rc != ES_OK) {
+            es__free(v);
+            return rc;
+        }
+        if (!v[i].text) {
+            v[i].text = val;
+            v[i].len = len;
+            v[i].u = u;
+            v[i].f = f;
+        }
+        p = next;
+    }
+    /* defaults for the options not given */
+    for (int i = 0; i < ops->n_opts; i++)
+        if (!v[i].text && ops->opts[i].def) {
+            const char *why = value_parse(&ops->opts[i], ops->opts[i].def, strlen(ops->opts[i].def), &v[i].u, &v[i].f);
+            ES_ASSERT(why == NULL); /* a bad default in a method's table */
+        }
+    *out = v;
+    return ES_OK;
+}
+
+/* The index of key in s's table, which must have type t. */
+static int opt_index(const es_storage *s, const char *key, es__opt_type t) {
+    const int i = spec_find(s->ops, key, strlen(key));
+    ES_ASSERT(i >= 0 && s->ops->opts[i].type == t);
+    return i;
+}
+
+int es__storage_opt_given(const es_storage *s, const char *key) {
+    const int i = spec_find(s->ops, key, strlen(key));
+    ES_ASSERT(i >= 0);
+    return s->optv[i].text != NULL;
+}
+
+uint64_t es__storage_opt_u64(const es_storage *s, const char *key) { return s->optv[opt_index(s, key, ES_OPT_UINT)].u; }
+
+int es__storage_opt_int(const es_storage *s, const char *key) {
+    const int i = opt_index(s, key, ES_OPT_UINT);
+    ES_ASSERT(s->ops->opts[i].hi <= INT32_MAX);
+    return (int)s->optv[i].u;
+}
+
+double es__storage_opt_f64(const es_storage *s, const char *key) { return s->optv[opt_index(s, key, ES_OPT_FLOAT)].f; }
+
+int es__storage_opt_enum(const es_storage *s, const char *key) { return (int)s->optv[opt_index(s, key, ES_OPT_ENUM)].u; }
+
+const char *es__storage_opt_text(const es_storage *s, const char *key, size_t *len) {
+    const int i = spec_find(s->ops, key, strlen(key));
+    ES_ASSERT(i >= 0);
+    *len = s->optv[i].len;
+    return s->optv[i].text;
+}
+
+int es__storage_opt_list(const es_storage *s, const char *key, int n, int g, uint64_t *out, int *found, es_err *err) {
+    const int i = opt_index(s, key, ES_OPT_LIST);
+    const es__opt_spec *o = &s->ops->opts[i];
+    const char *v = s->optv[i].text;
+    const size_t len = s->optv[i].len;
+    *found = 0;
+    if (!v) return ES_OK;
+    const char *p = v, *end = v + len;
+    const long total = (long)n * g;
+    long k = 0;
+    for (;;) { /* members were checked by opts_parse: only the shape is left */
+        const char *q = p;
+        while (q < end && *q != ':' && *q != '/') q++;
+        uint64_t x = 0;
+        if (k >= total || !parse_u64(p, (size_t)(q - p), &x)) break;
+        const char want = (k % g == g - 1) ? ':' : '/';
+        out[k++] = x;
+        if (q == end) {
+            if (k == total) {
+                *found = 1;
+                return ES_OK;
+            }
+            break;
+        }
+        if (*q != want) break;
+        p = q + 1;
+    }
+    char why[96];
+    snprintf(why, sizeof why, "needs %d group(s) of %d", n, g);
+    return opt_error(s->p.method, o, key, strlen(key), v, len, why, err);
+}
+
+int es__storage_opt_set(es_storage *s, const char *key, es_err *err, const char *fmt, ...) {
+    const int i = spec_find(s->ops, key, strlen(key));
+    ES_ASSERT(i >= 0);
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    ES_ASSERT(n >= 0);
+    char *t = es__malloc((size_t)n + 1);
+    if (!t) return es__err(err, ES_ENOMEM, "%s: out of memory for option %s", s->p.method, key);
+    va_start(ap, fmt);
+    vsnprintf(t, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    uint64_t u;
+    double f;
+    ES_ASSERT(value_parse(&s->ops->opts[i], t, (size_t)n, &u, &f) == NULL); /* what is saved must load */
+    es__free(s->optv[i].rec);
+    s->optv[i].rec = t;
+    return ES_OK;
+}
+
+int es__storage_opt_set_u64(es_storage *s, const char *key, uint64_t v, es_err *err) {
+    return es__storage_opt_set(s, key, err, "%llu", (unsigned long long)v);
+}
+
+int es__storage_opt_set_list(es_storage *s, const char *key, const uint64_t *v, int n, int g, es_err *err) {
+    size_t cap = (size_t)n * (size_t)g * 21 + 1, o = 0;
+    char *t = es__malloc(cap);
+    if (!t) return es__err(err, ES_ENOMEM, "%s: out of memory for option %s", s->p.method, key);
+    t[0] = 0;
+    for (long i = 0; i < (long)n * g; i++)
+        o += (size_t)snprintf(t + o, cap - o, "%s%llu", i == 0 ? "" : (i % g == 0) ? ":" : "/", (unsigned long long)v[i]);
+    int rc = es__storage_opt_set(s, key, err, "%s", t);
+    es__free(t);
+    return rc;
+}
+
+const char *es__storage_opt_value(const es_storage *s, int i, char *buf, size_t cap) {
+    const es__opt_val *v = &s->optv[i];
+    if (v->rec) snprintf(buf, cap, "%s", v->rec);
+    else if (v->text) snprintf(buf, cap, "%.*s", (int)ES_MIN(v->len, (size_t)INT32_MAX), v->text);
+    else snprintf(buf, cap, "%s", s->ops->opts[i].def ? s->ops->opts[i].def : "");
+    return buf;
+}
+
+/* s->meta: the recorded values, "k=v" in table order. */
+static int meta_write(es_storage *s, es_err *err) {
+    size_t o = 0;
+    const size_t cap = sizeof s->meta;
+    s->meta[0] = 0;
+    for (int i = 0; i < s->ops->n_opts && o < cap; i++)
+        if (s->optv[i].rec)
+            o += (size_t)snprintf(s->meta + o, cap - o, "%s%s=%s", o ? "," : "", s->ops->opts[i].name, s->optv[i].rec);
+    if (o >= cap) {
+        s->meta[0] = 0;
+        return es__err(err, ES_ERANGE, "%s: the resolved options of %d fields do not fit the %zu-byte metadata%s", s->p.method,
+                       s->p.n_fields, cap, spec_find(s->ops, "share", 5) >= 0 ? "; use share=1" : "");
+    }
+    return ES_OK;
+}
+
+int es__storage_default_budget(const char *method, const char *opts, double *budget, es_err *err) {
+    const es_storage_ops *ops = es__storage_find(method);
+    *budget = 0;
+    if (!ops) return ES_OK; /* create names the unknown method */
+    es__opt_val *v;
+    int rc = opts_parse(ops, opts, &v, err);
+    if (rc) return rc;
+    int sized = 0;
+    for (int i = 0; i < ops->n_opts; i++) sized |= v[i].text && (ops->opts[i].flags & ES_OPT_SIZES);
+    free_optv(v, ops->n_opts);
+    *budget = sized ? 0 : ops->default_budget;
+    return ES_OK;
+}
+
+int es__storage_min_count(const es_storage_params *p) {
+    const es_storage_ops *ops = es__storage_find(p->method);
+    const int i = ops ? spec_find(ops, "min_count", 9) : -1;
+    if (i < 0) return 1;
+    es__opt_val *v;
+    es_err e;
+    if (opts_parse(ops, p->opts, &v, &e) != ES_OK) return 1; /* create reports it */
+    uint64_t mc = v[i].u;
+    free_optv(v, ops->n_opts);
+    return mc < 1 ? 1 : mc > INT32_MAX ? INT32_MAX : (int)mc;
+}
+
+/* Does "k=v,..." s give key (klen bytes)? */
+static int has_key(const char *s, const char *key, size_t klen) {
+    for (const char *p = s; p && *p;) {
         const char *end = strchr(p, ',');
         if (!end) end = p + strlen(p);
         const char *eq = memchr(p, '=', (size_t)(end - p));
-        if (eq && (size_t)(eq - p) == klen && memcmp(p, key, klen) == 0) {
-            *len = (size_t)(end - eq - 1);
-            return eq + 1;
-        }
+        if (eq && (size_t)(eq - p) == klen && memcmp(p, key, klen) == 0) return 1;
         p = *end ? end + 1 : end;
     }
-    return NULL;
+    return 0;
 }
 
-int es__storage_opt_u64(const es_storage *s, const char *key, uint64_t lo, uint64_t hi, uint64_t *val, int *found,
-                        es_err *err) {
-    size_t len;
-    const char *v = es__storage_opt(s, key, &len);
-    *found = 0;
-    if (!v) return ES_OK;
-    /* Digits only (no sign, no spaces), overflow-checked: the full uint64
-     * range, so a seed written into meta always reads back. */
-    uint64_t x = 0;
-    int ok = len > 0 && len <= 20;
-    for (size_t i = 0; ok && i < len; i++) {
-        unsigned d = (unsigned)(v[i] - '0');
-        if (d > 9 || __builtin_mul_overflow(x, 10, &x) || __builtin_add_overflow(x, d, &x)) ok = 0;
+char *es__storage_load_opts(const char *method, const char *resolved, const char *user, const char *legacy) {
+    const es_storage_ops *ops = es__storage_find(method);
+    const char *src[3] = {resolved ? resolved : "", user ? user : "", legacy ? legacy : ""};
+    size_t cap = strlen(src[0]) + strlen(src[1]) + strlen(src[2]) + 4, o = 0;
+    char *out = es__malloc(cap);
+    if (!out) return NULL;
+    out[0] = 0;
+    for (int k = 0; k < 3; k++)
+        for (const char *p = src[k]; *p;) {
+            const char *end = strchr(p, ',');
+            if (!end) end = p + strlen(p);
+            const char *eq = memchr(p, '=', (size_t)(end - p));
+            const size_t klen = eq ? (size_t)(eq - p) : (size_t)(end - p);
+            /* resolved is kept whole; later sources add the keys the method
+             * knows that are not there yet (older files' opts may carry keys
+             * of other methods, ignored when they were written) */
+            int keep = end > p && (k == 0 || !ops || (spec_find(ops, p, klen) >= 0 && !has_key(out, p, klen)));
+            if (keep) o += (size_t)snprintf(out + o, cap - o, "%s%.*s", o ? "," : "", (int)(end - p), p);
+            p = *end ? end + 1 : end;
+        }
+    return out;
+}
+
+static size_t help_method(const es_storage_ops *ops, char *buf, size_t cap, size_t o) {
+#define HP(...) o += (size_t)snprintf(o < cap ? buf + o : NULL, o < cap ? cap - o : 0, __VA_ARGS__)
+    static const char *const tn[] = {"int", "number", "choice", "list"};
+    HP("%s: %s\n", ops->name, ops->summary);
+    if (ops->default_budget > 0) HP("  default budget: %g of the full table\n", ops->default_budget);
+    else HP("  default budget: none (the method sizes itself)\n");
+    if (ops->n_opts == 0) HP("  (no options)\n");
+    for (int i = 0; i < ops->n_opts; i++) {
+        const es__opt_spec *x = &ops->opts[i];
+        char exp[256];
+        spec_expected(x, exp, sizeof exp);
+        HP("  %-13s %-6s default %-8s %s%s\n                       %s\n", x->name, tn[x->type], x->def ? x->def : "-", x->help,
+           x->flags & ES_OPT_SIZES ? " (sizes the table: no default budget)" : "", exp);
     }
-    if (!ok || x < lo || x > hi)
-        return es__err(err, ES_EINVAL, "%s: option %s=%.*s is not an integer in [%llu, %llu]", s->p.method, key,
-                       (int)ES_MIN(len, 200), v, (unsigned long long)lo, (unsigned long long)hi);
-    *val = x;
-    *found = 1;
-    return ES_OK;
+#undef HP
+    return o;
+}
+
+int es__storage_help(const char *method, char *buf, size_t cap, es_err *err) {
+    size_t o = 0;
+    if (cap) buf[0] = 0;
+    if (method) {
+        const es_storage_ops *ops = es__storage_find(method);
+        if (!ops) return unknown_method(method, err);
+        o = help_method(ops, buf, cap, o);
+    } else {
+        for (int i = 0; i < es__storage_n_methods(); i++) {
+            if (i) o += (size_t)snprintf(o < cap ? buf + o : NULL, o < cap ? cap - o : 0, "\n");
+            o = help_method(es__storage_method_at(i), buf, cap, o);
+        }
+    }
+    return o > INT32_MAX ? INT32_MAX : (int)o;
+}
+
+int es_storage_help(const char *method, char *buf, size_t cap, es_err *err) { return es__storage_help(method, buf, cap, err); }
+
+int es_storage_has_option(const char *method, const char *key) {
+    const es_storage_ops *ops = es__storage_find(method);
+    if (!ops || !key) return ES_EINVAL;
+    return spec_find(ops, key, strlen(key)) >= 0;
 }
 
 /* Check the fields every method relies on, naming the bad one. */
@@ -111,10 +478,6 @@ static int check_params(const es_storage_params *p, const es_vocab *vocab, es_er
         return es__err(err, ES_EINVAL, "storage: adagrad epsilon must be > 0, got %g", (double)p->opt.eps);
     if (!(p->opt.init_acc >= 0) || !isfinite(p->opt.init_acc))
         return es__err(err, ES_EINVAL, "storage: adagrad initial accumulator must be >= 0, got %g", (double)p->opt.init_acc);
-    if (p->min_count < 1) return es__err(err, ES_EINVAL, "storage: min_count must be >= 1, got %d", p->min_count);
-    if (p->chunks < 1) return es__err(err, ES_EINVAL, "storage: chunks must be >= 1, got %d", p->chunks);
-    if (p->subtables < 1) return es__err(err, ES_EINVAL, "storage: subtables must be >= 1, got %d", p->subtables);
-    if (p->share != 0 && p->share != 1) return es__err(err, ES_EINVAL, "storage: share must be 0 or 1, got %d", p->share);
     if (vocab && es_vocab_n_fields(vocab) != p->n_fields)
         return es__err(err, ES_EINVAL, "storage: vocabulary has %d fields but the storage has %d", es_vocab_n_fields(vocab),
                        p->n_fields);
@@ -133,7 +496,7 @@ static int resolve_budget(const es_storage_params *p, const es_vocab *vocab, dou
                            "storage %s: budget %g is a fraction of the full table, which needs a vocabulary "
                            "(count the training data first, or give the budget in bytes)",
                            p->method, p->budget);
-        size_t full = es__storage_full_bytes(vocab, p->dim, p->min_count);
+        size_t full = es__storage_full_bytes(vocab, p->dim, es__storage_min_count(p));
         if (full == SIZE_MAX) return es__err(err, ES_ERANGE, "storage %s: full table size overflows", p->method);
         *bytes = floor(p->budget * (double)full);
         if (*bytes < 1)
@@ -149,32 +512,39 @@ int es__storage_create(es_storage **out, const es_storage_params *p, const es_vo
     int rc = check_params(p, vocab, err);
     if (rc) return rc;
     const es_storage_ops *ops = es__storage_find(p->method);
-    if (!ops) {
-        char names[512];
-        size_t o = 0;
-        names[0] = 0;
-        for (int i = 0; i < es__storage_n_methods() && o < sizeof names; i++)
-            o += (size_t)snprintf(names + o, sizeof names - o, "%s%s", i ? ", " : "", es__storage_method_at(i)->name);
-        return es__err(err, ES_EINVAL, "storage: unknown method '%s' (known: %s)", p->method, names);
-    }
+    if (!ops) return unknown_method(p->method, err);
+    es__opt_val *optv = NULL;
+    if ((rc = opts_parse(ops, p->opts, &optv, err)) != 0) return rc;
     double budget_bytes;
-    if ((rc = resolve_budget(p, vocab, &budget_bytes, err)) != 0) return rc;
+    if ((rc = resolve_budget(p, vocab, &budget_bytes, err)) != 0) {
+        es__free(optv);
+        return rc;
+    }
 
     es_storage *s = es__calloc(1, sizeof *s);
-    if (!s) return es__err(err, ES_ENOMEM, "storage %s: out of memory", p->method);
+    if (!s) {
+        es__free(optv);
+        return es__err(err, ES_ENOMEM, "storage %s: out of memory", p->method);
+    }
     s->ops = ops;
     s->p = *p;
+    s->optv = optv;
     s->p.method = es__strdup(ops->name);
     s->p.opts = p->opts ? es__strdup(p->opts) : NULL;
     if (!s->p.method || (p->opts && !s->p.opts)) {
-        es__free((char *)s->p.method);
-        es__free((char *)s->p.opts);
-        es__free(s);
+        free_shell(s);
         return es__err(err, ES_ENOMEM, "storage %s: out of memory", p->method);
     }
+    /* the parsed texts point into the copy of opts */
+    for (int i = 0; i < ops->n_opts; i++)
+        if (optv[i].text) optv[i].text = s->p.opts + (optv[i].text - p->opts);
     s->budget_bytes = budget_bytes;
     es_err e = {0, ""};
     rc = ops->create(s, vocab, &e);
+    if (rc == ES_OK && (rc = meta_write(s, &e)) != ES_OK) {
+        ops->destroy(s);
+        s->impl = NULL;
+    }
     if (rc == ES_OK && s->budget_bytes > 0 && (double)s->param_bytes + (double)s->aux_bytes > s->budget_bytes) {
         /* A method bug, but reported as an error rather than trusted. */
         ops->destroy(s);
@@ -185,9 +555,7 @@ int es__storage_create(es_storage **out, const es_storage_params *p, const es_vo
     if (rc != ES_OK) {
         if (!e.msg[0]) es__err(&e, rc, "storage %s: %s", ops->name, es_strerror(rc));
         es__err(err, rc, "%s", e.msg);
-        es__free((char *)s->p.method);
-        es__free((char *)s->p.opts);
-        es__free(s);
+        free_shell(s);
         return rc;
     }
     *out = s;
@@ -197,9 +565,7 @@ int es__storage_create(es_storage **out, const es_storage_params *p, const es_vo
 void es__storage_free(es_storage *s) {
     if (!s) return;
     if (s->impl && s->ops->destroy) s->ops->destroy(s);
-    es__free((char *)s->p.method);
-    es__free((char *)s->p.opts);
-    es__free(s);
+    free_shell(s);
 }
 
 int es__storage_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *out) {
@@ -244,50 +610,6 @@ void es__storage_split(uint64_t total, int F, const es_vocab *v, uint64_t min_ea
         given += add;
     }
     for (int f = 0; given < rem; f = (f + 1) % F, given++) out[f]++;
-}
-
-/* Option `key` as n groups of g integers in [lo, hi], groups separated by
- * ':' and the members of a group by '/' ("3/4:5/6").  *found = 0 when the
- * option is absent. */
-int es__storage_opt_list(const es_storage *s, const char *key, int n, int g, uint64_t lo, uint64_t hi, uint64_t *out,
-                        int *found, es_err *err) {
-    size_t len;
-    const char *v = es__storage_opt(s, key, &len);
-    *found = 0;
-    if (!v) return ES_OK;
-    const char *p = v, *end = v + len;
-    const long total = (long)n * g;
-    long i = 0;
-    for (;;) {
-        const char *q = p;
-        while (q < end && *q != ':' && *q != '/') q++;
-        long long x;
-        if (i >= total || !es__parse_long(p, (size_t)(q - p), &x) || x < 0 || (uint64_t)x < lo || (uint64_t)x > hi) break;
-        const char want = (i % g == g - 1) ? ':' : '/';
-        out[i++] = (uint64_t)x;
-        if (q == end) {
-            if (i == total) {
-                *found = 1;
-                return ES_OK;
-            }
-            break;
-        }
-        if (*q != want) break;
-        p = q + 1;
-    }
-    return es__err(err, ES_EINVAL,
-                   "%s: option %s=%.*s must be %d group(s) of %d integer(s) in [%llu, %llu] (groups separated by ':', "
-                   "members by '/')",
-                   s->p.method, key, (int)ES_MIN(len, 200), v, n, g, (unsigned long long)lo, (unsigned long long)hi);
-}
-
-/* Append ",key=a/b:c/d" (n groups of g) to s->meta at *o. */
-void es__storage_meta_list(es_storage *s, size_t *o, const char *key, const uint64_t *v, int n, int g) {
-    const size_t cap = sizeof s->meta;
-    if (*o < cap) *o += (size_t)snprintf(s->meta + *o, cap - *o, ",%s=", key);
-    for (long i = 0; i < (long)n * g && *o < cap; i++)
-        *o += (size_t)snprintf(s->meta + *o, cap - *o, "%s%llu", i == 0 ? "" : (i % g == 0) ? ":" : "/",
-                               (unsigned long long)v[i]);
 }
 
 /* ---- key index shared by the frequency-based methods ---------------------------- */

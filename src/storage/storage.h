@@ -75,22 +75,20 @@ typedef struct es_storage_params {
     uint64_t seed;        /* initial values and (hash/unified) the hash salts */
     float init_scale;     /* rows ~ U(-s, s); default 0.05; 0 gives zeros (LR) */
     es_optim_params opt;  /* SGD, ADAGRAD or ROWWISE_ADAGRAD for tables */
-    int min_count;        /* full/adapt: values seen fewer times go to the field's OOV row (default 1) */
-    int chunks;           /* unified: k chunks per field (default 1); feature dim = k * chunk dim */
-    int subtables;        /* unified: T sub-tables the chunks are spread over (default 1) */
-    int share;            /* 1: one parameter space for all fields (multiplexing); 0: per field */
-    /* Method-specific "key=value,..."; the first occurrence of a key wins.
-     * The keys a method writes into es_storage.meta are accepted here and
-     * take precedence over budget solving and the fields above, so a saved
-     * storage is re-created with the same shapes by passing its meta as
-     * opts (budget 0 or the saved byte budget, vocab NULL).  Unknown keys
-     * are ignored (opts may carry keys meant for other methods). */
+    /* Method-specific "key=value,..." checked against the method's option
+     * table (es_storage_ops.opts) before create: an unknown key, a value of
+     * the wrong type or out of range, or a key given twice with different
+     * values is ES_EINVAL with the message
+     *   "<method>: option <key>=<value>: <reason> (expected ...)".
+     * The keys a method records (its resolved hyper-parameters) are written
+     * to es_storage.meta and take precedence over budget solving, so a
+     * saved storage is re-created with the same shapes by passing its meta
+     * as opts (budget 0 or the saved byte budget, vocab NULL). */
     const char *opts;
 } es_storage_params;
 
 /* Defaults: row-wise Adagrad (lr 0.05, eps 1e-8, init_acc 0), init_scale
- * 0.05, min_count 1, chunks 1, subtables 1, share 0, max_batch 256, seed 1,
- * budget 0, method "hash". */
+ * 0.05, max_batch 256, seed 1, budget 0, method "hash", no opts. */
 es_storage_params es__storage_params_default(void);
 
 /* Statistics for `embstore inspect`: per-field rows used and collisions. */
@@ -105,6 +103,63 @@ typedef struct es_field_stats {
 #define ES_STATS_UNKNOWN UINT64_MAX
 
 typedef struct es_storage es_storage;
+
+/* ---- declarative method options -------------------------------------------
+ * Each method lists its "key=value" options once, in a static table of
+ * es__opt_spec referenced from its es_storage_ops.  The generic layer
+ * (storage.c) parses s->p.opts against the table before the method's
+ * create, methods read typed values with es__storage_opt_* and record the
+ * values they resolve (rows from the budget, the seed, ...) with
+ * es__storage_opt_set*, and the generic layer writes s->meta from the
+ * recorded values in table order with the same syntax it parses, so what
+ * is saved is what load reads back.  Adding an option is one line in the
+ * method's table (plus the code that uses it). */
+typedef enum {
+    ES_OPT_UINT,  /* unsigned integer in [lo, hi] (digits only) */
+    ES_OPT_FLOAT, /* finite number in [flo, fhi], ends open per ES_OPT_*_OPEN */
+    ES_OPT_ENUM,  /* one of the '|'-separated names in choices; the value is its index */
+    ES_OPT_LIST,  /* unsigned integers in [lo, hi] in groups: "a/b:c/d" ('/' inside a
+                     group, ':' between groups); the method checks the shape */
+} es__opt_type;
+
+#define ES_OPT_SIZES 1u   /* by itself sizes the table: no default budget is needed */
+#define ES_OPT_LO_OPEN 2u /* FLOAT: flo excluded */
+#define ES_OPT_HI_OPEN 4u /* FLOAT: fhi excluded */
+
+typedef struct es__opt_spec {
+    const char *name;
+    es__opt_type type;
+    uint64_t lo, hi;     /* UINT and LIST members */
+    double flo, fhi;     /* FLOAT */
+    const char *choices; /* ENUM: "mult|add|cat" */
+    const char *def;     /* default as text, or NULL when resolved at create (help says how) */
+    unsigned flags;      /* ES_OPT_* */
+    const char *help;    /* one line for --help-storage */
+    /* For the generic round-trip test: a valid non-default value, and the
+     * other options it needs ("" for none), for a storage of 2 fields,
+     * dim 8, per-field parameters unless the example says otherwise. */
+    const char *example, *example_with;
+} es__opt_spec;
+
+/* Table-line helpers: name, range or choices, default, flags, help, example, needs. */
+#define ES_OPT_U(n, l, h, d, fl, hp, ex, w) {n, ES_OPT_UINT, l, h, 0, 0, NULL, d, fl, hp, ex, w}
+#define ES_OPT_F(n, l, h, d, fl, hp, ex, w) {n, ES_OPT_FLOAT, 0, 0, l, h, NULL, d, fl, hp, ex, w}
+#define ES_OPT_E(n, ch, d, fl, hp, ex, w) {n, ES_OPT_ENUM, 0, 0, 0, 0, ch, d, fl, hp, ex, w}
+#define ES_OPT_L(n, l, h, d, fl, hp, ex, w) {n, ES_OPT_LIST, l, h, 0, 0, NULL, d, fl, hp, ex, w}
+/* the options most methods share */
+#define ES_OPT_SHARE ES_OPT_U("share", 0, 1, "0", 0, "1: one parameter space for all fields; 0: one per field", "1", "")
+#define ES_OPT_SEED ES_OPT_U("seed", 0, UINT64_MAX, NULL, 0, "initial values and hash salts (default: the run's seed)", "7", "")
+#define ES_OPT_MIN_COUNT \
+    ES_OPT_U("min_count", 1, UINT32_MAX, "1", 0, "values seen fewer times have no row of their own", "2", "")
+
+/* One parsed option of a storage (es_storage.optv[i] for ops->opts[i]). */
+typedef struct es__opt_val {
+    const char *text;  /* given value in s->p.opts (not terminated), or NULL */
+    size_t len;
+    uint64_t u;        /* UINT; ENUM: the index */
+    double f;          /* FLOAT */
+    char *rec;         /* value recorded by the method (saved in meta), or NULL */
+} es__opt_val;
 
 typedef struct es_storage_ops {
     const char *name;
@@ -133,7 +188,15 @@ typedef struct es_storage_ops {
      * one.  Methods that work from hashes alone leave it 0, so training
      * with a byte budget streams the data without keeping per-value state. */
     int needs_vocab;
+    /* The method's options (see es__opt_spec), and the budget a training
+     * run that gives none uses (ES_DEFAULT_BUDGET for methods sized by a
+     * budget, 0 for methods that size themselves, e.g. full, mde), unless
+     * an ES_OPT_SIZES option is given. */
+    const es__opt_spec *opts;
+    int n_opts;
+    double default_budget;
 } es_storage_ops;
+#define ES_STORAGE_OPTS(table) .opts = table, .n_opts = (int)ES_ARRAY_LEN(table)
 
 #define ES_STORAGE_META_MAX 4096
 
@@ -148,6 +211,7 @@ struct es_storage {
      * fed back as opts on load).  Large enough for a per-field row list of
      * a few hundred fields; a method returns ES_ERANGE if it does not fit. */
     char meta[ES_STORAGE_META_MAX];
+    es__opt_val *optv;       /* [ops->n_opts] parsed from p.opts */
     void *impl;
     es_err err;
 };
@@ -202,15 +266,50 @@ int es__storage_write(es_fwriter *w, es_storage *s, int with_state, es_err *err)
 int es__storage_params_read(const es_file *f, const char *path, es_storage_params *sp, char **opts, es_err *err);
 int es__storage_read_tensors(es_storage *s, es_file *f, int with_state, const char *path, size_t *mapped, es_err *err);
 
-/* ---- helpers for method implementations (storage.c) ------------------------
- * es__storage_opt: value of key in s->p.opts (first occurrence), not copied
- * (*len bytes at the returned pointer), or NULL when absent.  Does not
- * allocate, so a failed allocation can never look like a missing option.
- * es__storage_opt_u64: parse it as an unsigned integer in [lo, hi];
- * returns 0 and sets *found (0/1), or ES_EINVAL with a message. */
-const char *es__storage_opt(const es_storage *s, const char *key, size_t *len);
-int es__storage_opt_u64(const es_storage *s, const char *key, uint64_t lo, uint64_t hi, uint64_t *val, int *found,
-                        es_err *err);
+/* ---- options: accessors for methods, and helpers for the callers ----------
+ * The key must be in the method's table, with the accessor's type (an
+ * assert otherwise: a method bug).
+ * es__storage_opt_given: 1 if opts gave the key.
+ * es__storage_opt_u64 / _int / _f64 / _enum: the given value, else the
+ *   table's default (0 when the table has none: check _given first).
+ * es__storage_opt_text: the given text (*len bytes, not terminated) or NULL.
+ * es__storage_opt_list: a LIST option as n groups of g members; *found = 0
+ *   when absent, ES_EINVAL with a message when the shape differs.
+ * es__storage_opt_set / _set_u64 / _set_list: record the resolved value
+ *   (formatted like the parser reads it; asserted to parse back) to be
+ *   written to s->meta after create; ES_ENOMEM with a message. */
+int es__storage_opt_given(const es_storage *s, const char *key);
+uint64_t es__storage_opt_u64(const es_storage *s, const char *key);
+int es__storage_opt_int(const es_storage *s, const char *key);
+double es__storage_opt_f64(const es_storage *s, const char *key);
+int es__storage_opt_enum(const es_storage *s, const char *key);
+const char *es__storage_opt_text(const es_storage *s, const char *key, size_t *len);
+int es__storage_opt_list(const es_storage *s, const char *key, int n, int g, uint64_t *out, int *found, es_err *err);
+int es__storage_opt_set(es_storage *s, const char *key, es_err *err, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+int es__storage_opt_set_u64(es_storage *s, const char *key, uint64_t v, es_err *err);
+int es__storage_opt_set_list(es_storage *s, const char *key, const uint64_t *v, int n, int g, es_err *err);
+/* The effective value of option i as text: recorded, else given, else the
+ * default ("" when none), in buf; for tests and inspection. */
+const char *es__storage_opt_value(const es_storage *s, int i, char *buf, size_t cap);
+/* Budget a training run without one uses for `method` with `opts`:
+ * the method's default_budget, or 0 when opts give an ES_OPT_SIZES option
+ * or the method is unknown (its create reports that).  ES_EINVAL with the
+ * option message when opts do not parse. */
+int es__storage_default_budget(const char *method, const char *opts, double *budget, es_err *err);
+/* min_count for es__storage_full_bytes: the method's option when it has
+ * one (given in p->opts, else its default), else 1. */
+int es__storage_min_count(const es_storage_params *p);
+/* Opts to re-create a saved storage (es__model_load): the resolved keys,
+ * then the user's keys the method knows and resolved does not give, then
+ * legacy (pre-option-table files: "min_count=..,chunks=..,subtables=..,
+ * share=..") keys likewise.  Returns a malloc'd string or NULL (out of
+ * memory).  Unknown method: resolved + user, unchanged. */
+char *es__storage_load_opts(const char *method, const char *resolved, const char *user, const char *legacy);
+/* Help for --help-storage: the method's summary and option table, or every
+ * method's when method is NULL; snprintf-like (the length needed), or
+ * ES_EINVAL for an unknown method. */
+int es__storage_help(const char *method, char *buf, size_t cap, es_err *err);
+
 /* Salt of (field, chunk) for hashed methods: one function so that `hash`
  * with share=1 and `unified` with k=1, T=1 are the same model. */
 uint64_t es__storage_salt(uint64_t seed, int field, int chunk);
@@ -321,14 +420,8 @@ int es__hashed_rows_from_budget(const es_storage *s, size_t aux, int row_floats,
 /* Helpers shared by the zoo methods (storage.c).
  * es__storage_split: split `total` units over F fields, min_each to each and
  *   the rest in proportion to distinct + 1 from the vocabulary (equally
- *   without one).  Needs total >= F * min_each.
- * es__storage_opt_list: option `key` as n groups of g integers in [lo, hi]
- *   ("a/b:c/d"); *found = 0 when absent; ES_EINVAL with a message if malformed.
- * es__storage_meta_list: append ",key=a/b:c/d" to s->meta at *o. */
+ *   without one).  Needs total >= F * min_each. */
 void es__storage_split(uint64_t total, int F, const es_vocab *v, uint64_t min_each, uint64_t *out);
-int es__storage_opt_list(const es_storage *s, const char *key, int n, int g, uint64_t lo, uint64_t hi, uint64_t *out, int *found,
-                         es_err *err);
-void es__storage_meta_list(es_storage *s, size_t *o, const char *key, const uint64_t *v, int n, int g);
 /* Split H >= S hashed rows over S spaces: one each, the rest in proportion
  * to w[s] (largest remainder, ties to the lower space); equal when w is
  * NULL or all 0.  Used by the frequency-based methods (mde, adapt). */

@@ -301,22 +301,25 @@ static uint64_t tt_fill(uint64_t A, const uint64_t *u, uint64_t *n) {
     return left;
 }
 
+static const es__opt_spec tt_opts[] = {
+    ES_OPT_SHARE,
+    ES_OPT_SEED,
+    ES_OPT_U("rank", 1, TT_MAX_RANK, NULL, 0, "TT rank R (default: the largest <= max_rank the budget holds)", "2", ""),
+    ES_OPT_L("d", 1, 65536, NULL, 0, "factorisation of dim d0/d1/d2 (default: as balanced as dim allows)", "2/1/4", ""),
+    ES_OPT_L("n", 1, TT_MAX_ROWS, NULL, ES_OPT_SIZES, "rows of each core n0/n1/n2[:...] per field (needs rank=; default: from the budget)",
+             "2/2/2:3/3/3", "rank=2"),
+    ES_OPT_U("max_rank", 1, TT_MAX_RANK, "32", 0, "largest rank the budget solver tries", "4", ""),
+};
+
 static int tt_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     const int F = s->p.n_fields, dim = s->p.dim;
-    uint64_t v;
     int found, rc;
-    int share = s->p.share, R = 0, max_rank = 32;
-    if ((rc = es__storage_opt_u64(s, "share", 0, 1, &v, &found, err)) != 0) return rc;
-    if (found) share = (int)v;
-    if ((rc = es__storage_opt_u64(s, "seed", 0, UINT64_MAX, &v, &found, err)) != 0) return rc;
-    if (found) s->p.seed = v;
-    if ((rc = es__storage_opt_u64(s, "max_rank", 1, TT_MAX_RANK, &v, &found, err)) != 0) return rc;
-    if (found) max_rank = (int)v;
-    if ((rc = es__storage_opt_u64(s, "rank", 1, TT_MAX_RANK, &v, &found, err)) != 0) return rc;
-    if (found) R = (int)v;
+    const int share = es__storage_opt_int(s, "share");
+    int R = es__storage_opt_given(s, "rank") ? es__storage_opt_int(s, "rank") : 0, max_rank = es__storage_opt_int(s, "max_rank");
+    if (es__storage_opt_given(s, "seed")) s->p.seed = es__storage_opt_u64(s, "seed");
     int d[3];
     uint64_t dv[3];
-    if ((rc = es__storage_opt_list(s, "d", 1, 3, 1, (uint64_t)dim, dv, &found, err)) != 0) return rc;
+    if ((rc = es__storage_opt_list(s, "d", 1, 3, dv, &found, err)) != 0) return rc;
     if (found) {
         if (dv[0] * dv[1] * dv[2] != (uint64_t)dim)
             return es__err(err, ES_EINVAL, "tt: d=%llu/%llu/%llu does not multiply to dim %d", (unsigned long long)dv[0],
@@ -341,7 +344,7 @@ static int tt_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         rc = es__err(err, ES_ENOMEM, "tt: out of memory");
         goto fail;
     }
-    if ((rc = es__storage_opt_list(s, "n", G, 3, 1, TT_MAX_ROWS, n, &found, err)) != 0) goto fail;
+    if ((rc = es__storage_opt_list(s, "n", G, 3, n, &found, err)) != 0) goto fail;
     if (found && R == 0) {
         rc = es__err(err, ES_EINVAL, "tt: option n= needs rank=");
         goto fail;
@@ -446,12 +449,11 @@ static int tt_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         }
     t->seed = s->p.seed;
 
-    size_t o = (size_t)snprintf(s->meta, sizeof s->meta, "share=%d,seed=%llu,rank=%d,d=%d/%d/%d", share,
-                                (unsigned long long)s->p.seed, R, d[0], d[1], d[2]);
-    es__storage_meta_list(s, &o, "n", n, G, 3);
-    if (o >= sizeof s->meta) {
+    const uint64_t dr[3] = {(uint64_t)d[0], (uint64_t)d[1], (uint64_t)d[2]};
+    if ((rc = es__storage_opt_set_u64(s, "share", (uint64_t)share, err)) != 0 ||
+        (rc = es__storage_opt_set_u64(s, "seed", s->p.seed, err)) != 0 || (rc = es__storage_opt_set_u64(s, "rank", (uint64_t)R, err)) != 0 ||
+        (rc = es__storage_opt_set_list(s, "d", dr, 1, 3, err)) != 0 || (rc = es__storage_opt_set_list(s, "n", n, G, 3, err)) != 0) {
         tt_free(t);
-        rc = es__err(err, ES_ERANGE, "tt: the per-field sizes of %d fields do not fit the metadata; use share=1", F);
         goto fail;
     }
     s->impl = t;
@@ -480,4 +482,6 @@ const es_storage_ops es__storage_tt = {
     .after_load = NULL,
     .field_stats = tt_field_stats,
     .destroy = tt_destroy,
+    ES_STORAGE_OPTS(tt_opts),
+    .default_budget = ES_DEFAULT_BUDGET,
 };

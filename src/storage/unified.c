@@ -21,43 +21,40 @@
  *
  * Sizing from the budget B: R = floor((B - aux) / (cd * 4)), aux being the
  * per-(field, chunk) base/rows/salt arrays, so parameters + aux are within
- * cd * 4 bytes of B.  Resolved sizes go to s->meta as
- * "chunks=k,subtables=T,seed=N,rows=R", read back from opts on load.
+ * cd * 4 bytes of B.  The options are in unified_opts; the resolved
+ * chunks, subtables, seed and rows are recorded (saved in s->meta) and read
+ * back from opts on load.
  */
 #include "storage/storage.h"
 
 #define UNIFIED_MAX_CHUNKS 64 /* ES_RESOLVE_BLOCK / 2: a block holds two values' rows */
 
+static const es__opt_spec unified_opts[] = {
+    ES_OPT_U("chunks", 1, UNIFIED_MAX_CHUNKS, "1", 0, "k lookups per field of dim / k floats each, concatenated", "2", ""),
+    ES_OPT_U("subtables", 1, INT32_MAX, "1", 0, "T equal sub-tables the chunks are spread over (<= fields x chunks)", "2", ""),
+    ES_OPT_SEED,
+    ES_OPT_U("rows", 1, UINT64_C(1) << 48, NULL, ES_OPT_SIZES, "rows of the shared table (default: from the budget)", "64", ""),
+};
+
 static int unified_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     (void)vocab; /* sized from the budget alone: the shared table needs no per-field split */
     const int F = s->p.n_fields, dim = s->p.dim;
-    uint64_t v;
-    int found, rc;
-    int k = s->p.chunks, T = s->p.subtables;
-    if ((rc = es__storage_opt_u64(s, "chunks", 1, UNIFIED_MAX_CHUNKS, &v, &found, err)) != 0) return rc;
-    if (found) k = (int)v;
-    if ((rc = es__storage_opt_u64(s, "subtables", 1, INT32_MAX, &v, &found, err)) != 0) return rc;
-    if (found) T = (int)v;
-    if ((rc = es__storage_opt_u64(s, "seed", 0, UINT64_MAX, &v, &found, err)) != 0) return rc;
-    if (found) s->p.seed = v;
-    if (k < 1 || k > UNIFIED_MAX_CHUNKS)
-        return es__err(err, ES_EINVAL, "unified: chunks must be in [1, %d], got %d", UNIFIED_MAX_CHUNKS, k);
+    int rc;
+    const int k = es__storage_opt_int(s, "chunks"), T = es__storage_opt_int(s, "subtables");
+    if (es__storage_opt_given(s, "seed")) s->p.seed = es__storage_opt_u64(s, "seed");
     if (dim % k != 0)
         return es__err(err, ES_EINVAL, "unified: dim %d is not divisible by chunks %d (each chunk is dim / chunks floats)",
                        dim, k);
-    if (T < 1 || (uint64_t)T > (uint64_t)F * (uint64_t)k)
+    if ((uint64_t)T > (uint64_t)F * (uint64_t)k)
         return es__err(err, ES_EINVAL,
                        "unified: subtables must be in [1, fields x chunks = %llu], got %d (more would leave sub-tables "
                        "no chunk uses)",
                        (unsigned long long)F * (unsigned long long)k, T);
     const int cd = dim / k;
-    s->p.chunks = k; /* s->p reports the resolved values */
-    s->p.subtables = T;
     const size_t aux = es__hashed_aux_bytes(F, k);
     uint64_t total;
-    if ((rc = es__storage_opt_u64(s, "rows", 1, UINT64_C(1) << 48, &v, &found, err)) != 0) return rc;
-    if (found) {
-        total = v;
+    if (es__storage_opt_given(s, "rows")) {
+        total = es__storage_opt_u64(s, "rows");
         if (total < (uint64_t)T)
             return es__err(err, ES_EINVAL, "unified: rows=%llu is fewer than the %d sub-tables", (unsigned long long)total, T);
     } else if ((rc = es__hashed_rows_from_budget(s, aux, cd, (uint64_t)T, &total, err)) != 0) {
@@ -75,8 +72,13 @@ static int unified_create(es_storage *s, const es_vocab *vocab, es_err *err) {
             h->nrows[c] = per + (t < extra);
             h->salt[c] = es__storage_salt(s->p.seed, f, j);
         }
-    snprintf(s->meta, sizeof s->meta, "chunks=%d,subtables=%d,seed=%llu,rows=%llu", k, T, (unsigned long long)s->p.seed,
-             (unsigned long long)total);
+    /* resolved values, written to s->meta and read back on load */
+    if ((rc = es__storage_opt_set_u64(s, "chunks", (uint64_t)k, err)) != 0 ||
+        (rc = es__storage_opt_set_u64(s, "subtables", (uint64_t)T, err)) != 0 ||
+        (rc = es__storage_opt_set_u64(s, "seed", s->p.seed, err)) != 0 || (rc = es__storage_opt_set_u64(s, "rows", total, err)) != 0) {
+        es__hashed_destroy(s);
+        return rc;
+    }
     return ES_OK;
 }
 
@@ -90,4 +92,6 @@ const es_storage_ops es__storage_unified = {
     .after_load = NULL,
     .field_stats = es__hashed_field_stats,
     .destroy = es__hashed_destroy,
+    ES_STORAGE_OPTS(unified_opts),
+    .default_budget = ES_DEFAULT_BUDGET,
 };

@@ -319,10 +319,6 @@ static int write_meta(es_model *m, es_fwriter *w, int with_state) {
     rc |= es__fwriter_meta(w, "storage.method", sp->method);
     rc |= es__fwriter_metaf(w, "storage.dim", "%d", sp->dim);
     rc |= es__fwriter_metaf(w, "storage.budget_bytes", "%.0f", m->st->budget_bytes);
-    rc |= es__fwriter_metaf(w, "storage.min_count", "%d", sp->min_count);
-    rc |= es__fwriter_metaf(w, "storage.chunks", "%d", sp->chunks);
-    rc |= es__fwriter_metaf(w, "storage.subtables", "%d", sp->subtables);
-    rc |= es__fwriter_metaf(w, "storage.share", "%d", sp->share);
     rc |= es__fwriter_metaf(w, "storage.seed", "%llu", (unsigned long long)sp->seed);
     rc |= es__fwriter_metaf(w, "storage.init_scale", "%.9g", sp->init_scale);
     rc |= es__fwriter_metaf(w, "storage.opt", "%d,%.9g,%.9g,%.9g,%.9g,%.9g", (int)sp->opt.kind, sp->opt.lr, sp->opt.eps,
@@ -499,10 +495,6 @@ int es__model_load(es_model **out, const char *path, unsigned flags, int with_st
     sp.n_fields = n_fields;
     sp.max_batch = np.max_batch;
     if ((s = es__file_meta(f, "storage.budget_bytes"))) sp.budget = strtod(s, NULL);
-    if ((s = es__file_meta(f, "storage.min_count"))) sp.min_count = atoi(s);
-    if ((s = es__file_meta(f, "storage.chunks"))) sp.chunks = atoi(s);
-    if ((s = es__file_meta(f, "storage.subtables"))) sp.subtables = atoi(s);
-    if ((s = es__file_meta(f, "storage.share"))) sp.share = atoi(s);
     if ((s = es__file_meta(f, "storage.seed"))) sp.seed = strtoull(s, NULL, 10);
     if ((s = es__file_meta(f, "storage.init_scale"))) sp.init_scale = strtof(s, NULL);
     if ((s = es__file_meta(f, "storage.opt"))) {
@@ -511,17 +503,25 @@ int es__model_load(es_model **out, const char *path, unsigned flags, int with_st
         sp.opt.kind = (es_optim)k;
     }
     /* The resolved hyper-parameters (rows per table, ...) take precedence
-     * over budget solving, so the shapes match the saved tensors. */
-    const char *user_opts = es__file_meta(f, "storage.opts");
-    const char *resolved = es__file_meta(f, "storage.resolved");
-    size_t opts_len = (resolved ? strlen(resolved) : 0) + (user_opts ? strlen(user_opts) : 0) + 2;
-    opts = es__malloc(opts_len);
+     * over budget solving, so the shapes match the saved tensors; files
+     * from before the option tables keep min_count, chunks, subtables and
+     * share in keys of their own, folded in for the methods that take them. */
+    char legacy[160];
+    size_t lo = 0;
+    static const char *const legacy_keys[] = {"min_count", "chunks", "subtables", "share"};
+    legacy[0] = 0;
+    for (int i = 0; i < 4; i++) {
+        char key[32];
+        snprintf(key, sizeof key, "storage.%s", legacy_keys[i]);
+        long long x;
+        if ((s = es__file_meta(f, key)) && es__parse_long(s, strlen(s), &x) && x >= 0 && x <= INT32_MAX)
+            lo += (size_t)snprintf(legacy + lo, sizeof legacy - lo, "%s%s=%lld", lo ? "," : "", legacy_keys[i], x);
+    }
+    opts = es__storage_load_opts(sp.method, es__file_meta(f, "storage.resolved"), es__file_meta(f, "storage.opts"), legacy);
     if (!opts) {
         rc = es__err(err, ES_ENOMEM, "out of memory");
         goto done;
     }
-    snprintf(opts, opts_len, "%s%s%s", resolved ? resolved : "", (resolved && *resolved && user_opts && *user_opts) ? "," : "",
-             user_opts ? user_opts : "");
     sp.opts = opts;
 
     es_reader_params rp = es_reader_params_default();

@@ -73,12 +73,11 @@ void es__model_input_hint(es_model *m, const es_reader *r, int has_label);
 int es__reader_require_fields(const es_reader *r, const char *path, es_err *err);
 
 /* The net and storage parameters of model parameters p (step.c): checks
- * every field (ES_EINVAL naming it) and resolves defaults.  np == NULL:
- * only check.  The budget is es__model_budget(p). */
+ * every field (ES_EINVAL naming it; the storage options are parsed) and
+ * resolves defaults, the budget too (p->budget, or the method's default
+ * when 0).  np == NULL: only check, and set sp->budget when sp is not
+ * NULL. */
 int es__model_params_resolve(const es_model_params *p, es_net_params *np, es_storage_params *sp, es_err *err);
-/* The table budget a model of p gets: p->budget, or the method's default
- * when p gives none. */
-double es__model_budget(const es_model_params *p);
 /* ES_ENOMEM (with the figures) when the model of np and sp cannot fit in
  * memory; the table's serving bytes are the budget in bytes, a fraction of
  * the full table of vocab, or the full table itself. */

@@ -100,10 +100,6 @@ int es__train_describe(const es_train_params *p, const es_reader_params *rp, cha
     else put(&b, "cross", "default");
     put(&b, "storage", "%s", p->storage ? p->storage : "");
     put(&b, "budget", "%.17g", p->budget);
-    put(&b, "share", "%s", p->share ? "fields" : "none");
-    put(&b, "min-count", "%d", p->min_count > 0 ? p->min_count : 1);
-    put(&b, "chunks", "%d", p->chunks > 0 ? p->chunks : 1);
-    put(&b, "subtables", "%d", p->subtables > 0 ? p->subtables : 1);
     put(&b, "storage-opts", "%s", p->storage_opts ? p->storage_opts : "");
     put(&b, "epochs", "%d", p->epochs);
     put(&b, "batch", "%d", p->batch);

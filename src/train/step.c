@@ -19,9 +19,6 @@ es_model_params es_model_params_default(void) {
     p.model = "dlrm";
     p.dim = 16;
     p.storage = "unified";
-    p.min_count = 1;
-    p.chunks = 1;
-    p.subtables = 1;
     p.batch = 256;
     p.lr = 1e-3f;
     p.emb_lr = 0.05f;
@@ -45,10 +42,6 @@ es_model_params es_model_params_from_train(const es_train_params *t, int n_dense
     p.storage = t->storage;
     p.budget = t->budget;
     p.storage_opts = t->storage_opts;
-    p.min_count = t->min_count;
-    p.chunks = t->chunks;
-    p.subtables = t->subtables;
-    p.share = t->share;
     p.batch = t->batch;
     p.lr = t->lr;
     p.emb_lr = t->emb_lr;
@@ -66,18 +59,6 @@ static int parse_optim(const char *s, es_optim *out) {
     else if (!strcmp(s, "rowwise") || !strcmp(s, "rowwise-adagrad")) *out = ES_OPT_ROWWISE_ADAGRAD;
     else return ES_EINVAL;
     return ES_OK;
-}
-
-double es__model_budget(const es_model_params *p) {
-    /* No budget: the methods that size their table from one get
-     * ES_DEFAULT_BUDGET (a fraction of the full table), so that `train FILE`
-     * works with the default method.  full sizes itself exactly and mde
-     * solves without one; method options (k=, rows=, ...) may size a table
-     * on their own, so they are left to the method. */
-    if (p->budget == 0 && p->storage && strcmp(p->storage, "full") != 0 && strcmp(p->storage, "mde") != 0 &&
-        !(p->storage_opts && *p->storage_opts))
-        return ES_DEFAULT_BUDGET;
-    return p->budget;
 }
 
 int es__model_params_resolve(const es_model_params *p, es_net_params *np, es_storage_params *sp, es_err *err) {
@@ -98,7 +79,17 @@ int es__model_params_resolve(const es_model_params *p, es_net_params *np, es_sto
         return es__err(err, ES_EINVAL, "unknown table optimizer '%s' (expected rowwise, adagrad or sgd)", p->emb_optim);
     if (!p->storage || !es__storage_find(p->storage))
         return es__err(err, ES_EINVAL, "unknown storage method '%s'", p->storage ? p->storage : "");
-    if (!np) return ES_OK;
+    /* No budget: the method's default (ES_DEFAULT_BUDGET for the methods
+     * sized by one, unless an option such as rows= sizes the table), so
+     * that `train FILE` works with the default method.  Bad options fail
+     * here, before any data is read. */
+    double budget = p->budget;
+    int rc = p->budget == 0 ? es__storage_default_budget(p->storage, p->storage_opts, &budget, err) : ES_OK;
+    if (rc != ES_OK) return rc;
+    if (!np) {
+        if (sp) sp->budget = budget;
+        return ES_OK;
+    }
 
     *np = es__net_params_default(kind, p->n_dense, p->n_fields, p->dim);
     if (p->n_bottom > 0) {
@@ -122,12 +113,8 @@ int es__model_params_resolve(const es_model_params *p, es_net_params *np, es_sto
     sp->n_fields = p->n_fields;
     sp->dim = es__net_emb_dim(kind, p->dim);
     sp->max_batch = p->batch;
-    sp->budget = es__model_budget(p);
+    sp->budget = budget;
     sp->seed = p->seed;
-    sp->min_count = p->min_count > 0 ? p->min_count : 1;
-    sp->chunks = p->chunks > 0 ? p->chunks : 1;
-    sp->subtables = p->subtables > 0 ? p->subtables : 1;
-    sp->share = p->share;
     sp->opts = p->storage_opts;
     sp->opt.lr = p->emb_lr;
     sp->opt.kind = emb_opt;
@@ -136,7 +123,7 @@ int es__model_params_resolve(const es_model_params *p, es_net_params *np, es_sto
 }
 
 int es__model_check_memory(const es_net_params *np, const es_storage_params *sp, const es_vocab *vocab, es_err *err) {
-    double full = vocab ? (double)es__storage_full_bytes(vocab, sp->dim, sp->min_count) : 0;
+    double full = vocab ? (double)es__storage_full_bytes(vocab, sp->dim, es__storage_min_count(sp)) : 0;
     double tb = sp->budget > 1 ? sp->budget : sp->budget > 0 ? sp->budget * full : full;
     return es__train_check_memory(np, sp, tb, err);
 }

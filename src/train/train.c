@@ -31,9 +31,6 @@ es_train_params es_train_params_default(void) {
     p.dim = 16;
     p.storage = "unified";
     p.budget = 0;
-    p.min_count = 1;
-    p.chunks = 1;
-    p.subtables = 1;
     p.epochs = 1;
     p.batch = 256;
     p.lr = 1e-3f;
@@ -364,7 +361,9 @@ static int run_count(run *x) {
 static int run_vocab(run *x) {
     const es_train_params *p = x->p;
     int rc;
-    if (!(es__model_budget(&x->mp) > 1) || es__storage_find(p->storage)->needs_vocab) {
+    es_storage_params sp;
+    if ((rc = es__model_params_resolve(&x->mp, NULL, &sp, x->err)) != 0) return rc;
+    if (!(sp.budget > 1) || es__storage_find(p->storage)->needs_vocab) {
         if ((rc = es_vocab_create(&x->vocab, x->mp.n_fields)) != 0) return es__err(x->err, rc, "out of memory");
         x->ps.pr.phase = "vocab";
         uint64_t seen = 0;
@@ -439,7 +438,7 @@ static int run_model(run *x) {
     res->emb_state_bytes = es_model_table_state_bytes(x->m);
     res->net_bytes = es_model_net_bytes(x->m);
     res->param_bytes = res->emb_bytes + res->net_bytes;
-    res->full_bytes = es__storage_full_bytes(x->vocab, x->m->st->p.dim, x->m->st->p.min_count);
+    res->full_bytes = es__storage_full_bytes(x->vocab, x->m->st->p.dim, es__storage_min_count(&x->m->st->p));
     return ES_OK;
 }
 
