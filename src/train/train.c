@@ -302,12 +302,11 @@ static void note_bad_lines(const es_reader *r, uint64_t *count, char *report, si
 /* A checkpoint's number: the whole string an integer in [lo, hi]. */
 static int ckpt_int(const es_model *m, const char *ckpt, const char *key, long long lo, long long hi, long long *out, es_err *err) {
     const char *v = es_model_meta(m, key);
-    long long x;
+    int64_t x;
     if (!v) return es__err(err, ES_EFORMAT, "%s: not a complete training checkpoint (no %s)", ckpt, key);
-    if (!es__parse_long(v, strlen(v), &x) || x < lo || x > hi)
-        return es__err(err, ES_EFORMAT, "%s: checkpoint value %s = '%s' is not an integer in [%lld, %lld]", ckpt, key, v, lo, hi);
-    *out = x;
-    return ES_OK;
+    int rc = es__meta_i64(ckpt, key, v, lo, hi, &x, err);
+    if (rc == ES_OK) *out = x;
+    return rc;
 }
 
 int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
@@ -518,10 +517,7 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
             (rc = ckpt_int(m, ckpt, "ckpt.trained", 0, INT64_MAX, &trained_v, err)) != 0)
             goto done;
         const char *v = es_model_meta(m, "ckpt.loss_sum");
-        if (!v || !es__parse_double(v, strlen(v), &start_loss) || !isfinite(start_loss) || start_loss < 0) {
-            rc = es__err(err, ES_EFORMAT, "%s: checkpoint value ckpt.loss_sum = '%s' is not a finite number >= 0", ckpt, v ? v : "(none)");
-            goto done;
-        }
+        if ((rc = es__meta_f64(ckpt, "ckpt.loss_sum", v, 0, 1e300, &start_loss, err)) != 0) goto done;
         start_epoch = (int)ep_v;
         start_rows = (uint64_t)rows_v;
         trained = (uint64_t)trained_v;
