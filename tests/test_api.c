@@ -214,16 +214,18 @@ TEST_SLOW(api_install_and_link_with_pkg_config) {
           "}\n",
           f);
     fclose(f);
-    /* pkg-config's "-L<prefix>/lib -lembstore" picks the shared library
+    /* A sanitizer build's library needs the ASan runtime loaded first: the
+     * client is built with the same -fsanitize flags.
+     * pkg-config's "-L<prefix>/lib -lembstore" picks the shared library
      * over the archive next to it; NEEDED shows the program depends on it
      * (by soname), and it runs with the installed copy. */
     st = es_test_sh(log,
                     "p=$(cd %s && pwd) && export PKG_CONFIG_PATH=$p/lib/pkgconfig && "
                     "pkg-config --exists embstore && "
-                    "cc -std=c11 -Wall -Werror -o %s %s $(pkg-config --cflags --libs embstore) && "
+                    "cc -std=c11 -Wall -Werror %s -o %s %s $(pkg-config --cflags --libs embstore) && "
                     "LD_LIBRARY_PATH=$p/lib %s && "
                     "(readelf -d %s 2>/dev/null || objdump -p %s) | grep NEEDED",
-                    prefix, prog, src, prog, prog, prog);
+                    prefix, san ? "-fsanitize=address,undefined" : "", prog, src, prog, prog, prog);
     s = es_test_slurp(log);
     printf("    %s", s ? s : "");
     CHECK_MSG(st == 0, "build or run against the installed library: exit %d", st);
