@@ -914,12 +914,22 @@ typedef struct es_filter {
 
 /* k nearest neighbours of each query q[nq][dim] into ids[nq*k], dist[nq*k]
  * (see above).  filter may be NULL; with a filter every result satisfies
- * it.  Errors: k < 1 or larger than the index, dimension mismatch (caller's
- * contract), non-finite query values, filter on an unknown attribute.
+ * it.  Errors (ES_EINVAL, or ES_ENOMEM): an empty index, k < 1 or larger
+ * than the index, dimension mismatch (caller's contract), non-finite query
+ * values, filter on an unknown attribute.
  * Thread safe: several threads may search one index at once (not while it
- * is modified). */
+ * is modified: add, train, set_attrs, set, save, free).  A failed search's
+ * message is kept for the calling thread only: es_index_errmsg(ix), called
+ * afterwards from the same thread, returns it, and a search failing in
+ * another thread at the same time neither overwrites nor shows in it. */
 ES_API int es_index_search(es_index *ix, size_t nq, const float *q, int k, const es_filter *filter, int64_t *ids,
                     float *dist);
+/* es_index_search with the message of a failure written to err (may be
+ * NULL; untouched on success) and nowhere else: neither the handle nor the
+ * thread's message es_index_errmsg returns changes.  For callers that hand
+ * an error across threads, or want it per call. */
+ES_API int es_index_search_ex(es_index *ix, size_t nq, const float *q, int k, const es_filter *filter, int64_t *ids,
+                              float *dist, es_err *err);
 /* Change a search-time parameter: "ef_search", "nprobe", "rerank",
  * "threads".  ES_EINVAL for an unknown name or an out-of-range value. */
 ES_API int es_index_set(es_index *ix, const char *name, double value);
@@ -941,6 +951,11 @@ ES_API double es_index_build_seconds(const es_index *ix);
 ES_API int es_index_save(es_index *ix, const char *path);
 ES_API int es_index_load(es_index **out, const char *path, es_err *err);
 ES_API void es_index_free(es_index *ix);
+/* The message of the last failure on ix seen by the calling thread: its
+ * own last failed es_index_search on ix, or the last failure of the other
+ * calls (add, train, set_attrs, set, save), whichever came later; "" when
+ * none.  Valid until the next call on ix from this thread (or a failing
+ * non-search call from any thread). */
 ES_API const char *es_index_errmsg(const es_index *ix);
 
 ES_API const char *es_index_kind_name(es_index_kind k);

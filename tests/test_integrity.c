@@ -145,12 +145,12 @@ TEST(integrity_resume_parses_checkpoint_numbers_strictly) {
     snprintf(ckpt, sizeof ckpt, "%s.ckpt", model);
     static const struct {
         const char *key, *val, *expect;
-    } bad[] = {{"ckpt.epoch", "-1", "ckpt.epoch = '-1'"},
-               {"ckpt.epoch", "1x", "ckpt.epoch = '1x'"},
-               {"ckpt.rows", "-5", "ckpt.rows = '-5'"},
-               {"ckpt.rows", "99999999999999999999", "ckpt.rows"},
-               {"ckpt.loss_sum", "nan", "ckpt.loss_sum = 'nan'"},
-               {"ckpt.trained", "", "ckpt.trained = ''"}};
+    } bad[] = {{"ckpt.epoch", "-1", "metadata ckpt.epoch=-1: expected an integer in [0, 100000000]"},
+               {"ckpt.epoch", "1x", "metadata ckpt.epoch=1x: expected an integer"},
+               {"ckpt.rows", "-5", "metadata ckpt.rows=-5: expected an integer"},
+               {"ckpt.rows", "99999999999999999999", "metadata ckpt.rows=99999999999999999999"},
+               {"ckpt.loss_sum", "nan", "metadata ckpt.loss_sum=nan: expected a number"},
+               {"ckpt.trained", "", "metadata ckpt.trained=: expected an integer"}};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char edited[1200];
         snprintf(edited, sizeof edited, "%s.edit.ckpt", model);

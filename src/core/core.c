@@ -3,6 +3,7 @@
  */
 #include "core.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -489,6 +490,80 @@ bool es__parse_long(const char *s, size_t len, long long *out) {
     if (end != buf + len || errno == ERANGE) return false;
     *out = v;
     return true;
+}
+
+/* ---- numbers from file metadata (core.h) ---------------------------------- */
+
+static int meta_missing(const char *path, const char *key, es_err *err) {
+    return es__err(err, ES_EFORMAT, "%s: metadata lacks '%s'", path, key);
+}
+
+int es__meta_i64(const char *path, const char *key, const char *value, int64_t lo, int64_t hi, int64_t *out, es_err *err) {
+    if (!value) return meta_missing(path, key, err);
+    long long x;
+    /* es__parse_long (strtoll) would skip leading blanks and take a '+' */
+    int lead_ok = value[0] == '-' ? isdigit((unsigned char)value[1]) : isdigit((unsigned char)value[0]);
+    if (!lead_ok || !es__parse_long(value, strlen(value), &x) || x < lo || x > hi)
+        return es__err(err, ES_EFORMAT, "%s: metadata %s=%.64s: expected an integer in [%lld, %lld]", path, key, value, (long long)lo,
+                       (long long)hi);
+    *out = (int64_t)x;
+    return ES_OK;
+}
+
+int es__meta_int(const char *path, const char *key, const char *value, int lo, int hi, int *out, es_err *err) {
+    int64_t x;
+    int rc = es__meta_i64(path, key, value, lo, hi, &x, err);
+    if (rc == ES_OK) *out = (int)x;
+    return rc;
+}
+
+int es__meta_u64(const char *path, const char *key, const char *value, uint64_t lo, uint64_t hi, uint64_t *out, es_err *err) {
+    if (!value) return meta_missing(path, key, err);
+    size_t len = strlen(value);
+    char *end = NULL;
+    unsigned long long x = 0;
+    int ok = len > 0 && len < 32 && isdigit((unsigned char)value[0]); /* strtoull would take "-1" as 2^64-1 */
+    if (ok) {
+        errno = 0;
+        x = strtoull(value, &end, 10);
+        ok = end == value + len && errno != ERANGE && x >= lo && x <= hi;
+    }
+    if (!ok)
+        return es__err(err, ES_EFORMAT, "%s: metadata %s=%.64s: expected an integer in [%llu, %llu]", path, key, value,
+                       (unsigned long long)lo, (unsigned long long)hi);
+    *out = (uint64_t)x;
+    return ES_OK;
+}
+
+/* One number of a metadata value: s[0..len) whole, not NaN, in [lo, hi]. */
+static bool meta_number(const char *s, size_t len, double lo, double hi, double *out) {
+    double x;
+    if (len == 0 || isspace((unsigned char)s[0]) || !es__parse_double(s, len, &x) || !(x >= lo && x <= hi)) return false;
+    *out = x;
+    return true;
+}
+
+int es__meta_f64(const char *path, const char *key, const char *value, double lo, double hi, double *out, es_err *err) {
+    if (!value) return meta_missing(path, key, err);
+    if (!meta_number(value, strlen(value), lo, hi, out))
+        return es__err(err, ES_EFORMAT, "%s: metadata %s=%.64s: expected a number in [%.9g, %.9g]", path, key, value, lo, hi);
+    return ES_OK;
+}
+
+int es__meta_f64_list(const char *path, const char *key, const char *value, int n, double lo, double hi, double *out, es_err *err) {
+    if (!value) return meta_missing(path, key, err);
+    const char *p = value;
+    int i = 0;
+    for (; i < n; i++) {
+        const char *q = strchr(p, ',');
+        size_t len = q ? (size_t)(q - p) : strlen(p);
+        if (!meta_number(p, len, lo, hi, &out[i]) || (i + 1 < n) != (q != NULL)) break;
+        if (q) p = q + 1;
+    }
+    if (i < n)
+        return es__err(err, ES_EFORMAT, "%s: metadata %s=%.64s: expected %d comma-separated numbers in [%.9g, %.9g]", path, key, value, n,
+                       lo, hi);
+    return ES_OK;
 }
 
 float es_transform_num(double x) {

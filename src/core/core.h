@@ -166,4 +166,25 @@ char *es__opt_get(const char *opts, const char *key);
 bool es__parse_double(const char *s, size_t len, double *out);
 bool es__parse_long(const char *s, size_t len, long long *out);
 
+/* ---- numbers from file metadata -------------------------------------------
+ * Every number read from a file's key/value metadata (model files,
+ * checkpoints) goes through these: the whole value must be the number (no
+ * leading blanks, sign only where negative values are possible, no
+ * trailing bytes, no overflow) and lie in [lo, hi]; a float must also not
+ * be NaN (infinities only when lo or hi is one).  `path` names the file in
+ * the message, `value` is the metadata value (NULL when the key is absent).
+ * Returns ES_OK with *out set, or ES_EFORMAT with *out untouched and err
+ * saying
+ *     "path: metadata lacks 'key'"
+ *     "path: metadata key=value: expected an integer in [lo, hi]"
+ *     "path: metadata key=value: expected a number in [lo, hi]"
+ *     "path: metadata key=value: expected N comma-separated numbers in [lo, hi]"
+ * (the value is cut at 64 bytes in the message). */
+int es__meta_i64(const char *path, const char *key, const char *value, int64_t lo, int64_t hi, int64_t *out, es_err *err);
+int es__meta_int(const char *path, const char *key, const char *value, int lo, int hi, int *out, es_err *err);
+int es__meta_u64(const char *path, const char *key, const char *value, uint64_t lo, uint64_t hi, uint64_t *out, es_err *err);
+int es__meta_f64(const char *path, const char *key, const char *value, double lo, double hi, double *out, es_err *err);
+/* Exactly n comma-separated numbers, each in [lo, hi], into out[n]. */
+int es__meta_f64_list(const char *path, const char *key, const char *value, int n, double lo, double hi, double *out, es_err *err);
+
 #endif /* ES_CORE_H */

@@ -21,6 +21,7 @@
 
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 
 #define IX_TYPE "index" /* value of the "embstore.type" key, as models use "model" */
 #define IX_FORMAT_VERSION 1
@@ -47,7 +48,12 @@ struct es_index {
     es__scratch **pool;
     int pool_n, pool_cap;
     es_file *file;
+    /* The message of the last failed call other than a search, and when it
+     * failed (err_clock below).  Search errors never touch the handle: they
+     * go to the caller's es_err (es_index_search_ex) or to the calling
+     * thread's search_err (es_index_search). */
     char errmsg[512];
+    uint64_t err_stamp;
 };
 
 /* ---- small shared helpers ------------------------------------------------------------ */
@@ -238,9 +244,26 @@ es_index_params es_index_params_default(void) {
     return p;
 }
 
-/* ---- error helper ----------------------------------------------------------------------- */
+/* ---- error helper -----------------------------------------------------------------------
+ * Searches may run in several threads on one index at once, so their
+ * errors cannot live in the handle: es_index_search keeps the last one of
+ * each thread in search_err (thread-local), and es_index_errmsg shows it to
+ * that thread when it is more recent than the handle's own message.  Every
+ * failure takes a stamp from one process-wide clock to order the two; a
+ * new index takes a stamp too, so a record left by a freed index at the
+ * same address is older than anything the new one says. */
+static _Atomic uint64_t err_clock;
+static uint64_t err_tick(void) { return atomic_fetch_add(&err_clock, 1) + 1; }
+
+static _Thread_local struct {
+    const es_index *ix; /* compared, never dereferenced */
+    uint64_t stamp;
+    char msg[512];
+} search_err;
+
 static int fail(es_index *ix, const es_err *e) {
     snprintf(ix->errmsg, sizeof ix->errmsg, "%s", e->msg);
+    ix->err_stamp = err_tick();
     return e->code;
 }
 static int failf(es_index *ix, int code, const char *fmt, ...) ES_PRINTF(3, 4);
@@ -249,10 +272,15 @@ static int failf(es_index *ix, int code, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(ix->errmsg, sizeof ix->errmsg, fmt, ap);
     va_end(ap);
+    ix->err_stamp = err_tick();
     return code;
 }
 
-const char *es_index_errmsg(const es_index *ix) { return ix ? ix->errmsg : "no index"; }
+const char *es_index_errmsg(const es_index *ix) {
+    if (!ix) return "no index";
+    if (search_err.ix == ix && search_err.stamp > ix->err_stamp) return search_err.msg;
+    return ix->errmsg;
+}
 
 /* ---- create / free ------------------------------------------------------------------------ */
 static bool exact_kind(const es_index_params *p) {
@@ -280,6 +308,7 @@ static int create(es_index **out, const es_index_params *pin, es_err *err) {
     es_index *ix = es__calloc(1, sizeof *ix);
     if (!ix) return es__err(err, ES_ENOMEM, "index: out of memory");
     ix->p = p;
+    ix->err_stamp = err_tick();
     ix->dim = p.dim;
     ix->sdim = p.search_dim ? p.search_dim : p.dim;
     ix->p.search_dim = ix->sdim;
@@ -606,15 +635,15 @@ static int cmp_i32(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-static int resolve_filter(es_index *ix, const es_filter *in, filter_buf *fb) {
+static int resolve_filter(const es_index *ix, const es_filter *in, filter_buf *fb, es_err *e) {
     if (in->attr < 0 || in->attr >= ix->n_attr)
-        return failf(ix, ES_EINVAL, "index: filter on attribute %d, but vectors carry %d attribute(s)", in->attr,
-                     ix->n_attr);
+        return es__err(e, ES_EINVAL, "index: filter on attribute %d, but vectors carry %d attribute(s)", in->attr,
+                       ix->n_attr);
     if (ix->attr_rows != ix->ix->n)
-        return failf(ix, ES_EINVAL, "index: attributes cover %zu of %zu vectors; call es_index_set_attrs after adding",
-                     ix->attr_rows, ix->ix->n);
+        return es__err(e, ES_EINVAL, "index: attributes cover %zu of %zu vectors; call es_index_set_attrs after adding",
+                       ix->attr_rows, ix->ix->n);
     if (in->n_values < 1 || in->n_values > ES_IX_FILTER_MAX_VALS || !in->values)
-        return failf(ix, ES_EINVAL, "index: a filter needs 1..%d values, got %d", ES_IX_FILTER_MAX_VALS, in->n_values);
+        return es__err(e, ES_EINVAL, "index: a filter needs 1..%d values, got %d", ES_IX_FILTER_MAX_VALS, in->n_values);
     int nv = in->n_values;
     memcpy(fb->vals, in->values, (size_t)nv * sizeof(int32_t));
     qsort(fb->vals, (size_t)nv, sizeof(int32_t), cmp_i32);
@@ -700,25 +729,24 @@ static void search_one(const es_index *ix, const float *q, int k, int kk, const 
     rerank(ix, qfull, ci, kk, k, dist, ids);
 }
 
-int es_index_search(es_index *ix, size_t nq, const float *q, int k, const es_filter *filter, int64_t *ids,
-                    float *dist) {
-    if (!ix) return ES_EINVAL;
+static int search_ex(es_index *ix, size_t nq, const float *q, int k, const es_filter *filter, int64_t *ids, float *dist,
+                     es_err *e) {
+    if (!ix) return es__err(e, ES_EINVAL, "index: NULL index");
     if (nq == 0) return ES_OK;
-    if (!q || !ids || !dist) return failf(ix, ES_EINVAL, "index: NULL query or output array");
+    if (!q || !ids || !dist) return es__err(e, ES_EINVAL, "index: NULL query or output array");
     size_t n = ix->ix->n;
-    if (n == 0) return failf(ix, ES_EINVAL, "index: the index is empty (add vectors before searching)");
-    if (k < 1 || k > ES_IX_MAX_K) return failf(ix, ES_EINVAL, "index: k must be in [1, %d], got %d", ES_IX_MAX_K, k);
+    if (n == 0) return es__err(e, ES_EINVAL, "index: the index is empty (add vectors before searching)");
+    if (k < 1 || k > ES_IX_MAX_K) return es__err(e, ES_EINVAL, "index: k must be in [1, %d], got %d", ES_IX_MAX_K, k);
     if ((size_t)k > n)
-        return failf(ix, ES_EINVAL, "index: k = %d is larger than the %zu vectors in the index", k, n);
-    es_err e = {0};
-    int rc = es__check_finite(q, nq, ix->dim, "queries", &e);
-    if (rc) return fail(ix, &e);
+        return es__err(e, ES_EINVAL, "index: k = %d is larger than the %zu vectors in the index", k, n);
+    int rc = es__check_finite(q, nq, ix->dim, "queries", e);
+    if (rc) return rc;
     filter_buf *fb = NULL;
     const es__filter *f = NULL;
     if (filter) {
         fb = es__malloc(sizeof *fb);
-        if (!fb) return failf(ix, ES_ENOMEM, "index: out of memory");
-        if ((rc = resolve_filter(ix, filter, fb))) {
+        if (!fb) return es__err(e, ES_ENOMEM, "index: out of memory");
+        if ((rc = resolve_filter(ix, filter, fb, e))) {
             es__free(fb);
             return rc;
         }
@@ -734,10 +762,9 @@ int es_index_search(es_index *ix, size_t nq, const float *q, int k, const es_fil
     if (ix->identity && kk == k && ix->ix->vt->search_batch && nq >= 20) {
         es__scratch *s = pool_get(ix);
         if (!s) {
-            rc = failf(ix, ES_ENOMEM, "index: out of memory for search scratch");
+            rc = es__err(e, ES_ENOMEM, "index: out of memory for search scratch");
         } else {
-            rc = ix->ix->vt->search_batch(ix->ix, nq, q, k, f, dist, ids, ix->p.threads, s, &e);
-            if (rc) rc = fail(ix, &e);
+            rc = ix->ix->vt->search_batch(ix->ix, nq, q, k, f, dist, ids, ix->p.threads, s, e);
             pool_put(ix, s);
         }
         goto convert;
@@ -751,7 +778,7 @@ int es_index_search(es_index *ix, size_t nq, const float *q, int k, const es_fil
             sc[got] = pool_get(ix);
             if (!sc[got] || scratch_ready(ix, sc[got], need, wneed)) {
                 if (sc[got]) got++;
-                rc = failf(ix, ES_ENOMEM, "index: out of memory for search scratch");
+                rc = es__err(e, ES_ENOMEM, "index: out of memory for search scratch");
                 break;
             }
         }
@@ -773,6 +800,28 @@ convert:
     if (ix->ip)
         for (size_t i = 0; i < nq * (size_t)k; i++) dist[i] = -dist[i];
     return ES_OK;
+}
+
+/* Every failure goes to e only: nothing in ix is written but its scratch
+ * pool (under ix->mu), so any number of threads may search at once. */
+int es_index_search_ex(es_index *ix, size_t nq, const float *q, int k, const es_filter *filter, int64_t *ids, float *dist,
+                       es_err *err) {
+    es_err e = {0};
+    int rc = search_ex(ix, nq, q, k, filter, ids, dist, &e);
+    if (rc && err) *err = e;
+    return rc;
+}
+
+int es_index_search(es_index *ix, size_t nq, const float *q, int k, const es_filter *filter, int64_t *ids,
+                    float *dist) {
+    es_err e = {0};
+    int rc = search_ex(ix, nq, q, k, filter, ids, dist, &e);
+    if (rc && ix) {
+        snprintf(search_err.msg, sizeof search_err.msg, "%s", e.msg);
+        search_err.ix = ix;
+        search_err.stamp = err_tick();
+    }
+    return rc;
 }
 
 int es_index_set(es_index *ix, const char *name, double v) {

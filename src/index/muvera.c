@@ -419,8 +419,8 @@ ES__OMP(omp parallel for schedule(dynamic, 4) num_threads(nt))
 #endif
             encode(m, 1, qoff[s + 1] - qoff[s], q + qoff[s] * d, &w[t], qf + s * od);
         }
-        if ((rc = es_index_search(m->inner, nq, qf, cand, NULL, ci, cd)))
-            mfail(m, rc, "multi: FDE search: %s", es_index_errmsg(m->inner));
+        es_err se = {0};
+        if ((rc = es_index_search_ex(m->inner, nq, qf, cand, NULL, ci, cd, &se))) mfail(m, rc, "multi: FDE search: %s", se.msg);
     }
     size_t scored = 0;
     if (!rc) {

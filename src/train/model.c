@@ -239,18 +239,20 @@ static void join_ints(char *buf, size_t cap, const int *v, int n) {
     for (int i = 0; i < n && o < cap; i++) o += (size_t)snprintf(buf + o, cap - o, i ? ",%d" : "%d", v[i]);
 }
 
+/* A layer list "w,w,...": each width a whole integer in [1, 2^20], at most
+ * max of them; returns the count or -1. */
 static int parse_ints(const char *s, int *v, int max) {
     int n = 0;
     if (!s || !*s) return 0;
-    while (*s && n < max) {
-        char *end;
-        long x = strtol(s, &end, 10);
-        if (end == s) return -1;
+    for (;;) {
+        const char *q = strchr(s, ',');
+        size_t len = q ? (size_t)(q - s) : strlen(s);
+        long long x;
+        if (n >= max || len == 0 || !(*s >= '0' && *s <= '9') || !es__parse_long(s, len, &x) || x < 1 || x > (1 << 20)) return -1;
         v[n++] = (int)x;
-        s = *end == ',' ? end + 1 : end;
-        if (*end && *end != ',') return -1;
+        if (!q) return n;
+        s = q + 1;
     }
-    return n;
 }
 
 static int is_opt_tensor(const char *name) { return strncmp(name, "opt.", 4) == 0; }
@@ -379,9 +381,30 @@ static const char *need(const es_file *f, const char *key, const char *path, es_
     return v;
 }
 
-static int meta_int(const es_file *f, const char *key, const char *path, es_err *err, int *rc) {
+/* A required integer in [lo, hi] (strict, core.h es__meta_int); 0 and
+ * *rc set on the first failure. */
+static int meta_int(const es_file *f, const char *key, int lo, int hi, const char *path, es_err *err, int *rc) {
     const char *v = need(f, key, path, err, rc);
-    return v ? atoi(v) : 0;
+    int x = 0;
+    if (v && *rc == 0) *rc = es__meta_int(path, key, v, lo, hi, &x, err);
+    return *rc == 0 ? x : 0;
+}
+
+/* An optimizer record "kind,lr,eps,beta1,beta2[,init_acc]" (n numbers):
+ * each a finite number >= 0, the kind a known optimizer. */
+static int meta_opt(const char *path, const char *key, const char *s, int n, es_optim_params *o, es_err *err) {
+    double v[6];
+    int rc = es__meta_f64_list(path, key, s, n, 0, 3.4e38, v, err);
+    if (rc) return rc;
+    if (v[0] != (int)v[0] || v[0] > ES_OPT_ADAM)
+        return es__err(err, ES_EFORMAT, "%s: metadata %s=%.64s: unknown optimizer %.9g", path, key, s, v[0]);
+    o->kind = (es_optim)(int)v[0];
+    o->lr = (float)v[1];
+    o->eps = (float)v[2];
+    o->beta1 = (float)v[3];
+    o->beta2 = (float)v[4];
+    if (n > 5) o->init_acc = (float)v[5];
+    return ES_OK;
 }
 
 /* Put file tensor `t` (tensor index ti of f) into the model array `dst`
@@ -455,9 +478,9 @@ int es__model_load(es_model **out, const char *path, unsigned flags, int with_st
         rc = es__err(err, ES_EFORMAT, "%s: unknown model kind '%s'", path, ks);
         goto done;
     }
-    int dim = meta_int(f, "model.dim", path, err, &rc);
-    int n_dense = meta_int(f, "model.n_dense", path, err, &rc);
-    int n_fields = meta_int(f, "model.n_fields", path, err, &rc);
+    int dim = meta_int(f, "model.dim", 1, 65536, path, err, &rc);
+    int n_dense = meta_int(f, "model.n_dense", 0, 100000, path, err, &rc);
+    int n_fields = meta_int(f, "model.n_fields", 0, 100000, path, err, &rc);
     if (rc) goto done;
     if (dim <= 0 || dim > 65536 || n_dense < 0 || n_dense > 100000 || n_fields < 0 || n_fields > 100000) {
         rc = es__err(err, ES_EFORMAT, "%s: model shape out of range (dim %d, dense %d, fields %d)", path, dim, n_dense, n_fields);
@@ -467,41 +490,41 @@ int es__model_load(es_model **out, const char *path, unsigned flags, int with_st
     int nb = parse_ints(es__file_meta(f, "model.bottom"), np.bottom, ES_NET_MAX_LAYERS);
     int nt = parse_ints(es__file_meta(f, "model.top"), np.top, ES_NET_MAX_LAYERS);
     if (nb < 0 || nt < 0) {
-        rc = es__err(err, ES_EFORMAT, "%s: bad layer list in metadata", path);
+        rc = es__err(err, ES_EFORMAT, "%s: metadata model.%s=%.64s: expected at most %d comma-separated layer widths in [1, %d]", path,
+                     nb < 0 ? "bottom" : "top", es__file_meta(f, nb < 0 ? "model.bottom" : "model.top"), ES_NET_MAX_LAYERS, 1 << 20);
         goto done;
     }
     np.n_bottom = nb;
     np.n_top = nt;
-    np.n_cross = meta_int(f, "model.n_cross", path, err, &rc);
-    np.max_batch = meta_int(f, "model.max_batch", path, err, &rc);
+    np.n_cross = meta_int(f, "model.n_cross", 0, 1024, path, err, &rc);
+    np.max_batch = meta_int(f, "model.max_batch", 1, 1 << 20, path, err, &rc);
     if (rc) goto done;
     if (np.max_batch <= 0 || np.max_batch > (1 << 20)) {
         rc = es__err(err, ES_EFORMAT, "%s: max_batch %d out of range", path, np.max_batch);
         goto done;
     }
     const char *s;
-    if ((s = es__file_meta(f, "model.opt"))) {
-        int k = 0;
-        sscanf(s, "%d,%f,%f,%f,%f", &k, &np.opt.lr, &np.opt.eps, &np.opt.beta1, &np.opt.beta2);
-        np.opt.kind = (es_optim)k;
+    double x;
+    if ((s = es__file_meta(f, "model.opt")) && (rc = meta_opt(path, "model.opt", s, 5, &np.opt, err))) goto done;
+    if ((s = es__file_meta(f, "model.weight_decay"))) {
+        if ((rc = es__meta_f64(path, "model.weight_decay", s, 0, 3.4e38, &x, err))) goto done;
+        np.weight_decay = (float)x;
     }
-    if ((s = es__file_meta(f, "model.weight_decay"))) np.weight_decay = strtof(s, NULL);
-    if ((s = es__file_meta(f, "model.seed"))) np.seed = strtoull(s, NULL, 10);
+    if ((s = es__file_meta(f, "model.seed")) && (rc = es__meta_u64(path, "model.seed", s, 0, UINT64_MAX, &np.seed, err))) goto done;
 
     es_storage_params sp = es__storage_params_default();
     sp.method = need(f, "storage.method", path, err, &rc);
-    sp.dim = meta_int(f, "storage.dim", path, err, &rc);
+    sp.dim = meta_int(f, "storage.dim", 1, 65536, path, err, &rc);
     if (rc) goto done;
     sp.n_fields = n_fields;
     sp.max_batch = np.max_batch;
-    if ((s = es__file_meta(f, "storage.budget_bytes"))) sp.budget = strtod(s, NULL);
-    if ((s = es__file_meta(f, "storage.seed"))) sp.seed = strtoull(s, NULL, 10);
-    if ((s = es__file_meta(f, "storage.init_scale"))) sp.init_scale = strtof(s, NULL);
-    if ((s = es__file_meta(f, "storage.opt"))) {
-        int k = 0;
-        sscanf(s, "%d,%f,%f,%f,%f,%f", &k, &sp.opt.lr, &sp.opt.eps, &sp.opt.beta1, &sp.opt.beta2, &sp.opt.init_acc);
-        sp.opt.kind = (es_optim)k;
+    if ((s = es__file_meta(f, "storage.budget_bytes")) && (rc = es__meta_f64(path, "storage.budget_bytes", s, 0, 1e18, &sp.budget, err))) goto done;
+    if ((s = es__file_meta(f, "storage.seed")) && (rc = es__meta_u64(path, "storage.seed", s, 0, UINT64_MAX, &sp.seed, err))) goto done;
+    if ((s = es__file_meta(f, "storage.init_scale"))) {
+        if ((rc = es__meta_f64(path, "storage.init_scale", s, 0, 3.4e38, &x, err))) goto done;
+        sp.init_scale = (float)x;
     }
+    if ((s = es__file_meta(f, "storage.opt")) && (rc = meta_opt(path, "storage.opt", s, 6, &sp.opt, err))) goto done;
     /* The resolved hyper-parameters (rows per table, ...) take precedence
      * over budget solving, so the shapes match the saved tensors; files
      * from before the option tables keep min_count, chunks, subtables and
@@ -513,9 +536,10 @@ int es__model_load(es_model **out, const char *path, unsigned flags, int with_st
     for (int i = 0; i < 4; i++) {
         char key[32];
         snprintf(key, sizeof key, "storage.%s", legacy_keys[i]);
-        long long x;
-        if ((s = es__file_meta(f, key)) && es__parse_long(s, strlen(s), &x) && x >= 0 && x <= INT32_MAX)
-            lo += (size_t)snprintf(legacy + lo, sizeof legacy - lo, "%s%s=%lld", lo ? "," : "", legacy_keys[i], x);
+        int64_t v;
+        if (!(s = es__file_meta(f, key))) continue;
+        if ((rc = es__meta_i64(path, key, s, 0, INT32_MAX, &v, err)) != 0) goto done;
+        lo += (size_t)snprintf(legacy + lo, sizeof legacy - lo, "%s%s=%lld", lo ? "," : "", legacy_keys[i], (long long)v);
     }
     opts = es__storage_load_opts(sp.method, es__file_meta(f, "storage.resolved"), es__file_meta(f, "storage.opts"), legacy);
     if (!opts) {
@@ -526,13 +550,26 @@ int es__model_load(es_model **out, const char *path, unsigned flags, int with_st
 
     es_reader_params rp = es_reader_params_default();
     rp.format = format_parse(es__file_meta(f, "reader.format"));
-    if ((s = es__file_meta(f, "reader.delim"))) rp.delim = (char)atoi(s);
-    if ((s = es__file_meta(f, "reader.header"))) rp.header = atoi(s);
+    int iv;
+    if ((s = es__file_meta(f, "reader.delim"))) {
+        if ((rc = es__meta_int(path, "reader.delim", s, 0, 255, &iv, err))) goto done;
+        rp.delim = (char)iv;
+    }
+    if ((s = es__file_meta(f, "reader.header")) && (rc = es__meta_int(path, "reader.header", s, 0, 1, &rp.header, err))) goto done;
     if ((s = es__file_meta(f, "reader.columns")) && *s) rp.columns = s;
-    if ((s = es__file_meta(f, "reader.multi_sep"))) rp.multi_sep = (char)atoi(s);
-    if ((s = es__file_meta(f, "reader.pool"))) rp.pool = (es_pool)atoi(s);
-    if ((s = es__file_meta(f, "reader.label_threshold"))) rp.label_threshold = strtod(s, NULL);
-    if ((s = es__file_meta(f, "reader.n_fields_hint"))) rp.n_fields_hint = atoi(s);
+    if ((s = es__file_meta(f, "reader.multi_sep"))) {
+        if ((rc = es__meta_int(path, "reader.multi_sep", s, 0, 255, &iv, err))) goto done;
+        rp.multi_sep = (char)iv;
+    }
+    if ((s = es__file_meta(f, "reader.pool"))) {
+        if ((rc = es__meta_int(path, "reader.pool", s, ES_POOL_SUM, ES_POOL_MEAN, &iv, err))) goto done;
+        rp.pool = (es_pool)iv;
+    }
+    if ((s = es__file_meta(f, "reader.label_threshold")) &&
+        (rc = es__meta_f64(path, "reader.label_threshold", s, -INFINITY, INFINITY, &rp.label_threshold, err)))
+        goto done;
+    if ((s = es__file_meta(f, "reader.n_fields_hint")) && (rc = es__meta_int(path, "reader.n_fields_hint", s, 0, 100000, &rp.n_fields_hint, err)))
+        goto done;
 
     /* Every parameter is replaced by the file's values below, so skip the
      * random initial fill: load time then does not grow with the size. */

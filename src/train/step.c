@@ -197,12 +197,11 @@ int es_model_checkpoint_save(es_model *m, const char *path, const es_checkpoint 
 /* A checkpoint's number: the whole string an integer in [lo, hi]. */
 static int ckpt_int(const es_model *m, const char *ckpt, const char *key, long long lo, long long hi, long long *out, es_err *err) {
     const char *v = es_model_meta(m, key);
-    long long x;
+    int64_t x;
     if (!v) return es__err(err, ES_EFORMAT, "%s: not a complete training checkpoint (no %s)", ckpt, key);
-    if (!es__parse_long(v, strlen(v), &x) || x < lo || x > hi)
-        return es__err(err, ES_EFORMAT, "%s: checkpoint value %s = '%s' is not an integer in [%lld, %lld]", ckpt, key, v, lo, hi);
-    *out = x;
-    return ES_OK;
+    int rc = es__meta_i64(ckpt, key, v, lo, hi, &x, err);
+    if (rc == ES_OK) *out = x;
+    return rc;
 }
 
 int es_model_checkpoint_load(es_model **out, const char *path, es_checkpoint *pos, es_err *err) {
@@ -227,8 +226,10 @@ int es_model_checkpoint_load(es_model **out, const char *path, es_checkpoint *po
                (rc = ckpt_int(m, path, "ckpt.rows", 0, INT64_MAX, &rows, err)) != ES_OK ||
                (rc = ckpt_int(m, path, "ckpt.trained", 0, INT64_MAX, &trained, err)) != ES_OK) {
         /* message set */
-    } else if (!v || !es__parse_double(v, strlen(v), &pos->loss_sum) || !isfinite(pos->loss_sum) || pos->loss_sum < 0) {
-        rc = es__err(err, ES_EFORMAT, "%s: checkpoint value ckpt.loss_sum = '%s' is not a finite number >= 0", path, v ? v : "(none)");
+    } else if (!v) {
+        rc = es__err(err, ES_EFORMAT, "%s: not a complete training checkpoint (no ckpt.loss_sum)", path);
+    } else {
+        rc = es__meta_f64(path, "ckpt.loss_sum", v, 0, 1e300, &pos->loss_sum, err);
     }
     if (rc != ES_OK) {
         es_model_free(m);
