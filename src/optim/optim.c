@@ -419,13 +419,17 @@ void es__dense_opt_mark_group(es__dense_opt *o, int gr) {
 }
 
 void es__dense_opt_step_marked(es__dense_opt *o) {
-    /* a marked segment marks its group; a marked group marks its segments */
+    /* A marked group marks its segments; then every group with a marked
+     * segment (or marked itself) advances.  group_mark: 1 = marked by the
+     * caller, 2 = advances. */
     for (int i = 0; i < o->n_segs; i++)
-        if (o->seg_mark[i]) o->group_mark[o->segs[i].group] = 1;
+        if (o->group_mark[o->segs[i].group] == 1) o->seg_mark[i] = 1;
+    for (int i = 0; i < o->n_segs; i++)
+        if (o->seg_mark[i]) o->group_mark[o->segs[i].group] = 2;
     if (o->step)
         for (int gr = 0; gr < o->n_groups; gr++) o->step[gr] += o->group_mark[gr] != 0;
     for (int i = 0; i < o->n_segs; i++)
-        if (o->seg_mark[i] || o->group_mark[o->segs[i].group]) dense_seg_update(o, &o->segs[i]);
+        if (o->seg_mark[i]) dense_seg_update(o, &o->segs[i]);
     memset(o->seg_mark, 0, (size_t)o->n_segs);
     memset(o->group_mark, 0, (size_t)o->n_groups);
 }
