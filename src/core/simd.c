@@ -3,8 +3,10 @@
  *
  * The AVX versions are compiled with per-function target attributes so the
  * library builds for any x86-64 and only uses wider instructions when
- * __builtin_cpu_supports says the running CPU has them.  Other
- * architectures get the reference kernels.
+ * the running CPU has them.  The CPU probe here (es__cpu_get) is the only
+ * one in the library: optim/ and index/ dispatch from it too, so ES_SIMD
+ * reaches every kernel the same way.  Other architectures get the
+ * reference kernels.
  */
 #include "simd.h"
 #include "core.h"
@@ -296,33 +298,76 @@ static struct {
     gemm_rows_fn gemm;
 } K;
 
+/* ---- the CPU probe (simd.h) -------------------------------------------------- */
+
+es__cpu es__cpu_probe(const char *simd_env) {
+    es__cpu c = {ES_CPU_REF, 0u, 0};
+    if (simd_env && strcmp(simd_env, "ref") == 0) {
+        c.ref = 1;
+        return c;
+    }
+#ifdef ES_HAVE_X86
+    __builtin_cpu_init();
+    unsigned f = 0;
+    if (__builtin_cpu_supports("popcnt")) f |= ES_CPU_POPCNT;
+    if (__builtin_cpu_supports("avx2")) f |= ES_CPU_AVX2F;
+    if (__builtin_cpu_supports("fma")) f |= ES_CPU_FMA;
+    if (__builtin_cpu_supports("avx512f")) f |= ES_CPU_AVX512F;
+    if (__builtin_cpu_supports("avx512bw")) f |= ES_CPU_AVX512BW;
+    if (__builtin_cpu_supports("avx512vl")) f |= ES_CPU_AVX512VL;
+    if (__builtin_cpu_supports("avx512vpopcntdq")) f |= ES_CPU_AVX512VPOPCNTDQ;
+    if (simd_env && strcmp(simd_env, "avx2") == 0) f &= ~ES_CPU_AVX512_ALL;
+    c.features = f;
+    if (f & ES_CPU_AVX512F) c.level = ES_CPU_AVX512;
+    else if ((f & ES_CPU_AVX2F) && (f & ES_CPU_FMA)) c.level = ES_CPU_AVX2;
+#endif
+    return c;
+}
+
+/* The answer packed in one word so that one atomic load reads all of it:
+ * bit 31 = probed, bits 0-1 level, bit 2 ref, bits 8-23 features.  Threads
+ * racing through the first call all compute and store the same word. */
+static unsigned cpu_word;
+
+es__cpu es__cpu_get(void) {
+    unsigned w = __atomic_load_n(&cpu_word, __ATOMIC_ACQUIRE);
+    if (!(w & (1u << 31))) {
+        es__cpu c = es__cpu_probe(getenv("ES_SIMD"));
+        w = (1u << 31) | (unsigned)c.level | (c.ref ? 4u : 0u) | (c.features << 8);
+        __atomic_store_n(&cpu_word, w, __ATOMIC_RELEASE);
+    }
+    es__cpu c = {(es__cpu_isa)(w & 3u), (w >> 8) & 0xffffu, (int)((w >> 2) & 1u)};
+    return c;
+}
+
+es__cpu_isa es__cpu_level(void) { return es__cpu_get().level; }
+
+/* ---- dispatch ------------------------------------------------------------------- */
+
 static void simd_init(void) {
-    const char *force = getenv("ES_SIMD");
     K.level = "ref";
     K.dot = es__dot_ref;
     K.axpy = es__axpy_ref;
     K.l2sq = es__l2sq_ref;
     K.gemm = gemm_rows_ref;
 #ifdef ES_HAVE_X86
-    if (!(force && strcmp(force, "ref") == 0)) {
-        __builtin_cpu_init();
-        int want512 = !(force && strcmp(force, "avx2") == 0);
-        if (want512 && __builtin_cpu_supports("avx512f")) {
-            K.level = "avx512";
-            K.dot = dot_avx512;
-            K.axpy = axpy_avx512;
-            K.l2sq = l2sq_avx512;
-            K.gemm = gemm_rows_avx512;
-        } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-            K.level = "avx2";
-            K.dot = dot_avx2;
-            K.axpy = axpy_avx2;
-            K.l2sq = l2sq_avx2;
-            K.gemm = gemm_rows_avx2;
-        }
+    switch (es__cpu_level()) {
+    case ES_CPU_AVX512:
+        K.level = "avx512";
+        K.dot = dot_avx512;
+        K.axpy = axpy_avx512;
+        K.l2sq = l2sq_avx512;
+        K.gemm = gemm_rows_avx512;
+        break;
+    case ES_CPU_AVX2:
+        K.level = "avx2";
+        K.dot = dot_avx2;
+        K.axpy = axpy_avx2;
+        K.l2sq = l2sq_avx2;
+        K.gemm = gemm_rows_avx2;
+        break;
+    case ES_CPU_REF: break;
     }
-#else
-    (void)force;
 #endif
     __atomic_store_n(&K.ready, 1, __ATOMIC_RELEASE);
 }

@@ -38,4 +38,48 @@ void es__gemm_fixed_ref(float *C, int ldc, const float *A, int lda, const float 
  * ES_SIMD=ref in the environment forces the reference kernels. */
 const char *es__simd_level(void);
 
+/* ---- the CPU probe ----------------------------------------------------------
+ * Every dispatcher in the library (these kernels, the optimizer updates in
+ * optim/, the distance kernels in index/) picks its implementation from this
+ * one probe, so they all agree and ES_SIMD means the same everywhere:
+ *   ES_SIMD=ref     every dispatcher takes its portable `_ref` kernels
+ *                   (level ES_CPU_REF, no feature bits, ref = 1);
+ *   ES_SIMD=avx2    no AVX-512 even when the CPU has it (the ES_CPU_AVX512*
+ *                   bits are cleared, the level is at most ES_CPU_AVX2);
+ *   unset or other  the best the CPU has.
+ * The CPU is asked once (__builtin_cpu_supports on x86-64 with GCC/Clang;
+ * elsewhere nothing is reported) and ES_SIMD read once, at the first call
+ * from any thread; the answer is published with one atomic store, so any
+ * thread may call at any time and all see the same answer. */
+typedef enum {
+    ES_CPU_REF = 0,    /* portable C only */
+    ES_CPU_AVX2 = 1,   /* AVX2 and FMA */
+    ES_CPU_AVX512 = 2  /* AVX-512F */
+} es__cpu_isa;
+
+/* Feature bits (what the CPU has, less what ES_SIMD turns off). */
+#define ES_CPU_POPCNT (1u << 0)
+#define ES_CPU_AVX2F (1u << 1)
+#define ES_CPU_FMA (1u << 2)
+#define ES_CPU_AVX512F (1u << 3)
+#define ES_CPU_AVX512BW (1u << 4)
+#define ES_CPU_AVX512VL (1u << 5)
+#define ES_CPU_AVX512VPOPCNTDQ (1u << 6)
+#define ES_CPU_AVX512_ALL (ES_CPU_AVX512F | ES_CPU_AVX512BW | ES_CPU_AVX512VL | ES_CPU_AVX512VPOPCNTDQ)
+
+typedef struct es__cpu {
+    es__cpu_isa level; /* ES_CPU_AVX512 with avx512f, else ES_CPU_AVX2 with avx2 and fma, else ES_CPU_REF */
+    unsigned features; /* ES_CPU_* bits */
+    int ref;           /* 1 when ES_SIMD=ref: take the `_ref` kernels even where a portable fast one exists */
+} es__cpu;
+
+/* The cached answer (probed at the first call). */
+es__cpu es__cpu_get(void);
+/* Its level alone. */
+es__cpu_isa es__cpu_level(void);
+/* The answer for ES_SIMD = simd_env (NULL: unset) on this CPU, computed
+ * afresh and not cached: for tests, which cannot change the environment
+ * of a probe that has already run. */
+es__cpu es__cpu_probe(const char *simd_env);
+
 #endif

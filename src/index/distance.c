@@ -2,9 +2,12 @@
  * distance.c — index distance kernels with run-time dispatch (see
  * distance.h).  AVX versions are compiled with per-function target
  * attributes, so the library builds for any x86-64 and uses the wider
- * instructions only when __builtin_cpu_supports says the CPU has them.
+ * instructions only when the library's one CPU probe (es__cpu_get in
+ * core/simd.h, which also applies ES_SIMD) says the CPU has them.
  */
 #include "distance.h"
+
+#include "core/simd.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -388,39 +391,36 @@ static struct {
 } K;
 
 static void kernels_init(void) {
-    const char *force = getenv("ES_SIMD");
-    int ref = force && strcmp(force, "ref") == 0;
+    /* The library's one CPU probe (core/simd.h), ES_SIMD applied. */
+    const es__cpu cpu = es__cpu_get();
     K.level = "ref";
     K.sq8_l2 = es__sq8_l2_ref;
     K.sq8_ip = es__sq8_ip_ref;
     K.hamming = es__hamming_ref;
-    K.pq_scan = ref ? es__pq_scan_ref : pq_scan_fast;
+    K.pq_scan = cpu.ref ? es__pq_scan_ref : pq_scan_fast;
     K.l2sq_x4 = es__l2sq_x4_ref;
     K.dot_x4 = es__dot_x4_ref;
     K.select_le = es__select_le_ref;
 #ifdef ES_HAVE_X86
-    if (!ref) {
-        __builtin_cpu_init();
-        int want512 = !(force && strcmp(force, "avx2") == 0);
-        if (__builtin_cpu_supports("popcnt")) K.hamming = hamming_popcnt;
-        if (want512 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-            __builtin_cpu_supports("avx512vl")) {
-            K.level = "avx512";
-            K.sq8_l2 = sq8_l2_avx512;
-            K.sq8_ip = sq8_ip_avx512;
-            K.l2sq_x4 = l2sq_x4_avx512;
-            K.dot_x4 = dot_x4_avx512;
-            K.select_le = select_le_avx512;
-            if (__builtin_cpu_supports("avx512vpopcntdq") && __builtin_cpu_supports("popcnt"))
-                K.hamming = hamming_avx512;
-        } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-            K.level = "avx2";
-            K.sq8_l2 = sq8_l2_avx2;
-            K.sq8_ip = sq8_ip_avx2;
-            K.l2sq_x4 = l2sq_x4_avx2;
-            K.dot_x4 = dot_x4_avx2;
-            K.select_le = select_le_avx2;
-        }
+    const unsigned f = cpu.features;
+    const unsigned f512 = ES_CPU_AVX512F | ES_CPU_AVX512BW | ES_CPU_AVX512VL;
+    if (f & ES_CPU_POPCNT) K.hamming = hamming_popcnt;
+    if ((f & f512) == f512) {
+        K.level = "avx512";
+        K.sq8_l2 = sq8_l2_avx512;
+        K.sq8_ip = sq8_ip_avx512;
+        K.l2sq_x4 = l2sq_x4_avx512;
+        K.dot_x4 = dot_x4_avx512;
+        K.select_le = select_le_avx512;
+        if ((f & ES_CPU_AVX512VPOPCNTDQ) && (f & ES_CPU_POPCNT)) K.hamming = hamming_avx512;
+    } else if ((f & ES_CPU_AVX2F) && (f & ES_CPU_FMA)) {
+        /* (an AVX-512 CPU without BW or VL lands here too) */
+        K.level = "avx2";
+        K.sq8_l2 = sq8_l2_avx2;
+        K.sq8_ip = sq8_ip_avx2;
+        K.l2sq_x4 = l2sq_x4_avx2;
+        K.dot_x4 = dot_x4_avx2;
+        K.select_le = select_le_avx2;
     }
 #endif
     __atomic_store_n(&K.ready, 1, __ATOMIC_RELEASE);

@@ -1,15 +1,17 @@
 /*
  * net.c — the four CTR models (LR, FM, DLRM, DCN-v2) on top of layers.c:
  * parameter layout, deterministic initialisation, forward, backward,
- * named tensors.  The optimizers live in optim.c.
+ * named tensors.  The optimizer is optim/'s es__dense_opt.
  *
  * Memory: parameters are one aligned block, their gradients a second block
- * with the same layout, optimizer state a third (the update loops are in
- * optim.c), activations and backward scratch a fourth sized for max_batch.  Every weight and bias is
- * a "segment" of the parameter block: a name, a shape and an offset.  The
+ * with the same layout, optimizer state a third (owned by the
+ * es__dense_opt, which also counts Adam's steps), activations and backward
+ * scratch a fourth sized for max_batch.  Every weight and bias is a
+ * "segment" of the parameter block: a name, a shape and an offset.  The
  * segment list fixes, in one place, the layout, the order in which the
  * initialiser draws from the rng, the tensors that es__net_tensors lists and
- * which arrays get weight decay.  docs/models.md documents all of it for
+ * which arrays get weight decay (the optimizer gets the same segments, with
+ * their weight-decay flags).  docs/models.md documents all of it for
  * the PyTorch reference.
  */
 #include "model/net.h"
@@ -49,12 +51,9 @@ struct es_net {
     size_t n_params;
     float *params, *grads; /* [n_params] each, same layout */
 
-    /* optimizer state: one block holding the step count (first 64 bytes)
-     * then m, v (Adam) or acc (Adagrad), each [n_params]; NULL for SGD. */
-    void *state;
-    int64_t *step;
-    float *m, *v, *acc;
-    size_t state_bytes;
+    /* the optimizer: one segment per entry of segs, one step count
+     * ("opt.net.step") */
+    es__dense_opt opt;
 
     /* LR / FM */
     float *lin_w, *lin_b, *fm_V;
@@ -358,29 +357,16 @@ static void init_params(es_net *net) {
 
 /* ---- optimizer state ------------------------------------------------------------------ */
 
-/* The state block: 64 bytes holding the Adam step count (int64), then the
- * per-parameter arrays, each starting on a 64-byte boundary. */
+/* The optimizer sees the segments in their order, weights with weight decay. */
 static int optim_init(es_net *net, es_err *err) {
-    const es_optim_params *o = &net->p.opt;
-    int arrays = o->kind == ES_OPT_ADAM ? 2 : o->kind == ES_OPT_ADAGRAD ? 1 : 0;
-    if (arrays == 0) return ES_OK;
-    size_t per = round16(net->n_params), floats, bytes;
-    if (!es__mul_size(per, (size_t)arrays, &floats) || !es__mul_size(floats, sizeof(float), &bytes) ||
-        !es__add_size(bytes, ES_ALIGN, &bytes))
-        return es__err(err, ES_EINVAL, "net: optimizer state size overflows");
-    net->state = es__alloc_aligned(bytes); /* zeroed: m = v = 0, step = 0 */
-    if (!net->state) return es__err(err, ES_ENOMEM, "net: cannot allocate %zu bytes of optimizer state", bytes);
-    net->step = (int64_t *)net->state;
-    float *arr = (float *)((char *)net->state + ES_ALIGN);
-    if (o->kind == ES_OPT_ADAM) {
-        net->m = arr;
-        net->v = arr + per;
-        net->state_bytes = 2 * net->n_params * sizeof(float) + sizeof(int64_t);
-    } else {
-        net->acc = arr;
-        for (size_t i = 0; i < net->n_params; i++) net->acc[i] = o->init_acc;
-        net->state_bytes = net->n_params * sizeof(float);
-    }
+    int rc = es__dense_opt_init(&net->opt, &net->p.opt, net->p.weight_decay, net->params, net->grads, net->n_params,
+                                net->n_segs, 1);
+    if (rc == ES_ENOMEM)
+        return es__err(err, rc, "net: cannot allocate %zu bytes of optimizer state",
+                       es__dense_opt_alloc_bytes(net->p.opt.kind, net->n_params, net->n_segs, 1));
+    if (rc) return es__err(err, rc, "net: optimizer state size overflows");
+    for (int i = 0; i < net->n_segs; i++)
+        es__dense_opt_add_seg(&net->opt, net->segs[i].off, net->segs[i].count, net->segs[i].is_weight, 0);
     return ES_OK;
 }
 
@@ -412,12 +398,11 @@ int es__net_footprint(const es_net_params *p, size_t *bytes) {
     layout(net);
     carver c = {NULL, 0};
     carve_acts(net, &c);
-    const es_optim kind = p->opt.kind;
-    size_t arrays = kind == ES_OPT_ADAM ? 2 : kind == ES_OPT_ADAGRAD ? 1 : 0, floats, state, total;
-    /* params, grads and the packed copy; optimizer arrays; activations */
+    size_t floats, total;
+    /* params, grads and the packed copy; activations; the optimizer's block */
+    const size_t state = es__dense_opt_alloc_bytes(p->opt.kind, net->n_params, net->n_segs, 1);
     int ok = es__mul_size(net->n_params, 3, &floats) && es__add_size(floats, c.used, &floats) &&
-             es__mul_size(round16(net->n_params), arrays, &state) && es__add_size(floats, state, &floats) &&
-             es__mul_size(floats, sizeof(float), &total) && es__add_size(total, arrays ? ES_ALIGN : 0, &total);
+             es__mul_size(floats, sizeof(float), &total) && state != SIZE_MAX && es__add_size(total, state, &total);
     es__free(net);
     *bytes = ok ? total : SIZE_MAX;
     return ES_OK;
@@ -475,7 +460,7 @@ void es__net_free(es_net *net) {
     es__free_aligned(net->grads);
     es__free_aligned(net->wt);
     es__free_aligned(net->acts);
-    es__free_aligned(net->state);
+    es__dense_opt_free(&net->opt);
     es__free(net);
 }
 
@@ -605,25 +590,8 @@ void es__net_backward(es_net *net, int n, const float *emb, const float *dense, 
 }
 
 void es__net_step(es_net *net) {
-    const es_optim_params *o = &net->p.opt;
     net->wt_frozen = 0;
-    if (o->kind == ES_OPT_ADAM) ++*net->step;
-    for (int i = 0; i < net->n_segs; i++) {
-        const es__net_seg *s = &net->segs[i];
-        float wd = s->is_weight ? net->p.weight_decay : 0.0f;
-        float *w = net->params + s->off;
-        const float *g = net->grads + s->off;
-        switch (o->kind) {
-        case ES_OPT_SGD: es__sgd_update(w, g, s->count, o->lr, wd); break;
-        case ES_OPT_ADAGRAD: es__adagrad_update(w, g, net->acc + s->off, s->count, o->lr, o->eps, wd); break;
-        case ES_OPT_ADAM:
-            es__adam_update(w, g, net->m + s->off, net->v + s->off, s->count, o->lr, o->beta1, o->beta2, o->eps, wd,
-                            *net->step);
-            break;
-        default: ES_ASSERT(!"dense optimizer validated at create");
-        }
-    }
-    es__net_zero_grad(net);
+    es__dense_opt_step(&net->opt); /* every segment; zeroes the gradients */
 }
 
 void es__net_zero_grad(es_net *net) { memset(net->grads, 0, net->n_params * sizeof(float)); }
@@ -637,7 +605,7 @@ float *es__net_params_ptr(es_net *net) {
 }
 float *es__net_grads_ptr(es_net *net) { return net->grads; }
 size_t es__net_param_bytes(const es_net *net) { return net->n_params * sizeof(float); }
-size_t es__net_state_bytes(const es_net *net) { return net->state_bytes; }
+size_t es__net_state_bytes(const es_net *net) { return es__dense_opt_state_bytes(&net->opt); }
 
 /* Fill a ref by hand (name = prefix + seg name + suffix) so that the net
  * does not depend on the file layer being linked. */
@@ -667,18 +635,20 @@ int es__net_tensors(es_net *net, es_tensor_ref *refs, int max) {
         const es__net_seg *s = &net->segs[i];
         set_ref(&refs[c++], "", s->name, "", ES_DT_F32, net->params + s->off, s->ndim, s->shape);
     }
-    for (int i = 0; i < net->n_segs && per_seg > 1; i++) {
+    /* per segment its state arrays: "opt.<name>.m", ".v" (Adam) or ".acc" */
+    const int ns = es__dense_opt_n_states(&net->opt);
+    for (int i = 0; i < net->n_segs; i++) {
         const es__net_seg *s = &net->segs[i];
-        if (kind == ES_OPT_ADAM) {
-            if (c < max) set_ref(&refs[c++], "opt.", s->name, ".m", ES_DT_F32, net->m + s->off, s->ndim, s->shape);
-            if (c < max) set_ref(&refs[c++], "opt.", s->name, ".v", ES_DT_F32, net->v + s->off, s->ndim, s->shape);
-        } else {
-            if (c < max) set_ref(&refs[c++], "opt.", s->name, ".acc", ES_DT_F32, net->acc + s->off, s->ndim, s->shape);
+        for (int a = 0; a < ns && c < max; a++) {
+            char suffix[8];
+            snprintf(suffix, sizeof suffix, ".%s", es__dense_opt_state_name(&net->opt, a));
+            set_ref(&refs[c++], "opt.", s->name, suffix, ES_DT_F32, es__dense_opt_state(&net->opt, a) + s->off,
+                    s->ndim, s->shape);
         }
     }
     if (kind == ES_OPT_ADAM && c < max) {
         const uint64_t one = 1;
-        set_ref(&refs[c++], "opt.net.", "step", "", ES_DT_I64, net->step, 1, &one);
+        set_ref(&refs[c++], "opt.net.", "step", "", ES_DT_I64, es__dense_opt_steps(&net->opt), 1, &one);
     }
     return c;
 }

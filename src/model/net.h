@@ -21,8 +21,9 @@
  * SIMD level; backward products go through OpenBLAS (cblas_sgemm).
  *
  * All parameters live in one allocation (params), gradients in another
- * (grads), optimizer state in a third; activations are sized for max_batch
- * at create time.  No allocation after create.  docs/models.md gives the
+ * (grads), optimizer state in a third (owned by the net's es__dense_opt,
+ * optim/optim.h: the dense optimizer DHE and MDE use too); activations are
+ * sized for max_batch at create time.  No allocation after create.  docs/models.md gives the
  * equations, shapes, initialisation (a fixed draw order from `seed`),
  * tensor names and optimizer formulas precisely.
  *
@@ -93,7 +94,8 @@ void es__net_freeze(es_net *net);
  * inputs. */
 void es__net_backward(es_net *net, int n, const float *emb, const float *dense, const float *dlogit, float *demb);
 /* Optimizer step on accumulated gradients (weight decay on weights only,
- * not biases), then zero them.  Adam counts its steps in the state. */
+ * not biases), then zero them: es__dense_opt_step over the net's segments.
+ * Adam counts its steps in the state. */
 void es__net_step(es_net *net);
 void es__net_zero_grad(es_net *net);
 

@@ -1,9 +1,11 @@
 /*
- * optim.c — dense optimizer updates (SGD, Adagrad, Adam) on flat arrays.
- * The net keeps the state arrays and the step count and calls these once
- * per parameter segment, passing the weight decay for weights and 0 for
- * biases.  The formulas follow torch.optim (see layers.h and
- * docs/models.md) so that a PyTorch reference tracks the same trajectory.
+ * optim.c — the optimizers: dense updates (SGD, Adagrad, Adam) on flat
+ * arrays, the stateful dense optimizer built on them (es__dense_opt: state
+ * arrays, Adam step counts, weight decay per segment, zeroing gradients)
+ * that the net, DHE and MDE all use, and the sparse update of one
+ * embedding row (es__row_update) that every table uses.  The dense
+ * formulas follow torch.optim (see optim.h and docs/models.md) so that a
+ * PyTorch reference tracks the same trajectory.
  *
  * Adagrad and Adam need a square root per element.  sqrtf may set errno,
  * so without -fno-math-errno GCC keeps a branch around every call and the
@@ -13,7 +15,9 @@
  * loops.  The vector versions perform the same IEEE operations in the same
  * order (separate multiply and add, correctly rounded sqrt and divide), so
  * they give the same bits as the reference; tests/test_model.c checks it.
- * ES_SIMD=ref in the environment forces the reference loops, as in simd.c.
+ * The level comes from the library's one CPU probe (es__cpu_level in
+ * core/simd.h), so ES_SIMD=ref forces the reference loops here as it does
+ * everywhere.
  *
  * Every update is elementwise, so long arrays are split over threads in
  * fixed blocks without changing any result.
@@ -21,6 +25,7 @@
 #include "optim/optim.h"
 
 #include "core/core.h"
+#include "core/simd.h"
 
 #include <math.h>
 
@@ -166,23 +171,21 @@ static struct {
 
 static void pick(void) {
     /* Racing threads all write the same pointers: harmless. */
-    const char *force = getenv("ES_SIMD");
     K.adagrad = adagrad_ref;
     K.adam = adam_ref;
 #ifdef ES__OPT_X86
-    if (!(force && strcmp(force, "ref") == 0)) {
-        __builtin_cpu_init();
-        int want512 = !(force && strcmp(force, "avx2") == 0);
-        if (want512 && __builtin_cpu_supports("avx512f")) {
-            K.adagrad = adagrad_avx512;
-            K.adam = adam_avx512;
-        } else if (__builtin_cpu_supports("avx2")) {
-            K.adagrad = adagrad_avx2;
-            K.adam = adam_avx2;
-        }
+    /* The library's one CPU probe (core/simd.h), ES_SIMD applied. */
+    switch (es__cpu_level()) {
+    case ES_CPU_AVX512:
+        K.adagrad = adagrad_avx512;
+        K.adam = adam_avx512;
+        break;
+    case ES_CPU_AVX2:
+        K.adagrad = adagrad_avx2;
+        K.adam = adam_avx2;
+        break;
+    case ES_CPU_REF: break;
     }
-#else
-    (void)force;
 #endif
     __atomic_store_n(&K.ready, 1, __ATOMIC_RELEASE);
 }
@@ -243,3 +246,210 @@ ES__OMP(omp parallel for schedule(static) if (count >= ES__PAR_ELEMS))
         K.adam(w + off, g + off, m + off, v + off, len, &k);
     }
 }
+
+/* ---- sparse row update ------------------------------------------------------------------ */
+
+void es__row_update(float *restrict w, float *restrict acc, const float *restrict g, int dim, const es_optim_params *o) {
+    const float lr = o->lr, eps = o->eps;
+    switch (o->kind) {
+    case ES_OPT_SGD: es__axpy(w, -lr, g, (size_t)dim); break;
+    case ES_OPT_ADAGRAD:
+        for (int d = 0; d < dim; d++) {
+            acc[d] += g[d] * g[d];
+            w[d] -= lr * g[d] / (sqrtf(acc[d]) + eps);
+        }
+        break;
+    case ES_OPT_ROWWISE_ADAGRAD: {
+        /* FBGEMM / TorchRec convention: the row's accumulator grows by the
+         * mean squared gradient of the row, and the whole row takes one step
+         * size.  One float of state per row instead of dim. */
+        float ms = es__dot(g, g, (size_t)dim) / (float)dim;
+        acc[0] += ms;
+        es__axpy(w, -lr / (sqrtf(acc[0]) + eps), g, (size_t)dim);
+        break;
+    }
+    default: ES_ASSERT(!"row optimizer must be sgd, adagrad or rowwise adagrad");
+    }
+}
+
+void es__row_update_ref(float *restrict w, float *restrict acc, const float *restrict g, int dim,
+                        const es_optim_params *o) {
+    const float lr = o->lr, eps = o->eps;
+    switch (o->kind) {
+    case ES_OPT_SGD: es__axpy_ref(w, -lr, g, (size_t)dim); break;
+    case ES_OPT_ADAGRAD:
+        for (int d = 0; d < dim; d++) {
+            acc[d] += g[d] * g[d];
+            w[d] -= lr * g[d] / (sqrtf(acc[d]) + eps);
+        }
+        break;
+    case ES_OPT_ROWWISE_ADAGRAD: {
+        float ms = es__dot_ref(g, g, (size_t)dim) / (float)dim;
+        acc[0] += ms;
+        es__axpy_ref(w, -lr / (sqrtf(acc[0]) + eps), g, (size_t)dim);
+        break;
+    }
+    default: ES_ASSERT(!"row optimizer must be sgd, adagrad or rowwise adagrad");
+    }
+}
+
+/* ---- the dense optimizer ------------------------------------------------------------------- */
+
+static int n_state_arrays(es_optim kind) { return kind == ES_OPT_ADAM ? 2 : kind == ES_OPT_ADAGRAD ? 1 : 0; }
+
+static size_t round_align(size_t x) { return (x + ES_ALIGN - 1) & ~(size_t)(ES_ALIGN - 1); }
+
+/* The block: step counts [n_groups] (int64), the segment table, the marks,
+ * then the state arrays, each part starting on a 64-byte boundary.  Fills
+ * the offsets of the parts; 0 on overflow. */
+typedef struct {
+    size_t steps, segs, smark, gmark, arrays, array_stride, total;
+} dense_layout;
+
+static int dense_layout_of(es_optim kind, size_t n, int max_segs, int n_groups, dense_layout *L) {
+    const size_t ng = (size_t)n_groups, ns = (size_t)max_segs;
+    size_t a, b, c, stride, arr;
+    L->steps = 0;
+    if (ng > SIZE_MAX / 64 || ns > SIZE_MAX / 64 || n > SIZE_MAX / 8) return 0;
+    a = round_align(ng * sizeof(int64_t));
+    L->segs = a;
+    b = round_align(ns * sizeof(es__dense_seg));
+    if (!es__add_size(a, b, &a)) return 0;
+    L->smark = a;
+    L->gmark = a + ns;
+    c = round_align(ns + ng);
+    if (!es__add_size(a, c, &a)) return 0;
+    L->arrays = a;
+    stride = round_align(n * sizeof(float));
+    L->array_stride = stride;
+    if (!es__mul_size(stride, (size_t)n_state_arrays(kind), &arr) || !es__add_size(a, arr, &a)) return 0;
+    L->total = a;
+    return 1;
+}
+
+size_t es__dense_opt_alloc_bytes(es_optim kind, size_t n, int max_segs, int n_groups) {
+    dense_layout L;
+    if (max_segs < 0 || n_groups < 1 || !dense_layout_of(kind, n, max_segs, n_groups, &L)) return SIZE_MAX;
+    return L.total;
+}
+
+int es__dense_opt_init(es__dense_opt *o, const es_optim_params *p, float weight_decay, float *w, float *g, size_t n,
+                       int max_segs, int n_groups) {
+    memset(o, 0, sizeof *o);
+    if (p->kind != ES_OPT_SGD && p->kind != ES_OPT_ADAGRAD && p->kind != ES_OPT_ADAM) return ES_EINVAL;
+    if (max_segs < 0 || n_groups < 1 || (n && (!w || !g))) return ES_EINVAL;
+    dense_layout L;
+    if (!dense_layout_of(p->kind, n, max_segs, n_groups, &L)) return ES_EINVAL;
+    char *b = es__alloc_aligned(L.total); /* zeroed: m = v = 0, steps 0, no marks */
+    if (!b) return ES_ENOMEM;
+    o->p = *p;
+    o->weight_decay = weight_decay;
+    o->w = w;
+    o->g = g;
+    o->n = n;
+    o->max_segs = max_segs;
+    o->n_groups = n_groups;
+    o->block = b;
+    o->segs = (es__dense_seg *)(b + L.segs);
+    o->seg_mark = (unsigned char *)(b + L.smark);
+    o->group_mark = (unsigned char *)(b + L.gmark);
+    if (p->kind == ES_OPT_ADAM) o->step = (int64_t *)(b + L.steps);
+    for (int a = 0; a < n_state_arrays(p->kind); a++) o->state[a] = (float *)(b + L.arrays + (size_t)a * L.array_stride);
+    if (p->kind == ES_OPT_ADAGRAD)
+        for (size_t i = 0; i < n; i++) o->state[0][i] = p->init_acc;
+    return ES_OK;
+}
+
+void es__dense_opt_free(es__dense_opt *o) {
+    if (!o) return;
+    es__free_aligned(o->block);
+    memset(o, 0, sizeof *o);
+}
+
+int es__dense_opt_add_seg(es__dense_opt *o, size_t off, size_t count, int decay, int group) {
+    ES_ASSERT(o->n_segs < o->max_segs);
+    ES_ASSERT(group >= 0 && group < o->n_groups);
+    ES_ASSERT(off <= o->n && count <= o->n - off);
+    o->segs[o->n_segs] = (es__dense_seg){.off = off, .count = count, .decay = decay != 0, .group = group};
+    o->seg_mark[o->n_segs] = 0;
+    return o->n_segs++;
+}
+
+void es__dense_opt_clear_segs(es__dense_opt *o) {
+    o->n_segs = 0;
+    memset(o->seg_mark, 0, (size_t)o->max_segs);
+    memset(o->group_mark, 0, (size_t)o->n_groups);
+}
+
+/* Update segment s with the group's step count already advanced. */
+static void dense_seg_update(es__dense_opt *o, const es__dense_seg *s) {
+    const es_optim_params *p = &o->p;
+    if (s->count == 0) return; /* a placeholder */
+    const float wd = s->decay ? o->weight_decay : 0.0f;
+    float *w = o->w + s->off;
+    const float *g = o->g + s->off;
+    switch (p->kind) {
+    case ES_OPT_SGD: es__sgd_update(w, g, s->count, p->lr, wd); break;
+    case ES_OPT_ADAGRAD: es__adagrad_update(w, g, o->state[0] + s->off, s->count, p->lr, p->eps, wd); break;
+    case ES_OPT_ADAM:
+        es__adam_update(w, g, o->state[0] + s->off, o->state[1] + s->off, s->count, p->lr, p->beta1, p->beta2, p->eps,
+                        wd, o->step[s->group]);
+        break;
+    default: ES_ASSERT(!"dense optimizer kind checked at init");
+    }
+    memset(o->g + s->off, 0, s->count * sizeof(float));
+}
+
+void es__dense_opt_step(es__dense_opt *o) {
+    if (o->step)
+        for (int gr = 0; gr < o->n_groups; gr++) o->step[gr]++;
+    for (int i = 0; i < o->n_segs; i++) dense_seg_update(o, &o->segs[i]);
+    memset(o->seg_mark, 0, (size_t)o->n_segs);
+    memset(o->group_mark, 0, (size_t)o->n_groups);
+}
+
+void es__dense_opt_mark(es__dense_opt *o, int i) {
+    ES_ASSERT(i >= 0 && i < o->n_segs);
+    o->seg_mark[i] = 1;
+}
+
+void es__dense_opt_mark_group(es__dense_opt *o, int gr) {
+    ES_ASSERT(gr >= 0 && gr < o->n_groups);
+    o->group_mark[gr] = 1;
+}
+
+void es__dense_opt_step_marked(es__dense_opt *o) {
+    /* A marked group marks its segments; then every group with a marked
+     * segment (or marked itself) advances.  group_mark: 1 = marked by the
+     * caller, 2 = advances. */
+    for (int i = 0; i < o->n_segs; i++)
+        if (o->group_mark[o->segs[i].group] == 1) o->seg_mark[i] = 1;
+    for (int i = 0; i < o->n_segs; i++)
+        if (o->seg_mark[i]) o->group_mark[o->segs[i].group] = 2;
+    if (o->step)
+        for (int gr = 0; gr < o->n_groups; gr++) o->step[gr] += o->group_mark[gr] != 0;
+    for (int i = 0; i < o->n_segs; i++)
+        if (o->seg_mark[i]) dense_seg_update(o, &o->segs[i]);
+    memset(o->seg_mark, 0, (size_t)o->n_segs);
+    memset(o->group_mark, 0, (size_t)o->n_groups);
+}
+
+size_t es__dense_opt_state_bytes(const es__dense_opt *o) {
+    size_t b = (size_t)n_state_arrays(o->p.kind) * o->n * sizeof(float);
+    if (o->p.kind == ES_OPT_ADAM) b += (size_t)o->n_groups * sizeof(int64_t);
+    return b;
+}
+
+int es__dense_opt_n_states(const es__dense_opt *o) { return n_state_arrays(o->p.kind); }
+
+float *es__dense_opt_state(es__dense_opt *o, int a) {
+    ES_ASSERT(a >= 0 && a < n_state_arrays(o->p.kind));
+    return o->state[a];
+}
+
+const char *es__dense_opt_state_name(const es__dense_opt *o, int a) {
+    ES_ASSERT(a >= 0 && a < n_state_arrays(o->p.kind));
+    return o->p.kind == ES_OPT_ADAGRAD ? "acc" : a == 0 ? "m" : "v";
+}
+
+int64_t *es__dense_opt_steps(es__dense_opt *o) { return o->step; }

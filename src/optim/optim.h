@@ -1,9 +1,11 @@
 /*
  * optim.h — the optimizer layer, below both storage (embedding tables) and
- * models (dense nets): the optimizer kinds and their parameters, and the
- * dense update kernels every parameter group uses.  Tables update rows
- * sparsely (storage/rows.c); nets, DHE and MDE update dense arrays with the
- * kernels here.  Nothing in this folder includes storage/ or model/.
+ * models (dense nets): the optimizer kinds and their parameters, the
+ * sparse row update every embedding table uses (es__row_update), the dense
+ * update kernels, and the one stateful dense optimizer (es__dense_opt)
+ * that every dense parameter group uses: the net's layers (model/net.c),
+ * DHE's MLPs (storage/dhe.c) and MDE's projections (storage/mde.c).
+ * Nothing in this folder includes storage/ or model/; only core/.
  */
 #ifndef ES_OPTIM_H
 #define ES_OPTIM_H
@@ -46,5 +48,100 @@ void es__adam_update(float *w, const float *g, float *m, float *v, size_t count,
                      float eps, float wd, int64_t t);
 void es__adam_update_ref(float *w, const float *g, float *m, float *v, size_t count, float lr, float beta1,
                          float beta2, float eps, float wd, int64_t t);
+
+/* ---- sparse row update (optim.c) ------------------------------------------------------
+ * One update of one embedding row w[dim] from its gradient g[dim] (read,
+ * not cleared), o->lr and o->eps:
+ *   SGD               w -= lr g                                  (acc unused, may be NULL)
+ *   ADAGRAD           acc[d] += g[d]^2;  w[d] -= lr g[d] / (sqrt(acc[d]) + eps)
+ *                     (acc: the row's dim accumulators)
+ *   ROWWISE_ADAGRAD   acc[0] += mean_d g[d]^2;  w -= lr / (sqrt(acc[0]) + eps) g
+ *                     (acc: the row's one accumulator; the FBGEMM/TorchRec rule)
+ * ADAM is not a row optimizer (asserts).  w, acc and g must not overlap. */
+void es__row_update(float *w, float *acc, const float *g, int dim, const es_optim_params *o);
+/* The same with plain scalar loops (the SGD and row-wise paths above go
+ * through es__axpy / es__dot); equal bits with ES_SIMD=ref. */
+void es__row_update_ref(float *w, float *acc, const float *g, int dim, const es_optim_params *o);
+
+/* ---- the dense optimizer (optim.c) --------------------------------------------------
+ * The optimizer of one set of dense parameters: the caller's parameter and
+ * gradient arrays w[n] and g[n], cut into segments (a weight matrix, a bias
+ * vector, a projection; each with its own weight-decay flag), and the
+ * state, which this type owns in ONE allocation: the state arrays (Adagrad:
+ * acc; Adam: m, v; each [n], in the layout of w), the Adam step counts (one
+ * per "group" of segments: the net has one, DHE one per network, MDE one
+ * for all its projections) and the segment table.
+ *
+ * A step updates segments with es__sgd_update / es__adagrad_update /
+ * es__adam_update, passing weight_decay for flagged segments and 0 for the
+ * others, and then zeroes their gradients; an Adam group's count goes up
+ * by one (before its segments update) whenever one of its segments steps.
+ * The results are exactly those of calling the kernels by hand.
+ *
+ *   es__dense_opt o;
+ *   es__dense_opt_init(&o, &params, wd, w, g, n, max_segs, n_groups);
+ *   es__dense_opt_add_seg(&o, off, count, decay, group);   ... per segment
+ *   ... accumulate into g ...;  es__dense_opt_step(&o);      every segment
+ *   ... or mark (es__dense_opt_mark / _mark_group);  es__dense_opt_step_marked(&o);
+ *   es__dense_opt_free(&o);
+ *
+ * The state is listed for save/load by each user under its own (persisted)
+ * tensor names: es__dense_opt_state(o, a) is state array a (a <
+ * es__dense_opt_n_states(o)) in the parameters' layout, and
+ * es__dense_opt_state_name(o, a) its short name ("acc", or "m" then "v");
+ * es__dense_opt_steps(o) the step counts [n_groups] (Adam only). */
+typedef struct es__dense_seg {
+    size_t off, count; /* floats, within w, g and every state array */
+    int decay;         /* 1: weight decay applies (weights), 0: not (biases) */
+    int group;         /* Adam step counter this segment advances with */
+} es__dense_seg;
+
+typedef struct es__dense_opt {
+    es_optim_params p;     /* kind SGD, ADAGRAD or ADAM; lr, eps, betas, init_acc */
+    float weight_decay;    /* for segments with decay = 1 */
+    float *w, *g;          /* [n] each, owned by the caller */
+    size_t n;
+    int n_segs, max_segs, n_groups;
+    void *block;           /* the one allocation: everything below */
+    es__dense_seg *segs;   /* [max_segs] */
+    unsigned char *seg_mark, *group_mark; /* [max_segs], [n_groups] */
+    int64_t *step;         /* [n_groups] Adam steps taken; NULL unless Adam */
+    float *state[2];       /* Adagrad: acc; Adam: m, v; [n] each (NULL when unused) */
+} es__dense_opt;
+
+/* Bytes es__dense_opt_init allocates for these counts; SIZE_MAX on
+ * overflow.  kind other than SGD/ADAGRAD/ADAM counts no state arrays. */
+size_t es__dense_opt_alloc_bytes(es_optim kind, size_t n, int max_segs, int n_groups);
+/* Set up o for w[n], g[n] (the caller's; g must start zeroed), room for
+ * max_segs segments (>= 0) and n_groups >= 1 step counters.  The state
+ * starts at zero (Adagrad accumulators at p->init_acc), the steps at 0.
+ * ES_EINVAL for a kind other than SGD, ADAGRAD, ADAM or bad counts,
+ * ES_ENOMEM; o is zeroed on failure (so es__dense_opt_free is safe). */
+int es__dense_opt_init(es__dense_opt *o, const es_optim_params *p, float weight_decay, float *w, float *g, size_t n,
+                       int max_segs, int n_groups);
+void es__dense_opt_free(es__dense_opt *o);
+/* Append a segment [off, off + count) of group `group`; returns its index.
+ * Segments must not overlap (asserted: in range, room left). count 0 is
+ * allowed (a placeholder that keeps segment indexes aligned with the
+ * caller's). */
+int es__dense_opt_add_seg(es__dense_opt *o, size_t off, size_t count, int decay, int group);
+/* Forget every segment (the state arrays keep their values). */
+void es__dense_opt_clear_segs(es__dense_opt *o);
+/* One step of every segment (every group advances), then zero their gradients. */
+void es__dense_opt_step(es__dense_opt *o);
+/* Mark segment i, or every segment of group gr, for the next step_marked. */
+void es__dense_opt_mark(es__dense_opt *o, int i);
+void es__dense_opt_mark_group(es__dense_opt *o, int gr);
+/* One step of the marked segments only (a group advances when any of its
+ * segments is marked), zero their gradients, clear the marks.  Unmarked
+ * segments, their gradients and their groups' counts are left alone. */
+void es__dense_opt_step_marked(es__dense_opt *o);
+/* Optimizer-state bytes for the byte accounting: the state arrays
+ * (4 n each) plus, for Adam, 8 per step counter; 0 for SGD. */
+size_t es__dense_opt_state_bytes(const es__dense_opt *o);
+int es__dense_opt_n_states(const es__dense_opt *o);
+float *es__dense_opt_state(es__dense_opt *o, int a);
+const char *es__dense_opt_state_name(const es__dense_opt *o, int a);
+int64_t *es__dense_opt_steps(es__dense_opt *o);
 
 #endif /* ES_OPTIM_H */

@@ -100,12 +100,12 @@ typedef struct dhe_impl {
     size_t woff[DHE_MAX_LAYERS + 1], boff[DHE_MAX_LAYERS + 1];
     size_t n_params;         /* floats */
     float *w;                /* [n_params] */
-    float *g;                /* [n_params] gradient of the current batch */
-    float *s1, *s2;          /* adagrad: s1 = acc; adam: s1 = m, s2 = v */
-    uint64_t *step;          /* adam: [M] steps taken */
+    float *g;                /* [n_params] gradient of the current batch (zero between batches) */
     dhe_dopt dopt;
     float lr;
-    unsigned char *touched;  /* [M] */
+    /* the dense optimizer: segments W_l and b_l of each network, one group
+     * (one Adam step count) per network */
+    es__dense_opt opt;
     /* lookup scratch slots */
     int lb;                  /* rows of every lookup product */
     int n_slots;
@@ -215,10 +215,7 @@ static void dhe_free(dhe_impl *m) {
     es__free(m->salt);
     es__free_aligned(m->w);
     es__free_aligned(m->g);
-    es__free_aligned(m->s1);
-    es__free_aligned(m->s2);
-    es__free(m->step);
-    es__free(m->touched);
+    es__dense_opt_free(&m->opt);
     es__free(m->busy);
     es__free_aligned(m->slot_buf);
     es__free_aligned(m->bx);
@@ -341,16 +338,26 @@ static int dhe_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     m->salt = es__malloc((size_t)F * sizeof *m->salt);
     m->w = es__alloc_aligned(pbytes);
     m->g = es__alloc_aligned(pbytes);
-    m->touched = es__calloc((size_t)M, 1);
     m->busy = es__calloc((size_t)n_slots, sizeof *m->busy);
     m->slot_buf = es__alloc_aligned((size_t)n_slots * slot_floats * sizeof(float));
     m->bx = es__alloc_aligned(bb * per_val * sizeof(float));
     m->bpos = es__malloc(bb * sizeof *m->bpos);
     m->bwt = es__malloc(bb * sizeof *m->bwt);
-    int ok = m->salt && m->w && m->g && m->touched && m->busy && m->slot_buf && m->bx && m->bpos && m->bwt;
-    if (ok && dopt != DOPT_SGD) ok = (m->s1 = es__alloc_aligned(pbytes)) != NULL;
-    if (ok && dopt == DOPT_ADAM)
-        ok = (m->s2 = es__alloc_aligned(pbytes)) != NULL && (m->step = es__calloc((size_t)M, sizeof *m->step)) != NULL;
+    int ok = m->salt && m->w && m->g && m->busy && m->slot_buf && m->bx && m->bpos && m->bwt;
+    if (ok) {
+        /* the dense optimizer: the storage optimizer's eps, betas and
+         * init_acc with this method's kind and rate; no weight decay */
+        es_optim_params dp = s->p.opt;
+        dp.kind = dopt == DOPT_SGD ? ES_OPT_SGD : dopt == DOPT_ADAGRAD ? ES_OPT_ADAGRAD : ES_OPT_ADAM;
+        dp.lr = lr;
+        ok = es__dense_opt_init(&m->opt, &dp, 0.0f, m->w, m->g, o, 2 * (L + 1) * M, M) == ES_OK;
+        for (int mi = 0; ok && mi < M; mi++)
+            for (int l = 0; l <= L; l++) {
+                const size_t nw = (size_t)m->out[l] * m->in[l], nb = (size_t)m->out[l];
+                es__dense_opt_add_seg(&m->opt, m->woff[l] + (size_t)mi * nw, nw, 0, mi);
+                es__dense_opt_add_seg(&m->opt, m->boff[l] + (size_t)mi * nb, nb, 0, mi);
+            }
+    }
     if (!ok) {
         dhe_free(m);
         return es__err(err, ES_ENOMEM, "dhe: out of memory for %d network(s) of %zu floats", M, o / (size_t)M);
@@ -362,8 +369,6 @@ static int dhe_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     m->bd1 = m->bg + bb * (size_t)dim;
     m->bd2 = m->bd1 + bb * (size_t)h;
     m->bt = m->bd2 + bb * (size_t)h;
-    if (dopt == DOPT_ADAGRAD && s->p.opt.init_acc != 0.0f)
-        for (size_t i = 0; i < o; i++) m->s1[i] = s->p.opt.init_acc;
     for (int f = 0; f < F; f++) m->salt[f] = es__storage_salt(seed, f, 0);
 
     /* Initial weights, layer by layer, network by network, row-major.
@@ -392,7 +397,7 @@ static int dhe_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     s->impl = m;
     s->param_bytes = pbytes;
     s->aux_bytes = 0;
-    s->state_bytes = (dopt == DOPT_ADAGRAD ? pbytes : 0) + (dopt == DOPT_ADAM ? 2 * pbytes + (size_t)M * sizeof(uint64_t) : 0);
+    s->state_bytes = es__dense_opt_state_bytes(&m->opt);
     return ES_OK;
 }
 
@@ -502,30 +507,9 @@ static void backward_block(dhe_impl *m, int mi, int n, const float *dout) {
     (void)k;
 }
 
-static void step_network(dhe_impl *m, int mi, const es_optim_params *op) {
-    if (m->dopt == DOPT_ADAM) m->step[mi]++;
-    for (int l = 0; l <= m->L; l++) {
-        const size_t nw = (size_t)m->out[l] * m->in[l], nb = (size_t)m->out[l];
-        const size_t segs[2][2] = {{m->woff[l] + (size_t)mi * nw, nw}, {m->boff[l] + (size_t)mi * nb, nb}};
-        for (int q = 0; q < 2; q++) {
-            const size_t at = segs[q][0], cnt = segs[q][1];
-            switch (m->dopt) {
-            case DOPT_SGD: es__sgd_update(m->w + at, m->g + at, cnt, m->lr, 0.0f); break;
-            case DOPT_ADAGRAD: es__adagrad_update(m->w + at, m->g + at, m->s1 + at, cnt, m->lr, op->eps, 0.0f); break;
-            case DOPT_ADAM:
-                es__adam_update(m->w + at, m->g + at, m->s1 + at, m->s2 + at, cnt, m->lr, op->beta1, op->beta2, op->eps,
-                                0.0f, (int64_t)m->step[mi]);
-                break;
-            }
-        }
-    }
-}
-
 static int dhe_backward(es_storage *s, const es_batch *b, const float *dout) {
     dhe_impl *m = s->impl;
     const int F = m->F, k = m->k;
-    memset(m->g, 0, m->n_params * sizeof(float));
-    memset(m->touched, 0, (size_t)m->M);
     for (int mi = 0; mi < m->M; mi++) {
         const int f0 = m->share ? 0 : mi, f1 = m->share ? F : mi + 1;
         int n = 0;
@@ -540,13 +524,13 @@ static int dhe_backward(es_storage *s, const es_batch *b, const float *dout) {
                         backward_block(m, mi, n, dout);
                         n = 0;
                     }
-                    m->touched[mi] = 1;
+                    es__dense_opt_mark_group(&m->opt, mi);
                 }
             }
         if (n) backward_block(m, mi, n, dout);
     }
-    for (int mi = 0; mi < m->M; mi++)
-        if (m->touched[mi]) step_network(m, mi, &s->p.opt);
+    /* one step of each network that saw a value; zeroes their gradients */
+    es__dense_opt_step_marked(&m->opt);
     return ES_OK;
 }
 
@@ -560,9 +544,11 @@ static int dhe_tensors(es_storage *s, es_tensor_ref *refs, int max) {
     if (max < n) return ES_ERANGE;
     int i = 0;
     for (int q = 0; q < per; q++) {
-        /* q = 0: parameters; 1: adagrad accumulator or adam first moment; 2: adam second moment */
-        float *base = q == 0 ? m->w : q == 1 ? m->s1 : m->s2;
-        const char *p = q == 0 ? "" : q == 2 ? "opt.v." : m->dopt == DOPT_ADAGRAD ? "opt.acc." : "opt.m.";
+        /* q = 0: parameters, "mlp.w0"...; then the optimizer's state arrays
+         * in its order, "opt.acc.mlp.w0"... or "opt.m.", "opt.v." */
+        float *base = q == 0 ? m->w : es__dense_opt_state(&m->opt, q - 1);
+        char p[16] = "";
+        if (q) snprintf(p, sizeof p, "opt.%s.", es__dense_opt_state_name(&m->opt, q - 1));
         for (int l = 0; l <= m->L; l++) {
             char name[ES_TENSOR_NAME_MAX];
             snprintf(name, sizeof name, "%smlp.w%d", p, l);
@@ -573,7 +559,7 @@ static int dhe_tensors(es_storage *s, es_tensor_ref *refs, int max) {
         }
     }
     if (m->dopt == DOPT_ADAM) {
-        es__tensor_ref_set(&refs[i++], "opt.step", ES_DT_U64, m->step, 1, (uint64_t)m->M);
+        es__tensor_ref_set(&refs[i++], "opt.step", ES_DT_U64, es__dense_opt_steps(&m->opt), 1, (uint64_t)m->M);
     }
     return i;
 }

@@ -80,8 +80,8 @@ typedef struct mde_impl {
     float *rows;             /* [max(R,1)] */
     float *racc;             /* row optimizer state: rowwise [N], adagrad [R] */
     float *proj;             /* [max(Q,1)] */
-    float *pacc, *pv;        /* dense state: adagrad acc / adam m, adam v */
-    uint64_t *pstep;         /* adam: [1] */
+    es__dense_opt popt;      /* the projections' optimizer: segment t = tier t's
+                              * projection (empty when d_t = dim), one step count */
     es_rows tail;            /* [H, dim] */
     /* derived */
     uint64_t *vstart;        /* [T + 1] first value index of each tier */
@@ -92,7 +92,6 @@ typedef struct mde_impl {
     /* training */
     es_gradacc ga;           /* output-space gradient per value id (value i, or N + hashed row) */
     float *pgrad;            /* [max(Q,1)] */
-    unsigned char *ptouched; /* [max(T,1)] */
     float *gr;               /* [dim] */
     mde_dopt dopt;
     float lr;
@@ -138,9 +137,7 @@ static void mde_free(mde_impl *m) {
     es__free_aligned(m->rows);
     es__free_aligned(m->racc);
     es__free_aligned(m->proj);
-    es__free_aligned(m->pacc);
-    es__free_aligned(m->pv);
-    es__free(m->pstep);
+    es__dense_opt_free(&m->popt);
     es__rows_free(&m->tail);
     es__free(m->vstart);
     es__free(m->poff);
@@ -148,7 +145,6 @@ static void mde_free(mde_impl *m) {
     es__free(m->index);
     es__gradacc_free(&m->ga);
     es__free_aligned(m->pgrad);
-    es__free(m->ptouched);
     es__free(m->gr);
     es__free(m);
 }
@@ -194,6 +190,12 @@ static int mde_derive(mde_impl *m, es_err *err) {
                        "%llu and %llu",
                        (unsigned long long)v, (unsigned long long)rf, (unsigned long long)pf, (unsigned long long)m->N,
                        (unsigned long long)m->R, (unsigned long long)m->Q);
+    es__dense_opt_clear_segs(&m->popt);
+    for (uint64_t t = 0; t < m->T; t++) {
+        const int full = m->poff[t] == UINT64_MAX;
+        es__dense_opt_add_seg(&m->popt, full ? 0 : (size_t)m->poff[t], full ? 0 : (size_t)m->views[t].dim * (size_t)m->dim,
+                              0, 0);
+    }
     uint64_t sum = 0;
     for (int s = 0; s < m->S; s++) {
         if (m->hrows[s] == 0 || m->hrows[s] > m->H)
@@ -491,13 +493,18 @@ static int mde_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     m->views = es__calloc((size_t)ES_MAX(T, 1), sizeof *m->views);
     m->index = es__calloc(m->icap, sizeof *m->index);
     m->pgrad = es__alloc_aligned(qbytes);
-    m->ptouched = es__calloc((size_t)ES_MAX(T, 1), 1);
     m->gr = es__malloc((size_t)dim * sizeof *m->gr);
     int ok = m->keys && m->tiers && m->hrows && m->rows && m->proj && m->vstart && m->poff && m->views && m->index &&
-             m->pgrad && m->ptouched && m->gr;
+             m->pgrad && m->gr;
     if (ok && accn) ok = (m->racc = es__alloc_aligned(accn * sizeof(float))) != NULL;
-    if (ok && dopt != DOPT_SGD) ok = (m->pacc = es__alloc_aligned(qbytes)) != NULL;
-    if (ok && dopt == DOPT_ADAM) ok = (m->pv = es__alloc_aligned(qbytes)) && (m->pstep = es__calloc(1, sizeof *m->pstep));
+    if (ok) {
+        /* the projections' optimizer: the storage optimizer's eps, betas and
+         * init_acc with the dense kind and rate; no weight decay */
+        es_optim_params dp = s->p.opt;
+        dp.kind = dopt == DOPT_SGD ? ES_OPT_SGD : dopt == DOPT_ADAGRAD ? ES_OPT_ADAGRAD : ES_OPT_ADAM;
+        dp.lr = lr;
+        ok = T <= (uint64_t)INT32_MAX && es__dense_opt_init(&m->popt, &dp, 0.0f, m->proj, m->pgrad, (size_t)Q, (int)T, 1) == ES_OK;
+    }
     es_rng rng;
     es__rng_seed(&rng, s->p.seed);
     if (ok) {
@@ -506,8 +513,6 @@ static int mde_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         if (s->p.init_scale > 0 && R) es__rng_fill_uniform(&rng, m->rows, (size_t)R, s->p.init_scale);
         if (m->opt.kind != ES_OPT_SGD && m->opt.init_acc != 0.0f)
             for (size_t i = 0; i < accn; i++) m->racc[i] = m->opt.init_acc;
-        if (dopt == DOPT_ADAGRAD && m->opt.init_acc != 0.0f)
-            for (uint64_t i = 0; i < Q; i++) m->pacc[i] = m->opt.init_acc;
         ok = es__rows_init(&m->tail, H, dim, &s->p.opt, NULL, 0.0f) == ES_OK;
     }
     if (ok) {
@@ -576,8 +581,7 @@ static int mde_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     s->param_bytes = 4 * (size_t)(R + Q) + es__rows_param_bytes(&m->tail);
     s->aux_bytes = mde_aux(N, T, S);
     s->state_bytes = es__rows_state_bytes(&m->tail) + (N > 0 ? accn * sizeof(float) : 0) +
-                     (Q > 0 && dopt == DOPT_ADAGRAD ? (size_t)Q * sizeof(float) : 0) +
-                     (Q > 0 && dopt == DOPT_ADAM ? 2 * (size_t)Q * sizeof(float) + sizeof(uint64_t) : 0);
+                     (Q > 0 ? es__dense_opt_state_bytes(&m->popt) : 0);
     return ES_OK;
 fail_solve:
     es__free(cands);
@@ -643,11 +647,7 @@ static int mde_backward(es_storage *s, const es_batch *b, const float *dout) {
         }
     }
     /* 2. rows (through their projections) and projection gradients */
-    if (m->Q) {
-        memset(m->pgrad, 0, (size_t)m->Q * sizeof(float));
-        memset(m->ptouched, 0, (size_t)m->T);
-    }
-    int any_proj = 0;
+    /* (pgrad is zero here: each step zeroes what it used) */
     for (size_t e = 0; e < m->ga.n; e++) {
         const uint64_t id = m->ga.rows[e];
         const float *g = m->ga.g + e * dim;
@@ -668,25 +668,13 @@ static int mde_backward(es_storage *s, const es_batch *b, const float *dout) {
             m->gr[j] = es__dot(pm + (size_t)j * dim, g, dim);
             es__axpy(pg + (size_t)j * dim, row[j], g, dim);
         }
-        m->ptouched[t] = 1;
-        any_proj = 1;
+        es__dense_opt_mark(&m->popt, (int)t);
         es__rows_update(tv, r, m->gr);
     }
     es__gradacc_clear(&m->ga);
-    /* 3. one dense step per touched projection */
-    if (any_proj && m->dopt == DOPT_ADAM) (*m->pstep)++;
-    for (uint64_t t = 0; any_proj && t < m->T; t++) {
-        if (!m->ptouched[t]) continue;
-        const size_t at = (size_t)m->poff[t], cnt = (size_t)m->views[t].dim * dim;
-        switch (m->dopt) {
-        case DOPT_SGD: es__sgd_update(m->proj + at, m->pgrad + at, cnt, m->lr, 0.0f); break;
-        case DOPT_ADAGRAD: es__adagrad_update(m->proj + at, m->pgrad + at, m->pacc + at, cnt, m->lr, m->opt.eps, 0.0f); break;
-        case DOPT_ADAM:
-            es__adam_update(m->proj + at, m->pgrad + at, m->pacc + at, m->pv + at, cnt, m->lr, m->opt.beta1, m->opt.beta2,
-                            m->opt.eps, 0.0f, (int64_t)*m->pstep);
-            break;
-        }
-    }
+    /* 3. one dense step of the touched projections (the step count goes up
+     * once when any is touched); zeroes their gradients */
+    es__dense_opt_step_marked(&m->popt);
     return ES_OK;
 }
 
@@ -707,12 +695,14 @@ static int mde_tensors(es_storage *s, es_tensor_ref *refs, int max) {
         if (m->opt.kind == ES_OPT_ADAGRAD) es__tensor_ref_set(&tmp[n++], "opt.tail.acc", ES_DT_F32, m->tail.acc, 2, m->H, (uint64_t)dim);
         else es__tensor_ref_set(&tmp[n++], "opt.tail.acc", ES_DT_F32, m->tail.acc, 1, m->H);
     }
-    if (m->Q && m->dopt == DOPT_ADAGRAD) es__tensor_ref_set(&tmp[n++], "opt.proj.acc", ES_DT_F32, m->pacc, 1, m->Q);
-    if (m->Q && m->dopt == DOPT_ADAM) {
-        es__tensor_ref_set(&tmp[n++], "opt.proj.m", ES_DT_F32, m->pacc, 1, m->Q);
-        es__tensor_ref_set(&tmp[n++], "opt.proj.v", ES_DT_F32, m->pv, 1, m->Q);
-        es__tensor_ref_set(&tmp[n++], "opt.proj.step", ES_DT_U64, m->pstep, 1, (uint64_t)1);
+    /* "opt.proj.acc", or "opt.proj.m", "opt.proj.v" and "opt.proj.step" */
+    for (int a = 0; m->Q && a < es__dense_opt_n_states(&m->popt); a++) {
+        char name[32];
+        snprintf(name, sizeof name, "opt.proj.%s", es__dense_opt_state_name(&m->popt, a));
+        es__tensor_ref_set(&tmp[n++], name, ES_DT_F32, es__dense_opt_state(&m->popt, a), 1, m->Q);
     }
+    if (m->Q && es__dense_opt_steps(&m->popt))
+        es__tensor_ref_set(&tmp[n++], "opt.proj.step", ES_DT_U64, es__dense_opt_steps(&m->popt), 1, (uint64_t)1);
     if (m->N) es__tensor_ref_set(&tmp[n++], "map.keys", ES_DT_U64, m->keys, 1, m->N);
     if (m->T) es__tensor_ref_set(&tmp[n++], "map.tiers", ES_DT_U64, m->tiers, 2, m->T, (uint64_t)3);
     es__tensor_ref_set(&tmp[n++], "map.hashed", ES_DT_U64, m->hrows, 1, (uint64_t)m->S);

@@ -1,6 +1,7 @@
 /*
  * rows.c — the pieces every row-table storage method shares: a dense row
- * table with its sparse optimizer (SGD, Adagrad, row-wise Adagrad), the
+ * table with the state of its sparse optimizer (SGD, Adagrad, row-wise
+ * Adagrad; the update rule itself is es__row_update in optim/), the
  * gradient accumulator that merges duplicate rows of a batch, and the
  * lookup / backward kernels that pool rows into the [n, F, dim] output.
  *
@@ -66,33 +67,13 @@ size_t es__rows_state_bytes(const es_rows *t) {
 }
 
 void es__rows_update(es_rows *t, uint64_t r, const float *g) {
-    const int dim = t->dim;
-    float *restrict w = t->w + (size_t)r * (size_t)dim;
-    const float lr = t->opt.lr, eps = t->opt.eps;
-    switch (t->opt.kind) {
-    case ES_OPT_SGD:
-        es__axpy(w, -lr, g, (size_t)dim);
-        break;
-    case ES_OPT_ADAGRAD: {
-        float *restrict a = t->acc + (size_t)r * (size_t)dim;
-        for (int d = 0; d < dim; d++) {
-            a[d] += g[d] * g[d];
-            w[d] -= lr * g[d] / (sqrtf(a[d]) + eps);
-        }
-        break;
-    }
-    case ES_OPT_ROWWISE_ADAGRAD: {
-        /* FBGEMM / TorchRec convention: the row's accumulator grows by the
-         * mean squared gradient of the row, and the whole row takes one step
-         * size.  One float of state per row instead of dim. */
-        float ms = es__dot(g, g, (size_t)dim) / (float)dim;
-        t->acc[r] += ms;
-        es__axpy(w, -lr / (sqrtf(t->acc[r]) + eps), g, (size_t)dim);
-        break;
-    }
-    default:
-        ES_ASSERT(!"optimizer kind checked at init");
-    }
+    /* the update itself is optim/'s (es__row_update); a table only knows
+     * where row r and its state live */
+    const size_t dim = (size_t)t->dim;
+    float *acc = t->opt.kind == ES_OPT_ADAGRAD           ? t->acc + (size_t)r * dim
+                 : t->opt.kind == ES_OPT_ROWWISE_ADAGRAD ? t->acc + r
+                                                         : NULL;
+    es__row_update(t->w + (size_t)r * dim, acc, g, t->dim, &t->opt);
 }
 
 int es__rows_tensors(es_rows *t, es_tensor_ref *refs, int max) {
