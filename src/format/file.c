@@ -991,3 +991,29 @@ int es__file_fix_checksum(void *data, size_t len) {
     st64(b + H_CHECKSUM, es__hash(b + CHECKSUM_FROM, (size_t)d - CHECKSUM_FROM, 0));
     return ES_OK;
 }
+
+int es__file_place(es_file *f, int i, void *dst, int inplace, size_t *placed, const char *path, es_err *err) {
+    const es_tensor_ref *t = es__file_tensor_at(f, i);
+    size_t whole = t->nbytes & ~(size_t)(ES_FILE_PAGE_ALIGN - 1);
+    uint64_t off = es__file_tensor_offset(f, i);
+    if (inplace && whole > 0 && off % ES_FILE_PAGE_ALIGN == 0 && (uintptr_t)dst % ES_FILE_PAGE_ALIGN == 0) {
+        const char *src = t->data; /* the tail stays readable after a move */
+        int rc = es__file_is_mapped(f) ? es__alloc_remap(dst, whole, es__file_fd(f), off) : es__file_move_pages(f, i, dst, whole);
+        if (rc == ES_OK) {
+            memcpy((char *)dst + whole, src + whole, t->nbytes - whole);
+            if (placed) *placed += whole;
+            return ES_OK;
+        }
+        /* ES_EINVAL: the block does not qualify, copy below.  Anything else
+         * is a failed mmap/mremap over the block: refuse rather than guess. */
+        if (rc != ES_EINVAL) return es__err(err, rc, "%s: cannot place tensor '%s' from the file: %s", path, t->name, strerror(errno));
+    }
+    memcpy(dst, t->data, t->nbytes);
+    return ES_OK;
+}
+
+int es__file_inplace_ok(const es_file *f) {
+    const char *no_remap = getenv("ES_NO_REMAP");
+    return es__file_fd(f) >= 0 && sysconf(_SC_PAGESIZE) == ES_FILE_PAGE_ALIGN &&
+           !(no_remap && *no_remap && strcmp(no_remap, "0") != 0);
+}

@@ -164,6 +164,24 @@ int es__file_move_pages(es_file *f, int i, void *dst, size_t nbytes);
  * for a large tensor in a version >= 2 file), UINT64_MAX for a bad i. */
 uint64_t es__file_tensor_offset(const es_file *f, int i);
 
+/* Put tensor i (its descriptor t = es__file_tensor_at(f, i)) into the
+ * array dst of t->nbytes bytes, copying each byte at most once.  When
+ * es__file_inplace_ok(f) said yes (`inplace`), the tensor's file offset and
+ * dst are page-aligned and dst is a large block from es__alloc_aligned,
+ * its whole pages are placed without copying: moved from the handle's
+ * private copy of the file (es__file_move_pages), or, for a mapped file
+ * (ES_FILE_MAP), mapped copy-on-write from the file (es__alloc_remap); only
+ * the last partial page is copied, and *placed (may be NULL) grows by the
+ * bytes placed.  Otherwise (small tensors, arrays carved from one
+ * allocation, memory images, version-1 offsets) the bytes are copied.
+ * A failed mmap/mremap over dst is ES_EIO / ES_ENOMEM with a message
+ * naming path and the tensor. */
+int es__file_place(es_file *f, int i, void *dst, int inplace, size_t *placed, const char *path, es_err *err);
+/* Whether es__file_place may place pages in place for f: a real file, 4
+ * KiB pages, and not turned off by ES_NO_REMAP=1 in the environment (to
+ * compare the paths or rule them out when debugging). */
+int es__file_inplace_ok(const es_file *f);
+
 /* Internal, for tests and the fuzzer: recompute the header checksum of a
  * file image in place (bytes 8..15), so that deliberately malformed tables
  * reach the field checks behind the checksum.  ES_EFORMAT if the image is

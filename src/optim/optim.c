@@ -453,3 +453,18 @@ const char *es__dense_opt_state_name(const es__dense_opt *o, int a) {
 }
 
 int64_t *es__dense_opt_steps(es__dense_opt *o) { return o->step; }
+
+int es__optim_meta_read(const char *path, const char *key, const char *s, int n, es_optim_params *o, es_err *err) {
+    double v[6];
+    int rc = es__meta_f64_list(path, key, s, n, 0, 3.4e38, v, err);
+    if (rc) return rc;
+    if (v[0] != (int)v[0] || v[0] > ES_OPT_ADAM)
+        return es__err(err, ES_EFORMAT, "%s: metadata %s=%.64s: unknown optimizer %.9g", path, key, s, v[0]);
+    o->kind = (es_optim)(int)v[0];
+    o->lr = (float)v[1];
+    o->eps = (float)v[2];
+    o->beta1 = (float)v[3];
+    o->beta2 = (float)v[4];
+    if (n > 5) o->init_acc = (float)v[5];
+    return ES_OK;
+}

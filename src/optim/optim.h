@@ -10,10 +10,12 @@
 #ifndef ES_OPTIM_H
 #define ES_OPTIM_H
 
+#include "core/core.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
-/* ---- optimizer kinds (persisted in metadata by name, not number) --------- */
+/* ---- optimizer kinds (persisted by number in file metadata: append-only) -- */
 typedef enum {
     ES_OPT_SGD = 0,
     ES_OPT_ADAGRAD = 1,          /* per-element accumulator */
@@ -143,5 +145,12 @@ int es__dense_opt_n_states(const es__dense_opt *o);
 float *es__dense_opt_state(es__dense_opt *o, int a);
 const char *es__dense_opt_state_name(const es__dense_opt *o, int a);
 int64_t *es__dense_opt_steps(es__dense_opt *o);
+
+/* ---- persisted optimizer settings ---------------------------------------------
+ * Files record an optimizer as "kind,lr,eps,beta1,beta2[,init_acc]" (kind is
+ * the es_optim number; the enum is append-only).  es__optim_meta_read
+ * parses such a record of n numbers (5 or 6) strictly: each a finite number
+ * >= 0, the kind a known optimizer; ES_EFORMAT naming path and key. */
+int es__optim_meta_read(const char *path, const char *key, const char *s, int n, es_optim_params *o, es_err *err);
 
 #endif /* ES_OPTIM_H */

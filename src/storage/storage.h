@@ -251,10 +251,12 @@ const char *es__storage_errmsg(const es_storage *s);
  * es__storage_params_read: the parameters to re-create a saved storage
  *   from a file's metadata (vocab NULL): method, dim, n_fields and
  *   max_batch (0 when the file lacks them), budget in bytes, seed,
- *   init_scale, optimizer, and opts = the resolved options then the
- *   caller's (allocated into *opts, which sp->opts points to; free it after
- *   the create).  Strings point into f.  ES_EFORMAT names a missing or
- *   malformed key.
+ *   init_scale, optimizer, and opts = es__storage_load_opts of the
+ *   resolved options, the caller's, and the keys files from before the
+ *   option tables kept apart (storage.min_count, .chunks, .subtables,
+ *   .share) (allocated into *opts, which sp->opts points to; free it after
+ *   the create).  Strings point into f.  Every number is parsed strictly
+ *   (core.h es__meta_*): ES_EFORMAT names a missing or malformed key.
  * es__storage_read_tensors: put the file's tensors into the arrays of s
  *   (created from those parameters), checking dtype and size, in place
  *   where possible (pages moved or mapped; *mapped, may be NULL, grows by

@@ -80,103 +80,56 @@ int es__storage_write(es_fwriter *w, es_storage *s, int with_state, es_err *err)
     return rc;
 }
 
-/* Strict decimal integer in [lo, hi]; 0 when the key is absent (*found 0). */
-static int meta_long(const es_file *f, const char *key, long lo, long hi, long *out, int *found, const char *path,
-                     es_err *err) {
-    const char *v = es__file_meta(f, key);
-    *found = 0;
-    if (!v) return ES_OK;
-    char *end;
-    errno = 0;
-    long x = strtol(v, &end, 10);
-    if (end == v || *end || errno || x < lo || x > hi)
-        return es__err(err, ES_EFORMAT, "%s: metadata %s='%.64s' is not an integer in [%ld, %ld]", path, key, v, lo, hi);
-    *out = x;
-    *found = 1;
-    return ES_OK;
-}
-
 int es__storage_params_read(const es_file *f, const char *path, es_storage_params *sp, char **opts_out, es_err *err) {
     *sp = es__storage_params_default();
     *opts_out = NULL;
-    long x;
-    int found, rc;
+    int rc;
+    const char *s;
+    double x;
     sp->method = es__file_meta(f, "storage.method");
     if (!sp->method || !*sp->method) return es__err(err, ES_EFORMAT, "%s: metadata lacks 'storage.method'", path);
-    if ((rc = meta_long(f, "storage.dim", 1, 1 << 16, &x, &found, path, err)) != 0) return rc;
-    if (!found) return es__err(err, ES_EFORMAT, "%s: metadata lacks 'storage.dim'", path);
-    sp->dim = (int)x;
+    if ((rc = es__meta_int(path, "storage.dim", es__file_meta(f, "storage.dim"), 1, 1 << 16, &sp->dim, err)) != 0) return rc;
     sp->n_fields = 0; /* the caller decides when they are required */
     sp->max_batch = 0;
-    if ((rc = meta_long(f, "storage.n_fields", 1, 1 << 20, &x, &found, path, err)) != 0) return rc;
-    if (found) sp->n_fields = (int)x;
-    if ((rc = meta_long(f, "storage.max_batch", 1, 1 << 24, &x, &found, path, err)) != 0) return rc;
-    if (found) sp->max_batch = (int)x;
-    const char *s;
+    if ((s = es__file_meta(f, "storage.n_fields")) && (rc = es__meta_int(path, "storage.n_fields", s, 1, 1 << 20, &sp->n_fields, err)))
+        return rc;
+    if ((s = es__file_meta(f, "storage.max_batch")) && (rc = es__meta_int(path, "storage.max_batch", s, 1, 1 << 24, &sp->max_batch, err)))
+        return rc;
     if ((s = es__file_meta(f, "storage.budget_bytes"))) {
-        char *end;
-        double b = strtod(s, &end);
-        if (end == s || *end || !(b >= 0) || !isfinite(b))
-            return es__err(err, ES_EFORMAT, "%s: metadata storage.budget_bytes='%.64s' is not a byte count", path, s);
-        /* a resolved budget is in bytes: never re-read it as a fraction */
-        sp->budget = b > 1 ? b : 0;
+        if ((rc = es__meta_f64(path, "storage.budget_bytes", s, 0, 1e18, &x, err)) != 0) return rc;
+        sp->budget = x > 1 ? x : 0; /* a resolved budget is in bytes: never re-read it as a fraction */
     }
-    if ((s = es__file_meta(f, "storage.seed"))) {
-        char *end;
-        errno = 0;
-        unsigned long long v = strtoull(s, &end, 10);
-        if (end == s || *end || errno || *s == '-')
-            return es__err(err, ES_EFORMAT, "%s: metadata storage.seed='%.64s' is not a seed", path, s);
-        sp->seed = (uint64_t)v;
-    }
+    if ((s = es__file_meta(f, "storage.seed")) && (rc = es__meta_u64(path, "storage.seed", s, 0, UINT64_MAX, &sp->seed, err))) return rc;
     if ((s = es__file_meta(f, "storage.init_scale"))) {
-        char *end;
-        sp->init_scale = strtof(s, &end);
-        if (end == s || *end) return es__err(err, ES_EFORMAT, "%s: metadata storage.init_scale='%.64s' is not a number", path, s);
+        if ((rc = es__meta_f64(path, "storage.init_scale", s, 0, 3.4e38, &x, err)) != 0) return rc;
+        sp->init_scale = (float)x;
     }
     if ((s = es__file_meta(f, "storage.opt"))) {
-        int k = -1, used = 0;
-        es_optim_params o = sp->opt;
-        if (sscanf(s, "%d,%f,%f,%f,%f,%f%n", &k, &o.lr, &o.eps, &o.beta1, &o.beta2, &o.init_acc, &used) != 6 || s[used] ||
-            (k != ES_OPT_SGD && k != ES_OPT_ADAGRAD && k != ES_OPT_ROWWISE_ADAGRAD))
-            return es__err(err, ES_EFORMAT, "%s: metadata storage.opt='%.64s' is not a table optimizer", path, s);
-        o.kind = (es_optim)k;
-        sp->opt = o;
+        if ((rc = es__optim_meta_read(path, "storage.opt", s, 6, &sp->opt, err)) != 0) return rc;
+        if (sp->opt.kind == ES_OPT_ADAM)
+            return es__err(err, ES_EFORMAT, "%s: metadata storage.opt=%.64s: Adam is not a table optimizer", path, s);
     }
-    /* The resolved hyper-parameters (rows per table, ...) come first, so
-     * they take precedence over budget solving and the shapes match the
-     * saved tensors; the caller's own options follow. */
-    const char *user = es__file_meta(f, "storage.opts");
-    const char *resolved = es__file_meta(f, "storage.resolved");
-    size_t len = (resolved ? strlen(resolved) : 0) + (user ? strlen(user) : 0) + 2;
-    char *opts = es__malloc(len);
+    /* The resolved hyper-parameters (rows per table, ...) take precedence
+     * over budget solving, so the shapes match the saved tensors; then the
+     * caller's own options the method knows; files from before the option
+     * tables keep min_count, chunks, subtables and share in keys of their
+     * own, folded in for the methods that take them. */
+    static const char *const legacy_keys[] = {"min_count", "chunks", "subtables", "share"};
+    char legacy[160];
+    size_t o = 0;
+    legacy[0] = 0;
+    for (int i = 0; i < 4; i++) {
+        char key[32];
+        int64_t v;
+        snprintf(key, sizeof key, "storage.%s", legacy_keys[i]);
+        if (!(s = es__file_meta(f, key))) continue;
+        if ((rc = es__meta_i64(path, key, s, 0, INT32_MAX, &v, err)) != 0) return rc;
+        o += (size_t)snprintf(legacy + o, sizeof legacy - o, "%s%s=%lld", o ? "," : "", legacy_keys[i], (long long)v);
+    }
+    char *opts = es__storage_load_opts(sp->method, es__file_meta(f, "storage.resolved"), es__file_meta(f, "storage.opts"), legacy);
     if (!opts) return es__err(err, ES_ENOMEM, "out of memory");
-    snprintf(opts, len, "%s%s%s", resolved ? resolved : "", (resolved && *resolved && user && *user) ? "," : "", user ? user : "");
     sp->opts = opts;
     *opts_out = opts;
-    return ES_OK;
-}
-
-/* Put file tensor ti into dst (t->nbytes bytes): in place when allowed
- * and aligned (pages moved out of the handle's private copy, or mapped
- * copy-on-write from a mapped file), by copying otherwise.  The same rule
- * as model.c's place_tensor (see the comment on es__model_load). */
-static int place(es_file *f, int ti, const es_tensor_ref *t, void *dst, int inplace, size_t *mapped, const char *path,
-                 es_err *err) {
-    size_t whole = t->nbytes & ~(size_t)(ES_FILE_PAGE_ALIGN - 1);
-    uint64_t off = es__file_tensor_offset(f, ti);
-    if (inplace && whole > 0 && off % ES_FILE_PAGE_ALIGN == 0 && (uintptr_t)dst % ES_FILE_PAGE_ALIGN == 0) {
-        const char *src = t->data; /* the tail stays readable after a move */
-        int rc = es__file_is_mapped(f) ? es__alloc_remap(dst, whole, es__file_fd(f), off) : es__file_move_pages(f, ti, dst, whole);
-        if (rc == ES_OK) {
-            memcpy((char *)dst + whole, src + whole, t->nbytes - whole);
-            if (mapped) *mapped += whole;
-            return ES_OK;
-        }
-        if (rc != ES_EINVAL)
-            return es__err(err, rc, "%s: cannot place tensor '%s' from the file: %s", path, t->name, strerror(errno));
-    }
-    memcpy(dst, t->data, t->nbytes);
     return ES_OK;
 }
 
@@ -184,9 +137,7 @@ int es__storage_read_tensors(es_storage *s, es_file *f, int with_state, const ch
     es_tensor_ref *refs;
     int n, rc;
     if ((rc = list_refs(s, &refs, &n, err)) != 0) return rc;
-    const char *no_remap = getenv("ES_NO_REMAP");
-    const int inplace = es__file_fd(f) >= 0 && sysconf(_SC_PAGESIZE) == ES_FILE_PAGE_ALIGN &&
-                        !(no_remap && *no_remap && strcmp(no_remap, "0") != 0);
+    const int inplace = es__file_inplace_ok(f);
     for (int i = 0; i < n && rc == 0; i++) {
         if (!with_state && is_opt_name(refs[i].name)) continue;
         char name[ES_TENSOR_NAME_MAX];
@@ -207,7 +158,7 @@ int es__storage_read_tensors(es_storage *s, es_file *f, int with_state, const ch
         }
         int ti = (int)(t - es__file_tensor_at(f, 0)); /* es__file_tensor points into that table */
         ES_ASSERT(es__file_tensor_at(f, ti) == t);
-        rc = place(f, ti, t, refs[i].data, inplace, mapped, path, err);
+        rc = es__file_place(f, ti, refs[i].data, inplace, mapped, path, err);
     }
     es__free(refs);
     if (rc == 0 && s->ops->after_load) rc = s->ops->after_load(s, err);
