@@ -1,6 +1,6 @@
 /*
  * fuzz_model_load.c — libFuzzer target for the model loader
- * (es_model_load, src/train/model.c) on arbitrary files.
+ * (es_model_load, src/train/model_io.c) on arbitrary files.
  *
  * The container reader has its own target (fuzz_file.c); this one goes a
  * level up: metadata that parses as a container but describes an
@@ -12,28 +12,13 @@
  * on a one-row batch without crashing.  Seeds (small real models of every
  * kind) are in fuzz/corpus/model_load/; fuzz/run.sh builds and runs this.
  */
-#include "format/file.h"
-
-#include <stdlib.h>
-#include <unistd.h>
+#include "fuzz_load_common.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    static char path[64];
-    if (!path[0]) snprintf(path, sizeof path, "/tmp/fuzz_model_load.%ld.es", (long)getpid());
-    uint8_t *buf = malloc(size ? size : 1);
-    if (!buf) return 0;
-    memcpy(buf, data, size);
-    es__file_fix_checksum(buf, size); /* reach the model checks behind the header checksum */
-    FILE *f = fopen(path, "wb");
-    if (!f) {
-        free(buf);
-        return 0;
-    }
-    fwrite(buf, 1, size, f);
-    fclose(f);
-    free(buf);
+    const char *path = fuzz_load_file("fuzz_model_load", data, size);
+    if (!path) return 0;
     es_model *m = NULL;
     es_err err = {0};
     int rc = es_model_load(&m, path, ES_LOAD_NO_VERIFY, &err);

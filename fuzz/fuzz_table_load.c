@@ -13,28 +13,13 @@
  * finite where the file's values are.  Seeds (small tables of several
  * methods, with and without state) are in fuzz/corpus/table_load/.
  */
-#include "format/file.h"
-
-#include <stdlib.h>
-#include <unistd.h>
+#include "fuzz_load_common.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    static char path[64];
-    if (!path[0]) snprintf(path, sizeof path, "/tmp/fuzz_table_load.%ld.es", (long)getpid());
-    uint8_t *buf = malloc(size ? size : 1);
-    if (!buf) return 0;
-    memcpy(buf, data, size);
-    es__file_fix_checksum(buf, size); /* reach the table checks behind the header checksum */
-    FILE *f = fopen(path, "wb");
-    if (!f) {
-        free(buf);
-        return 0;
-    }
-    fwrite(buf, 1, size, f);
-    fclose(f);
-    free(buf);
+    const char *path = fuzz_load_file("fuzz_table_load", data, size);
+    if (!path) return 0;
     es_table *t = NULL;
     es_err err = {0};
     int rc = es_table_load(&t, path, ES_LOAD_NO_VERIFY, &err);

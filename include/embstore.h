@@ -815,7 +815,7 @@ ES_API const char *es_file_meta(const es_file *f, const char *key);
 ES_API int es_file_n_tensors(const es_file *f);
 /* Description of tensor i: name, dtype name ("f32", ...), dims, bytes. */
 ES_API int es_file_tensor_info(const es_file *f, int i, const char **name, const char **dtype, int *ndim, uint64_t shape[4],
-                             uint64_t *nbytes);
+                               uint64_t *nbytes);
 
 /* ==== Vector search (index) ==== */
 /* Search stored vectors: exact, quantized, binary and graph indexes,
@@ -923,7 +923,7 @@ typedef struct es_filter {
  * afterwards from the same thread, returns it, and a search failing in
  * another thread at the same time neither overwrites nor shows in it. */
 ES_API int es_index_search(es_index *ix, size_t nq, const float *q, int k, const es_filter *filter, int64_t *ids,
-                    float *dist);
+                           float *dist);
 /* es_index_search with the message of a failure written to err (may be
  * NULL; untouched on success) and nowhere else: neither the handle nor the
  * thread's message es_index_errmsg returns changes.  For callers that hand
@@ -1013,7 +1013,7 @@ ES_API int es_vecs_read(es_vecs *out, const char *path, const es_vec_read_params
 /* Read several files of one format as one set (e.g. a base split in
  * parts); dimensions must agree. */
 ES_API int es_vecs_read_many(es_vecs *out, const char *const *paths, int n_paths, const es_vec_read_params *p,
-                      es_err *err);
+                             es_err *err);
 ES_API void es_vecs_free(es_vecs *v);
 /* Write texmex files atomically (temporary file, then rename). */
 ES_API int es_fvecs_write(const char *path, size_t n, int dim, const float *x, es_err *err);
@@ -1056,10 +1056,10 @@ ES_API int es_multi_add(es_multi *m, size_t n_sets, const size_t *off, const flo
  * FDE candidates: ids[nq*k], score[nq*k] (larger is better; -inf, -1 pad).
  * n_scored (may be NULL) receives the total documents scored exactly. */
 ES_API int es_multi_search(es_multi *m, size_t nq, const size_t *qoff, const float *q, int k, int64_t *ids, float *score,
-                    size_t *n_scored);
+                           size_t *n_scored);
 /* Exact Chamfer top-k over all documents (ground truth). */
 ES_API int es_multi_search_exact(es_multi *m, size_t nq, const size_t *qoff, const float *q, int k, int64_t *ids,
-                          float *score);
+                                 float *score);
 ES_API int es_multi_set(es_multi *m, const char *name, double value); /* "candidates", then es_index_set names */
 ES_API size_t es_multi_size(const es_multi *m);
 ES_API int es_multi_dim(const es_multi *m);     /* token vector dimension */

@@ -249,10 +249,14 @@ ES__OMP(omp parallel for schedule(static) if (count >= ES__PAR_ELEMS))
 
 /* ---- sparse row update ------------------------------------------------------------------ */
 
-void es__row_update(float *restrict w, float *restrict acc, const float *restrict g, int dim, const es_optim_params *o) {
+/* One body for the dispatched update and its reference twin: they differ
+ * only in the dot and axpy kernels (inlined with constant pointers). */
+static inline void row_update(float *restrict w, float *restrict acc, const float *restrict g, int dim, const es_optim_params *o,
+                              float (*dot)(const float *, const float *, size_t),
+                              void (*axpy)(float *, float, const float *, size_t)) {
     const float lr = o->lr, eps = o->eps;
     switch (o->kind) {
-    case ES_OPT_SGD: es__axpy(w, -lr, g, (size_t)dim); break;
+    case ES_OPT_SGD: axpy(w, -lr, g, (size_t)dim); break;
     case ES_OPT_ADAGRAD:
         for (int d = 0; d < dim; d++) {
             acc[d] += g[d] * g[d];
@@ -263,34 +267,21 @@ void es__row_update(float *restrict w, float *restrict acc, const float *restric
         /* FBGEMM / TorchRec convention: the row's accumulator grows by the
          * mean squared gradient of the row, and the whole row takes one step
          * size.  One float of state per row instead of dim. */
-        float ms = es__dot(g, g, (size_t)dim) / (float)dim;
+        float ms = dot(g, g, (size_t)dim) / (float)dim;
         acc[0] += ms;
-        es__axpy(w, -lr / (sqrtf(acc[0]) + eps), g, (size_t)dim);
+        axpy(w, -lr / (sqrtf(acc[0]) + eps), g, (size_t)dim);
         break;
     }
     default: ES_ASSERT(!"row optimizer must be sgd, adagrad or rowwise adagrad");
     }
 }
 
-void es__row_update_ref(float *restrict w, float *restrict acc, const float *restrict g, int dim,
-                        const es_optim_params *o) {
-    const float lr = o->lr, eps = o->eps;
-    switch (o->kind) {
-    case ES_OPT_SGD: es__axpy_ref(w, -lr, g, (size_t)dim); break;
-    case ES_OPT_ADAGRAD:
-        for (int d = 0; d < dim; d++) {
-            acc[d] += g[d] * g[d];
-            w[d] -= lr * g[d] / (sqrtf(acc[d]) + eps);
-        }
-        break;
-    case ES_OPT_ROWWISE_ADAGRAD: {
-        float ms = es__dot_ref(g, g, (size_t)dim) / (float)dim;
-        acc[0] += ms;
-        es__axpy_ref(w, -lr / (sqrtf(acc[0]) + eps), g, (size_t)dim);
-        break;
-    }
-    default: ES_ASSERT(!"row optimizer must be sgd, adagrad or rowwise adagrad");
-    }
+void es__row_update(float *restrict w, float *restrict acc, const float *restrict g, int dim, const es_optim_params *o) {
+    row_update(w, acc, g, dim, o, es__dot, es__axpy);
+}
+
+void es__row_update_ref(float *restrict w, float *restrict acc, const float *restrict g, int dim, const es_optim_params *o) {
+    row_update(w, acc, g, dim, o, es__dot_ref, es__axpy_ref);
 }
 
 /* ---- the dense optimizer ------------------------------------------------------------------- */
@@ -466,5 +457,14 @@ int es__optim_meta_read(const char *path, const char *key, const char *s, int n,
     o->beta1 = (float)v[3];
     o->beta2 = (float)v[4];
     if (n > 5) o->init_acc = (float)v[5];
+    return ES_OK;
+}
+
+int es__optim_parse(const char *s, es_optim *out) {
+    if (!strcmp(s, "adam")) *out = ES_OPT_ADAM;
+    else if (!strcmp(s, "sgd")) *out = ES_OPT_SGD;
+    else if (!strcmp(s, "adagrad")) *out = ES_OPT_ADAGRAD;
+    else if (!strcmp(s, "rowwise") || !strcmp(s, "rowwise-adagrad")) *out = ES_OPT_ROWWISE_ADAGRAD;
+    else return ES_EINVAL;
     return ES_OK;
 }

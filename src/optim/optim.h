@@ -146,6 +146,12 @@ float *es__dense_opt_state(es__dense_opt *o, int a);
 const char *es__dense_opt_state_name(const es__dense_opt *o, int a);
 int64_t *es__dense_opt_steps(es__dense_opt *o);
 
+/* The optimizer of a name: "adam", "sgd", "adagrad", "rowwise" (or
+ * "rowwise-adagrad"), the names the CLI and the public parameter structs
+ * take; ES_EINVAL for another.  Which kinds fit where (dense parameters:
+ * not row-wise; tables: not Adam) is the caller's check. */
+int es__optim_parse(const char *s, es_optim *out);
+
 /* ---- persisted optimizer settings ---------------------------------------------
  * Files record an optimizer as "kind,lr,eps,beta1,beta2[,init_acc]" (kind is
  * the es_optim number; the enum is append-only).  es__optim_meta_read

@@ -23,29 +23,18 @@ struct es_table {
 };
 
 es_table_params es_table_params_default(void) {
+    const es_storage_params d = es__storage_params_default(); /* one set of defaults */
     es_table_params p;
     memset(&p, 0, sizeof p);
-    p.method = "hash";
-    p.n_fields = 0;
-    p.dim = 16;
-    p.max_batch = 256;
-    p.budget = 0;
-    p.seed = 1;
-    p.init_scale = 0.05f;
+    p.method = d.method;
+    p.dim = d.dim;
+    p.max_batch = d.max_batch;
+    p.seed = d.seed;
+    p.init_scale = d.init_scale;
     p.optim = "rowwise";
-    p.lr = 0.05f;
-    p.eps = 1e-8f;
-    p.opts = NULL;
+    p.lr = d.opt.lr;
+    p.eps = d.opt.eps;
     return p;
-}
-
-/* The table optimizers by name (the names es_train_params.emb_optim takes). */
-static int parse_optim(const char *s, es_optim *out) {
-    if (!s || !strcmp(s, "rowwise") || !strcmp(s, "rowwise-adagrad")) *out = ES_OPT_ROWWISE_ADAGRAD;
-    else if (!strcmp(s, "adagrad")) *out = ES_OPT_ADAGRAD;
-    else if (!strcmp(s, "sgd")) *out = ES_OPT_SGD;
-    else return ES_EINVAL;
-    return ES_OK;
 }
 
 static int table_wrap(es_table **out, es_storage *s, es_err *err) {
@@ -71,7 +60,7 @@ int es_table_create(es_table **out, const es_table_params *p, const es_vocab *vo
     sp.budget = p->budget;
     sp.seed = p->seed;
     sp.init_scale = p->init_scale;
-    if (parse_optim(p->optim, &sp.opt.kind) != 0)
+    if (es__optim_parse(p->optim ? p->optim : "rowwise", &sp.opt.kind) != 0 || sp.opt.kind == ES_OPT_ADAM)
         return es__err(err, ES_EINVAL, "table: unknown optimizer '%s' (expected rowwise, adagrad or sgd)", p->optim);
     sp.opt.lr = p->lr;
     sp.opt.eps = p->eps;

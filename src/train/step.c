@@ -52,15 +52,6 @@ es_model_params es_model_params_from_train(const es_train_params *t, int n_dense
     return p;
 }
 
-static int parse_optim(const char *s, es_optim *out) {
-    if (!strcmp(s, "adam")) *out = ES_OPT_ADAM;
-    else if (!strcmp(s, "sgd")) *out = ES_OPT_SGD;
-    else if (!strcmp(s, "adagrad")) *out = ES_OPT_ADAGRAD;
-    else if (!strcmp(s, "rowwise") || !strcmp(s, "rowwise-adagrad")) *out = ES_OPT_ROWWISE_ADAGRAD;
-    else return ES_EINVAL;
-    return ES_OK;
-}
-
 int es__model_params_resolve(const es_model_params *p, es_net_params *np, es_storage_params *sp, es_err *err) {
     if (p->batch <= 0 || p->batch > (1 << 20)) return es__err(err, ES_EINVAL, "batch size %d out of range [1, 2^20]", p->batch);
     if (p->dim <= 0 || p->dim > 4096) return es__err(err, ES_EINVAL, "dim %d out of range [1, 4096]", p->dim);
@@ -73,9 +64,9 @@ int es__model_params_resolve(const es_model_params *p, es_net_params *np, es_sto
     if (es__net_kind_parse(p->model, &kind) != 0)
         return es__err(err, ES_EINVAL, "unknown model '%s' (expected lr, fm, dlrm or dcn)", p->model ? p->model : "");
     es_optim dense_opt, emb_opt;
-    if (parse_optim(p->optim ? p->optim : "adam", &dense_opt) != 0 || dense_opt == ES_OPT_ROWWISE_ADAGRAD)
+    if (es__optim_parse(p->optim ? p->optim : "adam", &dense_opt) != 0 || dense_opt == ES_OPT_ROWWISE_ADAGRAD)
         return es__err(err, ES_EINVAL, "unknown dense optimizer '%s' (expected adam, adagrad or sgd)", p->optim);
-    if (parse_optim(p->emb_optim ? p->emb_optim : "rowwise", &emb_opt) != 0 || emb_opt == ES_OPT_ADAM)
+    if (es__optim_parse(p->emb_optim ? p->emb_optim : "rowwise", &emb_opt) != 0 || emb_opt == ES_OPT_ADAM)
         return es__err(err, ES_EINVAL, "unknown table optimizer '%s' (expected rowwise, adagrad or sgd)", p->emb_optim);
     if (!p->storage || !es__storage_find(p->storage))
         return es__err(err, ES_EINVAL, "unknown storage method '%s'", p->storage ? p->storage : "");

@@ -24,21 +24,22 @@
 #include <unistd.h>
 
 es_train_params es_train_params_default(void) {
+    const es_model_params m = es_model_params_default(); /* the model's defaults, stated once */
     es_train_params p;
     memset(&p, 0, sizeof p);
     p.reader = es_reader_params_default();
-    p.model = "dlrm";
-    p.dim = 16;
-    p.storage = "unified";
-    p.budget = 0;
+    p.model = m.model;
+    p.dim = m.dim;
+    p.storage = m.storage;
+    p.budget = m.budget;
+    p.batch = m.batch;
+    p.lr = m.lr;
+    p.emb_lr = m.emb_lr;
+    p.optim = m.optim;
+    p.emb_optim = m.emb_optim;
+    p.seed = m.seed;
     p.epochs = 1;
-    p.batch = 256;
-    p.lr = 1e-3f;
-    p.emb_lr = 0.05f;
-    p.optim = "adam";
-    p.emb_optim = "rowwise";
     p.threads = 1;
-    p.seed = 1;
     return p;
 }
 
