@@ -86,6 +86,12 @@ static inline int es_test_close(double a, double b, double atol, double rtol) {
     return fabs(a - b) <= atol + rtol * m;
 }
 
+/* The CLI binary of this build flavour ($ES_BIN, set by `make test`). */
+static inline const char *es_bin(void) {
+    const char *b = getenv("ES_BIN");
+    return b ? b : "build/embstore";
+}
+
 /* Run a shell command; returns its exit status (or -1).  Output goes to
  * the file named out (may be NULL to discard). */
 int es_test_sh(const char *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

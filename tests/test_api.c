@@ -18,11 +18,6 @@
 #include <ctype.h>
 #include <unistd.h>
 
-static const char *es_bin(void) {
-    const char *b = getenv("ES_BIN");
-    return b ? b : "build/embstore";
-}
-
 /* The directory of $ES_BIN, e.g. "build" or "build/san". */
 static void build_dir(char *out, size_t cap) {
     snprintf(out, cap, "%s", es_bin());

@@ -7,11 +7,6 @@
 
 #include <unistd.h>
 
-static const char *es_bin(void) {
-    const char *b = getenv("ES_BIN");
-    return b ? b : "build/embstore";
-}
-
 typedef struct {
     char method[32], share[16], budget[24];
     double bytes, auc;

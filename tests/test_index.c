@@ -1104,10 +1104,7 @@ TEST(index_multivector_muvera) {
 }
 
 /* ---- CLI ------------------------------------------------------------------------------------------------ */
-static const char *bin(void) {
-    const char *b = getenv("ES_BIN");
-    return b ? b : "build/embstore";
-}
+static const char *bin(void) { return es_bin(); }
 
 TEST(index_cli_build_search_eval) {
     const char *B = bin();

@@ -37,11 +37,6 @@
 #define ES_TEST_ASAN 0
 #endif
 
-static const char *es_bin(void) {
-    const char *b = getenv("ES_BIN");
-    return b ? b : "build/embstore";
-}
-
 /* A scratch path copied out of es_test_path's rotating buffers. */
 static const char *tp(char *buf, size_t cap, const char *name) {
     snprintf(buf, cap, "%s", es_test_path(name));

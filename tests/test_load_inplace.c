@@ -26,11 +26,6 @@ static char big_path[1024], last_rows_path[1024];
 #define BIG big_path
 #define LAST_ROWS last_rows_path
 
-static const char *es_bin(void) {
-    const char *b = getenv("ES_BIN");
-    return b ? b : "build/embstore";
-}
-
 /* The model every test here uses: trained once per runner process (the
  * CLI run takes a fraction of a second; each test still works alone). */
 static int big_ready(void) {

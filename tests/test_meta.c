@@ -13,11 +13,6 @@
 
 #include <unistd.h>
 
-static const char *es_bin(void) {
-    const char *b = getenv("ES_BIN");
-    return b ? b : "build/embstore";
-}
-
 TEST(meta_helpers_are_strict) {
     es_err err = {0};
     int64_t i = 7;

@@ -22,11 +22,6 @@
 #define CRITEO "data/criteo_kaggle_train_first10k.tsv"
 #define SIFT "data/siftsmall/"
 
-static const char *es_bin(void) {
-    const char *b = getenv("ES_BIN");
-    return b ? b : "build/embstore";
-}
-
 /* A fresh, empty scratch directory for one test: dir gets its path. */
 static int scratch(char *dir, size_t cap, const char *name) {
     snprintf(dir, cap, "%s", es_test_path(name));

@@ -29,11 +29,6 @@
 #define FFM_TEST "data/criteo_xlearn_small_test.libffm"
 #define ML_SPEC "rating:label,userId:cat,movieId:cat,genres:multi"
 
-static const char *es_bin(void) {
-    const char *b = getenv("ES_BIN");
-    return b ? b : "build/embstore";
-}
-
 /* A scratch path that outlives the runner's 8 rotating slots. */
 typedef struct {
     char s[1024];

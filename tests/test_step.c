@@ -257,7 +257,7 @@ TEST(step_api_errors) {
 }
 
 TEST_SLOW(example_program_matches_cli) {
-    const char *bin = getenv("ES_BIN") ? getenv("ES_BIN") : "build/embstore";
+    const char *bin = es_bin();
     char dir[4096];
     snprintf(dir, sizeof dir, "%s", bin);
     const char *d = dirname(dir);

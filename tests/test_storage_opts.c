@@ -12,11 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *es_bin(void) {
-    const char *b = getenv("ES_BIN");
-    return b ? b : "build/embstore";
-}
-
 static es_storage_params opts_params(const char *method, const char *opts) {
     es_storage_params p = es__storage_params_default();
     p.method = method;

@@ -13,11 +13,6 @@
 
 #define CRITEO "data/criteo_kaggle_train_first10k.tsv"
 
-static const char *es_bin(void) {
-    const char *b = getenv("ES_BIN");
-    return b ? b : "build/embstore";
-}
-
 TEST(auc_exact_with_ties) {
     float p1[] = {0.1f, 0.4f, 0.35f, 0.8f}, y1[] = {0, 0, 1, 1};
     double a = es_auc(p1, y1, 4);
