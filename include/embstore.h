@@ -516,6 +516,18 @@ typedef struct es_train_params {
     int checkpoint_every;     /* batches between checkpoints (0: never) */
     const char *checkpoint_path; /* default: out_path + ".ckpt" */
     int resume;               /* continue from checkpoint_path if present */
+    /* Early stopping (docs/training.md).  early_stop = P > 0: evaluate on
+     * the validation rows (valid_path, or the held-out valid_frac; one of
+     * them is required) at the end of every epoch and every eval_every
+     * batches, keep the model of the best evaluation, and stop after P
+     * evaluations in a row without improvement; the result and the saved
+     * model are those of the best evaluation.  0: off (the last model). */
+    int early_stop;
+    int eval_every;           /* batches between evaluations (0: epoch ends only); needs early_stop */
+    const char *stop_metric;  /* what "best" means: "logloss" (default, lower) or "auc" (higher) */
+    /* A test file: evaluated once with the final model and reported in
+     * es_train_result.test; never used for a decision.  NULL: none. */
+    const char *test_path;
     void (*progress)(const es_progress *p, void *ctx);
     void *progress_ctx;
 } es_train_params;
@@ -525,6 +537,8 @@ ES_API es_train_params es_train_params_default(void);
 /* Budget of a training run that gives none (see es_train_params.budget):
  * a tenth of the full table. */
 #define ES_DEFAULT_BUDGET 0.1
+
+#define ES_TRAIN_MAX_EVALS 128
 
 typedef struct es_train_result {
     es_metrics valid;         /* on the validation rows (rows = 0 if none) */
@@ -547,6 +561,20 @@ typedef struct es_train_result {
      * ("file:line: reason", newline separated; empty when none). */
     uint64_t bad_lines;
     char bad_report[1024];
+    es_metrics test;          /* on test_path with the final model (rows = 0 if none) */
+    /* Early stopping: the evaluations made during training (the first
+     * ES_TRAIN_MAX_EVALS of them are kept in evals[], in order; after a
+     * resume, those made before it count in n_evals but have rows = 0),
+     * the best one (-1: none), where it was (epoch 1-based, rows of that
+     * epoch trained), and whether training stopped before its last epoch.
+     * train_loss is that of the last epoch trained, valid (above) that of
+     * the model returned: the best one. */
+    int n_evals;
+    int best_eval;
+    int best_epoch;
+    uint64_t best_rows;
+    int stopped_early;
+    es_metrics evals[ES_TRAIN_MAX_EVALS];
 } es_train_result;
 
 /* Train a model end to end: read, build the vocabulary, train, evaluate,

@@ -19,7 +19,9 @@ static const char train_help[] =
     "data:\n"
     "  --valid FILE          validation file (default: hold out --valid-frac of FILE)\n"
     "  --valid-frac F        hold out the LAST fraction F of FILE's rows (default 0.2; 0 = none)\n"
-    "  --max-rows N          read at most N rows of FILE\n" CLI_READER_HELP
+    "  --max-rows N          read at most N rows of FILE\n"
+    "  --test FILE           evaluate the final model on FILE too (reported only, never\n"
+    "                        used for a decision)\n" CLI_READER_HELP
     "model:\n"
     "  --model M             lr | fm | dlrm | dcn (default dlrm)\n"
     "  --dim K               embedding dimension (default 16)\n"
@@ -41,6 +43,10 @@ static const char train_help[] =
     "                        fields, or one per field (the methods with a share option)\n"
     "optimisation:\n"
     "  --epochs E            passes over the training rows (default 1)\n"
+    "  --early-stop P        evaluate on the validation rows after every epoch, keep the best\n"
+    "                        model, stop after P evaluations without improvement (0 = off)\n"
+    "  --eval-every K        with --early-stop: also evaluate every K batches of an epoch\n"
+    "  --stop-metric M       logloss (default) | auc: what the best model is chosen by\n"
     "  --batch N             rows per step (default 256)\n"
     "  --lr X                dense optimizer learning rate (default 0.001)\n"
     "  --optim O             adam | adagrad | sgd for dense layers (default adam)\n"
@@ -120,11 +126,18 @@ static int check_train_paths(const char *cmd, const es_train_params *p) {
         snprintf(ckpt_buf, sizeof ckpt_buf, "%s.ckpt", p->out_path);
         ckpt = ckpt_buf;
     }
-    const cli_path in[] = {{"FILE", p->train_path, "the input file"}, {"--valid", p->valid_path, "the validation file"}};
+    const cli_path in[] = {{"FILE", p->train_path, "the input file"},
+                           {"--valid", p->valid_path, "the validation file"},
+                           {"--test", p->test_path, "the test file"}};
     const cli_path out[] = {{"--out", p->out_path, NULL}, {"--checkpoint", ckpt, NULL}};
-    if (cli_check_outputs(cmd, in, 2, out, ckpt ? 2 : 1) != 0) return -1;
+    if (cli_check_outputs(cmd, in, 3, out, ckpt ? 2 : 1) != 0) return -1;
     if (ckpt) es_temp_files_remove_stale(ckpt, report_stale, (void *)cmd);
     if (p->out_path) es_temp_files_remove_stale(p->out_path, report_stale, (void *)cmd);
+    if (p->out_path && p->early_stop) { /* the best model while training: "<out>.best.tmp.<pid>" */
+        char best[4200];
+        snprintf(best, sizeof best, "%s.best", p->out_path);
+        es_temp_files_remove_stale(best, report_stale, (void *)cmd);
+    }
     return 0;
 }
 
@@ -178,6 +191,18 @@ int cmd_train(int argc, char **argv) {
             if (!(p.checkpoint_path = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
         } else if (!strcmp(a, "--resume")) {
             p.resume = 1;
+        } else if (!strcmp(a, "--early-stop")) {
+            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 0, INT32_MAX, &ll)) return ES_EXIT_USAGE;
+            p.early_stop = (int)ll;
+        } else if (!strcmp(a, "--eval-every")) {
+            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, INT32_MAX, &ll)) return ES_EXIT_USAGE;
+            p.eval_every = (int)ll;
+        } else if (!strcmp(a, "--stop-metric")) {
+            if (!(v = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
+            if (strcmp(v, "logloss") != 0 && strcmp(v, "auc") != 0) return cli_usage(cmd, "--stop-metric expects logloss or auc, got '%s'", v);
+            p.stop_metric = v;
+        } else if (!strcmp(a, "--test")) {
+            if (!(p.test_path = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
         } else if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) {
             quiet = 1;
         } else if (!strcmp(a, "--json")) {
@@ -214,6 +239,13 @@ int cmd_train(int argc, char **argv) {
         if (res.valid.rows)
             fprintf(stderr, "validation: AUC %.4f  logloss %.4f  calibration %.3f  (%llu rows)\n", res.valid.auc, res.valid.logloss,
                     res.valid.calibration, (unsigned long long)res.valid.rows);
+        if (res.n_evals)
+            fprintf(stderr, "early stopping: best model after %llu rows of epoch %d (evaluation %d of %d)%s\n",
+                    (unsigned long long)res.best_rows, res.best_epoch, res.best_eval + 1, res.n_evals,
+                    res.stopped_early ? "; stopped early" : "");
+        if (res.test.rows)
+            fprintf(stderr, "test: AUC %.4f  logloss %.4f  calibration %.3f  (%llu rows)\n", res.test.auc, res.test.logloss,
+                    res.test.calibration, (unsigned long long)res.test.rows);
         if (p.out_path) fprintf(stderr, "model written to %s\n", p.out_path);
     }
     printf("{\"model\":\"%s\",\"storage\":\"%s\",", p.model, p.storage);
@@ -225,6 +257,26 @@ int cmd_train(int argc, char **argv) {
            p.epochs);
     printf("\"emb_bytes\":%zu,\"emb_param_bytes\":%zu,\"emb_state_bytes\":%zu,\"full_bytes\":%zu,\"net_bytes\":%zu,\"param_bytes\":%zu,",
            res.emb_bytes, res.emb_param_bytes, res.emb_state_bytes, res.full_bytes, res.net_bytes, res.param_bytes);
+    if (res.test.rows) {
+        json_num(stdout, "test_auc", res.test.auc, 0);
+        json_num(stdout, "test_logloss", res.test.logloss, 0);
+        printf("\"test_rows\":%llu,", (unsigned long long)res.test.rows);
+    }
+    if (p.early_stop) {
+        printf("\"best_epoch\":%d,\"best_rows\":%llu,\"stopped_early\":%s,\"evals\":[", res.best_epoch,
+               (unsigned long long)res.best_rows, res.stopped_early ? "true" : "false");
+        for (int e = 0; e < res.n_evals && e < ES_TRAIN_MAX_EVALS; e++) {
+            if (!res.evals[e].rows) { /* made before a --resume: not known to this run */
+                printf("%snull", e ? "," : "");
+                continue;
+            }
+            printf("%s{", e ? "," : "");
+            json_num(stdout, "auc", res.evals[e].auc, 0);
+            json_num(stdout, "logloss", res.evals[e].logloss, 1);
+            printf("}");
+        }
+        printf("],");
+    }
     json_num(stdout, "train_loss", res.train_loss, 0);
     json_num(stdout, "train_rows_per_s", res.train_rows_per_s, 0);
     json_num(stdout, "eval_rows_per_s", res.eval_rows_per_s, 0);

@@ -111,6 +111,9 @@ int es__train_describe(const es_train_params *p, const es_reader_params *rp, cha
     put(&b, "seed", "%llu", (unsigned long long)p->seed);
     put(&b, "max-rows", "%llu", (unsigned long long)p->max_rows);
     put(&b, "valid-frac", "%.17g", p->valid_path ? 0.0 : p->valid_frac);
+    put(&b, "early-stop", "%d", p->early_stop);
+    put(&b, "eval-every", "%d", p->early_stop ? p->eval_every : 0);
+    put(&b, "stop-metric", "%s", !p->early_stop ? "" : p->stop_metric ? p->stop_metric : "logloss");
     char c[16];
     put(&b, "format", "%s", es__format_name(rp->format));
     char_name(c, sizeof c, rp->delim);

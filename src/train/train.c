@@ -299,6 +299,14 @@ typedef struct {
     uint64_t bad_train;
     char bad_rep[sizeof ((es_train_result *)0)->bad_report];
     progress_state ps;
+    /* early stopping */
+    es_reader *rva;           /* the held-out rows of the training file, read apart */
+    char best_path[4200];     /* the best model so far (a file, so memory does not double) */
+    int best_slot;            /* its slot in the temporary-file table, -1: none */
+    int have_best, best_is_current, best_in_ckpt, bad_evals, stop;
+    int last_eval_ep;         /* where the last evaluation was (epoch, rows): -1 none */
+    uint64_t last_eval_done;
+    double best_score;        /* lower is better (-AUC for "auc") */
 } run;
 
 /* Check the parameters, open the training file and describe the run. */
@@ -309,6 +317,15 @@ static int run_open(run *x) {
     if (!p->train_path) return es__err(err, ES_EINVAL, "no training file given");
     if (!(p->valid_frac >= 0 && p->valid_frac < 1)) return es__err(err, ES_EINVAL, "valid fraction %g not in [0, 1)", p->valid_frac);
     if (p->epochs <= 0) return es__err(err, ES_EINVAL, "epochs must be positive");
+    if (p->early_stop < 0 || p->eval_every < 0)
+        return es__err(err, ES_EINVAL, "early stopping: patience %d and eval-every %d must be >= 0", p->early_stop, p->eval_every);
+    if (p->early_stop && !p->valid_path && !(p->valid_frac > 0))
+        return es__err(err, ES_EINVAL,
+                       "--early-stop needs validation rows: give --valid FILE or --valid-frac F (the test file is never "
+                       "used for decisions)");
+    if (p->eval_every && !p->early_stop) return es__err(err, ES_EINVAL, "--eval-every needs --early-stop");
+    if (p->stop_metric && strcmp(p->stop_metric, "logloss") != 0 && strcmp(p->stop_metric, "auc") != 0)
+        return es__err(err, ES_EINVAL, "unknown early-stopping metric '%s' (expected logloss or auc)", p->stop_metric);
     x->mp = es_model_params_from_train(p, 0, 1);
     if ((rc = es__model_params_resolve(&x->mp, NULL, NULL, err)) != 0) return rc;
     x->res->threads = es__threads_set(p->threads);
@@ -390,6 +407,181 @@ static int run_vocab(run *x) {
     return ES_OK;
 }
 
+/* Copy src to dst atomically (temporary file, fsync, rename). */
+static int copy_file(const char *src, const char *dst, es_err *err) {
+    FILE *in = fopen(src, "rb");
+    if (!in) return es__err(err, ES_EIO, "%s: cannot open: %s", src, strerror(errno));
+    es_afile af = {0};
+    int rc = es__afile_open(&af, dst, err);
+    char buf[1 << 16];
+    size_t n;
+    while (rc == ES_OK && (n = fread(buf, 1, sizeof buf, in)) > 0)
+        if (fwrite(buf, 1, n, af.fp) != n) rc = es__err(err, ES_EIO, "%s: write failed: %s", dst, strerror(errno));
+    if (rc == ES_OK && ferror(in)) rc = es__err(err, ES_EIO, "%s: read failed", src);
+    fclose(in);
+    if (rc == ES_OK) return es__afile_commit(&af, err);
+    if (af.fp) es__afile_abort(&af);
+    return rc;
+}
+
+/* The checkpoint's copy of the best model: "<checkpoint>.best". */
+static void ckpt_best_path(const run *x, char *buf, size_t cap) { snprintf(buf, cap, "%s.best", x->ckpt); }
+
+/* Metrics of the current model on the validation file, or on the
+ * held-out last rows of the training file (read by a reader of its own, so
+ * that an evaluation in the middle of an epoch leaves the training reader
+ * where it is). */
+static int run_validate(run *x, es_metrics *out) {
+    const es_train_params *p = x->p;
+    es_err *err = x->err;
+    int rc;
+    x->valid.n = 0;
+    if (!x->prob && !(x->prob = es__malloc((size_t)p->batch * sizeof(float)))) return es__err(err, ES_ENOMEM, "out of memory");
+    const char *path = p->valid_path ? p->valid_path : p->train_path;
+    es__file_id *id = p->valid_path ? &x->vid : &x->tid;
+    es_reader **rd = p->valid_path ? &x->rv : &x->rva;
+    if (!*rd) {
+        if (p->valid_path && (rc = es__file_id_get(path, 0, id, err)) != 0) return rc;
+        if ((rc = es_reader_open(rd, path, &p->reader, err)) != 0) return rc;
+        if (es_reader_n_dense(*rd) != x->mp.n_dense || es_reader_n_fields(*rd) != x->mp.n_fields)
+            return es__err(err, ES_EINVAL, "%s: %d numeric and %d categorical columns, the training file has %d and %d", path,
+                           es_reader_n_dense(*rd), es_reader_n_fields(*rd), x->mp.n_dense, x->mp.n_fields);
+    } else if ((rc = es_reader_rewind(*rd)) != 0) {
+        return reader_err(err, *rd, rc);
+    }
+    uint64_t skip = p->valid_path ? 0 : x->n_train, n_valid = p->valid_path ? 0 : x->n_total - x->n_train;
+    if ((rc = predict_stream(x->m, *rd, &x->b, x->prob, skip, n_valid, &x->valid, err)) != 0)
+        return es__file_id_recheck(path, id, "after a read error", err) != ES_OK ? ES_EIO : rc;
+    if (!p->valid_path) note_bad_lines(*rd, &x->bad_train, x->bad_rep, sizeof x->bad_rep);
+    if ((rc = es__file_id_recheck(path, id, "while evaluating", err)) != 0) return rc;
+    if (!p->valid_path && x->valid.n != n_valid) return rows_changed(err, path, "the evaluation", (uint64_t)x->valid.n, n_valid);
+    memset(out, 0, sizeof *out);
+    if (x->valid.n > 0) es_metrics_compute(x->valid.p, x->valid.y, x->valid.n, out);
+    return ES_OK;
+}
+
+/* The final model on the validation rows, then on the test file. */
+static int run_evaluate(run *x) {
+    const es_train_params *p = x->p;
+    int rc;
+    x->ps.pr.phase = "eval";
+    report(&x->ps, 1);
+    double t_eval = es__now();
+    if (p->valid_path || p->valid_frac > 0) {
+        if ((rc = run_validate(x, &x->res->valid)) != 0) return rc;
+        if (x->valid.n > 0) x->res->eval_rows_per_s = (double)x->valid.n / (es__now() - t_eval + 1e-9);
+    }
+    if (!p->test_path) return ES_OK;
+    es_reader *rt = NULL;
+    es__file_id id;
+    x->valid.n = 0;
+    if ((rc = es__file_id_get(p->test_path, 0, &id, x->err)) == 0 && (rc = es_reader_open(&rt, p->test_path, &p->reader, x->err)) == 0) {
+        if (es_reader_n_dense(rt) != x->mp.n_dense || es_reader_n_fields(rt) != x->mp.n_fields)
+            rc = es__err(x->err, ES_EINVAL, "%s: %d numeric and %d categorical columns, the training file has %d and %d", p->test_path,
+                         es_reader_n_dense(rt), es_reader_n_fields(rt), x->mp.n_dense, x->mp.n_fields);
+        else if ((rc = predict_stream(x->m, rt, &x->b, x->prob, 0, 0, &x->valid, x->err)) == 0 &&
+                 (rc = es__file_id_recheck(p->test_path, &id, "while evaluating", x->err)) == 0 && x->valid.n > 0)
+            es_metrics_compute(x->valid.p, x->valid.y, x->valid.n, &x->res->test);
+    }
+    es_reader_free(rt);
+    return rc;
+}
+
+/* ---- early stopping -------------------------------------------------------------- */
+
+/* Where the best model is kept while training: a temporary file next to
+ * the output (or in TMPDIR), removed at the end and on a signal.  A
+ * checkpoint keeps its own copy, "<checkpoint>.best" (run_ckpt_best). */
+static void best_path_init(run *x) {
+    const es_train_params *p = x->p;
+    const char *tmp = getenv("TMPDIR");
+    if (p->out_path) snprintf(x->best_path, sizeof x->best_path, "%s.best.tmp.%ld", p->out_path, (long)getpid());
+    else snprintf(x->best_path, sizeof x->best_path, "%s/embstore-best.%ld.es", tmp && *tmp ? tmp : "/tmp", (long)getpid());
+    x->best_slot = es_temp_file_track(x->best_path);
+}
+
+/* One evaluation during training: record it, keep the model when it is the
+ * best so far, and ask to stop after early_stop evaluations without one. */
+static int run_eval_point(run *x, int ep, uint64_t done) {
+    const es_train_params *p = x->p;
+    es_train_result *res = x->res;
+    es_metrics mt;
+    int rc = run_validate(x, &mt);
+    if (rc != ES_OK) return rc;
+    if (res->n_evals < ES_TRAIN_MAX_EVALS) res->evals[res->n_evals] = mt;
+    int auc = p->stop_metric && !strcmp(p->stop_metric, "auc");
+    double score = auc ? -mt.auc : mt.logloss;
+    if (!x->have_best || score < x->best_score) {
+        if ((rc = es_model_save(x->m, x->best_path, 0)) != ES_OK) return es__err(x->err, rc, "%s", es_model_errmsg(x->m));
+        x->have_best = x->best_is_current = 1;
+        x->best_in_ckpt = 0;
+        x->best_score = score;
+        x->bad_evals = 0;
+        res->best_eval = res->n_evals;
+        res->best_epoch = ep + 1;
+        res->best_rows = done;
+    } else {
+        x->best_is_current = 0;
+        if (++x->bad_evals >= p->early_stop) x->stop = 1;
+    }
+    res->n_evals++;
+    x->last_eval_ep = ep;
+    x->last_eval_done = done;
+    return ES_OK;
+}
+
+/* After training: continue with the best model when a later one is worse. */
+static int run_take_best(run *x) {
+    if (!x->have_best || x->best_is_current) return ES_OK;
+    es_model *best = NULL;
+    int rc = es_model_load(&best, x->best_path, ES_LOAD_NO_VERIFY, x->err);
+    if (rc != ES_OK) return rc;
+    es_model_free(x->m);
+    x->m = best;
+    return ES_OK;
+}
+
+/* Early-stopping state in a checkpoint's metadata, so --resume goes on
+ * with the same best model, score and count. */
+static int run_ckpt_state_put(run *x) {
+    char v[64];
+    int rc = 0;
+    es_train_result *res = x->res;
+    snprintf(v, sizeof v, "%d,%d,%d,%d,%d,%llu", x->have_best, x->bad_evals, res->n_evals, res->best_eval + 1, res->best_epoch,
+             (unsigned long long)res->best_rows);
+    rc |= es__model_set_meta(x->m, "ckpt.early_stop", v);
+    snprintf(v, sizeof v, "%.17g", x->best_score);
+    rc |= es__model_set_meta(x->m, "ckpt.best_score", v);
+    if (rc) return es__err(x->err, ES_ENOMEM, "out of memory");
+    if (!x->have_best || x->best_in_ckpt) return ES_OK;
+    char cb[sizeof x->best_path];
+    ckpt_best_path(x, cb, sizeof cb);
+    if ((rc = copy_file(x->best_path, cb, x->err)) == ES_OK) x->best_in_ckpt = 1;
+    return rc;
+}
+
+static int run_ckpt_state_get(run *x) {
+    const char *v = es_model_meta(x->m, "ckpt.early_stop"), *s = es_model_meta(x->m, "ckpt.best_score");
+    double f[6];
+    int rc;
+    if (!x->p->early_stop) return ES_OK;
+    if (!v || !s) return es__err(x->err, ES_EFORMAT, "%s: the checkpoint has no early-stopping state", x->ckpt);
+    if ((rc = es__meta_f64_list(x->ckpt, "ckpt.early_stop", v, 6, 0, 9e15, f, x->err)) != 0 ||
+        (rc = es__meta_f64(x->ckpt, "ckpt.best_score", s, -INFINITY, INFINITY, &x->best_score, x->err)) != 0)
+        return rc;
+    x->have_best = f[0] != 0;
+    x->bad_evals = (int)f[1];
+    x->res->n_evals = (int)f[2];
+    x->res->best_eval = (int)f[3] - 1;
+    x->res->best_epoch = (int)f[4];
+    x->res->best_rows = (uint64_t)f[5];
+    if (!x->have_best) return ES_OK;
+    char cb[sizeof x->best_path];
+    ckpt_best_path(x, cb, sizeof cb);
+    if (access(cb, R_OK) != 0) return es__err(x->err, ES_ENOTFOUND, "%s: the best model of the checkpointed run is missing (%s)", x->ckpt, cb);
+    return copy_file(cb, x->best_path, x->err);
+}
+
 /* Continue from the checkpoint: it must come from this run (the data file
  * included), and what may differ (epochs) is then recorded as this command
  * says. */
@@ -400,6 +592,7 @@ static int run_resume(run *x) {
     if ((rc = es_model_checkpoint_load(&x->m, x->ckpt, &x->start, err)) != 0) return rc;
     if ((rc = es__train_cfg_check_resume(x->m, x->ckpt, x->cfg, err)) != 0) return rc;
     if ((rc = es__train_cfg_record(x->m, x->cfg)) != 0) return es__err(err, rc, "out of memory");
+    if ((rc = run_ckpt_state_get(x)) != 0) return rc;
     if (x->start.epoch >= p->epochs)
         return es__err(err, ES_EINVAL, "%s: the checkpoint is in epoch %d, this command asks for %d epoch%s in all", x->ckpt,
                        x->start.epoch + 1, p->epochs, p->epochs == 1 ? "" : "s");
@@ -421,6 +614,7 @@ static int run_model(run *x) {
         snprintf(x->ckpt_buf, sizeof x->ckpt_buf, "%s.ckpt", p->out_path);
         x->ckpt = x->ckpt_buf;
     }
+    if (p->early_stop) best_path_init(x);
     if (p->resume && x->ckpt && access(x->ckpt, F_OK) == 0) {
         es_net_params np;
         es_storage_params sp;
@@ -459,7 +653,7 @@ static int run_skip(run *x, uint64_t rows) {
  * checkpoint_every batches. */
 static int run_batches(run *x, int ep, uint64_t *done, double *loss_sum, long *batches) {
     const es_train_params *p = x->p;
-    int rc;
+    int rc, erc = ES_OK;
     es_batch *cb;
     double t_ep = es__now();
     if ((rc = pipeline_start(&x->pl, x->r, x->n_train - *done)) != 0) return es__err(x->err, rc, "cannot start the reader thread");
@@ -475,12 +669,21 @@ static int run_batches(run *x, int ep, uint64_t *done, double *loss_sum, long *b
         x->ps.pr.loss = *loss_sum / (double)*done;
         x->ps.pr.rows_per_s = (double)*done / (es__now() - t_ep + 1e-9);
         report(&x->ps, 0);
+        /* an evaluation every eval_every batches of the epoch (counted from
+         * its start, so a resumed run evaluates at the same rows), before
+         * the checkpoint of the same batch, which then records it */
+        if (p->early_stop && p->eval_every > 0 && *done < x->n_train &&
+            ((*done + (uint64_t)p->batch - 1) / (uint64_t)p->batch) % (uint64_t)p->eval_every == 0) {
+            if ((erc = run_eval_point(x, ep, *done)) != 0 || x->stop) break;
+        }
         if (p->checkpoint_every > 0 && *batches % p->checkpoint_every == 0 && *done < x->n_train) {
             es_checkpoint pos = {ep, *done, x->start.trained + x->trained_here, *loss_sum};
+            if (p->early_stop && (erc = run_ckpt_state_put(x)) != 0) break;
             if ((rc = es_model_checkpoint_save(x->m, x->ckpt, &pos)) != 0) break;
         }
     }
     pipeline_stop(&x->pl);
+    if (erc != 0) return erc;
     if (rc != 0) return es__err(x->err, rc, "%s", es_model_errmsg(x->m));
     if (x->pl.rc < 0) return pass_err(x->err, x->r, x->pl.rc, p->train_path, &x->tid);
     return ES_OK;
@@ -504,6 +707,11 @@ static int run_epoch(run *x, int ep, long *batches) {
     x->ps.pr.epoch = ep + 1;
     if ((rc = run_batches(x, ep, &done, &loss_sum, batches)) != 0) return rc;
     note_bad_lines(x->r, &x->bad_train, x->bad_rep, sizeof x->bad_rep);
+    if (x->stop) { /* early stop inside the epoch */
+        x->res->train_loss = done ? loss_sum / (double)done : NAN;
+        x->res->stopped_early = 1;
+        return ES_OK;
+    }
     snprintf(when, sizeof when, "at the end of epoch %d", ep + 1);
     if ((rc = es__file_id_recheck(p->train_path, &x->tid, when, x->err)) != 0) return rc;
     x->res->train_loss = done ? loss_sum / (double)done : NAN;
@@ -516,6 +724,10 @@ static int run_epoch(run *x, int ep, long *batches) {
         return rows_changed(x->err, p->train_path, when, done, x->n_train);
     }
     report(&x->ps, 1);
+    if (p->early_stop && !(x->last_eval_ep == ep && x->last_eval_done == done)) {
+        if ((rc = run_eval_point(x, ep, done)) != 0) return rc;
+        if (x->stop && ep + 1 < p->epochs) x->res->stopped_early = 1;
+    }
     return ES_OK;
 }
 
@@ -528,45 +740,10 @@ static int run_train(run *x) {
     x->ps.pr.epochs = x->p->epochs;
     x->ps.pr.rows_total = x->n_exact ? x->n_train : 0;
     x->ps.pr.phase = "train";
-    for (int ep = x->start.epoch; ep < x->p->epochs; ep++)
+    for (int ep = x->start.epoch; ep < x->p->epochs && !x->stop; ep++)
         if ((rc = run_epoch(x, ep, &batches)) != 0) return rc;
     x->res->train_rows_per_s = (double)x->trained_here / (es__now() - t_train + 1e-9);
-    return ES_OK;
-}
-
-/* Predictions on the validation file, or on the held-out last rows. */
-static int run_evaluate(run *x) {
-    const es_train_params *p = x->p;
-    es_err *err = x->err;
-    int rc = ES_OK;
-    x->ps.pr.phase = "eval";
-    report(&x->ps, 1);
-    if (!(x->prob = es__malloc((size_t)p->batch * sizeof(float)))) return es__err(err, ES_ENOMEM, "out of memory");
-    double t_eval = es__now();
-    if (p->valid_path) {
-        if ((rc = es__file_id_get(p->valid_path, 0, &x->vid, err)) != 0) return rc;
-        if ((rc = es_reader_open(&x->rv, p->valid_path, &p->reader, err)) != 0) return rc;
-        if (es_reader_n_dense(x->rv) != x->mp.n_dense || es_reader_n_fields(x->rv) != x->mp.n_fields)
-            return es__err(err, ES_EINVAL, "%s: %d numeric and %d categorical columns, the training file has %d and %d", p->valid_path,
-                           es_reader_n_dense(x->rv), es_reader_n_fields(x->rv), x->mp.n_dense, x->mp.n_fields);
-        if ((rc = predict_stream(x->m, x->rv, &x->b, x->prob, 0, 0, &x->valid, err)) != 0)
-            return es__file_id_recheck(p->valid_path, &x->vid, "after a read error", err) != ES_OK ? ES_EIO : rc;
-        if ((rc = es__file_id_recheck(p->valid_path, &x->vid, "while evaluating", err)) != 0) return rc;
-    } else if (p->valid_frac > 0) {
-        uint64_t n_valid = x->n_total - x->n_train;
-        if ((rc = es__file_id_recheck(p->train_path, &x->tid, "before evaluating", err)) != 0) return rc;
-        if ((rc = es_reader_rewind(x->r)) != 0) return reader_err(err, x->r, rc);
-        if ((rc = predict_stream(x->m, x->r, &x->b, x->prob, x->n_train, n_valid, &x->valid, err)) != 0)
-            return es__file_id_recheck(p->train_path, &x->tid, "after a read error", err) != ES_OK ? ES_EIO : rc;
-        note_bad_lines(x->r, &x->bad_train, x->bad_rep, sizeof x->bad_rep);
-        if ((rc = es__file_id_recheck(p->train_path, &x->tid, "while evaluating", err)) != 0) return rc;
-        if (x->valid.n != n_valid) return rows_changed(err, p->train_path, "the evaluation", (uint64_t)x->valid.n, n_valid);
-    }
-    if (x->valid.n > 0) {
-        x->res->eval_rows_per_s = (double)x->valid.n / (es__now() - t_eval + 1e-9);
-        es_metrics_compute(x->valid.p, x->valid.y, x->valid.n, &x->res->valid);
-    }
-    return ES_OK;
+    return run_take_best(x);
 }
 
 /* What the run was and what it measured, in the model's metadata, then
@@ -618,7 +795,19 @@ static void run_finish(run *x, int rc) {
             q = nl ? nl + 1 : q + len;
         }
     if (x->pl_ready) pipeline_free(&x->pl);
-    if (rc == ES_OK && x->ckpt && x->p->checkpoint_every > 0) remove(x->ckpt); /* the model file supersedes it */
+    if (rc == ES_OK && x->ckpt && x->p->checkpoint_every > 0) { /* the model file supersedes it */
+        remove(x->ckpt);
+        if (x->p->early_stop) {
+            char cb[sizeof x->best_path];
+            ckpt_best_path(x, cb, sizeof cb);
+            remove(cb);
+        }
+    }
+    if (x->best_path[0]) {
+        remove(x->best_path);
+        es_temp_file_untrack(x->best_slot);
+    }
+    es_reader_free(x->rva);
     es__free(x->valid.p);
     es__free(x->valid.y);
     es__free(x->prob);
@@ -639,6 +828,9 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
     x->res = res;
     x->err = err;
     x->ps.p = p;
+    x->best_slot = -1;
+    x->last_eval_ep = -1;
+    res->best_eval = -1;
     int rc = run_open(x);
     if (rc == ES_OK) rc = run_count(x);
     if (rc == ES_OK) rc = run_vocab(x);
