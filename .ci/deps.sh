@@ -5,12 +5,12 @@
 #                        pkg-config (the install test builds against embstore.pc),
 #                        an SVG-to-PNG converter for bench-storage plots
 #   .ci/deps.sh bench    also the peers `make bench` measures against
-#                        (PyTorch, faiss, hnswlib, numpy)
+#                        (PyTorch, faiss, hnswlib, numpy, scikit-learn)
 set -euo pipefail
 PKGS="build-essential clang libclang-rt-14-dev libxxhash-dev libopenblas-dev liblapacke-dev zlib1g-dev
       libmicrohttpd-dev librsvg2-bin pkg-config"
 if [ "${1:-}" = bench ]; then
-    PKGS="$PKGS python3-numpy python3-torch libfaiss-dev python3-faiss libhnswlib-dev bc"
+    PKGS="$PKGS python3-numpy python3-torch libfaiss-dev python3-faiss libhnswlib-dev bc python3-sklearn"
 fi
 missing=""
 for p in $PKGS; do
