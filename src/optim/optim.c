@@ -492,7 +492,7 @@ int64_t *es__dense_opt_steps(es__dense_opt *o) { return o->step; }
 
 void es__optim_ftrl_defaults(es_optim_params *p) {
     p->ftrl_alpha = 0.05f;
-    p->ftrl_beta = 1.0f;
+    p->ftrl_beta = 0.01f;
     p->ftrl_l1 = 0.0f;
     p->ftrl_l2 = 0.0f;
     p->row_l2 = 0.0f;

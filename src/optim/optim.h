@@ -32,7 +32,7 @@ typedef struct es_optim_params {
     float init_acc;    /* adagrad initial accumulator (default 0) */
     /* FTRL-proximal (McMahan et al. 2013): alpha (the learning rate of the
      * per-coordinate schedule alpha / (beta + sqrt(n))), beta, and the L1
-     * and L2 strengths of the closed form.  Defaults 0.05, 1, 0, 0. */
+     * and L2 strengths of the closed form.  Defaults 0.05, 0.01, 0, 0. */
     float ftrl_alpha, ftrl_beta, ftrl_l1, ftrl_l2;
     /* Lazy L2 on table rows (>= 0; default 0 = off): a row's weight decay
      * is applied when the row is next touched, with the exact catch-up
