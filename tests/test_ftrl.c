@@ -313,3 +313,25 @@ TEST(ftrl_cli_bad_input) {
         free(s);
     }
 }
+
+TEST(ftrl_table_api) {
+    es_err err = {0};
+    es_table *t = NULL;
+    es_table_params p = es_table_params_default();
+    CHECK(p.ftrl_alpha == 0.05f && p.ftrl_beta == 0.01f && p.emb_l2 == 0.0f);
+    p.n_fields = 2;
+    p.dim = 4;
+    p.budget = 4096;
+    p.optim = "ftrl";
+    CHECK_MSG(es_table_create(&t, &p, NULL, &err) == 0, "%s", err.msg);
+    es_table_free(t);
+    t = NULL;
+    p.method = "dhe";
+    CHECK_EQ_INT(es_table_create(&t, &p, NULL, &err), ES_EINVAL);
+    CHECK_STR_HAS(err.msg, "FTRL needs per-coordinate table parameters; dhe");
+    p.method = "hash";
+    p.optim = "sgd";
+    p.emb_l2 = 0.01f;
+    CHECK_MSG(es_table_create(&t, &p, NULL, &err) == 0, "%s", err.msg);
+    es_table_free(t);
+}
