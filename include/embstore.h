@@ -326,7 +326,8 @@ typedef struct es_table_params {
     /* Table optimizer, applied by es_table_backward to the parameters a
      * batch touches: "rowwise" (row-wise Adagrad: one accumulator per row,
      * the default; NULL means it too), "adagrad" (one accumulator per
-     * float) or "sgd" (no state). */
+     * float), "sgd" (no state) or "ftrl" (FTRL-proximal: z and n per float;
+     * plain-row methods only, see es_model_params.emb_optim). */
     const char *optim;
     float lr;             /* learning rate (>= 0; default 0.05) */
     float eps;            /* Adagrad epsilon (> 0; default 1e-8; ignored by sgd) */
@@ -336,6 +337,10 @@ typedef struct es_table_params {
      * method does not know are ignored; malformed values are ES_EINVAL.
      * docs/methods.md lists each method's keys.  Default NULL. */
     const char *opts;
+    /* Lazy L2 on rows (>= 0; default 0) and the FTRL parameters (defaults
+     * 0.05, 0.01, 0, 0), as in es_model_params (docs/training.md). */
+    float emb_l2;
+    float ftrl_alpha, ftrl_beta, ftrl_l1, ftrl_l2;
 } es_table_params;
 
 /* The defaults above (n_fields 0: must be set). */
@@ -505,7 +510,9 @@ typedef struct es_train_params {
     float lr;                 /* dense optimizer learning rate */
     float emb_lr;             /* table optimizer learning rate */
     const char *optim;        /* dense: "adam" (default), "adagrad", "sgd" */
-    const char *emb_optim;    /* tables: "rowwise" (default), "adagrad", "sgd" */
+    const char *emb_optim;    /* tables: "rowwise" (default), "adagrad", "sgd", "ftrl" */
+    float emb_l2;             /* lazy L2 on table rows (es_model_params) */
+    float ftrl_alpha, ftrl_beta, ftrl_l1, ftrl_l2; /* FTRL (es_model_params) */
     float weight_decay;
     int threads;              /* 0: all cores */
     uint64_t seed;
@@ -654,7 +661,20 @@ typedef struct es_model_params {
     float lr;                 /* 1e-3; dense optimizer learning rate */
     float emb_lr;             /* 0.05; table optimizer learning rate */
     const char *optim;        /* dense: "adam" (default), "adagrad", "sgd" */
-    const char *emb_optim;    /* table: "rowwise" (default), "adagrad", "sgd" */
+    const char *emb_optim;    /* table: "rowwise" (default), "adagrad", "sgd", or "ftrl"
+                                 (FTRL-proximal, per coordinate; only methods whose
+                                 embeddings are plain rows: full, hash, unified, robe,
+                                 adapt; others fail with ES_EINVAL) */
+    /* 0; >= 0: L2 on table rows, applied lazily (a row takes the exact decay
+     * of the steps it missed when it is next touched; docs/training.md).
+     * Plain-row methods only (as FTRL), and not with ftrl (use ftrl_l2). */
+    float emb_l2;
+    /* FTRL-proximal (McMahan et al. 2013): alpha 0.05 (> 0), beta 0.01, l1 0,
+     * l2 0 (each >= 0); used when emb_optim is "ftrl".  The paper's and
+     * alphaFM's beta 1 is for per-example gradients; ours are batch means
+     * (about 1/batch as large), where beta 1 would swamp sqrt(n) and freeze
+     * the rate at alpha/beta: 0.01 lets it adapt (docs/training.md). */
+    float ftrl_alpha, ftrl_beta, ftrl_l1, ftrl_l2;
     float weight_decay;       /* 0; L2 on dense weights (not biases) */
     uint64_t seed;            /* 1; every initial value follows from it */
 } es_model_params;

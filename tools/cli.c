@@ -377,6 +377,24 @@ int cli_train_opt(const char *cmd, int argc, char **argv, int *ip, es_train_para
         *ip = i;
         return 1;
     }
+    if (!strcmp(a, "--emb-l2")) {
+        if (!(v = cli_next(cmd, argc, argv, &i)) || cli_double(cmd, a, v, 0, 1e3, &d)) return -1;
+        p->emb_l2 = (float)d;
+        *ip = i;
+        return 1;
+    }
+    /* FTRL-proximal's four: alpha > 0 (the library checks it), the rest >= 0 */
+    float *ftrl = !strcmp(a, "--ftrl-alpha") ? &p->ftrl_alpha
+                  : !strcmp(a, "--ftrl-beta") ? &p->ftrl_beta
+                  : !strcmp(a, "--ftrl-l1")   ? &p->ftrl_l1
+                  : !strcmp(a, "--ftrl-l2")   ? &p->ftrl_l2
+                                              : NULL;
+    if (ftrl) {
+        if (!(v = cli_next(cmd, argc, argv, &i)) || cli_double(cmd, a, v, 0, 1e6, &d)) return -1;
+        *ftrl = (float)d;
+        *ip = i;
+        return 1;
+    }
     if (!strcmp(a, "--weight-decay")) {
         if (!(v = cli_next(cmd, argc, argv, &i)) || cli_double(cmd, a, v, 0, 1e3, &d)) return -1;
         p->weight_decay = (float)d;

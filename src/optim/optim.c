@@ -272,7 +272,52 @@ static inline void row_update(float *restrict w, float *restrict acc, const floa
         axpy(w, -lr / (sqrtf(acc[0]) + eps), g, (size_t)dim);
         break;
     }
-    default: ES_ASSERT(!"row optimizer must be sgd, adagrad or rowwise adagrad");
+    case ES_OPT_FTRL: {
+        /* McMahan et al. 2013, Algorithm 1, per coordinate; float state,
+         * the same operations in the same order in both twins. */
+        float *z = acc, *n = acc + dim;
+        const float ia = 1.0f / o->ftrl_alpha, beta = o->ftrl_beta, l1 = o->ftrl_l1, l2 = o->ftrl_l2;
+        for (int d = 0; d < dim; d++) {
+            const float gd = g[d], nd = n[d] + gd * gd, sq = sqrtf(nd);
+            const float sigma = (sq - sqrtf(n[d])) * ia;
+            const float zd = z[d] + (gd - sigma * w[d]);
+            z[d] = zd;
+            n[d] = nd;
+            w[d] = fabsf(zd) <= l1 ? 0.0f : -(zd - copysignf(l1, zd)) / ((beta + sq) * ia + l2);
+        }
+        break;
+    }
+    default: ES_ASSERT(!"row optimizer must be sgd, adagrad, rowwise adagrad or ftrl");
+    }
+}
+
+size_t es__row_state_floats(es_optim kind, int dim) {
+    switch (kind) {
+    case ES_OPT_ADAGRAD: return (size_t)dim;
+    case ES_OPT_ROWWISE_ADAGRAD: return 1;
+    case ES_OPT_FTRL: return 2 * (size_t)dim;
+    default: return 0;
+    }
+}
+
+void es__row_decay(float *w, const float *acc, int dim, const es_optim_params *o, int64_t missed) {
+    if (missed <= 0 || !(o->row_l2 > 0)) return;
+    const double a = (double)o->lr * (double)o->row_l2, k = (double)missed;
+    switch (o->kind) {
+    case ES_OPT_SGD: {
+        const float f = (float)pow(1.0 - a, k);
+        for (int d = 0; d < dim; d++) w[d] *= f;
+        break;
+    }
+    case ES_OPT_ADAGRAD:
+        for (int d = 0; d < dim; d++) w[d] *= (float)pow(1.0 - a / (sqrt((double)acc[d]) + (double)o->eps), k);
+        break;
+    case ES_OPT_ROWWISE_ADAGRAD: {
+        const float f = (float)pow(1.0 - a / (sqrt((double)acc[0]) + (double)o->eps), k);
+        for (int d = 0; d < dim; d++) w[d] *= f;
+        break;
+    }
+    default: break; /* FTRL: L2 is in the closed form */
     }
 }
 
@@ -445,11 +490,27 @@ const char *es__dense_opt_state_name(const es__dense_opt *o, int a) {
 
 int64_t *es__dense_opt_steps(es__dense_opt *o) { return o->step; }
 
+void es__optim_ftrl_defaults(es_optim_params *p) {
+    p->ftrl_alpha = 0.05f;
+    p->ftrl_beta = 0.01f;
+    p->ftrl_l1 = 0.0f;
+    p->ftrl_l2 = 0.0f;
+    p->row_l2 = 0.0f;
+}
+
+static int count_fields(const char *s) {
+    int c = 1;
+    for (; *s; s++) c += *s == ',';
+    return c;
+}
+
 int es__optim_meta_read(const char *path, const char *key, const char *s, int n, es_optim_params *o, es_err *err) {
-    double v[6];
+    double v[ES__OPTIM_META_LONG];
+    /* Records since FTRL carry 11 numbers where older ones carry 6. */
+    if (n == 6 && count_fields(s) == ES__OPTIM_META_LONG) n = ES__OPTIM_META_LONG;
     int rc = es__meta_f64_list(path, key, s, n, 0, 3.4e38, v, err);
     if (rc) return rc;
-    if (v[0] != (int)v[0] || v[0] > ES_OPT_ADAM)
+    if (v[0] != (int)v[0] || v[0] > ES_OPT_FTRL)
         return es__err(err, ES_EFORMAT, "%s: metadata %s=%.64s: unknown optimizer %.9g", path, key, s, v[0]);
     o->kind = (es_optim)(int)v[0];
     o->lr = (float)v[1];
@@ -457,6 +518,14 @@ int es__optim_meta_read(const char *path, const char *key, const char *s, int n,
     o->beta1 = (float)v[3];
     o->beta2 = (float)v[4];
     if (n > 5) o->init_acc = (float)v[5];
+    es__optim_ftrl_defaults(o);
+    if (n > 6) {
+        o->ftrl_alpha = (float)v[6];
+        o->ftrl_beta = (float)v[7];
+        o->ftrl_l1 = (float)v[8];
+        o->ftrl_l2 = (float)v[9];
+        o->row_l2 = (float)v[10];
+    }
     return ES_OK;
 }
 
@@ -465,6 +534,7 @@ int es__optim_parse(const char *s, es_optim *out) {
     else if (!strcmp(s, "sgd")) *out = ES_OPT_SGD;
     else if (!strcmp(s, "adagrad")) *out = ES_OPT_ADAGRAD;
     else if (!strcmp(s, "rowwise") || !strcmp(s, "rowwise-adagrad")) *out = ES_OPT_ROWWISE_ADAGRAD;
+    else if (!strcmp(s, "ftrl")) *out = ES_OPT_FTRL;
     else return ES_EINVAL;
     return ES_OK;
 }

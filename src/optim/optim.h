@@ -20,7 +20,8 @@ typedef enum {
     ES_OPT_SGD = 0,
     ES_OPT_ADAGRAD = 1,          /* per-element accumulator */
     ES_OPT_ROWWISE_ADAGRAD = 2,  /* one accumulator per row: mean of g^2 over the row */
-    ES_OPT_ADAM = 3              /* dense parameters only (models, DHE MLPs) */
+    ES_OPT_ADAM = 3,             /* dense parameters only (models, DHE MLPs) */
+    ES_OPT_FTRL = 4              /* FTRL-proximal, per coordinate; tables of plain rows only */
 } es_optim;
 
 typedef struct es_optim_params {
@@ -29,7 +30,19 @@ typedef struct es_optim_params {
     float eps;         /* adagrad/adam epsilon (default 1e-8 adam, 1e-10 adagrad) */
     float beta1, beta2;/* adam */
     float init_acc;    /* adagrad initial accumulator (default 0) */
+    /* FTRL-proximal (McMahan et al. 2013): alpha (the learning rate of the
+     * per-coordinate schedule alpha / (beta + sqrt(n))), beta, and the L1
+     * and L2 strengths of the closed form.  Defaults 0.05, 0.01, 0, 0. */
+    float ftrl_alpha, ftrl_beta, ftrl_l1, ftrl_l2;
+    /* Lazy L2 on table rows (>= 0; default 0 = off): a row's weight decay
+     * is applied when the row is next touched, with the exact catch-up
+     * for the steps it missed (es__row_decay).  Not with FTRL (its L2 is
+     * ftrl_l2) and not used by dense optimizers. */
+    float row_l2;
 } es_optim_params;
+
+/* The defaults of the FTRL fields and row_l2 (the rest of p is left). */
+void es__optim_ftrl_defaults(es_optim_params *p);
 
 /* ---- dense optimizers (optim.c) ------------------------------------------------------
  * One update of count parameters w from their gradients g (g is read, not
@@ -59,11 +72,38 @@ void es__adam_update_ref(float *w, const float *g, float *m, float *v, size_t co
  *                     (acc: the row's dim accumulators)
  *   ROWWISE_ADAGRAD   acc[0] += mean_d g[d]^2;  w -= lr / (sqrt(acc[0]) + eps) g
  *                     (acc: the row's one accumulator; the FBGEMM/TorchRec rule)
+ *   FTRL              per coordinate, with z = acc[0..dim), n = acc[dim..2 dim)
+ *                     (McMahan et al. 2013, Algorithm 1; alpha = ftrl_alpha ...):
+ *                       sigma = (sqrt(n + g^2) - sqrt(n)) / alpha
+ *                       z += g - sigma w;  n += g^2
+ *                       w = 0 if |z| <= l1, else
+ *                           -(z - sgn(z) l1) / ((beta + sqrt(n)) / alpha + l2)
+ *                     w stays materialised (the table's rows), so lookups are a
+ *                     plain row read; until a coordinate's first update it
+ *                     holds its initial value (alphaFM's convention).
  * ADAM is not a row optimizer (asserts).  w, acc and g must not overlap. */
 void es__row_update(float *w, float *acc, const float *g, int dim, const es_optim_params *o);
 /* The same with plain scalar loops (the SGD and row-wise paths above go
  * through es__axpy / es__dot); equal bits with ES_SIMD=ref. */
 void es__row_update_ref(float *w, float *acc, const float *g, int dim, const es_optim_params *o);
+
+/* Floats of row-optimizer state per row of dim: Adagrad dim, row-wise 1,
+ * FTRL 2 dim (z then n), SGD 0. */
+size_t es__row_state_floats(es_optim kind, int dim);
+
+/* Lazy L2 catch-up (o->row_l2 > 0, not FTRL): bring row w[dim] with
+ * state acc (as in es__row_update) through `missed` >= 0 steps of weight
+ * decay it did not take.  The eager rule it stands for, applied to every
+ * row at every step before the gradient step of the touched rows, is
+ *   SGD               w *= 1 - lr l2
+ *   ADAGRAD           w[d] *= 1 - lr l2 / (sqrt(acc[d]) + eps)
+ *   ROWWISE_ADAGRAD   w *= 1 - lr l2 / (sqrt(acc[0]) + eps)
+ * (the decay does not feed the accumulator: a row without gradient keeps
+ * its accumulator, so the factor is the same in every missed step and the
+ * catch-up is factor^missed, computed in double).  A touched row at step
+ * t last brought up to date at step s takes missed = t - s (the steps
+ * s+1 .. t, this one's decay included) and then es__row_update. */
+void es__row_decay(float *w, const float *acc, int dim, const es_optim_params *o, int64_t missed);
 
 /* ---- the dense optimizer (optim.c) --------------------------------------------------
  * The optimizer of one set of dense parameters: the caller's parameter and
@@ -147,16 +187,20 @@ const char *es__dense_opt_state_name(const es__dense_opt *o, int a);
 int64_t *es__dense_opt_steps(es__dense_opt *o);
 
 /* The optimizer of a name: "adam", "sgd", "adagrad", "rowwise" (or
- * "rowwise-adagrad"), the names the CLI and the public parameter structs
+ * "rowwise-adagrad"), "ftrl", the names the CLI and the public parameter structs
  * take; ES_EINVAL for another.  Which kinds fit where (dense parameters:
  * not row-wise; tables: not Adam) is the caller's check. */
 int es__optim_parse(const char *s, es_optim *out);
 
 /* ---- persisted optimizer settings ---------------------------------------------
- * Files record an optimizer as "kind,lr,eps,beta1,beta2[,init_acc]" (kind is
- * the es_optim number; the enum is append-only).  es__optim_meta_read
- * parses such a record of n numbers (5 or 6) strictly: each a finite number
- * >= 0, the kind a known optimizer; ES_EFORMAT naming path and key. */
+ * Files record an optimizer as "kind,lr,eps,beta1,beta2[,init_acc[,
+ * ftrl_alpha,ftrl_beta,ftrl_l1,ftrl_l2,row_l2]]" (kind is the es_optim
+ * number; the enum is append-only).  es__optim_meta_read parses such a
+ * record strictly: n (5 or 6) numbers, or, where n is 6, also the 11 of
+ * files since FTRL (older files: the FTRL fields and row_l2 take their
+ * defaults); each a finite number >= 0, the kind a known optimizer;
+ * ES_EFORMAT naming path and key. */
+#define ES__OPTIM_META_LONG 11
 int es__optim_meta_read(const char *path, const char *key, const char *s, int n, es_optim_params *o, es_err *err);
 
 #endif /* ES_OPTIM_H */

@@ -363,10 +363,7 @@ static void adapt_lookup(es_storage *s, const es_batch *b, int r0, int r1, float
 /* Give (f, key) private row n_used: a copy of its hashed row and state. */
 static void promote_value(adapt_impl *m, int f, uint64_t key, uint64_t t) {
     const uint64_t r = *m->n_used, src = hashed_row(m, f, es__storage_salt(m->seed, f, 0), key);
-    const size_t dim = (size_t)m->t.dim;
-    memcpy(m->t.w + r * dim, m->t.w + src * dim, dim * sizeof(float));
-    if (m->t.opt.kind == ES_OPT_ADAGRAD) memcpy(m->t.acc + r * dim, m->t.acc + src * dim, dim * sizeof(float));
-    else if (m->t.opt.kind == ES_OPT_ROWWISE_ADAGRAD) m->t.acc[r] = m->t.acc[src];
+    es__rows_copy_row(&m->t, r, src);
     m->keys[r] = t;
     map_insert(m, r);
     *m->n_used = r + 1;
@@ -462,4 +459,5 @@ const es_storage_ops es__storage_adapt = {
     ES_STORAGE_OPTS(adapt_opts),
     .default_budget = ES_DEFAULT_BUDGET,
     .needs_vocab = 1,
+    .plain_rows = 1,
 };

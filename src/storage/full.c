@@ -263,4 +263,5 @@ const es_storage_ops es__storage_full = {
     .needs_vocab = 1,
     ES_STORAGE_OPTS(full_opts),
     .default_budget = 0, /* exactly the vocabulary */
+    .plain_rows = 1,
 };

@@ -297,4 +297,5 @@ const es_storage_ops es__storage_hash = {
     .destroy = es__hashed_destroy,
     ES_STORAGE_OPTS(hash_opts),
     .default_budget = ES_DEFAULT_BUDGET,
+    .plain_rows = 1,
 };

@@ -157,6 +157,15 @@ nomem:
     return es__err(&s->err, ES_ENOMEM, "multihash: out of memory growing the gradient scratch");
 }
 
+/* Rename refs[1..n) "opt.<x>" to "opt.<part>.<x>" ("opt.pool.acc", ...). */
+static void mh_name_state(es_tensor_ref *refs, int n, const char *part) {
+    for (int i = 1; i < n; i++) {
+        char tmp[sizeof refs[i].name];
+        snprintf(tmp, sizeof tmp, "%s", refs[i].name + 4);
+        snprintf(refs[i].name, sizeof refs[i].name, "opt.%.16s.%.40s", part, tmp);
+    }
+}
+
 static int mh_tensors(es_storage *s, es_tensor_ref *refs, int max) {
     mh_impl *m = s->impl;
     int np = es__rows_tensors(&m->pool, NULL, 0), nw = m->weighted ? es__rows_tensors(&m->imp, NULL, 0) : 0;
@@ -164,11 +173,11 @@ static int mh_tensors(es_storage *s, es_tensor_ref *refs, int max) {
     if (max < np + nw) return ES_ERANGE;
     es__rows_tensors(&m->pool, refs, max);
     snprintf(refs[0].name, sizeof refs[0].name, "pool");
-    if (np == 2) snprintf(refs[1].name, sizeof refs[1].name, "opt.pool.acc");
+    mh_name_state(refs, np, "pool");
     if (nw) {
         es__rows_tensors(&m->imp, refs + np, max - np);
         snprintf(refs[np].name, sizeof refs[np].name, "importance");
-        if (nw == 2) snprintf(refs[np + 1].name, sizeof refs[np + 1].name, "opt.importance.acc");
+        mh_name_state(refs + np, nw, "importance");
     }
     return np + nw;
 }

@@ -284,4 +284,5 @@ const es_storage_ops es__storage_robe = {
     .destroy = robe_destroy,
     ES_STORAGE_OPTS(robe_opts),
     .default_budget = ES_DEFAULT_BUDGET,
+    .plain_rows = 1,
 };

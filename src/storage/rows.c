@@ -21,25 +21,33 @@
 int es__rows_init(es_rows *t, uint64_t n_rows, int dim, const es_optim_params *opt, es_rng *rng, float init_scale) {
     memset(t, 0, sizeof *t);
     if (dim <= 0 || n_rows == 0 || !opt) return ES_EINVAL;
-    if (opt->kind != ES_OPT_SGD && opt->kind != ES_OPT_ADAGRAD && opt->kind != ES_OPT_ROWWISE_ADAGRAD)
+    if (opt->kind != ES_OPT_SGD && opt->kind != ES_OPT_ADAGRAD && opt->kind != ES_OPT_ROWWISE_ADAGRAD &&
+        opt->kind != ES_OPT_FTRL)
         return ES_EINVAL;
-    size_t elems, wbytes;
-    if (n_rows > SIZE_MAX || !es__mul_size((size_t)n_rows, (size_t)dim, &elems) ||
-        !es__mul_size(elems, sizeof(float), &wbytes))
+    size_t elems, wbytes, acc_elems, lbytes = 0;
+    if (n_rows > SIZE_MAX / 8 || !es__mul_size((size_t)n_rows, (size_t)dim, &elems) ||
+        !es__mul_size(elems, sizeof(float), &wbytes) ||
+        !es__mul_size((size_t)n_rows, es__row_state_floats(opt->kind, dim), &acc_elems) ||
+        acc_elems > SIZE_MAX / sizeof(float))
         return ES_ENOMEM;
+    if (opt->row_l2 > 0 && opt->kind != ES_OPT_FTRL) lbytes = (size_t)n_rows * sizeof(int64_t);
     t->w = es__alloc_aligned(wbytes);
-    if (!t->w) return ES_ENOMEM;
-    size_t acc_elems = opt->kind == ES_OPT_ADAGRAD ? elems : opt->kind == ES_OPT_ROWWISE_ADAGRAD ? (size_t)n_rows : 0;
-    if (acc_elems) {
-        t->acc = es__alloc_aligned(acc_elems * sizeof(float));
-        if (!t->acc) {
-            es__free_aligned(t->w);
-            t->w = NULL;
-            return ES_ENOMEM;
-        }
-        if (opt->init_acc != 0.0f)
-            for (size_t i = 0; i < acc_elems; i++) t->acc[i] = opt->init_acc;
+    t->acc = acc_elems ? es__alloc_aligned(acc_elems * sizeof(float)) : NULL;
+    t->last = lbytes ? es__alloc_aligned(lbytes) : NULL;
+    if (!t->w || (acc_elems && !t->acc) || (lbytes && !t->last)) {
+        es__free_aligned(t->w);
+        es__free_aligned(t->acc);
+        es__free_aligned(t->last);
+        memset(t, 0, sizeof *t);
+        return ES_ENOMEM;
     }
+    if (acc_elems) {
+        /* Adagrad kinds start at init_acc; FTRL's z and n at 0. */
+        const float a0 = opt->kind == ES_OPT_FTRL ? 0.0f : opt->init_acc;
+        for (size_t i = 0; i < acc_elems; i++) t->acc[i] = a0;
+    }
+    if (lbytes) memset(t->last, 0, lbytes);
+    t->step = 0;
     t->n_rows = n_rows;
     t->dim = dim;
     t->opt = *opt;
@@ -53,38 +61,68 @@ void es__rows_free(es_rows *t) {
     if (!t) return;
     es__free_aligned(t->w);
     es__free_aligned(t->acc);
+    es__free_aligned(t->last);
     memset(t, 0, sizeof *t);
 }
 
 size_t es__rows_param_bytes(const es_rows *t) { return (size_t)t->n_rows * (size_t)t->dim * sizeof(float); }
 
 size_t es__rows_state_bytes(const es_rows *t) {
-    switch (t->opt.kind) {
-    case ES_OPT_ADAGRAD: return (size_t)t->n_rows * (size_t)t->dim * sizeof(float);
-    case ES_OPT_ROWWISE_ADAGRAD: return (size_t)t->n_rows * sizeof(float);
-    default: return 0;
-    }
+    size_t b = (size_t)t->n_rows * es__row_state_floats(t->opt.kind, t->dim) * sizeof(float);
+    if (t->last) b += ((size_t)t->n_rows + 1) * sizeof(int64_t); /* last[] and step */
+    return b;
+}
+
+static inline float *row_state(const es_rows *t, uint64_t r) {
+    const size_t per = es__row_state_floats(t->opt.kind, t->dim);
+    return per ? t->acc + (size_t)r * per : NULL;
 }
 
 void es__rows_update(es_rows *t, uint64_t r, const float *g) {
-    /* the update itself is optim/'s (es__row_update); a table only knows
-     * where row r and its state live */
+    /* the update itself is optim/'s (es__row_update, es__row_decay); a
+     * table only knows where row r and its state live, and when it was
+     * last brought up to date */
     const size_t dim = (size_t)t->dim;
-    float *acc = t->opt.kind == ES_OPT_ADAGRAD           ? t->acc + (size_t)r * dim
-                 : t->opt.kind == ES_OPT_ROWWISE_ADAGRAD ? t->acc + r
-                                                         : NULL;
-    es__row_update(t->w + (size_t)r * dim, acc, g, t->dim, &t->opt);
+    float *w = t->w + (size_t)r * dim, *acc = row_state(t, r);
+    if (t->last) {
+        es__row_decay(w, acc, t->dim, &t->opt, t->step - t->last[r]);
+        t->last[r] = t->step;
+    }
+    es__row_update(w, acc, g, t->dim, &t->opt);
+}
+
+void es__rows_catch_up(es_rows *t) {
+    if (!t->last) return;
+    const size_t dim = (size_t)t->dim;
+    for (uint64_t r = 0; r < t->n_rows; r++) {
+        es__row_decay(t->w + (size_t)r * dim, row_state(t, r), t->dim, &t->opt, t->step - t->last[r]);
+        t->last[r] = t->step;
+    }
+}
+
+void es__rows_copy_row(es_rows *t, uint64_t dst, uint64_t src) {
+    const size_t dim = (size_t)t->dim, per = es__row_state_floats(t->opt.kind, t->dim);
+    memcpy(t->w + dst * dim, t->w + src * dim, dim * sizeof(float));
+    if (per) memcpy(t->acc + dst * per, t->acc + src * per, per * sizeof(float));
+    if (t->last) t->last[dst] = t->last[src];
 }
 
 int es__rows_tensors(es_rows *t, es_tensor_ref *refs, int max) {
-    int n = t->acc ? 2 : 1;
+    int n = 1 + (t->acc != NULL) + (t->last ? 2 : 0);
     if (!refs) return n;
     if (max < n) return ES_ERANGE;
-    es__tensor_ref_set(&refs[0], "weight", ES_DT_F32, t->w, 2, t->n_rows, (uint64_t)t->dim);
+    int i = 0;
+    es__tensor_ref_set(&refs[i++], "weight", ES_DT_F32, t->w, 2, t->n_rows, (uint64_t)t->dim);
     if (t->opt.kind == ES_OPT_ADAGRAD)
-        es__tensor_ref_set(&refs[1], "opt.acc", ES_DT_F32, t->acc, 2, t->n_rows, (uint64_t)t->dim);
+        es__tensor_ref_set(&refs[i++], "opt.acc", ES_DT_F32, t->acc, 2, t->n_rows, (uint64_t)t->dim);
+    else if (t->opt.kind == ES_OPT_FTRL)
+        es__tensor_ref_set(&refs[i++], "opt.ftrl_zn", ES_DT_F32, t->acc, 3, t->n_rows, (uint64_t)2, (uint64_t)t->dim);
     else if (t->acc)
-        es__tensor_ref_set(&refs[1], "opt.acc", ES_DT_F32, t->acc, 1, t->n_rows);
+        es__tensor_ref_set(&refs[i++], "opt.acc", ES_DT_F32, t->acc, 1, t->n_rows);
+    if (t->last) {
+        es__tensor_ref_set(&refs[i++], "opt.last", ES_DT_I64, t->last, 1, t->n_rows);
+        es__tensor_ref_set(&refs[i++], "opt.step", ES_DT_I64, &t->step, 1, (uint64_t)1);
+    }
     return n;
 }
 
@@ -212,13 +250,14 @@ void es__gradacc_apply(es_gradacc *a, es_rows *t) {
      * writing) so the read-modify-writes do not wait on memory one by one. */
     enum { AHEAD = 8 };
     const size_t dim = (size_t)a->dim;
+    if (t->last) t->step++; /* one step of the table, touched rows or not */
     for (size_t i = 0; i < a->n; i++) {
         if (i + AHEAD < a->n) {
             uint64_t r = a->rows[i + AHEAD];
             const char *w = (const char *)(t->w + r * dim);
             for (size_t o = 0; o < ES_MIN(dim * sizeof(float), (size_t)512); o += 64) __builtin_prefetch(w + o, 1, 1);
             if (t->opt.kind == ES_OPT_ROWWISE_ADAGRAD) __builtin_prefetch(t->acc + r, 1, 1);
-            else if (t->opt.kind == ES_OPT_ADAGRAD) __builtin_prefetch(t->acc + r * dim, 1, 1);
+            else if (t->acc) __builtin_prefetch(row_state(t, r), 1, 1);
         }
         es__rows_update(t, a->rows[i], a->g + i * dim);
     }

@@ -25,6 +25,7 @@ es_storage_params es__storage_params_default(void) {
     p.opt.beta1 = 0.9f;
     p.opt.beta2 = 0.999f;
     p.opt.init_acc = 0.0f;
+    es__optim_ftrl_defaults(&p.opt);
     p.opts = NULL;
     return p;
 }
@@ -469,9 +470,25 @@ static int check_params(const es_storage_params *p, const es_vocab *vocab, es_er
         return es__err(err, ES_EINVAL, "storage: budget must be a finite number >= 0, got %g", p->budget);
     if (!(p->init_scale >= 0) || !isfinite(p->init_scale))
         return es__err(err, ES_EINVAL, "storage: init_scale must be >= 0, got %g", (double)p->init_scale);
-    if (p->opt.kind != ES_OPT_SGD && p->opt.kind != ES_OPT_ADAGRAD && p->opt.kind != ES_OPT_ROWWISE_ADAGRAD)
-        return es__err(err, ES_EINVAL, "storage: embedding tables train with sgd, adagrad or rowwise-adagrad (optimizer %d)",
+    if (p->opt.kind != ES_OPT_SGD && p->opt.kind != ES_OPT_ADAGRAD && p->opt.kind != ES_OPT_ROWWISE_ADAGRAD &&
+        p->opt.kind != ES_OPT_FTRL)
+        return es__err(err, ES_EINVAL,
+                       "storage: embedding tables train with sgd, adagrad, rowwise-adagrad or ftrl (optimizer %d)",
                        (int)p->opt.kind);
+    if (p->opt.kind == ES_OPT_FTRL) {
+        const es_optim_params *o = &p->opt;
+        if (!(o->ftrl_alpha > 0) || !isfinite(o->ftrl_alpha))
+            return es__err(err, ES_EINVAL, "storage: ftrl alpha must be > 0, got %g", (double)o->ftrl_alpha);
+        if (!(o->ftrl_beta >= 0) || !isfinite(o->ftrl_beta) || !(o->ftrl_l1 >= 0) || !isfinite(o->ftrl_l1) ||
+            !(o->ftrl_l2 >= 0) || !isfinite(o->ftrl_l2))
+            return es__err(err, ES_EINVAL, "storage: ftrl beta, l1 and l2 must be finite numbers >= 0, got %g, %g, %g",
+                           (double)o->ftrl_beta, (double)o->ftrl_l1, (double)o->ftrl_l2);
+        if (o->row_l2 != 0)
+            return es__err(err, ES_EINVAL,
+                           "storage: emb_l2 (lazy L2) does not apply to ftrl, whose L2 is in its closed form: use ftrl_l2");
+    }
+    if (!(p->opt.row_l2 >= 0) || !isfinite(p->opt.row_l2))
+        return es__err(err, ES_EINVAL, "storage: emb_l2 must be a finite number >= 0, got %g", (double)p->opt.row_l2);
     if (!(p->opt.lr >= 0) || !isfinite(p->opt.lr))
         return es__err(err, ES_EINVAL, "storage: learning rate must be >= 0, got %g", (double)p->opt.lr);
     if (p->opt.kind != ES_OPT_SGD && !(p->opt.eps > 0 && isfinite(p->opt.eps)))
@@ -513,6 +530,16 @@ int es__storage_create(es_storage **out, const es_storage_params *p, const es_vo
     if (rc) return rc;
     const es_storage_ops *ops = es__storage_find(p->method);
     if (!ops) return unknown_method(p->method, err);
+    if (!ops->plain_rows && p->opt.kind == ES_OPT_FTRL)
+        return es__err(err, ES_EINVAL,
+                       "storage %s: FTRL needs per-coordinate table parameters; %s's embeddings are computed from "
+                       "parameters (not plain rows): use sgd, adagrad or rowwise-adagrad",
+                       ops->name, ops->name);
+    if (!ops->plain_rows && p->opt.row_l2 > 0)
+        return es__err(err, ES_EINVAL,
+                       "storage %s: emb_l2 (lazy L2 on table rows) needs per-coordinate table parameters; %s's "
+                       "embeddings are computed from parameters (not plain rows)",
+                       ops->name, ops->name);
     es__opt_val *optv = NULL;
     if ((rc = opts_parse(ops, p->opts, &optv, err)) != 0) return rc;
     double budget_bytes;

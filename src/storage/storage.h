@@ -195,6 +195,12 @@ typedef struct es_storage_ops {
     const es__opt_spec *opts;
     int n_opts;
     double default_budget;
+    /* 1 if every trainable parameter of the method is a plain row of
+     * es_rows tables, updated only through es__gradacc_apply, and read
+     * into the output as it is (pooled, not multiplied with other
+     * parameters): FTRL and lazy L2 (row_l2) need that, and the generic
+     * layer refuses them for the other methods. */
+    int plain_rows;
 } es_storage_ops;
 #define ES_STORAGE_OPTS(table) .opts = table, .n_opts = (int)ES_ARRAY_LEN(table)
 
@@ -322,7 +328,15 @@ uint64_t es__storage_salt(uint64_t seed, int field, int chunk);
  * batch before one optimizer update per distinct row. */
 typedef struct es_rows {
     float *w;          /* [n_rows * dim], 64-byte aligned */
-    float *acc;        /* adagrad: [n_rows*dim]; rowwise: [n_rows]; sgd: NULL */
+    float *acc;        /* adagrad: [n_rows*dim]; rowwise: [n_rows]; ftrl: [n_rows][2][dim]
+                        * (z then n of each row); sgd: NULL */
+    /* Lazy L2 (opt.row_l2 > 0): step counts the gradient applications of
+     * this table (es__gradacc_apply), last[r] the step row r's weight decay
+     * has been applied through; NULL / 0 otherwise.  A row not touched
+     * since step s holds its weights as of s: the decay it owes is applied
+     * when it is next touched (or by es__rows_catch_up). */
+    int64_t *last;     /* [n_rows] */
+    int64_t step;
     uint64_t n_rows;
     int dim;
     es_optim_params opt;
@@ -336,10 +350,18 @@ int es__rows_init(es_rows *t, uint64_t n_rows, int dim, const es_optim_params *o
 void es__rows_free(es_rows *t);
 size_t es__rows_param_bytes(const es_rows *t);
 size_t es__rows_state_bytes(const es_rows *t);
-/* One optimizer update of row r with gradient g[dim]. */
+/* One optimizer update of row r with gradient g[dim]; with lazy L2, the
+ * row's missed decay (es__row_decay, through t->step) first. */
 void es__rows_update(es_rows *t, uint64_t r, const float *g);
+/* Lazy L2: apply every row's owed decay now (last[r] = step); a no-op
+ * without row_l2.  Tests compare against eager decay with it. */
+void es__rows_catch_up(es_rows *t);
+/* Copy row src's weights and optimizer state (and lazy-L2 step) to dst. */
+void es__rows_copy_row(es_rows *t, uint64_t dst, uint64_t src);
 /* Tensor refs for w ("weight", f32 [n_rows, dim]) and, when there is
- * optimizer state, "opt.acc" (f32 [n_rows, dim] or [n_rows]).  Returns the
+ * optimizer state, "opt.acc" (f32 [n_rows, dim] or [n_rows]) or, for FTRL,
+ * "opt.ftrl_zn" (f32 [n_rows, 2, dim]), and with lazy L2 "opt.last"
+ * (i64 [n_rows]) and "opt.step" (i64 [1]).  Returns the
  * number of refs (written only when refs != NULL and they fit in max). */
 int es__rows_tensors(es_rows *t, es_tensor_ref *refs, int max);
 

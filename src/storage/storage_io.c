@@ -7,7 +7,8 @@
  * move onto these functions without changing its files.
  *
  *   metadata  storage.method, .dim, .n_fields, .max_batch, .budget_bytes,
- *             .seed, .init_scale, .opt ("kind,lr,eps,beta1,beta2,init_acc"),
+ *             .seed, .init_scale, .opt ("kind,lr,eps,beta1,beta2,init_acc,
+ *             ftrl_alpha,ftrl_beta,ftrl_l1,ftrl_l2,row_l2"; older files: the first 6),
  *             .opts (the caller's method options), .resolved (s->meta),
  *             .param_bytes, .aux_bytes
  *   tensors   "storage.<name>" for every array the method lists; its
@@ -55,8 +56,11 @@ int es__storage_write(es_fwriter *w, es_storage *s, int with_state, es_err *err)
     rc |= es__fwriter_metaf(w, "storage.budget_bytes", "%.0f", s->budget_bytes);
     rc |= es__fwriter_metaf(w, "storage.seed", "%llu", (unsigned long long)sp->seed);
     rc |= es__fwriter_metaf(w, "storage.init_scale", "%.9g", sp->init_scale);
-    rc |= es__fwriter_metaf(w, "storage.opt", "%d,%.9g,%.9g,%.9g,%.9g,%.9g", (int)sp->opt.kind, sp->opt.lr, sp->opt.eps,
-                            sp->opt.beta1, sp->opt.beta2, sp->opt.init_acc);
+    /* The 11-number record (FTRL and lazy L2 since the FTRL change);
+     * readers take the 6 of older files too. */
+    rc |= es__fwriter_metaf(w, "storage.opt", "%d,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g", (int)sp->opt.kind,
+                            sp->opt.lr, sp->opt.eps, sp->opt.beta1, sp->opt.beta2, sp->opt.init_acc, sp->opt.ftrl_alpha,
+                            sp->opt.ftrl_beta, sp->opt.ftrl_l1, sp->opt.ftrl_l2, sp->opt.row_l2);
     rc |= es__fwriter_meta(w, "storage.opts", sp->opts ? sp->opts : "");
     rc |= es__fwriter_meta(w, "storage.resolved", s->meta);
     rc |= es__fwriter_metaf(w, "storage.param_bytes", "%zu", s->param_bytes);

@@ -34,6 +34,11 @@ es_table_params es_table_params_default(void) {
     p.optim = "rowwise";
     p.lr = d.opt.lr;
     p.eps = d.opt.eps;
+    p.emb_l2 = d.opt.row_l2;
+    p.ftrl_alpha = d.opt.ftrl_alpha;
+    p.ftrl_beta = d.opt.ftrl_beta;
+    p.ftrl_l1 = d.opt.ftrl_l1;
+    p.ftrl_l2 = d.opt.ftrl_l2;
     return p;
 }
 
@@ -61,9 +66,14 @@ int es_table_create(es_table **out, const es_table_params *p, const es_vocab *vo
     sp.seed = p->seed;
     sp.init_scale = p->init_scale;
     if (es__optim_parse(p->optim ? p->optim : "rowwise", &sp.opt.kind) != 0 || sp.opt.kind == ES_OPT_ADAM)
-        return es__err(err, ES_EINVAL, "table: unknown optimizer '%s' (expected rowwise, adagrad or sgd)", p->optim);
+        return es__err(err, ES_EINVAL, "table: unknown optimizer '%s' (expected rowwise, adagrad, sgd or ftrl)", p->optim);
     sp.opt.lr = p->lr;
     sp.opt.eps = p->eps;
+    sp.opt.row_l2 = p->emb_l2;
+    sp.opt.ftrl_alpha = p->ftrl_alpha;
+    sp.opt.ftrl_beta = p->ftrl_beta;
+    sp.opt.ftrl_l1 = p->ftrl_l1;
+    sp.opt.ftrl_l2 = p->ftrl_l2;
     sp.opts = p->opts;
     es_storage *s;
     int rc = es__storage_create(&s, &sp, vocab, err); /* checks every field, naming the bad one */

@@ -94,4 +94,5 @@ const es_storage_ops es__storage_unified = {
     .destroy = es__hashed_destroy,
     ES_STORAGE_OPTS(unified_opts),
     .default_budget = ES_DEFAULT_BUDGET,
+    .plain_rows = 1,
 };

@@ -107,6 +107,15 @@ int es__train_describe(const es_train_params *p, const es_reader_params *rp, cha
     put(&b, "optim", "%s", optim_name(p->optim, "adam"));
     put(&b, "emb-lr", "%.9g", (double)p->emb_lr);
     put(&b, "emb-optim", "%s", optim_name(p->emb_optim, "rowwise"));
+    /* Written only when they apply / differ from the default, so that
+     * checkpoints from before these settings still resume. */
+    if (p->emb_l2 != 0) put(&b, "emb-l2", "%.9g", (double)p->emb_l2);
+    if (p->emb_optim && !strcmp(p->emb_optim, "ftrl")) {
+        put(&b, "ftrl-alpha", "%.9g", (double)p->ftrl_alpha);
+        put(&b, "ftrl-beta", "%.9g", (double)p->ftrl_beta);
+        put(&b, "ftrl-l1", "%.9g", (double)p->ftrl_l1);
+        put(&b, "ftrl-l2", "%.9g", (double)p->ftrl_l2);
+    }
     put(&b, "weight-decay", "%.9g", (double)p->weight_decay);
     put(&b, "seed", "%llu", (unsigned long long)p->seed);
     put(&b, "max-rows", "%llu", (unsigned long long)p->max_rows);

@@ -24,6 +24,8 @@ es_model_params es_model_params_default(void) {
     p.emb_lr = 0.05f;
     p.optim = "adam";
     p.emb_optim = "rowwise";
+    p.ftrl_alpha = 0.05f;
+    p.ftrl_beta = 0.01f;
     p.seed = 1;
     return p;
 }
@@ -47,6 +49,11 @@ es_model_params es_model_params_from_train(const es_train_params *t, int n_dense
     p.emb_lr = t->emb_lr;
     p.optim = t->optim;
     p.emb_optim = t->emb_optim;
+    p.emb_l2 = t->emb_l2;
+    p.ftrl_alpha = t->ftrl_alpha;
+    p.ftrl_beta = t->ftrl_beta;
+    p.ftrl_l1 = t->ftrl_l1;
+    p.ftrl_l2 = t->ftrl_l2;
     p.weight_decay = t->weight_decay;
     p.seed = t->seed;
     return p;
@@ -67,7 +74,7 @@ int es__model_params_resolve(const es_model_params *p, es_net_params *np, es_sto
     if (es__optim_parse(p->optim ? p->optim : "adam", &dense_opt) != 0 || dense_opt == ES_OPT_ROWWISE_ADAGRAD)
         return es__err(err, ES_EINVAL, "unknown dense optimizer '%s' (expected adam, adagrad or sgd)", p->optim);
     if (es__optim_parse(p->emb_optim ? p->emb_optim : "rowwise", &emb_opt) != 0 || emb_opt == ES_OPT_ADAM)
-        return es__err(err, ES_EINVAL, "unknown table optimizer '%s' (expected rowwise, adagrad or sgd)", p->emb_optim);
+        return es__err(err, ES_EINVAL, "unknown table optimizer '%s' (expected rowwise, adagrad, sgd or ftrl)", p->emb_optim);
     if (!p->storage || !es__storage_find(p->storage))
         return es__err(err, ES_EINVAL, "unknown storage method '%s'", p->storage ? p->storage : "");
     /* No budget: the method's default (ES_DEFAULT_BUDGET for the methods
@@ -109,6 +116,11 @@ int es__model_params_resolve(const es_model_params *p, es_net_params *np, es_sto
     sp->opts = p->storage_opts;
     sp->opt.lr = p->emb_lr;
     sp->opt.kind = emb_opt;
+    sp->opt.row_l2 = p->emb_l2;
+    sp->opt.ftrl_alpha = p->ftrl_alpha;
+    sp->opt.ftrl_beta = p->ftrl_beta;
+    sp->opt.ftrl_l1 = p->ftrl_l1;
+    sp->opt.ftrl_l2 = p->ftrl_l2;
     if (kind == ES_NET_LR) sp->init_scale = 0.0f; /* LR weights start at zero */
     return ES_OK;
 }

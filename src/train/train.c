@@ -37,6 +37,8 @@ es_train_params es_train_params_default(void) {
     p.emb_lr = m.emb_lr;
     p.optim = m.optim;
     p.emb_optim = m.emb_optim;
+    p.ftrl_alpha = m.ftrl_alpha;
+    p.ftrl_beta = m.ftrl_beta;
     p.seed = m.seed;
     p.epochs = 1;
     p.threads = 1;
