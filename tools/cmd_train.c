@@ -21,7 +21,7 @@ static const char train_help[] =
     "  --valid-frac F        hold out the LAST fraction F of FILE's rows (default 0.2; 0 = none)\n"
     "  --max-rows N          read at most N rows of FILE\n" CLI_READER_HELP
     "model:\n"
-    "  --model M             lr | fm | dlrm | dcn (default dlrm)\n"
+    "  --model M             lr | fm | ffm | dlrm | dcn (default dlrm)\n"
     "  --dim K               embedding dimension (default 16)\n"
     "  --bottom A,B,..       DLRM bottom MLP widths (last = K; default 64,K)\n"
     "  --top A,B,..          DLRM top / DCN deep MLP widths (default 64,32; a final 1 is added)\n"
