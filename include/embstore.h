@@ -491,7 +491,7 @@ typedef struct es_train_params {
     double valid_frac;        /* in [0, 1); rows are split in file order */
     es_reader_params reader;  /* how to read both files */
     /* model */
-    const char *model;        /* "lr", "fm", "dlrm", "dcn" */
+    const char *model;        /* "lr", "fm", "ffm", "dlrm", "dcn" */
     int dim;                  /* embedding dim (FM factor size) */
     int bottom[8], n_bottom;  /* DLRM bottom MLP (0 layers: default) */
     int top[8], n_top;        /* DLRM top / DCN deep MLP (0 layers: default) */
@@ -642,7 +642,7 @@ ES_API int es_set_threads(int n);
 typedef struct es_model es_model;
 
 typedef struct es_model_params {
-    const char *model;        /* "lr", "fm", "dlrm" (default), "dcn" */
+    const char *model;        /* "lr", "fm", "ffm", "dlrm" (default), "dcn" */
     int dim;                  /* 16; embedding dim (FM factor size) */
     int bottom[8], n_bottom;  /* DLRM bottom MLP (0 layers: {64, dim}) */
     int top[8], n_top;        /* DLRM top / DCN deep MLP (0 layers: {64, 32}) */

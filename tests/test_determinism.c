@@ -205,7 +205,7 @@ TEST(predictions_batch_and_thread_invariant_every_model_and_method) {
     int got = es_reader_next(rd, &all);
     es_reader_free(rd);
     CHECK_MSG(got > 0 && all.n == 300, "read %d rows", all.n);
-    static const char *models[] = {"lr", "fm", "dlrm", "dcn"};
+    static const char *models[] = {"lr", "fm", "ffm", "dlrm", "dcn"};
     int checked = 0;
     for (size_t mi = 0; mi < ES_ARRAY_LEN(models); mi++)
         for (int si = 0; si < n_methods; si++) {

@@ -549,7 +549,7 @@ static double naive_mlp_to_logit(es_tensor_ref *refs, int nr, const char *stack,
 /* The equations of docs/models.md, evaluated per row in double. */
 static double naive_logit(es_net *net, const float *emb, const float *dense) {
     const es_net_params *p = es__net_get_params(net);
-    int D = p->n_dense, F = p->n_fields, k = p->dim, E = es__net_emb_dim(p->kind, k);
+    int D = p->n_dense, F = p->n_fields, k = p->dim, E = es__net_emb_dim(p->kind, p->n_fields, k);
     es_tensor_ref refs[128];
     int nr = es__net_tensors(net, refs, 128);
     double a[4096], b[4096], z = 0;
@@ -570,6 +570,16 @@ static double naive_logit(es_net *net, const float *emb, const float *dense) {
                         z += x1 * x2;
                     }
         }
+        break;
+    }
+    case ES_NET_FFM: {
+        const float *w = tensor(refs, nr, "net.linear.w"), *bias = tensor(refs, nr, "net.linear.b");
+        z = bias[0];
+        for (int d = 0; d < D; d++) z += (double)w[d] * dense[d];
+        for (int f = 0; f < F; f++) z += emb[f * E];
+        for (int i = 0; i < F; i++)
+            for (int j = i + 1; j < F; j++)
+                for (int q = 0; q < k; q++) z += (double)emb[i * E + 1 + j * k + q] * emb[j * E + 1 + i * k + q];
         break;
     }
     case ES_NET_DLRM: {
@@ -641,7 +651,7 @@ static int check_model(const es_net_params *p, int n, uint64_t seed) {
     if (!net) return 1;
     es_rng r;
     es__rng_seed(&r, seed);
-    int E = es__net_emb_dim(p->kind, p->dim), D = p->n_dense, F = p->n_fields;
+    int E = es__net_emb_dim(p->kind, p->n_fields, p->dim), D = p->n_dense, F = p->n_fields;
     /* Randomise every parameter (LR/FM start at zero, which would hide terms). */
     float *w = es__net_params_ptr(net);
     es__rng_fill_uniform(&r, w, es__net_n_params(net), 0.6f);
@@ -664,6 +674,21 @@ static int check_model(const es_net_params *p, int n, uint64_t seed) {
     int bad = fd_check(what, es__net_params_ptr(net), es__net_grads_ptr(net), es__net_n_params(net), net_loss, &t);
     bad += fd_check(what, t.emb, demb, (size_t)n * F * E, net_loss, &t);
     return bad;
+}
+
+/* FFM end to end: logits against the pair loop of docs/models.md, FD
+ * w.r.t. the dense parameters (net.linear.w/.b) and every emb column. */
+TEST(model_ffm_forward_and_gradients) {
+    static const int Ds[] = {0, 2}, Fs[] = {1, 2, 3, 5}, ks[] = {1, 3, 4}, ns[] = {1, 3};
+    for (size_t a = 0; a < 2; a++)
+        for (size_t b = 0; b < 4; b++)
+            for (size_t c = 0; c < 3; c++)
+                for (size_t e = 0; e < 2; e++) {
+                    es_net_params p = es__net_params_default(ES_NET_FFM, Ds[a], Fs[b], ks[c]);
+                    p.max_batch = ns[e] + 2;
+                    CHECK_MSG(check_model(&p, ns[e], 300 + a * 7 + b * 5 + c * 3 + e) == 0, "ffm D=%d F=%d k=%d n=%d",
+                              Ds[a], Fs[b], ks[c], ns[e]);
+                }
 }
 
 TEST(model_lr_fm_forward_and_gradients) {
@@ -730,7 +755,7 @@ TEST(model_rows_are_independent) {
         p.max_batch = 9;
         es_net *net = tnet(&p);
         CHECK(net);
-        int E = es__net_emb_dim(p.kind, 5), n = 9;
+        int E = es__net_emb_dim(p.kind, p.n_fields, 5), n = 9;
         float *emb = tf_rand(&r, (size_t)n * 3 * E, 1), *dense = tf_rand(&r, (size_t)n * 4, 1), *lg = tf(n), one;
         es__rng_fill_uniform(&r, es__net_params_ptr(net), es__net_n_params(net), 0.3f);
         es__net_forward(net, n, emb, dense, lg);
@@ -896,7 +921,7 @@ TEST(model_same_seed_same_net_bit_for_bit) {
         CHECK(memcmp(es__net_params_ptr(a), es__net_params_ptr(b), np * sizeof(float)) == 0);
         if (kind >= ES_NET_FM) /* LR starts at zero whatever the seed */
             CHECK(memcmp(es__net_params_ptr(a), es__net_params_ptr(c), np * sizeof(float)) != 0);
-        int E = es__net_emb_dim(p.kind, 6), n = 80;
+        int E = es__net_emb_dim(p.kind, p.n_fields, 6), n = 80;
         size_t ne = (size_t)n * 4 * E;
         float *emb = tf_rand(&r, ne, 1), *dense = tf_rand(&r, (size_t)n * 5, 1);
         float *la = tf(n), *lb = tf(n), *d = tf_rand(&r, n, 0.1f), *ga = tf(ne), *gb = tf(ne);
@@ -998,14 +1023,16 @@ TEST(model_kinds_defaults_and_validation) {
     CHECK(es__net_kind_parse("dcnv2", &k) == 0 && k == ES_NET_DCN);
     CHECK(es__net_kind_parse("fm", &k) == 0 && k == ES_NET_FM);
     CHECK(es__net_kind_parse("lr", &k) == 0 && k == ES_NET_LR);
+    CHECK(es__net_kind_parse("ffm", &k) == 0 && k == ES_NET_FFM);
     CHECK(es__net_kind_parse("xgboost", &k) == ES_EINVAL);
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i <= ES_NET_FFM; i++) {
         CHECK(es__net_kind_parse(es__net_kind_name((es_net_kind)i), &k) == 0 && (int)k == i);
     }
-    CHECK_EQ_INT(es__net_emb_dim(ES_NET_LR, 16), 1);
-    CHECK_EQ_INT(es__net_emb_dim(ES_NET_FM, 16), 17);
-    CHECK_EQ_INT(es__net_emb_dim(ES_NET_DLRM, 16), 16);
-    CHECK_EQ_INT(es__net_emb_dim(ES_NET_DCN, 16), 16);
+    CHECK_EQ_INT(es__net_emb_dim(ES_NET_LR, 26, 16), 1);
+    CHECK_EQ_INT(es__net_emb_dim(ES_NET_FM, 26, 16), 17);
+    CHECK_EQ_INT(es__net_emb_dim(ES_NET_DLRM, 26, 16), 16);
+    CHECK_EQ_INT(es__net_emb_dim(ES_NET_DCN, 26, 16), 16);
+    CHECK_EQ_INT(es__net_emb_dim(ES_NET_FFM, 26, 4), 1 + 26 * 4);
 
     es_net_params p = es__net_params_default(ES_NET_DLRM, 13, 26, 16);
     CHECK(p.n_bottom == 2 && p.bottom[0] == 64 && p.bottom[1] == 16);
@@ -1086,7 +1113,7 @@ TEST(model_learns_a_separable_problem) {
         p.opt.lr = 0.01f;
         es_net *net = tnet(&p);
         CHECK(net);
-        int E = es__net_emb_dim(p.kind, k);
+        int E = es__net_emb_dim(p.kind, p.n_fields, k);
         /* LR/FM see first-order terms emb[f][0] that they cannot reweight: keep them small */
         float *emb = tf_rand(&r, (size_t)N * F * E, kind <= ES_NET_FM ? 0.05f : 1.0f);
         float *dense = tf_rand(&r, (size_t)N * D, 1), *y = tf(N), *lg = tf(B), *dl = tf(B), *demb = tf((size_t)B * F * E);

@@ -90,8 +90,8 @@ static float *predict_all(const char *model, const char *path, size_t *count) {
 }
 
 TEST(step_api_equals_es_train_bitwise) {
-    static const char *models[] = {"lr", "fm", "dlrm", "dcn"};
-    static const char *methods[] = {"hash", "unified", "full", "qr"};
+    static const char *models[] = {"lr", "fm", "dlrm", "dcn", "ffm"};
+    static const char *methods[] = {"hash", "unified", "full", "qr", "unified"};
     const char *data = small_file();
     CHECK(data[0]);
     es_set_threads(1);

@@ -23,7 +23,7 @@ static const char train_help[] =
     "  --test FILE           evaluate the final model on FILE too (reported only, never\n"
     "                        used for a decision)\n" CLI_READER_HELP
     "model:\n"
-    "  --model M             lr | fm | dlrm | dcn (default dlrm)\n"
+    "  --model M             lr | fm | ffm | dlrm | dcn (default dlrm)\n"
     "  --dim K               embedding dimension (default 16)\n"
     "  --bottom A,B,..       DLRM bottom MLP widths (last = K; default 64,K)\n"
     "  --top A,B,..          DLRM top / DCN deep MLP widths (default 64,32; a final 1 is added)\n"

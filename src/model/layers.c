@@ -526,6 +526,54 @@ ES__OMP(omp parallel for schedule(static) if (n >= ES__PAR_ROWS))
     for (int r = 0; D > 0 && r < n; r++) fm_row_dV(dV, dout[r], sum + (size_t)r * k, dense + (size_t)r * D, V, D, k);
 }
 
+/* ---- FFM pairwise term ---------------------------------------------------------------------- */
+
+/* One row: the pair sum in double over float dots (each dot one chain in
+ * column order; no vectorised reduction reorders it, as -ffast-math is
+ * never used). */
+static double ffm_row(const float *er, int F, int E, int k) {
+    double pair = 0.0;
+    for (int i = 0; i < F; i++) {
+        const float *ei = er + (size_t)i * E + 1;
+        for (int j = i + 1; j < F; j++) {
+            const float *a = ei + (size_t)j * k;                   /* v_{i, j} */
+            const float *b = er + (size_t)j * E + 1 + (size_t)i * k; /* v_{j, i} */
+            float d = 0.0f;
+            for (int c = 0; c < k; c++) d = fmaf(a[c], b[c], d);
+            pair += d;
+        }
+    }
+    return pair;
+}
+
+void es__ffm_forward(float *out, const float *emb, int F, int E, int k, int n) {
+ES__OMP(omp parallel for schedule(static) if (n >= ES__PAR_ROWS))
+    for (int r = 0; r < n; r++) out[r] = (float)ffm_row(emb + (size_t)r * F * E, F, E, k);
+}
+
+/* d v_{i,j} = g v_{j,i}; the diagonal blocks v_{i,i} get 0. */
+static void ffm_row_backward(float *restrict der, float g, const float *er, int F, int E, int k) {
+    for (int i = 0; i < F; i++) {
+        float *di = der + (size_t)i * E + 1;
+        for (int j = 0; j < F; j++) {
+            float *d = di + (size_t)j * k;
+            if (j == i) {
+                memset(d, 0, (size_t)k * sizeof(float));
+                continue;
+            }
+            const float *b = er + (size_t)j * E + 1 + (size_t)i * k;
+ES__OMP(omp simd)
+            for (int c = 0; c < k; c++) d[c] = g * b[c];
+        }
+    }
+}
+
+void es__ffm_backward(float *demb, const float *dout, const float *emb, int F, int E, int k, int n) {
+ES__OMP(omp parallel for schedule(static) if (n >= ES__PAR_ROWS))
+    for (int r = 0; r < n; r++)
+        ffm_row_backward(demb + (size_t)r * F * E, dout[r], emb + (size_t)r * F * E, F, E, k);
+}
+
 /* ---- loss ---------------------------------------------------------------------------------- */
 
 float es__sigmoid(float z) {

@@ -124,6 +124,23 @@ void es__fm_forward(float *out, float *sum, const float *emb, int F, int E, int 
 void es__fm_backward(float *demb, float *dV, const float *dout, const float *sum, const float *emb, int F, int E,
                      int off, const float *dense, const float *V, int D, int k, int n);
 
+/* ---- FFM pairwise term (field-aware factorization machine) ----------------------------
+ * Per row, field i owns F latent vectors of width k, v_{i,g} =
+ * emb[r, i, 1 + g*k .. 1 + (g+1)*k) (field stride E = 1 + F*k floats;
+ * column 0, the first-order weight, is not read), one per field g it may
+ * meet (libffm's layout).  out[r] = sum_{i<j} <v_{i,j}, v_{j,i}>, pairs in
+ * row-major order (0,1),(0,2),...,(F-2,F-1); each dot is a float
+ * multiply-add chain in column order, the pair sum is accumulated in double
+ * and rounded once.  A row's result is computed the same way whatever n and
+ * the thread count (rows are spread over threads, never split).
+ * F = 1: out = 0.  There is no fast kernel and so no _ref twin: this is
+ * the reference (an F^2 k loop per row, the same cost as libffm's). */
+void es__ffm_forward(float *out, const float *emb, int F, int E, int k, int n);
+/* Given dout[n]: demb[r, i, 1 + j*k + c] = dout[r] * emb[r, j, 1 + i*k + c]
+ * for j != i, and 0 for j == i (v_{i,i} takes part in no pair).  Every
+ * pairwise column 1..F*k of demb is overwritten; column 0 is not written. */
+void es__ffm_backward(float *demb, const float *dout, const float *emb, int F, int E, int k, int n);
+
 /* ---- loss ---------------------------------------------------------------------------
  * Binary cross-entropy on logits, computed stably:
  *   l_r = max(z, 0) - z y + log(1 + exp(-|z|)).

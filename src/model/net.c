@@ -1,5 +1,5 @@
 /*
- * net.c — the four CTR models (LR, FM, DLRM, DCN-v2) on top of layers.c:
+ * net.c — the five CTR models (LR, FM, FFM, DLRM, DCN-v2) on top of layers.c:
  * parameter layout, deterministic initialisation, forward, backward,
  * named tensors.  The optimizer is optim/'s es__dense_opt.
  *
@@ -117,6 +117,7 @@ const char *es__net_kind_name(es_net_kind k) {
     case ES_NET_FM: return "fm";
     case ES_NET_DLRM: return "dlrm";
     case ES_NET_DCN: return "dcn";
+    case ES_NET_FFM: return "ffm";
     }
     return "unknown";
 }
@@ -126,7 +127,8 @@ int es__net_kind_parse(const char *s, es_net_kind *out) {
         const char *name;
         es_net_kind kind;
     } names[] = {{"lr", ES_NET_LR},     {"fm", ES_NET_FM},       {"dlrm", ES_NET_DLRM},
-                 {"dcn", ES_NET_DCN},   {"dcnv2", ES_NET_DCN},   {"dcn-v2", ES_NET_DCN}};
+                 {"dcn", ES_NET_DCN},   {"dcnv2", ES_NET_DCN},   {"dcn-v2", ES_NET_DCN},
+                 {"ffm", ES_NET_FFM}};
     if (!s || !out) return ES_EINVAL;
     for (size_t i = 0; i < ES_ARRAY_LEN(names); i++)
         if (strcasecmp(s, names[i].name) == 0) {
@@ -136,10 +138,14 @@ int es__net_kind_parse(const char *s, es_net_kind *out) {
     return ES_EINVAL;
 }
 
-int es__net_emb_dim(es_net_kind kind, int dim) {
+int es__net_emb_dim(es_net_kind kind, int n_fields, int dim) {
     switch (kind) {
     case ES_NET_LR: return 1;
     case ES_NET_FM: return 1 + dim;
+    case ES_NET_FFM: { /* saturates instead of overflowing; validate() rejects it */
+        long long e = 1 + (long long)n_fields * dim;
+        return e > INT32_MAX ? INT32_MAX : (int)e;
+    }
     case ES_NET_DLRM:
     case ES_NET_DCN: return dim;
     }
@@ -163,7 +169,7 @@ static int check_widths(const int *w, int n, int max_n, const char *what, es_err
 }
 
 static int validate(const es_net_params *p, es_err *err) {
-    if (p->kind < ES_NET_LR || p->kind > ES_NET_DCN) return es__err(err, ES_EINVAL, "net: unknown model kind %d", (int)p->kind);
+    if (p->kind < ES_NET_LR || p->kind > ES_NET_FFM) return es__err(err, ES_EINVAL, "net: unknown model kind %d", (int)p->kind);
     const char *kn = es__net_kind_name(p->kind);
     if (p->n_fields < 1 || p->n_fields > ES__NET_MAX_WIDTH)
         return es__err(err, ES_EINVAL, "net %s: n_fields = %d (need 1..%d)", kn, p->n_fields, ES__NET_MAX_WIDTH);
@@ -197,6 +203,9 @@ static int validate(const es_net_params *p, es_err *err) {
         if (d0 > ES__NET_MAX_WIDTH)
             return es__err(err, ES_EINVAL, "net dcn: input width %lld exceeds %d", d0, ES__NET_MAX_WIDTH);
     }
+    if (p->kind == ES_NET_FFM && (long long)p->n_fields * p->dim + 1 > ES__NET_MAX_WIDTH)
+        return es__err(err, ES_EINVAL, "net ffm: %d fields x dim %d give %lld floats per field value (at most %d)",
+                       p->n_fields, p->dim, (long long)p->n_fields * p->dim + 1, ES__NET_MAX_WIDTH);
     const es_optim_params *o = &p->opt;
     if (o->kind != ES_OPT_SGD && o->kind != ES_OPT_ADAGRAD && o->kind != ES_OPT_ADAM)
         return es__err(err, ES_EINVAL, "net %s: dense optimizer must be sgd, adagrad or adam (got %d)", kn, (int)o->kind);
@@ -264,6 +273,7 @@ static void layout(es_net *net) {
     switch (p->kind) {
     case ES_NET_LR:
     case ES_NET_FM:
+    case ES_NET_FFM:
         if (D > 0) add_seg(net, &net->lin_w, &net->dlin_w, 1, 0.0f, 1, (size_t)D, "net.linear.w");
         add_seg(net, &net->lin_b, &net->dlin_b, 0, 0.0f, 0, 1, "net.linear.b");
         if (p->kind == ES_NET_FM && D > 0)
@@ -309,6 +319,7 @@ static void carve_acts(es_net *net, carver *c) {
     int k = p->dim;
     switch (p->kind) {
     case ES_NET_LR: break;
+    case ES_NET_FFM: net->fm_pair = carve(c, B); break;
     case ES_NET_FM:
         net->fm_sum = carve(c, B * k);
         net->fm_pair = carve(c, B);
@@ -376,7 +387,7 @@ static int optim_init(es_net *net, es_err *err) {
  * width caps of validate() are left out so that an oversized net can still
  * be sized (and refused for its size). */
 static int sizable(const es_net_params *p) {
-    if (p->kind < ES_NET_LR || p->kind > ES_NET_DCN) return 0;
+    if (p->kind < ES_NET_LR || p->kind > ES_NET_FFM) return 0;
     if (p->n_fields < 1 || p->n_fields > ES__NET_MAX_WIDTH || p->n_dense < 0 || p->n_dense > ES__NET_MAX_WIDTH) return 0;
     if (p->dim < 1 || p->dim > 4096 || p->max_batch < 1 || p->max_batch > ES__NET_MAX_BATCH) return 0;
     if (p->n_bottom < 0 || p->n_bottom > ES_NET_MAX_LAYERS || p->n_top < 0 || p->n_top > ES_NET_MAX_LAYERS) return 0;
@@ -394,7 +405,7 @@ int es__net_footprint(const es_net_params *p, size_t *bytes) {
     es_net *net = es__calloc(1, sizeof *net);
     if (!net) return ES_ENOMEM;
     net->p = *p;
-    net->E = es__net_emb_dim(p->kind, p->dim);
+    net->E = es__net_emb_dim(p->kind, p->n_fields, p->dim);
     layout(net);
     carver c = {NULL, 0};
     carve_acts(net, &c);
@@ -416,7 +427,7 @@ int es__net_create(es_net **out, const es_net_params *p, es_err *err) {
     es_net *net = es__calloc(1, sizeof *net);
     if (!net) return es__err(err, ES_ENOMEM, "net: out of memory");
     net->p = *p;
-    net->E = es__net_emb_dim(p->kind, p->dim);
+    net->E = es__net_emb_dim(p->kind, p->n_fields, p->dim);
     layout(net);
 
     size_t pbytes, abytes;
@@ -506,12 +517,16 @@ void es__net_forward(es_net *net, int n, const float *emb, const float *dense, f
     switch (p->kind) {
     case ES_NET_LR:
     case ES_NET_FM:
-        /* logit = dense w^T + b, then + first-order terms, then + FM pairs */
+    case ES_NET_FFM:
+        /* logit = dense w^T + b, then + first-order terms, then + FM / FFM pairs */
         /* W[1, D] transposed is the same D floats */
         es__linear_forward(logit, dense, net->lin_w, net->lin_w, net->lin_b, n, D, 1, 0);
         add_first_order(logit, emb, n, F, net->E);
         if (p->kind == ES_NET_FM) {
             es__fm_forward(net->fm_pair, net->fm_sum, emb, F, net->E, 1, dense, net->fm_V, D, k, n);
+            for (int r = 0; r < n; r++) logit[r] += net->fm_pair[r];
+        } else if (p->kind == ES_NET_FFM) {
+            es__ffm_forward(net->fm_pair, emb, F, net->E, k, n);
             for (int r = 0; r < n; r++) logit[r] += net->fm_pair[r];
         }
         break;
@@ -552,11 +567,13 @@ void es__net_backward(es_net *net, int n, const float *emb, const float *dense, 
     switch (p->kind) {
     case ES_NET_LR:
     case ES_NET_FM:
+    case ES_NET_FFM:
         es__linear_backward(NULL, net->dlin_w, net->dlin_b, dlogit, dense, net->lin_w, n, D, 1);
         for (int r = 0; r < n; r++)
             for (int f = 0; f < F; f++) demb[((size_t)r * F + f) * E] = dlogit[r];
         if (p->kind == ES_NET_FM)
             es__fm_backward(demb, net->dfm_V, dlogit, net->fm_sum, emb, F, E, 1, dense, net->fm_V, D, k, n);
+        if (p->kind == ES_NET_FFM) es__ffm_backward(demb, dlogit, emb, F, E, k, n);
         break;
     case ES_NET_DLRM: {
         /* the MLP backward uses its dout as scratch, so copy dlogit first */
@@ -663,6 +680,7 @@ double es__net_flops_per_row(const es_net *net) {
          * squares 2(F+D)k, |s|^2 k */
         f = D + F + D * k + 2.0 * (F + D) * k + k;
         break;
+    case ES_NET_FFM: f = D + F + F * (F - 1) / 2 * k; break; /* linear, first order, one k-dot per pair */
     case ES_NET_DLRM:
     case ES_NET_DCN: {
         for (int s = 0; s < 2; s++) {

@@ -10,6 +10,9 @@
  *   FM    logit = b + w . dense + sum_f emb[f][0]
  *                 + sum_{i<j} <v_i, v_j>, v over the F field vectors
  *                   emb[f][1..E) and the D numeric vectors x_d * V_d  (E = 1 + k)
+ *   FFM   logit = b + w . dense + sum_f emb[f][0]
+ *                 + sum_{i<j} <v_{i,j}, v_{j,i}>, v_{i,g} = emb[i][1+g*k .. 1+(g+1)*k)
+ *                   (field i's vector for meeting field g)           (E = 1 + F*k)
  *   DLRM  z0 = bottom MLP(dense) -> k;  pairwise dots of {z0, emb_1..emb_F}
  *         (strict upper triangle); top MLP([z0, dots]) -> logit      (E = k)
  *   DCN   x0 = [dense, emb_1..emb_F] (D + F*k);  cross layers
@@ -38,7 +41,9 @@
 #include "format/file.h"
 #include "optim/optim.h"
 
-typedef enum { ES_NET_LR = 0, ES_NET_FM = 1, ES_NET_DLRM = 2, ES_NET_DCN = 3 } es_net_kind;
+/* Persisted by name (es__net_kind_name); the values are internal but
+ * append-only. */
+typedef enum { ES_NET_LR = 0, ES_NET_FM = 1, ES_NET_DLRM = 2, ES_NET_DCN = 3, ES_NET_FFM = 4 } es_net_kind;
 
 #define ES_NET_MAX_LAYERS 8
 
@@ -63,9 +68,11 @@ typedef struct es_net_params {
  * DLRM with no numeric features and one field, a row-wise Adagrad. */
 es_net_params es__net_params_default(es_net_kind kind, int n_dense, int n_fields, int dim);
 const char *es__net_kind_name(es_net_kind k);
-int es__net_kind_parse(const char *s, es_net_kind *out); /* "lr","fm","dlrm","dcn" (also "dcnv2","dcn-v2") */
-/* Embedding width per field the net expects from the storage (E). */
-int es__net_emb_dim(es_net_kind kind, int dim);
+int es__net_kind_parse(const char *s, es_net_kind *out); /* "lr","fm","ffm","dlrm","dcn" (also "dcnv2","dcn-v2") */
+/* Embedding width per field the net expects from the storage (E): LR 1,
+ * FM 1 + dim, FFM 1 + n_fields*dim (F latent vectors per value), DLRM and
+ * DCN dim.  n_fields only matters for FFM. */
+int es__net_emb_dim(es_net_kind kind, int n_fields, int dim);
 
 typedef struct es_net es_net;
 
@@ -116,7 +123,7 @@ size_t es__net_state_bytes(const es_net *net);
 int es__net_tensors(es_net *net, es_tensor_ref *refs, int max);
 /* Multiply-adds per row of forward (for GFLOP/s figures): every linear
  * layer in*out, DLRM k per pair dot, DCN d0*d0 + d0 per cross layer, LR
- * D + F, FM D + F + D*k + 2(F+D)k + k.  Bias adds and activations are not
+ * D + F, FM D + F + D*k + 2(F+D)k + k, FFM D + F + F(F-1)/2 k.  Bias adds and activations are not
  * counted. */
 double es__net_flops_per_row(const es_net *net);
 

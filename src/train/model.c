@@ -57,7 +57,7 @@ int es__model_create(es_model **out, const es_net_params *np, const es_storage_p
     m->np = *np;
     m->n_dense = np->n_dense;
     m->n_fields = np->n_fields;
-    m->E = es__net_emb_dim(np->kind, np->dim);
+    m->E = es__net_emb_dim(np->kind, np->n_fields, np->dim);
     m->max_batch = np->max_batch;
     int rc;
     if (sp->dim != m->E || sp->n_fields != np->n_fields || sp->max_batch != np->max_batch) {

@@ -69,7 +69,7 @@ int es__model_params_resolve(const es_model_params *p, es_net_params *np, es_sto
                        p->n_cross);
     es_net_kind kind;
     if (es__net_kind_parse(p->model, &kind) != 0)
-        return es__err(err, ES_EINVAL, "unknown model '%s' (expected lr, fm, dlrm or dcn)", p->model ? p->model : "");
+        return es__err(err, ES_EINVAL, "unknown model '%s' (expected lr, fm, ffm, dlrm or dcn)", p->model ? p->model : "");
     es_optim dense_opt, emb_opt;
     if (es__optim_parse(p->optim ? p->optim : "adam", &dense_opt) != 0 || dense_opt == ES_OPT_ROWWISE_ADAGRAD)
         return es__err(err, ES_EINVAL, "unknown dense optimizer '%s' (expected adam, adagrad or sgd)", p->optim);
@@ -109,7 +109,7 @@ int es__model_params_resolve(const es_model_params *p, es_net_params *np, es_sto
     *sp = es__storage_params_default();
     sp->method = p->storage;
     sp->n_fields = p->n_fields;
-    sp->dim = es__net_emb_dim(kind, p->dim);
+    sp->dim = es__net_emb_dim(kind, p->n_fields, p->dim);
     sp->max_batch = p->batch;
     sp->budget = budget;
     sp->seed = p->seed;
