@@ -154,4 +154,9 @@ TEST(early_stop_errors) {
     s = es_test_slurp(log);
     CHECK(es_test_json_num(s, "test_auc") > 0.5 && es_test_json_num(s, "test_rows") == 2000);
     free(s);
+    /* and needs no validation rows */
+    CHECK(es_test_sh(log, "%s train %s --max-rows 3000 --valid-frac 0 --test $ES_T/es_test.tsv --quiet", es_bin(), CRITEO) == 0);
+    s = es_test_slurp(log);
+    CHECK(es_test_json_num(s, "test_auc") > 0.5 && es_test_json_num(s, "test_rows") == 2000);
+    free(s);
 }

@@ -429,6 +429,12 @@ static int copy_file(const char *src, const char *dst, es_err *err) {
 /* The checkpoint's copy of the best model: "<checkpoint>.best". */
 static void ckpt_best_path(const run *x, char *buf, size_t cap) { snprintf(buf, cap, "%s.best", x->ckpt); }
 
+/* The probabilities buffer of evaluations (one batch), allocated once. */
+static int run_prob(run *x) {
+    if (!x->prob && !(x->prob = es__malloc((size_t)x->p->batch * sizeof(float)))) return es__err(x->err, ES_ENOMEM, "out of memory");
+    return ES_OK;
+}
+
 /* Metrics of the current model on the validation file, or on the
  * held-out last rows of the training file (read by a reader of its own, so
  * that an evaluation in the middle of an epoch leaves the training reader
@@ -438,7 +444,7 @@ static int run_validate(run *x, es_metrics *out) {
     es_err *err = x->err;
     int rc;
     x->valid.n = 0;
-    if (!x->prob && !(x->prob = es__malloc((size_t)p->batch * sizeof(float)))) return es__err(err, ES_ENOMEM, "out of memory");
+    if ((rc = run_prob(x)) != 0) return rc;
     const char *path = p->valid_path ? p->valid_path : p->train_path;
     es__file_id *id = p->valid_path ? &x->vid : &x->tid;
     es_reader **rd = p->valid_path ? &x->rv : &x->rva;
@@ -477,6 +483,7 @@ static int run_evaluate(run *x) {
     es_reader *rt = NULL;
     es__file_id id;
     x->valid.n = 0;
+    if ((rc = run_prob(x)) != 0) return rc;
     if ((rc = es__file_id_get(p->test_path, 0, &id, x->err)) == 0 && (rc = es_reader_open(&rt, p->test_path, &p->reader, x->err)) == 0) {
         if (es_reader_n_dense(rt) != x->mp.n_dense || es_reader_n_fields(rt) != x->mp.n_fields)
             rc = es__err(x->err, ES_EINVAL, "%s: %d numeric and %d categorical columns, the training file has %d and %d", p->test_path,
