@@ -58,9 +58,11 @@ int es__train_check_memory(const es_net_params *np, const es_storage_params *sp,
     act = sadd(act, smul(smul(smul(B, F), E), 2 * sizeof(float)));
     act = sadd(act, smul(smul(B, sadd(smul(F + 1, 16), smul(D + 1, 4))), 3));
     /* the table: its bytes and its optimizer state (row-wise Adagrad keeps
-     * one float per row of E, element-wise Adagrad one per parameter) */
+     * one float per row of E, element-wise Adagrad one per parameter, FTRL
+     * two) */
     double tb = table_bytes > 0 ? table_bytes : 0;
     if (sp->opt.kind == ES_OPT_ADAGRAD) tb *= 2;
+    else if (sp->opt.kind == ES_OPT_FTRL) tb *= 3; /* z and n per parameter */
     else if (sp->opt.kind == ES_OPT_ROWWISE_ADAGRAD) tb *= 1.0 + 1.0 / (double)E;
     size_t table = tb >= 1.8e19 ? SIZE_MAX : (size_t)tb;
     size_t need = sadd(sadd(net, act), table);
@@ -72,21 +74,21 @@ int es__train_check_memory(const es_net_params *np, const es_storage_params *sp,
         avail = smul((size_t)pages, (size_t)ps);
         what = "physical memory";
     }
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
-        size_t used = statm_bytes(0), lim = (size_t)rl.rlim_cur;
+    /* what the process limits still allow: the limit less what is in use
+     * (field 0 of /proc/self/statm for the address space, 5 for data) */
+    static const struct {
+        int res, statm_field;
+        const char *what;
+    } limits[] = {{RLIMIT_AS, 0, "left under the address-space limit (RLIMIT_AS, ulimit -v)"},
+                  {RLIMIT_DATA, 5, "left under the data-size limit (RLIMIT_DATA, ulimit -d)"}};
+    for (size_t i = 0; i < sizeof limits / sizeof *limits; i++) {
+        struct rlimit rl;
+        if (getrlimit(limits[i].res, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) continue;
+        size_t used = statm_bytes(limits[i].statm_field), lim = (size_t)rl.rlim_cur;
         size_t a = lim > used ? lim - used : 0;
         if (a < avail) {
             avail = a;
-            what = "left under the address-space limit (RLIMIT_AS, ulimit -v)";
-        }
-    }
-    if (getrlimit(RLIMIT_DATA, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
-        size_t used = statm_bytes(5), lim = (size_t)rl.rlim_cur;
-        size_t a = lim > used ? lim - used : 0;
-        if (a < avail) {
-            avail = a;
-            what = "left under the data-size limit (RLIMIT_DATA, ulimit -d)";
+            what = limits[i].what;
         }
     }
     if (!what || need <= avail) return ES_OK;
