@@ -122,10 +122,7 @@ static void lazy_vs_eager(es_optim kind) {
         for (int r = 0; r < ROWS; r++)
             for (int d = 0; d < DIM; d++) {
                 float *w = &eager.w[r * DIM + d];
-                double f = kind == ES_OPT_SGD ? 1.0 - o.lr * l2
-                           : kind == ES_OPT_ADAGRAD
-                               ? 1.0 - o.lr * l2 / (sqrt(eager.acc[r * DIM + d]) + o.eps)
-                               : 1.0 - o.lr * l2 / (sqrt(eager.acc[r]) + o.eps);
+                double f = 1.0 - o.lr * l2;
                 *w = (float)(*w * f);
             }
         /* irregular touches: row r at steps where a hash says so; some rows rarely */

@@ -301,24 +301,10 @@ size_t es__row_state_floats(es_optim kind, int dim) {
 }
 
 void es__row_decay(float *w, const float *acc, int dim, const es_optim_params *o, int64_t missed) {
-    if (missed <= 0 || !(o->row_l2 > 0)) return;
-    const double a = (double)o->lr * (double)o->row_l2, k = (double)missed;
-    switch (o->kind) {
-    case ES_OPT_SGD: {
-        const float f = (float)pow(1.0 - a, k);
-        for (int d = 0; d < dim; d++) w[d] *= f;
-        break;
-    }
-    case ES_OPT_ADAGRAD:
-        for (int d = 0; d < dim; d++) w[d] *= (float)pow(1.0 - a / (sqrt((double)acc[d]) + (double)o->eps), k);
-        break;
-    case ES_OPT_ROWWISE_ADAGRAD: {
-        const float f = (float)pow(1.0 - a / (sqrt((double)acc[0]) + (double)o->eps), k);
-        for (int d = 0; d < dim; d++) w[d] *= f;
-        break;
-    }
-    default: break; /* FTRL: L2 is in the closed form */
-    }
+    (void)acc; /* decoupled: the decay does not depend on the accumulator (see optim.h) */
+    if (missed <= 0 || !(o->row_l2 > 0) || o->kind == ES_OPT_FTRL) return; /* FTRL: L2 is in the closed form */
+    const float f = (float)pow(1.0 - (double)o->lr * (double)o->row_l2, (double)missed);
+    for (int d = 0; d < dim; d++) w[d] *= f;
 }
 
 void es__row_update(float *restrict w, float *restrict acc, const float *restrict g, int dim, const es_optim_params *o) {

@@ -91,18 +91,20 @@ void es__row_update_ref(float *w, float *acc, const float *g, int dim, const es_
  * FTRL 2 dim (z then n), SGD 0. */
 size_t es__row_state_floats(es_optim kind, int dim);
 
-/* Lazy L2 catch-up (o->row_l2 > 0, not FTRL): bring row w[dim] with
- * state acc (as in es__row_update) through `missed` >= 0 steps of weight
- * decay it did not take.  The eager rule it stands for, applied to every
- * row at every step before the gradient step of the touched rows, is
- *   SGD               w *= 1 - lr l2
- *   ADAGRAD           w[d] *= 1 - lr l2 / (sqrt(acc[d]) + eps)
- *   ROWWISE_ADAGRAD   w *= 1 - lr l2 / (sqrt(acc[0]) + eps)
- * (the decay does not feed the accumulator: a row without gradient keeps
- * its accumulator, so the factor is the same in every missed step and the
- * catch-up is factor^missed, computed in double).  A touched row at step
- * t last brought up to date at step s takes missed = t - s (the steps
- * s+1 .. t, this one's decay included) and then es__row_update. */
+/* Lazy L2 catch-up (o->row_l2 > 0, not FTRL): bring row w[dim] through
+ * `missed` >= 0 steps of weight decay it did not take.  The eager rule it
+ * stands for, applied to every row at every step before the gradient step
+ * of the touched rows, is decoupled weight decay (as AdamW decouples it),
+ * the same for SGD, Adagrad and row-wise Adagrad:
+ *   w *= 1 - lr l2
+ * It does not divide by the accumulator: the coupled form
+ * 1 - lr l2 / (sqrt(acc) + eps) goes negative, and the weights blow up,
+ * for every row whose accumulator is still near 0 (rows seldom or never
+ * touched), which is most rows of a sparse table.  The factor is the same
+ * in every missed step, so the catch-up is (1 - lr l2)^missed, computed
+ * in double.  A touched row at step t last brought up to date at step s
+ * takes missed = t - s (the steps s+1 .. t, this one's decay included)
+ * and then es__row_update.  acc is unused (kept for the call sites). */
 void es__row_decay(float *w, const float *acc, int dim, const es_optim_params *o, int64_t missed);
 
 /* ---- the dense optimizer (optim.c) --------------------------------------------------

@@ -489,6 +489,9 @@ static int check_params(const es_storage_params *p, const es_vocab *vocab, es_er
     }
     if (!(p->opt.row_l2 >= 0) || !isfinite(p->opt.row_l2))
         return es__err(err, ES_EINVAL, "storage: emb_l2 must be a finite number >= 0, got %g", (double)p->opt.row_l2);
+    if (p->opt.row_l2 > 0 && !((double)p->opt.lr * (double)p->opt.row_l2 < 1.0))
+        return es__err(err, ES_EINVAL, "storage: emb_l2 * emb_lr must be < 1 (the per-step decay factor is 1 - lr * l2), got %g * %g",
+                       (double)p->opt.row_l2, (double)p->opt.lr);
     if (!(p->opt.lr >= 0) || !isfinite(p->opt.lr))
         return es__err(err, ES_EINVAL, "storage: learning rate must be >= 0, got %g", (double)p->opt.lr);
     if (p->opt.kind != ES_OPT_SGD && !(p->opt.eps > 0 && isfinite(p->opt.eps)))
