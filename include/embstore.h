@@ -510,7 +510,7 @@ typedef struct es_train_params {
     float lr;                 /* dense optimizer learning rate */
     float emb_lr;             /* table optimizer learning rate */
     const char *optim;        /* dense: "adam" (default), "adagrad", "sgd" */
-    const char *emb_optim;    /* tables: "rowwise" (default), "adagrad", "sgd", "ftrl" */
+    const char *emb_optim;    /* tables: "rowwise", "adagrad", "sgd", "ftrl" (NULL: see es_train_params_default) */
     float emb_l2;             /* lazy L2 on table rows (es_model_params) */
     float ftrl_alpha, ftrl_beta, ftrl_l1, ftrl_l2; /* FTRL (es_model_params) */
     float weight_decay;
@@ -531,6 +531,15 @@ typedef struct es_train_params {
      * model are those of the best evaluation.  0: off (the last model). */
     int early_stop;
     int eval_every;           /* batches between evaluations (0: epoch ends only); needs early_stop */
+    /* Refit (docs/training.md): once early stopping on rows carved from
+     * train_path (valid_frac) has chosen the number of passes, train a new
+     * model, same settings and seed, on ALL rows of train_path (the held-out
+     * ones included) for that many passes; the test metrics and the saved
+     * model are the refit model's, the validation metrics those of the
+     * chosen model (the refit one has trained on those rows).  1: on (an
+     * error when it cannot apply: no early stopping, a --valid file, or
+     * checkpoints), 0: off. */
+    int refit;
     const char *stop_metric;  /* what "best" means: "logloss" (default, lower) or "auc" (higher) */
     /* A test file: evaluated once with the final model and reported in
      * es_train_result.test; never used for a decision.  NULL: none. */
@@ -539,7 +548,26 @@ typedef struct es_train_params {
     void *progress_ctx;
 } es_train_params;
 
+/* The defaults of `embstore train` (the study behind them is in
+ * docs/training.md).  Some are automatic, ES_TRAIN_AUTO (-1), and take
+ * their value from the rest of the run in es_train_params_resolve:
+ *   early_stop  2 when there are validation rows (valid_path or
+ *               valid_frac > 0), else 0
+ *   epochs      (0 or ES_TRAIN_AUTO) 20 with early stopping, else 1
+ *   refit       1 when early stopping runs on rows carved from train_path
+ *               and no checkpoint is written or resumed, else 0
+ *   emb_optim   (NULL) "ftrl" for the storage methods with plain rows
+ *               (full, hash, unified, robe, adapt), else "rowwise" */
 ES_API es_train_params es_train_params_default(void);
+/* The step API's defaults instead (es_model_params_default: DLRM, unified
+ * at ES_DEFAULT_BUDGET, row-wise Adagrad tables, batch 256), one epoch, no
+ * early stopping, no refit, sum pooling, no validation rows: what a sweep that
+ * must treat every storage method alike starts from (bench-storage). */
+ES_API es_train_params es_train_params_basic(void);
+#define ES_TRAIN_AUTO (-1)
+/* Replace the automatic values of p by what they mean for this run (see
+ * es_train_params_default); es_train does the same on its own copy. */
+ES_API void es_train_params_resolve(es_train_params *p);
 
 /* Budget of a training run that gives none (see es_train_params.budget):
  * a tenth of the full table. */
@@ -582,6 +610,11 @@ typedef struct es_train_result {
     uint64_t best_rows;
     int stopped_early;
     es_metrics evals[ES_TRAIN_MAX_EVALS];
+    /* Refit: 1 when the returned model was retrained on all rows, with the
+     * rows it trained on in all (passes x rows, a partial last pass when
+     * the best evaluation was inside an epoch). */
+    int refit;
+    uint64_t refit_rows;
 } es_train_result;
 
 /* Train a model end to end: read, build the vocabulary, train, evaluate,

@@ -138,7 +138,7 @@ static int predict_in_batches(es_model *m, const es_batch *all, int bs, int thre
 static int check_one(const char *model, const char *method, const es_batch *all, char *why, size_t whysz) {
     char path[512];
     snprintf(path, sizeof path, "%s", es_test_path("det_model.es"));
-    es_train_params p = es_train_params_default();
+    es_train_params p = es_train_params_basic();
     p.train_path = CRITEO;
     p.valid_frac = 0;
     p.max_rows = 1200;

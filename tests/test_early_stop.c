@@ -22,7 +22,7 @@
 #define CRITEO "data/criteo_kaggle_train_first10k.tsv"
 
 static es_train_params base_params(const char *path) {
-    es_train_params p = es_train_params_default();
+    es_train_params p = es_train_params_basic();
     p.train_path = path;
     p.valid_frac = 0.2;
     p.threads = 1;
@@ -159,4 +159,68 @@ TEST(early_stop_errors) {
     s = es_test_slurp(log);
     CHECK(es_test_json_num(s, "test_auc") > 0.5 && es_test_json_num(s, "test_rows") == 2000);
     free(s);
+}
+
+/* Refit: after early stopping on rows carved from the file, a new model
+ * trains on all rows for the chosen passes; the reported test metrics and
+ * the saved model are the refit model's. */
+TEST(early_stop_refit_trains_on_all_rows) {
+    es_err err = {0};
+    es_train_result res;
+    es_train_params p = base_params(CRITEO);
+    p.model = "fm";
+    p.storage = "full";
+    p.budget = 0;
+    p.epochs = 5;
+    p.early_stop = 1;
+    p.refit = 1;
+    p.test_path = CRITEO;
+    p.out_path = es_test_path("es_refit.es");
+    CHECK_MSG(es_train(&p, &res, &err) == 0, "%s", err.msg);
+    printf("    best epoch %d of %d evaluations; refit %d, %llu rows; valid AUC %.4f, test AUC %.4f\n", res.best_epoch, res.n_evals,
+           res.refit, (unsigned long long)res.refit_rows, res.valid.auc, res.test.auc);
+    CHECK(res.refit == 1);
+    CHECK_EQ_INT(res.train_rows, 8000);
+    CHECK_EQ_INT((long long)res.refit_rows, (long long)res.best_epoch * 10000);
+    check_best(&res, 0);
+    /* the saved model is the one the test metrics describe */
+    es_model *m = NULL;
+    CHECK(es_model_load(&m, p.out_path, 0, &err) == 0);
+    es_metrics mt;
+    CHECK(es_model_eval_file(m, CRITEO, &mt) == 0);
+    CHECK_NEAR(mt.auc, res.test.auc, 1e-9);
+    CHECK(es_model_meta(m, "train.refit") != NULL);
+    /* its vocabulary covers the held-out rows too: the full table has more rows */
+    es_train_params q = p;
+    q.refit = 0;
+    q.out_path = NULL;
+    es_train_result r0;
+    CHECK_MSG(es_train(&q, &r0, &err) == 0, "%s", err.msg);
+    CHECK(res.emb_param_bytes > r0.emb_param_bytes);
+    CHECK(r0.refit == 0 && r0.refit_rows == 0);
+    es_model_free(m);
+
+    /* where it cannot apply, asking for it is an error */
+    q = p;
+    q.valid_frac = 0;
+    q.valid_path = CRITEO;
+    CHECK_EQ_INT(es_train(&q, &res, &err), ES_EINVAL);
+    CHECK_STR_HAS(err.msg, "--refit needs early stopping on validation rows carved");
+    q = p;
+    q.early_stop = 0;
+    CHECK_EQ_INT(es_train(&q, &res, &err), ES_EINVAL);
+    q = p;
+    q.checkpoint_every = 10;
+    CHECK_EQ_INT(es_train(&q, &res, &err), ES_EINVAL);
+    CHECK_STR_HAS(err.msg, "--no-refit");
+    /* automatic: on with early stopping on carved rows, off with checkpoints */
+    q = p;
+    q.refit = ES_TRAIN_AUTO;
+    es_train_params_resolve(&q);
+    CHECK(q.refit == 1);
+    q = p;
+    q.refit = ES_TRAIN_AUTO;
+    q.checkpoint_every = 10;
+    es_train_params_resolve(&q);
+    CHECK(q.refit == 0);
 }

@@ -294,7 +294,7 @@ static void run_changing(const char *name, int mode, double valid_frac, es_err *
     char data[1024];
     snprintf(data, sizeof data, "%s", es_test_path(name));
     es_test_sh(NULL, "head -n 3000 %s > %s", CRITEO, data);
-    es_train_params p = es_train_params_default();
+    es_train_params p = es_train_params_basic();
     p.train_path = data;
     p.valid_frac = valid_frac;
     p.model = "lr";
@@ -429,7 +429,7 @@ TEST(integrity_huge_net_refused_under_ulimit) {
         return;
     }
     /* 4 GB of address space; the net alone needs 64 GiB (params, grads, Adam) */
-    int st = es_test_sh(log, "ulimit -v 4000000; %s train %s --max-rows 500 --top 65536,65536 --quiet", es_bin(), CRITEO);
+    int st = es_test_sh(log, "ulimit -v 4000000; %s train %s --model dlrm --max-rows 500 --top 65536,65536 --quiet", es_bin(), CRITEO);
     char *s = es_test_slurp(log);
     printf("    exit %d: %s", st, s ? s : "");
     CHECK_MSG(st == 1, "exit %d (want 1: refused, not killed)", st);
@@ -482,7 +482,7 @@ TEST(integrity_huge_net_refused_beyond_physical_memory) {
     } else {
         snprintf(limit, sizeof limit, "ulimit -v %llu;", (unsigned long long)(3 * phys / 1024));
     }
-    int st = es_test_sh(log, "%s %s train %s --max-rows 500 --top %s --quiet", limit, es_bin(), CRITEO, top);
+    int st = es_test_sh(log, "%s %s train %s --model dlrm --max-rows 500 --top %s --quiet", limit, es_bin(), CRITEO, top);
     char *s = es_test_slurp(log);
     printf("    %d layers, exit %d: %s", n, st, s ? s : "");
     CHECK_MSG(st == 1, "exit %d", st);

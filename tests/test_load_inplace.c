@@ -34,7 +34,7 @@ static int big_ready(void) {
     snprintf(big_path, sizeof big_path, "%s", es_test_path("big.es"));
     snprintf(last_rows_path, sizeof last_rows_path, "%s", es_test_path("big_last.tsv"));
     const char *log = es_test_path("big_train.log");
-    int st = es_test_sh(log, "%s train %s --valid-frac 0.2 --model dlrm --storage hash --budget 8M --threads 1 --seed 11 --quiet --out %s",
+    int st = es_test_sh(log, "%s train %s --valid-frac 0.2 --model dlrm --storage hash --budget 8M --emb-optim rowwise --threads 1 --seed 11 --quiet --out %s",
                         es_bin(), CRITEO, BIG);
     if (st != 0) {
         char *s = es_test_slurp(log);
@@ -172,7 +172,7 @@ TEST(load_inplace_maps_the_table_and_predicts_identically) {
     es_model *victim = NULL;
     CHECK_MSG(load_model(&victim, moved, 0, 0, 1, &err) == ES_OK, "%s", err.msg);
     CHECK(es__model_mapped_bytes(victim) > 0);
-    CHECK(es_test_sh(NULL, "%s train %s --valid-frac 0.2 --model dlrm --storage hash --budget 8M --threads 1 --seed 12 --quiet --max-rows 3000 --out %s",
+    CHECK(es_test_sh(NULL, "%s train %s --valid-frac 0.2 --model dlrm --storage hash --budget 8M --emb-optim rowwise --threads 1 --seed 12 --quiet --max-rows 3000 --out %s",
                      es_bin(), CRITEO, moved) == 0);
     CHECK_MSG(es_test_sh(NULL, "cmp -s %s %s", BIG, moved) != 0, "the retrained file is identical; the test would prove nothing");
     p1 = predict_all(victim, LAST_ROWS, &n1);
@@ -194,7 +194,7 @@ static int train_some(es_model *m, int batches, double *loss) {
     *loss = 0;
     if (es_reader_open(&r, CRITEO, &rp, &err) != 0) return -1;
     es_batch b = {0};
-    int rc = es_batch_alloc(&b, 128, es_model_n_dense(m), es_model_n_fields(m), 0);
+    int rc = es_batch_alloc(&b, 64, es_model_n_dense(m), es_model_n_fields(m), 0);
     for (int i = 0; rc == 0 && i < batches; i++) {
         int got = es_reader_next(r, &b);
         if (got <= 0) {
@@ -203,6 +203,7 @@ static int train_some(es_model *m, int batches, double *loss) {
         }
         rc = es_model_train_batch(m, &b, loss);
     }
+    if (rc) printf("    train_some: %s\n", es_model_errmsg(m));
     es_batch_free(&b);
     es_reader_free(r);
     return rc;

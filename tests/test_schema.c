@@ -267,11 +267,21 @@ TEST(schema_ragged_vector_file_says_which_line) {
     free(log);
 }
 
-TEST(schema_train_with_no_options_uses_a_default_budget) {
+TEST(schema_train_with_no_options_uses_the_studied_defaults) {
     char *log = NULL;
     int st = run(&log, "%s train %s --quiet", es_bin(), CRITEO);
     CHECK_MSG(st == 0, "exit %d", st);
-    CHECK_STR_HAS(log, "{\"model\":\"dlrm\",\"storage\":\"unified\",\"auc\":");
+    /* docs/training.md: FM k=4, full table, FTRL, early stopping, refit */
+    CHECK_STR_HAS(log, "{\"model\":\"fm\",\"storage\":\"full\",\"auc\":");
+    CHECK_STR_HAS(log, "\"epochs\":20,");
+    CHECK_STR_HAS(log, "\"refit\":true,");
+    free(log);
+    /* without validation rows: one epoch, no early stopping, no refit */
+    st = run(&log, "%s train %s --valid-frac 0 --quiet", es_bin(), CRITEO);
+    CHECK_MSG(st == 0, "exit %d", st);
+    CHECK_STR_HAS(log, "\"epochs\":1,");
+    CHECK_STR_HAS(log, "\"refit\":false,");
+    CHECK(strstr(log, "best_epoch") == NULL);
     free(log);
     /* and the help says which */
     CHECK(run(&log, "%s train --help", es_bin()) == 0);

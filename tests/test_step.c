@@ -96,7 +96,7 @@ TEST(step_api_equals_es_train_bitwise) {
     CHECK(data[0]);
     es_set_threads(1);
     for (size_t i = 0; i < sizeof models / sizeof *models; i++) {
-        es_train_params tp = es_train_params_default();
+        es_train_params tp = es_train_params_basic();
         tp.train_path = data;
         tp.model = models[i];
         tp.storage = methods[i];
@@ -267,6 +267,7 @@ TEST_SLOW(example_program_matches_cli) {
               es_test_slurp(log));
     CHECK(es_test_sh(NULL,
                      "%s train %s --valid-frac 0 --model dlrm --storage unified --budget 0.1 --epochs 1 --seed 1 "
+                     "--dim 16 --emb-optim rowwise --batch 256 --lr 0.001 "
                      "--threads 1 --quiet --out $ES_T/ex_cli.es && %s predict $ES_T/ex_cli.es %s --out $ES_T/ex_cli.pred",
                      bin, CRITEO, bin, CRITEO) == 0);
     CHECK_MSG(es_test_sh(NULL, "cmp $ES_T/ex.pred $ES_T/ex_cli.pred") == 0, "the example's predictions differ from the CLI's");

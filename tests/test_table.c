@@ -326,7 +326,7 @@ TEST(table_load_rejects_other_files) {
     es_err err = {0};
     /* a model file is not a table */
     const char *mp = es_test_path("table_not_a_model.es");
-    es_train_params p = es_train_params_default();
+    es_train_params p = es_train_params_basic();
     p.train_path = CRITEO;
     p.valid_frac = 0;
     p.max_rows = 300;

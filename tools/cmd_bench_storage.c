@@ -547,7 +547,9 @@ static double now_s(void) {
 
 int cmd_bench_storage(int argc, char **argv) {
     const char *cmd = "bench-storage";
-    es_train_params p = es_train_params_default();
+    /* not train's tuned defaults: one model and one table optimizer for
+     * every method, so that the methods differ only in their storage */
+    es_train_params p = es_train_params_basic();
     p.valid_frac = 0.2;
     const char *file = NULL, *outdir = "bench-storage-out", *name = NULL;
     char methods[MAX_METHODS][32], budgets[MAX_BUDGETS][32], seeds_s[MAX_SEEDS][32];

@@ -42,9 +42,15 @@ static const char train_help[] =
     "  --share fields|none   same as --storage-opts share=1|0: one parameter space for all\n"
     "                        fields, or one per field (the methods with a share option)\n"
     "optimisation:\n"
-    "  --epochs E            passes over the training rows (default 1)\n"
+    "  --epochs E            passes over the training rows (default 20 with early stopping,\n"
+    "                        else 1)\n"
     "  --early-stop P        evaluate on the validation rows after every epoch, keep the best\n"
-    "                        model, stop after P evaluations without improvement (0 = off)\n"
+    "                        model, stop after P evaluations without improvement (0 = off;\n"
+    "                        default 2 when there are validation rows, else 0)\n"
+    "  --refit, --no-refit   after early stopping on rows carved from FILE, retrain on ALL its\n"
+    "                        rows for the chosen number of passes (default: on when it applies;\n"
+    "                        not with checkpoints); the test metrics and --out are the refit\n"
+    "                        model's, auc/logloss those of the model early stopping chose\n"
     "  --eval-every K        with --early-stop: also evaluate every K batches of an epoch\n"
     "  --stop-metric M       logloss (default) | auc: what the best model is chosen by\n"
     "  --batch N             rows per step (default 256)\n"
@@ -163,7 +169,6 @@ static int help_storage_print(const char *cmd, const char *method) {
 int cmd_train(int argc, char **argv) {
     const char *cmd = "train";
     es_train_params p = es_train_params_default();
-    p.valid_frac = 0.2;
     const char *file = NULL;
     int quiet = 0, help_storage = 0, storage_given = 0;
     long long ll;
@@ -197,6 +202,10 @@ int cmd_train(int argc, char **argv) {
             if (!(p.checkpoint_path = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
         } else if (!strcmp(a, "--resume")) {
             p.resume = 1;
+        } else if (!strcmp(a, "--refit")) {
+            p.refit = 1;
+        } else if (!strcmp(a, "--no-refit")) {
+            p.refit = 0;
         } else if (!strcmp(a, "--early-stop")) {
             if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 0, INT32_MAX, &ll)) return ES_EXIT_USAGE;
             p.early_stop = (int)ll;
@@ -225,6 +234,7 @@ int cmd_train(int argc, char **argv) {
     if (!file) return cli_usage(cmd, "no training file given");
     if (p.valid_path) p.valid_frac = 0;
     p.train_path = file;
+    es_train_params_resolve(&p); /* the automatic defaults, so that the report shows them */
     if (check_train_paths(cmd, &p) != 0) return ES_EXIT_USAGE;
     char *cl = join_argv(argc, argv);
     p.command_line = cl;
@@ -249,6 +259,9 @@ int cmd_train(int argc, char **argv) {
             fprintf(stderr, "early stopping: best model after %llu rows of epoch %d (evaluation %d of %d)%s\n",
                     (unsigned long long)res.best_rows, res.best_epoch, res.best_eval + 1, res.n_evals,
                     res.stopped_early ? "; stopped early" : "");
+        if (res.refit)
+            fprintf(stderr, "refit: retrained on all %llu rows for the chosen passes (%llu rows in all); test and saved model are the refit's\n",
+                    (unsigned long long)res.train_rows + res.valid.rows, (unsigned long long)res.refit_rows);
         if (res.test.rows)
             fprintf(stderr, "test: AUC %.4f  logloss %.4f  calibration %.3f  (%llu rows)\n", res.test.auc, res.test.logloss,
                     res.test.calibration, (unsigned long long)res.test.rows);
@@ -283,6 +296,7 @@ int cmd_train(int argc, char **argv) {
         }
         printf("],");
     }
+    printf("\"refit\":%s,\"refit_rows\":%llu,", res.refit ? "true" : "false", (unsigned long long)res.refit_rows);
     json_num(stdout, "train_loss", res.train_loss, 0);
     json_num(stdout, "train_rows_per_s", res.train_rows_per_s, 0);
     json_num(stdout, "eval_rows_per_s", res.eval_rows_per_s, 0);

@@ -123,6 +123,7 @@ int es__train_describe(const es_train_params *p, const es_reader_params *rp, cha
     put(&b, "early-stop", "%d", p->early_stop);
     put(&b, "eval-every", "%d", p->early_stop ? p->eval_every : 0);
     put(&b, "stop-metric", "%s", !p->early_stop ? "" : p->stop_metric ? p->stop_metric : "logloss");
+    if (p->refit > 0) put(&b, "refit", "1"); /* only when on: checkpointed runs never refit */
     char c[16];
     put(&b, "format", "%s", es__format_name(rp->format));
     char_name(c, sizeof c, rp->delim);
@@ -143,7 +144,9 @@ int es__train_describe(const es_train_params *p, const es_reader_params *rp, cha
 
 int es_train_describe(const es_train_params *p, char *buf, size_t cap, es_err *err) {
     if (!p) return es__err(err, ES_EINVAL, "describe: NULL argument");
-    return es__train_describe(p, &p->reader, buf, cap, err);
+    es_train_params q = *p; /* the automatic values as the run resolves them */
+    es_train_params_resolve(&q);
+    return es__train_describe(&q, &q.reader, buf, cap, err);
 }
 
 /* ---- comparing two descriptions ------------------------------------------------ */

@@ -23,7 +23,7 @@
 #include <stdio.h>
 #include <unistd.h>
 
-es_train_params es_train_params_default(void) {
+es_train_params es_train_params_basic(void) {
     const es_model_params m = es_model_params_default(); /* the model's defaults, stated once */
     es_train_params p;
     memset(&p, 0, sizeof p);
@@ -43,6 +43,37 @@ es_train_params es_train_params_default(void) {
     p.epochs = 1;
     p.threads = 1;
     return p;
+}
+
+es_train_params es_train_params_default(void) {
+    es_train_params p = es_train_params_basic();
+    /* where `embstore train` departs from es_model_params_default: chosen
+     * by the study in docs/training.md (bench/defaults_study.py) */
+    p.model = "fm";
+    p.dim = 4;
+    p.storage = "full";
+    p.batch = 64;
+    p.lr = 0.01f;
+    p.emb_optim = NULL; /* automatic: FTRL where the method has plain rows, else row-wise Adagrad */
+    p.ftrl_alpha = 0.1f;
+    p.ftrl_l1 = 0.03f;
+    p.reader.pool = ES_POOL_MEAN;
+    p.valid_frac = 0.2;
+    p.epochs = ES_TRAIN_AUTO;
+    p.early_stop = ES_TRAIN_AUTO;
+    p.refit = ES_TRAIN_AUTO;
+    return p;
+}
+
+void es_train_params_resolve(es_train_params *p) {
+    int carved = !p->valid_path && p->valid_frac > 0;
+    if (p->early_stop == ES_TRAIN_AUTO) p->early_stop = p->valid_path || p->valid_frac > 0 ? 2 : 0;
+    if (p->epochs == 0 || p->epochs == ES_TRAIN_AUTO) p->epochs = p->early_stop > 0 ? 20 : 1;
+    if (!p->emb_optim) {
+        const es_storage_ops *ops = p->storage ? es__storage_find(p->storage) : NULL;
+        p->emb_optim = ops && ops->plain_rows ? "ftrl" : "rowwise";
+    }
+    if (p->refit == ES_TRAIN_AUTO) p->refit = p->early_stop > 0 && carved && !p->checkpoint_every && !p->resume;
 }
 
 /* Read at most `limit` rows into b (b->cap is the batch size). */
@@ -309,6 +340,7 @@ typedef struct {
     int last_eval_ep;         /* where the last evaluation was (epoch, rows): -1 none */
     uint64_t last_eval_done;
     double best_score;        /* lower is better (-AUC for "auc") */
+    int refitting;            /* in the refit: no evaluations, no checkpoints */
 } run;
 
 /* Check the parameters, open the training file and describe the run. */
@@ -326,6 +358,12 @@ static int run_open(run *x) {
                        "--early-stop needs validation rows: give --valid FILE or --valid-frac F (the test file is never "
                        "used for decisions)");
     if (p->eval_every && !p->early_stop) return es__err(err, ES_EINVAL, "--eval-every needs --early-stop");
+    if (p->refit && !(p->early_stop > 0 && !p->valid_path && p->valid_frac > 0))
+        return es__err(err, ES_EINVAL,
+                       "--refit needs early stopping on validation rows carved from the training file (--valid-frac F, "
+                       "not --valid FILE): it retrains on all rows for the number of passes early stopping chose");
+    if (p->refit && (p->checkpoint_every || p->resume))
+        return es__err(err, ES_EINVAL, "--refit cannot be checkpointed yet: give --no-refit with --checkpoint-every or --resume");
     if (p->stop_metric && strcmp(p->stop_metric, "logloss") != 0 && strcmp(p->stop_metric, "auc") != 0)
         return es__err(err, ES_EINVAL, "unknown early-stopping metric '%s' (expected logloss or auc)", p->stop_metric);
     x->mp = es_model_params_from_train(p, 0, 1);
@@ -468,8 +506,8 @@ static int run_validate(run *x, es_metrics *out) {
     return ES_OK;
 }
 
-/* The final model on the validation rows, then on the test file. */
-static int run_evaluate(run *x) {
+/* The final model on the validation rows. */
+static int run_evaluate_valid(run *x) {
     const es_train_params *p = x->p;
     int rc;
     x->ps.pr.phase = "eval";
@@ -479,6 +517,13 @@ static int run_evaluate(run *x) {
         if ((rc = run_validate(x, &x->res->valid)) != 0) return rc;
         if (x->valid.n > 0) x->res->eval_rows_per_s = (double)x->valid.n / (es__now() - t_eval + 1e-9);
     }
+    return ES_OK;
+}
+
+/* The final model on the test file. */
+static int run_evaluate_test(run *x) {
+    const es_train_params *p = x->p;
+    int rc;
     if (!p->test_path) return ES_OK;
     es_reader *rt = NULL;
     es__file_id id;
@@ -612,6 +657,20 @@ static int run_resume(run *x) {
     return ES_OK;
 }
 
+/* Give the model the training reader and record its sizes. */
+static int run_attach(run *x) {
+    int rc;
+    if ((rc = es_model_set_reader(x->m, x->r)) != 0) return es__err(x->err, rc, "%s", es_model_errmsg(x->m));
+    es_train_result *res = x->res;
+    res->emb_bytes = es_model_table_bytes(x->m);
+    res->emb_param_bytes = x->m->st->param_bytes;
+    res->emb_state_bytes = es_model_table_state_bytes(x->m);
+    res->net_bytes = es_model_net_bytes(x->m);
+    res->param_bytes = res->emb_bytes + res->net_bytes;
+    res->full_bytes = es__storage_full_bytes(x->vocab, x->m->st->p.dim, es__storage_min_count(&x->m->st->p));
+    return ES_OK;
+}
+
 /* Create the model, or resume it from the checkpoint. */
 static int run_model(run *x) {
     const es_train_params *p = x->p;
@@ -635,15 +694,7 @@ static int run_model(run *x) {
     } else if ((rc = es__train_cfg_record(x->m, x->cfg)) != 0) {
         return es__err(err, rc, "out of memory");
     }
-    if ((rc = es_model_set_reader(x->m, x->r)) != 0) return es__err(err, rc, "%s", es_model_errmsg(x->m));
-    es_train_result *res = x->res;
-    res->emb_bytes = es_model_table_bytes(x->m);
-    res->emb_param_bytes = x->m->st->param_bytes;
-    res->emb_state_bytes = es_model_table_state_bytes(x->m);
-    res->net_bytes = es_model_net_bytes(x->m);
-    res->param_bytes = res->emb_bytes + res->net_bytes;
-    res->full_bytes = es__storage_full_bytes(x->vocab, x->m->st->p.dim, es__storage_min_count(&x->m->st->p));
-    return ES_OK;
+    return run_attach(x);
 }
 
 /* Skip the rows of this epoch a resumed checkpoint already trained on. */
@@ -681,11 +732,11 @@ static int run_batches(run *x, int ep, uint64_t *done, double *loss_sum, long *b
         /* an evaluation every eval_every batches of the epoch (counted from
          * its start, so a resumed run evaluates at the same rows), before
          * the checkpoint of the same batch, which then records it */
-        if (p->early_stop && p->eval_every > 0 && *done < x->n_train &&
+        if (p->early_stop && !x->refitting && p->eval_every > 0 && *done < x->n_train &&
             ((*done + (uint64_t)p->batch - 1) / (uint64_t)p->batch) % (uint64_t)p->eval_every == 0) {
             if ((erc = run_eval_point(x, ep, *done)) != 0 || x->stop) break;
         }
-        if (p->checkpoint_every > 0 && *batches % p->checkpoint_every == 0 && *done < x->n_train) {
+        if (p->checkpoint_every > 0 && !x->refitting && *batches % p->checkpoint_every == 0 && *done < x->n_train) {
             es_checkpoint pos = {ep, *done, x->start.trained + x->trained_here, *loss_sum};
             if (p->early_stop && (erc = run_ckpt_state_put(x)) != 0) break;
             if ((rc = es_model_checkpoint_save(x->m, x->ckpt, &pos)) != 0) break;
@@ -733,7 +784,7 @@ static int run_epoch(run *x, int ep, long *batches) {
         return rows_changed(x->err, p->train_path, when, done, x->n_train);
     }
     report(&x->ps, 1);
-    if (p->early_stop && !(x->last_eval_ep == ep && x->last_eval_done == done)) {
+    if (p->early_stop && !x->refitting && !(x->last_eval_ep == ep && x->last_eval_done == done)) {
         if ((rc = run_eval_point(x, ep, done)) != 0) return rc;
         if (x->stop && ep + 1 < p->epochs) x->res->stopped_early = 1;
     }
@@ -755,6 +806,50 @@ static int run_train(run *x) {
     return run_take_best(x);
 }
 
+/* Refit: a new model (same settings and seed) trained on all rows of the
+ * training file, the held-out ones included, for as many passes as early
+ * stopping chose (a partial last pass, scaled to the larger row count,
+ * when the best evaluation was inside an epoch).  The vocabulary, when
+ * the method keeps one, is rebuilt over all rows. */
+static int run_refit(run *x) {
+    const es_train_params *p = x->p;
+    es_train_result *res = x->res;
+    int rc;
+    if (!p->refit || res->best_epoch < 1) return ES_OK;
+    const uint64_t n_sel = x->n_train, n_all = x->n_total;
+    int full = res->best_epoch - (res->best_rows < n_sel);
+    uint64_t part = res->best_rows < n_sel ? (uint64_t)llround((double)res->best_rows / (double)n_sel * (double)n_all) : 0;
+    es_model_free(x->m);
+    x->m = NULL;
+    if ((rc = es_reader_rewind(x->r)) != 0) return reader_err(x->err, x->r, rc);
+    x->n_train = n_all;
+    if (x->vocab) {
+        es_vocab_free(x->vocab);
+        x->vocab = NULL;
+        if ((rc = run_vocab(x)) != 0) return rc;
+    }
+    res->train_rows = n_sel; /* rows per epoch of the run that chose */
+    if ((rc = es_model_create(&x->m, &x->mp, x->vocab, x->err)) != 0) return rc;
+    if ((rc = es__train_cfg_record(x->m, x->cfg)) != 0) return es__err(x->err, rc, "out of memory");
+    if ((rc = run_attach(x)) != 0) return rc;
+    x->refitting = 1;
+    x->stop = 0;
+    x->start = (es_checkpoint){0};
+    x->ps.pr.phase = "refit";
+    x->ps.pr.epochs = full + (part > 0);
+    long batches = 0;
+    for (int ep = 0; ep < full + (part > 0); ep++) {
+        x->n_train = ep < full ? n_all : part;
+        x->ps.pr.rows_total = x->n_train;
+        uint64_t before = x->trained_here;
+        if ((rc = run_epoch(x, ep, &batches)) != 0) return rc;
+        res->refit_rows += x->trained_here - before;
+    }
+    x->n_train = n_all;
+    res->refit = 1;
+    return ES_OK;
+}
+
 /* What the run was and what it measured, in the model's metadata, then
  * the model file. */
 static int run_save(run *x) {
@@ -768,6 +863,10 @@ static int run_save(run *x) {
     rc |= es__model_set_meta(m, "train.metrics", buf);
     snprintf(buf, sizeof buf, "%llu", (unsigned long long)x->n_train);
     rc |= es__model_set_meta(m, "train.rows", buf);
+    if (x->res->refit) { /* train.metrics are those of the model early stopping chose, before the refit */
+        snprintf(buf, sizeof buf, "passes=%d,rows=%llu", x->ps.pr.epochs, (unsigned long long)x->res->refit_rows);
+        rc |= es__model_set_meta(m, "train.refit", buf);
+    }
     for (int f = 0; x->vocab && m->st->ops->field_stats && f < m->n_fields; f++) {
         /* per-field table statistics for `embstore inspect` */
         es_field_stats fs = {0};
@@ -833,7 +932,9 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
     double t_start = es__now();
     run *x = es__calloc(1, sizeof *x);
     if (!x) return es__err(err, ES_ENOMEM, "out of memory");
-    x->p = p;
+    es_train_params q = *p;
+    es_train_params_resolve(&q);
+    x->p = &q;
     x->res = res;
     x->err = err;
     x->ps.p = p;
@@ -845,7 +946,9 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
     if (rc == ES_OK) rc = run_vocab(x);
     if (rc == ES_OK) rc = run_model(x);
     if (rc == ES_OK) rc = run_train(x);
-    if (rc == ES_OK) rc = run_evaluate(x);
+    if (rc == ES_OK) rc = run_evaluate_valid(x);
+    if (rc == ES_OK) rc = run_refit(x);
+    if (rc == ES_OK) rc = run_evaluate_test(x);
     if (rc == ES_OK) rc = run_save(x);
     run_finish(x, rc);
     es__free(x);
