@@ -88,6 +88,13 @@ CONFIGS = [
     ("no refit", ["--no-refit"]),
     # pooling of multi-valued fields (MovieLens genres only)
     ("pool sum", ["--pool", "sum"]),
+    # round 2: combinations of what helped in round 1
+    ("dcn dim 16", ["--model", "dcn", "--dim", "16"]),
+    ("dcn dim 16, dense lr 0.001", ["--model", "dcn", "--dim", "16", "--lr", "0.001"]),
+    ("dcn dim 8, dense lr 0.001", ["--model", "dcn", "--dim", "8", "--lr", "0.001"]),
+    ("dcn dim 16, rowwise tables, dense lr 0.001, batch 256",
+     ["--model", "dcn", "--dim", "16", "--emb-optim", "rowwise", "--lr", "0.001", "--batch", "256"]),
+    ("fm: ftrl alpha 0.2, l2 0.3, batch 256", ["--ftrl-alpha", "0.2", "--ftrl-l2", "0.3", "--batch", "256"]),
 ]
 
 
@@ -167,7 +174,7 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "out", "study"))
     ap.add_argument("--md", default=None)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--only", default=None, help="comma-separated config names (default: all)")
+    ap.add_argument("--only", default=None, help="configuration names separated by ';' (default: all)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     sets = [
@@ -185,7 +192,7 @@ def main():
         # 20%; what is scored here is its AUC on S_VALID
         print(f"{name}: LR (hashed, C={lr['C']}) {lr['test_auc']:.4f}", flush=True)
         splits.append((name, s_train, s_valid, extra, lr))
-    only = set(args.only.split(",")) if args.only else None
+    only = set(x.strip() for x in args.only.split(";")) if args.only else None
     head = "| configuration | " + " | ".join(n for n, *_ in splits) + " | mean |"
     lines = [head, "|---|" + "---:|" * (len(splits) + 1)]
     lines.append("| sklearn hashed LR (C on S_VALID) | " + " | ".join(f"{lr['test_auc']:.4f}" for *_, lr in splits) +

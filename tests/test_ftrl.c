@@ -332,3 +332,29 @@ TEST(ftrl_table_api) {
     CHECK_MSG(es_table_create(&t, &p, NULL, &err) == 0, "%s", err.msg);
     es_table_free(t);
 }
+
+/* Lazy L2 with Adagrad on a real sparse table: rows seldom touched have a
+ * near-zero accumulator, which the decay must not divide by (the coupled
+ * form did, and this run ended at AUC 0.5). */
+TEST(ftrl_lazy_l2_adagrad_trains_a_sparse_table) {
+    es_train_params p = es_train_params_basic();
+    p.train_path = CRITEO;
+    p.valid_frac = 0.2;
+    p.model = "fm";
+    p.storage = "full";
+    p.budget = 0;
+    p.dim = 4;
+    p.emb_optim = "adagrad";
+    p.emb_lr = 0.05f;
+    p.emb_l2 = 0.01f;
+    p.epochs = 2;
+    es_train_result res;
+    es_err err = {0};
+    CHECK_MSG(es_train(&p, &res, &err) == 0, "%s", err.msg);
+    printf("    FM + Adagrad + emb-l2 0.01: AUC %.4f\n", res.valid.auc);
+    CHECK_MSG(res.valid.auc > 0.65, "AUC %.4f", res.valid.auc);
+    /* a decay factor 1 - lr l2 <= 0 is refused */
+    p.emb_l2 = 20.0f;
+    CHECK_EQ_INT(es_train(&p, &res, &err), ES_EINVAL);
+    CHECK_STR_HAS(err.msg, "emb_l2 * emb_lr must be < 1");
+}
