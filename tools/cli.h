@@ -58,7 +58,7 @@ int cli_reader_opt(const char *cmd, int argc, char **argv, int *i, es_reader_par
     "  --delim C             CSV delimiter (default ','; 'tab' for tabs)\n"                        \
     "  --no-header           CSV file has no header line\n"                                        \
     "  --multi-sep C         separator inside multi-valued fields (default '|')\n"                 \
-    "  --pool sum|mean       pooling of multi-valued fields (default sum)\n"                       \
+    "  --pool sum|mean       pooling of multi-valued fields (default sum; train: mean)\n"                    \
     "  --label-threshold X   label = (label column >= X), e.g. 4 for ratings\n"                     \
     "  --skip-bad            skip malformed lines (count and report them) instead of stopping\n"
 

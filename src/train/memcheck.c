@@ -101,6 +101,6 @@ int es__train_check_memory(const es_net_params *np, const es_storage_params *sp,
     return es__err(err, ES_ENOMEM,
                    "this model needs about %s (dense layers %s with gradients, optimizer state and activations; "
                    "embedding table %s; batches %s), more than the %s %s; use smaller --top/--bottom/--cross widths, "
-                   "--dim, --batch or --budget",
+                   "--dim, --batch, or a compressed table (--storage unified --budget 0.1)",
                    s_need, s_net, s_tab, s_act, s_avail, what);
 }

@@ -52,11 +52,11 @@ es_train_params es_train_params_default(void) {
     p.model = "fm";
     p.dim = 4;
     p.storage = "full";
-    p.batch = 64;
     p.lr = 0.01f;
     p.emb_optim = NULL; /* automatic: FTRL where the method has plain rows, else row-wise Adagrad */
-    p.ftrl_alpha = 0.1f;
+    p.ftrl_alpha = 0.2f;
     p.ftrl_l1 = 0.03f;
+    p.ftrl_l2 = 0.3f;
     p.reader.pool = ES_POOL_MEAN;
     p.valid_frac = 0.2;
     p.epochs = ES_TRAIN_AUTO;
