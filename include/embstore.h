@@ -556,8 +556,10 @@ typedef struct es_train_params {
  *   epochs      (0 or ES_TRAIN_AUTO) 20 with early stopping, else 1
  *   refit       1 when early stopping runs on rows carved from train_path
  *               and no checkpoint is written or resumed, else 0
- *   emb_optim   (NULL) "ftrl" for the storage methods with plain rows
- *               (full, hash, unified, robe, adapt), else "rowwise" */
+ *   dim         4 for lr, fm and ffm; 16 for dlrm and dcn
+ *   lr          (the dense rate) 0.01 for lr, fm and ffm; 0.001 for dlrm, dcn
+ *   emb_optim   (NULL) "ftrl" for lr, fm and ffm on the storage methods with
+ *               plain rows (full, hash, unified, robe, adapt), else "rowwise" */
 ES_API es_train_params es_train_params_default(void);
 /* The step API's defaults instead (es_model_params_default: DLRM, unified
  * at ES_DEFAULT_BUDGET, row-wise Adagrad tables, batch 256), one epoch, no

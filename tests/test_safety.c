@@ -243,6 +243,30 @@ TEST(safety_stale_checkpoint_temp_is_removed) {
     remove(live);
 }
 
+/* A kill -9 while the best model of early stopping was being written
+ * leaves "<out>.best.tmp.<pid>.tmp.<pid>": removed as stale too, but not a
+ * name whose two pids differ. */
+TEST(safety_stale_temp_of_a_temp_is_removed) {
+    char d[1024], log[1200], twice[1200], mixed[1200];
+    CHECK(scratch(d, sizeof d, "safety_stale_twice") == 0);
+    snprintf(log, sizeof log, "%s/log", d);
+    CHECK(es_test_sh(log, "sh -c 'echo $$'") == 0);
+    char *s = es_test_slurp(log);
+    CHECK(s);
+    long dead = atol(s);
+    free(s);
+    CHECK(dead > 0);
+    snprintf(twice, sizeof twice, "%s/m.es.best.tmp.%ld.tmp.%ld", d, dead, dead);
+    snprintf(mixed, sizeof mixed, "%s/m.es.best.tmp.%ld.tmp.%ld", d, dead, dead + 1);
+    CHECK(es_test_sh(NULL, "touch %s %s", twice, mixed) == 0);
+    char base[1100];
+    snprintf(base, sizeof base, "%s/m.es.best", d);
+    CHECK_EQ_INT(es_temp_files_remove_stale(base, NULL, NULL), 1);
+    CHECK(access(twice, F_OK) != 0);
+    CHECK(access(mixed, F_OK) == 0);
+    remove(mixed);
+}
+
 /* ---- 5. a model rewritten in place while predict runs ---------------------------------- */
 
 TEST(safety_model_rewritten_in_place_never_kills_predict) {

@@ -312,12 +312,16 @@ void es_temp_files_remove(void) {
 int es_temp_file_track(const char *path) { return path ? es__tmp_track(path) : -1; }
 void es_temp_file_untrack(int slot) { es__tmp_untrack(slot); }
 
-/* "<base>.tmp.<digits>" -> the pid, or -1 for any other name. */
+/* "<base>.tmp.<digits>" -> the pid, or -1 for any other name.  Also
+ * "<base>.tmp.<pid>.tmp.<pid>" (same pid): the atomic write of a
+ * per-process temporary file, such as the best model early stopping keeps,
+ * cut short. */
 static long stale_pid(const char *name, const char *base, size_t blen) {
     if (strncmp(name, base, blen) != 0 || strncmp(name + blen, ".tmp.", 5) != 0) return -1;
     const char *d = name + blen + 5;
     size_t nd = strspn(d, "0123456789");
-    if (nd == 0 || nd > 9 || d[nd] != 0) return -1;
+    if (nd == 0 || nd > 9) return -1;
+    if (d[nd] != 0 && !(strncmp(d + nd, ".tmp.", 5) == 0 && strncmp(d + nd + 5, d, nd) == 0 && d[2 * nd + 5] == 0)) return -1;
     return strtol(d, NULL, 10);
 }
 

@@ -30,7 +30,10 @@ es_model_params es_model_params_default(void) {
     return p;
 }
 
-es_model_params es_model_params_from_train(const es_train_params *t, int n_dense, int n_fields) {
+es_model_params es_model_params_from_train(const es_train_params *tp, int n_dense, int n_fields) {
+    es_train_params tr = *tp; /* its automatic values as es_train resolves them */
+    es_train_params_resolve(&tr);
+    const es_train_params *t = &tr;
     es_model_params p = es_model_params_default();
     p.model = t->model;
     p.dim = t->dim;

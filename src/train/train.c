@@ -50,10 +50,10 @@ es_train_params es_train_params_default(void) {
     /* where `embstore train` departs from es_model_params_default: chosen
      * by the study in docs/training.md (bench/defaults_study.py) */
     p.model = "fm";
-    p.dim = 4;
+    p.dim = ES_TRAIN_AUTO;
     p.storage = "full";
-    p.lr = 0.01f;
-    p.emb_optim = NULL; /* automatic: FTRL where the method has plain rows, else row-wise Adagrad */
+    p.lr = ES_TRAIN_AUTO;
+    p.emb_optim = NULL; /* automatic, see es_train_params_resolve */
     p.ftrl_alpha = 0.2f;
     p.ftrl_l1 = 0.03f;
     p.ftrl_l2 = 0.3f;
@@ -69,9 +69,15 @@ void es_train_params_resolve(es_train_params *p) {
     int carved = !p->valid_path && p->valid_frac > 0;
     if (p->early_stop == ES_TRAIN_AUTO) p->early_stop = p->valid_path || p->valid_frac > 0 ? 2 : 0;
     if (p->epochs == 0 || p->epochs == ES_TRAIN_AUTO) p->epochs = p->early_stop > 0 ? 20 : 1;
+    /* the factorization models (lr, fm, ffm) and the deep ones (dlrm, dcn)
+     * were studied apart: docs/training.md */
+    es_net_kind kind = ES_NET_FM;
+    int deep = p->model && es__net_kind_parse(p->model, &kind) == 0 && (kind == ES_NET_DLRM || kind == ES_NET_DCN);
+    if (p->dim == ES_TRAIN_AUTO) p->dim = deep ? 16 : 4;
+    if (p->lr == (float)ES_TRAIN_AUTO) p->lr = deep ? 0.001f : 0.01f;
     if (!p->emb_optim) {
         const es_storage_ops *ops = p->storage ? es__storage_find(p->storage) : NULL;
-        p->emb_optim = ops && ops->plain_rows ? "ftrl" : "rowwise";
+        p->emb_optim = !deep && ops && ops->plain_rows ? "ftrl" : "rowwise";
     }
     if (p->refit == ES_TRAIN_AUTO) p->refit = p->early_stop > 0 && carved && !p->checkpoint_every && !p->resume;
 }
