@@ -496,6 +496,8 @@ typedef struct es_train_params {
     int bottom[8], n_bottom;  /* DLRM bottom MLP (0 layers: default) */
     int top[8], n_top;        /* DLRM top / DCN deep MLP (0 layers: default) */
     int n_cross;              /* DCN cross layers (0: default) */
+    int norm_rows;            /* fm/ffm: rows x -> x / |x| (es_model_params) */
+    int pairs_only;           /* fm/ffm: only the pair term (es_model_params) */
     /* storage */
     const char *storage;      /* "full", "hash", "unified", ... */
     double budget;            /* bytes (> 1), fraction of full (<= 1) or 0: the
@@ -512,6 +514,9 @@ typedef struct es_train_params {
     const char *optim;        /* dense: "adam" (default), "adagrad", "sgd" */
     const char *emb_optim;    /* tables: "rowwise", "adagrad", "sgd", "ftrl" (NULL: see es_train_params_default) */
     float emb_l2;             /* lazy L2 on table rows (es_model_params) */
+    float emb_init_acc;       /* table Adagrad initial accumulator (es_model_params) */
+    float emb_init_scale;     /* table rows start U(-s, s); 0: default (es_model_params) */
+    float emb_init_shift;     /* ... U(m - s, m + s) (es_model_params) */
     float ftrl_alpha, ftrl_beta, ftrl_l1, ftrl_l2; /* FTRL (es_model_params) */
     float weight_decay;
     int threads;              /* 0: all cores */
@@ -682,6 +687,15 @@ typedef struct es_model_params {
     int bottom[8], n_bottom;  /* DLRM bottom MLP (0 layers: {64, dim}) */
     int top[8], n_top;        /* DLRM top / DCN deep MLP (0 layers: {64, 32}) */
     int n_cross;              /* DCN cross layers (0: 2) */
+    /* 0; 1 (fm and ffm only): normalise each row x to x / |x|, with
+     * |x|^2 = F + |dense|^2 (each field a one-hot 1) -- libffm's and
+     * xLearn's instance normalization: the pair term is multiplied by
+     * r = 1 / |x|^2, the first-order and numeric linear terms by sqrt(r),
+     * the bias by 1.  Saved with the model. */
+    int norm_rows;
+    /* 0; 1 (fm and ffm only): the model is the pair term alone, no bias and
+     * no linear terms (libffm's FFM).  Saved with the model. */
+    int pairs_only;
     int n_dense;              /* numeric features per row (required, >= 0) */
     int n_fields;             /* categorical fields per row (required, >= 1) */
     const char *storage;      /* "unified" (default); es_storage_methods() lists them */
@@ -704,6 +718,17 @@ typedef struct es_model_params {
      * of the steps it missed when it is next touched; docs/training.md).
      * Plain-row methods only (as FTRL), and not with ftrl (use ftrl_l2). */
     float emb_l2;
+    /* 0; >= 0: the table Adagrad's (adagrad, rowwise) initial accumulator.
+     * libffm starts it at 1, which caps the first steps at lr. */
+    float emb_init_acc;
+    /* 0: the default initial table rows (U(-0.05, 0.05); zeros for lr);
+     * > 0: U(-s, s) (libffm's FFM draws U[0, 1/sqrt(k)), whose spread
+     * U(-1/(2 sqrt(k)), 1/(2 sqrt(k))) matches up to a shift). */
+    float emb_init_scale;
+    /* 0; added to every initial table value (plain-row methods: full, hash,
+     * unified, robe, adapt): rows start U(m - s, m + s).  libffm's init is
+     * s = m = 1 / (2 sqrt(k)). */
+    float emb_init_shift;
     /* FTRL-proximal (McMahan et al. 2013): alpha 0.05 (> 0), beta 0.01, l1 0,
      * l2 0 (each >= 0); used when emb_optim is "ftrl".  The paper's and
      * alphaFM's beta 1 is for per-example gradients; ours are batch means

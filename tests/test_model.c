@@ -555,11 +555,14 @@ static double naive_logit(es_net *net, const float *emb, const float *dense) {
     double a[4096], b[4096], z = 0;
     switch (p->kind) {
     case ES_NET_LR:
-    case ES_NET_FM: {
+    case ES_NET_FM:
+    case ES_NET_FFM: {
+        /* norm_rows: x / |x| with |x|^2 = F + |dense|^2 -- linear terms
+         * times 1/|x|, pairs times 1/|x|^2; pairs_only: the pairs alone */
         const float *w = tensor(refs, nr, "net.linear.w"), *bias = tensor(refs, nr, "net.linear.b");
-        z = bias[0];
-        for (int d = 0; d < D; d++) z += (double)w[d] * dense[d];
-        for (int f = 0; f < F; f++) z += emb[f * E];
+        double lin = 0, pairs = 0, nrm2 = F;
+        for (int d = 0; d < D; d++) lin += (double)w[d] * dense[d], nrm2 += (double)dense[d] * dense[d];
+        for (int f = 0; f < F; f++) lin += emb[f * E];
         if (p->kind == ES_NET_FM) {
             const float *V = tensor(refs, nr, "net.fm.v");
             for (int u = 0; u < F + D; u++)
@@ -567,19 +570,15 @@ static double naive_logit(es_net *net, const float *emb, const float *dense) {
                     for (int q = 0; q < k; q++) {
                         double x1 = u < F ? emb[u * E + 1 + q] : (double)dense[u - F] * V[(u - F) * k + q];
                         double x2 = v < F ? emb[v * E + 1 + q] : (double)dense[v - F] * V[(v - F) * k + q];
-                        z += x1 * x2;
+                        pairs += x1 * x2;
                     }
         }
-        break;
-    }
-    case ES_NET_FFM: {
-        const float *w = tensor(refs, nr, "net.linear.w"), *bias = tensor(refs, nr, "net.linear.b");
-        z = bias[0];
-        for (int d = 0; d < D; d++) z += (double)w[d] * dense[d];
-        for (int f = 0; f < F; f++) z += emb[f * E];
-        for (int i = 0; i < F; i++)
-            for (int j = i + 1; j < F; j++)
-                for (int q = 0; q < k; q++) z += (double)emb[i * E + 1 + j * k + q] * emb[j * E + 1 + i * k + q];
+        if (p->kind == ES_NET_FFM)
+            for (int i = 0; i < F; i++)
+                for (int j = i + 1; j < F; j++)
+                    for (int q = 0; q < k; q++) pairs += (double)emb[i * E + 1 + j * k + q] * emb[j * E + 1 + i * k + q];
+        double rs = p->norm_rows ? 1.0 / nrm2 : 1.0;
+        z = p->pairs_only ? rs * pairs : bias[0] + sqrt(rs) * lin + rs * pairs;
         break;
     }
     case ES_NET_DLRM: {
@@ -704,6 +703,42 @@ TEST(model_lr_fm_forward_and_gradients) {
                         CHECK_MSG(check_model(&p, ns[e], 100 + a * 7 + b * 5 + c * 3 + e) == 0, "%s D=%d F=%d k=%d n=%d",
                                   es__net_kind_name(p.kind), Ds[a], Fs[b], ks[c], ns[e]);
                     }
+}
+
+/* The libffm-parity options (norm_rows: x -> x / |x|; pairs_only: no bias
+ * or linear terms) against the equations, with FD w.r.t. every parameter
+ * and emb column; with D > 0 the numeric features enter |x|^2. */
+TEST(model_fm_ffm_norm_rows_and_pairs_only_gradients) {
+    static const int Ds[] = {0, 2}, Fs[] = {1, 3}, ns[] = {1, 3};
+    int runs = 0;
+    for (int kind = ES_NET_FM; kind <= ES_NET_FFM; kind += ES_NET_FFM - ES_NET_FM)
+        for (int nr = 0; nr <= 1; nr++)
+            for (int po = 0; po <= 1; po++)
+                for (size_t a = 0; a < 2; a++)
+                    for (size_t b = 0; b < 2; b++)
+                        for (size_t e = 0; e < 2; e++) {
+                            es_net_params p = es__net_params_default((es_net_kind)kind, Ds[a], Fs[b], 3);
+                            p.max_batch = ns[e] + 2;
+                            p.norm_rows = nr;
+                            p.pairs_only = po;
+                            CHECK_MSG(check_model(&p, ns[e], 900 + nr * 13 + po * 11 + a * 7 + b * 5 + e) == 0,
+                                      "%s norm_rows=%d pairs_only=%d D=%d F=%d n=%d", es__net_kind_name(p.kind), nr, po,
+                                      Ds[a], Fs[b], ns[e]);
+                            runs++;
+                        }
+    printf("    %d configurations agree with the equations and finite differences\n", runs);
+    /* only FM and FFM take them */
+    es_err err = {0};
+    es_net *net = NULL;
+    es_net_params p = es__net_params_default(ES_NET_DLRM, 2, 3, 4);
+    p.norm_rows = 1;
+    CHECK(es__net_create(&net, &p, &err) == ES_EINVAL && net == NULL);
+    p = es__net_params_default(ES_NET_LR, 2, 3, 4);
+    p.pairs_only = 1;
+    CHECK(es__net_create(&net, &p, &err) == ES_EINVAL && net == NULL);
+    p = es__net_params_default(ES_NET_FFM, 2, 3, 4);
+    p.norm_rows = 2;
+    CHECK(es__net_create(&net, &p, &err) == ES_EINVAL && net == NULL);
 }
 
 TEST(model_dlrm_forward_and_gradients) {

@@ -314,6 +314,11 @@ int cli_train_opt(const char *cmd, int argc, char **argv, int *ip, es_train_para
         *ip = i;
         return 1;
     }
+    if (!strcmp(a, "--norm-rows") || !strcmp(a, "--pairs-only")) {
+        *(!strcmp(a, "--norm-rows") ? &p->norm_rows : &p->pairs_only) = 1;
+        *ip = i;
+        return 1;
+    }
     if (!strcmp(a, "--min-count")) { /* sugar for --storage-opts min_count=N */
         char kv[48];
         if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 1000000000, &ll)) return -1;
@@ -374,6 +379,18 @@ int cli_train_opt(const char *cmd, int argc, char **argv, int *ip, es_train_para
     }
     if (!strcmp(a, "--emb-optim")) {
         if (!(p->emb_optim = cli_next(cmd, argc, argv, &i))) return -1;
+        *ip = i;
+        return 1;
+    }
+    if (!strcmp(a, "--emb-init-shift")) {
+        if (!(v = cli_next(cmd, argc, argv, &i)) || cli_double(cmd, a, v, -1e6, 1e6, &d)) return -1;
+        p->emb_init_shift = (float)d;
+        *ip = i;
+        return 1;
+    }
+    if (!strcmp(a, "--emb-init-acc") || !strcmp(a, "--emb-init-scale")) {
+        if (!(v = cli_next(cmd, argc, argv, &i)) || cli_double(cmd, a, v, 0, 1e6, &d)) return -1;
+        *(!strcmp(a, "--emb-init-acc") ? &p->emb_init_acc : &p->emb_init_scale) = (float)d;
         *ip = i;
         return 1;
     }

@@ -75,6 +75,7 @@ struct es_net {
     /* activations and backward scratch: one block sized for max_batch */
     float *acts;
     float *fm_sum, *fm_pair;                      /* FM: [B, k], [B] */
+    float *row_r, *g_lin;                         /* FM/FFM norm_rows: [B] 1/|row|^2, [B] scratch */
     float *bot_acts[ES__MLP_MAX], *top_acts[ES__MLP_MAX];
     float *inter;                                 /* DLRM: [B, inter_w] */
     float *x[ES_NET_MAX_LAYERS + 1], *u[ES_NET_MAX_LAYERS]; /* DCN: x[0] = x0 */
@@ -203,6 +204,14 @@ static int validate(const es_net_params *p, es_err *err) {
         if (d0 > ES__NET_MAX_WIDTH)
             return es__err(err, ES_EINVAL, "net dcn: input width %lld exceeds %d", d0, ES__NET_MAX_WIDTH);
     }
+    if (p->norm_rows != 0 && p->norm_rows != 1)
+        return es__err(err, ES_EINVAL, "net %s: norm_rows = %d (need 0 or 1)", kn, p->norm_rows);
+    if (p->norm_rows && p->kind != ES_NET_FM && p->kind != ES_NET_FFM)
+        return es__err(err, ES_EINVAL, "net %s: row normalization is for fm and ffm only", kn);
+    if (p->pairs_only != 0 && p->pairs_only != 1)
+        return es__err(err, ES_EINVAL, "net %s: pairs_only = %d (need 0 or 1)", kn, p->pairs_only);
+    if (p->pairs_only && p->kind != ES_NET_FM && p->kind != ES_NET_FFM)
+        return es__err(err, ES_EINVAL, "net %s: pairs_only is for fm and ffm only", kn);
     if (p->kind == ES_NET_FFM && (long long)p->n_fields * p->dim + 1 > ES__NET_MAX_WIDTH)
         return es__err(err, ES_EINVAL, "net ffm: %d fields x dim %d give %lld floats per field value (at most %d)",
                        p->n_fields, p->dim, (long long)p->n_fields * p->dim + 1, ES__NET_MAX_WIDTH);
@@ -319,10 +328,18 @@ static void carve_acts(es_net *net, carver *c) {
     int k = p->dim;
     switch (p->kind) {
     case ES_NET_LR: break;
-    case ES_NET_FFM: net->fm_pair = carve(c, B); break;
+    case ES_NET_FFM:
+        net->fm_pair = carve(c, B);
+        net->row_r = carve(c, B);
+        net->g_out = carve(c, B);
+        net->g_lin = carve(c, B);
+        break;
     case ES_NET_FM:
         net->fm_sum = carve(c, B * k);
         net->fm_pair = carve(c, B);
+        net->row_r = carve(c, B);
+        net->g_out = carve(c, B);
+        net->g_lin = carve(c, B);
         break;
     case ES_NET_DLRM: {
         for (int l = 0; l < net->bottom.n_layers; l++) net->bot_acts[l] = carve(c, B * net->bottom.dims[l + 1]);
@@ -508,6 +525,19 @@ void es__net_freeze(es_net *net) {
     net->wt_frozen = 1;
 }
 
+/* norm_rows: r = 1 / (F + |dense|^2) per row, the sum in double (libffm's
+ * R = 1 / sum of value^2, with each field's value a one-hot 1). */
+static void row_scales(float *r_out, const float *dense, int n, int D, int F) {
+    for (int r = 0; r < n; r++) {
+        double s = F;
+        for (int d = 0; d < D; d++) {
+            double x = dense[(size_t)r * D + d];
+            s += x * x;
+        }
+        r_out[r] = (float)(1.0 / s);
+    }
+}
+
 void es__net_forward(es_net *net, int n, const float *emb, const float *dense, float *logit) {
     ES_ASSERT(n >= 0 && n <= net->p.max_batch);
     if (n == 0) return;
@@ -519,14 +549,22 @@ void es__net_forward(es_net *net, int n, const float *emb, const float *dense, f
     case ES_NET_FM:
     case ES_NET_FFM:
         /* logit = dense w^T + b, then + first-order terms, then + FM / FFM pairs */
-        /* W[1, D] transposed is the same D floats */
-        es__linear_forward(logit, dense, net->lin_w, net->lin_w, net->lin_b, n, D, 1, 0);
+        /* W[1, D] transposed is the same D floats; with norm_rows the bias
+         * is added last, unscaled */
+        es__linear_forward(logit, dense, net->lin_w, net->lin_w, p->norm_rows ? NULL : net->lin_b, n, D, 1, 0);
         add_first_order(logit, emb, n, F, net->E);
-        if (p->kind == ES_NET_FM) {
+        if (p->kind == ES_NET_FM)
             es__fm_forward(net->fm_pair, net->fm_sum, emb, F, net->E, 1, dense, net->fm_V, D, k, n);
-            for (int r = 0; r < n; r++) logit[r] += net->fm_pair[r];
-        } else if (p->kind == ES_NET_FFM) {
+        else if (p->kind == ES_NET_FFM)
             es__ffm_forward(net->fm_pair, emb, F, net->E, k, n);
+        if (p->pairs_only) {
+            if (p->norm_rows) row_scales(net->row_r, dense, n, D, F);
+            for (int r = 0; r < n; r++) logit[r] = p->norm_rows ? net->row_r[r] * net->fm_pair[r] : net->fm_pair[r];
+        } else if (p->norm_rows) { /* the row x / |x|: linear terms times sqrt(r), pairs times r */
+            row_scales(net->row_r, dense, n, D, F);
+            for (int r = 0; r < n; r++)
+                logit[r] = net->lin_b[0] + sqrtf(net->row_r[r]) * logit[r] + net->row_r[r] * net->fm_pair[r];
+        } else if (p->kind != ES_NET_LR) {
             for (int r = 0; r < n; r++) logit[r] += net->fm_pair[r];
         }
         break;
@@ -568,9 +606,29 @@ void es__net_backward(es_net *net, int n, const float *emb, const float *dense, 
     case ES_NET_LR:
     case ES_NET_FM:
     case ES_NET_FFM:
-        es__linear_backward(NULL, net->dlin_w, net->dlin_b, dlogit, dense, net->lin_w, n, D, 1);
-        for (int r = 0; r < n; r++)
-            for (int f = 0; f < F; f++) demb[((size_t)r * F + f) * E] = dlogit[r];
+        if (p->pairs_only) { /* bias and linear terms are not in the model */
+            for (int r = 0; r < n; r++) {
+                for (int f = 0; f < F; f++) demb[((size_t)r * F + f) * E] = 0.0f;
+                if (p->norm_rows) net->g_out[r] = dlogit[r] * net->row_r[r];
+            }
+            if (p->norm_rows) dlogit = net->g_out;
+        } else if (p->norm_rows) { /* forward scaled the linear terms by sqrt(r), the pairs by r, not the bias */
+            double db = 0;
+            for (int r = 0; r < n; r++) {
+                db += dlogit[r];
+                net->g_lin[r] = dlogit[r] * sqrtf(net->row_r[r]);
+                net->g_out[r] = dlogit[r] * net->row_r[r];
+            }
+            net->dlin_b[0] += (float)db;
+            es__linear_backward(NULL, net->dlin_w, NULL, net->g_lin, dense, net->lin_w, n, D, 1);
+            for (int r = 0; r < n; r++)
+                for (int f = 0; f < F; f++) demb[((size_t)r * F + f) * E] = net->g_lin[r];
+            dlogit = net->g_out;
+        } else {
+            es__linear_backward(NULL, net->dlin_w, net->dlin_b, dlogit, dense, net->lin_w, n, D, 1);
+            for (int r = 0; r < n; r++)
+                for (int f = 0; f < F; f++) demb[((size_t)r * F + f) * E] = dlogit[r];
+        }
         if (p->kind == ES_NET_FM)
             es__fm_backward(demb, net->dfm_V, dlogit, net->fm_sum, emb, F, E, 1, dense, net->fm_V, D, k, n);
         if (p->kind == ES_NET_FFM) es__ffm_backward(demb, dlogit, emb, F, E, k, n);

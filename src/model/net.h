@@ -13,6 +13,8 @@
  *   FFM   logit = b + w . dense + sum_f emb[f][0]
  *                 + sum_{i<j} <v_{i,j}, v_{j,i}>, v_{i,g} = emb[i][1+g*k .. 1+(g+1)*k)
  *                   (field i's vector for meeting field g)           (E = 1 + F*k)
+ *         FM and FFM with norm_rows: x -> x / |x|, |x|^2 = F + |dense|^2: the
+ *         pair sum times r = 1 / |x|^2, w . dense + sum_f emb[f][0] times sqrt(r)
  *   DLRM  z0 = bottom MLP(dense) -> k;  pairwise dots of {z0, emb_1..emb_F}
  *         (strict upper triangle); top MLP([z0, dots]) -> logit      (E = k)
  *   DCN   x0 = [dense, emb_1..emb_F] (D + F*k);  cross layers
@@ -55,6 +57,16 @@ typedef struct es_net_params {
     int bottom[ES_NET_MAX_LAYERS], n_bottom; /* DLRM bottom MLP widths (last must be k) */
     int top[ES_NET_MAX_LAYERS], n_top;       /* DLRM top / DCN deep widths, final 1 implied */
     int n_cross;            /* DCN cross layers */
+    /* FM / FFM: 1 normalises each row x to x / |x| (libffm's and xLearn's
+     * default) with |x|^2 = F + |dense|^2 (each field a one-hot 1):
+     * r = 1 / |x|^2 scales the pair term, sqrt(r) the first-order terms
+     * and w . dense; the bias is not scaled.  0 (default): no scaling.
+     * Other models must leave it 0. */
+    int norm_rows;
+    /* FM / FFM: 1 keeps only the pair term, logit = sum of pairs (libffm's
+     * model: no bias, no first-order or numeric linear terms; their
+     * tensors stay, at zero, with zero gradients).  0 (default): all terms. */
+    int pairs_only;
     int max_batch;
     es_optim_params opt;    /* dense optimizer: SGD, ADAGRAD or ADAM */
     float weight_decay;     /* L2 on dense weights (not biases) */

@@ -292,6 +292,7 @@ static int adapt_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     es_rng rng;
     es__rng_seed(&rng, s->p.seed);
     if (ok) ok = es__rows_init(&m->t, n_rows, dim, &s->p.opt, &rng, s->p.init_scale) == ES_OK;
+    if (ok) es__rows_shift(&m->t, s->p.init_shift);
     if (ok) {
         size_t ga_cap = ES_MIN((size_t)s->p.max_batch * (size_t)F, (size_t)n_rows);
         ok = es__gradacc_init(&m->ga, ga_cap, dim) == ES_OK;

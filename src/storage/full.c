@@ -165,6 +165,7 @@ static int full_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         full_free(m);
         return es__err(err, ES_ENOMEM, "full: out of memory for %llu rows of %d floats", (unsigned long long)n_rows, dim);
     }
+    es__rows_shift(&m->t, s->p.init_shift);
     size_t ga_cap = (size_t)s->p.max_batch * (size_t)F;
     if (ga_cap > n_rows) ga_cap = (size_t)n_rows;
     if (es__gradacc_init(&m->ga, ga_cap, dim) != ES_OK) {

@@ -81,6 +81,7 @@ int es__hashed_alloc(es_storage *s, uint64_t n_rows, int k, int cd, es_err *err)
         return es__err(err, ES_ENOMEM, "%s: out of memory for %llu rows of %d floats (%zu bytes)", s->p.method,
                        (unsigned long long)n_rows, cd, pbytes);
     }
+    es__rows_shift(&h->t, s->p.init_shift);
     size_t ga_cap = (size_t)s->p.max_batch * fk;
     if (ga_cap > n_rows) ga_cap = (size_t)n_rows;
     if (es__gradacc_init(&h->ga, ga_cap, cd) != ES_OK) {

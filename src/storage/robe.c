@@ -238,6 +238,7 @@ static int robe_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         rc = es__err(err, ES_ENOMEM, "robe: out of memory for an array of %llu floats", (unsigned long long)(total * Z));
         goto fail;
     }
+    es__rows_shift(&m->t, s->p.init_shift);
     m->size = m->base + G;
     /* Each value touches up to 2 * nb aligned rows. */
     size_t ga_cap = (size_t)s->p.max_batch * (size_t)F * (size_t)m->nb * 2;

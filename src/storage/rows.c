@@ -57,6 +57,12 @@ int es__rows_init(es_rows *t, uint64_t n_rows, int dim, const es_optim_params *o
     return ES_OK;
 }
 
+void es__rows_shift(es_rows *t, float shift) {
+    if (shift == 0.0f || !t->w) return;
+    size_t elems = (size_t)t->n_rows * (size_t)t->dim;
+    for (size_t i = 0; i < elems; i++) t->w[i] += shift;
+}
+
 void es__rows_free(es_rows *t) {
     if (!t) return;
     es__free_aligned(t->w);

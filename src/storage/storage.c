@@ -470,6 +470,8 @@ static int check_params(const es_storage_params *p, const es_vocab *vocab, es_er
         return es__err(err, ES_EINVAL, "storage: budget must be a finite number >= 0, got %g", p->budget);
     if (!(p->init_scale >= 0) || !isfinite(p->init_scale))
         return es__err(err, ES_EINVAL, "storage: init_scale must be >= 0, got %g", (double)p->init_scale);
+    if (!isfinite(p->init_shift))
+        return es__err(err, ES_EINVAL, "storage: init_shift must be finite, got %g", (double)p->init_shift);
     if (p->opt.kind != ES_OPT_SGD && p->opt.kind != ES_OPT_ADAGRAD && p->opt.kind != ES_OPT_ROWWISE_ADAGRAD &&
         p->opt.kind != ES_OPT_FTRL)
         return es__err(err, ES_EINVAL,
@@ -538,6 +540,9 @@ int es__storage_create(es_storage **out, const es_storage_params *p, const es_vo
                        "storage %s: FTRL needs per-coordinate table parameters; %s's embeddings are computed from "
                        "parameters (not plain rows): use sgd, adagrad or rowwise-adagrad",
                        ops->name, ops->name);
+    if (!ops->plain_rows && p->init_shift != 0)
+        return es__err(err, ES_EINVAL, "storage %s: init_shift needs plain table rows (full, hash, unified, robe, adapt)",
+                       ops->name);
     if (!ops->plain_rows && p->opt.row_l2 > 0)
         return es__err(err, ES_EINVAL,
                        "storage %s: emb_l2 (lazy L2 on table rows) needs per-coordinate table parameters; %s's "

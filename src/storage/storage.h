@@ -74,6 +74,12 @@ typedef struct es_storage_params {
     double budget;
     uint64_t seed;        /* initial values and (hash/unified) the hash salts */
     float init_scale;     /* rows ~ U(-s, s); default 0.05; 0 gives zeros (LR) */
+    /* Added to every initial row value of the plain-row methods (full,
+     * hash, unified, robe, adapt): rows ~ U(m - s, m + s).  Default 0;
+     * nonzero is an error for other methods.  libffm and xLearn draw FFM/FM
+     * factors from U[0, c/sqrt(k)): s = m = c / (2 sqrt(k)).  Only the
+     * initial values depend on it, so it is not recorded in files. */
+    float init_shift;
     es_optim_params opt;  /* SGD, ADAGRAD or ROWWISE_ADAGRAD for tables */
     /* Method-specific "key=value,..." checked against the method's option
      * table (es_storage_ops.opts) before create: an unknown key, a value of
@@ -347,6 +353,8 @@ typedef struct es_rows {
  * draws, when init_scale is 0) and the accumulators with opt->init_acc.
  * ES_EINVAL for ADAM or a bad shape, ES_ENOMEM; t is zeroed on failure. */
 int es__rows_init(es_rows *t, uint64_t n_rows, int dim, const es_optim_params *opt, es_rng *rng, float init_scale);
+/* Add shift to every weight of a freshly initialised table (init_shift). */
+void es__rows_shift(es_rows *t, float shift);
 void es__rows_free(es_rows *t);
 size_t es__rows_param_bytes(const es_rows *t);
 size_t es__rows_state_bytes(const es_rows *t);

@@ -72,6 +72,9 @@ static int write_meta(es_model *m, es_fwriter *w, int with_state) {
     join_ints(buf, sizeof buf, np->top, np->n_top);
     rc |= es__fwriter_meta(w, "model.top", buf);
     rc |= es__fwriter_metaf(w, "model.n_cross", "%d", np->n_cross);
+    /* absent: 0 (files from before these options) */
+    if (np->norm_rows) rc |= es__fwriter_metaf(w, "model.norm_rows", "%d", np->norm_rows);
+    if (np->pairs_only) rc |= es__fwriter_metaf(w, "model.pairs_only", "%d", np->pairs_only);
     rc |= es__fwriter_metaf(w, "model.max_batch", "%d", np->max_batch);
     rc |= es__fwriter_metaf(w, "model.opt", "%d,%.9g,%.9g,%.9g,%.9g", (int)np->opt.kind, np->opt.lr, np->opt.eps, np->opt.beta1,
                            np->opt.beta2);
@@ -215,6 +218,8 @@ int es__model_load(es_model **out, const char *path, unsigned flags, int with_st
     np.n_bottom = nb;
     np.n_top = nt;
     np.n_cross = meta_int(f, "model.n_cross", 0, 1024, path, err, &rc);
+    if (es__file_meta(f, "model.norm_rows")) np.norm_rows = meta_int(f, "model.norm_rows", 0, 1, path, err, &rc);
+    if (es__file_meta(f, "model.pairs_only")) np.pairs_only = meta_int(f, "model.pairs_only", 0, 1, path, err, &rc);
     np.max_batch = meta_int(f, "model.max_batch", 1, 1 << 20, path, err, &rc);
     if (rc) goto done;
     if (np.max_batch <= 0 || np.max_batch > (1 << 20)) {

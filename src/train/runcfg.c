@@ -98,6 +98,9 @@ int es__train_describe(const es_train_params *p, const es_reader_params *rp, cha
     put_layers(&b, "top", p->top, p->n_top);
     if (p->n_cross > 0) put(&b, "cross", "%d", p->n_cross);
     else put(&b, "cross", "default");
+    /* only when set, so that older checkpoints still resume */
+    if (p->norm_rows) put(&b, "norm-rows", "%d", p->norm_rows);
+    if (p->pairs_only) put(&b, "pairs-only", "%d", p->pairs_only);
     put(&b, "storage", "%s", p->storage ? p->storage : "");
     put(&b, "budget", "%.17g", p->budget);
     put(&b, "storage-opts", "%s", p->storage_opts ? p->storage_opts : "");
@@ -110,6 +113,9 @@ int es__train_describe(const es_train_params *p, const es_reader_params *rp, cha
     /* Written only when they apply / differ from the default, so that
      * checkpoints from before these settings still resume. */
     if (p->emb_l2 != 0) put(&b, "emb-l2", "%.9g", (double)p->emb_l2);
+    if (p->emb_init_acc != 0) put(&b, "emb-init-acc", "%.9g", (double)p->emb_init_acc);
+    if (p->emb_init_scale != 0) put(&b, "emb-init-scale", "%.9g", (double)p->emb_init_scale);
+    if (p->emb_init_shift != 0) put(&b, "emb-init-shift", "%.9g", (double)p->emb_init_shift);
     if (p->emb_optim && !strcmp(p->emb_optim, "ftrl")) {
         put(&b, "ftrl-alpha", "%.9g", (double)p->ftrl_alpha);
         put(&b, "ftrl-beta", "%.9g", (double)p->ftrl_beta);

@@ -40,6 +40,8 @@ es_model_params es_model_params_from_train(const es_train_params *tp, int n_dens
     p.n_bottom = t->n_bottom;
     p.n_top = t->n_top;
     p.n_cross = t->n_cross;
+    p.norm_rows = t->norm_rows;
+    p.pairs_only = t->pairs_only;
     if (t->n_bottom > 0 && t->n_bottom <= 8) memcpy(p.bottom, t->bottom, sizeof p.bottom);
     if (t->n_top > 0 && t->n_top <= 8) memcpy(p.top, t->top, sizeof p.top);
     p.n_dense = n_dense;
@@ -53,6 +55,9 @@ es_model_params es_model_params_from_train(const es_train_params *tp, int n_dens
     p.optim = t->optim;
     p.emb_optim = t->emb_optim;
     p.emb_l2 = t->emb_l2;
+    p.emb_init_acc = t->emb_init_acc;
+    p.emb_init_scale = t->emb_init_scale;
+    p.emb_init_shift = t->emb_init_shift;
     p.ftrl_alpha = t->ftrl_alpha;
     p.ftrl_beta = t->ftrl_beta;
     p.ftrl_l1 = t->ftrl_l1;
@@ -102,6 +107,8 @@ int es__model_params_resolve(const es_model_params *p, es_net_params *np, es_sto
         memcpy(np->top, p->top, sizeof(int) * (size_t)p->n_top);
     }
     if (p->n_cross > 0) np->n_cross = p->n_cross;
+    np->norm_rows = p->norm_rows;
+    np->pairs_only = p->pairs_only;
     np->max_batch = p->batch;
     np->opt.kind = dense_opt;
     np->opt.lr = p->lr;
@@ -125,6 +132,13 @@ int es__model_params_resolve(const es_model_params *p, es_net_params *np, es_sto
     sp->opt.ftrl_l1 = p->ftrl_l1;
     sp->opt.ftrl_l2 = p->ftrl_l2;
     if (kind == ES_NET_LR) sp->init_scale = 0.0f; /* LR weights start at zero */
+    if (!(p->emb_init_acc >= 0) || !isfinite(p->emb_init_acc) || !(p->emb_init_scale >= 0) || !isfinite(p->emb_init_scale))
+        return es__err(err, ES_EINVAL, "emb_init_acc %g and emb_init_scale %g must be finite and >= 0", (double)p->emb_init_acc,
+                       (double)p->emb_init_scale);
+    sp->opt.init_acc = p->emb_init_acc;
+    if (p->emb_init_scale > 0) sp->init_scale = p->emb_init_scale;
+    if (!isfinite(p->emb_init_shift)) return es__err(err, ES_EINVAL, "emb_init_shift %g must be finite", (double)p->emb_init_shift);
+    sp->init_shift = p->emb_init_shift;
     return ES_OK;
 }
 
