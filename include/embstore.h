@@ -181,6 +181,14 @@ typedef struct es_reader_params {
      * -INFINITY. */
     double label_threshold;
     int has_label;         /* 0 for unlabeled files (label is set to 0) */
+    /* Criteo TSV: 1 = each numeric column is ALSO a categorical field
+     * (after the 26 C fields, named "<column>_b": I1_b .. I13_b) whose value
+     * is the column's bucket: floor(ln(x)^2) for x > 2, else floor(x) (a
+     * missing value counts as 0), the bucketing of the Criteo-winning
+     * field-aware FM; the numeric features stay as they are.  0 = off
+     * (default); -1 = on for Criteo files, off for the other formats, which
+     * refuse 1. */
+    int num_cat;
     /* libffm: number of fields; 0 (default) = a first pass over the file
      * finds the largest field index (+1).  A term with a field >= the hint
      * is a bad line.  libsvm always has one field. */
@@ -251,6 +259,9 @@ ES_API uint64_t es_reader_rows(const es_reader *r);
 /* The numeric transform applied to every numeric feature:
  * log1p(x) for x >= 0, -log1p(-x) for x < 0 (sign-symmetric), 0 for missing. */
 ES_API float es_transform_num(double x);
+/* The categorical key of a numeric feature's bucket (es_reader_params.
+ * num_cat), from its transformed value es_transform_num(x). */
+ES_API uint64_t es_num_bucket_key(float t);
 
 /* Key of a categorical token (XXH3-64 of its bytes; an empty token gives
  * ES_KEY_MISSING). */

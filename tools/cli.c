@@ -195,6 +195,14 @@ int cli_reader_opt(const char *cmd, int argc, char **argv, int *i, es_reader_par
         }
         return 1;
     }
+    if (!strcmp(a, "--num-cat")) {
+        rp->num_cat = 1;
+        return 1;
+    }
+    if (!strcmp(a, "--no-num-cat")) {
+        rp->num_cat = 0;
+        return 1;
+    }
     if (!strcmp(a, "--label-threshold")) {
         if (!(v = cli_next(cmd, argc, argv, i)) || cli_double(cmd, a, v, -1e300, 1e300, &d)) return -1;
         rp->label_threshold = d;

@@ -59,6 +59,8 @@ int cli_reader_opt(const char *cmd, int argc, char **argv, int *i, es_reader_par
     "  --no-header           CSV file has no header line\n"                                        \
     "  --multi-sep C         separator inside multi-valued fields (default '|')\n"                 \
     "  --pool sum|mean       pooling of multi-valued fields (default sum; train: mean)\n"                    \
+    "  --num-cat, --no-num-cat  Criteo TSV: numeric columns also as bucketed categorical\n"          \
+    "                        fields, floor(ln(x)^2) (default off)\n"          \
     "  --label-threshold X   label = (label column >= X), e.g. 4 for ratings\n"                     \
     "  --skip-bad            skip malformed lines (count and report them) instead of stopping\n"
 

@@ -142,7 +142,7 @@ int es__criteo_row(es_reader *r, const es__line *ln, char *s, size_t n, es_batch
     }
     uint64_t *val = b->val + v;
     float *wt = b->wt + v;
-    uint32_t *off = b->off + (size_t)row * CRITEO_CAT;
+    uint32_t *off = b->off + (size_t)row * (size_t)r->n_fields; /* more than CRITEO_CAT with num_cat */
     for (int k = 0; k < CRITEO_CAT; k++) {
         int c = k + CRITEO_DENSE + has_label;
         val[k] = token_key(COL_PTR(c), COL_LEN(c));

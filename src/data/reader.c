@@ -206,6 +206,7 @@ static int check_params(const es_reader_params *p, const char *name, es_err *err
     if (p->n_fields_hint < 0 || p->n_fields_hint > ES__MAX_FIELDS)
         return es__err(err, ES_EINVAL, "%s: n_fields_hint must be in [0, %d], got %d", name, ES__MAX_FIELDS, p->n_fields_hint);
     if (isnan(p->label_threshold)) return es__err(err, ES_EINVAL, "%s: label_threshold is NaN", name);
+    if (p->num_cat < -1 || p->num_cat > 1) return es__err(err, ES_EINVAL, "%s: num_cat must be 0, 1 or -1 (automatic), got %d", name, p->num_cat);
     if (p->threads < 0 || p->threads > 1024)
         return es__err(err, ES_EINVAL, "%s: threads must be in [0, 1024], got %d", name, p->threads);
     if (p->max_line > ES__LINEIO_MAX_LINE_LIMIT)
@@ -231,6 +232,66 @@ void es_reader_free(es_reader *r) {
     es__free(r);
 }
 
+/* num_cat: the numeric columns become categorical fields too, after the
+ * format's own fields (names "<column>_b"). */
+static int num_cat_setup(es_reader *r, es_err *err) {
+    if (r->fmt != ES_FMT_CRITEO)
+        return es__err(err, ES_EINVAL, "%s: num_cat (--num-cat, numeric columns as bucketed categorical fields) is for Criteo TSV files",
+                       es__lineio_name(r->io));
+    const int F = r->n_fields, D = r->n_dense;
+    char **names = es__realloc(r->field_names, (size_t)(F + D) * sizeof *names);
+    if (!names) return es__err(err, ES_ENOMEM, "%s: out of memory", es__lineio_name(r->io));
+    r->field_names = names;
+    for (int d = 0; d < D; d++) {
+        size_t n = strlen(r->dense_names[d]) + 3;
+        if (!(names[F + d] = es__malloc(n))) {
+            r->n_fields = F + d; /* what is allocated, for es_reader_free */
+            return es__err(err, ES_ENOMEM, "%s: out of memory", es__lineio_name(r->io));
+        }
+        snprintf(names[F + d], n, "%s_b", r->dense_names[d]);
+    }
+    r->n_fields = F + D;
+    if (r->fixed_vals) r->fixed_vals += D;
+    return ES_OK;
+}
+
+/* The bucket of a numeric feature as a categorical key, from its
+ * transformed value t = es_transform_num(x) (monotone and odd, so x is
+ * recovered; a missing value was read as 0).  x > 2: floor(ln(x)^2), else
+ * floor(x) (the small integers -3 .. 2 of Criteo's counts), tagged apart. */
+uint64_t es_num_bucket_key(float t) {
+    double x = t >= 0 ? expm1((double)t) : -expm1(-(double)t);
+    uint64_t tag, b;
+    if (x > 2) {
+        double l = log(x);
+        tag = 1;
+        b = (uint64_t)(int64_t)floor(l * l + 1e-9);
+    } else {
+        tag = 2;
+        b = (uint64_t)(int64_t)floor(x + 1e-4); /* x = 1 comes back as 0.99999994 */
+    }
+    return es__mix64((tag << 56) ^ b ^ UINT64_C(0x6e756d5f63617421));
+}
+
+/* num_cat: append row `row`'s bucket values after its other fields. */
+static int num_cat_append(es_reader *r, es_batch *b, int row, size_t *nv) {
+    const int D = r->n_dense, F = r->n_fields, F0 = F - D;
+    size_t v = *nv;
+    if (v + (size_t)D > b->val_cap) { /* never in the parallel stage: it reserves every row's slots */
+        int rc = es_batch_reserve_vals(b, v + (size_t)D);
+        if (rc) return rc;
+    }
+    const float *dense = b->dense + (size_t)row * (size_t)D;
+    uint32_t *off = b->off + (size_t)row * (size_t)F;
+    for (int d = 0; d < D; d++) {
+        b->val[v + (size_t)d] = es_num_bucket_key(dense[d]);
+        b->wt[v + (size_t)d] = 1.0f;
+        off[F0 + d + 1] = (uint32_t)(v + (size_t)d + 1);
+    }
+    *nv = v + (size_t)D;
+    return ES_OK;
+}
+
 /* Everything after the line source exists: format setup, then a peek for a
  * first data line so that an empty file fails here. */
 static int open_common(es_reader *r, const char *columns, es_err *err) {
@@ -244,6 +305,8 @@ static int open_common(es_reader *r, const char *columns, es_err *err) {
     default: rc = es__err(err, ES_EINVAL, "%s: no format", es__lineio_name(r->io));
     }
     if (rc) return rc;
+    if (r->p.num_cat < 0) r->p.num_cat = r->fmt == ES_FMT_CRITEO;
+    if (r->p.num_cat && (rc = num_cat_setup(r, err)) != ES_OK) return rc;
     ES_ASSERT(r->fixed_vals == 0 || r->fixed_vals == r->n_fields); /* block_parallel relies on it */
     r->err.code = 0;
     r->err.msg[0] = 0;
@@ -374,6 +437,7 @@ static int parse_line(es_reader *r, const es__line *ln, char *s, size_t n, es_ba
         if (bad < n) return es__row_err(r, ln, "column %zu: %s", bad + 1, why);
     }
     int rc = r->row(r, ln, s, n, b, row, nv);
+    if (rc == ES_OK && r->p.num_cat) rc = num_cat_append(r, b, row, nv);
     if (rc == ES_ENOMEM && ln->err)
         es__err(ln->err, rc, "%s:%llu: out of memory growing the batch", es__lineio_name(r->io), (unsigned long long)ln->no);
     return rc;

@@ -227,6 +227,7 @@ int es__model_open_input(es_model *m, const char *path, int has_label, es_reader
     char *synth = NULL;
     es_reader_params rp = m->in_set ? m->in_rp : m->rp;
     rp.has_label = has_label;
+    rp.num_cat = m->rp.num_cat; /* the model's fields, whatever the input options say */
     const bool own_spec = m->in_set && !same_str(m->in_rp.columns, m->rp.columns);
     int rc = load_names(m, &nm);
     if (rc) return es__err(&m->err, rc, "out of memory");

@@ -88,6 +88,7 @@ static int write_meta(es_model *m, es_fwriter *w, int with_state) {
     rc |= es__fwriter_metaf(w, "reader.pool", "%d", (int)m->rp.pool);
     rc |= es__fwriter_metaf(w, "reader.label_threshold", "%.17g", m->rp.label_threshold);
     rc |= es__fwriter_metaf(w, "reader.n_fields_hint", "%d", m->rp.n_fields_hint);
+    if (m->rp.num_cat > 0) rc |= es__fwriter_meta(w, "reader.num_cat", "1"); /* only when on: older readers never see it */
     for (int i = 0; i < m->n_meta; i++) {
         if (strncmp(m->meta_key[i], "train.", 6) == 0 || strncmp(m->meta_key[i], "schema.", 7) == 0 ||
             strncmp(m->meta_key[i], "user.", 5) == 0 || strncmp(m->meta_key[i], "stats.", 6) == 0 ||
@@ -262,6 +263,7 @@ int es__model_load(es_model **out, const char *path, unsigned flags, int with_st
         goto done;
     if ((s = es__file_meta(f, "reader.n_fields_hint")) && (rc = es__meta_int(path, "reader.n_fields_hint", s, 0, 100000, &rp.n_fields_hint, err)))
         goto done;
+    if ((s = es__file_meta(f, "reader.num_cat")) && (rc = es__meta_int(path, "reader.num_cat", s, 0, 1, &rp.num_cat, err))) goto done;
 
     /* Every parameter is replaced by the file's values below, so skip the
      * random initial fill: load time then does not grow with the size. */

@@ -139,6 +139,7 @@ int es__train_describe(const es_train_params *p, const es_reader_params *rp, cha
     char_name(c, sizeof c, rp->multi_sep);
     put(&b, "multi-sep", "%s", c);
     put(&b, "pool", "%s", rp->pool == ES_POOL_MEAN ? "mean" : "sum");
+    if (rp->num_cat > 0) put(&b, "num-cat", "1"); /* only when on, so older checkpoints resume */
     if (isfinite(rp->label_threshold)) put(&b, "label-threshold", "%.17g", rp->label_threshold);
     else put(&b, "label-threshold", "none");
     put(&b, "skip-bad", "%s", rp->skip_bad ? "yes" : "no");
