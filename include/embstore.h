@@ -530,6 +530,7 @@ typedef struct es_train_params {
     float emb_init_shift;     /* ... U(m - s, m + s) (es_model_params) */
     float ftrl_alpha, ftrl_beta, ftrl_l1, ftrl_l2; /* FTRL (es_model_params) */
     float weight_decay;
+    float dropout;            /* dlrm, dcn: MLP dropout in [0, 1) (es_model_params) */
     int threads;              /* 0: all cores */
     uint64_t seed;
     uint64_t max_rows;        /* 0: all rows of the train file */
@@ -747,6 +748,13 @@ typedef struct es_model_params {
      * the rate at alpha/beta: 0.01 lets it adapt (docs/training.md). */
     float ftrl_alpha, ftrl_beta, ftrl_l1, ftrl_l2;
     float weight_decay;       /* 0; L2 on dense weights (not biases) */
+    /* 0; in [0, 1), dlrm and dcn only (else ES_EINVAL): inverted dropout
+     * after the ReLU of every hidden MLP layer (not the DLRM bottom's
+     * output z0, not the cross layers, not the logit), in
+     * es_model_train_batch only -- eval and predict never drop.  The masks
+     * follow from seed and the step count (saved in checkpoints), not from
+     * the thread count.  Saved with the model. */
+    float dropout;
     uint64_t seed;            /* 1; every initial value follows from it */
 } es_model_params;
 

@@ -426,6 +426,20 @@ int cli_train_opt(const char *cmd, int argc, char **argv, int *ip, es_train_para
         *ip = i;
         return 1;
     }
+    if (!strcmp(a, "--dropout")) {
+        /* [0, 1): 1 would drop every unit (and scale by 1/0) */
+        if (!(v = cli_next(cmd, argc, argv, &i))) return -1;
+        char *end;
+        errno = 0;
+        double x = strtod(v, &end);
+        if (!*v || *end || errno == ERANGE || !(x >= 0 && x < 1)) {
+            cli_usage(cmd, "--dropout expects a probability in [0, 1), got '%s'", v);
+            return -1;
+        }
+        p->dropout = (float)x;
+        *ip = i;
+        return 1;
+    }
     if (!strcmp(a, "--threads")) {
         if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 0, 1024, &ll)) return -1;
         p->threads = (int)ll;

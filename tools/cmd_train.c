@@ -73,6 +73,8 @@ static const char train_help[] =
     "  --ftrl-l1 X           FTRL L1 strength (default 0.03)\n"
     "  --ftrl-l2 X           FTRL L2 strength (default 0.3)\n"
     "  --weight-decay X      L2 on dense weights (default 0)\n"
+    "  --dropout P           dlrm, dcn: dropout on hidden MLP units, P in [0, 1) (default 0;\n"
+    "                        training only, eval/predict never drop)\n"
     "  --threads T           threads (default 1; 0 = all cores)\n"
     "  --seed S              random seed (default 1); --threads 1 runs are repeatable\n"
     "output:\n"

@@ -149,6 +149,22 @@ ES__OMP(omp simd)
     for (size_t i = 0; i < len; i++) dx[i] = y[i] > 0.0f ? dx[i] : 0.0f;
 }
 
+/* ---- dropout ---------------------------------------------------------------------- */
+
+void es__dropout_forward(float *x, int n, int w, float p, uint64_t key) {
+    const uint64_t thr = es__dropout_thr(p);
+    const float scale = 1.0f / (1.0f - p);
+    for (int r = 0; r < n; r++) {
+        float *row = x + (size_t)r * (size_t)w;
+        for (int j = 0; j < w; j++) row[j] = es__dropout_keep(key, (uint64_t)r, (uint64_t)j, thr) ? row[j] * scale : 0.0f;
+    }
+}
+
+void es__dropout_relu_backward(float *dx, const float *y, size_t len, float scale) {
+ES__OMP(omp simd)
+    for (size_t i = 0; i < len; i++) dx[i] = y[i] > 0.0f ? dx[i] * scale : 0.0f;
+}
+
 /* ---- MLP stack ------------------------------------------------------------------- */
 
 int es__mlp_max_width(const es__mlp *m) {
@@ -161,6 +177,10 @@ void es__mlp_forward(const es__mlp *m, int n, const float *in, float *const *act
     for (int l = 0; l < m->n_layers; l++) {
         const float *x = l ? acts[l - 1] : in;
         es__linear_forward(acts[l], x, m->W[l], m->WT[l], m->b[l], n, m->dims[l], m->dims[l + 1], m->relu[l]);
+        if (m->drop_p > 0.0f && m->drop[l]) {
+            ES_ASSERT(m->relu[l]); /* the backward below relies on it */
+            es__dropout_forward(acts[l], n, m->dims[l + 1], m->drop_p, es__mix64(m->drop_key ^ (uint64_t)(l + 1)));
+        }
     }
 }
 
@@ -170,7 +190,10 @@ void es__mlp_backward(const es__mlp *m, int n, const float *in, float *const *ac
     for (int l = m->n_layers - 1; l >= 0; l--) {
         int nin = m->dims[l], nout = m->dims[l + 1];
         /* g is dL/d(output of layer l); the mask turns it into dL/d(pre-activation). */
-        if (m->relu[l]) es__relu_backward(g, acts[l], (size_t)n * (size_t)nout);
+        if (m->drop_p > 0.0f && m->drop[l]) /* dL/d(pre-activation): ReLU mask, dropout mask and scale */
+            es__dropout_relu_backward(g, acts[l], (size_t)n * (size_t)nout, 1.0f / (1.0f - m->drop_p));
+        else if (m->relu[l])
+            es__relu_backward(g, acts[l], (size_t)n * (size_t)nout);
         const float *x = l ? acts[l - 1] : in;
         float *dst = l ? (g == buf0 ? buf1 : buf0) : din;
         es__linear_backward(dst, m->dW[l], m->db[l], g, x, m->W[l], n, nin, nout);

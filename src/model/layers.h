@@ -69,7 +69,32 @@ typedef struct es__mlp {
     float *W[ES__MLP_MAX], *b[ES__MLP_MAX];   /* W[l] is [dims[l+1], dims[l]] */
     float *WT[ES__MLP_MAX];                   /* W[l] packed by es__linear_pack, or NULL */
     float *dW[ES__MLP_MAX], *db[ES__MLP_MAX];
+    /* Inverted dropout (training only): after the ReLU of every layer l
+     * with drop[l] != 0 when drop_p > 0, each unit is kept with
+     * probability 1 - drop_p and scaled by 1 / (1 - drop_p), else zeroed;
+     * the mask is es__dropout_keep(layer key, row, unit), the layer key
+     * es__mix64(drop_key ^ (l + 1)).  drop_p = 0: no dropout (inference).
+     * Backward reads the drop_p and drop[] of the forward it follows. */
+    int drop[ES__MLP_MAX];
+    float drop_p;
+    uint64_t drop_key;
 } es__mlp;
+
+/* Dropout mask bit of unit `unit` of row `row` for a layer key: 1 (keep)
+ * when the counter-based hash of (key, row, unit) is at or above
+ * thr = p * 2^53 (es__dropout_thr), so each unit drops with probability p
+ * independently of the batch split, the thread count and the call order. */
+static inline uint64_t es__dropout_thr(float p) { return (uint64_t)((double)p * 9007199254740992.0); }
+static inline int es__dropout_keep(uint64_t key, uint64_t row, uint64_t unit, uint64_t thr) {
+    uint64_t rk = es__mix64(key + row * UINT64_C(0xd1b54a32d192ed03));
+    return (es__mix64(rk ^ unit) >> 11) >= thr;
+}
+/* x[n, w] (ReLU outputs): kept units times 1 / (1 - p), the others 0. */
+void es__dropout_forward(float *x, int n, int w, float p, uint64_t key);
+/* dx[len] = y > 0 ? dx * scale : 0, y being the dropped-out ReLU output:
+ * y > 0 exactly where the ReLU input was > 0 and the unit was kept, so the
+ * output is again all backward needs (scale = 1 / (1 - p)). */
+void es__dropout_relu_backward(float *dx, const float *y, size_t len, float scale);
 
 /* Widest of dims[1..n_layers] (the size of the ping-pong scratch rows). */
 int es__mlp_max_width(const es__mlp *m);

@@ -54,6 +54,9 @@ struct es_net {
     /* the optimizer: one segment per entry of segs, one step count
      * ("opt.net.step") */
     es__dense_opt opt;
+    /* dropout: es__net_step calls so far (the masks' counter; saved as
+     * "opt.net.dropout_step" when dropout > 0) */
+    int64_t drop_step;
 
     /* LR / FM */
     float *lin_w, *lin_b, *fm_V;
@@ -226,6 +229,10 @@ static int validate(const es_net_params *p, es_err *err) {
         return es__err(err, ES_EINVAL, "net %s: adagrad init_acc %g", kn, (double)o->init_acc);
     if (!(p->weight_decay >= 0.0f) || !isfinite(p->weight_decay))
         return es__err(err, ES_EINVAL, "net %s: weight_decay %g", kn, (double)p->weight_decay);
+    if (!(p->dropout >= 0.0f && p->dropout < 1.0f))
+        return es__err(err, ES_EINVAL, "net %s: dropout %g (need [0, 1))", kn, (double)p->dropout);
+    if (p->dropout > 0.0f && p->kind != ES_NET_DLRM && p->kind != ES_NET_DCN)
+        return es__err(err, ES_EINVAL, "net %s: dropout is for dlrm and dcn only (their MLPs)", kn);
     return ES_OK;
 }
 
@@ -273,6 +280,10 @@ static void layout_mlp(es_net *net, es__mlp *m, int in, const int *widths, int n
     for (int l = 0; l < n; l++) m->dims[l + 1] = widths[l];
     if (final_one) m->dims[n + 1] = 1;
     for (int l = 0; l < m->n_layers; l++) m->relu[l] = relu_all || l < m->n_layers - 1;
+    /* dropout goes after the hidden layers only: not after the stack's
+     * output (the logit, or the DLRM bottom's z0, which meets the
+     * embeddings in the interaction as one of them) */
+    for (int l = 0; l < m->n_layers; l++) m->drop[l] = l < m->n_layers - 1;
     for (int l = 0; l < m->n_layers; l++) add_linear(net, m, l, stack);
 }
 
@@ -538,7 +549,30 @@ static void row_scales(float *r_out, const float *dense, int n, int D, int F) {
     }
 }
 
+/* Set (train with dropout > 0) or clear the MLPs' dropout for the forward
+ * about to run and the backward after it.  Each stack draws from its own
+ * key: the step's key mixed with the stack's number. */
+static void set_dropout(es_net *net, int train) {
+    float p = train ? net->p.dropout : 0.0f;
+    uint64_t key = es__mix64(es__mix64(net->p.seed ^ UINT64_C(0x64726f706f7574)) + (uint64_t)net->drop_step);
+    net->bottom.drop_p = net->top.drop_p = p;
+    net->bottom.drop_key = es__mix64(key ^ 1);
+    net->top.drop_key = es__mix64(key ^ 2);
+}
+
+static void forward(es_net *net, int n, const float *emb, const float *dense, float *logit);
+
 void es__net_forward(es_net *net, int n, const float *emb, const float *dense, float *logit) {
+    set_dropout(net, 0);
+    forward(net, n, emb, dense, logit);
+}
+
+void es__net_forward_train(es_net *net, int n, const float *emb, const float *dense, float *logit) {
+    set_dropout(net, 1);
+    forward(net, n, emb, dense, logit);
+}
+
+static void forward(es_net *net, int n, const float *emb, const float *dense, float *logit) {
     ES_ASSERT(n >= 0 && n <= net->p.max_batch);
     if (n == 0) return;
     if (!net->wt_frozen) pack_weights(net);
@@ -666,6 +700,7 @@ void es__net_backward(es_net *net, int n, const float *emb, const float *dense, 
 
 void es__net_step(es_net *net) {
     net->wt_frozen = 0;
+    net->drop_step++;
     es__dense_opt_step(&net->opt); /* every segment; zeroes the gradients */
 }
 
@@ -680,7 +715,9 @@ float *es__net_params_ptr(es_net *net) {
 }
 float *es__net_grads_ptr(es_net *net) { return net->grads; }
 size_t es__net_param_bytes(const es_net *net) { return net->n_params * sizeof(float); }
-size_t es__net_state_bytes(const es_net *net) { return es__dense_opt_state_bytes(&net->opt); }
+size_t es__net_state_bytes(const es_net *net) {
+    return es__dense_opt_state_bytes(&net->opt) + (net->p.dropout > 0.0f ? sizeof(int64_t) : 0);
+}
 
 /* Fill a ref by hand (name = prefix + seg name + suffix) so that the net
  * does not depend on the file layer being linked. */
@@ -702,7 +739,7 @@ static void set_ref(es_tensor_ref *t, const char *prefix, const char *name, cons
 int es__net_tensors(es_net *net, es_tensor_ref *refs, int max) {
     es_optim kind = net->p.opt.kind;
     int per_seg = 1 + (kind == ES_OPT_ADAM ? 2 : kind == ES_OPT_ADAGRAD ? 1 : 0);
-    int need = net->n_segs * per_seg + (kind == ES_OPT_ADAM ? 1 : 0);
+    int need = net->n_segs * per_seg + (kind == ES_OPT_ADAM ? 1 : 0) + (net->p.dropout > 0.0f ? 1 : 0);
     if (!refs) return need;
     net->wt_frozen = 0; /* the caller may write through the refs (a load does) */
     int c = 0;
@@ -724,6 +761,11 @@ int es__net_tensors(es_net *net, es_tensor_ref *refs, int max) {
     if (kind == ES_OPT_ADAM && c < max) {
         const uint64_t one = 1;
         set_ref(&refs[c++], "opt.net.", "step", "", ES_DT_I64, es__dense_opt_steps(&net->opt), 1, &one);
+    }
+    /* listed only with dropout, so files of nets without it are unchanged */
+    if (net->p.dropout > 0.0f && c < max) {
+        const uint64_t one = 1;
+        set_ref(&refs[c++], "opt.net.", "dropout_step", "", ES_DT_I64, &net->drop_step, 1, &one);
     }
     return c;
 }

@@ -21,6 +21,13 @@
  *         x_{l+1} = x0 * (W_l x_l + b_l) + x_l;  deep MLP on x_L;
  *         final linear -> logit                                     (E = k)
  * MLP hidden layers use ReLU; the last layer of a top/deep stack is linear.
+ * Dropout (DLRM, DCN; training forwards only): inverted dropout after the
+ * ReLU of every hidden layer of the MLPs -- the DLRM bottom stack but its
+ * last layer (z0), the DLRM top and DCN deep stacks but the output -- never
+ * on the cross layers, z0 or the logit.  The mask of unit j of row r is a
+ * counter-based hash of (seed, training step, stack, layer, r, j), so it
+ * does not depend on the thread count, and the step counter is saved with
+ * the optimizer state ("opt.net.dropout_step") so a resume is exact.
  * Forward products go through es__gemm_fixed, so a row's logit does not
  * depend on the rest of its batch, the batch size, the thread count or the
  * SIMD level; backward products go through OpenBLAS (cblas_sgemm).
@@ -70,6 +77,10 @@ typedef struct es_net_params {
     int max_batch;
     es_optim_params opt;    /* dense optimizer: SGD, ADAGRAD or ADAM */
     float weight_decay;     /* L2 on dense weights (not biases) */
+    /* DLRM / DCN: inverted dropout probability in [0, 1) on the hidden MLP
+     * units in es__net_forward_train (0, the default: none).  Other models
+     * must leave it 0. */
+    float dropout;
     uint64_t seed;
 } es_net_params;
 
@@ -101,6 +112,12 @@ const es_net_params *es__net_get_params(const es_net *n);
 /* logit[n] from emb[n, F, E] and dense[n, D] (dense may be NULL when
  * D = 0); caches what backward needs.  0 <= n <= max_batch. */
 void es__net_forward(es_net *net, int n, const float *emb, const float *dense, float *logit);
+/* The training forward: es__net_forward plus, when dropout > 0, inverted
+ * dropout with the masks of the net's current step (the count of
+ * es__net_step calls, restored from "opt.net.dropout_step"): calls
+ * between two steps draw the same masks, so a finite-difference check of
+ * es__net_backward holds them fixed.  With dropout 0 it is es__net_forward. */
+void es__net_forward_train(es_net *net, int n, const float *emb, const float *dense, float *logit);
 /* Prepare for inference: pack the weights for the forward kernel once and
  * keep them until es__net_step, es__net_params_ptr or es__net_tensors (any
  * call through which the weights may change).  Optional: an unfrozen net
@@ -109,12 +126,14 @@ void es__net_forward(es_net *net, int n, const float *emb, const float *dense, f
 void es__net_freeze(es_net *net);
 /* Given dlogit[n] (dLoss/dlogit, already divided by the batch size if the
  * loss is a mean), write demb[n, F, E] (every element is overwritten) and
- * ACCUMULATE parameter gradients.  Must follow es__net_forward on the same
- * inputs. */
+ * ACCUMULATE parameter gradients.  Must follow es__net_forward or
+ * es__net_forward_train on the same inputs (the dropout masks of the
+ * latter apply). */
 void es__net_backward(es_net *net, int n, const float *emb, const float *dense, const float *dlogit, float *demb);
 /* Optimizer step on accumulated gradients (weight decay on weights only,
  * not biases), then zero them: es__dense_opt_step over the net's segments.
- * Adam counts its steps in the state. */
+ * Adam counts its steps in the state; the net counts its steps for the
+ * dropout masks. */
 void es__net_step(es_net *net);
 void es__net_zero_grad(es_net *net);
 
@@ -129,7 +148,8 @@ size_t es__net_state_bytes(const es_net *net);
 /* Named tensors: each weight and bias ("net.top.0.w" [out, in],
  * "net.top.0.b" [out], ...), then optimizer state named after them with an
  * "opt." prefix (".m"/".v" for Adam, ".acc" for Adagrad) and, for Adam,
- * "opt.net.step" (I64 [1]).  Same calling convention as
+ * "opt.net.step" (I64 [1]), and with dropout > 0 "opt.net.dropout_step"
+ * (I64 [1], the steps taken, which pick the dropout masks).  Same calling convention as
  * es_storage_ops.tensors: returns the count written (<= max), or with
  * refs == NULL the count needed. */
 int es__net_tensors(es_net *net, es_tensor_ref *refs, int max);

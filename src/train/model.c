@@ -172,7 +172,7 @@ int es_model_train_batch(es_model *m, const es_batch *b, double *loss_sum) {
     if (n < 1 || n > m->max_batch)
         return es__err(&m->err, ES_EINVAL, "a training batch needs 1 to %d rows (the model's batch size), got %d", m->max_batch, n);
     lookup_rows(m, b, 0, n);
-    es__net_forward(m->net, n, m->emb, b->dense, m->logit);
+    es__net_forward_train(m->net, n, m->emb, b->dense, m->logit); /* dropout, when set, here only */
     /* the tested layer loss: summed over the rows, dlogit of the batch mean */
     double loss = es__bce_logits_sum(m->logit, b->label, n, 1.0f / (float)n, m->dlogit);
     if (loss_sum) *loss_sum += loss;

@@ -75,6 +75,10 @@ static int write_meta(es_model *m, es_fwriter *w, int with_state) {
     /* absent: 0 (files from before these options) */
     if (np->norm_rows) rc |= es__fwriter_metaf(w, "model.norm_rows", "%d", np->norm_rows);
     if (np->pairs_only) rc |= es__fwriter_metaf(w, "model.pairs_only", "%d", np->pairs_only);
+    /* Inference never applies dropout; the rate is kept so that a loaded
+     * model (a checkpoint above all) trains on the same way, and its
+     * "opt.net.dropout_step" tensor is expected exactly when it is > 0. */
+    if (np->dropout > 0) rc |= es__fwriter_metaf(w, "model.dropout", "%.9g", (double)np->dropout);
     rc |= es__fwriter_metaf(w, "model.max_batch", "%d", np->max_batch);
     rc |= es__fwriter_metaf(w, "model.opt", "%d,%.9g,%.9g,%.9g,%.9g", (int)np->opt.kind, np->opt.lr, np->opt.eps, np->opt.beta1,
                            np->opt.beta2);
@@ -233,6 +237,10 @@ int es__model_load(es_model **out, const char *path, unsigned flags, int with_st
     if ((s = es__file_meta(f, "model.weight_decay"))) {
         if ((rc = es__meta_f64(path, "model.weight_decay", s, 0, 3.4e38, &x, err))) goto done;
         np.weight_decay = (float)x;
+    }
+    if ((s = es__file_meta(f, "model.dropout"))) {
+        if ((rc = es__meta_f64(path, "model.dropout", s, 0, 0.999999, &x, err))) goto done;
+        np.dropout = (float)x;
     }
     if ((s = es__file_meta(f, "model.seed")) && (rc = es__meta_u64(path, "model.seed", s, 0, UINT64_MAX, &np.seed, err))) goto done;
 

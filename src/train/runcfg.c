@@ -123,6 +123,7 @@ int es__train_describe(const es_train_params *p, const es_reader_params *rp, cha
         put(&b, "ftrl-l2", "%.9g", (double)p->ftrl_l2);
     }
     put(&b, "weight-decay", "%.9g", (double)p->weight_decay);
+    if (p->dropout != 0) put(&b, "dropout", "%.9g", (double)p->dropout); /* only when set: older checkpoints resume */
     put(&b, "seed", "%llu", (unsigned long long)p->seed);
     put(&b, "max-rows", "%llu", (unsigned long long)p->max_rows);
     put(&b, "valid-frac", "%.17g", p->valid_path ? 0.0 : p->valid_frac);

@@ -63,6 +63,7 @@ es_model_params es_model_params_from_train(const es_train_params *tp, int n_dens
     p.ftrl_l1 = t->ftrl_l1;
     p.ftrl_l2 = t->ftrl_l2;
     p.weight_decay = t->weight_decay;
+    p.dropout = t->dropout;
     p.seed = t->seed;
     return p;
 }
@@ -78,6 +79,10 @@ int es__model_params_resolve(const es_model_params *p, es_net_params *np, es_sto
     es_net_kind kind;
     if (es__net_kind_parse(p->model, &kind) != 0)
         return es__err(err, ES_EINVAL, "unknown model '%s' (expected lr, fm, ffm, dlrm or dcn)", p->model ? p->model : "");
+    if (!(p->dropout >= 0.0f && p->dropout < 1.0f))
+        return es__err(err, ES_EINVAL, "dropout %g out of range [0, 1)", (double)p->dropout);
+    if (p->dropout > 0.0f && kind != ES_NET_DLRM && kind != ES_NET_DCN)
+        return es__err(err, ES_EINVAL, "dropout is for the MLPs of dlrm and dcn; model '%s' has none (leave it 0)", p->model);
     es_optim dense_opt, emb_opt;
     if (es__optim_parse(p->optim ? p->optim : "adam", &dense_opt) != 0 || dense_opt == ES_OPT_ROWWISE_ADAGRAD)
         return es__err(err, ES_EINVAL, "unknown dense optimizer '%s' (expected adam, adagrad or sgd)", p->optim);
@@ -114,6 +119,7 @@ int es__model_params_resolve(const es_model_params *p, es_net_params *np, es_sto
     np->opt.lr = p->lr;
     if (dense_opt == ES_OPT_ADAGRAD) np->opt.eps = 1e-10f; /* torch.optim.Adagrad's default */
     np->weight_decay = p->weight_decay;
+    np->dropout = p->dropout;
     np->seed = es__mix64(p->seed ^ 0x6e6574ULL);
 
     *sp = es__storage_params_default();
