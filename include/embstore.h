@@ -349,8 +349,10 @@ typedef struct es_table_params {
      * docs/methods.md lists each method's keys.  Default NULL. */
     const char *opts;
     /* Lazy L2 on rows (>= 0; default 0) and the FTRL parameters (defaults
-     * 0.05, 0.01, 0, 0), as in es_model_params (docs/training.md). */
+     * 0.05, 0.01, 0, 0), as in es_model_params (docs/training.md);
+     * emb_l2_freq as in es_model_params. */
     float emb_l2;
+    float emb_l2_freq;
     float ftrl_alpha, ftrl_beta, ftrl_l1, ftrl_l2;
 } es_table_params;
 
@@ -525,6 +527,7 @@ typedef struct es_train_params {
     const char *optim;        /* dense: "adam" (default), "adagrad", "sgd" */
     const char *emb_optim;    /* tables: "rowwise", "adagrad", "sgd", "ftrl" (NULL: see es_train_params_default) */
     float emb_l2;             /* lazy L2 on table rows (es_model_params) */
+    float emb_l2_freq;        /* frequency-aware lazy L2 exponent (es_model_params) */
     float emb_init_acc;       /* table Adagrad initial accumulator (es_model_params) */
     float emb_init_scale;     /* table rows start U(-s, s); 0: default (es_model_params) */
     float emb_init_shift;     /* ... U(m - s, m + s) (es_model_params) */
@@ -730,6 +733,11 @@ typedef struct es_model_params {
      * of the steps it missed when it is next touched; docs/training.md).
      * Plain-row methods only (as FTRL), and not with ftrl (use ftrl_l2). */
     float emb_l2;
+    /* 0 (off); p > 0 (0.5 the usual): frequency-aware lazy L2, a row touched
+     * c times so far decays with strength emb_l2 * (1 + c)^-p, so rare
+     * rows are regularized more than frequent ones (docs/training.md).
+     * Needs emb_l2 > 0; not with ftrl. */
+    float emb_l2_freq;
     /* 0; >= 0: the table Adagrad's (adagrad, rowwise) initial accumulator.
      * libffm starts it at 1, which caps the first steps at lr. */
     float emb_init_acc;

@@ -408,6 +408,14 @@ int cli_train_opt(const char *cmd, int argc, char **argv, int *ip, es_train_para
         *ip = i;
         return 1;
     }
+    if (!strcmp(a, "--emb-l2-freq")) {
+        /* the exponent p of frequency-aware L2; the library checks that
+         * --emb-l2 is on and the optimizer is not ftrl */
+        if (!(v = cli_next(cmd, argc, argv, &i)) || cli_double(cmd, a, v, 0, 4, &d)) return -1;
+        p->emb_l2_freq = (float)d;
+        *ip = i;
+        return 1;
+    }
     /* FTRL-proximal's four: alpha > 0 (the library checks it), the rest >= 0 */
     float *ftrl = !strcmp(a, "--ftrl-alpha") ? &p->ftrl_alpha
                   : !strcmp(a, "--ftrl-beta") ? &p->ftrl_beta

@@ -84,7 +84,7 @@ static const char help[] =
     "  --fresh               discard the cells of an earlier run in OUTDIR and start over\n"
     "model and training (same meaning as in `embstore train`):\n"
     "  --model M --dim K --bottom L --top L --cross N --epochs E --batch N --lr X\n"
-    "  --emb-lr X --optim O --emb-optim O --emb-l2 X --ftrl-alpha X --ftrl-beta X\n"
+    "  --emb-lr X --optim O --emb-optim O --emb-l2 X --emb-l2-freq P --ftrl-alpha X --ftrl-beta X\n"
     "  --ftrl-l1 X --ftrl-l2 X --chunks K --subtables T --min-count N\n"
     "                        (--chunks, --subtables, --min-count go to the methods that take them)\n"
     "  --storage-opts S --threads T --valid FILE | --valid-frac F (default 0.2) --max-rows N\n" CLI_READER_HELP

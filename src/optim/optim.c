@@ -300,10 +300,20 @@ size_t es__row_state_floats(es_optim kind, int dim) {
     }
 }
 
-void es__row_decay(float *w, const float *acc, int dim, const es_optim_params *o, int64_t missed) {
+double es__row_decay_factor(const es_optim_params *o, uint32_t touches) {
+    if (!(o->row_l2 > 0) || o->kind == ES_OPT_FTRL) return 1.0; /* FTRL: L2 is in the closed form */
+    double l2 = (double)o->row_l2;
+    if (o->row_l2_freq > 0) {
+        const double c1 = 1.0 + (double)touches;
+        l2 *= o->row_l2_freq == 0.5f ? 1.0 / sqrt(c1) : pow(c1, -(double)o->row_l2_freq);
+    }
+    return 1.0 - (double)o->lr * l2;
+}
+
+void es__row_decay(float *w, const float *acc, int dim, const es_optim_params *o, int64_t missed, uint32_t touches) {
     (void)acc; /* decoupled: the decay does not depend on the accumulator (see optim.h) */
-    if (missed <= 0 || !(o->row_l2 > 0) || o->kind == ES_OPT_FTRL) return; /* FTRL: L2 is in the closed form */
-    const float f = (float)pow(1.0 - (double)o->lr * (double)o->row_l2, (double)missed);
+    if (missed <= 0 || !(o->row_l2 > 0) || o->kind == ES_OPT_FTRL) return;
+    const float f = (float)pow(es__row_decay_factor(o, touches), (double)missed);
     for (int d = 0; d < dim; d++) w[d] *= f;
 }
 
@@ -482,6 +492,7 @@ void es__optim_ftrl_defaults(es_optim_params *p) {
     p->ftrl_l1 = 0.0f;
     p->ftrl_l2 = 0.0f;
     p->row_l2 = 0.0f;
+    p->row_l2_freq = 0.0f;
 }
 
 static int count_fields(const char *s) {
@@ -491,9 +502,10 @@ static int count_fields(const char *s) {
 }
 
 int es__optim_meta_read(const char *path, const char *key, const char *s, int n, es_optim_params *o, es_err *err) {
-    double v[ES__OPTIM_META_LONG];
-    /* Records since FTRL carry 11 numbers where older ones carry 6. */
-    if (n == 6 && count_fields(s) == ES__OPTIM_META_LONG) n = ES__OPTIM_META_LONG;
+    double v[ES__OPTIM_META_FREQ];
+    /* Records since FTRL carry 11 numbers where older ones carry 6; those
+     * with frequency-aware L2 on, 12. */
+    if (n == 6 && (count_fields(s) == ES__OPTIM_META_LONG || count_fields(s) == ES__OPTIM_META_FREQ)) n = count_fields(s);
     int rc = es__meta_f64_list(path, key, s, n, 0, 3.4e38, v, err);
     if (rc) return rc;
     if (v[0] != (int)v[0] || v[0] > ES_OPT_FTRL)
@@ -512,6 +524,7 @@ int es__optim_meta_read(const char *path, const char *key, const char *s, int n,
         o->ftrl_l2 = (float)v[9];
         o->row_l2 = (float)v[10];
     }
+    if (n > 11) o->row_l2_freq = (float)v[11];
     return ES_OK;
 }
 

@@ -39,9 +39,13 @@ typedef struct es_optim_params {
      * for the steps it missed (es__row_decay).  Not with FTRL (its L2 is
      * ftrl_l2) and not used by dense optimizers. */
     float row_l2;
+    /* Frequency-aware lazy L2 (>= 0; default 0 = off; needs row_l2 > 0):
+     * the exponent p of the per-row strength row_l2 * (1 + c)^-p, c the
+     * row's touch count (es__row_decay).  0.5 is the usual setting. */
+    float row_l2_freq;
 } es_optim_params;
 
-/* The defaults of the FTRL fields and row_l2 (the rest of p is left). */
+/* The defaults of the FTRL fields, row_l2 and row_l2_freq (the rest of p is left). */
 void es__optim_ftrl_defaults(es_optim_params *p);
 
 /* ---- dense optimizers (optim.c) ------------------------------------------------------
@@ -104,8 +108,21 @@ size_t es__row_state_floats(es_optim kind, int dim);
  * in every missed step, so the catch-up is (1 - lr l2)^missed, computed
  * in double.  A touched row at step t last brought up to date at step s
  * takes missed = t - s (the steps s+1 .. t, this one's decay included)
- * and then es__row_update.  acc is unused (kept for the call sites). */
-void es__row_decay(float *w, const float *acc, int dim, const es_optim_params *o, int64_t missed);
+ * and then es__row_update.  acc is unused (kept for the call sites).
+ *
+ * Frequency-aware (o->row_l2_freq = p > 0): the strength of row r is
+ *   l2_r = l2 (1 + c_r)^-p,   w *= 1 - lr l2_r   at every step,
+ * where c_r (`touches`) is the number of steps that have touched the row
+ * so far (its gradient updates; es_rows keeps it per row).  The count
+ * changes only when the row is touched, so between two touches the factor
+ * is constant and the catch-up stays exact: (1 - lr l2_r)^missed with the
+ * count as it was before this touch; the caller increments the count after
+ * the update.  Rare rows (small c) get nearly the full l2, a row touched c
+ * times about l2 / c^p.  `touches` is ignored when p = 0. */
+void es__row_decay(float *w, const float *acc, int dim, const es_optim_params *o, int64_t missed, uint32_t touches);
+/* The per-step factor of that decay, 1 - lr l2 (1 + touches)^-p, in double
+ * (1 when there is no lazy L2). */
+double es__row_decay_factor(const es_optim_params *o, uint32_t touches);
 
 /* ---- the dense optimizer (optim.c) --------------------------------------------------
  * The optimizer of one set of dense parameters: the caller's parameter and
@@ -196,13 +213,16 @@ int es__optim_parse(const char *s, es_optim *out);
 
 /* ---- persisted optimizer settings ---------------------------------------------
  * Files record an optimizer as "kind,lr,eps,beta1,beta2[,init_acc[,
- * ftrl_alpha,ftrl_beta,ftrl_l1,ftrl_l2,row_l2]]" (kind is the es_optim
- * number; the enum is append-only).  es__optim_meta_read parses such a
- * record strictly: n (5 or 6) numbers, or, where n is 6, also the 11 of
- * files since FTRL (older files: the FTRL fields and row_l2 take their
+ * ftrl_alpha,ftrl_beta,ftrl_l1,ftrl_l2,row_l2[,row_l2_freq]]]" (kind is the
+ * es_optim number; the enum is append-only).  es__optim_meta_read parses
+ * such a record strictly: n (5 or 6) numbers, or, where n is 6, also the
+ * 11 of files since FTRL or the 12 of files since frequency-aware L2
+ * (older files: the FTRL fields, row_l2 and row_l2_freq take their
  * defaults); each a finite number >= 0, the kind a known optimizer;
- * ES_EFORMAT naming path and key. */
+ * ES_EFORMAT naming path and key.  Writers add the 12th number only when
+ * row_l2_freq is not 0, so files without it stay as they were. */
 #define ES__OPTIM_META_LONG 11
+#define ES__OPTIM_META_FREQ 12
 int es__optim_meta_read(const char *path, const char *key, const char *s, int n, es_optim_params *o, es_err *err);
 
 #endif /* ES_OPTIM_H */

@@ -24,20 +24,25 @@ int es__rows_init(es_rows *t, uint64_t n_rows, int dim, const es_optim_params *o
     if (opt->kind != ES_OPT_SGD && opt->kind != ES_OPT_ADAGRAD && opt->kind != ES_OPT_ROWWISE_ADAGRAD &&
         opt->kind != ES_OPT_FTRL)
         return ES_EINVAL;
-    size_t elems, wbytes, acc_elems, lbytes = 0;
+    size_t elems, wbytes, acc_elems, lbytes = 0, cbytes = 0;
     if (n_rows > SIZE_MAX / 8 || !es__mul_size((size_t)n_rows, (size_t)dim, &elems) ||
         !es__mul_size(elems, sizeof(float), &wbytes) ||
         !es__mul_size((size_t)n_rows, es__row_state_floats(opt->kind, dim), &acc_elems) ||
         acc_elems > SIZE_MAX / sizeof(float))
         return ES_ENOMEM;
-    if (opt->row_l2 > 0 && opt->kind != ES_OPT_FTRL) lbytes = (size_t)n_rows * sizeof(int64_t);
+    if (opt->row_l2 > 0 && opt->kind != ES_OPT_FTRL) {
+        lbytes = (size_t)n_rows * sizeof(int64_t);
+        if (opt->row_l2_freq > 0) cbytes = (size_t)n_rows * sizeof(uint32_t);
+    }
     t->w = es__alloc_aligned(wbytes);
     t->acc = acc_elems ? es__alloc_aligned(acc_elems * sizeof(float)) : NULL;
     t->last = lbytes ? es__alloc_aligned(lbytes) : NULL;
-    if (!t->w || (acc_elems && !t->acc) || (lbytes && !t->last)) {
+    t->touch = cbytes ? es__alloc_aligned(cbytes) : NULL;
+    if (!t->w || (acc_elems && !t->acc) || (lbytes && !t->last) || (cbytes && !t->touch)) {
         es__free_aligned(t->w);
         es__free_aligned(t->acc);
         es__free_aligned(t->last);
+        es__free_aligned(t->touch);
         memset(t, 0, sizeof *t);
         return ES_ENOMEM;
     }
@@ -47,6 +52,7 @@ int es__rows_init(es_rows *t, uint64_t n_rows, int dim, const es_optim_params *o
         for (size_t i = 0; i < acc_elems; i++) t->acc[i] = a0;
     }
     if (lbytes) memset(t->last, 0, lbytes);
+    if (cbytes) memset(t->touch, 0, cbytes);
     t->step = 0;
     t->n_rows = n_rows;
     t->dim = dim;
@@ -68,6 +74,7 @@ void es__rows_free(es_rows *t) {
     es__free_aligned(t->w);
     es__free_aligned(t->acc);
     es__free_aligned(t->last);
+    es__free_aligned(t->touch);
     memset(t, 0, sizeof *t);
 }
 
@@ -76,6 +83,7 @@ size_t es__rows_param_bytes(const es_rows *t) { return (size_t)t->n_rows * (size
 size_t es__rows_state_bytes(const es_rows *t) {
     size_t b = (size_t)t->n_rows * es__row_state_floats(t->opt.kind, t->dim) * sizeof(float);
     if (t->last) b += ((size_t)t->n_rows + 1) * sizeof(int64_t); /* last[] and step */
+    if (t->touch) b += (size_t)t->n_rows * sizeof(uint32_t);      /* touch counts */
     return b;
 }
 
@@ -91,8 +99,11 @@ void es__rows_update(es_rows *t, uint64_t r, const float *g) {
     const size_t dim = (size_t)t->dim;
     float *w = t->w + (size_t)r * dim, *acc = row_state(t, r);
     if (t->last) {
-        es__row_decay(w, acc, t->dim, &t->opt, t->step - t->last[r]);
+        /* the count stays what it was through the missed steps: the
+         * catch-up uses it, then this touch counts */
+        es__row_decay(w, acc, t->dim, &t->opt, t->step - t->last[r], t->touch ? t->touch[r] : 0);
         t->last[r] = t->step;
+        if (t->touch && t->touch[r] != UINT32_MAX) t->touch[r]++;
     }
     es__row_update(w, acc, g, t->dim, &t->opt);
 }
@@ -101,7 +112,8 @@ void es__rows_catch_up(es_rows *t) {
     if (!t->last) return;
     const size_t dim = (size_t)t->dim;
     for (uint64_t r = 0; r < t->n_rows; r++) {
-        es__row_decay(t->w + (size_t)r * dim, row_state(t, r), t->dim, &t->opt, t->step - t->last[r]);
+        es__row_decay(t->w + (size_t)r * dim, row_state(t, r), t->dim, &t->opt, t->step - t->last[r],
+                      t->touch ? t->touch[r] : 0);
         t->last[r] = t->step;
     }
 }
@@ -111,10 +123,11 @@ void es__rows_copy_row(es_rows *t, uint64_t dst, uint64_t src) {
     memcpy(t->w + dst * dim, t->w + src * dim, dim * sizeof(float));
     if (per) memcpy(t->acc + dst * per, t->acc + src * per, per * sizeof(float));
     if (t->last) t->last[dst] = t->last[src];
+    if (t->touch) t->touch[dst] = t->touch[src];
 }
 
 int es__rows_tensors(es_rows *t, es_tensor_ref *refs, int max) {
-    int n = 1 + (t->acc != NULL) + (t->last ? 2 : 0);
+    int n = 1 + (t->acc != NULL) + (t->last ? 2 : 0) + (t->touch != NULL);
     if (!refs) return n;
     if (max < n) return ES_ERANGE;
     int i = 0;
@@ -129,6 +142,7 @@ int es__rows_tensors(es_rows *t, es_tensor_ref *refs, int max) {
         es__tensor_ref_set(&refs[i++], "opt.last", ES_DT_I64, t->last, 1, t->n_rows);
         es__tensor_ref_set(&refs[i++], "opt.step", ES_DT_I64, &t->step, 1, (uint64_t)1);
     }
+    if (t->touch) es__tensor_ref_set(&refs[i++], "opt.touch", ES_DT_U32, t->touch, 1, t->n_rows);
     return n;
 }
 

@@ -494,6 +494,14 @@ static int check_params(const es_storage_params *p, const es_vocab *vocab, es_er
     if (p->opt.row_l2 > 0 && !((double)p->opt.lr * (double)p->opt.row_l2 < 1.0))
         return es__err(err, ES_EINVAL, "storage: emb_l2 * emb_lr must be < 1 (the per-step decay factor is 1 - lr * l2), got %g * %g",
                        (double)p->opt.row_l2, (double)p->opt.lr);
+    if (!(p->opt.row_l2_freq >= 0) || !(p->opt.row_l2_freq <= 4))
+        return es__err(err, ES_EINVAL, "storage: emb_l2_freq (the exponent of frequency-aware L2) must be in [0, 4], got %g",
+                       (double)p->opt.row_l2_freq);
+    if (p->opt.row_l2_freq > 0 && p->opt.kind == ES_OPT_FTRL)
+        return es__err(err, ES_EINVAL,
+                       "storage: emb_l2_freq (frequency-aware lazy L2) does not apply to ftrl: use sgd, adagrad or rowwise");
+    if (p->opt.row_l2_freq > 0 && !(p->opt.row_l2 > 0))
+        return es__err(err, ES_EINVAL, "storage: emb_l2_freq (frequency-aware lazy L2) needs emb_l2 > 0");
     if (!(p->opt.lr >= 0) || !isfinite(p->opt.lr))
         return es__err(err, ES_EINVAL, "storage: learning rate must be >= 0, got %g", (double)p->opt.lr);
     if (p->opt.kind != ES_OPT_SGD && !(p->opt.eps > 0 && isfinite(p->opt.eps)))

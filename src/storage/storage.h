@@ -343,6 +343,11 @@ typedef struct es_rows {
      * when it is next touched (or by es__rows_catch_up). */
     int64_t *last;     /* [n_rows] */
     int64_t step;
+    /* Frequency-aware lazy L2 (opt.row_l2_freq > 0 as well): touch[r] the
+     * number of gradient updates row r has taken (saturating at
+     * UINT32_MAX), which sets its decay strength (es__row_decay); NULL
+     * otherwise. */
+    uint32_t *touch;   /* [n_rows] */
     uint64_t n_rows;
     int dim;
     es_optim_params opt;
@@ -364,12 +369,14 @@ void es__rows_update(es_rows *t, uint64_t r, const float *g);
 /* Lazy L2: apply every row's owed decay now (last[r] = step); a no-op
  * without row_l2.  Tests compare against eager decay with it. */
 void es__rows_catch_up(es_rows *t);
-/* Copy row src's weights and optimizer state (and lazy-L2 step) to dst. */
+/* Copy row src's weights and optimizer state (and lazy-L2 step and touch
+ * count) to dst. */
 void es__rows_copy_row(es_rows *t, uint64_t dst, uint64_t src);
 /* Tensor refs for w ("weight", f32 [n_rows, dim]) and, when there is
  * optimizer state, "opt.acc" (f32 [n_rows, dim] or [n_rows]) or, for FTRL,
  * "opt.ftrl_zn" (f32 [n_rows, 2, dim]), and with lazy L2 "opt.last"
- * (i64 [n_rows]) and "opt.step" (i64 [1]).  Returns the
+ * (i64 [n_rows]) and "opt.step" (i64 [1]), and with frequency-aware lazy
+ * L2 "opt.touch" (u32 [n_rows]).  Returns the
  * number of refs (written only when refs != NULL and they fit in max). */
 int es__rows_tensors(es_rows *t, es_tensor_ref *refs, int max);
 

@@ -8,7 +8,8 @@
  *
  *   metadata  storage.method, .dim, .n_fields, .max_batch, .budget_bytes,
  *             .seed, .init_scale, .opt ("kind,lr,eps,beta1,beta2,init_acc,
- *             ftrl_alpha,ftrl_beta,ftrl_l1,ftrl_l2,row_l2"; older files: the first 6),
+ *             ftrl_alpha,ftrl_beta,ftrl_l1,ftrl_l2,row_l2[,row_l2_freq]"; older
+ *             files: the first 6; row_l2_freq only when it is not 0),
  *             .opts (the caller's method options), .resolved (s->meta),
  *             .param_bytes, .aux_bytes
  *   tensors   "storage.<name>" for every array the method lists; its
@@ -22,6 +23,7 @@
 #include "storage/storage.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <math.h>
 #include <unistd.h>
 
@@ -56,11 +58,17 @@ int es__storage_write(es_fwriter *w, es_storage *s, int with_state, es_err *err)
     rc |= es__fwriter_metaf(w, "storage.budget_bytes", "%.0f", s->budget_bytes);
     rc |= es__fwriter_metaf(w, "storage.seed", "%llu", (unsigned long long)sp->seed);
     rc |= es__fwriter_metaf(w, "storage.init_scale", "%.9g", sp->init_scale);
-    /* The 11-number record (FTRL and lazy L2 since the FTRL change);
-     * readers take the 6 of older files too. */
-    rc |= es__fwriter_metaf(w, "storage.opt", "%d,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g", (int)sp->opt.kind,
-                            sp->opt.lr, sp->opt.eps, sp->opt.beta1, sp->opt.beta2, sp->opt.init_acc, sp->opt.ftrl_alpha,
-                            sp->opt.ftrl_beta, sp->opt.ftrl_l1, sp->opt.ftrl_l2, sp->opt.row_l2);
+    /* The 11-number record (FTRL and lazy L2 since the FTRL change), and a
+     * 12th, row_l2_freq, only when frequency-aware L2 is on, so files
+     * without it stay as before (and load as off); readers take the 6 of
+     * older files too. */
+    char optrec[512];
+    int ol = snprintf(optrec, sizeof optrec, "%d,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g", (int)sp->opt.kind,
+                      sp->opt.lr, sp->opt.eps, sp->opt.beta1, sp->opt.beta2, sp->opt.init_acc, sp->opt.ftrl_alpha,
+                      sp->opt.ftrl_beta, sp->opt.ftrl_l1, sp->opt.ftrl_l2, sp->opt.row_l2);
+    if (sp->opt.row_l2_freq != 0 && ol > 0 && (size_t)ol < sizeof optrec)
+        snprintf(optrec + ol, sizeof optrec - (size_t)ol, ",%.9g", sp->opt.row_l2_freq);
+    rc |= es__fwriter_meta(w, "storage.opt", optrec);
     rc |= es__fwriter_meta(w, "storage.opts", sp->opts ? sp->opts : "");
     rc |= es__fwriter_meta(w, "storage.resolved", s->meta);
     rc |= es__fwriter_metaf(w, "storage.param_bytes", "%zu", s->param_bytes);

@@ -35,6 +35,7 @@ es_table_params es_table_params_default(void) {
     p.lr = d.opt.lr;
     p.eps = d.opt.eps;
     p.emb_l2 = d.opt.row_l2;
+    p.emb_l2_freq = d.opt.row_l2_freq;
     p.ftrl_alpha = d.opt.ftrl_alpha;
     p.ftrl_beta = d.opt.ftrl_beta;
     p.ftrl_l1 = d.opt.ftrl_l1;
@@ -70,6 +71,7 @@ int es_table_create(es_table **out, const es_table_params *p, const es_vocab *vo
     sp.opt.lr = p->lr;
     sp.opt.eps = p->eps;
     sp.opt.row_l2 = p->emb_l2;
+    sp.opt.row_l2_freq = p->emb_l2_freq;
     sp.opt.ftrl_alpha = p->ftrl_alpha;
     sp.opt.ftrl_beta = p->ftrl_beta;
     sp.opt.ftrl_l1 = p->ftrl_l1;

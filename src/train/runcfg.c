@@ -113,6 +113,7 @@ int es__train_describe(const es_train_params *p, const es_reader_params *rp, cha
     /* Written only when they apply / differ from the default, so that
      * checkpoints from before these settings still resume. */
     if (p->emb_l2 != 0) put(&b, "emb-l2", "%.9g", (double)p->emb_l2);
+    if (p->emb_l2_freq != 0) put(&b, "emb-l2-freq", "%.9g", (double)p->emb_l2_freq);
     if (p->emb_init_acc != 0) put(&b, "emb-init-acc", "%.9g", (double)p->emb_init_acc);
     if (p->emb_init_scale != 0) put(&b, "emb-init-scale", "%.9g", (double)p->emb_init_scale);
     if (p->emb_init_shift != 0) put(&b, "emb-init-shift", "%.9g", (double)p->emb_init_shift);

@@ -55,6 +55,7 @@ es_model_params es_model_params_from_train(const es_train_params *tp, int n_dens
     p.optim = t->optim;
     p.emb_optim = t->emb_optim;
     p.emb_l2 = t->emb_l2;
+    p.emb_l2_freq = t->emb_l2_freq;
     p.emb_init_acc = t->emb_init_acc;
     p.emb_init_scale = t->emb_init_scale;
     p.emb_init_shift = t->emb_init_shift;
@@ -133,6 +134,7 @@ int es__model_params_resolve(const es_model_params *p, es_net_params *np, es_sto
     sp->opt.lr = p->emb_lr;
     sp->opt.kind = emb_opt;
     sp->opt.row_l2 = p->emb_l2;
+    sp->opt.row_l2_freq = p->emb_l2_freq;
     sp->opt.ftrl_alpha = p->ftrl_alpha;
     sp->opt.ftrl_beta = p->ftrl_beta;
     sp->opt.ftrl_l1 = p->ftrl_l1;
