@@ -5,12 +5,13 @@
 #                        pkg-config (the install test builds against embstore.pc),
 #                        an SVG-to-PNG converter for bench-storage plots
 #   .ci/deps.sh bench    also the peers `make bench` measures against
-#                        (PyTorch, faiss, hnswlib, numpy, scikit-learn)
+#                        (PyTorch, faiss, hnswlib, numpy, scikit-learn; g++ and
+#                        cmake to build xLearn and libffm from ../shared/peers)
 set -euo pipefail
 PKGS="build-essential clang libclang-rt-14-dev libxxhash-dev libopenblas-dev liblapacke-dev zlib1g-dev
       libmicrohttpd-dev librsvg2-bin pkg-config"
 if [ "${1:-}" = bench ]; then
-    PKGS="$PKGS python3-numpy python3-torch libfaiss-dev python3-faiss libhnswlib-dev bc python3-sklearn"
+    PKGS="$PKGS python3-numpy python3-torch libfaiss-dev python3-faiss libhnswlib-dev bc python3-sklearn g++ cmake"
 fi
 missing=""
 for p in $PKGS; do
