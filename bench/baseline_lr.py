@@ -125,6 +125,20 @@ def embstore_default(es, train, test, extra, seeds):
     return {"test_auc": float(np.mean(aucs)), "min": min(aucs), "max": max(aucs), "seconds": float(np.mean(secs))}
 
 
+def cpu_name():
+    return subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1"], capture_output=True,
+                          text=True).stdout.strip()
+
+
+def print_md(lines, path):
+    """Print the report and write it to path (when given)."""
+    md = "\n".join(lines) + "\n"
+    print(md)
+    if path:
+        with open(path, "w") as f:
+            f.write(md)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--es", default=os.path.join(ROOT, "build", "embstore"))
@@ -150,16 +164,10 @@ def main():
                      f"{es['test_auc'] - lr['test_auc']:+.4f} |")
         print(f"{name}: LR {lr['test_auc']:.4f} (C={lr['C']}, valid {lr['valid_auc']:.4f}, {lr['seconds']:.1f} s); "
               f"embstore {es['test_auc']:.4f} ({es['min']:.4f}..{es['max']:.4f}, {es['seconds']:.1f} s per run)", flush=True)
-    cpu = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1"], capture_output=True,
-                         text=True).stdout.strip()
     lines.append("")
-    lines.append(f"Conditions: {cpu}, split by file order (last 20% test), validation carved from the training rows; "
+    lines.append(f"Conditions: {cpu_name()}, split by file order (last 20% test), validation carved from the training rows; "
                  f"embstore: `embstore train TRAIN` defaults plus the columns of the CSV, 1 thread.")
-    md = "\n".join(lines) + "\n"
-    print(md)
-    if args.md:
-        with open(args.md, "w") as f:
-            f.write(md)
+    print_md(lines, args.md)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@
  *     plain rows, out of range.
  */
 #include "test.h"
+#include "resume_harness.h"
 #include "core/core.h"
 #include "optim/optim.h"
 #include "storage/storage.h"
@@ -147,17 +148,7 @@ TEST(freq_l2_optim_record) {
 
 /* ---- checkpoints resume bit for bit ------------------------------------------------- */
 
-static int steps(es_model *m, es_reader *r, es_batch *b, int batches) {
-    for (int i = 0; i < batches; i++)
-        if (es_reader_next(r, b) <= 0 || es_model_train_batch(m, b, NULL) != 0) return -1;
-    return 0;
-}
-
 static void freq_checkpoint_continues(const char *emb_optim, const char *model, const char *storage) {
-    es_set_threads(1);
-    es_err err = {0};
-    es_reader *r = NULL;
-    CHECK(es_reader_open(&r, CRITEO, NULL, &err) == 0);
     es_model_params mp = es_model_params_default();
     mp.model = model;
     mp.storage = storage;
@@ -167,38 +158,9 @@ static void freq_checkpoint_continues(const char *emb_optim, const char *model, 
     mp.emb_lr = 0.05f;
     mp.emb_l2 = 1.0f;
     mp.emb_l2_freq = 0.5f;
-    mp.n_dense = es_reader_n_dense(r);
-    mp.n_fields = es_reader_n_fields(r);
-    es_batch b = {0};
-    CHECK(es_batch_alloc(&b, 64, mp.n_dense, mp.n_fields, 0) == 0);
-    es_model *m = NULL, *c = NULL;
-    CHECK_MSG(es_model_create(&m, &mp, NULL, &err) == 0, "%s", err.msg);
-    CHECK(steps(m, r, &b, 5) == 0);
-    es_checkpoint pos = {0, 320, 320, 1.0}, back = {0};
-    const char *path = es_test_path("freq_l2.ckpt");
-    CHECK(es_model_checkpoint_save(m, path, &pos) == 0);
-    CHECK(steps(m, r, &b, 7) == 0);
-    CHECK_MSG(es_model_checkpoint_load(&c, path, &back, &err) == 0, "%s", err.msg);
-    CHECK(es_reader_rewind(r) == 0);
-    for (int i = 0; i < 5; i++) CHECK(es_reader_next(r, &b) > 0);
-    CHECK(steps(c, r, &b, 7) == 0);
-    es_reader_rewind(r);
-    CHECK(es_reader_next(r, &b) > 0);
-    float p1[64], p2[64];
-    CHECK(es_model_predict_batch(m, &b, p1) == 0 && es_model_predict_batch(c, &b, p2) == 0);
-    CHECK_MSG(memcmp(p1, p2, sizeof p1) == 0, "%s %s: resumed model differs: %.9g vs %.9g", emb_optim, storage, p1[0],
-              p2[0]);
-    /* a plain model file predicts the same */
-    es_model_free(c);
-    c = NULL;
-    CHECK(es_model_save(m, es_test_path("freq_l2.es"), 0) == 0);
-    CHECK_MSG(es_model_load(&c, es_test_path("freq_l2.es"), 0, &err) == 0, "%s", err.msg);
-    CHECK(es_model_predict_batch(c, &b, p2) == 0);
-    CHECK(memcmp(p1, p2, sizeof p1) == 0);
-    es_model_free(m);
-    es_model_free(c);
-    es_batch_free(&b);
-    es_reader_free(r);
+    char tag[96];
+    snprintf(tag, sizeof tag, "%s %s %s", emb_optim, model, storage);
+    es_test_checkpoint_continues(mp, tag);
 }
 
 TEST(freq_l2_checkpoint_continues_bitwise) {
