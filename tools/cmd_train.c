@@ -99,16 +99,18 @@ static const char train_help[] =
     "while it is read; a model that cannot fit in memory (physical, ulimit -v/-d) is\n"
     "refused before anything is allocated.\n"
     "\n"
-    "example:\n"
-    "  embstore train data/criteo_kaggle_train_first10k.tsv --valid-frac 0.2 \\\n"
-    "      --model dlrm --storage unified --budget 0.1 --epochs 3\n";
+    "examples:\n"
+    "  embstore train data/criteo_kaggle_train_first10k.tsv            # the studied defaults\n"
+    "  embstore train data/criteo_kaggle_train_first10k.tsv --model dlrm \\\n"
+    "      --storage unified --budget 0.1 --out model.es              # a compressed DLRM\n";
 
 
 static void progress_cb(const es_progress *p, void *ctx) {
     (void)ctx;
-    if (!strcmp(p->phase, "train")) {
+    if (!strcmp(p->phase, "train") || !strcmp(p->phase, "refit")) {
         double pct = p->rows_total ? 100.0 * (double)p->rows / (double)p->rows_total : 0;
-        fprintf(stderr, "\r  epoch %d/%d  %5.1f%%  %10llu rows  %9.0f rows/s  loss %.5f   ", p->epoch, p->epochs, pct,
+        fprintf(stderr, "\r  %s %d/%d  %5.1f%%  %10llu rows  %9.0f rows/s  loss %.5f   ",
+                strcmp(p->phase, "refit") ? "epoch" : "refit pass", p->epoch, p->epochs, pct,
                 (unsigned long long)p->rows, p->rows_per_s, p->loss);
         if (p->rows_total && p->rows >= p->rows_total) fputc('\n', stderr);
     } else {
@@ -261,8 +263,12 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "skipped %llu bad line%s (--skip-bad); the first:\n%s\n", (unsigned long long)res.bad_lines,
                 res.bad_lines == 1 ? "" : "s", res.bad_report);
     if (!quiet) {
-        char frac[64] = "";
-        if (res.full_bytes) snprintf(frac, sizeof frac, " (%.4g of full)", (double)res.emb_bytes / (double)res.full_bytes);
+        char frac[128] = "";
+        if (res.full_bytes && res.emb_bytes > res.emb_param_bytes) /* a value -> row map besides the parameters */
+            snprintf(frac, sizeof frac, " (parameters %zu bytes, %.4g of the full table)", res.emb_param_bytes,
+                     (double)res.emb_param_bytes / (double)res.full_bytes);
+        else if (res.full_bytes)
+            snprintf(frac, sizeof frac, " (%.4g of full)", (double)res.emb_bytes / (double)res.full_bytes);
         fprintf(stderr, "trained %s + %s on %llu rows x %d epochs (%.1f s, %d threads); embedding %zu bytes%s\n", p.model, p.storage,
                 (unsigned long long)res.train_rows, p.epochs, res.seconds, res.threads, res.emb_bytes, frac);
         if (res.valid.rows)
