@@ -557,8 +557,8 @@ typedef struct es_train_params {
      * ones included) for that many passes; the test metrics and the saved
      * model are the refit model's, the validation metrics those of the
      * chosen model (the refit one has trained on those rows).  1: on (an
-     * error when it cannot apply: no early stopping, a --valid file, or
-     * checkpoints), 0: off. */
+     * error when it cannot apply: no early stopping, or a --valid file),
+     * 0: off.  Checkpoints cover the refit too. */
     int refit;
     const char *stop_metric;  /* what "best" means: "logloss" (default, lower) or "auc" (higher) */
     /* A test file: evaluated once with the final model and reported in
@@ -574,8 +574,8 @@ typedef struct es_train_params {
  *   early_stop  2 when there are validation rows (valid_path or
  *               valid_frac > 0), else 0
  *   epochs      (0 or ES_TRAIN_AUTO) 20 with early stopping, else 1
- *   refit       1 when early stopping runs on rows carved from train_path
- *               and no checkpoint is written or resumed, else 0
+ *   refit       1 when early stopping runs on rows carved from train_path,
+ *               else 0
  *   dim         4 for lr, fm and ffm; 16 for dlrm and dcn
  *   lr          (the dense rate) 0.01 for lr, fm and ffm; 0.001 for dlrm, dcn
  *   emb_optim   (NULL) "ftrl" for lr, fm and ffm on the storage methods with

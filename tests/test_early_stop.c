@@ -17,6 +17,7 @@
 
 #include "embstore.h"
 
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define CRITEO "data/criteo_kaggle_train_first10k.tsv"
@@ -209,18 +210,75 @@ TEST(early_stop_refit_trains_on_all_rows) {
     q = p;
     q.early_stop = 0;
     CHECK_EQ_INT(es_train(&q, &res, &err), ES_EINVAL);
-    q = p;
-    q.checkpoint_every = 10;
-    CHECK_EQ_INT(es_train(&q, &res, &err), ES_EINVAL);
-    CHECK_STR_HAS(err.msg, "--no-refit");
-    /* automatic: on with early stopping on carved rows, off with checkpoints */
+    /* automatic: on with early stopping on carved rows, checkpoints or not */
     q = p;
     q.refit = ES_TRAIN_AUTO;
     es_train_params_resolve(&q);
     CHECK(q.refit == 1);
-    q = p;
     q.refit = ES_TRAIN_AUTO;
     q.checkpoint_every = 10;
     es_train_params_resolve(&q);
+    CHECK(q.refit == 1);
+    q = p;
+    q.refit = ES_TRAIN_AUTO;
+    q.early_stop = 0;
+    es_train_params_resolve(&q);
     CHECK(q.refit == 0);
+}
+
+/* A run killed inside its refit (after a refit checkpoint) and resumed
+ * ends with the model of the uninterrupted run, bit for bit (one thread). */
+static int refit_kill_pass;
+static void kill_in_refit(const es_progress *pr, void *ctx) {
+    (void)ctx;
+    if (!strcmp(pr->phase, "refit") && pr->epoch == refit_kill_pass && pr->rows >= 3000) _exit(7); /* as a kill would: no cleanup */
+}
+
+TEST_SLOW(early_stop_refit_resumes_exactly) {
+    es_err err = {0};
+    es_train_result res, ref;
+    es_train_params p = base_params(CRITEO);
+    p.model = "fm";
+    p.storage = "full";
+    p.budget = 0;
+    p.emb_optim = "ftrl";
+    p.batch = 64;
+    p.epochs = 6;
+    p.early_stop = 1;
+    p.refit = 1;
+    p.checkpoint_every = 5;
+    p.test_path = CRITEO;
+    p.out_path = es_test_path("es_rr_ref.es");
+    CHECK_MSG(es_train(&p, &ref, &err) == 0, "%s", err.msg);
+    CHECK(ref.refit && ref.best_epoch >= 1);
+    refit_kill_pass = ref.best_epoch; /* the refit's last pass */
+    p.out_path = es_test_path("es_rr.es");
+    es_test_sh(NULL, "rm -f $ES_T/es_rr.es $ES_T/es_rr.es.ckpt $ES_T/es_rr.es.ckpt.best");
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        p.progress = kill_in_refit;
+        es_train_result r;
+        es_err e = {0};
+        es_train(&p, &r, &e);
+        _exit(0); /* not reached when the kill fires */
+    }
+    int st = 0;
+    CHECK(pid > 0 && waitpid(pid, &st, 0) == pid);
+    CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 7, "the child was not stopped in its refit (status %d)", st);
+    CHECK(access(es_test_path("es_rr.es.ckpt"), F_OK) == 0);
+    p.resume = 1;
+    CHECK_MSG(es_train(&p, &res, &err) == 0, "%s", err.msg);
+    printf("    best epoch %d, killed in refit pass %d; resumed %d: test AUC %.6f (uninterrupted %.6f), valid %.6f (%.6f)\n", ref.best_epoch,
+           refit_kill_pass, res.resumed, res.test.auc, ref.test.auc, res.valid.auc, ref.valid.auc);
+    CHECK(res.resumed && res.refit);
+    CHECK(res.test.auc == ref.test.auc && res.test.logloss == ref.test.logloss);
+    CHECK(res.valid.auc == ref.valid.auc && res.valid.logloss == ref.valid.logloss);
+    CHECK_EQ_INT((long long)res.refit_rows, (long long)ref.refit_rows);
+    CHECK_EQ_INT(res.best_epoch, ref.best_epoch);
+    CHECK(es_test_sh(NULL, "cmp $ES_T/es_rr.es $ES_T/es_rr_ref.es") == 0 ||
+          es_test_sh(NULL, "%s predict $ES_T/es_rr.es %s --out $ES_T/rr1.txt && %s predict $ES_T/es_rr_ref.es %s --out $ES_T/rr2.txt && "
+                           "cmp $ES_T/rr1.txt $ES_T/rr2.txt",
+                     es_bin(), CRITEO, es_bin(), CRITEO) == 0);
+    CHECK(access(es_test_path("es_rr.es.ckpt"), F_OK) != 0); /* the model file supersedes it */
 }

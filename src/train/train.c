@@ -79,7 +79,7 @@ void es_train_params_resolve(es_train_params *p) {
         const es_storage_ops *ops = p->storage ? es__storage_find(p->storage) : NULL;
         p->emb_optim = !deep && ops && ops->plain_rows ? "ftrl" : "rowwise";
     }
-    if (p->refit == ES_TRAIN_AUTO) p->refit = p->early_stop > 0 && carved && !p->checkpoint_every && !p->resume;
+    if (p->refit == ES_TRAIN_AUTO) p->refit = p->early_stop > 0 && carved;
 }
 
 /* Read at most `limit` rows into b (b->cap is the batch size). */
@@ -346,7 +346,8 @@ typedef struct {
     int last_eval_ep;         /* where the last evaluation was (epoch, rows): -1 none */
     uint64_t last_eval_done;
     double best_score;        /* lower is better (-AUC for "auc") */
-    int refitting;            /* in the refit: no evaluations, no checkpoints */
+    int refitting;            /* in the refit: no evaluations */
+    int refit_resumed;        /* resumed from a checkpoint written in the refit */
 } run;
 
 /* Check the parameters, open the training file and describe the run. */
@@ -368,8 +369,6 @@ static int run_open(run *x) {
         return es__err(err, ES_EINVAL,
                        "--refit needs early stopping on validation rows carved from the training file (--valid-frac F, "
                        "not --valid FILE): it retrains on all rows for the number of passes early stopping chose");
-    if (p->refit && (p->checkpoint_every || p->resume))
-        return es__err(err, ES_EINVAL, "--refit cannot be checkpointed yet: give --no-refit with --checkpoint-every or --resume");
     if (p->stop_metric && strcmp(p->stop_metric, "logloss") != 0 && strcmp(p->stop_metric, "auc") != 0)
         return es__err(err, ES_EINVAL, "unknown early-stopping metric '%s' (expected logloss or auc)", p->stop_metric);
     x->mp = es_model_params_from_train(p, 0, 1);
@@ -516,6 +515,7 @@ static int run_validate(run *x, es_metrics *out) {
 static int run_evaluate_valid(run *x) {
     const es_train_params *p = x->p;
     int rc;
+    if (x->refit_resumed) return ES_OK; /* the chosen model's metrics came with the checkpoint */
     x->ps.pr.phase = "eval";
     report(&x->ps, 1);
     double t_eval = es__now();
@@ -642,6 +642,37 @@ static int run_ckpt_state_get(run *x) {
     return copy_file(cb, x->best_path, x->err);
 }
 
+/* A checkpoint written during the refit says so, with the validation
+ * metrics of the model early stopping chose (which the refit model cannot
+ * measure again). */
+static int run_ckpt_refit_put(run *x) {
+    const es_metrics *v = &x->res->valid;
+    char buf[256];
+    snprintf(buf, sizeof buf, "%.17g,%.17g,%.17g,%.17g,%.17g,%llu,%d", v->auc, v->logloss, v->calibration, v->base_rate, v->mean_pred,
+             (unsigned long long)v->rows, x->res->stopped_early);
+    if (es__model_set_meta(x->m, "ckpt.refit", buf) != 0) return es__err(x->err, ES_ENOMEM, "out of memory");
+    return ES_OK;
+}
+
+static int run_ckpt_refit_get(run *x) {
+    const char *v = es_model_meta(x->m, "ckpt.refit");
+    if (!v) return ES_OK;
+    if (!x->p->refit) return es__err(x->err, ES_EINVAL, "%s: the checkpoint is in a refit, this command has none", x->ckpt);
+    double f[7];
+    int rc = es__meta_f64_list(x->ckpt, "ckpt.refit", v, 7, -INFINITY, INFINITY, f, x->err);
+    if (rc != ES_OK) return rc;
+    es_metrics *m = &x->res->valid;
+    m->auc = f[0];
+    m->logloss = f[1];
+    m->calibration = f[2];
+    m->base_rate = f[3];
+    m->mean_pred = f[4];
+    m->rows = (uint64_t)f[5];
+    x->res->stopped_early = f[6] != 0;
+    x->refit_resumed = 1;
+    return ES_OK;
+}
+
 /* Continue from the checkpoint: it must come from this run (the data file
  * included), and what may differ (epochs) is then recorded as this command
  * says. */
@@ -652,7 +683,11 @@ static int run_resume(run *x) {
     if ((rc = es_model_checkpoint_load(&x->m, x->ckpt, &x->start, err)) != 0) return rc;
     if ((rc = es__train_cfg_check_resume(x->m, x->ckpt, x->cfg, err)) != 0) return rc;
     if ((rc = es__train_cfg_record(x->m, x->cfg)) != 0) return es__err(err, rc, "out of memory");
-    if ((rc = run_ckpt_state_get(x)) != 0) return rc;
+    if ((rc = run_ckpt_state_get(x)) != 0 || (rc = run_ckpt_refit_get(x)) != 0) return rc;
+    if (x->refit_resumed) { /* the refit's passes and rows: checked by run_refit */
+        x->res->resumed = 1;
+        return ES_OK;
+    }
     if (x->start.epoch >= p->epochs)
         return es__err(err, ES_EINVAL, "%s: the checkpoint is in epoch %d, this command asks for %d epoch%s in all", x->ckpt,
                        x->start.epoch + 1, p->epochs, p->epochs == 1 ? "" : "s");
@@ -742,9 +777,10 @@ static int run_batches(run *x, int ep, uint64_t *done, double *loss_sum, long *b
             ((*done + (uint64_t)p->batch - 1) / (uint64_t)p->batch) % (uint64_t)p->eval_every == 0) {
             if ((erc = run_eval_point(x, ep, *done)) != 0 || x->stop) break;
         }
-        if (p->checkpoint_every > 0 && !x->refitting && *batches % p->checkpoint_every == 0 && *done < x->n_train) {
+        if (p->checkpoint_every > 0 && *batches % p->checkpoint_every == 0 && *done < x->n_train) {
             es_checkpoint pos = {ep, *done, x->start.trained + x->trained_here, *loss_sum};
             if (p->early_stop && (erc = run_ckpt_state_put(x)) != 0) break;
+            if (x->refitting && (erc = run_ckpt_refit_put(x)) != 0) break;
             if ((rc = es_model_checkpoint_save(x->m, x->ckpt, &pos)) != 0) break;
         }
     }
@@ -806,6 +842,7 @@ static int run_train(run *x) {
     x->ps.pr.epochs = x->p->epochs;
     x->ps.pr.rows_total = x->n_exact ? x->n_train : 0;
     x->ps.pr.phase = "train";
+    if (x->refit_resumed) return ES_OK; /* the selection is over: run_refit goes on */
     for (int ep = x->start.epoch; ep < x->p->epochs && !x->stop; ep++)
         if ((rc = run_epoch(x, ep, &batches)) != 0) return rc;
     x->res->train_rows_per_s = (double)x->trained_here / (es__now() - t_train + 1e-9);
@@ -825,34 +862,39 @@ static int run_refit(run *x) {
     const uint64_t n_sel = x->n_train, n_all = x->n_total;
     int full = res->best_epoch - (res->best_rows < n_sel);
     uint64_t part = res->best_rows < n_sel ? (uint64_t)llround((double)res->best_rows / (double)n_sel * (double)n_all) : 0;
-    es_model_free(x->m);
-    x->m = NULL;
-    if ((rc = es_reader_rewind(x->r)) != 0) return reader_err(x->err, x->r, rc);
-    x->n_train = n_all;
-    if (x->vocab) {
-        es_vocab_free(x->vocab);
-        x->vocab = NULL;
-        if ((rc = run_vocab(x)) != 0) return rc;
+    const int passes = full + (part > 0);
+    if (!x->refit_resumed) {
+        es_model_free(x->m);
+        x->m = NULL;
+        if ((rc = es_reader_rewind(x->r)) != 0) return reader_err(x->err, x->r, rc);
+        x->n_train = n_all;
+        if (x->vocab) {
+            es_vocab_free(x->vocab);
+            x->vocab = NULL;
+            if ((rc = run_vocab(x)) != 0) return rc;
+        }
+        if ((rc = es_model_create(&x->m, &x->mp, x->vocab, x->err)) != 0) return rc;
+        if ((rc = es__train_cfg_record(x->m, x->cfg)) != 0) return es__err(x->err, rc, "out of memory");
+        if ((rc = run_attach(x)) != 0) return rc;
+        x->start = (es_checkpoint){0};
+    } else if (x->start.epoch >= passes || x->start.rows > (x->start.epoch < full ? n_all : part)) {
+        return es__err(x->err, ES_EINVAL, "%s: the refit checkpoint (pass %d, row %llu) does not match this run (%d passes)", x->ckpt,
+                       x->start.epoch + 1, (unsigned long long)x->start.rows, passes);
     }
     res->train_rows = n_sel; /* rows per epoch of the run that chose */
-    if ((rc = es_model_create(&x->m, &x->mp, x->vocab, x->err)) != 0) return rc;
-    if ((rc = es__train_cfg_record(x->m, x->cfg)) != 0) return es__err(x->err, rc, "out of memory");
-    if ((rc = run_attach(x)) != 0) return rc;
     x->refitting = 1;
     x->stop = 0;
-    x->start = (es_checkpoint){0};
     x->ps.pr.phase = "refit";
-    x->ps.pr.epochs = full + (part > 0);
+    x->ps.pr.epochs = passes;
     long batches = 0;
-    for (int ep = 0; ep < full + (part > 0); ep++) {
+    for (int ep = x->start.epoch; ep < passes; ep++) {
         x->n_train = ep < full ? n_all : part;
         x->ps.pr.rows_total = x->n_train;
-        uint64_t before = x->trained_here;
         if ((rc = run_epoch(x, ep, &batches)) != 0) return rc;
-        res->refit_rows += x->trained_here - before;
     }
     x->n_train = n_all;
     res->refit = 1;
+    res->refit_rows = (uint64_t)full * n_all + part;
     return ES_OK;
 }
 
