@@ -815,9 +815,9 @@ ES_API int es_model_predict_batch(es_model *m, const es_batch *b, float *prob);
 #define ES_SAVE_STATE 1u /* also the optimizer state (to continue training) */
 /* Write the model to `path` atomically (temporary file, fsync, rename; the
  * temporary file is removed on failure, and `path` is untouched).  With
- * ES_SAVE_STATE the file also holds the optimizer state, and a model loaded
- * from it with es_model_load_state continues training exactly where this
- * one is.  Errors: ES_EIO (cannot write; message names the path), ES_ENOMEM. */
+ * ES_SAVE_STATE the file also holds the optimizer state (to continue
+ * training exactly, write a checkpoint instead: es_model_checkpoint_save
+ * adds the loop position, and es_model_checkpoint_load reads both).  Errors: ES_EIO (cannot write; message names the path), ES_ENOMEM. */
 ES_API int es_model_save(es_model *m, const char *path, unsigned flags);
 
 /* Where a training loop is: saved with a checkpoint so a resumed run skips
