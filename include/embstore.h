@@ -811,6 +811,22 @@ ES_API int es_model_eval_batch(es_model *m, const es_batch *b, float *prob, doub
 /* es_model_eval_batch without the loss. */
 ES_API int es_model_predict_batch(es_model *m, const es_batch *b, float *prob);
 
+/* Post-training quantization (docs/methods.md, "Precision"): convert the
+ * model's embedding table in place from fp32 to `precision` ("fp16",
+ * "int16", "int8", "int4" or "int2"; rows in the fused layout of
+ * src/storage/quant.h, nearest rounding), freeing the fp32 weights and the
+ * table's optimizer state.  The model then predicts (lookups dequantize
+ * each row on the fly), saves (the codes as a u8 tensor "storage.weight.q"
+ * and metadata storage.precision) and loads like any other, but refuses
+ * training (es_model_train_batch: ES_EINVAL; quantization-aware training
+ * is not implemented).  The dense layers stay fp32.  Supported for the
+ * row-table methods full, hash and adapt.  Errors (the model unchanged,
+ * message in err and es_model_errmsg): ES_EINVAL for an unknown precision,
+ * fp32, a method that does not support it (named), or a table already
+ * quantized; ES_ERANGE when a row is not finite or beyond the half range;
+ * ES_ENOMEM. */
+ES_API int es_model_quantize(es_model *m, const char *precision, es_err *err);
+
 /* Save flags. */
 #define ES_SAVE_STATE 1u /* also the optimizer state (to continue training) */
 /* Write the model to `path` atomically (temporary file, fsync, rename; the

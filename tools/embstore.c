@@ -22,6 +22,7 @@ static const command commands[] = {
     {"predict", cmd_predict, "write one click probability per input line"},
     {"bench-storage", cmd_bench_storage, "sweep storage methods x budgets x seeds: results, Pareto plot, advice"},
     {"index", cmd_index, "build, search and evaluate vector indexes"},
+    {"quantize", cmd_quantize, "post-training quantization: store a model's table as fp16/int16/int8/int4/int2"},
     {"inspect", cmd_inspect, "show the metadata, tensors, bytes and field statistics of a file"},
 };
 

@@ -447,6 +447,8 @@ static void adapt_field_stats(es_storage *s, const es_vocab *vocab, int field, e
     es__rows_field_stats(1, adapt_resolve, m, vocab, field, priv + m->hrows[m->share ? 0 : field], out);
 }
 
+static es_rows *adapt_rows(es_storage *s) { return &((adapt_impl *)s->impl)->t; }
+
 const es_storage_ops es__storage_adapt = {
     .name = "adapt",
     .summary = "frequent values get private rows, the rest share hashed rows (vocab counts or an online count-min sketch)",
@@ -461,4 +463,5 @@ const es_storage_ops es__storage_adapt = {
     .default_budget = ES_DEFAULT_BUDGET,
     .needs_vocab = 1,
     .plain_rows = 1,
+    .rows = adapt_rows,
 };

@@ -251,6 +251,8 @@ static void full_field_stats(es_storage *s, const es_vocab *vocab, int field, es
     es__rows_field_stats(1, full_resolve, m, vocab, field, rows, out);
 }
 
+static es_rows *full_rows(es_storage *s) { return &((full_impl *)s->impl)->t; }
+
 const es_storage_ops es__storage_full = {
     .name = "full",
     .summary = "collision-free table: one row per value seen >= min_count times, one OOV row per field",
@@ -265,4 +267,5 @@ const es_storage_ops es__storage_full = {
     ES_STORAGE_OPTS(full_opts),
     .default_budget = 0, /* exactly the vocabulary */
     .plain_rows = 1,
+    .rows = full_rows,
 };

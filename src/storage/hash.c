@@ -286,6 +286,8 @@ static int hash_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     return rc;
 }
 
+static es_rows *hash_rows(es_storage *s) { return &((es__hashed *)s->impl)->t; }
+
 const es_storage_ops es__storage_hash = {
     .name = "hash",
     .summary = "hashing trick: one hashed table per field, rows split by distinct counts (share=1: one shared table)",
@@ -299,4 +301,5 @@ const es_storage_ops es__storage_hash = {
     ES_STORAGE_OPTS(hash_opts),
     .default_budget = ES_DEFAULT_BUDGET,
     .plain_rows = 1,
+    .rows = hash_rows,
 };

@@ -75,12 +75,17 @@ void es__rows_free(es_rows *t) {
     es__free_aligned(t->acc);
     es__free_aligned(t->last);
     es__free_aligned(t->touch);
+    es__free_aligned(t->q);
     memset(t, 0, sizeof *t);
 }
 
-size_t es__rows_param_bytes(const es_rows *t) { return (size_t)t->n_rows * (size_t)t->dim * sizeof(float); }
+size_t es__rows_param_bytes(const es_rows *t) {
+    if (t->prec != ES_PREC_FP32) return (size_t)t->n_rows * es__prec_row_bytes(t->prec, t->dim);
+    return (size_t)t->n_rows * (size_t)t->dim * sizeof(float);
+}
 
 size_t es__rows_state_bytes(const es_rows *t) {
+    if (t->prec != ES_PREC_FP32) return 0; /* codes only: the optimizer state was freed */
     size_t b = (size_t)t->n_rows * es__row_state_floats(t->opt.kind, t->dim) * sizeof(float);
     if (t->last) b += ((size_t)t->n_rows + 1) * sizeof(int64_t); /* last[] and step */
     if (t->touch) b += (size_t)t->n_rows * sizeof(uint32_t);      /* touch counts */
@@ -126,7 +131,45 @@ void es__rows_copy_row(es_rows *t, uint64_t dst, uint64_t src) {
     if (t->touch) t->touch[dst] = t->touch[src];
 }
 
+int es__rows_quantize(es_rows *t, es_precision p, int encode, es_err *err) {
+    if (p < 0 || p >= ES_PREC_COUNT_) return es__err(err, ES_EINVAL, "precision %d out of range", (int)p);
+    if (t->prec != ES_PREC_FP32)
+        return es__err(err, ES_EINVAL, "the table already holds %s codes; quantize the fp32 model instead", es__prec_name(t->prec));
+    if (p == ES_PREC_FP32) return ES_OK;
+    const size_t rb = es__prec_row_bytes(p, t->dim);
+    size_t bytes;
+    if (!es__mul_size((size_t)t->n_rows, rb, &bytes)) return es__err(err, ES_ERANGE, "%s table size overflows", es__prec_name(p));
+    uint8_t *q = es__alloc_aligned(bytes); /* zeroed */
+    if (!q) return es__err(err, ES_ENOMEM, "out of memory for %zu bytes of %s codes", bytes, es__prec_name(p));
+    if (encode) {
+        const size_t dim = (size_t)t->dim;
+        for (uint64_t r = 0; r < t->n_rows; r++)
+            if (es__quant_row(p, t->w + (size_t)r * dim, t->dim, q + (size_t)r * rb, NULL) != ES_OK) {
+                es__free_aligned(q);
+                return es__err(err, ES_ERANGE,
+                               "row %llu cannot be stored as %s: a value is not finite or beyond the half range (65504)",
+                               (unsigned long long)r, es__prec_name(p));
+            }
+    }
+    es__free_aligned(t->w);
+    es__free_aligned(t->acc);
+    es__free_aligned(t->last);
+    es__free_aligned(t->touch);
+    t->w = t->acc = NULL;
+    t->last = NULL;
+    t->touch = NULL;
+    t->q = q;
+    t->prec = p;
+    return ES_OK;
+}
+
 int es__rows_tensors(es_rows *t, es_tensor_ref *refs, int max) {
+    if (t->prec != ES_PREC_FP32) {
+        if (!refs) return 1;
+        if (max < 1) return ES_ERANGE;
+        es__tensor_ref_set(&refs[0], "weight.q", ES_DT_U8, t->q, 2, t->n_rows, (uint64_t)es__prec_row_bytes(t->prec, t->dim));
+        return 1;
+    }
     int n = 1 + (t->acc != NULL) + (t->last ? 2 : 0) + (t->touch != NULL);
     if (!refs) return n;
     if (max < n) return ES_ERANGE;
@@ -295,10 +338,36 @@ static inline void prefetch_row(const float *p, int dim) {
     for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 1);
 }
 
+/* Prefetch row id of t, fp32 or codes. */
+static inline void prefetch_id(const es_rows *t, uint64_t id) {
+    if (t->prec == ES_PREC_FP32) {
+        prefetch_row(t->w + id * (uint64_t)t->dim, t->dim);
+        return;
+    }
+    const size_t rb = es__prec_row_bytes(t->prec, t->dim);
+    const char *c = (const char *)t->q + id * rb;
+    for (size_t o = 0; o < ES_MIN(rb, (size_t)512); o += 64) __builtin_prefetch(c + o, 0, 1);
+}
+
+/* pool_values for a table of codes: each value's row dequantized with
+ * es__dequant_axpy onto the output (zeroed first when init), so a single
+ * value of weight 1 gives exactly es__dequant_row of its codes. */
+static void pool_codes(const es_rows *t, int k, const float *wt, size_t m, const uint64_t *ids, float *restrict o, int init) {
+    const int cd = t->dim;
+    const size_t rb = es__prec_row_bytes(t->prec, cd);
+    if (init) memset(o, 0, (size_t)k * (size_t)cd * sizeof(float));
+    for (size_t i = 0; i < m; i++)
+        for (int j = 0; j < k; j++) es__dequant_axpy(t->prec, t->q + ids[i * (size_t)k + j] * rb, cd, wt[i], o + (size_t)j * cd);
+}
+
 /* Pool values [0, m) of one pair into o[k * cd].  init: the first value
  * writes (copy or scale) instead of accumulating. */
 static inline void pool_values(const es_rows *t, int k, const float *wt, size_t m, const uint64_t *ids, float *restrict o,
                                int init) {
+    if (t->prec != ES_PREC_FP32) {
+        pool_codes(t, k, wt, m, ids, o, init);
+        return;
+    }
     const int cd = t->dim;
     const size_t row_bytes = (size_t)cd * sizeof(float);
     size_t i = 0;
@@ -328,7 +397,7 @@ static void pool_long_pair(const es_rows *t, int k, es__resolve_fn fn, const voi
     for (size_t s = 0; s < m; s += slice) {
         size_t c = ES_MIN(slice, m - s);
         fn(ctx, field, keys + s, c, ids);
-        for (size_t i = 0; i < c * (size_t)k; i++) prefetch_row(t->w + ids[i] * (uint64_t)t->dim, t->dim);
+        for (size_t i = 0; i < c * (size_t)k; i++) prefetch_id(t, ids[i]);
         pool_values(t, k, wt + s, c, ids, o, s == 0);
     }
 }
@@ -352,7 +421,7 @@ void es__rows_lookup(const es_rows *t, int k, es__resolve_fn fn, const void *ctx
             if (n + cnt > ES_RESOLVE_BLOCK) break;
             if (m) {
                 fn(ctx, (int)fq, b->val + off[Q], m, ids + n);
-                for (size_t i = n; i < n + cnt; i++) prefetch_row(t->w + ids[i] * (uint64_t)cd, cd);
+                for (size_t i = n; i < n + cnt; i++) prefetch_id(t, ids[i]);
             }
             n += cnt;
             Q++;
@@ -390,6 +459,7 @@ int es__rows_backward(es_rows *t, es_gradacc *ga, int k, es__resolve_fn fn, cons
     const size_t slice = ES_RESOLVE_BLOCK / (size_t)k;
     const size_t PN = (size_t)b->n * (size_t)F;
     uint64_t ids[ES_RESOLVE_BLOCK];
+    if (t->prec != ES_PREC_FP32) return ES_EINVAL; /* codes only: callers refuse first (es__storage_check_trainable) */
     es__gradacc_clear(ga);
     int f = 0;
     for (size_t P = 0; P < PN; P++) {

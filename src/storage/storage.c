@@ -623,6 +623,8 @@ int es__storage_backward(es_storage *s, const es_batch *b, const float *dout) {
     if (b->n_fields != s->p.n_fields || b->n < 0)
         return es__err(&s->err, ES_EINVAL, "storage %s: batch has %d fields, storage has %d", s->ops->name, b->n_fields,
                        s->p.n_fields);
+    int rc = es__storage_check_trainable(s, &s->err);
+    if (rc != ES_OK) return rc;
     return s->ops->backward(s, b, dout);
 }
 
@@ -634,6 +636,43 @@ int es__storage_after_load(es_storage *s) {
 }
 
 const char *es__storage_errmsg(const es_storage *s) { return s ? s->err.msg : "no storage"; }
+
+/* ---- post-training quantization ------------------------------------------------ */
+
+es_precision es__storage_precision(const es_storage *s) {
+    if (!s || !s->ops->rows || !s->impl) return ES_PREC_FP32;
+    return s->ops->rows((es_storage *)s)->prec;
+}
+
+int es__storage_check_trainable(const es_storage *s, es_err *err) {
+    es_precision p = es__storage_precision(s);
+    if (p == ES_PREC_FP32) return ES_OK;
+    return es__err(err, ES_EINVAL,
+                   "the table holds %s codes (post-training quantization): it serves only; quantization-aware training "
+                   "is not implemented",
+                   es__prec_name(p));
+}
+
+int es__storage_quantize(es_storage *s, es_precision p, es_err *err) {
+    if (p < 0 || p >= ES_PREC_COUNT_) return es__err(err, ES_EINVAL, "precision %d out of range", (int)p);
+    if (!s->ops->rows)
+        return es__err(err, ES_EINVAL,
+                       "storage method '%s' does not support post-training quantization yet (supported: full, hash, adapt)",
+                       s->ops->name);
+    es_rows *t = s->ops->rows(s);
+    const size_t pb = es__rows_param_bytes(t), sb = es__rows_state_bytes(t);
+    int rc = es__rows_quantize(t, p, 1, err);
+    if (rc != ES_OK) {
+        if (err) {
+            es_err e = *err;
+            es__err(err, rc, "%s: %s", s->ops->name, e.msg);
+        }
+        return rc;
+    }
+    s->param_bytes = s->param_bytes - pb + es__rows_param_bytes(t);
+    s->state_bytes = s->state_bytes - sb;
+    return ES_OK;
+}
 
 /* ---- helpers shared by the zoo methods (qr, multihash, robe, tt) ---------------- */
 

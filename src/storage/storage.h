@@ -31,6 +31,7 @@
 #include "core/core.h"
 #include "format/file.h"
 #include "optim/optim.h"
+#include "storage/quant.h"
 
 /* ---- vocabulary: per-field value counts from a pass over training data ----
  * One open-addressing hash map per field from value key to count (vocab.c);
@@ -207,6 +208,11 @@ typedef struct es_storage_ops {
      * parameters): FTRL and lazy L2 (row_l2) need that, and the generic
      * layer refuses them for the other methods. */
     int plain_rows;
+    /* Optional: the method's one row table when the method can be
+     * quantized after training (every parameter is a row of it, pooled by
+     * es__rows_lookup, e.g. full, hash, adapt); NULL for the methods that
+     * cannot yet (es__storage_quantize refuses them). */
+    struct es_rows *(*rows)(es_storage *s);
 } es_storage_ops;
 #define ES_STORAGE_OPTS(table) .opts = table, .n_opts = (int)ES_ARRAY_LEN(table)
 
@@ -251,6 +257,18 @@ int es__storage_backward(es_storage *s, const es_batch *b, const float *dout);
 int es__storage_tensors(es_storage *s, es_tensor_ref *refs, int max);
 int es__storage_after_load(es_storage *s);
 const char *es__storage_errmsg(const es_storage *s);
+/* Post-training quantization: convert s's row table to precision p in
+ * place (es__rows_quantize with encode; fp32 weights and optimizer state
+ * freed), and update param_bytes (codes, scale and bias) and state_bytes.
+ * ES_EINVAL naming the method for methods without ops->rows, or when the
+ * table already holds codes; the errors of es__rows_quantize.  Unchanged
+ * on failure.  es__storage_precision: the table's precision (FP32 for
+ * methods without ops->rows). */
+int es__storage_quantize(es_storage *s, es_precision p, es_err *err);
+es_precision es__storage_precision(const es_storage *s);
+/* The error a quantized storage gives a training step (ES_EINVAL, with the
+ * precision in the message), or ES_OK for an fp32 one. */
+int es__storage_check_trainable(const es_storage *s, es_err *err);
 
 /* ---- a storage inside a container file (storage_io.c) ---------------------
  * The layout of a storage in a file (the storage part of a model file, and
@@ -351,6 +369,14 @@ typedef struct es_rows {
     uint64_t n_rows;
     int dim;
     es_optim_params opt;
+    /* Precision (post-training quantization, issue 11): ES_PREC_FP32 keeps
+     * the weights in w (training and serving); any other precision keeps
+     * only codes in q, n_rows rows of es__prec_row_bytes(prec, dim) bytes
+     * in quant.h's fused layout, with w and the optimizer state freed
+     * (NULL): such a table serves (lookup pools with es__dequant_axpy) and
+     * refuses training. */
+    es_precision prec;
+    uint8_t *q;        /* [n_rows * row_bytes], 64-byte aligned, or NULL */
 } es_rows;
 
 /* Allocate w (exactly n_rows*dim floats) and the optimizer state, fill w
@@ -379,6 +405,15 @@ void es__rows_copy_row(es_rows *t, uint64_t dst, uint64_t src);
  * L2 "opt.touch" (u32 [n_rows]).  Returns the
  * number of refs (written only when refs != NULL and they fit in max). */
 int es__rows_tensors(es_rows *t, es_tensor_ref *refs, int max);
+/* Convert an fp32 table to precision p in place: with encode, every row of
+ * w is quantized (nearest rounding, quant.h) into a new code array;
+ * without, the code array is zeroed (a load fills it).  Then w and the
+ * optimizer state are freed.  p == FP32 on an fp32 table is a no-op.
+ * ES_EINVAL when the table already holds codes, ES_ERANGE (message names
+ * the row) when a row cannot be encoded (not finite, beyond the f16 range),
+ * ES_ENOMEM; the table is unchanged on failure.  Tensors then list only
+ * "weight.q" (u8 [n_rows, row_bytes]). */
+int es__rows_quantize(es_rows *t, es_precision p, int encode, es_err *err);
 
 typedef struct es_gradacc {
     uint64_t *keys;    /* open-addressing map: row id -> slot */

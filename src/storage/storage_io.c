@@ -73,6 +73,9 @@ int es__storage_write(es_fwriter *w, es_storage *s, int with_state, es_err *err)
     rc |= es__fwriter_meta(w, "storage.resolved", s->meta);
     rc |= es__fwriter_metaf(w, "storage.param_bytes", "%zu", s->param_bytes);
     rc |= es__fwriter_metaf(w, "storage.aux_bytes", "%zu", s->aux_bytes);
+    /* Only for a quantized table: files without the key are fp32, so older
+     * files (and fp32 models) are unchanged. */
+    if (es__storage_precision(s) != ES_PREC_FP32) rc |= es__fwriter_meta(w, "storage.precision", es__prec_name(es__storage_precision(s)));
     if (rc) return es__err(err, ES_ENOMEM, "cannot add the storage metadata: %s", es__fwriter_errmsg(w));
 
     es_tensor_ref *refs;
@@ -145,9 +148,35 @@ int es__storage_params_read(const es_file *f, const char *path, es_storage_param
     return ES_OK;
 }
 
+/* storage.precision: absent is fp32; anything else turns s's fp32 table
+ * (just created from the metadata) into an empty code table of that
+ * precision for the tensors to fill, so a quantized table is never
+ * expanded to fp32 after the load. */
+static int read_precision(es_storage *s, const es_file *f, const char *path, es_err *err) {
+    const char *v = es__file_meta(f, "storage.precision");
+    es_precision p;
+    if (!v) return ES_OK;
+    if (es__prec_parse(v, &p) != ES_OK)
+        return es__err(err, ES_EFORMAT, "%s: metadata storage.precision=%.32s is not a precision (fp32, fp16, int16, int8, int4, int2)",
+                       path, v);
+    if (p == ES_PREC_FP32) return ES_OK;
+    if (!s->ops->rows)
+        return es__err(err, ES_EFORMAT, "%s: metadata storage.precision=%s, but method '%s' has no quantized tables", path, v,
+                       s->ops->name);
+    es_rows *t = s->ops->rows(s);
+    const size_t pb = es__rows_param_bytes(t), sb = es__rows_state_bytes(t);
+    es_err e = {0};
+    int rc = es__rows_quantize(t, p, 0, &e);
+    if (rc != ES_OK) return es__err(err, rc, "%s: %s table: %s", path, v, e.msg);
+    s->param_bytes = s->param_bytes - pb + es__rows_param_bytes(t);
+    s->state_bytes -= sb;
+    return ES_OK;
+}
+
 int es__storage_read_tensors(es_storage *s, es_file *f, int with_state, const char *path, size_t *mapped, es_err *err) {
     es_tensor_ref *refs;
     int n, rc;
+    if ((rc = read_precision(s, f, path, err)) != 0) return rc;
     if ((rc = list_refs(s, &refs, &n, err)) != 0) return rc;
     const int inplace = es__file_inplace_ok(f);
     for (int i = 0; i < n && rc == 0; i++) {

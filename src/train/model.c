@@ -171,6 +171,8 @@ int es_model_train_batch(es_model *m, const es_batch *b, double *loss_sum) {
     if (rc != ES_OK) return rc;
     if (n < 1 || n > m->max_batch)
         return es__err(&m->err, ES_EINVAL, "a training batch needs 1 to %d rows (the model's batch size), got %d", m->max_batch, n);
+    /* before anything changes: a quantized table serves only */
+    if ((rc = es__storage_check_trainable(m->st, &m->err)) != ES_OK) return rc;
     lookup_rows(m, b, 0, n);
     es__net_forward_train(m->net, n, m->emb, b->dense, m->logit); /* dropout, when set, here only */
     /* the tested layer loss: summed over the rows, dlogit of the batch mean */
@@ -198,6 +200,18 @@ int es_model_eval_batch(es_model *m, const es_batch *b, float *prob, double *los
 }
 
 int es_model_predict_batch(es_model *m, const es_batch *b, float *prob) { return es_model_eval_batch(m, b, prob, NULL); }
+
+int es_model_quantize(es_model *m, const char *precision, es_err *err) {
+    es_precision p;
+    if (!m || !precision) return es__err(err, ES_EINVAL, "es_model_quantize: model and precision are required");
+    if (es__prec_parse(precision, &p) != ES_OK)
+        return es__err(err, ES_EINVAL, "unknown precision '%.32s' (expected fp16, int16, int8, int4 or int2)", precision);
+    if (p == ES_PREC_FP32)
+        return es__err(err, ES_EINVAL, "precision fp32 is what training gives; quantize to fp16, int16, int8, int4 or int2");
+    int rc = es__storage_quantize(m->st, p, err);
+    if (rc != ES_OK && err) es__err(&m->err, rc, "%s", err->msg);
+    return rc;
+}
 
 int es_model_embedding(es_model *m, int field, uint64_t key, float *out) {
     if (field < 0 || field >= m->n_fields) return es__err(&m->err, ES_ERANGE, "field %d out of range [0, %d)", field, m->n_fields);
