@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 typedef struct {
@@ -36,12 +37,30 @@ static void usage(FILE *f) {
 
 /* SIGINT, SIGTERM, SIGHUP: remove the temporary files being written (a
  * model save, a --out file, a bench table), then die of the same signal
- * with the default action, so the parent sees the real cause.  The action
- * was reset to the default on entry (SA_RESETHAND) and the signal is
- * blocked inside the handler, so raise() takes effect when it returns. */
+ * with the default action, so the parent sees the real cause.
+ *
+ * The handler may run on any thread (a reader or OpenMP thread as well as
+ * the writer), and the others go on meanwhile: so it first ignores the
+ * three signals process-wide (a second one must not kill the process, with
+ * the default action, before the cleanup is done), removes the files,
+ * waits a moment for a writer that had tracked a temporary file but not
+ * yet created it, and removes again.  Then the default action, and raise():
+ * the signal is blocked in its own handler, so it takes effect when the
+ * handler returns.  sigaction, unlink, nanosleep and raise are
+ * async-signal-safe. */
+static const int fatal_sigs[] = {SIGINT, SIGTERM, SIGHUP};
+
 static void on_fatal_signal(int sig) {
     int saved = errno;
+    struct sigaction ign;
+    memset(&ign, 0, sizeof ign);
+    ign.sa_handler = SIG_IGN;
+    for (size_t i = 0; i < sizeof fatal_sigs / sizeof fatal_sigs[0]; i++) sigaction(fatal_sigs[i], &ign, NULL);
     es_temp_files_remove();
+    struct timespec ts = {0, 20 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    es_temp_files_remove();
+    signal(sig, SIG_DFL);
     raise(sig);
     errno = saved;
 }
@@ -50,15 +69,13 @@ static void install_signal_cleanup(void) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_fatal_signal;
-    sa.sa_flags = SA_RESETHAND;
     sigemptyset(&sa.sa_mask);
-    const int sigs[] = {SIGINT, SIGTERM, SIGHUP};
-    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) {
+    for (size_t i = 0; i < sizeof fatal_sigs / sizeof fatal_sigs[0]; i++) {
         struct sigaction old;
         /* a signal ignored by the caller (nohup, `cmd &` in a script)
          * stays ignored */
-        if (sigaction(sigs[i], NULL, &old) == 0 && old.sa_handler == SIG_IGN) continue;
-        sigaction(sigs[i], &sa, NULL);
+        if (sigaction(fatal_sigs[i], NULL, &old) == 0 && old.sa_handler == SIG_IGN) continue;
+        sigaction(fatal_sigs[i], &sa, NULL);
     }
 }
 
