@@ -280,7 +280,7 @@ static int cli_train(const char *log, const char *model, const char *extra) {
                       es_bin(), small_file(), model, es_test_path("dropout_cli.es"), extra);
 }
 
-TEST(dropout_cli_threads_and_repeatable) {
+TEST_SLOW(dropout_cli_threads_and_repeatable) {
     CHECK(small_file()[0]);
     static const char *models[] = {"dlrm", "dcn"};
     for (int mi = 0; mi < 2; mi++) {
