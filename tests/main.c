@@ -69,6 +69,17 @@ int es_test_sh(const char *out, const char *fmt, ...) {
     return 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
 }
 
+void es_test_train_refusals(const char *data, const es_test_refusal *refusals, size_t n) {
+    const char *out = es_test_path("refusal.txt");
+    for (size_t i = 0; i < n; i++) {
+        int rc = es_test_sh(out, "%s train %s --model lr --max-rows 500 %s 2>&1", es_bin(), data, refusals[i].args);
+        CHECK_MSG(rc != 0, "%s: exit 0", refusals[i].args);
+        char *s = es_test_slurp(out);
+        CHECK_STR_HAS(s, refusals[i].msg);
+        free(s);
+    }
+}
+
 char *es_test_slurp(const char *path) {
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;

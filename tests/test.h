@@ -97,6 +97,12 @@ static inline const char *es_bin(void) {
 int es_test_sh(const char *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Read a whole small file into a malloc'd NUL-terminated string. */
 char *es_test_slurp(const char *path);
+/* Command lines `embstore train DATA --model lr --max-rows 500 ARGS` that
+ * must be refused: each exits non-zero and prints its msg. */
+typedef struct {
+    const char *args, *msg;
+} es_test_refusal;
+void es_test_train_refusals(const char *data, const es_test_refusal *refusals, size_t n);
 
 /* Value of "key": in a JSON line (numbers only); NAN if absent or s is NULL. */
 static inline double es_test_json_num(const char *s, const char *key) {

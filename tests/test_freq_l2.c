@@ -239,9 +239,7 @@ TEST(freq_l2_api_errors) {
 
 TEST(freq_l2_cli) {
     const char *out = es_test_path("freq_l2_cli.txt");
-    static const struct {
-        const char *args, *msg;
-    } cases[] = {
+    static const es_test_refusal cases[] = {
         {"--emb-optim adagrad --emb-l2-freq -1", "--emb-l2-freq expects a number"},
         {"--emb-optim adagrad --emb-l2-freq abc", "--emb-l2-freq expects a number"},
         {"--emb-optim adagrad --emb-l2-freq 5", "--emb-l2-freq expects a number"},
@@ -249,13 +247,7 @@ TEST(freq_l2_cli) {
         {"--emb-optim ftrl --emb-l2-freq 0.5", "does not apply to ftrl"},
         {"--emb-optim sgd --storage tt --emb-l2 0.1 --emb-l2-freq 0.5", "emb_l2"},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        int rc = es_test_sh(out, "%s train %s --model lr --max-rows 500 %s 2>&1", es_bin(), CRITEO, cases[i].args);
-        CHECK_MSG(rc != 0, "%s: exit 0", cases[i].args);
-        char *s = es_test_slurp(out);
-        CHECK_STR_HAS(s, cases[i].msg);
-        free(s);
-    }
+    es_test_train_refusals(CRITEO, cases, sizeof cases / sizeof cases[0]);
     CHECK(es_test_sh(out, "%s train %s --model fm --storage full --emb-optim adagrad --emb-lr 0.05 --emb-l2 1 "
                           "--emb-l2-freq 1 --valid-frac 0.2 --epochs 1 --threads 1 --json",
                      es_bin(), CRITEO) == 0);

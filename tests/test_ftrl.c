@@ -252,10 +252,7 @@ TEST(ftrl_cli_trains_lr_and_fm) {
 }
 
 TEST(ftrl_cli_bad_input) {
-    const char *out = es_test_path("ftrl_bad.txt");
-    static const struct {
-        const char *args, *msg;
-    } cases[] = {
+    static const es_test_refusal cases[] = {
         {"--emb-l2 -1", "--emb-l2 expects a number"},
         {"--emb-l2 abc", "--emb-l2 expects a number"},
         {"--ftrl-l1 -0.5", "--ftrl-l1 expects a number"},
@@ -264,13 +261,7 @@ TEST(ftrl_cli_bad_input) {
         {"--emb-optim ftrl --emb-l2 0.1", "use ftrl_l2"},
         {"--emb-optim ftrl --ftrl-alpha 0", "alpha must be > 0"},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        int rc = es_test_sh(out, "%s train %s --model lr --max-rows 500 %s 2>&1", es_bin(), CRITEO, cases[i].args);
-        CHECK_MSG(rc != 0, "%s: exit 0", cases[i].args);
-        char *s = es_test_slurp(out);
-        CHECK_STR_HAS(s, cases[i].msg);
-        free(s);
-    }
+    es_test_train_refusals(CRITEO, cases, sizeof cases / sizeof cases[0]);
 }
 
 TEST(ftrl_table_api) {
