@@ -131,7 +131,8 @@ void es__rows_copy_row(es_rows *t, uint64_t dst, uint64_t src) {
     if (t->touch) t->touch[dst] = t->touch[src];
 }
 
-int es__rows_quantize(es_rows *t, es_precision p, int encode, es_err *err) {
+int es__rows_encode(const es_rows *t, es_precision p, int encode, uint8_t **qout, es_err *err) {
+    *qout = NULL;
     if (p < 0 || p >= ES_PREC_COUNT_) return es__err(err, ES_EINVAL, "precision %d out of range", (int)p);
     if (t->prec != ES_PREC_FP32)
         return es__err(err, ES_EINVAL, "the table already holds %s codes; quantize the fp32 model instead", es__prec_name(t->prec));
@@ -151,6 +152,12 @@ int es__rows_quantize(es_rows *t, es_precision p, int encode, es_err *err) {
                                (unsigned long long)r, es__prec_name(p));
             }
     }
+    *qout = q;
+    return ES_OK;
+}
+
+void es__rows_adopt(es_rows *t, es_precision p, uint8_t *q) {
+    if (p == ES_PREC_FP32) return;
     es__free_aligned(t->w);
     es__free_aligned(t->acc);
     es__free_aligned(t->last);
@@ -160,7 +167,13 @@ int es__rows_quantize(es_rows *t, es_precision p, int encode, es_err *err) {
     t->touch = NULL;
     t->q = q;
     t->prec = p;
-    return ES_OK;
+}
+
+int es__rows_quantize(es_rows *t, es_precision p, int encode, es_err *err) {
+    uint8_t *q;
+    int rc = es__rows_encode(t, p, encode, &q, err);
+    if (rc == ES_OK) es__rows_adopt(t, p, q);
+    return rc;
 }
 
 int es__rows_tensors(es_rows *t, es_tensor_ref *refs, int max) {
