@@ -46,13 +46,13 @@ int es__rows_init(es_rows *t, uint64_t n_rows, int dim, const es_optim_params *o
         memset(t, 0, sizeof *t);
         return ES_ENOMEM;
     }
-    if (acc_elems) {
-        /* Adagrad kinds start at init_acc; FTRL's z and n at 0. */
-        const float a0 = opt->kind == ES_OPT_FTRL ? 0.0f : opt->init_acc;
+    /* Adagrad kinds start at init_acc; FTRL's z and n at 0.  es__alloc_aligned
+     * returns zeroed memory, so zeros are not written: a large table's state
+     * then stays untouched (no resident pages) until training uses it, and
+     * a model loaded to serve, or quantized, never pays for it. */
+    const float a0 = opt->kind == ES_OPT_FTRL ? 0.0f : opt->init_acc;
+    if (acc_elems && a0 != 0.0f)
         for (size_t i = 0; i < acc_elems; i++) t->acc[i] = a0;
-    }
-    if (lbytes) memset(t->last, 0, lbytes);
-    if (cbytes) memset(t->touch, 0, cbytes);
     t->step = 0;
     t->n_rows = n_rows;
     t->dim = dim;
