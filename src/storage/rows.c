@@ -360,6 +360,9 @@ static inline void prefetch_id(const es_rows *t, uint64_t id) {
     const size_t rb = es__prec_row_bytes(t->prec, t->dim);
     const char *c = (const char *)t->q + id * rb;
     for (size_t o = 0; o < ES_MIN(rb, (size_t)512); o += 64) __builtin_prefetch(c + o, 0, 1);
+    /* fused rows are not line-aligned (int8 at dim 32: 36 bytes): the row's
+     * last byte, with the scale and bias, may be on one more line */
+    if (rb <= 512) __builtin_prefetch(c + rb - 1, 0, 1);
 }
 
 /* pool_values for a table of codes: each value's row dequantized with
