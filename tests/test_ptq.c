@@ -11,6 +11,7 @@
  *     1), the parameter bytes are the codes', the
  *     predictions after save + load (the codes mapped in place) equal those
  *     before the save bit for bit, and the loaded model refuses training;
+ *   - ptq_qr_all_or_none: qr's tables convert together or not at all;
  *   - ptq_bytes: the table's parameter bytes are n_rows * row_bytes (maps
  *     unchanged), the optimizer state is 0, and int4 at dim 16 is 12/64 of
  *     fp32 (DLRM: FM's rows carry one more column, the linear weight);
@@ -211,6 +212,31 @@ TEST(ptq_roundtrip_qr_int4) { roundtrip_opts("qr", NULL, "int4", 1); }
 TEST(ptq_roundtrip_qr_add3_int8) { roundtrip_opts("qr", "op=add,partitions=3", "int8", 1); }
 TEST(ptq_roundtrip_qr_cat_fp16) { roundtrip_opts("qr", "op=cat,share=1", "fp16", 1); }
 TEST(ptq_roundtrip_qr_mult4_int2) { roundtrip_opts("qr", "partitions=4", "int2", 1); }
+
+/* qr's tables convert all or none: a value that cannot be encoded in table
+ * 1 fails the quantize with the table named, and table 0 stays fp32. */
+TEST(ptq_qr_all_or_none) {
+    const char *path = es_test_path("ptq_qr_aon.es");
+    CHECK(train_opts(path, CRITEO, "fm", "qr", NULL, 8, 300, 0, 0, 1, NULL) == 0);
+    es_model *m = NULL;
+    es_err err = {0};
+    CHECK_MSG(es_model_load(&m, path, 0, &err) == 0, "%s", err.msg);
+    es_rows *t[MAX_TABLES];
+    CHECK(tables_of(m->st, t) == 2);
+    const size_t pb = m->st->param_bytes, sb = m->st->state_bytes;
+    t[1]->w[5] = 1e6f; /* beyond the f16 range of int8's scale and bias */
+    CHECK_EQ_INT(es_model_quantize(m, "int8", &err), ES_ERANGE);
+    CHECK_STR_HAS(err.msg, "table 1");
+    CHECK(t[0]->prec == ES_PREC_FP32 && t[0]->w && t[0]->q == NULL);
+    CHECK(t[1]->prec == ES_PREC_FP32 && t[1]->w && t[1]->q == NULL);
+    CHECK_EQ_INT(m->st->param_bytes, pb);
+    CHECK_EQ_INT(m->st->state_bytes, sb);
+    t[1]->w[5] = 0.0f;
+    CHECK_MSG(es_model_quantize(m, "int8", &err) == 0, "%s", err.msg);
+    CHECK(t[0]->prec == ES_PREC_INT8 && t[1]->prec == ES_PREC_INT8);
+    es_model_free(m);
+    unlink(path);
+}
 
 TEST(ptq_bytes) {
     const char *path = es_test_path("ptq_bytes.es");
