@@ -24,7 +24,7 @@ static const char quantize_help[] =
     "                  (row bytes at dim d: 2d, 2d+8, d+4, ceil(d/2)+4, ceil(d/4)+4)\n"
     "  -o, --out OUT   output model file (must differ from MODEL)\n"
     "\n"
-    "Supported storage methods: full, hash, adapt.  Others (unified, qr, robe, tt,\n"
+    "Supported storage methods: full, hash, unified, qr, adapt.  Others (robe, tt,\n"
     "dhe, mde, multihash) are refused.  See docs/methods.md, \"Precision\".\n"
     "\n"
     "example:\n"

@@ -447,7 +447,7 @@ static void adapt_field_stats(es_storage *s, const es_vocab *vocab, int field, e
     es__rows_field_stats(1, adapt_resolve, m, vocab, field, priv + m->hrows[m->share ? 0 : field], out);
 }
 
-static es_rows *adapt_rows(es_storage *s) { return &((adapt_impl *)s->impl)->t; }
+static es_rows *adapt_rows(es_storage *s, int i) { return i == 0 ? &((adapt_impl *)s->impl)->t : NULL; }
 
 const es_storage_ops es__storage_adapt = {
     .name = "adapt",

@@ -251,7 +251,7 @@ static void full_field_stats(es_storage *s, const es_vocab *vocab, int field, es
     es__rows_field_stats(1, full_resolve, m, vocab, field, rows, out);
 }
 
-static es_rows *full_rows(es_storage *s) { return &((full_impl *)s->impl)->t; }
+static es_rows *full_rows(es_storage *s, int i) { return i == 0 ? &((full_impl *)s->impl)->t : NULL; }
 
 const es_storage_ops es__storage_full = {
     .name = "full",

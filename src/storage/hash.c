@@ -286,7 +286,7 @@ static int hash_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     return rc;
 }
 
-static es_rows *hash_rows(es_storage *s) { return &((es__hashed *)s->impl)->t; }
+es_rows *es__hashed_rows(es_storage *s, int i) { return i == 0 ? &((es__hashed *)s->impl)->t : NULL; }
 
 const es_storage_ops es__storage_hash = {
     .name = "hash",
@@ -301,5 +301,5 @@ const es_storage_ops es__storage_hash = {
     ES_STORAGE_OPTS(hash_opts),
     .default_budget = ES_DEFAULT_BUDGET,
     .plain_rows = 1,
-    .rows = hash_rows,
+    .rows = es__hashed_rows,
 };

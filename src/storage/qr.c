@@ -118,11 +118,38 @@ static void qr_destroy(es_storage *s) {
     s->impl = NULL;
 }
 
+/* The rows of one value: table j's row row[j], as fp32 pointers into the
+ * tables, or dequantized (es__dequant_row) into buf + bofs[j] when the
+ * tables hold codes, so the combination below sees exactly the values
+ * es__dequant_row gives. */
+static inline void qr_fetch(const qr_impl *q, const uint64_t *row, float *buf, const float **e) {
+    for (int j = 0; j < q->p; j++) {
+        const es_rows *t = &q->t[j];
+        if (t->prec == ES_PREC_FP32) {
+            e[j] = t->w + row[j] * (uint64_t)q->pd[j];
+        } else {
+            float *dst = buf + (size_t)j * (size_t)q->dim;
+            es__dequant_row(t->prec, t->q + row[j] * es__prec_row_bytes(t->prec, q->pd[j]), q->pd[j], dst);
+            e[j] = dst;
+        }
+    }
+}
+
+#define QR_STACK_FLOATS 2048 /* dequantized rows kept on the stack up to p * dim of this */
+
 static void qr_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *out) {
     const qr_impl *q = s->impl;
     const int F = q->F, p = q->p, dim = q->dim;
     uint64_t row[QR_MAX_P];
     const float *e[QR_MAX_P];
+    /* quantized tables: scratch for the p dequantized rows of a value */
+    float sbuf[QR_STACK_FLOATS], *buf = sbuf;
+    const size_t need = (size_t)p * (size_t)dim;
+    if (q->t[0].prec != ES_PREC_FP32 && need > QR_STACK_FLOATS && !(buf = es__malloc(need * sizeof *buf))) {
+        es__err(&s->err, ES_ENOMEM, "qr: out of memory for the dequantized rows of a lookup; output zeroed");
+        memset(out, 0, (size_t)(r1 - r0) * F * (size_t)dim * sizeof *out);
+        return;
+    }
     for (size_t P = (size_t)r0 * F, P1 = (size_t)r1 * F, fi = 0; P < P1; P++, fi = fi + 1 == (size_t)F ? 0 : fi + 1) {
         const int f = (int)fi;
         const uint64_t salt = es__storage_salt(q->seed, f, 0);
@@ -131,7 +158,7 @@ static void qr_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *o
         for (uint32_t i = b->off[P]; i < b->off[P + 1]; i++) {
             const float wt = b->wt[i];
             qr_rows(q, f, salt, b->val[i], row);
-            for (int j = 0; j < p; j++) e[j] = q->t[j].w + row[j] * (uint64_t)q->pd[j];
+            qr_fetch(q, row, buf, e);
             if (q->op == QR_MULT) {
                 if (p == 2) {
                     const float *restrict a = e[0], *restrict c = e[1];
@@ -148,6 +175,7 @@ static void qr_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *o
             }
         }
     }
+    if (buf != sbuf) es__free(buf);
 }
 
 static int qr_backward(es_storage *s, const es_batch *b, const float *dout) {
@@ -211,7 +239,8 @@ static int qr_tensors(es_storage *s, es_tensor_ref *refs, int max) {
     int at = 0;
     for (int j = 0; j < q->p; j++) {
         int k = es__rows_tensors(&q->t[j], refs + at, max - at);
-        snprintf(refs[at].name, sizeof refs[at].name, "table%d", j);
+        /* codes: "table<j>.q" (u8 [rows, row bytes]) in place of "table<j>" */
+        snprintf(refs[at].name, sizeof refs[at].name, q->t[j].prec == ES_PREC_FP32 ? "table%d" : "table%d.q", j);
         if (k == 2) snprintf(refs[at + 1].name, sizeof refs[at + 1].name, "opt.table%d.acc", j);
         at += k;
     }
@@ -386,6 +415,12 @@ fail:
     return rc;
 }
 
+/* ops->rows: the p partition tables, quantized together (one precision). */
+static es_rows *qr_table(es_storage *s, int i) {
+    qr_impl *q = s->impl;
+    return i >= 0 && i < q->p ? &q->t[i] : NULL;
+}
+
 const es_storage_ops es__storage_qr = {
     .name = "qr",
     .summary = "quotient-remainder: a hashed virtual index split over p tables combined by mult, add or cat",
@@ -398,4 +433,5 @@ const es_storage_ops es__storage_qr = {
     .destroy = qr_destroy,
     ES_STORAGE_OPTS(qr_opts),
     .default_budget = ES_DEFAULT_BUDGET,
+    .rows = qr_table,
 };

@@ -46,13 +46,13 @@ int es__rows_init(es_rows *t, uint64_t n_rows, int dim, const es_optim_params *o
         memset(t, 0, sizeof *t);
         return ES_ENOMEM;
     }
-    if (acc_elems) {
-        /* Adagrad kinds start at init_acc; FTRL's z and n at 0. */
-        const float a0 = opt->kind == ES_OPT_FTRL ? 0.0f : opt->init_acc;
+    /* Adagrad kinds start at init_acc; FTRL's z and n at 0.  es__alloc_aligned
+     * returns zeroed memory, so zeros are not written: a large table's state
+     * then stays untouched (no resident pages) until training uses it, and
+     * a model loaded to serve, or quantized, never pays for it. */
+    const float a0 = opt->kind == ES_OPT_FTRL ? 0.0f : opt->init_acc;
+    if (acc_elems && a0 != 0.0f)
         for (size_t i = 0; i < acc_elems; i++) t->acc[i] = a0;
-    }
-    if (lbytes) memset(t->last, 0, lbytes);
-    if (cbytes) memset(t->touch, 0, cbytes);
     t->step = 0;
     t->n_rows = n_rows;
     t->dim = dim;
@@ -131,7 +131,8 @@ void es__rows_copy_row(es_rows *t, uint64_t dst, uint64_t src) {
     if (t->touch) t->touch[dst] = t->touch[src];
 }
 
-int es__rows_quantize(es_rows *t, es_precision p, int encode, es_err *err) {
+int es__rows_encode(const es_rows *t, es_precision p, int encode, uint8_t **qout, es_err *err) {
+    *qout = NULL;
     if (p < 0 || p >= ES_PREC_COUNT_) return es__err(err, ES_EINVAL, "precision %d out of range", (int)p);
     if (t->prec != ES_PREC_FP32)
         return es__err(err, ES_EINVAL, "the table already holds %s codes; quantize the fp32 model instead", es__prec_name(t->prec));
@@ -151,6 +152,12 @@ int es__rows_quantize(es_rows *t, es_precision p, int encode, es_err *err) {
                                (unsigned long long)r, es__prec_name(p));
             }
     }
+    *qout = q;
+    return ES_OK;
+}
+
+void es__rows_adopt(es_rows *t, es_precision p, uint8_t *q) {
+    if (p == ES_PREC_FP32) return;
     es__free_aligned(t->w);
     es__free_aligned(t->acc);
     es__free_aligned(t->last);
@@ -160,7 +167,13 @@ int es__rows_quantize(es_rows *t, es_precision p, int encode, es_err *err) {
     t->touch = NULL;
     t->q = q;
     t->prec = p;
-    return ES_OK;
+}
+
+int es__rows_quantize(es_rows *t, es_precision p, int encode, es_err *err) {
+    uint8_t *q;
+    int rc = es__rows_encode(t, p, encode, &q, err);
+    if (rc == ES_OK) es__rows_adopt(t, p, q);
+    return rc;
 }
 
 int es__rows_tensors(es_rows *t, es_tensor_ref *refs, int max) {
@@ -347,6 +360,9 @@ static inline void prefetch_id(const es_rows *t, uint64_t id) {
     const size_t rb = es__prec_row_bytes(t->prec, t->dim);
     const char *c = (const char *)t->q + id * rb;
     for (size_t o = 0; o < ES_MIN(rb, (size_t)512); o += 64) __builtin_prefetch(c + o, 0, 1);
+    /* fused rows are not line-aligned (int8 at dim 32: 36 bytes): the row's
+     * last byte, with the scale and bias, may be on one more line */
+    if (rb <= 512) __builtin_prefetch(c + rb - 1, 0, 1);
 }
 
 /* pool_values for a table of codes: each value's row dequantized with

@@ -641,7 +641,7 @@ const char *es__storage_errmsg(const es_storage *s) { return s ? s->err.msg : "n
 
 es_precision es__storage_precision(const es_storage *s) {
     if (!s || !s->ops->rows || !s->impl) return ES_PREC_FP32;
-    return s->ops->rows((es_storage *)s)->prec;
+    return s->ops->rows((es_storage *)s, 0)->prec; /* every table has one precision */
 }
 
 int es__storage_check_trainable(const es_storage *s, es_err *err) {
@@ -653,25 +653,46 @@ int es__storage_check_trainable(const es_storage *s, es_err *err) {
                    es__prec_name(p));
 }
 
+#define ES_MAX_ROW_TABLES 8 /* qr: at most 4 partitions */
+
+int es__storage_convert(es_storage *s, es_precision p, int encode, es_err *err) {
+    es_rows *t[ES_MAX_ROW_TABLES];
+    uint8_t *q[ES_MAX_ROW_TABLES] = {0};
+    int n = 0, rc = ES_OK;
+    while (n < ES_MAX_ROW_TABLES && (t[n] = s->ops->rows(s, n)) != NULL) n++;
+    for (int i = 0; i < n && rc == ES_OK; i++) {
+        rc = es__rows_encode(t[i], p, encode, &q[i], err);
+        if (rc != ES_OK && n > 1 && err) {
+            es_err e = *err;
+            es__err(err, rc, "table %d: %s", i, e.msg);
+        }
+    }
+    if (rc != ES_OK) {
+        for (int i = 0; i < n; i++) es__free_aligned(q[i]);
+        return rc;
+    }
+    for (int i = 0; i < n; i++) {
+        const size_t pb = es__rows_param_bytes(t[i]), sb = es__rows_state_bytes(t[i]);
+        es__rows_adopt(t[i], p, q[i]);
+        s->param_bytes = s->param_bytes - pb + es__rows_param_bytes(t[i]);
+        s->state_bytes -= sb;
+    }
+    return ES_OK;
+}
+
 int es__storage_quantize(es_storage *s, es_precision p, es_err *err) {
     if (p < 0 || p >= ES_PREC_COUNT_) return es__err(err, ES_EINVAL, "precision %d out of range", (int)p);
     if (!s->ops->rows)
         return es__err(err, ES_EINVAL,
-                       "storage method '%s' does not support post-training quantization yet (supported: full, hash, adapt)",
+                       "storage method '%s' does not support post-training quantization yet (supported: full, hash, "
+                       "unified, qr, adapt)",
                        s->ops->name);
-    es_rows *t = s->ops->rows(s);
-    const size_t pb = es__rows_param_bytes(t), sb = es__rows_state_bytes(t);
-    int rc = es__rows_quantize(t, p, 1, err);
-    if (rc != ES_OK) {
-        if (err) {
-            es_err e = *err;
-            es__err(err, rc, "%s: %s", s->ops->name, e.msg);
-        }
-        return rc;
+    int rc = es__storage_convert(s, p, 1, err);
+    if (rc != ES_OK && err) {
+        es_err e = *err;
+        es__err(err, rc, "%s: %s", s->ops->name, e.msg);
     }
-    s->param_bytes = s->param_bytes - pb + es__rows_param_bytes(t);
-    s->state_bytes = s->state_bytes - sb;
-    return ES_OK;
+    return rc;
 }
 
 /* ---- helpers shared by the zoo methods (qr, multihash, robe, tt) ---------------- */

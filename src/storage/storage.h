@@ -208,11 +208,14 @@ typedef struct es_storage_ops {
      * parameters): FTRL and lazy L2 (row_l2) need that, and the generic
      * layer refuses them for the other methods. */
     int plain_rows;
-    /* Optional: the method's one row table when the method can be
-     * quantized after training (every parameter is a row of it, pooled by
-     * es__rows_lookup, e.g. full, hash, adapt); NULL for the methods that
-     * cannot yet (es__storage_quantize refuses them). */
-    struct es_rows *(*rows)(es_storage *s);
+    /* Optional: the method's row tables when the method can be quantized
+     * after training (every parameter is a row of them): table i, or NULL
+     * when i is past the last (full, hash, unified, adapt: one table read
+     * by es__rows_lookup; qr: its p partition tables, combined after each
+     * row is dequantized).  Every table of a storage has one precision.
+     * NULL for the methods that cannot yet (es__storage_quantize refuses
+     * them). */
+    struct es_rows *(*rows)(es_storage *s, int i);
 } es_storage_ops;
 #define ES_STORAGE_OPTS(table) .opts = table, .n_opts = (int)ES_ARRAY_LEN(table)
 
@@ -265,6 +268,11 @@ const char *es__storage_errmsg(const es_storage *s);
  * on failure.  es__storage_precision: the table's precision (FP32 for
  * methods without ops->rows). */
 int es__storage_quantize(es_storage *s, es_precision p, es_err *err);
+/* Convert every table of s (ops->rows) to precision p, all or none, and
+ * update param_bytes / state_bytes; encode as in es__rows_quantize (0: the
+ * codes are zeroed for a load to fill).  Errors of es__rows_encode, with
+ * the table number in the message when there are several. */
+int es__storage_convert(es_storage *s, es_precision p, int encode, es_err *err);
 es_precision es__storage_precision(const es_storage *s);
 /* The error a quantized storage gives a training step (ES_EINVAL, with the
  * precision in the message), or ES_OK for an fp32 one. */
@@ -414,6 +422,12 @@ int es__rows_tensors(es_rows *t, es_tensor_ref *refs, int max);
  * ES_ENOMEM; the table is unchanged on failure.  Tensors then list only
  * "weight.q" (u8 [n_rows, row_bytes]). */
 int es__rows_quantize(es_rows *t, es_precision p, int encode, es_err *err);
+/* es__rows_quantize in two steps, so that a storage with several tables
+ * converts all of them or none: es__rows_encode makes the code array
+ * (*q, NULL for p == FP32) without touching t, with es__rows_quantize's
+ * errors; es__rows_adopt installs it (frees w and the optimizer state). */
+int es__rows_encode(const es_rows *t, es_precision p, int encode, uint8_t **q, es_err *err);
+void es__rows_adopt(es_rows *t, es_precision p, uint8_t *q);
 
 typedef struct es_gradacc {
     uint64_t *keys;    /* open-addressing map: row id -> slot */
@@ -486,6 +500,8 @@ int es__hashed_backward(es_storage *s, const es_batch *b, const float *dout);
 int es__hashed_tensors(es_storage *s, es_tensor_ref *refs, int max);
 void es__hashed_field_stats(es_storage *s, const es_vocab *vocab, int field, es_field_stats *out);
 void es__hashed_destroy(es_storage *s);
+/* ops->rows of hash and unified: the one row table. */
+struct es_rows *es__hashed_rows(es_storage *s, int i);
 /* Rows from budget: floor((budget - aux) / row_bytes), or ES_EBUDGET /
  * ES_EINVAL (no budget) with a message naming the method. */
 int es__hashed_rows_from_budget(const es_storage *s, size_t aux, int row_floats, uint64_t min_rows, uint64_t *rows,

@@ -163,13 +163,9 @@ static int read_precision(es_storage *s, const es_file *f, const char *path, es_
     if (!s->ops->rows)
         return es__err(err, ES_EFORMAT, "%s: metadata storage.precision=%s, but method '%s' has no quantized tables", path, v,
                        s->ops->name);
-    es_rows *t = s->ops->rows(s);
-    const size_t pb = es__rows_param_bytes(t), sb = es__rows_state_bytes(t);
     es_err e = {0};
-    int rc = es__rows_quantize(t, p, 0, &e);
+    int rc = es__storage_convert(s, p, 0, &e);
     if (rc != ES_OK) return es__err(err, rc, "%s: %s table: %s", path, v, e.msg);
-    s->param_bytes = s->param_bytes - pb + es__rows_param_bytes(t);
-    s->state_bytes -= sb;
     return ES_OK;
 }
 

@@ -95,4 +95,5 @@ const es_storage_ops es__storage_unified = {
     ES_STORAGE_OPTS(unified_opts),
     .default_budget = ES_DEFAULT_BUDGET,
     .plain_rows = 1,
+    .rows = es__hashed_rows, /* es__rows_lookup pools codes chunk by chunk */
 };
