@@ -244,6 +244,7 @@ void es__dequant_axpy_ref(es_precision p, const uint8_t *src, int dim, float w, 
 /* ---- decode: AVX2 ------------------------------------------------------------- */
 
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define ES_QUANT_X86 1
 
@@ -319,7 +320,12 @@ static int quant_level(void) {
     if (l >= 0) return l;
     l = 0;
 #ifdef ES_QUANT_X86
-    if (es__cpu_level() >= ES_CPU_AVX2) l = __builtin_cpu_supports("f16c") ? 2 : 1;
+    if (es__cpu_level() >= ES_CPU_AVX2) {
+        /* F16C: CPUID leaf 1, ECX bit 29 (asked directly: clang's
+         * __builtin_cpu_supports does not know "f16c") */
+        unsigned a = 0, b = 0, c = 0, d = 0;
+        l = __get_cpuid(1, &a, &b, &c, &d) && (c >> 29 & 1u) ? 2 : 1;
+    }
 #endif
     __atomic_store_n(&level, l, __ATOMIC_RELEASE);
     return l;
