@@ -166,45 +166,44 @@ TEST(ffm_trains_with_every_storage_kind) {
     }
 }
 
-/* Train in process (step API, unified storage), predict a batch, save,
- * load, predict again: the same bits. */
-TEST(ffm_save_load_predicts_same_bits) {
+/* Train mp (n_dense and n_fields are set from the data; batch <= 128) in
+ * process through the step API for `batches` batches of the Criteo
+ * sample, with its vocabulary; predict a batch, save to `file`, load,
+ * predict again: the same bits (a load that lost a setting would change
+ * every prediction).  An FFM's rows are 1 + F*k wide, before and after. */
+static void train_save_load_same_bits(es_model_params mp, int batches, const char *file, const char *tag) {
     es_err err = {0};
     es_reader *r = NULL;
     es_vocab *v = NULL;
     es_model *m = NULL, *m2 = NULL;
     es_batch b = {0};
     CHECK_MSG(es_reader_open(&r, CRITEO, NULL, &err) == 0, "%s", err.msg);
-    es_model_params mp = es_model_params_default();
-    mp.model = "ffm";
-    mp.storage = "unified";
-    mp.budget = 0.1;
-    mp.dim = 3;
-    mp.batch = 128;
     mp.n_dense = es_reader_n_dense(r);
     mp.n_fields = es_reader_n_fields(r);
-    CHECK(es_batch_alloc(&b, mp.batch, mp.n_dense, mp.n_fields, 0) == 0);
+    CHECK(mp.batch <= 128 && es_batch_alloc(&b, mp.batch, mp.n_dense, mp.n_fields, 0) == 0);
     CHECK(es_vocab_create(&v, mp.n_fields) == 0);
-    int n, batches = 0;
+    int n, done = 0;
     while ((n = es_reader_next(r, &b)) > 0) es_vocab_add_batch(v, &b);
     CHECK_MSG(es_model_create(&m, &mp, v, &err) == 0, "%s", err.msg);
-    CHECK_EQ_INT(es_model_emb_dim(m), 1 + mp.n_fields * 3);
+    const int ffm_width = 1 + mp.n_fields * mp.dim, is_ffm = !strcmp(mp.model, "ffm");
+    if (is_ffm) CHECK_EQ_INT(es_model_emb_dim(m), ffm_width);
     CHECK(es_model_set_reader(m, r) == 0 && es_reader_rewind(r) == 0);
     double loss = 0;
-    while (batches < 20 && (n = es_reader_next(r, &b)) > 0) {
+    while (done < batches && (n = es_reader_next(r, &b)) > 0) {
         CHECK(es_model_train_batch(m, &b, &loss) == 0);
-        batches++;
+        done++;
     }
+    CHECK(isfinite(loss));
     CHECK((n = es_reader_next(r, &b)) > 0);
     float p1[128], p2[128];
     CHECK(es_model_predict_batch(m, &b, p1) == 0);
-    const char *path = es_test_path("ffm_rt.es");
+    const char *path = es_test_path(file);
     CHECK(es_model_save(m, path, 0) == 0);
     CHECK_MSG(es_model_load(&m2, path, 0, &err) == 0, "%s", err.msg);
     CHECK(es_model_predict_batch(m2, &b, p2) == 0);
-    CHECK(memcmp(p1, p2, (size_t)n * sizeof(float)) == 0);
-    CHECK_EQ_INT(es_model_emb_dim(m2), 1 + mp.n_fields * 3);
-    printf("    %d rows: p[0] %.9g before and after save/load\n", n, p1[0]);
+    CHECK_MSG(memcmp(p1, p2, (size_t)n * sizeof(float)) == 0, "%s", tag);
+    if (is_ffm) CHECK_EQ_INT(es_model_emb_dim(m2), ffm_width);
+    printf("    %s: %d rows, p[0] %.9g before and after save/load (loss %.4f)\n", tag, n, p1[0], loss);
     es_model_free(m2);
     es_model_free(m);
     es_batch_free(&b);
@@ -212,17 +211,22 @@ TEST(ffm_save_load_predicts_same_bits) {
     es_reader_free(r);
 }
 
+/* Unified storage: the same bits after save/load. */
+TEST(ffm_save_load_predicts_same_bits) {
+    es_model_params mp = es_model_params_default();
+    mp.model = "ffm";
+    mp.storage = "unified";
+    mp.budget = 0.1;
+    mp.dim = 3;
+    mp.batch = 128;
+    train_save_load_same_bits(mp, 20, "ffm_rt.es", "ffm unified");
+}
+
 /* The libffm-parity options (docs/peer-parity.md) are part of the model:
  * train FM and FFM with each of norm_rows / pairs_only and libffm's
  * initialisation (init_acc 1, rows U[0, 0.7)), save, load, predict: the
- * same bits (a load that lost an option would change every prediction). */
+ * same bits. */
 static void norm_rows_round_trip(const char *model, int norm_rows, int pairs_only) {
-    es_err err = {0};
-    es_reader *r = NULL;
-    es_vocab *v = NULL;
-    es_model *m = NULL, *m2 = NULL;
-    es_batch b = {0};
-    CHECK_MSG(es_reader_open(&r, CRITEO, NULL, &err) == 0, "%s", err.msg);
     es_model_params mp = es_model_params_default();
     mp.model = model;
     mp.storage = "full";
@@ -235,35 +239,9 @@ static void norm_rows_round_trip(const char *model, int norm_rows, int pairs_onl
     mp.emb_init_shift = 0.35f;
     mp.norm_rows = norm_rows;
     mp.pairs_only = pairs_only;
-    mp.n_dense = es_reader_n_dense(r); /* Criteo's 13 numeric columns enter |x|^2 */
-    mp.n_fields = es_reader_n_fields(r);
-    CHECK(es_batch_alloc(&b, mp.batch, mp.n_dense, mp.n_fields, 0) == 0);
-    CHECK(es_vocab_create(&v, mp.n_fields) == 0);
-    int n, batches = 0;
-    while ((n = es_reader_next(r, &b)) > 0) es_vocab_add_batch(v, &b);
-    CHECK_MSG(es_model_create(&m, &mp, v, &err) == 0, "%s", err.msg);
-    CHECK(es_model_set_reader(m, r) == 0 && es_reader_rewind(r) == 0);
-    double loss = 0;
-    while (batches < 10 && (n = es_reader_next(r, &b)) > 0) {
-        CHECK(es_model_train_batch(m, &b, &loss) == 0);
-        batches++;
-    }
-    CHECK(isfinite(loss));
-    CHECK((n = es_reader_next(r, &b)) > 0);
-    float p1[64], p2[64];
-    CHECK(es_model_predict_batch(m, &b, p1) == 0);
-    const char *path = es_test_path("ffm_norm_rt.es");
-    CHECK(es_model_save(m, path, 0) == 0);
-    CHECK_MSG(es_model_load(&m2, path, 0, &err) == 0, "%s", err.msg);
-    CHECK(es_model_predict_batch(m2, &b, p2) == 0);
-    CHECK_MSG(memcmp(p1, p2, (size_t)n * sizeof(float)) == 0, "%s norm_rows=%d pairs_only=%d", model, norm_rows, pairs_only);
-    es_model_free(m2);
-    printf("    %s norm_rows=%d pairs_only=%d: %d rows, p[0] %.9g before and after save/load (loss %.4f)\n", model, norm_rows,
-           pairs_only, n, p1[0], loss);
-    es_model_free(m);
-    es_batch_free(&b);
-    es_vocab_free(v);
-    es_reader_free(r);
+    char tag[64];
+    snprintf(tag, sizeof tag, "%s norm_rows=%d pairs_only=%d", model, norm_rows, pairs_only);
+    train_save_load_same_bits(mp, 10, "ffm_norm_rt.es", tag);
 }
 
 TEST(ffm_norm_rows_pairs_only_save_load_same_bits) {
