@@ -73,7 +73,9 @@ static const char help[] =
     "lists the differences: pick another --out, or add --fresh.\n"
     "\n"
     "sweep:\n"
-    "  --methods a,b,..      methods to compare (default: every registered method)\n"
+    "  --methods a,b,..      methods to compare (default: every registered method); METHOD@P\n"
+    "                        trains METHOD's rows at precision P (fp16 int16 int8 int4 int2),\n"
+    "                        METHOD@P/alpt by ALPT instead of QAT, e.g. unified@int4,qr@int8\n"
     "  --budgets a,b,..      budgets as fractions of the full table\n"
     "                        (default 1/4,1/16,1/64,1/256,1/1024); `full` runs once at its own size\n"
     "  --seeds a,b,..        seeds (default 1,2,3)\n"
@@ -237,6 +239,49 @@ static void cell_opts(const char *method, const char *opts, int share, char *buf
 /* A method with one layout (full; methods without a share option, e.g.
  * unified, which always shares) runs in the first share mode swept only. */
 static int one_layout(const char *method) { return !strcmp(method, "full") || es_storage_has_option(method, "share") != 1; }
+
+/* A sweep entry "METHOD[@PRECISION[/qat|alpt]]": the registered method, and
+ * the precision its rows train and serve at (NULL: fp32) and how
+ * (NULL: qat, the default of --precision). */
+typedef struct {
+    char base[32], prec[8], mode[8];
+} method_spec;
+
+static int parse_spec(const char *spec, method_spec *m) {
+    memset(m, 0, sizeof *m);
+    const char *at = strchr(spec, '@');
+    size_t bl = at ? (size_t)(at - spec) : strlen(spec);
+    if (bl == 0 || bl >= sizeof m->base) return -1;
+    memcpy(m->base, spec, bl);
+    if (!at) return 0;
+    const char *sl = strchr(at + 1, '/');
+    size_t pl = sl ? (size_t)(sl - at - 1) : strlen(at + 1);
+    if (pl == 0 || pl >= sizeof m->prec) return -1;
+    memcpy(m->prec, at + 1, pl);
+    if (sl) {
+        if (strlen(sl + 1) == 0 || strlen(sl + 1) >= sizeof m->mode) return -1;
+        snprintf(m->mode, sizeof m->mode, "%s", sl + 1);
+        if (strcmp(m->mode, "qat") && strcmp(m->mode, "alpt")) return -1;
+    }
+    static const char *const precs[] = {"fp32", "fp16", "int16", "int8", "int4", "int2"};
+    int ok = 0;
+    for (size_t i = 0; i < sizeof precs / sizeof precs[0]; i++) ok |= !strcmp(m->prec, precs[i]);
+    return ok ? 0 : -1;
+}
+
+/* The two families the summary compares: methods that compress inside a
+ * row (fewer bits per value, codebooks, pruning; any method at a
+ * precision below fp32) and those that compress across rows (hashing,
+ * composition, generation: fewer rows shared by more values). */
+static int intra_row(const char *spec) {
+    static const char *const names[] = {"dpq", "mgqe", "pep", "deeplight", "dedup"};
+    method_spec m;
+    if (parse_spec(spec, &m) != 0) return 0;
+    if (m.prec[0] && strcmp(m.prec, "fp32")) return 1;
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (!strcmp(m.base, names[i])) return 1;
+    return 0;
+}
 
 /* Description of the run without the sweep axes (storage, budget, share,
  * seed vary per cell and are in each cell's own key). */
@@ -418,11 +463,21 @@ static int write_svg(const char *path, const agg *a, int n, const char *title) {
             double px = PX(log10(p->bytes));
             fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\"/>\n", px, PY(p->auc_min), px, PY(p->auc_max),
                     color);
-            fprintf(f,
-                    "<circle class=\"point%s\" data-method=\"%s\" data-share=\"%s\" data-budget=\"%s\" data-bytes=\"%.0f\" "
-                    "data-auc=\"%.6f\" cx=\"%.1f\" cy=\"%.1f\" r=\"%s\" fill=\"%s\"%s/>\n",
-                    p->pareto ? " pareto" : "", p->method, share_name(p->share), p->budget, p->bytes, p->auc_mean, px, PY(p->auc_mean),
-                    p->pareto ? "6" : "4", color, p->pareto ? " stroke=\"black\" stroke-width=\"2\"" : "");
+            if (intra_row(p->method)) {
+                /* the intra-row family: squares */
+                const double h = p->pareto ? 6 : 4;
+                fprintf(f,
+                        "<rect class=\"point intra%s\" data-method=\"%s\" data-share=\"%s\" data-budget=\"%s\" data-bytes=\"%.0f\" "
+                        "data-auc=\"%.6f\" x=\"%.1f\" y=\"%.1f\" width=\"%.0f\" height=\"%.0f\" fill=\"%s\"%s/>\n",
+                        p->pareto ? " pareto" : "", p->method, share_name(p->share), p->budget, p->bytes, p->auc_mean, px - h,
+                        PY(p->auc_mean) - h, 2 * h, 2 * h, color, p->pareto ? " stroke=\"black\" stroke-width=\"2\"" : "");
+            } else {
+                fprintf(f,
+                        "<circle class=\"point%s\" data-method=\"%s\" data-share=\"%s\" data-budget=\"%s\" data-bytes=\"%.0f\" "
+                        "data-auc=\"%.6f\" cx=\"%.1f\" cy=\"%.1f\" r=\"%s\" fill=\"%s\"%s/>\n",
+                        p->pareto ? " pareto" : "", p->method, share_name(p->share), p->budget, p->bytes, p->auc_mean, px,
+                        PY(p->auc_mean), p->pareto ? "6" : "4", color, p->pareto ? " stroke=\"black\" stroke-width=\"2\"" : "");
+            }
         }
         fprintf(f, "</g>\n");
         double ly = T + 10 + 18 * legend;
@@ -434,6 +489,12 @@ static int write_svg(const char *path, const agg *a, int n, const char *title) {
     double ly = T + 10 + 18 * legend + 8;
     fprintf(f, "<circle cx=\"%.0f\" cy=\"%.1f\" r=\"6\" fill=\"white\" stroke=\"black\" stroke-width=\"2\"/>\n", W - R + 27, ly);
     fprintf(f, "<text x=\"%.0f\" y=\"%.1f\">Pareto front</text>\n", W - R + 46, ly + 4);
+    ly += 20;
+    fprintf(f, "<circle cx=\"%.0f\" cy=\"%.1f\" r=\"4\" fill=\"#888\"/>\n", W - R + 27, ly);
+    fprintf(f, "<text x=\"%.0f\" y=\"%.1f\">across rows (hashing family)</text>\n", W - R + 46, ly + 4);
+    ly += 18;
+    fprintf(f, "<rect x=\"%.0f\" y=\"%.1f\" width=\"8\" height=\"8\" fill=\"#888\"/>\n", W - R + 23, ly - 4);
+    fprintf(f, "<text x=\"%.0f\" y=\"%.1f\">inside rows (precision, codebooks, pruning)</text>\n", W - R + 46, ly + 4);
     fprintf(f, "</svg>\n");
 #undef PX
 #undef PY
@@ -493,6 +554,35 @@ static void write_summary(FILE *f, const char *ds, const char *model, const agg 
             }
         }
         i = j;
+    }
+    /* the two families per budget, when the sweep has both */
+    int has[2] = {0, 0};
+    for (int i = 0; i < n; i++) has[intra_row(s[i].method)] = 1;
+    if (has[0] && has[1]) {
+        fprintf(f, "\n**Inside rows vs across rows** (best of each family per budget: methods at a precision below fp32, "
+                   "codebooks and pruning against hashing, composition and generation; verdict as above):\n\n");
+        fprintf(f, "| budget | best inside rows | AUC | best across rows | AUC | verdict |\n|---|---|---:|---|---:|---|\n");
+        for (int i = 0; i < n;) {
+            int j = i;
+            while (j < n && !strcmp(s[j].budget, s[i].budget)) j++;
+            int b[2] = {-1, -1};
+            for (int k = i; k < j; k++) {
+                int fam = intra_row(s[k].method);
+                if (b[fam] < 0 || s[k].auc_mean > s[b[fam]].auc_mean) b[fam] = k;
+            }
+            if (b[0] >= 0 && b[1] >= 0) {
+                const agg *x = &s[b[1]], *y = &s[b[0]];
+                double se = sqrt(x->auc_std * x->auc_std / x->n + y->auc_std * y->auc_std / y->n);
+                double d = x->auc_mean - y->auc_mean;
+                const char *verdict = (x->n < 2 || y->n < 2) ? "one seed: noise unknown"
+                                      : fabs(d) < 2 * se     ? "within seed noise"
+                                      : d > 0                ? "inside rows ahead"
+                                                             : "across rows ahead";
+                fprintf(f, "| %s | %s (%s) | %.4f | %s (%s) | %.4f | %s (diff %+.4f, 2se %.4f) |\n", x->budget, x->method,
+                        share_name(x->share), x->auc_mean, y->method, share_name(y->share), y->auc_mean, verdict, d, 2 * se);
+            }
+            i = j;
+        }
     }
     fprintf(f, "\n**Pareto set** (no other point has fewer bytes and higher mean AUC): ");
     int first = 1;
@@ -609,9 +699,13 @@ int cmd_bench_storage(int argc, char **argv) {
         const char *names[MAX_METHODS];
         int nm = es_storage_methods(names, NULL, MAX_METHODS);
         for (int i = 0; i < n_methods; i++) {
+            method_spec ms;
+            if (parse_spec(methods[i], &ms) != 0)
+                return cli_usage(cmd, "bad --methods entry '%s' (expected METHOD or METHOD@PRECISION[/qat|alpt], "
+                                      "PRECISION one of fp32 fp16 int16 int8 int4 int2)", methods[i]);
             int ok = 0;
-            for (int k = 0; k < nm && k < MAX_METHODS; k++) ok |= !strcmp(names[k], methods[i]);
-            if (!ok) return cli_usage(cmd, "unknown storage method '%s'", methods[i]);
+            for (int k = 0; k < nm && k < MAX_METHODS; k++) ok |= !strcmp(names[k], ms.base);
+            if (!ok) return cli_usage(cmd, "unknown storage method '%s'", ms.base);
         }
     }
     if (n_budgets == 0) {
@@ -702,16 +796,20 @@ int cmd_bench_storage(int argc, char **argv) {
     /* the plan: `full` runs once per seed at its own size; methods with one
      * layout (no share option) in the first share mode only */
     int total = 0;
+    method_spec specs[MAX_METHODS];
+    for (int m = 0; m < n_methods; m++) parse_spec(methods[m], &specs[m]); /* checked above */
     for (int m = 0; m < n_methods; m++)
-        total += !strcmp(methods[m], "full") ? n_seeds : n_budgets * (one_layout(methods[m]) ? 1 : share_hi - share_lo + 1) * n_seeds;
+        total += !strcmp(specs[m].base, "full") ? n_seeds
+                                                : n_budgets * (one_layout(specs[m].base) ? 1 : share_hi - share_lo + 1) * n_seeds;
     int done = 0, failed = 0;
     double t0 = now_s();
     int show = !quiet && cli_tty();
     for (int m = 0; m < n_methods; m++) {
-        int is_full = !strcmp(methods[m], "full");
-        if (one_layout(methods[m]) && !is_full && share_hi > share_lo && !quiet)
+        const method_spec *ms = &specs[m];
+        int is_full = !strcmp(ms->base, "full");
+        if (one_layout(ms->base) && !is_full && share_hi > share_lo && !quiet)
             fprintf(stderr, "%s: no share option (one layout): swept with share=%s only\n", methods[m], share_name(share_lo));
-        for (int sh = share_lo; sh <= (one_layout(methods[m]) ? share_lo : share_hi); sh++)
+        for (int sh = share_lo; sh <= (one_layout(ms->base) ? share_lo : share_hi); sh++)
             for (int b = 0; b < (is_full ? 1 : n_budgets); b++)
                 for (int s = 0; s < n_seeds; s++) {
                     const char *bud = is_full ? "full" : budgets[b];
@@ -721,10 +819,12 @@ int cmd_bench_storage(int argc, char **argv) {
                         done++;
                         continue;
                     }
-                    cell_opts(methods[m], p.storage_opts, sh, copts, sizeof copts);
+                    cell_opts(ms->base, p.storage_opts, sh, copts, sizeof copts);
                     if (show) progress(done, total, what, t0, now_s());
                     es_train_params q = p;
-                    q.storage = methods[m];
+                    q.storage = ms->base;
+                    q.precision = ms->prec[0] ? ms->prec : NULL;
+                    q.qtrain = ms->mode[0] ? ms->mode : NULL;
                     q.budget = is_full ? 0 : fracs[b];
                     q.storage_opts = copts;
                     q.seed = (uint64_t)seeds[s];
@@ -774,13 +874,16 @@ int cmd_bench_storage(int argc, char **argv) {
         FILE *lf = open_tmp(path_lookup, tmp, sizeof tmp, &lslot);
         if (lf) fprintf(lf, "method,share,budget,bytes,lookups_per_s,threads\n");
         for (int m = 0; m < n_methods; m++) {
-            int is_full = !strcmp(methods[m], "full");
-            for (int sh = share_lo; sh <= (one_layout(methods[m]) ? share_lo : share_hi); sh++) {
+            const method_spec *ms = &specs[m];
+            int is_full = !strcmp(ms->base, "full");
+            for (int sh = share_lo; sh <= (one_layout(ms->base) ? share_lo : share_hi); sh++) {
                 es_train_params q = p;
-                q.storage = methods[m];
+                q.storage = ms->base;
+                q.precision = ms->prec[0] ? ms->prec : NULL;
+                q.qtrain = ms->mode[0] ? ms->mode : NULL;
                 q.budget = is_full ? 0 : midf;
                 char copts[4096];
-                cell_opts(methods[m], p.storage_opts, sh, copts, sizeof copts);
+                cell_opts(ms->base, p.storage_opts, sh, copts, sizeof copts);
                 q.storage_opts = copts;
                 speed *x = &sp[nsp++];
                 memset(x, 0, sizeof *x);
