@@ -232,7 +232,7 @@ static void set_bases(dpq_impl *m) {
 }
 
 #define DPQ_OPTS_COMMON                                                                                                   \
-    ES_OPT_SHARE,                                                                                                         \
+    ES_OPT_U("share", 0, 1, "1", 0, "1 (default): one codebook and row space for all fields; 0: one per field", "0", ""), \
         ES_OPT_U("groups", 1, 65536, NULL, 0, "M sub-vectors per embedding, dividing dim (default: dim/4, dim/2 or dim)", \
                  "2", ""),                                                                                                \
         ES_OPT_U("centroids", 2, 65536, NULL, 0,                                                                          \
