@@ -340,6 +340,7 @@ done:
     free(grad);
     free(pick);
     free(off);
+    free(state);
     free(t.refs);
     es_batch_free(&b);
     es__storage_free(s);

@@ -370,6 +370,8 @@ static int create_common(es_storage *s, const es_vocab *vocab, int mgqe, es_err 
     if (!es__mul_size((size_t)N, (size_t)M * (size_t)cb, &code_bytes) || N > (UINT64_C(1) << 40))
         return es__err(err, ES_ERANGE, "%s: %llu code rows is too large", name, (unsigned long long)N);
     const size_t n_cent = (size_t)S * (size_t)M * (size_t)K;
+    if ((double)S * (double)M * (double)K > (double)UINT32_MAX)
+        return es__err(err, ES_ERANGE, "%s: %d x %d x %d centroids is more than this method indexes (2^32 - 1)", name, S, M, K);
 
     dpq_impl *m = es__calloc(1, sizeof *m);
     if (!m) return es__err(err, ES_ENOMEM, "%s: out of memory", name);
