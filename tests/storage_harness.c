@@ -223,6 +223,7 @@ static int gradcheck_one(const es_sh_cfg *c, const es_vocab *v, uint64_t bseed) 
     memset(&b, 0, sizeof b);
     tlist t = {0};
     float *G = NULL, *out = NULL, *old = NULL, *grad = NULL;
+    char *state = NULL;
     size_t *pick = NULL, *off = NULL;
     int ok = 0;
     if (es_sh_create(&s, c, v, ES_OPT_SGD, 1.0f, &err) != 0) {
@@ -256,6 +257,18 @@ static int gradcheck_one(const es_sh_cfg *c, const es_vocab *v, uint64_t bseed) 
     fill_normal(G, nout, bseed ^ 0x5555);
     for (int i = 0; i < t.n; i++)
         if (is_param(&t.refs[i])) memcpy(old + off[i], t.refs[i].data, t.refs[i].nbytes);
+    /* F32 training state that a lookup may read (dpq's soft-mode queries)
+     * goes back to the point of the check too */
+    size_t nstate = 0;
+    for (int i = 0; i < t.n; i++)
+        if (t.refs[i].dtype == ES_DT_F32 && !is_param(&t.refs[i])) nstate += t.refs[i].nbytes;
+    state = malloc(ES_MAX(nstate, (size_t)1));
+    if (!state) goto done;
+    for (size_t i = 0, o = 0; i < (size_t)t.n; i++)
+        if (t.refs[i].dtype == ES_DT_F32 && !is_param(&t.refs[i])) {
+            memcpy(state + o, t.refs[i].data, t.refs[i].nbytes);
+            o += t.refs[i].nbytes;
+        }
     if (es__storage_backward(s, &b, G) != 0) {
         es_test_fail(__FILE__, __LINE__, "%s: backward: %s", name, es__storage_errmsg(s));
         goto done;
@@ -276,6 +289,11 @@ static int gradcheck_one(const es_sh_cfg *c, const es_vocab *v, uint64_t bseed) 
         touched += nz;
         memcpy(t.refs[i].data, old + off[i], t.refs[i].nbytes); /* back to the point of the check */
     }
+    for (size_t i = 0, o = 0; i < (size_t)t.n; i++)
+        if (t.refs[i].dtype == ES_DT_F32 && !is_param(&t.refs[i])) {
+            memcpy(t.refs[i].data, state + o, t.refs[i].nbytes);
+            o += t.refs[i].nbytes;
+        }
     /* Elements to check: all, or SH_FD_MAX of them, half drawn from the
      * touched ones (where mistakes show) and half from all. */
     size_t npick = 0;
@@ -331,6 +349,7 @@ done:
     free(grad);
     free(pick);
     free(off);
+    free(state);
     free(t.refs);
     es_batch_free(&b);
     es__storage_free(s);
