@@ -87,7 +87,7 @@ static es_storage *make(const char *method, int share, const char *opts, es_opti
     es_storage *s = NULL;
     es_err err = {0, ""};
     int rc = es_sh_create(&s, &c, v, opt, lr, &err);
-    CHECK_MSG(rc == 0, "%s %s: %s", method, opts, err.msg);
+    if (rc != 0) es_test_fail(__FILE__, __LINE__, "%s %s: %s", method, opts, err.msg); /* the caller checks NULL */
     return s;
 }
 
@@ -104,6 +104,7 @@ static double loss(es_storage *s, const es_batch *b, const float *G, float *out,
 static void soft_query_fd(const char *method, int share) {
     es_vocab *v = es_sh_vocab(4);
     es_storage *s = make(method, share, "assign=soft,temperature=0.05", ES_OPT_SGD, 1.0f, v);
+    CHECK(s != NULL);
     es_batch b;
     CHECK(es_sh_batch(&b, 8, 4, 21) == 0);
     const size_t nout = (size_t)b.n * 4 * 8;
@@ -188,6 +189,7 @@ static void ste_query_grad(const char *method, int share, float beta) {
     snprintf(opts, sizeof opts, "assign=ste,beta=%g", (double)beta);
     es_vocab *v = es_sh_vocab(4);
     es_storage *s = make(method, share, opts, ES_OPT_SGD, 1.0f, v);
+    CHECK(s != NULL);
     es_batch b;
     CHECK(es_sh_batch(&b, 8, 4, 33) == 0);
     const int F = 4, D = 8;
@@ -262,6 +264,7 @@ TEST(mgqe_ste_query_grad) {
 static void serves_from_codes(const char *method, int share, const char *opts) {
     es_vocab *v = es_sh_vocab(4);
     es_storage *a = make(method, share, opts, ES_OPT_ROWWISE_ADAGRAD, 0.05f, v);
+    CHECK(a != NULL);
     const int F = 4, D = 8;
     for (int step = 0; step < 5; step++) {
         es_batch b;
@@ -353,6 +356,7 @@ TEST(dpq_serves_from_codes) {
 TEST(mgqe_tiers) {
     es_vocab *v = es_sh_vocab(4);
     es_storage *s = make("mgqe", 1, "centroids=16,small=4,head=0.25,assign=ste,beta=0", ES_OPT_SGD, 1.0f, v);
+    CHECK(s != NULL);
     es_tensor_ref refs[16];
     es_tensor_ref *tier = tensor(s, "opt.tier", refs, 16), *codes = tensor(s, "codes", refs, 16);
     CHECK(tier && codes);
@@ -420,20 +424,37 @@ static double criteo_auc(const char *method, const char *opts, double *train_auc
     es_train_result res;
     es_err err = {0, ""};
     int rc = es_train(&p, &res, &err);
-    CHECK_MSG(rc == 0, "train %s %s: %s", method, opts, err.msg);
+    /* failures report and return NAN (CHECK returns without a value) */
+    if (rc != 0) {
+        es_test_fail(__FILE__, __LINE__, "train %s %s: %s", method, opts, err.msg);
+        return NAN;
+    }
     es_model *m = NULL;
-    CHECK_MSG(es_model_load(&m, path, 0, &err) == 0, "%s", err.msg);
+    if (es_model_load(&m, path, 0, &err) != 0) {
+        es_test_fail(__FILE__, __LINE__, "%s", err.msg);
+        return NAN;
+    }
     /* the held-out rows again, served from the codes */
     const char *valid = es_test_path("dpq_valid.tsv");
     FILE *in = fopen(CRITEO, "r"), *out = fopen(valid, "w");
-    CHECK(in && out);
+    if (!in || !out) {
+        es_test_fail(__FILE__, __LINE__, "cannot open %s or %s", CRITEO, valid);
+        if (in) fclose(in);
+        if (out) fclose(out);
+        es_model_free(m);
+        return NAN;
+    }
     char line[8192];
     for (int i = 0; fgets(line, sizeof line, in); i++)
         if (i >= 8000) fputs(line, out);
     fclose(in);
     fclose(out);
     es_metrics mv;
-    CHECK_MSG(es_model_eval_file(m, valid, &mv) == 0, "%s", es_model_errmsg(m));
+    if (es_model_eval_file(m, valid, &mv) != 0) {
+        es_test_fail(__FILE__, __LINE__, "%s", es_model_errmsg(m));
+        es_model_free(m);
+        return NAN;
+    }
     printf("    fm %-5s %-12s 1/16: %zu serving bytes, validation AUC %.4f while training, %.4f served from codes (%llu rows)\n",
            method, opts, m->st->param_bytes + m->st->aux_bytes, res.valid.auc, mv.auc, (unsigned long long)mv.rows);
     *train_auc = res.valid.auc;
