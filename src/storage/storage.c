@@ -9,7 +9,6 @@
 #include <math.h>
 #include <stdarg.h>
 
-#define ES_MAX_ROW_TABLES 8 /* qr: at most 4 partitions */
 
 es_storage_params es__storage_params_default(void) {
     es_storage_params p;
@@ -728,14 +727,27 @@ int es__storage_check_trainable(const es_storage *s, es_err *err) {
                    es__prec_name(p), es__prec_name(p), es__prec_name(p));
 }
 
+/* The row tables of s (ops->rows) into a new array *t (free it); their
+ * number in *n.  ES_ENOMEM with a message. */
+static int row_tables(es_storage *s, es_rows ***t, int *n, es_err *err) {
+    int c = 0;
+    while (s->ops->rows(s, c) != NULL) c++;
+    *n = c;
+    if (!(*t = es__malloc((size_t)ES_MAX(c, 1) * sizeof **t)))
+        return es__err(err, ES_ENOMEM, "storage %s: out of memory listing %d row tables", s->ops->name, c);
+    for (int i = 0; i < c; i++) (*t)[i] = s->ops->rows(s, i);
+    return ES_OK;
+}
+
 static int storage_qsetup(es_storage *s, es_precision p, int mode, es_err *err) {
     if (mode == ES_QTRAIN_NONE) return es__storage_convert(s, p, 0, err);
-    es_rows *t[ES_MAX_ROW_TABLES];
-    int n = 0;
-    while (n < ES_MAX_ROW_TABLES && (t[n] = s->ops->rows(s, n)) != NULL) n++;
+    es_rows **t;
+    int n;
+    int rc = row_tables(s, &t, &n, err);
+    if (rc != ES_OK) return rc;
     for (int i = 0; i < n; i++) {
         const size_t pb = es__rows_param_bytes(t[i]), sb = es__rows_state_bytes(t[i]);
-        int rc = es__rows_qtrain(t[i], p, mode, s->p.seed + (uint64_t)i, err);
+        rc = es__rows_qtrain(t[i], p, mode, s->p.seed + (uint64_t)i, err);
         if (rc != ES_OK) {
             /* the tables converted so far are freed with the storage by the caller */
             if (n > 1 && err) {
@@ -745,20 +757,27 @@ static int storage_qsetup(es_storage *s, es_precision p, int mode, es_err *err) 
                 es_err m = *err;
                 es__err(err, rc, "storage %s: %s", s->ops->name, m.msg);
             }
+            es__free(t);
             return rc;
         }
         s->param_bytes = s->param_bytes - pb + es__rows_param_bytes(t[i]);
         s->state_bytes = s->state_bytes - sb + es__rows_state_bytes(t[i]);
     }
+    es__free(t);
+    if (s->ops->after_convert) s->ops->after_convert(s);
     return ES_OK;
 }
 
 
 int es__storage_convert(es_storage *s, es_precision p, int encode, es_err *err) {
-    es_rows *t[ES_MAX_ROW_TABLES];
-    uint8_t *q[ES_MAX_ROW_TABLES] = {0};
-    int n = 0, rc = ES_OK;
-    while (n < ES_MAX_ROW_TABLES && (t[n] = s->ops->rows(s, n)) != NULL) n++;
+    es_rows **t;
+    uint8_t **q;
+    int n, rc = row_tables(s, &t, &n, err);
+    if (rc != ES_OK) return rc;
+    if (!(q = es__calloc((size_t)ES_MAX(n, 1), sizeof *q))) {
+        es__free(t);
+        return es__err(err, ES_ENOMEM, "storage %s: out of memory", s->ops->name);
+    }
     for (int i = 0; i < n && rc == ES_OK; i++) {
         rc = es__rows_encode(t[i], p, encode, &q[i], err);
         if (rc != ES_OK && n > 1 && err) {
@@ -768,6 +787,8 @@ int es__storage_convert(es_storage *s, es_precision p, int encode, es_err *err) 
     }
     if (rc != ES_OK) {
         for (int i = 0; i < n; i++) es__free_aligned(q[i]);
+        es__free(q);
+        es__free(t);
         return rc;
     }
     for (int i = 0; i < n; i++) {
@@ -776,6 +797,9 @@ int es__storage_convert(es_storage *s, es_precision p, int encode, es_err *err) 
         s->param_bytes = s->param_bytes - pb + es__rows_param_bytes(t[i]);
         s->state_bytes -= sb;
     }
+    es__free(q);
+    es__free(t);
+    if (p != ES_PREC_FP32 && s->ops->after_convert) s->ops->after_convert(s);
     return ES_OK;
 }
 
