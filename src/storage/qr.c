@@ -250,7 +250,13 @@ static int qr_tensors(es_storage *s, es_tensor_ref *refs, int max) {
         int k = es__rows_tensors(&q->t[j], refs + at, max - at);
         /* codes: "table<j>.q" (u8 [rows, row bytes]) in place of "table<j>" */
         snprintf(refs[at].name, sizeof refs[at].name, q->t[j].prec == ES_PREC_FP32 ? "table%d" : "table%d.q", j);
-        if (k == 2) snprintf(refs[at + 1].name, sizeof refs[at + 1].name, "opt.table%d.acc", j);
+        /* state "opt.<x>" as "opt.table<j>.<x>" (acc; QAT's master, ALPT's
+         * qstep, qstep_acc, qrng), so the tables' names differ */
+        for (int i = at + 1; i < at + k; i++) {
+            char tmp[sizeof refs[i].name];
+            snprintf(tmp, sizeof tmp, "%s", refs[i].name + 4);
+            snprintf(refs[i].name, sizeof refs[i].name, "opt.table%d.%.40s", j, tmp);
+        }
         at += k;
     }
     return at;

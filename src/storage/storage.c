@@ -547,8 +547,11 @@ static int storage_qsetup(es_storage *s, es_precision p, int mode, es_err *err);
  * row_bytes (so a method that solves rows from bytes gets the rows that
  * fit B as codes), its tables converted, and while the codes and maps
  * come to more than B (the maps and per-row scales do not scale) the
- * fp32 budget shrinks by the excess and the method is created again: at
- * most 8 tries, the last one left for the generic budget check to judge. */
+ * fp32 budget shrinks by the excess and the method is created again, then
+ * bisects once a try fits and leaves more than 2% of B unused: at most
+ * ES_PREC_TRIES + 1 tries, an over-budget last one left for the generic
+ * budget check to judge. */
+#define ES_PREC_TRIES 12
 static int create_at_precision(es_storage *s, const es_vocab *vocab, es_err *e) {
     const es_precision prec = s->p.precision;
     if (prec == ES_PREC_FP32) return s->ops->create(s, vocab, e);
@@ -567,7 +570,8 @@ static int create_at_precision(es_storage *s, const es_vocab *vocab, es_err *e) 
         }
         return rc;
     }
-    double Bp = B > 0 ? B * 4.0 * (double)s->p.dim / (double)es__prec_row_bytes(prec, s->p.dim) : 0;
+    double Bp = B > 0 ? B * 4.0 * (double)s->p.dim / (double)es__prec_row_bytes(prec, s->p.dim) : 0, prev_Bp = 0, prev_tot = 0;
+    double lo = 0, hi = 0; /* the largest fp32 figure that fitted, the smallest that did not (0: none yet) */
     for (int attempt = 0;; attempt++) {
         s->budget_bytes = Bp;
         int rc = s->ops->create(s, vocab, e);
@@ -586,7 +590,13 @@ static int create_at_precision(es_storage *s, const es_vocab *vocab, es_err *e) 
             return rc;
         }
         const double tot = (double)s->param_bytes + (double)s->aux_bytes;
-        if (!(B > 0) || tot <= B || attempt == 7) return ES_OK;
+        if (!(B > 0)) return ES_OK;
+        const int fits = tot <= B;
+        /* done: the first try fits, or a later one fills 98% of B, or the
+         * tries are spent (an over-budget last one is left for the
+         * generic budget check to judge) */
+        if (fits && (hi == 0 || tot >= 0.98 * B || attempt >= ES_PREC_TRIES - 1)) return ES_OK;
+        if (!fits && attempt >= ES_PREC_TRIES - 1 && (lo == 0 || attempt >= ES_PREC_TRIES)) return ES_OK;
         s->ops->destroy(s);
         s->impl = NULL;
         s->param_bytes = s->aux_bytes = s->state_bytes = 0;
@@ -594,8 +604,33 @@ static int create_at_precision(es_storage *s, const es_vocab *vocab, es_err *e) 
             es__free(s->optv[i].rec);
             s->optv[i].rec = NULL;
         }
-        /* shrink the fp32 figure by the excess, scaled like the rows (at least a little) */
+        if (fits) {
+            lo = Bp;
+            Bp = 0.5 * (lo + hi); /* between the largest fit and the smallest miss */
+            continue;
+        }
+        hi = Bp;
+        if (lo > 0) {
+            /* the tries are spent: back to the largest fit (the same shapes
+             * again: create is deterministic) */
+            Bp = attempt >= ES_PREC_TRIES - 1 ? lo : 0.5 * (lo + hi);
+            continue;
+        }
+        /* shrink the fp32 figure by the excess, scaled like the rows (at
+         * least a little); from the second try on, by the excess over the
+         * slope the last two tries measured (secant) when that cuts more,
+         * up to 4 times as much and half the figure: a method whose bytes
+         * do not scale with its rows (mde: maps, and rows of a few values
+         * whose codes are hardly smaller) would otherwise creep down for
+         * many tries.  Once a try fits, the rest bisect between it and the
+         * smallest miss until 98% of B is used. */
         double cut = (tot - B) * (Bp / tot) * 1.01;
+        if (attempt > 0 && prev_Bp > Bp && prev_tot > tot) {
+            double sec = (tot - B) * (prev_Bp - Bp) / (prev_tot - tot) * 1.01;
+            if (sec > cut) cut = ES_MIN(ES_MIN(sec, 4 * cut), Bp * 0.5);
+        }
+        prev_Bp = Bp;
+        prev_tot = tot;
         Bp -= ES_MAX(cut, Bp * 1e-4);
     }
 }
