@@ -224,7 +224,8 @@ typedef struct es_storage_ops {
      * after training (every parameter is a row of them): table i, or NULL
      * when i is past the last (full, hash, unified, adapt: one table read
      * by es__rows_lookup; qr: its p partition tables, combined after each
-     * row is dequantized).  Every table of a storage has one precision.
+     * row is dequantized; multihash: its pool; mde: its hashed tail, then
+     * one table per tier; robe: its array as blocks of Z).  Every table of a storage has one precision.
      * NULL for the methods that cannot yet (es__storage_quantize refuses
      * them). */
     struct es_rows *(*rows)(es_storage *s, int i);
