@@ -51,6 +51,18 @@
  * the projections are dense and take per-element Adagrad (SGD when the
  * storage optimizer is SGD; "dense_opt=sgd|adagrad|adam", "dense_lr=").
  *
+ * Precision (--precision, issue 11): the row tables (ops->rows) are the
+ * hashed tail and one es_rows per tier -- views of the one fp32 array
+ * `rows` (es_rows.view), so the fp32 layout, draws and files are as
+ * before.  Converted (PTQ, or QAT / ALPT at create), each tier gets codes
+ * of its own dim; after_convert frees what no view uses now (rows, kept as
+ * QAT's master; racc, kept while training).  The projections stay fp32
+ * (dense parameters, counted in param_bytes).  Lookups and backward read a
+ * row through es__rows_get, so an fp32 twin whose rows are the dequantized
+ * codes gives the same bits.  A load creates the storage before the tiers
+ * are known: after_load makes the tiers' code tables from map.tiers, and
+ * es__storage_read_tensors reads them in its second stage.
+ *
  * s->meta: "share=,alpha=,keys=N,tiers=T,rowf=R,projf=Q,hashed=H,seed=,
  * dense_opt=" — create() honours it (shapes), the tensors carry the rest.
  */
