@@ -835,7 +835,8 @@ ES_API int es_model_predict_batch(es_model *m, const es_batch *b, float *prob);
  * training (es_model_train_batch: ES_EINVAL: the codes carry no training
  * state; to train at a precision, create the model with
  * es_model_params.precision and qtrain).  The dense layers stay fp32.
- * Supported for the row-table methods (full, hash, unified, qr, adapt).  Errors (the model unchanged,
+ * Supported for the row-table methods (full, hash, unified, qr, multihash, mde,
+ * robe, adapt).  Errors (the model unchanged,
  * message in err and es_model_errmsg): ES_EINVAL for an unknown precision,
  * fp32, a method that does not support it (named), or a table already
  * quantized; ES_ERANGE when a row is not finite or beyond the half range;

@@ -271,6 +271,7 @@ TEST(qtrain_contracts_alpt) {
     contracts("hash", 1, ES_PREC_INT4, ES_QTRAIN_ALPT);
     contracts("adapt", 0, ES_PREC_INT8, ES_QTRAIN_ALPT);
     contracts("full", 0, ES_PREC_INT2, ES_QTRAIN_ALPT);
+    contracts("qr", 1, ES_PREC_INT2, ES_QTRAIN_ALPT);
 }
 
 static es_model_params qmp(const char *method, const char *prec, const char *mode) {

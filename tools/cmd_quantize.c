@@ -24,8 +24,8 @@ static const char quantize_help[] =
     "                  (row bytes at dim d: 2d, 2d+8, d+4, ceil(d/2)+4, ceil(d/4)+4)\n"
     "  -o, --out OUT   output model file (must differ from MODEL)\n"
     "\n"
-    "Supported storage methods: full, hash, unified, qr, adapt.  Others (robe, tt,\n"
-    "dhe, mde, multihash) are refused.  See docs/methods.md, \"Precision\".\n"
+    "Supported storage methods: full, hash, unified, qr, multihash, mde, robe,\n"
+    "adapt.  Others (tt, dhe) are refused.  See docs/methods.md, \"Precision\".\n"
     "\n"
     "example:\n"
     "  embstore quantize model.es --precision int8 -o model.int8.es\n";

@@ -51,6 +51,18 @@
  * the projections are dense and take per-element Adagrad (SGD when the
  * storage optimizer is SGD; "dense_opt=sgd|adagrad|adam", "dense_lr=").
  *
+ * Precision (--precision, issue 11): the row tables (ops->rows) are the
+ * hashed tail and one es_rows per tier -- views of the one fp32 array
+ * `rows` (es_rows.view), so the fp32 layout, draws and files are as
+ * before.  Converted (PTQ, or QAT / ALPT at create), each tier gets codes
+ * of its own dim; after_convert frees what no view uses now (rows, kept as
+ * QAT's master; racc, kept while training).  The projections stay fp32
+ * (dense parameters, counted in param_bytes).  Lookups and backward read a
+ * row through es__rows_get, so an fp32 twin whose rows are the dequantized
+ * codes gives the same bits.  A load creates the storage before the tiers
+ * are known: after_load makes the tiers' code tables from map.tiers, and
+ * es__storage_read_tensors reads them in its second stage.
+ *
  * s->meta: "share=,alpha=,keys=N,tiers=T,rowf=R,projf=Q,hashed=H,seed=,
  * dense_opt=" — create() honours it (shapes), the tensors carry the rest.
  */
@@ -93,6 +105,10 @@ typedef struct mde_impl {
     es_gradacc ga;           /* output-space gradient per value id (value i, or N + hashed row) */
     float *pgrad;            /* [max(Q,1)] */
     float *gr;               /* [dim] */
+    float *rowbuf;           /* [dim] backward: a row of codes dequantized */
+    /* precision (ops->rows: the tail, then the tiers' views) */
+    int derived;             /* the views are set (tiers known: solved, or loaded) */
+    int qready;              /* the views are at the tail's precision (below fp32) */
     mde_dopt dopt;
     float lr;
     es_optim_params opt;
@@ -141,7 +157,10 @@ static void mde_free(mde_impl *m) {
     es__rows_free(&m->tail);
     es__free(m->vstart);
     es__free(m->poff);
+    /* a view's w and acc are rows / racc; its codes are its own */
+    for (uint64_t t = 0; m->views && t < m->T; t++) es__rows_free(&m->views[t]);
     es__free(m->views);
+    es__free(m->rowbuf);
     es__free(m->index);
     es__gradacc_free(&m->ga);
     es__free_aligned(m->pgrad);
@@ -168,7 +187,9 @@ static int mde_derive(mde_impl *m, es_err *err) {
                            (unsigned long long)t, (unsigned long long)sp, (unsigned long long)cnt, (unsigned long long)d,
                            m->dim);
         m->vstart[t] = v;
+        es__rows_free(&m->views[t]);
         m->views[t] = (es_rows){0};
+        m->views[t].view = 1;
         m->views[t].w = m->rows + rf;
         m->views[t].acc = m->opt.kind == ES_OPT_ROWWISE_ADAGRAD ? m->racc + v
                           : m->opt.kind == ES_OPT_ADAGRAD      ? m->racc + rf
@@ -211,6 +232,7 @@ static int mde_derive(mde_impl *m, es_err *err) {
     for (uint64_t i = 0; i < m->N; i++)
         if (map_insert(m, i))
             return es__err(err, ES_EFORMAT, "mde: key %llu appears twice in the map", (unsigned long long)i);
+    m->derived = 1;
     return ES_OK;
 }
 
@@ -494,8 +516,9 @@ static int mde_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     m->index = es__calloc(m->icap, sizeof *m->index);
     m->pgrad = es__alloc_aligned(qbytes);
     m->gr = es__malloc((size_t)dim * sizeof *m->gr);
+    m->rowbuf = es__malloc((size_t)dim * sizeof *m->rowbuf);
     int ok = m->keys && m->tiers && m->hrows && m->rows && m->proj && m->vstart && m->poff && m->views && m->index &&
-             m->pgrad && m->gr;
+             m->pgrad && m->gr && m->rowbuf;
     if (ok && accn) ok = (m->racc = es__alloc_aligned(accn * sizeof(float))) != NULL;
     if (ok) {
         /* the projections' optimizer: the storage optimizer's eps, betas and
@@ -579,6 +602,9 @@ static int mde_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     es__free(sv.inc);
     s->impl = m;
     s->param_bytes = 4 * (size_t)(R + Q) + es__rows_param_bytes(&m->tail);
+    /* from a saved model at a precision: the rows come as codes whose
+     * shapes the load gives (mde_after_load counts them then) */
+    if (from_meta && s->p.precision != ES_PREC_FP32) s->param_bytes -= 4 * (size_t)R;
     s->aux_bytes = mde_aux(N, T, S);
     s->state_bytes = es__rows_state_bytes(&m->tail) + (N > 0 ? accn * sizeof(float) : 0) +
                      (Q > 0 ? es__dense_opt_state_bytes(&m->popt) : 0);
@@ -593,10 +619,20 @@ fail_solve:
 
 /* ---- lookup / backward --------------------------------------------------------------------- */
 
+#define MDE_STACK_FLOATS 2048 /* a dequantized row on the stack up to this dim */
+
 static void mde_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *out) {
     const mde_impl *m = s->impl;
     const int F = m->F;
     const size_t dim = (size_t)m->dim;
+    /* codes (precision below fp32): each row dequantized (es__rows_get) into
+     * buf, then pooled and projected exactly as an fp32 row */
+    float sbuf[MDE_STACK_FLOATS], *buf = sbuf;
+    if (m->tail.prec != ES_PREC_FP32 && dim > MDE_STACK_FLOATS && !(buf = es__malloc(dim * sizeof *buf))) {
+        es__err(&s->err, ES_ENOMEM, "mde: out of memory for the dequantized rows of a lookup; output zeroed");
+        memset(out, 0, (size_t)(r1 - r0) * F * dim * sizeof *out);
+        return;
+    }
     for (int r = r0; r < r1; r++)
         for (int f = 0; f < F; f++) {
             const size_t P = (size_t)r * F + f;
@@ -607,12 +643,12 @@ static void mde_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *
                 const float wt = b->wt[i];
                 const uint64_t v = map_find(m, b->val[i] ^ tag);
                 if (v == UINT64_MAX) {
-                    es__axpy(o, wt, m->tail.w + hashed_row(m, f, salt, b->val[i]) * dim, dim);
+                    es__axpy(o, wt, es__rows_get(&m->tail, hashed_row(m, f, salt, b->val[i]), buf), dim);
                     continue;
                 }
                 const uint64_t t = tier_of(m, v);
                 const es_rows *tv = &m->views[t];
-                const float *row = tv->w + (v - m->vstart[t]) * (uint64_t)tv->dim;
+                const float *row = es__rows_get(tv, v - m->vstart[t], buf);
                 if (m->poff[t] == UINT64_MAX) {
                     es__axpy(o, wt, row, dim);
                 } else {
@@ -621,6 +657,7 @@ static void mde_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *
                 }
             }
         }
+    if (buf != sbuf) es__free(buf);
 }
 
 static int mde_backward(es_storage *s, const es_batch *b, const float *dout) {
@@ -661,7 +698,7 @@ static int mde_backward(es_storage *s, const es_batch *b, const float *dout) {
             es__rows_update(tv, r, g);
             continue;
         }
-        const float *row = tv->w + r * (uint64_t)tv->dim;
+        const float *row = es__rows_get(tv, r, m->rowbuf); /* as the forward saw it */
         const float *pm = m->proj + m->poff[t];
         float *pg = m->pgrad + m->poff[t];
         for (int j = 0; j < tv->dim; j++) {
@@ -680,8 +717,67 @@ static int mde_backward(es_storage *s, const es_batch *b, const float *dout) {
 
 /* ---- tensors / load / stats ------------------------------------------------------------------ */
 
+/* Tensors of an mde whose tables hold codes (tail and views at one
+ * precision): the tail's ("tail.q", "opt.tail.*"), the projections and
+ * their state, the maps, then -- once the tiers are at the precision
+ * (qready; a load makes them from map.tiers, so they come after it, in
+ * es__storage_read_tensors' second stage) -- "tier<t>.q" (u8 [rows, row
+ * bytes]) per tier, ALPT's "opt.tier<t>.qstep", ".qstep_acc", ".qrng", and
+ * QAT's master copy of every tier, "opt.rows.master" (f32 [R]).  The row
+ * optimizer state stays "opt.rows.acc" (f32, flat) while training. */
+static int mde_tensors_q(mde_impl *m, es_tensor_ref *refs, int max) {
+    const int nt = es__rows_tensors(&m->tail, NULL, 0);
+    const int mode = m->tail.qtrain;
+    const int per = mode == ES_QTRAIN_ALPT ? 4 : 1;
+    int n = nt + (m->Q ? 1 : 0) + (m->N && m->racc && mode != ES_QTRAIN_NONE) + (m->Q ? es__dense_opt_n_states(&m->popt) : 0) +
+            (m->Q && es__dense_opt_steps(&m->popt) ? 1 : 0) + (m->N ? 1 : 0) + (m->T ? 1 : 0) + 1;
+    if (m->qready) n += per * (int)m->T + (mode == ES_QTRAIN_QAT && m->R ? 1 : 0);
+    if (!refs) return n;
+    if (max < n) return ES_ERANGE;
+    int i = es__rows_tensors(&m->tail, refs, max);
+    snprintf(refs[0].name, sizeof refs[0].name, "tail.q");
+    for (int k = 1; k < nt; k++) {
+        char tmp[sizeof refs[k].name];
+        snprintf(tmp, sizeof tmp, "%s", refs[k].name + 4);
+        snprintf(refs[k].name, sizeof refs[k].name, "opt.tail.%.40s", tmp);
+    }
+    if (m->Q) es__tensor_ref_set(&refs[i++], "proj.weight", ES_DT_F32, m->proj, 1, m->Q);
+    if (m->N && m->racc && mode != ES_QTRAIN_NONE)
+        es__tensor_ref_set(&refs[i++], "opt.rows.acc", ES_DT_F32, m->racc, 1, m->opt.kind == ES_OPT_ROWWISE_ADAGRAD ? m->N : m->R);
+    for (int a = 0; m->Q && a < es__dense_opt_n_states(&m->popt); a++) {
+        char name[32];
+        snprintf(name, sizeof name, "opt.proj.%s", es__dense_opt_state_name(&m->popt, a));
+        es__tensor_ref_set(&refs[i++], name, ES_DT_F32, es__dense_opt_state(&m->popt, a), 1, m->Q);
+    }
+    if (m->Q && es__dense_opt_steps(&m->popt))
+        es__tensor_ref_set(&refs[i++], "opt.proj.step", ES_DT_U64, es__dense_opt_steps(&m->popt), 1, (uint64_t)1);
+    if (m->N) es__tensor_ref_set(&refs[i++], "map.keys", ES_DT_U64, m->keys, 1, m->N);
+    if (m->T) es__tensor_ref_set(&refs[i++], "map.tiers", ES_DT_U64, m->tiers, 2, m->T, (uint64_t)3);
+    es__tensor_ref_set(&refs[i++], "map.hashed", ES_DT_U64, m->hrows, 1, (uint64_t)m->S);
+    if (m->qready) {
+        for (uint64_t t = 0; t < m->T; t++) {
+            es_rows *v = &m->views[t];
+            char name[48];
+            snprintf(name, sizeof name, "tier%llu.q", (unsigned long long)t);
+            es__tensor_ref_set(&refs[i++], name, ES_DT_U8, v->q, 2, v->n_rows, (uint64_t)es__prec_row_bytes(v->prec, v->dim));
+            if (mode == ES_QTRAIN_ALPT) {
+                snprintf(name, sizeof name, "opt.tier%llu.qstep", (unsigned long long)t);
+                es__tensor_ref_set(&refs[i++], name, ES_DT_F32, v->qstep, 1, v->n_rows);
+                snprintf(name, sizeof name, "opt.tier%llu.qstep_acc", (unsigned long long)t);
+                es__tensor_ref_set(&refs[i++], name, ES_DT_F32, v->qstep_acc, 1, v->n_rows);
+                snprintf(name, sizeof name, "opt.tier%llu.qrng", (unsigned long long)t);
+                es__tensor_ref_set(&refs[i++], name, ES_DT_U64, v->qrng, 1, (uint64_t)4);
+            }
+        }
+        if (mode == ES_QTRAIN_QAT && m->R) es__tensor_ref_set(&refs[i++], "opt.rows.master", ES_DT_F32, m->rows, 1, m->R);
+    }
+    ES_ASSERT(i == n);
+    return n;
+}
+
 static int mde_tensors(es_storage *s, es_tensor_ref *refs, int max) {
     mde_impl *m = s->impl;
+    if (m->tail.prec != ES_PREC_FP32) return mde_tensors_q(m, refs, max);
     es_tensor_ref tmp[16];
     int n = 0;
     const size_t dim = (size_t)m->dim;
@@ -712,7 +808,71 @@ static int mde_tensors(es_storage *s, es_tensor_ref *refs, int max) {
     return n;
 }
 
-static int mde_after_load(es_storage *s, es_err *err) { return mde_derive(s->impl, err); }
+/* param_bytes and state_bytes once the tiers hold codes: the tail's and
+ * the tiers' tables (codes; QAT's master and ALPT's steps are state), the
+ * fp32 projections and their state. */
+static void mde_account(es_storage *s) {
+    mde_impl *m = s->impl;
+    size_t pb = es__rows_param_bytes(&m->tail) + 4 * (size_t)m->Q, sb = es__rows_state_bytes(&m->tail);
+    for (uint64_t t = 0; t < m->T; t++) {
+        pb += es__rows_param_bytes(&m->views[t]);
+        sb += es__rows_state_bytes(&m->views[t]);
+    }
+    if (m->Q > 0) sb += es__dense_opt_state_bytes(&m->popt);
+    s->param_bytes = pb;
+    s->state_bytes = sb;
+}
+
+/* ops->after_convert: once every tier is at the tail's precision, free the
+ * fp32 arrays the views no longer use (rows: kept as QAT's master; racc:
+ * kept as the row optimizer state while training). */
+static void mde_after_convert(es_storage *s) {
+    mde_impl *m = s->impl;
+    if (m->tail.prec == ES_PREC_FP32 || !m->derived) return; /* a load: the tiers come with map.tiers */
+    for (uint64_t t = 0; t < m->T; t++)
+        if (m->views[t].prec != m->tail.prec) return;
+    m->qready = 1;
+    if (m->tail.qtrain != ES_QTRAIN_QAT) {
+        es__free_aligned(m->rows);
+        m->rows = NULL;
+    }
+    if (m->tail.qtrain == ES_QTRAIN_NONE) {
+        es__free_aligned(m->racc);
+        m->racc = NULL;
+    }
+    mde_account(s);
+}
+
+/* After a load: derive the tiers from the maps; a storage at a precision
+ * then turns its (empty) fp32 tier views into code tables of the tail's
+ * precision and training mode, which the load's second stage fills. */
+static int mde_after_load(es_storage *s, es_err *err) {
+    mde_impl *m = s->impl;
+    if (m->tail.prec == ES_PREC_FP32) return mde_derive(m, err);
+    if (m->qready) return ES_OK; /* the second stage */
+    int rc = mde_derive(m, err);
+    if (rc != ES_OK) return rc;
+    for (uint64_t t = 0; t < m->T && rc == ES_OK; t++) {
+        es_rows *v = &m->views[t];
+        if (m->tail.qtrain == ES_QTRAIN_NONE) {
+            uint8_t *q;
+            if ((rc = es__rows_encode(v, m->tail.prec, 0, &q, err)) == ES_OK) es__rows_adopt(v, m->tail.prec, q);
+        } else {
+            rc = es__rows_qtrain(v, m->tail.prec, m->tail.qtrain, s->p.seed + 1 + t, err);
+        }
+    }
+    if (rc != ES_OK) return rc;
+    mde_after_convert(s);
+    return ES_OK;
+}
+
+/* ops->rows: the hashed tail, then the tiers (once known), one precision;
+ * the projections stay fp32. */
+static es_rows *mde_rows(es_storage *s, int i) {
+    mde_impl *m = s->impl;
+    if (i == 0) return &m->tail;
+    return m->derived && i >= 1 && (uint64_t)i <= m->T ? &m->views[i - 1] : NULL;
+}
 
 static void mde_resolve(const void *ctx, int f, const uint64_t *keys, size_t n, uint64_t *ids) {
     const mde_impl *m = ctx;
@@ -761,4 +921,6 @@ const es_storage_ops es__storage_mde = {
     ES_STORAGE_OPTS(mde_opts),
     .default_budget = 0 /* solves without one */,
     .needs_vocab = 1,
+    .rows = mde_rows,
+    .after_convert = mde_after_convert,
 };

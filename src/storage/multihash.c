@@ -38,6 +38,12 @@
  * field, or of the shared ones; the salts are recomputed from the seed for
  * each pair rather than stored.
  *
+ * Precision (--precision, issue 11): the pool is the row table (ops->rows)
+ * that is quantized after training or trained at a precision (QAT, ALPT);
+ * lookups then pool the dequantized codes, and the importance gradient's
+ * dot products take those same values (es__rows_get).  The importance
+ * table stays fp32 (see mh_rows).
+ *
  * Initial values: pool rows from U(-a, a) with a = init_scale / sqrt(k)
  * (so a sum of k rows has the spread of one init_scale row), importance
  * weights 1 (so weights=1 starts as weights=0 and learns from there).
@@ -60,6 +66,7 @@ typedef struct mh_impl {
     es_rows pool;            /* [P, dim] */
     es_rows imp;             /* [K, k]; unused (zeroed) when !weighted */
     es_gradacc ga_pool, ga_imp;
+    float *tmp;              /* [dim] backward scratch: a pool row as the forward sees it */
     uint64_t *pbase, *prows; /* [G] pool rows of each group */
     uint64_t *wbase, *wrows; /* [G] importance rows of each group */
     uint64_t seed;           /* field f hashes with es__storage_salt(seed, f, 0), computed per pair */
@@ -92,6 +99,7 @@ static void mh_free(mh_impl *m) {
     es__rows_free(&m->imp);
     es__gradacc_free(&m->ga_pool);
     es__gradacc_free(&m->ga_imp);
+    es__free(m->tmp);
     es__free(m->pbase); /* the other index arrays share the allocation */
     es__free(m);
 }
@@ -104,6 +112,9 @@ static void mh_destroy(es_storage *s) {
 static void mh_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *out) {
     const mh_impl *m = s->impl;
     const int F = m->F, k = m->k, dim = m->dim;
+    /* a pool of codes (precision below fp32) is pooled with es__dequant_axpy */
+    const es_precision prec = m->pool.prec;
+    const size_t rb = prec != ES_PREC_FP32 ? es__prec_row_bytes(prec, dim) : 0;
     for (size_t P = (size_t)r0 * F, P1 = (size_t)r1 * F, fi = 0; P < P1; P++, fi = fi + 1 == (size_t)F ? 0 : fi + 1) {
         const int f = (int)fi, g = m->G == 1 ? 0 : f;
         const uint64_t salt = es__storage_salt(m->seed, f, 0);
@@ -113,8 +124,12 @@ static void mh_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *o
             const uint64_t h = es__hash_u64(b->val[i], salt);
             const float wt = b->wt[i];
             const float *pw = m->weighted ? m->imp.w + mh_imp_row(m, g, h) * (uint64_t)k : NULL;
-            for (int j = 0; j < k; j++)
-                es__axpy(o, pw ? wt * pw[j] : wt, m->pool.w + mh_pool_row(m, g, h, j) * (uint64_t)dim, (size_t)dim);
+            for (int j = 0; j < k; j++) {
+                const uint64_t r = mh_pool_row(m, g, h, j);
+                const float a = pw ? wt * pw[j] : wt;
+                if (rb) es__dequant_axpy(prec, m->pool.q + r * rb, dim, a, o);
+                else es__axpy(o, a, m->pool.w + r * (uint64_t)dim, (size_t)dim);
+            }
         }
     }
 }
@@ -143,7 +158,9 @@ static int mh_backward(es_storage *s, const es_batch *b, const float *dout) {
                 float *gp = es__gradacc_row(&m->ga_pool, r);
                 if (!gp) goto nomem;
                 es__axpy(gp, pw ? wt * pw[j] : wt, go, (size_t)dim);
-                if (gw) gw[j] += wt * es__dot(go, m->pool.w + r * (uint64_t)dim, (size_t)dim);
+                /* the importance gradient takes the row the forward pooled
+                 * (the codes' values for a pool at a lower precision) */
+                if (gw) gw[j] += wt * es__dot(go, es__rows_get(&m->pool, r, m->tmp), (size_t)dim);
             }
         }
     }
@@ -172,7 +189,8 @@ static int mh_tensors(es_storage *s, es_tensor_ref *refs, int max) {
     if (!refs) return np + nw;
     if (max < np + nw) return ES_ERANGE;
     es__rows_tensors(&m->pool, refs, max);
-    snprintf(refs[0].name, sizeof refs[0].name, "pool");
+    /* codes: "pool.q" (u8 [rows, row bytes]) in place of "pool" */
+    snprintf(refs[0].name, sizeof refs[0].name, m->pool.prec == ES_PREC_FP32 ? "pool" : "pool.q");
     mh_name_state(refs, np, "pool");
     if (nw) {
         es__rows_tensors(&m->imp, refs + np, max - np);
@@ -302,7 +320,8 @@ static int mh_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     es_rng rng;
     es__rng_seed(&rng, s->p.seed);
     const size_t pairs = (size_t)s->p.max_batch * (size_t)F;
-    int ok = m->pbase && es__rows_init(&m->pool, tp, dim, &s->p.opt, &rng, s->p.init_scale / sqrtf((float)k)) == ES_OK &&
+    m->tmp = es__malloc((size_t)dim * sizeof *m->tmp);
+    int ok = m->pbase && m->tmp && es__rows_init(&m->pool, tp, dim, &s->p.opt, &rng, s->p.init_scale / sqrtf((float)k)) == ES_OK &&
              es__gradacc_init(&m->ga_pool, ES_MIN(pairs * (size_t)k, (size_t)tp), dim) == ES_OK;
     if (ok && weighted) {
         ok = es__rows_init(&m->imp, tk, k, &s->p.opt, NULL, 0) == ES_OK &&
@@ -356,6 +375,18 @@ fail:
     return rc;
 }
 
+/* ops->rows: the pool only.  The importance table stays fp32 at every
+ * precision (k floats per importance row: a row's scale and bias would cost
+ * as much as its codes save), trains with the storage optimizer as at fp32
+ * and is saved as "importance"; its bytes count in param_bytes, so a byte
+ * budget at a lower precision holds the pool's codes plus the fp32
+ * importance rows (es__storage_create shrinks the fp32 sizing until both
+ * fit). */
+static es_rows *mh_rows(es_storage *s, int i) {
+    mh_impl *m = s->impl;
+    return i == 0 ? &m->pool : NULL;
+}
+
 const es_storage_ops es__storage_multihash = {
     .name = "multihash",
     .summary = "hash embeddings: k hashed rows of a shared pool, summed with learned per-value importance weights",
@@ -368,4 +399,5 @@ const es_storage_ops es__storage_multihash = {
     .destroy = mh_destroy,
     ES_STORAGE_OPTS(mh_opts),
     .default_budget = ES_DEFAULT_BUDGET,
+    .rows = mh_rows,
 };

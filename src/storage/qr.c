@@ -184,6 +184,10 @@ static int qr_backward(es_storage *s, const es_batch *b, const float *dout) {
     uint64_t row[QR_MAX_P];
     const float *e[QR_MAX_P];
     float *g[QR_MAX_P];
+    float sbuf[QR_STACK_FLOATS], *buf = sbuf;
+    const size_t need = (size_t)p * (size_t)dim;
+    if (q->t[0].prec != ES_PREC_FP32 && need > QR_STACK_FLOATS && !(buf = es__malloc(need * sizeof *buf)))
+        return es__err(&s->err, ES_ENOMEM, "qr: out of memory for the dequantized rows of a backward");
     for (int j = 0; j < p; j++) es__gradacc_clear(&q->ga[j]);
     for (size_t P = 0, PN = (size_t)b->n * F, fi = 0; P < PN; P++, fi = fi + 1 == (size_t)F ? 0 : fi + 1) {
         const int f = (int)fi;
@@ -192,13 +196,17 @@ static int qr_backward(es_storage *s, const es_batch *b, const float *dout) {
         for (uint32_t i = b->off[P]; i < b->off[P + 1]; i++) {
             const float wt = b->wt[i];
             qr_rows(q, f, salt, b->val[i], row);
+            /* the other partitions' rows as the forward saw them (the
+             * codes' values at a precision below fp32: QAT's master is not
+             * what was combined, and ALPT has none) */
+            qr_fetch(q, row, buf, e);
             for (int j = 0; j < p; j++) {
-                e[j] = q->t[j].w + row[j] * (uint64_t)q->pd[j];
                 /* one row per table per value: a later call on the same
                  * accumulator (which may move its rows) comes only with
                  * the next value */
                 if (!(g[j] = es__gradacc_row(&q->ga[j], row[j]))) {
                     for (int l = 0; l < p; l++) es__gradacc_clear(&q->ga[l]);
+                    if (buf != sbuf) es__free(buf);
                     return es__err(&s->err, ES_ENOMEM, "qr: out of memory growing the gradient scratch of table %d", j);
                 }
             }
@@ -227,6 +235,7 @@ static int qr_backward(es_storage *s, const es_batch *b, const float *dout) {
     }
     /* every gradient was taken from the old rows; now update */
     for (int j = 0; j < p; j++) es__gradacc_apply(&q->ga[j], &q->t[j]);
+    if (buf != sbuf) es__free(buf);
     return ES_OK;
 }
 
@@ -241,11 +250,12 @@ static int qr_tensors(es_storage *s, es_tensor_ref *refs, int max) {
         int k = es__rows_tensors(&q->t[j], refs + at, max - at);
         /* codes: "table<j>.q" (u8 [rows, row bytes]) in place of "table<j>" */
         snprintf(refs[at].name, sizeof refs[at].name, q->t[j].prec == ES_PREC_FP32 ? "table%d" : "table%d.q", j);
-        /* the state of table j: "opt.table<j>.<x>" for its "opt.<x>" */
-        for (int i = 1; i < k; i++) {
-            char x[ES_TENSOR_NAME_MAX];
-            snprintf(x, sizeof x, "%s", refs[at + i].name + 4);
-            snprintf(refs[at + i].name, sizeof refs[at + i].name, "opt.table%d.%.40s", j, x);
+        /* state "opt.<x>" as "opt.table<j>.<x>" (acc; QAT's master, ALPT's
+         * qstep, qstep_acc, qrng), so the tables' names differ */
+        for (int i = at + 1; i < at + k; i++) {
+            char tmp[sizeof refs[i].name];
+            snprintf(tmp, sizeof tmp, "%s", refs[i].name + 4);
+            snprintf(refs[i].name, sizeof refs[i].name, "opt.table%d.%.40s", j, tmp);
         }
         at += k;
     }

@@ -34,6 +34,15 @@
  * the fields: one each, the rest in proportion to the fields' full-table
  * rows (distinct values + 1) from the vocabulary, or equally without one.
  *
+ * Precision (--precision, issue 11): the array is quantized "as blocks":
+ * each aligned row of Z floats is one fused row of codes with its own
+ * scale and bias (quant.h; ops->rows is the aligned-row table), after
+ * training or while training (QAT, ALPT: updates go through
+ * es__rows_update per aligned row as above).  A lookup window crosses
+ * aligned rows at any offset, so it dequantizes each row it touches and
+ * pools the window's piece of it.  Byte budgets count the codes, scales
+ * and biases of every block.
+ *
  * Z: option z (default dim, at most 32): Z = 1 is HashedNet-style
  * per-element hashing; Z = dim reads every vector contiguously (one hash
  * per value).  Resolved hyper-parameters go to s->meta as
@@ -82,10 +91,20 @@ static inline uint64_t robe_block(uint64_t h, int j, uint64_t size, float *sign)
     return es__range(hj, size);
 }
 
+/* out[0, n) += a * elements [col, col + n) of aligned row `row` of a table
+ * of codes (the row dequantized whole into buf[Z], so each element is
+ * exactly its es__dequant_row value). */
+static inline void robe_axpy_codes(const es_rows *t, uint64_t row, int col, int n, float a, float *buf, float *out) {
+    es__dequant_row(t->prec, t->q + row * es__prec_row_bytes(t->prec, t->dim), t->dim, buf);
+    es__axpy(out, a, buf + col, (size_t)n);
+}
+
 static void robe_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *out) {
     const robe_impl *m = s->impl;
     const int F = m->F, Z = m->Z, dim = m->dim;
     const float *M = m->t.w;
+    const int codes = m->t.prec != ES_PREC_FP32;
+    float buf[ROBE_MAX_Z]; /* one aligned row dequantized (codes only) */
     for (size_t P = (size_t)r0 * F, P1 = (size_t)r1 * F, fi = 0; P < P1; P++, fi = fi + 1 == (size_t)F ? 0 : fi + 1) {
         const int f = (int)fi, g = m->G == 1 ? 0 : f;
         const uint64_t base = m->base[g], size = m->size[g], salt = es__storage_salt(m->seed, f, 0);
@@ -98,6 +117,21 @@ static void robe_lookup(es_storage *s, const es_batch *b, int r0, int r1, float 
                 float sg;
                 const uint64_t off = robe_block(h, j, size, &sg);
                 const int L = ES_MIN(Z, dim - j * Z);
+                if (codes) {
+                    /* blocks of codes: the window's piece of each aligned
+                     * row it touches (at most two, wrapping included) */
+                    uint64_t e = off;
+                    for (int k = 0; k < L;) {
+                        const uint64_t abs = base + e, col = abs % (uint64_t)Z;
+                        int run = (int)ES_MIN((uint64_t)(L - k), (uint64_t)Z - col);
+                        run = (int)ES_MIN((uint64_t)run, size - e);
+                        robe_axpy_codes(&m->t, abs / (uint64_t)Z, (int)col, run, sg * wt, buf, o + j * Z + k);
+                        k += run;
+                        e += (uint64_t)run;
+                        if (e == size) e = 0;
+                    }
+                    continue;
+                }
                 /* contiguous part up to the region's end, then the wrapped rest */
                 const uint64_t first = ES_MIN((uint64_t)L, size - off);
                 es__axpy(o + j * Z, sg * wt, M + base + off, (size_t)first);
@@ -152,8 +186,9 @@ static int robe_tensors(es_storage *s, es_tensor_ref *refs, int max) {
     if (!refs) return n;
     if (max < n) return ES_ERANGE;
     es__rows_tensors(&m->t, refs, max);
-    /* the flat array, named for what it is; its shape keeps the aligned rows */
-    snprintf(refs[0].name, sizeof refs[0].name, "array");
+    /* the flat array, named for what it is; its shape keeps the aligned
+     * rows ("array.q", u8 [rows, row bytes], for blocks of codes) */
+    snprintf(refs[0].name, sizeof refs[0].name, m->t.prec == ES_PREC_FP32 ? "array" : "array.q");
     return n;
 }
 
@@ -273,6 +308,14 @@ fail:
     return rc;
 }
 
+/* ops->rows: the flat array as its table of aligned blocks of Z floats;
+ * at a precision below fp32 each block is one fused row of codes with its
+ * own scale and bias (quant.h). */
+static es_rows *robe_rows(es_storage *s, int i) {
+    robe_impl *m = s->impl;
+    return i == 0 ? &m->t : NULL;
+}
+
 const es_storage_ops es__storage_robe = {
     .name = "robe",
     .summary = "ROBE-Z: one flat array, blocks of z floats read at hashed offsets with a sign hash",
@@ -286,4 +329,5 @@ const es_storage_ops es__storage_robe = {
     ES_STORAGE_OPTS(robe_opts),
     .default_budget = ES_DEFAULT_BUDGET,
     .plain_rows = 1,
+    .rows = robe_rows,
 };

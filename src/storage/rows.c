@@ -71,8 +71,10 @@ void es__rows_shift(es_rows *t, float shift) {
 
 void es__rows_free(es_rows *t) {
     if (!t) return;
-    es__free_aligned(t->w);
-    es__free_aligned(t->acc);
+    if (!t->view) {
+        es__free_aligned(t->w);
+        es__free_aligned(t->acc);
+    }
     es__free_aligned(t->last);
     es__free_aligned(t->touch);
     es__free_aligned(t->q);
@@ -284,7 +286,7 @@ int es__rows_qtrain(es_rows *t, es_precision p, int mode, uint64_t seed, es_err 
         t->qstep = st;
         t->qstep_acc = sa;
         t->qrng = rs;
-        es__free_aligned(t->w);
+        if (!t->view) es__free_aligned(t->w);
         t->w = NULL;
     }
     return ES_OK;
@@ -360,8 +362,10 @@ int es__rows_encode(const es_rows *t, es_precision p, int encode, uint8_t **qout
 
 void es__rows_adopt(es_rows *t, es_precision p, uint8_t *q) {
     if (p == ES_PREC_FP32) return;
-    es__free_aligned(t->w);
-    es__free_aligned(t->acc);
+    if (!t->view) {
+        es__free_aligned(t->w);
+        es__free_aligned(t->acc);
+    }
     es__free_aligned(t->last);
     es__free_aligned(t->touch);
     t->w = t->acc = NULL;

@@ -9,7 +9,6 @@
 #include <math.h>
 #include <stdarg.h>
 
-#define ES_MAX_ROW_TABLES 8 /* qr: at most 4 partitions */
 
 es_storage_params es__storage_params_default(void) {
     es_storage_params p;
@@ -548,15 +547,18 @@ static int storage_qsetup(es_storage *s, es_precision p, int mode, es_err *err);
  * row_bytes (so a method that solves rows from bytes gets the rows that
  * fit B as codes), its tables converted, and while the codes and maps
  * come to more than B (the maps and per-row scales do not scale) the
- * fp32 budget shrinks by the excess and the method is created again: at
- * most 8 tries, the last one left for the generic budget check to judge. */
+ * fp32 budget shrinks by the excess and the method is created again, then
+ * bisects once a try fits and leaves more than 2% of B unused: at most
+ * ES_PREC_TRIES + 1 tries, an over-budget last one left for the generic
+ * budget check to judge. */
+#define ES_PREC_TRIES 12
 static int create_at_precision(es_storage *s, const es_vocab *vocab, es_err *e) {
     const es_precision prec = s->p.precision;
     if (prec == ES_PREC_FP32) return s->ops->create(s, vocab, e);
     if (!s->ops->rows)
         return es__err(e, ES_EINVAL,
                        "storage %s: precision %s needs a method whose embeddings are rows of tables (full, hash, "
-                       "unified, qr, adapt, ...); %s has none",
+                       "unified, qr, multihash, mde, robe, adapt); %s has none",
                        s->ops->name, es__prec_name(prec), s->ops->name);
     const double B = s->budget_bytes;
     if (s->p.qtrain == ES_QTRAIN_NONE) {
@@ -568,7 +570,8 @@ static int create_at_precision(es_storage *s, const es_vocab *vocab, es_err *e) 
         }
         return rc;
     }
-    double Bp = B > 0 ? B * 4.0 * (double)s->p.dim / (double)es__prec_row_bytes(prec, s->p.dim) : 0;
+    double Bp = B > 0 ? B * 4.0 * (double)s->p.dim / (double)es__prec_row_bytes(prec, s->p.dim) : 0, prev_Bp = 0, prev_tot = 0;
+    double lo = 0, hi = 0; /* the largest fp32 figure that fitted, the smallest that did not (0: none yet) */
     for (int attempt = 0;; attempt++) {
         s->budget_bytes = Bp;
         int rc = s->ops->create(s, vocab, e);
@@ -587,7 +590,13 @@ static int create_at_precision(es_storage *s, const es_vocab *vocab, es_err *e) 
             return rc;
         }
         const double tot = (double)s->param_bytes + (double)s->aux_bytes;
-        if (!(B > 0) || tot <= B || attempt == 7) return ES_OK;
+        if (!(B > 0)) return ES_OK;
+        const int fits = tot <= B;
+        /* done: the first try fits, or a later one fills 98% of B, or the
+         * tries are spent (an over-budget last one is left for the
+         * generic budget check to judge) */
+        if (fits && (hi == 0 || tot >= 0.98 * B || attempt >= ES_PREC_TRIES - 1)) return ES_OK;
+        if (!fits && attempt >= ES_PREC_TRIES - 1 && (lo == 0 || attempt >= ES_PREC_TRIES)) return ES_OK;
         s->ops->destroy(s);
         s->impl = NULL;
         s->param_bytes = s->aux_bytes = s->state_bytes = 0;
@@ -595,8 +604,33 @@ static int create_at_precision(es_storage *s, const es_vocab *vocab, es_err *e) 
             es__free(s->optv[i].rec);
             s->optv[i].rec = NULL;
         }
-        /* shrink the fp32 figure by the excess, scaled like the rows (at least a little) */
+        if (fits) {
+            lo = Bp;
+            Bp = 0.5 * (lo + hi); /* between the largest fit and the smallest miss */
+            continue;
+        }
+        hi = Bp;
+        if (lo > 0) {
+            /* the tries are spent: back to the largest fit (the same shapes
+             * again: create is deterministic) */
+            Bp = attempt >= ES_PREC_TRIES - 1 ? lo : 0.5 * (lo + hi);
+            continue;
+        }
+        /* shrink the fp32 figure by the excess, scaled like the rows (at
+         * least a little); from the second try on, by the excess over the
+         * slope the last two tries measured (secant) when that cuts more,
+         * up to 4 times as much and half the figure: a method whose bytes
+         * do not scale with its rows (mde: maps, and rows of a few values
+         * whose codes are hardly smaller) would otherwise creep down for
+         * many tries.  Once a try fits, the rest bisect between it and the
+         * smallest miss until 98% of B is used. */
         double cut = (tot - B) * (Bp / tot) * 1.01;
+        if (attempt > 0 && prev_Bp > Bp && prev_tot > tot) {
+            double sec = (tot - B) * (prev_Bp - Bp) / (prev_tot - tot) * 1.01;
+            if (sec > cut) cut = ES_MIN(ES_MIN(sec, 4 * cut), Bp * 0.5);
+        }
+        prev_Bp = Bp;
+        prev_tot = tot;
         Bp -= ES_MAX(cut, Bp * 1e-4);
     }
 }
@@ -728,14 +762,27 @@ int es__storage_check_trainable(const es_storage *s, es_err *err) {
                    es__prec_name(p), es__prec_name(p), es__prec_name(p));
 }
 
+/* The row tables of s (ops->rows) into a new array *t (free it); their
+ * number in *n.  ES_ENOMEM with a message. */
+static int row_tables(es_storage *s, es_rows ***t, int *n, es_err *err) {
+    int c = 0;
+    while (s->ops->rows(s, c) != NULL) c++;
+    *n = c;
+    if (!(*t = es__malloc((size_t)ES_MAX(c, 1) * sizeof **t)))
+        return es__err(err, ES_ENOMEM, "storage %s: out of memory listing %d row tables", s->ops->name, c);
+    for (int i = 0; i < c; i++) (*t)[i] = s->ops->rows(s, i);
+    return ES_OK;
+}
+
 static int storage_qsetup(es_storage *s, es_precision p, int mode, es_err *err) {
     if (mode == ES_QTRAIN_NONE) return es__storage_convert(s, p, 0, err);
-    es_rows *t[ES_MAX_ROW_TABLES];
-    int n = 0;
-    while (n < ES_MAX_ROW_TABLES && (t[n] = s->ops->rows(s, n)) != NULL) n++;
+    es_rows **t;
+    int n;
+    int rc = row_tables(s, &t, &n, err);
+    if (rc != ES_OK) return rc;
     for (int i = 0; i < n; i++) {
         const size_t pb = es__rows_param_bytes(t[i]), sb = es__rows_state_bytes(t[i]);
-        int rc = es__rows_qtrain(t[i], p, mode, s->p.seed + (uint64_t)i, err);
+        rc = es__rows_qtrain(t[i], p, mode, s->p.seed + (uint64_t)i, err);
         if (rc != ES_OK) {
             /* the tables converted so far are freed with the storage by the caller */
             if (n > 1 && err) {
@@ -745,20 +792,27 @@ static int storage_qsetup(es_storage *s, es_precision p, int mode, es_err *err) 
                 es_err m = *err;
                 es__err(err, rc, "storage %s: %s", s->ops->name, m.msg);
             }
+            es__free(t);
             return rc;
         }
         s->param_bytes = s->param_bytes - pb + es__rows_param_bytes(t[i]);
         s->state_bytes = s->state_bytes - sb + es__rows_state_bytes(t[i]);
     }
+    es__free(t);
+    if (s->ops->after_convert) s->ops->after_convert(s);
     return ES_OK;
 }
 
 
 int es__storage_convert(es_storage *s, es_precision p, int encode, es_err *err) {
-    es_rows *t[ES_MAX_ROW_TABLES];
-    uint8_t *q[ES_MAX_ROW_TABLES] = {0};
-    int n = 0, rc = ES_OK;
-    while (n < ES_MAX_ROW_TABLES && (t[n] = s->ops->rows(s, n)) != NULL) n++;
+    es_rows **t;
+    uint8_t **q;
+    int n, rc = row_tables(s, &t, &n, err);
+    if (rc != ES_OK) return rc;
+    if (!(q = es__calloc((size_t)ES_MAX(n, 1), sizeof *q))) {
+        es__free(t);
+        return es__err(err, ES_ENOMEM, "storage %s: out of memory", s->ops->name);
+    }
     for (int i = 0; i < n && rc == ES_OK; i++) {
         rc = es__rows_encode(t[i], p, encode, &q[i], err);
         if (rc != ES_OK && n > 1 && err) {
@@ -768,6 +822,8 @@ int es__storage_convert(es_storage *s, es_precision p, int encode, es_err *err) 
     }
     if (rc != ES_OK) {
         for (int i = 0; i < n; i++) es__free_aligned(q[i]);
+        es__free(q);
+        es__free(t);
         return rc;
     }
     for (int i = 0; i < n; i++) {
@@ -776,6 +832,9 @@ int es__storage_convert(es_storage *s, es_precision p, int encode, es_err *err) 
         s->param_bytes = s->param_bytes - pb + es__rows_param_bytes(t[i]);
         s->state_bytes -= sb;
     }
+    es__free(q);
+    es__free(t);
+    if (p != ES_PREC_FP32 && s->ops->after_convert) s->ops->after_convert(s);
     return ES_OK;
 }
 
@@ -784,7 +843,7 @@ int es__storage_quantize(es_storage *s, es_precision p, es_err *err) {
     if (!s->ops->rows)
         return es__err(err, ES_EINVAL,
                        "storage method '%s' does not support post-training quantization yet (supported: full, hash, "
-                       "unified, qr, adapt)",
+                       "unified, qr, multihash, mde, robe, adapt)",
                        s->ops->name);
     int rc = es__storage_convert(s, p, 1, err);
     if (rc != ES_OK && err) {

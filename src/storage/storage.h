@@ -224,10 +224,17 @@ typedef struct es_storage_ops {
      * after training (every parameter is a row of them): table i, or NULL
      * when i is past the last (full, hash, unified, adapt: one table read
      * by es__rows_lookup; qr: its p partition tables, combined after each
-     * row is dequantized).  Every table of a storage has one precision.
+     * row is dequantized; multihash: its pool; mde: its hashed tail, then
+     * one table per tier; robe: its array as blocks of Z).  Every table of a storage has one precision.
      * NULL for the methods that cannot yet (es__storage_quantize refuses
      * them). */
     struct es_rows *(*rows)(es_storage *s, int i);
+    /* Optional: called after every table of ops->rows changed precision
+     * (es__storage_convert, and the conversions of es__storage_create), so
+     * the method can free what no table uses now and set param_bytes /
+     * state_bytes for its other parts (mde: the fp32 array its tiers were
+     * views of).  May be NULL. */
+    void (*after_convert)(es_storage *s);
 } es_storage_ops;
 #define ES_STORAGE_OPTS(table) .opts = table, .n_opts = (int)ES_ARRAY_LEN(table)
 
@@ -418,6 +425,11 @@ typedef struct es_rows {
     int qtrain;
     float *qstep, *qstep_acc, *qtmp;
     uint64_t *qrng;
+    /* 1 when w and acc point into arrays the method owns (mde's tiers are
+     * views of one allocation): es__rows_adopt, es__rows_qtrain (ALPT) and
+     * es__rows_free then drop those two pointers without freeing them
+     * (the codes and ALPT's arrays are the table's own either way). */
+    int view;
 } es_rows;
 
 /* How a storage with a precision other than fp32 trains (es_storage_params.qtrain). */

@@ -190,13 +190,12 @@ static int read_precision(es_storage *s, const es_file *f, const char *path, es_
     return ES_OK;
 }
 
-int es__storage_read_tensors(es_storage *s, es_file *f, int with_state, const char *path, size_t *mapped, es_err *err) {
-    es_tensor_ref *refs;
-    int n, rc;
-    if ((rc = read_precision(s, f, path, err)) != 0) return rc;
-    if ((rc = list_refs(s, &refs, &n, err)) != 0) return rc;
+/* Read refs[from, n) from the file into their arrays (see es__storage_read_tensors). */
+static int read_refs(es_storage *s, es_file *f, const es_tensor_ref *refs, int from, int n, int with_state, const char *path,
+                     size_t *mapped, es_err *err) {
     const int inplace = es__file_inplace_ok(f);
-    for (int i = 0; i < n && rc == 0; i++) {
+    int rc = 0;
+    for (int i = from; i < n && rc == 0; i++) {
         if (!with_state && is_opt_name(refs[i].name)) continue;
         char name[ES_TENSOR_NAME_MAX];
         if (es__storage_file_name(refs[i].name, name, sizeof name) != 0) {
@@ -218,7 +217,35 @@ int es__storage_read_tensors(es_storage *s, es_file *f, int with_state, const ch
         ES_ASSERT(es__file_tensor_at(f, ti) == t);
         rc = es__file_place(f, ti, refs[i].data, inplace, mapped, path, err);
     }
-    es__free(refs);
+    return rc;
+}
+
+int es__storage_read_tensors(es_storage *s, es_file *f, int with_state, const char *path, size_t *mapped, es_err *err) {
+    es_tensor_ref *refs;
+    int n, rc;
+    if ((rc = read_precision(s, f, path, err)) != 0) return rc;
+    if ((rc = list_refs(s, &refs, &n, err)) != 0) return rc;
+    rc = read_refs(s, f, refs, 0, n, with_state, path, mapped, err);
     if (rc == 0 && s->ops->after_load) rc = s->ops->after_load(s, err);
+    /* A second stage: a method whose arrays take their shapes from tensors
+     * just read (mde's tiers of codes: map.tiers gives each tier's rows and
+     * dim) makes them in after_load and lists them after the others; those
+     * are read now, and after_load called again. */
+    if (rc == 0 && s->ops->after_load) {
+        es_tensor_ref *more;
+        int n2;
+        if ((rc = list_refs(s, &more, &n2, err)) == 0) {
+            if (n2 > n) {
+                for (int i = 0; i < n && rc == 0; i++)
+                    if (strcmp(refs[i].name, more[i].name) != 0)
+                        rc = es__err(err, ES_EINVAL, "storage %s: its tensor list changed over the load (%s, then %s)",
+                                     s->ops->name, refs[i].name, more[i].name);
+                if (rc == 0) rc = read_refs(s, f, more, n, n2, with_state, path, mapped, err);
+                if (rc == 0) rc = s->ops->after_load(s, err);
+            }
+            es__free(more);
+        }
+    }
+    es__free(refs);
     return rc;
 }
