@@ -15,6 +15,8 @@ extern const es_storage_ops es__storage_mde;
 extern const es_storage_ops es__storage_adapt;
 extern const es_storage_ops es__storage_multihash;
 extern const es_storage_ops es__storage_tt;
+extern const es_storage_ops es__storage_pep;
+extern const es_storage_ops es__storage_deeplight;
 
 static const es_storage_ops *const methods[] = {
     &es__storage_full,
@@ -27,6 +29,8 @@ static const es_storage_ops *const methods[] = {
     &es__storage_adapt,
     &es__storage_multihash,
     &es__storage_tt,
+    &es__storage_pep,
+    &es__storage_deeplight,
 };
 
 const es_storage_ops *es__storage_find(const char *name) {
