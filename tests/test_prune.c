@@ -383,7 +383,12 @@ TEST(prune_checkpoint_resumes_exactly) {
 
 #define CRITEO "data/criteo_kaggle_train_first10k.tsv"
 
-static void criteo_case(const char *method, const char *opts, double budget) {
+/* fm, dim 8, row-wise Adagrad tables at lr 0.01, 2 epochs (about 31
+ * steps of 256 rows each; fm on this sample overfits after that), the last
+ * 2000 rows held out; AUC of the run's validation (or, for baseline, only
+ * returned in *auc).  Checks that the saved model is within its budget and
+ * predicts what the trained one did. */
+static void criteo_case(const char *method, const char *opts, double budget, double *auc) {
     const char *path = es_test_path("prune_criteo.es");
     es_train_params p = es_train_params_default();
     p.train_path = CRITEO;
@@ -392,10 +397,12 @@ static void criteo_case(const char *method, const char *opts, double budget) {
     p.storage_opts = opts;
     p.budget = budget;
     p.dim = 8;
+    p.emb_optim = "rowwise";
+    p.emb_lr = 0.01f;
     p.valid_frac = 0.2;
     p.early_stop = 0;
     p.refit = 0;
-    p.epochs = 3;
+    p.epochs = 2;
     p.threads = 1;
     p.seed = 1;
     p.out_path = path;
@@ -410,21 +417,28 @@ static void criteo_case(const char *method, const char *opts, double budget) {
     CHECK_MSG(es_model_eval_file(m, valid, &mt) == 0, "%s", es_model_errmsg(m));
     const es_storage *st = m->st;
     printf("    fm %-9s %-28s budget %.3f: valid AUC %.4f (loaded %.4f), serving %zu + %zu <= %.0f bytes (full %zu), "
-           "dense state %zu\n",
-           method, opts, budget, res.valid.auc, mt.auc, st->param_bytes, st->aux_bytes, st->budget_bytes, res.full_bytes,
-           st->state_bytes);
-    CHECK(res.valid.auc > 0.70);
+           "training state %zu\n",
+           method, opts ? opts : "", budget, res.valid.auc, mt.auc, st->param_bytes, st->aux_bytes, st->budget_bytes,
+           res.full_bytes, st->state_bytes);
     CHECK_NEAR(mt.auc, res.valid.auc, 1e-9); /* the loaded model predicts what the trained one did */
     CHECK((double)(st->param_bytes + st->aux_bytes) <= st->budget_bytes);
     CHECK((double)st->budget_bytes <= budget * (double)res.full_bytes + 1);
     es_model_free(m);
+    *auc = res.valid.auc;
 }
 
 TEST_SLOW(prune_criteo_fm) {
-    /* about 31 steps of 256 rows per epoch: the mask is fixed in the
-     * second epoch, the third retrains */
-    criteo_case("pep", "steps=60,interval=10,s_init=-8", 0.25);
-    criteo_case("pep", "steps=60,interval=10,s_init=-8", 0.125);
-    criteo_case("deeplight", "steps=60,interval=10", 0.25);
-    criteo_case("deeplight", "steps=60,interval=10", 0.125);
+    /* the masks are fixed at step 40, in the second epoch, which then
+     * retrains; hash at the larger budget, same optimizer, as the yardstick
+     * (fm with row-wise Adagrad reaches about 0.69-0.70 on this sample) */
+    double hash = 0, auc = 0;
+    criteo_case("hash", NULL, 0.25, &hash);
+    static const char *const methods[] = {"pep", "deeplight"};
+    static const char *const opts[] = {"steps=40,interval=5,s_init=-8", "steps=40,interval=5"};
+    static const double budgets[] = {0.25, 0.125};
+    for (int i = 0; i < 2; i++)
+        for (int b = 0; b < 2; b++) {
+            criteo_case(methods[i], opts[i], budgets[b], &auc);
+            CHECK_MSG(auc > 0.67 && auc > hash - 0.02, "%s at %.3f: AUC %.4f, hash at 0.25 %.4f", methods[i], budgets[b], auc, hash);
+        }
 }
