@@ -457,6 +457,7 @@ static int prune_create(es_storage *s, const es_vocab *vocab, es_err *err, int p
         double r = ceil((double)es__storage_opt_u64(s, "nnz") / (rho * dim));
         R = (uint64_t)ES_MAX(r, (double)nspace);
         if (R > PRUNE_MAX_ROWS) rc = es__err(err, ES_ERANGE, "%s: nnz= needs more than 2^40 rows", name);
+        else if (!share) split_equal(R, F, vocab, rows);
     } else if (rc == ES_OK) {
         if (!(s->budget_bytes > 0)) {
             rc = es__err(err, ES_EINVAL, "%s: needs a budget: bytes (> 1), or a fraction (0, 1] of the full table with a vocabulary",
