@@ -81,7 +81,7 @@
  * Budget B (bytes).  With options rows= (dense rows per field, or one count
  * with share=1) and nnz= (capacity) the shapes are given (a saved model's
  * meta); otherwise, for density rho (option, default 0.25: the served
- * fraction of the dense entries) R = floor((B - 24 F - 16) / (4 rho dim +
+ * fraction of the dense entries) R = floor((B - 24 F - 24) / (4 rho dim +
  * mb + 8 / B_rows)) rows, split over the fields like `hash` does (one each,
  * then equally, capped at distinct + 1 with a vocabulary, caps lifted when
  * every field has its cap), and cap = floor((B - aux) / 4) (at most
