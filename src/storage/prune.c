@@ -88,7 +88,10 @@
  * R dim).  The budget check of the generic layer then holds by
  * construction.
  *
- * Lookups in training mode read W (pep phase 0 computes V^ on the fly,
+ * Lookups resolve 64 values ahead and prefetch (dense: row and mask;
+ * served: block offset and masks, then the values); measured against the
+ * dense table in docs/methods.md.  In training mode they read W (pep
+ * phase 0 computes V^ on the fly,
  * sigmoid(s) included, so a perturbed s is seen), in serving mode the
  * sparse form; both are read only (thread safe for disjoint row ranges).
  * Backward, selection and the serving build use scratch allocated at
@@ -599,48 +602,89 @@ static size_t popcount_bytes(const uint8_t *p, size_t n) {
     return c;
 }
 
-/* o[dim] += wt * row r of the serving form. */
-static inline void serve_axpy(const prune_impl *m, uint64_t r, float wt, float *o) {
-    const uint64_t blk = r >> m->bshift, r_lo = blk << m->bshift;
-    const uint8_t *mr = m->smask + (size_t)r * m->mb;
-    const float *v = m->val + m->boff[blk] + popcount_bytes(m->smask + (size_t)r_lo * m->mb, (size_t)(r - r_lo) * m->mb);
-    for (size_t i = 0; i < m->mb; i++) {
-        unsigned b = mr[i];
-        while (b) {
-            int j = (int)(i * 8) + __builtin_ctz(b);
-            o[j] += wt * *v++;
-            b &= b - 1;
-        }
-    }
-}
+/* Lookups walk the values of rows [r0, r1) in chunks of LK values: first
+ * every value's row is hashed and its first cache lines prefetched (dense:
+ * the row and its mask; served: the block offset and the block's masks),
+ * then (served) each value's start in serve.val is computed and prefetched,
+ * then the values are pooled in order, pair by pair. */
+#define LK 64
 
 static void prune_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *out) {
     prune_impl *m = s->impl;
     const int F = m->F, dim = m->dim;
     const int soft_phase = m->pep && m->st[ST_PHASE] == 0 && !m->serving;
-    float thr_stack[THR_STACK];
-    for (int f = 0; f < F; f++) {
-        const int thr_ok = soft_phase && dim <= THR_STACK;
-        if (thr_ok) thresholds(m, f, 0, dim, thr_stack);
-        for (int r = r0; r < r1; r++) {
-            float *o = out + ((size_t)(r - r0) * F + (size_t)f) * dim;
-            memset(o, 0, (size_t)dim * sizeof *o);
-            const size_t p = (size_t)r * F + (size_t)f;
-            for (uint32_t i = b->off[p]; i < b->off[p + 1]; i++) {
-                const uint64_t row = row_of(m, f, b->val[i]);
-                const float wt = b->wt[i];
-                if (m->serving) {
-                    serve_axpy(m, row, wt, o);
-                    continue;
+    const size_t p0 = (size_t)r0 * F, p1 = (size_t)r1 * F;
+    uint64_t row[LK];
+    const float *src[LK];
+    size_t c_lo = 0, c_hi = 0; /* values [c_lo, c_hi) resolved */
+    float thr_f[THR_STACK];
+    int thr_field = -1;
+    for (size_t p = p0; p < p1; p++) {
+        const int f = (int)(p % (size_t)F);
+        float *o = out + (p - p0) * (size_t)dim;
+        memset(o, 0, (size_t)dim * sizeof *o);
+        if (soft_phase && dim <= THR_STACK && b->off[p] < b->off[p + 1] && thr_field != f) {
+            thresholds(m, f, 0, dim, thr_f);
+            thr_field = f;
+        }
+        for (uint32_t i = b->off[p]; i < b->off[p + 1]; i++) {
+            if (i >= c_hi) {
+                /* resolve the next chunk: values i .. , walking pairs from p */
+                c_lo = i;
+                size_t q = p;
+                uint32_t k = 0, v = i;
+                while (k < LK && q < p1) {
+                    if (v >= b->off[q + 1]) {
+                        q++;
+                        continue;
+                    }
+                    const int fq = (int)(q % (size_t)F);
+                    const uint64_t r = row_of(m, fq, b->val[v]);
+                    row[k] = r;
+                    if (m->serving) {
+                        const uint64_t blk = r >> m->bshift;
+                        __builtin_prefetch(&m->boff[blk]);
+                        __builtin_prefetch(m->smask + (size_t)(blk << m->bshift) * m->mb);
+                    } else {
+                        __builtin_prefetch(m->t.w + (size_t)r * dim);
+                        __builtin_prefetch(m->mask + (size_t)r * m->mb);
+                    }
+                    k++;
+                    v++;
                 }
-                const float *w = m->t.w + (size_t)row * dim;
-                if (soft_phase) {
-                    for (int j = 0; j < dim; j++)
-                        o[j] += wt * soft(w[j], thr_ok ? thr_stack[j] : sigm(m->s[thr_idx(m, f, j)]));
-                } else {
-                    const uint8_t *mr = m->mask + (size_t)row * m->mb;
-                    for (int j = 0; j < dim; j++) o[j] += wt * (bit(mr, j) ? w[j] : 0.0f);
+                c_hi = c_lo + k;
+                if (m->serving)
+                    for (uint32_t j = 0; j < k; j++) {
+                        const uint64_t r = row[j], blk = r >> m->bshift, r_lo = blk << m->bshift;
+                        src[j] = m->val + m->boff[blk] +
+                                 popcount_bytes(m->smask + (size_t)r_lo * m->mb, (size_t)(r - r_lo) * m->mb);
+                        __builtin_prefetch(src[j]);
+                    }
+            }
+            const uint32_t j = (uint32_t)(i - c_lo);
+            const uint64_t r = row[j];
+            const float wt = b->wt[i];
+            if (m->serving) {
+                const uint8_t *mr = m->smask + (size_t)r * m->mb;
+                const float *v = src[j];
+                for (size_t x = 0; x < m->mb; x++) {
+                    unsigned bb = mr[x];
+                    while (bb) {
+                        o[x * 8 + (size_t)__builtin_ctz(bb)] += wt * *v++;
+                        bb &= bb - 1;
+                    }
                 }
+                continue;
+            }
+            const float *w = m->t.w + (size_t)r * dim;
+            if (soft_phase) {
+                if (dim <= THR_STACK)
+                    for (int d = 0; d < dim; d++) o[d] += wt * soft(w[d], thr_f[d]);
+                else
+                    for (int d = 0; d < dim; d++) o[d] += wt * soft(w[d], sigm(m->s[thr_idx(m, f, d)]));
+            } else {
+                const uint8_t *mr = m->mask + (size_t)r * m->mb;
+                for (int d = 0; d < dim; d++) o[d] += wt * (bit(mr, d) ? w[d] : 0.0f);
             }
         }
     }
