@@ -76,7 +76,9 @@
  * exactly.  A storage whose tensors were loaded serves from the sparse form
  * unless the training state was loaded too and matches it (trained flag
  * set, serve.gen == step): then it keeps training from the dense state.
- * A storage serving from the sparse form refuses backward.
+ * A storage serving from the sparse form refuses backward.  A table saved
+ * before any step (serve.gen == 0) regenerates its initial training state
+ * from the seed instead (exactly what it was), and trains on.
  *
  * Budget B (bytes).  With options rows= (dense rows per field, or one count
  * with share=1) and nnz= (capacity) the shapes are given (a saved model's
@@ -173,7 +175,7 @@ static inline float soft(float w, float g) {
 
 /* Initial values: U(-a, a) drawn row-major from the seed (es__rows_init's
  * draws), magnitudes then mapped to [init_min a, a) keeping the sign. */
-static void fill_init(prune_impl *m) {
+static void fill_init(prune_impl *m, int always) {
     es_rng rng;
     es__rng_seed(&rng, m->seed);
     const size_t n = (size_t)m->R * (size_t)m->dim;
@@ -181,7 +183,10 @@ static void fill_init(prune_impl *m) {
         memset(m->t.w, 0, n * sizeof(float));
         return;
     }
-    es__rng_fill_uniform(&rng, m->t.w, n, m->init_scale);
+    if (always) /* es__rng_fill_uniform's values, also while a loader skips fills */
+        for (size_t i = 0; i < n; i++) m->t.w[i] = (float)((2.0 * es__rng_uniform(&rng) - 1.0) * m->init_scale);
+    else
+        es__rng_fill_uniform(&rng, m->t.w, n, m->init_scale);
     if (m->init_min > 0) {
         const float a = m->init_scale, lo = m->init_min * a;
         for (size_t i = 0; i < n; i++) m->t.w[i] = copysignf(lo + (a - lo) * (fabsf(m->t.w[i]) / a), m->t.w[i]);
@@ -341,6 +346,26 @@ static void build_serving(prune_impl *m) {
     m->boff[m->nblk] = o;
     memset(m->val + o, 0, (size_t)(m->cap - o) * sizeof(float));
     m->sgen[0] = m->st[ST_STEP];
+}
+
+/* Reset the optimizer state of the table to its initial value. */
+static void reset_opt_state(prune_impl *m) {
+    if (!m->t.acc) return;
+    const size_t n = (size_t)m->R * es__row_state_floats(m->t.opt.kind, m->dim);
+    for (size_t i = 0; i < n; i++) m->t.acc[i] = m->t.opt.init_acc;
+}
+
+/* Everything but W as create leaves it: mask all ones, s = s_init, the
+ * optimizer state at its initial value, step 0, search phase. */
+static void initial_state(prune_impl *m) {
+    memset(m->mask, 0xff, (size_t)m->R * m->mb);
+    if (m->dim & 7)
+        for (uint64_t r = 0; r < m->R; r++) m->mask[r * m->mb + m->mb - 1] = (uint8_t)((1u << (m->dim & 7)) - 1);
+    for (size_t i = 0; i < m->ns; i++) {
+        m->s[i] = m->s_init;
+        if (m->s_acc) m->s_acc[i] = m->t.opt.init_acc;
+    }
+    memset(m->st, 0, ST_N * sizeof *m->st);
 }
 
 /* ---- lifecycle ---------------------------------------------------------------------------- */
@@ -552,14 +577,8 @@ static int prune_create(es_storage *s, const es_vocab *vocab, es_err *err, int p
         m->nrows[f] = share ? R : rows[f];
         o += m->nrows[f];
     }
-    fill_init(m);
-    memset(m->mask, 0xff, (size_t)R * mb);
-    if (dim & 7)
-        for (uint64_t r = 0; r < R; r++) m->mask[r * mb + mb - 1] = (uint8_t)((1u << (dim & 7)) - 1);
-    for (size_t i = 0; i < m->ns; i++) {
-        m->s[i] = m->s_init;
-        if (m->s_acc) m->s_acc[i] = s->p.opt.init_acc;
-    }
+    fill_init(m, 0);
+    initial_state(m);
     s->impl = m;
     if (share) rows[0] = R;
     if ((rc = es__storage_opt_set_u64(s, "share", (uint64_t)share, err)) != 0 ||
@@ -692,13 +711,6 @@ static void prune_lookup(es_storage *s, const es_batch *b, int r0, int r1, float
 
 /* ---- backward ------------------------------------------------------------------------------ */
 
-/* Reset the optimizer state of the table to its initial value. */
-static void reset_opt_state(prune_impl *m) {
-    if (!m->t.acc) return;
-    const size_t n = (size_t)m->R * es__row_state_floats(m->t.opt.kind, m->dim);
-    for (size_t i = 0; i < n; i++) m->t.acc[i] = m->t.opt.init_acc;
-}
-
 /* Schedule actions after step t (file comment). */
 static void after_step(prune_impl *m) {
     const uint64_t t = m->st[ST_STEP];
@@ -711,7 +723,7 @@ static void after_step(prune_impl *m) {
         apply_selection(m, 1, sel);
         if (m->rewind) {
             /* lottery ticket: the initial values under the found mask */
-            fill_init(m);
+            fill_init(m, 1);
             const size_t N = (size_t)m->R * (size_t)m->dim;
             for (size_t e = 0; e < N; e++)
                 if (!bit(m->mask + (e / (size_t)m->dim) * m->mb, (int)(e % (size_t)m->dim))) m->t.w[e] = 0.0f;
@@ -835,6 +847,16 @@ static int prune_after_load(es_storage *s, es_err *err) {
         for (uint64_t r = 0; r < m->R; r++)
             if (m->smask[r * m->mb + m->mb - 1] >> (m->dim & 7))
                 return es__err(err, ES_EFORMAT, "%s: serving mask row %llu has bits past dim", s->p.method, (unsigned long long)r);
+    if (m->sgen[0] == 0) {
+        /* saved before any training step: the training state is the
+         * initial one, regenerated from the seed whether or not it was
+         * loaded, so the table looks up what the saved one did */
+        fill_init(m, 1);
+        initial_state(m);
+        reset_opt_state(m);
+        m->serving = 0;
+        return ES_OK;
+    }
     m->serving = !(m->st[ST_TRAINED] == 1 && m->sgen[0] == m->st[ST_STEP]);
     if (!m->serving && (m->st[ST_PHASE] > 1 || m->interval == 0))
         return es__err(err, ES_EFORMAT, "%s: training state phase %llu is not 0 or 1", s->p.method,
