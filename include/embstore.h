@@ -534,6 +534,8 @@ typedef struct es_train_params {
     float ftrl_alpha, ftrl_beta, ftrl_l1, ftrl_l2; /* FTRL (es_model_params) */
     float weight_decay;
     float dropout;            /* dlrm, dcn: MLP dropout in [0, 1) (es_model_params) */
+    const char *precision;    /* table rows: NULL/"fp32", "fp16", "int16", "int8", "int4", "int2" (es_model_params) */
+    const char *qtrain;       /* at a precision: "qat" (NULL: default) or "alpt" (es_model_params) */
     int threads;              /* 0: all cores */
     uint64_t seed;
     uint64_t max_rows;        /* 0: all rows of the train file */
@@ -763,6 +765,18 @@ typedef struct es_model_params {
      * follow from seed and the step count (saved in checkpoints), not from
      * the thread count.  Saved with the model. */
     float dropout;
+    /* NULL (fp32): the precision of the table's rows while training and
+     * serving, "fp16", "int16", "int8", "int4" or "int2", for the storage
+     * methods whose embeddings are rows of tables (else ES_EINVAL).  The
+     * budget then counts the rows at that precision (codes, per-row scale
+     * and bias), and the saved model holds only codes.  How it trains is
+     * qtrain: "qat" (the default: an fp32 master copy, the forward reads
+     * the rows quantized to nearest, straight-through gradient) or "alpt"
+     * (int kinds only: codes alone with a learned per-row step and
+     * stochastic rounding on update; no fp32 copy of the table).
+     * docs/methods.md, "Precision". */
+    const char *precision;
+    const char *qtrain;
     uint64_t seed;            /* 1; every initial value follows from it */
 } es_model_params;
 
@@ -818,9 +832,10 @@ ES_API int es_model_predict_batch(es_model *m, const es_batch *b, float *prob);
  * table's optimizer state.  The model then predicts (lookups dequantize
  * each row on the fly), saves (the codes as a u8 tensor "storage.weight.q"
  * and metadata storage.precision) and loads like any other, but refuses
- * training (es_model_train_batch: ES_EINVAL; quantization-aware training
- * is not implemented).  The dense layers stay fp32.  Supported for the
- * row-table methods full, hash and adapt.  Errors (the model unchanged,
+ * training (es_model_train_batch: ES_EINVAL: the codes carry no training
+ * state; to train at a precision, create the model with
+ * es_model_params.precision and qtrain).  The dense layers stay fp32.
+ * Supported for the row-table methods (full, hash, unified, qr, adapt).  Errors (the model unchanged,
  * message in err and es_model_errmsg): ES_EINVAL for an unknown precision,
  * fp32, a method that does not support it (named), or a table already
  * quantized; ES_ERANGE when a row is not finite or beyond the half range;

@@ -139,6 +139,8 @@ es_storage_params es_sh_params(const es_sh_cfg *c) {
     p.opts = o;
     p.max_batch = c->max_batch;
     p.init_scale = c->init_scale;
+    p.precision = c->precision;
+    p.qtrain = c->qtrain;
     return p;
 }
 
@@ -153,7 +155,9 @@ static const char *cfg_name(const es_sh_cfg *c) {
     static char buf[4][192];
     static int slot;
     char *b = buf[slot++ % 4];
-    snprintf(b, sizeof buf[0], "%s share=%d%s%s", c->method, c->share, c->opts ? " " : "", c->opts ? c->opts : "");
+    snprintf(b, sizeof buf[0], "%s share=%d%s%s%s%s%s%s", c->method, c->share, c->opts ? " " : "", c->opts ? c->opts : "",
+             c->precision ? " " : "", c->precision ? es__prec_name(c->precision) : "", c->qtrain ? " " : "",
+             c->qtrain ? es__qtrain_name(c->qtrain) : "");
     return b;
 }
 
@@ -183,6 +187,12 @@ static int is_learnable(const es_tensor_ref *r) {
     return is_param(r) && strncmp(r->name, "serve.", 6) != 0;
 }
 
+/* A code tensor ("*.q", u8) of a table at a precision: a parameter as served. */
+static int is_codes(const es_tensor_ref *r) {
+    const size_t nl = strlen(r->name);
+    return r->dtype == ES_DT_U8 && nl >= 2 && !strcmp(r->name + nl - 2, ".q") && strncmp(r->name, "opt.", 4) != 0;
+}
+
 int es_sh_tensor_bytes(es_storage *s, size_t *param, size_t *state) {
     tlist t;
     *param = *state = 0;
@@ -191,7 +201,7 @@ int es_sh_tensor_bytes(es_storage *s, size_t *param, size_t *state) {
         return 0;
     }
     for (int i = 0; i < t.n; i++) {
-        if (is_param(&t.refs[i])) *param += t.refs[i].nbytes;
+        if (is_param(&t.refs[i]) || is_codes(&t.refs[i])) *param += t.refs[i].nbytes;
         if (strncmp(t.refs[i].name, "opt.", 4) == 0) *state += t.refs[i].nbytes;
     }
     free(t.refs);
@@ -602,7 +612,7 @@ int es_sh_determinism(const es_sh_cfg *c) {
         tlist t1, t2;
         int differ = 0, okl = tlist_get(a0, &t1) & tlist_get(d, &t2);
         for (int i = 0; okl && i < t1.n && i < t2.n; i++)
-            if (is_param(&t1.refs[i]) && t1.refs[i].nbytes == t2.refs[i].nbytes &&
+            if ((is_param(&t1.refs[i]) || is_codes(&t1.refs[i])) && t1.refs[i].nbytes == t2.refs[i].nbytes &&
                 memcmp(t1.refs[i].data, t2.refs[i].data, t1.refs[i].nbytes) != 0)
                 differ = 1;
         free(t1.refs);
@@ -761,4 +771,245 @@ done:
 
 int es_sh_all(const es_sh_cfg *c) {
     return es_sh_gradcheck(c) && es_sh_roundtrip(c) && es_sh_determinism(c) && es_sh_threads(c) && es_sh_alloc_failures(c);
+}
+
+/* ---- training at a precision: straight-through and LSQ gradients ------------------ */
+
+double es__alpt_step_grad(es_precision p, const float *v, const float *g, int dim, float s);
+
+/* The row tables of s (ops->rows), up to 8; returns how many. */
+static int sh_tables(es_storage *s, es_rows **t) {
+    int n = 0;
+    while (s->ops->rows && n < 8 && (t[n] = s->ops->rows(s, n)) != NULL) n++;
+    return n;
+}
+
+int es_sh_gradcheck_qtrain(const es_sh_cfg *c) {
+    const char *name = cfg_name(c);
+    es_vocab *v = c->use_vocab ? es_sh_vocab(c->n_fields) : NULL;
+    es_storage *s = NULL, *tw = NULL;
+    es_err err;
+    es_batch b;
+    memset(&b, 0, sizeof b);
+    float *G = NULL, *out = NULL, *out2 = NULL, *num = NULL, *before = NULL, *xr = NULL;
+    int ok = 0;
+    const float lr = c->qtrain == ES_QTRAIN_QAT ? 1.0f : 0.01f;
+    es_sh_cfg fc = *c;
+    fc.precision = ES_PREC_FP32;
+    fc.qtrain = ES_QTRAIN_NONE;
+    if (es_sh_create(&s, c, v, ES_OPT_SGD, lr, &err) != 0) {
+        es_test_fail(__FILE__, __LINE__, "%s: create: %s", name, err.msg);
+        goto done;
+    }
+    /* the fp32 twin has the same shapes: created from s's resolved options */
+    es_storage_params tp = es_sh_params(&fc);
+    tp.opts = s->meta;
+    tp.budget = 0;
+    tp.max_batch = c->max_batch;
+    tp.opt.kind = ES_OPT_SGD;
+    tp.opt.lr = 1.0f;
+    if (es__storage_create(&tw, &tp, v, &err) != 0) {
+        es_test_fail(__FILE__, __LINE__, "%s: the fp32 twin: %s", name, err.msg);
+        goto done;
+    }
+    es_rows *qt[8], *ft[8];
+    const int nt = sh_tables(s, qt);
+    if (nt < 1 || sh_tables(tw, ft) != nt) {
+        es_test_fail(__FILE__, __LINE__, "%s: %d row tables, the twin %d", name, nt, sh_tables(tw, ft));
+        goto done;
+    }
+    /* the maps (full's keys, ...) as s holds them, as a load would put them */
+    {
+        tlist a, b2;
+        int okl = tlist_get(s, &a) & tlist_get(tw, &b2);
+        for (int i = 0; okl && i < a.n; i++) {
+            if (is_param(&a.refs[i]) || is_codes(&a.refs[i]) || !strncmp(a.refs[i].name, "opt.", 4)) continue;
+            for (int j = 0; j < b2.n; j++)
+                if (!strcmp(a.refs[i].name, b2.refs[j].name) && a.refs[i].nbytes == b2.refs[j].nbytes)
+                    memcpy(b2.refs[j].data, a.refs[i].data, a.refs[i].nbytes);
+        }
+        free(a.refs);
+        free(b2.refs);
+        if (!okl || es__storage_after_load(tw) != 0) {
+            es_test_fail(__FILE__, __LINE__, "%s: the fp32 twin's maps: %s", name, es__storage_errmsg(tw));
+            goto done;
+        }
+    }
+    /* ALPT: steps twice the initial ones (the rows re-encoded), so that the
+     * rows sit inside half the range and LSQ's step, not the range guard,
+     * decides most updates */
+    if (c->qtrain == ES_QTRAIN_ALPT)
+        for (int i = 0; i < nt; i++) {
+            float row[256];
+            const size_t rb = es__prec_row_bytes(qt[i]->prec, qt[i]->dim);
+            for (uint64_t r = 0; r < qt[i]->n_rows && qt[i]->dim <= 256; r++) {
+                es__rows_get(qt[i], r, row);
+                qt[i]->qstep[r] *= 2;
+                es__quant_row_step(qt[i]->prec, row, qt[i]->dim, qt[i]->qstep[r], qt[i]->q + r * rb, NULL);
+            }
+        }
+    /* the twin's rows are the dequantized codes: the values the forward uses */
+    for (int i = 0; i < nt; i++)
+        for (uint64_t r = 0; r < qt[i]->n_rows; r++) es__rows_get(qt[i], r, ft[i]->w + r * (uint64_t)ft[i]->dim);
+    if (es_sh_batch(&b, 8, c->n_fields, c->seed + 77) != 0) goto oom;
+    const size_t nout = (size_t)b.n * (size_t)c->n_fields * (size_t)c->dim;
+    G = malloc(nout * sizeof *G);
+    out = malloc(nout * sizeof *out);
+    out2 = malloc(nout * sizeof *out2);
+    if (!G || !out || !out2) goto oom;
+    fill_normal(G, nout, c->seed ^ 0x7777);
+    es__storage_lookup(s, &b, 0, b.n, out);
+    es__storage_lookup(tw, &b, 0, b.n, out2);
+    for (size_t i = 0; i < nout; i++)
+        if (fabsf(out[i] - out2[i]) > 1e-6f * (1 + fabsf(out[i]))) {
+            es_test_fail(__FILE__, __LINE__, "%s: lookup %zu is %.9g, the twin's %.9g", name, i, (double)out[i], (double)out2[i]);
+            goto done;
+        }
+    /* numeric gradient of L = sum(out * G) with respect to every value of
+     * the twin's tables (central differences; the forward is linear in the
+     * rows for these methods' pooling, so h is not critical) */
+    size_t total = 0, at = 0;
+    for (int i = 0; i < nt; i++) total += (size_t)ft[i]->n_rows * (size_t)ft[i]->dim;
+    num = calloc(total, sizeof *num);
+    before = malloc(total * sizeof *before);
+    if (!num || !before) goto oom;
+    const float h = 1e-2f;
+    for (int i = 0; i < nt; i++) {
+        const size_t m = (size_t)ft[i]->n_rows * (size_t)ft[i]->dim;
+        for (size_t e = 0; e < m; e++) {
+            float *w = ft[i]->w + e, w0 = *w;
+            *w = w0 + h;
+            es__storage_lookup(tw, &b, 0, b.n, out);
+            double Lp = loss_of(out, G, nout);
+            *w = w0 - h;
+            es__storage_lookup(tw, &b, 0, b.n, out);
+            double Lm = loss_of(out, G, nout);
+            *w = w0;
+            num[at + e] = (float)((Lp - Lm) / (2.0 * h));
+            before[at + e] = ft[i]->w[e];
+        }
+        at += m;
+    }
+    /* QAT: the master's change / lr; ALPT: the step follows LSQ at the
+     * updated row, and the codes are that row rounded with the new step */
+    float *master0 = NULL;
+    float *step0 = NULL, *acc0 = NULL;
+    size_t nr = 0;
+    for (int i = 0; i < nt; i++) nr += qt[i]->n_rows;
+    if (c->qtrain == ES_QTRAIN_QAT) {
+        master0 = malloc(total * sizeof *master0);
+        if (!master0) goto oom;
+        at = 0;
+        for (int i = 0; i < nt; i++) {
+            memcpy(master0 + at, qt[i]->w, (size_t)qt[i]->n_rows * qt[i]->dim * sizeof(float));
+            at += (size_t)qt[i]->n_rows * qt[i]->dim;
+        }
+    } else {
+        step0 = malloc(nr * sizeof *step0);
+        acc0 = malloc(nr * sizeof *acc0);
+        if (!step0 || !acc0) {
+            free(step0);
+            free(acc0);
+            goto oom;
+        }
+        size_t o = 0;
+        for (int i = 0; i < nt; i++) {
+            /* a small accumulator, so the step's move depends on the size of
+             * LSQ's gradient, not only on its sign (as on a first update) */
+            for (uint64_t r = 0; r < qt[i]->n_rows; r++) qt[i]->qstep_acc[r] = 1e-8f;
+            memcpy(step0 + o, qt[i]->qstep, qt[i]->n_rows * sizeof(float));
+            memcpy(acc0 + o, qt[i]->qstep_acc, qt[i]->n_rows * sizeof(float));
+            o += qt[i]->n_rows;
+        }
+    }
+    if (es__storage_backward(s, &b, G) != 0) {
+        es_test_fail(__FILE__, __LINE__, "%s: backward: %s", name, es__storage_errmsg(s));
+        free(master0);
+        free(step0);
+        free(acc0);
+        goto done;
+    }
+    size_t checked = 0, steps = 0, bad = 0, guarded = 0;
+    double worst = 0;
+    at = 0;
+    size_t ro = 0;
+    xr = malloc(64 * 1024 * sizeof *xr);
+    if (!xr) goto oom;
+    for (int i = 0; i < nt && !bad; i++) {
+        const int d = qt[i]->dim;
+        for (uint64_t r = 0; r < qt[i]->n_rows && !bad; r++) {
+            const float *n = num + at + r * (uint64_t)d;
+            int touched = 0;
+            for (int k = 0; k < d; k++) touched |= n[k] != 0;
+            if (c->qtrain == ES_QTRAIN_QAT) {
+                for (int k = 0; k < d; k++) {
+                    float a = (master0[at + r * d + k] - qt[i]->w[r * d + k]) / lr;
+                    double tol = 2e-4 + 1e-3 * fmax(fabs(a), fabs(n[k]));
+                    worst = fmax(worst, fabs(a - n[k]));
+                    if (fabs(a - n[k]) > tol) {
+                        es_test_fail(__FILE__, __LINE__, "%s: table %d row %llu value %d: straight-through gradient %.6g, "
+                                     "finite differences %.6g", name, i, (unsigned long long)r, k, (double)a, (double)n[k]);
+                        bad = 1;
+                        break;
+                    }
+                    checked++;
+                }
+            } else if (touched && d <= 64 * 1024) {
+                /* the row the optimizer made (SGD: old - lr g, g from the
+                 * finite differences), LSQ's gradient at it, and the step
+                 * one Adagrad step on ln s gives (the first: |gl| / sqrt(gl^2) = 1) */
+                const float *x0 = before + at + r * (uint64_t)d;
+                for (int k = 0; k < d; k++) xr[k] = x0[k] - lr * n[k];
+                const float s0 = step0[ro + r];
+                double gl = es__alpt_step_grad(qt[i]->prec, xr, n, d, s0) * s0;
+                double acc = acc0[ro + r] + gl * gl;
+                double want = gl != 0 ? exp(log(s0) - lr * gl / (sqrt(acc) + 1e-10)) : s0;
+                /* then the range guard: a step that holds the row */
+                const double qp = fmax((double)(1u << (es__prec_bits(qt[i]->prec) - 1)) - 1, 1);
+                double mx = 0;
+                for (int k = 0; k < d; k++) mx = fmax(mx, fabs((double)xr[k]));
+                if (mx > qp * want) {
+                    want = fmin(mx / qp, 256.0);
+                    guarded++;
+                }
+                double got = qt[i]->qstep[r];
+                worst = fmax(worst, fabs(got - want) / want);
+                if (fabs(got - want) > 1e-3 * want) {
+                    es_test_fail(__FILE__, __LINE__, "%s: table %d row %llu: step %.9g, LSQ from the finite-difference "
+                                 "gradient gives %.9g (from %.9g)", name, i, (unsigned long long)r, got, want, (double)s0);
+                    bad = 1;
+                    break;
+                }
+                steps++;
+            }
+        }
+        at += (size_t)qt[i]->n_rows * (size_t)d;
+        ro += qt[i]->n_rows;
+    }
+    free(master0);
+    free(step0);
+    free(acc0);
+    if (bad) goto done;
+    if (checked + steps == 0) {
+        es_test_fail(__FILE__, __LINE__, "%s: nothing checked", name);
+        goto done;
+    }
+    printf("    qtrain gradcheck %-34s %zu values, %zu steps (%zu by the range guard), worst %.3g\n", name, checked, steps,
+           guarded, worst);
+    ok = 1;
+    goto done;
+oom:
+    es_test_fail(__FILE__, __LINE__, "%s: out of memory in the test", name);
+done:
+    free(G);
+    free(out);
+    free(out2);
+    free(num);
+    free(before);
+    free(xr);
+    es_batch_free(&b);
+    es__storage_free(s);
+    es__storage_free(tw);
+    es_vocab_free(v);
+    return ok;
 }

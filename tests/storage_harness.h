@@ -45,6 +45,8 @@ typedef struct es_sh_cfg {
     int chunks;           /* option chunks= (methods that take it; default 1) */
     int max_batch;        /* default 64 */
     float init_scale;     /* default 0.05 */
+    es_precision precision; /* rows' precision (default fp32) */
+    int qtrain;           /* with a precision: ES_QTRAIN_QAT or _ALPT (default none) */
 } es_sh_cfg;
 
 /* Append option key=v to p->opts when p's method takes it (the knobs that
@@ -70,8 +72,9 @@ es_storage_params es_sh_params(const es_sh_cfg *c);
  * vocabulary v (created by the caller with es_sh_vocab(c->n_fields)). */
 int es_sh_create(es_storage **s, const es_sh_cfg *c, const es_vocab *v, es_optim opt, float lr, es_err *err);
 
-/* Sum of nbytes of the F32 tensors not named "opt.*" (the learnable
- * parameters) and of those named "opt.*" (optimizer state). */
+/* Sum of nbytes of the F32 tensors not named "opt.*" and the code tensors
+ * ("*.q", u8) (the learnable parameters as served) and of those named
+ * "opt.*" (optimizer and training state). */
 int es_sh_tensor_bytes(es_storage *s, size_t *param, size_t *state);
 
 /* Finite-difference gradient check: L = sum(out * G) for a random G over
@@ -112,6 +115,17 @@ int es_sh_threads(const es_sh_cfg *c);
 /* es_test_alloc_sweep over create + lookup + backward + tensors + free:
  * every failed allocation gives an error, no crash, no leak. */
 int es_sh_alloc_failures(const es_sh_cfg *c);
+
+/* Training at a precision (c->precision, c->qtrain; methods with row
+ * tables): the gradients are checked against finite differences of the
+ * forward pass as it runs, through an fp32 twin whose rows are the
+ * dequantized codes (its lookups must match).  QAT, SGD lr 1: the master
+ * copy moves by exactly the finite-difference gradient (straight-through).
+ * ALPT, SGD lr 0.01: every touched row's step moves as one Adagrad step
+ * on ln(step) with LSQ's gradient (es__alpt_step_grad, itself checked
+ * against finite differences in test_qtrain.c) at the row the optimizer
+ * made from the finite-difference gradient. */
+int es_sh_gradcheck_qtrain(const es_sh_cfg *c);
 
 /* All of the above except es_sh_budget. */
 int es_sh_all(const es_sh_cfg *c);

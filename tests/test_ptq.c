@@ -177,7 +177,7 @@ static void roundtrip_opts(const char *method, const char *opts, const char *pre
     /* training refused, before anything changes */
     int rc = es_model_train_batch(m2, &b, NULL);
     CHECK_EQ_INT(rc, ES_EINVAL);
-    CHECK_STR_HAS(es_model_errmsg(m2), "post-training quantization): it serves only; quantization-aware training is not implemented");
+    CHECK_STR_HAS(es_model_errmsg(m2), "codes without their training state (a quantized or served model): it serves only");
     CHECK_STR_HAS(es_model_errmsg(m2), prec_name);
     CHECK(es_model_predict_batch(m2, &b, p2) == 0 && memcmp(p1, p2, (size_t)n * sizeof *p1) == 0);
     /* and at the storage level */

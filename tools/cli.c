@@ -385,6 +385,16 @@ int cli_train_opt(const char *cmd, int argc, char **argv, int *ip, es_train_para
         *ip = i;
         return 1;
     }
+    if (!strcmp(a, "--precision")) {
+        if (!(p->precision = cli_next(cmd, argc, argv, &i))) return -1;
+        *ip = i;
+        return 1;
+    }
+    if (!strcmp(a, "--qtrain")) {
+        if (!(p->qtrain = cli_next(cmd, argc, argv, &i))) return -1;
+        *ip = i;
+        return 1;
+    }
     if (!strcmp(a, "--emb-optim")) {
         if (!(p->emb_optim = cli_next(cmd, argc, argv, &i))) return -1;
         *ip = i;

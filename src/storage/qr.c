@@ -241,7 +241,12 @@ static int qr_tensors(es_storage *s, es_tensor_ref *refs, int max) {
         int k = es__rows_tensors(&q->t[j], refs + at, max - at);
         /* codes: "table<j>.q" (u8 [rows, row bytes]) in place of "table<j>" */
         snprintf(refs[at].name, sizeof refs[at].name, q->t[j].prec == ES_PREC_FP32 ? "table%d" : "table%d.q", j);
-        if (k == 2) snprintf(refs[at + 1].name, sizeof refs[at + 1].name, "opt.table%d.acc", j);
+        /* the state of table j: "opt.table<j>.<x>" for its "opt.<x>" */
+        for (int i = 1; i < k; i++) {
+            char x[ES_TENSOR_NAME_MAX];
+            snprintf(x, sizeof x, "%s", refs[at + i].name + 4);
+            snprintf(refs[at + i].name, sizeof refs[at + i].name, "opt.table%d.%.40s", j, x);
+        }
         at += k;
     }
     return at;

@@ -131,6 +131,9 @@ static int quant_fp16(const float *x, int dim, uint8_t *dst, es_rng *rng) {
     return ES_OK;
 }
 
+static void put_codes(es_precision p, const float *x, int dim, float bias, float scale, uint32_t top, uint8_t *dst,
+                      es_rng *rng);
+
 int es__quant_row(es_precision p, const float *x, int dim, uint8_t *dst, es_rng *rng) {
     if (p == ES_PREC_FP32) {
         for (int d = 0; d < dim; d++)
@@ -170,7 +173,15 @@ int es__quant_row(es_precision p, const float *x, int dim, uint8_t *dst, es_rng 
         memcpy(dst + cb, &hs, 2);
         memcpy(dst + cb + 2, &hb, 2);
     }
-    memset(dst, 0, cb);
+    put_codes(p, x, dim, bias, scale, top, dst, rng);
+    return ES_OK;
+}
+
+/* Write the codes of x (bias + scale * code, clipped to [0, top]) into
+ * dst's first code_bytes bytes. */
+static void put_codes(es_precision p, const float *x, int dim, float bias, float scale, uint32_t top, uint8_t *dst,
+                      es_rng *rng) {
+    memset(dst, 0, code_bytes(p, dim));
     for (int d = 0; d < dim; d++) {
         uint32_t c = code_of(x[d], bias, scale, top, rng);
         switch (p) {
@@ -185,6 +196,34 @@ int es__quant_row(es_precision p, const float *x, int dim, uint8_t *dst, es_rng 
         default: break;
         }
     }
+}
+
+int es__quant_row_step(es_precision p, const float *x, int dim, float step, uint8_t *dst, es_rng *rng) {
+    if (p < ES_PREC_INT16 || p >= ES_PREC_COUNT_ || dim <= 0) return ES_EINVAL;
+    for (int d = 0; d < dim; d++)
+        if (!isfinite(x[d])) return ES_ERANGE;
+    if (!(step > 0) || !isfinite(step)) return ES_ERANGE;
+    const int bits = es__prec_bits(p);
+    const uint32_t top = (1u << bits) - 1u;
+    const float z = (float)(1u << (bits - 1));
+    const size_t cb = code_bytes(p, dim);
+    float scale, bias;
+    if (p == ES_PREC_INT16) {
+        scale = step;
+        bias = -z * scale; /* a power of two times a float: exact */
+        memcpy(dst + cb, &scale, 4);
+        memcpy(dst + cb + 4, &bias, 4);
+    } else {
+        uint16_t hs = es__f32_to_f16(step);
+        if (hs == 0) hs = 1; /* the smallest positive half */
+        scale = es__f16_to_f32(hs);
+        uint16_t hb = es__f32_to_f16(-z * scale); /* exact: z is a power of two, z * 65504 overflows only past */
+        if ((hs & 0x7c00) == 0x7c00 || (hb & 0x7c00) == 0x7c00) return ES_ERANGE;
+        bias = es__f16_to_f32(hb);
+        memcpy(dst + cb, &hs, 2);
+        memcpy(dst + cb + 2, &hb, 2);
+    }
+    put_codes(p, x, dim, bias, scale, top, dst, rng);
     return ES_OK;
 }
 
@@ -202,6 +241,12 @@ static inline void scale_bias(es_precision p, const uint8_t *src, int dim, float
         *scale = es__f16_to_f32(hs);
         *bias = es__f16_to_f32(hb);
     }
+}
+
+float es__quant_row_scale(es_precision p, const uint8_t *src, int dim) {
+    float scale, bias;
+    scale_bias(p, src, dim, &scale, &bias);
+    return scale;
 }
 
 static inline uint32_t code_at(es_precision p, const uint8_t *src, int d) {

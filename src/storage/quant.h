@@ -71,6 +71,19 @@ float es__f16_to_f32(uint16_t h);
  * dst is then unspecified. */
 int es__quant_row(es_precision p, const float *x, int dim, uint8_t *dst, es_rng *rng);
 
+/* Symmetric encoding with a given step (ALPT's rows, rows.c): for k-bit
+ * codes (int16, int8, int4, int2; ES_EINVAL for the float kinds) and
+ * z = 2^(k-1), the row's scale is the half nearest `step` (int16: step
+ * itself, f32; at least the smallest positive half) and its bias
+ * -z * scale, so a value is scale * (code - z): the integers [-z, z - 1]
+ * times the step, zero exact.  Codes are round(x / scale) + z (nearest,
+ * rng NULL) or floor(x / scale + u) + z (stochastic), clipped to
+ * [0, 2^k - 1].  ES_ERANGE for a value that is not finite or a step that
+ * is not a positive finite number (or beyond the half range). */
+int es__quant_row_step(es_precision p, const float *x, int dim, float step, uint8_t *dst, es_rng *rng);
+/* The scale stored in an encoded int row (f16 or f32, as a float). */
+float es__quant_row_scale(es_precision p, const uint8_t *src, int dim);
+
 /* out[d] += w * value[d] for the row at src: the lookup kernel (pooling
  * a weighted value into the [batch, fields, dim] output).  For the int
  * kinds each term is fmaf(w*scale, code, w*bias) added to out[d]; for

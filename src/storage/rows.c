@@ -76,6 +76,10 @@ void es__rows_free(es_rows *t) {
     es__free_aligned(t->last);
     es__free_aligned(t->touch);
     es__free_aligned(t->q);
+    es__free_aligned(t->qstep);
+    es__free_aligned(t->qstep_acc);
+    es__free_aligned(t->qtmp);
+    es__free_aligned(t->qrng);
     memset(t, 0, sizeof *t);
 }
 
@@ -85,8 +89,10 @@ size_t es__rows_param_bytes(const es_rows *t) {
 }
 
 size_t es__rows_state_bytes(const es_rows *t) {
-    if (t->prec != ES_PREC_FP32) return 0; /* codes only: the optimizer state was freed */
+    if (t->prec != ES_PREC_FP32 && t->qtrain == ES_QTRAIN_NONE) return 0; /* codes only: the optimizer state was freed */
     size_t b = (size_t)t->n_rows * es__row_state_floats(t->opt.kind, t->dim) * sizeof(float);
+    if (t->qtrain == ES_QTRAIN_QAT) b += (size_t)t->n_rows * (size_t)t->dim * sizeof(float); /* the master copy */
+    if (t->qtrain == ES_QTRAIN_ALPT) b += 2 * (size_t)t->n_rows * sizeof(float) + 4 * sizeof(uint64_t); /* steps, rounding stream */
     if (t->last) b += ((size_t)t->n_rows + 1) * sizeof(int64_t); /* last[] and step */
     if (t->touch) b += (size_t)t->n_rows * sizeof(uint32_t);      /* touch counts */
     return b;
@@ -97,12 +103,16 @@ static inline float *row_state(const es_rows *t, uint64_t r) {
     return per ? t->acc + (size_t)r * per : NULL;
 }
 
+static void alpt_update(es_rows *t, uint64_t r, float *x, const float *g);
+
 void es__rows_update(es_rows *t, uint64_t r, const float *g) {
     /* the update itself is optim/'s (es__row_update, es__row_decay); a
      * table only knows where row r and its state live, and when it was
      * last brought up to date */
     const size_t dim = (size_t)t->dim;
-    float *w = t->w + (size_t)r * dim, *acc = row_state(t, r);
+    float *w = t->qtrain == ES_QTRAIN_ALPT ? t->qtmp : t->w + (size_t)r * dim, *acc = row_state(t, r);
+    const size_t rb = t->prec != ES_PREC_FP32 ? es__prec_row_bytes(t->prec, t->dim) : 0;
+    if (t->qtrain == ES_QTRAIN_ALPT) es__dequant_row(t->prec, t->q + (size_t)r * rb, t->dim, w);
     if (t->last) {
         /* the count stays what it was through the missed steps: the
          * catch-up uses it, then this touch counts */
@@ -111,21 +121,213 @@ void es__rows_update(es_rows *t, uint64_t r, const float *g) {
         if (t->touch && t->touch[r] != UINT32_MAX) t->touch[r]++;
     }
     es__row_update(w, acc, g, t->dim, &t->opt);
+    if (t->qtrain == ES_QTRAIN_QAT) {
+        /* a value that leaves the f16 range cannot be stored; keep the
+         * master, clamp what the forward sees (the codes of the row
+         * clipped to +-65504) */
+        if (es__quant_row(t->prec, w, t->dim, t->q + (size_t)r * rb, NULL) != ES_OK) {
+            for (size_t d = 0; d < dim; d++) t->qtmp[d] = isfinite(w[d]) ? fmaxf(-65504.0f, fminf(65504.0f, w[d])) : 0.0f;
+            es__quant_row(t->prec, t->qtmp, t->dim, t->q + (size_t)r * rb, NULL);
+        }
+    } else if (t->qtrain == ES_QTRAIN_ALPT) {
+        alpt_update(t, r, w, g);
+    }
+}
+
+/* ---- training at a precision ------------------------------------------------ */
+
+const char *es__qtrain_name(int mode) {
+    return mode == ES_QTRAIN_QAT ? "qat" : mode == ES_QTRAIN_ALPT ? "alpt" : "none";
+}
+
+int es__qtrain_parse(const char *s, int *mode) {
+    static const char *const names[] = {"none", "qat", "alpt"};
+    for (int i = 0; s && i < 3; i++)
+        if (!strcmp(s, names[i])) {
+            *mode = i;
+            return ES_OK;
+        }
+    return ES_EINVAL;
+}
+
+/* ALPT's quantizer range in units of the step: codes minus z span [Qn, Qp]
+ * = [-z, z - 1]. */
+static void alpt_range(es_precision p, float *qn, float *qp) {
+    const float z = (float)(1u << (es__prec_bits(p) - 1));
+    *qn = -z;
+    *qp = z - 1.0f;
+}
+
+/* The smallest step ALPT keeps: 2^-24 is the smallest positive half
+ * (a subnormal); steps are held at or above 2^-14, the smallest normal
+ * half, so the row's f16 scale keeps 11 significant bits. */
+#define ALPT_MIN_STEP 0x1p-14f
+
+/* LSQ's step-size gradient of the quantizer Q(v; s) = s * clip(round(v / s),
+ * Qn, Qp) with round passed straight through (Esser et al. 2020):
+ * dQ/ds = round(v/s) - v/s inside the range, Qn or Qp at the clip; summed
+ * against the row's gradient g and scaled by 1 / sqrt(dim * Qp), LSQ's
+ * gradient scale (exported for the finite-difference test). */
+double es__alpt_step_grad(es_precision p, const float *v, const float *g, int dim, float s);
+double es__alpt_step_grad(es_precision p, const float *v, const float *g, int dim, float s) {
+    float qn, qp;
+    alpt_range(p, &qn, &qp);
+    double gs = 0;
+    for (int d = 0; d < dim; d++) {
+        double u = (double)v[d] / (double)s, dq;
+        if (u <= qn) dq = qn;
+        else if (u >= qp) dq = qp;
+        else dq = nearbyint(u) - u;
+        gs += (double)g[d] * dq;
+    }
+    return gs / sqrt((double)dim * (double)ES_MAX(qp, 1.0f));
+}
+
+/* ALPT's update of row r, once the optimizer has moved the dequantized row
+ * x (t->qtmp) with gradient g: the step s takes one Adagrad step on ln s
+ * (scale-free: the first step moves s by about lr, whatever its size)
+ * with LSQ's gradient evaluated at the updated values x, then x is
+ * re-encoded with the new step and stochastic rounding (unbiased: the
+ * expected stored row is x where x is inside the range).  The gradient of
+ * the loss at the new point is approximated by g, the one at the old
+ * point, so a step costs one forward pass (the paper alternates two).
+ * Then the range guard below, then stochastic rounding. */
+static void alpt_update(es_rows *t, uint64_t r, float *x, const float *g) {
+    const size_t rb = es__prec_row_bytes(t->prec, t->dim);
+    float s = t->qstep[r];
+    double gs = es__alpt_step_grad(t->prec, x, g, t->dim, s);
+    double gl = gs * (double)s; /* d/d ln s */
+    if (isfinite(gl) && gl != 0) {
+        t->qstep_acc[r] += (float)(gl * gl);
+        double ls = log((double)s) - (double)t->opt.lr * gl / (sqrt((double)t->qstep_acc[r]) + 1e-10);
+        float ns = (float)exp(ls);
+        if (!(ns >= ALPT_MIN_STEP)) ns = ALPT_MIN_STEP;
+        if (!(ns <= 256.0f)) ns = 256.0f; /* z * 256 stays a finite half */
+        t->qstep[r] = s = ns;
+    }
+    for (int d = 0; d < t->dim; d++)
+        if (!isfinite(x[d])) x[d] = 0.0f;
+    /* Range guard: the optimizer's row is never clipped -- when it leaves
+     * [-z s, (z - 1) s] the step grows to hold it (LSQ still shrinks it
+     * for resolution).  Measured on the Criteo sample (fm, FTRL) it is
+     * worth +0.008 AUC at int8 and int4; LSQ alone grows the step too
+     * slowly for rows touched a few times (docs/methods.md, "ALPT"). */
+    {
+        float qn, qp, mx = 0;
+        alpt_range(t->prec, &qn, &qp);
+        for (int d = 0; d < t->dim; d++) mx = fmaxf(mx, fabsf(x[d]));
+        if (mx > fmaxf(qp, 1.0f) * s) t->qstep[r] = s = fminf(mx / fmaxf(qp, 1.0f), 256.0f);
+    }
+    es_rng rng;
+    memcpy(rng.s, t->qrng, sizeof rng.s);
+    es__quant_row_step(t->prec, x, t->dim, s, t->q + (size_t)r * rb, &rng);
+    memcpy(t->qrng, rng.s, sizeof rng.s);
+}
+
+int es__rows_qtrain(es_rows *t, es_precision p, int mode, uint64_t seed, es_err *err) {
+    if (t->prec != ES_PREC_FP32 || !t->w) return es__err(err, ES_EINVAL, "the table already holds %s codes", es__prec_name(t->prec));
+    if (mode == ES_QTRAIN_QAT ? (p <= ES_PREC_FP32 || p >= ES_PREC_COUNT_)
+                              : mode == ES_QTRAIN_ALPT ? (p < ES_PREC_INT16 || p >= ES_PREC_COUNT_) : 1)
+        return es__err(err, ES_EINVAL, "training mode %s does not take precision %s (qat: fp16, int16, int8, int4, int2; "
+                       "alpt: int16, int8, int4, int2)", es__qtrain_name(mode), es__prec_name(p));
+    const size_t rb = es__prec_row_bytes(p, t->dim), dim = (size_t)t->dim;
+    size_t bytes;
+    if (!es__mul_size((size_t)t->n_rows, rb, &bytes)) return es__err(err, ES_ERANGE, "%s table size overflows", es__prec_name(p));
+    uint8_t *q = es__alloc_aligned(bytes);
+    float *tmp = es__alloc_aligned(dim * sizeof(float));
+    float *st = NULL, *sa = NULL;
+    uint64_t *rs = NULL;
+    if (mode == ES_QTRAIN_ALPT) {
+        st = es__alloc_aligned((size_t)t->n_rows * sizeof(float));
+        sa = es__alloc_aligned((size_t)t->n_rows * sizeof(float));
+        rs = es__alloc_aligned(4 * sizeof(uint64_t));
+    }
+    if (!q || !tmp || (mode == ES_QTRAIN_ALPT && (!st || !sa || !rs))) {
+        es__free_aligned(q);
+        es__free_aligned(tmp);
+        es__free_aligned(st);
+        es__free_aligned(sa);
+        es__free_aligned(rs);
+        return es__err(err, ES_ENOMEM, "out of memory for %zu bytes of %s codes", bytes, es__prec_name(p));
+    }
+    es_rng rng;
+    es__rng_seed(&rng, seed ^ UINT64_C(0xa1b7a1b7a1b7a1b7));
+    float qn, qp;
+    alpt_range(p, &qn, &qp);
+    for (uint64_t r = 0; r < t->n_rows; r++) {
+        const float *x = t->w + (size_t)r * dim;
+        int rc;
+        if (mode == ES_QTRAIN_QAT) {
+            rc = es__quant_row(p, x, t->dim, q + (size_t)r * rb, NULL);
+        } else {
+            float mx = 0.01f;
+            for (size_t d = 0; d < dim; d++) mx = fmaxf(mx, fabsf(x[d]));
+            st[r] = fmaxf(mx / fmaxf(qp, 1.0f), ALPT_MIN_STEP);
+            rc = es__quant_row_step(p, x, t->dim, st[r], q + (size_t)r * rb, &rng);
+        }
+        if (rc != ES_OK) {
+            es__free_aligned(q);
+            es__free_aligned(tmp);
+            es__free_aligned(st);
+            es__free_aligned(sa);
+            es__free_aligned(rs);
+            return es__err(err, ES_ERANGE, "row %llu cannot be stored as %s: a value is not finite or beyond the half range",
+                           (unsigned long long)r, es__prec_name(p));
+        }
+    }
+    t->q = q;
+    t->qtmp = tmp;
+    t->prec = p;
+    t->qtrain = mode;
+    if (mode == ES_QTRAIN_ALPT) {
+        memcpy(rs, rng.s, sizeof rng.s);
+        t->qstep = st;
+        t->qstep_acc = sa;
+        t->qrng = rs;
+        es__free_aligned(t->w);
+        t->w = NULL;
+    }
+    return ES_OK;
+}
+
+const float *es__rows_get(const es_rows *t, uint64_t r, float *buf) {
+    if (t->prec == ES_PREC_FP32) return t->w + (size_t)r * (size_t)t->dim;
+    es__dequant_row(t->prec, t->q + (size_t)r * es__prec_row_bytes(t->prec, t->dim), t->dim, buf);
+    return buf;
 }
 
 void es__rows_catch_up(es_rows *t) {
     if (!t->last) return;
     const size_t dim = (size_t)t->dim;
+    const size_t rb = t->prec != ES_PREC_FP32 ? es__prec_row_bytes(t->prec, t->dim) : 0;
     for (uint64_t r = 0; r < t->n_rows; r++) {
-        es__row_decay(t->w + (size_t)r * dim, row_state(t, r), t->dim, &t->opt, t->step - t->last[r],
-                      t->touch ? t->touch[r] : 0);
+        if (t->step == t->last[r]) continue;
+        float *w = t->qtrain == ES_QTRAIN_ALPT ? t->qtmp : t->w + (size_t)r * dim;
+        if (t->qtrain == ES_QTRAIN_ALPT) es__dequant_row(t->prec, t->q + (size_t)r * rb, t->dim, w);
+        es__row_decay(w, row_state(t, r), t->dim, &t->opt, t->step - t->last[r], t->touch ? t->touch[r] : 0);
         t->last[r] = t->step;
+        /* the codes follow the decayed row (a shrink keeps every value in range) */
+        if (t->qtrain == ES_QTRAIN_QAT) es__quant_row(t->prec, w, t->dim, t->q + (size_t)r * rb, NULL);
+        if (t->qtrain == ES_QTRAIN_ALPT) {
+            es_rng rng;
+            memcpy(rng.s, t->qrng, sizeof rng.s);
+            es__quant_row_step(t->prec, w, t->dim, t->qstep[r], t->q + (size_t)r * rb, &rng);
+            memcpy(t->qrng, rng.s, sizeof rng.s);
+        }
     }
 }
 
 void es__rows_copy_row(es_rows *t, uint64_t dst, uint64_t src) {
     const size_t dim = (size_t)t->dim, per = es__row_state_floats(t->opt.kind, t->dim);
-    memcpy(t->w + dst * dim, t->w + src * dim, dim * sizeof(float));
+    if (t->q) {
+        const size_t rb = es__prec_row_bytes(t->prec, t->dim);
+        memcpy(t->q + dst * rb, t->q + src * rb, rb);
+    }
+    if (t->qstep) {
+        t->qstep[dst] = t->qstep[src];
+        t->qstep_acc[dst] = t->qstep_acc[src];
+    }
+    if (t->w) memcpy(t->w + dst * dim, t->w + src * dim, dim * sizeof(float));
     if (per) memcpy(t->acc + dst * per, t->acc + src * per, per * sizeof(float));
     if (t->last) t->last[dst] = t->last[src];
     if (t->touch) t->touch[dst] = t->touch[src];
@@ -177,17 +379,31 @@ int es__rows_quantize(es_rows *t, es_precision p, int encode, es_err *err) {
 }
 
 int es__rows_tensors(es_rows *t, es_tensor_ref *refs, int max) {
-    if (t->prec != ES_PREC_FP32) {
+    if (t->prec != ES_PREC_FP32 && t->qtrain == ES_QTRAIN_NONE) {
         if (!refs) return 1;
         if (max < 1) return ES_ERANGE;
         es__tensor_ref_set(&refs[0], "weight.q", ES_DT_U8, t->q, 2, t->n_rows, (uint64_t)es__prec_row_bytes(t->prec, t->dim));
         return 1;
     }
-    int n = 1 + (t->acc != NULL) + (t->last ? 2 : 0) + (t->touch != NULL);
+    /* training at a precision: the codes are the parameters; QAT's master
+     * and ALPT's steps and rounding stream are training state (opt.*) */
+    const int nq = t->qtrain == ES_QTRAIN_QAT ? 1 : t->qtrain == ES_QTRAIN_ALPT ? 3 : 0;
+    int n = 1 + nq + (t->acc != NULL) + (t->last ? 2 : 0) + (t->touch != NULL);
     if (!refs) return n;
     if (max < n) return ES_ERANGE;
     int i = 0;
-    es__tensor_ref_set(&refs[i++], "weight", ES_DT_F32, t->w, 2, t->n_rows, (uint64_t)t->dim);
+    if (t->qtrain == ES_QTRAIN_NONE) {
+        es__tensor_ref_set(&refs[i++], "weight", ES_DT_F32, t->w, 2, t->n_rows, (uint64_t)t->dim);
+    } else {
+        es__tensor_ref_set(&refs[i++], "weight.q", ES_DT_U8, t->q, 2, t->n_rows, (uint64_t)es__prec_row_bytes(t->prec, t->dim));
+        if (t->qtrain == ES_QTRAIN_QAT) {
+            es__tensor_ref_set(&refs[i++], "opt.master", ES_DT_F32, t->w, 2, t->n_rows, (uint64_t)t->dim);
+        } else {
+            es__tensor_ref_set(&refs[i++], "opt.qstep", ES_DT_F32, t->qstep, 1, t->n_rows);
+            es__tensor_ref_set(&refs[i++], "opt.qstep_acc", ES_DT_F32, t->qstep_acc, 1, t->n_rows);
+            es__tensor_ref_set(&refs[i++], "opt.qrng", ES_DT_U64, t->qrng, 1, (uint64_t)4);
+        }
+    }
     if (t->opt.kind == ES_OPT_ADAGRAD)
         es__tensor_ref_set(&refs[i++], "opt.acc", ES_DT_F32, t->acc, 2, t->n_rows, (uint64_t)t->dim);
     else if (t->opt.kind == ES_OPT_FTRL)
@@ -475,7 +691,8 @@ int es__rows_backward(es_rows *t, es_gradacc *ga, int k, es__resolve_fn fn, cons
     const size_t slice = ES_RESOLVE_BLOCK / (size_t)k;
     const size_t PN = (size_t)b->n * (size_t)F;
     uint64_t ids[ES_RESOLVE_BLOCK];
-    if (t->prec != ES_PREC_FP32) return ES_EINVAL; /* codes only: callers refuse first (es__storage_check_trainable) */
+    if (t->prec != ES_PREC_FP32 && t->qtrain == ES_QTRAIN_NONE)
+        return ES_EINVAL; /* codes only: callers refuse first (es__storage_check_trainable) */
     es__gradacc_clear(ga);
     int f = 0;
     for (size_t P = 0; P < PN; P++) {

@@ -9,6 +9,8 @@
 #include <math.h>
 #include <stdarg.h>
 
+#define ES_MAX_ROW_TABLES 8 /* qr: at most 4 partitions */
+
 es_storage_params es__storage_params_default(void) {
     es_storage_params p;
     memset(&p, 0, sizeof p);
@@ -536,6 +538,69 @@ static int resolve_budget(const es_storage_params *p, const es_vocab *vocab, dou
     return ES_OK;
 }
 
+/* Every row table of s (ops->rows) to precision p trained by mode
+ * (es__rows_qtrain; NONE: empty codes for a load, es__storage_convert),
+ * all or none, with the byte counts updated. */
+static int storage_qsetup(es_storage *s, es_precision p, int mode, es_err *err);
+
+/* ops->create at s->p.precision: for a byte budget B and a precision
+ * other than fp32, the method is sized for the fp32 budget B * 4 dim /
+ * row_bytes (so a method that solves rows from bytes gets the rows that
+ * fit B as codes), its tables converted, and while the codes and maps
+ * come to more than B (the maps and per-row scales do not scale) the
+ * fp32 budget shrinks by the excess and the method is created again: at
+ * most 8 tries, the last one left for the generic budget check to judge. */
+static int create_at_precision(es_storage *s, const es_vocab *vocab, es_err *e) {
+    const es_precision prec = s->p.precision;
+    if (prec == ES_PREC_FP32) return s->ops->create(s, vocab, e);
+    if (!s->ops->rows)
+        return es__err(e, ES_EINVAL,
+                       "storage %s: precision %s needs a method whose embeddings are rows of tables (full, hash, "
+                       "unified, qr, adapt, ...); %s has none",
+                       s->ops->name, es__prec_name(prec), s->ops->name);
+    const double B = s->budget_bytes;
+    if (s->p.qtrain == ES_QTRAIN_NONE) {
+        /* a load of codes: the shapes come from the file's options */
+        int rc = s->ops->create(s, vocab, e);
+        if (rc == ES_OK && (rc = storage_qsetup(s, prec, ES_QTRAIN_NONE, e)) != ES_OK) {
+            s->ops->destroy(s);
+            s->impl = NULL;
+        }
+        return rc;
+    }
+    double Bp = B > 0 ? B * 4.0 * (double)s->p.dim / (double)es__prec_row_bytes(prec, s->p.dim) : 0;
+    for (int attempt = 0;; attempt++) {
+        s->budget_bytes = Bp;
+        int rc = s->ops->create(s, vocab, e);
+        s->budget_bytes = B;
+        if (rc != ES_OK) {
+            if (Bp != B) {
+                es_err m = *e;
+                es__err(e, rc, "%s (sized as an fp32 budget of %.0f bytes, for %s rows in %.0f bytes)", m.msg, Bp,
+                        es__prec_name(prec), B);
+            }
+            return rc;
+        }
+        if ((rc = storage_qsetup(s, prec, s->p.qtrain, e)) != ES_OK) {
+            s->ops->destroy(s);
+            s->impl = NULL;
+            return rc;
+        }
+        const double tot = (double)s->param_bytes + (double)s->aux_bytes;
+        if (!(B > 0) || tot <= B || attempt == 7) return ES_OK;
+        s->ops->destroy(s);
+        s->impl = NULL;
+        s->param_bytes = s->aux_bytes = s->state_bytes = 0;
+        for (int i = 0; i < s->ops->n_opts; i++) {
+            es__free(s->optv[i].rec);
+            s->optv[i].rec = NULL;
+        }
+        /* shrink the fp32 figure by the excess, scaled like the rows (at least a little) */
+        double cut = (tot - B) * (Bp / tot) * 1.01;
+        Bp -= ES_MAX(cut, Bp * 1e-4);
+    }
+}
+
 int es__storage_create(es_storage **out, const es_storage_params *p, const es_vocab *vocab, es_err *err) {
     *out = NULL;
     if (!p) return es__err(err, ES_EINVAL, "storage: no parameters");
@@ -583,12 +648,17 @@ int es__storage_create(es_storage **out, const es_storage_params *p, const es_vo
         if (optv[i].text) optv[i].text = s->p.opts + (optv[i].text - p->opts);
     s->budget_bytes = budget_bytes;
     es_err e = {0, ""};
-    rc = ops->create(s, vocab, &e);
+    rc = create_at_precision(s, vocab, &e);
     if (rc == ES_OK && (rc = meta_write(s, &e)) != ES_OK) {
         ops->destroy(s);
         s->impl = NULL;
     }
-    if (rc == ES_OK && s->budget_bytes > 0 && (double)s->param_bytes + (double)s->aux_bytes > s->budget_bytes) {
+    /* (not for a load of codes quantized after training: their budget is
+     * the fp32 model's, which codes of very short rows can exceed -- an
+     * int8 row of 1 value takes 5 bytes -- and the file is what it is) */
+    const int loaded_codes = p->precision != ES_PREC_FP32 && p->qtrain == ES_QTRAIN_NONE;
+    if (rc == ES_OK && !loaded_codes && s->budget_bytes > 0 &&
+        (double)s->param_bytes + (double)s->aux_bytes > s->budget_bytes) {
         /* A method bug, but reported as an error rather than trusted. */
         ops->destroy(s);
         s->impl = NULL;
@@ -644,16 +714,45 @@ es_precision es__storage_precision(const es_storage *s) {
     return s->ops->rows((es_storage *)s, 0)->prec; /* every table has one precision */
 }
 
-int es__storage_check_trainable(const es_storage *s, es_err *err) {
-    es_precision p = es__storage_precision(s);
-    if (p == ES_PREC_FP32) return ES_OK;
-    return es__err(err, ES_EINVAL,
-                   "the table holds %s codes (post-training quantization): it serves only; quantization-aware training "
-                   "is not implemented",
-                   es__prec_name(p));
+int es__storage_qtrain(const es_storage *s) {
+    if (!s || !s->ops->rows || !s->impl) return ES_QTRAIN_NONE;
+    return s->ops->rows((es_storage *)s, 0)->qtrain;
 }
 
-#define ES_MAX_ROW_TABLES 8 /* qr: at most 4 partitions */
+int es__storage_check_trainable(const es_storage *s, es_err *err) {
+    es_precision p = es__storage_precision(s);
+    if (p == ES_PREC_FP32 || es__storage_qtrain(s) != ES_QTRAIN_NONE) return ES_OK;
+    return es__err(err, ES_EINVAL,
+                   "the table holds %s codes without their training state (a quantized or served model): it serves "
+                   "only; to train at %s, train with --precision %s --qtrain qat|alpt",
+                   es__prec_name(p), es__prec_name(p), es__prec_name(p));
+}
+
+static int storage_qsetup(es_storage *s, es_precision p, int mode, es_err *err) {
+    if (mode == ES_QTRAIN_NONE) return es__storage_convert(s, p, 0, err);
+    es_rows *t[ES_MAX_ROW_TABLES];
+    int n = 0;
+    while (n < ES_MAX_ROW_TABLES && (t[n] = s->ops->rows(s, n)) != NULL) n++;
+    for (int i = 0; i < n; i++) {
+        const size_t pb = es__rows_param_bytes(t[i]), sb = es__rows_state_bytes(t[i]);
+        int rc = es__rows_qtrain(t[i], p, mode, s->p.seed + (uint64_t)i, err);
+        if (rc != ES_OK) {
+            /* the tables converted so far are freed with the storage by the caller */
+            if (n > 1 && err) {
+                es_err m = *err;
+                es__err(err, rc, "storage %s: table %d: %s", s->ops->name, i, m.msg);
+            } else if (err) {
+                es_err m = *err;
+                es__err(err, rc, "storage %s: %s", s->ops->name, m.msg);
+            }
+            return rc;
+        }
+        s->param_bytes = s->param_bytes - pb + es__rows_param_bytes(t[i]);
+        s->state_bytes = s->state_bytes - sb + es__rows_state_bytes(t[i]);
+    }
+    return ES_OK;
+}
+
 
 int es__storage_convert(es_storage *s, es_precision p, int encode, es_err *err) {
     es_rows *t[ES_MAX_ROW_TABLES];

@@ -92,6 +92,18 @@ typedef struct es_storage_params {
      * saved storage is re-created with the same shapes by passing its meta
      * as opts (budget 0 or the saved byte budget, vocab NULL). */
     const char *opts;
+    /* Precision of the row tables (issue 11; methods with ops->rows only,
+     * ES_EINVAL otherwise): ES_PREC_FP32 (default), or a lower one with
+     * qtrain saying how: ES_QTRAIN_QAT / ES_QTRAIN_ALPT train at it
+     * (es_rows), ES_QTRAIN_NONE creates an empty code table for a load to
+     * fill (a served model).  A byte budget counts the rows at this
+     * precision (codes, scales, biases): the method is sized for an fp32
+     * budget scaled by 4 dim / row bytes, then shrunk until the codes fit
+     * (es__storage_create), so unified at int4 holds about 8x the rows it
+     * holds at fp32.  A fraction budget stays a fraction of the fp32 full
+     * table. */
+    es_precision precision;
+    int qtrain;
 } es_storage_params;
 
 /* Defaults: row-wise Adagrad (lr 0.05, eps 1e-8, init_acc 0), init_scale
@@ -274,6 +286,8 @@ int es__storage_quantize(es_storage *s, es_precision p, es_err *err);
  * the table number in the message when there are several. */
 int es__storage_convert(es_storage *s, es_precision p, int encode, es_err *err);
 es_precision es__storage_precision(const es_storage *s);
+/* How the storage trains at its precision (ES_QTRAIN_*; NONE for fp32). */
+int es__storage_qtrain(const es_storage *s);
 /* The error a quantized storage gives a training step (ES_EINVAL, with the
  * precision in the message), or ES_OK for an fp32 one. */
 int es__storage_check_trainable(const es_storage *s, es_err *err);
@@ -385,7 +399,33 @@ typedef struct es_rows {
      * refuses training. */
     es_precision prec;
     uint8_t *q;        /* [n_rows * row_bytes], 64-byte aligned, or NULL */
+    /* Training at a precision (es__rows_qtrain, issue 11): qtrain is
+     * ES_QTRAIN_NONE for an fp32 table or a served code table, else:
+     *   QAT:  w is the fp32 master copy (with the optimizer state as for
+     *         fp32), q its codes rounded to nearest; lookups read q (the
+     *         forward sees exactly what serving will), an update changes
+     *         the master row and re-encodes it (straight-through: the
+     *         gradient at the dequantized row is applied to the master);
+     *   ALPT: no w at all; q holds symmetric codes scale * (code - z)
+     *         (es__quant_row_step) with a learned per-row step: an update
+     *         dequantizes the row, applies the optimizer to it, moves the
+     *         step by LSQ's gradient and re-encodes with stochastic
+     *         rounding (es__rows_update).
+     * qstep [n_rows] is ALPT's step as a float (the row's f16 scale is it
+     * rounded), qstep_acc [n_rows] the Adagrad accumulator of ln(step),
+     * qrng the stochastic-rounding stream (4 u64, saved for an exact
+     * resume), qtmp a row of scratch; all NULL otherwise. */
+    int qtrain;
+    float *qstep, *qstep_acc, *qtmp;
+    uint64_t *qrng;
 } es_rows;
+
+/* How a storage with a precision other than fp32 trains (es_storage_params.qtrain). */
+#define ES_QTRAIN_NONE 0 /* fp32 training; a code table only serves */
+#define ES_QTRAIN_QAT 1  /* fp32 master copy, fake-quantized forward, straight-through gradient */
+#define ES_QTRAIN_ALPT 2 /* codes only, learned step (LSQ), stochastic rounding on update */
+const char *es__qtrain_name(int mode); /* "none", "qat", "alpt" */
+int es__qtrain_parse(const char *s, int *mode);
 
 /* Allocate w (exactly n_rows*dim floats) and the optimizer state, fill w
  * with U(-init_scale, init_scale) drawn row-major from rng (zeros, and no
@@ -428,6 +468,19 @@ int es__rows_quantize(es_rows *t, es_precision p, int encode, es_err *err);
  * errors; es__rows_adopt installs it (frees w and the optimizer state). */
 int es__rows_encode(const es_rows *t, es_precision p, int encode, uint8_t **q, es_err *err);
 void es__rows_adopt(es_rows *t, es_precision p, uint8_t *q);
+/* Turn an fp32 table (fresh from es__rows_init) into a table that trains
+ * at precision p by mode (see es_rows): QAT (fp16, int16, int8, int4,
+ * int2) encodes every row to nearest and keeps w as the master copy; ALPT
+ * (int16, int8, int4, int2) starts row r's step at max(max|row r|, 0.01)
+ * / Qp (Qp = z - 1, at least 1), encodes it with stochastic rounding
+ * (stream from seed), and frees w.  ES_EINVAL for a mode and precision
+ * that do not go together or a table that is not fp32, ES_ENOMEM,
+ * ES_ERANGE (a row that cannot be encoded); unchanged on failure. */
+int es__rows_qtrain(es_rows *t, es_precision p, int mode, uint64_t seed, es_err *err);
+/* Row r as the forward pass sees it: a pointer into w for an fp32 table,
+ * else row r dequantized from the codes into buf[dim] and buf returned
+ * (QAT: the codes, not the master). */
+const float *es__rows_get(const es_rows *t, uint64_t r, float *buf);
 
 typedef struct es_gradacc {
     uint64_t *keys;    /* open-addressing map: row id -> slot */

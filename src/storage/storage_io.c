@@ -76,6 +76,9 @@ int es__storage_write(es_fwriter *w, es_storage *s, int with_state, es_err *err)
     /* Only for a quantized table: files without the key are fp32, so older
      * files (and fp32 models) are unchanged. */
     if (es__storage_precision(s) != ES_PREC_FP32) rc |= es__fwriter_meta(w, "storage.precision", es__prec_name(es__storage_precision(s)));
+    /* How it trained at that precision (qat, alpt): a resume re-creates the
+     * training state (master copy, steps) from it; a load to serve ignores it. */
+    if (es__storage_qtrain(s) != ES_QTRAIN_NONE) rc |= es__fwriter_meta(w, "storage.qtrain", es__qtrain_name(es__storage_qtrain(s)));
     if (rc) return es__err(err, ES_ENOMEM, "cannot add the storage metadata: %s", es__fwriter_errmsg(w));
 
     es_tensor_ref *refs;
@@ -124,6 +127,24 @@ int es__storage_params_read(const es_file *f, const char *path, es_storage_param
         if (sp->opt.kind == ES_OPT_ADAM)
             return es__err(err, ES_EFORMAT, "%s: metadata storage.opt=%.64s: Adam is not a table optimizer", path, s);
     }
+    /* storage.precision: absent is fp32; otherwise the storage is created
+     * as codes of that precision (es_storage_params.precision), so a
+     * quantized table is never expanded to fp32 by the load; with
+     * storage.qtrain (qat, alpt) as a table that trains at it, which the
+     * caller keeps only for a load with the training state. */
+    if ((s = es__file_meta(f, "storage.precision"))) {
+        if (es__prec_parse(s, &sp->precision) != ES_OK)
+            return es__err(err, ES_EFORMAT, "%s: metadata storage.precision=%.32s is not a precision (fp32, fp16, int16, int8, int4, int2)",
+                           path, s);
+        const es_storage_ops *ops = es__storage_find(sp->method);
+        if (sp->precision != ES_PREC_FP32 && ops && !ops->rows)
+            return es__err(err, ES_EFORMAT, "%s: metadata storage.precision=%s, but method '%s' has no quantized tables", path, s,
+                           ops->name);
+    }
+    if ((s = es__file_meta(f, "storage.qtrain"))) {
+        if (es__qtrain_parse(s, &sp->qtrain) != ES_OK || (sp->qtrain != ES_QTRAIN_NONE && sp->precision == ES_PREC_FP32))
+            return es__err(err, ES_EFORMAT, "%s: metadata storage.qtrain=%.32s is not qat or alpt for a precision below fp32", path, s);
+    }
     /* The resolved hyper-parameters (rows per table, ...) take precedence
      * over budget solving, so the shapes match the saved tensors; then the
      * caller's own options the method knows; files from before the option
@@ -159,7 +180,7 @@ static int read_precision(es_storage *s, const es_file *f, const char *path, es_
     if (es__prec_parse(v, &p) != ES_OK)
         return es__err(err, ES_EFORMAT, "%s: metadata storage.precision=%.32s is not a precision (fp32, fp16, int16, int8, int4, int2)",
                        path, v);
-    if (p == ES_PREC_FP32) return ES_OK;
+    if (p == ES_PREC_FP32 || es__storage_precision(s) == p) return ES_OK; /* created at it (es__storage_params_read) */
     if (!s->ops->rows)
         return es__err(err, ES_EFORMAT, "%s: metadata storage.precision=%s, but method '%s' has no quantized tables", path, v,
                        s->ops->name);

@@ -248,6 +248,7 @@ int es__model_load(es_model **out, const char *path, unsigned flags, int with_st
     if ((rc = es__storage_params_read(f, path, &sp, &opts, err)) != 0) goto done;
     sp.n_fields = n_fields;
     sp.max_batch = np.max_batch;
+    if (!with_state) sp.qtrain = ES_QTRAIN_NONE; /* serve the codes: no master copy, no steps */
 
     es_reader_params rp = es_reader_params_default();
     rp.format = format_parse(es__file_meta(f, "reader.format"));

@@ -125,6 +125,8 @@ int es__train_describe(const es_train_params *p, const es_reader_params *rp, cha
     }
     put(&b, "weight-decay", "%.9g", (double)p->weight_decay);
     if (p->dropout != 0) put(&b, "dropout", "%.9g", (double)p->dropout); /* only when set: older checkpoints resume */
+    if (p->precision && strcmp(p->precision, "fp32")) put(&b, "precision", "%s", p->precision);
+    if (p->qtrain) put(&b, "qtrain", "%s", p->qtrain);
     put(&b, "seed", "%llu", (unsigned long long)p->seed);
     put(&b, "max-rows", "%llu", (unsigned long long)p->max_rows);
     put(&b, "valid-frac", "%.17g", p->valid_path ? 0.0 : p->valid_frac);

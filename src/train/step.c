@@ -65,6 +65,8 @@ es_model_params es_model_params_from_train(const es_train_params *tp, int n_dens
     p.ftrl_l2 = t->ftrl_l2;
     p.weight_decay = t->weight_decay;
     p.dropout = t->dropout;
+    p.precision = t->precision;
+    p.qtrain = t->qtrain;
     p.seed = t->seed;
     return p;
 }
@@ -147,6 +149,17 @@ int es__model_params_resolve(const es_model_params *p, es_net_params *np, es_sto
     if (p->emb_init_scale > 0) sp->init_scale = p->emb_init_scale;
     if (!isfinite(p->emb_init_shift)) return es__err(err, ES_EINVAL, "emb_init_shift %g must be finite", (double)p->emb_init_shift);
     sp->init_shift = p->emb_init_shift;
+    sp->precision = ES_PREC_FP32;
+    sp->qtrain = ES_QTRAIN_NONE;
+    if (p->precision && es__prec_parse(p->precision, &sp->precision) != ES_OK)
+        return es__err(err, ES_EINVAL, "unknown precision '%.32s' (expected fp32, fp16, int16, int8, int4 or int2)", p->precision);
+    if (p->qtrain && (es__qtrain_parse(p->qtrain, &sp->qtrain) != ES_OK || sp->qtrain == ES_QTRAIN_NONE))
+        return es__err(err, ES_EINVAL, "unknown qtrain '%.32s' (expected qat or alpt)", p->qtrain);
+    if (sp->precision == ES_PREC_FP32 && sp->qtrain != ES_QTRAIN_NONE)
+        return es__err(err, ES_EINVAL, "qtrain %s needs a precision below fp32 (--precision)", p->qtrain);
+    if (sp->precision != ES_PREC_FP32 && sp->qtrain == ES_QTRAIN_NONE) sp->qtrain = ES_QTRAIN_QAT;
+    if (sp->qtrain == ES_QTRAIN_ALPT && sp->precision == ES_PREC_FP16)
+        return es__err(err, ES_EINVAL, "qtrain alpt learns the step of integer codes: use int16, int8, int4 or int2, or qtrain qat for fp16");
     return ES_OK;
 }
 
