@@ -178,6 +178,15 @@ static int tlist_get(es_storage *s, tlist *t) {
 }
 
 static int is_param(const es_tensor_ref *r) { return r->dtype == ES_DT_F32 && strncmp(r->name, "opt.", 4) != 0; }
+/* What the gradient check perturbs: the parameters, except the serving
+ * tensors "serve.*" that tensors() derives from training parameters, plus
+ * the learnable training-only tensors "opt.train.*" (pruned tables). */
+static int is_learnable(const es_tensor_ref *r) {
+    if (r->dtype != ES_DT_F32) return 0;
+    if (strncmp(r->name, "opt.train.", 10) == 0) return 1;
+    return is_param(r) && strncmp(r->name, "serve.", 6) != 0;
+}
+
 /* A code tensor ("*.q", u8) of a table at a precision: a parameter as served. */
 static int is_codes(const es_tensor_ref *r) {
     const size_t nl = strlen(r->name);
@@ -241,7 +250,7 @@ static int gradcheck_one(const es_sh_cfg *c, const es_vocab *v, uint64_t bseed) 
     if (!off) goto done;
     for (int i = 0; i < t.n; i++) {
         off[i] = total;
-        if (is_param(&t.refs[i])) total += t.refs[i].nbytes / sizeof(float);
+        if (is_learnable(&t.refs[i])) total += t.refs[i].nbytes / sizeof(float);
     }
     off[t.n] = total;
     if (total == 0) {
@@ -256,16 +265,16 @@ static int gradcheck_one(const es_sh_cfg *c, const es_vocab *v, uint64_t bseed) 
     if (!G || !out || !old || !grad || !pick) goto done;
     fill_normal(G, nout, bseed ^ 0x5555);
     for (int i = 0; i < t.n; i++)
-        if (is_param(&t.refs[i])) memcpy(old + off[i], t.refs[i].data, t.refs[i].nbytes);
+        if (is_learnable(&t.refs[i])) memcpy(old + off[i], t.refs[i].data, t.refs[i].nbytes);
     /* F32 training state that a lookup may read (dpq's soft-mode queries)
      * goes back to the point of the check too */
     size_t nstate = 0;
     for (int i = 0; i < t.n; i++)
-        if (t.refs[i].dtype == ES_DT_F32 && !is_param(&t.refs[i])) nstate += t.refs[i].nbytes;
+        if (t.refs[i].dtype == ES_DT_F32 && !is_learnable(&t.refs[i])) nstate += t.refs[i].nbytes;
     state = malloc(ES_MAX(nstate, (size_t)1));
     if (!state) goto done;
     for (size_t i = 0, o = 0; i < (size_t)t.n; i++)
-        if (t.refs[i].dtype == ES_DT_F32 && !is_param(&t.refs[i])) {
+        if (t.refs[i].dtype == ES_DT_F32 && !is_learnable(&t.refs[i])) {
             memcpy(state + o, t.refs[i].data, t.refs[i].nbytes);
             o += t.refs[i].nbytes;
         }
@@ -275,7 +284,7 @@ static int gradcheck_one(const es_sh_cfg *c, const es_vocab *v, uint64_t bseed) 
     }
     size_t touched = 0;
     for (int i = 0; i < t.n; i++) {
-        if (!is_param(&t.refs[i])) continue;
+        if (!is_learnable(&t.refs[i])) continue;
         const float *w = t.refs[i].data;
         size_t m = t.refs[i].nbytes / sizeof(float), nz = 0;
         for (size_t e = 0; e < m; e++) {
@@ -290,7 +299,7 @@ static int gradcheck_one(const es_sh_cfg *c, const es_vocab *v, uint64_t bseed) 
         memcpy(t.refs[i].data, old + off[i], t.refs[i].nbytes); /* back to the point of the check */
     }
     for (size_t i = 0, o = 0; i < (size_t)t.n; i++)
-        if (t.refs[i].dtype == ES_DT_F32 && !is_param(&t.refs[i])) {
+        if (t.refs[i].dtype == ES_DT_F32 && !is_learnable(&t.refs[i])) {
             memcpy(t.refs[i].data, state + o, t.refs[i].nbytes);
             o += t.refs[i].nbytes;
         }
@@ -319,7 +328,7 @@ static int gradcheck_one(const es_sh_cfg *c, const es_vocab *v, uint64_t bseed) 
     for (size_t q = 0; q < npick; q++) {
         size_t e = pick[q];
         int ti = 0;
-        while (off[ti + 1] <= e || !is_param(&t.refs[ti])) ti++;
+        while (off[ti + 1] <= e || !is_learnable(&t.refs[ti])) ti++;
         float *w = (float *)t.refs[ti].data + (e - off[ti]);
         const float w0 = *w;
         *w = w0 + h;

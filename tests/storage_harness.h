@@ -79,10 +79,10 @@ int es_sh_tensor_bytes(es_storage *s, size_t *param, size_t *state);
 
 /* Finite-difference gradient check: L = sum(out * G) for a random G over
  * a random batch; analytic gradient = old - new after one backward with
- * SGD, lr = 1, on every F32 tensor not named "opt.*" (F32 "opt.*" tensors,
- * training state a lookup may read, are put back to their values before
- * the backward too); numeric gradient by central differences on every
- * element (a random sample of 3000 when a
+ * SGD, lr = 1, on every F32 tensor not named "opt.*" or "serve.*" (serving
+ * arrays derived by tensors()), and on those named "opt.train.*" (learnable
+ * training-only parameters of pruned tables); numeric gradient by
+  * central differences on every element (a random sample of 3000 when a
  * method has more); |a - n| <= 2e-4 + 1e-3 max(|a|, |n|).  Also checks
  * that some parameter received a gradient.  Runs three batches (seeds). */
 int es_sh_gradcheck(const es_sh_cfg *c);

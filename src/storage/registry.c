@@ -17,6 +17,8 @@ extern const es_storage_ops es__storage_multihash;
 extern const es_storage_ops es__storage_tt;
 extern const es_storage_ops es__storage_dpq;
 extern const es_storage_ops es__storage_mgqe;
+extern const es_storage_ops es__storage_pep;
+extern const es_storage_ops es__storage_deeplight;
 
 static const es_storage_ops *const methods[] = {
     &es__storage_full,
@@ -31,6 +33,8 @@ static const es_storage_ops *const methods[] = {
     &es__storage_tt,
     &es__storage_dpq,
     &es__storage_mgqe,
+    &es__storage_pep,
+    &es__storage_deeplight,
 };
 
 const es_storage_ops *es__storage_find(const char *name) {
