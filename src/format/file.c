@@ -579,6 +579,7 @@ struct es_file {
     uint64_t *sums;
     int32_t *tindex;
     uint32_t tindex_cap;
+    bool verified;     /* every tensor's checksum was checked at open */
 };
 
 static const char *rkey_name(const void *ctx, int32_t i) { return ((const es_file *)ctx)->keys[i]; }
@@ -836,6 +837,7 @@ static int open_image(es_file **out, const char *nm, const uint8_t *b, size_t si
         es__free(f);
         return rc;
     }
+    f->verified = !(flags & ES_FILE_NO_VERIFY);
     *out = f;
     return ES_OK;
 }
@@ -1011,6 +1013,8 @@ int es__file_place(es_file *f, int i, void *dst, int inplace, size_t *placed, co
     memcpy(dst, t->data, t->nbytes);
     return ES_OK;
 }
+
+int es__file_verified(const es_file *f) { return f && f->verified; }
 
 int es__file_inplace_ok(const es_file *f) {
     const char *no_remap = getenv("ES_NO_REMAP");

@@ -181,6 +181,10 @@ int es__file_place(es_file *f, int i, void *dst, int inplace, size_t *placed, co
  * KiB pages, and not turned off by ES_NO_REMAP=1 in the environment (to
  * compare the paths or rule them out when debugging). */
 int es__file_inplace_ok(const es_file *f);
+/* 1 if every tensor's checksum was checked when f was opened (not
+ * ES_FILE_NO_VERIFY): the whole file has been read, so loaders may afford
+ * to validate tensor contents too. */
+int es__file_verified(const es_file *f);
 
 /* Internal, for tests and the fuzzer: recompute the header checksum of a
  * file image in place (bytes 8..15), so that deliberately malformed tables

@@ -292,6 +292,36 @@ int es__rows_qtrain(es_rows *t, es_precision p, int mode, uint64_t seed, es_err 
     return ES_OK;
 }
 
+uint64_t es__rows_check_codes(const es_rows *t) {
+    if (t->prec == ES_PREC_FP32 || !t->q) return UINT64_MAX;
+    const size_t rb = es__prec_row_bytes(t->prec, t->dim);
+    for (uint64_t r = 0; r < t->n_rows; r++) {
+        const uint8_t *row = t->q + (size_t)r * rb;
+        if (t->prec == ES_PREC_FP16) {
+            for (int d = 0; d < t->dim; d++) {
+                uint16_t h;
+                memcpy(&h, row + 2 * (size_t)d, 2);
+                if ((h & 0x7c00) == 0x7c00) return r;
+            }
+            continue;
+        }
+        /* the last 4 (int16: 8) bytes: scale then bias */
+        float sc, bi;
+        if (t->prec == ES_PREC_INT16) {
+            memcpy(&sc, row + rb - 8, 4);
+            memcpy(&bi, row + rb - 4, 4);
+        } else {
+            uint16_t hs, hb;
+            memcpy(&hs, row + rb - 4, 2);
+            memcpy(&hb, row + rb - 2, 2);
+            sc = es__f16_to_f32(hs);
+            bi = es__f16_to_f32(hb);
+        }
+        if (!(sc >= 0) || !isfinite(sc) || !isfinite(bi)) return r;
+    }
+    return UINT64_MAX;
+}
+
 const float *es__rows_get(const es_rows *t, uint64_t r, float *buf) {
     if (t->prec == ES_PREC_FP32) return t->w + (size_t)r * (size_t)t->dim;
     es__dequant_row(t->prec, t->q + (size_t)r * es__prec_row_bytes(t->prec, t->dim), t->dim, buf);

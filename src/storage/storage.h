@@ -493,6 +493,11 @@ int es__rows_qtrain(es_rows *t, es_precision p, int mode, uint64_t seed, es_err 
  * else row r dequantized from the codes into buf[dim] and buf returned
  * (QAT: the codes, not the master). */
 const float *es__rows_get(const es_rows *t, uint64_t r, float *buf);
+/* Check a code table's rows: every int row's scale is finite and >= 0 and
+ * its bias finite, every fp16 value finite (what encoding guarantees).
+ * Returns the first bad row, or UINT64_MAX when all are good (or the table
+ * is fp32). */
+uint64_t es__rows_check_codes(const es_rows *t);
 
 typedef struct es_gradacc {
     uint64_t *keys;    /* open-addressing map: row id -> slot */

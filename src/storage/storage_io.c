@@ -247,5 +247,18 @@ int es__storage_read_tensors(es_storage *s, es_file *f, int with_state, const ch
         }
     }
     es__free(refs);
+    /* Codes whose scale or bias is not a number (a file written wrong, with
+     * a good checksum) would predict NaN: refused when the file was read
+     * whole for its checksums anyway; --no-verify trusts the file. */
+    if (rc == 0 && es__file_verified(f) && s->ops->rows)
+        for (int i = 0; rc == 0; i++) {
+            es_rows *t = s->ops->rows(s, i);
+            if (!t) break;
+            uint64_t bad = es__rows_check_codes(t);
+            if (bad != UINT64_MAX)
+                rc = es__err(err, ES_EFORMAT, "%s: table %d row %llu: the %s codes' %s is not a finite number (a corrupt file)",
+                             path, i, (unsigned long long)bad, es__prec_name(t->prec),
+                             t->prec == ES_PREC_FP16 ? "value" : "scale or bias");
+        }
     return rc;
 }
