@@ -18,21 +18,28 @@ SEEDS=${SWEEP_SEEDS:-1,2,3}
 OUT=${SWEEP_OUT:-bench/out/sweep_intra}
 mkdir -p "$OUT" docs/img
 BASE="hash,unified,qr"
-INTRA="dpq,mgqe,pep,deeplight,hash@int8,hash@int4,unified@int8,unified@int4,unified@int4/alpt,qr@int8"
+INTRA="dpq,mgqe,hash@int8,hash@int4,unified@int8,unified@int4,unified@int4/alpt,qr@int8"
+# The pruning schedules in backward steps, sized to the one epoch each
+# dataset gives (Criteo: 8000 rows / 256 = 32 steps; MovieLens: 315): prune
+# over the first half (pep: rewind=0, as a 1-epoch run leaves no room to
+# retrain from the initial values) or three quarters (deeplight), then train
+# the pruned table on.
+PRUNE_criteo="pep:steps=16;interval=4;rewind=0,deeplight:steps=24;interval=4"
+PRUNE_movielens="pep:steps=160;interval=20;rewind=0,deeplight:steps=240;interval=20"
 COMBO="unified@int4,unified@int4/alpt,qr@int8,hash@int4"
 CRITEO="data/criteo_kaggle_train_first10k.tsv --name criteo-10k"
 ML="data/ml-latest-small.csv --columns rating:label,userId:cat,movieId:cat,genres:multi --label-threshold 4 --name ml-latest-small"
 COMMON="--model dlrm --threads $T --seeds $SEEDS --quiet"
 start=$(date +%s)
 for ds in criteo movielens; do
-    if [ $ds = criteo ]; then D=$CRITEO; else D=$ML; fi
-    $ES_BIN bench-storage $D $COMMON --out "$OUT/$ds" --methods "$BASE,$INTRA" --budgets 1/2,1/4,1/8,1/16,1/32 \
+    if [ $ds = criteo ]; then D=$CRITEO; P=$PRUNE_criteo; else D=$ML; P=$PRUNE_movielens; fi
+    $ES_BIN bench-storage $D $COMMON --out "$OUT/$ds" --methods "$BASE,$INTRA,$P" --budgets 1/2,1/4,1/8,1/16,1/32 \
         --no-lookup-speed > /dev/null
     $ES_BIN bench-storage $D $COMMON --out "$OUT/$ds" --methods "$BASE,$COMBO" --budgets 1/64,1/256,1/1024 \
         --no-lookup-speed > /dev/null
     # all cells are done: this run only measures lookup speed (at 1/16) and
     # writes the summary and plot over every cell
-    $ES_BIN bench-storage $D $COMMON --out "$OUT/$ds" --methods "$BASE,$INTRA" --budgets 1/16 > /dev/null
+    $ES_BIN bench-storage $D $COMMON --out "$OUT/$ds" --methods "$BASE,$INTRA,$P" --budgets 1/16 > /dev/null
     cp "$OUT/$ds/pareto.svg" "docs/img/pareto-intra-$ds.svg"
     [ -f "$OUT/$ds/pareto.png" ] && cp "$OUT/$ds/pareto.png" "docs/img/pareto-intra-$ds.png"
 done
@@ -47,7 +54,8 @@ The sweep of [benchmarks.md](benchmarks.md) compares methods that compress *acro
 rows, shared by hashing, composition or generation). This page adds the methods that compress
 *inside* each row (issue 11): a row-table method trained at a lower precision (\`METHOD@P\`:
 quantization-aware training, or \`/alpt\`: codes only with learned step sizes), product-quantized
-code rows (\`dpq\`, \`mgqe\`) and pruned tables (\`pep\`, \`deeplight\`), against the hashing
+code rows (\`dpq\`, \`mgqe\`) and pruned tables (\`pep\`, \`deeplight\`, with their schedules sized to the
+one epoch, \`METHOD:k=v;k=v\` in the tables), against the hashing
 family (\`hash\`, \`unified\`, \`qr\`) on the same data, model and seeds. Settings as in
 [benchmarks.md](benchmarks.md): DLRM, dim 16, row-wise Adagrad 0.05 for every table, 1 epoch,
 validation on the last 20% of the rows. Budgets are fractions of the fp32 \`full\` table's

@@ -34,9 +34,10 @@
 #define MAX_METHODS 64
 #define MAX_BUDGETS 32
 #define MAX_SEEDS 32
+#define ITEM_LEN 64 /* a --methods, --budgets or --seeds entry */
 
 typedef struct {
-    char method[32];
+    char method[ITEM_LEN];
     int share;
     char budget[24];     /* as given: "1/16", "0.25", or "full" */
     double frac;         /* budget as a fraction of the full table */
@@ -47,7 +48,7 @@ typedef struct {
 } cell;
 
 typedef struct {
-    char method[32];
+    char method[ITEM_LEN];
     int share;
     char budget[24];
     double frac, bytes, auc_mean, auc_std, auc_min, auc_max, logloss_mean, train_rps;
@@ -75,7 +76,8 @@ static const char help[] =
     "sweep:\n"
     "  --methods a,b,..      methods to compare (default: every registered method); METHOD@P\n"
     "                        trains METHOD's rows at precision P (fp16 int16 int8 int4 int2),\n"
-    "                        METHOD@P/alpt by ALPT instead of QAT, e.g. unified@int4,qr@int8\n"
+    "                        METHOD@P/alpt by ALPT instead of QAT, e.g. unified@int4,qr@int8;\n"
+    "                        METHOD:k=v;k=v gives that entry its own --storage-opts\n"
     "  --budgets a,b,..      budgets as fractions of the full table\n"
     "                        (default 1/4,1/16,1/64,1/256,1/1024); `full` runs once at its own size\n"
     "  --seeds a,b,..        seeds (default 1,2,3)\n"
@@ -97,12 +99,12 @@ static const char help[] =
 
 /* ---- small helpers ------------------------------------------------------------- */
 
-static int split_list(const char *s, char out[][32], int max) {
+static int split_list(const char *s, char out[][ITEM_LEN], int max) {
     int n = 0;
     while (*s && n < max) {
         const char *e = strchr(s, ',');
         size_t len = e ? (size_t)(e - s) : strlen(s);
-        if (len == 0 || len >= 32) return -1;
+        if (len == 0 || len >= ITEM_LEN) return -1;
         memcpy(out[n], s, len);
         out[n][len] = 0;
         n++;
@@ -183,7 +185,7 @@ static void load_cells(const char *path, cell_list *l) {
         cell c;
         memset(&c, 0, sizeof c);
         char ds[128], model[32], share[16];
-        int k = sscanf(line, "%127[^,],%31[^,],%31[^,],%15[^,],%23[^,],%lf,%lf,%lf,%lf,%lf,%lf,%lf,%d,%d,%159[^\n]", ds, model,
+        int k = sscanf(line, "%127[^,],%31[^,],%63[^,],%15[^,],%23[^,],%lf,%lf,%lf,%lf,%lf,%lf,%lf,%d,%d,%159[^\n]", ds, model,
                        c.method, share, c.budget, &c.frac, &c.bytes, &c.full_bytes, &c.auc, &c.logloss, &c.train_rps,
                        &c.predict_rps, &c.epochs, &c.seed, c.status);
         if (k != 15) continue;
@@ -244,11 +246,27 @@ static int one_layout(const char *method) { return !strcmp(method, "full") || es
  * the precision its rows train and serve at (NULL: fp32) and how
  * (NULL: qat, the default of --precision). */
 typedef struct {
-    char base[32], prec[8], mode[8];
+    char base[32], prec[8], mode[8], opts[ITEM_LEN];
 } method_spec;
 
+/* "METHOD[@PRECISION[/qat|alpt]][:k=v;k=v]": the options after ':' (';'
+ * between them, as ',' separates the sweep's methods) go to this entry
+ * only, e.g. pep:steps=24;interval=4. */
 static int parse_spec(const char *spec, method_spec *m) {
     memset(m, 0, sizeof *m);
+    char head[64];
+    const char *colon = strchr(spec, ':');
+    size_t hl = colon ? (size_t)(colon - spec) : strlen(spec);
+    if (hl >= sizeof head) return -1;
+    memcpy(head, spec, hl);
+    head[hl] = 0;
+    if (colon) {
+        if (!colon[1] || strlen(colon + 1) >= sizeof m->opts) return -1;
+        snprintf(m->opts, sizeof m->opts, "%s", colon + 1);
+        for (char *c = m->opts; *c; c++)
+            if (*c == ';') *c = ',';
+    }
+    spec = head;
     const char *at = strchr(spec, '@');
     size_t bl = at ? (size_t)(at - spec) : strlen(spec);
     if (bl == 0 || bl >= sizeof m->base) return -1;
@@ -267,6 +285,13 @@ static int parse_spec(const char *spec, method_spec *m) {
     int ok = 0;
     for (size_t i = 0; i < sizeof precs / sizeof precs[0]; i++) ok |= !strcmp(m->prec, precs[i]);
     return ok ? 0 : -1;
+}
+
+/* cell_opts of an entry, with the entry's own options after the run's. */
+static void spec_opts(const method_spec *m, const char *opts, int share, char *buf, size_t cap) {
+    cell_opts(m->base, opts, share, buf, cap);
+    size_t o = strlen(buf);
+    if (m->opts[0] && o < cap) snprintf(buf + o, cap - o, "%s%s", o ? "," : "", m->opts);
 }
 
 /* The two families the summary compares: methods that compress inside a
@@ -504,7 +529,7 @@ static int write_svg(const char *path, const agg *a, int n, const char *title) {
 /* ---- summary ------------------------------------------------------------------------------- */
 
 typedef struct {
-    char method[32];
+    char method[ITEM_LEN];
     int share;
     double lps, bytes;
     char status[120];
@@ -642,7 +667,7 @@ int cmd_bench_storage(int argc, char **argv) {
     es_train_params p = es_train_params_basic();
     p.valid_frac = 0.2;
     const char *file = NULL, *outdir = "bench-storage-out", *name = NULL;
-    char methods[MAX_METHODS][32], budgets[MAX_BUDGETS][32], seeds_s[MAX_SEEDS][32];
+    char methods[MAX_METHODS][ITEM_LEN], budgets[MAX_BUDGETS][ITEM_LEN], seeds_s[MAX_SEEDS][ITEM_LEN];
     int n_methods = 0, n_budgets = 0, n_seeds = 0, share_lo = 0, share_hi = 0, quiet = 0, lookup_speed = 1, fresh = 0;
     long long ll;
     for (int i = 1; i < argc; i++) {
@@ -694,15 +719,15 @@ int cmd_bench_storage(int argc, char **argv) {
         const char *names[MAX_METHODS];
         n_methods = es_storage_methods(names, NULL, MAX_METHODS);
         if (n_methods > MAX_METHODS) n_methods = MAX_METHODS;
-        for (int i = 0; i < n_methods; i++) snprintf(methods[i], 32, "%s", names[i]);
+        for (int i = 0; i < n_methods; i++) snprintf(methods[i], ITEM_LEN, "%s", names[i]);
     } else {
         const char *names[MAX_METHODS];
         int nm = es_storage_methods(names, NULL, MAX_METHODS);
         for (int i = 0; i < n_methods; i++) {
             method_spec ms;
             if (parse_spec(methods[i], &ms) != 0)
-                return cli_usage(cmd, "bad --methods entry '%s' (expected METHOD or METHOD@PRECISION[/qat|alpt], "
-                                      "PRECISION one of fp32 fp16 int16 int8 int4 int2)", methods[i]);
+                return cli_usage(cmd, "bad --methods entry '%s' (expected METHOD, METHOD@PRECISION[/qat|alpt] and "
+                                      "optionally :k=v;k=v, PRECISION one of fp32 fp16 int16 int8 int4 int2)", methods[i]);
             int ok = 0;
             for (int k = 0; k < nm && k < MAX_METHODS; k++) ok |= !strcmp(names[k], ms.base);
             if (!ok) return cli_usage(cmd, "unknown storage method '%s'", ms.base);
@@ -710,7 +735,7 @@ int cmd_bench_storage(int argc, char **argv) {
     }
     if (n_budgets == 0) {
         const char *def[] = {"1/4", "1/16", "1/64", "1/256", "1/1024"};
-        for (int i = 0; i < 5; i++) snprintf(budgets[i], 32, "%s", def[i]);
+        for (int i = 0; i < 5; i++) snprintf(budgets[i], ITEM_LEN, "%s", def[i]);
         n_budgets = 5;
     }
     double fracs[MAX_BUDGETS];
@@ -819,7 +844,7 @@ int cmd_bench_storage(int argc, char **argv) {
                         done++;
                         continue;
                     }
-                    cell_opts(ms->base, p.storage_opts, sh, copts, sizeof copts);
+                    spec_opts(ms, p.storage_opts, sh, copts, sizeof copts);
                     if (show) progress(done, total, what, t0, now_s());
                     es_train_params q = p;
                     q.storage = ms->base;
@@ -883,7 +908,7 @@ int cmd_bench_storage(int argc, char **argv) {
                 q.qtrain = ms->mode[0] ? ms->mode : NULL;
                 q.budget = is_full ? 0 : midf;
                 char copts[4096];
-                cell_opts(ms->base, p.storage_opts, sh, copts, sizeof copts);
+                spec_opts(ms, p.storage_opts, sh, copts, sizeof copts);
                 q.storage_opts = copts;
                 speed *x = &sp[nsp++];
                 memset(x, 0, sizeof *x);
