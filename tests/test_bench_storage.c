@@ -138,3 +138,41 @@ TEST(bench_storage_pareto_matches_csv_and_resumes) {
     free(s);
     CHECK(access(es_test_path("bs/summary.md"), F_OK) == 0);
 }
+
+/* Sweep entries with a precision (METHOD@P[/mode]) and their own options
+ * (METHOD:k=v;k=v) run as their own series: inside-row points are squares
+ * in the plot, the summary compares the two families per budget, and a
+ * malformed entry is a usage error. */
+TEST(bench_storage_precision_entries) {
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s", es_test_path("bsq"));
+    es_test_sh(NULL, "rm -rf %s", dir);
+    const char *log = es_test_path("bsq.log");
+    int st = es_test_sh(log,
+                        "%s bench-storage data/criteo_kaggle_train_first10k.tsv --max-rows 2000 --methods "
+                        "'hash,hash@int4,unified@int8/alpt,hash@int8:seed=5' --budgets 1/8 --seeds 1,2 --dim 8 --out %s "
+                        "--no-lookup-speed --quiet",
+                        es_bin(), dir);
+    char *s = es_test_slurp(log);
+    CHECK_MSG(st == 0, "exit %d: %s", st, s ? s : "");
+    free(s);
+    char *svg = es_test_slurp(es_test_path("bsq/pareto.svg"));
+    char *md = es_test_slurp(es_test_path("bsq/summary.md"));
+    char *csv = es_test_slurp(es_test_path("bsq/cells.csv"));
+    CHECK(svg && md && csv);
+    CHECK_STR_HAS(svg, "class=\"point intra");
+    CHECK_STR_HAS(svg, "data-method=\"hash@int4\"");
+    CHECK_STR_HAS(svg, "<circle class=\"point");
+    CHECK_STR_HAS(md, "**Inside rows vs across rows**");
+    CHECK_STR_HAS(csv, ",unified@int8/alpt,");
+    CHECK_STR_HAS(csv, ",hash@int8:seed=5,");
+    free(svg);
+    free(md);
+    free(csv);
+    st = es_test_sh(log, "%s bench-storage data/criteo_kaggle_train_first10k.tsv --methods hash@int3 --out %s --quiet", es_bin(), dir);
+    s = es_test_slurp(log);
+    CHECK_MSG(st != 0, "exit %d", st);
+    CHECK_STR_HAS(s, "bad --methods entry 'hash@int3'");
+    free(s);
+    es_test_sh(NULL, "rm -rf %s", dir);
+}
