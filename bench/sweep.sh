@@ -38,6 +38,12 @@ its own parameters (\`--share none\`) or one parameter space for all fields (\`-
 multiplexing as in Unified Embedding). Validation is on the last 20% of the rows in file order.
 \`full\` runs once, at its own size, as the reference point.
 
+The methods that compress *inside* rows (tables trained at int8/int4 and their combinations with
+\`unified\` and \`qr\`, product-quantized codes \`dpq\`/\`mgqe\`, pruned tables \`pep\`/\`deeplight\`) are
+swept against the hashing family in [benchmarks-intra.md](benchmarks-intra.md) (issue 11); the
+three ways to a low-precision table (PTQ, QAT, ALPT) are compared in
+[methods.md](methods.md#precision-training-at-a-precision---precision-qat-alpt).
+
 - Machine: $cpu, $(nproc) CPUs; $T thread(s) per run; the whole sweep (both datasets, $(( $(cat $OUT/criteo/cells.csv $OUT/movielens/cells.csv | wc -l) - 2 )) cells)
   took ${secs} s.
 - Commands:

@@ -32,6 +32,7 @@
 #include "storage/storage.h"
 #include "format/file.h"
 #include "train/model.h"
+#include "ptq_check.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -41,9 +42,11 @@
 #define CRITEO "data/criteo_kaggle_train_first10k.tsv"
 
 /* Train a model (es_train, 1 thread) and save it to out. */
-static int train_opts(const char *out, const char *data, const char *model, const char *method, const char *opts, int dim,
-                      uint64_t max_rows, double valid_frac, int early_stop, uint64_t seed, es_train_result *res) {
+static int train_budget(const char *out, const char *data, const char *model, const char *method, const char *opts,
+                        double budget, int dim, uint64_t max_rows, double valid_frac, int early_stop, uint64_t seed,
+                        es_train_result *res) {
     es_train_params p = es_train_params_default();
+    p.budget = budget;
     p.train_path = data;
     p.model = model;
     p.storage = method;
@@ -64,12 +67,17 @@ static int train_opts(const char *out, const char *data, const char *model, cons
     return rc;
 }
 
+static int train_opts(const char *out, const char *data, const char *model, const char *method, const char *opts, int dim,
+                      uint64_t max_rows, double valid_frac, int early_stop, uint64_t seed, es_train_result *res) {
+    return train_budget(out, data, model, method, opts, 0, dim, max_rows, valid_frac, early_stop, seed, res);
+}
+
 static int train_to(const char *out, const char *model, const char *method, int dim, uint64_t max_rows, double valid_frac,
                     int early_stop, uint64_t seed, es_train_result *res) {
     return train_opts(out, CRITEO, model, method, NULL, dim, max_rows, valid_frac, early_stop, seed, res);
 }
 
-#define MAX_TABLES 8
+#define MAX_TABLES 1024 /* mde: one per field and tier */
 
 /* The row tables of a storage (ops->rows); returns how many. */
 static int tables_of(es_storage *st, es_rows **t) {
@@ -90,15 +98,35 @@ static int read_batch(es_model *m, es_batch *b, int n) {
     return rc;
 }
 
-/* A model trained on the Criteo sample with `method` (opts), quantized to
- * prec_name: every table's codes are es__quant_row of its fp32 rows; the
- * lookups equal those of a twin fp32 model whose rows are es__dequant_row of
- * the codes (every pair when all_pairs, i.e. when the method combines
- * dequantized rows with its fp32 code (qr); pairs of one value of weight 1
- * otherwise, where the pooling kernels differ in rounding); the parameter
- * bytes are the codes; the predictions survive save + load bit for bit;
- * training is refused. */
-static void roundtrip_opts(const char *method, const char *opts, const char *prec_name, int all_pairs) {
+/* Bytes of the parameter tensors: every tensor but the optimizer state
+ * (opt.*) and the maps (map.*, aux). */
+static size_t param_tensor_bytes(es_storage *st) {
+    int n = es__storage_tensors(st, NULL, 0);
+    es_tensor_ref *r = calloc((size_t)n + 1, sizeof *r);
+    size_t b = 0;
+    if (!r || es__storage_tensors(st, r, n) != n) {
+        free(r);
+        return SIZE_MAX;
+    }
+    for (int i = 0; i < n; i++)
+        if (strncmp(r[i].name, "opt.", 4) && strncmp(r[i].name, "map.", 4)) b += r[i].nbytes;
+    free(r);
+    return b;
+}
+
+/* A model trained on the Criteo sample with `method` (opts, budget: 0 for
+ * the method's default), quantized to prec_name: every table's codes are
+ * es__quant_row of its fp32 rows; the lookups equal those of a twin fp32
+ * model whose rows are es__dequant_row of the codes -- compare
+ * ES_PTQ_SINGLE: bit for bit on the pairs of one value of weight 1 (where
+ * the pooling kernels agree); ES_PTQ_ALL: bit for bit on every pair (a
+ * method that dequantizes each row before combining it: qr, robe, mde);
+ * ES_PTQ_NEAR: every pair within 1e-5 relative (multihash, which pools
+ * codes with fp32 importance weights); the parameter bytes are the fp32
+ * ones with the tables' bytes replaced by their codes; the predictions
+ * survive save + load (mapped) bit for bit; training is refused.  Shared
+ * with test_qrows.c (ptq_check.h). */
+void es_test_ptq_roundtrip(const char *method, const char *opts, double budget, const char *prec_name, int compare) {
     char base[64];
     snprintf(base, sizeof base, "ptq_%s_%s", method, prec_name);
     char fp32[500], qpath[512];
@@ -107,21 +135,24 @@ static void roundtrip_opts(const char *method, const char *opts, const char *pre
     /* full on every row: a table large enough (> 256 KiB of codes) for
      * its pages to be mapped from the file */
     const int big = !strcmp(method, "full");
-    CHECK(train_opts(fp32, CRITEO, "fm", method, opts, 16, big ? 0 : 600, 0, 0, 3, NULL) == 0);
+    CHECK(train_budget(fp32, CRITEO, "fm", method, opts, budget, 16, big ? 0 : 600, 0, 0, 3, NULL) == 0);
     es_model *m = NULL, *m2 = NULL, *mr = NULL;
     es_err err = {0};
     CHECK_MSG(es_model_load(&m, fp32, 0, &err) == 0, "%s", err.msg);
     CHECK_MSG(es_model_load(&mr, fp32, 0, &err) == 0, "%s", err.msg);
     es_precision p;
     CHECK(es__prec_parse(prec_name, &p) == 0);
-    es_rows *t[MAX_TABLES], *tr[MAX_TABLES];
+    static es_rows *t[MAX_TABLES], *tr[MAX_TABLES]; /* tests run on one thread */
     const int nt = tables_of(m->st, t);
-    CHECK_MSG(nt >= 1 && tables_of(mr->st, tr) == nt, "%s has row tables", method);
-    size_t code_bytes = 0;
+    CHECK_MSG(nt >= 1 && nt < MAX_TABLES && tables_of(mr->st, tr) == nt, "%s has row tables (%d)", method, nt);
+    size_t code_bytes = 0, fp32_table_bytes = 0;
     for (int i = 0; i < nt; i++) {
         CHECK(t[i]->prec == ES_PREC_FP32 && t[i]->w);
         code_bytes += (size_t)t[i]->n_rows * es__prec_row_bytes(p, t[i]->dim);
+        fp32_table_bytes += es__rows_param_bytes(t[i]);
     }
+    const size_t param_fp32 = m->st->param_bytes, param_q = param_fp32 - fp32_table_bytes + code_bytes;
+    CHECK_EQ_INT(param_tensor_bytes(m->st), param_fp32);
     const int F = es_model_n_fields(m), n = 64;
     es_batch b = {0};
     const size_t od = (size_t)m->st->p.dim; /* the storage's output width (fm: dim + 1) */
@@ -145,18 +176,27 @@ static void roundtrip_opts(const char *method, const char *opts, const char *pre
             es__dequant_row(p, t[i]->q + r * rb, td, wr);
         }
     }
-    CHECK_EQ_INT(m->st->param_bytes, code_bytes);
-    CHECK_EQ_INT(m->st->state_bytes, 0);
+    CHECK_EQ_INT(m->st->param_bytes, param_q);
+    CHECK_EQ_INT(param_tensor_bytes(m->st), m->st->param_bytes);
     CHECK(es__storage_lookup(m->st, &b, 0, n, oq) == 0);
     CHECK(es__storage_lookup(mr->st, &b, 0, n, oref) == 0);
     int checked = 0;
+    double maxd = 0;
     for (int r = 0; r < n; r++)
         for (int f = 0; f < F; f++) {
             size_t P = (size_t)r * F + (size_t)f;
-            if (!all_pairs && (b.off[P + 1] - b.off[P] != 1 || b.wt[b.off[P]] != 1.0f)) continue;
+            if (compare == ES_PTQ_SINGLE && (b.off[P + 1] - b.off[P] != 1 || b.wt[b.off[P]] != 1.0f)) continue;
             checked++;
-            CHECK_MSG(memcmp(oref + P * od, oq + P * od, od * sizeof *oq) == 0,
-                      "%s %s: lookup (%d, %d) is not the combination of the dequantized rows", method, prec_name, r, f);
+            for (size_t e = P * od; e < (P + 1) * od; e++) {
+                double d = fabs((double)oq[e] - (double)oref[e]);
+                maxd = d > maxd ? d : maxd;
+                if (compare == ES_PTQ_NEAR)
+                    CHECK_MSG(d <= 1e-5 * (1.0 + fabs((double)oref[e])), "%s %s: lookup (%d, %d) is %.9g, the twin's %.9g",
+                              method, prec_name, r, f, (double)oq[e], (double)oref[e]);
+                else
+                    CHECK_MSG(oq[e] == oref[e], "%s %s: lookup (%d, %d) is not the combination of the dequantized rows",
+                              method, prec_name, r, f);
+            }
         }
     CHECK(checked > n * F / 2);
     /* predictions before the save == after save + load (mapped in place) */
@@ -164,12 +204,12 @@ static void roundtrip_opts(const char *method, const char *opts, const char *pre
     CHECK_MSG(es_model_save(m, qpath, 0) == 0, "%s", es_model_errmsg(m));
     CHECK_MSG(es_model_load(&m2, qpath, ES_LOAD_MAP, &err) == 0, "%s", err.msg);
     CHECK(es__storage_precision(m2->st) == p);
-    CHECK_EQ_INT(m2->st->param_bytes, code_bytes);
-    CHECK_EQ_INT(m2->st->state_bytes, 0);
+    CHECK_EQ_INT(m2->st->param_bytes, param_q);
+    CHECK_EQ_INT(m2->st->aux_bytes, m->st->aux_bytes);
     CHECK(es_model_predict_batch(m2, &b, p2) == 0);
     CHECK_MSG(memcmp(p1, p2, (size_t)n * sizeof *p1) == 0, "%s %s: predictions changed over save + load", method, prec_name);
-    printf("  %s %s: %d table(s), %zu code bytes, %zu mapped bytes, p[0] %.9g\n", method, prec_name, nt, code_bytes,
-           es__model_mapped_bytes(m2), (double)p1[0]);
+    printf("  %s %s: %d table(s), params %zu -> %zu bytes (codes %zu), %zu mapped bytes, max |lookup - twin| %.3g, p[0] %.9g\n",
+           method, prec_name, nt, param_fp32, param_q, code_bytes, es__model_mapped_bytes(m2), maxd, (double)p1[0]);
     const char *no_remap = getenv("ES_NO_REMAP");
     if (big && !(no_remap && *no_remap && strcmp(no_remap, "0")))
         CHECK_MSG(es__model_mapped_bytes(m2) >= code_bytes / 4096 * 4096, "the codes were copied, not mapped: %zu bytes",
@@ -193,6 +233,10 @@ static void roundtrip_opts(const char *method, const char *opts, const char *pre
     free(p2);
     unlink(fp32);
     unlink(qpath);
+}
+
+static void roundtrip_opts(const char *method, const char *opts, const char *prec_name, int all_pairs) {
+    es_test_ptq_roundtrip(method, opts, 0, prec_name, all_pairs ? ES_PTQ_ALL : ES_PTQ_SINGLE);
 }
 
 static void roundtrip(const char *method, const char *prec_name) { roundtrip_opts(method, NULL, prec_name, 0); }

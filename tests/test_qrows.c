@@ -32,6 +32,7 @@
 #include "storage/storage.h"
 #include "storage_harness.h"
 #include "test.h"
+#include "ptq_check.h"
 #include "train/model.h"
 
 #include <math.h>
@@ -67,124 +68,13 @@ static size_t param_tensor_bytes(es_storage *st) {
     return b;
 }
 
-static int train_fp32(const char *out, const char *method, const char *opts, double budget) {
-    es_train_params p = es_train_params_default();
-    p.train_path = CRITEO;
-    p.model = "fm";
-    p.storage = method;
-    p.storage_opts = opts;
-    p.budget = budget;
-    p.dim = 16;
-    p.max_rows = 600;
-    p.valid_frac = 0;
-    p.early_stop = 0;
-    p.refit = 0;
-    p.epochs = 1;
-    p.threads = 1;
-    p.seed = 3;
-    p.out_path = out;
-    es_train_result r;
-    es_err err = {0};
-    int rc = es_train(&p, &r, &err);
-    if (rc) fprintf(stderr, "train %s: %s\n", method, err.msg);
-    return rc;
-}
-
-static int read_batch(es_model *m, es_batch *b, int n) {
-    es_reader *r = NULL;
-    es_err err = {0};
-    es_reader_params rp = es_model_reader_params(m);
-    if (es_reader_open(&r, CRITEO, &rp, &err) != 0) return -1;
-    int rc = es_batch_alloc(b, n, es_model_n_dense(m), es_model_n_fields(m), 0);
-    if (rc == 0) rc = es_reader_next(r, b) == n ? 0 : -1;
-    es_reader_free(r);
-    return rc;
-}
-
 /* ---- (a) post-training quantization ------------------------------------------------ */
 
+/* test_ptq.c's round trip (ptq_check.h): multihash pools its codes with
+ * fp32 importance weights (within 1e-5 of the twin), robe and mde
+ * dequantize each row before combining it (bit for bit). */
 static void ptq(const char *method, const char *opts, double budget, const char *prec_name, int exact) {
-    char fp32[500], qpath[512];
-    snprintf(fp32, sizeof fp32, "%s", es_test_path("qrows_ptq.es"));
-    snprintf(qpath, sizeof qpath, "%s.q", fp32);
-    CHECK(train_fp32(fp32, method, opts, budget) == 0);
-    es_model *m = NULL, *m2 = NULL, *mr = NULL;
-    es_err err = {0};
-    CHECK_MSG(es_model_load(&m, fp32, 0, &err) == 0, "%s", err.msg);
-    CHECK_MSG(es_model_load(&mr, fp32, 0, &err) == 0, "%s", err.msg);
-    es_precision p;
-    CHECK(es__prec_parse(prec_name, &p) == 0);
-    es_rows **t, **tr;
-    const int nt = tables_of(m->st, &t);
-    CHECK_MSG(nt >= 1 && tables_of(mr->st, &tr) == nt, "%s has row tables", method);
-    size_t code_bytes = 0, fp32_table_bytes = 0;
-    for (int i = 0; i < nt; i++) {
-        CHECK(t[i]->prec == ES_PREC_FP32 && t[i]->w);
-        code_bytes += (size_t)t[i]->n_rows * es__prec_row_bytes(p, t[i]->dim);
-        fp32_table_bytes += es__rows_param_bytes(t[i]);
-    }
-    const size_t param_fp32 = m->st->param_bytes;
-    CHECK_EQ_INT(param_tensor_bytes(m->st), param_fp32);
-    const int F = es_model_n_fields(m), n = 64;
-    es_batch b = {0};
-    const size_t od = (size_t)m->st->p.dim;
-    float *oq = malloc((size_t)n * F * od * sizeof *oq), *oref = malloc((size_t)n * F * od * sizeof *oref);
-    float *p1 = malloc((size_t)n * sizeof *p1), *p2 = malloc((size_t)n * sizeof *p2);
-    uint8_t *code = malloc(es__prec_row_bytes(p, (int)od) + 64);
-    CHECK(oq && oref && p1 && p2 && code);
-    CHECK(read_batch(m, &b, n) == 0);
-
-    CHECK_MSG(es_model_quantize(m, prec_name, &err) == 0, "%s", err.msg);
-    for (int i = 0; i < nt; i++) {
-        CHECK(t[i]->prec == p && t[i]->w == NULL && t[i]->acc == NULL && t[i]->q != NULL);
-        const int td = t[i]->dim;
-        const size_t rb = es__prec_row_bytes(p, td);
-        for (size_t r = 0; r < (size_t)t[i]->n_rows; r++) {
-            float *wr = tr[i]->w + r * (size_t)td;
-            CHECK(es__quant_row(p, wr, td, code, NULL) == 0);
-            CHECK_MSG(memcmp(code, t[i]->q + r * rb, rb) == 0, "%s %s: table %d row %zu codes differ", method, prec_name, i, r);
-            es__dequant_row(p, t[i]->q + r * rb, td, wr);
-        }
-    }
-    CHECK_EQ_INT(m->st->param_bytes, param_fp32 - fp32_table_bytes + code_bytes);
-    CHECK_EQ_INT(param_tensor_bytes(m->st), m->st->param_bytes);
-    CHECK(es__storage_lookup(m->st, &b, 0, n, oq) == 0);
-    CHECK(es__storage_lookup(mr->st, &b, 0, n, oref) == 0);
-    double maxd = 0;
-    for (size_t e = 0; e < (size_t)n * F * od; e++) {
-        double d = fabs((double)oq[e] - (double)oref[e]);
-        if (exact) CHECK_MSG(oq[e] == oref[e], "%s %s: lookup value %zu is %.9g, the dequantized twin's %.9g", method, prec_name, e,
-                             (double)oq[e], (double)oref[e]);
-        else CHECK_MSG(d <= 1e-5 * (1.0 + fabs((double)oref[e])), "%s %s: lookup value %zu is %.9g, the twin's %.9g", method,
-                       prec_name, e, (double)oq[e], (double)oref[e]);
-        if (d > maxd) maxd = d;
-    }
-    CHECK(es_model_predict_batch(m, &b, p1) == 0);
-    CHECK_MSG(es_model_save(m, qpath, 0) == 0, "%s", es_model_errmsg(m));
-    CHECK_MSG(es_model_load(&m2, qpath, ES_LOAD_MAP, &err) == 0, "%s", err.msg);
-    CHECK(es__storage_precision(m2->st) == p);
-    CHECK_EQ_INT(m2->st->param_bytes, m->st->param_bytes);
-    CHECK_EQ_INT(m2->st->aux_bytes, m->st->aux_bytes);
-    CHECK(es_model_predict_batch(m2, &b, p2) == 0);
-    CHECK_MSG(memcmp(p1, p2, (size_t)n * sizeof *p1) == 0, "%s %s: predictions changed over save + load", method, prec_name);
-    printf("  %s %s: %d table(s), params %zu -> %zu bytes (codes %zu), max |lookup - twin| %.3g, p[0] %.9g\n", method,
-           prec_name, nt, param_fp32, m->st->param_bytes, code_bytes, maxd, (double)p1[0]);
-    CHECK_EQ_INT(es_model_train_batch(m2, &b, NULL), ES_EINVAL);
-    CHECK_STR_HAS(es_model_errmsg(m2), "it serves only");
-    CHECK_EQ_INT(es__storage_backward(m2->st, &b, oq), ES_EINVAL);
-    es_batch_free(&b);
-    es_model_free(m);
-    es_model_free(mr);
-    es_model_free(m2);
-    free(t);
-    free(tr);
-    free(code);
-    free(oq);
-    free(oref);
-    free(p1);
-    free(p2);
-    unlink(fp32);
-    unlink(qpath);
+    es_test_ptq_roundtrip(method, opts, budget, prec_name, exact ? ES_PTQ_ALL : ES_PTQ_NEAR);
 }
 
 TEST(qrows_ptq_multihash_int8) { ptq("multihash", NULL, 0, "int8", 0); }
