@@ -31,6 +31,7 @@ CRITEO="data/criteo_kaggle_train_first10k.tsv --name criteo-10k"
 ML="data/ml-latest-small.csv --columns rating:label,userId:cat,movieId:cat,genres:multi --label-threshold 4 --name ml-latest-small"
 COMMON="--model dlrm --threads $T --seeds $SEEDS --quiet"
 start=$(date +%s)
+cached=$(cat "$OUT"/criteo/cells.csv "$OUT"/movielens/cells.csv 2>/dev/null | wc -l)
 for ds in criteo movielens; do
     if [ $ds = criteo ]; then D=$CRITEO; P=$PRUNE_criteo; else D=$ML; P=$PRUNE_movielens; fi
     $ES_BIN bench-storage $D $COMMON --out "$OUT/$ds" --methods "$BASE,$INTRA,$P" --budgets 1/2,1/4,1/8,1/16,1/32 \
@@ -44,6 +45,9 @@ for ds in criteo movielens; do
     [ -f "$OUT/$ds/pareto.png" ] && cp "$OUT/$ds/pareto.png" "docs/img/pareto-intra-$ds.png"
 done
 secs=$(( $(date +%s) - start ))
+# the duration of the run that computed the cells (a rerun that only
+# reassembles this page keeps it)
+if [ "$cached" -gt 10 ] && [ -s "$OUT/duration" ]; then secs=$(cat "$OUT/duration"); else echo "$secs" > "$OUT/duration"; fi
 cpu=$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1)
 cells=$(( $(cat "$OUT"/criteo/cells.csv "$OUT"/movielens/cells.csv | wc -l) - 2 ))
 {
@@ -62,8 +66,8 @@ validation on the last 20% of the rows. Budgets are fractions of the fp32 \`full
 bytes: every method at 1/2 to 1/32; the combinations and the hashing family on to 1/1024.
 In the plots, circles are the hashing family and squares the inside-row methods.
 
-- Machine: $cpu, $(nproc) CPUs; $T thread(s) per run; $cells cells took ${secs} s in the run that
-  wrote this page (a rerun reuses finished cells).
+- Machine: $cpu, $(nproc) CPUs; $T thread(s) per run; the $cells cells took ${secs} s (a rerun
+  reuses finished cells), $(date -u +%Y-%m-%d).
 - Command: \`bash bench/sweep_intra.sh\` (three \`embstore bench-storage\` calls per dataset; see
   the script).
 
