@@ -412,15 +412,16 @@ static int cmp_frac_desc(const void *a, const void *b) {
 
 /* ---- SVG plot -------------------------------------------------------------------------- */
 
-static const char *palette[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
-                                "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#000000", "#aec7e8"};
+static const char *palette[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
+                                "#7f7f7f", "#bcbd22", "#17becf", "#000000", "#aec7e8", "#ffbb78", "#98df8a",
+                                "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5"};
 
 static int write_svg(const char *path, const agg *a, int n, const char *title) {
     char tmp[4200];
     int slot;
     FILE *f = open_tmp(path, tmp, sizeof tmp, &slot);
     if (!f) return -1;
-    const double W = 900, H = 560, L = 80, R = 220, T = 50, B = 60;
+    const double W = 1000, H = 560, L = 80, R = 320, T = 50, B = 60;
     double xmin = INFINITY, xmax = -INFINITY, ymin = INFINITY, ymax = -INFINITY;
     for (int i = 0; i < n; i++) {
         double x = log10(a[i].bytes > 1 ? a[i].bytes : 1);
