@@ -53,24 +53,31 @@
  *   0. exact duplicates (equal bits; found by a hash of the unit) merge
  *      first, at cost 0;
  *   1. SimHash: `bits` random hyperplanes (N(0,1), from the seed; bits=0:
- *      ceil(log2 N), at most 32) give each cluster a signature; clusters
- *      are sorted by (signature, id) and each is paired with the next 3 in
- *      that order that share its first L signature bits; the candidate
- *      pairs are merged greedily in order of cost (ties: lower ids), each
- *      cluster at most once per round, until U clusters remain.  L starts
- *      at bits and drops by one after every round (relaxing: near
- *      duplicates, in the same fine bucket, go first);
- *   2. at L = 0 (one bucket: neighbours in signature order, which is
- *      greedy nearest merging along the hyperplane ordering) rounds repeat
+ *      ceil(log2 N), at most 32) give each cluster a signature of nb bits.
+ *      A round builds candidate pairs from 4 LSH tables, the signature
+ *      rotated by 0, nb/4, nb/2, 3nb/4 bits: in each, clusters sorted by
+ *      (rotated signature, id) are paired with the next 3 that share its
+ *      first L bits.  Candidate pairs sorted by (cost, ids); merged in that
+ *      order, each cluster at most once per round: first the reciprocal
+ *      pairs (each is the other's cheapest candidate: Ward's reciprocal-
+ *      nearest-neighbour rule; the cheapest pair always is one), then, if
+ *      those merged fewer than 1/16 of the clusters, the cheapest others up
+ *      to that many (so the rounds stay O(log N)); until U clusters remain.
+ *      L starts at nb and drops by one after every round (relaxing: near
+ *      duplicates, sharing a fine bucket, go first);
+ *   2. at L = 0 (one bucket per table: neighbours in signature order, a
+ *      greedy nearest merging along 4 hyperplane orderings) rounds repeat
  *      until U clusters remain: every round merges at least one pair.
  *   The U survivors, in unit order, are the unique units; the remap sends
  *   every unit to its cluster's.
- * Cost: O(rounds (N log N + N block dim (bits + 3))); rounds = bits + 1 +
- * about log2 of what is left for L = 0.  Measured (dedup_cost_100k, -O2,
- * one core): 100k rows of dim 16 to 25k unique rows in about 0.2 s; see
- * docs/methods.md.  Scratch (~ 4 block dim + 90 bytes per unit, plus 4
- * bits block dim for the hyperplanes) is allocated at create: tensors()
- * cannot fail.
+ * Cost: per round O(N log N + 12 N block dim) plus nb block dim per
+ * cluster whose values changed; rounds about nb + 1 + a few at L = 0.
+ * Measured (dedup_cost_100k, -O2, one shared core): 100k rows of dim 16 to
+ * 25k unique rows in about 1 s.  Scratch (4 block dim + 8 + 4 x 5 + 1 +
+ * 16 + 144 bytes per unit, plus 4 nb block dim for the hyperplanes) is
+ * allocated at create: tensors() cannot fail.  Quality (test_dedup.c): exact duplicates are served
+ * unchanged; 2048 noisy copies of 64 prototypes keep a relative lookup
+ * error near the noise down to 64 unique rows (a random merge: 0.75-0.98).
  *
  * Budget B (bytes).  With rows= (dense rows per field, or one count with
  * share=1) and uniq= the shapes are given (a saved model's meta).
@@ -82,9 +89,11 @@
 #include "storage/storage.h"
 
 #include <math.h>
+#include <stdlib.h>
 
 #define DEDUP_MAX_UNITS UINT64_C(0xffffffff)
 #define DEDUP_WINDOW 3 /* pairs per cluster in signature order */
+#define DEDUP_TABLES 4 /* signature rotations (LSH tables) per round */
 #define CNT_EPS (1.0 / 16)
 
 enum { ST_STEP = 0, ST_TRAINED = 1, ST_N = 2 };
@@ -121,9 +130,10 @@ typedef struct dedup_impl {
     float *cen;                    /* [N D] */
     double *wt;                    /* [N] */
     uint32_t *parent, *act, *sig;  /* [N] */
+    uint32_t *best;                /* [N] cheapest candidate of each cluster this round */
     uint8_t *flag;                 /* [N] bit 0: merged this round, bit 1: signature stale */
     item_t *items;                 /* [N] */
-    pair_t *pairs;                 /* [N DEDUP_WINDOW] */
+    pair_t *pairs;                 /* [N DEDUP_WINDOW DEDUP_TABLES] */
     float *planes;                 /* [nb D] */
 } dedup_impl;
 
@@ -247,10 +257,11 @@ static uint32_t simhash(const dedup_impl *m, const float *c, size_t D) {
     return s;
 }
 
-/* Drop merged clusters from the active list (ascending ids stay so). */
-static uint64_t compact(dedup_impl *m, uint64_t nact) {
+/* Drop merged clusters from the first n of the active list (ascending ids
+ * stay so); returns the clusters left. */
+static uint64_t compact(dedup_impl *m, uint64_t n) {
     uint64_t o = 0;
-    for (uint64_t i = 0; i < nact; i++)
+    for (uint64_t i = 0; i < n; i++)
         if (m->parent[m->act[i]] == m->act[i]) m->act[o++] = m->act[i];
     return o;
 }
@@ -292,39 +303,62 @@ static void build_serving(dedup_impl *m) {
                 }
             }
         }
-        nact = compact(m, nact);
+        nact = compact(m, N);
     }
     /* 1, 2. SimHash rounds, relaxing the shared prefix L */
     for (int L = m->nb; nact > U;) {
+        const uint64_t nlist = nact;
         for (uint64_t i = 0; i < nact; i++) {
             const uint32_t c = m->act[i];
             if (m->flag[c] & 2) m->sig[c] = simhash(m, m->cen + (size_t)c * D, D);
             m->flag[c] = 0;
-            m->items[i].key = m->sig[c];
-            m->items[i].id = c;
         }
-        qsort(m->items, (size_t)nact, sizeof *m->items, item_cmp);
-        const int sh = m->nb - L;
         size_t np = 0;
-        for (uint64_t i = 0; i < nact; i++)
-            for (uint64_t j = i + 1; j < nact && j <= i + DEDUP_WINDOW; j++) {
-                if ((m->items[i].key >> sh) != (m->items[j].key >> sh)) break;
-                uint32_t a = m->items[i].id, b = m->items[j].id;
-                if (a > b) {
-                    uint32_t x = a;
-                    a = b;
-                    b = x;
-                }
-                m->pairs[np++] = (pair_t){ward(m, a, b, D), a, b};
+        const int sh = m->nb - L;
+        for (int tb = 0; tb < DEDUP_TABLES; tb++) {
+            /* table tb: the signature rotated by tb nb / T bits, so each
+             * table buckets by a different set of hyperplanes */
+            const int rot = tb * m->nb / DEDUP_TABLES;
+            const uint64_t mask = m->nb >= 64 ? UINT64_MAX : (UINT64_C(1) << m->nb) - 1;
+            for (uint64_t i = 0; i < nact; i++) {
+                const uint64_t g = m->sig[m->act[i]];
+                m->items[i].key = rot ? ((g << rot) | (g >> (m->nb - rot))) & mask : g;
+                m->items[i].id = m->act[i];
             }
-        qsort(m->pairs, np, sizeof *m->pairs, pair_cmp);
-        for (size_t k = 0; k < np && nact > U; k++) {
-            const pair_t *p = &m->pairs[k];
-            if ((m->flag[p->a] | m->flag[p->b]) & 1) continue;
-            merge(m, p->a, p->b, D);
-            nact--;
+            qsort(m->items, (size_t)nact, sizeof *m->items, item_cmp);
+            for (uint64_t i = 0; i < nact; i++)
+                for (uint64_t j = i + 1; j < nact && j <= i + DEDUP_WINDOW; j++) {
+                    if ((m->items[i].key >> sh) != (m->items[j].key >> sh)) break;
+                    uint32_t a = m->items[i].id, b = m->items[j].id;
+                    if (a > b) {
+                        uint32_t x = a;
+                        a = b;
+                        b = x;
+                    }
+                    m->pairs[np++] = (pair_t){ward(m, a, b, D), a, b};
+                }
         }
-        nact = compact(m, nact);
+        qsort(m->pairs, np, sizeof *m->pairs, pair_cmp);
+        /* each cluster's cheapest candidate (the first pair naming it) */
+        for (uint64_t i = 0; i < nact; i++) m->best[m->act[i]] = UINT32_MAX;
+        for (size_t k = 0; k < np; k++) {
+            const pair_t *p = &m->pairs[k];
+            if (m->best[p->a] == UINT32_MAX) m->best[p->a] = p->b;
+            if (m->best[p->b] == UINT32_MAX) m->best[p->b] = p->a;
+        }
+        /* reciprocal nearest candidates first (never fewer than one: the
+         * cheapest pair is), then, when they are fewer than 1/16 of the
+         * clusters, the cheapest other pairs up to that many */
+        const uint64_t quota = ES_MAX((uint64_t)1, nact / 16), n0 = nact;
+        for (int pass = 0; pass < 2; pass++)
+            for (size_t k = 0; k < np && nact > U && (pass == 0 || n0 - nact < quota); k++) {
+                const pair_t *p = &m->pairs[k];
+                if ((m->flag[p->a] | m->flag[p->b]) & 1) continue;
+                if (pass == 0 && (m->best[p->a] != p->b || m->best[p->b] != p->a)) continue;
+                merge(m, p->a, p->b, D);
+                nact--;
+            }
+        nact = compact(m, nlist);
         if (L > 0) L--;
     }
     /* the survivors, in unit order, are the unique units */
@@ -355,6 +389,7 @@ static void dedup_free(dedup_impl *m) {
     es__free(m->parent);
     es__free(m->act);
     es__free(m->sig);
+    es__free(m->best);
     es__free(m->flag);
     es__free(m->items);
     es__free(m->pairs);
@@ -500,12 +535,13 @@ static int dedup_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     m->parent = es__malloc((size_t)N * sizeof *m->parent);
     m->act = es__malloc((size_t)N * sizeof *m->act);
     m->sig = es__malloc((size_t)N * sizeof *m->sig);
+    m->best = es__malloc((size_t)N * sizeof *m->best);
     m->flag = es__malloc((size_t)N);
     m->items = es__malloc((size_t)N * sizeof *m->items);
-    m->pairs = es__malloc((size_t)N * DEDUP_WINDOW * sizeof *m->pairs);
+    m->pairs = es__malloc((size_t)N * DEDUP_WINDOW * DEDUP_TABLES * sizeof *m->pairs);
     m->planes = es__malloc((size_t)m->nb * D * sizeof *m->planes);
     int bad = !m->base || !m->count || !m->st || !m->uniq || !m->remap || !m->sgen || !m->cen || !m->wt || !m->parent ||
-              !m->act || !m->sig || !m->flag || !m->items || !m->pairs || !m->planes;
+              !m->act || !m->sig || !m->best || !m->flag || !m->items || !m->pairs || !m->planes;
     if (!bad && es__rows_init(&m->t, Rp, dim, &s->p.opt, NULL, 0.0f) != ES_OK) bad = 1;
     size_t ga_cap = (size_t)s->p.max_batch * (size_t)F;
     if (ga_cap > Rp) ga_cap = (size_t)Rp;
