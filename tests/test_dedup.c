@@ -6,7 +6,7 @@
  *     save/load round trips, determinism, threads, allocation failures;
  *   - the merge: a table holding exactly U distinct rows (duplicated) is
  *     served with unchanged lookups; the error of the served lookups grows
- *     smoothly as uniq= shrinks and stays well under a naive merge's;
+ *     smoothly as uniq= shrinks and stays well under a random merge's;
  *   - the serving form: a storage loaded without its training state serves
  *     the merged rows, refuses backward, and round trips; a remap entry out
  *     of range is refused at load;
