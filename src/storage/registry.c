@@ -19,6 +19,7 @@ extern const es_storage_ops es__storage_dpq;
 extern const es_storage_ops es__storage_mgqe;
 extern const es_storage_ops es__storage_pep;
 extern const es_storage_ops es__storage_deeplight;
+extern const es_storage_ops es__storage_dedup;
 
 static const es_storage_ops *const methods[] = {
     &es__storage_full,
@@ -35,6 +36,7 @@ static const es_storage_ops *const methods[] = {
     &es__storage_mgqe,
     &es__storage_pep,
     &es__storage_deeplight,
+    &es__storage_dedup,
 };
 
 const es_storage_ops *es__storage_find(const char *name) {
