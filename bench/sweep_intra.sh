@@ -18,7 +18,7 @@ SEEDS=${SWEEP_SEEDS:-1,2,3}
 OUT=${SWEEP_OUT:-bench/out/sweep_intra}
 mkdir -p "$OUT" docs/img
 BASE="hash,unified,qr"
-INTRA="dpq,mgqe,hash@int8,hash@int4,unified@int8,unified@int4,unified@int4/alpt,qr@int8"
+INTRA="dpq,mgqe,dedup,hash@int8,hash@int4,unified@int8,unified@int4,unified@int4/alpt,qr@int8"
 # The pruning schedules in backward steps, sized to the one epoch each
 # dataset gives (Criteo: 8000 rows / 256 = 32 steps; MovieLens: 315): prune
 # over the first half (pep: rewind=0, as a 1-epoch run leaves no room to
@@ -58,7 +58,7 @@ The sweep of [benchmarks.md](benchmarks.md) compares methods that compress *acro
 rows, shared by hashing, composition or generation). This page adds the methods that compress
 *inside* each row (issue 11): a row-table method trained at a lower precision (\`METHOD@P\`:
 quantization-aware training, or \`/alpt\`: codes only with learned step sizes), product-quantized
-code rows (\`dpq\`, \`mgqe\`) and pruned tables (\`pep\`, \`deeplight\`, with their schedules sized to the
+code rows (\`dpq\`, \`mgqe\`), merged near-duplicate rows (\`dedup\`) and pruned tables (\`pep\`, \`deeplight\`, with their schedules sized to the
 one epoch, \`METHOD:k=v;k=v\` in the tables), against the hashing
 family (\`hash\`, \`unified\`, \`qr\`) on the same data, model and seeds. Settings as in
 [benchmarks.md](benchmarks.md): DLRM, dim 16, row-wise Adagrad 0.05 for every table, 1 epoch,

@@ -24,6 +24,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static const double fracs[] = {0.25, 1.0 / 8, 1.0 / 32};
 #define NFRACS ((int)ES_ARRAY_LEN(fracs))
@@ -527,4 +528,49 @@ TEST_SLOW(dedup_criteo_fm) {
         CHECK_MSG(served > 0.66 && served > hash - 0.03, "dedup at %.3f: served AUC %.4f, hash %.4f", budgets[b], served, hash);
         CHECK_MSG(fabs(served - auc) < 0.02, "dedup at %.3f: served AUC %.4f, trained %.4f", budgets[b], served, auc);
     }
+}
+
+/* For methods whose saved model is derived at save (dedup, pep,
+ * deeplight), es_train reports the validation metrics of the model as
+ * saved: the saved file, evaluated on the held-out rows, gives the same
+ * AUC and logloss. */
+TEST(dedup_train_reports_the_saved_model) {
+    const char *methods[] = {"dedup", "pep", "deeplight"};
+    const char *valid = es_test_path("dedup_served_valid.tsv");
+    FILE *in = fopen("data/criteo_kaggle_train_first10k.tsv", "r"), *out = fopen(valid, "w");
+    CHECK(in && out);
+    char line[8192];
+    for (int i = 0; fgets(line, sizeof line, in); i++)
+        if (i >= 8000) fputs(line, out);
+    fclose(in);
+    fclose(out);
+    for (int k = 0; k < 3; k++) {
+        char path[600];
+        snprintf(path, sizeof path, "%s", es_test_path("dedup_served.es"));
+        es_train_params p = es_train_params_default();
+        p.train_path = "data/criteo_kaggle_train_first10k.tsv";
+        p.model = "dlrm";
+        p.storage = methods[k];
+        p.budget = 1.0 / 8;
+        p.valid_frac = 0.2;
+        p.epochs = 1;
+        p.early_stop = 0;
+        p.refit = 0;
+        p.threads = 1;
+        p.out_path = path;
+        es_train_result r;
+        es_err err = {0};
+        CHECK_MSG(es_train(&p, &r, &err) == 0, "%s: %s", methods[k], err.msg);
+        es_model *m = NULL;
+        CHECK_MSG(es_model_load(&m, path, 0, &err) == 0, "%s", err.msg);
+        es_metrics e;
+        CHECK(es_model_eval_file(m, valid, &e) == 0);
+        printf("    %-9s reported AUC %.6f, saved model %.6f\n", methods[k], r.valid.auc, e.auc);
+        CHECK_MSG(fabs(e.auc - r.valid.auc) <= 1e-9 && fabs(e.logloss - r.valid.logloss) <= 1e-9,
+                  "%s: reported %.9f / %.9f, the saved model %.9f / %.9f", methods[k], r.valid.auc, r.valid.logloss, e.auc,
+                  e.logloss);
+        es_model_free(m);
+        unlink(path);
+    }
+    unlink(valid);
 }

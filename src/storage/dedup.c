@@ -684,4 +684,5 @@ const es_storage_ops es__storage_dedup = {
     .destroy = dedup_destroy,
     ES_STORAGE_OPTS(dedup_opts),
     .default_budget = ES_DEFAULT_BUDGET,
+    .derived_serving = 1,
 };

@@ -885,6 +885,7 @@ const es_storage_ops es__storage_pep = {
     .destroy = prune_destroy,
     ES_STORAGE_OPTS(pep_opts),
     .default_budget = ES_DEFAULT_BUDGET,
+    .derived_serving = 1,
 };
 
 const es_storage_ops es__storage_deeplight = {
@@ -899,4 +900,5 @@ const es_storage_ops es__storage_deeplight = {
     .destroy = prune_destroy,
     ES_STORAGE_OPTS(deeplight_opts),
     .default_budget = ES_DEFAULT_BUDGET,
+    .derived_serving = 1,
 };

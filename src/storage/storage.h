@@ -235,6 +235,12 @@ typedef struct es_storage_ops {
      * state_bytes for its other parts (mde: the fp32 array its tiers were
      * views of).  May be NULL. */
     void (*after_convert)(es_storage *s);
+    /* 1 if the form a saved model serves is derived from the training state
+     * at save and can predict differently from the storage in training
+     * (pep and deeplight: the sparse table; dedup: the merged rows): the
+     * trainer then reports the final validation and test metrics of the
+     * model as saved (es_train), not of the one in memory. */
+    int derived_serving;
 } es_storage_ops;
 #define ES_STORAGE_OPTS(table) .opts = table, .n_opts = (int)ES_ARRAY_LEN(table)
 

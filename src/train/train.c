@@ -511,8 +511,44 @@ static int run_validate(run *x, es_metrics *out) {
     return ES_OK;
 }
 
+/* The model as it would be saved, for a storage whose served form is
+ * derived at save (ops->derived_serving: pruned and deduplicated tables):
+ * x->m saved without its training state to a temporary file next to the
+ * output (or in TMPDIR) and loaded back into *out; NULL for the others,
+ * whose saved model predicts exactly what the one in memory does. */
+static int served_copy(run *x, es_model **out) {
+    *out = NULL;
+    if (!x->m->st->ops->derived_serving) return ES_OK;
+    const char *tmp = getenv("TMPDIR");
+    char path[sizeof x->best_path];
+    if (x->p->out_path) snprintf(path, sizeof path, "%s.served.tmp.%ld", x->p->out_path, (long)getpid());
+    else snprintf(path, sizeof path, "%s/embstore-served.%ld.es", tmp && *tmp ? tmp : "/tmp", (long)getpid());
+    int slot = es_temp_file_track(path);
+    int rc = es_model_save(x->m, path, 0);
+    if (rc != ES_OK) es__err(x->err, rc, "%s", es_model_errmsg(x->m));
+    else rc = es_model_load(out, path, ES_LOAD_NO_VERIFY, x->err);
+    remove(path);
+    es_temp_file_untrack(slot);
+    return rc;
+}
+
+/* Run fn on the served copy of the model in place of x->m (when there is
+ * one), so the reported metrics are those of the model as saved. */
+static int as_served(run *x, int (*fn)(run *x)) {
+    es_model *c = NULL, *m = x->m;
+    int rc = served_copy(x, &c);
+    if (rc != ES_OK) return rc;
+    if (c) x->m = c;
+    rc = fn(x);
+    x->m = m;
+    es_model_free(c);
+    return rc;
+}
+
 /* The final model on the validation rows. */
-static int run_evaluate_valid(run *x) {
+static int run_evaluate_valid_now(run *x);
+static int run_evaluate_valid(run *x) { return as_served(x, run_evaluate_valid_now); }
+static int run_evaluate_valid_now(run *x) {
     const es_train_params *p = x->p;
     int rc;
     if (x->refit_resumed) return ES_OK; /* the chosen model's metrics came with the checkpoint */
@@ -527,7 +563,9 @@ static int run_evaluate_valid(run *x) {
 }
 
 /* The final model on the test file. */
-static int run_evaluate_test(run *x) {
+static int run_evaluate_test_now(run *x);
+static int run_evaluate_test(run *x) { return as_served(x, run_evaluate_test_now); }
+static int run_evaluate_test_now(run *x) {
     const es_train_params *p = x->p;
     int rc;
     if (!p->test_path) return ES_OK;
