@@ -31,7 +31,7 @@ CRITEO="data/criteo_kaggle_train_first10k.tsv --name criteo-10k"
 ML="data/ml-latest-small.csv --columns rating:label,userId:cat,movieId:cat,genres:multi --label-threshold 4 --name ml-latest-small"
 COMMON="--model dlrm --threads $T --seeds $SEEDS --quiet"
 start=$(date +%s)
-cached=$(cat "$OUT"/criteo/cells.csv "$OUT"/movielens/cells.csv 2>/dev/null | wc -l)
+cached=$( { cat "$OUT"/criteo/cells.csv "$OUT"/movielens/cells.csv 2>/dev/null || true; } | wc -l)
 for ds in criteo movielens; do
     if [ $ds = criteo ]; then D=$CRITEO; P=$PRUNE_criteo; else D=$ML; P=$PRUNE_movielens; fi
     $ES_BIN bench-storage $D $COMMON --out "$OUT/$ds" --methods "$BASE,$INTRA,$P" --budgets 1/2,1/4,1/8,1/16,1/32 \
