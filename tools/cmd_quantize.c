@@ -25,7 +25,9 @@ static const char quantize_help[] =
     "  -o, --out OUT   output model file (must differ from MODEL)\n"
     "\n"
     "Supported storage methods: full, hash, unified, qr, multihash, mde, robe,\n"
-    "adapt.  Others (tt, dhe) are refused.  See docs/methods.md, \"Precision\".\n"
+    "adapt.  The others are refused: tt and dhe have no rows, and dpq, mgqe,\n"
+    "pep, deeplight and dedup compress their rows their own way.  See\n"
+    "docs/methods.md, \"Precision\".\n"
     "\n"
     "example:\n"
     "  embstore quantize model.es --precision int8 -o model.int8.es\n";

@@ -842,8 +842,9 @@ int es__storage_quantize(es_storage *s, es_precision p, es_err *err) {
     if (p < 0 || p >= ES_PREC_COUNT_) return es__err(err, ES_EINVAL, "precision %d out of range", (int)p);
     if (!s->ops->rows)
         return es__err(err, ES_EINVAL,
-                       "storage method '%s' does not support post-training quantization yet (supported: full, hash, "
-                       "unified, qr, multihash, mde, robe, adapt)",
+                       "storage method '%s' has no row tables to quantize (supported: full, hash, unified, qr, "
+                       "multihash, mde, robe, adapt; tt and dhe have no rows, and dpq, mgqe, pep, deeplight and "
+                       "dedup compress their rows their own way)",
                        s->ops->name);
     int rc = es__storage_convert(s, p, 1, err);
     if (rc != ES_OK && err) {
