@@ -169,26 +169,69 @@ TEST(qtrain_lsq_gradcheck) {
 
 /* Bytes reported are the bytes allocated (codes as parameters; master,
  * steps and optimizer state as training state) and within the budget, for
- * every method with row tables at every precision and training mode. */
+ * every registered method at every precision and training mode: the
+ * methods sized by a budget through es_sh_budget (which also asks that
+ * the budget be used, >= 95%); `full` (sized by its vocabulary) and `mde`
+ * (whose maps do not shrink with the budget, so its fill can be low) by
+ * the same accounting without the fill; the methods without row tables
+ * refuse every precision with a message. */
+static int bytes_within(const es_sh_cfg *c, const es_vocab *v, double budget) {
+    es_sh_cfg cc = *c;
+    cc.budget = budget;
+    es_storage *s = NULL;
+    es_err err;
+    if (es_sh_create(&s, &cc, v, ES_OPT_ROWWISE_ADAGRAD, 0.05f, &err) != 0) {
+        es_test_fail(__FILE__, __LINE__, "%s %s %s budget %g: %s", c->method, es__prec_name(c->precision),
+                     es__qtrain_name(c->qtrain), budget, err.msg);
+        return 0;
+    }
+    size_t tp, ts;
+    int ok = es_sh_tensor_bytes(s, &tp, &ts) && tp == s->param_bytes && ts == s->state_bytes &&
+             (s->budget_bytes == 0 || (double)s->param_bytes + (double)s->aux_bytes <= s->budget_bytes);
+    if (!ok)
+        es_test_fail(__FILE__, __LINE__, "%s %s %s budget %g: tensors %zu + %zu, reported %zu + %zu, %zu + %zu of %.0f bytes",
+                     c->method, es__prec_name(c->precision), es__qtrain_name(c->qtrain), budget, tp, ts, s->param_bytes,
+                     s->state_bytes, s->param_bytes, s->aux_bytes, s->budget_bytes);
+    es__storage_free(s);
+    return ok;
+}
+
 TEST(qtrain_budget_every_method) {
     static const double fracs[] = {0.25, 1.0 / 16};
     const es_precision precs[] = {ES_PREC_FP16, ES_PREC_INT8, ES_PREC_INT4, ES_PREC_INT2};
-    int n = 0;
+    es_vocab *v = es_sh_vocab(4);
+    CHECK(v != NULL);
+    int n = 0, refused = 0;
     for (int i = 0; i < es__storage_n_methods(); i++) {
         const es_storage_ops *ops = es__storage_method_at(i);
-        if (!ops->rows) continue;
         for (size_t k = 0; k < ES_ARRAY_LEN(precs); k++)
             for (int mode = ES_QTRAIN_QAT; mode <= ES_QTRAIN_ALPT; mode++) {
                 if (mode == ES_QTRAIN_ALPT && precs[k] == ES_PREC_FP16) continue;
-                if (!strcmp(ops->name, "full") || !strcmp(ops->name, "mde")) continue; /* sized by the vocabulary: below */
                 es_sh_cfg c = es_sh_cfg_make(ops->name, 0);
                 c.precision = precs[k];
                 c.qtrain = mode;
-                CHECK(es_sh_budget(&c, fracs, 2));
+                if (!ops->rows) {
+                    es_storage *s = NULL;
+                    es_err err;
+                    int rc = es_sh_create(&s, &c, v, ES_OPT_ROWWISE_ADAGRAD, 0.05f, &err);
+                    es__storage_free(s);
+                    CHECK_MSG(rc == ES_EINVAL && strstr(err.msg, "needs a method whose embeddings are rows of tables"),
+                              "%s at %s: rc %d, %s", ops->name, es__prec_name(precs[k]), rc, rc ? err.msg : "created");
+                    refused++;
+                    continue;
+                }
+                if (!strcmp(ops->name, "full")) {
+                    CHECK(bytes_within(&c, v, 0));
+                } else if (!strcmp(ops->name, "mde")) {
+                    for (size_t f = 0; f < ES_ARRAY_LEN(fracs); f++) CHECK(bytes_within(&c, v, fracs[f]));
+                } else {
+                    CHECK(es_sh_budget(&c, fracs, 2));
+                }
                 n++;
             }
     }
-    printf("    %d method x precision x mode cases\n", n);
+    es_vocab_free(v);
+    printf("    %d method x precision x mode cases checked, %d refused (methods without row tables)\n", n, refused);
 }
 
 /* full is sized by its vocabulary: at a precision its codes are the
