@@ -376,3 +376,216 @@ TEST(diag_threads) {
     CHECK(same);
     CHECK(same2);
 }
+
+/* ---- the CLI ---------------------------------------------------------------- */
+
+#define CRITEO "data/criteo_kaggle_train_first10k.tsv"
+#define SIFT1 "data/siftsmall/siftsmall_base.part1.fvecs"
+#define SIFT2 "data/siftsmall/siftsmall_base.part2.fvecs"
+
+/* A DLRM model with a hashed table (dim 16, a tenth of the full table's
+ * bytes), 1 thread, trained once per run of the runner. */
+static const char *hash_model(void) {
+    static char path[512];
+    if (path[0]) return path;
+    snprintf(path, sizeof path, "%s", es_test_path("diag_dlrm_hash.es"));
+    es_train_params p = es_train_params_default();
+    p.train_path = CRITEO;
+    p.model = "dlrm";
+    p.storage = "hash";
+    p.budget = 0.1;
+    p.dim = 16;
+    p.epochs = 1;
+    p.threads = 1;
+    p.seed = 1;
+    p.out_path = path;
+    es_train_result res;
+    es_err err = {0};
+    if (es_train(&p, &res, &err) != 0) {
+        fprintf(stderr, "train: %s\n", err.msg);
+        path[0] = 0;
+        return NULL;
+    }
+    return path;
+}
+
+static int file_size(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 ? (int)st.st_size : -1;
+}
+
+TEST(diag_cli_model) {
+    const char *model = hash_model();
+    CHECK(model);
+    const char *out = es_test_path("diag_model.txt");
+    CHECK_EQ_INT(es_test_sh(out, "%s diagnose %s --data %s --threads 1", es_bin(), model, CRITEO), 0);
+    char *txt = es_test_slurp(out);
+    CHECK(txt);
+    printf("%.1500s", txt);
+    int ok = strstr(txt, "hash/C1 ") && strstr(txt, "hash/C26") && strstr(txt, "collisions (values of --data)") &&
+             strstr(txt, "spectrum by gram") && !strstr(txt, "nan") && !strstr(txt, "NaN");
+    free(txt);
+    CHECK(ok);
+    /* --json: one document, 27 sets (the table, 26 fields) */
+    CHECK_EQ_INT(es_test_sh(out, "%s diagnose %s --json --threads 1", es_bin(), model), 0);
+    txt = es_test_slurp(out);
+    CHECK(txt);
+    const char *line = es_test_last_line(txt);
+    double er = es_test_json_num(line, "erank"), tw = es_test_json_num(line, "twonn");
+    int sets = 0;
+    for (const char *s = line; (s = strstr(s, "\"name\":")) != NULL; s++) sets++;
+    int clean = line[0] == '{' && !strstr(line, "nan") && !strstr(line, "inf");
+    free(txt);
+    printf("  json: %d sets, first erank %.3f twonn %.3f\n", sets, er, tw);
+    CHECK(clean);
+    CHECK_EQ_INT(sets, 27);
+    CHECK(er > 1 && er <= 16);
+    CHECK(tw > 1 && tw < 32);
+    /* --report: plots and summary; the table is the same as the text */
+    const char *dir = es_test_path("diag_report");
+    es_test_sh(NULL, "rm -rf '%s'", dir);
+    CHECK_EQ_INT(es_test_sh(out, "%s diagnose %s --report %s --threads 1", es_bin(), model, dir), 0);
+    char p1[600], p2[600], p3[600];
+    snprintf(p1, sizeof p1, "%s/spectrum.svg", dir);
+    snprintf(p2, sizeof p2, "%s/fields.svg", dir);
+    snprintf(p3, sizeof p3, "%s/summary.md", dir);
+    printf("  report: spectrum.svg %d B, fields.svg %d B, summary.md %d B\n", file_size(p1), file_size(p2), file_size(p3));
+    CHECK(file_size(p1) > 200 && file_size(p2) > 200 && file_size(p3) > 200);
+    char *md = es_test_slurp(p3);
+    CHECK(md);
+    int has = strstr(md, "| hash/C13 |") != NULL && strstr(md, "![spectrum](spectrum.svg)") != NULL;
+    free(md);
+    CHECK(has);
+    /* no temporary file left behind */
+    CHECK_EQ_INT(es_test_sh(NULL, "ls '%s' | grep -q tmp", dir), 1);
+}
+
+TEST(diag_cli_vectors) {
+    const char *out = es_test_path("diag_vec.txt");
+    /* siftsmall, both parts as one set, a sample of 2000 for the neighbours */
+    CHECK_EQ_INT(es_test_sh(out, "%s diagnose %s %s --json --sample 2000", es_bin(), SIFT1, SIFT2), 0);
+    char *txt = es_test_slurp(out);
+    CHECK(txt);
+    const char *line = es_test_last_line(txt);
+    double n = es_test_json_num(line, "n"), d = es_test_json_num(line, "d"), er = es_test_json_num(line, "erank"),
+           sampled = es_test_json_num(line, "sampled");
+    printf("  siftsmall: n %.0f d %.0f erank %.3f sampled %.0f\n", n, d, er, sampled);
+    free(txt);
+    CHECK(n == 10000 && d == 128 && sampled == 2000);
+    CHECK_NEAR(er, 84.2275, 1e-3);
+    /* an index keeps its vectors: the same spectrum */
+    const char *ix = es_test_path("diag_flat.es");
+    CHECK_EQ_INT(es_test_sh(NULL, "%s index build %s %s -o %s", es_bin(), SIFT1, SIFT2, ix), 0);
+    CHECK_EQ_INT(es_test_sh(out, "%s diagnose %s --json --sample 2000", es_bin(), ix), 0);
+    txt = es_test_slurp(out);
+    CHECK(txt);
+    double er2 = es_test_json_num(es_test_last_line(txt), "erank");
+    int kind = strstr(txt, "\"kind\":\"index\"") != NULL;
+    free(txt);
+    CHECK(kind);
+    CHECK_NEAR(er2, er, 1e-9);
+    /* text and raw float32 (with --dim), --dump round trip */
+    const char *tx = es_test_path("diag_vec.txt.vec"), *raw = es_test_path("diag_vec.f32"), *dump = es_test_path("diag_dump.fvecs");
+    FILE *f = fopen(tx, "w"), *g = fopen(raw, "wb");
+    CHECK(f && g);
+    rs = 44;
+    for (int i = 0; i < 300; i++) {
+        float v[6];
+        for (int j = 0; j < 6; j++) v[j] = (float)nrand();
+        for (int j = 0; j < 6; j++) fprintf(f, j ? " %.9g" : "%.9g", v[j]);
+        fputc('\n', f);
+        fwrite(v, sizeof v, 1, g);
+    }
+    fclose(f), fclose(g);
+    CHECK_EQ_INT(es_test_sh(out, "%s diagnose %s --json --dump %s", es_bin(), tx, dump), 0);
+    txt = es_test_slurp(out);
+    double a = es_test_json_num(es_test_last_line(txt), "erank");
+    free(txt);
+    CHECK_EQ_INT(es_test_sh(out, "%s diagnose %s --json --dim 6", es_bin(), raw), 0);
+    txt = es_test_slurp(out);
+    double b = es_test_json_num(es_test_last_line(txt), "erank");
+    free(txt);
+    CHECK_EQ_INT(es_test_sh(out, "%s diagnose %s --json", es_bin(), dump), 0);
+    txt = es_test_slurp(out);
+    double c = es_test_json_num(es_test_last_line(txt), "erank");
+    free(txt);
+    printf("  text %.9g raw %.9g dump %.9g\n", a, b, c);
+    CHECK(a > 5 && a <= 6);
+    CHECK(a == b && b == c);
+}
+
+TEST(diag_cli_errors) {
+    const char *out = es_test_path("diag_err.txt");
+    const char *empty = es_test_path("diag_empty.fvecs"), *nan = es_test_path("diag_nan.txt"),
+               *one = es_test_path("diag_one.txt"), *same = es_test_path("diag_same.txt");
+    FILE *f = fopen(empty, "w");
+    CHECK(f);
+    fclose(f);
+    f = fopen(nan, "w");
+    fprintf(f, "1 2 3\n4 nan 6\n");
+    fclose(f);
+    f = fopen(one, "w");
+    fprintf(f, "1 2 3\n");
+    fclose(f);
+    f = fopen(same, "w");
+    for (int i = 0; i < 40; i++) fprintf(f, "1 2 3\n");
+    fclose(f);
+    struct {
+        const char *args, *msg;
+        int rc;
+    } cases[] = {
+        {"", "no file given", 2},
+        {"--bogus x", "unknown option '--bogus'", 2},
+        {"%s --k 2", "--k", 2},
+        {"%s", "empty", 1},
+        {"%s", "not a finite number", 1},
+        {"data/siftsmall/siftsmall_groundtruth.ivecs", "ids, not embeddings", 1},
+        {"%s --dump %s", "is an input file", 2},
+        {"%s --data " CRITEO, "--data is for models", 2},
+    };
+    const char *files[] = {NULL, NULL, SIFT1, empty, nan, NULL, SIFT1, SIFT1};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char args[1200];
+        snprintf(args, sizeof args, cases[i].args, files[i] ? files[i] : "", files[i] ? files[i] : "");
+        int rc = es_test_sh(out, "%s diagnose %s 2>&1", es_bin(), args);
+        char *txt = es_test_slurp(out);
+        printf("  diagnose %s -> %d: %s", args, rc, txt ? txt : "(none)\n");
+        int has = txt && strstr(txt, cases[i].msg);
+        free(txt);
+        CHECK_MSG(rc == cases[i].rc && has, "case %zu: rc %d, want %d and '%s'", i, rc, cases[i].rc, cases[i].msg);
+    }
+    /* degenerate but valid inputs: a documented answer, no NaN */
+    const char *deg[] = {one, same};
+    for (int i = 0; i < 2; i++) {
+        CHECK_EQ_INT(es_test_sh(out, "%s diagnose %s", es_bin(), deg[i]), 0);
+        char *txt = es_test_slurp(out);
+        CHECK(txt);
+        printf("%s", txt);
+        int ok = strstr(txt, "intrinsic dimension unavailable: needs 21 distinct rows (k + 1), found 1") && !strstr(txt, "nan");
+        free(txt);
+        CHECK(ok);
+        CHECK_EQ_INT(es_test_sh(out, "%s diagnose %s --json", es_bin(), deg[i]), 0);
+        txt = es_test_slurp(out);
+        CHECK(txt);
+        ok = strstr(txt, "\"id\":{\"ok\":false") && !strstr(txt, "nan");
+        free(txt);
+        CHECK(ok);
+    }
+}
+
+/* The numpy / scikit-learn reference (bench/diag_reference.py) on siftsmall
+ * and a trained model's table: the spectrum measures within 1e-4, TwoNN and
+ * MLE within 2%. */
+TEST_SLOW(diag_numpy_reference) {
+    if (es_test_sh(NULL, "/usr/bin/python3 -c 'import numpy, sklearn' 2>/dev/null") != 0) {
+        es_test_skip("/usr/bin/python3 cannot import numpy and sklearn (Debian python3-numpy, python3-sklearn)");
+        return;
+    }
+    const char *out = es_test_path("diag_numpy.txt");
+    int rc = es_test_sh(out, "/usr/bin/python3 bench/diag_reference.py --bin %s --tmp %s 2>&1", es_bin(),
+                        es_test_path("diag_numpy"));
+    char *txt = es_test_slurp(out);
+    printf("%s", txt ? txt : "");
+    free(txt);
+    CHECK_EQ_INT(rc, 0);
+}
