@@ -554,6 +554,17 @@ TEST(diag_cli_errors) {
         free(txt);
         CHECK_MSG(rc == cases[i].rc && has, "case %zu: rc %d, want %d and '%s'", i, rc, cases[i].rc, cases[i].msg);
     }
+    /* --help, and the command list */
+    CHECK_EQ_INT(es_test_sh(out, "%s diagnose --help", es_bin()), 0);
+    char *help = es_test_slurp(out);
+    int ok_help = help && strstr(help, "--report DIR") && strstr(help, "docs/diagnostics.md");
+    free(help);
+    CHECK(ok_help);
+    CHECK_EQ_INT(es_test_sh(out, "%s --help", es_bin()), 0);
+    help = es_test_slurp(out);
+    ok_help = help && strstr(help, "  diagnose ");
+    free(help);
+    CHECK(ok_help);
     /* degenerate but valid inputs: a documented answer, no NaN */
     const char *deg[] = {one, same};
     for (int i = 0; i < 2; i++) {
