@@ -17,7 +17,9 @@
  *     n < k + 1, all-zero rows, bad parameters: ES_EINVAL with a message or
  *     the documented degenerate answer; no NaN anywhere;
  *   - diag_dups_dead: dead rows and exact / near duplicates counted;
- *   - diag_threads: 1 and 2 threads give the same bits;
+ *   - diag_threads: 1 and 2 threads give the same bits (neighbour measures);
+ *   - diag_model_tables: a model's tables per field (hash, full) partition
+ *     the table; hashed collisions agree with the storage's field_stats;
  *   - diag_cli_*: `embstore diagnose` on a model trained on the Criteo
  *     sample (text, --json, --report), on siftsmall (fvecs), on text and raw
  *     vectors, its refusals; diag_numpy_reference runs
@@ -25,6 +27,8 @@
  */
 #include "test.h"
 #include "embstore.h"
+#include "storage/storage.h"
+#include "train/model.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -599,4 +603,99 @@ TEST_SLOW(diag_numpy_reference) {
     printf("%s", txt ? txt : "");
     free(txt);
     CHECK_EQ_INT(rc, 0);
+}
+
+/* es_diag_model_table / _collisions against the storage's own layout and
+ * statistics: per-field rows of hash (share=0) partition the table, in
+ * order; for every field, values and rows_used equal es_field_stats's for
+ * the same vocabulary, and the values losing their row are values -
+ * rows_used; full's fields own their OOV row and one row per value. */
+TEST(diag_model_tables) {
+    const char *path = hash_model();
+    CHECK(path);
+    es_model *m = NULL;
+    es_err err = {0};
+    CHECK_MSG(es_model_load(&m, path, 0, &err) == 0, "%s", err.msg);
+    CHECK_EQ_INT(es_diag_model_tables(m), 1);
+    float *all = NULL, *x = NULL;
+    size_t n_all, n;
+    int d;
+    char name[64];
+    CHECK(es_diag_model_table(m, 0, -1, &all, &n_all, &d, name, sizeof name, &err) == 0);
+    CHECK_EQ_INT(d, 16);
+    CHECK(strcmp(name, "hash") == 0);
+    es_vocab *v = NULL;
+    es_reader *r = NULL;
+    es_reader_params rp = es_model_reader_params(m);
+    CHECK(es_reader_open(&r, CRITEO, &rp, &err) == 0);
+    es_batch b;
+    CHECK(es_batch_alloc(&b, 1024, es_reader_n_dense(r), es_reader_n_fields(r), 0) == 0);
+    CHECK(es_vocab_create(&v, es_model_n_fields(m)) == 0);
+    while (es_reader_next(r, &b) > 0) CHECK(es_vocab_add_batch(v, &b) == 0);
+    es_batch_free(&b);
+    es_reader_free(r);
+    size_t off = 0;
+    int ok = 1;
+    for (int f = 0; f < es_model_n_fields(m) && ok; f++) {
+        if (es_diag_model_table(m, 0, f, &x, &n, &d, name, sizeof name, &err) != 0) {
+            ok = 0;
+            break;
+        }
+        ok = off + n <= n_all && memcmp(x, all + off * 16, n * 16 * sizeof(float)) == 0;
+        off += n;
+        es_diag_free(x);
+        es_diag_collisions c;
+        es_field_stats fs = {0};
+        m->st->ops->field_stats(m->st, v, f, &fs);
+        if (ok && es_diag_model_collisions(m, v, f, &c, &err) != 0) ok = 0;
+        if (ok) {
+            ok = c.values == fs.distinct && c.rows_used == fs.rows_used && c.rows == fs.rows && c.rows == n &&
+                 fabs(c.share_colliding * c.values - (double)(c.values - c.rows_used)) < 1e-6 && c.n_top >= 1 &&
+                 c.top_values[0] >= 1;
+            if (f == 2 || !ok)
+                printf("  field %d: values %llu rows %llu used %llu (stats %llu/%llu/%llu) colliding %.3f top %llu\n", f,
+                       (unsigned long long)c.values, (unsigned long long)c.rows, (unsigned long long)c.rows_used,
+                       (unsigned long long)fs.distinct, (unsigned long long)fs.rows, (unsigned long long)fs.rows_used,
+                       c.share_colliding, (unsigned long long)c.top_values[0]);
+        }
+    }
+    printf("  per-field rows cover %zu of %zu\n", off, n_all);
+    es_diag_free(all);
+    es_vocab_free(v);
+    /* errors: a bad table or field */
+    int e1 = es_diag_model_table(m, 1, -1, &x, &n, &d, NULL, 0, &err);
+    int e2 = es_diag_model_table(m, 0, 99, &x, &n, &d, NULL, 0, &err);
+    es_model_free(m);
+    CHECK(ok);
+    CHECK_EQ_INT(off, n_all);
+    CHECK_EQ_INT(e1, ES_EINVAL);
+    CHECK_EQ_INT(e2, ES_EINVAL);
+    /* full: field f owns its OOV row plus a row per kept value */
+    const char *fp = es_test_path("diag_full.es");
+    es_train_params p = es_train_params_default();
+    p.train_path = CRITEO;
+    p.model = "fm";
+    p.storage = "full";
+    p.dim = 4;
+    p.epochs = 1;
+    p.threads = 1;
+    p.max_rows = 2000;
+    p.out_path = fp;
+    es_train_result res;
+    CHECK_MSG(es_train(&p, &res, &err) == 0, "%s", err.msg);
+    CHECK(es_model_load(&m, fp, 0, &err) == 0);
+    CHECK(es_diag_model_table(m, 0, -1, &all, &n_all, &d, NULL, 0, &err) == 0);
+    es_diag_free(all);
+    size_t tot = 0;
+    for (int f = 0; f < es_model_n_fields(m); f++) {
+        CHECK(es_diag_model_table(m, 0, f, &x, &n, &d, NULL, 0, &err) == 0);
+        es_diag_free(x);
+        tot += n;
+    }
+    es_diag_collisions c;
+    int e3 = es_diag_model_collisions(m, NULL, 0, &c, &err);
+    es_model_free(m);
+    printf("  full: per-field rows %zu of %zu\n", tot, n_all);
+    CHECK_EQ_INT(tot, n_all);
+    CHECK_EQ_INT(e3, ES_EINVAL);
 }
