@@ -1240,6 +1240,166 @@ ES_API const char *es_multi_errmsg(const es_multi *m);
 ES_API int es_multi_encode(es_multi *m, int is_query, size_t n, const float *x, float *out);
 /* ==== end index ==== */
 
+/* ==== Diagnostics of representations (src/diag; docs/diagnostics.md) ====
+ * Measures of a set of n vectors x[n, d] (row-major float32): the singular
+ * value spectrum and the effective rank (RankMe), intrinsic dimension
+ * (TwoNN, Levina-Bickel MLE), the Vendi score (cosine kernel), dead and
+ * near-duplicate rows; and, for a model, its tables per field and the
+ * collisions of the hashed methods.
+ *
+ * Input rules (every es_diag_* taking x): n >= 1, 1 <= d <= 2^20, every
+ * value finite; otherwise ES_EINVAL with a message naming the bad row and
+ * column.  Results are plain structs; arrays in them are owned by the
+ * struct and released by its _free function (which zeroes it; freeing a
+ * zeroed struct is a no-op).  Nothing is ever NaN: a measure that does not
+ * exist for the input (an estimator with too few distinct rows) is marked
+ * unavailable with a reason, see each struct. */
+typedef struct es_diag_params {
+    int k;            /* 20: Levina-Bickel neighbours (>= 3) */
+    size_t sample;    /* 10000: rows drawn (without replacement, seeded) for
+                         the kNN estimators and the duplicate search; 0 = all */
+    uint64_t seed;    /* 1: the sample */
+    int top_k;        /* 10: the energy share of the top_k singular values */
+    double dead_rel;  /* 1e-3: a row is dead when its norm is 0 or below
+                         dead_rel times the median row norm */
+    double dup_cos;   /* 0.999: a row is a near-duplicate when another row of
+                         the sample has cosine similarity above dup_cos */
+    int threads;      /* 0: the library's (es_set_threads) */
+} es_diag_params;
+ES_API es_diag_params es_diag_params_default(void);
+
+/* Singular values of x as given (not centred).  n > 4 d: eigenvalues of the
+ * d x d Gram matrix X^T X accumulated in double (dsyrk over blocks of rows
+ * converted to double) by LAPACKE_dsyevd, sigma = sqrt(max(lambda, 0)):
+ * relative precision about 1e-16 on lambda, so sigma_i is exact to about
+ * 1e-8 sigma_1; otherwise LAPACKE_dgesdd on a double copy of x. */
+typedef struct es_diag_spectrum {
+    size_t n;
+    int d;
+    int m;                  /* min(n, d): number of singular values */
+    double *sv;             /* [m] descending */
+    const char *method;     /* "gram" or "gesdd" (static) */
+    /* RankMe (Garrido et al. 2023): exp(-sum p_k log p_k), p_k =
+     * sigma_k / ||sigma||_1 + 1e-7; 0 when every sigma is 0. */
+    double erank;
+    double erank_centered;  /* the same on x minus its column means */
+    double nuclear;         /* ||X||_* = sum sigma */
+    double frobenius;       /* ||X||_F */
+    /* ||X||_* / (||X||_F sqrt(m)), in [1/sqrt(m), 1]: 1 when every sigma
+     * is equal; 0 when X = 0. */
+    double nuclear_norm;
+    /* sigma_1 / sigma_m; 0 (meaning "infinite", rank deficient) when
+     * sigma_m <= sigma_1 * max(n, d) * FLT_EPSILON, as numpy's matrix_rank
+     * tolerance for float32 data. */
+    double condition;
+    int rank;               /* sigma above that tolerance */
+    int top_k;              /* min(params top_k, m) */
+    double energy_top_k;    /* sum_{i<top_k} sigma^2 / sum sigma^2 (0 for X = 0) */
+    int k90, k99;           /* fewest singular values holding 90% / 99% of the energy */
+} es_diag_spectrum;
+ES_API int es_diag_compute_spectrum(const float *x, size_t n, int d, const es_diag_params *p, es_diag_spectrum *out,
+                                    es_err *err);
+ES_API void es_diag_spectrum_free(es_diag_spectrum *s);
+
+/* Intrinsic dimension from exact nearest neighbours (squared L2 through the
+ * index kernels, blocked, OpenMP over queries) among the sampled rows.
+ * Duplicates are one point: the estimators run on the distinct rows of the
+ * sample (a zero distance is never a neighbour).
+ *   TwoNN (Facco et al. 2017): mu = r2 / r1; twonn = (N - 1) / sum log mu
+ *     (maximum likelihood, unbiased), CI from its exact distribution (sum
+ *     log mu ~ Gamma(N, d)) by the normal approximation d (1 +- 1.96 /
+ *     sqrt(N)); twonn_fit: least squares through the origin of
+ *     -log(1 - F(mu)) on log mu with the largest 10% of mu discarded.
+ *   MLE (Levina & Bickel 2004) with k neighbours: local m(x) = [1/(k-1)
+ *     sum_{j<k} log(T_k / T_j)]^-1; mle = the mean of the inverses, inverted
+ *     (MacKay & Ghahramani), CI +-1.96 standard errors of that mean (delta
+ *     method; neighbourhoods overlap, so it is optimistic); mle_lb = the
+ *     mean of the local estimates (Levina-Bickel's own average); local_q:
+ *     the 5, 25, 50, 75 and 95% quantiles of the local estimates.
+ * ES_EINVAL with a message when fewer than k + 1 distinct rows (TwoNN: 3)
+ * remain; es_diag_run marks it unavailable instead. */
+typedef struct es_diag_id {
+    size_t n_used;          /* distinct rows the estimators ran on */
+    int k;
+    double twonn, twonn_lo, twonn_hi, twonn_fit;
+    double mle, mle_lo, mle_hi, mle_lb;
+    double local_q[5];
+} es_diag_id;
+ES_API int es_diag_compute_id(const float *x, size_t n, int d, const es_diag_params *p, es_diag_id *out, es_err *err);
+
+/* Vendi score with the cosine kernel (Friedman & Dieng 2023): exp of the
+ * entropy of the eigenvalues of K / n', K the Gram matrix of the unit rows
+ * (n' rows of nonzero norm; zero rows are left out).  Computed on the
+ * smaller of the n' x n' and d x d matrices (the same nonzero eigenvalues),
+ * in double.  In [1, min(n', d)].  ES_EINVAL when every row is zero. */
+ES_API int es_diag_compute_vendi(const float *x, size_t n, int d, const es_diag_params *p, double *out, es_err *err);
+
+/* Row norms, dead rows and near-duplicates (over the sample, exact: the
+ * cosine of every pair from the kNN scan's distances). */
+typedef struct es_diag_rows {
+    size_t n;
+    double norm_min, norm_median, norm_mean, norm_max;
+    size_t zero, dead;      /* rows of norm 0; dead (see dead_rel), zero included */
+    size_t sampled;         /* rows searched for duplicates */
+    size_t dup_exact;       /* sampled rows equal to another sampled row */
+    size_t dup_near;        /* sampled rows with a near-duplicate (exact ones included) */
+    double max_cos_median;  /* median over sampled rows of the largest cosine to another row */
+} es_diag_rows;
+ES_API int es_diag_compute_rows(const float *x, size_t n, int d, const es_diag_params *p, es_diag_rows *out,
+                                es_err *err);
+
+/* Everything above in one call (one kNN scan serves the estimators and the
+ * duplicates).  Parts that do not exist for the input are marked:
+ * id_ok / vendi_ok = 0 with the reason in id_note / vendi_note. */
+typedef struct es_diag_report {
+    es_diag_spectrum spec;
+    es_diag_rows rows;
+    es_diag_id id;
+    int id_ok;
+    char id_note[160];
+    double vendi;
+    int vendi_ok;
+    char vendi_note[160];
+    double seconds;         /* wall time of the whole call */
+} es_diag_report;
+ES_API int es_diag_run(const float *x, size_t n, int d, const es_diag_params *p, es_diag_report *out, es_err *err);
+ES_API void es_diag_report_free(es_diag_report *r);
+
+/* A model's embedding rows as float arrays.  es_diag_model_tables: the
+ * number of row tables of the model's storage (0 when its method has none
+ * that can be read as rows, e.g. tt or dhe).  es_diag_model_table: table t
+ * (0 <= t < tables) as a new array *x [*n, *dim] (rows decoded to float
+ * from any precision; free with es_diag_free) and its name; field >= 0
+ * gives only the rows that field can address (full: its OOV row and its
+ * values' rows; hash and unified: its hash ranges; ES_EUNSUPPORTED for the
+ * other methods), field = -1 the whole table. */
+ES_API int es_diag_model_tables(const es_model *m);
+ES_API int es_diag_model_table(es_model *m, int t, int field, float **x, size_t *n, int *dim, char *name,
+                               size_t name_cap, es_err *err);
+ES_API void es_diag_free(void *p);
+
+/* Collisions of one field of a hashed table (hash, unified) for the values
+ * of a vocabulary counted on data (es_vocab_add_batch): how many values
+ * share a row, and how many of them lose their row to a more frequent
+ * value.  For chunked tables (unified with chunks > 1) chunk 0 is used. */
+#define ES_DIAG_TOP_ROWS 5
+typedef struct es_diag_collisions {
+    uint64_t values;        /* distinct values of the field */
+    uint64_t rows;          /* rows the field can address */
+    uint64_t rows_used;     /* rows holding at least one value */
+    double values_per_row;  /* values / rows_used */
+    double load;            /* rows_used / rows */
+    /* values sharing their row with a strictly more frequent value (ties:
+     * the larger key wins), as a share of the values, and the share of the
+     * field's occurrences they carry */
+    double share_colliding, share_colliding_weight;
+    int n_top;
+    uint64_t top_row[ES_DIAG_TOP_ROWS];    /* rows holding the most values */
+    uint64_t top_values[ES_DIAG_TOP_ROWS];
+} es_diag_collisions;
+ES_API int es_diag_model_collisions(es_model *m, const es_vocab *v, int field, es_diag_collisions *out, es_err *err);
+/* ==== end diagnostics ==== */
+
 #ifdef __cplusplus
 }
 #endif

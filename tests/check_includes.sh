@@ -30,6 +30,7 @@ declare -A ALLOW=(
     [model]="core optim format"
     [index]="core format"
     [train]="core optim data format storage model index"
+    [diag]="core optim data format storage model index train"
 )
 
 violations=0

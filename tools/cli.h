@@ -87,5 +87,6 @@ int cmd_inspect(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
 int cmd_bench_storage(int argc, char **argv);
 int cmd_index(int argc, char **argv);
+int cmd_diagnose(int argc, char **argv);
 
 #endif

@@ -25,6 +25,7 @@ static const command commands[] = {
     {"index", cmd_index, "build, search and evaluate vector indexes"},
     {"quantize", cmd_quantize, "post-training quantization: store a model's table as fp16/int16/int8/int4/int2"},
     {"inspect", cmd_inspect, "show the metadata, tensors, bytes and field statistics of a file"},
+    {"diagnose", cmd_diagnose, "spectrum, effective rank, intrinsic dimension, diversity of tables or vectors"},
 };
 
 static void usage(FILE *f) {
