@@ -88,5 +88,6 @@ int cmd_quantize(int argc, char **argv);
 int cmd_bench_storage(int argc, char **argv);
 int cmd_index(int argc, char **argv);
 int cmd_diagnose(int argc, char **argv);
+int cmd_advise(int argc, char **argv);
 
 #endif
