@@ -1,0 +1,55 @@
+/*
+ * test_advise.c — `embstore advise` (issue 13, part 3): the advice from a
+ * probe trained on the Criteo sample has one dimension per field within
+ * [1, dim], consistent with each field's spectrum (a field with fewer rows
+ * than dimensions cannot use more than its rows); bad usage is refused;
+ * --verify (slow tier) trains the advice and the uniform baseline.
+ */
+#include "test.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CRITEO "data/criteo_kaggle_train_first10k.tsv"
+
+/* The value after "key": in s (a number), or -1. */
+static double num_after(const char *s, const char *key) {
+    const char *p = strstr(s, key);
+    return p ? atof(p + strlen(key)) : -1;
+}
+
+TEST(advise_cli_dims_per_field) {
+    const char *log = es_test_path("advise.json");
+    CHECK(es_test_sh(log, "%s advise " CRITEO " --max-rows 4000 --json --quiet", es_bin()) == 0);
+    char *s = es_test_slurp(log);
+    CHECK(s != NULL);
+    CHECK_STR_HAS(s, "\"storage\":\"fielddim\"");
+    CHECK_STR_HAS(s, "\"storage_opts\":\"dims=");
+    int fields = 0;
+    for (const char *p = strstr(s, "\"fields\":["); p && (p = strstr(p, "{\"name\":")); p++) {
+        double rows = num_after(p, "\"rows\":"), dim = num_after(p, "\"dim\":");
+        CHECK_MSG(dim >= 1 && dim <= 16, "field %d: dim %g", fields, dim);
+        CHECK_MSG(rows < 0 || dim <= rows || rows < 2, "field %d: dim %g from %g rows", fields, dim, rows);
+        fields++;
+    }
+    CHECK_EQ_INT(fields, 26);
+    /* the dims string has one entry per field */
+    const char *o = strstr(s, "dims=");
+    int colons = 0;
+    for (const char *c = o; c && *c && *c != '"'; c++) colons += *c == ':';
+    CHECK_EQ_INT(colons, 25);
+    printf("    %.160s...\n", o);
+    free(s);
+    /* usage errors */
+    CHECK(es_test_sh(log, "%s advise " CRITEO " --verify --valid-frac 0 --quiet", es_bin()) != 0);
+    s = es_test_slurp(log);
+    CHECK_STR_HAS(s, "--verify compares validation AUCs");
+    free(s);
+    CHECK(es_test_sh(log, "%s advise " CRITEO " --energy 2 --quiet", es_bin()) != 0);
+    CHECK(es_test_sh(log, "%s advise --quiet", es_bin()) != 0);
+    CHECK(es_test_sh(log, "%s advise --help", es_bin()) == 0);
+    s = es_test_slurp(log);
+    CHECK_STR_HAS(s, "usage: embstore advise DATA");
+    free(s);
+}
