@@ -308,3 +308,73 @@ TEST(fielddim_cli_train_save_reload_predict) {
     free(a);
     free(b);
 }
+
+/* ---- FTRL, lazy L2 and post-training quantization through the per-field tables ------------- */
+
+TEST(fielddim_ftrl_lazy_l2_and_quantize) {
+    const int F = 4, dim = 8;
+    es_vocab *v = es_sh_vocab(F);
+    es_batch b;
+    CHECK(es_sh_batch(&b, 40, F, 12) == 0);
+    size_t nout = (size_t)b.n * F * dim;
+    float *o1 = malloc(nout * sizeof *o1), *o2 = malloc(nout * sizeof *o2), *g = malloc(nout * sizeof *g);
+    CHECK(o1 && o2 && g);
+    /* FTRL and row-wise Adagrad with lazy L2: dims=dim still equals hash share=0 */
+    for (int k = 0; k < 2; k++) {
+        es_storage_params p = es__storage_params_default();
+        p.n_fields = F;
+        p.dim = dim;
+        p.budget = 1.0 / 16;
+        p.seed = 5;
+        p.max_batch = 64;
+        if (k == 0) {
+            p.opt.kind = ES_OPT_FTRL;
+            es__optim_ftrl_defaults(&p.opt);
+        } else {
+            p.opt.kind = ES_OPT_ROWWISE_ADAGRAD;
+            p.opt.row_l2 = 0.01f;
+        }
+        es_storage *a = NULL, *h = NULL;
+        es_err err = {0, ""};
+        p.method = "fielddim";
+        CHECK_MSG(es__storage_create(&a, &p, v, &err) == 0, "%s", err.msg);
+        p.method = "hash";
+        CHECK_MSG(es__storage_create(&h, &p, v, &err) == 0, "%s", err.msg);
+        es_rng r;
+        es__rng_seed(&r, 8);
+        for (int step = 0; step < 3; step++) {
+            CHECK(es__storage_lookup(a, &b, 0, b.n, o1) == 0 && es__storage_lookup(h, &b, 0, b.n, o2) == 0);
+            CHECK_MSG(memcmp(o1, o2, nout * sizeof *o1) == 0, "%s: step %d differs", k ? "lazy L2" : "ftrl", step);
+            for (size_t i = 0; i < nout; i++) g[i] = es__rng_normal(&r);
+            CHECK(es__storage_backward(a, &b, g) == 0 && es__storage_backward(h, &b, g) == 0);
+        }
+        es__storage_free(a);
+        es__storage_free(h);
+    }
+    /* quantized (post-training quantization): every table converts, lookups near fp32, padding still 0 */
+    es_err err = {0, ""};
+    es_storage *s = make("fielddim", "dims=8:3:5:1", F, dim, 0.25, v, ES_OPT_ADAGRAD, &err);
+    CHECK_MSG(s, "%s", err.msg);
+    CHECK(es__storage_lookup(s, &b, 0, b.n, o1) == 0);
+    size_t before = s->param_bytes;
+    CHECK_MSG(es__storage_quantize(s, ES_PREC_INT8, &err) == 0, "%s", err.msg);
+    CHECK(s->param_bytes < before);
+    for (int i = 0; i < F; i++) CHECK(s->ops->rows(s, i)->prec == ES_PREC_INT8);
+    CHECK(es__storage_lookup(s, &b, 0, b.n, o2) == 0);
+    const int d[4] = {8, 3, 5, 1};
+    double worst = 0;
+    for (size_t i = 0; i < nout; i++) {
+        int j = (int)(i % dim), f = (int)(i / dim % F);
+        if (j >= d[f]) CHECK(o2[i] == 0.0f);
+        worst = fmax(worst, fabs(o1[i] - o2[i]));
+    }
+    CHECK(worst < 5e-3);
+    CHECK(es__storage_backward(s, &b, g) != 0); /* a served code table refuses training */
+    printf("    int8 quantization: %zu -> %zu parameter bytes, worst lookup error %.2g\n", before, s->param_bytes, worst);
+    es__storage_free(s);
+    free(o1);
+    free(o2);
+    free(g);
+    es_batch_free(&b);
+    es_vocab_free(v);
+}
