@@ -20,6 +20,7 @@ extern const es_storage_ops es__storage_mgqe;
 extern const es_storage_ops es__storage_pep;
 extern const es_storage_ops es__storage_deeplight;
 extern const es_storage_ops es__storage_dedup;
+extern const es_storage_ops es__storage_fielddim;
 
 static const es_storage_ops *const methods[] = {
     &es__storage_full,
@@ -37,6 +38,7 @@ static const es_storage_ops *const methods[] = {
     &es__storage_pep,
     &es__storage_deeplight,
     &es__storage_dedup,
+    &es__storage_fielddim,
 };
 
 const es_storage_ops *es__storage_find(const char *name) {
