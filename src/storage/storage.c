@@ -842,7 +842,7 @@ int es__storage_quantize(es_storage *s, es_precision p, es_err *err) {
     if (p < 0 || p >= ES_PREC_COUNT_) return es__err(err, ES_EINVAL, "precision %d out of range", (int)p);
     if (!s->ops->rows)
         return es__err(err, ES_EINVAL,
-                       "storage method '%s' has no row tables to quantize (supported: full, hash, unified, qr, "
+                       "storage method '%s' has no row tables to quantize (supported: full, hash, unified, qr, fielddim, "
                        "multihash, mde, robe, adapt; tt and dhe have no rows, and dpq, mgqe, pep, deeplight and "
                        "dedup compress their rows their own way)",
                        s->ops->name);
