@@ -53,3 +53,19 @@ TEST(advise_cli_dims_per_field) {
     CHECK_STR_HAS(s, "usage: embstore advise DATA");
     free(s);
 }
+
+/* --verify trains the advice and the uniform baseline per seed and says
+ * which won (the measured table is in docs/diagnostics.md). */
+TEST_SLOW(advise_verify_reports_both) {
+    const char *log = es_test_path("advise_verify.json");
+    CHECK(es_test_sh(log, "%s advise " CRITEO " --max-rows 4000 --budget 1/16 --verify --seeds 1,2 --json --quiet", es_bin()) == 0);
+    char *s = es_test_slurp(log);
+    CHECK(s != NULL);
+    CHECK_STR_HAS(s, "\"verify\":{\"seeds\":2,\"advised_auc\":[");
+    CHECK_STR_HAS(s, "\"uniform_auc\":[");
+    double a = num_after(s, "\"advised_mean\":"), u = num_after(s, "\"uniform_mean\":");
+    CHECK_MSG(a > 0.55 && a < 1 && u > 0.55 && u < 1, "advised %g, uniform %g", a, u);
+    CHECK(strstr(s, "\"verdict\":\"tie") || strstr(s, "wins\""));
+    printf("    advised %.4f, uniform %.4f\n", a, u);
+    free(s);
+}
