@@ -1032,3 +1032,29 @@ done:
     es_vocab_free(v);
     return ok;
 }
+
+/* ---- small helpers for method tests --------------------------------------------- */
+
+es_tensor_ref *es_sh_tensor(es_storage *s, es_tensor_ref *refs, int max, const char *name) {
+    int n = es__storage_tensors(s, refs, max);
+    for (int i = 0; i < n; i++)
+        if (strcmp(refs[i].name, name) == 0) return &refs[i];
+    return NULL;
+}
+
+int es_sh_step(es_storage *s, uint64_t seed) {
+    es_batch b;
+    if (es_sh_batch(&b, 32, s->p.n_fields, seed) != 0) return -1;
+    size_t n = (size_t)b.n * s->p.n_fields * s->p.dim;
+    float *o = malloc(n * sizeof *o);
+    es_rng r;
+    es__rng_seed(&r, seed);
+    int rc = -1;
+    if (o && es__storage_lookup(s, &b, 0, b.n, o) == 0) {
+        for (size_t i = 0; i < n; i++) o[i] = o[i] - 0.3f * es__rng_normal(&r);
+        rc = es__storage_backward(s, &b, o);
+    }
+    free(o);
+    es_batch_free(&b);
+    return rc;
+}

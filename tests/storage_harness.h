@@ -127,6 +127,12 @@ int es_sh_alloc_failures(const es_sh_cfg *c);
  * made from the finite-difference gradient. */
 int es_sh_gradcheck_qtrain(const es_sh_cfg *c);
 
+/* The tensor of s named name (refs has room for max; NULL when absent). */
+es_tensor_ref *es_sh_tensor(es_storage *s, es_tensor_ref *refs, int max, const char *name);
+/* One training step on a random batch of 32 rows (from seed) with a random
+ * target: dout = out - 0.3 N(0, 1).  0, or the error of lookup/backward. */
+int es_sh_step(es_storage *s, uint64_t seed);
+
 /* All of the above except es_sh_budget. */
 int es_sh_all(const es_sh_cfg *c);
 

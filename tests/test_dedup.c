@@ -63,30 +63,6 @@ static es_storage *make(const char *opts, double budget, es_optim opt, float lr)
     return s;
 }
 
-static es_tensor_ref *tensor(es_storage *s, es_tensor_ref *refs, int max, const char *name) {
-    int n = es__storage_tensors(s, refs, max);
-    for (int i = 0; i < n; i++)
-        if (strcmp(refs[i].name, name) == 0) return &refs[i];
-    return NULL;
-}
-
-/* One training step with a random target: dout = out - target. */
-static int step(es_storage *s, uint64_t seed) {
-    es_batch b;
-    if (es_sh_batch(&b, 32, s->p.n_fields, seed) != 0) return -1;
-    size_t n = (size_t)b.n * s->p.n_fields * s->p.dim;
-    float *o = malloc(n * sizeof *o);
-    es_rng r;
-    es__rng_seed(&r, seed);
-    int rc = -1;
-    if (o && es__storage_lookup(s, &b, 0, b.n, o) == 0) {
-        for (size_t i = 0; i < n; i++) o[i] = o[i] - 0.3f * es__rng_normal(&r);
-        rc = es__storage_backward(s, &b, o);
-    }
-    free(o);
-    es_batch_free(&b);
-    return rc;
-}
 
 /* A storage created from s's meta, with s's serving tensors only (as a
  * plain saved model is loaded); NULL (after printing why) when that fails. */
@@ -142,7 +118,7 @@ static double lookup_err(es_storage *a, es_storage *b, uint64_t seed, double *no
  * scale `noise`, with P distinct prototypes; exact duplicates when noise is 0. */
 static void fill_structured(es_storage *s, uint64_t P, float noise) {
     es_tensor_ref r[16];
-    es_tensor_ref *w = tensor(s, r, 16, "opt.train.weight");
+    es_tensor_ref *w = es_sh_tensor(s, r, 16, "opt.train.weight");
     if (!w) return;
     const int dim = s->p.dim;
     const uint64_t n = w->nbytes / sizeof(float) / (uint64_t)dim;
@@ -172,7 +148,7 @@ TEST(dedup_exact_duplicates_merge_first) {
     for (size_t k = 0; k < ES_ARRAY_LEN(opts); k++) {
         es_storage *s = make(opts[k], 0, ES_OPT_ROWWISE_ADAGRAD, 0.05f);
         CHECK(s);
-        CHECK(step(s, 1) == 0);
+        CHECK(es_sh_step(s, 1) == 0);
         fill_structured(s, 60, 0.0f);
         es_storage *c = served_copy(s, NULL);
         CHECK(c);
@@ -185,9 +161,9 @@ TEST(dedup_exact_duplicates_merge_first) {
     /* blocks: 100 blocks of 4 rows, 25 distinct blocks */
     es_storage *s = make("rows=400,share=1,uniq=25,block=4", 0, ES_OPT_ROWWISE_ADAGRAD, 0.05f);
     CHECK(s);
-    CHECK(step(s, 1) == 0);
+    CHECK(es_sh_step(s, 1) == 0);
     es_tensor_ref r[16];
-    es_tensor_ref *w = tensor(s, r, 16, "opt.train.weight");
+    es_tensor_ref *w = es_sh_tensor(s, r, 16, "opt.train.weight");
     CHECK(w && w->nbytes == 400 * 8 * 4);
     float *x = w->data;
     for (int u = 0; u < 100; u++)
@@ -207,8 +183,8 @@ static double random_err(es_storage *s, uint64_t U, double *norm) {
     es_storage *c = served_copy(s, NULL);
     if (!c) return -1;
     es_tensor_ref rs[16], rc[16];
-    es_tensor_ref *w = tensor(s, rs, 16, "opt.train.weight");
-    es_tensor_ref *uq = tensor(c, rc, 16, "serve.uniq"), *rm = tensor(c, rc, 16, "serve.remap");
+    es_tensor_ref *w = es_sh_tensor(s, rs, 16, "opt.train.weight");
+    es_tensor_ref *uq = es_sh_tensor(c, rc, 16, "serve.uniq"), *rm = es_sh_tensor(c, rc, 16, "serve.remap");
     const int dim = s->p.dim;
     const uint64_t n = w->nbytes / 4 / (uint64_t)dim;
     double *sum = calloc((size_t)U * dim, sizeof *sum);
@@ -235,7 +211,7 @@ static int merge_errors(uint64_t P, float noise, uint64_t U, double *rel, double
     char o[96];
     snprintf(o, sizeof o, "rows=2048,share=1,merge=mean,uniq=%llu", (unsigned long long)U);
     es_storage *s = make(o, 0, ES_OPT_ROWWISE_ADAGRAD, 0.05f);
-    if (!s || step(s, 1) != 0) return 0;
+    if (!s || es_sh_step(s, 1) != 0) return 0;
     fill_structured(s, P, noise);
     es_storage *c = served_copy(s, NULL);
     double norm = 0, e = c ? lookup_err(s, c, 3, &norm) : -1, nn = 0, rnd = random_err(s, U, &nn);
@@ -285,7 +261,7 @@ TEST(dedup_untouched_rows_merge_first) {
     for (int k = 0; k < 2; k++) {
         es_storage *s = make(opts[k], 0, ES_OPT_ROWWISE_ADAGRAD, 0.1f);
         CHECK(s);
-        for (int i = 1; i <= 3; i++) CHECK(step(s, (uint64_t)i) == 0);
+        for (int i = 1; i <= 3; i++) CHECK(es_sh_step(s, (uint64_t)i) == 0);
         es_storage *c = served_copy(s, NULL);
         CHECK(c);
         double norm = 0, e = lookup_err(s, c, 2, &norm); /* batch seed 2: keys trained on */
@@ -304,7 +280,7 @@ TEST(dedup_served_copy_refuses_training_and_round_trips) {
     CHECK(s);
     printf("    budget 6000: meta %s, params %zu + aux %zu, state %zu\n", s->meta, s->param_bytes, s->aux_bytes, s->state_bytes);
     CHECK((double)(s->param_bytes + s->aux_bytes) <= 6000 && (double)(s->param_bytes + s->aux_bytes) >= 0.95 * 6000);
-    for (int i = 1; i <= 4; i++) CHECK(step(s, (uint64_t)i) == 0);
+    for (int i = 1; i <= 4; i++) CHECK(es_sh_step(s, (uint64_t)i) == 0);
     es_storage *c = served_copy(s, NULL);
     CHECK(c);
     es_batch b;
@@ -319,7 +295,7 @@ TEST(dedup_served_copy_refuses_training_and_round_trips) {
     double norm = 0;
     CHECK(lookup_err(c, c2, 9, &norm) == 0 && norm > 0);
     es_tensor_ref r1[16], r2[16];
-    es_tensor_ref *u1 = tensor(s, r1, 16, "serve.uniq"), *u2 = tensor(c2, r2, 16, "serve.uniq");
+    es_tensor_ref *u1 = es_sh_tensor(s, r1, 16, "serve.uniq"), *u2 = es_sh_tensor(c2, r2, 16, "serve.uniq");
     CHECK(u1 && u2 && u1->nbytes == u2->nbytes && memcmp(u1->data, u2->data, u1->nbytes) == 0);
     es__storage_free(c2);
     es__storage_free(c);
@@ -329,9 +305,9 @@ TEST(dedup_served_copy_refuses_training_and_round_trips) {
 TEST(dedup_bad_remap_refused_at_load) {
     es_storage *s = make("rows=300,share=1,uniq=40", 0, ES_OPT_SGD, 0.05f);
     CHECK(s);
-    CHECK(step(s, 1) == 0);
+    CHECK(es_sh_step(s, 1) == 0);
     es_tensor_ref r[16];
-    es_tensor_ref *rm = tensor(s, r, 16, "serve.remap");
+    es_tensor_ref *rm = es_sh_tensor(s, r, 16, "serve.remap");
     CHECK(rm && rm->nbytes == 300); /* 40 unique rows: one byte per entry */
     ((uint8_t *)rm->data)[17] = 40;
     CHECK_EQ_INT(es__storage_after_load(s), ES_EFORMAT);
@@ -340,8 +316,8 @@ TEST(dedup_bad_remap_refused_at_load) {
     /* two bytes per entry past 256 unique rows */
     s = make("rows=2000,share=1,uniq=300", 0, ES_OPT_SGD, 0.05f);
     CHECK(s);
-    CHECK(step(s, 1) == 0);
-    rm = tensor(s, r, 16, "serve.remap");
+    CHECK(es_sh_step(s, 1) == 0);
+    rm = es_sh_tensor(s, r, 16, "serve.remap");
     CHECK(rm && rm->nbytes == 4000);
     ((uint8_t *)rm->data)[2 * 5 + 1] = 0xff;
     CHECK_EQ_INT(es__storage_after_load(s), ES_EFORMAT);
@@ -451,7 +427,7 @@ TEST_SLOW(dedup_cost_100k) {
     es_storage *s = NULL;
     es_err err;
     CHECK_MSG(es__storage_create(&s, &p, NULL, &err) == 0, "%s", err.msg);
-    CHECK(step(s, 1) == 0);
+    CHECK(es_sh_step(s, 1) == 0);
     es_tensor_ref r[16];
     double t0 = es__now();
     int n = es__storage_tensors(s, r, 16);

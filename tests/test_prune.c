@@ -103,30 +103,6 @@ static es_storage *make(const char *method, const char *opts, double budget, es_
     return s;
 }
 
-static es_tensor_ref *tensor(es_storage *s, es_tensor_ref *refs, int max, const char *name) {
-    int n = es__storage_tensors(s, refs, max);
-    for (int i = 0; i < n; i++)
-        if (strcmp(refs[i].name, name) == 0) return &refs[i];
-    return NULL;
-}
-
-/* One training step with a random target: dout = out - target. */
-static int step(es_storage *s, uint64_t seed) {
-    es_batch b;
-    if (es_sh_batch(&b, 32, s->p.n_fields, seed) != 0) return -1;
-    size_t n = (size_t)b.n * s->p.n_fields * s->p.dim;
-    float *o = malloc(n * sizeof *o);
-    es_rng r;
-    es__rng_seed(&r, seed);
-    int rc = -1;
-    if (o && es__storage_lookup(s, &b, 0, b.n, o) == 0) {
-        for (size_t i = 0; i < n; i++) o[i] = o[i] - 0.3f * es__rng_normal(&r);
-        rc = es__storage_backward(s, &b, o);
-    }
-    free(o);
-    es_batch_free(&b);
-    return rc;
-}
 
 static uint64_t bits_set(const uint8_t *p, size_t n) {
     uint64_t c = 0;
@@ -136,7 +112,7 @@ static uint64_t bits_set(const uint8_t *p, size_t n) {
 
 /* The state vector "opt.prune": step, phase, trained, switch step. */
 static const uint64_t *pstate(es_storage *s, es_tensor_ref *refs) {
-    es_tensor_ref *t = tensor(s, refs, 16, "opt.prune");
+    es_tensor_ref *t = es_sh_tensor(s, refs, 16, "opt.prune");
     return t ? t->data : NULL;
 }
 
@@ -195,18 +171,18 @@ TEST(prune_pep_switch_rewinds_to_init) {
     es_storage *fresh = make("pep", "s_init=-3.2,interval=2,steps=1000", 6000, ES_OPT_ADAGRAD, 0.05f);
     CHECK(fresh);
     es_tensor_ref r[16], rf[16];
-    CHECK(step(s, 1) == 0);
+    CHECK(es_sh_step(s, 1) == 0);
     const uint64_t *st = pstate(s, r);
     CHECK(st && st[0] == 1 && st[1] == 0);
     /* a step in the search phase moves s */
-    es_tensor_ref *ts = tensor(s, r, 16, "opt.train.s");
+    es_tensor_ref *ts = es_sh_tensor(s, r, 16, "opt.train.s");
     CHECK(ts && ((float *)ts->data)[0] != -3.2f);
-    CHECK(step(s, 2) == 0);
+    CHECK(es_sh_step(s, 2) == 0);
     st = pstate(s, r);
     CHECK_MSG(st[1] == 1 && st[3] == 2, "phase %llu switch %llu", (unsigned long long)st[1], (unsigned long long)st[3]);
     /* the kept entries are the initial values, the others 0 */
-    es_tensor_ref *w = tensor(s, r, 16, "opt.train.weight"), *w0 = tensor(fresh, rf, 16, "opt.train.weight");
-    es_tensor_ref *mk = tensor(s, r, 16, "opt.mask");
+    es_tensor_ref *w = es_sh_tensor(s, r, 16, "opt.train.weight"), *w0 = es_sh_tensor(fresh, rf, 16, "opt.train.weight");
+    es_tensor_ref *mk = es_sh_tensor(s, r, 16, "opt.mask");
     CHECK(w && w0 && mk);
     const float *a = w->data, *a0 = w0->data;
     const uint8_t *mm = mk->data;
@@ -219,9 +195,9 @@ TEST(prune_pep_switch_rewinds_to_init) {
     printf("    kept %zu of %zu entries after the switch, capacity %zu\n", kept, n, s->param_bytes / 4);
     CHECK(kept <= s->param_bytes / 4);
     /* retraining changes only kept entries */
-    CHECK(step(s, 3) == 0);
-    w = tensor(s, r, 16, "opt.train.weight");
-    mk = tensor(s, r, 16, "opt.mask");
+    CHECK(es_sh_step(s, 3) == 0);
+    w = es_sh_tensor(s, r, 16, "opt.train.weight");
+    mk = es_sh_tensor(s, r, 16, "opt.mask");
     a = w->data;
     mm = mk->data;
     for (size_t e = 0; e < n; e++)
@@ -236,17 +212,17 @@ TEST(prune_pep_switch_forced_at_steps) {
     es_storage *s = make("pep", "interval=100,steps=3,rewind=0", 6000, ES_OPT_ROWWISE_ADAGRAD, 0.05f);
     CHECK(s);
     es_tensor_ref r[16];
-    for (int i = 1; i <= 2; i++) CHECK(step(s, (uint64_t)i) == 0);
+    for (int i = 1; i <= 2; i++) CHECK(es_sh_step(s, (uint64_t)i) == 0);
     CHECK(pstate(s, r)[1] == 0);
-    es_tensor_ref *w = tensor(s, r, 16, "opt.train.weight");
+    es_tensor_ref *w = es_sh_tensor(s, r, 16, "opt.train.weight");
     const size_t n = w->nbytes / 4;
     float *before = malloc(n * sizeof *before);
     CHECK(before);
     memcpy(before, w->data, n * sizeof *before);
-    CHECK(step(s, 3) == 0);
+    CHECK(es_sh_step(s, 3) == 0);
     const uint64_t *st = pstate(s, r);
     CHECK(st[1] == 1 && st[3] == 3);
-    es_tensor_ref *mk = tensor(s, r, 16, "opt.mask");
+    es_tensor_ref *mk = es_sh_tensor(s, r, 16, "opt.mask");
     CHECK_EQ_INT(bits_set(mk->data, mk->nbytes), s->param_bytes / 4);
     free(before);
     es__storage_free(s);
@@ -258,12 +234,12 @@ TEST(prune_deeplight_cubic_schedule) {
     es_storage *s = make("deeplight", "steps=20,interval=5", 6000, ES_OPT_ROWWISE_ADAGRAD, 0.05f);
     CHECK(s);
     es_tensor_ref r[16];
-    es_tensor_ref *mk = tensor(s, r, 16, "opt.mask");
+    es_tensor_ref *mk = es_sh_tensor(s, r, 16, "opt.mask");
     const double N = (double)mk->nbytes * 8, cap = (double)(s->param_bytes / 4), S = 1 - cap / N;
     uint64_t prev = (uint64_t)N;
     for (int t = 1; t <= 25; t++) {
-        CHECK(step(s, (uint64_t)t) == 0);
-        mk = tensor(s, r, 16, "opt.mask");
+        CHECK(es_sh_step(s, (uint64_t)t) == 0);
+        mk = es_sh_tensor(s, r, 16, "opt.mask");
         uint64_t kept = bits_set(mk->data, mk->nbytes);
         CHECK(kept <= prev);
         prev = kept;
@@ -278,7 +254,7 @@ TEST(prune_deeplight_cubic_schedule) {
     CHECK_EQ_INT(prev, (uint64_t)cap);
     CHECK(pstate(s, r)[1] == 1);
     /* pruned weights are 0 and stay 0 */
-    es_tensor_ref *w = tensor(s, r, 16, "opt.train.weight");
+    es_tensor_ref *w = es_sh_tensor(s, r, 16, "opt.train.weight");
     const float *a = w->data;
     const uint8_t *mm = mk->data;
     for (size_t e = 0; e < w->nbytes / 4; e++)
@@ -292,7 +268,7 @@ static void serves_the_same(const char *method, const char *opts) {
     es_storage *s = make(method, opts, 8000, ES_OPT_ROWWISE_ADAGRAD, 0.05f);
     CHECK(s);
     es_tensor_ref r[16];
-    for (int i = 1; i <= 12; i++) CHECK(step(s, (uint64_t)i) == 0);
+    for (int i = 1; i <= 12; i++) CHECK(es_sh_step(s, (uint64_t)i) == 0);
     CHECK_MSG(pstate(s, r)[1] == 1, "%s %s: not at the target after 12 steps", method, opts);
     es_storage *c = served_copy(s);
     CHECK(c);
@@ -305,9 +281,9 @@ static void serves_the_same(const char *method, const char *opts) {
     CHECK_STR_HAS(es__storage_errmsg(c), "without its training state");
     es_batch_free(&b);
     es_tensor_ref rc2[16];
-    es_tensor_ref *v1 = tensor(s, r, 16, "serve.val"), *v2 = tensor(c, rc2, 16, "serve.val");
+    es_tensor_ref *v1 = es_sh_tensor(s, r, 16, "serve.val"), *v2 = es_sh_tensor(c, rc2, 16, "serve.val");
     CHECK(v1 && v2 && memcmp(v1->data, v2->data, v1->nbytes) == 0);
-    es_tensor_ref *o = tensor(c, rc2, 16, "serve.off");
+    es_tensor_ref *o = es_sh_tensor(c, rc2, 16, "serve.off");
     uint64_t nnz = ((uint64_t *)o->data)[o->nbytes / 8 - 1];
     printf("    %s %s: serves %llu of %zu entries, %zu + %zu bytes <= %.0f\n", method, opts, (unsigned long long)nnz,
            s->param_bytes / 4, s->param_bytes, s->aux_bytes, s->budget_bytes);
@@ -326,10 +302,10 @@ TEST(prune_served_lookups_equal_training) {
 TEST(prune_save_before_target_keeps_the_largest) {
     es_storage *s = make("deeplight", "steps=1000,interval=1000", 6000, ES_OPT_ROWWISE_ADAGRAD, 0.05f);
     CHECK(s);
-    CHECK(step(s, 1) == 0);
+    CHECK(es_sh_step(s, 1) == 0);
     es_tensor_ref r[16];
-    es_tensor_ref *w = tensor(s, r, 16, "opt.train.weight"), *v = tensor(s, r, 16, "serve.val");
-    es_tensor_ref *o = tensor(s, r, 16, "serve.off");
+    es_tensor_ref *w = es_sh_tensor(s, r, 16, "opt.train.weight"), *v = es_sh_tensor(s, r, 16, "serve.val");
+    es_tensor_ref *o = es_sh_tensor(s, r, 16, "serve.off");
     const size_t cap = s->param_bytes / 4, n = w->nbytes / 4;
     CHECK_EQ_INT(((uint64_t *)o->data)[o->nbytes / 8 - 1], cap);
     /* the smallest served magnitude >= every magnitude left out */
@@ -348,9 +324,9 @@ TEST(prune_save_before_target_keeps_the_largest) {
 TEST(prune_corrupt_serving_offsets_refused) {
     es_storage *s = make("pep", "s_init=-3.2,interval=2", 6000, ES_OPT_SGD, 0.05f);
     CHECK(s);
-    CHECK(step(s, 1) == 0 && step(s, 2) == 0);
+    CHECK(es_sh_step(s, 1) == 0 && es_sh_step(s, 2) == 0);
     es_tensor_ref r[16];
-    es_tensor_ref *o = tensor(s, r, 16, "serve.off");
+    es_tensor_ref *o = es_sh_tensor(s, r, 16, "serve.off");
     ((uint64_t *)o->data)[1] += 1;
     CHECK_EQ_INT(es__storage_after_load(s), ES_EFORMAT);
     CHECK_STR_HAS(es__storage_errmsg(s), "serving offsets");

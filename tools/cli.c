@@ -472,3 +472,43 @@ int cli_train_opt(const char *cmd, int argc, char **argv, int *ip, es_train_para
     }
     return 0;
 }
+
+/* ---- result files ------------------------------------------------------------ */
+
+FILE *cli_open_tmp(const char *path, char *tmp, size_t cap, int *slot) {
+    snprintf(tmp, cap, "%s.tmp.%ld", path, (long)getpid());
+    *slot = es_temp_file_track(tmp);
+    FILE *f = fopen(tmp, "w");
+    if (!f) {
+        es_temp_file_untrack(*slot);
+        *slot = -1;
+    }
+    return f;
+}
+
+int cli_commit_tmp(FILE *f, const char *tmp, const char *path, int slot) {
+    int bad = ferror(f);
+    if (fflush(f) != 0) bad = 1;
+    if (fsync(fileno(f)) != 0 && errno != EINVAL) bad = 1;
+    if (fclose(f) != 0) bad = 1;
+    if (bad || rename(tmp, path) != 0) {
+        remove(tmp);
+        es_temp_file_untrack(slot);
+        return -1;
+    }
+    es_temp_file_untrack(slot);
+    return 0;
+}
+
+void cli_svg_to_png(const char *svg, const char *png) {
+    char conv[20000], tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", png, (long)getpid());
+    int slot = es_temp_file_track(tmp);
+    snprintf(conv, sizeof conv,
+             "command -v rsvg-convert >/dev/null 2>&1 && rsvg-convert -o '%s' '%s' || "
+             "{ command -v convert >/dev/null 2>&1 && convert '%s' 'png:%s'; } >/dev/null 2>&1",
+             tmp, svg, svg, tmp);
+    struct stat st;
+    if (system(conv) != 0 || stat(tmp, &st) != 0 || st.st_size == 0 || rename(tmp, png) != 0) remove(tmp);
+    es_temp_file_untrack(slot);
+}

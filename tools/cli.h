@@ -80,6 +80,16 @@ int cli_storage_opts_add(const char *cmd, es_train_params *p, const char *kv);
 int cli_layers(const char *cmd, const char *opt, const char *s, int *v, int *n);
 
 /* Subcommands. argv[0] is the subcommand name. */
+/* Result files: written to "<path>.tmp.<pid>" (tracked, so the signal
+ * handler removes it on SIGINT / SIGTERM) and renamed into place by
+ * cli_commit_tmp (flush, fsync, close, rename; -1 and the temporary
+ * removed on any failure), so an interrupted run never leaves a truncated
+ * file.  cli_svg_to_png: a PNG of an SVG where rsvg-convert or ImageMagick
+ * exists, the same way (nothing when neither does). */
+FILE *cli_open_tmp(const char *path, char *tmp, size_t cap, int *slot);
+int cli_commit_tmp(FILE *f, const char *tmp, const char *path, int slot);
+void cli_svg_to_png(const char *svg, const char *png);
+
 int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_predict(int argc, char **argv);

@@ -118,35 +118,6 @@ static void sanitize(char *s) {
         if (*s == ',' || *s == '\n' || *s == '\r' || *s == '"') *s = ';';
 }
 
-/* Every result file is written to "<path>.tmp.<pid>" and renamed into
- * place, so a failed or interrupted run never leaves a truncated table or
- * plot; the temporary file is tracked (es_temp_file_track) so that the
- * CLI's signal handler removes it on SIGINT / SIGTERM. */
-static FILE *open_tmp(const char *path, char *tmp, size_t cap, int *slot) {
-    snprintf(tmp, cap, "%s.tmp.%ld", path, (long)getpid());
-    *slot = es_temp_file_track(tmp);
-    FILE *f = fopen(tmp, "w");
-    if (!f) {
-        es_temp_file_untrack(*slot);
-        *slot = -1;
-    }
-    return f;
-}
-
-static int commit_tmp(FILE *f, const char *tmp, const char *path, int slot) {
-    int bad = ferror(f);
-    if (fflush(f) != 0) bad = 1;
-    if (fsync(fileno(f)) != 0 && errno != EINVAL) bad = 1;
-    if (fclose(f) != 0) bad = 1;
-    if (bad || rename(tmp, path) != 0) {
-        remove(tmp);
-        es_temp_file_untrack(slot);
-        return -1;
-    }
-    es_temp_file_untrack(slot);
-    return 0;
-}
-
 static const char *share_name(int s) { return s ? "fields" : "none"; }
 
 /* ---- results file (resume) ------------------------------------------------------ */
@@ -199,7 +170,7 @@ static void load_cells(const char *path, cell_list *l) {
 static int save_cells(const char *path, const cell_list *l, const char *ds, const char *model) {
     char tmp[4200];
     int slot;
-    FILE *f = open_tmp(path, tmp, sizeof tmp, &slot);
+    FILE *f = cli_open_tmp(path, tmp, sizeof tmp, &slot);
     if (!f) return -1;
     fprintf(f, "%s\n", csv_header);
     for (int i = 0; i < l->n; i++) {
@@ -208,7 +179,7 @@ static int save_cells(const char *path, const cell_list *l, const char *ds, cons
                 c->budget, c->frac, c->bytes, c->full_bytes, c->auc, c->logloss, c->train_rps, c->predict_rps, c->epochs, c->seed,
                 c->status);
     }
-    return commit_tmp(f, tmp, path, slot);
+    return cli_commit_tmp(f, tmp, path, slot);
 }
 
 /* ---- the run's key ------------------------------------------------------------------ */
@@ -419,7 +390,7 @@ static const char *palette[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#94
 static int write_svg(const char *path, const agg *a, int n, const char *title) {
     char tmp[4200];
     int slot;
-    FILE *f = open_tmp(path, tmp, sizeof tmp, &slot);
+    FILE *f = cli_open_tmp(path, tmp, sizeof tmp, &slot);
     if (!f) return -1;
     const double W = 1000, H = 560, L = 80, R = 320, T = 50, B = 60;
     double xmin = INFINITY, xmax = -INFINITY, ymin = INFINITY, ymax = -INFINITY;
@@ -524,7 +495,7 @@ static int write_svg(const char *path, const agg *a, int n, const char *title) {
     fprintf(f, "</svg>\n");
 #undef PX
 #undef PY
-    return commit_tmp(f, tmp, path, slot);
+    return cli_commit_tmp(f, tmp, path, slot);
 }
 
 /* ---- summary ------------------------------------------------------------------------------- */
@@ -810,13 +781,13 @@ int cmd_bench_storage(int argc, char **argv) {
     if (cl.n == 0 || strcmp(old_config, config) != 0) {
         char tmpc[4200];
         int cslot;
-        FILE *cf = open_tmp(path_config, tmpc, sizeof tmpc, &cslot);
+        FILE *cf = cli_open_tmp(path_config, tmpc, sizeof tmpc, &cslot);
         if (!cf) return cli_fail(cmd, "%s: cannot write: %s", path_config, strerror(errno));
         fprintf(cf, "# embstore bench-storage: what the cells in cells.csv were run with (settings that change a\n"
                     "# result, and the data files: size and XXH3-64 of the first MiB); a rerun reuses cells only\n"
                     "# when this matches.\n%s",
                 config);
-        if (commit_tmp(cf, tmpc, path_config, cslot) != 0) {
+        if (cli_commit_tmp(cf, tmpc, path_config, cslot) != 0) {
             free(cl.c);
             return cli_fail(cmd, "%s: cannot write: %s", path_config, strerror(errno));
         }
@@ -904,7 +875,7 @@ int cmd_bench_storage(int argc, char **argv) {
         double midf = fracs[n_budgets / 2];
         char tmp[4200];
         int lslot;
-        FILE *lf = open_tmp(path_lookup, tmp, sizeof tmp, &lslot);
+        FILE *lf = cli_open_tmp(path_lookup, tmp, sizeof tmp, &lslot);
         if (lf) fprintf(lf, "method,share,budget,bytes,lookups_per_s,threads\n");
         for (int m = 0; m < n_methods; m++) {
             const method_spec *ms = &specs[m];
@@ -936,7 +907,7 @@ int cmd_bench_storage(int argc, char **argv) {
                             p.threads);
             }
         }
-        if (lf) commit_tmp(lf, tmp, path_lookup, lslot);
+        if (lf) cli_commit_tmp(lf, tmp, path_lookup, lslot);
     }
 
     agg *ag = calloc((size_t)cl.n + 1, sizeof *ag);
@@ -948,20 +919,10 @@ int cmd_bench_storage(int argc, char **argv) {
     char title[512];
     snprintf(title, sizeof title, "%s: %s, AUC vs embedding bytes", name, p.model);
     int werr = write_svg(path_svg, ag, na, title);
-    /* PNG where a converter exists, through a temporary file too: a
-     * converter that fails half way must not leave a truncated plot. */
-    char conv[20000], tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path_png, (long)getpid());
-    int pslot = es_temp_file_track(tmp);
-    snprintf(conv, sizeof conv,
-             "command -v rsvg-convert >/dev/null 2>&1 && rsvg-convert -o '%s' '%s' || "
-             "{ command -v convert >/dev/null 2>&1 && convert '%s' 'png:%s'; } >/dev/null 2>&1",
-             tmp, path_svg, path_svg, tmp);
-    struct stat pst;
-    if (werr || system(conv) != 0 || stat(tmp, &pst) != 0 || pst.st_size == 0 || rename(tmp, path_png) != 0) remove(tmp);
-    es_temp_file_untrack(pslot);
+    if (!werr) cli_svg_to_png(path_svg, path_png);
+    char tmp[4200];
     int slot;
-    FILE *jf = open_tmp(path_json, tmp, sizeof tmp, &slot);
+    FILE *jf = cli_open_tmp(path_json, tmp, sizeof tmp, &slot);
     if (jf) {
         fprintf(jf, "{\"dataset\":\"%s\",\"model\":\"%s\",\"epochs\":%d,\"threads\":%d,\"cells\":[", name, p.model, p.epochs, p.threads);
         for (int i = 0; i < cl.n; i++) {
@@ -984,14 +945,14 @@ int cmd_bench_storage(int argc, char **argv) {
             fprintf(jf, "%s{\"method\":\"%s\",\"share\":\"%s\",\"bytes\":%.0f,\"lookups_per_s\":%.1f,\"status\":\"%s\"}", i ? "," : "",
                     sp[i].method, share_name(sp[i].share), sp[i].bytes, sp[i].lps, sp[i].status);
         fprintf(jf, "]}\n");
-        if (commit_tmp(jf, tmp, path_json, slot) != 0) werr = -1;
+        if (cli_commit_tmp(jf, tmp, path_json, slot) != 0) werr = -1;
     } else {
         werr = -1;
     }
-    FILE *mf = open_tmp(path_md, tmp, sizeof tmp, &slot);
+    FILE *mf = cli_open_tmp(path_md, tmp, sizeof tmp, &slot);
     if (mf) {
         write_summary(mf, name, p.model, ag, na, sp, nsp, n_seeds, p.epochs, &cl);
-        if (commit_tmp(mf, tmp, path_md, slot) != 0) werr = -1;
+        if (cli_commit_tmp(mf, tmp, path_md, slot) != 0) werr = -1;
     } else {
         werr = -1;
     }

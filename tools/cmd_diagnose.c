@@ -237,30 +237,6 @@ static void text_row(FILE *f, const dset *s, int md) {
 
 /* ---- files ------------------------------------------------------------------ */
 
-static FILE *open_tmp(const char *path, char *tmp, size_t cap, int *slot) {
-    snprintf(tmp, cap, "%s.tmp.%ld", path, (long)getpid());
-    *slot = es_temp_file_track(tmp);
-    FILE *f = fopen(tmp, "w");
-    if (!f) {
-        es_temp_file_untrack(*slot);
-        *slot = -1;
-    }
-    return f;
-}
-
-static int commit_tmp(FILE *f, const char *tmp, const char *path, int slot) {
-    int bad = ferror(f);
-    if (fflush(f) != 0) bad = 1;
-    if (fsync(fileno(f)) != 0 && errno != EINVAL) bad = 1;
-    if (fclose(f) != 0) bad = 1;
-    if (bad || rename(tmp, path) != 0) {
-        remove(tmp);
-        es_temp_file_untrack(slot);
-        return -1;
-    }
-    es_temp_file_untrack(slot);
-    return 0;
-}
 
 static const char *palette[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"};
 
@@ -278,7 +254,7 @@ static void svg_text(FILE *f, const char *s) {
 static int write_spectrum_svg(const char *path, const dsets *S, const char *title) {
     char tmp[4200];
     int slot;
-    FILE *f = open_tmp(path, tmp, sizeof tmp, &slot);
+    FILE *f = cli_open_tmp(path, tmp, sizeof tmp, &slot);
     if (!f) return -1;
     const double W = 720, H = 440, L = 70, R = 200, T = 40, B = 50;
     int maxm = 1;
@@ -329,7 +305,7 @@ static int write_spectrum_svg(const char *path, const dsets *S, const char *titl
 #undef XS
 #undef YS
     fprintf(f, "</svg>\n");
-    return commit_tmp(f, tmp, path, slot);
+    return cli_commit_tmp(f, tmp, path, slot);
 }
 
 /* Per-field effective rank (bars) against the table's dimension. */
@@ -343,7 +319,7 @@ static int write_fields_svg(const char *path, const dsets *S, const char *title)
     if (nf == 0) return 0;
     char tmp[4200];
     int slot;
-    FILE *f = open_tmp(path, tmp, sizeof tmp, &slot);
+    FILE *f = cli_open_tmp(path, tmp, sizeof tmp, &slot);
     if (!f) return -1;
     const double bw = 22, L = 60, T = 40, ph = 300, B = 110;
     const double W = L + bw * nf + 40, H = T + ph + B;
@@ -375,21 +351,9 @@ static int write_fields_svg(const char *path, const dsets *S, const char *title)
         k++;
     }
     fprintf(f, "</svg>\n");
-    return commit_tmp(f, tmp, path, slot);
+    return cli_commit_tmp(f, tmp, path, slot);
 }
 
-static void to_png(const char *svg, const char *png) {
-    char conv[20000], tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", png, (long)getpid());
-    int slot = es_temp_file_track(tmp);
-    snprintf(conv, sizeof conv,
-             "command -v rsvg-convert >/dev/null 2>&1 && rsvg-convert -o '%s' '%s' || "
-             "{ command -v convert >/dev/null 2>&1 && convert '%s' 'png:%s'; } >/dev/null 2>&1",
-             tmp, svg, svg, tmp);
-    struct stat st;
-    if (system(conv) != 0 || stat(tmp, &st) != 0 || st.st_size == 0 || rename(tmp, png) != 0) remove(tmp);
-    es_temp_file_untrack(slot);
-}
 
 /* ---- inputs ----------------------------------------------------------------- */
 
@@ -739,16 +703,16 @@ int cmd_diagnose(int argc, char **argv) {
             if (mkdir(report, 0755) != 0 && errno != EEXIST)
                 rc = cli_fail(cmd, "%s: cannot create directory: %s", report, strerror(errno));
             int werr = rc ? -1 : write_spectrum_svg(p_svg, &S, title);
-            if (!werr) to_png(p_svg, p_png);
+            if (!werr) cli_svg_to_png(p_svg, p_png);
             int nfield = 0;
             for (int i = 0; i < S.n; i++) nfield += S.v[i].field >= 0;
             if (!werr && nfield) {
                 werr = write_fields_svg(p_fsvg, &S, title);
-                if (!werr) to_png(p_fsvg, p_fpng);
+                if (!werr) cli_svg_to_png(p_fsvg, p_fpng);
             }
             char tmp[4200];
             int slot;
-            FILE *mf = werr ? NULL : open_tmp(p_md, tmp, sizeof tmp, &slot);
+            FILE *mf = werr ? NULL : cli_open_tmp(p_md, tmp, sizeof tmp, &slot);
             if (mf) {
                 fprintf(mf, "# %s\n\n%s (%s): %d sets, %.2f s; neighbours on a sample of %zu rows, k = %d.\n\n", title, files[0],
                         kind, S.n, total, R.p.sample, R.p.k);
@@ -758,7 +722,7 @@ int cmd_diagnose(int argc, char **argv) {
                 for (int i = 0; i < S.n; i++) text_row(mf, &S.v[i], 1);
                 fprintf(mf, "\nerank: RankMe effective rank; k90: singular values holding 90%% of the energy; "
                             "inf condition: rank deficient. Definitions: docs/diagnostics.md.\n");
-                if (commit_tmp(mf, tmp, p_md, slot) != 0) werr = -1;
+                if (cli_commit_tmp(mf, tmp, p_md, slot) != 0) werr = -1;
             } else if (!werr) werr = -1;
             if (werr && !rc) rc = cli_fail(cmd, "--report %s: cannot write the report files", report);
         }
