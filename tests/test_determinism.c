@@ -190,7 +190,9 @@ static int check_one(const char *model, const char *method, const es_batch *all,
     return bad ? -1 : 0;
 }
 
-TEST(predictions_batch_and_thread_invariant_every_model_and_method) {
+/* slow tier: it trains every model x method (about 20 s, a minute under ASan or
+ * ES_SIMD=ref), so it runs once, in the normal build, not in the quick reruns */
+TEST_SLOW(predictions_batch_and_thread_invariant_every_model_and_method) {
     const char *names[64];
     int n_methods = es_storage_methods(names, NULL, 64);
     CHECK(n_methods >= 10);

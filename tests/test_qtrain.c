@@ -305,13 +305,13 @@ static void contracts(const char *method, int share, es_precision p, int mode) {
     CHECK(es_sh_alloc_failures(&c));
 }
 
-TEST(qtrain_contracts_qat) {
+TEST_SLOW(qtrain_contracts_qat) { /* slow tier: the allocation sweeps take a minute under ASan */
     contracts("hash", 0, ES_PREC_INT4, ES_QTRAIN_QAT);
     contracts("unified", 1, ES_PREC_INT8, ES_QTRAIN_QAT);
     contracts("qr", 0, ES_PREC_INT4, ES_QTRAIN_QAT);
 }
 
-TEST(qtrain_contracts_alpt) {
+TEST_SLOW(qtrain_contracts_alpt) {
     contracts("hash", 1, ES_PREC_INT4, ES_QTRAIN_ALPT);
     contracts("adapt", 0, ES_PREC_INT8, ES_QTRAIN_ALPT);
     contracts("full", 0, ES_PREC_INT2, ES_QTRAIN_ALPT);
