@@ -947,6 +947,21 @@ ES_API const char *es_model_input_note(const es_model *m);
 /* Embedding of a value: out[dim] for (field, key). */
 ES_API int es_model_embedding(es_model *m, int field, uint64_t key, float *out);
 ES_API int es_model_emb_dim(const es_model *m);
+/* The arrays of the model's embedding storage in place, no copy (for
+ * bindings that expose them as arrays, e.g. the Python package's
+ * Model.table): es_model_n_tensors counts them (the optimizer state is not
+ * listed); es_model_tensor gives tensor i's name as the model file has it
+ * ("storage.weight", ...), its dtype name ("f32", "u8", ... as
+ * es_file_tensor_info), ndim, shape and a pointer to the model's own
+ * memory: after es_model_load with ES_LOAD_MAP the pages mapped
+ * copy-on-write from the file, else private memory.  Writes through it
+ * change what the model looks up (never the file).  Valid until the model
+ * is freed or quantized; the name until the next es_model_tensor call on
+ * m.  Quantized tables are their codes ("storage.weight.q", u8), not
+ * floats.  Returns 0 or ES_ERANGE (i out of range; es_model_errmsg). */
+ES_API int es_model_n_tensors(es_model *m);
+ES_API int es_model_tensor(es_model *m, int i, const char **name, const char **dtype, int *ndim, uint64_t shape[4],
+                           void **data);
 
 /* Names of the registered storage methods (at most max); returns the count.
  * `summaries` (may be NULL) receives one line describing each. */

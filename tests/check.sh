@@ -5,7 +5,8 @@
 #      level this CPU has (ES_SIMD=avx2, ES_SIMD=ref), so that a machine with
 #      AVX-512 also checks the kernels every other machine runs;
 #   3. the quick tier again under ASan + UBSan (SAN=1);
-#   4. every fuzz target for a bounded time (FUZZ_SECONDS, default 10).
+#   4. every fuzz target for a bounded time (FUZZ_SECONDS, default 10);
+#   5. the Python package's tests (python/tests, pytest), when pytest imports.
 # Ends with one line "N passed, N failed" summing all parts (a fuzz target
 # counts as one test).
 set -uo pipefail
@@ -52,6 +53,23 @@ if [ -f fuzz/run.sh ] && [ "${NO_FUZZ:-0}" != 1 ]; then
         n=$(ls fuzz/fuzz_*.c 2>/dev/null | wc -l); passed=$((passed+n))
     else
         failed=$((failed+1))
+    fi
+fi
+PY=${PYTHON:-/usr/bin/python3}
+if [ "${NO_PYTHON:-0}" = 1 ]; then
+    echo "== python tests: skipped (NO_PYTHON=1)"; skipped=$((skipped+1))
+elif ! "$PY" -c 'import pytest, numpy' >/dev/null 2>&1; then
+    echo "== python tests: skipped ($PY cannot import pytest and numpy: .ci/deps.sh installs python3-pytest and python3-numpy)"
+    skipped=$((skipped+1))
+else
+    echo "== python tests (pytest python/tests)"
+    PYTHONPATH=python ES_BIN=build/embstore "$PY" -m pytest -q -p no:cacheprovider python/tests 2>&1 | tee build/check-python.log
+    line=$(grep -E '[0-9]+ (passed|failed|error)' build/check-python.log | tail -n 1)
+    if [ -z "$line" ]; then
+        failed=$((failed+1)); echo "!! no pytest summary line in build/check-python.log"
+    else
+        n() { echo "$line" | grep -oE "[0-9]+ $1" | grep -oE '[0-9]+' || echo 0; }
+        passed=$((passed+$(n passed))); failed=$((failed+$(n failed)+$(n error))); skipped=$((skipped+$(n skipped)))
     fi
 fi
 echo "$passed passed, $failed failed, $skipped skipped"

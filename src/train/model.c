@@ -100,6 +100,41 @@ const char *es_model_errmsg(const es_model *m) { return m ? m->err.msg : "no mod
 int es_model_n_fields(const es_model *m) { return m->n_fields; }
 int es_model_n_dense(const es_model *m) { return m->n_dense; }
 int es_model_emb_dim(const es_model *m) { return m->E; }
+
+/* The storage's arrays as the model file names them ("storage.<name>"),
+ * without the optimizer state ("opt.*"), which a loaded model lacks. */
+static int model_param_refs(es_model *m, es_tensor_ref *refs, int max) {
+    if (!m->st) return 0;
+    int n = es__storage_tensors(m->st, refs, max), k = 0;
+    for (int i = 0; i < n; i++)
+        if (strncmp(refs[i].name, "opt.", 4) != 0 && refs[i].data) refs[k++] = refs[i];
+    return k;
+}
+
+#define MODEL_TENSORS_MAX 64
+
+int es_model_n_tensors(es_model *m) {
+    if (!m) return 0;
+    es_tensor_ref refs[MODEL_TENSORS_MAX];
+    return model_param_refs(m, refs, MODEL_TENSORS_MAX);
+}
+
+int es_model_tensor(es_model *m, int i, const char **name, const char **dtype, int *ndim, uint64_t shape[4],
+                    void **data) {
+    if (!m) return ES_EINVAL;
+    es_tensor_ref refs[MODEL_TENSORS_MAX];
+    int n = model_param_refs(m, refs, MODEL_TENSORS_MAX);
+    if (i < 0 || i >= n) return es__err(&m->err, ES_ERANGE, "tensor %d out of range [0, %d)", i, n);
+    m->tref = refs[i];
+    snprintf(m->tref.name, sizeof m->tref.name, "storage.%s", refs[i].name);
+    if (name) *name = m->tref.name;
+    if (dtype) *dtype = es__dtype_name(refs[i].dtype);
+    if (ndim) *ndim = refs[i].ndim;
+    if (shape)
+        for (int d = 0; d < 4; d++) shape[d] = d < refs[i].ndim ? refs[i].shape[d] : 0;
+    if (data) *data = refs[i].data;
+    return ES_OK;
+}
 es_reader_params es_model_reader_params(const es_model *m) { return m->rp; }
 
 int es__model_set_meta(es_model *m, const char *key, const char *value) {

@@ -37,6 +37,7 @@ struct es_model {
     char **meta_key;
     char **meta_val;
     es_batch one;   /* 1-row batch for es_model_embedding */
+    es_tensor_ref tref; /* the last es_model_tensor answer (its name lives here) */
     es_err err;
     size_t mapped_bytes; /* bytes of tensors es__model_load mapped from the file instead of copying */
 };
