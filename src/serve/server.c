@@ -682,11 +682,18 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             }
         }
         *upload_size = 0;
-        /* answer now: MHD closes the connection after the response */
-        if (rq->timed_out) return simple_err(c, S, rq, 408, "request not received within %d s (--timeout)", S->cfg.timeout_s);
-        if (rq->too_big) return simple_err(c, S, rq, 413, "body over %zu bytes (--max-body)", S->cfg.max_body);
+        /* libmicrohttpd 0.9.75 cannot queue a response while a body is still
+         * arriving: a request over time is cut off (connection closed,
+         * counted as an error); one over size is answered 413 once its body
+         * is in (a declared Content-Length over the limit is answered at
+         * once, before any body byte is read). */
+        if (rq->timed_out) {
+            fprintf(stderr, "embstore serve: a request body took over %d s (--timeout): connection closed\n", S->cfg.timeout_s);
+            return MHD_NO;
+        }
         return MHD_YES;
     }
+    if (rq->too_big) return simple_err(c, S, rq, 413, "body over %zu bytes (--max-body)", S->cfg.max_body) == MHD_YES ? MHD_YES : MHD_NO;
     if (rq->body.oom) return simple_err(c, S, rq, 500, "out of memory") == MHD_YES ? MHD_YES : MHD_NO;
     (void)version_;
     return dispatch(c, S, rq, method, url) == MHD_YES ? MHD_YES : MHD_NO;
