@@ -929,6 +929,18 @@ ES_API int es_model_eval_file(es_model *m, const char *path, es_metrics *out);
  * column, e.g. the 39-column Criteo test file; a CSV file may lack the
  * label column, or have it, ignored). */
 ES_API int es_model_predict_file(es_model *m, const char *in, int has_label, const char *out_path, uint64_t *rows_out);
+/* es_model_predict_file over text in memory: data[n] holds lines in the
+ * model's input format, read exactly as es_model_predict_file reads a file
+ * (the same reader parameters, a CSV header line first when the model's
+ * format has one, blank lines skipped), so the probabilities are the same
+ * bits.  Writes one probability per row into prob[cap] and the row count
+ * to *rows_out (may be NULL).  name stands for the file name in messages
+ * (NULL: "<memory>"), e.g. "request:3:column 5 (C2): ...".  Returns 0,
+ * ES_ERANGE when the text holds more than cap rows, or the errors of
+ * es_model_predict_file (message in es_model_errmsg).  Not thread safe on
+ * one model (the model's scratch is used); load one handle per thread. */
+ES_API int es_model_predict_mem(es_model *m, const void *data, size_t n, const char *name, int has_label, float *prob,
+                                size_t cap, size_t *rows_out);
 /* Reader parameters for the following es_model_eval_file and
  * es_model_predict_file calls (copied, the column spec too); NULL goes back
  * to the model's own.  Start from es_model_reader_params(m) and change what

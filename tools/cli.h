@@ -99,5 +99,6 @@ int cmd_bench_storage(int argc, char **argv);
 int cmd_index(int argc, char **argv);
 int cmd_diagnose(int argc, char **argv);
 int cmd_advise(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
 
 #endif

@@ -26,6 +26,7 @@ static const command commands[] = {
     {"quantize", cmd_quantize, "post-training quantization: store a model's table as fp16/int16/int8/int4/int2"},
     {"inspect", cmd_inspect, "show the metadata, tensors, bytes and field statistics of a file"},
     {"diagnose", cmd_diagnose, "spectrum, effective rank, intrinsic dimension, diversity of tables or vectors"},
+    {"serve", cmd_serve, "serve models and indexes over HTTP: predict, embed, search, metrics, hot reload"},
     {"advise", cmd_advise, "propose per-field dimensions and a storage for a budget from a diagnosis; --verify checks it"},
 };
 

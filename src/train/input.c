@@ -21,6 +21,7 @@
  */
 #include "model.h"
 
+#include "data/reader_impl.h"
 #include "data/schema.h"
 
 #include <stdbool.h>
@@ -220,6 +221,13 @@ static int shape_error(es_model *m, const char *path, const es_reader *r, const 
 }
 
 int es__model_open_input(es_model *m, const char *path, int has_label, es_reader **out, es_batch *b) {
+    return es__model_open_input_mem(m, path, NULL, 0, has_label, out, b);
+}
+
+/* data != NULL: read the n bytes at data (named `path` in messages) instead
+ * of the file `path` (es_model_predict_mem). */
+int es__model_open_input_mem(es_model *m, const char *path, const void *data, size_t n, int has_label, es_reader **out,
+                             es_batch *b) {
     *out = NULL;
     m->note[0] = 0;
     es_reader *r = NULL;
@@ -235,7 +243,8 @@ int es__model_open_input(es_model *m, const char *path, int has_label, es_reader
     /* libffm: the model's field count, not the largest field of this file */
     if (rp.format == ES_FMT_LIBFFM && rp.n_fields_hint == 0) rp.n_fields_hint = m->n_fields;
     es_err e = {0};
-    if ((rc = es_reader_open(&r, path, &rp, &e)) != 0) {
+    rc = data ? es__reader_open_mem(&r, data, n, path, &rp, &e) : es_reader_open(&r, path, &rp, &e);
+    if (rc != 0) {
         es__err(&m->err, rc, "%s", e.msg);
         char hint[600];
         open_hint(m, &rp, rp.columns, has_label, hint, sizeof hint);

@@ -65,6 +65,8 @@ size_t es__model_mapped_bytes(const es_model *m);
  * of max_batch rows).  Sets m->note (unused columns).  Errors go to m->err
  * with a hint of the option that fits. */
 int es__model_open_input(es_model *m, const char *path, int has_label, es_reader **r, es_batch *b);
+int es__model_open_input_mem(es_model *m, const char *path, const void *data, size_t n, int has_label, es_reader **r,
+                             es_batch *b);
 /* After a reader error while reading for eval/predict (the message already
  * in m->err): append what the model expects and which option fits, when
  * the error was a line with the wrong number of columns. */

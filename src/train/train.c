@@ -1076,6 +1076,39 @@ done:
     return rc;
 }
 
+/* es_model_predict_file over a buffer: the same reader, the same batches,
+ * so the same bits (the server's predict endpoint). */
+int es_model_predict_mem(es_model *m, const void *data, size_t n, const char *name, int has_label, float *prob, size_t cap,
+                         size_t *rows_out) {
+    if (rows_out) *rows_out = 0;
+    if (!m || (!data && n) || (!prob && cap)) return ES_EINVAL;
+    es_reader *r = NULL;
+    es_batch b = {0};
+    size_t rows = 0;
+    int rc = es__model_open_input_mem(m, name ? name : "<memory>", data ? data : "", n, has_label, &r, &b);
+    if (rc != 0) return rc;
+    for (;;) {
+        int k = es_reader_next(r, &b);
+        if (k < 0) {
+            rc = es__err(&m->err, k, "%s", es_reader_errmsg(r));
+            es__model_input_hint(m, r, has_label);
+            break;
+        }
+        if (k == 0) break;
+        if ((size_t)k > cap - rows) {
+            rc = es__err(&m->err, ES_ERANGE, "%s: more than %zu rows", name ? name : "<memory>", cap);
+            break;
+        }
+        /* prob + rows: es_model_predict_batch writes b.n values */
+        if ((rc = es_model_predict_batch(m, &b, prob + rows)) != 0) break;
+        rows += (size_t)k;
+    }
+    if (rows_out) *rows_out = rows;
+    es_batch_free(&b);
+    es_reader_free(r);
+    return rc;
+}
+
 int es_model_predict_file(es_model *m, const char *in, int has_label, const char *out_path, uint64_t *rows_out) {
     es_reader *r = NULL;
     es_batch b = {0};
