@@ -568,7 +568,14 @@ static void malformed(int n) {
     free(big);
     CHECK_EQ_INT(not4xx, 0);
     CHECK_EQ_INT(slow_ok, 2);
+#if defined(__SANITIZE_ADDRESS__)
+    /* ASan holds freed memory in its quarantine (256 MB by default), so the
+     * server's RSS grows by design there: the bound is checked in the
+     * normal build */
+    printf("  (RSS bound not checked under AddressSanitizer)\n");
+#else
     CHECK(rss1 - rss0 < 5 * 1024);
+#endif
     CHECK(post(s.port, "/v1/models/ctr/predict", "{\"rows\":[{\"I1\":1}]}", &r) == 200); /* still serving */
     free(r);
     CHECK_EQ_INT(srv_stop(&s), 0);
