@@ -94,7 +94,7 @@ struct es_reader {
     es_err err;
     int failed;
     int pending;
-    float tlog[ES__TLOG_N]; /* es_transform_num(i) for 0 <= i < ES__TLOG_N */
+    const float *tlog;      /* es_transform_num(i) for 0 <= i < ES__TLOG_N (one process-wide table) */
 };
 
 /* Set *ln->err (if not NULL) to "path:line: <fmt>" and return ES_EPARSE. */
