@@ -118,7 +118,10 @@ TEST(saved_model_predicts_identically_in_new_process) {
     free(b);
 }
 
-TEST(one_thread_runs_are_bit_for_bit_repeatable) {
+/* slow tier (as the next one): fast in the normal build (1.5 s), but over a
+ * minute with ES_SIMD=ref (reference gemm), where the quick tier reruns;
+ * they run once per `make check`, in the normal build */
+TEST_SLOW(one_thread_runs_are_bit_for_bit_repeatable) {
     const char *args = "--valid-frac 0.2 --model dcn --storage hash --budget 0.05 --epochs 1 --seed 7 --threads 1 --max-rows 4000";
     char a1[256], a2[256];
     snprintf(a1, sizeof a1, "%s --out $ES_T/rep1.es", args);
@@ -135,7 +138,7 @@ TEST(one_thread_runs_are_bit_for_bit_repeatable) {
     CHECK(es_test_sh(NULL, "cmp -s $ES_T/rep1.txt $ES_T/rep3.txt") != 0);
 }
 
-TEST(every_model_and_method_trains) {
+TEST_SLOW(every_model_and_method_trains) {
     const char *models[] = {"lr", "fm", "dlrm", "dcn"};
     const char *methods[] = {"full --budget 0", "hash --budget 0.1", "unified --budget 0.1",
                              "unified --budget 0.1 --chunks 2 --subtables 2"};
