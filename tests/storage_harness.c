@@ -1058,3 +1058,23 @@ int es_sh_step(es_storage *s, uint64_t seed) {
     es_batch_free(&b);
     return rc;
 }
+
+es_train_params es_sh_criteo_fm(const char *method, const char *opts, double budget, const char *out) {
+    es_train_params p = es_train_params_default();
+    p.train_path = "data/criteo_kaggle_train_first10k.tsv";
+    p.model = "fm";
+    p.storage = method;
+    p.storage_opts = opts;
+    p.budget = budget;
+    p.dim = 8;
+    p.emb_optim = "rowwise";
+    p.emb_lr = 0.01f;
+    p.valid_frac = 0.2;
+    p.early_stop = 0;
+    p.refit = 0;
+    p.epochs = 2;
+    p.threads = 1;
+    p.seed = 1;
+    p.out_path = out;
+    return p;
+}

@@ -133,6 +133,12 @@ es_tensor_ref *es_sh_tensor(es_storage *s, es_tensor_ref *refs, int max, const c
  * target: dout = out - 0.3 N(0, 1).  0, or the error of lookup/backward. */
 int es_sh_step(es_storage *s, uint64_t seed);
 
+/* The training run the method tests use on the bundled Criteo sample:
+ * fm, dim 8, row-wise Adagrad tables at lr 0.01, 2 epochs, the last 20%
+ * of the rows held out, no early stopping or refit, 1 thread, seed 1,
+ * `method` with `opts` at `budget`, saved to out. */
+es_train_params es_sh_criteo_fm(const char *method, const char *opts, double budget, const char *out);
+
 /* All of the above except es_sh_budget. */
 int es_sh_all(const es_sh_cfg *c);
 

@@ -450,22 +450,7 @@ TEST_SLOW(dedup_cost_100k) {
 static void criteo_case(const char *method, const char *opts, double budget, double *auc, double *served) {
     const char *path = es_test_path("dedup_criteo.es");
     const char *path2 = es_test_path("dedup_criteo2.es");
-    es_train_params p = es_train_params_default();
-    p.train_path = CRITEO;
-    p.model = "fm";
-    p.storage = method;
-    p.storage_opts = opts;
-    p.budget = budget;
-    p.dim = 8;
-    p.emb_optim = "rowwise";
-    p.emb_lr = 0.01f;
-    p.valid_frac = 0.2;
-    p.early_stop = 0;
-    p.refit = 0;
-    p.epochs = 2;
-    p.threads = 1;
-    p.seed = 1;
-    p.out_path = path;
+    es_train_params p = es_sh_criteo_fm(method, opts, budget, path);
     es_train_result res;
     es_err err = {0};
     CHECK_MSG(es_train(&p, &res, &err) == 0, "%s: %s", method, err.msg);

@@ -98,9 +98,7 @@ static int read_batch(es_model *m, es_batch *b, int n) {
     return rc;
 }
 
-/* Bytes of the parameter tensors: every tensor but the optimizer state
- * (opt.*) and the maps (map.*, aux). */
-static size_t param_tensor_bytes(es_storage *st) {
+size_t es_test_param_tensor_bytes(es_storage *st) {
     int n = es__storage_tensors(st, NULL, 0);
     es_tensor_ref *r = calloc((size_t)n + 1, sizeof *r);
     size_t b = 0;
@@ -152,7 +150,7 @@ void es_test_ptq_roundtrip(const char *method, const char *opts, double budget, 
         fp32_table_bytes += es__rows_param_bytes(t[i]);
     }
     const size_t param_fp32 = m->st->param_bytes, param_q = param_fp32 - fp32_table_bytes + code_bytes;
-    CHECK_EQ_INT(param_tensor_bytes(m->st), param_fp32);
+    CHECK_EQ_INT(es_test_param_tensor_bytes(m->st), param_fp32);
     const int F = es_model_n_fields(m), n = 64;
     es_batch b = {0};
     const size_t od = (size_t)m->st->p.dim; /* the storage's output width (fm: dim + 1) */
@@ -177,7 +175,7 @@ void es_test_ptq_roundtrip(const char *method, const char *opts, double budget, 
         }
     }
     CHECK_EQ_INT(m->st->param_bytes, param_q);
-    CHECK_EQ_INT(param_tensor_bytes(m->st), m->st->param_bytes);
+    CHECK_EQ_INT(es_test_param_tensor_bytes(m->st), m->st->param_bytes);
     CHECK(es__storage_lookup(m->st, &b, 0, n, oq) == 0);
     CHECK(es__storage_lookup(mr->st, &b, 0, n, oref) == 0);
     int checked = 0;

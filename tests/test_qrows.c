@@ -52,21 +52,6 @@ static int tables_of(es_storage *st, es_rows ***t) {
     return n;
 }
 
-/* Bytes of the parameter tensors: every tensor but the optimizer state
- * (opt.*) and the maps (map.*, aux). */
-static size_t param_tensor_bytes(es_storage *st) {
-    int n = es__storage_tensors(st, NULL, 0);
-    es_tensor_ref *r = calloc((size_t)n + 1, sizeof *r);
-    size_t b = 0;
-    if (!r || es__storage_tensors(st, r, n) != n) {
-        free(r);
-        return SIZE_MAX;
-    }
-    for (int i = 0; i < n; i++)
-        if (strncmp(r[i].name, "opt.", 4) && strncmp(r[i].name, "map.", 4)) b += r[i].nbytes;
-    free(r);
-    return b;
-}
 
 /* ---- (a) post-training quantization ------------------------------------------------ */
 
@@ -147,7 +132,7 @@ static void train_at(const char *method, const char *opts, double budget, const 
     free(t);
     CHECK_MSG(m->st->param_bytes + m->st->aux_bytes <= m->st->budget_bytes || m->st->budget_bytes == 0,
               "%s: %zu + %zu bytes over the budget %.0f", method, m->st->param_bytes, m->st->aux_bytes, m->st->budget_bytes);
-    CHECK_EQ_INT(param_tensor_bytes(m->st), m->st->param_bytes);
+    CHECK_EQ_INT(es_test_param_tensor_bytes(m->st), m->st->param_bytes);
     float *prob = malloc((size_t)B * n_valid * sizeof *prob), *lab = malloc((size_t)B * n_valid * sizeof *lab);
     float *p1 = malloc((size_t)B * sizeof *p1), *p2 = malloc((size_t)B * sizeof *p2);
     CHECK(prob && lab && p1 && p2);
@@ -255,7 +240,7 @@ static void bytes_of(const char *method, const char *opts, double min_fill) {
                 CHECK_MSG(used >= min_fill * budgets[bi], "%s %s: uses only %.0f of %.0f bytes", method,
                           es__prec_name(kinds[k].p), used, budgets[bi]);
             }
-            CHECK_EQ_INT(param_tensor_bytes(s), s->param_bytes);
+            CHECK_EQ_INT(es_test_param_tensor_bytes(s), s->param_bytes);
             CHECK(s->param_bytes >= codes);
             es__storage_free(s);
         }
