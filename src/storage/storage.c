@@ -558,7 +558,7 @@ static int create_at_precision(es_storage *s, const es_vocab *vocab, es_err *e) 
     if (!s->ops->rows)
         return es__err(e, ES_EINVAL,
                        "storage %s: precision %s needs a method whose embeddings are rows of tables (full, hash, "
-                       "unified, qr, multihash, mde, robe, adapt); %s has none",
+                       "unified, qr, fielddim, multihash, mde, robe, adapt); %s has none",
                        s->ops->name, es__prec_name(prec), s->ops->name);
     const double B = s->budget_bytes;
     if (s->p.qtrain == ES_QTRAIN_NONE) {
