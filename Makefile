@@ -42,7 +42,7 @@ CPPFLAGS := -Iinclude -Isrc -I/usr/include/x86_64-linux-gnu $(EXTRA_CPPFLAGS)
 # -fvisibility=hidden: only functions marked ES_API (the ones embstore.h
 # declares) are exported from libembstore.so.
 CFLAGS   := $(CSTD) $(WARN) $(OPT) $(OMP) -pthread -fPIC -fvisibility=hidden $(EXTRA_CFLAGS)
-LDLIBS   := -lopenblas -llapacke -lxxhash -lz -lmicrohttpd -ljansson -lm -lpthread
+LDLIBS   := -lopenblas -llapacke -lxxhash -lz -lmicrohttpd -lcjson -lm -lpthread
 LDFLAGS  := $(OMP) $(SANLD) -pthread $(EXTRA_LDFLAGS)
 
 LIB_SRC  := $(sort $(wildcard src/*/*.c))

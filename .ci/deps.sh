@@ -10,7 +10,7 @@
 #                        cmake to build xLearn and libffm from ../shared/peers)
 set -euo pipefail
 PKGS="build-essential clang libclang-rt-14-dev libxxhash-dev libopenblas-dev liblapacke-dev zlib1g-dev
-      libmicrohttpd-dev libjansson-dev librsvg2-bin pkg-config python3-numpy python3-pytest"
+      libmicrohttpd-dev libcjson-dev librsvg2-bin pkg-config python3-numpy python3-pytest"
 if [ "${1:-}" = bench ]; then
     PKGS="$PKGS python3-numpy python3-torch libfaiss-dev python3-faiss libhnswlib-dev bc python3-sklearn g++ cmake wrk"
 fi

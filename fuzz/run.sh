@@ -30,7 +30,7 @@ CC=${FUZZ_CC:-clang}
 OUT=build/fuzz
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=all"
 CFLAGS="-g -O1 -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -I/usr/include/x86_64-linux-gnu"
-LIBS="-lopenblas -llapacke -lxxhash -lz -lmicrohttpd -ljansson -lm -lpthread"
+LIBS="-lopenblas -llapacke -lxxhash -lz -lmicrohttpd -lcjson -lm -lpthread"
 
 if ! command -v "$CC" >/dev/null 2>&1; then
     echo "fuzz: $CC not found (libFuzzer needs clang; Debian: clang, libclang-rt-dev)" >&2

@@ -265,6 +265,24 @@ int es__lineio_open_mem(es__lineio **out, const void *data, size_t n, const char
     return ES_OK;
 }
 
+int es__lineio_reset_mem(es__lineio *l, const void *data, size_t n, es_err *err) {
+    if (!l || l->fd >= 0 || (!data && n)) return es__err(err, ES_EINVAL, "lineio: not a memory source");
+    if (l->zs_ready) inflateEnd(&l->zs);
+    es__free(l->zin);
+    l->zin = NULL;
+    l->gz = l->zs_ready = l->in_member = 0;
+    l->mem = data;
+    l->mem_n = n;
+    l->mem_pos = 0;
+    l->src_eof = 0;
+    l->pos = l->end = l->scan = l->block = 0;
+    l->eof = l->discard = l->ungot = l->failed = 0;
+    l->last = NULL;
+    l->last_len = 0;
+    l->lineno = 0;
+    return probe(l, err);
+}
+
 void es__lineio_free(es__lineio *l) {
     if (!l) return;
     if (l->fd >= 0) close(l->fd);

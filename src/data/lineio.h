@@ -30,6 +30,9 @@ int es__lineio_open(es__lineio **out, const char *path, size_t max_line, es_err 
  * stands for the path in messages. */
 int es__lineio_open_mem(es__lineio **out, const void *data, size_t n, const char *name,
                         size_t max_line, es_err *err);
+/* A memory source reads new bytes from their start, as a fresh
+ * es__lineio_open_mem would (gzip detected again), keeping the buffers. */
+int es__lineio_reset_mem(es__lineio *l, const void *data, size_t n, es_err *err);
 void es__lineio_free(es__lineio *l);
 
 /* Next line.  Returns

@@ -303,6 +303,8 @@ static void tlog_init(void) {
     for (int i = 0; i < ES__TLOG_N; i++) g_tlog[i] = es_transform_num((double)i);
 }
 
+static int peek_first(es_reader *r, es_err *err);
+
 /* Everything after the line source exists: format setup, then a peek for a
  * first data line so that an empty file fails here. */
 static int open_common(es_reader *r, const char *columns, es_err *err) {
@@ -320,6 +322,36 @@ static int open_common(es_reader *r, const char *columns, es_err *err) {
     if (r->p.num_cat < 0) r->p.num_cat = r->fmt == ES_FMT_CRITEO;
     if (r->p.num_cat && (rc = num_cat_setup(r, err)) != ES_OK) return rc;
     ES_ASSERT(r->fixed_vals == 0 || r->fixed_vals == r->n_fields); /* block_parallel relies on it */
+    return peek_first(r, err);
+}
+
+/* Clear the statistics and errors of a reader about to read from the start. */
+static void clear_state(es_reader *r) {
+    r->rows = r->bad = 0;
+    r->n_report = 0;
+    r->report_len = 0;
+    r->report[0] = 0;
+    r->failed = 0;
+    r->pending = 0;
+    r->err.code = 0;
+    r->err.msg[0] = 0;
+}
+
+int es__reader_reset_mem(es_reader *r, const void *data, size_t n, es_err *err) {
+    /* CSV reads a header and matches columns at open, and libffm without a
+     * field count scans the whole input: those open afresh */
+    if (!r || r->fmt == ES_FMT_CSV || (r->fmt == ES_FMT_LIBFFM && r->p.n_fields_hint <= 0))
+        return es__err(err, ES_EINVAL, "es__reader_reset_mem: only for Criteo, libsvm and libffm (with a field count) readers");
+    int rc = es__lineio_reset_mem(r->io, data, n, err);
+    if (rc) return rc;
+    clear_state(r);
+    return peek_first(r, err);
+}
+
+/* The peek of an open: a first data line must exist (an empty input fails
+ * here, not at the first next()); it is handed back to the first next(). */
+static int peek_first(es_reader *r, es_err *err) {
+    int rc;
     r->err.code = 0;
     r->err.msg[0] = 0;
     for (;;) {
@@ -646,14 +678,7 @@ int es_reader_rewind(es_reader *r) {
     if (!r) return ES_EINVAL;
     int rc = es__lineio_rewind(r->io, &r->err);
     if (rc) return rc;
-    r->rows = r->bad = 0;
-    r->n_report = 0;
-    r->report_len = 0;
-    r->report[0] = 0;
-    r->failed = 0;
-    r->pending = 0;
-    r->err.code = 0;
-    r->err.msg[0] = 0;
+    clear_state(r);
     if (r->fmt == ES_FMT_CSV && r->header_lines) {
         rc = es__csv_skip_header(r);
         if (rc) {

@@ -186,4 +186,10 @@ void es__free_names(char **names, int n);
 int es__reader_open_mem(es_reader **out, const void *data, size_t n, const char *name, const es_reader_params *p,
                         es_err *err);
 
+/* Read new memory with a reader from es__reader_open_mem, as a fresh open
+ * with the same parameters would (statistics, errors and the first-line
+ * peek start over), keeping its buffers.  Criteo, libsvm and libffm with
+ * n_fields_hint > 0 only (ES_EINVAL otherwise: open afresh). */
+int es__reader_reset_mem(es_reader *r, const void *data, size_t n, es_err *err);
+
 #endif /* ES_DATA_READER_IMPL_H */

@@ -1,5 +1,5 @@
 /*
- * request.c — the server's request parser: JSON bodies (jansson) to what
+ * request.c — the server's request parser: JSON bodies (cJSON) to what
  * the public API takes.  Pure functions of (schema, body): no socket, no
  * model, no global state, so the fuzz target calls them directly.
  *
@@ -11,9 +11,10 @@
  */
 #include "serve/serve.h"
 
-#include <jansson.h>
+#include <cjson/cJSON.h>
 #include <limits.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -108,19 +109,169 @@ void es__req_err_json(const es__req_err *e, es__sb *out) {
     es__sb_printf(out, ",\"status\":%d}\n", e->status);
 }
 
-static json_t *load(const char *body, size_t n, es__req_err *e) {
-    json_error_t je;
-    json_t *j = json_loadb(body, n, JSON_REJECT_DUPLICATES, &je);
+/* ---- cJSON's memory: a bump arena per thread ------------------------------------ */
+/* A parsed body is a tree of small nodes, all freed together when the request
+ * is answered; through malloc they were a sixth of a one-row predict.  While
+ * a thread parses (arena_on), cJSON allocates from that thread's arena;
+ * what does not fit comes from malloc, and the next request's arena is
+ * sized to fit (up to ARENA_MAX, so memory stays bounded: larger bodies use
+ * malloc for the rest).  A tree must be freed by the thread that parsed it,
+ * as every caller here does.  Under AddressSanitizer the arena is off so that
+ * every node is checked. */
+#if defined(__SANITIZE_ADDRESS__)
+#define ES_JSON_ARENA 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ES_JSON_ARENA 0
+#endif
+#endif
+#ifndef ES_JSON_ARENA
+#define ES_JSON_ARENA 1
+#endif
+#define ARENA_MIN ((size_t)64 << 10)
+#define ARENA_MAX ((size_t)256 << 10)
+typedef struct arena {
+    char *buf;
+    size_t cap, used, want;
+    int on;
+} arena;
+static _Thread_local arena tl_arena;
+static pthread_once_t hooks_once = PTHREAD_ONCE_INIT;
+
+static void *arena_malloc(size_t n) {
+    arena *a = &tl_arena;
+    if (a->on) {
+        size_t sz = (n + 15) & ~(size_t)15;
+        a->want += sz;
+        if (a->buf && sz >= n && sz <= a->cap - a->used) {
+            void *p = a->buf + a->used;
+            a->used += sz;
+            return p;
+        }
+    }
+    return malloc(n);
+}
+static void arena_free(void *p) {
+    arena *a = &tl_arena;
+    if (a->buf && (char *)p >= a->buf && (char *)p < a->buf + a->cap) return; /* freed with the arena */
+    free(p);
+}
+static void hooks_init(void) {
+    cJSON_Hooks h = {arena_malloc, arena_free};
+    cJSON_InitHooks(&h);
+}
+/* Before a parse: an arena as large as the last request wanted (bounded). */
+static void arena_begin(void) {
+    if (!ES_JSON_ARENA) return;
+    pthread_once(&hooks_once, hooks_init);
+    arena *a = &tl_arena;
+    if (!a->buf || (a->want > a->cap && a->cap < ARENA_MAX)) {
+        size_t cap = ARENA_MIN;
+        while (cap < a->want && cap < ARENA_MAX) cap *= 2;
+        char *b = malloc(cap);
+        if (b) {
+            free(a->buf);
+            a->buf = b;
+            a->cap = cap;
+        }
+    }
+    a->used = a->want = 0;
+    a->on = 1;
+}
+/* After the tree is freed: later allocations of the thread are malloc's. */
+static void arena_end(void) { tl_arena.on = 0; }
+
+/* JSON numbers are doubles (cJSON): integers are exact below 2^53. */
+#define EXACT_INT 9007199254740992.0
+
+static int is_int(const cJSON *v) { return cJSON_IsNumber(v) && fabs(v->valuedouble) < EXACT_INT && v->valuedouble == floor(v->valuedouble); }
+
+/* What cJSON lets through and JSON (RFC 8259) does not, checked before the
+ * parse: bytes that are not UTF-8, raw NUL bytes, and \u0000 escapes (a
+ * NUL inside a string would silently cut it short). */
+static int body_check(const char *body, size_t n, es__req_err *e) {
+    const unsigned char *b = (const unsigned char *)body;
+    for (size_t i = 0; i < n;) {
+        unsigned c = b[i];
+        if (c == 0) return fail(e, 400, -1, NULL, "bad JSON: a NUL byte at byte %zu", i);
+        if (c == '\\' && i + 1 < n) {
+            if (b[i + 1] == 'u' && i + 5 < n && memcmp(b + i + 2, "0000", 4) == 0)
+                return fail(e, 400, -1, NULL, "bad JSON: \\u0000 (a NUL character) at byte %zu: strings may not hold NUL", i);
+            i += 2; /* past the escaped character: in \\\\u0000 the second backslash is text */
+            continue;
+        }
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        /* the shortest form of a code point in [0x80, 0x10FFFF], no surrogates */
+        int k = c >= 0xC2 && c <= 0xDF ? 1 : c >= 0xE0 && c <= 0xEF ? 2 : c >= 0xF0 && c <= 0xF4 ? 3 : -1;
+        unsigned lo = c == 0xE0 ? 0xA0 : c == 0xF0 ? 0x90 : 0x80, hi = c == 0xED ? 0x9F : c == 0xF4 ? 0x8F : 0xBF;
+        if (k < 0 || i + (size_t)k >= n || b[i + 1] < lo || b[i + 1] > hi)
+            return fail(e, 400, -1, NULL, "bad JSON: not UTF-8 at byte %zu", i);
+        for (int q = 2; q <= k; q++)
+            if ((b[i + (size_t)q] & 0xC0) != 0x80) return fail(e, 400, -1, NULL, "bad JSON: not UTF-8 at byte %zu", i);
+        i += (size_t)k + 1;
+    }
+    return 0;
+}
+
+/* Line and column (1-based) of byte `pos` of the body, for messages. */
+static void line_col(const char *body, size_t pos, int *line, int *col) {
+    *line = 1;
+    *col = 1;
+    for (size_t i = 0; i < pos; i++) {
+        if (body[i] == '\n') {
+            ++*line;
+            *col = 1;
+        } else {
+            ++*col;
+        }
+    }
+}
+
+/* The first key of object o that appears twice, or NULL. */
+static const char *dup_key(const cJSON *o) {
+    for (const cJSON *a = o->child; a; a = a->next)
+        for (const cJSON *b = a->next; b; b = b->next)
+            if (strcmp(a->string, b->string) == 0) return a->string;
+    return NULL;
+}
+
+/* The body as a JSON object with distinct keys, nothing but white space
+ * after it. */
+static void unload(cJSON *j) {
+    cJSON_Delete(j);
+    arena_end();
+}
+
+static cJSON *load(const char *body, size_t n, es__req_err *e) {
+    if (body_check(body, n, e)) return NULL;
+    arena_begin();
+    const char *end = NULL;
+    cJSON *j = cJSON_ParseWithLengthOpts(body, n, &end, 0);
+    size_t pos = end && end >= body && end <= body + n ? (size_t)(end - body) : n;
+    int line, col;
     if (!j) {
-        fail(e, 400, -1, NULL, "bad JSON at line %d, column %d: %s", je.line, je.column, je.text);
+        line_col(body, pos, &line, &col);
+        fail(e, 400, -1, NULL, "bad JSON at line %d, column %d%s", line, col, pos >= n ? ": the body ends too early" : "");
+        arena_end();
         return NULL;
     }
-    if (!json_is_object(j)) {
-        json_decref(j);
+    while (pos < n && (body[pos] == ' ' || body[pos] == '\t' || body[pos] == '\n' || body[pos] == '\r')) pos++;
+    const char *dup = NULL;
+    if (pos < n) {
+        line_col(body, pos, &line, &col);
+        fail(e, 400, -1, NULL, "bad JSON at line %d, column %d: data after the end of the JSON value", line, col);
+    } else if (!cJSON_IsObject(j)) {
         fail(e, 400, -1, NULL, "the body must be a JSON object");
-        return NULL;
+    } else if ((dup = dup_key(j)) != NULL) {
+        fail(e, 400, -1, NULL, "bad JSON: the key \"%.64s\" appears twice", dup);
+    } else {
+        return j;
     }
-    return j;
+    unload(j);
+    return NULL;
 }
 
 /* ---- schema ------------------------------------------------------------------ */
@@ -167,6 +318,32 @@ static int spec_multi(const char *spec, const char *name) {
     return 0;
 }
 
+/* FNV-1a of a C string: the column-name index of a schema. */
+static uint32_t name_hash(const char *k) {
+    uint32_t h = 2166136261u;
+    for (; *k; k++) h = (h ^ (unsigned char)*k) * 16777619u;
+    return h;
+}
+
+/* The index of column names (open addressing, at most half full): built
+ * once per loaded model, where matching each JSON key against every name
+ * in turn was 5% of a one-row request.  The first of equal names wins, as
+ * the scan did. */
+static int build_col_index(es__schema *s) {
+    s->col_mask = 0;
+    if (s->n_in == 0) return 0;
+    size_t cap = 4;
+    while (cap < 2 * (size_t)s->n_in) cap *= 2;
+    if (!(s->col_slot = calloc(cap, sizeof *s->col_slot))) return ES_ENOMEM;
+    s->col_mask = (uint32_t)(cap - 1);
+    for (int i = 0; i < s->n_in; i++) {
+        uint32_t h = name_hash(s->in_names[i]) & s->col_mask;
+        while (s->col_slot[h] && strcmp(s->in_names[s->col_slot[h] - 1], s->in_names[i]) != 0) h = (h + 1) & s->col_mask;
+        if (!s->col_slot[h]) s->col_slot[h] = i + 1;
+    }
+    return 0;
+}
+
 int es__schema_from_model(es__schema *s, const es_model *m) {
     memset(s, 0, sizeof *s);
     es_reader_params rp = es_model_reader_params(m);
@@ -206,6 +383,10 @@ int es__schema_from_model(es__schema *s, const es_model *m) {
         }
     }
     free_names(dense, s->n_dense);
+    if (build_col_index(s)) {
+        es__schema_free(s);
+        return ES_ENOMEM;
+    }
     return 0;
 oom:
     free_names(dense, s->n_dense);
@@ -218,6 +399,7 @@ void es__schema_free(es__schema *s) {
     free_names(s->in_names, s->n_in);
     free_names(s->field_names, s->n_fields);
     free(s->in_multi);
+    free(s->col_slot);
     memset(s, 0, sizeof *s);
 }
 
@@ -267,19 +449,21 @@ static int put_text(const es__schema *s, es__sb *t, const char *v, size_t len, l
     return 0;
 }
 
-/* A scalar as text: string as is, integer %lld, real %.17g (reads back to
- * the same double), null "".  Returns 0, 1 (not a scalar) */
-static int scalar_text(json_t *v, char *tmp, size_t cap, const char **out, size_t *len) {
-    if (json_is_string(v)) {
-        *out = json_string_value(v);
-        *len = json_string_length(v);
-    } else if (json_is_integer(v)) {
-        *len = (size_t)snprintf(tmp, cap, "%lld", (long long)json_integer_value(v));
+/* A scalar as text: a string as it is, an integral number below 2^53 as
+ * digits, another number "%.17g" (reads back to the same double), null "".
+ * Returns 0, 1 (not a scalar), 2 (an integral number of 2^53 or more:
+ * doubles are not exact there). */
+static int scalar_text(const cJSON *v, char *tmp, size_t cap, const char **out, size_t *len) {
+    if (cJSON_IsString(v)) {
+        *out = v->valuestring;
+        *len = strlen(v->valuestring);
+    } else if (cJSON_IsNumber(v)) {
+        double x = v->valuedouble;
+        if (is_int(v)) *len = (size_t)snprintf(tmp, cap, "%lld", (long long)x);
+        else if (isfinite(x) && x == floor(x)) return 2;
+        else *len = (size_t)snprintf(tmp, cap, "%.17g", x);
         *out = tmp;
-    } else if (json_is_real(v)) {
-        *len = (size_t)snprintf(tmp, cap, "%.17g", json_real_value(v));
-        *out = tmp;
-    } else if (json_is_null(v)) {
+    } else if (cJSON_IsNull(v)) {
         *out = "";
         *len = 0;
     } else {
@@ -288,20 +472,32 @@ static int scalar_text(json_t *v, char *tmp, size_t cap, const char **out, size_
     return 0;
 }
 
-static int put_value(const es__schema *s, es__sb *t, json_t *v, long row, int c, es__req_err *e) {
+#define BIG_NUMBER "an integer of 2^53 or more is not exact in JSON numbers: send it as a string"
+
+static int put_value(const es__schema *s, es__sb *t, const cJSON *v, long row, int c, es__req_err *e) {
     char tmp[64];
     const char *txt;
     size_t len;
-    if (scalar_text(v, tmp, sizeof tmp, &txt, &len) == 0) return put_text(s, t, txt, len, row, c, e);
-    if (json_is_array(v) && s->in_multi[c]) {
+    int k = scalar_text(v, tmp, sizeof tmp, &txt, &len);
+    if (k == 0) return put_text(s, t, txt, len, row, c, e);
+    if (k == 2) {
+        if (c < s->n_dense) { /* a numeric column: the value as a real */
+            len = (size_t)snprintf(tmp, sizeof tmp, "%.17g", v->valuedouble);
+            return put_text(s, t, tmp, len, row, c, e);
+        }
+        return fail(e, 400, row, s->in_names[c], BIG_NUMBER);
+    }
+    if (cJSON_IsArray(v) && s->in_multi[c]) {
         /* a multi-valued column: the pieces joined by the separator */
         es__sb joined = {0};
-        size_t i;
-        json_t *x;
-        json_array_foreach(v, i, x) {
-            if (scalar_text(x, tmp, sizeof tmp, &txt, &len) != 0 || json_is_null(x)) {
+        size_t i = 0;
+        const cJSON *x;
+        cJSON_ArrayForEach(x, v) {
+            k = cJSON_IsNull(x) ? 1 : scalar_text(x, tmp, sizeof tmp, &txt, &len);
+            if (k != 0) {
                 es__sb_free(&joined);
-                return fail(e, 400, row, s->in_names[c], "element %zu of a multi-valued column must be a string or number", i);
+                return k == 2 ? fail(e, 400, row, s->in_names[c], "element %zu: " BIG_NUMBER, i)
+                              : fail(e, 400, row, s->in_names[c], "element %zu of a multi-valued column must be a string or number", i);
             }
             if (memchr(txt, s->multi_sep, len)) {
                 es__sb_free(&joined);
@@ -309,6 +505,7 @@ static int put_value(const es__schema *s, es__sb *t, json_t *v, long row, int c,
             }
             if (i) es__sb_putn(&joined, &s->multi_sep, 1);
             es__sb_putn(&joined, txt, len);
+            i++;
         }
         int rc = joined.oom ? fail(e, 500, row, NULL, "out of memory")
                             : put_text(s, t, joined.s ? joined.s : "", joined.n, row, c, e);
@@ -320,17 +517,18 @@ static int put_value(const es__schema *s, es__sb *t, json_t *v, long row, int c,
 }
 
 static int find_col(const es__schema *s, const char *key) {
-    for (int i = 0; i < s->n_in; i++)
-        if (strcmp(s->in_names[i], key) == 0) return i;
+    if (!s->col_slot) return -1;
+    for (uint32_t h = name_hash(key) & s->col_mask; s->col_slot[h]; h = (h + 1) & s->col_mask)
+        if (strcmp(s->in_names[s->col_slot[h] - 1], key) == 0) return s->col_slot[h] - 1;
     return -1;
 }
 
-static int rows_to_text(const es__schema *s, json_t *rows, long max_rows, es__sb *t, long *nrows, int *first_line,
+static int rows_to_text(const es__schema *s, const cJSON *rows, long max_rows, es__sb *t, long *nrows, int *first_line,
                         es__req_err *e) {
     if (s->n_in == 0)
         return fail(e, 400, -1, NULL, "this model reads %s lines: send {\"lines\": [...]} or a text/plain body",
                     format_name(s->format));
-    size_t nr = json_array_size(rows);
+    size_t nr = (size_t)cJSON_GetArraySize(rows);
     if (nr == 0) return fail(e, 400, -1, NULL, "\"rows\" is empty");
     if ((long)nr > max_rows) return fail(e, 413, -1, NULL, "%zu rows, the limit is %ld (--max-rows)", nr, max_rows);
     *first_line = 1;
@@ -342,31 +540,37 @@ static int rows_to_text(const es__schema *s, json_t *rows, long max_rows, es__sb
         es__sb_putn(t, "\n", 1);
         *first_line = 2;
     }
-    json_t **cell = calloc((size_t)s->n_in, sizeof *cell);
+    const cJSON **cell = calloc((size_t)s->n_in, sizeof *cell);
     if (!cell) return fail(e, 500, -1, NULL, "out of memory");
     int rc = 0;
-    for (size_t r = 0; r < nr && rc == 0; r++) {
-        json_t *o = json_array_get(rows, r);
-        if (!json_is_object(o)) {
-            rc = fail(e, 400, (long)r, NULL, "a row must be a JSON object keyed by column name");
+    long r = 0;
+    const cJSON *o;
+    cJSON_ArrayForEach(o, rows) {
+        if (!cJSON_IsObject(o)) {
+            rc = fail(e, 400, r, NULL, "a row must be a JSON object keyed by column name");
             break;
         }
         memset(cell, 0, (size_t)s->n_in * sizeof *cell);
-        const char *key;
-        json_t *v;
-        json_object_foreach(o, key, v) {
-            int c = find_col(s, key);
+        const cJSON *v;
+        cJSON_ArrayForEach(v, o) {
+            int c = find_col(s, v->string);
             if (c < 0) {
-                rc = fail(e, 400, (long)r, key, "not a column of the model (GET /v1/models lists the columns)");
+                rc = fail(e, 400, r, v->string, "not a column of the model (GET /v1/models lists the columns)");
+                break;
+            }
+            if (cell[c]) {
+                rc = fail(e, 400, r, v->string, "the column is given twice in the row");
                 break;
             }
             cell[c] = v;
         }
         for (int c = 0; c < s->n_in && rc == 0; c++) {
             if (c) es__sb_putn(t, &s->delim, 1);
-            if (cell[c]) rc = put_value(s, t, cell[c], (long)r, c, e); /* absent: a missing value */
+            if (cell[c]) rc = put_value(s, t, cell[c], r, c, e); /* absent: a missing value */
         }
+        if (rc) break;
         es__sb_putn(t, "\n", 1);
+        r++;
     }
     free(cell);
     if (rc == 0 && t->oom) rc = fail(e, 500, -1, NULL, "out of memory");
@@ -374,18 +578,20 @@ static int rows_to_text(const es__schema *s, json_t *rows, long max_rows, es__sb
     return rc;
 }
 
-static int lines_to_text(json_t *lines, long max_rows, es__sb *t, long *nrows, es__req_err *e) {
-    size_t nl = json_array_size(lines);
+static int lines_to_text(const cJSON *lines, long max_rows, es__sb *t, long *nrows, es__req_err *e) {
+    size_t nl = (size_t)cJSON_GetArraySize(lines);
     if (nl == 0) return fail(e, 400, -1, NULL, "\"lines\" is empty");
     if ((long)nl > max_rows + 1) return fail(e, 413, -1, NULL, "%zu lines, the limit is %ld rows (--max-rows)", nl, max_rows);
-    for (size_t i = 0; i < nl; i++) {
-        json_t *l = json_array_get(lines, i);
-        if (!json_is_string(l)) return fail(e, 400, (long)i, NULL, "\"lines\" must hold strings");
-        const char *p = json_string_value(l);
-        size_t len = json_string_length(l);
-        if (memchr(p, '\n', len) || memchr(p, 0, len)) return fail(e, 400, (long)i, NULL, "a line may not hold a newline or NUL");
+    long i = 0;
+    const cJSON *l;
+    cJSON_ArrayForEach(l, lines) {
+        if (!cJSON_IsString(l)) return fail(e, 400, i, NULL, "\"lines\" must hold strings");
+        const char *p = l->valuestring;
+        size_t len = strlen(p); /* no NUL inside: body_check */
+        if (memchr(p, '\n', len)) return fail(e, 400, i, NULL, "a line may not hold a newline or NUL");
         es__sb_putn(t, p, len);
         es__sb_putn(t, "\n", 1);
+        i++;
     }
     if (t->oom) return fail(e, 500, -1, NULL, "out of memory");
     *nrows = (long)nl;
@@ -407,59 +613,60 @@ int es__parse_predict(const es__schema *s, const char *body, size_t n, int plain
         *rows = nl + (body[n - 1] != '\n');
         return 0;
     }
-    json_t *j = load(body, n, e);
+    cJSON *j = load(body, n, e);
     if (!j) return -1;
     int rc = 0;
-    json_t *lab = json_object_get(j, "labeled");
-    if (lab && !json_is_boolean(lab)) rc = fail(e, 400, -1, NULL, "\"labeled\" must be true or false");
-    else if (lab) *has_label = json_is_true(lab);
-    json_t *r = json_object_get(j, "rows"), *l = json_object_get(j, "lines");
-    const char *key;
-    json_t *v;
-    json_object_foreach(j, key, v) {
+    const cJSON *lab = cJSON_GetObjectItemCaseSensitive(j, "labeled");
+    if (lab && !cJSON_IsBool(lab)) rc = fail(e, 400, -1, NULL, "\"labeled\" must be true or false");
+    else if (lab) *has_label = cJSON_IsTrue(lab);
+    const cJSON *r = cJSON_GetObjectItemCaseSensitive(j, "rows"), *l = cJSON_GetObjectItemCaseSensitive(j, "lines");
+    const cJSON *v;
+    cJSON_ArrayForEach(v, j) {
         if (rc) break;
-        if (strcmp(key, "rows") && strcmp(key, "lines") && strcmp(key, "labeled"))
-            rc = fail(e, 400, -1, NULL, "unknown key \"%.64s\" (expected \"rows\" or \"lines\", optional \"labeled\")", key);
+        if (strcmp(v->string, "rows") && strcmp(v->string, "lines") && strcmp(v->string, "labeled"))
+            rc = fail(e, 400, -1, NULL, "unknown key \"%.64s\" (expected \"rows\" or \"lines\", optional \"labeled\")", v->string);
     }
     if (rc) {
     } else if ((r != NULL) == (l != NULL)) {
         rc = fail(e, 400, -1, NULL, "give exactly one of \"rows\" (objects keyed by column) or \"lines\" (text lines)");
     } else if (r) {
-        if (!json_is_array(r)) rc = fail(e, 400, -1, NULL, "\"rows\" must be an array");
+        if (!cJSON_IsArray(r)) rc = fail(e, 400, -1, NULL, "\"rows\" must be an array");
         else if (*has_label) rc = fail(e, 400, -1, NULL, "\"labeled\" applies to \"lines\" only");
         else rc = rows_to_text(s, r, max_rows, text, rows, first_line, e);
     } else {
-        if (!json_is_array(l)) rc = fail(e, 400, -1, NULL, "\"lines\" must be an array of strings");
+        if (!cJSON_IsArray(l)) rc = fail(e, 400, -1, NULL, "\"lines\" must be an array of strings");
         else rc = lines_to_text(l, max_rows, text, rows, e);
     }
-    json_decref(j);
+    unload(j);
     return rc;
 }
 
 /* ---- embed ---------------------------------------------------------------------- */
-static int field_of(const es__schema *s, json_t *f, long row, int *out, es__req_err *e) {
-    if (json_is_integer(f)) {
-        json_int_t v = json_integer_value(f);
-        if (v < 0 || v >= s->n_fields) return fail(e, 400, row, NULL, "field %lld out of range [0, %d)", (long long)v, s->n_fields);
+static int field_of(const es__schema *s, const cJSON *f, long row, int *out, es__req_err *e) {
+    if (is_int(f)) {
+        double v = f->valuedouble;
+        if (v < 0 || v >= s->n_fields) return fail(e, 400, row, NULL, "field %.0f out of range [0, %d)", v, s->n_fields);
         *out = (int)v;
         return 0;
     }
-    if (json_is_string(f)) {
+    if (cJSON_IsString(f)) {
         for (int k = 0; k < s->n_fields; k++)
-            if (strcmp(s->field_names[k], json_string_value(f)) == 0) {
+            if (strcmp(s->field_names[k], f->valuestring) == 0) {
                 *out = k;
                 return 0;
             }
-        return fail(e, 400, row, json_string_value(f), "not a categorical field of the model");
+        return fail(e, 400, row, f->valuestring, "not a categorical field of the model");
     }
     return fail(e, 400, row, NULL, "\"field\" must be a field name or index");
 }
 
-static int key_of(json_t *v, long row, uint64_t *out, es__req_err *e) {
+static int key_of(const cJSON *v, long row, uint64_t *out, es__req_err *e) {
     char tmp[64];
     const char *txt;
     size_t len;
-    if (scalar_text(v, tmp, sizeof tmp, &txt, &len) != 0) return fail(e, 400, row, NULL, "a value must be a string, number or null");
+    int k = scalar_text(v, tmp, sizeof tmp, &txt, &len);
+    if (k == 2) return fail(e, 400, row, NULL, BIG_NUMBER);
+    if (k != 0) return fail(e, 400, row, NULL, "a value must be a string, number or null");
     /* the reader's keys: XXH3 of the token bytes, the missing key for "" */
     *out = len ? es_key(txt, len) : ES_KEY_MISSING;
     return 0;
@@ -470,17 +677,18 @@ int es__parse_embed(const es__schema *s, const char *body, size_t n, long max_ro
     *fields = NULL;
     *keys = NULL;
     *count = 0;
-    json_t *j = load(body, n, e);
+    cJSON *j = load(body, n, e);
     if (!j) return -1;
     int rc = 0;
-    json_t *pairs = json_object_get(j, "pairs"), *field = json_object_get(j, "field"), *values = json_object_get(j, "values");
+    const cJSON *pairs = cJSON_GetObjectItemCaseSensitive(j, "pairs"), *field = cJSON_GetObjectItemCaseSensitive(j, "field"),
+                *values = cJSON_GetObjectItemCaseSensitive(j, "values");
     size_t m = 0;
     if (pairs && !field && !values) {
-        if (!json_is_array(pairs)) rc = fail(e, 400, -1, NULL, "\"pairs\" must be an array");
-        m = json_array_size(pairs);
+        if (!cJSON_IsArray(pairs)) rc = fail(e, 400, -1, NULL, "\"pairs\" must be an array");
+        else m = (size_t)cJSON_GetArraySize(pairs);
     } else if (!pairs && field && values) {
-        if (!json_is_array(values)) rc = fail(e, 400, -1, NULL, "\"values\" must be an array");
-        m = json_array_size(values);
+        if (!cJSON_IsArray(values)) rc = fail(e, 400, -1, NULL, "\"values\" must be an array");
+        else m = (size_t)cJSON_GetArraySize(values);
     } else {
         rc = fail(e, 400, -1, NULL, "give \"pairs\": [{\"field\": F, \"value\": V}, ...] or \"field\" and \"values\"");
     }
@@ -490,21 +698,25 @@ int es__parse_embed(const es__schema *s, const char *body, size_t n, long max_ro
         rc = fail(e, 500, -1, NULL, "out of memory");
     int f0 = 0;
     if (rc == 0 && field) rc = field_of(s, field, -1, &f0, e);
-    for (size_t i = 0; i < m && rc == 0; i++) {
+    long i = 0;
+    const cJSON *x, *list = rc == 0 ? (pairs ? pairs : values) : NULL;
+    cJSON_ArrayForEach(x, list) {
+        if (rc) break;
         if (pairs) {
-            json_t *p = json_array_get(pairs, i);
-            if (!json_is_object(p) || !json_object_get(p, "field") || !json_object_get(p, "value") || json_object_size(p) != 2) {
-                rc = fail(e, 400, (long)i, NULL, "a pair is {\"field\": F, \"value\": V}");
+            const cJSON *pf = cJSON_GetObjectItemCaseSensitive(x, "field"), *pv = cJSON_GetObjectItemCaseSensitive(x, "value");
+            if (!cJSON_IsObject(x) || !pf || !pv || cJSON_GetArraySize(x) != 2) {
+                rc = fail(e, 400, i, NULL, "a pair is {\"field\": F, \"value\": V}");
                 break;
             }
-            rc = field_of(s, json_object_get(p, "field"), (long)i, &(*fields)[i], e);
-            if (rc == 0) rc = key_of(json_object_get(p, "value"), (long)i, &(*keys)[i], e);
+            rc = field_of(s, pf, i, &(*fields)[i], e);
+            if (rc == 0) rc = key_of(pv, i, &(*keys)[i], e);
         } else {
             (*fields)[i] = f0;
-            rc = key_of(json_array_get(values, i), (long)i, &(*keys)[i], e);
+            rc = key_of(x, i, &(*keys)[i], e);
         }
+        i++;
     }
-    json_decref(j);
+    unload(j);
     if (rc) {
         free(*fields);
         free(*keys);
@@ -517,16 +729,17 @@ int es__parse_embed(const es__schema *s, const char *body, size_t n, long max_ro
 }
 
 /* ---- search ---------------------------------------------------------------------- */
-static int vec_into(json_t *a, int dim, long row, float *out, es__req_err *e) {
-    if (!json_is_array(a)) return fail(e, 400, row, NULL, "a query vector must be an array of numbers");
-    if (json_array_size(a) != (size_t)dim)
-        return fail(e, 400, row, NULL, "a query vector has %zu values, the index has dimension %d", json_array_size(a), dim);
-    for (int d = 0; d < dim; d++) {
-        json_t *x = json_array_get(a, (size_t)d);
-        if (!json_is_number(x)) return fail(e, 400, row, NULL, "value %d is not a number", d);
-        double v = json_number_value(x);
+static int vec_into(const cJSON *a, int dim, long row, float *out, es__req_err *e) {
+    if (!cJSON_IsArray(a)) return fail(e, 400, row, NULL, "a query vector must be an array of numbers");
+    int got = cJSON_GetArraySize(a);
+    if (got != dim) return fail(e, 400, row, NULL, "a query vector has %d values, the index has dimension %d", got, dim);
+    int d = 0;
+    const cJSON *x;
+    cJSON_ArrayForEach(x, a) {
+        if (!cJSON_IsNumber(x)) return fail(e, 400, row, NULL, "value %d is not a number", d);
+        double v = x->valuedouble;
         if (!isfinite(v) || fabs(v) > 3.4e38) return fail(e, 400, row, NULL, "value %d is not a finite float", d);
-        out[d] = (float)v;
+        out[d++] = (float)v;
     }
     return 0;
 }
@@ -534,14 +747,14 @@ static int vec_into(json_t *a, int dim, long row, float *out, es__req_err *e) {
 int es__parse_search(const char *body, size_t n, int dim, long max_rows, es__search_req *out, es__req_err *e) {
     memset(out, 0, sizeof *out);
     if (dim <= 0) return fail(e, 500, -1, NULL, "index without a dimension");
-    json_t *j = load(body, n, e);
+    cJSON *j = load(body, n, e);
     if (!j) return -1;
     int rc = 0;
-    json_t *vs = json_object_get(j, "vectors"), *v1 = json_object_get(j, "vector"), *k = json_object_get(j, "k"),
-           *flt = json_object_get(j, "filter");
-    const char *key;
-    json_t *val;
-    json_object_foreach(j, key, val) {
+    const cJSON *vs = cJSON_GetObjectItemCaseSensitive(j, "vectors"), *v1 = cJSON_GetObjectItemCaseSensitive(j, "vector"),
+                *k = cJSON_GetObjectItemCaseSensitive(j, "k"), *flt = cJSON_GetObjectItemCaseSensitive(j, "filter");
+    const cJSON *val;
+    cJSON_ArrayForEach(val, j) {
+        const char *key = val->string;
         if (strcmp(key, "vectors") && strcmp(key, "vector") && strcmp(key, "k") && strcmp(key, "filter")) {
             rc = fail(e, 400, -1, NULL, "unknown key \"%.64s\" (expected vectors or vector, k, filter)", key);
             break;
@@ -549,38 +762,49 @@ int es__parse_search(const char *body, size_t n, int dim, long max_rows, es__sea
     }
     size_t nq = 0;
     if (rc == 0 && (vs != NULL) == (v1 != NULL)) rc = fail(e, 400, -1, NULL, "give exactly one of \"vectors\" and \"vector\"");
-    if (rc == 0 && vs && !json_is_array(vs)) rc = fail(e, 400, -1, NULL, "\"vectors\" must be an array of arrays");
-    if (rc == 0) nq = vs ? json_array_size(vs) : 1;
+    if (rc == 0 && vs && !cJSON_IsArray(vs)) rc = fail(e, 400, -1, NULL, "\"vectors\" must be an array of arrays");
+    if (rc == 0) nq = vs ? (size_t)cJSON_GetArraySize(vs) : 1;
     if (rc == 0 && nq == 0) rc = fail(e, 400, -1, NULL, "no query vectors");
     if (rc == 0 && (long)nq > max_rows) rc = fail(e, 413, -1, NULL, "%zu queries, the limit is %ld (--max-rows)", nq, max_rows);
     out->k = 10;
     if (rc == 0 && k) {
-        if (!json_is_integer(k) || json_integer_value(k) < 1 || json_integer_value(k) > 10000)
+        if (!is_int(k) || k->valuedouble < 1 || k->valuedouble > 10000)
             rc = fail(e, 400, -1, NULL, "\"k\" must be an integer in [1, 10000]");
-        else out->k = (int)json_integer_value(k);
+        else out->k = (int)k->valuedouble;
     }
     if (rc == 0 && flt) {
-        json_t *a = json_object_get(flt, "attr"), *vals = json_object_get(flt, "values");
-        if (!json_is_object(flt) || !json_is_integer(a) || !json_is_array(vals) || json_array_size(vals) == 0 ||
-            json_array_size(vals) > 4096 || json_integer_value(a) < 0 || json_integer_value(a) > INT_MAX) {
+        const cJSON *a = cJSON_GetObjectItemCaseSensitive(flt, "attr"), *vals = cJSON_GetObjectItemCaseSensitive(flt, "values");
+        int nv = cJSON_IsArray(vals) ? cJSON_GetArraySize(vals) : 0;
+        if (!cJSON_IsObject(flt) || dup_key(flt) || !is_int(a) || nv == 0 || nv > 4096 || a->valuedouble < 0 ||
+            a->valuedouble > INT_MAX) {
             rc = fail(e, 400, -1, NULL, "\"filter\" is {\"attr\": A, \"values\": [1 to 4096 integers]}");
         } else {
             out->has_filter = 1;
-            out->attr = (int)json_integer_value(a);
-            out->n_values = (int)json_array_size(vals);
-            if (!(out->values = malloc((size_t)out->n_values * sizeof *out->values))) rc = fail(e, 500, -1, NULL, "out of memory");
-            for (int i = 0; rc == 0 && i < out->n_values; i++) {
-                json_t *x = json_array_get(vals, (size_t)i);
-                if (!json_is_integer(x) || json_integer_value(x) < INT32_MIN || json_integer_value(x) > INT32_MAX)
+            out->attr = (int)a->valuedouble;
+            out->n_values = nv;
+            if (!(out->values = malloc((size_t)nv * sizeof *out->values))) rc = fail(e, 500, -1, NULL, "out of memory");
+            int i = 0;
+            const cJSON *x;
+            cJSON_ArrayForEach(x, vals) {
+                if (rc) break;
+                if (!is_int(x) || x->valuedouble < INT32_MIN || x->valuedouble > INT32_MAX)
                     rc = fail(e, 400, -1, NULL, "filter value %d is not a 32-bit integer", i);
-                else out->values[i] = (int32_t)json_integer_value(x);
+                else out->values[i] = (int32_t)x->valuedouble;
+                i++;
             }
         }
     }
     if (rc == 0 && !(out->q = malloc(nq * (size_t)dim * sizeof(float)))) rc = fail(e, 500, -1, NULL, "out of memory");
-    for (size_t i = 0; rc == 0 && i < nq; i++)
-        rc = vec_into(vs ? json_array_get(vs, i) : v1, dim, (long)i, out->q + i * (size_t)dim, e);
-    json_decref(j);
+    if (rc == 0 && v1) rc = vec_into(v1, dim, 0, out->q, e);
+    if (rc == 0 && vs) {
+        long i = 0;
+        const cJSON *q;
+        cJSON_ArrayForEach(q, vs) {
+            if ((rc = vec_into(q, dim, i, out->q + (size_t)i * (size_t)dim, e)) != 0) break;
+            i++;
+        }
+    }
+    unload(j);
     if (rc) {
         es__search_req_free(out);
         return rc;

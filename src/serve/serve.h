@@ -55,6 +55,8 @@ typedef struct es__schema {
     char **in_names;    /* [n_in] column names, dense first */
     int *in_multi;      /* [n_in] 1 for a multi-valued CSV column */
     char **field_names; /* [n_fields] the model's categorical fields (embed) */
+    int *col_slot;      /* index of in_names by hash: column + 1, 0 = empty */
+    uint32_t col_mask;  /* slots - 1 */
 } es__schema;
 /* Fill from a loaded model; 0 or ES_ENOMEM.  es__schema_free(NULL-zeroed) ok. */
 int es__schema_from_model(es__schema *s, const es_model *m);

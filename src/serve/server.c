@@ -350,7 +350,7 @@ static int do_predict(struct MHD_Connection *c, server *S, request *rq, slot *s,
     es__sb text = {0}, out = {0};
     long rows = 0;
     int has_label = 0, first_line = 1, ret;
-    float *prob = NULL;
+    float small[64], *prob = NULL;
     if (es__parse_predict(&v->schema, rq->body.s ? rq->body.s : "", rq->body.n, plain, S->cfg.max_rows, &text, &rows,
                           &has_label, &first_line, &e) != 0) {
         ret = send_err(c, S, rq, &e);
@@ -358,8 +358,14 @@ static int do_predict(struct MHD_Connection *c, server *S, request *rq, slot *s,
     }
     const char *lab = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "labeled");
     if (plain && lab) has_label = strcmp(lab, "1") == 0 || strcmp(lab, "true") == 0;
-    size_t cap = (size_t)S->cfg.max_rows, got = 0;
-    if (!(prob = malloc(cap * sizeof *prob))) {
+    /* room for the rows the parser counted (at least the data rows: a text
+     * body's count includes a header line), never more than --max-rows: a
+     * reader that finds more fails with ES_ERANGE below (413).  A small
+     * request's answers live on the stack; a max-rows buffer per request was
+     * a 16 KiB malloc/free each time. */
+    size_t cap = (size_t)(rows > 0 && rows < S->cfg.max_rows ? rows : S->cfg.max_rows), got = 0;
+    if (cap <= sizeof small / sizeof *small) prob = small;
+    else if (!(prob = malloc(cap * sizeof *prob))) {
         ret = simple_err(c, S, rq, 500, "out of memory");
         goto done;
     }
@@ -393,7 +399,7 @@ static int do_predict(struct MHD_Connection *c, server *S, request *rq, slot *s,
     es__sb_puts(&out, "]}\n");
     ret = send_buf(c, S, rq, 200, "application/json", &out);
 done:
-    free(prob);
+    if (prob != small) free(prob);
     es__sb_free(&text);
     es__sb_free(&out);
     version_put(v);

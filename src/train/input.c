@@ -33,6 +33,7 @@ int es_model_set_reader_params(es_model *m, const es_reader_params *rp) {
     es__free(m->in_columns);
     m->in_columns = cols;
     m->in_set = rp != NULL;
+    es__model_mem_input_drop(m);
     if (rp) {
         m->in_rp = *rp;
         m->in_rp.columns = cols;
@@ -281,6 +282,40 @@ done:
     es__free(synth);
     names_free(&nm);
     return rc;
+}
+
+void es__model_mem_input_drop(es_model *m) {
+    es_reader_free(m->mem_r);
+    es_batch_free(&m->mem_b);
+    es__free(m->mem_name);
+    m->mem_r = NULL;
+    m->mem_name = NULL;
+}
+
+int es__model_mem_input(es_model *m, const char *name, const void *data, size_t n, int has_label, es_reader **r,
+                        es_batch **b) {
+    if (m->mem_r && m->mem_label == has_label && strcmp(m->mem_name, name) == 0) {
+        es_err e = {0};
+        if (es__reader_reset_mem(m->mem_r, data, n, &e) == ES_OK) {
+            m->note[0] = 0;
+            *r = m->mem_r;
+            *b = &m->mem_b;
+            return ES_OK;
+        }
+        /* a reader that cannot be reset, or new bytes that fail the open's
+         * checks: a fresh open below gives the same outcome and message */
+    }
+    es__model_mem_input_drop(m);
+    int rc = es__model_open_input_mem(m, name, data, n, has_label, &m->mem_r, &m->mem_b);
+    if (rc) return rc;
+    if (!(m->mem_name = es__strdup(name))) {
+        es__model_mem_input_drop(m);
+        return es__err(&m->err, ES_ENOMEM, "out of memory");
+    }
+    m->mem_label = has_label;
+    *r = m->mem_r;
+    *b = &m->mem_b;
+    return ES_OK;
 }
 
 void es__model_input_hint(es_model *m, const es_reader *r, int has_label) {

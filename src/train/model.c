@@ -93,6 +93,7 @@ void es_model_free(es_model *m) {
     es__free(m->meta_key);
     es__free(m->meta_val);
     es_batch_free(&m->one);
+    es__model_mem_input_drop(m);
     es__free(m);
 }
 

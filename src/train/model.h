@@ -37,6 +37,12 @@ struct es_model {
     char **meta_key;
     char **meta_val;
     es_batch one;   /* 1-row batch for es_model_embedding */
+    /* es_model_predict_mem's reader and batch, kept for the next call with
+     * the same name and label setting (es__model_mem_input); NULL: none */
+    es_reader *mem_r;
+    es_batch mem_b;
+    char *mem_name;
+    int mem_label;
     es_tensor_ref tref; /* the last es_model_tensor answer (its name lives here) */
     es_err err;
     size_t mapped_bytes; /* bytes of tensors es__model_load mapped from the file instead of copying */
@@ -67,6 +73,17 @@ size_t es__model_mapped_bytes(const es_model *m);
 int es__model_open_input(es_model *m, const char *path, int has_label, es_reader **r, es_batch *b);
 int es__model_open_input_mem(es_model *m, const char *path, const void *data, size_t n, int has_label, es_reader **r,
                              es_batch *b);
+/* es__model_open_input_mem for es_model_predict_mem, with the reader and
+ * batch owned by m and reused: a call with the same name and has_label as
+ * the last reads the new bytes with the last call's reader (Criteo,
+ * libsvm, libffm: es__reader_reset_mem), which gives what a fresh open
+ * gives without its allocations.  A one-row request to `embstore serve`
+ * spent a fifth of its time opening.  Errors as es__model_open_input_mem;
+ * es__model_mem_input_drop frees them (es_model_free, a change of reader
+ * parameters). */
+int es__model_mem_input(es_model *m, const char *name, const void *data, size_t n, int has_label, es_reader **r,
+                        es_batch **b);
+void es__model_mem_input_drop(es_model *m);
 /* After a reader error while reading for eval/predict (the message already
  * in m->err): append what the model expects and which option fits, when
  * the error was a line with the wrong number of columns. */

@@ -1083,12 +1083,12 @@ int es_model_predict_mem(es_model *m, const void *data, size_t n, const char *na
     if (rows_out) *rows_out = 0;
     if (!m || (!data && n) || (!prob && cap)) return ES_EINVAL;
     es_reader *r = NULL;
-    es_batch b = {0};
+    es_batch *b = NULL;
     size_t rows = 0;
-    int rc = es__model_open_input_mem(m, name ? name : "<memory>", data ? data : "", n, has_label, &r, &b);
+    int rc = es__model_mem_input(m, name ? name : "<memory>", data ? data : "", n, has_label, &r, &b);
     if (rc != 0) return rc;
     for (;;) {
-        int k = es_reader_next(r, &b);
+        int k = es_reader_next(r, b);
         if (k < 0) {
             rc = es__err(&m->err, k, "%s", es_reader_errmsg(r));
             es__model_input_hint(m, r, has_label);
@@ -1100,12 +1100,10 @@ int es_model_predict_mem(es_model *m, const void *data, size_t n, const char *na
             break;
         }
         /* prob + rows: es_model_predict_batch writes b.n values */
-        if ((rc = es_model_predict_batch(m, &b, prob + rows)) != 0) break;
+        if ((rc = es_model_predict_batch(m, b, prob + rows)) != 0) break;
         rows += (size_t)k;
     }
     if (rows_out) *rows_out = rows;
-    es_batch_free(&b);
-    es_reader_free(r);
     return rc;
 }
 
