@@ -929,6 +929,13 @@ ES_API int es_model_eval_file(es_model *m, const char *path, es_metrics *out);
  * column, e.g. the 39-column Criteo test file; a CSV file may lack the
  * label column, or have it, ignored). */
 ES_API int es_model_predict_file(es_model *m, const char *in, int has_label, const char *out_path, uint64_t *rows_out);
+/* How the following es_model_predict_file calls print each probability:
+ * digits 0 (a model's default) "%.6f", six decimals; 1..9 that many
+ * significant digits ("%.*g").  9 prints every float exactly: strtof reads
+ * each line back to the very float es_model_predict_batch gave (and the
+ * server sends, "%.9g"), so outputs can be compared bit for bit.  Returns
+ * 0 or ES_EINVAL (digits out of range; es_model_errmsg). */
+ES_API int es_model_set_predict_digits(es_model *m, int digits);
 /* es_model_predict_file over text in memory: data[n] holds lines in the
  * model's input format, read exactly as es_model_predict_file reads a file
  * (the same reader parameters, a CSV header line first when the model's

@@ -360,19 +360,30 @@ TEST(serve_predict_bits) {
     got = preds_lines(r);
     CHECK(got);
     CHECK_MSG(strcmp(got, ref) == 0, "JSON-row predictions differ from the library's");
-    /* and the CLI's 6 decimals */
+    /* and the CLI's: `embstore predict --digits 9` prints every float
+     * exactly, so both read back (strtof) to the same bits */
     const char *cli = es_test_path("serve_cli.txt");
-    CHECK(es_test_sh(NULL, "%s predict %s %s --unlabeled --out %s", es_bin(), ma, unl, cli) == 0);
-    char *c6 = es_test_slurp(cli), *mine = calloc(1, strlen(c6) + 64);
-    size_t m = 0;
-    for (char *p = got; *p;) {
-        m += (size_t)snprintf(mine + m, strlen(c6) + 64 - m, "%.6f\n", strtof(p, &p));
+    CHECK(es_test_sh(NULL, "%s predict %s %s --unlabeled --digits 9 --out %s", es_bin(), ma, unl, cli) == 0);
+    char *c9 = es_test_slurp(cli);
+    CHECK(c9);
+    int n_cmp = 0;
+    for (char *p = got, *q = c9;; n_cmp++) {
         while (*p == '\n') p++;
+        while (*q == '\n') q++;
+        if (!*p || !*q) {
+            CHECK_MSG(!*p && !*q, "after %d rows: the %s has more predictions", n_cmp, *p ? "server" : "CLI");
+            break;
+        }
+        char *pe, *qe;
+        float a = strtof(p, &pe), b = strtof(q, &qe);
+        CHECK(pe != p && qe != q);
+        CHECK_MSG(memcmp(&a, &b, sizeof a) == 0, "row %d: server %.9g != embstore predict --digits 9 %.9g", n_cmp, a, b);
+        p = pe;
+        q = qe;
     }
-    CHECK_MSG(strcmp(mine, c6) == 0, "server predictions at 6 decimals differ from embstore predict");
-    printf("  300 rows: server == library (%%.9g) == CLI (%%.6f)\n");
-    free(mine);
-    free(c6);
+    CHECK_EQ_INT(n_cmp, 300);
+    printf("  300 rows: server == library (%%.9g) == CLI (predict --digits 9, strtof: all bits)\n");
+    free(c9);
     free(got);
     free(r);
     free(js);

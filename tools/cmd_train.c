@@ -358,12 +358,15 @@ static const char eval_help[] =
     "  --label-threshold X  label = (label column >= X) instead of the model's setting\n" MODEL_INPUT_HELP;
 
 static const char predict_help[] =
-    "usage: embstore predict MODEL FILE [--out PATH] [--unlabeled] [options]\n"
+    "usage: embstore predict MODEL FILE [--out PATH] [--unlabeled] [--digits N] [options]\n"
     "\n"
     "Write one click probability per input row (6 decimals), in input order.\n"
     "The output is written to a temporary file and renamed, so a failed run\n"
     "leaves nothing behind.\n"
     "  --out PATH     output file (default: stdout)\n"
+    "  --digits N     N significant digits (1..9, printf %.Ng) instead of 6 decimals;\n"
+    "                 9 prints each float exactly: it reads back (strtof) to the\n"
+    "                 same bits, as the server's predictions (embstore serve)\n"
     "  --unlabeled    FILE has no label column (e.g. the 39-column Criteo test file, or a\n"
     "                 CSV file without the label column; a label column present is ignored)\n"
     "  --no-verify    skip tensor checksums when loading\n"
@@ -394,7 +397,7 @@ static int model_cmd(int argc, char **argv, int predict) {
     const char *model = NULL, *file = NULL, *out = NULL;
     unsigned flags = 0;
     long long ll;
-    int threads = 1, has_label = 1;
+    int threads = 1, has_label = 1, digits = 0;
     /* reader options are collected here and applied over the model's own
      * settings once it is loaded */
     es_reader_params ov;
@@ -422,6 +425,9 @@ static int model_cmd(int argc, char **argv, int predict) {
             if (!(out = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
         } else if (predict && !strcmp(a, "--unlabeled")) {
             has_label = 0;
+        } else if (predict && !strcmp(a, "--digits")) {
+            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 9, &ll)) return ES_EXIT_USAGE;
+            digits = (int)ll;
         } else if (!strcmp(a, "--json")) {
         } else if (a[0] == '-' && a[1]) {
             return cli_usage(cmd, "unknown option '%s'", a);
@@ -464,7 +470,8 @@ static int model_cmd(int argc, char **argv, int predict) {
     }
     if (predict) {
         uint64_t rows = 0;
-        rc = es_model_predict_file(m, file, has_label, out, &rows);
+        rc = es_model_set_predict_digits(m, digits);
+        if (rc == 0) rc = es_model_predict_file(m, file, has_label, out, &rows);
         if (rc != 0) rc = cli_fail(cmd, "%s", es_model_errmsg(m));
         else if (out) fprintf(stderr, "wrote %llu predictions to %s\n", (unsigned long long)rows, out);
     } else {

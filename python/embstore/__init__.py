@@ -5,6 +5,7 @@ vector indexes) -- Python bindings over libembstore.so (ctypes + numpy).
     metrics = embstore.train("train.tsv", model="fm", storage="hash", budget=1e6, out="m.es")
     m = embstore.Model("m.es")
     p = m.predict("test.tsv")                 # float32 probabilities
+    p1 = m.predict([{"I1": 3, "C1": "05db9164"}])  # rows keyed by column, as the server takes them
     w = m.table()                             # zero-copy view of the embedding table
     ix = embstore.Index.build(x, kind="hnsw", hnsw_m=16)
     D, I = ix.search(q, 10)                   # like faiss
@@ -13,6 +14,7 @@ See docs/python.md.
 """
 import ctypes
 import os
+import re
 import tempfile
 import weakref
 
@@ -21,8 +23,8 @@ import numpy as np
 from . import _lib
 from ._lib import ES, es_batch, es_err
 
-__all__ = ["EmbstoreError", "train", "Model", "Index", "diagnose", "read_vecs", "key", "keys", "transform_num",
-           "set_threads", "LIBRARY_PATH"]
+__all__ = ["EmbstoreError", "RowError", "train", "Model", "Index", "diagnose", "read_vecs", "key", "keys",
+           "transform_num", "set_threads", "LIBRARY_PATH"]
 
 LIBRARY_PATH = _lib.LIBRARY_PATH
 LOAD_NO_VERIFY, LOAD_MAP = 1, 2
@@ -37,6 +39,17 @@ class EmbstoreError(RuntimeError):
         self.code_name = _lib.ERR_NAMES.get(code, str(code))
         self.msg = msg
         super().__init__(f"{msg} [{self.code_name}]" if msg else f"{ES.es_strerror(code).decode()} [{self.code_name}]")
+
+
+class RowError(EmbstoreError, ValueError):
+    """A row of Model.predict(list of dicts) that cannot be read: .row is
+    its index in the list, .column the column name ("" when the row as a
+    whole is wrong), .reason what is wrong with it.  Also a ValueError."""
+
+    def __init__(self, row, column, reason, code=-1):
+        self.row, self.column, self.reason = row, column, reason
+        where = f"row {row}, column {column!r}" if column else f"row {row}"
+        super().__init__(code, f"{where}: {reason}")
 
 
 def _check(rc, msg):
@@ -313,6 +326,13 @@ class Model:
             without the label column;
           - a list of str: text lines in the model's own input format (for a
             CSV model with a header, the first line is the header);
+          - a list of dicts keyed by column name, like the server's JSON
+            rows ({"I1": 3, "C1": "05db9164"}; a missing key is an empty
+            field; values str, int, float, None, or a list for a CSV multi
+            column): written as lines of the model's format and read by the
+            library's reader (es_model_predict_mem), so the same bits as the
+            server and `embstore predict --digits 9`; a row that cannot be
+            read raises RowError naming its index and column;
           - a uint64 array [n, n_fields] of categorical keys (embstore.key /
             embstore.keys of the tokens), with dense a float32 array
             [n, n_dense] of the raw numeric values (transformed here by the
@@ -327,8 +347,121 @@ class Model:
             return self._predict_path(data, has_label)
         if isinstance(data, (list, tuple)) and all(isinstance(x, str) for x in data):
             return self._predict_lines(data, has_label)
-        raise TypeError("predict() takes a path, a list of text lines or a uint64 key array "
-                        f"[n, {self.n_fields}], not {type(data).__name__}")
+        if isinstance(data, (list, tuple)) and data and all(isinstance(x, dict) for x in data):
+            return self._predict_dicts(data)
+        if isinstance(data, dict):
+            raise TypeError("predict() takes rows as a list of dicts: pass [row] for one row")
+        raise TypeError("predict() takes a path, a list of text lines, a list of dicts keyed by column name or a "
+                        f"uint64 key array [n, {self.n_fields}], not {type(data).__name__}")
+
+    # -- rows as dicts -- the server's JSON rows (src/serve/request.c,
+    # es__schema_from_model and rows_to_text): each row is written as a line
+    # of the model's own input format and the lines are read by the
+    # library's reader (es_model_predict_mem), the path of `embstore
+    # predict` and of the server, so a row gives the same bits all three ways.
+    def _row_schema(self):
+        """(format, delim, multi_sep, columns, multi, index): the input columns a
+        row may name -- the numeric ones, then the categorical ones as the
+        model was trained on them (Criteo: I1..I13, C1..C26; derived num_cat
+        fields are not sent), which of them are multi-valued, and the
+        position of each name."""
+        rp = ES.es_model_reader_params(self._handle())
+        fmt = rp.format
+        delim = (rp.delim or (b"\t" if fmt == 1 else b",")).decode("latin-1")
+        sep = (rp.multi_sep or b"|").decode("latin-1")
+        fields_meta, dense_meta = self.meta("schema.fields"), self.meta("schema.dense")
+        fields = fields_meta.split(",") if fields_meta else []
+        dense = dense_meta.split(",") if dense_meta else []
+        names = {1: "Criteo TSV", 2: "CSV", 3: "libsvm", 4: "libffm"}
+        if not (fmt == 1 or (fmt == 2 and rp.header != 0)) or len(fields) != self.n_fields or \
+                (self.n_dense and len(dense) != self.n_dense):
+            raise TypeError(f"this model reads {names.get(fmt, 'text')} lines without column names: "
+                            "predict() takes text lines or key arrays for it, not dicts")
+        n_cat = min(self.n_fields, 26) if fmt == 1 else self.n_fields
+        cols = dense[:self.n_dense] + fields[:n_cat]
+        spec = rp.columns.decode() if rp.columns else ""
+        multi_names = {e.rsplit(":", 1)[0] for e in spec.split(",") if e.endswith(":multi")} if fmt == 2 else set()
+        multi = [i >= self.n_dense and c in multi_names for i, c in enumerate(cols)]
+        return fmt, delim, sep, cols, multi, {c: i for i, c in enumerate(cols)}
+
+    @staticmethod
+    def _scalar_text(v):
+        """A value as the server writes a JSON scalar: str as is, int %d,
+        float %.17g (reads back to the same double), None ""; else None."""
+        if v is None:
+            return ""
+        if isinstance(v, str):
+            return v
+        if isinstance(v, (bool, np.bool_)):
+            return None
+        if isinstance(v, (int, np.integer)):
+            return "%d" % int(v)
+        if isinstance(v, (float, np.floating)):
+            return "%.17g" % float(v)
+        return None
+
+    @staticmethod
+    def _put_text(fmt, delim, v, row, col):
+        if "\n" in v or "\r" in v or "\0" in v:
+            raise RowError(row, col, "a value may not hold a line break or a NUL byte")
+        if fmt == 1:
+            if "\t" in v:
+                raise RowError(row, col, "a Criteo value may not hold a tab")
+            return v
+        if delim in v or '"' in v:
+            return '"' + v.replace('"', '""') + '"'
+        return v
+
+    def _row_line(self, schema, r, row):
+        fmt, delim, sep, cols, multi, index = schema
+        cells = [""] * len(cols)
+        for k, v in r.items():
+            c = index.get(k) if isinstance(k, str) else None
+            if c is None:
+                raise RowError(row, str(k), "not a column of the model (its columns: " + ", ".join(cols) + ")")
+            t = self._scalar_text(v)
+            if t is None and multi[c] and isinstance(v, (list, tuple)):
+                parts = []
+                for i, x in enumerate(v):
+                    p = self._scalar_text(x)
+                    if p is None or x is None:
+                        raise RowError(row, k, f"element {i} of a multi-valued column must be a string or number")
+                    if sep in p:
+                        raise RowError(row, k, f"element {i} holds the separator {sep!r}")
+                    parts.append(p)
+                t = sep.join(parts)
+            if t is None:
+                raise RowError(row, k, "expected a string, a number or None" +
+                               (" (or a list of strings)" if multi[c] else "") + f", not {type(v).__name__}")
+            cells[c] = self._put_text(fmt, delim, t, row, k)
+        return delim.join(cells)
+
+    def _predict_dicts(self, rows):
+        h = self._handle()
+        schema = self._row_schema()
+        fmt, delim, cols = schema[0], schema[1], schema[3]
+        lines = []
+        first_line = 1
+        if fmt == 2:  # a CSV model: the header first, columns by name
+            lines.append(delim.join(self._put_text(fmt, delim, c, -1, c) for c in cols))
+            first_line = 2
+        for i, r in enumerate(rows):
+            lines.append(self._row_line(schema, r, i))
+        data = ("\n".join(lines) + "\n").encode("utf-8")
+        n = len(rows)
+        out = np.empty(n, dtype=np.float32)
+        got = ctypes.c_size_t()
+        rc = ES.es_model_predict_mem(h, data, len(data), b"rows", 0, _ptr(out, ctypes.c_float), n, ctypes.byref(got))
+        if rc < 0:
+            msg = (ES.es_model_errmsg(h) or b"").decode("utf-8", "replace")
+            # "rows:LINE:column N (NAME): reason" -> the row index and the column
+            m = re.match(r"rows:(\d+):(?:column \d+ \(([^)]*)\): )?(.*)", msg, re.S)
+            if m and int(m.group(1)) >= first_line:
+                raise RowError(int(m.group(1)) - first_line, m.group(2) or "", m.group(3), rc)
+            _check(rc, msg)
+        if got.value != n:
+            raise EmbstoreError(-1, f"{n} rows gave {got.value} predictions")
+        return out
 
     def _check_rows(self, k, dense):
         _array(k, np.uint64, 2, "keys", self.n_fields)
@@ -438,11 +571,16 @@ class Model:
         finally:
             os.unlink(tmp)
 
-    def predict_file(self, path, out=None, has_label=True):
+    def predict_file(self, path, out=None, has_label=True, digits=None):
         """es_model_predict_file: one probability per line (6 decimals, as
-        `embstore predict`) written to `out` (atomically), or returned as a
-        str when out is None.  Returns the row count when out is given."""
+        `embstore predict`; digits=N: N significant digits, 1..9, as
+        `embstore predict --digits N`, 9 exact) written to `out`
+        (atomically), or returned as a str when out is None.  Returns the
+        row count when out is given."""
         h = self._handle()
+        if digits is not None and (isinstance(digits, bool) or not isinstance(digits, int) or not 1 <= digits <= 9):
+            raise ValueError(f"digits must be an integer in 1..9, not {digits!r}")
+        self._fail(ES.es_model_set_predict_digits(h, digits or 0))
         rows = ctypes.c_uint64()
         if out is not None:
             self._fail(ES.es_model_predict_file(h, _path(path), int(bool(has_label)), _path(out, "out"),

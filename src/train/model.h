@@ -32,6 +32,9 @@ struct es_model {
     char *in_columns;
     int in_set;
     char note[512];
+    /* how es_model_predict_file prints a probability
+     * (es_model_set_predict_digits): 0 = "%.6f", 1..9 = "%.*g" */
+    int pred_digits;
     /* metadata (owned copies) */
     int n_meta, cap_meta;
     char **meta_key;

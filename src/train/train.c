@@ -1107,6 +1107,14 @@ int es_model_predict_mem(es_model *m, const void *data, size_t n, const char *na
     return rc;
 }
 
+int es_model_set_predict_digits(es_model *m, int digits) {
+    if (!m) return ES_EINVAL;
+    if (digits < 0 || digits > 9)
+        return es__err(&m->err, ES_EINVAL, "predict digits %d: expected 1..9 significant digits, or 0 for 6 decimals", digits);
+    m->pred_digits = digits;
+    return ES_OK;
+}
+
 int es_model_predict_file(es_model *m, const char *in, int has_label, const char *out_path, uint64_t *rows_out) {
     es_reader *r = NULL;
     es_batch b = {0};
@@ -1135,7 +1143,10 @@ int es_model_predict_file(es_model *m, const char *in, int has_label, const char
         }
         if (n == 0) break;
         if ((rc = es_model_predict_batch(m, &b, prob)) != 0) goto done;
-        for (int i = 0; i < n; i++) fprintf(fp, "%.6f\n", prob[i]);
+        if (m->pred_digits)
+            for (int i = 0; i < n; i++) fprintf(fp, "%.*g\n", m->pred_digits, prob[i]);
+        else
+            for (int i = 0; i < n; i++) fprintf(fp, "%.6f\n", prob[i]);
         rows += (uint64_t)n;
         if (ferror(fp)) break; /* a full disk or closed output: stop reading */
     }
