@@ -329,7 +329,9 @@ static uint32_t name_hash(const char *k) {
  * once per loaded model, where matching each JSON key against every name
  * in turn was 5% of a one-row request.  The first of equal names wins, as
  * the scan did. */
-static int build_col_index(es__schema *s) {
+int es__schema_index(es__schema *s) {
+    free(s->col_slot);
+    s->col_slot = NULL;
     s->col_mask = 0;
     if (s->n_in == 0) return 0;
     size_t cap = 4;
@@ -383,7 +385,7 @@ int es__schema_from_model(es__schema *s, const es_model *m) {
         }
     }
     free_names(dense, s->n_dense);
-    if (build_col_index(s)) {
+    if (es__schema_index(s)) {
         es__schema_free(s);
         return ES_ENOMEM;
     }

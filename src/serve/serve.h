@@ -61,6 +61,10 @@ typedef struct es__schema {
 /* Fill from a loaded model; 0 or ES_ENOMEM.  es__schema_free(NULL-zeroed) ok. */
 int es__schema_from_model(es__schema *s, const es_model *m);
 void es__schema_free(es__schema *s);
+/* (Re)build the column-name index of s->in_names (es__schema_from_model
+ * does; a schema filled by hand, as the fuzz target's, calls it).  0 or
+ * ES_ENOMEM. */
+int es__schema_index(es__schema *s);
 /* 1 when the two schemas read the same input (a reload keeps clients valid). */
 int es__schema_same(const es__schema *a, const es__schema *b);
 
