@@ -66,7 +66,7 @@ static const char advise_help[] =
     "                      (default 0.8,0.9,0.95,0.99)\n"
     "  --select-frac F     share of the non-verify rows that score the candidates\n"
     "                      (default 0.2)\n"
-    "  --select-seeds a,.. seeds of the selection (default 101,102,103)\n"
+    "  --select-seeds a,.. seeds of the selection, at least 2 (default 101,102,103)\n"
     "  --verify            train the advice and the uniform table and compare\n"
     "  --seeds a,b,..      seeds of --verify (default 1,2,3)\n"
     "  --json              one JSON line on standard output\n"
@@ -306,6 +306,7 @@ int cmd_advise(int argc, char **argv) {
         return cli_usage(cmd, "--verify compares validation AUCs: keep --valid-frac > 0 or give --valid FILE");
     if (n_seeds == 0) seeds[0] = 1, seeds[1] = 2, seeds[2] = 3, n_seeds = 3;
     if (n_sel == 0) sel_seeds[0] = 101, sel_seeds[1] = 102, sel_seeds[2] = 103, n_sel = 3;
+    if (n_sel < 2) return cli_usage(cmd, "--select-seeds: give at least 2 seeds (the tie rule needs their spread)");
     p.train_path = file;
     es_train_params_resolve(&p);
     const int D = p.dim;
@@ -468,7 +469,7 @@ int cmd_advise(int argc, char **argv) {
         if (!cs[c].error[0] && cs[c].mean > cs[best].mean) best = c;
     double sel_se = sqrt(cs[best].sd * cs[best].sd / n_sel + cs[0].sd * cs[0].sd / n_sel);
     int choice = best;
-    if (best != 0 && n_sel >= 2 && cs[best].mean - cs[0].mean < 2 * sel_se) choice = 0;
+    if (best != 0 && cs[best].mean - cs[0].mean < 2 * sel_se) choice = 0;
     const candidate *ch = &cs[choice];
     /* the best per-field candidate (not the uniform table), for the report */
     int best_pf = -1;
