@@ -41,12 +41,15 @@ static const char advise_help[] =
     "     --verify; of the rest, the last --select-frac (0.2) are the selection\n"
     "     rows and the others the selection training rows;\n"
     "  2. train a probe with a full (collision-free) table at --dim on the\n"
-    "     selection training rows; for each field, the singular values of its rows;\n"
-    "  3. candidates: for each --energy level E, every field at the fewest\n"
-    "     dimensions that hold E of its energy (sigma^2), as\n"
-    "     `--storage fielddim --storage-opts dims=d0:d1:...`; and the uniform\n"
-    "     table (`hash`, every field at --dim); each with split=equal and\n"
-    "     split=prop (rows in proportion to a field's distinct values);\n"
+    "     selection training rows, and the same run with the table's learning\n"
+    "     rate at 0 (its initial rows); for each field, the singular values of its\n"
+    "     rows (e) and of their change in training, rows - initial rows (c);\n"
+    "  3. candidates: for each spectrum and --energy level E, every field at the\n"
+    "     fewest dimensions that hold E of its energy (sigma^2), as\n"
+    "     `--storage fielddim --storage-opts dims=d0:d1:...` (labels e0.9, c0.9);\n"
+    "     and the uniform table (`hash`, every field at --dim); each with\n"
+    "     split=equal and split=prop (rows in proportion to a field's distinct\n"
+    "     values; labels +prop); duplicates dropped;\n"
     "  4. train each candidate on the selection training rows for each selection\n"
     "     seed and score it on the selection rows; advise the best mean AUC,\n"
     "     unless it beats the uniform table by less than two standard errors\n"
@@ -57,7 +60,8 @@ static const char advise_help[] =
     "     table, the best per-field candidate too).\n"
     "The training settings are bench-storage's (DLRM, dim 16, row-wise Adagrad,\n"
     "one epoch) unless given.  With --valid FILE, --verify scores on FILE and the\n"
-    "selection splits all of DATA.\n"
+    "selection splits all of DATA.  With --emb-optim ftrl (which ignores the\n"
+    "table's learning rate) there is no change spectrum.\n"
     "\n"
     "options:\n"
     "  --budget B          serving bytes of the advised table: bytes or a fraction\n"
@@ -237,11 +241,13 @@ static void json_nums(const double *v, int n) {
     putchar(']');
 }
 
-static const char *verdict_of(double am, double asd, double um, double usd, int n, double *se) {
+/* a (mean am, sd asd) against the uniform table (um, usd) over n seeds: a
+ * tie when the means differ by less than two standard errors. */
+static const char *verdict_of(double am, double asd, double um, double usd, int n, const char *a_wins, double *se) {
     *se = sqrt(asd * asd / n + usd * usd / n);
     return n < 2 ? "one seed: noise unknown"
            : fabs(am - um) < 2 * *se ? "tie (within seed noise)"
-           : am > um ? "the advice wins" : "the uniform baseline wins";
+           : am > um ? a_wins : "the uniform baseline wins";
 }
 
 int cmd_advise(int argc, char **argv) {
@@ -554,7 +560,7 @@ int cmd_advise(int argc, char **argv) {
         }
         mean_sd(adv, n_seeds, &am, &asd);
         mean_sd(uni, n_seeds, &um, &usd);
-        verdict = choice == 0 ? "tie (the advice is the uniform table)" : verdict_of(am, asd, um, usd, n_seeds, &se);
+        verdict = choice == 0 ? "tie (the advice is the uniform table)" : verdict_of(am, asd, um, usd, n_seeds, "the advice wins", &se);
         if (!json) {
             printf("verify at budget %s on %llu rows not used by the selection, seeds %d: advised %.4f (sd %.4f), "
                    "uniform hash %.4f (sd %.4f): %s (diff %+.4f)\n",
@@ -562,7 +568,7 @@ int cmd_advise(int argc, char **argv) {
             if (have_alt) {
                 double xse;
                 printf("  the best per-field candidate, %s (not advised): %.4f (sd %.4f): %s (diff %+.4f)\n", cs[best_pf].label,
-                       xm, xsd, verdict_of(xm, xsd, um, usd, n_seeds, &xse), xm - um);
+                       xm, xsd, verdict_of(xm, xsd, um, usd, n_seeds, "the candidate wins", &xse), xm - um);
             }
         }
     }
@@ -615,7 +621,7 @@ int cmd_advise(int argc, char **argv) {
                 double xse;
                 printf(",\"best_per_field\":{\"label\":\"%s\",\"auc\":", cs[best_pf].label);
                 json_nums(alt, n_seeds);
-                printf(",\"mean\":%.6f,\"verdict\":\"%s\"}", xm, verdict_of(xm, xsd, um, usd, n_seeds, &xse));
+                printf(",\"mean\":%.6f,\"verdict\":\"%s\"}", xm, verdict_of(xm, xsd, um, usd, n_seeds, "the candidate wins", &xse));
             }
             putchar('}');
         }
