@@ -15,8 +15,10 @@
  * select_frac).  So the choice never sees the rows that --verify reports.
  *
  * Candidates: for each --energy level E, field f gets d_f = the fewest
- * singular values of the probe's rows of f that hold E of their energy
- * (sum of sigma^2), in [1, dim] (`fielddim`); the uniform table (`hash`,
+ * singular values of the probe's rows of f (or of their change in
+ * training: rows minus the initial rows of a run with the table's learning
+ * rate at 0) that hold E of their energy (sum of sigma^2), in [1, dim]
+ * (`fielddim`); the uniform table (`hash`,
  * every field at dim) is a candidate too; each with hash's split=equal and
  * with split=prop (rows in proportion to a field's distinct values).
  * Duplicates are dropped.  Each is trained on [0, a) for every selection
