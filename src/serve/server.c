@@ -678,7 +678,22 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return MHD_YES;
     }
     if (*upload_size) {
-        if (now_s() - rq->t0 > S->cfg.timeout_s) rq->timed_out = 1;
+        /* libmicrohttpd 0.9.75 cannot queue a response while a body is still
+         * arriving.  A body over size is dropped as it comes and answered 413
+         * once in (a declared Content-Length over the limit is answered at
+         * once, before any body byte is read).  A body still arriving after
+         * --timeout is dropped the same way and answered 408 once in; one
+         * still arriving after 3 x --timeout has its connection closed (a
+         * client that sends nothing at all is closed by the idle timeout). */
+        double el = now_s() - rq->t0;
+        if (el > S->cfg.timeout_s && !rq->timed_out) {
+            rq->timed_out = 1;
+            es__sb_free(&rq->body);
+        }
+        if (rq->timed_out && el > 3.0 * S->cfg.timeout_s) {
+            fprintf(stderr, "embstore serve: a request body took over %d s (3 x --timeout): connection closed\n", 3 * S->cfg.timeout_s);
+            return MHD_NO;
+        }
         if (!rq->too_big && !rq->timed_out) {
             if (rq->body.n + *upload_size > S->cfg.max_body) {
                 rq->too_big = 1;
@@ -688,17 +703,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             }
         }
         *upload_size = 0;
-        /* libmicrohttpd 0.9.75 cannot queue a response while a body is still
-         * arriving: a request over time is cut off (connection closed,
-         * counted as an error); one over size is answered 413 once its body
-         * is in (a declared Content-Length over the limit is answered at
-         * once, before any body byte is read). */
-        if (rq->timed_out) {
-            fprintf(stderr, "embstore serve: a request body took over %d s (--timeout): connection closed\n", S->cfg.timeout_s);
-            return MHD_NO;
-        }
         return MHD_YES;
     }
+    if (rq->timed_out)
+        return simple_err(c, S, rq, 408, "the request body took over %d s to arrive (--timeout)", S->cfg.timeout_s) == MHD_YES
+                   ? MHD_YES
+                   : MHD_NO;
     if (rq->too_big) return simple_err(c, S, rq, 413, "body over %zu bytes (--max-body)", S->cfg.max_body) == MHD_YES ? MHD_YES : MHD_NO;
     if (rq->body.oom) return simple_err(c, S, rq, 500, "out of memory") == MHD_YES ? MHD_YES : MHD_NO;
     (void)version_;
