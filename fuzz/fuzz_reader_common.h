@@ -7,7 +7,9 @@
  * from memory (es__reader_open_mem), so gzip input is fuzzed too when the
  * bytes start with the gzip magic.  The harness drains the reader, checks
  * the batch invariants every consumer relies on, rewinds and checks that
- * the second pass returns the same rows and the same final status.
+ * the second pass returns the same rows and the same final status, and
+ * (Criteo, libsvm, libffm) that a reader reset to the same memory
+ * (es__reader_reset_mem) reads them a third time.
  */
 #ifndef ES_FUZZ_READER_COMMON_H
 #define ES_FUZZ_READER_COMMON_H
@@ -83,6 +85,14 @@ static void fuzz_reader_run(const uint8_t *data, size_t size, const char *name, 
     if (es_reader_rewind(r) == 0) {
         int rc2 = fuzz_drain(r, &b, &rows2, &sum2);
         FUZZ_CHECK(rc1 == rc2 && rows1 == rows2 && sum1 == sum2);
+    }
+    /* The reuse of a reader for new memory (es_model_predict_mem's): the
+     * same bytes again must open as they did and read the same rows. */
+    if (p.format != ES_FMT_CSV && !(p.format == ES_FMT_LIBFFM && p.n_fields_hint <= 0)) {
+        uint64_t rows3 = 0, sum3 = 0;
+        FUZZ_CHECK(es__reader_reset_mem(r, data, size, &err) == 0);
+        int rc3 = fuzz_drain(r, &b, &rows3, &sum3);
+        FUZZ_CHECK(rc1 == rc3 && rows1 == rows3 && sum1 == sum3);
     }
     es_batch_free(&b);
     es_reader_free(r);
