@@ -575,11 +575,13 @@ typedef struct es_train_params {
  * their value from the rest of the run in es_train_params_resolve:
  *   early_stop  2 when there are validation rows (valid_path or
  *               valid_frac > 0), else 0
- *   epochs      (0 or ES_TRAIN_AUTO) 20 with early stopping, else 1
+ *   epochs      (0 or ES_TRAIN_AUTO) 100 with early stopping, else 1
  *   refit       1 when early stopping runs on rows carved from train_path,
  *               else 0
  *   dim         4 for lr, fm and ffm; 16 for dlrm and dcn
- *   lr          (the dense rate) 0.01 for lr, fm and ffm; 0.001 for dlrm, dcn
+ *   optim       (NULL: the dense optimizer) "adagrad" for lr, else "adam"
+ *   lr          (the dense rate) 0.1 for lr with adagrad; 0.01 for lr with
+ *               another optimizer, fm and ffm; 0.001 for dlrm, dcn
  *   emb_optim   (NULL) "ftrl" for lr, fm and ffm on the storage methods with
  *               plain rows (full, hash, unified, robe, adapt), else "rowwise" */
 ES_API es_train_params es_train_params_default(void);

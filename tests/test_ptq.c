@@ -456,7 +456,7 @@ TEST(ptq_errors) {
     CHECK_STR_HAS(s, "is the input model");
     free(s);
     /* a method that cannot be quantized yet */
-    CHECK(es_test_sh(NULL, "%s train %s --max-rows 300 --valid-frac 0 --storage tt --quiet --out %s", es_bin(), CRITEO, uni) == 0);
+    CHECK(es_test_sh(NULL, "%s train %s --max-rows 300 --valid-frac 0 --model fm --storage tt --quiet --out %s", es_bin(), CRITEO, uni) == 0);
     CHECK(es_test_sh(log, "%s quantize %s --precision int8 -o %s", es_bin(), uni, out) == 1);
     CHECK(access(out, F_OK) != 0);
     s = es_test_slurp(log);

@@ -271,9 +271,9 @@ TEST(schema_train_with_no_options_uses_the_studied_defaults) {
     char *log = NULL;
     int st = run(&log, "%s train %s --quiet", es_bin(), CRITEO);
     CHECK_MSG(st == 0, "exit %d", st);
-    /* docs/training.md: FM k=4, full table, FTRL, early stopping, refit */
-    CHECK_STR_HAS(log, "{\"model\":\"fm\",\"storage\":\"full\",\"auc\":");
-    CHECK_STR_HAS(log, "\"epochs\":20,");
+    /* docs/training.md (round 3): LR, full table, FTRL, early stopping, refit */
+    CHECK_STR_HAS(log, "{\"model\":\"lr\",\"storage\":\"full\",\"auc\":");
+    CHECK_STR_HAS(log, "\"epochs\":100,");
     CHECK_STR_HAS(log, "\"refit\":true,");
     free(log);
     /* without validation rows: one epoch, no early stopping, no refit */
@@ -283,6 +283,24 @@ TEST(schema_train_with_no_options_uses_the_studied_defaults) {
     CHECK_STR_HAS(log, "\"refit\":false,");
     CHECK(strstr(log, "best_epoch") == NULL);
     free(log);
+    /* the automatic values, per model family */
+    es_train_params p = es_train_params_default();
+    es_train_params_resolve(&p);
+    CHECK(!strcmp(p.model, "lr") && !strcmp(p.optim, "adagrad") && !strcmp(p.emb_optim, "ftrl"));
+    CHECK(p.lr == 0.1f && p.batch == 64 && p.epochs == 100 && p.early_stop == 2 && p.refit == 1);
+    CHECK(p.ftrl_alpha == 0.05f && p.ftrl_l1 == 0.01f && p.ftrl_l2 == 0.3f);
+    p = es_train_params_default();
+    p.model = "fm";
+    es_train_params_resolve(&p);
+    CHECK(p.dim == 4 && !strcmp(p.optim, "adam") && p.lr == 0.01f && !strcmp(p.emb_optim, "ftrl"));
+    p = es_train_params_default();
+    p.model = "dlrm";
+    es_train_params_resolve(&p);
+    CHECK(p.dim == 16 && !strcmp(p.optim, "adam") && p.lr == 0.001f && !strcmp(p.emb_optim, "rowwise"));
+    p = es_train_params_default();
+    p.optim = "adam";
+    es_train_params_resolve(&p);
+    CHECK(p.lr == 0.01f); /* lr with Adam: the rate of the other factorization models */
     /* and the help says which */
     CHECK(run(&log, "%s train --help", es_bin()) == 0);
     CHECK_STR_HAS(log, "default 0.1 of");

@@ -49,13 +49,15 @@ es_train_params es_train_params_default(void) {
     es_train_params p = es_train_params_basic();
     /* where `embstore train` departs from es_model_params_default: chosen
      * by the study in docs/training.md (bench/defaults_study.py) */
-    p.model = "fm";
+    p.model = "lr";
     p.dim = ES_TRAIN_AUTO;
     p.storage = "full";
+    p.batch = 64;
     p.lr = ES_TRAIN_AUTO;
+    p.optim = NULL;     /* automatic, see es_train_params_resolve */
     p.emb_optim = NULL; /* automatic, see es_train_params_resolve */
-    p.ftrl_alpha = 0.2f;
-    p.ftrl_l1 = 0.03f;
+    p.ftrl_alpha = 0.05f;
+    p.ftrl_l1 = 0.01f;
     p.ftrl_l2 = 0.3f;
     p.reader.pool = ES_POOL_MEAN;
     p.valid_frac = 0.2;
@@ -68,13 +70,15 @@ es_train_params es_train_params_default(void) {
 void es_train_params_resolve(es_train_params *p) {
     int carved = !p->valid_path && p->valid_frac > 0;
     if (p->early_stop == ES_TRAIN_AUTO) p->early_stop = p->valid_path || p->valid_frac > 0 ? 2 : 0;
-    if (p->epochs == 0 || p->epochs == ES_TRAIN_AUTO) p->epochs = p->early_stop > 0 ? 20 : 1;
+    if (p->epochs == 0 || p->epochs == ES_TRAIN_AUTO) p->epochs = p->early_stop > 0 ? 100 : 1;
     /* the factorization models (lr, fm, ffm) and the deep ones (dlrm, dcn)
-     * were studied apart: docs/training.md */
+     * were studied apart, and lr's dense weights apart again: docs/training.md */
     es_net_kind kind = ES_NET_FM;
-    int deep = p->model && es__net_kind_parse(p->model, &kind) == 0 && (kind == ES_NET_DLRM || kind == ES_NET_DCN);
+    int known = p->model && es__net_kind_parse(p->model, &kind) == 0;
+    int deep = known && (kind == ES_NET_DLRM || kind == ES_NET_DCN), lr = known && kind == ES_NET_LR;
     if (p->dim == ES_TRAIN_AUTO) p->dim = deep ? 16 : 4;
-    if (p->lr == (float)ES_TRAIN_AUTO) p->lr = deep ? 0.001f : 0.01f;
+    if (!p->optim) p->optim = lr ? "adagrad" : "adam";
+    if (p->lr == (float)ES_TRAIN_AUTO) p->lr = deep ? 0.001f : lr && !strcmp(p->optim, "adagrad") ? 0.1f : 0.01f;
     if (!p->emb_optim) {
         const es_storage_ops *ops = p->storage ? es__storage_find(p->storage) : NULL;
         p->emb_optim = !deep && ops && ops->plain_rows ? "ftrl" : "rowwise";
