@@ -5,7 +5,7 @@ ways to a low-precision table, measured on real data.
 For each dataset (the bundled Criteo sample: first 8000 rows to train, last
 2000 to test; ml-latest-small: ratings >= 4 are clicks, first 80% of the
 rows to train, last 20% to test), each model and table optimizer (fm with
-ftrl, the training default; fm with rowwise Adagrad, whose state is one
+ftrl, the training default until 2026-12-05; fm with rowwise Adagrad, whose state is one
 float per row; dlrm with rowwise Adagrad, its default) and seeds 1..3, it
 trains (the defaults otherwise: full table, early stopping on the last 20%
 of the training rows, then refit) once in fp32 and then:
