@@ -3,6 +3,8 @@
  */
 #include "test.h"
 
+#include "embstore.h"
+
 #include <stdarg.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -164,4 +166,39 @@ int main(int argc, char **argv) {
      * _exit when it reports, which would drop a buffered summary line. */
     fflush(stdout);
     return failed ? 1 : 0;
+}
+
+float *es_test_model_probs(const char *model, const char *file, size_t *n) {
+    es_model *m = NULL;
+    *n = 0;
+    if (es_model_load(&m, model, 0, NULL)) return NULL;
+    es_reader_params rp = es_model_reader_params(m);
+    es_reader *r = NULL;
+    es_batch b;
+    if (es_reader_open(&r, file, &rp, NULL) || es_batch_alloc(&b, 64, es_model_n_dense(m), es_model_n_fields(m), 0)) {
+        es_reader_free(r);
+        es_model_free(m);
+        return NULL;
+    }
+    size_t cap = 1024;
+    float *out = malloc(cap * sizeof *out);
+    int k;
+    while (out && (k = es_reader_next(r, &b)) > 0) {
+        if (*n + (size_t)k > cap) {
+            cap = 2 * (*n + (size_t)k);
+            float *o2 = realloc(out, cap * sizeof *out);
+            if (!o2) {
+                free(out);
+                out = NULL;
+                break;
+            }
+            out = o2;
+        }
+        es_model_predict_batch(m, &b, out + *n);
+        *n += (size_t)k;
+    }
+    es_batch_free(&b);
+    es_reader_free(r);
+    es_model_free(m);
+    return out;
 }

@@ -97,6 +97,10 @@ static inline const char *es_bin(void) {
 int es_test_sh(const char *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Read a whole small file into a malloc'd NUL-terminated string. */
 char *es_test_slurp(const char *path);
+/* The probabilities the library's batch path gives for `file` (a reader with
+ * the model's parameters, es_model_predict_batch over batches of 64): a
+ * malloc'd array of *n floats, NULL on failure. */
+float *es_test_model_probs(const char *model, const char *file, size_t *n);
 /* Command lines `embstore train DATA --model lr --max-rows 500 ARGS` that
  * must be refused: each exits non-zero and prints its msg. */
 typedef struct {

@@ -11,39 +11,6 @@
 
 #define CRITEO "data/criteo_kaggle_train_first10k.tsv"
 
-/* The probabilities of the library's batch path (the model's reader,
- * es_model_predict_batch) for `file`; *n rows.  NULL on failure. */
-static float *library_probs(const char *model, const char *file, size_t *n) {
-    es_model *m = NULL;
-    *n = 0;
-    if (es_model_load(&m, model, 0, NULL)) return NULL;
-    es_reader_params rp = es_model_reader_params(m);
-    es_reader *r = NULL;
-    if (es_reader_open(&r, file, &rp, NULL)) {
-        es_model_free(m);
-        return NULL;
-    }
-    es_batch b;
-    es_batch_alloc(&b, 64, es_model_n_dense(m), es_model_n_fields(m), 0);
-    size_t cap = 1024;
-    float *out = malloc(cap * sizeof *out);
-    int k;
-    while (out && (k = es_reader_next(r, &b)) > 0) {
-        if (*n + (size_t)k > cap) {
-            cap = 2 * (*n + (size_t)k);
-            float *o2 = realloc(out, cap * sizeof *out);
-            if (!o2) break;
-            out = o2;
-        }
-        es_model_predict_batch(m, &b, out + *n);
-        *n += (size_t)k;
-    }
-    es_batch_free(&b);
-    es_reader_free(r);
-    es_model_free(m);
-    return out;
-}
-
 /* The lines of a predict output parsed with strtof; *n lines. */
 static float *read_probs(const char *path, size_t *n) {
     char *s = es_test_slurp(path);
@@ -84,7 +51,7 @@ TEST(predict_digits_cli_bits) {
                *p6 = es_test_path("digits_p6.txt"), *p3 = es_test_path("digits_p3.txt");
     CHECK(es_test_sh(NULL, "tail -300 %s > %s", CRITEO, rows) == 0);
     size_t n_ref = 0, n9 = 0;
-    float *ref = library_probs(ma, rows, &n_ref);
+    float *ref = es_test_model_probs(ma, rows, &n_ref);
     CHECK(ref && n_ref == 300);
     CHECK(es_test_sh(NULL, "%s predict %s %s --digits 9 --out %s", es_bin(), ma, rows, p9) == 0);
     float *got = read_probs(p9, &n9);
@@ -156,7 +123,7 @@ TEST(predict_digits_refusals) {
     CHECK_MSG(es_model_predict_file(m, rows, 1, q, &n) == 0, "%s", es_model_errmsg(m));
     es_model_free(m);
     size_t n_ref = 0, n9 = 0;
-    float *ref = library_probs(ma, rows, &n_ref), *got = read_probs(p, &n9);
+    float *ref = es_test_model_probs(ma, rows, &n_ref), *got = read_probs(p, &n9);
     CHECK(ref && got && n_ref == 20 && n9 == 20);
     CHECK(memcmp(ref, got, 20 * sizeof(float)) == 0);
     s = es_test_slurp(q);

@@ -200,27 +200,13 @@ static void criteo_rows(int n, const char *lab, const char *unl) {
 /* Reference probabilities through the library's batch path (reader with the
  * model's parameters, es_model_predict_batch), one "%.9g" per line. */
 static char *reference(const char *model, const char *file) {
-    es_model *m = NULL;
-    if (es_model_load(&m, model, 0, NULL)) return NULL;
-    es_reader_params rp = es_model_reader_params(m);
-    es_reader *r = NULL;
-    if (es_reader_open(&r, file, &rp, NULL)) {
-        es_model_free(m);
-        return NULL;
-    }
-    es_batch b;
-    es_batch_alloc(&b, 64, es_model_n_dense(m), es_model_n_fields(m), 0);
-    size_t cap = 1 << 16, o = 0;
+    size_t n = 0;
+    float *prob = es_test_model_probs(model, file, &n);
+    if (!prob) return NULL;
+    size_t cap = 16 * n + 1, o = 0;
     char *out = calloc(1, cap);
-    float prob[64];
-    int k;
-    while ((k = es_reader_next(r, &b)) > 0) {
-        es_model_predict_batch(m, &b, prob);
-        for (int i = 0; i < k && o + 32 < cap; i++) o += (size_t)snprintf(out + o, cap - o, "%.9g\n", prob[i]);
-    }
-    es_batch_free(&b);
-    es_reader_free(r);
-    es_model_free(m);
+    for (size_t i = 0; out && i < n; i++) o += (size_t)snprintf(out + o, cap - o, "%.9g\n", prob[i]);
+    free(prob);
     return out;
 }
 
