@@ -197,7 +197,7 @@ static int body_check(const char *body, size_t n, es__req_err *e) {
         if (c == '\\' && i + 1 < n) {
             if (b[i + 1] == 'u' && i + 5 < n && memcmp(b + i + 2, "0000", 4) == 0)
                 return fail(e, 400, -1, NULL, "bad JSON: \\u0000 (a NUL character) at byte %zu: strings may not hold NUL", i);
-            i += 2; /* past the escaped character: in \\\\u0000 the second backslash is text */
+            i += 2; /* past the escaped character: in \\u0000 the u0000 is text */
             continue;
         }
         if (c < 0x80) {
