@@ -947,7 +947,11 @@ ES_API int es_model_set_predict_digits(es_model *m, int digits);
  * (NULL: "<memory>"), e.g. "request:3:column 5 (C2): ...".  Returns 0,
  * ES_ERANGE when the text holds more than cap rows, or the errors of
  * es_model_predict_file (message in es_model_errmsg).  Not thread safe on
- * one model (the model's scratch is used); load one handle per thread. */
+ * one model (the model's scratch is used); load one handle per thread.
+ * The handle keeps the reader and batch of the call (about 1.3 MB) for the
+ * next call with the same name and has_label (Criteo, libsvm, libffm
+ * models), which then reads without opening afresh and gives the same
+ * result; es_model_free releases them. */
 ES_API int es_model_predict_mem(es_model *m, const void *data, size_t n, const char *name, int has_label, float *prob,
                                 size_t cap, size_t *rows_out);
 /* Reader parameters for the following es_model_eval_file and
