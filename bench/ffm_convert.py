@@ -3,7 +3,7 @@
 same 39 one-hot fields for libffm/xLearn and for embstore, for
 bench/ffm_parity.sh.
 
-    ffm_convert.py IN.tsv N_TRAIN OUTDIR
+    ffm_convert.py IN.tsv N_TRAIN OUTDIR [--hash BITS] [--no-csv]
 
 The first N_TRAIN rows (file order) are the training rows, the rest the
 test rows.  Writes OUTDIR/{train,test}.ffm (libffm text: "label
@@ -20,7 +20,13 @@ Features, identical in both files:
     x > 2 -> "b" + floor(log(x)^2), else the integer itself ("-1", "0",
     "1", "2"); empty -> "NA".
 No real-valued inputs reach either tool.
+
+--hash BITS: feature indices are CRC-32 of "field:token" modulo 2^BITS (the
+way xLearn's users hash Criteo, e.g. 2^20 slots) instead of dense
+per-data-set numbers, so train and test share one index space and unseen
+test features may collide.  --no-csv: write only the libffm files.
 """
+import zlib
 import math
 import sys
 
@@ -35,16 +41,29 @@ def num_token(s):
 
 
 def main():
-    if len(sys.argv) != 4:
+    args = sys.argv[1:]
+    bits, csv = None, True
+    if "--no-csv" in args:
+        args.remove("--no-csv")
+        csv = False
+    if "--hash" in args:
+        i = args.index("--hash")
+        bits = int(args[i + 1])
+        del args[i:i + 2]
+        if not 1 <= bits <= 31:
+            sys.exit("ffm_convert.py: --hash BITS must be in [1, 31]")
+    if len(args) != 3:
         sys.exit(__doc__)
-    src, n_train, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    src, n_train, out = args[0], int(args[1]), args[2]
+    mask = (1 << bits) - 1 if bits else 0
     names = ["I%d" % i for i in range(1, 14)] + ["C%d" % i for i in range(1, 27)]
     index = {}
     files = {}
     for part in ("train", "test"):
         files[part + ".ffm"] = open("%s/%s.ffm" % (out, part), "w")
-        files[part + ".csv"] = open("%s/%s.csv" % (out, part), "w")
-        files[part + ".csv"].write("label," + ",".join(names) + "\n")
+        if csv:
+            files[part + ".csv"] = open("%s/%s.csv" % (out, part), "w")
+            files[part + ".csv"].write("label," + ",".join(names) + "\n")
     with open(src) as f:
         for i, line in enumerate(f):
             col = line.rstrip("\n").split("\t")
@@ -54,13 +73,17 @@ def main():
             toks = [num_token(c) for c in col[1:14]] + [c if c != "" else "NA" for c in col[14:]]
             feats = []
             for fld, t in enumerate(toks):
-                key = (fld, t)
-                j = index.get(key)
-                if j is None:
-                    j = index[key] = len(index)
+                if bits:
+                    j = zlib.crc32(("%d:%s" % (fld, t)).encode()) & mask
+                else:
+                    key = (fld, t)
+                    j = index.get(key)
+                    if j is None:
+                        j = index[key] = len(index)
                 feats.append("%d:%d:1" % (fld, j))
             files[part + ".ffm"].write(col[0] + " " + " ".join(feats) + "\n")
-            files[part + ".csv"].write(col[0] + "," + ",".join(toks) + "\n")
+            if csv:
+                files[part + ".csv"].write(col[0] + "," + ",".join(toks) + "\n")
     for fh in files.values():
         fh.close()
     with open(out + "/columns.txt", "w") as fh:
