@@ -10,6 +10,17 @@
 
 #include <stdio.h>
 
+/* Training across processes (tools/mpi/comm.c in the MPI build, else
+ * tools/mpi/none.c; docs/scale.md).  cli_mpi_comm: the communicator when
+ * the process was launched by mpirun (MPI started on the first call), else
+ * NULL; *err is set to an exit status after printing why when that cannot
+ * be (MPI failed to start, or an mpirun launch of the plain build).
+ * cli_mpi_finish ends MPI when it was started.  cli_mpi_build: "mpi" or
+ * "none". */
+const es_comm *cli_mpi_comm(const char *cmd, int *err);
+void cli_mpi_finish(void);
+const char *cli_mpi_build(void);
+
 /* Exit statuses: 0 ok, 1 runtime failure (bad data, I/O), 2 usage error. */
 #define ES_EXIT_FAIL 1
 #define ES_EXIT_USAGE 2

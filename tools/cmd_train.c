@@ -257,14 +257,23 @@ int cmd_train(int argc, char **argv) {
     p.train_path = file;
     es_train_params_resolve(&p); /* the automatic defaults, so that the report shows them */
     if (check_train_paths(cmd, &p) != 0) return ES_EXIT_USAGE;
+    int mrc = 0;
+    const es_comm *comm = cli_mpi_comm(cmd, &mrc); /* under mpirun: one rank of a run across processes */
+    if (mrc) return mrc;
+    p.comm = comm;
+    const int rank = comm ? comm->rank : 0;
     char *cl = join_argv(argc, argv);
     p.command_line = cl;
-    if (!quiet && cli_tty()) p.progress = progress_cb;
+    if (!quiet && cli_tty() && rank == 0) p.progress = progress_cb;
     es_train_result res;
     es_err err = {0};
     int rc = es_train(&p, &res, &err);
     free(cl);
+    cli_mpi_finish();
+    if (rc != 0 && comm) /* every rank says it, with the rank that failed first in the message */
+        return cli_fail(cmd, "rank %d of %d: %s", comm->rank, comm->size, err.msg[0] ? err.msg : es_strerror(rc));
     if (rc != 0) return cli_fail(cmd, "%s", err.msg[0] ? err.msg : es_strerror(rc));
+    if (rank != 0) return 0; /* rank 0 reports the run */
     if (res.bad_lines) /* a warning about the data, shown even with --quiet */
         fprintf(stderr, "skipped %llu bad line%s (--skip-bad); the first:\n%s\n", (unsigned long long)res.bad_lines,
                 res.bad_lines == 1 ? "" : "s", res.bad_report);
@@ -322,6 +331,12 @@ int cmd_train(int argc, char **argv) {
         printf("],");
     }
     printf("\"refit\":%s,\"refit_rows\":%llu,", res.refit ? "true" : "false", (unsigned long long)res.refit_rows);
+    if (comm) { /* rank 0's communication per training step (docs/scale.md) */
+        printf("\"ranks\":%d,\"comm_steps\":%llu,", res.ranks, (unsigned long long)res.comm_steps);
+        json_num(stdout, "comm_alltoall_bytes_per_step", res.comm_sparse_bytes_per_step, 0);
+        json_num(stdout, "comm_allgather_bytes_per_step", res.comm_dense_bytes_per_step, 0);
+        json_num(stdout, "comm_seconds", res.comm_seconds, 0);
+    }
     json_num(stdout, "train_loss", res.train_loss, 0);
     json_num(stdout, "train_rows_per_s", res.train_rows_per_s, 0);
     json_num(stdout, "eval_rows_per_s", res.eval_rows_per_s, 0);

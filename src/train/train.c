@@ -15,6 +15,7 @@
 
 #include "core/fileid.h"
 #include "data/schema.h"
+#include "train/dist.h"
 #include "train/integrity.h"
 
 #include <errno.h>
@@ -348,7 +349,45 @@ typedef struct {
     double best_score;        /* lower is better (-AUC for "auc") */
     int refitting;            /* in the refit: no evaluations */
     int refit_resumed;        /* resumed from a checkpoint written in the refit */
+    /* across processes (p->comm, docs/scale.md): the distributed step
+     * over x->m, whose tables are this rank's shards; after training, on
+     * rank 0, x->m is the whole model gathered (the shards' model kept in
+     * x->shard) for the evaluations and the model file */
+    es__dist *dist;
+    es_model *shard;
+    int dist_failed;          /* an error every rank knows of: no more collectives */
 } run;
+
+/* Under a comm: every rank's status after a phase (es__dist_agree); else rc. */
+static int agree(run *x, int rc) {
+    if (!x->p->comm) return rc;
+    return es__dist_agree(x->p->comm, &x->dist_failed, rc, 0, 0, "the run", x->err);
+}
+
+static uint64_t fnv1a(const void *p, size_t n, uint64_t h) {
+    const unsigned char *c = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ c[i]) * UINT64_C(0x100000001b3);
+    return h;
+}
+
+/* What training across processes supports so far (docs/scale.md). */
+static int dist_check_params(const es_train_params *p, es_err *err) {
+    int rc = es__dist_check_comm(p->comm, err);
+    if (rc != ES_OK) return rc;
+    const es_storage_ops *ops = p->storage ? es__storage_find(p->storage) : NULL;
+    if (ops && !ops->row_map)
+        return es__err(err, ES_EINVAL,
+                       "storage '%s' cannot be trained across processes yet: full, hash and unified can (docs/scale.md)", p->storage);
+    if (p->checkpoint_every > 0 || p->resume)
+        return es__err(err, ES_EINVAL, "checkpoints and --resume are not supported across processes yet (docs/scale.md)");
+    if (p->early_stop > 0 || p->refit)
+        return es__err(err, ES_EINVAL,
+                       "early stopping and --refit are not supported across processes yet: give --early-stop 0 (and "
+                       "--epochs); --valid-frac / --valid still report validation metrics (docs/scale.md)");
+    if (p->precision && strcmp(p->precision, "fp32") != 0)
+        return es__err(err, ES_EINVAL, "training at precision %s is not supported across processes yet", p->precision);
+    return ES_OK;
+}
 
 /* Check the parameters, open the training file and describe the run. */
 static int run_open(run *x) {
@@ -371,6 +410,7 @@ static int run_open(run *x) {
                        "not --valid FILE): it retrains on all rows for the number of passes early stopping chose");
     if (p->stop_metric && strcmp(p->stop_metric, "logloss") != 0 && strcmp(p->stop_metric, "auc") != 0)
         return es__err(err, ES_EINVAL, "unknown early-stopping metric '%s' (expected logloss or auc)", p->stop_metric);
+    if (p->comm && (rc = dist_check_params(p, err)) != 0) return rc;
     x->mp = es_model_params_from_train(p, 0, 1);
     if ((rc = es__model_params_resolve(&x->mp, NULL, NULL, err)) != 0) return rc;
     x->res->threads = es__threads_set(p->threads);
@@ -762,7 +802,18 @@ static int run_model(run *x) {
         x->ckpt = x->ckpt_buf;
     }
     if (p->early_stop) best_path_init(x);
-    if (p->resume && x->ckpt && access(x->ckpt, F_OK) == 0) {
+    if (p->comm) { /* this rank's shard of the tables (checkpoints are refused) */
+        es_net_params np;
+        es_storage_params sp;
+        es_reader_params rp = es_reader_params_default();
+        if ((rc = es__model_params_resolve(&x->mp, &np, &sp, err)) != 0) return rc;
+        sp.shard_rank = p->comm->rank;
+        sp.shard_n = p->comm->size;
+        if ((rc = es__model_check_memory(&np, &sp, x->vocab, err)) != 0 || (rc = es__model_create(&x->m, &np, &sp, x->vocab, &rp, err)) != 0 ||
+            (rc = es__dist_create(&x->dist, p->comm, x->m, err)) != 0)
+            return rc;
+        if ((rc = es__train_cfg_record(x->m, x->cfg)) != 0) return es__err(err, rc, "out of memory");
+    } else if (p->resume && x->ckpt && access(x->ckpt, F_OK) == 0) {
         es_net_params np;
         es_storage_params sp;
         if ((rc = es__model_params_resolve(&x->mp, &np, &sp, err)) != 0 ||
@@ -829,14 +880,57 @@ static int run_batches(run *x, int ep, uint64_t *done, double *loss_sum, long *b
     return ES_OK;
 }
 
+/* run_batches across processes: every rank reads the same global batches
+ * (the pipeline), the ranks agree on each one (status, rows, a hash of its
+ * labels and keys) before the collective step trains each rank's part. */
+static int run_batches_dist(run *x, uint64_t *done, double *loss_sum, long *batches) {
+    const es_train_params *p = x->p;
+    int rc = ES_OK, prc;
+    double t_ep = es__now();
+    if ((prc = pipeline_start(&x->pl, x->r, x->n_train - *done)) != 0) prc = es__err(x->err, prc, "cannot start the reader thread");
+    for (;;) {
+        es_batch *cb = prc ? NULL : pipeline_next(&x->pl);
+        int lrc = prc;
+        if (!cb && !lrc && x->pl.rc < 0) lrc = pass_err(x->err, x->r, x->pl.rc, p->train_path, &x->tid);
+        int n = cb ? cb->n : 0;
+        uint64_t h = UINT64_C(0xcbf29ce484222325);
+        if (cb) {
+            h = fnv1a(cb->label, (size_t)n * sizeof(float), h);
+            h = fnv1a(cb->val, (size_t)cb->off[(size_t)n * (size_t)cb->n_fields] * sizeof *cb->val, h);
+        }
+        rc = es__dist_agree(p->comm, &x->dist_failed, lrc, n, h, "the rows of a batch (the same training file on every rank?)", x->err);
+        if (rc != ES_OK || n == 0) {
+            if (cb) pipeline_release(&x->pl);
+            break;
+        }
+        rc = es__dist_train_batch(x->dist, cb, loss_sum);
+        pipeline_release(&x->pl);
+        if (rc != ES_OK) {
+            /* inside a collective step: the others cannot be waited for */
+            x->dist_failed = 1;
+            es__err(x->err, rc, "%s", es_model_errmsg(x->m));
+            break;
+        }
+        *done += (uint64_t)n;
+        x->trained_here += (uint64_t)n;
+        ++*batches;
+        x->ps.pr.rows = *done;
+        x->ps.pr.loss = *loss_sum / (double)*done;
+        x->ps.pr.rows_per_s = (double)*done / (es__now() - t_ep + 1e-9);
+        report(&x->ps, 0);
+    }
+    if (!prc) pipeline_stop(&x->pl);
+    return rc;
+}
+
 /* One pass over the training rows (from a checkpoint's row in its epoch). */
 static int run_epoch(run *x, int ep, long *batches) {
     const es_train_params *p = x->p;
     char when[64];
     snprintf(when, sizeof when, "at the start of epoch %d", ep + 1);
     int rc = es__file_id_recheck(p->train_path, &x->tid, when, x->err);
-    if (rc != 0) return rc;
-    if ((rc = es_reader_rewind(x->r)) != 0) return reader_err(x->err, x->r, rc);
+    if (rc == 0 && (rc = es_reader_rewind(x->r)) != 0) reader_err(x->err, x->r, rc);
+    if ((rc = agree(x, rc)) != 0) return rc;
     double loss_sum = 0;
     uint64_t done = 0;
     if (ep == x->start.epoch && x->start.rows > 0) {
@@ -845,7 +939,8 @@ static int run_epoch(run *x, int ep, long *batches) {
         loss_sum = x->start.loss_sum;
     }
     x->ps.pr.epoch = ep + 1;
-    if ((rc = run_batches(x, ep, &done, &loss_sum, batches)) != 0) return rc;
+    if ((rc = p->comm ? run_batches_dist(x, &done, &loss_sum, batches) : run_batches(x, ep, &done, &loss_sum, batches)) != 0)
+        return rc;
     note_bad_lines(x->r, &x->bad_train, x->bad_rep, sizeof x->bad_rep);
     if (x->stop) { /* early stop inside the epoch */
         x->res->train_loss = done ? loss_sum / (double)done : NAN;
@@ -936,6 +1031,45 @@ static int run_refit(run *x) {
     return ES_OK;
 }
 
+/* Across processes, after training: the whole model on rank 0, created
+ * unsharded with the run's parameters and filled from every rank's shard
+ * (es__dist_gather); x->m is then that model on rank 0 (the shards' in
+ * x->shard), for the evaluations and the model file.  Collective. */
+static int run_gather(run *x) {
+    const es_train_params *p = x->p;
+    es__dist_stats st;
+    es__dist_get_stats(x->dist, &st);
+    x->res->ranks = p->comm->size;
+    x->res->comm_steps = st.steps;
+    if (st.steps) {
+        x->res->comm_sparse_bytes_per_step = st.sparse_bytes / (double)st.steps;
+        x->res->comm_dense_bytes_per_step = st.dense_bytes / (double)st.steps;
+    }
+    x->res->comm_seconds = st.seconds;
+    es_model *full = NULL;
+    int rc = ES_OK;
+    if (p->comm->rank == 0) {
+        es_net_params np;
+        es_storage_params sp;
+        es_reader_params rp = es_reader_params_default();
+        if ((rc = es__model_params_resolve(&x->mp, &np, &sp, x->err)) == 0 &&
+            (rc = es__model_create(&full, &np, &sp, x->vocab, &rp, x->err)) == 0) {
+            if ((rc = es__train_cfg_record(full, x->cfg)) != 0) es__err(x->err, rc, "out of memory");
+            else if ((rc = es_model_set_reader(full, x->r)) != 0) es__err(x->err, rc, "%s", es_model_errmsg(full));
+        }
+    }
+    if ((rc = agree(x, rc)) == ES_OK) rc = es__dist_gather(x->dist, full, x->err);
+    if ((rc = agree(x, rc)) != ES_OK) {
+        es_model_free(full);
+        return rc;
+    }
+    if (full) {
+        x->shard = x->m;
+        x->m = full;
+    }
+    return ES_OK;
+}
+
 /* What the run was and what it measured, in the model's metadata, then
  * the model file. */
 static int run_save(run *x) {
@@ -1007,6 +1141,8 @@ static void run_finish(run *x, int rc) {
     es__free(x->prob);
     es__free(x->cfg);
     es_model_free(x->m);
+    es_model_free(x->shard);
+    es__dist_free(x->dist);
     es_vocab_free(x->vocab);
     es_batch_free(&x->b);
     es_reader_free(x->r);
@@ -1028,14 +1164,35 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
     x->last_eval_ep = -1;
     res->best_eval = -1;
     int rc = run_open(x);
-    if (rc == ES_OK) rc = run_count(x);
-    if (rc == ES_OK) rc = run_vocab(x);
-    if (rc == ES_OK) rc = run_model(x);
-    if (rc == ES_OK) rc = run_train(x);
-    if (rc == ES_OK) rc = run_evaluate_valid(x);
-    if (rc == ES_OK) rc = run_refit(x);
-    if (rc == ES_OK) rc = run_evaluate_test(x);
-    if (rc == ES_OK) rc = run_save(x);
+    if (q.comm) {
+        /* across processes: each phase ends with every rank's status
+         * (agree), and ranks must describe the same run; then rank 0
+         * alone evaluates and writes the gathered model */
+        rc = agree(x, rc);
+        if (rc == ES_OK)
+            rc = es__dist_agree(q.comm, &x->dist_failed, 0, 0, fnv1a(x->cfg, strlen(x->cfg), UINT64_C(0xcbf29ce484222325)),
+                                "the run's description (the same flags and files on every rank?)", err);
+        if (rc == ES_OK) rc = agree(x, run_count(x));
+        if (rc == ES_OK) rc = agree(x, run_vocab(x));
+        if (rc == ES_OK) rc = agree(x, run_model(x));
+        if (rc == ES_OK) rc = agree(x, run_train(x));
+        if (rc == ES_OK) rc = run_gather(x);
+        if (rc == ES_OK && q.comm->rank == 0) {
+            rc = run_evaluate_valid(x);
+            if (rc == ES_OK) rc = run_evaluate_test(x);
+            if (rc == ES_OK) rc = run_save(x);
+        }
+        if (!x->dist_failed) rc = agree(x, rc);
+    } else {
+        if (rc == ES_OK) rc = run_count(x);
+        if (rc == ES_OK) rc = run_vocab(x);
+        if (rc == ES_OK) rc = run_model(x);
+        if (rc == ES_OK) rc = run_train(x);
+        if (rc == ES_OK) rc = run_evaluate_valid(x);
+        if (rc == ES_OK) rc = run_refit(x);
+        if (rc == ES_OK) rc = run_evaluate_test(x);
+        if (rc == ES_OK) rc = run_save(x);
+    }
     run_finish(x, rc);
     es__free(x);
     res->seconds = es__now() - t_start;
