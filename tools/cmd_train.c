@@ -269,9 +269,12 @@ int cmd_train(int argc, char **argv) {
     es_err err = {0};
     int rc = es_train(&p, &res, &err);
     free(cl);
+    if (rc != 0 && comm) { /* every rank says it, with the rank that failed first in the message */
+        int st = cli_fail(cmd, "[rank %d of %d] %s", comm->rank, comm->size, err.msg[0] ? err.msg : es_strerror(rc));
+        cli_mpi_finish(); /* after every rank has printed: mpirun ends the job at the first non-zero exit */
+        return st;
+    }
     cli_mpi_finish();
-    if (rc != 0 && comm) /* every rank says it, with the rank that failed first in the message */
-        return cli_fail(cmd, "rank %d of %d: %s", comm->rank, comm->size, err.msg[0] ? err.msg : es_strerror(rc));
     if (rc != 0) return cli_fail(cmd, "%s", err.msg[0] ? err.msg : es_strerror(rc));
     if (rank != 0) return 0; /* rank 0 reports the run */
     if (res.bad_lines) /* a warning about the data, shown even with --quiet */

@@ -545,7 +545,7 @@ int es__dist_agree(const es_comm *c, int *failed, int rc, int64_t n, uint64_t h,
         es__free(all);
         char m2[sizeof err->msg];
         snprintf(m2, sizeof m2, "%s", msg);
-        return es__err(err, code, "rank %d of %d: %s", first, c->size, m2);
+        return es__err(err, code, "on rank %d: %s", first, m2);
     }
     for (int i = 1; i < c->size; i++)
         if (all[i].n != all[0].n || all[i].h != all[0].h) {

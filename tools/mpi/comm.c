@@ -13,6 +13,7 @@
 
 #include <limits.h>
 #include <mpi.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 static es_comm g_comm;
@@ -82,7 +83,14 @@ const es_comm *cli_mpi_comm(const char *cmd, int *err) {
 }
 
 void cli_mpi_finish(void) {
-    if (g_started) MPI_Finalize();
+    /* the barrier: no rank leaves (mpirun ends the job at a rank's first
+     * non-zero exit) before every rank has said what it has to say */
+    if (g_started) {
+        fflush(stdout);
+        fflush(stderr);
+        MPI_Barrier(MPI_COMM_WORLD);
+        MPI_Finalize();
+    }
     g_started = 0;
 }
 

@@ -1,0 +1,172 @@
+/*
+ * test_mpi.c — training across processes under mpirun (docs/scale.md,
+ * issue 15): the CLI's MPI build run with 1, 2 and 4 ranks on the bundled
+ * Criteo sample.
+ *
+ * Slow tier (`--full`, once per `make check` in the normal build): each
+ * test launches mpirun several times (about 0.5 s a launch on 2 cores).
+ * Every test skips when mpirun is absent or $ES_BIN was built without MPI
+ * (`make MPI=0`, or no mpicc): the plain build must keep passing on a
+ * machine without MPI.
+ *
+ * What is guaranteed and tested: with --threads 1, the model file of a run
+ * on 1, 2 and 4 ranks is the same file, byte for byte (the model, and the
+ * metadata, which records the command line, not the rank count).
+ */
+#include "test.h"
+
+#define CRITEO "data/criteo_kaggle_train_first10k.tsv"
+#define MPIRUN "mpirun --oversubscribe --allow-run-as-root"
+/* short runs: 2000 rows, 8 global batches of 256 */
+#define COMMON "--max-rows 2000 --valid-frac 0 --early-stop 0 --epochs 1 --threads 1 --seed 5 --quiet"
+
+/* 1 when mpirun runs and $ES_BIN is the MPI build; else skips the test. */
+static int mpi_ready(void) {
+    static int state = -1; /* -1 unknown, 0 no, 1 yes */
+    static char why[160];
+    if (state < 0) {
+        state = 0;
+        if (es_test_sh(NULL, "command -v mpirun") != 0) {
+            snprintf(why, sizeof why, "mpirun not found (install openmpi-bin: .ci/deps.sh)");
+        } else {
+            /* the plain build refuses an mpirun launch with "built without MPI" */
+            const char *log = es_test_path("mpi_probe.log");
+            es_test_sh(log, MPIRUN " -np 2 %s train /nonexistent-probe.tsv --valid-frac 0 --early-stop 0 --quiet", es_bin());
+            char *s = es_test_slurp(log);
+            if (s && strstr(s, "built without MPI")) snprintf(why, sizeof why, "%s was built without MPI (make MPI=1)", es_bin());
+            else if (s && strstr(s, "nonexistent-probe")) state = 1;
+            else snprintf(why, sizeof why, "mpirun did not run %s as expected: %.100s", es_bin(), s ? s : "");
+            free(s);
+        }
+    }
+    if (!state) es_test_skip(why);
+    return state;
+}
+
+/* Train on np ranks (np 0: without mpirun) into $ES_T/<out>; the exit
+ * status, the output in $ES_T/<out>.log.  The same --out path for every
+ * run (moved afterwards), so the recorded command lines are the same. */
+static int train_np(int np, const char *args, const char *out) {
+    char pre[128] = "";
+    if (np > 0) snprintf(pre, sizeof pre, MPIRUN " -np %d ", np);
+    char log[256];
+    snprintf(log, sizeof log, "%s.log", es_test_path(out));
+    return es_test_sh(log, "rm -f $ES_T/mpi_model.es && %s%s train %s %s %s --out $ES_T/mpi_model.es && mv $ES_T/mpi_model.es $ES_T/%s", pre,
+                      es_bin(), CRITEO, COMMON, args, out);
+}
+
+static char *slurp_log(const char *out) {
+    char log[256];
+    snprintf(log, sizeof log, "%s.log", es_test_path(out));
+    return es_test_slurp(log);
+}
+
+/* The 1-, 2- and 4-rank model files of each method and model are one file. */
+TEST_SLOW(mpi_1_2_4_ranks_give_the_same_model_file) {
+    if (!mpi_ready()) return;
+    static const char *cfgs[] = {
+        "--model lr --storage full",
+        "--model lr --storage hash --budget 100000",
+        "--model lr --storage unified --budget 100000",
+        "--model dlrm --storage full",
+        "--model dlrm --storage hash --budget 200000",
+        "--model dlrm --storage unified --budget 200000 --storage-opts chunks=4",
+    };
+    for (size_t c = 0; c < sizeof cfgs / sizeof cfgs[0]; c++) {
+        for (int np = 1; np <= 4; np *= 2) {
+            char out[64];
+            snprintf(out, sizeof out, "mpi_same_%zu_%d.es", c, np);
+            int st = train_np(np, cfgs[c], out);
+            char *s = slurp_log(out);
+            CHECK_MSG(st == 0, "%s on %d ranks: exit %d: %s", cfgs[c], np, st, s ? s : "");
+            const char *j = es_test_last_line(s);
+            double ranks = es_test_json_num(j, "ranks"), a2a = es_test_json_num(j, "comm_alltoall_bytes_per_step"),
+                   ag = es_test_json_num(j, "comm_allgather_bytes_per_step");
+            /* communication: none to others on one rank, both kinds on more */
+            CHECK_EQ_INT((int)ranks, np);
+            CHECK_MSG(np == 1 ? a2a == 0 && ag == 0 : a2a > 0 && ag > 0, "%s on %d ranks: bytes per step %g, %g", cfgs[c], np, a2a, ag);
+            free(s);
+            if (np > 1) {
+                int same = es_test_sh(NULL, "cmp $ES_T/mpi_same_%zu_1.es $ES_T/%s", c, out);
+                printf("    %-62s 1 vs %d ranks: %s (alltoall %.0f, allgather %.0f bytes/step)\n", cfgs[c], np,
+                       same == 0 ? "same file" : "DIFFERENT", a2a, ag);
+                CHECK_MSG(same == 0, "%s: the %d-rank model differs from the 1-rank one", cfgs[c], np);
+            }
+        }
+    }
+}
+
+/* The 4-rank model is an ordinary model file: predict reads it, and its
+ * predictions are the 1-rank model's; and the one-process trainer (no
+ * mpirun) differs only by rounding (its dense gradients are summed over
+ * the whole batch at once, not by the 16-block tree: docs/scale.md). */
+TEST_SLOW(mpi_4_rank_model_predicts_as_1_rank_and_plain) {
+    if (!mpi_ready()) return;
+    const char *args = "--model dlrm --storage unified --budget 200000";
+    CHECK(train_np(1, args, "mpi_p1.es") == 0);
+    CHECK(train_np(4, args, "mpi_p4.es") == 0);
+    CHECK(train_np(0, args, "mpi_p0.es") == 0);
+    CHECK(es_test_sh(NULL, "tail -n 1000 %s > $ES_T/mpi_valid.tsv", CRITEO) == 0);
+    const char *name[3] = {"mpi_p1.es", "mpi_p4.es", "mpi_p0.es"};
+    char *pred[3];
+    for (int i = 0; i < 3; i++) {
+        CHECK(es_test_sh(NULL, "%s predict $ES_T/%s $ES_T/mpi_valid.tsv --digits 9 --out $ES_T/%s.txt", es_bin(), name[i], name[i]) == 0);
+        char p[256];
+        snprintf(p, sizeof p, "%s.txt", es_test_path(name[i]));
+        pred[i] = es_test_slurp(p);
+        CHECK(pred[i] != NULL);
+    }
+    CHECK_MSG(strcmp(pred[0], pred[1]) == 0, "the 4-rank model predicts differently from the 1-rank one");
+    double maxd = 0;
+    int rows = 0;
+    for (char *a = pred[0], *b = pred[2]; *a && *b; rows++) {
+        char *ea, *eb;
+        double x = strtod(a, &ea), y = strtod(b, &eb);
+        if (ea == a || eb == b) break;
+        if (fabs(x - y) > maxd) maxd = fabs(x - y);
+        a = ea;
+        b = eb;
+    }
+    printf("    %d rows: 4 ranks = 1 rank exactly; one-process trainer within %.3g\n", rows, maxd);
+    CHECK_EQ_INT(rows, 1000);
+    CHECK_MSG(maxd < 1e-4, "the MPI path and the one-process trainer differ by %g (more than rounding)", maxd);
+    for (int i = 0; i < 3; i++) free(pred[i]);
+}
+
+/* Bad input: every rank says why, the exit status is not 0, and no model
+ * file (nor a temporary) is left. */
+TEST_SLOW(mpi_bad_input_fails_on_every_rank_without_a_file) {
+    if (!mpi_ready()) return;
+    const char *log = es_test_path("mpi_bad.log");
+    struct {
+        const char *what, *cmd, *msg;
+    } cases[] = {
+        {"a missing training file", MPIRUN " -np 2 %s train $ES_T/no-such-file.tsv " COMMON " --model lr --storage hash --budget 100000 --out $ES_T/mpi_bad.es",
+         "cannot open"},
+        /* rank 1 asks for another learning rate: the run descriptions differ */
+        {"ranks that disagree on flags",
+         MPIRUN " -np 2 sh -c 'if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then X=\"--lr 0.5\"; fi; exec %s train " CRITEO " " COMMON
+                " --model lr --storage hash --budget 100000 $X --out $ES_T/mpi_bad.es'",
+         "ranks disagree on the run's description"},
+        {"a rank count that is not a power of two", MPIRUN " -np 3 %s train " CRITEO " " COMMON " --model lr --storage hash --budget 100000 --out $ES_T/mpi_bad.es",
+         "power of two"},
+        {"a method without rows to shard", MPIRUN " -np 2 %s train " CRITEO " " COMMON " --model lr --storage qr --budget 100000 --out $ES_T/mpi_bad.es",
+         "cannot be trained across processes yet"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        CHECK(es_test_sh(NULL, "rm -f $ES_T/mpi_bad.es*") == 0);
+        int st = es_test_sh(log, cases[i].cmd, es_bin());
+        char *s = es_test_slurp(log);
+        CHECK_MSG(st != 0, "%s: exit 0: %s", cases[i].what, s ? s : "");
+        CHECK_STR_HAS(s, cases[i].msg);
+        int np = i == 2 ? 3 : 2;
+        for (int r = 0; r < np; r++) {
+            char tag[64];
+            snprintf(tag, sizeof tag, "[rank %d of %d]", r, np);
+            CHECK_MSG(s && strstr(s, tag), "%s: no error from rank %d: %s", cases[i].what, r, s ? s : "");
+        }
+        printf("    %s: exit %d, every rank says why\n", cases[i].what, st);
+        free(s);
+        CHECK_MSG(es_test_sh(NULL, "ls $ES_T/mpi_bad.es* >/dev/null 2>&1") != 0, "%s: a model file was left", cases[i].what);
+    }
+}
