@@ -275,6 +275,13 @@ static int exchange(es__dist *d, const void *send, unsigned char **recv, size_t 
 
 static int block_row(int j, int n) { return (int)((int64_t)j * n / ES_DIST_BLOCKS); }
 
+void es__dist_part_of(int rank, int size, int n, int *lo, int *hi) {
+    *lo = block_row(rank * ES_DIST_BLOCKS / size, n);
+    *hi = block_row((rank + 1) * ES_DIST_BLOCKS / size, n);
+}
+
+void es__dist_part(const es__dist *d, int n, int *lo, int *hi) { es__dist_part_of(d->rank, d->size, n, lo, hi); }
+
 /* a[i] += b[i]: the one addition of the reduction tree */
 static void add_into(float *restrict a, const float *restrict b, size_t n) {
     for (size_t i = 0; i < n; i++) a[i] += b[i];
@@ -287,17 +294,20 @@ static void tree_sum(float *x, int cnt, size_t P) {
         for (int i = 0; i + w < cnt; i += 2 * w) add_into(x + (size_t)i * P, x + (size_t)(i + w) * P, P);
 }
 
-int es__dist_train_batch(es__dist *d, const es_batch *g, double *loss_sum) {
+int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum) {
     es_model *m = d->m;
     es_err *err = &m->err;
-    const int n = g->n, F = m->n_fields, E = m->E, N = d->size, k = d->map.k, cd = d->map.t->dim;
+    const int F = m->n_fields, E = m->E, N = d->size, k = d->map.k, cd = d->map.t->dim;
     const int nd = m->n_dense;
     int rc;
     if (n < 1 || n > m->max_batch)
         return es__err(err, ES_EINVAL, "a training batch needs 1 to %d rows (the model's batch size), got %d", m->max_batch, n);
     const int jb0 = d->rank * ES_DIST_BLOCKS / N, jb1 = (d->rank + 1) * ES_DIST_BLOCKS / N;
     const int lo = block_row(jb0, n), hi = block_row(jb1, n);
-    const size_t P0 = (size_t)lo * F, P1 = (size_t)hi * F;
+    if (g->n != hi - lo || g->n_fields != F || g->n_dense != nd)
+        return es__err(err, ES_EINVAL, "rank %d's part of a batch of %d rows is rows [%d, %d), got %d rows", d->rank, n, lo, hi, g->n);
+    /* g holds rows [lo, hi) of the global batch as its rows 0 .. hi - lo */
+    const size_t P0 = 0, P1 = (size_t)(hi - lo) * F;
     const size_t nv = (size_t)(g->off[P1] - g->off[P0]), n_ids = nv * (size_t)k;
     const size_t rec = sizeof(uint64_t) + sizeof(float) * (size_t)(1 + cd);
     d->st.steps++;
@@ -384,7 +394,7 @@ int es__dist_train_batch(es__dist *d, const es_batch *g, double *loss_sum) {
     cache.dim = cd;
     cache.prec = ES_PREC_FP32;
     cache.opt = d->map.t->opt;
-    if (hi > lo) es__rows_lookup(&cache, k, cache_resolve, d, g, lo, hi, m->emb);
+    if (hi > lo) es__rows_lookup(&cache, k, cache_resolve, d, g, 0, hi - lo, m->emb);
 
     /* 3. dense: block by block, then the fixed tree */
     const size_t P = d->P;
@@ -398,9 +408,9 @@ int es__dist_train_batch(es__dist *d, const es_batch *g, double *loss_sum) {
             continue;
         }
         es__net_zero_grad(m->net);
-        const float *dense = g->dense + (size_t)a * (size_t)nd;
+        const float *dense = g->dense + (size_t)la * (size_t)nd;
         es__net_forward_train(m->net, nb, m->emb + (size_t)la * rowf, dense, m->logit + la);
-        d->bloss[j - jb0] = es__bce_logits_sum(m->logit + la, g->label + a, nb, 1.0f / (float)n, m->dlogit + la);
+        d->bloss[j - jb0] = es__bce_logits_sum(m->logit + la, g->label + la, nb, 1.0f / (float)n, m->dlogit + la);
         es__net_backward(m->net, nb, m->emb + (size_t)la * rowf, dense, m->dlogit + la, m->demb + (size_t)la * rowf);
         memcpy(pj, es__net_grads_ptr(m->net), P * sizeof(float));
     }

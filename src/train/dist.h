@@ -47,11 +47,17 @@ void es__dist_free(es__dist *d);
 /* Point the step at another model of the same shape (a refit). */
 int es__dist_rebind(es__dist *d, es_model *m, es_err *err);
 
-/* Train on the global batch g (every rank passes the same rows; each uses
- * its part).  loss_sum gets the loss summed over all n rows, the same on
- * every rank.  Collective.  ES_EIO when the transport fails, ES_ENOMEM,
- * ES_EFORMAT when a peer sends a row out of range; errors in m->err. */
-int es__dist_train_batch(es__dist *d, const es_batch *g, double *loss_sum);
+/* Rows [lo, hi) of a global batch of n rows: this rank's part (block
+ * rows of dist.h). */
+void es__dist_part(const es__dist *d, int n, int *lo, int *hi);
+void es__dist_part_of(int rank, int size, int n, int *lo, int *hi);
+
+/* Train on a global batch of n rows, of which g holds this rank's part
+ * (es__dist_part: rows [lo, hi) as g's rows 0 .. hi - lo; may be none).
+ * loss_sum gets the loss summed over all n rows, the same on every rank.
+ * Collective.  ES_EIO when the transport fails, ES_ENOMEM, ES_EFORMAT
+ * when a peer sends a row out of range; errors in m->err. */
+int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum);
 
 /* Copy the whole model into dst on rank 0 (dst: a model of the same
  * parameters created unsharded; NULL on the other ranks): every rank's

@@ -15,6 +15,7 @@
 
 #include "core/fileid.h"
 #include "data/schema.h"
+#include "data/reader_impl.h"
 #include "train/dist.h"
 #include "train/integrity.h"
 
@@ -113,11 +114,40 @@ typedef struct {
     int cur;           /* consumer's slot */
     int done, rc;      /* producer finished (rc < 0: reader error) */
     uint64_t limit;    /* rows to deliver */
+    /* across processes (part_size > 0): global batches of `batch` rows
+     * (the last one shorter), of which this rank parses only its part
+     * (es__dist_part_of) and skips the others' rows unparsed; gn[k] is
+     * the global size of slot k's batch, short = 1 when the input ended
+     * before `limit` rows (the file changed since it was counted) */
+    int part_rank, part_size, batch;
+    int gn[2], short_read;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     pthread_t th;
     int running, stop;
 } pipeline;
+
+/* Part mode: this rank's rows of the next global batch into b; returns the
+ * global batch's rows (0 at the end), or a reader error (< 0). */
+static int pipeline_read_part(pipeline *pl, es_batch *b, uint64_t produced) {
+    uint64_t left = pl->limit - produced, got;
+    if (left == 0) return 0;
+    int n = (int)ES_MIN(left, (uint64_t)pl->batch), lo, hi, rc;
+    es__dist_part_of(pl->part_rank, pl->part_size, n, &lo, &hi);
+    if ((rc = es__reader_skip(pl->r, (uint64_t)lo, &got)) != 0) return rc;
+    if (got < (uint64_t)lo) goto short_input;
+    b->n = 0;
+    if (hi > lo) {
+        if ((rc = read_limited(pl->r, b, (uint64_t)(hi - lo))) < 0) return rc;
+        if (rc < hi - lo) goto short_input;
+    }
+    if ((rc = es__reader_skip(pl->r, (uint64_t)(n - hi), &got)) != 0) return rc;
+    if (got < (uint64_t)(n - hi)) goto short_input;
+    return n;
+short_input:
+    pl->short_read = 1;
+    return 0;
+}
 
 static void *pipeline_main(void *arg) {
     pipeline *pl = arg;
@@ -129,7 +159,13 @@ static void *pipeline_main(void *arg) {
         int stop = pl->stop;
         pthread_mutex_unlock(&pl->mu);
         if (stop) break;
-        int n = read_limited(pl->r, &pl->slot[k], pl->limit - produced);
+        int n;
+        if (pl->part_size > 0) {
+            n = pipeline_read_part(pl, &pl->slot[k], produced);
+            pl->gn[k] = n;
+        } else {
+            n = read_limited(pl->r, &pl->slot[k], pl->limit - produced);
+        }
         pthread_mutex_lock(&pl->mu);
         if (n <= 0) {
             pl->rc = n;
@@ -167,7 +203,7 @@ static int pipeline_start(pipeline *pl, es_reader *r, uint64_t limit) {
     pl->limit = limit;
     pl->full[0] = pl->full[1] = 0;
     pl->cur = 0;
-    pl->done = pl->rc = pl->stop = 0;
+    pl->done = pl->rc = pl->stop = pl->short_read = 0;
     if (pthread_create(&pl->th, NULL, pipeline_main, pl) != 0) return ES_ENOMEM;
     pl->running = 1;
     return ES_OK;
@@ -384,6 +420,10 @@ static int dist_check_params(const es_train_params *p, es_err *err) {
         return es__err(err, ES_EINVAL,
                        "early stopping and --refit are not supported across processes yet: give --early-stop 0 (and "
                        "--epochs); --valid-frac / --valid still report validation metrics (docs/scale.md)");
+    if (p->reader.skip_bad)
+        return es__err(err, ES_EINVAL,
+                       "--skip-bad is not supported across processes yet: each rank skips the others' rows unparsed, "
+                       "and only parsing tells a bad line (docs/scale.md)");
     if (p->precision && strcmp(p->precision, "fp32") != 0)
         return es__err(err, ES_EINVAL, "training at precision %s is not supported across processes yet", p->precision);
     return ES_OK;
@@ -490,6 +530,33 @@ static int run_vocab(run *x) {
     if (x->n_train == 0) return es__err(x->err, ES_EPARSE, "%s: no training rows", p->train_path);
     x->res->train_rows = x->n_train;
     return ES_OK;
+}
+
+/* Across processes: the training rows counted exactly when no pass has
+ * (a byte budget of a hashed method without validation rows), by a scan
+ * that skips rows unparsed, since every rank must know the size of the
+ * last global batch to split it.  Then the ranks agree on the count (the
+ * same file on every rank). */
+static int run_count_dist(run *x) {
+    const es_train_params *p = x->p;
+    int rc = ES_OK;
+    if (!x->n_exact) {
+        uint64_t got = 0;
+        x->ps.pr.phase = "count";
+        if ((rc = es__reader_skip(x->r, p->max_rows ? p->max_rows : UINT64_MAX, &got)) != 0)
+            rc = pass_err(x->err, x->r, rc, p->train_path, &x->tid);
+        else if ((rc = es__file_id_recheck(p->train_path, &x->tid, "after counting rows", x->err)) == 0 &&
+                 (rc = es_reader_rewind(x->r)) != 0)
+            reader_err(x->err, x->r, rc);
+        if (rc == ES_OK && got == 0) rc = es__err(x->err, ES_EPARSE, "%s: no training rows", p->train_path);
+        if (rc == ES_OK) {
+            x->n_train = x->res->train_rows = got;
+            x->n_exact = 1;
+        }
+    }
+    if ((rc = agree(x, rc)) != ES_OK) return rc;
+    return es__dist_agree(p->comm, &x->dist_failed, 0, (int64_t)x->n_train, 0, "the number of training rows (the same file on every rank?)",
+                          x->err);
 }
 
 /* Copy src to dst atomically (temporary file, fsync, rename). */
@@ -887,23 +954,24 @@ static int run_batches_dist(run *x, uint64_t *done, double *loss_sum, long *batc
     const es_train_params *p = x->p;
     int rc = ES_OK, prc;
     double t_ep = es__now();
+    x->pl.part_rank = p->comm->rank;
+    x->pl.part_size = p->comm->size;
+    x->pl.batch = p->batch;
     if ((prc = pipeline_start(&x->pl, x->r, x->n_train - *done)) != 0) prc = es__err(x->err, prc, "cannot start the reader thread");
     for (;;) {
         es_batch *cb = prc ? NULL : pipeline_next(&x->pl);
         int lrc = prc;
         if (!cb && !lrc && x->pl.rc < 0) lrc = pass_err(x->err, x->r, x->pl.rc, p->train_path, &x->tid);
-        int n = cb ? cb->n : 0;
-        uint64_t h = UINT64_C(0xcbf29ce484222325);
-        if (cb) {
-            h = fnv1a(cb->label, (size_t)n * sizeof(float), h);
-            h = fnv1a(cb->val, (size_t)cb->off[(size_t)n * (size_t)cb->n_fields] * sizeof *cb->val, h);
-        }
-        rc = es__dist_agree(p->comm, &x->dist_failed, lrc, n, h, "the rows of a batch (the same training file on every rank?)", x->err);
+        if (!cb && !lrc && x->pl.short_read)
+            lrc = es__err(x->err, ES_EIO, "%s: the file ended before the %llu rows counted at the start (changed while training?)",
+                          p->train_path, (unsigned long long)x->n_train);
+        int n = cb ? x->pl.gn[x->pl.cur] : 0;
+        rc = es__dist_agree(p->comm, &x->dist_failed, lrc, n, 0, "the rows of a batch (the same training file on every rank?)", x->err);
         if (rc != ES_OK || n == 0) {
             if (cb) pipeline_release(&x->pl);
             break;
         }
-        rc = es__dist_train_batch(x->dist, cb, loss_sum);
+        rc = es__dist_train_batch(x->dist, cb, n, loss_sum);
         pipeline_release(&x->pl);
         if (rc != ES_OK) {
             /* inside a collective step: the others cannot be waited for */
@@ -1174,6 +1242,7 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
                                 "the run's description (the same flags and files on every rank?)", err);
         if (rc == ES_OK) rc = agree(x, run_count(x));
         if (rc == ES_OK) rc = agree(x, run_vocab(x));
+        if (rc == ES_OK) rc = run_count_dist(x);
         if (rc == ES_OK) rc = agree(x, run_model(x));
         if (rc == ES_OK) rc = agree(x, run_train(x));
         if (rc == ES_OK) rc = run_gather(x);
