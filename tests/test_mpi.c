@@ -96,6 +96,37 @@ TEST_SLOW(mpi_1_2_4_ranks_give_the_same_model_file) {
     }
 }
 
+/* Validation on rank 0 (the gathered model), early stopping with
+ * evaluations inside epochs, and the refit on all rows: the decisions are
+ * shared, so the run is still the same on any number of ranks. */
+TEST_SLOW(mpi_early_stopping_and_refit_are_the_same_on_1_2_4_ranks) {
+    if (!mpi_ready()) return;
+    /* COMMON's --valid-frac 0 --early-stop 0 are overridden (the last one counts) */
+    const char *args = "--model dlrm --storage unified --budget 100000 --max-rows 3000 --valid-frac 0.2 --early-stop 2 --eval-every 4 "
+                       "--epochs 4 --refit";
+    char *first = NULL;
+    for (int np = 1; np <= 4; np *= 2) {
+        char out[64];
+        snprintf(out, sizeof out, "mpi_es_%d.es", np);
+        int st = train_np(np, args, out);
+        char *s = slurp_log(out);
+        CHECK_MSG(st == 0, "%d ranks: exit %d: %s", np, st, s ? s : "");
+        const char *j = es_test_last_line(s);
+        CHECK_STR_HAS(j, "\"refit\":true");
+        CHECK_STR_HAS(j, "\"stopped_early\":true");
+        /* the result line, less what differs by design (bytes of this rank's shard, memory, speed) */
+        char *cut = strstr(j, "\"emb_bytes\"");
+        char key[512];
+        snprintf(key, sizeof key, "%.*s", cut ? (int)(cut - j) : 200, j);
+        printf("    %d ranks: %s\n", np, key);
+        if (!first) first = strdup(key);
+        else CHECK_MSG(strcmp(first, key) == 0, "%d ranks report other metrics: %s vs %s", np, key, first);
+        free(s);
+        if (np > 1) CHECK_MSG(es_test_sh(NULL, "cmp $ES_T/mpi_es_1.es $ES_T/%s", out) == 0, "the %d-rank model differs from the 1-rank one", np);
+    }
+    free(first);
+}
+
 /* The 4-rank model is an ordinary model file: predict reads it, and its
  * predictions are the 1-rank model's; and the one-process trainer (no
  * mpirun) differs only by rounding (its dense gradients are summed over

@@ -287,8 +287,13 @@ int cmd_train(int argc, char **argv) {
                      (double)res.emb_param_bytes / (double)res.full_bytes);
         else if (res.full_bytes)
             snprintf(frac, sizeof frac, " (%.4g of full)", (double)res.emb_bytes / (double)res.full_bytes);
-        fprintf(stderr, "trained %s + %s on %llu rows x %s%d epochs (%.1f s, %d threads); embedding %zu bytes%s\n", p.model, p.storage,
-                (unsigned long long)res.train_rows, p.early_stop ? "at most " : "", p.epochs, res.seconds, res.threads, res.emb_bytes, frac);
+        fprintf(stderr, "trained %s + %s on %llu rows x %s%d epochs (%.1f s, %d threads); embedding %zu bytes%s%s\n", p.model, p.storage,
+                (unsigned long long)res.train_rows, p.early_stop ? "at most " : "", p.epochs, res.seconds, res.threads, res.emb_bytes, frac,
+                comm ? " on rank 0 (its shard)" : "");
+        if (comm)
+            fprintf(stderr, "across %d ranks: %.0f bytes all-to-all and %.0f bytes allgather sent per step by rank 0 (%llu steps, %.2f s communicating)\n",
+                    res.ranks, res.comm_sparse_bytes_per_step, res.comm_dense_bytes_per_step, (unsigned long long)res.comm_steps,
+                    res.comm_seconds);
         if (res.valid.rows)
             fprintf(stderr, "validation: AUC %.4f  logloss %.4f  calibration %.3f  (%llu rows)\n", res.valid.auc, res.valid.logloss,
                     res.valid.calibration, (unsigned long long)res.valid.rows);

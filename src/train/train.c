@@ -391,6 +391,7 @@ typedef struct {
      * x->shard) for the evaluations and the model file */
     es__dist *dist;
     es_model *shard;
+    es_model *full;           /* rank 0: the gathered model of evaluations during training */
     int dist_failed;          /* an error every rank knows of: no more collectives */
 } run;
 
@@ -416,10 +417,6 @@ static int dist_check_params(const es_train_params *p, es_err *err) {
                        "storage '%s' cannot be trained across processes yet: full, hash and unified can (docs/scale.md)", p->storage);
     if (p->checkpoint_every > 0 || p->resume)
         return es__err(err, ES_EINVAL, "checkpoints and --resume are not supported across processes yet (docs/scale.md)");
-    if (p->early_stop > 0 || p->refit)
-        return es__err(err, ES_EINVAL,
-                       "early stopping and --refit are not supported across processes yet: give --early-stop 0 (and "
-                       "--epochs); --valid-frac / --valid still report validation metrics (docs/scale.md)");
     if (p->reader.skip_bad)
         return es__err(err, ES_EINVAL,
                        "--skip-bad is not supported across processes yet: each rank skips the others' rows unparsed, "
@@ -692,6 +689,65 @@ static int run_evaluate_test_now(run *x) {
     return rc;
 }
 
+/* ---- across processes: the whole model on rank 0 ------------------------------------ */
+
+/* Every rank's shard into one unsharded model on rank 0 (x->full, created
+ * on first use with the run's parameters; *out = it on rank 0, NULL on the
+ * others).  Collective. */
+static int dist_gathered(run *x, es_model **out) {
+    *out = NULL;
+    int rc = ES_OK;
+    if (x->p->comm->rank == 0 && !x->full) {
+        es_net_params np;
+        es_storage_params sp;
+        es_reader_params rp = es_reader_params_default();
+        if ((rc = es__model_params_resolve(&x->mp, &np, &sp, x->err)) == 0 &&
+            (rc = es__model_create(&x->full, &np, &sp, x->vocab, &rp, x->err)) == 0) {
+            if ((rc = es__train_cfg_record(x->full, x->cfg)) != 0) es__err(x->err, rc, "out of memory");
+            else if ((rc = es_model_set_reader(x->full, x->r)) != 0) es__err(x->err, rc, "%s", es_model_errmsg(x->full));
+        }
+    }
+    if ((rc = agree(x, rc)) == ES_OK) rc = es__dist_gather(x->dist, x->full, x->err);
+    if ((rc = agree(x, rc)) != ES_OK) return rc;
+    *out = x->full;
+    return ES_OK;
+}
+
+/* After training (or the refit): x->m becomes, on rank 0, the model the
+ * run returns: early stopping's best one (its file) when that is not the
+ * last, else the last one gathered; the shards' model is kept in x->shard.
+ * The communication counters go to the result.  Collective. */
+static int run_final(run *x, int use_best) {
+    const es_train_params *p = x->p;
+    es__dist_stats st;
+    es__dist_get_stats(x->dist, &st);
+    x->res->ranks = p->comm->size;
+    x->res->comm_steps = st.steps;
+    if (st.steps) {
+        x->res->comm_sparse_bytes_per_step = st.sparse_bytes / (double)st.steps;
+        x->res->comm_dense_bytes_per_step = st.dense_bytes / (double)st.steps;
+    }
+    x->res->comm_seconds = st.seconds;
+    es_model *m = NULL;
+    int rc = ES_OK;
+    if (use_best && x->have_best && !x->best_is_current) { /* every rank knows: the decisions are shared */
+        if (p->comm->rank == 0) rc = es_model_load(&m, x->best_path, ES_LOAD_NO_VERIFY, x->err);
+        if ((rc = agree(x, rc)) != ES_OK) {
+            es_model_free(m);
+            return rc;
+        }
+    } else {
+        if ((rc = dist_gathered(x, &m)) != ES_OK) return rc;
+        x->full = NULL; /* now x->m's */
+    }
+    if (m) {
+        es_model_free(x->shard);
+        x->shard = x->m;
+        x->m = m;
+    }
+    return ES_OK;
+}
+
 /* ---- early stopping -------------------------------------------------------------- */
 
 /* Where the best model is kept while training: a temporary file next to
@@ -711,13 +767,36 @@ static int run_eval_point(run *x, int ep, uint64_t done) {
     const es_train_params *p = x->p;
     es_train_result *res = x->res;
     es_metrics mt;
-    int rc = run_validate(x, &mt);
-    if (rc != ES_OK) return rc;
+    int rc;
+    es_model *full = NULL;
+    if (p->comm) { /* rank 0 evaluates the gathered model and tells the others */
+        if ((rc = dist_gathered(x, &full)) != ES_OK) return rc;
+        memset(&mt, 0, sizeof mt);
+        if (full) {
+            es_model *m = x->m;
+            x->m = full;
+            rc = run_validate(x, &mt);
+            x->m = m;
+        }
+        if ((rc = agree(x, rc)) != ES_OK) return rc;
+        if (p->comm->bcast(p->comm->ctx, &mt, sizeof mt, 0) != 0) {
+            x->dist_failed = 1;
+            return es__err(x->err, ES_EIO, "the communication layer failed sending the validation metrics");
+        }
+    } else if ((rc = run_validate(x, &mt)) != ES_OK) {
+        return rc;
+    }
     if (res->n_evals < ES_TRAIN_MAX_EVALS) res->evals[res->n_evals] = mt;
     int auc = p->stop_metric && !strcmp(p->stop_metric, "auc");
     double score = auc ? -mt.auc : mt.logloss;
     if (!x->have_best || score < x->best_score) {
-        if ((rc = es_model_save(x->m, x->best_path, 0)) != ES_OK) return es__err(x->err, rc, "%s", es_model_errmsg(x->m));
+        if (p->comm) { /* rank 0 keeps the file */
+            rc = full ? es_model_save(full, x->best_path, 0) : ES_OK;
+            if (rc != ES_OK) es__err(x->err, rc, "%s", es_model_errmsg(full));
+            if ((rc = agree(x, rc)) != ES_OK) return rc;
+        } else if ((rc = es_model_save(x->m, x->best_path, 0)) != ES_OK) {
+            return es__err(x->err, rc, "%s", es_model_errmsg(x->m));
+        }
         x->have_best = x->best_is_current = 1;
         x->best_in_ckpt = 0;
         x->best_score = score;
@@ -737,7 +816,7 @@ static int run_eval_point(run *x, int ep, uint64_t done) {
 
 /* After training: continue with the best model when a later one is worse. */
 static int run_take_best(run *x) {
-    if (!x->have_best || x->best_is_current) return ES_OK;
+    if (!x->have_best || x->best_is_current || x->p->comm) return ES_OK; /* across processes: run_final */
     es_model *best = NULL;
     int rc = es_model_load(&best, x->best_path, ES_LOAD_NO_VERIFY, x->err);
     if (rc != ES_OK) return rc;
@@ -857,6 +936,26 @@ static int run_attach(run *x) {
     return ES_OK;
 }
 
+/* Across processes: x->m with this rank's shard of the tables, and the
+ * distributed step over it. */
+static int run_create_shard(run *x) {
+    const es_train_params *p = x->p;
+    es_err *err = x->err;
+    es_net_params np;
+    es_storage_params sp;
+    es_reader_params rp = es_reader_params_default();
+    int rc;
+    if ((rc = es__model_params_resolve(&x->mp, &np, &sp, err)) != 0) return rc;
+    sp.shard_rank = p->comm->rank;
+    sp.shard_n = p->comm->size;
+    if ((rc = es__model_check_memory(&np, &sp, x->vocab, err)) != 0 || (rc = es__model_create(&x->m, &np, &sp, x->vocab, &rp, err)) != 0)
+        return rc;
+    rc = x->dist ? es__dist_rebind(x->dist, x->m, err) : es__dist_create(&x->dist, p->comm, x->m, err);
+    if (rc != 0) return rc;
+    if ((rc = es__train_cfg_record(x->m, x->cfg)) != 0) return es__err(err, rc, "out of memory");
+    return ES_OK;
+}
+
 /* Create the model, or resume it from the checkpoint. */
 static int run_model(run *x) {
     const es_train_params *p = x->p;
@@ -870,16 +969,7 @@ static int run_model(run *x) {
     }
     if (p->early_stop) best_path_init(x);
     if (p->comm) { /* this rank's shard of the tables (checkpoints are refused) */
-        es_net_params np;
-        es_storage_params sp;
-        es_reader_params rp = es_reader_params_default();
-        if ((rc = es__model_params_resolve(&x->mp, &np, &sp, err)) != 0) return rc;
-        sp.shard_rank = p->comm->rank;
-        sp.shard_n = p->comm->size;
-        if ((rc = es__model_check_memory(&np, &sp, x->vocab, err)) != 0 || (rc = es__model_create(&x->m, &np, &sp, x->vocab, &rp, err)) != 0 ||
-            (rc = es__dist_create(&x->dist, p->comm, x->m, err)) != 0)
-            return rc;
-        if ((rc = es__train_cfg_record(x->m, x->cfg)) != 0) return es__err(err, rc, "out of memory");
+        if ((rc = run_create_shard(x)) != 0) return rc;
     } else if (p->resume && x->ckpt && access(x->ckpt, F_OK) == 0) {
         es_net_params np;
         es_storage_params sp;
@@ -950,7 +1040,8 @@ static int run_batches(run *x, int ep, uint64_t *done, double *loss_sum, long *b
 /* run_batches across processes: every rank reads the same global batches
  * (the pipeline), the ranks agree on each one (status, rows, a hash of its
  * labels and keys) before the collective step trains each rank's part. */
-static int run_batches_dist(run *x, uint64_t *done, double *loss_sum, long *batches) {
+static int run_eval_point(run *x, int ep, uint64_t done);
+static int run_batches_dist(run *x, int ep, uint64_t *done, double *loss_sum, long *batches) {
     const es_train_params *p = x->p;
     int rc = ES_OK, prc;
     double t_ep = es__now();
@@ -986,6 +1077,11 @@ static int run_batches_dist(run *x, uint64_t *done, double *loss_sum, long *batc
         x->ps.pr.loss = *loss_sum / (double)*done;
         x->ps.pr.rows_per_s = (double)*done / (es__now() - t_ep + 1e-9);
         report(&x->ps, 0);
+        /* as run_batches: the same batches on every rank, so a collective */
+        if (p->early_stop && !x->refitting && p->eval_every > 0 && *done < x->n_train &&
+            ((*done + (uint64_t)p->batch - 1) / (uint64_t)p->batch) % (uint64_t)p->eval_every == 0) {
+            if ((rc = run_eval_point(x, ep, *done)) != 0 || x->stop) break;
+        }
     }
     if (!prc) pipeline_stop(&x->pl);
     return rc;
@@ -1007,7 +1103,7 @@ static int run_epoch(run *x, int ep, long *batches) {
         loss_sum = x->start.loss_sum;
     }
     x->ps.pr.epoch = ep + 1;
-    if ((rc = p->comm ? run_batches_dist(x, &done, &loss_sum, batches) : run_batches(x, ep, &done, &loss_sum, batches)) != 0)
+    if ((rc = p->comm ? run_batches_dist(x, ep, &done, &loss_sum, batches) : run_batches(x, ep, &done, &loss_sum, batches)) != 0)
         return rc;
     note_bad_lines(x->r, &x->bad_train, x->bad_rep, sizeof x->bad_rep);
     if (x->stop) { /* early stop inside the epoch */
@@ -1067,6 +1163,10 @@ static int run_refit(run *x) {
     if (!x->refit_resumed) {
         es_model_free(x->m);
         x->m = NULL;
+        es_model_free(x->shard); /* across processes */
+        x->shard = NULL;
+        es_model_free(x->full);
+        x->full = NULL;
         if ((rc = es_reader_rewind(x->r)) != 0) return reader_err(x->err, x->r, rc);
         x->n_train = n_all;
         if (x->vocab) {
@@ -1074,7 +1174,11 @@ static int run_refit(run *x) {
             x->vocab = NULL;
             if ((rc = run_vocab(x)) != 0) return rc;
         }
-        if ((rc = es_model_create(&x->m, &x->mp, x->vocab, x->err)) != 0) return rc;
+        if (p->comm) {
+            if ((rc = run_create_shard(x)) != 0) return rc;
+        } else if ((rc = es_model_create(&x->m, &x->mp, x->vocab, x->err)) != 0) {
+            return rc;
+        }
         if ((rc = es__train_cfg_record(x->m, x->cfg)) != 0) return es__err(x->err, rc, "out of memory");
         if ((rc = run_attach(x)) != 0) return rc;
         x->start = (es_checkpoint){0};
@@ -1096,45 +1200,6 @@ static int run_refit(run *x) {
     x->n_train = n_all;
     res->refit = 1;
     res->refit_rows = (uint64_t)full * n_all + part;
-    return ES_OK;
-}
-
-/* Across processes, after training: the whole model on rank 0, created
- * unsharded with the run's parameters and filled from every rank's shard
- * (es__dist_gather); x->m is then that model on rank 0 (the shards' in
- * x->shard), for the evaluations and the model file.  Collective. */
-static int run_gather(run *x) {
-    const es_train_params *p = x->p;
-    es__dist_stats st;
-    es__dist_get_stats(x->dist, &st);
-    x->res->ranks = p->comm->size;
-    x->res->comm_steps = st.steps;
-    if (st.steps) {
-        x->res->comm_sparse_bytes_per_step = st.sparse_bytes / (double)st.steps;
-        x->res->comm_dense_bytes_per_step = st.dense_bytes / (double)st.steps;
-    }
-    x->res->comm_seconds = st.seconds;
-    es_model *full = NULL;
-    int rc = ES_OK;
-    if (p->comm->rank == 0) {
-        es_net_params np;
-        es_storage_params sp;
-        es_reader_params rp = es_reader_params_default();
-        if ((rc = es__model_params_resolve(&x->mp, &np, &sp, x->err)) == 0 &&
-            (rc = es__model_create(&full, &np, &sp, x->vocab, &rp, x->err)) == 0) {
-            if ((rc = es__train_cfg_record(full, x->cfg)) != 0) es__err(x->err, rc, "out of memory");
-            else if ((rc = es_model_set_reader(full, x->r)) != 0) es__err(x->err, rc, "%s", es_model_errmsg(full));
-        }
-    }
-    if ((rc = agree(x, rc)) == ES_OK) rc = es__dist_gather(x->dist, full, x->err);
-    if ((rc = agree(x, rc)) != ES_OK) {
-        es_model_free(full);
-        return rc;
-    }
-    if (full) {
-        x->shard = x->m;
-        x->m = full;
-    }
     return ES_OK;
 }
 
@@ -1210,6 +1275,7 @@ static void run_finish(run *x, int rc) {
     es__free(x->cfg);
     es_model_free(x->m);
     es_model_free(x->shard);
+    es_model_free(x->full);
     es__dist_free(x->dist);
     es_vocab_free(x->vocab);
     es_batch_free(&x->b);
@@ -1245,10 +1311,15 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
         if (rc == ES_OK) rc = run_count_dist(x);
         if (rc == ES_OK) rc = agree(x, run_model(x));
         if (rc == ES_OK) rc = agree(x, run_train(x));
-        if (rc == ES_OK) rc = run_gather(x);
+        if (rc == ES_OK) rc = run_final(x, 1);
+        if (rc == ES_OK && q.comm->rank == 0) rc = run_evaluate_valid(x);
+        if (rc == ES_OK) rc = agree(x, rc);
+        if (rc == ES_OK && q.refit && x->res->best_epoch >= 1) { /* a new sharded model, trained as on one process */
+            rc = agree(x, run_refit(x));
+            if (rc == ES_OK) rc = run_final(x, 0);
+        }
         if (rc == ES_OK && q.comm->rank == 0) {
-            rc = run_evaluate_valid(x);
-            if (rc == ES_OK) rc = run_evaluate_test(x);
+            rc = run_evaluate_test(x);
             if (rc == ES_OK) rc = run_save(x);
         }
         if (!x->dist_failed) rc = agree(x, rc);
