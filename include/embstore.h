@@ -672,6 +672,11 @@ typedef struct es_train_result {
     int ranks;
     uint64_t comm_steps;
     double comm_sparse_bytes_per_step, comm_dense_bytes_per_step, comm_seconds;
+    /* With a comm, on failure: 1 when this process failed where the others
+     * may not know it (inside a collective step, or the transport broke):
+     * they may wait for it forever, so the caller must end the job
+     * (MPI_Abort); 0 when every process returned the same error. */
+    int comm_broken;
 } es_train_result;
 
 /* Train a model end to end: read, build the vocabulary, train, evaluate,

@@ -276,6 +276,7 @@ int cmd_train(int argc, char **argv) {
     free(cl);
     if (rc != 0 && comm) { /* every rank says it, with the rank that failed first in the message */
         int st = cli_fail(cmd, "[rank %d of %d] %s", comm->rank, comm->size, err.msg[0] ? err.msg : es_strerror(rc));
+        if (res.comm_broken) cli_mpi_abort(st); /* the others may wait for this rank in a collective */
         cli_mpi_finish(); /* after every rank has printed: mpirun ends the job at the first non-zero exit */
         return st;
     }

@@ -74,7 +74,7 @@ class es_train_result(ctypes.Structure):
                 ("best_rows", c_uint64), ("stopped_early", c_int), ("evals", es_metrics * 128),
                 ("refit", c_int), ("refit_rows", c_uint64), ("ranks", c_int), ("comm_steps", c_uint64),
                 ("comm_sparse_bytes_per_step", c_double), ("comm_dense_bytes_per_step", c_double),
-                ("comm_seconds", c_double)]
+                ("comm_seconds", c_double), ("comm_broken", c_int)]
 
 
 class es_index_params(ctypes.Structure):

@@ -40,8 +40,7 @@ struct es__dist {
     es_gradacc ga;          /* owner side: summed gradients of owned rows */
     /* step scratch */
     uint64_t *ids;          /* [n_ids] global rows of this rank's values, batch order */
-    int32_t *uid;           /* [n_ids] their distinct index */
-    size_t ids_cap, uid_cap, upos_cap;
+    size_t ids_cap, upos_cap;
     uint64_t *ukey;         /* distinct rows: open addressing over ucap slots */
     int32_t *uslot;
     size_t ucap;
@@ -184,7 +183,6 @@ void es__dist_free(es__dist *d) {
     if (!d) return;
     es__gradacc_free(&d->ga);
     es__free(d->ids);
-    es__free(d->uid);
     es__free(d->ukey);
     es__free(d->uslot);
     es__free(d->uniq);
@@ -314,7 +312,7 @@ int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum
 
     /* 1. resolve this rank's values to global rows; the distinct ones */
     if (grow((void **)&d->ids, &d->ids_cap, n_ids + 1, sizeof *d->ids) != ES_OK ||
-        grow((void **)&d->uid, &d->uid_cap, n_ids + 1, sizeof *d->uid) != ES_OK || uniq_reset(d, n_ids) != ES_OK)
+        uniq_reset(d, n_ids) != ES_OK)
         return es__err(err, ES_ENOMEM, "out of memory for the rows of a batch");
     {
         size_t o = 0;
@@ -327,7 +325,7 @@ int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum
         }
         for (size_t i = 0; i < n_ids; i++) {
             if (d->ids[i] >= d->map.rows) return es__err(err, ES_EFORMAT, "row %llu out of the table", (unsigned long long)d->ids[i]);
-            d->uid[i] = uniq_find(d, d->ids[i], 1);
+            uniq_find(d, d->ids[i], 1);
         }
     }
 
@@ -537,7 +535,7 @@ int es__dist_agree(const es_comm *c, int *failed, int rc, int64_t n, uint64_t h,
     }
     if (c->allgather(c->ctx, &me, all, sizeof me) != 0) {
         es__free(all);
-        *failed = 1;
+        *failed = 2; /* the transport broke: nothing is agreed */
         return es__err(err, ES_EIO, "rank %d of %d: the communication layer failed", c->rank, c->size);
     }
     int first = -1, code = 0;

@@ -71,10 +71,12 @@ void es__dist_get_stats(const es__dist *d, es__dist_stats *out);
  * passes its status rc (0 or ES_E*, message in err), a count n and a
  * hash h.  Returns 0 when every rank passed rc 0, the same n and the same
  * h; otherwise every rank returns the same error: the first failing rank's
- * code and message ("rank k: ..."), or ES_EINVAL "ranks disagree on
+ * code and message ("on rank k: ..."), or ES_EINVAL "ranks disagree on
  * <what>" (what names n and h).  *failed is set to 1 on an error, and
  * later calls with *failed set return rc at once without communicating,
- * so that after an agreed error no process waits on another. */
+ * so that after an agreed error no process waits on another; to 2 when
+ * the transport itself failed (nothing is agreed: the job must be ended,
+ * es_train_result.comm_broken). */
 int es__dist_agree(const es_comm *c, int *failed, int rc, int64_t n, uint64_t h, const char *what, es_err *err);
 
 #endif

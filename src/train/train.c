@@ -392,7 +392,7 @@ typedef struct {
     es__dist *dist;
     es_model *shard;
     es_model *full;           /* rank 0: the gathered model of evaluations during training */
-    int dist_failed;          /* an error every rank knows of: no more collectives */
+    int dist_failed;          /* 1: an error every rank knows of: no more collectives; 2: one the others may not know of */
 } run;
 
 /* Under a comm: every rank's status after a phase (es__dist_agree); else rc. */
@@ -780,7 +780,7 @@ static int run_eval_point(run *x, int ep, uint64_t done) {
         }
         if ((rc = agree(x, rc)) != ES_OK) return rc;
         if (p->comm->bcast(p->comm->ctx, &mt, sizeof mt, 0) != 0) {
-            x->dist_failed = 1;
+            x->dist_failed = 2; /* the others may wait in a collective: broken */
             return es__err(x->err, ES_EIO, "the communication layer failed sending the validation metrics");
         }
     } else if ((rc = run_validate(x, &mt)) != ES_OK) {
@@ -1065,8 +1065,9 @@ static int run_batches_dist(run *x, int ep, uint64_t *done, double *loss_sum, lo
         rc = es__dist_train_batch(x->dist, cb, n, loss_sum);
         pipeline_release(&x->pl);
         if (rc != ES_OK) {
-            /* inside a collective step: the others cannot be waited for */
-            x->dist_failed = 1;
+            /* inside a collective step: the others may wait in a collective
+             * this rank never joins; the caller must end the job */
+            x->dist_failed = 2;
             es__err(x->err, rc, "%s", es_model_errmsg(x->m));
             break;
         }
@@ -1333,6 +1334,7 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
         if (rc == ES_OK) rc = run_evaluate_test(x);
         if (rc == ES_OK) rc = run_save(x);
     }
+    res->comm_broken = x->dist_failed == 2;
     run_finish(x, rc);
     es__free(x);
     res->seconds = es__now() - t_start;

@@ -94,4 +94,9 @@ void cli_mpi_finish(void) {
     g_started = 0;
 }
 
-const char *cli_mpi_build(void) { return "mpi"; }
+void cli_mpi_abort(int st) {
+    if (!g_started) return;
+    fflush(stdout);
+    fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, st);
+}
