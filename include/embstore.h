@@ -667,8 +667,9 @@ typedef struct es_train_result {
     uint64_t refit_rows;
     /* With a comm: processes, training steps, and the bytes this process
      * sent per step on average: table traffic (keys to owners, rows back,
-     * gradients to owners: alltoall) and dense gradients (allgather of
-     * partial sums), with the seconds spent in them. */
+     * gradients to owners: alltoall) and dense gradients (the allreduce, a
+     * reduce-scatter and an allgather in a fixed order), with the seconds
+     * spent in them. */
     int ranks;
     uint64_t comm_steps;
     double comm_sparse_bytes_per_step, comm_dense_bytes_per_step, comm_seconds;

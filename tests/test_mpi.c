@@ -173,14 +173,14 @@ TEST_SLOW(mpi_1_2_4_ranks_give_the_same_model_file) {
             CHECK_MSG(st == 0, "%s on %d ranks: exit %d: %s", cfgs[c], np, st, s ? s : "");
             const char *j = es_test_last_line(s);
             double ranks = es_test_json_num(j, "ranks"), a2a = es_test_json_num(j, "comm_alltoall_bytes_per_step"),
-                   ag = es_test_json_num(j, "comm_allgather_bytes_per_step");
+                   ag = es_test_json_num(j, "comm_allreduce_bytes_per_step");
             /* communication: none to others on one rank, both kinds on more */
             CHECK_EQ_INT((int)ranks, np);
             CHECK_MSG(np == 1 ? a2a == 0 && ag == 0 : a2a > 0 && ag > 0, "%s on %d ranks: bytes per step %g, %g", cfgs[c], np, a2a, ag);
             free(s);
             if (np > 1) {
                 int same = es_test_sh(NULL, "cmp $ES_T/mpi_same_%zu_1.es $ES_T/%s", c, out);
-                printf("    %-62s 1 vs %d ranks: %s (alltoall %.0f, allgather %.0f bytes/step)\n", cfgs[c], np,
+                printf("    %-62s 1 vs %d ranks: %s (alltoall %.0f, allreduce %.0f bytes/step)\n", cfgs[c], np,
                        same == 0 ? "same file" : "DIFFERENT", a2a, ag);
                 CHECK_MSG(same == 0, "%s: the %d-rank model differs from the 1-rank one", cfgs[c], np);
             }

@@ -297,7 +297,7 @@ int cmd_train(int argc, char **argv) {
                 (unsigned long long)res.train_rows, p.early_stop ? "at most " : "", p.epochs, res.seconds, res.threads, res.emb_bytes, frac,
                 comm ? " on rank 0 (its shard)" : "");
         if (comm)
-            fprintf(stderr, "across %d ranks: %.0f bytes all-to-all and %.0f bytes allgather sent per step by rank 0 (%llu steps, %.2f s communicating)\n",
+            fprintf(stderr, "across %d ranks: %.0f bytes all-to-all (tables) and %.0f bytes allreduce (dense) sent per step by rank 0 (%llu steps, %.2f s communicating)\n",
                     res.ranks, res.comm_sparse_bytes_per_step, res.comm_dense_bytes_per_step, (unsigned long long)res.comm_steps,
                     res.comm_seconds);
         if (res.valid.rows)
@@ -348,7 +348,7 @@ int cmd_train(int argc, char **argv) {
     if (comm) { /* rank 0's communication per training step (docs/scale.md) */
         printf("\"ranks\":%d,\"comm_steps\":%llu,", res.ranks, (unsigned long long)res.comm_steps);
         json_num(stdout, "comm_alltoall_bytes_per_step", res.comm_sparse_bytes_per_step, 0);
-        json_num(stdout, "comm_allgather_bytes_per_step", res.comm_dense_bytes_per_step, 0);
+        json_num(stdout, "comm_allreduce_bytes_per_step", res.comm_dense_bytes_per_step, 0);
         json_num(stdout, "comm_seconds", res.comm_seconds, 0);
     }
     json_num(stdout, "train_loss", res.train_loss, 0);

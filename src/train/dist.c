@@ -10,8 +10,9 @@
  *      own kernel, so the embeddings are those one process computes;
  *   3. dense: forward, loss (scaled by 1 / n of the global batch) and
  *      backward block by block; the block gradients are summed by the
- *      fixed tree of dist.h (an allgather of N partial sums) and every
- *      rank takes the same optimizer step;
+ *      fixed tree of dist.h (a reduce-scatter and an allgather of the N
+ *      subtree sums, dense_reduce) and every rank takes the same optimizer
+ *      step;
  *   4. sparse: every (row, field, value, chunk) of k's rows sends its
  *      weight and gradient slice to the row's owner, in batch order; the
  *      owner receives from ranks 0..N-1, i.e. in global batch order, sums
@@ -53,7 +54,7 @@ struct es__dist {
     unsigned char *sbuf, *rbuf, *sbuf2, *rbuf2;
     size_t sbuf_cap, rbuf_cap, sbuf2_cap, rbuf2_cap;
     float *part;            /* [ES_DIST_BLOCKS, P] block gradients */
-    float *gsum;            /* [size, P] gathered subtree sums */
+    float *gsum;            /* [3, size, C] the dense reduce-scatter: sent, received, gathered (C = ceil(P / size)) */
     double *bloss;          /* [ES_DIST_BLOCKS] */
     float *tmp;             /* [cd] */
     es__dist_stats st;
@@ -144,7 +145,7 @@ int es__dist_rebind(es__dist *d, es_model *m, es_err *err) {
     es__free(d->gsum);
     es__free(d->tmp);
     d->part = es__malloc(((size_t)ES_DIST_BLOCKS * d->P + 1) * sizeof(float));
-    d->gsum = es__malloc(((size_t)d->size * d->P + 1) * sizeof(float));
+    d->gsum = es__malloc((3 * (size_t)d->size * ((d->P + (size_t)d->size - 1) / (size_t)d->size) + 1) * sizeof(float));
     d->tmp = es__malloc((size_t)d->map.t->dim * sizeof(float));
     if (!d->part || !d->gsum || !d->tmp || es__gradacc_init(&d->ga, cap ? cap : 1, d->map.t->dim) != ES_OK)
         return es__err(err, ES_ENOMEM, "out of memory for the distributed step");
@@ -292,6 +293,32 @@ static void tree_sum(float *x, int cnt, size_t P) {
         for (int i = 0; i + w < cnt; i += 2 * w) add_into(x + (size_t)i * P, x + (size_t)(i + w) * P, P);
 }
 
+/* The dense allreduce in the tree's order, as a reduce-scatter then an
+ * allgather: the P floats are cut into N chunks of C; rank c receives every
+ * rank's subtree sum of chunk c (alltoall), adds them by the top of the
+ * tree, and an allgather hands every rank all the chunks.  Each element is
+ * added in the same order as by one tree over all 16 blocks, so the result
+ * does not depend on N; each rank sends about 2 (N - 1) / N * 4P bytes
+ * (an allgather of whole sums would send (N - 1) * 4P).  x: [P] this
+ * rank's subtree sum in, the global sum out. */
+static int dense_reduce(es__dist *d, float *x) {
+    const size_t P = d->P, N = (size_t)d->size, C = (P + N - 1) / N;
+    float *snd = d->gsum, *rcv = snd + N * C, *all = rcv + N * C;
+    memcpy(snd, x, P * sizeof(float));
+    memset(snd + P, 0, (N * C - P) * sizeof(float));
+    double t = es__now();
+    int rc = d->c->alltoall(d->c->ctx, snd, rcv, C * sizeof(float));
+    if (rc == 0) {
+        tree_sum(rcv, (int)N, C); /* rcv[0 .. C): chunk `rank` of the sum */
+        rc = d->c->allgather(d->c->ctx, rcv, all, C * sizeof(float));
+    }
+    d->st.seconds += es__now() - t;
+    d->st.dense_bytes += 2.0 * (double)(C * sizeof(float)) * (double)(N - 1);
+    if (rc) return comm_fail(d, "the dense reduce-scatter");
+    memcpy(x, all, P * sizeof(float));
+    return ES_OK;
+}
+
 int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum) {
     es_model *m = d->m;
     es_err *err = &m->err;
@@ -414,9 +441,8 @@ int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum
     }
     const int cnt = jb1 - jb0;
     tree_sum(d->part, cnt, P);
-    if ((rc = do_allgather(d, d->part, d->gsum, P * sizeof(float))) != ES_OK) return rc;
-    tree_sum(d->gsum, N, P);
-    memcpy(es__net_grads_ptr(m->net), d->gsum, P * sizeof(float));
+    if ((rc = dense_reduce(d, d->part)) != ES_OK) return rc;
+    memcpy(es__net_grads_ptr(m->net), d->part, P * sizeof(float));
     es__net_step(m->net);
     {
         double all[ES_DIST_BLOCKS];

@@ -14,9 +14,10 @@
  * gradients of each block are summed over its rows by the net as usual,
  * then the 16 block sums are added by a fixed pairwise tree, whose
  * subtrees are the ranks' parts (N a power of two, at most 16): each rank
- * adds its own, an allgather brings every rank the N subtree sums, and
- * every rank adds those the same way.  So the sum, and the model, do not
- * depend on N.
+ * adds its own, then a reduce-scatter (rank c adds chunk c of the N
+ * subtree sums by the top of the tree) and an allgather of the chunks give
+ * every rank the whole sum.  Every element is added in the same order
+ * whatever N, so the sum, and the model, do not depend on N.
  */
 #ifndef ES_TRAIN_DIST_H
 #define ES_TRAIN_DIST_H
@@ -31,7 +32,7 @@ typedef struct es__dist es__dist;
 typedef struct es__dist_stats {
     uint64_t steps;
     double sparse_bytes; /* keys to owners, rows back, gradients to owners */
-    double dense_bytes;  /* the allgather of dense partial sums (and block losses) */
+    double dense_bytes;  /* the dense allreduce (reduce-scatter + allgather) and the block losses */
     double seconds;      /* in the comm's functions */
 } es__dist_stats;
 
