@@ -225,35 +225,45 @@ TEST_SLOW(mpi_early_stopping_and_refit_are_the_same_on_1_2_4_ranks) {
  * the whole batch at once, not by the 16-block tree: docs/scale.md). */
 TEST_SLOW(mpi_4_rank_model_predicts_as_1_rank_and_plain) {
     if (!mpi_ready()) return;
-    const char *args = "--model dlrm --storage unified --budget 200000";
-    CHECK(train_np(1, args, "mpi_p1.es") == 0);
-    CHECK(train_np(4, args, "mpi_p4.es") == 0);
-    CHECK(train_np(0, args, "mpi_p0.es") == 0);
+    /* unified, and full with min_count=2, whose keys come from the
+     * vocabulary the ranks count apart and add up */
+    static const char *cfgs[] = {"--model dlrm --storage unified --budget 200000",
+                                 "--model dlrm --storage full --storage-opts min_count=2"};
     CHECK(es_test_sh(NULL, "tail -n 1000 %s > $ES_T/mpi_valid.tsv", CRITEO) == 0);
-    const char *name[3] = {"mpi_p1.es", "mpi_p4.es", "mpi_p0.es"};
-    char *pred[3];
-    for (int i = 0; i < 3; i++) {
-        CHECK(es_test_sh(NULL, "%s predict $ES_T/%s $ES_T/mpi_valid.tsv --digits 9 --out $ES_T/%s.txt", es_bin(), name[i], name[i]) == 0);
-        char p[256];
-        snprintf(p, sizeof p, "%s.txt", es_test_path(name[i]));
-        pred[i] = es_test_slurp(p);
-        CHECK(pred[i] != NULL);
+    for (size_t c = 0; c < sizeof cfgs / sizeof cfgs[0]; c++) {
+        CHECK(train_np(1, cfgs[c], "mpi_p1.es") == 0);
+        CHECK(train_np(4, cfgs[c], "mpi_p4.es") == 0);
+        CHECK(train_np(0, cfgs[c], "mpi_p0.es") == 0);
+        const char *name[3] = {"mpi_p1.es", "mpi_p4.es", "mpi_p0.es"};
+        char *pred[3];
+        for (int i = 0; i < 3; i++) {
+            CHECK(es_test_sh(NULL, "%s predict $ES_T/%s $ES_T/mpi_valid.tsv --digits 9 --out $ES_T/%s.txt", es_bin(), name[i], name[i]) == 0);
+            char p[256];
+            snprintf(p, sizeof p, "%s.txt", es_test_path(name[i]));
+            pred[i] = es_test_slurp(p);
+            CHECK(pred[i] != NULL);
+        }
+        /* the one-process trainer's table has the same keys (resolved options) */
+        CHECK(es_test_sh(NULL, "%s inspect $ES_T/mpi_p4.es | grep storage.resolved > $ES_T/mpi_r4.txt && "
+                               "%s inspect $ES_T/mpi_p0.es | grep storage.resolved > $ES_T/mpi_r0.txt && "
+                               "cmp $ES_T/mpi_r4.txt $ES_T/mpi_r0.txt",
+                         es_bin(), es_bin()) == 0);
+        CHECK_MSG(strcmp(pred[0], pred[1]) == 0, "%s: the 4-rank model predicts differently from the 1-rank one", cfgs[c]);
+        double maxd = 0;
+        int rows = 0;
+        for (char *a = pred[0], *b = pred[2]; *a && *b; rows++) {
+            char *ea, *eb;
+            double x = strtod(a, &ea), y = strtod(b, &eb);
+            if (ea == a || eb == b) break;
+            if (fabs(x - y) > maxd) maxd = fabs(x - y);
+            a = ea;
+            b = eb;
+        }
+        printf("    %s: %d rows, 4 ranks = 1 rank exactly; one-process trainer within %.3g\n", cfgs[c], rows, maxd);
+        CHECK_EQ_INT(rows, 1000);
+        CHECK_MSG(maxd < 1e-4, "%s: the MPI path and the one-process trainer differ by %g (more than rounding)", cfgs[c], maxd);
+        for (int i = 0; i < 3; i++) free(pred[i]);
     }
-    CHECK_MSG(strcmp(pred[0], pred[1]) == 0, "the 4-rank model predicts differently from the 1-rank one");
-    double maxd = 0;
-    int rows = 0;
-    for (char *a = pred[0], *b = pred[2]; *a && *b; rows++) {
-        char *ea, *eb;
-        double x = strtod(a, &ea), y = strtod(b, &eb);
-        if (ea == a || eb == b) break;
-        if (fabs(x - y) > maxd) maxd = fabs(x - y);
-        a = ea;
-        b = eb;
-    }
-    printf("    %d rows: 4 ranks = 1 rank exactly; one-process trainer within %.3g\n", rows, maxd);
-    CHECK_EQ_INT(rows, 1000);
-    CHECK_MSG(maxd < 1e-4, "the MPI path and the one-process trainer differ by %g (more than rounding)", maxd);
-    for (int i = 0; i < 3; i++) free(pred[i]);
 }
 
 /* Bad input: every rank says why, the exit status is not 0, and no model

@@ -57,6 +57,10 @@ int es__vocab_entry_cmp(const void *a, const void *b);
  * fields of es__vocab_distinct_min), in popularity order, or grouped by
  * field first when by_field; returns the number written.  Deterministic. */
 size_t es__vocab_ranked(const es_vocab *v, uint64_t min_count, int by_field, es_vocab_entry *out);
+/* Add `count` (> 0) occurrences of key to field f (merging vocabularies
+ * counted apart: training across processes).  ES_EINVAL for a bad field or
+ * a zero count, ES_ENOMEM (the vocab stays failed, with a message). */
+int es__vocab_add_count(es_vocab *v, int field, uint64_t key, uint64_t count);
 /* Total value occurrences counted in field f. */
 uint64_t es__vocab_total(const es_vocab *v, int field);
 

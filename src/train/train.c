@@ -475,7 +475,13 @@ static int run_count(run *x) {
         return ES_OK;
     }
     x->ps.pr.phase = "count";
-    for (;;) {
+    if (p->comm) { /* every rank counts by a scan that parses nothing (a bad line is met by the rank that parses it) */
+        uint64_t got = 0;
+        int rc = es__reader_skip(x->r, p->max_rows ? p->max_rows : UINT64_MAX, &got);
+        if (rc != 0) return pass_err(x->err, x->r, rc, p->train_path, &x->tid);
+        x->n_total = got;
+    }
+    for (; !p->comm;) {
         int n = es_reader_next(x->r, &x->b);
         if (n < 0) return pass_err(x->err, x->r, n, p->train_path, &x->tid);
         if (n == 0) break;
@@ -495,12 +501,15 @@ static int run_count(run *x) {
     return rc;
 }
 
+static int run_vocab_dist(run *x);
+
 /* Pass 2: the value counts of the training rows.  Skipped when the method
  * works from hashes alone and the budget is in bytes: then training keeps
  * no per-value state and its memory is the model plus the batch buffers. */
 static int run_vocab(run *x) {
     const es_train_params *p = x->p;
     int rc;
+    if (p->comm) return run_vocab_dist(x);
     es_storage_params sp;
     if ((rc = es__model_params_resolve(&x->mp, NULL, &sp, x->err)) != 0) return rc;
     if (!(sp.budget > 1) || es__storage_find(p->storage)->needs_vocab) {
@@ -529,11 +538,11 @@ static int run_vocab(run *x) {
     return ES_OK;
 }
 
-/* Across processes: the training rows counted exactly when no pass has
- * (a byte budget of a hashed method without validation rows), by a scan
+/* Across processes, before the vocabulary: the training rows counted
+ * exactly when the validation split has not (no --valid-frac), by a scan
  * that skips rows unparsed, since every rank must know the size of the
- * last global batch to split it.  Then the ranks agree on the count (the
- * same file on every rank). */
+ * last global batch to split it, and the vocabulary pass splits the rows.
+ * Then the ranks agree on the count (the same file on every rank). */
 static int run_count_dist(run *x) {
     const es_train_params *p = x->p;
     int rc = ES_OK;
@@ -554,6 +563,119 @@ static int run_count_dist(run *x) {
     if ((rc = agree(x, rc)) != ES_OK) return rc;
     return es__dist_agree(p->comm, &x->dist_failed, 0, (int64_t)x->n_train, 0, "the number of training rows (the same file on every rank?)",
                           x->err);
+}
+
+typedef struct {
+    uint64_t *out;
+    size_t n;
+    uint64_t f;
+} vocab_pack;
+
+static void vocab_pack_one(uint64_t key, uint64_t count, void *ctx) {
+    vocab_pack *pk = ctx;
+    pk->out[pk->n * 3] = pk->f;
+    pk->out[pk->n * 3 + 1] = key;
+    pk->out[pk->n * 3 + 2] = count;
+    pk->n++;
+}
+
+/* A collective failed: nothing is agreed, the job must end. */
+static int comm_io_fail(run *x, const char *what) {
+    x->dist_failed = 2; /* nothing agreed: the job must end */
+    return es__err(x->err, ES_EIO, "rank %d of %d: %s failed in the communication layer", x->p->comm->rank, x->p->comm->size, what);
+}
+
+/* run_vocab across processes (the rows counted exactly first, run_count_dist):
+ * rank k counts the values of training rows [k n / N, (k + 1) n / N) only,
+ * skipping the others unparsed, then every rank receives every rank's
+ * (field, key, count) entries and adds them up.  The counts, and so
+ * everything built from them (full's sorted keys, hash's row split, the
+ * budget fractions), are those of one pass over all rows.  Collective. */
+static int run_vocab_dist(run *x) {
+    const es_train_params *p = x->p;
+    const es_comm *c = p->comm;
+    es_storage_params sp;
+    int rc;
+    if ((rc = es__model_params_resolve(&x->mp, NULL, &sp, x->err)) != 0) return rc;
+    if (sp.budget > 1 && !es__storage_find(p->storage)->needs_vocab) {
+        if (x->n_train == 0) return es__err(x->err, ES_EPARSE, "%s: no training rows", p->train_path);
+        x->res->train_rows = x->n_train;
+        return ES_OK;
+    }
+    ES_ASSERT(x->n_exact);
+    const uint64_t n = x->n_train;
+    const uint64_t lo = (uint64_t)((unsigned __int128)n * (unsigned)c->rank / (unsigned)c->size);
+    const uint64_t hi = (uint64_t)((unsigned __int128)n * (unsigned)(c->rank + 1) / (unsigned)c->size);
+    es_vocab *mine = NULL;
+    uint64_t got = 0, seen = 0;
+    x->ps.pr.phase = "vocab";
+    if ((rc = es_vocab_create(&mine, x->mp.n_fields)) != 0) rc = es__err(x->err, rc, "out of memory");
+    if (rc == ES_OK && (rc = es__reader_skip(x->r, lo, &got)) != 0) rc = pass_err(x->err, x->r, rc, p->train_path, &x->tid);
+    while (rc == ES_OK && seen < hi - lo) {
+        int k = read_limited(x->r, &x->b, hi - lo - seen);
+        if (k < 0) rc = pass_err(x->err, x->r, k, p->train_path, &x->tid);
+        else if (k == 0) break;
+        else if ((rc = es_vocab_add_batch(mine, &x->b)) != 0) rc = es__err(x->err, rc, "out of memory building the vocabulary");
+        else seen += (uint64_t)k;
+    }
+    if (rc == ES_OK && (got != lo || seen != hi - lo)) rc = rows_changed(x->err, p->train_path, "the vocabulary pass", lo + seen, hi);
+    if (rc == ES_OK) rc = es__file_id_recheck(p->train_path, &x->tid, "after building the vocabulary", x->err);
+    note_bad_lines(x->r, &x->bad_train, x->bad_rep, sizeof x->bad_rep);
+    /* this rank's entries, (field, key, count) */
+    size_t cnt = 0, bytes = 0;
+    uint64_t *buf = NULL;
+    if (rc == ES_OK) {
+        for (int f = 0; f < x->mp.n_fields; f++) cnt += es_vocab_distinct(mine, f);
+        bytes = cnt * 3 * sizeof(uint64_t);
+        if (!(buf = es__malloc(bytes + 1))) rc = es__err(x->err, ES_ENOMEM, "out of memory sending the vocabulary");
+    }
+    if (rc == ES_OK) {
+        vocab_pack pk = {buf, 0, 0};
+        for (int f = 0; f < x->mp.n_fields; f++) {
+            pk.f = (uint64_t)f;
+            es__vocab_each(mine, f, vocab_pack_one, &pk);
+        }
+    }
+    es_vocab_free(mine);
+    if ((rc = agree(x, rc)) != ES_OK) {
+        es__free(buf);
+        return rc;
+    }
+    /* every rank's entries to every rank */
+    const size_t N = (size_t)c->size;
+    size_t *v = es__calloc(5 * N, sizeof *v);
+    unsigned char *all = NULL;
+    if (!v) rc = es__err(x->err, ES_ENOMEM, "out of memory");
+    else if (c->allgather(c->ctx, &bytes, v + 2 * N, sizeof bytes) != 0) rc = comm_io_fail(x, "sending the vocabulary sizes");
+    size_t tot = 0;
+    if (rc == ES_OK) {
+        for (size_t i = 0; i < N; i++) {
+            v[i] = bytes;            /* send: the same entries to everyone */
+            v[N + i] = 0;
+            v[3 * N + i] = tot;      /* receive displacement */
+            tot += v[2 * N + i];
+        }
+        if (!(all = es__malloc(tot + 1))) rc = es__err(x->err, ES_ENOMEM, "out of memory receiving the vocabulary (%zu bytes)", tot);
+    }
+    if (!x->dist_failed) rc = agree(x, rc);
+    if (rc == ES_OK && c->alltoallv(c->ctx, buf, v, v + N, all, v + 2 * N, v + 3 * N) != 0) rc = comm_io_fail(x, "sending the vocabulary");
+    es__free(buf);
+    es__free(v);
+    /* the sum, in rank order */
+    if (rc == ES_OK && (rc = es_vocab_create(&x->vocab, x->mp.n_fields)) != 0) rc = es__err(x->err, rc, "out of memory");
+    for (size_t o = 0; rc == ES_OK && o + 3 * sizeof(uint64_t) <= tot; o += 3 * sizeof(uint64_t)) {
+        uint64_t e[3];
+        memcpy(e, all + o, sizeof e);
+        if (e[0] >= (uint64_t)x->mp.n_fields || e[2] == 0) rc = es__err(x->err, ES_EFORMAT, "a rank sent a bad vocabulary entry");
+        else if ((rc = es__vocab_add_count(x->vocab, (int)e[0], e[1], e[2])) != 0)
+            rc = es__err(x->err, rc, "%s", es_vocab_errmsg(x->vocab));
+    }
+    es__free(all);
+    if (!x->dist_failed && (rc = agree(x, rc)) != ES_OK) return rc;
+    if (rc != ES_OK) return rc;
+    if (x->n_train == 0) return es__err(x->err, ES_EPARSE, "%s: no training rows", p->train_path);
+    x->res->train_rows = x->n_train;
+    return ES_OK;
 }
 
 /* Copy src to dst atomically (temporary file, fsync, rename). */
@@ -1308,8 +1430,8 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
             rc = es__dist_agree(q.comm, &x->dist_failed, 0, 0, fnv1a(x->cfg, strlen(x->cfg), UINT64_C(0xcbf29ce484222325)),
                                 "the run's description (the same flags and files on every rank?)", err);
         if (rc == ES_OK) rc = agree(x, run_count(x));
-        if (rc == ES_OK) rc = agree(x, run_vocab(x));
         if (rc == ES_OK) rc = run_count_dist(x);
+        if (rc == ES_OK) rc = agree(x, run_vocab(x)); /* run_vocab_dist */
         if (rc == ES_OK) rc = agree(x, run_model(x));
         if (rc == ES_OK) rc = agree(x, run_train(x));
         if (rc == ES_OK) rc = run_final(x, 1);
