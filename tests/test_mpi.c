@@ -326,3 +326,63 @@ TEST_SLOW(mpi_killed_rank_ends_the_job_without_a_file) {
     free(s);
     CHECK_MSG(es_test_sh(NULL, "ls $ES_T/mpi_kill.es* >/dev/null 2>&1") != 0, "a model file was left");
 }
+
+/* Checkpoints per shard and --resume (docs/scale.md): rank 1 of 2 is
+ * killed with SIGKILL once it has a checkpoint (first: its first one, in
+ * the training that early stopping watches; then: one written in the
+ * refit); mpirun ends the job; `--resume` on 2 ranks then ends with the
+ * model of a run that never stopped (the same predictions, all 9 digits),
+ * validation, early-stopping state and the best model's file included.
+ * Resuming on another number of ranks is refused, and a shard is not a
+ * model to predict with. */
+TEST_SLOW(mpi_resume_after_a_killed_rank_gives_the_uninterrupted_model) {
+    if (!mpi_ready()) return;
+#define RESUME_ARGS                                                                                                   \
+    "--model dlrm --storage full --max-rows 4000 --valid-frac 0.2 --early-stop 2 --epochs 3 --eval-every 5 --threads 1 " \
+    "--checkpoint-every 4 --quiet"
+    const char *log = es_test_path("mpi_resume.log");
+    CHECK(es_test_sh(NULL, "rm -f $ES_T/mpi_ra.es* $ES_T/mpi_rb.es*") == 0);
+    int st = es_test_sh(log, MPIRUN " -np 2 %s train " CRITEO " " RESUME_ARGS " --out $ES_T/mpi_ra.es", es_bin());
+    CHECK_MSG(st == 0, "uninterrupted run: exit %d", st);
+    CHECK(es_test_sh(NULL, "tail -n 1000 %s > $ES_T/mpi_rv.tsv", CRITEO) == 0);
+    CHECK(es_test_sh(NULL, "%s predict $ES_T/mpi_ra.es $ES_T/mpi_rv.tsv --digits 9 --out $ES_T/mpi_ra.txt", es_bin()) == 0);
+    /* what rank 1 waits for before it is killed: a checkpoint file, or one of the refit */
+    static const char *const when[2] = {"test -e $ES_T/mpi_rb.es.ckpt.rank1of2",
+                                        "%s inspect $ES_T/mpi_rb.es.ckpt.rank1of2 2>/dev/null | grep -q ckpt.refit"};
+    for (int w = 0; w < 2; w++) {
+        char cond[512];
+        snprintf(cond, sizeof cond, when[w], es_bin());
+        CHECK(es_test_sh(NULL, "rm -f $ES_T/mpi_rb.es*") == 0);
+        st = es_test_sh(log,
+                        "timeout 120 " MPIRUN " -np 2 sh -c 'if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then "
+                        "%s train " CRITEO " " RESUME_ARGS " --out $ES_T/mpi_rb.es & pid=$!; "
+                        "until %s; do sleep 0.01; done; kill -9 $pid; wait $pid; exit 9; fi; "
+                        "exec %s train " CRITEO " " RESUME_ARGS " --out $ES_T/mpi_rb.es'",
+                        es_bin(), cond, es_bin());
+        CHECK_MSG(st != 0 && st != 124, "the killed run (%d): exit %d (124: it hung)", w, st);
+        CHECK_MSG(es_test_sh(NULL, "test ! -e $ES_T/mpi_rb.es && test -e $ES_T/mpi_rb.es.ckpt.rank0of2 && test -e $ES_T/mpi_rb.es.ckpt.rank1of2") == 0,
+                  "after the kill (%d): no model file, both ranks' checkpoints", w);
+        if (w == 0) { /* a shard is not a model; another rank count is refused */
+            CHECK(es_test_sh(log, "%s predict $ES_T/mpi_rb.es.ckpt.rank1of2 " CRITEO, es_bin()) != 0);
+            char *s = es_test_slurp(log);
+            CHECK_STR_HAS(s, "shard of a checkpoint");
+            free(s);
+            CHECK(es_test_sh(log, MPIRUN " -np 4 %s train " CRITEO " " RESUME_ARGS " --resume --out $ES_T/mpi_rb.es", es_bin()) != 0);
+            s = es_test_slurp(log);
+            CHECK_STR_HAS(s, "another number of processes");
+            free(s);
+        }
+        st = es_test_sh(log, MPIRUN " -np 2 %s train " CRITEO " " RESUME_ARGS " --resume --out $ES_T/mpi_rb.es", es_bin());
+        char *s = es_test_slurp(log);
+        CHECK_MSG(st == 0, "resume (%d): exit %d: %s", w, st, s ? s : "");
+        CHECK_STR_HAS(s, "\"resumed\":true");
+        free(s);
+        CHECK(es_test_sh(NULL, "%s predict $ES_T/mpi_rb.es $ES_T/mpi_rv.tsv --digits 9 --out $ES_T/mpi_rb.txt", es_bin()) == 0);
+        CHECK_MSG(es_test_sh(NULL, "cmp $ES_T/mpi_ra.txt $ES_T/mpi_rb.txt") == 0, "the model resumed (%d) predicts differently", w);
+        /* the checkpoints are gone once the model is written */
+        CHECK(es_test_sh(NULL, "ls $ES_T/mpi_rb.es.ckpt.rank* 2>/dev/null | grep -v tmp >/dev/null") != 0);
+        printf("    killed after a checkpoint %s, resumed: the same predictions as the run that never stopped\n",
+               w ? "of the refit" : "of the selection");
+    }
+#undef RESUME_ARGS
+}

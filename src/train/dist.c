@@ -529,15 +529,31 @@ int es__dist_gather(es__dist *d, es_model *dst, es_err *err) {
     d->st.seconds += es__now() - t0;
     if (rc) return es__err(err, ES_EIO, "rank %d of %d: gathering the tables failed in the communication layer", d->rank, N);
     if (d->rank != 0) return ES_OK;
-    es__row_map dm;
+    es__row_map dm = {0};
     if (!dst || !dst->st->ops->row_map || dst->st->ops->row_map(dst->st, &dm) != ES_OK || dm.rows != d->map.rows ||
         dm.t->dim != t->dim || dm.t->n_rows != d->map.rows || es__net_n_params(dst->net) != d->P)
-        return es__err(err, ES_EINVAL, "the gathered model does not have the shape of the shards");
+        return es__err(err, ES_EINVAL, "the gathered model does not have the shape of the shards (rows %llu vs %llu, dense %zu vs %zu)",
+                       dst && dst->st->ops->row_map ? (unsigned long long)dm.rows : 0ULL, (unsigned long long)d->map.rows,
+                       dst ? es__net_n_params(dst->net) : (size_t)0, d->P);
     for (int i = 0; i < N; i++) {
         uint64_t local = d->rcnt[i] / row_bytes;
         for (uint64_t li = 0; li < local; li++)
             memcpy(dm.t->w + (size_t)(li * (uint64_t)N + (uint64_t)i) * (size_t)t->dim, d->rbuf + d->rdsp[i] + li * row_bytes, row_bytes);
     }
+    /* the lookup maps every rank copies (full's keys): rank 0's, by name,
+     * then the method rebuilds what derives from them */
+    es_tensor_ref rs[64], rd[64];
+    int ns = es__storage_tensors(d->m->st, rs, 64), nd = es__storage_tensors(dst->st, rd, 64);
+    if (ns < 0 || nd < 0) return es__err(err, ES_ERANGE, "too many storage tensors");
+    for (int i = 0; i < ns; i++) {
+        if (!strcmp(rs[i].name, "weight") || !strncmp(rs[i].name, "opt.", 4)) continue;
+        int j = 0;
+        while (j < nd && strcmp(rd[j].name, rs[i].name) != 0) j++;
+        if (j == nd || rd[j].nbytes != rs[i].nbytes || !rd[j].data || !rs[i].data)
+            return es__err(err, ES_EINVAL, "the gathered model's tensor %s does not match the shards'", rs[i].name);
+        memcpy(rd[j].data, rs[i].data, rs[i].nbytes);
+    }
+    if ((rc = es__storage_after_load(dst->st)) != ES_OK) return es__err(err, rc, "%s", es__storage_errmsg(dst->st));
     memcpy(es__net_params_ptr(dst->net), es__net_params_ptr(d->m->net), d->P * sizeof(float));
     return ES_OK;
 }

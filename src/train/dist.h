@@ -61,9 +61,9 @@ void es__dist_part_of(int rank, int size, int n, int *lo, int *hi);
 int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum);
 
 /* Copy the whole model into dst on rank 0 (dst: a model of the same
- * parameters created unsharded; NULL on the other ranks): every rank's
- * rows and rank 0's dense parameters (every rank holds the same).
- * Collective. */
+ * parameters created unsharded, e.g. from the shard's resolved options;
+ * NULL on the other ranks): every rank's rows, rank 0's lookup maps and
+ * dense parameters (every rank holds the same).  Collective. */
 int es__dist_gather(es__dist *d, es_model *dst, es_err *err);
 
 void es__dist_get_stats(const es__dist *d, es__dist_stats *out);

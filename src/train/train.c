@@ -20,6 +20,7 @@
 #include "train/integrity.h"
 
 #include <errno.h>
+#include <glob.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -366,6 +367,9 @@ typedef struct {
     int pl_ready;
     char *cfg;                /* es__train_describe of the run */
     char ckpt_buf[4096];
+    char ckpt_rank[4160];     /* across processes: "<checkpoint>.rank<k>of<N>" */
+    char ckpt_new[4170];      /* and the next one before it is committed: "<...>.new" */
+    const char *ckpt_load;    /* the file --resume loads, when not ckpt */
     const char *ckpt;         /* checkpoint path, or NULL */
     es_checkpoint start;      /* where training starts (a resumed checkpoint) */
     uint64_t n_total;         /* rows counted in the first pass (0: not counted) */
@@ -415,8 +419,6 @@ static int dist_check_params(const es_train_params *p, es_err *err) {
     if (ops && !ops->row_map)
         return es__err(err, ES_EINVAL,
                        "storage '%s' cannot be trained across processes yet: full, hash and unified can (docs/scale.md)", p->storage);
-    if (p->checkpoint_every > 0 || p->resume)
-        return es__err(err, ES_EINVAL, "checkpoints and --resume are not supported across processes yet (docs/scale.md)");
     if (p->reader.skip_bad)
         return es__err(err, ES_EINVAL,
                        "--skip-bad is not supported across processes yet: each rank skips the others' rows unparsed, "
@@ -820,11 +822,25 @@ static int dist_gathered(run *x, es_model **out) {
     *out = NULL;
     int rc = ES_OK;
     if (x->p->comm->rank == 0 && !x->full) {
+        /* the shapes from the shard's resolved options (as a load does), not
+         * from the vocabulary: a resumed refit's table was sized on all rows */
         es_net_params np;
         es_storage_params sp;
         es_reader_params rp = es_reader_params_default();
-        if ((rc = es__model_params_resolve(&x->mp, &np, &sp, x->err)) == 0 &&
-            (rc = es__model_create(&x->full, &np, &sp, x->vocab, &rp, x->err)) == 0) {
+        char *opts = NULL;
+        const es_model *sm = x->shard ? x->shard : x->m; /* the shards' model (x->m may be a model run_final made) */
+        if ((rc = es__model_params_resolve(&x->mp, &np, &sp, x->err)) == 0) {
+            sp.opts = opts = es__storage_load_opts(sp.method, sm->st->meta, sp.opts, "");
+            sp.budget = sm->st->budget_bytes;
+            if (!opts) rc = es__err(x->err, ES_ENOMEM, "out of memory");
+        }
+        if (rc == 0) {
+            es__rng_fill_skip(1); /* every value comes from the shards */
+            rc = es__model_create(&x->full, &np, &sp, NULL, &rp, x->err);
+            es__rng_fill_skip(0);
+        }
+        es__free(opts);
+        if (rc == 0) {
             if ((rc = es__train_cfg_record(x->full, x->cfg)) != 0) es__err(x->err, rc, "out of memory");
             else if ((rc = es_model_set_reader(x->full, x->r)) != 0) es__err(x->err, rc, "%s", es_model_errmsg(x->full));
         }
@@ -863,8 +879,8 @@ static int run_final(run *x, int use_best) {
         x->full = NULL; /* now x->m's */
     }
     if (m) {
-        es_model_free(x->shard);
-        x->shard = x->m;
+        if (x->shard) es_model_free(x->m); /* a model an earlier run_final made (a resumed refit): the shards' stays */
+        else x->shard = x->m;
         x->m = m;
     }
     return ES_OK;
@@ -960,6 +976,10 @@ static int run_ckpt_state_put(run *x) {
     rc |= es__model_set_meta(x->m, "ckpt.best_score", v);
     if (rc) return es__err(x->err, ES_ENOMEM, "out of memory");
     if (!x->have_best || x->best_in_ckpt) return ES_OK;
+    if (x->p->comm && x->p->comm->rank != 0) { /* rank 0 keeps the best model's file */
+        x->best_in_ckpt = 1;
+        return ES_OK;
+    }
     char cb[sizeof x->best_path];
     ckpt_best_path(x, cb, sizeof cb);
     if ((rc = copy_file(x->best_path, cb, x->err)) == ES_OK) x->best_in_ckpt = 1;
@@ -981,7 +1001,7 @@ static int run_ckpt_state_get(run *x) {
     x->res->best_eval = (int)f[3] - 1;
     x->res->best_epoch = (int)f[4];
     x->res->best_rows = (uint64_t)f[5];
-    if (!x->have_best) return ES_OK;
+    if (!x->have_best || (x->p->comm && x->p->comm->rank != 0)) return ES_OK; /* rank 0 keeps the best model's file */
     char cb[sizeof x->best_path];
     ckpt_best_path(x, cb, sizeof cb);
     if (access(cb, R_OK) != 0) return es__err(x->err, ES_ENOTFOUND, "%s: the best model of the checkpointed run is missing (%s)", x->ckpt, cb);
@@ -1026,7 +1046,16 @@ static int run_resume(run *x) {
     const es_train_params *p = x->p;
     es_err *err = x->err;
     int rc;
-    if ((rc = es_model_checkpoint_load(&x->m, x->ckpt, &x->start, err)) != 0) return rc;
+    if (p->comm) { /* this rank's shard, written by the same rank of as many */
+        if ((rc = es__model_checkpoint_load(&x->m, x->ckpt_load ? x->ckpt_load : x->ckpt, &x->start, ES__LOAD_SHARD, err)) != 0) return rc;
+        const es_storage_params *sp = &x->m->st->p;
+        if (sp->shard_n != p->comm->size || sp->shard_rank != p->comm->rank)
+            return es__err(err, ES_EINVAL, "%s: written by rank %d of %d, this is rank %d of %d: resume with as many processes", x->ckpt,
+                           sp->shard_rank, sp->shard_n > 1 ? sp->shard_n : 1, p->comm->rank, p->comm->size);
+        if ((rc = es__dist_create(&x->dist, p->comm, x->m, err)) != 0) return rc;
+    } else if ((rc = es_model_checkpoint_load(&x->m, x->ckpt, &x->start, err)) != 0) {
+        return rc;
+    }
     if ((rc = es__train_cfg_check_resume(x->m, x->ckpt, x->cfg, err)) != 0) return rc;
     if ((rc = es__train_cfg_record(x->m, x->cfg)) != 0) return es__err(err, rc, "out of memory");
     if ((rc = run_ckpt_state_get(x)) != 0 || (rc = run_ckpt_refit_get(x)) != 0) return rc;
@@ -1056,6 +1085,78 @@ static int run_attach(run *x) {
     res->param_bytes = res->emb_bytes + res->net_bytes;
     res->full_bytes = es__storage_full_bytes(x->vocab, x->m->st->p.dim, es__storage_min_count(&x->m->st->p));
     return ES_OK;
+}
+
+/* A checkpoint file's step: its ckpt.trained + 1 (0: no such file) and a
+ * hash of its position. */
+static void ckpt_ident(const char *path, uint64_t *id, uint64_t *h) {
+    es_file *f = NULL;
+    es_err e = {0};
+    *id = *h = 0;
+    if (access(path, F_OK) != 0 || es__file_open(&f, path, ES_FILE_MAP | ES_FILE_NO_VERIFY, &e) != 0) return;
+    static const char *const keys[] = {"ckpt.trained", "ckpt.epoch", "ckpt.rows", "ckpt.loss_sum", "ckpt.refit"};
+    const char *t = es__file_meta(f, "ckpt.trained");
+    char *end = NULL;
+    unsigned long long v = t ? strtoull(t, &end, 10) : 0;
+    if (t && end && !*end && v < UINT64_MAX) {
+        uint64_t hh = UINT64_C(0xcbf29ce484222325);
+        for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+            const char *s = es__file_meta(f, keys[i]);
+            hh = fnv1a(s ? s : "-", s ? strlen(s) + 1 : 2, hh);
+        }
+        *id = (uint64_t)v + 1;
+        *h = hh;
+    }
+    es__file_close(f);
+}
+
+/* --resume across processes: each rank has up to two files of its shard,
+ * "<ckpt>" and "<ckpt>.new" (a commit cut short: run_batches_dist).  Every
+ * rank tells every other which steps it holds; the newest step that every
+ * rank holds is resumed, each rank from its file of that step
+ * (x->ckpt_load); *exists = 0 when no rank has a file.  ES_EINVAL (agreed)
+ * when files exist but no step is on every rank.  Collective. */
+static int dist_pick_checkpoint(run *x, int *exists) {
+    const es_comm *c = x->p->comm;
+    const size_t N = (size_t)c->size;
+    uint64_t mine[4] = {0, 0, 0, 0};
+    *exists = 0;
+    x->ckpt_load = NULL;
+    if (x->p->resume && x->ckpt) {
+        ckpt_ident(x->ckpt, &mine[0], &mine[1]);
+        ckpt_ident(x->ckpt_new, &mine[2], &mine[3]);
+    }
+    uint64_t *all = es__calloc(4 * N, sizeof *all);
+    if (!all) return agree(x, es__err(x->err, ES_ENOMEM, "out of memory"));
+    int rc = agree(x, ES_OK);
+    if (rc == ES_OK && c->allgather(c->ctx, mine, all, sizeof mine) != 0) rc = comm_io_fail(x, "choosing the checkpoint");
+    uint64_t best = 0, bh = 0;
+    int any = 0;
+    for (size_t r = 0; rc == ES_OK && r < N; r++)
+        for (int s = 0; s < 2; s++) {
+            uint64_t id = all[r * 4 + 2 * s], h = all[r * 4 + 2 * s + 1];
+            if (!id) continue;
+            any = 1;
+            int everywhere = 1;
+            for (size_t q = 0; q < N && everywhere; q++)
+                everywhere = (all[q * 4] == id && all[q * 4 + 1] == h) || (all[q * 4 + 2] == id && all[q * 4 + 3] == h);
+            if (everywhere && id > best) {
+                best = id;
+                bh = h;
+            }
+        }
+    es__free(all);
+    if (rc != ES_OK) return rc;
+    if (any && !best)
+        return agree(x, es__err(x->err, ES_EINVAL,
+                                "%s: the ranks' checkpoint files are of different steps and no step is on every rank; start again "
+                                "without --resume",
+                                x->ckpt));
+    if (best) {
+        *exists = 1;
+        x->ckpt_load = mine[0] == best && mine[1] == bh ? x->ckpt : x->ckpt_new;
+    }
+    return agree(x, ES_OK);
 }
 
 /* Across processes: x->m with this rank's shard of the tables, and the
@@ -1090,8 +1191,46 @@ static int run_model(run *x) {
         x->ckpt = x->ckpt_buf;
     }
     if (p->early_stop) best_path_init(x);
-    if (p->comm) { /* this rank's shard of the tables (checkpoints are refused) */
-        if ((rc = run_create_shard(x)) != 0) return rc;
+    if (p->comm) { /* this rank's shard of the tables; its own checkpoint file */
+        if (x->ckpt) {
+            snprintf(x->ckpt_rank, sizeof x->ckpt_rank, "%s.rank%dof%d", x->ckpt, p->comm->rank, p->comm->size);
+            x->ckpt = x->ckpt_rank;
+        }
+        if (x->ckpt) snprintf(x->ckpt_new, sizeof x->ckpt_new, "%s.new", x->ckpt);
+        int exists = 0;
+        if ((rc = dist_pick_checkpoint(x, &exists)) != ES_OK) return rc;
+        rc = ES_OK;
+        if (p->resume && x->ckpt && !exists) { /* a checkpoint of another rank count is not silently ignored */
+            char pat[sizeof x->ckpt_rank + 16];
+            glob_t g;
+            snprintf(pat, sizeof pat, "%.*s.rank%dof*", (int)(strlen(x->ckpt) - strlen(strrchr(x->ckpt, '.'))), x->ckpt, p->comm->rank);
+            if (glob(pat, 0, NULL, &g) == 0) {
+                rc = es__err(err, ES_EINVAL, "%s is a checkpoint of a run on another number of processes; resume it with as many "
+                                             "(re-sharding is not done yet: docs/scale.md)", g.gl_pathv[0]);
+                globfree(&g);
+            }
+        }
+        if ((rc = agree(x, rc)) != 0) return rc;
+        if (exists) {
+            es_net_params np;
+            es_storage_params sp;
+            rc = es__model_params_resolve(&x->mp, &np, &sp, err);
+            if (rc == 0) {
+                sp.shard_rank = p->comm->rank;
+                sp.shard_n = p->comm->size;
+                rc = es__model_check_memory(&np, &sp, x->vocab, err);
+            }
+            if (rc == 0) rc = run_resume(x);
+            if ((rc = agree(x, rc)) != 0) return rc;
+            /* the ranks' checkpoints must be of one step */
+            uint64_t h = fnv1a(&x->start.loss_sum, sizeof x->start.loss_sum, UINT64_C(0xcbf29ce484222325));
+            h = fnv1a(&x->start.trained, sizeof x->start.trained, h);
+            if ((rc = es__dist_agree(p->comm, &x->dist_failed, 0, (int64_t)x->start.epoch * 1000003 + (int64_t)x->start.rows, h,
+                                     "the checkpoint's position (the ranks' files are of different steps)", err)) != 0)
+                return rc;
+        } else if ((rc = run_create_shard(x)) != 0) {
+            return rc;
+        }
     } else if (p->resume && x->ckpt && access(x->ckpt, F_OK) == 0) {
         es_net_params np;
         es_storage_params sp;
@@ -1108,6 +1247,13 @@ static int run_model(run *x) {
 
 /* Skip the rows of this epoch a resumed checkpoint already trained on. */
 static int run_skip(run *x, uint64_t rows) {
+    if (x->p->comm) { /* unparsed: these rows were trained before the checkpoint */
+        uint64_t got = 0;
+        int rc = es__reader_skip(x->r, rows, &got);
+        if (rc != 0) return pass_err(x->err, x->r, rc, x->p->train_path, &x->tid);
+        if (got < rows) return es__err(x->err, ES_EINVAL, "%s: fewer rows than the checkpoint", x->p->train_path);
+        return ES_OK;
+    }
     for (uint64_t done = 0; done < rows;) {
         int n = read_limited(x->r, &x->b, rows - done);
         if (n < 0) return pass_err(x->err, x->r, n, x->p->train_path, &x->tid);
@@ -1204,6 +1350,24 @@ static int run_batches_dist(run *x, int ep, uint64_t *done, double *loss_sum, lo
         if (p->early_stop && !x->refitting && p->eval_every > 0 && *done < x->n_train &&
             ((*done + (uint64_t)p->batch - 1) / (uint64_t)p->batch) % (uint64_t)p->eval_every == 0) {
             if ((rc = run_eval_point(x, ep, *done)) != 0 || x->stop) break;
+        }
+        /* every rank its shard's checkpoint (atomic each); the ranks agree
+         * it is written before going on */
+        if (p->checkpoint_every > 0 && *batches % p->checkpoint_every == 0 && *done < x->n_train) {
+            es_checkpoint pos = {ep, *done, x->start.trained + x->trained_here, *loss_sum};
+            int erc = ES_OK;
+            if (p->early_stop) erc = run_ckpt_state_put(x);
+            if (erc == ES_OK && x->refitting) erc = run_ckpt_refit_put(x);
+            /* two steps: every rank writes "<its file>.new", the ranks agree
+             * that all are written, then each renames its own over the last
+             * one; a job killed between the renames leaves every rank the
+             * previous step or this one in one of its two files, and
+             * --resume takes the newest step every rank has (run_model) */
+            if (erc == ES_OK && (erc = es_model_checkpoint_save(x->m, x->ckpt_new, &pos)) != ES_OK)
+                es__err(x->err, erc, "%s", es_model_errmsg(x->m));
+            if ((rc = agree(x, erc)) != ES_OK) break;
+            if (rename(x->ckpt_new, x->ckpt) != 0) erc = es__err(x->err, ES_EIO, "%s: cannot rename to %s: %s", x->ckpt_new, x->ckpt, strerror(errno));
+            if ((rc = agree(x, erc)) != ES_OK) break;
         }
     }
     if (!prc) pipeline_stop(&x->pl);
@@ -1381,6 +1545,7 @@ static void run_finish(run *x, int rc) {
     if (x->pl_ready) pipeline_free(&x->pl);
     if (rc == ES_OK && x->ckpt && x->p->checkpoint_every > 0) { /* the model file supersedes it */
         remove(x->ckpt);
+        if (x->ckpt_new[0]) remove(x->ckpt_new); /* across processes */
         if (x->p->early_stop) {
             char cb[sizeof x->best_path];
             ckpt_best_path(x, cb, sizeof cb);
@@ -1437,6 +1602,11 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
         if (rc == ES_OK) rc = run_final(x, 1);
         if (rc == ES_OK && q.comm->rank == 0) rc = run_evaluate_valid(x);
         if (rc == ES_OK) rc = agree(x, rc);
+        /* rank 0's validation metrics to every rank: a refit's checkpoints record them */
+        if (rc == ES_OK && q.comm->bcast(q.comm->ctx, &res->valid, sizeof res->valid, 0) != 0) {
+            x->dist_failed = 2;
+            rc = es__err(err, ES_EIO, "the communication layer failed sending the validation metrics");
+        }
         if (rc == ES_OK && q.refit && x->res->best_epoch >= 1) { /* a new sharded model, trained as on one process */
             rc = agree(x, run_refit(x));
             if (rc == ES_OK) rc = run_final(x, 0);
