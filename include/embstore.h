@@ -592,7 +592,9 @@ typedef struct es_train_params {
      * rows is split into contiguous parts, one per process, and the model
      * is bit-for-bit the same for any number of processes (1, 2, 4, ...:
      * a power of two up to 16) with threads = 1.  Methods full, hash and
-     * unified; process 0 writes out_path.  NULL: this process alone. */
+     * unified; process 0 writes out_path; checkpoints are one file per
+     * process ("<checkpoint>.rank<k>of<N>"), resumed on as many.  NULL:
+     * this process alone. */
     const es_comm *comm;
 } es_train_params;
 
