@@ -1205,8 +1205,14 @@ static int run_model(run *x) {
             glob_t g;
             snprintf(pat, sizeof pat, "%.*s.rank%dof*", (int)(strlen(x->ckpt) - strlen(strrchr(x->ckpt, '.'))), x->ckpt, p->comm->rank);
             if (glob(pat, 0, NULL, &g) == 0) {
-                rc = es__err(err, ES_EINVAL, "%s is a checkpoint of a run on another number of processes; resume it with as many "
-                                             "(re-sharding is not done yet: docs/scale.md)", g.gl_pathv[0]);
+                for (size_t i = 0; i < g.gl_pathc && rc == ES_OK; i++) { /* "...of<M>" exactly, M != N (not .best, .new, temporaries) */
+                    const char *o = strrchr(g.gl_pathv[i], 'f');
+                    char *end = NULL;
+                    long m = o ? strtol(o + 1, &end, 10) : 0;
+                    if (o && end != o + 1 && !*end && m != p->comm->size)
+                        rc = es__err(err, ES_EINVAL, "%s is a checkpoint of a run on %ld processes; resume it with as many "
+                                                     "(re-sharding is not done yet: docs/scale.md)", g.gl_pathv[i], m);
+                }
                 globfree(&g);
             }
         }
