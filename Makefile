@@ -14,7 +14,11 @@
 #                   (make bench installs its peers, PyTorch and faiss, itself)
 #
 # Options: SAN=1 (ASan+UBSan, own build dir), NATIVE=1 (-march=native),
-#          NO_OMP=1 (no OpenMP), DEBUG=1 (-O0).
+#          NO_OMP=1 (no OpenMP), DEBUG=1 (-O0),
+#          MPI=1 / MPI=0 (build/embstore trains across processes under
+#          mpirun, docs/scale.md; default: 1 when $(MPICC) is found).  Only
+#          the CLI's communicator (tools/mpi/comm.c) is compiled and linked
+#          with mpicc: the libraries never depend on MPI.
 
 CC      ?= cc
 BUILD   ?= build
@@ -45,13 +49,26 @@ CFLAGS   := $(CSTD) $(WARN) $(OPT) $(OMP) -pthread -fPIC -fvisibility=hidden $(E
 LDLIBS   := -lopenblas -llapacke -lxxhash -lz -lmicrohttpd -lcjson -lm -lpthread
 LDFLAGS  := $(OMP) $(SANLD) -pthread $(EXTRA_LDFLAGS)
 
+# MPI: the CLI's communicator over MPI, or the stand-in without it.
+MPICC   ?= mpicc
+ifeq ($(MPI),)
+MPI     := $(shell command -v $(MPICC) >/dev/null 2>&1 && echo 1 || echo 0)
+endif
+ifeq ($(MPI),1)
+CLI_MPI_OBJ := $(BUILD)/tools/mpi/comm.o
+LINK_CLI    := $(MPICC)
+else
+CLI_MPI_OBJ := $(BUILD)/tools/mpi/none.o
+LINK_CLI    := $(CC)
+endif
+
 LIB_SRC  := $(sort $(wildcard src/*/*.c))
 TOOL_SRC := $(sort $(wildcard tools/*.c))
 TEST_SRC := $(sort $(wildcard tests/*.c))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 TOOL_OBJ := $(TOOL_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
-DEPS     := $(LIB_OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TEST_OBJ:.o=.d)
+DEPS     := $(LIB_OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(CLI_MPI_OBJ:.o=.d)
 
 SO_MAJOR := 0
 SO_VER   := 0.1.0
@@ -78,8 +95,19 @@ $(BUILD)/libembstore.so: $(BUILD)/libembstore.so.$(SO_VER)
 	ln -sf libembstore.so.$(SO_VER) $(BUILD)/$(SONAME)
 	ln -sf libembstore.so.$(SO_VER) $@
 
-$(BUILD)/embstore: $(TOOL_OBJ) $(BUILD)/libembstore.a
-	$(CC) $(LDFLAGS) -o $@ $(TOOL_OBJ) $(BUILD)/libembstore.a $(LDLIBS)
+$(BUILD)/tools/mpi/comm.o: tools/mpi/comm.c
+	@mkdir -p $(dir $@)
+	$(MPICC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
+
+# The link names the flavour it was built with, so that switching MPI=
+# relinks.
+$(BUILD)/.mpi-$(MPI):
+	@mkdir -p $(BUILD)
+	@rm -f $(BUILD)/.mpi-*
+	@touch $@
+
+$(BUILD)/embstore: $(TOOL_OBJ) $(CLI_MPI_OBJ) $(BUILD)/libembstore.a $(BUILD)/.mpi-$(MPI)
+	$(LINK_CLI) $(LDFLAGS) -o $@ $(TOOL_OBJ) $(CLI_MPI_OBJ) $(BUILD)/libembstore.a $(LDLIBS)
 
 # Example programs: clients of the public header, linked to the shared
 # library (found next to them through the rpath); the tests run them.

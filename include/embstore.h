@@ -498,6 +498,24 @@ typedef struct es_progress {
     const char *phase;       /* "count", "vocab", "train", "eval" */
 } es_progress;
 
+/* A communicator: what es_train needs to train one model across several
+ * processes (docs/scale.md).  The library holds no transport of its own;
+ * the CLI's MPI build (tools/mpi/) fills one over MPI, a test can fill one
+ * over anything that moves bytes.  Every process calls the same
+ * collectives in the same order; counts and displacements are in bytes,
+ * the blocks of rank i at displacement i * bytes_each (alltoall,
+ * allgather).  Each function returns 0, or nonzero when the transport
+ * failed (es_train then fails with ES_EIO). */
+typedef struct es_comm {
+    int rank, size;   /* this process, of size (>= 1) */
+    void *ctx;
+    int (*alltoall)(void *ctx, const void *send, void *recv, size_t bytes_each);
+    int (*alltoallv)(void *ctx, const void *send, const size_t *send_bytes, const size_t *send_displ, void *recv,
+                     const size_t *recv_bytes, const size_t *recv_displ);
+    int (*allgather)(void *ctx, const void *send, void *recv, size_t bytes_each);
+    int (*bcast)(void *ctx, void *buf, size_t bytes, int root);
+} es_comm;
+
 typedef struct es_train_params {
     const char *train_path;
     const char *valid_path;   /* NULL: hold out the last valid_frac of train_path */
@@ -568,6 +586,16 @@ typedef struct es_train_params {
     const char *test_path;
     void (*progress)(const es_progress *p, void *ctx);
     void *progress_ctx;
+    /* Train across comm->size processes (docs/scale.md), each calling
+     * es_train with the same parameters and its own comm: the tables'
+     * rows are sharded over the processes, every global batch of `batch`
+     * rows is split into contiguous parts, one per process, and the model
+     * is bit-for-bit the same for any number of processes (1, 2, 4, ...:
+     * a power of two up to 16) with threads = 1.  Methods full, hash and
+     * unified; process 0 writes out_path; checkpoints are one file per
+     * process ("<checkpoint>.rank<k>of<N>"), resumed on as many.  NULL:
+     * this process alone. */
+    const es_comm *comm;
 } es_train_params;
 
 /* The defaults of `embstore train` (the study behind them is in
@@ -641,6 +669,19 @@ typedef struct es_train_result {
      * the best evaluation was inside an epoch). */
     int refit;
     uint64_t refit_rows;
+    /* With a comm: processes, training steps, and the bytes this process
+     * sent per step on average: table traffic (keys to owners, rows back,
+     * gradients to owners: alltoall) and dense gradients (the allreduce, a
+     * reduce-scatter and an allgather in a fixed order), with the seconds
+     * spent in them. */
+    int ranks;
+    uint64_t comm_steps;
+    double comm_sparse_bytes_per_step, comm_dense_bytes_per_step, comm_seconds;
+    /* With a comm, on failure: 1 when this process failed where the others
+     * may not know it (inside a collective step, or the transport broke):
+     * they may wait for it forever, so the caller must end the job
+     * (MPI_Abort); 0 when every process returned the same error. */
+    int comm_broken;
 } es_train_result;
 
 /* Train a model end to end: read, build the vocabulary, train, evaluate,

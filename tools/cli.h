@@ -10,6 +10,20 @@
 
 #include <stdio.h>
 
+/* Training across processes (tools/mpi/comm.c in the MPI build, else
+ * tools/mpi/none.c; docs/scale.md).  cli_mpi_comm: the communicator when
+ * the process was launched by mpirun (MPI started on the first call), else
+ * NULL; *err is set to an exit status after printing why when that cannot
+ * be (MPI failed to start, or an mpirun launch of the plain build).
+ * cli_mpi_finish ends MPI when it was started (after a barrier, so that
+ * every rank has printed its error before mpirun ends the job at the first
+ * non-zero exit). */
+const es_comm *cli_mpi_comm(const char *cmd, int *err);
+void cli_mpi_finish(void);
+/* End the whole job now with status st (MPI_Abort), when a rank failed
+ * where the others may wait for it; returns only without MPI. */
+void cli_mpi_abort(int st);
+
 /* Exit statuses: 0 ok, 1 runtime failure (bad data, I/O), 2 usage error. */
 #define ES_EXIT_FAIL 1
 #define ES_EXIT_USAGE 2

@@ -107,6 +107,12 @@ static const char train_help[] =
     "while it is read; a model that cannot fit in memory (physical, ulimit -v/-d) is\n"
     "refused before anything is allocated.\n"
     "\n"
+    "Across processes (the MPI build): `mpirun -np N embstore train FILE ...` trains one\n"
+    "model with the tables' rows split over N ranks (N a power of two up to 16; storage\n"
+    "full, hash or unified); with --threads 1 the model file is the same for any N, rank 0\n"
+    "writes it, and the JSON adds ranks and comm_*_bytes_per_step; checkpoints are one\n"
+    "file per rank (<ckpt>.rank<k>of<N>), resumed on as many ranks (docs/scale.md).\n"
+    "\n"
     "examples:\n"
     "  embstore train data/criteo_kaggle_train_first10k.tsv            # the studied defaults\n"
     "  embstore train data/criteo_kaggle_train_first10k.tsv --model dlrm \\\n"
@@ -259,14 +265,27 @@ int cmd_train(int argc, char **argv) {
     p.train_path = file;
     es_train_params_resolve(&p); /* the automatic defaults, so that the report shows them */
     if (check_train_paths(cmd, &p) != 0) return ES_EXIT_USAGE;
+    int mrc = 0;
+    const es_comm *comm = cli_mpi_comm(cmd, &mrc); /* under mpirun: one rank of a run across processes */
+    if (mrc) return mrc;
+    p.comm = comm;
+    const int rank = comm ? comm->rank : 0;
     char *cl = join_argv(argc, argv);
     p.command_line = cl;
-    if (!quiet && cli_tty()) p.progress = progress_cb;
+    if (!quiet && cli_tty() && rank == 0) p.progress = progress_cb;
     es_train_result res;
     es_err err = {0};
     int rc = es_train(&p, &res, &err);
     free(cl);
+    if (rc != 0 && comm) { /* every rank says it, with the rank that failed first in the message */
+        int st = cli_fail(cmd, "[rank %d of %d] %s", comm->rank, comm->size, err.msg[0] ? err.msg : es_strerror(rc));
+        if (res.comm_broken) cli_mpi_abort(st); /* the others may wait for this rank in a collective */
+        cli_mpi_finish(); /* after every rank has printed: mpirun ends the job at the first non-zero exit */
+        return st;
+    }
+    cli_mpi_finish();
     if (rc != 0) return cli_fail(cmd, "%s", err.msg[0] ? err.msg : es_strerror(rc));
+    if (rank != 0) return 0; /* rank 0 reports the run */
     if (res.bad_lines) /* a warning about the data, shown even with --quiet */
         fprintf(stderr, "skipped %llu bad line%s (--skip-bad); the first:\n%s\n", (unsigned long long)res.bad_lines,
                 res.bad_lines == 1 ? "" : "s", res.bad_report);
@@ -277,8 +296,13 @@ int cmd_train(int argc, char **argv) {
                      (double)res.emb_param_bytes / (double)res.full_bytes);
         else if (res.full_bytes)
             snprintf(frac, sizeof frac, " (%.4g of full)", (double)res.emb_bytes / (double)res.full_bytes);
-        fprintf(stderr, "trained %s + %s on %llu rows x %s%d epochs (%.1f s, %d threads); embedding %zu bytes%s\n", p.model, p.storage,
-                (unsigned long long)res.train_rows, p.early_stop ? "at most " : "", p.epochs, res.seconds, res.threads, res.emb_bytes, frac);
+        fprintf(stderr, "trained %s + %s on %llu rows x %s%d epochs (%.1f s, %d threads); embedding %zu bytes%s%s\n", p.model, p.storage,
+                (unsigned long long)res.train_rows, p.early_stop ? "at most " : "", p.epochs, res.seconds, res.threads, res.emb_bytes, frac,
+                comm ? " on rank 0 (its shard)" : "");
+        if (comm)
+            fprintf(stderr, "across %d ranks: %.0f bytes all-to-all (tables) and %.0f bytes allreduce (dense) sent per step by rank 0 (%llu steps, %.2f s communicating)\n",
+                    res.ranks, res.comm_sparse_bytes_per_step, res.comm_dense_bytes_per_step, (unsigned long long)res.comm_steps,
+                    res.comm_seconds);
         if (res.valid.rows)
             fprintf(stderr, "validation: AUC %.4f  logloss %.4f  calibration %.3f  (%llu rows)\n", res.valid.auc, res.valid.logloss,
                     res.valid.calibration, (unsigned long long)res.valid.rows);
@@ -324,6 +348,12 @@ int cmd_train(int argc, char **argv) {
         printf("],");
     }
     printf("\"refit\":%s,\"refit_rows\":%llu,", res.refit ? "true" : "false", (unsigned long long)res.refit_rows);
+    if (comm) { /* rank 0's communication per training step (docs/scale.md) */
+        printf("\"ranks\":%d,\"comm_steps\":%llu,", res.ranks, (unsigned long long)res.comm_steps);
+        json_num(stdout, "comm_alltoall_bytes_per_step", res.comm_sparse_bytes_per_step, 0);
+        json_num(stdout, "comm_allreduce_bytes_per_step", res.comm_dense_bytes_per_step, 0);
+        json_num(stdout, "comm_seconds", res.comm_seconds, 0);
+    }
     json_num(stdout, "train_loss", res.train_loss, 0);
     json_num(stdout, "train_rows_per_s", res.train_rows_per_s, 0);
     json_num(stdout, "eval_rows_per_s", res.eval_rows_per_s, 0);

@@ -176,7 +176,7 @@ def train(path, progress=None, **flags):
         return b
 
     p.train_path = s(_path(path, "path").decode())
-    known = {n for n, _ in _lib.es_train_params._fields_} - {"reader", "progress", "progress_ctx", "train_path",
+    known = {n for n, _ in _lib.es_train_params._fields_} - {"reader", "progress", "progress_ctx", "comm", "train_path",
                                                              "n_bottom", "n_top"}
     for k, v in flags.items():
         name = _TRAIN_ALIASES.get(k, k)

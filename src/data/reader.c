@@ -674,6 +674,47 @@ int es_reader_next(es_reader *r, es_batch *b) {
     return row;
 }
 
+int es__reader_skip(es_reader *r, uint64_t n, uint64_t *skipped) {
+    *skipped = 0;
+    if (!r) return ES_EINVAL;
+    if (r->failed) return r->failed;
+    if (r->p.skip_bad)
+        return es__err(&r->err, ES_EINVAL, "%s: rows cannot be skipped unparsed with --skip-bad (a bad line is no row)",
+                       es__lineio_name(r->io));
+    uint64_t done = 0;
+    while (done < n) {
+        int rc;
+        if (r->pending) {
+            rc = r->pending; /* an over-long line met at open; message in r->err */
+            r->pending = 0;
+        } else {
+            char *blk;
+            size_t len;
+            rc = es__lineio_next_block(r->io, &blk, &len, &r->err);
+            if (rc == 0) break;
+            if (rc == 1) {
+                char *p = blk, *end = blk + len;
+                uint64_t seen = 0;
+                while (p < end && done < n) {
+                    char *s;
+                    size_t ln;
+                    cut_line(&p, end, &s, &ln);
+                    seen++;
+                    if (ln) done++; /* blank lines carry nothing, as in block_serial */
+                }
+                es__lineio_consumed(r->io, (size_t)(p - blk), seen);
+                continue;
+            }
+        }
+        if (rc == ES_ERANGE) rc = ES_EPARSE; /* an over-long line */
+        r->failed = rc;
+        *skipped = done;
+        return rc;
+    }
+    *skipped = done;
+    return ES_OK;
+}
+
 int es_reader_rewind(es_reader *r) {
     if (!r) return ES_EINVAL;
     int rc = es__lineio_rewind(r->io, &r->err);

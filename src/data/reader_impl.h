@@ -191,5 +191,14 @@ int es__reader_open_mem(es_reader **out, const void *data, size_t n, const char 
  * peek start over), keeping its buffers.  Criteo, libsvm and libffm with
  * n_fields_hint > 0 only (ES_EINVAL otherwise: open afresh). */
 int es__reader_reset_mem(es_reader *r, const void *data, size_t n, es_err *err);
+/* Move past the next n rows without parsing them (training across
+ * processes: each rank parses only its part of every batch, train.c).  A
+ * row is a non-blank line, as es_reader_next counts rows of a file whose
+ * lines are all good; a line skipped here is not checked (the rank that
+ * owns it parses it).  *skipped: the rows passed (fewer than n at the end
+ * of the input).  ES_EINVAL with skip_bad (only parsing tells a bad line,
+ * which is no row), else es_reader_next's errors (I/O, gzip, an over-long
+ * line), which leave the reader failed. */
+int es__reader_skip(es_reader *r, uint64_t n, uint64_t *skipped);
 
 #endif /* ES_DATA_READER_IMPL_H */

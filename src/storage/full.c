@@ -161,7 +161,7 @@ static int full_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     }
     es_rng rng;
     es__rng_seed(&rng, s->p.seed);
-    if (es__rows_init(&m->t, n_rows, dim, &s->p.opt, &rng, s->p.init_scale) != ES_OK) {
+    if (es__rows_init_shard(&m->t, n_rows, dim, &s->p.opt, &rng, s->p.init_scale, s->p.shard_rank, s->p.shard_n) != ES_OK) {
         full_free(m);
         return es__err(err, ES_ENOMEM, "full: out of memory for %llu rows of %d floats", (unsigned long long)n_rows, dim);
     }
@@ -251,6 +251,12 @@ static void full_field_stats(es_storage *s, const es_vocab *vocab, int field, es
     es__rows_field_stats(1, full_resolve, m, vocab, field, rows, out);
 }
 
+static int full_row_map(es_storage *s, es__row_map *out) {
+    full_impl *m = s->impl;
+    *out = (es__row_map){&m->t, 1, full_resolve, m, m->n_keys + (uint64_t)m->F};
+    return ES_OK;
+}
+
 static es_rows *full_rows(es_storage *s, int i) { return i == 0 ? &((full_impl *)s->impl)->t : NULL; }
 
 const es_storage_ops es__storage_full = {
@@ -268,4 +274,5 @@ const es_storage_ops es__storage_full = {
     .default_budget = 0, /* exactly the vocabulary */
     .plain_rows = 1,
     .rows = full_rows,
+    .row_map = full_row_map,
 };

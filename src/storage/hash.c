@@ -76,7 +76,7 @@ int es__hashed_alloc(es_storage *s, uint64_t n_rows, int k, int cd, es_err *err)
     h->salt = h->nrows + fk;
     es_rng rng;
     es__rng_seed(&rng, s->p.seed);
-    if (es__rows_init(&h->t, n_rows, cd, &s->p.opt, &rng, s->p.init_scale) != ES_OK) {
+    if (es__rows_init_shard(&h->t, n_rows, cd, &s->p.opt, &rng, s->p.init_scale, s->p.shard_rank, s->p.shard_n) != ES_OK) {
         hashed_free(h);
         return es__err(err, ES_ENOMEM, "%s: out of memory for %llu rows of %d floats (%zu bytes)", s->p.method,
                        (unsigned long long)n_rows, cd, pbytes);
@@ -286,6 +286,15 @@ static int hash_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     return rc;
 }
 
+int es__hashed_row_map(es_storage *s, es__row_map *out) {
+    es__hashed *h = s->impl;
+    uint64_t rows = 0;
+    for (size_t c = 0; c < (size_t)h->F * (size_t)h->k; c++)
+        if (h->base[c] + h->nrows[c] > rows) rows = h->base[c] + h->nrows[c];
+    *out = (es__row_map){&h->t, h->k, hashed_resolve, h, rows};
+    return ES_OK;
+}
+
 es_rows *es__hashed_rows(es_storage *s, int i) { return i == 0 ? &((es__hashed *)s->impl)->t : NULL; }
 
 const es_storage_ops es__storage_hash = {
@@ -302,4 +311,5 @@ const es_storage_ops es__storage_hash = {
     .default_budget = ES_DEFAULT_BUDGET,
     .plain_rows = 1,
     .rows = es__hashed_rows,
+    .row_map = es__hashed_row_map,
 };

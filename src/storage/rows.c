@@ -63,6 +63,29 @@ int es__rows_init(es_rows *t, uint64_t n_rows, int dim, const es_optim_params *o
     return ES_OK;
 }
 
+int es__rows_init_shard(es_rows *t, uint64_t n_rows, int dim, const es_optim_params *opt, es_rng *rng, float init_scale,
+                        int rank, int n) {
+    if (n <= 1) return es__rows_init(t, n_rows, dim, opt, rng, init_scale);
+    memset(t, 0, sizeof *t);
+    if (rank < 0 || rank >= n || n_rows <= (uint64_t)rank || dim <= 0) return ES_EINVAL;
+    const uint64_t local = (n_rows - (uint64_t)rank + (uint64_t)n - 1) / (uint64_t)n;
+    int rc = es__rows_init(t, local, dim, opt, NULL, init_scale);
+    if (rc != ES_OK || init_scale == 0.0f || !rng) return rc;
+    /* the whole stream, row by row: row r is draws r*dim .. r*dim + dim - 1
+     * as in es__rows_init, kept only by its owner */
+    float *scratch = es__malloc((size_t)dim * sizeof(float));
+    if (!scratch) {
+        es__rows_free(t);
+        return ES_ENOMEM;
+    }
+    for (uint64_t r = 0; r < n_rows; r++) {
+        float *dst = r % (uint64_t)n == (uint64_t)rank ? t->w + (size_t)(r / (uint64_t)n) * (size_t)dim : scratch;
+        es__rng_fill_uniform(rng, dst, (size_t)dim, init_scale);
+    }
+    es__free(scratch);
+    return ES_OK;
+}
+
 void es__rows_shift(es_rows *t, float shift) {
     if (shift == 0.0f || !t->w) return;
     size_t elems = (size_t)t->n_rows * (size_t)t->dim;

@@ -57,6 +57,10 @@ int es__vocab_entry_cmp(const void *a, const void *b);
  * fields of es__vocab_distinct_min), in popularity order, or grouped by
  * field first when by_field; returns the number written.  Deterministic. */
 size_t es__vocab_ranked(const es_vocab *v, uint64_t min_count, int by_field, es_vocab_entry *out);
+/* Add `count` (> 0) occurrences of key to field f (merging vocabularies
+ * counted apart: training across processes).  ES_EINVAL for a bad field or
+ * a zero count, ES_ENOMEM (the vocab stays failed, with a message). */
+int es__vocab_add_count(es_vocab *v, int field, uint64_t key, uint64_t count);
 /* Total value occurrences counted in field f. */
 uint64_t es__vocab_total(const es_vocab *v, int field);
 
@@ -104,6 +108,15 @@ typedef struct es_storage_params {
      * table. */
     es_precision precision;
     int qtrain;
+    /* Row sharding (training over several processes, docs/scale.md):
+     * with shard_n > 1 a method with ops->row_map keeps only the rows r of
+     * its table with r % shard_n == shard_rank (row r at local index
+     * r / shard_n) and their optimizer state; the initial values are
+     * those of the whole table (every rank draws the whole stream and
+     * keeps its rows).  Such a storage is driven by the distributed step
+     * (src/train/dist.c) only: its own lookup/backward would read local
+     * indices as global ones.  0 or 1: the whole table. */
+    int shard_rank, shard_n;
 } es_storage_params;
 
 /* Defaults: row-wise Adagrad (lr 0.05, eps 1e-8, init_acc 0), init_scale
@@ -180,6 +193,8 @@ typedef struct es__opt_val {
     char *rec;         /* value recorded by the method (saved in meta), or NULL */
 } es__opt_val;
 
+struct es__row_map;
+
 typedef struct es_storage_ops {
     const char *name;
     const char *summary;  /* one line for --help */
@@ -241,6 +256,12 @@ typedef struct es_storage_ops {
      * trainer then reports the final validation and test metrics of the
      * model as saved (es_train), not of the one in memory. */
     int derived_serving;
+    /* Optional (methods whose every parameter is a row of one es_rows
+     * table, read as it is: full, hash, unified): how a key maps to rows,
+     * for the distributed step (src/train/dist.c), which looks rows up and
+     * updates them on the rank that owns them.  Methods without it are
+     * refused under several processes.  NULL otherwise. */
+    int (*row_map)(es_storage *s, struct es__row_map *out);
 } es_storage_ops;
 #define ES_STORAGE_OPTS(table) .opts = table, .n_opts = (int)ES_ARRAY_LEN(table)
 
@@ -450,6 +471,13 @@ int es__qtrain_parse(const char *s, int *mode);
  * draws, when init_scale is 0) and the accumulators with opt->init_acc.
  * ES_EINVAL for ADAM or a bad shape, ES_ENOMEM; t is zeroed on failure. */
 int es__rows_init(es_rows *t, uint64_t n_rows, int dim, const es_optim_params *opt, es_rng *rng, float init_scale);
+/* es__rows_init for the shard of rank `rank` of n (n <= 1: the whole
+ * table): t holds the rows r < n_rows with r % n == rank (local index
+ * r / n), with the values the whole table would have (the stream is drawn
+ * for every row, the others' rows discarded).  ES_EINVAL also when the
+ * shard would be empty (n_rows <= rank). */
+int es__rows_init_shard(es_rows *t, uint64_t n_rows, int dim, const es_optim_params *opt, es_rng *rng, float init_scale,
+                        int rank, int n);
 /* Add shift to every weight of a freshly initialised table (init_shift). */
 void es__rows_shift(es_rows *t, float shift);
 void es__rows_free(es_rows *t);
@@ -551,6 +579,18 @@ int es__rows_backward(es_rows *t, es_gradacc *ga, int k, es__resolve_fn fn, cons
 void es__rows_field_stats(int k, es__resolve_fn fn, const void *ctx, const es_vocab *vocab, int field,
                           uint64_t rows, es_field_stats *out);
 
+/* A method's rows as the distributed step sees them (ops->row_map): the
+ * table (the shard when sharded), k chunk rows of t->dim floats per value,
+ * the resolve function of its lookup/backward and its context, and the
+ * rows of the whole table. */
+typedef struct es__row_map {
+    es_rows *t;
+    int k;
+    es__resolve_fn fn;
+    const void *ctx;
+    uint64_t rows;
+} es__row_map;
+
 /* ---- hashed-row engine (hash.c), shared by `hash` and `unified` ------------
  * One row table of chunk-dim rows; field f's chunk j reads rows
  * [base[c], base[c] + nrows[c]) with c = f*k + j, at
@@ -576,6 +616,8 @@ int es__hashed_backward(es_storage *s, const es_batch *b, const float *dout);
 int es__hashed_tensors(es_storage *s, es_tensor_ref *refs, int max);
 void es__hashed_field_stats(es_storage *s, const es_vocab *vocab, int field, es_field_stats *out);
 void es__hashed_destroy(es_storage *s);
+/* ops->row_map of hash and unified. */
+int es__hashed_row_map(es_storage *s, es__row_map *out);
 /* ops->rows of hash and unified: the one row table. */
 struct es_rows *es__hashed_rows(es_storage *s, int i);
 /* Rows from budget: floor((budget - aux) / row_bytes), or ES_EBUDGET /

@@ -79,6 +79,9 @@ int es__storage_write(es_fwriter *w, es_storage *s, int with_state, es_err *err)
     /* How it trained at that precision (qat, alpt): a resume re-creates the
      * training state (master copy, steps) from it; a load to serve ignores it. */
     if (es__storage_qtrain(s) != ES_QTRAIN_NONE) rc |= es__fwriter_meta(w, "storage.qtrain", es__qtrain_name(es__storage_qtrain(s)));
+    /* Only for a shard (a checkpoint of a run across processes,
+     * docs/scale.md): "rank/ranks"; whole tables are unchanged. */
+    if (sp->shard_n > 1) rc |= es__fwriter_metaf(w, "storage.shard", "%d/%d", sp->shard_rank, sp->shard_n);
     if (rc) return es__err(err, ES_ENOMEM, "cannot add the storage metadata: %s", es__fwriter_errmsg(w));
 
     es_tensor_ref *refs;
@@ -144,6 +147,15 @@ int es__storage_params_read(const es_file *f, const char *path, es_storage_param
     if ((s = es__file_meta(f, "storage.qtrain"))) {
         if (es__qtrain_parse(s, &sp->qtrain) != ES_OK || (sp->qtrain != ES_QTRAIN_NONE && sp->precision == ES_PREC_FP32))
             return es__err(err, ES_EFORMAT, "%s: metadata storage.qtrain=%.32s is not qat or alpt for a precision below fp32", path, s);
+    }
+    /* storage.shard "k/N": rank k's shard of a table split over N
+     * processes; the caller refuses it unless it resumes such a run */
+    if ((s = es__file_meta(f, "storage.shard"))) {
+        int k = -1, nn = 0, used = 0;
+        if (sscanf(s, "%d/%d%n", &k, &nn, &used) != 2 || s[used] != 0 || nn < 2 || nn > (1 << 20) || k < 0 || k >= nn)
+            return es__err(err, ES_EFORMAT, "%s: metadata storage.shard=%.32s is not rank/ranks", path, s);
+        sp->shard_rank = k;
+        sp->shard_n = nn;
     }
     /* The resolved hyper-parameters (rows per table, ...) take precedence
      * over budget solving, so the shapes match the saved tensors; then the

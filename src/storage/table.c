@@ -183,6 +183,11 @@ int es_table_load(es_table **out, const char *path, unsigned flags, es_err *err)
     const int with_state = st && !strcmp(st, "1");
     es_storage_params sp;
     if ((rc = es__storage_params_read(f, path, &sp, &opts, err)) != 0) goto done;
+    if (sp.shard_n > 1) {
+        rc = es__err(err, ES_EFORMAT, "%s: rank %d's shard of a table split over %d processes, not a whole table", path, sp.shard_rank,
+                     sp.shard_n);
+        goto done;
+    }
     if (!with_state) sp.qtrain = ES_QTRAIN_NONE; /* serve the codes: no master copy, no steps */
     if (sp.n_fields < 1 || sp.max_batch < 1) {
         rc = es__err(err, ES_EFORMAT, "%s: metadata lacks '%s'", path, sp.n_fields < 1 ? "storage.n_fields" : "storage.max_batch");

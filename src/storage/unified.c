@@ -96,4 +96,5 @@ const es_storage_ops es__storage_unified = {
     .default_budget = ES_DEFAULT_BUDGET,
     .plain_rows = 1,
     .rows = es__hashed_rows, /* es__rows_lookup pools codes chunk by chunk */
+    .row_map = es__hashed_row_map,
 };

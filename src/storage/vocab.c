@@ -115,6 +115,36 @@ static int add_key(vfield *f, uint64_t key) {
     return ES_OK;
 }
 
+int es__vocab_add_count(es_vocab *v, int field, uint64_t key, uint64_t count) {
+    if (!v || field < 0 || field >= v->n_fields || count == 0) return ES_EINVAL;
+    if (v->failed) return v->failed;
+    vfield *f = &v->f[field];
+    size_t h = home(key, f->cap);
+    while (f->counts[h]) {
+        if (f->keys[h] == key) {
+            f->counts[h] += count;
+            f->total += count;
+            return ES_OK;
+        }
+        h = (h + 1) & (f->cap - 1);
+    }
+    if ((f->n + 1) * 2 > f->cap) {
+        int rc = grow(f);
+        if (rc) {
+            v->failed = rc;
+            snprintf(v->msg, sizeof v->msg, "vocab: out of memory growing field %d past %zu distinct values", field, f->n);
+            return rc;
+        }
+        h = home(key, f->cap);
+        while (f->counts[h]) h = (h + 1) & (f->cap - 1);
+    }
+    f->keys[h] = key;
+    f->counts[h] = count;
+    f->n++;
+    f->total += count;
+    return ES_OK;
+}
+
 int es_vocab_add_batch(es_vocab *v, const es_batch *b) {
     if (!v || !b) return ES_EINVAL;
     if (v->failed) return v->failed;

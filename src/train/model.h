@@ -63,6 +63,11 @@ int es__model_save(es_model *m, const char *path, int with_state, es_err *err);
  * tensors are mapped copy-on-write from the file rather than copied where
  * possible (ES_NO_REMAP=1 in the environment copies everything). */
 int es__model_load(es_model **out, const char *path, unsigned flags, int with_state, es_err *err);
+/* es__model_load flag: accept a shard (storage.shard, a checkpoint of a run
+ * across processes, docs/scale.md); without it a shard is ES_EFORMAT. */
+#define ES__LOAD_SHARD (1u << 16)
+/* es_model_checkpoint_load with es__model_load flags (ES__LOAD_SHARD). */
+int es__model_checkpoint_load(es_model **out, const char *path, es_checkpoint *pos, unsigned flags, es_err *err);
 /* Bytes of tensors the load mapped in place (0 for a created model, with
  * ES_NO_REMAP=1, or when nothing qualified). */
 size_t es__model_mapped_bytes(const es_model *m);

@@ -246,6 +246,13 @@ int es__model_load(es_model **out, const char *path, unsigned flags, int with_st
 
     es_storage_params sp;
     if ((rc = es__storage_params_read(f, path, &sp, &opts, err)) != 0) goto done;
+    if (sp.shard_n > 1 && !(flags & ES__LOAD_SHARD)) {
+        rc = es__err(err, ES_EFORMAT,
+                     "%s: rank %d's shard of a checkpoint of a run across %d processes, not a model: resume the run with "
+                     "mpirun -np %d ... --resume (docs/scale.md)",
+                     path, sp.shard_rank, sp.shard_n, sp.shard_n);
+        goto done;
+    }
     sp.n_fields = n_fields;
     sp.max_batch = np.max_batch;
     if (!with_state) sp.qtrain = ES_QTRAIN_NONE; /* serve the codes: no master copy, no steps */

@@ -246,14 +246,18 @@ static int ckpt_int(const es_model *m, const char *ckpt, const char *key, long l
 }
 
 int es_model_checkpoint_load(es_model **out, const char *path, es_checkpoint *pos, es_err *err) {
+    return es__model_checkpoint_load(out, path, pos, 0, err);
+}
+
+int es__model_checkpoint_load(es_model **out, const char *path, es_checkpoint *pos, unsigned flags, es_err *err) {
     es_model *m = NULL;
     *out = NULL;
-    int rc = es__model_load(&m, path, 0, 1, err);
+    int rc = es__model_load(&m, path, flags, 1, err);
     if (rc == ES_EFORMAT) {
         /* a model file saved without optimizer state: say that, rather
          * than which tensor it lacks */
         es_err e2 = {0};
-        if (es__model_load(&m, path, ES_LOAD_NO_VERIFY, 0, &e2) == ES_OK && !es_model_meta(m, "ckpt.epoch"))
+        if (es__model_load(&m, path, flags | ES_LOAD_NO_VERIFY, 0, &e2) == ES_OK && !es_model_meta(m, "ckpt.epoch"))
             es__err(err, rc, "%s: not a training checkpoint (a model file without optimizer state)", path);
         es_model_free(m);
         return rc;

@@ -15,9 +15,12 @@
 
 #include "core/fileid.h"
 #include "data/schema.h"
+#include "data/reader_impl.h"
+#include "train/dist.h"
 #include "train/integrity.h"
 
 #include <errno.h>
+#include <glob.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -116,11 +119,40 @@ typedef struct {
     int cur;           /* consumer's slot */
     int done, rc;      /* producer finished (rc < 0: reader error) */
     uint64_t limit;    /* rows to deliver */
+    /* across processes (part_size > 0): global batches of `batch` rows
+     * (the last one shorter), of which this rank parses only its part
+     * (es__dist_part_of) and skips the others' rows unparsed; gn[k] is
+     * the global size of slot k's batch, short = 1 when the input ended
+     * before `limit` rows (the file changed since it was counted) */
+    int part_rank, part_size, batch;
+    int gn[2], short_read;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     pthread_t th;
     int running, stop;
 } pipeline;
+
+/* Part mode: this rank's rows of the next global batch into b; returns the
+ * global batch's rows (0 at the end), or a reader error (< 0). */
+static int pipeline_read_part(pipeline *pl, es_batch *b, uint64_t produced) {
+    uint64_t left = pl->limit - produced, got;
+    if (left == 0) return 0;
+    int n = (int)ES_MIN(left, (uint64_t)pl->batch), lo, hi, rc;
+    es__dist_part_of(pl->part_rank, pl->part_size, n, &lo, &hi);
+    if ((rc = es__reader_skip(pl->r, (uint64_t)lo, &got)) != 0) return rc;
+    if (got < (uint64_t)lo) goto short_input;
+    b->n = 0;
+    if (hi > lo) {
+        if ((rc = read_limited(pl->r, b, (uint64_t)(hi - lo))) < 0) return rc;
+        if (rc < hi - lo) goto short_input;
+    }
+    if ((rc = es__reader_skip(pl->r, (uint64_t)(n - hi), &got)) != 0) return rc;
+    if (got < (uint64_t)(n - hi)) goto short_input;
+    return n;
+short_input:
+    pl->short_read = 1;
+    return 0;
+}
 
 static void *pipeline_main(void *arg) {
     pipeline *pl = arg;
@@ -132,7 +164,13 @@ static void *pipeline_main(void *arg) {
         int stop = pl->stop;
         pthread_mutex_unlock(&pl->mu);
         if (stop) break;
-        int n = read_limited(pl->r, &pl->slot[k], pl->limit - produced);
+        int n;
+        if (pl->part_size > 0) {
+            n = pipeline_read_part(pl, &pl->slot[k], produced);
+            pl->gn[k] = n;
+        } else {
+            n = read_limited(pl->r, &pl->slot[k], pl->limit - produced);
+        }
         pthread_mutex_lock(&pl->mu);
         if (n <= 0) {
             pl->rc = n;
@@ -170,7 +208,7 @@ static int pipeline_start(pipeline *pl, es_reader *r, uint64_t limit) {
     pl->limit = limit;
     pl->full[0] = pl->full[1] = 0;
     pl->cur = 0;
-    pl->done = pl->rc = pl->stop = 0;
+    pl->done = pl->rc = pl->stop = pl->short_read = 0;
     if (pthread_create(&pl->th, NULL, pipeline_main, pl) != 0) return ES_ENOMEM;
     pl->running = 1;
     return ES_OK;
@@ -333,6 +371,9 @@ typedef struct {
     int pl_ready;
     char *cfg;                /* es__train_describe of the run */
     char ckpt_buf[4096];
+    char ckpt_rank[4160];     /* across processes: "<checkpoint>.rank<k>of<N>" */
+    char ckpt_new[4170];      /* and the next one before it is committed: "<...>.new" */
+    const char *ckpt_load;    /* the file --resume loads, when not ckpt */
     const char *ckpt;         /* checkpoint path, or NULL */
     es_checkpoint start;      /* where training starts (a resumed checkpoint) */
     uint64_t n_total;         /* rows counted in the first pass (0: not counted) */
@@ -352,7 +393,44 @@ typedef struct {
     double best_score;        /* lower is better (-AUC for "auc") */
     int refitting;            /* in the refit: no evaluations */
     int refit_resumed;        /* resumed from a checkpoint written in the refit */
+    /* across processes (p->comm, docs/scale.md): the distributed step
+     * over x->m, whose tables are this rank's shards; after training, on
+     * rank 0, x->m is the whole model gathered (the shards' model kept in
+     * x->shard) for the evaluations and the model file */
+    es__dist *dist;
+    es_model *shard;
+    es_model *full;           /* rank 0: the gathered model of evaluations during training */
+    int dist_failed;          /* 1: an error every rank knows of: no more collectives; 2: one the others may not know of */
 } run;
+
+/* Under a comm: every rank's status after a phase (es__dist_agree); else rc. */
+static int agree(run *x, int rc) {
+    if (!x->p->comm) return rc;
+    return es__dist_agree(x->p->comm, &x->dist_failed, rc, 0, 0, "the run", x->err);
+}
+
+static uint64_t fnv1a(const void *p, size_t n, uint64_t h) {
+    const unsigned char *c = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ c[i]) * UINT64_C(0x100000001b3);
+    return h;
+}
+
+/* What training across processes supports so far (docs/scale.md). */
+static int dist_check_params(const es_train_params *p, es_err *err) {
+    int rc = es__dist_check_comm(p->comm, err);
+    if (rc != ES_OK) return rc;
+    const es_storage_ops *ops = p->storage ? es__storage_find(p->storage) : NULL;
+    if (ops && !ops->row_map)
+        return es__err(err, ES_EINVAL,
+                       "storage '%s' cannot be trained across processes yet: full, hash and unified can (docs/scale.md)", p->storage);
+    if (p->reader.skip_bad)
+        return es__err(err, ES_EINVAL,
+                       "--skip-bad is not supported across processes yet: each rank skips the others' rows unparsed, "
+                       "and only parsing tells a bad line (docs/scale.md)");
+    if (p->precision && strcmp(p->precision, "fp32") != 0)
+        return es__err(err, ES_EINVAL, "training at precision %s is not supported across processes yet", p->precision);
+    return ES_OK;
+}
 
 /* Check the parameters, open the training file and describe the run. */
 static int run_open(run *x) {
@@ -375,6 +453,7 @@ static int run_open(run *x) {
                        "not --valid FILE): it retrains on all rows for the number of passes early stopping chose");
     if (p->stop_metric && strcmp(p->stop_metric, "logloss") != 0 && strcmp(p->stop_metric, "auc") != 0)
         return es__err(err, ES_EINVAL, "unknown early-stopping metric '%s' (expected logloss or auc)", p->stop_metric);
+    if (p->comm && (rc = dist_check_params(p, err)) != 0) return rc;
     x->mp = es_model_params_from_train(p, 0, 1);
     if ((rc = es__model_params_resolve(&x->mp, NULL, NULL, err)) != 0) return rc;
     x->res->threads = es__threads_set(p->threads);
@@ -402,7 +481,13 @@ static int run_count(run *x) {
         return ES_OK;
     }
     x->ps.pr.phase = "count";
-    for (;;) {
+    if (p->comm) { /* every rank counts by a scan that parses nothing (a bad line is met by the rank that parses it) */
+        uint64_t got = 0;
+        int rc = es__reader_skip(x->r, p->max_rows ? p->max_rows : UINT64_MAX, &got);
+        if (rc != 0) return pass_err(x->err, x->r, rc, p->train_path, &x->tid);
+        x->n_total = got;
+    }
+    for (; !p->comm;) {
         int n = es_reader_next(x->r, &x->b);
         if (n < 0) return pass_err(x->err, x->r, n, p->train_path, &x->tid);
         if (n == 0) break;
@@ -422,12 +507,15 @@ static int run_count(run *x) {
     return rc;
 }
 
+static int run_vocab_dist(run *x);
+
 /* Pass 2: the value counts of the training rows.  Skipped when the method
  * works from hashes alone and the budget is in bytes: then training keeps
  * no per-value state and its memory is the model plus the batch buffers. */
 static int run_vocab(run *x) {
     const es_train_params *p = x->p;
     int rc;
+    if (p->comm) return run_vocab_dist(x);
     es_storage_params sp;
     if ((rc = es__model_params_resolve(&x->mp, NULL, &sp, x->err)) != 0) return rc;
     if (!(sp.budget > 1) || es__storage_find(p->storage)->needs_vocab) {
@@ -451,6 +539,146 @@ static int run_vocab(run *x) {
     }
     /* n_train is now a count of rows read (exact) or only a limit
      * (max_rows, or none) until the first full pass */
+    if (x->n_train == 0) return es__err(x->err, ES_EPARSE, "%s: no training rows", p->train_path);
+    x->res->train_rows = x->n_train;
+    return ES_OK;
+}
+
+/* Across processes, before the vocabulary: the training rows counted
+ * exactly when the validation split has not (no --valid-frac), by a scan
+ * that skips rows unparsed, since every rank must know the size of the
+ * last global batch to split it, and the vocabulary pass splits the rows.
+ * Then the ranks agree on the count (the same file on every rank). */
+static int run_count_dist(run *x) {
+    const es_train_params *p = x->p;
+    int rc = ES_OK;
+    if (!x->n_exact) {
+        uint64_t got = 0;
+        x->ps.pr.phase = "count";
+        if ((rc = es__reader_skip(x->r, p->max_rows ? p->max_rows : UINT64_MAX, &got)) != 0)
+            rc = pass_err(x->err, x->r, rc, p->train_path, &x->tid);
+        else if ((rc = es__file_id_recheck(p->train_path, &x->tid, "after counting rows", x->err)) == 0 &&
+                 (rc = es_reader_rewind(x->r)) != 0)
+            reader_err(x->err, x->r, rc);
+        if (rc == ES_OK && got == 0) rc = es__err(x->err, ES_EPARSE, "%s: no training rows", p->train_path);
+        if (rc == ES_OK) {
+            x->n_train = x->res->train_rows = got;
+            x->n_exact = 1;
+        }
+    }
+    if ((rc = agree(x, rc)) != ES_OK) return rc;
+    return es__dist_agree(p->comm, &x->dist_failed, 0, (int64_t)x->n_train, 0, "the number of training rows (the same file on every rank?)",
+                          x->err);
+}
+
+typedef struct {
+    uint64_t *out;
+    size_t n;
+    uint64_t f;
+} vocab_pack;
+
+static void vocab_pack_one(uint64_t key, uint64_t count, void *ctx) {
+    vocab_pack *pk = ctx;
+    pk->out[pk->n * 3] = pk->f;
+    pk->out[pk->n * 3 + 1] = key;
+    pk->out[pk->n * 3 + 2] = count;
+    pk->n++;
+}
+
+/* A collective failed: nothing is agreed, the job must end. */
+static int comm_io_fail(run *x, const char *what) {
+    x->dist_failed = 2; /* nothing agreed: the job must end */
+    return es__err(x->err, ES_EIO, "rank %d of %d: %s failed in the communication layer", x->p->comm->rank, x->p->comm->size, what);
+}
+
+/* run_vocab across processes (the rows counted exactly first, run_count_dist):
+ * rank k counts the values of training rows [k n / N, (k + 1) n / N) only,
+ * skipping the others unparsed, then every rank receives every rank's
+ * (field, key, count) entries and adds them up.  The counts, and so
+ * everything built from them (full's sorted keys, hash's row split, the
+ * budget fractions), are those of one pass over all rows.  Collective. */
+static int run_vocab_dist(run *x) {
+    const es_train_params *p = x->p;
+    const es_comm *c = p->comm;
+    es_storage_params sp;
+    int rc;
+    if ((rc = es__model_params_resolve(&x->mp, NULL, &sp, x->err)) != 0) return rc;
+    if (sp.budget > 1 && !es__storage_find(p->storage)->needs_vocab) {
+        if (x->n_train == 0) return es__err(x->err, ES_EPARSE, "%s: no training rows", p->train_path);
+        x->res->train_rows = x->n_train;
+        return ES_OK;
+    }
+    ES_ASSERT(x->n_exact);
+    const uint64_t n = x->n_train;
+    const uint64_t lo = (uint64_t)((unsigned __int128)n * (unsigned)c->rank / (unsigned)c->size);
+    const uint64_t hi = (uint64_t)((unsigned __int128)n * (unsigned)(c->rank + 1) / (unsigned)c->size);
+    es_vocab *mine = NULL;
+    uint64_t got = 0, seen = 0;
+    x->ps.pr.phase = "vocab";
+    if ((rc = es_vocab_create(&mine, x->mp.n_fields)) != 0) rc = es__err(x->err, rc, "out of memory");
+    if (rc == ES_OK && (rc = es__reader_skip(x->r, lo, &got)) != 0) rc = pass_err(x->err, x->r, rc, p->train_path, &x->tid);
+    while (rc == ES_OK && seen < hi - lo) {
+        int k = read_limited(x->r, &x->b, hi - lo - seen);
+        if (k < 0) rc = pass_err(x->err, x->r, k, p->train_path, &x->tid);
+        else if (k == 0) break;
+        else if ((rc = es_vocab_add_batch(mine, &x->b)) != 0) rc = es__err(x->err, rc, "out of memory building the vocabulary");
+        else seen += (uint64_t)k;
+    }
+    if (rc == ES_OK && (got != lo || seen != hi - lo)) rc = rows_changed(x->err, p->train_path, "the vocabulary pass", lo + seen, hi);
+    if (rc == ES_OK) rc = es__file_id_recheck(p->train_path, &x->tid, "after building the vocabulary", x->err);
+    note_bad_lines(x->r, &x->bad_train, x->bad_rep, sizeof x->bad_rep);
+    /* this rank's entries, (field, key, count) */
+    size_t cnt = 0, bytes = 0;
+    uint64_t *buf = NULL;
+    if (rc == ES_OK) {
+        for (int f = 0; f < x->mp.n_fields; f++) cnt += es_vocab_distinct(mine, f);
+        bytes = cnt * 3 * sizeof(uint64_t);
+        if (!(buf = es__malloc(bytes + 1))) rc = es__err(x->err, ES_ENOMEM, "out of memory sending the vocabulary");
+    }
+    if (rc == ES_OK) {
+        vocab_pack pk = {buf, 0, 0};
+        for (int f = 0; f < x->mp.n_fields; f++) {
+            pk.f = (uint64_t)f;
+            es__vocab_each(mine, f, vocab_pack_one, &pk);
+        }
+    }
+    es_vocab_free(mine);
+    if ((rc = agree(x, rc)) != ES_OK) {
+        es__free(buf);
+        return rc;
+    }
+    /* every rank's entries to every rank */
+    const size_t N = (size_t)c->size;
+    size_t *v = es__calloc(5 * N, sizeof *v);
+    unsigned char *all = NULL;
+    if (!v) rc = es__err(x->err, ES_ENOMEM, "out of memory");
+    else if (c->allgather(c->ctx, &bytes, v + 2 * N, sizeof bytes) != 0) rc = comm_io_fail(x, "sending the vocabulary sizes");
+    size_t tot = 0;
+    if (rc == ES_OK) {
+        for (size_t i = 0; i < N; i++) {
+            v[i] = bytes;            /* send: the same entries to everyone */
+            v[N + i] = 0;
+            v[3 * N + i] = tot;      /* receive displacement */
+            tot += v[2 * N + i];
+        }
+        if (!(all = es__malloc(tot + 1))) rc = es__err(x->err, ES_ENOMEM, "out of memory receiving the vocabulary (%zu bytes)", tot);
+    }
+    if (!x->dist_failed) rc = agree(x, rc);
+    if (rc == ES_OK && c->alltoallv(c->ctx, buf, v, v + N, all, v + 2 * N, v + 3 * N) != 0) rc = comm_io_fail(x, "sending the vocabulary");
+    es__free(buf);
+    es__free(v);
+    /* the sum, in rank order */
+    if (rc == ES_OK && (rc = es_vocab_create(&x->vocab, x->mp.n_fields)) != 0) rc = es__err(x->err, rc, "out of memory");
+    for (size_t o = 0; rc == ES_OK && o + 3 * sizeof(uint64_t) <= tot; o += 3 * sizeof(uint64_t)) {
+        uint64_t e[3];
+        memcpy(e, all + o, sizeof e);
+        if (e[0] >= (uint64_t)x->mp.n_fields || e[2] == 0) rc = es__err(x->err, ES_EFORMAT, "a rank sent a bad vocabulary entry");
+        else if ((rc = es__vocab_add_count(x->vocab, (int)e[0], e[1], e[2])) != 0)
+            rc = es__err(x->err, rc, "%s", es_vocab_errmsg(x->vocab));
+    }
+    es__free(all);
+    if (!x->dist_failed && (rc = agree(x, rc)) != ES_OK) return rc;
+    if (rc != ES_OK) return rc;
     if (x->n_train == 0) return es__err(x->err, ES_EPARSE, "%s: no training rows", p->train_path);
     x->res->train_rows = x->n_train;
     return ES_OK;
@@ -589,6 +817,79 @@ static int run_evaluate_test_now(run *x) {
     return rc;
 }
 
+/* ---- across processes: the whole model on rank 0 ------------------------------------ */
+
+/* Every rank's shard into one unsharded model on rank 0 (x->full, created
+ * on first use with the run's parameters; *out = it on rank 0, NULL on the
+ * others).  Collective. */
+static int dist_gathered(run *x, es_model **out) {
+    *out = NULL;
+    int rc = ES_OK;
+    if (x->p->comm->rank == 0 && !x->full) {
+        /* the shapes from the shard's resolved options (as a load does), not
+         * from the vocabulary: a resumed refit's table was sized on all rows */
+        es_net_params np;
+        es_storage_params sp;
+        es_reader_params rp = es_reader_params_default();
+        char *opts = NULL;
+        const es_model *sm = x->shard ? x->shard : x->m; /* the shards' model (x->m may be a model run_final made) */
+        if ((rc = es__model_params_resolve(&x->mp, &np, &sp, x->err)) == 0) {
+            sp.opts = opts = es__storage_load_opts(sp.method, sm->st->meta, sp.opts, "");
+            sp.budget = sm->st->budget_bytes;
+            if (!opts) rc = es__err(x->err, ES_ENOMEM, "out of memory");
+        }
+        if (rc == 0) {
+            es__rng_fill_skip(1); /* every value comes from the shards */
+            rc = es__model_create(&x->full, &np, &sp, NULL, &rp, x->err);
+            es__rng_fill_skip(0);
+        }
+        es__free(opts);
+        if (rc == 0) {
+            if ((rc = es__train_cfg_record(x->full, x->cfg)) != 0) es__err(x->err, rc, "out of memory");
+            else if ((rc = es_model_set_reader(x->full, x->r)) != 0) es__err(x->err, rc, "%s", es_model_errmsg(x->full));
+        }
+    }
+    if ((rc = agree(x, rc)) == ES_OK) rc = es__dist_gather(x->dist, x->full, x->err);
+    if ((rc = agree(x, rc)) != ES_OK) return rc;
+    *out = x->full;
+    return ES_OK;
+}
+
+/* After training (or the refit): x->m becomes, on rank 0, the model the
+ * run returns: early stopping's best one (its file) when that is not the
+ * last, else the last one gathered; the shards' model is kept in x->shard.
+ * The communication counters go to the result.  Collective. */
+static int run_final(run *x, int use_best) {
+    const es_train_params *p = x->p;
+    es__dist_stats st;
+    es__dist_get_stats(x->dist, &st);
+    x->res->ranks = p->comm->size;
+    x->res->comm_steps = st.steps;
+    if (st.steps) {
+        x->res->comm_sparse_bytes_per_step = st.sparse_bytes / (double)st.steps;
+        x->res->comm_dense_bytes_per_step = st.dense_bytes / (double)st.steps;
+    }
+    x->res->comm_seconds = st.seconds;
+    es_model *m = NULL;
+    int rc = ES_OK;
+    if (use_best && x->have_best && !x->best_is_current) { /* every rank knows: the decisions are shared */
+        if (p->comm->rank == 0) rc = es_model_load(&m, x->best_path, ES_LOAD_NO_VERIFY, x->err);
+        if ((rc = agree(x, rc)) != ES_OK) {
+            es_model_free(m);
+            return rc;
+        }
+    } else {
+        if ((rc = dist_gathered(x, &m)) != ES_OK) return rc;
+        x->full = NULL; /* now x->m's */
+    }
+    if (m) {
+        if (x->shard) es_model_free(x->m); /* a model an earlier run_final made (a resumed refit): the shards' stays */
+        else x->shard = x->m;
+        x->m = m;
+    }
+    return ES_OK;
+}
+
 /* ---- early stopping -------------------------------------------------------------- */
 
 /* Where the best model is kept while training: a temporary file next to
@@ -608,13 +909,36 @@ static int run_eval_point(run *x, int ep, uint64_t done) {
     const es_train_params *p = x->p;
     es_train_result *res = x->res;
     es_metrics mt;
-    int rc = run_validate(x, &mt);
-    if (rc != ES_OK) return rc;
+    int rc;
+    es_model *full = NULL;
+    if (p->comm) { /* rank 0 evaluates the gathered model and tells the others */
+        if ((rc = dist_gathered(x, &full)) != ES_OK) return rc;
+        memset(&mt, 0, sizeof mt);
+        if (full) {
+            es_model *m = x->m;
+            x->m = full;
+            rc = run_validate(x, &mt);
+            x->m = m;
+        }
+        if ((rc = agree(x, rc)) != ES_OK) return rc;
+        if (p->comm->bcast(p->comm->ctx, &mt, sizeof mt, 0) != 0) {
+            x->dist_failed = 2; /* the others may wait in a collective: broken */
+            return es__err(x->err, ES_EIO, "the communication layer failed sending the validation metrics");
+        }
+    } else if ((rc = run_validate(x, &mt)) != ES_OK) {
+        return rc;
+    }
     if (res->n_evals < ES_TRAIN_MAX_EVALS) res->evals[res->n_evals] = mt;
     int auc = p->stop_metric && !strcmp(p->stop_metric, "auc");
     double score = auc ? -mt.auc : mt.logloss;
     if (!x->have_best || score < x->best_score) {
-        if ((rc = es_model_save(x->m, x->best_path, 0)) != ES_OK) return es__err(x->err, rc, "%s", es_model_errmsg(x->m));
+        if (p->comm) { /* rank 0 keeps the file */
+            rc = full ? es_model_save(full, x->best_path, 0) : ES_OK;
+            if (rc != ES_OK) es__err(x->err, rc, "%s", es_model_errmsg(full));
+            if ((rc = agree(x, rc)) != ES_OK) return rc;
+        } else if ((rc = es_model_save(x->m, x->best_path, 0)) != ES_OK) {
+            return es__err(x->err, rc, "%s", es_model_errmsg(x->m));
+        }
         x->have_best = x->best_is_current = 1;
         x->best_in_ckpt = 0;
         x->best_score = score;
@@ -634,7 +958,7 @@ static int run_eval_point(run *x, int ep, uint64_t done) {
 
 /* After training: continue with the best model when a later one is worse. */
 static int run_take_best(run *x) {
-    if (!x->have_best || x->best_is_current) return ES_OK;
+    if (!x->have_best || x->best_is_current || x->p->comm) return ES_OK; /* across processes: run_final */
     es_model *best = NULL;
     int rc = es_model_load(&best, x->best_path, ES_LOAD_NO_VERIFY, x->err);
     if (rc != ES_OK) return rc;
@@ -656,6 +980,10 @@ static int run_ckpt_state_put(run *x) {
     rc |= es__model_set_meta(x->m, "ckpt.best_score", v);
     if (rc) return es__err(x->err, ES_ENOMEM, "out of memory");
     if (!x->have_best || x->best_in_ckpt) return ES_OK;
+    if (x->p->comm && x->p->comm->rank != 0) { /* rank 0 keeps the best model's file */
+        x->best_in_ckpt = 1;
+        return ES_OK;
+    }
     char cb[sizeof x->best_path];
     ckpt_best_path(x, cb, sizeof cb);
     if ((rc = copy_file(x->best_path, cb, x->err)) == ES_OK) x->best_in_ckpt = 1;
@@ -677,7 +1005,7 @@ static int run_ckpt_state_get(run *x) {
     x->res->best_eval = (int)f[3] - 1;
     x->res->best_epoch = (int)f[4];
     x->res->best_rows = (uint64_t)f[5];
-    if (!x->have_best) return ES_OK;
+    if (!x->have_best || (x->p->comm && x->p->comm->rank != 0)) return ES_OK; /* rank 0 keeps the best model's file */
     char cb[sizeof x->best_path];
     ckpt_best_path(x, cb, sizeof cb);
     if (access(cb, R_OK) != 0) return es__err(x->err, ES_ENOTFOUND, "%s: the best model of the checkpointed run is missing (%s)", x->ckpt, cb);
@@ -722,7 +1050,16 @@ static int run_resume(run *x) {
     const es_train_params *p = x->p;
     es_err *err = x->err;
     int rc;
-    if ((rc = es_model_checkpoint_load(&x->m, x->ckpt, &x->start, err)) != 0) return rc;
+    if (p->comm) { /* this rank's shard, written by the same rank of as many */
+        if ((rc = es__model_checkpoint_load(&x->m, x->ckpt_load ? x->ckpt_load : x->ckpt, &x->start, ES__LOAD_SHARD, err)) != 0) return rc;
+        const es_storage_params *sp = &x->m->st->p;
+        if (sp->shard_n != p->comm->size || sp->shard_rank != p->comm->rank)
+            return es__err(err, ES_EINVAL, "%s: written by rank %d of %d, this is rank %d of %d: resume with as many processes", x->ckpt,
+                           sp->shard_rank, sp->shard_n > 1 ? sp->shard_n : 1, p->comm->rank, p->comm->size);
+        if ((rc = es__dist_create(&x->dist, p->comm, x->m, err)) != 0) return rc;
+    } else if ((rc = es_model_checkpoint_load(&x->m, x->ckpt, &x->start, err)) != 0) {
+        return rc;
+    }
     if ((rc = es__train_cfg_check_resume(x->m, x->ckpt, x->cfg, err)) != 0) return rc;
     if ((rc = es__train_cfg_record(x->m, x->cfg)) != 0) return es__err(err, rc, "out of memory");
     if ((rc = run_ckpt_state_get(x)) != 0 || (rc = run_ckpt_refit_get(x)) != 0) return rc;
@@ -754,6 +1091,98 @@ static int run_attach(run *x) {
     return ES_OK;
 }
 
+/* A checkpoint file's step: its ckpt.trained + 1 (0: no such file) and a
+ * hash of its position. */
+static void ckpt_ident(const char *path, uint64_t *id, uint64_t *h) {
+    es_file *f = NULL;
+    es_err e = {0};
+    *id = *h = 0;
+    if (access(path, F_OK) != 0 || es__file_open(&f, path, ES_FILE_MAP | ES_FILE_NO_VERIFY, &e) != 0) return;
+    static const char *const keys[] = {"ckpt.trained", "ckpt.epoch", "ckpt.rows", "ckpt.loss_sum", "ckpt.refit"};
+    const char *t = es__file_meta(f, "ckpt.trained");
+    char *end = NULL;
+    unsigned long long v = t ? strtoull(t, &end, 10) : 0;
+    if (t && end && !*end && v < UINT64_MAX) {
+        uint64_t hh = UINT64_C(0xcbf29ce484222325);
+        for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+            const char *s = es__file_meta(f, keys[i]);
+            hh = fnv1a(s ? s : "-", s ? strlen(s) + 1 : 2, hh);
+        }
+        *id = (uint64_t)v + 1;
+        *h = hh;
+    }
+    es__file_close(f);
+}
+
+/* --resume across processes: each rank has up to two files of its shard,
+ * "<ckpt>" and "<ckpt>.new" (a commit cut short: run_batches_dist).  Every
+ * rank tells every other which steps it holds; the newest step that every
+ * rank holds is resumed, each rank from its file of that step
+ * (x->ckpt_load); *exists = 0 when no rank has a file.  ES_EINVAL (agreed)
+ * when files exist but no step is on every rank.  Collective. */
+static int dist_pick_checkpoint(run *x, int *exists) {
+    const es_comm *c = x->p->comm;
+    const size_t N = (size_t)c->size;
+    uint64_t mine[4] = {0, 0, 0, 0};
+    *exists = 0;
+    x->ckpt_load = NULL;
+    if (x->p->resume && x->ckpt) {
+        ckpt_ident(x->ckpt, &mine[0], &mine[1]);
+        ckpt_ident(x->ckpt_new, &mine[2], &mine[3]);
+    }
+    uint64_t *all = es__calloc(4 * N, sizeof *all);
+    if (!all) return agree(x, es__err(x->err, ES_ENOMEM, "out of memory"));
+    int rc = agree(x, ES_OK);
+    if (rc == ES_OK && c->allgather(c->ctx, mine, all, sizeof mine) != 0) rc = comm_io_fail(x, "choosing the checkpoint");
+    uint64_t best = 0, bh = 0;
+    int any = 0;
+    for (size_t r = 0; rc == ES_OK && r < N; r++)
+        for (int s = 0; s < 2; s++) {
+            uint64_t id = all[r * 4 + 2 * s], h = all[r * 4 + 2 * s + 1];
+            if (!id) continue;
+            any = 1;
+            int everywhere = 1;
+            for (size_t q = 0; q < N && everywhere; q++)
+                everywhere = (all[q * 4] == id && all[q * 4 + 1] == h) || (all[q * 4 + 2] == id && all[q * 4 + 3] == h);
+            if (everywhere && id > best) {
+                best = id;
+                bh = h;
+            }
+        }
+    es__free(all);
+    if (rc != ES_OK) return rc;
+    if (any && !best)
+        return agree(x, es__err(x->err, ES_EINVAL,
+                                "%s: the ranks' checkpoint files are of different steps and no step is on every rank; start again "
+                                "without --resume",
+                                x->ckpt));
+    if (best) {
+        *exists = 1;
+        x->ckpt_load = mine[0] == best && mine[1] == bh ? x->ckpt : x->ckpt_new;
+    }
+    return agree(x, ES_OK);
+}
+
+/* Across processes: x->m with this rank's shard of the tables, and the
+ * distributed step over it. */
+static int run_create_shard(run *x) {
+    const es_train_params *p = x->p;
+    es_err *err = x->err;
+    es_net_params np;
+    es_storage_params sp;
+    es_reader_params rp = es_reader_params_default();
+    int rc;
+    if ((rc = es__model_params_resolve(&x->mp, &np, &sp, err)) != 0) return rc;
+    sp.shard_rank = p->comm->rank;
+    sp.shard_n = p->comm->size;
+    if ((rc = es__model_check_memory(&np, &sp, x->vocab, err)) != 0 || (rc = es__model_create(&x->m, &np, &sp, x->vocab, &rp, err)) != 0)
+        return rc;
+    rc = x->dist ? es__dist_rebind(x->dist, x->m, err) : es__dist_create(&x->dist, p->comm, x->m, err);
+    if (rc != 0) return rc;
+    if ((rc = es__train_cfg_record(x->m, x->cfg)) != 0) return es__err(err, rc, "out of memory");
+    return ES_OK;
+}
+
 /* Create the model, or resume it from the checkpoint. */
 static int run_model(run *x) {
     const es_train_params *p = x->p;
@@ -766,7 +1195,53 @@ static int run_model(run *x) {
         x->ckpt = x->ckpt_buf;
     }
     if (p->early_stop) best_path_init(x);
-    if (p->resume && x->ckpt && access(x->ckpt, F_OK) == 0) {
+    if (p->comm) { /* this rank's shard of the tables; its own checkpoint file */
+        if (x->ckpt) {
+            snprintf(x->ckpt_rank, sizeof x->ckpt_rank, "%s.rank%dof%d", x->ckpt, p->comm->rank, p->comm->size);
+            x->ckpt = x->ckpt_rank;
+        }
+        if (x->ckpt) snprintf(x->ckpt_new, sizeof x->ckpt_new, "%s.new", x->ckpt);
+        int exists = 0;
+        if ((rc = dist_pick_checkpoint(x, &exists)) != ES_OK) return rc;
+        rc = ES_OK;
+        if (p->resume && x->ckpt && !exists) { /* a checkpoint of another rank count is not silently ignored */
+            char pat[sizeof x->ckpt_rank + 16];
+            glob_t g;
+            snprintf(pat, sizeof pat, "%.*s.rank%dof*", (int)(strlen(x->ckpt) - strlen(strrchr(x->ckpt, '.'))), x->ckpt, p->comm->rank);
+            if (glob(pat, 0, NULL, &g) == 0) {
+                for (size_t i = 0; i < g.gl_pathc && rc == ES_OK; i++) { /* "...of<M>" exactly, M != N (not .best, .new, temporaries) */
+                    const char *o = strrchr(g.gl_pathv[i], 'f');
+                    char *end = NULL;
+                    long m = o ? strtol(o + 1, &end, 10) : 0;
+                    if (o && end != o + 1 && !*end && m != p->comm->size)
+                        rc = es__err(err, ES_EINVAL, "%s is a checkpoint of a run on %ld processes; resume it with as many "
+                                                     "(re-sharding is not done yet: docs/scale.md)", g.gl_pathv[i], m);
+                }
+                globfree(&g);
+            }
+        }
+        if ((rc = agree(x, rc)) != 0) return rc;
+        if (exists) {
+            es_net_params np;
+            es_storage_params sp;
+            rc = es__model_params_resolve(&x->mp, &np, &sp, err);
+            if (rc == 0) {
+                sp.shard_rank = p->comm->rank;
+                sp.shard_n = p->comm->size;
+                rc = es__model_check_memory(&np, &sp, x->vocab, err);
+            }
+            if (rc == 0) rc = run_resume(x);
+            if ((rc = agree(x, rc)) != 0) return rc;
+            /* the ranks' checkpoints must be of one step */
+            uint64_t h = fnv1a(&x->start.loss_sum, sizeof x->start.loss_sum, UINT64_C(0xcbf29ce484222325));
+            h = fnv1a(&x->start.trained, sizeof x->start.trained, h);
+            if ((rc = es__dist_agree(p->comm, &x->dist_failed, 0, (int64_t)x->start.epoch * 1000003 + (int64_t)x->start.rows, h,
+                                     "the checkpoint's position (the ranks' files are of different steps)", err)) != 0)
+                return rc;
+        } else if ((rc = run_create_shard(x)) != 0) {
+            return rc;
+        }
+    } else if (p->resume && x->ckpt && access(x->ckpt, F_OK) == 0) {
         es_net_params np;
         es_storage_params sp;
         if ((rc = es__model_params_resolve(&x->mp, &np, &sp, err)) != 0 ||
@@ -782,6 +1257,13 @@ static int run_model(run *x) {
 
 /* Skip the rows of this epoch a resumed checkpoint already trained on. */
 static int run_skip(run *x, uint64_t rows) {
+    if (x->p->comm) { /* unparsed: these rows were trained before the checkpoint */
+        uint64_t got = 0;
+        int rc = es__reader_skip(x->r, rows, &got);
+        if (rc != 0) return pass_err(x->err, x->r, rc, x->p->train_path, &x->tid);
+        if (got < rows) return es__err(x->err, ES_EINVAL, "%s: fewer rows than the checkpoint", x->p->train_path);
+        return ES_OK;
+    }
     for (uint64_t done = 0; done < rows;) {
         int n = read_limited(x->r, &x->b, rows - done);
         if (n < 0) return pass_err(x->err, x->r, n, x->p->train_path, &x->tid);
@@ -833,14 +1315,83 @@ static int run_batches(run *x, int ep, uint64_t *done, double *loss_sum, long *b
     return ES_OK;
 }
 
+/* run_batches across processes: every rank reads the same global batches
+ * (the pipeline), the ranks agree on each one (status, rows, a hash of its
+ * labels and keys) before the collective step trains each rank's part. */
+static int run_eval_point(run *x, int ep, uint64_t done);
+static int run_batches_dist(run *x, int ep, uint64_t *done, double *loss_sum, long *batches) {
+    const es_train_params *p = x->p;
+    int rc = ES_OK, prc;
+    double t_ep = es__now();
+    x->pl.part_rank = p->comm->rank;
+    x->pl.part_size = p->comm->size;
+    x->pl.batch = p->batch;
+    if ((prc = pipeline_start(&x->pl, x->r, x->n_train - *done)) != 0) prc = es__err(x->err, prc, "cannot start the reader thread");
+    for (;;) {
+        es_batch *cb = prc ? NULL : pipeline_next(&x->pl);
+        int lrc = prc;
+        if (!cb && !lrc && x->pl.rc < 0) lrc = pass_err(x->err, x->r, x->pl.rc, p->train_path, &x->tid);
+        if (!cb && !lrc && x->pl.short_read)
+            lrc = es__err(x->err, ES_EIO, "%s: the file ended before the %llu rows counted at the start (changed while training?)",
+                          p->train_path, (unsigned long long)x->n_train);
+        int n = cb ? x->pl.gn[x->pl.cur] : 0;
+        rc = es__dist_agree(p->comm, &x->dist_failed, lrc, n, 0, "the rows of a batch (the same training file on every rank?)", x->err);
+        if (rc != ES_OK || n == 0) {
+            if (cb) pipeline_release(&x->pl);
+            break;
+        }
+        rc = es__dist_train_batch(x->dist, cb, n, loss_sum);
+        pipeline_release(&x->pl);
+        if (rc != ES_OK) {
+            /* inside a collective step: the others may wait in a collective
+             * this rank never joins; the caller must end the job */
+            x->dist_failed = 2;
+            es__err(x->err, rc, "%s", es_model_errmsg(x->m));
+            break;
+        }
+        *done += (uint64_t)n;
+        x->trained_here += (uint64_t)n;
+        ++*batches;
+        x->ps.pr.rows = *done;
+        x->ps.pr.loss = *loss_sum / (double)*done;
+        x->ps.pr.rows_per_s = (double)*done / (es__now() - t_ep + 1e-9);
+        report(&x->ps, 0);
+        /* as run_batches: the same batches on every rank, so a collective */
+        if (p->early_stop && !x->refitting && p->eval_every > 0 && *done < x->n_train &&
+            ((*done + (uint64_t)p->batch - 1) / (uint64_t)p->batch) % (uint64_t)p->eval_every == 0) {
+            if ((rc = run_eval_point(x, ep, *done)) != 0 || x->stop) break;
+        }
+        /* every rank its shard's checkpoint (atomic each); the ranks agree
+         * it is written before going on */
+        if (p->checkpoint_every > 0 && *batches % p->checkpoint_every == 0 && *done < x->n_train) {
+            es_checkpoint pos = {ep, *done, x->start.trained + x->trained_here, *loss_sum};
+            int erc = ES_OK;
+            if (p->early_stop) erc = run_ckpt_state_put(x);
+            if (erc == ES_OK && x->refitting) erc = run_ckpt_refit_put(x);
+            /* two steps: every rank writes "<its file>.new", the ranks agree
+             * that all are written, then each renames its own over the last
+             * one; a job killed between the renames leaves every rank the
+             * previous step or this one in one of its two files, and
+             * --resume takes the newest step every rank has (run_model) */
+            if (erc == ES_OK && (erc = es_model_checkpoint_save(x->m, x->ckpt_new, &pos)) != ES_OK)
+                es__err(x->err, erc, "%s", es_model_errmsg(x->m));
+            if ((rc = agree(x, erc)) != ES_OK) break;
+            if (rename(x->ckpt_new, x->ckpt) != 0) erc = es__err(x->err, ES_EIO, "%s: cannot rename to %s: %s", x->ckpt_new, x->ckpt, strerror(errno));
+            if ((rc = agree(x, erc)) != ES_OK) break;
+        }
+    }
+    if (!prc) pipeline_stop(&x->pl);
+    return rc;
+}
+
 /* One pass over the training rows (from a checkpoint's row in its epoch). */
 static int run_epoch(run *x, int ep, long *batches) {
     const es_train_params *p = x->p;
     char when[64];
     snprintf(when, sizeof when, "at the start of epoch %d", ep + 1);
     int rc = es__file_id_recheck(p->train_path, &x->tid, when, x->err);
-    if (rc != 0) return rc;
-    if ((rc = es_reader_rewind(x->r)) != 0) return reader_err(x->err, x->r, rc);
+    if (rc == 0 && (rc = es_reader_rewind(x->r)) != 0) reader_err(x->err, x->r, rc);
+    if ((rc = agree(x, rc)) != 0) return rc;
     double loss_sum = 0;
     uint64_t done = 0;
     if (ep == x->start.epoch && x->start.rows > 0) {
@@ -849,7 +1400,8 @@ static int run_epoch(run *x, int ep, long *batches) {
         loss_sum = x->start.loss_sum;
     }
     x->ps.pr.epoch = ep + 1;
-    if ((rc = run_batches(x, ep, &done, &loss_sum, batches)) != 0) return rc;
+    if ((rc = p->comm ? run_batches_dist(x, ep, &done, &loss_sum, batches) : run_batches(x, ep, &done, &loss_sum, batches)) != 0)
+        return rc;
     note_bad_lines(x->r, &x->bad_train, x->bad_rep, sizeof x->bad_rep);
     if (x->stop) { /* early stop inside the epoch */
         x->res->train_loss = done ? loss_sum / (double)done : NAN;
@@ -908,6 +1460,10 @@ static int run_refit(run *x) {
     if (!x->refit_resumed) {
         es_model_free(x->m);
         x->m = NULL;
+        es_model_free(x->shard); /* across processes */
+        x->shard = NULL;
+        es_model_free(x->full);
+        x->full = NULL;
         if ((rc = es_reader_rewind(x->r)) != 0) return reader_err(x->err, x->r, rc);
         x->n_train = n_all;
         if (x->vocab) {
@@ -915,7 +1471,11 @@ static int run_refit(run *x) {
             x->vocab = NULL;
             if ((rc = run_vocab(x)) != 0) return rc;
         }
-        if ((rc = es_model_create(&x->m, &x->mp, x->vocab, x->err)) != 0) return rc;
+        if (p->comm) {
+            if ((rc = run_create_shard(x)) != 0) return rc;
+        } else if ((rc = es_model_create(&x->m, &x->mp, x->vocab, x->err)) != 0) {
+            return rc;
+        }
         if ((rc = es__train_cfg_record(x->m, x->cfg)) != 0) return es__err(x->err, rc, "out of memory");
         if ((rc = run_attach(x)) != 0) return rc;
         x->start = (es_checkpoint){0};
@@ -995,6 +1555,7 @@ static void run_finish(run *x, int rc) {
     if (x->pl_ready) pipeline_free(&x->pl);
     if (rc == ES_OK && x->ckpt && x->p->checkpoint_every > 0) { /* the model file supersedes it */
         remove(x->ckpt);
+        if (x->ckpt_new[0]) remove(x->ckpt_new); /* across processes */
         if (x->p->early_stop) {
             char cb[sizeof x->best_path];
             ckpt_best_path(x, cb, sizeof cb);
@@ -1011,6 +1572,9 @@ static void run_finish(run *x, int rc) {
     es__free(x->prob);
     es__free(x->cfg);
     es_model_free(x->m);
+    es_model_free(x->shard);
+    es_model_free(x->full);
+    es__dist_free(x->dist);
     es_vocab_free(x->vocab);
     es_batch_free(&x->b);
     es_reader_free(x->r);
@@ -1032,14 +1596,47 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
     x->last_eval_ep = -1;
     res->best_eval = -1;
     int rc = run_open(x);
-    if (rc == ES_OK) rc = run_count(x);
-    if (rc == ES_OK) rc = run_vocab(x);
-    if (rc == ES_OK) rc = run_model(x);
-    if (rc == ES_OK) rc = run_train(x);
-    if (rc == ES_OK) rc = run_evaluate_valid(x);
-    if (rc == ES_OK) rc = run_refit(x);
-    if (rc == ES_OK) rc = run_evaluate_test(x);
-    if (rc == ES_OK) rc = run_save(x);
+    if (q.comm) {
+        /* across processes: each phase ends with every rank's status
+         * (agree), and ranks must describe the same run; then rank 0
+         * alone evaluates and writes the gathered model */
+        rc = agree(x, rc);
+        if (rc == ES_OK)
+            rc = es__dist_agree(q.comm, &x->dist_failed, 0, 0, fnv1a(x->cfg, strlen(x->cfg), UINT64_C(0xcbf29ce484222325)),
+                                "the run's description (the same flags and files on every rank?)", err);
+        if (rc == ES_OK) rc = agree(x, run_count(x));
+        if (rc == ES_OK) rc = run_count_dist(x);
+        if (rc == ES_OK) rc = agree(x, run_vocab(x)); /* run_vocab_dist */
+        if (rc == ES_OK) rc = agree(x, run_model(x));
+        if (rc == ES_OK) rc = agree(x, run_train(x));
+        if (rc == ES_OK) rc = run_final(x, 1);
+        if (rc == ES_OK && q.comm->rank == 0) rc = run_evaluate_valid(x);
+        if (rc == ES_OK) rc = agree(x, rc);
+        /* rank 0's validation metrics to every rank: a refit's checkpoints record them */
+        if (rc == ES_OK && q.comm->bcast(q.comm->ctx, &res->valid, sizeof res->valid, 0) != 0) {
+            x->dist_failed = 2;
+            rc = es__err(err, ES_EIO, "the communication layer failed sending the validation metrics");
+        }
+        if (rc == ES_OK && q.refit && x->res->best_epoch >= 1) { /* a new sharded model, trained as on one process */
+            rc = agree(x, run_refit(x));
+            if (rc == ES_OK) rc = run_final(x, 0);
+        }
+        if (rc == ES_OK && q.comm->rank == 0) {
+            rc = run_evaluate_test(x);
+            if (rc == ES_OK) rc = run_save(x);
+        }
+        if (!x->dist_failed) rc = agree(x, rc);
+    } else {
+        if (rc == ES_OK) rc = run_count(x);
+        if (rc == ES_OK) rc = run_vocab(x);
+        if (rc == ES_OK) rc = run_model(x);
+        if (rc == ES_OK) rc = run_train(x);
+        if (rc == ES_OK) rc = run_evaluate_valid(x);
+        if (rc == ES_OK) rc = run_refit(x);
+        if (rc == ES_OK) rc = run_evaluate_test(x);
+        if (rc == ES_OK) rc = run_save(x);
+    }
+    res->comm_broken = x->dist_failed == 2;
     run_finish(x, rc);
     es__free(x);
     res->seconds = es__now() - t_start;

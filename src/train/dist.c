@@ -1,0 +1,610 @@
+/*
+ * dist.c — the distributed training step (design in dist.h and
+ * docs/scale.md).  One step on the global batch g, on rank k of N:
+ *
+ *   1. resolve: the method's resolve function maps the keys of k's rows
+ *      to global table rows (es__row_map);
+ *   2. lookup: the distinct rows go to their owners (r % N) by alltoallv
+ *      as local indices r / N, the owners send the rows back the same way,
+ *      and es__rows_lookup pools them from that cache with the method's
+ *      own kernel, so the embeddings are those one process computes;
+ *   3. dense: forward, loss (scaled by 1 / n of the global batch) and
+ *      backward block by block; the block gradients are summed by the
+ *      fixed tree of dist.h (a reduce-scatter and an allgather of the N
+ *      subtree sums, dense_reduce) and every rank takes the same optimizer
+ *      step;
+ *   4. sparse: every (row, field, value, chunk) of k's rows sends its
+ *      weight and gradient slice to the row's owner, in batch order; the
+ *      owner receives from ranks 0..N-1, i.e. in global batch order, sums
+ *      each row's gradients in that order (es__axpy into an es_gradacc,
+ *      as es__rows_backward does on one process) and applies ONE update
+ *      per distinct row (es__gradacc_apply).  Gradients travel unsummed,
+ *      not as per-rank partial sums: that costs the duplicates inside a
+ *      rank's part, and buys a sum in the one-process order.
+ *
+ * Buffers grow as needed and are kept between steps.
+ */
+#include "train/dist.h"
+
+#include "core/simd.h"
+#include "model/layers.h"
+
+#include <math.h>
+#include <stdio.h>
+
+struct es__dist {
+    const es_comm *c;
+    int rank, size;
+    es_model *m;
+    es__row_map map;
+    size_t P;               /* dense parameters */
+    es_gradacc ga;          /* owner side: summed gradients of owned rows */
+    /* step scratch */
+    uint64_t *ids;          /* [n_ids] global rows of this rank's values, batch order */
+    size_t ids_cap, upos_cap;
+    uint64_t *ukey;         /* distinct rows: open addressing over ucap slots */
+    int32_t *uslot;
+    size_t ucap;
+    uint64_t *uniq;         /* [n_uniq] distinct rows in first-seen order */
+    size_t *upos;           /* [n_uniq] position in the owner's request */
+    size_t n_uniq, uniq_cap;
+    float *cache;           /* [n_uniq, cd] the distinct rows as fetched */
+    size_t cache_cap;
+    size_t *scnt, *sdsp, *rcnt, *rdsp, *cur; /* [size] bytes */
+    unsigned char *sbuf, *rbuf, *sbuf2, *rbuf2;
+    size_t sbuf_cap, rbuf_cap, sbuf2_cap, rbuf2_cap;
+    float *part;            /* [ES_DIST_BLOCKS, P] block gradients */
+    float *gsum;            /* [3, size, C] the dense reduce-scatter: sent, received, gathered (C = ceil(P / size)) */
+    double *bloss;          /* [ES_DIST_BLOCKS] */
+    float *tmp;             /* [cd] */
+    es__dist_stats st;
+};
+
+/* ---- comm wrappers: timing, byte counts, errors ---------------------------------- */
+
+static int comm_fail(es__dist *d, const char *what) {
+    return es__err(&d->m->err, ES_EIO, "rank %d of %d: %s failed in the communication layer", d->rank, d->size, what);
+}
+
+static int do_alltoall(es__dist *d, const void *s, void *r, size_t each) {
+    double t = es__now();
+    int rc = d->c->alltoall(d->c->ctx, s, r, each);
+    d->st.seconds += es__now() - t;
+    d->st.sparse_bytes += (double)each * (d->size - 1);
+    return rc ? comm_fail(d, "alltoall") : ES_OK;
+}
+
+static int do_alltoallv(es__dist *d, const void *s, const size_t *sc, const size_t *sd, void *r, const size_t *rc_,
+                        const size_t *rd) {
+    double t = es__now();
+    int rc = d->c->alltoallv(d->c->ctx, s, sc, sd, r, rc_, rd);
+    d->st.seconds += es__now() - t;
+    for (int i = 0; i < d->size; i++)
+        if (i != d->rank) d->st.sparse_bytes += (double)sc[i];
+    return rc ? comm_fail(d, "alltoallv") : ES_OK;
+}
+
+static int do_allgather(es__dist *d, const void *s, void *r, size_t each) {
+    double t = es__now();
+    int rc = d->c->allgather(d->c->ctx, s, r, each);
+    d->st.seconds += es__now() - t;
+    d->st.dense_bytes += (double)each * (d->size - 1);
+    return rc ? comm_fail(d, "allgather") : ES_OK;
+}
+
+/* Grow *p (elements of size el) to hold n. */
+static int grow(void **p, size_t *cap, size_t n, size_t el) {
+    if (n <= *cap) return ES_OK;
+    size_t c = *cap ? *cap : 64;
+    while (c < n) c *= 2;
+    void *q = es__realloc(*p, c * el);
+    if (!q) return ES_ENOMEM;
+    *p = q;
+    *cap = c;
+    return ES_OK;
+}
+
+/* ---- creation --------------------------------------------------------------------- */
+
+int es__dist_check_comm(const es_comm *c, es_err *err) {
+    if (!c->alltoall || !c->alltoallv || !c->allgather || !c->bcast)
+        return es__err(err, ES_EINVAL, "the communicator lacks a function");
+    if (c->size < 1 || c->size > ES_DIST_BLOCKS || (c->size & (c->size - 1)) != 0)
+        return es__err(err, ES_EINVAL,
+                       "%d processes: training across processes needs a power of two up to %d (the fixed reduction "
+                       "tree of docs/scale.md)",
+                       c->size, ES_DIST_BLOCKS);
+    if (c->rank < 0 || c->rank >= c->size) return es__err(err, ES_EINVAL, "rank %d out of range [0, %d)", c->rank, c->size);
+    return ES_OK;
+}
+
+int es__dist_rebind(es__dist *d, es_model *m, es_err *err) {
+    es_storage *s = m->st;
+    if (!s->ops->row_map)
+        return es__err(err, ES_EINVAL,
+                       "storage '%s' cannot be sharded over processes yet (full, hash and unified can: docs/scale.md)",
+                       s->ops->name);
+    if (s->p.precision != ES_PREC_FP32)
+        return es__err(err, ES_EINVAL, "training at a lower precision is not supported across processes yet");
+    if (s->p.opt.row_l2 > 0) return es__err(err, ES_EINVAL, "lazy L2 on the tables (--emb-l2) is not supported across processes yet");
+    if (m->np.dropout > 0.0f)
+        return es__err(err, ES_EINVAL, "dropout is not supported across processes yet (its masks depend on the row's place in the batch)");
+    if (s->p.shard_n != d->size || s->p.shard_rank != d->rank)
+        return es__err(err, ES_EINVAL, "the storage is not sharded for rank %d of %d", d->rank, d->size);
+    int rc = s->ops->row_map(s, &d->map);
+    if (rc != ES_OK) return es__err(err, rc, "storage '%s': no row map", s->ops->name);
+    if (d->map.k * d->map.t->dim != m->E || d->map.k > ES_RESOLVE_BLOCK / 2)
+        return es__err(err, ES_EINVAL, "storage '%s': %d chunks of %d floats do not make the model's %d", s->ops->name, d->map.k,
+                       d->map.t->dim, m->E);
+    d->m = m;
+    d->P = es__net_n_params(m->net);
+    es__gradacc_free(&d->ga);
+    size_t cap = (size_t)m->max_batch * (size_t)m->n_fields;
+    if (cap > d->map.t->n_rows) cap = (size_t)d->map.t->n_rows;
+    es__free(d->part);
+    es__free(d->gsum);
+    es__free(d->tmp);
+    d->part = es__malloc(((size_t)ES_DIST_BLOCKS * d->P + 1) * sizeof(float));
+    d->gsum = es__malloc((3 * (size_t)d->size * ((d->P + (size_t)d->size - 1) / (size_t)d->size) + 1) * sizeof(float));
+    d->tmp = es__malloc((size_t)d->map.t->dim * sizeof(float));
+    if (!d->part || !d->gsum || !d->tmp || es__gradacc_init(&d->ga, cap ? cap : 1, d->map.t->dim) != ES_OK)
+        return es__err(err, ES_ENOMEM, "out of memory for the distributed step");
+    return ES_OK;
+}
+
+int es__dist_create(es__dist **out, const es_comm *c, es_model *m, es_err *err) {
+    *out = NULL;
+    int rc = es__dist_check_comm(c, err);
+    if (rc != ES_OK) return rc;
+    es__dist *d = es__calloc(1, sizeof *d);
+    if (!d) return es__err(err, ES_ENOMEM, "out of memory");
+    d->c = c;
+    d->rank = c->rank;
+    d->size = c->size;
+    size_t n = (size_t)c->size;
+    d->scnt = es__calloc(5 * n, sizeof(size_t));
+    d->bloss = es__calloc(ES_DIST_BLOCKS, sizeof(double));
+    if (!d->scnt || !d->bloss) {
+        es__dist_free(d);
+        return es__err(err, ES_ENOMEM, "out of memory");
+    }
+    d->sdsp = d->scnt + n;
+    d->rcnt = d->sdsp + n;
+    d->rdsp = d->rcnt + n;
+    d->cur = d->rdsp + n;
+    if ((rc = es__dist_rebind(d, m, err)) != ES_OK) {
+        es__dist_free(d);
+        return rc;
+    }
+    *out = d;
+    return ES_OK;
+}
+
+void es__dist_free(es__dist *d) {
+    if (!d) return;
+    es__gradacc_free(&d->ga);
+    es__free(d->ids);
+    es__free(d->ukey);
+    es__free(d->uslot);
+    es__free(d->uniq);
+    es__free(d->upos);
+    es__free(d->cache);
+    es__free(d->scnt);
+    es__free(d->sbuf);
+    es__free(d->rbuf);
+    es__free(d->sbuf2);
+    es__free(d->rbuf2);
+    es__free(d->part);
+    es__free(d->gsum);
+    es__free(d->bloss);
+    es__free(d->tmp);
+    es__free(d);
+}
+
+void es__dist_get_stats(const es__dist *d, es__dist_stats *out) { *out = d->st; }
+
+/* ---- the distinct rows of a step ---------------------------------------------------- */
+
+static int uniq_reset(es__dist *d, size_t n_ids) {
+    size_t cap = 16;
+    while (cap < 2 * n_ids) cap <<= 1;
+    if (cap > d->ucap) {
+        es__free(d->ukey);
+        es__free(d->uslot);
+        d->ukey = es__malloc(cap * sizeof *d->ukey);
+        d->uslot = es__malloc(cap * sizeof *d->uslot);
+        if (!d->ukey || !d->uslot) {
+            d->ucap = 0;
+            return ES_ENOMEM;
+        }
+        d->ucap = cap;
+    }
+    memset(d->uslot, 0xff, d->ucap * sizeof *d->uslot);
+    d->n_uniq = 0;
+    if (grow((void **)&d->uniq, &d->uniq_cap, n_ids + 1, sizeof *d->uniq) != ES_OK ||
+        grow((void **)&d->upos, &d->upos_cap, n_ids + 1, sizeof *d->upos) != ES_OK)
+        return ES_ENOMEM;
+    return ES_OK;
+}
+
+/* Distinct index of global row `row` (-1 when absent and !add). */
+static int32_t uniq_find(es__dist *d, uint64_t row, int add) {
+    size_t mask = d->ucap - 1, h = (size_t)es__mix64(row) & mask;
+    for (;;) {
+        int32_t s = d->uslot[h];
+        if (s < 0) {
+            if (!add) return -1;
+            d->ukey[h] = row;
+            d->uslot[h] = (int32_t)d->n_uniq;
+            d->uniq[d->n_uniq] = row;
+            return (int32_t)d->n_uniq++;
+        }
+        if (d->ukey[h] == row) return s;
+        h = (h + 1) & mask;
+    }
+}
+
+/* The resolve function es__rows_lookup sees: the method's, then the
+ * distinct index (the cache row). */
+static void cache_resolve(const void *ctx, int f, const uint64_t *keys, size_t n, uint64_t *ids) {
+    es__dist *d = (es__dist *)ctx;
+    d->map.fn(d->map.ctx, f, keys, n, ids);
+    for (size_t i = 0; i < n * (size_t)d->map.k; i++) {
+        int32_t u = uniq_find(d, ids[i], 0);
+        ES_ASSERT(u >= 0);
+        ids[i] = (uint64_t)u;
+    }
+}
+
+/* Exchange: send[bytes per rank in d->scnt, at d->sdsp] -> recv (counts
+ * first, by alltoall); the receive layout in d->rcnt / d->rdsp. */
+static int exchange(es__dist *d, const void *send, unsigned char **recv, size_t *recv_cap) {
+    int rc = do_alltoall(d, d->scnt, d->rcnt, sizeof(size_t));
+    if (rc) return rc;
+    size_t tot = 0;
+    for (int i = 0; i < d->size; i++) {
+        d->rdsp[i] = tot;
+        tot += d->rcnt[i];
+    }
+    if (grow((void **)recv, recv_cap, tot + 1, 1) != ES_OK) return es__err(&d->m->err, ES_ENOMEM, "out of memory for a receive buffer");
+    return do_alltoallv(d, send, d->scnt, d->sdsp, *recv, d->rcnt, d->rdsp);
+}
+
+/* ---- one step ------------------------------------------------------------------------ */
+
+static int block_row(int j, int n) { return (int)((int64_t)j * n / ES_DIST_BLOCKS); }
+
+void es__dist_part_of(int rank, int size, int n, int *lo, int *hi) {
+    *lo = block_row(rank * ES_DIST_BLOCKS / size, n);
+    *hi = block_row((rank + 1) * ES_DIST_BLOCKS / size, n);
+}
+
+void es__dist_part(const es__dist *d, int n, int *lo, int *hi) { es__dist_part_of(d->rank, d->size, n, lo, hi); }
+
+/* a[i] += b[i]: the one addition of the reduction tree */
+static void add_into(float *restrict a, const float *restrict b, size_t n) {
+    for (size_t i = 0; i < n; i++) a[i] += b[i];
+}
+
+/* Pairwise tree over cnt (a power of two) arrays of P floats at x: the
+ * sum ends in x[0]. */
+static void tree_sum(float *x, int cnt, size_t P) {
+    for (int w = 1; w < cnt; w *= 2)
+        for (int i = 0; i + w < cnt; i += 2 * w) add_into(x + (size_t)i * P, x + (size_t)(i + w) * P, P);
+}
+
+/* The dense allreduce in the tree's order, as a reduce-scatter then an
+ * allgather: the P floats are cut into N chunks of C; rank c receives every
+ * rank's subtree sum of chunk c (alltoall), adds them by the top of the
+ * tree, and an allgather hands every rank all the chunks.  Each element is
+ * added in the same order as by one tree over all 16 blocks, so the result
+ * does not depend on N; each rank sends about 2 (N - 1) / N * 4P bytes
+ * (an allgather of whole sums would send (N - 1) * 4P).  x: [P] this
+ * rank's subtree sum in, the global sum out. */
+static int dense_reduce(es__dist *d, float *x) {
+    const size_t P = d->P, N = (size_t)d->size, C = (P + N - 1) / N;
+    float *snd = d->gsum, *rcv = snd + N * C, *all = rcv + N * C;
+    memcpy(snd, x, P * sizeof(float));
+    memset(snd + P, 0, (N * C - P) * sizeof(float));
+    double t = es__now();
+    int rc = d->c->alltoall(d->c->ctx, snd, rcv, C * sizeof(float));
+    if (rc == 0) {
+        tree_sum(rcv, (int)N, C); /* rcv[0 .. C): chunk `rank` of the sum */
+        rc = d->c->allgather(d->c->ctx, rcv, all, C * sizeof(float));
+    }
+    d->st.seconds += es__now() - t;
+    d->st.dense_bytes += 2.0 * (double)(C * sizeof(float)) * (double)(N - 1);
+    if (rc) return comm_fail(d, "the dense reduce-scatter");
+    memcpy(x, all, P * sizeof(float));
+    return ES_OK;
+}
+
+int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum) {
+    es_model *m = d->m;
+    es_err *err = &m->err;
+    const int F = m->n_fields, E = m->E, N = d->size, k = d->map.k, cd = d->map.t->dim;
+    const int nd = m->n_dense;
+    int rc;
+    if (n < 1 || n > m->max_batch)
+        return es__err(err, ES_EINVAL, "a training batch needs 1 to %d rows (the model's batch size), got %d", m->max_batch, n);
+    const int jb0 = d->rank * ES_DIST_BLOCKS / N, jb1 = (d->rank + 1) * ES_DIST_BLOCKS / N;
+    const int lo = block_row(jb0, n), hi = block_row(jb1, n);
+    if (g->n != hi - lo || g->n_fields != F || g->n_dense != nd)
+        return es__err(err, ES_EINVAL, "rank %d's part of a batch of %d rows is rows [%d, %d), got %d rows", d->rank, n, lo, hi, g->n);
+    /* g holds rows [lo, hi) of the global batch as its rows 0 .. hi - lo */
+    const size_t P0 = 0, P1 = (size_t)(hi - lo) * F;
+    const size_t nv = (size_t)(g->off[P1] - g->off[P0]), n_ids = nv * (size_t)k;
+    const size_t rec = sizeof(uint64_t) + sizeof(float) * (size_t)(1 + cd);
+    d->st.steps++;
+
+    /* 1. resolve this rank's values to global rows; the distinct ones */
+    if (grow((void **)&d->ids, &d->ids_cap, n_ids + 1, sizeof *d->ids) != ES_OK ||
+        uniq_reset(d, n_ids) != ES_OK)
+        return es__err(err, ES_ENOMEM, "out of memory for the rows of a batch");
+    {
+        size_t o = 0;
+        int f = 0;
+        for (size_t P = P0; P < P1; P++) {
+            size_t a = g->off[P], cnt = g->off[P + 1] - a;
+            if (cnt) d->map.fn(d->map.ctx, f, g->val + a, cnt, d->ids + o);
+            o += cnt * (size_t)k;
+            if (++f == F) f = 0;
+        }
+        for (size_t i = 0; i < n_ids; i++) {
+            if (d->ids[i] >= d->map.rows) return es__err(err, ES_EFORMAT, "row %llu out of the table", (unsigned long long)d->ids[i]);
+            uniq_find(d, d->ids[i], 1);
+        }
+    }
+
+    /* 2. lookup: local indices to the owners, rows back */
+    memset(d->scnt, 0, (size_t)N * sizeof(size_t));
+    for (size_t u = 0; u < d->n_uniq; u++) {
+        int o = (int)(d->uniq[u] % (uint64_t)N);
+        d->upos[u] = d->scnt[o] / sizeof(uint64_t);
+        d->scnt[o] += sizeof(uint64_t);
+    }
+    size_t tot = 0;
+    for (int i = 0; i < N; i++) {
+        d->sdsp[i] = tot;
+        tot += d->scnt[i];
+    }
+    if (grow((void **)&d->sbuf, &d->sbuf_cap, tot + 1, 1) != ES_OK) return es__err(err, ES_ENOMEM, "out of memory");
+    for (size_t u = 0; u < d->n_uniq; u++) {
+        int o = (int)(d->uniq[u] % (uint64_t)N);
+        uint64_t li = d->uniq[u] / (uint64_t)N;
+        memcpy(d->sbuf + d->sdsp[o] + d->upos[u] * sizeof(uint64_t), &li, sizeof li);
+    }
+    if ((rc = exchange(d, d->sbuf, &d->rbuf, &d->rbuf_cap)) != ES_OK) return rc;
+    /* as owner: the rows asked for, in the order asked */
+    const size_t row_bytes = (size_t)cd * sizeof(float);
+    size_t reply = 0;
+    for (int i = 0; i < N; i++) reply += d->rcnt[i] / sizeof(uint64_t) * row_bytes;
+    if (grow((void **)&d->sbuf2, &d->sbuf2_cap, reply + 1, 1) != ES_OK) return es__err(err, ES_ENOMEM, "out of memory");
+    {
+        size_t o = 0;
+        for (int i = 0; i < N; i++) {
+            size_t cnt = d->rcnt[i] / sizeof(uint64_t);
+            for (size_t q = 0; q < cnt; q++) {
+                uint64_t li;
+                memcpy(&li, d->rbuf + d->rdsp[i] + q * sizeof li, sizeof li);
+                if (li >= d->map.t->n_rows)
+                    return es__err(err, ES_EFORMAT, "rank %d asked rank %d for local row %llu of %llu", i, d->rank,
+                                   (unsigned long long)li, (unsigned long long)d->map.t->n_rows);
+                memcpy(d->sbuf2 + o, d->map.t->w + (size_t)li * (size_t)cd, row_bytes);
+                o += row_bytes;
+            }
+        }
+    }
+    /* the reply: counts mirror the request */
+    {
+        size_t o = 0;
+        for (int i = 0; i < N; i++) {
+            d->cur[i] = d->rcnt[i] / sizeof(uint64_t) * row_bytes; /* what this rank sends to i */
+            d->sdsp[i] = o;
+            o += d->cur[i];
+        }
+        memcpy(d->scnt, d->cur, (size_t)N * sizeof(size_t));
+    }
+    if ((rc = exchange(d, d->sbuf2, &d->rbuf2, &d->rbuf2_cap)) != ES_OK) return rc;
+    if (grow((void **)&d->cache, &d->cache_cap, (d->n_uniq + 1) * (size_t)cd, sizeof(float)) != ES_OK)
+        return es__err(err, ES_ENOMEM, "out of memory for the rows of a batch");
+    for (size_t u = 0; u < d->n_uniq; u++) {
+        int o = (int)(d->uniq[u] % (uint64_t)N);
+        memcpy(d->cache + u * (size_t)cd, d->rbuf2 + d->rdsp[o] + d->upos[u] * row_bytes, row_bytes);
+    }
+    es_rows cache;
+    memset(&cache, 0, sizeof cache);
+    cache.w = d->cache;
+    cache.n_rows = d->n_uniq;
+    cache.dim = cd;
+    cache.prec = ES_PREC_FP32;
+    cache.opt = d->map.t->opt;
+    if (hi > lo) es__rows_lookup(&cache, k, cache_resolve, d, g, 0, hi - lo, m->emb);
+
+    /* 3. dense: block by block, then the fixed tree */
+    const size_t P = d->P;
+    const size_t rowf = (size_t)F * (size_t)E;
+    for (int j = jb0; j < jb1; j++) {
+        const int a = block_row(j, n), z = block_row(j + 1, n), nb = z - a, la = a - lo;
+        float *pj = d->part + (size_t)(j - jb0) * P;
+        d->bloss[j - jb0] = 0;
+        if (nb == 0) {
+            memset(pj, 0, P * sizeof(float));
+            continue;
+        }
+        es__net_zero_grad(m->net);
+        const float *dense = g->dense + (size_t)la * (size_t)nd;
+        es__net_forward_train(m->net, nb, m->emb + (size_t)la * rowf, dense, m->logit + la);
+        d->bloss[j - jb0] = es__bce_logits_sum(m->logit + la, g->label + la, nb, 1.0f / (float)n, m->dlogit + la);
+        es__net_backward(m->net, nb, m->emb + (size_t)la * rowf, dense, m->dlogit + la, m->demb + (size_t)la * rowf);
+        memcpy(pj, es__net_grads_ptr(m->net), P * sizeof(float));
+    }
+    const int cnt = jb1 - jb0;
+    tree_sum(d->part, cnt, P);
+    if ((rc = dense_reduce(d, d->part)) != ES_OK) return rc;
+    memcpy(es__net_grads_ptr(m->net), d->part, P * sizeof(float));
+    es__net_step(m->net);
+    {
+        double all[ES_DIST_BLOCKS];
+        if ((rc = do_allgather(d, d->bloss, all, (size_t)cnt * sizeof(double))) != ES_OK) return rc;
+        for (int j = 0; j < ES_DIST_BLOCKS; j++)
+            if (loss_sum) *loss_sum += all[j];
+    }
+
+    /* 4. sparse: every value's gradient slice to its row's owner, in batch order */
+    memset(d->scnt, 0, (size_t)N * sizeof(size_t));
+    for (size_t i = 0; i < n_ids; i++) d->scnt[d->ids[i] % (uint64_t)N] += rec;
+    tot = 0;
+    for (int i = 0; i < N; i++) {
+        d->sdsp[i] = d->cur[i] = tot;
+        tot += d->scnt[i];
+    }
+    if (grow((void **)&d->sbuf, &d->sbuf_cap, tot + 1, 1) != ES_OK) return es__err(err, ES_ENOMEM, "out of memory");
+    {
+        size_t o = 0;
+        for (size_t Pp = P0; Pp < P1; Pp++) {
+            const float *go = m->demb + (Pp - P0) * (size_t)E;
+            for (uint32_t s = g->off[Pp]; s < g->off[Pp + 1]; s++) {
+                const float wt = g->wt[s];
+                for (int j = 0; j < k; j++, o++) {
+                    uint64_t row = d->ids[o];
+                    int ow = (int)(row % (uint64_t)N);
+                    uint64_t li = row / (uint64_t)N;
+                    unsigned char *q = d->sbuf + d->cur[ow];
+                    memcpy(q, &li, sizeof li);
+                    memcpy(q + sizeof li, &wt, sizeof wt);
+                    memcpy(q + sizeof li + sizeof wt, go + (size_t)j * cd, row_bytes);
+                    d->cur[ow] += rec;
+                }
+            }
+        }
+    }
+    if ((rc = exchange(d, d->sbuf, &d->rbuf, &d->rbuf_cap)) != ES_OK) return rc;
+    es__gradacc_clear(&d->ga);
+    for (int i = 0; i < N; i++) {
+        size_t cnt_i = d->rcnt[i] / rec;
+        for (size_t q = 0; q < cnt_i; q++) {
+            const unsigned char *r = d->rbuf + d->rdsp[i] + q * rec;
+            uint64_t li;
+            float wt;
+            memcpy(&li, r, sizeof li);
+            memcpy(&wt, r + sizeof li, sizeof wt);
+            memcpy(d->tmp, r + sizeof li + sizeof wt, row_bytes);
+            if (li >= d->map.t->n_rows)
+                return es__err(err, ES_EFORMAT, "rank %d sent rank %d a gradient of local row %llu of %llu", i, d->rank,
+                               (unsigned long long)li, (unsigned long long)d->map.t->n_rows);
+            float *gr = es__gradacc_row(&d->ga, li);
+            if (!gr) {
+                es__gradacc_clear(&d->ga);
+                return es__err(err, ES_ENOMEM, "out of memory growing the gradient scratch");
+            }
+            es__axpy(gr, wt, d->tmp, (size_t)cd);
+        }
+    }
+    es__gradacc_apply(&d->ga, d->map.t);
+    return ES_OK;
+}
+
+/* ---- the whole model on rank 0 --------------------------------------------------------- */
+
+int es__dist_gather(es__dist *d, es_model *dst, es_err *err) {
+    const int N = d->size;
+    const es_rows *t = d->map.t;
+    const size_t row_bytes = (size_t)t->dim * sizeof(float);
+    int rc;
+    memset(d->scnt, 0, (size_t)N * sizeof(size_t));
+    memset(d->sdsp, 0, (size_t)N * sizeof(size_t));
+    d->scnt[0] = (size_t)t->n_rows * row_bytes;
+    /* rank 0 knows every shard's size from the rule */
+    size_t tot = 0;
+    for (int i = 0; i < N; i++) {
+        uint64_t local = d->map.rows > (uint64_t)i ? (d->map.rows - (uint64_t)i + (uint64_t)N - 1) / (uint64_t)N : 0;
+        d->rcnt[i] = d->rank == 0 ? (size_t)local * row_bytes : 0;
+        d->rdsp[i] = tot;
+        tot += d->rcnt[i];
+    }
+    if (grow((void **)&d->rbuf, &d->rbuf_cap, tot + 1, 1) != ES_OK) return es__err(err, ES_ENOMEM, "out of memory gathering the tables");
+    double t0 = es__now();
+    rc = d->c->alltoallv(d->c->ctx, t->w, d->scnt, d->sdsp, d->rbuf, d->rcnt, d->rdsp);
+    d->st.seconds += es__now() - t0;
+    if (rc) return es__err(err, ES_EIO, "rank %d of %d: gathering the tables failed in the communication layer", d->rank, N);
+    if (d->rank != 0) return ES_OK;
+    es__row_map dm = {0};
+    if (!dst || !dst->st->ops->row_map || dst->st->ops->row_map(dst->st, &dm) != ES_OK || dm.rows != d->map.rows ||
+        dm.t->dim != t->dim || dm.t->n_rows != d->map.rows || es__net_n_params(dst->net) != d->P)
+        return es__err(err, ES_EINVAL, "the gathered model does not have the shape of the shards (rows %llu vs %llu, dense %zu vs %zu)",
+                       dst && dst->st->ops->row_map ? (unsigned long long)dm.rows : 0ULL, (unsigned long long)d->map.rows,
+                       dst ? es__net_n_params(dst->net) : (size_t)0, d->P);
+    for (int i = 0; i < N; i++) {
+        uint64_t local = d->rcnt[i] / row_bytes;
+        for (uint64_t li = 0; li < local; li++)
+            memcpy(dm.t->w + (size_t)(li * (uint64_t)N + (uint64_t)i) * (size_t)t->dim, d->rbuf + d->rdsp[i] + li * row_bytes, row_bytes);
+    }
+    /* the lookup maps every rank copies (full's keys): rank 0's, by name,
+     * then the method rebuilds what derives from them */
+    es_tensor_ref rs[64], rd[64];
+    int ns = es__storage_tensors(d->m->st, rs, 64), nd = es__storage_tensors(dst->st, rd, 64);
+    if (ns < 0 || nd < 0) return es__err(err, ES_ERANGE, "too many storage tensors");
+    for (int i = 0; i < ns; i++) {
+        if (!strcmp(rs[i].name, "weight") || !strncmp(rs[i].name, "opt.", 4)) continue;
+        int j = 0;
+        while (j < nd && strcmp(rd[j].name, rs[i].name) != 0) j++;
+        if (j == nd || rd[j].nbytes != rs[i].nbytes || !rd[j].data || !rs[i].data)
+            return es__err(err, ES_EINVAL, "the gathered model's tensor %s does not match the shards'", rs[i].name);
+        memcpy(rd[j].data, rs[i].data, rs[i].nbytes);
+    }
+    if ((rc = es__storage_after_load(dst->st)) != ES_OK) return es__err(err, rc, "%s", es__storage_errmsg(dst->st));
+    memcpy(es__net_params_ptr(dst->net), es__net_params_ptr(d->m->net), d->P * sizeof(float));
+    return ES_OK;
+}
+
+/* ---- agreement ------------------------------------------------------------------------- */
+
+typedef struct {
+    int32_t rc, pad;
+    int64_t n;
+    uint64_t h;
+} agree_rec;
+
+int es__dist_agree(const es_comm *c, int *failed, int rc, int64_t n, uint64_t h, const char *what, es_err *err) {
+    if (!c) return rc;
+    if (*failed) return rc ? rc : ES_EIO;
+    agree_rec me = {rc, 0, n, h};
+    agree_rec *all = es__calloc((size_t)c->size, sizeof *all);
+    if (!all) {
+        *failed = 1;
+        return es__err(err, ES_ENOMEM, "out of memory");
+    }
+    if (c->allgather(c->ctx, &me, all, sizeof me) != 0) {
+        es__free(all);
+        *failed = 2; /* the transport broke: nothing is agreed */
+        return es__err(err, ES_EIO, "rank %d of %d: the communication layer failed", c->rank, c->size);
+    }
+    int first = -1, code = 0;
+    for (int i = 0; i < c->size; i++)
+        if (all[i].rc != 0) {
+            first = i;
+            code = all[i].rc;
+            break;
+        }
+    if (first >= 0) {
+        char msg[sizeof err->msg];
+        snprintf(msg, sizeof msg, "%s", rc ? err->msg : "");
+        if (c->bcast(c->ctx, msg, sizeof msg, first) != 0) snprintf(msg, sizeof msg, "(its message was lost)");
+        *failed = 1;
+        es__free(all);
+        char m2[sizeof err->msg];
+        snprintf(m2, sizeof m2, "%s", msg);
+        return es__err(err, code, "on rank %d: %s", first, m2);
+    }
+    for (int i = 1; i < c->size; i++)
+        if (all[i].n != all[0].n || all[i].h != all[0].h) {
+            agree_rec a = all[0], b = all[i];
+            es__free(all);
+            *failed = 1;
+            return es__err(err, ES_EINVAL, "ranks disagree on %s: rank 0 has %lld/%016llx, rank %d %lld/%016llx", what, (long long)a.n,
+                           (unsigned long long)a.h, i, (long long)b.n, (unsigned long long)b.h);
+        }
+    es__free(all);
+    return ES_OK;
+}
