@@ -25,7 +25,7 @@ static int crit_multi[39];
 
 /* A Criteo-like schema (13 numeric I1..I13, 26 categorical C1..C26). */
 static void crit_schema(es__schema *s) {
-    static char buf[39][8];
+    static char buf[39][16];
     for (int i = 0; i < 39; i++) {
         snprintf(buf[i], sizeof buf[i], "%c%d", i < 13 ? 'I' : 'C', i < 13 ? i + 1 : i - 12);
         crit_names[i] = buf[i];
