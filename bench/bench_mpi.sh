@@ -18,8 +18,8 @@
 #     2 (N - 1) * 4 ceil(P / N)  +  8 (16 / N) (N - 1)
 # P is the net's parameter count (net_bytes / 4 in the JSON).  The all-to-all
 # bytes depend on the distinct rows of each rank's part (the data's
-# duplicate rate); the cost model that predicts them is still to be written
-# (docs/scale.md).
+# duplicate rate); bench/mpi_cost_model.py (run at the end) predicts them
+# from the data and sets the prediction beside the counters.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ES_BIN=${ES_BIN:-build/embstore}
@@ -59,3 +59,7 @@ num() { sed -n "s/.*\"$1\":\([-0-9.e+]*\).*/\1/p" "$2"; }
         done
     done
 } | tee "$OUT/mpi.md"
+# the all-to-all bytes against their cost model, and the cluster projection
+# (bench/mpi_cost_model.py; docs/scale.md)
+echo
+/usr/bin/python3 bench/mpi_cost_model.py --es "$ES_BIN" | tee "$OUT/cost_model.md"
