@@ -61,7 +61,7 @@ class es_train_params(ctypes.Structure):
                 ("command_line", c_char_p), ("checkpoint_every", c_int), ("checkpoint_path", c_char_p),
                 ("resume", c_int), ("early_stop", c_int), ("eval_every", c_int), ("refit", c_int),
                 ("stop_metric", c_char_p), ("test_path", c_char_p), ("progress", PROGRESS_FN),
-                ("progress_ctx", c_void_p)]
+                ("progress_ctx", c_void_p), ("matryoshka", c_char_p), ("matryoshka_weights", c_char_p)]
 
 
 class es_train_result(ctypes.Structure):
