@@ -362,3 +362,27 @@ TEST(matryoshka_bad_input) {
     };
     es_test_train_refusals(CRITEO, bad, ES_ARRAY_LEN(bad));
 }
+
+/* A checkpoint of a Matryoshka model resumes to the same bits (the
+ * prefixes come back from the file; the prefix nets are views, not state),
+ * and a saved and loaded one predicts the bits of the trained one. */
+#include "resume_harness.h"
+
+TEST(matryoshka_checkpoint_continues) {
+    es_model_params mp = es_model_params_default();
+    mp.model = "dlrm";
+    mp.dim = 8;
+    mp.storage = "hash";
+    mp.budget = 20000;
+    mp.batch = 64;
+    mp.matryoshka = "2,4,8";
+    mp.matryoshka_weights = "1,0.5,2";
+    es_test_checkpoint_continues(mp, "dlrm matryoshka");
+    mp.dropout = 0.3f; /* the prefix nets draw the full net's masks of the step */
+    es_test_checkpoint_continues(mp, "dlrm matryoshka dropout");
+    mp.dropout = 0;
+    mp.model = "fm";
+    mp.storage = "unified";
+    mp.emb_optim = "ftrl";
+    es_test_checkpoint_continues(mp, "fm matryoshka ftrl");
+}
