@@ -214,6 +214,8 @@ for _name, _res, *_args in [
     ("es_model_embedding", c_int, c_void_p, c_int, c_uint64, P(c_float)),
     ("es_model_save", c_int, c_void_p, c_char_p, c_uint),
     ("es_model_quantize", c_int, c_void_p, c_char_p, P(es_err)),
+    ("es_model_set_prefix", c_int, c_void_p, c_int),
+    ("es_model_slice", c_int, c_void_p, c_int, P(c_void_p), P(es_err)),
     ("es_model_n_tensors", c_int, c_void_p),
     ("es_model_tensor", c_int, c_void_p, c_int, P(c_char_p), P(c_char_p), P(c_int), P(c_uint64), P(c_void_p)),
     ("es_index_params_default", es_index_params),
