@@ -333,6 +333,10 @@ TEST(matryoshka_bad_input) {
     CHECK(es_test_sh(log, "%s slice %s --dim 4 -o %s", es_bin(), junk, out) == 1);
     CHECK(access(out, F_OK) != 0);
     CHECK(es_test_sh(log, "%s slice %s -o %s", es_bin(), model, out) == 2); /* no --dim */
+    const char *pred = es_test_path("mat_bad_pred.txt");
+    unlink(pred);
+    CHECK(es_test_sh(log, "tail -n 100 %s > %s.tsv && %s predict %s %s.tsv --dim 2 --out %s", CRITEO, log, es_bin(), model, log, pred) == 1);
+    CHECK(access(pred, F_OK) != 0); /* no prediction file for a prefix that was not trained */
     /* a method that cannot be cut, and a model without prefixes */
     const char *qr = trained("mat_bad_qr.es", "--model fm --dim 8 --matryoshka 4,8 --storage qr --budget 0.2");
     CHECK(qr);
@@ -385,4 +389,35 @@ TEST(matryoshka_checkpoint_continues) {
     mp.storage = "unified";
     mp.emb_optim = "ftrl";
     es_test_checkpoint_continues(mp, "fm matryoshka ftrl");
+}
+
+/* Every allocation of a Matryoshka model's create (its prefix nets) and
+ * of a slice may fail: a negative status, no crash, no leak (under ASan). */
+#include "alloc_sweep.h"
+
+static int create_and_slice(void *arg) {
+    (void)arg;
+    es_model_params mp = es_model_params_default();
+    mp.model = "dlrm";
+    mp.dim = 8;
+    mp.n_dense = 3;
+    mp.n_fields = 4;
+    mp.storage = "hash";
+    mp.budget = 8192;
+    mp.batch = 16;
+    mp.matryoshka = "2,4,8";
+    es_model *m = NULL, *s = NULL;
+    es_err err = {0};
+    int rc = es_model_create(&m, &mp, NULL, &err);
+    if (rc == 0) rc = es_model_slice(m, 4, &s, &err);
+    es_model_free(s);
+    es_model_free(m);
+    return rc;
+}
+
+TEST(matryoshka_alloc_failures) {
+    CHECK_EQ_INT(create_and_slice(NULL), 0); /* the in-memory (never saved) model cuts too */
+    int n = es_test_alloc_sweep(create_and_slice, NULL, 2000);
+    printf("    %d allocation failure points\n", n);
+    CHECK(n > 10);
 }
