@@ -596,6 +596,8 @@ typedef struct es_train_params {
      * process ("<checkpoint>.rank<k>of<N>"), resumed on as many.  NULL:
      * this process alone. */
     const es_comm *comm;
+    const char *matryoshka;         /* Matryoshka prefixes "2,4,8,16" (es_model_params); NULL: none */
+    const char *matryoshka_weights; /* their loss weights (es_model_params); NULL: all 1 */
 } es_train_params;
 
 /* The defaults of `embstore train` (the study behind them is in
@@ -821,6 +823,19 @@ typedef struct es_model_params {
     const char *precision;
     const char *qtrain;
     uint64_t seed;            /* 1; every initial value follows from it */
+    /* NULL: a plain model.  "p1,p2,...,dim" (fm, ffm, dlrm, dcn; not lr):
+     * Matryoshka training (docs/methods.md, "matryoshka"), the loss
+     * sum_i w_i * logloss(model at prefix p_i), where the model at prefix p
+     * uses only the first p columns of every embedding (FM: the first-order
+     * weight and v[0..p); FFM: v[0..p) of every field-pair vector; DLRM:
+     * also z0[0..p) of the bottom MLP; DCN: x0 without the columns past p).
+     * At most 8 prefixes, strictly increasing, the last equal to dim.
+     * Saved with the model; es_model_set_prefix evaluates at any of them and
+     * es_model_slice cuts the model to one. */
+    const char *matryoshka;
+    /* NULL: every w_i = 1 (Kusupati et al. 2022); else "w1,w2,..." one
+     * finite weight >= 0 per prefix, not all 0. */
+    const char *matryoshka_weights;
 } es_model_params;
 
 /* The defaults above (those of es_train_params_default and the CLI). */
@@ -865,6 +880,26 @@ ES_API int es_model_train_batch(es_model *m, const es_batch *b, double *loss_sum
  * into batches, on the thread count or on the SIMD level (bit for bit on
  * one machine: docs/determinism.md).  ES_EINVAL when b's shape differs. */
 ES_API int es_model_eval_batch(es_model *m, const es_batch *b, float *prob, double *loss_sum);
+/* Matryoshka: evaluate and predict (es_model_eval_batch, _predict_batch,
+ * _eval_file, _predict_file, _predict_mem) with the model at prefix dim:
+ * only the first dim columns of every embedding (es_model_params.
+ * matryoshka says what that means per model).  dim must be one of the
+ * prefixes the model was trained with (model.matryoshka in its metadata),
+ * or 0 or the model's dim for the whole model (the default).  Training is
+ * not affected: es_model_train_batch always trains the nested loss.  The
+ * scores equal, bit for bit, those of es_model_slice(m, dim).  Errors:
+ * ES_EINVAL (not a trained prefix; es_model_errmsg names the trained
+ * prefixes). */
+ES_API int es_model_set_prefix(es_model *m, int dim);
+/* A new model m cut to the trained prefix dim (see es_model_set_prefix):
+ * table rows of the first columns only, the net of dimension dim, the
+ * same reader settings and metadata, prefixes up to dim.  It scores every
+ * row exactly as m at es_model_set_prefix(m, dim) does.  Storage methods
+ * full, hash and unified at fp32; others are ES_EINVAL (the message says
+ * which).  The new model carries no optimizer state.  Save it with
+ * es_model_save.  Errors (err): ES_EINVAL (dim not a trained prefix, a
+ * method that cannot be cut), ES_ENOMEM. */
+ES_API int es_model_slice(es_model *m, int dim, es_model **out, es_err *err);
 /* es_model_eval_batch without the loss. */
 ES_API int es_model_predict_batch(es_model *m, const es_batch *b, float *prob);
 

@@ -458,6 +458,18 @@ int cli_train_opt(const char *cmd, int argc, char **argv, int *ip, es_train_para
         *ip = i;
         return 1;
     }
+    if (!strcmp(a, "--matryoshka")) {
+        if (!(v = cli_next(cmd, argc, argv, &i))) return -1;
+        p->matryoshka = v; /* checked with the rest of the model (es_model_create) */
+        *ip = i;
+        return 1;
+    }
+    if (!strcmp(a, "--matryoshka-weights")) {
+        if (!(v = cli_next(cmd, argc, argv, &i))) return -1;
+        p->matryoshka_weights = v;
+        *ip = i;
+        return 1;
+    }
     if (!strcmp(a, "--threads")) {
         if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 0, 1024, &ll)) return -1;
         p->threads = (int)ll;

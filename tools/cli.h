@@ -109,6 +109,7 @@ int cmd_eval(int argc, char **argv);
 int cmd_predict(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
+int cmd_slice(int argc, char **argv);
 int cmd_bench_storage(int argc, char **argv);
 int cmd_index(int argc, char **argv);
 int cmd_diagnose(int argc, char **argv);

@@ -86,6 +86,14 @@ static const char train_help[] =
     "  --weight-decay X      L2 on dense weights (default 0)\n"
     "  --dropout P           dlrm, dcn: dropout on hidden MLP units, P in [0, 1) (default 0;\n"
     "                        training only, eval/predict never drop)\n"
+    "  --matryoshka P1,..,K  Matryoshka training (fm, ffm, dlrm, dcn; not lr): the loss is\n"
+    "                        the weighted sum of the log losses of the model at each prefix\n"
+    "                        dimension (only the first Pi columns of every embedding; dlrm\n"
+    "                        also cuts the bottom MLP output to Pi).  Strictly increasing,\n"
+    "                        at most 8, the last = --dim; e.g. --dim 16 --matryoshka 2,4,8,16.\n"
+    "                        eval/predict --dim Pi and 'embstore slice' use the prefixes\n"
+    "  --matryoshka-weights W1,..  one loss weight per prefix (default all 1, as Kusupati et\n"
+    "                        al. 2022); docs/methods.md, \"matryoshka\"\n"
     "  --threads T           threads (default 1; 0 = all cores)\n"
     "  --seed S              random seed (default 1); --threads 1 runs are repeatable\n"
     "output:\n"
@@ -387,6 +395,8 @@ static const char eval_help[] =
     "                 at once with --no-verify); the file must then only be replaced\n"
     "                 by rename: a cp over it while in use kills the process (SIGBUS)\n"
     "  --threads T    threads (default 1; 0 = all cores)\n"
+    "  --dim P        a Matryoshka model (train --matryoshka) at prefix P: only the first\n"
+    "                 P columns of every embedding; P must be one of its trained prefixes\n"
     "  --label-threshold X  label = (label column >= X) instead of the model's setting\n" MODEL_INPUT_HELP;
 
 static const char predict_help[] =
@@ -403,7 +413,9 @@ static const char predict_help[] =
     "                 CSV file without the label column; a label column present is ignored)\n"
     "  --no-verify    skip tensor checksums when loading\n"
     "  --map          map the model file instead of reading it (see 'eval --help')\n"
-    "  --threads T    threads (default 1; 0 = all cores)\n" MODEL_INPUT_HELP;
+    "  --threads T    threads (default 1; 0 = all cores)\n"
+    "  --dim P        a Matryoshka model at its trained prefix P (see 'eval --help'); the\n"
+    "                 same bits as the model 'embstore slice --dim P' writes\n" MODEL_INPUT_HELP;
 
 /* Reader options of eval/predict: those that say how a file is laid out.
  * --skip-bad would drop rows (predictions would no longer line up with the
@@ -429,7 +441,7 @@ static int model_cmd(int argc, char **argv, int predict) {
     const char *model = NULL, *file = NULL, *out = NULL;
     unsigned flags = 0;
     long long ll;
-    int threads = 1, has_label = 1, digits = 0;
+    int threads = 1, has_label = 1, digits = 0, prefix = 0;
     /* reader options are collected here and applied over the model's own
      * settings once it is loaded */
     es_reader_params ov;
@@ -453,6 +465,9 @@ static int model_cmd(int argc, char **argv, int predict) {
         } else if (!strcmp(a, "--threads")) {
             if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 0, 1024, &ll)) return ES_EXIT_USAGE;
             threads = (int)ll;
+        } else if (!strcmp(a, "--dim")) {
+            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 4096, &ll)) return ES_EXIT_USAGE;
+            prefix = (int)ll;
         } else if (predict && (!strcmp(a, "--out") || !strcmp(a, "-o"))) {
             if (!(out = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
         } else if (predict && !strcmp(a, "--unlabeled")) {
@@ -480,6 +495,11 @@ static int model_cmd(int argc, char **argv, int predict) {
     es_err err = {0};
     int rc = es_model_load(&m, model, flags, &err);
     if (rc != 0) return cli_fail(cmd, "%s", err.msg);
+    if (prefix && es_model_set_prefix(m, prefix) != 0) {
+        rc = cli_fail(cmd, "%s: %s", model, es_model_errmsg(m));
+        es_model_free(m);
+        return rc;
+    }
     if (changed) {
         es_reader_params rp = es_model_reader_params(m);
         /* --format, or --columns alone (a spec is for CSV) */

@@ -24,6 +24,7 @@ static const command commands[] = {
     {"bench-storage", cmd_bench_storage, "sweep storage methods x budgets x seeds: results, Pareto plot, advice"},
     {"index", cmd_index, "build, search and evaluate vector indexes"},
     {"quantize", cmd_quantize, "post-training quantization: store a model's table as fp16/int16/int8/int4/int2"},
+    {"slice", cmd_slice, "cut a Matryoshka model (train --matryoshka) to one of its trained prefix dimensions"},
     {"inspect", cmd_inspect, "show the metadata, tensors, bytes and field statistics of a file"},
     {"diagnose", cmd_diagnose, "spectrum, effective rank, intrinsic dimension, diversity of tables or vectors"},
     {"serve", cmd_serve, "serve models and indexes over HTTP: predict, embed, search, metrics, hot reload"},

@@ -706,6 +706,26 @@ class Model:
         err = es_err()
         _check(ES.es_model_quantize(self._handle(), precision.encode(), ctypes.byref(err)), err)
 
+    def set_prefix(self, dim):
+        """Matryoshka (train --matryoshka): score with the model at one of its
+        trained prefix dimensions from now on (es_model_set_prefix); 0 or the
+        model's dim: the whole model.  ValueError names the trained prefixes."""
+        self._fail(ES.es_model_set_prefix(self._handle(), int(dim)))
+
+    def slice(self, dim, path):
+        """Matryoshka: write the model cut to its trained prefix dim to path
+        (es_model_slice, then es_model_save: atomic); it scores the bits
+        set_prefix(dim) gives."""
+        h = ctypes.c_void_p()
+        err = es_err()
+        _check(ES.es_model_slice(self._handle(), int(dim), ctypes.byref(h), ctypes.byref(err)), err)
+        try:
+            rc = ES.es_model_save(h, _path(path), 0)
+            if rc:
+                _check(rc, ES.es_model_errmsg(h))
+        finally:
+            ES.es_model_free(h)
+
     def __repr__(self):
         return f"<embstore.Model {self.path!r} fields={self.n_fields} dense={self.n_dense} dim={self.dim}>"
 

@@ -61,7 +61,7 @@ class es_train_params(ctypes.Structure):
                 ("command_line", c_char_p), ("checkpoint_every", c_int), ("checkpoint_path", c_char_p),
                 ("resume", c_int), ("early_stop", c_int), ("eval_every", c_int), ("refit", c_int),
                 ("stop_metric", c_char_p), ("test_path", c_char_p), ("progress", PROGRESS_FN),
-                ("progress_ctx", c_void_p), ("comm", c_void_p)]
+                ("progress_ctx", c_void_p), ("comm", c_void_p), ("matryoshka", c_char_p), ("matryoshka_weights", c_char_p)]
 
 
 class es_train_result(ctypes.Structure):
@@ -216,6 +216,8 @@ for _name, _res, *_args in [
     ("es_model_embedding", c_int, c_void_p, c_int, c_uint64, P(c_float)),
     ("es_model_save", c_int, c_void_p, c_char_p, c_uint),
     ("es_model_quantize", c_int, c_void_p, c_char_p, P(es_err)),
+    ("es_model_set_prefix", c_int, c_void_p, c_int),
+    ("es_model_slice", c_int, c_void_p, c_int, P(c_void_p), P(es_err)),
     ("es_model_n_tensors", c_int, c_void_p),
     ("es_model_tensor", c_int, c_void_p, c_int, P(c_char_p), P(c_char_p), P(c_int), P(c_uint64), P(c_void_p)),
     ("es_index_params_default", es_index_params),

@@ -231,6 +231,25 @@ static int validate(const es_net_params *p, es_err *err) {
         return es__err(err, ES_EINVAL, "net %s: weight_decay %g", kn, (double)p->weight_decay);
     if (!(p->dropout >= 0.0f && p->dropout < 1.0f))
         return es__err(err, ES_EINVAL, "net %s: dropout %g (need [0, 1))", kn, (double)p->dropout);
+    if (p->n_prefix < 0 || p->n_prefix > ES_NET_MAX_PREFIX)
+        return es__err(err, ES_EINVAL, "net %s: %d matryoshka prefixes (at most %d)", kn, p->n_prefix, ES_NET_MAX_PREFIX);
+    if (p->n_prefix > 0) {
+        if (p->kind == ES_NET_LR)
+            return es__err(err, ES_EINVAL, "net lr: matryoshka prefixes need an embedding dimension; lr has one weight per value (dim 1)");
+        double wsum = 0;
+        for (int i = 0; i < p->n_prefix; i++) {
+            if (p->prefix[i] < 1 || p->prefix[i] > p->dim || (i > 0 && p->prefix[i] <= p->prefix[i - 1]))
+                return es__err(err, ES_EINVAL, "net %s: matryoshka prefixes must increase strictly within 1..dim = %d (prefix %d is %d)",
+                               kn, p->dim, i, p->prefix[i]);
+            if (!(p->prefix_w[i] >= 0.0f) || !isfinite(p->prefix_w[i]))
+                return es__err(err, ES_EINVAL, "net %s: matryoshka weight %d is %g (need finite, >= 0)", kn, i, (double)p->prefix_w[i]);
+            wsum += p->prefix_w[i];
+        }
+        if (p->prefix[p->n_prefix - 1] != p->dim)
+            return es__err(err, ES_EINVAL, "net %s: the last matryoshka prefix must be dim = %d (it is %d)", kn, p->dim,
+                           p->prefix[p->n_prefix - 1]);
+        if (!(wsum > 0)) return es__err(err, ES_EINVAL, "net %s: the matryoshka weights are all 0", kn);
+    }
     if (p->dropout > 0.0f && p->kind != ES_NET_DLRM && p->kind != ES_NET_DCN)
         return es__err(err, ES_EINVAL, "net %s: dropout is for dlrm and dcn only (their MLPs)", kn);
     return ES_OK;
@@ -702,6 +721,71 @@ void es__net_step(es_net *net) {
     net->wt_frozen = 0;
     net->drop_step++;
     es__dense_opt_step(&net->opt); /* every segment; zeroes the gradients */
+}
+
+int64_t es__net_drop_step(const es_net *net) { return net->drop_step; }
+void es__net_set_drop_step(es_net *net, int64_t step) { net->drop_step = step; }
+
+/* ---- prefixes (Matryoshka) ---------------------------------------------------------- */
+
+void es__net_prefix_cols(es_net_kind kind, int n_fields, int dim, int p, int *cols) {
+    int Ep = es__net_emb_dim(kind, n_fields, p);
+    if (kind == ES_NET_FFM) { /* column 0, then the first p of each field-pair vector */
+        cols[0] = 0;
+        for (int g = 0; g < n_fields; g++)
+            for (int c = 0; c < p; c++) cols[1 + g * p + c] = 1 + g * dim + c;
+        return;
+    }
+    for (int c = 0; c < Ep; c++) cols[c] = c; /* FM: weight + v[0..p); DLRM, DCN: e[0..p) */
+}
+
+/* How an axis of a sub-net tensor indexes the full net's: */
+enum { AX_SAME, AX_PREFIX, AX_TOPIN, AX_X0 };
+
+/* Full index of sub index j along an axis of that kind (sub dim p, full k). */
+static size_t axis_map(int ax, size_t j, int D, int k, int p) {
+    switch (ax) {
+    case AX_PREFIX: return j;                                  /* the first p of k */
+    case AX_TOPIN: return j < (size_t)p ? j : j + (size_t)(k - p); /* DLRM top input [z0 (p of k), dots] */
+    case AX_X0:                                                /* DCN x0 = [dense, e_0 (p of k), e_1, ...] */
+        if (j < (size_t)D) return j;
+        return (size_t)D + (j - D) / (size_t)p * (size_t)k + (j - D) % (size_t)p;
+    }
+    return j;
+}
+
+void es__net_prefix_params(const es_net *full, const es_net *sub, size_t *map) {
+    const es_net_params *fp = &full->p;
+    int D = fp->n_dense, k = fp->dim, p = sub->p.dim;
+    ES_ASSERT(sub->p.kind == fp->kind && sub->p.n_fields == fp->n_fields && D == sub->p.n_dense && p <= k);
+    ES_ASSERT(sub->n_segs == full->n_segs);
+    char name[ES__NET_SEG_NAME];
+    snprintf(name, sizeof name, "net.bottom.%d.", full->bottom.n_layers - 1);
+    for (int i = 0; i < sub->n_segs; i++) {
+        const es__net_seg *s = &sub->segs[i], *f = &full->segs[i];
+        ES_ASSERT(strcmp(s->name, f->name) == 0);
+        int rax = AX_SAME, cax = AX_SAME; /* 1-D: the one axis is the column axis */
+        if (fp->kind == ES_NET_FM && !strcmp(s->name, "net.fm.v")) cax = AX_PREFIX;
+        if (fp->kind == ES_NET_DLRM && D > 0 && !strncmp(s->name, name, strlen(name))) {
+            if (s->ndim == 2) rax = AX_PREFIX; else cax = AX_PREFIX; /* the bottom's output rows */
+        }
+        if (fp->kind == ES_NET_DLRM && D > 0 && !strcmp(s->name, "net.top.0.w")) cax = AX_TOPIN;
+        if (fp->kind == ES_NET_DCN && !strncmp(s->name, "net.cross.", 10)) {
+            if (s->ndim == 2) rax = AX_X0;
+            cax = AX_X0;
+        }
+        if (fp->kind == ES_NET_DCN && !strcmp(s->name, "net.deep.0.w")) cax = AX_X0;
+        size_t rows = s->ndim == 2 ? s->shape[0] : 1, cols = s->ndim == 2 ? s->shape[1] : s->shape[0];
+        size_t fcols = f->ndim == 2 ? f->shape[1] : f->shape[0];
+        for (size_t r = 0; r < rows; r++) {
+            size_t fr = axis_map(rax, r, D, k, p);
+            for (size_t c = 0; c < cols; c++) {
+                size_t fc = axis_map(cax, c, D, k, p);
+                ES_ASSERT(fr * fcols + fc < f->count);
+                map[s->off + r * cols + c] = f->off + fr * fcols + fc;
+            }
+        }
+    }
 }
 
 void es__net_zero_grad(es_net *net) { memset(net->grads, 0, net->n_params * sizeof(float)); }

@@ -55,6 +55,8 @@
 typedef enum { ES_NET_LR = 0, ES_NET_FM = 1, ES_NET_DLRM = 2, ES_NET_DCN = 3, ES_NET_FFM = 4 } es_net_kind;
 
 #define ES_NET_MAX_LAYERS 8
+/* Most Matryoshka prefixes (es_net_params.prefix). */
+#define ES_NET_MAX_PREFIX 8
 
 typedef struct es_net_params {
     es_net_kind kind;
@@ -82,6 +84,15 @@ typedef struct es_net_params {
      * must leave it 0. */
     float dropout;
     uint64_t seed;
+    /* Matryoshka (Kusupati et al. 2022; model/nest.h): n_prefix = 0 (the
+     * default) is a plain net.  Otherwise prefix[0..n_prefix) are the
+     * trained prefix dimensions, strictly increasing in 1..dim, the last
+     * equal to dim, with the weights prefix_w (finite, >= 0, not all 0) of
+     * the nested loss.  The net itself computes at dim only; es_nest runs
+     * the prefixes.  Not for lr (dim 1). */
+    int n_prefix;
+    int prefix[ES_NET_MAX_PREFIX];
+    float prefix_w[ES_NET_MAX_PREFIX];
 } es_net_params;
 
 /* Defaults: DLRM bottom {64, dim}, top {64, 32}; DCN 2 cross layers, deep
@@ -153,6 +164,23 @@ size_t es__net_state_bytes(const es_net *net);
  * es_storage_ops.tensors: returns the count written (<= max), or with
  * refs == NULL the count needed. */
 int es__net_tensors(es_net *net, es_tensor_ref *refs, int max);
+/* Matryoshka support (model/nest.c).  The net at prefix p < dim is the
+ * net of dimension p whose parameters are the full net's restricted to the
+ * prefix: it is exactly the full net evaluated on inputs whose embedding
+ * columns past p are zero (and, for DLRM, the bottom MLP's output columns
+ * past p zeroed), but computed at width p, so a model cut to p (es_model
+ * slice) gives the same bits.  es__net_prefix_params: sub's parameter i
+ * is full's parameter map[i] (map has es__net_n_params(sub) entries; sub
+ * must have full's parameters but dim = p <= full's dim, and, for DLRM,
+ * its bottom ending in p).  es__net_prefix_cols: embedding column c of a
+ * prefix-p row comes from column cols[c] of a full row (E_p =
+ * es__net_emb_dim(kind, F, p) entries). */
+void es__net_prefix_params(const es_net *full, const es_net *sub, size_t *map);
+void es__net_prefix_cols(es_net_kind kind, int n_fields, int dim, int p, int *cols);
+/* The dropout step counter (es__net_step calls): a sub-net draws the
+ * full net's masks when given its count. */
+int64_t es__net_drop_step(const es_net *net);
+void es__net_set_drop_step(es_net *net, int64_t step);
 /* Multiply-adds per row of forward (for GFLOP/s figures): every linear
  * layer in*out, DLRM k per pair dot, DCN d0*d0 + d0 per cross layer, LR
  * D + F, FM D + F + D*k + 2(F+D)k + k, FFM D + F + F(F-1)/2 k.  Bias adds and activations are not

@@ -71,6 +71,9 @@ int es__model_create(es_model **out, const es_net_params *np, const es_storage_p
     }
     if ((rc = es__storage_create(&m->st, sp, vocab, err)) != 0) goto fail;
     if ((rc = es__net_create(&m->net, np, err)) != 0) goto fail;
+    if (np->n_prefix > 1 && (rc = es__nest_create(&m->nest, m->net, err)) != 0) goto fail;
+    m->prefix_level = -1;
+    m->nest_stale = 1;
     if ((rc = model_alloc_buffers(m, err)) != 0) goto fail;
     *out = m;
     return ES_OK;
@@ -82,6 +85,7 @@ fail:
 void es_model_free(es_model *m) {
     if (!m) return;
     es__storage_free(m->st);
+    es__nest_free(m->nest);
     es__net_free(m->net);
     es__free_aligned(m->buf);
     es__free(m->rp_columns);
@@ -210,6 +214,16 @@ int es_model_train_batch(es_model *m, const es_batch *b, double *loss_sum) {
     /* before anything changes: a quantized table serves only */
     if ((rc = es__storage_check_trainable(m->st, &m->err)) != ES_OK) return rc;
     lookup_rows(m, b, 0, n);
+    if (m->nest) { /* Matryoshka: the nested loss over the prefixes (model/nest.h) */
+        double wl = es__nest_train_grad(m->nest, n, m->emb, b->dense, b->label, m->demb, m->logit, 1), ws = 0;
+        for (int i = 0; i < m->np.n_prefix; i++) ws += m->np.prefix_w[i];
+        if (loss_sum) *loss_sum += wl / ws; /* the weighted mean of the levels' losses */
+        es__net_step(m->net);
+        m->nest_stale = 1;
+        rc = m->st->ops->backward(m->st, b, m->demb);
+        if (rc != 0) return es__err(&m->err, rc, "embedding update failed: %s", m->st->err.msg);
+        return ES_OK;
+    }
     es__net_forward_train(m->net, n, m->emb, b->dense, m->logit); /* dropout, when set, here only */
     /* the tested layer loss: summed over the rows, dlogit of the batch mean */
     double loss = es__bce_logits_sum(m->logit, b->label, n, 1.0f / (float)n, m->dlogit);
@@ -224,14 +238,45 @@ int es_model_train_batch(es_model *m, const es_batch *b, double *loss_sum) {
 int es_model_eval_batch(es_model *m, const es_batch *b, float *prob, double *loss_sum) {
     int rc = check_batch(m, b);
     if (rc != ES_OK) return rc;
-    es__net_freeze(m->net); /* weights packed once for every batch until the next training step */
+    const int lv = m->nest ? m->prefix_level : -1;
+    if (lv >= 0 && m->nest_stale) { /* the prefix's net from the current weights */
+        es__nest_pull(m->nest);
+        m->nest_stale = 0;
+    }
+    es_net *net = lv >= 0 ? es__nest_net(m->nest, lv) : m->net;
+    es__net_freeze(net); /* weights packed once for every batch until the next training step */
     for (int r0 = 0; r0 < b->n; r0 += m->max_batch) {
         int n = ES_MIN(m->max_batch, b->n - r0);
         lookup_rows(m, b, r0, n);
-        es__net_forward(m->net, n, m->emb, b->dense + (size_t)r0 * (size_t)m->n_dense, m->logit);
+        if (lv >= 0)
+            es__nest_forward(m->nest, lv, n, m->emb, b->dense + (size_t)r0 * (size_t)m->n_dense, m->logit);
+        else
+            es__net_forward(m->net, n, m->emb, b->dense + (size_t)r0 * (size_t)m->n_dense, m->logit);
         for (int i = 0; i < n; i++) prob[r0 + i] = es__sigmoid(m->logit[i]);
         if (loss_sum) *loss_sum += es__bce_logits_sum(m->logit, b->label + r0, n, 0.0f, NULL);
     }
+    return ES_OK;
+}
+
+int es_model_set_prefix(es_model *m, int dim) {
+    if (!m) return ES_EINVAL;
+    if (dim == 0 || dim == m->np.dim) {
+        m->prefix_level = -1;
+        return ES_OK;
+    }
+    int lv = m->nest ? es__nest_level(m->nest, dim) : -1;
+    if (lv < 0) {
+        char list[96] = "";
+        size_t o = 0;
+        for (int i = 0; i < m->np.n_prefix && o < sizeof list; i++)
+            o += (size_t)snprintf(list + o, sizeof list - o, i ? ",%d" : "%d", m->np.prefix[i]);
+        if (m->np.n_prefix > 1)
+            return es__err(&m->err, ES_EINVAL, "dim %d is not a trained prefix of this model (trained with --matryoshka %s)", dim, list);
+        return es__err(&m->err, ES_EINVAL, "dim %d: this model was trained at dim %d only (no --matryoshka prefixes); it can be evaluated at %d",
+                       dim, m->np.dim, m->np.dim);
+    }
+    if (m->prefix_level != lv) m->nest_stale = 1; /* pull at the next eval: cheap, and safe after a load */
+    m->prefix_level = lv;
     return ES_OK;
 }
 

@@ -10,12 +10,20 @@
 #include "core/core.h"
 #include "format/file.h"
 #include "model/net.h"
+#include "model/nest.h"
 #include "storage/storage.h"
 
 struct es_model {
     es_net_params np;
     es_storage *st;
     es_net *net;
+    /* Matryoshka (np.n_prefix > 1): the nets at the prefixes below dim,
+     * used by es_model_train_batch (the nested loss) and by eval/predict
+     * at the level es_model_set_prefix chose (prefix_level, -1: dim);
+     * nest_stale: the full net changed since the nest's last pull */
+    es_nest *nest;
+    int prefix_level;
+    int nest_stale;
     int n_dense, n_fields, E, max_batch;
     /* activations for one batch of max_batch rows (one allocation) */
     float *buf;
@@ -110,5 +118,11 @@ int es__model_params_resolve(const es_model_params *p, es_net_params *np, es_sto
  * memory; the table's serving bytes are the budget in bytes, a fraction of
  * the full table of vocab, or the full table itself. */
 int es__model_check_memory(const es_net_params *np, const es_storage_params *sp, const es_vocab *vocab, es_err *err);
+
+/* Matryoshka lists: "p1,p2,..." prefixes (each an integer in 1..4096) and
+ * "w1,w2,..." weights (finite, >= 0); the count, or -1 when s is not such a
+ * list of at most max entries. */
+int es__parse_prefix_list(const char *s, int *v, int max);
+int es__parse_prefix_weights(const char *s, float *v, int max);
 
 #endif

@@ -79,6 +79,14 @@ static int write_meta(es_model *m, es_fwriter *w, int with_state) {
      * model (a checkpoint above all) trains on the same way, and its
      * "opt.net.dropout_step" tensor is expected exactly when it is > 0. */
     if (np->dropout > 0) rc |= es__fwriter_metaf(w, "model.dropout", "%.9g", (double)np->dropout);
+    if (np->n_prefix > 0) { /* Matryoshka: absent in models without it */
+        join_ints(buf, sizeof buf, np->prefix, np->n_prefix);
+        rc |= es__fwriter_meta(w, "model.matryoshka", buf);
+        size_t o = 0;
+        for (int i = 0; i < np->n_prefix && o < sizeof buf; i++)
+            o += (size_t)snprintf(buf + o, sizeof buf - o, i ? ",%.9g" : "%.9g", (double)np->prefix_w[i]);
+        rc |= es__fwriter_meta(w, "model.matryoshka_weights", buf);
+    }
     rc |= es__fwriter_metaf(w, "model.max_batch", "%d", np->max_batch);
     rc |= es__fwriter_metaf(w, "model.opt", "%d,%.9g,%.9g,%.9g,%.9g", (int)np->opt.kind, np->opt.lr, np->opt.eps, np->opt.beta1,
                            np->opt.beta2);
@@ -241,6 +249,19 @@ int es__model_load(es_model **out, const char *path, unsigned flags, int with_st
     if ((s = es__file_meta(f, "model.dropout"))) {
         if ((rc = es__meta_f64(path, "model.dropout", s, 0, 0.999999, &x, err))) goto done;
         np.dropout = (float)x;
+    }
+    if ((s = es__file_meta(f, "model.matryoshka"))) {
+        int npre = parse_ints(s, np.prefix, ES_NET_MAX_PREFIX);
+        const char *ws = es__file_meta(f, "model.matryoshka_weights");
+        float wv[ES_NET_MAX_PREFIX];
+        int nw = ws ? es__parse_prefix_weights(ws, wv, ES_NET_MAX_PREFIX) : -1;
+        if (npre < 1 || nw != npre) {
+            rc = es__err(err, ES_EFORMAT, "%s: metadata model.matryoshka=%.64s / model.matryoshka_weights=%.64s: expected as many weights as prefixes (at most %d)",
+                         path, s, ws ? ws : "(missing)", ES_NET_MAX_PREFIX);
+            goto done;
+        }
+        np.n_prefix = npre;
+        memcpy(np.prefix_w, wv, sizeof wv);
     }
     if ((s = es__file_meta(f, "model.seed")) && (rc = es__meta_u64(path, "model.seed", s, 0, UINT64_MAX, &np.seed, err))) goto done;
 

@@ -125,6 +125,8 @@ int es__train_describe(const es_train_params *p, const es_reader_params *rp, cha
     }
     put(&b, "weight-decay", "%.9g", (double)p->weight_decay);
     if (p->dropout != 0) put(&b, "dropout", "%.9g", (double)p->dropout); /* only when set: older checkpoints resume */
+    if (p->matryoshka) put(&b, "matryoshka", "%s", p->matryoshka);
+    if (p->matryoshka && p->matryoshka_weights) put(&b, "matryoshka-weights", "%s", p->matryoshka_weights);
     if (p->precision && strcmp(p->precision, "fp32")) put(&b, "precision", "%s", p->precision);
     if (p->qtrain) put(&b, "qtrain", "%s", p->qtrain);
     put(&b, "seed", "%llu", (unsigned long long)p->seed);

@@ -68,7 +68,75 @@ es_model_params es_model_params_from_train(const es_train_params *tp, int n_dens
     p.precision = t->precision;
     p.qtrain = t->qtrain;
     p.seed = t->seed;
+    p.matryoshka = t->matryoshka;
+    p.matryoshka_weights = t->matryoshka_weights;
     return p;
+}
+
+int es__parse_prefix_list(const char *s, int *v, int max) {
+    int n = 0;
+    if (!s || !*s) return -1;
+    for (;;) {
+        const char *q = strchr(s, ',');
+        size_t len = q ? (size_t)(q - s) : strlen(s);
+        long long x;
+        if (n >= max || len == 0 || !(*s >= '0' && *s <= '9') || !es__parse_long(s, len, &x) || x < 1 || x > 4096) return -1;
+        v[n++] = (int)x;
+        if (!q) return n;
+        s = q + 1;
+    }
+}
+
+int es__parse_prefix_weights(const char *s, float *v, int max) {
+    int n = 0;
+    if (!s || !*s) return -1;
+    for (;;) {
+        const char *q = strchr(s, ',');
+        size_t len = q ? (size_t)(q - s) : strlen(s);
+        double x;
+        if (n >= max || len == 0 || !es__parse_double(s, len, &x) || !(x >= 0) || !isfinite(x) || x > 1e6) return -1;
+        v[n++] = (float)x;
+        if (!q) return n;
+        s = q + 1;
+    }
+}
+
+/* --matryoshka / --matryoshka-weights into np (kind and dim set). */
+static int resolve_prefixes(const es_model_params *p, es_net_params *np, es_err *err) {
+    if (!p->matryoshka || !*p->matryoshka) {
+        if (p->matryoshka_weights && *p->matryoshka_weights)
+            return es__err(err, ES_EINVAL, "matryoshka weights '%.64s' given without matryoshka prefixes", p->matryoshka_weights);
+        return ES_OK;
+    }
+    if (np->kind == ES_NET_LR)
+        return es__err(err, ES_EINVAL, "matryoshka prefixes need an embedding dimension: lr has one weight per value (dim 1); "
+                                       "use fm, ffm, dlrm or dcn");
+    int n = es__parse_prefix_list(p->matryoshka, np->prefix, ES_NET_MAX_PREFIX);
+    if (n < 1)
+        return es__err(err, ES_EINVAL, "matryoshka prefixes '%.64s': expected up to %d comma-separated dimensions, e.g. 2,4,8,16",
+                       p->matryoshka, ES_NET_MAX_PREFIX);
+    for (int i = 0; i < n; i++) {
+        if (np->prefix[i] > np->dim)
+            return es__err(err, ES_EINVAL, "matryoshka prefix %d is larger than dim %d", np->prefix[i], np->dim);
+        if (i > 0 && np->prefix[i] <= np->prefix[i - 1])
+            return es__err(err, ES_EINVAL, "matryoshka prefixes '%.64s' must increase strictly", p->matryoshka);
+    }
+    if (np->prefix[n - 1] != np->dim)
+        return es__err(err, ES_EINVAL, "the last matryoshka prefix (%d) must equal dim (%d)", np->prefix[n - 1], np->dim);
+    for (int i = 0; i < n; i++) np->prefix_w[i] = 1.0f; /* Kusupati et al.: c_m = 1 */
+    if (p->matryoshka_weights && *p->matryoshka_weights) {
+        float w[ES_NET_MAX_PREFIX];
+        int nw = es__parse_prefix_weights(p->matryoshka_weights, w, ES_NET_MAX_PREFIX);
+        if (nw != n)
+            return es__err(err, ES_EINVAL, "matryoshka weights '%.64s': expected %d finite weights >= 0, one per prefix",
+                           p->matryoshka_weights, n);
+        double sum = 0;
+        for (int i = 0; i < n; i++) sum += w[i];
+        if (!(sum > 0)) return es__err(err, ES_EINVAL, "matryoshka weights '%.64s' are all 0", p->matryoshka_weights);
+        memcpy(np->prefix_w, w, sizeof(float) * (size_t)n);
+    }
+    np->n_prefix = n;
+    return ES_OK;
 }
 
 int es__model_params_resolve(const es_model_params *p, es_net_params *np, es_storage_params *sp, es_err *err) {
@@ -124,6 +192,7 @@ int es__model_params_resolve(const es_model_params *p, es_net_params *np, es_sto
     np->weight_decay = p->weight_decay;
     np->dropout = p->dropout;
     np->seed = es__mix64(p->seed ^ 0x6e6574ULL);
+    if ((rc = resolve_prefixes(p, np, err)) != ES_OK) return rc;
 
     *sp = es__storage_params_default();
     sp->method = p->storage;

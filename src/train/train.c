@@ -429,6 +429,8 @@ static int dist_check_params(const es_train_params *p, es_err *err) {
                        "and only parsing tells a bad line (docs/scale.md)");
     if (p->precision && strcmp(p->precision, "fp32") != 0)
         return es__err(err, ES_EINVAL, "training at precision %s is not supported across processes yet", p->precision);
+    if (p->matryoshka && p->matryoshka[0])
+        return es__err(err, ES_EINVAL, "--matryoshka (the nested loss over prefixes) is not supported across processes yet");
     return ES_OK;
 }
 
