@@ -1275,6 +1275,24 @@ static int run_skip(run *x, uint64_t rows) {
     return ES_OK;
 }
 
+/* After a batch of n rows: the counts and the progress line. */
+static void batch_done(run *x, int n, uint64_t *done, long *batches, double loss_sum, double t_ep) {
+    *done += (uint64_t)n;
+    x->trained_here += (uint64_t)n;
+    ++*batches;
+    x->ps.pr.rows = *done;
+    x->ps.pr.loss = loss_sum / (double)*done;
+    x->ps.pr.rows_per_s = (double)*done / (es__now() - t_ep + 1e-9);
+    report(&x->ps, 0);
+}
+
+/* Is an evaluation inside the epoch due after `done` rows (--eval-every)? */
+static int eval_due(const run *x, uint64_t done) {
+    const es_train_params *p = x->p;
+    return p->early_stop && !x->refitting && p->eval_every > 0 && done < x->n_train &&
+           ((done + (uint64_t)p->batch - 1) / (uint64_t)p->batch) % (uint64_t)p->eval_every == 0;
+}
+
 /* The batches of epoch ep, read by the pipeline thread, from row `done`
  * on: one es_model_train_batch each, and a checkpoint every
  * checkpoint_every batches. */
@@ -1289,18 +1307,11 @@ static int run_batches(run *x, int ep, uint64_t *done, double *loss_sum, long *b
         rc = es_model_train_batch(x->m, cb, loss_sum);
         pipeline_release(&x->pl);
         if (rc != 0) break;
-        *done += (uint64_t)n;
-        x->trained_here += (uint64_t)n;
-        ++*batches;
-        x->ps.pr.rows = *done;
-        x->ps.pr.loss = *loss_sum / (double)*done;
-        x->ps.pr.rows_per_s = (double)*done / (es__now() - t_ep + 1e-9);
-        report(&x->ps, 0);
+        batch_done(x, n, done, batches, *loss_sum, t_ep);
         /* an evaluation every eval_every batches of the epoch (counted from
          * its start, so a resumed run evaluates at the same rows), before
          * the checkpoint of the same batch, which then records it */
-        if (p->early_stop && !x->refitting && p->eval_every > 0 && *done < x->n_train &&
-            ((*done + (uint64_t)p->batch - 1) / (uint64_t)p->batch) % (uint64_t)p->eval_every == 0) {
+        if (eval_due(x, *done)) {
             if ((erc = run_eval_point(x, ep, *done)) != 0 || x->stop) break;
         }
         if (p->checkpoint_every > 0 && *batches % p->checkpoint_every == 0 && *done < x->n_train) {
@@ -1351,16 +1362,9 @@ static int run_batches_dist(run *x, int ep, uint64_t *done, double *loss_sum, lo
             es__err(x->err, rc, "%s", es_model_errmsg(x->m));
             break;
         }
-        *done += (uint64_t)n;
-        x->trained_here += (uint64_t)n;
-        ++*batches;
-        x->ps.pr.rows = *done;
-        x->ps.pr.loss = *loss_sum / (double)*done;
-        x->ps.pr.rows_per_s = (double)*done / (es__now() - t_ep + 1e-9);
-        report(&x->ps, 0);
+        batch_done(x, n, done, batches, *loss_sum, t_ep);
         /* as run_batches: the same batches on every rank, so a collective */
-        if (p->early_stop && !x->refitting && p->eval_every > 0 && *done < x->n_train &&
-            ((*done + (uint64_t)p->batch - 1) / (uint64_t)p->batch) % (uint64_t)p->eval_every == 0) {
+        if (eval_due(x, *done)) {
             if ((rc = run_eval_point(x, ep, *done)) != 0 || x->stop) break;
         }
         /* every rank its shard's checkpoint (atomic each); the ranks agree
