@@ -44,6 +44,7 @@
 #include <limits.h>
 #include <math.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 
 #define ESD_VERSION 1
 #define ESD_MAX_DENSE 65536
@@ -77,6 +78,10 @@ int es__esd_sniff_mem(const void *data, size_t n) { return n >= 8 && memcmp(data
 int es__esd_sniff_path(const char *path) {
     size_t n = strlen(path);
     if (n >= 4 && strcasecmp(path + n - 4, ".esd") == 0) return 1;
+    /* only a regular file is sniffed: reading 8 bytes of a pipe would eat
+     * them (and opening a FIFO could block) */
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) return 0;
     FILE *fp = fopen(path, "rb");
     if (!fp) return 0;
     char m[8];
