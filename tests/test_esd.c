@@ -112,6 +112,35 @@ TEST(esd_stream_writer_matches_memory_writer) {
     CHECK_STR_HAS(err.msg, "4 of its 5 bytes");
 }
 
+/* ---- the reader's batch kernels against their scalar twins ---------------- */
+TEST(esd_kernels_match_ref) {
+    static const size_t sizes[] = {0, 1, 3, 4, 7, 15, 16, 17, 33, 100};
+    float x[128];
+    uint32_t o1[128], o2[128];
+    float w1[128], w2[128];
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+        size_t n = sizes[s];
+        for (size_t i = 0; i < n; i++) x[i] = (float)i - 3.5f;
+        CHECK(es__esd_all_finite(x, n) && es__esd_all_finite_ref(x, n));
+        for (size_t k = 0; k < n; k++) { /* a bad value at every position, head to tail */
+            float keep = x[k];
+            x[k] = k % 3 == 0 ? INFINITY : k % 3 == 1 ? -INFINITY : NAN;
+            CHECK_MSG(!es__esd_all_finite(x, n) && !es__esd_all_finite_ref(x, n), "n %zu bad at %zu", n, k);
+            x[k] = keep;
+        }
+        memset(o1, 0xab, sizeof o1);
+        memset(o2, 0xab, sizeof o2);
+        es__esd_iota(o1, n);
+        es__esd_iota_ref(o2, n);
+        CHECK(memcmp(o1, o2, sizeof o1) == 0); /* also nothing written past n */
+        memset(w1, 0xab, sizeof w1);
+        memset(w2, 0xab, sizeof w2);
+        es__esd_ones(w1, n);
+        es__esd_ones_ref(w2, n);
+        CHECK(memcmp(w1, w2, sizeof w1) == 0);
+    }
+}
+
 /* ---- round trips ------------------------------------------------------------ */
 static int same_batch(const es_batch *a, const es_batch *b) {
     if (a->n != b->n || a->n_dense != b->n_dense || a->n_fields != b->n_fields) return 0;

@@ -333,18 +333,63 @@ int es__esd_open(es_reader *r, const char *path, const void *mem, size_t n, cons
     return ES_OK;
 }
 
-/* Every x finite: a branch-free reduction over the bit patterns (exponent
- * all ones is inf or NaN), which the compiler vectorises, unlike a loop
- * that exits at the first bad value. */
-static bool all_finite(const float *x, size_t n) {
-    uint32_t bad = 0;
-    for (size_t i = 0; i < n; i++) {
-        uint32_t u;
-        memcpy(&u, &x[i], sizeof u);
-        bad |= (uint32_t)((u & 0x7f800000u) == 0x7f800000u);
-    }
-    return bad == 0;
+/* The three loops of a batch that touch every slot: whether every float
+ * is finite (exponent not all ones), offsets 0, 1, 2, ... (one value per
+ * field), and weights of 1.  With GCC's vector extensions (4 lanes, plain
+ * SSE2 on x86-64, NEON on arm64) they run about 4x faster than the scalar
+ * loops, which -O2 does not vectorise; each has a scalar _ref twin, and
+ * tests compare them over awkward sizes (esd_kernels_match_ref). */
+typedef uint32_t es__v4u __attribute__((vector_size(16)));
+typedef float es__v4f __attribute__((vector_size(16)));
+
+bool es__esd_all_finite_ref(const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return false;
+    return true;
 }
+
+bool es__esd_all_finite(const float *x, size_t n) {
+    const es__v4u m = {0x7f800000u, 0x7f800000u, 0x7f800000u, 0x7f800000u};
+    es__v4u bad = {0, 0, 0, 0};
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        es__v4u u;
+        memcpy(&u, x + i, sizeof u);
+        bad |= (es__v4u)((u & m) == m);
+    }
+    uint32_t b = bad[0] | bad[1] | bad[2] | bad[3];
+    for (; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, x + i, sizeof u);
+        b |= (u & 0x7f800000u) == 0x7f800000u;
+    }
+    return b == 0;
+}
+
+void es__esd_iota_ref(uint32_t *off, size_t n) {
+    for (size_t j = 0; j < n; j++) off[j] = (uint32_t)j;
+}
+
+void es__esd_iota(uint32_t *off, size_t n) {
+    es__v4u v = {0, 1, 2, 3};
+    const es__v4u step = {4, 4, 4, 4};
+    size_t j = 0;
+    for (; j + 4 <= n; j += 4, v += step) memcpy(off + j, &v, sizeof v);
+    for (; j < n; j++) off[j] = (uint32_t)j;
+}
+
+void es__esd_ones_ref(float *w, size_t n) {
+    for (size_t j = 0; j < n; j++) w[j] = 1.0f;
+}
+
+void es__esd_ones(float *w, size_t n) {
+    const es__v4f one = {1.0f, 1.0f, 1.0f, 1.0f};
+    size_t j = 0;
+    for (; j + 4 <= n; j += 4) memcpy(w + j, &one, sizeof one);
+    for (; j < n; j++) w[j] = 1.0f;
+}
+
+static bool all_finite(const float *x, size_t n) { return es__esd_all_finite(x, n); }
 
 /* Corrupt content behind valid checksums (a crafted file): sticky. */
 static int bad_row(es_reader *r, es_batch *b, int row, const char *what) {
@@ -366,10 +411,16 @@ int es__esd_next(es_reader *r, es_batch *b) {
     }
     const int n = (int)ES_MIN((uint64_t)b->cap, e->rows - e->row);
     const uint64_t r0 = e->row;
+    const uint8_t *lab = e->label + r0;
+    uint8_t hi = 0;
     for (int i = 0; i < n; i++) {
-        uint8_t l = e->label[r0 + (uint64_t)i];
-        if (l > 1) return bad_row(r, b, i, "label is not 0 or 1");
-        b->label[i] = (float)l;
+        hi |= lab[i];
+        b->label[i] = (float)lab[i];
+    }
+    if (hi > 1) {
+        int i = 0;
+        while (lab[i] <= 1) i++;
+        return bad_row(r, b, i, "label is not 0 or 1");
     }
     if (D) {
         const float *src = e->dense + r0 * D;
@@ -386,7 +437,7 @@ int es__esd_next(es_reader *r, es_batch *b) {
     if (!e->count) {
         nv = (size_t)n * F;
         if (nv > left) return bad_row(r, b, 0, "more values than the cache holds");
-        for (size_t j = 0; j <= nv; j++) b->off[j] = (uint32_t)j;
+        es__esd_iota(b->off, nv + 1);
     } else {
         const uint32_t *c = e->count + r0 * F;
         uint64_t acc = 0;
@@ -411,7 +462,7 @@ int es__esd_next(es_reader *r, es_batch *b) {
         if (!all_finite(w, nv)) return bad_row(r, b, 0, "a weight is not finite");
         memcpy(b->wt, w, nv * sizeof(float));
     } else {
-        for (size_t j = 0; j < nv; j++) b->wt[j] = 1.0f;
+        es__esd_ones(b->wt, nv);
     }
     e->row += (uint64_t)n;
     e->val += nv;

@@ -115,6 +115,14 @@ uint64_t es__esd_bad_lines(const es_reader *r);
 const char *es__esd_bad_report(const es_reader *r);
 const char *es__esd_label_name(const es_reader *r);
 const char *es__esd_name(const es_reader *r);
+/* Batch kernels of the cache reader and their scalar twins: every float
+ * finite; off[j] = j for j < n; w[j] = 1 for j < n. */
+bool es__esd_all_finite(const float *x, size_t n);
+bool es__esd_all_finite_ref(const float *x, size_t n);
+void es__esd_iota(uint32_t *off, size_t n);
+void es__esd_iota_ref(uint32_t *off, size_t n);
+void es__esd_ones(float *w, size_t n);
+void es__esd_ones_ref(float *w, size_t n);
 /* es_reader_open of a cache, strict as above (es_dataset_cache). */
 int es__reader_open_esd(es_reader **out, const char *path, const es_reader_params *p, int strict, es_err *err);
 
