@@ -445,3 +445,74 @@ TEST(esd_cli_help_and_reuse) {
     CHECK_STR_HAS(s, "reading cache ");
     free(s);
 }
+
+/* Content a checksum does not judge (a crafted file whose checksums were
+ * recomputed): a label that is not 0/1, a non-finite number: the batch
+ * reading it fails with a message naming the row, and stays failed. */
+static void fix_sums(uint8_t *b, size_t n) {
+    uint32_t nt;
+    uint64_t table_off;
+    memcpy(&nt, b + 36, 4);
+    memcpy(&table_off, b + 56, 8);
+    for (uint32_t i = 0; i < nt; i++) {
+        uint8_t *e = b + table_off + (uint64_t)i * 128;
+        uint64_t off, nb;
+        memcpy(&off, e + 104, 8);
+        memcpy(&nb, e + 112, 8);
+        uint64_t h = es__hash(b + off, (size_t)nb, 0);
+        memcpy(e + 120, &h, 8);
+    }
+    es__file_fix_checksum(b, n);
+}
+
+TEST(esd_content_checks_behind_valid_checksums) {
+    const char *src = es_test_path("cc.tsv"), *cache = es_test_path("cc.esd");
+    CHECK(es_test_sh(NULL, "head -n 300 %s > %s", CRITEO, src) == 0);
+    es_err err = {0};
+    CHECK_EQ_INT(es_dataset_convert(src, NULL, cache, NULL, &err), 0);
+    char *img = NULL;
+    size_t n = 0;
+    FILE *f = fopen(cache, "rb");
+    CHECK(f != NULL);
+    if (!f) return;
+    fseek(f, 0, SEEK_END);
+    n = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    img = malloc(n);
+    CHECK(fread(img, 1, n, f) == n);
+    fclose(f);
+    for (int c = 0; c < 2; c++) {
+        char *bad = malloc(n);
+        memcpy(bad, img, n);
+        /* find the tensors through a verified open of the clean copy */
+        es_file *cf = NULL;
+        void *al = es__alloc_aligned(n);
+        memcpy(al, img, n);
+        CHECK_EQ_INT(es__file_open_mem(&cf, al, n, 0, &err), 0);
+        const es_tensor_ref *t = es__file_tensor(cf, c == 0 ? "label" : "dense");
+        size_t off = (size_t)((const char *)t->data - (const char *)al);
+        if (c == 0) bad[off + 290] = 7; /* row 291 of 300: the third batch of 128 */
+        else {
+            float nan = NAN;
+            memcpy(bad + off + (size_t)(200 * 13 + 5) * sizeof(float), &nan, sizeof nan); /* row 201 */
+        }
+        es__file_close(cf);
+        es__free_aligned(al);
+        fix_sums((uint8_t *)bad, n);
+        es_reader *r = NULL;
+        CHECK_MSG(es__reader_open_mem(&r, bad, n, "crafted.esd", NULL, &err) == 0, "%s", err.msg);
+        es_batch b;
+        CHECK_EQ_INT(es_batch_alloc(&b, 128, 13, 26, 0), 0);
+        int got, rows = 0;
+        while ((got = es_reader_next(r, &b)) > 0) rows += got;
+        CHECK_EQ_INT(got, ES_EFORMAT);
+        CHECK_EQ_INT(b.n, 0);
+        CHECK_EQ_INT(rows, c == 0 ? 256 : 128);
+        CHECK_STR_HAS(es_reader_errmsg(r), c == 0 ? "row 291 of the dataset cache: label is not 0 or 1" : "row 201 of the dataset cache: a numeric feature is not finite");
+        CHECK_EQ_INT(es_reader_next(r, &b), ES_EFORMAT); /* sticky */
+        es_batch_free(&b);
+        es_reader_free(r);
+        free(bad);
+    }
+    free(img);
+}

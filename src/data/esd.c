@@ -391,10 +391,11 @@ void es__esd_ones(float *w, size_t n) {
 
 static bool all_finite(const float *x, size_t n) { return es__esd_all_finite(x, n); }
 
-/* Corrupt content behind valid checksums (a crafted file): sticky. */
+/* Corrupt content behind valid checksums (a crafted file): sticky.  The
+ * batch is left empty (b->n = 0): its arrays are only filled after every
+ * check of the batch passed, so no row of it is valid. */
 static int bad_row(es_reader *r, es_batch *b, int row, const char *what) {
-    b->n = row;
-    r->rows += (uint64_t)row;
+    b->n = 0;
     r->failed = es__err(&r->err, ES_EFORMAT, "%s: row %llu of the dataset cache: %s (a corrupt cache: rebuild it)", r->esd->name,
                         (unsigned long long)(r->esd->row + (uint64_t)row + 1), what);
     return r->failed;
