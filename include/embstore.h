@@ -149,7 +149,9 @@ typedef enum {
     ES_FMT_CRITEO = 1, /* label \t I1..I13 \t C1..C26, no header */
     ES_FMT_CSV = 2,    /* delimited text with a header or a column spec */
     ES_FMT_LIBSVM = 3, /* label idx:val ... */
-    ES_FMT_LIBFFM = 4  /* label field:idx:val ... */
+    ES_FMT_LIBFFM = 4, /* label field:idx:val ... */
+    ES_FMT_ESD = 5     /* binary dataset cache written by es_dataset_convert (.esd; also
+                          recognised by its magic whatever the format asked for) */
 } es_format;
 
 typedef enum { ES_POOL_SUM = 0, ES_POOL_MEAN = 1 } es_pool;
@@ -255,6 +257,42 @@ ES_API const char *es_reader_bad_report(const es_reader *r);
 /* Data rows handed out since open/rewind (for checkpoints: the position in
  * rows). */
 ES_API uint64_t es_reader_rows(const es_reader *r);
+
+/* ---------------------------------------------------------------------------
+ * Binary dataset cache (.esd, docs/data-formats.md): the parsed and hashed
+ * rows of a data file in an embstore container, read back by es_reader_open
+ * (chosen by the .esd extension or the file's magic) with exactly the
+ * batches the text gives, for any batch size.  A cache records the reader
+ * options it was built with and its source file's identity (size,
+ * modification time, XXH3 of the first MiB): opening it fails with a clear
+ * message when the source still exists and has changed ("stale cache"),
+ * when the caller's options differ from the recorded ones (format, columns,
+ * label threshold, pooling, ...), or when the file is truncated or corrupt.
+ * ------------------------------------------------------------------------- */
+typedef struct es_dataset_info {
+    uint64_t rows, values;  /* rows and categorical values in the cache */
+    uint64_t bad_lines;     /* lines of the source skipped (skip_bad) */
+    uint64_t bytes;         /* size of the cache file */
+    int n_dense, n_fields;
+    int built;              /* es_dataset_cache: 1 when it (re)built the cache */
+    int stale;              /* es_dataset_cache: 1 when an existing cache was stale */
+    double seconds;         /* time to build (0 when reused) */
+} es_dataset_info;
+
+/* Read `src` with `p` (NULL: defaults; every text format, gzip) and write
+ * its rows to the cache file `dst` (temporary file, fsync, rename; never a
+ * partial file).  Streams: two passes over src (count, then write), memory
+ * one batch.  info (may be NULL) gets the counts.  Errors: those of
+ * es_reader_open / es_reader_next on src (a bad line names file:line),
+ * ES_EIO when src changes while it is read or dst cannot be written. */
+ES_API int es_dataset_convert(const char *src, const es_reader_params *p, const char *dst, es_dataset_info *info, es_err *err);
+/* Make sure `cache` is a cache of `src` read with `p`: reuse it when it is
+ * one and src is unchanged (every checksum is verified); build it when it
+ * does not exist; REBUILD it when src has changed since (info->stale).  A
+ * cache that is truncated or corrupt, of another file, or built with other
+ * options is an error (ES_EFORMAT, ES_ECHECKSUM, ES_EINVAL) naming the
+ * problem, never a silent reuse. */
+ES_API int es_dataset_cache(const char *src, const es_reader_params *p, const char *cache, es_dataset_info *info, es_err *err);
 
 /* The numeric transform applied to every numeric feature:
  * log1p(x) for x >= 0, -log1p(-x) for x < 0 (sign-symmetric), 0 for missing. */

@@ -24,7 +24,7 @@ cd "$(dirname "$0")/.."
 declare -A ALLOW=(
     [core]=""
     [optim]="core"
-    [data]="core"
+    [data]="core format"
     [format]="core"
     [storage]="core optim format"
     [model]="core optim format"

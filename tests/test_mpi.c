@@ -285,10 +285,13 @@ TEST_SLOW(mpi_bad_input_fails_on_every_rank_without_a_file) {
          "power of two"},
         {"a method without rows to shard", MPIRUN " -np 2 %s train " CRITEO " " COMMON " --model lr --storage qr --budget 100000 --out $ES_T/mpi_bad.es",
          "cannot be trained across processes yet"},
+        {"a dataset cache", MPIRUN " -np 2 sh -c '%s convert " CRITEO " -o $ES_T/mpi_bad_$OMPI_COMM_WORLD_RANK.esd >/dev/null && exec \"$0\" train "
+         "$ES_T/mpi_bad_$OMPI_COMM_WORLD_RANK.esd " COMMON " --model lr --storage hash --budget 100000 --out $ES_T/mpi_bad.es' %s",
+         "dataset cache (.esd, --cache) is not supported across processes"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         CHECK(es_test_sh(NULL, "rm -f $ES_T/mpi_bad.es*") == 0);
-        int st = es_test_sh(log, cases[i].cmd, es_bin());
+        int st = i == 4 ? es_test_sh(log, cases[i].cmd, es_bin(), es_bin()) : es_test_sh(log, cases[i].cmd, es_bin());
         char *s = es_test_slurp(log);
         CHECK_MSG(st != 0, "%s: exit 0: %s", cases[i].what, s ? s : "");
         CHECK_STR_HAS(s, cases[i].msg);

@@ -145,9 +145,10 @@ int cli_reader_opt(const char *cmd, int argc, char **argv, int *i, es_reader_par
         else if (!strcmp(v, "csv")) rp->format = ES_FMT_CSV;
         else if (!strcmp(v, "libsvm")) rp->format = ES_FMT_LIBSVM;
         else if (!strcmp(v, "libffm")) rp->format = ES_FMT_LIBFFM;
+        else if (!strcmp(v, "esd")) rp->format = ES_FMT_ESD;
         else if (!strcmp(v, "auto")) rp->format = ES_FMT_AUTO;
         else {
-            cli_usage(cmd, "--format expects criteo, csv, libsvm, libffm or auto, got '%s'", v);
+            cli_usage(cmd, "--format expects criteo, csv, libsvm, libffm, esd or auto, got '%s'", v);
             return -1;
         }
         return 1;

@@ -65,8 +65,9 @@ int cli_check_outputs(const char *cmd, const cli_path *in, int n_in, const cli_p
 int cli_reader_opt(const char *cmd, int argc, char **argv, int *i, es_reader_params *rp);
 #define CLI_READER_HELP                                                                                \
     "input options:\n"                                                                             \
-    "  --format F            criteo | csv | libsvm | libffm | auto (default: from the file name;\n" \
-    "                        .tsv = Criteo TSV, .csv = CSV, .libsvm/.svm, .libffm/.ffm; .gz ok)\n" \
+    "  --format F            criteo | csv | libsvm | libffm | esd | auto (default: from the file name;\n" \
+    "                        .tsv = Criteo TSV, .csv = CSV, .libsvm/.svm, .libffm/.ffm; .gz ok;\n" \
+    "                        a dataset cache from 'embstore convert' is recognised by its content)\n" \
     "  --columns SPEC        CSV column roles, e.g. 'rating:label,userId:cat,genres:multi'\n"      \
     "                        (roles: label num cat multi ignore; names or 0-based indexes)\n"     \
     "  --delim C             CSV delimiter (default ','; 'tab' for tabs)\n"                        \
@@ -105,6 +106,7 @@ int cli_commit_tmp(FILE *f, const char *tmp, const char *path, int slot);
 void cli_svg_to_png(const char *svg, const char *png);
 
 int cmd_train(int argc, char **argv);
+int cmd_convert(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_predict(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);

@@ -23,7 +23,14 @@ static const char train_help[] =
     "  --valid-frac F        hold out the LAST fraction F of FILE's rows (default 0.2; 0 = none)\n"
     "  --max-rows N          read at most N rows of FILE\n"
     "  --test FILE           evaluate the final model on FILE too (reported only, never\n"
-    "                        used for a decision)\n" CLI_READER_HELP
+    "                        used for a decision)\n"
+    "  --cache [PATH.esd]    read FILE through a binary dataset cache (default FILE.esd, or\n"
+    "                        --cache=PATH): built before training when missing (one parse to\n"
+    "                        count, one to write; see 'embstore convert'), reused by every\n"
+    "                        epoch and by later runs, REBUILT when FILE changed since; a\n"
+    "                        corrupt cache, one of another file or one built with other input\n"
+    "                        options is an error.  The model is bit-identical to one trained\n"
+    "                        from FILE itself.  FILE may also be a cache made by convert.\n" CLI_READER_HELP
     "model:\n"
     "  --model M             lr | fm | ffm | dlrm | dcn (default lr)\n"
     "  --dim K               embedding dimension (default 4; dlrm, dcn: 16)\n"
@@ -207,7 +214,8 @@ int cmd_train(int argc, char **argv) {
     const char *cmd = "train";
     es_train_params p = es_train_params_default();
     const char *file = NULL;
-    int quiet = 0, help_storage = 0, storage_given = 0;
+    int quiet = 0, help_storage = 0, storage_given = 0, use_cache = 0;
+    const char *cache_path = NULL;
     long long ll;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
@@ -255,6 +263,16 @@ int cmd_train(int argc, char **argv) {
             p.stop_metric = v;
         } else if (!strcmp(a, "--test")) {
             if (!(p.test_path = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
+        } else if (!strcmp(a, "--cache")) {
+            /* optional value: only a path ending in .esd, so that FILE after
+             * --cache is not taken for it */
+            use_cache = 1;
+            size_t n = i + 1 < argc ? strlen(argv[i + 1]) : 0;
+            if (n > 4 && !strcmp(argv[i + 1] + n - 4, ".esd")) cache_path = argv[++i];
+        } else if (!strncmp(a, "--cache=", 8)) {
+            use_cache = 1;
+            cache_path = a + 8;
+            if (!*cache_path) return cli_usage(cmd, "--cache= needs a path");
         } else if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) {
             quiet = 1;
         } else if (!strcmp(a, "--json")) {
@@ -278,6 +296,28 @@ int cmd_train(int argc, char **argv) {
     if (mrc) return mrc;
     p.comm = comm;
     const int rank = comm ? comm->rank : 0;
+    char cache_buf[4096];
+    if (use_cache) {
+        if (!cache_path) {
+            snprintf(cache_buf, sizeof cache_buf, "%s.esd", file);
+            cache_path = cache_buf;
+        }
+        const cli_path cin[] = {{"FILE", file, "the input file"}, {"--valid", p.valid_path, "the validation file"},
+                                {"--test", p.test_path, "the test file"}, {"--out", p.out_path, "the model output"}};
+        const cli_path cout[] = {{"--cache", cache_path, NULL}};
+        if (cli_check_outputs(cmd, cin, 4, cout, 1) != 0) return ES_EXIT_USAGE;
+        es_dataset_info ci;
+        es_err cerr = {0};
+        if (es_dataset_cache(file, &p.reader, cache_path, &ci, &cerr) != 0) return cli_fail(cmd, "--cache: %s", cerr.msg);
+        if (!quiet) {
+            if (ci.built)
+                fprintf(stderr, "%s cache %s: %llu rows, %llu bytes (%.2f s)\n", ci.stale ? "rebuilt stale" : "built", cache_path,
+                        (unsigned long long)ci.rows, (unsigned long long)ci.bytes, ci.seconds);
+            else
+                fprintf(stderr, "reading cache %s (%llu rows)\n", cache_path, (unsigned long long)ci.rows);
+        }
+        p.train_path = cache_path;
+    }
     char *cl = join_argv(argc, argv);
     p.command_line = cl;
     if (!quiet && cli_tty() && rank == 0) p.progress = progress_cb;

@@ -21,6 +21,7 @@ static const command commands[] = {
     {"train", cmd_train, "train a CTR model on a click log and report metrics"},
     {"eval", cmd_eval, "evaluate a saved model on a labeled file"},
     {"predict", cmd_predict, "write one click probability per input line"},
+    {"convert", cmd_convert, "parse a data file once into a binary dataset cache (.esd) that reads much faster"},
     {"bench-storage", cmd_bench_storage, "sweep storage methods x budgets x seeds: results, Pareto plot, advice"},
     {"index", cmd_index, "build, search and evaluate vector indexes"},
     {"quantize", cmd_quantize, "post-training quantization: store a model's table as fp16/int16/int8/int4/int2"},

@@ -121,7 +121,7 @@ def transform_num(x):
 # ---------------------------------------------------------------------------
 # training
 # ---------------------------------------------------------------------------
-_FORMATS = {"auto": 0, "criteo": 1, "csv": 2, "libsvm": 3, "libffm": 4}
+_FORMATS = {"auto": 0, "criteo": 1, "csv": 2, "libsvm": 3, "libffm": 4, "esd": 5}
 _POOLS = {"sum": 0, "mean": 1}
 _TRAIN_ALIASES = {"valid": "valid_path", "test": "test_path", "out": "out_path", "checkpoint": "checkpoint_path"}
 _READER_FIELDS = {n for n, _ in _lib.es_reader_params._fields_}

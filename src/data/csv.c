@@ -613,6 +613,7 @@ int es__reader_unused_columns(const es_reader *r, char *buf, size_t cap) {
 }
 
 const char *es__reader_label_name(const es_reader *r) {
+    if (r->esd) return es__esd_label_name(r);
     if (r->fmt != ES_FMT_CSV || !r->cols || !r->header_lines) return NULL;
     for (int c = 0; c < r->n_cols; c++)
         if (r->cols[c].role == ES__COL_LABEL) return r->col_names[c];

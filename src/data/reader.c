@@ -196,7 +196,7 @@ static es_format format_from_name(const char *name, bool *tsv) {
 }
 
 static int check_params(const es_reader_params *p, const char *name, es_err *err) {
-    if ((int)p->format < ES_FMT_AUTO || (int)p->format > ES_FMT_LIBFFM)
+    if ((int)p->format < ES_FMT_AUTO || (int)p->format > ES_FMT_ESD)
         return es__err(err, ES_EINVAL, "%s: unknown format %d", name, (int)p->format);
     if (p->delim == '"' || p->delim == '\n' || p->delim == '\r')
         return es__err(err, ES_EINVAL, "%s: the delimiter cannot be a quote or a line break", name);
@@ -217,6 +217,7 @@ static int check_params(const es_reader_params *p, const char *name, es_err *err
 
 void es_reader_free(es_reader *r) {
     if (!r) return;
+    es__esd_free(r->esd);
     es__lineio_free(r->io);
     es__free_names(r->dense_names, r->n_dense);
     es__free_names(r->field_names, r->n_fields);
@@ -339,8 +340,8 @@ static void clear_state(es_reader *r) {
 
 int es__reader_reset_mem(es_reader *r, const void *data, size_t n, es_err *err) {
     /* CSV reads a header and matches columns at open, and libffm without a
-     * field count scans the whole input: those open afresh */
-    if (!r || r->fmt == ES_FMT_CSV || (r->fmt == ES_FMT_LIBFFM && r->p.n_fields_hint <= 0))
+     * field count scans the whole input: those open afresh (and caches) */
+    if (!r || r->esd || r->fmt == ES_FMT_CSV || (r->fmt == ES_FMT_LIBFFM && r->p.n_fields_hint <= 0))
         return es__err(err, ES_EINVAL, "es__reader_reset_mem: only for Criteo, libsvm and libffm (with a field count) readers");
     int rc = es__lineio_reset_mem(r->io, data, n, err);
     if (rc) return rc;
@@ -374,6 +375,32 @@ static int peek_first(es_reader *r, es_err *err) {
     return ES_OK;
 }
 
+static int open_esd(es_reader **out, const char *name, const void *mem, size_t mem_n, bool is_mem, const es_reader_params *p,
+                    int strict, es_err *err) {
+    es_reader *r = es__calloc(1, sizeof *r);
+    if (!r) return es__err(err, ES_ENOMEM, "%s: out of memory", name);
+    pthread_once(&g_tlog_once, tlog_init);
+    r->tlog = g_tlog;
+    int rc = es__esd_open(r, name, is_mem ? mem : NULL, is_mem ? mem_n : 0, p, strict, err);
+    if (rc) {
+        es_reader_free(r);
+        return rc;
+    }
+    *out = r;
+    return ES_OK;
+}
+
+int es__reader_open_esd(es_reader **out, const char *path, const es_reader_params *p, int strict, es_err *err) {
+    *out = NULL;
+    es_reader_params q = p ? *p : es_reader_params_default();
+    int rc = check_params(&q, path, err);
+    if (rc) return rc;
+    return open_esd(out, path, NULL, 0, false, &q, strict, err);
+}
+
+int es__reader_is_cache(const es_reader *r) { return r && r->esd != NULL; }
+int es__path_is_cache(const char *path) { return path && es__esd_sniff_path(path); }
+
 static int open_any(es_reader **out, const char *name, const void *mem, size_t mem_n, bool is_mem,
                     const es_reader_params *pp, es_err *err) {
     if (!out) return es__err(err, ES_EINVAL, "es_reader_open: out is NULL");
@@ -382,6 +409,9 @@ static int open_any(es_reader **out, const char *name, const void *mem, size_t m
     es_reader_params p = pp ? *pp : es_reader_params_default();
     int rc = check_params(&p, name, err);
     if (rc) return rc;
+    /* a dataset cache: by its format, name or magic, whatever was asked */
+    if (p.format == ES_FMT_ESD || (is_mem ? es__esd_sniff_mem(mem, mem_n) : es__esd_sniff_path(name)))
+        return open_esd(out, name, mem, mem_n, is_mem, &p, 0, err);
     if (p.max_line == 0) p.max_line = (size_t)1 << 20;
     if (p.multi_sep == 0) p.multi_sep = '|';
     bool tsv;
@@ -447,9 +477,9 @@ const char *es_reader_dense_name(const es_reader *r, int i) {
     return r && i >= 0 && i < r->n_dense ? r->dense_names[i] : NULL;
 }
 const char *es_reader_errmsg(const es_reader *r) { return r ? r->err.msg : "no reader"; }
-uint64_t es_reader_lines(const es_reader *r) { return r ? es__lineio_lineno(r->io) : 0; }
+uint64_t es_reader_lines(const es_reader *r) { return !r ? 0 : r->esd ? r->rows + r->bad : es__lineio_lineno(r->io); }
 uint64_t es_reader_bad_lines(const es_reader *r) { return r ? r->bad : 0; }
-const char *es_reader_bad_report(const es_reader *r) { return r ? r->report : ""; }
+const char *es_reader_bad_report(const es_reader *r) { return !r ? "" : r->esd ? (r->bad ? es__esd_bad_report(r) : "") : r->report; }
 uint64_t es_reader_rows(const es_reader *r) { return r ? r->rows : 0; }
 void es__reader_shape(const es_reader *r, int *got, int *want, int *alt) {
     *got = r ? r->shape_got : 0;
@@ -614,17 +644,20 @@ ES__OMP(omp parallel for schedule(dynamic, 32) num_threads(nt) if (nt > 1 && k >
     return rc;
 }
 
+static const char *r_name(const es_reader *r) { return r->esd ? es__esd_name(r) : es__lineio_name(r->io); }
+
 int es_reader_next(es_reader *r, es_batch *b) {
     if (!r) return ES_EINVAL;
     if (!b || b->cap <= 0 || !b->off || !b->label || (r->n_dense && !b->dense)) {
-        return es__err(&r->err, ES_EINVAL, "%s: es_reader_next: batch not allocated", es__lineio_name(r->io));
+        return es__err(&r->err, ES_EINVAL, "%s: es_reader_next: batch not allocated", r_name(r));
     }
     if (b->n_dense != r->n_dense || b->n_fields != r->n_fields) {
         return es__err(&r->err, ES_EINVAL,
                        "%s: batch shape (%d dense, %d fields) does not match the reader (%d dense, %d fields)",
-                       es__lineio_name(r->io), b->n_dense, b->n_fields, r->n_dense, r->n_fields);
+                       r_name(r), b->n_dense, b->n_fields, r->n_dense, r->n_fields);
     }
     if (r->failed) return r->failed;
+    if (r->esd) return es__esd_next(r, b);
     const int nt = r->p.threads > 0 ? r->p.threads : es__threads_get();
     const bool parallel = r->fixed_vals > 0 && nt > 1;
     int row = 0, rc = ES_OK;
@@ -677,6 +710,8 @@ int es_reader_next(es_reader *r, es_batch *b) {
 int es__reader_skip(es_reader *r, uint64_t n, uint64_t *skipped) {
     *skipped = 0;
     if (!r) return ES_EINVAL;
+    if (r->esd)
+        return es__err(&r->err, ES_EUNSUPPORTED, "rows of a dataset cache (.esd) cannot be skipped yet: read the text file");
     if (r->failed) return r->failed;
     if (r->p.skip_bad)
         return es__err(&r->err, ES_EINVAL, "%s: rows cannot be skipped unparsed with --skip-bad (a bad line is no row)",
@@ -717,6 +752,11 @@ int es__reader_skip(es_reader *r, uint64_t n, uint64_t *skipped) {
 
 int es_reader_rewind(es_reader *r) {
     if (!r) return ES_EINVAL;
+    if (r->esd) {
+        es__esd_rewind(r);
+        clear_state(r);
+        return ES_OK;
+    }
     int rc = es__lineio_rewind(r->io, &r->err);
     if (rc) return rc;
     clear_state(r);
@@ -736,6 +776,7 @@ const char *es__format_name(es_format f) {
     case ES_FMT_CSV: return "csv";
     case ES_FMT_LIBSVM: return "libsvm";
     case ES_FMT_LIBFFM: return "libffm";
+    case ES_FMT_ESD: return "esd";
     default: return "auto";
     }
 }

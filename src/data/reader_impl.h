@@ -95,7 +95,36 @@ struct es_reader {
     int failed;
     int pending;
     const float *tlog;      /* es_transform_num(i) for 0 <= i < ES__TLOG_N (one process-wide table) */
+    struct es__esd *esd;    /* a dataset cache (esd.c), else NULL; io is then NULL and
+                               fmt / p describe the text the cache was built from */
 };
+
+/* ---- the binary dataset cache (esd.c) ---- */
+typedef struct es__esd es__esd;
+/* 1 if the path ends in .esd or the file starts with the container magic. */
+int es__esd_sniff_path(const char *path);
+int es__esd_sniff_mem(const void *data, size_t n);
+/* Fill a zeroed reader from a cache (path, or n bytes at mem); q: what the
+ * caller asked for, compared with the recorded options (strict: as the
+ * options of a text read, else only those given non-default values). */
+int es__esd_open(es_reader *r, const char *path, const void *mem, size_t n, const es_reader_params *q, int strict, es_err *err);
+int es__esd_next(es_reader *r, es_batch *b);
+void es__esd_rewind(es_reader *r);
+void es__esd_free(es__esd *e);
+uint64_t es__esd_bad_lines(const es_reader *r);
+const char *es__esd_bad_report(const es_reader *r);
+const char *es__esd_label_name(const es_reader *r);
+const char *es__esd_name(const es_reader *r);
+/* Batch kernels of the cache reader and their scalar twins: every float
+ * finite; off[j] = j for j < n; w[j] = 1 for j < n. */
+bool es__esd_all_finite(const float *x, size_t n);
+bool es__esd_all_finite_ref(const float *x, size_t n);
+void es__esd_iota(uint32_t *off, size_t n);
+void es__esd_iota_ref(uint32_t *off, size_t n);
+void es__esd_ones(float *w, size_t n);
+void es__esd_ones_ref(float *w, size_t n);
+/* es_reader_open of a cache, strict as above (es_dataset_cache). */
+int es__reader_open_esd(es_reader **out, const char *path, const es_reader_params *p, int strict, es_err *err);
 
 /* Set *ln->err (if not NULL) to "path:line: <fmt>" and return ES_EPARSE. */
 int es__row_err(const es_reader *r, const es__line *ln, const char *fmt, ...) ES_PRINTF(3, 4);

@@ -43,4 +43,12 @@ const char *es__reader_label_name(const es_reader *r);
  * such line was met. */
 void es__reader_shape(const es_reader *r, int *got, int *want, int *alt);
 
+/* 1 when r reads a binary dataset cache (.esd). */
+int es__reader_is_cache(const es_reader *r);
+/* 1 when path is a dataset cache (by name or magic). */
+int es__path_is_cache(const char *path);
+/* A dataset cache's source identity (size, head hash) into *size / *head:
+ * returns 1; 0 when path is not a readable cache. */
+int es__esd_source_id(const char *path, uint64_t *size, uint64_t *head, es_err *err);
+
 #endif

@@ -37,6 +37,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 /* ---- layout constants (docs/format.md) ----------------------------------- */
 static const uint8_t MAGIC[8] = {'E', 'M', 'B', 'S', 'T', 'O', 'R', 0};
@@ -269,6 +270,12 @@ struct es_fwriter {
     uint64_t *offsets; /* file offset of each tensor, set by commit */
     int32_t *tindex; /* name index over tensors */
     uint32_t tindex_cap;
+    /* streaming (es__fwriter_begin): per tensor bytes appended and a hash */
+    int streaming;
+    bool stream_decl; /* the tensors were declared with es__fwriter_tensor_stream */
+    uint64_t *done;
+    XXH3_state_t **hs;
+    uint64_t size;   /* file size of the planned layout */
 };
 
 static int wfail(es_fwriter *w, int code, const char *fmt, ...) ES_PRINTF(3, 4);
@@ -306,6 +313,10 @@ static void fwriter_free(es_fwriter *w) {
     es__free(w->tensors);
     es__free(w->offsets);
     es__free(w->tindex);
+    if (w->hs)
+        for (uint32_t i = 0; i < w->n_tensors; i++) XXH3_freeState(w->hs[i]);
+    es__free(w->hs);
+    es__free(w->done);
     es__free(w);
 }
 
@@ -319,6 +330,7 @@ const char *es__fwriter_errmsg(const es_fwriter *w) { return w && w->status ? w-
 
 int es__fwriter_meta(es_fwriter *w, const char *key, const char *value) {
     if (w->status) return w->status;
+    if (w->streaming) return wfail(w, ES_EINVAL, "%s: metadata after es__fwriter_begin", w->af.path);
     if (!key || !*key) return wfail(w, ES_EINVAL, "%s: metadata key is empty", w->af.path);
     if (!value) value = "";
     size_t kl = strlen(key), vl = strlen(value);
@@ -386,7 +398,7 @@ static const char *wtensor_name(const void *ctx, int32_t i) {
 
 /* Check a descriptor the way the reader will check the table entry made
  * from it, so that a writer never produces a file its reader refuses. */
-static int check_ref(es_fwriter *w, const es_tensor_ref *t) {
+static int check_ref(es_fwriter *w, const es_tensor_ref *t, bool streamed) {
     const char *path = w->af.path;
     const char *nul = memchr(t->name, 0, ES_TENSOR_NAME_MAX);
     if (!nul) return wfail(w, ES_EINVAL, "%s: tensor name '%.60s...' is longer than %d bytes", path, t->name, ES_TENSOR_NAME_MAX - 1);
@@ -402,13 +414,21 @@ static int check_ref(es_fwriter *w, const es_tensor_ref *t) {
     if (bytes != (uint64_t)t->nbytes)
         return wfail(w, ES_EINVAL, "%s: tensor '%s': nbytes %zu does not match its shape and dtype %s (%llu bytes)", path, t->name, t->nbytes,
                      es__dtype_name(t->dtype), (unsigned long long)bytes);
-    if (bytes && !t->data) return wfail(w, ES_EINVAL, "%s: tensor '%s': data is NULL", path, t->name);
+    if (bytes && !t->data && !streamed) return wfail(w, ES_EINVAL, "%s: tensor '%s': data is NULL", path, t->name);
     return ES_OK;
 }
 
-int es__fwriter_tensor(es_fwriter *w, const es_tensor_ref *t) {
+static int add_tensor(es_fwriter *w, const es_tensor_ref *t, bool streamed);
+int es__fwriter_tensor(es_fwriter *w, const es_tensor_ref *t) { return add_tensor(w, t, false); }
+int es__fwriter_tensor_stream(es_fwriter *w, const es_tensor_ref *t) { return add_tensor(w, t, true); }
+
+static int add_tensor(es_fwriter *w, const es_tensor_ref *t, bool streamed) {
     if (w->status) return w->status;
-    int rc = check_ref(w, t);
+    if (w->streaming) return wfail(w, ES_EINVAL, "%s: tensor after es__fwriter_begin", w->af.path);
+    if (w->n_tensors && w->stream_decl != streamed)
+        return wfail(w, ES_EINVAL, "%s: streamed and in-memory tensors mixed in one file", w->af.path);
+    w->stream_decl = streamed;
+    int rc = check_ref(w, t, streamed);
     if (rc) return rc;
     if (w->n_tensors >= ES_FILE_MAX_TENSORS)
         return wfail(w, ES_ERANGE, "%s: more than %u tensors", w->af.path, ES_FILE_MAX_TENSORS);
@@ -509,7 +529,7 @@ static int build_head(es_fwriter *w, const layout *L, uint8_t **out) {
         for (int d = 0; d < t->ndim; d++) st64(e + E_SHAPE + 8 * d, t->shape[d]);
         st64(e + E_OFFSET, w->offsets[i]);
         st64(e + E_NBYTES, t->nbytes);
-        st64(e + E_CHECKSUM, es__hash(t->nbytes ? t->data : "", t->nbytes, 0));
+        st64(e + E_CHECKSUM, w->streaming ? XXH3_64bits_digest(w->hs[i]) : es__hash(t->nbytes ? t->data : "", t->nbytes, 0));
     }
     st64(h + H_CHECKSUM, es__hash(h + CHECKSUM_FROM, (size_t)L->data_off - CHECKSUM_FROM, 0));
     *out = h;
@@ -529,10 +549,97 @@ static bool write_zeros(FILE *fp, uint64_t n) {
     return true;
 }
 
+int es__fwriter_begin(es_fwriter *w) {
+    if (w->status) return w->status;
+    if (w->streaming) return wfail(w, ES_EINVAL, "%s: es__fwriter_begin called twice", w->af.path);
+    if (w->n_tensors && !w->stream_decl)
+        return wfail(w, ES_EINVAL, "%s: es__fwriter_begin with in-memory tensors (declare them with es__fwriter_tensor_stream)", w->af.path);
+    layout L = {0};
+    uint32_t n = w->n_tensors;
+    if (n && (!(w->offsets = es__malloc(n * sizeof *w->offsets)) || !(w->done = es__calloc(n, sizeof *w->done)) ||
+              !(w->hs = es__calloc(n, sizeof *w->hs))))
+        return wfail(w, ES_ENOMEM, "%s: out of memory", w->af.path);
+    for (uint32_t i = 0; i < n; i++) {
+        if (!(w->hs[i] = XXH3_createState())) return wfail(w, ES_ENOMEM, "%s: out of memory", w->af.path);
+        XXH3_64bits_reset(w->hs[i]); /* == XXH3_64bits_withSeed(.., 0), the file's checksum */
+    }
+    int rc = plan_layout(w, &L);
+    if (rc) return rc;
+    if (fflush(w->af.fp) != 0 || ftruncate(fileno(w->af.fp), (off_t)L.size) != 0)
+        return wfail(w, ES_EIO, "%s: cannot size the output to %llu bytes: %s", w->af.path, (unsigned long long)L.size, strerror(errno));
+    w->size = L.size;
+    w->streaming = 1;
+    return ES_OK;
+}
+
+int es__fwriter_append(es_fwriter *w, int i, const void *data, size_t n) {
+    if (w->status) return w->status;
+    if (!w->streaming || i < 0 || (uint32_t)i >= w->n_tensors)
+        return wfail(w, ES_EINVAL, "%s: es__fwriter_append: bad tensor %d or not streaming", w->af.path, i);
+    const es_tensor_ref *t = &w->tensors[i];
+    if (n > t->nbytes - w->done[i])
+        return wfail(w, ES_ERANGE, "%s: tensor '%s': %zu more bytes than its %zu", w->af.path, t->name, (size_t)(n - (t->nbytes - w->done[i])), t->nbytes);
+    const uint8_t *p = data;
+    uint64_t off = w->offsets[i] + w->done[i];
+    size_t left = n;
+    while (left > 0) {
+        ssize_t k = pwrite(fileno(w->af.fp), p, left, (off_t)off);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return wfail(w, ES_EIO, "%s: write failed: %s", w->af.path, k < 0 ? strerror(errno) : "no progress");
+        p += k;
+        off += (uint64_t)k;
+        left -= (size_t)k;
+    }
+    XXH3_64bits_update(w->hs[i], data, n);
+    w->done[i] += n;
+    return ES_OK;
+}
+
+/* Streaming commit: every tensor complete, then the head at offset 0. */
+static int commit_streamed(es_fwriter *w) {
+    for (uint32_t i = 0; i < w->n_tensors; i++)
+        if (w->done[i] != w->tensors[i].nbytes)
+            return wfail(w, ES_EINVAL, "%s: tensor '%s': %llu of its %zu bytes written", w->af.path, w->tensors[i].name,
+                         (unsigned long long)w->done[i], w->tensors[i].nbytes);
+    layout L = {0};
+    int rc = plan_layout(w, &L); /* the same layout as at begin */
+    if (rc) return rc;
+    ES_ASSERT(L.size == w->size);
+    uint8_t *head = NULL;
+    if ((rc = build_head(w, &L, &head)) != 0) return rc;
+    size_t left = (size_t)L.data_off;
+    const uint8_t *p = head;
+    uint64_t off = 0;
+    while (left > 0) {
+        ssize_t k = pwrite(fileno(w->af.fp), p, left, (off_t)off);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) {
+            es__free(head);
+            return wfail(w, ES_EIO, "%s: write failed: %s", w->af.path, k < 0 ? strerror(errno) : "no progress");
+        }
+        p += k;
+        off += (uint64_t)k;
+        left -= (size_t)k;
+    }
+    es__free(head);
+    return ES_OK;
+}
+
 int es__fwriter_commit(es_fwriter *w, es_err *err) {
     layout L = {0};
     uint8_t *head = NULL;
     int rc = w->status;
+    if (!rc && w->streaming) {
+        if ((rc = commit_streamed(w)) != 0) {
+            if (err) *err = w->err;
+            es__fwriter_abort(w);
+            return rc;
+        }
+        rc = es__afile_commit(&w->af, err);
+        fwriter_free(w);
+        return rc;
+    }
+    if (!rc && w->stream_decl) rc = wfail(w, ES_EINVAL, "%s: streamed tensors need es__fwriter_begin before commit", w->af.path);
     if (!rc && w->n_tensors && !(w->offsets = es__malloc(w->n_tensors * sizeof *w->offsets)))
         rc = wfail(w, ES_ENOMEM, "%s: out of memory", w->af.path);
     if (!rc) rc = plan_layout(w, &L);

@@ -97,6 +97,19 @@ int es__fwriter_metaf(es_fwriter *w, const char *key, const char *fmt, ...) ES_P
  * Names must be unique; the descriptor is checked (name, dtype, ndim, and
  * nbytes against shape and dtype). */
 int es__fwriter_tensor(es_fwriter *w, const es_tensor_ref *t);
+/* Streaming (for data that does not fit in memory, e.g. a dataset cache):
+ * declare every metadata entry and every tensor first (es__fwriter_tensor_stream:
+ * data is ignored, the shape fixes the size; not mixed with es__fwriter_tensor), then es__fwriter_begin fixes
+ * the layout, and es__fwriter_append adds the bytes of tensor i in pieces,
+ * in any interleaving of tensors (each is written at its own cursor with
+ * pwrite, its checksum computed as it goes).  commit then checks that every
+ * tensor got exactly its nbytes, writes the header and table (whose
+ * checksums are only known now) at the start of the file, fsyncs and
+ * renames.  The padding between tensors is the zero fill of ftruncate.
+ * Memory: the header and one XXH3 state per tensor, whatever the data. */
+int es__fwriter_tensor_stream(es_fwriter *w, const es_tensor_ref *t);
+int es__fwriter_begin(es_fwriter *w);
+int es__fwriter_append(es_fwriter *w, int i, const void *data, size_t n);
 /* Write everything, fsync, rename.  Frees w in every case.  On failure no
  * file is left at the destination (an existing file there is untouched). */
 int es__fwriter_commit(es_fwriter *w, es_err *err);

@@ -240,7 +240,10 @@ int es__model_open_input_mem(es_model *m, const char *path, const void *data, si
     const bool own_spec = m->in_set && !same_str(m->in_rp.columns, m->rp.columns);
     int rc = load_names(m, &nm);
     if (rc) return es__err(&m->err, rc, "out of memory");
-    if (rp.format == ES_FMT_CSV && rp.header && !rp.columns && !own_spec) rp.columns = synth = spec_from_names(m, &nm);
+    /* a dataset cache is checked against the model's names after open,
+     * not read through a spec made from them */
+    const bool cache = !data && es__path_is_cache(path);
+    if (!cache && rp.format == ES_FMT_CSV && rp.header && !rp.columns && !own_spec) rp.columns = synth = spec_from_names(m, &nm);
     /* libffm: the model's field count, not the largest field of this file */
     if (rp.format == ES_FMT_LIBFFM && rp.n_fields_hint == 0) rp.n_fields_hint = m->n_fields;
     es_err e = {0};
@@ -265,6 +268,21 @@ int es__model_open_input_mem(es_model *m, const char *path, const void *data, si
     if (es_reader_n_dense(r) != m->n_dense || es_reader_n_fields(r) != m->n_fields) {
         rc = shape_error(m, path, r, &used, &nm);
         goto done;
+    }
+    if (es__reader_is_cache(r) && nm.ok) {
+        /* a cache's fields are fixed: they must be the model's, in order */
+        for (int i = 0; i < m->n_fields + m->n_dense; i++) {
+            bool fld = i < m->n_fields;
+            const char *want = fld ? nm.fields[i] : nm.dense[i - m->n_fields];
+            const char *got = fld ? es_reader_field_name(r, i) : es_reader_dense_name(r, i - m->n_fields);
+            if (strcmp(want, got) != 0) {
+                rc = es__err(&m->err, ES_EINVAL,
+                             "%s: the dataset cache's %s %d is '%s', the model's is '%s': a cache of another schema (rebuild it "
+                             "with the model's input options, or read the text file)",
+                             path, fld ? "field" : "numeric feature", fld ? i : i - m->n_fields, got, want);
+                goto done;
+            }
+        }
     }
     char unused[400];
     int k = es__reader_unused_columns(r, unused, sizeof unused);

@@ -75,6 +75,13 @@ static int put_file(sbuf *b, const char *prefix, const char *path, es_err *err) 
     es__file_id id;
     int rc = es__file_id_get(path, 1, &id, err);
     if (rc != ES_OK) return rc;
+    /* a dataset cache stands for its source: the same run from the text
+     * and from its cache describe alike (and resume each other) */
+    uint64_t ssize, shead;
+    if (es__esd_source_id(path, &ssize, &shead, NULL) == 1) {
+        id.size = ssize;
+        id.head_hash = shead;
+    }
     char key[32];
     snprintf(key, sizeof key, "%s.size", prefix);
     put(b, key, "%llu", (unsigned long long)id.size);

@@ -431,6 +431,10 @@ static int dist_check_params(const es_train_params *p, es_err *err) {
         return es__err(err, ES_EINVAL, "training at precision %s is not supported across processes yet", p->precision);
     if (p->matryoshka && p->matryoshka[0])
         return es__err(err, ES_EINVAL, "--matryoshka (the nested loss over prefixes) is not supported across processes yet");
+    if (p->reader.format == ES_FMT_ESD || (p->train_path && es__esd_sniff_path(p->train_path)))
+        return es__err(err, ES_EINVAL,
+                       "%s: a dataset cache (.esd, --cache) is not supported across processes yet: train from the text file",
+                       p->train_path);
     return ES_OK;
 }
 
