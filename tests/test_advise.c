@@ -88,13 +88,14 @@ static void check_selection(const char *s, int n_sel, int *uniform_out) {
 
 TEST(advise_cli_dims_per_field) {
     const char *log = es_test_path("advise.json");
-    CHECK(es_test_sh(log, "%s advise " CRITEO " --max-rows 4000 --threads 1 --json --quiet", es_bin()) == 0);
+    /* 2000 rows and 2 selection seeds keep it quick (it runs in four tiers) */
+    CHECK(es_test_sh(log, "%s advise " CRITEO " --max-rows 2000 --select-seeds 101,102 --threads 1 --json --quiet", es_bin()) == 0);
     char *s = es_test_slurp(log);
     CHECK(s != NULL);
     CHECK_STR_HAS(s, "\"energies\":[0.800000,0.900000,0.950000,0.990000]");
     CHECK_STR_HAS(s, "\"storage_opts\":\"dims=");
     int uniform;
-    check_selection(s, 3, &uniform);
+    check_selection(s, 2, &uniform);
     int fields = 0;
     for (const char *p = strstr(s, "\"fields\":["); p && (p = strstr(p, "{\"name\":")); p++) {
         double rows = num_after(p, "\"rows\":"), dim = num_after(p, "\"dim\":");
@@ -124,9 +125,9 @@ TEST(advise_cli_dims_per_field) {
     int colons = 0;
     for (const char *c = o; c && *c && *c != '"' && *c != ','; c++) colons += *c == ':';
     CHECK_EQ_INT(colons, 25);
-    /* the rows: 4000, of which the last 800 are verify's; selection 2560 + 640 */
-    CHECK_EQ_INT((int)num_after(s, "\"select_train\":"), 2560);
-    CHECK_EQ_INT((int)num_after(s, "\"select_valid\":"), 640);
+    /* the rows: 2000, of which the last 400 are verify's; selection 1280 + 320 */
+    CHECK_EQ_INT((int)num_after(s, "\"select_train\":"), 1280);
+    CHECK_EQ_INT((int)num_after(s, "\"select_valid\":"), 320);
     free(s);
     /* usage errors */
     CHECK(es_test_sh(log, "%s advise " CRITEO " --verify --valid-frac 0 --quiet", es_bin()) != 0);

@@ -544,32 +544,29 @@ static void malformed(int n) {
     }
     /* slow clients: a body trickled past --timeout (1 s here) is answered 408
      * once it is in; a client that stops sending is closed by the idle
-     * timeout; both in bounded time */
-    int slow_ok = 0, stalled_ok = 0;
-    for (int i = 0; i < 2; i++) {
-        int fd = connect_to(s.port);
-        const char *h = "POST /v1/models/ctr/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 30\r\n\r\n";
-        send_all(fd, h, strlen(h));
-        double t0 = (double)time(NULL);
-        for (int k = 0; k < 30; k++) { /* 30 bytes, one per 60 ms: 1.8 s */
-            if (send_all(fd, k == 0 ? "{" : " ", 1)) break;
-            usleep(60000);
-        }
-        int st = read_resp(fd, &r);
-        if (st != 408) printf("  slow client %d: status %d: %s\n", i, st, r ? r : "");
-        slow_ok += st == 408 && r && strstr(r, "--timeout") && (double)time(NULL) - t0 < 5;
-        free(r);
-        close(fd);
+     * timeout; both in bounded time.  The three connections run at once. */
+    int slow_ok = 0, stalled_ok = 0, fd[3];
+    const char *h = "POST /v1/models/ctr/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 30\r\n\r\n";
+    for (int i = 0; i < 3; i++) {
+        fd[i] = connect_to(s.port);
+        send_all(fd[i], h, strlen(h));
     }
-    {
-        int fd = connect_to(s.port);
-        const char *h = "POST /v1/models/ctr/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 30\r\n\r\n{\"rows\"";
-        send_all(fd, h, strlen(h));
-        double t0 = (double)time(NULL);
-        int st = read_resp(fd, &r); /* nothing more is sent */
-        stalled_ok = st == -1 && (double)time(NULL) - t0 < 5;
+    send_all(fd[2], "{\"rows\"", 7); /* the stalled one: nothing more is sent */
+    double t0 = (double)time(NULL);
+    for (int k = 0; k < 30; k++) { /* 30 bytes to each slow one, one per 60 ms: 1.8 s */
+        for (int i = 0; i < 2; i++) send_all(fd[i], k == 0 ? "{" : " ", 1);
+        usleep(60000);
+    }
+    for (int i = 0; i < 3; i++) {
+        int st = read_resp(fd[i], &r);
+        if (i < 2) {
+            if (st != 408) printf("  slow client %d: status %d: %s\n", i, st, r ? r : "");
+            slow_ok += st == 408 && r && strstr(r, "--timeout") && (double)time(NULL) - t0 < 5;
+        } else {
+            stalled_ok = st == -1 && (double)time(NULL) - t0 < 5;
+        }
         free(r);
-        close(fd);
+        close(fd[i]);
     }
     long rss1 = rss_kb(s.pid);
     printf("  %d malformed requests: %d not 4xx; 2 slow clients: %d answered 408; a stalled client closed: %d; RSS %ld -> "
