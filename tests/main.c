@@ -111,9 +111,17 @@ static int cmp_case(const void *a, const void *b) {
 
 int main(int argc, char **argv) {
     const char *filter = NULL;
+    int shard_k = 0, shard_n = 1;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--full") == 0) full_tier = 1;
-        else filter = argv[i];
+        else if (strcmp(argv[i], "--shard") == 0 && i + 1 < argc) {
+            /* --shard K/N: every N-th test from the K-th (0-based), so that
+             * N runners side by side run the tier once between them */
+            if (sscanf(argv[++i], "%d/%d", &shard_k, &shard_n) != 2 || shard_n < 1 || shard_k < 0 || shard_k >= shard_n) {
+                fprintf(stderr, "test_runner: --shard K/N with 0 <= K < N, got '%s'\n", argv[i]);
+                return 2;
+            }
+        } else filter = argv[i];
     }
     if (getenv("ES_TEST_FULL")) full_tier = 1;
     /* Run from the repository root so data/ paths work. */
@@ -133,10 +141,11 @@ int main(int argc, char **argv) {
     /* Shell commands of the tests name scratch files as $ES_T/name. */
     setenv("ES_T", tmp_dir, 1);
     qsort(cases, (size_t)n_cases, sizeof cases[0], cmp_case);
-    int passed = 0, failed = 0, skipped = 0;
+    int passed = 0, failed = 0, skipped = 0, seen = 0;
     for (int i = 0; i < n_cases; i++) {
         test_case *c = &cases[i];
         if (filter && !strstr(c->name, filter) && !strstr(c->file, filter)) continue;
+        if (seen++ % shard_n != shard_k) continue;
         if (c->slow && !full_tier) {
             skipped++;
             continue;
