@@ -18,10 +18,15 @@
  * request still using it.  A file that fails to load (corrupt, checksum)
  * or reads another input schema is refused and the old version serves on.
  *
- * Shutdown: SIGTERM/SIGINT stop accepting (MHD_quiesce_daemon), wait for
- * requests in flight (counted from the first handler call to MHD's
- * completion callback), then stop the daemon and return 0.  Responses sent
- * while stopping carry "Connection: close".
+ * Shutdown: SIGTERM/SIGINT stop accepting (the accept policy refuses every
+ * new connection once `stopping` is set), wait for requests in flight
+ * (counted from the first handler call to MHD's completion callback), then
+ * stop the daemon and return 0.  Responses sent while stopping carry
+ * "Connection: close".  Not MHD_quiesce_daemon: in libmicrohttpd 0.9.75
+ * with a thread pool and epoll it races with the worker threads, which
+ * take the listening socket out of their epoll sets themselves once they
+ * see the flag it sets, and a second removal aborts the process ("Failed
+ * to remove listen FD from epoll set"; seen in the tests).
  */
 #include "serve/serve.h"
 
@@ -651,6 +656,14 @@ static int dispatch(struct MHD_Connection *c, server *S, request *rq, const char
     }
 }
 
+/* New connections are refused once shutdown has begun. */
+static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen) {
+    server *S = cls;
+    (void)addr;
+    (void)addrlen;
+    return atomic_load(&S->stopping) ? MHD_NO : MHD_YES;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                                   const char *version_, const char *upload, size_t *upload_size, void **con_cls) {
     server *S = cls;
@@ -804,7 +817,7 @@ int es__serve_run(const es__serve_config *cfg, char *err, size_t cap) {
         return ES_EINVAL;
     }
     S->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC | MHD_USE_ERROR_LOG, (uint16_t)cfg->port,
-                            NULL, NULL, on_request, S, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_THREAD_POOL_SIZE,
+                            on_accept, S, on_request, S, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_THREAD_POOL_SIZE,
                             (unsigned)cfg->threads, MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_conns,
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->timeout_s, MHD_OPTION_NOTIFY_COMPLETED, on_completed, S,
                             MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
@@ -831,7 +844,6 @@ int es__serve_run(const es__serve_config *cfg, char *err, size_t cap) {
     }
     /* graceful: no new connections, finish what is in flight */
     atomic_store(&S->stopping, 1);
-    MHD_quiesce_daemon(S->d);
     double t_end = now_s() + cfg->timeout_s + 1;
     while (atomic_load(&S->in_flight) > 0 && now_s() < t_end) {
         struct timespec ts = {0, 2 * 1000 * 1000};
