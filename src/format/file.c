@@ -272,7 +272,7 @@ struct es_fwriter {
     uint32_t tindex_cap;
     /* streaming (es__fwriter_begin): per tensor bytes appended and a hash */
     int streaming;
-    bool stream_decl; /* the tensors were declared with es__fwriter_tensor_stream */
+    bool stream_decl; /* some tensor was declared with es__fwriter_tensor_stream */
     uint64_t *done;
     XXH3_state_t **hs;
     uint64_t size;   /* file size of the planned layout */
@@ -425,9 +425,6 @@ int es__fwriter_tensor_stream(es_fwriter *w, const es_tensor_ref *t) { return ad
 static int add_tensor(es_fwriter *w, const es_tensor_ref *t, bool streamed) {
     if (w->status) return w->status;
     if (w->streaming) return wfail(w, ES_EINVAL, "%s: tensor after es__fwriter_begin", w->af.path);
-    if (w->n_tensors && w->stream_decl != streamed)
-        return wfail(w, ES_EINVAL, "%s: streamed and in-memory tensors mixed in one file", w->af.path);
-    w->stream_decl = streamed;
     int rc = check_ref(w, t, streamed);
     if (rc) return rc;
     if (w->n_tensors >= ES_FILE_MAX_TENSORS)
@@ -452,6 +449,10 @@ static int add_tensor(es_fwriter *w, const es_tensor_ref *t, bool streamed) {
         w->tindex_cap = cap;
     }
     w->tensors[w->n_tensors] = *t;
+    if (streamed) { /* its bytes come by es__fwriter_append; data marks the in-memory ones */
+        w->tensors[w->n_tensors].data = NULL;
+        w->stream_decl = true;
+    }
     if (index_insert(w->tindex, w->tindex_cap, wtensor_name, w, (int32_t)w->n_tensors) >= 0)
         return wfail(w, ES_EINVAL, "%s: tensor name '%s' given twice", w->af.path, t->name);
     w->n_tensors++;
@@ -552,8 +553,6 @@ static bool write_zeros(FILE *fp, uint64_t n) {
 int es__fwriter_begin(es_fwriter *w) {
     if (w->status) return w->status;
     if (w->streaming) return wfail(w, ES_EINVAL, "%s: es__fwriter_begin called twice", w->af.path);
-    if (w->n_tensors && !w->stream_decl)
-        return wfail(w, ES_EINVAL, "%s: es__fwriter_begin with in-memory tensors (declare them with es__fwriter_tensor_stream)", w->af.path);
     layout L = {0};
     uint32_t n = w->n_tensors;
     if (n && (!(w->offsets = es__malloc(n * sizeof *w->offsets)) || !(w->done = es__calloc(n, sizeof *w->done)) ||
@@ -569,7 +568,17 @@ int es__fwriter_begin(es_fwriter *w) {
         return wfail(w, ES_EIO, "%s: cannot size the output to %llu bytes: %s", w->af.path, (unsigned long long)L.size, strerror(errno));
     w->size = L.size;
     w->streaming = 1;
+    /* the tensors given in memory: written now, whole */
+    for (uint32_t i = 0; i < n; i++)
+        if (w->tensors[i].data && w->tensors[i].nbytes && (rc = es__fwriter_append(w, (int)i, w->tensors[i].data, w->tensors[i].nbytes)) != 0)
+            return rc;
     return ES_OK;
+}
+
+int es__fwriter_tensor_index(const es_fwriter *w, const char *name) {
+    if (!w->tindex_cap) return -1;
+    int32_t i = index_find(w->tindex, w->tindex_cap, wtensor_name, w, name);
+    return i >= 0 ? (int)i : -1;
 }
 
 int es__fwriter_append(es_fwriter *w, int i, const void *data, size_t n) {

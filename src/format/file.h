@@ -99,7 +99,7 @@ int es__fwriter_metaf(es_fwriter *w, const char *key, const char *fmt, ...) ES_P
 int es__fwriter_tensor(es_fwriter *w, const es_tensor_ref *t);
 /* Streaming (for data that does not fit in memory, e.g. a dataset cache):
  * declare every metadata entry and every tensor first (es__fwriter_tensor_stream:
- * data is ignored, the shape fixes the size; not mixed with es__fwriter_tensor), then es__fwriter_begin fixes
+ * data is ignored, the shape fixes the size), then es__fwriter_begin fixes
  * the layout, and es__fwriter_append adds the bytes of tensor i in pieces,
  * in any interleaving of tensors (each is written at its own cursor with
  * pwrite, its checksum computed as it goes).  commit then checks that every
@@ -110,6 +110,14 @@ int es__fwriter_tensor(es_fwriter *w, const es_tensor_ref *t);
 int es__fwriter_tensor_stream(es_fwriter *w, const es_tensor_ref *t);
 int es__fwriter_begin(es_fwriter *w);
 int es__fwriter_append(es_fwriter *w, int i, const void *data, size_t n);
+/* Tensors added with es__fwriter_tensor may be mixed with streamed ones:
+ * es__fwriter_begin then writes the in-memory ones whole (their data need
+ * stay valid only until begin), and the streamed ones take appends (a
+ * model file written from the shards of a run across processes: its row
+ * table streamed, the rest from memory).  The file is byte for byte the
+ * one es__fwriter_commit writes from memory. */
+/* Index of the tensor named `name` (for es__fwriter_append), -1 if none. */
+int es__fwriter_tensor_index(const es_fwriter *w, const char *name);
 /* Write everything, fsync, rename.  Frees w in every case.  On failure no
  * file is left at the destination (an existing file there is untouched). */
 int es__fwriter_commit(es_fwriter *w, es_err *err);

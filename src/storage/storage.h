@@ -351,6 +351,20 @@ int es__storage_check_trainable(const es_storage *s, es_err *err);
  *   missing or mismatched tensor. */
 int es__storage_file_name(const char *ref_name, char *out, size_t cap);
 int es__storage_write(es_fwriter *w, es_storage *s, int with_state, es_err *err);
+/* es__storage_write of a shard (shard_n > 1) as the whole table it is a
+ * part of, without optimizer state: the row tensor (`tensor`, e.g.
+ * "weight") declared streamed with `rows` rows, whose bytes the caller
+ * appends (es__fwriter_append, at the index es__fwriter_tensor_index gives
+ * for its file name "storage.<tensor>"), param_bytes the whole table's, and
+ * no storage.shard: the file is the one the whole table writes
+ * (src/train/dist.c, es__dist_write_rows). */
+typedef struct es__whole_table {
+    const char *tensor;
+    uint64_t rows;
+    size_t param_bytes;
+    const char *opts; /* storage.opts to record (the resolved ones, as a load sees them), NULL: the shard's */
+} es__whole_table;
+int es__storage_write_whole(es_fwriter *w, es_storage *s, const es__whole_table *wt, es_err *err);
 int es__storage_params_read(const es_file *f, const char *path, es_storage_params *sp, char **opts, es_err *err);
 int es__storage_read_tensors(es_storage *s, es_file *f, int with_state, const char *path, size_t *mapped, es_err *err);
 

@@ -48,7 +48,11 @@ static int list_refs(es_storage *s, es_tensor_ref **refs, int *n, es_err *err) {
     return ES_OK;
 }
 
-int es__storage_write(es_fwriter *w, es_storage *s, int with_state, es_err *err) {
+static int storage_write(es_fwriter *w, es_storage *s, int with_state, const es__whole_table *whole, es_err *err);
+int es__storage_write(es_fwriter *w, es_storage *s, int with_state, es_err *err) { return storage_write(w, s, with_state, NULL, err); }
+int es__storage_write_whole(es_fwriter *w, es_storage *s, const es__whole_table *wt, es_err *err) { return storage_write(w, s, 0, wt, err); }
+
+static int storage_write(es_fwriter *w, es_storage *s, int with_state, const es__whole_table *whole, es_err *err) {
     const es_storage_params *sp = &s->p;
     int rc = 0;
     rc |= es__fwriter_meta(w, "storage.method", sp->method);
@@ -69,9 +73,9 @@ int es__storage_write(es_fwriter *w, es_storage *s, int with_state, es_err *err)
     if (sp->opt.row_l2_freq != 0 && ol > 0 && (size_t)ol < sizeof optrec)
         snprintf(optrec + ol, sizeof optrec - (size_t)ol, ",%.9g", sp->opt.row_l2_freq);
     rc |= es__fwriter_meta(w, "storage.opt", optrec);
-    rc |= es__fwriter_meta(w, "storage.opts", sp->opts ? sp->opts : "");
+    rc |= es__fwriter_meta(w, "storage.opts", whole && whole->opts ? whole->opts : sp->opts ? sp->opts : "");
     rc |= es__fwriter_meta(w, "storage.resolved", s->meta);
-    rc |= es__fwriter_metaf(w, "storage.param_bytes", "%zu", s->param_bytes);
+    rc |= es__fwriter_metaf(w, "storage.param_bytes", "%zu", whole ? whole->param_bytes : s->param_bytes);
     rc |= es__fwriter_metaf(w, "storage.aux_bytes", "%zu", s->aux_bytes);
     /* Only for a quantized table: files without the key are fp32, so older
      * files (and fp32 models) are unchanged. */
@@ -81,7 +85,7 @@ int es__storage_write(es_fwriter *w, es_storage *s, int with_state, es_err *err)
     if (es__storage_qtrain(s) != ES_QTRAIN_NONE) rc |= es__fwriter_meta(w, "storage.qtrain", es__qtrain_name(es__storage_qtrain(s)));
     /* Only for a shard (a checkpoint of a run across processes,
      * docs/scale.md): "rank/ranks"; whole tables are unchanged. */
-    if (sp->shard_n > 1) rc |= es__fwriter_metaf(w, "storage.shard", "%d/%d", sp->shard_rank, sp->shard_n);
+    if (sp->shard_n > 1 && !whole) rc |= es__fwriter_metaf(w, "storage.shard", "%d/%d", sp->shard_rank, sp->shard_n);
     if (rc) return es__err(err, ES_ENOMEM, "cannot add the storage metadata: %s", es__fwriter_errmsg(w));
 
     es_tensor_ref *refs;
@@ -94,7 +98,16 @@ int es__storage_write(es_fwriter *w, es_storage *s, int with_state, es_err *err)
             rc = es__err(err, ES_EINVAL, "storage tensor name too long: %s", refs[i].name);
             break;
         }
-        if ((rc = es__fwriter_tensor(w, &t)) != 0)
+        int streamed = whole && strcmp(refs[i].name, whole->tensor) == 0;
+        if (streamed) { /* the whole table's rows, appended by the caller */
+            if (t.ndim < 1 || t.shape[0] == 0 || t.nbytes % t.shape[0] != 0) {
+                rc = es__err(err, ES_EINVAL, "storage tensor %s is not a table of rows", refs[i].name);
+                break;
+            }
+            t.nbytes = t.nbytes / t.shape[0] * whole->rows;
+            t.shape[0] = whole->rows;
+        }
+        if ((rc = streamed ? es__fwriter_tensor_stream(w, &t) : es__fwriter_tensor(w, &t)) != 0)
             es__err(err, rc, "cannot add tensor %s: %s", t.name, es__fwriter_errmsg(w));
     }
     es__free(refs);

@@ -129,7 +129,7 @@ int es__dist_rebind(es__dist *d, es_model *m, es_err *err) {
     if (s->p.opt.row_l2 > 0) return es__err(err, ES_EINVAL, "lazy L2 on the tables (--emb-l2) is not supported across processes yet");
     if (m->np.dropout > 0.0f)
         return es__err(err, ES_EINVAL, "dropout is not supported across processes yet (its masks depend on the row's place in the batch)");
-    if (s->p.shard_n != d->size || s->p.shard_rank != d->rank)
+    if ((s->p.shard_n > 1 ? s->p.shard_n : 1) != d->size || s->p.shard_rank != d->rank) /* a 1-rank shard is stored as a whole table */
         return es__err(err, ES_EINVAL, "the storage is not sharded for rank %d of %d", d->rank, d->size);
     int rc = s->ops->row_map(s, &d->map);
     if (rc != ES_OK) return es__err(err, rc, "storage '%s': no row map", s->ops->name);
@@ -319,24 +319,17 @@ static int dense_reduce(es__dist *d, float *x) {
     return ES_OK;
 }
 
-int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum) {
+/* Steps 1 and 2 of a step: the rows of g's first `rows` rows (this
+ * rank's part) resolved to global rows (d->ids, the distinct ones in
+ * d->uniq), fetched from their owners and pooled into m->emb.  Collective. */
+static int dist_fetch(es__dist *d, const es_batch *g, int rows) {
     es_model *m = d->m;
     es_err *err = &m->err;
-    const int F = m->n_fields, E = m->E, N = d->size, k = d->map.k, cd = d->map.t->dim;
-    const int nd = m->n_dense;
-    int rc;
-    if (n < 1 || n > m->max_batch)
-        return es__err(err, ES_EINVAL, "a training batch needs 1 to %d rows (the model's batch size), got %d", m->max_batch, n);
-    const int jb0 = d->rank * ES_DIST_BLOCKS / N, jb1 = (d->rank + 1) * ES_DIST_BLOCKS / N;
-    const int lo = block_row(jb0, n), hi = block_row(jb1, n);
-    if (g->n != hi - lo || g->n_fields != F || g->n_dense != nd)
-        return es__err(err, ES_EINVAL, "rank %d's part of a batch of %d rows is rows [%d, %d), got %d rows", d->rank, n, lo, hi, g->n);
-    /* g holds rows [lo, hi) of the global batch as its rows 0 .. hi - lo */
-    const size_t P0 = 0, P1 = (size_t)(hi - lo) * F;
+    const int F = m->n_fields, N = d->size, k = d->map.k, cd = d->map.t->dim;
+    const size_t P0 = 0, P1 = (size_t)rows * F;
     const size_t nv = (size_t)(g->off[P1] - g->off[P0]), n_ids = nv * (size_t)k;
-    const size_t rec = sizeof(uint64_t) + sizeof(float) * (size_t)(1 + cd);
-    d->st.steps++;
-
+    const int lo = 0, hi = rows;
+    int rc;
     /* 1. resolve this rank's values to global rows; the distinct ones */
     if (grow((void **)&d->ids, &d->ids_cap, n_ids + 1, sizeof *d->ids) != ES_OK ||
         uniq_reset(d, n_ids) != ES_OK)
@@ -420,6 +413,29 @@ int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum
     cache.prec = ES_PREC_FP32;
     cache.opt = d->map.t->opt;
     if (hi > lo) es__rows_lookup(&cache, k, cache_resolve, d, g, 0, hi - lo, m->emb);
+    return ES_OK;
+}
+
+int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum) {
+    es_model *m = d->m;
+    es_err *err = &m->err;
+    const int F = m->n_fields, E = m->E, N = d->size, k = d->map.k, cd = d->map.t->dim;
+    const int nd = m->n_dense;
+    int rc;
+    if (n < 1 || n > m->max_batch)
+        return es__err(err, ES_EINVAL, "a training batch needs 1 to %d rows (the model's batch size), got %d", m->max_batch, n);
+    const int jb0 = d->rank * ES_DIST_BLOCKS / N, jb1 = (d->rank + 1) * ES_DIST_BLOCKS / N;
+    const int lo = block_row(jb0, n), hi = block_row(jb1, n);
+    if (g->n != hi - lo || g->n_fields != F || g->n_dense != nd)
+        return es__err(err, ES_EINVAL, "rank %d's part of a batch of %d rows is rows [%d, %d), got %d rows", d->rank, n, lo, hi, g->n);
+    /* g holds rows [lo, hi) of the global batch as its rows 0 .. hi - lo */
+    const size_t P0 = 0, P1 = (size_t)(hi - lo) * F;
+    const size_t n_ids = (size_t)(g->off[P1] - g->off[P0]) * (size_t)k;
+    const size_t rec = sizeof(uint64_t) + sizeof(float) * (size_t)(1 + cd);
+    const size_t row_bytes = (size_t)cd * sizeof(float);
+    size_t tot;
+    d->st.steps++;
+    if ((rc = dist_fetch(d, g, hi - lo)) != ES_OK) return rc;
 
     /* 3. dense: block by block, then the fixed tree */
     const size_t P = d->P;
@@ -507,55 +523,9 @@ int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum
 
 /* ---- the whole model on rank 0 --------------------------------------------------------- */
 
-int es__dist_gather(es__dist *d, es_model *dst, es_err *err) {
-    const int N = d->size;
-    const es_rows *t = d->map.t;
-    const size_t row_bytes = (size_t)t->dim * sizeof(float);
-    int rc;
-    memset(d->scnt, 0, (size_t)N * sizeof(size_t));
-    memset(d->sdsp, 0, (size_t)N * sizeof(size_t));
-    d->scnt[0] = (size_t)t->n_rows * row_bytes;
-    /* rank 0 knows every shard's size from the rule */
-    size_t tot = 0;
-    for (int i = 0; i < N; i++) {
-        uint64_t local = d->map.rows > (uint64_t)i ? (d->map.rows - (uint64_t)i + (uint64_t)N - 1) / (uint64_t)N : 0;
-        d->rcnt[i] = d->rank == 0 ? (size_t)local * row_bytes : 0;
-        d->rdsp[i] = tot;
-        tot += d->rcnt[i];
-    }
-    if (grow((void **)&d->rbuf, &d->rbuf_cap, tot + 1, 1) != ES_OK) return es__err(err, ES_ENOMEM, "out of memory gathering the tables");
-    double t0 = es__now();
-    rc = d->c->alltoallv(d->c->ctx, t->w, d->scnt, d->sdsp, d->rbuf, d->rcnt, d->rdsp);
-    d->st.seconds += es__now() - t0;
-    if (rc) return es__err(err, ES_EIO, "rank %d of %d: gathering the tables failed in the communication layer", d->rank, N);
-    if (d->rank != 0) return ES_OK;
-    es__row_map dm = {0};
-    if (!dst || !dst->st->ops->row_map || dst->st->ops->row_map(dst->st, &dm) != ES_OK || dm.rows != d->map.rows ||
-        dm.t->dim != t->dim || dm.t->n_rows != d->map.rows || es__net_n_params(dst->net) != d->P)
-        return es__err(err, ES_EINVAL, "the gathered model does not have the shape of the shards (rows %llu vs %llu, dense %zu vs %zu)",
-                       dst && dst->st->ops->row_map ? (unsigned long long)dm.rows : 0ULL, (unsigned long long)d->map.rows,
-                       dst ? es__net_n_params(dst->net) : (size_t)0, d->P);
-    for (int i = 0; i < N; i++) {
-        uint64_t local = d->rcnt[i] / row_bytes;
-        for (uint64_t li = 0; li < local; li++)
-            memcpy(dm.t->w + (size_t)(li * (uint64_t)N + (uint64_t)i) * (size_t)t->dim, d->rbuf + d->rdsp[i] + li * row_bytes, row_bytes);
-    }
-    /* the lookup maps every rank copies (full's keys): rank 0's, by name,
-     * then the method rebuilds what derives from them */
-    es_tensor_ref rs[64], rd[64];
-    int ns = es__storage_tensors(d->m->st, rs, 64), nd = es__storage_tensors(dst->st, rd, 64);
-    if (ns < 0 || nd < 0) return es__err(err, ES_ERANGE, "too many storage tensors");
-    for (int i = 0; i < ns; i++) {
-        if (!strcmp(rs[i].name, "weight") || !strncmp(rs[i].name, "opt.", 4)) continue;
-        int j = 0;
-        while (j < nd && strcmp(rd[j].name, rs[i].name) != 0) j++;
-        if (j == nd || rd[j].nbytes != rs[i].nbytes || !rd[j].data || !rs[i].data)
-            return es__err(err, ES_EINVAL, "the gathered model's tensor %s does not match the shards'", rs[i].name);
-        memcpy(rd[j].data, rs[i].data, rs[i].nbytes);
-    }
-    if ((rc = es__storage_after_load(dst->st)) != ES_OK) return es__err(err, rc, "%s", es__storage_errmsg(dst->st));
-    memcpy(es__net_params_ptr(dst->net), es__net_params_ptr(d->m->net), d->P * sizeof(float));
-    return ES_OK;
+void es__dist_table(const es__dist *d, uint64_t *rows, size_t *row_bytes) {
+    *rows = d->map.rows;
+    *row_bytes = (size_t)d->map.t->dim * sizeof(float);
 }
 
 /* ---- agreement ------------------------------------------------------------------------- */
@@ -606,5 +576,108 @@ int es__dist_agree(const es_comm *c, int *failed, int rc, int64_t n, uint64_t h,
                            (unsigned long long)a.h, i, (long long)b.n, (unsigned long long)b.h);
         }
     es__free(all);
+    return ES_OK;
+}
+
+/* ---- evaluation and the model file ------------------------------------------------------ */
+
+int es__dist_predict(es__dist *d, const es_batch *g, int n, float *prob) {
+    es_model *m = d->m;
+    es_err *err = &m->err;
+    const int F = m->n_fields, E = m->E, N = d->size, nd = m->n_dense;
+    if (n < 1 || n > m->max_batch)
+        return es__err(err, ES_EINVAL, "an evaluation batch needs 1 to %d rows (the model's batch size), got %d", m->max_batch, n);
+    const int jb0 = d->rank * ES_DIST_BLOCKS / N, jb1 = (d->rank + 1) * ES_DIST_BLOCKS / N;
+    const int lo = block_row(jb0, n), hi = block_row(jb1, n);
+    if (g->n != hi - lo || g->n_fields != F || g->n_dense != nd)
+        return es__err(err, ES_EINVAL, "rank %d's part of a batch of %d rows is rows [%d, %d), got %d rows", d->rank, n, lo, hi, g->n);
+    es__dist_stats keep = d->st; /* the counters are of training steps */
+    int rc = dist_fetch(d, g, hi - lo);
+    d->st = keep;
+    if (rc != ES_OK) return rc;
+    /* block by block, as the training step: a row's forward is computed
+     * with the rows of its block whatever N */
+    es__net_freeze(m->net);
+    const size_t rowf = (size_t)F * (size_t)E;
+    for (int j = jb0; j < jb1; j++) {
+        const int a = block_row(j, n), z = block_row(j + 1, n), nb = z - a, la = a - lo;
+        if (nb == 0) continue;
+        es__net_forward(m->net, nb, m->emb + (size_t)la * rowf, g->dense + (size_t)la * (size_t)nd, m->logit + la);
+        for (int i = 0; i < nb; i++) prob[la + i] = es__sigmoid(m->logit[la + i]);
+    }
+    return ES_OK;
+}
+
+/* Rows of the whole table sent to rank 0 per round: a multiple of every N. */
+#define DIST_WRITE_ROWS ((uint64_t)ES_DIST_BLOCKS * 1024)
+
+int es__dist_write_rows(es__dist *d, es_fwriter *w, int tensor, int *broken, es_err *err) {
+    *broken = 1; /* until every round is done */
+    const int N = d->size;
+    const es_rows *t = d->map.t;
+    const size_t row_bytes = (size_t)t->dim * sizeof(float);
+    const uint64_t R = d->map.rows, C = DIST_WRITE_ROWS;
+    int wrc = ES_OK; /* rank 0: a failed append; the rounds go on, so that no rank waits */
+    double t0 = es__now();
+    float *out = NULL;
+    if (d->rank == 0 && !(out = es__malloc((size_t)C * row_bytes + 1))) wrc = es__err(err, ES_ENOMEM, "out of memory writing the model");
+    for (uint64_t a = 0; a < R; a += C) {
+        /* global rows [a, b): rank i holds those = i mod N, local [(a + N - 1 - i) / N ...) */
+        const uint64_t b = ES_MIN(R, a + C);
+        memset(d->scnt, 0, (size_t)N * sizeof(size_t));
+        memset(d->sdsp, 0, (size_t)N * sizeof(size_t));
+        size_t tot = 0;
+        uint64_t l0[ES_DIST_BLOCKS], cnt[ES_DIST_BLOCKS];
+        for (int i = 0; i < N; i++) {
+            /* a is a multiple of N: the rows of rank i in [a, b) are a + i, a + i + N, ... */
+            l0[i] = a / (uint64_t)N;
+            cnt[i] = b > a + (uint64_t)i ? (b - a - (uint64_t)i + (uint64_t)N - 1) / (uint64_t)N : 0;
+            d->rcnt[i] = d->rank == 0 ? (size_t)cnt[i] * row_bytes : 0;
+            d->rdsp[i] = tot;
+            tot += d->rcnt[i];
+        }
+        d->scnt[0] = (size_t)cnt[d->rank] * row_bytes;
+        if (cnt[d->rank] && l0[d->rank] + cnt[d->rank] > t->n_rows)
+            return es__err(err, ES_EINVAL, "rank %d's shard has %llu rows, the table's rule gives it more", d->rank,
+                           (unsigned long long)t->n_rows);
+        if (grow((void **)&d->rbuf, &d->rbuf_cap, tot + 1, 1) != ES_OK) {
+            es__free(out);
+            return es__err(err, ES_ENOMEM, "out of memory writing the model");
+        }
+        const float *mine = t->w + (size_t)l0[d->rank] * (size_t)t->dim;
+        if (d->c->alltoallv(d->c->ctx, mine, d->scnt, d->sdsp, d->rbuf, d->rcnt, d->rdsp) != 0) {
+            es__free(out);
+            return es__err(err, ES_EIO, "rank %d of %d: sending the tables to rank 0 failed in the communication layer", d->rank, N);
+        }
+        if (d->rank != 0 || wrc != ES_OK) continue;
+        for (int i = 0; i < N; i++)
+            for (uint64_t q = 0; q < cnt[i]; q++)
+                memcpy((char *)out + (size_t)(q * (uint64_t)N + (uint64_t)i) * row_bytes, d->rbuf + d->rdsp[i] + q * row_bytes, row_bytes);
+        if ((wrc = es__fwriter_append(w, tensor, out, (size_t)(b - a) * row_bytes)) != ES_OK)
+            es__err(err, wrc, "%s", es__fwriter_errmsg(w));
+    }
+    d->st.seconds += es__now() - t0;
+    es__free(out);
+    *broken = 0;
+    return wrc;
+}
+
+int es__dist_collect(es__dist *d, int n, const float *mine, float *all) {
+    const int N = d->size;
+    int lo, hi;
+    size_t tot = 0;
+    memset(d->scnt, 0, (size_t)N * sizeof(size_t));
+    memset(d->sdsp, 0, (size_t)N * sizeof(size_t));
+    for (int i = 0; i < N; i++) {
+        es__dist_part_of(i, N, n, &lo, &hi);
+        d->rcnt[i] = d->rank == 0 ? (size_t)(hi - lo) * 2 * sizeof(float) : 0;
+        d->rdsp[i] = tot;
+        tot += d->rcnt[i];
+        if (i == d->rank) d->scnt[0] = (size_t)(hi - lo) * 2 * sizeof(float);
+    }
+    static float none;
+    if (d->c->alltoallv(d->c->ctx, mine ? (const void *)mine : &none, d->scnt, d->sdsp, d->rank == 0 ? (void *)all : &none, d->rcnt,
+                        d->rdsp) != 0)
+        return es__err(&d->m->err, ES_EIO, "rank %d of %d: sending predictions to rank 0 failed in the communication layer", d->rank, N);
     return ES_OK;
 }

@@ -60,11 +60,30 @@ void es__dist_part_of(int rank, int size, int n, int *lo, int *hi);
  * when a peer sends a row out of range; errors in m->err. */
 int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum);
 
-/* Copy the whole model into dst on rank 0 (dst: a model of the same
- * parameters created unsharded, e.g. from the shard's resolved options;
- * NULL on the other ranks): every rank's rows, rank 0's lookup maps and
- * dense parameters (every rank holds the same).  Collective. */
-int es__dist_gather(es__dist *d, es_model *dst, es_err *err);
+/* The whole row table: rows (es__row_map.rows) of row_bytes each. */
+void es__dist_table(const es__dist *d, uint64_t *rows, size_t *row_bytes);
+
+/* Probabilities of this rank's part of a global batch of n rows (g as in
+ * es__dist_train_batch) into prob[0 .. g->n): the rows fetched from their
+ * owners, the net's forward block by block (16 blocks of the global
+ * batch), so each row's probability is the same on any number of ranks.
+ * Not counted in the training counters.  Collective. */
+int es__dist_predict(es__dist *d, const es_batch *g, int n, float *prob);
+
+/* (probability, label) pairs of this rank's part of a global batch of n
+ * rows (mine: [2 * part]) to rank 0, into all[2 n] in global row order
+ * (NULL on the other ranks).  Collective. */
+int es__dist_collect(es__dist *d, int n, const float *mine, float *all);
+
+/* The whole row table, in global row order, into tensor `tensor` of
+ * rank 0's streaming writer w (es__model_save_whole_begin; NULL on the
+ * other ranks): rounds of a fixed number of rows, each rank sending its
+ * rows of the round to rank 0, so rank 0 holds one round, never the
+ * table.  Every rank runs every round, even after rank 0's write failed
+ * (then its error is returned by rank 0 only).  *broken = 1 when a rank
+ * left the rounds early (out of memory, the transport failed): the others
+ * may wait, the job must end.  Collective. */
+int es__dist_write_rows(es__dist *d, es_fwriter *w, int tensor, int *broken, es_err *err);
 
 void es__dist_get_stats(const es__dist *d, es__dist_stats *out);
 

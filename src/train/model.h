@@ -67,6 +67,14 @@ int es__model_create(es_model **out, const es_net_params *np, const es_storage_p
 int es__model_set_meta(es_model *m, const char *key, const char *value);
 /* Write the model (with optimizer state when with_state) atomically. */
 int es__model_save(es_model *m, const char *path, int with_state, es_err *err);
+/* The model file of a run across processes, written by rank 0 from its
+ * shard model m (es__storage_write_whole): every metadata entry and tensor
+ * declared and the in-memory ones written; *w is then streaming, and the
+ * row table's bytes go to tensor *rows_tensor by es__fwriter_append
+ * (es__dist_write_rows), then es__fwriter_commit.  On failure nothing is
+ * left behind and *w is NULL. */
+int es__model_save_whole_begin(es_model *m, const char *path, const es__whole_table *wt, es_fwriter **w, int *rows_tensor,
+                               es_err *err);
 /* Load a model file; with_state also restores optimizer state.  Large
  * tensors are mapped copy-on-write from the file rather than copied where
  * possible (ES_NO_REMAP=1 in the environment copies everything). */

@@ -122,16 +122,19 @@ static int net_tensors(es_model *m, es_tensor_ref **refs, int *n, es_err *err) {
 
 static int is_opt_tensor(const char *name) { return strncmp(name, "opt.", 4) == 0; }
 
-int es__model_save(es_model *m, const char *path, int with_state, es_err *err) {
+/* The model's metadata and tensors into a new writer *w (whole: the
+ * shard written as the whole table, es__model_save_whole_begin). */
+static int model_declare(es_model *m, const char *path, int with_state, const es__whole_table *whole, es_fwriter **out, es_err *err) {
     es_fwriter *w = NULL;
     es_tensor_ref *refs = NULL;
+    *out = NULL;
     int n = 0, rc = es__fwriter_open(&w, path, err);
     if (rc != 0) return rc;
     if ((rc = write_meta(m, w, with_state)) != 0) {
         es__err(err, rc, "%s: cannot add metadata", path);
         goto fail;
     }
-    if ((rc = es__storage_write(w, m->st, with_state, err)) != 0) {
+    if ((rc = whole ? es__storage_write_whole(w, m->st, whole, err) : es__storage_write(w, m->st, with_state, err)) != 0) {
         char msg[sizeof err->msg];
         snprintf(msg, sizeof msg, "%s", err->msg);
         es__err(err, rc, "%s: %s", path, msg);
@@ -146,11 +149,40 @@ int es__model_save(es_model *m, const char *path, int with_state, es_err *err) {
         }
     }
     es__free(refs);
-    return es__fwriter_commit(w, err);
+    *out = w;
+    return ES_OK;
 fail:
     es__free(refs);
     es__fwriter_abort(w);
     return rc;
+}
+
+int es__model_save(es_model *m, const char *path, int with_state, es_err *err) {
+    es_fwriter *w = NULL;
+    int rc = model_declare(m, path, with_state, NULL, &w, err);
+    return rc != ES_OK ? rc : es__fwriter_commit(w, err);
+}
+
+int es__model_save_whole_begin(es_model *m, const char *path, const es__whole_table *wt, es_fwriter **out, int *rows_tensor,
+                               es_err *err) {
+    es_fwriter *w = NULL;
+    char name[ES_TENSOR_NAME_MAX];
+    *out = NULL;
+    if (es__storage_file_name(wt->tensor, name, sizeof name) != ES_OK) return es__err(err, ES_EINVAL, "tensor name too long: %s", wt->tensor);
+    int rc = model_declare(m, path, 0, wt, &w, err);
+    if (rc != ES_OK) return rc;
+    *rows_tensor = es__fwriter_tensor_index(w, name);
+    if (*rows_tensor < 0) {
+        es__fwriter_abort(w);
+        return es__err(err, ES_EINVAL, "%s: storage '%s' has no tensor %s", path, m->st->ops->name, name);
+    }
+    if ((rc = es__fwriter_begin(w)) != ES_OK) {
+        es__err(err, rc, "%s", es__fwriter_errmsg(w));
+        es__fwriter_abort(w);
+        return rc;
+    }
+    *out = w;
+    return ES_OK;
 }
 
 /* ---- load ------------------------------------------------------------------------ */

@@ -132,26 +132,35 @@ typedef struct {
     int running, stop;
 } pipeline;
 
-/* Part mode: this rank's rows of the next global batch into b; returns the
- * global batch's rows (0 at the end), or a reader error (< 0). */
-static int pipeline_read_part(pipeline *pl, es_batch *b, uint64_t produced) {
-    uint64_t left = pl->limit - produced, got;
-    if (left == 0) return 0;
-    int n = (int)ES_MIN(left, (uint64_t)pl->batch), lo, hi, rc;
-    es__dist_part_of(pl->part_rank, pl->part_size, n, &lo, &hi);
-    if ((rc = es__reader_skip(pl->r, (uint64_t)lo, &got)) != 0) return rc;
+/* Across processes: rank `rank` of `size`'s rows of a global batch of n
+ * rows (es__dist_part_of) into b, the others' skipped unparsed.  Returns
+ * n, 0 when the input ended first (*short_read = 1), or a reader error
+ * (< 0). */
+static int read_part(es_reader *r, es_batch *b, int rank, int size, int n, int *short_read) {
+    uint64_t got;
+    int lo, hi, rc;
+    es__dist_part_of(rank, size, n, &lo, &hi);
+    if ((rc = es__reader_skip(r, (uint64_t)lo, &got)) != 0) return rc;
     if (got < (uint64_t)lo) goto short_input;
     b->n = 0;
     if (hi > lo) {
-        if ((rc = read_limited(pl->r, b, (uint64_t)(hi - lo))) < 0) return rc;
+        if ((rc = read_limited(r, b, (uint64_t)(hi - lo))) < 0) return rc;
         if (rc < hi - lo) goto short_input;
     }
-    if ((rc = es__reader_skip(pl->r, (uint64_t)(n - hi), &got)) != 0) return rc;
+    if ((rc = es__reader_skip(r, (uint64_t)(n - hi), &got)) != 0) return rc;
     if (got < (uint64_t)(n - hi)) goto short_input;
     return n;
 short_input:
-    pl->short_read = 1;
+    *short_read = 1;
     return 0;
+}
+
+/* Part mode: this rank's rows of the next global batch into b; returns the
+ * global batch's rows (0 at the end), or a reader error (< 0). */
+static int pipeline_read_part(pipeline *pl, es_batch *b, uint64_t produced) {
+    uint64_t left = pl->limit - produced;
+    if (left == 0) return 0;
+    return read_part(pl->r, b, pl->part_rank, pl->part_size, (int)ES_MIN(left, (uint64_t)pl->batch), &pl->short_read);
 }
 
 static void *pipeline_main(void *arg) {
@@ -394,12 +403,9 @@ typedef struct {
     int refitting;            /* in the refit: no evaluations */
     int refit_resumed;        /* resumed from a checkpoint written in the refit */
     /* across processes (p->comm, docs/scale.md): the distributed step
-     * over x->m, whose tables are this rank's shards; after training, on
-     * rank 0, x->m is the whole model gathered (the shards' model kept in
-     * x->shard) for the evaluations and the model file */
+     * over x->m, whose tables are this rank's shards (no rank holds the
+     * whole table: evaluations and the model file work from the shards) */
     es__dist *dist;
-    es_model *shard;
-    es_model *full;           /* rank 0: the gathered model of evaluations during training */
     int dist_failed;          /* 1: an error every rank knows of: no more collectives; 2: one the others may not know of */
 } run;
 
@@ -716,29 +722,103 @@ static int run_prob(run *x) {
     return ES_OK;
 }
 
+/* Across processes: the metrics of the sharded model on rows [skip, skip +
+ * n_rows) of r (n_rows 0: to the end, counted first by a scan that parses
+ * nothing), in global batches of the run's batch size of which every rank
+ * reads and predicts its part (es__dist_predict); rank 0 gathers
+ * (probability, label) in row order into x->valid and computes the
+ * metrics, which every rank gets.  A collective: every rank calls it, with
+ * its status rc so far (the ranks agree on it first). */
+static int dist_eval_rows(run *x, int rc, es_reader *r, const char *path, uint64_t skip, uint64_t n_rows, es_metrics *out) {
+    const es_comm *c = x->p->comm;
+    const int B = x->p->batch;
+    float *mine = NULL, *all = NULL;
+    memset(out, 0, sizeof *out);
+    x->valid.n = 0;
+    if (rc == ES_OK && !(mine = es__malloc(4 * (size_t)B * sizeof(float)))) rc = es__err(x->err, ES_ENOMEM, "out of memory");
+    all = mine ? mine + 2 * (size_t)B : NULL;
+    if (rc == ES_OK && n_rows == 0) { /* count: every rank, unparsed */
+        uint64_t got = 0;
+        if ((rc = es__reader_skip(r, UINT64_MAX, &got)) != 0) rc = reader_err(x->err, r, rc);
+        else if ((rc = es_reader_rewind(r)) != 0) rc = reader_err(x->err, r, rc);
+        else if (got <= skip) rc = es__err(x->err, ES_EPARSE, "%s: no rows to evaluate", path);
+        else n_rows = got - skip;
+    }
+    if (rc == ES_OK && skip > 0) {
+        uint64_t got = 0;
+        if ((rc = es__reader_skip(r, skip, &got)) != 0) rc = reader_err(x->err, r, rc);
+        else if (got < skip) rc = rows_changed(x->err, path, "the evaluation", got, skip);
+    }
+    rc = es__dist_agree(c, &x->dist_failed, rc, (int64_t)n_rows, 0, "the rows to evaluate (the same file on every rank?)", x->err);
+    for (uint64_t done = 0; rc == ES_OK && done < n_rows;) {
+        int n = (int)ES_MIN((uint64_t)B, n_rows - done), short_read = 0;
+        int got = read_part(r, &x->b, c->rank, c->size, n, &short_read), lrc = ES_OK;
+        if (got < 0) lrc = reader_err(x->err, r, got);
+        else if (short_read) lrc = rows_changed(x->err, path, "the evaluation", done, n_rows);
+        if ((rc = es__dist_agree(c, &x->dist_failed, lrc, n, 0, "the rows of an evaluation batch", x->err)) != ES_OK) break;
+        if ((rc = es__dist_predict(x->dist, &x->b, n, all)) == ES_OK) {
+            for (int i = 0; i < x->b.n; i++) {
+                mine[2 * i] = all[i];
+                mine[2 * i + 1] = x->b.label[i];
+            }
+            rc = es__dist_collect(x->dist, n, mine, all);
+        }
+        if (rc != ES_OK) { /* inside collectives: the others may wait */
+            x->dist_failed = 2;
+            es__err(x->err, rc, "%s", es_model_errmsg(x->m));
+            break;
+        }
+        for (int i = 0; c->rank == 0 && i < n && rc == ES_OK; i++)
+            if (pred_push(&x->valid, all + 2 * i, all + 2 * i + 1, 1) != ES_OK) rc = es__err(x->err, ES_ENOMEM, "out of memory for predictions");
+        done += (uint64_t)n;
+        if ((rc = agree(x, rc)) != ES_OK) break;
+    }
+    es__free(mine);
+    if (rc != ES_OK) return rc;
+    if (c->rank == 0 && x->valid.n > 0) es_metrics_compute(x->valid.p, x->valid.y, x->valid.n, out);
+    if (c->bcast(c->ctx, out, sizeof *out, 0) != 0) {
+        x->dist_failed = 2;
+        return es__err(x->err, ES_EIO, "the communication layer failed sending the metrics");
+    }
+    return ES_OK;
+}
+
 /* Metrics of the current model on the validation file, or on the
  * held-out last rows of the training file (read by a reader of its own, so
  * that an evaluation in the middle of an epoch leaves the training reader
  * where it is). */
-static int run_validate(run *x, es_metrics *out) {
+/* The validation reader *rd of path: opened (and its identity taken) the
+ * first time, else rewound. */
+static int valid_reader(run *x, const char *path, es__file_id *id, es_reader **rd) {
     const es_train_params *p = x->p;
     es_err *err = x->err;
     int rc;
+    if (*rd) return (rc = es_reader_rewind(*rd)) != 0 ? reader_err(err, *rd, rc) : ES_OK;
+    if (p->valid_path && (rc = es__file_id_get(path, 0, id, err)) != 0) return rc;
+    if ((rc = es_reader_open(rd, path, &p->reader, err)) != 0) return rc;
+    if (es_reader_n_dense(*rd) != x->mp.n_dense || es_reader_n_fields(*rd) != x->mp.n_fields)
+        return es__err(err, ES_EINVAL, "%s: %d numeric and %d categorical columns, the training file has %d and %d", path,
+                       es_reader_n_dense(*rd), es_reader_n_fields(*rd), x->mp.n_dense, x->mp.n_fields);
+    return ES_OK;
+}
+
+static int run_validate(run *x, es_metrics *out) {
+    const es_train_params *p = x->p;
+    es_err *err = x->err;
     x->valid.n = 0;
-    if ((rc = run_prob(x)) != 0) return rc;
     const char *path = p->valid_path ? p->valid_path : p->train_path;
     es__file_id *id = p->valid_path ? &x->vid : &x->tid;
     es_reader **rd = p->valid_path ? &x->rv : &x->rva;
-    if (!*rd) {
-        if (p->valid_path && (rc = es__file_id_get(path, 0, id, err)) != 0) return rc;
-        if ((rc = es_reader_open(rd, path, &p->reader, err)) != 0) return rc;
-        if (es_reader_n_dense(*rd) != x->mp.n_dense || es_reader_n_fields(*rd) != x->mp.n_fields)
-            return es__err(err, ES_EINVAL, "%s: %d numeric and %d categorical columns, the training file has %d and %d", path,
-                           es_reader_n_dense(*rd), es_reader_n_fields(*rd), x->mp.n_dense, x->mp.n_fields);
-    } else if ((rc = es_reader_rewind(*rd)) != 0) {
-        return reader_err(err, *rd, rc);
-    }
+    int rc = run_prob(x);
+    if (rc == ES_OK) rc = valid_reader(x, path, id, rd);
     uint64_t skip = p->valid_path ? 0 : x->n_train, n_valid = p->valid_path ? 0 : x->n_total - x->n_train;
+    if (p->comm) { /* every rank, whatever its status */
+        rc = dist_eval_rows(x, rc, *rd, path, skip, n_valid, out);
+        if (rc == ES_OK && !p->valid_path) note_bad_lines(*rd, &x->bad_train, x->bad_rep, sizeof x->bad_rep);
+        if (rc == ES_OK) rc = es__file_id_recheck(path, id, "while evaluating", err);
+        return agree(x, rc);
+    }
+    if (rc != ES_OK) return rc;
     if ((rc = predict_stream(x->m, *rd, &x->b, x->prob, skip, n_valid, &x->valid, err)) != 0)
         return es__file_id_recheck(path, id, "after a read error", err) != ES_OK ? ES_EIO : rc;
     if (!p->valid_path) note_bad_lines(*rd, &x->bad_train, x->bad_rep, sizeof x->bad_rep);
@@ -815,56 +895,30 @@ static int run_evaluate_test_now(run *x) {
         if (es_reader_n_dense(rt) != x->mp.n_dense || es_reader_n_fields(rt) != x->mp.n_fields)
             rc = es__err(x->err, ES_EINVAL, "%s: %d numeric and %d categorical columns, the training file has %d and %d", p->test_path,
                          es_reader_n_dense(rt), es_reader_n_fields(rt), x->mp.n_dense, x->mp.n_fields);
+        else if (p->comm)
+            ; /* below */
         else if ((rc = predict_stream(x->m, rt, &x->b, x->prob, 0, 0, &x->valid, x->err)) == 0 &&
                  (rc = es__file_id_recheck(p->test_path, &id, "while evaluating", x->err)) == 0 && x->valid.n > 0)
             es_metrics_compute(x->valid.p, x->valid.y, x->valid.n, &x->res->test);
+    }
+    if (p->comm) { /* every rank, whatever its status */
+        rc = dist_eval_rows(x, rc, rt, p->test_path, 0, 0, &x->res->test);
+        if (rc == ES_OK) rc = es__file_id_recheck(p->test_path, &id, "while evaluating", x->err);
+        rc = agree(x, rc);
     }
     es_reader_free(rt);
     return rc;
 }
 
-/* ---- across processes: the whole model on rank 0 ------------------------------------ */
+/* ---- across processes: the model stays sharded ----------------------------------------
+ * No rank ever holds the whole table (--rank-memory): evaluations run on
+ * the shards (dist_eval_rows), early stopping's best model is every rank's
+ * shard in a file of its own, and the model file is streamed to rank 0 row
+ * round by row round (run_save). */
 
-/* Every rank's shard into one unsharded model on rank 0 (x->full, created
- * on first use with the run's parameters; *out = it on rank 0, NULL on the
- * others).  Collective. */
-static int dist_gathered(run *x, es_model **out) {
-    *out = NULL;
-    int rc = ES_OK;
-    if (x->p->comm->rank == 0 && !x->full) {
-        /* the shapes from the shard's resolved options (as a load does), not
-         * from the vocabulary: a resumed refit's table was sized on all rows */
-        es_net_params np;
-        es_storage_params sp;
-        es_reader_params rp = es_reader_params_default();
-        char *opts = NULL;
-        const es_model *sm = x->shard ? x->shard : x->m; /* the shards' model (x->m may be a model run_final made) */
-        if ((rc = es__model_params_resolve(&x->mp, &np, &sp, x->err)) == 0) {
-            sp.opts = opts = es__storage_load_opts(sp.method, sm->st->meta, sp.opts, "");
-            sp.budget = sm->st->budget_bytes;
-            if (!opts) rc = es__err(x->err, ES_ENOMEM, "out of memory");
-        }
-        if (rc == 0) {
-            es__rng_fill_skip(1); /* every value comes from the shards */
-            rc = es__model_create(&x->full, &np, &sp, NULL, &rp, x->err);
-            es__rng_fill_skip(0);
-        }
-        es__free(opts);
-        if (rc == 0) {
-            if ((rc = es__train_cfg_record(x->full, x->cfg)) != 0) es__err(x->err, rc, "out of memory");
-            else if ((rc = es_model_set_reader(x->full, x->r)) != 0) es__err(x->err, rc, "%s", es_model_errmsg(x->full));
-        }
-    }
-    if ((rc = agree(x, rc)) == ES_OK) rc = es__dist_gather(x->dist, x->full, x->err);
-    if ((rc = agree(x, rc)) != ES_OK) return rc;
-    *out = x->full;
-    return ES_OK;
-}
-
-/* After training (or the refit): x->m becomes, on rank 0, the model the
- * run returns: early stopping's best one (its file) when that is not the
- * last, else the last one gathered; the shards' model is kept in x->shard.
- * The communication counters go to the result.  Collective. */
+/* After training (or the refit): x->m becomes early stopping's best model
+ * (every rank its shard's file) when that is not the last; the
+ * communication counters go to the result.  Collective. */
 static int run_final(run *x, int use_best) {
     const es_train_params *p = x->p;
     es__dist_stats st;
@@ -876,24 +930,19 @@ static int run_final(run *x, int use_best) {
         x->res->comm_dense_bytes_per_step = st.dense_bytes / (double)st.steps;
     }
     x->res->comm_seconds = st.seconds;
+    /* every rank knows: the decisions are shared; a resumed refit goes on
+     * with its model (the chosen one's metrics came with the checkpoint) */
+    if (!(use_best && x->have_best && !x->best_is_current) || x->refit_resumed) return ES_OK;
     es_model *m = NULL;
-    int rc = ES_OK;
-    if (use_best && x->have_best && !x->best_is_current) { /* every rank knows: the decisions are shared */
-        if (p->comm->rank == 0) rc = es_model_load(&m, x->best_path, ES_LOAD_NO_VERIFY, x->err);
-        if ((rc = agree(x, rc)) != ES_OK) {
-            es_model_free(m);
-            return rc;
-        }
-    } else {
-        if ((rc = dist_gathered(x, &m)) != ES_OK) return rc;
-        x->full = NULL; /* now x->m's */
-    }
-    if (m) {
-        if (x->shard) es_model_free(x->m); /* a model an earlier run_final made (a resumed refit): the shards' stays */
-        else x->shard = x->m;
+    int rc = es__model_load(&m, x->best_path, ES__LOAD_SHARD | ES_LOAD_NO_VERIFY, 0, x->err);
+    if (rc == ES_OK && (rc = es_model_set_reader(m, x->r)) != ES_OK) es__err(x->err, rc, "%s", es_model_errmsg(m));
+    if (rc == ES_OK && (rc = es__dist_rebind(x->dist, m, x->err)) == ES_OK) {
+        es_model_free(x->m);
         x->m = m;
+        m = NULL;
     }
-    return ES_OK;
+    es_model_free(m);
+    return agree(x, rc);
 }
 
 /* ---- early stopping -------------------------------------------------------------- */
@@ -904,8 +953,10 @@ static int run_final(run *x, int use_best) {
 static void best_path_init(run *x) {
     const es_train_params *p = x->p;
     const char *tmp = getenv("TMPDIR");
-    if (p->out_path) snprintf(x->best_path, sizeof x->best_path, "%s.best.tmp.%ld", p->out_path, (long)getpid());
-    else snprintf(x->best_path, sizeof x->best_path, "%s/embstore-best.%ld.es", tmp && *tmp ? tmp : "/tmp", (long)getpid());
+    char rk[32] = ""; /* across processes: every rank keeps its shard's */
+    if (p->comm) snprintf(rk, sizeof rk, ".rank%dof%d", p->comm->rank, p->comm->size);
+    if (p->out_path) snprintf(x->best_path, sizeof x->best_path, "%s.best.tmp.%ld%s", p->out_path, (long)getpid(), rk);
+    else snprintf(x->best_path, sizeof x->best_path, "%s/embstore-best.%ld%s.es", tmp && *tmp ? tmp : "/tmp", (long)getpid(), rk);
     x->best_slot = es_temp_file_track(x->best_path);
 }
 
@@ -916,32 +967,13 @@ static int run_eval_point(run *x, int ep, uint64_t done) {
     es_train_result *res = x->res;
     es_metrics mt;
     int rc;
-    es_model *full = NULL;
-    if (p->comm) { /* rank 0 evaluates the gathered model and tells the others */
-        if ((rc = dist_gathered(x, &full)) != ES_OK) return rc;
-        memset(&mt, 0, sizeof mt);
-        if (full) {
-            es_model *m = x->m;
-            x->m = full;
-            rc = run_validate(x, &mt);
-            x->m = m;
-        }
-        if ((rc = agree(x, rc)) != ES_OK) return rc;
-        if (p->comm->bcast(p->comm->ctx, &mt, sizeof mt, 0) != 0) {
-            x->dist_failed = 2; /* the others may wait in a collective: broken */
-            return es__err(x->err, ES_EIO, "the communication layer failed sending the validation metrics");
-        }
-    } else if ((rc = run_validate(x, &mt)) != ES_OK) {
-        return rc;
-    }
+    if ((rc = run_validate(x, &mt)) != ES_OK) return rc; /* across processes: on the shards, the metrics on every rank */
     if (res->n_evals < ES_TRAIN_MAX_EVALS) res->evals[res->n_evals] = mt;
     int auc = p->stop_metric && !strcmp(p->stop_metric, "auc");
     double score = auc ? -mt.auc : mt.logloss;
     if (!x->have_best || score < x->best_score) {
-        if (p->comm) { /* rank 0 keeps the file */
-            rc = full ? es_model_save(full, x->best_path, 0) : ES_OK;
-            if (rc != ES_OK) es__err(x->err, rc, "%s", es_model_errmsg(full));
-            if ((rc = agree(x, rc)) != ES_OK) return rc;
+        if (p->comm) { /* every rank its shard */
+            if ((rc = agree(x, es__model_save(x->m, x->best_path, 0, x->err))) != ES_OK) return rc;
         } else if ((rc = es_model_save(x->m, x->best_path, 0)) != ES_OK) {
             return es__err(x->err, rc, "%s", es_model_errmsg(x->m));
         }
@@ -986,11 +1018,7 @@ static int run_ckpt_state_put(run *x) {
     rc |= es__model_set_meta(x->m, "ckpt.best_score", v);
     if (rc) return es__err(x->err, ES_ENOMEM, "out of memory");
     if (!x->have_best || x->best_in_ckpt) return ES_OK;
-    if (x->p->comm && x->p->comm->rank != 0) { /* rank 0 keeps the best model's file */
-        x->best_in_ckpt = 1;
-        return ES_OK;
-    }
-    char cb[sizeof x->best_path];
+    char cb[sizeof x->best_path]; /* across processes: this rank's shard, next to its checkpoint */
     ckpt_best_path(x, cb, sizeof cb);
     if ((rc = copy_file(x->best_path, cb, x->err)) == ES_OK) x->best_in_ckpt = 1;
     return rc;
@@ -1011,7 +1039,7 @@ static int run_ckpt_state_get(run *x) {
     x->res->best_eval = (int)f[3] - 1;
     x->res->best_epoch = (int)f[4];
     x->res->best_rows = (uint64_t)f[5];
-    if (!x->have_best || (x->p->comm && x->p->comm->rank != 0)) return ES_OK; /* rank 0 keeps the best model's file */
+    if (!x->have_best) return ES_OK;
     char cb[sizeof x->best_path];
     ckpt_best_path(x, cb, sizeof cb);
     if (access(cb, R_OK) != 0) return es__err(x->err, ES_ENOTFOUND, "%s: the best model of the checkpointed run is missing (%s)", x->ckpt, cb);
@@ -1470,10 +1498,6 @@ static int run_refit(run *x) {
     if (!x->refit_resumed) {
         es_model_free(x->m);
         x->m = NULL;
-        es_model_free(x->shard); /* across processes */
-        x->shard = NULL;
-        es_model_free(x->full);
-        x->full = NULL;
         if ((rc = es_reader_rewind(x->r)) != 0) return reader_err(x->err, x->r, rc);
         x->n_train = n_all;
         if (x->vocab) {
@@ -1510,6 +1534,39 @@ static int run_refit(run *x) {
     return ES_OK;
 }
 
+/* Across processes: the model file, the one the whole model would write,
+ * by rank 0 from its shard model (metadata, maps, dense parameters: every
+ * rank holds the same) with the row table streamed from every rank's
+ * shard in rounds (es__dist_write_rows).  Collective. */
+static int dist_save(run *x) {
+    es_fwriter *w = NULL;
+    int tensor = -1, broken = 0, rc = ES_OK;
+    uint64_t rows;
+    size_t row_bytes;
+    es__dist_table(x->dist, &rows, &row_bytes);
+    if (x->p->comm->rank == 0) {
+        /* the options as the whole model records them: resolved (what a
+         * load re-creates the table from) */
+        const es_storage *st = x->m->st;
+        char *opts = es__storage_load_opts(st->p.method, st->meta, st->p.opts, "");
+        es__whole_table wt = {"weight", rows, (size_t)rows * row_bytes, opts};
+        rc = opts ? es__model_save_whole_begin(x->m, x->p->out_path, &wt, &w, &tensor, x->err) : es__err(x->err, ES_ENOMEM, "out of memory");
+        es__free(opts);
+    }
+    if ((rc = agree(x, rc)) != ES_OK) return rc;
+    rc = es__dist_write_rows(x->dist, w, tensor, &broken, x->err);
+    if (broken) { /* a rank left the rounds: the others may wait */
+        x->dist_failed = 2;
+        es__fwriter_abort(w);
+        return rc;
+    }
+    if (w) {
+        if (rc == ES_OK) rc = es__fwriter_commit(w, x->err);
+        else es__fwriter_abort(w);
+    }
+    return agree(x, rc);
+}
+
 /* What the run was and what it measured, in the model's metadata, then
  * the model file. */
 static int run_save(run *x) {
@@ -1540,6 +1597,7 @@ static int run_save(run *x) {
     snprintf(buf, sizeof buf, "%zu", x->res->full_bytes);
     rc |= es__model_set_meta(m, "stats.full_bytes", buf);
     if (rc) return es__err(x->err, ES_ENOMEM, "out of memory");
+    if (p->comm) return dist_save(x);
     if ((rc = es_model_save(m, p->out_path, 0)) != 0) return es__err(x->err, rc, "%s", es_model_errmsg(m));
     return ES_OK;
 }
@@ -1582,8 +1640,6 @@ static void run_finish(run *x, int rc) {
     es__free(x->prob);
     es__free(x->cfg);
     es_model_free(x->m);
-    es_model_free(x->shard);
-    es_model_free(x->full);
     es__dist_free(x->dist);
     es_vocab_free(x->vocab);
     es_batch_free(&x->b);
@@ -1620,21 +1676,15 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
         if (rc == ES_OK) rc = agree(x, run_model(x));
         if (rc == ES_OK) rc = agree(x, run_train(x));
         if (rc == ES_OK) rc = run_final(x, 1);
-        if (rc == ES_OK && q.comm->rank == 0) rc = run_evaluate_valid(x);
-        if (rc == ES_OK) rc = agree(x, rc);
-        /* rank 0's validation metrics to every rank: a refit's checkpoints record them */
-        if (rc == ES_OK && q.comm->bcast(q.comm->ctx, &res->valid, sizeof res->valid, 0) != 0) {
-            x->dist_failed = 2;
-            rc = es__err(err, ES_EIO, "the communication layer failed sending the validation metrics");
-        }
+        /* the evaluations are collectives, their metrics on every rank (a
+         * refit's checkpoints record the validation ones) */
+        if (rc == ES_OK) rc = run_evaluate_valid(x);
         if (rc == ES_OK && q.refit && x->res->best_epoch >= 1) { /* a new sharded model, trained as on one process */
             rc = agree(x, run_refit(x));
             if (rc == ES_OK) rc = run_final(x, 0);
         }
-        if (rc == ES_OK && q.comm->rank == 0) {
-            rc = run_evaluate_test(x);
-            if (rc == ES_OK) rc = run_save(x);
-        }
+        if (rc == ES_OK) rc = run_evaluate_test(x);
+        if (rc == ES_OK) rc = run_save(x);
         if (!x->dist_failed) rc = agree(x, rc);
     } else {
         if (rc == ES_OK) rc = run_count(x);
