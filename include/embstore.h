@@ -636,6 +636,14 @@ typedef struct es_train_params {
     const es_comm *comm;
     const char *matryoshka;         /* Matryoshka prefixes "2,4,8,16" (es_model_params); NULL: none */
     const char *matryoshka_weights; /* their loss weights (es_model_params); NULL: all 1 */
+    /* Bytes of table this process may hold (its rows and their optimizer
+     * state; the method's maps, whole on every process, are not counted),
+     * checked when the table (with a comm: this process's shard)
+     * is created, before any row is trained; over it the run stops with
+     * ES_EBUDGET, saying how many processes would fit it.  With a comm no
+     * process ever holds more than its shard (evaluations and the model
+     * file work from the shards: docs/scale.md).  0: no limit. */
+    double rank_memory;
 } es_train_params;
 
 /* The defaults of `embstore train` (the study behind them is in
@@ -722,6 +730,9 @@ typedef struct es_train_result {
      * they may wait for it forever, so the caller must end the job
      * (MPI_Abort); 0 when every process returned the same error. */
     int comm_broken;
+    /* Table bytes held (rows and optimizer state: what rank_memory
+     * limits): by this process, and the most held by any process. */
+    size_t rank_table_bytes, rank_table_bytes_max;
 } es_train_result;
 
 /* Train a model end to end: read, build the vocabulary, train, evaluate,

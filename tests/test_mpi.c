@@ -389,3 +389,64 @@ TEST_SLOW(mpi_resume_after_a_killed_rank_gives_the_uninterrupted_model) {
     }
 #undef RESUME_ARGS
 }
+
+/* --rank-memory: a table 4x one rank's cap (its rows and their optimizer
+ * state) is refused on 1 rank, by mpirun and without it, with the number
+ * of ranks it needs and no file; it trains on 4 ranks, each holding its
+ * quarter and no rank ever the whole table (evaluations on the shards:
+ * early stopping's validation and the test file; the model file streamed
+ * from the shards), and that 4-rank model predicts what the 1-rank model
+ * without a cap does, to the last digit. */
+TEST_SLOW(mpi_rank_memory_a_table_4x_the_cap_trains_on_4_ranks) {
+    if (!mpi_ready()) return;
+    CHECK(es_test_sh(NULL, "tail -n 1000 %s > $ES_T/mpi_rm_test.tsv", CRITEO) == 0);
+    const char *args = "--model dlrm --storage unified --budget 400000 --max-rows 3000 --valid-frac 0.2 --early-stop 1 --epochs 3 "
+                       "--test $ES_T/mpi_rm_test.tsv";
+    /* the cap: what one of 4 ranks holds */
+    CHECK(train_np(4, args, "mpi_rm4_free.es") == 0);
+    char *s = slurp_log("mpi_rm4_free.es");
+    double quarter = es_test_json_num(es_test_last_line(s), "rank_table_bytes_max");
+    free(s);
+    CHECK(train_np(1, args, "mpi_rm1.es") == 0);
+    s = slurp_log("mpi_rm1.es");
+    double whole = es_test_json_num(es_test_last_line(s), "rank_table_bytes");
+    free(s);
+    printf("    the table: %.0f bytes on 1 rank, at most %.0f on each of 4 (%.3fx)\n", whole, quarter, whole / quarter);
+    CHECK_MSG(quarter > 0 && whole >= 4 * quarter, "the whole table (%.0f) is not 4x a quarter (%.0f)", whole, quarter);
+    char capped[512];
+    snprintf(capped, sizeof capped, "%s --rank-memory %.0f", args, quarter);
+    /* 1 rank, under mpirun and alone: refused, no file */
+    for (int np = 1; np >= 0; np--) {
+        int st = train_np(np, capped, "mpi_rm_refused.es");
+        s = slurp_log("mpi_rm_refused.es");
+        CHECK_MSG(st != 0, "%d: a table 4x the cap trained: %s", np, s ? s : "");
+        CHECK_STR_HAS(s, "more than --rank-memory");
+        CHECK_STR_HAS(s, "about 4 processes");
+        free(s);
+        CHECK(es_test_sh(NULL, "ls $ES_T/mpi_model.es* $ES_T/mpi_rm_refused.es >/dev/null 2>&1") != 0);
+    }
+    /* 4 ranks under the cap */
+    int st = train_np(4, capped, "mpi_rm4.es");
+    s = slurp_log("mpi_rm4.es");
+    CHECK_MSG(st == 0, "4 ranks under the cap: exit %d: %s", st, s ? s : "");
+    const char *j = es_test_last_line(s);
+    CHECK_MSG(es_test_json_num(j, "rank_table_bytes_max") <= quarter, "a rank held %g bytes, the cap is %.0f",
+              es_test_json_num(j, "rank_table_bytes_max"), quarter);
+    CHECK_STR_HAS(j, "\"stopped_early\":true");
+    CHECK_MSG(es_test_json_num(j, "test_rows") == 1000, "test rows %g", es_test_json_num(j, "test_rows"));
+    free(s);
+    /* the same command, the same file; the capped one records another command line */
+    CHECK_MSG(es_test_sh(NULL, "cmp $ES_T/mpi_rm1.es $ES_T/mpi_rm4_free.es") == 0, "the 4-rank model file differs from the 1-rank one");
+    char *pred[2];
+    const char *name[2] = {"mpi_rm1.es", "mpi_rm4.es"};
+    for (int i = 0; i < 2; i++) {
+        CHECK(es_test_sh(NULL, "%s predict $ES_T/%s $ES_T/mpi_rm_test.tsv --digits 9 --out $ES_T/%s.txt", es_bin(), name[i], name[i]) == 0);
+        char p[256];
+        snprintf(p, sizeof p, "%s.txt", es_test_path(name[i]));
+        pred[i] = es_test_slurp(p);
+    }
+    CHECK(pred[0] && pred[1] && strcmp(pred[0], pred[1]) == 0);
+    printf("    refused on 1 rank (with and without mpirun); 4 ranks under a cap of %.0f bytes: the 1-rank model, same predictions\n", quarter);
+    free(pred[0]);
+    free(pred[1]);
+}

@@ -127,6 +127,11 @@ static const char train_help[] =
     "full, hash or unified); with --threads 1 the model file is the same for any N, rank 0\n"
     "writes it, and the JSON adds ranks and comm_*_bytes_per_step; checkpoints are one\n"
     "file per rank (<ckpt>.rank<k>of<N>), resumed on as many ranks (docs/scale.md).\n"
+    "No rank holds more than its shard: evaluations run on the shards and rank 0 writes\n"
+    "the model file from them in rounds.  --rank-memory BYTES (e.g. 64M) caps the table\n"
+    "bytes one process may hold (rows and optimizer state; checked when its shard is\n"
+    "made, before training): a table 4x the cap trains on 4 ranks, and is refused on 1\n"
+    "with the number of ranks it needs.  The JSON adds rank_table_bytes(_max).\n"
     "\n"
     "examples:\n"
     "  embstore train data/criteo_kaggle_train_first10k.tsv            # the studied defaults\n"
@@ -240,6 +245,12 @@ int cmd_train(int argc, char **argv) {
             if (cli_storage_opts_add(cmd, &p, !strcmp(v, "fields") ? "share=1" : "share=0")) return ES_EXIT_USAGE;
         } else if (!strcmp(a, "--out") || !strcmp(a, "-o")) {
             if (!(p.out_path = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
+        } else if (!strcmp(a, "--rank-memory")) {
+            if (!(v = cli_next(cmd, argc, argv, &i)) || cli_budget(cmd, v, &p.rank_memory)) return ES_EXIT_USAGE;
+            if (!(p.rank_memory > 1)) {
+                cli_usage(cmd, "--rank-memory expects bytes (e.g. 64M), got '%s'", v);
+                return ES_EXIT_USAGE;
+            }
         } else if (!strcmp(a, "--checkpoint-every")) {
             if (!(v = cli_next(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, INT32_MAX, &ll)) return ES_EXIT_USAGE;
             p.checkpoint_every = (int)ll;
@@ -402,6 +413,7 @@ int cmd_train(int argc, char **argv) {
         json_num(stdout, "comm_allreduce_bytes_per_step", res.comm_dense_bytes_per_step, 0);
         json_num(stdout, "comm_seconds", res.comm_seconds, 0);
     }
+    printf("\"rank_table_bytes\":%zu,\"rank_table_bytes_max\":%zu,", res.rank_table_bytes, res.rank_table_bytes_max);
     json_num(stdout, "train_loss", res.train_loss, 0);
     json_num(stdout, "train_rows_per_s", res.train_rows_per_s, 0);
     json_num(stdout, "eval_rows_per_s", res.eval_rows_per_s, 0);

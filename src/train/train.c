@@ -1111,6 +1111,46 @@ static int run_resume(run *x) {
     return ES_OK;
 }
 
+/* --rank-memory: the table bytes this process holds (its rows and their
+ * optimizer state: its shard with a comm) against the limit, once the
+ * table is created and before any row is trained.  The method's maps (full's
+ * key index, hashed salts) are whole on every process and not counted. */
+static int run_check_rank_memory(run *x) {
+    const es_storage *st = x->m->st;
+    const size_t held = st->param_bytes + st->state_bytes;
+    const double lim = x->p->rank_memory;
+    const int N = x->p->comm ? x->p->comm->size : 1, k = x->p->comm ? x->p->comm->rank : 0;
+    x->res->rank_table_bytes = held;
+    if (held > x->res->rank_table_bytes_max) x->res->rank_table_bytes_max = held;
+    if (!(lim > 0) || (double)held <= lim) return ES_OK;
+    char who[48] = "";
+    if (x->p->comm) snprintf(who, sizeof who, "rank %d of %d: ", k, N);
+    double need = (double)held * N / lim; /* the rows split over the processes */
+    int procs = 1;
+    while (procs < need && procs < 1 << 20) procs *= 2;
+    return es__err(x->err, ES_EBUDGET,
+                   "%sthe table%s takes %zu bytes (rows %zu, optimizer state %zu), more than --rank-memory %.0f bytes; about %d "
+                   "processes (mpirun -np %d, docs/scale.md) would hold it",
+                   who, x->p->comm ? "'s shard" : "", held, st->param_bytes, st->state_bytes, lim, procs, procs);
+}
+
+/* Across processes: the most table bytes any process holds, in the
+ * result.  Collective. */
+static int run_rank_bytes(run *x) {
+    const es_comm *c = x->p->comm;
+    uint64_t mine = x->res->rank_table_bytes, *all = es__calloc((size_t)c->size, sizeof *all);
+    int rc = agree(x, all ? ES_OK : es__err(x->err, ES_ENOMEM, "out of memory"));
+    if (rc != ES_OK) {
+        es__free(all);
+        return rc;
+    }
+    if (c->allgather(c->ctx, &mine, all, sizeof mine) != 0) rc = comm_io_fail(x, "counting the table bytes");
+    for (int i = 0; rc == ES_OK && i < c->size; i++)
+        if (all[i] > x->res->rank_table_bytes_max) x->res->rank_table_bytes_max = (size_t)all[i];
+    es__free(all);
+    return rc;
+}
+
 /* Give the model the training reader and record its sizes. */
 static int run_attach(run *x) {
     int rc;
@@ -1122,7 +1162,7 @@ static int run_attach(run *x) {
     res->net_bytes = es_model_net_bytes(x->m);
     res->param_bytes = res->emb_bytes + res->net_bytes;
     res->full_bytes = es__storage_full_bytes(x->vocab, x->m->st->p.dim, es__storage_min_count(&x->m->st->p));
-    return ES_OK;
+    return run_check_rank_memory(x);
 }
 
 /* A checkpoint file's step: its ckpt.trained + 1 (0: no such file) and a
@@ -1674,6 +1714,7 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
         if (rc == ES_OK) rc = run_count_dist(x);
         if (rc == ES_OK) rc = agree(x, run_vocab(x)); /* run_vocab_dist */
         if (rc == ES_OK) rc = agree(x, run_model(x));
+        if (rc == ES_OK) rc = run_rank_bytes(x);
         if (rc == ES_OK) rc = agree(x, run_train(x));
         if (rc == ES_OK) rc = run_final(x, 1);
         /* the evaluations are collectives, their metrics on every rank (a
