@@ -644,6 +644,17 @@ typedef struct es_train_params {
      * process ever holds more than its shard (evaluations and the model
      * file work from the shards: docs/scale.md).  0: no limit. */
     double rank_memory;
+    /* With a comm and a training path that names several files (a glob or
+     * "@LIST": es_reader_open): each process reads only its own files,
+     * file i by process i mod N (data-parallel input), and every global
+     * batch of `batch` rows (a multiple of N) takes batch / N rows from
+     * each process.  Each epoch trains N x the fewest rows a process holds
+     * (the rest are left out and counted in es_train_result.rows_dropped);
+     * the batches, and so the model, depend on N.  Needs validation rows
+     * from their own file (valid_path) or none; max_rows is split evenly.
+     * 0: every process reads the whole input (the default: the model is
+     * the same for any N). */
+    int shard_files;
 } es_train_params;
 
 /* The defaults of `embstore train` (the study behind them is in
@@ -733,6 +744,9 @@ typedef struct es_train_result {
     /* Table bytes held (rows and optimizer state: what rank_memory
      * limits): by this process, and the most held by any process. */
     size_t rank_table_bytes, rank_table_bytes_max;
+    /* shard_files: training rows of the larger shards left out of every
+     * epoch so that each process trains as many rows (0 otherwise). */
+    uint64_t rows_dropped;
 } es_train_result;
 
 /* Train a model end to end: read, build the vocabulary, train, evaluate,

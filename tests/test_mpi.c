@@ -450,3 +450,87 @@ TEST_SLOW(mpi_rank_memory_a_table_4x_the_cap_trains_on_4_ranks) {
     free(pred[0]);
     free(pred[1]);
 }
+
+/* --shard-files: data-parallel input.  8 shard files (one gzip) of the
+ * Criteo sample; rank k of N reads only files k, k+N, ...  Each global
+ * batch is batch / N rows of every rank in rank order, so the 2-rank model
+ * is exactly the 1-rank model trained on one file whose rows interleave
+ * the two ranks' streams in runs of 32; on 1 rank it is the model of the
+ * concatenated files.  Uneven shards: every rank trains as many rows as
+ * the smallest, the rest counted in rows_dropped.  A bad line names its
+ * shard file and line; too few files, one file, and validation carved from
+ * the training rows are refused. */
+TEST_SLOW(mpi_shard_files_each_rank_reads_its_own) {
+    if (!mpi_ready()) return;
+    const char *log = es_test_path("mpi_shard.log");
+    CHECK(es_test_sh(NULL, "rm -rf $ES_T/shards && mkdir -p $ES_T/shards && head -n 4000 " CRITEO " > $ES_T/shards/all.tsv && "
+                           "tail -n 1000 " CRITEO " > $ES_T/shards/valid.tsv && cd $ES_T/shards && "
+                           "split -l 500 -d all.tsv s- --additional-suffix=.tsv && "
+                           /* the two ranks' streams, and their interleaving in runs of 32 rows */
+                           "cat s-00.tsv s-02.tsv s-04.tsv s-06.tsv > r0.txt && cat s-01.tsv s-03.tsv s-05.tsv s-07.tsv > r1.txt && "
+                           "awk 'FNR==NR{a[NR]=$0;n=NR;next}{b[FNR]=$0;m=FNR}END{for(i=0;i*32<n;i++){for(j=1;j<=32&&i*32+j<=n;j++)print a[i*32+j];"
+                           "for(j=1;j<=32&&i*32+j<=m;j++)print b[i*32+j]}}' r0.txt r1.txt > inter2.tsv && gzip s-03.tsv") == 0);
+#define SHARD_ARGS "--model dlrm --storage hash --budget 100000 --epochs 2 --early-stop 1 --threads 1 --seed 3 --quiet " \
+                   "--valid $ES_T/shards/valid.tsv"
+    struct {
+        int np;
+        const char *input, *flags, *out;
+    } runs[] = {
+        {2, "\"$ES_T/shards/s-*\"", "--shard-files", "sh2"},
+        {1, "$ES_T/shards/inter2.tsv", "", "ref2"},
+        {1, "\"$ES_T/shards/s-*\"", "--shard-files", "sh1"},
+        {1, "$ES_T/shards/all.tsv", "", "ref1"},
+    };
+    for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
+        int st = es_test_sh(log, MPIRUN " -np %d %s train %s %s " SHARD_ARGS " --out $ES_T/shards/%s.es", runs[i].np, es_bin(), runs[i].input,
+                            runs[i].flags, runs[i].out);
+        char *s = es_test_slurp(log);
+        CHECK_MSG(st == 0, "%s: exit %d: %s", runs[i].out, st, s ? s : "");
+        if (runs[i].flags[0]) CHECK_STR_HAS(s, "\"rows_dropped\":0");
+        free(s);
+        CHECK(es_test_sh(NULL, "%s predict $ES_T/shards/%s.es $ES_T/shards/valid.tsv --digits 9 --out $ES_T/shards/%s.txt", es_bin(),
+                         runs[i].out, runs[i].out) == 0);
+    }
+    CHECK_MSG(es_test_sh(NULL, "cmp $ES_T/shards/sh2.txt $ES_T/shards/ref2.txt") == 0,
+              "2 ranks on shard files differ from 1 rank on the interleaved rows");
+    CHECK_MSG(es_test_sh(NULL, "cmp $ES_T/shards/sh1.txt $ES_T/shards/ref1.txt") == 0, "1 rank on shard files differs from the concatenation");
+    CHECK_MSG(es_test_sh(NULL, "cmp $ES_T/shards/sh1.txt $ES_T/shards/sh2.txt") != 0, "1 and 2 ranks gave one model: the shards were not split");
+    printf("    2 ranks on 8 shard files (one gzip) = 1 rank on the interleaved rows; 1 rank = the concatenation\n");
+    /* uneven: rank 1's files hold 100 rows fewer */
+    CHECK(es_test_sh(NULL, "cd $ES_T/shards && head -n 400 s-07.tsv > t && mv t s-07.tsv") == 0);
+    int st = es_test_sh(log, MPIRUN " -np 2 %s train \"$ES_T/shards/s-*\" --shard-files " SHARD_ARGS " --out $ES_T/shards/un.es", es_bin());
+    char *s = es_test_slurp(log);
+    CHECK_MSG(st == 0, "uneven shards: exit %d: %s", st, s ? s : "");
+    CHECK_STR_HAS(s, "\"rows_dropped\":100");
+    CHECK_STR_HAS(s, "\"rows\":3800");
+    free(s);
+    /* a bad line in a shard: its file and line */
+    CHECK(es_test_sh(NULL, "cd $ES_T/shards && sed -i '7s/^[01]\\t/x\\t/' s-05.tsv") == 0);
+    st = es_test_sh(log, MPIRUN " -np 2 %s train \"$ES_T/shards/s-*\" --shard-files " SHARD_ARGS " --out $ES_T/shards/bad.es", es_bin());
+    s = es_test_slurp(log);
+    CHECK_MSG(st != 0, "a bad line trained: %s", s ? s : "");
+    CHECK_STR_HAS(s, "s-05.tsv:7:");
+    free(s);
+    struct {
+        const char *args, *msg;
+    } bad[] = {
+        {"\"$ES_T/shards/s-0[01].tsv\" --shard-files --valid-frac 0 -np 4", "2 files for 4 ranks"},
+        {"$ES_T/shards/all.tsv --shard-files --valid-frac 0 -np 2", "needs several files"},
+        {"\"$ES_T/shards/s-*\" --shard-files --valid-frac 0.1 -np 2", "validation rows must come from their own file"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        /* -np last in args: split it off for mpirun */
+        char a[256];
+        snprintf(a, sizeof a, "%s", bad[i].args);
+        char *np = strstr(a, " -np ");
+        *np = 0;
+        st = es_test_sh(log, MPIRUN " %s %s train %s --model lr --storage hash --budget 100000 --epochs 1 --early-stop 0 --quiet --out $ES_T/shards/bad.es",
+                        np + 1, es_bin(), a);
+        s = es_test_slurp(log);
+        CHECK_MSG(st != 0, "%s: exit 0", bad[i].args);
+        CHECK_STR_HAS(s, bad[i].msg);
+        free(s);
+    }
+    CHECK(es_test_sh(NULL, "ls $ES_T/shards/bad.es* >/dev/null 2>&1") != 0);
+#undef SHARD_ARGS
+}

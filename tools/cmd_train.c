@@ -132,6 +132,12 @@ static const char train_help[] =
     "bytes one process may hold (rows and optimizer state; checked when its shard is\n"
     "made, before training): a table 4x the cap trains on 4 ranks, and is refused on 1\n"
     "with the number of ranks it needs.  The JSON adds rank_table_bytes(_max).\n"
+    "FILE may name several files, read in order as one stream: a glob ('logs/day-*.tsv.gz',\n"
+    "quoted) or @LIST (a file with one path a line).  Under mpirun, --shard-files makes it\n"
+    "data-parallel input: rank k reads only files k, k+N, ...; each global batch takes\n"
+    "batch/N rows from every rank, each epoch N x the fewest rows a rank holds (the rest:\n"
+    "rows_dropped in the JSON); validation from --valid FILE or none; the model then\n"
+    "depends on N (without it every rank reads the whole input and it does not).\n"
     "\n"
     "examples:\n"
     "  embstore train data/criteo_kaggle_train_first10k.tsv            # the studied defaults\n"
@@ -245,6 +251,8 @@ int cmd_train(int argc, char **argv) {
             if (cli_storage_opts_add(cmd, &p, !strcmp(v, "fields") ? "share=1" : "share=0")) return ES_EXIT_USAGE;
         } else if (!strcmp(a, "--out") || !strcmp(a, "-o")) {
             if (!(p.out_path = cli_next(cmd, argc, argv, &i))) return ES_EXIT_USAGE;
+        } else if (!strcmp(a, "--shard-files")) {
+            p.shard_files = 1;
         } else if (!strcmp(a, "--rank-memory")) {
             if (!(v = cli_next(cmd, argc, argv, &i)) || cli_budget(cmd, v, &p.rank_memory)) return ES_EXIT_USAGE;
             if (!(p.rank_memory > 1)) {
@@ -414,6 +422,7 @@ int cmd_train(int argc, char **argv) {
         json_num(stdout, "comm_seconds", res.comm_seconds, 0);
     }
     printf("\"rank_table_bytes\":%zu,\"rank_table_bytes_max\":%zu,", res.rank_table_bytes, res.rank_table_bytes_max);
+    if (p.shard_files) printf("\"rows_dropped\":%llu,", (unsigned long long)res.rows_dropped);
     json_num(stdout, "train_loss", res.train_loss, 0);
     json_num(stdout, "train_rows_per_s", res.train_rows_per_s, 0);
     json_num(stdout, "eval_rows_per_s", res.eval_rows_per_s, 0);

@@ -62,7 +62,7 @@ class es_train_params(ctypes.Structure):
                 ("resume", c_int), ("early_stop", c_int), ("eval_every", c_int), ("refit", c_int),
                 ("stop_metric", c_char_p), ("test_path", c_char_p), ("progress", PROGRESS_FN),
                 ("progress_ctx", c_void_p), ("comm", c_void_p), ("matryoshka", c_char_p), ("matryoshka_weights", c_char_p),
-                ("rank_memory", c_double)]
+                ("rank_memory", c_double), ("shard_files", c_int)]
 
 
 class es_train_result(ctypes.Structure):
@@ -76,7 +76,8 @@ class es_train_result(ctypes.Structure):
                 ("refit", c_int), ("refit_rows", c_uint64), ("ranks", c_int), ("comm_steps", c_uint64),
                 ("comm_sparse_bytes_per_step", c_double), ("comm_dense_bytes_per_step", c_double),
                 ("comm_seconds", c_double), ("comm_broken", c_int),
-                ("rank_table_bytes", c_size_t), ("rank_table_bytes_max", c_size_t)]
+                ("rank_table_bytes", c_size_t), ("rank_table_bytes_max", c_size_t),
+                ("rows_dropped", c_uint64)]
 
 
 class es_index_params(ctypes.Structure):

@@ -6,6 +6,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <glob.h>
+#include <stdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -17,7 +19,112 @@ static void from_stat(const struct stat *st, es__file_id *out) {
     out->mtime_ns = (int64_t)st->st_mtim.tv_sec * 1000000000 + (int64_t)st->st_mtim.tv_nsec;
 }
 
+static int file_id_one(const char *path, int with_head, es__file_id *out, es_err *err);
+
+/* ---- lists of files ---------------------------------------------------------------- */
+
+void es__path_list_free(char **paths, int n) {
+    for (int i = 0; paths && i < n; i++) es__free(paths[i]);
+    es__free(paths);
+}
+
+static int push_path(char ***paths, int *n, int *cap, const char *s, size_t len) {
+    if (*n == *cap) {
+        int c = *cap ? 2 * *cap : 16;
+        char **p = es__realloc(*paths, (size_t)c * sizeof *p);
+        if (!p) return ES_ENOMEM;
+        *paths = p;
+        *cap = c;
+    }
+    char *d = es__malloc(len + 1);
+    if (!d) return ES_ENOMEM;
+    memcpy(d, s, len);
+    d[len] = 0;
+    (*paths)[(*n)++] = d;
+    return ES_OK;
+}
+
+int es__path_is_list(const char *spec) {
+    if (!spec || !*spec) return 0;
+    if (spec[0] == '@') return 1;
+    return strpbrk(spec, "*?[") != NULL && access(spec, F_OK) != 0;
+}
+
+int es__path_list(const char *spec, char ***out, int *n_out, es_err *err) {
+    *out = NULL;
+    *n_out = 0;
+    char **paths = NULL;
+    int n = 0, cap = 0, rc = ES_OK;
+    if (spec[0] == '@') { /* a list file: one path a line; blank lines and # comments skipped */
+        FILE *fp = fopen(spec + 1, "r");
+        if (!fp) return es__err(err, errno == ENOENT ? ES_ENOTFOUND : ES_EIO, "%s: cannot open the list of files: %s", spec + 1, strerror(errno));
+        char line[4096];
+        unsigned long no = 0;
+        while (rc == ES_OK && fgets(line, sizeof line, fp)) {
+            no++;
+            size_t len = strlen(line);
+            if (len == sizeof line - 1 && line[len - 1] != '\n') {
+                rc = es__err(err, ES_EPARSE, "%s:%lu: a path longer than %zu bytes", spec + 1, no, sizeof line - 2);
+                break;
+            }
+            while (len && (line[len - 1] == '\n' || line[len - 1] == '\r' || line[len - 1] == ' ' || line[len - 1] == '\t')) len--;
+            const char *s = line;
+            while (len && (*s == ' ' || *s == '\t')) s++, len--;
+            if (!len || *s == '#') continue;
+            if (push_path(&paths, &n, &cap, s, len) != ES_OK) rc = es__err(err, ES_ENOMEM, "%s: out of memory", spec + 1);
+        }
+        if (rc == ES_OK && ferror(fp)) rc = es__err(err, ES_EIO, "%s: cannot read the list of files", spec + 1);
+        fclose(fp);
+        if (rc == ES_OK && n == 0) rc = es__err(err, ES_EINVAL, "%s: the list of files is empty", spec + 1);
+    } else if (es__path_is_list(spec)) { /* a glob, in sorted order */
+        glob_t g;
+        int gr = glob(spec, 0, NULL, &g);
+        if (gr == GLOB_NOMATCH) return es__err(err, ES_ENOTFOUND, "%s: no file matches the pattern", spec);
+        if (gr != 0) return es__err(err, gr == GLOB_NOSPACE ? ES_ENOMEM : ES_EIO, "%s: cannot expand the pattern", spec);
+        for (size_t i = 0; rc == ES_OK && i < g.gl_pathc; i++)
+            if (push_path(&paths, &n, &cap, g.gl_pathv[i], strlen(g.gl_pathv[i])) != ES_OK) rc = es__err(err, ES_ENOMEM, "%s: out of memory", spec);
+        globfree(&g);
+    } else {
+        rc = push_path(&paths, &n, &cap, spec, strlen(spec)) != ES_OK ? es__err(err, ES_ENOMEM, "out of memory") : ES_OK;
+    }
+    if (rc != ES_OK) {
+        es__path_list_free(paths, n);
+        return rc;
+    }
+    *out = paths;
+    *n_out = n;
+    return ES_OK;
+}
+
 int es__file_id_get(const char *path, int with_head, es__file_id *out, es_err *err) {
+    if (!es__path_is_list(path)) return file_id_one(path, with_head, out, err);
+    /* a list: sizes summed, the latest mtime, the inodes and heads hashed
+     * in order, so that a file added, removed, replaced, grown or touched
+     * changes the identity */
+    char **paths;
+    int n;
+    int rc = es__path_list(path, &paths, &n, err);
+    if (rc != ES_OK) return rc;
+    memset(out, 0, sizeof *out);
+    uint64_t ih = UINT64_C(0xcbf29ce484222325), hh = ih;
+    for (int i = 0; i < n && rc == ES_OK; i++) {
+        es__file_id one;
+        if ((rc = file_id_one(paths[i], with_head, &one, err)) != ES_OK) break;
+        if (i == 0) out->dev = one.dev;
+        out->size += one.size;
+        if (one.mtime_ns > out->mtime_ns) out->mtime_ns = one.mtime_ns;
+        uint64_t v[3] = {one.dev, one.ino, ih};
+        ih = XXH3_64bits(v, sizeof v);
+        uint64_t w[3] = {one.head_hash, one.size, hh};
+        hh = XXH3_64bits(w, sizeof w);
+    }
+    out->ino = ih;
+    out->head_hash = with_head ? hh : 0;
+    es__path_list_free(paths, n);
+    return rc;
+}
+
+static int file_id_one(const char *path, int with_head, es__file_id *out, es_err *err) {
     memset(out, 0, sizeof *out);
     if (!with_head) {
         struct stat st;

@@ -30,6 +30,19 @@ typedef struct es__file_id {
  * ES_ENOTFOUND / ES_EIO with "path: cannot ...: reason" in err. */
 int es__file_id_get(const char *path, int with_head, es__file_id *out, es_err *err);
 
+/* Lists of files (the shards of a log): "@LIST" names a file with one
+ * path a line (blank lines and # comments skipped; relative paths are
+ * relative to the working directory, not to the list), and a path with
+ * *, ? or [ that is not itself a file is a glob, expanded in sorted order.
+ * es__file_id_get of a list: sizes summed, the latest mtime, inodes and
+ * heads hashed in order (a file added, removed, replaced, grown or
+ * touched changes it). */
+int es__path_is_list(const char *spec);
+/* The files of spec (a list, a glob, or one path) into *paths[*n]
+ * (es__path_list_free).  ES_ENOTFOUND when a glob matches nothing. */
+int es__path_list(const char *spec, char ***paths, int *n, es_err *err);
+void es__path_list_free(char **paths, int n);
+
 /* Compare the stat part of two identities (not head_hash).  Returns 0 when
  * equal, else writes what changed ("size 123 -> 45 bytes", "replaced by
  * another file (inode ...)", "modified (mtime ...)") to why and returns 1. */

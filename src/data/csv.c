@@ -120,6 +120,8 @@ static int read_header(es_reader *r, es_err *err) {
     int rc = first_line(r, &s, &n, err);
     if (rc) return rc;
     unsigned long long ln = (unsigned long long)es__lineio_lineno(r->io);
+    /* several files: each starts with this header (checked and skipped by lineio) */
+    if (es__lineio_keep_header(r->io, s, n) != ES_OK) return es__err(err, ES_ENOMEM, "%s: out of memory", name);
     int nc = count_fields(s, s + n, r->delim);
     if (nc < 0) return es__err(err, ES_EPARSE, "%s:%llu: header: %s", name, ln, quote_problem(1));
     if (nc > ES__MAX_FIELDS)

@@ -46,6 +46,14 @@ struct es__lineio {
     uint64_t lineno;
     int failed;   /* sticky fatal error code, message in fail_err */
     es_err fail_err;
+    /* several files read one after the other (es__lineio_open_files):
+     * paths[cur] is open and l->name; NULL paths: one file or memory */
+    char **paths;
+    int n_paths, cur;
+    char *header;      /* the first file's header line (es__lineio_keep_header) */
+    size_t header_len;
+    int has_header;
+    int in_switch;     /* reading a later file's header: its end is not the next file's start */
 };
 
 /* zlib allocates through the library wrappers so that allocation-failure
@@ -220,6 +228,111 @@ static int lio_new(es__lineio **out, const char *name, size_t max_line, es_err *
     return ES_OK;
 }
 
+/* Open path on l's descriptor (closed before), as es__lineio_open does. */
+static int open_fd(es__lineio *l, const char *path, es_err *err) {
+    if (l->fd >= 0) close(l->fd);
+    l->fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (l->fd < 0) {
+        int e = errno;
+        return es__err(err, e == ENOENT ? ES_ENOTFOUND : ES_EIO, "%s: cannot open: %s", path, strerror(e));
+    }
+    struct stat st;
+    if (fstat(l->fd, &st) == 0 && S_ISDIR(st.st_mode)) return es__err(err, ES_EINVAL, "%s: cannot open: is a directory, not a data file", path);
+#ifdef POSIX_FADV_SEQUENTIAL
+    (void)posix_fadvise(l->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+#endif
+    return ES_OK;
+}
+
+/* Make file i of a list the current one, read from its start: the text
+ * state reset, gzip detected again, line numbers from 1; after the first
+ * file, a header kept from the first (es__lineio_keep_header) must be the
+ * file's first non-blank line, and is skipped.  Fatal errors stick. */
+static int switch_file(es__lineio *l, int i, es_err *err) {
+    if (l->zs_ready) inflateEnd(&l->zs);
+    es__free(l->zin);
+    l->zin = NULL;
+    l->gz = l->zs_ready = l->in_member = 0;
+    l->src_eof = 0;
+    l->pos = l->end = l->scan = l->block = 0;
+    l->eof = l->discard = l->ungot = 0;
+    l->last = NULL;
+    l->last_len = 0;
+    l->lineno = 0;
+    l->cur = i;
+    char *nm = es__strdup(l->paths[i]);
+    if (!nm) return lio_fail(l, err, ES_ENOMEM, "%s: out of memory", l->paths[i]);
+    es__free(l->name);
+    l->name = nm;
+    es_err e = {0};
+    int rc = open_fd(l, l->name, &e);
+    if (rc == ES_OK) rc = probe(l, &e);
+    if (rc != ES_OK) return lio_fail(l, err, rc, "%s", e.msg);
+    if (i == 0 || !l->has_header) return ES_OK;
+    char *s;
+    size_t n;
+    l->in_switch = 1;
+    for (;;) {
+        rc = es__lineio_next(l, &s, &n, err);
+        if (rc == 1 && n == 0) continue;
+        break;
+    }
+    l->in_switch = 0;
+    if (rc == 0) return ES_OK; /* an empty file: no header, no rows (the caller goes on to the next) */
+    if (rc < 0) return rc;
+    if (n >= 3 && memcmp(s, "\xef\xbb\xbf", 3) == 0) s += 3, n -= 3;
+    if (n != l->header_len || memcmp(s, l->header, n) != 0)
+        return lio_fail(l, err, ES_EPARSE, "%s:%llu: the header differs from that of %s, the first file (%.*s vs %.80s)", l->name,
+                        (unsigned long long)l->lineno, l->paths[0], (int)ES_MIN(n, (size_t)80), s, l->header);
+    return ES_OK;
+}
+
+/* At the end of the current file: the next one of a list (1), or none (0). */
+static int next_file(es__lineio *l, es_err *err) {
+    if (!l->paths || l->in_switch || l->cur + 1 >= l->n_paths) return 0;
+    int rc = switch_file(l, l->cur + 1, err);
+    return rc ? rc : 1;
+}
+
+int es__lineio_open_files(es__lineio **out, const char *const *paths, int n, size_t max_line, es_err *err) {
+    if (!out || !paths || n < 1) return es__err(err, ES_EINVAL, "lineio: no files");
+    *out = NULL;
+    es__lineio *l;
+    int rc = lio_new(&l, paths[0], max_line, err);
+    if (rc) return rc;
+    if (!(l->paths = es__calloc((size_t)n, sizeof *l->paths))) {
+        es__lineio_free(l);
+        return es__err(err, ES_ENOMEM, "%s: out of memory", paths[0]);
+    }
+    l->n_paths = n;
+    for (int i = 0; i < n; i++)
+        if (!(l->paths[i] = es__strdup(paths[i]))) {
+            es__lineio_free(l);
+            return es__err(err, ES_ENOMEM, "%s: out of memory", paths[0]);
+        }
+    if ((rc = switch_file(l, 0, err)) != ES_OK) {
+        es__lineio_free(l);
+        return rc;
+    }
+    *out = l;
+    return ES_OK;
+}
+
+int es__lineio_keep_header(es__lineio *l, const char *s, size_t n) {
+    if (!l->paths) return ES_OK;
+    char *h = es__malloc(n + 1);
+    if (!h) return ES_ENOMEM;
+    memcpy(h, s, n);
+    h[n] = 0;
+    es__free(l->header);
+    l->header = h;
+    l->header_len = n;
+    l->has_header = 1;
+    return ES_OK;
+}
+
+int es__lineio_n_files(const es__lineio *l) { return l->paths ? l->n_paths : 1; }
+
 int es__lineio_open(es__lineio **out, const char *path, size_t max_line, es_err *err) {
     if (!out || !path) return es__err(err, ES_EINVAL, "lineio: NULL argument");
     es__lineio *l;
@@ -285,6 +398,9 @@ int es__lineio_reset_mem(es__lineio *l, const void *data, size_t n, es_err *err)
 
 void es__lineio_free(es__lineio *l) {
     if (!l) return;
+    for (int i = 0; l->paths && i < l->n_paths; i++) es__free(l->paths[i]);
+    es__free(l->paths);
+    es__free(l->header);
     if (l->fd >= 0) close(l->fd);
     if (l->zs_ready) inflateEnd(&l->zs);
     es__free(l->zin);
@@ -341,6 +457,7 @@ int es__lineio_next(es__lineio *l, char **line, size_t *len, es_err *err) {
     for (;;) {
         if (l->discard) {
             int rc = discard_step(l, err);
+            if (rc == 0 && (rc = next_file(l, err)) == 1) continue; /* a list: on in the next file */
             if (rc <= 0) return rc; /* end of input (0) or an error */
             if (rc == 1) continue;  /* read more, still discarding */
         }
@@ -359,7 +476,9 @@ int es__lineio_next(es__lineio *l, char **line, size_t *len, es_err *err) {
                 l->pos = l->scan = l->end;
                 return deliver(l, s, n, line, len, err);
             }
-            return 0;
+            int rc = next_file(l, err); /* a list: on in the next file */
+            if (rc == 1) continue;
+            return rc;
         }
         /* No newline in the pending bytes.  More than max_line + 1 of them
          * (a CR may still precede the LF) means the line is too long. */
@@ -409,6 +528,7 @@ int es__lineio_next_block(es__lineio *l, char **blk, size_t *len, es_err *err) {
     for (;;) {
         if (l->discard) {
             int rc = discard_step(l, err);
+            if (rc == 0 && (rc = next_file(l, err)) == 1) continue; /* a list: on in the next file */
             if (rc <= 0) return rc; /* end of input (0) or an error */
             if (rc == 1) continue;  /* read more, still discarding */
         }
@@ -429,7 +549,9 @@ int es__lineio_next_block(es__lineio *l, char **blk, size_t *len, es_err *err) {
                                (unsigned long long)l->lineno, l->max_line);
             }
         } else if (l->eof) {
-            return 0;
+            int rc = next_file(l, err); /* a list: on in the next file */
+            if (rc == 1) continue;
+            return rc;
         }
         if (l->cap - l->end < READ_CHUNK && l->pos > 0) {
             memmove(l->buf, l->buf + l->pos, l->end - l->pos);
@@ -449,6 +571,10 @@ void es__lineio_consumed(es__lineio *l, size_t bytes, uint64_t lines) {
 }
 
 int es__lineio_rewind(es__lineio *l, es_err *err) {
+    if (l->paths && (l->cur != 0 || l->failed)) { /* a list: its first file again */
+        l->failed = 0;
+        return switch_file(l, 0, err);
+    }
     if (l->fd >= 0) {
         if (lseek(l->fd, 0, SEEK_SET) != 0)
             return es__err(err, ES_EIO, "%s: cannot rewind: %s", l->name, strerror(errno));

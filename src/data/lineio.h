@@ -34,6 +34,17 @@ int es__lineio_open_mem(es__lineio **out, const void *data, size_t n, const char
  * es__lineio_open_mem would (gzip detected again), keeping the buffers. */
 int es__lineio_reset_mem(es__lineio *l, const void *data, size_t n, es_err *err);
 void es__lineio_free(es__lineio *l);
+/* Several files read one after another as one stream (shards of a log,
+ * a glob): each plain or gzip on its own; a line never spans two files;
+ * line numbers and the name in messages are those of the current file
+ * (es__lineio_name); rewind goes back to the first file.  n >= 1. */
+int es__lineio_open_files(es__lineio **out, const char *const *paths, int n, size_t max_line, es_err *err);
+/* A list whose files start with a header line: s[n] is the first file's
+ * (read by the caller); every later file must start with the same line,
+ * which is skipped (else a parse error naming both files).  A no-op for a
+ * single file.  ES_ENOMEM. */
+int es__lineio_keep_header(es__lineio *l, const char *s, size_t n);
+int es__lineio_n_files(const es__lineio *l);
 
 /* Next line.  Returns
  *   1          *line and *len hold the line without its "\n" or "\r\n"; the

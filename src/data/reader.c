@@ -12,6 +12,7 @@
  * (amortised); nothing else allocates after open.
  */
 #include "data/reader_impl.h"
+#include "core/fileid.h"
 #include "data/schema.h"
 
 #include <math.h>
@@ -401,14 +402,18 @@ int es__reader_open_esd(es_reader **out, const char *path, const es_reader_param
 int es__reader_is_cache(const es_reader *r) { return r && r->esd != NULL; }
 int es__path_is_cache(const char *path) { return path && es__esd_sniff_path(path); }
 
-static int open_any(es_reader **out, const char *name, const void *mem, size_t mem_n, bool is_mem,
-                    const es_reader_params *pp, es_err *err) {
+/* files[n_files]: several files read as one stream (a list or glob), name
+ * the first; NULL: name alone (or memory). */
+static int open_any(es_reader **out, const char *name, const char *const *files, int n_files, const void *mem, size_t mem_n,
+                    bool is_mem, const es_reader_params *pp, es_err *err) {
     if (!out) return es__err(err, ES_EINVAL, "es_reader_open: out is NULL");
     *out = NULL;
     if (!name) return es__err(err, ES_EINVAL, "es_reader_open: path is NULL");
     es_reader_params p = pp ? *pp : es_reader_params_default();
     int rc = check_params(&p, name, err);
     if (rc) return rc;
+    if (files && (p.format == ES_FMT_ESD || es__esd_sniff_path(name)))
+        return es__err(err, ES_EUNSUPPORTED, "%s: a list of dataset caches (.esd) is not supported: convert the files into one cache", name);
     /* a dataset cache: by its format, name or magic, whatever was asked */
     if (p.format == ES_FMT_ESD || (is_mem ? es__esd_sniff_mem(mem, mem_n) : es__esd_sniff_path(name)))
         return open_esd(out, name, mem, mem_n, is_mem, &p, 0, err);
@@ -441,7 +446,8 @@ static int open_any(es_reader **out, const char *name, const void *mem, size_t m
         return es__err(err, ES_EINVAL, "%s: multi_sep and the delimiter are both '%c'", name, p.multi_sep);
     }
     rc = is_mem ? es__lineio_open_mem(&r->io, mem, mem_n, name, p.max_line, err)
-                : es__lineio_open(&r->io, name, p.max_line, err);
+         : files ? es__lineio_open_files(&r->io, files, n_files, p.max_line, err)
+                 : es__lineio_open(&r->io, name, p.max_line, err);
     if (!rc) rc = open_common(r, columns, err);
     if (rc) {
         es_reader_free(r);
@@ -451,13 +457,28 @@ static int open_any(es_reader **out, const char *name, const void *mem, size_t m
     return ES_OK;
 }
 
+int es__reader_open_files(es_reader **out, const char *const *paths, int n, const es_reader_params *p, es_err *err) {
+    if (!out) return es__err(err, ES_EINVAL, "es_reader_open: out is NULL");
+    *out = NULL;
+    if (!paths || n < 1) return es__err(err, ES_EINVAL, "es_reader_open: no files");
+    return n == 1 ? open_any(out, paths[0], NULL, 0, NULL, 0, false, p, err) : open_any(out, paths[0], paths, n, NULL, 0, false, p, err);
+}
+
 int es_reader_open(es_reader **out, const char *path, const es_reader_params *p, es_err *err) {
-    return open_any(out, path, NULL, 0, false, p, err);
+    if (!path || !es__path_is_list(path)) return open_any(out, path, NULL, 0, NULL, 0, false, p, err);
+    char **paths;
+    int n;
+    if (out) *out = NULL;
+    int rc = es__path_list(path, &paths, &n, err);
+    if (rc != ES_OK) return rc;
+    rc = es__reader_open_files(out, (const char *const *)paths, n, p, err);
+    es__path_list_free(paths, n);
+    return rc;
 }
 
 int es__reader_open_mem(es_reader **out, const void *data, size_t n, const char *name, const es_reader_params *p,
                         es_err *err) {
-    return open_any(out, name ? name : "<memory>", data, n, true, p, err);
+    return open_any(out, name ? name : "<memory>", NULL, 0, data, n, true, p, err);
 }
 
 /* ---- schema and statistics -------------------------------------------------------- */

@@ -215,6 +215,12 @@ void es__free_names(char **names, int n);
 int es__reader_open_mem(es_reader **out, const void *data, size_t n, const char *name, const es_reader_params *p,
                         es_err *err);
 
+/* Open several files read one after another as one stream (es_reader_open
+ * does this for "@LIST" and globs, core/fileid.h): plain or gzip each;
+ * messages name the file a line is in; a CSV header must open every file.
+ * The format comes from the first file's name. */
+int es__reader_open_files(es_reader **out, const char *const *paths, int n, const es_reader_params *p, es_err *err);
+
 /* Read new memory with a reader from es__reader_open_mem, as a fresh open
  * with the same parameters would (statistics, errors and the first-line
  * peek start over), keeping its buffers.  Criteo, libsvm and libffm with

@@ -126,6 +126,7 @@ typedef struct {
      * before `limit` rows (the file changed since it was counted) */
     int part_rank, part_size, batch;
     int gn[2], short_read;
+    int local;         /* shard files: this rank's own rows, batch / part_size a step, limit counts them */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     pthread_t th;
@@ -160,6 +161,15 @@ short_input:
 static int pipeline_read_part(pipeline *pl, es_batch *b, uint64_t produced) {
     uint64_t left = pl->limit - produced;
     if (left == 0) return 0;
+    if (pl->local) { /* its own files: batch / N rows of its own, the global batch N times that */
+        int want = (int)ES_MIN(left, (uint64_t)(pl->batch / pl->part_size)), rc = read_limited(pl->r, b, (uint64_t)want);
+        if (rc < 0) return rc;
+        if (rc < want) {
+            pl->short_read = 1;
+            return 0;
+        }
+        return want * pl->part_size;
+    }
     return read_part(pl->r, b, pl->part_rank, pl->part_size, (int)ES_MIN(left, (uint64_t)pl->batch), &pl->short_read);
 }
 
@@ -177,6 +187,7 @@ static void *pipeline_main(void *arg) {
         if (pl->part_size > 0) {
             n = pipeline_read_part(pl, &pl->slot[k], produced);
             pl->gn[k] = n;
+            if (pl->local && n > 0) n /= pl->part_size; /* the limit counts this rank's rows */
         } else {
             n = read_limited(pl->r, &pl->slot[k], pl->limit - produced);
         }
@@ -406,6 +417,7 @@ typedef struct {
      * over x->m, whose tables are this rank's shards (no rank holds the
      * whole table: evaluations and the model file work from the shards) */
     es__dist *dist;
+    int shards;               /* shard_files: this rank reads only its own files of the list */
     int dist_failed;          /* 1: an error every rank knows of: no more collectives; 2: one the others may not know of */
 } run;
 
@@ -444,6 +456,38 @@ static int dist_check_params(const es_train_params *p, es_err *err) {
     return ES_OK;
 }
 
+/* --shard-files: this rank's files of the training list (file i on rank
+ * i mod N) as its training reader. */
+static int run_open_shards(run *x) {
+    const es_train_params *p = x->p;
+    const int N = p->comm->size, k = p->comm->rank;
+    es_err *err = x->err;
+    if (!es__path_is_list(p->train_path))
+        return es__err(err, ES_EINVAL, "%s: --shard-files needs several files: a glob ('logs/day-*.tsv.gz') or @LIST", p->train_path);
+    if (p->valid_frac > 0 && !p->valid_path)
+        return es__err(err, ES_EINVAL,
+                       "--shard-files: validation rows must come from their own file (--valid FILE), or none (--valid-frac 0): "
+                       "the ranks hold different rows");
+    if (p->batch % N != 0)
+        return es__err(err, ES_EINVAL, "--shard-files: the batch (%d rows) must be a multiple of the %d ranks (each gives batch / N rows)",
+                       p->batch, N);
+    char **paths;
+    int n, rc = es__path_list(p->train_path, &paths, &n, err);
+    if (rc != ES_OK) return rc;
+    if (n < N) {
+        es__path_list_free(paths, n);
+        return es__err(err, ES_EINVAL, "%s: %d file%s for %d ranks: --shard-files gives each rank its own files (at least one each)",
+                       p->train_path, n, n == 1 ? "" : "s", N);
+    }
+    const char **mine = es__malloc((size_t)n * sizeof *mine);
+    int m = 0;
+    for (int i = k; mine && i < n; i += N) mine[m++] = paths[i];
+    rc = mine ? es__reader_open_files(&x->r, mine, m, &p->reader, err) : es__err(err, ES_ENOMEM, "out of memory");
+    es__free(mine);
+    es__path_list_free(paths, n);
+    return rc;
+}
+
 /* Check the parameters, open the training file and describe the run. */
 static int run_open(run *x) {
     const es_train_params *p = x->p;
@@ -466,10 +510,15 @@ static int run_open(run *x) {
     if (p->stop_metric && strcmp(p->stop_metric, "logloss") != 0 && strcmp(p->stop_metric, "auc") != 0)
         return es__err(err, ES_EINVAL, "unknown early-stopping metric '%s' (expected logloss or auc)", p->stop_metric);
     if (p->comm && (rc = dist_check_params(p, err)) != 0) return rc;
+    x->shards = p->comm && p->shard_files;
     x->mp = es_model_params_from_train(p, 0, 1);
     if ((rc = es__model_params_resolve(&x->mp, NULL, NULL, err)) != 0) return rc;
     x->res->threads = es__threads_set(p->threads);
-    if ((rc = es_reader_open(&x->r, p->train_path, &p->reader, err)) != 0) return rc;
+    if (x->shards) {
+        if ((rc = run_open_shards(x)) != 0) return rc;
+    } else if ((rc = es_reader_open(&x->r, p->train_path, &p->reader, err)) != 0) {
+        return rc;
+    }
     /* the identity the file must keep while it is read */
     if ((rc = es__file_id_get(p->train_path, 0, &x->tid, err)) != 0) return rc;
     if ((rc = es__reader_require_fields(x->r, p->train_path, err)) != 0) return rc;
@@ -556,6 +605,39 @@ static int run_vocab(run *x) {
     return ES_OK;
 }
 
+static int comm_io_fail(run *x, const char *what);
+
+/* --shard-files: every rank counts its own rows (at most max_rows / N),
+ * and each epoch trains the fewest any rank holds on every rank: n_train
+ * = N x that; the rest is rows_dropped.  Collective. */
+static int run_count_shards(run *x) {
+    const es_train_params *p = x->p;
+    const es_comm *c = p->comm;
+    const uint64_t N = (uint64_t)c->size;
+    uint64_t got = 0, *all = es__calloc(N, sizeof *all);
+    int rc = all ? ES_OK : es__err(x->err, ES_ENOMEM, "out of memory");
+    x->ps.pr.phase = "count";
+    if (rc == ES_OK && (rc = es__reader_skip(x->r, p->max_rows ? p->max_rows / N : UINT64_MAX, &got)) != 0)
+        rc = pass_err(x->err, x->r, rc, p->train_path, &x->tid);
+    else if (rc == ES_OK && (rc = es_reader_rewind(x->r)) != 0)
+        reader_err(x->err, x->r, rc);
+    if ((rc = agree(x, rc)) == ES_OK && c->allgather(c->ctx, &got, all, sizeof got) != 0) rc = comm_io_fail(x, "counting the shards' rows");
+    if (rc == ES_OK) {
+        uint64_t least = UINT64_MAX, sum = 0;
+        for (uint64_t i = 0; i < N; i++) {
+            least = ES_MIN(least, all[i]);
+            sum += all[i];
+        }
+        if (least == 0)
+            rc = es__err(x->err, ES_EPARSE, "%s: a rank's files hold no training rows (--shard-files: every rank needs some)", p->train_path);
+        x->n_train = x->res->train_rows = least * N;
+        x->res->rows_dropped = sum - least * N;
+        x->n_exact = 1;
+    }
+    es__free(all);
+    return agree(x, rc);
+}
+
 /* Across processes, before the vocabulary: the training rows counted
  * exactly when the validation split has not (no --valid-frac), by a scan
  * that skips rows unparsed, since every rank must know the size of the
@@ -564,6 +646,7 @@ static int run_vocab(run *x) {
 static int run_count_dist(run *x) {
     const es_train_params *p = x->p;
     int rc = ES_OK;
+    if (x->shards) return run_count_shards(x);
     if (!x->n_exact) {
         uint64_t got = 0;
         x->ps.pr.phase = "count";
@@ -622,8 +705,9 @@ static int run_vocab_dist(run *x) {
     }
     ES_ASSERT(x->n_exact);
     const uint64_t n = x->n_train;
-    const uint64_t lo = (uint64_t)((unsigned __int128)n * (unsigned)c->rank / (unsigned)c->size);
-    const uint64_t hi = (uint64_t)((unsigned __int128)n * (unsigned)(c->rank + 1) / (unsigned)c->size);
+    /* the rows [lo, hi) of the training rows (with --shard-files: of its own) */
+    const uint64_t lo = x->shards ? 0 : (uint64_t)((unsigned __int128)n * (unsigned)c->rank / (unsigned)c->size);
+    const uint64_t hi = x->shards ? n / (uint64_t)c->size : (uint64_t)((unsigned __int128)n * (unsigned)(c->rank + 1) / (unsigned)c->size);
     es_vocab *mine = NULL;
     uint64_t got = 0, seen = 0;
     x->ps.pr.phase = "vocab";
@@ -1333,6 +1417,7 @@ static int run_model(run *x) {
 static int run_skip(run *x, uint64_t rows) {
     if (x->p->comm) { /* unparsed: these rows were trained before the checkpoint */
         uint64_t got = 0;
+        if (x->shards) rows /= (uint64_t)x->p->comm->size; /* its own part of them */
         int rc = es__reader_skip(x->r, rows, &got);
         if (rc != 0) return pass_err(x->err, x->r, rc, x->p->train_path, &x->tid);
         if (got < rows) return es__err(x->err, ES_EINVAL, "%s: fewer rows than the checkpoint", x->p->train_path);
@@ -1411,7 +1496,8 @@ static int run_batches_dist(run *x, int ep, uint64_t *done, double *loss_sum, lo
     x->pl.part_rank = p->comm->rank;
     x->pl.part_size = p->comm->size;
     x->pl.batch = p->batch;
-    if ((prc = pipeline_start(&x->pl, x->r, x->n_train - *done)) != 0) prc = es__err(x->err, prc, "cannot start the reader thread");
+    x->pl.local = x->shards;
+    if ((prc = pipeline_start(&x->pl, x->r, x->shards ? (x->n_train - *done) / (uint64_t)p->comm->size : x->n_train - *done)) != 0) prc = es__err(x->err, prc, "cannot start the reader thread");
     for (;;) {
         es_batch *cb = prc ? NULL : pipeline_next(&x->pl);
         int lrc = prc;
