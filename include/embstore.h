@@ -534,6 +534,10 @@ typedef struct es_progress {
     double rows_per_s;       /* recent training throughput */
     double loss;             /* running mean training loss of this epoch */
     const char *phase;       /* "count", "vocab", "train", "eval" */
+    /* with a comm (es_train_params.comm): the bytes this process sent per
+     * step so far (tables and dense, es_train_result's comm_*) and the
+     * seconds in the collectives; 0 otherwise */
+    double comm_bytes_per_step, comm_seconds;
 } es_progress;
 
 /* A communicator: what es_train needs to train one model across several

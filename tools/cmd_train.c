@@ -115,6 +115,8 @@ static const char train_help[] =
     "                        --epochs (to train longer), --valid FILE, --threads, --out,\n"
     "                        --checkpoint-every, --quiet\n"
     "  --quiet               no progress line\n"
+    "  --progress            the progress line even when stderr is not a terminal (under\n"
+    "                        mpirun, whose output is a pipe: rank 0's, with bytes sent per step)\n"
     "\n"
     "The last line on stdout is JSON: auc, logloss, calibration, rows, emb_bytes,\n"
     "param_bytes, train_rows_per_s, bad_lines (skipped by --skip-bad), ...\n"
@@ -152,6 +154,8 @@ static void progress_cb(const es_progress *p, void *ctx) {
         fprintf(stderr, "\r  %s %d/%d  %5.1f%%  %10llu rows  %9.0f rows/s  loss %.5f   ",
                 strcmp(p->phase, "refit") ? "epoch" : "refit pass", p->epoch, p->epochs, pct,
                 (unsigned long long)p->rows, p->rows_per_s, p->loss);
+        if (p->comm_bytes_per_step > 0) /* across processes */
+            fprintf(stderr, " %8.0f B/step sent, %.2f s comm   ", p->comm_bytes_per_step, p->comm_seconds);
         if (p->rows_total && p->rows >= p->rows_total) fputc('\n', stderr);
     } else {
         if (!strcmp(p->phase, "eval")) fprintf(stderr, "\r  evaluating ...%40s\n", "");
@@ -225,7 +229,7 @@ int cmd_train(int argc, char **argv) {
     const char *cmd = "train";
     es_train_params p = es_train_params_default();
     const char *file = NULL;
-    int quiet = 0, help_storage = 0, storage_given = 0, use_cache = 0;
+    int quiet = 0, force_progress = 0, help_storage = 0, storage_given = 0, use_cache = 0;
     const char *cache_path = NULL;
     long long ll;
     for (int i = 1; i < argc; i++) {
@@ -294,6 +298,8 @@ int cmd_train(int argc, char **argv) {
             if (!*cache_path) return cli_usage(cmd, "--cache= needs a path");
         } else if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) {
             quiet = 1;
+        } else if (!strcmp(a, "--progress")) {
+            force_progress = 1;
         } else if (!strcmp(a, "--json")) {
             /* JSON is always the last line; accepted for scripts that ask for it */
         } else if (a[0] == '-' && a[1]) {
@@ -317,6 +323,10 @@ int cmd_train(int argc, char **argv) {
     const int rank = comm ? comm->rank : 0;
     char cache_buf[4096];
     if (use_cache) {
+        if (!cache_path && (file[0] == '@' || strpbrk(file, "*?["))) {
+            cli_usage(cmd, "--cache: FILE '%s' names several files; say where the cache goes (--cache PATH.esd)", file);
+            return ES_EXIT_USAGE;
+        }
         if (!cache_path) {
             snprintf(cache_buf, sizeof cache_buf, "%s.esd", file);
             cache_path = cache_buf;
@@ -339,7 +349,7 @@ int cmd_train(int argc, char **argv) {
     }
     char *cl = join_argv(argc, argv);
     p.command_line = cl;
-    if (!quiet && cli_tty() && rank == 0) p.progress = progress_cb;
+    if (!quiet && (cli_tty() || force_progress) && rank == 0) p.progress = progress_cb;
     es_train_result res;
     es_err err = {0};
     int rc = es_train(&p, &res, &err);

@@ -40,7 +40,8 @@ class es_metrics(ctypes.Structure):
 
 class es_progress(ctypes.Structure):
     _fields_ = [("epoch", c_int), ("epochs", c_int), ("rows", c_uint64), ("rows_total", c_uint64),
-                ("rows_per_s", c_double), ("loss", c_double), ("phase", c_char_p)]
+                ("rows_per_s", c_double), ("loss", c_double), ("phase", c_char_p),
+                ("comm_bytes_per_step", c_double), ("comm_seconds", c_double)]
 
 
 PROGRESS_FN = ctypes.CFUNCTYPE(None, POINTER(es_progress), c_void_p)

@@ -1520,6 +1520,10 @@ static int run_batches_dist(run *x, int ep, uint64_t *done, double *loss_sum, lo
             es__err(x->err, rc, "%s", es_model_errmsg(x->m));
             break;
         }
+        es__dist_stats cs;
+        es__dist_get_stats(x->dist, &cs);
+        x->ps.pr.comm_bytes_per_step = cs.steps ? (cs.sparse_bytes + cs.dense_bytes) / (double)cs.steps : 0;
+        x->ps.pr.comm_seconds = cs.seconds;
         batch_done(x, n, done, batches, *loss_sum, t_ep);
         /* as run_batches: the same batches on every rank, so a collective */
         if (eval_due(x, *done)) {
