@@ -633,8 +633,8 @@ typedef struct es_train_params {
      * rows are sharded over the processes, every global batch of `batch`
      * rows is split into contiguous parts, one per process, and the model
      * is bit-for-bit the same for any number of processes (1, 2, 4, ...:
-     * a power of two up to 16) with threads = 1.  Methods full, hash and
-     * unified; process 0 writes out_path; checkpoints are one file per
+     * a power of two up to 16) with threads = 1.  Methods full, hash,
+     * unified and adapt (mode=vocab); process 0 writes out_path; checkpoints are one file per
      * process ("<checkpoint>.rank<k>of<N>"), resumed on as many.  NULL:
      * this process alone. */
     const es_comm *comm;

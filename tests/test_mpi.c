@@ -163,6 +163,7 @@ TEST_SLOW(mpi_1_2_4_ranks_give_the_same_model_file) {
         "--model dlrm --storage full",
         "--model dlrm --storage hash --budget 200000",
         "--model dlrm --storage unified --budget 200000 --storage-opts chunks=4",
+        "--model dlrm --storage adapt --budget 200000",
     };
     for (size_t c = 0; c < sizeof cfgs / sizeof cfgs[0]; c++) {
         for (int np = 1; np <= 4; np *= 2) {
@@ -288,6 +289,8 @@ TEST_SLOW(mpi_bad_input_fails_on_every_rank_without_a_file) {
         {"a dataset cache", MPIRUN " -np 2 sh -c '%s convert " CRITEO " -o $ES_T/mpi_bad_$OMPI_COMM_WORLD_RANK.esd >/dev/null && exec \"$0\" train "
          "$ES_T/mpi_bad_$OMPI_COMM_WORLD_RANK.esd " COMMON " --model lr --storage hash --budget 100000 --out $ES_T/mpi_bad.es' %s",
          "dataset cache (.esd, --cache) is not supported across processes"},
+        {"adapt promoting rows while training", MPIRUN " -np 2 %s train " CRITEO " " COMMON " --model lr --storage adapt --budget 100000 "
+         "--storage-opts mode=online --out $ES_T/mpi_bad.es", "cannot be trained across processes"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         CHECK(es_test_sh(NULL, "rm -f $ES_T/mpi_bad.es*") == 0);

@@ -101,6 +101,19 @@ static inline uint64_t hashed_row(const adapt_impl *m, int f, uint64_t salt, uin
     return m->n_cap + m->hbase[s] + es__range(es__hash_u64(key, salt), m->hrows[s]);
 }
 
+static void adapt_resolve(const void *ctx, int f, const uint64_t *keys, size_t n, uint64_t *ids);
+
+/* Across processes (src/train/dist.c): one table of plain rows, one row a
+ * value, private or hashed.  mode=online promotes values to private rows
+ * while training, a change of mapping the ranks would have to agree on:
+ * not shardable (ES_EINVAL). */
+static int adapt_row_map(es_storage *s, es__row_map *out) {
+    adapt_impl *m = s->impl;
+    if (m->online) return ES_EINVAL;
+    *out = (es__row_map){&m->t, 1, adapt_resolve, m, m->n_cap + m->hbase[m->S - 1] + m->hrows[m->S - 1]};
+    return ES_OK;
+}
+
 static void adapt_resolve(const void *ctx, int f, const uint64_t *keys, size_t n, uint64_t *ids) {
     const adapt_impl *m = ctx;
     const uint64_t tag = field_tag(f), salt = es__storage_salt(m->seed, f, 0);
@@ -291,7 +304,8 @@ static int adapt_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     if (ok && online) ok = (m->sketch = es__calloc((size_t)depth * (size_t)width, sizeof *m->sketch)) != NULL;
     es_rng rng;
     es__rng_seed(&rng, s->p.seed);
-    if (ok) ok = es__rows_init(&m->t, n_rows, dim, &s->p.opt, &rng, s->p.init_scale) == ES_OK;
+    /* sharded (training across processes): this rank's rows of the whole table's stream */
+    if (ok) ok = es__rows_init_shard(&m->t, n_rows, dim, &s->p.opt, &rng, s->p.init_scale, s->p.shard_rank, s->p.shard_n) == ES_OK;
     if (ok) es__rows_shift(&m->t, s->p.init_shift);
     if (ok) {
         size_t ga_cap = ES_MIN((size_t)s->p.max_batch * (size_t)F, (size_t)n_rows);
@@ -464,4 +478,5 @@ const es_storage_ops es__storage_adapt = {
     .needs_vocab = 1,
     .plain_rows = 1,
     .rows = adapt_rows,
+    .row_map = adapt_row_map,
 };

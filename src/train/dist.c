@@ -122,7 +122,7 @@ int es__dist_rebind(es__dist *d, es_model *m, es_err *err) {
     es_storage *s = m->st;
     if (!s->ops->row_map)
         return es__err(err, ES_EINVAL,
-                       "storage '%s' cannot be sharded over processes yet (full, hash and unified can: docs/scale.md)",
+                       "storage '%s' cannot be sharded over processes yet (full, hash, unified and adapt can: docs/scale.md)",
                        s->ops->name);
     if (s->p.precision != ES_PREC_FP32)
         return es__err(err, ES_EINVAL, "training at a lower precision is not supported across processes yet");
@@ -132,7 +132,9 @@ int es__dist_rebind(es__dist *d, es_model *m, es_err *err) {
     if ((s->p.shard_n > 1 ? s->p.shard_n : 1) != d->size || s->p.shard_rank != d->rank) /* a 1-rank shard is stored as a whole table */
         return es__err(err, ES_EINVAL, "the storage is not sharded for rank %d of %d", d->rank, d->size);
     int rc = s->ops->row_map(s, &d->map);
-    if (rc != ES_OK) return es__err(err, rc, "storage '%s': no row map", s->ops->name);
+    if (rc != ES_OK)
+        return es__err(err, rc, "storage '%s' with these options (%s) cannot be trained across processes (docs/scale.md)", s->ops->name,
+                       s->meta);
     if (d->map.k * d->map.t->dim != m->E || d->map.k > ES_RESOLVE_BLOCK / 2)
         return es__err(err, ES_EINVAL, "storage '%s': %d chunks of %d floats do not make the model's %d", s->ops->name, d->map.k,
                        d->map.t->dim, m->E);

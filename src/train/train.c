@@ -440,7 +440,7 @@ static int dist_check_params(const es_train_params *p, es_err *err) {
     const es_storage_ops *ops = p->storage ? es__storage_find(p->storage) : NULL;
     if (ops && !ops->row_map)
         return es__err(err, ES_EINVAL,
-                       "storage '%s' cannot be trained across processes yet: full, hash and unified can (docs/scale.md)", p->storage);
+                       "storage '%s' cannot be trained across processes yet: full, hash, unified and adapt can (docs/scale.md)", p->storage);
     if (p->reader.skip_bad)
         return es__err(err, ES_EINVAL,
                        "--skip-bad is not supported across processes yet: each rank skips the others' rows unparsed, "
