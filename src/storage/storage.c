@@ -552,6 +552,18 @@ static int storage_qsetup(es_storage *s, es_precision p, int mode, es_err *err);
  * ES_PREC_TRIES + 1 tries, an over-budget last one left for the generic
  * budget check to judge. */
 #define ES_PREC_TRIES 12
+/* The parameter bytes of the whole table: a shard's (shard_n > 1,
+ * training across processes) are its own rows only, but the table is sized
+ * as a whole, so that every rank count gets the same shapes. */
+static double whole_param_bytes(es_storage *s) {
+    es__row_map m;
+    if (s->p.shard_n > 1 && s->ops->row_map && s->ops->row_map(s, &m) == ES_OK) { /* the row methods: param bytes = their rows */
+        const double rb = m.t->prec != ES_PREC_FP32 ? (double)es__prec_row_bytes(m.t->prec, m.t->dim) : 4.0 * m.t->dim;
+        return rb * (double)m.rows;
+    }
+    return (double)s->param_bytes;
+}
+
 static int create_at_precision(es_storage *s, const es_vocab *vocab, es_err *e) {
     const es_precision prec = s->p.precision;
     if (prec == ES_PREC_FP32) return s->ops->create(s, vocab, e);
@@ -589,7 +601,7 @@ static int create_at_precision(es_storage *s, const es_vocab *vocab, es_err *e) 
             s->impl = NULL;
             return rc;
         }
-        const double tot = (double)s->param_bytes + (double)s->aux_bytes;
+        const double tot = whole_param_bytes(s) + (double)s->aux_bytes;
         if (!(B > 0)) return ES_OK;
         const int fits = tot <= B;
         /* done: the first try fits, or a later one fills 98% of B, or the

@@ -48,7 +48,7 @@ struct es__dist {
     uint64_t *uniq;         /* [n_uniq] distinct rows in first-seen order */
     size_t *upos;           /* [n_uniq] position in the owner's request */
     size_t n_uniq, uniq_cap;
-    float *cache;           /* [n_uniq, cd] the distinct rows as fetched */
+    unsigned char *cache;   /* [n_uniq] the distinct rows as fetched (fp32 rows or codes, table_rows) */
     size_t cache_cap;
     size_t *scnt, *sdsp, *rcnt, *rdsp, *cur; /* [size] bytes */
     unsigned char *sbuf, *rbuf, *sbuf2, *rbuf2;
@@ -92,6 +92,19 @@ static int do_allgather(es__dist *d, const void *s, void *r, size_t each) {
     return rc ? comm_fail(d, "allgather") : ES_OK;
 }
 
+/* What a lookup reads of table t, row by row: the fp32 rows, or the codes
+ * of a table trained at a precision (QAT: the forward reads the codes, an
+ * update changes the fp32 master and re-encodes, es__rows_update); *rb
+ * the bytes of a row. */
+static const unsigned char *table_rows(const es_rows *t, size_t *rb) {
+    if (t->prec != ES_PREC_FP32) {
+        *rb = es__prec_row_bytes(t->prec, t->dim);
+        return t->q;
+    }
+    *rb = (size_t)t->dim * sizeof(float);
+    return (const unsigned char *)t->w;
+}
+
 /* Grow *p (elements of size el) to hold n. */
 static int grow(void **p, size_t *cap, size_t n, size_t el) {
     if (n <= *cap) return ES_OK;
@@ -124,8 +137,11 @@ int es__dist_rebind(es__dist *d, es_model *m, es_err *err) {
         return es__err(err, ES_EINVAL,
                        "storage '%s' cannot be sharded over processes yet (full, hash, unified and adapt can: docs/scale.md)",
                        s->ops->name);
-    if (s->p.precision != ES_PREC_FP32)
-        return es__err(err, ES_EINVAL, "training at a lower precision is not supported across processes yet");
+    if (s->p.precision != ES_PREC_FP32 && es__storage_qtrain(s) != ES_QTRAIN_QAT)
+        return es__err(err, ES_EINVAL,
+                       "training at %s is supported across processes with QAT only (ALPT's stochastic rounding draws from one "
+                       "stream per table in update order, which the ranks do not share)",
+                       es__prec_name(s->p.precision));
     if (s->p.opt.row_l2 > 0) return es__err(err, ES_EINVAL, "lazy L2 on the tables (--emb-l2) is not supported across processes yet");
     if (m->np.dropout > 0.0f)
         return es__err(err, ES_EINVAL, "dropout is not supported across processes yet (its masks depend on the row's place in the batch)");
@@ -370,8 +386,10 @@ static int dist_fetch(es__dist *d, const es_batch *g, int rows) {
         memcpy(d->sbuf + d->sdsp[o] + d->upos[u] * sizeof(uint64_t), &li, sizeof li);
     }
     if ((rc = exchange(d, d->sbuf, &d->rbuf, &d->rbuf_cap)) != ES_OK) return rc;
-    /* as owner: the rows asked for, in the order asked */
-    const size_t row_bytes = (size_t)cd * sizeof(float);
+    /* as owner: the rows asked for, in the order asked (fp32 rows, or a
+     * QAT table's codes: the requester pools them as one process would) */
+    size_t row_bytes;
+    const unsigned char *src = table_rows(d->map.t, &row_bytes);
     size_t reply = 0;
     for (int i = 0; i < N; i++) reply += d->rcnt[i] / sizeof(uint64_t) * row_bytes;
     if (grow((void **)&d->sbuf2, &d->sbuf2_cap, reply + 1, 1) != ES_OK) return es__err(err, ES_ENOMEM, "out of memory");
@@ -385,7 +403,7 @@ static int dist_fetch(es__dist *d, const es_batch *g, int rows) {
                 if (li >= d->map.t->n_rows)
                     return es__err(err, ES_EFORMAT, "rank %d asked rank %d for local row %llu of %llu", i, d->rank,
                                    (unsigned long long)li, (unsigned long long)d->map.t->n_rows);
-                memcpy(d->sbuf2 + o, d->map.t->w + (size_t)li * (size_t)cd, row_bytes);
+                memcpy(d->sbuf2 + o, src + (size_t)li * row_bytes, row_bytes);
                 o += row_bytes;
             }
         }
@@ -401,18 +419,19 @@ static int dist_fetch(es__dist *d, const es_batch *g, int rows) {
         memcpy(d->scnt, d->cur, (size_t)N * sizeof(size_t));
     }
     if ((rc = exchange(d, d->sbuf2, &d->rbuf2, &d->rbuf2_cap)) != ES_OK) return rc;
-    if (grow((void **)&d->cache, &d->cache_cap, (d->n_uniq + 1) * (size_t)cd, sizeof(float)) != ES_OK)
+    if (grow((void **)&d->cache, &d->cache_cap, (d->n_uniq + 1) * row_bytes, 1) != ES_OK)
         return es__err(err, ES_ENOMEM, "out of memory for the rows of a batch");
     for (size_t u = 0; u < d->n_uniq; u++) {
         int o = (int)(d->uniq[u] % (uint64_t)N);
-        memcpy(d->cache + u * (size_t)cd, d->rbuf2 + d->rdsp[o] + d->upos[u] * row_bytes, row_bytes);
+        memcpy(d->cache + u * row_bytes, d->rbuf2 + d->rdsp[o] + d->upos[u] * row_bytes, row_bytes);
     }
     es_rows cache;
     memset(&cache, 0, sizeof cache);
-    cache.w = d->cache;
+    if (d->map.t->prec != ES_PREC_FP32) cache.q = d->cache; /* codes: pooled by dequantizing, as one process does */
+    else cache.w = (float *)(void *)d->cache;
     cache.n_rows = d->n_uniq;
     cache.dim = cd;
-    cache.prec = ES_PREC_FP32;
+    cache.prec = d->map.t->prec;
     cache.opt = d->map.t->opt;
     if (hi > lo) es__rows_lookup(&cache, k, cache_resolve, d, g, 0, hi - lo, m->emb);
     return ES_OK;
@@ -525,9 +544,10 @@ int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum
 
 /* ---- the whole model on rank 0 --------------------------------------------------------- */
 
-void es__dist_table(const es__dist *d, uint64_t *rows, size_t *row_bytes) {
+void es__dist_table(const es__dist *d, uint64_t *rows, size_t *row_bytes, const char **tensor) {
     *rows = d->map.rows;
-    *row_bytes = (size_t)d->map.t->dim * sizeof(float);
+    table_rows(d->map.t, row_bytes);
+    *tensor = d->map.t->prec != ES_PREC_FP32 ? "weight.q" : "weight"; /* es__rows_tensors */
 }
 
 /* ---- agreement ------------------------------------------------------------------------- */
@@ -617,7 +637,8 @@ int es__dist_write_rows(es__dist *d, es_fwriter *w, int tensor, int *broken, es_
     *broken = 1; /* until every round is done */
     const int N = d->size;
     const es_rows *t = d->map.t;
-    const size_t row_bytes = (size_t)t->dim * sizeof(float);
+    size_t row_bytes;
+    const unsigned char *src = table_rows(t, &row_bytes);
     const uint64_t R = d->map.rows, C = DIST_WRITE_ROWS;
     int wrc = ES_OK; /* rank 0: a failed append; the rounds go on, so that no rank waits */
     double t0 = es__now();
@@ -646,7 +667,7 @@ int es__dist_write_rows(es__dist *d, es_fwriter *w, int tensor, int *broken, es_
             es__free(out);
             return es__err(err, ES_ENOMEM, "out of memory writing the model");
         }
-        const float *mine = t->w + (size_t)l0[d->rank] * (size_t)t->dim;
+        const unsigned char *mine = src + (size_t)l0[d->rank] * row_bytes;
         if (d->c->alltoallv(d->c->ctx, mine, d->scnt, d->sdsp, d->rbuf, d->rcnt, d->rdsp) != 0) {
             es__free(out);
             return es__err(err, ES_EIO, "rank %d of %d: sending the tables to rank 0 failed in the communication layer", d->rank, N);

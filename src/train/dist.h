@@ -60,8 +60,9 @@ void es__dist_part_of(int rank, int size, int n, int *lo, int *hi);
  * when a peer sends a row out of range; errors in m->err. */
 int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum);
 
-/* The whole row table: rows (es__row_map.rows) of row_bytes each. */
-void es__dist_table(const es__dist *d, uint64_t *rows, size_t *row_bytes);
+/* The whole row table: rows (es__row_map.rows) of row_bytes each, saved
+ * as the method's tensor `tensor` ("weight", or "weight.q": codes). */
+void es__dist_table(const es__dist *d, uint64_t *rows, size_t *row_bytes, const char **tensor);
 
 /* Probabilities of this rank's part of a global batch of n rows (g as in
  * es__dist_train_batch) into prob[0 .. g->n): the rows fetched from their

@@ -445,8 +445,11 @@ static int dist_check_params(const es_train_params *p, es_err *err) {
         return es__err(err, ES_EINVAL,
                        "--skip-bad is not supported across processes yet: each rank skips the others' rows unparsed, "
                        "and only parsing tells a bad line (docs/scale.md)");
-    if (p->precision && strcmp(p->precision, "fp32") != 0)
-        return es__err(err, ES_EINVAL, "training at precision %s is not supported across processes yet", p->precision);
+    if (p->precision && strcmp(p->precision, "fp32") != 0 && p->qtrain && strcmp(p->qtrain, "qat") != 0)
+        return es__err(err, ES_EINVAL,
+                       "--qtrain %s is not supported across processes (QAT is: ALPT's stochastic rounding draws from one stream per "
+                       "table in update order, which the ranks do not share)",
+                       p->qtrain);
     if (p->matryoshka && p->matryoshka[0])
         return es__err(err, ES_EINVAL, "--matryoshka (the nested loss over prefixes) is not supported across processes yet");
     if (p->reader.format == ES_FMT_ESD || (p->train_path && es__esd_sniff_path(p->train_path)))
@@ -1673,13 +1676,14 @@ static int dist_save(run *x) {
     int tensor = -1, broken = 0, rc = ES_OK;
     uint64_t rows;
     size_t row_bytes;
-    es__dist_table(x->dist, &rows, &row_bytes);
+    const char *name;
+    es__dist_table(x->dist, &rows, &row_bytes, &name);
     if (x->p->comm->rank == 0) {
         /* the options as the whole model records them: resolved (what a
          * load re-creates the table from) */
         const es_storage *st = x->m->st;
         char *opts = es__storage_load_opts(st->p.method, st->meta, st->p.opts, "");
-        es__whole_table wt = {"weight", rows, (size_t)rows * row_bytes, opts};
+        es__whole_table wt = {name, rows, (size_t)rows * row_bytes, opts};
         rc = opts ? es__model_save_whole_begin(x->m, x->p->out_path, &wt, &w, &tensor, x->err) : es__err(x->err, ES_ENOMEM, "out of memory");
         es__free(opts);
     }
