@@ -437,18 +437,31 @@ static int dist_fetch(es__dist *d, const es_batch *g, int rows) {
     return ES_OK;
 }
 
+/* This rank's blocks [*jb0, *jb1) of a global batch of n rows, its rows
+ * [*lo, *hi), and g checked to hold them.  what: "training" or "evaluation". */
+static int my_part(es__dist *d, const es_batch *g, int n, const char *what, int *jb0, int *jb1, int *lo, int *hi) {
+    const es_model *m = d->m;
+    if (n < 1 || n > m->max_batch)
+        return es__err(&d->m->err, ES_EINVAL, "a%s %s batch needs 1 to %d rows (the model's batch size), got %d", what[0] == 'e' ? "n" : "",
+                       what, m->max_batch, n);
+    *jb0 = d->rank * ES_DIST_BLOCKS / d->size;
+    *jb1 = (d->rank + 1) * ES_DIST_BLOCKS / d->size;
+    *lo = block_row(*jb0, n);
+    *hi = block_row(*jb1, n);
+    if (g->n != *hi - *lo || g->n_fields != m->n_fields || g->n_dense != m->n_dense)
+        return es__err(&d->m->err, ES_EINVAL, "rank %d's part of a batch of %d rows is rows [%d, %d), got %d rows", d->rank, n, *lo, *hi,
+                       g->n);
+    return ES_OK;
+}
+
 int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum) {
     es_model *m = d->m;
     es_err *err = &m->err;
     const int F = m->n_fields, E = m->E, N = d->size, k = d->map.k, cd = d->map.t->dim;
     const int nd = m->n_dense;
-    int rc;
-    if (n < 1 || n > m->max_batch)
-        return es__err(err, ES_EINVAL, "a training batch needs 1 to %d rows (the model's batch size), got %d", m->max_batch, n);
-    const int jb0 = d->rank * ES_DIST_BLOCKS / N, jb1 = (d->rank + 1) * ES_DIST_BLOCKS / N;
-    const int lo = block_row(jb0, n), hi = block_row(jb1, n);
-    if (g->n != hi - lo || g->n_fields != F || g->n_dense != nd)
-        return es__err(err, ES_EINVAL, "rank %d's part of a batch of %d rows is rows [%d, %d), got %d rows", d->rank, n, lo, hi, g->n);
+    int jb0, jb1, lo, hi;
+    int rc = my_part(d, g, n, "training", &jb0, &jb1, &lo, &hi);
+    if (rc != ES_OK) return rc;
     /* g holds rows [lo, hi) of the global batch as its rows 0 .. hi - lo */
     const size_t P0 = 0, P1 = (size_t)(hi - lo) * F;
     const size_t n_ids = (size_t)(g->off[P1] - g->off[P0]) * (size_t)k;
@@ -605,16 +618,12 @@ int es__dist_agree(const es_comm *c, int *failed, int rc, int64_t n, uint64_t h,
 
 int es__dist_predict(es__dist *d, const es_batch *g, int n, float *prob) {
     es_model *m = d->m;
-    es_err *err = &m->err;
-    const int F = m->n_fields, E = m->E, N = d->size, nd = m->n_dense;
-    if (n < 1 || n > m->max_batch)
-        return es__err(err, ES_EINVAL, "an evaluation batch needs 1 to %d rows (the model's batch size), got %d", m->max_batch, n);
-    const int jb0 = d->rank * ES_DIST_BLOCKS / N, jb1 = (d->rank + 1) * ES_DIST_BLOCKS / N;
-    const int lo = block_row(jb0, n), hi = block_row(jb1, n);
-    if (g->n != hi - lo || g->n_fields != F || g->n_dense != nd)
-        return es__err(err, ES_EINVAL, "rank %d's part of a batch of %d rows is rows [%d, %d), got %d rows", d->rank, n, lo, hi, g->n);
+    const int F = m->n_fields, E = m->E, nd = m->n_dense;
+    int jb0, jb1, lo, hi;
+    int rc = my_part(d, g, n, "evaluation", &jb0, &jb1, &lo, &hi);
+    if (rc != ES_OK) return rc;
     es__dist_stats keep = d->st; /* the counters are of training steps */
-    int rc = dist_fetch(d, g, hi - lo);
+    rc = dist_fetch(d, g, hi - lo);
     d->st = keep;
     if (rc != ES_OK) return rc;
     /* block by block, as the training step: a row's forward is computed
