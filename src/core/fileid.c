@@ -50,32 +50,63 @@ int es__path_is_list(const char *spec) {
     return strpbrk(spec, "*?[") != NULL && access(spec, F_OK) != 0;
 }
 
+int es__path_list_parse(const char *text, size_t size, const char *name, char ***out, int *n_out, es_err *err) {
+    char **paths = NULL;
+    int n = 0, cap = 0, rc = ES_OK;
+    *out = NULL;
+    *n_out = 0;
+    unsigned long no = 0;
+    for (size_t pos = 0; pos < size && rc == ES_OK;) {
+        const char *line = text + pos, *nl = memchr(line, '\n', size - pos);
+        size_t len = nl ? (size_t)(nl - line) : size - pos;
+        pos += len + (nl != NULL);
+        no++;
+        while (len && (line[len - 1] == '\r' || line[len - 1] == ' ' || line[len - 1] == '\t')) len--;
+        while (len && (*line == ' ' || *line == '\t')) line++, len--;
+        if (!len || *line == '#') continue;
+        if (memchr(line, 0, len)) rc = es__err(err, ES_EPARSE, "%s:%lu: a NUL byte in a path", name, no);
+        else if (len > ES__PATH_MAX) rc = es__err(err, ES_EPARSE, "%s:%lu: a path longer than %d bytes", name, no, ES__PATH_MAX);
+        else if (n >= ES__LIST_MAX_FILES) rc = es__err(err, ES_ERANGE, "%s:%lu: more than %d files", name, no, ES__LIST_MAX_FILES);
+        else if (push_path(&paths, &n, &cap, line, len) != ES_OK) rc = es__err(err, ES_ENOMEM, "%s: out of memory", name);
+    }
+    if (rc == ES_OK && n == 0) rc = es__err(err, ES_EINVAL, "%s: the list of files is empty", name);
+    if (rc != ES_OK) {
+        es__path_list_free(paths, n);
+        return rc;
+    }
+    *out = paths;
+    *n_out = n;
+    return ES_OK;
+}
+
+/* A list file into memory (at most ES__LIST_MAX_BYTES) and parsed. */
+static int read_list(const char *path, char ***out, int *n_out, es_err *err) {
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return es__err(err, errno == ENOENT ? ES_ENOTFOUND : ES_EIO, "%s: cannot open the list of files: %s", path, strerror(errno));
+    /* one byte more than the file had at the stat: a longer read means it
+     * grew (or it is longer than the limit) */
+    struct stat st;
+    size_t want = fstat(fileno(fp), &st) == 0 && st.st_size >= 0 && st.st_size <= ES__LIST_MAX_BYTES ? (size_t)st.st_size + 1
+                                                                                                      : (size_t)ES__LIST_MAX_BYTES + 1;
+    char *buf = es__malloc(want);
+    size_t got = buf ? fread(buf, 1, want, fp) : 0;
+    int rc = !buf ? es__err(err, ES_ENOMEM, "%s: out of memory", path)
+           : ferror(fp) ? es__err(err, ES_EIO, "%s: cannot read the list of files", path)
+           : got == want ? es__err(err, ES_ERANGE, "%s: a list of files longer than %d bytes (or growing while read)", path,
+                                   want > (size_t)ES__LIST_MAX_BYTES ? ES__LIST_MAX_BYTES : (int)want - 1)
+                         : es__path_list_parse(buf, got, path, out, n_out, err);
+    fclose(fp);
+    es__free(buf);
+    return rc;
+}
+
 int es__path_list(const char *spec, char ***out, int *n_out, es_err *err) {
     *out = NULL;
     *n_out = 0;
     char **paths = NULL;
     int n = 0, cap = 0, rc = ES_OK;
     if (spec[0] == '@') { /* a list file: one path a line; blank lines and # comments skipped */
-        FILE *fp = fopen(spec + 1, "r");
-        if (!fp) return es__err(err, errno == ENOENT ? ES_ENOTFOUND : ES_EIO, "%s: cannot open the list of files: %s", spec + 1, strerror(errno));
-        char line[4096];
-        unsigned long no = 0;
-        while (rc == ES_OK && fgets(line, sizeof line, fp)) {
-            no++;
-            size_t len = strlen(line);
-            if (len == sizeof line - 1 && line[len - 1] != '\n') {
-                rc = es__err(err, ES_EPARSE, "%s:%lu: a path longer than %zu bytes", spec + 1, no, sizeof line - 2);
-                break;
-            }
-            while (len && (line[len - 1] == '\n' || line[len - 1] == '\r' || line[len - 1] == ' ' || line[len - 1] == '\t')) len--;
-            const char *s = line;
-            while (len && (*s == ' ' || *s == '\t')) s++, len--;
-            if (!len || *s == '#') continue;
-            if (push_path(&paths, &n, &cap, s, len) != ES_OK) rc = es__err(err, ES_ENOMEM, "%s: out of memory", spec + 1);
-        }
-        if (rc == ES_OK && ferror(fp)) rc = es__err(err, ES_EIO, "%s: cannot read the list of files", spec + 1);
-        fclose(fp);
-        if (rc == ES_OK && n == 0) rc = es__err(err, ES_EINVAL, "%s: the list of files is empty", spec + 1);
+        return read_list(spec + 1, out, n_out, err);
     } else if (es__path_is_list(spec)) { /* a glob, in sorted order */
         glob_t g;
         int gr = glob(spec, 0, NULL, &g);

@@ -42,6 +42,14 @@ int es__path_is_list(const char *spec);
  * (es__path_list_free).  ES_ENOTFOUND when a glob matches nothing. */
 int es__path_list(const char *spec, char ***paths, int *n, es_err *err);
 void es__path_list_free(char **paths, int n);
+/* The lines of a list file text[size] (name: for messages, "name:line:
+ * ...") as paths: blank lines and # comments skipped, spaces around a path
+ * dropped; a NUL byte, a path over ES__PATH_MAX bytes, more than
+ * ES__LIST_MAX_FILES paths or none is an error.  The fuzz target's entry. */
+#define ES__PATH_MAX 4096
+#define ES__LIST_MAX_FILES (1 << 20)
+#define ES__LIST_MAX_BYTES (64 << 20)
+int es__path_list_parse(const char *text, size_t size, const char *name, char ***paths, int *n, es_err *err);
 
 /* Compare the stat part of two identities (not head_hash).  Returns 0 when
  * equal, else writes what changed ("size 123 -> 45 bytes", "replaced by
