@@ -331,28 +331,12 @@ int es__lineio_keep_header(es__lineio *l, const char *s, size_t n) {
     return ES_OK;
 }
 
-int es__lineio_n_files(const es__lineio *l) { return l->paths ? l->n_paths : 1; }
-
 int es__lineio_open(es__lineio **out, const char *path, size_t max_line, es_err *err) {
     if (!out || !path) return es__err(err, ES_EINVAL, "lineio: NULL argument");
     es__lineio *l;
     int rc = lio_new(&l, path, max_line, err);
     if (rc) return rc;
-    l->fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (l->fd < 0) {
-        int e = errno;
-        es__lineio_free(l);
-        return es__err(err, e == ENOENT ? ES_ENOTFOUND : ES_EIO, "%s: cannot open: %s", path, strerror(e));
-    }
-    struct stat st;
-    if (fstat(l->fd, &st) == 0 && S_ISDIR(st.st_mode)) {
-        es__lineio_free(l);
-        return es__err(err, ES_EINVAL, "%s: cannot open: is a directory, not a data file", path);
-    }
-#ifdef POSIX_FADV_SEQUENTIAL
-    (void)posix_fadvise(l->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-#endif
-    rc = probe(l, err);
+    if ((rc = open_fd(l, path, err)) == ES_OK) rc = probe(l, err);
     if (rc) {
         es__lineio_free(l);
         return rc;

@@ -44,7 +44,6 @@ int es__lineio_open_files(es__lineio **out, const char *const *paths, int n, siz
  * which is skipped (else a parse error naming both files).  A no-op for a
  * single file.  ES_ENOMEM. */
 int es__lineio_keep_header(es__lineio *l, const char *s, size_t n);
-int es__lineio_n_files(const es__lineio *l);
 
 /* Next line.  Returns
  *   1          *line and *len hold the line without its "\n" or "\r\n"; the
