@@ -64,6 +64,10 @@ class es_train_params(ctypes.Structure):
                 ("progress_ctx", c_void_p), ("comm", c_void_p), ("matryoshka", c_char_p), ("matryoshka_weights", c_char_p)]
 
 
+class es_train_stage(ctypes.Structure):
+    _fields_ = [("name", c_char * 16), ("seconds", c_double), ("result", c_char * 1024)]
+
+
 class es_train_result(ctypes.Structure):
     _fields_ = [("valid", es_metrics), ("train_loss", c_double), ("train_rows", c_uint64),
                 ("emb_bytes", c_size_t), ("emb_param_bytes", c_size_t), ("emb_state_bytes", c_size_t),
@@ -74,7 +78,8 @@ class es_train_result(ctypes.Structure):
                 ("best_rows", c_uint64), ("stopped_early", c_int), ("evals", es_metrics * 128),
                 ("refit", c_int), ("refit_rows", c_uint64), ("ranks", c_int), ("comm_steps", c_uint64),
                 ("comm_sparse_bytes_per_step", c_double), ("comm_dense_bytes_per_step", c_double),
-                ("comm_seconds", c_double), ("comm_broken", c_int)]
+                ("comm_seconds", c_double), ("comm_broken", c_int), ("n_stages", c_int),
+                ("stages", es_train_stage * 4)]
 
 
 class es_index_params(ctypes.Structure):
