@@ -37,7 +37,11 @@
  *   Adam for a; an elementwise Adagrad keeps the state small and the step
  *   deterministic.
  * Derive: per field the candidate of largest a[f][k] (ties: the smaller
- *   dimension).  The derived `fielddim` table fits the budget B when B
+ *   dimension), with a vocabulary capped at the largest candidate <= the
+ *   field's rows distinct_f + 1 (at least the smallest candidate): n rows
+ *   span at most n dimensions, so for the dot products and linear layers
+ *   that read an embedding a wider one adds nothing a width-n one cannot
+ *   hold (an addition to the paper, which has no such cap).  The derived `fielddim` table fits the budget B when B
  *   holds, besides fielddim's 24 F bytes of lookup arrays, min_rows rows of
  *   every field at its dimension (min_rows option, default 16, capped at
  *   distinct_f + 1 with a vocabulary).  While it does not, the field with
@@ -47,11 +51,15 @@
  *   is `fielddim` with dims= the derived dimensions and the whole budget.
  *
  * Sizing from the budget B: the logits count as parameters (4 F C bytes),
- * salt and rows as lookup arrays (16 F bytes); every field gets the same
- * rows r = floor((B - aux - 4 F C) / (4 F sum_k c_k)), at least 1
- * (ES_EBUDGET otherwise), so the search table is within the budget too.
- * Options rows= (one count for every field) and the resolved seed are
- * recorded in meta.
+ * salt and rows as lookup arrays (16 F bytes); the rest holds R =
+ * floor((B - aux - 4 F C) / (4 sum_k c_k)) field rows (a row of every
+ * candidate table), at least one per field (ES_EBUDGET otherwise), so the
+ * search table is within the budget too.  They split one per field, then
+ * with a vocabulary in proportion to distinct_f + 1 and capped there
+ * (water-filling), without one equally.  (An equal split starved the
+ * large fields: on the Criteo sample at 1/4 the largest field had 200
+ * rows for 2446 values, and the search saw mostly collisions.)  The
+ * resolved rows= (per field) and seed are recorded in meta.
  */
 #include "core/simd.h"
 #include "storage/storage.h"
@@ -293,12 +301,18 @@ static int ad_derive(es_storage *s, const es_vocab *vocab, const char **method, 
         es__free(searched);
         return es__err(err, ES_ENOMEM, "autodim: out of memory");
     }
+    int capped = 0;
     for (int f = 0; f < F; f++) {
         int best = 0;
         for (int k = 1; k < C; k++)
             if (m->alpha[f * C + k] > m->alpha[f * C + best]) best = k;
+        searched[f] = m->cand[best];
+        /* no more dimensions than the field has rows to span */
+        const uint64_t n = vocab && f < es_vocab_n_fields(vocab) ? es_vocab_distinct(vocab, f) + 1 : UINT64_MAX;
+        while (best > 0 && (uint64_t)m->cand[best] > n) best--;
+        capped += m->cand[best] != searched[f];
         kk[f] = best;
-        d[f] = searched[f] = m->cand[best];
+        d[f] = m->cand[best];
     }
     const uint64_t min_rows = es__storage_opt_u64(s, "min_rows");
     int shrunk = 0, rc = ES_OK;
@@ -325,7 +339,7 @@ static int ad_derive(es_storage *s, const es_vocab *vocab, const char **method, 
         for (int f = 0; f < F && j < jcap; f++) j += (size_t)snprintf(json + j, jcap - j, f ? ",%d" : "%d", d[f]);
         if (j < jcap) j += (size_t)snprintf(json + j, jcap - j, "],\"searched_dims\":[");
         for (int f = 0; f < F && j < jcap; f++) j += (size_t)snprintf(json + j, jcap - j, f ? ",%d" : "%d", searched[f]);
-        if (j < jcap) j += (size_t)snprintf(json + j, jcap - j, "],\"shrink_steps\":%d}", shrunk);
+        if (j < jcap) j += (size_t)snprintf(json + j, jcap - j, "],\"capped_fields\":%d,\"shrink_steps\":%d}", capped, shrunk);
         if (o >= cap || j >= jcap) rc = es__err(err, ES_ERANGE, "autodim: %d fields do not fit the derived options", F);
     }
     es__free(d);
@@ -338,7 +352,8 @@ static const es__opt_spec ad_opts[] = {
     ES_OPT_SEED,
     ES_OPT_L("dims", 1, 1 << 16, NULL, 0, "candidate dimensions c0:c1:... ascending, each <= dim (default 2:4:8:16:32 capped at dim)",
              "2:8", ""),
-    ES_OPT_U("rows", 1, AD_MAX_ROWS, NULL, ES_OPT_SIZES, "rows of every candidate table (default: from the budget)", "40", ""),
+    ES_OPT_L("rows", 1, AD_MAX_ROWS, NULL, ES_OPT_SIZES, "rows of field f's candidate tables r0:r1:... (default: from the budget)",
+             "40:50", ""),
     ES_OPT_U("search_epochs", 1, 1000, "1", 0, "passes over the training rows the search makes", "2", ""),
     ES_OPT_F("tau0", 0, 100, "1", ES_OPT_LO_OPEN, "initial Gumbel-softmax temperature", "2", ""),
     ES_OPT_F("tau_min", 0, 100, "0.1", ES_OPT_LO_OPEN, "lowest temperature", "0.2", ""),
@@ -382,8 +397,41 @@ static int parse_cand(es_storage *s, int *cand, int *C, es_err *err) {
     return ES_OK;
 }
 
+/* Split R rows over the fields: one each, then with a vocabulary in
+ * proportion to distinct_f + 1, capped there (water-filling: what capped
+ * fields cannot take goes round again; rows no field can take stay
+ * unallocated), without one equally (the remainder to the first fields). */
+static void split_rows(uint64_t R, int F, const es_vocab *vocab, uint64_t *rows) {
+    for (int f = 0; f < F; f++) rows[f] = 1;
+    R -= (uint64_t)F;
+    if (!vocab) {
+        for (int f = 0; f < F; f++) rows[f] += R / (uint64_t)F + ((uint64_t)f < R % (uint64_t)F);
+        return;
+    }
+    for (int round = 0; round < 64 && R > 0; round++) {
+        double W = 0;
+        for (int f = 0; f < F; f++)
+            if (rows[f] < es_vocab_distinct(vocab, f) + 1) W += (double)(es_vocab_distinct(vocab, f) + 1);
+        if (W == 0) break;
+        uint64_t given = 0;
+        for (int f = 0; f < F; f++) {
+            const uint64_t cap = es_vocab_distinct(vocab, f) + 1;
+            if (rows[f] >= cap) continue;
+            uint64_t g = (uint64_t)floor((double)R * (double)cap / W);
+            if (g > cap - rows[f]) g = cap - rows[f];
+            rows[f] += g;
+            given += g;
+        }
+        if (given == 0) { /* rounding: one row each, in field order, while some are left */
+            for (int f = 0; f < F && given < R; f++)
+                if (rows[f] < es_vocab_distinct(vocab, f) + 1) rows[f]++, given++;
+            if (given == 0) break;
+        }
+        R -= given;
+    }
+}
+
 static int ad_create(es_storage *s, const es_vocab *vocab, es_err *err) {
-    (void)vocab;
     const int F = s->p.n_fields;
     int cand[AD_MAX_C], C = 0, rc;
     if (es__storage_opt_given(s, "seed")) s->p.seed = es__storage_opt_u64(s, "seed");
@@ -393,24 +441,35 @@ static int ad_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     if (s->p.opt.kind != ES_OPT_SGD && s->p.opt.kind != ES_OPT_ADAGRAD && s->p.opt.kind != ES_OPT_ROWWISE_ADAGRAD)
         return es__err(err, ES_EINVAL, "autodim: the tables train with SGD, Adagrad or row-wise Adagrad");
     const size_t aux = 2 * (size_t)F * sizeof(uint64_t), abytes = (size_t)F * (size_t)C * sizeof(float);
-    uint64_t D = 0, rows = 0;
+    uint64_t D = 0;
     for (int k = 0; k < C; k++) D += (uint64_t)cand[k];
-    if (es__storage_opt_given(s, "rows")) {
-        rows = es__storage_opt_u64(s, "rows");
-    } else if (!(s->budget_bytes > 0)) {
+    uint64_t *rows = es__malloc((size_t)F * sizeof *rows);
+    if (!rows) return es__err(err, ES_ENOMEM, "autodim: out of memory");
+    int found = 0;
+    if ((rc = es__storage_opt_list(s, "rows", F, 1, rows, &found, err)) != ES_OK) {
+        es__free(rows);
+        return rc;
+    }
+    if (!found && !(s->budget_bytes > 0)) {
+        es__free(rows);
         return es__err(err, ES_EINVAL, "autodim: needs a budget: bytes (> 1), or a fraction (0, 1] of the full table");
-    } else {
+    } else if (!found) {
         const double u = floor((s->budget_bytes - (double)aux - (double)abytes) / sizeof(float));
-        const double r = floor(u / ((double)F * (double)D));
-        if (!(r >= 1))
+        const double R = floor(u / (double)D); /* rows of sum_k c_k floats */
+        if (!(R >= (double)F)) {
+            es__free(rows);
             return es__err(err, ES_EBUDGET,
                            "autodim: unreachable budget: %.0f bytes cannot hold one row of each of the %d x %d candidate tables "
                            "(needs %.0f bytes; candidates sum to %llu floats per field)",
                            s->budget_bytes, F, C, (double)aux + (double)abytes + 4.0 * (double)F * (double)D, (unsigned long long)D);
-        rows = r > (double)AD_MAX_ROWS ? AD_MAX_ROWS : (uint64_t)r;
+        }
+        split_rows(R > (double)AD_MAX_ROWS ? AD_MAX_ROWS : (uint64_t)R, F, vocab, rows);
     }
     ad_impl *m = es__calloc(1, sizeof *m);
-    if (!m) return es__err(err, ES_ENOMEM, "autodim: out of memory");
+    if (!m) {
+        es__free(rows);
+        return es__err(err, ES_ENOMEM, "autodim: out of memory");
+    }
     m->F = F;
     m->C = C;
     m->dim = s->p.dim;
@@ -445,13 +504,13 @@ static int ad_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     size_t pbytes = abytes, sbytes = (size_t)(3 * FC + 1) * sizeof(float) + sizeof m->st;
     for (int f = 0; f < F && rc == ES_OK; f++) {
         m->salt[f] = es__storage_salt(s->p.seed, f, 0);
-        m->nrows[f] = rows;
+        m->nrows[f] = rows[f];
         for (int k = 0; k < C; k++) {
             es_rows *t = &m->t[(size_t)f * C + k];
-            if (es__rows_init(t, rows, cand[k], &s->p.opt, &rng, s->p.init_scale) != ES_OK ||
-                es__gradacc_init(&m->ga[(size_t)f * C + k], ES_MIN((size_t)s->p.max_batch, (size_t)rows), cand[k]) != ES_OK) {
-                rc = es__err(err, ES_ENOMEM, "autodim: out of memory for field %d's %llu rows of %d floats", f, (unsigned long long)rows,
-                             cand[k]);
+            if (es__rows_init(t, rows[f], cand[k], &s->p.opt, &rng, s->p.init_scale) != ES_OK ||
+                es__gradacc_init(&m->ga[(size_t)f * C + k], ES_MIN((size_t)s->p.max_batch, (size_t)rows[f]), cand[k]) != ES_OK) {
+                rc = es__err(err, ES_ENOMEM, "autodim: out of memory for field %d's %llu rows of %d floats", f,
+                             (unsigned long long)rows[f], cand[k]);
                 break;
             }
             pbytes += es__rows_param_bytes(t);
@@ -460,6 +519,7 @@ static int ad_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     }
     if (rc != ES_OK) {
         ad_free(m);
+        es__free(rows);
         return rc;
     }
     ad_redraw(m);
@@ -470,8 +530,9 @@ static int ad_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     uint64_t cu[AD_MAX_C];
     for (int k = 0; k < C; k++) cu[k] = (uint64_t)cand[k];
     if ((rc = es__storage_opt_set_u64(s, "seed", s->p.seed, err)) != 0 || (rc = es__storage_opt_set_list(s, "dims", cu, C, 1, err)) != 0 ||
-        (rc = es__storage_opt_set_u64(s, "rows", rows, err)) != 0)
+        (rc = es__storage_opt_set_list(s, "rows", rows, F, 1, err)) != 0)
         ad_destroy(s);
+    es__free(rows);
     return rc;
 }
 
