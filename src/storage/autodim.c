@@ -276,10 +276,10 @@ static void ad_field_stats(es_storage *s, const es_vocab *vocab, int field, es_f
 
 static int ad_search_epochs(const es_storage *s) { return es__storage_opt_int(s, "search_epochs"); }
 
-/* Bytes fielddim needs for min rows of every field at dims d. */
-static double fit_bytes(const ad_impl *m, const int *d, const es_vocab *vocab, uint64_t min_rows) {
-    double b = 3.0 * (double)m->F * sizeof(uint64_t);
-    for (int f = 0; f < m->F; f++) {
+/* Bytes fielddim needs for min rows of every field at dims d (F fields). */
+static double fit_bytes_f(int F, const int *d, const es_vocab *vocab, uint64_t min_rows) {
+    double b = 3.0 * (double)F * sizeof(uint64_t);
+    for (int f = 0; f < F; f++) {
         uint64_t r = min_rows;
         if (vocab && f < es_vocab_n_fields(vocab)) {
             uint64_t cap = es_vocab_distinct(vocab, f) + 1;
@@ -288,6 +288,9 @@ static double fit_bytes(const ad_impl *m, const int *d, const es_vocab *vocab, u
         b += (double)r * (double)d[f] * sizeof(float);
     }
     return b;
+}
+static double fit_bytes(const ad_impl *m, const int *d, const es_vocab *vocab, uint64_t min_rows) {
+    return fit_bytes_f(m->F, d, vocab, min_rows);
 }
 
 static int ad_derive(es_storage *s, const es_vocab *vocab, const char **method, char *opts, size_t cap, char *json, size_t jcap,
@@ -462,6 +465,20 @@ static int ad_create(es_storage *s, const es_vocab *vocab, es_err *err) {
                            "autodim: unreachable budget: %.0f bytes cannot hold one row of each of the %d x %d candidate tables "
                            "(needs %.0f bytes; candidates sum to %llu floats per field)",
                            s->budget_bytes, F, C, (double)aux + (double)abytes + 4.0 * (double)F * (double)D, (unsigned long long)D);
+        }
+        /* the derived table must be able to fit too (at the smallest
+         * candidate everywhere): refused now rather than after the search */
+        for (int f = 0; f < F; f++) rows[f] = (uint64_t)cand[0];
+        int *d0 = (int *)rows; /* F ints fit in F u64 */
+        for (int f = 0; f < F; f++) d0[f] = cand[0];
+        const uint64_t min_rows = es__storage_opt_u64(s, "min_rows");
+        const double need = fit_bytes_f(F, d0, vocab, min_rows);
+        if (need > s->budget_bytes) {
+            es__free(rows);
+            return es__err(err, ES_EBUDGET,
+                           "autodim: unreachable budget: %.0f bytes cannot hold %llu rows of every field even at the smallest "
+                           "candidate dimension %d (needs %.0f bytes); raise --budget or lower min_rows=",
+                           s->budget_bytes, (unsigned long long)min_rows, cand[0], need);
         }
         split_rows(R > (double)AD_MAX_ROWS ? AD_MAX_ROWS : (uint64_t)R, F, vocab, rows);
     }
