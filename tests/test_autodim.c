@@ -28,6 +28,12 @@ TEST(autodim_harness) {
     CHECK(es_sh_gradcheck(&c)); /* the candidate tables, the architecture held fixed */
     CHECK(es_sh_determinism(&c));
     CHECK(es_sh_threads(&c));
+    CHECK(es_sh_roundtrip(&c));
+    CHECK(es_sh_alloc_failures(&c));
+    static const double fracs[] = {0.25, 1.0 / 16, 1.0 / 64};
+    c.budget = 0; /* the harness's budgets: fractions of its vocabulary's full table */
+    CHECK(es_sh_budget(&c, fracs, 3));
+    c.budget = 4096;
     c.opts = "dims=3:8"; /* odd widths: the padding of a 3-wide candidate */
     CHECK(es_sh_gradcheck(&c));
     c.use_vocab = 0; /* rows split equally */

@@ -50,8 +50,11 @@
  *   still does not fit, the budget is unreachable (ES_EBUDGET).  The retrain
  *   is `fielddim` with dims= the derived dimensions and the whole budget.
  *
- * Sizing from the budget B: the logits count as parameters (4 F C bytes),
- * salt and rows as lookup arrays (16 F bytes); the rest holds R =
+ * Sizing from the budget B: the logits (4 F C bytes) are set aside from
+ * it (they are training state, "opt.arch.alpha", counted in state_bytes:
+ * the search table is never served, and the search storage's param_bytes
+ * are its tables' as its tensors list them), salt and rows are lookup
+ * arrays (16 F bytes); the rest holds R =
  * floor((B - aux - 4 F C) / (4 sum_k c_k)) field rows (a row of every
  * candidate table), at least one per field (ES_EBUDGET otherwise), so the
  * search table is within the budget too.  They split one per field, then
@@ -518,7 +521,9 @@ static int ad_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     es__rng_seed(&rng, s->p.seed);
     es__rng_seed(&nr, s->p.seed ^ UINT64_C(0x6175746f64696d)); /* the noise stream: "autodim" */
     memcpy(m->st + ST_RNG, nr.s, sizeof nr.s);
-    size_t pbytes = abytes, sbytes = (size_t)(3 * FC + 1) * sizeof(float) + sizeof m->st;
+    /* the logits are architecture state ("opt.arch.alpha", never served),
+     * but their bytes were set aside from the budget above as well */
+    size_t pbytes = 0, sbytes = ((2 + (size_t)has_acc) * FC + 1) * sizeof(float) + sizeof m->st; /* as ad_tensors lists them */
     for (int f = 0; f < F && rc == ES_OK; f++) {
         m->salt[f] = es__storage_salt(s->p.seed, f, 0);
         m->nrows[f] = rows[f];
