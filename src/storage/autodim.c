@@ -506,6 +506,7 @@ static int ad_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     m->falloc = es__calloc(4 * FC + 1, sizeof(float));
     if (!m->t || !m->ga || !m->salt || !m->falloc) {
         ad_free(m);
+        es__free(rows);
         return es__err(err, ES_ENOMEM, "autodim: out of memory");
     }
     m->nrows = m->salt + F;
