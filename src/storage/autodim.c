@@ -341,12 +341,24 @@ static int ad_derive(es_storage *s, const es_vocab *vocab, const char **method, 
         size_t o = (size_t)snprintf(opts, cap, "dims=");
         for (int f = 0; f < F && o < cap; f++) o += (size_t)snprintf(opts + o, cap - o, f ? ":%d" : "%d", d[f]);
         if (o < cap) o += (size_t)snprintf(opts + o, cap - o, ",seed=%llu", (unsigned long long)s->p.seed);
-        size_t j = (size_t)snprintf(json, jcap, "{\"dims\":[");
-        for (int f = 0; f < F && j < jcap; f++) j += (size_t)snprintf(json + j, jcap - j, f ? ",%d" : "%d", d[f]);
-        if (j < jcap) j += (size_t)snprintf(json + j, jcap - j, "],\"searched_dims\":[");
-        for (int f = 0; f < F && j < jcap; f++) j += (size_t)snprintf(json + j, jcap - j, f ? ",%d" : "%d", searched[f]);
-        if (j < jcap) j += (size_t)snprintf(json + j, jcap - j, "],\"capped_fields\":%d,\"shrink_steps\":%d}", capped, shrunk);
-        if (o >= cap || j >= jcap) rc = es__err(err, ES_ERANGE, "autodim: %d fields do not fit the derived options", F);
+        /* the result: dims and searched dims; with many fields, what fits
+         * (the dims are in the saved model's storage.resolved either way) */
+        for (int form = 0; form < 3; form++) {
+            size_t j = (size_t)snprintf(json, jcap, "{");
+            if (form < 2) {
+                j += (size_t)snprintf(json + j, jcap - j, "\"dims\":[");
+                for (int f = 0; f < F && j < jcap; f++) j += (size_t)snprintf(json + j, jcap - j, f ? ",%d" : "%d", d[f]);
+                if (j < jcap) j += (size_t)snprintf(json + j, jcap - j, "],");
+            }
+            if (form == 0) {
+                if (j < jcap) j += (size_t)snprintf(json + j, jcap - j, "\"searched_dims\":[");
+                for (int f = 0; f < F && j < jcap; f++) j += (size_t)snprintf(json + j, jcap - j, f ? ",%d" : "%d", searched[f]);
+                if (j < jcap) j += (size_t)snprintf(json + j, jcap - j, "],");
+            }
+            if (j < jcap) j += (size_t)snprintf(json + j, jcap - j, "\"fields\":%d,\"capped_fields\":%d,\"shrink_steps\":%d}", F, capped, shrunk);
+            if (j < jcap) break;
+        }
+        if (o >= cap) rc = es__err(err, ES_ERANGE, "autodim: the dims of %d fields do not fit the derived options", F);
     }
     es__free(d);
     es__free(kk);
