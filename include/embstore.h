@@ -692,6 +692,7 @@ ES_API void es_train_params_resolve(es_train_params *p);
 
 #define ES_TRAIN_MAX_EVALS 128
 
+#define ES_TRAIN_MAX_STAGES 4
 typedef struct es_train_result {
     es_metrics valid;         /* on the validation rows (rows = 0 if none) */
     double train_loss;        /* mean loss of the last epoch */
@@ -751,6 +752,20 @@ typedef struct es_train_result {
     /* shard_files: training rows of the larger shards left out of every
      * epoch so that each process trains as many rows (0 otherwise). */
     uint64_t rows_dropped;
+    /* Multi-stage methods (--storage autodim; docs/methods.md "Multi-stage
+     * training"): the stages run, in order ("search", "derive",
+     * "retrain"), each with its seconds (of this process: a resumed run
+     * reports the stages' seconds as recorded in the checkpoint plus its
+     * own) and its result as a JSON object (search: the validation
+     * metrics of the searched model; derive: the per-field dimensions;
+     * retrain: the storage trained).  n_stages = 0 for single-stage
+     * methods. */
+    int n_stages;
+    struct {
+        char name[16];
+        double seconds;
+        char result[1024];
+    } stages[ES_TRAIN_MAX_STAGES];
 } es_train_result;
 
 /* Train a model end to end: read, build the vocabulary, train, evaluate,

@@ -377,6 +377,117 @@ int es_sh_gradcheck(const es_sh_cfg *c) {
     return ok;
 }
 
+/* ---- architecture weights of a multi-stage method ------------------------------------ */
+
+/* One check of ops->staged->arch_backward: with SGD at lr 1 the step moves
+ * tensor `name` by minus its gradient of sum(out * G); every other F32
+ * tensor read by the lookup must be left as it was, except the noise the
+ * step redraws (restored for the finite differences with the rest). */
+static int gradcheck_arch_one(const es_sh_cfg *c, const es_vocab *v, const char *name, uint64_t bseed) {
+    const char *cn = cfg_name(c);
+    es_storage *s = NULL;
+    es_err err;
+    es_batch b;
+    memset(&b, 0, sizeof b);
+    tlist t = {0};
+    float *G = NULL, *out = NULL, *grad = NULL;
+    char *snap = NULL;
+    int ok = 0;
+    if (es_sh_create(&s, c, v, ES_OPT_SGD, 1.0f, &err) != 0) {
+        es_test_fail(__FILE__, __LINE__, "%s: create: %s", cn, err.msg);
+        return 0;
+    }
+    const es__staged *sg = s->ops->staged;
+    if (!sg || !sg->arch_backward) {
+        es_test_fail(__FILE__, __LINE__, "%s: not a multi-stage method", cn);
+        goto done;
+    }
+    if (es_sh_batch(&b, 8, c->n_fields, bseed) != 0 || !tlist_get(s, &t)) goto done;
+    int ai = -1;
+    size_t total = 0;
+    for (int i = 0; i < t.n; i++) {
+        if (t.refs[i].dtype == ES_DT_F32) total += t.refs[i].nbytes;
+        if (!strcmp(t.refs[i].name, name)) ai = i;
+    }
+    if (ai < 0 || t.refs[ai].dtype != ES_DT_F32) {
+        es_test_fail(__FILE__, __LINE__, "%s: no f32 tensor %s", cn, name);
+        goto done;
+    }
+    const size_t nout = (size_t)b.n * (size_t)c->n_fields * (size_t)c->dim, na = t.refs[ai].nbytes / sizeof(float);
+    G = malloc(nout * sizeof *G);
+    out = malloc(nout * sizeof *out);
+    grad = malloc(na * sizeof *grad);
+    snap = malloc(total + 1);
+    if (!G || !out || !grad || !snap) goto done;
+    fill_normal(G, nout, bseed ^ 0x3333);
+    for (int i = 0, o = 0; i < t.n; i++)
+        if (t.refs[i].dtype == ES_DT_F32) {
+            memcpy(snap + o, t.refs[i].data, t.refs[i].nbytes);
+            o += (int)t.refs[i].nbytes;
+        }
+    if (sg->arch_backward(s, &b, G) != 0) {
+        es_test_fail(__FILE__, __LINE__, "%s: arch_backward: %s", cn, es__storage_errmsg(s));
+        goto done;
+    }
+    size_t nz = 0;
+    for (int i = 0, o = 0; i < t.n; i++) {
+        if (t.refs[i].dtype != ES_DT_F32) continue;
+        const float *old = (const float *)(snap + o), *now = t.refs[i].data;
+        const size_t m = t.refs[i].nbytes / sizeof(float);
+        if (i == ai) {
+            for (size_t e = 0; e < m; e++) nz += (grad[e] = old[e] - now[e]) != 0;
+        } else if (strncmp(t.refs[i].name, "opt.", 4) != 0 && memcmp(old, now, t.refs[i].nbytes) != 0) {
+            es_test_fail(__FILE__, __LINE__, "%s: the architecture step changed %s", cn, t.refs[i].name);
+            goto done;
+        }
+        memcpy(t.refs[i].data, old, t.refs[i].nbytes);
+        o += (int)t.refs[i].nbytes;
+    }
+    if (nz == 0) {
+        es_test_fail(__FILE__, __LINE__, "%s: %s received no gradient", cn, name);
+        goto done;
+    }
+    const float h = 1e-2f;
+    double worst = 0;
+    for (size_t e = 0; e < na; e++) {
+        float *w = (float *)t.refs[ai].data + e;
+        const float w0 = *w;
+        *w = w0 + h;
+        es__storage_lookup(s, &b, 0, b.n, out);
+        double lp = loss_of(out, G, nout);
+        *w = w0 - h;
+        es__storage_lookup(s, &b, 0, b.n, out);
+        double lm = loss_of(out, G, nout);
+        *w = w0;
+        double fd = (lp - lm) / ((double)(w0 + h) - (double)(w0 - h));
+        double d = fabs(fd - grad[e]) / (1e-3 + fabs(fd));
+        if (d > worst) worst = d;
+        if (!es_test_close(fd, grad[e], 2e-4, 2e-3)) {
+            es_test_fail(__FILE__, __LINE__, "%s: %s[%zu]: arch_backward %.7g vs finite difference %.7g", cn, name, e, grad[e], fd);
+            goto done;
+        }
+    }
+    printf("    arch grad %-30s %s: %zu weights, %zu with gradient, worst rel err %.1e\n", cn, name, na, nz, worst);
+    ok = 1;
+done:
+    free(G);
+    free(out);
+    free(grad);
+    free(snap);
+    free(t.refs);
+    es_batch_free(&b);
+    es__storage_free(s);
+    return ok;
+}
+
+int es_sh_gradcheck_arch(const es_sh_cfg *c, const char *name) {
+    es_vocab *v = c->use_vocab ? es_sh_vocab(c->n_fields) : NULL;
+    int ok = 1;
+    for (uint64_t k = 0; k < 3 && ok; k++) ok = gradcheck_arch_one(c, v, name, c->seed * 17 + k);
+    es_vocab_free(v);
+    return ok;
+}
+
 /* ---- budgets ------------------------------------------------------------------------ */
 
 static int budget_one(const es_sh_cfg *c, const es_vocab *v, double budget, es_optim opt) {

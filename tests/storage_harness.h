@@ -86,6 +86,11 @@ int es_sh_tensor_bytes(es_storage *s, size_t *param, size_t *state);
  * method has more); |a - n| <= 2e-4 + 1e-3 max(|a|, |n|).  Also checks
  * that some parameter received a gradient.  Runs three batches (seeds). */
 int es_sh_gradcheck(const es_sh_cfg *c);
+/* Finite-difference check of a multi-stage method's architecture step
+ * (ops->staged->arch_backward) on the f32 tensor `name` (autodim:
+ * "opt.arch.alpha"), on 3 batches; also that the step changes no
+ * parameter tensor (only "opt." state). */
+int es_sh_gradcheck_arch(const es_sh_cfg *c, const char *name);
 
 /* Budget check at each of fracs[0..n) of the synthetic vocabulary's full
  * table, and at a few byte budgets: param + aux bytes <= budget and >=

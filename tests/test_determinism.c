@@ -144,6 +144,10 @@ static int check_one(const char *model, const char *method, const es_batch *all,
     p.max_rows = 1200;
     p.model = model;
     p.storage = method;
+    if (!strcmp(method, "autodim")) { /* multi-stage: the search needs validation rows carved from the file */
+        p.valid_frac = 0.2;
+        p.early_stop = 0;
+    }
     p.dim = 8;
     p.budget = strcmp(method, "full") ? 0.25 : 0;
     p.epochs = 1;

@@ -120,6 +120,30 @@ int cmd_inspect(int argc, char **argv) {
         if (part_bytes[k]) printf("  %-20s %12llu\n", parts[k], (unsigned long long)part_bytes[k]);
     const char *aux = es_file_meta(f, "storage.aux_bytes");
     if (aux) printf("  %-20s %12s  (lookup maps, part of embedding storage)\n", "of which maps", aux);
+    const char *meth = es_file_meta(f, "storage.method");
+    if (meth && !strcmp(meth, "fielddim")) { /* a dimension per field (what autodim derives): one line each */
+        const char *names = es_file_meta(f, "schema.fields");
+        printf("\nper-field dimensions (fielddim):\n  %-10s %5s %10s %12s\n", "field", "dim", "rows", "bytes");
+        for (int i = 0, fi = 0; i < nt; i++) {
+            const char *name, *dt;
+            int nd;
+            uint64_t sh[4], nb;
+            es_file_tensor_info(f, i, &name, &dt, &nd, sh, &nb);
+            char want[32];
+            snprintf(want, sizeof want, "storage.field%d", fi);
+            if (strcmp(name, want) != 0 || nd != 2) continue;
+            /* the field's name: the fi-th of schema.fields (comma separated), else its number */
+            const char *q = names;
+            for (int k = 0; q && k < fi; k++) {
+                q = strchr(q, ',');
+                if (q) q++;
+            }
+            int len = q ? (int)(strchr(q, ',') ? (size_t)(strchr(q, ',') - q) : strlen(q)) : 0;
+            if (q && len > 0) printf("  %-10.*s %5llu %10llu %12llu\n", len, q, (unsigned long long)sh[1], (unsigned long long)sh[0], (unsigned long long)nb);
+            else printf("  %-10d %5llu %10llu %12llu\n", fi, (unsigned long long)sh[1], (unsigned long long)sh[0], (unsigned long long)nb);
+            fi++;
+        }
+    }
     int header = 0;
     for (int i = 0; i < nm; i++) {
         const char *k, *v;

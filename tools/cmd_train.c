@@ -46,6 +46,8 @@ static const char train_help[] =
     "                        fraction of the full table (e.g. 0.1 or 1/100); default 0.1 of\n"
     "                        the full table (full, mde, or an option that sizes the table\n"
     "                        such as rows=: none)\n"
+    "                        multi-stage: autodim searches a dimension per field on rows\n"
+    "                        held out by --valid-frac (AutoDim), then retrains as fielddim\n"
     "  --storage-opts S      method-specific options 'k=v,k=v'; an unknown key is an error\n"
     "  --help-storage        list the methods and their options (with --storage S: S only)\n"
     "  --precision P         fp32 | fp16 | int16 | int8 | int4 | int2: the table's rows in\n"
@@ -393,6 +395,8 @@ int cmd_train(int argc, char **argv) {
         if (res.test.rows)
             fprintf(stderr, "test: AUC %.4f  logloss %.4f  calibration %.3f  (%llu rows)\n", res.test.auc, res.test.logloss,
                     res.test.calibration, (unsigned long long)res.test.rows);
+        for (int i = 0; i < res.n_stages; i++)
+            fprintf(stderr, "stage %d %-8s %7.2f s  %s\n", i + 1, res.stages[i].name, res.stages[i].seconds, res.stages[i].result);
         if (p.out_path) fprintf(stderr, "model written to %s\n", p.out_path);
     }
     printf("{\"model\":\"%s\",\"storage\":\"%s\",", p.model, p.storage);
@@ -425,6 +429,15 @@ int cmd_train(int argc, char **argv) {
         printf("],");
     }
     printf("\"refit\":%s,\"refit_rows\":%llu,", res.refit ? "true" : "false", (unsigned long long)res.refit_rows);
+    if (res.n_stages) { /* a multi-stage method: each stage's name, seconds and result (a JSON object) */
+        printf("\"stages\":[");
+        for (int i = 0; i < res.n_stages; i++) {
+            printf("%s{\"name\":\"%s\",", i ? "," : "", res.stages[i].name);
+            json_num(stdout, "seconds", res.stages[i].seconds, 0);
+            printf("\"result\":%s}", res.stages[i].result);
+        }
+        printf("],");
+    }
     if (comm) { /* rank 0's communication per training step (docs/scale.md) */
         printf("\"ranks\":%d,\"comm_steps\":%llu,", res.ranks, (unsigned long long)res.comm_steps);
         json_num(stdout, "comm_alltoall_bytes_per_step", res.comm_sparse_bytes_per_step, 0);

@@ -13,6 +13,7 @@ vector indexes) -- Python bindings over libembstore.so (ctypes + numpy).
 See docs/python.md.
 """
 import ctypes
+import json
 import os
 import re
 import tempfile
@@ -228,7 +229,11 @@ def train(path, progress=None, **flags):
            "bad_report": res.bad_report.decode("utf-8", "replace"), "n_evals": res.n_evals,
            "best_eval": res.best_eval, "best_epoch": res.best_epoch, "best_rows": int(res.best_rows),
            "stopped_early": bool(res.stopped_early), "refit": bool(res.refit), "refit_rows": int(res.refit_rows),
-           "evals": [_metrics(res.evals[i]) for i in range(min(res.n_evals, 128))]}
+           "evals": [_metrics(res.evals[i]) for i in range(min(res.n_evals, 128))],
+           # multi-stage methods (autodim): each stage's name, seconds and result
+           "stages": [{"name": res.stages[i].name.decode(), "seconds": res.stages[i].seconds,
+                       "result": json.loads(res.stages[i].result.decode("utf-8", "replace"))}
+                      for i in range(min(res.n_stages, 4))]}
     return out
 
 

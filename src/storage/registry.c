@@ -21,6 +21,7 @@ extern const es_storage_ops es__storage_pep;
 extern const es_storage_ops es__storage_deeplight;
 extern const es_storage_ops es__storage_dedup;
 extern const es_storage_ops es__storage_fielddim;
+extern const es_storage_ops es__storage_autodim;
 
 static const es_storage_ops *const methods[] = {
     &es__storage_full,
@@ -39,6 +40,7 @@ static const es_storage_ops *const methods[] = {
     &es__storage_deeplight,
     &es__storage_dedup,
     &es__storage_fielddim,
+    &es__storage_autodim,
 };
 
 const es_storage_ops *es__storage_find(const char *name) {

@@ -262,7 +262,54 @@ typedef struct es_storage_ops {
      * updates them on the rank that owns them.  Methods without it are
      * refused under several processes.  NULL otherwise. */
     int (*row_map)(es_storage *s, struct es__row_map *out);
+    /* Optional: a multi-stage method (search -> derive -> retrain; see
+     * es__staged below and docs/methods.md "Multi-stage training").  NULL
+     * for every single-stage method, which es_train runs as before. */
+    const struct es__staged *staged;
 } es_storage_ops;
+
+/* ---- multi-stage methods ---------------------------------------------------
+ * A method whose storage only *searches* for the table to serve (AutoDim:
+ * a dimension per field) declares its stages here; es_train (train.c)
+ * then runs, on the training rows:
+ *   search   search_epochs() passes over the training rows; after every
+ *            training batch (an ordinary es_model_train_batch: backward
+ *            updates the weights, the architecture held fixed) one
+ *            architecture step on the next batch of the validation rows
+ *            carved from the training file (--valid-frac; never the test
+ *            file): the model's loss gradient at the embeddings is passed
+ *            to arch_backward, which updates only the architecture
+ *            parameters (the net's gradients are dropped);
+ *   derive   derive() turns the searched storage into the method and
+ *            options of the table to serve, fitted to the budget;
+ *   retrain  a new model with that storage, from scratch (the run's seed),
+ *            trained as any single-stage run (early stopping, refit).
+ * Each stage's name, seconds and result go to es_train_result.stages.
+ * Checkpoints (--checkpoint-every) record the stage ("ckpt.stage"), so
+ * --resume continues inside the search or inside the retrain; the stage
+ * boundary itself is checkpointed (the fresh retrain model at row 0).
+ * This generalizes what pep and deeplight do inside one storage (a search
+ * phase, then a retrain under the found mask): those need no validation
+ * rows and keep one storage, so they stay single-stage; a method whose
+ * search needs validation data or whose result is another storage method
+ * is staged. */
+typedef struct es__staged {
+    /* passes over the training rows the search makes (>= 1) */
+    int (*search_epochs)(const es_storage *s);
+    /* The architecture step: dout [n, F, dim] of the loss of validation
+     * batch b at the lookup's output; update only the architecture
+     * parameters.  Errors as backward. */
+    int (*arch_backward)(es_storage *s, const es_batch *b, const float *dout);
+    /* Evaluation mode: 1 = deterministic lookups (no sampling noise), for
+     * the search's validation metrics; 0 = training (the default). */
+    void (*set_eval)(es_storage *s, int on);
+    /* The table to serve: method name (static string) and its options
+     * "k=v,..." into opts[cap], fitted to the storage's byte budget
+     * (vocab may be NULL); a JSON object describing the choice into
+     * json[jcap] (for the result).  ES_EBUDGET when no derived table fits. */
+    int (*derive)(es_storage *s, const es_vocab *vocab, const char **method, char *opts, size_t cap, char *json, size_t jcap,
+                  es_err *err);
+} es__staged;
 #define ES_STORAGE_OPTS(table) .opts = table, .n_opts = (int)ES_ARRAY_LEN(table)
 
 #define ES_STORAGE_META_MAX 4096

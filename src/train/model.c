@@ -235,6 +235,28 @@ int es_model_train_batch(es_model *m, const es_batch *b, double *loss_sum) {
     return ES_OK;
 }
 
+/* The architecture step of a multi-stage storage's search (storage.h,
+ * es__staged): the loss gradient of validation batch b at the embeddings,
+ * from the same forward and backward as a training step, goes to the
+ * storage's arch_backward; the net's gradients are dropped (its weights and
+ * optimizer state do not change) and the tables are not updated. */
+int es__model_arch_batch(es_model *m, const es_batch *b) {
+    int n = b->n, rc = check_batch(m, b);
+    if (rc != ES_OK) return rc;
+    const es__staged *sg = m->st->ops->staged;
+    if (!sg) return es__err(&m->err, ES_EINVAL, "storage '%s' has no architecture step", m->st->ops->name);
+    if (n < 1 || n > m->max_batch)
+        return es__err(&m->err, ES_EINVAL, "an architecture batch needs 1 to %d rows, got %d", m->max_batch, n);
+    lookup_rows(m, b, 0, n);
+    es__net_forward(m->net, n, m->emb, b->dense, m->logit);
+    (void)es__bce_logits_sum(m->logit, b->label, n, 1.0f / (float)n, m->dlogit);
+    es__net_backward(m->net, n, m->emb, b->dense, m->dlogit, m->demb);
+    es__net_zero_grad(m->net);
+    rc = sg->arch_backward(m->st, b, m->demb);
+    if (rc != 0) return es__err(&m->err, rc, "architecture update failed: %s", m->st->err.msg);
+    return ES_OK;
+}
+
 int es_model_eval_batch(es_model *m, const es_batch *b, float *prob, double *loss_sum) {
     int rc = check_batch(m, b);
     if (rc != ES_OK) return rc;

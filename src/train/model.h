@@ -65,6 +65,9 @@ int es__model_create(es_model **out, const es_net_params *np, const es_storage_p
                      const es_reader_params *rp, es_err *err);
 /* Set a metadata entry (copied; replaces an existing key). */
 int es__model_set_meta(es_model *m, const char *key, const char *value);
+/* The architecture step of a staged storage's search on validation batch b
+ * (model.c; storage.h es__staged). */
+int es__model_arch_batch(es_model *m, const es_batch *b);
 /* Write the model (with optimizer state when with_state) atomically. */
 int es__model_save(es_model *m, const char *path, int with_state, es_err *err);
 /* The model file of a run across processes, written by rank 0 from its

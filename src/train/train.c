@@ -419,6 +419,15 @@ typedef struct {
     es__dist *dist;
     int shards;               /* shard_files: this rank reads only its own files of the list */
     int dist_failed;          /* 1: an error every rank knows of: no more collectives; 2: one the others may not know of */
+    /* multi-stage methods (storage.h es__staged; run_search) */
+    int staged;               /* the storage method declares stages */
+    int in_retrain;           /* past the search: x->m is the retrain model */
+    int searching;            /* inside the search's passes: an architecture step after each batch */
+    es_reader *rav;           /* the validation rows of the architecture steps, read apart */
+    es_batch ab;              /* their batch */
+    uint64_t av_next;         /* the validation batch rav reads next (UINT64_MAX: not positioned) */
+    char derived_opts[ES_STORAGE_META_MAX];
+    char derived_method[32];
 } run;
 
 /* Under a comm: every rank's status after a phase (es__dist_agree); else rc. */
@@ -514,6 +523,18 @@ static int run_open(run *x) {
         return es__err(err, ES_EINVAL, "unknown early-stopping metric '%s' (expected logloss or auc)", p->stop_metric);
     if (p->comm && (rc = dist_check_params(p, err)) != 0) return rc;
     x->shards = p->comm && p->shard_files;
+    const es_storage_ops *sops = p->storage ? es__storage_find(p->storage) : NULL;
+    if (sops && sops->staged) {
+        x->staged = 1;
+        if (p->comm) return es__err(err, ES_EINVAL, "storage '%s' (multi-stage) cannot be trained across processes yet", p->storage);
+        if (p->matryoshka && p->matryoshka[0])
+            return es__err(err, ES_EINVAL, "storage '%s' (multi-stage) and --matryoshka cannot be combined", p->storage);
+        if (p->valid_path || !(p->valid_frac > 0))
+            return es__err(err, ES_EINVAL,
+                           "storage '%s' searches on validation rows carved from the training file: give --valid-frac F "
+                           "(0 < F < 1), not --valid FILE (the test file is never used for decisions)",
+                           p->storage);
+    }
     x->mp = es_model_params_from_train(p, 0, 1);
     if ((rc = es__model_params_resolve(&x->mp, NULL, NULL, err)) != 0) return rc;
     x->res->threads = es__threads_set(p->threads);
@@ -1164,6 +1185,9 @@ static int run_ckpt_refit_get(run *x) {
     return ES_OK;
 }
 
+static int stage_meta_get(run *x);
+static int stage_meta_put(run *x, es_model *m);
+
 /* Continue from the checkpoint: it must come from this run (the data file
  * included), and what may differ (epochs) is then recorded as this command
  * says. */
@@ -1184,13 +1208,16 @@ static int run_resume(run *x) {
     if ((rc = es__train_cfg_check_resume(x->m, x->ckpt, x->cfg, err)) != 0) return rc;
     if ((rc = es__train_cfg_record(x->m, x->cfg)) != 0) return es__err(err, rc, "out of memory");
     if ((rc = run_ckpt_state_get(x)) != 0 || (rc = run_ckpt_refit_get(x)) != 0) return rc;
+    if (x->staged && (rc = stage_meta_get(x)) != 0) return rc;
     if (x->refit_resumed) { /* the refit's passes and rows: checked by run_refit */
         x->res->resumed = 1;
         return ES_OK;
     }
-    if (x->start.epoch >= p->epochs)
+    /* a search checkpoint: its epochs are the search's */
+    const int epochs = x->staged && !x->in_retrain ? x->m->st->ops->staged->search_epochs(x->m->st) : p->epochs;
+    if (x->start.epoch >= epochs)
         return es__err(err, ES_EINVAL, "%s: the checkpoint is in epoch %d, this command asks for %d epoch%s in all", x->ckpt,
-                       x->start.epoch + 1, p->epochs, p->epochs == 1 ? "" : "s");
+                       x->start.epoch + 1, epochs, epochs == 1 ? "" : "s");
     if (x->m->n_dense != x->mp.n_dense || x->m->n_fields != x->mp.n_fields || x->start.rows > x->n_train)
         return es__err(err, ES_EINVAL, "%s: checkpoint does not match this run (epoch %d of %d, row %llu of %llu)", x->ckpt,
                        x->start.epoch + 1, p->epochs, (unsigned long long)x->start.rows, (unsigned long long)x->n_train);
@@ -1412,6 +1439,8 @@ static int run_model(run *x) {
         return rc;
     } else if ((rc = es__train_cfg_record(x->m, x->cfg)) != 0) {
         return es__err(err, rc, "out of memory");
+    } else if ((rc = stage_meta_put(x, x->m)) != 0) {
+        return rc;
     }
     return run_attach(x);
 }
@@ -1449,9 +1478,11 @@ static void batch_done(run *x, int n, uint64_t *done, long *batches, double loss
 /* Is an evaluation inside the epoch due after `done` rows (--eval-every)? */
 static int eval_due(const run *x, uint64_t done) {
     const es_train_params *p = x->p;
-    return p->early_stop && !x->refitting && p->eval_every > 0 && done < x->n_train &&
+    return p->early_stop && !x->refitting && !x->searching && p->eval_every > 0 && done < x->n_train &&
            ((done + (uint64_t)p->batch - 1) / (uint64_t)p->batch) % (uint64_t)p->eval_every == 0;
 }
+
+static int run_arch_step(run *x, int ep, uint64_t done);
 
 /* The batches of epoch ep, read by the pipeline thread, from row `done`
  * on: one es_model_train_batch each, and a checkpoint every
@@ -1468,6 +1499,7 @@ static int run_batches(run *x, int ep, uint64_t *done, double *loss_sum, long *b
         pipeline_release(&x->pl);
         if (rc != 0) break;
         batch_done(x, n, done, batches, *loss_sum, t_ep);
+        if (x->searching && (erc = run_arch_step(x, ep, *done)) != 0) break;
         /* an evaluation every eval_every batches of the epoch (counted from
          * its start, so a resumed run evaluates at the same rows), before
          * the checkpoint of the same batch, which then records it */
@@ -1591,17 +1623,202 @@ static int run_epoch(run *x, int ep, long *batches) {
         return rows_changed(x->err, p->train_path, when, done, x->n_train);
     }
     report(&x->ps, 1);
-    if (p->early_stop && !x->refitting && !(x->last_eval_ep == ep && x->last_eval_done == done)) {
+    if (p->early_stop && !x->refitting && !x->searching && !(x->last_eval_ep == ep && x->last_eval_done == done)) {
         if ((rc = run_eval_point(x, ep, done)) != 0) return rc;
         if (x->stop && ep + 1 < p->epochs) x->res->stopped_early = 1;
     }
     return ES_OK;
 }
 
-static int run_train(run *x) {
+
+/* ---- multi-stage methods (storage.h es__staged) -----------------------------------
+ * A staged storage (autodim) is the search model: es_train runs
+ *   search   run_search: search_epochs passes of run_epoch over the training
+ *            rows, an architecture step (es__model_arch_batch) on the next
+ *            batch of the held-out rows after every training batch
+ *            (run_arch_step), no early stopping; then the searched model's
+ *            metrics on the held-out rows (noise-free);
+ *   derive   ops->staged->derive: the storage to serve and its options;
+ *   retrain  the search model is freed and a new one created with the
+ *            derived storage (x->mp now names it, so a refit re-creates
+ *            it); run_train and everything after run as for any method.
+ * The stage is in every checkpoint's metadata ("ckpt.stage": "stage:search"
+ * or "stage:retrain", set when the model is created), with, in the
+ * retrain, the finished stages ("ckpt.stage.<i>": "name|seconds|json") and
+ * the derived storage ("ckpt.derived": "method|opts"); the fresh retrain
+ * model is checkpointed at row 0, so a run killed after the search does
+ * not search again.  The validation batch of an architecture step follows
+ * from the training position (epoch, rows), so a resumed search reads the
+ * same batches as an uninterrupted one. */
+
+static int stage_add(run *x, const char *name, double seconds, const char *json) {
+    es_train_result *res = x->res;
+    if (res->n_stages >= ES_TRAIN_MAX_STAGES) return es__err(x->err, ES_ERANGE, "more than %d stages", ES_TRAIN_MAX_STAGES);
+    snprintf(res->stages[res->n_stages].name, sizeof res->stages[0].name, "%s", name);
+    res->stages[res->n_stages].seconds = seconds;
+    snprintf(res->stages[res->n_stages].result, sizeof res->stages[0].result, "%s", json);
+    res->n_stages++;
+    return ES_OK;
+}
+
+/* The stage metadata of a model the run creates (see above). */
+static int stage_meta_put(run *x, es_model *m) {
+    if (!x->staged) return ES_OK;
+    int rc = es__model_set_meta(m, "ckpt.stage", x->in_retrain ? "stage:retrain" : "stage:search");
+    if (x->in_retrain) {
+        char key[32], *v = es__malloc(ES_STORAGE_META_MAX + 64);
+        if (!v) return es__err(x->err, ES_ENOMEM, "out of memory");
+        snprintf(v, ES_STORAGE_META_MAX + 64, "%s|%s", x->derived_method, x->derived_opts);
+        rc |= es__model_set_meta(m, "ckpt.derived", v);
+        for (int i = 0; i < x->res->n_stages; i++) {
+            snprintf(key, sizeof key, "ckpt.stage.%d", i);
+            snprintf(v, ES_STORAGE_META_MAX + 64, "%s|%.17g|%s", x->res->stages[i].name, x->res->stages[i].seconds,
+                     x->res->stages[i].result);
+            rc |= es__model_set_meta(m, key, v);
+        }
+        es__free(v);
+    }
+    return rc ? es__err(x->err, ES_ENOMEM, "out of memory") : ES_OK;
+}
+
+/* A resumed checkpoint's stage (run_resume). */
+static int stage_meta_get(run *x) {
+    const char *v = es_model_meta(x->m, "ckpt.stage");
+    if (!v) return es__err(x->err, ES_EFORMAT, "%s: not a checkpoint of a multi-stage run (no ckpt.stage)", x->ckpt);
+    if (!strcmp(v, "stage:search")) {
+        if (!x->m->st->ops->staged)
+            return es__err(x->err, ES_EFORMAT, "%s: a search checkpoint whose storage '%s' has no stages", x->ckpt, x->m->st->ops->name);
+        return ES_OK;
+    }
+    if (strcmp(v, "stage:retrain") != 0) return es__err(x->err, ES_EFORMAT, "%s: unknown stage '%.32s'", x->ckpt, v);
+    const char *d = es_model_meta(x->m, "ckpt.derived"), *bar = d ? strchr(d, '|') : NULL;
+    if (bar && (size_t)(bar - d) < sizeof x->derived_method)
+        snprintf(x->derived_method, sizeof x->derived_method, "%.*s", (int)(bar - d), d);
+    if (!bar || (size_t)(bar - d) >= sizeof x->derived_method || strlen(bar + 1) >= sizeof x->derived_opts ||
+        strcmp(x->m->st->ops->name, x->derived_method) != 0)
+        return es__err(x->err, ES_EFORMAT, "%s: the retrain checkpoint's derived storage (ckpt.derived) is missing or malformed", x->ckpt);
+    snprintf(x->derived_opts, sizeof x->derived_opts, "%s", bar + 1);
+    x->res->n_stages = 0;
+    for (int i = 0; i < ES_TRAIN_MAX_STAGES; i++) {
+        char key[32];
+        snprintf(key, sizeof key, "ckpt.stage.%d", i);
+        const char *s = es_model_meta(x->m, key), *b1 = s ? strchr(s, '|') : NULL, *b2 = b1 ? strchr(b1 + 1, '|') : NULL;
+        if (!s) break;
+        char name[16], *end = NULL;
+        double sec = b2 ? strtod(b1 + 1, &end) : NAN;
+        if (!b2 || end != b2 || (size_t)(b1 - s) >= sizeof name)
+            return es__err(x->err, ES_EFORMAT, "%s: malformed %s in the checkpoint", x->ckpt, key);
+        snprintf(name, sizeof name, "%.*s", (int)(b1 - s), s);
+        int rc = stage_add(x, name, sec, b2 + 1);
+        if (rc != ES_OK) return rc;
+    }
+    x->in_retrain = 1;
+    x->mp.storage = x->derived_method;
+    x->mp.storage_opts = x->derived_opts;
+    return ES_OK;
+}
+
+/* The architecture step after the training batch that ended at row `done`
+ * of pass ep: validation batch j = (the global index of that training
+ * batch) mod (validation batches), read from a reader of its own (moved
+ * to batch j when it is elsewhere: the first step, a wrap, a resume). */
+static int run_arch_step(run *x, int ep, uint64_t done) {
+    const es_train_params *p = x->p;
+    const uint64_t B = (uint64_t)p->batch, nv = x->n_total - x->n_train;
+    const uint64_t nb = (x->n_train + B - 1) / B, nvb = (nv + B - 1) / B;
+    const uint64_t j = ((uint64_t)ep * nb + (done - 1) / B) % nvb;
+    int rc;
+    if (!x->rav) {
+        if ((rc = es_reader_open(&x->rav, p->train_path, &p->reader, x->err)) != 0) return rc;
+        if ((rc = es_batch_alloc(&x->ab, p->batch, x->mp.n_dense, x->mp.n_fields, (size_t)p->batch * (size_t)(x->mp.n_fields + 1))) != 0)
+            return es__err(x->err, rc, "out of memory for a batch of %d rows", p->batch);
+        x->av_next = UINT64_MAX;
+    }
+    if (j != x->av_next) {
+        if ((rc = es_reader_rewind(x->rav)) != 0) return reader_err(x->err, x->rav, rc);
+        for (uint64_t skip = x->n_train + j * B, got = 0; got < skip;) {
+            int n = read_limited(x->rav, &x->ab, skip - got);
+            if (n < 0) return pass_err(x->err, x->rav, n, p->train_path, &x->tid);
+            if (n == 0) return rows_changed(x->err, p->train_path, "the search's validation rows", got, skip);
+            got += (uint64_t)n;
+        }
+    }
+    const uint64_t want = ES_MIN(B, nv - j * B);
+    int n = read_limited(x->rav, &x->ab, want);
+    if (n < 0) return pass_err(x->err, x->rav, n, p->train_path, &x->tid);
+    if ((uint64_t)n != want) return rows_changed(x->err, p->train_path, "the search's validation rows", (uint64_t)n, want);
+    x->av_next = j + 1 < nvb ? j + 1 : UINT64_MAX;
+    if ((rc = es__model_arch_batch(x->m, &x->ab)) != 0) return es__err(x->err, rc, "%s", es_model_errmsg(x->m));
+    return ES_OK;
+}
+
+static int run_pipeline(run *x) {
+    if (x->pl_ready) return ES_OK;
     int rc = pipeline_init(&x->pl, x->p->batch, x->mp.n_dense, x->mp.n_fields);
     if (rc != 0) return es__err(x->err, rc, "out of memory for batches");
     x->pl_ready = 1;
+    return ES_OK;
+}
+
+/* The search and derive stages, then the retrain model (see above). */
+static int run_search(run *x) {
+    const es_train_params *p = x->p;
+    int rc;
+    if (!x->staged || x->in_retrain) return ES_OK;
+    const es__staged *sg = x->m->st->ops->staged;
+    if (x->n_total <= x->n_train)
+        return es__err(x->err, ES_EINVAL, "%s: no validation rows for the search (--valid-frac %g of %llu rows)", p->train_path,
+                       p->valid_frac, (unsigned long long)x->n_total);
+    if ((rc = run_pipeline(x)) != 0) return rc;
+    double t0 = es__now();
+    const int epochs = sg->search_epochs(x->m->st);
+    const size_t search_bytes = es_model_table_bytes(x->m);
+    long batches = 0;
+    x->searching = 1;
+    x->ps.pr.phase = "search";
+    x->ps.pr.epochs = epochs;
+    x->ps.pr.rows_total = x->n_train;
+    for (int ep = x->start.epoch; ep < epochs && rc == ES_OK; ep++) rc = run_epoch(x, ep, &batches);
+    x->searching = 0;
+    if (rc != ES_OK) return rc;
+    es_metrics vm;
+    sg->set_eval(x->m->st, 1);
+    rc = run_validate(x, &vm);
+    sg->set_eval(x->m->st, 0);
+    if (rc != ES_OK) return rc;
+    char json[1024];
+    snprintf(json, sizeof json, "{\"storage\":\"%s\",\"epochs\":%d,\"rows\":%llu,\"valid_rows\":%llu,\"valid_auc\":%.6f,\"valid_logloss\":%.6f,"
+             "\"emb_bytes\":%zu}",
+             x->m->st->ops->name, epochs, (unsigned long long)x->n_train, (unsigned long long)vm.rows, vm.auc, vm.logloss, search_bytes);
+    if ((rc = stage_add(x, "search", es__now() - t0, json)) != ES_OK) return rc;
+    /* derive */
+    t0 = es__now();
+    const char *method = NULL;
+    if ((rc = sg->derive(x->m->st, x->vocab, &method, x->derived_opts, sizeof x->derived_opts, json, sizeof json, x->err)) != ES_OK) return rc;
+    snprintf(x->derived_method, sizeof x->derived_method, "%s", method);
+    if ((rc = stage_add(x, "derive", es__now() - t0, json)) != ES_OK) return rc;
+    /* the retrain model, from scratch */
+    es_model_free(x->m);
+    x->m = NULL;
+    x->in_retrain = 1;
+    x->mp.storage = x->derived_method;
+    x->mp.storage_opts = x->derived_opts;
+    if ((rc = es_model_create(&x->m, &x->mp, x->vocab, x->err)) != 0) return rc;
+    if ((rc = es__train_cfg_record(x->m, x->cfg)) != 0) return es__err(x->err, rc, "out of memory");
+    if ((rc = stage_meta_put(x, x->m)) != 0 || (rc = run_attach(x)) != 0) return rc;
+    x->start = (es_checkpoint){0};
+    x->trained_here = 0;
+    if (p->checkpoint_every > 0 && x->ckpt) { /* the stage boundary */
+        es_checkpoint pos = {0};
+        if (p->early_stop && (rc = run_ckpt_state_put(x)) != 0) return rc;
+        if ((rc = es_model_checkpoint_save(x->m, x->ckpt, &pos)) != 0) return es__err(x->err, rc, "%s", es_model_errmsg(x->m));
+    }
+    return ES_OK;
+}
+
+static int run_train(run *x) {
+    int rc = run_pipeline(x);
+    if (rc != 0) return rc;
     double t_train = es__now();
     long batches = 0;
     x->ps.pr.epochs = x->p->epochs;
@@ -1644,6 +1861,7 @@ static int run_refit(run *x) {
             return rc;
         }
         if ((rc = es__train_cfg_record(x->m, x->cfg)) != 0) return es__err(x->err, rc, "out of memory");
+        if ((rc = stage_meta_put(x, x->m)) != 0) return rc;
         if ((rc = run_attach(x)) != 0) return rc;
         x->start = (es_checkpoint){0};
     } else if (x->start.epoch >= passes || x->start.rows > (x->start.epoch < full ? n_all : part)) {
@@ -1730,6 +1948,18 @@ static int run_save(run *x) {
     }
     snprintf(buf, sizeof buf, "%zu", x->res->full_bytes);
     rc |= es__model_set_meta(m, "stats.full_bytes", buf);
+    if (x->res->n_stages) { /* multi-stage: what each stage found, for `embstore inspect` */
+        size_t cap = (size_t)ES_TRAIN_MAX_STAGES * 1200, o = 0;
+        char *js = es__malloc(cap);
+        if (!js) return es__err(x->err, ES_ENOMEM, "out of memory");
+        o += (size_t)snprintf(js, cap, "[");
+        for (int i = 0; i < x->res->n_stages && o < cap; i++)
+            o += (size_t)snprintf(js + o, cap - o, "%s{\"name\":\"%s\",\"seconds\":%.3f,\"result\":%s}", i ? "," : "", x->res->stages[i].name,
+                                  x->res->stages[i].seconds, x->res->stages[i].result);
+        if (o < cap) snprintf(js + o, cap - o, "]");
+        rc |= es__model_set_meta(m, "train.stages", js);
+        es__free(js);
+    }
     if (rc) return es__err(x->err, ES_ENOMEM, "out of memory");
     if (p->comm) return dist_save(x);
     if ((rc = es_model_save(m, p->out_path, 0)) != 0) return es__err(x->err, rc, "%s", es_model_errmsg(m));
@@ -1769,6 +1999,8 @@ static void run_finish(run *x, int rc) {
         es_temp_file_untrack(x->best_slot);
     }
     es_reader_free(x->rva);
+    es_reader_free(x->rav);
+    es_batch_free(&x->ab);
     es__free(x->valid.p);
     es__free(x->valid.y);
     es__free(x->prob);
@@ -1779,6 +2011,15 @@ static void run_finish(run *x, int rc) {
     es_batch_free(&x->b);
     es_reader_free(x->r);
     es_reader_free(x->rv);
+}
+
+/* The retrain stage's entry in the result (multi-stage methods). */
+static int run_retrain_done(run *x, double seconds) {
+    char json[1024];
+    const es_train_result *res = x->res;
+    snprintf(json, sizeof json, "{\"storage\":\"%s\",\"opts\":\"%.700s\",\"emb_bytes\":%zu,\"valid_auc\":%.6f,\"valid_logloss\":%.6f}",
+             x->derived_method, x->derived_opts, res->emb_bytes, res->valid.auc, res->valid.logloss);
+    return stage_add(x, "retrain", seconds, json);
 }
 
 int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
@@ -1825,9 +2066,12 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
         if (rc == ES_OK) rc = run_count(x);
         if (rc == ES_OK) rc = run_vocab(x);
         if (rc == ES_OK) rc = run_model(x);
+        if (rc == ES_OK) rc = run_search(x);
+        double t_retrain = es__now();
         if (rc == ES_OK) rc = run_train(x);
         if (rc == ES_OK) rc = run_evaluate_valid(x);
         if (rc == ES_OK) rc = run_refit(x);
+        if (rc == ES_OK && x->staged) rc = run_retrain_done(x, es__now() - t_retrain);
         if (rc == ES_OK) rc = run_evaluate_test(x);
         if (rc == ES_OK) rc = run_save(x);
     }
