@@ -463,9 +463,11 @@ TEST_SLOW(mpi_rank_memory_a_table_4x_the_cap_trains_on_4_ranks) {
  * is exactly the 1-rank model trained on one file whose rows interleave
  * the two ranks' streams in runs of 32; on 1 rank it is the model of the
  * concatenated files.  Uneven shards: every rank trains as many rows as
- * the smallest, the rest counted in rows_dropped.  A bad line names its
+ * the smallest, the rest counted in rows_dropped.  Rank 1 killed after a
+ * checkpoint: --resume gives the uninterrupted model.  A bad line names its
  * shard file and line; too few files, one file, and validation carved from
- * the training rows are refused. */
+ * the training rows are refused; a missing shard and a shard only rank 1
+ * reads that cannot be read: every rank says why, no file. */
 TEST_SLOW(mpi_shard_files_each_rank_reads_its_own) {
     if (!mpi_ready()) return;
     const char *log = es_test_path("mpi_shard.log");
@@ -502,10 +504,33 @@ TEST_SLOW(mpi_shard_files_each_rank_reads_its_own) {
     CHECK_MSG(es_test_sh(NULL, "cmp $ES_T/shards/sh1.txt $ES_T/shards/ref1.txt") == 0, "1 rank on shard files differs from the concatenation");
     CHECK_MSG(es_test_sh(NULL, "cmp $ES_T/shards/sh1.txt $ES_T/shards/sh2.txt") != 0, "1 and 2 ranks gave one model: the shards were not split");
     printf("    2 ranks on 8 shard files (one gzip) = 1 rank on the interleaved rows; 1 rank = the concatenation\n");
+    /* rank 1 killed after a checkpoint: --resume skips each rank's own
+     * trained rows and ends with the model of the run that never stopped */
+    int st;
+    char *s;
+    CHECK(es_test_sh(NULL, "rm -f $ES_T/shards/rk*; B=$(cd $(dirname %s) && pwd)/$(basename %s); cat > $ES_T/shards/run.sh <<EOF\n"
+                           "#!/bin/sh\nout=\\$1; shift\nexec $B train \"$ES_T/shards/s-*\" --shard-files " SHARD_ARGS
+                           " --epochs 3 --early-stop 0 --batch 16 --checkpoint-every 20 --out \\$out \"\\$@\"\nEOF\n"
+                           "chmod +x $ES_T/shards/run.sh",
+                     es_bin(), es_bin()) == 0);
+    CHECK(es_test_sh(log, MPIRUN " -np 2 $ES_T/shards/run.sh $ES_T/shards/rk_a.es") == 0);
+    st = es_test_sh(log, "timeout 120 " MPIRUN " -np 2 sh -c 'if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then $ES_T/shards/run.sh $ES_T/shards/rk.es & "
+                         "pid=$!; until [ -s $ES_T/shards/rk.es.ckpt.rank1of2 ]; do sleep 0.01; done; kill -9 $pid; wait $pid; exit 9; fi; "
+                         "exec $ES_T/shards/run.sh $ES_T/shards/rk.es'");
+    CHECK_MSG(st != 0 && st != 124, "the killed run: exit %d (124: it hung)", st);
+    st = es_test_sh(log, MPIRUN " -np 2 $ES_T/shards/run.sh $ES_T/shards/rk.es --resume");
+    s = es_test_slurp(log);
+    CHECK_MSG(st == 0 && s && strstr(s, "\"resumed\":true"), "resume: exit %d: %s", st, s ? s : "");
+    free(s);
+    CHECK(es_test_sh(NULL, "%s predict $ES_T/shards/rk_a.es $ES_T/shards/valid.tsv --digits 9 > $ES_T/shards/rk_a.txt && "
+                           "%s predict $ES_T/shards/rk.es $ES_T/shards/valid.tsv --digits 9 > $ES_T/shards/rk.txt && "
+                           "cmp $ES_T/shards/rk_a.txt $ES_T/shards/rk.txt",
+                     es_bin(), es_bin()) == 0);
+    printf("    killed and resumed on shard files: the uninterrupted model\n");
     /* uneven: rank 1's files hold 100 rows fewer */
     CHECK(es_test_sh(NULL, "cd $ES_T/shards && head -n 400 s-07.tsv > t && mv t s-07.tsv") == 0);
-    int st = es_test_sh(log, MPIRUN " -np 2 %s train \"$ES_T/shards/s-*\" --shard-files " SHARD_ARGS " --out $ES_T/shards/un.es", es_bin());
-    char *s = es_test_slurp(log);
+    st = es_test_sh(log, MPIRUN " -np 2 %s train \"$ES_T/shards/s-*\" --shard-files " SHARD_ARGS " --out $ES_T/shards/un.es", es_bin());
+    s = es_test_slurp(log);
     CHECK_MSG(st == 0, "uneven shards: exit %d: %s", st, s ? s : "");
     CHECK_STR_HAS(s, "\"rows_dropped\":100");
     CHECK_STR_HAS(s, "\"rows\":3800");
@@ -535,6 +560,28 @@ TEST_SLOW(mpi_shard_files_each_rank_reads_its_own) {
         s = es_test_slurp(log);
         CHECK_MSG(st != 0, "%s: exit 0", bad[i].args);
         CHECK_STR_HAS(s, bad[i].msg);
+        free(s);
+    }
+    /* a list naming a missing shard; a shard only rank 1 reads that cannot
+     * be read (a truncated gzip; the tests run as root, so a chmod would not
+     * stop a read): every rank says why, no file */
+    CHECK(es_test_sh(NULL, "cd $ES_T/shards && sed -i '7s/^x\t/0\t/' s-05.tsv && printf '%%s/s-00.tsv\\n%%s/s-gone.tsv\\n' $PWD $PWD > gone.list && "
+                           "head -c 3000 s-03.tsv.gz > cut.tsv.gz && printf '%%s/s-00.tsv\\n%%s/cut.tsv.gz\\n' $PWD $PWD > cut.list") == 0);
+    struct {
+        const char *list, *msg;
+    } unread[] = {{"gone.list", "s-gone.tsv"}, {"cut.list", "cut.tsv.gz"}};
+    for (size_t i = 0; i < sizeof unread / sizeof unread[0]; i++) {
+        st = es_test_sh(log, MPIRUN " -np 2 %s train @$ES_T/shards/%s --shard-files " SHARD_ARGS " --out $ES_T/shards/bad.es", es_bin(),
+                        unread[i].list);
+        s = es_test_slurp(log);
+        CHECK_MSG(st != 0, "%s: exit 0", unread[i].list);
+        CHECK_STR_HAS(s, unread[i].msg);
+        for (int r = 0; r < 2; r++) {
+            char tag[32];
+            snprintf(tag, sizeof tag, "[rank %d of 2]", r);
+            CHECK_MSG(s && strstr(s, tag), "%s: no error from rank %d: %s", unread[i].list, r, s ? s : "");
+        }
+        printf("    %s: %.160s\n", unread[i].list, s ? s : "");
         free(s);
     }
     CHECK(es_test_sh(NULL, "ls $ES_T/shards/bad.es* >/dev/null 2>&1") != 0);
