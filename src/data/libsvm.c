@@ -147,8 +147,8 @@ int es__libffm_setup(es_reader *r, es_err *err) {
                            r->err.msg);
         nf = maxf >= 0 ? (int)maxf + 1 : 1;
     }
-    r->f_count = es__calloc((size_t)nf + 1, sizeof(uint32_t));
-    if (!r->f_count || es__make_names(&r->field_names, nf, "f", 0) != ES_OK)
+    r->sc.f_count = es__calloc((size_t)nf + 1, sizeof(uint32_t));
+    if (!r->sc.f_count || es__make_names(&r->field_names, nf, "f", 0) != ES_OK)
         return es__err(err, ES_ENOMEM, "%s: out of memory", name);
     r->n_fields = nf;
     r->n_dense = 0;
@@ -156,26 +156,27 @@ int es__libffm_setup(es_reader *r, es_err *err) {
     return ES_OK;
 }
 
-static int grow_terms(es_reader *r, size_t need) {
-    if (need <= r->t_cap) return ES_OK;
-    size_t cap = r->t_cap ? r->t_cap : 64;
+static int grow_terms(es__scratch *sc, size_t need) {
+    if (need <= sc->t_cap) return ES_OK;
+    size_t cap = sc->t_cap ? sc->t_cap : 64;
     while (cap < need) cap *= 2;
-    uint32_t *f = es__realloc(r->t_field, cap * sizeof *f);
+    uint32_t *f = es__realloc(sc->t_field, cap * sizeof *f);
     if (!f) return ES_ENOMEM;
-    r->t_field = f;
-    uint64_t *k = es__realloc(r->t_key, cap * sizeof *k);
+    sc->t_field = f;
+    uint64_t *k = es__realloc(sc->t_key, cap * sizeof *k);
     if (!k) return ES_ENOMEM;
-    r->t_key = k;
-    float *w = es__realloc(r->t_wt, cap * sizeof *w);
+    sc->t_key = k;
+    float *w = es__realloc(sc->t_wt, cap * sizeof *w);
     if (!w) return ES_ENOMEM;
-    r->t_wt = w;
-    r->t_cap = cap;
+    sc->t_wt = w;
+    sc->t_cap = cap;
     return ES_OK;
 }
 
 int es__libffm_row(es_reader *r, const es__line *ln, char *s, size_t n, es_batch *b, int row, size_t *nv) {
     const char *p = s, *end = s + n;
     const uint32_t F = (uint32_t)r->n_fields;
+    es__scratch *sc = ln->sc;
     float label;
     int rc = parse_line_label(r, ln, s, &p, end, &label);
     if (rc) return rc;
@@ -208,29 +209,29 @@ int es__libffm_row(es_reader *r, const es__line *ln, char *s, size_t n, es_batch
         float w = 0.0f;
         rc = parse_value(r, ln, s, t, tlen, c2 + 1, (size_t)(p - c2 - 1), &w);
         if (rc) return rc;
-        rc = grow_terms(r, k + 1);
+        rc = grow_terms(sc, k + 1);
         if (rc) return rc;
-        r->t_field[k] = f;
-        r->t_key[k] = es_key(c1 + 1, (size_t)(c2 - c1 - 1));
-        r->t_wt[k] = w;
+        sc->t_field[k] = f;
+        sc->t_key[k] = es_key(c1 + 1, (size_t)(c2 - c1 - 1));
+        sc->t_wt[k] = w;
         k++;
     }
     /* Place the terms by field (stable within a field). */
     size_t base = *nv;
     rc = es_batch_reserve_vals(b, base + k);
     if (rc) return rc;
-    uint32_t *cnt = r->f_count;
+    uint32_t *cnt = sc->f_count;
     memset(cnt, 0, ((size_t)F + 1) * sizeof *cnt);
-    for (size_t i = 0; i < k; i++) cnt[r->t_field[i] + 1]++;
+    for (size_t i = 0; i < k; i++) cnt[sc->t_field[i] + 1]++;
     uint32_t *off = b->off + (size_t)row * F;
     for (uint32_t f = 0; f < F; f++) {
         cnt[f + 1] += cnt[f];
         off[f + 1] = (uint32_t)(base + cnt[f + 1]);
     }
     for (size_t i = 0; i < k; i++) {
-        size_t at = base + cnt[r->t_field[i]]++;
-        b->val[at] = r->t_key[i];
-        b->wt[at] = r->t_wt[i];
+        size_t at = base + cnt[sc->t_field[i]]++;
+        b->val[at] = sc->t_key[i];
+        b->wt[at] = sc->t_wt[i];
     }
     if (r->p.pool == ES_POOL_MEAN) {
         for (uint32_t f = 0; f < F; f++) {
