@@ -6,10 +6,12 @@
  * The loop: take a block of whole lines from lineio, cut it into lines,
  * skip blank ones, reject NUL bytes and invalid UTF-8, hand each line to the
  * format's row parser, and either keep the row or (skip_bad) drop it, count
- * it and keep its message.  Criteo rows (a fixed 26 values each) may be
- * parsed in parallel over a block, with results identical to the serial
- * loop.  Only the batch's value arrays and the per-block line table grow
- * (amortised); nothing else allocates after open.
+ * it and keep its message.  With threads > 1 a block's lines are parsed in
+ * parallel, with results identical to the serial loop: Criteo rows (a
+ * fixed number of values each) straight into their slots, the other
+ * formats in per-thread parts copied in line order.  Only the batch's value
+ * arrays, the per-block line table and the parts' scratch grow (amortised);
+ * nothing else allocates after open.
  */
 #include "data/reader_impl.h"
 #include "data/schema.h"
