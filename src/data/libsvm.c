@@ -62,6 +62,18 @@ static int parse_line_label(es_reader *r, const es__line *ln, const char *s, con
 }
 
 static int parse_value(es_reader *r, const es__line *ln, const char *s, const char *t, size_t tlen, const char *v, size_t vlen, float *out) {
+    /* 1 to 9 plain digits (counts and 0/1 flags, most values of real
+     * files): the integer converts exactly as es__parse_num's double would
+     * round to float */
+    if (vlen - 1 < 9) {
+        uint32_t u = 0;
+        size_t i = 0;
+        while (i < vlen && (unsigned)(v[i] - '0') < 10) u = u * 10 + (uint32_t)(v[i++] - '0');
+        if (i == vlen) {
+            *out = (float)u;
+            return ES_OK;
+        }
+    }
     double d;
     if (!es__parse_num(v, vlen, &d) || !isfinite((float)d)) {
         char tb[200];
