@@ -271,15 +271,17 @@ TEST(parse_threads_identical_batches) {
 }
 
 /* Bad lines spread over the file: stopping at the first (same message and
- * rows before it) and skipping them (same count, report and rows). */
+ * rows before it) and skipping them (same count, report and rows).  The
+ * dense case (a third of the lines bad from line 700 on) grows each part's
+ * list of bad lines. */
 TEST(parse_threads_bad_lines) {
     char why[2048];
     for (int fmt = F_TSV; fmt <= F_LIBFFM; fmt++) {
-        for (int gz = 0; gz < 2; gz++) {
+        for (int gz = 0; gz < 3; gz++) {
             char name[64];
-            snprintf(name, sizeof name, "pthreads_bad.%s%s", fmt_ext(fmt), gz ? ".gz" : "");
+            snprintf(name, sizeof name, "pthreads_bad%s.%s%s", gz == 2 ? "_dense" : "", fmt_ext(fmt), gz == 1 ? ".gz" : "");
             const char *path = es_test_path(name);
-            CHECK(gen_file(path, fmt, 4000, 150, gz, 200 + (uint64_t)fmt) == 0);
+            CHECK(gen_file(path, fmt, 4000, gz == 2 ? 3 : 150, gz == 1, 200 + (uint64_t)fmt) == 0);
             for (int skip = 0; skip < 2; skip++) {
                 read_t first;
                 int rc = compare_threads(path, fmt, skip, 500, 0, &first, why, sizeof why);
@@ -349,4 +351,57 @@ TEST(parse_threads_libffm_field_out_of_range) {
     CHECK_EQ_INT(first.rc, ES_EPARSE);
     CHECK_MSG(strcmp(first.msg, want) == 0, "'%s' != '%s'", first.msg, want);
     free(first.batches.p);
+}
+
+/* ---- allocation failures in the parts path ------------------------------------- */
+typedef struct {
+    const char *text;
+    size_t n;
+    int fmt;
+} sweep_ctx;
+
+/* Read a small input with threads = 2 and skip_bad.  Its blocks have fewer
+ * lines than two parts need, so the parts path runs on the calling thread
+ * only (one part), where the sweep can fail its allocations: the parts, a
+ * part's batch and scratch, its bad-line list.  0 or an ES_E* code. */
+static int sweep_read(void *vctx) {
+    const sweep_ctx *c = vctx;
+    es_reader_params p = params_for(c->fmt, 2, 1);
+    es_reader *r = NULL;
+    es_err err = {0};
+    int rc = es__reader_open_mem(&r, c->text, c->n, c->fmt == F_CSV ? "sweep.csv" : "sweep.libffm", &p, &err);
+    if (rc) return rc;
+    es_batch b;
+    rc = es_batch_alloc(&b, 64, es_reader_n_dense(r), es_reader_n_fields(r), 1);
+    if (rc) {
+        es_reader_free(r);
+        return rc;
+    }
+    int n;
+    uint64_t rows = 0;
+    while ((n = es_reader_next(r, &b)) > 0) rows += (uint64_t)n;
+    rc = n < 0 ? n : rows == 0 || es_reader_bad_lines(r) == 0 ? ES_EFORMAT : ES_OK;
+    es_batch_free(&b);
+    es_reader_free(r);
+    return rc;
+}
+
+#include "alloc_sweep.h"
+
+TEST(parse_threads_alloc_sweep) {
+    for (int fmt = F_CSV; fmt <= F_LIBFFM; fmt += F_LIBFFM - F_CSV) {
+        buf_t b = {0};
+        rng_state = 5;
+        if (fmt == F_CSV) buf_printf(&b, "label,n1,c1,m,n2,q\n");
+        for (int i = 0; i < 100; i++) {
+            gen_line(&b, fmt, i == 40 || i == 77);
+            buf_put(&b, "\n", 1);
+        }
+        sweep_ctx c = {(const char *)b.p, b.n, fmt};
+        CHECK_EQ_INT(sweep_read(&c), ES_OK);
+        int points = es_test_alloc_sweep(sweep_read, &c, 2000);
+        printf("    %s: %d allocation failure points exercised\n", fmt_ext(fmt), points);
+        free(b.p);
+        CHECK_MSG(points >= 5, "%d failure points", points);
+    }
 }
