@@ -6,7 +6,9 @@
  * read, and with skip_bad the same bad count, report, line count and the
  * same rows.  Inputs are a few thousand generated lines with blank lines,
  * CRLF endings and (in the bad cases) bad lines spread over the file, read
- * in batches that end in the middle of lineio's blocks.
+ * in batches that end in the middle of lineio's blocks.  Also: the parts
+ * path under allocation failures, and the libsvm/libffm plain-digit value
+ * shortcut against es__parse_num.
  */
 #include "test.h"
 
@@ -404,4 +406,34 @@ TEST(parse_threads_alloc_sweep) {
         free(b.p);
         CHECK_MSG(points >= 5, "%d failure points", points);
     }
+}
+
+/* The plain-digit shortcut of the libsvm/libffm value parser gives the
+ * float that es__parse_num's double rounds to (values past 2^24 round). */
+TEST(libsvm_digit_values_match_parse_num) {
+    static const char *vals[] = {"0",        "1",        "7",         "00",        "000000001", "10",       "123456789",
+                                 "16777216", "16777217", "16777219",  "33554435",  "999999999", "99999999", "4294967",
+                                 "1234567890", "-3",     "+4",        "1.5",       "0.1",       "12345678901234567"};
+    buf_t b = {0};
+    buf_printf(&b, "1");
+    for (size_t i = 0; i < ES_ARRAY_LEN(vals); i++) buf_printf(&b, " %zu:%s", i, vals[i]);
+    buf_printf(&b, "\n");
+    es_reader_params p = params_for(F_LIBSVM, 1, 0);
+    es_reader *r = NULL;
+    es_err err = {0};
+    CHECK(es__reader_open_mem(&r, b.p, b.n, "digits.libsvm", &p, &err) == ES_OK);
+    es_batch bt;
+    CHECK(es_batch_alloc(&bt, 4, 0, 1, 0) == ES_OK);
+    CHECK_EQ_INT(es_reader_next(r, &bt), 1);
+    CHECK_EQ_INT(bt.off[1], ES_ARRAY_LEN(vals));
+    for (size_t i = 0; i < ES_ARRAY_LEN(vals); i++) {
+        double d;
+        CHECK(es__parse_num(vals[i], strlen(vals[i]), &d));
+        float want = (float)d;
+        CHECK_MSG(memcmp(&bt.wt[i], &want, sizeof want) == 0, "%s: %.9g, want %.9g", vals[i], bt.wt[i], want);
+    }
+    printf("    %zu values equal to es__parse_num's\n", ES_ARRAY_LEN(vals));
+    es_batch_free(&bt);
+    es_reader_free(r);
+    free(b.p);
 }
