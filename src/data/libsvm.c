@@ -61,7 +61,22 @@ static int parse_line_label(es_reader *r, const es__line *ln, const char *s, con
     return ES_OK;
 }
 
-static int parse_value(es_reader *r, const es__line *ln, const char *s, const char *t, size_t tlen, const char *v, size_t vlen, float *out) {
+/* A term's value that is not plain digits: es__parse_num, and the message
+ * when it is no finite number.  Out of line: the common case stays small. */
+static __attribute__((noinline)) int parse_value_slow(es_reader *r, const es__line *ln, const char *s, const char *t, size_t tlen,
+                                                      const char *v, size_t vlen, float *out) {
+    double d;
+    if (!es__parse_num(v, vlen, &d) || !isfinite((float)d)) {
+        char tb[200];
+        return es__row_err(r, ln, "column %zu: the value of term '%s' is not a finite number", (size_t)(t - s) + 1,
+                           es__tok(tb, sizeof tb, t, tlen));
+    }
+    *out = (float)d;
+    return ES_OK;
+}
+
+static inline int parse_value(es_reader *r, const es__line *ln, const char *s, const char *t, size_t tlen, const char *v, size_t vlen,
+                              float *out) {
     /* 1 to 9 plain digits (counts and 0/1 flags, most values of real
      * files): the integer converts exactly as es__parse_num's double would
      * round to float */
@@ -74,14 +89,7 @@ static int parse_value(es_reader *r, const es__line *ln, const char *s, const ch
             return ES_OK;
         }
     }
-    double d;
-    if (!es__parse_num(v, vlen, &d) || !isfinite((float)d)) {
-        char tb[200];
-        return es__row_err(r, ln, "column %zu: the value of term '%s' is not a finite number", (size_t)(t - s) + 1,
-                           es__tok(tb, sizeof tb, t, tlen));
-    }
-    *out = (float)d;
-    return ES_OK;
+    return parse_value_slow(r, ln, s, t, tlen, v, vlen, out);
 }
 
 /* ---- libsvm ------------------------------------------------------------------------ */
