@@ -37,10 +37,12 @@ static inline const char *tok_end(const char *p, const char *end) {
 static inline int scan_term(const char **pp, const char *end, const char **col) {
     const char *p = *pp;
     int nc = 0;
+    static const unsigned char cls[256] = {[' '] = 1, ['\t'] = 1, [':'] = 2};
     for (; p < end; p++) {
-        const char ch = *p;
-        if (ch == ' ' || ch == '\t') break;
-        if (ch == ':' && nc < 3) col[nc++] = p;
+        const unsigned c = cls[(unsigned char)*p];
+        if (ES_LIKELY(c == 0)) continue;
+        if (c == 1) break;
+        if (nc < 3) col[nc++] = p;
     }
     *pp = p;
     return nc;
