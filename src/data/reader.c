@@ -680,9 +680,10 @@ ES__OMP(omp parallel for schedule(dynamic, 32) num_threads(nt) if (nt > 1 && k >
 /* ---- the parallel parse of the variable-length formats --------------------------
  * CSV, libsvm and libffm rows have any number of values, so a row's place
  * in the batch is known only once the rows before it are parsed.  The
- * block's lines are cut into contiguous parts of about equal bytes; each
- * thread parses one part into its own batch (rows 0.., values from 0) with
- * its own scratch, keeping every bad line's message and shape.  Then, in
+ * block's lines are cut into contiguous parts of about equal bytes (up to
+ * PARTS_PER_THREAD a thread); a thread parses each part it takes into that
+ * part's own batch (rows 0.., values from 0) with the part's own scratch,
+ * keeping every bad line's message and shape.  Then, in
  * line order, one pass finds where the first fatal line stops the block
  * (the same one block_serial would stop at) and where each part's kept
  * rows go; the bad lines' messages are handed over in line order (r->err,
@@ -694,6 +695,9 @@ ES__OMP(omp parallel for schedule(dynamic, 32) num_threads(nt) if (nt > 1 && k >
  * parser unquotes fields in place: a second parse of the same bytes would
  * not see the same line. */
 #define PART_MIN_LINES 64 /* fewer lines a part are not worth a thread */
+#define PARTS_PER_THREAD 4 /* threads take parts as they finish (dynamic), so a
+                              thread that lost its core holds back at most
+                              one small part, not half the block */
 
 /* r->parts grown to n (new ones zeroed); ES_ENOMEM. */
 static int parts_reserve(es_reader *r, int n) {
@@ -800,7 +804,7 @@ static int block_parallel_var(es_reader *r, es_batch *b, char *blk, size_t len, 
     int rc = cut_lines(r, blk, len, b->cap - row, &k, &used, &used_lines);
     if (rc) return rc;
     es__pline *pl = r->pl;
-    int np = ES_MIN(nt, k / PART_MIN_LINES);
+    int np = ES_MIN(nt * PARTS_PER_THREAD, k / PART_MIN_LINES);
     if (np < 1) np = 1;
     if (parts_reserve(r, np) != ES_OK) {
         es__lineio_consumed(r->io, 0, 0);
@@ -819,7 +823,7 @@ static int block_parallel_var(es_reader *r, es_batch *b, char *blk, size_t len, 
         }
         parts[t].last = i;
     }
-ES__OMP(omp parallel for schedule(static, 1) num_threads(np) if (np > 1))
+ES__OMP(omp parallel for schedule(dynamic, 1) num_threads(ES_MIN(nt, np)) if (np > 1))
     for (int t = 0; t < np; t++) parse_part(r, &parts[t]);
     /* where the block stops, and where each part's kept rows go */
     int stop = k, kept = 0;
@@ -864,7 +868,7 @@ ES__OMP(omp parallel for schedule(static, 1) num_threads(np) if (np > 1))
             if (i < stop) note_bad(r);
         }
     }
-ES__OMP(omp parallel for schedule(static, 1) num_threads(np) if (np > 1 && kept >= 4 * PART_MIN_LINES))
+ES__OMP(omp parallel for schedule(dynamic, 1) num_threads(ES_MIN(nt, np)) if (np > 1 && kept >= 4 * PART_MIN_LINES))
     for (int t = 0; t < np; t++) copy_part(r, b, &parts[t]);
     if (stop < k) {
         rc = pl[stop].status;
