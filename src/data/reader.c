@@ -687,8 +687,9 @@ ES__OMP(omp parallel for schedule(dynamic, 32) num_threads(nt) if (nt > 1 && k >
  * line order, one pass finds where the first fatal line stops the block
  * (the same one block_serial would stop at) and where each part's kept
  * rows go; the bad lines' messages are handed over in line order (r->err,
- * the skip-bad count and report, the shape); and the threads copy their
- * parts' kept rows into the batch, shifting the offsets.  Batches,
+ * the skip-bad count and report, the shape); and the parts' kept rows
+ * are copied into the batch, shifting the offsets (by the calling thread:
+ * the copy is a small fraction of the parse).  Batches,
  * messages, statistics and the bytes and lines consumed are those of
  * block_serial for any thread count.  Parsing once with messages (unlike
  * the Criteo path, which parses a bad line again) matters for CSV, whose
@@ -868,7 +869,8 @@ ES__OMP(omp parallel for schedule(dynamic, 1) num_threads(ES_MIN(nt, np)) if (np
             if (i < stop) note_bad(r);
         }
     }
-ES__OMP(omp parallel for schedule(dynamic, 1) num_threads(ES_MIN(nt, np)) if (np > 1 && kept >= 4 * PART_MIN_LINES))
+    /* serial: a second parallel region a block cost more than the copy on
+     * this shared machine (each fork/join may wait for a descheduled thread) */
     for (int t = 0; t < np; t++) copy_part(r, b, &parts[t]);
     if (stop < k) {
         rc = pl[stop].status;
