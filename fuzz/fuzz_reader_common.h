@@ -7,9 +7,11 @@
  * from memory (es__reader_open_mem), so gzip input is fuzzed too when the
  * bytes start with the gzip magic.  The harness drains the reader, checks
  * the batch invariants every consumer relies on, rewinds and checks that
- * the second pass returns the same rows and the same final status, and
+ * the second pass returns the same rows and the same final status,
  * (Criteo, libsvm, libffm) that a reader reset to the same memory
- * (es__reader_reset_mem) reads them a third time.
+ * (es__reader_reset_mem) reads them a third time, and that a reader at the
+ * other thread count (1 or 2: the parallel paths) reads the same rows with
+ * the same status, message and bad-line statistics.
  */
 #ifndef ES_FUZZ_READER_COMMON_H
 #define ES_FUZZ_READER_COMMON_H
@@ -82,6 +84,10 @@ static void fuzz_reader_run(const uint8_t *data, size_t size, const char *name, 
     int rc1 = fuzz_drain(r, &b, &rows1, &sum1);
     FUZZ_CHECK(es_reader_rows(r) == rows1);
     FUZZ_CHECK(es_reader_bad_lines(r) <= es_reader_lines(r));
+    static char msg1[sizeof err.msg], report1[ES__REPORT_MAX * sizeof err.msg];
+    snprintf(msg1, sizeof msg1, "%s", rc1 < 0 ? es_reader_errmsg(r) : "");
+    snprintf(report1, sizeof report1, "%s", es_reader_bad_report(r));
+    const uint64_t bad1 = es_reader_bad_lines(r), lines1 = es_reader_lines(r);
     if (es_reader_rewind(r) == 0) {
         int rc2 = fuzz_drain(r, &b, &rows2, &sum2);
         FUZZ_CHECK(rc1 == rc2 && rows1 == rows2 && sum1 == sum2);
@@ -94,6 +100,20 @@ static void fuzz_reader_run(const uint8_t *data, size_t size, const char *name, 
         int rc3 = fuzz_drain(r, &b, &rows3, &sum3);
         FUZZ_CHECK(rc1 == rc3 && rows1 == rows3 && sum1 == sum3);
     }
+    /* The other thread count: parsing must not depend on it. */
+    es_reader_params q = p;
+    q.threads = p.threads > 1 ? 1 : 2;
+    es_reader *r2 = NULL;
+    FUZZ_CHECK(es__reader_open_mem(&r2, data, size, name, &q, &err) == 0);
+    if (!fuzz_spec_order || es__reader_spec_order(r2) == 0) {
+        uint64_t rows4 = 0, sum4 = 0;
+        int rc4 = fuzz_drain(r2, &b, &rows4, &sum4);
+        FUZZ_CHECK(rc1 == rc4 && rows1 == rows4 && sum1 == sum4);
+        FUZZ_CHECK(strcmp(msg1, rc4 < 0 ? es_reader_errmsg(r2) : "") == 0);
+        FUZZ_CHECK(bad1 == es_reader_bad_lines(r2) && lines1 == es_reader_lines(r2));
+        FUZZ_CHECK(strcmp(report1, es_reader_bad_report(r2)) == 0);
+    }
+    es_reader_free(r2);
     es_batch_free(&b);
     es_reader_free(r);
 }

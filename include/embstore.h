@@ -201,9 +201,11 @@ typedef struct es_reader_params {
     size_t max_line;       /* longest accepted line in bytes (default 1 MiB,
                               0 = default, at most 1 GiB); a longer line is
                               a bad line and is never held in memory */
-    /* Threads parsing Criteo rows (the other formats parse serially):
-     * 1 (default) = serial, n > 1 = n OpenMP threads, 0 = the library's
-     * thread setting.  Results are identical for any count.  Serial is the
+    /* Threads parsing each block of lines (every text format; gzip is
+     * still decompressed by one thread): 1 (default) = serial, n > 1 = n
+     * OpenMP threads, 0 = the library's thread setting.  Results (batches,
+     * bad-line messages, skip_bad statistics) are identical for any
+     * count.  Serial is the
      * default because the trainer already parses in its own thread,
      * overlapped with compute; more parse threads there would compete with
      * the model's.  On an oversubscribed machine, more threads only help

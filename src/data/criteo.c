@@ -112,9 +112,9 @@ int es__criteo_row(es_reader *r, const es__line *ln, char *s, size_t n, es_batch
     }
     if (tabs != ncol - 1) {
         if (ln->err) { /* serial (re-)parse: note the shape for the model layer's hints */
-            r->shape_got = tabs + 1;
-            r->shape_want = ncol;
-            r->shape_alt = es__count_byte(s, n, ',');
+            ln->sc->shape_got = tabs + 1;
+            ln->sc->shape_want = ncol;
+            ln->sc->shape_alt = es__count_byte(s, n, ',');
         }
         return es__row_err(r, ln, "expected %d tab-separated columns, got %d", ncol, tabs + 1);
     }

@@ -366,9 +366,9 @@ int es__count_byte(const char *s, size_t n, char d) {
  * CSV); it may be partly unquoted already, which does not matter there. */
 static int shape_err(es_reader *r, const es__line *ln, int got, const char *line, size_t n) {
     if (ln->err) {
-        r->shape_got = got;
-        r->shape_want = r->n_cols;
-        r->shape_alt = got == 1 ? es__count_byte(line, n, r->delim == ',' ? '\t' : ',') : 0;
+        ln->sc->shape_got = got;
+        ln->sc->shape_want = r->n_cols;
+        ln->sc->shape_alt = got == 1 ? es__count_byte(line, n, r->delim == ',' ? '\t' : ',') : 0;
     }
     return es__row_err(r, ln, "expected %d columns, got %d", r->n_cols, got);
 }
@@ -451,8 +451,8 @@ int es__csv_row(es_reader *r, const es__line *ln, char *s, size_t n, es_batch *b
             case ES__COL_CAT:
             case ES__COL_MULTI:
                 if (mapped) {
-                    r->span[2 * col->slot] = fs;
-                    r->span[2 * col->slot + 1] = fe;
+                    ln->sc->span[2 * col->slot] = fs;
+                    ln->sc->span[2 * col->slot + 1] = fe;
                     break;
                 }
                 rc = push_field(r, col->role, fs, len, b, nv);
@@ -468,7 +468,7 @@ int es__csv_row(es_reader *r, const es__line *ln, char *s, size_t n, es_batch *b
     if (c + 1 != r->n_cols) return shape_err(r, ln, c + 1, s, n);
     if (mapped) {
         for (size_t f = 0; f < F; f++) {
-            const char *fs = r->span[2 * f], *fe = r->span[2 * f + 1];
+            const char *fs = ln->sc->span[2 * f], *fe = ln->sc->span[2 * f + 1];
             int rc = push_field(r, r->cols[r->field_col[f]].role, fs, (size_t)(fe - fs), b, nv);
             if (rc) return rc;
             off[f + 1] = (uint32_t)*nv;
@@ -512,15 +512,15 @@ static int csv_renumber(es_reader *r, const int *fnew, const int *dnew) {
         }
     }
     es__free(r->field_col);
-    es__free(r->span);
+    es__free(r->sc.span);
     r->field_col = NULL;
-    r->span = NULL;
+    r->sc.span = NULL;
     if (in_order) {
         es__free(fcol);
         es__free(span);
     } else {
         r->field_col = fcol;
-        r->span = span;
+        r->sc.span = span;
     }
     return ES_OK;
 }

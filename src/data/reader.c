@@ -6,10 +6,12 @@
  * The loop: take a block of whole lines from lineio, cut it into lines,
  * skip blank ones, reject NUL bytes and invalid UTF-8, hand each line to the
  * format's row parser, and either keep the row or (skip_bad) drop it, count
- * it and keep its message.  Criteo rows (a fixed 26 values each) may be
- * parsed in parallel over a block, with results identical to the serial
- * loop.  Only the batch's value arrays and the per-block line table grow
- * (amortised); nothing else allocates after open.
+ * it and keep its message.  With threads > 1 a block's lines are parsed in
+ * parallel, with results identical to the serial loop: Criteo rows (a
+ * fixed number of values each) straight into their slots, the other
+ * formats in per-thread parts copied in line order.  Only the batch's value
+ * arrays, the per-block line table and the parts' scratch grow (amortised);
+ * nothing else allocates after open.
  */
 #include "data/reader_impl.h"
 #include "core/fileid.h"
@@ -216,6 +218,22 @@ static int check_params(const es_reader_params *p, const char *name, es_err *err
     return ES_OK;
 }
 
+void es__scratch_free(es__scratch *sc) {
+    es__free(sc->t_field);
+    es__free(sc->t_key);
+    es__free(sc->t_wt);
+    es__free(sc->f_count);
+    es__free(sc->span);
+    memset(sc, 0, sizeof *sc);
+}
+
+int es__scratch_prepare(const es_reader *r, es__scratch *sc) {
+    const size_t F = (size_t)r->n_fields;
+    if (r->fmt == ES_FMT_LIBFFM && !sc->f_count && !(sc->f_count = es__calloc(F + 1, sizeof(uint32_t)))) return ES_ENOMEM;
+    if (r->field_col && !sc->span && !(sc->span = es__calloc(2 * (F ? F : 1), sizeof(char *)))) return ES_ENOMEM;
+    return ES_OK;
+}
+
 void es_reader_free(es_reader *r) {
     if (!r) return;
     es__esd_free(r->esd);
@@ -225,11 +243,13 @@ void es_reader_free(es_reader *r) {
     es__free_names(r->col_names, r->n_cols);
     es__free(r->cols);
     es__free(r->field_col);
-    es__free(r->span);
-    es__free(r->t_field);
-    es__free(r->t_key);
-    es__free(r->t_wt);
-    es__free(r->f_count);
+    es__scratch_free(&r->sc);
+    for (int t = 0; t < r->n_parts; t++) {
+        es_batch_free(&r->parts[t].b);
+        es__scratch_free(&r->parts[t].sc);
+        es__free(r->parts[t].bad);
+    }
+    es__free(r->parts);
     es__free(r->pl);
     es__free(r->columns_copy);
     es__free(r);
@@ -503,9 +523,9 @@ uint64_t es_reader_bad_lines(const es_reader *r) { return r ? r->bad : 0; }
 const char *es_reader_bad_report(const es_reader *r) { return !r ? "" : r->esd ? (r->bad ? es__esd_bad_report(r) : "") : r->report; }
 uint64_t es_reader_rows(const es_reader *r) { return r ? r->rows : 0; }
 void es__reader_shape(const es_reader *r, int *got, int *want, int *alt) {
-    *got = r ? r->shape_got : 0;
-    *want = r ? r->shape_want : 0;
-    *alt = r ? r->shape_alt : 0;
+    *got = r ? r->sc.shape_got : 0;
+    *want = r ? r->sc.shape_want : 0;
+    *alt = r ? r->sc.shape_alt : 0;
 }
 
 /* ---- the batch loop ------------------------------------------------------------------ */
@@ -563,7 +583,7 @@ static int block_serial(es_reader *r, es_batch *b, char *blk, size_t len, int *p
         cut_line(&p, end, &s, &n);
         seen++;
         if (n == 0) continue; /* blank lines carry nothing */
-        es__line ln = {base + seen, &r->err};
+        es__line ln = {base + seen, &r->err, &r->sc};
         rc = parse_line(r, &ln, s, n, b, row, &nv);
         if (rc == ES_OK) {
             row++;
@@ -583,17 +603,10 @@ static int block_serial(es_reader *r, es_batch *b, char *blk, size_t len, int *p
     return rc;
 }
 
-/* Criteo with several threads: every row has exactly fixed_vals values (one
- * per field), so row i of the block can be parsed into its final slots
- * independently.  Lines are parsed in parallel without messages; then, in
- * line order, good rows are kept (moved down over dropped ones) and each bad
- * line is parsed once more, serially, to produce its message.  The result
- * is identical to block_serial for any thread count. */
-static int block_parallel(es_reader *r, es_batch *b, char *blk, size_t len, int nt, int *prow, size_t *pnv) {
-    const size_t V = (size_t)r->fixed_vals, D = (size_t)r->n_dense;
-    const int row = *prow;
-    const size_t nv = *pnv;
-    const int want = b->cap - row;
+/* Cut up to `want` non-blank lines of a block into r->pl (grown on demand):
+ * *k lines, *used bytes and *used_lines lines (blank ones too) up to the
+ * last one.  ES_ENOMEM (message in r->err, nothing consumed). */
+static int cut_lines(es_reader *r, char *blk, size_t len, int want, int *k, size_t *used, uint64_t *used_lines) {
     if ((size_t)want > r->pl_cap) {
         es__pline *pl = es__realloc(r->pl, (size_t)want * sizeof *pl);
         if (!pl) {
@@ -607,18 +620,38 @@ static int block_parallel(es_reader *r, es_batch *b, char *blk, size_t len, int 
     const uint64_t base = es__lineio_lineno(r->io);
     char *p = blk, *end = blk + len;
     uint64_t seen = 0;
-    int k = 0;
-    while (p < end && k < want) {
+    int n_lines = 0;
+    while (p < end && n_lines < want) {
         char *s;
         size_t n;
         cut_line(&p, end, &s, &n);
         seen++;
         if (n == 0) continue;
-        pl[k] = (es__pline){s, n, base + seen, (size_t)(p - blk), seen, 0};
-        k++;
+        pl[n_lines] = (es__pline){s, n, base + seen, (size_t)(p - blk), seen, 0, 0, 0};
+        n_lines++;
     }
-    size_t used = (size_t)(p - blk);
-    uint64_t used_lines = seen;
+    *k = n_lines;
+    *used = (size_t)(p - blk);
+    *used_lines = seen;
+    return ES_OK;
+}
+
+/* Criteo with several threads: every row has exactly fixed_vals values (one
+ * per field), so row i of the block can be parsed into its final slots
+ * independently.  Lines are parsed in parallel without messages; then, in
+ * line order, good rows are kept (moved down over dropped ones) and each bad
+ * line is parsed once more, serially, to produce its message.  The result
+ * is identical to block_serial for any thread count. */
+static int block_parallel(es_reader *r, es_batch *b, char *blk, size_t len, int nt, int *prow, size_t *pnv) {
+    const size_t V = (size_t)r->fixed_vals, D = (size_t)r->n_dense;
+    const int row = *prow;
+    const size_t nv = *pnv;
+    int k;
+    size_t used;
+    uint64_t used_lines;
+    int rc = cut_lines(r, blk, len, b->cap - row, &k, &used, &used_lines);
+    if (rc) return rc;
+    es__pline *pl = r->pl;
     if (k > 0 && es_batch_reserve_vals(b, nv + (size_t)k * V) != ES_OK) {
         es__lineio_consumed(r->io, 0, 0);
         return es__err(&r->err, ES_ENOMEM, "%s:%llu: out of memory growing the batch", es__lineio_name(r->io),
@@ -626,11 +659,11 @@ static int block_parallel(es_reader *r, es_batch *b, char *blk, size_t len, int 
     }
 ES__OMP(omp parallel for schedule(dynamic, 32) num_threads(nt) if (nt > 1 && k >= 64))
     for (int i = 0; i < k; i++) {
-        es__line ln = {pl[i].no, NULL};
+        es__line ln = {pl[i].no, NULL, NULL};
         size_t v = nv + (size_t)i * V;
         pl[i].status = parse_line(r, &ln, pl[i].s, pl[i].n, b, row + i, &v);
     }
-    int kept = 0, rc = ES_OK;
+    int kept = 0;
     for (int i = 0; i < k; i++) {
         if (pl[i].status == ES_OK) {
             if (kept != i) {
@@ -643,7 +676,7 @@ ES__OMP(omp parallel for schedule(dynamic, 32) num_threads(nt) if (nt > 1 && k >
             kept++;
             continue;
         }
-        es__line ln = {pl[i].no, &r->err};
+        es__line ln = {pl[i].no, &r->err, &r->sc};
         size_t v = nv + (size_t)i * V;
         int again = parse_line(r, &ln, pl[i].s, pl[i].n, b, row + i, &v);
         ES_ASSERT(again == pl[i].status); /* parsing is deterministic */
@@ -665,6 +698,212 @@ ES__OMP(omp parallel for schedule(dynamic, 32) num_threads(nt) if (nt > 1 && k >
     return rc;
 }
 
+/* ---- the parallel parse of the variable-length formats --------------------------
+ * CSV, libsvm and libffm rows have any number of values, so a row's place
+ * in the batch is known only once the rows before it are parsed.  The
+ * block's lines are cut into contiguous parts of about equal bytes (up to
+ * PARTS_PER_THREAD a thread); a thread parses each part it takes into that
+ * part's own batch (rows 0.., values from 0) with the part's own scratch,
+ * keeping every bad line's message and shape.  Then, in
+ * line order, one pass finds where the first fatal line stops the block
+ * (the same one block_serial would stop at) and where each part's kept
+ * rows go; the bad lines' messages are handed over in line order (r->err,
+ * the skip-bad count and report, the shape); and the parts' kept rows
+ * are copied into the batch, shifting the offsets (by the calling thread:
+ * the copy is a small fraction of the parse).  Batches,
+ * messages, statistics and the bytes and lines consumed are those of
+ * block_serial for any thread count.  Parsing once with messages (unlike
+ * the Criteo path, which parses a bad line again) matters for CSV, whose
+ * parser unquotes fields in place: a second parse of the same bytes would
+ * not see the same line. */
+#define PART_MIN_LINES 64 /* fewer lines a part are not worth a thread */
+#define PARTS_PER_THREAD 4 /* threads take parts as they finish (dynamic), so a
+                              thread that lost its core holds back at most
+                              one small part, not half the block */
+
+/* r->parts grown to n (new ones zeroed); ES_ENOMEM. */
+static int parts_reserve(es_reader *r, int n) {
+    if (n <= r->n_parts) return ES_OK;
+    es__part *pa = es__realloc(r->parts, (size_t)n * sizeof *pa);
+    if (!pa) return ES_ENOMEM;
+    memset(pa + r->n_parts, 0, (size_t)(n - r->n_parts) * sizeof *pa);
+    r->parts = pa;
+    r->n_parts = n;
+    return ES_OK;
+}
+
+/* Note a bad line of part P: its message and shape go to P->bad, its index
+ * to pl->v0 (UINT32_MAX and status ES_ENOMEM when the list cannot grow). */
+static void part_bad(es__part *P, es__pline *pl, const es_err *e) {
+    pl->v0 = UINT32_MAX;
+    if (P->n_bad == P->bad_cap) {
+        int cap = P->bad_cap ? 2 * P->bad_cap : 8;
+        es__badline *nb = es__realloc(P->bad, (size_t)cap * sizeof *nb);
+        if (!nb) {
+            pl->status = ES_ENOMEM;
+            return;
+        }
+        P->bad = nb;
+        P->bad_cap = cap;
+    }
+    es__badline *bl = &P->bad[P->n_bad];
+    bl->err = *e;
+    bl->shape_got = P->sc.shape_got;
+    bl->shape_want = P->sc.shape_want;
+    bl->shape_alt = P->sc.shape_alt;
+    pl->v0 = (uint32_t)P->n_bad++;
+}
+
+/* Parse the lines of part P into its own batch. */
+static void parse_part(es_reader *r, es__part *P) {
+    es__pline *pl = r->pl;
+    const int rows = P->last - P->first;
+    P->n_bad = 0;
+    if (rows <= 0) return;
+    int rc = ES_OK;
+    if (rows > P->b.cap) {
+        size_t vc = P->b.val_cap;
+        int cap = ES_MAX(rows, 2 * P->b.cap);
+        es_batch_free(&P->b);
+        rc = es_batch_alloc(&P->b, cap, r->n_dense, r->n_fields, vc);
+    }
+    if (rc == ES_OK) rc = es__scratch_prepare(r, &P->sc);
+    if (rc) {
+        for (int i = P->first; i < P->last; i++) {
+            pl[i].status = ES_ENOMEM;
+            pl[i].v0 = UINT32_MAX;
+        }
+        return;
+    }
+    size_t nv = 0;
+    es_err e;
+    for (int i = P->first; i < P->last; i++) {
+        es__line ln = {pl[i].no, &e, &P->sc};
+        size_t v0 = nv;
+        P->sc.shape_want = 0; /* set again only by a line with the wrong column count */
+        rc = parse_line(r, &ln, pl[i].s, pl[i].n, &P->b, i - P->first, &nv);
+        pl[i].status = rc;
+        if (rc == ES_OK) {
+            pl[i].v0 = (uint32_t)v0;
+            pl[i].v1 = (uint32_t)nv;
+            continue;
+        }
+        nv = v0; /* drop the partial row */
+        part_bad(P, &pl[i], &e);
+        if (!(pl[i].status == ES_EPARSE && r->p.skip_bad)) break; /* the block stops here at the latest */
+    }
+}
+
+/* Copy the kept rows of part P, lines [first, end), to rows row0.. and
+ * values nv0.. of the batch. */
+static void copy_part(const es_reader *r, es_batch *b, const es__part *P) {
+    const size_t F = (size_t)r->n_fields, D = (size_t)r->n_dense;
+    const es__pline *pl = r->pl;
+    size_t row = (size_t)P->row0, nv = P->nv0;
+    for (int i = P->first; i < P->end; i++) {
+        if (pl[i].status != ES_OK) continue;
+        const size_t li = (size_t)(i - P->first);
+        const uint32_t v0 = pl[i].v0, cnt = pl[i].v1 - pl[i].v0;
+        const uint32_t delta = (uint32_t)nv - v0; /* modulo 2^32, like off[] */
+        b->label[row] = P->b.label[li];
+        if (D) memcpy(b->dense + row * D, P->b.dense + li * D, D * sizeof(float));
+        const uint32_t *so = P->b.off + li * F;
+        uint32_t *o = b->off + row * F;
+        for (size_t f = 1; f <= F; f++) o[f] = so[f] + delta;
+        memcpy(b->val + nv, P->b.val + v0, cnt * sizeof(uint64_t));
+        memcpy(b->wt + nv, P->b.wt + v0, cnt * sizeof(float));
+        row++;
+        nv += cnt;
+    }
+}
+
+static int block_parallel_var(es_reader *r, es_batch *b, char *blk, size_t len, int nt, int *prow, size_t *pnv) {
+    const int row = *prow;
+    const size_t nv = *pnv;
+    int k;
+    size_t used;
+    uint64_t used_lines;
+    int rc = cut_lines(r, blk, len, b->cap - row, &k, &used, &used_lines);
+    if (rc) return rc;
+    es__pline *pl = r->pl;
+    int np = ES_MIN(nt * PARTS_PER_THREAD, k / PART_MIN_LINES);
+    if (np < 1) np = 1;
+    if (parts_reserve(r, np) != ES_OK) {
+        es__lineio_consumed(r->io, 0, 0);
+        return es__err(&r->err, ES_ENOMEM, "%s: out of memory for %d parse parts", es__lineio_name(r->io), np);
+    }
+    /* parts of about equal bytes (pl[i].after grows with i) */
+    es__part *parts = r->parts;
+    const size_t total = k ? pl[k - 1].after : 0;
+    for (int t = 0, i = 0; t < np; t++) {
+        parts[t].first = i;
+        if (t == np - 1) {
+            i = k;
+        } else {
+            const size_t cut = total / (size_t)np * (size_t)(t + 1);
+            while (i < k && pl[i].after <= cut) i++;
+        }
+        parts[t].last = i;
+    }
+ES__OMP(omp parallel for schedule(dynamic, 1) num_threads(ES_MIN(nt, np)) if (np > 1))
+    for (int t = 0; t < np; t++) parse_part(r, &parts[t]);
+    /* where the block stops, and where each part's kept rows go */
+    int stop = k, kept = 0;
+    size_t vals = 0;
+    for (int t = 0; t < np && stop == k; t++) {
+        es__part *P = &parts[t];
+        P->row0 = row + kept;
+        P->nv0 = nv + vals;
+        for (int i = P->first; i < P->last; i++) {
+            if (pl[i].status == ES_OK) {
+                kept++;
+                vals += pl[i].v1 - pl[i].v0;
+            } else if (!(pl[i].status == ES_EPARSE && r->p.skip_bad)) {
+                stop = i;
+                break;
+            }
+        }
+    }
+    for (int t = 0; t < np; t++) parts[t].end = parts[t].first >= stop ? parts[t].first : ES_MIN(parts[t].last, stop);
+    if (vals > 0 && es_batch_reserve_vals(b, nv + vals) != ES_OK) {
+        es__lineio_consumed(r->io, 0, 0);
+        return es__err(&r->err, ES_ENOMEM, "%s:%llu: out of memory growing the batch", es__lineio_name(r->io),
+                       (unsigned long long)pl[0].no);
+    }
+    /* the bad lines' messages in line order, as block_serial leaves them */
+    for (int t = 0; t < np; t++) {
+        es__part *P = &parts[t];
+        const int last = ES_MIN(P->last, stop + 1);
+        for (int i = P->first; i < last; i++) {
+            if (pl[i].status == ES_OK) continue;
+            if (pl[i].v0 != UINT32_MAX) {
+                const es__badline *bl = &P->bad[pl[i].v0];
+                r->err = bl->err;
+                if (bl->shape_want) {
+                    r->sc.shape_got = bl->shape_got;
+                    r->sc.shape_want = bl->shape_want;
+                    r->sc.shape_alt = bl->shape_alt;
+                }
+            } else {
+                es__err(&r->err, ES_ENOMEM, "%s:%llu: out of memory", es__lineio_name(r->io), (unsigned long long)pl[i].no);
+            }
+            if (i < stop) note_bad(r);
+        }
+    }
+    /* serial: a second parallel region a block cost more than the copy on
+     * this shared machine (each fork/join may wait for a descheduled thread) */
+    for (int t = 0; t < np; t++) copy_part(r, b, &parts[t]);
+    if (stop < k) {
+        rc = pl[stop].status;
+        used = pl[stop].after;
+        used_lines = pl[stop].seen;
+    }
+    es__lineio_consumed(r->io, used, used_lines);
+    *prow = row + kept;
+    *pnv = nv + vals;
+    return rc;
+}
+
 static const char *r_name(const es_reader *r) { return r->esd ? es__esd_name(r) : es__lineio_name(r->io); }
 
 int es_reader_next(es_reader *r, es_batch *b) {
@@ -680,7 +919,7 @@ int es_reader_next(es_reader *r, es_batch *b) {
     if (r->failed) return r->failed;
     if (r->esd) return es__esd_next(r, b);
     const int nt = r->p.threads > 0 ? r->p.threads : es__threads_get();
-    const bool parallel = r->fixed_vals > 0 && nt > 1;
+    const bool parallel = nt > 1;
     int row = 0, rc = ES_OK;
     size_t nv = 0;
     b->off[0] = 0;
@@ -695,7 +934,9 @@ int es_reader_next(es_reader *r, es_batch *b) {
             rc = es__lineio_next_block(r->io, &blk, &len, &r->err);
             if (rc == 0) break;
             if (rc == 1) {
-                rc = parallel ? block_parallel(r, b, blk, len, nt, &row, &nv) : block_serial(r, b, blk, len, &row, &nv);
+                rc = !parallel        ? block_serial(r, b, blk, len, &row, &nv)
+                     : r->fixed_vals ? block_parallel(r, b, blk, len, nt, &row, &nv)
+                                     : block_parallel_var(r, b, blk, len, nt, &row, &nv);
                 if (rc == ES_OK) continue;
             }
         }

@@ -28,17 +28,39 @@ typedef struct es__col {
     int spec;  /* position of its entry in the column spec, -1 if none */
 } es__col;
 
-/* The line being parsed: its number, and where a bad-line message goes
- * (NULL: nowhere; the parallel Criteo stage parses without messages and
- * re-parses a bad line afterwards to produce its message in order). */
+/* A row parser's working memory, one per thread: the reader's own (r->sc)
+ * for the serial loop, one per part for the parallel loop of the
+ * variable-length formats, so that threads never share it. */
+typedef struct es__scratch {
+    /* libffm: one line's terms, grown amortised */
+    uint32_t *t_field;
+    uint64_t *t_key;
+    float *t_wt;
+    size_t t_cap;
+    uint32_t *f_count;    /* libffm: [n_fields + 1] */
+    /* CSV fields renumbered out of column order: span[2f], span[2f+1] is the
+     * text of field f on the current line ([2 * n_fields]; with field_col) */
+    char **span;
+    /* The last line with the wrong number of columns (messages only): the
+     * columns it had, the columns expected, and how many it would have
+     * with the other common delimiter (',' for TSV, '\t' for CSV). */
+    int shape_got, shape_want, shape_alt;
+} es__scratch;
+
+/* The line being parsed: its number, where a bad-line message goes (NULL:
+ * nowhere; the parallel Criteo stage parses without messages and re-parses
+ * a bad line afterwards to produce its message in order), and the scratch
+ * of the thread parsing it (NULL only with err NULL, for Criteo, which
+ * needs none; the shape of a bad line is noted there only with err). */
 typedef struct es__line {
     uint64_t no;
     es_err *err;
+    es__scratch *sc;
 } es__line;
 
 typedef int (*es__row_fn)(es_reader *r, const es__line *ln, char *s, size_t n, es_batch *b, int row, size_t *nv);
 
-/* One line of a block, for the parallel path. */
+/* One line of a block, for the parallel paths. */
 typedef struct es__pline {
     char *s;
     size_t n;
@@ -46,7 +68,32 @@ typedef struct es__pline {
     size_t after;    /* block bytes up to and including this line */
     uint64_t seen;   /* block lines up to and including this line (blank ones too) */
     int status;
+    /* variable-length formats: a good line's values are [v0, v1) of its
+     * part's scratch batch; a bad line's message is bad[v0] of its part
+     * (v0 = UINT32_MAX: none, out of memory) */
+    uint32_t v0, v1;
 } es__pline;
+
+/* A bad line met by a part of the parallel parse: its message and, when
+ * the parser noted one, its shape (es__scratch.shape_*). */
+typedef struct es__badline {
+    es_err err;
+    int shape_got, shape_want, shape_alt;
+} es__badline;
+
+/* One thread's share of a block in the parallel parse of the
+ * variable-length formats (reader.c, block_parallel_var): lines
+ * [first, last) of the block parsed into rows 0.. of its own batch. */
+typedef struct es__part {
+    es_batch b;
+    es__scratch sc;
+    es__badline *bad;
+    int n_bad, bad_cap;
+    int first, last;
+    int row0;        /* merge: the batch row of its first kept line */
+    size_t nv0;      /* merge: the batch value slot of its first kept value */
+    int end;         /* merge: lines [first, end) are copied */
+} es__part;
 
 struct es_reader {
     es_reader_params p;   /* resolved params; p.columns is columns_copy */
@@ -58,9 +105,13 @@ struct es_reader {
     int row_checks_text;  /* the row parser does the NUL/UTF-8 check itself */
     int fixed_vals;       /* > 0: every row has exactly this many values and
                              the row parser is thread safe (Criteo), so
-                             blocks of lines may be parsed in parallel */
+                             blocks of lines are parsed in parallel into
+                             their final slots (block_parallel); otherwise
+                             in parts and copied (block_parallel_var) */
     es__pline *pl;        /* [pl_cap] lines of the current block */
     size_t pl_cap;
+    es__part *parts;      /* [n_parts] of block_parallel_var, grown on demand */
+    int n_parts;
     int n_dense, n_fields;
     char **dense_names, **field_names;
     /* CSV: one entry per column of the file */
@@ -69,21 +120,13 @@ struct es_reader {
     char **col_names;
     int header_lines;     /* lines to skip after a rewind (0 or 1) */
     /* CSV fields renumbered out of column order (es__reader_match_names,
-     * es__reader_spec_order): field_col[f] is the column of field f and
-     * span[2f], span[2f+1] its text on the current line; NULL when the
+     * es__reader_spec_order): field_col[f] is the column of field f (its
+     * text on the current line goes to es__scratch.span); NULL when the
      * fields are in column order (the common case, parsed in one pass). */
     int *field_col;
-    char **span;
-    /* The last line with the wrong number of columns (messages only): the
-     * columns it had, the columns expected, and how many it would have
-     * with the other common delimiter (',' for TSV, '\t' for CSV). */
-    int shape_got, shape_want, shape_alt;
-    /* libsvm/libffm scratch for one line's terms, grown amortised */
-    uint32_t *t_field;
-    uint64_t *t_key;
-    float *t_wt;
-    size_t t_cap;
-    uint32_t *f_count;    /* [n_fields + 1] */
+    /* the serial loop's scratch; its shape_* are what es__reader_shape
+     * reports (the parallel loop copies a bad line's shape there in order) */
+    es__scratch sc;
     /* statistics since open/rewind */
     uint64_t rows, bad;
     int n_report;
@@ -189,6 +232,10 @@ int es__criteo_setup(es_reader *r, es_err *err);
 int es__csv_setup(es_reader *r, const char *columns, es_err *err);
 int es__libsvm_setup(es_reader *r, es_err *err);
 int es__libffm_setup(es_reader *r, es_err *err);
+/* Make a part's scratch ready for the reader's format (f_count, span);
+ * ES_ENOMEM. */
+int es__scratch_prepare(const es_reader *r, es__scratch *sc);
+void es__scratch_free(es__scratch *sc);
 /* Column count of a line split at byte d (for the shape hints above). */
 int es__count_byte(const char *s, size_t n, char d);
 /* Skip the header line(s) again after a rewind. */
