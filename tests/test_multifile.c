@@ -3,7 +3,8 @@
  * es_reader_open; the shards of a log, and --shard-files under MPI):
  *   - multifile_glob_and_list_read_as_the_whole_file: Criteo shards (one
  *     gzip, one empty) through a glob and through a list with comments
- *     give the rows of the whole file, in order, again after a rewind;
+ *     give the rows of the whole file, in order, again after a rewind, and
+ *     at 2 and 4 reader threads;
  *   - multifile_csv_header_on_every_file: a CSV header opens every file and
  *     is skipped; a file whose header differs is an error naming both;
  *   - multifile_errors_name_the_file: a bad line names its shard and line;
@@ -93,6 +94,13 @@ TEST(multifile_glob_and_list_read_as_the_whole_file) {
     CHECK_EQ_INT(ra, 2500);
     CHECK(rg == ra && rl == ra);
     CHECK_MSG(hg == ha && hl == ha, "the shards' rows differ from the whole file's");
+    /* the parallel parse over the list: the same rows at 2 and 4 threads */
+    for (int t = 2; t <= 4; t += 2) {
+        uint64_t rt, ht;
+        rp.threads = t;
+        digest_path(glob_, &rp, &rt, &ht);
+        CHECK_MSG(rt == ra && ht == ha, "%d threads over the list: other rows", t);
+    }
 }
 
 TEST(multifile_csv_header_on_every_file) {
@@ -104,11 +112,15 @@ TEST(multifile_csv_header_on_every_file) {
     char p1[512], p2[512];
     snprintf(p1, sizeof p1, "%s", es_test_path("mfc/[ab].csv"));
     snprintf(p2, sizeof p2, "%s", es_test_path("mfc/whole.csv"));
-    uint64_t r1, r2, h1, h2;
+    uint64_t r1, r2, h1, h2, h4, r4;
     digest_path(p1, &rp, &r1, &h1);
     digest_path(p2, &rp, &r2, &h2);
     CHECK_EQ_INT(r1, 3);
     CHECK(h1 == h2 && r1 == r2);
+    rp.threads = 4; /* CSV parses in parallel too */
+    digest_path(p1, &rp, &r4, &h4);
+    CHECK(h4 == h1 && r4 == r1);
+    rp.threads = 1;
     /* c.csv names its columns in another order: refused, naming both files */
     snprintf(p1, sizeof p1, "%s", es_test_path("mfc/[ac].csv"));
     es_reader *r = NULL;
