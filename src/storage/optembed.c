@@ -72,7 +72,7 @@
  * floor((B - 16 F - 4 F) / (4 W)) rows, at least one per field
  * (ES_EBUDGET otherwise), split as autodim splits them (one each, then in
  * proportion to distinct_f + 1, capped there, with a vocabulary; equally
- * without).  Resolved rows=, dims=, seed and mask are recorded in meta.
+ * without), and what the caps leave equally over the fields.  Resolved rows=, dims=, seed and mask are recorded in meta.
  */
 #include "core/simd.h"
 #include "storage/storage.h"
@@ -90,13 +90,17 @@ typedef struct {
     int cand[OE_MAX_C];
     es_rows *t;       /* [F]: [rows_f, W] */
     es_gradacc *ga;   /* [F] */
-    uint64_t *salt;   /* [F]; nrows, cur, kept follow in one allocation */
+    uint64_t *salt;   /* [F]; nrows, kept follow in one allocation */
     uint64_t *nrows;
-    uint64_t *cur;    /* [F] the sampled prefix dimensions of the current step */
     uint64_t *kept;   /* [F] derived rows (search_finish) */
+    /* [F] the sampled prefix dimensions of the current step, as floats
+     * (small integers, exact) so that they are f32 training state as
+     * autodim's noise is: the storage harness restores that around a
+     * gradient check */
+    float *cur;
     int *evald;       /* [F] prefix dimensions in evaluation mode; best [F] follows */
     int *best;
-    float *thr;       /* [F]; acc [F] (NULL with SGD), gthr [F] scratch follow */
+    float *thr;       /* [F]; acc [F] (NULL with SGD), cur [F] follow */
     float *acc;
     double *gthr;
     float *falloc;
@@ -152,7 +156,7 @@ static inline float oe_mask(const oe_impl *m, float x) { return m->smooth ? oe_S
 static void oe_redraw(oe_impl *m) {
     es_rng r;
     memcpy(r.s, m->st + ST_RNG, sizeof r.s);
-    for (int f = 0; f < m->F; f++) m->cur[f] = (uint64_t)m->cand[es__rng_u64(&r) % (uint64_t)m->C];
+    for (int f = 0; f < m->F; f++) m->cur[f] = (float)m->cand[es__rng_u64(&r) % (uint64_t)m->C];
     memcpy(m->st + ST_RNG, r.s, sizeof r.s);
 }
 
@@ -246,7 +250,7 @@ static int oe_tensors(es_storage *s, es_tensor_ref *refs, int max) {
     }
     es__tensor_ref_set(&refs[at++], "opt.arch.thresh", ES_DT_F32, m->thr, 1, (uint64_t)m->F);
     if (m->acc) es__tensor_ref_set(&refs[at++], "opt.arch.acc", ES_DT_F32, m->acc, 1, (uint64_t)m->F);
-    es__tensor_ref_set(&refs[at++], "opt.arch.dims", ES_DT_U64, m->cur, 1, (uint64_t)m->F);
+    es__tensor_ref_set(&refs[at++], "opt.arch.dims", ES_DT_F32, m->cur, 1, (uint64_t)m->F);
     es__tensor_ref_set(&refs[at++], "opt.arch.rng", ES_DT_U64, m->st + ST_RNG, 1, (uint64_t)4);
     es__tensor_ref_set(&refs[at++], "opt.arch.step", ES_DT_U64, m->st + ST_STEP, 1, (uint64_t)1);
     return at;
@@ -258,10 +262,8 @@ static int oe_after_load(es_storage *s, es_err *err) {
     oe_impl *m = s->impl;
     for (int f = 0; f < m->F; f++) {
         int ok = 0;
-        for (int k = 0; k < m->C; k++) ok |= m->cur[f] == (uint64_t)m->cand[k];
-        if (!ok)
-            return es__err(err, ES_EFORMAT, "optembed: opt.arch.dims[%d] = %llu is not a candidate dimension", f,
-                           (unsigned long long)m->cur[f]);
+        for (int k = 0; k < m->C; k++) ok |= m->cur[f] == (float)m->cand[k];
+        if (!ok) return es__err(err, ES_EFORMAT, "optembed: opt.arch.dims[%d] = %g is not a candidate dimension", f, (double)m->cur[f]);
     }
     return ES_OK;
 }
@@ -509,7 +511,8 @@ static int parse_cand(es_storage *s, int *cand, int *C, es_err *err) {
 }
 
 /* autodim's split: one row each, then in proportion to distinct_f + 1,
- * capped there (water-filling), without a vocabulary equally. */
+ * capped there (water-filling), without a vocabulary equally; what no
+ * capped field can take, equally without caps. */
 static void split_rows(uint64_t R, int F, const es_vocab *vocab, uint64_t *rows) {
     for (int f = 0; f < F; f++) rows[f] = 1;
     R -= (uint64_t)F;
@@ -538,6 +541,9 @@ static void split_rows(uint64_t R, int F, const es_vocab *vocab, uint64_t *rows)
         }
         R -= given;
     }
+    /* every field at distinct + 1 and budget left: the rest equally, as
+     * fielddim gives it out (more hashed rows, fewer collisions) */
+    for (int f = 0; f < F; f++) rows[f] += R / (uint64_t)F + ((uint64_t)f < R % (uint64_t)F);
 }
 
 static int oe_create(es_storage *s, const es_vocab *vocab, es_err *err) {
@@ -596,9 +602,9 @@ static int oe_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     const int has_acc = s->p.opt.kind != ES_OPT_SGD;
     m->t = es__calloc((size_t)F, sizeof *m->t);
     m->ga = es__calloc((size_t)F, sizeof *m->ga);
-    m->salt = es__calloc(4 * (size_t)F, sizeof(uint64_t));
+    m->salt = es__calloc(3 * (size_t)F, sizeof(uint64_t));
     m->evald = es__calloc(2 * (size_t)F, sizeof(int));
-    m->falloc = es__calloc(2 * (size_t)F, sizeof(float));
+    m->falloc = es__calloc(3 * (size_t)F, sizeof(float));
     m->gthr = es__calloc((size_t)F, sizeof(double));
     if (!m->t || !m->ga || !m->salt || !m->evald || !m->falloc || !m->gthr) {
         oe_free(m);
@@ -606,11 +612,11 @@ static int oe_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         return es__err(err, ES_ENOMEM, "optembed: out of memory");
     }
     m->nrows = m->salt + F;
-    m->cur = m->salt + 2 * F;
-    m->kept = m->salt + 3 * F;
+    m->kept = m->salt + 2 * F;
     m->best = m->evald + F;
     m->thr = m->falloc;
     m->acc = has_acc ? m->falloc + F : NULL;
+    m->cur = m->falloc + 2 * F;
     const float t0 = (float)es__storage_opt_f64(s, "thresh0");
     for (int f = 0; f < F; f++) {
         m->thr[f] = t0;
@@ -621,7 +627,7 @@ static int oe_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     es__rng_seed(&rng, s->p.seed);
     es__rng_seed(&nr, s->p.seed ^ UINT64_C(0x6f7074656d626473)); /* the sampling stream */
     memcpy(m->st + ST_RNG, nr.s, sizeof nr.s);
-    size_t pbytes = 0, sbytes = (size_t)(1 + has_acc) * (size_t)F * sizeof(float) + (size_t)F * sizeof(uint64_t) + sizeof m->st;
+    size_t pbytes = 0, sbytes = (size_t)(2 + has_acc) * (size_t)F * sizeof(float) + sizeof m->st; /* as oe_tensors lists them */
     for (int f = 0; f < F && rc == ES_OK; f++) {
         m->salt[f] = es__storage_salt(s->p.seed, f, 0);
         m->nrows[f] = rows[f];
