@@ -66,8 +66,8 @@ static double loss_of(es_storage *s, const es_batch *b, const float *G, float *o
  * minus its gradient).  Several thresholds, so the rows' x = n - t fall on
  * each piece of g. */
 TEST(optembed_threshold_gradient) {
-    static const char *const opts[] = {"dims=2:4:8,mask=smooth,reg=0,thresh0=2", "dims=2:4:8,mask=smooth,reg=0,thresh0=1.6",
-                                       "dims=2:4:8,mask=smooth,reg=0,thresh0=2.5", "dims=1:3:8,mask=smooth,reg=0,thresh0=2.2"};
+    static const char *const opts[] = {"dims=2:4:8,mask=smooth,reg=0,thresh_lr=1,thresh0=2", "dims=2:4:8,mask=smooth,reg=0,thresh_lr=1,thresh0=1.6",
+                                       "dims=2:4:8,mask=smooth,reg=0,thresh_lr=1,thresh0=2.5", "dims=1:3:8,mask=smooth,reg=0,thresh_lr=1,thresh0=2.2"};
     int checked = 0;
     for (size_t oi = 0; oi < ES_ARRAY_LEN(opts); oi++) {
         es_sh_cfg c = es_sh_cfg_make("optembed", 0);
@@ -187,7 +187,7 @@ TEST(optembed_threshold_gradient) {
  * the hard mask reads rows below their field's threshold as zeros. */
 TEST(optembed_regulariser_and_mask) {
     es_sh_cfg c = es_sh_cfg_make("optembed", 0);
-    c.opts = "dims=2:4:8,reg=0.5,thresh0=1";
+    c.opts = "dims=2:4:8,reg=0.5,thresh0=1,thresh_lr=1";
     es_vocab *v = es_sh_vocab(c.n_fields);
     es_storage *s = NULL;
     es_err err;

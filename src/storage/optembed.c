@@ -27,7 +27,9 @@
  *   exp(-t_f) (option reg=, default 1e-4; per training step), which
  *   pushes them up, so rows that the loss does not defend fall below.
  *   They train with the weights (no validation rows: no arch_backward),
- *   elementwise Adagrad ("opt.arch.acc"; SGD with SGD) at lr * thresh_lr,
+ *   elementwise Adagrad ("opt.arch.acc"; SGD with SGD) at lr * thresh_lr
+ *   (default 0.1: Adagrad's normalised step makes the regulariser climb
+ *   at a rate set by the step size, not by reg),
  *   starting at thresh0 (default 0: every row kept).
  * (b) Dimension sampling.  After every training step each field's d_f is
  *   drawn uniformly from the candidates ("opt.arch.dims"), from the
@@ -469,7 +471,7 @@ static const es__opt_spec oe_opts[] = {
              "smooth", ""),
     ES_OPT_U("search_epochs", 1, 1000, "1", 0, "passes over the training rows the supernet trains", "2", ""),
     ES_OPT_F("thresh0", -100, 100, "0", 0, "initial per-field threshold on a row's L1 norm", "0.5", ""),
-    ES_OPT_F("thresh_lr", 0, 1000, "1", ES_OPT_LO_OPEN, "learning rate of the thresholds, times the table's", "0.5", ""),
+    ES_OPT_F("thresh_lr", 0, 1000, "0.1", ES_OPT_LO_OPEN, "learning rate of the thresholds, times the table's", "0.5", ""),
     ES_OPT_F("reg", 0, 100, "0.0001", 0, "threshold regulariser reg * sum_f exp(-t_f), pushing the thresholds up", "0.01", ""),
     ES_OPT_U("pop", 2, OE_MAX_POP, "8", 0, "evolutionary search: population of per-field dimension vectors", "4", ""),
     ES_OPT_U("generations", 0, 1000, "4", 0, "evolutionary search: generations after the first population", "2", ""),
