@@ -265,6 +265,18 @@ static void budget_case(const char *data, const char *cols, const char *frac_s, 
     CHECK_MSG(search > 0 && search <= frac * full, "%s: the supernet (%.0f bytes) over the budget %.0f", frac_s, search, frac * full);
     CHECK_EQ_INT(n, F);
     CHECK_EQ_INT(nk, F);
+    /* the stages in order, and the retrain is fielddim with those dims and rows */
+    const char *a = j ? strstr(j, "\"stages\":[{\"name\":\"search\"") : NULL, *b = a ? strstr(a, "{\"name\":\"derive\"") : NULL,
+               *c = b ? strstr(b, "{\"name\":\"retrain\"") : NULL;
+    CHECK_MSG(a && b && c, "stages missing or out of order: %s", j ? j : "");
+    if (n == F && nk == F && c) {
+        char want[1024];
+        size_t o = (size_t)snprintf(want, sizeof want, "\"storage\":\"fielddim\",\"opts\":\"dims=");
+        for (int i = 0; i < n; i++) o += (size_t)snprintf(want + o, sizeof want - o, i ? ":%lld" : "%lld", d[i]);
+        o += (size_t)snprintf(want + o, sizeof want - o, ",rows=");
+        for (int i = 0; i < nk; i++) o += (size_t)snprintf(want + o, sizeof want - o, i ? ":%lld" : "%lld", k[i]);
+        CHECK_STR_HAS(c, want);
+    }
     free(s);
 }
 
