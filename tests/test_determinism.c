@@ -19,6 +19,7 @@
 #include "core/simd.h"
 #include "embstore.h"
 #include "model/layers.h"
+#include "storage/storage.h"
 
 #include <stdint.h>
 
@@ -144,7 +145,8 @@ static int check_one(const char *model, const char *method, const es_batch *all,
     p.max_rows = 1200;
     p.model = model;
     p.storage = method;
-    if (!strcmp(method, "autodim")) { /* multi-stage: the search needs validation rows carved from the file */
+    const es_storage_ops *ops = es__storage_find(method);
+    if (ops && ops->staged) { /* multi-stage (autodim, optembed): the search needs validation rows carved from the file */
         p.valid_frac = 0.2;
         p.early_stop = 0;
     }

@@ -22,6 +22,7 @@ extern const es_storage_ops es__storage_deeplight;
 extern const es_storage_ops es__storage_dedup;
 extern const es_storage_ops es__storage_fielddim;
 extern const es_storage_ops es__storage_autodim;
+extern const es_storage_ops es__storage_optembed;
 
 static const es_storage_ops *const methods[] = {
     &es__storage_full,
@@ -41,6 +42,7 @@ static const es_storage_ops *const methods[] = {
     &es__storage_dedup,
     &es__storage_fielddim,
     &es__storage_autodim,
+    &es__storage_optembed,
 };
 
 const es_storage_ops *es__storage_find(const char *name) {

@@ -298,7 +298,9 @@ typedef struct es__staged {
     int (*search_epochs)(const es_storage *s);
     /* The architecture step: dout [n, F, dim] of the loss of validation
      * batch b at the lookup's output; update only the architecture
-     * parameters.  Errors as backward. */
+     * parameters.  Errors as backward.  May be NULL (optembed: its
+     * thresholds train with the weights): then the search passes make no
+     * architecture steps. */
     int (*arch_backward)(es_storage *s, const es_batch *b, const float *dout);
     /* Evaluation mode: 1 = deterministic lookups (no sampling noise), for
      * the search's validation metrics; 0 = training (the default). */
@@ -309,6 +311,17 @@ typedef struct es__staged {
      * json[jcap] (for the result).  ES_EBUDGET when no derived table fits. */
     int (*derive)(es_storage *s, const es_vocab *vocab, const char **method, char *opts, size_t cap, char *json, size_t jcap,
                   es_err *err);
+    /* Optional (NULL: none, autodim): a search over configurations of the
+     * trained search storage (optembed: an evolutionary search over
+     * per-field dimensions), run after the search passes and before
+     * derive.  The storage sets its current configuration, then calls
+     * evaluate(ctx, &auc), which runs the model over the carved
+     * validation rows in evaluation mode (set_eval on) and gives their
+     * AUC; evaluate's non-zero return (an ES_E* code, message in err) is
+     * returned as it is.  It runs inside the search stage without
+     * checkpoints inside it, so it must be deterministic from the
+     * storage's state (a resumed search runs it again from the start). */
+    int (*search_finish)(es_storage *s, int (*evaluate)(void *ctx, double *auc), void *ctx, es_err *err);
 } es__staged;
 #define ES_STORAGE_OPTS(table) .opts = table, .n_opts = (int)ES_ARRAY_LEN(table)
 

@@ -244,7 +244,7 @@ int es__model_arch_batch(es_model *m, const es_batch *b) {
     int n = b->n, rc = check_batch(m, b);
     if (rc != ES_OK) return rc;
     const es__staged *sg = m->st->ops->staged;
-    if (!sg) return es__err(&m->err, ES_EINVAL, "storage '%s' has no architecture step", m->st->ops->name);
+    if (!sg || !sg->arch_backward) return es__err(&m->err, ES_EINVAL, "storage '%s' has no architecture step", m->st->ops->name);
     if (n < 1 || n > m->max_batch)
         return es__err(&m->err, ES_EINVAL, "an architecture batch needs 1 to %d rows, got %d", m->max_batch, n);
     lookup_rows(m, b, 0, n);

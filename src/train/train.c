@@ -1499,7 +1499,7 @@ static int run_batches(run *x, int ep, uint64_t *done, double *loss_sum, long *b
         pipeline_release(&x->pl);
         if (rc != 0) break;
         batch_done(x, n, done, batches, *loss_sum, t_ep);
-        if (x->searching && (erc = run_arch_step(x, ep, *done)) != 0) break;
+        if (x->searching && x->m->st->ops->staged->arch_backward && (erc = run_arch_step(x, ep, *done)) != 0) break;
         /* an evaluation every eval_every batches of the epoch (counted from
          * its start, so a resumed run evaluates at the same rows), before
          * the checkpoint of the same batch, which then records it */
@@ -1760,6 +1760,20 @@ static int run_pipeline(run *x) {
     return ES_OK;
 }
 
+/* es__staged.search_finish's evaluate: the search model's validation AUC
+ * over the carved rows in evaluation mode, at the configuration the
+ * storage set. */
+static int stage_evaluate(void *ctx, double *auc) {
+    run *x = ctx;
+    const es__staged *sg = x->m->st->ops->staged;
+    es_metrics vm;
+    sg->set_eval(x->m->st, 1);
+    int rc = run_validate(x, &vm);
+    sg->set_eval(x->m->st, 0);
+    *auc = rc == ES_OK ? vm.auc : 0;
+    return rc;
+}
+
 /* The search and derive stages, then the retrain model (see above). */
 static int run_search(run *x) {
     const es_train_params *p = x->p;
@@ -1786,6 +1800,9 @@ static int run_search(run *x) {
     rc = run_validate(x, &vm);
     sg->set_eval(x->m->st, 0);
     if (rc != ES_OK) return rc;
+    /* a search over the trained storage's configurations (optembed's
+     * evolutionary search), in this stage, without checkpoints inside it */
+    if (sg->search_finish && (rc = sg->search_finish(x->m->st, stage_evaluate, x, x->err)) != ES_OK) return rc;
     char json[1024];
     snprintf(json, sizeof json, "{\"storage\":\"%s\",\"epochs\":%d,\"rows\":%llu,\"valid_rows\":%llu,\"valid_auc\":%.6f,\"valid_logloss\":%.6f,"
              "\"emb_bytes\":%zu}",
