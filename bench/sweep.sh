@@ -44,6 +44,13 @@ swept against the hashing family in [benchmarks-intra.md](benchmarks-intra.md) (
 three ways to a low-precision table (PTQ, QAT, ALPT) are compared in
 [methods.md](methods.md#precision-training-at-a-precision---precision-qat-alpt).
 
+\`autodim\` and \`optembed\` search a dimension per field (and, for \`optembed\`, which rows to keep)
+on validation rows carved from the training rows, then retrain the found table from scratch as
+\`fielddim\` (multi-stage training, issue 12, [methods.md](methods.md#multi-stage-training-search--derive--retrain));
+their bytes are the retrained table's, and their train rows/s count the search and derive stages
+(the retrain's rate over 1 + their share of the time). \`optembed\` prunes rows, so it often uses
+less than its budget.
+
 - Machine: $cpu, $(nproc) CPUs; $T thread(s) per run; the whole sweep (both datasets, $(( $(cat $OUT/criteo/cells.csv $OUT/movielens/cells.csv | wc -l) - 2 )) cells)
   took ${secs} s.
 - Commands:
