@@ -636,7 +636,8 @@ typedef struct es_train_params {
      * rows is split into contiguous parts, one per process, and the model
      * is bit-for-bit the same for any number of processes (1, 2, 4, ...:
      * a power of two up to 16) with threads = 1.  Methods full, hash,
-     * unified and adapt (mode=vocab), fp32 or QAT; process 0 writes out_path; checkpoints are one file per
+     * unified and adapt (mode=vocab), fp32 or QAT, sharded; dhe and tt
+     * replicated; process 0 writes out_path; checkpoints are one file per
      * process ("<checkpoint>.rank<k>of<N>"), resumed on as many.  NULL:
      * this process alone. */
     const es_comm *comm;

@@ -507,8 +507,9 @@ static void backward_block(dhe_impl *m, int mi, int n, const float *dout) {
     (void)k;
 }
 
-static int dhe_backward(es_storage *s, const es_batch *b, const float *dout) {
-    dhe_impl *m = s->impl;
+/* The gradient of batch b into m->g (zero before), and the networks that
+ * saw a value: marked in the optimizer, or counted in marks[M] when given. */
+static void dhe_accumulate(dhe_impl *m, const es_batch *b, const float *dout, float *marks) {
     const int F = m->F, k = m->k;
     for (int mi = 0; mi < m->M; mi++) {
         const int f0 = m->share ? 0 : mi, f1 = m->share ? F : mi + 1;
@@ -524,14 +525,43 @@ static int dhe_backward(es_storage *s, const es_batch *b, const float *dout) {
                         backward_block(m, mi, n, dout);
                         n = 0;
                     }
-                    es__dense_opt_mark_group(&m->opt, mi);
+                    if (marks) marks[mi] += 1.0f;
+                    else es__dense_opt_mark_group(&m->opt, mi);
                 }
             }
         if (n) backward_block(m, mi, n, dout);
     }
+}
+
+static int dhe_backward(es_storage *s, const es_batch *b, const float *dout) {
+    dhe_impl *m = s->impl;
+    dhe_accumulate(m, b, dout, NULL);
     /* one step of each network that saw a value; zeroes their gradients */
     es__dense_opt_step_marked(&m->opt);
     return ES_OK;
+}
+
+/* Across processes, replicated (storage.h rep_*): the gradient [n_params]
+ * then a count per network of the values it saw [M]. */
+static size_t dhe_rep_floats(es_storage *s) {
+    const dhe_impl *m = s->impl;
+    return m->n_params + (size_t)m->M;
+}
+
+static int dhe_rep_backward(es_storage *s, const es_batch *b, const float *dout, float *acc) {
+    dhe_impl *m = s->impl;
+    dhe_accumulate(m, b, dout, acc + m->n_params);
+    for (size_t i = 0; i < m->n_params; i++) acc[i] += m->g[i];
+    memset(m->g, 0, m->n_params * sizeof *m->g);
+    return ES_OK;
+}
+
+static void dhe_rep_apply(es_storage *s, const float *acc) {
+    dhe_impl *m = s->impl;
+    memcpy(m->g, acc, m->n_params * sizeof *m->g);
+    for (int mi = 0; mi < m->M; mi++)
+        if (acc[m->n_params + (size_t)mi] > 0) es__dense_opt_mark_group(&m->opt, mi);
+    es__dense_opt_step_marked(&m->opt); /* zeroes the marked networks' gradients; the others' are zero */
 }
 
 /* ---- tensors ------------------------------------------------------------------------- */
@@ -577,4 +607,7 @@ const es_storage_ops es__storage_dhe = {
     ES_STORAGE_OPTS(dhe_opts),
     .default_budget = ES_DEFAULT_BUDGET,
     .needs_vocab = 0,
+    .rep_floats = dhe_rep_floats,
+    .rep_backward = dhe_rep_backward,
+    .rep_apply = dhe_rep_apply,
 };

@@ -262,6 +262,20 @@ typedef struct es_storage_ops {
      * updates them on the rank that owns them.  Methods without it are
      * refused under several processes.  NULL otherwise. */
     int (*row_map)(es_storage *s, struct es__row_map *out);
+    /* Optional, for a method with few parameters and no row table (dhe,
+     * tt): trained across processes *replicated* (src/train/dist.c): every
+     * rank holds all its parameters, looks its rows up with ops->lookup,
+     * and its gradient joins the dense layers' in the fixed-order reduce.
+     *   rep_floats    the floats of that gradient (and of whatever marks
+     *                 what an update touches);
+     *   rep_backward  the gradient ops->backward would compute for batch b,
+     *                 ADDED into acc[rep_floats], with nothing updated;
+     *   rep_apply     the update ops->backward makes from such a gradient
+     *                 (acc: the sum over the ranks' parts of a batch).
+     * backward(b) is then rep_apply of rep_backward(b) into zeros. */
+    size_t (*rep_floats)(es_storage *s);
+    int (*rep_backward)(es_storage *s, const es_batch *b, const float *dout, float *acc);
+    void (*rep_apply)(es_storage *s, const float *acc);
     /* Optional: a multi-stage method (search -> derive -> retrain; see
      * es__staged below and docs/methods.md "Multi-stage training").  NULL
      * for every single-stage method, which es_train runs as before. */

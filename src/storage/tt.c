@@ -160,13 +160,16 @@ static void tt_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *o
     }
 }
 
-static int tt_backward(es_storage *s, const es_batch *b, const float *dout) {
+/* The gradient of batch b, added slice by slice: into the gradient
+ * accumulators (acc NULL), or into acc (storage.h rep_*: core k's
+ * gradient [rows, rl] from acc + aoff[k], then a count per slice of the
+ * values that touched it from acc + moff[k]); racc is that acc. */
+static int tt_grads(es_storage *s, const es_batch *b, const float *dout, float *racc, const size_t *aoff, const size_t *moff) {
     tt_impl *t = s->impl;
     const int F = t->F, dim = t->dim, R = t->R, d0 = t->d[0], d1 = t->d[1], d2 = t->d[2];
     const size_t W = (size_t)d1 * (size_t)R;
     uint64_t row[3];
     float T[TT_SCRATCH], dT[TT_SCRATCH];
-    for (int k = 0; k < 3; k++) es__gradacc_clear(&t->ga[k]);
     for (size_t P = 0, PN = (size_t)b->n * F, fi = 0; P < PN; P++, fi = fi + 1 == (size_t)F ? 0 : fi + 1) {
         const int f = (int)fi;
         const uint64_t salt = es__storage_salt(t->seed, f, 0);
@@ -178,11 +181,15 @@ static int tt_backward(es_storage *s, const es_batch *b, const float *dout) {
             const float *restrict B = t->c[1].w + row[1] * (uint64_t)t->rl[1];
             const float *restrict C = t->c[2].w + row[2] * (uint64_t)t->rl[2];
             float *g[3];
-            for (int k = 0; k < 3; k++)
-                if (!(g[k] = es__gradacc_row(&t->ga[k], row[k]))) {
+            for (int k = 0; k < 3; k++) {
+                if (racc) {
+                    g[k] = racc + aoff[k] + row[k] * (uint64_t)t->rl[k];
+                    racc[moff[k] + row[k]] += 1.0f;
+                } else if (!(g[k] = es__gradacc_row(&t->ga[k], row[k]))) {
                     for (int l = 0; l < 3; l++) es__gradacc_clear(&t->ga[l]);
                     return es__err(&s->err, ES_ENOMEM, "tt: out of memory growing the gradient scratch of core %d", k);
                 }
+            }
             float *restrict gA = g[0], *restrict gB = g[1], *restrict gC = g[2];
             for (int a = 0; a < d0; a++) {
                 memset(T, 0, W * sizeof *T);
@@ -210,8 +217,58 @@ static int tt_backward(es_storage *s, const es_batch *b, const float *dout) {
             }
         }
     }
+    return ES_OK;
+}
+
+static int tt_backward(es_storage *s, const es_batch *b, const float *dout) {
+    tt_impl *t = s->impl;
+    for (int k = 0; k < 3; k++) es__gradacc_clear(&t->ga[k]);
+    int rc = tt_grads(s, b, dout, NULL, NULL, NULL);
+    if (rc != ES_OK) return rc;
     for (int k = 0; k < 3; k++) es__gradacc_apply(&t->ga[k], &t->c[k]);
     return ES_OK;
+}
+
+/* Across processes, replicated (storage.h rep_*): the three cores'
+ * gradients, then a count per slice of each core. */
+static void tt_rep_layout(const tt_impl *t, size_t *aoff, size_t *moff, size_t *total) {
+    size_t o = 0;
+    for (int k = 0; k < 3; k++) {
+        aoff[k] = o;
+        o += (size_t)t->c[k].n_rows * (size_t)t->rl[k];
+    }
+    for (int k = 0; k < 3; k++) {
+        moff[k] = o;
+        o += (size_t)t->c[k].n_rows;
+    }
+    *total = o;
+}
+
+static size_t tt_rep_floats(es_storage *s) {
+    size_t a[3], m[3], n;
+    tt_rep_layout(s->impl, a, m, &n);
+    return n;
+}
+
+static int tt_rep_backward(es_storage *s, const es_batch *b, const float *dout, float *acc) {
+    size_t a[3], m[3], n;
+    tt_rep_layout(s->impl, a, m, &n);
+    return tt_grads(s, b, dout, acc, a, m);
+}
+
+/* One update per touched slice, as es__gradacc_apply makes it (the
+ * table's step counts once; slices are independent, so their order does
+ * not matter). */
+static void tt_rep_apply(es_storage *s, const float *acc) {
+    tt_impl *t = s->impl;
+    size_t a[3], m[3], n;
+    tt_rep_layout(t, a, m, &n);
+    for (int k = 0; k < 3; k++) {
+        es_rows *c = &t->c[k];
+        if (c->last) c->step++;
+        for (uint64_t r = 0; r < c->n_rows; r++)
+            if (acc[m[k] + r] > 0) es__rows_update(c, r, acc + a[k] + r * (uint64_t)t->rl[k]);
+    }
 }
 
 static int tt_tensors(es_storage *s, es_tensor_ref *refs, int max) {
@@ -484,4 +541,7 @@ const es_storage_ops es__storage_tt = {
     .destroy = tt_destroy,
     ES_STORAGE_OPTS(tt_opts),
     .default_budget = ES_DEFAULT_BUDGET,
+    .rep_floats = tt_rep_floats,
+    .rep_backward = tt_rep_backward,
+    .rep_apply = tt_rep_apply,
 };

@@ -37,7 +37,9 @@ struct es__dist {
     int rank, size;
     es_model *m;
     es__row_map map;
-    size_t P;               /* dense parameters */
+    int rep;                /* a replicated storage (ops->rep_*: dhe, tt): no map, its gradient joins the dense one */
+    size_t Pn;              /* the net's parameters */
+    size_t P;               /* floats reduced per step: the net's, then the replicated storage's gradient */
     es_gradacc ga;          /* owner side: summed gradients of owned rows */
     /* step scratch */
     uint64_t *ids;          /* [n_ids] global rows of this rank's values, batch order */
@@ -131,12 +133,41 @@ int es__dist_check_comm(const es_comm *c, es_err *err) {
     return ES_OK;
 }
 
+/* A replicated storage (dhe, tt: ops->rep_*): every rank holds all of it,
+ * as it holds the dense layers; its gradient is reduced with theirs. */
+static int dist_bind_replicated(es__dist *d, es_model *m, es_err *err) {
+    es_storage *s = m->st;
+    if (s->p.precision != ES_PREC_FP32) return es__err(err, ES_EINVAL, "storage '%s' trains at fp32 across processes", s->ops->name);
+    if (s->p.opt.row_l2 > 0) return es__err(err, ES_EINVAL, "lazy L2 on the tables (--emb-l2) is not supported across processes yet");
+    if (m->np.dropout > 0.0f)
+        return es__err(err, ES_EINVAL, "dropout is not supported across processes yet (its masks depend on the row's place in the batch)");
+    if (s->p.shard_n > 1) return es__err(err, ES_EINVAL, "storage '%s' is replicated, not sharded, across processes", s->ops->name);
+    d->m = m;
+    d->rep = 1;
+    d->Pn = es__net_n_params(m->net);
+    d->P = d->Pn + s->ops->rep_floats(s);
+    memset(&d->map, 0, sizeof d->map);
+    es__gradacc_free(&d->ga);
+    es__free(d->part);
+    es__free(d->gsum);
+    es__free(d->tmp);
+    d->tmp = NULL;
+    d->part = es__malloc(((size_t)ES_DIST_BLOCKS * d->P + 1) * sizeof(float));
+    d->gsum = es__malloc((3 * (size_t)d->size * ((d->P + (size_t)d->size - 1) / (size_t)d->size) + 1) * sizeof(float));
+    if (!d->part || !d->gsum) return es__err(err, ES_ENOMEM, "out of memory for the distributed step");
+    return ES_OK;
+}
+
+int es__dist_replicated(const es__dist *d) { return d->rep; }
+
 int es__dist_rebind(es__dist *d, es_model *m, es_err *err) {
     es_storage *s = m->st;
-    if (!s->ops->row_map)
+    if (!s->ops->row_map && !s->ops->rep_floats)
         return es__err(err, ES_EINVAL,
-                       "storage '%s' cannot be sharded over processes yet (full, hash, unified and adapt can: docs/scale.md)",
+                       "storage '%s' cannot be trained across processes yet (full, hash, unified and adapt are sharded, dhe "
+                       "and tt replicated: docs/scale.md)",
                        s->ops->name);
+    if (!s->ops->row_map) return dist_bind_replicated(d, m, err);
     if (s->p.precision != ES_PREC_FP32 && es__storage_qtrain(s) != ES_QTRAIN_QAT)
         return es__err(err, ES_EINVAL,
                        "training at %s is supported across processes with QAT only (ALPT's stochastic rounding draws from one "
@@ -155,7 +186,8 @@ int es__dist_rebind(es__dist *d, es_model *m, es_err *err) {
         return es__err(err, ES_EINVAL, "storage '%s': %d chunks of %d floats do not make the model's %d", s->ops->name, d->map.k,
                        d->map.t->dim, m->E);
     d->m = m;
-    d->P = es__net_n_params(m->net);
+    d->rep = 0;
+    d->P = d->Pn = es__net_n_params(m->net);
     es__gradacc_free(&d->ga);
     size_t cap = (size_t)m->max_batch * (size_t)m->n_fields;
     if (cap > d->map.t->n_rows) cap = (size_t)d->map.t->n_rows;
@@ -457,7 +489,7 @@ static int my_part(es__dist *d, const es_batch *g, int n, const char *what, int 
 int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum) {
     es_model *m = d->m;
     es_err *err = &m->err;
-    const int F = m->n_fields, E = m->E, N = d->size, k = d->map.k, cd = d->map.t->dim;
+    const int F = m->n_fields, E = m->E, N = d->size, k = d->rep ? 0 : d->map.k, cd = d->rep ? 0 : d->map.t->dim;
     const int nd = m->n_dense;
     int jb0, jb1, lo, hi;
     int rc = my_part(d, g, n, "training", &jb0, &jb1, &lo, &hi);
@@ -469,10 +501,15 @@ int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum
     const size_t row_bytes = (size_t)cd * sizeof(float);
     size_t tot;
     d->st.steps++;
-    if ((rc = dist_fetch(d, g, hi - lo)) != ES_OK) return rc;
+    es_storage *st = m->st;
+    if (d->rep) { /* replicated: every rank looks its own rows up */
+        if (hi > lo) st->ops->lookup(st, g, 0, hi - lo, m->emb);
+    } else if ((rc = dist_fetch(d, g, hi - lo)) != ES_OK) {
+        return rc;
+    }
 
     /* 3. dense: block by block, then the fixed tree */
-    const size_t P = d->P;
+    const size_t P = d->P, Pn = d->Pn;
     const size_t rowf = (size_t)F * (size_t)E;
     for (int j = jb0; j < jb1; j++) {
         const int a = block_row(j, n), z = block_row(j + 1, n), nb = z - a, la = a - lo;
@@ -487,19 +524,31 @@ int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum
         es__net_forward_train(m->net, nb, m->emb + (size_t)la * rowf, dense, m->logit + la);
         d->bloss[j - jb0] = es__bce_logits_sum(m->logit + la, g->label + la, nb, 1.0f / (float)n, m->dlogit + la);
         es__net_backward(m->net, nb, m->emb + (size_t)la * rowf, dense, m->dlogit + la, m->demb + (size_t)la * rowf);
-        memcpy(pj, es__net_grads_ptr(m->net), P * sizeof(float));
+        memcpy(pj, es__net_grads_ptr(m->net), Pn * sizeof(float));
+        if (d->rep) { /* the block's gradient of the replicated storage, computed on the block's rows alone */
+            es_batch sub = *g;
+            sub.n = sub.cap = nb;
+            sub.label = g->label + la;
+            sub.dense = g->dense + (size_t)la * (size_t)nd;
+            sub.off = g->off + (size_t)la * (size_t)F;
+            memset(pj + Pn, 0, (P - Pn) * sizeof(float));
+            if ((rc = st->ops->rep_backward(st, &sub, m->demb + (size_t)la * rowf, pj + Pn)) != ES_OK)
+                return es__err(err, rc, "%s", es__storage_errmsg(st));
+        }
     }
     const int cnt = jb1 - jb0;
     tree_sum(d->part, cnt, P);
     if ((rc = dense_reduce(d, d->part)) != ES_OK) return rc;
-    memcpy(es__net_grads_ptr(m->net), d->part, P * sizeof(float));
+    memcpy(es__net_grads_ptr(m->net), d->part, Pn * sizeof(float));
     es__net_step(m->net);
+    if (d->rep) st->ops->rep_apply(st, d->part + Pn);
     {
         double all[ES_DIST_BLOCKS];
         if ((rc = do_allgather(d, d->bloss, all, (size_t)cnt * sizeof(double))) != ES_OK) return rc;
         for (int j = 0; j < ES_DIST_BLOCKS; j++)
             if (loss_sum) *loss_sum += all[j];
     }
+    if (d->rep) return ES_OK; /* no rows to update at their owners */
 
     /* 4. sparse: every value's gradient slice to its row's owner, in batch order */
     memset(d->scnt, 0, (size_t)N * sizeof(size_t));
@@ -623,7 +672,11 @@ int es__dist_predict(es__dist *d, const es_batch *g, int n, float *prob) {
     int rc = my_part(d, g, n, "evaluation", &jb0, &jb1, &lo, &hi);
     if (rc != ES_OK) return rc;
     es__dist_stats keep = d->st; /* the counters are of training steps */
-    rc = dist_fetch(d, g, hi - lo);
+    if (d->rep) {
+        if (hi > lo) m->st->ops->lookup(m->st, g, 0, hi - lo, m->emb);
+    } else {
+        rc = dist_fetch(d, g, hi - lo);
+    }
     d->st = keep;
     if (rc != ES_OK) return rc;
     /* block by block, as the training step: a row's forward is computed

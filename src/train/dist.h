@@ -60,6 +60,10 @@ void es__dist_part_of(int rank, int size, int n, int *lo, int *hi);
  * when a peer sends a row out of range; errors in m->err. */
 int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum);
 
+/* 1 when the model's storage is replicated (dhe, tt: every rank holds it
+ * whole), not sharded: the model file is then rank 0's model as it is. */
+int es__dist_replicated(const es__dist *d);
+
 /* The whole row table: rows (es__row_map.rows) of row_bytes each, saved
  * as the method's tensor `tensor` ("weight", or "weight.q": codes). */
 void es__dist_table(const es__dist *d, uint64_t *rows, size_t *row_bytes, const char **tensor);

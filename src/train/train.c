@@ -447,9 +447,11 @@ static int dist_check_params(const es_train_params *p, es_err *err) {
     int rc = es__dist_check_comm(p->comm, err);
     if (rc != ES_OK) return rc;
     const es_storage_ops *ops = p->storage ? es__storage_find(p->storage) : NULL;
-    if (ops && !ops->row_map)
+    if (ops && !ops->row_map && !ops->rep_floats)
         return es__err(err, ES_EINVAL,
-                       "storage '%s' cannot be trained across processes yet: full, hash, unified and adapt can (docs/scale.md)", p->storage);
+                       "storage '%s' cannot be trained across processes yet: full, hash, unified and adapt can (sharded), dhe and tt "
+                       "(replicated; docs/scale.md)",
+                       p->storage);
     if (p->reader.skip_bad)
         return es__err(err, ES_EINVAL,
                        "--skip-bad is not supported across processes yet: each rank skips the others' rows unparsed, "
@@ -1198,7 +1200,8 @@ static int run_resume(run *x) {
     if (p->comm) { /* this rank's shard, written by the same rank of as many */
         if ((rc = es__model_checkpoint_load(&x->m, x->ckpt_load ? x->ckpt_load : x->ckpt, &x->start, ES__LOAD_SHARD, err)) != 0) return rc;
         const es_storage_params *sp = &x->m->st->p;
-        if (sp->shard_n != p->comm->size || sp->shard_rank != p->comm->rank)
+        const int replicated = !x->m->st->ops->row_map && x->m->st->ops->rep_floats;
+        if (!replicated && ((sp->shard_n > 1 ? sp->shard_n : 1) != p->comm->size || sp->shard_rank != p->comm->rank)) /* 1 rank: a whole table */
             return es__err(err, ES_EINVAL, "%s: written by rank %d of %d, this is rank %d of %d: resume with as many processes", x->ckpt,
                            sp->shard_rank, sp->shard_n > 1 ? sp->shard_n : 1, p->comm->rank, p->comm->size);
         if ((rc = es__dist_create(&x->dist, p->comm, x->m, err)) != 0) return rc;
@@ -1351,6 +1354,15 @@ static int dist_pick_checkpoint(run *x, int *exists) {
     return agree(x, ES_OK);
 }
 
+/* Across processes: this rank's shard of a sharded method's table (a
+ * replicated one, dhe or tt, is whole on every rank: no shard). */
+static void dist_shard_params(const es_train_params *p, es_storage_params *sp) {
+    const es_storage_ops *ops = es__storage_find(sp->method);
+    if (ops && !ops->row_map && ops->rep_floats) return;
+    sp->shard_rank = p->comm->rank;
+    sp->shard_n = p->comm->size;
+}
+
 /* Across processes: x->m with this rank's shard of the tables, and the
  * distributed step over it. */
 static int run_create_shard(run *x) {
@@ -1361,8 +1373,7 @@ static int run_create_shard(run *x) {
     es_reader_params rp = es_reader_params_default();
     int rc;
     if ((rc = es__model_params_resolve(&x->mp, &np, &sp, err)) != 0) return rc;
-    sp.shard_rank = p->comm->rank;
-    sp.shard_n = p->comm->size;
+    dist_shard_params(p, &sp);
     if ((rc = es__model_check_memory(&np, &sp, x->vocab, err)) != 0 || (rc = es__model_create(&x->m, &np, &sp, x->vocab, &rp, err)) != 0)
         return rc;
     rc = x->dist ? es__dist_rebind(x->dist, x->m, err) : es__dist_create(&x->dist, p->comm, x->m, err);
@@ -1414,8 +1425,7 @@ static int run_model(run *x) {
             es_storage_params sp;
             rc = es__model_params_resolve(&x->mp, &np, &sp, err);
             if (rc == 0) {
-                sp.shard_rank = p->comm->rank;
-                sp.shard_n = p->comm->size;
+                dist_shard_params(p, &sp);
                 rc = es__model_check_memory(&np, &sp, x->vocab, err);
             }
             if (rc == 0) rc = run_resume(x);
@@ -1909,6 +1919,10 @@ static int run_refit(run *x) {
 static int dist_save(run *x) {
     es_fwriter *w = NULL;
     int tensor = -1, broken = 0, rc = ES_OK;
+    if (es__dist_replicated(x->dist)) { /* every rank holds the whole model: rank 0 writes its own */
+        if (x->p->comm->rank == 0) rc = es__model_save(x->m, x->p->out_path, 0, x->err);
+        return agree(x, rc);
+    }
     uint64_t rows;
     size_t row_bytes;
     const char *name;
