@@ -381,79 +381,13 @@ static const es__opt_spec ad_opts[] = {
              "4", ""),
 };
 
-/* Candidates from dims= or the default; ES_EINVAL naming the bad one. */
-static int parse_cand(es_storage *s, int *cand, int *C, es_err *err) {
-    const int dim = s->p.dim;
-    size_t len = 0;
-    const char *v = es__storage_opt_text(s, "dims", &len);
-    if (!v) {
-        static const int def[] = {2, 4, 8, 16, 32};
-        *C = 0;
-        for (size_t i = 0; i < ES_ARRAY_LEN(def); i++)
-            if (def[i] <= dim) cand[(*C)++] = def[i];
-        if (*C == 0) cand[(*C)++] = dim; /* dim 1 (LR): one candidate */
-        return ES_OK;
-    }
-    int groups = 1;
-    for (size_t i = 0; i < len; i++) groups += v[i] == ':';
-    if (groups > AD_MAX_C || memchr(v, '/', len))
-        return es__err(err, ES_EINVAL, "autodim: option dims=%.*s: expected 1 to %d candidate dimensions c0:c1:... ascending", (int)len, v,
-                       AD_MAX_C);
-    uint64_t u[AD_MAX_C];
-    int found = 0, rc = es__storage_opt_list(s, "dims", groups, 1, u, &found, err);
-    if (rc != ES_OK) return rc;
-    for (int k = 0; k < groups; k++) {
-        if (u[k] > (uint64_t)dim)
-            return es__err(err, ES_EINVAL,
-                           "autodim: option dims=%.*s: candidate dimension %llu is larger than the embedding dimension %d (--dim)",
-                           (int)len, v, (unsigned long long)u[k], dim);
-        if (k && u[k] <= u[k - 1])
-            return es__err(err, ES_EINVAL, "autodim: option dims=%.*s: candidate dimensions must be ascending", (int)len, v);
-        cand[k] = (int)u[k];
-    }
-    *C = groups;
-    return ES_OK;
-}
 
-/* Split R rows over the fields: one each, then with a vocabulary in
- * proportion to distinct_f + 1, capped there (water-filling: what capped
- * fields cannot take goes round again; rows no field can take stay
- * unallocated), without one equally (the remainder to the first fields). */
-static void split_rows(uint64_t R, int F, const es_vocab *vocab, uint64_t *rows) {
-    for (int f = 0; f < F; f++) rows[f] = 1;
-    R -= (uint64_t)F;
-    if (!vocab) {
-        for (int f = 0; f < F; f++) rows[f] += R / (uint64_t)F + ((uint64_t)f < R % (uint64_t)F);
-        return;
-    }
-    for (int round = 0; round < 64 && R > 0; round++) {
-        double W = 0;
-        for (int f = 0; f < F; f++)
-            if (rows[f] < es_vocab_distinct(vocab, f) + 1) W += (double)(es_vocab_distinct(vocab, f) + 1);
-        if (W == 0) break;
-        uint64_t given = 0;
-        for (int f = 0; f < F; f++) {
-            const uint64_t cap = es_vocab_distinct(vocab, f) + 1;
-            if (rows[f] >= cap) continue;
-            uint64_t g = (uint64_t)floor((double)R * (double)cap / W);
-            if (g > cap - rows[f]) g = cap - rows[f];
-            rows[f] += g;
-            given += g;
-        }
-        if (given == 0) { /* rounding: one row each, in field order, while some are left */
-            for (int f = 0; f < F && given < R; f++)
-                if (rows[f] < es_vocab_distinct(vocab, f) + 1) rows[f]++, given++;
-            if (given == 0) break;
-        }
-        R -= given;
-    }
-}
 
 static int ad_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     const int F = s->p.n_fields;
     int cand[AD_MAX_C], C = 0, rc;
     if (es__storage_opt_given(s, "seed")) s->p.seed = es__storage_opt_u64(s, "seed");
-    if ((rc = parse_cand(s, cand, &C, err)) != ES_OK) return rc;
+    if ((rc = es__search_dims(s, "autodim", AD_MAX_C, cand, &C, err)) != ES_OK) return rc;
     if ((size_t)F * (size_t)C > AD_MAX_FC)
         return es__err(err, ES_EINVAL, "autodim: %d fields x %d candidates is more than %d architecture weights", F, C, AD_MAX_FC);
     if (s->p.opt.kind != ES_OPT_SGD && s->p.opt.kind != ES_OPT_ADAGRAD && s->p.opt.kind != ES_OPT_ROWWISE_ADAGRAD)
@@ -495,7 +429,7 @@ static int ad_create(es_storage *s, const es_vocab *vocab, es_err *err) {
                            "candidate dimension %d (needs %.0f bytes); raise --budget or lower min_rows=",
                            s->budget_bytes, (unsigned long long)min_rows, cand[0], need);
         }
-        split_rows(R > (double)AD_MAX_ROWS ? AD_MAX_ROWS : (uint64_t)R, F, vocab, rows);
+        es__split_rows_vocab(R > (double)AD_MAX_ROWS ? AD_MAX_ROWS : (uint64_t)R, F, vocab, rows, 0);
     }
     ad_impl *m = es__calloc(1, sizeof *m);
     if (!m) {

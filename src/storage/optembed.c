@@ -478,81 +478,13 @@ static const es__opt_spec oe_opts[] = {
     ES_OPT_F("mutate", 0, 1, "0.2", 0, "evolutionary search: probability a mutated child redraws a field's dimension", "0.5", ""),
 };
 
-/* Candidates from dims= or the default; ES_EINVAL naming the bad one. */
-static int parse_cand(es_storage *s, int *cand, int *C, es_err *err) {
-    const int dim = s->p.dim;
-    size_t len = 0;
-    const char *v = es__storage_opt_text(s, "dims", &len);
-    if (!v) {
-        static const int def[] = {2, 4, 8, 16, 32};
-        *C = 0;
-        for (size_t i = 0; i < ES_ARRAY_LEN(def); i++)
-            if (def[i] <= dim) cand[(*C)++] = def[i];
-        if (*C == 0) cand[(*C)++] = dim;
-        return ES_OK;
-    }
-    int groups = 1;
-    for (size_t i = 0; i < len; i++) groups += v[i] == ':';
-    if (groups > OE_MAX_C || memchr(v, '/', len))
-        return es__err(err, ES_EINVAL, "optembed: option dims=%.*s: expected 1 to %d candidate dimensions c0:c1:... ascending", (int)len,
-                       v, OE_MAX_C);
-    uint64_t u[OE_MAX_C];
-    int found = 0, rc = es__storage_opt_list(s, "dims", groups, 1, u, &found, err);
-    if (rc != ES_OK) return rc;
-    for (int k = 0; k < groups; k++) {
-        if (u[k] > (uint64_t)dim)
-            return es__err(err, ES_EINVAL,
-                           "optembed: option dims=%.*s: candidate dimension %llu is larger than the embedding dimension %d (--dim)",
-                           (int)len, v, (unsigned long long)u[k], dim);
-        if (k && u[k] <= u[k - 1])
-            return es__err(err, ES_EINVAL, "optembed: option dims=%.*s: candidate dimensions must be ascending", (int)len, v);
-        cand[k] = (int)u[k];
-    }
-    *C = groups;
-    return ES_OK;
-}
 
-/* autodim's split: one row each, then in proportion to distinct_f + 1,
- * capped there (water-filling), without a vocabulary equally; what no
- * capped field can take, equally without caps. */
-static void split_rows(uint64_t R, int F, const es_vocab *vocab, uint64_t *rows) {
-    for (int f = 0; f < F; f++) rows[f] = 1;
-    R -= (uint64_t)F;
-    if (!vocab) {
-        for (int f = 0; f < F; f++) rows[f] += R / (uint64_t)F + ((uint64_t)f < R % (uint64_t)F);
-        return;
-    }
-    for (int round = 0; round < 64 && R > 0; round++) {
-        double Wt = 0;
-        for (int f = 0; f < F; f++)
-            if (rows[f] < es_vocab_distinct(vocab, f) + 1) Wt += (double)(es_vocab_distinct(vocab, f) + 1);
-        if (Wt == 0) break;
-        uint64_t given = 0;
-        for (int f = 0; f < F; f++) {
-            const uint64_t cap = es_vocab_distinct(vocab, f) + 1;
-            if (rows[f] >= cap) continue;
-            uint64_t g = (uint64_t)floor((double)R * (double)cap / Wt);
-            if (g > cap - rows[f]) g = cap - rows[f];
-            rows[f] += g;
-            given += g;
-        }
-        if (given == 0) {
-            for (int f = 0; f < F && given < R; f++)
-                if (rows[f] < es_vocab_distinct(vocab, f) + 1) rows[f]++, given++;
-            if (given == 0) break;
-        }
-        R -= given;
-    }
-    /* every field at distinct + 1 and budget left: the rest equally, as
-     * fielddim gives it out (more hashed rows, fewer collisions) */
-    for (int f = 0; f < F; f++) rows[f] += R / (uint64_t)F + ((uint64_t)f < R % (uint64_t)F);
-}
 
 static int oe_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     const int F = s->p.n_fields;
     int cand[OE_MAX_C], C = 0, rc;
     if (es__storage_opt_given(s, "seed")) s->p.seed = es__storage_opt_u64(s, "seed");
-    if ((rc = parse_cand(s, cand, &C, err)) != ES_OK) return rc;
+    if ((rc = es__search_dims(s, "optembed", OE_MAX_C, cand, &C, err)) != ES_OK) return rc;
     if (F > OE_MAX_F) return es__err(err, ES_EINVAL, "optembed: %d fields, more than %d", F, OE_MAX_F);
     if (s->p.opt.kind != ES_OPT_SGD && s->p.opt.kind != ES_OPT_ADAGRAD && s->p.opt.kind != ES_OPT_ROWWISE_ADAGRAD)
         return es__err(err, ES_EINVAL, "optembed: the tables train with SGD, Adagrad or row-wise Adagrad");
@@ -586,7 +518,7 @@ static int oe_create(es_storage *s, const es_vocab *vocab, es_err *err) {
                            "dimension %d (needs %.0f bytes); raise --budget",
                            s->budget_bytes, cand[0], need);
         }
-        split_rows(R > (double)OE_MAX_ROWS ? OE_MAX_ROWS : (uint64_t)R, F, vocab, rows);
+        es__split_rows_vocab(R > (double)OE_MAX_ROWS ? OE_MAX_ROWS : (uint64_t)R, F, vocab, rows, 1);
     }
     oe_impl *m = es__calloc(1, sizeof *m);
     if (!m) {

@@ -938,3 +938,69 @@ void es__storage_split_rows(uint64_t H, int S, const uint64_t *w, uint64_t *rows
         given++;
     }
 }
+
+/* ---- helpers of the dimension-search methods (autodim, optembed) ------------------ */
+
+int es__search_dims(es_storage *s, const char *method, int max, int *cand, int *C, es_err *err) {
+    const int dim = s->p.dim;
+    size_t len = 0;
+    const char *v = es__storage_opt_text(s, "dims", &len);
+    if (!v) {
+        static const int def[] = {2, 4, 8, 16, 32};
+        *C = 0;
+        for (size_t i = 0; i < ES_ARRAY_LEN(def) && *C < max; i++)
+            if (def[i] <= dim) cand[(*C)++] = def[i];
+        if (*C == 0) cand[(*C)++] = dim; /* dim 1 (LR): one candidate */
+        return ES_OK;
+    }
+    int groups = 1;
+    for (size_t i = 0; i < len; i++) groups += v[i] == ':';
+    if (groups > max || groups > 64 || memchr(v, '/', len))
+        return es__err(err, ES_EINVAL, "%s: option dims=%.*s: expected 1 to %d candidate dimensions c0:c1:... ascending", method, (int)len, v,
+                       max);
+    uint64_t u[64];
+    int found = 0, rc = es__storage_opt_list(s, "dims", groups, 1, u, &found, err);
+    if (rc != ES_OK) return rc;
+    for (int k = 0; k < groups; k++) {
+        if (u[k] > (uint64_t)dim)
+            return es__err(err, ES_EINVAL, "%s: option dims=%.*s: candidate dimension %llu is larger than the embedding dimension %d (--dim)",
+                           method, (int)len, v, (unsigned long long)u[k], dim);
+        if (k && u[k] <= u[k - 1])
+            return es__err(err, ES_EINVAL, "%s: option dims=%.*s: candidate dimensions must be ascending", method, (int)len, v);
+        cand[k] = (int)u[k];
+    }
+    *C = groups;
+    return ES_OK;
+}
+
+void es__split_rows_vocab(uint64_t R, int F, const es_vocab *vocab, uint64_t *rows, int rest_equally) {
+    for (int f = 0; f < F; f++) rows[f] = 1;
+    R -= (uint64_t)F;
+    if (!vocab) {
+        for (int f = 0; f < F; f++) rows[f] += R / (uint64_t)F + ((uint64_t)f < R % (uint64_t)F);
+        return;
+    }
+    for (int round = 0; round < 64 && R > 0; round++) {
+        double W = 0;
+        for (int f = 0; f < F; f++)
+            if (rows[f] < es_vocab_distinct(vocab, f) + 1) W += (double)(es_vocab_distinct(vocab, f) + 1);
+        if (W == 0) break;
+        uint64_t given = 0;
+        for (int f = 0; f < F; f++) {
+            const uint64_t cap = es_vocab_distinct(vocab, f) + 1;
+            if (rows[f] >= cap) continue;
+            uint64_t g = (uint64_t)floor((double)R * (double)cap / W);
+            if (g > cap - rows[f]) g = cap - rows[f];
+            rows[f] += g;
+            given += g;
+        }
+        if (given == 0) { /* rounding: one row each, in field order, while some are left */
+            for (int f = 0; f < F && given < R; f++)
+                if (rows[f] < es_vocab_distinct(vocab, f) + 1) rows[f]++, given++;
+            if (given == 0) break;
+        }
+        R -= given;
+    }
+    if (rest_equally) /* every field at distinct + 1 and rows left: the rest equally (more hashed rows, fewer collisions) */
+        for (int f = 0; f < F; f++) rows[f] += R / (uint64_t)F + ((uint64_t)f < R % (uint64_t)F);
+}

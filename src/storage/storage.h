@@ -337,6 +337,19 @@ typedef struct es__staged {
      * storage's state (a resumed search runs it again from the start). */
     int (*search_finish)(es_storage *s, int (*evaluate)(void *ctx, double *auc), void *ctx, es_err *err);
 } es__staged;
+/* Helpers of the dimension-search methods (autodim, optembed):
+ * es__search_dims: the candidate dimensions from option dims=c0:c1:...
+ *   (ascending, each <= --dim, at most max) or the default 2,4,8,16,32
+ *   capped at --dim (just --dim when it is below 2); ES_EINVAL naming the
+ *   method and the bad entry.
+ * es__split_rows_vocab: R >= F rows over F fields: one each, then with a
+ *   vocabulary in proportion to distinct_f + 1, capped there (water-filling:
+ *   what capped fields cannot take goes round again), without one equally;
+ *   rest_equally: rows no capped field can take go equally to all fields
+ *   (else they stay unallocated). */
+int es__search_dims(es_storage *s, const char *method, int max, int *cand, int *C, es_err *err);
+void es__split_rows_vocab(uint64_t R, int F, const es_vocab *vocab, uint64_t *rows, int rest_equally);
+
 #define ES_STORAGE_OPTS(table) .opts = table, .n_opts = (int)ES_ARRAY_LEN(table)
 
 #define ES_STORAGE_META_MAX 4096
