@@ -23,6 +23,7 @@ extern const es_storage_ops es__storage_dedup;
 extern const es_storage_ops es__storage_fielddim;
 extern const es_storage_ops es__storage_autodim;
 extern const es_storage_ops es__storage_optembed;
+extern const es_storage_ops es__storage_autosrh;
 
 static const es_storage_ops *const methods[] = {
     &es__storage_full,
@@ -43,6 +44,7 @@ static const es_storage_ops *const methods[] = {
     &es__storage_fielddim,
     &es__storage_autodim,
     &es__storage_optembed,
+    &es__storage_autosrh,
 };
 
 const es_storage_ops *es__storage_find(const char *name) {
