@@ -209,6 +209,24 @@ TEST(autosrh_stages_reported) {
     CHECK_EQ_INT(json_ints(b, "block_values", bv, 256), 26 * 4);
     for (int i = 0; i < 26 * 4; i++) CHECK_MSG(bd[i] >= 1 && bd[i] <= 8, "block %d: dim %d", i, bd[i]);
     for (int f = 0; f < 26; f++) CHECK_MSG(d[f] >= 1 && d[f] <= 8, "field %d: dim %d", f, d[f]);
+    /* the search's sanity on the bundled data (the weak form of
+     * test_autodim.c's): no field wider than its rows (distinct + 1, the
+     * values of its blocks), so a field with at most as many rows as the
+     * largest field's width is no wider than the largest field */
+    int distinct[26], largest = 0;
+    for (int f = 0; f < 26; f++) {
+        distinct[f] = bv[4 * f] + bv[4 * f + 1] + bv[4 * f + 2] + bv[4 * f + 3];
+        if (distinct[f] > distinct[largest]) largest = f;
+    }
+    printf("    largest field %d (%d values): dim %d; few-valued fields (values: dim):", largest, distinct[largest], d[largest]);
+    for (int f = 0; f < 26; f++) {
+        CHECK_MSG(d[f] <= distinct[f] + 1, "field %d: dim %d for %d values", f, d[f], distinct[f]);
+        if (distinct[f] + 1 <= d[largest]) {
+            printf(" f%d (%d: %d)", f, distinct[f], d[f]);
+            CHECK_MSG(d[f] <= d[largest], "field %d (%d values) dim %d > the largest field's %d", f, distinct[f], d[f], d[largest]);
+        }
+    }
+    printf("\n");
     CHECK_STR_HAS(c, "\"storage\":\"fielddim\"");
     CHECK_STR_HAS(j, "\"storage\":\"autosrh\"");
     char want[256];
