@@ -144,52 +144,64 @@ static int json_ints(const char *s, const char *key, int *d, int max) {
     return n;
 }
 
-static void budget_case(const char *data, const char *cols, const char *frac_s, double frac, int F) {
+/* One run at a budget; retrain "" (blockdim, the default) or "fielddim". */
+static void budget_case(const char *data, const char *cols, const char *frac_s, double frac, int F, const char *retrain) {
     const char *log = es_test_path("as_budget.log");
+    const int fd = !strcmp(retrain, "fielddim");
     es_test_sh(NULL, "rm -f $ES_T/as_b.es");
     int st = es_test_sh(log,
-                        "%s train %s %s --model fm --dim 16 --storage autosrh --budget %s --epochs 1 --early-stop 0 --batch 64 "
+                        "%s train %s %s --model fm --dim 16 --storage autosrh %s%s --budget %s --epochs 1 --early-stop 0 --batch 64 "
                         "--max-rows 3000 --threads 1 --quiet --out $ES_T/as_b.es",
-                        es_bin(), data, cols, frac_s);
+                        es_bin(), data, cols, fd ? "--storage-opts retrain=" : "", retrain, frac_s);
     char *s = es_test_slurp(log);
     CHECK_MSG(st == 0, "%s at %s: exit %d: %s", data, frac_s, st, s ? s : "");
     const char *j = s ? es_test_last_line(s) : NULL;
-    double emb = es_test_json_num(j, "emb_bytes"), full = es_test_json_num(j, "full_bytes");
+    double emb = es_test_json_num(j, "emb_bytes"), full = es_test_json_num(j, "full_bytes"), auc = es_test_json_num(j, "auc");
     const char *sr = j ? strstr(j, "\"name\":\"search\"") : NULL;
     double search = es_test_json_num(sr, "emb_bytes");
     int d[64], bd[256];
     int n = json_ints(j, "dims", d, 64), nb = json_ints(j, "block_dims", bd, 256);
-    printf("    %-40s budget %-5s %9.0f bytes of %9.0f (%.4f; search %.0f), dims", data, frac_s, emb, full, emb / full, search);
-    for (int i = 0; i < n; i++) printf("%s%d", i ? ":" : " ", d[i]);
-    printf(", block dims");
-    const int nbk = n > 0 && nb > 0 ? nb / n : 1;
-    for (int i = 0; i < nb; i++) printf("%s%d", i % nbk ? ":" : " ", bd[i]);
+    const int NB = (int)es_test_json_num(j, "blocks");
+    printf("    %-38s %-8s %-5s %9.0f bytes of %9.0f (%.4f; search %.0f), auc %.4f, block dims", data, fd ? "fielddim" : "blockdim",
+           frac_s, emb, full, emb / full, search, auc);
+    for (int i = 0; i < nb; i++) printf("%s%d", NB > 0 && i % NB ? ":" : " ", bd[i]);
+    if (fd) {
+        printf(", dims");
+        for (int i = 0; i < n; i++) printf("%s%d", i ? ":" : " ", d[i]);
+    }
     printf("\n");
     CHECK_MSG(emb > 0 && emb <= frac * full, "%s: %.0f bytes over the budget %.0f", frac_s, emb, frac * full);
     CHECK_MSG(search > 0 && search <= frac * full, "%s: the search table (%.0f bytes) over the budget %.0f", frac_s, search, frac * full);
-    CHECK_EQ_INT(n, F);
-    const int NB = (int)es_test_json_num(j, "blocks");
     CHECK_MSG(NB >= 1 && NB <= 4, "blocks %d", NB);
     CHECK_EQ_INT(nb, NB * F);
+    if (fd) CHECK_EQ_INT(n, F);
+    const char *rt = j ? strstr(j, "{\"name\":\"retrain\"") : NULL;
+    CHECK_STR_HAS(rt, fd ? "\"storage\":\"fielddim\"" : "\"storage\":\"blockdim\"");
     CHECK(es_test_sh(NULL, "test -f $ES_T/as_b.es") == 0);
     free(s);
 }
 
 TEST(autosrh_budget_criteo) {
-    budget_case(CRITEO, "", "0.25", 0.25, 26);
-    budget_case(CRITEO, "", "1/16", 1.0 / 16, 26);
-    budget_case(CRITEO, "", "1/64", 1.0 / 64, 26);
+    budget_case(CRITEO, "", "0.25", 0.25, 26, "");
+    budget_case(CRITEO, "", "1/16", 1.0 / 16, 26, "");
+    budget_case(CRITEO, "", "1/64", 1.0 / 64, 26, "");
+    budget_case(CRITEO, "", "0.25", 0.25, 26, "fielddim");
+    budget_case(CRITEO, "", "1/16", 1.0 / 16, 26, "fielddim");
+    budget_case(CRITEO, "", "1/64", 1.0 / 64, 26, "fielddim");
 }
 
 TEST(autosrh_budget_movielens) {
-    budget_case(ML, ML_COLS, "0.25", 0.25, 2);
-    budget_case(ML, ML_COLS, "1/16", 1.0 / 16, 2);
-    budget_case(ML, ML_COLS, "1/64", 1.0 / 64, 2);
+    budget_case(ML, ML_COLS, "0.25", 0.25, 2, "");
+    budget_case(ML, ML_COLS, "1/16", 1.0 / 16, 2, "");
+    budget_case(ML, ML_COLS, "1/64", 1.0 / 64, 2, "");
+    budget_case(ML, ML_COLS, "0.25", 0.25, 2, "fielddim");
+    budget_case(ML, ML_COLS, "1/16", 1.0 / 16, 2, "fielddim");
+    budget_case(ML, ML_COLS, "1/64", 1.0 / 64, 2, "fielddim");
 }
 
-/* Each stage in the JSON result, in order, with the dims per field and per
- * (field, block) and the values per block; the retrain is fielddim with
- * the derived dims; --help lists the method. */
+/* Each stage in the JSON result, in order, with the kept dims per (field,
+ * block) and the values per block; the retrain is blockdim with exactly
+ * those dims, and `inspect` shows the stages; --help lists the method. */
 TEST(autosrh_stages_reported) {
     const char *log = es_test_path("as_stages.log");
     es_test_sh(NULL, "rm -f $ES_T/as_s.es");
@@ -203,41 +215,26 @@ TEST(autosrh_stages_reported) {
     CHECK_MSG(a && b && c, "stages missing or out of order: %s", j);
     double vauc = es_test_json_num(a, "valid_auc");
     CHECK_MSG(vauc > 0.5 && vauc < 1, "search validation AUC %g", vauc);
-    int d[64], bd[256], bv[256];
-    CHECK_EQ_INT(json_ints(b, "dims", d, 64), 26);
+    int bd[256], bv[256];
     CHECK_EQ_INT(json_ints(b, "block_dims", bd, 256), 26 * 4);
     CHECK_EQ_INT(json_ints(b, "block_values", bv, 256), 26 * 4);
     for (int i = 0; i < 26 * 4; i++) CHECK_MSG(bd[i] >= 1 && bd[i] <= 8, "block %d: dim %d", i, bd[i]);
-    for (int f = 0; f < 26; f++) CHECK_MSG(d[f] >= 1 && d[f] <= 8, "field %d: dim %d", f, d[f]);
-    /* the search's sanity on the bundled data (the weak form of
-     * test_autodim.c's): no field wider than its rows (distinct + 1, the
-     * values of its blocks), so a field with at most as many rows as the
-     * largest field's width is no wider than the largest field */
-    int distinct[26], largest = 0;
-    for (int f = 0; f < 26; f++) {
-        distinct[f] = bv[4 * f] + bv[4 * f + 1] + bv[4 * f + 2] + bv[4 * f + 3];
-        if (distinct[f] > distinct[largest]) largest = f;
-    }
-    printf("    largest field %d (%d values): dim %d; few-valued fields (values: dim):", largest, distinct[largest], d[largest]);
-    for (int f = 0; f < 26; f++) {
-        CHECK_MSG(d[f] <= distinct[f] + 1, "field %d: dim %d for %d values", f, d[f], distinct[f]);
-        if (distinct[f] + 1 <= d[largest]) {
-            printf(" f%d (%d: %d)", f, distinct[f], d[f]);
-            CHECK_MSG(d[f] <= d[largest], "field %d (%d values) dim %d > the largest field's %d", f, distinct[f], d[f], d[largest]);
-        }
-    }
-    printf("\n");
-    CHECK_STR_HAS(c, "\"storage\":\"fielddim\"");
+    CHECK_STR_HAS(c, "\"storage\":\"blockdim\"");
     CHECK_STR_HAS(j, "\"storage\":\"autosrh\"");
-    char want[256];
-    size_t o = (size_t)snprintf(want, sizeof want, "dims=");
-    for (int i = 0; i < 26; i++) o += (size_t)snprintf(want + o, sizeof want - o, i ? ":%d" : "%d", d[i]);
+    char want[1024];
+    size_t o = (size_t)snprintf(want, sizeof want, "blocks=4,dims=");
+    for (int i = 0; i < 26 * 4; i++) o += (size_t)snprintf(want + o, sizeof want - o, i ? ":%d" : "%d", bd[i]);
     CHECK_STR_HAS(c, want);
     free(s);
     CHECK(es_test_sh(log, "%s inspect $ES_T/as_s.es", es_bin()) == 0);
     s = es_test_slurp(log);
-    CHECK_STR_HAS(s, "per-field dimensions (fielddim)");
+    CHECK_STR_HAS(s, "blockdim");
     CHECK_STR_HAS(s, "\"name\":\"derive\"");
+    CHECK_STR_HAS(s, want + 9); /* the derived dims, in the saved storage options */
+    free(s);
+    CHECK(es_test_sh(log, "%s eval $ES_T/as_s.es %s", es_bin(), CRITEO) == 0); /* a loaded blockdim model serves */
+    s = es_test_slurp(log);
+    CHECK_STR_HAS(s, "\"auc\"");
     free(s);
     CHECK(es_test_sh(log, "%s train --help", es_bin()) == 0);
     s = es_test_slurp(log);
@@ -246,6 +243,47 @@ TEST(autosrh_stages_reported) {
     CHECK(es_test_sh(log, "%s train --help-storage --storage autosrh", es_bin()) == 0);
     s = es_test_slurp(log);
     CHECK_STR_HAS(s, "soft selection");
+    free(s);
+}
+
+/* retrain=fielddim: one dimension per field from its blocks, in the JSON
+ * and in `inspect`; the search's sanity on the bundled data (the weak form
+ * of test_autodim.c's): no field wider than its rows (distinct + 1, the
+ * values of its blocks), so a field with at most as many rows as the
+ * largest field's width is no wider than the largest field. */
+TEST(autosrh_retrain_fielddim) {
+    const char *log = es_test_path("as_fd.log");
+    es_test_sh(NULL, "rm -f $ES_T/as_fd.es");
+    CHECK(es_test_sh(log, "%s train %s --model dlrm --dim 8 --storage autosrh --storage-opts retrain=fielddim --budget 0.25 --epochs 1 "
+                          "--batch 64 --max-rows 2000 --threads 1 --quiet --out $ES_T/as_fd.es",
+                     es_bin(), CRITEO) == 0);
+    char *s = es_test_slurp(log);
+    const char *j = s ? es_test_last_line(s) : "";
+    const char *b = strstr(j, "{\"name\":\"derive\""), *c = b ? strstr(b, "{\"name\":\"retrain\"") : NULL;
+    CHECK(b && c);
+    int d[64], bv[256];
+    CHECK_EQ_INT(json_ints(b, "dims", d, 64), 26);
+    CHECK_EQ_INT(json_ints(b, "block_values", bv, 256), 26 * 4);
+    CHECK_STR_HAS(c, "\"storage\":\"fielddim\"");
+    int distinct[26], largest = 0;
+    for (int f = 0; f < 26; f++) {
+        distinct[f] = bv[4 * f] + bv[4 * f + 1] + bv[4 * f + 2] + bv[4 * f + 3];
+        if (distinct[f] > distinct[largest]) largest = f;
+    }
+    printf("    largest field %d (%d values): dim %d; few-valued fields (values: dim):", largest, distinct[largest], d[largest]);
+    for (int f = 0; f < 26; f++) {
+        CHECK_MSG(d[f] >= 1 && d[f] <= 8, "field %d: dim %d", f, d[f]);
+        CHECK_MSG(d[f] <= distinct[f] + 1, "field %d: dim %d for %d values", f, d[f], distinct[f]);
+        if (distinct[f] + 1 <= d[largest]) {
+            printf(" f%d (%d: %d)", f, distinct[f], d[f]);
+            CHECK_MSG(d[f] <= d[largest], "field %d (%d values) dim %d > the largest field's %d", f, distinct[f], d[f], d[largest]);
+        }
+    }
+    printf("\n");
+    free(s);
+    CHECK(es_test_sh(log, "%s inspect $ES_T/as_fd.es", es_bin()) == 0);
+    s = es_test_slurp(log);
+    CHECK_STR_HAS(s, "per-field dimensions (fielddim)");
     free(s);
 }
 

@@ -38,16 +38,23 @@
  *   identifiable, the table can grow as alpha shrinks).  The smallest
  *   scores are pruned, one coordinate at a time (every (f, b) keeps at
  *   least one), until the blocks' table at their kept counts k[f][b],
- *   4 sum nval[f][b] k[f][b] bytes, fits the budget less fielddim's lookup
- *   arrays (24 F bytes).  The retrain is `fielddim`, one dimension per
- *   field: d_f = round(sum_b nval[f][b] k[f][b] / sum_b nval[f][b]) (the
- *   bytes-preserving mean of the blocks' dimensions), capped at distinct_f
- *   + 1 and at least 1.  This loses the block granularity of the paper
- *   (whose retrained table gives each (field, block) its own width): the
- *   per-block dimensions are reported in the result ("block_dims") but the
- *   served table has one width per field.  Then, as autodim, while min_rows
- *   rows of every field at d_f do not fit the budget, the widest field
- *   drops one dimension; at 1 everywhere, ES_EBUDGET.
+ *   4 sum nval[f][b] k[f][b] bytes (the paper's table, rows indexed by
+ *   value, no map), fits the budget less 24 F bytes.
+ * Retrain (option retrain=):
+ *   blockdim (default, the paper's): each (field, block) keeps its k[f][b]
+ *     ("blocks=NB,dims=k..."): blockdim.c's table, whose values are cut
+ *     into blocks by the same rule, so a value's retrained width is its
+ *     block's; blockdim pays for its key map (14 bytes a kept value) from
+ *     the budget and sends the values it cannot keep to one OOV row per
+ *     field.  ES_EBUDGET when its OOV rows and maps do not fit.
+ *   fielddim: one dimension per field, d_f = round(sum_b nval[f][b]
+ *     k[f][b] / sum_b nval[f][b]) (the bytes-preserving mean of the blocks'
+ *     dimensions), capped at distinct_f + 1 and at least 1 (loses the block
+ *     granularity; hashed rows, no map).  Then, as autodim, while min_rows
+ *     rows of every field at d_f do not fit the budget, the widest field
+ *     drops one dimension; at 1 everywhere, ES_EBUDGET.
+ *   Both are refused at create when min_rows rows of every field at
+ *   dimension 1 cannot fit, rather than after the search.
  *
  * Sizing from the budget B: alpha (4 F NB dim bytes) is set aside, salt and
  * rows (16 F bytes) are lookup arrays, and so is the block of every row (1
@@ -300,6 +307,48 @@ static int as_derive(es_storage *s, const es_vocab *vocab, const char **method, 
         bytes -= 4.0 * (double)m->nval[fb];
         pruned++;
     }
+    if (es__storage_opt_enum(s, "retrain") == 0) { /* blockdim: each (field, block) keeps its kept count */
+        *method = "blockdim";
+        size_t o = (size_t)snprintf(opts, cap, "blocks=%d,dims=", NB);
+        for (size_t i = 0; i < FB && o < cap; i++) o += (size_t)snprintf(opts + o, cap - o, i ? ":%d" : "%d", k[i]);
+        if (o < cap) o += (size_t)snprintf(opts + o, cap - o, ",seed=%llu", (unsigned long long)s->p.seed);
+        if (o >= cap) {
+            rc = es__err(err, ES_ERANGE, "autosrh: the dims of %d fields x %d blocks do not fit the derived options", F, NB);
+            goto done;
+        }
+        /* blockdim's OOV rows and maps must fit (else no row for any value) */
+        double need = 8.0 * ((double)FB + 1) + 16.0 * F + 8.0 * (double)FB + 8.0;
+        for (int f = 0; f < F; f++) need += 4.0 * k[(size_t)f * NB + NB - 1] + 4.0;
+        if (need > s->budget_bytes) {
+            rc = es__err(err, ES_EBUDGET,
+                         "autosrh: unreachable budget: %.0f bytes cannot hold blockdim's %d out-of-vocabulary rows and maps "
+                         "(needs %.0f bytes); raise --budget or use fewer blocks=",
+                         s->budget_bytes, F, need);
+            goto done;
+        }
+        for (int form = 0; form < 2; form++) {
+            size_t j = (size_t)snprintf(json, jcap, "{\"retrain\":\"blockdim\",");
+            if (form == 0) {
+                j += (size_t)snprintf(json + j, jcap - j, "\"block_dims\":[");
+                for (int f = 0; f < F && j < jcap; f++) {
+                    j += (size_t)snprintf(json + j, jcap - j, f ? ",[" : "[");
+                    for (int b = 0; b < NB && j < jcap; b++) j += (size_t)snprintf(json + j, jcap - j, b ? ",%d" : "%d", k[(size_t)f * NB + b]);
+                    if (j < jcap) j += (size_t)snprintf(json + j, jcap - j, "]");
+                }
+                if (j < jcap) j += (size_t)snprintf(json + j, jcap - j, "],\"block_values\":[");
+                for (int f = 0; f < F && j < jcap; f++) {
+                    j += (size_t)snprintf(json + j, jcap - j, f ? ",[" : "[");
+                    for (int b = 0; b < NB && j < jcap; b++)
+                        j += (size_t)snprintf(json + j, jcap - j, b ? ",%llu" : "%llu", (unsigned long long)m->nval[(size_t)f * NB + b]);
+                    if (j < jcap) j += (size_t)snprintf(json + j, jcap - j, "]");
+                }
+                if (j < jcap) j += (size_t)snprintf(json + j, jcap - j, "],");
+            }
+            if (j < jcap) j += (size_t)snprintf(json + j, jcap - j, "\"fields\":%d,\"blocks\":%d,\"pruned\":%d}", F, NB, pruned);
+            if (j < jcap) break;
+        }
+        goto done;
+    }
     int capped = 0;
     for (int f = 0; f < F; f++) {
         double num = 0, den = 0;
@@ -369,7 +418,7 @@ static int as_derive(es_storage *s, const es_vocab *vocab, const char **method, 
             if (j < jcap) j += (size_t)snprintf(json + j, jcap - j, "],");
         }
         if (j < jcap)
-            j += (size_t)snprintf(json + j, jcap - j, "\"fields\":%d,\"blocks\":%d,\"pruned\":%d,\"capped_fields\":%d,\"shrink_steps\":%d}", F,
+            j += (size_t)snprintf(json + j, jcap - j, "\"retrain\":\"fielddim\",\"fields\":%d,\"blocks\":%d,\"pruned\":%d,\"capped_fields\":%d,\"shrink_steps\":%d}", F,
                                   NB, pruned, capped, shrunk);
         if (j < jcap) break;
     }
@@ -391,8 +440,10 @@ static const es__opt_spec as_opts[] = {
     ES_OPT_U("search_epochs", 1, 1000, "1", 0, "passes over the training rows the search makes", "2", ""),
     ES_OPT_F("l1", 0, 100, "0.001", 0, "L1 penalty on the soft selection weights, per architecture step", "0.01", ""),
     ES_OPT_F("alpha_lr", 0, 1000, "1", ES_OPT_LO_OPEN, "learning rate of the soft selection weights, times the table's", "0.5", ""),
-    ES_OPT_U("min_rows", 1, UINT32_MAX, "16", 0, "derive: rows every field must get at its dimension (capped at distinct + 1)", "4",
-             ""),
+    ES_OPT_U("min_rows", 1, UINT32_MAX, "16", 0, "rows every field must fit at dimension 1 (checked at create); retrain=fielddim: at its dimension (capped at distinct + 1)",
+             "4", ""),
+    ES_OPT_E("retrain", "blockdim|fielddim", "blockdim", 0,
+             "the retrained table: blockdim (a dimension per (field, block), the paper's) or fielddim (one per field)", "fielddim", ""),
 };
 
 /* Blocks from the vocabulary: field f's values ranked by count (ties by
