@@ -25,7 +25,9 @@
  *   field, then key) keep a row while its floats, its key and its index
  *   slots fit (a value whose row does not fit is skipped, a narrower later
  *   one may still fit).  The kept counts per (field, block) are recorded
- *   (keep=), so a saved model loads without a vocabulary.
+ *   (keep=), so a saved model loads without a vocabulary (the keys come
+ *   with its tensors); keep= given with a vocabulary keeps the most
+ *   popular keep[f][b] values of each block (fewer where it has fewer).
  */
 #include "core/simd.h"
 #include "storage/storage.h"
@@ -184,9 +186,9 @@ static const es__opt_spec bd_opts[] = {
     ES_OPT_SEED,
     ES_OPT_U("blocks", 1, BD_MAX_B, "4", 0, "frequency blocks per field (values ranked by count, equal occurrence mass)", "2", ""),
     ES_OPT_L("dims", 1, 1 << 16, NULL, 0, "dimension of each (field, block), F x blocks values field-major, or one for all (default dim)",
-             "4:2", ""),
+             "4:2", "blocks=1"),
     ES_OPT_L("keep", 0, BD_MAX_KEYS, NULL, ES_OPT_SIZES, "values with a row per (field, block) (the resolved shape of a saved model)",
-             "10:20", ""),
+             "10:20", "blocks=1"),
 };
 
 typedef struct {
@@ -248,10 +250,12 @@ static int parse_dims(es_storage *s, int F, int NB, uint64_t *dims, es_err *err)
     return ES_OK;
 }
 
-/* The kept values from the vocabulary and the budget: keys in place order
+/* The kept values from the vocabulary: with want (keep= given with a
+ * vocabulary) the want[f][b] most popular values of each block (fewer when
+ * the block has fewer), else from the budget (below); keys in place order
  * into *keys_out (N of them), counts per (field, block) into keep. */
-static int choose(es_storage *s, const es_vocab *vocab, int F, int NB, const uint64_t *dims, uint64_t *keep, uint64_t **keys_out,
-                  uint64_t *N_out, es_err *err) {
+static int choose(es_storage *s, const es_vocab *vocab, int F, int NB, const uint64_t *dims, const uint64_t *want, uint64_t *keep,
+                  uint64_t **keys_out, uint64_t *N_out, es_err *err) {
     size_t total = 0;
     for (int f = 0; f < F; f++) total += (size_t)es_vocab_distinct(vocab, f);
     bd_entry *e = es__malloc((total ? total : 1) * sizeof *e);
@@ -269,6 +273,15 @@ static int choose(es_storage *s, const es_vocab *vocab, int F, int NB, const uin
             run += (double)c.e[i].count;
         }
         n += c.n;
+    }
+    if (want) {
+        qsort(e, n, sizeof *e, place_cmp);
+        uint64_t run = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (i == 0 || e[i].f != e[i - 1].f || e[i].b != e[i - 1].b) run = 0;
+            if (run++ >= want[(size_t)e[i].f * NB + e[i].b]) e[i].count = 0; /* not kept */
+        }
+        goto place;
     }
     qsort(e, n, sizeof *e, rank_cmp);
     double used = (double)bd_small_bytes(F, NB);
@@ -289,7 +302,7 @@ static int choose(es_storage *s, const es_vocab *vocab, int F, int NB, const uin
         used += c;
         kept++;
     }
-    /* kept ones first, then in place order */
+place:; /* kept ones first, then in place order */
     size_t k = 0;
     for (size_t i = 0; i < n; i++)
         if (e[i].count) e[k++] = e[i];
@@ -338,7 +351,18 @@ static int bd_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     if ((rc = parse_dims(s, F, NB, m->dims, err)) != ES_OK) goto fail;
     int found = 0;
     if ((rc = es__storage_opt_list(s, "keep", (int)FB, 1, keep, &found, err)) != ES_OK) goto fail;
-    if (found) { /* a saved shape: the keys come with the tensors */
+    if (found && vocab) { /* keep= with a vocabulary: the most popular values of each block */
+        uint64_t *want = es__malloc(FB * sizeof *want);
+        if (!want) {
+            rc = es__err(err, ES_ENOMEM, "blockdim: out of memory");
+            goto fail;
+        }
+        memcpy(want, keep, FB * sizeof *want);
+        rc = choose(s, vocab, F, NB, m->dims, want, keep, &m->keys, &m->N, err);
+        es__free(want);
+        if (rc != ES_OK) goto fail;
+        found = 0; /* the keys are known: index them below */
+    } else if (found) { /* a saved shape: the keys come with the tensors */
         for (size_t i = 0; i < FB; i++) m->N += keep[i];
         if (m->N > BD_MAX_KEYS) {
             rc = es__err(err, ES_EINVAL, "blockdim: keep= sums to %llu keys, more than %llu", (unsigned long long)m->N,
@@ -355,7 +379,7 @@ static int bd_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     } else if (!(s->budget_bytes > 0)) {
         rc = es__err(err, ES_EINVAL, "blockdim: needs a budget: bytes (> 1), or a fraction (0, 1] of the full table");
         goto fail;
-    } else if ((rc = choose(s, vocab, F, NB, m->dims, keep, &m->keys, &m->N, err)) != ES_OK) {
+    } else if ((rc = choose(s, vocab, F, NB, m->dims, NULL, keep, &m->keys, &m->N, err)) != ES_OK) {
         goto fail;
     }
     for (size_t i = 0; i < FB; i++) m->koff[i + 1] = m->koff[i] + keep[i];
