@@ -340,6 +340,7 @@ TEST(autosrh_bad_input) {
         {"--budget 0.25 --storage-opts blocks=0", "blocks"},
         {"--dim 512 --budget 0.25 --storage-opts blocks=16", "soft selection weights"},
         {"--budget 0.25 --storage-opts l1=-1", "l1"},
+        {"--budget 0.25 --storage-opts retrain=full", "retrain"},       /* not a retrain table autosrh derives */
         {"--budget 0.25 --valid-frac 0", "--valid-frac"},
     };
     for (size_t i = 0; i < ES_ARRAY_LEN(cases); i++) {
