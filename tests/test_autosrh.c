@@ -231,6 +231,12 @@ TEST(autosrh_stages_reported) {
     CHECK_STR_HAS(s, "blockdim");
     CHECK_STR_HAS(s, "\"name\":\"derive\"");
     CHECK_STR_HAS(s, want + 9); /* the derived dims, in the saved storage options */
+    CHECK_STR_HAS(s, "per-(field, block) dimensions (blockdim");
+    char line[32];
+    snprintf(line, sizeof line, "b3:%d", bd[3]); /* field 0's tail block: always a table (its OOV row) */
+    CHECK_STR_HAS(s, line);
+    const char *t0 = strstr(s, "per-(field, block) dimensions");
+    printf("    inspect: %.300s\n", t0 ? t0 : "");
     free(s);
     CHECK(es_test_sh(log, "%s eval $ES_T/as_s.es %s", es_bin(), CRITEO) == 0); /* a loaded blockdim model serves */
     s = es_test_slurp(log);
