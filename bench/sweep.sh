@@ -49,7 +49,9 @@ on validation rows carved from the training rows, then retrain the found table f
 \`fielddim\` (multi-stage training, issue 12, [methods.md](methods.md#multi-stage-training-search--derive--retrain));
 their bytes are the retrained table's, and their train rows/s count the search and derive stages
 (the retrain's rate over 1 + their share of the time). \`optembed\` prunes rows, so it often uses
-less than its budget.
+less than its budget. \`autosrh\` searches a dimension per (field, frequency block) the same way and
+retrains it as \`blockdim\` (which also runs here on its own, at \`dim\` in every block: popular
+values through a key map, the rest one row per field).
 
 - Machine: $cpu, $(nproc) CPUs; $T thread(s) per run; the whole sweep (both datasets, $(( $(cat $OUT/criteo/cells.csv $OUT/movielens/cells.csv | wc -l) - 2 )) cells)
   took ${secs} s.

@@ -338,6 +338,8 @@ static int gradcheck_one(const es_sh_cfg *c, const es_vocab *v, uint64_t bseed) 
         es__storage_lookup(s, &b, 0, b.n, out);
         double lm = loss_of(out, G, nout);
         *w = w0;
+        lp += c->arch_l1 * fabs((double)(w0 + h)); /* the penalty's term of this weight (the others cancel) */
+        lm += c->arch_l1 * fabs((double)(w0 - h));
         double fd = (lp - lm) / ((double)(w0 + h) - (double)(w0 - h));
         double d = fabs(fd - grad[e]) / (1e-3 + fabs(fd));
         if (d > worst) worst = d;
@@ -459,6 +461,8 @@ static int gradcheck_arch_one(const es_sh_cfg *c, const es_vocab *v, const char 
         es__storage_lookup(s, &b, 0, b.n, out);
         double lm = loss_of(out, G, nout);
         *w = w0;
+        lp += c->arch_l1 * fabs((double)(w0 + h)); /* the penalty's term of this weight (the others cancel) */
+        lm += c->arch_l1 * fabs((double)(w0 - h));
         double fd = (lp - lm) / ((double)(w0 + h) - (double)(w0 - h));
         double d = fabs(fd - grad[e]) / (1e-3 + fabs(fd));
         if (d > worst) worst = d;

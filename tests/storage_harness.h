@@ -47,6 +47,9 @@ typedef struct es_sh_cfg {
     float init_scale;     /* default 0.05 */
     es_precision precision; /* rows' precision (default fp32) */
     int qtrain;           /* with a precision: ES_QTRAIN_QAT or _ALPT (default none) */
+    /* es_sh_gradcheck_arch: an L1 penalty arch_l1 * sum |a| over the checked
+     * tensor that arch_backward adds to the loss (autosrh's l1=; default 0) */
+    double arch_l1;
 } es_sh_cfg;
 
 /* Append option key=v to p->opts when p's method takes it (the knobs that

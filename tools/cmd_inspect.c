@@ -144,6 +144,29 @@ int cmd_inspect(int argc, char **argv) {
             fi++;
         }
     }
+    if (meth && !strcmp(meth, "blockdim")) { /* a dimension per (field, frequency block) (what autosrh derives) */
+        printf("\nper-(field, block) dimensions (blockdim; rows: kept values, the last block's + 1 OOV row):\n  %-6s %-24s %-32s %12s\n",
+               "field", "dims by block", "rows by block", "bytes");
+        for (int fi = 0;; fi++) {
+            char dims[128] = "", rows[160] = "";
+            size_t od = 0, orr = 0;
+            uint64_t bytes = 0;
+            int found = 0;
+            for (int i = 0; i < nt; i++) {
+                const char *name, *dt;
+                int nd, ff, bb, end = 0;
+                uint64_t sh[4], nb;
+                es_file_tensor_info(f, i, &name, &dt, &nd, sh, &nb);
+                if (nd != 2 || sscanf(name, "storage.field%d.b%d%n", &ff, &bb, &end) != 2 || name[end] || ff != fi) continue;
+                if (od < sizeof dims) od += (size_t)snprintf(dims + od, sizeof dims - od, "%sb%d:%llu", found ? " " : "", bb, (unsigned long long)sh[1]);
+                if (orr < sizeof rows) orr += (size_t)snprintf(rows + orr, sizeof rows - orr, "%sb%d:%llu", found ? " " : "", bb, (unsigned long long)sh[0]);
+                bytes += nb;
+                found = 1;
+            }
+            if (!found) break;
+            printf("  %-6d %-24s %-32s %12llu\n", fi, dims, rows, (unsigned long long)bytes);
+        }
+    }
     int header = 0;
     for (int i = 0; i < nm; i++) {
         const char *k, *v;

@@ -23,6 +23,8 @@ extern const es_storage_ops es__storage_dedup;
 extern const es_storage_ops es__storage_fielddim;
 extern const es_storage_ops es__storage_autodim;
 extern const es_storage_ops es__storage_optembed;
+extern const es_storage_ops es__storage_autosrh;
+extern const es_storage_ops es__storage_blockdim;
 
 static const es_storage_ops *const methods[] = {
     &es__storage_full,
@@ -43,6 +45,8 @@ static const es_storage_ops *const methods[] = {
     &es__storage_fielddim,
     &es__storage_autodim,
     &es__storage_optembed,
+    &es__storage_autosrh,
+    &es__storage_blockdim,
 };
 
 const es_storage_ops *es__storage_find(const char *name) {
