@@ -11,6 +11,7 @@
  * error, exit != 0, no file).
  */
 #include "storage_harness.h"
+#include "staged_kill.h"
 #include "test.h"
 #include "train/model.h"
 
@@ -299,35 +300,8 @@ TEST(autosrh_retrain_fielddim) {
     "--model fm --dim 8 --storage autosrh --storage-opts search_epochs=30,l1=0.01 --budget 0.25 --epochs 3 --early-stop 0 --batch 16 " \
     "--threads 1 --max-rows 4000 --seed 3 --checkpoint-every "
 
-/* Kill the run with SIGKILL once its checkpoint is of `stage` (after a
- * further `delay` seconds), resume it, and compare its predictions, bit
- * for bit, with those of an uninterrupted run (test_autodim.c's). */
 static void kill_in_stage(const char *stage, const char *delay, int every) {
-    const char *log = es_test_path("as_kill.log");
-    es_test_sh(NULL, "rm -f $ES_T/as_ref.es $ES_T/as_k.es $ES_T/as_k.es.ckpt*");
-    CHECK(es_test_sh(log, "%s train %s " KILL_ARGS "%d --quiet --out $ES_T/as_ref.es", es_bin(), CRITEO, every) == 0);
-    es_test_sh(NULL,
-               "%s train %s " KILL_ARGS "%d --quiet --out $ES_T/as_k.es >/dev/null 2>&1 & pid=$!; "
-               "while ! grep -qa 'stage:%s' $ES_T/as_k.es.ckpt 2>/dev/null; do kill -0 $pid 2>/dev/null || break; done; "
-               "sleep %s; kill -9 $pid; wait $pid",
-               es_bin(), CRITEO, every, stage, delay);
-    int in_stage = es_test_sh(NULL, "grep -qa 'stage:%s' $ES_T/as_k.es.ckpt", stage) == 0;
-    int finished = es_test_sh(NULL, "test -f $ES_T/as_k.es") == 0;
-    printf("    killed in the %s stage: checkpoint of that stage %s, run finished before the kill: %s\n", stage, in_stage ? "yes" : "no",
-           finished ? "yes" : "no");
-    CHECK_MSG(in_stage && !finished, "the kill did not land in the %s stage; the test did not exercise resume", stage);
-    CHECK(es_test_sh(log, "%s train %s " KILL_ARGS "%d --quiet --resume --out $ES_T/as_k.es", es_bin(), CRITEO, every) == 0);
-    char *s = es_test_slurp(log);
-    CHECK_STR_HAS(s, "\"resumed\":true");
-    CHECK_STR_HAS(s, "{\"name\":\"retrain\"");
-    free(s);
-    size_t n1 = 0, n2 = 0;
-    float *p1 = es_test_model_probs(es_test_path("as_ref.es"), CRITEO, &n1), *p2 = es_test_model_probs(es_test_path("as_k.es"), CRITEO, &n2);
-    CHECK(p1 && p2 && n1 == n2 && n1 > 0);
-    CHECK_MSG(p1 && p2 && n1 == n2 && memcmp(p1, p2, n1 * sizeof *p1) == 0, "the resumed model differs (killed in the %s stage)", stage);
-    free(p1);
-    free(p2);
-    CHECK(es_test_sh(NULL, "test ! -f $ES_T/as_k.es.ckpt") == 0); /* removed once finished */
+    es_test_staged_kill("as", CRITEO, KILL_ARGS, stage, delay, every);
 }
 
 TEST_SLOW(autosrh_resume_after_kill_in_search) { kill_in_stage("search", "0.05", 10); }

@@ -622,7 +622,7 @@ static const es__staged as_staged = {
 const es_storage_ops es__storage_autosrh = {
     .name = "autosrh",
     .summary = "AutoSrh: soft selection weights per (field, frequency block, coordinate) with an L1 penalty on validation "
-               "rows, prune the smallest to the budget, then retrain as fielddim (multi-stage)",
+               "rows, prune the smallest to the budget, then retrain as blockdim (a width per field and block; retrain=fielddim: per field) (multi-stage)",
     .create = as_create,
     .lookup = as_lookup,
     .backward = as_backward,

@@ -1,0 +1,39 @@
+/*
+ * staged_kill.c — see staged_kill.h.
+ */
+#include "staged_kill.h"
+
+#include "test.h"
+
+void es_test_staged_kill(const char *tag, const char *data, const char *args, const char *stage, const char *delay, int every) {
+    char log[512];
+    snprintf(log, sizeof log, "%s", es_test_path("staged_kill.log"));
+    es_test_sh(NULL, "rm -f $ES_T/%s_ref.es $ES_T/%s_k.es $ES_T/%s_k.es.ckpt*", tag, tag, tag);
+    CHECK(es_test_sh(log, "%s train %s %s%d --quiet --out $ES_T/%s_ref.es", es_bin(), data, args, every, tag) == 0);
+    es_test_sh(NULL,
+               "%s train %s %s%d --quiet --out $ES_T/%s_k.es >/dev/null 2>&1 & pid=$!; "
+               "while ! grep -qa 'stage:%s' $ES_T/%s_k.es.ckpt 2>/dev/null; do kill -0 $pid 2>/dev/null || break; done; "
+               "sleep %s; kill -9 $pid; wait $pid",
+               es_bin(), data, args, every, tag, stage, tag, delay);
+    int in_stage = es_test_sh(NULL, "grep -qa 'stage:%s' $ES_T/%s_k.es.ckpt", stage, tag) == 0;
+    int finished = es_test_sh(NULL, "test -f $ES_T/%s_k.es", tag) == 0;
+    printf("    killed in the %s stage: checkpoint of that stage %s, run finished before the kill: %s\n", stage, in_stage ? "yes" : "no",
+           finished ? "yes" : "no");
+    CHECK_MSG(in_stage && !finished, "the kill did not land in the %s stage; the test did not exercise resume", stage);
+    CHECK(es_test_sh(log, "%s train %s %s%d --quiet --resume --out $ES_T/%s_k.es", es_bin(), data, args, every, tag) == 0);
+    char *s = es_test_slurp(log);
+    CHECK_STR_HAS(s, "\"resumed\":true");
+    CHECK_STR_HAS(s, "{\"name\":\"retrain\"");
+    free(s);
+    char ref[256], k[256];
+    snprintf(ref, sizeof ref, "%s_ref.es", tag);
+    snprintf(k, sizeof k, "%s_k.es", tag);
+    size_t n1 = 0, n2 = 0;
+    float *p1 = es_test_model_probs(es_test_path(ref), data, &n1);
+    float *p2 = es_test_model_probs(es_test_path(k), data, &n2);
+    CHECK(p1 && p2 && n1 == n2 && n1 > 0);
+    CHECK_MSG(p1 && p2 && n1 == n2 && memcmp(p1, p2, n1 * sizeof *p1) == 0, "the resumed model differs (killed in the %s stage)", stage);
+    free(p1);
+    free(p2);
+    CHECK(es_test_sh(NULL, "test ! -f $ES_T/%s_k.es.ckpt", tag) == 0); /* removed once finished */
+}

@@ -1,0 +1,19 @@
+/*
+ * staged_kill.h — the SIGKILL-and-resume check of the multi-stage methods'
+ * tests (test_autodim.c, test_optembed.c, test_autosrh.c).
+ *
+ * es_test_staged_kill(tag, data, args, stage, delay, every) trains
+ * `embstore train DATA ARGS<every> --quiet` twice into $ES_T/<tag>_ref.es
+ * (uninterrupted) and $ES_T/<tag>_k.es, kills the second with SIGKILL once
+ * its checkpoint is of `stage` ("search" or "retrain") and a further
+ * `delay` seconds have passed, resumes it with --resume, and checks that
+ * the kill landed in that stage, that the resumed run reports the retrain
+ * stage, that both models predict the same probabilities bit for bit, and
+ * that the checkpoint is gone.  ARGS must end with "--checkpoint-every ".
+ */
+#ifndef ES_TEST_STAGED_KILL_H
+#define ES_TEST_STAGED_KILL_H
+
+void es_test_staged_kill(const char *tag, const char *data, const char *args, const char *stage, const char *delay, int every);
+
+#endif
