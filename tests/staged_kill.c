@@ -37,3 +37,18 @@ void es_test_staged_kill(const char *tag, const char *data, const char *args, co
     free(p2);
     CHECK(es_test_sh(NULL, "test ! -f $ES_T/%s_k.es.ckpt", tag) == 0); /* removed once finished */
 }
+
+void es_test_staged_bad(const char *tag, const char *method, const char *data, const char *args, const char *msg) {
+    char log[512];
+    snprintf(log, sizeof log, "%s", es_test_path("staged_bad.log"));
+    es_test_sh(NULL, "rm -f $ES_T/%s_bad.es", tag);
+    int st = es_test_sh(log, "%s train %s --model dlrm --dim 16 --storage %s --max-rows 1000 --epochs 1 --quiet %s --out $ES_T/%s_bad.es",
+                        es_bin(), data, method, args, tag);
+    char *s = es_test_slurp(log);
+    if (s && *s && s[strlen(s) - 1] == '\n') s[strlen(s) - 1] = 0;
+    printf("    %-48s -> exit %d: %.150s\n", args, st, s ? s : "");
+    CHECK_MSG(st != 0, "%s: exit 0", args);
+    CHECK_STR_HAS(s, msg);
+    CHECK_MSG(es_test_sh(NULL, "test ! -e $ES_T/%s_bad.es", tag) == 0, "%s: an output file was written", args);
+    free(s);
+}

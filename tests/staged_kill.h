@@ -1,6 +1,6 @@
 /*
- * staged_kill.h — the SIGKILL-and-resume check of the multi-stage methods'
- * tests (test_autodim.c, test_optembed.c, test_autosrh.c).
+ * staged_kill.h — the SIGKILL-and-resume and bad-input checks of the
+ * multi-stage methods' tests (test_autodim.c, test_optembed.c, test_autosrh.c).
  *
  * es_test_staged_kill(tag, data, args, stage, delay, every) trains
  * `embstore train DATA ARGS<every> --quiet` twice into $ES_T/<tag>_ref.es
@@ -15,5 +15,11 @@
 #define ES_TEST_STAGED_KILL_H
 
 void es_test_staged_kill(const char *tag, const char *data, const char *args, const char *stage, const char *delay, int every);
+
+/* One bad-input case of a multi-stage method: `embstore train DATA --model
+ * dlrm --dim 16 --storage METHOD --max-rows 1000 --epochs 1 --quiet ARGS`
+ * into $ES_T/<tag>_bad.es must exit non-zero, print msg, and leave no
+ * output file. */
+void es_test_staged_bad(const char *tag, const char *method, const char *data, const char *args, const char *msg);
 
 #endif

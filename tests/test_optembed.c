@@ -354,7 +354,6 @@ TEST_SLOW(optembed_resume_after_kill_in_retrain) { kill_in_stage("retrain", "0.0
 /* ---- bad input ---------------------------------------------------------------------------- */
 
 TEST(optembed_bad_input) {
-    const char *log = es_test_path("oe_bad.log");
     static const struct {
         const char *args, *msg;
     } cases[] = {
@@ -364,16 +363,5 @@ TEST(optembed_bad_input) {
         {"--budget 0.25 --storage-opts dims=8:4", "ascending"},
         {"--budget 0.25 --valid-frac 0", "--valid-frac"},
     };
-    for (size_t i = 0; i < ES_ARRAY_LEN(cases); i++) {
-        es_test_sh(NULL, "rm -f $ES_T/oe_bad.es");
-        int st = es_test_sh(log, "%s train %s --model dlrm --dim 16 --storage optembed --max-rows 1000 --epochs 1 --quiet %s --out $ES_T/oe_bad.es",
-                            es_bin(), CRITEO, cases[i].args);
-        char *s = es_test_slurp(log);
-        if (s && *s && s[strlen(s) - 1] == '\n') s[strlen(s) - 1] = 0;
-        printf("    %-48s -> exit %d: %.150s\n", cases[i].args, st, s ? s : "");
-        CHECK_MSG(st != 0, "%s: exit 0", cases[i].args);
-        CHECK_STR_HAS(s, cases[i].msg);
-        CHECK_MSG(es_test_sh(NULL, "test ! -e $ES_T/oe_bad.es") == 0, "%s: an output file was written", cases[i].args);
-        free(s);
-    }
+    for (size_t i = 0; i < ES_ARRAY_LEN(cases); i++) es_test_staged_bad("oe", "optembed", CRITEO, cases[i].args, cases[i].msg);
 }
