@@ -224,6 +224,13 @@ typedef struct es_reader es_reader;
  * params or column spec (ES_EINVAL).  On failure *out is NULL and err (if
  * not NULL) says why. */
 ES_API int es_reader_open(es_reader **out, const char *path, const es_reader_params *p, es_err *err);
+/* The files a data path names, in the order es_reader_open reads them:
+ * "@LIST" (a file with one path a line) or a glob (a path with *, ? or [
+ * that is not itself a file, sorted); any other path is itself.  *paths[*n]
+ * is allocated (es_path_files_free).  ES_ENOTFOUND when a glob matches
+ * nothing or the list is missing; ES_EPARSE for a bad list. */
+ES_API int es_path_files(const char *spec, char ***paths, int *n, es_err *err);
+ES_API void es_path_files_free(char **paths, int n);
 ES_API void es_reader_free(es_reader *r);
 /* Schema, known after open. */
 ES_API int es_reader_n_dense(const es_reader *r);

@@ -11,6 +11,8 @@
  *     a glob that matches nothing, a missing or empty list;
  *   - multifile_identity_changes_with_any_file: es__file_id of a list
  *     changes when a file is added, grown or replaced;
+ *   - multifile_output_over_an_input_is_refused: --out naming one of a
+ *     glob's or a list's files is a usage error, the file unchanged;
  *   - multifile_allocation_failures_are_clean: every allocation of opening,
  *     reading (across a gzip file and a CSV header) and rewinding a list
  *     fails once: an error, no crash, no leak.
@@ -227,4 +229,25 @@ TEST(multifile_allocation_failures_are_clean) {
     int n = es_test_alloc_sweep(sweep_list, spec, 2000);
     printf("    %d allocation failure points, each an error without a crash or a leak\n", n);
     CHECK(n > 0);
+}
+
+/* No command writes over one of its inputs when the input names several
+ * files: --out naming one of a glob's or a list's files is refused, and the
+ * file is unchanged. */
+TEST(multifile_output_over_an_input_is_refused) {
+    CHECK(es_test_sh(NULL, "rm -rf $ES_T/mfo && mkdir -p $ES_T/mfo && head -n 600 " CRITEO " > $ES_T/mfo/all.tsv && cd $ES_T/mfo && "
+                           "split -l 200 -d all.tsv s- --additional-suffix=.tsv && cp s-01.tsv keep && "
+                           "printf '%%s/s-00.tsv\\n%%s/s-02.tsv\\n' $PWD $PWD > list") == 0);
+    const char *log = es_test_path("mfo.log");
+    static const char *const cmds[] = {"train \"$ES_T/mfo/s-*\" --valid-frac 0 --early-stop 0 --quiet --out $ES_T/mfo/s-01.tsv",
+                                       "train @$ES_T/mfo/list --valid-frac 0 --early-stop 0 --quiet --out $ES_T/mfo/s-02.tsv"};
+    for (int i = 0; i < 2; i++) {
+        CHECK(es_test_sh(NULL, "cp $ES_T/mfo/s-0%d.tsv $ES_T/mfo/before", i + 1) == 0);
+        int st = es_test_sh(log, "%s %s", es_bin(), cmds[i]);
+        char *s = es_test_slurp(log);
+        CHECK_MSG(st != 0, "%s: exit 0", cmds[i]);
+        CHECK_STR_HAS(s, "choose another output path");
+        free(s);
+        CHECK_MSG(es_test_sh(NULL, "cmp $ES_T/mfo/before $ES_T/mfo/s-0%d.tsv", i + 1) == 0, "%s: the input changed", cmds[i]);
+    }
 }

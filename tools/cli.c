@@ -116,10 +116,21 @@ int cli_check_outputs(const char *cmd, const cli_path *in, int n_in, const cli_p
         path_identify(out[o].path, &oid);
         for (int i = 0; i < n_in && oid.exists; i++) {
             if (skip_path(in[i].path)) continue;
-            path_identify(in[i].path, &x);
-            if (path_id_same(&oid, &x))
-                return cli_usage(cmd, "%s '%s' is %s '%s'; choose another output path", out[o].opt, out[o].path, in[i].what,
-                                 in[i].path);
+            /* an input naming several files (a glob, @LIST): each of them */
+            char **files = NULL;
+            int nf = 0;
+            es_err e = {0};
+            if (es_path_files(in[i].path, &files, &nf, &e) != 0) nf = 0;
+            for (int k = 0; k < (nf ? nf : 1); k++) {
+                const char *p = nf ? files[k] : in[i].path;
+                path_identify(p, &x);
+                if (path_id_same(&oid, &x)) {
+                    int rc = cli_usage(cmd, "%s '%s' is %s '%s'; choose another output path", out[o].opt, out[o].path, in[i].what, p);
+                    es_path_files_free(files, nf);
+                    return rc;
+                }
+            }
+            es_path_files_free(files, nf);
         }
         for (int p = 0; p < o; p++) {
             if (skip_path(out[p].path)) continue;

@@ -484,6 +484,16 @@ int es__reader_open_files(es_reader **out, const char *const *paths, int n, cons
     return n == 1 ? open_any(out, paths[0], NULL, 0, NULL, 0, false, p, err) : open_any(out, paths[0], paths, n, NULL, 0, false, p, err);
 }
 
+int es_path_files(const char *spec, char ***paths, int *n, es_err *err) {
+    if (!paths || !n) return es__err(err, ES_EINVAL, "es_path_files: NULL argument");
+    *paths = NULL;
+    *n = 0;
+    if (!spec || !*spec) return es__err(err, ES_EINVAL, "es_path_files: empty path");
+    return es__path_list(spec, paths, n, err);
+}
+
+void es_path_files_free(char **paths, int n) { es__path_list_free(paths, n); }
+
 int es_reader_open(es_reader **out, const char *path, const es_reader_params *p, es_err *err) {
     if (!path || !es__path_is_list(path)) return open_any(out, path, NULL, 0, NULL, 0, false, p, err);
     char **paths;
