@@ -26,8 +26,12 @@ tally() { # $1 = log file of a runner
     f=$(echo "$line" | sed -E 's/^[0-9]+ passed, ([0-9]+) failed.*/\1/')
     s=$(echo "$line" | sed -nE 's/.*, ([0-9]+) skipped.*/\1/p')
     passed=$((passed+p)); failed=$((failed+f)); skipped=$((skipped+${s:-0}))
+    # the failing tests and their FAIL lines, repeated at the end: a CI log is
+    # often read from its tail only
+    grep -E '^\[ FAIL \]|^    FAIL ' "$1" | sed "s|^|  [$1] |" >>build/check-failures.txt
 }
 mkdir -p build
+: >build/check-failures.txt
 echo "== build"
 if ! make -j"$JOBS" all build/test_runner >build/check-build.log 2>&1; then
     cat build/check-build.log; echo "0 passed, 1 failed"; exit 1
@@ -70,6 +74,7 @@ if [ -f fuzz/run.sh ] && [ "${NO_FUZZ:-0}" != 1 ]; then
         n=$(ls fuzz/fuzz_*.c 2>/dev/null | wc -l); passed=$((passed+n))
     else
         failed=$((failed+1))
+        grep -v ': ok ' build/check-fuzz.log | tail -n 20 | sed 's|^|  [fuzz] |' >>build/check-failures.txt
     fi
 fi
 PY=${PYTHON:-/usr/bin/python3}
@@ -87,7 +92,12 @@ else
     else
         n() { echo "$line" | grep -oE "[0-9]+ $1" | grep -oE '[0-9]+' || echo 0; }
         passed=$((passed+$(n passed))); failed=$((failed+$(n failed)+$(n error))); skipped=$((skipped+$(n skipped)))
+        grep -E '^(FAILED|ERROR) ' build/check-python.log | sed 's|^|  [pytest] |' >>build/check-failures.txt
     fi
+fi
+if [ -s build/check-failures.txt ]; then
+    echo "== failures (repeated from the logs above)"
+    head -n 60 build/check-failures.txt
 fi
 echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]

@@ -5,20 +5,18 @@
 
 #include "test.h"
 
-void es_test_staged_kill(const char *tag, const char *data, const char *args, const char *stage, const char *delay, int every) {
+void es_test_staged_kill(const char *tag, const char *data, const char *args, const char *stage, int batches, int every) {
     char log[512];
     snprintf(log, sizeof log, "%s", es_test_path("staged_kill.log"));
     es_test_sh(NULL, "rm -f $ES_T/%s_ref.es $ES_T/%s_k.es $ES_T/%s_k.es.ckpt*", tag, tag, tag);
     CHECK(es_test_sh(log, "%s train %s %s%d --quiet --out $ES_T/%s_ref.es", es_bin(), data, args, every, tag) == 0);
-    es_test_sh(NULL,
-               "%s train %s %s%d --quiet --out $ES_T/%s_k.es >/dev/null 2>&1 & pid=$!; "
-               "while ! grep -qa 'stage:%s' $ES_T/%s_k.es.ckpt 2>/dev/null; do kill -0 $pid 2>/dev/null || break; done; "
-               "sleep %s; kill -9 $pid; wait $pid",
-               es_bin(), data, args, every, tag, stage, tag, delay);
+    int kst = es_test_sh(NULL, "ES_TEST_KILL_AFTER=%s:%d %s train %s %s%d --quiet --out $ES_T/%s_k.es", stage, batches, es_bin(), data,
+                         args, every, tag);
+    CHECK_MSG(kst == 128 + 9, "exit %d, not the fault point's SIGKILL (137)", kst);
     int in_stage = es_test_sh(NULL, "grep -qa 'stage:%s' $ES_T/%s_k.es.ckpt", stage, tag) == 0;
     int finished = es_test_sh(NULL, "test -f $ES_T/%s_k.es", tag) == 0;
-    printf("    killed in the %s stage: checkpoint of that stage %s, run finished before the kill: %s\n", stage, in_stage ? "yes" : "no",
-           finished ? "yes" : "no");
+    printf("    killed after batch %d of the %s stage: checkpoint of that stage %s, run finished before the kill: %s\n", batches, stage,
+           in_stage ? "yes" : "no", finished ? "yes" : "no");
     CHECK_MSG(in_stage && !finished, "the kill did not land in the %s stage; the test did not exercise resume", stage);
     CHECK(es_test_sh(log, "%s train %s %s%d --quiet --resume --out $ES_T/%s_k.es", es_bin(), data, args, every, tag) == 0);
     char *s = es_test_slurp(log);

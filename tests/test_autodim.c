@@ -245,16 +245,16 @@ TEST(autodim_derived_dims_sanity) {
     "--model fm --dim 8 --storage autodim --storage-opts search_epochs=6 --budget 0.25 --epochs 3 --early-stop 0 --batch 16 " \
     "--threads 1 --max-rows 4000 --seed 3 --checkpoint-every "
 
-static void kill_in_stage(const char *stage, const char *delay, int every) {
-    es_test_staged_kill("ad", CRITEO, KILL_ARGS, stage, delay, every);
+static void kill_in_stage(const char *stage, int batches, int every) {
+    es_test_staged_kill("ad", CRITEO, KILL_ARGS, stage, batches, every);
 }
 
-TEST_SLOW(autodim_resume_after_kill_in_search) { kill_in_stage("search", "0.05", 10); }
-TEST_SLOW(autodim_resume_after_kill_in_retrain) { kill_in_stage("retrain", "0.03", 10); }
+TEST_SLOW(autodim_resume_after_kill_in_search) { kill_in_stage("search", 455, 10); }
+TEST_SLOW(autodim_resume_after_kill_in_retrain) { kill_in_stage("retrain", 333, 10); }
 /* Checkpoints too rare for any inside a stage: the one at the stage
  * boundary (the fresh retrain model) is what the resumed run continues,
  * without searching again. */
-TEST_SLOW(autodim_resume_at_the_stage_boundary) { kill_in_stage("retrain", "0", 1000000); }
+TEST_SLOW(autodim_resume_at_the_stage_boundary) { kill_in_stage("retrain", 5, 1000000); }
 
 /* ---- bad input ---------------------------------------------------------------------------- */
 

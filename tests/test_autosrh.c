@@ -300,12 +300,12 @@ TEST(autosrh_retrain_fielddim) {
     "--model fm --dim 8 --storage autosrh --storage-opts search_epochs=30,l1=0.01 --budget 0.25 --epochs 3 --early-stop 0 --batch 16 " \
     "--threads 1 --max-rows 4000 --seed 3 --checkpoint-every "
 
-static void kill_in_stage(const char *stage, const char *delay, int every) {
-    es_test_staged_kill("as", CRITEO, KILL_ARGS, stage, delay, every);
+static void kill_in_stage(const char *stage, int batches, int every) {
+    es_test_staged_kill("as", CRITEO, KILL_ARGS, stage, batches, every);
 }
 
-TEST_SLOW(autosrh_resume_after_kill_in_search) { kill_in_stage("search", "0.05", 10); }
-TEST_SLOW(autosrh_resume_after_kill_in_retrain) { kill_in_stage("retrain", "0.02", 10); }
+TEST_SLOW(autosrh_resume_after_kill_in_search) { kill_in_stage("search", 455, 10); }
+TEST_SLOW(autosrh_resume_after_kill_in_retrain) { kill_in_stage("retrain", 333, 10); }
 
 /* ---- bad input ---------------------------------------------------------------------------- */
 

@@ -279,23 +279,30 @@ TEST_SLOW(kill_and_resume_matches_uninterrupted_run) {
     const char *log = es_test_path("resume.log");
     CHECK(es_test_sh(log, "%s train %s %s --quiet --out $ES_T/ref.es", es_bin(), CRITEO, args) == 0);
     CHECK(es_test_sh(NULL, "%s predict $ES_T/ref.es %s --out $ES_T/ref.txt", es_bin(), CRITEO) == 0);
-    /* kill at several points: the resumed run must end with the same model */
-    const char *delays[] = {"0.15", "0.35", "0.6"};
+    /* kill at several points: the resumed run must end with the same model;
+     * after delays (wherever they land on this machine) and, last, at the
+     * trainer's fault point (batch 400 of 750, 3 past a checkpoint: the
+     * same step everywhere) */
+    const char *delays[] = {"0.15", "0.35", "0.6", NULL};
     int resumed_from_ckpt = 0;
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 4; i++) {
         es_test_sh(NULL, "rm -f $ES_T/kr.es $ES_T/kr.es.ckpt");
-        es_test_sh(NULL, "%s train %s %s --quiet --out $ES_T/kr.es & pid=$!; sleep %s; kill -9 $pid; wait $pid", es_bin(), CRITEO,
-                   args, delays[i]);
+        if (delays[i])
+            es_test_sh(NULL, "%s train %s %s --quiet --out $ES_T/kr.es & pid=$!; sleep %s; kill -9 $pid; wait $pid", es_bin(), CRITEO,
+                       args, delays[i]);
+        else
+            CHECK(es_test_sh(NULL, "ES_TEST_KILL_AFTER=train:400 %s train %s %s --quiet --out $ES_T/kr.es", es_bin(), CRITEO, args) == 137);
         int had_ckpt = es_test_sh(NULL, "test -f $ES_T/kr.es.ckpt") == 0;
         CHECK(es_test_sh(log, "%s train %s %s --quiet --resume --out $ES_T/kr.es", es_bin(), CRITEO, args) == 0);
         char *s = es_test_slurp(log);
         int resumed = s && strstr(s, "\"resumed\":true") != NULL;
-        printf("    killed after %ss: checkpoint %s, resumed %s\n", delays[i], had_ckpt ? "present" : "absent", resumed ? "yes" : "no");
+        printf("    killed %s%s%s: checkpoint %s, resumed %s\n", delays[i] ? "after " : "at batch 400", delays[i] ? delays[i] : "",
+               delays[i] ? "s" : "", had_ckpt ? "present" : "absent", resumed ? "yes" : "no");
         free(s);
         CHECK(resumed == had_ckpt);
         resumed_from_ckpt += resumed;
         CHECK(es_test_sh(NULL, "%s predict $ES_T/kr.es %s --out $ES_T/kr.txt", es_bin(), CRITEO) == 0);
-        CHECK_MSG(es_test_sh(NULL, "cmp $ES_T/ref.txt $ES_T/kr.txt") == 0, "resumed model differs (kill after %ss)", delays[i]);
+        CHECK_MSG(es_test_sh(NULL, "cmp $ES_T/ref.txt $ES_T/kr.txt") == 0, "resumed model differs (kill %d)", i);
         CHECK(es_test_sh(NULL, "test ! -f $ES_T/kr.es.ckpt") == 0); /* removed once finished */
     }
     CHECK_MSG(resumed_from_ckpt > 0, "no run was killed mid-training; the test did not exercise resume");

@@ -23,6 +23,7 @@
 #include <glob.h>
 #include <math.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <unistd.h>
 
@@ -428,6 +429,7 @@ typedef struct {
     uint64_t av_next;         /* the validation batch rav reads next (UINT64_MAX: not positioned) */
     char derived_opts[ES_STORAGE_META_MAX];
     char derived_method[32];
+    long fault_batches;       /* batches this process trained in the stage ES_TEST_KILL_AFTER names */
 } run;
 
 /* Under a comm: every rank's status after a phase (es__dist_agree); else rc. */
@@ -1474,8 +1476,31 @@ static int run_skip(run *x, uint64_t rows) {
     return ES_OK;
 }
 
+/* A fault point for the kill-and-resume tests: ES_TEST_KILL_AFTER=STAGE:N
+ * (STAGE "train", or "search" / "retrain" of a multi-stage method) ends
+ * this process with SIGKILL right after its N-th batch in that stage,
+ * counted from the process's start, before that batch's checkpoint: the
+ * same point of the run on every machine, where a kill after a delay
+ * lands wherever the machine's speed puts it (or after the run ended).
+ * Not set: nothing happens. */
+static void fault_point(run *x) {
+    const char *e = getenv("ES_TEST_KILL_AFTER");
+    if (!e || !*e) return;
+    const char *stage = x->searching ? "search" : x->in_retrain ? "retrain" : "train";
+    size_t ls = strlen(stage);
+    if (strncmp(e, stage, ls) != 0 || e[ls] != ':') return;
+    char *end;
+    long n = strtol(e + ls + 1, &end, 10);
+    if (*end || n < 1) return;
+    if (++x->fault_batches == n) {
+        fflush(NULL);
+        raise(SIGKILL);
+    }
+}
+
 /* After a batch of n rows: the counts and the progress line. */
 static void batch_done(run *x, int n, uint64_t *done, long *batches, double loss_sum, double t_ep) {
+    fault_point(x);
     *done += (uint64_t)n;
     x->trained_here += (uint64_t)n;
     ++*batches;
