@@ -4,6 +4,7 @@
 #include "cli.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -11,12 +12,29 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* the copy of standard input or a pipe (cli_spool), and what it was */
+static char g_spool[4200], g_spool_of[4200];
+static int g_spool_slot = -1;
+
+/* "embstore CMD: message\n" on stderr, the copy of a stream named as the
+ * stream (the library's messages name the file it read: the copy) */
+static void say(const char *cmd, const char *fmt, va_list ap) {
+    char msg[8192];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    fprintf(stderr, "embstore %s: ", cmd);
+    const char *s = msg, *hit;
+    size_t n = strlen(g_spool);
+    while (n && (hit = strstr(s, g_spool))) {
+        fprintf(stderr, "%.*s%s", (int)(hit - s), s, g_spool_of);
+        s = hit + n;
+    }
+    fprintf(stderr, "%s\n", s);
+}
+
 int cli_fail(const char *cmd, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "embstore %s: ", cmd);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    say(cmd, fmt, ap);
     va_end(ap);
     return ES_EXIT_FAIL;
 }
@@ -24,9 +42,8 @@ int cli_fail(const char *cmd, const char *fmt, ...) {
 int cli_usage(const char *cmd, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "embstore %s: ", cmd);
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n(see 'embstore %s --help')\n", cmd);
+    say(cmd, fmt, ap);
+    fprintf(stderr, "(see 'embstore %s --help')\n", cmd);
     va_end(ap);
     return ES_EXIT_USAGE;
 }
@@ -535,4 +552,79 @@ void cli_svg_to_png(const char *svg, const char *png) {
     struct stat st;
     if (system(conv) != 0 || stat(tmp, &st) != 0 || st.st_size == 0 || rename(tmp, png) != 0) remove(tmp);
     es_temp_file_untrack(slot);
+}
+
+/* ---- standard input and pipes ------------------------------------------------ */
+
+int cli_is_stream(const char *path) {
+    if (!strcmp(path, "-")) return 1;
+    struct stat st;
+    return stat(path, &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISCHR(st.st_mode) || S_ISSOCK(st.st_mode));
+}
+
+
+static void spool_remove(void) {
+    if (!g_spool[0]) return;
+    remove(g_spool);
+    es_temp_file_untrack(g_spool_slot);
+    g_spool[0] = 0;
+}
+
+const char *cli_spool(const char *cmd, const char *path, int quiet) {
+    if (g_spool[0]) {
+        cli_fail(cmd, "only one input can be standard input or a pipe");
+        return NULL;
+    }
+    const char *dir = getenv("TMPDIR");
+    if (!dir || !*dir) dir = "/tmp";
+    snprintf(g_spool, sizeof g_spool, "%s/embstore-input.%ld.XXXXXX", dir, (long)getpid());
+    int fd = mkstemp(g_spool);
+    if (fd < 0) {
+        cli_fail(cmd, "cannot create a temporary file in %s for %s: %s (set TMPDIR to a writable directory)", dir,
+                 strcmp(path, "-") ? path : "standard input", strerror(errno));
+        g_spool[0] = 0;
+        return NULL;
+    }
+    g_spool_slot = es_temp_file_track(g_spool); /* removed on SIGINT / SIGTERM */
+    snprintf(g_spool_of, sizeof g_spool_of, "%s", strcmp(path, "-") ? path : "(standard input)");
+    atexit(spool_remove);                       /* and when the command ends */
+    int in = strcmp(path, "-") ? open(path, O_RDONLY | O_CLOEXEC) : STDIN_FILENO;
+    const char *what = strcmp(path, "-") ? path : "standard input";
+    int ok = in >= 0;
+    if (!ok) cli_fail(cmd, "%s: cannot open: %s", path, strerror(errno));
+    static char buf[1 << 16];
+    unsigned long long total = 0;
+    while (ok) {
+        ssize_t k = read(in, buf, sizeof buf);
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0) {
+            ok = 0;
+            cli_fail(cmd, "%s: cannot read: %s", what, strerror(errno));
+            break;
+        }
+        if (k == 0) break;
+        for (ssize_t o = 0; o < k;) {
+            ssize_t w = write(fd, buf + o, (size_t)(k - o));
+            if (w < 0 && errno == EINTR) continue;
+            if (w < 0) {
+                ok = 0;
+                cli_fail(cmd, "%s: cannot write a copy of %s: %s", g_spool, what, strerror(errno));
+                break;
+            }
+            o += w;
+        }
+        total += (unsigned long long)k;
+    }
+    if (in > STDIN_FILENO) close(in);
+    if (close(fd) != 0 && ok) {
+        ok = 0;
+        cli_fail(cmd, "%s: cannot write a copy of %s: %s", g_spool, what, strerror(errno));
+    }
+    if (!ok) {
+        spool_remove();
+        return NULL;
+    }
+    if (!quiet)
+        fprintf(stderr, "embstore %s: %s copied to %s (%llu bytes, removed when the command ends)\n", cmd, what, g_spool, total);
+    return g_spool;
 }

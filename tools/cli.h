@@ -105,6 +105,17 @@ FILE *cli_open_tmp(const char *path, char *tmp, size_t cap, int *slot);
 int cli_commit_tmp(FILE *f, const char *tmp, const char *path, int slot);
 void cli_svg_to_png(const char *svg, const char *png);
 
+/* Standard input and pipes.  cli_is_stream: 1 when path is "-" (standard
+ * input) or names a pipe, FIFO, character device or socket: something
+ * that can be read once only.  cli_spool copies it to a temporary file in
+ * $TMPDIR (/tmp), tracked for removal on SIGINT / SIGTERM and removed when
+ * the process exits, and returns that file's path, for the commands that
+ * read their input more than once (train: counting, vocabulary, epochs;
+ * convert: two passes); NULL after printing why (a failed read, a full
+ * disk: the copy is removed).  One input per process. */
+int cli_is_stream(const char *path);
+const char *cli_spool(const char *cmd, const char *path, int quiet);
+
 int cmd_train(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_eval(int argc, char **argv);

@@ -21,7 +21,9 @@ static const char convert_help[] =
     "The cache records the input options and DATA's identity (size, modification time,\n"
     "a checksum of its first MiB): reading it after DATA changed is an error (a stale\n"
     "cache), and so is reading it with other input options.  Two passes over DATA\n"
-    "(count, then write); memory is one batch, whatever the file size.\n"
+    "(count, then write); memory is one batch, whatever the file size.  DATA may be\n"
+    "'-' (standard input) or a pipe, with --format and -o: it is first copied to a\n"
+    "temporary file in $TMPDIR (/tmp), removed when the command ends.\n"
     "\n"
     "  -o, --out OUT         the cache file (default DATA.esd)\n"
     "  -q, --quiet           no summary on stderr\n"
@@ -58,6 +60,11 @@ int cmd_convert(int argc, char **argv) {
     }
     if (!file) return cli_usage(cmd, "no data file given");
     if (rp.format == ES_FMT_ESD) return cli_usage(cmd, "--format esd: DATA must be a text file (it is the cache that is esd)");
+    const int stream = cli_is_stream(file); /* "-" or a pipe: converted from a temporary copy (two passes) */
+    if (stream && rp.format == ES_FMT_AUTO)
+        return cli_usage(cmd, "DATA '%s' (standard input or a pipe) has no file name to tell the format from: give --format "
+                              "(criteo, csv, libsvm or libffm; gzip is recognised by its bytes)", file);
+    if (stream && !out) return cli_usage(cmd, "DATA '%s' is standard input or a pipe: say where the cache goes (-o PATH.esd)", file);
     char *dflt = NULL;
     if (!out) {
         size_t n = strlen(file) + 5;
@@ -70,6 +77,10 @@ int cmd_convert(int argc, char **argv) {
     if (cli_check_outputs(cmd, in, 1, outs, 1) != 0) {
         free(dflt);
         return ES_EXIT_USAGE;
+    }
+    if (stream && !(file = cli_spool(cmd, file, quiet))) {
+        free(dflt);
+        return ES_EXIT_FAIL;
     }
     es_dataset_info info;
     es_err err = {0};

@@ -17,6 +17,9 @@ static const char train_help[] =
     "rows and print one JSON line with the metrics, bytes and speed.  The defaults\n"
     "(logistic regression on a full table with FTRL, early stopping on the last 20% of\n"
     "the rows, then a refit on all rows) come from the study in docs/training.md.\n"
+    "FILE may be '-' (standard input) or a pipe, with --format: training reads it\n"
+    "more than once, so it is first copied to a temporary file in $TMPDIR (/tmp),\n"
+    "removed when the command ends.\n"
     "\n"
     "data:\n"
     "  --valid FILE          validation file (default: hold out --valid-frac of FILE)\n"
@@ -321,6 +324,12 @@ int cmd_train(int argc, char **argv) {
     }
     if (help_storage) return help_storage_print(cmd, storage_given ? p.storage : NULL);
     if (!file) return cli_usage(cmd, "no training file given");
+    const int stream = cli_is_stream(file); /* "-" or a pipe: copied to a temporary file below */
+    if (stream && p.reader.format == ES_FMT_AUTO)
+        return cli_usage(cmd, "FILE '%s' (standard input or a pipe) has no file name to tell the format from: give --format "
+                              "(criteo, csv, libsvm or libffm; gzip is recognised by its bytes)", file);
+    if (stream && use_cache && !cache_path)
+        return cli_usage(cmd, "--cache: FILE '%s' is standard input or a pipe; say where the cache goes (--cache PATH.esd)", file);
     if (p.valid_path) p.valid_frac = 0;
     p.train_path = file;
     es_train_params_resolve(&p); /* the automatic defaults, so that the report shows them */
@@ -330,6 +339,18 @@ int cmd_train(int argc, char **argv) {
     if (mrc) return mrc;
     p.comm = comm;
     const int rank = comm ? comm->rank : 0;
+    if (stream) {
+        /* training reads FILE more than once (counting, the vocabulary,
+         * every epoch): a copy of the stream, removed at exit */
+        if (comm && comm->size > 1) {
+            int st = cli_fail(cmd, "[rank %d of %d] FILE '%s' is standard input or a pipe, which reaches one process only; give "
+                                   "every rank a file (or --shard-files)", comm->rank, comm->size, file);
+            cli_mpi_finish();
+            return st;
+        }
+        if (!(file = cli_spool(cmd, file, quiet))) return ES_EXIT_FAIL;
+        p.train_path = file;
+    }
     char cache_buf[4096];
     if (use_cache) {
         if (!cache_path && (file[0] == '@' || strpbrk(file, "*?["))) {
@@ -346,7 +367,11 @@ int cmd_train(int argc, char **argv) {
         if (cli_check_outputs(cmd, cin, 4, cout, 1) != 0) return ES_EXIT_USAGE;
         es_dataset_info ci;
         es_err cerr = {0};
-        if (es_dataset_cache(file, &p.reader, cache_path, &ci, &cerr) != 0) return cli_fail(cmd, "--cache: %s", cerr.msg);
+        /* a stream's copy is new on every run: its cache is built again
+         * (es_dataset_cache would call it a cache of another file) */
+        int crc = stream ? es_dataset_convert(file, &p.reader, cache_path, &ci, &cerr) : es_dataset_cache(file, &p.reader, cache_path, &ci, &cerr);
+        if (stream && crc == 0) ci.built = 1;
+        if (crc != 0) return cli_fail(cmd, "--cache: %s", cerr.msg);
         if (!quiet) {
             if (ci.built)
                 fprintf(stderr, "%s cache %s: %llu rows, %llu bytes (%.2f s)\n", ci.stale ? "rebuilt stale" : "built", cache_path,
@@ -481,6 +506,7 @@ static const char eval_help[] =
     "\n"
     "Evaluate a saved model on a labeled file (read with the model's own input\n"
     "settings) and print one JSON line: auc, logloss, calibration, rows.\n"
+    "FILE may be '-' (standard input) or a pipe: it is read once.\n"
     "  --no-verify    skip tensor checksums when loading (faster for large models)\n"
     "  --map          map the model file instead of reading it (opens a large model\n"
     "                 at once with --no-verify); the file must then only be replaced\n"
@@ -494,6 +520,7 @@ static const char predict_help[] =
     "usage: embstore predict MODEL FILE [--out PATH] [--unlabeled] [--digits N] [options]\n"
     "\n"
     "Write one click probability per input row (6 decimals), in input order.\n"
+    "FILE may be '-' (standard input) or a pipe: it is read once.\n"
     "The output is written to a temporary file and renamed, so a failed run\n"
     "leaves nothing behind.\n"
     "  --out PATH     output file (default: stdout)\n"
@@ -578,6 +605,7 @@ static int model_cmd(int argc, char **argv, int predict) {
         }
     }
     if (!model || !file) return cli_usage(cmd, "expected MODEL and FILE");
+    if (!strcmp(file, "-")) file = "/dev/stdin"; /* read once, in order: a pipe is fine */
     const cli_path ins[] = {{"MODEL", model, "the model file"}, {"FILE", file, "the input file"}};
     const cli_path outs[] = {{"--out", out, NULL}};
     if (cli_check_outputs(cmd, ins, 2, outs, 1) != 0) return ES_EXIT_USAGE;

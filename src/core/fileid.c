@@ -157,12 +157,22 @@ int es__file_id_get(const char *path, int with_head, es__file_id *out, es_err *e
 
 static int file_id_one(const char *path, int with_head, es__file_id *out, es_err *err) {
     memset(out, 0, sizeof *out);
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        int e = errno;
+        return es__err(err, e == ENOENT ? ES_ENOTFOUND : ES_EIO, "%s: cannot stat: %s", path, strerror(e));
+    }
+    /* what has an identity is read more than once (training's passes, a
+     * conversion's two passes): a pipe or a terminal would give each pass
+     * what the last one left, so it is refused before anything is read
+     * (and before an open that would wait for a FIFO's writer) */
+    if (S_ISDIR(st.st_mode)) return es__err(err, ES_EINVAL, "%s: a directory, not a data file", path);
+    if (!S_ISREG(st.st_mode))
+        return es__err(err, ES_EINVAL,
+                       "%s: not a regular file (a pipe, FIFO or terminal?): it would be read more than once; save it to a "
+                       "file first (the CLI's train and convert do that for '-', standard input)",
+                       path);
     if (!with_head) {
-        struct stat st;
-        if (stat(path, &st) != 0) {
-            int e = errno;
-            return es__err(err, e == ENOENT ? ES_ENOTFOUND : ES_EIO, "%s: cannot stat: %s", path, strerror(e));
-        }
         from_stat(&st, out);
         return ES_OK;
     }
@@ -171,7 +181,6 @@ static int file_id_one(const char *path, int with_head, es__file_id *out, es_err
         int e = errno;
         return es__err(err, e == ENOENT ? ES_ENOTFOUND : ES_EIO, "%s: cannot open: %s", path, strerror(e));
     }
-    struct stat st;
     if (fstat(fd, &st) != 0) {
         int e = errno;
         close(fd);

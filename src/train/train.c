@@ -542,13 +542,15 @@ static int run_open(run *x) {
     x->mp = es_model_params_from_train(p, 0, 1);
     if ((rc = es__model_params_resolve(&x->mp, NULL, NULL, err)) != 0) return rc;
     x->res->threads = es__threads_set(p->threads);
+    /* the identity the file must keep while it is read (first: a pipe is
+     * refused before an open that would wait for its writer) */
+    if (!x->shards && (rc = es__file_id_get(p->train_path, 0, &x->tid, err)) != 0) return rc;
     if (x->shards) {
         if ((rc = run_open_shards(x)) != 0) return rc;
     } else if ((rc = es_reader_open(&x->r, p->train_path, &p->reader, err)) != 0) {
         return rc;
     }
-    /* the identity the file must keep while it is read */
-    if ((rc = es__file_id_get(p->train_path, 0, &x->tid, err)) != 0) return rc;
+    if (x->shards && (rc = es__file_id_get(p->train_path, 0, &x->tid, err)) != 0) return rc;
     if ((rc = es__reader_require_fields(x->r, p->train_path, err)) != 0) return rc;
     int n_dense = es_reader_n_dense(x->r), n_fields = es_reader_n_fields(x->r);
     x->mp = es_model_params_from_train(p, n_dense, n_fields);
