@@ -72,6 +72,14 @@ TEST(serve_request_json_rules) {
     CHECK_EQ_INT(parse(&s, "{\"rows\":[{\"C1\":9007199254740992}]}", &r), 400);
     CHECK_STR_HAS(r, "send it as a string");
     free(r);
+    /* Criteo TSV has no quoting: a '"' goes into the line as it is (the
+     * file reader reads it so), a tab is refused */
+    CHECK_EQ_INT(parse(&s, "{\"rows\":[{\"C1\":\"a\\\"b\"}]}", &r), 200);
+    CHECK_STR_HAS(r, "\ta\"b\t");
+    free(r);
+    CHECK_EQ_INT(parse(&s, "{\"rows\":[{\"C1\":\"a\\tb\"}]}", &r), 400);
+    CHECK_STR_HAS(r, "may not hold a tab");
+    free(r);
     CHECK_EQ_INT(parse(&s, "{\"rows\":[{\"I1\":1e20}]}", &r), 200);
     CHECK_STR_HAS(r, "1e+20");
     free(r);

@@ -435,9 +435,11 @@ static int put_text(const es__schema *s, es__sb *t, const char *v, size_t len, l
         char ch = v[i];
         if (ch == '\n' || ch == '\r' || ch == 0)
             return fail(e, 400, row, col, "a value may not hold a line break or a NUL byte");
-        if (ch == s->delim || ch == '"') {
-            if (s->format == ES_FMT_CRITEO)
-                return fail(e, 400, row, col, "a Criteo value may not hold a tab");
+        if (s->format == ES_FMT_CRITEO) {
+            /* Criteo TSV has no quoting: a '"' is a character like any
+             * other (the file reader hashes it as such), a tab cannot be */
+            if (ch == '\t') return fail(e, 400, row, col, "a Criteo value may not hold a tab");
+        } else if (ch == s->delim || ch == '"') {
             quote = 1;
         }
     }
