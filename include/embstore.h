@@ -776,6 +776,17 @@ typedef struct es_train_result {
         double seconds;
         char result[1024];
     } stages[ES_TRAIN_MAX_STAGES];
+    /* Matryoshka (es_train_params.matryoshka): the returned model's
+     * metrics at each trained prefix, smallest first, the last the whole
+     * model (its valid and test above): on the validation rows, and on
+     * test_path when given (rows = 0 otherwise), each as
+     * es_model_set_prefix(m, dim) scores them.  n_prefixes = 0 without
+     * Matryoshka. */
+    int n_prefixes;
+    struct {
+        int dim;
+        es_metrics valid, test;
+    } prefixes[8];
 } es_train_result;
 
 /* Train a model end to end: read, build the vocabulary, train, evaluate,

@@ -10,6 +10,7 @@
  *   - the plain path: weights 0,..,0,1 train the bits of a run without
  *     --matryoshka, and a plain model file has no matryoshka metadata;
  *   - eval at each prefix (public API and CLI), es_model_set_prefix errors;
+ *   - train's per-prefix metrics (es_train_result.prefixes) equal eval --dim;
  *   - slice == --dim bit for bit, for fm/full, dlrm/hash, dcn/unified,
  *     ffm/hash, at every prefix, through the CLI and es_model_slice;
  *   - bad input: a prefix not trained, output = input, an unreadable model,
@@ -268,6 +269,47 @@ TEST(matryoshka_eval_at_each_prefix) {
     char *s = es_test_slurp(log);
     CHECK_STR_HAS(s, "not a trained prefix");
     CHECK_STR_HAS(s, "2,4,8");
+    free(s);
+}
+
+/* The training result's per-prefix metrics (es_train_result.prefixes, the
+ * JSON's "prefixes") are what eval --dim says of the saved model on the
+ * test file, and the whole model's are its auc / test_auc. */
+TEST(matryoshka_train_reports_every_prefix) {
+    const char *log = es_test_path("mat_pref.log");
+    CHECK(es_test_sh(NULL, "tail -n 1500 %s > $ES_T/mat_pref_test.tsv", CRITEO) == 0);
+    CHECK(es_test_sh(log, "%s train %s --model fm --dim 8 --matryoshka 2,4,8 --max-rows 3000 --epochs 1 --threads 1 --quiet "
+                          "--test $ES_T/mat_pref_test.tsv -o $ES_T/mat_pref.es",
+                     es_bin(), CRITEO) == 0);
+    char *s = es_test_slurp(log);
+    const char *j = s ? es_test_last_line(s) : NULL;
+    const char *pr = j ? strstr(j, "\"prefixes\":[") : NULL;
+    CHECK(pr);
+    for (int i = 0; pr && i < 3; i++) {
+        const int d = 2 << i;
+        char key[32];
+        snprintf(key, sizeof key, "{\"dim\":%d,", d);
+        const char *e = strstr(pr, key);
+        CHECK_MSG(e, "no prefix %d in %.300s", d, pr);
+        if (!e) continue;
+        double auc = es_test_json_num(e, "auc"), tauc = es_test_json_num(e, "test_auc");
+        CHECK(es_test_sh(log, "%s eval $ES_T/mat_pref.es $ES_T/mat_pref_test.tsv --dim %d", es_bin(), d) == 0);
+        char *ev = es_test_slurp(log);
+        double eauc = es_test_json_num(ev, "auc");
+        free(ev);
+        printf("    prefix %d: valid AUC %.6f, test AUC %.6f, eval --dim %d: %.6f\n", d, auc, tauc, d, eauc);
+        CHECK(auc > 0.5 && auc < 1);
+        CHECK_MSG(fabs(tauc - eauc) < 5e-7, "prefix %d: test_auc %.6f, eval --dim says %.6f", d, tauc, eauc);
+        if (d == 8) {
+            CHECK(auc == es_test_json_num(j, "auc"));
+            CHECK(tauc == es_test_json_num(j, "test_auc"));
+        }
+    }
+    free(s);
+    /* without --matryoshka: no "prefixes" */
+    CHECK(es_test_sh(log, "%s train %s --model fm --dim 8 --max-rows 1000 --epochs 1 --quiet", es_bin(), CRITEO) == 0);
+    s = es_test_slurp(log);
+    CHECK(s && !strstr(s, "\"prefixes\""));
     free(s);
 }
 

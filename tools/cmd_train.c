@@ -470,6 +470,24 @@ int cmd_train(int argc, char **argv) {
         }
         printf("],");
     }
+    if (res.n_prefixes) { /* Matryoshka: the model at each trained prefix */
+        printf("\"prefixes\":[");
+        for (int i = 0; i < res.n_prefixes; i++) {
+            printf("%s{\"dim\":%d", i ? "," : "", res.prefixes[i].dim);
+            if (res.prefixes[i].valid.rows) {
+                printf(",");
+                json_num(stdout, "auc", res.prefixes[i].valid.auc, 0);
+                json_num(stdout, "logloss", res.prefixes[i].valid.logloss, 1);
+            }
+            if (res.prefixes[i].test.rows) {
+                printf(",");
+                json_num(stdout, "test_auc", res.prefixes[i].test.auc, 0);
+                json_num(stdout, "test_logloss", res.prefixes[i].test.logloss, 1);
+            }
+            printf("}");
+        }
+        printf("],");
+    }
     if (comm) { /* rank 0's communication per training step (docs/scale.md) */
         printf("\"ranks\":%d,\"comm_steps\":%llu,", res.ranks, (unsigned long long)res.comm_steps);
         json_num(stdout, "comm_alltoall_bytes_per_step", res.comm_sparse_bytes_per_step, 0);

@@ -233,7 +233,10 @@ def train(path, progress=None, **flags):
            # multi-stage methods (autodim): each stage's name, seconds and result
            "stages": [{"name": res.stages[i].name.decode(), "seconds": res.stages[i].seconds,
                        "result": json.loads(res.stages[i].result.decode("utf-8", "replace"))}
-                      for i in range(min(res.n_stages, 4))]}
+                      for i in range(min(res.n_stages, 4))],
+           # Matryoshka: the model's metrics at each trained prefix
+           "prefixes": [{"dim": res.prefixes[i].dim, "valid": _metrics(res.prefixes[i].valid),
+                         "test": _metrics(res.prefixes[i].test)} for i in range(min(res.n_prefixes, 8))]}
     return out
 
 

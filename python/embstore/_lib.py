@@ -70,6 +70,10 @@ class es_train_stage(ctypes.Structure):
     _fields_ = [("name", c_char * 16), ("seconds", c_double), ("result", c_char * 1024)]
 
 
+class es_train_prefix(ctypes.Structure):
+    _fields_ = [("dim", c_int), ("valid", es_metrics), ("test", es_metrics)]
+
+
 class es_train_result(ctypes.Structure):
     _fields_ = [("valid", es_metrics), ("train_loss", c_double), ("train_rows", c_uint64),
                 ("emb_bytes", c_size_t), ("emb_param_bytes", c_size_t), ("emb_state_bytes", c_size_t),
@@ -83,7 +87,7 @@ class es_train_result(ctypes.Structure):
                 ("comm_seconds", c_double), ("comm_broken", c_int),
                 ("rank_table_bytes", c_size_t), ("rank_table_bytes_max", c_size_t),
                 ("rows_dropped", c_uint64), ("n_stages", c_int),
-                ("stages", es_train_stage * 4)]
+                ("stages", es_train_stage * 4), ("n_prefixes", c_int), ("prefixes", es_train_prefix * 8)]
 
 
 class es_index_params(ctypes.Structure):

@@ -997,7 +997,9 @@ static int run_evaluate_valid_now(run *x) {
 /* The final model on the test file. */
 static int run_evaluate_test_now(run *x);
 static int run_evaluate_test(run *x) { return as_served(x, run_evaluate_test_now); }
-static int run_evaluate_test_now(run *x) {
+static int run_test_into(run *x, es_metrics *out);
+static int run_evaluate_test_now(run *x) { return run_test_into(x, &x->res->test); }
+static int run_test_into(run *x, es_metrics *out) {
     const es_train_params *p = x->p;
     int rc;
     if (!p->test_path) return ES_OK;
@@ -1013,16 +1015,45 @@ static int run_evaluate_test_now(run *x) {
             ; /* below */
         else if ((rc = predict_stream(x->m, rt, &x->b, x->prob, 0, 0, &x->valid, x->err)) == 0 &&
                  (rc = es__file_id_recheck(p->test_path, &id, "while evaluating", x->err)) == 0 && x->valid.n > 0)
-            es_metrics_compute(x->valid.p, x->valid.y, x->valid.n, &x->res->test);
+            es_metrics_compute(x->valid.p, x->valid.y, x->valid.n, out);
     }
     if (p->comm) { /* every rank, whatever its status */
-        rc = dist_eval_rows(x, rc, rt, p->test_path, 0, 0, &x->res->test);
+        rc = dist_eval_rows(x, rc, rt, p->test_path, 0, 0, out);
         if (rc == ES_OK) rc = es__file_id_recheck(p->test_path, &id, "while evaluating", x->err);
         rc = agree(x, rc);
     }
     es_reader_free(rt);
     return rc;
 }
+
+/* Matryoshka: the model at each trained prefix (es_train_result.prefixes),
+ * measured where the whole model is: on the validation rows right after
+ * its validation (before a refit, as res->valid), on the test file after
+ * its test (the final model). */
+static int run_prefixes_on(run *x, int test) {
+    const es_net_params *np = &x->m->np;
+    es_train_result *res = x->res;
+    if (np->n_prefix < 2) return ES_OK;
+    if (!test && !(x->p->valid_path || x->p->valid_frac > 0)) return ES_OK;
+    if (test && !x->p->test_path) return ES_OK;
+    int rc = ES_OK;
+    for (int i = 0; i < np->n_prefix && i < (int)(sizeof res->prefixes / sizeof *res->prefixes) && rc == ES_OK; i++) {
+        const int d = np->prefix[i];
+        es_metrics *out = test ? &res->prefixes[i].test : &res->prefixes[i].valid;
+        res->prefixes[i].dim = d;
+        if (res->n_prefixes < i + 1) res->n_prefixes = i + 1;
+        if (d == np->dim) { /* the whole model: measured already */
+            *out = test ? res->test : res->valid;
+            continue;
+        }
+        if ((rc = es_model_set_prefix(x->m, d)) != ES_OK) return es__err(x->err, rc, "%s", es_model_errmsg(x->m));
+        rc = test ? run_test_into(x, out) : run_validate(x, out);
+    }
+    es_model_set_prefix(x->m, 0);
+    return rc;
+}
+static int run_prefixes_valid_now(run *x) { return x->refit_resumed ? ES_OK : run_prefixes_on(x, 0); }
+static int run_prefixes_test_now(run *x) { return run_prefixes_on(x, 1); }
 
 /* ---- across processes: the model stays sharded ----------------------------------------
  * No rank ever holds the whole table (--rank-memory): evaluations run on
@@ -2128,9 +2159,11 @@ int es_train(const es_train_params *p, es_train_result *res, es_err *err) {
         double t_retrain = es__now();
         if (rc == ES_OK) rc = run_train(x);
         if (rc == ES_OK) rc = run_evaluate_valid(x);
+        if (rc == ES_OK) rc = as_served(x, run_prefixes_valid_now);
         if (rc == ES_OK) rc = run_refit(x);
         if (rc == ES_OK && x->staged) rc = run_retrain_done(x, es__now() - t_retrain);
         if (rc == ES_OK) rc = run_evaluate_test(x);
+        if (rc == ES_OK) rc = as_served(x, run_prefixes_test_now);
         if (rc == ES_OK) rc = run_save(x);
     }
     res->comm_broken = x->dist_failed == 2;
