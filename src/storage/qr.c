@@ -322,9 +322,9 @@ static int qr_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         return es__err(err, ES_EINVAL, "qr: op=cat splits dim %d over %d partitions; it needs dim >= partitions", dim, p);
     if (op == QR_CAT && s->p.shard_n >= 1)
         return es__err(err, ES_EINVAL,
-                       "qr: op=cat cannot be trained across processes yet (mult and add can): its partitions' rows are "
-                       "dim / p floats side by side, pooled from zero, which the distributed step's chunked pooling "
-                       "(es__rows_lookup) does not reproduce bit for bit (docs/scale.md)");
+                       "qr: op=cat cannot be trained across processes yet (op=mult and op=add can): the distributed step "
+                       "shards rows of one width, and cat's partitions are dim / p floats, the first dim mod p one wider "
+                       "(docs/scale.md)");
     int pd[QR_MAX_P], pofs[QR_MAX_P];
     for (int j = 0, at = 0; j < p; j++) {
         pd[j] = op == QR_CAT ? dim / p + (j < dim % p) : dim;

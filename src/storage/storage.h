@@ -258,11 +258,13 @@ typedef struct es_storage_ops {
      * trainer then reports the final validation and test metrics of the
      * model as saved (es_train), not of the one in memory. */
     int derived_serving;
-    /* Optional (methods whose every parameter is a row of one es_rows
-     * table, read as it is: full, hash, unified): how a key maps to rows,
-     * for the distributed step (src/train/dist.c), which looks rows up and
-     * updates them on the rank that owns them.  Methods without it are
-     * refused under several processes.  NULL otherwise. */
+    /* Optional (methods whose every parameter is a row of es_rows tables
+     * of one width, read as it is or combined by a sum or product of a
+     * value's rows: full, hash, unified, adapt, qr): how a key maps to
+     * rows (es__row_map), for the distributed step (src/train/dist.c),
+     * which looks rows up and updates them on the rank that owns them.
+     * ES_EINVAL for options it cannot map (qr's op=cat).  Methods without
+     * it are refused under several processes.  NULL otherwise. */
     int (*row_map)(es_storage *s, struct es__row_map *out);
     /* Optional, for a method with few parameters and no row table (dhe,
      * tt): trained across processes *replicated* (src/train/dist.c): every
