@@ -1,9 +1,9 @@
 /*
  * test_mpi_qr.c — the qr storage trained across processes (docs/scale.md):
  * its p partition tables are one global row space (es__row_map), each
- * table sharded by global row, each value's rows multiplied (op=mult) or
- * added (op=add) by the distributed step as qr's own lookup and backward
- * do.
+ * table sharded by global row, each value's rows multiplied (op=mult),
+ * added (op=add) or set side by side (op=cat) by the distributed step as
+ * qr's own lookup and backward do.
  *
  * Quick tier: a qr shard holds exactly the whole storage's rows that are
  * its rank's, with their initial values and optimizer state.  Slow tier
@@ -11,7 +11,8 @@
  * test_mpi.c): the 1-, 2- and 4-rank model files are one file; the 1-rank
  * model predicts as the one-process trainer's up to rounding; a killed
  * rank resumes to the uninterrupted model, with early stopping's
- * evaluations on the shards; op=cat is refused on every rank.
+ * evaluations on the shards; op=cat with partitions of two widths is
+ * refused on every rank.
  */
 #include "test.h"
 
@@ -37,6 +38,7 @@ TEST(mpi_qr_shards_hold_the_whole_tables_rows) {
         {"share=1,op=mult", ES_OPT_ROWWISE_ADAGRAD, 0.1f},
         {"share=0,op=add,partitions=3", ES_OPT_ADAGRAD, 0.1f},
         {"share=1,op=mult,partitions=4", ES_OPT_ROWWISE_ADAGRAD, 0.0f},
+        {"share=0,op=cat", ES_OPT_ADAGRAD, 0.1f},
     };
     for (size_t c = 0; c < ES_ARRAY_LEN(cfg); c++) {
         es_storage_params p = es__storage_params_default();
@@ -54,8 +56,10 @@ TEST(mpi_qr_shards_hold_the_whole_tables_rows) {
         CHECK_MSG(es__storage_create(&whole, &p, NULL, &err) == ES_OK, "%s: %s", cfg[c].opts, err.msg);
         es__row_map wm, sm;
         CHECK(whole->ops->row_map(whole, &wm) == ES_OK);
-        CHECK(wm.n_t >= 2 && wm.k == wm.n_t && wm.combine == (strstr(cfg[c].opts, "mult") ? ES_COMBINE_PROD : ES_COMBINE_SUM));
-        const size_t acc_floats = cfg[c].kind == ES_OPT_ADAGRAD ? (size_t)p.dim : 1;
+        CHECK(wm.n_t >= 2 && wm.k == wm.n_t);
+        CHECK(wm.combine == (strstr(cfg[c].opts, "mult") ? ES_COMBINE_PROD : strstr(cfg[c].opts, "add") ? ES_COMBINE_SUM : ES_COMBINE_SLICES));
+        const uint64_t wd = (uint64_t)wm.t[0]->dim; /* floats a row: dim, or dim / p for cat */
+        const size_t acc_floats = cfg[c].kind == ES_OPT_ADAGRAD ? (size_t)wd : 1;
         for (int n = 1; n <= 5; n++) {
             uint64_t held[ES_ROW_MAP_TABLES] = {0};
             for (int k = 0; k < n; k++) {
@@ -73,7 +77,7 @@ TEST(mpi_qr_shards_hold_the_whole_tables_rows) {
                     for (uint64_t lr = 0; lr < st->n_rows; lr++) {
                         const uint64_t r = (lo + lr) * (uint64_t)n + (uint64_t)k, wr = r - wm.base[i];
                         if (r < wm.base[i] || r >= wm.base[i + 1] ||
-                            memcmp(st->w + lr * (uint64_t)p.dim, wt->w + wr * (uint64_t)p.dim, (size_t)p.dim * sizeof(float)) != 0 ||
+                            memcmp(st->w + lr * wd, wt->w + wr * wd, (size_t)wd * sizeof(float)) != 0 ||
                             memcmp(st->acc + lr * acc_floats, wt->acc + wr * acc_floats, acc_floats * sizeof(float)) != 0)
                             bad++;
                     }
@@ -103,11 +107,11 @@ TEST(mpi_qr_shards_hold_the_whole_tables_rows) {
     es_err err;
     CHECK(es__storage_create(&s, &p, NULL, &err) == ES_EINVAL);
     CHECK_STR_HAS(err.msg, "table 0 has 3 rows, fewer than the 4 processes");
-    /* op=cat has no combine mode in the distributed step: refused when sharded */
-    p.opts = "share=1,op=cat";
+    /* op=cat over partitions of two widths (4 floats over 3): refused when sharded */
+    p.opts = "share=1,op=cat,partitions=3";
     p.budget = 3000;
     CHECK(es__storage_create(&s, &p, NULL, &err) == ES_EINVAL);
-    CHECK_STR_HAS(err.msg, "op=cat cannot be trained across processes");
+    CHECK_STR_HAS(err.msg, "op=cat with dim 4 over 3 partitions cannot be trained across processes");
 }
 
 /* 1 when mpirun runs and $ES_BIN is the MPI build; else skips the test. */
@@ -157,6 +161,7 @@ static const char *const qr_cfgs[] = {
     "--model lr --storage qr --budget 100000 --storage-opts share=0,op=add",
     "--model dlrm --storage qr --budget 150000 --storage-opts share=0,op=mult,partitions=3",
     "--model dlrm --storage qr --budget 100000 --storage-opts share=1,op=mult --precision int8", /* QAT: codes travel */
+    "--model dlrm --storage qr --budget 100000 --storage-opts share=1,op=cat",
 };
 
 /* The 1-, 2- and 4-rank model files are one file (each table of the
@@ -191,7 +196,9 @@ TEST_SLOW(mpi_qr_1_2_4_ranks_give_the_same_model_file) {
 TEST_SLOW(mpi_qr_1_rank_model_predicts_as_the_one_process_trainer) {
     if (!mpi_ready()) return;
     CHECK(es_test_sh(NULL, "tail -n 1000 %s > $ES_T/mpi_qr_valid.tsv", CRITEO) == 0);
-    for (size_t c = 0; c < 2; c++) {
+    static const size_t pick[] = {0, 1, 4}; /* mult, add, cat */
+    for (size_t i = 0; i < ES_ARRAY_LEN(pick); i++) {
+        const size_t c = pick[i];
         CHECK(qr_train(0, qr_cfgs[c], "mpi_qr_p0.es") == 0);
         CHECK(qr_train(1, qr_cfgs[c], "mpi_qr_p1.es") == 0);
         CHECK(qr_train(4, qr_cfgs[c], "mpi_qr_p4.es") == 0);
@@ -252,17 +259,18 @@ TEST_SLOW(mpi_qr_resume_after_a_killed_rank_gives_the_uninterrupted_model) {
 #undef QR_RESUME_ARGS
 }
 
-/* op=cat: every rank says why, no model file. */
-TEST_SLOW(mpi_qr_cat_is_refused_on_every_rank) {
+/* op=cat over partitions of two widths (dim 16 over 3): every rank says
+ * why, no model file. */
+TEST_SLOW(mpi_qr_cat_of_two_widths_is_refused_on_every_rank) {
     if (!mpi_ready()) return;
     const char *log = es_test_path("mpi_qr_cat.log");
     CHECK(es_test_sh(NULL, "rm -f $ES_T/mpi_qr_cat.es*") == 0);
-    int st = es_test_sh(log, MPIRUN " -np 2 %s train " CRITEO " " COMMON " --model dlrm --storage qr --budget 100000 --storage-opts op=cat "
+    int st = es_test_sh(log, MPIRUN " -np 2 %s train " CRITEO " " COMMON " --model dlrm --storage qr --budget 100000 --storage-opts op=cat,partitions=3 "
                                     "--out $ES_T/mpi_qr_cat.es",
                         es_bin());
     char *s = es_test_slurp(log);
     CHECK_MSG(st != 0, "op=cat trained: %s", s ? s : "");
-    CHECK_STR_HAS(s, "qr: op=cat cannot be trained across processes yet");
+    CHECK_STR_HAS(s, "qr: op=cat with dim 16 over 3 partitions cannot be trained across processes");
     CHECK_STR_HAS(s, "[rank 0 of 2]");
     CHECK_STR_HAS(s, "[rank 1 of 2]");
     free(s);

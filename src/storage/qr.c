@@ -320,11 +320,12 @@ static int qr_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     if (es__storage_opt_given(s, "seed")) s->p.seed = es__storage_opt_u64(s, "seed");
     if (op == QR_CAT && dim < p)
         return es__err(err, ES_EINVAL, "qr: op=cat splits dim %d over %d partitions; it needs dim >= partitions", dim, p);
-    if (op == QR_CAT && s->p.shard_n >= 1)
+    if (op == QR_CAT && dim % p != 0 && s->p.shard_n >= 1)
         return es__err(err, ES_EINVAL,
-                       "qr: op=cat cannot be trained across processes yet (op=mult and op=add can): the distributed step "
-                       "shards rows of one width, and cat's partitions are dim / p floats, the first dim mod p one wider "
-                       "(docs/scale.md)");
+                       "qr: op=cat with dim %d over %d partitions cannot be trained across processes: the distributed step "
+                       "shards rows of one width, and %d of the %d partitions would be one float wider than the others (a "
+                       "dim that is a multiple of partitions can; docs/scale.md)",
+                       dim, p, dim % p, p);
     int pd[QR_MAX_P], pofs[QR_MAX_P];
     for (int j = 0, at = 0; j < p; j++) {
         pd[j] = op == QR_CAT ? dim / p + (j < dim % p) : dim;
@@ -456,19 +457,20 @@ fail:
 }
 
 /* ops->row_map: the p tables as one global row space (table j's rows
- * from tbase[j]), each value's p rows multiplied or added (es__row_map's
- * PROD and SUM: qr_lookup's and qr_backward's float operations).  op=cat
- * is refused at create. */
+ * from tbase[j]), each value's p rows multiplied, added or set side by
+ * side (es__row_map's PROD, SUM and SLICES: qr_lookup's and qr_backward's
+ * float operations).  op=cat with partitions of two widths has none (it
+ * is refused at create when sharded). */
 static int qr_row_map(es_storage *s, es__row_map *out) {
     qr_impl *q = s->impl;
-    if (q->op == QR_CAT) return ES_EINVAL;
+    if (q->op == QR_CAT && q->dim % q->p != 0) return ES_EINVAL;
     memset(out, 0, sizeof *out);
     for (int j = 0; j < q->p; j++) {
         out->t[j] = &q->t[j];
         out->base[j + 1] = q->tbase[j + 1];
     }
     out->n_t = out->k = q->p;
-    out->combine = q->op == QR_MULT ? ES_COMBINE_PROD : ES_COMBINE_SUM;
+    out->combine = q->op == QR_MULT ? ES_COMBINE_PROD : q->op == QR_ADD ? ES_COMBINE_SUM : ES_COMBINE_SLICES;
     out->fn = qr_resolve_global;
     out->ctx = q;
     out->rows = q->tbase[q->p];

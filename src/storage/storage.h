@@ -263,7 +263,8 @@ typedef struct es_storage_ops {
      * value's rows: full, hash, unified, adapt, qr): how a key maps to
      * rows (es__row_map), for the distributed step (src/train/dist.c),
      * which looks rows up and updates them on the rank that owns them.
-     * ES_EINVAL for options it cannot map (qr's op=cat).  Methods without
+     * ES_EINVAL for options it cannot map (qr's op=cat with dim not a
+     * multiple of the partitions: rows of two widths).  Methods without
      * it are refused under several processes.  NULL otherwise. */
     int (*row_map)(es_storage *s, struct es__row_map *out);
     /* Optional, for a method with few parameters and no row table (dhe,
@@ -706,11 +707,13 @@ void es__rows_field_stats(int k, es__resolve_fn fn, const void *ctx, const es_vo
  *   ES_COMBINE_SUM   added, each row of the output's width:
  *                    o = 0, then o += wt * e_j for j = 0 .. k-1 (es__axpy);
  *   ES_COMBINE_PROD  multiplied element-wise, each row of the output's
- *                    width: o = 0, then o[d] += ((wt * e_0[d]) * e_1[d]) ...
- * (qr's op=add and op=mult: the float operations, in their order, of the
- * method's own lookup and backward, so that any number of processes
- * computes the embeddings one process does). */
-enum { ES_COMBINE_CAT = 0, ES_COMBINE_SUM = 1, ES_COMBINE_PROD = 2 };
+ *                    width: o = 0, then o[d] += ((wt * e_0[d]) * e_1[d]) ...;
+ *   ES_COMBINE_SLICES side by side as CAT, but pooled as SUM: o = 0, then
+ *                    o[j dim .. (j + 1) dim) += wt * e_j (es__axpy)
+ * (qr's op=add, op=mult and op=cat: the float operations, in their order,
+ * of the method's own lookup and backward, so that any number of
+ * processes computes the embeddings one process does). */
+enum { ES_COMBINE_CAT = 0, ES_COMBINE_SUM = 1, ES_COMBINE_PROD = 2, ES_COMBINE_SLICES = 3 };
 typedef struct es__row_map {
     es_rows *t[ES_ROW_MAP_TABLES];
     uint64_t base[ES_ROW_MAP_TABLES + 1];

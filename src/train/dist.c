@@ -204,12 +204,14 @@ int es__dist_rebind(es__dist *d, es_model *m, es_err *err) {
     const es__row_map *mp = &d->map;
     const int cd = mp->t[0]->dim;
     if (mp->n_t < 1 || mp->n_t > ES_ROW_MAP_TABLES || mp->k < 1 || mp->k > ES_RESOLVE_BLOCK / 2 ||
-        (mp->combine != ES_COMBINE_CAT && mp->combine != ES_COMBINE_SUM && mp->combine != ES_COMBINE_PROD))
+        (mp->combine != ES_COMBINE_CAT && mp->combine != ES_COMBINE_SUM && mp->combine != ES_COMBINE_PROD &&
+         mp->combine != ES_COMBINE_SLICES))
         return es__err(err, ES_EINVAL, "storage '%s': a row map of %d tables, %d rows a value, combine %d is not one the distributed step takes",
                        s->ops->name, mp->n_t, mp->k, mp->combine);
-    if (mp->combine == ES_COMBINE_CAT ? mp->k * cd != m->E : cd != m->E)
+    const int side = mp->combine == ES_COMBINE_CAT || mp->combine == ES_COMBINE_SLICES; /* a value's rows side by side */
+    if (side ? mp->k * cd != m->E : cd != m->E)
         return es__err(err, ES_EINVAL, "storage '%s': %d %s of %d floats do not make the model's %d", s->ops->name, mp->k,
-                       mp->combine == ES_COMBINE_CAT ? "chunks" : "combined rows", cd, m->E);
+                       side ? "chunks" : "combined rows", cd, m->E);
     /* table i: the rank's global rows in [base[i], base[i + 1]), at local
      * indices from the count of its rows below base[i] */
     const uint64_t N = (uint64_t)d->size, rk = (uint64_t)d->rank;
@@ -438,17 +440,17 @@ static void cached_rows(es__dist *d, const int32_t *iu, const float **e) {
     }
 }
 
-/* es__row_map's SUM and PROD pooling of this rank's first `rows` rows of
- * g from the cache, into out[rows, F, dim]: per (row, field) pair, from
- * zero, each value's combined rows times its weight, in the float
+/* es__row_map's SUM, PROD and SLICES pooling of this rank's first `rows`
+ * rows of g from the cache, into out[rows, F, E]: per (row, field) pair,
+ * from zero, each value's combined rows times its weight, in the float
  * operations of the method's own lookup (qr_lookup). */
 static void combine_lookup(es__dist *d, const es_batch *g, int rows, float *out) {
-    const int F = d->m->n_fields, k = d->map.k, dim = d->map.t[0]->dim;
+    const int F = d->m->n_fields, k = d->map.k, dim = d->map.t[0]->dim, E = d->m->E;
     const float *e[ES_RESOLVE_BLOCK / 2];
     size_t v = 0; /* value index: d->iu + v * k are its rows */
     for (size_t P = 0, P1 = (size_t)rows * (size_t)F; P < P1; P++) {
-        float *restrict o = out + P * (size_t)dim;
-        memset(o, 0, (size_t)dim * sizeof *o);
+        float *restrict o = out + P * (size_t)E;
+        memset(o, 0, (size_t)E * sizeof *o);
         for (uint32_t i = g->off[P]; i < g->off[P + 1]; i++, v++) {
             const float wt = g->wt[i];
             cached_rows(d, d->iu + v * (size_t)k, e);
@@ -459,7 +461,8 @@ static void combine_lookup(es__dist *d, const es_batch *g, int rows, float *out)
                     o[c] += x;
                 }
             } else {
-                for (int j = 0; j < k; j++) es__axpy(o, wt, e[j], (size_t)dim);
+                const size_t step = d->map.combine == ES_COMBINE_SLICES ? (size_t)dim : 0;
+                for (int j = 0; j < k; j++) es__axpy(o + (size_t)j * step, wt, e[j], (size_t)dim);
             }
         }
     }
@@ -677,7 +680,7 @@ int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum
                     int ow = (int)(row % (uint64_t)N);
                     uint64_t li = row / (uint64_t)N;
                     unsigned char *q = d->sbuf + d->cur[ow];
-                    const float *slice = comb == ES_COMBINE_CAT ? go + (size_t)j * cd : go;
+                    const float *slice = comb == ES_COMBINE_CAT || comb == ES_COMBINE_SLICES ? go + (size_t)j * cd : go;
                     float sw = wt;
                     if (comb == ES_COMBINE_PROD) {
                         /* wt dout times the other rows, in qr_backward's order; summed
