@@ -11,8 +11,8 @@
  * test_mpi.c): the 1-, 2- and 4-rank model files are one file; the 1-rank
  * model predicts as the one-process trainer's up to rounding; a killed
  * rank resumes to the uninterrupted model, with early stopping's
- * evaluations on the shards; op=cat with partitions of two widths is
- * refused on every rank.
+ * evaluations on the shards; --rank-memory caps a rank's shard; op=cat
+ * with partitions of two widths is refused on every rank.
  */
 #include "test.h"
 
@@ -257,6 +257,45 @@ TEST_SLOW(mpi_qr_resume_after_a_killed_rank_gives_the_uninterrupted_model) {
     free(a);
     free(b);
 #undef QR_RESUME_ARGS
+}
+
+/* --rank-memory: the bytes of a qr shard (its rows of every table and their
+ * optimizer state) are a quarter of the whole on 4 ranks; a cap of that
+ * quarter refuses 1 rank (about 4 processes needed) and trains on 4, with
+ * the test file evaluated on the shards, to the 1-rank model's predictions. */
+TEST_SLOW(mpi_qr_rank_memory_a_quarter_of_the_tables_trains_on_4_ranks) {
+    if (!mpi_ready()) return;
+    CHECK(es_test_sh(NULL, "tail -n 1000 %s > $ES_T/mpi_qr_valid.tsv", CRITEO) == 0);
+    const char *args = "--model dlrm --storage qr --budget 200000 --storage-opts share=0 --test $ES_T/mpi_qr_valid.tsv";
+    char log[256], capped[512];
+    CHECK(qr_train(1, args, "mpi_qr_rm1.es") == 0);
+    snprintf(log, sizeof log, "%s.log", es_test_path("mpi_qr_rm1.es"));
+    char *s = es_test_slurp(log);
+    const double whole = es_test_json_num(s ? es_test_last_line(s) : NULL, "rank_table_bytes");
+    free(s);
+    CHECK(qr_train(4, args, "mpi_qr_rm4_free.es") == 0);
+    snprintf(log, sizeof log, "%s.log", es_test_path("mpi_qr_rm4_free.es"));
+    s = es_test_slurp(log);
+    const double quarter = es_test_json_num(s ? es_test_last_line(s) : NULL, "rank_table_bytes_max");
+    free(s);
+    printf("    the tables: %.0f bytes on 1 rank, at most %.0f on each of 4\n", whole, quarter);
+    CHECK_MSG(quarter > 0 && whole >= 3.9 * quarter && whole <= 4 * quarter, "the whole (%.0f) is not 4 quarters (%.0f)", whole, quarter);
+    snprintf(capped, sizeof capped, "%s --rank-memory %.0f", args, quarter);
+    CHECK(qr_train(1, capped, "mpi_qr_rm_refused.es") != 0);
+    snprintf(log, sizeof log, "%s.log", es_test_path("mpi_qr_rm_refused.es"));
+    s = es_test_slurp(log);
+    CHECK_STR_HAS(s, "more than --rank-memory");
+    CHECK_STR_HAS(s, "about 4 processes");
+    free(s);
+    CHECK(qr_train(4, capped, "mpi_qr_rm4.es") == 0);
+    snprintf(log, sizeof log, "%s.log", es_test_path("mpi_qr_rm4.es"));
+    s = es_test_slurp(log);
+    CHECK_MSG(s && es_test_json_num(es_test_last_line(s), "test_rows") == 1000, "the test file was not evaluated: %s", s ? s : "");
+    free(s);
+    char *a = qr_predict("mpi_qr_rm1.es"), *b = qr_predict("mpi_qr_rm4.es");
+    CHECK_MSG(a && b && strcmp(a, b) == 0, "the capped 4-rank model predicts differently from the 1-rank one");
+    free(a);
+    free(b);
 }
 
 /* op=cat over partitions of two widths (dim 16 over 3): every rank says
