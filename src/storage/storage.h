@@ -259,13 +259,14 @@ typedef struct es_storage_ops {
      * model as saved (es_train), not of the one in memory. */
     int derived_serving;
     /* Optional (methods whose every parameter is a row of es_rows tables
-     * of one width, read as it is or combined by a sum or product of a
-     * value's rows: full, hash, unified, adapt, qr): how a key maps to
-     * rows (es__row_map), for the distributed step (src/train/dist.c),
-     * which looks rows up and updates them on the rank that owns them.
-     * ES_EINVAL for options it cannot map (qr's op=cat with dim not a
-     * multiple of the partitions: rows of two widths).  Methods without
-     * it are refused under several processes.  NULL otherwise. */
+     * of one width, read as it is or combined with the value's other rows
+     * by a sum, a product or side by side: full, hash, unified, adapt,
+     * qr): how a key maps to rows (es__row_map), for the distributed step
+     * (src/train/dist.c), which looks rows up and updates them on the
+     * rank that owns them.  ES_EINVAL for options it cannot map (qr's
+     * op=cat with dim not a multiple of the partitions: rows of two
+     * widths).  Methods without it are refused under several processes.
+     * NULL otherwise. */
     int (*row_map)(es_storage *s, struct es__row_map *out);
     /* Optional, for a method with few parameters and no row table (dhe,
      * tt): trained across processes *replicated* (src/train/dist.c): every
