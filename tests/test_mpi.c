@@ -291,7 +291,7 @@ TEST_SLOW(mpi_bad_input_fails_on_every_rank_without_a_file) {
          "ranks disagree on the run's description"},
         {"a rank count that is not a power of two", MPIRUN " -np 3 %s train " CRITEO " " COMMON " --model lr --storage hash --budget 100000 --out $ES_T/mpi_bad.es",
          "power of two"},
-        {"a method without rows to shard", MPIRUN " -np 2 %s train " CRITEO " " COMMON " --model lr --storage qr --budget 100000 --out $ES_T/mpi_bad.es",
+        {"a method without rows to shard", MPIRUN " -np 2 %s train " CRITEO " " COMMON " --model lr --storage robe --budget 100000 --out $ES_T/mpi_bad.es",
          "cannot be trained across processes yet"},
         {"a dataset cache", MPIRUN " -np 2 sh -c '%s convert " CRITEO " -o $ES_T/mpi_bad_$OMPI_COMM_WORLD_RANK.esd >/dev/null && exec \"$0\" train "
          "$ES_T/mpi_bad_$OMPI_COMM_WORLD_RANK.esd " COMMON " --model lr --storage hash --budget 100000 --out $ES_T/mpi_bad.es' %s",

@@ -110,7 +110,7 @@ static void adapt_resolve(const void *ctx, int f, const uint64_t *keys, size_t n
 static int adapt_row_map(es_storage *s, es__row_map *out) {
     adapt_impl *m = s->impl;
     if (m->online) return ES_EINVAL;
-    *out = (es__row_map){&m->t, 1, adapt_resolve, m, m->n_cap + m->hbase[m->S - 1] + m->hrows[m->S - 1]};
+    *out = es__row_map_one(&m->t, 1, adapt_resolve, m, m->n_cap + m->hbase[m->S - 1] + m->hrows[m->S - 1]);
     return ES_OK;
 }
 

@@ -253,7 +253,7 @@ static void full_field_stats(es_storage *s, const es_vocab *vocab, int field, es
 
 static int full_row_map(es_storage *s, es__row_map *out) {
     full_impl *m = s->impl;
-    *out = (es__row_map){&m->t, 1, full_resolve, m, m->n_keys + (uint64_t)m->F};
+    *out = es__row_map_one(&m->t, 1, full_resolve, m, m->n_keys + (uint64_t)m->F);
     return ES_OK;
 }
 

@@ -291,7 +291,7 @@ int es__hashed_row_map(es_storage *s, es__row_map *out) {
     uint64_t rows = 0;
     for (size_t c = 0; c < (size_t)h->F * (size_t)h->k; c++)
         if (h->base[c] + h->nrows[c] > rows) rows = h->base[c] + h->nrows[c];
-    *out = (es__row_map){&h->t, h->k, hashed_resolve, h, rows};
+    *out = es__row_map_one(&h->t, h->k, hashed_resolve, h, rows);
     return ES_OK;
 }
 

@@ -71,6 +71,7 @@ typedef struct qr_impl {
     uint64_t *base;      /* [G * p]: first row of group g in table j at base[g*p + j] */
     uint64_t *m;         /* [G * p]: rows of group g in table j (the radix) */
     uint64_t seed;       /* field f hashes with es__storage_salt(seed, f, 0), computed per pair */
+    uint64_t tbase[QR_MAX_P + 1]; /* the global row space of the distributed step: table j's rows from tbase[j] */
 } qr_impl;
 
 
@@ -99,6 +100,15 @@ static void qr_resolve(const void *ctx, int f, const uint64_t *keys, size_t n, u
     const qr_impl *q = ctx;
     const uint64_t salt = es__storage_salt(q->seed, f, 0);
     for (size_t i = 0; i < n; i++) qr_rows(q, f, salt, keys[i], ids + i * (size_t)q->p);
+}
+
+/* qr_resolve in the global row space (qr_row_map): table j's rows after
+ * the rows of tables 0 .. j-1. */
+static void qr_resolve_global(const void *ctx, int f, const uint64_t *keys, size_t n, uint64_t *ids) {
+    const qr_impl *q = ctx;
+    qr_resolve(ctx, f, keys, n, ids);
+    for (size_t i = 0; i < n; i++)
+        for (int j = 0; j < q->p; j++) ids[i * (size_t)q->p + j] += q->tbase[j];
 }
 
 /* ---- lookup and backward ------------------------------------------------------------- */
@@ -310,6 +320,12 @@ static int qr_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     if (es__storage_opt_given(s, "seed")) s->p.seed = es__storage_opt_u64(s, "seed");
     if (op == QR_CAT && dim < p)
         return es__err(err, ES_EINVAL, "qr: op=cat splits dim %d over %d partitions; it needs dim >= partitions", dim, p);
+    if (op == QR_CAT && dim % p != 0 && s->p.shard_n >= 1)
+        return es__err(err, ES_EINVAL,
+                       "qr: op=cat with dim %d over %d partitions cannot be trained across processes: the distributed step "
+                       "shards rows of one width, and %d of the %d partitions would be one float wider than the others (a "
+                       "dim that is a multiple of partitions can; docs/scale.md)",
+                       dim, p, dim % p, p);
     int pd[QR_MAX_P], pofs[QR_MAX_P];
     for (int j = 0, at = 0; j < p; j++) {
         pd[j] = op == QR_CAT ? dim / p + (j < dim % p) : dim;
@@ -361,6 +377,13 @@ static int qr_create(es_storage *s, const es_vocab *vocab, es_err *err) {
                          (unsigned long long)rows[j]);
             goto fail;
         }
+    const int shard = s->p.shard_n > 1; /* rank shard_rank's rows of each table, es__row_map */
+    for (int j = 0; shard && j < p; j++)
+        if (rows[j] < (uint64_t)s->p.shard_n) {
+            rc = es__err(err, ES_EINVAL, "qr: table %d has %llu rows, fewer than the %d processes it is split over (each needs a row)", j,
+                         (unsigned long long)rows[j], s->p.shard_n);
+            goto fail;
+        }
 
     qr_impl *q = es__calloc(1, sizeof *q);
     if (!q) {
@@ -381,21 +404,24 @@ static int qr_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         goto fail;
     }
     q->m = q->base + (size_t)G * p;
+    for (int j = 0; j < p; j++) q->tbase[j + 1] = q->tbase[j] + rows[j];
     es_rng rng;
     es__rng_seed(&rng, s->p.seed);
     const float sc = s->p.init_scale;
     for (int j = 0; j < p; j++) {
         float a = op == QR_MULT ? (sc > 0 ? powf(sc, 1.0f / (float)p) : 0) : op == QR_ADD ? sc / (float)p : sc;
         size_t ga_cap = ES_MIN((size_t)s->p.max_batch * (size_t)F, (size_t)rows[j]);
-        if (es__rows_init(&q->t[j], rows[j], pd[j], &s->p.opt, &rng, a) != ES_OK ||
-            es__gradacc_init(&q->ga[j], ga_cap, pd[j]) != ES_OK) {
+        /* a shard is trained by the distributed step, which sums its
+         * gradients itself: no scratch of its own */
+        if (es__rows_init_shard_at(&q->t[j], rows[j], pd[j], &s->p.opt, &rng, a, q->tbase[j], s->p.shard_rank, s->p.shard_n) != ES_OK ||
+            (!shard && es__gradacc_init(&q->ga[j], ga_cap, pd[j]) != ES_OK)) {
             qr_free(q);
             rc = es__err(err, ES_ENOMEM, "qr: out of memory for table %d (%llu rows of %d floats)", j,
                          (unsigned long long)rows[j], pd[j]);
             goto fail;
         }
         if (op == QR_MULT && sc == 0 && j > 0)
-            for (size_t e = 0, n = (size_t)rows[j] * (size_t)pd[j]; e < n; e++) q->t[j].w[e] = 1.0f;
+            for (size_t e = 0, n = (size_t)q->t[j].n_rows * (size_t)pd[j]; e < n; e++) q->t[j].w[e] = 1.0f;
     }
     uint64_t at[QR_MAX_P] = {0};
     for (int g = 0; g < G; g++)
@@ -430,6 +456,27 @@ fail:
     return rc;
 }
 
+/* ops->row_map: the p tables as one global row space (table j's rows
+ * from tbase[j]), each value's p rows multiplied, added or set side by
+ * side (es__row_map's PROD, SUM and SLICES: qr_lookup's and qr_backward's
+ * float operations).  op=cat with partitions of two widths has none (it
+ * is refused at create when sharded). */
+static int qr_row_map(es_storage *s, es__row_map *out) {
+    qr_impl *q = s->impl;
+    if (q->op == QR_CAT && q->dim % q->p != 0) return ES_EINVAL;
+    memset(out, 0, sizeof *out);
+    for (int j = 0; j < q->p; j++) {
+        out->t[j] = &q->t[j];
+        out->base[j + 1] = q->tbase[j + 1];
+    }
+    out->n_t = out->k = q->p;
+    out->combine = q->op == QR_MULT ? ES_COMBINE_PROD : q->op == QR_ADD ? ES_COMBINE_SUM : ES_COMBINE_SLICES;
+    out->fn = qr_resolve_global;
+    out->ctx = q;
+    out->rows = q->tbase[q->p];
+    return ES_OK;
+}
+
 /* ops->rows: the p partition tables, quantized together (one precision). */
 static es_rows *qr_table(es_storage *s, int i) {
     qr_impl *q = s->impl;
@@ -449,4 +496,5 @@ const es_storage_ops es__storage_qr = {
     ES_STORAGE_OPTS(qr_opts),
     .default_budget = ES_DEFAULT_BUDGET,
     .rows = qr_table,
+    .row_map = qr_row_map,
 };

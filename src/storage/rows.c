@@ -65,10 +65,17 @@ int es__rows_init(es_rows *t, uint64_t n_rows, int dim, const es_optim_params *o
 
 int es__rows_init_shard(es_rows *t, uint64_t n_rows, int dim, const es_optim_params *opt, es_rng *rng, float init_scale,
                         int rank, int n) {
+    return es__rows_init_shard_at(t, n_rows, dim, opt, rng, init_scale, 0, rank, n);
+}
+
+int es__rows_init_shard_at(es_rows *t, uint64_t n_rows, int dim, const es_optim_params *opt, es_rng *rng, float init_scale,
+                           uint64_t first, int rank, int n) {
     if (n <= 1) return es__rows_init(t, n_rows, dim, opt, rng, init_scale);
     memset(t, 0, sizeof *t);
-    if (rank < 0 || rank >= n || n_rows <= (uint64_t)rank || dim <= 0) return ES_EINVAL;
-    const uint64_t local = (n_rows - (uint64_t)rank + (uint64_t)n - 1) / (uint64_t)n;
+    if (rank < 0 || rank >= n || dim <= 0) return ES_EINVAL;
+    const uint64_t N = (uint64_t)n, r0 = ((uint64_t)rank + N - first % N) % N; /* the first row the rank holds */
+    if (r0 >= n_rows) return ES_EINVAL;
+    const uint64_t local = (n_rows - r0 + N - 1) / N;
     int rc = es__rows_init(t, local, dim, opt, NULL, init_scale);
     if (rc != ES_OK || init_scale == 0.0f || !rng) return rc;
     /* the whole stream, row by row: row r is draws r*dim .. r*dim + dim - 1
@@ -79,7 +86,7 @@ int es__rows_init_shard(es_rows *t, uint64_t n_rows, int dim, const es_optim_par
         return ES_ENOMEM;
     }
     for (uint64_t r = 0; r < n_rows; r++) {
-        float *dst = r % (uint64_t)n == (uint64_t)rank ? t->w + (size_t)(r / (uint64_t)n) * (size_t)dim : scratch;
+        float *dst = r >= r0 && (r - r0) % N == 0 ? t->w + (size_t)((r - r0) / N) * (size_t)dim : scratch;
         es__rng_fill_uniform(rng, dst, (size_t)dim, init_scale);
     }
     es__free(scratch);
@@ -848,4 +855,20 @@ done:
     es__free(l.keys);
     es__free(tup);
     es__free(col);
+}
+
+/* ---- the distributed step's view of a method's rows --------------------------------- */
+
+es__row_map es__row_map_one(es_rows *t, int k, es__resolve_fn fn, const void *ctx, uint64_t rows) {
+    es__row_map m;
+    memset(&m, 0, sizeof m);
+    m.t[0] = t;
+    m.base[1] = rows;
+    m.n_t = 1;
+    m.k = k;
+    m.combine = ES_COMBINE_CAT;
+    m.fn = fn;
+    m.ctx = ctx;
+    m.rows = rows;
+    return m;
 }

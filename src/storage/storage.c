@@ -558,7 +558,8 @@ static int storage_qsetup(es_storage *s, es_precision p, int mode, es_err *err);
 static double whole_param_bytes(es_storage *s) {
     es__row_map m;
     if (s->p.shard_n > 1 && s->ops->row_map && s->ops->row_map(s, &m) == ES_OK) { /* the row methods: param bytes = their rows */
-        const double rb = m.t->prec != ES_PREC_FP32 ? (double)es__prec_row_bytes(m.t->prec, m.t->dim) : 4.0 * m.t->dim;
+        const es_rows *t = m.t[0]; /* every table of the map has its width and precision */
+        const double rb = t->prec != ES_PREC_FP32 ? (double)es__prec_row_bytes(t->prec, t->dim) : 4.0 * t->dim;
         return rb * (double)m.rows;
     }
     return (double)s->param_bytes;

@@ -194,6 +194,8 @@ typedef struct es__opt_val {
 } es__opt_val;
 
 struct es__row_map;
+/* Tables in one es__row_map (qr's partitions, at most 4). */
+#define ES_ROW_MAP_TABLES 4
 
 typedef struct es_storage_ops {
     const char *name;
@@ -256,11 +258,15 @@ typedef struct es_storage_ops {
      * trainer then reports the final validation and test metrics of the
      * model as saved (es_train), not of the one in memory. */
     int derived_serving;
-    /* Optional (methods whose every parameter is a row of one es_rows
-     * table, read as it is: full, hash, unified): how a key maps to rows,
-     * for the distributed step (src/train/dist.c), which looks rows up and
-     * updates them on the rank that owns them.  Methods without it are
-     * refused under several processes.  NULL otherwise. */
+    /* Optional (methods whose every parameter is a row of es_rows tables
+     * of one width, read as it is or combined with the value's other rows
+     * by a sum, a product or side by side: full, hash, unified, adapt,
+     * qr): how a key maps to rows (es__row_map), for the distributed step
+     * (src/train/dist.c), which looks rows up and updates them on the
+     * rank that owns them.  ES_EINVAL for options it cannot map (qr's
+     * op=cat with dim not a multiple of the partitions: rows of two
+     * widths).  Methods without it are refused under several processes.
+     * NULL otherwise. */
     int (*row_map)(es_storage *s, struct es__row_map *out);
     /* Optional, for a method with few parameters and no row table (dhe,
      * tt): trained across processes *replicated* (src/train/dist.c): every
@@ -438,16 +444,17 @@ int es__storage_check_trainable(const es_storage *s, es_err *err);
  *   missing or mismatched tensor. */
 int es__storage_file_name(const char *ref_name, char *out, size_t cap);
 int es__storage_write(es_fwriter *w, es_storage *s, int with_state, es_err *err);
-/* es__storage_write of a shard (shard_n > 1) as the whole table it is a
- * part of, without optimizer state: the row tensor (`tensor`, e.g.
- * "weight") declared streamed with `rows` rows, whose bytes the caller
- * appends (es__fwriter_append, at the index es__fwriter_tensor_index gives
- * for its file name "storage.<tensor>"), param_bytes the whole table's, and
- * no storage.shard: the file is the one the whole table writes
- * (src/train/dist.c, es__dist_write_rows). */
+/* es__storage_write of a shard (shard_n > 1) as the whole tables it is a
+ * part of, without optimizer state: the n row tensors (tensor[i], e.g.
+ * "weight", or qr's "table0", "table1", ...) declared streamed with rows[i]
+ * rows, whose bytes the caller appends (es__fwriter_append, at the index
+ * es__fwriter_tensor_index gives for the file name "storage.<tensor>"),
+ * param_bytes the whole tables', and no storage.shard: the file is the one
+ * the whole storage writes (src/train/dist.c, es__dist_write_rows). */
 typedef struct es__whole_table {
-    const char *tensor;
-    uint64_t rows;
+    int n;
+    char tensor[ES_ROW_MAP_TABLES][ES_TENSOR_NAME_MAX];
+    uint64_t rows[ES_ROW_MAP_TABLES];
     size_t param_bytes;
     const char *opts; /* storage.opts to record (the resolved ones, as a load sees them), NULL: the shard's */
 } es__whole_table;
@@ -579,6 +586,12 @@ int es__rows_init(es_rows *t, uint64_t n_rows, int dim, const es_optim_params *o
  * shard would be empty (n_rows <= rank). */
 int es__rows_init_shard(es_rows *t, uint64_t n_rows, int dim, const es_optim_params *opt, es_rng *rng, float init_scale,
                         int rank, int n);
+/* es__rows_init_shard of a table whose row r is row first + r of a
+ * global row space sharded over n (es__row_map): t holds the rows r with
+ * (first + r) % n == rank, in order; the stream is drawn for every row
+ * as es__rows_init draws it.  ES_EINVAL also when that is none. */
+int es__rows_init_shard_at(es_rows *t, uint64_t n_rows, int dim, const es_optim_params *opt, es_rng *rng, float init_scale,
+                           uint64_t first, int rank, int n);
 /* Add shift to every weight of a freshly initialised table (init_shift). */
 void es__rows_shift(es_rows *t, float shift);
 void es__rows_free(es_rows *t);
@@ -680,17 +693,39 @@ int es__rows_backward(es_rows *t, es_gradacc *ga, int k, es__resolve_fn fn, cons
 void es__rows_field_stats(int k, es__resolve_fn fn, const void *ctx, const es_vocab *vocab, int field,
                           uint64_t rows, es_field_stats *out);
 
-/* A method's rows as the distributed step sees them (ops->row_map): the
- * table (the shard when sharded), k chunk rows of t->dim floats per value,
- * the resolve function of its lookup/backward and its context, and the
- * rows of the whole table. */
+/* A method's rows as the distributed step sees them (ops->row_map): one
+ * global row space of `rows` rows, made of n_t tables of the same row
+ * width (a one-table method: n_t = 1; qr: its p partition tables, table
+ * i holding global rows [base[i], base[i + 1]), base[0] = 0 and
+ * base[n_t] = rows).  Sharded over N processes, table i keeps its global
+ * rows r with r % N == rank (es__rows_init_shard_at), so rank k's local
+ * index r / N runs through the tables in order: table i holds the local
+ * indices [lo_i, lo_i + t[i]->n_rows), lo_i the rows r < base[i] the rank
+ * owns.  The resolve function gives k global rows per value (those of its
+ * lookup/backward, offset by the table's base), combined by `combine`:
+ *   ES_COMBINE_CAT   side by side, k chunks of t[0]->dim floats (k * dim
+ *                    = the field's output), pooled as es__rows_lookup does;
+ *   ES_COMBINE_SUM   added, each row of the output's width:
+ *                    o = 0, then o += wt * e_j for j = 0 .. k-1 (es__axpy);
+ *   ES_COMBINE_PROD  multiplied element-wise, each row of the output's
+ *                    width: o = 0, then o[d] += ((wt * e_0[d]) * e_1[d]) ...;
+ *   ES_COMBINE_SLICES side by side as CAT, but pooled as SUM: o = 0, then
+ *                    o[j dim .. (j + 1) dim) += wt * e_j (es__axpy)
+ * (qr's op=add, op=mult and op=cat: the float operations, in their order,
+ * of the method's own lookup and backward, so that any number of
+ * processes computes the embeddings one process does). */
+enum { ES_COMBINE_CAT = 0, ES_COMBINE_SUM = 1, ES_COMBINE_PROD = 2, ES_COMBINE_SLICES = 3 };
 typedef struct es__row_map {
-    es_rows *t;
-    int k;
+    es_rows *t[ES_ROW_MAP_TABLES];
+    uint64_t base[ES_ROW_MAP_TABLES + 1];
+    int n_t;
+    int k, combine;
     es__resolve_fn fn;
     const void *ctx;
     uint64_t rows;
 } es__row_map;
+/* The map of a one-table method: table t holds the `rows` global rows. */
+es__row_map es__row_map_one(es_rows *t, int k, es__resolve_fn fn, const void *ctx, uint64_t rows);
 
 /* ---- hashed-row engine (hash.c), shared by `hash` and `unified` ------------
  * One row table of chunk-dim rows; field f's chunk j reads rows

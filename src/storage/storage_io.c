@@ -98,14 +98,16 @@ static int storage_write(es_fwriter *w, es_storage *s, int with_state, const es_
             rc = es__err(err, ES_EINVAL, "storage tensor name too long: %s", refs[i].name);
             break;
         }
-        int streamed = whole && strcmp(refs[i].name, whole->tensor) == 0;
+        int streamed = 0;
+        for (int j = 0; whole && j < whole->n && !streamed; j++)
+            if (strcmp(refs[i].name, whole->tensor[j]) == 0) streamed = 1 + j;
         if (streamed) { /* the whole table's rows, appended by the caller */
             if (t.ndim < 1 || t.shape[0] == 0 || t.nbytes % t.shape[0] != 0) {
                 rc = es__err(err, ES_EINVAL, "storage tensor %s is not a table of rows", refs[i].name);
                 break;
             }
-            t.nbytes = t.nbytes / t.shape[0] * whole->rows;
-            t.shape[0] = whole->rows;
+            t.nbytes = t.nbytes / t.shape[0] * whole->rows[streamed - 1];
+            t.shape[0] = whole->rows[streamed - 1];
         }
         if ((rc = streamed ? es__fwriter_tensor_stream(w, &t) : es__fwriter_tensor(w, &t)) != 0)
             es__err(err, rc, "cannot add tensor %s: %s", t.name, es__fwriter_errmsg(w));

@@ -6,15 +6,19 @@
  *      to global table rows (es__row_map);
  *   2. lookup: the distinct rows go to their owners (r % N) by alltoallv
  *      as local indices r / N, the owners send the rows back the same way,
- *      and es__rows_lookup pools them from that cache with the method's
- *      own kernel, so the embeddings are those one process computes;
+ *      and the rows are pooled from that cache as the method's own lookup
+ *      pools them (es__rows_lookup for chunks side by side; the sum or
+ *      product of a value's rows otherwise: es__row_map's combine), so the
+ *      embeddings are those one process computes;
  *   3. dense: forward, loss (scaled by 1 / n of the global batch) and
  *      backward block by block; the block gradients are summed by the
  *      fixed tree of dist.h (a reduce-scatter and an allgather of the N
  *      subtree sums, dense_reduce) and every rank takes the same optimizer
  *      step;
  *   4. sparse: every (row, field, value, chunk) of k's rows sends its
- *      weight and gradient slice to the row's owner, in batch order; the
+ *      weight and gradient slice to the row's owner, in batch order (a
+ *      product's gradient, dout times the product of the value's other
+ *      rows from the cache, is computed here and sent with weight 1); the
  *      owner receives from ranks 0..N-1, i.e. in global batch order, sums
  *      each row's gradients in that order (es__axpy into an es_gradacc,
  *      as es__rows_backward does on one process) and applies ONE update
@@ -37,13 +41,15 @@ struct es__dist {
     int rank, size;
     es_model *m;
     es__row_map map;
+    uint64_t lo[ES_ROW_MAP_TABLES + 1]; /* table i holds this rank's local indices [lo[i], lo[i + 1]) */
     int rep;                /* a replicated storage (ops->rep_*: dhe, tt): no map, its gradient joins the dense one */
     size_t Pn;              /* the net's parameters */
     size_t P;               /* floats reduced per step: the net's, then the replicated storage's gradient */
-    es_gradacc ga;          /* owner side: summed gradients of owned rows */
+    es_gradacc ga[ES_ROW_MAP_TABLES]; /* owner side: summed gradients of owned rows, per table */
     /* step scratch */
     uint64_t *ids;          /* [n_ids] global rows of this rank's values, batch order */
-    size_t ids_cap, upos_cap;
+    int32_t *iu;            /* [n_ids] their distinct (cache) index */
+    size_t ids_cap, iu_cap, upos_cap;
     uint64_t *ukey;         /* distinct rows: open addressing over ucap slots */
     int32_t *uslot;
     size_t ucap;
@@ -59,6 +65,7 @@ struct es__dist {
     float *gsum;            /* [3, size, C] the dense reduce-scatter: sent, received, gathered (C = ceil(P / size)) */
     double *bloss;          /* [ES_DIST_BLOCKS] */
     float *tmp;             /* [cd] */
+    float *ebuf;            /* [k, cd] a value's rows dequantized (a table at a precision, sum or product) */
     es__dist_stats st;
 };
 
@@ -107,6 +114,18 @@ static const unsigned char *table_rows(const es_rows *t, size_t *rb) {
     return (const unsigned char *)t->w;
 }
 
+/* This rank's local row li (global row li * N + rank): its table, and
+ * *r its row there; NULL past the rank's rows. */
+static es_rows *local_row(const es__dist *d, uint64_t li, uint64_t *r, int *table) {
+    for (int i = 0; i < d->map.n_t; i++)
+        if (li < d->lo[i + 1]) {
+            *r = li - d->lo[i];
+            if (table) *table = i;
+            return d->map.t[i];
+        }
+    return NULL;
+}
+
 /* Grow *p (elements of size el) to hold n. */
 static int grow(void **p, size_t *cap, size_t n, size_t el) {
     if (n <= *cap) return ES_OK;
@@ -147,7 +166,7 @@ static int dist_bind_replicated(es__dist *d, es_model *m, es_err *err) {
     d->Pn = es__net_n_params(m->net);
     d->P = d->Pn + s->ops->rep_floats(s);
     memset(&d->map, 0, sizeof d->map);
-    es__gradacc_free(&d->ga);
+    for (int i = 0; i < ES_ROW_MAP_TABLES; i++) es__gradacc_free(&d->ga[i]);
     es__free(d->part);
     es__free(d->gsum);
     es__free(d->tmp);
@@ -164,8 +183,8 @@ int es__dist_rebind(es__dist *d, es_model *m, es_err *err) {
     es_storage *s = m->st;
     if (!s->ops->row_map && !s->ops->rep_floats)
         return es__err(err, ES_EINVAL,
-                       "storage '%s' cannot be trained across processes yet (full, hash, unified and adapt are sharded, dhe "
-                       "and tt replicated: docs/scale.md)",
+                       "storage '%s' cannot be trained across processes yet (full, hash, unified, adapt and qr are sharded, "
+                       "dhe and tt replicated: docs/scale.md)",
                        s->ops->name);
     if (!s->ops->row_map) return dist_bind_replicated(d, m, err);
     if (s->p.precision != ES_PREC_FP32 && es__storage_qtrain(s) != ES_QTRAIN_QAT)
@@ -182,23 +201,55 @@ int es__dist_rebind(es__dist *d, es_model *m, es_err *err) {
     if (rc != ES_OK)
         return es__err(err, rc, "storage '%s' with these options (%s) cannot be trained across processes (docs/scale.md)", s->ops->name,
                        s->meta);
-    if (d->map.k * d->map.t->dim != m->E || d->map.k > ES_RESOLVE_BLOCK / 2)
-        return es__err(err, ES_EINVAL, "storage '%s': %d chunks of %d floats do not make the model's %d", s->ops->name, d->map.k,
-                       d->map.t->dim, m->E);
+    const es__row_map *mp = &d->map;
+    const int cd = mp->t[0]->dim;
+    if (mp->n_t < 1 || mp->n_t > ES_ROW_MAP_TABLES || mp->k < 1 || mp->k > ES_RESOLVE_BLOCK / 2 ||
+        (mp->combine != ES_COMBINE_CAT && mp->combine != ES_COMBINE_SUM && mp->combine != ES_COMBINE_PROD &&
+         mp->combine != ES_COMBINE_SLICES))
+        return es__err(err, ES_EINVAL, "storage '%s': a row map of %d tables, %d rows a value, combine %d is not one the distributed step takes",
+                       s->ops->name, mp->n_t, mp->k, mp->combine);
+    const int side = mp->combine == ES_COMBINE_CAT || mp->combine == ES_COMBINE_SLICES; /* a value's rows side by side */
+    if (side ? mp->k * cd != m->E : cd != m->E)
+        return es__err(err, ES_EINVAL, "storage '%s': %d %s of %d floats do not make the model's %d", s->ops->name, mp->k,
+                       side ? "chunks" : "combined rows", cd, m->E);
+    /* table i: the rank's global rows in [base[i], base[i + 1]), at local
+     * indices from the count of its rows below base[i] */
+    const uint64_t N = (uint64_t)d->size, rk = (uint64_t)d->rank;
+    for (int i = 0; i <= mp->n_t; i++) {
+        d->lo[i] = (mp->base[i] + N - 1 - rk) / N;
+        if (i == mp->n_t) break;
+        const es_rows *t = mp->t[i];
+        if (t->dim != cd || t->prec != mp->t[0]->prec || mp->base[i + 1] <= mp->base[i])
+            return es__err(err, ES_EINVAL, "storage '%s': table %d of its row map differs in width or precision from table 0, or is empty",
+                           s->ops->name, i);
+        if (i > 0 && d->lo[i] - d->lo[i - 1] != mp->t[i - 1]->n_rows)
+            return es__err(err, ES_EINVAL, "storage '%s': table %d holds %llu rows on rank %d of %d, its share of the global rows is %llu",
+                           s->ops->name, i - 1, (unsigned long long)mp->t[i - 1]->n_rows, d->rank, d->size,
+                           (unsigned long long)(d->lo[i] - d->lo[i - 1]));
+    }
+    if (d->lo[mp->n_t] - d->lo[mp->n_t - 1] != mp->t[mp->n_t - 1]->n_rows || mp->base[mp->n_t] != mp->rows)
+        return es__err(err, ES_EINVAL, "storage '%s': its last table holds %llu rows on rank %d of %d, its share of the global rows is %llu",
+                       s->ops->name, (unsigned long long)mp->t[mp->n_t - 1]->n_rows, d->rank, d->size,
+                       (unsigned long long)(d->lo[mp->n_t] - d->lo[mp->n_t - 1]));
     d->m = m;
     d->rep = 0;
     d->P = d->Pn = es__net_n_params(m->net);
-    es__gradacc_free(&d->ga);
-    size_t cap = (size_t)m->max_batch * (size_t)m->n_fields;
-    if (cap > d->map.t->n_rows) cap = (size_t)d->map.t->n_rows;
     es__free(d->part);
     es__free(d->gsum);
     es__free(d->tmp);
+    es__free(d->ebuf);
     d->part = es__malloc(((size_t)ES_DIST_BLOCKS * d->P + 1) * sizeof(float));
     d->gsum = es__malloc((3 * (size_t)d->size * ((d->P + (size_t)d->size - 1) / (size_t)d->size) + 1) * sizeof(float));
-    d->tmp = es__malloc((size_t)d->map.t->dim * sizeof(float));
-    if (!d->part || !d->gsum || !d->tmp || es__gradacc_init(&d->ga, cap ? cap : 1, d->map.t->dim) != ES_OK)
-        return es__err(err, ES_ENOMEM, "out of memory for the distributed step");
+    d->tmp = es__malloc((size_t)cd * sizeof(float));
+    d->ebuf = es__malloc((size_t)mp->k * (size_t)cd * sizeof(float));
+    if (!d->part || !d->gsum || !d->tmp || !d->ebuf) return es__err(err, ES_ENOMEM, "out of memory for the distributed step");
+    for (int i = 0; i < ES_ROW_MAP_TABLES; i++) {
+        es__gradacc_free(&d->ga[i]);
+        if (i >= mp->n_t) continue;
+        size_t cap = (size_t)m->max_batch * (size_t)m->n_fields;
+        if (cap > mp->t[i]->n_rows) cap = (size_t)mp->t[i]->n_rows;
+        if (es__gradacc_init(&d->ga[i], cap ? cap : 1, cd) != ES_OK) return es__err(err, ES_ENOMEM, "out of memory for the distributed step");
+    }
     return ES_OK;
 }
 
@@ -232,8 +283,9 @@ int es__dist_create(es__dist **out, const es_comm *c, es_model *m, es_err *err) 
 
 void es__dist_free(es__dist *d) {
     if (!d) return;
-    es__gradacc_free(&d->ga);
+    for (int i = 0; i < ES_ROW_MAP_TABLES; i++) es__gradacc_free(&d->ga[i]);
     es__free(d->ids);
+    es__free(d->iu);
     es__free(d->ukey);
     es__free(d->uslot);
     es__free(d->uniq);
@@ -248,6 +300,7 @@ void es__dist_free(es__dist *d) {
     es__free(d->gsum);
     es__free(d->bloss);
     es__free(d->tmp);
+    es__free(d->ebuf);
     es__free(d);
 }
 
@@ -369,20 +422,66 @@ static int dense_reduce(es__dist *d, float *x) {
     return ES_OK;
 }
 
+/* The k cached rows of one value (cache indices iu[0 .. k)): pointers
+ * into the cache, or, for a table at a precision, dequantized into
+ * d->ebuf (es__dequant_row: the values the method's own lookup combines). */
+static void cached_rows(es__dist *d, const int32_t *iu, const float **e) {
+    const es_rows *t0 = d->map.t[0];
+    const int cd = t0->dim;
+    for (int j = 0; j < d->map.k; j++) {
+        if (t0->prec == ES_PREC_FP32) {
+            e[j] = (const float *)(void *)d->cache + (size_t)iu[j] * (size_t)cd;
+        } else {
+            const size_t rb = es__prec_row_bytes(t0->prec, cd);
+            float *dst = d->ebuf + (size_t)j * (size_t)cd;
+            es__dequant_row(t0->prec, d->cache + (size_t)iu[j] * rb, cd, dst);
+            e[j] = dst;
+        }
+    }
+}
+
+/* es__row_map's SUM, PROD and SLICES pooling of this rank's first `rows`
+ * rows of g from the cache, into out[rows, F, E]: per (row, field) pair,
+ * from zero, each value's combined rows times its weight, in the float
+ * operations of the method's own lookup (qr_lookup). */
+static void combine_lookup(es__dist *d, const es_batch *g, int rows, float *out) {
+    const int F = d->m->n_fields, k = d->map.k, dim = d->map.t[0]->dim, E = d->m->E;
+    const float *e[ES_RESOLVE_BLOCK / 2];
+    size_t v = 0; /* value index: d->iu + v * k are its rows */
+    for (size_t P = 0, P1 = (size_t)rows * (size_t)F; P < P1; P++) {
+        float *restrict o = out + P * (size_t)E;
+        memset(o, 0, (size_t)E * sizeof *o);
+        for (uint32_t i = g->off[P]; i < g->off[P + 1]; i++, v++) {
+            const float wt = g->wt[i];
+            cached_rows(d, d->iu + v * (size_t)k, e);
+            if (d->map.combine == ES_COMBINE_PROD) {
+                for (int c = 0; c < dim; c++) {
+                    float x = wt;
+                    for (int j = 0; j < k; j++) x *= e[j][c];
+                    o[c] += x;
+                }
+            } else {
+                const size_t step = d->map.combine == ES_COMBINE_SLICES ? (size_t)dim : 0;
+                for (int j = 0; j < k; j++) es__axpy(o + (size_t)j * step, wt, e[j], (size_t)dim);
+            }
+        }
+    }
+}
+
 /* Steps 1 and 2 of a step: the rows of g's first `rows` rows (this
  * rank's part) resolved to global rows (d->ids, the distinct ones in
  * d->uniq), fetched from their owners and pooled into m->emb.  Collective. */
 static int dist_fetch(es__dist *d, const es_batch *g, int rows) {
     es_model *m = d->m;
     es_err *err = &m->err;
-    const int F = m->n_fields, N = d->size, k = d->map.k, cd = d->map.t->dim;
+    const int F = m->n_fields, N = d->size, k = d->map.k, cd = d->map.t[0]->dim;
     const size_t P0 = 0, P1 = (size_t)rows * F;
     const size_t nv = (size_t)(g->off[P1] - g->off[P0]), n_ids = nv * (size_t)k;
     const int lo = 0, hi = rows;
     int rc;
     /* 1. resolve this rank's values to global rows; the distinct ones */
     if (grow((void **)&d->ids, &d->ids_cap, n_ids + 1, sizeof *d->ids) != ES_OK ||
-        uniq_reset(d, n_ids) != ES_OK)
+        grow((void **)&d->iu, &d->iu_cap, n_ids + 1, sizeof *d->iu) != ES_OK || uniq_reset(d, n_ids) != ES_OK)
         return es__err(err, ES_ENOMEM, "out of memory for the rows of a batch");
     {
         size_t o = 0;
@@ -395,7 +494,7 @@ static int dist_fetch(es__dist *d, const es_batch *g, int rows) {
         }
         for (size_t i = 0; i < n_ids; i++) {
             if (d->ids[i] >= d->map.rows) return es__err(err, ES_EFORMAT, "row %llu out of the table", (unsigned long long)d->ids[i]);
-            uniq_find(d, d->ids[i], 1);
+            d->iu[i] = uniq_find(d, d->ids[i], 1);
         }
     }
 
@@ -421,7 +520,7 @@ static int dist_fetch(es__dist *d, const es_batch *g, int rows) {
     /* as owner: the rows asked for, in the order asked (fp32 rows, or a
      * QAT table's codes: the requester pools them as one process would) */
     size_t row_bytes;
-    const unsigned char *src = table_rows(d->map.t, &row_bytes);
+    table_rows(d->map.t[0], &row_bytes); /* every table of the map: one width, one precision */
     size_t reply = 0;
     for (int i = 0; i < N; i++) reply += d->rcnt[i] / sizeof(uint64_t) * row_bytes;
     if (grow((void **)&d->sbuf2, &d->sbuf2_cap, reply + 1, 1) != ES_OK) return es__err(err, ES_ENOMEM, "out of memory");
@@ -430,12 +529,14 @@ static int dist_fetch(es__dist *d, const es_batch *g, int rows) {
         for (int i = 0; i < N; i++) {
             size_t cnt = d->rcnt[i] / sizeof(uint64_t);
             for (size_t q = 0; q < cnt; q++) {
-                uint64_t li;
+                uint64_t li, r;
                 memcpy(&li, d->rbuf + d->rdsp[i] + q * sizeof li, sizeof li);
-                if (li >= d->map.t->n_rows)
+                const es_rows *t = local_row(d, li, &r, NULL);
+                if (!t)
                     return es__err(err, ES_EFORMAT, "rank %d asked rank %d for local row %llu of %llu", i, d->rank,
-                                   (unsigned long long)li, (unsigned long long)d->map.t->n_rows);
-                memcpy(d->sbuf2 + o, src + (size_t)li * row_bytes, row_bytes);
+                                   (unsigned long long)li, (unsigned long long)d->lo[d->map.n_t]);
+                size_t rb;
+                memcpy(d->sbuf2 + o, table_rows(t, &rb) + (size_t)r * row_bytes, row_bytes);
                 o += row_bytes;
             }
         }
@@ -457,15 +558,20 @@ static int dist_fetch(es__dist *d, const es_batch *g, int rows) {
         int o = (int)(d->uniq[u] % (uint64_t)N);
         memcpy(d->cache + u * row_bytes, d->rbuf2 + d->rdsp[o] + d->upos[u] * row_bytes, row_bytes);
     }
+    if (hi == lo) return ES_OK;
+    if (d->map.combine != ES_COMBINE_CAT) {
+        combine_lookup(d, g, hi - lo, m->emb);
+        return ES_OK;
+    }
     es_rows cache;
     memset(&cache, 0, sizeof cache);
-    if (d->map.t->prec != ES_PREC_FP32) cache.q = d->cache; /* codes: pooled by dequantizing, as one process does */
+    if (d->map.t[0]->prec != ES_PREC_FP32) cache.q = d->cache; /* codes: pooled by dequantizing, as one process does */
     else cache.w = (float *)(void *)d->cache;
     cache.n_rows = d->n_uniq;
     cache.dim = cd;
-    cache.prec = d->map.t->prec;
-    cache.opt = d->map.t->opt;
-    if (hi > lo) es__rows_lookup(&cache, k, cache_resolve, d, g, 0, hi - lo, m->emb);
+    cache.prec = d->map.t[0]->prec;
+    cache.opt = d->map.t[0]->opt;
+    es__rows_lookup(&cache, k, cache_resolve, d, g, 0, hi - lo, m->emb);
     return ES_OK;
 }
 
@@ -489,7 +595,7 @@ static int my_part(es__dist *d, const es_batch *g, int n, const char *what, int 
 int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum) {
     es_model *m = d->m;
     es_err *err = &m->err;
-    const int F = m->n_fields, E = m->E, N = d->size, k = d->rep ? 0 : d->map.k, cd = d->rep ? 0 : d->map.t->dim;
+    const int F = m->n_fields, E = m->E, N = d->size, k = d->rep ? 0 : d->map.k, cd = d->rep ? 0 : d->map.t[0]->dim;
     const int nd = m->n_dense;
     int jb0, jb1, lo, hi;
     int rc = my_part(d, g, n, "training", &jb0, &jb1, &lo, &hi);
@@ -560,56 +666,98 @@ int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum
     }
     if (grow((void **)&d->sbuf, &d->sbuf_cap, tot + 1, 1) != ES_OK) return es__err(err, ES_ENOMEM, "out of memory");
     {
+        const int comb = d->map.combine;
+        const float *e[ES_RESOLVE_BLOCK / 2];
         size_t o = 0;
         for (size_t Pp = P0; Pp < P1; Pp++) {
             const float *go = m->demb + (Pp - P0) * (size_t)E;
             for (uint32_t s = g->off[Pp]; s < g->off[Pp + 1]; s++) {
                 const float wt = g->wt[s];
+                /* a product: the value's rows as the forward combined them */
+                if (comb == ES_COMBINE_PROD) cached_rows(d, d->iu + o, e);
                 for (int j = 0; j < k; j++, o++) {
                     uint64_t row = d->ids[o];
                     int ow = (int)(row % (uint64_t)N);
                     uint64_t li = row / (uint64_t)N;
                     unsigned char *q = d->sbuf + d->cur[ow];
+                    const float *slice = comb == ES_COMBINE_CAT || comb == ES_COMBINE_SLICES ? go + (size_t)j * cd : go;
+                    float sw = wt;
+                    if (comb == ES_COMBINE_PROD) {
+                        /* wt dout times the other rows, in qr_backward's order; summed
+                         * at the owner with weight 1 (an exact add) */
+                        for (int c = 0; c < cd; c++) {
+                            float x = wt * go[c];
+                            for (int l = 0; l < k; l++)
+                                if (l != j) x *= e[l][c];
+                            d->tmp[c] = x;
+                        }
+                        slice = d->tmp;
+                        sw = 1.0f;
+                    }
                     memcpy(q, &li, sizeof li);
-                    memcpy(q + sizeof li, &wt, sizeof wt);
-                    memcpy(q + sizeof li + sizeof wt, go + (size_t)j * cd, row_bytes);
+                    memcpy(q + sizeof li, &sw, sizeof sw);
+                    memcpy(q + sizeof li + sizeof sw, slice, row_bytes);
                     d->cur[ow] += rec;
                 }
             }
         }
     }
     if ((rc = exchange(d, d->sbuf, &d->rbuf, &d->rbuf_cap)) != ES_OK) return rc;
-    es__gradacc_clear(&d->ga);
+    for (int t = 0; t < d->map.n_t; t++) es__gradacc_clear(&d->ga[t]);
     for (int i = 0; i < N; i++) {
         size_t cnt_i = d->rcnt[i] / rec;
         for (size_t q = 0; q < cnt_i; q++) {
             const unsigned char *r = d->rbuf + d->rdsp[i] + q * rec;
-            uint64_t li;
+            uint64_t li, lr;
             float wt;
+            int t;
             memcpy(&li, r, sizeof li);
             memcpy(&wt, r + sizeof li, sizeof wt);
             memcpy(d->tmp, r + sizeof li + sizeof wt, row_bytes);
-            if (li >= d->map.t->n_rows)
+            if (!local_row(d, li, &lr, &t))
                 return es__err(err, ES_EFORMAT, "rank %d sent rank %d a gradient of local row %llu of %llu", i, d->rank,
-                               (unsigned long long)li, (unsigned long long)d->map.t->n_rows);
-            float *gr = es__gradacc_row(&d->ga, li);
+                               (unsigned long long)li, (unsigned long long)d->lo[d->map.n_t]);
+            float *gr = es__gradacc_row(&d->ga[t], lr);
             if (!gr) {
-                es__gradacc_clear(&d->ga);
+                for (int u = 0; u < d->map.n_t; u++) es__gradacc_clear(&d->ga[u]);
                 return es__err(err, ES_ENOMEM, "out of memory growing the gradient scratch");
             }
             es__axpy(gr, wt, d->tmp, (size_t)cd);
         }
     }
-    es__gradacc_apply(&d->ga, d->map.t);
+    for (int t = 0; t < d->map.n_t; t++) es__gradacc_apply(&d->ga[t], d->map.t[t]);
     return ES_OK;
 }
 
 /* ---- the whole model on rank 0 --------------------------------------------------------- */
 
-void es__dist_table(const es__dist *d, uint64_t *rows, size_t *row_bytes, const char **tensor) {
-    *rows = d->map.rows;
-    table_rows(d->map.t, row_bytes);
-    *tensor = d->map.t->prec != ES_PREC_FP32 ? "weight.q" : "weight"; /* es__rows_tensors */
+int es__dist_tables(const es__dist *d, es__whole_table *wt, es_err *err) {
+    es_storage *st = d->m->st;
+    memset(wt, 0, sizeof *wt);
+    int n = es__storage_tensors(st, NULL, 0);
+    es_tensor_ref *refs = n > 0 ? es__calloc((size_t)n, sizeof *refs) : NULL;
+    if (!refs) return es__err(err, n > 0 ? ES_ENOMEM : ES_EINVAL, "storage '%s': cannot list its tensors", st->ops->name);
+    es__storage_tensors(st, refs, n);
+    size_t row_bytes;
+    table_rows(d->map.t[0], &row_bytes);
+    wt->n = d->map.n_t;
+    for (int i = 0; i < d->map.n_t; i++) {
+        /* the method's tensor holding the table's rows: its fp32 rows, or codes */
+        size_t rb;
+        const void *rows = table_rows(d->map.t[i], &rb);
+        int found = -1;
+        for (int j = 0; j < n && found < 0; j++)
+            if (refs[j].data == rows) found = j;
+        if (found < 0) {
+            es__free(refs);
+            return es__err(err, ES_EINVAL, "storage '%s': no tensor holds table %d of its rows", st->ops->name, i);
+        }
+        snprintf(wt->tensor[i], sizeof wt->tensor[i], "%s", refs[found].name);
+        wt->rows[i] = d->map.base[i + 1] - d->map.base[i];
+    }
+    wt->param_bytes = (size_t)d->map.rows * row_bytes;
+    es__free(refs);
+    return ES_OK;
 }
 
 /* ---- agreement ------------------------------------------------------------------------- */
@@ -692,54 +840,74 @@ int es__dist_predict(es__dist *d, const es_batch *g, int n, float *prob) {
     return ES_OK;
 }
 
-/* Rows of the whole table sent to rank 0 per round: a multiple of every N. */
+/* Rows of the whole table sent to rank 0 per round. */
 #define DIST_WRITE_ROWS ((uint64_t)ES_DIST_BLOCKS * 1024)
 
-int es__dist_write_rows(es__dist *d, es_fwriter *w, int tensor, int *broken, es_err *err) {
-    *broken = 1; /* until every round is done */
+/* Global rows [A, B) into tensor `tensor` of w (rank 0), in rounds of
+ * DIST_WRITE_ROWS rows; out: rank 0's round buffer.  *wrc: rank 0's
+ * append status (after a failure the rounds go on, unwritten, so that no
+ * rank waits).  Returns an error only when this rank leaves the rounds. */
+static int write_range(es__dist *d, es_fwriter *w, int tensor, uint64_t A, uint64_t B, unsigned char *out, int *wrc, es_err *err) {
     const int N = d->size;
-    const es_rows *t = d->map.t;
+    const uint64_t NN = (uint64_t)N, C = DIST_WRITE_ROWS;
     size_t row_bytes;
-    const unsigned char *src = table_rows(t, &row_bytes);
-    const uint64_t R = d->map.rows, C = DIST_WRITE_ROWS;
-    int wrc = ES_OK; /* rank 0: a failed append; the rounds go on, so that no rank waits */
-    double t0 = es__now();
-    float *out = NULL;
-    if (d->rank == 0 && !(out = es__malloc((size_t)C * row_bytes + 1))) wrc = es__err(err, ES_ENOMEM, "out of memory writing the model");
-    for (uint64_t a = 0; a < R; a += C) {
-        /* global rows [a, b): rank i holds those = i mod N, local [(a + N - 1 - i) / N ...) */
-        const uint64_t b = ES_MIN(R, a + C);
+    table_rows(d->map.t[0], &row_bytes);
+    for (uint64_t a = A; a < B; a += C) {
+        /* rows [a, b): rank i holds r0[i], r0[i] + N, ... (the first row
+         * >= a that is i mod N), at local indices r0[i] / N, ... */
+        const uint64_t b = ES_MIN(B, a + C);
         memset(d->scnt, 0, (size_t)N * sizeof(size_t));
         memset(d->sdsp, 0, (size_t)N * sizeof(size_t));
         size_t tot = 0;
-        uint64_t l0[ES_DIST_BLOCKS], cnt[ES_DIST_BLOCKS];
+        uint64_t r0[ES_DIST_BLOCKS], cnt[ES_DIST_BLOCKS];
         for (int i = 0; i < N; i++) {
-            /* a is a multiple of N: the rows of rank i in [a, b) are a + i, a + i + N, ... */
-            l0[i] = a / (uint64_t)N;
-            cnt[i] = b > a + (uint64_t)i ? (b - a - (uint64_t)i + (uint64_t)N - 1) / (uint64_t)N : 0;
+            r0[i] = a + ((uint64_t)i + NN - a % NN) % NN;
+            cnt[i] = r0[i] < b ? (b - r0[i] + NN - 1) / NN : 0;
             d->rcnt[i] = d->rank == 0 ? (size_t)cnt[i] * row_bytes : 0;
             d->rdsp[i] = tot;
             tot += d->rcnt[i];
         }
-        d->scnt[0] = (size_t)cnt[d->rank] * row_bytes;
-        if (cnt[d->rank] && l0[d->rank] + cnt[d->rank] > t->n_rows)
-            return es__err(err, ES_EINVAL, "rank %d's shard has %llu rows, the table's rule gives it more", d->rank,
-                           (unsigned long long)t->n_rows);
-        if (grow((void **)&d->rbuf, &d->rbuf_cap, tot + 1, 1) != ES_OK) {
-            es__free(out);
+        const uint64_t mine = cnt[d->rank];
+        d->scnt[0] = (size_t)mine * row_bytes;
+        if (grow((void **)&d->rbuf, &d->rbuf_cap, tot + 1, 1) != ES_OK ||
+            grow((void **)&d->sbuf, &d->sbuf_cap, (size_t)mine * row_bytes + 1, 1) != ES_OK)
             return es__err(err, ES_ENOMEM, "out of memory writing the model");
+        for (uint64_t q = 0; q < mine; q++) {
+            uint64_t lr;
+            const es_rows *t = local_row(d, r0[d->rank] / NN + q, &lr, NULL);
+            if (!t)
+                return es__err(err, ES_EINVAL, "rank %d's shard has %llu rows, the tables' rule gives it more", d->rank,
+                               (unsigned long long)d->lo[d->map.n_t]);
+            size_t rb;
+            memcpy(d->sbuf + (size_t)q * row_bytes, table_rows(t, &rb) + (size_t)lr * row_bytes, row_bytes);
         }
-        const unsigned char *mine = src + (size_t)l0[d->rank] * row_bytes;
-        if (d->c->alltoallv(d->c->ctx, mine, d->scnt, d->sdsp, d->rbuf, d->rcnt, d->rdsp) != 0) {
-            es__free(out);
+        if (d->c->alltoallv(d->c->ctx, d->sbuf, d->scnt, d->sdsp, d->rbuf, d->rcnt, d->rdsp) != 0)
             return es__err(err, ES_EIO, "rank %d of %d: sending the tables to rank 0 failed in the communication layer", d->rank, N);
-        }
-        if (d->rank != 0 || wrc != ES_OK) continue;
+        if (d->rank != 0 || *wrc != ES_OK) continue;
         for (int i = 0; i < N; i++)
             for (uint64_t q = 0; q < cnt[i]; q++)
-                memcpy((char *)out + (size_t)(q * (uint64_t)N + (uint64_t)i) * row_bytes, d->rbuf + d->rdsp[i] + q * row_bytes, row_bytes);
-        if ((wrc = es__fwriter_append(w, tensor, out, (size_t)(b - a) * row_bytes)) != ES_OK)
-            es__err(err, wrc, "%s", es__fwriter_errmsg(w));
+                memcpy(out + (size_t)(r0[i] - a + q * NN) * row_bytes, d->rbuf + d->rdsp[i] + q * row_bytes, row_bytes);
+        if ((*wrc = es__fwriter_append(w, tensor, out, (size_t)(b - a) * row_bytes)) != ES_OK)
+            es__err(err, *wrc, "%s", es__fwriter_errmsg(w));
+    }
+    return ES_OK;
+}
+
+int es__dist_write_rows(es__dist *d, es_fwriter *w, const int *tensor, int *broken, es_err *err) {
+    *broken = 1; /* until every round is done */
+    size_t row_bytes;
+    table_rows(d->map.t[0], &row_bytes);
+    int wrc = ES_OK; /* rank 0: a failed append; the rounds go on, so that no rank waits */
+    double t0 = es__now();
+    unsigned char *out = NULL;
+    if (d->rank == 0 && !(out = es__malloc((size_t)DIST_WRITE_ROWS * row_bytes + 1)))
+        wrc = es__err(err, ES_ENOMEM, "out of memory writing the model");
+    for (int i = 0; i < d->map.n_t; i++) { /* table i: its global rows, as its own tensor */
+        int rc = write_range(d, w, d->rank == 0 ? tensor[i] : -1, d->map.base[i], d->map.base[i + 1], out, &wrc, err);
+        if (rc != ES_OK) {
+            es__free(out);
+            return rc;
+        }
     }
     d->st.seconds += es__now() - t0;
     es__free(out);

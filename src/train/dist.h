@@ -4,9 +4,10 @@
  * sharded over the processes.  The library holds no transport: the comm's
  * functions move the bytes (MPI in the CLI's MPI build, tools/mpi/).
  *
- * Ownership: row r of a method's table (es__row_map.rows rows in all)
- * lives on rank r % N at local index r / N, with its optimizer state
- * (es_storage_params.shard_rank / shard_n).
+ * Ownership: row r of a method's global row space (es__row_map.rows rows
+ * in all, over one table or several) lives on rank r % N at local index
+ * r / N, with its optimizer state (es_storage_params.shard_rank /
+ * shard_n).
  *
  * A global batch of n rows (the same on every rank) is cut into
  * ES_DIST_BLOCKS blocks, block j = rows [j n / 16, (j + 1) n / 16); rank k
@@ -64,9 +65,12 @@ int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum
  * whole), not sharded: the model file is then rank 0's model as it is. */
 int es__dist_replicated(const es__dist *d);
 
-/* The whole row table: rows (es__row_map.rows) of row_bytes each, saved
- * as the method's tensor `tensor` ("weight", or "weight.q": codes). */
-void es__dist_table(const es__dist *d, uint64_t *rows, size_t *row_bytes, const char **tensor);
+/* The row tables as the model file holds them (es__model_save_whole_begin):
+ * table i of the row map (es__row_map) as the storage's tensor holding
+ * its rows ("weight", "weight.q" for codes; qr: "table0", ...), with its
+ * global row count; param_bytes those of all the rows.  ES_EINVAL when no
+ * tensor holds a table, ES_ENOMEM. */
+int es__dist_tables(const es__dist *d, es__whole_table *wt, es_err *err);
 
 /* Probabilities of this rank's part of a global batch of n rows (g as in
  * es__dist_train_batch) into prob[0 .. g->n): the rows fetched from their
@@ -80,15 +84,17 @@ int es__dist_predict(es__dist *d, const es_batch *g, int n, float *prob);
  * (NULL on the other ranks).  Collective. */
 int es__dist_collect(es__dist *d, int n, const float *mine, float *all);
 
-/* The whole row table, in global row order, into tensor `tensor` of
- * rank 0's streaming writer w (es__model_save_whole_begin; NULL on the
- * other ranks): rounds of a fixed number of rows, each rank sending its
- * rows of the round to rank 0, so rank 0 holds one round, never the
- * table.  Every rank runs every round, even after rank 0's write failed
- * (then its error is returned by rank 0 only).  *broken = 1 when a rank
- * left the rounds early (out of memory, the transport failed): the others
- * may wait, the job must end.  Collective. */
-int es__dist_write_rows(es__dist *d, es_fwriter *w, int tensor, int *broken, es_err *err);
+/* The row tables, each in global row order, into the tensors tensor[i]
+ * (es__dist_tables' order) of rank 0's streaming writer w
+ * (es__model_save_whole_begin; NULL on the other ranks): table i is
+ * global rows [base[i], base[i + 1]), sent in rounds of a fixed number
+ * of rows, each rank sending its rows of the round to rank 0, so rank 0
+ * holds one round, never a table.  Every rank runs every round, even
+ * after rank 0's write failed (then its error is returned by rank 0
+ * only).  *broken = 1 when a rank left the rounds early (out of memory,
+ * the transport failed): the others may wait, the job must end.
+ * Collective. */
+int es__dist_write_rows(es__dist *d, es_fwriter *w, const int *tensor, int *broken, es_err *err);
 
 void es__dist_get_stats(const es__dist *d, es__dist_stats *out);
 

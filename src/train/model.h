@@ -73,8 +73,9 @@ int es__model_save(es_model *m, const char *path, int with_state, es_err *err);
 /* The model file of a run across processes, written by rank 0 from its
  * shard model m (es__storage_write_whole): every metadata entry and tensor
  * declared and the in-memory ones written; *w is then streaming, and the
- * row table's bytes go to tensor *rows_tensor by es__fwriter_append
- * (es__dist_write_rows), then es__fwriter_commit.  On failure nothing is
+ * bytes of row table i (wt->tensor[i]) go to tensor rows_tensor[i] (of
+ * wt->n) by es__fwriter_append (es__dist_write_rows), then
+ * es__fwriter_commit.  On failure nothing is
  * left behind and *w is NULL. */
 int es__model_save_whole_begin(es_model *m, const char *path, const es__whole_table *wt, es_fwriter **w, int *rows_tensor,
                                es_err *err);

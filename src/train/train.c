@@ -451,8 +451,8 @@ static int dist_check_params(const es_train_params *p, es_err *err) {
     const es_storage_ops *ops = p->storage ? es__storage_find(p->storage) : NULL;
     if (ops && !ops->row_map && !ops->rep_floats)
         return es__err(err, ES_EINVAL,
-                       "storage '%s' cannot be trained across processes yet: full, hash, unified and adapt can (sharded), dhe and tt "
-                       "(replicated; docs/scale.md)",
+                       "storage '%s' cannot be trained across processes yet: full, hash, unified, adapt and qr can (sharded), dhe and "
+                       "tt (replicated; docs/scale.md)",
                        p->storage);
     if (p->reader.skip_bad)
         return es__err(err, ES_EINVAL,
@@ -1972,26 +1972,26 @@ static int run_refit(run *x) {
 
 /* Across processes: the model file, the one the whole model would write,
  * by rank 0 from its shard model (metadata, maps, dense parameters: every
- * rank holds the same) with the row table streamed from every rank's
- * shard in rounds (es__dist_write_rows).  Collective. */
+ * rank holds the same) with the row tables (qr: one per partition)
+ * streamed from every rank's shard in rounds (es__dist_write_rows).
+ * Collective. */
 static int dist_save(run *x) {
     es_fwriter *w = NULL;
-    int tensor = -1, broken = 0, rc = ES_OK;
+    int broken = 0, rc = ES_OK;
     if (es__dist_replicated(x->dist)) { /* every rank holds the whole model: rank 0 writes its own */
         if (x->p->comm->rank == 0) rc = es__model_save(x->m, x->p->out_path, 0, x->err);
         return agree(x, rc);
     }
-    uint64_t rows;
-    size_t row_bytes;
-    const char *name;
-    es__dist_table(x->dist, &rows, &row_bytes, &name);
-    if (x->p->comm->rank == 0) {
+    es__whole_table wt;
+    int tensor[ES_ROW_MAP_TABLES];
+    rc = es__dist_tables(x->dist, &wt, x->err);
+    if (rc == ES_OK && x->p->comm->rank == 0) {
         /* the options as the whole model records them: resolved (what a
          * load re-creates the table from) */
         const es_storage *st = x->m->st;
         char *opts = es__storage_load_opts(st->p.method, st->meta, st->p.opts, "");
-        es__whole_table wt = {name, rows, (size_t)rows * row_bytes, opts};
-        rc = opts ? es__model_save_whole_begin(x->m, x->p->out_path, &wt, &w, &tensor, x->err) : es__err(x->err, ES_ENOMEM, "out of memory");
+        wt.opts = opts;
+        rc = opts ? es__model_save_whole_begin(x->m, x->p->out_path, &wt, &w, tensor, x->err) : es__err(x->err, ES_ENOMEM, "out of memory");
         es__free(opts);
     }
     if ((rc = agree(x, rc)) != ES_OK) return rc;

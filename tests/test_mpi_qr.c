@@ -1,0 +1,317 @@
+/*
+ * test_mpi_qr.c — the qr storage trained across processes (docs/scale.md):
+ * its p partition tables are one global row space (es__row_map), each
+ * table sharded by global row, each value's rows multiplied (op=mult),
+ * added (op=add) or set side by side (op=cat) by the distributed step as
+ * qr's own lookup and backward do.
+ *
+ * Quick tier: a qr shard holds exactly the whole storage's rows that are
+ * its rank's, with their initial values and optimizer state.  Slow tier
+ * (`--full`; skipped without mpirun or without an MPI build, as in
+ * test_mpi.c): the 1-, 2- and 4-rank model files are one file; the 1-rank
+ * model predicts as the one-process trainer's up to rounding; a killed
+ * rank resumes to the uninterrupted model, with early stopping's
+ * evaluations on the shards; --rank-memory caps a rank's shard; op=cat
+ * with partitions of two widths is refused on every rank.
+ */
+#include "test.h"
+
+#include "core/core.h"
+#include "storage/storage.h"
+
+#define CRITEO "data/criteo_kaggle_train_first10k.tsv"
+#define MPIRUN "mpirun --oversubscribe --allow-run-as-root"
+/* short runs: 2000 rows, 8 global batches of 256 */
+#define COMMON "--max-rows 2000 --valid-frac 0 --early-stop 0 --epochs 1 --threads 1 --seed 5 --quiet"
+
+/* Shard k of N of a qr storage: table i of its row map holds the rank's
+ * global rows of table i of the whole storage (r % N == k, local index
+ * r / N through the tables in order), with their initial values (mult with
+ * init_scale 0: zeros, then ones) and optimizer state; the shards hold
+ * every row once.  A table with fewer rows than processes is refused. */
+TEST(mpi_qr_shards_hold_the_whole_tables_rows) {
+    static const struct {
+        const char *opts;
+        es_optim kind;
+        float scale;
+    } cfg[] = {
+        {"share=1,op=mult", ES_OPT_ROWWISE_ADAGRAD, 0.1f},
+        {"share=0,op=add,partitions=3", ES_OPT_ADAGRAD, 0.1f},
+        {"share=1,op=mult,partitions=4", ES_OPT_ROWWISE_ADAGRAD, 0.0f},
+        {"share=0,op=cat", ES_OPT_ADAGRAD, 0.1f},
+    };
+    for (size_t c = 0; c < ES_ARRAY_LEN(cfg); c++) {
+        es_storage_params p = es__storage_params_default();
+        p.method = "qr";
+        p.n_fields = 3;
+        p.dim = 4;
+        p.budget = 3000;
+        p.seed = 11;
+        p.init_scale = cfg[c].scale;
+        p.opts = cfg[c].opts;
+        p.opt.kind = cfg[c].kind;
+        p.opt.init_acc = 0.25f;
+        es_storage *whole, *sh;
+        es_err err;
+        CHECK_MSG(es__storage_create(&whole, &p, NULL, &err) == ES_OK, "%s: %s", cfg[c].opts, err.msg);
+        es__row_map wm, sm;
+        CHECK(whole->ops->row_map(whole, &wm) == ES_OK);
+        CHECK(wm.n_t >= 2 && wm.k == wm.n_t);
+        CHECK(wm.combine == (strstr(cfg[c].opts, "mult") ? ES_COMBINE_PROD : strstr(cfg[c].opts, "add") ? ES_COMBINE_SUM : ES_COMBINE_SLICES));
+        const uint64_t wd = (uint64_t)wm.t[0]->dim; /* floats a row: dim, or dim / p for cat */
+        const size_t acc_floats = cfg[c].kind == ES_OPT_ADAGRAD ? (size_t)wd : 1;
+        for (int n = 1; n <= 5; n++) {
+            uint64_t held[ES_ROW_MAP_TABLES] = {0};
+            for (int k = 0; k < n; k++) {
+                p.shard_rank = k;
+                p.shard_n = n;
+                CHECK_MSG(es__storage_create(&sh, &p, NULL, &err) == ES_OK, "%s, shard %d of %d: %s", cfg[c].opts, k, n, err.msg);
+                CHECK(sh->ops->row_map(sh, &sm) == ES_OK);
+                CHECK_EQ_INT(sm.n_t, wm.n_t);
+                CHECK_EQ_INT(sm.rows, wm.rows);
+                int bad = 0;
+                for (int i = 0; i < wm.n_t; i++) {
+                    CHECK_EQ_INT(sm.base[i], wm.base[i]);
+                    const es_rows *st = sm.t[i], *wt = wm.t[i];
+                    const uint64_t lo = (wm.base[i] + (uint64_t)n - 1 - (uint64_t)k) / (uint64_t)n; /* the rank's rows before table i */
+                    for (uint64_t lr = 0; lr < st->n_rows; lr++) {
+                        const uint64_t r = (lo + lr) * (uint64_t)n + (uint64_t)k, wr = r - wm.base[i];
+                        if (r < wm.base[i] || r >= wm.base[i + 1] ||
+                            memcmp(st->w + lr * wd, wt->w + wr * wd, (size_t)wd * sizeof(float)) != 0 ||
+                            memcmp(st->acc + lr * acc_floats, wt->acc + wr * acc_floats, acc_floats * sizeof(float)) != 0)
+                            bad++;
+                    }
+                    held[i] += st->n_rows;
+                }
+                CHECK_MSG(bad == 0, "%s, shard %d of %d: %d rows are not the whole storage's", cfg[c].opts, k, n, bad);
+                es__storage_free(sh);
+            }
+            for (int i = 0; i < wm.n_t; i++) CHECK_EQ_INT(held[i], wm.t[i]->n_rows);
+        }
+        if (cfg[c].scale == 0.0f) CHECK(wm.t[0]->w[0] == 0.0f && wm.t[1]->w[0] == 1.0f);
+        printf("    %s: tables of %llu", cfg[c].opts, (unsigned long long)wm.t[0]->n_rows);
+        for (int i = 1; i < wm.n_t; i++) printf("/%llu", (unsigned long long)wm.t[i]->n_rows);
+        printf(" rows, shards of 1 to 5 ranks hold them\n");
+        es__storage_free(whole);
+        p.shard_rank = p.shard_n = 0;
+    }
+    /* a table of 3 rows over 4 processes: a rank would hold none of it */
+    es_storage_params p = es__storage_params_default();
+    p.method = "qr";
+    p.n_fields = 3;
+    p.dim = 4;
+    p.opts = "share=1,m=3/50";
+    p.shard_rank = 3;
+    p.shard_n = 4;
+    es_storage *s = NULL;
+    es_err err;
+    CHECK(es__storage_create(&s, &p, NULL, &err) == ES_EINVAL);
+    CHECK_STR_HAS(err.msg, "table 0 has 3 rows, fewer than the 4 processes");
+    /* op=cat over partitions of two widths (4 floats over 3): refused when sharded */
+    p.opts = "share=1,op=cat,partitions=3";
+    p.budget = 3000;
+    CHECK(es__storage_create(&s, &p, NULL, &err) == ES_EINVAL);
+    CHECK_STR_HAS(err.msg, "op=cat with dim 4 over 3 partitions cannot be trained across processes");
+}
+
+/* 1 when mpirun runs and $ES_BIN is the MPI build; else skips the test. */
+static int mpi_ready(void) {
+    static int state = -1; /* -1 unknown, 0 no, 1 yes */
+    static char why[160];
+    if (state < 0) {
+        state = 0;
+        if (es_test_sh(NULL, "command -v mpirun") != 0) {
+            snprintf(why, sizeof why, "mpirun not found (install openmpi-bin: .ci/deps.sh)");
+        } else {
+            const char *log = es_test_path("mpi_qr_probe.log");
+            es_test_sh(log, MPIRUN " -np 2 %s train /nonexistent-probe.tsv --valid-frac 0 --early-stop 0 --quiet", es_bin());
+            char *s = es_test_slurp(log);
+            if (s && strstr(s, "built without MPI")) snprintf(why, sizeof why, "%s was built without MPI (make MPI=1)", es_bin());
+            else if (s && strstr(s, "nonexistent-probe")) state = 1;
+            else snprintf(why, sizeof why, "mpirun did not run %s as expected: %.100s", es_bin(), s ? s : "");
+            free(s);
+        }
+    }
+    if (!state) es_test_skip(why);
+    return state;
+}
+
+/* Train on np ranks (np 0: without mpirun) into $ES_T/<out>, the output
+ * in $ES_T/<out>.log; the same --out path for every run (moved after), so
+ * the recorded command lines are the same.  The exit status. */
+static int qr_train(int np, const char *args, const char *out) {
+    char pre[128] = "";
+    if (np > 0) snprintf(pre, sizeof pre, MPIRUN " -np %d ", np);
+    char log[256];
+    snprintf(log, sizeof log, "%s.log", es_test_path(out));
+    return es_test_sh(log, "rm -f $ES_T/mpi_qr.es && %s%s train %s %s %s --out $ES_T/mpi_qr.es && mv $ES_T/mpi_qr.es $ES_T/%s", pre, es_bin(),
+                      CRITEO, COMMON, args, out);
+}
+
+/* Predictions (9 digits) of $ES_T/<model> on $ES_T/mpi_qr_valid.tsv, malloc'd. */
+static char *qr_predict(const char *model) {
+    if (es_test_sh(NULL, "%s predict $ES_T/%s $ES_T/mpi_qr_valid.tsv --digits 9 --out $ES_T/%s.txt", es_bin(), model, model) != 0) return NULL;
+    char p[256];
+    snprintf(p, sizeof p, "%s.txt", es_test_path(model));
+    return es_test_slurp(p);
+}
+
+static const char *const qr_cfgs[] = {
+    "--model dlrm --storage qr --budget 100000 --storage-opts share=1,op=mult",
+    "--model lr --storage qr --budget 100000 --storage-opts share=0,op=add",
+    "--model dlrm --storage qr --budget 150000 --storage-opts share=0,op=mult,partitions=3",
+    "--model dlrm --storage qr --budget 100000 --storage-opts share=1,op=mult --precision int8", /* QAT: codes travel */
+    "--model dlrm --storage qr --budget 100000 --storage-opts share=1,op=cat",
+};
+
+/* The 1-, 2- and 4-rank model files are one file (each table of the
+ * whole storage streamed as its own tensor from the shards). */
+TEST_SLOW(mpi_qr_1_2_4_ranks_give_the_same_model_file) {
+    if (!mpi_ready()) return;
+    for (size_t c = 0; c < ES_ARRAY_LEN(qr_cfgs); c++) {
+        for (int np = 1; np <= 4; np *= 2) {
+            char out[64], log[256];
+            snprintf(out, sizeof out, "mpi_qr_same_%zu_%d.es", c, np);
+            int st = qr_train(np, qr_cfgs[c], out);
+            snprintf(log, sizeof log, "%s.log", es_test_path(out));
+            char *s = es_test_slurp(log);
+            CHECK_MSG(st == 0, "%s on %d ranks: exit %d: %s", qr_cfgs[c], np, st, s ? s : "");
+            const char *j = s ? es_test_last_line(s) : NULL;
+            double a2a = es_test_json_num(j, "comm_alltoall_bytes_per_step");
+            CHECK_MSG(np == 1 ? a2a == 0 : a2a > 0, "%s on %d ranks: %g table bytes per step", qr_cfgs[c], np, a2a);
+            free(s);
+            if (np > 1) {
+                int same = es_test_sh(NULL, "cmp $ES_T/mpi_qr_same_%zu_1.es $ES_T/%s", c, out);
+                printf("    %-86s 1 vs %d ranks: %s\n", qr_cfgs[c], np, same == 0 ? "same file" : "DIFFERENT");
+                CHECK_MSG(same == 0, "%s: the %d-rank model differs from the 1-rank one", qr_cfgs[c], np);
+            }
+        }
+    }
+}
+
+/* The 1-rank model predicts as the one-process trainer's (no mpirun) up to
+ * rounding (its dense gradients are summed over the whole batch at once,
+ * not by the 16-block tree: docs/scale.md), with the same tables (tensor
+ * names and shapes); the 4-rank model as the 1-rank one, exactly. */
+TEST_SLOW(mpi_qr_1_rank_model_predicts_as_the_one_process_trainer) {
+    if (!mpi_ready()) return;
+    CHECK(es_test_sh(NULL, "tail -n 1000 %s > $ES_T/mpi_qr_valid.tsv", CRITEO) == 0);
+    static const size_t pick[] = {0, 1, 4}; /* mult, add, cat */
+    for (size_t i = 0; i < ES_ARRAY_LEN(pick); i++) {
+        const size_t c = pick[i];
+        CHECK(qr_train(0, qr_cfgs[c], "mpi_qr_p0.es") == 0);
+        CHECK(qr_train(1, qr_cfgs[c], "mpi_qr_p1.es") == 0);
+        CHECK(qr_train(4, qr_cfgs[c], "mpi_qr_p4.es") == 0);
+        CHECK(es_test_sh(NULL, "for m in p0 p1; do %s inspect $ES_T/mpi_qr_$m.es | grep -E 'storage\\.(table|resolved)' > $ES_T/mpi_qr_$m.t; "
+                               "done; cmp $ES_T/mpi_qr_p0.t $ES_T/mpi_qr_p1.t",
+                         es_bin()) == 0);
+        char *p0 = qr_predict("mpi_qr_p0.es"), *p1 = qr_predict("mpi_qr_p1.es"), *p4 = qr_predict("mpi_qr_p4.es");
+        CHECK(p0 && p1 && p4);
+        if (!p0 || !p1 || !p4) return;
+        CHECK_MSG(strcmp(p1, p4) == 0, "%s: the 4-rank model predicts differently from the 1-rank one", qr_cfgs[c]);
+        double maxd = 0;
+        int rows = 0;
+        for (char *a = p0, *b = p1; *a && *b; rows++) {
+            char *ea, *eb;
+            double x = strtod(a, &ea), y = strtod(b, &eb);
+            if (ea == a || eb == b) break;
+            if (fabs(x - y) > maxd) maxd = fabs(x - y);
+            a = ea;
+            b = eb;
+        }
+        printf("    %s: %d rows, 4 ranks = 1 rank exactly; one-process trainer within %.3g\n", qr_cfgs[c], rows, maxd);
+        CHECK_EQ_INT(rows, 1000);
+        CHECK_MSG(maxd < 1e-4, "%s: the MPI path and the one-process trainer differ by %g (more than rounding)", qr_cfgs[c], maxd);
+        free(p0);
+        free(p1);
+        free(p4);
+    }
+}
+
+/* Rank 1 of 2 killed (the trainer's fault point, after its 7th batch) once
+ * both ranks hold a checkpoint of their shard: --resume ends with the
+ * model of the run that never stopped, early stopping's validation (on
+ * the shards) and the best model included. */
+TEST_SLOW(mpi_qr_resume_after_a_killed_rank_gives_the_uninterrupted_model) {
+    if (!mpi_ready()) return;
+#define QR_RESUME_ARGS                                                                                                      \
+    "--model dlrm --storage qr --budget 100000 --storage-opts share=1 --max-rows 3000 --valid-frac 0.2 --early-stop 2 "     \
+    "--epochs 2 --eval-every 5 --threads 1 --checkpoint-every 4 --quiet"
+    const char *log = es_test_path("mpi_qr_resume.log");
+    CHECK(es_test_sh(NULL, "rm -f $ES_T/mpi_qr_ra.es* $ES_T/mpi_qr_rb.es* && tail -n 1000 %s > $ES_T/mpi_qr_valid.tsv", CRITEO) == 0);
+    CHECK(es_test_sh(log, MPIRUN " -np 2 %s train " CRITEO " " QR_RESUME_ARGS " --out $ES_T/mpi_qr_ra.es", es_bin()) == 0);
+    int st = es_test_sh(log,
+                        "timeout 120 " MPIRUN " -np 2 sh -c 'if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then export ES_TEST_KILL_AFTER=train:7; fi; "
+                        "exec %s train " CRITEO " " QR_RESUME_ARGS " --out $ES_T/mpi_qr_rb.es'",
+                        es_bin());
+    CHECK_MSG(st != 0 && st != 124, "the killed run: exit %d (124: it hung)", st);
+    CHECK(es_test_sh(NULL, "test ! -e $ES_T/mpi_qr_rb.es && test -e $ES_T/mpi_qr_rb.es.ckpt.rank0of2 && test -e $ES_T/mpi_qr_rb.es.ckpt.rank1of2") == 0);
+    st = es_test_sh(log, MPIRUN " -np 2 %s train " CRITEO " " QR_RESUME_ARGS " --resume --out $ES_T/mpi_qr_rb.es", es_bin());
+    char *s = es_test_slurp(log);
+    CHECK_MSG(st == 0, "resume: exit %d: %s", st, s ? s : "");
+    CHECK_STR_HAS(s, "\"resumed\":true");
+    free(s);
+    char *a = qr_predict("mpi_qr_ra.es"), *b = qr_predict("mpi_qr_rb.es");
+    CHECK_MSG(a && b && strcmp(a, b) == 0, "the resumed model predicts differently from the uninterrupted one");
+    printf("    killed after a checkpoint, resumed: the same predictions as the run that never stopped\n");
+    free(a);
+    free(b);
+#undef QR_RESUME_ARGS
+}
+
+/* --rank-memory: the bytes of a qr shard (its rows of every table and their
+ * optimizer state) are a quarter of the whole on 4 ranks; a cap of that
+ * quarter refuses 1 rank (about 4 processes needed) and trains on 4, with
+ * the test file evaluated on the shards, to the 1-rank model's predictions. */
+TEST_SLOW(mpi_qr_rank_memory_a_quarter_of_the_tables_trains_on_4_ranks) {
+    if (!mpi_ready()) return;
+    CHECK(es_test_sh(NULL, "tail -n 1000 %s > $ES_T/mpi_qr_valid.tsv", CRITEO) == 0);
+    const char *args = "--model dlrm --storage qr --budget 200000 --storage-opts share=0 --test $ES_T/mpi_qr_valid.tsv";
+    char log[256], capped[512];
+    CHECK(qr_train(1, args, "mpi_qr_rm1.es") == 0);
+    snprintf(log, sizeof log, "%s.log", es_test_path("mpi_qr_rm1.es"));
+    char *s = es_test_slurp(log);
+    const double whole = es_test_json_num(s ? es_test_last_line(s) : NULL, "rank_table_bytes");
+    free(s);
+    CHECK(qr_train(4, args, "mpi_qr_rm4_free.es") == 0);
+    snprintf(log, sizeof log, "%s.log", es_test_path("mpi_qr_rm4_free.es"));
+    s = es_test_slurp(log);
+    const double quarter = es_test_json_num(s ? es_test_last_line(s) : NULL, "rank_table_bytes_max");
+    free(s);
+    printf("    the tables: %.0f bytes on 1 rank, at most %.0f on each of 4\n", whole, quarter);
+    CHECK_MSG(quarter > 0 && whole >= 3.9 * quarter && whole <= 4 * quarter, "the whole (%.0f) is not 4 quarters (%.0f)", whole, quarter);
+    snprintf(capped, sizeof capped, "%s --rank-memory %.0f", args, quarter);
+    CHECK(qr_train(1, capped, "mpi_qr_rm_refused.es") != 0);
+    snprintf(log, sizeof log, "%s.log", es_test_path("mpi_qr_rm_refused.es"));
+    s = es_test_slurp(log);
+    CHECK_STR_HAS(s, "more than --rank-memory");
+    CHECK_STR_HAS(s, "about 4 processes");
+    free(s);
+    CHECK(qr_train(4, capped, "mpi_qr_rm4.es") == 0);
+    snprintf(log, sizeof log, "%s.log", es_test_path("mpi_qr_rm4.es"));
+    s = es_test_slurp(log);
+    CHECK_MSG(s && es_test_json_num(es_test_last_line(s), "test_rows") == 1000, "the test file was not evaluated: %s", s ? s : "");
+    free(s);
+    char *a = qr_predict("mpi_qr_rm1.es"), *b = qr_predict("mpi_qr_rm4.es");
+    CHECK_MSG(a && b && strcmp(a, b) == 0, "the capped 4-rank model predicts differently from the 1-rank one");
+    free(a);
+    free(b);
+}
+
+/* op=cat over partitions of two widths (dim 16 over 3): every rank says
+ * why, no model file. */
+TEST_SLOW(mpi_qr_cat_of_two_widths_is_refused_on_every_rank) {
+    if (!mpi_ready()) return;
+    const char *log = es_test_path("mpi_qr_cat.log");
+    CHECK(es_test_sh(NULL, "rm -f $ES_T/mpi_qr_cat.es*") == 0);
+    int st = es_test_sh(log, MPIRUN " -np 2 %s train " CRITEO " " COMMON " --model dlrm --storage qr --budget 100000 --storage-opts op=cat,partitions=3 "
+                                    "--out $ES_T/mpi_qr_cat.es",
+                        es_bin());
+    char *s = es_test_slurp(log);
+    CHECK_MSG(st != 0, "op=cat trained: %s", s ? s : "");
+    CHECK_STR_HAS(s, "qr: op=cat with dim 16 over 3 partitions cannot be trained across processes");
+    CHECK_STR_HAS(s, "[rank 0 of 2]");
+    CHECK_STR_HAS(s, "[rank 1 of 2]");
+    free(s);
+    CHECK(es_test_sh(NULL, "ls $ES_T/mpi_qr_cat.es* >/dev/null 2>&1") != 0);
+}
