@@ -53,6 +53,14 @@ less than its budget. \`autosrh\` searches a dimension per (field, frequency blo
 retrains it as \`blockdim\` (which also runs here on its own, at \`dim\` in every block: popular
 values through a key map, the rest one row per field).
 
+\`matryoshka\` is not a storage method but a way to serve one table at several sizes: per seed and
+share mode ONE \`hash\` table is trained with Matryoshka's nested loss over the prefixes
+\`16 x budget / (1/4)\` (16, 4 and 1 dimensions for 1/4, 1/16 and 1/64), and each budget's cell is
+that table cut to its prefix (\`embstore slice\`), scored on the validation rows at that prefix. The
+table's rows are sized so that every slice is within its budget (a slice keeps the hashed lookup
+arrays whole), and every cell reports that one training's rate (DLRM trains each prefix's net, at
+about 0.2x a plain run). 1/256 and 1/1024 would need prefixes below one dimension: error cells.
+
 - Machine: $cpu, $(nproc) CPUs; $T thread(s) per run; the whole sweep (both datasets, $(( $(cat $OUT/criteo/cells.csv $OUT/movielens/cells.csv | wc -l) - 2 )) cells)
   took ${secs} s.
 - Commands:

@@ -778,14 +778,17 @@ typedef struct es_train_result {
     } stages[ES_TRAIN_MAX_STAGES];
     /* Matryoshka (es_train_params.matryoshka): the returned model's
      * metrics at each trained prefix, smallest first, the last the whole
-     * model (its valid and test above): on the validation rows, and on
-     * test_path when given (rows = 0 otherwise), each as
-     * es_model_set_prefix(m, dim) scores them.  n_prefixes = 0 without
+     * model (its valid, test and emb_bytes above): on the validation rows,
+     * and on test_path when given (rows = 0 otherwise), each as
+     * es_model_set_prefix(m, dim) scores them; emb_bytes is what the model
+     * cut to the prefix holds (es_model_slice, then es_model_table_bytes;
+     * 0 for a method that cannot be cut).  n_prefixes = 0 without
      * Matryoshka. */
     int n_prefixes;
     struct {
         int dim;
         es_metrics valid, test;
+        size_t emb_bytes;
     } prefixes[8];
 } es_train_result;
 

@@ -176,3 +176,48 @@ TEST(bench_storage_precision_entries) {
     free(s);
     es_test_sh(NULL, "rm -rf %s", dir);
 }
+
+/* The `matryoshka` entry: one hash table per seed trained with the nested
+ * loss, each budget's cell the table cut to its prefix, within its budget;
+ * a budget whose prefix is not a whole number is an error cell, the others
+ * are unaffected; a precision is refused. */
+TEST(bench_storage_matryoshka_entry) {
+    const char *out = es_test_path("bs_mat");
+    const char *log = es_test_path("bs_mat.log");
+    CHECK(es_test_sh(log, "%s bench-storage data/criteo_kaggle_train_first10k.tsv --methods matryoshka --budgets 1/4,1/8,1/64,1/12 "
+                          "--seeds 1 --model fm --dim 16 --max-rows 3000 --no-lookup-speed --quiet --fresh --out %s",
+                     es_bin(), out) == 0);
+    char csv[600];
+    snprintf(csv, sizeof csv, "%s/cells.csv", out);
+    FILE *f = fopen(csv, "r");
+    CHECK(f);
+    char line[1024];
+    int ok = 0, bad = 0;
+    double prev = 1e300;
+    while (f && fgets(line, sizeof line, f)) {
+        char method[32], budget[24], status[160];
+        double frac, bytes, full, auc;
+        if (sscanf(line, "%*[^,],%*[^,],%31[^,],%*[^,],%23[^,],%lf,%lf,%lf,%lf,%*[^,],%*[^,],%*[^,],%*[^,],%*[^,],%159[^\n]", method, budget,
+                   &frac, &bytes, &full, &auc, status) != 7)
+            continue;
+        printf("    %s %s: %.0f bytes of %.0f (budget %.0f), AUC %.4f, %s\n", method, budget, bytes, full, frac * full, auc, status);
+        if (!strcmp(budget, "1/12")) {
+            bad++;
+            CHECK_STR_HAS(status, "not a whole number");
+            continue;
+        }
+        CHECK_MSG(!strcmp(status, "ok"), "%s: %s", budget, status);
+        CHECK_MSG(bytes > 0 && bytes <= frac * full, "%s: %.0f bytes over the budget %.0f", budget, bytes, frac * full);
+        CHECK(bytes < prev); /* the budgets are listed largest first: each slice smaller */
+        CHECK(auc > 0.55 && auc < 1);
+        prev = bytes;
+        ok++;
+    }
+    if (f) fclose(f);
+    CHECK_EQ_INT(ok, 3);
+    CHECK_EQ_INT(bad, 1);
+    CHECK(es_test_sh(log, "%s bench-storage data/criteo_kaggle_train_first10k.tsv --methods matryoshka@int8 --out %s", es_bin(), out) == 2);
+    char *s = es_test_slurp(log);
+    CHECK_STR_HAS(s, "fp32");
+    free(s);
+}

@@ -74,10 +74,14 @@ static const char help[] =
     "lists the differences: pick another --out, or add --fresh.\n"
     "\n"
     "sweep:\n"
-    "  --methods a,b,..      methods to compare (default: every registered method); METHOD@P\n"
+    "  --methods a,b,..      methods to compare (default: every registered method and\n"
+    "                        matryoshka); METHOD@P\n"
     "                        trains METHOD's rows at precision P (fp16 int16 int8 int4 int2),\n"
     "                        METHOD@P/alpt by ALPT instead of QAT, e.g. unified@int4,qr@int8;\n"
-    "                        METHOD:k=v;k=v gives that entry its own --storage-opts\n"
+    "                        METHOD:k=v;k=v gives that entry its own --storage-opts;\n"
+    "                        `matryoshka`: one hash table per seed trained with the nested\n"
+    "                        loss over the prefixes dim x b / (largest b), each budget b's\n"
+    "                        cell the table cut to its prefix (one training, every size)\n"
     "  --budgets a,b,..      budgets as fractions of the full table\n"
     "                        (default 1/4,1/16,1/64,1/256,1/1024); `full` runs once at its own size\n"
     "  --seeds a,b,..        seeds (default 1,2,3)\n"
@@ -213,9 +217,17 @@ static void cell_opts(const char *method, const char *opts, int share, char *buf
     if (es_storage_has_option(method, "share") == 1 && o < cap) snprintf(buf + o, cap - o, "%sshare=%d", o ? "," : "", share);
 }
 
+/* The sweep entry that is not a storage method: one `hash` table trained
+ * with Matryoshka's nested loss and served at a prefix per budget
+ * (matryoshka_cells). */
+#define MATRYOSHKA "matryoshka"
+
 /* A method with one layout (full; methods without a share option, e.g.
  * unified, which always shares) runs in the first share mode swept only. */
-static int one_layout(const char *method) { return !strcmp(method, "full") || es_storage_has_option(method, "share") != 1; }
+static int one_layout(const char *method) {
+    if (!strcmp(method, MATRYOSHKA)) method = "hash"; /* the table it trains */
+    return !strcmp(method, "full") || es_storage_has_option(method, "share") != 1;
+}
 
 /* A sweep entry "METHOD[@PRECISION[/qat|alpt]]": the registered method, and
  * the precision its rows train and serve at (NULL: fp32) and how
@@ -274,7 +286,7 @@ static void spec_opts(const method_spec *m, const char *opts, int share, char *b
  * precision below fp32) and those that compress across rows (hashing,
  * composition, generation: fewer rows shared by more values). */
 static int intra_row(const char *spec) {
-    static const char *const names[] = {"dpq", "mgqe", "pep", "deeplight", "dedup"};
+    static const char *const names[] = {"dpq", "mgqe", "pep", "deeplight", "dedup", MATRYOSHKA};
     method_spec m;
     if (parse_spec(spec, &m) != 0) return 0;
     if (m.prec[0] && strcmp(m.prec, "fp32")) return 1;
@@ -643,6 +655,106 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* The `matryoshka` entry's cells for one share mode and seed: ONE `hash`
+ * table trained with the nested loss over the prefixes D b / b_top of the
+ * sweep's budgets b (b_top the largest, D = --dim; the budgets whose
+ * prefix is a whole number), then cut to the prefix of each budget: the
+ * cell of budget b is that slice (bytes: es_model_slice's table; AUC and
+ * log loss: the model at that prefix on the validation rows,
+ * es_train_result.prefixes).  One training gives every size, so each cell
+ * reports that training's rate (that of the run kept: a sizing run is not
+ * counted).  The table is sized so that every slice meets its budget: a
+ * slice cuts the rows but not the lookup arrays (aux = emb_bytes -
+ * emb_param_bytes), and some models keep columns whatever the prefix (FM:
+ * the first-order weight), so when a first run at b_top leaves a slice
+ * over its budget, the table is trained again with its rows scaled by the
+ * largest factor that fits every slice.  out[b] for every budget. */
+static void matryoshka_cells(const es_train_params *base, const char *opts, int share, int seed, const double *fracs, int n_budgets,
+                             cell *out) {
+    es_train_params q = *base;
+    es_train_params_resolve(&q);
+    const int D = q.dim;
+    double top = 0;
+    for (int b = 0; b < n_budgets; b++) top = fracs[b] > top ? fracs[b] : top;
+    int pref[MAX_BUDGETS], list[MAX_BUDGETS], n = 0;
+    for (int b = 0; b < n_budgets; b++) {
+        double x = (double)D * fracs[b] / top;
+        long long r = llround(x);
+        pref[b] = fabs(x - (double)r) < 1e-9 && r >= 1 ? (int)r : 0;
+        int seen = !pref[b];
+        for (int i = 0; i < n && !seen; i++) seen = list[i] == pref[b];
+        if (!seen) list[n++] = pref[b];
+    }
+    for (int i = 1; i < n; i++) /* increasing, as --matryoshka wants */
+        for (int j = i; j > 0 && list[j - 1] > list[j]; j--) {
+            int t = list[j];
+            list[j] = list[j - 1];
+            list[j - 1] = t;
+        }
+    char mlist[256] = "", why[160] = "";
+    for (int i = 0, o = 0; i < n && o < (int)sizeof mlist; i++) o += snprintf(mlist + o, sizeof mlist - (size_t)o, i ? ",%d" : "%d", list[i]);
+    es_train_result res;
+    es_err err = {0};
+    int rc = -1;
+    double full = 0;
+    memset(&res, 0, sizeof res);
+    if (n < 2) {
+        snprintf(why, sizeof why, "error: fewer than two budgets give a whole prefix of dim %d (dim x budget / largest budget)", D);
+    } else {
+        q.storage = "hash";
+        q.storage_opts = opts;
+        q.matryoshka = mlist;
+        q.matryoshka_weights = NULL;
+        q.seed = (uint64_t)seed;
+        q.budget = top;
+        rc = es_train(&q, &res, &err);
+        full = (double)res.full_bytes; /* a budget in bytes (below) skips the vocabulary that sizes the full table */
+        /* the rows' bytes of a slice scale with the table's rows, the lookup
+         * arrays (aux) do not: the largest scale s <= 1 of the rows that
+         * keeps every slice within its budget */
+        double aux = rc == 0 ? (double)res.emb_bytes - (double)res.emb_param_bytes : 0, sc = 1;
+        for (int i = 0; rc == 0 && i < res.n_prefixes; i++) {
+            double lim = top * (double)res.prefixes[i].dim / D * full, rows = (double)res.prefixes[i].emb_bytes - aux;
+            if (rows > 0 && lim - aux < sc * rows) sc = (lim - aux) / rows;
+        }
+        if (rc == 0 && sc < 1) { /* again, with the rows scaled */
+            q.budget = floor(((double)res.emb_bytes - aux) * sc + aux);
+            rc = sc > 0 && q.budget > 1 ? es_train(&q, &res, &err) : -1;
+            if (rc == -1) snprintf(err.msg, sizeof err.msg, "the lookup arrays (%.0f bytes) do not fit the smallest prefix's budget", aux);
+        }
+        if (rc != 0) snprintf(why, sizeof why, "error: %.150s", err.msg);
+    }
+    for (int b = 0; b < n_budgets; b++) {
+        cell *c = &out[b];
+        c->auc = c->logloss = NAN;
+        const char *st = why;
+        char own[160];
+        if (!why[0] && !pref[b]) {
+            snprintf(own, sizeof own, "error: prefix %g of dim %d is not a whole number", (double)D * fracs[b] / top, D);
+            st = own;
+        }
+        for (int i = 0; !st[0] && i < res.n_prefixes; i++) {
+            if (res.prefixes[i].dim != pref[b]) continue;
+            c->bytes = (double)res.prefixes[i].emb_bytes;
+            c->full_bytes = full;
+            c->auc = res.prefixes[i].valid.auc;
+            c->logloss = res.prefixes[i].valid.logloss;
+            c->train_rps = res.train_rows_per_s;
+            c->predict_rps = res.eval_rows_per_s;
+            if (c->bytes > fracs[b] * c->full_bytes) {
+                snprintf(own, sizeof own, "error: the slice at prefix %d holds %.0f bytes, over the budget", pref[b], c->bytes);
+                st = own;
+            } else {
+                st = "ok";
+            }
+        }
+        snprintf(c->status, sizeof c->status, "%s", st[0] ? st : "error: no such prefix in the result");
+        if (strcmp(c->status, "ok")) c->auc = c->logloss = NAN;
+        sanitize(c->status);
+    }
+    (void)share;
+}
+
 int cmd_bench_storage(int argc, char **argv) {
     const char *cmd = "bench-storage";
     /* not train's tuned defaults: one model and one table optimizer for
@@ -701,8 +813,9 @@ int cmd_bench_storage(int argc, char **argv) {
     if (n_methods == 0) {
         const char *names[MAX_METHODS];
         n_methods = es_storage_methods(names, NULL, MAX_METHODS);
-        if (n_methods > MAX_METHODS) n_methods = MAX_METHODS;
+        if (n_methods > MAX_METHODS - 1) n_methods = MAX_METHODS - 1;
         for (int i = 0; i < n_methods; i++) snprintf(methods[i], ITEM_LEN, "%s", names[i]);
+        snprintf(methods[n_methods++], ITEM_LEN, "%s", MATRYOSHKA);
     } else {
         const char *names[MAX_METHODS];
         int nm = es_storage_methods(names, NULL, MAX_METHODS);
@@ -711,9 +824,11 @@ int cmd_bench_storage(int argc, char **argv) {
             if (parse_spec(methods[i], &ms) != 0)
                 return cli_usage(cmd, "bad --methods entry '%s' (expected METHOD, METHOD@PRECISION[/qat|alpt] and "
                                       "optionally :k=v;k=v, PRECISION one of fp32 fp16 int16 int8 int4 int2)", methods[i]);
-            int ok = 0;
+            int ok = !strcmp(ms.base, MATRYOSHKA);
+            if (ok && ms.prec[0] && strcmp(ms.prec, "fp32"))
+                return cli_usage(cmd, "%s: the matryoshka entry trains fp32 rows (slice first, then quantize)", methods[i]);
             for (int k = 0; k < nm && k < MAX_METHODS; k++) ok |= !strcmp(names[k], ms.base);
-            if (!ok) return cli_usage(cmd, "unknown storage method '%s'", ms.base);
+            if (!ok) return cli_usage(cmd, "unknown storage method '%s' (or " MATRYOSHKA ")", ms.base);
         }
     }
     if (n_budgets == 0) {
@@ -817,12 +932,52 @@ int cmd_bench_storage(int argc, char **argv) {
         int is_full = !strcmp(ms->base, "full");
         if (one_layout(ms->base) && !is_full && share_hi > share_lo && !quiet)
             fprintf(stderr, "%s: no share option (one layout): swept with share=%s only\n", methods[m], share_name(share_lo));
+        if (!strcmp(ms->base, MATRYOSHKA)) { /* one training per share mode and seed gives every budget's cell */
+            for (int sh = share_lo; sh <= (one_layout(ms->base) ? share_lo : share_hi); sh++)
+                for (int s = 0; s < n_seeds; s++) {
+                    int missing = 0;
+                    for (int b = 0; b < n_budgets; b++) missing += find_cell(&cl, methods[m], sh, budgets[b], seeds[s]) < 0;
+                    if (!missing) {
+                        done += n_budgets;
+                        continue;
+                    }
+                    char what[128], copts[4096];
+                    snprintf(what, sizeof what, "%.63s share=%s seed=%d (every budget)", methods[m], share_name(sh), seeds[s]);
+                    if (show) progress(done, total, what, t0, now_s());
+                    method_spec hs = *ms;
+                    snprintf(hs.base, sizeof hs.base, "hash");
+                    spec_opts(&hs, p.storage_opts, sh, copts, sizeof copts);
+                    cell mc[MAX_BUDGETS];
+                    memset(mc, 0, sizeof mc);
+                    matryoshka_cells(&p, copts, sh, seeds[s], fracs, n_budgets, mc);
+                    for (int b = 0; b < n_budgets; b++) {
+                        cell *c = &mc[b];
+                        snprintf(c->method, sizeof c->method, "%.63s", methods[m]);
+                        c->share = sh;
+                        snprintf(c->budget, sizeof c->budget, "%s", budgets[b]);
+                        c->frac = fracs[b];
+                        c->seed = seeds[s];
+                        c->epochs = p.epochs;
+                        if (strcmp(c->status, "ok")) {
+                            failed++;
+                            if (!quiet) fprintf(stderr, "%s%s budget=%s: %s\n", show ? "\n" : "", what, budgets[b], c->status);
+                        }
+                        if (find_cell(&cl, methods[m], sh, budgets[b], seeds[s]) < 0 &&
+                            (push_cell(&cl, c) != 0 || save_cells(path_cells, &cl, name, p.model) != 0)) {
+                            free(cl.c);
+                            return cli_fail(cmd, "%s: cannot write results: %s", path_cells, strerror(errno));
+                        }
+                        done++;
+                    }
+                }
+            continue;
+        }
         for (int sh = share_lo; sh <= (one_layout(ms->base) ? share_lo : share_hi); sh++)
             for (int b = 0; b < (is_full ? 1 : n_budgets); b++)
                 for (int s = 0; s < n_seeds; s++) {
                     const char *bud = is_full ? "full" : budgets[b];
                     char what[128], copts[4096];
-                    snprintf(what, sizeof what, "%s share=%s budget=%s seed=%d", methods[m], share_name(sh), bud, seeds[s]);
+                    snprintf(what, sizeof what, "%.63s share=%s budget=%.23s seed=%d", methods[m], share_name(sh), bud, seeds[s]);
                     if (find_cell(&cl, methods[m], sh, bud, seeds[s]) >= 0) {
                         done++;
                         continue;
@@ -841,7 +996,7 @@ int cmd_bench_storage(int argc, char **argv) {
                     int rc = es_train(&q, &res, &err);
                     cell c;
                     memset(&c, 0, sizeof c);
-                    snprintf(c.method, sizeof c.method, "%s", methods[m]);
+                    snprintf(c.method, sizeof c.method, "%.63s", methods[m]);
                     c.share = sh;
                     snprintf(c.budget, sizeof c.budget, "%s", bud);
                     c.frac = is_full ? 1.0 : fracs[b];
@@ -908,7 +1063,9 @@ int cmd_bench_storage(int argc, char **argv) {
                 x->share = sh;
                 size_t bytes = 0;
                 es_err err = {0};
-                if (es_bench_lookup(&q, 3, &x->lps, &bytes, &err) == 0) {
+                if (!strcmp(ms->base, MATRYOSHKA)) {
+                    snprintf(x->status, sizeof x->status, "n/a: a slice is served as hash");
+                } else if (es_bench_lookup(&q, 3, &x->lps, &bytes, &err) == 0) {
                     x->bytes = (double)bytes;
                     snprintf(x->status, sizeof x->status, "ok");
                 } else {

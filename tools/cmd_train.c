@@ -473,7 +473,7 @@ int cmd_train(int argc, char **argv) {
     if (res.n_prefixes) { /* Matryoshka: the model at each trained prefix */
         printf("\"prefixes\":[");
         for (int i = 0; i < res.n_prefixes; i++) {
-            printf("%s{\"dim\":%d", i ? "," : "", res.prefixes[i].dim);
+            printf("%s{\"dim\":%d,\"emb_bytes\":%zu", i ? "," : "", res.prefixes[i].dim, res.prefixes[i].emb_bytes);
             if (res.prefixes[i].valid.rows) {
                 printf(",");
                 json_num(stdout, "auc", res.prefixes[i].valid.auc, 0);

@@ -236,7 +236,8 @@ def train(path, progress=None, **flags):
                       for i in range(min(res.n_stages, 4))],
            # Matryoshka: the model's metrics at each trained prefix
            "prefixes": [{"dim": res.prefixes[i].dim, "valid": _metrics(res.prefixes[i].valid),
-                         "test": _metrics(res.prefixes[i].test)} for i in range(min(res.n_prefixes, 8))]}
+                         "test": _metrics(res.prefixes[i].test), "emb_bytes": res.prefixes[i].emb_bytes}
+                        for i in range(min(res.n_prefixes, 8))]}
     return out
 
 

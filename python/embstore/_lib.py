@@ -71,7 +71,7 @@ class es_train_stage(ctypes.Structure):
 
 
 class es_train_prefix(ctypes.Structure):
-    _fields_ = [("dim", c_int), ("valid", es_metrics), ("test", es_metrics)]
+    _fields_ = [("dim", c_int), ("valid", es_metrics), ("test", es_metrics), ("emb_bytes", c_size_t)]
 
 
 class es_train_result(ctypes.Structure):

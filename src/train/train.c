@@ -1029,13 +1029,12 @@ static int run_test_into(run *x, es_metrics *out) {
 /* Matryoshka: the model at each trained prefix (es_train_result.prefixes),
  * measured where the whole model is: on the validation rows right after
  * its validation (before a refit, as res->valid), on the test file after
- * its test (the final model). */
+ * its test (the final model, whose slices give the bytes). */
 static int run_prefixes_on(run *x, int test) {
     const es_net_params *np = &x->m->np;
     es_train_result *res = x->res;
     if (np->n_prefix < 2) return ES_OK;
-    if (!test && !(x->p->valid_path || x->p->valid_frac > 0)) return ES_OK;
-    if (test && !x->p->test_path) return ES_OK;
+    const int measure = test ? x->p->test_path != NULL : x->p->valid_path || x->p->valid_frac > 0;
     int rc = ES_OK;
     for (int i = 0; i < np->n_prefix && i < (int)(sizeof res->prefixes / sizeof *res->prefixes) && rc == ES_OK; i++) {
         const int d = np->prefix[i];
@@ -1044,8 +1043,16 @@ static int run_prefixes_on(run *x, int test) {
         if (res->n_prefixes < i + 1) res->n_prefixes = i + 1;
         if (d == np->dim) { /* the whole model: measured already */
             *out = test ? res->test : res->valid;
+            res->prefixes[i].emb_bytes = res->emb_bytes;
             continue;
         }
+        if (test) { /* the final model's bytes at the prefix: its slice's (0: a method slice refuses) */
+            es_model *sl = NULL;
+            es_err serr = {0};
+            res->prefixes[i].emb_bytes = es_model_slice(x->m, d, &sl, &serr) == ES_OK ? es_model_table_bytes(sl) : 0;
+            es_model_free(sl);
+        }
+        if (!measure) continue;
         if ((rc = es_model_set_prefix(x->m, d)) != ES_OK) return es__err(x->err, rc, "%s", es_model_errmsg(x->m));
         rc = test ? run_test_into(x, out) : run_validate(x, out);
     }
