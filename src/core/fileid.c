@@ -158,9 +158,9 @@ int es__file_id_get(const char *path, int with_head, es__file_id *out, es_err *e
 static int file_id_one(const char *path, int with_head, es__file_id *out, es_err *err) {
     memset(out, 0, sizeof *out);
     struct stat st;
-    if (stat(path, &st) != 0) {
+    if (stat(path, &st) != 0) { /* worded as the reader's open, which this now precedes */
         int e = errno;
-        return es__err(err, e == ENOENT ? ES_ENOTFOUND : ES_EIO, "%s: cannot stat: %s", path, strerror(e));
+        return es__err(err, e == ENOENT ? ES_ENOTFOUND : ES_EIO, "%s: cannot open: %s", path, strerror(e));
     }
     /* what has an identity is read more than once (training's passes, a
      * conversion's two passes): a pipe or a terminal would give each pass
