@@ -593,3 +593,23 @@ TEST_SLOW(mpi_shard_files_each_rank_reads_its_own) {
     CHECK(es_test_sh(NULL, "ls $ES_T/shards/bad.es* >/dev/null 2>&1") != 0);
 #undef SHARD_ARGS
 }
+
+/* --resume without mpirun where only a run across processes left
+ * checkpoints (<ckpt>.rank<k>of<N>): refused, naming the file and the
+ * rank count, rather than starting afresh as if none existed (no mpirun
+ * needed: the file's name is what is checked). */
+TEST(mpi_plain_resume_refuses_per_rank_checkpoints) {
+    const char *log = es_test_path("mpi_plain_resume.log");
+    CHECK(es_test_sh(NULL, "rm -f $ES_T/pr.es* && echo x > $ES_T/pr.es.ckpt.rank0of2 && echo x > $ES_T/pr.es.ckpt.rank1of2") == 0);
+    int st = es_test_sh(log, "%s train " CRITEO " --model lr --max-rows 500 --epochs 1 --quiet --resume --out $ES_T/pr.es", es_bin());
+    char *s = es_test_slurp(log);
+    printf("    exit %d: %.200s", st, s ? s : "");
+    CHECK(st == 1);
+    CHECK_STR_HAS(s, "pr.es.ckpt.rank0of2 is a checkpoint of a run on 2 processes");
+    CHECK_STR_HAS(s, "mpirun");
+    free(s);
+    CHECK(es_test_sh(NULL, "test ! -e $ES_T/pr.es") == 0);
+    /* without those files, --resume with no checkpoint starts afresh as before */
+    CHECK(es_test_sh(NULL, "rm -f $ES_T/pr.es.ckpt.rank*") == 0);
+    CHECK(es_test_sh(log, "%s train " CRITEO " --model lr --max-rows 500 --epochs 1 --quiet --resume --out $ES_T/pr.es", es_bin()) == 0);
+}

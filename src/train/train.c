@@ -1424,6 +1424,31 @@ static int run_create_shard(run *x) {
     return ES_OK;
 }
 
+/* --resume found no checkpoint of this run: ES_EINVAL when the first
+ * `len` characters of ckpt + ".rank<rank>of<M>" name a checkpoint of a
+ * run on M processes other than `size` (0: a run without mpirun, for
+ * which every such file is another run's), so that it is not silently
+ * ignored and training started afresh. */
+static int other_rank_ckpt(const char *ckpt, int len, int rank, int size, es_err *err) {
+    char pat[4400];
+    glob_t g;
+    int rc = ES_OK;
+    snprintf(pat, sizeof pat, "%.*s.rank%dof*", len, ckpt, rank);
+    if (glob(pat, 0, NULL, &g) != 0) return ES_OK;
+    for (size_t i = 0; i < g.gl_pathc && rc == ES_OK; i++) { /* "...of<M>" exactly (not .best, .new, temporaries) */
+        const char *o = strrchr(g.gl_pathv[i], 'f');
+        char *end = NULL;
+        long m = o ? strtol(o + 1, &end, 10) : 0;
+        if (!o || end == o + 1 || *end || m == size) continue;
+        rc = size ? es__err(err, ES_EINVAL, "%s is a checkpoint of a run on %ld processes; resume it with as many "
+                                            "(re-sharding is not done yet: docs/scale.md)", g.gl_pathv[i], m)
+                  : es__err(err, ES_EINVAL, "%s is a checkpoint of a run on %ld processes (mpirun -np %ld); resume it under "
+                                            "mpirun with as many, or start afresh without --resume", g.gl_pathv[i], m, m);
+    }
+    globfree(&g);
+    return rc;
+}
+
 /* Create the model, or resume it from the checkpoint. */
 static int run_model(run *x) {
     const es_train_params *p = x->p;
@@ -1445,22 +1470,8 @@ static int run_model(run *x) {
         int exists = 0;
         if ((rc = dist_pick_checkpoint(x, &exists)) != ES_OK) return rc;
         rc = ES_OK;
-        if (p->resume && x->ckpt && !exists) { /* a checkpoint of another rank count is not silently ignored */
-            char pat[sizeof x->ckpt_rank + 16];
-            glob_t g;
-            snprintf(pat, sizeof pat, "%.*s.rank%dof*", (int)(strlen(x->ckpt) - strlen(strrchr(x->ckpt, '.'))), x->ckpt, p->comm->rank);
-            if (glob(pat, 0, NULL, &g) == 0) {
-                for (size_t i = 0; i < g.gl_pathc && rc == ES_OK; i++) { /* "...of<M>" exactly, M != N (not .best, .new, temporaries) */
-                    const char *o = strrchr(g.gl_pathv[i], 'f');
-                    char *end = NULL;
-                    long m = o ? strtol(o + 1, &end, 10) : 0;
-                    if (o && end != o + 1 && !*end && m != p->comm->size)
-                        rc = es__err(err, ES_EINVAL, "%s is a checkpoint of a run on %ld processes; resume it with as many "
-                                                     "(re-sharding is not done yet: docs/scale.md)", g.gl_pathv[i], m);
-                }
-                globfree(&g);
-            }
-        }
+        if (p->resume && x->ckpt && !exists) /* a checkpoint of another rank count is not silently ignored */
+            rc = other_rank_ckpt(x->ckpt, (int)(strlen(x->ckpt) - strlen(strrchr(x->ckpt, '.'))), p->comm->rank, p->comm->size, err);
         if ((rc = agree(x, rc)) != 0) return rc;
         if (exists) {
             es_net_params np;
@@ -1481,6 +1492,9 @@ static int run_model(run *x) {
         } else if ((rc = run_create_shard(x)) != 0) {
             return rc;
         }
+    } else if (p->resume && x->ckpt && access(x->ckpt, F_OK) != 0 &&
+               (rc = other_rank_ckpt(x->ckpt, (int)strlen(x->ckpt), 0, 0, err)) != ES_OK) {
+        return rc; /* a run under mpirun left per-rank checkpoints: not silently started afresh */
     } else if (p->resume && x->ckpt && access(x->ckpt, F_OK) == 0) {
         es_net_params np;
         es_storage_params sp;
