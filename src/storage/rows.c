@@ -127,7 +127,8 @@ size_t es__rows_state_bytes(const es_rows *t) {
     if (t->prec != ES_PREC_FP32 && t->qtrain == ES_QTRAIN_NONE) return 0; /* codes only: the optimizer state was freed */
     size_t b = (size_t)t->n_rows * es__row_state_floats(t->opt.kind, t->dim) * sizeof(float);
     if (t->qtrain == ES_QTRAIN_QAT) b += (size_t)t->n_rows * (size_t)t->dim * sizeof(float); /* the master copy */
-    if (t->qtrain == ES_QTRAIN_ALPT) b += (size_t)t->n_rows * (2 * sizeof(float) + sizeof(uint32_t)) + sizeof(uint64_t); /* steps, encoding counts, seed */
+    if (t->qtrain == ES_QTRAIN_ALPT) /* steps and their accumulators, encoding counts, the rounding seed */
+        b += (size_t)t->n_rows * (2 * sizeof(float) + sizeof(uint32_t)) + sizeof(uint64_t);
     if (t->last) b += ((size_t)t->n_rows + 1) * sizeof(int64_t); /* last[] and step */
     if (t->touch) b += (size_t)t->n_rows * sizeof(uint32_t);      /* touch counts */
     return b;
