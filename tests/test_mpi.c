@@ -283,7 +283,7 @@ TEST_SLOW(mpi_bad_input_fails_on_every_rank_without_a_file) {
         const char *what, *cmd, *msg;
     } cases[] = {
         {"a missing training file", MPIRUN " -np 2 %s train $ES_T/no-such-file.tsv " COMMON " --model lr --storage hash --budget 100000 --out $ES_T/mpi_bad.es",
-         "cannot stat"},
+         "cannot open"},
         /* rank 1 asks for another learning rate: the run descriptions differ */
         {"ranks that disagree on flags",
          MPIRUN " -np 2 sh -c 'if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then X=\"--lr 0.5\"; fi; exec %s train " CRITEO " " COMMON
