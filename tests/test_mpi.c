@@ -298,8 +298,6 @@ TEST_SLOW(mpi_bad_input_fails_on_every_rank_without_a_file) {
          "dataset cache (.esd, --cache) is not supported across processes"},
         {"adapt promoting rows while training", MPIRUN " -np 2 %s train " CRITEO " " COMMON " --model lr --storage adapt --budget 100000 "
          "--storage-opts mode=online --out $ES_T/mpi_bad.es", "cannot be trained across processes"},
-        {"ALPT (stochastic rounding from one stream)", MPIRUN " -np 2 %s train " CRITEO " " COMMON " --model lr --storage hash --budget 100000 "
-         "--precision int8 --qtrain alpt --out $ES_T/mpi_bad.es", "--qtrain alpt is not supported across processes"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         CHECK(es_test_sh(NULL, "rm -f $ES_T/mpi_bad.es*") == 0);

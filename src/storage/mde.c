@@ -722,13 +722,13 @@ static int mde_backward(es_storage *s, const es_batch *b, const float *dout) {
  * their state, the maps, then -- once the tiers are at the precision
  * (qready; a load makes them from map.tiers, so they come after it, in
  * es__storage_read_tensors' second stage) -- "tier<t>.q" (u8 [rows, row
- * bytes]) per tier, ALPT's "opt.tier<t>.qstep", ".qstep_acc", ".qrng", and
+ * bytes]) per tier, ALPT's "opt.tier<t>.qstep", ".qstep_acc", ".qcount", ".qseed", and
  * QAT's master copy of every tier, "opt.rows.master" (f32 [R]).  The row
  * optimizer state stays "opt.rows.acc" (f32, flat) while training. */
 static int mde_tensors_q(mde_impl *m, es_tensor_ref *refs, int max) {
     const int nt = es__rows_tensors(&m->tail, NULL, 0);
     const int mode = m->tail.qtrain;
-    const int per = mode == ES_QTRAIN_ALPT ? 4 : 1;
+    const int per = mode == ES_QTRAIN_ALPT ? 5 : 1;
     int n = nt + (m->Q ? 1 : 0) + (m->N && m->racc && mode != ES_QTRAIN_NONE) + (m->Q ? es__dense_opt_n_states(&m->popt) : 0) +
             (m->Q && es__dense_opt_steps(&m->popt) ? 1 : 0) + (m->N ? 1 : 0) + (m->T ? 1 : 0) + 1;
     if (m->qready) n += per * (int)m->T + (mode == ES_QTRAIN_QAT && m->R ? 1 : 0);
@@ -765,8 +765,10 @@ static int mde_tensors_q(mde_impl *m, es_tensor_ref *refs, int max) {
                 es__tensor_ref_set(&refs[i++], name, ES_DT_F32, v->qstep, 1, v->n_rows);
                 snprintf(name, sizeof name, "opt.tier%llu.qstep_acc", (unsigned long long)t);
                 es__tensor_ref_set(&refs[i++], name, ES_DT_F32, v->qstep_acc, 1, v->n_rows);
-                snprintf(name, sizeof name, "opt.tier%llu.qrng", (unsigned long long)t);
-                es__tensor_ref_set(&refs[i++], name, ES_DT_U64, v->qrng, 1, (uint64_t)4);
+                snprintf(name, sizeof name, "opt.tier%llu.qcount", (unsigned long long)t);
+                es__tensor_ref_set(&refs[i++], name, ES_DT_U32, v->qcount, 1, v->n_rows);
+                snprintf(name, sizeof name, "opt.tier%llu.qseed", (unsigned long long)t);
+                es__tensor_ref_set(&refs[i++], name, ES_DT_U64, &v->qseed, 1, (uint64_t)1);
             }
         }
         if (mode == ES_QTRAIN_QAT && m->R) es__tensor_ref_set(&refs[i++], "opt.rows.master", ES_DT_F32, m->rows, 1, m->R);

@@ -261,7 +261,7 @@ static int qr_tensors(es_storage *s, es_tensor_ref *refs, int max) {
         /* codes: "table<j>.q" (u8 [rows, row bytes]) in place of "table<j>" */
         snprintf(refs[at].name, sizeof refs[at].name, q->t[j].prec == ES_PREC_FP32 ? "table%d" : "table%d.q", j);
         /* state "opt.<x>" as "opt.table<j>.<x>" (acc; QAT's master, ALPT's
-         * qstep, qstep_acc, qrng), so the tables' names differ */
+         * qstep, qstep_acc, qcount, qseed), so the tables' names differ */
         for (int i = at + 1; i < at + k; i++) {
             char tmp[sizeof refs[i].name];
             snprintf(tmp, sizeof tmp, "%s", refs[i].name + 4);

@@ -77,7 +77,10 @@ int es__rows_init_shard_at(es_rows *t, uint64_t n_rows, int dim, const es_optim_
     if (r0 >= n_rows) return ES_EINVAL;
     const uint64_t local = (n_rows - r0 + N - 1) / N;
     int rc = es__rows_init(t, local, dim, opt, NULL, init_scale);
-    if (rc != ES_OK || init_scale == 0.0f || !rng) return rc;
+    if (rc != ES_OK) return rc;
+    t->shard_r0 = r0;
+    t->shard_n = N;
+    if (init_scale == 0.0f || !rng) return rc;
     /* the whole stream, row by row: row r is draws r*dim .. r*dim + dim - 1
      * as in es__rows_init, kept only by its owner */
     float *scratch = es__malloc((size_t)dim * sizeof(float));
@@ -111,7 +114,7 @@ void es__rows_free(es_rows *t) {
     es__free_aligned(t->qstep);
     es__free_aligned(t->qstep_acc);
     es__free_aligned(t->qtmp);
-    es__free_aligned(t->qrng);
+    es__free_aligned(t->qcount);
     memset(t, 0, sizeof *t);
 }
 
@@ -124,7 +127,8 @@ size_t es__rows_state_bytes(const es_rows *t) {
     if (t->prec != ES_PREC_FP32 && t->qtrain == ES_QTRAIN_NONE) return 0; /* codes only: the optimizer state was freed */
     size_t b = (size_t)t->n_rows * es__row_state_floats(t->opt.kind, t->dim) * sizeof(float);
     if (t->qtrain == ES_QTRAIN_QAT) b += (size_t)t->n_rows * (size_t)t->dim * sizeof(float); /* the master copy */
-    if (t->qtrain == ES_QTRAIN_ALPT) b += 2 * (size_t)t->n_rows * sizeof(float) + 4 * sizeof(uint64_t); /* steps, rounding stream */
+    if (t->qtrain == ES_QTRAIN_ALPT) /* steps and their accumulators, encoding counts, the rounding seed */
+        b += (size_t)t->n_rows * (2 * sizeof(float) + sizeof(uint32_t)) + sizeof(uint64_t);
     if (t->last) b += ((size_t)t->n_rows + 1) * sizeof(int64_t); /* last[] and step */
     if (t->touch) b += (size_t)t->n_rows * sizeof(uint32_t);      /* touch counts */
     return b;
@@ -215,6 +219,16 @@ double es__alpt_step_grad(es_precision p, const float *v, const float *g, int di
     return gs / sqrt((double)dim * (double)ES_MAX(qp, 1.0f));
 }
 
+/* The stochastic-rounding stream of ALPT's encoding number `count` of
+ * local row r: keyed by the table's seed and the row's index in the whole
+ * table, so that its draws do not depend on which rows were encoded
+ * before it (the update order, which threads and the ranks holding the
+ * other rows change). */
+static void alpt_rng(const es_rows *t, uint64_t seed, uint64_t r, uint32_t count, es_rng *rng) {
+    const uint64_t row = t->shard_n > 1 ? t->shard_r0 + r * t->shard_n : r;
+    es__rng_seed(rng, es__hash_u64(count, es__hash_u64(row, seed)));
+}
+
 /* ALPT's update of row r, once the optimizer has moved the dequantized row
  * x (t->qtmp) with gradient g: the step s takes one Adagrad step on ln s
  * (scale-free: the first step moves s by about lr, whatever its size)
@@ -251,9 +265,8 @@ static void alpt_update(es_rows *t, uint64_t r, float *x, const float *g) {
         if (mx > fmaxf(qp, 1.0f) * s) t->qstep[r] = s = fminf(mx / fmaxf(qp, 1.0f), 256.0f);
     }
     es_rng rng;
-    memcpy(rng.s, t->qrng, sizeof rng.s);
+    alpt_rng(t, t->qseed, r, ++t->qcount[r], &rng);
     es__quant_row_step(t->prec, x, t->dim, s, t->q + (size_t)r * rb, &rng);
-    memcpy(t->qrng, rng.s, sizeof rng.s);
 }
 
 int es__rows_qtrain(es_rows *t, es_precision p, int mode, uint64_t seed, es_err *err) {
@@ -268,22 +281,21 @@ int es__rows_qtrain(es_rows *t, es_precision p, int mode, uint64_t seed, es_err 
     uint8_t *q = es__alloc_aligned(bytes);
     float *tmp = es__alloc_aligned(dim * sizeof(float));
     float *st = NULL, *sa = NULL;
-    uint64_t *rs = NULL;
+    uint32_t *qc = NULL; /* zeroed: no row re-encoded yet */
     if (mode == ES_QTRAIN_ALPT) {
         st = es__alloc_aligned((size_t)t->n_rows * sizeof(float));
         sa = es__alloc_aligned((size_t)t->n_rows * sizeof(float));
-        rs = es__alloc_aligned(4 * sizeof(uint64_t));
+        qc = es__alloc_aligned((size_t)t->n_rows * sizeof(uint32_t));
     }
-    if (!q || !tmp || (mode == ES_QTRAIN_ALPT && (!st || !sa || !rs))) {
+    if (!q || !tmp || (mode == ES_QTRAIN_ALPT && (!st || !sa || !qc))) {
         es__free_aligned(q);
         es__free_aligned(tmp);
         es__free_aligned(st);
         es__free_aligned(sa);
-        es__free_aligned(rs);
+        es__free_aligned(qc);
         return es__err(err, ES_ENOMEM, "out of memory for %zu bytes of %s codes", bytes, es__prec_name(p));
     }
-    es_rng rng;
-    es__rng_seed(&rng, seed ^ UINT64_C(0xa1b7a1b7a1b7a1b7));
+    const uint64_t qseed = seed ^ UINT64_C(0xa1b7a1b7a1b7a1b7);
     float qn, qp;
     alpt_range(p, &qn, &qp);
     for (uint64_t r = 0; r < t->n_rows; r++) {
@@ -295,6 +307,8 @@ int es__rows_qtrain(es_rows *t, es_precision p, int mode, uint64_t seed, es_err 
             float mx = 0.01f;
             for (size_t d = 0; d < dim; d++) mx = fmaxf(mx, fabsf(x[d]));
             st[r] = fmaxf(mx / fmaxf(qp, 1.0f), ALPT_MIN_STEP);
+            es_rng rng;
+            alpt_rng(t, qseed, r, 0, &rng);
             rc = es__quant_row_step(p, x, t->dim, st[r], q + (size_t)r * rb, &rng);
         }
         if (rc != ES_OK) {
@@ -302,7 +316,7 @@ int es__rows_qtrain(es_rows *t, es_precision p, int mode, uint64_t seed, es_err 
             es__free_aligned(tmp);
             es__free_aligned(st);
             es__free_aligned(sa);
-            es__free_aligned(rs);
+            es__free_aligned(qc);
             return es__err(err, ES_ERANGE, "row %llu cannot be stored as %s: a value is not finite or beyond the half range",
                            (unsigned long long)r, es__prec_name(p));
         }
@@ -312,10 +326,10 @@ int es__rows_qtrain(es_rows *t, es_precision p, int mode, uint64_t seed, es_err 
     t->prec = p;
     t->qtrain = mode;
     if (mode == ES_QTRAIN_ALPT) {
-        memcpy(rs, rng.s, sizeof rng.s);
         t->qstep = st;
         t->qstep_acc = sa;
-        t->qrng = rs;
+        t->qcount = qc;
+        t->qseed = qseed;
         if (!t->view) es__free_aligned(t->w);
         t->w = NULL;
     }
@@ -372,9 +386,8 @@ void es__rows_catch_up(es_rows *t) {
         if (t->qtrain == ES_QTRAIN_QAT) es__quant_row(t->prec, w, t->dim, t->q + (size_t)r * rb, NULL);
         if (t->qtrain == ES_QTRAIN_ALPT) {
             es_rng rng;
-            memcpy(rng.s, t->qrng, sizeof rng.s);
+            alpt_rng(t, t->qseed, r, ++t->qcount[r], &rng);
             es__quant_row_step(t->prec, w, t->dim, t->qstep[r], t->q + (size_t)r * rb, &rng);
-            memcpy(t->qrng, rng.s, sizeof rng.s);
         }
     }
 }
@@ -388,6 +401,7 @@ void es__rows_copy_row(es_rows *t, uint64_t dst, uint64_t src) {
     if (t->qstep) {
         t->qstep[dst] = t->qstep[src];
         t->qstep_acc[dst] = t->qstep_acc[src];
+        t->qcount[dst] = t->qcount[src];
     }
     if (t->w) memcpy(t->w + dst * dim, t->w + src * dim, dim * sizeof(float));
     if (per) memcpy(t->acc + dst * per, t->acc + src * per, per * sizeof(float));
@@ -450,8 +464,9 @@ int es__rows_tensors(es_rows *t, es_tensor_ref *refs, int max) {
         return 1;
     }
     /* training at a precision: the codes are the parameters; QAT's master
-     * and ALPT's steps and rounding stream are training state (opt.*) */
-    const int nq = t->qtrain == ES_QTRAIN_QAT ? 1 : t->qtrain == ES_QTRAIN_ALPT ? 3 : 0;
+     * and ALPT's steps, encoding counts and rounding seed are training
+     * state (opt.*) */
+    const int nq = t->qtrain == ES_QTRAIN_QAT ? 1 : t->qtrain == ES_QTRAIN_ALPT ? 4 : 0;
     int n = 1 + nq + (t->acc != NULL) + (t->last ? 2 : 0) + (t->touch != NULL);
     if (!refs) return n;
     if (max < n) return ES_ERANGE;
@@ -465,7 +480,8 @@ int es__rows_tensors(es_rows *t, es_tensor_ref *refs, int max) {
         } else {
             es__tensor_ref_set(&refs[i++], "opt.qstep", ES_DT_F32, t->qstep, 1, t->n_rows);
             es__tensor_ref_set(&refs[i++], "opt.qstep_acc", ES_DT_F32, t->qstep_acc, 1, t->n_rows);
-            es__tensor_ref_set(&refs[i++], "opt.qrng", ES_DT_U64, t->qrng, 1, (uint64_t)4);
+            es__tensor_ref_set(&refs[i++], "opt.qcount", ES_DT_U32, t->qcount, 1, t->n_rows);
+            es__tensor_ref_set(&refs[i++], "opt.qseed", ES_DT_U64, &t->qseed, 1, (uint64_t)1);
         }
     }
     if (t->opt.kind == ES_OPT_ADAGRAD)

@@ -555,11 +555,23 @@ typedef struct es_rows {
      *         rounding (es__rows_update).
      * qstep [n_rows] is ALPT's step as a float (the row's f16 scale is it
      * rounded), qstep_acc [n_rows] the Adagrad accumulator of ln(step),
-     * qrng the stochastic-rounding stream (4 u64, saved for an exact
-     * resume), qtmp a row of scratch; all NULL otherwise. */
+     * qcount [n_rows] how many times the row was re-encoded since
+     * es__rows_qtrain (wrapping), qtmp a row of scratch; all NULL
+     * otherwise.  ALPT's stochastic rounding of a row draws from a stream
+     * keyed by (qseed, the row's index in the whole table, its qcount),
+     * not from one stream in update order: a row rounds the same whatever
+     * rows were updated before it, so threads and the ranks of a sharded
+     * table (shard_r0, shard_n) round as one process does.  qseed is
+     * saved with the state ("opt.qseed"): a reload keys the rounding as
+     * the run that saved it, whatever seed the new storage was given. */
     int qtrain;
     float *qstep, *qstep_acc, *qtmp;
-    uint64_t *qrng;
+    uint32_t *qcount;
+    uint64_t qseed;
+    /* A shard (es__rows_init_shard_at, shard_n > 1) holds the whole
+     * table's rows shard_r0 + li * shard_n at local indices li; 0 for a
+     * whole table. */
+    uint64_t shard_r0, shard_n;
     /* 1 when w and acc point into arrays the method owns (mde's tiers are
      * views of one allocation): es__rows_adopt, es__rows_qtrain (ALPT) and
      * es__rows_free then drop those two pointers without freeing them
@@ -633,7 +645,7 @@ void es__rows_adopt(es_rows *t, es_precision p, uint8_t *q);
  * int2) encodes every row to nearest and keeps w as the master copy; ALPT
  * (int16, int8, int4, int2) starts row r's step at max(max|row r|, 0.01)
  * / Qp (Qp = z - 1, at least 1), encodes it with stochastic rounding
- * (stream from seed), and frees w.  ES_EINVAL for a mode and precision
+ * (keyed by seed, see es_rows), and frees w.  ES_EINVAL for a mode and precision
  * that do not go together or a table that is not fp32, ES_ENOMEM,
  * ES_ERANGE (a row that cannot be encoded); unchanged on failure. */
 int es__rows_qtrain(es_rows *t, es_precision p, int mode, uint64_t seed, es_err *err);

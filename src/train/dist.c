@@ -187,11 +187,6 @@ int es__dist_rebind(es__dist *d, es_model *m, es_err *err) {
                        "dhe and tt replicated: docs/scale.md)",
                        s->ops->name);
     if (!s->ops->row_map) return dist_bind_replicated(d, m, err);
-    if (s->p.precision != ES_PREC_FP32 && es__storage_qtrain(s) != ES_QTRAIN_QAT)
-        return es__err(err, ES_EINVAL,
-                       "training at %s is supported across processes with QAT only (ALPT's stochastic rounding draws from one "
-                       "stream per table in update order, which the ranks do not share)",
-                       es__prec_name(s->p.precision));
     if (s->p.opt.row_l2 > 0) return es__err(err, ES_EINVAL, "lazy L2 on the tables (--emb-l2) is not supported across processes yet");
     if (m->np.dropout > 0.0f)
         return es__err(err, ES_EINVAL, "dropout is not supported across processes yet (its masks depend on the row's place in the batch)");

@@ -458,11 +458,6 @@ static int dist_check_params(const es_train_params *p, es_err *err) {
         return es__err(err, ES_EINVAL,
                        "--skip-bad is not supported across processes yet: each rank skips the others' rows unparsed, "
                        "and only parsing tells a bad line (docs/scale.md)");
-    if (p->precision && strcmp(p->precision, "fp32") != 0 && p->qtrain && strcmp(p->qtrain, "qat") != 0)
-        return es__err(err, ES_EINVAL,
-                       "--qtrain %s is not supported across processes (QAT is: ALPT's stochastic rounding draws from one stream per "
-                       "table in update order, which the ranks do not share)",
-                       p->qtrain);
     if (p->matryoshka && p->matryoshka[0])
         return es__err(err, ES_EINVAL, "--matryoshka (the nested loss over prefixes) is not supported across processes yet");
     if (p->reader.format == ES_FMT_ESD || (p->train_path && es__esd_sniff_path(p->train_path)))
