@@ -70,7 +70,7 @@ int es__dist_replicated(const es__dist *d);
  * its rows ("weight", "weight.q" for codes; qr: "table0", ...), with its
  * global row count; param_bytes those of all the rows.  ES_EINVAL when no
  * tensor holds a table, ES_ENOMEM. */
-int es__dist_tables(const es__dist *d, es__whole_table *wt, es_err *err);
+int es__dist_tables(es__dist *d, es__whole_table *wt, es_err *err);
 
 /* Probabilities of this rank's part of a global batch of n rows (g as in
  * es__dist_train_batch) into prob[0 .. g->n): the rows fetched from their
