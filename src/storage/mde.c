@@ -243,9 +243,10 @@ static int mde_derive(mde_impl *m, es_err *err) {
                        (unsigned long long)m->R, (unsigned long long)m->Q);
     if (!m->rows) { /* a shard: its rows, known now */
         const size_t accn = m->opt.kind == ES_OPT_ROWWISE_ADAGRAD ? (size_t)vl : m->opt.kind == ES_OPT_ADAGRAD ? (size_t)rfl : 0;
-        m->rows = es__alloc_aligned((size_t)ES_MAX(rfl, 1) * sizeof(float));
-        m->racc = accn ? es__alloc_aligned(accn * sizeof(float)) : NULL;
-        if (!m->rows || (accn && !m->racc)) return es__err(err, ES_ENOMEM, "mde: out of memory for a shard of %llu row floats", (unsigned long long)rfl);
+        const int has_acc = m->opt.kind == ES_OPT_ROWWISE_ADAGRAD || m->opt.kind == ES_OPT_ADAGRAD;
+        m->rows = es__alloc_aligned((size_t)ES_MAX(rfl, 1) * sizeof(float)); /* a rank may hold none */
+        m->racc = has_acc ? es__alloc_aligned(ES_MAX(accn, 1) * sizeof(float)) : NULL;
+        if (!m->rows || (has_acc && !m->racc)) return es__err(err, ES_ENOMEM, "mde: out of memory for a shard of %llu row floats", (unsigned long long)rfl);
         if (m->opt.init_acc != 0.0f)
             for (size_t i = 0; i < accn; i++) m->racc[i] = m->opt.init_acc;
     }
@@ -530,13 +531,6 @@ static int mde_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         if (s->budget_bytes > 0) H += (uint64_t)floor((s->budget_bytes - used) / (4.0 * dim));
         snprintf(alpha_str, sizeof alpha_str, "%.6g", alpha);
     }
-    if (shard && (H < (uint64_t)s->p.shard_n || (N > 0 && N < (uint64_t)s->p.shard_n))) {
-        rc = es__err(err, ES_EINVAL,
-                     "mde: %llu hashed rows and %llu values with rows of their own, fewer than the %d processes they are split "
-                     "over (each needs one of each; a larger budget gives more)",
-                     (unsigned long long)H, (unsigned long long)N, s->p.shard_n);
-        goto fail_solve;
-    }
 
     mde_impl *m = es__calloc(1, sizeof *m);
     if (!m) {
@@ -599,8 +593,11 @@ static int mde_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         if (s->p.init_scale > 0 && R && !shard) es__rng_fill_uniform(&rng, m->rows, (size_t)R, s->p.init_scale);
         if (m->opt.kind != ES_OPT_SGD && m->opt.init_acc != 0.0f && !shard)
             for (size_t i = 0; i < accn; i++) m->racc[i] = m->opt.init_acc;
-        /* the hashed rows: global rows N .. N + H - 1 */
-        ok = es__rows_init_shard_at(&m->tail, H, dim, &s->p.opt, NULL, 0.0f, N, s->p.shard_rank, s->p.shard_n) == ES_OK;
+        /* the hashed rows: global rows N .. N + H - 1, of which a shard
+         * may hold none (its arrays then keep one unused row) */
+        const uint64_t hl = own_below(m, N + H) - own_below(m, N);
+        ok = es__rows_init(&m->tail, ES_MAX(hl, 1), dim, &s->p.opt, NULL, 0.0f) == ES_OK;
+        m->tail.n_rows = hl;
     }
     if (ok && !shard) { /* a shard is trained by the distributed step, which sums its gradients itself */
         size_t ga_cap = ES_MIN((size_t)s->p.max_batch * (size_t)F, (size_t)(N + H));
