@@ -63,6 +63,16 @@
  * are known: after_load makes the tiers' code tables from map.tiers, and
  * es__storage_read_tensors reads them in its second stage.
  *
+ * Across processes (docs/scale.md, ops->row_map): the tiers, then the
+ * hashed rows, are one global row space of T + 1 tables of their own
+ * widths (value v is global row v, hashed row h is N + h); the
+ * distributed step fetches and updates the rows on their owners and pools
+ * them through mde's callbacks (mde_pool: mde_lookup's float operations),
+ * and the projections' gradient joins the dense reduce.  A shard
+ * (shard_n > 1) holds its rows of each tier and of the hashed rows with
+ * their state; the key map and the projections are whole on every rank.
+ * fp32 only.
+ *
  * s->meta: "share=,alpha=,keys=N,tiers=T,rowf=R,projf=Q,hashed=H,seed=,
  * dense_opt=" — create() honours it (shapes), the tensors carry the rest.
  */

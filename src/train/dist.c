@@ -6,19 +6,23 @@
  *      to global table rows (es__row_map);
  *   2. lookup: the distinct rows go to their owners (r % N) by alltoallv
  *      as local indices r / N, the owners send the rows back the same way,
- *      and the rows are pooled from that cache as the method's own lookup
- *      pools them (es__rows_lookup for chunks side by side; the sum or
- *      product of a value's rows otherwise: es__row_map's combine), so the
- *      embeddings are those one process computes;
+ *      each at its table's width, and the rows are pooled from that cache
+ *      as the method's own lookup pools them (es__rows_lookup for chunks
+ *      side by side; the sum or product of a value's rows, or the method's
+ *      pool callback, otherwise: es__row_map's combine), so the embeddings
+ *      are those one process computes;
  *   3. dense: forward, loss (scaled by 1 / n of the global batch) and
  *      backward block by block; the block gradients are summed by the
  *      fixed tree of dist.h (a reduce-scatter and an allgather of the N
  *      subtree sums, dense_reduce) and every rank takes the same optimizer
- *      step;
+ *      step; a method's replicated parameters (ES_COMBINE_METHOD: mde's
+ *      projections) add their block gradients to the same reduce, and are
+ *      updated after step 4, whose row gradients read them;
  *   4. sparse: every (row, field, value, chunk) of k's rows sends its
  *      weight and gradient slice to the row's owner, in batch order (a
  *      product's gradient, dout times the product of the value's other
- *      rows from the cache, is computed here and sent with weight 1); the
+ *      rows from the cache, is computed here and sent with weight 1; a
+ *      method's row gradient comes from its pool_grad); the
  *      owner receives from ranks 0..N-1, i.e. in global batch order, sums
  *      each row's gradients in that order (es__axpy into an es_gradacc,
  *      as es__rows_backward does on one process) and applies ONE update
