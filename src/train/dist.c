@@ -51,6 +51,7 @@ struct es__dist {
     uint64_t *lo;           /* [n_t + 1] table i holds this rank's local indices [lo[i], lo[i + 1]) */
     int *ttensor;           /* [n_t] its tensor in es__dist_tables' list */
     size_t rb_max;          /* the widest table's row bytes */
+    int wmax;               /* and its floats */
     int rep;                /* a replicated storage (ops->rep_*: dhe, tt): no map, its gradient joins the dense one */
     size_t Pn;              /* the net's parameters */
     size_t P;               /* floats reduced per step: the net's, then the replicated storage's or the map's (dense) */
@@ -63,7 +64,7 @@ struct es__dist {
     int32_t *uslot;
     size_t ucap;
     uint64_t *uniq;         /* [n_uniq] distinct rows in first-seen order */
-    size_t *upos;           /* [n_uniq] position in the owner's request */
+    size_t *upos;           /* [n_uniq] its place in the owner's reply (bytes) */
     size_t n_uniq, uniq_cap;
     int32_t *utab;          /* [n_uniq] the table of each distinct row */
     size_t *uoff;           /* [n_uniq] its place in the cache (bytes) */
@@ -131,7 +132,7 @@ static const unsigned char *table_rows(const es_rows *t, size_t *rb) {
  * *r its row there; NULL past the rank's rows. */
 static es_rows *local_row(const es__dist *d, uint64_t li, uint64_t *r, int *table) {
     if (li >= d->lo[d->n_t]) return NULL;
-    int a = 0, b = d->n_t - 1; /* the last table with lo <= li (an empty table's next has the same lo) */
+    int a = 0, b = d->n_t - 1; /* the last table with lo <= li (one holding none of the rank's rows has its next's lo) */
     while (a < b) {
         int mid = (a + b + 1) / 2;
         if (d->lo[mid] <= li) a = mid;
@@ -274,6 +275,7 @@ int es__dist_rebind(es__dist *d, es_model *m, es_err *err) {
     const int cd = d->tab[0]->dim;
     int wmax = 0;
     for (int i = 0; i < n_t; i++) wmax = ES_MAX(wmax, d->tab[i]->dim);
+    d->wmax = wmax;
     const int side = mp->combine == ES_COMBINE_CAT || mp->combine == ES_COMBINE_SLICES; /* a value's rows side by side */
     if (!method && (side ? mp->k * cd != m->E : cd != m->E))
         return es__err(err, ES_EINVAL, "storage '%s': %d %s of %d floats do not make the model's %d", s->ops->name, mp->k,
@@ -785,7 +787,7 @@ int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum
                 /* a product: the value's rows as the forward combined them */
                 if (comb == ES_COMBINE_PROD || comb == ES_COMBINE_METHOD) cached_rows(d, d->iu + o, e, tab);
                 if (comb == ES_COMBINE_METHOD) { /* the rows' gradients, weight 1, into ebuf */
-                    for (int j = 0; j < k; j++) gj[j] = d->ebuf + (size_t)j * (d->rb_max / sizeof(float));
+                    for (int j = 0; j < k; j++) gj[j] = d->ebuf + (size_t)j * (size_t)d->wmax;
                     d->map.pool_grad(d->map.self, tab, e, go, gj);
                 }
                 for (int j = 0; j < k; j++, o++) {
