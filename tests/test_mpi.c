@@ -17,14 +17,12 @@
  * distributed step that every build has: a table's shards and the reader's
  * unparsed skip.
  */
-#include "test.h"
+#include "mpi_test.h"
 
 #include "core/core.h"
 #include "data/reader_impl.h"
 #include "storage/storage.h"
 
-#define CRITEO "data/criteo_kaggle_train_first10k.tsv"
-#define MPIRUN "mpirun --oversubscribe --allow-run-as-root"
 /* short runs: 2000 rows, 8 global batches of 256 */
 #define COMMON "--max-rows 2000 --valid-frac 0 --early-stop 0 --epochs 1 --threads 1 --seed 5 --quiet"
 
@@ -110,29 +108,6 @@ TEST(mpi_reader_skip_matches_reading_every_row) {
     a.cap = b.cap = cap;
     es_batch_free(&a);
     es_batch_free(&b);
-}
-
-/* 1 when mpirun runs and $ES_BIN is the MPI build; else skips the test. */
-static int mpi_ready(void) {
-    static int state = -1; /* -1 unknown, 0 no, 1 yes */
-    static char why[160];
-    if (state < 0) {
-        state = 0;
-        if (es_test_sh(NULL, "command -v mpirun") != 0) {
-            snprintf(why, sizeof why, "mpirun not found (install openmpi-bin: .ci/deps.sh)");
-        } else {
-            /* the plain build refuses an mpirun launch with "built without MPI" */
-            const char *log = es_test_path("mpi_probe.log");
-            es_test_sh(log, MPIRUN " -np 2 %s train /nonexistent-probe.tsv --valid-frac 0 --early-stop 0 --quiet", es_bin());
-            char *s = es_test_slurp(log);
-            if (s && strstr(s, "built without MPI")) snprintf(why, sizeof why, "%s was built without MPI (make MPI=1)", es_bin());
-            else if (s && strstr(s, "nonexistent-probe")) state = 1;
-            else snprintf(why, sizeof why, "mpirun did not run %s as expected: %.100s", es_bin(), s ? s : "");
-            free(s);
-        }
-    }
-    if (!state) es_test_skip(why);
-    return state;
 }
 
 /* Train on np ranks (np 0: without mpirun) into $ES_T/<out>; the exit

@@ -14,13 +14,11 @@
  * evaluations on the shards; --rank-memory caps a rank's shard; op=cat
  * with partitions of two widths is refused on every rank.
  */
-#include "test.h"
+#include "mpi_test.h"
 
 #include "core/core.h"
 #include "storage/storage.h"
 
-#define CRITEO "data/criteo_kaggle_train_first10k.tsv"
-#define MPIRUN "mpirun --oversubscribe --allow-run-as-root"
 /* short runs: 2000 rows, 8 global batches of 256 */
 #define COMMON "--max-rows 2000 --valid-frac 0 --early-stop 0 --epochs 1 --threads 1 --seed 5 --quiet"
 
@@ -112,28 +110,6 @@ TEST(mpi_qr_shards_hold_the_whole_tables_rows) {
     p.budget = 3000;
     CHECK(es__storage_create(&s, &p, NULL, &err) == ES_EINVAL);
     CHECK_STR_HAS(err.msg, "op=cat with dim 4 over 3 partitions cannot be trained across processes");
-}
-
-/* 1 when mpirun runs and $ES_BIN is the MPI build; else skips the test. */
-static int mpi_ready(void) {
-    static int state = -1; /* -1 unknown, 0 no, 1 yes */
-    static char why[160];
-    if (state < 0) {
-        state = 0;
-        if (es_test_sh(NULL, "command -v mpirun") != 0) {
-            snprintf(why, sizeof why, "mpirun not found (install openmpi-bin: .ci/deps.sh)");
-        } else {
-            const char *log = es_test_path("mpi_qr_probe.log");
-            es_test_sh(log, MPIRUN " -np 2 %s train /nonexistent-probe.tsv --valid-frac 0 --early-stop 0 --quiet", es_bin());
-            char *s = es_test_slurp(log);
-            if (s && strstr(s, "built without MPI")) snprintf(why, sizeof why, "%s was built without MPI (make MPI=1)", es_bin());
-            else if (s && strstr(s, "nonexistent-probe")) state = 1;
-            else snprintf(why, sizeof why, "mpirun did not run %s as expected: %.100s", es_bin(), s ? s : "");
-            free(s);
-        }
-    }
-    if (!state) es_test_skip(why);
-    return state;
 }
 
 /* Train on np ranks (np 0: without mpirun) into $ES_T/<out>, the output

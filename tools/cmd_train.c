@@ -138,7 +138,7 @@ static const char train_help[] =
     "\n"
     "Across processes (the MPI build): `mpirun -np N embstore train FILE ...` trains one\n"
     "model with the tables' rows split over N ranks (N a power of two up to 16; storage\n"
-    "full, hash, unified, adapt, qr; dhe and tt replicated); with --threads 1 the model file is the same for any N, rank 0\n"
+    "full, hash, unified, adapt, qr, mde; dhe and tt replicated); with --threads 1 the model file is the same for any N, rank 0\n"
     "writes it, and the JSON adds ranks and comm_*_bytes_per_step; checkpoints are one\n"
     "file per rank (<ckpt>.rank<k>of<N>), resumed on as many ranks (docs/scale.md).\n"
     "No rank holds more than its shard: evaluations run on the shards and rank 0 writes\n"

@@ -63,6 +63,16 @@
  * are known: after_load makes the tiers' code tables from map.tiers, and
  * es__storage_read_tensors reads them in its second stage.
  *
+ * Across processes (docs/scale.md, ops->row_map): the tiers, then the
+ * hashed rows, are one global row space of T + 1 tables of their own
+ * widths (value v is global row v, hashed row h is N + h); the
+ * distributed step fetches and updates the rows on their owners and pools
+ * them through mde's callbacks (mde_pool: mde_lookup's float operations),
+ * and the projections' gradient joins the dense reduce.  A shard
+ * (shard_n > 1) holds its rows of each tier and of the hashed rows with
+ * their state; the key map and the projections are whole on every rank.
+ * fp32 only.
+ *
  * s->meta: "share=,alpha=,keys=N,tiers=T,rowf=R,projf=Q,hashed=H,seed=,
  * dense_opt=" — create() honours it (shapes), the tensors carry the rest.
  */
@@ -83,20 +93,26 @@ typedef struct mde_impl {
     uint64_t seed;
     double alpha;
     char alpha_str[32];
-    uint64_t N, T, R, Q, H;  /* keys, tiers, row floats, projection floats, hashed rows */
+    uint64_t N, T, R, Q, H;  /* keys, tiers, row floats, projection floats, hashed rows (the whole storage's) */
+    /* a shard (shard_n > 1, training across processes: es__row_map, the
+     * tiers then the hashed rows as one row space): the rank's rows of
+     * every tier (Nl values, Rl floats in rows / racc) and of the tail;
+     * the maps and projections are whole.  Unsharded: Nl = N, Rl = R. */
+    int shard_rank, shard_n;
+    uint64_t Nl, Rl;
     /* persistent */
     uint64_t *keys;          /* [max(N,1)] tagged keys, row order */
     uint64_t *tiers;         /* [max(T,1) * 3]: space, count, dim */
     uint64_t *hrows;         /* [S] hashed rows per space; hbase [S] follows */
     uint64_t *hbase;
-    float *rows;             /* [max(R,1)] */
-    float *racc;             /* row optimizer state: rowwise [N], adagrad [R] */
+    float *rows;             /* [max(Rl,1)] */
+    float *racc;             /* row optimizer state: rowwise [Nl], adagrad [Rl] */
     float *proj;             /* [max(Q,1)] */
     es__dense_opt popt;      /* the projections' optimizer: segment t = tier t's
                               * projection (empty when d_t = dim), one step count */
     es_rows tail;            /* [H, dim] */
     /* derived */
-    uint64_t *vstart;        /* [T + 1] first value index of each tier */
+    uint64_t *vstart;        /* [T + 2] first value index of each tier, N, N + H: the row map's bases */
     uint64_t *poff;          /* [T] projection offset, UINT64_MAX when d == dim */
     es_rows *views;          /* [T] row-table views of the tiers (w, acc point into rows/racc) */
     uint32_t *index;         /* [icap] */
@@ -138,6 +154,29 @@ static inline uint64_t hashed_row(const mde_impl *m, int f, uint64_t salt, uint6
     return m->hbase[s] + es__range(es__hash_u64(key, salt), m->hrows[s]);
 }
 
+/* The global rows r < x (values, then N + hashed rows) this rank holds:
+ * r % shard_n == shard_rank; all of them unsharded. */
+static inline uint64_t own_below(const mde_impl *m, uint64_t x) {
+    if (m->shard_n <= 1) return x;
+    const uint64_t n = (uint64_t)m->shard_n;
+    return (x + n - 1 - (uint64_t)m->shard_rank) / n;
+}
+
+/* U(-a, a) draws for global rows [first, first + count) of width dim, in
+ * row order (as one fill of the whole block draws them), kept at dst for
+ * the rows this rank holds; scratch [dim] takes the others'. */
+static void draw_rows(const mde_impl *m, es_rng *rng, float *dst, uint64_t first, uint64_t count, int dim, float a, float *scratch) {
+    if (m->shard_n <= 1) {
+        es__rng_fill_uniform(rng, dst, (size_t)count * (size_t)dim, a);
+        return;
+    }
+    for (uint64_t r = first; r < first + count; r++) {
+        const int mine = r % (uint64_t)m->shard_n == (uint64_t)m->shard_rank;
+        es__rng_fill_uniform(rng, mine ? dst : scratch, (size_t)dim, a);
+        if (mine) dst += dim;
+    }
+}
+
 /* Bytes of the map and small arrays (aux) for N keys and T tiers. */
 static size_t mde_aux(uint64_t N, uint64_t T, int S) {
     return 8 * (size_t)ES_MAX(N, 1) + 4 * es__keyidx_cap(N) + 24 * (size_t)ES_MAX(T, 1) + 16 * (size_t)S;
@@ -176,7 +215,7 @@ static void mde_destroy(es_storage *s) {
 /* Check the tier table and hashed-row split against the shapes, then
  * derive vstart/poff/views, the hashed bases and the index. */
 static int mde_derive(mde_impl *m, es_err *err) {
-    uint64_t v = 0, rf = 0, pf = 0, prev_s = 0, prev_d = 0;
+    uint64_t v = 0, rf = 0, pf = 0, prev_s = 0, prev_d = 0, vl = 0, rfl = 0;
     for (uint64_t t = 0; t < m->T; t++) {
         const uint64_t sp = m->tiers[3 * t], cnt = m->tiers[3 * t + 1], d = m->tiers[3 * t + 2];
         if (sp >= (uint64_t)m->S || cnt == 0 || cnt > m->N || d == 0 || d > (uint64_t)m->dim || (t && sp < prev_s) ||
@@ -190,27 +229,45 @@ static int mde_derive(mde_impl *m, es_err *err) {
         es__rows_free(&m->views[t]);
         m->views[t] = (es_rows){0};
         m->views[t].view = 1;
-        m->views[t].w = m->rows + rf;
-        m->views[t].acc = m->opt.kind == ES_OPT_ROWWISE_ADAGRAD ? m->racc + v
-                          : m->opt.kind == ES_OPT_ADAGRAD      ? m->racc + rf
-                                                               : NULL;
-        m->views[t].n_rows = cnt;
+        /* w and acc below, once the rank's rows are counted (a shard's
+         * arrays are made for them here) */
+        m->views[t].n_rows = own_below(m, v + cnt) - own_below(m, v);
         m->views[t].dim = (int)d;
         m->views[t].opt = m->opt;
         m->poff[t] = d < (uint64_t)m->dim ? pf : UINT64_MAX;
         if (d < (uint64_t)m->dim) pf += d * (uint64_t)m->dim;
         v += cnt;
         rf += cnt * d;
+        vl += m->views[t].n_rows;
+        rfl += m->views[t].n_rows * d;
         prev_s = sp;
         prev_d = d;
     }
     m->vstart[m->T] = v;
+    m->vstart[m->T + 1] = v + m->H;
     if (v != m->N || rf != m->R || pf != m->Q)
         return es__err(err, ES_EFORMAT,
                        "mde: tiers hold %llu values, %llu row floats and %llu projection floats; the shapes say %llu, "
                        "%llu and %llu",
                        (unsigned long long)v, (unsigned long long)rf, (unsigned long long)pf, (unsigned long long)m->N,
                        (unsigned long long)m->R, (unsigned long long)m->Q);
+    if (!m->rows) { /* a shard: its rows, known now */
+        const size_t accn = m->opt.kind == ES_OPT_ROWWISE_ADAGRAD ? (size_t)vl : m->opt.kind == ES_OPT_ADAGRAD ? (size_t)rfl : 0;
+        const int has_acc = m->opt.kind == ES_OPT_ROWWISE_ADAGRAD || m->opt.kind == ES_OPT_ADAGRAD;
+        m->rows = es__alloc_aligned((size_t)ES_MAX(rfl, 1) * sizeof(float)); /* a rank may hold none */
+        m->racc = has_acc ? es__alloc_aligned(ES_MAX(accn, 1) * sizeof(float)) : NULL;
+        if (!m->rows || (has_acc && !m->racc)) return es__err(err, ES_ENOMEM, "mde: out of memory for a shard of %llu row floats", (unsigned long long)rfl);
+        if (m->opt.init_acc != 0.0f)
+            for (size_t i = 0; i < accn; i++) m->racc[i] = m->opt.init_acc;
+    }
+    m->Nl = vl;
+    m->Rl = rfl;
+    for (uint64_t t = 0, a = 0, b = 0; t < m->T; t++) {
+        m->views[t].w = m->rows + b;
+        m->views[t].acc = m->opt.kind == ES_OPT_ROWWISE_ADAGRAD ? m->racc + a : m->opt.kind == ES_OPT_ADAGRAD ? m->racc + b : NULL;
+        a += m->views[t].n_rows;
+        b += m->views[t].n_rows * (uint64_t)m->views[t].dim;
+    }
     es__dense_opt_clear_segs(&m->popt);
     for (uint64_t t = 0; t < m->T; t++) {
         const int full = m->poff[t] == UINT64_MAX;
@@ -380,6 +437,8 @@ static const es__opt_spec mde_opts[] = {
     ES_OPT_F("dense_lr", 0, 1e30, NULL, 0, "the projections' learning rate (default: the table lr)", "0.01", ""),
 };
 
+static void mde_account(es_storage *s);
+
 static int mde_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     const int F = s->p.n_fields, dim = s->p.dim;
     const uint64_t mc = es__storage_opt_u64(s, "min_count");
@@ -394,6 +453,12 @@ static int mde_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     float lr = s->p.opt.lr;
     if (es__storage_opt_given(s, "dense_lr")) lr = (float)es__storage_opt_f64(s, "dense_lr");
     const int S = share ? 1 : F;
+    const int shard = s->p.shard_n > 1; /* rank shard_rank's rows of the row space (es__row_map) */
+    if (s->p.shard_n >= 1 && s->p.precision != ES_PREC_FP32)
+        return es__err(err, ES_EINVAL,
+                       "mde: --precision %s is not supported across processes yet (the distributed step reads its tiers as fp32 "
+                       "rows; docs/scale.md)",
+                       es__prec_name(s->p.precision));
     {
         /* shapes from a saved model: all or nothing */
         const char *keys[] = {"keys", "tiers", "rowf", "projf", "hashed"};
@@ -489,9 +554,11 @@ static int mde_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     m->seed = seed;
     m->alpha = alpha;
     memcpy(m->alpha_str, alpha_str, sizeof alpha_str);
-    m->N = N;
+    m->N = m->Nl = N;
     m->T = T;
-    m->R = R;
+    m->R = m->Rl = R;
+    m->shard_rank = s->p.shard_rank;
+    m->shard_n = s->p.shard_n;
     m->Q = Q;
     m->H = H;
     m->icap = es__keyidx_cap(N);
@@ -508,18 +575,18 @@ static int mde_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     m->keys = es__calloc((size_t)ES_MAX(N, 1), sizeof *m->keys);
     m->tiers = es__calloc(3 * (size_t)ES_MAX(T, 1), sizeof *m->tiers);
     m->hrows = es__calloc(2 * (size_t)S, sizeof *m->hrows);
-    m->rows = es__alloc_aligned(rbytes);
+    m->rows = shard ? NULL : es__alloc_aligned(rbytes); /* a shard's: once its tiers are known (mde_derive) */
     m->proj = es__alloc_aligned(qbytes);
-    m->vstart = es__calloc((size_t)T + 1, sizeof *m->vstart);
+    m->vstart = es__calloc((size_t)T + 2, sizeof *m->vstart);
     m->poff = es__calloc((size_t)ES_MAX(T, 1), sizeof *m->poff);
     m->views = es__calloc((size_t)ES_MAX(T, 1), sizeof *m->views);
     m->index = es__calloc(m->icap, sizeof *m->index);
     m->pgrad = es__alloc_aligned(qbytes);
     m->gr = es__malloc((size_t)dim * sizeof *m->gr);
     m->rowbuf = es__malloc((size_t)dim * sizeof *m->rowbuf);
-    int ok = m->keys && m->tiers && m->hrows && m->rows && m->proj && m->vstart && m->poff && m->views && m->index &&
+    int ok = m->keys && m->tiers && m->hrows && (m->rows || shard) && m->proj && m->vstart && m->poff && m->views && m->index &&
              m->pgrad && m->gr && m->rowbuf;
-    if (ok && accn) ok = (m->racc = es__alloc_aligned(accn * sizeof(float))) != NULL;
+    if (ok && accn && !shard) ok = (m->racc = es__alloc_aligned(accn * sizeof(float))) != NULL;
     if (ok) {
         /* the projections' optimizer: the storage optimizer's eps, betas and
          * init_acc with the dense kind and rate; no weight decay */
@@ -533,12 +600,16 @@ static int mde_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     if (ok) {
         /* rows U(-init_scale, init_scale); projections U(+-sqrt(3/d)) so a
          * projected vector keeps its row's spread; then the hashed rows */
-        if (s->p.init_scale > 0 && R) es__rng_fill_uniform(&rng, m->rows, (size_t)R, s->p.init_scale);
-        if (m->opt.kind != ES_OPT_SGD && m->opt.init_acc != 0.0f)
+        if (s->p.init_scale > 0 && R && !shard) es__rng_fill_uniform(&rng, m->rows, (size_t)R, s->p.init_scale);
+        if (m->opt.kind != ES_OPT_SGD && m->opt.init_acc != 0.0f && !shard)
             for (size_t i = 0; i < accn; i++) m->racc[i] = m->opt.init_acc;
-        ok = es__rows_init(&m->tail, H, dim, &s->p.opt, NULL, 0.0f) == ES_OK;
+        /* the hashed rows: global rows N .. N + H - 1, of which a shard
+         * may hold none (its arrays then keep one unused row) */
+        const uint64_t hl = own_below(m, N + H) - own_below(m, N);
+        ok = es__rows_init(&m->tail, ES_MAX(hl, 1), dim, &s->p.opt, NULL, 0.0f) == ES_OK;
+        m->tail.n_rows = hl;
     }
-    if (ok) {
+    if (ok && !shard) { /* a shard is trained by the distributed step, which sums its gradients itself */
         size_t ga_cap = ES_MIN((size_t)s->p.max_batch * (size_t)F, (size_t)(N + H));
         ok = es__gradacc_init(&m->ga, ga_cap, dim) == ES_OK;
     }
@@ -564,6 +635,14 @@ static int mde_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     /* Projection weights, tier by tier (need the tiers: from the solve, or
      * drawn per tier size after a load replaces them anyway). */
     if (!from_meta) {
+        if ((rc = mde_derive(m, err)) != ES_OK) {
+            mde_free(m);
+            goto fail_solve;
+        }
+        /* a shard draws the rows' stream now that its tiers are known, at
+         * the place the whole storage drew it (before the projections) */
+        for (uint64_t t = 0; shard && s->p.init_scale > 0 && t < T; t++)
+            draw_rows(m, &rng, m->views[t].w, m->vstart[t], m->tiers[3 * t + 1], m->views[t].dim, s->p.init_scale, m->gr);
         uint64_t pf = 0;
         for (uint64_t t = 0; t < T; t++) {
             const uint64_t d = m->tiers[3 * t + 2];
@@ -571,10 +650,6 @@ static int mde_create(es_storage *s, const es_vocab *vocab, es_err *err) {
                 es__rng_fill_uniform(&rng, m->proj + pf, (size_t)(d * (uint64_t)dim), sqrtf(3.0f / (float)d));
                 pf += d * (uint64_t)dim;
             }
-        }
-        if ((rc = mde_derive(m, err)) != ES_OK) {
-            mde_free(m);
-            goto fail_solve;
         }
     } else {
         /* no tier is reachable before the load (the index is empty); the
@@ -585,7 +660,7 @@ static int mde_create(es_storage *s, const es_vocab *vocab, es_err *err) {
             o += m->hrows[sp];
         }
     }
-    if (s->p.init_scale > 0) es__rng_fill_uniform(&rng, m->tail.w, (size_t)H * (size_t)dim, s->p.init_scale);
+    if (s->p.init_scale > 0) draw_rows(m, &rng, m->tail.w, N, H, dim, s->p.init_scale, m->gr);
 
     if ((rc = es__storage_opt_set_u64(s, "share", (uint64_t)share, err)) != 0 ||
         (rc = es__storage_opt_set(s, "alpha", err, "%s", m->alpha_str)) != 0 || (rc = es__storage_opt_set_u64(s, "keys", N, err)) != 0 ||
@@ -608,6 +683,7 @@ static int mde_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     s->aux_bytes = mde_aux(N, T, S);
     s->state_bytes = es__rows_state_bytes(&m->tail) + (N > 0 ? accn * sizeof(float) : 0) +
                      (Q > 0 ? es__dense_opt_state_bytes(&m->popt) : 0);
+    if (shard) mde_account(s); /* its rows (none of the tiers' yet when from a saved model: mde_after_load) */
     return ES_OK;
 fail_solve:
     es__free(cands);
@@ -783,15 +859,15 @@ static int mde_tensors(es_storage *s, es_tensor_ref *refs, int max) {
     es_tensor_ref tmp[16];
     int n = 0;
     const size_t dim = (size_t)m->dim;
-    if (m->R) es__tensor_ref_set(&tmp[n++], "rows.weight", ES_DT_F32, m->rows, 1, m->R);
+    /* the values' rows last: a shard from a saved model makes them once
+     * map.tiers is read (es__storage_read_tensors' second stage), and the
+     * whole storage lists them in the same place, so that a shard writes
+     * the whole storage's file (es__storage_write_whole) */
     if (m->Q) es__tensor_ref_set(&tmp[n++], "proj.weight", ES_DT_F32, m->proj, 1, m->Q);
-    es__tensor_ref_set(&tmp[n++], "tail.weight", ES_DT_F32, m->tail.w, 2, m->H, (uint64_t)dim);
-    if (m->N && m->racc)
-        es__tensor_ref_set(&tmp[n++], "opt.rows.acc", ES_DT_F32, m->racc, 1,
-                          m->opt.kind == ES_OPT_ROWWISE_ADAGRAD ? m->N : m->R);
+    es__tensor_ref_set(&tmp[n++], "tail.weight", ES_DT_F32, m->tail.w, 2, m->tail.n_rows, (uint64_t)dim);
     if (m->tail.acc) {
-        if (m->opt.kind == ES_OPT_ADAGRAD) es__tensor_ref_set(&tmp[n++], "opt.tail.acc", ES_DT_F32, m->tail.acc, 2, m->H, (uint64_t)dim);
-        else es__tensor_ref_set(&tmp[n++], "opt.tail.acc", ES_DT_F32, m->tail.acc, 1, m->H);
+        if (m->opt.kind == ES_OPT_ADAGRAD) es__tensor_ref_set(&tmp[n++], "opt.tail.acc", ES_DT_F32, m->tail.acc, 2, m->tail.n_rows, (uint64_t)dim);
+        else es__tensor_ref_set(&tmp[n++], "opt.tail.acc", ES_DT_F32, m->tail.acc, 1, m->tail.n_rows);
     }
     /* "opt.proj.acc", or "opt.proj.m", "opt.proj.v" and "opt.proj.step" */
     for (int a = 0; m->Q && a < es__dense_opt_n_states(&m->popt); a++) {
@@ -804,15 +880,18 @@ static int mde_tensors(es_storage *s, es_tensor_ref *refs, int max) {
     if (m->N) es__tensor_ref_set(&tmp[n++], "map.keys", ES_DT_U64, m->keys, 1, m->N);
     if (m->T) es__tensor_ref_set(&tmp[n++], "map.tiers", ES_DT_U64, m->tiers, 2, m->T, (uint64_t)3);
     es__tensor_ref_set(&tmp[n++], "map.hashed", ES_DT_U64, m->hrows, 1, (uint64_t)m->S);
+    if (m->R && m->rows) es__tensor_ref_set(&tmp[n++], "rows.weight", ES_DT_F32, m->rows, 1, m->Rl);
+    if (m->N && m->racc && m->rows)
+        es__tensor_ref_set(&tmp[n++], "opt.rows.acc", ES_DT_F32, m->racc, 1, m->opt.kind == ES_OPT_ROWWISE_ADAGRAD ? m->Nl : m->Rl);
     if (!refs) return n;
     if (max < n) return ES_ERANGE;
     memcpy(refs, tmp, (size_t)n * sizeof *refs);
     return n;
 }
 
-/* param_bytes and state_bytes once the tiers hold codes: the tail's and
- * the tiers' tables (codes; QAT's master and ALPT's steps are state), the
- * fp32 projections and their state. */
+/* param_bytes and state_bytes from the tables: the tail's and the tiers'
+ * (codes once the tiers hold them, QAT's master and ALPT's steps being
+ * state; a shard's fp32 rows), the fp32 projections and their state. */
 static void mde_account(es_storage *s) {
     mde_impl *m = s->impl;
     size_t pb = es__rows_param_bytes(&m->tail) + 4 * (size_t)m->Q, sb = es__rows_state_bytes(&m->tail);
@@ -850,7 +929,11 @@ static void mde_after_convert(es_storage *s) {
  * precision and training mode, which the load's second stage fills. */
 static int mde_after_load(es_storage *s, es_err *err) {
     mde_impl *m = s->impl;
-    if (m->tail.prec == ES_PREC_FP32) return mde_derive(m, err);
+    if (m->tail.prec == ES_PREC_FP32) {
+        int rc = mde_derive(m, err);
+        if (rc == ES_OK && m->shard_n > 1) mde_account(s); /* a shard's rows, made by the derive */
+        return rc;
+    }
     if (m->qready) return ES_OK; /* the second stage */
     int rc = mde_derive(m, err);
     if (rc != ES_OK) return rc;
@@ -910,6 +993,99 @@ static void mde_field_stats(es_storage *s, const es_vocab *vocab, int field, es_
     es__rows_field_stats(1, mde_resolve, m, vocab, field, own + m->hrows[m->share ? 0 : field], out);
 }
 
+/* ---- across processes (es__row_map, src/train/dist.c) ------------------------------------------ */
+
+/* The row space: tier t's values are global rows [vstart[t], vstart[t + 1])
+ * (mde_resolve's ids), table t, d_t floats a row; the hashed rows follow
+ * as table T, rows N + h of dim floats. */
+static es_rows *mde_table(void *self, int i) {
+    mde_impl *m = self;
+    return (uint64_t)i < m->T ? &m->views[i] : &m->tail;
+}
+
+static const char *mde_table_tensor(void *self, int i) {
+    const mde_impl *m = self;
+    return (uint64_t)i < m->T ? "rows.weight" : "tail.weight";
+}
+
+/* A tier's row times its projection, or a full-width row as it is: the
+ * float operations of mde_lookup. */
+static void mde_pool(void *self, const int *tab, const float *const *e, float wt, float *out) {
+    const mde_impl *m = self;
+    const uint64_t t = (uint64_t)tab[0];
+    const size_t dim = (size_t)m->dim;
+    if (t == m->T || m->poff[t] == UINT64_MAX) {
+        es__axpy(out, wt, e[0], dim);
+        return;
+    }
+    const float *pm = m->proj + m->poff[t];
+    for (int j = 0; j < m->views[t].dim; j++) es__axpy(out, wt * e[0][j], pm + (size_t)j * dim, dim);
+}
+
+/* The row's gradient for output gradient dout: P_t dout (a projected
+ * tier), dout itself otherwise.  One process projects the value's summed
+ * gradient instead (mde_backward), equal up to rounding. */
+static void mde_pool_grad(void *self, const int *tab, const float *const *e, const float *dout, float *const *g) {
+    const mde_impl *m = self;
+    const uint64_t t = (uint64_t)tab[0];
+    const size_t dim = (size_t)m->dim;
+    if (t == m->T || m->poff[t] == UINT64_MAX) {
+        memcpy(g[0], dout, dim * sizeof(float));
+        return;
+    }
+    const float *pm = m->proj + m->poff[t];
+    for (int j = 0; j < m->views[t].dim; j++) g[0][j] = es__dot(pm + (size_t)j * dim, dout, dim);
+}
+
+/* The projections' gradient, acc[Q], and a mark per tier, acc[Q + t] = 1
+ * when the batch touched its projection (summed over the blocks: > 0). */
+static void mde_dense_grad(void *self, const int *tab, const float *const *e, float wt, const float *dout, float *acc) {
+    const mde_impl *m = self;
+    const uint64_t t = (uint64_t)tab[0];
+    const size_t dim = (size_t)m->dim;
+    if (t == m->T || m->poff[t] == UINT64_MAX) return;
+    float *pg = acc + m->poff[t];
+    for (int j = 0; j < m->views[t].dim; j++) es__axpy(pg + (size_t)j * dim, wt * e[0][j], dout, dim);
+    acc[m->Q + t] = 1.0f;
+}
+
+/* mde_backward's step 3 from the summed gradient: every rank the same
+ * update of the touched projections. */
+static void mde_dense_apply(void *self, const float *acc) {
+    mde_impl *m = self;
+    if (!m->Q) return;
+    memcpy(m->pgrad, acc, (size_t)m->Q * sizeof(float));
+    for (uint64_t t = 0; t < m->T; t++)
+        if (acc[m->Q + t] > 0.0f) es__dense_opt_mark(&m->popt, (int)t);
+    es__dense_opt_step_marked(&m->popt);
+}
+
+/* ops->row_map: the tiers and the hashed rows as one row space, each
+ * value's one row pooled by mde's callbacks; the key map and the
+ * projections stay whole on every rank.  fp32 only (create refuses a
+ * precision across processes). */
+static int mde_row_map(es_storage *s, es__row_map *out) {
+    mde_impl *m = s->impl;
+    if (!m->derived || m->tail.prec != ES_PREC_FP32) return ES_EINVAL;
+    memset(out, 0, sizeof *out);
+    out->table = mde_table;
+    out->bases = m->vstart;
+    out->n_t = (int)m->T + 1;
+    out->k = 1;
+    out->combine = ES_COMBINE_METHOD;
+    out->fn = mde_resolve;
+    out->ctx = m;
+    out->rows = m->N + m->H;
+    out->self = m;
+    out->pool = mde_pool;
+    out->pool_grad = mde_pool_grad;
+    out->dense = m->Q ? (size_t)(m->Q + m->T) : 0;
+    out->dense_grad = mde_dense_grad;
+    out->dense_apply = mde_dense_apply;
+    out->tensor = mde_table_tensor;
+    return ES_OK;
+}
+
 const es_storage_ops es__storage_mde = {
     .name = "mde",
     .summary = "mixed dimensions: dim ~ popularity^alpha (alpha from the budget), projected to dim; rare values hashed",
@@ -925,4 +1101,5 @@ const es_storage_ops es__storage_mde = {
     .needs_vocab = 1,
     .rows = mde_rows,
     .after_convert = mde_after_convert,
+    .row_map = mde_row_map,
 };

@@ -555,14 +555,16 @@ static int storage_qsetup(es_storage *s, es_precision p, int mode, es_err *err);
 /* The parameter bytes of the whole table: a shard's (shard_n > 1,
  * training across processes) are its own rows only, but the table is sized
  * as a whole, so that every rank count gets the same shapes. */
-static double whole_param_bytes(es_storage *s) {
+double es__storage_whole_param_bytes(es_storage *s) {
     es__row_map m;
-    if (s->p.shard_n > 1 && s->ops->row_map && s->ops->row_map(s, &m) == ES_OK) { /* the row methods: param bytes = their rows */
-        const es_rows *t = m.t[0]; /* every table of the map has its width and precision */
+    if (s->p.shard_n <= 1 || !s->ops->row_map || s->ops->row_map(s, &m) != ES_OK) return (double)s->param_bytes;
+    double b = (double)s->param_bytes;
+    for (int i = 0; i < m.n_t; i++) {
+        const es_rows *t = es__row_map_table(&m, i);
         const double rb = t->prec != ES_PREC_FP32 ? (double)es__prec_row_bytes(t->prec, t->dim) : 4.0 * t->dim;
-        return rb * (double)m.rows;
+        b += rb * ((double)(es__row_map_base(&m, i + 1) - es__row_map_base(&m, i)) - (double)t->n_rows);
     }
-    return (double)s->param_bytes;
+    return b;
 }
 
 static int create_at_precision(es_storage *s, const es_vocab *vocab, es_err *e) {
@@ -602,7 +604,7 @@ static int create_at_precision(es_storage *s, const es_vocab *vocab, es_err *e) 
             s->impl = NULL;
             return rc;
         }
-        const double tot = whole_param_bytes(s) + (double)s->aux_bytes;
+        const double tot = es__storage_whole_param_bytes(s) + (double)s->aux_bytes;
         if (!(B > 0)) return ES_OK;
         const int fits = tot <= B;
         /* done: the first try fits, or a later one fills 98% of B, or the

@@ -194,7 +194,8 @@ typedef struct es__opt_val {
 } es__opt_val;
 
 struct es__row_map;
-/* Tables in one es__row_map (qr's partitions, at most 4). */
+/* Tables an es__row_map lists in its arrays (qr's partitions; more: its
+ * table() callback), and tensors one model file streams from the shards. */
 #define ES_ROW_MAP_TABLES 4
 
 typedef struct es_storage_ops {
@@ -258,10 +259,11 @@ typedef struct es_storage_ops {
      * trainer then reports the final validation and test metrics of the
      * model as saved (es_train), not of the one in memory. */
     int derived_serving;
-    /* Optional (methods whose every parameter is a row of es_rows tables
-     * of one width, read as it is or combined with the value's other rows
-     * by a sum, a product or side by side: full, hash, unified, adapt,
-     * qr): how a key maps to rows (es__row_map), for the distributed step
+    /* Optional (methods whose parameters are rows of es_rows tables, read
+     * as they are or combined with the value's other rows by a sum, a
+     * product or side by side: full, hash, unified, adapt, qr; or by the
+     * method's own callbacks with replicated parameters: mde's
+     * projections): how a key maps to rows (es__row_map), for the distributed step
      * (src/train/dist.c), which looks rows up and updates them on the
      * rank that owns them.  ES_EINVAL for options it cannot map (qr's
      * op=cat with dim not a multiple of the partitions: rows of two
@@ -448,7 +450,9 @@ int es__storage_write(es_fwriter *w, es_storage *s, int with_state, es_err *err)
  * part of, without optimizer state: the n row tensors (tensor[i], e.g.
  * "weight", or qr's "table0", "table1", ...) declared streamed with rows[i]
  * rows, whose bytes the caller appends (es__fwriter_append, at the index
- * es__fwriter_tensor_index gives for the file name "storage.<tensor>"),
+ * es__fwriter_tensor_index gives for the file name "storage.<tensor>";
+ * rows[i]: the tensor's first dimension in the whole storage, rows of a
+ * table or floats of mde's flat "rows.weight"),
  * param_bytes the whole tables', and no storage.shard: the file is the one
  * the whole storage writes (src/train/dist.c, es__dist_write_rows). */
 typedef struct es__whole_table {
@@ -706,15 +710,19 @@ void es__rows_field_stats(int k, es__resolve_fn fn, const void *ctx, const es_vo
                           uint64_t rows, es_field_stats *out);
 
 /* A method's rows as the distributed step sees them (ops->row_map): one
- * global row space of `rows` rows, made of n_t tables of the same row
- * width (a one-table method: n_t = 1; qr: its p partition tables, table
- * i holding global rows [base[i], base[i + 1]), base[0] = 0 and
- * base[n_t] = rows).  Sharded over N processes, table i keeps its global
- * rows r with r % N == rank (es__rows_init_shard_at), so rank k's local
- * index r / N runs through the tables in order: table i holds the local
- * indices [lo_i, lo_i + t[i]->n_rows), lo_i the rows r < base[i] the rank
- * owns.  The resolve function gives k global rows per value (those of its
- * lookup/backward, offset by the table's base), combined by `combine`:
+ * global row space of `rows` rows, made of n_t tables (a one-table
+ * method: n_t = 1; qr: its p partition tables; mde: its tiers, then its
+ * hashed rows), table i holding global rows [base[i], base[i + 1]),
+ * base[0] = 0 and base[n_t] = rows.  Up to ES_ROW_MAP_TABLES tables are
+ * listed in t[] and base[]; a method with more sets table() and bases[]
+ * instead (es__row_map_table / es__row_map_base read either).  Sharded
+ * over N processes, table i keeps its global rows r with r % N == rank
+ * (es__rows_init_shard_at), so rank k's local index r / N runs through
+ * the tables in order: table i holds the local indices [lo_i, lo_i +
+ * n_rows), lo_i the rows r < base[i] the rank owns (a table may hold none
+ * on a rank).  The resolve function gives k global rows per value (those
+ * of its lookup/backward, offset by the table's base), combined by
+ * `combine`:
  *   ES_COMBINE_CAT   side by side, k chunks of t[0]->dim floats (k * dim
  *                    = the field's output), pooled as es__rows_lookup does;
  *   ES_COMBINE_SUM   added, each row of the output's width:
@@ -725,17 +733,59 @@ void es__rows_field_stats(int k, es__resolve_fn fn, const void *ctx, const es_vo
  *                    o[j dim .. (j + 1) dim) += wt * e_j (es__axpy)
  * (qr's op=add, op=mult and op=cat: the float operations, in their order,
  * of the method's own lookup and backward, so that any number of
- * processes computes the embeddings one process does). */
-enum { ES_COMBINE_CAT = 0, ES_COMBINE_SUM = 1, ES_COMBINE_PROD = 2, ES_COMBINE_SLICES = 3 };
+ * processes computes the embeddings one process does).  These four need
+ * every table of one width and precision.
+ *   ES_COMBINE_METHOD the method's callbacks combine a value's rows, and
+ *                    its tables may differ in width (fp32 only; mde: a
+ *                    tier's row times the tier's projection).  tab[j] is
+ *                    the table of the value's row j, e[j] the row:
+ *     pool        ADDS wt times the value's vector into out[E] (from a
+ *                 zeroed out per (row, field) pair, value by value, in the
+ *                 method's lookup order);
+ *     pool_grad   row j's gradient for the output gradient dout[E] into
+ *                 g[j] (t[tab[j]]'s width), weight 1: the step sends it
+ *                 with the value's weight, and the owner sums and applies
+ *                 it as any row's;
+ *     dense       floats of the gradient of the method's replicated
+ *                 parameters (every rank holds them whole, as the dense
+ *                 layers: mde's projections), with what marks what an
+ *                 update touches; dense_grad ADDS a value's share (weight
+ *                 wt, output gradient dout) into acc[dense], the step sums
+ *                 them per block of the batch in the dense layers' fixed
+ *                 tree, and dense_apply makes the update from that sum once
+ *                 the rows' gradients (which read the parameters before
+ *                 it) are computed;
+ *     tensor      the storage tensor holding table i's rows (tables may
+ *                 share one, one after the other: mde's tiers in
+ *                 "rows.weight"); NULL: the tensor whose data is the
+ *                 table's rows. */
+enum { ES_COMBINE_CAT = 0, ES_COMBINE_SUM = 1, ES_COMBINE_PROD = 2, ES_COMBINE_SLICES = 3, ES_COMBINE_METHOD = 4 };
 typedef struct es__row_map {
     es_rows *t[ES_ROW_MAP_TABLES];
     uint64_t base[ES_ROW_MAP_TABLES + 1];
+    es_rows *(*table)(void *self, int i); /* more tables: table i, and bases[n_t + 1] */
+    const uint64_t *bases;
     int n_t;
     int k, combine;
     es__resolve_fn fn;
     const void *ctx;
     uint64_t rows;
+    /* ES_COMBINE_METHOD */
+    void *self;
+    void (*pool)(void *self, const int *tab, const float *const *e, float wt, float *out);
+    void (*pool_grad)(void *self, const int *tab, const float *const *e, const float *dout, float *const *g);
+    size_t dense;
+    void (*dense_grad)(void *self, const int *tab, const float *const *e, float wt, const float *dout, float *acc);
+    void (*dense_apply)(void *self, const float *acc);
+    const char *(*tensor)(void *self, int i);
 } es__row_map;
+static inline es_rows *es__row_map_table(const es__row_map *m, int i) { return m->table ? m->table(m->self, i) : m->t[i]; }
+static inline uint64_t es__row_map_base(const es__row_map *m, int i) { return m->table ? m->bases[i] : m->base[i]; }
+/* The parameter bytes of the whole storage a shard is part of: its own
+ * bytes with its rows of every table replaced by the table's global rows
+ * (the other parameters, mde's projections, are whole on every rank);
+ * s->param_bytes without a row map or unsharded. */
+double es__storage_whole_param_bytes(es_storage *s);
 /* The map of a one-table method: table t holds the `rows` global rows. */
 es__row_map es__row_map_one(es_rows *t, int k, es__resolve_fn fn, const void *ctx, uint64_t rows);
 

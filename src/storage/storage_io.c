@@ -102,11 +102,15 @@ static int storage_write(es_fwriter *w, es_storage *s, int with_state, const es_
         for (int j = 0; whole && j < whole->n && !streamed; j++)
             if (strcmp(refs[i].name, whole->tensor[j]) == 0) streamed = 1 + j;
         if (streamed) { /* the whole table's rows, appended by the caller */
-            if (t.ndim < 1 || t.shape[0] == 0 || t.nbytes % t.shape[0] != 0) {
+            /* from its dtype and row shape: a shard may hold none of it */
+            uint64_t per = 1;
+            for (int d = 1; d < t.ndim; d++) per *= t.shape[d];
+            const size_t nb = t.ndim >= 1 ? es__dtype_bytes(t.dtype, per * whole->rows[streamed - 1]) : SIZE_MAX;
+            if (nb == SIZE_MAX) {
                 rc = es__err(err, ES_EINVAL, "storage tensor %s is not a table of rows", refs[i].name);
                 break;
             }
-            t.nbytes = t.nbytes / t.shape[0] * whole->rows[streamed - 1];
+            t.nbytes = nb;
             t.shape[0] = whole->rows[streamed - 1];
         }
         if ((rc = streamed ? es__fwriter_tensor_stream(w, &t) : es__fwriter_tensor(w, &t)) != 0)

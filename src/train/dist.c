@@ -6,19 +6,23 @@
  *      to global table rows (es__row_map);
  *   2. lookup: the distinct rows go to their owners (r % N) by alltoallv
  *      as local indices r / N, the owners send the rows back the same way,
- *      and the rows are pooled from that cache as the method's own lookup
- *      pools them (es__rows_lookup for chunks side by side; the sum or
- *      product of a value's rows otherwise: es__row_map's combine), so the
- *      embeddings are those one process computes;
+ *      each at its table's width, and the rows are pooled from that cache
+ *      as the method's own lookup pools them (es__rows_lookup for chunks
+ *      side by side; the sum or product of a value's rows, or the method's
+ *      pool callback, otherwise: es__row_map's combine), so the embeddings
+ *      are those one process computes;
  *   3. dense: forward, loss (scaled by 1 / n of the global batch) and
  *      backward block by block; the block gradients are summed by the
  *      fixed tree of dist.h (a reduce-scatter and an allgather of the N
  *      subtree sums, dense_reduce) and every rank takes the same optimizer
- *      step;
+ *      step; a method's replicated parameters (ES_COMBINE_METHOD: mde's
+ *      projections) add their block gradients to the same reduce, and are
+ *      updated after step 4, whose row gradients read them;
  *   4. sparse: every (row, field, value, chunk) of k's rows sends its
  *      weight and gradient slice to the row's owner, in batch order (a
  *      product's gradient, dout times the product of the value's other
- *      rows from the cache, is computed here and sent with weight 1); the
+ *      rows from the cache, is computed here and sent with weight 1; a
+ *      method's row gradient comes from its pool_grad); the
  *      owner receives from ranks 0..N-1, i.e. in global batch order, sums
  *      each row's gradients in that order (es__axpy into an es_gradacc,
  *      as es__rows_backward does on one process) and applies ONE update
@@ -41,11 +45,17 @@ struct es__dist {
     int rank, size;
     es_model *m;
     es__row_map map;
-    uint64_t lo[ES_ROW_MAP_TABLES + 1]; /* table i holds this rank's local indices [lo[i], lo[i + 1]) */
+    int n_t;                /* the map's tables: */
+    es_rows **tab;          /* [n_t] */
+    uint64_t *base;         /* [n_t + 1] table i holds global rows [base[i], base[i + 1]) */
+    uint64_t *lo;           /* [n_t + 1] table i holds this rank's local indices [lo[i], lo[i + 1]) */
+    int *ttensor;           /* [n_t] its tensor in es__dist_tables' list */
+    size_t rb_max;          /* the widest table's row bytes */
+    int wmax;               /* and its floats */
     int rep;                /* a replicated storage (ops->rep_*: dhe, tt): no map, its gradient joins the dense one */
     size_t Pn;              /* the net's parameters */
-    size_t P;               /* floats reduced per step: the net's, then the replicated storage's gradient */
-    es_gradacc ga[ES_ROW_MAP_TABLES]; /* owner side: summed gradients of owned rows, per table */
+    size_t P;               /* floats reduced per step: the net's, then the replicated storage's or the map's (dense) */
+    es_gradacc *ga;         /* [n_t] owner side: summed gradients of owned rows, per table */
     /* step scratch */
     uint64_t *ids;          /* [n_ids] global rows of this rank's values, batch order */
     int32_t *iu;            /* [n_ids] their distinct (cache) index */
@@ -54,9 +64,12 @@ struct es__dist {
     int32_t *uslot;
     size_t ucap;
     uint64_t *uniq;         /* [n_uniq] distinct rows in first-seen order */
-    size_t *upos;           /* [n_uniq] position in the owner's request */
+    size_t *upos;           /* [n_uniq] its place in the owner's reply (bytes) */
     size_t n_uniq, uniq_cap;
-    unsigned char *cache;   /* [n_uniq] the distinct rows as fetched (fp32 rows or codes, table_rows) */
+    int32_t *utab;          /* [n_uniq] the table of each distinct row */
+    size_t *uoff;           /* [n_uniq] its place in the cache (bytes) */
+    size_t utab_cap, uoff_cap;
+    unsigned char *cache;   /* the distinct rows as fetched (fp32 rows or codes, table_rows), each its table's width */
     size_t cache_cap;
     size_t *scnt, *sdsp, *rcnt, *rdsp, *cur; /* [size] bytes */
     unsigned char *sbuf, *rbuf, *sbuf2, *rbuf2;
@@ -64,8 +77,9 @@ struct es__dist {
     float *part;            /* [ES_DIST_BLOCKS, P] block gradients */
     float *gsum;            /* [3, size, C] the dense reduce-scatter: sent, received, gathered (C = ceil(P / size)) */
     double *bloss;          /* [ES_DIST_BLOCKS] */
-    float *tmp;             /* [cd] */
-    float *ebuf;            /* [k, cd] a value's rows dequantized (a table at a precision, sum or product) */
+    float *tmp;             /* [widest row] */
+    float *ebuf;            /* [k, widest row] a value's rows dequantized (a table at a precision, sum or product),
+                             * or their gradients (ES_COMBINE_METHOD) */
     es__dist_stats st;
 };
 
@@ -117,13 +131,48 @@ static const unsigned char *table_rows(const es_rows *t, size_t *rb) {
 /* This rank's local row li (global row li * N + rank): its table, and
  * *r its row there; NULL past the rank's rows. */
 static es_rows *local_row(const es__dist *d, uint64_t li, uint64_t *r, int *table) {
-    for (int i = 0; i < d->map.n_t; i++)
-        if (li < d->lo[i + 1]) {
-            *r = li - d->lo[i];
-            if (table) *table = i;
-            return d->map.t[i];
-        }
-    return NULL;
+    if (li >= d->lo[d->n_t]) return NULL;
+    int a = 0, b = d->n_t - 1; /* the last table with lo <= li (one holding none of the rank's rows has its next's lo) */
+    while (a < b) {
+        int mid = (a + b + 1) / 2;
+        if (d->lo[mid] <= li) a = mid;
+        else b = mid - 1;
+    }
+    *r = li - d->lo[a];
+    if (table) *table = a;
+    return d->tab[a];
+}
+
+/* The table of global row `row` (< base[n_t]). */
+static int global_table(const es__dist *d, uint64_t row) {
+    int a = 0, b = d->n_t - 1;
+    while (a < b) {
+        int mid = (a + b + 1) / 2;
+        if (d->base[mid] <= row) a = mid;
+        else b = mid - 1;
+    }
+    return a;
+}
+
+/* Bytes of one row of table i as a lookup reads it. */
+static size_t tab_row_bytes(const es__dist *d, int i) {
+    size_t rb;
+    table_rows(d->tab[i], &rb);
+    return rb;
+}
+
+static void free_tables(es__dist *d) {
+    for (int i = 0; d->ga && i < d->n_t; i++) es__gradacc_free(&d->ga[i]);
+    es__free(d->ga);
+    es__free(d->tab);
+    es__free(d->base);
+    es__free(d->lo);
+    es__free(d->ttensor);
+    d->ga = NULL;
+    d->tab = NULL;
+    d->base = d->lo = NULL;
+    d->ttensor = NULL;
+    d->n_t = 0;
 }
 
 /* Grow *p (elements of size el) to hold n. */
@@ -166,7 +215,7 @@ static int dist_bind_replicated(es__dist *d, es_model *m, es_err *err) {
     d->Pn = es__net_n_params(m->net);
     d->P = d->Pn + s->ops->rep_floats(s);
     memset(&d->map, 0, sizeof d->map);
-    for (int i = 0; i < ES_ROW_MAP_TABLES; i++) es__gradacc_free(&d->ga[i]);
+    free_tables(d);
     es__free(d->part);
     es__free(d->gsum);
     es__free(d->tmp);
@@ -183,7 +232,7 @@ int es__dist_rebind(es__dist *d, es_model *m, es_err *err) {
     es_storage *s = m->st;
     if (!s->ops->row_map && !s->ops->rep_floats)
         return es__err(err, ES_EINVAL,
-                       "storage '%s' cannot be trained across processes yet (full, hash, unified, adapt and qr are sharded, "
+                       "storage '%s' cannot be trained across processes yet (full, hash, unified, adapt, qr and mde are sharded, "
                        "dhe and tt replicated: docs/scale.md)",
                        s->ops->name);
     if (!s->ops->row_map) return dist_bind_replicated(d, m, err);
@@ -192,58 +241,81 @@ int es__dist_rebind(es__dist *d, es_model *m, es_err *err) {
         return es__err(err, ES_EINVAL, "dropout is not supported across processes yet (its masks depend on the row's place in the batch)");
     if ((s->p.shard_n > 1 ? s->p.shard_n : 1) != d->size || s->p.shard_rank != d->rank) /* a 1-rank shard is stored as a whole table */
         return es__err(err, ES_EINVAL, "the storage is not sharded for rank %d of %d", d->rank, d->size);
+    free_tables(d);
     int rc = s->ops->row_map(s, &d->map);
     if (rc != ES_OK)
         return es__err(err, rc, "storage '%s' with these options (%s) cannot be trained across processes (docs/scale.md)", s->ops->name,
                        s->meta);
     const es__row_map *mp = &d->map;
-    const int cd = mp->t[0]->dim;
-    if (mp->n_t < 1 || mp->n_t > ES_ROW_MAP_TABLES || mp->k < 1 || mp->k > ES_RESOLVE_BLOCK / 2 ||
+    const int method = mp->combine == ES_COMBINE_METHOD;
+    if (mp->n_t < 1 || (!mp->table && mp->n_t > ES_ROW_MAP_TABLES) || mp->k < 1 || mp->k > ES_RESOLVE_BLOCK / 2 ||
         (mp->combine != ES_COMBINE_CAT && mp->combine != ES_COMBINE_SUM && mp->combine != ES_COMBINE_PROD &&
-         mp->combine != ES_COMBINE_SLICES))
+         mp->combine != ES_COMBINE_SLICES && !method) ||
+        (method && (!mp->pool || !mp->pool_grad || (mp->dense && (!mp->dense_grad || !mp->dense_apply)))))
         return es__err(err, ES_EINVAL, "storage '%s': a row map of %d tables, %d rows a value, combine %d is not one the distributed step takes",
                        s->ops->name, mp->n_t, mp->k, mp->combine);
+    const int n_t = mp->n_t;
+    d->tab = es__calloc((size_t)n_t, sizeof *d->tab);
+    d->base = es__calloc((size_t)n_t + 1, sizeof *d->base);
+    d->lo = es__calloc((size_t)n_t + 1, sizeof *d->lo);
+    d->ttensor = es__calloc((size_t)n_t, sizeof *d->ttensor);
+    d->ga = es__calloc((size_t)n_t, sizeof *d->ga);
+    if (!d->tab || !d->base || !d->lo || !d->ttensor || !d->ga) {
+        free_tables(d);
+        return es__err(err, ES_ENOMEM, "out of memory for the distributed step");
+    }
+    d->n_t = n_t;
+    for (int i = 0; i < n_t; i++) d->tab[i] = es__row_map_table(mp, i);
+    for (int i = 0; i <= n_t; i++) d->base[i] = es__row_map_base(mp, i);
+    const int cd = d->tab[0]->dim;
+    int wmax = 0;
+    for (int i = 0; i < n_t; i++) wmax = ES_MAX(wmax, d->tab[i]->dim);
+    d->wmax = wmax;
     const int side = mp->combine == ES_COMBINE_CAT || mp->combine == ES_COMBINE_SLICES; /* a value's rows side by side */
-    if (side ? mp->k * cd != m->E : cd != m->E)
+    if (!method && (side ? mp->k * cd != m->E : cd != m->E))
         return es__err(err, ES_EINVAL, "storage '%s': %d %s of %d floats do not make the model's %d", s->ops->name, mp->k,
                        side ? "chunks" : "combined rows", cd, m->E);
     /* table i: the rank's global rows in [base[i], base[i + 1]), at local
      * indices from the count of its rows below base[i] */
     const uint64_t N = (uint64_t)d->size, rk = (uint64_t)d->rank;
-    for (int i = 0; i <= mp->n_t; i++) {
-        d->lo[i] = (mp->base[i] + N - 1 - rk) / N;
-        if (i == mp->n_t) break;
-        const es_rows *t = mp->t[i];
-        if (t->dim != cd || t->prec != mp->t[0]->prec || mp->base[i + 1] <= mp->base[i])
-            return es__err(err, ES_EINVAL, "storage '%s': table %d of its row map differs in width or precision from table 0, or is empty",
-                           s->ops->name, i);
-        if (i > 0 && d->lo[i] - d->lo[i - 1] != mp->t[i - 1]->n_rows)
+    for (int i = 0; i <= n_t; i++) {
+        d->lo[i] = (d->base[i] + N - 1 - rk) / N;
+        if (i == n_t) break;
+        const es_rows *t = d->tab[i];
+        /* the built-in modes combine rows of one width and precision; a
+         * method's callbacks read fp32 rows of each table's width */
+        if (method ? t->prec != ES_PREC_FP32 : t->dim != cd || t->prec != d->tab[0]->prec)
+            return es__err(err, ES_EINVAL, "storage '%s': table %d of its row map %s", s->ops->name, i,
+                           method ? "is not fp32 (its callbacks read fp32 rows)" : "differs in width or precision from table 0");
+        if (d->base[i + 1] <= d->base[i]) return es__err(err, ES_EINVAL, "storage '%s': table %d of its row map is empty", s->ops->name, i);
+        if (i > 0 && d->lo[i] - d->lo[i - 1] != d->tab[i - 1]->n_rows)
             return es__err(err, ES_EINVAL, "storage '%s': table %d holds %llu rows on rank %d of %d, its share of the global rows is %llu",
-                           s->ops->name, i - 1, (unsigned long long)mp->t[i - 1]->n_rows, d->rank, d->size,
+                           s->ops->name, i - 1, (unsigned long long)d->tab[i - 1]->n_rows, d->rank, d->size,
                            (unsigned long long)(d->lo[i] - d->lo[i - 1]));
     }
-    if (d->lo[mp->n_t] - d->lo[mp->n_t - 1] != mp->t[mp->n_t - 1]->n_rows || mp->base[mp->n_t] != mp->rows)
+    if (d->lo[n_t] - d->lo[n_t - 1] != d->tab[n_t - 1]->n_rows || d->base[n_t] != mp->rows)
         return es__err(err, ES_EINVAL, "storage '%s': its last table holds %llu rows on rank %d of %d, its share of the global rows is %llu",
-                       s->ops->name, (unsigned long long)mp->t[mp->n_t - 1]->n_rows, d->rank, d->size,
-                       (unsigned long long)(d->lo[mp->n_t] - d->lo[mp->n_t - 1]));
+                       s->ops->name, (unsigned long long)d->tab[n_t - 1]->n_rows, d->rank, d->size,
+                       (unsigned long long)(d->lo[n_t] - d->lo[n_t - 1]));
+    d->rb_max = 0;
+    for (int i = 0; i < n_t; i++) d->rb_max = ES_MAX(d->rb_max, tab_row_bytes(d, i));
     d->m = m;
     d->rep = 0;
-    d->P = d->Pn = es__net_n_params(m->net);
+    d->Pn = es__net_n_params(m->net);
+    d->P = d->Pn + (method ? mp->dense : 0);
     es__free(d->part);
     es__free(d->gsum);
     es__free(d->tmp);
     es__free(d->ebuf);
     d->part = es__malloc(((size_t)ES_DIST_BLOCKS * d->P + 1) * sizeof(float));
     d->gsum = es__malloc((3 * (size_t)d->size * ((d->P + (size_t)d->size - 1) / (size_t)d->size) + 1) * sizeof(float));
-    d->tmp = es__malloc((size_t)cd * sizeof(float));
-    d->ebuf = es__malloc((size_t)mp->k * (size_t)cd * sizeof(float));
+    d->tmp = es__malloc((size_t)wmax * sizeof(float));
+    d->ebuf = es__malloc((size_t)mp->k * (size_t)wmax * sizeof(float));
     if (!d->part || !d->gsum || !d->tmp || !d->ebuf) return es__err(err, ES_ENOMEM, "out of memory for the distributed step");
-    for (int i = 0; i < ES_ROW_MAP_TABLES; i++) {
-        es__gradacc_free(&d->ga[i]);
-        if (i >= mp->n_t) continue;
+    for (int i = 0; i < n_t; i++) {
         size_t cap = (size_t)m->max_batch * (size_t)m->n_fields;
-        if (cap > mp->t[i]->n_rows) cap = (size_t)mp->t[i]->n_rows;
-        if (es__gradacc_init(&d->ga[i], cap ? cap : 1, cd) != ES_OK) return es__err(err, ES_ENOMEM, "out of memory for the distributed step");
+        if (cap > d->tab[i]->n_rows) cap = (size_t)d->tab[i]->n_rows;
+        if (es__gradacc_init(&d->ga[i], cap ? cap : 1, d->tab[i]->dim) != ES_OK) return es__err(err, ES_ENOMEM, "out of memory for the distributed step");
     }
     return ES_OK;
 }
@@ -278,7 +350,9 @@ int es__dist_create(es__dist **out, const es_comm *c, es_model *m, es_err *err) 
 
 void es__dist_free(es__dist *d) {
     if (!d) return;
-    for (int i = 0; i < ES_ROW_MAP_TABLES; i++) es__gradacc_free(&d->ga[i]);
+    free_tables(d);
+    es__free(d->utab);
+    es__free(d->uoff);
     es__free(d->ids);
     es__free(d->iu);
     es__free(d->ukey);
@@ -419,37 +493,42 @@ static int dense_reduce(es__dist *d, float *x) {
 
 /* The k cached rows of one value (cache indices iu[0 .. k)): pointers
  * into the cache, or, for a table at a precision, dequantized into
- * d->ebuf (es__dequant_row: the values the method's own lookup combines). */
-static void cached_rows(es__dist *d, const int32_t *iu, const float **e) {
-    const es_rows *t0 = d->map.t[0];
-    const int cd = t0->dim;
+ * d->ebuf (es__dequant_row: the values the method's own lookup combines);
+ * tab[j] (may be NULL) row j's table. */
+static void cached_rows(es__dist *d, const int32_t *iu, const float **e, int *tab) {
     for (int j = 0; j < d->map.k; j++) {
-        if (t0->prec == ES_PREC_FP32) {
-            e[j] = (const float *)(void *)d->cache + (size_t)iu[j] * (size_t)cd;
+        const es_rows *t = d->tab[d->utab[iu[j]]];
+        const unsigned char *row = d->cache + d->uoff[iu[j]];
+        if (tab) tab[j] = d->utab[iu[j]];
+        if (t->prec == ES_PREC_FP32) {
+            e[j] = (const float *)(const void *)row;
         } else {
-            const size_t rb = es__prec_row_bytes(t0->prec, cd);
-            float *dst = d->ebuf + (size_t)j * (size_t)cd;
-            es__dequant_row(t0->prec, d->cache + (size_t)iu[j] * rb, cd, dst);
+            float *dst = d->ebuf + (size_t)j * (size_t)t->dim;
+            es__dequant_row(t->prec, row, t->dim, dst);
             e[j] = dst;
         }
     }
 }
 
-/* es__row_map's SUM, PROD and SLICES pooling of this rank's first `rows`
- * rows of g from the cache, into out[rows, F, E]: per (row, field) pair,
- * from zero, each value's combined rows times its weight, in the float
- * operations of the method's own lookup (qr_lookup). */
+/* es__row_map's SUM, PROD, SLICES and METHOD pooling of this rank's
+ * first `rows` rows of g from the cache, into out[rows, F, E]: per (row,
+ * field) pair, from zero, each value's combined rows times its weight, in
+ * the float operations of the method's own lookup (qr_lookup; METHOD: the
+ * method's pool, mde_lookup's). */
 static void combine_lookup(es__dist *d, const es_batch *g, int rows, float *out) {
-    const int F = d->m->n_fields, k = d->map.k, dim = d->map.t[0]->dim, E = d->m->E;
+    const int F = d->m->n_fields, k = d->map.k, dim = d->tab[0]->dim, E = d->m->E;
     const float *e[ES_RESOLVE_BLOCK / 2];
+    int tab[ES_RESOLVE_BLOCK / 2];
     size_t v = 0; /* value index: d->iu + v * k are its rows */
     for (size_t P = 0, P1 = (size_t)rows * (size_t)F; P < P1; P++) {
         float *restrict o = out + P * (size_t)E;
         memset(o, 0, (size_t)E * sizeof *o);
         for (uint32_t i = g->off[P]; i < g->off[P + 1]; i++, v++) {
             const float wt = g->wt[i];
-            cached_rows(d, d->iu + v * (size_t)k, e);
-            if (d->map.combine == ES_COMBINE_PROD) {
+            cached_rows(d, d->iu + v * (size_t)k, e, tab);
+            if (d->map.combine == ES_COMBINE_METHOD) {
+                d->map.pool(d->map.self, tab, e, wt, o);
+            } else if (d->map.combine == ES_COMBINE_PROD) {
                 for (int c = 0; c < dim; c++) {
                     float x = wt;
                     for (int j = 0; j < k; j++) x *= e[j][c];
@@ -465,18 +544,22 @@ static void combine_lookup(es__dist *d, const es_batch *g, int rows, float *out)
 
 /* Steps 1 and 2 of a step: the rows of g's first `rows` rows (this
  * rank's part) resolved to global rows (d->ids, the distinct ones in
- * d->uniq), fetched from their owners and pooled into m->emb.  Collective. */
+ * d->uniq), fetched from their owners and pooled into m->emb.  A row
+ * travels with its table's width: the owner knows the table from the
+ * local index, the requester from the global row.  Collective. */
 static int dist_fetch(es__dist *d, const es_batch *g, int rows) {
     es_model *m = d->m;
     es_err *err = &m->err;
-    const int F = m->n_fields, N = d->size, k = d->map.k, cd = d->map.t[0]->dim;
+    const int F = m->n_fields, N = d->size, k = d->map.k, cd = d->tab[0]->dim;
     const size_t P0 = 0, P1 = (size_t)rows * F;
     const size_t nv = (size_t)(g->off[P1] - g->off[P0]), n_ids = nv * (size_t)k;
     const int lo = 0, hi = rows;
     int rc;
     /* 1. resolve this rank's values to global rows; the distinct ones */
     if (grow((void **)&d->ids, &d->ids_cap, n_ids + 1, sizeof *d->ids) != ES_OK ||
-        grow((void **)&d->iu, &d->iu_cap, n_ids + 1, sizeof *d->iu) != ES_OK || uniq_reset(d, n_ids) != ES_OK)
+        grow((void **)&d->iu, &d->iu_cap, n_ids + 1, sizeof *d->iu) != ES_OK || uniq_reset(d, n_ids) != ES_OK ||
+        grow((void **)&d->utab, &d->utab_cap, n_ids + 1, sizeof *d->utab) != ES_OK ||
+        grow((void **)&d->uoff, &d->uoff_cap, n_ids + 1, sizeof *d->uoff) != ES_OK)
         return es__err(err, ES_ENOMEM, "out of memory for the rows of a batch");
     {
         size_t o = 0;
@@ -493,11 +576,15 @@ static int dist_fetch(es__dist *d, const es_batch *g, int rows) {
         }
     }
 
-    /* 2. lookup: local indices to the owners, rows back */
+    /* 2. lookup: local indices to the owners, rows back (upos: a row's
+     * place in its owner's reply, in bytes) */
     memset(d->scnt, 0, (size_t)N * sizeof(size_t));
+    memset(d->cur, 0, (size_t)N * sizeof(size_t));
     for (size_t u = 0; u < d->n_uniq; u++) {
         int o = (int)(d->uniq[u] % (uint64_t)N);
-        d->upos[u] = d->scnt[o] / sizeof(uint64_t);
+        d->utab[u] = global_table(d, d->uniq[u]);
+        d->upos[u] = d->cur[o];
+        d->cur[o] += tab_row_bytes(d, d->utab[u]);
         d->scnt[o] += sizeof(uint64_t);
     }
     size_t tot = 0;
@@ -506,18 +593,31 @@ static int dist_fetch(es__dist *d, const es_batch *g, int rows) {
         tot += d->scnt[i];
     }
     if (grow((void **)&d->sbuf, &d->sbuf_cap, tot + 1, 1) != ES_OK) return es__err(err, ES_ENOMEM, "out of memory");
+    memset(d->cur, 0, (size_t)N * sizeof(size_t));
     for (size_t u = 0; u < d->n_uniq; u++) {
         int o = (int)(d->uniq[u] % (uint64_t)N);
         uint64_t li = d->uniq[u] / (uint64_t)N;
-        memcpy(d->sbuf + d->sdsp[o] + d->upos[u] * sizeof(uint64_t), &li, sizeof li);
+        memcpy(d->sbuf + d->sdsp[o] + d->cur[o], &li, sizeof li);
+        d->cur[o] += sizeof li;
     }
     if ((rc = exchange(d, d->sbuf, &d->rbuf, &d->rbuf_cap)) != ES_OK) return rc;
     /* as owner: the rows asked for, in the order asked (fp32 rows, or a
-     * QAT table's codes: the requester pools them as one process would) */
-    size_t row_bytes;
-    table_rows(d->map.t[0], &row_bytes); /* every table of the map: one width, one precision */
+     * QAT table's codes: the requester pools them as one process would);
+     * d->cur[i]: the bytes of the reply to rank i */
     size_t reply = 0;
-    for (int i = 0; i < N; i++) reply += d->rcnt[i] / sizeof(uint64_t) * row_bytes;
+    for (int i = 0; i < N; i++) {
+        d->cur[i] = 0;
+        for (size_t q = 0, cnt = d->rcnt[i] / sizeof(uint64_t); q < cnt; q++) {
+            uint64_t li, r;
+            int t;
+            memcpy(&li, d->rbuf + d->rdsp[i] + q * sizeof li, sizeof li);
+            if (!local_row(d, li, &r, &t))
+                return es__err(err, ES_EFORMAT, "rank %d asked rank %d for local row %llu of %llu", i, d->rank, (unsigned long long)li,
+                               (unsigned long long)d->lo[d->n_t]);
+            d->cur[i] += tab_row_bytes(d, t);
+        }
+        reply += d->cur[i];
+    }
     if (grow((void **)&d->sbuf2, &d->sbuf2_cap, reply + 1, 1) != ES_OK) return es__err(err, ES_ENOMEM, "out of memory");
     {
         size_t o = 0;
@@ -527,12 +627,10 @@ static int dist_fetch(es__dist *d, const es_batch *g, int rows) {
                 uint64_t li, r;
                 memcpy(&li, d->rbuf + d->rdsp[i] + q * sizeof li, sizeof li);
                 const es_rows *t = local_row(d, li, &r, NULL);
-                if (!t)
-                    return es__err(err, ES_EFORMAT, "rank %d asked rank %d for local row %llu of %llu", i, d->rank,
-                                   (unsigned long long)li, (unsigned long long)d->lo[d->map.n_t]);
                 size_t rb;
-                memcpy(d->sbuf2 + o, table_rows(t, &rb) + (size_t)r * row_bytes, row_bytes);
-                o += row_bytes;
+                const unsigned char *src = table_rows(t, &rb);
+                memcpy(d->sbuf2 + o, src + (size_t)r * rb, rb);
+                o += rb;
             }
         }
     }
@@ -540,32 +638,35 @@ static int dist_fetch(es__dist *d, const es_batch *g, int rows) {
     {
         size_t o = 0;
         for (int i = 0; i < N; i++) {
-            d->cur[i] = d->rcnt[i] / sizeof(uint64_t) * row_bytes; /* what this rank sends to i */
             d->sdsp[i] = o;
             o += d->cur[i];
         }
         memcpy(d->scnt, d->cur, (size_t)N * sizeof(size_t));
     }
     if ((rc = exchange(d, d->sbuf2, &d->rbuf2, &d->rbuf2_cap)) != ES_OK) return rc;
-    if (grow((void **)&d->cache, &d->cache_cap, (d->n_uniq + 1) * row_bytes, 1) != ES_OK)
-        return es__err(err, ES_ENOMEM, "out of memory for the rows of a batch");
+    size_t cbytes = 0;
+    for (size_t u = 0; u < d->n_uniq; u++) {
+        d->uoff[u] = cbytes;
+        cbytes += tab_row_bytes(d, d->utab[u]);
+    }
+    if (grow((void **)&d->cache, &d->cache_cap, cbytes + 1, 1) != ES_OK) return es__err(err, ES_ENOMEM, "out of memory for the rows of a batch");
     for (size_t u = 0; u < d->n_uniq; u++) {
         int o = (int)(d->uniq[u] % (uint64_t)N);
-        memcpy(d->cache + u * row_bytes, d->rbuf2 + d->rdsp[o] + d->upos[u] * row_bytes, row_bytes);
+        memcpy(d->cache + d->uoff[u], d->rbuf2 + d->rdsp[o] + d->upos[u], tab_row_bytes(d, d->utab[u]));
     }
     if (hi == lo) return ES_OK;
     if (d->map.combine != ES_COMBINE_CAT) {
         combine_lookup(d, g, hi - lo, m->emb);
         return ES_OK;
     }
-    es_rows cache;
+    es_rows cache; /* CAT: every table of one width, so the cache is a table of the distinct rows */
     memset(&cache, 0, sizeof cache);
-    if (d->map.t[0]->prec != ES_PREC_FP32) cache.q = d->cache; /* codes: pooled by dequantizing, as one process does */
+    if (d->tab[0]->prec != ES_PREC_FP32) cache.q = d->cache; /* codes: pooled by dequantizing, as one process does */
     else cache.w = (float *)(void *)d->cache;
     cache.n_rows = d->n_uniq;
     cache.dim = cd;
-    cache.prec = d->map.t[0]->prec;
-    cache.opt = d->map.t[0]->opt;
+    cache.prec = d->tab[0]->prec;
+    cache.opt = d->tab[0]->opt;
     es__rows_lookup(&cache, k, cache_resolve, d, g, 0, hi - lo, m->emb);
     return ES_OK;
 }
@@ -590,7 +691,7 @@ static int my_part(es__dist *d, const es_batch *g, int n, const char *what, int 
 int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum) {
     es_model *m = d->m;
     es_err *err = &m->err;
-    const int F = m->n_fields, E = m->E, N = d->size, k = d->rep ? 0 : d->map.k, cd = d->rep ? 0 : d->map.t[0]->dim;
+    const int F = m->n_fields, E = m->E, N = d->size, k = d->rep ? 0 : d->map.k;
     const int nd = m->n_dense;
     int jb0, jb1, lo, hi;
     int rc = my_part(d, g, n, "training", &jb0, &jb1, &lo, &hi);
@@ -598,8 +699,8 @@ int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum
     /* g holds rows [lo, hi) of the global batch as its rows 0 .. hi - lo */
     const size_t P0 = 0, P1 = (size_t)(hi - lo) * F;
     const size_t n_ids = (size_t)(g->off[P1] - g->off[P0]) * (size_t)k;
-    const size_t rec = sizeof(uint64_t) + sizeof(float) * (size_t)(1 + cd);
-    const size_t row_bytes = (size_t)cd * sizeof(float);
+    const size_t head = sizeof(uint64_t) + sizeof(float); /* a gradient record: local index, weight, then the row's floats */
+    const int method = !d->rep && d->map.combine == ES_COMBINE_METHOD;
     size_t tot;
     d->st.steps++;
     es_storage *st = m->st;
@@ -612,6 +713,8 @@ int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum
     /* 3. dense: block by block, then the fixed tree */
     const size_t P = d->P, Pn = d->Pn;
     const size_t rowf = (size_t)F * (size_t)E;
+    const float *e[ES_RESOLVE_BLOCK / 2];
+    int tab[ES_RESOLVE_BLOCK / 2];
     for (int j = jb0; j < jb1; j++) {
         const int a = block_row(j, n), z = block_row(j + 1, n), nb = z - a, la = a - lo;
         float *pj = d->part + (size_t)(j - jb0) * P;
@@ -635,6 +738,13 @@ int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum
             memset(pj + Pn, 0, (P - Pn) * sizeof(float));
             if ((rc = st->ops->rep_backward(st, &sub, m->demb + (size_t)la * rowf, pj + Pn)) != ES_OK)
                 return es__err(err, rc, "%s", es__storage_errmsg(st));
+        } else if (method && P > Pn) { /* the block's gradient of the map's replicated parameters, from its values alone */
+            memset(pj + Pn, 0, (P - Pn) * sizeof(float));
+            for (size_t Pp = (size_t)la * F, Pz = (size_t)(la + nb) * F; Pp < Pz; Pp++)
+                for (uint32_t v = g->off[Pp]; v < g->off[Pp + 1]; v++) {
+                    cached_rows(d, d->iu + (size_t)(v - g->off[0]) * (size_t)k, e, tab);
+                    d->map.dense_grad(d->map.self, tab, e, g->wt[v], m->demb + Pp * (size_t)E, pj + Pn);
+                }
         }
     }
     const int cnt = jb1 - jb0;
@@ -651,9 +761,10 @@ int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum
     }
     if (d->rep) return ES_OK; /* no rows to update at their owners */
 
-    /* 4. sparse: every value's gradient slice to its row's owner, in batch order */
+    /* 4. sparse: every value's gradient slice to its row's owner, in batch
+     * order, with its table's width */
     memset(d->scnt, 0, (size_t)N * sizeof(size_t));
-    for (size_t i = 0; i < n_ids; i++) d->scnt[d->ids[i] % (uint64_t)N] += rec;
+    for (size_t i = 0; i < n_ids; i++) d->scnt[d->ids[i] % (uint64_t)N] += head + (size_t)d->tab[d->utab[d->iu[i]]]->dim * sizeof(float);
     tot = 0;
     for (int i = 0; i < N; i++) {
         d->sdsp[i] = d->cur[i] = tot;
@@ -661,22 +772,28 @@ int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum
     }
     if (grow((void **)&d->sbuf, &d->sbuf_cap, tot + 1, 1) != ES_OK) return es__err(err, ES_ENOMEM, "out of memory");
     {
-        const int comb = d->map.combine;
-        const float *e[ES_RESOLVE_BLOCK / 2];
+        const int comb = d->map.combine, cd = d->tab[0]->dim;
+        float *gj[ES_RESOLVE_BLOCK / 2];
         size_t o = 0;
         for (size_t Pp = P0; Pp < P1; Pp++) {
             const float *go = m->demb + (Pp - P0) * (size_t)E;
             for (uint32_t s = g->off[Pp]; s < g->off[Pp + 1]; s++) {
                 const float wt = g->wt[s];
                 /* a product: the value's rows as the forward combined them */
-                if (comb == ES_COMBINE_PROD) cached_rows(d, d->iu + o, e);
+                if (comb == ES_COMBINE_PROD || comb == ES_COMBINE_METHOD) cached_rows(d, d->iu + o, e, tab);
+                if (comb == ES_COMBINE_METHOD) { /* the rows' gradients, weight 1, into ebuf */
+                    for (int j = 0; j < k; j++) gj[j] = d->ebuf + (size_t)j * (size_t)d->wmax;
+                    d->map.pool_grad(d->map.self, tab, e, go, gj);
+                }
                 for (int j = 0; j < k; j++, o++) {
                     uint64_t row = d->ids[o];
                     int ow = (int)(row % (uint64_t)N);
                     uint64_t li = row / (uint64_t)N;
                     unsigned char *q = d->sbuf + d->cur[ow];
                     const float *slice = comb == ES_COMBINE_CAT || comb == ES_COMBINE_SLICES ? go + (size_t)j * cd : go;
+                    const size_t width = (size_t)d->tab[d->utab[d->iu[o]]]->dim;
                     float sw = wt;
+                    if (comb == ES_COMBINE_METHOD) slice = gj[j];
                     if (comb == ES_COMBINE_PROD) {
                         /* wt dout times the other rows, in qr_backward's order; summed
                          * at the owner with weight 1 (an exact add) */
@@ -691,68 +808,90 @@ int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum
                     }
                     memcpy(q, &li, sizeof li);
                     memcpy(q + sizeof li, &sw, sizeof sw);
-                    memcpy(q + sizeof li + sizeof sw, slice, row_bytes);
-                    d->cur[ow] += rec;
+                    memcpy(q + head, slice, width * sizeof(float));
+                    d->cur[ow] += head + width * sizeof(float);
                 }
             }
         }
     }
     if ((rc = exchange(d, d->sbuf, &d->rbuf, &d->rbuf_cap)) != ES_OK) return rc;
-    for (int t = 0; t < d->map.n_t; t++) es__gradacc_clear(&d->ga[t]);
+    for (int t = 0; t < d->n_t; t++) es__gradacc_clear(&d->ga[t]);
     for (int i = 0; i < N; i++) {
-        size_t cnt_i = d->rcnt[i] / rec;
-        for (size_t q = 0; q < cnt_i; q++) {
-            const unsigned char *r = d->rbuf + d->rdsp[i] + q * rec;
+        for (size_t q = 0; q + head <= d->rcnt[i];) {
+            const unsigned char *r = d->rbuf + d->rdsp[i] + q;
             uint64_t li, lr;
             float wt;
             int t;
             memcpy(&li, r, sizeof li);
             memcpy(&wt, r + sizeof li, sizeof wt);
-            memcpy(d->tmp, r + sizeof li + sizeof wt, row_bytes);
-            if (!local_row(d, li, &lr, &t))
+            const es_rows *tr = local_row(d, li, &lr, &t);
+            if (!tr || q + head + (size_t)tr->dim * sizeof(float) > d->rcnt[i])
                 return es__err(err, ES_EFORMAT, "rank %d sent rank %d a gradient of local row %llu of %llu", i, d->rank,
-                               (unsigned long long)li, (unsigned long long)d->lo[d->map.n_t]);
+                               (unsigned long long)li, (unsigned long long)d->lo[d->n_t]);
+            const size_t width = (size_t)tr->dim;
+            memcpy(d->tmp, r + head, width * sizeof(float));
+            q += head + width * sizeof(float);
             float *gr = es__gradacc_row(&d->ga[t], lr);
             if (!gr) {
-                for (int u = 0; u < d->map.n_t; u++) es__gradacc_clear(&d->ga[u]);
+                for (int u = 0; u < d->n_t; u++) es__gradacc_clear(&d->ga[u]);
                 return es__err(err, ES_ENOMEM, "out of memory growing the gradient scratch");
             }
-            es__axpy(gr, wt, d->tmp, (size_t)cd);
+            es__axpy(gr, wt, d->tmp, width);
         }
     }
-    for (int t = 0; t < d->map.n_t; t++) es__gradacc_apply(&d->ga[t], d->map.t[t]);
+    for (int t = 0; t < d->n_t; t++) es__gradacc_apply(&d->ga[t], d->tab[t]);
+    /* the map's replicated parameters last: the rows' gradients above read them before the update */
+    if (method && P > Pn) d->map.dense_apply(d->map.self, d->part + Pn);
     return ES_OK;
 }
 
 /* ---- the whole model on rank 0 --------------------------------------------------------- */
 
-int es__dist_tables(const es__dist *d, es__whole_table *wt, es_err *err) {
+int es__dist_tables(es__dist *d, es__whole_table *wt, es_err *err) {
     es_storage *st = d->m->st;
     memset(wt, 0, sizeof *wt);
     int n = es__storage_tensors(st, NULL, 0);
     es_tensor_ref *refs = n > 0 ? es__calloc((size_t)n, sizeof *refs) : NULL;
     if (!refs) return es__err(err, n > 0 ? ES_ENOMEM : ES_EINVAL, "storage '%s': cannot list its tensors", st->ops->name);
     es__storage_tensors(st, refs, n);
-    size_t row_bytes;
-    table_rows(d->map.t[0], &row_bytes);
-    wt->n = d->map.n_t;
-    for (int i = 0; i < d->map.n_t; i++) {
-        /* the method's tensor holding the table's rows: its fp32 rows, or codes */
+    int rc = ES_OK;
+    for (int i = 0; i < d->n_t && rc == ES_OK; i++) {
+        /* the method's tensor holding the table's rows: named by the map,
+         * or the one whose data are its fp32 rows or codes */
         size_t rb;
-        const void *rows = table_rows(d->map.t[i], &rb);
+        const void *rows = table_rows(d->tab[i], &rb);
+        const char *name = d->map.tensor ? d->map.tensor(d->map.self, i) : NULL;
         int found = -1;
         for (int j = 0; j < n && found < 0; j++)
-            if (refs[j].data == rows) found = j;
+            if (name ? strcmp(refs[j].name, name) == 0 : refs[j].data == rows) found = j;
         if (found < 0) {
-            es__free(refs);
-            return es__err(err, ES_EINVAL, "storage '%s': no tensor holds table %d of its rows", st->ops->name, i);
+            rc = es__err(err, ES_EINVAL, "storage '%s': no tensor holds table %d of its rows", st->ops->name, i);
+            break;
         }
-        snprintf(wt->tensor[i], sizeof wt->tensor[i], "%s", refs[found].name);
-        wt->rows[i] = d->map.base[i + 1] - d->map.base[i];
+        int at = 0; /* its place in wt: tables may share a tensor, one after the other */
+        while (at < wt->n && strcmp(wt->tensor[at], refs[found].name) != 0) at++;
+        if (at == wt->n) {
+            if (at == ES_ROW_MAP_TABLES) {
+                rc = es__err(err, ES_EINVAL, "storage '%s': its rows are in more than %d tensors", st->ops->name, ES_ROW_MAP_TABLES);
+                break;
+            }
+            snprintf(wt->tensor[at], sizeof wt->tensor[at], "%s", refs[found].name);
+            wt->n++;
+        }
+        d->ttensor[i] = at;
+        /* the tensor's first dimension grows by the table's rows, in its units */
+        uint64_t per = 1;
+        for (int j = 1; j < refs[found].ndim; j++) per *= refs[found].shape[j];
+        const size_t unit = es__dtype_bytes(refs[found].dtype, per);
+        if (unit == 0 || unit == SIZE_MAX || rb % unit != 0) {
+            rc = es__err(err, ES_EINVAL, "storage '%s': tensor %s does not hold whole rows of table %d", st->ops->name, refs[found].name, i);
+            break;
+        }
+        wt->rows[at] += (d->base[i + 1] - d->base[i]) * (rb / unit);
     }
-    wt->param_bytes = (size_t)d->map.rows * row_bytes;
+    wt->param_bytes = (size_t)es__storage_whole_param_bytes(st);
     es__free(refs);
-    return ES_OK;
+    return rc;
 }
 
 /* ---- agreement ------------------------------------------------------------------------- */
@@ -842,11 +981,10 @@ int es__dist_predict(es__dist *d, const es_batch *g, int n, float *prob) {
  * DIST_WRITE_ROWS rows; out: rank 0's round buffer.  *wrc: rank 0's
  * append status (after a failure the rounds go on, unwritten, so that no
  * rank waits).  Returns an error only when this rank leaves the rounds. */
-static int write_range(es__dist *d, es_fwriter *w, int tensor, uint64_t A, uint64_t B, unsigned char *out, int *wrc, es_err *err) {
+static int write_range(es__dist *d, es_fwriter *w, int tensor, uint64_t A, uint64_t B, size_t row_bytes, unsigned char *out, int *wrc,
+                       es_err *err) {
     const int N = d->size;
     const uint64_t NN = (uint64_t)N, C = DIST_WRITE_ROWS;
-    size_t row_bytes;
-    table_rows(d->map.t[0], &row_bytes);
     for (uint64_t a = A; a < B; a += C) {
         /* rows [a, b): rank i holds r0[i], r0[i] + N, ... (the first row
          * >= a that is i mod N), at local indices r0[i] / N, ... */
@@ -872,7 +1010,7 @@ static int write_range(es__dist *d, es_fwriter *w, int tensor, uint64_t A, uint6
             const es_rows *t = local_row(d, r0[d->rank] / NN + q, &lr, NULL);
             if (!t)
                 return es__err(err, ES_EINVAL, "rank %d's shard has %llu rows, the tables' rule gives it more", d->rank,
-                               (unsigned long long)d->lo[d->map.n_t]);
+                               (unsigned long long)d->lo[d->n_t]);
             size_t rb;
             memcpy(d->sbuf + (size_t)q * row_bytes, table_rows(t, &rb) + (size_t)lr * row_bytes, row_bytes);
         }
@@ -890,15 +1028,13 @@ static int write_range(es__dist *d, es_fwriter *w, int tensor, uint64_t A, uint6
 
 int es__dist_write_rows(es__dist *d, es_fwriter *w, const int *tensor, int *broken, es_err *err) {
     *broken = 1; /* until every round is done */
-    size_t row_bytes;
-    table_rows(d->map.t[0], &row_bytes);
     int wrc = ES_OK; /* rank 0: a failed append; the rounds go on, so that no rank waits */
     double t0 = es__now();
     unsigned char *out = NULL;
-    if (d->rank == 0 && !(out = es__malloc((size_t)DIST_WRITE_ROWS * row_bytes + 1)))
+    if (d->rank == 0 && !(out = es__malloc((size_t)DIST_WRITE_ROWS * d->rb_max + 1)))
         wrc = es__err(err, ES_ENOMEM, "out of memory writing the model");
-    for (int i = 0; i < d->map.n_t; i++) { /* table i: its global rows, as its own tensor */
-        int rc = write_range(d, w, d->rank == 0 ? tensor[i] : -1, d->map.base[i], d->map.base[i + 1], out, &wrc, err);
+    for (int i = 0; i < d->n_t; i++) { /* table i: its global rows, into its tensor (after the tables before it there) */
+        int rc = write_range(d, w, d->rank == 0 ? tensor[d->ttensor[i]] : -1, d->base[i], d->base[i + 1], tab_row_bytes(d, i), out, &wrc, err);
         if (rc != ES_OK) {
             es__free(out);
             return rc;

@@ -66,11 +66,13 @@ int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum
 int es__dist_replicated(const es__dist *d);
 
 /* The row tables as the model file holds them (es__model_save_whole_begin):
- * table i of the row map (es__row_map) as the storage's tensor holding
- * its rows ("weight", "weight.q" for codes; qr: "table0", ...), with its
- * global row count; param_bytes those of all the rows.  ES_EINVAL when no
- * tensor holds a table, ES_ENOMEM. */
-int es__dist_tables(const es__dist *d, es__whole_table *wt, es_err *err);
+ * the storage's tensors holding the row map's (es__row_map) tables
+ * ("weight", "weight.q" for codes; qr: "table0", ...; mde: its tiers one
+ * after another in "rows.weight", its hashed rows in "tail.weight"), each
+ * with its whole first dimension; param_bytes the whole storage's.
+ * Remembers each table's tensor for es__dist_write_rows.  ES_EINVAL when
+ * no tensor holds a table, ES_ENOMEM. */
+int es__dist_tables(es__dist *d, es__whole_table *wt, es_err *err);
 
 /* Probabilities of this rank's part of a global batch of n rows (g as in
  * es__dist_train_batch) into prob[0 .. g->n): the rows fetched from their
@@ -87,7 +89,8 @@ int es__dist_collect(es__dist *d, int n, const float *mine, float *all);
 /* The row tables, each in global row order, into the tensors tensor[i]
  * (es__dist_tables' order) of rank 0's streaming writer w
  * (es__model_save_whole_begin; NULL on the other ranks): table i is
- * global rows [base[i], base[i + 1]), sent in rounds of a fixed number
+ * global rows [base[i], base[i + 1]), appended to its tensor after the
+ * tables before it there, sent in rounds of a fixed number
  * of rows, each rank sending its rows of the round to rank 0, so rank 0
  * holds one round, never a table.  Every rank runs every round, even
  * after rank 0's write failed (then its error is returned by rank 0
