@@ -113,14 +113,7 @@ TEST(mpi_reader_skip_matches_reading_every_row) {
 /* Train on np ranks (np 0: without mpirun) into $ES_T/<out>; the exit
  * status, the output in $ES_T/<out>.log.  The same --out path for every
  * run (moved afterwards), so the recorded command lines are the same. */
-static int train_np(int np, const char *args, const char *out) {
-    char pre[128] = "";
-    if (np > 0) snprintf(pre, sizeof pre, MPIRUN " -np %d ", np);
-    char log[256];
-    snprintf(log, sizeof log, "%s.log", es_test_path(out));
-    return es_test_sh(log, "rm -f $ES_T/mpi_model.es && %s%s train %s %s %s --out $ES_T/mpi_model.es && mv $ES_T/mpi_model.es $ES_T/%s", pre,
-                      es_bin(), CRITEO, COMMON, args, out);
-}
+static int train_np(int np, const char *args, const char *out) { return mpi_train(np, COMMON, args, out); }
 
 static char *slurp_log(const char *out) {
     char log[256];
@@ -408,7 +401,7 @@ TEST_SLOW(mpi_rank_memory_a_table_4x_the_cap_trains_on_4_ranks) {
         CHECK_STR_HAS(s, "more than --rank-memory");
         CHECK_STR_HAS(s, "about 4 processes");
         free(s);
-        CHECK(es_test_sh(NULL, "ls $ES_T/mpi_model.es* $ES_T/mpi_rm_refused.es >/dev/null 2>&1") != 0);
+        CHECK(es_test_sh(NULL, "ls $ES_T/mpi_train.es* $ES_T/mpi_rm_refused.es >/dev/null 2>&1") != 0);
     }
     /* 4 ranks under the cap */
     int st = train_np(4, capped, "mpi_rm4.es");

@@ -14,13 +14,11 @@
  * one-process trainer's up to rounding; a killed rank resumes to the
  * uninterrupted model.
  */
-#include "test.h"
+#include "mpi_test.h"
 
 #include "core/core.h"
 #include "storage/storage.h"
 
-#define CRITEO "data/criteo_kaggle_train_first10k.tsv"
-#define MPIRUN "mpirun --oversubscribe --allow-run-as-root"
 /* short runs: 2000 rows, 8 global batches of 256 */
 #define COMMON "--max-rows 2000 --valid-frac 0 --early-stop 0 --epochs 1 --threads 1 --seed 5 --quiet"
 
@@ -105,48 +103,13 @@ TEST(mpi_alpt_rounding_is_keyed_by_row_not_update_order) {
     es__rows_free(&fwd);
 }
 
-/* 1 when mpirun runs and $ES_BIN is the MPI build; else skips the test. */
-static int mpi_ready(void) {
-    static int state = -1; /* -1 unknown, 0 no, 1 yes */
-    static char why[160];
-    if (state < 0) {
-        state = 0;
-        if (es_test_sh(NULL, "command -v mpirun") != 0) {
-            snprintf(why, sizeof why, "mpirun not found (install openmpi-bin: .ci/deps.sh)");
-        } else {
-            const char *log = es_test_path("mpi_alpt_probe.log");
-            es_test_sh(log, MPIRUN " -np 2 %s train /nonexistent-probe.tsv --valid-frac 0 --early-stop 0 --quiet", es_bin());
-            char *s = es_test_slurp(log);
-            if (s && strstr(s, "built without MPI")) snprintf(why, sizeof why, "%s was built without MPI (make MPI=1)", es_bin());
-            else if (s && strstr(s, "nonexistent-probe")) state = 1;
-            else snprintf(why, sizeof why, "mpirun did not run %s as expected: %.100s", es_bin(), s ? s : "");
-            free(s);
-        }
-    }
-    if (!state) es_test_skip(why);
-    return state;
-}
-
 /* Train on np ranks (np 0: without mpirun) into $ES_T/<out>, the output
  * in $ES_T/<out>.log; the same --out path for every run (moved after), so
  * the recorded command lines are the same.  The exit status. */
-static int alpt_train(int np, const char *args, const char *out) {
-    char pre[128] = "";
-    if (np > 0) snprintf(pre, sizeof pre, MPIRUN " -np %d ", np);
-    char log[256];
-    snprintf(log, sizeof log, "%s.log", es_test_path(out));
-    return es_test_sh(log, "rm -f $ES_T/mpi_alpt.es && %s%s train %s %s %s --out $ES_T/mpi_alpt.es && mv $ES_T/mpi_alpt.es $ES_T/%s", pre,
-                      es_bin(), CRITEO, COMMON, args, out);
-}
+static int alpt_train(int np, const char *args, const char *out) { return mpi_train(np, COMMON, args, out); }
 
 /* Predictions (9 digits) of $ES_T/<model> on $ES_T/mpi_alpt_valid.tsv, malloc'd. */
-static char *alpt_predict(const char *model) {
-    if (es_test_sh(NULL, "%s predict $ES_T/%s $ES_T/mpi_alpt_valid.tsv --digits 9 --out $ES_T/%s.txt", es_bin(), model, model) != 0)
-        return NULL;
-    char p[256];
-    snprintf(p, sizeof p, "%s.txt", es_test_path(model));
-    return es_test_slurp(p);
-}
+static char *alpt_predict(const char *model) { return mpi_predict(model, "mpi_alpt_valid.tsv"); }
 
 static const char *const alpt_cfgs[] = {
     "--model dlrm --storage hash --budget 100000 --precision int8 --qtrain alpt",

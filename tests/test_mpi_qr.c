@@ -115,22 +115,10 @@ TEST(mpi_qr_shards_hold_the_whole_tables_rows) {
 /* Train on np ranks (np 0: without mpirun) into $ES_T/<out>, the output
  * in $ES_T/<out>.log; the same --out path for every run (moved after), so
  * the recorded command lines are the same.  The exit status. */
-static int qr_train(int np, const char *args, const char *out) {
-    char pre[128] = "";
-    if (np > 0) snprintf(pre, sizeof pre, MPIRUN " -np %d ", np);
-    char log[256];
-    snprintf(log, sizeof log, "%s.log", es_test_path(out));
-    return es_test_sh(log, "rm -f $ES_T/mpi_qr.es && %s%s train %s %s %s --out $ES_T/mpi_qr.es && mv $ES_T/mpi_qr.es $ES_T/%s", pre, es_bin(),
-                      CRITEO, COMMON, args, out);
-}
+static int qr_train(int np, const char *args, const char *out) { return mpi_train(np, COMMON, args, out); }
 
 /* Predictions (9 digits) of $ES_T/<model> on $ES_T/mpi_qr_valid.tsv, malloc'd. */
-static char *qr_predict(const char *model) {
-    if (es_test_sh(NULL, "%s predict $ES_T/%s $ES_T/mpi_qr_valid.tsv --digits 9 --out $ES_T/%s.txt", es_bin(), model, model) != 0) return NULL;
-    char p[256];
-    snprintf(p, sizeof p, "%s.txt", es_test_path(model));
-    return es_test_slurp(p);
-}
+static char *qr_predict(const char *model) { return mpi_predict(model, "mpi_qr_valid.tsv"); }
 
 static const char *const qr_cfgs[] = {
     "--model dlrm --storage qr --budget 100000 --storage-opts share=1,op=mult",
