@@ -103,14 +103,6 @@ TEST(mpi_alpt_rounding_is_keyed_by_row_not_update_order) {
     es__rows_free(&fwd);
 }
 
-/* Train on np ranks (np 0: without mpirun) into $ES_T/<out>, the output
- * in $ES_T/<out>.log; the same --out path for every run (moved after), so
- * the recorded command lines are the same.  The exit status. */
-static int alpt_train(int np, const char *args, const char *out) { return mpi_train(np, COMMON, args, out); }
-
-/* Predictions (9 digits) of $ES_T/<model> on $ES_T/mpi_alpt_valid.tsv, malloc'd. */
-static char *alpt_predict(const char *model) { return mpi_predict(model, "mpi_alpt_valid.tsv"); }
-
 static const char *const alpt_cfgs[] = {
     "--model dlrm --storage hash --budget 100000 --precision int8 --qtrain alpt",
     "--model lr --storage full --precision int8 --qtrain alpt",
@@ -122,23 +114,9 @@ static const char *const alpt_cfgs[] = {
 TEST_SLOW(mpi_alpt_1_2_4_ranks_give_the_same_model_file) {
     if (!mpi_ready()) return;
     for (size_t c = 0; c < ES_ARRAY_LEN(alpt_cfgs); c++) {
-        for (int np = 1; np <= 4; np *= 2) {
-            char out[64], log[256];
-            snprintf(out, sizeof out, "mpi_alpt_same_%zu_%d.es", c, np);
-            int st = alpt_train(np, alpt_cfgs[c], out);
-            snprintf(log, sizeof log, "%s.log", es_test_path(out));
-            char *s = es_test_slurp(log);
-            CHECK_MSG(st == 0, "%s on %d ranks: exit %d: %s", alpt_cfgs[c], np, st, s ? s : "");
-            const char *j = s ? es_test_last_line(s) : NULL;
-            double a2a = es_test_json_num(j, "comm_alltoall_bytes_per_step");
-            CHECK_MSG(np == 1 ? a2a == 0 : a2a > 0, "%s on %d ranks: %g table bytes per step", alpt_cfgs[c], np, a2a);
-            free(s);
-            if (np > 1) {
-                int same = es_test_sh(NULL, "cmp $ES_T/mpi_alpt_same_%zu_1.es $ES_T/%s", c, out);
-                printf("    %-92s 1 vs %d ranks: %s\n", alpt_cfgs[c], np, same == 0 ? "same file" : "DIFFERENT");
-                CHECK_MSG(same == 0, "%s: the %d-rank model differs from the 1-rank one", alpt_cfgs[c], np);
-            }
-        }
+        char tag[32];
+        snprintf(tag, sizeof tag, "mpi_alpt_same_%zu", c);
+        mpi_check_same_file(COMMON, alpt_cfgs[c], tag);
     }
 }
 
@@ -157,34 +135,8 @@ TEST_SLOW(mpi_alpt_1_rank_model_predicts_as_the_one_process_trainer) {
     if (!mpi_ready()) return;
     CHECK(es_test_sh(NULL, "tail -n 1000 %s > $ES_T/mpi_alpt_valid.tsv", CRITEO) == 0);
     static const double bound[] = {2e-3, 1e-4}; /* dlrm, lr: see above */
-    for (size_t c = 0; c < 2; c++) {
-        CHECK(alpt_train(0, alpt_cfgs[c], "mpi_alpt_p0.es") == 0);
-        CHECK(alpt_train(1, alpt_cfgs[c], "mpi_alpt_p1.es") == 0);
-        CHECK(alpt_train(4, alpt_cfgs[c], "mpi_alpt_p4.es") == 0);
-        CHECK(es_test_sh(NULL, "for m in p0 p1; do %s inspect $ES_T/mpi_alpt_$m.es | grep -E 'storage\\.(weight|resolved)' > $ES_T/mpi_alpt_$m.t; "
-                               "done; cmp $ES_T/mpi_alpt_p0.t $ES_T/mpi_alpt_p1.t",
-                         es_bin()) == 0);
-        char *p0 = alpt_predict("mpi_alpt_p0.es"), *p1 = alpt_predict("mpi_alpt_p1.es"), *p4 = alpt_predict("mpi_alpt_p4.es");
-        CHECK(p0 && p1 && p4);
-        if (!p0 || !p1 || !p4) return;
-        CHECK_MSG(strcmp(p1, p4) == 0, "%s: the 4-rank model predicts differently from the 1-rank one", alpt_cfgs[c]);
-        double maxd = 0;
-        int rows = 0;
-        for (char *a = p0, *b = p1; *a && *b; rows++) {
-            char *ea, *eb;
-            double x = strtod(a, &ea), y = strtod(b, &eb);
-            if (ea == a || eb == b) break;
-            if (fabs(x - y) > maxd) maxd = fabs(x - y);
-            a = ea;
-            b = eb;
-        }
-        printf("    %s: %d rows, 4 ranks = 1 rank exactly; one-process trainer within %.3g\n", alpt_cfgs[c], rows, maxd);
-        CHECK_EQ_INT(rows, 1000);
-        CHECK_MSG(maxd < bound[c], "%s: the MPI path and the one-process trainer differ by %g (more than rounding)", alpt_cfgs[c], maxd);
-        free(p0);
-        free(p1);
-        free(p4);
-    }
+    for (size_t c = 0; c < 2; c++)
+        mpi_check_vs_one_process(COMMON, alpt_cfgs[c], "mpi_alpt", "mpi_alpt_valid.tsv", "storage\\.(weight|resolved)", bound[c]);
 }
 
 /* Rank 1 of 2 killed (the trainer's fault point, after its 7th batch) once
@@ -193,28 +145,8 @@ TEST_SLOW(mpi_alpt_1_rank_model_predicts_as_the_one_process_trainer) {
  * steps, encoding counts and the rounding seed). */
 TEST_SLOW(mpi_alpt_resume_after_a_killed_rank_gives_the_uninterrupted_model) {
     if (!mpi_ready()) return;
-#define ALPT_RESUME_ARGS                                                                                                    \
-    "--model dlrm --storage hash --budget 100000 --precision int8 --qtrain alpt --max-rows 3000 --valid-frac 0 "            \
-    "--early-stop 0 --epochs 2 --threads 1 --seed 5 --checkpoint-every 4 --quiet"
-    const char *log = es_test_path("mpi_alpt_resume.log");
-    CHECK(es_test_sh(NULL, "rm -f $ES_T/mpi_alpt_ra.es* $ES_T/mpi_alpt_rb.es* && tail -n 1000 %s > $ES_T/mpi_alpt_valid.tsv", CRITEO) == 0);
-    CHECK(es_test_sh(log, MPIRUN " -np 2 %s train " CRITEO " " ALPT_RESUME_ARGS " --out $ES_T/mpi_alpt_ra.es", es_bin()) == 0);
-    int st = es_test_sh(log,
-                        "timeout 120 " MPIRUN " -np 2 sh -c 'if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then export ES_TEST_KILL_AFTER=train:7; fi; "
-                        "exec %s train " CRITEO " " ALPT_RESUME_ARGS " --out $ES_T/mpi_alpt_rb.es'",
-                        es_bin());
-    CHECK_MSG(st != 0 && st != 124, "the killed run: exit %d (124: it hung)", st);
-    CHECK(es_test_sh(NULL, "test ! -e $ES_T/mpi_alpt_rb.es && test -e $ES_T/mpi_alpt_rb.es.ckpt.rank0of2 && "
-                           "test -e $ES_T/mpi_alpt_rb.es.ckpt.rank1of2") == 0);
-    st = es_test_sh(log, MPIRUN " -np 2 %s train " CRITEO " " ALPT_RESUME_ARGS " --resume --out $ES_T/mpi_alpt_rb.es", es_bin());
-    char *s = es_test_slurp(log);
-    CHECK_MSG(st == 0, "resume: exit %d: %s", st, s ? s : "");
-    CHECK_STR_HAS(s, "\"resumed\":true");
-    free(s);
-    char *a = alpt_predict("mpi_alpt_ra.es"), *b = alpt_predict("mpi_alpt_rb.es");
-    CHECK_MSG(a && b && strcmp(a, b) == 0, "the resumed model predicts differently from the uninterrupted one");
-    printf("    killed after a checkpoint, resumed: the same predictions as the run that never stopped\n");
-    free(a);
-    free(b);
-#undef ALPT_RESUME_ARGS
+    CHECK(es_test_sh(NULL, "tail -n 1000 %s > $ES_T/mpi_alpt_valid.tsv", CRITEO) == 0);
+    mpi_check_resume("--model dlrm --storage hash --budget 100000 --precision int8 --qtrain alpt --max-rows 3000 --valid-frac 0 "
+                     "--early-stop 0 --epochs 2 --threads 1 --seed 5 --checkpoint-every 4 --quiet",
+                     "mpi_alpt", "mpi_alpt_valid.tsv");
 }

@@ -112,14 +112,6 @@ TEST(mpi_qr_shards_hold_the_whole_tables_rows) {
     CHECK_STR_HAS(err.msg, "op=cat with dim 4 over 3 partitions cannot be trained across processes");
 }
 
-/* Train on np ranks (np 0: without mpirun) into $ES_T/<out>, the output
- * in $ES_T/<out>.log; the same --out path for every run (moved after), so
- * the recorded command lines are the same.  The exit status. */
-static int qr_train(int np, const char *args, const char *out) { return mpi_train(np, COMMON, args, out); }
-
-/* Predictions (9 digits) of $ES_T/<model> on $ES_T/mpi_qr_valid.tsv, malloc'd. */
-static char *qr_predict(const char *model) { return mpi_predict(model, "mpi_qr_valid.tsv"); }
-
 static const char *const qr_cfgs[] = {
     "--model dlrm --storage qr --budget 100000 --storage-opts share=1,op=mult",
     "--model lr --storage qr --budget 100000 --storage-opts share=0,op=add",
@@ -133,23 +125,9 @@ static const char *const qr_cfgs[] = {
 TEST_SLOW(mpi_qr_1_2_4_ranks_give_the_same_model_file) {
     if (!mpi_ready()) return;
     for (size_t c = 0; c < ES_ARRAY_LEN(qr_cfgs); c++) {
-        for (int np = 1; np <= 4; np *= 2) {
-            char out[64], log[256];
-            snprintf(out, sizeof out, "mpi_qr_same_%zu_%d.es", c, np);
-            int st = qr_train(np, qr_cfgs[c], out);
-            snprintf(log, sizeof log, "%s.log", es_test_path(out));
-            char *s = es_test_slurp(log);
-            CHECK_MSG(st == 0, "%s on %d ranks: exit %d: %s", qr_cfgs[c], np, st, s ? s : "");
-            const char *j = s ? es_test_last_line(s) : NULL;
-            double a2a = es_test_json_num(j, "comm_alltoall_bytes_per_step");
-            CHECK_MSG(np == 1 ? a2a == 0 : a2a > 0, "%s on %d ranks: %g table bytes per step", qr_cfgs[c], np, a2a);
-            free(s);
-            if (np > 1) {
-                int same = es_test_sh(NULL, "cmp $ES_T/mpi_qr_same_%zu_1.es $ES_T/%s", c, out);
-                printf("    %-86s 1 vs %d ranks: %s\n", qr_cfgs[c], np, same == 0 ? "same file" : "DIFFERENT");
-                CHECK_MSG(same == 0, "%s: the %d-rank model differs from the 1-rank one", qr_cfgs[c], np);
-            }
-        }
+        char tag[32];
+        snprintf(tag, sizeof tag, "mpi_qr_same_%zu", c);
+        mpi_check_same_file(COMMON, qr_cfgs[c], tag);
     }
 }
 
@@ -161,35 +139,8 @@ TEST_SLOW(mpi_qr_1_rank_model_predicts_as_the_one_process_trainer) {
     if (!mpi_ready()) return;
     CHECK(es_test_sh(NULL, "tail -n 1000 %s > $ES_T/mpi_qr_valid.tsv", CRITEO) == 0);
     static const size_t pick[] = {0, 1, 4}; /* mult, add, cat */
-    for (size_t i = 0; i < ES_ARRAY_LEN(pick); i++) {
-        const size_t c = pick[i];
-        CHECK(qr_train(0, qr_cfgs[c], "mpi_qr_p0.es") == 0);
-        CHECK(qr_train(1, qr_cfgs[c], "mpi_qr_p1.es") == 0);
-        CHECK(qr_train(4, qr_cfgs[c], "mpi_qr_p4.es") == 0);
-        CHECK(es_test_sh(NULL, "for m in p0 p1; do %s inspect $ES_T/mpi_qr_$m.es | grep -E 'storage\\.(table|resolved)' > $ES_T/mpi_qr_$m.t; "
-                               "done; cmp $ES_T/mpi_qr_p0.t $ES_T/mpi_qr_p1.t",
-                         es_bin()) == 0);
-        char *p0 = qr_predict("mpi_qr_p0.es"), *p1 = qr_predict("mpi_qr_p1.es"), *p4 = qr_predict("mpi_qr_p4.es");
-        CHECK(p0 && p1 && p4);
-        if (!p0 || !p1 || !p4) return;
-        CHECK_MSG(strcmp(p1, p4) == 0, "%s: the 4-rank model predicts differently from the 1-rank one", qr_cfgs[c]);
-        double maxd = 0;
-        int rows = 0;
-        for (char *a = p0, *b = p1; *a && *b; rows++) {
-            char *ea, *eb;
-            double x = strtod(a, &ea), y = strtod(b, &eb);
-            if (ea == a || eb == b) break;
-            if (fabs(x - y) > maxd) maxd = fabs(x - y);
-            a = ea;
-            b = eb;
-        }
-        printf("    %s: %d rows, 4 ranks = 1 rank exactly; one-process trainer within %.3g\n", qr_cfgs[c], rows, maxd);
-        CHECK_EQ_INT(rows, 1000);
-        CHECK_MSG(maxd < 1e-4, "%s: the MPI path and the one-process trainer differ by %g (more than rounding)", qr_cfgs[c], maxd);
-        free(p0);
-        free(p1);
-        free(p4);
-    }
+    for (size_t i = 0; i < ES_ARRAY_LEN(pick); i++)
+        mpi_check_vs_one_process(COMMON, qr_cfgs[pick[i]], "mpi_qr", "mpi_qr_valid.tsv", "storage\\.(table|resolved)", 1e-4);
 }
 
 /* Rank 1 of 2 killed (the trainer's fault point, after its 7th batch) once
@@ -198,29 +149,10 @@ TEST_SLOW(mpi_qr_1_rank_model_predicts_as_the_one_process_trainer) {
  * the shards) and the best model included. */
 TEST_SLOW(mpi_qr_resume_after_a_killed_rank_gives_the_uninterrupted_model) {
     if (!mpi_ready()) return;
-#define QR_RESUME_ARGS                                                                                                      \
-    "--model dlrm --storage qr --budget 100000 --storage-opts share=1 --max-rows 3000 --valid-frac 0.2 --early-stop 2 "     \
-    "--epochs 2 --eval-every 5 --threads 1 --checkpoint-every 4 --quiet"
-    const char *log = es_test_path("mpi_qr_resume.log");
-    CHECK(es_test_sh(NULL, "rm -f $ES_T/mpi_qr_ra.es* $ES_T/mpi_qr_rb.es* && tail -n 1000 %s > $ES_T/mpi_qr_valid.tsv", CRITEO) == 0);
-    CHECK(es_test_sh(log, MPIRUN " -np 2 %s train " CRITEO " " QR_RESUME_ARGS " --out $ES_T/mpi_qr_ra.es", es_bin()) == 0);
-    int st = es_test_sh(log,
-                        "timeout 120 " MPIRUN " -np 2 sh -c 'if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then export ES_TEST_KILL_AFTER=train:7; fi; "
-                        "exec %s train " CRITEO " " QR_RESUME_ARGS " --out $ES_T/mpi_qr_rb.es'",
-                        es_bin());
-    CHECK_MSG(st != 0 && st != 124, "the killed run: exit %d (124: it hung)", st);
-    CHECK(es_test_sh(NULL, "test ! -e $ES_T/mpi_qr_rb.es && test -e $ES_T/mpi_qr_rb.es.ckpt.rank0of2 && test -e $ES_T/mpi_qr_rb.es.ckpt.rank1of2") == 0);
-    st = es_test_sh(log, MPIRUN " -np 2 %s train " CRITEO " " QR_RESUME_ARGS " --resume --out $ES_T/mpi_qr_rb.es", es_bin());
-    char *s = es_test_slurp(log);
-    CHECK_MSG(st == 0, "resume: exit %d: %s", st, s ? s : "");
-    CHECK_STR_HAS(s, "\"resumed\":true");
-    free(s);
-    char *a = qr_predict("mpi_qr_ra.es"), *b = qr_predict("mpi_qr_rb.es");
-    CHECK_MSG(a && b && strcmp(a, b) == 0, "the resumed model predicts differently from the uninterrupted one");
-    printf("    killed after a checkpoint, resumed: the same predictions as the run that never stopped\n");
-    free(a);
-    free(b);
-#undef QR_RESUME_ARGS
+    CHECK(es_test_sh(NULL, "tail -n 1000 %s > $ES_T/mpi_qr_valid.tsv", CRITEO) == 0);
+    mpi_check_resume("--model dlrm --storage qr --budget 100000 --storage-opts share=1 --max-rows 3000 --valid-frac 0.2 --early-stop 2 "
+                     "--epochs 2 --eval-every 5 --threads 1 --checkpoint-every 4 --quiet",
+                     "mpi_qr", "mpi_qr_valid.tsv");
 }
 
 /* --rank-memory: the bytes of a qr shard (its rows of every table and their
@@ -230,52 +162,14 @@ TEST_SLOW(mpi_qr_resume_after_a_killed_rank_gives_the_uninterrupted_model) {
 TEST_SLOW(mpi_qr_rank_memory_a_quarter_of_the_tables_trains_on_4_ranks) {
     if (!mpi_ready()) return;
     CHECK(es_test_sh(NULL, "tail -n 1000 %s > $ES_T/mpi_qr_valid.tsv", CRITEO) == 0);
-    const char *args = "--model dlrm --storage qr --budget 200000 --storage-opts share=0 --test $ES_T/mpi_qr_valid.tsv";
-    char log[256], capped[512];
-    CHECK(qr_train(1, args, "mpi_qr_rm1.es") == 0);
-    snprintf(log, sizeof log, "%s.log", es_test_path("mpi_qr_rm1.es"));
-    char *s = es_test_slurp(log);
-    const double whole = es_test_json_num(s ? es_test_last_line(s) : NULL, "rank_table_bytes");
-    free(s);
-    CHECK(qr_train(4, args, "mpi_qr_rm4_free.es") == 0);
-    snprintf(log, sizeof log, "%s.log", es_test_path("mpi_qr_rm4_free.es"));
-    s = es_test_slurp(log);
-    const double quarter = es_test_json_num(s ? es_test_last_line(s) : NULL, "rank_table_bytes_max");
-    free(s);
-    printf("    the tables: %.0f bytes on 1 rank, at most %.0f on each of 4\n", whole, quarter);
-    CHECK_MSG(quarter > 0 && whole >= 3.9 * quarter && whole <= 4 * quarter, "the whole (%.0f) is not 4 quarters (%.0f)", whole, quarter);
-    snprintf(capped, sizeof capped, "%s --rank-memory %.0f", args, quarter);
-    CHECK(qr_train(1, capped, "mpi_qr_rm_refused.es") != 0);
-    snprintf(log, sizeof log, "%s.log", es_test_path("mpi_qr_rm_refused.es"));
-    s = es_test_slurp(log);
-    CHECK_STR_HAS(s, "more than --rank-memory");
-    CHECK_STR_HAS(s, "about 4 processes");
-    free(s);
-    CHECK(qr_train(4, capped, "mpi_qr_rm4.es") == 0);
-    snprintf(log, sizeof log, "%s.log", es_test_path("mpi_qr_rm4.es"));
-    s = es_test_slurp(log);
-    CHECK_MSG(s && es_test_json_num(es_test_last_line(s), "test_rows") == 1000, "the test file was not evaluated: %s", s ? s : "");
-    free(s);
-    char *a = qr_predict("mpi_qr_rm1.es"), *b = qr_predict("mpi_qr_rm4.es");
-    CHECK_MSG(a && b && strcmp(a, b) == 0, "the capped 4-rank model predicts differently from the 1-rank one");
-    free(a);
-    free(b);
+    mpi_check_rank_memory(COMMON, "--model dlrm --storage qr --budget 200000 --storage-opts share=0 --test $ES_T/mpi_qr_valid.tsv", "mpi_qr",
+                          "mpi_qr_valid.tsv", 3.9);
 }
 
 /* op=cat over partitions of two widths (dim 16 over 3): every rank says
  * why, no model file. */
 TEST_SLOW(mpi_qr_cat_of_two_widths_is_refused_on_every_rank) {
     if (!mpi_ready()) return;
-    const char *log = es_test_path("mpi_qr_cat.log");
-    CHECK(es_test_sh(NULL, "rm -f $ES_T/mpi_qr_cat.es*") == 0);
-    int st = es_test_sh(log, MPIRUN " -np 2 %s train " CRITEO " " COMMON " --model dlrm --storage qr --budget 100000 --storage-opts op=cat,partitions=3 "
-                                    "--out $ES_T/mpi_qr_cat.es",
-                        es_bin());
-    char *s = es_test_slurp(log);
-    CHECK_MSG(st != 0, "op=cat trained: %s", s ? s : "");
-    CHECK_STR_HAS(s, "qr: op=cat with dim 16 over 3 partitions cannot be trained across processes");
-    CHECK_STR_HAS(s, "[rank 0 of 2]");
-    CHECK_STR_HAS(s, "[rank 1 of 2]");
-    free(s);
-    CHECK(es_test_sh(NULL, "ls $ES_T/mpi_qr_cat.es* >/dev/null 2>&1") != 0);
+    mpi_check_refused(COMMON, "--model dlrm --storage qr --budget 100000 --storage-opts op=cat,partitions=3", "mpi_qr_cat",
+                      "qr: op=cat with dim 16 over 3 partitions cannot be trained across processes");
 }
