@@ -101,6 +101,18 @@ uint64_t es__hash(const void *data, size_t len, uint64_t seed);
 /* Hash of a 64-bit key under a seed (one XXH3 call on 8 bytes). */
 uint64_t es__hash_u64(uint64_t key, uint64_t seed);
 /* Cheap invertible 64-bit mixer (splitmix64 finaliser), for seeds. */
+/* The last index i in [0, n) with a[i] <= x, for a[0 .. n) ascending and
+ * a[0] <= x (binary search): the segment holding x of a list of starts. */
+static inline size_t es__last_le(const uint64_t *a, size_t n, uint64_t x) {
+    size_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        size_t mid = (lo + hi + 1) / 2;
+        if (a[mid] <= x) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
 static inline uint64_t es__mix64(uint64_t x) {
     x += UINT64_C(0x9e3779b97f4a7c15);
     x = (x ^ (x >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);

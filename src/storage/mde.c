@@ -137,15 +137,7 @@ static inline uint64_t map_find(const mde_impl *m, uint64_t t) { return es__keyi
 static int map_insert(mde_impl *m, uint64_t i) { return es__keyidx_insert(m->keys, m->index, m->icap, i); }
 
 /* Tier of value i (binary search over vstart). */
-static inline uint64_t tier_of(const mde_impl *m, uint64_t i) {
-    uint64_t lo = 0, hi = m->T - 1;
-    while (lo < hi) {
-        uint64_t mid = (lo + hi + 1) / 2;
-        if (m->vstart[mid] <= i) lo = mid;
-        else hi = mid - 1;
-    }
-    return lo;
-}
+static inline uint64_t tier_of(const mde_impl *m, uint64_t i) { return es__last_le(m->vstart, (size_t)m->T, i); }
 
 /* salt = es__storage_salt(m->seed, f, 0), computed once per (row, field) by
  * the caller (not stored: it costs three mixer rounds). */

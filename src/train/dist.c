@@ -144,15 +144,7 @@ static es_rows *local_row(const es__dist *d, uint64_t li, uint64_t *r, int *tabl
 }
 
 /* The table of global row `row` (< base[n_t]). */
-static int global_table(const es__dist *d, uint64_t row) {
-    int a = 0, b = d->n_t - 1;
-    while (a < b) {
-        int mid = (a + b + 1) / 2;
-        if (d->base[mid] <= row) a = mid;
-        else b = mid - 1;
-    }
-    return a;
-}
+static int global_table(const es__dist *d, uint64_t row) { return (int)es__last_le(d->base, (size_t)d->n_t, row); }
 
 /* Bytes of one row of table i as a lookup reads it. */
 static size_t tab_row_bytes(const es__dist *d, int i) {
