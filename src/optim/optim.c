@@ -249,6 +249,15 @@ ES__OMP(omp parallel for schedule(static) if (count >= ES__PAR_ELEMS))
 
 /* ---- sparse row update ------------------------------------------------------------------ */
 
+/* x where keep, else +0.0f: a select by bit mask, which vectorizes. */
+static inline float keep_if(int keep, float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    u &= -(uint32_t)(keep != 0);
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
 /* One body for the dispatched update and its reference twin: they differ
  * only in the dot and axpy kernels (inlined with constant pointers). */
 static inline void row_update(float *restrict w, float *restrict acc, const float *restrict g, int dim, const es_optim_params *o,
@@ -258,6 +267,9 @@ static inline void row_update(float *restrict w, float *restrict acc, const floa
     switch (o->kind) {
     case ES_OPT_SGD: axpy(w, -lr, g, (size_t)dim); break;
     case ES_OPT_ADAGRAD:
+        /* simd: lane-wise the same IEEE operations (sqrt and division are
+         * correctly rounded in every width), so the same bits */
+ES__OMP(omp simd)
         for (int d = 0; d < dim; d++) {
             acc[d] += g[d] * g[d];
             w[d] -= lr * g[d] / (sqrtf(acc[d]) + eps);
@@ -277,13 +289,19 @@ static inline void row_update(float *restrict w, float *restrict acc, const floa
          * the same operations in the same order in both twins. */
         float *z = acc, *n = acc + dim;
         const float ia = 1.0f / o->ftrl_alpha, beta = o->ftrl_beta, l1 = o->ftrl_l1, l2 = o->ftrl_l2;
+        /* simd, as Adagrad's; the new weight is computed for every lane and
+         * zeroed by a bit mask where |z| <= l1 (the same +0.0f, and the same
+         * NaN where z is NaN, as the branch it replaces), so that the loop
+         * has no control flow to stop the vectorizer */
+ES__OMP(omp simd)
         for (int d = 0; d < dim; d++) {
             const float gd = g[d], nd = n[d] + gd * gd, sq = sqrtf(nd);
             const float sigma = (sq - sqrtf(n[d])) * ia;
             const float zd = z[d] + (gd - sigma * w[d]);
+            const float wn = -(zd - copysignf(l1, zd)) / ((beta + sq) * ia + l2);
             z[d] = zd;
             n[d] = nd;
-            w[d] = fabsf(zd) <= l1 ? 0.0f : -(zd - copysignf(l1, zd)) / ((beta + sq) * ia + l2);
+            w[d] = keep_if(!(fabsf(zd) <= l1), wn);
         }
         break;
     }
