@@ -1321,3 +1321,44 @@ TEST(storage_harness_unified) {
     CHECK(es_sh_all(&c));
     CHECK(es_sh_budget(&c, fracs, 3));
 }
+
+/* A training step's lookup and backward of one batch (s->step set, ops->
+ * step_begin): full resolves the keys once, in the lookup (split over two
+ * row ranges, as two threads do), and its backward reads the kept rows;
+ * five such steps leave the table bit for bit as five plain lookup +
+ * backward pairs do. */
+TEST(storage_full_step_keeps_the_lookups_rows) {
+    es_sh_cfg c = es_sh_cfg_make("full", 0);
+    c.budget = 0;
+    es_vocab *v = es_sh_vocab(c.n_fields);
+    es_storage *a = NULL, *b = NULL;
+    es_err err;
+    CHECK(v && es_sh_create(&a, &c, v, ES_OPT_FTRL, 0.05f, &err) == 0 && es_sh_create(&b, &c, v, ES_OPT_FTRL, 0.05f, &err) == 0);
+    CHECK(a->ops->step_begin != NULL);
+    for (uint64_t step = 0; a && b && step < 5; step++) {
+        es_batch bt;
+        CHECK(es_sh_batch(&bt, 32, c.n_fields, 100 + step) == 0);
+        const size_t half = 16 * (size_t)c.n_fields * (size_t)c.dim, n = 2 * half;
+        float *oa = malloc(n * sizeof *oa), *ob = malloc(n * sizeof *ob);
+        CHECK(oa && ob);
+        a->step = &bt;
+        a->ops->step_begin(a, &bt);
+        CHECK(es__storage_lookup(a, &bt, 0, 16, oa) == 0 && es__storage_lookup(a, &bt, 16, 32, oa + half) == 0);
+        CHECK(es__storage_lookup(b, &bt, 0, 32, ob) == 0);
+        CHECK(memcmp(oa, ob, n * sizeof *oa) == 0);
+        for (size_t i = 0; i < n; i++) oa[i] = ob[i] = oa[i] - 0.1f * (float)(i % 7);
+        CHECK(es__storage_backward(a, &bt, oa) == 0 && es__storage_backward(b, &bt, ob) == 0);
+        a->step = NULL;
+        free(oa);
+        free(ob);
+        es_batch_free(&bt);
+    }
+    es_tensor_ref ra[16], rb[16];
+    int na = a ? es__storage_tensors(a, ra, 16) : 0, nb = b ? es__storage_tensors(b, rb, 16) : 0;
+    CHECK(na > 0 && na == nb);
+    for (int i = 0; i < na && i < nb; i++)
+        CHECK_MSG(ra[i].nbytes == rb[i].nbytes && memcmp(ra[i].data, rb[i].data, ra[i].nbytes) == 0, "tensor %s differs", ra[i].name);
+    es__storage_free(a);
+    es__storage_free(b);
+    es_vocab_free(v);
+}

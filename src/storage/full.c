@@ -34,6 +34,12 @@ typedef struct full_impl {
     size_t icap;
     uint64_t min_count;
     es_gradacc ga;
+    /* a training step's rows (ops->step_begin): value v of the step's
+     * batch (its position in b->val) resolved to step_ids[v] by the
+     * lookup, read back by the backward; step_n values, 0: not kept */
+    uint64_t *step_ids;
+    size_t step_cap, step_n;
+    const uint64_t *step_val; /* the batch's b->val */
 } full_impl;
 
 static inline size_t full_home(uint64_t key, int f, size_t mask) {
@@ -63,6 +69,34 @@ static void full_resolve(const void *ctx, int f, const uint64_t *keys, size_t n,
     }
 }
 
+/* full_resolve, keeping the rows for the step's backward. */
+static void full_resolve_keep(const void *ctx, int f, const uint64_t *keys, size_t n, uint64_t *ids) {
+    const full_impl *m = ctx;
+    full_resolve(ctx, f, keys, n, ids);
+    memcpy(m->step_ids + (keys - m->step_val), ids, n * sizeof *ids);
+}
+
+/* The rows full_resolve_keep kept for keys (a part of the step's b->val). */
+static void full_resolve_kept(const void *ctx, int f, const uint64_t *keys, size_t n, uint64_t *ids) {
+    const full_impl *m = ctx;
+    (void)f;
+    memcpy(ids, m->step_ids + (keys - m->step_val), n * sizeof *ids);
+}
+
+static void full_step_begin(es_storage *s, const es_batch *b) {
+    full_impl *m = s->impl;
+    const size_t nv = b->off[(size_t)b->n * (size_t)b->n_fields];
+    m->step_n = 0;
+    if (nv > m->step_cap) { /* scratch of the step (not counted: training only) */
+        uint64_t *p = es__realloc(m->step_ids, nv * sizeof *p);
+        if (!p) return; /* the step resolves twice, as without this */
+        m->step_ids = p;
+        m->step_cap = nv;
+    }
+    m->step_n = nv;
+    m->step_val = b->val;
+}
+
 static void build_index(full_impl *m) {
     const size_t mask = m->icap - 1;
     memset(m->index, 0, m->icap * sizeof *m->index);
@@ -81,6 +115,7 @@ static void full_free(full_impl *m) {
     es__free(m->field_off);
     es__free(m->index);
     es__gradacc_free(&m->ga);
+    es__free(m->step_ids);
     es__free(m);
 }
 
@@ -202,12 +237,15 @@ static int full_create(es_storage *s, const es_vocab *vocab, es_err *err) {
 
 static void full_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *out) {
     full_impl *m = s->impl;
-    es__rows_lookup(&m->t, 1, full_resolve, m, b, r0, r1, out);
+    const int keep = s->step == b && m->step_n && m->step_val == b->val; /* rows [r0, r1): a thread's part */
+    es__rows_lookup(&m->t, 1, keep ? full_resolve_keep : full_resolve, m, b, r0, r1, out);
 }
 
 static int full_backward(es_storage *s, const es_batch *b, const float *dout) {
     full_impl *m = s->impl;
-    int rc = es__rows_backward(&m->t, &m->ga, 1, full_resolve, m, b, dout);
+    const int kept = s->step == b && m->step_n && m->step_val == b->val; /* the step's lookup kept every value's row */
+    m->step_n = 0;
+    int rc = es__rows_backward(&m->t, &m->ga, 1, kept ? full_resolve_kept : full_resolve, m, b, dout);
     if (rc) es__err(&s->err, rc, "full: out of memory growing the gradient scratch past %zu rows", m->ga.cap);
     return rc;
 }
@@ -275,4 +313,5 @@ const es_storage_ops es__storage_full = {
     .plain_rows = 1,
     .rows = full_rows,
     .row_map = full_row_map,
+    .step_begin = full_step_begin,
 };

@@ -284,6 +284,14 @@ typedef struct es_storage_ops {
     size_t (*rep_floats)(es_storage *s);
     int (*rep_backward)(es_storage *s, const es_batch *b, const float *dout, float *acc);
     void (*rep_apply)(es_storage *s, const float *acc);
+    /* Optional: called by a training step (es_model_train_batch), on one
+     * thread, before its lookup of b; the lookup and the backward that
+     * follow are of the same b, unchanged between them (s->step == b for
+     * both), so a method may resolve b's keys once, in the lookup, and
+     * reuse the rows in the backward (full: its key map's probe was a
+     * quarter of an LR epoch, paid twice).  Without it, or with s->step
+     * not b, lookup and backward each resolve as before. */
+    void (*step_begin)(es_storage *s, const es_batch *b);
     /* Optional: a multi-stage method (search -> derive -> retrain; see
      * es__staged below and docs/methods.md "Multi-stage training").  NULL
      * for every single-stage method, which es_train runs as before. */
@@ -376,6 +384,10 @@ struct es_storage {
     es__opt_val *optv;       /* [ops->n_opts] parsed from p.opts */
     void *impl;
     es_err err;
+    /* The batch of the training step under way (es_model_train_batch sets
+     * it before the step's lookup and clears it after its backward; see
+     * ops->step_begin), else NULL. */
+    const es_batch *step;
 };
 
 /* Registry (registry.c): one line per method. */

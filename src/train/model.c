@@ -206,6 +206,8 @@ static int check_batch(es_model *m, const es_batch *b) {
     return ES_OK;
 }
 
+static int train_step(es_model *m, const es_batch *b, int n, double *loss_sum);
+
 int es_model_train_batch(es_model *m, const es_batch *b, double *loss_sum) {
     int n = b->n, rc = check_batch(m, b);
     if (rc != ES_OK) return rc;
@@ -213,6 +215,17 @@ int es_model_train_batch(es_model *m, const es_batch *b, double *loss_sum) {
         return es__err(&m->err, ES_EINVAL, "a training batch needs 1 to %d rows (the model's batch size), got %d", m->max_batch, n);
     /* before anything changes: a quantized table serves only */
     if ((rc = es__storage_check_trainable(m->st, &m->err)) != ES_OK) return rc;
+    rc = train_step(m, b, n, loss_sum);
+    m->st->step = NULL;
+    return rc;
+}
+
+/* es_model_train_batch's step: the lookup and the backward of b, which the
+ * storage may tie together (ops->step_begin, s->step). */
+static int train_step(es_model *m, const es_batch *b, int n, double *loss_sum) {
+    int rc;
+    m->st->step = b;
+    if (m->st->ops->step_begin) m->st->ops->step_begin(m->st, b);
     lookup_rows(m, b, 0, n);
     if (m->nest) { /* Matryoshka: the nested loss over the prefixes (model/nest.h) */
         double wl = es__nest_train_grad(m->nest, n, m->emb, b->dense, b->label, m->demb, m->logit, 1), ws = 0;
