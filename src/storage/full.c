@@ -35,8 +35,9 @@ typedef struct full_impl {
     uint64_t min_count;
     es_gradacc ga;
     /* a training step's rows (ops->step_begin): value v of the step's
-     * batch (its position in b->val) resolved to step_ids[v] by the
-     * lookup, read back by the backward; step_n values, 0: not kept */
+     * batch (its position in b->val) resolved to step_ids[v] before the
+     * lookup, which reads them, as the backward does; step_n values, 0:
+     * none kept */
     uint64_t *step_ids;
     size_t step_cap, step_n;
     const uint64_t *step_val; /* the batch's b->val */
@@ -69,29 +70,50 @@ static void full_resolve(const void *ctx, int f, const uint64_t *keys, size_t n,
     }
 }
 
-/* full_resolve, keeping the rows for the step's backward. */
-static void full_resolve_keep(const void *ctx, int f, const uint64_t *keys, size_t n, uint64_t *ids) {
-    const full_impl *m = ctx;
-    full_resolve(ctx, f, keys, n, ids);
-    memcpy(m->step_ids + (keys - m->step_val), ids, n * sizeof *ids);
-}
-
-/* The rows full_resolve_keep kept for keys (a part of the step's b->val). */
+/* The rows full_step_begin resolved for keys (a part of the step's b->val). */
 static void full_resolve_kept(const void *ctx, int f, const uint64_t *keys, size_t n, uint64_t *ids) {
     const full_impl *m = ctx;
     (void)f;
     memcpy(ids, m->step_ids + (keys - m->step_val), n * sizeof *ids);
 }
 
+/* How far ahead the step's resolve prefetches: the index slot of value
+ * i + PF_SLOT, the key of value i + PF_KEY (whose slot was prefetched
+ * PF_SLOT - PF_KEY values before). */
+#define PF_SLOT 16
+#define PF_KEY 8
+
 static void full_step_begin(es_storage *s, const es_batch *b) {
     full_impl *m = s->impl;
-    const size_t nv = b->off[(size_t)b->n * (size_t)b->n_fields];
+    const int F = b->n_fields;
+    const size_t nv = b->off[(size_t)b->n * (size_t)F], mask = m->icap - 1;
     m->step_n = 0;
     if (nv > m->step_cap) { /* scratch of the step (not counted: training only) */
         uint64_t *p = es__realloc(m->step_ids, nv * sizeof *p);
-        if (!p) return; /* the step resolves twice, as without this */
+        if (!p) return; /* the step resolves in its lookup and again in its backward, as without this */
         m->step_ids = p;
         m->step_cap = nv;
+    }
+    /* Every value of the batch resolved here, in one pass that prefetches
+     * ahead (the map outgrows the caches: an index slot, then a key, two
+     * dependent misses a value, which the lookup's value-at-a-time probe
+     * paid one after the other): first each value's home slot, then the
+     * probes, with the slots and keys of the values ahead in flight.  The
+     * lookup and the backward read the rows kept here. */
+    uint64_t *h = m->step_ids;
+    for (size_t P = 0, n = (size_t)b->n * (size_t)F; P < n; P++) {
+        const int f = (int)(P % (size_t)F);
+        for (uint32_t v = b->off[P]; v < b->off[P + 1]; v++) h[v] = full_home(b->val[v], f, mask);
+    }
+    size_t P = 0;
+    for (size_t v = 0; v < nv; v++) {
+        if (v + PF_SLOT < nv) __builtin_prefetch(&m->index[h[v + PF_SLOT]]);
+        if (v + PF_KEY < nv) {
+            const uint32_t sk = m->index[h[v + PF_KEY]];
+            if (sk) __builtin_prefetch(&m->keys[sk - 1]);
+        }
+        while (b->off[P + 1] <= v) P++; /* the pair (row, field) of value v */
+        full_resolve(m, (int)(P % (size_t)F), b->val + v, 1, h + v); /* the row in place of the home, no longer needed */
     }
     m->step_n = nv;
     m->step_val = b->val;
@@ -237,13 +259,13 @@ static int full_create(es_storage *s, const es_vocab *vocab, es_err *err) {
 
 static void full_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *out) {
     full_impl *m = s->impl;
-    const int keep = s->step == b && m->step_n && m->step_val == b->val; /* rows [r0, r1): a thread's part */
-    es__rows_lookup(&m->t, 1, keep ? full_resolve_keep : full_resolve, m, b, r0, r1, out);
+    const int kept = s->step == b && m->step_n && m->step_val == b->val; /* full_step_begin resolved b */
+    es__rows_lookup(&m->t, 1, kept ? full_resolve_kept : full_resolve, m, b, r0, r1, out);
 }
 
 static int full_backward(es_storage *s, const es_batch *b, const float *dout) {
     full_impl *m = s->impl;
-    const int kept = s->step == b && m->step_n && m->step_val == b->val; /* the step's lookup kept every value's row */
+    const int kept = s->step == b && m->step_n && m->step_val == b->val;
     m->step_n = 0;
     int rc = es__rows_backward(&m->t, &m->ga, 1, kept ? full_resolve_kept : full_resolve, m, b, dout);
     if (rc) es__err(&s->err, rc, "full: out of memory growing the gradient scratch past %zu rows", m->ga.cap);

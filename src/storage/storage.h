@@ -287,10 +287,12 @@ typedef struct es_storage_ops {
     /* Optional: called by a training step (es_model_train_batch), on one
      * thread, before its lookup of b; the lookup and the backward that
      * follow are of the same b, unchanged between them (s->step == b for
-     * both), so a method may resolve b's keys once, in the lookup, and
-     * reuse the rows in the backward (full: its key map's probe was a
-     * quarter of an LR epoch, paid twice).  Without it, or with s->step
-     * not b, lookup and backward each resolve as before. */
+     * both), so a method may resolve b's keys once, here, and reuse the
+     * rows in both (full: its key map's probe, value by value in the
+     * lookup and again in the backward, was a quarter of an LR epoch;
+     * here the whole batch is probed with the next slots prefetched).
+     * Without it, or with s->step not b, lookup and backward each resolve
+     * as before. */
     void (*step_begin)(es_storage *s, const es_batch *b);
     /* Optional: a multi-stage method (search -> derive -> retrain; see
      * es__staged below and docs/methods.md "Multi-stage training").  NULL
