@@ -71,7 +71,11 @@
  * and the projections' gradient joins the dense reduce.  A shard
  * (shard_n > 1) holds its rows of each tier and of the hashed rows with
  * their state; the key map and the projections are whole on every rank.
- * fp32 only.
+ * At a precision (QAT, ALPT) a shard's tables are converted as the whole
+ * storage's are (each holds its rows' codes, master or steps, ALPT's
+ * rounding keyed by the row's index in the whole tier: shard_key), the
+ * step fetches codes and mde_pool reads them dequantized, and the model
+ * file streams "tier<t>.q" and "tail.q" from the shards.
  *
  * s->meta: "share=,alpha=,keys=N,tiers=T,rowf=R,projf=Q,hashed=H,seed=,
  * dense_opt=" — create() honours it (shapes), the tensors carry the rest.
@@ -122,6 +126,7 @@ typedef struct mde_impl {
     float *pgrad;            /* [max(Q,1)] */
     float *gr;               /* [dim] */
     float *rowbuf;           /* [dim] backward: a row of codes dequantized */
+    char tname[32];          /* mde_table_tensor's answer: "tier<t>.q" */
     /* precision (ops->rows: the tail, then the tiers' views) */
     int derived;             /* the views are set (tiers known: solved, or loaded) */
     int qready;              /* the views are at the tail's precision (below fp32) */
@@ -152,6 +157,16 @@ static inline uint64_t own_below(const mde_impl *m, uint64_t x) {
     if (m->shard_n <= 1) return x;
     const uint64_t n = (uint64_t)m->shard_n;
     return (x + n - 1 - (uint64_t)m->shard_rank) / n;
+}
+
+/* A shard's table t whose row 0 is global row `first`: which rows of the
+ * whole table it holds (es_rows.shard_r0, shard_n), so that ALPT keys a
+ * row's rounding by its index in the whole table, as one process does. */
+static void shard_key(const mde_impl *m, es_rows *t, uint64_t first) {
+    if (m->shard_n <= 1) return;
+    const uint64_t n = (uint64_t)m->shard_n;
+    t->shard_r0 = ((uint64_t)m->shard_rank + n - first % n) % n;
+    t->shard_n = n;
 }
 
 /* U(-a, a) draws for global rows [first, first + count) of width dim, in
@@ -224,6 +239,7 @@ static int mde_derive(mde_impl *m, es_err *err) {
         /* w and acc below, once the rank's rows are counted (a shard's
          * arrays are made for them here) */
         m->views[t].n_rows = own_below(m, v + cnt) - own_below(m, v);
+        shard_key(m, &m->views[t], v);
         m->views[t].dim = (int)d;
         m->views[t].opt = m->opt;
         m->poff[t] = d < (uint64_t)m->dim ? pf : UINT64_MAX;
@@ -446,11 +462,6 @@ static int mde_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     if (es__storage_opt_given(s, "dense_lr")) lr = (float)es__storage_opt_f64(s, "dense_lr");
     const int S = share ? 1 : F;
     const int shard = s->p.shard_n > 1; /* rank shard_rank's rows of the row space (es__row_map) */
-    if (s->p.shard_n >= 1 && s->p.precision != ES_PREC_FP32)
-        return es__err(err, ES_EINVAL,
-                       "mde: --precision %s is not supported across processes yet (the distributed step reads its tiers as fp32 "
-                       "rows; docs/scale.md)",
-                       es__prec_name(s->p.precision));
     {
         /* shapes from a saved model: all or nothing */
         const char *keys[] = {"keys", "tiers", "rowf", "projf", "hashed"};
@@ -600,6 +611,7 @@ static int mde_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         const uint64_t hl = own_below(m, N + H) - own_below(m, N);
         ok = es__rows_init(&m->tail, ES_MAX(hl, 1), dim, &s->p.opt, NULL, 0.0f) == ES_OK;
         m->tail.n_rows = hl;
+        shard_key(m, &m->tail, N);
     }
     if (ok && !shard) { /* a shard is trained by the distributed step, which sums its gradients itself */
         size_t ga_cap = ES_MIN((size_t)s->p.max_batch * (size_t)F, (size_t)(N + H));
@@ -792,14 +804,19 @@ static int mde_backward(es_storage *s, const es_batch *b, const float *dout) {
  * es__storage_read_tensors' second stage) -- "tier<t>.q" (u8 [rows, row
  * bytes]) per tier, ALPT's "opt.tier<t>.qstep", ".qstep_acc", ".qcount", ".qseed", and
  * QAT's master copy of every tier, "opt.rows.master" (f32 [R]).  The row
- * optimizer state stays "opt.rows.acc" (f32, flat) while training. */
+ * optimizer state stays "opt.rows.acc" (f32, flat) while training; a
+ * shard lists it last, with its tiers: it makes it with its rows once
+ * map.tiers is read (mde_derive), so a shard's checkpoint loads in two
+ * stages as its fp32 tensors do. */
 static int mde_tensors_q(mde_impl *m, es_tensor_ref *refs, int max) {
     const int nt = es__rows_tensors(&m->tail, NULL, 0);
     const int mode = m->tail.qtrain;
     const int per = mode == ES_QTRAIN_ALPT ? 5 : 1;
-    int n = nt + (m->Q ? 1 : 0) + (m->N && m->racc && mode != ES_QTRAIN_NONE) + (m->Q ? es__dense_opt_n_states(&m->popt) : 0) +
+    const int has_acc = m->N && m->racc && mode != ES_QTRAIN_NONE, acc_late = m->shard_n > 1;
+    int n = nt + (m->Q ? 1 : 0) + has_acc + (m->Q ? es__dense_opt_n_states(&m->popt) : 0) +
             (m->Q && es__dense_opt_steps(&m->popt) ? 1 : 0) + (m->N ? 1 : 0) + (m->T ? 1 : 0) + 1;
     if (m->qready) n += per * (int)m->T + (mode == ES_QTRAIN_QAT && m->R ? 1 : 0);
+    else if (acc_late) n -= has_acc;
     if (!refs) return n;
     if (max < n) return ES_ERANGE;
     int i = es__rows_tensors(&m->tail, refs, max);
@@ -810,7 +827,7 @@ static int mde_tensors_q(mde_impl *m, es_tensor_ref *refs, int max) {
         snprintf(refs[k].name, sizeof refs[k].name, "opt.tail.%.40s", tmp);
     }
     if (m->Q) es__tensor_ref_set(&refs[i++], "proj.weight", ES_DT_F32, m->proj, 1, m->Q);
-    if (m->N && m->racc && mode != ES_QTRAIN_NONE)
+    if (has_acc && !acc_late)
         es__tensor_ref_set(&refs[i++], "opt.rows.acc", ES_DT_F32, m->racc, 1, m->opt.kind == ES_OPT_ROWWISE_ADAGRAD ? m->N : m->R);
     for (int a = 0; m->Q && a < es__dense_opt_n_states(&m->popt); a++) {
         char name[32];
@@ -839,7 +856,9 @@ static int mde_tensors_q(mde_impl *m, es_tensor_ref *refs, int max) {
                 es__tensor_ref_set(&refs[i++], name, ES_DT_U64, &v->qseed, 1, (uint64_t)1);
             }
         }
-        if (mode == ES_QTRAIN_QAT && m->R) es__tensor_ref_set(&refs[i++], "opt.rows.master", ES_DT_F32, m->rows, 1, m->R);
+        if (mode == ES_QTRAIN_QAT && m->R) es__tensor_ref_set(&refs[i++], "opt.rows.master", ES_DT_F32, m->rows, 1, m->Rl);
+        if (has_acc && acc_late)
+            es__tensor_ref_set(&refs[i++], "opt.rows.acc", ES_DT_F32, m->racc, 1, m->opt.kind == ES_OPT_ROWWISE_ADAGRAD ? m->Nl : m->Rl);
     }
     ES_ASSERT(i == n);
     return n;
@@ -995,9 +1014,15 @@ static es_rows *mde_table(void *self, int i) {
     return (uint64_t)i < m->T ? &m->views[i] : &m->tail;
 }
 
+/* fp32: the tiers one after another in "rows.weight", the hashed rows in
+ * "tail.weight"; codes: each tier's own "tier<t>.q" and "tail.q", the
+ * one-process file's tensors (mde_tensors_q). */
 static const char *mde_table_tensor(void *self, int i) {
-    const mde_impl *m = self;
-    return (uint64_t)i < m->T ? "rows.weight" : "tail.weight";
+    mde_impl *m = self;
+    if (m->tail.prec == ES_PREC_FP32) return (uint64_t)i < m->T ? "rows.weight" : "tail.weight";
+    if ((uint64_t)i == m->T) return "tail.q";
+    snprintf(m->tname, sizeof m->tname, "tier%d.q", i);
+    return m->tname;
 }
 
 /* A tier's row times its projection, or a full-width row as it is: the
@@ -1054,11 +1079,13 @@ static void mde_dense_apply(void *self, const float *acc) {
 
 /* ops->row_map: the tiers and the hashed rows as one row space, each
  * value's one row pooled by mde's callbacks; the key map and the
- * projections stay whole on every rank.  fp32 only (create refuses a
- * precision across processes). */
+ * projections stay whole on every rank.  At a precision once every tier
+ * holds codes (qready): the step fetches the codes and dequantizes them
+ * as es__rows_get does, the owners update them (es__rows_update: QAT's
+ * master, ALPT's steps). */
 static int mde_row_map(es_storage *s, es__row_map *out) {
     mde_impl *m = s->impl;
-    if (!m->derived || m->tail.prec != ES_PREC_FP32) return ES_EINVAL;
+    if (!m->derived || (m->tail.prec != ES_PREC_FP32 && !m->qready)) return ES_EINVAL;
     memset(out, 0, sizeof *out);
     out->table = mde_table;
     out->bases = m->vstart;

@@ -470,13 +470,17 @@ int es__storage_write(es_fwriter *w, es_storage *s, int with_state, es_err *err)
  * param_bytes the whole tables', and no storage.shard: the file is the one
  * the whole storage writes (src/train/dist.c, es__dist_write_rows). */
 typedef struct es__whole_table {
+    /* tensor[n], rows[n]: one entry per row table at most (es__dist_tables
+     * allocates them; es__whole_table_free), not a fixed few: mde at a
+     * precision streams one code tensor per tier */
     int n;
-    char tensor[ES_ROW_MAP_TABLES][ES_TENSOR_NAME_MAX];
-    uint64_t rows[ES_ROW_MAP_TABLES];
+    char (*tensor)[ES_TENSOR_NAME_MAX];
+    uint64_t *rows;
     size_t param_bytes;
     const char *opts; /* storage.opts to record (the resolved ones, as a load sees them), NULL: the shard's */
 } es__whole_table;
 int es__storage_write_whole(es_fwriter *w, es_storage *s, const es__whole_table *wt, es_err *err);
+void es__whole_table_free(es__whole_table *wt);
 int es__storage_params_read(const es_file *f, const char *path, es_storage_params *sp, char **opts, es_err *err);
 int es__storage_read_tensors(es_storage *s, es_file *f, int with_state, const char *path, size_t *mapped, es_err *err);
 
@@ -750,9 +754,11 @@ void es__rows_field_stats(int k, es__resolve_fn fn, const void *ctx, const es_vo
  * processes computes the embeddings one process does).  These four need
  * every table of one width and precision.
  *   ES_COMBINE_METHOD the method's callbacks combine a value's rows, and
- *                    its tables may differ in width (fp32 only; mde: a
- *                    tier's row times the tier's projection).  tab[j] is
- *                    the table of the value's row j, e[j] the row:
+ *                    its tables may differ in width (mde: a tier's row
+ *                    times the tier's projection).  tab[j] is the table
+ *                    of the value's row j, e[j] the row as floats (a
+ *                    table at a precision: its codes dequantized by
+ *                    es__dequant_row, the values es__rows_get gives):
  *     pool        ADDS wt times the value's vector into out[E] (from a
  *                 zeroed out per (row, field) pair, value by value, in the
  *                 method's lookup order);
@@ -770,9 +776,10 @@ void es__rows_field_stats(int k, es__resolve_fn fn, const void *ctx, const es_vo
  *                 the rows' gradients (which read the parameters before
  *                 it) are computed;
  *     tensor      the storage tensor holding table i's rows (tables may
- *                 share one, one after the other: mde's tiers in
- *                 "rows.weight"); NULL: the tensor whose data is the
- *                 table's rows. */
+ *                 share one, one after the other: mde's fp32 tiers in
+ *                 "rows.weight"; the name may live in a buffer of self
+ *                 that the next call reuses); NULL: the tensor whose data
+ *                 is the table's rows. */
 enum { ES_COMBINE_CAT = 0, ES_COMBINE_SUM = 1, ES_COMBINE_PROD = 2, ES_COMBINE_SLICES = 3, ES_COMBINE_METHOD = 4 };
 typedef struct es__row_map {
     es_rows *t[ES_ROW_MAP_TABLES];

@@ -52,6 +52,14 @@ static int storage_write(es_fwriter *w, es_storage *s, int with_state, const es_
 int es__storage_write(es_fwriter *w, es_storage *s, int with_state, es_err *err) { return storage_write(w, s, with_state, NULL, err); }
 int es__storage_write_whole(es_fwriter *w, es_storage *s, const es__whole_table *wt, es_err *err) { return storage_write(w, s, 0, wt, err); }
 
+void es__whole_table_free(es__whole_table *wt) {
+    es__free(wt->tensor);
+    es__free(wt->rows);
+    wt->tensor = NULL;
+    wt->rows = NULL;
+    wt->n = 0;
+}
+
 static int storage_write(es_fwriter *w, es_storage *s, int with_state, const es__whole_table *whole, es_err *err) {
     const es_storage_params *sp = &s->p;
     int rc = 0;

@@ -78,8 +78,8 @@ struct es__dist {
     float *gsum;            /* [3, size, C] the dense reduce-scatter: sent, received, gathered (C = ceil(P / size)) */
     double *bloss;          /* [ES_DIST_BLOCKS] */
     float *tmp;             /* [widest row] */
-    float *ebuf;            /* [k, widest row] a value's rows dequantized (a table at a precision, sum or product),
-                             * or their gradients (ES_COMBINE_METHOD) */
+    float *ebuf;            /* [2 k, widest row] a value's rows dequantized (a table at a precision), then
+                             * (ES_COMBINE_METHOD) their gradients, which the method computes from those rows */
     es__dist_stats st;
 };
 
@@ -275,10 +275,10 @@ int es__dist_rebind(es__dist *d, es_model *m, es_err *err) {
         if (i == n_t) break;
         const es_rows *t = d->tab[i];
         /* the built-in modes combine rows of one width and precision; a
-         * method's callbacks read fp32 rows of each table's width */
-        if (method ? t->prec != ES_PREC_FP32 : t->dim != cd || t->prec != d->tab[0]->prec)
-            return es__err(err, ES_EINVAL, "storage '%s': table %d of its row map %s", s->ops->name, i,
-                           method ? "is not fp32 (its callbacks read fp32 rows)" : "differs in width or precision from table 0");
+         * method's callbacks read each table's rows as floats of its width
+         * (codes dequantized by cached_rows, as es__rows_get does) */
+        if (!method && (t->dim != cd || t->prec != d->tab[0]->prec))
+            return es__err(err, ES_EINVAL, "storage '%s': table %d of its row map differs in width or precision from table 0", s->ops->name, i);
         if (d->base[i + 1] <= d->base[i]) return es__err(err, ES_EINVAL, "storage '%s': table %d of its row map is empty", s->ops->name, i);
         if (i > 0 && d->lo[i] - d->lo[i - 1] != d->tab[i - 1]->n_rows)
             return es__err(err, ES_EINVAL, "storage '%s': table %d holds %llu rows on rank %d of %d, its share of the global rows is %llu",
@@ -302,7 +302,7 @@ int es__dist_rebind(es__dist *d, es_model *m, es_err *err) {
     d->part = es__malloc(((size_t)ES_DIST_BLOCKS * d->P + 1) * sizeof(float));
     d->gsum = es__malloc((3 * (size_t)d->size * ((d->P + (size_t)d->size - 1) / (size_t)d->size) + 1) * sizeof(float));
     d->tmp = es__malloc((size_t)wmax * sizeof(float));
-    d->ebuf = es__malloc((size_t)mp->k * (size_t)wmax * sizeof(float));
+    d->ebuf = es__malloc(2 * (size_t)mp->k * (size_t)wmax * sizeof(float));
     if (!d->part || !d->gsum || !d->tmp || !d->ebuf) return es__err(err, ES_ENOMEM, "out of memory for the distributed step");
     for (int i = 0; i < n_t; i++) {
         size_t cap = (size_t)m->max_batch * (size_t)m->n_fields;
@@ -773,8 +773,8 @@ int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum
                 const float wt = g->wt[s];
                 /* a product: the value's rows as the forward combined them */
                 if (comb == ES_COMBINE_PROD || comb == ES_COMBINE_METHOD) cached_rows(d, d->iu + o, e, tab);
-                if (comb == ES_COMBINE_METHOD) { /* the rows' gradients, weight 1, into ebuf */
-                    for (int j = 0; j < k; j++) gj[j] = d->ebuf + (size_t)j * (size_t)d->wmax;
+                if (comb == ES_COMBINE_METHOD) { /* the rows' gradients, weight 1, into ebuf past the dequantized rows */
+                    for (int j = 0; j < k; j++) gj[j] = d->ebuf + (size_t)(k + j) * (size_t)d->wmax;
                     d->map.pool_grad(d->map.self, tab, e, go, gj);
                 }
                 for (int j = 0; j < k; j++, o++) {
@@ -845,6 +845,13 @@ int es__dist_tables(es__dist *d, es__whole_table *wt, es_err *err) {
     int n = es__storage_tensors(st, NULL, 0);
     es_tensor_ref *refs = n > 0 ? es__calloc((size_t)n, sizeof *refs) : NULL;
     if (!refs) return es__err(err, n > 0 ? ES_ENOMEM : ES_EINVAL, "storage '%s': cannot list its tensors", st->ops->name);
+    wt->tensor = es__calloc((size_t)d->n_t, sizeof *wt->tensor); /* a tensor per table at most */
+    wt->rows = es__calloc((size_t)d->n_t, sizeof *wt->rows);
+    if (!wt->tensor || !wt->rows) {
+        es__free(refs);
+        es__whole_table_free(wt);
+        return es__err(err, ES_ENOMEM, "out of memory");
+    }
     es__storage_tensors(st, refs, n);
     int rc = ES_OK;
     for (int i = 0; i < d->n_t && rc == ES_OK; i++) {
@@ -863,10 +870,6 @@ int es__dist_tables(es__dist *d, es__whole_table *wt, es_err *err) {
         int at = 0; /* its place in wt: tables may share a tensor, one after the other */
         while (at < wt->n && strcmp(wt->tensor[at], refs[found].name) != 0) at++;
         if (at == wt->n) {
-            if (at == ES_ROW_MAP_TABLES) {
-                rc = es__err(err, ES_EINVAL, "storage '%s': its rows are in more than %d tensors", st->ops->name, ES_ROW_MAP_TABLES);
-                break;
-            }
             snprintf(wt->tensor[at], sizeof wt->tensor[at], "%s", refs[found].name);
             wt->n++;
         }
@@ -883,6 +886,7 @@ int es__dist_tables(es__dist *d, es__whole_table *wt, es_err *err) {
     }
     wt->param_bytes = (size_t)es__storage_whole_param_bytes(st);
     es__free(refs);
+    if (rc != ES_OK) es__whole_table_free(wt);
     return rc;
 }
 

@@ -68,10 +68,12 @@ int es__dist_replicated(const es__dist *d);
 /* The row tables as the model file holds them (es__model_save_whole_begin):
  * the storage's tensors holding the row map's (es__row_map) tables
  * ("weight", "weight.q" for codes; qr: "table0", ...; mde: its tiers one
- * after another in "rows.weight", its hashed rows in "tail.weight"), each
- * with its whole first dimension; param_bytes the whole storage's.
- * Remembers each table's tensor for es__dist_write_rows.  ES_EINVAL when
- * no tensor holds a table, ES_ENOMEM. */
+ * after another in "rows.weight", its hashed rows in "tail.weight", or at
+ * a precision "tier<t>.q" per tier and "tail.q"), each with its whole
+ * first dimension; param_bytes the whole storage's.  wt's arrays are
+ * allocated (es__whole_table_free; freed on failure).  Remembers each
+ * table's tensor for es__dist_write_rows.  ES_EINVAL when no tensor holds
+ * a table, ES_ENOMEM. */
 int es__dist_tables(es__dist *d, es__whole_table *wt, es_err *err);
 
 /* Probabilities of this rank's part of a global batch of n rows (g as in

@@ -166,18 +166,20 @@ int es__model_save(es_model *m, const char *path, int with_state, es_err *err) {
 int es__model_save_whole_begin(es_model *m, const char *path, const es__whole_table *wt, es_fwriter **out, int *rows_tensor,
                                es_err *err) {
     es_fwriter *w = NULL;
-    char name[ES_ROW_MAP_TABLES][ES_TENSOR_NAME_MAX];
+    char name[ES_TENSOR_NAME_MAX];
     *out = NULL;
     for (int i = 0; i < wt->n; i++)
-        if (es__storage_file_name(wt->tensor[i], name[i], sizeof name[i]) != ES_OK)
+        if (es__storage_file_name(wt->tensor[i], name, sizeof name) != ES_OK)
             return es__err(err, ES_EINVAL, "tensor name too long: %s", wt->tensor[i]);
     int rc = model_declare(m, path, 0, wt, &w, err);
     if (rc != ES_OK) return rc;
-    for (int i = 0; i < wt->n; i++)
-        if ((rows_tensor[i] = es__fwriter_tensor_index(w, name[i])) < 0) {
+    for (int i = 0; i < wt->n; i++) {
+        es__storage_file_name(wt->tensor[i], name, sizeof name); /* fits: checked above */
+        if ((rows_tensor[i] = es__fwriter_tensor_index(w, name)) < 0) {
             es__fwriter_abort(w);
-            return es__err(err, ES_EINVAL, "%s: storage '%s' has no tensor %s", path, m->st->ops->name, name[i]);
+            return es__err(err, ES_EINVAL, "%s: storage '%s' has no tensor %s", path, m->st->ops->name, name);
         }
+    }
     if ((rc = es__fwriter_begin(w)) != ES_OK) {
         es__err(err, rc, "%s", es__fwriter_errmsg(w));
         es__fwriter_abort(w);

@@ -1999,8 +1999,9 @@ static int dist_save(run *x) {
         return agree(x, rc);
     }
     es__whole_table wt;
-    int tensor[ES_ROW_MAP_TABLES];
+    int *tensor = NULL;
     rc = es__dist_tables(x->dist, &wt, x->err);
+    if (rc == ES_OK && !(tensor = es__calloc((size_t)ES_MAX(wt.n, 1), sizeof *tensor))) rc = es__err(x->err, ES_ENOMEM, "out of memory");
     if (rc == ES_OK && x->p->comm->rank == 0) {
         /* the options as the whole model records them: resolved (what a
          * load re-creates the table from) */
@@ -2010,8 +2011,13 @@ static int dist_save(run *x) {
         rc = opts ? es__model_save_whole_begin(x->m, x->p->out_path, &wt, &w, tensor, x->err) : es__err(x->err, ES_ENOMEM, "out of memory");
         es__free(opts);
     }
-    if ((rc = agree(x, rc)) != ES_OK) return rc;
+    es__whole_table_free(&wt);
+    if ((rc = agree(x, rc)) != ES_OK) {
+        es__free(tensor);
+        return rc;
+    }
     rc = es__dist_write_rows(x->dist, w, tensor, &broken, x->err);
+    es__free(tensor);
     if (broken) { /* a rank left the rounds: the others may wait */
         x->dist_failed = 2;
         es__fwriter_abort(w);
