@@ -1,8 +1,9 @@
 /*
  * mpi_test.h — what the tests of training across processes share
- * (test_mpi.c, test_mpi_qr.c, test_mpi_mde.c, test_mpi_alpt.c): the data
- * file, the mpirun command, the check that mpirun runs the MPI build of
- * $ES_BIN, a training run on N ranks and a model's predictions.
+ * (test_mpi.c, test_mpi_qr.c, test_mpi_mde.c, test_mpi_multihash.c,
+ * test_mpi_alpt.c): the data file, the mpirun command, the check that
+ * mpirun runs the MPI build of $ES_BIN, a training run on N ranks and a
+ * model's predictions.
  */
 #ifndef ES_TESTS_MPI_TEST_H
 #define ES_TESTS_MPI_TEST_H

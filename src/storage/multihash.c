@@ -25,6 +25,16 @@
  * sparse optimizer (a "row" is a pool row of dim floats, or the k
  * importance weights of one importance row).
  *
+ * Across processes (docs/scale.md, mh_row_map): the pool and the
+ * importance table are tables 0 and 1 of one row space (global rows
+ * [0, P) and [P, P + K), stacked per field as stored), each sharded by
+ * global row with its optimizer state; a value resolves to its k pool rows
+ * and its importance row, which the distributed step fetches and pools
+ * with mh_pool (mh_lookup's float operations), and each row's gradient goes
+ * to its owner with the weight mh_backward adds it with (mh_pool_grad_wt),
+ * so the owners' sums are mh_backward's, float for float.  fp32 only: a
+ * precision is refused across processes.
+ *
  * Budget: with A = (B - aux) / 4 floats, weights=1 gives the importance
  * table K = floor(wfrac * A / k) rows (wfrac option, default 0.25: k
  * floats per row are cheap, so K can exceed P several times over), the
@@ -253,6 +263,12 @@ static int mh_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     if (es__storage_opt_given(s, "seed")) s->p.seed = es__storage_opt_u64(s, "seed");
     const int G = share ? 1 : F;
     const size_t aux = (size_t)(weighted ? 4 : 2) * G * sizeof(uint64_t);
+    const int shard = s->p.shard_n > 1; /* rank shard_rank's rows of the pool and importance table (es__row_map) */
+    if (s->p.shard_n >= 1 && s->p.precision != ES_PREC_FP32)
+        return es__err(err, ES_EINVAL,
+                       "multihash: --precision %s is not supported across processes yet (the distributed step reads a "
+                       "method's pooled rows as fp32; docs/scale.md)",
+                       es__prec_name(s->p.precision));
 
     uint64_t *P = es__malloc((size_t)G * sizeof *P), *K = es__malloc((size_t)G * sizeof *K),
              *Af = es__malloc((size_t)G * sizeof *Af);
@@ -305,6 +321,13 @@ static int mh_create(es_storage *s, const es_vocab *vocab, es_err *err) {
         rc = es__err(err, ES_ERANGE, "multihash: %llu pool rows is more than this build allocates", (unsigned long long)tp);
         goto fail;
     }
+    if (shard && (tp < (uint64_t)s->p.shard_n || (weighted && tk < (uint64_t)s->p.shard_n))) {
+        rc = es__err(err, ES_EINVAL,
+                     "multihash: %llu pool rows and %llu importance rows: each table needs a row on each of the %d processes "
+                     "it is split over",
+                     (unsigned long long)tp, (unsigned long long)tk, s->p.shard_n);
+        goto fail;
+    }
 
     mh_impl *m = es__calloc(1, sizeof *m);
     if (!m) {
@@ -321,13 +344,18 @@ static int mh_create(es_storage *s, const es_vocab *vocab, es_err *err) {
     es__rng_seed(&rng, s->p.seed);
     const size_t pairs = (size_t)s->p.max_batch * (size_t)F;
     m->tmp = es__malloc((size_t)dim * sizeof *m->tmp);
-    int ok = m->pbase && m->tmp && es__rows_init(&m->pool, tp, dim, &s->p.opt, &rng, s->p.init_scale / sqrtf((float)k)) == ES_OK &&
-             es__gradacc_init(&m->ga_pool, ES_MIN(pairs * (size_t)k, (size_t)tp), dim) == ES_OK;
+    /* the pool is global rows [0, tp) of the row space, the importance
+     * table [tp, tp + tk) (mh_row_map); a shard is trained by the
+     * distributed step, which sums its gradients itself: no scratch */
+    const int rank = s->p.shard_rank, nsh = s->p.shard_n;
+    int ok = m->pbase && m->tmp &&
+             es__rows_init_shard_at(&m->pool, tp, dim, &s->p.opt, &rng, s->p.init_scale / sqrtf((float)k), 0, rank, nsh) == ES_OK &&
+             (shard || es__gradacc_init(&m->ga_pool, ES_MIN(pairs * (size_t)k, (size_t)tp), dim) == ES_OK);
     if (ok && weighted) {
-        ok = es__rows_init(&m->imp, tk, k, &s->p.opt, NULL, 0) == ES_OK &&
-             es__gradacc_init(&m->ga_imp, ES_MIN(pairs, (size_t)tk), k) == ES_OK;
+        ok = es__rows_init_shard_at(&m->imp, tk, k, &s->p.opt, NULL, 0, tp, rank, nsh) == ES_OK &&
+             (shard || es__gradacc_init(&m->ga_imp, ES_MIN(pairs, (size_t)tk), k) == ES_OK);
         if (ok)
-            for (size_t e = 0, n = (size_t)tk * (size_t)k; e < n; e++) m->imp.w[e] = 1.0f;
+            for (size_t e = 0, n = (size_t)m->imp.n_rows * (size_t)k; e < n; e++) m->imp.w[e] = 1.0f;
     }
     if (!ok) {
         mh_free(m);
@@ -375,6 +403,71 @@ fail:
     return rc;
 }
 
+/* ---- across processes (es__row_map, src/train/dist.c) ------------------------------------------ */
+
+/* mh_resolve in the row space of mh_row_map: a value's k pool rows, then
+ * (weights=1) its importance row after the tp pool rows. */
+static void mh_resolve_global(const void *ctx, int f, const uint64_t *keys, size_t n, uint64_t *ids) {
+    const mh_impl *m = ctx;
+    const int g = m->G == 1 ? 0 : f, kk = m->k + m->weighted;
+    const uint64_t salt = es__storage_salt(m->seed, f, 0), tp = m->pbase[m->G - 1] + m->prows[m->G - 1];
+    for (size_t i = 0; i < n; i++) {
+        const uint64_t h = es__hash_u64(keys[i], salt);
+        uint64_t *id = ids + i * (size_t)kk;
+        for (int j = 0; j < m->k; j++) id[j] = mh_pool_row(m, g, h, j);
+        if (m->weighted) id[m->k] = tp + mh_imp_row(m, g, h);
+    }
+}
+
+/* vec = sum_j p_w[j] * pool[r_j] from the value's fetched rows (e[k]:
+ * its importance row), in mh_lookup's float operations at fp32. */
+static void mh_pool(void *self, const int *tab, const float *const *e, float wt, float *out) {
+    const mh_impl *m = self;
+    const float *pw = m->weighted ? e[m->k] : NULL;
+    for (int j = 0; j < m->k; j++) es__axpy(out, pw ? wt * pw[j] : wt, e[j], (size_t)m->dim);
+}
+
+/* mh_backward's gradients from the fetched (pre-update) rows: pool row j
+ * gets dout with weight wt p_w[j] (its es__axpy), the importance row the
+ * rounded wt <dout, pool[r_j]> with weight 1 (its +=). */
+static void mh_pool_grad_wt(void *self, const int *tab, const float *const *e, float wt, const float *dout, float *const *g, float *w) {
+    const mh_impl *m = self;
+    const float *pw = m->weighted ? e[m->k] : NULL;
+    for (int j = 0; j < m->k; j++) {
+        memcpy(g[j], dout, (size_t)m->dim * sizeof(float));
+        w[j] = pw ? wt * pw[j] : wt;
+        if (pw) g[m->k][j] = wt * es__dot(dout, e[j], (size_t)m->dim);
+    }
+    if (pw) w[m->k] = 1.0f;
+}
+
+/* ops->row_map: the pool (table 0, dim floats a row) and the importance
+ * table (table 1, k floats a row; none with weights=0) as one row space,
+ * each value's k pool rows and importance row pooled by mh_pool.  fp32
+ * only (create refuses a precision across processes). */
+static int mh_row_map(es_storage *s, es__row_map *out) {
+    mh_impl *m = s->impl;
+    if (m->pool.prec != ES_PREC_FP32) return ES_EINVAL;
+    const uint64_t tp = m->pbase[m->G - 1] + m->prows[m->G - 1];
+    memset(out, 0, sizeof *out);
+    out->t[0] = &m->pool;
+    out->base[1] = out->rows = tp;
+    out->n_t = 1;
+    if (m->weighted) {
+        out->t[1] = &m->imp;
+        out->base[2] = out->rows = tp + m->wbase[m->G - 1] + m->wrows[m->G - 1];
+        out->n_t = 2;
+    }
+    out->k = m->k + m->weighted;
+    out->combine = ES_COMBINE_METHOD;
+    out->fn = mh_resolve_global;
+    out->ctx = m;
+    out->self = m;
+    out->pool = mh_pool;
+    out->pool_grad_wt = mh_pool_grad_wt;
+    return ES_OK;
+}
+
 /* ops->rows: the pool only.  The importance table stays fp32 at every
  * precision (k floats per importance row: a row's scale and bias would cost
  * as much as its codes save), trains with the storage optimizer as at fp32
@@ -400,4 +493,5 @@ const es_storage_ops es__storage_multihash = {
     ES_STORAGE_OPTS(mh_opts),
     .default_budget = ES_DEFAULT_BUDGET,
     .rows = mh_rows,
+    .row_map = mh_row_map,
 };

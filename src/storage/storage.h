@@ -262,10 +262,10 @@ typedef struct es_storage_ops {
     /* Optional (methods whose parameters are rows of es_rows tables, read
      * as they are or combined with the value's other rows by a sum, a
      * product or side by side: full, hash, unified, adapt, qr; or by the
-     * method's own callbacks with replicated parameters: mde's
-     * projections): how a key maps to rows (es__row_map), for the distributed step
-     * (src/train/dist.c), which looks rows up and updates them on the
-     * rank that owns them.  ES_EINVAL for options it cannot map (qr's
+     * method's own callbacks (mde, with its replicated projections;
+     * multihash, its importance weights a second table): how a key maps
+     * to rows (es__row_map), for the distributed step (src/train/dist.c),
+     * which looks rows up and updates them on the rank that owns them.  ES_EINVAL for options it cannot map (qr's
      * op=cat with dim not a multiple of the partitions: rows of two
      * widths).  Methods without it are refused under several processes.
      * NULL otherwise. */
@@ -755,10 +755,12 @@ void es__rows_field_stats(int k, es__resolve_fn fn, const void *ctx, const es_vo
  * every table of one width and precision.
  *   ES_COMBINE_METHOD the method's callbacks combine a value's rows, and
  *                    its tables may differ in width (mde: a tier's row
- *                    times the tier's projection).  tab[j] is the table
- *                    of the value's row j, e[j] the row as floats (a
- *                    table at a precision: its codes dequantized by
- *                    es__dequant_row, the values es__rows_get gives):
+ *                    times the tier's projection; multihash: k pool rows
+ *                    weighted by the importance row).  tab[j] is the table
+ *                    of the value's row j, e[j] the row as floats (a table
+ *                    at a precision: its codes dequantized by
+ *                    es__dequant_row, the values es__rows_get gives;
+ *                    multihash refuses a precision):
  *     pool        ADDS wt times the value's vector into out[E] (from a
  *                 zeroed out per (row, field) pair, value by value, in the
  *                 method's lookup order);
@@ -766,6 +768,13 @@ void es__rows_field_stats(int k, es__resolve_fn fn, const void *ctx, const es_vo
  *                 g[j] (t[tab[j]]'s width), weight 1: the step sends it
  *                 with the value's weight, and the owner sums and applies
  *                 it as any row's;
+ *     pool_grad_wt in place of pool_grad: row j's gradient into g[j] and
+ *                 the weight the owner adds it with into w[j]
+ *                 (es__axpy(acc, w[j], g[j])), given the value's weight
+ *                 wt: a backward that adds (wt a_j) dout sends dout with
+ *                 weight wt a_j, one that adds the rounded wt x sends that
+ *                 with weight 1 (an exact add), so the owners' sums are
+ *                 the method's own backward's, float for float (multihash);
  *     dense       floats of the gradient of the method's replicated
  *                 parameters (every rank holds them whole, as the dense
  *                 layers: mde's projections), with what marks what an
@@ -795,6 +804,7 @@ typedef struct es__row_map {
     void *self;
     void (*pool)(void *self, const int *tab, const float *const *e, float wt, float *out);
     void (*pool_grad)(void *self, const int *tab, const float *const *e, const float *dout, float *const *g);
+    void (*pool_grad_wt)(void *self, const int *tab, const float *const *e, float wt, const float *dout, float *const *g, float *w);
     size_t dense;
     void (*dense_grad)(void *self, const int *tab, const float *const *e, float wt, const float *dout, float *acc);
     void (*dense_apply)(void *self, const float *acc);

@@ -22,7 +22,8 @@
  *      weight and gradient slice to the row's owner, in batch order (a
  *      product's gradient, dout times the product of the value's other
  *      rows from the cache, is computed here and sent with weight 1; a
- *      method's row gradient comes from its pool_grad); the
+ *      method's row gradient comes from its pool_grad, or with its own
+ *      weight from pool_grad_wt); the
  *      owner receives from ranks 0..N-1, i.e. in global batch order, sums
  *      each row's gradients in that order (es__axpy into an es_gradacc,
  *      as es__rows_backward does on one process) and applies ONE update
@@ -224,8 +225,8 @@ int es__dist_rebind(es__dist *d, es_model *m, es_err *err) {
     es_storage *s = m->st;
     if (!s->ops->row_map && !s->ops->rep_floats)
         return es__err(err, ES_EINVAL,
-                       "storage '%s' cannot be trained across processes yet (full, hash, unified, adapt, qr and mde are sharded, "
-                       "dhe and tt replicated: docs/scale.md)",
+                       "storage '%s' cannot be trained across processes yet (full, hash, unified, adapt, qr, mde and "
+                       "multihash are sharded, dhe and tt replicated: docs/scale.md)",
                        s->ops->name);
     if (!s->ops->row_map) return dist_bind_replicated(d, m, err);
     if (s->p.opt.row_l2 > 0) return es__err(err, ES_EINVAL, "lazy L2 on the tables (--emb-l2) is not supported across processes yet");
@@ -243,7 +244,7 @@ int es__dist_rebind(es__dist *d, es_model *m, es_err *err) {
     if (mp->n_t < 1 || (!mp->table && mp->n_t > ES_ROW_MAP_TABLES) || mp->k < 1 || mp->k > ES_RESOLVE_BLOCK / 2 ||
         (mp->combine != ES_COMBINE_CAT && mp->combine != ES_COMBINE_SUM && mp->combine != ES_COMBINE_PROD &&
          mp->combine != ES_COMBINE_SLICES && !method) ||
-        (method && (!mp->pool || !mp->pool_grad || (mp->dense && (!mp->dense_grad || !mp->dense_apply)))))
+        (method && (!mp->pool || (!mp->pool_grad && !mp->pool_grad_wt) || (mp->dense && (!mp->dense_grad || !mp->dense_apply)))))
         return es__err(err, ES_EINVAL, "storage '%s': a row map of %d tables, %d rows a value, combine %d is not one the distributed step takes",
                        s->ops->name, mp->n_t, mp->k, mp->combine);
     const int n_t = mp->n_t;
@@ -765,7 +766,7 @@ int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum
     if (grow((void **)&d->sbuf, &d->sbuf_cap, tot + 1, 1) != ES_OK) return es__err(err, ES_ENOMEM, "out of memory");
     {
         const int comb = d->map.combine, cd = d->tab[0]->dim;
-        float *gj[ES_RESOLVE_BLOCK / 2];
+        float *gj[ES_RESOLVE_BLOCK / 2], gw[ES_RESOLVE_BLOCK / 2];
         size_t o = 0;
         for (size_t Pp = P0; Pp < P1; Pp++) {
             const float *go = m->demb + (Pp - P0) * (size_t)E;
@@ -773,9 +774,14 @@ int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum
                 const float wt = g->wt[s];
                 /* a product: the value's rows as the forward combined them */
                 if (comb == ES_COMBINE_PROD || comb == ES_COMBINE_METHOD) cached_rows(d, d->iu + o, e, tab);
-                if (comb == ES_COMBINE_METHOD) { /* the rows' gradients, weight 1, into ebuf past the dequantized rows */
+                if (comb == ES_COMBINE_METHOD) { /* the rows' gradients into ebuf past the dequantized rows, and the weights they are summed with */
                     for (int j = 0; j < k; j++) gj[j] = d->ebuf + (size_t)(k + j) * (size_t)d->wmax;
-                    d->map.pool_grad(d->map.self, tab, e, go, gj);
+                    if (d->map.pool_grad_wt) {
+                        d->map.pool_grad_wt(d->map.self, tab, e, wt, go, gj, gw);
+                    } else {
+                        d->map.pool_grad(d->map.self, tab, e, go, gj);
+                        for (int j = 0; j < k; j++) gw[j] = wt;
+                    }
                 }
                 for (int j = 0; j < k; j++, o++) {
                     uint64_t row = d->ids[o];
@@ -785,7 +791,10 @@ int es__dist_train_batch(es__dist *d, const es_batch *g, int n, double *loss_sum
                     const float *slice = comb == ES_COMBINE_CAT || comb == ES_COMBINE_SLICES ? go + (size_t)j * cd : go;
                     const size_t width = (size_t)d->tab[d->utab[d->iu[o]]]->dim;
                     float sw = wt;
-                    if (comb == ES_COMBINE_METHOD) slice = gj[j];
+                    if (comb == ES_COMBINE_METHOD) {
+                        slice = gj[j];
+                        sw = gw[j];
+                    }
                     if (comb == ES_COMBINE_PROD) {
                         /* wt dout times the other rows, in qr_backward's order; summed
                          * at the owner with weight 1 (an exact add) */

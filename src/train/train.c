@@ -451,8 +451,8 @@ static int dist_check_params(const es_train_params *p, es_err *err) {
     const es_storage_ops *ops = p->storage ? es__storage_find(p->storage) : NULL;
     if (ops && !ops->row_map && !ops->rep_floats)
         return es__err(err, ES_EINVAL,
-                       "storage '%s' cannot be trained across processes yet: full, hash, unified, adapt, qr and mde can (sharded), dhe and "
-                       "tt (replicated; docs/scale.md)",
+                       "storage '%s' cannot be trained across processes yet: full, hash, unified, adapt, qr, mde and multihash can "
+                       "(sharded), dhe and tt (replicated; docs/scale.md)",
                        p->storage);
     if (p->reader.skip_bad)
         return es__err(err, ES_EINVAL,
