@@ -95,6 +95,15 @@ static inline void mpi_check_same_file(const char *common, const char *cfg, cons
     }
 }
 
+/* mpi_check_same_file for each of cfgs[0 .. n), tagged <prefix>_<i>. */
+static inline void mpi_check_same_files(const char *common, const char *const *cfgs, size_t n, const char *prefix) {
+    for (size_t c = 0; c < n; c++) {
+        char tag[64];
+        snprintf(tag, sizeof tag, "%s_%zu", prefix, c);
+        mpi_check_same_file(common, cfgs[c], tag);
+    }
+}
+
 /* The 1-rank model of `common` `cfg` predicts on $ES_T/<valid> (1000 rows)
  * as the one-process trainer's (no mpirun) within `bound` (its dense
  * gradients are summed over the whole batch at once, not by the 16-block

@@ -113,11 +113,7 @@ static const char *const alpt_cfgs[] = {
  * the one process's. */
 TEST_SLOW(mpi_alpt_1_2_4_ranks_give_the_same_model_file) {
     if (!mpi_ready()) return;
-    for (size_t c = 0; c < ES_ARRAY_LEN(alpt_cfgs); c++) {
-        char tag[32];
-        snprintf(tag, sizeof tag, "mpi_alpt_same_%zu", c);
-        mpi_check_same_file(COMMON, alpt_cfgs[c], tag);
-    }
+    mpi_check_same_files(COMMON, alpt_cfgs, ES_ARRAY_LEN(alpt_cfgs), "mpi_alpt_same");
 }
 
 /* The 1-rank model predicts as the one-process trainer's (no mpirun) up to

@@ -227,16 +227,8 @@ static const char *const mde_prec_cfgs[] = {
  * tier's codes into "tier<t>.q", the hashed rows' into "tail.q"). */
 TEST_SLOW(mpi_mde_1_2_4_ranks_give_the_same_model_file) {
     if (!mpi_ready()) return;
-    for (size_t c = 0; c < ES_ARRAY_LEN(mde_cfgs); c++) {
-        char tag[32];
-        snprintf(tag, sizeof tag, "mpi_mde_same_%zu", c);
-        mpi_check_same_file(COMMON, mde_cfgs[c], tag);
-    }
-    for (size_t c = 0; c < ES_ARRAY_LEN(mde_prec_cfgs); c++) {
-        char tag[32];
-        snprintf(tag, sizeof tag, "mpi_mde_same_q%zu", c);
-        mpi_check_same_file(COMMON, mde_prec_cfgs[c], tag);
-    }
+    mpi_check_same_files(COMMON, mde_cfgs, ES_ARRAY_LEN(mde_cfgs), "mpi_mde_same");
+    mpi_check_same_files(COMMON, mde_prec_cfgs, ES_ARRAY_LEN(mde_prec_cfgs), "mpi_mde_same_q");
 }
 
 /* The 1-rank model predicts as the one-process trainer's (no mpirun) up to

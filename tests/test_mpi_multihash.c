@@ -207,11 +207,7 @@ static const char *const mh_cfgs[] = {
  * the shards into "pool", the importance table into "importance"). */
 TEST_SLOW(mpi_multihash_1_2_4_ranks_give_the_same_model_file) {
     if (!mpi_ready()) return;
-    for (size_t c = 0; c < ES_ARRAY_LEN(mh_cfgs); c++) {
-        char tag[32];
-        snprintf(tag, sizeof tag, "mpi_mh_same_%zu", c);
-        mpi_check_same_file(COMMON, mh_cfgs[c], tag);
-    }
+    mpi_check_same_files(COMMON, mh_cfgs, ES_ARRAY_LEN(mh_cfgs), "mpi_mh_same");
 }
 
 /* The 1-rank model predicts as the one-process trainer's (no mpirun) up to

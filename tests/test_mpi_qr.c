@@ -124,11 +124,7 @@ static const char *const qr_cfgs[] = {
  * whole storage streamed as its own tensor from the shards). */
 TEST_SLOW(mpi_qr_1_2_4_ranks_give_the_same_model_file) {
     if (!mpi_ready()) return;
-    for (size_t c = 0; c < ES_ARRAY_LEN(qr_cfgs); c++) {
-        char tag[32];
-        snprintf(tag, sizeof tag, "mpi_qr_same_%zu", c);
-        mpi_check_same_file(COMMON, qr_cfgs[c], tag);
-    }
+    mpi_check_same_files(COMMON, qr_cfgs, ES_ARRAY_LEN(qr_cfgs), "mpi_qr_same");
 }
 
 /* The 1-rank model predicts as the one-process trainer's (no mpirun) up to
