@@ -6,8 +6,10 @@
 #      everywhere), so that every machine also checks the kernels the others
 #      run;
 #   3. the quick tier again under ASan + UBSan (SAN=1);
-#   (2 and 3 run as JOBS test runners side by side, each every JOBS-th test:
-#   the tier once, in about half the time on two cores)
+#   (2 and 3 run as JOBS test runners side by side that take the tests in
+#   turn from one queue (test_runner --queue DIR): the tier once, in about
+#   half the time on two cores, a long test on one runner while the other
+#   goes on with the rest)
 #   4. every fuzz target for a bounded time (FUZZ_SECONDS, default 5: a
 #      smoke run in CI; `bash fuzz/run.sh` alone runs 20 s each);
 #   5. the Python package's tests (python/tests, pytest), when pytest imports.
@@ -49,18 +51,20 @@ for level in avx2 ref; do
         echo "== quick tier with ES_SIMD=avx2: skipped (avx2 is this CPU's best level: the normal build ran it)"; continue
     fi
     echo "== tests (quick tier) with ES_SIMD=$level ($JOBS runners side by side)"
+    rm -rf build/queue-simd-$level
     for k in $(seq 0 $((JOBS - 1))); do
         ES_SIMD=$level ES_BIN=build/embstore ES_TEST_TMP=build/tmp-simd-$level-$k \
-            build/test_runner --shard "$k/$JOBS" >build/check-simd-$level-$k.log 2>&1 &
+            build/test_runner --queue build/queue-simd-$level >build/check-simd-$level-$k.log 2>&1 &
     done
     wait
     for k in $(seq 0 $((JOBS - 1))); do cat build/check-simd-$level-$k.log; tally build/check-simd-$level-$k.log; done
 done
 echo "== tests under ASan+UBSan (SAN=1, $JOBS runners side by side)"
 if make -j"$JOBS" SAN=1 all build/san/test_runner >build/check-san-build.log 2>&1; then
+    rm -rf build/queue-san
     for k in $(seq 0 $((JOBS - 1))); do
         ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-            ES_BIN=build/san/embstore ES_TEST_TMP=build/san/tmp-$k build/san/test_runner --shard "$k/$JOBS" \
+            ES_BIN=build/san/embstore ES_TEST_TMP=build/san/tmp-$k build/san/test_runner --queue build/queue-san \
             >build/check-san-$k.log 2>&1 &
     done
     wait

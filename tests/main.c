@@ -5,6 +5,8 @@
 
 #include "embstore.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -110,7 +112,7 @@ static int cmp_case(const void *a, const void *b) {
 }
 
 int main(int argc, char **argv) {
-    const char *filter = NULL;
+    const char *filter = NULL, *queue = NULL;
     int shard_k = 0, shard_n = 1;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--full") == 0) full_tier = 1;
@@ -119,6 +121,16 @@ int main(int argc, char **argv) {
              * N runners side by side run the tier once between them */
             if (sscanf(argv[++i], "%d/%d", &shard_k, &shard_n) != 2 || shard_n < 1 || shard_k < 0 || shard_k >= shard_n) {
                 fprintf(stderr, "test_runner: --shard K/N with 0 <= K < N, got '%s'\n", argv[i]);
+                return 2;
+            }
+        } else if (strcmp(argv[i], "--queue") == 0 && i + 1 < argc) {
+            /* --queue DIR: runners side by side given the same DIR take the
+             * tests in turn, each claiming the next one nobody has claimed
+             * (creating DIR/<index>), so a long test on one runner does not
+             * leave the other idle as a fixed --shard split can */
+            queue = argv[++i];
+            if (mkdir(queue, 0755) != 0 && errno != EEXIST) {
+                fprintf(stderr, "test_runner: --queue %s: %s\n", queue, strerror(errno));
                 return 2;
             }
         } else filter = argv[i];
@@ -146,6 +158,13 @@ int main(int argc, char **argv) {
         test_case *c = &cases[i];
         if (filter && !strstr(c->name, filter) && !strstr(c->file, filter)) continue;
         if (seen++ % shard_n != shard_k) continue;
+        if (queue) { /* claimed by another runner: not this one's */
+            char claim[4400];
+            snprintf(claim, sizeof claim, "%s/%d", queue, i);
+            int fd = open(claim, O_CREAT | O_EXCL | O_WRONLY, 0644);
+            if (fd < 0) continue;
+            close(fd);
+        }
         if (c->slow && !full_tier) {
             skipped++;
             continue;
