@@ -47,27 +47,25 @@ static inline size_t full_home(uint64_t key, int f, size_t mask) {
     return (size_t)es__mix64(key ^ ((uint64_t)(uint32_t)f * UINT64_C(0x9e3779b97f4a7c15))) & mask;
 }
 
+/* The row of `key` of field f, probing from its home slot h: the key's
+ * own row, or the field's OOV row. */
+static inline uint64_t full_probe(const full_impl *m, int f, uint64_t key, size_t h) {
+    const uint64_t lo = m->field_off[f], hi = m->field_off[f + 1];
+    const size_t mask = m->icap - 1;
+    uint32_t s;
+    while ((s = m->index[h]) != 0) {
+        uint64_t idx = s - 1;
+        if (m->keys[idx] == key && idx >= lo && idx < hi) return idx + (uint64_t)f + 1;
+        h = (h + 1) & mask;
+    }
+    return lo + (uint64_t)f;
+}
+
 /* Rows of keys[0..n) of field f: the key's own row, or the field's OOV row. */
 static void full_resolve(const void *ctx, int f, const uint64_t *keys, size_t n, uint64_t *ids) {
     const full_impl *m = ctx;
-    const uint64_t lo = m->field_off[f], hi = m->field_off[f + 1];
-    const uint64_t oov = lo + (uint64_t)f;
     const size_t mask = m->icap - 1;
-    for (size_t i = 0; i < n; i++) {
-        const uint64_t key = keys[i];
-        uint64_t row = oov;
-        size_t h = full_home(key, f, mask);
-        uint32_t s;
-        while ((s = m->index[h]) != 0) {
-            uint64_t idx = s - 1;
-            if (m->keys[idx] == key && idx >= lo && idx < hi) {
-                row = idx + (uint64_t)f + 1;
-                break;
-            }
-            h = (h + 1) & mask;
-        }
-        ids[i] = row;
-    }
+    for (size_t i = 0; i < n; i++) ids[i] = full_probe(m, f, keys[i], full_home(keys[i], f, mask));
 }
 
 /* The rows full_step_begin resolved for keys (a part of the step's b->val). */
@@ -113,7 +111,7 @@ static void full_step_begin(es_storage *s, const es_batch *b) {
             if (sk) __builtin_prefetch(&m->keys[sk - 1]);
         }
         while (b->off[P + 1] <= v) P++; /* the pair (row, field) of value v */
-        full_resolve(m, (int)(P % (size_t)F), b->val + v, 1, h + v); /* the row in place of the home, no longer needed */
+        h[v] = full_probe(m, (int)(P % (size_t)F), b->val[v], (size_t)h[v]); /* the row in place of its home */
     }
     m->step_n = nv;
     m->step_val = b->val;
