@@ -594,6 +594,7 @@ static int run_count(run *x) {
 }
 
 static int run_vocab_dist(run *x);
+static int run_pipeline(run *x);
 
 /* Pass 2: the value counts of the training rows.  Skipped when the method
  * works from hashes alone and the budget is in bytes: then training keeps
@@ -608,15 +609,24 @@ static int run_vocab(run *x) {
         if ((rc = es_vocab_create(&x->vocab, x->mp.n_fields)) != 0) return es__err(x->err, rc, "out of memory");
         x->ps.pr.phase = "vocab";
         uint64_t seen = 0;
-        for (;;) {
-            int n = read_limited(x->r, &x->b, x->n_train - seen);
-            if (n < 0) return pass_err(x->err, x->r, n, p->train_path, &x->tid);
-            if (n == 0) break;
-            if ((rc = es_vocab_add_batch(x->vocab, &x->b)) != 0) return es__err(x->err, rc, "out of memory building the vocabulary");
+        /* the reader thread parses the next batch while this one is
+         * counted, as in training (counting is order-independent, so the
+         * vocabulary is the same as from one thread) */
+        if ((rc = run_pipeline(x)) != 0) return rc;
+        if ((rc = pipeline_start(&x->pl, x->r, x->n_train)) != 0) return es__err(x->err, rc, "cannot start the reader thread");
+        es_batch *cb;
+        while ((cb = pipeline_next(&x->pl))) {
+            int n = cb->n;
+            rc = es_vocab_add_batch(x->vocab, cb);
+            pipeline_release(&x->pl);
+            if (rc != 0) break;
             seen += (uint64_t)n;
             x->ps.pr.rows = seen;
             report(&x->ps, 0);
         }
+        pipeline_stop(&x->pl);
+        if (rc != 0) return es__err(x->err, rc, "out of memory building the vocabulary");
+        if (x->pl.rc < 0) return pass_err(x->err, x->r, x->pl.rc, p->train_path, &x->tid);
         note_bad_lines(x->r, &x->bad_train, x->bad_rep, sizeof x->bad_rep);
         if ((rc = es__file_id_recheck(p->train_path, &x->tid, "after building the vocabulary", x->err)) != 0) return rc;
         if (x->n_exact && seen != x->n_train) return rows_changed(x->err, p->train_path, "the vocabulary pass", seen, x->n_train);
