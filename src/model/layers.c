@@ -45,9 +45,27 @@ void es__linear_pack(float *WT, const float *W, int nin, int nout) {
         for (int k = 0; k < nin; k++) WT[(size_t)k * nout + j] = W[(size_t)j * nin + k];
 }
 
+/* The row kernels below run the same arithmetic as the _ref twins (each dot
+ * summed over d in order, each gradient summed over j in order), arranged so
+ * that the innermost operation is a 16-lane vector multiply-add held in
+ * registers (GCC/Clang vector extensions; the compiler splits a 16-lane
+ * vector into whatever the target has).  They are compiled for AVX-512,
+ * AVX2 and baseline x86-64 and picked at load time (GCC target_clones), so
+ * a default build still gets wide vectors. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define ES__CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+/* kernels whose arithmetic is explicit fmaf (one rounding, so the same bits
+ * on every path): an FMA clone turns each into one instruction instead of a
+ * call into libm */
+#define ES__CLONES_FMA __attribute__((target_clones("fma", "default")))
+#else
+#define ES__CLONES
+#define ES__CLONES_FMA
+#endif
+
 /* out = in W^T without a packed copy: the chains es__gemm_fixed computes,
  * four outputs at a time for some instruction-level parallelism. */
-static void linear_direct(float *out, const float *in, const float *W, int n, int nin, int nout) {
+ES__CLONES_FMA static void linear_direct(float *out, const float *in, const float *W, int n, int nin, int nout) {
     for (int r = 0; r < n; r++) {
         const float *x = in + (size_t)r * nin;
         float *o = out + (size_t)r * nout;
@@ -222,18 +240,6 @@ static inline float *ivec_mut(float *z0, float *erow, int i, int k) {
  * T x T matrix: rows 0..i-1 hold (T-1) + (T-2) + ... + (T-i) pairs. */
 static inline int pair_index(int i, int j, int T) { return i * T - i * (i + 1) / 2 + (j - i - 1); }
 
-/* The row kernels below run the same arithmetic as the _ref twins (each dot
- * summed over d in order, each gradient summed over j in order), arranged so
- * that the innermost operation is a 16-lane vector multiply-add held in
- * registers (GCC/Clang vector extensions; the compiler splits a 16-lane
- * vector into whatever the target has).  They are compiled for AVX-512,
- * AVX2 and baseline x86-64 and picked at load time (GCC target_clones), so
- * a default build still gets wide vectors. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define ES__CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define ES__CLONES
-#endif
 #define ES__JB 16 /* lanes: vectors j whose dots with x_i are formed together */
 #define ES__DB 64 /* d-chunk of the forward (bounds the transposed block on the stack) */
 typedef float es__v16 __attribute__((vector_size(64)));
@@ -554,7 +560,7 @@ ES__OMP(omp parallel for schedule(static) if (n >= ES__PAR_ROWS))
 /* One row: the pair sum in double over float dots (each dot one chain in
  * column order; no vectorised reduction reorders it, as -ffast-math is
  * never used). */
-static double ffm_row(const float *er, int F, int E, int k) {
+ES__CLONES_FMA static double ffm_row(const float *er, int F, int E, int k) {
     double pair = 0.0;
     for (int i = 0; i < F; i++) {
         const float *ei = er + (size_t)i * E + 1;
@@ -575,7 +581,7 @@ ES__OMP(omp parallel for schedule(static) if (n >= ES__PAR_ROWS))
 }
 
 /* d v_{i,j} = g v_{j,i}; the diagonal blocks v_{i,i} get 0. */
-static void ffm_row_backward(float *restrict der, float g, const float *er, int F, int E, int k) {
+ES__CLONES static void ffm_row_backward(float *restrict der, float g, const float *er, int F, int E, int k) {
     for (int i = 0; i < F; i++) {
         float *di = der + (size_t)i * E + 1;
         for (int j = 0; j < F; j++) {
