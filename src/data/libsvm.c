@@ -174,12 +174,9 @@ int es__libffm_setup(es_reader *r, es_err *err) {
             for (;;) {
                 p = skip_sp(p, end);
                 if (p == end || *p == '#') break;
-                const char *t = p;
-                p = tok_end(p, end);
-                const char *c1 = memchr(t, ':', (size_t)(p - t));
+                const char *t = p, *col[3];
                 uint32_t f;
-                if (c1 && memchr(c1 + 1, ':', (size_t)(p - c1 - 1)) && parse_field(t, (size_t)(c1 - t), &f) &&
-                    f < ES__MAX_FIELDS && (long)f > maxf)
+                if (scan_term(&p, end, col) >= 2 && parse_field(t, (size_t)(col[0] - t), &f) && f < ES__MAX_FIELDS && (long)f > maxf)
                     maxf = f;
             }
         }
