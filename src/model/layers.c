@@ -37,6 +37,8 @@
 /* Spread per-row loops over threads only when there is enough work to pay
  * for waking the team (about a few microseconds of work per thread). */
 #define ES__PAR_ROWS 64
+/* The FM and FFM row kernels: by the floats of the rows (core.h). */
+#define ES__PAR_WORK(n, F, E) ((size_t)(n) * (size_t)(F) * (size_t)(E) >= ES__PAR_FLOATS)
 
 /* ---- linear ------------------------------------------------------------------ */
 
@@ -516,7 +518,7 @@ ES__OMP(omp simd)
 
 void es__fm_forward(float *out, float *sum, const float *emb, int F, int E, int off, const float *dense,
                     const float *V, int D, int k, int n) {
-ES__OMP(omp parallel for schedule(static) if (n >= ES__PAR_ROWS))
+ES__OMP(omp parallel for schedule(static) if (ES__PAR_WORK(n, F, E)))
     for (int r = 0; r < n; r++)
         out[r] = (float)fm_row(sum + (size_t)r * k, emb + (size_t)r * F * E, F, E, off,
                                D ? dense + (size_t)r * D : NULL, V, D, k);
@@ -549,7 +551,7 @@ void es__fm_backward(float *demb, float *dV, const float *dout, const float *sum
                      int off, const float *dense, const float *V, int D, int k, int n) {
     /* demb rows are independent; dV sums over the batch and stays serial
      * (a fixed order, whatever the thread count). */
-ES__OMP(omp parallel for schedule(static) if (n >= ES__PAR_ROWS))
+ES__OMP(omp parallel for schedule(static) if (ES__PAR_WORK(n, F, E)))
     for (int r = 0; r < n; r++)
         fm_row_demb(demb + (size_t)r * F * E, dout[r], sum + (size_t)r * k, emb + (size_t)r * F * E, F, E, off, k);
     for (int r = 0; D > 0 && r < n; r++) fm_row_dV(dV, dout[r], sum + (size_t)r * k, dense + (size_t)r * D, V, D, k);
@@ -576,7 +578,7 @@ ES__CLONES_FMA static double ffm_row(const float *er, int F, int E, int k) {
 }
 
 void es__ffm_forward(float *out, const float *emb, int F, int E, int k, int n) {
-ES__OMP(omp parallel for schedule(static) if (n >= ES__PAR_ROWS))
+ES__OMP(omp parallel for schedule(static) if (ES__PAR_WORK(n, F, E)))
     for (int r = 0; r < n; r++) out[r] = (float)ffm_row(emb + (size_t)r * F * E, F, E, k);
 }
 
@@ -598,7 +600,7 @@ ES__OMP(omp simd)
 }
 
 void es__ffm_backward(float *demb, const float *dout, const float *emb, int F, int E, int k, int n) {
-ES__OMP(omp parallel for schedule(static) if (n >= ES__PAR_ROWS))
+ES__OMP(omp parallel for schedule(static) if (ES__PAR_WORK(n, F, E)))
     for (int r = 0; r < n; r++)
         ffm_row_backward(demb + (size_t)r * F * E, dout[r], emb + (size_t)r * F * E, F, E, k);
 }

@@ -616,15 +616,14 @@ float *es__gradacc_row(es_gradacc *a, uint64_t row) {
     return g;
 }
 
-void es__gradacc_apply(es_gradacc *a, es_rows *t) {
-    ES_ASSERT(a->dim == t->dim);
+/* The updates of accumulated rows [i0, i1). */
+static void gradacc_apply_range(const es_gradacc *a, es_rows *t, size_t i0, size_t i1) {
     /* Rows are scattered over the table: fetch a few updates ahead (for
      * writing) so the read-modify-writes do not wait on memory one by one. */
     enum { AHEAD = 8 };
     const size_t dim = (size_t)a->dim;
-    if (t->last) t->step++; /* one step of the table, touched rows or not */
-    for (size_t i = 0; i < a->n; i++) {
-        if (i + AHEAD < a->n) {
+    for (size_t i = i0; i < i1; i++) {
+        if (i + AHEAD < i1) {
             uint64_t r = a->rows[i + AHEAD];
             const char *w = (const char *)(t->w + r * dim);
             for (size_t o = 0; o < ES_MIN(dim * sizeof(float), (size_t)512); o += 64) __builtin_prefetch(w + o, 1, 1);
@@ -632,6 +631,22 @@ void es__gradacc_apply(es_gradacc *a, es_rows *t) {
             else if (t->acc) __builtin_prefetch(row_state(t, r), 1, 1);
         }
         es__rows_update(t, a->rows[i], a->g + i * dim);
+    }
+}
+
+void es__gradacc_apply(es_gradacc *a, es_rows *t) {
+    ES_ASSERT(a->dim == t->dim);
+    if (t->last) t->step++; /* one step of the table, touched rows or not */
+    /* The accumulated rows are distinct and an fp32 row's update reads and
+     * writes only that row and its state, so splitting them over threads
+     * gives the same bits; the precision paths share one scratch row
+     * (t->qtmp) and stay on one thread. */
+    const int nt = es__threads_get();
+    if (nt > 1 && t->qtrain == ES_QTRAIN_NONE && a->n * (size_t)a->dim >= ES__PAR_FLOATS) {
+ES__OMP(omp parallel for schedule(static) num_threads(nt))
+        for (int c = 0; c < nt; c++) gradacc_apply_range(a, t, a->n * (size_t)c / (size_t)nt, a->n * (size_t)(c + 1) / (size_t)nt);
+    } else {
+        gradacc_apply_range(a, t, 0, a->n);
     }
     es__gradacc_clear(a);
 }

@@ -186,7 +186,7 @@ const char *es_model_meta(const es_model *m, const char *key) {
 static void lookup_rows(es_model *m, const es_batch *b, int r0, int n) {
     size_t row_floats = (size_t)m->n_fields * (size_t)m->E;
     int nt = es__threads_get();
-    if (nt <= 1 || n < 32) {
+    if (nt <= 1 || n < 32 || (size_t)n * row_floats < ES__PAR_FLOATS) {
         m->st->ops->lookup(m->st, b, r0, r0 + n, m->emb);
         return;
     }
