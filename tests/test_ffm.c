@@ -18,6 +18,9 @@
 #include "embstore.h"
 #include "model/layers.h"
 #include "model/net.h"
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 #define CRITEO "data/criteo_kaggle_train_first10k.tsv"
 
@@ -290,4 +293,32 @@ TEST(ffm_norm_rows_pairs_only_save_load_same_bits) {
     mp.emb_init_shift = 0.1f;
     CHECK(es_model_create(&m, &mp, NULL, &err) == ES_EINVAL && m == NULL);
     printf("    qr with a shift: %s\n", err.msg);
+}
+
+/* --fields N gives a libffm file's field count (no counting pass): the same
+ * model as counted; a smaller count than the file uses is a clear error
+ * naming the line, the column and the term, with no model written. */
+TEST(ffm_cli_fields_option) {
+    const char *data = "data/criteo_xlearn_small_train.libffm", *log = es_test_path("ffm_fields.log");
+    const char *m1 = es_test_path("ffm_fields_counted.es"), *m2 = es_test_path("ffm_fields_given.es"), *m3 = es_test_path("ffm_fields_bad.es");
+    CHECK(es_test_sh(log, "%s train %s --model ffm --dim 2 --epochs 1 --threads 1 -o %s --quiet", es_bin(), data, m1) == 0);
+    CHECK(es_test_sh(log, "%s train %s --fields 18 --model ffm --dim 2 --epochs 1 --threads 1 -o %s --quiet", es_bin(), data, m2) == 0);
+    const char *p1 = es_test_path("ffm_fields_p1.txt"), *p2 = es_test_path("ffm_fields_p2.txt");
+    CHECK(es_test_sh(p1, "%s predict %s %s --digits 9", es_bin(), m1, data) == 0);
+    CHECK(es_test_sh(p2, "%s predict %s %s --digits 9", es_bin(), m2, data) == 0);
+    char *a = es_test_slurp(p1), *b = es_test_slurp(p2);
+    CHECK(a && b && strlen(a) > 100 && strcmp(a, b) == 0);
+    free(a);
+    free(b);
+    remove(m3);
+    CHECK(es_test_sh(log, "%s train %s --fields 17 --model ffm --dim 2 --epochs 1 -o %s --quiet", es_bin(), data, m3) != 0);
+    char *s = es_test_slurp(log);
+    CHECK_STR_HAS(s, "criteo_xlearn_small_train.libffm:1:column");
+    CHECK_STR_HAS(s, "out of range (n_fields = 17)");
+    free(s);
+    CHECK(access(m3, F_OK) != 0);
+    CHECK(es_test_sh(log, "%s train %s --fields 0 -o %s --quiet", es_bin(), data, m3) != 0);
+    s = es_test_slurp(log);
+    CHECK_STR_HAS(s, "--fields");
+    free(s);
 }

@@ -232,6 +232,12 @@ int cli_reader_opt(const char *cmd, int argc, char **argv, int *i, es_reader_par
         rp->num_cat = 0;
         return 1;
     }
+    if (!strcmp(a, "--fields")) {
+        long long n;
+        if (!(v = cli_next(cmd, argc, argv, i)) || cli_int(cmd, a, v, 1, 65536, &n)) return -1;
+        rp->n_fields_hint = (int)n;
+        return 1;
+    }
     if (!strcmp(a, "--label-threshold")) {
         if (!(v = cli_next(cmd, argc, argv, i)) || cli_double(cmd, a, v, -1e300, 1e300, &d)) return -1;
         rp->label_threshold = d;

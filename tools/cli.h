@@ -76,6 +76,8 @@ int cli_reader_opt(const char *cmd, int argc, char **argv, int *i, es_reader_par
     "  --pool sum|mean       pooling of multi-valued fields (default sum; train: mean)\n"                    \
     "  --num-cat, --no-num-cat  Criteo TSV: numeric columns also as bucketed categorical\n"          \
     "                        fields, floor(ln(x)^2) (default off)\n"          \
+    "  --fields N            libffm: the number of fields (numbered 0..N-1; a term with a higher\n" \
+    "                        field is a bad line); default: counted in a first pass over FILE\n" \
     "  --label-threshold X   label = (label column >= X), e.g. 4 for ratings\n"                     \
     "  --skip-bad            skip malformed lines (count and report them) instead of stopping\n"
 
