@@ -24,6 +24,8 @@
  */
 #include "storage/storage.h"
 
+#include "core/simd.h"
+
 typedef struct full_impl {
     es_rows t;
     int F;
@@ -41,6 +43,17 @@ typedef struct full_impl {
     uint64_t *step_ids;
     size_t step_cap, step_n;
     const uint64_t *step_val; /* the batch's b->val */
+    /* The step's gradient accumulator, deduplicated through the rows
+     * themselves instead of the hash map of es_gradacc: mark[row] = 1 +
+     * the row's place among the step's distinct rows (urows[], in the
+     * order of first touch, as es_gradacc keeps them), 0 for a row the
+     * step does not touch; vslot[v] = value v's place.  Built by
+     * step_begin, used and cleared by the backward.  Training scratch,
+     * allocated at the first step (mark: 4 bytes a row). */
+    uint32_t *mark, *vslot;
+    uint64_t *urows;
+    float *ug;
+    size_t ucap, un;
 } full_impl;
 
 static inline size_t full_home(uint64_t key, int f, size_t mask) {
@@ -81,6 +94,46 @@ static void full_resolve_kept(const void *ctx, int f, const uint64_t *keys, size
 #define PF_SLOT 16
 #define PF_KEY 8
 
+/* Clear the marks of the last step's rows (a step whose backward did
+ * not run leaves them). */
+static void full_step_unmark(full_impl *m) {
+    for (size_t i = 0; i < m->un; i++) m->mark[m->urows[i]] = 0;
+    m->un = 0;
+}
+
+/* The step's distinct rows and each value's place among them (mark,
+ * vslot, urows); on an allocation failure un stays SIZE_MAX and the
+ * backward takes es_gradacc's path. */
+static void full_step_dedup(full_impl *m, size_t nv) {
+    if (m->un == SIZE_MAX) m->un = 0;
+    if (m->mark) full_step_unmark(m);
+    m->un = SIZE_MAX;
+    const uint64_t n_rows = m->t.n_rows;
+    if (!m->mark && !(m->mark = es__calloc((size_t)n_rows, sizeof *m->mark))) return;
+    if (nv > m->ucap) {
+        const size_t dim = (size_t)m->t.dim;
+        uint32_t *vs = es__realloc(m->vslot, nv * sizeof *vs);
+        if (vs) m->vslot = vs;
+        uint64_t *ur = es__realloc(m->urows, nv * sizeof *ur);
+        if (ur) m->urows = ur;
+        float *ug = es__realloc(m->ug, nv * dim * sizeof *ug);
+        if (ug) m->ug = ug;
+        if (!vs || !ur || !ug) return;
+        m->ucap = nv;
+    }
+    size_t un = 0;
+    for (size_t v = 0; v < nv; v++) {
+        const uint64_t r = m->step_ids[v];
+        uint32_t k = m->mark[r];
+        if (!k) {
+            m->urows[un] = r;
+            k = m->mark[r] = (uint32_t)++un;
+        }
+        m->vslot[v] = k - 1;
+    }
+    m->un = un;
+}
+
 static void full_step_begin(es_storage *s, const es_batch *b) {
     full_impl *m = s->impl;
     const int F = b->n_fields;
@@ -115,6 +168,7 @@ static void full_step_begin(es_storage *s, const es_batch *b) {
     }
     m->step_n = nv;
     m->step_val = b->val;
+    full_step_dedup(m, nv);
 }
 
 static void build_index(full_impl *m) {
@@ -136,6 +190,10 @@ static void full_free(full_impl *m) {
     es__free(m->index);
     es__gradacc_free(&m->ga);
     es__free(m->step_ids);
+    es__free(m->mark);
+    es__free(m->vslot);
+    es__free(m->urows);
+    es__free(m->ug);
     es__free(m);
 }
 
@@ -264,6 +322,21 @@ static void full_lookup(es_storage *s, const es_batch *b, int r0, int r1, float 
 static int full_backward(es_storage *s, const es_batch *b, const float *dout) {
     full_impl *m = s->impl;
     const int kept = s->step == b && m->step_n && m->step_val == b->val;
+    if (kept && m->un != SIZE_MAX && (m->t.prec == ES_PREC_FP32 || m->t.qtrain != ES_QTRAIN_NONE)) {
+        /* the step's rows deduplicated by step_begin: the sums es_gradacc
+         * would form (each row's gradients added in value order onto zero,
+         * es__axpy as es__rows_backward calls it), without its hash probes */
+        const size_t dim = (size_t)m->t.dim, PN = (size_t)b->n * (size_t)b->n_fields;
+        memset(m->ug, 0, m->un * dim * sizeof *m->ug);
+        for (size_t P = 0; P < PN; P++) {
+            const float *go = dout + P * dim;
+            for (uint32_t v = b->off[P]; v < b->off[P + 1]; v++) es__axpy(m->ug + (size_t)m->vslot[v] * dim, b->wt[v], go, dim);
+        }
+        es__rows_apply(&m->t, m->urows, m->ug, m->un);
+        full_step_unmark(m);
+        m->step_n = 0;
+        return ES_OK;
+    }
     m->step_n = 0;
     int rc = es__rows_backward(&m->t, &m->ga, 1, kept ? full_resolve_kept : full_resolve, m, b, dout);
     if (rc) es__err(&s->err, rc, "full: out of memory growing the gradient scratch past %zu rows", m->ga.cap);

@@ -616,38 +616,42 @@ float *es__gradacc_row(es_gradacc *a, uint64_t row) {
     return g;
 }
 
-/* The updates of accumulated rows [i0, i1). */
-static void gradacc_apply_range(const es_gradacc *a, es_rows *t, size_t i0, size_t i1) {
+/* The updates of rows[i0, i1) with their summed gradients g[i * dim]. */
+static void rows_apply_range(es_rows *t, const uint64_t *rows, const float *g, size_t i0, size_t i1) {
     /* Rows are scattered over the table: fetch a few updates ahead (for
      * writing) so the read-modify-writes do not wait on memory one by one. */
     enum { AHEAD = 8 };
-    const size_t dim = (size_t)a->dim;
+    const size_t dim = (size_t)t->dim;
     for (size_t i = i0; i < i1; i++) {
         if (i + AHEAD < i1) {
-            uint64_t r = a->rows[i + AHEAD];
+            uint64_t r = rows[i + AHEAD];
             const char *w = (const char *)(t->w + r * dim);
             for (size_t o = 0; o < ES_MIN(dim * sizeof(float), (size_t)512); o += 64) __builtin_prefetch(w + o, 1, 1);
             if (t->opt.kind == ES_OPT_ROWWISE_ADAGRAD) __builtin_prefetch(t->acc + r, 1, 1);
             else if (t->acc) __builtin_prefetch(row_state(t, r), 1, 1);
         }
-        es__rows_update(t, a->rows[i], a->g + i * dim);
+        es__rows_update(t, rows[i], g + i * dim);
+    }
+}
+
+void es__rows_apply(es_rows *t, const uint64_t *rows, const float *g, size_t n) {
+    if (t->last) t->step++; /* one step of the table, touched rows or not */
+    /* The rows are distinct and an fp32 row's update reads and writes only
+     * that row and its state, so splitting them over threads gives the
+     * same bits; the precision paths share one scratch row (t->qtmp) and
+     * stay on one thread. */
+    const int nt = es__threads_get();
+    if (nt > 1 && t->qtrain == ES_QTRAIN_NONE && n * (size_t)t->dim >= ES__PAR_FLOATS) {
+ES__OMP(omp parallel for schedule(static) num_threads(nt))
+        for (int c = 0; c < nt; c++) rows_apply_range(t, rows, g, n * (size_t)c / (size_t)nt, n * (size_t)(c + 1) / (size_t)nt);
+    } else {
+        rows_apply_range(t, rows, g, 0, n);
     }
 }
 
 void es__gradacc_apply(es_gradacc *a, es_rows *t) {
     ES_ASSERT(a->dim == t->dim);
-    if (t->last) t->step++; /* one step of the table, touched rows or not */
-    /* The accumulated rows are distinct and an fp32 row's update reads and
-     * writes only that row and its state, so splitting them over threads
-     * gives the same bits; the precision paths share one scratch row
-     * (t->qtmp) and stay on one thread. */
-    const int nt = es__threads_get();
-    if (nt > 1 && t->qtrain == ES_QTRAIN_NONE && a->n * (size_t)a->dim >= ES__PAR_FLOATS) {
-ES__OMP(omp parallel for schedule(static) num_threads(nt))
-        for (int c = 0; c < nt; c++) gradacc_apply_range(a, t, a->n * (size_t)c / (size_t)nt, a->n * (size_t)(c + 1) / (size_t)nt);
-    } else {
-        gradacc_apply_range(a, t, 0, a->n);
-    }
+    es__rows_apply(t, a->rows, a->g, a->n);
     es__gradacc_clear(a);
 }
 

@@ -702,6 +702,9 @@ float *es__gradacc_row(es_gradacc *a, uint64_t row);
 /* Apply one optimizer update per accumulated row to table t (in insertion
  * order, so a 1-thread run is deterministic), then clear. */
 void es__gradacc_apply(es_gradacc *a, es_rows *t);
+/* The same update for n distinct rows[i] with summed gradients g[i * dim]
+ * (a method that deduplicates a step's rows itself). */
+void es__rows_apply(es_rows *t, const uint64_t *rows, const float *g, size_t n);
 /* Bytes held by the accumulator (training scratch; not in any budget). */
 size_t es__gradacc_bytes(const es_gradacc *a);
 
