@@ -1185,6 +1185,41 @@ TEST(reader_sparse_long_lines_match_naive_split) {
     }
 }
 
+/* libffm without a field count: the counting pass at open splits its
+ * blocks over the reader's threads; 1, 2 and 4 threads find the same
+ * count, passing over malformed terms, comments, CRs and a line longer
+ * than max_line (each of which names a field higher than the answer). */
+TEST(reader_libffm_field_count_any_threads) {
+    const size_t cap = 400000;
+    char *text = malloc(cap);
+    size_t len = 0;
+    for (int r = 0; r < 3000; r++) {
+        len += (size_t)snprintf(text + len, cap - len, "%d", r % 2);
+        for (int f = 0; f < 6; f++) len += (size_t)snprintf(text + len, cap - len, " %d:v%d:1", (r * 7 + f) % 11, r);
+        if (r == 1000) len += (size_t)snprintf(text + len, cap - len, " 40:v");               /* one colon: passed over */
+        if (r == 1500) len += (size_t)snprintf(text + len, cap - len, " # 50:v:1");           /* a comment */
+        if (r == 2000) len += (size_t)snprintf(text + len, cap - len, " 17:v:1\r");           /* the largest field; a CR */
+        if (r == 2500) { /* over max_line: lineio discards it, and so does the count */
+            len += (size_t)snprintf(text + len, cap - len, " 60:v:1");
+            for (int k = 0; k < 300; k++) text[len++] = 'x';
+        }
+        text[len++] = '\n';
+    }
+    const char *p = es_test_path("count.libffm");
+    CHECK(write_file(p, text, len) == 0);
+    for (int t = 1; t <= 4; t *= 2) {
+        es_reader_params rp = es_reader_params_default();
+        rp.format = ES_FMT_LIBFFM;
+        rp.threads = t;
+        rp.max_line = 200;
+        es_reader *r = open_ok(p, &rp);
+        CHECK(r != NULL);
+        CHECK_MSG(r && es_reader_n_fields(r) == 18, "%d threads: %d fields, expected 18", t, r ? es_reader_n_fields(r) : -1);
+        es_reader_free(r);
+    }
+    free(text);
+}
+
 TEST(batch_alloc_reserve) {
     es_batch b;
     CHECK(es_batch_alloc(&b, 0, 1, 1, 0) == ES_EINVAL);

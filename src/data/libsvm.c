@@ -152,25 +152,21 @@ static bool parse_field(const char *s, size_t n, uint32_t *out) {
     return true;
 }
 
-int es__libffm_setup(es_reader *r, es_err *err) {
-    const char *name = es__lineio_name(r->io);
-    int nf = r->p.n_fields_hint;
-    if (nf <= 0) {
-        /* First pass: n_fields = largest field number + 1.  Malformed terms
-         * are passed over here; the real pass reports them. */
-        long maxf = -1;
-        for (;;) {
-            char *s;
-            size_t n;
-            int rc = es__lineio_next(r->io, &s, &n, &r->err);
-            if (rc == 0) break;
-            if (rc == ES_ERANGE) continue;
-            if (rc < 0) {
-                if (err) *err = r->err;
-                return rc;
-            }
-            const char *p = s, *end = s + n;
-            p = tok_end(skip_sp(p, end), end); /* the label */
+/* The largest field number of the well-formed terms of the lines in
+ * [s, e) (each line up to a '\n' or e; a line longer than max_line once
+ * a trailing CR is dropped is passed over, as lineio discards it), -1 if
+ * none; *lines = the lines seen. */
+static long lines_max_field(const char *s, const char *e, size_t max_line, uint64_t *lines) {
+    long maxf = -1;
+    uint64_t nl = 0;
+    while (s < e) {
+        const char *nx = memchr(s, '\n', (size_t)(e - s)), *end = nx ? nx : e;
+        size_t n = (size_t)(end - s);
+        nl++;
+        if (n && s[n - 1] == '\r') n--;
+        if (n <= max_line) {
+            end = s + n;
+            const char *p = tok_end(skip_sp(s, end), end); /* the label */
             for (;;) {
                 p = skip_sp(p, end);
                 if (p == end || *p == '#') break;
@@ -180,7 +176,56 @@ int es__libffm_setup(es_reader *r, es_err *err) {
                     maxf = f;
             }
         }
-        int rc = es__lineio_rewind(r->io, &r->err);
+        s = nx ? nx + 1 : e;
+    }
+    *lines = nl;
+    return maxf;
+}
+
+int es__libffm_setup(es_reader *r, es_err *err) {
+    const char *name = es__lineio_name(r->io);
+    int nf = r->p.n_fields_hint;
+    if (nf <= 0) {
+        /* First pass: n_fields = largest field number + 1.  Malformed terms
+         * are passed over here; the real pass reports them.  Whole blocks
+         * of lines, each split at line starts over the reader's threads
+         * (a maximum: the same for any split). */
+        const int nt = r->p.threads > 0 ? r->p.threads : es__threads_get();
+        long maxf = -1;
+        for (;;) {
+            char *blk;
+            size_t len;
+            int rc = es__lineio_next_block(r->io, &blk, &len, &r->err);
+            if (rc == 0) break;
+            if (rc == ES_ERANGE) continue;
+            if (rc < 0) {
+                if (err) *err = r->err;
+                return rc;
+            }
+            const int parts = len >= ((size_t)1 << 16) ? nt : 1;
+            uint64_t lines = 0;
+ES__OMP(omp parallel for schedule(static) num_threads(parts) reduction(max : maxf) reduction(+ : lines) if (parts > 1))
+            for (int t = 0; t < parts; t++) {
+                /* part t: the lines starting in [len t / parts, len (t+1) / parts) */
+                const char *a = blk + len * (size_t)t / (size_t)parts, *z = blk + len * (size_t)(t + 1) / (size_t)parts;
+                if (t > 0) {
+                    const char *nl = memchr(a - 1, '\n', (size_t)(blk + len - (a - 1)));
+                    a = nl ? nl + 1 : blk + len;
+                }
+                if (t + 1 < parts) {
+                    const char *nl = memchr(z - 1, '\n', (size_t)(blk + len - (z - 1)));
+                    z = nl ? nl + 1 : blk + len;
+                } else {
+                    z = blk + len;
+                }
+                uint64_t nl = 0;
+                long m = a < z ? lines_max_field(a, z, r->p.max_line, &nl) : -1;
+                if (m > maxf) maxf = m;
+                lines += nl;
+            }
+            es__lineio_consumed(r->io, len, lines);
+        }
+    int rc = es__lineio_rewind(r->io, &r->err);
         if (rc)
             return es__err(err, rc, "%s: cannot go back after counting the libffm fields (%s); set n_fields_hint", name,
                            r->err.msg);

@@ -513,6 +513,8 @@ int es__reader_open_mem(es_reader **out, const void *data, size_t n, const char 
 
 /* ---- schema and statistics -------------------------------------------------------- */
 int es_reader_n_dense(const es_reader *r) { return r ? r->n_dense : 0; }
+void es__reader_set_threads(es_reader *r, int threads) { r->p.threads = threads; }
+
 es_reader_params es_reader_resolved_params(const es_reader *r) {
     es_reader_params p = r->p;
     p.format = r->fmt;

@@ -282,5 +282,8 @@ int es__reader_reset_mem(es_reader *r, const void *data, size_t n, es_err *err);
  * which is no row), else es_reader_next's errors (I/O, gzip, an over-long
  * line), which leave the reader failed. */
 int es__reader_skip(es_reader *r, uint64_t n, uint64_t *skipped);
+/* Parse threads of the next es_reader_next calls (r->p.threads; the
+ * batches do not depend on it). */
+void es__reader_set_threads(es_reader *r, int threads);
 
 #endif /* ES_DATA_READER_IMPL_H */

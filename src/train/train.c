@@ -542,8 +542,14 @@ static int run_open(run *x) {
     if (!x->shards && (rc = es__file_id_get(p->train_path, 0, &x->tid, err)) != 0) return rc;
     if (x->shards) {
         if ((rc = run_open_shards(x)) != 0) return rc;
-    } else if ((rc = es_reader_open(&x->r, p->train_path, &p->reader, err)) != 0) {
-        return rc;
+    } else {
+        /* the pass a libffm file without a field count makes at open runs
+         * before any model work: on the run's threads; parsing for the
+         * model then gets the reader's own setting back */
+        es_reader_params rp = p->reader;
+        if (rp.threads == 1) rp.threads = p->threads;
+        if ((rc = es_reader_open(&x->r, p->train_path, &rp, err)) != 0) return rc;
+        es__reader_set_threads(x->r, p->reader.threads);
     }
     if (x->shards && (rc = es__file_id_get(p->train_path, 0, &x->tid, err)) != 0) return rc;
     if ((rc = es__reader_require_fields(x->r, p->train_path, err)) != 0) return rc;
