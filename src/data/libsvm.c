@@ -156,17 +156,16 @@ static bool parse_field(const char *s, size_t n, uint32_t *out) {
  * [s, e) (each line up to a '\n' or e; a line longer than max_line once
  * a trailing CR is dropped is passed over, as lineio discards it), -1 if
  * none; *lines = the lines seen. */
-static long lines_max_field(const char *s, const char *e, size_t max_line, uint64_t *lines) {
+static long lines_max_field(char *b, char *e, size_t max_line, uint64_t *lines) {
     long maxf = -1;
     uint64_t nl = 0;
-    while (s < e) {
-        const char *nx = memchr(s, '\n', (size_t)(e - s)), *end = nx ? nx : e;
-        size_t n = (size_t)(end - s);
+    while (b < e) {
+        char *s;
+        size_t n;
+        es__cut_line(&b, e, &s, &n);
         nl++;
-        if (n && s[n - 1] == '\r') n--;
         if (n <= max_line) {
-            end = s + n;
-            const char *p = tok_end(skip_sp(s, end), end); /* the label */
+            const char *end = s + n, *p = tok_end(skip_sp(s, end), end); /* the label */
             for (;;) {
                 p = skip_sp(p, end);
                 if (p == end || *p == '#') break;
@@ -176,7 +175,6 @@ static long lines_max_field(const char *s, const char *e, size_t max_line, uint6
                     maxf = f;
             }
         }
-        s = nx ? nx + 1 : e;
     }
     *lines = nl;
     return maxf;
@@ -207,13 +205,13 @@ int es__libffm_setup(es_reader *r, es_err *err) {
 ES__OMP(omp parallel for schedule(static) num_threads(parts) reduction(max : maxf) reduction(+ : lines) if (parts > 1))
             for (int t = 0; t < parts; t++) {
                 /* part t: the lines starting in [len t / parts, len (t+1) / parts) */
-                const char *a = blk + len * (size_t)t / (size_t)parts, *z = blk + len * (size_t)(t + 1) / (size_t)parts;
+                char *a = blk + len * (size_t)t / (size_t)parts, *z = blk + len * (size_t)(t + 1) / (size_t)parts;
                 if (t > 0) {
-                    const char *nl = memchr(a - 1, '\n', (size_t)(blk + len - (a - 1)));
+                    char *nl = memchr(a - 1, '\n', (size_t)(blk + len - (a - 1)));
                     a = nl ? nl + 1 : blk + len;
                 }
                 if (t + 1 < parts) {
-                    const char *nl = memchr(z - 1, '\n', (size_t)(blk + len - (z - 1)));
+                    char *nl = memchr(z - 1, '\n', (size_t)(blk + len - (z - 1)));
                     z = nl ? nl + 1 : blk + len;
                 } else {
                     z = blk + len;
@@ -225,7 +223,7 @@ ES__OMP(omp parallel for schedule(static) num_threads(parts) reduction(max : max
             }
             es__lineio_consumed(r->io, len, lines);
         }
-    int rc = es__lineio_rewind(r->io, &r->err);
+        int rc = es__lineio_rewind(r->io, &r->err);
         if (rc)
             return es__err(err, rc, "%s: cannot go back after counting the libffm fields (%s); set n_fields_hint", name,
                            r->err.msg);

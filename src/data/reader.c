@@ -570,17 +570,6 @@ static int parse_line(es_reader *r, const es__line *ln, char *s, size_t n, es_ba
     return rc;
 }
 
-/* Cut the next line off [*p, end): its text (without "\n" or "\r\n") goes
- * to *s / *n and *p moves past it. */
-static inline void cut_line(char **p, char *end, char **s, size_t *n) {
-    char *nl = memchr(*p, '\n', (size_t)(end - *p));
-    char *le = nl ? nl : end;
-    *s = *p;
-    *n = (size_t)(le - *p);
-    if (*n && le[-1] == '\r') (*n)--;
-    *p = nl ? nl + 1 : end;
-}
-
 /* Parse the lines of one block in order, until the batch is full. */
 static int block_serial(es_reader *r, es_batch *b, char *blk, size_t len, int *prow, size_t *pnv) {
     const size_t F = (size_t)r->n_fields;
@@ -592,7 +581,7 @@ static int block_serial(es_reader *r, es_batch *b, char *blk, size_t len, int *p
     while (p < end && row < b->cap) {
         char *s;
         size_t n;
-        cut_line(&p, end, &s, &n);
+        es__cut_line(&p, end, &s, &n);
         seen++;
         if (n == 0) continue; /* blank lines carry nothing */
         es__line ln = {base + seen, &r->err, &r->sc};
@@ -636,7 +625,7 @@ static int cut_lines(es_reader *r, char *blk, size_t len, int want, int *k, size
     while (p < end && n_lines < want) {
         char *s;
         size_t n;
-        cut_line(&p, end, &s, &n);
+        es__cut_line(&p, end, &s, &n);
         seen++;
         if (n == 0) continue;
         pl[n_lines] = (es__pline){s, n, base + seen, (size_t)(p - blk), seen, 0, 0, 0};
@@ -1007,7 +996,7 @@ int es__reader_skip(es_reader *r, uint64_t n, uint64_t *skipped) {
                 while (p < end && done < n) {
                     char *s;
                     size_t ln;
-                    cut_line(&p, end, &s, &ln);
+                    es__cut_line(&p, end, &s, &ln);
                     seen++;
                     if (ln) done++; /* blank lines carry nothing, as in block_serial */
                 }

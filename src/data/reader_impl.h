@@ -282,6 +282,17 @@ int es__reader_reset_mem(es_reader *r, const void *data, size_t n, es_err *err);
  * which is no row), else es_reader_next's errors (I/O, gzip, an over-long
  * line), which leave the reader failed. */
 int es__reader_skip(es_reader *r, uint64_t n, uint64_t *skipped);
+/* Cut the next line off [*p, end): its text (without "\n" or "\r\n") goes
+ * to *s / *n and *p moves past it. */
+static inline void es__cut_line(char **p, char *end, char **s, size_t *n) {
+    char *nl = memchr(*p, '\n', (size_t)(end - *p));
+    char *le = nl ? nl : end;
+    *s = *p;
+    *n = (size_t)(le - *p);
+    if (*n && le[-1] == '\r') (*n)--;
+    *p = nl ? nl + 1 : end;
+}
+
 /* Parse threads of the next es_reader_next calls (r->p.threads; the
  * batches do not depend on it). */
 void es__reader_set_threads(es_reader *r, int threads);

@@ -105,8 +105,7 @@ static void full_step_unmark(full_impl *m) {
  * vslot, urows); on an allocation failure un stays SIZE_MAX and the
  * backward takes es_gradacc's path. */
 static void full_step_dedup(full_impl *m, size_t nv) {
-    if (m->un == SIZE_MAX) m->un = 0;
-    if (m->mark) full_step_unmark(m);
+    if (m->mark && m->un != SIZE_MAX) full_step_unmark(m);
     m->un = SIZE_MAX;
     const uint64_t n_rows = m->t.n_rows;
     if (!m->mark && !(m->mark = es__calloc((size_t)n_rows, sizeof *m->mark))) return;
