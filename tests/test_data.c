@@ -775,6 +775,55 @@ TEST(reader_libffm_xlearn) {
     CHECK_STR_HAS(msg, "field 17 of term '17:2434:0.50000' is out of range (n_fields = 17)");
 }
 
+/* Every kind of bad libffm term, after good terms on the same line (which
+ * take the one-pass path), names its line, column and term; unusual but
+ * valid terms (a leading-zero field, a 10-digit value, a value with an
+ * exponent, fields out of order) read as the general code reads them. */
+TEST(reader_libffm_term_errors_and_odd_terms) {
+    const char *p = es_test_path("terms.libffm");
+    static const struct {
+        const char *line, *msg;
+    } bad[] = {
+        {"1 0:a:1 x\n", "terms.libffm:1:column 9: expected field:index:value, got 'x'"},
+        {"1 0:a:1 0:ab\n", "column 9: expected field:index:value, got '0:ab'"},
+        {"1 0:a:1 1:b:2:3\n", "column 9: term '1:b:2:3' has more than three parts"},
+        {"1 0:a:1 z:a:1\n", "column 9: the field of term 'z:a:1' is not a non-negative integer"},
+        {"1 0:a:1 1234567890:a:1\n", "column 9: the field of term '1234567890:a:1' is not a non-negative integer"},
+        {"1 0:a:1 :a:1\n", "column 9: the field of term ':a:1' is not a non-negative integer"},
+        {"1 0:a:1 3:abcdefghijk:1\n", "column 9: field 3 of term '3:abcdefghijk:1' is out of range (n_fields = 3)"},
+        {"1 0:a:1 1::1\n", "column 9: term '1::1' has an empty index"},
+        {"1 0:a:1 1:b:x\n", "column 9: the value of term '1:b:x' is not a finite number"},
+        {"1 0:a:1 1:b:\n", "column 9: the value of term '1:b:' is not a finite number"},
+        {"1 0:a:1 1:b:1e999\n", "column 9: the value of term '1:b:1e999' is not a finite number"},
+    };
+    es_reader_params rp = es_reader_params_default();
+    rp.format = ES_FMT_LIBFFM;
+    rp.n_fields_hint = 3;
+    char msg[600];
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        CHECK(write_str(p, bad[i].line) == 0);
+        CHECK(read_expect_fail(p, &rp, msg, sizeof msg) == ES_EPARSE);
+        CHECK_STR_HAS(msg, bad[i].msg);
+    }
+    CHECK(write_str(p, "1 01:x:1 2:yy:1234567890\t0:z:2.5e1  2:w:07 #c\n0 2:abcdefghijklmnopq:3\n") == 0);
+    rp.pool = ES_POOL_SUM;
+    es_reader *r = open_ok(p, &rp);
+    CHECK(r != NULL);
+    table_t t;
+    CHECK_EQ_INT(read_all(r, 8, &t), 0);
+    CHECK_EQ_INT(t.n, 2);
+    CHECK_EQ_INT(t.nv, 5);
+    /* row 0 by field: 0:z, 1:x, 2:yy, 2:w */
+    CHECK(t.off[0] == 0 && t.off[1] == 1 && t.off[2] == 2 && t.off[3] == 4 && t.off[4] == 4 && t.off[5] == 4 && t.off[6] == 5);
+    CHECK(t.val[0] == es_key("z", 1) && t.wt[0] == 25.0f);
+    CHECK(t.val[1] == es_key("x", 1) && t.wt[1] == 1.0f);
+    CHECK(t.val[2] == es_key("yy", 2) && t.wt[2] == 1234567890.0f);
+    CHECK(t.val[3] == es_key("w", 1) && t.wt[3] == 7.0f);
+    CHECK(t.val[4] == es_key("abcdefghijklmnopq", 17) && t.wt[4] == 3.0f);
+    table_free(&t);
+    es_reader_free(r);
+}
+
 TEST(reader_libsvm) {
     const char *p = es_test_path("small.libsvm");
     CHECK(write_str(p, "+1 3:0.5 10:2 # a comment\n-1 7:1\n0\n1 3:1e-1\t 4:-2.5\n") == 0);
@@ -1108,12 +1157,15 @@ TEST(reader_tab_index_matches_ref) {
 
 /* Long libffm and libsvm lines with terms of random lengths, separated by
  * runs of spaces and tabs, so term ends and colons fall on every side of
- * the 64-byte blocks of a vector scan: the keys, fields and weights equal a naive
- * split done here. */
+ * the 64-byte blocks of a vector scan and of the 8-byte words of the
+ * libffm index scan: the keys, fields and weights equal a naive split done
+ * here.  libffm twice: fields in random order (placed by field) and in
+ * order (written straight through). */
 TEST(reader_sparse_long_lines_match_naive_split) {
     es_rng rng;
     es__rng_seed(&rng, 13);
-    for (int ffm = 0; ffm <= 1; ffm++) {
+    for (int mode = 0; mode <= 2; mode++) {
+        const int ffm = mode > 0, sorted = mode == 2;
         const int F = 7, rows = 60;
         size_t cap = 1 << 20, len = 0;
         char *text = malloc(cap);
@@ -1127,7 +1179,7 @@ TEST(reader_sparse_long_lines_match_naive_split) {
             for (int k = 0; k < terms; k++) {
                 const int gap = 1 + (int)(es__rng_u64(&rng) % 3);
                 for (int g = 0; g < gap; g++) text[len++] = es__rng_u64(&rng) % 4 ? ' ' : '\t';
-                const int f = (int)(es__rng_u64(&rng) % F), ilen = 1 + (int)(es__rng_u64(&rng) % 17);
+                const int f = sorted ? k * F / terms : (int)(es__rng_u64(&rng) % F), ilen = 1 + (int)(es__rng_u64(&rng) % 17);
                 char idx[24];
                 for (int c = 0; c < ilen; c++) idx[c] = (char)('a' + es__rng_u64(&rng) % 26);
                 const unsigned v = (unsigned)(es__rng_u64(&rng) % 1000);
@@ -1170,7 +1222,8 @@ TEST(reader_sparse_long_lines_match_naive_split) {
                 }
             w0 += (size_t)row_terms[r];
         }
-        printf("    %s: %d rows, %zu terms, %zu bytes, %zu mismatches\n", ffm ? "libffm" : "libsvm", t.n, t.nv, len, bad);
+        printf("    %s: %d rows, %zu terms, %zu bytes, %zu mismatches\n", ffm ? (sorted ? "libffm, fields in order" : "libffm") : "libsvm", t.n,
+               t.nv, len, bad);
         CHECK_EQ_INT((long long)bad, 0);
         table_free(&t);
         es_reader_free(rd);

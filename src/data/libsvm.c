@@ -94,6 +94,13 @@ static inline int parse_value(es_reader *r, const es__line *ln, const char *s, c
     return parse_value_slow(r, ln, s, t, tlen, v, vlen, out);
 }
 
+/* The key of an index text (never empty): es_key, i.e. XXH3-64.  Indexes
+ * are short, so the short-input branch is called directly: XXH3_64bits
+ * itself was not inlined here and its call was a sixth of the libffm parse. */
+static inline uint64_t index_key(const char *s, size_t n) {
+    return ES_LIKELY(n <= 16) ? XXH3_len_0to16_64b((const xxh_u8 *)s, n, XXH3_kSecret, 0) : XXH3_64bits(s, n);
+}
+
 /* ---- libsvm ------------------------------------------------------------------------ */
 int es__libsvm_setup(es_reader *r, es_err *err) {
     r->field_names = es__calloc(1, sizeof(char *));
@@ -127,7 +134,7 @@ int es__libsvm_row(es_reader *r, const es__line *ln, char *s, size_t n, es_batch
         float w = 0.0f;
         rc = parse_value(r, ln, s, t, tlen, v, (size_t)(p - v), &w);
         if (rc) return rc;
-        rc = es__push_val(b, nv, XXH3_64bits(t, (size_t)(colon - t)), w);
+        rc = es__push_val(b, nv, index_key(t, (size_t)(colon - t)), w);
         if (rc) return rc;
         k++;
     }
@@ -255,6 +262,83 @@ static int grow_terms(es__scratch *sc, size_t need) {
     return ES_OK;
 }
 
+/* Up to 9 plain digits at *pp as an integer; *pp moves past them. Returns
+ * the count of digits (0 if none, 10 when there are more than 9). */
+static inline int digits9(const char **pp, const char *end, uint32_t *out) {
+    const char *p = *pp, *e = end - p > 10 ? p + 10 : end;
+    uint32_t u = 0;
+    while (p < e && (unsigned)(*p - '0') < 10) u = u * 10 + (uint32_t)(*p++ - '0');
+    *out = u;
+    int nd = (int)(p - *pp);
+    *pp = p;
+    return nd;
+}
+
+/* The well-formed term of most files, "field:index:value" with a field of
+ * 1 to 9 digits, a non-empty index without ':', and a value of 1 to 9 plain
+ * digits, read in one pass: *pp moves to the term's end.  Returns false for
+ * anything else (the caller then reads the term with the general code,
+ * which gives the same result or the error), without moving *pp. */
+static inline bool fast_term(const char **pp, const char *end, uint32_t *field, const char **idx, size_t *idx_len, float *w) {
+    const char *p = *pp;
+    uint32_t f, u;
+    int nd = digits9(&p, end, &f);
+    if (nd == 0 || nd > 9 || p == end || *p != ':') return false;
+    const char *a = ++p;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    /* the first ':', ' ' or '\t' among the next 8 bytes, in one word */
+    if (end - a >= 8) {
+        uint64_t x;
+        memcpy(&x, a, 8);
+        const uint64_t lo = UINT64_C(0x0101010101010101), hi = UINT64_C(0x8080808080808080);
+        const uint64_t c = x ^ (lo * ':'), sp = x ^ (lo * ' '), tb = x ^ (lo * '\t');
+        const uint64_t m = ((c - lo) & ~c) | ((sp - lo) & ~sp) | ((tb - lo) & ~tb);
+        if (m & hi) p = a + (__builtin_ctzll(m & hi) >> 3);
+        else
+            for (p = a + 8; p < end && *p != ':' && *p != ' ' && *p != '\t';) p++;
+    } else
+#endif
+        while (p < end && *p != ':' && *p != ' ' && *p != '\t') p++;
+    if (p == end || *p != ':' || p == a) return false;
+    *idx = a;
+    *idx_len = (size_t)(p - a);
+    p++;
+    nd = digits9(&p, end, &u);
+    if (nd == 0 || nd > 9 || (p < end && *p != ' ' && *p != '\t')) return false;
+    *field = f;
+    *w = (float)u;
+    *pp = p;
+    return true;
+}
+
+/* Any other term at *pp: its field, index text and value, or the error of
+ * the first thing wrong with it; *pp moves to its end. */
+static __attribute__((noinline)) int general_term(es_reader *r, const es__line *ln, const char *s, const char **pp, const char *end,
+                                                  uint32_t *field, const char **idx, size_t *idx_len, float *w) {
+    const char *t = *pp, *col[3];
+    const int nc = scan_term(pp, end, col);
+    const char *p = *pp;
+    size_t tlen = (size_t)(p - t);
+    char tb[200];
+    if (nc < 2)
+        return es__row_err(r, ln, "column %zu: expected field:index:value, got '%s'", (size_t)(t - s) + 1, es__tok(tb, sizeof tb, t, tlen));
+    const char *c1 = col[0], *c2 = col[1];
+    if (nc > 2)
+        return es__row_err(r, ln, "column %zu: term '%s' has more than three parts", (size_t)(t - s) + 1, es__tok(tb, sizeof tb, t, tlen));
+    if (!parse_field(t, (size_t)(c1 - t), field))
+        return es__row_err(r, ln, "column %zu: the field of term '%s' is not a non-negative integer", (size_t)(t - s) + 1,
+                           es__tok(tb, sizeof tb, t, tlen));
+    const uint32_t F = (uint32_t)r->n_fields;
+    if (*field >= F)
+        return es__row_err(r, ln, "column %zu: field %u of term '%s' is out of range (n_fields = %u)", (size_t)(t - s) + 1, *field,
+                           es__tok(tb, sizeof tb, t, tlen), F);
+    if (c2 == c1 + 1)
+        return es__row_err(r, ln, "column %zu: term '%s' has an empty index", (size_t)(t - s) + 1, es__tok(tb, sizeof tb, t, tlen));
+    *idx = c1 + 1;
+    *idx_len = (size_t)(c2 - c1 - 1);
+    return parse_value(r, ln, s, t, tlen, c2 + 1, (size_t)(p - c2 - 1), w);
+}
+
 int es__libffm_row(es_reader *r, const es__line *ln, char *s, size_t n, es_batch *b, int row, size_t *nv) {
     const char *p = s, *end = s + n;
     const uint32_t F = (uint32_t)r->n_fields;
@@ -262,45 +346,38 @@ int es__libffm_row(es_reader *r, const es__line *ln, char *s, size_t n, es_batch
     float label;
     int rc = parse_line_label(r, ln, s, &p, end, &label);
     if (rc) return rc;
+    /* The terms go straight to the batch, in file order, their fields to
+     * the scratch; a line whose fields are not in order is then placed by
+     * field (stable within a field), the same result either way. */
+    const size_t base = *nv;
     size_t k = 0;
+    uint32_t last = 0;
+    bool in_order = true;
     for (;;) {
         p = skip_sp(p, end);
         if (p == end || *p == '#') break;
-        const char *t = p, *col[3];
-        const int nc = scan_term(&p, end, col);
-        size_t tlen = (size_t)(p - t);
-        char tb[200];
-        if (nc < 2)
-            return es__row_err(r, ln, "column %zu: expected field:index:value, got '%s'", (size_t)(t - s) + 1,
-                               es__tok(tb, sizeof tb, t, tlen));
-        const char *c1 = col[0], *c2 = col[1];
-        if (nc > 2)
-            return es__row_err(r, ln, "column %zu: term '%s' has more than three parts", (size_t)(t - s) + 1,
-                               es__tok(tb, sizeof tb, t, tlen));
+        const char *t = p, *idx;
+        size_t ilen;
         uint32_t f;
-        if (!parse_field(t, (size_t)(c1 - t), &f))
-            return es__row_err(r, ln, "column %zu: the field of term '%s' is not a non-negative integer", (size_t)(t - s) + 1,
-                               es__tok(tb, sizeof tb, t, tlen));
-        if (f >= F)
-            return es__row_err(r, ln, "column %zu: field %u of term '%s' is out of range (n_fields = %u)", (size_t)(t - s) + 1,
-                               f, es__tok(tb, sizeof tb, t, tlen), F);
-        if (c2 == c1 + 1)
-            return es__row_err(r, ln, "column %zu: term '%s' has an empty index", (size_t)(t - s) + 1,
-                               es__tok(tb, sizeof tb, t, tlen));
-        float w = 0.0f;
-        rc = parse_value(r, ln, s, t, tlen, c2 + 1, (size_t)(p - c2 - 1), &w);
-        if (rc) return rc;
-        rc = grow_terms(sc, k + 1);
-        if (rc) return rc;
+        float w;
+        if (ES_LIKELY(fast_term(&p, end, &f, &idx, &ilen, &w))) {
+            if (ES_UNLIKELY(f >= F)) { /* the general code's message */
+                p = t;
+                return general_term(r, ln, s, &p, end, &f, &idx, &ilen, &w);
+            }
+        } else {
+            rc = general_term(r, ln, s, &p, end, &f, &idx, &ilen, &w);
+            if (rc) return rc;
+        }
+        if (ES_UNLIKELY(k >= sc->t_cap) && (rc = grow_terms(sc, k + 1)) != 0) return rc;
+        if (ES_UNLIKELY(base + k >= b->val_cap) && (rc = es_batch_reserve_vals(b, base + k + 1)) != 0) return rc;
+        b->val[base + k] = index_key(idx, ilen);
+        b->wt[base + k] = w;
         sc->t_field[k] = f;
-        sc->t_key[k] = XXH3_64bits(c1 + 1, (size_t)(c2 - c1 - 1)); /* the index is not empty: es_key */
-        sc->t_wt[k] = w;
+        in_order &= f >= last;
+        last = f;
         k++;
     }
-    /* Place the terms by field (stable within a field). */
-    size_t base = *nv;
-    rc = es_batch_reserve_vals(b, base + k);
-    if (rc) return rc;
     uint32_t *cnt = sc->f_count;
     memset(cnt, 0, ((size_t)F + 1) * sizeof *cnt);
     for (size_t i = 0; i < k; i++) cnt[sc->t_field[i] + 1]++;
@@ -309,10 +386,14 @@ int es__libffm_row(es_reader *r, const es__line *ln, char *s, size_t n, es_batch
         cnt[f + 1] += cnt[f];
         off[f + 1] = (uint32_t)(base + cnt[f + 1]);
     }
-    for (size_t i = 0; i < k; i++) {
-        size_t at = base + cnt[sc->t_field[i]]++;
-        b->val[at] = sc->t_key[i];
-        b->wt[at] = sc->t_wt[i];
+    if (!in_order) {
+        memcpy(sc->t_key, b->val + base, k * sizeof *sc->t_key);
+        memcpy(sc->t_wt, b->wt + base, k * sizeof *sc->t_wt);
+        for (size_t i = 0; i < k; i++) {
+            size_t at = base + cnt[sc->t_field[i]]++;
+            b->val[at] = sc->t_key[i];
+            b->wt[at] = sc->t_wt[i];
+        }
     }
     if (r->p.pool == ES_POOL_MEAN) {
         for (uint32_t f = 0; f < F; f++) {
