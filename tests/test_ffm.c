@@ -51,12 +51,12 @@ static double ffm_loss(ffm_ctx *t) {
 }
 
 TEST(ffm_layer_matches_pair_loop_and_finite_differences) {
-    static const int Fs[] = {1, 2, 3, 5}, ks[] = {1, 3, 4}, ns[] = {1, 3};
+    static const int Fs[] = {1, 2, 3, 5}, ks[] = {1, 3, 4, 8}, ns[] = {1, 3}; /* k = 4 and 8 have their own compiled bodies */
     es_rng r;
     es__rng_seed(&r, 42);
     int checked = 0;
     for (size_t a = 0; a < 4; a++)
-        for (size_t b = 0; b < 3; b++)
+        for (size_t b = 0; b < 4; b++)
             for (size_t c = 0; c < 2; c++) {
                 int F = Fs[a], k = ks[b], n = ns[c], E = 1 + F * k;
                 size_t len = (size_t)n * F * E;

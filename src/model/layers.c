@@ -582,8 +582,12 @@ ES__OMP(omp parallel for schedule(static) if (ES__PAR_WORK(n, F, E)))
     for (int r = 0; r < n; r++) out[r] = (float)ffm_row(emb + (size_t)r * F * E, F, E, k);
 }
 
-/* d v_{i,j} = g v_{j,i}; the diagonal blocks v_{i,i} get 0. */
-ES__CLONES static void ffm_row_backward(float *restrict der, float g, const float *er, int F, int E, int k) {
+/* d v_{i,j} = g v_{j,i}; the diagonal blocks v_{i,i} get 0.  The body is
+ * compiled for k = 4 and k = 8 as constants too (one vector load, multiply
+ * and store a block instead of a loop of k), elementwise either way, so the
+ * same bits. */
+static inline __attribute__((always_inline)) void ffm_row_backward_k(float *restrict der, float g, const float *er, int F, int E,
+                                                                    const int k) {
     for (int i = 0; i < F; i++) {
         float *di = der + (size_t)i * E + 1;
         for (int j = 0; j < F; j++) {
@@ -597,6 +601,12 @@ ES__OMP(omp simd)
             for (int c = 0; c < k; c++) d[c] = g * b[c];
         }
     }
+}
+
+ES__CLONES static void ffm_row_backward(float *restrict der, float g, const float *er, int F, int E, int k) {
+    if (k == 4) ffm_row_backward_k(der, g, er, F, E, 4);
+    else if (k == 8) ffm_row_backward_k(der, g, er, F, E, 8);
+    else ffm_row_backward_k(der, g, er, F, E, k);
 }
 
 void es__ffm_backward(float *demb, const float *dout, const float *emb, int F, int E, int k, int n) {
