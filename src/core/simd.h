@@ -10,6 +10,23 @@
 
 #include <stddef.h>
 
+/* Function multi-versioning for loops written as plain C (omp simd, vector
+ * extensions): ES__CLONES compiles the function for AVX-512, AVX2 and
+ * baseline x86-64 and picks one at load time (GCC target_clones), so a
+ * default build still gets wide vectors.  Only for code whose bits do not
+ * depend on the width (lane-wise IEEE operations, chains kept in order;
+ * -std=c11 keeps floating-point contraction off).  ES__CLONES_FMA is for
+ * kernels whose arithmetic is explicit fmaf (one rounding, so the same bits
+ * on every path): an FMA clone turns each into one instruction instead of a
+ * call into libm. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define ES__CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define ES__CLONES_FMA __attribute__((target_clones("fma", "default")))
+#else
+#define ES__CLONES
+#define ES__CLONES_FMA
+#endif
+
 /* sum_i a[i]*b[i] */
 float es__dot(const float *a, const float *b, size_t n);
 float es__dot_ref(const float *a, const float *b, size_t n);

@@ -52,18 +52,8 @@ void es__linear_pack(float *WT, const float *W, int nin, int nout) {
  * that the innermost operation is a 16-lane vector multiply-add held in
  * registers (GCC/Clang vector extensions; the compiler splits a 16-lane
  * vector into whatever the target has).  They are compiled for AVX-512,
- * AVX2 and baseline x86-64 and picked at load time (GCC target_clones), so
- * a default build still gets wide vectors. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define ES__CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-/* kernels whose arithmetic is explicit fmaf (one rounding, so the same bits
- * on every path): an FMA clone turns each into one instruction instead of a
- * call into libm */
-#define ES__CLONES_FMA __attribute__((target_clones("fma", "default")))
-#else
-#define ES__CLONES
-#define ES__CLONES_FMA
-#endif
+ * AVX2 and baseline x86-64 and picked at load time (ES__CLONES, core/simd.h),
+ * so a default build still gets wide vectors. */
 
 /* out = in W^T without a packed copy: the chains es__gemm_fixed computes,
  * four outputs at a time for some instruction-level parallelism. */

@@ -260,7 +260,7 @@ static inline float keep_if(int keep, float x) {
 
 /* One body for the dispatched update and its reference twin: they differ
  * only in the dot and axpy kernels (inlined with constant pointers). */
-static inline void row_update(float *restrict w, float *restrict acc, const float *restrict g, int dim, const es_optim_params *o,
+static inline __attribute__((always_inline)) void row_update(float *restrict w, float *restrict acc, const float *restrict g, int dim, const es_optim_params *o,
                               float (*dot)(const float *, const float *, size_t),
                               void (*axpy)(float *, float, const float *, size_t)) {
     const float lr = o->lr, eps = o->eps;
@@ -335,7 +335,10 @@ void es__row_decay(float *w, const float *acc, int dim, const es_optim_params *o
     for (int d = 0; d < dim; d++) w[d] *= f;
 }
 
-void es__row_update(float *restrict w, float *restrict acc, const float *restrict g, int dim, const es_optim_params *o) {
+/* cloned for AVX2 / AVX-512: Adagrad's and FTRL's square roots and
+ * divisions 8 or 16 lanes at a time (lane-wise IEEE operations: the same
+ * bits as the baseline and the reference) */
+ES__CLONES void es__row_update(float *restrict w, float *restrict acc, const float *restrict g, int dim, const es_optim_params *o) {
     row_update(w, acc, g, dim, o, es__dot, es__axpy);
 }
 

@@ -621,14 +621,15 @@ static void rows_apply_range(es_rows *t, const uint64_t *rows, const float *g, s
     /* Rows are scattered over the table: fetch a few updates ahead (for
      * writing) so the read-modify-writes do not wait on memory one by one. */
     enum { AHEAD = 8 };
-    const size_t dim = (size_t)t->dim;
+    const size_t dim = (size_t)t->dim, per = t->acc ? es__row_state_floats(t->opt.kind, t->dim) : 0;
+    /* the whole row and the whole state (FFM rows: 10 and 20 lines), up to 2 KB each */
+    const size_t wb = ES_MIN(dim * sizeof(float), (size_t)2048), sb = ES_MIN(per * sizeof(float), (size_t)2048);
     for (size_t i = i0; i < i1; i++) {
         if (i + AHEAD < i1) {
             uint64_t r = rows[i + AHEAD];
-            const char *w = (const char *)(t->w + r * dim);
-            for (size_t o = 0; o < ES_MIN(dim * sizeof(float), (size_t)512); o += 64) __builtin_prefetch(w + o, 1, 1);
-            if (t->opt.kind == ES_OPT_ROWWISE_ADAGRAD) __builtin_prefetch(t->acc + r, 1, 1);
-            else if (t->acc) __builtin_prefetch(row_state(t, r), 1, 1);
+            const char *w = (const char *)(t->w + r * dim), *st = (const char *)(t->acc + r * per);
+            for (size_t o = 0; o < wb; o += 64) __builtin_prefetch(w + o, 1, 1);
+            for (size_t o = 0; o < sb; o += 64) __builtin_prefetch(st + o, 1, 1);
         }
         es__rows_update(t, rows[i], g + i * dim);
     }
