@@ -338,8 +338,15 @@ void es__row_decay(float *w, const float *acc, int dim, const es_optim_params *o
 /* cloned for AVX2 / AVX-512: Adagrad's and FTRL's square roots and
  * divisions 8 or 16 lanes at a time (lane-wise IEEE operations: the same
  * bits as the baseline and the reference) */
-ES__CLONES void es__row_update(float *restrict w, float *restrict acc, const float *restrict g, int dim, const es_optim_params *o) {
+ES__CLONES static void row_update_wide(float *restrict w, float *restrict acc, const float *restrict g, int dim,
+                                        const es_optim_params *o) {
     row_update(w, acc, g, dim, o, es__dot, es__axpy);
+}
+
+/* (the clones sit behind a static function: a cloned extern one is
+ * exported from the shared library, resolver and all) */
+void es__row_update(float *restrict w, float *restrict acc, const float *restrict g, int dim, const es_optim_params *o) {
+    row_update_wide(w, acc, g, dim, o);
 }
 
 void es__row_update_ref(float *restrict w, float *restrict acc, const float *restrict g, int dim, const es_optim_params *o) {

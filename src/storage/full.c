@@ -43,15 +43,24 @@ typedef struct full_impl {
     uint64_t *step_ids;
     size_t step_cap, step_n;
     const uint64_t *step_val; /* the batch's b->val */
-    /* The step's gradient accumulator, deduplicated through the rows
-     * themselves instead of the hash map of es_gradacc: mark[row] = 1 +
-     * the row's place among the step's distinct rows (urows[], in the
-     * order of first touch, as es_gradacc keeps them), 0 for a row the
-     * step does not touch; vslot[v] = value v's place.  Built by
-     * step_begin, used and cleared by the backward.  Training scratch,
-     * allocated at the first step (mark: 4 bytes a row). */
-    uint32_t *mark, *vslot;
-    uint64_t *urows;
+    /* The step's gradient accumulator, deduplicated through the map
+     * itself instead of the hash map of es_gradacc.  ts[] is the index
+     * with each slot's key beside it (one cache line a value instead of an
+     * index slot and then a key) and a mark: 1 + the place of the slot's
+     * row among the step's distinct rows (urows[], in the order of first
+     * touch, as es_gradacc keeps them), 0 for a row the step does not
+     * touch; oov_mark[f] is the same for field f's OOV row; uwhere[u] says
+     * which mark row u set (a slot, or icap + f); vslot[v] = value v's
+     * place.  Built by step_begin, used and cleared by the backward.
+     * Training scratch, allocated at the first step (ts: 16 bytes a slot
+     * of the index, built again when the index is). */
+    struct full_tslot {
+        uint64_t key;
+        uint32_t s, mark; /* s as index[]: key index + 1, 0 = empty */
+    } *ts;
+    int ts_ok;
+    uint32_t *oov_mark, *vslot;
+    uint64_t *urows, *uwhere;
     float *ug;
     size_t ucap, un;
 } full_impl;
@@ -88,90 +97,107 @@ static void full_resolve_kept(const void *ctx, int f, const uint64_t *keys, size
     memcpy(ids, m->step_ids + (keys - m->step_val), n * sizeof *ids);
 }
 
-/* How far ahead the step's resolve prefetches: the index slot of value
- * i + PF_SLOT, the key of value i + PF_KEY (whose slot was prefetched
- * PF_SLOT - PF_KEY values before). */
-#define PF_SLOT 16
-#define PF_KEY 8
+/* How far ahead the step's resolve prefetches the training slots
+ * (one line a value). */
+#define PF_TS 16
 
 /* Clear the marks of the last step's rows (a step whose backward did
  * not run leaves them). */
 static void full_step_unmark(full_impl *m) {
-    for (size_t i = 0; i < m->un; i++) m->mark[m->urows[i]] = 0;
+    for (size_t i = 0; i < m->un; i++) {
+        const uint64_t w = m->uwhere[i];
+        if (w < m->icap) m->ts[w].mark = 0;
+        else m->oov_mark[w - m->icap] = 0;
+    }
     m->un = 0;
 }
 
-/* The step's distinct rows and each value's place among them (mark,
- * vslot, urows); on an allocation failure un stays SIZE_MAX and the
- * backward takes es_gradacc's path. */
-static void full_step_dedup(full_impl *m, size_t nv) {
-    if (m->mark && m->un != SIZE_MAX) full_step_unmark(m);
-    m->un = SIZE_MAX;
-    const uint64_t n_rows = m->t.n_rows;
-    if (!m->mark && !(m->mark = es__calloc((size_t)n_rows, sizeof *m->mark))) return;
+/* The training slots and the step's scratch for nv values; false when
+ * out of memory (the step then resolves in its lookup and backward, and
+ * sums through es_gradacc, as without step_begin: the same bits). */
+static bool full_step_scratch(full_impl *m, size_t nv) {
+    if (!m->ts && !(m->ts = es__malloc(m->icap * sizeof *m->ts))) return false;
+    if (!m->oov_mark && !(m->oov_mark = es__calloc((size_t)m->F, sizeof *m->oov_mark))) return false;
+    if (!m->ts_ok) {
+        for (size_t i = 0; i < m->icap; i++) {
+            const uint32_t si = m->index[i];
+            m->ts[i] = (struct full_tslot){si ? m->keys[si - 1] : 0, si, 0};
+        }
+        m->ts_ok = 1;
+    }
+    if (nv > m->step_cap) { /* not counted: training only */
+        uint64_t *p = es__realloc(m->step_ids, nv * sizeof *p);
+        if (!p) return false;
+        m->step_ids = p;
+        m->step_cap = nv;
+    }
     if (nv > m->ucap) {
         const size_t dim = (size_t)m->t.dim;
         uint32_t *vs = es__realloc(m->vslot, nv * sizeof *vs);
         if (vs) m->vslot = vs;
         uint64_t *ur = es__realloc(m->urows, nv * sizeof *ur);
         if (ur) m->urows = ur;
+        uint64_t *uw = es__realloc(m->uwhere, nv * sizeof *uw);
+        if (uw) m->uwhere = uw;
         float *ug = es__realloc(m->ug, nv * dim * sizeof *ug);
         if (ug) m->ug = ug;
-        if (!vs || !ur || !ug) return;
+        if (!vs || !ur || !uw || !ug) return false;
         m->ucap = nv;
     }
-    size_t un = 0;
-    for (size_t v = 0; v < nv; v++) {
-        const uint64_t r = m->step_ids[v];
-        uint32_t k = m->mark[r];
-        if (!k) {
-            m->urows[un] = r;
-            k = m->mark[r] = (uint32_t)++un;
-        }
-        m->vslot[v] = k - 1;
-    }
-    m->un = un;
+    return true;
 }
 
 static void full_step_begin(es_storage *s, const es_batch *b) {
     full_impl *m = s->impl;
     const int F = b->n_fields;
     const size_t nv = b->off[(size_t)b->n * (size_t)F], mask = m->icap - 1;
+    if (m->un != SIZE_MAX && m->un) full_step_unmark(m);
     m->step_n = 0;
-    if (nv > m->step_cap) { /* scratch of the step (not counted: training only) */
-        uint64_t *p = es__realloc(m->step_ids, nv * sizeof *p);
-        if (!p) return; /* the step resolves in its lookup and again in its backward, as without this */
-        m->step_ids = p;
-        m->step_cap = nv;
-    }
+    m->un = SIZE_MAX;
+    if (!full_step_scratch(m, nv)) return;
     /* Every value of the batch resolved here, in one pass that prefetches
-     * ahead (the map outgrows the caches: an index slot, then a key, two
-     * dependent misses a value, which the lookup's value-at-a-time probe
-     * paid one after the other): first each value's home slot, then the
-     * probes, with the slots and keys of the values ahead in flight.  The
-     * lookup and the backward read the rows kept here. */
+     * the training slots of the values ahead (the map outgrows the
+     * caches), and its row marked with its place among the step's
+     * distinct rows in the same pass.  The lookup and the backward read
+     * the rows kept here. */
     uint64_t *h = m->step_ids;
     for (size_t P = 0, n = (size_t)b->n * (size_t)F; P < n; P++) {
         const int f = (int)(P % (size_t)F);
         for (uint32_t v = b->off[P]; v < b->off[P + 1]; v++) h[v] = full_home(b->val[v], f, mask);
     }
-    size_t P = 0;
+    const struct full_tslot *ts = m->ts;
+    size_t P = 0, un = 0;
     for (size_t v = 0; v < nv; v++) {
-        if (v + PF_SLOT < nv) __builtin_prefetch(&m->index[h[v + PF_SLOT]]);
-        if (v + PF_KEY < nv) {
-            const uint32_t sk = m->index[h[v + PF_KEY]];
-            if (sk) __builtin_prefetch(&m->keys[sk - 1]);
-        }
+        if (v + PF_TS < nv) __builtin_prefetch(&ts[h[v + PF_TS]], 1);
         while (b->off[P + 1] <= v) P++; /* the pair (row, field) of value v */
-        h[v] = full_probe(m, (int)(P % (size_t)F), b->val[v], (size_t)h[v]); /* the row in place of its home */
+        const int f = (int)(P % (size_t)F);
+        const uint64_t key = b->val[v], lo = m->field_off[f], hi = m->field_off[f + 1];
+        uint64_t row = lo + (uint64_t)f, where = m->icap + (uint64_t)f; /* the field's OOV row */
+        for (size_t i = (size_t)h[v]; ts[i].s; i = (i + 1) & mask) {
+            const uint64_t idx = ts[i].s - 1;
+            if (ts[i].key == key && idx >= lo && idx < hi) {
+                row = idx + (uint64_t)f + 1;
+                where = i;
+                break;
+            }
+        }
+        uint32_t *mk = where < m->icap ? &m->ts[where].mark : &m->oov_mark[f];
+        if (!*mk) {
+            m->urows[un] = row;
+            m->uwhere[un] = where;
+            *mk = (uint32_t)++un;
+        }
+        m->vslot[v] = *mk - 1;
+        h[v] = row;
     }
+    m->un = un;
     m->step_n = nv;
     m->step_val = b->val;
-    full_step_dedup(m, nv);
 }
 
 static void build_index(full_impl *m) {
     const size_t mask = m->icap - 1;
+    m->ts_ok = 0;
     memset(m->index, 0, m->icap * sizeof *m->index);
     for (int f = 0; f < m->F; f++)
         for (uint64_t i = m->field_off[f]; i < m->field_off[f + 1]; i++) {
@@ -189,9 +215,11 @@ static void full_free(full_impl *m) {
     es__free(m->index);
     es__gradacc_free(&m->ga);
     es__free(m->step_ids);
-    es__free(m->mark);
+    es__free(m->ts);
+    es__free(m->oov_mark);
     es__free(m->vslot);
     es__free(m->urows);
+    es__free(m->uwhere);
     es__free(m->ug);
     es__free(m);
 }

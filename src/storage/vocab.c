@@ -5,16 +5,21 @@
  * the fields' distinct counts, budgets given as fractions are resolved
  * against it, and `inspect` reports collisions with it.
  *
- * Layout per field: parallel arrays keys[cap] and counts[cap], cap a power
- * of two kept at most half full (linear probing stays short).  A count of
- * 0 marks an empty slot, so every 64-bit key value is usable.  Memory is
- * 16 bytes per slot, 32 to 64 bytes per distinct value.
+ * Layout per field: slots of (key, count), cap a power of two kept at most
+ * half full (linear probing stays short); a key and its count share a
+ * cache line (they were two arrays: two misses a value once the map
+ * outgrows the caches).  A count of 0 marks an empty slot, so every 64-bit
+ * key value is usable.  Memory is 16 bytes per slot, 32 to 64 bytes per
+ * distinct value.
  */
 #include "storage/storage.h"
 
+typedef struct vslot {
+    uint64_t key, count;
+} vslot;
+
 typedef struct vfield {
-    uint64_t *keys;
-    uint64_t *counts;
+    vslot *s;
     size_t cap, n;
     uint64_t total;
 } vfield;
@@ -43,9 +48,8 @@ int es_vocab_create(es_vocab **out, int n_fields) {
     }
     for (int i = 0; i < n_fields; i++) {
         vfield *f = &v->f[i];
-        f->keys = es__malloc(VOCAB_INIT_CAP * sizeof *f->keys);
-        f->counts = es__calloc(VOCAB_INIT_CAP, sizeof *f->counts);
-        if (!f->keys || !f->counts) {
+        f->s = es__calloc(VOCAB_INIT_CAP, sizeof *f->s);
+        if (!f->s) {
             es_vocab_free(v);
             return ES_ENOMEM;
         }
@@ -58,10 +62,7 @@ int es_vocab_create(es_vocab **out, int n_fields) {
 void es_vocab_free(es_vocab *v) {
     if (!v) return;
     if (v->f)
-        for (int i = 0; i < v->n_fields; i++) {
-            es__free(v->f[i].keys);
-            es__free(v->f[i].counts);
-        }
+        for (int i = 0; i < v->n_fields; i++) es__free(v->f[i].s);
     es__free(v->f);
     es__free(v);
 }
@@ -69,35 +70,28 @@ void es_vocab_free(es_vocab *v) {
 /* Double a field's map.  On failure the old map is kept unchanged. */
 static int grow(vfield *f) {
     size_t cap = f->cap * 2;
-    if (cap > SIZE_MAX / sizeof(uint64_t)) return ES_ENOMEM;
-    uint64_t *keys = es__malloc(cap * sizeof *keys);
-    uint64_t *counts = es__calloc(cap, sizeof *counts);
-    if (!keys || !counts) {
-        es__free(keys);
-        es__free(counts);
-        return ES_ENOMEM;
-    }
+    if (cap > SIZE_MAX / sizeof(vslot)) return ES_ENOMEM;
+    vslot *ns = es__calloc(cap, sizeof *ns);
+    if (!ns) return ES_ENOMEM;
     for (size_t i = 0; i < f->cap; i++) {
-        if (!f->counts[i]) continue;
-        size_t h = home(f->keys[i], cap);
-        while (counts[h]) h = (h + 1) & (cap - 1);
-        keys[h] = f->keys[i];
-        counts[h] = f->counts[i];
+        if (!f->s[i].count) continue;
+        size_t h = home(f->s[i].key, cap);
+        while (ns[h].count) h = (h + 1) & (cap - 1);
+        ns[h] = f->s[i];
     }
-    es__free(f->keys);
-    es__free(f->counts);
-    f->keys = keys;
-    f->counts = counts;
+    es__free(f->s);
+    f->s = ns;
     f->cap = cap;
     return ES_OK;
 }
 
-static int add_key(vfield *f, uint64_t key) {
+/* Count `count` more of key. */
+static inline int add_key(vfield *f, uint64_t key, uint64_t count) {
     size_t h = home(key, f->cap);
-    while (f->counts[h]) {
-        if (f->keys[h] == key) {
-            f->counts[h]++;
-            f->total++;
+    while (f->s[h].count) {
+        if (f->s[h].key == key) {
+            f->s[h].count += count;
+            f->total += count;
             return ES_OK;
         }
         h = (h + 1) & (f->cap - 1);
@@ -106,43 +100,23 @@ static int add_key(vfield *f, uint64_t key) {
         int rc = grow(f);
         if (rc) return rc;
         h = home(key, f->cap);
-        while (f->counts[h]) h = (h + 1) & (f->cap - 1);
+        while (f->s[h].count) h = (h + 1) & (f->cap - 1);
     }
-    f->keys[h] = key;
-    f->counts[h] = 1;
+    f->s[h] = (vslot){key, count};
     f->n++;
-    f->total++;
+    f->total += count;
     return ES_OK;
 }
 
 int es__vocab_add_count(es_vocab *v, int field, uint64_t key, uint64_t count) {
     if (!v || field < 0 || field >= v->n_fields || count == 0) return ES_EINVAL;
     if (v->failed) return v->failed;
-    vfield *f = &v->f[field];
-    size_t h = home(key, f->cap);
-    while (f->counts[h]) {
-        if (f->keys[h] == key) {
-            f->counts[h] += count;
-            f->total += count;
-            return ES_OK;
-        }
-        h = (h + 1) & (f->cap - 1);
+    int rc = add_key(&v->f[field], key, count);
+    if (rc) {
+        v->failed = rc;
+        snprintf(v->msg, sizeof v->msg, "vocab: out of memory growing field %d past %zu distinct values", field, v->f[field].n);
     }
-    if ((f->n + 1) * 2 > f->cap) {
-        int rc = grow(f);
-        if (rc) {
-            v->failed = rc;
-            snprintf(v->msg, sizeof v->msg, "vocab: out of memory growing field %d past %zu distinct values", field, f->n);
-            return rc;
-        }
-        h = home(key, f->cap);
-        while (f->counts[h]) h = (h + 1) & (f->cap - 1);
-    }
-    f->keys[h] = key;
-    f->counts[h] = count;
-    f->n++;
-    f->total += count;
-    return ES_OK;
+    return rc;
 }
 
 int es_vocab_add_batch(es_vocab *v, const es_batch *b) {
@@ -167,10 +141,19 @@ int es_vocab_add_batch(es_vocab *v, const es_batch *b) {
         snprintf(v->msg, sizeof v->msg, "vocab: batch offsets reach %u, beyond %zu value slots", b->off[pairs], b->val_cap);
         return ES_EINVAL;
     }
-    int f = 0;
+    /* the home slot of the first value of the pair PF ahead is fetched
+     * while this one is counted (the maps outgrow the caches) */
+    enum { PF = 8 };
+    const int F = v->n_fields;
+    int f = 0, fa = PF % F;
     for (size_t p = 0; p < pairs; p++) {
+        if (p + PF < pairs && b->off[p + PF] < b->off[p + PF + 1]) {
+            const vfield *g = &v->f[fa];
+            __builtin_prefetch(&g->s[home(b->val[b->off[p + PF]], g->cap)], 1);
+        }
+        if (++fa == F) fa = 0;
         for (uint32_t i = b->off[p]; i < b->off[p + 1]; i++) {
-            int rc = add_key(&v->f[f], b->val[i]);
+            int rc = add_key(&v->f[f], b->val[i], 1);
             if (rc) {
                 v->failed = rc;
                 snprintf(v->msg, sizeof v->msg, "vocab: out of memory growing field %d past %zu distinct values", f,
@@ -178,7 +161,7 @@ int es_vocab_add_batch(es_vocab *v, const es_batch *b) {
                 return rc;
             }
         }
-        if (++f == v->n_fields) f = 0;
+        if (++f == F) f = 0;
     }
     return ES_OK;
 }
@@ -187,8 +170,8 @@ uint64_t es__vocab_count(const es_vocab *v, int field, uint64_t key) {
     if (!v || field < 0 || field >= v->n_fields) return 0;
     const vfield *f = &v->f[field];
     size_t h = home(key, f->cap);
-    while (f->counts[h]) {
-        if (f->keys[h] == key) return f->counts[h];
+    while (f->s[h].count) {
+        if (f->s[h].key == key) return f->s[h].count;
         h = (h + 1) & (f->cap - 1);
     }
     return 0;
@@ -204,7 +187,7 @@ uint64_t es__vocab_distinct_min(const es_vocab *v, int field, uint64_t min_count
     const vfield *f = &v->f[field];
     if (min_count <= 1) return f->n;
     uint64_t n = 0;
-    for (size_t i = 0; i < f->cap; i++) n += f->counts[i] >= min_count;
+    for (size_t i = 0; i < f->cap; i++) n += f->s[i].count >= min_count;
     return n;
 }
 
@@ -212,7 +195,7 @@ void es__vocab_each(const es_vocab *v, int field, void (*fn)(uint64_t key, uint6
     if (!v || field < 0 || field >= v->n_fields) return;
     const vfield *f = &v->f[field];
     for (size_t i = 0; i < f->cap; i++)
-        if (f->counts[i]) fn(f->keys[i], f->counts[i], ctx);
+        if (f->s[i].count) fn(f->s[i].key, f->s[i].count, ctx);
 }
 
 int es_vocab_n_fields(const es_vocab *v) { return v ? v->n_fields : 0; }
@@ -225,7 +208,7 @@ uint64_t es__vocab_total(const es_vocab *v, int field) {
 size_t es_vocab_bytes(const es_vocab *v) {
     if (!v) return 0;
     size_t b = sizeof *v + (size_t)v->n_fields * sizeof *v->f;
-    for (int i = 0; i < v->n_fields; i++) b += v->f[i].cap * 2 * sizeof(uint64_t);
+    for (int i = 0; i < v->n_fields; i++) b += v->f[i].cap * sizeof(vslot);
     return b;
 }
 
