@@ -322,3 +322,39 @@ TEST(ffm_cli_fields_option) {
     CHECK_STR_HAS(s, "--fields");
     free(s);
 }
+
+/* A libffm file of n lines whose terms use fields 0 .. nf-1 (fields past
+ * `maxf` are left out of every line). */
+static void write_ffm(const char *path, int n, int nf, int maxf, int seed) {
+    FILE *fp = fopen(path, "w");
+    CHECK(fp != NULL);
+    if (!fp) return;
+    for (int i = 0; i < n; i++) {
+        fprintf(fp, "%d", (i * 7 + seed) % 3 == 0);
+        for (int f = 0; f < nf && f <= maxf; f++) fprintf(fp, " %d:%d:1", f, (i * (f + 3) + seed) % 11);
+        fputc('\n', fp);
+    }
+    fclose(fp);
+}
+
+/* --valid and --test libffm files are read with the training file's field
+ * count: a file whose largest field is smaller trains and evaluates (it
+ * was refused for having fewer fields), and a file with a field past the
+ * training file's is a bad line naming the term. */
+TEST(ffm_valid_and_test_files_take_the_training_field_count) {
+    const char *tr = es_test_path("ffm_fc_train.ffm"), *va = es_test_path("ffm_fc_valid.ffm"), *te = es_test_path("ffm_fc_test.ffm"),
+               *wide = es_test_path("ffm_fc_wide.ffm"), *m = es_test_path("ffm_fc.es"), *log = es_test_path("ffm_fc.log");
+    write_ffm(tr, 300, 4, 3, 1);
+    write_ffm(va, 100, 4, 2, 2); /* fields 0-2 only */
+    write_ffm(te, 100, 4, 2, 3);
+    write_ffm(wide, 50, 6, 5, 4); /* fields 0-5 */
+    CHECK(es_test_sh(log, "%s train %s --model ffm --dim 2 --epochs 1 --threads 1 --valid %s --test %s -o %s", es_bin(), tr, va, te, m) == 0);
+    char *s = es_test_slurp(log);
+    CHECK(s && strstr(s, "\"auc\"") != NULL);
+    free(s);
+    CHECK(es_test_sh(log, "%s train %s --model ffm --dim 2 --epochs 1 --threads 1 --test %s -o %s", es_bin(), tr, wide, m) != 0);
+    s = es_test_slurp(log);
+    CHECK_STR_HAS(s, "ffm_fc_wide.ffm:1:column");
+    CHECK_STR_HAS(s, "out of range (n_fields = 4)");
+    free(s);
+}

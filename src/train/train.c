@@ -912,6 +912,16 @@ static int dist_eval_rows(run *x, int rc, es_reader *r, const char *path, uint64
  * held-out last rows of the training file (read by a reader of its own, so
  * that an evaluation in the middle of an epoch leaves the training reader
  * where it is). */
+/* Reader options for a validation or test file: the training file's, and
+ * for libffm its field count (a file whose largest field is smaller reads
+ * as the model's fields, one with a larger field is a bad line naming the
+ * term, and no counting pass reads the file first). */
+static es_reader_params eval_reader_params(const run *x) {
+    es_reader_params rp = x->p->reader;
+    if (rp.n_fields_hint <= 0 && x->r && es_reader_resolved_params(x->r).format == ES_FMT_LIBFFM) rp.n_fields_hint = x->mp.n_fields;
+    return rp;
+}
+
 /* The validation reader *rd of path: opened (and its identity taken) the
  * first time, else rewound. */
 static int valid_reader(run *x, const char *path, es__file_id *id, es_reader **rd) {
@@ -920,7 +930,8 @@ static int valid_reader(run *x, const char *path, es__file_id *id, es_reader **r
     int rc;
     if (*rd) return (rc = es_reader_rewind(*rd)) != 0 ? reader_err(err, *rd, rc) : ES_OK;
     if (p->valid_path && (rc = es__file_id_get(path, 0, id, err)) != 0) return rc;
-    if ((rc = es_reader_open(rd, path, &p->reader, err)) != 0) return rc;
+    const es_reader_params rp = eval_reader_params(x);
+    if ((rc = es_reader_open(rd, path, &rp, err)) != 0) return rc;
     if (es_reader_n_dense(*rd) != x->mp.n_dense || es_reader_n_fields(*rd) != x->mp.n_fields)
         return es__err(err, ES_EINVAL, "%s: %d numeric and %d categorical columns, the training file has %d and %d", path,
                        es_reader_n_dense(*rd), es_reader_n_fields(*rd), x->mp.n_dense, x->mp.n_fields);
@@ -1018,7 +1029,8 @@ static int run_test_into(run *x, es_metrics *out) {
     es__file_id id;
     x->valid.n = 0;
     if ((rc = run_prob(x)) != 0) return rc;
-    if ((rc = es__file_id_get(p->test_path, 0, &id, x->err)) == 0 && (rc = es_reader_open(&rt, p->test_path, &p->reader, x->err)) == 0) {
+    const es_reader_params rp = eval_reader_params(x);
+    if ((rc = es__file_id_get(p->test_path, 0, &id, x->err)) == 0 && (rc = es_reader_open(&rt, p->test_path, &rp, x->err)) == 0) {
         if (es_reader_n_dense(rt) != x->mp.n_dense || es_reader_n_fields(rt) != x->mp.n_fields)
             rc = es__err(x->err, ES_EINVAL, "%s: %d numeric and %d categorical columns, the training file has %d and %d", p->test_path,
                          es_reader_n_dense(rt), es_reader_n_fields(rt), x->mp.n_dense, x->mp.n_fields);
