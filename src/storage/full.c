@@ -40,29 +40,40 @@ typedef struct full_impl {
      * batch (its position in b->val) resolved to step_ids[v] before the
      * lookup, which reads them, as the backward does; step_n values, 0:
      * none kept */
-    uint64_t *step_ids;
+    uint64_t *step_ids, *step_where; /* step_where: each value's slot (see uwhere) */
     size_t step_cap, step_n;
     const uint64_t *step_val; /* the batch's b->val */
     /* The step's gradient accumulator, deduplicated through the map
      * itself instead of the hash map of es_gradacc.  ts[] is the index
      * with each slot's key beside it (one cache line a value instead of an
-     * index slot and then a key) and a mark: 1 + the place of the slot's
-     * row among the step's distinct rows (urows[], in the order of first
-     * touch, as es_gradacc keeps them), 0 for a row the step does not
-     * touch; oov_mark[f] is the same for field f's OOV row; uwhere[u] says
-     * which mark row u set (a slot, or icap + f); vslot[v] = value v's
-     * place.  Built by step_begin, used and cleared by the backward.
+     * index slot and then a key); tmark[slot] is 1 + the place of the
+     * slot's row among the step's distinct rows (urows[], in the order of
+     * first touch, as es_gradacc keeps them), 0 for a row the step does
+     * not touch; oov_mark[f] is the same for field f's OOV row; uwhere[u]
+     * says which mark row u set (a slot, or icap + f); vslot[v] = value
+     * v's place.  Built by step_begin, used and cleared by the backward.
      * Training scratch, allocated at the first step (ts: 16 bytes a slot
-     * of the index, built again when the index is). */
+     * of the index, tmark 4, built again when the index is).  ts_ok is
+     * read by the reader thread's step_prepare (atomically). */
     struct full_tslot {
         uint64_t key;
-        uint32_t s, mark; /* s as index[]: key index + 1, 0 = empty */
+        uint32_t s, pad; /* s as index[]: key index + 1, 0 = empty */
     } *ts;
     int ts_ok;
-    uint32_t *oov_mark, *vslot;
+    uint32_t *tmark, *oov_mark, *vslot;
     uint64_t *urows, *uwhere;
     float *ug;
     size_t ucap, un;
+    /* Batches resolved ahead by step_prepare on the training pipeline's
+     * reader thread, one per pipeline slot: the rows and slots of the
+     * values of the batch whose b->val is val (NULL: none).  The pipeline
+     * hands a slot to one thread at a time, so no lock. */
+    struct full_prep {
+        const uint64_t *val; /* atomic: the reader thread publishes it last */
+        size_t nv, cap;
+        uint64_t first, last; /* b->val[0] and b->val[nv - 1], a check */
+        uint64_t *ids, *where;
+    } prep[2];
 } full_impl;
 
 static inline size_t full_home(uint64_t key, int f, size_t mask) {
@@ -106,7 +117,7 @@ static void full_resolve_kept(const void *ctx, int f, const uint64_t *keys, size
 static void full_step_unmark(full_impl *m) {
     for (size_t i = 0; i < m->un; i++) {
         const uint64_t w = m->uwhere[i];
-        if (w < m->icap) m->ts[w].mark = 0;
+        if (w < m->icap) m->tmark[w] = 0;
         else m->oov_mark[w - m->icap] = 0;
     }
     m->un = 0;
@@ -117,18 +128,21 @@ static void full_step_unmark(full_impl *m) {
  * sums through es_gradacc, as without step_begin: the same bits). */
 static bool full_step_scratch(full_impl *m, size_t nv) {
     if (!m->ts && !(m->ts = es__malloc(m->icap * sizeof *m->ts))) return false;
+    if (!m->tmark && !(m->tmark = es__calloc(m->icap, sizeof *m->tmark))) return false;
     if (!m->oov_mark && !(m->oov_mark = es__calloc((size_t)m->F, sizeof *m->oov_mark))) return false;
-    if (!m->ts_ok) {
+    if (!__atomic_load_n(&m->ts_ok, __ATOMIC_ACQUIRE)) {
         for (size_t i = 0; i < m->icap; i++) {
             const uint32_t si = m->index[i];
             m->ts[i] = (struct full_tslot){si ? m->keys[si - 1] : 0, si, 0};
         }
-        m->ts_ok = 1;
+        __atomic_store_n(&m->ts_ok, 1, __ATOMIC_RELEASE);
     }
     if (nv > m->step_cap) { /* not counted: training only */
         uint64_t *p = es__realloc(m->step_ids, nv * sizeof *p);
-        if (!p) return false;
-        m->step_ids = p;
+        if (p) m->step_ids = p;
+        uint64_t *w = es__realloc(m->step_where, nv * sizeof *w);
+        if (w) m->step_where = w;
+        if (!p || !w) return false;
         m->step_cap = nv;
     }
     if (nv > m->ucap) {
@@ -147,48 +161,103 @@ static bool full_step_scratch(full_impl *m, size_t nv) {
     return true;
 }
 
-static void full_step_begin(es_storage *s, const es_batch *b) {
-    full_impl *m = s->impl;
+/* The rows of b's values into ids[] and their slots into where[] (a slot
+ * of ts, or icap + f for field f's OOV row), in one pass that prefetches
+ * the slots of the values ahead (the map outgrows the caches).  Reads only
+ * what training does not change (ts, field_off), so the reader thread may
+ * run it beside a step. */
+static void full_resolve_batch(const full_impl *m, const es_batch *b, uint64_t *ids, uint64_t *where) {
     const int F = b->n_fields;
     const size_t nv = b->off[(size_t)b->n * (size_t)F], mask = m->icap - 1;
-    if (m->un != SIZE_MAX && m->un) full_step_unmark(m);
-    m->step_n = 0;
-    m->un = SIZE_MAX;
-    if (!full_step_scratch(m, nv)) return;
-    /* Every value of the batch resolved here, in one pass that prefetches
-     * the training slots of the values ahead (the map outgrows the
-     * caches), and its row marked with its place among the step's
-     * distinct rows in the same pass.  The lookup and the backward read
-     * the rows kept here. */
-    uint64_t *h = m->step_ids;
+    uint64_t *h = ids; /* the home slots first, in place */
     for (size_t P = 0, n = (size_t)b->n * (size_t)F; P < n; P++) {
         const int f = (int)(P % (size_t)F);
         for (uint32_t v = b->off[P]; v < b->off[P + 1]; v++) h[v] = full_home(b->val[v], f, mask);
     }
     const struct full_tslot *ts = m->ts;
-    size_t P = 0, un = 0;
+    size_t P = 0;
     for (size_t v = 0; v < nv; v++) {
-        if (v + PF_TS < nv) __builtin_prefetch(&ts[h[v + PF_TS]], 1);
+        if (v + PF_TS < nv) __builtin_prefetch(&ts[h[v + PF_TS]]);
         while (b->off[P + 1] <= v) P++; /* the pair (row, field) of value v */
         const int f = (int)(P % (size_t)F);
         const uint64_t key = b->val[v], lo = m->field_off[f], hi = m->field_off[f + 1];
-        uint64_t row = lo + (uint64_t)f, where = m->icap + (uint64_t)f; /* the field's OOV row */
+        uint64_t row = lo + (uint64_t)f, w = m->icap + (uint64_t)f; /* the field's OOV row */
         for (size_t i = (size_t)h[v]; ts[i].s; i = (i + 1) & mask) {
             const uint64_t idx = ts[i].s - 1;
             if (ts[i].key == key && idx >= lo && idx < hi) {
                 row = idx + (uint64_t)f + 1;
-                where = i;
+                w = i;
                 break;
             }
         }
-        uint32_t *mk = where < m->icap ? &m->ts[where].mark : &m->oov_mark[f];
+        ids[v] = row;
+        where[v] = w;
+    }
+}
+
+/* ops->step_prepare: b resolved ahead, on the pipeline's reader thread,
+ * into pipeline slot k's buffers; nothing when the training slots are not
+ * built yet (the first step builds them) or out of memory. */
+static void full_step_prepare(es_storage *s, const es_batch *b, int k) {
+    full_impl *m = s->impl;
+    struct full_prep *pp = &m->prep[k & 1];
+    __atomic_store_n(&pp->val, NULL, __ATOMIC_RELEASE);
+    if (!__atomic_load_n(&m->ts_ok, __ATOMIC_ACQUIRE)) return;
+    const size_t nv = b->off[(size_t)b->n * (size_t)b->n_fields];
+    if (nv == 0) return;
+    if (nv > pp->cap) {
+        uint64_t *i = es__realloc(pp->ids, nv * sizeof *i);
+        if (i) pp->ids = i;
+        uint64_t *w = es__realloc(pp->where, nv * sizeof *w);
+        if (w) pp->where = w;
+        if (!i || !w) return;
+        pp->cap = nv;
+    }
+    full_resolve_batch(m, b, pp->ids, pp->where);
+    pp->nv = nv;
+    pp->first = b->val[0];
+    pp->last = b->val[nv - 1];
+    __atomic_store_n(&pp->val, b->val, __ATOMIC_RELEASE);
+}
+
+static void full_step_begin(es_storage *s, const es_batch *b) {
+    full_impl *m = s->impl;
+    const int F = b->n_fields;
+    const size_t nv = b->off[(size_t)b->n * (size_t)F];
+    if (m->un != SIZE_MAX && m->un) full_step_unmark(m);
+    m->step_n = 0;
+    m->un = SIZE_MAX;
+    if (!full_step_scratch(m, nv)) return;
+    /* Every value of the batch resolved (here, or ahead by step_prepare),
+     * then its row marked with its place among the step's distinct rows.
+     * The lookup and the backward read the rows kept here. */
+    const uint64_t *where;
+    struct full_prep *pp = NULL;
+    for (int k = 0; k < 2; k++) {
+        struct full_prep *q = &m->prep[k];
+        if (nv && __atomic_load_n(&q->val, __ATOMIC_ACQUIRE) == b->val && q->nv == nv && q->first == b->val[0] &&
+            q->last == b->val[nv - 1])
+            pp = q;
+    }
+    if (pp) {
+        memcpy(m->step_ids, pp->ids, nv * sizeof *m->step_ids);
+        where = pp->where;
+        __atomic_store_n(&pp->val, NULL, __ATOMIC_RELEASE);
+    } else {
+        full_resolve_batch(m, b, m->step_ids, m->step_where);
+        where = m->step_where;
+    }
+    size_t un = 0;
+    for (size_t v = 0; v < nv; v++) {
+        if (v + PF_TS < nv && where[v + PF_TS] < m->icap) __builtin_prefetch(&m->tmark[where[v + PF_TS]], 1);
+        const uint64_t w = where[v];
+        uint32_t *mk = w < m->icap ? &m->tmark[w] : &m->oov_mark[w - m->icap];
         if (!*mk) {
-            m->urows[un] = row;
-            m->uwhere[un] = where;
+            m->urows[un] = m->step_ids[v];
+            m->uwhere[un] = w;
             *mk = (uint32_t)++un;
         }
         m->vslot[v] = *mk - 1;
-        h[v] = row;
     }
     m->un = un;
     m->step_n = nv;
@@ -197,7 +266,8 @@ static void full_step_begin(es_storage *s, const es_batch *b) {
 
 static void build_index(full_impl *m) {
     const size_t mask = m->icap - 1;
-    m->ts_ok = 0;
+    __atomic_store_n(&m->ts_ok, 0, __ATOMIC_RELEASE);
+    m->prep[0].val = m->prep[1].val = NULL;
     memset(m->index, 0, m->icap * sizeof *m->index);
     for (int f = 0; f < m->F; f++)
         for (uint64_t i = m->field_off[f]; i < m->field_off[f + 1]; i++) {
@@ -215,8 +285,14 @@ static void full_free(full_impl *m) {
     es__free(m->index);
     es__gradacc_free(&m->ga);
     es__free(m->step_ids);
+    es__free(m->step_where);
     es__free(m->ts);
+    es__free(m->tmark);
     es__free(m->oov_mark);
+    for (int k = 0; k < 2; k++) {
+        es__free(m->prep[k].ids);
+        es__free(m->prep[k].where);
+    }
     es__free(m->vslot);
     es__free(m->urows);
     es__free(m->uwhere);
@@ -434,4 +510,5 @@ const es_storage_ops es__storage_full = {
     .rows = full_rows,
     .row_map = full_row_map,
     .step_begin = full_step_begin,
+    .step_prepare = full_step_prepare,
 };

@@ -220,6 +220,10 @@ int es_model_train_batch(es_model *m, const es_batch *b, double *loss_sum) {
     return rc;
 }
 
+void es__model_step_prepare(es_model *m, const es_batch *b, int k) {
+    if (m->st->ops->step_prepare && b->n_fields == m->n_fields) m->st->ops->step_prepare(m->st, b, k);
+}
+
 /* es_model_train_batch's step: the lookup and the backward of b, which the
  * storage may tie together (ops->step_begin, s->step). */
 static int train_step(es_model *m, const es_batch *b, int n, double *loss_sum) {

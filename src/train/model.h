@@ -68,6 +68,9 @@ int es__model_set_meta(es_model *m, const char *key, const char *value);
 /* The architecture step of a staged storage's search on validation batch b
  * (model.c; storage.h es__staged). */
 int es__model_arch_batch(es_model *m, const es_batch *b);
+/* The storage's ops->step_prepare for b, read into pipeline slot k (the
+ * training pipeline's reader thread calls it; see storage.h). */
+void es__model_step_prepare(es_model *m, const es_batch *b, int k);
 /* Write the model (with optimizer state when with_state) atomically. */
 int es__model_save(es_model *m, const char *path, int with_state, es_err *err);
 /* The model file of a run across processes, written by rank 0 from its

@@ -128,6 +128,9 @@ typedef struct {
     int part_rank, part_size, batch;
     int gn[2], short_read;
     int local;         /* shard files: this rank's own rows, batch / part_size a step, limit counts them */
+    /* called on the reader thread for each batch read, before it is
+     * handed over (training passes: the model's step_prepare), or NULL */
+    es_model *prep;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     pthread_t th;
@@ -200,6 +203,7 @@ static void *pipeline_main(void *arg) {
             pthread_mutex_unlock(&pl->mu);
             break;
         }
+        if (pl->prep) es__model_step_prepare(pl->prep, &pl->slot[k], k);
         produced += (uint64_t)n;
         pl->full[k] = 1;
         pthread_cond_broadcast(&pl->cv);
@@ -1604,7 +1608,11 @@ static int run_batches(run *x, int ep, uint64_t *done, double *loss_sum, long *b
     int rc, erc = ES_OK;
     es_batch *cb;
     double t_ep = es__now();
-    if ((rc = pipeline_start(&x->pl, x->r, x->n_train - *done)) != 0) return es__err(x->err, rc, "cannot start the reader thread");
+    x->pl.prep = x->m; /* the storage resolves each batch ahead on the reader thread */
+    if ((rc = pipeline_start(&x->pl, x->r, x->n_train - *done)) != 0) {
+        x->pl.prep = NULL;
+        return es__err(x->err, rc, "cannot start the reader thread");
+    }
     while ((cb = pipeline_next(&x->pl))) {
         int n = cb->n;
         rc = es_model_train_batch(x->m, cb, loss_sum);
@@ -1626,6 +1634,7 @@ static int run_batches(run *x, int ep, uint64_t *done, double *loss_sum, long *b
         }
     }
     pipeline_stop(&x->pl);
+    x->pl.prep = NULL;
     if (erc != 0) return erc;
     if (rc != 0) return es__err(x->err, rc, "%s", es_model_errmsg(x->m));
     if (x->pl.rc < 0) return pass_err(x->err, x->r, x->pl.rc, p->train_path, &x->tid);
