@@ -146,17 +146,22 @@ int es__libsvm_row(es_reader *r, const es__line *ln, char *s, size_t n, es_batch
 }
 
 /* ---- libffm ------------------------------------------------------------------------ */
+/* Up to 9 plain digits at *pp as an integer; *pp moves past them. Returns
+ * the count of digits (0 if none, 10 when there are more than 9). */
+static inline int digits9(const char **pp, const char *end, uint32_t *out) {
+    const char *p = *pp, *e = end - p > 10 ? p + 10 : end;
+    uint32_t u = 0;
+    while (p < e && (unsigned)(*p - '0') < 10) u = u * 10 + (uint32_t)(*p++ - '0');
+    *out = u;
+    int nd = (int)(p - *pp);
+    *pp = p;
+    return nd;
+}
+
 /* Field number of a term: 1 to 9 digits. */
 static bool parse_field(const char *s, size_t n, uint32_t *out) {
-    if (n == 0 || n > 9) return false;
-    uint32_t v = 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned d = (unsigned)(s[i] - '0');
-        if (d > 9) return false;
-        v = v * 10 + d;
-    }
-    *out = v;
-    return true;
+    const char *p = s;
+    return n >= 1 && n <= 9 && digits9(&p, s + n, out) == (int)n;
 }
 
 /* The largest field number of the well-formed terms of the lines in
@@ -260,18 +265,6 @@ static int grow_terms(es__scratch *sc, size_t need) {
     sc->t_wt = w;
     sc->t_cap = cap;
     return ES_OK;
-}
-
-/* Up to 9 plain digits at *pp as an integer; *pp moves past them. Returns
- * the count of digits (0 if none, 10 when there are more than 9). */
-static inline int digits9(const char **pp, const char *end, uint32_t *out) {
-    const char *p = *pp, *e = end - p > 10 ? p + 10 : end;
-    uint32_t u = 0;
-    while (p < e && (unsigned)(*p - '0') < 10) u = u * 10 + (uint32_t)(*p++ - '0');
-    *out = u;
-    int nd = (int)(p - *pp);
-    *pp = p;
-    return nd;
 }
 
 /* The well-formed term of most files, "field:index:value" with a field of

@@ -627,9 +627,12 @@ static void rows_apply_range(es_rows *t, const uint64_t *rows, const float *g, s
     for (size_t i = i0; i < i1; i++) {
         if (i + AHEAD < i1) {
             uint64_t r = rows[i + AHEAD];
-            const char *w = (const char *)(t->w + r * dim), *st = (const char *)(t->acc + r * per);
+            const char *w = (const char *)(t->w + r * dim);
             for (size_t o = 0; o < wb; o += 64) __builtin_prefetch(w + o, 1, 1);
-            for (size_t o = 0; o < sb; o += 64) __builtin_prefetch(st + o, 1, 1);
+            if (sb) {
+                const char *st = (const char *)(t->acc + r * per);
+                for (size_t o = 0; o < sb; o += 64) __builtin_prefetch(st + o, 1, 1);
+            }
         }
         es__rows_update(t, rows[i], g + i * dim);
     }
