@@ -192,6 +192,25 @@ static int post(int port, const char *path, const char *body, char **resp) {
     return http(port, "POST", path, NULL, body, strlen(body), resp);
 }
 
+/* GET /metrics until every string in want[] is there, for at most 5 s. The
+ * server counts a request when libmicrohttpd reports it complete, which is
+ * after the client has read the response: a scrape sent straight after may
+ * not count the last request yet. Returns the last body (the caller checks
+ * it and frees it). */
+static char *metrics_settled(int port, const char *const *want, int nwant) {
+    char *r = NULL;
+    for (int tries = 0; tries < 100; tries++) {
+        free(r);
+        r = NULL;
+        if (http(port, "GET", "/metrics", NULL, "", 0, &r) != 200 || !r) continue;
+        int ok = 1;
+        for (int i = 0; i < nwant && ok; i++) ok = strstr(r, want[i]) != NULL;
+        if (ok) break;
+        usleep(50000);
+    }
+    return r;
+}
+
 /* The first n lines of the Criteo file: with labels into lab, without into unl. */
 static void criteo_rows(int n, const char *lab, const char *unl) {
     es_test_sh(NULL, "head -%d %s > %s && cut -f2- %s > %s", n, CRITEO, lab, lab, unl);
@@ -292,13 +311,13 @@ TEST(serve_endpoints) {
     CHECK_STR_HAS(r, "\"column\":\"I1\"");
     free(r);
     /* metrics */
-    st = http(s.port, "GET", "/metrics", NULL, "", 0, &r);
-    CHECK_EQ_INT(st, 200);
-    CHECK_STR_HAS(r, "embstore_requests_total{endpoint=\"embed\"} 2");
-    CHECK_STR_HAS(r, "embstore_errors_total{endpoint=\"embed\"} 1");
-    CHECK_STR_HAS(r, "embstore_rows_predicted_total 2");
-    CHECK_STR_HAS(r, "embstore_request_seconds_bucket{endpoint=\"search\",le=\"+Inf\"} 2");
-    CHECK_STR_HAS(r, "embstore_reloads_total{result=\"ok\"} 0");
+    static const char *const want[] = {"embstore_requests_total{endpoint=\"embed\"} 2", "embstore_errors_total{endpoint=\"embed\"} 1",
+                                       "embstore_rows_predicted_total 2",
+                                       "embstore_request_seconds_bucket{endpoint=\"search\",le=\"+Inf\"} 2",
+                                       "embstore_reloads_total{result=\"ok\"} 0"};
+    r = metrics_settled(s.port, want, (int)(sizeof want / sizeof *want));
+    CHECK(r != NULL);
+    for (size_t i = 0; i < sizeof want / sizeof *want; i++) CHECK_STR_HAS(r, want[i]);
     free(r);
     CHECK_EQ_INT(srv_stop(&s), 0);
 }
@@ -442,9 +461,10 @@ TEST(serve_reload) {
     printf("  %d requests during 2 reloads and 2 refused ones: %d failed, generation seen %d\n", a.sent, a.failed, a.gen_seen_max);
     CHECK_EQ_INT(a.failed, 0);
     CHECK(a.gen_seen_max == 2);
-    st = http(s.port, "GET", "/metrics", NULL, "", 0, &r);
-    CHECK_STR_HAS(r, "embstore_reloads_total{result=\"ok\"} 2");
-    CHECK_STR_HAS(r, "embstore_reloads_total{result=\"refused\"} 2");
+    static const char *const want[] = {"embstore_reloads_total{result=\"ok\"} 2", "embstore_reloads_total{result=\"refused\"} 2"};
+    r = metrics_settled(s.port, want, 2);
+    CHECK(r != NULL);
+    for (int i = 0; i < 2; i++) CHECK_STR_HAS(r, want[i]);
     free(r);
     st = http(s.port, "GET", "/v1/models", NULL, "", 0, &r);
     CHECK_STR_HAS(r, "\"generation\":2");
