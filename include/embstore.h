@@ -669,6 +669,16 @@ typedef struct es_train_params {
      * 0: every process reads the whole input (the default: the model is
      * the same for any N). */
     int shard_files;
+    /* 1: keep the training rows in memory after the first pass over
+     * train_path that reads them all (parsed and hashed, as a dataset
+     * cache holds them: 8 bytes a categorical value and 1 a row, plus 4 a
+     * numeric value, and 4 a (row, field) when a field has other than one
+     * value, 4 a value when a weight is not 1) and read every later pass
+     * (the vocabulary, the epochs, a refit) from there instead of parsing
+     * the text again.  The model is bit-identical to one trained without
+     * it.  Ignored with a comm and for a dataset cache (already parsed);
+     * es_train_result.in_memory_bytes says what was held.  0: off. */
+    int in_memory;
 } es_train_params;
 
 /* The defaults of `embstore train` (the study behind them is in
@@ -790,6 +800,9 @@ typedef struct es_train_result {
         es_metrics valid, test;
         size_t emb_bytes;
     } prefixes[8];
+    /* in_memory: bytes of training rows held in memory (0: every pass read
+     * the file) */
+    uint64_t in_memory_bytes;
 } es_train_result;
 
 /* Train a model end to end: read, build the vocabulary, train, evaluate,

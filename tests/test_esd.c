@@ -266,6 +266,98 @@ TEST(esd_round_trip_csv_libsvm_libffm) {
     round_trip(FFM, &f, "f40.esd");
 }
 
+/* ---- rows kept in memory (es__reader_keep_rows, train --in-memory) ---------- */
+/* A reader that keeps its rows gives the text's batches on every pass:
+ * the first (recorded while parsed) and the later ones (from memory, once
+ * a whole pass is kept).  need > 0: passes read `need` rows at most. */
+static void compare_kept(const char *text, const es_reader_params *p, int bs, uint64_t need) {
+    es_reader *rt = NULL, *rk = NULL;
+    es_err err = {0};
+    CHECK_MSG(es_reader_open(&rt, text, p, &err) == 0 && es_reader_open(&rk, text, p, &err) == 0, "%s: %s", text, err.msg);
+    if (!rt || !rk) {
+        es_reader_free(rt);
+        es_reader_free(rk);
+        return;
+    }
+    CHECK_EQ_INT(es__reader_keep_rows(rk, need), 0);
+    const int D = es_reader_n_dense(rt), F = es_reader_n_fields(rt);
+    es_batch ba, bb;
+    CHECK_EQ_INT(es_batch_alloc(&ba, bs, D, F, 0), 0);
+    CHECK_EQ_INT(es_batch_alloc(&bb, bs, D, F, 1), 0);
+    for (int pass = 0; pass < 3; pass++) {
+        /* from the second pass on the rows come from memory */
+        CHECK_MSG(es__reader_is_cache(rk) == (pass > 0), "%s bs %d pass %d: served from memory: %d", text, bs, pass, es__reader_is_cache(rk));
+        CHECK((es__reader_kept_bytes(rk) > 0) == (pass > 0));
+        uint64_t rows = 0;
+        while (!need || rows < need) {
+            int na = es_reader_next(rt, &ba), nb = es_reader_next(rk, &bb);
+            CHECK_MSG(na == nb, "%s bs %d pass %d row %llu: text %d (%s), kept %d (%s)", text, bs, pass, (unsigned long long)rows, na,
+                      es_reader_errmsg(rt), nb, es_reader_errmsg(rk));
+            if (na != nb || na <= 0) break;
+            if (!same_batch(&ba, &bb)) {
+                CHECK_MSG(0, "%s bs %d pass %d: batch at row %llu differs", text, bs, pass, (unsigned long long)rows);
+                break;
+            }
+            rows += (uint64_t)na;
+        }
+        if (!need) {
+            CHECK_EQ_INT((long long)es_reader_rows(rk), (long long)es_reader_rows(rt));
+            CHECK_EQ_INT((long long)es_reader_bad_lines(rk), (long long)es_reader_bad_lines(rt));
+            CHECK(!strcmp(es_reader_bad_report(rk), es_reader_bad_report(rt)));
+        }
+        CHECK(es_reader_rewind(rt) == 0 && es_reader_rewind(rk) == 0);
+    }
+    es_batch_free(&ba);
+    es_batch_free(&bb);
+    es_reader_free(rt);
+    es_reader_free(rk);
+}
+
+static void kept_all_sizes(const char *text, const es_reader_params *p) {
+    static const int sizes[] = {1, 7, 64, 1000};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) compare_kept(text, p, sizes[i], 0);
+    compare_kept(text, p, 7, 30); /* whole at 30 rows (a pass stops there) */
+}
+
+TEST(esd_kept_rows_match_the_text) {
+    es_reader_params p = es_reader_params_default();
+    kept_all_sizes(CRITEO, &p); /* numeric columns, one value per field */
+    const char *bad = es_test_path("kbad.tsv");
+    CHECK(es_test_sh(NULL, "(head -n 50 %s; echo 'x\tbad'; sed -n 51,80p %s) > %s", CRITEO, CRITEO, bad) == 0);
+    p.skip_bad = 1;
+    kept_all_sizes(bad, &p); /* the bad line's count and message on every pass */
+    es_reader_params m = es_reader_params_default();
+    m.format = ES_FMT_CSV;
+    m.columns = ML_SPEC;
+    m.label_threshold = 4;
+    m.pool = ES_POOL_MEAN; /* multi-valued fields (counts) with weights other than 1 */
+    compare_kept(ML, &m, 1000, 0);
+    compare_kept(ML, &m, 64, 5000);
+    const char *svm = es_test_path("k.libsvm"); /* the first rows one value, weight 1: both arrays start late */
+    write_file(svm, "1 1:1\n0 2:1\n1 9:-0.25 3:1\n\n0 4:1 4:1 5:3e-2\n-1 2:1 # comment\n");
+    es_reader_params s = es_reader_params_default();
+    kept_all_sizes(svm, &s);
+    es_reader_params f = es_reader_params_default();
+    kept_all_sizes(FFM, &f);
+    /* a pass that skips rows keeps nothing; the next whole one does */
+    es_reader *r = NULL;
+    es_err err = {0};
+    CHECK(es_reader_open(&r, CRITEO, &s, &err) == 0 && es__reader_keep_rows(r, 0) == 0);
+    es_batch b;
+    CHECK_EQ_INT(es_batch_alloc(&b, 512, es_reader_n_dense(r), es_reader_n_fields(r), 0), 0);
+    uint64_t got = 0;
+    CHECK(es__reader_skip(r, 100, &got) == 0 && got == 100);
+    while (es_reader_next(r, &b) > 0) {
+    }
+    CHECK(es_reader_rewind(r) == 0 && !es__reader_is_cache(r));
+    while (es_reader_next(r, &b) > 0) {
+    }
+    CHECK(es_reader_rewind(r) == 0 && es__reader_is_cache(r));
+    CHECK(es_reader_next(r, &b) == 512);
+    es_batch_free(&b);
+    es_reader_free(r);
+}
+
 /* ---- models ---------------------------------------------------------------- */
 /* Two model files hold the same tensors, byte for byte, and the same
  * reader, schema and run-description metadata. */
@@ -326,6 +418,30 @@ TEST(esd_model_bit_identical_to_text) {
     CHECK(es_test_sh(NULL, "%s train %s %s --out %s", es_bin(), ML, mlc, ma) == 0);
     CHECK(es_test_sh(NULL, "%s train %s %s --cache=%s --out %s", es_bin(), ML, mlc, es_test_path("ml_t.esd"), mb) == 0);
     same_model(ma, mb);
+}
+
+/* train --in-memory: the same model as from the text, through the count
+ * pass (--valid-frac), the vocabulary, the epochs and a refit, and with
+ * --max-rows; the JSON says what it held. */
+TEST(esd_in_memory_model_bit_identical) {
+    const char *ta = es_test_path("im_text.es"), *tb = es_test_path("im_mem.es"), *log = es_test_path("im.log");
+    const char *common = "--threads 1 --epochs 3 --early-stop 1 --valid-frac 0.2 --quiet";
+    CHECK(es_test_sh(NULL, "%s train %s %s --out %s", es_bin(), CRITEO, common, ta) == 0);
+    CHECK(es_test_sh(log, "%s train %s %s --in-memory --out %s", es_bin(), CRITEO, common, tb) == 0);
+    same_model(ta, tb);
+    char *s = es_test_slurp(log);
+    double kept = s ? es_test_json_num(s, "in_memory_bytes") : 0;
+    /* 10000 rows: 26 keys of 8 bytes, 13 numbers of 4, a label byte */
+    CHECK_MSG(kept == 10000.0 * (26 * 8 + 13 * 4 + 1), "in_memory_bytes %.0f", kept);
+    free(s);
+    const char *ma = es_test_path("im_ml_text.es"), *mb = es_test_path("im_ml_mem.es");
+    const char *mlc = "--columns " ML_SPEC " --label-threshold 4 --pool mean --threads 1 --epochs 2 --max-rows 20000 --quiet";
+    CHECK(es_test_sh(NULL, "%s train %s %s --out %s", es_bin(), ML, mlc, ma) == 0);
+    CHECK(es_test_sh(log, "%s train %s %s --in-memory --out %s", es_bin(), ML, mlc, mb) == 0);
+    same_model(ma, mb);
+    s = es_test_slurp(log);
+    CHECK(s && es_test_json_num(s, "in_memory_bytes") > 20000.0 * 8);
+    free(s);
 }
 
 /* ---- bad input --------------------------------------------------------------- */

@@ -63,7 +63,7 @@ class es_train_params(ctypes.Structure):
                 ("resume", c_int), ("early_stop", c_int), ("eval_every", c_int), ("refit", c_int),
                 ("stop_metric", c_char_p), ("test_path", c_char_p), ("progress", PROGRESS_FN),
                 ("progress_ctx", c_void_p), ("comm", c_void_p), ("matryoshka", c_char_p), ("matryoshka_weights", c_char_p),
-                ("rank_memory", c_double), ("shard_files", c_int)]
+                ("rank_memory", c_double), ("shard_files", c_int), ("in_memory", c_int)]
 
 
 class es_train_stage(ctypes.Structure):
@@ -87,7 +87,8 @@ class es_train_result(ctypes.Structure):
                 ("comm_seconds", c_double), ("comm_broken", c_int),
                 ("rank_table_bytes", c_size_t), ("rank_table_bytes_max", c_size_t),
                 ("rows_dropped", c_uint64), ("n_stages", c_int),
-                ("stages", es_train_stage * 4), ("n_prefixes", c_int), ("prefixes", es_train_prefix * 8)]
+                ("stages", es_train_stage * 4), ("n_prefixes", c_int), ("prefixes", es_train_prefix * 8),
+                ("in_memory_bytes", c_uint64)]
 
 
 class es_index_params(ctypes.Structure):

@@ -103,6 +103,10 @@ void *es__realloc(void *p, size_t n) {
     advise_huge(q, n);
     return q;
 }
+void *es__realloc_grow(void *p, size_t n) {
+    if (alloc_should_fail()) return NULL;
+    return realloc(p, n ? n : 1);
+}
 void es__free(void *p) { free(p); }
 
 /* Aligned blocks carry a 64-byte header just before the data: small blocks

@@ -64,6 +64,11 @@ int es__verr(es_err *err, int code, const char *fmt, va_list ap);
 void *es__malloc(size_t n);
 void *es__calloc(size_t count, size_t size);
 void *es__realloc(void *p, size_t n);
+/* es__realloc without the huge-page advice, for an array grown by doubling
+ * and read in order: on huge pages its untouched slack becomes resident
+ * (a 312 MB array grown to 512 MB held 513 MB, against 298 MB on 4 KB
+ * pages). */
+void *es__realloc_grow(void *p, size_t n);
 void es__free(void *p);
 /* 64-byte aligned, zeroed; free with es__free_aligned.  Blocks of 256 KiB
  * or more are page-aligned anonymous mappings (zeroed lazily by the OS). */

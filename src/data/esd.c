@@ -64,6 +64,7 @@ struct es__esd {
     char *label_name;
     char *name;            /* path or "(memory)" for messages */
     void *copy;            /* aligned copy of a memory image (es__reader_open_mem) */
+    void *own[5];          /* rows kept by a text reader (es__esd_from_keep): the arrays above */
 };
 
 static const char *meta_or(const es_file *f, const char *key, const char *dflt) {
@@ -92,6 +93,7 @@ int es__esd_sniff_path(const char *path) {
 
 void es__esd_free(es__esd *e) {
     if (!e) return;
+    for (int i = 0; i < 5; i++) es__free(e->own[i]);
     es__file_close(e->f);
     es__free_aligned(e->copy);
     es__free(e->bad_report);
@@ -749,4 +751,167 @@ int es_dataset_cache(const char *src, const es_reader_params *p, const char *cac
         info->stale = st;
     }
     return rc;
+}
+
+/* ---- rows kept in memory by a text reader (es__reader_keep_rows) ----------
+ *
+ * The same columns as a cache file (label u8, dense, count only once a row
+ * has other than one value per field, key, weight only once a weight is
+ * not 1), grown by doubling while a pass reads the text.  When the pass is
+ * whole, es__esd_from_keep hands the arrays to an es__esd, and the reader
+ * serves later passes through es__esd_next: the batches a cache file of
+ * the same text gives, which are the text's (tests/test_esd.c). */
+enum { KEEP_REC, KEEP_DONE, KEEP_OFF, KEEP_DEAD };
+
+struct es__keep {
+    uint64_t need;   /* a pass that has handed out this many rows is whole */
+    int state, D, F;
+    int opf, unit;   /* so far: one value per (row, field); every weight 1 */
+    uint8_t *label;
+    float *dense;
+    uint32_t *count; /* NULL while opf */
+    uint64_t *key;
+    float *weight;   /* NULL while unit */
+    uint64_t rows, vals, cap_rows, cap_vals;
+};
+
+static void keep_clear(es__keep *k) {
+    es__free(k->label), es__free(k->dense), es__free(k->count), es__free(k->key), es__free(k->weight);
+    k->label = NULL, k->dense = NULL, k->count = NULL, k->key = NULL, k->weight = NULL;
+    k->rows = k->vals = k->cap_rows = k->cap_vals = 0;
+    k->opf = k->unit = 1;
+}
+
+es__keep *es__keep_new(uint64_t need, int D, int F) {
+    es__keep *k = es__calloc(1, sizeof *k);
+    if (!k) return NULL;
+    k->need = need ? need : UINT64_MAX;
+    k->D = D, k->F = F;
+    k->opf = k->unit = 1;
+    k->state = KEEP_REC;
+    return k;
+}
+
+void es__keep_free(es__keep *k) {
+    if (!k) return;
+    keep_clear(k);
+    es__free(k);
+}
+
+int es__keep_ready(const es__keep *k) { return k && k->state == KEEP_DONE; }
+
+void es__keep_restart(es__keep *k) {
+    if (!k || k->state == KEEP_DEAD) return;
+    k->rows = k->vals = 0;
+    k->opf = k->unit = 1;
+    k->state = KEEP_REC;
+}
+
+void es__keep_stop(es__keep *k) {
+    if (k && k->state == KEEP_REC) k->state = KEEP_OFF;
+}
+
+void es__keep_eof(es__keep *k) {
+    if (k && k->state == KEEP_REC) k->state = KEEP_DONE;
+}
+
+static void keep_die(es__keep *k) {
+    keep_clear(k);
+    k->state = KEEP_DEAD;
+}
+
+/* Grow *p to hold cap elements of sz bytes (0: failed; *p kept). */
+static int keep_grow(void **p, uint64_t cap, size_t sz) {
+    if (cap > SIZE_MAX / (sz ? sz : 1)) return 0;
+    const size_t bytes = (size_t)cap * sz;
+    void *q = es__realloc_grow(*p, bytes ? bytes : 1);
+    if (!q) return 0;
+    *p = q;
+    return 1;
+}
+
+static uint64_t keep_cap(uint64_t have, uint64_t need) {
+    uint64_t c = have ? have : 4096;
+    while (c < need) c = c > UINT64_MAX / 2 ? need : c * 2;
+    return c;
+}
+
+void es__keep_add(es__keep *k, const es_batch *b) {
+    if (!k || k->state != KEEP_REC || b->n <= 0) return;
+    const size_t n = (size_t)b->n, D = (size_t)k->D, F = (size_t)k->F, nv = b->off[n * F];
+    /* what a cache cannot hold exactly (es__esd_next refuses it): the
+     * reader goes on parsing every pass */
+    for (size_t i = 0; i < n; i++)
+        if (!(b->label[i] == 0.0f || b->label[i] == 1.0f) || signbit(b->label[i])) return keep_die(k);
+    if (D && !es__esd_all_finite(b->dense, n * D)) return keep_die(k);
+    if (!es__esd_all_finite(b->wt, nv)) return keep_die(k);
+    bool opf = nv == n * F, unit = true;
+    for (size_t j = 0; opf && j < n * F; j++) opf = b->off[j + 1] - b->off[j] == 1;
+    for (size_t j = 0; unit && j < nv; j++) unit = b->wt[j] == 1.0f && !signbit(b->wt[j]);
+    const uint64_t R = k->rows + n, V = k->vals + nv;
+    if (R > k->cap_rows || (k->opf && !opf)) {
+        const uint64_t c = R > k->cap_rows ? keep_cap(k->cap_rows, R) : k->cap_rows;
+        if (!keep_grow((void **)&k->label, c, 1) || (D && !keep_grow((void **)&k->dense, c, D * sizeof(float))) ||
+            ((!k->opf || !opf) && !keep_grow((void **)&k->count, c, F * sizeof(uint32_t))))
+            return keep_die(k);
+        if (k->opf && !opf) { /* the rows so far had one value per field */
+            for (uint64_t j = 0; j < k->rows * F; j++) k->count[j] = 1;
+            k->opf = 0;
+        }
+        k->cap_rows = c;
+    }
+    if (V > k->cap_vals || (k->unit && !unit)) {
+        const uint64_t c = V > k->cap_vals ? keep_cap(k->cap_vals, V) : k->cap_vals;
+        if (!keep_grow((void **)&k->key, c, sizeof(uint64_t)) || ((!k->unit || !unit) && !keep_grow((void **)&k->weight, c, sizeof(float))))
+            return keep_die(k);
+        if (k->unit && !unit) { /* the values so far had weight 1 */
+            for (uint64_t j = 0; j < k->vals; j++) k->weight[j] = 1.0f;
+            k->unit = 0;
+        }
+        k->cap_vals = c;
+    }
+    for (size_t i = 0; i < n; i++) k->label[k->rows + i] = (uint8_t)(b->label[i] != 0.0f);
+    if (D) memcpy(k->dense + k->rows * D, b->dense, n * D * sizeof(float));
+    if (!k->opf)
+        for (size_t j = 0; j < n * F; j++) k->count[k->rows * F + j] = b->off[j + 1] - b->off[j];
+    memcpy(k->key + k->vals, b->val, nv * sizeof(uint64_t));
+    if (!k->unit) memcpy(k->weight + k->vals, b->wt, nv * sizeof(float));
+    k->rows = R, k->vals = V;
+    if (k->rows >= k->need) k->state = KEEP_DONE;
+}
+
+uint64_t es__keep_bytes(const es__keep *k) {
+    if (!k) return 0;
+    return k->rows * (1 + 4 * (uint64_t)k->D + (k->opf ? 0 : 4 * (uint64_t)k->F)) + k->vals * (8 + (k->unit ? 0 : 4));
+}
+
+/* Shrink an array to n elements (it was grown by doubling); on failure it
+ * stays as it is. */
+static void *keep_fit(void *p, uint64_t n, size_t sz) {
+    if (!p) return NULL;
+    const size_t bytes = (size_t)n * sz;
+    void *q = es__realloc_grow(p, bytes ? bytes : 1);
+    return q ? q : p;
+}
+
+int es__esd_from_keep(es_reader *r, es__keep *k, const char *name, const char *label_name, uint64_t bad, const char *report, es_err *err) {
+    if (!es__keep_ready(k) || k->rows == 0) return es__err(err, ES_EINVAL, "es__esd_from_keep: no whole pass kept");
+    es__esd *e = es__calloc(1, sizeof *e);
+    if (!e || !(e->name = es__strdup(name)) || !(e->bad_report = es__strdup(report ? report : "")) ||
+        (label_name && !(e->label_name = es__strdup(label_name)))) {
+        es__esd_free(e);
+        return es__err(err, ES_ENOMEM, "%s: out of memory", name);
+    }
+    const size_t D = (size_t)k->D, F = (size_t)k->F;
+    e->own[0] = keep_fit(k->label, k->rows, 1);
+    e->own[1] = keep_fit(k->dense, k->rows, D * sizeof(float));
+    e->own[2] = keep_fit(k->count, k->rows, F * sizeof(uint32_t));
+    e->own[3] = keep_fit(k->key, k->vals, sizeof(uint64_t));
+    e->own[4] = keep_fit(k->weight, k->vals, sizeof(float));
+    e->label = e->own[0], e->dense = e->own[1], e->count = e->own[2], e->key = e->own[3], e->weight = e->own[4];
+    e->rows = k->rows, e->vals = k->vals;
+    e->bad_lines = bad;
+    k->label = NULL, k->dense = NULL, k->count = NULL, k->key = NULL, k->weight = NULL;
+    r->esd = e;
+    return ES_OK;
 }

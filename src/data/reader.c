@@ -237,6 +237,7 @@ int es__scratch_prepare(const es_reader *r, es__scratch *sc) {
 void es_reader_free(es_reader *r) {
     if (!r) return;
     es__esd_free(r->esd);
+    es__keep_free(r->keep);
     es__lineio_free(r->io);
     es__free_names(r->dense_names, r->n_dense);
     es__free_names(r->field_names, r->n_fields);
@@ -514,6 +515,14 @@ int es__reader_open_mem(es_reader **out, const void *data, size_t n, const char 
 /* ---- schema and statistics -------------------------------------------------------- */
 int es_reader_n_dense(const es_reader *r) { return r ? r->n_dense : 0; }
 void es__reader_set_threads(es_reader *r, int threads) { r->p.threads = threads; }
+
+int es__reader_keep_rows(es_reader *r, uint64_t need) {
+    if (!r) return ES_EINVAL;
+    if (r->esd || r->keep) return ES_OK;
+    return (r->keep = es__keep_new(need, r->n_dense, r->n_fields)) ? ES_OK : ES_ENOMEM;
+}
+
+uint64_t es__reader_kept_bytes(const es_reader *r) { return r ? r->kept_bytes : 0; }
 
 es_reader_params es_reader_resolved_params(const es_reader *r) {
     es_reader_params p = r->p;
@@ -954,10 +963,15 @@ int es_reader_next(es_reader *r, es_batch *b) {
         b->n = row;
         r->rows += (uint64_t)row;
         r->failed = rc;
+        es__keep_stop(r->keep);
         return rc;
     }
     b->n = row;
     r->rows += (uint64_t)row;
+    if (r->keep) {
+        if (row > 0) es__keep_add(r->keep, b);
+        else if (r->rows > 0) es__keep_eof(r->keep);
+    }
     if (row == 0 && r->rows == 0) {
         if (r->bad)
             es__err(&r->err, ES_EPARSE, "%s: no data rows (%llu bad lines skipped; first: %.300s)", es__lineio_name(r->io),
@@ -979,6 +993,7 @@ int es__reader_skip(es_reader *r, uint64_t n, uint64_t *skipped) {
     if (r->p.skip_bad)
         return es__err(&r->err, ES_EINVAL, "%s: rows cannot be skipped unparsed with --skip-bad (a bad line is no row)",
                        es__lineio_name(r->io));
+    es__keep_stop(r->keep); /* the kept rows would have a hole */
     uint64_t done = 0;
     while (done < n) {
         int rc;
@@ -1015,6 +1030,17 @@ int es__reader_skip(es_reader *r, uint64_t n, uint64_t *skipped) {
 
 int es_reader_rewind(es_reader *r) {
     if (!r) return ES_EINVAL;
+    if (r->keep && es__keep_ready(r->keep)) {
+        /* a whole pass is kept: serve the rows from memory from now on */
+        const uint64_t bytes = es__keep_bytes(r->keep);
+        es_err e = {0};
+        if (es__esd_from_keep(r, r->keep, es__lineio_name(r->io), es__reader_label_name(r), r->bad, r->report, &e) == ES_OK)
+            r->kept_bytes = bytes;
+        es__keep_free(r->keep);
+        r->keep = NULL;
+    } else {
+        es__keep_restart(r->keep);
+    }
     if (r->esd) {
         es__esd_rewind(r);
         clear_state(r);

@@ -139,7 +139,10 @@ struct es_reader {
     int pending;
     const float *tlog;      /* es_transform_num(i) for 0 <= i < ES__TLOG_N (one process-wide table) */
     struct es__esd *esd;    /* a dataset cache (esd.c), else NULL; io is then NULL and
-                               fmt / p describe the text the cache was built from */
+                               fmt / p describe the text the cache was built from
+                               (or, after es__reader_keep_rows, io stays open, unused) */
+    struct es__keep *keep;  /* es__reader_keep_rows: the rows of this pass, else NULL */
+    uint64_t kept_bytes;    /* bytes of rows served from memory (es__reader_keep_rows) */
 };
 
 /* ---- the binary dataset cache (esd.c) ---- */
@@ -155,6 +158,21 @@ int es__esd_next(es_reader *r, es_batch *b);
 void es__esd_rewind(es_reader *r);
 void es__esd_free(es__esd *e);
 uint64_t es__esd_bad_lines(const es_reader *r);
+/* Rows kept in memory by a text reader (es__reader_keep_rows; esd.c): a
+ * store filled while a pass reads the text, handed to an es__esd when the
+ * pass is whole. */
+typedef struct es__keep es__keep;
+es__keep *es__keep_new(uint64_t need, int n_dense, int n_fields);
+void es__keep_free(es__keep *k);
+void es__keep_add(es__keep *k, const es_batch *b); /* a batch read; drops the store for good on OOM */
+void es__keep_eof(es__keep *k);                     /* the pass reached the end of the input */
+void es__keep_stop(es__keep *k);                    /* the pass skipped rows or failed: not whole */
+void es__keep_restart(es__keep *k);                 /* a new pass from the top */
+int es__keep_ready(const es__keep *k);              /* a whole pass is kept */
+uint64_t es__keep_bytes(const es__keep *k);
+/* Move a whole pass into r->esd (the store is left empty). */
+int es__esd_from_keep(es_reader *r, es__keep *k, const char *name, const char *label_name, uint64_t bad, const char *report,
+                      es_err *err);
 const char *es__esd_bad_report(const es_reader *r);
 const char *es__esd_label_name(const es_reader *r);
 const char *es__esd_name(const es_reader *r);
@@ -296,5 +314,19 @@ static inline void es__cut_line(char **p, char *end, char **s, size_t *n) {
 /* Parse threads of the next es_reader_next calls (r->p.threads; the
  * batches do not depend on it). */
 void es__reader_set_threads(es_reader *r, int threads);
+
+/* Keep the rows in memory (train --in-memory): from now on (the reader at
+ * the top of its input), every row a pass hands out is copied; when a pass
+ * has handed out `need` rows (0: all of them) or reached the end of the
+ * input, the next rewind makes the reader serve those rows from memory,
+ * as a dataset cache of the text would (r->esd), so later passes parse
+ * nothing and give the same batches.  The caller must then never read
+ * more than `need` rows a pass.  A pass that skips rows (es__reader_skip)
+ * or fails keeps nothing (the next one tries again); rows a cache cannot
+ * hold exactly, or running out of memory, end the copy for good (the
+ * reader goes on parsing).  A no-op on a cache.  ES_ENOMEM. */
+int es__reader_keep_rows(es_reader *r, uint64_t need);
+/* Bytes of rows the reader serves from memory (0 before the switch). */
+uint64_t es__reader_kept_bytes(const es_reader *r);
 
 #endif /* ES_DATA_READER_IMPL_H */

@@ -554,6 +554,10 @@ static int run_open(run *x) {
         if (rp.threads == 1) rp.threads = p->threads;
         if ((rc = es_reader_open(&x->r, p->train_path, &rp, err)) != 0) return rc;
         es__reader_set_threads(x->r, p->reader.threads);
+        /* --in-memory: passes after the first whole one read the rows
+         * from memory (the trainer reads at most max_rows a pass) */
+        if (p->in_memory && !p->comm && (rc = es__reader_keep_rows(x->r, p->max_rows)) != 0)
+            return es__err(err, rc, "out of memory");
     }
     if (x->shards && (rc = es__file_id_get(p->train_path, 0, &x->tid, err)) != 0) return rc;
     if ((rc = es__reader_require_fields(x->r, p->train_path, err)) != 0) return rc;
@@ -2122,6 +2126,7 @@ static void run_finish(run *x, int rc) {
     int lines = 0;
     size_t o = 0;
     res->bad_lines = x->bad_train + (x->rv ? es_reader_bad_lines(x->rv) : 0);
+    res->in_memory_bytes = es__reader_kept_bytes(x->r);
     for (const char *part = x->bad_rep; part; part = part == x->bad_rep ? vrep : NULL)
         for (const char *q = part; *q && lines < 5;) {
             const char *nl = strchr(q, '\n');
