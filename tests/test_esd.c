@@ -152,6 +152,24 @@ static int same_batch(const es_batch *a, const es_batch *b) {
     return !memcmp(a->val, b->val, nv * sizeof(uint64_t)) && !memcmp(a->wt, b->wt, nv * sizeof(float));
 }
 
+/* One pass of two readers over the same rows (at most `limit` rows; 0:
+ * all): the same batches, call by call.  `what` names the second one. */
+static void same_pass(es_reader *rt, es_reader *rc, es_batch *ba, es_batch *bb, const char *text, const char *what, int pass,
+                      uint64_t limit) {
+    uint64_t rows = 0;
+    while (!limit || rows < limit) {
+        int na = es_reader_next(rt, ba), nb = es_reader_next(rc, bb);
+        CHECK_MSG(na == nb, "%s bs %d pass %d row %llu: text %d (%s), %s %d (%s)", text, ba->cap, pass, (unsigned long long)rows, na,
+                  es_reader_errmsg(rt), what, nb, es_reader_errmsg(rc));
+        if (na != nb || na <= 0) break;
+        if (!same_batch(ba, bb)) {
+            CHECK_MSG(0, "%s bs %d pass %d: batch at row %llu differs", text, ba->cap, pass, (unsigned long long)rows);
+            break;
+        }
+        rows += (uint64_t)na;
+    }
+}
+
 /* The text and its cache give identical batches, twice. */
 static void compare_readers(const char *text, const es_reader_params *p, const char *cache, int bs) {
     es_reader *rt = NULL, *rc = NULL;
@@ -179,18 +197,7 @@ static void compare_readers(const char *text, const es_reader_params *p, const c
     CHECK_EQ_INT(es_batch_alloc(&ba, bs, D, F, 0), 0);
     CHECK_EQ_INT(es_batch_alloc(&bb, bs, D, F, 1), 0); /* grows */
     for (int pass = 0; pass < 2; pass++) {
-        uint64_t rows = 0;
-        for (;;) {
-            int na = es_reader_next(rt, &ba), nb = es_reader_next(rc, &bb);
-            CHECK_MSG(na == nb, "%s bs %d pass %d row %llu: text %d (%s), cache %d (%s)", text, bs, pass, (unsigned long long)rows, na,
-                      es_reader_errmsg(rt), nb, es_reader_errmsg(rc));
-            if (na != nb || na <= 0) break;
-            if (!same_batch(&ba, &bb)) {
-                CHECK_MSG(0, "%s bs %d pass %d: batch at row %llu differs", text, bs, pass, (unsigned long long)rows);
-                break;
-            }
-            rows += (uint64_t)na;
-        }
+        same_pass(rt, rc, &ba, &bb, text, "cache", pass, 0);
         CHECK_EQ_INT((long long)es_reader_rows(rc), (long long)es_reader_rows(rt));
         CHECK_EQ_INT((long long)es_reader_bad_lines(rc), (long long)es_reader_bad_lines(rt));
         CHECK(es_reader_rewind(rt) == 0 && es_reader_rewind(rc) == 0);
@@ -288,18 +295,7 @@ static void compare_kept(const char *text, const es_reader_params *p, int bs, ui
         /* from the second pass on the rows come from memory */
         CHECK_MSG(es__reader_is_cache(rk) == (pass > 0), "%s bs %d pass %d: served from memory: %d", text, bs, pass, es__reader_is_cache(rk));
         CHECK((es__reader_kept_bytes(rk) > 0) == (pass > 0));
-        uint64_t rows = 0;
-        while (!need || rows < need) {
-            int na = es_reader_next(rt, &ba), nb = es_reader_next(rk, &bb);
-            CHECK_MSG(na == nb, "%s bs %d pass %d row %llu: text %d (%s), kept %d (%s)", text, bs, pass, (unsigned long long)rows, na,
-                      es_reader_errmsg(rt), nb, es_reader_errmsg(rk));
-            if (na != nb || na <= 0) break;
-            if (!same_batch(&ba, &bb)) {
-                CHECK_MSG(0, "%s bs %d pass %d: batch at row %llu differs", text, bs, pass, (unsigned long long)rows);
-                break;
-            }
-            rows += (uint64_t)na;
-        }
+        same_pass(rt, rk, &ba, &bb, text, "kept", pass, need);
         if (!need) {
             CHECK_EQ_INT((long long)es_reader_rows(rk), (long long)es_reader_rows(rt));
             CHECK_EQ_INT((long long)es_reader_bad_lines(rk), (long long)es_reader_bad_lines(rt));
