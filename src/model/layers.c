@@ -549,22 +549,40 @@ ES__OMP(omp parallel for schedule(static) if (ES__PAR_WORK(n, F, E)))
 
 /* ---- FFM pairwise term ---------------------------------------------------------------------- */
 
-/* One row: the pair sum in double over float dots (each dot one chain in
- * column order; no vectorised reduction reorders it, as -ffast-math is
- * never used). */
-ES__CLONES_FMA static double ffm_row(const float *er, int F, int E, int k) {
-    double pair = 0.0;
+/* One row: the pair sum in double over float dots, each dot one fmaf chain
+ * in column order.  The sum runs in four accumulators (pairs j, j+1, j+2,
+ * j+3 of each i; the rest of an i into the first), added as (s0 + s1) +
+ * (s2 + s3): an order fixed by this code and F alone, so the same bits on
+ * every CPU level and thread count (no -ffast-math reorders it), with four
+ * independent chains where one chain of F(F-1)/2 dependent double adds
+ * bounded the row.  The body is compiled for k = 4 and 8 as constants too. */
+static inline __attribute__((always_inline)) float ffm_dot(const float *a, const float *b, const int k) {
+    float d = 0.0f;
+    for (int c = 0; c < k; c++) d = fmaf(a[c], b[c], d);
+    return d;
+}
+
+static inline __attribute__((always_inline)) double ffm_row_k(const float *er, int F, int E, const int k) {
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
     for (int i = 0; i < F; i++) {
-        const float *ei = er + (size_t)i * E + 1;
-        for (int j = i + 1; j < F; j++) {
-            const float *a = ei + (size_t)j * k;                   /* v_{i, j} */
-            const float *b = er + (size_t)j * E + 1 + (size_t)i * k; /* v_{j, i} */
-            float d = 0.0f;
-            for (int c = 0; c < k; c++) d = fmaf(a[c], b[c], d);
-            pair += d;
+        const float *ei = er + (size_t)i * E + 1;     /* v_{i, j} = ei + j k */
+        const float *vi = er + 1 + (size_t)i * k;      /* v_{j, i} = vi + j E */
+        int j = i + 1;
+        for (; j + 4 <= F; j += 4) {
+            s0 += ffm_dot(ei + (size_t)j * k, vi + (size_t)j * E, k);
+            s1 += ffm_dot(ei + (size_t)(j + 1) * k, vi + (size_t)(j + 1) * E, k);
+            s2 += ffm_dot(ei + (size_t)(j + 2) * k, vi + (size_t)(j + 2) * E, k);
+            s3 += ffm_dot(ei + (size_t)(j + 3) * k, vi + (size_t)(j + 3) * E, k);
         }
+        for (; j < F; j++) s0 += ffm_dot(ei + (size_t)j * k, vi + (size_t)j * E, k);
     }
-    return pair;
+    return (s0 + s1) + (s2 + s3);
+}
+
+ES__CLONES_FMA static double ffm_row(const float *er, int F, int E, int k) {
+    if (k == 4) return ffm_row_k(er, F, E, 4);
+    if (k == 8) return ffm_row_k(er, F, E, 8);
+    return ffm_row_k(er, F, E, k);
 }
 
 void es__ffm_forward(float *out, const float *emb, int F, int E, int k, int n) {
