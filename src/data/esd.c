@@ -903,6 +903,14 @@ int es__esd_from_keep(es_reader *r, es__keep *k, const char *name, const char *l
         return es__err(err, ES_ENOMEM, "%s: out of memory", name);
     }
     const size_t D = (size_t)k->D, F = (size_t)k->F;
+    if (k->opf) { /* arrays an earlier, unfinished pass grew: not this pass's */
+        es__free(k->count);
+        k->count = NULL;
+    }
+    if (k->unit) {
+        es__free(k->weight);
+        k->weight = NULL;
+    }
     e->own[0] = keep_fit(k->label, k->rows, 1);
     e->own[1] = keep_fit(k->dense, k->rows, D * sizeof(float));
     e->own[2] = keep_fit(k->count, k->rows, F * sizeof(uint32_t));
