@@ -152,13 +152,19 @@ static int same_batch(const es_batch *a, const es_batch *b) {
     return !memcmp(a->val, b->val, nv * sizeof(uint64_t)) && !memcmp(a->wt, b->wt, nv * sizeof(float));
 }
 
-/* One pass of two readers over the same rows (at most `limit` rows; 0:
- * all): the same batches, call by call.  `what` names the second one. */
+/* One pass of two readers over the same rows: the same batches, call by
+ * call; with a `limit` (0: none), the rows up to it (a reader that keeps
+ * `limit` rows ends its last batch there, where the text reads on).
+ * `what` names the second one. */
 static void same_pass(es_reader *rt, es_reader *rc, es_batch *ba, es_batch *bb, const char *text, const char *what, int pass,
                       uint64_t limit) {
     uint64_t rows = 0;
     while (!limit || rows < limit) {
         int na = es_reader_next(rt, ba), nb = es_reader_next(rc, bb);
+        if (limit && na > 0 && nb > 0) {
+            ba->n = na = (int)ES_MIN((uint64_t)na, limit - rows);
+            bb->n = nb = (int)ES_MIN((uint64_t)nb, limit - rows);
+        }
         CHECK_MSG(na == nb, "%s bs %d pass %d row %llu: text %d (%s), %s %d (%s)", text, ba->cap, pass, (unsigned long long)rows, na,
                   es_reader_errmsg(rt), what, nb, es_reader_errmsg(rc));
         if (na != nb || na <= 0) break;

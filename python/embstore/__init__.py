@@ -237,7 +237,9 @@ def train(path, progress=None, **flags):
            # Matryoshka: the model's metrics at each trained prefix
            "prefixes": [{"dim": res.prefixes[i].dim, "valid": _metrics(res.prefixes[i].valid),
                          "test": _metrics(res.prefixes[i].test), "emb_bytes": res.prefixes[i].emb_bytes}
-                        for i in range(min(res.n_prefixes, 8))]}
+                        for i in range(min(res.n_prefixes, 8))],
+           # in_memory=1: bytes of training rows held in memory (0: every pass parsed the file)
+           "in_memory_bytes": int(res.in_memory_bytes)}
     return out
 
 

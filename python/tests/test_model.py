@@ -26,6 +26,17 @@ def test_train_returns_the_cli_metrics(trained, tmp):
     assert cli_predictions(path, CRITEO)[:200] == cli_predictions(tmp / "fm_cli.es", CRITEO)[:200]
 
 
+def test_train_in_memory_gives_the_same_model(trained, tmp):
+    path, metrics = trained
+    assert metrics["in_memory_bytes"] == 0
+    kept = embstore.train(CRITEO, model="fm", storage="hash", budget=256 * 1024, max_rows=3000, threads=1, seed=3,
+                          in_memory=1, out=tmp / "fm_mem.es")
+    # 3000 Criteo rows: 26 keys of 8 bytes, 13 numbers of 4 and a label byte each
+    assert kept["in_memory_bytes"] == 3000 * (26 * 8 + 13 * 4 + 1)
+    assert kept["valid"] == metrics["valid"]
+    assert cli_predictions(path, CRITEO)[:300] == cli_predictions(tmp / "fm_mem.es", CRITEO)[:300]
+
+
 def test_save_load_predict_equals_cli(trained, rows_tail, tmp):
     path, _ = trained
     m = embstore.Model(path)

@@ -838,7 +838,8 @@ static uint64_t keep_cap(uint64_t have, uint64_t need) {
 
 void es__keep_add(es__keep *k, const es_batch *b) {
     if (!k || k->state != KEEP_REC || b->n <= 0) return;
-    const size_t n = (size_t)b->n, D = (size_t)k->D, F = (size_t)k->F, nv = b->off[n * F];
+    /* no row past `need`: the reader's caller reads no more a pass */
+    const size_t n = (size_t)ES_MIN((uint64_t)b->n, k->need - k->rows), D = (size_t)k->D, F = (size_t)k->F, nv = b->off[n * F];
     /* what a cache cannot hold exactly (es__esd_next refuses it): the
      * reader goes on parsing every pass */
     for (size_t i = 0; i < n; i++)

@@ -320,8 +320,9 @@ void es__reader_set_threads(es_reader *r, int threads);
  * has handed out `need` rows (0: all of them) or reached the end of the
  * input, the next rewind makes the reader serve those rows from memory,
  * as a dataset cache of the text would (r->esd), so later passes parse
- * nothing and give the same batches.  The caller must then never read
- * more than `need` rows a pass.  A pass that skips rows (es__reader_skip)
+ * nothing and give the same batches.  No row past `need` is kept (the
+ * last batch of a pass ends there): the caller must then never read more
+ * than `need` rows a pass.  A pass that skips rows (es__reader_skip)
  * or fails keeps nothing (the next one tries again); rows a cache cannot
  * hold exactly, or running out of memory, end the copy for good (the
  * reader goes on parsing).  A no-op on a cache.  ES_ENOMEM. */
