@@ -112,7 +112,12 @@ static int cmp_case(const void *a, const void *b) {
 }
 
 int main(int argc, char **argv) {
-    const char *filter = NULL, *queue = NULL;
+    const char *queue = NULL;
+    /* name filters: a test runs when its name or file holds any of them
+     * (none: every test) */
+    const char **filters = calloc((size_t)argc, sizeof *filters);
+    int n_filters = 0;
+    if (!filters) return 2;
     int shard_k = 0, shard_n = 1;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--full") == 0) full_tier = 1;
@@ -133,7 +138,7 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "test_runner: --queue %s: %s\n", queue, strerror(errno));
                 return 2;
             }
-        } else filter = argv[i];
+        } else filters[n_filters++] = argv[i];
     }
     if (getenv("ES_TEST_FULL")) full_tier = 1;
     /* Run from the repository root so data/ paths work. */
@@ -156,7 +161,9 @@ int main(int argc, char **argv) {
     int passed = 0, failed = 0, skipped = 0, seen = 0;
     for (int i = 0; i < n_cases; i++) {
         test_case *c = &cases[i];
-        if (filter && !strstr(c->name, filter) && !strstr(c->file, filter)) continue;
+        int wanted = n_filters == 0;
+        for (int k = 0; k < n_filters && !wanted; k++) wanted = strstr(c->name, filters[k]) || strstr(c->file, filters[k]);
+        if (!wanted) continue;
         if (seen++ % shard_n != shard_k) continue;
         if (queue) { /* claimed by another runner: not this one's */
             char claim[4400];
@@ -189,6 +196,7 @@ int main(int argc, char **argv) {
         }
         fflush(stdout);
     }
+    free(filters);
     printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);
     /* Flush before exit handlers run: LeakSanitizer ends the process with
      * _exit when it reports, which would drop a buffered summary line. */
