@@ -6,7 +6,7 @@
  *
  *   build/test_runner               all quick tests
  *   build/test_runner --full        also the slow tier (TEST_SLOW)
- *   build/test_runner name-substr   only matching tests
+ *   build/test_runner SUB [SUB..]   only tests whose name or file holds one of them
  *
  * Tests read data relative to the repository root (the runner chdirs there
  * when started from build/) and write scratch files under $ES_TEST_TMP
