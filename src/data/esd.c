@@ -511,6 +511,18 @@ typedef struct {
     char report[ES__REPORT_MAX * sizeof(((es_err *)0)->msg)];
 } esd_counts;
 
+/* Whether the first n rows of b keep the two shortcuts of the layout: one
+ * value per (row, field) (*opf), every weight 1 (*unit).  Each flag is
+ * only checked while it is still set (callers fold it over batches). */
+static void batch_layout(const es_batch *b, size_t n, int *opf, int *unit) {
+    const size_t F = (size_t)b->n_fields, nv = b->off[n * F];
+    if (*opf && nv != n * F) *opf = 0;
+    for (size_t j = 0; *opf && j < n * F; j++)
+        if (b->off[j + 1] - b->off[j] != 1) *opf = 0;
+    for (size_t j = 0; *unit && j < nv; j++)
+        if (b->wt[j] != 1.0f || signbit(b->wt[j])) *unit = 0;
+}
+
 static int pass_count(es_reader *r, es_batch *b, esd_counts *c, es_err *err) {
     const size_t F = (size_t)b->n_fields;
     c->rows = c->vals = 0;
@@ -520,15 +532,7 @@ static int pass_count(es_reader *r, es_batch *b, esd_counts *c, es_err *err) {
         if (n < 0) return es__err(err, n, "%s", es_reader_errmsg(r));
         if (n == 0) return ES_OK;
         size_t nv = b->off[(size_t)n * F];
-        if (c->one_per_field && nv != (size_t)n * F) c->one_per_field = 0;
-        if (c->one_per_field)
-            for (size_t j = 0; j < (size_t)n * F; j++)
-                if (b->off[j + 1] - b->off[j] != 1) {
-                    c->one_per_field = 0;
-                    break;
-                }
-        for (size_t j = 0; c->unit_weights && j < nv; j++)
-            if (b->wt[j] != 1.0f || signbit(b->wt[j])) c->unit_weights = 0;
+        batch_layout(b, (size_t)n, &c->one_per_field, &c->unit_weights);
         c->rows += (uint64_t)n;
         c->vals += nv;
     }
@@ -846,9 +850,8 @@ void es__keep_add(es__keep *k, const es_batch *b) {
         if (!(b->label[i] == 0.0f || b->label[i] == 1.0f) || signbit(b->label[i])) return keep_die(k);
     if (D && !es__esd_all_finite(b->dense, n * D)) return keep_die(k);
     if (!es__esd_all_finite(b->wt, nv)) return keep_die(k);
-    bool opf = nv == n * F, unit = true;
-    for (size_t j = 0; opf && j < n * F; j++) opf = b->off[j + 1] - b->off[j] == 1;
-    for (size_t j = 0; unit && j < nv; j++) unit = b->wt[j] == 1.0f && !signbit(b->wt[j]);
+    int opf = 1, unit = 1;
+    batch_layout(b, n, &opf, &unit);
     const uint64_t R = k->rows + n, V = k->vals + nv;
     if (R > k->cap_rows || (k->opf && !opf)) {
         const uint64_t c = R > k->cap_rows ? keep_cap(k->cap_rows, R) : k->cap_rows;
