@@ -73,7 +73,7 @@ typedef struct full_impl {
         size_t nv, cap;
         uint64_t first, last; /* b->val[0] and b->val[nv - 1], a check */
         uint64_t *ids, *where;
-    } prep[2];
+    } prep[ES__PIPE_SLOTS];
 } full_impl;
 
 static inline size_t full_home(uint64_t key, int f, size_t mask) {
@@ -200,7 +200,7 @@ static void full_resolve_batch(const full_impl *m, const es_batch *b, uint64_t *
  * built yet (the first step builds them) or out of memory. */
 static void full_step_prepare(es_storage *s, const es_batch *b, int k) {
     full_impl *m = s->impl;
-    struct full_prep *pp = &m->prep[k & 1];
+    struct full_prep *pp = &m->prep[k % ES__PIPE_SLOTS];
     __atomic_store_n(&pp->val, NULL, __ATOMIC_RELEASE);
     if (!__atomic_load_n(&m->ts_ok, __ATOMIC_ACQUIRE)) return;
     const size_t nv = b->off[(size_t)b->n * (size_t)b->n_fields];
@@ -233,7 +233,7 @@ static void full_step_begin(es_storage *s, const es_batch *b) {
      * The lookup and the backward read the rows kept here. */
     const uint64_t *where;
     struct full_prep *pp = NULL;
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < ES__PIPE_SLOTS; k++) {
         struct full_prep *q = &m->prep[k];
         if (nv && __atomic_load_n(&q->val, __ATOMIC_ACQUIRE) == b->val && q->nv == nv && q->first == b->val[0] &&
             q->last == b->val[nv - 1])
@@ -267,7 +267,7 @@ static void full_step_begin(es_storage *s, const es_batch *b) {
 static void build_index(full_impl *m) {
     const size_t mask = m->icap - 1;
     __atomic_store_n(&m->ts_ok, 0, __ATOMIC_RELEASE);
-    m->prep[0].val = m->prep[1].val = NULL;
+    for (int k = 0; k < ES__PIPE_SLOTS; k++) m->prep[k].val = NULL;
     memset(m->index, 0, m->icap * sizeof *m->index);
     for (int f = 0; f < m->F; f++)
         for (uint64_t i = m->field_off[f]; i < m->field_off[f + 1]; i++) {
@@ -289,7 +289,7 @@ static void full_free(full_impl *m) {
     es__free(m->ts);
     es__free(m->tmark);
     es__free(m->oov_mark);
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < ES__PIPE_SLOTS; k++) {
         es__free(m->prep[k].ids);
         es__free(m->prep[k].where);
     }

@@ -295,13 +295,14 @@ typedef struct es_storage_ops {
      * as before. */
     void (*step_begin)(es_storage *s, const es_batch *b);
     /* Optional: called by the training pipeline's reader thread for a
-     * batch it has just read into its slot k (0 or 1), while a step on the
-     * other slot's batch may be under way on the training thread; the
-     * batch is not changed until after its own step.  A method may do
+     * batch it has just read into its slot k (0 <= k < ES__PIPE_SLOTS),
+     * while a step on another slot's batch may be under way on the
+     * training thread; the batch is not changed until after its own step.  A method may do
      * there the part of step_begin that reads only what training leaves
      * unchanged (full: the key map's probes), for step_begin to pick up by
      * b->val.  Must give the same step as without it. */
     void (*step_prepare)(es_storage *s, const es_batch *b, int k);
+#define ES__PIPE_SLOTS 8 /* the most batches the training pipeline holds */
     /* Optional: a multi-stage method (search -> derive -> retrain; see
      * es__staged below and docs/methods.md "Multi-stage training").  NULL
      * for every single-stage method, which es_train runs as before. */
