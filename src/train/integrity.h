@@ -42,4 +42,8 @@ int es__train_cfg_check_resume(const es_model *m, const char *path, const char *
  * the bytes needed and available in err. */
 int es__train_check_memory(const es_net_params *np, const es_storage_params *sp, double table_bytes, es_err *err);
 
+/* Batches the training pipeline's ring holds for batches of `batch` rows
+ * (train.c): at most ES__PIPE_SLOTS, about 4096 rows in all, at least 2. */
+int es__pipeline_slots(int batch);
+
 #endif

@@ -51,12 +51,13 @@ int es__train_check_memory(const es_net_params *np, const es_storage_params *sp,
      * parameters create() refuses are left for it to report */
     if (es__net_footprint(np, &net) != ES_OK) return ES_OK;
     size_t act = 0;
-    /* the model's emb/demb buffers [B, F, E] and three batches (one read
-     * inline, two in the parse pipeline): label, dense, offsets, keys, weights */
+    /* the model's emb/demb buffers [B, F, E] and the batches (one read
+     * inline, the parse pipeline's ring): label, dense, offsets, keys,
+     * weights */
     size_t B = (size_t)(np->max_batch > 0 ? np->max_batch : 1), F = (size_t)(np->n_fields > 0 ? np->n_fields : 0);
     size_t E = (size_t)(sp->dim > 0 ? sp->dim : 1), D = (size_t)(np->n_dense > 0 ? np->n_dense : 0);
     act = sadd(act, smul(smul(smul(B, F), E), 2 * sizeof(float)));
-    act = sadd(act, smul(smul(B, sadd(smul(F + 1, 16), smul(D + 1, 4))), 3));
+    act = sadd(act, smul(smul(B, sadd(smul(F + 1, 16), smul(D + 1, 4))), 1 + (size_t)es__pipeline_slots((int)ES_MIN(B, (size_t)INT32_MAX))));
     /* the table: its bytes and its optimizer state (row-wise Adagrad keeps
      * one float per row of E, element-wise Adagrad one per parameter, FTRL
      * two) */

@@ -246,16 +246,14 @@ static void *pipeline_main(void *arg) {
     return NULL;
 }
 
-/* Slots for batches of cap rows: at most ES__PIPE_SLOTS, about 4096 rows
- * in all, at least 2. */
-static int pipeline_slots(int cap) {
+int es__pipeline_slots(int cap) {
     int n = cap > 0 ? 4096 / cap : 2;
     return n < 2 ? 2 : n > ES__PIPE_SLOTS ? ES__PIPE_SLOTS : n;
 }
 
 static int pipeline_init(pipeline *pl, int cap, int n_dense, int n_fields) {
     memset(pl, 0, sizeof *pl);
-    pl->n_slots = pipeline_slots(cap);
+    pl->n_slots = es__pipeline_slots(cap);
     size_t vals = (size_t)cap * (size_t)(n_fields + 1);
     for (int k = 0; k < pl->n_slots; k++)
         if (es_batch_alloc(&pl->slot[k], cap, n_dense, n_fields, vals) != 0) {
