@@ -198,6 +198,8 @@ struct es__row_map;
  * table() callback), and tensors one model file streams from the shards. */
 #define ES_ROW_MAP_TABLES 4
 
+#define ES__PIPE_SLOTS 8 /* the most batches the training pipeline holds (step_prepare's k) */
+
 typedef struct es_storage_ops {
     const char *name;
     const char *summary;  /* one line for --help */
@@ -297,12 +299,11 @@ typedef struct es_storage_ops {
     /* Optional: called by the training pipeline's reader thread for a
      * batch it has just read into its slot k (0 <= k < ES__PIPE_SLOTS),
      * while a step on another slot's batch may be under way on the
-     * training thread; the batch is not changed until after its own step.  A method may do
-     * there the part of step_begin that reads only what training leaves
+     * training thread; the batch is not changed until after its own step.
+     * A method may do there the part of step_begin that reads only what training leaves
      * unchanged (full: the key map's probes), for step_begin to pick up by
      * b->val.  Must give the same step as without it. */
     void (*step_prepare)(es_storage *s, const es_batch *b, int k);
-#define ES__PIPE_SLOTS 8 /* the most batches the training pipeline holds */
     /* Optional: a multi-stage method (search -> derive -> retrain; see
      * es__staged below and docs/methods.md "Multi-stage training").  NULL
      * for every single-stage method, which es_train runs as before. */

@@ -186,8 +186,6 @@ static int pipeline_read_part(pipeline *pl, es_batch *b, uint64_t produced) {
     return read_part(pl->r, b, pl->part_rank, pl->part_size, (int)ES_MIN(left, (uint64_t)pl->batch), &pl->short_read);
 }
 
-static int pipeline_half(const pipeline *pl) { return pl->n_slots / 2; }
-
 static void *pipeline_main(void *arg) {
     pipeline *pl = arg;
 #ifdef __linux__
@@ -207,7 +205,7 @@ static void *pipeline_main(void *arg) {
 #endif
     uint64_t produced = 0;
     int k = 0;
-    const int half = pipeline_half(pl);
+    const int half = pl->n_slots / 2;
     for (;;) {
         pthread_mutex_lock(&pl->mu);
         while (pl->full[k] && !pl->stop) {
@@ -297,7 +295,7 @@ static void pipeline_release(pipeline *pl) {
     pl->full[pl->cur] = 0;
     pl->n_full--;
     if (++pl->cur == pl->n_slots) pl->cur = 0;
-    if (pl->pwait && pl->n_slots - pl->n_full >= pipeline_half(pl)) pthread_cond_signal(&pl->cv_p);
+    if (pl->pwait && pl->n_slots - pl->n_full >= pl->n_slots / 2) pthread_cond_signal(&pl->cv_p);
     pthread_mutex_unlock(&pl->mu);
 }
 
