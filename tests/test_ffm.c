@@ -150,6 +150,43 @@ TEST(ffm_train_same_bits_on_1_and_2_threads) {
     free(b);
 }
 
+/* The fused step (model.c train_rows: lookup, forward, loss and backward
+ * of each thread's rows in one parallel region) gives the bits of the
+ * separate calls: LR, FM and FFM, plain, --norm-rows and --pairs-only,
+ * with the bundled Criteo's 13 numeric columns (the dense linear term and
+ * FM's dense vectors, the batch parts around the region), on `full` (its
+ * step_begin path and its threaded sums, full_sum_rows) and `hash`; batches
+ * of 2048 rows so that even LR's rows (26 floats) take the fused path at 2
+ * threads (model.c fused_rows).  Predictions of the file, 9 digits, compared as text. */
+TEST(fused_step_same_bits_on_1_and_2_threads) {
+    const char *log = es_test_path("fused.log");
+    static const char *models[] = {"lr", "fm", "ffm"}, *storages[] = {"full", "hash"};
+    static const char *variants[] = {"", "--norm-rows", "--pairs-only"};
+    int cases = 0;
+    for (int mi = 0; mi < 3; mi++)
+        for (int si = 0; si < 2; si++)
+            for (int vi = 0; vi < 3; vi++) {
+                if (mi == 0 && vi > 0) continue; /* fm and ffm only */
+                char pred[2][64];
+                for (int t = 1; t <= 2; t++) {
+                    const char *mp = es_test_path(t == 1 ? "fused1.es" : "fused2.es");
+                    CHECK(es_test_sh(log, "%s train %s --model %s --dim 4 --storage %s %s --batch 2048 --epochs 2 --early-stop 0 "
+                                          "--valid-frac 0 --max-rows 8000 --threads %d --seed 5 -o %s --quiet",
+                                     es_bin(), CRITEO, models[mi], storages[si], variants[vi], t, mp) == 0);
+                    snprintf(pred[t - 1], sizeof pred[0], "%s", es_test_path(t == 1 ? "fused1.txt" : "fused2.txt"));
+                    CHECK(es_test_sh(pred[t - 1], "%s predict %s %s --digits 9", es_bin(), mp, CRITEO) == 0);
+                }
+                char *a = es_test_slurp(pred[0]), *b = es_test_slurp(pred[1]);
+                CHECK(a && b && strlen(a) > 1000);
+                CHECK_MSG(a && b && strcmp(a, b) == 0, "%s %s %s: predictions differ between 1 and 2 training threads", models[mi],
+                          storages[si], variants[vi]);
+                free(a);
+                free(b);
+                cases++;
+            }
+    printf("    %d model x storage x variant cases: 1 and 2 threads, same bits\n", cases);
+}
+
 TEST(ffm_net_shape_and_validation) {
     CHECK_EQ_INT(es__net_emb_dim(ES_NET_FFM, 39, 4), 1 + 39 * 4);
     es_net_params p = es__net_params_default(ES_NET_FFM, 13, 26, 4);

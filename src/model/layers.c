@@ -537,14 +537,24 @@ ES__OMP(omp simd)
     }
 }
 
+void es__fm_backward_rows(float *demb, const float *dout, const float *sum, const float *emb, int F, int E, int off, int k,
+                          int n) {
+ES__OMP(omp parallel for schedule(static) if (ES__PAR_WORK(n, F, E)))
+    for (int r = 0; r < n; r++)
+        fm_row_demb(demb + (size_t)r * F * E, dout[r], sum + (size_t)r * k, emb + (size_t)r * F * E, F, E, off, k);
+}
+
+void es__fm_backward_dV(float *dV, const float *dout, const float *sum, const float *dense, const float *V, int D, int k,
+                        int n) {
+    for (int r = 0; D > 0 && r < n; r++) fm_row_dV(dV, dout[r], sum + (size_t)r * k, dense + (size_t)r * D, V, D, k);
+}
+
 void es__fm_backward(float *demb, float *dV, const float *dout, const float *sum, const float *emb, int F, int E,
                      int off, const float *dense, const float *V, int D, int k, int n) {
     /* demb rows are independent; dV sums over the batch and stays serial
      * (a fixed order, whatever the thread count). */
-ES__OMP(omp parallel for schedule(static) if (ES__PAR_WORK(n, F, E)))
-    for (int r = 0; r < n; r++)
-        fm_row_demb(demb + (size_t)r * F * E, dout[r], sum + (size_t)r * k, emb + (size_t)r * F * E, F, E, off, k);
-    for (int r = 0; D > 0 && r < n; r++) fm_row_dV(dV, dout[r], sum + (size_t)r * k, dense + (size_t)r * D, V, D, k);
+    es__fm_backward_rows(demb, dout, sum, emb, F, E, off, k, n);
+    es__fm_backward_dV(dV, dout, sum, dense, V, D, k, n);
 }
 
 /* ---- FFM pairwise term ---------------------------------------------------------------------- */
@@ -639,6 +649,14 @@ double es__bce_logits_sum(const float *logit, const float *label, int n, float s
         if (dlogit) dlogit[r] = (es__sigmoid(logit[r]) - label[r]) * scale;
     }
     return total;
+}
+
+void es__bce_logits_rows(const float *logit, const float *label, int r0, int r1, float scale, float *dlogit, double *loss) {
+    for (int r = r0; r < r1; r++) {
+        double z = logit[r], y = label[r];
+        loss[r] = (z > 0 ? z : 0.0) - z * y + log1p(exp(-fabs(z)));
+        dlogit[r] = (es__sigmoid(logit[r]) - label[r]) * scale;
+    }
 }
 
 double es__bce_logits(const float *logit, const float *label, int n, float *dlogit) {

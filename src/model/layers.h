@@ -148,6 +148,12 @@ void es__fm_forward(float *out, float *sum, const float *emb, int F, int E, int 
  * those columns are written), dV[d, :] += dout[r] * x_d * (s - x_d V_d). */
 void es__fm_backward(float *demb, float *dV, const float *dout, const float *sum, const float *emb, int F, int E,
                      int off, const float *dense, const float *V, int D, int k, int n);
+/* Its two parts: the rows' demb (rows independent), and the batch's dV
+ * (a sum over the rows in row order). */
+void es__fm_backward_rows(float *demb, const float *dout, const float *sum, const float *emb, int F, int E, int off, int k,
+                          int n);
+void es__fm_backward_dV(float *dV, const float *dout, const float *sum, const float *dense, const float *V, int D, int k,
+                        int n);
 
 /* ---- FFM pairwise term (field-aware factorization machine) ----------------------------
  * Per row, field i owns F latent vectors of width k, v_{i,g} =
@@ -177,6 +183,9 @@ double es__bce_logits(const float *logit, const float *label, int n, float *dlog
  * not NULL, dlogit[r] = (sigmoid(z_r) - y_r) * scale (scale = 1/n: the
  * gradient of the mean, as es__bce_logits gives it).  The trainer's loss. */
 double es__bce_logits_sum(const float *logit, const float *label, int n, float scale, float *dlogit);
+/* Rows [r0, r1) of it: loss[r] = l_r and dlogit[r] as above.  Adding
+ * loss[0 .. n) in row order gives es__bce_logits_sum's bits. */
+void es__bce_logits_rows(const float *logit, const float *label, int r0, int r1, float scale, float *dlogit, double *loss);
 /* 1 / (1 + exp(-z)) without overflow for large |z|. */
 float es__sigmoid(float z);
 

@@ -579,6 +579,101 @@ static void set_dropout(es_net *net, int train) {
     net->top.drop_key = es__mix64(key ^ 2);
 }
 
+/* ---- LR, FM and FFM by rows ------------------------------------------------------------
+ * Their forward and backward are a part over the batch (the dense linear
+ * term through the linear layer, the row scales; the batch's sums of the
+ * dense gradients) and a part per row that reads and writes only that
+ * row's places, so rows may run on different threads in any split
+ * (es__net_rows: the trainer's fused step).  es__net_forward and
+ * es__net_backward are the two parts over all rows: the same operations
+ * either way, so the same bits. */
+
+int es__net_rows(const es_net *net) {
+    const es_net_kind k = net->p.kind;
+    return k == ES_NET_LR || k == ES_NET_FM || k == ES_NET_FFM;
+}
+
+void es__net_rows_begin(es_net *net, int n, const float *dense, float *logit) {
+    ES_ASSERT(es__net_rows(net) && n >= 0 && n <= net->p.max_batch);
+    if (n == 0) return;
+    if (!net->wt_frozen) pack_weights(net);
+    const es_net_params *p = &net->p;
+    /* logit = dense w^T + b (then + first-order terms, then + FM / FFM pairs,
+     * by rows); W[1, D] transposed is the same D floats; with norm_rows the
+     * bias is added last, unscaled */
+    es__linear_forward(logit, dense, net->lin_w, net->lin_w, p->norm_rows ? NULL : net->lin_b, n, p->n_dense, 1, 0);
+    if (p->norm_rows) row_scales(net->row_r, dense, n, p->n_dense, p->n_fields);
+}
+
+void es__net_forward_rows(es_net *net, int r0, int r1, const float *emb, const float *dense, float *logit) {
+    const es_net_params *p = &net->p;
+    const int D = p->n_dense, F = p->n_fields, k = p->dim, E = net->E, n = r1 - r0;
+    if (n <= 0) return;
+    const size_t rf = (size_t)F * (size_t)E;
+    add_first_order(logit + r0, emb + (size_t)r0 * rf, n, F, E);
+    if (p->kind == ES_NET_FM)
+        es__fm_forward(net->fm_pair + r0, net->fm_sum + (size_t)r0 * k, emb + (size_t)r0 * rf, F, E, 1,
+                       D ? dense + (size_t)r0 * D : NULL, net->fm_V, D, k, n);
+    else if (p->kind == ES_NET_FFM)
+        es__ffm_forward(net->fm_pair + r0, emb + (size_t)r0 * rf, F, E, k, n);
+    if (p->pairs_only) {
+        for (int r = r0; r < r1; r++) logit[r] = p->norm_rows ? net->row_r[r] * net->fm_pair[r] : net->fm_pair[r];
+    } else if (p->norm_rows) { /* the row x / |x|: linear terms times sqrt(r), pairs times r */
+        for (int r = r0; r < r1; r++)
+            logit[r] = net->lin_b[0] + sqrtf(net->row_r[r]) * logit[r] + net->row_r[r] * net->fm_pair[r];
+    } else if (p->kind != ES_NET_LR) {
+        for (int r = r0; r < r1; r++) logit[r] += net->fm_pair[r];
+    }
+}
+
+void es__net_backward_rows(es_net *net, int r0, int r1, const float *emb, const float *dlogit, float *demb) {
+    const es_net_params *p = &net->p;
+    const int F = p->n_fields, k = p->dim, E = net->E, n = r1 - r0;
+    if (n <= 0) return;
+    const size_t rf = (size_t)F * (size_t)E;
+    const float *g = dlogit; /* the pairs' gradient: dlogit, or g_out scaled by the row */
+    if (p->pairs_only) { /* bias and linear terms are not in the model */
+        for (int r = r0; r < r1; r++) {
+            for (int f = 0; f < F; f++) demb[((size_t)r * F + f) * E] = 0.0f;
+            if (p->norm_rows) net->g_out[r] = dlogit[r] * net->row_r[r];
+        }
+        if (p->norm_rows) g = net->g_out;
+    } else if (p->norm_rows) { /* forward scaled the linear terms by sqrt(r), the pairs by r, not the bias */
+        for (int r = r0; r < r1; r++) {
+            net->g_lin[r] = dlogit[r] * sqrtf(net->row_r[r]);
+            net->g_out[r] = dlogit[r] * net->row_r[r];
+            for (int f = 0; f < F; f++) demb[((size_t)r * F + f) * E] = net->g_lin[r];
+        }
+        g = net->g_out;
+    } else {
+        for (int r = r0; r < r1; r++)
+            for (int f = 0; f < F; f++) demb[((size_t)r * F + f) * E] = dlogit[r];
+    }
+    if (p->kind == ES_NET_FM)
+        es__fm_backward_rows(demb + (size_t)r0 * rf, g + r0, net->fm_sum + (size_t)r0 * k, emb + (size_t)r0 * rf, F, E, 1,
+                             k, n);
+    if (p->kind == ES_NET_FFM) es__ffm_backward(demb + (size_t)r0 * rf, g + r0, emb + (size_t)r0 * rf, F, E, k, n);
+}
+
+void es__net_backward_end(es_net *net, int n, const float *dense, const float *dlogit) {
+    const es_net_params *p = &net->p;
+    const int D = p->n_dense, k = p->dim;
+    if (n <= 0) return;
+    const float *g = dlogit;
+    if (p->pairs_only) {
+        if (p->norm_rows) g = net->g_out;
+    } else if (p->norm_rows) {
+        double db = 0;
+        for (int r = 0; r < n; r++) db += dlogit[r];
+        net->dlin_b[0] += (float)db;
+        es__linear_backward(NULL, net->dlin_w, NULL, net->g_lin, dense, net->lin_w, n, D, 1);
+        g = net->g_out;
+    } else {
+        es__linear_backward(NULL, net->dlin_w, net->dlin_b, dlogit, dense, net->lin_w, n, D, 1);
+    }
+    if (p->kind == ES_NET_FM) es__fm_backward_dV(net->dfm_V, g, net->fm_sum, dense, net->fm_V, D, k, n);
+}
+
 static void forward(es_net *net, int n, const float *emb, const float *dense, float *logit);
 
 void es__net_forward(es_net *net, int n, const float *emb, const float *dense, float *logit) {
@@ -601,25 +696,8 @@ static void forward(es_net *net, int n, const float *emb, const float *dense, fl
     case ES_NET_LR:
     case ES_NET_FM:
     case ES_NET_FFM:
-        /* logit = dense w^T + b, then + first-order terms, then + FM / FFM pairs */
-        /* W[1, D] transposed is the same D floats; with norm_rows the bias
-         * is added last, unscaled */
-        es__linear_forward(logit, dense, net->lin_w, net->lin_w, p->norm_rows ? NULL : net->lin_b, n, D, 1, 0);
-        add_first_order(logit, emb, n, F, net->E);
-        if (p->kind == ES_NET_FM)
-            es__fm_forward(net->fm_pair, net->fm_sum, emb, F, net->E, 1, dense, net->fm_V, D, k, n);
-        else if (p->kind == ES_NET_FFM)
-            es__ffm_forward(net->fm_pair, emb, F, net->E, k, n);
-        if (p->pairs_only) {
-            if (p->norm_rows) row_scales(net->row_r, dense, n, D, F);
-            for (int r = 0; r < n; r++) logit[r] = p->norm_rows ? net->row_r[r] * net->fm_pair[r] : net->fm_pair[r];
-        } else if (p->norm_rows) { /* the row x / |x|: linear terms times sqrt(r), pairs times r */
-            row_scales(net->row_r, dense, n, D, F);
-            for (int r = 0; r < n; r++)
-                logit[r] = net->lin_b[0] + sqrtf(net->row_r[r]) * logit[r] + net->row_r[r] * net->fm_pair[r];
-        } else if (p->kind != ES_NET_LR) {
-            for (int r = 0; r < n; r++) logit[r] += net->fm_pair[r];
-        }
+        es__net_rows_begin(net, n, dense, logit);
+        es__net_forward_rows(net, 0, n, emb, dense, logit);
         break;
     case ES_NET_DLRM: {
         const float *z0 = NULL;
@@ -654,37 +732,13 @@ void es__net_backward(es_net *net, int n, const float *emb, const float *dense, 
     ES_ASSERT(n >= 0 && n <= net->p.max_batch);
     if (n == 0) return;
     const es_net_params *p = &net->p;
-    int D = p->n_dense, F = p->n_fields, k = p->dim, E = net->E;
+    int D = p->n_dense, F = p->n_fields, k = p->dim;
     switch (p->kind) {
     case ES_NET_LR:
     case ES_NET_FM:
     case ES_NET_FFM:
-        if (p->pairs_only) { /* bias and linear terms are not in the model */
-            for (int r = 0; r < n; r++) {
-                for (int f = 0; f < F; f++) demb[((size_t)r * F + f) * E] = 0.0f;
-                if (p->norm_rows) net->g_out[r] = dlogit[r] * net->row_r[r];
-            }
-            if (p->norm_rows) dlogit = net->g_out;
-        } else if (p->norm_rows) { /* forward scaled the linear terms by sqrt(r), the pairs by r, not the bias */
-            double db = 0;
-            for (int r = 0; r < n; r++) {
-                db += dlogit[r];
-                net->g_lin[r] = dlogit[r] * sqrtf(net->row_r[r]);
-                net->g_out[r] = dlogit[r] * net->row_r[r];
-            }
-            net->dlin_b[0] += (float)db;
-            es__linear_backward(NULL, net->dlin_w, NULL, net->g_lin, dense, net->lin_w, n, D, 1);
-            for (int r = 0; r < n; r++)
-                for (int f = 0; f < F; f++) demb[((size_t)r * F + f) * E] = net->g_lin[r];
-            dlogit = net->g_out;
-        } else {
-            es__linear_backward(NULL, net->dlin_w, net->dlin_b, dlogit, dense, net->lin_w, n, D, 1);
-            for (int r = 0; r < n; r++)
-                for (int f = 0; f < F; f++) demb[((size_t)r * F + f) * E] = dlogit[r];
-        }
-        if (p->kind == ES_NET_FM)
-            es__fm_backward(demb, net->dfm_V, dlogit, net->fm_sum, emb, F, E, 1, dense, net->fm_V, D, k, n);
-        if (p->kind == ES_NET_FFM) es__ffm_backward(demb, dlogit, emb, F, E, k, n);
+        es__net_backward_rows(net, 0, n, emb, dlogit, demb);
+        es__net_backward_end(net, n, dense, dlogit);
         break;
     case ES_NET_DLRM: {
         /* the MLP backward uses its dout as scratch, so copy dlogit first */

@@ -141,6 +141,17 @@ void es__net_freeze(es_net *net);
  * es__net_forward_train on the same inputs (the dropout masks of the
  * latter apply). */
 void es__net_backward(es_net *net, int n, const float *emb, const float *dense, const float *dlogit, float *demb);
+/* LR, FM and FFM (es__net_rows is 1) by rows: es__net_forward is
+ * es__net_rows_begin (the batch part) then es__net_forward_rows over [0, n),
+ * es__net_backward is es__net_backward_rows over [0, n) then
+ * es__net_backward_end (the batch's sums).  The row parts read and write
+ * only the places of rows [r0, r1), so disjoint ranges may run on different
+ * threads at once, in any split, with the same bits. */
+int es__net_rows(const es_net *net);
+void es__net_rows_begin(es_net *net, int n, const float *dense, float *logit);
+void es__net_forward_rows(es_net *net, int r0, int r1, const float *emb, const float *dense, float *logit);
+void es__net_backward_rows(es_net *net, int r0, int r1, const float *emb, const float *dlogit, float *demb);
+void es__net_backward_end(es_net *net, int n, const float *dense, const float *dlogit);
 /* Optimizer step on accumulated gradients (weight decay on weights only,
  * not biases), then zero them: es__dense_opt_step over the net's segments.
  * Adam counts its steps in the state; the net counts its steps for the

@@ -422,20 +422,40 @@ static void full_lookup(es_storage *s, const es_batch *b, int r0, int r1, float 
     es__rows_lookup(&m->t, 1, kept ? full_resolve_kept : full_resolve, m, b, r0, r1, out);
 }
 
+/* The step's summed gradients of its distinct rows [u0, u1) into ug: each
+ * row's gradients added in value order onto zero (es__axpy, as
+ * es__rows_backward adds them), whatever range the caller splits off. */
+struct full_sum {
+    full_impl *m;
+    const es_batch *b;
+    const float *dout;
+};
+
+static void full_sum_rows(void *ctx, size_t u0, size_t u1) {
+    const struct full_sum *cx = ctx;
+    const full_impl *m = cx->m;
+    const es_batch *b = cx->b;
+    const size_t dim = (size_t)m->t.dim, PN = (size_t)b->n * (size_t)b->n_fields;
+    memset(m->ug + u0 * dim, 0, (u1 - u0) * dim * sizeof *m->ug);
+    for (size_t P = 0; P < PN; P++) {
+        const float *go = cx->dout + P * dim;
+        for (uint32_t v = b->off[P]; v < b->off[P + 1]; v++) {
+            const size_t u = m->vslot[v];
+            if (u >= u0 && u < u1) es__axpy(m->ug + u * dim, b->wt[v], go, dim);
+        }
+    }
+}
+
 static int full_backward(es_storage *s, const es_batch *b, const float *dout) {
     full_impl *m = s->impl;
     const int kept = s->step == b && m->step_n && m->step_val == b->val;
     if (kept && m->un != SIZE_MAX && (m->t.prec == ES_PREC_FP32 || m->t.qtrain != ES_QTRAIN_NONE)) {
         /* the step's rows deduplicated by step_begin: the sums es_gradacc
          * would form (each row's gradients added in value order onto zero,
-         * es__axpy as es__rows_backward calls it), without its hash probes */
-        const size_t dim = (size_t)m->t.dim, PN = (size_t)b->n * (size_t)b->n_fields;
-        memset(m->ug, 0, m->un * dim * sizeof *m->ug);
-        for (size_t P = 0; P < PN; P++) {
-            const float *go = dout + P * dim;
-            for (uint32_t v = b->off[P]; v < b->off[P + 1]; v++) es__axpy(m->ug + (size_t)m->vslot[v] * dim, b->wt[v], go, dim);
-        }
-        es__rows_apply(&m->t, m->urows, m->ug, m->un);
+         * es__axpy as es__rows_backward calls it), without its hash probes,
+         * summed by the threads that update the rows (full_sum_rows) */
+        struct full_sum cx = {m, b, dout};
+        es__rows_sum_apply(&m->t, m->urows, m->ug, m->un, full_sum_rows, &cx);
         full_step_unmark(m);
         m->step_n = 0;
         return ES_OK;

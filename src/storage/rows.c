@@ -638,7 +638,8 @@ static void rows_apply_range(es_rows *t, const uint64_t *rows, const float *g, s
     }
 }
 
-void es__rows_apply(es_rows *t, const uint64_t *rows, const float *g, size_t n) {
+void es__rows_sum_apply(es_rows *t, const uint64_t *rows, float *g, size_t n, void (*sum)(void *ctx, size_t i0, size_t i1),
+                        void *ctx) {
     if (t->last) t->step++; /* one step of the table, touched rows or not */
     /* The rows are distinct and an fp32 row's update reads and writes only
      * that row and its state, so splitting them over threads gives the
@@ -647,10 +648,19 @@ void es__rows_apply(es_rows *t, const uint64_t *rows, const float *g, size_t n) 
     const int nt = es__threads_get();
     if (nt > 1 && t->qtrain == ES_QTRAIN_NONE && n * (size_t)t->dim >= ES__PAR_FLOATS) {
 ES__OMP(omp parallel for schedule(static) num_threads(nt))
-        for (int c = 0; c < nt; c++) rows_apply_range(t, rows, g, n * (size_t)c / (size_t)nt, n * (size_t)(c + 1) / (size_t)nt);
+        for (int c = 0; c < nt; c++) {
+            const size_t i0 = n * (size_t)c / (size_t)nt, i1 = n * (size_t)(c + 1) / (size_t)nt;
+            if (sum) sum(ctx, i0, i1);
+            rows_apply_range(t, rows, g, i0, i1);
+        }
     } else {
+        if (sum) sum(ctx, 0, n);
         rows_apply_range(t, rows, g, 0, n);
     }
+}
+
+void es__rows_apply(es_rows *t, const uint64_t *rows, const float *g, size_t n) {
+    es__rows_sum_apply(t, rows, (float *)g, n, NULL, NULL); /* g is only read without sum */
 }
 
 void es__gradacc_apply(es_gradacc *a, es_rows *t) {

@@ -715,6 +715,13 @@ void es__gradacc_apply(es_gradacc *a, es_rows *t);
 /* The same update for n distinct rows[i] with summed gradients g[i * dim]
  * (a method that deduplicates a step's rows itself). */
 void es__rows_apply(es_rows *t, const uint64_t *rows, const float *g, size_t n);
+/* es__rows_apply with the sums formed where they are applied: sum(ctx, i0,
+ * i1) writes g[i * dim] for rows [i0, i1), and each thread that updates a
+ * range of the rows sums that range first, so a method's summing runs on
+ * the threads too.  Row i's sum may not depend on how the rows are split
+ * (a method sums each row's gradients in a fixed order). */
+void es__rows_sum_apply(es_rows *t, const uint64_t *rows, float *g, size_t n, void (*sum)(void *ctx, size_t i0, size_t i1),
+                        void *ctx);
 /* Bytes held by the accumulator (training scratch; not in any budget). */
 size_t es__gradacc_bytes(const es_gradacc *a);
 

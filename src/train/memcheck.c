@@ -57,6 +57,7 @@ int es__train_check_memory(const es_net_params *np, const es_storage_params *sp,
     size_t B = (size_t)(np->max_batch > 0 ? np->max_batch : 1), F = (size_t)(np->n_fields > 0 ? np->n_fields : 0);
     size_t E = (size_t)(sp->dim > 0 ? sp->dim : 1), D = (size_t)(np->n_dense > 0 ? np->n_dense : 0);
     act = sadd(act, smul(smul(smul(B, F), E), 2 * sizeof(float)));
+    act = sadd(act, smul(B, 2 * sizeof(float) + sizeof(double))); /* logit, dlogit, each row's loss */
     act = sadd(act, smul(smul(B, sadd(smul(F + 1, 16), smul(D + 1, 4))), 1 + (size_t)es__pipeline_slots((int)ES_MIN(B, (size_t)INT32_MAX))));
     /* the table: its bytes and its optimizer state (row-wise Adagrad keeps
      * one float per row of E, element-wise Adagrad one per parameter, FTRL

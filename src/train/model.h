@@ -31,6 +31,7 @@ struct es_model {
     float *demb;    /* [max_batch, F, E] */
     float *logit;   /* [max_batch] */
     float *dlogit;  /* [max_batch] */
+    double *row_loss; /* [max_batch] each row's loss (the fused step, train_rows) */
     /* reader parameters the model was trained with; strings owned */
     es_reader_params rp;
     char *rp_columns;
