@@ -722,7 +722,8 @@ static inline void pool_values(const es_rows *t, int k, const float *wt, size_t 
             const float *row = t->w + ids[j] * (uint64_t)cd;
             float *oj = o + (size_t)j * cd;
             if (w0 == 1.0f) {
-                memcpy(oj, row, row_bytes);
+                if (cd == 1) oj[0] = row[0]; /* LR: not a call to memcpy for 4 bytes */
+                else memcpy(oj, row, row_bytes);
             } else {
                 for (int d = 0; d < cd; d++) oj[d] = w0 * row[d];
             }
