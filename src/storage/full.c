@@ -51,10 +51,11 @@ typedef struct full_impl {
      * first touch, as es_gradacc keeps them), 0 for a row the step does
      * not touch; oov_mark[f] is the same for field f's OOV row; uwhere[u]
      * says which mark row u set (a slot, or icap + f); vslot[v] = value
-     * v's place.  Built by step_begin, used and cleared by the backward.
-     * Training scratch, allocated at the first step (ts: 16 bytes a slot
-     * of the index, tmark 4, built again when the index is).  ts_ok is
-     * read by the reader thread's step_prepare (atomically). */
+     * v's place.  Built by step_begin (full_dedup, which clears the marks
+     * it set), or taken from the batch's step_prepare; used by the
+     * backward.  Training scratch, allocated at the first step (ts: 16
+     * bytes a slot of the index, tmark 4, built again when the index is).
+     * ts_ok is read by the reader thread's step_prepare (atomically). */
     struct full_tslot {
         uint64_t key;
         uint32_t s, pad; /* s as index[]: key index + 1, 0 = empty */
@@ -64,16 +65,20 @@ typedef struct full_impl {
     uint64_t *urows, *uwhere;
     float *ug;
     size_t ucap, un;
-    /* Batches resolved ahead by step_prepare on the training pipeline's
-     * reader thread, one per pipeline slot: the rows and slots of the
-     * values of the batch whose b->val is val (NULL: none).  The pipeline
-     * hands a slot to one thread at a time, so no lock. */
+    /* Batches resolved and deduplicated ahead by step_prepare on the
+     * training pipeline's reader thread, one per pipeline slot: the rows of
+     * the values of the batch whose b->val is val (NULL: none), their
+     * places and the distinct rows, as step_begin would make them.  The
+     * pipeline hands a slot to one thread at a time, so no lock; pmark
+     * and poov are the reader's own marks (as tmark, oov_mark). */
     struct full_prep {
         const uint64_t *val; /* atomic: the reader thread publishes it last */
-        size_t nv, cap;
+        size_t nv, cap, un;
         uint64_t first, last; /* b->val[0] and b->val[nv - 1], a check */
-        uint64_t *ids, *where;
+        uint64_t *ids, *where, *urows, *uwhere;
+        uint32_t *vslot;
     } prep[ES__PIPE_SLOTS];
+    uint32_t *pmark, *poov;
 } full_impl;
 
 static inline size_t full_home(uint64_t key, int f, size_t mask) {
@@ -112,15 +117,30 @@ static void full_resolve_kept(const void *ctx, int f, const uint64_t *keys, size
  * (one line a value). */
 #define PF_TS 16
 
-/* Clear the marks of the last step's rows (a step whose backward did
- * not run leaves them). */
-static void full_step_unmark(full_impl *m) {
-    for (size_t i = 0; i < m->un; i++) {
-        const uint64_t w = m->uwhere[i];
-        if (w < m->icap) m->tmark[w] = 0;
-        else m->oov_mark[w - m->icap] = 0;
+/* The places of nv resolved values among their distinct rows: vslot[v],
+ * and the distinct rows urows[u] and their mark slots uwhere[u] in the
+ * order of first touch (as es_gradacc keeps them); returns their count.
+ * mark (icap) and oov (F) are all 0 before and after. */
+static size_t full_dedup(const full_impl *m, uint32_t *mark, uint32_t *oov, const uint64_t *ids, const uint64_t *where,
+                         size_t nv, uint32_t *vslot, uint64_t *urows, uint64_t *uwhere) {
+    size_t un = 0;
+    for (size_t v = 0; v < nv; v++) {
+        if (v + PF_TS < nv && where[v + PF_TS] < m->icap) __builtin_prefetch(&mark[where[v + PF_TS]], 1);
+        const uint64_t w = where[v];
+        uint32_t *mk = w < m->icap ? &mark[w] : &oov[w - m->icap];
+        if (!*mk) {
+            urows[un] = ids[v];
+            uwhere[un] = w;
+            *mk = (uint32_t)++un;
+        }
+        vslot[v] = *mk - 1;
     }
-    m->un = 0;
+    for (size_t u = 0; u < un; u++) { /* the lines just written: in cache */
+        const uint64_t w = uwhere[u];
+        if (w < m->icap) mark[w] = 0;
+        else oov[w - m->icap] = 0;
+    }
+    return un;
 }
 
 /* The training slots and the step's scratch for nv values; false when
@@ -195,9 +215,9 @@ static void full_resolve_batch(const full_impl *m, const es_batch *b, uint64_t *
     }
 }
 
-/* ops->step_prepare: b resolved ahead, on the pipeline's reader thread,
- * into pipeline slot k's buffers; nothing when the training slots are not
- * built yet (the first step builds them) or out of memory. */
+/* ops->step_prepare: b resolved and deduplicated ahead, on the pipeline's
+ * reader thread, into pipeline slot k's buffers; nothing when the training
+ * slots are not built yet (the first step builds them) or out of memory. */
 static void full_step_prepare(es_storage *s, const es_batch *b, int k) {
     full_impl *m = s->impl;
     struct full_prep *pp = &m->prep[k % ES__PIPE_SLOTS];
@@ -205,15 +225,24 @@ static void full_step_prepare(es_storage *s, const es_batch *b, int k) {
     if (!__atomic_load_n(&m->ts_ok, __ATOMIC_ACQUIRE)) return;
     const size_t nv = b->off[(size_t)b->n * (size_t)b->n_fields];
     if (nv == 0) return;
+    if (!m->pmark && !(m->pmark = es__calloc(m->icap, sizeof *m->pmark))) return;
+    if (!m->poov && !(m->poov = es__calloc((size_t)m->F, sizeof *m->poov))) return;
     if (nv > pp->cap) {
         uint64_t *i = es__realloc(pp->ids, nv * sizeof *i);
         if (i) pp->ids = i;
         uint64_t *w = es__realloc(pp->where, nv * sizeof *w);
         if (w) pp->where = w;
-        if (!i || !w) return;
+        uint64_t *ur = es__realloc(pp->urows, nv * sizeof *ur);
+        if (ur) pp->urows = ur;
+        uint64_t *uw = es__realloc(pp->uwhere, nv * sizeof *uw);
+        if (uw) pp->uwhere = uw;
+        uint32_t *vs = es__realloc(pp->vslot, nv * sizeof *vs);
+        if (vs) pp->vslot = vs;
+        if (!i || !w || !ur || !uw || !vs) return;
         pp->cap = nv;
     }
     full_resolve_batch(m, b, pp->ids, pp->where);
+    pp->un = full_dedup(m, m->pmark, m->poov, pp->ids, pp->where, nv, pp->vslot, pp->urows, pp->uwhere);
     pp->nv = nv;
     pp->first = b->val[0];
     pp->last = b->val[nv - 1];
@@ -224,14 +253,12 @@ static void full_step_begin(es_storage *s, const es_batch *b) {
     full_impl *m = s->impl;
     const int F = b->n_fields;
     const size_t nv = b->off[(size_t)b->n * (size_t)F];
-    if (m->un != SIZE_MAX && m->un) full_step_unmark(m);
     m->step_n = 0;
     m->un = SIZE_MAX;
     if (!full_step_scratch(m, nv)) return;
-    /* Every value of the batch resolved (here, or ahead by step_prepare),
-     * then its row marked with its place among the step's distinct rows.
-     * The lookup and the backward read the rows kept here. */
-    const uint64_t *where;
+    /* Every value of the batch resolved, and placed among the step's
+     * distinct rows (here, or ahead by step_prepare).  The lookup and the
+     * backward read the rows kept here. */
     struct full_prep *pp = NULL;
     for (int k = 0; k < ES__PIPE_SLOTS; k++) {
         struct full_prep *q = &m->prep[k];
@@ -241,25 +268,14 @@ static void full_step_begin(es_storage *s, const es_batch *b) {
     }
     if (pp) {
         memcpy(m->step_ids, pp->ids, nv * sizeof *m->step_ids);
-        where = pp->where;
+        memcpy(m->vslot, pp->vslot, nv * sizeof *m->vslot);
+        memcpy(m->urows, pp->urows, pp->un * sizeof *m->urows);
+        m->un = pp->un;
         __atomic_store_n(&pp->val, NULL, __ATOMIC_RELEASE);
     } else {
         full_resolve_batch(m, b, m->step_ids, m->step_where);
-        where = m->step_where;
+        m->un = full_dedup(m, m->tmark, m->oov_mark, m->step_ids, m->step_where, nv, m->vslot, m->urows, m->uwhere);
     }
-    size_t un = 0;
-    for (size_t v = 0; v < nv; v++) {
-        if (v + PF_TS < nv && where[v + PF_TS] < m->icap) __builtin_prefetch(&m->tmark[where[v + PF_TS]], 1);
-        const uint64_t w = where[v];
-        uint32_t *mk = w < m->icap ? &m->tmark[w] : &m->oov_mark[w - m->icap];
-        if (!*mk) {
-            m->urows[un] = m->step_ids[v];
-            m->uwhere[un] = w;
-            *mk = (uint32_t)++un;
-        }
-        m->vslot[v] = *mk - 1;
-    }
-    m->un = un;
     m->step_n = nv;
     m->step_val = b->val;
 }
@@ -292,7 +308,12 @@ static void full_free(full_impl *m) {
     for (int k = 0; k < ES__PIPE_SLOTS; k++) {
         es__free(m->prep[k].ids);
         es__free(m->prep[k].where);
+        es__free(m->prep[k].urows);
+        es__free(m->prep[k].uwhere);
+        es__free(m->prep[k].vslot);
     }
+    es__free(m->pmark);
+    es__free(m->poov);
     es__free(m->vslot);
     es__free(m->urows);
     es__free(m->uwhere);
@@ -456,7 +477,6 @@ static int full_backward(es_storage *s, const es_batch *b, const float *dout) {
          * summed by the threads that update the rows (full_sum_rows) */
         struct full_sum cx = {m, b, dout};
         es__rows_sum_apply(&m->t, m->urows, m->ug, m->un, full_sum_rows, &cx);
-        full_step_unmark(m);
         m->step_n = 0;
         return ES_OK;
     }
