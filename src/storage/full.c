@@ -143,6 +143,25 @@ static size_t full_dedup(const full_impl *m, uint32_t *mark, uint32_t *oov, cons
     return un;
 }
 
+/* *p grown to n elements; false (and *p as it was) when out of memory. */
+static bool grow_u64(uint64_t **p, size_t n) {
+    uint64_t *q = es__realloc(*p, n * sizeof *q);
+    if (q) *p = q;
+    return q != NULL;
+}
+
+static bool grow_u32(uint32_t **p, size_t n) {
+    uint32_t *q = es__realloc(*p, n * sizeof *q);
+    if (q) *p = q;
+    return q != NULL;
+}
+
+static bool grow_f32(float **p, size_t n) {
+    float *q = es__realloc(*p, n * sizeof *q);
+    if (q) *p = q;
+    return q != NULL;
+}
+
 /* The training slots and the step's scratch for nv values; false when
  * out of memory (the step then resolves in its lookup and backward, and
  * sums through es_gradacc, as without step_begin: the same bits). */
@@ -158,24 +177,13 @@ static bool full_step_scratch(full_impl *m, size_t nv) {
         __atomic_store_n(&m->ts_ok, 1, __ATOMIC_RELEASE);
     }
     if (nv > m->step_cap) { /* not counted: training only */
-        uint64_t *p = es__realloc(m->step_ids, nv * sizeof *p);
-        if (p) m->step_ids = p;
-        uint64_t *w = es__realloc(m->step_where, nv * sizeof *w);
-        if (w) m->step_where = w;
-        if (!p || !w) return false;
+        if (!grow_u64(&m->step_ids, nv) || !grow_u64(&m->step_where, nv)) return false;
         m->step_cap = nv;
     }
     if (nv > m->ucap) {
-        const size_t dim = (size_t)m->t.dim;
-        uint32_t *vs = es__realloc(m->vslot, nv * sizeof *vs);
-        if (vs) m->vslot = vs;
-        uint64_t *ur = es__realloc(m->urows, nv * sizeof *ur);
-        if (ur) m->urows = ur;
-        uint64_t *uw = es__realloc(m->uwhere, nv * sizeof *uw);
-        if (uw) m->uwhere = uw;
-        float *ug = es__realloc(m->ug, nv * dim * sizeof *ug);
-        if (ug) m->ug = ug;
-        if (!vs || !ur || !uw || !ug) return false;
+        if (!grow_u32(&m->vslot, nv) || !grow_u64(&m->urows, nv) || !grow_u64(&m->uwhere, nv) ||
+            !grow_f32(&m->ug, nv * (size_t)m->t.dim))
+            return false;
         m->ucap = nv;
     }
     return true;
@@ -228,17 +236,9 @@ static void full_step_prepare(es_storage *s, const es_batch *b, int k) {
     if (!m->pmark && !(m->pmark = es__calloc(m->icap, sizeof *m->pmark))) return;
     if (!m->poov && !(m->poov = es__calloc((size_t)m->F, sizeof *m->poov))) return;
     if (nv > pp->cap) {
-        uint64_t *i = es__realloc(pp->ids, nv * sizeof *i);
-        if (i) pp->ids = i;
-        uint64_t *w = es__realloc(pp->where, nv * sizeof *w);
-        if (w) pp->where = w;
-        uint64_t *ur = es__realloc(pp->urows, nv * sizeof *ur);
-        if (ur) pp->urows = ur;
-        uint64_t *uw = es__realloc(pp->uwhere, nv * sizeof *uw);
-        if (uw) pp->uwhere = uw;
-        uint32_t *vs = es__realloc(pp->vslot, nv * sizeof *vs);
-        if (vs) pp->vslot = vs;
-        if (!i || !w || !ur || !uw || !vs) return;
+        if (!grow_u64(&pp->ids, nv) || !grow_u64(&pp->where, nv) || !grow_u64(&pp->urows, nv) ||
+            !grow_u64(&pp->uwhere, nv) || !grow_u32(&pp->vslot, nv))
+            return;
         pp->cap = nv;
     }
     full_resolve_batch(m, b, pp->ids, pp->where);
