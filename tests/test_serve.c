@@ -437,36 +437,33 @@ TEST(serve_reload) {
     CHECK(srv_start(&s, args) == 0);
     /* the replacement files made before the clients start: the process
      * does not fork a shell while its client threads run */
-    char f1[600], f2[600], f3[600], f4[600];
-    snprintf(f1, sizeof f1, "%s.1", tmp);
-    snprintf(f2, sizeof f2, "%s.2", tmp);
-    snprintf(f3, sizeof f3, "%s.3", tmp);
-    snprintf(f4, sizeof f4, "%s.4", tmp);
+    char f[4][600]; /* model b, model a, b corrupted, not a model */
+    for (int i = 0; i < 4; i++) snprintf(f[i], sizeof f[i], "%s.%d", tmp, i + 1);
     CHECK(es_test_sh(NULL, "cp %s %s && cp %s %s && cp %s %s && printf 'garbage' | dd of=%s bs=1 seek=5000 conv=notrunc 2>/dev/null && "
                            "printf 'not a model' > %s",
-                     mb, f1, ma, f2, mb, f3, f3, f4) == 0);
+                     mb, f[0], ma, f[1], mb, f[2], f[2], f[3]) == 0);
     loop_arg a = {.port = s.port};
     pthread_t th[2];
     for (int i = 0; i < 2; i++) pthread_create(&th[i], NULL, client_loop, &a);
     usleep(100000);
     /* a new model by rename, then reload by HTTP and by SIGHUP */
-    CHECK(rename(f1, path) == 0);
+    CHECK(rename(f[0], path) == 0);
     char *r = NULL;
     int st = post(s.port, "/v1/admin/reload", "", &r);
     CHECK_EQ_INT(st, 200);
     CHECK_STR_HAS(r, "\"result\":\"reloaded\"");
     free(r);
     usleep(100000);
-    CHECK(rename(f2, path) == 0);
+    CHECK(rename(f[1], path) == 0);
     kill(s.pid, SIGHUP);
     usleep(200000);
     /* a corrupt file: refused, the old model answers */
-    CHECK(rename(f3, path) == 0);
+    CHECK(rename(f[2], path) == 0);
     st = post(s.port, "/v1/admin/reload", "", &r);
     CHECK_EQ_INT(st, 409);
     CHECK_STR_HAS(r, "\"result\":\"refused\"");
     free(r);
-    CHECK(rename(f4, path) == 0);
+    CHECK(rename(f[3], path) == 0);
     st = post(s.port, "/v1/admin/reload", "", &r);
     CHECK_EQ_INT(st, 409);
     free(r);

@@ -301,7 +301,7 @@ typedef struct es_storage_ops {
      * while a step on another slot's batch may be under way on the
      * training thread; the batch is not changed until after its own step.
      * A method may do there the part of step_begin that reads only what training leaves
-     * unchanged (full: the key map's probes), for step_begin to pick up by
+     * unchanged (full: the key map's probes and the batch's deduplication), for step_begin to pick up by
      * b->val.  Must give the same step as without it. */
     void (*step_prepare)(es_storage *s, const es_batch *b, int k);
     /* Optional: a multi-stage method (search -> derive -> retrain; see
