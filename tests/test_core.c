@@ -34,6 +34,48 @@ TEST(simd_dot_axpy_l2_match_ref) {
     }
 }
 
+/* The step's gradient scatter: the same bits as es__axpy called value by
+ * value at the active level (ES_SIMD), for widths 1 (LR), 8 (FM), 16, 33
+ * and 157 (FFM), pairs of 0 to 3 values, weights other than 1 (1 would
+ * hide an unfused sum) and a slot range that skips some rows; the
+ * reference twin within a tolerance. */
+TEST(simd_scatter_axpy_matches_axpy) {
+    static const size_t dims[] = {1, 8, 16, 33, 157};
+    enum { PN = 40, U = 12 };
+    es_rng r;
+    es__rng_seed(&r, 11);
+    uint32_t off[PN + 1], slot[3 * PN];
+    float w[3 * PN];
+    off[0] = 0;
+    for (int P = 0; P < PN; P++) off[P + 1] = off[P] + (uint32_t)(es__rng_u64(&r) % 4);
+    for (uint32_t v = 0; v < off[PN]; v++) {
+        slot[v] = (uint32_t)(es__rng_u64(&r) % U);
+        w[v] = 0.25f + es__rng_normal(&r);
+    }
+    for (size_t k = 0; k < ES_ARRAY_LEN(dims); k++) {
+        const size_t dim = dims[k];
+        float *x = malloc(PN * dim * sizeof *x), *y1 = calloc(U * dim, sizeof *y1), *y2 = calloc(U * dim, sizeof *y2),
+              *y3 = calloc(U * dim, sizeof *y3);
+        CHECK(x && y1 && y2 && y3);
+        for (size_t i = 0; i < PN * dim; i++) x[i] = es__rng_normal(&r);
+        const size_t u0 = 2, u1 = 9;
+        es__scatter_axpy(y1, dim, slot, w, x, off, PN, u0, u1);
+        es__scatter_axpy_ref(y3, dim, slot, w, x, off, PN, u0, u1);
+        for (int P = 0; P < PN; P++)
+            for (uint32_t v = off[P]; v < off[P + 1]; v++)
+                if (slot[v] >= u0 && slot[v] < u1) es__axpy(y2 + slot[v] * dim, w[v], x + (size_t)P * dim, dim);
+        CHECK_MSG(memcmp(y1, y2, U * dim * sizeof *y1) == 0, "dim %zu: scatter differs from es__axpy value by value", dim);
+        for (size_t i = 0; i < U * dim; i++) {
+            CHECK_MSG(es_test_close(y1[i], y3[i], 1e-5, 1e-5), "dim %zu i=%zu: %g vs ref %g", dim, i, y1[i], y3[i]);
+            if (i / dim < u0 || i / dim >= u1) CHECK_MSG(y1[i] == 0.0f, "dim %zu: row %zu outside [u0, u1) written", dim, i / dim);
+        }
+        free(x);
+        free(y1);
+        free(y2);
+        free(y3);
+    }
+}
+
 TEST(rng_is_deterministic) {
     es_rng a, b;
     es__rng_seed(&a, 42);

@@ -22,8 +22,25 @@ float es__dot_ref(const float *a, const float *b, size_t n) {
     return s;
 }
 
-void es__axpy_ref(float *restrict y, float alpha, const float *restrict x, size_t n) {
+static inline void axpy_ref_body(float *restrict y, float alpha, const float *restrict x, size_t n) {
     for (size_t i = 0; i < n; i++) y[i] += alpha * x[i];
+}
+
+void es__axpy_ref(float *restrict y, float alpha, const float *restrict x, size_t n) { axpy_ref_body(y, alpha, x, n); }
+
+/* The scatter over the pairs' values: BODY(y + slot * dim, w, x + P * dim,
+ * dim) value by value, each variant with its own axpy's body (the same
+ * bits as calling it). */
+#define SCATTER_LOOP(BODY)                                                                   \
+    for (size_t P = 0; P < PN; P++)                                                          \
+        for (uint32_t v = off[P]; v < off[P + 1]; v++) {                                     \
+            const size_t u = slot[v];                                                        \
+            if (u - u0 < u1 - u0) BODY(y + u * dim, w[v], x + P * dim, dim);                 \
+        }
+
+void es__scatter_axpy_ref(float *y, size_t dim, const uint32_t *slot, const float *w, const float *x, const uint32_t *off,
+                          size_t PN, size_t u0, size_t u1) {
+    SCATTER_LOOP(axpy_ref_body)
 }
 
 float es__l2sq_ref(const float *a, const float *b, size_t n) {
@@ -60,11 +77,22 @@ __attribute__((target("avx2,fma"))) static float dot_avx2(const float *a, const 
     return s;
 }
 
-__attribute__((target("avx2,fma"))) static void axpy_avx2(float *restrict y, float alpha, const float *restrict x, size_t n) {
+__attribute__((target("avx2,fma"))) static inline void axpy_avx2_body(float *restrict y, float alpha,
+                                                                    const float *restrict x, size_t n) {
     __m256 va = _mm256_set1_ps(alpha);
     size_t i = 0;
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
     for (; i < n; i++) y[i] += alpha * x[i];
+}
+
+__attribute__((target("avx2,fma"))) static void axpy_avx2(float *restrict y, float alpha, const float *restrict x, size_t n) {
+    axpy_avx2_body(y, alpha, x, n);
+}
+
+__attribute__((target("avx2,fma"))) static void scatter_axpy_avx2(float *y, size_t dim, const uint32_t *slot, const float *w,
+                                                                  const float *x, const uint32_t *off, size_t PN, size_t u0,
+                                                                  size_t u1) {
+    SCATTER_LOOP(axpy_avx2_body)
 }
 
 __attribute__((target("avx2,fma"))) static float l2sq_avx2(const float *a, const float *b, size_t n) {
@@ -93,13 +121,36 @@ __attribute__((target("avx512f"))) static float dot_avx512(const float *a, const
     return _mm512_reduce_add_ps(acc);
 }
 
-__attribute__((target("avx512f"))) static void axpy_avx512(float *restrict y, float alpha, const float *restrict x, size_t n) {
+__attribute__((target("avx512f"))) static inline void axpy_avx512_body(float *restrict y, float alpha,
+                                                                     const float *restrict x, size_t n) {
     __m512 va = _mm512_set1_ps(alpha);
     size_t i = 0;
     for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
     if (i < n) {
         __mmask16 m = (__mmask16)((1u << (n - i)) - 1u);
         _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
+    }
+}
+
+__attribute__((target("avx512f"))) static void axpy_avx512(float *restrict y, float alpha, const float *restrict x, size_t n) {
+    axpy_avx512_body(y, alpha, x, n);
+}
+
+/* One float: a scalar fused multiply-add, what the body's masked one
+ * computes in its only lane. */
+__attribute__((target("avx512f,fma"))) static inline void axpy1_avx512_body(float *restrict y, float alpha,
+                                                                          const float *restrict x, size_t n) {
+    (void)n;
+    _mm_store_ss(y, _mm_fmadd_ss(_mm_set_ss(alpha), _mm_load_ss(x), _mm_load_ss(y)));
+}
+
+__attribute__((target("avx512f,fma"))) static void scatter_axpy_avx512(float *y, size_t dim, const uint32_t *slot,
+                                                                      const float *w, const float *x, const uint32_t *off,
+                                                                      size_t PN, size_t u0, size_t u1) {
+    if (dim == 1) {
+        SCATTER_LOOP(axpy1_avx512_body)
+    } else {
+        SCATTER_LOOP(axpy_avx512_body)
     }
 }
 
@@ -288,12 +339,15 @@ __attribute__((target("avx512f"))) static void gemm_chunk_avx512(float *C, int l
 
 typedef float (*dot_fn)(const float *, const float *, size_t);
 typedef void (*axpy_fn)(float *restrict, float, const float *restrict, size_t);
+typedef void (*scatter_fn)(float *, size_t, const uint32_t *, const float *, const float *, const uint32_t *, size_t, size_t,
+                           size_t);
 
 static struct {
     int ready;
     const char *level;
     dot_fn dot;
     axpy_fn axpy;
+    scatter_fn scatter;
     dot_fn l2sq;
     gemm_rows_fn gemm;
 } K;
@@ -348,6 +402,7 @@ static void simd_init(void) {
     K.level = "ref";
     K.dot = es__dot_ref;
     K.axpy = es__axpy_ref;
+    K.scatter = es__scatter_axpy_ref;
     K.l2sq = es__l2sq_ref;
     K.gemm = gemm_rows_ref;
 #ifdef ES_HAVE_X86
@@ -356,6 +411,7 @@ static void simd_init(void) {
         K.level = "avx512";
         K.dot = dot_avx512;
         K.axpy = axpy_avx512;
+        K.scatter = scatter_axpy_avx512;
         K.l2sq = l2sq_avx512;
         K.gemm = gemm_rows_avx512;
         break;
@@ -363,6 +419,7 @@ static void simd_init(void) {
         K.level = "avx2";
         K.dot = dot_avx2;
         K.axpy = axpy_avx2;
+        K.scatter = scatter_axpy_avx2;
         K.l2sq = l2sq_avx2;
         K.gemm = gemm_rows_avx2;
         break;
@@ -383,6 +440,11 @@ float es__dot(const float *a, const float *b, size_t n) {
 void es__axpy(float *restrict y, float alpha, const float *restrict x, size_t n) {
     ensure();
     K.axpy(y, alpha, x, n);
+}
+void es__scatter_axpy(float *y, size_t dim, const uint32_t *slot, const float *w, const float *x, const uint32_t *off,
+                      size_t PN, size_t u0, size_t u1) {
+    ensure();
+    K.scatter(y, dim, slot, w, x, off, PN, u0, u1);
 }
 float es__l2sq(const float *a, const float *b, size_t n) {
     ensure();

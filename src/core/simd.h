@@ -9,6 +9,7 @@
 #define ES_SIMD_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* Function multi-versioning for loops written as plain C (omp simd, vector
  * extensions): ES__CLONES compiles the function for AVX-512, AVX2 and
@@ -33,6 +34,15 @@ float es__dot_ref(const float *a, const float *b, size_t n);
 /* y[i] += alpha * x[i] */
 void es__axpy(float *restrict y, float alpha, const float *restrict x, size_t n);
 void es__axpy_ref(float *restrict y, float alpha, const float *restrict x, size_t n);
+/* For the pairs P in [0, PN) and their values v in [off[P], off[P+1]):
+ *     y[slot[v] * dim ..] += w[v] * x[P * dim ..]   where u0 <= slot[v] < u1,
+ * value by value in order: the same bits as es__axpy(y + slot[v] * dim,
+ * w[v], x + P * dim, dim) called for each value (a step's gradient sums
+ * per distinct row), without a call a value. */
+void es__scatter_axpy(float *y, size_t dim, const uint32_t *slot, const float *w, const float *x, const uint32_t *off,
+                      size_t PN, size_t u0, size_t u1);
+void es__scatter_axpy_ref(float *y, size_t dim, const uint32_t *slot, const float *w, const float *x, const uint32_t *off,
+                          size_t PN, size_t u0, size_t u1);
 /* sum_i (a[i]-b[i])^2 */
 float es__l2sq(const float *a, const float *b, size_t n);
 float es__l2sq_ref(const float *a, const float *b, size_t n);

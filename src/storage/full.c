@@ -36,49 +36,52 @@ typedef struct full_impl {
     size_t icap;
     uint64_t min_count;
     es_gradacc ga;
-    /* a training step's rows (ops->step_begin): value v of the step's
-     * batch (its position in b->val) resolved to step_ids[v] before the
+    /* A training step's rows (ops->step_begin): value v of the step's
+     * batch (its position in b->val) resolved to sb.ids[v] before the
      * lookup, which reads them, as the backward does; step_n values, 0:
-     * none kept */
-    uint64_t *step_ids, *step_where; /* step_where: each value's slot (see uwhere) */
-    size_t step_cap, step_n;
-    const uint64_t *step_val; /* the batch's b->val */
-    /* The step's gradient accumulator, deduplicated through the map
-     * itself instead of the hash map of es_gradacc.  ts[] is the index
+     * none kept.  The step's gradient accumulator is deduplicated through
+     * the map itself instead of the hash map of es_gradacc: sb.vslot[v] =
+     * value v's place among the step's distinct rows sb.urows[0 .. sb.un)
+     * (in the order of first touch, as es_gradacc keeps them; un SIZE_MAX:
+     * not deduplicated), ug[u] their summed gradients.  ts[] is the index
      * with each slot's key beside it (one cache line a value instead of an
-     * index slot and then a key); tmark[slot] is 1 + the place of the
-     * slot's row among the step's distinct rows (urows[], in the order of
-     * first touch, as es_gradacc keeps them), 0 for a row the step does
-     * not touch; oov_mark[f] is the same for field f's OOV row; uwhere[u]
-     * says which mark row u set (a slot, or icap + f); vslot[v] = value
-     * v's place.  Built by step_begin (full_dedup, which clears the marks
+     * index slot and then a key); the dedup marks a slot (tmark[slot] on
+     * the training thread, ts[slot].pad on the reader thread) and field f's
+     * OOV row (oov_mark[f], poov[f]) with 1 + its place, 0 for a row the
+     * step does not touch; uwhere[u] says which mark row u set (a slot, or
+     * icap + f).  Built by step_begin (full_dedup, which clears the marks
      * it set), or taken from the batch's step_prepare; used by the
      * backward.  Training scratch, allocated at the first step (ts: 16
      * bytes a slot of the index, tmark 4, built again when the index is).
      * ts_ok is read by the reader thread's step_prepare (atomically). */
+    struct full_bufs {
+        uint64_t *ids, *where, *urows, *uwhere; /* where: each value's mark slot, or scratch */
+        uint32_t *vslot;
+        size_t cap, un;
+    } sb;
+    size_t step_n;
+    const uint64_t *step_val; /* the batch's b->val */
     struct full_tslot {
         uint64_t key;
-        uint32_t s, pad; /* s as index[]: key index + 1, 0 = empty */
+        uint32_t s, pad; /* s as index[]: key index + 1, 0 = empty; pad: the reader's dedup mark */
     } *ts;
     int ts_ok;
-    uint32_t *tmark, *oov_mark, *vslot;
-    uint64_t *urows, *uwhere;
+    uint32_t *tmark, *oov_mark;
     float *ug;
-    size_t ucap, un;
+    size_t ugcap;
     /* Batches resolved and deduplicated ahead by step_prepare on the
-     * training pipeline's reader thread, one per pipeline slot: the rows of
-     * the values of the batch whose b->val is val (NULL: none), their
-     * places and the distinct rows, as step_begin would make them.  The
-     * pipeline hands a slot to one thread at a time, so no lock; pmark
-     * and poov are the reader's own marks (as tmark, oov_mark). */
+     * training pipeline's reader thread, one per pipeline slot: the
+     * buffers of the batch whose b->val is val (NULL: none), as step_begin
+     * would fill them; step_begin swaps them with its own (no copy).  The
+     * pipeline hands a slot to one thread at a time, so no lock; poov is
+     * the reader's own OOV marks. */
     struct full_prep {
         const uint64_t *val; /* atomic: the reader thread publishes it last */
-        size_t nv, cap, un;
+        size_t nv;
         uint64_t first, last; /* b->val[0] and b->val[nv - 1], a check */
-        uint64_t *ids, *where, *urows, *uwhere;
-        uint32_t *vslot;
+        struct full_bufs s;
     } prep[ES__PIPE_SLOTS];
-    uint32_t *pmark, *poov;
+    uint32_t *poov;
 } full_impl;
 
 static inline size_t full_home(uint64_t key, int f, size_t mask) {
@@ -110,7 +113,7 @@ static void full_resolve(const void *ctx, int f, const uint64_t *keys, size_t n,
 static void full_resolve_kept(const void *ctx, int f, const uint64_t *keys, size_t n, uint64_t *ids) {
     const full_impl *m = ctx;
     (void)f;
-    memcpy(ids, m->step_ids + (keys - m->step_val), n * sizeof *ids);
+    memcpy(ids, m->sb.ids + (keys - m->step_val), n * sizeof *ids);
 }
 
 /* How far ahead the step's resolve prefetches the training slots
@@ -162,6 +165,24 @@ static bool grow_f32(float **p, size_t n) {
     return q != NULL;
 }
 
+/* A step's buffers grown to n values; false when out of memory (those
+ * grown keep their contents, cap is unchanged). */
+static bool step_bufs_grow(struct full_bufs *q, size_t n) {
+    if (!grow_u64(&q->ids, n) || !grow_u64(&q->where, n) || !grow_u64(&q->urows, n) || !grow_u64(&q->uwhere, n) ||
+        !grow_u32(&q->vslot, n))
+        return false;
+    q->cap = n;
+    return true;
+}
+
+static void step_bufs_free(struct full_bufs *q) {
+    es__free(q->ids);
+    es__free(q->where);
+    es__free(q->urows);
+    es__free(q->uwhere);
+    es__free(q->vslot);
+}
+
 /* The training slots and the step's scratch for nv values; false when
  * out of memory (the step then resolves in its lookup and backward, and
  * sums through es_gradacc, as without step_begin: the same bits). */
@@ -176,15 +197,10 @@ static bool full_step_scratch(full_impl *m, size_t nv) {
         }
         __atomic_store_n(&m->ts_ok, 1, __ATOMIC_RELEASE);
     }
-    if (nv > m->step_cap) { /* not counted: training only */
-        if (!grow_u64(&m->step_ids, nv) || !grow_u64(&m->step_where, nv)) return false;
-        m->step_cap = nv;
-    }
-    if (nv > m->ucap) {
-        if (!grow_u32(&m->vslot, nv) || !grow_u64(&m->urows, nv) || !grow_u64(&m->uwhere, nv) ||
-            !grow_f32(&m->ug, nv * (size_t)m->t.dim))
-            return false;
-        m->ucap = nv;
+    if (nv > m->sb.cap && !step_bufs_grow(&m->sb, nv)) return false; /* not counted: training only */
+    if (nv > m->ugcap) {
+        if (!grow_f32(&m->ug, nv * (size_t)m->t.dim)) return false;
+        m->ugcap = nv;
     }
     return true;
 }
@@ -223,6 +239,56 @@ static void full_resolve_batch(const full_impl *m, const es_batch *b, uint64_t *
     }
 }
 
+/* full_resolve_batch and full_dedup in one pass, for the reader thread's
+ * step_prepare: the mark of a slot is its ts[].pad (the line the probe
+ * just read; the main thread's full_dedup keeps its own tmark), an OOV
+ * row's is oov[f].  Same ids, vslot, urows and count as the two passes;
+ * where[] is scratch (the home slots).  The marks are 0 before and after.
+ * Only the reader thread writes pad; the training thread reads the same
+ * slots' key and s, never pad. */
+static size_t full_resolve_dedup(full_impl *m, const es_batch *b, uint64_t *ids, uint64_t *where, uint32_t *oov,
+                                 uint32_t *vslot, uint64_t *urows, uint64_t *uwhere) {
+    const int F = b->n_fields;
+    const size_t nv = b->off[(size_t)b->n * (size_t)F], mask = m->icap - 1;
+    uint64_t *h = where;
+    for (size_t P = 0, n = (size_t)b->n * (size_t)F; P < n; P++) {
+        const int f = (int)(P % (size_t)F);
+        for (uint32_t v = b->off[P]; v < b->off[P + 1]; v++) h[v] = full_home(b->val[v], f, mask);
+    }
+    struct full_tslot *ts = m->ts;
+    size_t P = 0, un = 0;
+    for (size_t v = 0; v < nv; v++) {
+        if (v + PF_TS < nv) __builtin_prefetch(&ts[h[v + PF_TS]], 1);
+        while (b->off[P + 1] <= v) P++;
+        const int f = (int)(P % (size_t)F);
+        const uint64_t key = b->val[v], lo = m->field_off[f], hi = m->field_off[f + 1];
+        uint64_t row = lo + (uint64_t)f, w = m->icap + (uint64_t)f;
+        uint32_t *mk = &oov[f];
+        for (size_t i = (size_t)h[v]; ts[i].s; i = (i + 1) & mask) {
+            const uint64_t idx = ts[i].s - 1;
+            if (ts[i].key == key && idx >= lo && idx < hi) {
+                row = idx + (uint64_t)f + 1;
+                w = i;
+                mk = &ts[i].pad;
+                break;
+            }
+        }
+        if (!*mk) {
+            urows[un] = row;
+            uwhere[un] = w;
+            *mk = (uint32_t)++un;
+        }
+        vslot[v] = *mk - 1;
+        ids[v] = row;
+    }
+    for (size_t u = 0; u < un; u++) {
+        const uint64_t w = uwhere[u];
+        if (w < m->icap) ts[w].pad = 0;
+        else oov[w - m->icap] = 0;
+    }
+    return un;
+}
+
 /* ops->step_prepare: b resolved and deduplicated ahead, on the pipeline's
  * reader thread, into pipeline slot k's buffers; nothing when the training
  * slots are not built yet (the first step builds them) or out of memory. */
@@ -233,16 +299,9 @@ static void full_step_prepare(es_storage *s, const es_batch *b, int k) {
     if (!__atomic_load_n(&m->ts_ok, __ATOMIC_ACQUIRE)) return;
     const size_t nv = b->off[(size_t)b->n * (size_t)b->n_fields];
     if (nv == 0) return;
-    if (!m->pmark && !(m->pmark = es__calloc(m->icap, sizeof *m->pmark))) return;
     if (!m->poov && !(m->poov = es__calloc((size_t)m->F, sizeof *m->poov))) return;
-    if (nv > pp->cap) {
-        if (!grow_u64(&pp->ids, nv) || !grow_u64(&pp->where, nv) || !grow_u64(&pp->urows, nv) ||
-            !grow_u64(&pp->uwhere, nv) || !grow_u32(&pp->vslot, nv))
-            return;
-        pp->cap = nv;
-    }
-    full_resolve_batch(m, b, pp->ids, pp->where);
-    pp->un = full_dedup(m, m->pmark, m->poov, pp->ids, pp->where, nv, pp->vslot, pp->urows, pp->uwhere);
+    if (nv > pp->s.cap && !step_bufs_grow(&pp->s, nv)) return;
+    pp->s.un = full_resolve_dedup(m, b, pp->s.ids, pp->s.where, m->poov, pp->s.vslot, pp->s.urows, pp->s.uwhere);
     pp->nv = nv;
     pp->first = b->val[0];
     pp->last = b->val[nv - 1];
@@ -254,11 +313,11 @@ static void full_step_begin(es_storage *s, const es_batch *b) {
     const int F = b->n_fields;
     const size_t nv = b->off[(size_t)b->n * (size_t)F];
     m->step_n = 0;
-    m->un = SIZE_MAX;
+    m->sb.un = SIZE_MAX;
     if (!full_step_scratch(m, nv)) return;
     /* Every value of the batch resolved, and placed among the step's
-     * distinct rows (here, or ahead by step_prepare).  The lookup and the
-     * backward read the rows kept here. */
+     * distinct rows (here, or ahead by step_prepare: its buffers are
+     * swapped in).  The lookup and the backward read the rows kept here. */
     struct full_prep *pp = NULL;
     for (int k = 0; k < ES__PIPE_SLOTS; k++) {
         struct full_prep *q = &m->prep[k];
@@ -267,14 +326,13 @@ static void full_step_begin(es_storage *s, const es_batch *b) {
             pp = q;
     }
     if (pp) {
-        memcpy(m->step_ids, pp->ids, nv * sizeof *m->step_ids);
-        memcpy(m->vslot, pp->vslot, nv * sizeof *m->vslot);
-        memcpy(m->urows, pp->urows, pp->un * sizeof *m->urows);
-        m->un = pp->un;
+        const struct full_bufs t = m->sb;
+        m->sb = pp->s;
+        pp->s = t;
         __atomic_store_n(&pp->val, NULL, __ATOMIC_RELEASE);
     } else {
-        full_resolve_batch(m, b, m->step_ids, m->step_where);
-        m->un = full_dedup(m, m->tmark, m->oov_mark, m->step_ids, m->step_where, nv, m->vslot, m->urows, m->uwhere);
+        full_resolve_batch(m, b, m->sb.ids, m->sb.where);
+        m->sb.un = full_dedup(m, m->tmark, m->oov_mark, m->sb.ids, m->sb.where, nv, m->sb.vslot, m->sb.urows, m->sb.uwhere);
     }
     m->step_n = nv;
     m->step_val = b->val;
@@ -300,23 +358,12 @@ static void full_free(full_impl *m) {
     es__free(m->field_off);
     es__free(m->index);
     es__gradacc_free(&m->ga);
-    es__free(m->step_ids);
-    es__free(m->step_where);
+    step_bufs_free(&m->sb);
     es__free(m->ts);
     es__free(m->tmark);
     es__free(m->oov_mark);
-    for (int k = 0; k < ES__PIPE_SLOTS; k++) {
-        es__free(m->prep[k].ids);
-        es__free(m->prep[k].where);
-        es__free(m->prep[k].urows);
-        es__free(m->prep[k].uwhere);
-        es__free(m->prep[k].vslot);
-    }
-    es__free(m->pmark);
+    for (int k = 0; k < ES__PIPE_SLOTS; k++) step_bufs_free(&m->prep[k].s);
     es__free(m->poov);
-    es__free(m->vslot);
-    es__free(m->urows);
-    es__free(m->uwhere);
     es__free(m->ug);
     es__free(m);
 }
@@ -440,7 +487,8 @@ static int full_create(es_storage *s, const es_vocab *vocab, es_err *err) {
 static void full_lookup(es_storage *s, const es_batch *b, int r0, int r1, float *out) {
     full_impl *m = s->impl;
     const int kept = s->step == b && m->step_n && m->step_val == b->val; /* full_step_begin resolved b */
-    es__rows_lookup(&m->t, 1, kept ? full_resolve_kept : full_resolve, m, b, r0, r1, out);
+    if (kept) es__rows_lookup_ids(&m->t, b, m->sb.ids, r0, r1, out);
+    else es__rows_lookup(&m->t, 1, full_resolve, m, b, r0, r1, out);
 }
 
 /* The step's summed gradients of its distinct rows [u0, u1) into ug: each
@@ -458,25 +506,19 @@ static void full_sum_rows(void *ctx, size_t u0, size_t u1) {
     const es_batch *b = cx->b;
     const size_t dim = (size_t)m->t.dim, PN = (size_t)b->n * (size_t)b->n_fields;
     memset(m->ug + u0 * dim, 0, (u1 - u0) * dim * sizeof *m->ug);
-    for (size_t P = 0; P < PN; P++) {
-        const float *go = cx->dout + P * dim;
-        for (uint32_t v = b->off[P]; v < b->off[P + 1]; v++) {
-            const size_t u = m->vslot[v];
-            if (u >= u0 && u < u1) es__axpy(m->ug + u * dim, b->wt[v], go, dim);
-        }
-    }
+    es__scatter_axpy(m->ug, dim, m->sb.vslot, b->wt, cx->dout, b->off, PN, u0, u1);
 }
 
 static int full_backward(es_storage *s, const es_batch *b, const float *dout) {
     full_impl *m = s->impl;
     const int kept = s->step == b && m->step_n && m->step_val == b->val;
-    if (kept && m->un != SIZE_MAX && (m->t.prec == ES_PREC_FP32 || m->t.qtrain != ES_QTRAIN_NONE)) {
+    if (kept && m->sb.un != SIZE_MAX && (m->t.prec == ES_PREC_FP32 || m->t.qtrain != ES_QTRAIN_NONE)) {
         /* the step's rows deduplicated by step_begin: the sums es_gradacc
          * would form (each row's gradients added in value order onto zero,
          * es__axpy as es__rows_backward calls it), without its hash probes,
          * summed by the threads that update the rows (full_sum_rows) */
         struct full_sum cx = {m, b, dout};
-        es__rows_sum_apply(&m->t, m->urows, m->ug, m->un, full_sum_rows, &cx);
+        es__rows_sum_apply(&m->t, m->sb.urows, m->ug, m->sb.un, full_sum_rows, &cx);
         m->step_n = 0;
         return ES_OK;
     }

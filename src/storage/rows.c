@@ -705,6 +705,19 @@ static void pool_codes(const es_rows *t, int k, const float *wt, size_t m, const
         for (int j = 0; j < k; j++) es__dequant_axpy(t->prec, t->q + ids[i * (size_t)k + j] * rb, cd, wt[i], o + (size_t)j * cd);
 }
 
+/* A row copied: the narrow widths of LR, FM and small embeddings as
+ * fixed-size moves, not a call to memcpy a value. */
+static inline void copy_row(float *restrict o, const float *restrict r, int cd, size_t row_bytes) {
+    switch (cd) {
+    case 1: o[0] = r[0]; break;
+    case 2: memcpy(o, r, 8); break;
+    case 4: memcpy(o, r, 16); break;
+    case 8: memcpy(o, r, 32); break;
+    case 16: memcpy(o, r, 64); break;
+    default: memcpy(o, r, row_bytes);
+    }
+}
+
 /* Pool values [0, m) of one pair into o[k * cd].  init: the first value
  * writes (copy or scale) instead of accumulating. */
 static inline void pool_values(const es_rows *t, int k, const float *wt, size_t m, const uint64_t *ids, float *restrict o,
@@ -722,8 +735,7 @@ static inline void pool_values(const es_rows *t, int k, const float *wt, size_t 
             const float *row = t->w + ids[j] * (uint64_t)cd;
             float *oj = o + (size_t)j * cd;
             if (w0 == 1.0f) {
-                if (cd == 1) oj[0] = row[0]; /* LR: not a call to memcpy for 4 bytes */
-                else memcpy(oj, row, row_bytes);
+                copy_row(oj, row, cd, row_bytes);
             } else {
                 for (int d = 0; d < cd; d++) oj[d] = w0 * row[d];
             }
@@ -794,6 +806,23 @@ void es__rows_lookup(const es_rows *t, int k, es__resolve_fn fn, const void *ctx
             }
         }
         f = fq;
+    }
+}
+
+void es__rows_lookup_ids(const es_rows *t, const es_batch *b, const uint64_t *ids, int r0, int r1, float *out) {
+    const size_t F = (size_t)b->n_fields, cd = (size_t)t->dim;
+    const size_t P0 = (size_t)r0 * F, P1 = (size_t)r1 * F;
+    const uint32_t *off = b->off;
+    const size_t v1 = off[P1];
+    /* about 32 cache lines of rows in flight, 4 to 16 values */
+    const size_t lines = (cd * sizeof(float) + 63) / 64, ahead = ES_MAX((size_t)4, ES_MIN((size_t)16, 32 / lines));
+    size_t pf = off[P0];
+    for (size_t P = P0; P < P1; P++) {
+        const size_t a = off[P], m = off[P + 1] - a;
+        for (const size_t e = ES_MIN(v1, a + m + ahead); pf < e; pf++) prefetch_id(t, ids[pf]);
+        float *o = out + (P - P0) * cd;
+        if (m == 0) memset(o, 0, cd * sizeof(float));
+        else pool_values(t, 1, b->wt + a, m, ids + a, o, 1);
     }
 }
 

@@ -737,6 +737,11 @@ typedef void (*es__resolve_fn)(const void *ctx, int field, const uint64_t *keys,
 #define ES_RESOLVE_BLOCK 128   /* row ids resolved ahead of use; k must be <= this / 2 */
 void es__rows_lookup(const es_rows *t, int k, es__resolve_fn fn, const void *ctx, const es_batch *b, int r0, int r1,
                      float *out);
+/* es__rows_lookup with k = 1 and the rows already resolved: ids[v] is the
+ * row of b->val[v] for every value of the batch (a step's rows resolved
+ * ahead).  No resolve calls; the rows are prefetched a few values ahead
+ * and pooled as es__rows_lookup pools them (the same bits). */
+void es__rows_lookup_ids(const es_rows *t, const es_batch *b, const uint64_t *ids, int r0, int r1, float *out);
 /* Accumulate dout into ga per distinct row and apply the optimizer.
  * ES_ENOMEM (nothing applied) if ga cannot grow. */
 int es__rows_backward(es_rows *t, es_gradacc *ga, int k, es__resolve_fn fn, const void *ctx, const es_batch *b,
