@@ -287,6 +287,48 @@ TEST(optim_rows_update_uses_row_update) {
     }
 }
 
+/* es__row_update_range (a step's rows in one call) is es__row_update row
+ * by row, bit for bit: every row optimizer, widths 1 (LR), 9 (FM 8 + its
+ * linear weight), 17 and 157 (FFM), rows in a scattered order with some
+ * skipped, a range that starts past 0. */
+TEST(optim_row_update_range_matches_rows) {
+    const es_optim kinds[] = {ES_OPT_SGD, ES_OPT_ADAGRAD, ES_OPT_ROWWISE_ADAGRAD, ES_OPT_FTRL};
+    const int dims[] = {1, 9, 17, 157};
+    enum { R = 40, N = 25 };
+    for (size_t ki = 0; ki < ES_ARRAY_LEN(kinds); ki++)
+        for (size_t di = 0; di < ES_ARRAY_LEN(dims); di++) {
+            const int dim = dims[di];
+            es_optim_params p = {.kind = kinds[ki], .lr = 0.05f, .eps = 1e-8f, .init_acc = 0.1f};
+            es__optim_ftrl_defaults(&p);
+            p.ftrl_l1 = 0.01f;
+            const size_t per = es__row_state_floats(p.kind, dim);
+            float *w1 = malloc(R * (size_t)dim * sizeof(float)), *w2 = malloc(R * (size_t)dim * sizeof(float));
+            float *a1 = calloc(R * (per ? per : 1), sizeof(float)), *a2 = calloc(R * (per ? per : 1), sizeof(float));
+            float *g = malloc(N * (size_t)dim * sizeof(float));
+            uint64_t rows[N];
+            CHECK(w1 && w2 && a1 && a2 && g);
+            es_rng r;
+            es__rng_seed(&r, 900 + ki * 10 + di);
+            fill(&r, w1, R * (size_t)dim, 1.0f);
+            memcpy(w2, w1, R * (size_t)dim * sizeof(float));
+            for (size_t i = 0; i < R * per; i++) a1[i] = a2[i] = p.kind == ES_OPT_FTRL ? 0.0f : p.init_acc;
+            for (int i = 0; i < N; i++) rows[i] = (uint64_t)((i * 7 + 3) % R); /* distinct */
+            for (int it = 0; it < 3; it++) {
+                fill(&r, g, N * (size_t)dim, 0.5f);
+                es__row_update_range(w1, per ? a1 : NULL, rows, g, 2, N, dim, &p);
+                for (int i = 2; i < N; i++)
+                    es__row_update(w2 + rows[i] * (size_t)dim, per ? a2 + rows[i] * per : NULL, g + (size_t)i * dim, dim, &p);
+            }
+            CHECK_MSG(same(w1, w2, R * (size_t)dim) && same(a1, a2, R * per), "kind %d dim %d: the range update differs",
+                      (int)kinds[ki], dim);
+            free(w1);
+            free(w2);
+            free(a1);
+            free(a2);
+            free(g);
+        }
+}
+
 TEST(optim_cpu_probe_respects_es_simd) {
     es__cpu c = es__cpu_probe("ref");
     CHECK(c.level == ES_CPU_REF && c.features == 0 && c.ref == 1);

@@ -343,6 +343,35 @@ ES__CLONES static void row_update_wide(float *restrict w, float *restrict acc, c
     row_update(w, acc, g, dim, o, es__dot, es__axpy);
 }
 
+ES__CLONES static void row_update_range_wide(float *restrict w, float *restrict acc, const uint64_t *rows, const float *g,
+                                              size_t i0, size_t i1, int dim, const es_optim_params *o) {
+    /* Rows are scattered over the table: fetch a few updates ahead (for
+     * writing) so the read-modify-writes do not wait on memory one by one:
+     * the whole row and the whole state (FFM rows: 10 and 20 lines), up to
+     * 2 KB each. */
+    enum { AHEAD = 8 };
+    const size_t d = (size_t)dim, per = es__row_state_floats(o->kind, dim);
+    const size_t wb = ES_MIN(d * sizeof(float), (size_t)2048), sb = ES_MIN(per * sizeof(float), (size_t)2048);
+    for (size_t i = i0; i < i1; i++) {
+        if (i + AHEAD < i1) {
+            const uint64_t r = rows[i + AHEAD];
+            const char *pw = (const char *)(w + r * d);
+            for (size_t b = 0; b < wb; b += 64) __builtin_prefetch(pw + b, 1, 1);
+            if (sb) {
+                const char *ps = (const char *)(acc + r * per);
+                for (size_t b = 0; b < sb; b += 64) __builtin_prefetch(ps + b, 1, 1);
+            }
+        }
+        const uint64_t r = rows[i];
+        row_update(w + r * d, per ? acc + r * per : NULL, g + i * d, dim, o, es__dot, es__axpy);
+    }
+}
+
+void es__row_update_range(float *w, float *acc, const uint64_t *rows, const float *g, size_t i0, size_t i1, int dim,
+                          const es_optim_params *o) {
+    row_update_range_wide(w, acc, rows, g, i0, i1, dim, o);
+}
+
 /* (the clones sit behind a static function: a cloned extern one is
  * exported from the shared library, resolver and all) */
 void es__row_update(float *restrict w, float *restrict acc, const float *restrict g, int dim, const es_optim_params *o) {

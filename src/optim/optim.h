@@ -91,6 +91,14 @@ void es__row_update(float *w, float *acc, const float *g, int dim, const es_opti
  * through es__axpy / es__dot); equal bits with ES_SIMD=ref. */
 void es__row_update_ref(float *w, float *acc, const float *g, int dim, const es_optim_params *o);
 
+/* es__row_update of rows[i0 .. i1) of a plain fp32 table in order: row r
+ * is w + r dim with state acc + r es__row_state_floats(kind, dim), its
+ * gradient g + i dim.  One call for the range (the rows of a step): the
+ * same bits as the calls one row at a time, without a call and a switch a
+ * row (LR's rows are one float); the rows and states a few places ahead
+ * are prefetched for writing. */
+void es__row_update_range(float *w, float *acc, const uint64_t *rows, const float *g, size_t i0, size_t i1, int dim,
+                          const es_optim_params *o);
 /* Floats of row-optimizer state per row of dim: Adagrad dim, row-wise 1,
  * FTRL 2 dim (z then n), SGD 0. */
 size_t es__row_state_floats(es_optim kind, int dim);

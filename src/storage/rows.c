@@ -618,6 +618,10 @@ float *es__gradacc_row(es_gradacc *a, uint64_t row) {
 
 /* The updates of rows[i0, i1) with their summed gradients g[i * dim]. */
 static void rows_apply_range(es_rows *t, const uint64_t *rows, const float *g, size_t i0, size_t i1) {
+    if (t->prec == ES_PREC_FP32 && t->qtrain == ES_QTRAIN_NONE && !t->last) { /* a plain table: es__rows_update's path */
+        es__row_update_range(t->w, t->acc, rows, g, i0, i1, t->dim, &t->opt);
+        return;
+    }
     /* Rows are scattered over the table: fetch a few updates ahead (for
      * writing) so the read-modify-writes do not wait on memory one by one. */
     enum { AHEAD = 8 };
@@ -705,17 +709,19 @@ static void pool_codes(const es_rows *t, int k, const float *wt, size_t m, const
         for (int j = 0; j < k; j++) es__dequant_axpy(t->prec, t->q + ids[i * (size_t)k + j] * rb, cd, wt[i], o + (size_t)j * cd);
 }
 
-/* A row copied: the narrow widths of LR, FM and small embeddings as
- * fixed-size moves, not a call to memcpy a value. */
+/* A row copied: narrow rows (LR's 1 float, FM's dim + 1) as fixed-size
+ * moves, not a call to memcpy a value. */
 static inline void copy_row(float *restrict o, const float *restrict r, int cd, size_t row_bytes) {
-    switch (cd) {
-    case 1: o[0] = r[0]; break;
-    case 2: memcpy(o, r, 8); break;
-    case 4: memcpy(o, r, 16); break;
-    case 8: memcpy(o, r, 32); break;
-    case 16: memcpy(o, r, 64); break;
-    default: memcpy(o, r, row_bytes);
+    if (cd > 32) {
+        memcpy(o, r, row_bytes);
+        return;
     }
+    /* fixed sizes, not a loop: GCC turns a copy loop into a memcpy call */
+    int d = 0;
+    for (; d + 8 <= cd; d += 8) memcpy(o + d, r + d, 32);
+    if (d + 4 <= cd) memcpy(o + d, r + d, 16), d += 4;
+    if (d + 2 <= cd) memcpy(o + d, r + d, 8), d += 2;
+    if (d < cd) o[d] = r[d];
 }
 
 /* Pool values [0, m) of one pair into o[k * cd].  init: the first value
