@@ -50,8 +50,31 @@ static const char *model_b(void) {
     return path;
 }
 
+/* Servers started and not yet reaped.  A test that fails returns from
+ * its first failed CHECK, before it stops its server: the next srv_start
+ * and the runner's exit kill what is left, so a failed test does not leave
+ * a server holding the runner's stderr (and a pipe after it) open. */
+static pid_t g_live[16];
+static int g_n_live;
+
+static void srv_forget(pid_t pid) {
+    for (int i = 0; i < g_n_live; i++)
+        if (g_live[i] == pid) g_live[i] = g_live[--g_n_live];
+}
+
+static void srv_kill_left(void) {
+    while (g_n_live > 0) {
+        pid_t pid = g_live[--g_n_live];
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+    }
+}
+
 /* Start `embstore serve ARGS --port 0`; reads the bound port from its stdout. */
 static int srv_start(srv *s, const char *args) {
+    static int hooked;
+    if (!hooked) hooked = atexit(srv_kill_left) == 0;
+    srv_kill_left(); /* from a test that failed before it stopped its server */
     int fd[2];
     if (pipe(fd)) return -1;
     char cmd[2048];
@@ -68,6 +91,7 @@ static int srv_start(srv *s, const char *args) {
     close(fd[1]);
     s->pid = pid;
     s->port = 0;
+    if (g_n_live < (int)(sizeof g_live / sizeof g_live[0])) g_live[g_n_live++] = pid;
     char buf[512];
     size_t n = 0;
     while (n < sizeof buf - 1) {
@@ -84,6 +108,7 @@ static int srv_start(srv *s, const char *args) {
     if (s->port <= 0) {
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
+        srv_forget(pid);
         return -1;
     }
     return 0;
@@ -95,11 +120,15 @@ static int srv_stop(srv *s) {
     for (int i = 0; i < 1000; i++) {
         int st;
         pid_t r = waitpid(s->pid, &st, WNOHANG);
-        if (r == s->pid) return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+        if (r == s->pid) {
+            srv_forget(s->pid);
+            return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+        }
         usleep(10000);
     }
     kill(s->pid, SIGKILL);
     waitpid(s->pid, NULL, 0);
+    srv_forget(s->pid);
     return -1;
 }
 
@@ -529,6 +558,7 @@ TEST(serve_sigterm) {
     for (int i = 0; i < 1000; i++) {
         int w;
         if (waitpid(s.pid, &w, WNOHANG) == s.pid) {
+            srv_forget(s.pid);
             st = WIFEXITED(w) ? WEXITSTATUS(w) : -1;
             break;
         }
