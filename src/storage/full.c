@@ -49,13 +49,13 @@ typedef struct full_impl {
      * the training thread, ts[slot].pad on the reader thread) and field f's
      * OOV row (oov_mark[f], poov[f]) with 1 + its place, 0 for a row the
      * step does not touch; uwhere[u] says which mark row u set (a slot, or
-     * icap + f).  Built by step_begin (full_dedup, which clears the marks
+     * icap + f).  Built by step_begin (full_resolve_dedup, which clears the marks
      * it set), or taken from the batch's step_prepare; used by the
      * backward.  Training scratch, allocated at the first step (ts: 16
      * bytes a slot of the index, tmark 4, built again when the index is).
      * ts_ok is read by the reader thread's step_prepare (atomically). */
     struct full_bufs {
-        uint64_t *ids, *where, *urows, *uwhere; /* where: each value's mark slot, or scratch */
+        uint64_t *ids, *where, *urows, *uwhere; /* where: scratch (the home slots) */
         uint32_t *vslot;
         size_t cap, un;
     } sb;
@@ -120,32 +120,6 @@ static void full_resolve_kept(const void *ctx, int f, const uint64_t *keys, size
  * (one line a value). */
 #define PF_TS 16
 
-/* The places of nv resolved values among their distinct rows: vslot[v],
- * and the distinct rows urows[u] and their mark slots uwhere[u] in the
- * order of first touch (as es_gradacc keeps them); returns their count.
- * mark (icap) and oov (F) are all 0 before and after. */
-static size_t full_dedup(const full_impl *m, uint32_t *mark, uint32_t *oov, const uint64_t *ids, const uint64_t *where,
-                         size_t nv, uint32_t *vslot, uint64_t *urows, uint64_t *uwhere) {
-    size_t un = 0;
-    for (size_t v = 0; v < nv; v++) {
-        if (v + PF_TS < nv && where[v + PF_TS] < m->icap) __builtin_prefetch(&mark[where[v + PF_TS]], 1);
-        const uint64_t w = where[v];
-        uint32_t *mk = w < m->icap ? &mark[w] : &oov[w - m->icap];
-        if (!*mk) {
-            urows[un] = ids[v];
-            uwhere[un] = w;
-            *mk = (uint32_t)++un;
-        }
-        vslot[v] = *mk - 1;
-    }
-    for (size_t u = 0; u < un; u++) { /* the lines just written: in cache */
-        const uint64_t w = uwhere[u];
-        if (w < m->icap) mark[w] = 0;
-        else oov[w - m->icap] = 0;
-    }
-    return un;
-}
-
 /* *p grown to n elements; false (and *p as it was) when out of memory. */
 static bool grow_u64(uint64_t **p, size_t n) {
     uint64_t *q = es__realloc(*p, n * sizeof *q);
@@ -205,49 +179,19 @@ static bool full_step_scratch(full_impl *m, size_t nv) {
     return true;
 }
 
-/* The rows of b's values into ids[] and their slots into where[] (a slot
- * of ts, or icap + f for field f's OOV row), in one pass that prefetches
- * the slots of the values ahead (the map outgrows the caches).  Reads only
- * what training does not change (ts, field_off), so the reader thread may
- * run it beside a step. */
-static void full_resolve_batch(const full_impl *m, const es_batch *b, uint64_t *ids, uint64_t *where) {
-    const int F = b->n_fields;
-    const size_t nv = b->off[(size_t)b->n * (size_t)F], mask = m->icap - 1;
-    uint64_t *h = ids; /* the home slots first, in place */
-    for (size_t P = 0, n = (size_t)b->n * (size_t)F; P < n; P++) {
-        const int f = (int)(P % (size_t)F);
-        for (uint32_t v = b->off[P]; v < b->off[P + 1]; v++) h[v] = full_home(b->val[v], f, mask);
-    }
-    const struct full_tslot *ts = m->ts;
-    size_t P = 0;
-    for (size_t v = 0; v < nv; v++) {
-        if (v + PF_TS < nv) __builtin_prefetch(&ts[h[v + PF_TS]]);
-        while (b->off[P + 1] <= v) P++; /* the pair (row, field) of value v */
-        const int f = (int)(P % (size_t)F);
-        const uint64_t key = b->val[v], lo = m->field_off[f], hi = m->field_off[f + 1];
-        uint64_t row = lo + (uint64_t)f, w = m->icap + (uint64_t)f; /* the field's OOV row */
-        for (size_t i = (size_t)h[v]; ts[i].s; i = (i + 1) & mask) {
-            const uint64_t idx = ts[i].s - 1;
-            if (ts[i].key == key && idx >= lo && idx < hi) {
-                row = idx + (uint64_t)f + 1;
-                w = i;
-                break;
-            }
-        }
-        ids[v] = row;
-        where[v] = w;
-    }
-}
-
-/* full_resolve_batch and full_dedup in one pass, for the reader thread's
- * step_prepare: the mark of a slot is its ts[].pad (the line the probe
- * just read; the main thread's full_dedup keeps its own tmark), an OOV
- * row's is oov[f].  Same ids, vslot, urows and count as the two passes;
- * where[] is scratch (the home slots).  The marks are 0 before and after.
- * Only the reader thread writes pad; the training thread reads the same
- * slots' key and s, never pad. */
-static size_t full_resolve_dedup(full_impl *m, const es_batch *b, uint64_t *ids, uint64_t *where, uint32_t *oov,
-                                 uint32_t *vslot, uint64_t *urows, uint64_t *uwhere) {
+/* The rows of b's values into ids[], and their places among the batch's
+ * distinct rows: vslot[v], and the distinct rows urows[u] with the mark
+ * each set, uwhere[u] (a slot of ts, or icap + f for field f's OOV row), in
+ * the order of first touch (as es_gradacc keeps them); returns their count.
+ * One pass that prefetches the slots of the values ahead (the map
+ * outgrows the caches) and marks a row in the line the probe just read:
+ * mark NULL: the slot's ts[].pad (the reader thread's step_prepare, the
+ * only writer of pad), else mark[slot] (the training thread's tmark); an
+ * OOV row's mark is oov[f].  The marks are 0 before and after; where[] is
+ * scratch.  Reads of ts's keys and s only, so the two threads may run it
+ * side by side. */
+static size_t full_resolve_dedup(full_impl *m, const es_batch *b, uint32_t *mark, uint32_t *oov, uint64_t *ids,
+                                 uint64_t *where, uint32_t *vslot, uint64_t *urows, uint64_t *uwhere) {
     const int F = b->n_fields;
     const size_t nv = b->off[(size_t)b->n * (size_t)F], mask = m->icap - 1;
     uint64_t *h = where;
@@ -258,7 +202,10 @@ static size_t full_resolve_dedup(full_impl *m, const es_batch *b, uint64_t *ids,
     struct full_tslot *ts = m->ts;
     size_t P = 0, un = 0;
     for (size_t v = 0; v < nv; v++) {
-        if (v + PF_TS < nv) __builtin_prefetch(&ts[h[v + PF_TS]], 1);
+        if (v + PF_TS < nv) {
+            __builtin_prefetch(&ts[h[v + PF_TS]], 1);
+            if (mark) __builtin_prefetch(&mark[h[v + PF_TS]], 1);
+        }
         while (b->off[P + 1] <= v) P++;
         const int f = (int)(P % (size_t)F);
         const uint64_t key = b->val[v], lo = m->field_off[f], hi = m->field_off[f + 1];
@@ -269,7 +216,7 @@ static size_t full_resolve_dedup(full_impl *m, const es_batch *b, uint64_t *ids,
             if (ts[i].key == key && idx >= lo && idx < hi) {
                 row = idx + (uint64_t)f + 1;
                 w = i;
-                mk = &ts[i].pad;
+                mk = mark ? &mark[i] : &ts[i].pad;
                 break;
             }
         }
@@ -283,8 +230,9 @@ static size_t full_resolve_dedup(full_impl *m, const es_batch *b, uint64_t *ids,
     }
     for (size_t u = 0; u < un; u++) {
         const uint64_t w = uwhere[u];
-        if (w < m->icap) ts[w].pad = 0;
-        else oov[w - m->icap] = 0;
+        if (w >= m->icap) oov[w - m->icap] = 0;
+        else if (mark) mark[w] = 0;
+        else ts[w].pad = 0;
     }
     return un;
 }
@@ -301,7 +249,7 @@ static void full_step_prepare(es_storage *s, const es_batch *b, int k) {
     if (nv == 0) return;
     if (!m->poov && !(m->poov = es__calloc((size_t)m->F, sizeof *m->poov))) return;
     if (nv > pp->s.cap && !step_bufs_grow(&pp->s, nv)) return;
-    pp->s.un = full_resolve_dedup(m, b, pp->s.ids, pp->s.where, m->poov, pp->s.vslot, pp->s.urows, pp->s.uwhere);
+    pp->s.un = full_resolve_dedup(m, b, NULL, m->poov, pp->s.ids, pp->s.where, pp->s.vslot, pp->s.urows, pp->s.uwhere);
     pp->nv = nv;
     pp->first = b->val[0];
     pp->last = b->val[nv - 1];
@@ -331,8 +279,8 @@ static void full_step_begin(es_storage *s, const es_batch *b) {
         pp->s = t;
         __atomic_store_n(&pp->val, NULL, __ATOMIC_RELEASE);
     } else {
-        full_resolve_batch(m, b, m->sb.ids, m->sb.where);
-        m->sb.un = full_dedup(m, m->tmark, m->oov_mark, m->sb.ids, m->sb.where, nv, m->sb.vslot, m->sb.urows, m->sb.uwhere);
+        m->sb.un = full_resolve_dedup(m, b, m->tmark, m->oov_mark, m->sb.ids, m->sb.where, m->sb.vslot, m->sb.urows,
+                                      m->sb.uwhere);
     }
     m->step_n = nv;
     m->step_val = b->val;
